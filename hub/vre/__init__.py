@@ -1,0 +1,1 @@
+"""Secure virtual research environment for cancer-imaging research."""

@@ -1,0 +1,1 @@
+"""Session backends: each renders a SessionPlan into its own terms and nothing else."""

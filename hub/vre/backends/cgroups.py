@@ -1,0 +1,153 @@
+"""Per-session control groups: memory, CPU and process limits, and a handle on every process.
+
+A sandbox's processes re-parent away from the hub (bubblewrap forks a pid-1 inside), so the
+cgroup, not a pid, is what the hub uses to find, limit and stop a session. Supports cgroup v1
+(separate controller hierarchies, as on these hosts) and the v2 unified hierarchy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CONTROLLERS = ("memory", "cpu", "pids")
+CFS_PERIOD_US = 100_000
+
+
+class CgroupError(RuntimeError):
+    pass
+
+
+def _v1_mounts() -> dict[str, Path]:
+    """controller -> mount point of its v1 hierarchy (from /proc/self/mounts)."""
+    found: dict[str, Path] = {}
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _dev, mnt, fstype, opts, *_ = line.split()
+        if fstype == "cgroup":
+            for opt in opts.split(","):
+                if opt in CONTROLLERS:
+                    found[opt] = Path(mnt)
+    return found
+
+
+class SessionCgroup:
+    """The cgroup(s) of one session, named ``vre/<name>`` under each controller."""
+
+    def __init__(self, name: str, parent: str = "vre"):
+        self.name = name
+        mounts = _v1_mounts()
+        if all(c in mounts for c in CONTROLLERS):
+            self.version = 1
+            self.dirs = {c: mounts[c] / parent / name for c in CONTROLLERS}
+        elif (CGROUP_ROOT / "cgroup.controllers").exists():
+            self.version = 2
+            self._parent = CGROUP_ROOT / parent
+            self.dirs = {c: self._parent / name for c in CONTROLLERS}
+        else:
+            raise CgroupError(
+                "no usable cgroup hierarchy: need v1 memory, cpu and pids controllers or cgroup v2 "
+                "at /sys/fs/cgroup (the hub must run as root)"
+            )
+
+    @property
+    def _unique_dirs(self) -> list[Path]:
+        return list(dict.fromkeys(self.dirs.values()))
+
+    def create(self, *, cpu: float, mem_mb: int, pids_max: int) -> None:
+        if self.version == 2:
+            self._enable_v2_controllers()
+        for d in self._unique_dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        mem = mem_mb * 1024 * 1024
+        quota = max(1000, int(cpu * CFS_PERIOD_US))
+        if self.version == 1:
+            self._write("memory", "memory.limit_in_bytes", mem)
+            memsw = self.dirs["memory"] / "memory.memsw.limit_in_bytes"
+            if memsw.exists():  # no escaping the limit into swap
+                memsw.write_text(str(mem))
+            self._write("cpu", "cpu.cfs_period_us", CFS_PERIOD_US)
+            self._write("cpu", "cpu.cfs_quota_us", quota)
+            self._write("pids", "pids.max", pids_max)
+        else:
+            self._write("memory", "memory.max", mem)
+            swap = self.dirs["memory"] / "memory.swap.max"
+            if swap.exists():
+                swap.write_text("0")
+            self._write("cpu", "cpu.max", f"{quota} {CFS_PERIOD_US}")
+            self._write("pids", "pids.max", pids_max)
+
+    def _enable_v2_controllers(self) -> None:
+        self._parent.mkdir(exist_ok=True)
+        for d in (CGROUP_ROOT, self._parent):
+            (d / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in CONTROLLERS))
+
+    def _write(self, controller: str, file: str, value) -> None:
+        try:
+            (self.dirs[controller] / file).write_text(str(value))
+        except OSError as e:
+            raise CgroupError(f"cannot set {file} for session {self.name}: {e}") from e
+
+    def join(self) -> None:
+        """Move the calling process into this cgroup (run in the child before exec)."""
+        pid = str(os.getpid())
+        for d in self._unique_dirs:
+            (d / "cgroup.procs").write_text(pid)
+
+    def exists(self) -> bool:
+        return self.dirs["pids"].is_dir()
+
+    def pids(self) -> list[int]:
+        try:
+            text = (self.dirs["pids"] / "cgroup.procs").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return []
+        return [int(p) for p in text.split()]
+
+    def signal_all(self, sig: int) -> int:
+        sent = 0
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+                sent += 1
+            except ProcessLookupError:
+                pass
+        return sent
+
+    def kill_all(self, grace: float = 5.0) -> None:
+        """SIGTERM everything, wait up to ``grace`` seconds, then SIGKILL what remains."""
+        if self.signal_all(signal.SIGTERM):
+            deadline = time.monotonic() + grace
+            while self.pids() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        for _ in range(100):
+            if not self.signal_all(signal.SIGKILL):
+                break
+            time.sleep(0.02)
+
+    def remove(self) -> None:
+        """Remove the (empty) cgroup directories. Retries briefly: exiting tasks linger."""
+        for d in self._unique_dirs:
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed for exceeding the memory limit."""
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        try:
+            text = (self.dirs["memory"] / name).read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0

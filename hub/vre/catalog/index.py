@@ -1,0 +1,504 @@
+"""DICOM header index: one SQLite file per dataset, built from headers only.
+
+Reading a header costs far more than a ``stat``, so the index remembers each file's
+(size, mtime_ns) and re-reads only what changed; the patient/study/series tables are
+derived from per-file columns, so they can always be rebuilt without touching the
+dataset. Headers are read in worker processes, in chunks, because parsing is CPU
+bound and per-task overhead would otherwise dominate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import posixpath
+import sqlite3
+import struct
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from itertools import repeat
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+FORMAT_VERSION = "1"
+CLINICAL_SUFFIXES = (".csv", ".tsv", ".json")
+_POOL_THRESHOLD = 200  # below this, starting worker processes costs more than it saves
+_CHUNK_MIN, _CHUNK_MAX = 64, 256
+_MAX_EXAMPLES = 10
+_RETRY_PREFIX = "cannot read"  # e.g. permission denied: retried every run, as chmod leaves mtime alone
+
+_KEYWORDS = (
+    "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "PatientSex",
+    "PatientAge", "PatientBirthDate", "StudyDate", "StudyDescription", "AccessionNumber",
+    "Modality", "BodyPartExamined", "SeriesDescription", "Manufacturer", "Rows", "Columns",
+    "PixelSpacing", "SliceThickness", "InstanceNumber", "ImagePositionPatient",
+    "ImageOrientationPatient",
+)  # fmt: skip
+_TAGS = [tag_for_keyword(k) for k in _KEYWORDS]
+
+# Per-file header fields, in the order _header_fields() returns them.
+_HEADER_COLUMNS = (
+    ("sop_instance_uid", "TEXT"), ("series_uid", "TEXT"), ("study_uid", "TEXT"),
+    ("patient_id", "TEXT"), ("patient_sex", "TEXT"), ("age_years", "REAL"),
+    ("birth_date", "TEXT"), ("study_date", "TEXT"), ("study_description", "TEXT"),
+    ("accession", "TEXT"), ("modality", "TEXT"), ("body_part", "TEXT"),
+    ("series_description", "TEXT"), ("manufacturer", "TEXT"), ("rows", "INTEGER"),
+    ("columns", "INTEGER"), ("pixel_spacing", "TEXT"), ("slice_thickness", "REAL"),
+    ("instance_number", "INTEGER"), ("slice_position", "REAL"),
+)  # fmt: skip
+_FILE_COLUMNS = ("relpath", "dir", "size", "mtime_ns", "error", *(name for name, _ in _HEADER_COLUMNS))
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS files (
+    relpath TEXT PRIMARY KEY, dir TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, error TEXT,
+    {", ".join(f"{name} {kind}" for name, kind in _HEADER_COLUMNS)}
+);
+CREATE INDEX IF NOT EXISTS files_series ON files (series_uid);
+CREATE TABLE IF NOT EXISTS patients (
+    patient_id TEXT PRIMARY KEY, sex TEXT, age_years REAL, birth_date TEXT);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY, patient_id TEXT, study_date TEXT, description TEXT,
+    accession TEXT);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY, study_uid TEXT, modality TEXT, body_part TEXT,
+    description TEXT, manufacturer TEXT, rows INTEGER, columns INTEGER, pixel_spacing TEXT,
+    slice_thickness REAL, num_instances INTEGER, relpath_dir TEXT);
+"""
+
+# Patient age is "at the latest study", hence MAX; other fields should agree within a group.
+_REBUILD = (
+    "DELETE FROM patients",
+    "DELETE FROM studies",
+    "DELETE FROM series",
+    """INSERT INTO patients
+       SELECT patient_id, MAX(patient_sex), MAX(age_years), MAX(birth_date)
+       FROM files WHERE error IS NULL GROUP BY patient_id""",
+    """INSERT INTO studies
+       SELECT study_uid, MAX(patient_id), MIN(study_date), MAX(study_description), MAX(accession)
+       FROM files WHERE error IS NULL GROUP BY study_uid""",
+    """INSERT INTO series
+       SELECT series_uid, MAX(study_uid), MAX(modality), MAX(body_part), MAX(series_description),
+              MAX(manufacturer), MAX(rows), MAX(columns), MAX(pixel_spacing), MAX(slice_thickness),
+              COUNT(DISTINCT sop_instance_uid), NULL
+       FROM files WHERE error IS NULL GROUP BY series_uid""",
+)
+
+
+class CatalogError(ValueError):
+    """The dataset or index cannot be catalogued; the message says what to fix."""
+
+
+@dataclass
+class IndexReport:
+    files_seen: int
+    files_indexed: int  # headers read this run
+    files_skipped_unchanged: int
+    files_removed: int
+    errors: int
+    error_examples: list[tuple[str, str]] = field(default_factory=list)
+    clinical_files: list[str] = field(default_factory=list)
+    patients: int = 0
+    studies: int = 0
+    series: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        text = (
+            f"{self.patients} patients, {self.studies} studies, {self.series} series from "
+            f"{self.files_seen} files ({self.files_indexed} read, {self.files_skipped_unchanged} "
+            f"unchanged, {self.files_removed} removed) in {self.seconds:.1f} s"
+        )
+        if self.errors:
+            text += f"; {self.errors} unreadable"
+        if self.clinical_files:
+            text += f"; {len(self.clinical_files)} clinical file(s)"
+        return text
+
+
+# --- header parsing (runs in worker processes) --------------------------------------------
+def _text(ds, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def _number(ds, keyword: str, kind: type[int] | type[float]) -> int | float | None:
+    try:
+        return kind(ds.get(keyword))
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(ds, keyword: str, count: int) -> list[float] | None:
+    value = ds.get(keyword)
+    try:
+        numbers = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == count and all(map(math.isfinite, numbers)) else None
+
+
+def _iso_date(value: str | None) -> str | None:
+    """DICOM DA (also the old ACR-NEMA ``YYYY.MM.DD``) as ISO ``YYYY-MM-DD``."""
+    try:
+        return datetime.strptime((value or "").replace(".", ""), "%Y%m%d").date().isoformat()
+    except ValueError:
+        return None
+
+
+def _age_years(age: str | None, birth: str | None, study: str | None) -> float | None:
+    """PatientAge (``063Y``, ``006M``, ``010W``, ``003D``), else birth date to study date."""
+    units = {"Y": 1.0, "M": 12.0, "W": 52.1775, "D": 365.25}
+    if age and len(age) == 4 and age[:3].isdigit() and age[3] in units:
+        return round(int(age[:3]) / units[age[3]], 2)
+    if birth and study:
+        b, s = date.fromisoformat(birth), date.fromisoformat(study)
+        years = s.year - b.year - ((s.month, s.day) < (b.month, b.day))
+        return float(years) if years >= 0 else None
+    return None
+
+
+def _slice_position(ds) -> float | None:
+    """Distance along the slice normal (row x column cosines): sorts slices in any orientation."""
+    position = _floats(ds, "ImagePositionPatient", 3)
+    cosines = _floats(ds, "ImageOrientationPatient", 6)
+    if position is None or cosines is None:
+        return None
+    (a1, a2, a3), (b1, b2, b3) = cosines[:3], cosines[3:]
+    normal = (a2 * b3 - a3 * b2, a3 * b1 - a1 * b3, a1 * b2 - a2 * b1)
+    return sum(p * n for p, n in zip(position, normal))
+
+
+def _pixel_data_problem(fh, size: int, ds) -> str | None:
+    """Catch files cut short: headers parse fine, but the pixel data is incomplete.
+
+    ``stop_before_pixels`` leaves the file positioned at the pixel data element, so
+    its declared length can be compared with the bytes actually present.
+    """
+    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return None  # positions refer to the inflated stream
+    start = fh.tell()
+    if start >= size:
+        return "truncated: the file ends before its pixel data" if "Rows" in ds else None
+    head = fh.read(12)
+    implicit, little = ds.original_encoding
+    endian = "<" if little is not False else ">"
+    long_vr = not implicit and head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN")
+    if len(head) < (12 if long_vr else 8):
+        return "truncated: the file ends inside the pixel data header"
+    if long_vr:
+        length, value_start = struct.unpack(endian + "I", head[8:12])[0], start + 12
+    elif implicit:
+        length, value_start = struct.unpack(endian + "I", head[4:8])[0], start + 8
+    else:
+        length, value_start = struct.unpack(endian + "H", head[6:8])[0], start + 8
+    if length != 0xFFFFFFFF and value_start + length > size:
+        return f"truncated: pixel data needs {length} bytes, only {max(size - value_start, 0)} present"
+    return None
+
+
+def _header_fields(ds) -> tuple:
+    study_date = _iso_date(_text(ds, "StudyDate"))
+    birth_date = _iso_date(_text(ds, "PatientBirthDate"))
+    sex = (_text(ds, "PatientSex") or "").upper()
+    spacing = _floats(ds, "PixelSpacing", 2)
+    return (
+        _text(ds, "SOPInstanceUID"),
+        _text(ds, "SeriesInstanceUID"),
+        _text(ds, "StudyInstanceUID"),
+        _text(ds, "PatientID") or "",
+        sex if sex in ("F", "M", "O") else None,
+        _age_years(_text(ds, "PatientAge"), birth_date, study_date),
+        birth_date,
+        study_date,
+        _text(ds, "StudyDescription"),
+        _text(ds, "AccessionNumber"),
+        (_text(ds, "Modality") or "").upper() or None,
+        (_text(ds, "BodyPartExamined") or "").upper() or None,
+        _text(ds, "SeriesDescription"),
+        _text(ds, "Manufacturer"),
+        _number(ds, "Rows", int),
+        _number(ds, "Columns", int),
+        json.dumps(spacing) if spacing else None,
+        _number(ds, "SliceThickness", float),
+        _number(ds, "InstanceNumber", int),
+        _slice_position(ds),
+    )
+
+
+def _read_one(path: str) -> tuple[tuple | None, str | None]:
+    """(header fields, None) or (None, short reason); never raises."""
+    try:
+        with open(path, "rb") as fh:
+            ds = dcmread(fh, stop_before_pixels=True, specific_tags=_TAGS)
+            size = os.fstat(fh.fileno()).st_size
+            fields = _header_fields(ds)
+            for value, what in zip(fields[:3], ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")):
+                if value is None:
+                    cut = " (the file may be truncated)" if fh.tell() >= size else ""
+                    return None, f"missing {what}{cut}"
+            problem = _pixel_data_problem(fh, size, ds)
+    except InvalidDicomError:
+        return None, "not a DICOM file (no 'DICM' header)"
+    except OSError as e:
+        return None, f"{_RETRY_PREFIX}: {e.strerror or e}"
+    except Exception as e:  # pydicom raises many types on malformed data
+        return None, f"unreadable DICOM: {type(e).__name__}: {str(e)[:120]}"
+    return (None, problem) if problem else (fields, None)
+
+
+def _read_chunk(root: str, relpaths: list[str]) -> list[tuple[tuple | None, str | None]]:
+    """Runs in a worker: one task per chunk keeps pickling and scheduling overhead small."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns per odd value; errors are reported instead
+        return [_read_one(os.path.join(root, rel)) for rel in relpaths]
+
+
+# --- scanning and orchestration -----------------------------------------------------------
+def _scan(root: Path, skip: set[str]) -> tuple[dict[str, tuple[int, int]], list[str], list[tuple[str, str]]]:
+    """Every visible file under root: DICOM candidates (size, mtime_ns), clinical files, unreadable dirs."""
+    candidates: dict[str, tuple[int, int]] = {}
+    clinical: list[str] = []
+    problems: list[tuple[str, str]] = []
+    pending = [("", str(root))]
+    while pending:
+        rel_dir, abs_dir = pending.pop()
+        try:
+            entries = list(os.scandir(abs_dir))
+        except OSError as e:
+            problems.append((rel_dir or ".", f"cannot list folder: {e.strerror or e}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") or entry.path in skip or entry.name == "DICOMDIR":
+                continue  # hidden files, our own index, and DICOMDIR (an index, not an image)
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((rel, entry.path))
+                elif entry.is_file():
+                    if entry.name.lower().endswith(CLINICAL_SUFFIXES):
+                        clinical.append(rel)
+                    else:
+                        st = entry.stat()
+                        candidates[rel] = (st.st_size, st.st_mtime_ns)
+            except OSError as e:
+                problems.append((rel, f"cannot stat: {e.strerror or e}"))
+    return candidates, sorted(clinical), problems
+
+
+def _chunks(items: list[str], workers: int) -> Iterator[list[str]]:
+    size = min(_CHUNK_MAX, max(_CHUNK_MIN, math.ceil(len(items) / (workers * 4))))
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _read_all(
+    root: Path, relpaths: list[str], workers: int, progress: Callable[[int, int], None] | None
+) -> Iterator[tuple[str, tuple | None, str | None]]:
+    chunks = list(_chunks(relpaths, workers))
+    if len(relpaths) < _POOL_THRESHOLD or workers == 1:
+        results = map(_read_chunk, repeat(str(root)), chunks)
+        pool = None
+    else:
+        # forkserver: forking a threaded caller (the hub) could copy held locks into workers
+        pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context("forkserver"))
+        results = pool.map(_read_chunk, repeat(str(root)), chunks)
+    try:
+        done = 0
+        for chunk, rows in zip(chunks, results):
+            for rel, (fields, error) in zip(chunk, rows):
+                yield rel, fields, error
+            done += len(chunk)
+            if progress:
+                progress(done, len(relpaths))
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise CatalogError(f"dataset folder {root} does not exist; check the path (is the data volume mounted?)")
+    if not root.is_dir():
+        raise CatalogError(f"{root} is a file, not a folder; give the folder that holds the DICOM series")
+
+
+def _connect(index_path: Path) -> sqlite3.Connection:
+    if index_path.is_dir():
+        raise CatalogError(f"index path {index_path} is a folder; give a file path such as {index_path}/index.sqlite")
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(index_path)
+    version = None
+    try:
+        version = conn.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
+    except sqlite3.DatabaseError as e:
+        if "no such table" not in str(e):
+            conn.close()
+            raise CatalogError(f"{index_path} is not a readable index ({e}); delete it and index again") from None
+    if version and version[0] != FORMAT_VERSION:  # older layout: start afresh, headers are re-read
+        for table in ("files", "patients", "studies", "series", "meta"):
+            conn.execute(f"DROP TABLE {table}")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+def _common_dirs(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """(common directory, series_uid) pairs: where a series lives, even if split over folders."""
+    dirs: dict[str, list[str]] = {}
+    for uid, d in conn.execute("SELECT series_uid, dir FROM files WHERE error IS NULL GROUP BY series_uid, dir"):
+        dirs.setdefault(uid, []).append(d)
+    return [(posixpath.commonpath(ds) or ".", uid) for uid, ds in dirs.items()]
+
+
+def _no_dicom_message(root: Path, clinical: int, errors: int, examples: list[tuple[str, str]]) -> str:
+    example = f" (e.g. {examples[0][0]}: {examples[0][1]})" if examples else ""
+    return (
+        f"no DICOM files found in {root}: {clinical} clinical side file(s) and {errors} unreadable or "
+        f"non-DICOM file(s){example}. Point the index at the folder that holds the DICOM series "
+        "(files with a 'DICM' header, any extension)."
+    )
+
+
+def index_dataset(
+    root: Path,
+    index_path: Path,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> IndexReport:
+    """Create or update the header index of the DICOM files under ``root``.
+
+    Only new or changed files (size or mtime differs) and previously unreadable ones
+    are read; bad files are reported, never fatal. ``progress(done, total)`` is called
+    after each chunk of headers read.
+    """
+    started = time.perf_counter()
+    root, index_path = Path(root), Path(index_path)
+    _check_root(root)
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise CatalogError(f"workers must be at least 1, got {workers}")
+    own = str(index_path.absolute())
+    found, clinical, walk_problems = _scan(root, {own + s for s in ("", "-journal", "-wal", "-shm")})
+    if not found and not clinical and not walk_problems:
+        raise CatalogError(f"dataset folder {root} is empty (hidden files are ignored); copy the DICOM files into it")
+
+    created = not index_path.exists()
+    conn = _connect(index_path)
+    try:
+        known = {row[0]: row[1:] for row in conn.execute("SELECT relpath, size, mtime_ns, error FROM files")}
+        to_read = sorted(
+            rel
+            for rel, stat in found.items()
+            if rel not in known or known[rel][:2] != stat or (known[rel][2] or "").startswith(_RETRY_PREFIX)
+        )
+        removed = [(rel,) for rel in known.keys() - found.keys()]
+        rows = []
+        for rel, fields, error in _read_all(root, to_read, workers, progress):
+            fields = fields or (None,) * len(_HEADER_COLUMNS)
+            rows.append((rel, posixpath.dirname(rel), *found[rel], error, *fields))
+        with conn:
+            conn.executemany("DELETE FROM files WHERE relpath = ?", removed)
+            marks = ", ".join("?" * len(_FILE_COLUMNS))
+            conn.executemany(f"INSERT OR REPLACE INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({marks})", rows)
+            examples = walk_problems + conn.execute(
+                "SELECT relpath, error FROM files WHERE error IS NOT NULL ORDER BY relpath LIMIT ?", (_MAX_EXAMPLES,)
+            ).fetchall()
+            errors = len(walk_problems) + conn.execute("SELECT COUNT(*) FROM files WHERE error IS NOT NULL").fetchone()[0]
+            if not conn.execute("SELECT 1 FROM files WHERE error IS NULL LIMIT 1").fetchone():
+                raise CatalogError(_no_dicom_message(root, len(clinical), errors, examples))
+            for statement in _REBUILD:
+                conn.execute(statement)
+            conn.executemany("UPDATE series SET relpath_dir = ? WHERE series_uid = ?", _common_dirs(conn))
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("format_version", FORMAT_VERSION),
+                    ("root", str(root.absolute())),
+                    ("indexed_at", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                ],
+            )
+            counts = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("patients", "studies", "series")]
+    except CatalogError:
+        conn.close()
+        if created:
+            index_path.unlink(missing_ok=True)
+        raise
+    conn.close()
+    return IndexReport(
+        files_seen=len(found) + len(clinical),
+        files_indexed=len(to_read),
+        files_skipped_unchanged=len(found) - len(to_read),
+        files_removed=len(removed),
+        errors=errors,
+        error_examples=examples[:_MAX_EXAMPLES],
+        clinical_files=clinical,
+        patients=counts[0],
+        studies=counts[1],
+        series=counts[2],
+        seconds=time.perf_counter() - started,
+    )
+
+
+# --- read API ------------------------------------------------------------------------------
+def open_index(index_path: Path) -> sqlite3.Connection:
+    """Read-only connection (sessions see the index on a read-only mount)."""
+    path = Path(index_path)
+    if not path.is_file():
+        raise CatalogError(f"no index at {path}; index the dataset first")
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def list_series(
+    conn: sqlite3.Connection,
+    *,
+    modality: str | None = None,
+    body_part: str | None = None,
+    text: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict]:
+    """Series with their study and patient, filtered; ``text`` matches descriptions,
+    patient id, manufacturer and body part (case-insensitive substring)."""
+    if limit < 0 or offset < 0:
+        raise CatalogError(f"limit and offset must be >= 0, got {limit} and {offset}")
+    where, args = [], []
+    if modality:
+        where.append("s.modality = ?")
+        args.append(modality.upper())
+    if body_part:
+        where.append("s.body_part = ?")
+        args.append(body_part.upper())
+    if text:
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        fields = ("s.description", "st.description", "st.patient_id", "s.manufacturer", "s.body_part")
+        where.append("(" + " OR ".join(f"{f} LIKE ? ESCAPE '\\'" for f in fields) + ")")
+        args += [pattern] * len(fields)
+    sql = (
+        "SELECT s.*, st.patient_id, st.study_date, st.description AS study_description "
+        "FROM series s LEFT JOIN studies st ON st.study_uid = s.study_uid"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY st.patient_id, st.study_date, s.description, s.series_uid LIMIT ? OFFSET ?"
+    )
+    cursor = conn.execute(sql, [*args, limit, offset])
+    names = [d[0] for d in cursor.description]
+    result = []
+    for row in cursor:
+        item = dict(zip(names, row))
+        item["pixel_spacing"] = json.loads(item["pixel_spacing"]) if item["pixel_spacing"] else None
+        result.append(item)
+    return result

@@ -1,0 +1,402 @@
+"""The ``vre`` command: run the hub and provision accounts, datasets and projects.
+
+Every command validates its input; errors print one line saying what to fix and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import db as vdb
+from .errors import VREError
+from .settings import Settings, SettingsError, load
+
+HUB_CONFIG = Path(__file__).resolve().parent.parent / "jupyterhub_config.py"
+
+
+def _settings(args) -> Settings:
+    return load(args.config)
+
+
+def _db(settings: Settings):
+    vdb.upgrade(settings.vre_db_url)
+    return vdb.session_scope(settings.vre_db_url)
+
+
+def _print_table(rows: list[list], header: list[str]) -> None:
+    cells = [header] + [[("" if v is None else str(v)) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for i, r in enumerate(cells):
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+# --- hub ------------------------------------------------------------------------------------
+def cmd_up(args) -> int:
+    """Prepare the state directory and database, provision the demo on first start, run the hub."""
+    settings = _settings(args)
+    if os.geteuid() != 0:
+        raise VREError("'vre up' must run as root: the hub creates sandboxes, cgroups and network namespaces")
+    _prepare_state(settings)
+    vdb.upgrade(settings.vre_db_url)
+    if settings.demo and not args.no_demo:
+        from .demo.provision import provision_demo
+
+        provision_demo(settings)
+    config = os.environ.get("VRE_HUB_CONFIG") or str(HUB_CONFIG)
+    if not Path(config).exists():
+        raise VREError(f"JupyterHub config {config} not found; set VRE_HUB_CONFIG")
+    print(f"[vre] hub on {settings.bind_url} (state in {settings.state_dir}, settings from {settings._source})",
+          flush=True)
+    argv = [str(Path(sys.executable).parent / "jupyterhub"), "-f", config]
+    os.chdir(settings.state_dir)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def _prepare_state(settings: Settings) -> None:
+    for d, mode in ((settings.state_dir, 0o711), (settings.projects_dir, 0o711), (settings.catalog_dir, 0o755),
+                    (settings.secrets_dir, 0o700), (settings.run_dir, 0o755), (settings.sessions_run_dir, 0o711)):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, mode)
+
+
+def cmd_down(args) -> int:
+    """Stop every session, the proxy and remove the project islands (the hub itself: Ctrl+C)."""
+    import signal
+
+    from .backends import cgroups, netns
+
+    settings = _settings(args)
+    stopped = 0
+    base = cgroups.SessionCgroup("x")
+    parent = base.dirs["pids"].parent
+    if parent.is_dir():
+        for d in sorted(p for p in parent.iterdir() if p.is_dir()):
+            cg = cgroups.SessionCgroup(d.name)
+            cg.kill_all(2)
+            cg.remove()
+            stopped += 1
+    pid_file = settings.state_dir / "proxy.pid"
+    if pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        except (ValueError, ProcessLookupError):
+            pass
+        pid_file.unlink(missing_ok=True)
+    import asyncio
+
+    if netns.NETNS_DIR.is_dir():
+        for ns in netns.NETNS_DIR.iterdir():
+            if ns.name.startswith("vre-"):
+                asyncio.run(netns.delete_if_unused(ns.name))
+    print(f"stopped {stopped} session(s) and the proxy")
+    return 0
+
+
+def cmd_db_upgrade(args) -> int:
+    settings = _settings(args)
+    vdb.upgrade(settings.vre_db_url)
+    print(f"database at head: {settings.vre_db_url.split('@')[-1]}")
+    return 0
+
+
+# --- users ----------------------------------------------------------------------------------
+def cmd_user_add(args) -> int:
+    from .accounts import add_account
+
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+    with _db(_settings(args)) as db:
+        account, generated = add_account(db, args.name, role=args.role, password=password)
+        print(f"added {account.role} {account.name!r}")
+        if generated:
+            print(f"password (shown once): {generated}")
+    return 0
+
+
+def cmd_user_list(args) -> int:
+    from sqlalchemy import select
+
+    with _db(_settings(args)) as db:
+        rows = [[a.name, a.role, ", ".join(sorted(m.project.slug for m in a.memberships)),
+                 "disabled" if a.disabled else ("locked" if a.locked_until and a.locked_until > vdb.utcnow() else "ok")]
+                for a in db.scalars(select(vdb.Account).order_by(vdb.Account.name))]
+    _print_table(rows, ["user", "role", "projects", "status"])
+    return 0
+
+
+def cmd_user_set_password(args) -> int:
+    from .accounts import set_password
+
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+    if password is None:
+        import getpass
+
+        password = getpass.getpass(f"new password for {args.name}: ")
+    with _db(_settings(args)) as db:
+        set_password(db, args.name, password)
+    print(f"password of {args.name!r} changed")
+    return 0
+
+
+def cmd_user_unlock(args) -> int:
+    from .accounts import unlock
+
+    with _db(_settings(args)) as db:
+        unlock(db, args.name)
+    print(f"{args.name!r} unlocked")
+    return 0
+
+
+def cmd_user_disable(args) -> int:
+    from .accounts import get_account
+
+    with _db(_settings(args)) as db:
+        get_account(db, args.name).disabled = not args.enable
+    print(f"{args.name!r} {'enabled' if args.enable else 'disabled'}")
+    return 0
+
+
+# --- datasets -------------------------------------------------------------------------------
+def cmd_dataset_add(args) -> int:
+    from .catalog.registry import add_dataset
+
+    settings = _settings(args)
+    with _db(settings) as db:
+        dataset, report = add_dataset(
+            db, settings, args.path, args.slug, workers=args.workers, title=args.title,
+            description=args.description, publisher=args.publisher, access_rights=args.terms,
+            condition=args.condition, interoperability_tier=args.tier,
+            keywords=[k.strip() for k in (args.keywords or "").split(",") if k.strip()],
+        )
+        print(f"registered dataset {dataset.slug!r}: {report.summary()}")
+        _print_report_problems(report)
+    return 0
+
+
+def _print_report_problems(report) -> None:
+    if report.errors:
+        print(f"warning: {report.errors} file(s) were not readable as DICOM and were left out, e.g.:")
+        for path, reason in report.error_examples:
+            print(f"  {path}: {reason}")
+    if report.clinical_files:
+        print(f"clinical files: {', '.join(report.clinical_files[:10])}")
+
+
+def cmd_dataset_reindex(args) -> int:
+    from .catalog.registry import reindex
+
+    settings = _settings(args)
+    with _db(settings) as db:
+        report = reindex(db, settings, args.slug, workers=args.workers)
+    print(f"re-indexed {args.slug!r}: {report.summary()}")
+    _print_report_problems(report)
+    return 0
+
+
+def cmd_dataset_list(args) -> int:
+    from sqlalchemy import select
+
+    with _db(_settings(args)) as db:
+        rows = [[d.slug, d.title, ", ".join(d.catalog.get("modalities", [])), d.catalog.get("num_subjects"),
+                 d.catalog.get("num_series"), ", ".join(sorted(g.project.slug for g in d.grants)), d.path]
+                for d in db.scalars(select(vdb.Dataset).order_by(vdb.Dataset.slug))]
+    _print_table(rows, ["dataset", "title", "modalities", "subjects", "series", "granted to", "path"])
+    return 0
+
+
+def cmd_dataset_show(args) -> int:
+    from .projects import get_dataset
+
+    with _db(_settings(args)) as db:
+        print(json.dumps(get_dataset(db, args.slug).catalog, indent=2, default=str))
+    return 0
+
+
+def cmd_dataset_remove(args) -> int:
+    from .catalog.registry import remove_dataset
+
+    settings = _settings(args)
+    with _db(settings) as db:
+        remove_dataset(db, settings, args.slug)
+    print(f"removed dataset {args.slug!r} from the catalogue (its files are untouched)")
+    return 0
+
+
+# --- projects -------------------------------------------------------------------------------
+def cmd_project(args) -> int:
+    from . import projects as P
+
+    settings = _settings(args)
+    with _db(settings) as db:
+        match args.project_cmd:
+            case "create":
+                p = P.create_project(db, args.slug, args.title, args.description or "", args.expires)
+                print(f"created project {p.slug!r}; next: grant datasets, add members and a profile")
+            case "grant":
+                P.grant(db, args.project, args.dataset)
+                print(f"granted {args.dataset!r} to {args.project!r}: mounted read-only in new sessions")
+            case "revoke":
+                P.revoke(db, args.project, args.dataset)
+                print(f"revoked {args.dataset!r} from {args.project!r}: gone from sessions started from now on")
+            case "add-member":
+                P.add_member(db, args.project, args.user)
+                print(f"added {args.user!r} to {args.project!r}")
+            case "remove-member":
+                P.remove_member(db, args.project, args.user)
+                print(f"removed {args.user!r} from {args.project!r}; a running session of theirs is stopped "
+                      f"within {settings.poll_interval} s")
+            case "set-profile":
+                pr = P.set_profile(db, args.project, args.name, cpu=args.cpu, memory=args.memory,
+                                   gpus=args.gpus, description=args.description or "")
+                print(f"profile {pr.name!r} of {args.project!r}: {pr.describe()}")
+            case "remove-profile":
+                P.remove_profile(db, args.project, args.name)
+                print(f"removed profile {args.name!r} from {args.project!r}")
+            case "set-expiry":
+                p = P.set_expiry(db, args.project, args.expires)
+                if p.expires_at is None:
+                    print(f"{p.slug!r} no longer expires")
+                elif p.is_expired():
+                    print(f"{p.slug!r} is now expired: its sessions are stopped within {settings.poll_interval} s")
+                else:
+                    print(f"{p.slug!r} permit valid until {p.expires_at:%Y-%m-%d %H:%M} UTC")
+            case "list":
+                from sqlalchemy import select
+
+                rows = [[p.slug, p.title, len(p.members), ", ".join(g.dataset.slug for g in p.grants),
+                         ", ".join(pr.name for pr in p.profiles),
+                         ("expired" if p.is_expired() else f"{p.expires_at:%Y-%m-%d}") if p.expires_at else "never"]
+                        for p in db.scalars(select(vdb.Project).order_by(vdb.Project.slug))]
+                _print_table(rows, ["project", "title", "members", "datasets", "profiles", "expires"])
+            case "show":
+                p = P.get_project(db, args.slug)
+                print(json.dumps({
+                    "slug": p.slug, "title": p.title, "description": p.description,
+                    "expires_at": p.expires_at.isoformat() if p.expires_at else None, "expired": p.is_expired(),
+                    "members": sorted(m.account.name for m in p.members),
+                    "datasets": sorted(g.dataset.slug for g in p.grants),
+                    "profiles": {pr.name: {"cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus} for pr in p.profiles},
+                }, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo.provision import provision_demo
+
+    settings = _settings(args)
+    _prepare_state(settings)
+    vdb.upgrade(settings.vre_db_url)
+    provision_demo(settings)
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vre", description="Secure virtual research environment for imaging research")
+    parser.add_argument("--config", help="settings file (default: $VRE_CONFIG or /etc/vre/vre.toml if present)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("up", help="set up state and database, create the demo on first start, run the hub")
+    p.add_argument("--no-demo", action="store_true", help="do not create demo data and accounts")
+    p.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop all sessions and the proxy").set_defaults(func=cmd_down)
+    sub.add_parser("demo", help="create the demo datasets, projects and accounts (once)").set_defaults(func=cmd_demo)
+    dbp = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True)
+    dbp.add_parser("upgrade", help="migrate the database to the current schema").set_defaults(func=cmd_db_upgrade)
+
+    users = sub.add_parser("user", help="local accounts").add_subparsers(dest="user_cmd", required=True)
+    p = users.add_parser("add", help="create an account (prints a generated password once)")
+    p.add_argument("name")
+    p.add_argument("--role", default="researcher", help="researcher (default), admin or auditor")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=cmd_user_add)
+    users.add_parser("list").set_defaults(func=cmd_user_list)
+    p = users.add_parser("set-password")
+    p.add_argument("name")
+    p.add_argument("--password-stdin", action="store_true")
+    p.set_defaults(func=cmd_user_set_password)
+    p = users.add_parser("unlock", help="clear a lockout after failed logins")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_user_unlock)
+    p = users.add_parser("disable", help="refuse logins and new sessions (--enable to undo)")
+    p.add_argument("name")
+    p.add_argument("--enable", action="store_true")
+    p.set_defaults(func=cmd_user_disable)
+
+    ds = sub.add_parser("dataset", help="datasets and their catalogue").add_subparsers(dest="ds_cmd", required=True)
+    p = ds.add_parser("add", help="register and index a directory of DICOM files")
+    p.add_argument("path")
+    p.add_argument("--slug", required=True, help="short name: /data/<slug> in sessions")
+    p.add_argument("--title", required=True)
+    p.add_argument("--description", default="")
+    p.add_argument("--publisher", default="")
+    p.add_argument("--terms", default="", help="access rights / terms of use")
+    p.add_argument("--condition", default="", help="e.g. 'Lung cancer'")
+    p.add_argument("--tier", type=int, default=None, help="EUCAIM interoperability tier (1-3)")
+    p.add_argument("--keywords", default="", help="comma-separated")
+    p.add_argument("--workers", type=int, default=None, help="index processes (default: all cores)")
+    p.set_defaults(func=cmd_dataset_add)
+    p = ds.add_parser("reindex", help="re-read changed files")
+    p.add_argument("slug")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=cmd_dataset_reindex)
+    ds.add_parser("list").set_defaults(func=cmd_dataset_list)
+    p = ds.add_parser("show", help="print the catalogue record")
+    p.add_argument("slug")
+    p.set_defaults(func=cmd_dataset_show)
+    p = ds.add_parser("remove", help="unregister (files untouched)")
+    p.add_argument("slug")
+    p.set_defaults(func=cmd_dataset_remove)
+
+    pr = sub.add_parser("project", help="projects, members, grants, profiles, expiry")
+    pj = pr.add_subparsers(dest="project_cmd", required=True)
+    p = pj.add_parser("create")
+    p.add_argument("slug")
+    p.add_argument("--title", required=True)
+    p.add_argument("--description", default="")
+    p.add_argument("--expires", default=None, help="date (valid through that day, UTC), ISO time or 'never'")
+    for name, a, b in (("grant", "project", "dataset"), ("revoke", "project", "dataset"),
+                       ("add-member", "project", "user"), ("remove-member", "project", "user")):
+        p = pj.add_parser(name)
+        p.add_argument(a)
+        p.add_argument(b)
+    p = pj.add_parser("set-profile", help="add or change a resource profile")
+    p.add_argument("project")
+    p.add_argument("name")
+    p.add_argument("--cpu", type=float, required=True)
+    p.add_argument("--memory", required=True, help="e.g. 4G")
+    p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--description", default="")
+    p = pj.add_parser("remove-profile")
+    p.add_argument("project")
+    p.add_argument("name")
+    p = pj.add_parser("set-expiry")
+    p.add_argument("project")
+    p.add_argument("expires")
+    pj.add_parser("list")
+    p = pj.add_parser("show")
+    p.add_argument("slug")
+    pr.set_defaults(func=cmd_project)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (VREError, SettingsError) as e:
+        print(f"vre: error: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:
+        print(f"vre: error: permission denied: {e.filename or e}; run as root", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The VRE database: accounts, datasets, projects, members, grants and resource profiles.
+
+SQLite is the embedded default; PostgreSQL is the production database. The schema is owned by
+Alembic migrations in ``vre/migrations``; ``upgrade()`` brings any database to the current head.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+ROLES = ("researcher", "admin", "auditor")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone; we put UTC back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return as_utc(value).astimezone(dt.timezone.utc) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        return as_utc(value) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    """A person who can log in. Its id fixes the host uid its sessions run as."""
+
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="researcher")
+    password_hash: Mapped[str] = mapped_column(String(255), default="")
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    memberships: Mapped[list[Membership]] = relationship(back_populates="account", cascade="all, delete-orphan")
+
+
+class Dataset(Base):
+    """A registered directory of imaging data and its catalogue record."""
+
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(Text)
+    #: Catalogue record: admin-supplied descriptive fields merged with the index summary.
+    catalog: Mapped[dict] = mapped_column(JSON, default=dict)
+    registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    indexed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    grants: Mapped[list[Grant]] = relationship(back_populates="dataset", cascade="all, delete-orphan")
+
+
+class Project(Base):
+    """A research project: an island with its members, granted datasets and profiles."""
+
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(48), unique=True)
+    title: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, default="")
+    #: Permit expiry: from this moment no session may run.
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    members: Mapped[list[Membership]] = relationship(back_populates="project", cascade="all, delete-orphan")
+    grants: Mapped[list[Grant]] = relationship(back_populates="project", cascade="all, delete-orphan")
+    profiles: Mapped[list[Profile]] = relationship(
+        back_populates="project", cascade="all, delete-orphan", order_by="Profile.name"
+    )
+
+    def is_expired(self, now: dt.datetime | None = None) -> bool:
+        return self.expires_at is not None and as_utc(self.expires_at) <= (now or utcnow())
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("project_id", "account_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    project: Mapped[Project] = relationship(back_populates="members")
+    account: Mapped[Account] = relationship(back_populates="memberships")
+
+
+class Grant(Base):
+    """A dataset a project was approved to use."""
+
+    __tablename__ = "grants"
+    __table_args__ = (UniqueConstraint("project_id", "dataset_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    granted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    project: Mapped[Project] = relationship(back_populates="grants")
+    dataset: Mapped[Dataset] = relationship(back_populates="grants")
+
+
+class Profile(Base):
+    """A resource profile a project's sessions may choose: CPU, memory, GPUs."""
+
+    __tablename__ = "profiles"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    cpu: Mapped[float] = mapped_column(Float)
+    mem_mb: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+
+    project: Mapped[Project] = relationship(back_populates="profiles")
+
+    def describe(self) -> str:
+        gpu = f", {self.gpus} GPU" if self.gpus else ""
+        mem = f"{self.mem_mb / 1024:g} GiB" if self.mem_mb >= 1024 else f"{self.mem_mb} MiB"
+        return f"{self.cpu:g} CPU, {mem} RAM{gpu}"
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+# --- engine and sessions ----------------------------------------------------------------
+
+_engines: dict[str, Engine] = {}
+
+
+def engine_for(url: str) -> Engine:
+    """One engine per URL per process. SQLite gets WAL and a busy timeout so the CLI and the
+    hub can write at the same time."""
+    if url in _engines:
+        return _engines[url]
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    _engines[url] = engine
+    return engine
+
+
+@contextmanager
+def session_scope(url: str):
+    """A transaction: committed on success, rolled back on any error."""
+    session: Session = sessionmaker(engine_for(url), expire_on_commit=False)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def upgrade(url: str) -> None:
+    """Migrate the database at ``url`` to the newest schema (creating it if needed)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.attributes["connection_url"] = url
+    with engine_for(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")

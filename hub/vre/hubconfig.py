@@ -1,0 +1,86 @@
+"""Build JupyterHub's configuration from the VRE settings (``hub/jupyterhub_config.py`` calls this).
+
+Secure defaults: the public port listens on loopback, the hub API and every session server on
+unix sockets, sessions in sandboxes without network; sessions survive hub restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import quote
+
+from .settings import Settings
+
+TEMPLATES = Path(__file__).parent / "templates"
+INNER_HUB_SOCKET = "/run/vre/hub/hub.sock"
+
+
+def unix_url(path: str | Path) -> str:
+    return "http+unix://" + quote(str(path), safe="")
+
+
+def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
+    """A secret kept in a root-only file, created on first use (never in the repository)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(nbytes))
+    return path.read_text().strip()
+
+
+def configure(c, settings: Settings) -> None:
+    from .auth import VREAuthenticator
+    from .backends.sandbox import SandboxSpawner
+    from .hubpages import home_projects
+
+    if os.geteuid() != 0:
+        raise SystemExit("the VRE hub must run as root: it creates sandboxes, cgroups and network namespaces")
+
+    settings.hub_socket_dir.mkdir(parents=True, exist_ok=True)
+    os.chown(settings.hub_socket_dir, 0, settings.sessions_gid)
+    os.chmod(settings.hub_socket_dir, 0o750)  # only session uids (and root) may reach the socket
+
+    c.JupyterHub.bind_url = settings.bind_url
+    c.JupyterHub.hub_bind_url = unix_url(settings.hub_socket_dir / "hub.sock")
+    c.JupyterHub.hub_connect_url = c.JupyterHub.hub_bind_url
+    # The directory (0750, root:sessions) guards the socket; the hub API still requires tokens.
+    c.JupyterHub.hub_socket_mode = 0o666
+    c.JupyterHub.db_url = settings.jupyterhub_db_url
+    c.JupyterHub.cookie_secret_file = str(settings.secrets_dir / "jupyterhub_cookie_secret")
+    read_or_create_secret(settings.secrets_dir / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(settings.state_dir / "jupyterhub.pid")
+
+    c.ConfigurableHTTPProxy.command = settings.chp_command
+    c.ConfigurableHTTPProxy.api_url = settings.proxy_api_url
+    c.ConfigurableHTTPProxy.auth_token = read_or_create_secret(settings.secrets_dir / "proxy_auth_token")
+    c.ConfigurableHTTPProxy.pid_file = str(settings.state_dir / "proxy.pid")
+    # Sessions and the proxy outlive a hub restart; the hub re-attaches to both.
+    c.JupyterHub.cleanup_servers = False
+    c.JupyterHub.cleanup_proxy = False
+
+    c.JupyterHub.authenticator_class = VREAuthenticator
+    c.Authenticator.any_allow_config = True  # VREAuthenticator.check_allowed asks the VRE database
+    c.VREAuthenticator.settings = settings
+    c.JupyterHub.spawner_class = SandboxSpawner
+    c.SandboxSpawner.settings = settings
+
+    # One named server per (user, project); the home page lists the user's projects.
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = 0
+    c.JupyterHub.redirect_to_server = False
+    c.JupyterHub.default_url = "/hub/home"
+    c.JupyterHub.implicit_spawn_seconds = 0
+    c.JupyterHub.template_paths = [str(TEMPLATES)]
+    c.JupyterHub.template_vars = {"vre_projects": lambda user: home_projects(settings, user.name)}
+
+    c.Spawner.hub_connect_url = unix_url(INNER_HUB_SOCKET)
+    c.Spawner.env_keep = []                 # nothing of the hub's environment leaks into sessions
+    c.Spawner.disable_user_config = True    # a user's ~/.jupyter cannot switch off server policy
+    c.Spawner.default_url = "/lab"
+    c.Spawner.poll_interval = settings.poll_interval
+    c.Spawner.start_timeout = 120
+    c.Spawner.http_timeout = 60
+    c.JupyterHub.log_level = "DEBUG" if settings.debug else "INFO"

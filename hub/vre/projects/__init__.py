@@ -1,0 +1,169 @@
+"""Projects: members, dataset grants, resource profiles and permit expiry.
+
+Every function validates its input and raises :class:`vre.errors.VREError` with a message that
+says what to fix. Callers (CLI, admin API) own the transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..accounts import get_account
+from ..db import Dataset, Grant, Membership, Profile, Project, utcnow
+from ..errors import NotFound, VREError
+
+SLUG_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
+PROFILE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_MEM_UNITS = {"": 1, "m": 1, "mi": 1, "mb": 1, "mib": 1, "g": 1024, "gi": 1024, "gb": 1024, "gib": 1024}
+
+
+def validate_slug(slug: str, what: str = "project") -> str:
+    if not SLUG_RE.match(slug or ""):
+        raise VREError(
+            f"invalid {what} slug {slug!r}: use 3-32 lowercase letters, digits and '-', "
+            "starting with a letter (it names the session's network island and paths)"
+        )
+    return slug
+
+
+def parse_memory(text: str | int) -> int:
+    """'4G', '512M', '1.5GiB' or a number of MiB -> MiB."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _MEM_UNITS:
+        raise VREError(f"invalid memory {text!r}: write e.g. 512M, 4G or 16GiB")
+    mem_mb = int(float(m.group(1)) * _MEM_UNITS[unit])
+    if mem_mb < 256:
+        raise VREError(f"memory {text!r} is too small: a Jupyter session needs at least 256M")
+    return mem_mb
+
+
+def parse_expiry(text: str) -> dt.datetime | None:
+    """'never' clears; a date means the permit is valid through that day (UTC); or an ISO time."""
+    value = (text or "").strip()
+    if value.lower() in ("never", "none", ""):
+        return None
+    try:
+        if len(value) == 10:
+            return dt.datetime.fromisoformat(value).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise VREError(
+            f"invalid expiry {text!r}: write a date (2027-06-30, valid through that day, UTC), "
+            "an ISO time (2027-06-30T12:00:00+00:00) or 'never'"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def get_project(db: Session, slug: str) -> Project:
+    project = db.scalar(select(Project).where(Project.slug == slug))
+    if project is None:
+        raise NotFound(f"unknown project {slug!r} (see 'vre project list')")
+    return project
+
+
+def get_dataset(db: Session, slug: str) -> Dataset:
+    dataset = db.scalar(select(Dataset).where(Dataset.slug == slug))
+    if dataset is None:
+        raise NotFound(f"unknown dataset {slug!r} (see 'vre dataset list')")
+    return dataset
+
+
+def create_project(db: Session, slug: str, title: str, description: str = "", expires: str | None = None) -> Project:
+    validate_slug(slug)
+    if not title.strip():
+        raise VREError("a project needs a --title")
+    if db.scalar(select(Project).where(Project.slug == slug)) is not None:
+        raise VREError(f"project slug {slug!r} is taken; choose another")
+    project = Project(slug=slug, title=title.strip(), description=description,
+                      expires_at=parse_expiry(expires) if expires else None)
+    db.add(project)
+    db.flush()
+    return project
+
+
+def grant(db: Session, project_slug: str, dataset_slug: str) -> Grant:
+    project, dataset = get_project(db, project_slug), get_dataset(db, dataset_slug)
+    if any(g.dataset_id == dataset.id for g in project.grants):
+        raise VREError(f"project {project.slug!r} already has dataset {dataset.slug!r}")
+    g = Grant(project=project, dataset=dataset)
+    db.add(g)
+    db.flush()
+    return g
+
+
+def revoke(db: Session, project_slug: str, dataset_slug: str) -> None:
+    project, dataset = get_project(db, project_slug), get_dataset(db, dataset_slug)
+    match = [g for g in project.grants if g.dataset_id == dataset.id]
+    if not match:
+        raise VREError(f"project {project.slug!r} has no grant for dataset {dataset.slug!r}")
+    project.grants.remove(match[0])
+
+
+def add_member(db: Session, project_slug: str, user: str) -> Membership:
+    project, account = get_project(db, project_slug), get_account(db, user)
+    if account.role == "auditor":
+        raise VREError(f"{user!r} is an auditor: auditors review projects, they do not work in them")
+    if any(m.account_id == account.id for m in project.members):
+        raise VREError(f"{user!r} is already a member of {project.slug!r}")
+    membership = Membership(project=project, account=account)
+    db.add(membership)
+    db.flush()
+    return membership
+
+
+def remove_member(db: Session, project_slug: str, user: str) -> None:
+    project, account = get_project(db, project_slug), get_account(db, user)
+    match = [m for m in project.members if m.account_id == account.id]
+    if not match:
+        raise VREError(f"{user!r} is not a member of {project.slug!r}")
+    project.members.remove(match[0])
+
+
+def set_profile(db: Session, project_slug: str, name: str, *, cpu: float, memory: str | int,
+                gpus: int = 0, description: str = "") -> Profile:
+    """Create or update a resource profile of a project."""
+    project = get_project(db, project_slug)
+    if not PROFILE_RE.match(name or ""):
+        raise VREError(f"invalid profile name {name!r}: use lowercase letters, digits and '-'")
+    if not 0 < cpu <= 256:
+        raise VREError(f"invalid cpu {cpu!r}: give a number of cores between 0.1 and 256 (e.g. 0.5, 2)")
+    if not 0 <= gpus <= 16:
+        raise VREError(f"invalid gpus {gpus!r}: give 0-16")
+    mem_mb = parse_memory(memory)
+    profile = next((p for p in project.profiles if p.name == name), None)
+    if profile is None:
+        profile = Profile(project=project, name=name)
+        db.add(profile)
+    profile.cpu, profile.mem_mb, profile.gpus = float(cpu), mem_mb, int(gpus)
+    profile.description = description
+    db.flush()
+    return profile
+
+
+def remove_profile(db: Session, project_slug: str, name: str) -> None:
+    project = get_project(db, project_slug)
+    match = [p for p in project.profiles if p.name == name]
+    if not match:
+        raise NotFound(f"project {project.slug!r} has no profile {name!r}")
+    project.profiles.remove(match[0])
+
+
+def set_expiry(db: Session, project_slug: str, expires: str) -> Project:
+    project = get_project(db, project_slug)
+    project.expires_at = parse_expiry(expires)
+    return project
+
+
+def projects_of(db: Session, user: str) -> list[Project]:
+    """The projects a user is a member of, in slug order."""
+    account = get_account(db, user)
+    return sorted((m.project for m in account.memberships), key=lambda p: p.slug)
+
+
+def is_active(project: Project) -> bool:
+    return not project.is_expired(utcnow())

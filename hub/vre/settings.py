@@ -1,0 +1,173 @@
+"""One settings object for the whole VRE: hub config, CLI and backends read it.
+
+Values come from, in increasing priority: the defaults below (the embedded, secure default),
+a TOML file (``/etc/vre/vre.toml`` or ``$VRE_CONFIG``), and ``VRE_<NAME>`` environment variables.
+The embedded default needs no file at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CONFIG_FILE = Path("/etc/vre/vre.toml")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the VRE cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Where the VRE keeps its databases, secrets, homes, workspaces and demo data.
+    state_dir: Path = Path("/var/lib/vre")
+    #: Unix sockets (hub API, session servers). Keep it short and lowercase: socket paths are
+    #: limited to 107 bytes and aiohttp lowercases the socket "host".
+    run_dir: Path = Path("/run/vre")
+    #: SQLAlchemy URL of the VRE database (projects, datasets, accounts).
+    #: Empty: SQLite in ``state_dir``. Production: ``postgresql+psycopg://...``.
+    db_url: str = ""
+    #: SQLAlchemy URL of JupyterHub's own database. Empty: SQLite in ``state_dir``.
+    hub_db_url: str = ""
+    #: Public address of the hub (the proxy). The default listens on loopback only.
+    bind_url: str = "http://127.0.0.1:8000"
+    #: Address of configurable-http-proxy's REST API (loopback only).
+    proxy_api_url: str = "http://127.0.0.1:8001"
+    #: Session backend: ``sandbox`` (bubblewrap, the embedded default).
+    backend: str = "sandbox"
+    #: Python environment that sessions run from; bound read-only into every sandbox.
+    session_env: Path = Path(sys.prefix)
+    #: Host uids for session users are ``uid_base + account id``; project gids ``gid_base + project id``.
+    uid_base: int = 200000
+    gid_base: int = 300000
+    #: Group that may connect to the hub's API socket (all session uids are in it).
+    sessions_gid: int = 299999
+    #: Failed logins before an account is locked, and for how long (seconds).
+    lockout_threshold: int = 5
+    lockout_seconds: int = 300
+    #: How often (seconds) the hub re-checks running sessions against membership and expiry.
+    poll_interval: int = 10
+    #: Create demo datasets, projects and accounts on first start.
+    demo: bool = True
+    #: Size of the demo cohorts; ``small`` is for tests.
+    demo_size: str = "full"
+    #: Extra log detail.
+    debug: bool = False
+    #: Test hook: extra JupyterHub config file loaded last (never set in production).
+    extra_hub_config: str = ""
+    #: Where these values came from (for logs); secrets never live in settings.
+    _source: str = field(default="defaults", compare=False, repr=False)
+
+    # --- derived paths -------------------------------------------------------------------
+    @property
+    def vre_db_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.state_dir / 'vre.sqlite'}"
+
+    @property
+    def jupyterhub_db_url(self) -> str:
+        return self.hub_db_url or f"sqlite:///{self.state_dir / 'jupyterhub.sqlite'}"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+    @property
+    def catalog_dir(self) -> Path:
+        """Per-dataset DICOM indexes and catalogue records."""
+        return self.state_dir / "catalog"
+
+    @property
+    def projects_dir(self) -> Path:
+        """Per-project workspace and member homes."""
+        return self.state_dir / "projects"
+
+    @property
+    def hub_socket_dir(self) -> Path:
+        return self.run_dir / "hub"
+
+    @property
+    def sessions_run_dir(self) -> Path:
+        return self.run_dir / "sessions"
+
+    @property
+    def chp_command(self) -> list[str]:
+        chp = self.session_env / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
+        return [str(chp)] if chp.exists() else ["configurable-http-proxy"]
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, raw, kind: str):
+    try:
+        if kind in ("Path", Path):
+            return Path(str(raw)).expanduser()
+        if kind in ("int", int):
+            return int(raw)
+        if kind in ("bool", bool):
+            if isinstance(raw, bool):
+                return raw
+            value = str(raw).strip().lower()
+            if value in ("1", "true", "yes", "on"):
+                return True
+            if value in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"setting {name!r}: cannot read {raw!r} as {kind}") from None
+
+
+def load(config_file: str | os.PathLike | None = None, environ: dict | None = None) -> Settings:
+    """Build the Settings from defaults, the config file and ``VRE_*`` environment variables."""
+    environ = os.environ if environ is None else environ
+    fields = {f.name: f.type for f in dataclasses.fields(Settings) if not f.name.startswith("_")}
+    values: dict = {}
+    sources = []
+
+    path = Path(config_file or environ.get("VRE_CONFIG") or DEFAULT_CONFIG_FILE)
+    if config_file or environ.get("VRE_CONFIG") or path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise SettingsError(f"config file {path} does not exist (set by VRE_CONFIG)") from None
+        except tomllib.TOMLDecodeError as e:
+            raise SettingsError(f"config file {path} is not valid TOML: {e}") from None
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise SettingsError(
+                f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(fields))}"
+            )
+        values.update({k: _coerce(k, v, fields[k]) for k, v in data.items()})
+        sources.append(str(path))
+
+    for name, kind in fields.items():
+        env_name = f"VRE_{name.upper()}"
+        if env_name in environ:
+            values[name] = _coerce(env_name, environ[env_name], kind)
+            sources.append(env_name)
+
+    settings = Settings(**values, _source=", ".join(sources) or "defaults")
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if s.backend not in ("sandbox",):
+        raise SettingsError(f"backend {s.backend!r} is not available; use 'sandbox'")
+    if s.demo_size not in ("full", "small"):
+        raise SettingsError(f"demo_size must be 'full' or 'small', not {s.demo_size!r}")
+    if str(s.run_dir) != str(s.run_dir).lower():
+        raise SettingsError(f"run_dir {s.run_dir} must be lowercase (socket hosts are lowercased)")
+    if len(str(s.sessions_run_dir)) > 60:
+        raise SettingsError(f"run_dir {s.run_dir} is too long for unix socket paths; keep it short")
+    if s.lockout_threshold < 1 or s.lockout_seconds < 1:
+        raise SettingsError("lockout_threshold and lockout_seconds must be positive")
+    for name in ("uid_base", "gid_base", "sessions_gid"):
+        if getattr(s, name) < 1000:
+            raise SettingsError(f"{name} must be >= 1000 (never a system account)")

@@ -1,0 +1,153 @@
+"""A small client for a running hub, used by the tests the way a researcher's browser is:
+log in with the form, take a token, start a project session, run code in a real kernel."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import requests
+import websocket
+
+
+class HubError(AssertionError):
+    pass
+
+
+class HubClient:
+    def __init__(self, base_url: str, username: str):
+        self.base = base_url.rstrip("/")
+        self.username = username
+        self.http = requests.Session()
+        self.token: str | None = None
+
+    # -- login ------------------------------------------------------------------------------
+    def login(self, password: str) -> requests.Response:
+        """POST the login form as a browser does; returns the final response."""
+        self.http.get(f"{self.base}/hub/login", timeout=10)
+        xsrf = self.http.cookies.get("_xsrf", "")
+        return self.http.post(f"{self.base}/hub/login", timeout=20,
+                              data={"username": self.username, "password": password, "_xsrf": xsrf})
+
+    def logged_in(self) -> bool:
+        return self.http.get(f"{self.base}/hub/api/user", headers=self._xsrf(), timeout=10).status_code == 200
+
+    def _xsrf(self) -> dict:
+        return {"X-XSRFToken": self.http.cookies.get("_xsrf", ""), "Referer": f"{self.base}/hub/"}
+
+    def get_token(self, password: str) -> str:
+        r = self.login(password)
+        if not self.logged_in():
+            raise HubError(f"login as {self.username} failed: {r.status_code}")
+        r = self.http.post(f"{self.base}/hub/api/users/{self.username}/tokens", headers=self._xsrf(),
+                           json={"note": "tests", "expires_in": 3600}, timeout=10)
+        if r.status_code != 201:
+            raise HubError(f"token request failed: {r.status_code} {r.text}")
+        self.token = r.json()["token"]
+        return self.token
+
+    # -- REST API ---------------------------------------------------------------------------
+    def api(self, method: str, path: str, **kw) -> requests.Response:
+        headers = kw.pop("headers", {})
+        headers["Authorization"] = f"token {self.token}"
+        return requests.request(method, f"{self.base}/hub/api{path}", headers=headers, timeout=kw.pop("timeout", 30), **kw)
+
+    def server_state(self, name: str) -> dict | None:
+        r = self.api("GET", f"/users/{self.username}")
+        r.raise_for_status()
+        return r.json().get("servers", {}).get(name)
+
+    def start(self, project: str, profile: str | None = None, timeout: float = 90) -> None:
+        body = {"profile": profile} if profile else {}
+        r = self.api("POST", f"/users/{self.username}/servers/{project}", json=body)
+        if r.status_code not in (201, 202):
+            raise HubError(f"start {project}: {r.status_code} {r.text}")
+        self.wait_ready(project, timeout)
+
+    def wait_ready(self, project: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.server_state(project)
+            if state and state.get("ready"):
+                return
+            if state is None:
+                raise HubError(f"session {project} stopped while starting")
+            time.sleep(0.3)
+        raise HubError(f"session {project} not ready after {timeout} s")
+
+    def stop(self, project: str, timeout: float = 60) -> None:
+        r = self.api("DELETE", f"/users/{self.username}/servers/{project}")
+        if r.status_code not in (202, 204):
+            raise HubError(f"stop {project}: {r.status_code} {r.text}")
+        deadline = time.monotonic() + timeout
+        while self.server_state(project) is not None:
+            if time.monotonic() > deadline:
+                raise HubError(f"session {project} did not stop in {timeout} s")
+            time.sleep(0.3)
+
+    # -- single-user server -----------------------------------------------------------------
+    def server_url(self, project: str) -> str:
+        return f"{self.base}/user/{self.username}/{project}"
+
+    def server_api(self, project: str, method: str, path: str, **kw) -> requests.Response:
+        return requests.request(method, f"{self.server_url(project)}/api{path}",
+                                headers={"Authorization": f"token {self.token}"}, timeout=kw.pop("timeout", 30), **kw)
+
+    def kernel(self, project: str) -> "Kernel":
+        r = self.server_api(project, "POST", "/kernels", json={"name": "python3"})
+        if r.status_code != 201:
+            raise HubError(f"kernel start: {r.status_code} {r.text}")
+        return Kernel(self, project, r.json()["id"])
+
+
+class Kernel:
+    """Runs code in a kernel over the websocket protocol; returns stdout, raises on errors."""
+
+    def __init__(self, client: HubClient, project: str, kernel_id: str):
+        self.client, self.project, self.id = client, project, kernel_id
+        url = client.server_url(project).replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
+        self.ws = websocket.create_connection(url, header=[f"Authorization: token {client.token}"], timeout=60)
+        self.session = uuid.uuid4().hex
+
+    def run(self, code: str, timeout: float = 60) -> tuple[str, dict | None]:
+        """Execute ``code``; return (stdout+stderr text, error dict or None)."""
+        msg_id = uuid.uuid4().hex
+        self.ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": self.client.username, "session": self.session,
+                       "msg_type": "execute_request", "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell",
+            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                        "allow_stdin": False, "stop_on_error": True},
+        }))
+        out, error, idle, replied = [], None, False, False
+        deadline = time.monotonic() + timeout
+        while not (idle and replied):
+            if time.monotonic() > deadline:
+                raise HubError(f"code did not finish in {timeout} s: {code[:80]!r}")
+            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
+            msg = json.loads(self.ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["header"]["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "error":
+                error = msg["content"]
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
+            elif kind == "execute_reply":
+                replied = True
+        return "".join(out), error
+
+    def check(self, code: str, timeout: float = 60) -> str:
+        out, error = self.run(code, timeout)
+        if error:
+            raise HubError(f"{error['ename']}: {error['evalue']}\n{out}")
+        return out
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        finally:
+            self.client.server_api(self.project, "DELETE", f"/kernels/{self.id}")
