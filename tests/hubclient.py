@@ -15,6 +15,10 @@ class HubError(AssertionError):
     pass
 
 
+class KernelDied(HubError):
+    """The kernel was killed (e.g. by the OOM killer) while running the code."""
+
+
 class HubClient:
     def __init__(self, base_url: str, username: str):
         self.base = base_url.rstrip("/")
@@ -127,9 +131,11 @@ class Kernel:
                 raise HubError(f"code did not finish in {timeout} s: {code[:80]!r}")
             self.ws.settimeout(max(0.1, deadline - time.monotonic()))
             msg = json.loads(self.ws.recv())
+            kind = msg["header"]["msg_type"]
+            if kind == "status" and msg["content"]["execution_state"] in ("restarting", "dead"):
+                raise KernelDied(f"kernel {msg['content']['execution_state']} while running {code[:60]!r}")
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
-            kind = msg["header"]["msg_type"]
             if kind == "stream":
                 out.append(msg["content"]["text"])
             elif kind == "error":
@@ -147,7 +153,9 @@ class Kernel:
         return out
 
     def close(self) -> None:
+        """Close the socket and shut the kernel down (quietly, if the server is already gone)."""
+        self.ws.close()
         try:
-            self.ws.close()
-        finally:
-            self.client.server_api(self.project, "DELETE", f"/kernels/{self.id}")
+            self.client.server_api(self.project, "DELETE", f"/kernels/{self.id}", timeout=10)
+        except requests.RequestException:
+            pass

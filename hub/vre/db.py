@@ -98,7 +98,8 @@ class Project(Base):
     members: Mapped[list[Membership]] = relationship(back_populates="project", cascade="all, delete-orphan")
     grants: Mapped[list[Grant]] = relationship(back_populates="project", cascade="all, delete-orphan")
     profiles: Mapped[list[Profile]] = relationship(
-        back_populates="project", cascade="all, delete-orphan", order_by="Profile.name"
+        back_populates="project", cascade="all, delete-orphan",
+        order_by="[Profile.cpu, Profile.mem_mb, Profile.name]"
     )
 
     def is_expired(self, now: dt.datetime | None = None) -> bool:

@@ -16,6 +16,7 @@ import os
 import posixpath
 import sqlite3
 import struct
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,6 +27,8 @@ from itertools import repeat
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.charset import python_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -44,7 +47,7 @@ _KEYWORDS = (
     "PixelSpacing", "SliceThickness", "InstanceNumber", "ImagePositionPatient",
     "ImageOrientationPatient",
 )  # fmt: skip
-_TAGS = [tag_for_keyword(k) for k in _KEYWORDS]
+_TAG = {k: tag_for_keyword(k) for k in _KEYWORDS}
 
 # Per-file header fields, in the order _header_fields() returns them.
 _HEADER_COLUMNS = (
@@ -128,33 +131,60 @@ class IndexReport:
 
 
 # --- header parsing (runs in worker processes) --------------------------------------------
-def _text(ds, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    if value is None:
-        return None
-    return str(value).strip() or None
+class _Header:
+    """Values decoded straight from the raw element bytes.
 
+    pydicom's per-element conversion costs more than parsing the file itself, and
+    we need only text, numbers and two US values, so decode those here and fall
+    back to pydicom only for code-extension character sets (ISO 2022 escapes).
+    """
 
-def _number(ds, keyword: str, kind: type[int] | type[float]) -> int | float | None:
-    try:
-        return kind(ds.get(keyword))
-    except (TypeError, ValueError):
-        return None
+    def __init__(self, ds) -> None:
+        self.ds = ds
+        self.little = ds.original_encoding[1] is not False
+        charset = self._raw(0x00080005)
+        first = (charset or b"").decode("ascii", "replace").split("\\")[0].strip()
+        self.encoding = python_encoding.get(first)
 
+    def _raw(self, tag: int) -> bytes | None:
+        elem = self.ds.get_item(tag)
+        return elem.value if isinstance(elem, RawDataElement) else None
 
-def _floats(ds, keyword: str, count: int) -> list[float] | None:
-    value = ds.get(keyword)
-    try:
-        numbers = [float(v) for v in value]
-    except (TypeError, ValueError):
-        return None
-    return numbers if len(numbers) == count and all(map(math.isfinite, numbers)) else None
+    def text(self, keyword: str) -> str | None:
+        tag = _TAG[keyword]
+        raw = self._raw(tag)
+        if raw is not None and self.encoding and b"\x1b" not in raw:
+            value = raw.decode(self.encoding, "replace")
+        elif tag in self.ds:
+            value = str(self.ds[tag].value)
+        else:
+            return None
+        return value.strip(" \x00") or None
+
+    def numbers(self, keyword: str) -> list[float]:
+        try:
+            values = [float(v) for v in (self.text(keyword) or "").split("\\")]
+        except ValueError:
+            return []
+        return values if all(map(math.isfinite, values)) else []
+
+    def number(self, keyword: str) -> float | None:
+        values = self.numbers(keyword)
+        return values[0] if len(values) == 1 else None
+
+    def us(self, keyword: str) -> int | None:
+        raw = self._raw(_TAG[keyword])
+        if raw is not None and len(raw) >= 2:
+            return int.from_bytes(raw[:2], "little" if self.little else "big")
+        value = self.ds.get(keyword)
+        return int(value) if isinstance(value, int) else None
 
 
 def _iso_date(value: str | None) -> str | None:
     """DICOM DA (also the old ACR-NEMA ``YYYY.MM.DD``) as ISO ``YYYY-MM-DD``."""
+    v = (value or "").replace(".", "")
     try:
-        return datetime.strptime((value or "").replace(".", ""), "%Y%m%d").date().isoformat()
+        return date(int(v[:4]), int(v[4:6]), int(v[6:8])).isoformat() if len(v) == 8 else None
     except ValueError:
         return None
 
@@ -171,11 +201,11 @@ def _age_years(age: str | None, birth: str | None, study: str | None) -> float |
     return None
 
 
-def _slice_position(ds) -> float | None:
+def _slice_position(header: _Header) -> float | None:
     """Distance along the slice normal (row x column cosines): sorts slices in any orientation."""
-    position = _floats(ds, "ImagePositionPatient", 3)
-    cosines = _floats(ds, "ImageOrientationPatient", 6)
-    if position is None or cosines is None:
+    position = header.numbers("ImagePositionPatient")
+    cosines = header.numbers("ImageOrientationPatient")
+    if len(position) != 3 or len(cosines) != 6:
         return None
     (a1, a2, a3), (b1, b2, b3) = cosines[:3], cosines[3:]
     normal = (a2 * b3 - a3 * b2, a3 * b1 - a1 * b3, a1 * b2 - a2 * b1)
@@ -211,31 +241,33 @@ def _pixel_data_problem(fh, size: int, ds) -> str | None:
 
 
 def _header_fields(ds) -> tuple:
-    study_date = _iso_date(_text(ds, "StudyDate"))
-    birth_date = _iso_date(_text(ds, "PatientBirthDate"))
-    sex = (_text(ds, "PatientSex") or "").upper()
-    spacing = _floats(ds, "PixelSpacing", 2)
+    h = _Header(ds)
+    study_date = _iso_date(h.text("StudyDate"))
+    birth_date = _iso_date(h.text("PatientBirthDate"))
+    sex = (h.text("PatientSex") or "").upper()
+    spacing = h.numbers("PixelSpacing")
+    instance = h.number("InstanceNumber")
     return (
-        _text(ds, "SOPInstanceUID"),
-        _text(ds, "SeriesInstanceUID"),
-        _text(ds, "StudyInstanceUID"),
-        _text(ds, "PatientID") or "",
+        h.text("SOPInstanceUID"),
+        h.text("SeriesInstanceUID"),
+        h.text("StudyInstanceUID"),
+        h.text("PatientID") or "",
         sex if sex in ("F", "M", "O") else None,
-        _age_years(_text(ds, "PatientAge"), birth_date, study_date),
+        _age_years(h.text("PatientAge"), birth_date, study_date),
         birth_date,
         study_date,
-        _text(ds, "StudyDescription"),
-        _text(ds, "AccessionNumber"),
-        (_text(ds, "Modality") or "").upper() or None,
-        (_text(ds, "BodyPartExamined") or "").upper() or None,
-        _text(ds, "SeriesDescription"),
-        _text(ds, "Manufacturer"),
-        _number(ds, "Rows", int),
-        _number(ds, "Columns", int),
-        json.dumps(spacing) if spacing else None,
-        _number(ds, "SliceThickness", float),
-        _number(ds, "InstanceNumber", int),
-        _slice_position(ds),
+        h.text("StudyDescription"),
+        h.text("AccessionNumber"),
+        (h.text("Modality") or "").upper() or None,
+        (h.text("BodyPartExamined") or "").upper() or None,
+        h.text("SeriesDescription"),
+        h.text("Manufacturer"),
+        h.us("Rows"),
+        h.us("Columns"),
+        json.dumps(spacing) if len(spacing) == 2 else None,
+        h.number("SliceThickness"),
+        int(instance) if instance is not None else None,
+        _slice_position(h),
     )
 
 
@@ -243,14 +275,14 @@ def _read_one(path: str) -> tuple[tuple | None, str | None]:
     """(header fields, None) or (None, short reason); never raises."""
     try:
         with open(path, "rb") as fh:
-            ds = dcmread(fh, stop_before_pixels=True, specific_tags=_TAGS)
+            ds = dcmread(fh, stop_before_pixels=True, specific_tags=list(_TAG.values()))
             size = os.fstat(fh.fileno()).st_size
             fields = _header_fields(ds)
             for value, what in zip(fields[:3], ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")):
                 if value is None:
                     cut = " (the file may be truncated)" if fh.tell() >= size else ""
                     return None, f"missing {what}{cut}"
-            problem = _pixel_data_problem(fh, size, ds)
+            problem = None
     except InvalidDicomError:
         return None, "not a DICOM file (no 'DICM' header)"
     except OSError as e:
@@ -305,6 +337,12 @@ def _chunks(items: list[str], workers: int) -> Iterator[list[str]]:
         yield items[i : i + size]
 
 
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """fork starts workers in ~10 ms; forkserver costs ~0.3 s but is the safe choice when
+    the caller runs threads (the hub), since fork copies locks other threads may hold."""
+    return multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
+
+
 def _read_all(
     root: Path, relpaths: list[str], workers: int, progress: Callable[[int, int], None] | None
 ) -> Iterator[tuple[str, tuple | None, str | None]]:
@@ -313,8 +351,7 @@ def _read_all(
         results = map(_read_chunk, repeat(str(root)), chunks)
         pool = None
     else:
-        # forkserver: forking a threaded caller (the hub) could copy held locks into workers
-        pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=multiprocessing.get_context("forkserver"))
+        pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=_mp_context())
         results = pool.map(_read_chunk, repeat(str(root)), chunks)
     try:
         done = 0

@@ -1,0 +1,211 @@
+"""Shared fixtures: databases (SQLite and a real PostgreSQL server started here) and a real hub.
+
+The hub fixture runs ``vre up`` exactly as the README's first command does (real JupyterHub,
+real configurable-http-proxy, real bubblewrap sandboxes), on a small demo, with its state in a
+fresh directory, once per database backend.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).parent))
+
+from hubclient import HubClient  # noqa: E402
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def short_tmp(prefix: str) -> Path:
+    """Lowercase and short: socket paths must fit 107 bytes and aiohttp lowercases them."""
+    path = Path(f"/tmp/{prefix}-{secrets.token_hex(3)}")
+    path.mkdir(mode=0o755)
+    return path
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+class Postgres:
+    """A throwaway PostgreSQL cluster on a unix socket, run as the 'postgres' system user."""
+
+    def __init__(self):
+        self.dir = short_tmp("vre-pg")
+        self.port = free_port()
+        shutil.chown(self.dir, "postgres", "postgres")
+        self._as_postgres([str(PG_BIN / "initdb"), "-D", str(self.dir / "data"), "--auth=trust", "-U", "postgres",
+                           "--encoding=UTF8", "--locale=C.UTF-8"])
+        self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w",
+                           "-o", f"-c listen_addresses='' -k {self.dir} -p {self.port} -c fsync=off", "start"])
+        self._n = 0
+
+    def _as_postgres(self, argv: list[str]) -> None:
+        subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *argv],
+                       check=True, capture_output=True, cwd="/")
+
+    def new_database(self) -> str:
+        self._n += 1
+        name = f"vre{self._n}"
+        self._as_postgres([str(PG_BIN / "createdb"), "-h", str(self.dir), "-p", str(self.port), "-U", "postgres", name])
+        return f"postgresql+psycopg://postgres@/{name}?host={self.dir}&port={self.port}"
+
+    def stop(self) -> None:
+        self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop"])
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    if not (PG_BIN / "initdb").exists():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries missing; scripts/setup --test installs them")
+        pytest.skip("PostgreSQL server not installed (scripts/setup --test installs it)")
+    pg = Postgres()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, migrated VRE database on each backend."""
+    from vre import db
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'vre.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    db.upgrade(url)
+    return url
+
+
+# --- a real hub ---------------------------------------------------------------------------
+class Hub:
+    """A running ``vre up`` with its own state directory, ports and database."""
+
+    def __init__(self, backend: str, db_urls: tuple[str, str] | None):
+        self.backend = backend
+        self.base_dir = short_tmp("vret")
+        port, api_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {
+            **os.environ,
+            "VRE_STATE_DIR": str(self.base_dir / "state"),
+            "VRE_RUN_DIR": str(self.base_dir / "run"),
+            "VRE_BIND_URL": self.url,
+            "VRE_PROXY_API_URL": f"http://127.0.0.1:{api_port}",
+            "VRE_DEMO_SIZE": "small",
+            "VRE_POLL_INTERVAL": "2",
+            "VRE_LOCKOUT_THRESHOLD": "3",
+            "VRE_LOCKOUT_SECONDS": "60",
+        }
+        if db_urls:
+            self.env["VRE_DB_URL"], self.env["VRE_HUB_DB_URL"] = db_urls
+        self.state = Path(self.env["VRE_STATE_DIR"])
+        self.log_path = self.base_dir / "hub.log"
+        self.proc: subprocess.Popen | None = None
+        self.passwords: dict[str, str] = {}
+
+    def vre(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(VENV_BIN / "vre"), *args], env=self.env, input=input, capture_output=True,
+                           text=True, timeout=300)
+        if check and r.returncode:
+            raise AssertionError(f"vre {' '.join(args)} failed ({r.returncode}): {r.stderr}{r.stdout}")
+        return r
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(VENV_BIN / "vre"), "up"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 300  # first start writes the demo cohorts
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"vre up exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/hub/api", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"hub did not come up:\n{self.log_tail()}")
+        creds = self.state / "secrets" / "demo-credentials.txt"
+        for line in creds.read_text().splitlines():
+            name, _role, password = line.split("\t")
+            self.passwords[name] = password
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def restart(self, sig: int = signal.SIGKILL) -> None:
+        self.kill(sig)
+        self.start()
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def client(self, user: str, password: str | None = None) -> HubClient:
+        c = HubClient(self.url, user)
+        c.get_token(password or self.passwords[user])
+        return c
+
+    def teardown(self) -> None:
+        self.kill()
+        self.vre("down", check=False)
+        artifacts = ROOT / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        shutil.copy(self.log_path, artifacts / f"hub-{self.backend}.log")
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def _require_root_sandbox():
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root (the hub manages sandboxes, cgroups and namespaces)")
+    if not shutil.which("bwrap"):
+        pytest.fail("bubblewrap missing; scripts/setup installs it")
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def hub(request):
+    """A running hub with the small demo; one per database backend."""
+    _require_root_sandbox()
+    db_urls = None
+    if request.param == "postgresql":
+        pg = request.getfixturevalue("postgres")
+        db_urls = (pg.new_database(), pg.new_database())
+    h = Hub(request.param, db_urls)
+    try:
+        h.start()
+        yield h
+    finally:
+        h.teardown()
+
+
+@pytest.fixture(scope="session")
+def sqlite_hub():
+    """A hub on SQLite only, for tests whose subject is not the database (browser, faults)."""
+    _require_root_sandbox()
+    h = Hub("sqlite-only", None)
+    try:
+        h.start()
+        yield h
+    finally:
+        h.teardown()

@@ -1,0 +1,346 @@
+"""Sessions on a real hub with real bubblewrap sandboxes, probed from inside a real kernel.
+
+Runs once per database backend (SQLite, PostgreSQL). Isolation is proven without sending a
+single packet off this machine: by the interfaces and routes a session has, and by failing to
+reach listeners that the test itself opens on the host's loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from hubclient import HubError, KernelDied
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def alice(hub):
+    c = hub.client("alice")
+    c.start("lung-screening")
+    k = c.kernel("lung-screening")
+    yield c, k
+    k.close()
+
+
+def inside(kernel, code: str):
+    """Run ``code`` (which must assign ``result``) in the kernel; return ``result`` as JSON data."""
+    out = kernel.check(code + "\nimport json as _j; print('@@' + _j.dumps(result))")
+    return json.loads(out.rsplit("@@", 1)[1])
+
+
+# --- filesystem -----------------------------------------------------------------------------
+def test_data_is_read_only_and_only_granted_datasets_exist(alice):
+    _, k = alice
+    result = inside(k, """
+import os, errno
+result = {"data": sorted(os.listdir("/data")), "errors": {}}
+ds = "/data/lung-ct-screening"
+some_file = next(os.path.join(d, f) for d, _, fs in os.walk(ds) for f in fs)
+attempts = {
+    "create": lambda: open(os.path.join(ds, "new.txt"), "w"),
+    "overwrite": lambda: open(some_file, "r+b"),
+    "mkdir": lambda: os.mkdir(os.path.join(ds, "newdir")),
+    "unlink": lambda: os.unlink(some_file),
+    "rename": lambda: os.rename(some_file, some_file + ".x"),
+    "chmod": lambda: os.chmod(some_file, 0o777),
+    "data-root": lambda: open("/data/new.txt", "w"),
+}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        result["errors"][name] = "succeeded"
+    except OSError as e:
+        result["errors"][name] = errno.errorcode[e.errno]
+result["readable"] = len(open(some_file, "rb").read(132)) == 132
+""")
+    assert result["data"] == ["lung-ct-screening"]
+    assert result["readable"]
+    for name, outcome in result["errors"].items():
+        assert outcome in ("EROFS", "EACCES", "EPERM"), f"{name} on /data: {outcome}"
+    assert result["errors"]["create"] == "EROFS"
+
+
+def test_workspace_and_home_are_writable_and_shared_as_designed(alice, hub):
+    _, k = alice
+    result = inside(k, """
+import os
+open("/home/jovyan/notes.txt", "w").write("private")
+open("/home/jovyan/project/shared.txt", "w").write("shared")
+result = sorted(os.listdir("/home/jovyan/project"))
+""")
+    assert "shared.txt" in result
+    workspace = hub.state / "projects" / "lung-screening" / "workspace" / "shared.txt"
+    home = hub.state / "projects" / "lung-screening" / "homes" / "alice" / "notes.txt"
+    assert workspace.read_text() == "shared" and home.read_text() == "private"
+    assert workspace.stat().st_mode & 0o020, "workspace files must be group-writable for project members"
+
+
+def test_nothing_else_of_the_host_is_visible(alice, hub):
+    _, k = alice
+    other_dataset = str(hub.state / "demo-data" / "prostate-mri")
+    result = inside(k, f"""
+import os, sys
+venv = sys.prefix
+seen = set()
+for top in sorted(os.listdir("/")):
+    if top in ("proc", "dev", "usr", "bin", "lib", "lib64", "sbin"):
+        continue
+    for dirpath, dirnames, filenames in os.walk("/" + top):
+        if dirpath.startswith(venv):
+            dirnames[:] = []
+            continue
+        for name in dirnames + filenames:
+            seen.add(os.path.join(dirpath, name))
+result = {{
+    "top": sorted(os.listdir("/")),
+    "outside": sorted(p for p in seen if not p.startswith(
+        ("/data/lung-ct-screening", "/opt/vre/catalog/lung-ct-screening", "/home/jovyan", "/etc", "/tmp", "/run",
+         venv)) and p not in ("/data", "/opt", "/opt/vre", "/opt/vre/catalog") and not venv.startswith(p)),
+    "other_dataset": os.path.exists({other_dataset!r}),
+    "state": os.path.exists({str(hub.state)!r}),
+    "hub_socket_dir": sorted(os.listdir("/run/vre")),
+    "sys": os.path.exists("/sys/class/net"),
+    "venv": venv,
+}}
+""")
+    assert result["outside"] == []
+    assert not result["other_dataset"] and not result["state"]
+    venv_top = result["venv"].split("/")[1]
+    assert set(result["top"]) == {"bin", "data", "dev", "etc", "home", "lib", "lib64", "opt", "proc", "run",
+                                  "sbin", "tmp", "usr", venv_top}
+    assert result["hub_socket_dir"] == ["hub", "session"]
+    assert not result["sys"]
+
+
+def test_runs_unprivileged_without_capabilities(alice, hub):
+    _, k = alice
+    result = inside(k, """
+import os
+status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+result = {"uid": os.getuid(), "uid_map": open("/proc/self/uid_map").read().split(),
+          "caps": [status[c].strip() for c in ("CapEff", "CapPrm", "CapBnd")],
+          "nnp": status["NoNewPrivs"].strip(), "pid1": open("/proc/1/cmdline").read()[:40]}
+""")
+    assert result["uid"] == 1000 and result["uid_map"][0] == "1000" and result["uid_map"][2] == "1"
+    # Seen from the host, every process of the session runs as the account's unprivileged uid.
+    pids = Path("/sys/fs/cgroup/pids/vre/alice-lung-screening/cgroup.procs").read_text().split()
+    assert len(pids) >= 3  # bwrap, the server, the kernel
+    host_uids = set()
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        host_uids |= set(next(l for l in status.splitlines() if l.startswith("Uid:")).split()[1:])
+    assert host_uids == {str(200000 + 1)}, host_uids  # alice is account 1: uid_base + 1
+    assert result["caps"] == ["0000000000000000"] * 3
+    assert result["nnp"] == "1"
+    assert "bwrap" in result["pid1"] or "jupyter" in result["pid1"]  # own pid namespace
+
+
+# --- network ----------------------------------------------------------------------------------
+@pytest.fixture
+def host_listener():
+    """A TCP listener on the host's loopback that a sandbox must not reach."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(0.1)
+    yield srv.getsockname()[1]
+    srv.close()
+
+
+def test_only_loopback_and_no_route(alice):
+    _, k = alice
+    result = inside(k, """
+dev = [l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:]]
+routes = open("/proc/net/route").read().splitlines()[1:]
+routes6 = [l for l in open("/proc/net/ipv6_route").read().splitlines() if not l.endswith(" lo")]
+result = {"dev": dev, "routes": routes, "routes6": routes6}
+""")
+    assert result == {"dev": ["lo"], "routes": [], "routes6": []}
+
+
+def test_host_loopback_and_hub_ports_unreachable(alice, hub, host_listener):
+    _, k = alice
+    hub_port = int(hub.url.rsplit(":", 1)[1])
+    proxy_api_port = int(hub.env["VRE_PROXY_API_URL"].rsplit(":", 1)[1])
+    result = inside(k, f"""
+import socket
+result = {{}}
+for port in ({host_listener}, {hub_port}, {proxy_api_port}):
+    s = socket.socket(); s.settimeout(2)
+    try:
+        s.connect(("127.0.0.1", port)); result[port] = "connected"
+    except OSError as e:
+        result[port] = type(e).__name__
+""")
+    assert set(result.values()) == {"ConnectionRefusedError"}, result
+    # the listener really was there: the host itself reaches it
+    with socket.create_connection(("127.0.0.1", host_listener), timeout=2):
+        pass
+
+
+# --- refused spawns ---------------------------------------------------------------------------
+def test_cannot_start_other_projects_or_profiles_via_api(hub):
+    alice, bob = hub.client("alice"), hub.client("bob")
+    for c, name, body, fragment in [
+        (alice, "prostate-ai", {}, "not a member"),
+        (alice, "no-such-project", {}, "not a member"),
+        (bob, "prostate-ai", {"profile": "large"}, "no profile 'large'"),  # lung-screening's, not bob's
+        (bob, "prostate-ai", {"profile": {"cpu": 64}}, "must be a string"),
+    ]:
+        r = c.api("POST", f"/users/{c.username}/servers/{name}", json=body)
+        assert r.status_code in (400, 403), (name, body, r.status_code, r.text)
+        assert fragment in r.json()["message"], r.json()
+    # Refusals leave nothing running and nothing behind.
+    assert alice.server_state("prostate-ai") is None and bob.server_state("prostate-ai") is None
+    assert not Path("/run/netns/vre-prostate-ai").exists()
+
+
+def test_cannot_start_other_projects_via_form(hub):
+    c = hub.client("alice")
+    r = c.http.get(f"{hub.url}/hub/spawn/alice/prostate-ai", timeout=10)
+    assert "not a member" in r.text
+    r = c.http.post(f"{hub.url}/hub/spawn/alice/prostate-ai", data={"profile": "small", "_xsrf": c.http.cookies["_xsrf"]},
+                    timeout=30)
+    # JupyterHub shows the form again with the refusal; nothing is started.
+    assert r.status_code in (200, 403) and "alert-danger" in r.text and "you are not a member" in r.text
+    assert c.server_state("prostate-ai") is None
+
+
+def test_options_cannot_widen_the_plan(hub):
+    """Extra user options (datasets, cpu, mounts) are ignored: the plan comes from the database."""
+    c = hub.client("bob")
+    body = {"profile": "small", "datasets": ["lung-ct-screening"], "cpu": 64, "mem": "100G",
+            "volumes": {"/": "/host"}}
+    r = c.api("POST", "/users/bob/servers/prostate-ai", json=body)
+    assert r.status_code in (201, 202), r.text
+    c.wait_ready("prostate-ai")
+    k = c.kernel("prostate-ai")
+    try:
+        result = inside(k, """
+import os
+result = {"data": sorted(os.listdir("/data")), "host": os.path.exists("/host"),
+          "threads": os.environ["OMP_NUM_THREADS"], "profile": os.environ["VRE_PROFILE"]}
+""")
+    finally:
+        k.close()
+    assert result == {"data": ["prostate-mri"], "host": False, "threads": "1", "profile": "small"}
+    cg = Path("/sys/fs/cgroup/memory/vre/bob-prostate-ai/memory.limit_in_bytes")
+    if cg.exists():
+        assert int(cg.read_text()) == 2 * 1024**3
+    c.stop("prostate-ai")
+
+
+def test_default_server_is_refused(hub):
+    c = hub.client("alice")
+    r = c.api("POST", "/users/alice/server", json={})
+    assert r.status_code == 403 and "choose a project" in r.json()["message"]
+
+
+def test_auditor_gets_no_session(hub):
+    c = hub.client("auditor")
+    r = c.api("POST", "/users/auditor/servers/lung-screening", json={})
+    assert r.status_code == 403
+
+
+# --- limits -----------------------------------------------------------------------------------
+def test_memory_hog_is_killed_and_hub_keeps_serving(hub):
+    hub.vre("project", "create", "memtest", "--title", "Memory limit test")
+    hub.vre("project", "add-member", "memtest", "alice")
+    hub.vre("project", "set-profile", "memtest", "tiny", "--cpu", "1", "--memory", "400M")
+    c = hub.client("alice")
+    c.start("memtest")
+    k = c.kernel("memtest")
+    try:
+        with pytest.raises((KernelDied, HubError)):
+            k.run("blocks = []\nwhile True: blocks.append(b'x' * (64 * 1024 * 1024))", timeout=60)
+        assert requests.get(f"{hub.url}/hub/api", timeout=5).status_code == 200
+        assert c.server_state("memtest")["ready"]  # the server survived, only the kernel died
+        k2 = c.kernel("memtest")
+        assert k2.check("print(6 * 7)").strip() == "42"
+        k2.close()
+        oom = Path("/sys/fs/cgroup/memory/vre/alice-memtest/memory.oom_control")
+        if oom.exists():
+            assert "oom_kill 0" not in oom.read_text()
+    finally:
+        k.ws.close()
+        c.stop("memtest")
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+def _cgroup_exists(session_id: str) -> bool:
+    return any(Path(f"/sys/fs/cgroup/{c}/vre/{session_id}").exists() for c in ("pids", "memory")) or \
+        Path(f"/sys/fs/cgroup/vre/{session_id}").exists()
+
+
+def test_stop_cleans_up(hub):
+    c = hub.client("bob")
+    c.start("prostate-ai")
+    assert _cgroup_exists("bob-prostate-ai") and Path("/run/netns/vre-prostate-ai").exists()
+    c.stop("prostate-ai")
+    assert not _cgroup_exists("bob-prostate-ai")
+    assert not (hub.state.parent / "run" / "sessions" / "bob-prostate-ai").exists()
+    assert not Path("/run/netns/vre-prostate-ai").exists()
+
+
+def test_removed_member_is_stopped_and_refused(hub):
+    hub.vre("user", "add", "carol", "--password-stdin", input="carol-password-1\n")
+    hub.vre("project", "add-member", "lung-screening", "carol")
+    c = hub.client("carol", "carol-password-1")
+    c.start("lung-screening")
+    k = c.kernel("lung-screening")
+    # a second member shares the workspace but not alice's home
+    shared = inside(k, "import os\nresult = [os.path.exists('/home/jovyan/project/shared.txt'), "
+                       "os.path.exists('/home/jovyan/notes.txt')]")
+    k.ws.close()
+    assert shared == [True, False]
+    hub.vre("project", "remove-member", "lung-screening", "carol")
+    deadline = time.monotonic() + 30
+    while c.server_state("lung-screening") is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert c.server_state("lung-screening") is None
+    assert not _cgroup_exists("carol-lung-screening")
+    r = c.api("POST", "/users/carol/servers/lung-screening", json={})
+    assert r.status_code == 403 and "not a member" in r.json()["message"]
+
+
+def test_expired_project_is_stopped_and_refused(hub):
+    hub.vre("project", "create", "shortlived", "--title", "Permit ends soon")
+    hub.vre("project", "add-member", "shortlived", "bob")
+    hub.vre("project", "set-profile", "shortlived", "small", "--cpu", "0.5", "--memory", "1G")
+    c = hub.client("bob")
+    c.start("shortlived")
+    hub.vre("project", "set-expiry", "shortlived", "2020-01-01T00:00:00+00:00")
+    deadline = time.monotonic() + 30
+    while c.server_state("shortlived") is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert c.server_state("shortlived") is None
+    r = c.api("POST", "/users/bob/servers/shortlived", json={})
+    assert r.status_code == 403 and "expired" in r.json()["message"]
+    home = requests.get(f"{hub.url}/hub/home", cookies=c.http.cookies, timeout=10).text
+    assert "permit expired" in home
+
+
+def test_sessions_survive_hub_restart(hub):
+    c = hub.client("alice")
+    if c.server_state("lung-screening") is None:
+        c.start("lung-screening")
+    k = c.kernel("lung-screening")
+    k.check("survivor = 42")
+    k.ws.close()
+    hub.restart()  # kill -9, then start again
+    c = hub.client("alice")
+    assert c.server_state("lung-screening")["ready"]
+    k2 = type(k)(c, "lung-screening", k.id)  # reconnect to the same kernel
+    assert k2.check("print(survivor)").strip() == "42"
+    k2.close()
+    c.stop("lung-screening")
+    assert not _cgroup_exists("alice-lung-screening")
