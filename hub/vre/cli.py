@@ -173,6 +173,7 @@ def cmd_dataset_add(args) -> int:
             description=args.description, publisher=args.publisher, access_rights=args.terms,
             condition=args.condition, interoperability_tier=args.tier,
             keywords=[k.strip() for k in (args.keywords or "").split(",") if k.strip()],
+            license=args.license, contact_point=args.contact,
         )
         print(f"registered dataset {dataset.slug!r}: {report.summary()}")
         _print_report_problems(report)
@@ -340,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--condition", default="", help="e.g. 'Lung cancer'")
     p.add_argument("--tier", type=int, default=None, help="EUCAIM interoperability tier (1-3)")
     p.add_argument("--keywords", default="", help="comma-separated")
+    p.add_argument("--license", default="", help="licence of the data (name or URL)")
+    p.add_argument("--contact", default="", help="contact point: e-mail or URL of the data steward")
     p.add_argument("--workers", type=int, default=None, help="index processes (default: all cores)")
     p.set_defaults(func=cmd_dataset_add)
     p = ds.add_parser("reindex", help="re-read changed files")

@@ -230,3 +230,27 @@ def test_build_record_validates_admin_fields(cohort):
         build_record({"description": "no title"}, summary)
     with pytest.raises(CatalogError, match="unknown catalogue field.*colour.*allowed: title"):
         build_record({"title": "x", "colour": "blue"}, summary)
+
+
+def test_non_ascii_text_is_decoded_with_the_character_set(tmp_path):
+    root, index = tmp_path / "data", tmp_path / "data" / "index.sqlite"  # index inside the dataset
+    subject = dict(patient_name="X", sex="F", age=50, rows=32, cols=32, slices=2)
+    synth.make_ct_series(root / "utf8", patient_id="DE-1", **subject)
+    synth.make_ct_series(root / "jis", patient_id="JP-1", **subject)
+    for path in (root / "utf8").iterdir():
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet, ds.StudyDescription = "ISO_IR 192", "Thorax Überprüfung"
+        ds.save_as(path)
+    for path in (root / "jis").iterdir():  # ISO 2022 escape sequences: decoded by pydicom
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet, ds.StudyDescription = ["", "ISO 2022 IR 87"], "胸部CT"
+        ds.save_as(path)
+    report = index_dataset(root, index)
+    assert report.errors == 0 and report.files_seen == 4
+    assert query(index, "SELECT patient_id, description FROM studies ORDER BY 1") == [
+        ("DE-1", "Thorax Überprüfung"),
+        ("JP-1", "胸部CT"),
+    ]
+    assert index_dataset(root, index).files_seen == 4  # the index file itself is never picked up
+    assert [s["patient_id"] for s in list_series(open_index(index), text="überprüfung")] == []  # LIKE: ASCII-only case folding
+    assert [s["patient_id"] for s in list_series(open_index(index), text="Überprüfung")] == ["DE-1"]

@@ -27,10 +27,10 @@ from itertools import repeat
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.charset import python_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 FORMAT_VERSION = "1"
@@ -134,17 +134,16 @@ class IndexReport:
 class _Header:
     """Values decoded straight from the raw element bytes.
 
-    pydicom's per-element conversion costs more than parsing the file itself, and
-    we need only text, numbers and two US values, so decode those here and fall
-    back to pydicom only for code-extension character sets (ISO 2022 escapes).
+    pydicom's per-element conversion costs more than parsing the file itself, and we
+    need only strings and two US values, so decode those here; pydicom is used only
+    for ISO 2022 code extensions (escape sequences), which need its decoder.
     """
 
     def __init__(self, ds) -> None:
         self.ds = ds
         self.little = ds.original_encoding[1] is not False
-        charset = self._raw(0x00080005)
-        first = (charset or b"").decode("ascii", "replace").split("\\")[0].strip()
-        self.encoding = python_encoding.get(first)
+        encodings = ds.original_character_set  # Python codec names, from SpecificCharacterSet
+        self.encoding = encodings if isinstance(encodings, str) else encodings[0]
 
     def _raw(self, tag: int) -> bytes | None:
         elem = self.ds.get_item(tag)
@@ -153,10 +152,11 @@ class _Header:
     def text(self, keyword: str) -> str | None:
         tag = _TAG[keyword]
         raw = self._raw(tag)
-        if raw is not None and self.encoding and b"\x1b" not in raw:
-            value = raw.decode(self.encoding, "replace")
+        if raw is not None and b"\x1b" not in raw:
+            value = raw.decode("ascii" if raw.isascii() else self.encoding, "replace")
         elif tag in self.ds:
-            value = str(self.ds[tag].value)
+            value = self.ds[tag].value
+            value = "\\".join(map(str, value)) if isinstance(value, MultiValue) else str(value)
         else:
             return None
         return value.strip(" \x00") or None
@@ -282,7 +282,7 @@ def _read_one(path: str) -> tuple[tuple | None, str | None]:
                 if value is None:
                     cut = " (the file may be truncated)" if fh.tell() >= size else ""
                     return None, f"missing {what}{cut}"
-            problem = None
+            problem = _pixel_data_problem(fh, size, ds)
     except InvalidDicomError:
         return None, "not a DICOM file (no 'DICM' header)"
     except OSError as e:
@@ -332,7 +332,7 @@ def _scan(root: Path, skip: set[str]) -> tuple[dict[str, tuple[int, int]], list[
 
 
 def _chunks(items: list[str], workers: int) -> Iterator[list[str]]:
-    size = min(_CHUNK_MAX, max(_CHUNK_MIN, math.ceil(len(items) / (workers * 4))))
+    size = min(_CHUNK_MAX, max(_CHUNK_MIN, math.ceil(len(items) / (workers * 8))))  # short tail
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -427,8 +427,8 @@ def index_dataset(
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise CatalogError(f"workers must be at least 1, got {workers}")
-    own = str(index_path.absolute())
-    found, clinical, walk_problems = _scan(root, {own + s for s in ("", "-journal", "-wal", "-shm")})
+    own = str(index_path.resolve())  # an index kept inside the dataset must not index itself
+    found, clinical, walk_problems = _scan(root.resolve(), {own + s for s in ("", "-journal", "-wal", "-shm")})
     if not found and not clinical and not walk_problems:
         raise CatalogError(f"dataset folder {root} is empty (hidden files are ignored); copy the DICOM files into it")
 
@@ -473,7 +473,8 @@ def index_dataset(
         if created:
             index_path.unlink(missing_ok=True)
         raise
-    conn.close()
+    finally:
+        conn.close()
     return IndexReport(
         files_seen=len(found) + len(clinical),
         files_indexed=len(to_read),

@@ -81,8 +81,12 @@ def add_dataset(db: Session, settings: Settings, path: str, slug: str, *, worker
     title = (fields.get("title") or "").strip()
     if not title:
         raise VREError("a dataset needs a --title")
-    dataset = Dataset(slug=slug, title=title, path=str(root), catalog={})
     admin_fields = {k: v for k, v in fields.items() if v not in (None, "", [])}
+    try:
+        build_record(admin_fields, {})  # bad catalogue fields fail before the (long) indexing
+    except CatalogError as e:
+        raise VREError(str(e)) from None
+    dataset = Dataset(slug=slug, title=title, path=str(root), catalog={})
     report = _index(settings, dataset, admin_fields, workers)
     db.add(dataset)
     db.flush()

@@ -1,0 +1,286 @@
+"""Spawn-to-ready latency: the sandbox backend against JupyterHub's LocalProcessSpawner.
+
+    sudo .venv/bin/python bench/spawn.py [--n 20] [--profile small] [--project lung-screening]
+
+Starts two real hubs side by side with ``vre up`` (the same JupyterHub, configurable-http-proxy,
+jupyterhub-singleuser and default url ``/lab``, each on its own free 127.0.0.1 ports, with the small
+demo in a temp dir):
+
+- ``sandbox``: the VRE as shipped (bubblewrap sandbox in the project's network namespace, a cgroup
+  per session, server on a unix socket);
+- ``local``: the same hub with ``c.JupyterHub.spawner_class = "localprocess"`` loaded last
+  (VRE_EXTRA_HUB_CONFIG): the server runs unisolated as a throwaway system user of the same name.
+
+One throwaway account (VRE account on both hubs + system user for ``local``) starts a named server
+for the project through the REST API. Latency is measured from just before the POST
+``/hub/api/users/<u>/servers/<project>`` until the hub reports the server ready (the POST answers
+201 once ready; a 202 is followed by polling the user model for ``ready``), i.e. what a user waits
+for. Every spawn is then checked through the proxy (``/api/status``) and stopped; none of that is
+timed. One warm-up spawn per backend is not counted; the counted spawns alternate between the
+backends (ABBA order) so that machine noise hits both alike. Prints a table; asserts nothing on
+timings. Everything (hubs, proxies, sessions, the system user, temp dirs) is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "hub"))
+
+from conftest import Hub, short_tmp  # noqa: E402
+from hubclient import HubClient, HubError  # noqa: E402
+
+TARGET = 1.2
+BACKENDS = ("sandbox", "local")
+
+# Loaded last by the local hub (VRE_EXTRA_HUB_CONFIG): only the spawner changes. Sessions keep the
+# same hub API (the hub's unix socket, at its host path instead of the sandbox's bind mount), the
+# same jupyterhub-singleuser from the same environment, the same server flags that make sense
+# outside a sandbox, and the same environment variables.
+LOCAL_CONFIG = '''
+import os
+from vre.hubconfig import unix_url
+from vre.settings import load
+
+_s = load()
+c.JupyterHub.spawner_class = "localprocess"
+c.Spawner.hub_connect_url = unix_url(_s.hub_socket_dir / "hub.sock")
+# Sandboxed sessions reach the socket through the sessions group; a plain system user cannot, so
+# open the directory of this throwaway hub (the API itself still requires the server's token).
+os.chmod(_s.hub_socket_dir, 0o755)
+c.LocalProcessSpawner.ip = "127.0.0.1"
+c.LocalProcessSpawner.cmd = [str(_s.session_env / "bin" / "jupyterhub-singleuser")]
+c.LocalProcessSpawner.args = ["--KernelManager.transport=ipc"]
+c.LocalProcessSpawner.environment = {
+    "PATH": f"{_s.session_env}/bin:/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+}
+'''
+
+
+class BenchHub(Hub):
+    """conftest's Hub (``vre up`` in a fresh temp dir), with default polling and a quiet teardown."""
+
+    def __init__(self, backend: str):
+        super().__init__(backend, None)
+        for name in ("VRE_POLL_INTERVAL", "VRE_LOCKOUT_THRESHOLD", "VRE_LOCKOUT_SECONDS"):
+            self.env.pop(name, None)  # the shipped defaults, not the tests' faster polling
+        self.env.pop("VRE_EXTRA_HUB_CONFIG", None)
+        if backend == "local":
+            config = self.base_dir / "local_spawner_config.py"
+            config.write_text(LOCAL_CONFIG)
+            self.env["VRE_EXTRA_HUB_CONFIG"] = str(config)
+
+    def teardown(self) -> None:
+        try:
+            self.kill()
+        except Exception as e:  # noqa: BLE001 - go on cleaning up
+            print(f"warning: stopping the {self.backend} hub: {e}", file=sys.stderr)
+            if self.proc and self.proc.poll() is None:
+                self.proc.kill()
+        self.vre("down", check=False)
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+# --- the throwaway user -----------------------------------------------------------------------
+def create_system_user(name: str, home_root: Path) -> None:
+    subprocess.run(["useradd", "--create-home", "--home-dir", str(home_root / name), "--shell", "/bin/bash",
+                    "--user-group", "--comment", "vre spawn benchmark (temporary)", name],
+                   check=True, capture_output=True, text=True)
+
+
+def kill_user_processes(uid: int) -> None:
+    """SIGKILL the processes of the benchmark's own user (servers a killed hub left behind), by pid."""
+    for _ in range(20):
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if entry.stat().st_uid == uid:
+                        pids.append(int(entry.name))
+                except OSError:
+                    pass
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
+def remove_system_user(name: str) -> None:
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return
+    kill_user_processes(uid)
+    r = subprocess.run(["userdel", "--remove", name], capture_output=True, text=True)
+    if r.returncode not in (0, 12):  # 12: could not remove the home (already gone with the temp dir)
+        print(f"warning: userdel {name}: {r.stderr.strip()}", file=sys.stderr)
+
+
+# --- spawning ---------------------------------------------------------------------------------
+def add_account(hub: BenchHub, name: str, password: str, project: str) -> HubClient:
+    hub.vre("user", "add", name, "--password-stdin", input=password + "\n")
+    hub.vre("project", "add-member", project, name)
+    return hub.client(name, password)
+
+
+def spawn(client: HubClient, project: str, profile: str | None, timeout: float = 180) -> float:
+    """Seconds from the POST that starts the server until the hub reports it ready."""
+    body = {"profile": profile} if profile else {}
+    t0 = time.perf_counter()
+    r = client.api("POST", f"/users/{client.username}/servers/{project}", json=body, timeout=timeout)
+    if r.status_code == 201:  # the hub answers 201 only once the server is up and in the proxy
+        elapsed = time.perf_counter() - t0
+    elif r.status_code == 202:  # still pending after the hub's slow_spawn_timeout: poll for ready
+        deadline = t0 + timeout
+        while True:
+            state = client.server_state(project)
+            if state and state.get("ready"):
+                elapsed = time.perf_counter() - t0
+                break
+            if state is None or time.perf_counter() > deadline:
+                raise HubError(f"{project} {'stopped while starting' if state is None else 'never became ready'}")
+            time.sleep(0.02)
+    else:
+        raise HubError(f"start {project}: {r.status_code} {r.text}")
+    status = client.server_api(project, "GET", "/status")  # reachable through the proxy (not timed)
+    if status.status_code != 200:
+        raise HubError(f"{project} is ready but /api/status through the proxy gave {status.status_code}")
+    return elapsed
+
+
+def stop(client: HubClient, project: str) -> None:
+    client.stop(project, timeout=120)
+    time.sleep(0.5)  # let the stop's own work (cgroup, namespace, reaping) settle before the next spawn
+
+
+# --- report ------------------------------------------------------------------------------------
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    xs = sorted(values)
+    k = (len(xs) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def report(times: dict[str, list[float]], args, cpus: int) -> None:
+    rows = []
+    for backend in BACKENDS:
+        t = times[backend]
+        rows.append([backend, str(len(t)), f"{statistics.median(t):.2f}", f"{percentile(t, 0.95):.2f}",
+                     f"{min(t):.2f}", f"{max(t):.2f}"])
+    header = ["backend", "n", "p50 s", "p95 s", "min s", "max s"]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    print()
+    print(f"spawn-to-ready latency (REST POST -> hub reports ready), project {args.project!r}, "
+          f"profile {args.profile or '(project default)'}, {cpus} CPU(s)")
+    print("  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    s, lp = times["sandbox"], times["local"]
+    p50_ratio = statistics.median(s) / statistics.median(lp)
+    p95_ratio = percentile(s, 0.95) / percentile(lp, 0.95)
+    print()
+    print(f"absolute p50: sandbox {statistics.median(s):.2f} s, LocalProcessSpawner {statistics.median(lp):.2f} s "
+          f"(difference {statistics.median(s) - statistics.median(lp):+.2f} s)")
+    print(f"ratio sandbox/local: p50 {p50_ratio:.2f}x, p95 {p95_ratio:.2f}x")
+    print(f"target: sandbox within {TARGET}x of LocalProcessSpawner "
+          f"({'met' if p50_ratio <= TARGET else 'not met'} at p50, {'met' if p95_ratio <= TARGET else 'not met'} at p95)")
+
+
+# --- main --------------------------------------------------------------------------------------
+def _raise_on_term(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20, help="counted spawns per backend (default 20)")
+    parser.add_argument("--project", default="lung-screening", help="demo project to spawn (default lung-screening)")
+    parser.add_argument("--profile", default=None, help="resource profile for the sandbox (default: the project's first)")
+    parser.add_argument("--warmup", type=int, default=1, help="uncounted spawns per backend first (default 1)")
+    args = parser.parse_args()
+    if args.n < 1 or args.warmup < 0:
+        parser.error("--n must be >= 1 and --warmup >= 0")
+    if os.geteuid() != 0:
+        parser.error("run as root: the hubs create sandboxes, cgroups, network namespaces and a system user")
+    for tool in ("bwrap", "useradd", "userdel"):
+        if not shutil.which(tool):
+            parser.error(f"{tool} not found")
+    signal.signal(signal.SIGTERM, _raise_on_term)
+
+    name = f"vrebench-{secrets.token_hex(3)}"
+    password = secrets.token_urlsafe(16)
+    homes = short_tmp("vreb")
+    hubs: dict[str, BenchHub] = {}
+    clients: dict[str, HubClient] = {}
+    times: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    failed = False
+    try:
+        create_system_user(name, homes)
+        for backend in BACKENDS:
+            print(f"starting the {backend} hub ...", flush=True)
+            hubs[backend] = BenchHub(backend)
+            hubs[backend].start()
+            clients[backend] = add_account(hubs[backend], name, password, args.project)
+            print(f"  {hubs[backend].url} (state in {hubs[backend].base_dir})", flush=True)
+
+        profile = {"sandbox": args.profile, "local": None}
+        for i in range(args.warmup):
+            for backend in BACKENDS:
+                t = spawn(clients[backend], args.project, profile[backend])
+                stop(clients[backend], args.project)
+                print(f"warm-up {i + 1} {backend:8s} {t:6.2f} s (not counted)", flush=True)
+        for i in range(args.n):
+            order = BACKENDS if i % 2 == 0 else BACKENDS[::-1]  # ABBA: neither backend always goes first
+            for backend in order:
+                t = spawn(clients[backend], args.project, profile[backend])
+                stop(clients[backend], args.project)
+                times[backend].append(t)
+                print(f"spawn {i + 1:3d}/{args.n} {backend:8s} {t:6.2f} s", flush=True)
+        report(times, args, os.cpu_count() or 0)
+        return 0
+    except BaseException as e:
+        failed = True
+        print(f"\nbenchmark failed: {type(e).__name__}: {e}", file=sys.stderr)
+        for backend, hub in hubs.items():
+            print(f"--- {backend} hub log (tail) ---\n{hub.log_tail(40)}", file=sys.stderr)
+        if any(times.values()) and all(times.values()):
+            report(times, args, os.cpu_count() or 0)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish cleaning up
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for backend, client in clients.items():
+            try:
+                if client.server_state(args.project) is not None:
+                    client.stop(args.project, timeout=60)
+            except Exception as e:  # noqa: BLE001
+                print(f"warning: stopping the {backend} session: {e}", file=sys.stderr)
+        for hub in hubs.values():
+            hub.teardown()
+        remove_system_user(name)
+        shutil.rmtree(homes, ignore_errors=True)
+        print("cleaned up" + (" (after a failure)" if failed else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

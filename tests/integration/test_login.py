@@ -1,0 +1,42 @@
+"""Logging in to the real hub: hashed passwords, lockout, generated demo credentials."""
+
+import stat
+
+import pytest
+from hubclient import HubClient
+
+pytestmark = pytest.mark.integration
+
+
+def test_wrong_password_refused_and_lockout(hub):
+    hub.vre("user", "add", "dave", "--password-stdin", input="dave-password-1\n")
+    c = HubClient(hub.url, "dave")
+    for _ in range(3):  # the test hub locks after 3 failures
+        c.login("not-the-password")
+        assert not c.logged_in()
+    c.login("dave-password-1")
+    assert not c.logged_in(), "a locked account must refuse even the right password"
+    assert "dave" in hub.vre("user", "list").stdout and "locked" in hub.vre("user", "list").stdout
+    hub.vre("user", "unlock", "dave")
+    c.login("dave-password-1")
+    assert c.logged_in()
+
+
+def test_unknown_and_disabled_users_cannot_log_in(hub):
+    c = HubClient(hub.url, "mallory")
+    c.login("whatever-password")
+    assert not c.logged_in()
+    hub.vre("user", "add", "ed", "--password-stdin", input="ed-password-12\n")
+    hub.vre("user", "disable", "ed")
+    c = HubClient(hub.url, "ed")
+    c.login("ed-password-12")
+    assert not c.logged_in()
+
+
+def test_demo_credentials_are_generated_and_root_only(hub):
+    creds = hub.state / "secrets" / "demo-credentials.txt"
+    mode = stat.S_IMODE(creds.stat().st_mode)
+    assert mode == 0o600 and creds.stat().st_uid == 0
+    assert stat.S_IMODE((hub.state / "secrets").stat().st_mode) == 0o700
+    assert len(set(hub.passwords.values())) == len(hub.passwords) == 4  # random, distinct
+    assert all(len(p) >= 12 for p in hub.passwords.values())

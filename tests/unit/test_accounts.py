@@ -1,0 +1,82 @@
+import datetime as dt
+
+import pytest
+
+from vre import db as vdb
+from vre.accounts import add_account, check_login, set_password, unlock
+from vre.errors import VREError
+from vre.passwords import hash_password, verify_password
+
+
+def test_hash_roundtrip_and_salting():
+    h1, h2 = hash_password("correct horse battery"), hash_password("correct horse battery")
+    assert h1 != h2 and h1.startswith("scrypt$")
+    assert verify_password("correct horse battery", h1)
+    assert not verify_password("correct horse batterY", h1)
+    assert not verify_password("x", "") and not verify_password("x", "md5$abc")
+
+
+def test_generated_password_is_returned_once_and_works(db_url):
+    with vdb.session_scope(db_url) as db:
+        account, password = add_account(db, "erin")
+    assert password and len(password) >= 12
+    with vdb.session_scope(db_url) as db:
+        assert check_login(db, "erin", password, threshold=3, lockout_seconds=60).ok
+        assert "password" not in repr(account.__dict__.get("password_hash", ""))  # only a hash is stored
+        assert db.get(vdb.Account, account.id).password_hash.startswith("scrypt$")
+
+
+@pytest.mark.parametrize("name, role, password, fragment", [
+    ("Erin", "researcher", None, "invalid user name"),
+    ("erin", "superuser", None, "invalid role"),
+    ("erin", "researcher", "short", "too short"),
+])
+def test_bad_accounts_are_refused(db_url, name, role, password, fragment):
+    with vdb.session_scope(db_url) as db, pytest.raises(VREError, match=fragment):
+        add_account(db, name, role=role, password=password)
+
+
+def test_lockout_after_threshold_even_for_the_right_password(db_url):
+    with vdb.session_scope(db_url) as db:
+        add_account(db, "frank", password="frank-password-1")
+    for attempt in range(3):
+        with vdb.session_scope(db_url) as db:
+            r = check_login(db, "frank", "wrong-password", threshold=3, lockout_seconds=60)
+            assert not r.ok
+    assert r.reason == "locked"
+    with vdb.session_scope(db_url) as db:
+        r = check_login(db, "frank", "frank-password-1", threshold=3, lockout_seconds=60)
+        assert (r.ok, r.reason) == (False, "locked")
+        assert r.locked_until > vdb.utcnow() + dt.timedelta(seconds=50)
+    with vdb.session_scope(db_url) as db:
+        unlock(db, "frank")
+    with vdb.session_scope(db_url) as db:
+        assert check_login(db, "frank", "frank-password-1", threshold=3, lockout_seconds=60).ok
+
+
+def test_lock_expires(db_url):
+    with vdb.session_scope(db_url) as db:
+        add_account(db, "gina", password="gina-password-1")
+        db.flush()
+        acc = db.query(vdb.Account).filter_by(name="gina").one()
+        acc.locked_until = vdb.utcnow() - dt.timedelta(seconds=1)
+    with vdb.session_scope(db_url) as db:
+        assert check_login(db, "gina", "gina-password-1", threshold=3, lockout_seconds=60).ok
+
+
+def test_unknown_and_disabled_accounts(db_url):
+    with vdb.session_scope(db_url) as db:
+        assert check_login(db, "nobody", "x", threshold=3, lockout_seconds=60).reason == "bad-credentials"
+        assert check_login(db, "../etc", "x", threshold=3, lockout_seconds=60).reason == "bad-credentials"
+        add_account(db, "hank", password="hank-password-1")
+        db.query(vdb.Account).filter_by(name="hank").one().disabled = True
+    with vdb.session_scope(db_url) as db:
+        assert check_login(db, "hank", "hank-password-1", threshold=3, lockout_seconds=60).reason == "disabled"
+
+
+def test_set_password_resets_failures(db_url):
+    with vdb.session_scope(db_url) as db:
+        add_account(db, "ivy", password="ivy-password-1")
+        set_password(db, "ivy", "ivy-password-2")
+    with vdb.session_scope(db_url) as db:
+        assert check_login(db, "ivy", "ivy-password-2", threshold=3, lockout_seconds=60).ok

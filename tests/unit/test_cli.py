@@ -1,0 +1,109 @@
+"""The `vre` command on bad input: one clear line, exit code 2, nothing half-done."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from vre.demo.synth import corrupt_examples, make_cohort
+
+VRE = str(Path(sys.executable).parent / "vre")
+
+
+@pytest.fixture
+def run(tmp_path):
+    env = {**os.environ, "VRE_STATE_DIR": str(tmp_path / "state"), "VRE_RUN_DIR": "/tmp/vre-cli-run"}
+
+    def _run(*args, input=None):
+        return subprocess.run([VRE, *args], env=env, capture_output=True, text=True, input=input, timeout=120)
+    return _run
+
+
+@pytest.fixture
+def public_tmp():
+    """Datasets must be readable by session uids, so not under pytest's private (0700) tmp."""
+    path = Path(tempfile.mkdtemp(prefix="vre-cli-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _readable(path: Path) -> Path:
+    os.chmod(path, 0o755)
+    for dirpath, dirs, files in os.walk(path):
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+        for d in dirs:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+    return path
+
+
+def test_dataset_add_errors(run, public_tmp):
+    tmp_path = public_tmp
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _readable(empty)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("not dicom")
+    (junk / "scan.dcm").write_bytes(b"\x00" * 10)
+    _readable(junk)
+    afile = tmp_path / "afile.dcm"
+    afile.write_text("x")
+    cases = [
+        ([str(tmp_path / "missing")], "does not exist"),
+        ([str(afile)], "is not a directory"),
+        ([str(empty)], "empty"),
+        ([str(junk)], "no DICOM"),
+    ]
+    for path_args, fragment in cases:
+        r = run("dataset", "add", *path_args, "--slug", "ds-one", "--title", "T")
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert fragment.lower() in r.stderr.lower(), r.stderr
+        assert "Traceback" not in r.stderr
+    r = run("dataset", "list")
+    assert "ds-one" not in r.stdout  # nothing half-registered
+
+
+def test_dataset_add_with_some_corrupt_files_succeeds_with_a_report(run, public_tmp):
+    tmp_path = public_tmp
+    data = tmp_path / "cohort"
+    make_cohort("lung-ct", data, patients=1, slices=4, size=32)
+    corrupt_examples(data / "broken")
+    _readable(data)
+    r = run("dataset", "add", str(data), "--slug", "cohort", "--title", "Cohort", "--tier", "2",
+            "--condition", "Lung cancer")
+    assert r.returncode == 0, r.stderr
+    assert "warning:" in r.stdout and "broken/" in r.stdout
+    r = run("dataset", "add", str(data), "--slug", "cohort2", "--title", "Again")
+    assert r.returncode == 2 and "already registered as dataset 'cohort'" in r.stderr
+    r = run("dataset", "add", str(tmp_path), "--slug", "cohort", "--title", "Again")
+    assert r.returncode == 2 and "slug 'cohort' is taken" in r.stderr
+    r = run("dataset", "reindex", "cohort")
+    assert r.returncode == 0 and "0 read" in r.stdout, r.stdout
+    r = run("dataset", "add", str(tmp_path), "--slug", "cohort3", "--title", "T", "--tier", "7")
+    assert r.returncode == 2 and "interoperability_tier must be 1, 2 or 3" in r.stderr
+
+
+def test_dataset_must_be_readable_by_sessions(run, public_tmp):
+    tmp_path = public_tmp
+    data = tmp_path / "private"
+    make_cohort("lung-ct", data, patients=1, slices=2, size=32)
+    _readable(data)
+    os.chmod(data, 0o700)
+    r = run("dataset", "add", str(data), "--slug", "private", "--title", "T")
+    assert r.returncode == 2 and "chmod" in r.stderr
+
+
+def test_project_commands_explain_errors(run):
+    assert run("project", "grant", "nope", "nope").stderr.startswith("vre: error: unknown project 'nope'")
+    r = run("user", "add", "Bad Name")
+    assert r.returncode == 2 and "invalid user name" in r.stderr
+    r = run("user", "add", "judy", "--password-stdin", input="short\n")
+    assert r.returncode == 2 and "too short" in r.stderr
+    r = run("user", "add", "judy")
+    assert r.returncode == 0 and "password (shown once):" in r.stdout

@@ -1,0 +1,141 @@
+"""Project service and SessionPlan: the policy every backend renders, on SQLite and PostgreSQL."""
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from vre import db as vdb
+from vre import projects as P
+from vre.accounts import add_account
+from vre.errors import VREError
+from vre.plan import PlanRefused, build_plan
+from vre.settings import Settings
+
+
+@pytest.fixture
+def world(db_url, tmp_path):
+    """Two projects, two datasets, three people."""
+    settings = Settings(state_dir=tmp_path / "state", db_url=db_url)
+    with vdb.session_scope(db_url) as db:
+        for name in ("ann", "ben"):
+            add_account(db, name, password=f"{name}-password-1")
+        add_account(db, "aud", role="auditor", password="aud-password-1")
+        for slug in ("lung-ct", "prostate-mr"):
+            db.add(vdb.Dataset(slug=slug, title=slug, path=str(tmp_path / slug), catalog={}))
+        P.create_project(db, "lung", "Lung")
+        P.create_project(db, "prostate", "Prostate")
+        db.flush()
+        P.grant(db, "lung", "lung-ct")
+        P.grant(db, "prostate", "prostate-mr")
+        P.add_member(db, "lung", "ann")
+        P.add_member(db, "prostate", "ben")
+        P.set_profile(db, "lung", "large", cpu=4, memory="8G")
+        P.set_profile(db, "lung", "small", cpu=0.5, memory="1G")
+        P.set_profile(db, "prostate", "gpu", cpu=2, memory="8G", gpus=1)
+    return settings
+
+
+def plan(settings, user, project, profile=None):
+    with vdb.session_scope(settings.vre_db_url) as db:
+        return build_plan(db, settings, user, project, profile)
+
+
+def test_plan_contents(world, tmp_path):
+    p = plan(world, "ann", "lung")
+    assert p.profile == "small"  # smallest profile is the default
+    assert (p.cpu, p.mem_mb, p.gpus, p.threads) == (0.5, 1024, 0, 1)
+    mounts = {m.target: (m.source, m.readonly) for m in p.mounts}
+    assert mounts["/data/lung-ct"] == (tmp_path / "lung-ct", True)
+    assert mounts["/opt/vre/catalog/lung-ct"][1] is True
+    assert mounts["/home/jovyan"] == (world.projects_dir / "lung" / "homes" / "ann", False)
+    assert mounts["/home/jovyan/project"] == (world.projects_dir / "lung" / "workspace", False)
+    assert not any("prostate" in str(m.source) or "prostate" in m.target for m in p.mounts)
+    assert p.network == "vre-lung" and p.session_id == "ann-lung"
+    assert p.env["OMP_NUM_THREADS"] == "1" and p.env["VRE_DATASETS"] == "lung-ct"
+    assert p.uid >= world.uid_base and p.gid >= world.gid_base
+
+
+def test_plan_profile_selects_within_project(world):
+    assert plan(world, "ann", "lung", "large").cpu == 4
+    with pytest.raises(PlanRefused, match="no profile 'gpu'"):
+        plan(world, "ann", "lung", "gpu")  # another project's profile
+
+
+@pytest.mark.parametrize("user, project, fragment", [
+    ("ann", "prostate", "not a member"),
+    ("ann", "nonexistent", "not a member"),  # same answer: project names are not disclosed
+    ("ann", "", "choose a project"),
+    ("zed", "lung", "has no VRE account"),
+    ("aud", "lung", "not a member"),
+])
+def test_plan_refusals(world, user, project, fragment):
+    with pytest.raises(PlanRefused, match=fragment):
+        plan(world, user, project)
+
+
+def test_expiry_and_membership_changes_take_effect(world):
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.set_expiry(db, "lung", (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)).isoformat())
+    with pytest.raises(PlanRefused, match="expired"):
+        plan(world, "ann", "lung")
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.set_expiry(db, "lung", "never")
+        P.remove_member(db, "lung", "ann")
+    with pytest.raises(PlanRefused, match="not a member"):
+        plan(world, "ann", "lung")
+
+
+def test_revoked_dataset_leaves_the_plan(world):
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.revoke(db, "lung", "lung-ct")
+    assert plan(world, "ann", "lung").datasets == ()
+
+
+def test_disabled_account_is_refused(world):
+    with vdb.session_scope(world.vre_db_url) as db:
+        db.query(vdb.Account).filter_by(name="ann").one().disabled = True
+    with pytest.raises(PlanRefused, match="disabled"):
+        plan(world, "ann", "lung")
+
+
+def test_project_without_profiles_is_refused(world):
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.create_project(db, "empty", "Empty")
+        P.add_member(db, "empty", "ann")
+    with pytest.raises(PlanRefused, match="no resource profile"):
+        plan(world, "ann", "empty")
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda db: P.create_project(db, "lung", "Again"), "slug 'lung' is taken"),
+    (lambda db: P.create_project(db, "x", "Too short"), "invalid project slug"),
+    (lambda db: P.create_project(db, "new-one", "  "), "needs a --title"),
+    (lambda db: P.grant(db, "lung", "lung-ct"), "already has dataset"),
+    (lambda db: P.grant(db, "nope", "lung-ct"), "unknown project 'nope'"),
+    (lambda db: P.grant(db, "lung", "nope"), "unknown dataset 'nope'"),
+    (lambda db: P.revoke(db, "lung", "prostate-mr"), "has no grant"),
+    (lambda db: P.add_member(db, "lung", "ann"), "already a member"),
+    (lambda db: P.add_member(db, "lung", "aud"), "auditors review projects"),
+    (lambda db: P.add_member(db, "lung", "zed"), "unknown user 'zed'"),
+    (lambda db: P.remove_member(db, "lung", "ben"), "not a member"),
+    (lambda db: P.set_profile(db, "lung", "x", cpu=0, memory="1G"), "invalid cpu"),
+    (lambda db: P.set_profile(db, "lung", "x", cpu=1, memory="100M"), "too small"),
+    (lambda db: P.set_profile(db, "lung", "x", cpu=1, memory="lots"), "invalid memory"),
+    (lambda db: P.set_profile(db, "lung", "X!", cpu=1, memory="1G"), "invalid profile name"),
+    (lambda db: P.set_profile(db, "lung", "x", cpu=1, memory="1G", gpus=-1), "invalid gpus"),
+    (lambda db: P.remove_profile(db, "lung", "nope"), "has no profile 'nope'"),
+    (lambda db: P.set_expiry(db, "lung", "next tuesday"), "invalid expiry"),
+])
+def test_bad_input_is_explained(world, call, fragment):
+    with vdb.session_scope(world.vre_db_url) as db, pytest.raises(VREError) as e:
+        call(db)
+    assert fragment in str(e.value)
+
+
+def test_parse_helpers():
+    assert P.parse_memory("4G") == 4096 and P.parse_memory("512M") == 512 and P.parse_memory("1.5GiB") == 1536
+    day = P.parse_expiry("2027-06-30")
+    assert day == dt.datetime(2027, 7, 1, tzinfo=dt.timezone.utc)  # valid through that day
+    assert P.parse_expiry("never") is None
+    assert P.parse_expiry("2027-06-30T12:00:00Z").tzinfo is not None

@@ -1,0 +1,63 @@
+"""The sandbox backend's translation of a SessionPlan into a command line (policy is tested on the plan)."""
+
+from pathlib import Path
+
+import pytest
+from tornado import web
+
+from vre.backends.sandbox import SandboxSpawner, _user_options_profile
+from vre.plan import Mount, SessionPlan
+from vre.settings import Settings
+
+
+def make_plan(**kw) -> SessionPlan:
+    base = dict(user="ann", project="lung", profile="small", role="session", session_id="ann-lung",
+                uid=200001, gid=300001, cpu=1.5, mem_mb=2048, gpus=0, network="vre-lung",
+                datasets=("ct",),
+                mounts=(Mount(Path("/srv/ct"), "/data/ct", True), Mount(Path("/st/home"), "/home/jovyan", False),
+                        Mount(Path("/st/ws"), "/home/jovyan/project", False)),
+                env={"OMP_NUM_THREADS": "2"})
+    base.update(kw)
+    return SessionPlan(**base)
+
+
+@pytest.fixture
+def spawner(tmp_path):
+    sp = SandboxSpawner(settings=Settings(state_dir=tmp_path, run_dir=Path("/run/vre-t")))
+    sp.session_id = "ann-lung"
+    return sp
+
+
+def pairs(argv, flag):
+    return [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == flag]
+
+
+def test_command_renders_plan(spawner):
+    argv = spawner._command(make_plan())
+    assert argv[:4] == ["ip", "netns", "exec", "vre-lung"]
+    assert "--reuid=200001" in argv and "--regid=300001" in argv and "--no-new-privs" in argv
+    assert ("/srv/ct", "/data/ct") in pairs(argv, "--ro-bind")
+    assert ("/st/home", "/home/jovyan") in pairs(argv, "--bind")
+    assert ("/st/ws", "/home/jovyan/project") in pairs(argv, "--bind")
+    assert ("/run/vre-t/hub", "/run/vre/hub") in pairs(argv, "--ro-bind")
+    for flag in ("--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--new-session"):
+        assert flag in argv
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert "--unshare-net" not in argv  # the island (ip netns exec) is the network namespace
+    assert "--share-net" not in argv
+    # nothing of the host's root but /usr and named /etc files
+    ro = [src for src, _ in pairs(argv, "--ro-bind")]
+    assert "/" not in ro and "/etc" not in ro and "/root" not in ro and "/home" not in ro
+    assert argv.index("--remount-ro") < argv.index("--sock=/run/vre/session/jupyter.sock")
+
+
+def test_writable_binds_are_exactly_the_plan_and_the_socket_dir(spawner):
+    argv = spawner._command(make_plan())
+    assert sorted(t for _, t in pairs(argv, "--bind")) == ["/home/jovyan", "/home/jovyan/project", "/run/vre/session"]
+
+
+def test_profile_option_parsing():
+    assert _user_options_profile({"profile": ["large"]}) == "large"
+    assert _user_options_profile({}) is None and _user_options_profile(None) is None
+    with pytest.raises(web.HTTPError):
+        _user_options_profile({"profile": {"cpu": 64}})
