@@ -24,6 +24,7 @@ timings. Everything (hubs, proxies, sessions, the system user, temp dirs) is rem
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import pwd
 import secrets
@@ -41,6 +42,8 @@ sys.path.insert(0, str(ROOT / "hub"))
 
 from conftest import Hub, short_tmp  # noqa: E402
 from hubclient import HubClient, HubError  # noqa: E402
+from vre.backends import cgroups, netns  # noqa: E402
+from vre.plan import island_name  # noqa: E402
 
 TARGET = 1.2
 BACKENDS = ("sandbox", "local")
@@ -83,14 +86,27 @@ class BenchHub(Hub):
             config.write_text(LOCAL_CONFIG)
             self.env["VRE_EXTRA_HUB_CONFIG"] = str(config)
 
-    def teardown(self) -> None:
+    def teardown(self, session_id: str, island: str) -> None:
+        """Stop the hub, then do what ``vre down`` does, for this hub's own session only.
+
+        ``vre down`` stops every VRE session cgroup on the machine; a test run or another hub
+        beside this benchmark would lose its sessions, so only ours is killed here.
+        """
         try:
             self.kill()
         except Exception as e:  # noqa: BLE001 - go on cleaning up
             print(f"warning: stopping the {self.backend} hub: {e}", file=sys.stderr)
             if self.proc and self.proc.poll() is None:
                 self.proc.kill()
-        self.vre("down", check=False)
+        cgroup = cgroups.SessionCgroup(session_id)
+        cgroup.kill_all(2)
+        cgroup.remove()
+        pid_file = self.state / "proxy.pid"
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+        asyncio.run(netns.delete_if_unused(island))
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
@@ -276,7 +292,7 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001
                 print(f"warning: stopping the {backend} session: {e}", file=sys.stderr)
         for hub in hubs.values():
-            hub.teardown()
+            hub.teardown(session_id=f"{name}-{args.project}", island=island_name(args.project))
         remove_system_user(name)
         shutil.rmtree(homes, ignore_errors=True)
         print("cleaned up" + (" (after a failure)" if failed else ""), file=sys.stderr)

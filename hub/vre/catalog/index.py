@@ -453,7 +453,8 @@ def index_dataset(
             examples = walk_problems + conn.execute(
                 "SELECT relpath, error FROM files WHERE error IS NOT NULL ORDER BY relpath LIMIT ?", (_MAX_EXAMPLES,)
             ).fetchall()
-            errors = len(walk_problems) + conn.execute("SELECT COUNT(*) FROM files WHERE error IS NOT NULL").fetchone()[0]
+            (bad,) = conn.execute("SELECT COUNT(*) FROM files WHERE error IS NOT NULL").fetchone()
+            errors = bad + len(walk_problems)
             if not conn.execute("SELECT 1 FROM files WHERE error IS NULL LIMIT 1").fetchone():
                 raise CatalogError(_no_dicom_message(root, len(clinical), errors, examples))
             for statement in _REBUILD:
@@ -467,7 +468,9 @@ def index_dataset(
                     ("indexed_at", datetime.now(timezone.utc).isoformat(timespec="seconds")),
                 ],
             )
-            counts = [conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("patients", "studies", "series")]
+            counts = [
+                conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("patients", "studies", "series")
+            ]
     except CatalogError:
         conn.close()
         if created:

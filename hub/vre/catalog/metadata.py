@@ -78,7 +78,7 @@ def _clean(admin_fields: dict) -> dict:
             continue
         if name == "interoperability_tier":
             tier = int(value) if isinstance(value, str) and value.strip().isdigit() else value
-            if isinstance(tier, bool) or tier not in EUCAIM_TIERS:
+            if type(tier) is not int or tier not in EUCAIM_TIERS:
                 raise CatalogError(f"interoperability_tier must be 1, 2 or 3 (the EUCAIM data tier), got {value!r}")
             record[name] = tier
         elif name == "keywords":

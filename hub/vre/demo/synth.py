@@ -98,7 +98,9 @@ def _inside(x: np.ndarray, y: np.ndarray, e: Ellipse) -> np.ndarray:
     return ((x - e[0]) / e[2]) ** 2 + ((y - e[1]) / e[3]) ** 2 <= 1.0
 
 
-def _in_sphere(x, y, z, centre: tuple[float, float, float], radius: float) -> np.ndarray:
+def _in_sphere(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray | float, centre: tuple[float, float, float], radius: float
+) -> np.ndarray:
     return (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= radius**2
 
 
@@ -192,7 +194,7 @@ class _Stack:
         """Nearest voxel centre, so a lesion's centre voxel reads exactly its value."""
         col = round(self.row_dir * point[0] / self.spacing[1]) + self.cols // 2
         row = round(point[1] / self.spacing[0]) + self.rows // 2
-        k = self.slices // 2 + round((point[2] - Z_CENTER_MM) / (self.z(1) - self.z(0)))
+        k = self.slices // 2 + round((point[2] - Z_CENTER_MM) / (self.z(1) - self.z(0)))  # signed step
         return (float(self.x(col)), float(self.y(row)), self.z(k))
 
     def position(self, k: int) -> list[str]:
@@ -259,7 +261,7 @@ def _base_dataset(
     if study_date is None:
         study_date = date(2018, 1, 1) + timedelta(days=int(rng.integers(0, 6 * 365)))
     birth = _years_before(study_date, age) - timedelta(days=int(rng.integers(0, 365)))
-    study_uid = study_uid or _uid(seed, patient_id, "study")
+    study_uid = study_uid or _uid(seed, patient_id, modality, "study")
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -527,7 +529,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").upper()
 
 
-def _lung_patient(rng: np.random.Generator, i: int, out_dir: Path, slices: int, size: int, seed: int) -> SyntheticPatient:
+def _lung_patient(
+    rng: np.random.Generator, i: int, out_dir: Path, slices: int, size: int, seed: int
+) -> SyntheticPatient:
     pid = f"LUNG-{i:04d}"
     sex = "M" if rng.random() < 0.6 else "F"
     age = int(rng.integers(55, 81))  # screening population
@@ -572,7 +576,9 @@ def _lung_patient(rng: np.random.Generator, i: int, out_dir: Path, slices: int, 
     return SyntheticPatient(pid, sex, age, series_dir, centre, radius, clinical)
 
 
-def _prostate_patient(rng: np.random.Generator, i: int, out_dir: Path, slices: int, size: int, seed: int) -> SyntheticPatient:
+def _prostate_patient(
+    rng: np.random.Generator, i: int, out_dir: Path, slices: int, size: int, seed: int
+) -> SyntheticPatient:
     pid = f"PROSTATE-{i:04d}"
     age = int(rng.integers(50, 81))
     study_date = date(2018, 1, 1) + timedelta(days=int(rng.integers(0, 6 * 365)))
