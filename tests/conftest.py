@@ -110,6 +110,7 @@ class Hub:
             "VRE_RUN_DIR": str(self.base_dir / "run"),
             "VRE_BIND_URL": self.url,
             "VRE_PROXY_API_URL": f"http://127.0.0.1:{api_port}",
+            "VRE_INSTANCE": self.base_dir.name,  # its own cgroups and islands: hubs run side by side
             "VRE_DEMO_SIZE": "small",
             "VRE_POLL_INTERVAL": "2",
             "VRE_LOCKOUT_THRESHOLD": "3",
@@ -118,6 +119,7 @@ class Hub:
         if db_urls:
             self.env["VRE_DB_URL"], self.env["VRE_HUB_DB_URL"] = db_urls
         self.state = Path(self.env["VRE_STATE_DIR"])
+        self.instance = self.env["VRE_INSTANCE"]
         self.log_path = self.base_dir / "hub.log"
         self.proc: subprocess.Popen | None = None
         self.passwords: dict[str, str] = {}
@@ -166,6 +168,12 @@ class Hub:
         c = HubClient(self.url, user)
         c.get_token(password or self.passwords[user])
         return c
+
+    def cgroup(self, session_id: str, controller: str = "pids") -> Path:
+        return Path(f"/sys/fs/cgroup/{controller}/{self.instance}/{session_id}")
+
+    def island(self, project: str) -> Path:
+        return Path(f"/run/netns/{self.instance}-{project}")
 
     def teardown(self) -> None:
         self.kill()

@@ -73,6 +73,7 @@ class LoginResult:
     reason: str  # "ok", "bad-credentials", "locked", "disabled"
     account: Account | None = None
     locked_until: dt.datetime | None = None
+    just_locked: bool = False  # this failure crossed the threshold
 
 
 def check_login(db: Session, name: str, password: str, *, threshold: int, lockout_seconds: int) -> LoginResult:
@@ -100,5 +101,5 @@ def check_login(db: Session, name: str, password: str, *, threshold: int, lockou
     if account.failed_logins >= threshold:
         account.locked_until = now + dt.timedelta(seconds=lockout_seconds)
         account.failed_logins = 0
-        return LoginResult(False, "locked", account, account.locked_until)
+        return LoginResult(False, "locked", account, account.locked_until, just_locked=True)
     return LoginResult(False, "bad-credentials", account)

@@ -13,7 +13,19 @@ from traitlets import Instance, default
 
 from . import db as vdb
 from .accounts import check_login
+from .events import aemit
 from .settings import Settings, load
+
+AUDITOR_ROLE = "vre-auditor"
+AUDIT_READ_SCOPE = "custom:vre-audit:read"
+
+
+AUDITOR_GROUP = "vre-auditors"
+
+
+def groups_for(role: str) -> list[str]:
+    """JupyterHub groups of a VRE account; the auditor group carries the auditor role."""
+    return [AUDITOR_GROUP] if role == "auditor" else []
 
 
 class VREAuthenticator(Authenticator):
@@ -27,9 +39,12 @@ class VREAuthenticator(Authenticator):
     def _allow_all_default(self):
         return False
 
-    @default("manage_roles")
-    def _manage_roles_default(self):
-        return False
+    @default("manage_groups")
+    def _manage_groups_default(self):
+        # Group membership follows the VRE account's role at every login; the auditor group
+        # carries the auditor role (hubconfig). Managing groups rather than roles avoids a
+        # JupyterHub 6.1 crash at restart with authenticator-managed role assignments.
+        return True
 
     def _check(self, name: str, password: str):
         with vdb.session_scope(self.settings.vre_db_url) as db:
@@ -41,16 +56,19 @@ class VREAuthenticator(Authenticator):
     async def authenticate(self, handler, data):
         name = (data.get("username") or "").strip().lower()
         password = data.get("password") or ""
+        client = handler.request.remote_ip if handler else None
         # scrypt costs ~50 ms: keep it off the event loop
         result, role = await asyncio.to_thread(self._check, name, password)
+        audit = dict(actor=name or "(empty)", actor_role=role or "anonymous", client=client, target=f"user/{name}")
         if result.ok:
-            return {"name": name, "admin": role == "admin"}
-        client = handler.request.remote_ip if handler else "?"
-        if result.reason == "locked":
-            self.log.warning("Login refused for locked account %r from %s (locked until %s)",
-                             name, client, result.locked_until)
-        else:
-            self.log.warning("Failed login for %r from %s (%s)", name, client, result.reason)
+            await aemit(self.settings, "auth.login", **audit)
+            return {"name": name, "admin": role == "admin", "groups": groups_for(role)}
+        self.log.warning("Failed login for %r from %s (%s)", name, client, result.reason)
+        await aemit(self.settings, "auth.login_failed", outcome="denied", details={"reason": result.reason}, **audit)
+        if result.just_locked:
+            await aemit(self.settings, "auth.lockout", outcome="denied",
+                        details={"locked_until": result.locked_until.isoformat(),
+                                 "threshold": self.settings.lockout_threshold}, **audit)
         return None
 
     async def check_allowed(self, username, authentication=None):

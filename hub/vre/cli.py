@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import db as vdb
 from .errors import VREError
+from .events import emit_cli
 from .settings import Settings, SettingsError, load
 
 HUB_CONFIG = Path(__file__).resolve().parent.parent / "jupyterhub_config.py"
@@ -67,18 +68,19 @@ def _prepare_state(settings: Settings) -> None:
 
 
 def cmd_down(args) -> int:
-    """Stop every session, the proxy and remove the project islands (the hub itself: Ctrl+C)."""
+    """Stop every session of this installation, its proxy, and remove its project islands (the hub
+    itself: Ctrl+C)."""
     import signal
 
     from .backends import cgroups, netns
 
     settings = _settings(args)
     stopped = 0
-    base = cgroups.SessionCgroup("x")
+    base = cgroups.SessionCgroup("x", settings.instance)
     parent = base.dirs["pids"].parent
     if parent.is_dir():
         for d in sorted(p for p in parent.iterdir() if p.is_dir()):
-            cg = cgroups.SessionCgroup(d.name)
+            cg = cgroups.SessionCgroup(d.name, settings.instance)
             cg.kill_all(2)
             cg.remove()
             stopped += 1
@@ -93,7 +95,7 @@ def cmd_down(args) -> int:
 
     if netns.NETNS_DIR.is_dir():
         for ns in netns.NETNS_DIR.iterdir():
-            if ns.name.startswith("vre-"):
+            if ns.name.startswith(f"{settings.instance}-"):
                 asyncio.run(netns.delete_if_unused(ns.name))
     print(f"stopped {stopped} session(s) and the proxy")
     return 0
@@ -111,11 +113,13 @@ def cmd_user_add(args) -> int:
     from .accounts import add_account
 
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
-    with _db(_settings(args)) as db:
+    settings = _settings(args)
+    with _db(settings) as db:
         account, generated = add_account(db, args.name, role=args.role, password=password)
-        print(f"added {account.role} {account.name!r}")
-        if generated:
-            print(f"password (shown once): {generated}")
+    emit_cli(settings, "user.create", target=f"user/{account.name}", details={"role": account.role})
+    print(f"added {account.role} {account.name!r}")
+    if generated:
+        print(f"password (shown once): {generated}")
     return 0
 
 
@@ -138,8 +142,10 @@ def cmd_user_set_password(args) -> int:
         import getpass
 
         password = getpass.getpass(f"new password for {args.name}: ")
-    with _db(_settings(args)) as db:
+    settings = _settings(args)
+    with _db(settings) as db:
         set_password(db, args.name, password)
+    emit_cli(settings, "user.update", target=f"user/{args.name}", details={"change": "password"})
     print(f"password of {args.name!r} changed")
     return 0
 
@@ -147,8 +153,10 @@ def cmd_user_set_password(args) -> int:
 def cmd_user_unlock(args) -> int:
     from .accounts import unlock
 
-    with _db(_settings(args)) as db:
+    settings = _settings(args)
+    with _db(settings) as db:
         unlock(db, args.name)
+    emit_cli(settings, "user.update", target=f"user/{args.name}", details={"change": "unlock"})
     print(f"{args.name!r} unlocked")
     return 0
 
@@ -156,8 +164,11 @@ def cmd_user_unlock(args) -> int:
 def cmd_user_disable(args) -> int:
     from .accounts import get_account
 
-    with _db(_settings(args)) as db:
+    settings = _settings(args)
+    with _db(settings) as db:
         get_account(db, args.name).disabled = not args.enable
+    emit_cli(settings, "user.update", target=f"user/{args.name}",
+             details={"change": "enable" if args.enable else "disable"})
     print(f"{args.name!r} {'enabled' if args.enable else 'disabled'}")
     return 0
 
@@ -175,8 +186,10 @@ def cmd_dataset_add(args) -> int:
             keywords=[k.strip() for k in (args.keywords or "").split(",") if k.strip()],
             license=args.license, contact_point=args.contact,
         )
-        print(f"registered dataset {dataset.slug!r}: {report.summary()}")
-        _print_report_problems(report)
+    emit_cli(settings, "dataset.register", target=str(dataset.path), dataset=dataset.slug,
+             details={"files": report.files_seen, "errors": report.errors, "series": report.series})
+    print(f"registered dataset {dataset.slug!r}: {report.summary()}")
+    _print_report_problems(report)
     return 0
 
 
@@ -195,6 +208,7 @@ def cmd_dataset_reindex(args) -> int:
     settings = _settings(args)
     with _db(settings) as db:
         report = reindex(db, settings, args.slug, workers=args.workers)
+    emit_cli(settings, "dataset.reindex", dataset=args.slug, details={"read": report.files_indexed})
     print(f"re-indexed {args.slug!r}: {report.summary()}")
     _print_report_problems(report)
     return 0
@@ -225,6 +239,7 @@ def cmd_dataset_remove(args) -> int:
     settings = _settings(args)
     with _db(settings) as db:
         remove_dataset(db, settings, args.slug)
+    emit_cli(settings, "dataset.remove", dataset=args.slug)
     print(f"removed dataset {args.slug!r} from the catalogue (its files are untouched)")
     return 0
 
@@ -234,33 +249,49 @@ def cmd_project(args) -> int:
     from . import projects as P
 
     settings = _settings(args)
+    event = None
     with _db(settings) as db:
         match args.project_cmd:
             case "create":
                 p = P.create_project(db, args.slug, args.title, args.description or "", args.expires)
+                event = ("project.create", dict(project=p.slug, details={"title": p.title}))
                 print(f"created project {p.slug!r}; next: grant datasets, add members and a profile")
             case "grant":
                 P.grant(db, args.project, args.dataset)
+                event = ("project.grant", dict(project=args.project, dataset=args.dataset))
                 print(f"granted {args.dataset!r} to {args.project!r}: mounted read-only in new sessions")
             case "revoke":
                 P.revoke(db, args.project, args.dataset)
+                event = ("project.revoke", dict(project=args.project, dataset=args.dataset))
                 print(f"revoked {args.dataset!r} from {args.project!r}: gone from sessions started from now on")
             case "add-member":
                 P.add_member(db, args.project, args.user)
+                event = ("project.member_add", dict(project=args.project, target=f"user/{args.user}"))
                 print(f"added {args.user!r} to {args.project!r}")
             case "remove-member":
                 P.remove_member(db, args.project, args.user)
+                event = ("project.member_remove", dict(project=args.project, target=f"user/{args.user}"))
                 print(f"removed {args.user!r} from {args.project!r}; a running session of theirs is stopped "
                       f"within {settings.poll_interval} s")
             case "set-profile":
                 pr = P.set_profile(db, args.project, args.name, cpu=args.cpu, memory=args.memory,
                                    gpus=args.gpus, description=args.description or "")
+                event = ("project.profile_set", dict(project=args.project, target=pr.name, details={
+                    "cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus}))
                 print(f"profile {pr.name!r} of {args.project!r}: {pr.describe()}")
             case "remove-profile":
                 P.remove_profile(db, args.project, args.name)
+                event = ("project.profile_remove", dict(project=args.project, target=args.name))
                 print(f"removed profile {args.name!r} from {args.project!r}")
+            case "set-cell-audit":
+                p = P.set_cell_audit(db, args.project, args.state == "on")
+                event = ("project.update", dict(project=p.slug, details={"audit_cells": p.audit_cells}))
+                print(f"code audit {'on: every executed cell of' if p.audit_cells else 'off for'} {p.slug!r}"
+                      + (" is recorded (sessions started from now on; researchers are told)" if p.audit_cells else ""))
             case "set-expiry":
                 p = P.set_expiry(db, args.project, args.expires)
+                event = ("project.expiry_set", dict(project=p.slug, details={
+                    "expires_at": p.expires_at.isoformat() if p.expires_at else None}))
                 if p.expires_at is None:
                     print(f"{p.slug!r} no longer expires")
                 elif p.is_expired():
@@ -280,10 +311,13 @@ def cmd_project(args) -> int:
                 print(json.dumps({
                     "slug": p.slug, "title": p.title, "description": p.description,
                     "expires_at": p.expires_at.isoformat() if p.expires_at else None, "expired": p.is_expired(),
+                    "audit_cells": p.audit_cells,
                     "members": sorted(m.account.name for m in p.members),
                     "datasets": sorted(g.dataset.slug for g in p.grants),
                     "profiles": {pr.name: {"cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus} for pr in p.profiles},
                 }, indent=2))
+    if event:
+        emit_cli(settings, event[0], **event[1])
     return 0
 
 
@@ -379,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = pj.add_parser("remove-profile")
     p.add_argument("project")
     p.add_argument("name")
+    p = pj.add_parser("set-cell-audit", help="record the code of every executed cell (off by default)")
+    p.add_argument("project")
+    p.add_argument("state", choices=["on", "off"])
     p = pj.add_parser("set-expiry")
     p.add_argument("project")
     p.add_argument("expires")

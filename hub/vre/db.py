@@ -24,6 +24,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
@@ -93,6 +94,8 @@ class Project(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     #: Permit expiry: from this moment no session may run.
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: Record the code of every executed cell (off by default; researchers are told when on).
+    audit_cells: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     members: Mapped[list[Membership]] = relationship(back_populates="project", cascade="all, delete-orphan")

@@ -32,7 +32,9 @@ def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
 
 
 def configure(c, settings: Settings) -> None:
-    from .auth import VREAuthenticator
+    from .api import configure as configure_api
+    from .auth import AUDIT_READ_SCOPE, AUDITOR_GROUP, AUDITOR_ROLE, VREAuthenticator
+    from .events import make_log_function
     from .backends.sandbox import SandboxSpawner
     from .hubpages import home_projects
 
@@ -64,6 +66,12 @@ def configure(c, settings: Settings) -> None:
     c.JupyterHub.authenticator_class = VREAuthenticator
     c.Authenticator.any_allow_config = True  # VREAuthenticator.check_allowed asks the VRE database
     c.VREAuthenticator.settings = settings
+    c.JupyterHub.custom_scopes = {
+        AUDIT_READ_SCOPE: {"description": "Read, export and verify the VRE audit trail (auditors)."},
+    }
+    c.JupyterHub.load_roles = [{"name": AUDITOR_ROLE, "description": "Review, export and verify the audit trail",
+                                "scopes": [AUDIT_READ_SCOPE], "groups": [AUDITOR_GROUP]}]
+    configure_api(c, settings)
     c.JupyterHub.spawner_class = SandboxSpawner
     c.SandboxSpawner.settings = settings
 
@@ -74,7 +82,7 @@ def configure(c, settings: Settings) -> None:
     c.JupyterHub.default_url = "/hub/home"
     c.JupyterHub.implicit_spawn_seconds = 0
     c.JupyterHub.template_paths = [str(TEMPLATES)]
-    c.JupyterHub.template_vars = {"vre_projects": lambda user: home_projects(settings, user.name)}
+    c.JupyterHub.template_vars = {"vre_projects": lambda user: home_projects(settings, user.name) if user else []}
 
     c.Spawner.hub_connect_url = unix_url(INNER_HUB_SOCKET)
     c.Spawner.env_keep = []                 # nothing of the hub's environment leaks into sessions
@@ -84,3 +92,6 @@ def configure(c, settings: Settings) -> None:
     c.Spawner.start_timeout = 120
     c.Spawner.http_timeout = 60
     c.JupyterHub.log_level = "DEBUG" if settings.debug else "INFO"
+    # Every state-changing API request (and logout) is audited where JupyterHub logs requests.
+    c.JupyterHub.tornado_settings = {"log_function": make_log_function(settings), "vre_settings": settings}
+    read_or_create_secret(settings.secrets_dir / "audit_relay_key")

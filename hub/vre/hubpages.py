@@ -33,6 +33,7 @@ def home_projects(settings: Settings, username: str) -> list[dict]:
             "slug": p.slug, "title": p.title, "description": p.description,
             "expires_at": p.expires_at.strftime("%Y-%m-%d %H:%M UTC") if p.expires_at else None,
             "expired": p.is_expired(),
+            "audit_cells": p.audit_cells,
             "datasets": [_dataset_summary(g.dataset) for g in sorted(p.grants, key=lambda g: g.dataset.slug)],
             "profiles": [{"name": pr.name, "text": pr.describe(), "description": pr.description}
                          for pr in p.profiles],
@@ -57,5 +58,7 @@ def spawn_form(settings: Settings, username: str, project_slug: str) -> str:
             f'{escape(prof["text"])} {escape(prof["description"])}</label></div>'
         )
     datasets = ", ".join(escape(d["title"]) for d in project["datasets"]) or "none yet"
-    return (f'<h4>{escape(project["title"])}</h4><p>Datasets (read-only under /data): {datasets}</p>'
+    notice = ('<p class="alert alert-warning" id="vre-cell-audit">Code audit is on for this project: '
+              'the code of every cell you run is recorded in the audit trail.</p>' if project["audit_cells"] else "")
+    return (f'<h4>{escape(project["title"])}</h4>{notice}<p>Datasets (read-only under /data): {datasets}</p>'
             f'<fieldset><legend>Resource profile</legend>{"".join(rows)}</fieldset>')

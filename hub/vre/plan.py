@@ -54,6 +54,7 @@ class SessionPlan:
     network: str                # the project's island (a network namespace / network / policy)
     datasets: tuple[str, ...]
     mounts: tuple[Mount, ...]
+    audit_cells: bool = False   # record the code of every executed cell
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -66,14 +67,15 @@ class SessionPlan:
         return {
             "user": self.user, "project": self.project, "profile": self.profile, "role": self.role,
             "session_id": self.session_id, "cpu": self.cpu, "mem_mb": self.mem_mb, "gpus": self.gpus,
+            "audit_cells": self.audit_cells,
             "datasets": [
                 {"slug": s, "path": f"{DATA_ROOT}/{s}", "catalog": f"{CATALOG_ROOT}/{s}"} for s in self.datasets
             ],
         }
 
 
-def island_name(project_slug: str) -> str:
-    return f"vre-{project_slug}"
+def island_name(settings: Settings, project_slug: str) -> str:
+    return f"{settings.instance}-{project_slug}"
 
 
 def project_paths(settings: Settings, project_slug: str, user: str) -> tuple[Path, Path]:
@@ -136,7 +138,8 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
         user=user, project=project.slug, profile=profile.name, role=role, session_id=session_id,
         uid=settings.uid_base + account.id, gid=settings.gid_base + project.id,
         cpu=profile.cpu, mem_mb=profile.mem_mb, gpus=profile.gpus,
-        network=island_name(project.slug),
+        network=island_name(settings, project.slug),
         datasets=tuple(d.slug for d in datasets), mounts=tuple(mounts), env=plan_env,
+        audit_cells=project.audit_cells,
         labels={"vre.user": user, "vre.project": project.slug, "vre.session": session_id, "vre.role": role},
     )

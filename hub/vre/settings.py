@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ class Settings:
     bind_url: str = "http://127.0.0.1:8000"
     #: Address of configurable-http-proxy's REST API (loopback only).
     proxy_api_url: str = "http://127.0.0.1:8001"
+    #: Name of this installation on the host: prefixes its cgroups (``<instance>/<session>``) and
+    #: project islands (``<instance>-<project>``), so two hubs on one host never touch each other's.
+    instance: str = "vre"
     #: Session backend: ``sandbox`` (bubblewrap, the embedded default).
     backend: str = "sandbox"
     #: Python environment that sessions run from; bound read-only into every sandbox.
@@ -160,6 +164,8 @@ def load(config_file: str | os.PathLike | None = None, environ: dict | None = No
 def _validate(s: Settings) -> None:
     if s.backend not in ("sandbox",):
         raise SettingsError(f"backend {s.backend!r} is not available; use 'sandbox'")
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,19}", s.instance):
+        raise SettingsError(f"instance {s.instance!r}: use 1-20 lowercase letters, digits and '-'")
     if s.demo_size not in ("full", "small"):
         raise SettingsError(f"demo_size must be 'full' or 'small', not {s.demo_size!r}")
     if str(s.run_dir) != str(s.run_dir).lower():

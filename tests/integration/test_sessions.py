@@ -114,7 +114,7 @@ result = {{
     venv_top = result["venv"].split("/")[1]
     assert set(result["top"]) == {"bin", "data", "dev", "etc", "home", "lib", "lib64", "opt", "proc", "run",
                                   "sbin", "tmp", "usr", venv_top}
-    assert result["hub_socket_dir"] == ["hub", "session"]
+    assert result["hub_socket_dir"] == ["hub", "session", "spool"]
     assert not result["sys"]
 
 
@@ -129,7 +129,7 @@ result = {"uid": os.getuid(), "uid_map": open("/proc/self/uid_map").read().split
 """)
     assert result["uid"] == 1000 and result["uid_map"][0] == "1000" and result["uid_map"][2] == "1"
     # Seen from the host, every process of the session runs as the account's unprivileged uid.
-    pids = Path("/sys/fs/cgroup/pids/vre/alice-lung-screening/cgroup.procs").read_text().split()
+    pids = (hub.cgroup("alice-lung-screening") / "cgroup.procs").read_text().split()
     assert len(pids) >= 3  # bwrap, the server, the kernel
     host_uids = set()
     for pid in pids:
@@ -201,7 +201,7 @@ def test_cannot_start_other_projects_or_profiles_via_api(hub):
         assert fragment in r.json()["message"], r.json()
     # Refusals leave nothing running and nothing behind.
     assert alice.server_state("prostate-ai") is None and bob.server_state("prostate-ai") is None
-    assert not Path("/run/netns/vre-prostate-ai").exists()
+    assert not hub.island("prostate-ai").exists()
 
 
 def test_cannot_start_other_projects_via_form(hub):
@@ -210,9 +210,22 @@ def test_cannot_start_other_projects_via_form(hub):
     assert "not a member" in r.text
     r = c.http.post(f"{hub.url}/hub/spawn/alice/prostate-ai", data={"profile": "small", "_xsrf": c.http.cookies["_xsrf"]},
                     timeout=30)
-    # JupyterHub shows the form again with the refusal; nothing is started.
-    assert r.status_code in (200, 403) and "alert-danger" in r.text and "you are not a member" in r.text
+    # JupyterHub shows the form again with the refusal as its error message; nothing is started.
+    assert r.status_code == 403 and "spawn-error-msg" in r.text
+    assert "Error: HTTP 403: error (you are not a member of a project named &#39;prostate-ai&#39;)" in r.text
     assert c.server_state("prostate-ai") is None
+
+
+def test_form_starts_the_chosen_profile(hub):
+    c = hub.client("bob")
+    hub.vre("project", "set-profile", "prostate-ai", "big", "--cpu", "1", "--memory", "3G")
+    r = c.http.post(f"{hub.url}/hub/spawn/bob/prostate-ai", data={"profile": "big", "_xsrf": c.http.cookies["_xsrf"]},
+                    timeout=60)
+    assert r.status_code == 200 and "spawn-error-msg" not in r.text
+    c.wait_ready("prostate-ai")
+    assert (hub.cgroup("bob-prostate-ai", "memory") / "memory.limit_in_bytes").read_text().strip() == str(3 * 1024**3)
+    c.stop("prostate-ai")
+    hub.vre("project", "remove-profile", "prostate-ai", "big")
 
 
 def test_options_cannot_widen_the_plan(hub):
@@ -233,7 +246,7 @@ result = {"data": sorted(os.listdir("/data")), "host": os.path.exists("/host"),
     finally:
         k.close()
     assert result == {"data": ["prostate-mri"], "host": False, "threads": "1", "profile": "small"}
-    cg = Path("/sys/fs/cgroup/memory/vre/bob-prostate-ai/memory.limit_in_bytes")
+    cg = hub.cgroup("bob-prostate-ai", "memory") / "memory.limit_in_bytes"
     if cg.exists():
         assert int(cg.read_text()) == 2 * 1024**3
     c.stop("prostate-ai")
@@ -267,7 +280,7 @@ def test_memory_hog_is_killed_and_hub_keeps_serving(hub):
         k2 = c.kernel("memtest")
         assert k2.check("print(6 * 7)").strip() == "42"
         k2.close()
-        oom = Path("/sys/fs/cgroup/memory/vre/alice-memtest/memory.oom_control")
+        oom = hub.cgroup("alice-memtest", "memory") / "memory.oom_control"
         if oom.exists():
             assert "oom_kill 0" not in oom.read_text()
     finally:
@@ -276,19 +289,18 @@ def test_memory_hog_is_killed_and_hub_keeps_serving(hub):
 
 
 # --- lifecycle --------------------------------------------------------------------------------
-def _cgroup_exists(session_id: str) -> bool:
-    return any(Path(f"/sys/fs/cgroup/{c}/vre/{session_id}").exists() for c in ("pids", "memory")) or \
-        Path(f"/sys/fs/cgroup/vre/{session_id}").exists()
+def _cgroup_exists(hub, session_id: str) -> bool:
+    return hub.cgroup(session_id).exists() or hub.cgroup(session_id, "memory").exists()
 
 
 def test_stop_cleans_up(hub):
     c = hub.client("bob")
     c.start("prostate-ai")
-    assert _cgroup_exists("bob-prostate-ai") and Path("/run/netns/vre-prostate-ai").exists()
+    assert _cgroup_exists(hub, "bob-prostate-ai") and hub.island("prostate-ai").exists()
     c.stop("prostate-ai")
-    assert not _cgroup_exists("bob-prostate-ai")
+    assert not _cgroup_exists(hub, "bob-prostate-ai")
     assert not (hub.state.parent / "run" / "sessions" / "bob-prostate-ai").exists()
-    assert not Path("/run/netns/vre-prostate-ai").exists()
+    assert not hub.island("prostate-ai").exists()
 
 
 def test_removed_member_is_stopped_and_refused(hub):
@@ -307,7 +319,7 @@ def test_removed_member_is_stopped_and_refused(hub):
     while c.server_state("lung-screening") is not None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert c.server_state("lung-screening") is None
-    assert not _cgroup_exists("carol-lung-screening")
+    assert not _cgroup_exists(hub, "carol-lung-screening")
     r = c.api("POST", "/users/carol/servers/lung-screening", json={})
     assert r.status_code == 403 and "not a member" in r.json()["message"]
 
@@ -343,4 +355,32 @@ def test_sessions_survive_hub_restart(hub):
     assert k2.check("print(survivor)").strip() == "42"
     k2.close()
     c.stop("lung-screening")
-    assert not _cgroup_exists("alice-lung-screening")
+    assert not _cgroup_exists(hub, "alice-lung-screening")
+
+
+def test_spawn_progress_is_reported(hub):
+    """The spawn page's progress bar reads this event stream; our steps must appear in it."""
+    import threading
+
+    c = hub.client("bob")
+    t = threading.Thread(target=lambda: c.api("POST", "/users/bob/servers/prostate-ai", json={}), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while (c.server_state("prostate-ai") or {}).get("pending") != "spawn" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r = c.api("GET", "/users/bob/servers/prostate-ai/progress", stream=True, timeout=90)
+    messages = []
+    for line in r.iter_lines(decode_unicode=True):
+        if line and line.startswith("data:"):
+            event = json.loads(line[5:])
+            messages.append(event.get("message", ""))
+            if event.get("ready") or event.get("failed"):
+                break
+    t.join(30)
+    text = "\n".join(messages)
+    assert "network island" in text and "Starting the sandbox" in text, text
+    # CPU and memory of the profile (1 CPU, 2G) are in the session's cgroup
+    quota = hub.cgroup("bob-prostate-ai", "cpu") / "cpu.cfs_quota_us"
+    if quota.exists():
+        assert int(quota.read_text()) == 100_000
+    c.stop("prostate-ai")

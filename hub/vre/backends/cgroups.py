@@ -34,7 +34,8 @@ def _v1_mounts() -> dict[str, Path]:
 
 
 class SessionCgroup:
-    """The cgroup(s) of one session, named ``vre/<name>`` under each controller."""
+    """The cgroup(s) of one session, named ``<parent>/<name>`` under each controller (the parent
+    is the installation's ``instance`` name)."""
 
     def __init__(self, name: str, parent: str = "vre"):
         self.name = name

@@ -23,6 +23,7 @@ import asyncio
 import glob
 import json
 import os
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -34,6 +35,9 @@ from tornado import web
 from traitlets import Float, Instance, Integer, List, Unicode, default
 
 from .. import db as vdb
+from ..api.ingest import Identity, make_token, replay_spool
+from ..events import aemit
+from ..hubconfig import INNER_HUB_SOCKET, unix_url
 from ..plan import HOME, PlanRefused, SessionPlan, build_plan
 from ..settings import Settings, load
 from . import netns
@@ -41,6 +45,7 @@ from .cgroups import SessionCgroup
 
 INNER_UID, INNER_GID = 1000, 100
 INNER_RUN = "/run/vre"
+INNER_HUB_URL = unix_url(INNER_HUB_SOCKET)
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "hosts",
              "ssl", "ca-certificates", "alternatives", "mime.types", "fonts", "protocols", "services")
 
@@ -76,8 +81,9 @@ class SandboxSpawner(Spawner):
 
     # state kept across hub restarts
     pid = Integer(0)
-    session_id = Unicode("")
+    session_id = Unicode("")      # stable per (user, project): names the cgroup and sockets
     island = Unicode("")
+    audit_session = Unicode("")   # unique per run: what audit events call "session"
 
     plan: SessionPlan | None = None
     _proc: subprocess.Popen | None = None
@@ -103,19 +109,28 @@ class SandboxSpawner(Spawner):
 
     @default("options_from_form")
     def _options_from_form_default(self):
-        return "simple"
+        return Spawner._simple_options_from_form  # (a default is not validated: give the function)
 
     @staticmethod
-    def _apply_plan(spawner: "SandboxSpawner", user_options: dict) -> None:
+    async def _apply_plan(spawner: "SandboxSpawner", user_options: dict) -> None:
         """Build the plan from the database; the request only selects a profile within it."""
         profile = _user_options_profile(user_options)
+        audit = dict(actor=spawner.user.name, project=spawner.name or None,
+                     target=f"{spawner.user.name}/{spawner.name}", details={"profile": profile})
         try:
-            plan = spawner._build_plan(profile)
+            plan = await asyncio.to_thread(spawner._build_plan, profile)
+            if plan.gpus and not glob.glob("/dev/nvidia[0-9]*"):
+                raise web.HTTPError(503, f"profile {plan.profile!r} asks for {plan.gpus} GPU(s) but this host "
+                                         "has none; choose a CPU profile or ask an admin")
         except PlanRefused as e:
+            await aemit(spawner.settings, "session.request", outcome="denied",
+                        **{**audit, "details": {**audit["details"], "reason": str(e)}})
             raise web.HTTPError(403, str(e)) from None
-        if plan.gpus and not glob.glob("/dev/nvidia[0-9]*"):
-            raise web.HTTPError(503, f"profile {plan.profile!r} asks for {plan.gpus} GPU(s) but this host has "
-                                     "none; choose a CPU profile or ask an admin")
+        except web.HTTPError as e:
+            await aemit(spawner.settings, "session.request", outcome="error",
+                        **{**audit, "details": {**audit["details"], "reason": e.log_message}})
+            raise
+        await aemit(spawner.settings, "session.request", **audit)
         spawner.plan = plan
 
     def _build_plan(self, profile: str | None) -> SessionPlan:
@@ -144,7 +159,8 @@ class SandboxSpawner(Spawner):
     def get_state(self):
         state = super().get_state()
         if self.pid:
-            state.update(pid=self.pid, session_id=self.session_id, island=self.island)
+            state.update(pid=self.pid, session_id=self.session_id, island=self.island,
+                         audit_session=self.audit_session)
         return state
 
     def load_state(self, state):
@@ -152,10 +168,11 @@ class SandboxSpawner(Spawner):
         self.pid = state.get("pid", 0)
         self.session_id = state.get("session_id", "")
         self.island = state.get("island", "")
+        self.audit_session = state.get("audit_session", "")
 
     def clear_state(self):
         super().clear_state()
-        self.pid, self.session_id, self.island = 0, "", ""
+        self.pid, self.session_id, self.island, self.audit_session = 0, "", "", ""
 
     # -- paths ----------------------------------------------------------------------------
     def _run_dir(self) -> Path:
@@ -171,12 +188,27 @@ class SandboxSpawner(Spawner):
     async def start(self):
         plan = self.plan or self._build_plan(_user_options_profile(self.user_options))
         self.session_id, self.island = plan.session_id, plan.network
+        self.audit_session = f"{plan.session_id}-{secrets.token_hex(4)}"
+        self._stop_reason = "stopped"
+        audit = dict(actor=plan.user, project=plan.project, session=self.audit_session, target=plan.session_id)
+        try:
+            url = await self._start(plan)
+        except Exception as e:
+            await asyncio.to_thread(self._cleanup)
+            await aemit(self.settings, "session.fail", outcome="error", details={"error": str(e)}, **audit)
+            raise
+        await aemit(self.settings, "session.start", details={
+            "datasets": list(plan.datasets), "profile": plan.profile, "cpu": plan.cpu, "mem_mb": plan.mem_mb,
+            "gpus": plan.gpus, "network": plan.network}, **audit)
+        return url
+
+    async def _start(self, plan: SessionPlan) -> str:
         self._events: list[dict] = []
         self._event_added = asyncio.Event()
 
         self._progress(10, f"Preparing project {plan.project}: {len(plan.datasets)} dataset(s) read-only")
         await asyncio.to_thread(self._prepare_host, plan)
-        cgroup = SessionCgroup(plan.session_id)
+        cgroup = SessionCgroup(plan.session_id, self.settings.instance)
         await asyncio.to_thread(cgroup.kill_all, 0)  # a leftover of a crashed run never lingers
         cgroup.create(cpu=plan.cpu, mem_mb=plan.mem_mb, pids_max=self.pids_limit)
 
@@ -246,10 +278,11 @@ class SandboxSpawner(Spawner):
         run = self._run_dir()
         if run.exists():
             shutil.rmtree(run)
-        (run / "sock").mkdir(parents=True)
+        for private in ("sock", "spool"):  # the server's socket; audit events not yet at the hub
+            (run / private).mkdir(parents=True)
+            os.chown(run / private, plan.uid, plan.gid)
+            os.chmod(run / private, 0o700)
         os.chmod(run, 0o755)
-        os.chown(run / "sock", plan.uid, plan.gid)
-        os.chmod(run / "sock", 0o700)
         (run / "session.json").write_text(json.dumps(plan.manifest(), indent=2))
         (run / "passwd").write_text(f"jovyan:x:{INNER_UID}:{INNER_GID}:{plan.user}:{HOME}:/bin/bash\n"
                                     "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
@@ -287,17 +320,23 @@ class SandboxSpawner(Spawner):
         # The directory, not the socket: a restarted hub recreates the socket file.
         bw += ["--ro-bind", str(self.settings.hub_socket_dir), f"{INNER_RUN}/hub",
                "--bind", str(run / "sock"), f"{INNER_RUN}/session",
+               "--bind", str(run / "spool"), f"{INNER_RUN}/spool",
                "--chdir", HOME, "--remount-ro", "/", "--"]
         groups = f"{plan.gid},{self.settings.sessions_gid}"
         return (["ip", "netns", "exec", plan.network,
                  self.setpriv_path, f"--reuid={plan.uid}", f"--regid={plan.gid}", f"--groups={groups}",
                  "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
-                + bw + self._server_command())
+                + bw + self._server_command(plan))
 
-    def _server_command(self) -> list[str]:
+    def _server_command(self, plan: SessionPlan) -> list[str]:
         singleuser = str(self.settings.session_env / "bin" / "jupyterhub-singleuser")
-        return [singleuser, f"--sock={INNER_RUN}/session/jupyter.sock",
-                "--KernelManager.transport=ipc", f"--ServerApp.root_dir={HOME}"] + self.args
+        argv = [singleuser, f"--sock={INNER_RUN}/session/jupyter.sock",
+                "--KernelManager.transport=ipc", f"--ServerApp.root_dir={HOME}",
+                '--ServerApp.jpserver_extensions={"vre_session": True}']
+        if plan.audit_cells:  # the researcher sees it in the tab title as well as on the hub's pages
+            argv += ["--ServerApp.kernel_websocket_connection_class=vre_session.cells.AuditedKernelConnection",
+                     "--LabApp.app_name=JupyterLab (code audit on)"]
+        return argv + self.args
 
     def _environment(self, plan: SessionPlan) -> dict[str, str]:
         env = self.get_env()  # JUPYTERHUB_* (token, API URL, service prefix, ...)
@@ -308,6 +347,9 @@ class SandboxSpawner(Spawner):
             "SHELL": "/bin/bash",
             "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
             "VRE_SESSION": "/etc/vre/session.json",
+            "VRE_AUDIT_URL": f"{INNER_HUB_URL}/hub/api/vre/audit/events",
+            "VRE_AUDIT_TOKEN": make_token(self.settings, self._identity(plan.user, plan.project)),
+            "VRE_AUDIT_SPOOL": f"{INNER_RUN}/spool",
         })
         return env
 
@@ -339,17 +381,18 @@ class SandboxSpawner(Spawner):
             return self._proc.poll() is None
         if not self.pid or not self.session_id:
             return False
-        return bool(SessionCgroup(self.session_id).pids())
+        return bool(SessionCgroup(self.session_id, self.settings.instance).pids())
 
     async def poll(self):
         if not self._alive():
-            if self.session_id:
-                await asyncio.to_thread(self._cleanup)
-                await self._release_island()
+            if self.pid:  # not yet finished: it died on its own
+                code = self._proc.returncode if self._proc is not None else None
+                await self._finish(outcome="error", reason=f"the session ended by itself (exit code {code})")
             return 0
         reason = await asyncio.to_thread(self._refusal)
         if reason:
             self.log.warning("Stopping %s: %s", self._log_name, reason)
+            self._stop_reason = reason
             await self.stop()
             return 0
         return None
@@ -365,14 +408,26 @@ class SandboxSpawner(Spawner):
         return None
 
     async def stop(self, now=False):
-        if not self.session_id:
+        if not self.pid:  # never started, or already finished by poll()
             return
-        await asyncio.to_thread(self._cleanup, 0 if now else self.stop_grace)
-        await self._release_island()
+        await self._finish(grace=0 if now else self.stop_grace, reason=getattr(self, "_stop_reason", "stopped"))
 
-    def _cleanup(self, grace: float = 0) -> None:
-        """Kill the session's processes, reap, remove its cgroup and run directory. Idempotent."""
-        cgroup = SessionCgroup(self.session_id)
+    async def _finish(self, *, reason: str, outcome: str = "ok", grace: float = 0) -> None:
+        """Stop what is left, store the session's spooled audit events, record the stop, clean up."""
+        identity = self._identity(self.user.name, self.name)
+        await asyncio.to_thread(self._cleanup, grace, identity)
+        await self._release_island()
+        await aemit(self.settings, "session.stop", actor=identity.user, project=identity.project,
+                    session=identity.session, target=self.session_id, outcome=outcome, details={"reason": reason})
+        self.audit_session = ""
+
+    def _identity(self, user: str, project: str) -> Identity:
+        return Identity(user, project, self.audit_session)
+
+    def _cleanup(self, grace: float = 0, identity: Identity | None = None) -> None:
+        """Kill the session's processes, reap, keep its audit spool, remove its cgroup and run
+        directory. Idempotent."""
+        cgroup = SessionCgroup(self.session_id, self.settings.instance)
         cgroup.kill_all(grace)
         if self._proc is not None:
             try:
@@ -386,6 +441,8 @@ class SandboxSpawner(Spawner):
             except ChildProcessError:
                 pass
         cgroup.remove()
+        if identity is not None and identity.session:
+            replay_spool(self.settings, identity, self._run_dir() / "spool", self.log)
         shutil.rmtree(self._run_dir(), ignore_errors=True)
         self.pid = 0
 

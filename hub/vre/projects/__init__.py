@@ -159,6 +159,12 @@ def set_expiry(db: Session, project_slug: str, expires: str) -> Project:
     return project
 
 
+def set_cell_audit(db: Session, project_slug: str, on: bool) -> Project:
+    project = get_project(db, project_slug)
+    project.audit_cells = bool(on)
+    return project
+
+
 def projects_of(db: Session, user: str) -> list[Project]:
     """The projects a user is a member of, in slug order."""
     account = get_account(db, user)

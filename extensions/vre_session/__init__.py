@@ -1,0 +1,49 @@
+"""The VRE's jupyter-server extension, loaded into every session by the sandbox's command line.
+
+It connects the session to the hub's audit trail: kernel and contents operations, optionally the
+code of every executed cell, and (for the dataset and DICOM APIs) ``audit_hook``.
+"""
+
+from __future__ import annotations
+
+from .relay import AuditRelay, audit_hook, get_relay
+
+__all__ = ["AuditRelay", "audit_hook", "get_relay"]
+
+KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
+CONTENTS = "https://events.jupyter.org/jupyter_server/contents_service/v1"
+
+
+def _jupyter_server_extension_points():
+    return [{"module": "vre_session"}]
+
+
+def _load_jupyter_server_extension(serverapp) -> None:
+    relay = get_relay(serverapp.log)
+    relay.start()
+
+    async def on_kernel(logger, schema_id: str, data: dict) -> None:
+        action = {"start": "kernel.start", "shutdown": "kernel.stop", "restart": "kernel.restart"}.get(data.get("action"))
+        if action:
+            relay.record(action, target=data.get("kernel_id") or "", outcome="ok" if data.get("status") != "error" else "error",
+                         details={"kernel_name": data.get("kernel_name"), "msg": data.get("msg")})
+
+    async def on_contents(logger, schema_id: str, data: dict) -> None:
+        action = data.get("action")
+        name = {"get": "contents.get", "save": "contents.save", "upload": "contents.save", "create": "contents.create",
+                "copy": "contents.create", "rename": "contents.rename", "delete": "contents.delete"}.get(action)
+        if name:
+            details = {"operation": action}
+            if data.get("source_path"):
+                details["source"] = data["source_path"]
+            relay.record(name, target=data.get("path") or "", details=details)
+
+    serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=on_kernel)
+    serverapp.event_logger.add_listener(schema_id=CONTENTS, listener=on_contents)
+    try:  # the dataset and DICOM APIs and the download guard
+        from .handlers import setup_handlers
+    except ImportError:
+        pass
+    else:
+        setup_handlers(serverapp)
+    serverapp.log.info("VRE session extension loaded (audit relay %s)", "on" if relay.url else "logging only")

@@ -1,0 +1,281 @@
+"""The audit event: one versioned schema for everything the VRE records.
+
+An :class:`Event` is what a caller hands to the store: who (``actor``, ``actor_role``) did what
+(``action``, from the documented :data:`ACTIONS` catalogue) to what (``target``), in which
+``project``, on which ``dataset``, in which ``session``, from where (``client``), with what
+``outcome`` and free-form ``details``. ``id`` is the idempotency key (a replayed event with the
+same id is stored once) and ``time`` is when it happened; the store adds ``seq`` and
+``received_at`` when it seals the event into the chain.
+
+Canonical form. The hash chain is computed over the *canonical JSON* of a stored record: keys
+sorted, no whitespace, UTF-8 (``ensure_ascii=False``), no NaN/Infinity, times as
+``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (always UTC, always microseconds, so one instant has exactly one
+spelling, and the spelling sorts chronologically). :func:`canonical_record` builds that text from
+fixed parts so that the verifier can rebuild everything except ``details`` from the indexed
+columns at a few microseconds per record and compare it with the stored text; it is byte for byte
+what ``json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` gives
+(a unit test holds the two together).
+
+Schema changes: add fields only with a new :data:`SCHEMA_VERSION`; the stored ``v`` says which
+version a record was written with, and old records keep verifying because their text is hashed
+as stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _q  # the C encoder json.dumps(ensure_ascii=False) uses
+
+SCHEMA_VERSION = 1
+OUTCOMES = ("ok", "denied", "error")
+#: Who can act. "anonymous" is for requests without a known account (e.g. a failed login).
+ACTOR_ROLES = ("researcher", "admin", "auditor", "service", "system", "anonymous")
+
+#: The catalogue of actions: name -> what it records. Prefixes ("session.") group them for queries.
+ACTIONS: dict[str, str] = {
+    # authentication and tokens
+    "auth.login": "a user logged in to the hub",
+    "auth.login_failed": "a login attempt was refused (bad password, unknown or disabled account)",
+    "auth.lockout": "an account was locked after repeated failed logins",
+    "auth.logout": "a user logged out",
+    "token.create": "an API token was created for a user",
+    "token.revoke": "an API token was revoked",
+    # sessions (single-user servers)
+    "session.request": "a user asked for a session (project, profile); denied if not allowed",
+    "session.start": "a session sandbox started (with its mounts and resources in details)",
+    "session.fail": "a session failed to start or died unexpectedly",
+    "session.stop": "a session was stopped by its user or an admin",
+    "session.cull": "an idle or no-longer-permitted session was stopped by a service",
+    "admin.server_access": "an admin accessed another user's session",
+    "api.request": "any state-changing hub REST API call (method and path in target)",
+    # accounts
+    "user.create": "an account was created",
+    "user.update": "an account was changed (role, password, lock, enabled)",
+    "user.delete": "an account was deleted",
+    # projects
+    "project.create": "a project was created",
+    "project.update": "a project's title or description changed",
+    "project.grant": "a dataset was granted to a project",
+    "project.revoke": "a dataset grant was revoked from a project",
+    "project.member_add": "a user was added to a project",
+    "project.member_remove": "a user was removed from a project",
+    "project.profile_set": "a resource profile was added to or changed in a project",
+    "project.profile_remove": "a resource profile was removed from a project",
+    "project.expiry_set": "a project's permit expiry was set or cleared",
+    # datasets and data access
+    "dataset.register": "a dataset was registered and indexed",
+    "dataset.reindex": "a dataset was re-indexed",
+    "dataset.remove": "a dataset was removed from the catalogue",
+    "dicom.series_view": "a DICOM series was opened in a viewer",
+    "dicom.instance_view": "a single DICOM instance was read",
+    "download.refused": "a download out of the environment was refused",
+    # work inside sessions
+    "kernel.start": "a notebook kernel started",
+    "kernel.stop": "a notebook kernel stopped",
+    "kernel.restart": "a notebook kernel restarted",
+    "contents.get": "a file or notebook was opened through the contents API",
+    "contents.save": "a file or notebook was saved",
+    "contents.rename": "a file or notebook was renamed or moved",
+    "contents.delete": "a file or notebook was deleted",
+    "contents.create": "a file, notebook or directory was created",
+    "cell.execute": "a notebook cell was executed (code hash in details)",
+    # batch jobs
+    "job.submit": "a batch job was submitted",
+    "job.start": "a batch job started running",
+    "job.finish": "a batch job finished",
+    "job.cancel": "a batch job was cancelled",
+    "job.fail": "a batch job failed",
+    # airlock (data egress review)
+    "airlock.request": "a researcher asked to take results out of the environment",
+    "airlock.review": "a reviewer approved or rejected an airlock request",
+    # the audit trail itself
+    "audit.export": "audit records were exported (filters and row count in details)",
+    "audit.verify": "the audit chain was verified (result in details)",
+    "audit.checkpoint": "the audit chain head was signed on request",
+}
+
+#: Column sizes of the store (PostgreSQL enforces them; validation here gives the clear message).
+LIMITS = {"id": 64, "actor": 255, "project": 255, "dataset": 255, "session": 255, "client": 255,
+          "target": 4000}
+MAX_DETAILS_BYTES = 64 * 1024
+_ID = re.compile(r"^[A-Za-z0-9._:@+-]{1,64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class AuditError(ValueError):
+    """A bad event or a bad filter; the message says what to fix."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def format_time(value: dt.datetime) -> str:
+    """The one canonical spelling of an instant: ``2026-11-22T10:04:05.123456Z``."""
+    if value.tzinfo is None:
+        raise AuditError(f"time {value.isoformat()} has no timezone; use an aware UTC datetime")
+    return value.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def parse_time(value, what: str = "time") -> dt.datetime:
+    """An aware datetime from a datetime or an ISO 8601 string (``Z`` allowed)."""
+    if isinstance(value, dt.datetime):
+        when = value
+    elif isinstance(value, str):
+        try:
+            when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise AuditError(f"{what} {value!r} is not an ISO 8601 time") from None
+    else:
+        raise AuditError(f"{what} must be an ISO 8601 string or a datetime, not {type(value).__name__}")
+    if when.tzinfo is None:
+        raise AuditError(f"{what} {value!s} has no timezone (add 'Z' for UTC)")
+    return when.astimezone(dt.timezone.utc)
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _n(value: str | None) -> str:
+    return "null" if value is None else _q(value)
+
+
+def record_head(action, actor, actor_role, client, dataset) -> str:
+    """Canonical record text up to (and including) the ``"details":`` key."""
+    return (f'{{"action":{_q(action)},"actor":{_q(actor)},"actor_role":{_q(actor_role)},'
+            f'"client":{_n(client)},"dataset":{_n(dataset)},"details":')
+
+
+def record_tail(event_id, outcome, project, received_at, seq, session, target, time, v) -> str:
+    """Canonical record text after the details value."""
+    return (f',"id":{_q(event_id)},"outcome":{_q(outcome)},"project":{_n(project)},'
+            f'"received_at":{_q(received_at)},"seq":{seq},"session":{_n(session)},'
+            f'"target":{_q(target)},"time":{_q(time)},"v":{v}}}')
+
+
+def canonical_record(event: "Event", seq: int, received_at: str) -> str:
+    """The text that is stored and hashed for ``event`` sealed at ``seq``."""
+    return (record_head(event.action, event.actor, event.actor_role, event.client, event.dataset)
+            + event.details_json
+            + record_tail(event.id, event.outcome, event.project, received_at, seq, event.session,
+                          event.target, event.time_text, SCHEMA_VERSION))
+
+
+def _check_text(name: str, value, *, optional: bool, allow_empty: bool = False) -> None:
+    if value is None:
+        if optional:
+            return
+        raise AuditError(f"{name} is required")
+    if not isinstance(value, str):
+        raise AuditError(f"{name} must be a string, not {type(value).__name__}")
+    if not value and not allow_empty:
+        raise AuditError(f"{name} must not be empty" + (" (use None)" if optional else ""))
+    limit = LIMITS.get(name, 255)
+    if len(value) > limit:
+        raise AuditError(f"{name} is {len(value)} characters long; at most {limit} are stored")
+    if name != "target" and _CONTROL.search(value):
+        raise AuditError(f"{name} {value!r} contains control characters")
+    if "\x00" in value:
+        raise AuditError(f"{name} contains a NUL character")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One audit event (schema version :data:`SCHEMA_VERSION`). Validated on construction."""
+
+    action: str
+    actor: str
+    actor_role: str
+    outcome: str = "ok"
+    target: str = ""
+    project: str | None = None
+    dataset: str | None = None
+    session: str | None = None
+    client: str | None = None
+    details: dict = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    time: dt.datetime = field(default_factory=utcnow)
+
+    def __post_init__(self):
+        if self.action not in ACTIONS:
+            raise AuditError(f"unknown action {self.action!r}; see vre.audit.ACTIONS "
+                             f"(e.g. {', '.join(list(ACTIONS)[:4])}, ...)")
+        _check_text("actor", self.actor, optional=False)
+        if self.actor_role not in ACTOR_ROLES:
+            raise AuditError(f"actor_role {self.actor_role!r} must be one of {', '.join(ACTOR_ROLES)}")
+        if self.outcome not in OUTCOMES:
+            raise AuditError(f"outcome {self.outcome!r} must be one of {', '.join(OUTCOMES)}")
+        _check_text("target", self.target, optional=False, allow_empty=True)
+        for name in ("project", "dataset", "session", "client"):
+            _check_text(name, getattr(self, name), optional=True)
+        if not isinstance(self.id, str) or not _ID.match(self.id):
+            raise AuditError(f"id {self.id!r} must be 1-64 characters of letters, digits and ._:@+-")
+        if not isinstance(self.time, dt.datetime):
+            raise AuditError(f"time must be a datetime, not {type(self.time).__name__}")
+        if self.time.tzinfo is None:
+            raise AuditError("time must be timezone-aware (UTC)")
+        if self.time.tzinfo is not dt.timezone.utc:
+            object.__setattr__(self, "time", self.time.astimezone(dt.timezone.utc))
+        if not isinstance(self.details, dict):
+            raise AuditError(f"details must be a dict, not {type(self.details).__name__}")
+        try:
+            details_json = canonical_json(self.details)
+        except (TypeError, ValueError) as e:
+            raise AuditError(f"details are not JSON-serialisable: {e}") from None
+        try:
+            size = len(details_json.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise AuditError("details contain invalid Unicode (a lone surrogate)") from None
+        if size > MAX_DETAILS_BYTES:
+            raise AuditError(f"details are {size} bytes as JSON; at most {MAX_DETAILS_BYTES} are stored")
+        try:
+            self.target.encode("utf-8")
+            self.actor.encode("utf-8")
+        except UnicodeEncodeError:
+            raise AuditError("actor or target contains invalid Unicode (a lone surrogate)") from None
+        # Cached derived values (not fields): what the store writes.
+        object.__setattr__(self, "details_json", details_json)
+        object.__setattr__(self, "time_text", format_time(self.time))
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the time as ISO 8601 with ``Z``, details as JSON values, ``v`` the schema version."""
+        return {
+            "v": SCHEMA_VERSION, "id": self.id, "time": self.time_text, "actor": self.actor,
+            "actor_role": self.actor_role, "action": self.action, "outcome": self.outcome,
+            "target": self.target, "project": self.project, "dataset": self.dataset,
+            "session": self.session, "client": self.client, "details": json.loads(self.details_json),
+        }
+
+    #: Keys a stored record carries besides the event's own (accepted and ignored by from_dict).
+    _STORE_KEYS = frozenset({"seq", "received_at", "hash", "prev_hash"})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Event":
+        """An Event from ``to_dict()`` output (or a stored record); AuditError says what is wrong."""
+        if not isinstance(data, dict):
+            raise AuditError(f"an event must be a JSON object, not {type(data).__name__}")
+        known = {"v", "id", "time", "actor", "actor_role", "action", "outcome", "target", "project",
+                 "dataset", "session", "client", "details"}
+        unknown = sorted(set(data) - known - cls._STORE_KEYS)
+        if unknown:
+            raise AuditError(f"unknown event field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        v = data.get("v", SCHEMA_VERSION)
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= SCHEMA_VERSION:
+            raise AuditError(f"schema version v={v!r} is not supported (this VRE writes v={SCHEMA_VERSION})")
+        for required in ("action", "actor", "actor_role"):
+            if required not in data:
+                raise AuditError(f"event field {required!r} is required")
+        kwargs = {k: data[k] for k in ("action", "actor", "actor_role", "outcome", "target", "project",
+                                       "dataset", "session", "client", "details", "id") if k in data}
+        if kwargs.get("details") is None:
+            kwargs.pop("details", None)
+        if kwargs.get("target") is None:
+            kwargs.pop("target", None)
+        if "time" in data and data["time"] is not None:
+            kwargs["time"] = parse_time(data["time"])
+        return cls(**kwargs)

@@ -1,0 +1,550 @@
+"""The append-only, hash-chained audit store (SQLite by default, PostgreSQL in production).
+
+Layout. ``audit_events`` holds one row per event. ``seq`` numbers records 1, 2, 3, ... with no
+gaps *by construction*: it is not an autoincrement, the writer computes ``head + 1`` while holding
+the chain's write lock, and a rolled-back transaction leaves no hole. ``record`` is the canonical
+JSON of the event plus ``seq`` and ``received_at`` (see :mod:`vre.audit.schema`), and
+``hash = sha256(prev_hash + record)`` with ``prev_hash`` of seq 1 = 64 zeros. Binding ``seq`` and
+``received_at`` into what is hashed is what lets verification tell a moved or swapped record from
+an edited one. The fields queries filter on are also plain, indexed columns (``event_id``,
+``time``, ``actor``, ``action``, ``outcome``, ``project``, ``dataset``, ``session``, plus
+``received_at``); verification checks every one of them against the record text, so editing a
+column is detected as surely as editing the text. The other fields (``actor_role``, ``target``,
+``client``, ``details``, ``v``) live only in the record: nothing reads a copy that nothing checks,
+and every column fewer makes appends and verification cheaper. Queries and exports return the
+record itself.
+
+Times are stored as fixed-width canonical strings (``2026-11-22T10:04:05.123456Z``), not as
+timestamp types: the column then holds exactly the bytes that were hashed (no driver or time zone
+round trip can change them), sorts chronologically on both backends, buckets by ``substr`` for
+the timeline chart, and verification needs no datetime parsing (which would dominate its cost).
+
+``audit_checkpoints`` holds signed checkpoints: Ed25519 signatures over
+``{"hash", "key", "seq", "time", "v"}`` for the chain head, made automatically every
+``checkpoint_every`` records or ``checkpoint_seconds`` (checked on append), on the first append,
+and on :meth:`AuditStore.checkpoint`. Each checkpoint is also appended to a JSON Lines file
+(``state_dir/audit/checkpoints.jsonl``, mode 0600; by default ``key_dir.parent / "audit" /
+"checkpoints.jsonl"``, or the ``checkpoint_file`` argument), so that deleting checkpoints from
+the database is not enough to hide a truncated tail. The file line is written after the database
+commit: a crash in between leaves a checkpoint in the database only, which verification accepts.
+
+Writers. Every append holds the chain's write lock for its transaction: ``BEGIN IMMEDIATE`` on
+SQLite (on a private writer engine with ``synchronous=FULL``), ``pg_advisory_xact_lock`` plus
+``SET LOCAL synchronous_commit = on`` on PostgreSQL. The hub and any number of CLI processes can
+therefore append at once and the chain stays linear. Within a process, concurrent ``append``
+calls are group-committed: threads queue their events, one of them writes the whole queue in a
+single transaction, and each caller returns once its own event is committed (so a request pays
+about one fsync, however many requests are in flight). :meth:`append` returns only after the
+commit, i.e. an event is acknowledged only when durably stored; an event whose ``id`` is already
+stored is not written again and the call returns False, which makes replays idempotent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, TextIO
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine
+
+from .. import db as vdb
+from . import export as export_formats
+from . import keys
+from .schema import (
+    ACTIONS,
+    OUTCOMES,
+    SCHEMA_VERSION,
+    AuditError,
+    Event,
+    canonical_json,
+    canonical_record,
+    format_time,
+    parse_time,
+    utcnow,
+)
+from .verify import VerifyReport, verify_chain
+
+log = logging.getLogger("vre.audit")
+
+GENESIS = "0" * 64
+#: Key of the PostgreSQL advisory lock that serialises appends ("VREAUDIT" in ASCII).
+PG_LOCK_KEY = 0x5652454155444954
+_SeqType = BigInteger().with_variant(Integer(), "sqlite")  # SQLite: INTEGER PRIMARY KEY = the rowid
+
+audit_events = Table(
+    "audit_events", vdb.Base.metadata,
+    Column("seq", _SeqType, primary_key=True, autoincrement=False),
+    Column("event_id", String(64), nullable=False),
+    Column("time", String(27), nullable=False),
+    Column("received_at", String(27), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("outcome", String(8), nullable=False),
+    Column("project", String(255), nullable=True),
+    Column("dataset", String(255), nullable=True),
+    Column("session", String(255), nullable=True),
+    Column("record", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    UniqueConstraint("event_id", name="uq_audit_events_event_id"),
+    Index("ix_audit_events_time", "time"),
+    Index("ix_audit_events_actor", "actor"),
+    Index("ix_audit_events_action", "action"),
+    Index("ix_audit_events_outcome", "outcome"),
+    Index("ix_audit_events_project", "project"),
+    Index("ix_audit_events_dataset", "dataset"),
+    Index("ix_audit_events_session", "session"),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints", vdb.Base.metadata,
+    Column("seq", _SeqType, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("time", String(27), nullable=False),
+    Column("key_id", String(16), nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+_BUCKETS = {"hour": 13, "day": 10, "month": 7}
+_CHUNK = 2000
+_MAX_LIMIT = 100_000
+
+
+def db_identity(url: str) -> str:
+    """Which database a line of the checkpoint file belongs to: a digest of its URL (without the
+    password), so one state directory can move from SQLite to PostgreSQL without the old chain's
+    checkpoints being held against the new one."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        safe = make_url(url).set(password=None).render_as_string(hide_password=False)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: use it as given
+        safe = url
+    return hashlib.sha256(safe.encode()).hexdigest()[:16]
+
+
+def checkpoint_payload(seq: int, hash_: str, time: str, key_id: str) -> str:
+    """The exact text a checkpoint signature covers."""
+    return canonical_json({"v": SCHEMA_VERSION, "seq": seq, "hash": hash_, "time": time, "key": key_id})
+
+
+# --- engines ---------------------------------------------------------------------------------
+_writers: dict[str, Engine] = {}
+_writers_lock = threading.Lock()
+
+
+def _writer_engine(url: str) -> Engine:
+    """SQLite: a private engine whose connections use synchronous=FULL (fsync on every commit) and
+    leave transaction control to us (``BEGIN IMMEDIATE`` takes the write lock before the head is
+    read). PostgreSQL: the VRE's engine (locking and durability are set per transaction there)."""
+    if not url.startswith("sqlite"):
+        return vdb.engine_for(url)
+    with _writers_lock:
+        if url in _writers:
+            return _writers[url]
+        vdb.engine_for(url)  # creates the parent directory
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None  # autocommit mode: we issue BEGIN IMMEDIATE / COMMIT
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.close()
+
+        _writers[url] = engine
+        return engine
+
+
+_INSERT_COLUMNS = ("seq", "event_id", "time", "received_at", "actor", "action", "outcome", "project", "dataset",
+                   "session", "record", "prev_hash", "hash")
+_SQL = {
+    "insert": f'INSERT INTO audit_events ({", ".join(chr(34) + c + chr(34) for c in _INSERT_COLUMNS)}) '
+              f'VALUES ({", ".join("?" for _ in _INSERT_COLUMNS)})',
+    "state": 'SELECT (SELECT "seq" FROM audit_events ORDER BY "seq" DESC LIMIT 1), '
+             '(SELECT "hash" FROM audit_events ORDER BY "seq" DESC LIMIT 1), '
+             '(SELECT "seq" FROM audit_checkpoints ORDER BY "seq" DESC LIMIT 1), '
+             '(SELECT "time" FROM audit_checkpoints ORDER BY "seq" DESC LIMIT 1)',
+    "checkpoint": 'INSERT INTO audit_checkpoints ("seq", "hash", "time", "key_id", "signature") VALUES (?, ?, ?, ?, ?)',
+    "exists": 'SELECT "event_id" FROM audit_events WHERE "event_id" IN ({})',
+    "lock": "SELECT pg_advisory_xact_lock(?), set_config('synchronous_commit', 'on', true)",
+}
+
+
+class _Pending:
+    __slots__ = ("event", "done", "result", "error")
+
+    def __init__(self, event: Event):
+        self.event, self.done, self.result, self.error = event, False, False, None
+
+
+def _hash(prev_hash: str, record: str) -> str:
+    return hashlib.sha256((prev_hash + record).encode("utf-8")).hexdigest()
+
+
+class AuditStore:
+    """Append, query, export, checkpoint and verify the audit chain in the VRE database at ``db_url``.
+
+    ``key_dir`` holds the checkpoint signing key (created on first use, see :mod:`vre.audit.keys`).
+    The tables come from migration 0002: run ``vre.db.upgrade(db_url)`` first. Thread-safe.
+    """
+
+    def __init__(self, db_url: str, key_dir: Path, *, checkpoint_every: int = 1000,
+                 checkpoint_seconds: float = 60.0, checkpoint_file: Path | None = None,
+                 public_key: Path | None = None):
+        if checkpoint_every < 1 or checkpoint_seconds <= 0:
+            raise AuditError("checkpoint_every must be >= 1 and checkpoint_seconds > 0")
+        self.db_url = db_url
+        self.key_dir = Path(key_dir)
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_seconds = checkpoint_seconds
+        self.checkpoint_file = Path(checkpoint_file) if checkpoint_file else \
+            self.key_dir.parent / "audit" / "checkpoints.jsonl"
+        self.public_key_path = Path(public_key) if public_key else self.key_dir / keys.PUBLIC_NAME
+        self._sqlite = db_url.startswith("sqlite")
+        self._reader = vdb.engine_for(db_url)
+        self._writer = _writer_engine(db_url)
+        self._db_id = db_identity(db_url)
+        self._key = keys.load_or_create(self.key_dir)
+        self._key_id = keys.key_id(self._key.public_key())
+        self._lock = threading.Lock()        # one writer transaction per process at a time
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
+
+    def __repr__(self) -> str:
+        return f"AuditStore({self.db_url.split('@')[-1]!r})"
+
+    # --- writing -----------------------------------------------------------------------------
+    def append(self, event: Event) -> bool:
+        """Store ``event``; durable when this returns. False if its id was already stored."""
+        if not isinstance(event, Event):
+            raise AuditError(f"append() takes an Event, not {type(event).__name__}")
+        mine = _Pending(event)
+        with self._queue_lock:
+            self._queue.append(mine)
+        with self._lock:
+            if not mine.done:  # nobody committed it for us while we waited: lead a group commit
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                try:
+                    new = self._write([p.event for p in batch])
+                    for p in batch:
+                        p.result = p.event.id in new
+                except BaseException as e:
+                    for p in batch:
+                        p.error = e
+                    raise
+                finally:
+                    for p in batch:
+                        p.done = True
+        if mine.error is not None:
+            raise mine.error
+        return mine.result
+
+    def append_many(self, events: Iterable[Event]) -> int:
+        """Store ``events`` in one transaction; returns how many were new (repeated ids count once)."""
+        with self._lock:
+            return len(self._write(events))
+
+    def _sql(self, name: str) -> str:
+        text_ = _SQL[name]
+        return text_ if self._sqlite else text_.replace("?", "%s")
+
+    @contextmanager
+    def _transaction(self):
+        """A raw DBAPI transaction holding the chain's write lock (plain DBAPI: the append path
+        runs a handful of statements, and SQLAlchemy's per-statement overhead would be most of a
+        request's audit cost)."""
+        raw = self._writer.raw_connection()
+        try:
+            cur = raw.cursor()
+            if self._sqlite:
+                cur.execute("BEGIN IMMEDIATE")
+            else:
+                cur.execute(self._sql("lock"), (PG_LOCK_KEY,))
+                cur.fetchall()
+            try:
+                yield cur
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
+        finally:
+            raw.close()
+
+    def _write(self, events: Iterable[Event]) -> set[str]:
+        """One transaction under the chain lock; returns the ids that were new."""
+        new: set[str] = set()
+        seen: set[str] = set()
+        file_lines: list[str] = []
+        with self._transaction() as cur:
+            cur.execute(self._sql("state"))
+            head_seq, head_hash, cp_seq, cp_time = cur.fetchone()
+            seq, prev = (head_seq, head_hash) if head_seq is not None else (0, GENESIS)
+            first, cp_seq = cp_seq is None, cp_seq or 0
+            every = self.checkpoint_every
+            received_at = format_time(utcnow())
+            it = iter(events)
+            while True:
+                chunk = []
+                # end chunks where a checkpoint is due, so large batches are sealed at intervals too
+                size = min(_CHUNK, every - seq % every)
+                for e in it:
+                    if not isinstance(e, Event):
+                        raise AuditError(f"append_many() takes Events, not {type(e).__name__}")
+                    if e.id not in seen:
+                        seen.add(e.id)
+                        chunk.append(e)
+                    if len(chunk) >= size:
+                        break
+                if not chunk:
+                    break
+                cur.execute(self._sql("exists").format(", ".join("?" if self._sqlite else "%s" for _ in chunk)),
+                            [e.id for e in chunk])
+                stored = {r[0] for r in cur.fetchall()}
+                rows = []
+                for e in chunk:
+                    if e.id in stored:
+                        continue
+                    seq += 1
+                    record = canonical_record(e, seq, received_at)
+                    h = _hash(prev, record)
+                    rows.append((seq, e.id, e.time_text, received_at, e.actor, e.action, e.outcome, e.project,
+                                 e.dataset, e.session, record, prev, h))
+                    prev = h
+                    new.add(e.id)
+                if rows:
+                    self._insert_rows(cur, rows)
+                    if seq // every > cp_seq // every:  # at every multiple of checkpoint_every
+                        file_lines.append(self._insert_checkpoint(cur, seq, prev))
+                        cp_seq, cp_time = seq, received_at
+            if seq > cp_seq and (first or self._age(cp_time) >= self.checkpoint_seconds):
+                file_lines.append(self._insert_checkpoint(cur, seq, prev))
+        for line in file_lines:
+            self._append_file(line)
+        return new
+
+    @staticmethod
+    def _age(time_text: str) -> float:
+        try:
+            return (utcnow() - parse_time(time_text)).total_seconds()
+        except AuditError:
+            return float("inf")
+
+    def _insert_rows(self, cur, rows: list[tuple]) -> None:
+        """SQLite: executemany (in-process, already cheap). PostgreSQL: multi-row INSERTs, one
+        round trip per 500 rows instead of one statement execution per row."""
+        if self._sqlite or len(rows) == 1:
+            if len(rows) == 1:
+                cur.execute(self._sql("insert"), rows[0])
+            else:
+                cur.executemany(self._sql("insert"), rows)
+            return
+        head, _, values = self._sql("insert").partition(" VALUES ")
+        for k in range(0, len(rows), 500):
+            part = rows[k:k + 500]
+            cur.execute(f"{head} VALUES {', '.join([values] * len(part))}", [v for row in part for v in row])
+
+    def _insert_checkpoint(self, cur, seq: int, hash_: str) -> str:
+        now = format_time(utcnow())
+        signature = keys.sign(self._key, checkpoint_payload(seq, hash_, now, self._key_id))
+        cur.execute(self._sql("checkpoint"), (seq, hash_, now, self._key_id, signature))
+        return canonical_json({"seq": seq, "hash": hash_, "time": now, "key_id": self._key_id,
+                               "signature": signature, "db": self._db_id})
+
+    def _append_file(self, line: str) -> None:
+        try:
+            self.checkpoint_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.checkpoint_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, (line + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:  # the event is committed; the database copy of the checkpoint stands
+            log.error("could not append the audit checkpoint to %s: %s", self.checkpoint_file, e)
+
+    def checkpoint(self) -> dict | None:
+        """Sign the current head now; None if there is nothing new since the last checkpoint.
+        Cheap; the hub may call it on a timer so a quiet chain is sealed too."""
+        with self._lock:
+            line = None
+            with self._transaction() as cur:
+                cur.execute(self._sql("state"))
+                head_seq, head_hash, cp_seq, _ = cur.fetchone()
+                if head_seq is not None and head_seq > (cp_seq or 0):
+                    line = self._insert_checkpoint(cur, head_seq, head_hash)
+            if line is None:
+                return None
+            self._append_file(line)
+            cp = json.loads(line)
+            cp.pop("db", None)
+            return cp
+
+    # --- verification --------------------------------------------------------------------------
+    def verify(self, *, public_key: Path | None = None, extra_checkpoints: Iterable[Path] = (),
+               workers: int | None = None) -> VerifyReport:
+        """Walk the whole chain and check every checkpoint (see :mod:`vre.audit.verify`).
+
+        ``public_key``: check signatures with this key file instead of ``key_dir``'s (a copy kept
+        off the host); ``extra_checkpoints``: more checkpoint files to trust (e.g. a SIEM's copy);
+        ``workers``: processes for long chains (default: one per CPU, at most 4)."""
+        return verify_chain(self._reader, public_key=keys.load_public(public_key or self.public_key_path),
+                            checkpoint_files=[self.checkpoint_file, *extra_checkpoints], workers=workers,
+                            db_id=self._db_id)
+
+    # --- reading -------------------------------------------------------------------------------
+    def _where(self, user=None, project=None, dataset=None, action=None, outcome=None, session=None,
+               since=None, until=None, text=None) -> list:
+        c = audit_events.c
+        clauses = []
+        for col, value, name in ((c.actor, user, "user"), (c.project, project, "project"),
+                                 (c.dataset, dataset, "dataset"), (c.session, session, "session")):
+            if value is not None:
+                if not isinstance(value, str) or not value:
+                    raise AuditError(f"filter {name} must be a non-empty string")
+                clauses.append(col == value)
+        if action is not None:
+            if not isinstance(action, str) or not action:
+                raise AuditError("filter action must be a non-empty string")
+            if action.endswith("."):
+                if not any(a.startswith(action) for a in ACTIONS):
+                    raise AuditError(f"no action starts with {action!r}; prefixes: "
+                                     f"{', '.join(sorted({a.split('.')[0] + '.' for a in ACTIONS}))}")
+                clauses.append(c.action.startswith(action, autoescape=True))
+            elif action not in ACTIONS:
+                raise AuditError(f"unknown action {action!r}; use a name from ACTIONS or a prefix like 'session.'")
+            else:
+                clauses.append(c.action == action)
+        if outcome is not None:
+            if outcome not in OUTCOMES:
+                raise AuditError(f"outcome {outcome!r} must be one of {', '.join(OUTCOMES)}")
+            clauses.append(c.outcome == outcome)
+        if since is not None:
+            clauses.append(c.time >= format_time(_as_time(since, "since")))
+        if until is not None:
+            clauses.append(c.time < format_time(_as_time(until, "until")))
+        if text is not None:
+            if not isinstance(text, str) or not text:
+                raise AuditError("filter text must be a non-empty string")
+            # The record is JSON: search for the text as JSON spells it inside a string.
+            needle = json.dumps(text, ensure_ascii=False)[1:-1]
+            clauses.append(c.record.icontains(needle, autoescape=True))
+        return clauses
+
+    def _select(self, filters: dict, *, newest_first=False):
+        c = audit_events.c
+        return (select(c.seq, c.record).where(*self._where(**filters))
+                .order_by(c.seq.desc() if newest_first else c.seq))
+
+    def query(self, *, user=None, project=None, dataset=None, action=None, outcome=None, session=None,
+              since: dt.datetime | None = None, until: dt.datetime | None = None, text: str | None = None,
+              limit: int = 1000, offset: int = 0, newest_first: bool = False) -> list[dict]:
+        """Matching records (oldest first unless ``newest_first``): each the event's ``to_dict()``
+        plus ``seq`` and ``received_at``. ``action`` may be a prefix ending in "." ("session.");
+        ``user`` matches the actor; ``since`` is inclusive, ``until`` exclusive; ``text`` is a
+        case-insensitive substring of any field or detail."""
+        if not isinstance(limit, int) or not 1 <= limit <= _MAX_LIMIT:
+            raise AuditError(f"limit must be between 1 and {_MAX_LIMIT}")
+        if not isinstance(offset, int) or offset < 0:
+            raise AuditError("offset must be >= 0")
+        filters = dict(user=user, project=project, dataset=dataset, action=action, outcome=outcome,
+                       session=session, since=since, until=until, text=text)
+        stmt = self._select(filters, newest_first=newest_first).limit(limit).offset(offset)
+        with self._reader.connect() as conn:
+            return [json.loads(r.record) for r in conn.execute(stmt)]
+
+    def count(self, **filters) -> int:
+        with self._reader.connect() as conn:
+            return conn.execute(select(func.count()).select_from(audit_events)
+                                .where(*self._where(**filters))).scalar_one()
+
+    def export(self, fmt: str, out: TextIO, **filters) -> int:
+        """Write matching records, oldest first, to ``out`` for a SIEM; returns rows written.
+
+        ``fmt`` is ``jsonl`` or ``csv`` (see :mod:`vre.audit.export`). Filters as in :meth:`query`;
+        ``limit``/``offset``/``newest_first`` are accepted too (default: every matching row).
+        """
+        if fmt not in export_formats.FORMATS:
+            raise AuditError(f"export format {fmt!r} must be 'jsonl' or 'csv'")
+        limit, offset = filters.pop("limit", None), filters.pop("offset", 0)
+        newest_first = filters.pop("newest_first", False)
+        c = audit_events.c
+        stmt = (select(c.record, c.hash, c.prev_hash).where(*self._where(**filters))
+                .order_by(c.seq.desc() if newest_first else c.seq))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        if offset:
+            stmt = stmt.offset(offset)
+        with self._reader.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=5000).execute(stmt)
+            return export_formats.write(fmt, (tuple(r) for r in result), out)
+
+    def timeline(self, *, bucket: str = "day", **filters) -> list[dict]:
+        """Events per dataset per hour/day/month: ``[{"bucket": "2026-11-22", "dataset": "x",
+        "count": n}]``, oldest first; only events with a dataset; same filters as :meth:`query`."""
+        if bucket not in _BUCKETS:
+            raise AuditError(f"bucket {bucket!r} must be one of {', '.join(_BUCKETS)}")
+        c = audit_events.c
+        b = func.substr(c.time, 1, _BUCKETS[bucket]).label("bucket")
+        stmt = (select(b, c.dataset, func.count().label("n"))
+                .where(c.dataset.is_not(None), *self._where(**filters))
+                .group_by(b, c.dataset).order_by(b, c.dataset))
+        with self._reader.connect() as conn:
+            return [{"bucket": r.bucket + (":00" if bucket == "hour" else ""), "dataset": r.dataset,
+                     "count": r.n} for r in conn.execute(stmt)]
+
+    def length(self) -> int:
+        with self._reader.connect() as conn:
+            return conn.execute(select(func.coalesce(func.max(audit_events.c.seq), 0))).scalar_one()
+
+
+def _as_time(value, what: str) -> dt.datetime:
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)  # filters: naive means UTC
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    if isinstance(value, str) and "T" not in value and " " not in value.strip():
+        try:
+            d = dt.date.fromisoformat(value.strip())
+            return dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc)
+        except ValueError:
+            pass
+    if isinstance(value, str):
+        try:
+            when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise AuditError(f"{what} {value!r} is not an ISO date or time") from None
+        return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return parse_time(value, what)
+
+
+def record(store: AuditStore, event: Event) -> bool:
+    """Append ``event`` durably (convenience for callers holding a store)."""
+    return store.append(event)
+
+
+__all__ = ["AuditStore", "VerifyReport", "record", "audit_events", "audit_checkpoints", "GENESIS",
+           "checkpoint_payload"]

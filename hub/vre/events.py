@@ -1,0 +1,104 @@
+"""Hub-side audit sources: logins, sessions, state-changing API requests and CLI administration.
+
+Attribution comes from what the hub knows (the authenticated user, the spawner), never from what a
+client claims. Writes are synchronous and durable: when an ``emit`` returns, the event is stored;
+when it fails, the exception propagates, so an action that cannot be audited does not happen
+silently (logins and session starts fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import re
+from typing import Any
+
+from sqlalchemy import select
+
+from . import db as vdb
+from .settings import Settings
+
+_API_STATE_CHANGE = {"POST", "PUT", "PATCH", "DELETE"}
+_TOKENS = re.compile(r"^/hub/api/users/([^/]+)/tokens(?:/([^/]+))?$")
+_SERVERS = re.compile(r"^/hub/api/users/([^/]+)/servers?(?:/([^/]+))?$")
+
+
+def role_of(settings: Settings, name: str) -> str:
+    """The account's role; names without an account (failed logins) are 'anonymous'."""
+    with vdb.session_scope(settings.vre_db_url) as db:
+        role = db.scalar(select(vdb.Account.role).where(vdb.Account.name == name))
+    return role or "anonymous"
+
+
+def emit(settings: Settings, action: str, *, actor: str, actor_role: str | None = None, **fields: Any) -> None:
+    from .audit import Event, open_store
+
+    role = actor_role or role_of(settings, actor)
+    open_store(settings).append(Event(action=action, actor=actor, actor_role=role, **fields))
+
+
+async def aemit(settings: Settings, action: str, **kw: Any) -> None:
+    await asyncio.to_thread(emit, settings, action, **kw)
+
+
+def cli_actor() -> str:
+    """Who ran a CLI command: the login behind sudo if any, else the effective user."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def emit_cli(settings: Settings, action: str, **fields: Any) -> None:
+    details = fields.pop("details", {})
+    emit(settings, action, actor=cli_actor(), actor_role="admin", details={"via": "cli", **details}, **fields)
+
+
+# --- the hub's request log: one place that sees every request with its user and status -----------
+def _outcome(status: int) -> str:
+    if status < 400:
+        return "ok"
+    return "denied" if status in (401, 403) else "error"
+
+
+def classify_request(method: str, path: str, status: int, user_kind: str | None) -> tuple[str, str] | None:
+    """(action, target) for requests worth an audit event, else None."""
+    path = path.rstrip("/") or "/"
+    if path.endswith("/hub/logout") and method == "GET":
+        return "auth.logout", ""
+    if method not in _API_STATE_CHANGE or "/hub/api/" not in path or path.endswith("/hub/api/vre/audit/events"):
+        return None
+    path = path[path.index("/hub/api/"):]
+    if path.endswith("/activity"):  # servers reporting their own activity: housekeeping, not an action
+        return None
+    if m := _TOKENS.match(path):
+        return ("token.create" if method == "POST" else "token.revoke"), f"user/{m.group(1)}"
+    if (m := _SERVERS.match(path)) and method == "DELETE" and user_kind == "service":
+        return "session.cull", f"{m.group(1)}/{m.group(2) or ''}"
+    return "api.request", f"{method} {path}"
+
+
+def make_log_function(settings: Settings):
+    """Wrap JupyterHub's request logger so that state-changing requests are audited."""
+    from jupyterhub.log import log_request
+
+    def log_and_audit(handler) -> None:
+        log_request(handler)
+        request = handler.request
+        status = handler.get_status()
+        user = getattr(handler, "_jupyterhub_user", None)
+        kind = getattr(user, "kind", None)
+        hit = classify_request(request.method, request.path, status, kind)
+        if hit is None or status == 404:
+            return
+        action, target = hit
+        if action == "auth.logout" and user is None:
+            return
+        name = getattr(user, "name", None) or "anonymous"
+        role = "service" if kind == "service" else None
+        try:
+            emit(settings, action, actor=name, actor_role=role if user else "anonymous", target=target,
+                 outcome=_outcome(status), client=request.remote_ip,
+                 details={"method": request.method, "path": request.path, "status": status})
+        except Exception:
+            handler.log.exception("AUDIT FAILURE: could not record %s %s", request.method, request.path)
+
+    return log_and_audit

@@ -1,0 +1,182 @@
+"""The audit trail end to end: real hub, real sandboxes, real relay; SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from hubclient import HubClient
+
+from vre.audit import open_store
+from vre.settings import load
+
+pytestmark = pytest.mark.integration
+
+
+def store_of(hub):
+    return open_store(load(environ=hub.env))
+
+
+def wait_for(predicate, timeout=20.0, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    return predicate()
+
+
+def server_pid(hub, session_id: str) -> int:
+    """The jupyterhub-singleuser process of a session (root can read its environment)."""
+    for pid in (hub.cgroup(session_id) / "cgroup.procs").read_text().split():
+        try:
+            if b"jupyterhub-singleuser" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
+        except FileNotFoundError:
+            continue
+    raise AssertionError(f"no server process in {session_id}")
+
+
+def relay_env(hub, session_id: str) -> dict:
+    raw = Path(f"/proc/{server_pid(hub, session_id)}/environ").read_bytes().split(b"\0")
+    env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+    return {k: v for k, v in env.items() if k.startswith("VRE_AUDIT")}
+
+
+def post_to_hub_socket(hub, token: str, events: list) -> tuple[int, dict]:
+    """What a session does: POST to the hub's API over the hub's unix socket."""
+    sock_path = str(hub.state.parent / "run" / "hub" / "hub.sock")
+    body = json.dumps({"events": events}).encode()
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock_path)
+    s.sendall(b"POST /hub/api/vre/audit/events HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n"
+              + f"Authorization: vre-relay {token}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    if b"chunked" in head.lower():
+        payload = payload.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
+    return status, json.loads(payload or b"{}")
+
+
+def test_hub_events_attributed_in_order(hub):
+    """Failed login, login, session start, work in the session, stop: the expected events, in order."""
+    hub.vre("user", "add", "frida", "--password-stdin", input="frida-password-1\n")
+    hub.vre("project", "add-member", "prostate-ai", "frida")
+    c = HubClient(hub.url, "frida")
+    c.login("wrong-password")
+    c.get_token("frida-password-1")
+    c.start("prostate-ai")
+    r = c.server_api("prostate-ai", "PUT", "/contents/notes.txt",
+                     json={"type": "file", "format": "text", "content": "cohort notes"})
+    assert r.status_code in (200, 201), r.text
+    c.stop("prostate-ai")
+    store = store_of(hub)
+    assert wait_for(lambda: store.query(user="frida", action="contents.save"))  # relayed from the session
+    events = sorted(store.query(user="frida"), key=lambda e: e["time"])
+    actions = [(e["action"], e["outcome"]) for e in events]
+    expected = [("auth.login_failed", "denied"), ("auth.login", "ok"), ("token.create", "ok"),
+                ("session.request", "ok"), ("session.start", "ok"), ("api.request", "ok"),
+                ("contents.get", "ok"),  # jupyter_server's save reads the file's model first
+                ("contents.save", "ok"), ("session.stop", "ok"), ("api.request", "ok")]
+    assert actions == expected, "\n".join(f"{e['time']} {e['action']} {e['outcome']} {e['target']}" for e in events)
+    by_action = {e["action"]: e for e in events}
+    start = by_action["session.start"]
+    assert start["project"] == "prostate-ai" and start["details"]["datasets"] == ["prostate-mri"]
+    session = start["session"]
+    assert session and by_action["contents.save"]["session"] == session == by_action["session.stop"]["session"]
+    assert by_action["contents.save"]["target"] == "notes.txt"
+    assert by_action["contents.save"]["actor"] == "frida" and by_action["contents.save"]["project"] == "prostate-ai"
+    assert by_action["auth.login_failed"]["client"] == "127.0.0.1"
+    assert store.verify().ok
+
+
+def test_cli_changes_are_audited(hub):
+    hub.vre("project", "create", "audited", "--title", "Audited changes")
+    hub.vre("project", "grant", "audited", "prostate-mri")
+    events = store_of(hub).query(project="audited")
+    assert [e["action"] for e in events] == ["project.create", "project.grant"]
+    assert all(e["actor_role"] == "admin" and e["details"]["via"] == "cli" for e in events)
+    assert events[1]["dataset"] == "prostate-mri"
+
+
+def test_sessions_cannot_forge_events(hub):
+    c = hub.client("bob")
+    c.start("prostate-ai")
+    try:
+        env = relay_env(hub, "bob-prostate-ai")
+        token = env["VRE_AUDIT_TOKEN"]
+        # Claims about who/where are ignored: attribution comes from the credential.
+        status, body = post_to_hub_socket(hub, token, [{
+            "id": "forged-1", "action": "contents.save", "target": "x", "actor": "alice",
+            "project": "lung-screening", "session": "alice-lung-screening-0000"}])
+        assert status == 200 and body == {"stored": 1}
+        stored = [e for e in store_of(hub).query(user="bob") if e["id"] == "forged-1"]
+        assert stored and stored[0]["actor"] == "bob" and stored[0]["project"] == "prostate-ai"
+        assert stored[0]["session"].startswith("bob-prostate-ai-")
+        # A credential edited to speak for someone else is refused.
+        ident, mac = token.split(".")
+        forged_ident = base64.urlsafe_b64encode(json.dumps(["alice", "lung-screening", "x"]).encode()).decode()
+        assert post_to_hub_socket(hub, f"{forged_ident}.{mac}", [])[0] == 403
+        assert post_to_hub_socket(hub, "", [])[0] == 403
+        # Sessions may only record session-side actions, and only on their project's datasets.
+        status, body = post_to_hub_socket(hub, token, [{"id": "f2", "action": "auth.login"}])
+        assert status == 400 and "may not record 'auth.login'" in body["message"]
+        status, body = post_to_hub_socket(hub, token, [{"id": "f3", "action": "dicom.series_view",
+                                                         "dataset": "lung-ct-screening"}])
+        assert status == 400 and "not granted" in body["message"]
+        status, body = post_to_hub_socket(hub, token, [{"action": "kernel.start"}])
+        assert status == 400 and "'id' is required" in body["message"]
+        # The credential is not handed down to kernels.
+        k = c.kernel("prostate-ai")
+        assert k.check("import os; print('VRE_AUDIT_TOKEN' in os.environ)").strip() == "False"
+        k.close()
+    finally:
+        c.stop("prostate-ai")
+
+
+def test_events_survive_hub_crash_and_replay_once(hub):
+    """kill -9 the hub while the session keeps working: spooled events arrive once after restart."""
+    c = hub.client("bob")
+    c.start("prostate-ai")
+    store = store_of(hub)
+
+    def save(name):
+        r = c.server_api("prostate-ai", "PUT", f"/contents/{name}",
+                         json={"type": "file", "format": "text", "content": name})
+        assert r.status_code in (200, 201), r.text
+
+    save("before.txt")  # also warms the server's token cache, so it keeps serving while the hub is down
+    assert wait_for(lambda: [e for e in store.query(user="bob", action="contents.save") if e["target"] == "before.txt"])
+    acknowledged = {e["id"] for e in store.query(user="bob")}
+
+    hub.kill(signal.SIGKILL)
+    for i in range(5):
+        save(f"during-{i}.txt")  # the proxy survives; the server spools what it cannot deliver
+    spool = hub.state.parent / "run" / "sessions" / "bob-prostate-ai" / "spool"
+    assert wait_for(lambda: len(list(spool.glob("*.json"))) >= 5), list(spool.iterdir())
+    hub.start()
+
+    def delivered():
+        names = [e["target"] for e in store.query(user="bob", action="contents.save")]
+        return all(f"during-{i}.txt" in names for i in range(5)) and names
+    names = wait_for(delivered, timeout=30)
+    assert names, "spooled events were not replayed"
+    for i in range(5):
+        assert names.count(f"during-{i}.txt") == 1, names  # once, not twice
+    assert acknowledged <= {e["id"] for e in store.query(user="bob")}
+    assert not list(spool.glob("*.json"))
+    assert store.verify().ok
+    c = hub.client("bob")
+    c.stop("prostate-ai")

@@ -1,0 +1,333 @@
+"""`verify` against an attacker with write access to the database (raw SQL, no private key):
+each kind of tampering is detected and located by seq, on SQLite and real PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import delete, insert, select, text, update
+
+from vre import db as vdb
+from vre.audit import AuditStore, Event
+from vre.audit.schema import canonical_record
+from vre.audit.store import audit_checkpoints, audit_events, checkpoint_payload
+
+N = 30
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shared_url(request, tmp_path_factory):
+    """One migrated database per backend for this module; ``audit_url`` empties the audit tables
+    before each test. (The ``db_url`` fixture makes a new database per test, which costs about a
+    second each on PostgreSQL; it is used below where a pristine database matters.)"""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('audit') / 'vre.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    vdb.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def audit_url(shared_url):
+    with vdb.engine_for(shared_url).begin() as conn:
+        conn.exec_driver_sql("DELETE FROM audit_events")
+        conn.exec_driver_sql("DELETE FROM audit_checkpoints")
+    return shared_url
+
+
+def ev(i: int) -> Event:
+    return Event("dicom.instance_view", actor=f"user{i % 3}", actor_role="researcher", project="p1",
+                 dataset="lung1", session="s1", target=f"instance/{i}", details={"i": i})
+
+
+@pytest.fixture
+def chain(audit_url, tmp_path):
+    """30 records, checkpoints every 10 (at 10, 20, 30) plus the first append's."""
+    store = AuditStore(audit_url, tmp_path / "secrets", checkpoint_every=10)
+    for i in range(1, N + 1):
+        store.append(ev(i))
+    return store
+
+
+def sql(store, statement, params=None):
+    with vdb.engine_for(store.db_url).begin() as conn:
+        if isinstance(statement, str):
+            return conn.execute(text(statement), params or {})
+        return conn.execute(statement)
+
+
+def row(store, seq) -> dict:
+    with vdb.engine_for(store.db_url).connect() as conn:
+        return dict(conn.execute(select(audit_events).where(audit_events.c.seq == seq)).mappings().one())
+
+
+def shift(store, first: int, by: int) -> None:
+    """Renumber records seq >= first by ``by`` (one row at a time so the primary key never clashes)."""
+    with vdb.engine_for(store.db_url).begin() as conn:
+        seqs = conn.execute(select(audit_events.c.seq).where(audit_events.c.seq >= first)
+                            .order_by(audit_events.c.seq.desc() if by > 0 else audit_events.c.seq)).scalars().all()
+        for s in seqs:
+            conn.execute(update(audit_events).where(audit_events.c.seq == s).values(seq=s + by))
+
+
+def assert_found(store, problem: str, seq: int, words: str = ""):
+    report = store.verify()
+    assert not report.ok, report.detail
+    assert (report.problem, report.seq) == (problem, seq), report.detail
+    assert report.detail.startswith(problem)
+    assert words in report.detail
+    return report
+
+
+def test_intact_chain_reports_length_and_last_checkpoint(chain):
+    report = chain.verify()
+    assert report.ok and report.problem is None and report.seq is None
+    assert report.length == N and report.unsealed == 0
+    assert report.last_checkpoint["seq"] == 30 and len(report.last_checkpoint["hash"]) == 64
+    assert report.detail == f"intact: 30 records, last checkpoint at seq 30 ({report.last_checkpoint['time']})"
+    chain.append(ev(99))
+    report = chain.verify()
+    assert report.ok and report.unsealed == 1 and "1 record(s) after it not yet sealed" in report.detail
+
+
+def test_empty_chain_is_intact(audit_url, tmp_path):
+    report = AuditStore(audit_url, tmp_path / "secrets").verify()
+    assert report.ok and report.length == 0 and report.last_checkpoint is None
+    assert report.detail == "intact: 0 records, no checkpoint yet"
+
+
+def test_edited_column_is_found(chain):
+    sql(chain, "UPDATE audit_events SET actor = 'someone_else' WHERE seq = 7")
+    assert_found(chain, "modified", 7, "actor: sealed 'user1', now 'someone_else'")
+
+
+def test_edited_indexed_time_and_dataset_are_found(chain):
+    sql(chain, "UPDATE audit_events SET time = '2020-01-01T00:00:00.000000Z' WHERE seq = 12")
+    assert_found(chain, "modified", 12, "time")
+    sql(chain, "UPDATE audit_events SET dataset = NULL WHERE seq = 4")
+    assert_found(chain, "modified", 4, "dataset")
+
+
+def test_edited_record_text_is_found(chain):
+    sql(chain, "UPDATE audit_events SET record = REPLACE(record, 'instance/9', 'instance/8') WHERE seq = 9")
+    assert_found(chain, "modified", 9, "hash does not match")
+
+
+def test_edited_text_with_recomputed_hash_is_found(chain):
+    r = row(chain, 9)
+    forged = r["record"].replace('"i":9', '"i":90')
+    sql(chain, update(audit_events).where(audit_events.c.seq == 9)
+        .values(record=forged, hash=hashlib.sha256((r["prev_hash"] + forged).encode()).hexdigest()))
+    assert_found(chain, "modified", 9, "rewritten and re-hashed")
+
+
+def test_deleted_middle_record_is_found(chain):
+    sql(chain, "DELETE FROM audit_events WHERE seq = 15")
+    assert_found(chain, "deleted", 15, "seq 15..15 are missing")
+
+
+def test_deleted_record_with_renumbering_is_found(chain):
+    sql(chain, "DELETE FROM audit_events WHERE seq = 15")
+    shift(chain, 16, -1)
+    assert_found(chain, "deleted", 15, "renumbered")
+
+
+def test_inserted_forged_record_is_found(chain):
+    """A careful forgery: renumber to make room, link to the predecessor, hash correctly."""
+    shift(chain, 11, +1)
+    before = row(chain, 10)
+    fake = ev(1000)
+    received = json.loads(before["record"])["received_at"]
+    record = canonical_record(fake, 11, received)
+    sql(chain, insert(audit_events).values(
+        seq=11, event_id=fake.id, time=fake.time_text, received_at=received, actor=fake.actor,
+        action=fake.action, outcome=fake.outcome, project=fake.project, dataset=fake.dataset, session=fake.session,
+        record=record, prev_hash=before["hash"], hash=hashlib.sha256((before["hash"] + record).encode()).hexdigest()))
+    assert_found(chain, "inserted", 11, "does not belong")
+
+
+def test_swapped_records_are_found(chain):
+    a, b = row(chain, 5), row(chain, 9)
+    with vdb.engine_for(chain.db_url).begin() as conn:
+        conn.execute(delete(audit_events).where(audit_events.c.seq.in_([5, 9])))
+        conn.execute(insert(audit_events).values({**a, "seq": 9}))
+        conn.execute(insert(audit_events).values({**b, "seq": 5}))
+    assert_found(chain, "reordered", 5, "sealed as seq 9")
+
+
+def test_truncated_tail_is_found(chain):
+    sql(chain, "DELETE FROM audit_events WHERE seq > 26")
+    report = assert_found(chain, "truncated", 27, "chain ends at seq 26")
+    assert report.length == 26
+
+
+def test_truncation_hidden_by_deleting_db_checkpoints_is_found_through_the_file(chain):
+    sql(chain, "DELETE FROM audit_events WHERE seq > 21")
+    sql(chain, "DELETE FROM audit_checkpoints WHERE seq > 20")
+    assert_found(chain, "truncated", 22, "covers seq 30")
+
+
+def test_deleted_checkpoints_are_found(chain):
+    sql(chain, "DELETE FROM audit_checkpoints")
+    assert_found(chain, "deleted", 1, "deleted from the database")
+
+
+def test_checkpoint_with_bad_signature_is_found(chain):
+    sql(chain, "UPDATE audit_checkpoints SET time = '2020-01-01T00:00:00.000000Z' WHERE seq = 20")
+    assert_found(chain, "bad-signature", 20, "signature does not verify")
+
+
+def test_checkpoint_signed_with_another_key_is_found(chain):
+    """An attacker rewrites the tail and signs a new checkpoint with their own key."""
+    other = Ed25519PrivateKey.generate()
+    head = row(chain, 30)
+    import base64
+
+    payload = checkpoint_payload(31, head["hash"], "2026-01-01T00:00:00.000000Z", "0123456789abcdef")
+    sql(chain, insert(audit_checkpoints).values(
+        seq=31, hash=head["hash"], time="2026-01-01T00:00:00.000000Z", key_id="0123456789abcdef",
+        signature=base64.b64encode(other.sign(payload.encode())).decode()))
+    assert_found(chain, "bad-signature", 31, "signed by key 0123456789abcdef")
+
+
+def test_rewritten_and_rehashed_history_is_caught_by_checkpoints(chain):
+    """Rewrite record 14 and recompute every later hash: internally consistent, but signed
+    checkpoint 20 no longer matches."""
+    with vdb.engine_for(chain.db_url).begin() as conn:
+        rows = conn.execute(select(audit_events).where(audit_events.c.seq >= 14)
+                            .order_by(audit_events.c.seq)).mappings().all()
+        prev = rows[0]["prev_hash"]
+        for r in rows:
+            rec = r["record"].replace('"i":14', '"i":41') if r["seq"] == 14 else r["record"]
+            h = hashlib.sha256((prev + rec).encode()).hexdigest()
+            conn.execute(update(audit_events).where(audit_events.c.seq == r["seq"])
+                         .values(record=rec, prev_hash=prev, hash=h))
+            prev = h
+    assert_found(chain, "modified", 20, "checkpoint signed for seq 20 does not match")
+
+
+def test_unsealed_tail_rewrite_is_a_documented_limit(chain):
+    """Records after the last checkpoint can be dropped by an attacker without a trace;
+    verify says how many records are exposed that way."""
+    for i in range(3):
+        chain.append(ev(100 + i))
+    assert chain.verify().unsealed == 3
+    sql(chain, "DELETE FROM audit_events WHERE seq > 31")
+    report = chain.verify()
+    assert report.ok and report.length == 31 and report.unsealed == 1
+
+
+def test_public_key_kept_off_host(chain, tmp_path):
+    copy = tmp_path / "auditor.pub"
+    copy.write_bytes((tmp_path / "secrets" / "audit_ed25519.pub").read_bytes())
+    assert chain.verify(public_key=copy).ok
+    other = tmp_path / "other" / "k"
+    AuditStore(chain.db_url, other.parent)  # creates a different key
+    report = chain.verify(public_key=other.parent / "audit_ed25519.pub")
+    assert report.problem == "bad-signature"
+
+
+# --- two processes appending at once ---------------------------------------------------------
+def _append_from_process(url: str, key_dir: str, tag: str, n: int) -> None:
+    store = AuditStore(url, key_dir, checkpoint_every=7)
+    for i in range(n):
+        if i % 4 == 0:
+            store.append_many([Event("job.start", actor=tag, actor_role="service", details={"i": i, "b": j})
+                               for j in range(3)])
+        else:
+            store.append(Event("job.finish", actor=tag, actor_role="service", details={"i": i}))
+
+
+def test_two_processes_appending_keep_one_valid_chain(db_url, tmp_path):
+    AuditStore(db_url, tmp_path / "secrets")  # key exists before the children start
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_from_process, args=(db_url, str(tmp_path / "secrets"), f"w{k}", 40))
+             for k in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    store = AuditStore(db_url, tmp_path / "secrets")
+    report = store.verify()
+    assert report.ok, report.detail
+    assert report.length == 2 * (30 + 10 * 3)
+    actors = [r["actor"] for r in store.query(limit=1000)]
+    assert actors.count("w0") == actors.count("w1") == 60
+    assert os.path.exists(tmp_path / "audit" / "checkpoints.jsonl")
+
+
+# --- the verifier's fast column check is exact (pure Python, no database) ---------------------
+class _Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def fetchmany(self, _n):
+        rows, self.rows = self.rows, []
+        return rows
+
+
+def _rows_for(events):
+    from vre.audit.store import GENESIS
+
+    rows, prev = [], GENESIS
+    for seq, e in enumerate(events, 1):
+        received = "2026-11-22T10:00:00.000000Z"
+        rec = canonical_record(e, seq, received)
+        h = hashlib.sha256((prev + rec).encode()).hexdigest()
+        rows.append([seq, prev, h, rec, e.action, e.actor, e.dataset, e.id, e.outcome, e.project, received,
+                     e.session, e.time_text])
+        prev = h
+    return rows
+
+
+def test_column_check_is_exact_for_tricky_values():
+    """Every single-column change is caught, whether the record takes the verbatim fast path or
+    the parsing exact path, including a value crafted to shift text across fields."""
+    import random
+
+    from vre.audit.verify import _Found, _walk
+
+    rnd = random.Random(7)
+    alphabet = ['a', 'b', '"', '\\', ',', ':', '{', '}', 'é', ' ', '/', 'n', 'u', 'l']
+
+    def word():
+        return "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 6))).replace("\\", "/") if rnd.random() < .5 \
+            else "".join(rnd.choice("abcdef-") for _ in range(rnd.randint(1, 6)))
+
+    events = [Event("dicom.series_view", actor="bob", actor_role="researcher", dataset="ds", project="p",
+                    details={"a": "b", "details": 1})]  # the decoy: ',"details":' inside details
+    for _ in range(200):
+        events.append(Event(rnd.choice(["auth.login", "job.start", "contents.save"]), actor=word(),
+                            actor_role=rnd.choice(["researcher", "service"]),
+                            outcome=rnd.choice(["ok", "denied", "error"]), target=word(),
+                            project=rnd.choice([None, word()]), dataset=rnd.choice([None, word()]),
+                            session=rnd.choice([None, word()]), client=rnd.choice([None, "10.0.0.1", word()]),
+                            details=rnd.choice([{}, {"x": word()}, {"details": {"dataset": word()}}])))
+    rows = _rows_for(events)
+    assert _walk(_Rows([list(r) for r in rows]), {}, 0, rows[0][1]) == len(rows)
+
+    decoy = [list(r) for r in rows]
+    decoy[0][6] = 'ds","details":{"a":"b'  # verbatim, this would still match the record text
+    with pytest.raises(_Found) as found:
+        _walk(_Rows(decoy), {}, 0, rows[0][1])
+    assert (found.value.problem, found.value.seq) == ("modified", 1)
+
+    for _ in range(800):
+        tampered = [list(r) for r in rows]
+        n = rnd.randrange(len(rows))
+        col = rnd.choice([4, 5, 6, 7, 8, 9, 10, 11, 12])
+        old = tampered[n][col]
+        new = rnd.choice([None, word(), f'"{old}"', f"{old}x", json.dumps(old)[1:-1] if old else "x"])
+        if new == old:
+            continue
+        tampered[n][col] = new
+        with pytest.raises(_Found) as found:
+            _walk(_Rows(tampered), {}, 0, rows[0][1])
+        assert (found.value.problem, found.value.seq) == ("modified", n + 1), (col, old, new)
