@@ -6,6 +6,8 @@ code of every executed cell, and (for the dataset and DICOM APIs) ``audit_hook``
 
 from __future__ import annotations
 
+import os
+
 from .relay import AuditRelay, audit_hook, get_relay
 
 __all__ = ["AuditRelay", "audit_hook", "get_relay"]
@@ -37,6 +39,17 @@ def _load_jupyter_server_extension(serverapp) -> None:
             if data.get("source_path"):
                 details["source"] = data["source_path"]
             relay.record(name, target=data.get("path") or "", details=details)
+
+    if os.environ.get("VRE_AUDIT_CELLS") == "1":  # the researcher must see that their code is recorded
+        settings = serverapp.web_app.settings
+        previous = settings.get("page_config_hook")
+
+        def announce(handler, page_config):
+            page_config = previous(handler, page_config) if previous else page_config
+            page_config["appName"] = "JupyterLab (code audit on)"
+            return page_config
+
+        settings["page_config_hook"] = announce
 
     serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=on_kernel)
     serverapp.event_logger.add_listener(schema_id=CONTENTS, listener=on_contents)

@@ -132,6 +132,8 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
         "HOME": HOME,
         "USER": user,
     }
+    if project.audit_cells:
+        plan_env["VRE_AUDIT_CELLS"] = "1"
     threads = str(max(1, math.ceil(profile.cpu)))
     plan_env.update({var: threads for var in THREAD_VARS})
     return SessionPlan(

@@ -180,3 +180,38 @@ def test_events_survive_hub_crash_and_replay_once(hub):
     assert store.verify().ok
     c = hub.client("bob")
     c.stop("prostate-ai")
+
+
+def test_cell_audit_is_off_by_default_and_visible_when_on(hub):
+    c = hub.client("bob")
+    store = store_of(hub)
+
+    def cells():
+        return [e for e in store.query(user="bob", action="cell.execute")]
+
+    c.start("prostate-ai")
+    k = c.kernel("prostate-ai")
+    k.check("print('not recorded')")
+    k.close()
+    c.stop("prostate-ai")
+    assert cells() == []
+
+    hub.vre("project", "set-cell-audit", "prostate-ai", "on")
+    try:
+        home = c.http.get(f"{hub.url}/hub/home", timeout=10).text
+        assert "code audit on" in home
+        form = c.http.get(f"{hub.url}/hub/spawn/bob/prostate-ai", timeout=10).text
+        assert "Code audit is on for this project" in form
+        c.start("prostate-ai")
+        k = c.kernel("prostate-ai")
+        k.check("secret_analysis = 6 * 7\nprint(secret_analysis)")
+        k.close()
+        recorded = wait_for(cells)
+        assert recorded and recorded[0]["details"]["code"] == "secret_analysis = 6 * 7\nprint(secret_analysis)"
+        assert recorded[0]["project"] == "prostate-ai" and recorded[0]["session"].startswith("bob-prostate-ai-")
+        lab = requests.get(f"{c.server_url('prostate-ai')}/lab", headers={"Authorization": f"token {c.token}"},
+                           timeout=30).text
+        assert "code audit on" in lab  # the Lab's title tells the researcher
+        c.stop("prostate-ai")
+    finally:
+        hub.vre("project", "set-cell-audit", "prostate-ai", "off")

@@ -333,9 +333,8 @@ class SandboxSpawner(Spawner):
         argv = [singleuser, f"--sock={INNER_RUN}/session/jupyter.sock",
                 "--KernelManager.transport=ipc", f"--ServerApp.root_dir={HOME}",
                 '--ServerApp.jpserver_extensions={"vre_session": True}']
-        if plan.audit_cells:  # the researcher sees it in the tab title as well as on the hub's pages
-            argv += ["--ServerApp.kernel_websocket_connection_class=vre_session.cells.AuditedKernelConnection",
-                     "--LabApp.app_name=JupyterLab (code audit on)"]
+        if plan.audit_cells:  # vre_session also tells the researcher, in the Lab's title
+            argv += ["--ServerApp.kernel_websocket_connection_class=vre_session.cells.AuditedKernelConnection"]
         return argv + self.args
 
     def _environment(self, plan: SessionPlan) -> dict[str, str]:
