@@ -180,7 +180,7 @@ class Hub:
         self.vre("down", check=False)
         artifacts = ROOT / "test-artifacts"
         artifacts.mkdir(exist_ok=True)
-        shutil.copy(self.log_path, artifacts / f"hub-{self.backend}.log")
+        shutil.copy(self.log_path, artifacts / f"hub-{self.backend}-{self.instance}.log")
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 

@@ -55,7 +55,15 @@ class HubClient:
     def api(self, method: str, path: str, **kw) -> requests.Response:
         headers = kw.pop("headers", {})
         headers["Authorization"] = f"token {self.token}"
-        return requests.request(method, f"{self.base}/hub/api{path}", headers=headers, timeout=kw.pop("timeout", 30), **kw)
+        timeout = kw.pop("timeout", 30)
+        for _ in range(3):
+            r = requests.request(method, f"{self.base}/hub/api{path}", headers=headers, timeout=timeout, **kw)
+            # configurable-http-proxy answers 503 (EPIPE) when the hub refuses a request before reading
+            # its body; that is the proxy's artefact, not the hub's answer (the hub's 503s are JSON).
+            if r.status_code != 503 or r.headers.get("Content-Type", "").startswith("application/json"):
+                return r
+            time.sleep(0.2)
+        return r
 
     def server_state(self, name: str) -> dict | None:
         r = self.api("GET", f"/users/{self.username}")

@@ -1,6 +1,7 @@
 """Login for the embedded default: per-user hashed passwords with lockout, from the VRE database.
 
-JupyterHub admin rights follow the account's role; whether a name may log in at all is decided
+Hub rights follow the account's role through group membership (auditors: the audit scope; admins:
+a deliberately narrow admin role); whether a name may log in at all is decided
 by the VRE database (``check_allowed``), so removing or disabling an account takes effect at once.
 """
 
@@ -21,11 +22,18 @@ AUDIT_READ_SCOPE = "custom:vre-audit:read"
 
 
 AUDITOR_GROUP = "vre-auditors"
+ADMIN_ROLE = "vre-admin"
+ADMIN_GROUP = "vre-admins"
+#: What a VRE admin may do through the hub: see users, servers and groups, and stop servers.
+#: Not JupyterHub's all-powerful admin: no changing users or groups (so no joining the auditors),
+#: no tokens for others, no access to anyone's session. Provisioning is the ``vre`` CLI's job.
+ADMIN_SCOPES = ["self", "admin-ui", "list:users", "read:users", "read:servers", "delete:servers",
+                "list:groups", "read:groups", "read:roles", "read:hub", "read:metrics"]
 
 
 def groups_for(role: str) -> list[str]:
-    """JupyterHub groups of a VRE account; the auditor group carries the auditor role."""
-    return [AUDITOR_GROUP] if role == "auditor" else []
+    """JupyterHub groups of a VRE account; each group carries its role (see hubconfig)."""
+    return {"auditor": [AUDITOR_GROUP], "admin": [ADMIN_GROUP]}.get(role, [])
 
 
 class VREAuthenticator(Authenticator):
@@ -62,7 +70,7 @@ class VREAuthenticator(Authenticator):
         audit = dict(actor=name or "(empty)", actor_role=role or "anonymous", client=client, target=f"user/{name}")
         if result.ok:
             await aemit(self.settings, "auth.login", **audit)
-            return {"name": name, "admin": role == "admin", "groups": groups_for(role)}
+            return {"name": name, "admin": False, "groups": groups_for(role)}
         self.log.warning("Failed login for %r from %s (%s)", name, client, result.reason)
         await aemit(self.settings, "auth.login_failed", outcome="denied", details={"reason": result.reason}, **audit)
         if result.just_locked:

@@ -69,6 +69,8 @@ def classify_request(method: str, path: str, status: int, user_kind: str | None)
     path = path[path.index("/hub/api/"):]
     if path.endswith("/activity"):  # servers reporting their own activity: housekeeping, not an action
         return None
+    if path.startswith("/hub/api/vre/audit/"):  # the audit API records its own actions (audit.verify, ...)
+        return None
     if m := _TOKENS.match(path):
         return ("token.create" if method == "POST" else "token.revoke"), f"user/{m.group(1)}"
     if (m := _SERVERS.match(path)) and method == "DELETE" and user_kind == "service":

@@ -33,7 +33,8 @@ def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
 
 def configure(c, settings: Settings) -> None:
     from .api import configure as configure_api
-    from .auth import AUDIT_READ_SCOPE, AUDITOR_GROUP, AUDITOR_ROLE, VREAuthenticator
+    from .auth import (ADMIN_GROUP, ADMIN_ROLE, ADMIN_SCOPES, AUDIT_READ_SCOPE, AUDITOR_GROUP, AUDITOR_ROLE,
+                       VREAuthenticator)
     from .events import make_log_function
     from .backends.sandbox import SandboxSpawner
     from .hubpages import home_projects
@@ -69,8 +70,12 @@ def configure(c, settings: Settings) -> None:
     c.JupyterHub.custom_scopes = {
         AUDIT_READ_SCOPE: {"description": "Read, export and verify the VRE audit trail (auditors)."},
     }
-    c.JupyterHub.load_roles = [{"name": AUDITOR_ROLE, "description": "Review, export and verify the audit trail",
-                                "scopes": [AUDIT_READ_SCOPE], "groups": [AUDITOR_GROUP]}]
+    c.JupyterHub.load_roles = [
+        {"name": AUDITOR_ROLE, "description": "Review, export and verify the audit trail",
+         "scopes": [AUDIT_READ_SCOPE], "groups": [AUDITOR_GROUP]},
+        {"name": ADMIN_ROLE, "description": "See users and sessions, stop sessions (provisioning: vre CLI)",
+         "scopes": ADMIN_SCOPES, "groups": [ADMIN_GROUP]},
+    ]
     configure_api(c, settings)
     c.JupyterHub.spawner_class = SandboxSpawner
     c.SandboxSpawner.settings = settings

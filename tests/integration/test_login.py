@@ -1,8 +1,10 @@
 """Logging in to the real hub: hashed passwords, lockout, generated demo credentials."""
 
 import stat
+import time
 
 import pytest
+import requests
 from hubclient import HubClient
 
 pytestmark = pytest.mark.integration
@@ -40,3 +42,31 @@ def test_demo_credentials_are_generated_and_root_only(hub):
     assert stat.S_IMODE((hub.state / "secrets").stat().st_mode) == 0o700
     assert len(set(hub.passwords.values())) == len(hub.passwords) == 4  # random, distinct
     assert all(len(p) >= 12 for p in hub.passwords.values())
+
+
+def test_admins_are_not_all_powerful(hub):
+    """Separation of duties: a VRE admin sees and stops sessions but cannot join the auditors,
+    mint tokens for others, change accounts, or enter anyone's session."""
+    bob = hub.client("bob")
+    bob.start("prostate-ai")
+    admin = hub.client("admin")
+    assert admin.api("GET", "/users").status_code == 200
+    for method, path, body in [
+        ("POST", "/groups/vre-auditors/users", {"users": ["admin"]}),
+        ("POST", "/users/auditor/tokens", {"note": "steal"}),
+        ("POST", "/users", {"usernames": ["mallory"]}),
+        ("PATCH", "/users/bob", {"admin": True}),
+        ("POST", "/users/bob/servers/lung-screening", {}),
+    ]:
+        r = admin.api(method, path, json=body)
+        # JupyterHub refuses with 403, or with 404 where it does not reveal whether the target exists
+        assert r.status_code == 403 or (r.status_code == 404 and "No access" in r.text), (method, path, r.text)
+    assert admin.api("GET", "/vre/audit/events").status_code == 403
+    r = requests.get(f"{bob.server_url('prostate-ai')}/api/contents", headers={"Authorization": f"token {admin.token}"},
+                     timeout=30, allow_redirects=False)
+    assert r.status_code in (403, 302), r.status_code  # no access to another user's session
+    assert admin.api("DELETE", "/users/bob/servers/prostate-ai").status_code in (202, 204)
+    deadline = time.monotonic() + 30
+    while bob.server_state("prostate-ai") is not None and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert bob.server_state("prostate-ai") is None
