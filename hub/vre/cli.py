@@ -423,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = pj.add_parser("show")
     p.add_argument("slug")
     pr.set_defaults(func=cmd_project)
+
+    from .audit.cli import add_parser as add_audit_parser
+
+    add_audit_parser(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -77,6 +78,9 @@ def configure(c, settings: Settings) -> None:
          "scopes": ADMIN_SCOPES, "groups": [ADMIN_GROUP]},
     ]
     configure_api(c, settings)
+    # Seal the audit trail at intervals (a managed service: the hub starts and restarts it).
+    c.JupyterHub.services = [{"name": "vre-audit-sealer", "command": [sys.executable, "-m", "vre.sealer"],
+                              "environment": {k: v for k, v in os.environ.items() if k.startswith("VRE_")}}]
     c.JupyterHub.spawner_class = SandboxSpawner
     c.SandboxSpawner.settings = settings
 

@@ -33,6 +33,7 @@ def browser():
     if not Path(CHROMIUM).exists() or not shutil.which(CHROMIUM):
         pytest.skip(f"Chromium not installed at {CHROMIUM}")
     sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api.expect.set_options(timeout=30_000)  # expect() waits 5 s by default: too short on 2 cores
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:

@@ -17,6 +17,7 @@ from .. import db as vdb
 from .. import projects as P
 from ..accounts import add_account
 from ..catalog.registry import add_dataset
+from ..events import emit
 from ..settings import Settings
 from .synth import make_cohort
 
@@ -65,6 +66,7 @@ def provision_demo(settings: Settings, log=print) -> None:
         if have(vdb.Project, slug=PROJECTS[0]["slug"]) and have(vdb.Account, name=ACCOUNTS[-1][0]):
             return
         log("[vre] first start: creating the demo (synthetic datasets, projects, accounts)")
+        audit: list[tuple[str, dict]] = []
 
         for spec in DATASETS:
             if have(vdb.Dataset, slug=spec["slug"]):
@@ -78,12 +80,14 @@ def provision_demo(settings: Settings, log=print) -> None:
                                            "interoperability_tier", "keywords")}
             _, report = add_dataset(db, settings, str(out), spec["slug"], access_rights=TERMS, **fields)
             log(f"[vre] dataset {spec['slug']}: {report.summary()}")
+            audit.append(("dataset.register", dict(dataset=spec["slug"], target=str(out))))
 
         new_credentials = []
         for name, role in ACCOUNTS:
             if not have(vdb.Account, name=name):
                 _, password = add_account(db, name, role=role)
                 new_credentials.append((name, role, password))
+                audit.append(("user.create", dict(target=f"user/{name}")))
 
         for spec in PROJECTS:
             if have(vdb.Project, slug=spec["slug"]):
@@ -96,6 +100,12 @@ def provision_demo(settings: Settings, log=print) -> None:
                 P.add_member(db, spec["slug"], m)
             for name, cpu, mem, text in spec["profiles"]:
                 P.set_profile(db, spec["slug"], name, cpu=cpu, memory=mem, description=text)
+            audit.append(("project.create", dict(project=spec["slug"], details={
+                "datasets": spec["datasets"], "members": spec["members"]})))
+
+    for action, fields in audit:  # recorded after the transaction committed
+        details = {"via": "demo", **fields.pop("details", {})}
+        emit(settings, action, actor="system", actor_role="system", details=details, **fields)
 
     if new_credentials:
         path = credentials_file(settings)
