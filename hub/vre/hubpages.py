@@ -40,8 +40,11 @@ def home_projects(settings: Settings, username: str) -> list[dict]:
         } for p in projects]
 
 
-def spawn_form(settings: Settings, username: str, project_slug: str) -> str:
+def spawn_form(settings: Settings, username: str, project_slug: str, hub_base: str = "/hub/") -> str:
     """Radio buttons for the project's profiles; nothing for projects the user is not in."""
+    if not project_slug:  # JupyterHub's unnamed default server: there is no such thing in the VRE
+        return ('<p class="alert alert-info">Sessions are started per project: pick one on the '
+                f'<a href="{escape(hub_base)}home">home page</a>.</p>')
     project = next((p for p in home_projects(settings, username) if p["slug"] == project_slug), None)
     if project is None:
         return ('<p class="alert alert-danger">Sessions are started per project, and you are not a member '

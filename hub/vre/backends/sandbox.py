@@ -141,7 +141,7 @@ class SandboxSpawner(Spawner):
     def _render_form(spawner: "SandboxSpawner") -> str:
         from ..hubpages import spawn_form
 
-        return spawn_form(spawner.settings, spawner.user.name, spawner.name)
+        return spawn_form(spawner.settings, spawner.user.name, spawner.name, spawner.hub.base_url)
 
     @property
     def server(self):
