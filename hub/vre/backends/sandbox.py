@@ -132,6 +132,8 @@ class SandboxSpawner(Spawner):
             raise
         await aemit(spawner.settings, "session.request", **audit)
         spawner.plan = plan
+        spawner._events, spawner._event_added = [], asyncio.Event()
+        spawner._progress(5, f"Permit checked: project {plan.project}, profile {plan.profile}")
 
     def _build_plan(self, profile: str | None) -> SessionPlan:
         with vdb.session_scope(self.settings.vre_db_url) as session:
@@ -190,6 +192,8 @@ class SandboxSpawner(Spawner):
         self.session_id, self.island = plan.session_id, plan.network
         self.audit_session = f"{plan.session_id}-{secrets.token_hex(4)}"
         self._stop_reason = "stopped"
+        if getattr(self, "_events", None) is None:
+            self._events, self._event_added = [], asyncio.Event()
         audit = dict(actor=plan.user, project=plan.project, session=self.audit_session, target=plan.session_id)
         try:
             url = await self._start(plan)
@@ -203,9 +207,6 @@ class SandboxSpawner(Spawner):
         return url
 
     async def _start(self, plan: SessionPlan) -> str:
-        self._events: list[dict] = []
-        self._event_added = asyncio.Event()
-
         self._progress(10, f"Preparing project {plan.project}: {len(plan.datasets)} dataset(s) read-only")
         await asyncio.to_thread(self._prepare_host, plan)
         cgroup = SessionCgroup(plan.session_id, self.settings.instance)
@@ -332,7 +333,9 @@ class SandboxSpawner(Spawner):
         singleuser = str(self.settings.session_env / "bin" / "jupyterhub-singleuser")
         argv = [singleuser, f"--sock={INNER_RUN}/session/jupyter.sock",
                 "--KernelManager.transport=ipc", f"--ServerApp.root_dir={HOME}",
-                '--ServerApp.jpserver_extensions={"vre_session": True}']
+                '--ServerApp.jpserver_extensions={"vre_session": True}',
+                # the download guard and audit relay live there: no session without them
+                "--ServerApp.reraise_server_extension_failures=True"]
         if plan.audit_cells:  # vre_session also tells the researcher, in the Lab's title
             argv += ["--ServerApp.kernel_websocket_connection_class=vre_session.cells.AuditedKernelConnection"]
         return argv + self.args
@@ -358,8 +361,11 @@ class SandboxSpawner(Spawner):
 
     async def progress(self):
         sent = 0
-        events = getattr(self, "_events", None)
-        if events is None:
+        for _ in range(50):  # the list appears when the request is accepted (apply_user_options)
+            if getattr(self, "_events", None) is not None or not self.pending:
+                break
+            await asyncio.sleep(0.1)
+        if getattr(self, "_events", None) is None:
             return
         while True:
             while sent < len(self._events):

@@ -1,0 +1,389 @@
+"""Viewer sources (an indexed series, or one file opened by path): geometry, slices, MPR, caches.
+
+A *source* is a list of files. Its headers are read in the decoder workers (cached by path, size
+and mtime), its frames ordered by :func:`vre_session.dicom.order_slices`, and the result kept as
+a :class:`Source` (bounded cache). Slices are decoded one file at a time on demand; reformats
+(MPR) need the whole volume, which is decoded once and kept in a byte-bounded LRU cache
+(``VRE_VIEWER_CACHE_MB``, default 512 MiB); a series larger than the cache is refused for MPR
+with 413 rather than risking the session's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import dicom
+from .dicom import DicomError
+from .workers import WorkerPool
+
+log = logging.getLogger("vre_session")
+
+MAX_FRAMES_PER_TASK = 8  # a decode task for a multi-frame file covers at most this many frames
+MAX_FILES_PER_SOURCE = 20000
+
+
+class LRU:
+    """A small thread-safe LRU bounded by entry count and (optionally) total bytes."""
+
+    def __init__(self, max_entries: int, max_bytes: int | None = None):
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._data: OrderedDict = OrderedDict()
+        self._sizes: dict = {}
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        return None
+
+    def put(self, key, value, size: int = 0) -> None:
+        with self._lock:
+            if key in self._data:
+                self.bytes -= self._sizes.pop(key)
+                del self._data[key]
+            self._data[key] = value
+            self._sizes[key] = size
+            self.bytes += size
+            while self._data and (len(self._data) > self.max_entries
+                                  or (self.max_bytes is not None and self.bytes > self.max_bytes
+                                      and len(self._data) > 1)):
+                old, _ = self._data.popitem(last=False)
+                self.bytes -= self._sizes.pop(old)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def _file_key(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DicomError(404, "file not found") from None
+    except OSError as e:
+        raise DicomError(403, f"cannot read the file: {e.strerror}") from None
+    return (path, st.st_size, st.st_mtime_ns)
+
+
+@dataclass
+class Source:
+    """What the viewer knows about one series (or file) once its headers are read."""
+
+    key: tuple
+    kind: str                      # "series" or "file"
+    label: dict                    # dataset/series_uid or path: echoed in the metadata
+    instances: list[dict]          # read_instance() facts of the readable files
+    order: dict                    # order_slices() result
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) of unreadable files
+
+    @property
+    def slices(self) -> list[dict]:
+        return self.order["slices"]
+
+    def slice_ref(self, index: int) -> tuple[dict, dict]:
+        if not 0 <= index < len(self.slices):
+            raise DicomError(404, f"slice {index} does not exist; this series has slices 0..{len(self.slices) - 1}")
+        s = self.slices[index]
+        return s, self.instances[s["instance"]]
+
+    def mpr_problem(self) -> str | None:
+        """Why reformats are not possible, or None."""
+        first = self.instances[0]
+        if self.order["ordering"] != "geometry":
+            return "the images have no consistent position and orientation (ImagePositionPatient/" \
+                   "ImageOrientationPatient), so they do not form a volume"
+        if len(self.slices) < 2:
+            return "a single image is not a volume"
+        if self.order["distinct_positions"] < len(self.slices):
+            return "several images share one position (several phases, echoes or acquisitions in one series?)"
+        if self.order["spacing"] is None:
+            return "the slice spacing cannot be determined"
+        if any(i["rows"] != first["rows"] or i["columns"] != first["columns"] for i in self.instances):
+            return "the images differ in size"
+        if any(i["samples_per_pixel"] != 1 for i in self.instances):
+            return "colour images cannot be reformatted"
+        if not first["pixel_spacing"]:
+            return "the pixel spacing is unknown"
+        return None
+
+    def volume_shape(self) -> tuple[int, int, int]:
+        first = self.instances[0]
+        return (len(self.slices), first["rows"], first["columns"])
+
+    def spacing_krc(self) -> tuple[float, float, float]:
+        row_spacing, col_spacing = self.instances[0]["pixel_spacing"]
+        return (self.order["spacing"], row_spacing, col_spacing)
+
+    def axes(self) -> dict:
+        return dicom.canonical_axes(self.order["orientation"], self.order["normal"])
+
+    def metadata(self, cache_bytes: int) -> dict:
+        """The JSON the viewer needs to display the source (see API.md, "Series metadata")."""
+        first = self.instances[0]
+        photometric = first["photometric_interpretation"]
+        windows = list(first["frame_info"][0]["windows"] or first["windows"])
+        modality = first["modality"]
+        units = first["rescale_type"] or ("HU" if modality == "CT" and not first["modality_lut"] else None)
+        if units == "HU":
+            have = {(w["center"], w["width"]) for w in windows}
+            windows += [w for w in dicom.ct_presets() if (w["center"], w["width"]) not in have]
+        rescales = {(f["slope"], f["intercept"]) for i in self.instances for f in i["frame_info"]}
+        slope, intercept = first["frame_info"][0]["slope"], first["frame_info"][0]["intercept"]
+        orientation = self.order["orientation"]
+        problem = self.mpr_problem()
+        mpr: dict = {"available": problem is None, "reason": problem}
+        if problem is None:
+            nbytes = int(np.prod(self.volume_shape())) * 4
+            if nbytes > cache_bytes:
+                mpr = {"available": False, "reason": f"the series needs {nbytes >> 20} MiB as a volume, more than "
+                                                     f"the viewer cache ({cache_bytes >> 20} MiB)"}
+            else:
+                axes = self.axes()
+                shape_zyx = tuple(self.volume_shape()[a] for a in axes["perm"])
+                spacing = tuple(self.spacing_krc()[a] for a in axes["perm"])
+                mpr.update(oblique=bool(axes["oblique"]), planes={
+                    p: {**dicom.plane_shape(shape_zyx, spacing, p), "markers": dicom.PLANE_MARKERS[p]}
+                    for p in dicom.PLANES})
+        sizes = {(i["rows"], i["columns"]) for i in self.instances}
+        warnings = []
+        if self.skipped:
+            examples = "; ".join(f"{os.path.basename(p)}: {r}" for p, r in self.skipped[:3])
+            warnings.append(f"{len(self.skipped)} file(s) of this series could not be read and are not shown "
+                            f"({examples})")
+        if self.order["ordering"] != "geometry":
+            warnings.append(f"slices are ordered by {self.order['ordering'].replace('_', ' ')}: "
+                            "position/orientation tags are missing or inconsistent")
+        elif not self.order["uniform"] and len(self.slices) > 1:
+            warnings.append("slice spacing is not uniform; reformats use the median spacing")
+        if first["pixel_spacing_source"] == "ImagerPixelSpacing":
+            warnings.append("pixel spacing is ImagerPixelSpacing (at the detector), not in the patient")
+        return dicom.jsonable({
+            **self.label,
+            "patient_id": first["patient_id"],
+            "study_instance_uid": first["study_instance_uid"],
+            "series_instance_uid": first["series_instance_uid"],
+            "study_date": dicom.iso_date(first["study_date"]),
+            "study_description": first["study_description"],
+            "series_description": first["series_description"],
+            "modality": modality,
+            "body_part": first["body_part"],
+            "manufacturer": first["manufacturer"],
+            "sop_class_uid": first["sop_class_uid"],
+            "num_instances": len(self.instances),
+            "num_slices": len(self.slices),
+            "rows": first["rows"] if len(sizes) == 1 else None,
+            "columns": first["columns"] if len(sizes) == 1 else None,
+            "samples_per_pixel": first["samples_per_pixel"],
+            "color": first["samples_per_pixel"] > 1 or photometric in dicom.COLOR_PHOTOMETRICS,
+            "photometric_interpretation": photometric,
+            "invert": photometric == "MONOCHROME1",
+            "bits_allocated": first["bits_allocated"],
+            "bits_stored": first["bits_stored"],
+            "pixel_representation": first["pixel_representation"],
+            "transfer_syntax": first["transfer_syntax"],
+            "rescale": {"slope": slope, "intercept": intercept, "type": first["rescale_type"],
+                        "varies": len(rescales) > 1, "modality_lut": first["modality_lut"]},
+            "units": units,
+            "pixel_spacing": first["pixel_spacing"],
+            "pixel_spacing_source": first["pixel_spacing_source"],
+            "slice_thickness": first["slice_thickness"],
+            "slice_spacing": self.order["spacing"] or first["spacing_between_slices"] or first["slice_thickness"],
+            "uniform_spacing": self.order["uniform"],
+            "ordering": self.order["ordering"],
+            "orientation": orientation,
+            "normal": self.order["normal"],
+            "orientation_markers": dicom.orientation_markers(orientation),
+            "windows": windows,
+            "voi_lut_function": first["voi_lut_function"],
+            "slices": [{
+                "index": k,
+                "sop_instance_uid": self.instances[s["instance"]]["sop_instance_uid"],
+                "instance_number": s["instance_number"],
+                "frame": s["frame"],
+                "position": s["position"],
+                "location": s["location"],
+                **({"rows": self.instances[s["instance"]]["rows"], "columns": self.instances[s["instance"]]["columns"]}
+                   if len(sizes) > 1 else {}),
+            } for k, s in enumerate(self.slices)],
+            "mpr": mpr,
+            "warnings": warnings,
+        })
+
+
+class Viewer:
+    """Reads sources through the worker pool and caches what is expensive to get again."""
+
+    def __init__(self, pool: WorkerPool | None = None, cache_mb: int | None = None):
+        self.pool = pool or WorkerPool()
+        mb = cache_mb if cache_mb is not None else int(os.environ.get("VRE_VIEWER_CACHE_MB", "512"))
+        self.cache_bytes = max(mb, 16) * 1024 * 1024
+        self._headers = LRU(50000)
+        self._sources = LRU(64)
+        self._volumes = LRU(16, self.cache_bytes)
+        self._thumbs = LRU(4096, 32 * 1024 * 1024)
+        self._pending: dict[tuple, asyncio.Future] = {}
+
+    async def _once(self, key: tuple, make):
+        """Run ``make()`` once per key even when several requests ask at the same time."""
+        if key in self._pending:
+            return await asyncio.shield(self._pending[key])
+        future = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            value = await make()
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # mark retrieved
+            raise
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            del self._pending[key]
+
+    # -- headers and sources ------------------------------------------------------------------
+    async def header(self, path: str) -> dict:
+        key = _file_key(path)
+        facts = self._headers.get(key)
+        if facts is None:
+            facts = await self.pool.run("read_instance", path)
+            self._headers.put(key, facts)
+        return facts
+
+    async def source(self, key: tuple, kind: str, label: dict, get_paths) -> Source:
+        """The source for ``key``; ``get_paths()`` (async) lists its files when it is not cached."""
+        cached = self._sources.get(key)
+        if cached is not None:
+            return cached
+
+        async def make() -> Source:
+            paths = await get_paths()
+            if len(paths) > MAX_FILES_PER_SOURCE:
+                raise DicomError(413, f"the series has {len(paths)} files; the viewer opens at most "
+                                      f"{MAX_FILES_PER_SOURCE}")
+            results = await asyncio.gather(*(self.header(p) for p in paths), return_exceptions=True)
+            instances, skipped, errors = [], [], []
+            for path, result in zip(paths, results):
+                if isinstance(result, DicomError):
+                    skipped.append((path, result.message))
+                    errors.append(result)
+                elif isinstance(result, BaseException):
+                    raise result
+                elif not result["rows"] or not result["columns"]:
+                    skipped.append((path, "no image (no Rows/Columns)"))
+                    errors.append(DicomError(422, "no image: the file has no Rows/Columns (not an image object)"))
+                else:
+                    instances.append(result)
+            if not instances:
+                raise errors[0] if len(errors) == 1 else DicomError(
+                    max(e.status for e in errors) if errors else 422,
+                    f"none of the {len(paths)} file(s) can be shown; first problem: "
+                    f"{errors[0].message if errors else 'no files'}")
+            source = Source(key, kind, label, instances, dicom.order_slices(instances), skipped)
+            self._sources.put(key, source)
+            return source
+
+        return await self._once(("source", key), make)
+
+    # -- pixels -------------------------------------------------------------------------------
+    async def slice(self, source: Source, index: int) -> dict:
+        """Modality values of slice ``index`` (native orientation) and its facts."""
+        s, inst = source.slice_ref(index)
+        volume = self._volumes.get(source.key)
+        if volume is not None:
+            values = volume[index]
+        else:
+            values = (await self.pool.run("decode_frames", inst["path"], [s["frame"]]))[0]["values"]
+        info = inst["frame_info"][s["frame"]]
+        windows = info["windows"] or inst["windows"]
+        return {"values": values, "pixel_spacing": inst["pixel_spacing"], "position": s["position"],
+                "location": s["location"], "window": windows[0] if windows else None,
+                "count": len(source.slices), "index": index}
+
+    async def volume(self, source: Source) -> np.ndarray:
+        """The whole series as ``V[k, r, c]`` in slice order (cached)."""
+        volume = self._volumes.get(source.key)
+        if volume is not None:
+            return volume
+        problem = source.mpr_problem()
+        if problem:
+            raise DicomError(422, f"no reformats for this series: {problem}")
+        nbytes = int(np.prod(source.volume_shape())) * 4
+        if nbytes > self.cache_bytes:
+            raise DicomError(413, f"the series needs {nbytes >> 20} MiB as a volume, more than the viewer "
+                                  f"cache allows ({self.cache_bytes >> 20} MiB, VRE_VIEWER_CACHE_MB)")
+
+        async def make() -> np.ndarray:
+            tasks = []  # (path, frames, slice indexes)
+            by_file: dict[int, list[tuple[int, int]]] = {}
+            for k, s in enumerate(source.slices):
+                by_file.setdefault(s["instance"], []).append((s["frame"], k))
+            for i, frames in by_file.items():
+                for start in range(0, len(frames), MAX_FRAMES_PER_TASK):
+                    chunk = frames[start:start + MAX_FRAMES_PER_TASK]
+                    tasks.append((source.instances[i]["path"], [f for f, _ in chunk], [k for _, k in chunk]))
+            results = await asyncio.gather(*(self.pool.run("decode_frames", p, fs) for p, fs, _ in tasks))
+            planes: list = [None] * len(source.slices)
+            for (_, _, ks), decoded in zip(tasks, results):
+                for k, d in zip(ks, decoded):
+                    planes[k] = d["values"]
+            volume = dicom.to_wire(np.stack(planes))
+            volume.setflags(write=False)
+            self._volumes.put(source.key, volume, volume.nbytes)
+            return volume
+
+        return await self._once(("volume", source.key), make)
+
+    async def mpr(self, source: Source, plane: str, index: int) -> dict:
+        if plane not in dicom.PLANES:
+            raise DicomError(404, f"unknown plane {plane!r}; use axial, coronal or sagittal")
+        volume = await self.volume(source)
+        axes = source.axes()
+        c, spacing = dicom.reorient(volume, source.spacing_krc(), axes)
+        shape = dicom.plane_shape(c.shape, spacing, plane)
+        if not 0 <= index < shape["count"]:
+            raise DicomError(404, f"{plane} image {index} does not exist; there are 0..{shape['count'] - 1}")
+        values = dicom.mpr_slice(c, plane, index)
+        return {"values": values, "pixel_spacing": shape["pixel_spacing"], "count": shape["count"],
+                "index": index, "position": None, "window": None, "markers": dicom.PLANE_MARKERS[plane],
+                "location": self._plane_location(source, axes, plane, index)}
+
+    @staticmethod
+    def _plane_location(source: Source, axes: dict, plane: str, index: int) -> float | None:
+        """Patient coordinate (mm) of an MPR plane along its axis (z, y or x), from the volume corner."""
+        c_axis = {"axial": 0, "coronal": 1, "sagittal": 2}[plane]   # axis of C[z, y, x]
+        patient_axis = {0: 2, 1: 1, 2: 0}[c_axis]
+        v_axis = axes["perm"][c_axis]
+        n = source.volume_shape()[v_axis]
+        step = source.spacing_krc()[v_axis]
+        i = (n - 1 - index) if c_axis in axes["flip"] else index
+        direction = [source.order["normal"], source.order["orientation"][3:], source.order["orientation"][:3]][v_axis]
+        origin = source.slices[0]["position"]
+        return float(origin[patient_axis] + i * step * direction[patient_axis])
+
+    # -- other reads --------------------------------------------------------------------------
+    async def tags(self, source: Source, index: int) -> dict:
+        _, inst = source.slice_ref(index)
+        return await self.pool.run("instance_tags", inst["path"])
+
+    async def thumbnail(self, path: str, frame: int | None = None) -> bytes:
+        key = (*_file_key(path), frame)
+        png = self._thumbs.get(key)
+        if png is None:
+            if frame is None:
+                frame = (await self.header(path))["frames"] // 2
+            png = await self.pool.run("render_thumbnail", path, frame)
+            self._thumbs.put(key, png, len(png))
+        return png
+
+    def close(self) -> None:
+        self.pool.close()
