@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hub"))
 
 from vre import db as vdb  # noqa: E402
 from vre.audit import AuditStore, Event  # noqa: E402
+from vre.audit.verify import PARALLEL_MIN  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 TARGET_BATCHED = 5_000      # durable events/s, batched
@@ -140,7 +141,7 @@ def bench_backend(name: str, url: str, key_dir: Path, records: int, single: int,
     def add(what: str, value: str, target: str = "", ok: bool | None = None):
         verdict = "" if ok is None else ("yes" if ok else "NO")
         rows.append([name, what, value, target, verdict])
-        print(f"  {name:<10} {what:<46} {value:<32} {target:<10} {verdict}", flush=True)
+        print(f"  {name:<10} {what:<56} {value:<34} {target:<10} {verdict}", flush=True)
 
     # single durable appends: one transaction (one fsync) each
     t = time.perf_counter()
@@ -163,11 +164,12 @@ def bench_backend(name: str, url: str, key_dir: Path, records: int, single: int,
     if name == "sqlite":
         f = fsync_latency(Path(url.split("///", 1)[1]).parent)
         add("disk: 4 KiB write + fsync (p50 / p99)", f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f} ms", "(floor)")
-    for concurrency in (1, 8):
+    for concurrency in (1, 8):  # 8: requests queue behind each other's commits (group commit)
         r = request_audit_latency(store, n=1000 if name == "sqlite" else 500, concurrency=concurrency)
         add(f"request latency, {concurrency} concurrent (p50 / p99)",
-            f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms ({r['events_per_s']:,.0f}/s)", f"< {TARGET_LATENCY_MS:g} ms",
-            r["p50_ms"] < TARGET_LATENCY_MS)
+            f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms ({r['events_per_s']:,.0f}/s)",
+            f"< {TARGET_LATENCY_MS:g} ms" if concurrency == 1 else "",
+            r["p50_ms"] < TARGET_LATENCY_MS if concurrency == 1 else None)
     if name == "sqlite" and Path("/dev/shm").is_dir():
         with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:  # fsync is free: the audit code's own cost
             shm_url = f"sqlite:///{shm}/vre.sqlite"
@@ -190,24 +192,32 @@ def bench_backend(name: str, url: str, key_dir: Path, records: int, single: int,
         add(f"bulk fill to {records:,} (10,000/transaction)", rate(need, time.perf_counter() - t))
     store.checkpoint()
     length = store.length()
-    parallel = workers or os.cpu_count() or 1
-    modes = [("1 process", 1)] + ([(f"{parallel} processes", parallel)] if parallel > 1 else [])
+    parallel = workers or min(4, os.cpu_count() or 1)
+    modes = [("1 process", 1)]
+    if parallel > 1 and length >= PARALLEL_MIN:  # below that, starting helpers costs more than it saves
+        modes.append((f"{parallel} processes", parallel))
     for label, w in modes:
-        t, cpu = time.perf_counter(), time.process_time()
+        t, cpu = time.perf_counter(), cpu_seconds()
         report = store.verify(workers=w)
-        s = time.perf_counter() - t
-        if w == 1:
-            label += f", {time.process_time() - cpu:.1f} s CPU"
+        s, c = time.perf_counter() - t, cpu_seconds() - cpu
         assert report.ok, report.detail
-        per_s = length / s
+        scale = 1_000_000 / length
+        what = f"verify {length:,} records, {label}"
+        value = f"{s:.2f} s wall, {c:.1f} s CPU{' (client)' if name != 'sqlite' else ''}"
         if length >= 1_000_000:
-            add(f"verify {length:,} records ({label})", f"{s:.2f} s ({per_s:,.0f} rec/s)", f"< {TARGET_VERIFY_S:g} s",
-                s * 1_000_000 / length < TARGET_VERIFY_S)
+            add(what, value, f"< {TARGET_VERIFY_S:g} s", s * scale < TARGET_VERIFY_S)
         else:
-            est = 1_000_000 / per_s
-            add(f"verify {length:,} records ({label})", f"{s:.2f} s ({per_s:,.0f} rec/s)")
-            add(f"  -> EXTRAPOLATED to 1,000,000 ({label})", f"~{est:.1f} s", f"< {TARGET_VERIFY_S:g} s",
-                est < TARGET_VERIFY_S)
+            add(what, value)
+            add(f"  -> EXTRAPOLATED to 1,000,000, {label}", f"~{s * scale:.1f} s wall, ~{c * scale:.1f} s CPU",
+                f"< {TARGET_VERIFY_S:g} s", s * scale < TARGET_VERIFY_S)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the parallel verify helpers)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> int:
@@ -225,15 +235,15 @@ def main() -> int:
     load = os.getloadavg()[0]
     print(f"audit store benchmark: {os.cpu_count()} CPUs, load average {load:.1f} at start"
           + ("  (busy machine: timings are pessimistic)" if load > (os.cpu_count() or 1) * 0.5 else ""))
-    print(f"  {'backend':<10} {'measurement':<46} {'value':<32} {'target':<10} met")
+    print(f"  {'backend':<10} {'measurement':<56} {'value':<34} {'target':<10} met")
     rows: list = []
     with tempfile.TemporaryDirectory(prefix="vre-bench-audit-", dir="/var/tmp") as tmp:
         tmp = Path(tmp)
         bench_backend("sqlite", f"sqlite:///{tmp / 'vre.sqlite'}", tmp / "keys", args.records, args.single,
                       args.workers, rows)
         size = (tmp / "vre.sqlite").stat().st_size
-        print(f"  sqlite database: {size / 1e6:,.0f} MB for {args.records:,} records "
-              f"({size / args.records:,.0f} bytes/record with indexes)")
+        n = AuditStore(f"sqlite:///{tmp / 'vre.sqlite'}", tmp / "keys" / "sqlite" / "secrets").length()
+        print(f"  sqlite database: {size / 1e6:,.0f} MB for {n:,} records ({size / n:,.0f} bytes/record with indexes)")
         if not args.skip_pg:
             pg = None
             if args.pg_url:
@@ -252,7 +262,8 @@ def main() -> int:
                 if pg:
                     pg.stop()
     missed = [r for r in rows if r[4] == "NO"]
-    print(f"load average at end {os.getloadavg()[0]:.1f}; targets missed: {len(missed)}")
+    print(f"load average at end {os.getloadavg()[0]:.1f}; targets missed: {len(missed)} "
+          f"(judged on wall time; on a busy machine compare the CPU seconds)")
     return 0
 
 

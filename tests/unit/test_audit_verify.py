@@ -233,6 +233,24 @@ def test_public_key_kept_off_host(chain, tmp_path):
     assert report.problem == "bad-signature"
 
 
+def test_parallel_verification_finds_the_same_problems(chain):
+    """Split over helper processes (seq 1..15 here, 16..30 in a helper), problems at and near the
+    boundary are found and located as by one walk."""
+    assert chain.verify(workers=2).ok
+    r = row(chain, 16)
+    sql(chain, "UPDATE audit_events SET outcome = 'denied' WHERE seq = 20")
+    assert_found(chain, "modified", 20)
+    report = chain.verify(workers=2)
+    assert (report.problem, report.seq) == ("modified", 20)
+    sql(chain, "DELETE FROM audit_events WHERE seq = 16")
+    report = chain.verify(workers=2)
+    assert (report.problem, report.seq) == ("deleted", 16), report.detail
+    sql(chain, insert(audit_events).values(**r))
+    sql(chain, "DELETE FROM audit_events WHERE seq = 15")
+    report = chain.verify(workers=2)
+    assert (report.problem, report.seq) == ("deleted", 15), report.detail
+
+
 # --- two processes appending at once ---------------------------------------------------------
 def _append_from_process(url: str, key_dir: str, tag: str, n: int) -> None:
     store = AuditStore(url, key_dir, checkpoint_every=7)

@@ -53,7 +53,8 @@ def test_command_renders_plan(spawner):
 
 def test_writable_binds_are_exactly_the_plan_and_the_socket_dir(spawner):
     argv = spawner._command(make_plan())
-    assert sorted(t for _, t in pairs(argv, "--bind")) == ["/home/jovyan", "/home/jovyan/project", "/run/vre/session"]
+    assert sorted(t for _, t in pairs(argv, "--bind")) == ["/home/jovyan", "/home/jovyan/project", "/run/vre/session",
+                                                        "/run/vre/spool"]
 
 
 def test_profile_option_parsing():

@@ -64,7 +64,6 @@ from sqlalchemy import (
     event,
     func,
     select,
-    text,
 )
 from sqlalchemy.engine import Engine
 
@@ -187,6 +186,7 @@ _SQL = {
              '(SELECT "hash" FROM audit_events ORDER BY "seq" DESC LIMIT 1), '
              '(SELECT "seq" FROM audit_checkpoints ORDER BY "seq" DESC LIMIT 1), '
              '(SELECT "time" FROM audit_checkpoints ORDER BY "seq" DESC LIMIT 1)',
+    "copy": f'COPY audit_events ({", ".join(chr(34) + c + chr(34) for c in _INSERT_COLUMNS)}) FROM STDIN',
     "checkpoint": 'INSERT INTO audit_checkpoints ("seq", "hash", "time", "key_id", "signature") VALUES (?, ?, ?, ?, ?)',
     "exists": 'SELECT "event_id" FROM audit_events WHERE "event_id" IN ({})',
     "lock": "SELECT pg_advisory_xact_lock(?), set_config('synchronous_commit', 'on', true)",
@@ -321,8 +321,12 @@ class AuditStore:
                         break
                 if not chunk:
                     break
-                cur.execute(self._sql("exists").format(", ".join("?" if self._sqlite else "%s" for _ in chunk)),
-                            [e.id for e in chunk])
+                if self._sqlite:
+                    cur.execute(_SQL["exists"].format(", ".join("?" for _ in chunk)), [e.id for e in chunk])
+                else:  # one array parameter, planned each time: a cached generic plan made while the
+                    # table was small can scan it when it no longer is
+                    cur.execute('SELECT "event_id" FROM audit_events WHERE "event_id" = ANY(%s)',
+                                ([e.id for e in chunk],), prepare=False)
                 stored = {r[0] for r in cur.fetchall()}
                 rows = []
                 for e in chunk:
@@ -354,18 +358,17 @@ class AuditStore:
             return float("inf")
 
     def _insert_rows(self, cur, rows: list[tuple]) -> None:
-        """SQLite: executemany (in-process, already cheap). PostgreSQL: multi-row INSERTs, one
-        round trip per 500 rows instead of one statement execution per row."""
+        """SQLite: executemany (in-process, already cheap). PostgreSQL: COPY, about three times
+        faster than multi-row INSERTs and far faster than one execution per row."""
         if self._sqlite or len(rows) == 1:
             if len(rows) == 1:
                 cur.execute(self._sql("insert"), rows[0])
             else:
                 cur.executemany(self._sql("insert"), rows)
             return
-        head, _, values = self._sql("insert").partition(" VALUES ")
-        for k in range(0, len(rows), 500):
-            part = rows[k:k + 500]
-            cur.execute(f"{head} VALUES {', '.join([values] * len(part))}", [v for row in part for v in row])
+        with cur.copy(_SQL["copy"]) as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def _insert_checkpoint(self, cur, seq: int, hash_: str) -> str:
         now = format_time(utcnow())
@@ -477,6 +480,9 @@ class AuditStore:
             return [json.loads(r.record) for r in conn.execute(stmt)]
 
     def count(self, **filters) -> int:
+        """How many records match (same filters as :meth:`query`; paging arguments are ignored)."""
+        for paging in ("limit", "offset", "newest_first"):
+            filters.pop(paging, None)
         with self._reader.connect() as conn:
             return conn.execute(select(func.count()).select_from(audit_events)
                                 .where(*self._where(**filters))).scalar_one()
