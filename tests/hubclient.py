@@ -71,6 +71,9 @@ class HubClient:
         return r.json().get("servers", {}).get(name)
 
     def start(self, project: str, profile: str | None = None, timeout: float = 90) -> None:
+        """Start a fresh session (stopping one that an earlier test left running)."""
+        if self.server_state(project) is not None:
+            self.stop(project)
         body = {"profile": profile} if profile else {}
         r = self.api("POST", f"/users/{self.username}/servers/{project}", json=body)
         if r.status_code not in (201, 202):

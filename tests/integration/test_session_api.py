@@ -31,7 +31,8 @@ REFUSED = "Dataset files cannot be downloaded from the VRE"
 def alice(hub):
     c = hub.client("alice")
     c.start(PROJECT)
-    return c
+    yield c
+    c.stop(PROJECT)
 
 
 @pytest.fixture(scope="module")

@@ -306,14 +306,22 @@ def test_stop_cleans_up(hub):
 def test_removed_member_is_stopped_and_refused(hub):
     hub.vre("user", "add", "carol", "--password-stdin", input="carol-password-1\n")
     hub.vre("project", "add-member", "lung-screening", "carol")
+    alice = hub.client("alice")
+    if alice.server_state("lung-screening") is None:
+        alice.start("lung-screening")
+    for path, text in (("project/from-alice.txt", "shared"), ("private-alice.txt", "private")):
+        r = alice.server_api("lung-screening", "PUT", f"/contents/{path}", json={"type": "file", "format": "text",
+                                                                               "content": text})
+        assert r.status_code in (200, 201), r.text
     c = hub.client("carol", "carol-password-1")
     c.start("lung-screening")
     k = c.kernel("lung-screening")
-    # a second member shares the workspace but not alice's home
-    shared = inside(k, "import os\nresult = [os.path.exists('/home/jovyan/project/shared.txt'), "
-                       "os.path.exists('/home/jovyan/notes.txt')]")
+    # a second member shares the workspace (and may edit alice's files there) but not alice's home
+    shared = inside(k, "import os\nopen('/home/jovyan/project/from-alice.txt', 'a').write(' + carol')\n"
+                       "result = [open('/home/jovyan/project/from-alice.txt').read(), "
+                       "os.path.exists('/home/jovyan/private-alice.txt')]")
     k.ws.close()
-    assert shared == [True, False]
+    assert shared == ["shared + carol", False]
     hub.vre("project", "remove-member", "lung-screening", "carol")
     deadline = time.monotonic() + 30
     while c.server_state("lung-screening") is not None and time.monotonic() < deadline:
