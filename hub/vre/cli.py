@@ -84,6 +84,11 @@ def cmd_down(args) -> int:
             cg.kill_all(2)
             cg.remove()
             stopped += 1
+    for d in set(base.dirs.values()):  # the instance's own (now empty) parent cgroups
+        try:
+            d.parent.rmdir()
+        except OSError:
+            pass
     pid_file = settings.state_dir / "proxy.pid"
     if pid_file.exists():
         try:

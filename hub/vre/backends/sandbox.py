@@ -307,6 +307,9 @@ class SandboxSpawner(Spawner):
               "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
               "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
               "--dir", "/etc"]
+        if os.path.exists("/usr/bin/node"):
+            # JupyterLab runs node at every start to ask yarn about builds a session cannot make
+            bw += ["--ro-bind", "/dev/null", "/usr/bin/node"]
         for name in ETC_FILES:
             if os.path.exists(f"/etc/{name}"):
                 bw += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
@@ -333,9 +336,14 @@ class SandboxSpawner(Spawner):
         singleuser = str(self.settings.session_env / "bin" / "jupyterhub-singleuser")
         argv = [singleuser, f"--sock={INNER_RUN}/session/jupyter.sock",
                 "--KernelManager.transport=ipc", f"--ServerApp.root_dir={HOME}",
-                '--ServerApp.jpserver_extensions={"vre_session": True}',
-                # the download guard and audit relay live there: no session without them
-                "--ServerApp.reraise_server_extension_failures=True"]
+                # vre_session holds the download guard and audit relay: no session without it.
+                # jupyter_lsp (no language servers here) and notebook_shim (no classic extensions)
+                # only cost start time.
+                '--ServerApp.jpserver_extensions={"vre_session": True, "jupyter_lsp": False, "notebook_shim": False}',
+                "--ServerApp.reraise_server_extension_failures=True",
+                # nothing a session could install, and nothing to fetch: there is no network
+                "--LabApp.extension_manager=readonly", "--LabApp.news_url=None",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
         if plan.audit_cells:  # vre_session also tells the researcher, in the Lab's title
             argv += ["--ServerApp.kernel_websocket_connection_class=vre_session.cells.AuditedKernelConnection"]
         return argv + self.args
