@@ -70,34 +70,44 @@ def post_to_hub_socket(hub, token: str, events: list) -> tuple[int, dict]:
     return status, json.loads(payload or b"{}")
 
 
-def test_hub_events_attributed_in_order(hub):
-    """Failed login, login, session start, work in the session, stop: the expected events, in order."""
+def test_scripted_scenario_produces_exactly_the_expected_events(hub):
+    """Failed login, login, start a session, view a series, a refused download, stop: exactly
+    these events, in order, attributed to the right user, project, dataset and session."""
     hub.vre("user", "add", "frida", "--password-stdin", input="frida-password-1\n")
     hub.vre("project", "add-member", "prostate-ai", "frida")
     c = HubClient(hub.url, "frida")
     c.login("wrong-password")
     c.get_token("frida-password-1")
     c.start("prostate-ai")
-    r = c.server_api("prostate-ai", "PUT", "/contents/notes.txt",
-                     json={"type": "file", "format": "text", "content": "cohort notes"})
-    assert r.status_code in (200, 201), r.text
+    session_api = f"{c.server_url('prostate-ai')}/vre/api"
+    auth = {"Authorization": f"token {c.token}"}
+    page = requests.get(f"{session_api}/datasets/prostate-mri/series?limit=1", headers=auth, timeout=30).json()
+    uid = page["items"][0]["series_uid"]
+    r = requests.get(f"{session_api}/datasets/prostate-mri/series/{uid}", headers=auth, timeout=60)
+    assert r.status_code == 200, r.text
+    r = requests.get(f"{c.server_url('prostate-ai')}/files/data/prostate-mri/clinical.csv?download=1",
+                     headers=auth, timeout=30)
+    assert r.status_code == 403
     c.stop("prostate-ai")
     store = store_of(hub)
-    assert wait_for(lambda: store.query(user="frida", action="contents.save"))  # relayed from the session
+    assert wait_for(lambda: store.query(user="frida", action="download.refused"))  # relayed from the session
     events = sorted(store.query(user="frida"), key=lambda e: e["time"])
     actions = [(e["action"], e["outcome"]) for e in events]
     expected = [("auth.login_failed", "denied"), ("auth.login", "ok"), ("token.create", "ok"),
                 ("session.request", "ok"), ("session.start", "ok"), ("api.request", "ok"),
-                ("contents.get", "ok"),  # jupyter_server's save reads the file's model first
-                ("contents.save", "ok"), ("session.stop", "ok"), ("api.request", "ok")]
+                ("dicom.series_view", "ok"), ("download.refused", "denied"),
+                ("session.stop", "ok"), ("api.request", "ok")]
     assert actions == expected, "\n".join(f"{e['time']} {e['action']} {e['outcome']} {e['target']}" for e in events)
     by_action = {e["action"]: e for e in events}
-    start = by_action["session.start"]
+    start, view, refused = by_action["session.start"], by_action["dicom.series_view"], by_action["download.refused"]
     assert start["project"] == "prostate-ai" and start["details"]["datasets"] == ["prostate-mri"]
     session = start["session"]
-    assert session and by_action["contents.save"]["session"] == session == by_action["session.stop"]["session"]
-    assert by_action["contents.save"]["target"] == "notes.txt"
-    assert by_action["contents.save"]["actor"] == "frida" and by_action["contents.save"]["project"] == "prostate-ai"
+    assert session and view["session"] == refused["session"] == by_action["session.stop"]["session"] == session
+    assert view["target"] == uid and view["dataset"] == "prostate-mri"
+    assert refused["dataset"] == "prostate-mri" and "clinical.csv" in refused["target"]
+    assert all(e["actor"] == "frida" and e["actor_role"] == "researcher" for e in events)
+    assert all(e["project"] == "prostate-ai" for e in events if e["action"] not in ("auth.login_failed", "auth.login",
+                                                                                  "token.create", "api.request"))
     assert by_action["auth.login_failed"]["client"] == "127.0.0.1"
     assert store.verify().ok
 
