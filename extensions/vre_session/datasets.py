@@ -105,12 +105,12 @@ def open_index(index_path: str) -> sqlite3.Connection:
 # --- the in-memory browse table ------------------------------------------------------------
 _BROWSE_COLUMNS = ("series_uid", "study_uid", "patient_id", "study_date", "study_description", "accession",
                    "modality", "body_part", "description", "manufacturer", "rows", "columns", "pixel_spacing",
-                   "slice_thickness", "num_instances")
+                   "slice_thickness", "num_instances", "relpath_dir")
 _BUILD = """
 CREATE TABLE browse AS
 SELECT s.series_uid, s.study_uid, st.patient_id, st.study_date, st.description AS study_description,
        st.accession, s.modality, s.body_part, s.description, s.manufacturer, s.rows, s.columns,
-       s.pixel_spacing, s.slice_thickness, s.num_instances,
+       s.pixel_spacing, s.slice_thickness, s.num_instances, s.relpath_dir,
        vre_lower(coalesce(s.description, '') || char(31) || coalesce(st.description, '') || char(31) ||
                  coalesce(st.patient_id, '') || char(31) || coalesce(s.series_uid, '') || char(31) ||
                  coalesce(s.study_uid, '') || char(31) || coalesce(st.accession, '') || char(31) ||
@@ -356,6 +356,7 @@ class Catalog:
 def _series_item(row: sqlite3.Row) -> dict:
     item = {k: row[k] for k in _BROWSE_COLUMNS}
     item["description"] = item.pop("description")
+    item["relpath"] = item.pop("relpath_dir")  # the series' folder, relative to the dataset root
     try:
         item["pixel_spacing"] = json.loads(item["pixel_spacing"]) if item["pixel_spacing"] else None
     except ValueError:

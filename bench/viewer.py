@@ -1,0 +1,324 @@
+"""DICOM viewer throughput: the session's viewer API and the Lab viewer in Chromium, on a big CT series.
+
+    .venv/bin/python bench/viewer.py [--slices 300] [--size 512] [--no-browser] [--keep]
+
+Writes a synthetic 512x512x300 CT series (vre.demo.synth) into a temp dir, indexes it, and starts a
+real ``jupyter lab`` on 127.0.0.1 with the vre_session server extension (the working copy) and a
+fake session manifest, as the unit tests do. Then, in the same run:
+
+(a) server: time to first slice (metadata + slice 0, what the viewer asks first) and slices/s
+    through ``vre/api/.../slices/<i>`` (one at a time, and 3 in flight as the viewer's loader
+    does), the first MPR plane (decodes the volume) and MPR planes/s after it; against a bare
+    single-process ``pydicom.dcmread`` + ``pixel_array`` + rescale loop over the same files;
+(b) browser (Debian's Chromium, headless, as the browser tests): time from "Open" in the dataset
+    browser to the first painted slice, then the frame time while stepping through every slice
+    (one key press per frame: input -> painted, and the render part of it: LUT + putImageData +
+    drawImage), cold (right after opening, the prefetch still running) and warm (all cached).
+
+Prints a table; asserts nothing. Needs the lab extension built: bash extensions/build-labextension.sh
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "hub"))
+
+from vre.catalog.index import index_dataset  # noqa: E402
+from vre.catalog.metadata import build_record, summarize  # noqa: E402
+from vre.demo import synth  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+TOKEN = "bench-token"
+SLUG = "bench-ct"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values, p: float) -> float:
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    return v[min(len(v) - 1, max(0, round(p / 100 * (len(v) - 1))))]
+
+
+class Lab:
+    """``jupyter lab`` with the vre_session extension, a temp root and a fake manifest."""
+
+    def __init__(self, base: Path, data: Path, catalog: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        base.mkdir(parents=True, exist_ok=True)
+        home = base / "home"
+        home.mkdir(exist_ok=True)
+        manifest = {"user": "bench", "project": "bench",
+                    "datasets": [{"slug": SLUG, "path": str(data), "catalog": str(catalog)}]}
+        (base / "session.json").write_text(json.dumps(manifest))
+        env = {**os.environ, "VRE_SESSION": str(base / "session.json"),
+               "PYTHONPATH": os.pathsep.join([str(ROOT / "extensions"), os.environ.get("PYTHONPATH", "")]),
+               "JUPYTER_CONFIG_DIR": str(base / "jconfig"), "JUPYTER_RUNTIME_DIR": str(base / "jruntime")}
+        for var in ("VRE_AUDIT_URL", "VRE_AUDIT_SPOOL", "VRE_AUDIT_TOKEN"):
+            env.pop(var, None)
+        self.log_path = base / "lab.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={home}", f"--ServerApp.port={self.port}",
+                 "--ServerApp.ip=127.0.0.1", "--ServerApp.open_browser=False", f"--IdentityProvider.token={TOKEN}",
+                 "--allow-root", '--ServerApp.jpserver_extensions={"vre_session": True}'],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(base), start_new_session=True)
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"token {TOKEN}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"jupyter lab exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if self.http.get(f"{self.url}/vre/api/", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise SystemExit(f"jupyter lab did not start:\n{self.log_path.read_text()[-3000:]}")
+
+    def get(self, path: str, **kw) -> requests.Response:
+        r = self.http.get(f"{self.url}/vre/api{path}", timeout=120, **kw)
+        if r.status_code != 200:
+            raise SystemExit(f"GET {path}: {r.status_code} {r.text[:300]}")
+        return r
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def start_lab(base: Path, data: Path, catalog: Path) -> Lab:
+    lab = Lab(base, data, catalog)
+    # the decoder workers start in the background with the server: let them (not a slice's time)
+    warm = synth.make_ct_series(base / "home" / "warmup", patient_id="WARM", patient_name="WARM", sex="O", age=50,
+                                rows=32, cols=32, slices=1)
+    lab.get("/file/slices/0", params={"path": str(next(warm.glob("*.dcm")))})
+    return lab
+
+
+def bare_pydicom(files: list[Path]) -> dict:
+    """A single-process pydicom loop over the same files: dcmread + pixel_array + rescale."""
+    def one(path: Path) -> np.ndarray:
+        ds = pydicom.dcmread(path)
+        values = ds.pixel_array
+        slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+        return (values * slope + intercept).astype(np.int16)
+
+    out = {}
+    t = time.perf_counter()  # what the viewer's first slice needs: every header, the order, one image
+    headers = [(pydicom.dcmread(f, stop_before_pixels=True), f) for f in files]
+    headers.sort(key=lambda h: float(h[0].ImagePositionPatient[2]))
+    one(headers[0][1])
+    out["first_sorted_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    one(files[0])
+    out["first_file_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for f in files:
+        one(f)
+    out["per_s"] = len(files) / (time.perf_counter() - t)
+    return out
+
+
+def server_side(lab: Lab, uid: str, n: int) -> dict:
+    base = f"/datasets/{SLUG}/series/{uid}"
+    out = {}
+    t = time.perf_counter()
+    meta = lab.get(base).json()
+    out["meta_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    lab.get(f"{base}/slices/0")
+    out["slice0_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(1, n):
+        lab.get(f"{base}/slices/{i}")
+    out["seq_per_s"] = (n - 1) / (time.perf_counter() - t)
+
+    def fetch(i: int) -> int:
+        return len(requests.get(f"{lab.url}/vre/api{base}/slices/{i}", headers=lab.http.headers, timeout=120).content)
+
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        list(pool.map(fetch, range(n)))
+    out["par3_per_s"] = n / (time.perf_counter() - t)
+    planes = meta["mpr"]["planes"] if meta["mpr"]["available"] else None
+    if planes:
+        t = time.perf_counter()
+        lab.get(f"{base}/mpr/coronal/{planes['coronal']['count'] // 2}")
+        out["mpr_first_s"] = time.perf_counter() - t
+        count = 40
+        t = time.perf_counter()
+        for i in range(count):
+            lab.get(f"{base}/mpr/{('coronal', 'sagittal')[i % 2]}/{(i * 11) % planes['coronal']['count']}")
+        out["mpr_per_s"] = count / (time.perf_counter() - t)
+    out["meta"] = meta
+    return out
+
+
+STEP_JS = """async (n) => {
+  const v = document.querySelector('.vre-Viewer').__vreViewer;
+  const vp = v.viewports[0];
+  const frames = v.stats.frames;
+  const waitFor = async (target) => {
+    const t0 = performance.now();
+    while (!(vp.image && vp.image.index === target && frames.length && frames[frames.length - 1].index === target)) {
+      await new Promise(r => requestAnimationFrame(r));
+      if (performance.now() - t0 > 20000) { return false; }
+    }
+    return true;
+  };
+  v.node.focus();
+  v.node.dispatchEvent(new KeyboardEvent('keydown', {key: 'Home', bubbles: true, cancelable: true}));
+  await waitFor(0);
+  const out = [];
+  const t0 = performance.now();
+  for (let i = 1; i < n; i++) {
+    v.node.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowDown', bubbles: true, cancelable: true}));
+    if (!await waitFor(i)) { break; }
+    const f = frames[frames.length - 1];
+    out.push([f.painted - f.requested, f.renderMs]);
+  }
+  return {steps: out, seconds: (performance.now() - t0) / 1000};
+}"""
+
+
+def browser_side(lab: Lab, n: int) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    out = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
+                ("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:")) else route.abort())
+            page.goto(f"{lab.url}/lab?token={TOKEN}&reset")
+            page.wait_for_selector('.jp-SideBar [data-id="vre-datasets"]', timeout=120_000)
+            if not page.locator(".vre-Browser").is_visible():
+                page.locator('.jp-SideBar [data-id="vre-datasets"]').first.click()
+            page.wait_for_selector(".vre-SeriesRow[data-series-uid] .vre-act-open", timeout=60_000)
+            page.evaluate("() => { window.__vreClick = performance.now(); document.querySelector('.vre-act-open').click(); }")
+            page.wait_for_selector('.vre-Viewer[data-painted="true"]', timeout=120_000)
+            times = page.evaluate("""() => { const s = document.querySelector('.vre-Viewer').__vreViewer.stats;
+                return {meta: s.metaLoaded - window.__vreClick, paint: s.firstPaint - window.__vreClick}; }""")
+            out["open_meta_ms"], out["first_paint_ms"] = times["meta"], times["paint"]
+            cold = page.evaluate(STEP_JS, n)
+            # warm: wait until the prefetch has everything, then again
+            page.wait_for_function(f"() => document.querySelector('.vre-Viewer').__vreViewer.loader.cachedCount >= {n}",
+                                   timeout=300_000)
+            warm = page.evaluate(STEP_JS, n)
+            out["cold"], out["warm"] = cold, warm
+        finally:
+            browser.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--slices", type=int, default=300)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--no-browser", action="store_true", help="server side only")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (series, index, lab log)")
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="vre-bench-viewer-"))
+    lab = None
+    try:
+        data, catalog = base / "data" / SLUG, base / "catalog" / SLUG
+        t = time.perf_counter()
+        series = synth.make_ct_series(data / "BENCH-0001" / "CT", patient_id="BENCH-0001", patient_name="BENCH",
+                                      sex="F", age=64, rows=args.size, cols=args.size, slices=args.slices,
+                                      thickness=1.0, seed=7)
+        made = time.perf_counter() - t
+        catalog.mkdir(parents=True)
+        index_dataset(data, catalog / "index.sqlite")
+        (catalog / "record.json").write_text(json.dumps(build_record({"title": "bench CT"}, summarize(catalog / "index.sqlite"))))
+        files = sorted(series.glob("*.dcm"))
+        print(f"series: {len(files)} x {args.size}x{args.size} CT written in {made:.1f} s ({base})", flush=True)
+
+        bare = bare_pydicom(files)
+        rate_bare = bare["per_s"]
+        lab = start_lab(base / "lab-a", data, catalog)
+        uid = lab.get(f"/datasets/{SLUG}/series").json()["items"][0]["series_uid"]
+        srv = server_side(lab, uid, len(files))
+        n = len(files)
+        rows = [
+            ("time to first slice (metadata + slice 0)", f"{(srv['meta_s'] + srv['slice0_s']) * 1000:.0f} ms",
+             f"{bare['first_sorted_s'] * 1000:.0f} ms (all headers, sort, 1 image)"),
+            ("  (bare: one file read + decoded)", "-", f"{bare['first_file_s'] * 1000:.0f} ms"),
+            ("  of which: metadata (headers of all files)", f"{srv['meta_s'] * 1000:.0f} ms", "-"),
+            ("  of which: slice 0", f"{srv['slice0_s'] * 1000:.0f} ms", "-"),
+            ("slices/s, one request at a time", f"{srv['seq_per_s']:.0f}", f"{rate_bare:.0f}"),
+            ("slices/s, 3 in flight (the viewer's loader)", f"{srv['par3_per_s']:.0f}", f"{rate_bare:.0f}"),
+        ]
+        if "mpr_first_s" in srv:
+            rows += [("first MPR plane (decodes the volume)", f"{srv['mpr_first_s'] * 1000:.0f} ms", "-"),
+                     ("MPR planes/s after that", f"{srv['mpr_per_s']:.0f}", "-")]
+        print(f"\n(a) server: viewer API vs bare pydicom loop ({n} slices, {args.size}x{args.size}, int16 HU)")
+        print(f"{'':48s} {'viewer API':>14s}   {'bare pydicom':>28s}")
+        for name, a, b in rows:
+            print(f"{name:48s} {a:>14s}   {b:>28s}")
+        print(f"ratio slices/s API(3 in flight) / bare: {srv['par3_per_s'] / rate_bare:.2f}x")
+
+        if not args.no_browser:
+            if not Path(CHROMIUM).exists():
+                print("\n(b) browser: skipped (no Chromium at /usr/bin/chromium)")
+            else:
+                lab.stop()  # a fresh server: nothing cached from (a)
+                lab = start_lab(base / "lab-b", data, catalog)
+                b = browser_side(lab, n)
+                print(f"\n(b) browser: Chromium headless (software canvas), 1400x900, {n} slices")
+                print(f"open -> metadata          {b['open_meta_ms']:8.0f} ms")
+                print(f"open -> first paint       {b['first_paint_ms']:8.0f} ms")
+                print(f"{'scroll through all slices':26s} {'input->paint p50':>17s} {'p95':>8s} {'max':>8s} "
+                      f"{'render p50':>11s} {'p95':>7s} {'slices/s':>9s}")
+                for name in ("cold", "warm"):
+                    steps = b[name]["steps"]
+                    lat = [s[0] for s in steps]
+                    ren = [s[1] for s in steps]
+                    label = "cold (prefetch running)" if name == "cold" else "warm (all cached)"
+                    print(f"{label:26s} {pct(lat, 50):14.1f} ms {pct(lat, 95):5.1f} ms {max(lat):5.0f} ms "
+                          f"{pct(ren, 50):8.2f} ms {pct(ren, 95):4.2f} ms {len(steps) / b[name]['seconds']:9.0f}")
+                print("input->paint includes waiting for the next animation frame (16.7 ms at 60 Hz) and, when "
+                      "cold, for the slice to arrive; render = LUT + putImageData + drawImage.")
+    finally:
+        if lab:
+            lab.stop()
+        if args.keep:
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+/**
+ * Client of the session's REST API (extensions/API.md): JSON routes, binary pixel routes, errors.
+ *
+ * Every request goes to the Lab's own server (`<base_url>vre/api/...`) through
+ * `ServerConnection.makeRequest`, which adds the token / XSRF header.
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+/** An error answered by the API (`{status, reason, message}`), or a network failure. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly reason: string,
+    message: string
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+export interface IRoot {
+  api_version: number;
+  user: string | null;
+  project: string | null;
+  datasets_link: string | null;
+  data_root: string;
+}
+
+export interface IDatasetRecord {
+  title?: string;
+  description?: string;
+  publisher?: string | { name?: string };
+  access_rights?: string;
+  condition?: string;
+  modalities?: string[];
+  body_parts?: string[];
+  num_subjects?: number;
+  num_studies?: number;
+  num_series?: number;
+  interoperability_tier?: number | string;
+  [key: string]: unknown;
+}
+
+export interface IDataset {
+  slug: string;
+  path: string;
+  browse_path: string | null;
+  indexed: boolean;
+  record: IDatasetRecord | null;
+}
+
+export interface IPage<T> {
+  total: number;
+  limit: number;
+  offset: number;
+  items: T[];
+}
+
+export interface ISeriesItem {
+  series_uid: string;
+  study_uid: string;
+  patient_id: string;
+  study_date: string | null;
+  study_description: string | null;
+  accession?: string | null;
+  modality: string | null;
+  body_part: string | null;
+  description: string | null;
+  manufacturer?: string | null;
+  rows?: number | null;
+  columns?: number | null;
+  pixel_spacing?: number[] | null;
+  slice_thickness?: number | null;
+  num_instances: number;
+  /** Added by later API versions (absolute folder / folder relative to the Lab root). */
+  path?: string | null;
+  browse_path?: string | null;
+}
+
+export interface IPatientItem {
+  patient_id: string;
+  sex: string | null;
+  age_years: number | null;
+  num_studies: number;
+  num_series: number;
+  modalities: string[];
+}
+
+export interface IStudyItem {
+  study_uid: string;
+  patient_id: string;
+  study_date: string | null;
+  study_description: string | null;
+  accession: string | null;
+  num_series: number;
+  num_instances: number;
+  modalities: string[];
+}
+
+export type Markers = { top: string; bottom: string; left: string; right: string };
+
+export interface IWindow {
+  center: number;
+  width: number;
+  name?: string;
+  source?: string;
+}
+
+export interface ISliceInfo {
+  index: number;
+  sop_instance_uid: string | null;
+  instance_number: number | null;
+  frame: number;
+  position: number[] | null;
+  location: number | null;
+}
+
+export interface IPlaneInfo {
+  count: number;
+  rows: number;
+  columns: number;
+  pixel_spacing: number[] | null;
+  markers: Markers | null;
+}
+
+export type Plane = 'axial' | 'coronal' | 'sagittal';
+
+export interface ISeriesMeta {
+  source: 'series' | 'file';
+  dataset: string | null;
+  series_uid?: string;
+  path?: string;
+  browse_path?: string | null;
+  patient_id: string | null;
+  study_instance_uid: string | null;
+  series_instance_uid: string | null;
+  study_date: string | null;
+  study_description: string | null;
+  series_description: string | null;
+  modality: string | null;
+  body_part: string | null;
+  manufacturer: string | null;
+  num_instances: number;
+  num_slices: number;
+  rows: number | null;
+  columns: number | null;
+  samples_per_pixel: number;
+  color: boolean;
+  photometric_interpretation: string | null;
+  invert: boolean;
+  rescale?: { slope: number; intercept: number; type: string | null } | null;
+  units: string | null;
+  pixel_spacing: number[] | null;
+  pixel_spacing_source: string | null;
+  slice_thickness: number | null;
+  slice_spacing: number | null;
+  uniform_spacing: boolean;
+  ordering: string;
+  orientation: number[] | null;
+  normal: number[] | null;
+  orientation_markers: Markers | null;
+  windows: IWindow[];
+  voi_lut_function: string | null;
+  slices: ISliceInfo[];
+  mpr: {
+    available: boolean;
+    reason: string | null;
+    oblique: boolean;
+    planes: { [plane: string]: IPlaneInfo } | null;
+  } | null;
+  warnings: string[];
+}
+
+export type PixelArray = Int16Array | Uint16Array | Float32Array | Uint8Array;
+
+/** One image from `slices/<i>` or `mpr/<plane>/<i>`, values in modality units. */
+export interface IPixels {
+  dtype: 'int16' | 'uint16' | 'float32' | 'uint8';
+  rows: number;
+  cols: number;
+  channels: number;
+  data: PixelArray;
+  spacing: [number, number] | null;
+  index: number;
+  count: number;
+  range: [number, number];
+  window: [number, number] | null;
+  position: number[] | null;
+  location: number | null;
+  markers: Markers | null;
+  bytes: number;
+}
+
+export interface ITagElement {
+  tag: string;
+  keyword: string;
+  name: string;
+  vr: string;
+  depth: number;
+  value: string;
+}
+
+export interface ITags {
+  sop_instance_uid: string | null;
+  count: number;
+  truncated: boolean;
+  elements: ITagElement[];
+}
+
+/** What the viewer shows: an indexed series, or one file opened by path. */
+export type Source =
+  | { kind: 'series'; dataset: string; seriesUid: string }
+  | { kind: 'file'; path: string };
+
+type Query = { [key: string]: string | number | null | undefined };
+
+let settings: ServerConnection.ISettings | null = null;
+
+function serverSettings(): ServerConnection.ISettings {
+  if (!settings) {
+    settings = ServerConnection.makeSettings();
+  }
+  return settings;
+}
+
+/** The URL of an API route: `parts` are path segments (encoded here), `query` the parameters. */
+export function apiUrl(parts: string[], query?: Query): string {
+  const path = parts.map(p => encodeURIComponent(p)).join('/');
+  let url = URLExt.join(serverSettings().baseUrl, 'vre/api', path);
+  const q = Object.entries(query || {}).filter(
+    ([, v]) => v !== undefined && v !== null && v !== ''
+  );
+  if (q.length) {
+    url +=
+      '?' +
+      q
+        .map(
+          ([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`
+        )
+        .join('&');
+  }
+  return url;
+}
+
+/** The URL of a route below a source, e.g. `slices/3` of a series or of a file. */
+export function sourceUrl(source: Source, sub: string[] = [], query?: Query): string {
+  if (source.kind === 'series') {
+    return apiUrl(
+      ['datasets', source.dataset, 'series', source.seriesUid, ...sub],
+      query
+    );
+  }
+  return apiUrl(['file', ...sub], { ...(query || {}), path: source.path });
+}
+
+async function request(url: string, init: RequestInit = {}): Promise<Response> {
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, serverSettings());
+  } catch (e) {
+    if ((e as Error).name === 'AbortError') {
+      throw e;
+    }
+    throw new ApiError(
+      0,
+      'network',
+      `The session server cannot be reached (${(e as Error).message}). Is the session still running?`
+    );
+  }
+  if (!response.ok) {
+    let reason = 'error';
+    let message = `${response.status} ${response.statusText}`;
+    try {
+      const body = await response.json();
+      reason = body.reason || reason;
+      message = body.message || message;
+    } catch {
+      if (response.status === 404) {
+        message =
+          'The VRE API is not available in this session (the vre_session server extension is not loaded).';
+      }
+    }
+    throw new ApiError(response.status, reason, message);
+  }
+  return response;
+}
+
+export async function getJSON<T>(url: string, signal?: AbortSignal): Promise<T> {
+  const response = await request(url, { signal });
+  return (await response.json()) as T;
+}
+
+export async function getBlob(url: string, signal?: AbortSignal): Promise<Blob> {
+  const response = await request(url, { signal });
+  return await response.blob();
+}
+
+function numbers(header: string | null): number[] | null {
+  if (!header) {
+    return null;
+  }
+  const values = header.split(',').map(Number);
+  return values.every(v => Number.isFinite(v)) ? values : null;
+}
+
+/** Fetch and wrap a binary image (slice or MPR plane). */
+export async function getPixels(url: string, signal?: AbortSignal): Promise<IPixels> {
+  const response = await request(url, { signal });
+  const h = response.headers;
+  const buffer = await response.arrayBuffer();
+  const dtype = (h.get('X-VRE-Dtype') || 'int16') as IPixels['dtype'];
+  const shape = numbers(h.get('X-VRE-Shape')) || [];
+  const [rows, cols] = shape;
+  const channels = shape.length > 2 ? shape[2] : 1;
+  let data: PixelArray;
+  switch (dtype) {
+    case 'int16':
+      data = new Int16Array(buffer);
+      break;
+    case 'uint16':
+      data = new Uint16Array(buffer);
+      break;
+    case 'float32':
+      data = new Float32Array(buffer);
+      break;
+    case 'uint8':
+      data = new Uint8Array(buffer);
+      break;
+    default:
+      throw new ApiError(422, 'unreadable', `unknown pixel type ${dtype}`);
+  }
+  if (!rows || !cols || data.length !== rows * cols * channels) {
+    throw new ApiError(
+      422,
+      'unreadable',
+      `the server sent ${data.length} values for an image of shape ${shape.join('x')}`
+    );
+  }
+  const spacing = numbers(h.get('X-VRE-Pixel-Spacing'));
+  const index = (h.get('X-VRE-Index') || '0/1').split('/').map(Number);
+  let range = numbers(h.get('X-VRE-Range'));
+  if (!range || range.length !== 2) {
+    range = [0, 0];
+  }
+  const win = numbers(h.get('X-VRE-Window'));
+  const markers = h.get('X-VRE-Markers');
+  let m: Markers | null = null;
+  if (markers) {
+    const [top, right, bottom, left] = markers.split(',');
+    m = { top, right, bottom, left };
+  }
+  const location = h.get('X-VRE-Location');
+  return {
+    dtype,
+    rows,
+    cols,
+    channels,
+    data,
+    spacing: spacing && spacing.length === 2 ? [spacing[0], spacing[1]] : null,
+    index: index[0],
+    count: index[1],
+    range: [range[0], range[1]],
+    window: win && win.length === 2 ? [win[0], win[1]] : null,
+    position: numbers(h.get('X-VRE-Position')),
+    location: location !== null && location !== '' ? Number(location) : null,
+    markers: m,
+    bytes: buffer.byteLength
+  };
+}
+
+/** A short human text for any error, for display in the UI. */
+export function errorText(e: unknown): string {
+  if (e instanceof ApiError) {
+    return e.message;
+  }
+  if (e instanceof Error) {
+    return e.message;
+  }
+  return String(e);
+}
