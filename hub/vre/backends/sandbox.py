@@ -213,7 +213,7 @@ class SandboxSpawner(Spawner):
         await asyncio.to_thread(cgroup.kill_all, 0)  # a leftover of a crashed run never lingers
         cgroup.create(cpu=plan.cpu, mem_mb=plan.mem_mb, pids_max=self.pids_limit)
 
-        self._progress(30, f"Joining the project's network island (loopback only)")
+        self._progress(30, "Joining the project's network island (loopback only)")
         async with netns.lock(plan.network):
             await netns.ensure(plan.network)
             argv = self._command(plan)
