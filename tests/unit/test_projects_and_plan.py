@@ -1,7 +1,6 @@
 """Project service and SessionPlan: the policy every backend renders, on SQLite and PostgreSQL."""
 
 import datetime as dt
-from pathlib import Path
 
 import pytest
 
