@@ -88,8 +88,11 @@ _TEMPLATE = """
   const p = root.querySelector(".p"), r = root.querySelector(".r"), img = ctx.createImageData(X, Y);
   const span = Math.max(m.range[1] - m.range[0], 1e-6);
   s.max = Z - 1; s.value = Math.floor(Z / 2);
-  w.min = span / 1000; w.max = Math.max(span * 2, 4000); w.step = span / 1000; w.value = m.window[0];
-  l.min = m.range[0] - span; l.max = m.range[1] + span; l.step = span / 1000; l.value = m.window[1];
+  // slider ranges cover the image, its starting window and every preset (none is clamped)
+  const pw = Object.values(m.presets).map((v) => v[0]), pl = Object.values(m.presets).map((v) => v[1]);
+  w.min = Math.min(span / 1000, 1); w.max = Math.max(span * 2, m.window[0], ...pw); w.step = "any";
+  l.min = Math.min(m.range[0] - span, m.window[1], ...pl); l.max = Math.max(m.range[1] + span, m.window[1], ...pl);
+  l.step = "any"; w.value = m.window[0]; l.value = m.window[1];
   for (const k in m.presets) { const o = document.createElement("option"); o.textContent = k; p.appendChild(o); }
   let last = "";
   function draw() {
