@@ -28,7 +28,7 @@ def _db(settings: Settings):
     return vdb.session_scope(settings.vre_db_url)
 
 
-def _print_table(rows: list[list], header: list[str]) -> None:
+def print_table(rows: list[list], header: list[str]) -> None:
     cells = [header] + [[("" if v is None else str(v)) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for i, r in enumerate(cells):
@@ -135,7 +135,7 @@ def cmd_user_list(args) -> int:
         rows = [[a.name, a.role, ", ".join(sorted(m.project.slug for m in a.memberships)),
                  "disabled" if a.disabled else ("locked" if a.locked_until and a.locked_until > vdb.utcnow() else "ok")]
                 for a in db.scalars(select(vdb.Account).order_by(vdb.Account.name))]
-    _print_table(rows, ["user", "role", "projects", "status"])
+    print_table(rows, ["user", "role", "projects", "status"])
     return 0
 
 
@@ -226,7 +226,7 @@ def cmd_dataset_list(args) -> int:
         rows = [[d.slug, d.title, ", ".join(d.catalog.get("modalities", [])), d.catalog.get("num_subjects"),
                  d.catalog.get("num_series"), ", ".join(sorted(g.project.slug for g in d.grants)), d.path]
                 for d in db.scalars(select(vdb.Dataset).order_by(vdb.Dataset.slug))]
-    _print_table(rows, ["dataset", "title", "modalities", "subjects", "series", "granted to", "path"])
+    print_table(rows, ["dataset", "title", "modalities", "subjects", "series", "granted to", "path"])
     return 0
 
 
@@ -310,7 +310,7 @@ def cmd_project(args) -> int:
                          ", ".join(pr.name for pr in p.profiles),
                          ("expired" if p.is_expired() else f"{p.expires_at:%Y-%m-%d}") if p.expires_at else "never"]
                         for p in db.scalars(select(vdb.Project).order_by(vdb.Project.slug))]
-                _print_table(rows, ["project", "title", "members", "datasets", "profiles", "expires"])
+                print_table(rows, ["project", "title", "members", "datasets", "profiles", "expires"])
             case "show":
                 p = P.get_project(db, args.slug)
                 print(json.dumps({

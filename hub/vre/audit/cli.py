@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+from ..cli import print_table
 from ..errors import VREError
 from .schema import ACTIONS, OUTCOMES, AuditError, Event
 
@@ -68,15 +69,6 @@ def _record(store, action: str, outcome: str = "ok", **details) -> None:
                        details={"via": "cli", **details}))
 
 
-def _print_table(rows: list[list], header: list[str]) -> None:
-    cells = [header] + [[("" if v is None else str(v)) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    for i, r in enumerate(cells):
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 def _short(value, width: int) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     text = text.replace("\n", " ").replace("\t", " ")
@@ -94,7 +86,7 @@ def cmd_query(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
-    _print_table([[r["seq"], r["time"][:19].replace("T", " "), r["actor"], r["actor_role"], r["action"],
+    print_table([[r["seq"], r["time"][:19].replace("T", " "), r["actor"], r["actor_role"], r["action"],
                    r["outcome"], _short(r["target"], 40), r["project"], r["dataset"], r["session"], r["client"],
                    _short(r["details"], 50) if r["details"] else ""] for r in rows],
                  ["seq", "time (UTC)", "actor", "role", "action", "outcome", "target", "project", "dataset",
