@@ -164,6 +164,12 @@ class VREHandler(APIHandler):
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps({"status": status, "reason": _REASONS.get(status, "error"), "message": message}))
 
+    def browse_args(self, *extra: str) -> dict:
+        """The browse filters of the query string (validated by the catalogue), plus ``extra`` ones."""
+        arg = self.get_query_argument
+        args = {name: arg(name, None) for name in ("q", "modality", "body_part", *extra)}
+        return {**args, "limit": arg("limit", "50"), "offset": arg("offset", "0")}
+
     def send_json(self, data) -> None:
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
@@ -248,12 +254,7 @@ class SeriesListHandler(VREHandler):
     @_api
     async def get(self, slug):
         catalog = self.vre.datasets.get(slug)
-        arg = self.get_query_argument
-        result = await asyncio.to_thread(
-            catalog.browse, modality=arg("modality", None), body_part=arg("body_part", None), q=arg("q", None),
-            patient=arg("patient", None), study=arg("study", None), limit=arg("limit", "50"),
-            offset=arg("offset", "0"))
-        self.send_json(result)
+        self.send_json(await asyncio.to_thread(catalog.browse, **self.browse_args("patient", "study")))
 
 
 class PatientsHandler(VREHandler):
@@ -262,11 +263,7 @@ class PatientsHandler(VREHandler):
     @_api
     async def get(self, slug):
         catalog = self.vre.datasets.get(slug)
-        arg = self.get_query_argument
-        result = await asyncio.to_thread(catalog.patients, q=arg("q", None), modality=arg("modality", None),
-                                         body_part=arg("body_part", None), limit=arg("limit", "50"),
-                                         offset=arg("offset", "0"))
-        self.send_json(result)
+        self.send_json(await asyncio.to_thread(catalog.patients, **self.browse_args()))
 
 
 class StudiesHandler(VREHandler):
@@ -275,11 +272,7 @@ class StudiesHandler(VREHandler):
     @_api
     async def get(self, slug):
         catalog = self.vre.datasets.get(slug)
-        arg = self.get_query_argument
-        result = await asyncio.to_thread(catalog.studies, patient=arg("patient", None), q=arg("q", None),
-                                         modality=arg("modality", None), body_part=arg("body_part", None),
-                                         limit=arg("limit", "50"), offset=arg("offset", "0"))
-        self.send_json(result)
+        self.send_json(await asyncio.to_thread(catalog.studies, **self.browse_args("patient")))
 
 
 class ThumbnailHandler(VREHandler):
