@@ -97,6 +97,12 @@ class Project(Base):
     #: Record the code of every executed cell (off by default; researchers are told when on).
     audit_cells: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: Batch-queue quota: jobs running at once, and their total CPUs, memory and GPUs.
+    #: Jobs beyond it wait in the queue; they are never dropped.
+    job_slots: Mapped[int] = mapped_column(Integer, default=2, server_default="2")
+    job_cpu: Mapped[float] = mapped_column(Float, default=2.0, server_default="2")
+    job_mem_mb: Mapped[int] = mapped_column(Integer, default=8192, server_default="8192")
+    job_gpus: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     members: Mapped[list[Membership]] = relationship(back_populates="project", cascade="all, delete-orphan")
     grants: Mapped[list[Grant]] = relationship(back_populates="project", cascade="all, delete-orphan")
@@ -147,6 +153,9 @@ class Profile(Base):
     cpu: Mapped[float] = mapped_column(Float)
     mem_mb: Mapped[int] = mapped_column(Integer)
     gpus: Mapped[int] = mapped_column(Integer, default=0)
+    #: Its GPUs may be shared with other sharing sessions (small inference, teaching); by default
+    #: a GPU belongs to one session or job at a time.
+    gpu_shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
 
     project: Mapped[Project] = relationship(back_populates="profiles")
 
@@ -154,6 +163,56 @@ class Profile(Base):
         gpu = f", {self.gpus} GPU" if self.gpus else ""
         mem = f"{self.mem_mb / 1024:g} GiB" if self.mem_mb >= 1024 else f"{self.mem_mb} MiB"
         return f"{self.cpu:g} CPU, {mem} RAM{gpu}"
+
+
+class GpuLease(Base):
+    """A GPU held by a session or batch worker (``holder``); see ``vre.gpus``."""
+
+    __tablename__ = "gpu_leases"
+    __table_args__ = (UniqueConstraint("device", "holder"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device: Mapped[int] = mapped_column(Integer)
+    holder: Mapped[str] = mapped_column(String(200), index=True)
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out")
+JOB_FINAL = ("succeeded", "failed", "cancelled", "timed_out")
+
+
+class Job(Base):
+    """A batch job: what was asked (kind, target, parameters, resources), where it stands, and
+    how it ended. The queue is this table: nothing lives only in a scheduler's memory."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128), default="")
+    kind: Mapped[str] = mapped_column(String(16))              # notebook | script | function
+    target: Mapped[str] = mapped_column(Text)                  # path in the session's view, or function name
+    params: Mapped[dict] = mapped_column(JSON, default=dict)   # notebook parameters / script arguments
+    profile: Mapped[str] = mapped_column(String(32))
+    cpu: Mapped[float] = mapped_column(Float)
+    mem_mb: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    max_runtime_s: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")      # why it ended as it did, in words
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str] = mapped_column(String(128), default="")
+    devices: Mapped[str] = mapped_column(String(64), default="")  # granted GPU indices, comma-separated
+    usage: Mapped[dict] = mapped_column(JSON, default=dict)       # cpu_s, max_rss_mb, wall_s
+    rerun_of: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    submitted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    project: Mapped[Project] = relationship()
+    account: Mapped[Account] = relationship()
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:

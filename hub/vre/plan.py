@@ -44,8 +44,9 @@ class SessionPlan:
     user: str
     project: str
     profile: str
-    role: str                   # "session" or "worker"
+    role: str                   # "session" or "worker" (a batch worker, shared by the project)
     session_id: str             # stable per (user, project) for sessions; names cgroups and sockets
+                                # (the job service names each worker: <project>-worker-<n>)
     uid: int                    # host uid the session runs as
     gid: int                    # the project's group: shared workspace access
     cpu: float
@@ -55,6 +56,7 @@ class SessionPlan:
     datasets: tuple[str, ...]
     mounts: tuple[Mount, ...]
     audit_cells: bool = False   # record the code of every executed cell
+    gpu_shared: bool = False    # its GPUs may be shared with other sharing holders
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -76,6 +78,11 @@ class SessionPlan:
 
 def island_name(settings: Settings, project_slug: str) -> str:
     return f"{settings.instance}-{project_slug}"
+
+
+def project_uid(settings: Settings, project_id: int) -> int:
+    """Host uid of a project's batch workers and scheduler (numbered like the project's gid)."""
+    return settings.gid_base + project_id
 
 
 def project_paths(settings: Settings, project_slug: str, user: str) -> tuple[Path, Path]:
@@ -118,12 +125,18 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
         profile = project.profiles[0]
 
     workspace, home = project_paths(settings, project.slug, user)
+    uid = settings.uid_base + account.id
+    if role == "worker":
+        # Batch workers are the project's, shared by its members like the workspace: they run as
+        # the project's service identity with a home of their own, never a member's private home.
+        home = settings.projects_dir / project.slug / "worker-home"
+        uid = project_uid(settings, project.id)
     datasets = sorted((g.dataset for g in project.grants), key=lambda d: d.slug)
     mounts = [Mount(Path(d.path), f"{DATA_ROOT}/{d.slug}", True) for d in datasets]
     mounts += [Mount(settings.catalog_dir / d.slug, f"{CATALOG_ROOT}/{d.slug}", True) for d in datasets]
     mounts += [Mount(home, HOME, False), Mount(workspace, WORKSPACE, False)]
 
-    session_id = f"{user}-{project.slug}" if role == "session" else f"{project.slug}-{role}-{user}"
+    session_id = f"{user}-{project.slug}" if role == "session" else f"{project.slug}-{role}"
     plan_env = {
         "VRE_PROJECT": project.slug,
         "VRE_PROFILE": profile.name,
@@ -138,10 +151,10 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
     plan_env.update({var: threads for var in THREAD_VARS})
     return SessionPlan(
         user=user, project=project.slug, profile=profile.name, role=role, session_id=session_id,
-        uid=settings.uid_base + account.id, gid=settings.gid_base + project.id,
+        uid=uid, gid=settings.gid_base + project.id,
         cpu=profile.cpu, mem_mb=profile.mem_mb, gpus=profile.gpus,
         network=island_name(settings, project.slug),
         datasets=tuple(d.slug for d in datasets), mounts=tuple(mounts), env=plan_env,
-        audit_cells=project.audit_cells,
+        audit_cells=project.audit_cells, gpu_shared=profile.gpu_shared,
         labels={"vre.user": user, "vre.project": project.slug, "vre.session": session_id, "vre.role": role},
     )

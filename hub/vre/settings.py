@@ -63,6 +63,19 @@ class Settings:
     debug: bool = False
     #: Test hook: extra JupyterHub config file loaded last (never set in production).
     extra_hub_config: str = ""
+    # --- GPUs and the batch queue -------------------------------------------------------
+    #: GPUs sessions and jobs may be given: ``auto`` (every /dev/nvidiaN of this host), ``none``,
+    #: or indices such as ``0,1`` (the allocator hands out exactly these).
+    gpu_devices: str = "auto"
+    #: Seconds an idle CPU batch worker is kept warm for the project's next job (GPU workers stop
+    #: with their job, so their GPU is free at once).
+    jobs_worker_idle: int = 120
+    #: Longest run time (seconds) a job may ask for; a job without a limit gets ``jobs_default_runtime``.
+    jobs_max_runtime: int = 7 * 24 * 3600
+    jobs_default_runtime: int = 24 * 3600
+    #: What happens to running jobs when their project's scheduler dies: ``requeue`` (once; a
+    #: second loss fails the job) or ``fail``.
+    jobs_on_scheduler_loss: str = "requeue"
     #: Where these values came from (for logs); secrets never live in settings.
     _source: str = field(default="defaults", compare=False, repr=False)
 
@@ -177,3 +190,9 @@ def _validate(s: Settings) -> None:
     for name in ("uid_base", "gid_base", "sessions_gid"):
         if getattr(s, name) < 1000:
             raise SettingsError(f"{name} must be >= 1000 (never a system account)")
+    if not re.fullmatch(r"auto|none|\d+(,\d+)*", s.gpu_devices.replace(" ", "")):
+        raise SettingsError(f"gpu_devices {s.gpu_devices!r}: use 'auto', 'none' or GPU indices such as '0,1'")
+    if s.jobs_on_scheduler_loss not in ("requeue", "fail"):
+        raise SettingsError(f"jobs_on_scheduler_loss must be 'requeue' or 'fail', not {s.jobs_on_scheduler_loss!r}")
+    if not 60 <= s.jobs_default_runtime <= s.jobs_max_runtime:
+        raise SettingsError("jobs_default_runtime must be at least 60 s and at most jobs_max_runtime")

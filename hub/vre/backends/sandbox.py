@@ -20,7 +20,6 @@ membership and permit expiry, stopping sessions that lost their right to run.
 from __future__ import annotations
 
 import asyncio
-import glob
 import json
 import os
 import secrets
@@ -38,7 +37,9 @@ from .. import db as vdb
 from ..api.ingest import Identity, make_token, replay_spool
 from ..events import aemit
 from ..hubconfig import INNER_HUB_SOCKET, unix_url
-from ..plan import HOME, PlanRefused, SessionPlan, build_plan
+from .. import gpus
+from ..gpus import device_nodes, gpu_env, host_devices
+from ..plan import HOME, WORKSPACE, PlanRefused, SessionPlan, build_plan
 from ..settings import Settings, load
 from . import netns
 from .cgroups import SessionCgroup
@@ -58,6 +59,76 @@ def _user_options_profile(user_options: dict | None) -> str | None:
     if value is not None and not isinstance(value, str):
         raise web.HTTPError(400, "profile must be a string naming one of the project's profiles")
     return value or None
+
+
+def prepare_home_and_workspace(plan: SessionPlan) -> None:
+    """Create the plan's home and the project workspace with the right owners (idempotent)."""
+    workspace = next(m.source for m in plan.mounts if m.target == WORKSPACE)
+    home = next(m.source for m in plan.mounts if m.target == HOME)
+    workspace.mkdir(parents=True, exist_ok=True)
+    os.chown(workspace, 0, plan.gid)
+    os.chmod(workspace, 0o2770)  # setgid: files stay in the project's group
+    home.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(home.parent, 0o755)
+    (home / "project").mkdir(parents=True, exist_ok=True)  # mount point of the workspace
+    os.chown(home, plan.uid, plan.gid)
+    os.chown(home / "project", plan.uid, plan.gid)
+    os.chmod(home, 0o700)
+
+
+def write_identity_files(run: Path, plan: SessionPlan) -> None:
+    """The passwd, group and manifest files a sandbox sees as /etc/passwd, /etc/group and
+    /etc/vre/session.json."""
+    run.mkdir(parents=True, exist_ok=True)
+    os.chmod(run, 0o755)
+    (run / "session.json").write_text(json.dumps(plan.manifest(), indent=2))
+    (run / "passwd").write_text(f"jovyan:x:{INNER_UID}:{INNER_GID}:{plan.user}:{HOME}:/bin/bash\n"
+                                "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+    (run / "group").write_text(f"users:x:{INNER_GID}:\nnogroup:x:65534:\n")
+
+
+def sandbox_argv(settings: Settings, plan: SessionPlan, run: Path, *, binds=(), devices=(), groups=(),
+                 bwrap: str = "bwrap", setpriv: str = "setpriv", extra_ro_paths=()) -> list[str]:
+    """The command prefix that renders ``plan`` as a sandbox: ``ip netns exec <island> setpriv
+    <uid/gid, no capabilities> bwrap <filesystem and namespaces> --``; append the program to run.
+
+    ``run`` holds the files of ``write_identity_files``; ``binds`` are extra (source, target,
+    read-only) binds of the caller (sockets, spools); ``devices`` are granted GPU indices.
+    Shared by sessions and batch workers, so both see exactly the same world.
+    """
+    env_dir = str(settings.session_env)
+    bw = [bwrap,
+          "--unshare-user", "--uid", str(INNER_UID), "--gid", str(INNER_GID),
+          "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+          "--hostname", plan.project, "--new-session", "--cap-drop", "ALL",
+          "--ro-bind", "/usr", "/usr",
+          "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+          "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+          "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
+          "--dir", "/etc"]
+    if os.path.exists("/usr/bin/node"):
+        # JupyterLab runs node at every start to ask yarn about builds a session cannot make
+        bw += ["--ro-bind", "/dev/null", "/usr/bin/node"]
+    for name in ETC_FILES:
+        if os.path.exists(f"/etc/{name}"):
+            bw += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    bw += ["--ro-bind", str(run / "passwd"), "/etc/passwd",
+           "--ro-bind", str(run / "group"), "/etc/group",
+           "--ro-bind", str(run / "session.json"), "/etc/vre/session.json",
+           "--ro-bind", env_dir, env_dir]
+    for path in extra_ro_paths:
+        bw += ["--ro-bind", path, path]
+    for node in device_nodes(devices):  # only the granted GPUs exist in its /dev
+        bw += ["--dev-bind", node, node]
+    for m in plan.mounts:
+        bw += ["--ro-bind" if m.readonly else "--bind", str(m.source), m.target]
+    for source, target, readonly in binds:
+        bw += ["--ro-bind" if readonly else "--bind", str(source), target]
+    bw += ["--chdir", HOME, "--remount-ro", "/", "--"]
+    all_groups = ",".join(str(g) for g in (plan.gid, *groups))
+    return (["ip", "netns", "exec", plan.network,
+             setpriv, f"--reuid={plan.uid}", f"--regid={plan.gid}", f"--groups={all_groups}",
+             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"] + bw)
 
 
 class SandboxSpawner(Spawner):
@@ -84,6 +155,7 @@ class SandboxSpawner(Spawner):
     session_id = Unicode("")      # stable per (user, project): names the cgroup and sockets
     island = Unicode("")
     audit_session = Unicode("")   # unique per run: what audit events call "session"
+    gpu_devices = List(Integer())  # GPUs leased to this session (vre.gpus)
 
     plan: SessionPlan | None = None
     _proc: subprocess.Popen | None = None
@@ -119,9 +191,10 @@ class SandboxSpawner(Spawner):
                      target=f"{spawner.user.name}/{spawner.name}", details={"profile": profile})
         try:
             plan = await asyncio.to_thread(spawner._build_plan, profile)
-            if plan.gpus and not glob.glob("/dev/nvidia[0-9]*"):
+            if plan.gpus > len(host_devices(spawner.settings)):
                 raise web.HTTPError(503, f"profile {plan.profile!r} asks for {plan.gpus} GPU(s) but this host "
-                                         "has none; choose a CPU profile or ask an admin")
+                                         f"has {len(host_devices(spawner.settings))}; choose another profile "
+                                         "or ask an admin")
         except PlanRefused as e:
             await aemit(spawner.settings, "session.request", outcome="denied",
                         **{**audit, "details": {**audit["details"], "reason": str(e)}})
@@ -134,6 +207,24 @@ class SandboxSpawner(Spawner):
         spawner.plan = plan
         spawner._events, spawner._event_added = [], asyncio.Event()
         spawner._progress(5, f"Permit checked: project {plan.project}, profile {plan.profile}")
+
+    def _lease_gpus(self, plan: SessionPlan) -> tuple[int, ...]:
+        try:
+            with vdb.session_scope(self.settings.vre_db_url) as db:
+                return gpus.acquire(db, self.settings, self._gpu_holder(plan.session_id), plan.gpus,
+                                    shared=plan.gpu_shared)
+        except gpus.NoGpuFree as e:
+            raise web.HTTPError(503, f"{e}; try again later or choose a profile without GPUs") from None
+
+    def _release_gpus(self) -> None:
+        if self.gpu_devices or self.session_id:
+            with vdb.session_scope(self.settings.vre_db_url) as db:
+                gpus.release(db, self._gpu_holder(self.session_id))
+        self.gpu_devices = []
+
+    @staticmethod
+    def _gpu_holder(session_id: str) -> str:
+        return f"session:{session_id}"
 
     def _build_plan(self, profile: str | None) -> SessionPlan:
         with vdb.session_scope(self.settings.vre_db_url) as session:
@@ -162,7 +253,7 @@ class SandboxSpawner(Spawner):
         state = super().get_state()
         if self.pid:
             state.update(pid=self.pid, session_id=self.session_id, island=self.island,
-                         audit_session=self.audit_session)
+                         audit_session=self.audit_session, gpu_devices=list(self.gpu_devices))
         return state
 
     def load_state(self, state):
@@ -171,10 +262,12 @@ class SandboxSpawner(Spawner):
         self.session_id = state.get("session_id", "")
         self.island = state.get("island", "")
         self.audit_session = state.get("audit_session", "")
+        self.gpu_devices = state.get("gpu_devices", [])
 
     def clear_state(self):
         super().clear_state()
         self.pid, self.session_id, self.island, self.audit_session = 0, "", "", ""
+        self.gpu_devices = []
 
     # -- paths ----------------------------------------------------------------------------
     def _run_dir(self) -> Path:
@@ -208,6 +301,9 @@ class SandboxSpawner(Spawner):
 
     async def _start(self, plan: SessionPlan) -> str:
         self._progress(10, f"Preparing project {plan.project}: {len(plan.datasets)} dataset(s) read-only")
+        if plan.gpus:
+            self.gpu_devices = list(await asyncio.to_thread(self._lease_gpus, plan))
+            self._progress(20, f"GPU(s) {', '.join(map(str, self.gpu_devices))} reserved for this session")
         await asyncio.to_thread(self._prepare_host, plan)
         cgroup = SessionCgroup(plan.session_id, self.settings.instance)
         await asyncio.to_thread(cgroup.kill_all, 0)  # a leftover of a crashed run never lingers
@@ -263,19 +359,8 @@ class SandboxSpawner(Spawner):
             return ""
 
     def _prepare_host(self, plan: SessionPlan) -> None:
-        """Create home, workspace and the per-session run directory with the right owners."""
-        workspace = next(m.source for m in plan.mounts if m.target == f"{HOME}/project")
-        home = next(m.source for m in plan.mounts if m.target == HOME)
-        workspace.mkdir(parents=True, exist_ok=True)
-        os.chown(workspace, 0, plan.gid)
-        os.chmod(workspace, 0o2770)  # setgid: files stay in the project's group
-        home.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(home.parent, 0o755)
-        (home / "project").mkdir(parents=True, exist_ok=True)  # mount point of the workspace
-        os.chown(home, plan.uid, plan.gid)
-        os.chown(home / "project", plan.uid, plan.gid)
-        os.chmod(home, 0o700)
-
+        """Home, workspace and the per-session run directory, with the right owners."""
+        prepare_home_and_workspace(plan)
         run = self._run_dir()
         if run.exists():
             shutil.rmtree(run)
@@ -283,12 +368,7 @@ class SandboxSpawner(Spawner):
             (run / private).mkdir(parents=True)
             os.chown(run / private, plan.uid, plan.gid)
             os.chmod(run / private, 0o700)
-        os.chmod(run, 0o755)
-        (run / "session.json").write_text(json.dumps(plan.manifest(), indent=2))
-        (run / "passwd").write_text(f"jovyan:x:{INNER_UID}:{INNER_GID}:{plan.user}:{HOME}:/bin/bash\n"
-                                    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
-        (run / "group").write_text(f"users:x:{INNER_GID}:\nnogroup:x:65534:\n")
-
+        write_identity_files(run, plan)
         hub_dir = self.settings.hub_socket_dir
         hub_dir.mkdir(parents=True, exist_ok=True)
         os.chown(hub_dir, 0, self.settings.sessions_gid)
@@ -297,40 +377,13 @@ class SandboxSpawner(Spawner):
     def _command(self, plan: SessionPlan) -> list[str]:
         """ip netns exec <island> setpriv <uid> bwrap <plan> -- jupyterhub-singleuser ..."""
         run = self._run_dir()
-        env_dir = str(self.settings.session_env)
-        bw = [self.bwrap_path,
-              "--unshare-user", "--uid", str(INNER_UID), "--gid", str(INNER_GID),
-              "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-              "--hostname", plan.project, "--new-session", "--cap-drop", "ALL",
-              "--ro-bind", "/usr", "/usr",
-              "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
-              "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-              "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
-              "--dir", "/etc"]
-        if os.path.exists("/usr/bin/node"):
-            # JupyterLab runs node at every start to ask yarn about builds a session cannot make
-            bw += ["--ro-bind", "/dev/null", "/usr/bin/node"]
-        for name in ETC_FILES:
-            if os.path.exists(f"/etc/{name}"):
-                bw += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-        bw += ["--ro-bind", str(run / "passwd"), "/etc/passwd",
-               "--ro-bind", str(run / "group"), "/etc/group",
-               "--ro-bind", str(run / "session.json"), "/etc/vre/session.json",
-               "--ro-bind", env_dir, env_dir]
-        for path in self.extra_ro_paths:
-            bw += ["--ro-bind", path, path]
-        for m in plan.mounts:
-            bw += ["--ro-bind" if m.readonly else "--bind", str(m.source), m.target]
         # The directory, not the socket: a restarted hub recreates the socket file.
-        bw += ["--ro-bind", str(self.settings.hub_socket_dir), f"{INNER_RUN}/hub",
-               "--bind", str(run / "sock"), f"{INNER_RUN}/session",
-               "--bind", str(run / "spool"), f"{INNER_RUN}/spool",
-               "--chdir", HOME, "--remount-ro", "/", "--"]
-        groups = f"{plan.gid},{self.settings.sessions_gid}"
-        return (["ip", "netns", "exec", plan.network,
-                 self.setpriv_path, f"--reuid={plan.uid}", f"--regid={plan.gid}", f"--groups={groups}",
-                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
-                + bw + self._server_command(plan))
+        binds = [(self.settings.hub_socket_dir, f"{INNER_RUN}/hub", True),
+                 (run / "sock", f"{INNER_RUN}/session", False),
+                 (run / "spool", f"{INNER_RUN}/spool", False)]
+        return sandbox_argv(self.settings, plan, run, binds=binds, devices=self.gpu_devices,
+                            groups=(self.settings.sessions_gid,), bwrap=self.bwrap_path,
+                            setpriv=self.setpriv_path, extra_ro_paths=self.extra_ro_paths) + self._server_command(plan)
 
     def _server_command(self, plan: SessionPlan) -> list[str]:
         singleuser = str(self.settings.session_env / "bin" / "jupyterhub-singleuser")
@@ -351,6 +404,8 @@ class SandboxSpawner(Spawner):
     def _environment(self, plan: SessionPlan) -> dict[str, str]:
         env = self.get_env()  # JUPYTERHUB_* (token, API URL, service prefix, ...)
         env.update(plan.env)
+        if plan.gpus:
+            env.update(gpu_env(self.gpu_devices))
         env.update({
             "PATH": f"{self.settings.session_env}/bin:/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -454,6 +509,8 @@ class SandboxSpawner(Spawner):
             except ChildProcessError:
                 pass
         cgroup.remove()
+        if self.gpu_devices:
+            self._release_gpus()
         if identity is not None and identity.session:
             replay_spool(self.settings, identity, self._run_dir() / "spool", self.log)
         shutil.rmtree(self._run_dir(), ignore_errors=True)
