@@ -69,7 +69,7 @@ def classify_request(method: str, path: str, status: int, user_kind: str | None)
     path = path[path.index("/hub/api/"):]
     if path.endswith("/activity"):  # servers reporting their own activity: housekeeping, not an action
         return None
-    if path.startswith("/hub/api/vre/audit/"):  # the audit API records its own actions (audit.verify, ...)
+    if path.startswith(("/hub/api/vre/audit/", "/hub/api/vre/jobs")):  # these record their own actions
         return None
     if m := _TOKENS.match(path):
         return ("token.create" if method == "POST" else "token.revoke"), f"user/{m.group(1)}"

@@ -37,7 +37,7 @@ def configure(c, settings: Settings) -> None:
     from .auth import (ADMIN_GROUP, ADMIN_ROLE, ADMIN_SCOPES, AUDIT_READ_SCOPE, AUDITOR_GROUP, AUDITOR_ROLE,
                        VREAuthenticator)
     from .events import make_log_function
-    from .backends.sandbox import SandboxSpawner
+    from .jobs.api import JOBS_SCOPE
     from .hubpages import home_projects
 
     if os.geteuid() != 0:
@@ -70,19 +70,33 @@ def configure(c, settings: Settings) -> None:
     c.VREAuthenticator.settings = settings
     c.JupyterHub.custom_scopes = {
         AUDIT_READ_SCOPE: {"description": "Read, export and verify the VRE audit trail (auditors)."},
+        JOBS_SCOPE: {"description": "Use the batch queue of one's own projects (submit, follow, cancel jobs)."},
     }
     c.JupyterHub.load_roles = [
         {"name": AUDITOR_ROLE, "description": "Review, export and verify the audit trail",
          "scopes": [AUDIT_READ_SCOPE], "groups": [AUDITOR_GROUP]},
         {"name": ADMIN_ROLE, "description": "See users and sessions, stop sessions (provisioning: vre CLI)",
          "scopes": ADMIN_SCOPES, "groups": [ADMIN_GROUP]},
+        # Researchers (in the browser) and their sessions (server tokens) may use the batch queue;
+        # which projects' jobs is decided by membership, as for sessions.
+        {"name": "user", "scopes": ["self", JOBS_SCOPE]},
+        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", JOBS_SCOPE]},
     ]
     configure_api(c, settings)
     # Seal the audit trail at intervals (a managed service: the hub starts and restarts it).
+    vre_env = {k: v for k, v in os.environ.items() if k.startswith("VRE_")}
+    vre_env["PATH"] = os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    # The batch queue's engine: admits, runs and follows jobs (its state is in the VRE database).
     c.JupyterHub.services = [{"name": "vre-audit-sealer", "command": [sys.executable, "-m", "vre.sealer"],
-                              "environment": {k: v for k, v in os.environ.items() if k.startswith("VRE_")}}]
-    c.JupyterHub.spawner_class = SandboxSpawner
-    c.SandboxSpawner.settings = settings
+                              "environment": vre_env},
+                             {"name": "vre-jobs", "command": [sys.executable, "-m", "vre.jobs.engine"],
+                              "environment": vre_env}]
+    if settings.backend == "docker":
+        from .backends.docker import VREDockerSpawner as spawner_class
+    else:
+        from .backends.sandbox import SandboxSpawner as spawner_class
+    c.JupyterHub.spawner_class = spawner_class
+    c[spawner_class.__name__].settings = settings
 
     # One named server per (user, project); the home page lists the user's projects.
     c.JupyterHub.allow_named_servers = True

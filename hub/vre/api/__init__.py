@@ -44,9 +44,10 @@ def _ingest_handler():
 
 def routes(settings) -> list[tuple]:
     """All extra hub routes (relative to the hub prefix)."""
+    from ..jobs.api import handlers as job_handlers
     from .audit import handlers
 
-    result = []
+    result = list(job_handlers(settings))
     ingest = _ingest_handler()
     for pattern, cls, *rest in handlers(settings):
         if pattern == EVENTS_ROUTE and ingest is not None:

@@ -88,7 +88,8 @@ ACTIONS: dict[str, str] = {
     "job.start": "a batch job started running",
     "job.finish": "a batch job finished",
     "job.cancel": "a batch job was cancelled",
-    "job.fail": "a batch job failed",
+    "job.fail": "a batch job failed, ran out of time or memory (reason in details)",
+    "job.requeue": "a running batch job went back to the queue (its scheduler was lost)",
     # airlock (data egress review)
     "airlock.request": "a researcher asked to take results out of the environment",
     "airlock.review": "a reviewer approved or rejected an airlock request",

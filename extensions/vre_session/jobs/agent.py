@@ -1,0 +1,152 @@
+"""The job service's hand inside a project's island: a preload of the project's Dask scheduler.
+
+``dask scheduler --preload vre_session.jobs.agent`` serves a small HTTP API on the unix socket
+named by ``VRE_AGENT_SOCKET``. The job service (outside the island) reaches it through that
+socket; nothing here listens on a network port. The agent only executes: the queue, quotas and
+every decision live in the job service and its database.
+
+- ``POST /jobs``            {"id", "worker", "spec"}: run the job on that worker (a Dask task)
+- ``GET /jobs``             what each job is doing: pending, running (since), done (result), error
+- ``POST /jobs/<id>/cancel`` kill a running job's process group, or drop a pending one
+- ``DELETE /jobs/<id>``      forget a job the service has recorded
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+
+from distributed import Client
+from distributed.diagnostics.plugin import SchedulerPlugin
+from tornado import httpserver, netutil, web
+
+from . import task
+
+log = logging.getLogger("vre.jobs.agent")
+KEY_PREFIX = "vre-job-"
+
+
+def job_key(job_id: int) -> str:
+    return f"{KEY_PREFIX}{job_id}"
+
+
+def worker_resource(worker: str) -> str:
+    """The resource only the named worker advertises: a job runs exactly where it was placed."""
+    return f"vre-{worker}"
+
+
+class Agent(SchedulerPlugin):
+    name = "vre-job-agent"
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.jobs: dict[int, dict] = {}
+        self._client: Client | None = None
+
+    # scheduler plugin: note when a job's task reaches its worker
+    def transition(self, key, start, finish, *args, **kwargs):
+        if isinstance(key, str) and key.startswith(KEY_PREFIX) and finish == "processing":
+            job = self.jobs.get(int(key[len(KEY_PREFIX):]))
+            if job is not None and job["state"] == "pending":
+                job.update(state="running", started=time.time())
+
+    async def client(self) -> Client:
+        if self._client is None:
+            self._client = await Client(self.scheduler.address, asynchronous=True, name="vre-job-agent")
+        return self._client
+
+    def worker_address(self, name: str) -> str | None:
+        for address, ws in self.scheduler.workers.items():
+            if str(ws.name) == name:
+                return address
+        return None
+
+    async def submit(self, job_id: int, worker: str, spec: dict) -> None:
+        if job_id in self.jobs:
+            return  # idempotent: the service may retry after a lost reply
+        client = await self.client()
+        future = client.submit(task.run_job, spec, key=job_key(job_id), pure=False,
+                               resources={worker_resource(worker): 1})
+        self.jobs[job_id] = {"state": "pending", "worker": worker, "started": None, "result": None,
+                             "error": None, "future": future}
+        asyncio.ensure_future(self._collect(job_id, future))
+
+    async def _collect(self, job_id: int, future) -> None:
+        job = self.jobs[job_id]
+        try:
+            job["result"] = await future
+            job["state"] = "done"
+        except asyncio.CancelledError:
+            job.update(state="done", result={"returncode": None, "cancelled": True, "timed_out": False})
+        except Exception as e:  # the task itself failed (not the job): say what happened
+            job.update(state="error", error=f"{type(e).__name__}: {e}")
+
+    async def cancel(self, job_id: int) -> bool:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return False
+        client = await self.client()
+        if job["state"] == "pending":
+            await client.cancel(job["future"], force=True)
+            job.update(state="done", result={"returncode": None, "cancelled": True, "timed_out": False})
+            return True
+        address = self.worker_address(job["worker"])
+        if address is None:
+            return False
+        found = await client.run(task.kill, job_id, workers=[address])
+        return any(found.values())
+
+    def status(self) -> dict:
+        jobs = {str(i): {k: v for k, v in j.items() if k != "future"} for i, j in self.jobs.items()}
+        workers = sorted(str(ws.name) for ws in self.scheduler.workers.values())
+        return {"jobs": jobs, "workers": workers, "time": time.time()}
+
+
+class _Handler(web.RequestHandler):
+    def initialize(self, agent: Agent):
+        self.agent = agent
+
+    def reply(self, data, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+
+class JobsHandler(_Handler):
+    def get(self):
+        self.reply(self.agent.status())
+
+    async def post(self):
+        body = json.loads(self.request.body)
+        await self.agent.submit(int(body["id"]), body["worker"], body["spec"])
+        self.reply({"ok": True}, 201)
+
+
+class JobHandler(_Handler):
+    async def post(self, job_id: str, action: str):
+        if action != "cancel":
+            raise web.HTTPError(404)
+        self.reply({"found": await self.agent.cancel(int(job_id))})
+
+    def delete(self, job_id: str, action: str | None = None):
+        self.agent.jobs.pop(int(job_id), None)
+        self.reply({"ok": True})
+
+
+async def dask_setup(scheduler) -> None:
+    path = os.environ["VRE_AGENT_SOCKET"]
+    agent = Agent(scheduler)
+    scheduler.add_plugin(agent)
+    app = web.Application([
+        (r"/jobs", JobsHandler, {"agent": agent}),
+        (r"/jobs/(\d+)(?:/(cancel))?", JobHandler, {"agent": agent}),
+    ])
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = netutil.bind_unix_socket(path, mode=0o600)
+    server = httpserver.HTTPServer(app)
+    server.add_socket(sock)
+    log.info("vre job agent listening on %s", path)

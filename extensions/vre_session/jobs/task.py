@@ -1,0 +1,95 @@
+"""The Dask task that runs one batch job on a worker.
+
+Each job runs as a subprocess (``python -m vre_session.jobs.runner``) in its own process group,
+under this task: Dask cannot stop a running task, but the worker can kill a process group, so a
+cancel (``kill``, called through ``Client.run``) or the run-time limit really ends the job and
+everything it started. The task returns how the process ended and what it used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+#: job id -> the job's process, on this worker
+_running: dict[int, subprocess.Popen] = {}
+_cancelled: set[int] = set()
+_lock = threading.Lock()
+KILL_GRACE = 5.0
+
+
+def run_job(spec: dict) -> dict:
+    """Run the job described by ``spec`` (written by the job service) and report how it ended."""
+    job_id, outdir = spec["id"], spec["outdir"]
+    os.makedirs(outdir, exist_ok=True)
+    spec_file = os.path.join(outdir, ".job.json")
+    with open(spec_file, "w") as f:
+        json.dump(spec, f)
+    started = time.time()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(os.path.join(outdir, "log.txt"), "ab", buffering=0) as log:
+        log.write(f"[vre] job {job_id} started on {spec.get('worker', '?')} at "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}; limit {spec['max_runtime_s']} s\n".encode())
+        proc = subprocess.Popen([sys.executable, "-m", "vre_session.jobs.runner", spec_file], cwd=outdir,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, **spec.get("env", {})})
+        with _lock:
+            _running[job_id] = proc
+        timed_out = False
+        try:
+            proc.wait(timeout=spec["max_runtime_s"])
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            log.write(f"[vre] run-time limit of {spec['max_runtime_s']} s reached: stopping the job\n".encode())
+            _kill_group(proc)
+        finally:
+            with _lock:
+                _running.pop(job_id, None)
+                cancelled = job_id in _cancelled
+                _cancelled.discard(job_id)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        code = proc.returncode
+        log.write(f"[vre] job {job_id} ended with code {code}\n".encode())
+    return {
+        "returncode": code, "timed_out": timed_out, "cancelled": cancelled,
+        "usage": {"wall_s": round(time.time() - started, 3),
+                  "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 3),
+                  "max_rss_mb": round(after.ru_maxrss / 1024, 1)},
+    }
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the job's process group, then SIGKILL what is left after a grace period."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            # the leader is gone; children that ignored SIGTERM still get SIGKILL
+            if sig == signal.SIGTERM:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def kill(job_id: int) -> bool:
+    """Cancel a running job on this worker (called with ``Client.run``); True if it was here."""
+    with _lock:
+        proc = _running.get(job_id)
+        if proc is None:
+            return False
+        _cancelled.add(job_id)
+    threading.Thread(target=_kill_group, args=(proc,), daemon=True).start()
+    return True

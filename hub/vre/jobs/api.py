@@ -1,0 +1,174 @@
+"""The batch queue's REST API, served by the hub under ``/hub/api/vre/jobs`` (see extensions/API.md).
+
+Callers: the researcher's browser (hub login), a session (its server token: the ``server`` role
+carries ``custom:vre-jobs``) and scripts with a personal token. The scope lets a token use the
+queue at all; what it may see and do is decided per project membership, as for sessions.
+
+- ``GET  /api/vre/jobs[?project=]``   jobs of the caller's projects, newest first, with queue positions
+- ``POST /api/vre/jobs``              submit (JSON body; 201 with the job, 400 with what to fix)
+- ``GET  /api/vre/jobs/<id>``         one job, with progress and output files
+- ``GET  /api/vre/jobs/<id>/log?offset=N``  its log from byte N: ``{"text", "offset"}``
+- ``POST /api/vre/jobs/<id>/cancel``  cancel (queued: at once; running: its process group is killed)
+- ``POST /api/vre/jobs/<id>/rerun``   queue it again as a new job
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+
+from jupyterhub.apihandlers import APIHandler
+from jupyterhub.scopes import needs_scope
+from tornado import web
+
+from .. import db as vdb
+from ..errors import NotFound, VREError
+from ..events import emit
+from ..plan import PlanRefused
+from ..settings import Settings
+from . import service
+
+JOBS_SCOPE = "custom:vre-jobs"
+
+
+def requires_jobs_scope(method):
+    """``@needs_scope(JOBS_SCOPE)``, decorated at first call (the custom scope exists only once
+    the hub's config is loaded; this module is imported while it loads)."""
+    checked = None
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        nonlocal checked
+        if checked is None:
+            checked = needs_scope(JOBS_SCOPE)(method)
+        return checked(self, *args, **kwargs)
+
+    return wrapper
+
+
+class _JobsHandler(APIHandler):
+    def initialize(self, vre_settings: Settings):
+        super().initialize()
+        self.vre = vre_settings
+
+    async def run(self, func, *args):
+        """Call ``func(db, settings, user, *args)`` in a thread, in one transaction; map errors."""
+        user = self.current_user.name
+
+        def call():
+            with vdb.session_scope(self.vre.vre_db_url) as db:
+                return func(db, user, *args)
+        try:
+            return await asyncio.to_thread(call)
+        except service.JobRejected as e:
+            raise web.HTTPError(400, str(e)) from None
+        except PlanRefused as e:
+            raise web.HTTPError(403, str(e)) from None
+        except NotFound as e:
+            raise web.HTTPError(404, str(e)) from None
+        except VREError as e:
+            raise web.HTTPError(400, str(e)) from None
+
+    def reply(self, data, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(data))
+
+    def job_id(self, raw: str) -> int:
+        return int(raw)
+
+
+class JobListHandler(_JobsHandler):
+    @requires_jobs_scope
+    async def get(self):
+        project = self.get_query_argument("project", None)
+
+        def listing(db, user):
+            jobs = service.list_jobs(db, self.vre, user, project)
+            places = {}
+            for pid in {j.project_id for j in jobs}:
+                places.update(service.positions(db, pid))
+            return [service.to_dict(self.vre, j, places.get(j.id) if j.state == "queued" else None) for j in jobs]
+        self.reply({"jobs": await self.run(listing)})
+
+    @requires_jobs_scope
+    async def post(self):
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the request body must be JSON") from None
+        summary = {k: body.get(k) for k in ("kind", "target", "profile", "cpu", "mem_mb", "gpus", "max_runtime")} \
+            if isinstance(body, dict) else {}
+        project = body.get("project") if isinstance(body, dict) else None
+        user = self.current_user.name
+
+        def submit(db, user):
+            job = service.submit(db, self.vre, user, body)
+            return service.to_dict(self.vre, job)
+        try:
+            job = await self.run(submit)
+        except web.HTTPError as e:
+            outcome = "denied" if e.status_code == 403 else "error"
+            await asyncio.to_thread(emit, self.vre, "job.submit", actor=user, outcome=outcome,
+                                    project=project if isinstance(project, str) else None,
+                                    details={**summary, "reason": e.log_message, "via": "api"})
+            raise
+        await asyncio.to_thread(emit, self.vre, "job.submit", actor=user, project=job["project"],
+                                target=f"job/{job['id']}", details={**summary, "name": job["name"], "via": "api"})
+        service.wake(self.vre)
+        self.reply(job, 201)
+
+
+class JobHandler(_JobsHandler):
+    @requires_jobs_scope
+    async def get(self, job_id: str):
+        def one(db, user):
+            job = service.get(db, self.vre, user, int(job_id))
+            place = service.positions(db, job.project_id).get(job.id) if job.state == "queued" else None
+            return service.to_dict(self.vre, job, place, detail=True)
+        self.reply(await self.run(one))
+
+
+class JobLogHandler(_JobsHandler):
+    @requires_jobs_scope
+    async def get(self, job_id: str):
+        try:
+            offset = max(0, int(self.get_query_argument("offset", "0")))
+        except ValueError:
+            raise web.HTTPError(400, "offset must be a whole number of bytes") from None
+
+        def log(db, user):
+            job = service.get(db, self.vre, user, int(job_id))
+            text, nxt = service.read_log(self.vre, job, offset)
+            return {"text": text, "offset": nxt, "state": job.state}
+        self.reply(await self.run(log))
+
+
+class JobActionHandler(_JobsHandler):
+    @requires_jobs_scope
+    async def post(self, job_id: str, action: str):
+        def act(db, user):
+            if action == "cancel":
+                job = service.cancel(db, self.vre, user, int(job_id))
+                if job.state == "cancelled":
+                    emit(self.vre, "job.cancel", actor=user, project=job.project.slug, target=f"job/{job.id}",
+                         details={"while": "queued", "via": "api"})
+            else:
+                job = service.rerun(db, self.vre, user, int(job_id))
+                emit(self.vre, "job.submit", actor=user, project=job.project.slug, target=f"job/{job.id}",
+                     details={"rerun_of": job.rerun_of, "kind": job.kind, "target": job.target, "via": "api"})
+            return service.to_dict(self.vre, job)
+        result = await self.run(act)
+        service.wake(self.vre)
+        self.reply(result, 201 if action == "rerun" else 200)
+
+
+def handlers(settings: Settings) -> list[tuple]:
+    kw = {"vre_settings": settings}
+    return [
+        (r"/api/vre/jobs/?", JobListHandler, kw),
+        (r"/api/vre/jobs/(\d+)/?", JobHandler, kw),
+        (r"/api/vre/jobs/(\d+)/log", JobLogHandler, kw),
+        (r"/api/vre/jobs/(\d+)/(cancel|rerun)", JobActionHandler, kw),
+    ]

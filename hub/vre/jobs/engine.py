@@ -1,0 +1,354 @@
+"""The ``vre-jobs`` service: admits queued jobs, hands them to the executor, follows them and
+records how they ended. ``python -m vre.jobs.engine`` (the hub starts it as a managed service).
+
+The database is the queue; this process only holds what it can find again (workers by their
+cgroups, jobs by the agent of each project). It can be killed at any moment: a new one adopts
+the running jobs, and jobs keep running meanwhile. Only one engine runs per instance: a new one
+stops a previous one it finds (an orphan of a hub killed with -9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fcntl
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+
+from .. import db as vdb
+from .. import gpus
+from ..db import Job, Project, utcnow
+from ..events import emit
+from ..plan import PlanRefused, build_plan
+from ..settings import Settings, load
+from . import service
+from .executor import ExecutorError, LocalDaskExecutor, SchedulerLost
+from .queue import Ask, Quota, admit
+
+log = logging.getLogger("vre.jobs")
+TICK = 1.0            # seconds between looks when nothing wakes the engine
+FAST_TICK = 0.1       # while a job is starting
+RUNTIME_SLACK = 60    # the task enforces the limit; the engine steps in this much later
+MAX_ATTEMPTS = 2
+
+
+def _ask(job: Job) -> Ask:
+    return Ask(job.id, job.account_id, job.cpu, job.mem_mb, job.gpus)
+
+
+class Engine:
+    def __init__(self, settings: Settings, executor: LocalDaskExecutor | None = None):
+        self.settings = settings
+        self.executor = executor or LocalDaskExecutor(settings)
+        self._wake = asyncio.Event()
+        self._starting = False
+        self._events: list[tuple[str, dict]] = []   # audit events waiting for their commit
+        self._cancelling: set[int] = set()
+
+    # -- process life --------------------------------------------------------------------
+    def _take_over(self) -> None:
+        """Hold the instance's engine lock, stopping an older engine that still holds it."""
+        path = self.settings.run_dir / "jobs" / "engine.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(path, "a+")
+        for _ in range(100):
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                self._lock.seek(0)
+                pid = self._lock.read().strip()
+                if pid.isdigit() and int(pid) != os.getpid():
+                    log.warning("stopping an older job engine (pid %s)", pid)
+                    try:
+                        os.kill(int(pid), signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.1)
+        else:
+            raise SystemExit("another job engine holds the lock and does not stop")
+        self._lock.truncate(0)
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+
+    def _listen_for_wakes(self) -> None:
+        path = self.settings.run_dir / "jobs" / "wake.sock"
+        path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.setblocking(False)
+
+        def readable():
+            try:
+                while sock.recv(64):
+                    pass
+            except BlockingIOError:
+                pass
+            self._wake.set()
+
+        asyncio.get_running_loop().add_reader(sock, readable)
+        self._wake_sock = sock
+
+    async def run(self) -> None:
+        self._take_over()
+        self._listen_for_wakes()
+        self.adopt()
+        log.info("job engine running (instance %s)", self.settings.instance)
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("job engine tick failed; trying again")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), FAST_TICK if self._starting else TICK)
+            except asyncio.TimeoutError:
+                pass
+
+    def adopt(self) -> None:
+        """Take over the workers of running jobs (after a restart of this process or the hub)."""
+        with vdb.session_scope(self.settings.vre_db_url) as db:
+            for project in db.scalars(select(Project)):
+                busy = {}
+                for job in db.scalars(select(Job).where(Job.project_id == project.id, Job.state == "running")):
+                    for name in filter(None, job.worker.split(",")):
+                        busy[name] = job.id
+                self.executor.adopt(project.slug, busy)
+
+    # -- one look at everything ----------------------------------------------------------
+    async def tick(self) -> None:
+        self._starting = False
+        with vdb.session_scope(self.settings.vre_db_url) as db:
+            active = db.scalars(select(Project).where(Project.id.in_(
+                select(Job.project_id).where(Job.state.in_(("queued", "running")))))).all()
+            for project in active:
+                await self.tick_project(db, project)
+                await self.commit(db)
+        await self.executor.stop_idle()
+
+    async def commit(self, db) -> None:
+        """Commit, then record the audit events of what was committed. Never hold a write
+        transaction across an await: SQLite would lock out the hub (and this process's own audit
+        writes) meanwhile."""
+        db.commit()
+        events, self._events = self._events, []
+        for action, kw in events:
+            await asyncio.to_thread(emit, self.settings, action, **kw)
+
+    async def tick_project(self, db, project: Project) -> None:
+        jobs = db.scalars(select(Job).where(Job.project_id == project.id,
+                                            Job.state.in_(("queued", "running"))).order_by(Job.id)).all()
+        running = [j for j in jobs if j.state == "running"]
+        batch = [j for j in running if j.kind != "cluster"]
+        if batch:
+            try:
+                status = await self.executor.status(project.slug)
+            except SchedulerLost as e:
+                await self.scheduler_lost(db, project, batch, str(e))
+                status = None
+            except ExecutorError as e:
+                log.warning("%s; will look again", e)
+                return
+            if status is not None:
+                for job in batch:
+                    await self.follow(db, job, status)
+                    await self.commit(db)
+        for job in running:
+            if job.kind == "cluster" and job.state == "running":
+                await self.follow_cluster(db, job)
+
+        running = [j for j in jobs if j.state == "running"]
+        queued = [j for j in jobs if j.state == "queued"]
+        if not queued:
+            return
+        quota = Quota(project.job_slots, project.job_cpu, project.job_mem_mb, project.job_gpus)
+        by_id = {j.id: j for j in queued}
+        for ask in admit([_ask(j) for j in queued], [_ask(j) for j in running], quota,
+                         gpus.free_count(db, self.settings)):
+            await self.start(db, project, by_id[ask.id])
+
+    # -- starting ------------------------------------------------------------------------
+    async def start(self, db, project: Project, job: Job) -> None:
+        user = job.account.name
+        try:
+            plan = build_plan(db, self.settings, user, project.slug, job.profile, role="worker")
+        except PlanRefused as e:
+            self.finish(db, job, "failed", f"not started: {e}")
+            return
+        devices: tuple[int, ...] = ()
+        if job.gpus:
+            try:
+                devices = gpus.acquire(db, self.settings, f"job:{job.id}", job.gpus, shared=plan.gpu_shared)
+            except gpus.NoGpuFree:
+                return  # stays queued; the GPUs may be held by sessions
+        job.devices = ",".join(map(str, devices))
+        job.attempts += 1
+        job.state, job.reason = "running", ""
+        await self.commit(db)
+        self._starting = True
+        try:
+            if job.kind == "cluster":
+                await self.start_cluster(db, plan, job, devices)
+                return
+            await self.executor.ensure_scheduler(plan)
+            shape = (job.cpu, job.mem_mb, devices)
+            worker = None if devices else self.executor.idle_worker(project.slug, shape)
+            if worker is None:
+                worker = await self.executor.start_worker(plan, job.cpu, job.mem_mb, devices)
+            worker.job = job.id
+            job.worker = worker.name
+            job.usage = {"oom_before": self.executor.oom_kills(worker.name)}
+            await self.commit(db)
+            await self.executor.submit(project.slug, worker.name, self.spec(plan, job, worker.name))
+        except (ExecutorError, OSError) as e:
+            log.exception("could not start job %s", job.id)
+            self.release(db, job)
+            self.finish(db, job, "failed", f"could not start: {e}")
+
+    def spec(self, plan, job: Job, worker: str) -> dict:
+        return {"id": job.id, "kind": job.kind, "target": job.target, "params": job.params,
+                "project": plan.project, "user": job.account.name, "worker": worker,
+                "outdir": service.outdir_inside(job.id), "max_runtime_s": job.max_runtime_s,
+                "env": {"VRE_JOB_ID": str(job.id), "VRE_JOB_OUTPUT": service.outdir_inside(job.id),
+                        "VRE_JOB_USER": job.account.name}}
+
+    async def start_cluster(self, db, plan, job: Job, devices: tuple[int, ...]) -> None:
+        """Interactive workers for a notebook's Dask client, held until cancelled or timed out."""
+        await self.executor.ensure_scheduler(plan)
+        n = job.params.get("workers", 1)
+        per_gpu = len(devices) // n if devices else 0
+        names = []
+        for i in range(n):
+            mine = devices[i * per_gpu:(i + 1) * per_gpu]
+            worker = await self.executor.start_worker(plan, job.cpu / n, job.mem_mb // n, mine)
+            worker.job = job.id
+            names.append(worker.name)
+        job.worker = ",".join(names)
+        job.started_at = utcnow()
+        self.audit(job, "job.start", details={"workers": names, "datasets": list(plan.datasets)})
+
+    # -- following -----------------------------------------------------------------------
+    async def follow(self, db, job: Job, status: dict) -> None:
+        state = status["jobs"].get(str(job.id))
+        if state is None:
+            if job.worker:  # handed to a worker but the agent never heard of it: hand it again
+                plan = build_plan(db, self.settings, job.account.name, job.project.slug, job.profile, role="worker")
+                await self.executor.submit(job.project.slug, job.worker, self.spec(plan, job, job.worker))
+            return
+        if state["state"] == "pending":
+            self._starting = True
+        if state.get("started") and job.started_at is None:
+            job.started_at = dt.datetime.fromtimestamp(state["started"], dt.timezone.utc)
+            self.audit(job, "job.start", details={"worker": job.worker, "devices": job.devices,
+                                                  "cpu": job.cpu, "mem_mb": job.mem_mb, "gpus": job.gpus})
+        if state["state"] == "done":
+            self.finish_from_result(db, job, state["result"])
+            await self.commit(db)
+            await self.executor.forget(job.project.slug, job.id)
+            self._cancelling.discard(job.id)
+        elif state["state"] == "error":
+            self.release(db, job)
+            self.finish(db, job, "failed", f"the job's task failed: {state['error']}")
+            await self.commit(db)
+            await self.executor.forget(job.project.slug, job.id)
+        elif job.cancel_requested and job.id not in self._cancelling:
+            await self.commit(db)
+            if await self.executor.cancel(job.project.slug, job.id):
+                self._cancelling.add(job.id)
+        elif job.started_at and (utcnow() - job.started_at).total_seconds() > job.max_runtime_s + RUNTIME_SLACK:
+            await self.commit(db)
+            await asyncio.to_thread(self.executor.stop_worker, job.worker)
+            self.release(db, job)
+            self.finish(db, job, "timed_out", f"run-time limit of {job.max_runtime_s} s reached; "
+                                              "its worker did not stop it, so the worker was stopped")
+
+    def finish_from_result(self, db, job: Job, result: dict) -> None:
+        code = result.get("returncode")
+        oom = self.executor.oom_kills(job.worker) > job.usage.get("oom_before", 0)
+        usage = result.get("usage") or {}
+        job.exit_code = code
+        if result.get("cancelled"):
+            state, reason = "cancelled", job.reason or "cancelled"
+        elif result.get("timed_out"):
+            state, reason = "timed_out", f"run-time limit of {job.max_runtime_s} s reached; the job was stopped"
+        elif oom:
+            state, reason = "failed", f"killed: out of memory (limit {job.mem_mb} MiB); ask for more memory"
+        elif code == 0:
+            state, reason = "succeeded", ""
+        elif code is not None and code < 0:
+            state, reason = "failed", f"killed by signal {-code}"
+        else:
+            state, reason = "failed", f"exited with code {code}; see its log"
+        job.usage = usage
+        self.release(db, job)
+        self.finish(db, job, state, reason)
+
+    async def follow_cluster(self, db, job: Job) -> None:
+        names = [n for n in job.worker.split(",") if n]
+        alive = [n for n in names if self.executor._cgroup(n).pids()]
+        elapsed = (utcnow() - job.started_at).total_seconds() if job.started_at else 0
+        if job.cancel_requested or elapsed > job.max_runtime_s or not alive:
+            await self.commit(db)
+            for name in names:
+                await asyncio.to_thread(self.executor.stop_worker, name)
+            self.release(db, job)
+            if job.cancel_requested:
+                self.finish(db, job, "cancelled", job.reason or "released")
+            elif elapsed > job.max_runtime_s:
+                self.finish(db, job, "timed_out", f"run-time limit of {job.max_runtime_s} s reached")
+            else:
+                self.finish(db, job, "failed", "its workers ended")
+
+    async def scheduler_lost(self, db, project: Project, running: list[Job], why: str) -> None:
+        log.warning("%s: %d running job(s) affected", why, len(running))
+        for job in running:
+            self.release(db, job)
+            if self.settings.jobs_on_scheduler_loss == "requeue" and job.attempts < MAX_ATTEMPTS and \
+                    not job.cancel_requested:
+                job.state, job.worker, job.started_at = "queued", "", None
+                job.reason = f"its scheduler was lost while it ran (attempt {job.attempts}); re-queued"
+                self.audit(job, "job.requeue", outcome="error", details={"reason": job.reason})
+            else:
+                self.finish(db, job, "failed", f"its scheduler was lost while it ran (attempt {job.attempts})")
+        await self.commit(db)
+        await self.executor.stop_project(project.slug)
+
+    # -- ending --------------------------------------------------------------------------
+    def release(self, db, job: Job) -> None:
+        for name in filter(None, job.worker.split(",")):
+            worker = self.executor.workers.get(name)
+            if worker is not None:
+                worker.job, worker.idle_since = None, time.time()
+        if job.devices or job.gpus:
+            gpus.release(db, f"job:{job.id}")
+
+    def finish(self, db, job: Job, state: str, reason: str) -> None:
+        job.state, job.reason, job.finished_at = state, reason, utcnow()
+        action = {"succeeded": "job.finish", "cancelled": "job.cancel"}.get(state, "job.fail")
+        outcome = {"succeeded": "ok", "cancelled": "ok"}.get(state, "error")
+        self.audit(job, action, outcome=outcome, details={
+            "state": state, "reason": reason, "exit_code": job.exit_code, "usage": job.usage,
+            "attempts": job.attempts})
+
+    def audit(self, job: Job, action: str, *, outcome: str = "ok", details: dict | None = None) -> None:
+        """Queue an audit event; ``commit`` records it once the change it describes is committed."""
+        self._events.append((action, dict(
+            actor=job.account.name, project=job.project.slug, target=f"job/{job.id}", outcome=outcome,
+            details={"kind": job.kind, "name": job.name, "via": "vre-jobs", **(details or {})})))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[vre-jobs %(asctime)s] %(message)s")
+    settings = load()
+    asyncio.run(Engine(settings).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""How jobs run on this host: per project, a Dask scheduler and workers in sandboxes.
+
+Everything is rendered from the project's plan (role=worker) with the same code that renders
+sessions (``backends.sandbox.sandbox_argv``): datasets read-only, the workspace read-write, the
+project's loopback-only island, an unprivileged uid without capabilities, a cgroup with the
+job's CPU, memory and pids limits, and only the granted GPUs in /dev.
+
+- The scheduler listens on 127.0.0.1:8786 (dashboard :8787) *inside the island*: the project's
+  sessions reach it, nothing outside does. Its preload (``vre_session.jobs.agent``) serves the
+  job service on a unix socket.
+- A worker runs one job at a time (one thread) and advertises a resource only it has, so a job
+  runs exactly on the worker it was given. CPU workers stay warm for ``jobs_worker_idle`` s for
+  the next job of the same shape; GPU workers stop with their job.
+- Processes are found again after a restart through their cgroups (``<instance>/<name>``).
+
+A Kubernetes executor would implement the same five calls with a namespace per project, a
+ResourceQuota, and Jobs (``suspend`` lets Kueue queue them) or dask-kubernetes clusters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..backends import netns
+from ..backends.cgroups import SessionCgroup
+from ..backends.sandbox import prepare_home_and_workspace, sandbox_argv, write_identity_files
+from ..gpus import gpu_env
+from ..plan import THREAD_VARS, WORKSPACE, SessionPlan
+from ..settings import Settings
+
+log = logging.getLogger("vre.jobs")
+SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
+INNER_AGENT_DIR = "/run/vre/agent"
+WORKER_OVERHEAD_MB = 384     # the Dask worker process itself, on top of the job's memory
+SCHEDULER_LIMITS = dict(cpu=1.0, mem_mb=1024, pids_max=1024)
+
+
+class ExecutorError(RuntimeError):
+    pass
+
+
+class SchedulerLost(ExecutorError):
+    """The project's scheduler is gone (killed, crashed): its running jobs need a decision."""
+
+
+@dataclass
+class Worker:
+    name: str
+    project: str
+    shape: tuple            # (cpu, mem_mb, devices): a warm worker is reused for the same shape
+    job: int | None = None  # the job it runs now
+    idle_since: float = field(default_factory=time.time)
+
+
+async def _http(socket_path: Path, method: str, path: str, body: dict | None = None, timeout: float = 10) -> dict:
+    """A tiny HTTP/1.1 client over a unix socket (the agent's API)."""
+    data = json.dumps(body).encode() if body is not None else b""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), timeout)
+    try:
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        payload = _dechunk(payload)
+    if status >= 400:
+        raise ExecutorError(f"agent answered {status} to {method} {path}: {payload[:200]!r}")
+    return json.loads(payload or b"{}")
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size, _, rest = data.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            break
+        out, data = out + rest[:n], rest[n + 2:]
+    return out
+
+
+class LocalDaskExecutor:
+    """Runs jobs in sandboxed Dask schedulers and workers on this host."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.workers: dict[str, Worker] = {}
+        self._procs: list[subprocess.Popen] = []
+
+    # -- paths and names -----------------------------------------------------------------
+    def project_dir(self, project: str) -> Path:
+        return self.settings.run_dir / "jobs" / project
+
+    def agent_socket(self, project: str) -> Path:
+        return self.project_dir(project) / "agent" / "agent.sock"
+
+    def scheduler_name(self, project: str) -> str:
+        return f"{project}-scheduler"
+
+    def _cgroup(self, name: str) -> SessionCgroup:
+        return SessionCgroup(name, self.settings.instance)
+
+    # -- the scheduler -------------------------------------------------------------------
+    def scheduler_alive(self, project: str) -> bool:
+        return bool(self._cgroup(self.scheduler_name(project)).pids())
+
+    async def status(self, project: str) -> dict:
+        """The agent's view of the project's jobs; SchedulerLost if the scheduler is gone."""
+        try:
+            return await _http(self.agent_socket(project), "GET", "/jobs")
+        except (OSError, asyncio.TimeoutError, ExecutorError) as e:
+            if not self.scheduler_alive(project):
+                raise SchedulerLost(f"the scheduler of project {project} is gone") from None
+            raise ExecutorError(f"the scheduler of project {project} does not answer: {e}") from None
+
+    async def ensure_scheduler(self, plan: SessionPlan) -> None:
+        project = plan.project
+        if self.scheduler_alive(project) and self.agent_socket(project).exists():
+            return
+        name = self.scheduler_name(project)
+        run = self.project_dir(project)
+        # the scheduler needs no data: only its home and the workspace (for nothing but cwd)
+        plan = dataclasses.replace(plan, session_id=name, datasets=(), mounts=tuple(
+            m for m in plan.mounts if not m.readonly))
+        await asyncio.to_thread(self._prepare, plan, run / "scheduler")
+        agent_dir = run / "agent"
+        shutil.rmtree(agent_dir, ignore_errors=True)
+        agent_dir.mkdir(parents=True)
+        os.chown(agent_dir, plan.uid, plan.gid)
+        os.chmod(agent_dir, 0o700)
+        dask = str(self.settings.session_env / "bin" / "dask")
+        argv = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(SCHEDULER_PORT),
+                "--dashboard-address", f"127.0.0.1:{DASHBOARD_PORT}", "--preload", "vre_session.jobs.agent"]
+        env = {**self._env(plan, ()), "VRE_AGENT_SOCKET": f"{INNER_AGENT_DIR}/agent.sock"}
+        await self._launch(plan, run / "scheduler", argv, env, binds=[(agent_dir, INNER_AGENT_DIR, False)],
+                           limits=SCHEDULER_LIMITS)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                await _http(self.agent_socket(project), "GET", "/jobs", timeout=2)
+                log.info("scheduler of project %s is up", project)
+                return
+            except (OSError, asyncio.TimeoutError, ExecutorError):
+                if not self.scheduler_alive(project):
+                    break
+                await asyncio.sleep(0.05)
+        log.error("scheduler of project %s did not start:\n%s", project,
+                  self._log_tail(run / "scheduler" / "log.txt"))
+        raise ExecutorError(f"the scheduler of project {project} did not start (its log is in the job "
+                            "service's log)")
+
+    # -- workers -------------------------------------------------------------------------
+    def idle_worker(self, project: str, shape: tuple) -> Worker | None:
+        for w in self.workers.values():
+            if w.project == project and w.job is None and w.shape == shape and self._cgroup(w.name).pids():
+                return w
+        return None
+
+    async def start_worker(self, plan: SessionPlan, cpu: float, mem_mb: int, devices: tuple[int, ...]) -> Worker:
+        n = 1
+        while f"{plan.project}-worker-{n}" in self.workers or self._cgroup(f"{plan.project}-worker-{n}").pids():
+            n += 1
+        name = f"{plan.project}-worker-{n}"
+        plan = dataclasses.replace(plan, session_id=name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices))
+        run = self.project_dir(plan.project) / "workers" / name
+        await asyncio.to_thread(self._prepare, plan, run)
+        dask = str(self.settings.session_env / "bin" / "dask")
+        argv = [dask, "worker", f"tcp://127.0.0.1:{SCHEDULER_PORT}", "--name", name, "--nthreads", "1",
+                "--no-nanny", "--memory-limit", "0", "--no-dashboard", "--local-directory", "/tmp",
+                "--resources", f"vre-{name}=1", "--death-timeout", "120"]
+        await self._launch(plan, run, argv, self._env(plan, devices), devices=devices,
+                           limits=dict(cpu=cpu, mem_mb=mem_mb + WORKER_OVERHEAD_MB, pids_max=4096))
+        worker = Worker(name, plan.project, (cpu, mem_mb, tuple(devices)))
+        self.workers[name] = worker
+        return worker
+
+    def stop_worker(self, name: str) -> None:
+        cgroup = self._cgroup(name)
+        cgroup.kill_all(2.0)
+        cgroup.remove()
+        worker = self.workers.pop(name, None)
+        shutil.rmtree(self.project_dir(worker.project if worker else name.rsplit("-worker-", 1)[0])
+                      / "workers" / name, ignore_errors=True)
+        self._reap()
+
+    def oom_kills(self, name: str) -> int:
+        try:
+            return self._cgroup(name).oom_kills()
+        except OSError:
+            return 0
+
+    def adopt(self, project: str, busy: dict[str, int]) -> None:
+        """After a restart: take over the workers that run jobs (name -> job), stop the others."""
+        for name in self._existing(project):
+            if name in busy and self._cgroup(name).pids():
+                self.workers[name] = Worker(name, project, (), job=busy[name])
+            elif name not in busy:
+                self.stop_worker(name)
+
+    def _existing(self, project: str) -> list[str]:
+        run = self.project_dir(project) / "workers"
+        return sorted(p.name for p in run.iterdir()) if run.is_dir() else []
+
+    async def stop_idle(self) -> None:
+        now = time.time()
+        for w in list(self.workers.values()):
+            gpu_or_unknown = not w.shape or bool(w.shape[2])
+            if w.job is None and (gpu_or_unknown or now - w.idle_since > self.settings.jobs_worker_idle):
+                await asyncio.to_thread(self.stop_worker, w.name)
+
+    async def stop_project(self, project: str) -> None:
+        """Everything of a project: its workers and its scheduler (scheduler loss, shutdown)."""
+        for name in self._existing(project):
+            await asyncio.to_thread(self.stop_worker, name)
+        cgroup = self._cgroup(self.scheduler_name(project))
+        await asyncio.to_thread(cgroup.kill_all, 2.0)
+        await asyncio.to_thread(cgroup.remove)
+
+    # -- jobs ----------------------------------------------------------------------------
+    async def submit(self, project: str, worker: str, spec: dict) -> None:
+        await _http(self.agent_socket(project), "POST", "/jobs", {"id": spec["id"], "worker": worker, "spec": spec})
+
+    async def cancel(self, project: str, job_id: int) -> bool:
+        return (await _http(self.agent_socket(project), "POST", f"/jobs/{job_id}/cancel"))["found"]
+
+    async def forget(self, project: str, job_id: int) -> None:
+        try:
+            await _http(self.agent_socket(project), "DELETE", f"/jobs/{job_id}")
+        except (OSError, asyncio.TimeoutError, ExecutorError):
+            pass
+
+    # -- helpers -------------------------------------------------------------------------
+    def _prepare(self, plan: SessionPlan, run: Path) -> None:
+        prepare_home_and_workspace(plan)
+        if run.exists():
+            shutil.rmtree(run)
+        write_identity_files(run, plan)
+
+    def _env(self, plan: SessionPlan, devices) -> dict[str, str]:
+        threads = str(max(1, int(plan.cpu + 0.999)))
+        env = {**plan.env, **{v: threads for v in THREAD_VARS},
+               "PATH": f"{self.settings.session_env}/bin:/usr/local/bin:/usr/bin:/bin",
+               "LANG": "C.UTF-8", "VRE_SESSION": "/etc/vre/session.json", "VRE_ROLE": "worker",
+               "VRE_WORKSPACE": WORKSPACE, "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+               "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime", "MPLCONFIGDIR": "/tmp/matplotlib"}
+        if plan.gpus:
+            env.update(gpu_env(devices))
+        return env
+
+    async def _launch(self, plan: SessionPlan, run: Path, argv: list[str], env: dict, *, binds=(),
+                      devices=(), limits: dict) -> None:
+        cgroup = self._cgroup(plan.session_id)
+        await asyncio.to_thread(cgroup.kill_all, 0)
+        cgroup.create(**limits)
+        async with netns.lock(plan.network):
+            try:
+                await netns.ensure(plan.network)
+            except Exception:
+                if not netns.exists(plan.network):
+                    raise
+            full = sandbox_argv(self.settings, plan, run, binds=binds, devices=devices) + argv
+            log_file = open(run / "log.txt", "ab")
+
+            def child_setup():
+                cgroup.join()
+                os.umask(0o002)
+
+            try:
+                proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                                        stderr=subprocess.STDOUT, preexec_fn=child_setup,
+                                        start_new_session=True, close_fds=True, cwd="/")
+            finally:
+                log_file.close()
+        self._procs.append(proc)
+        log.info("started %s (pid %s)", plan.session_id, proc.pid)
+
+    def _reap(self) -> None:
+        self._procs = [p for p in self._procs if p.poll() is None]
+
+    @staticmethod
+    def _log_tail(path: Path, lines: int = 20) -> str:
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

@@ -1,0 +1,311 @@
+"""The queue in the VRE database: submit, list, cancel, re-run, logs and outputs.
+
+Every function takes a database session and the acting user; membership is checked through the
+same plan the sessions use (``build_plan(role="worker")``), so a job can never ask for more than
+a session of the project could. Errors are ``JobRejected`` (bad input: the message says what to
+fix), ``PlanRefused`` (not allowed) or ``NotFound``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..accounts import get_account
+from ..db import JOB_FINAL, Job, Project, utcnow
+from ..errors import NotFound, VREError
+from ..gpus import host_devices
+from ..plan import WORKSPACE, PlanRefused, build_plan, project_paths
+from ..settings import Settings
+from .queue import Ask, fair_order
+
+KINDS = ("notebook", "script", "function", "cluster")
+MAX_PAYLOAD = 16 * 1024 * 1024
+MAX_CLUSTER_WORKERS = 16
+
+
+class JobRejected(VREError):
+    """A submission the queue cannot take; the message says what to change."""
+
+
+def outdir_inside(job_id: int) -> str:
+    """A job's folder as sessions and the job itself see it."""
+    return f"{WORKSPACE}/jobs/{job_id}"
+
+
+def outdir_on_host(settings: Settings, project: str, job_id: int) -> Path:
+    workspace, _ = project_paths(settings, project, "_")
+    return workspace / "jobs" / str(job_id)
+
+
+def workspace_file(settings: Settings, project: str, path: str) -> Path:
+    """The host file behind ``path`` as a session names it (absolute, ``~/project/...`` or
+    relative to the workspace). Only workspace files can be jobs: workers see no private homes."""
+    raw = path.strip()
+    if raw.startswith("~/"):
+        raw = "/home/jovyan/" + raw[2:]
+    if not raw.startswith("/"):
+        raw = f"{WORKSPACE}/{raw}"
+    inner = os.path.normpath(raw)
+    if not (inner + "/").startswith(WORKSPACE + "/"):
+        raise JobRejected(f"{path!r} is not in the project workspace ({WORKSPACE}): jobs only see the "
+                          "workspace and the datasets, so move or copy the file into ~/project first")
+    workspace, _ = project_paths(settings, project, "_")
+    return workspace / os.path.relpath(inner, WORKSPACE)
+
+
+def _number(body: dict, name: str, kind, default, lo, hi, unit: str = ""):
+    value = body.get(name)
+    if value in (None, ""):
+        return default
+    if isinstance(value, bool):
+        raise JobRejected(f"{name} must be a number")
+    try:
+        value = kind(value)
+    except (TypeError, ValueError):
+        raise JobRejected(f"{name} must be a number, not {value!r}") from None
+    if not lo <= value <= hi:
+        raise JobRejected(f"{name} must be between {lo:g} and {hi:g}{unit}, not {value:g}")
+    return value
+
+
+def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
+    """Validate a submission and queue it. ``body`` is the API's JSON (see extensions/API.md)."""
+    if not isinstance(body, dict):
+        raise JobRejected("the request body must be a JSON object")
+    kind = body.get("kind")
+    if kind not in KINDS:
+        raise JobRejected(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    project_slug = body.get("project") or ""
+    if not isinstance(project_slug, str) or not project_slug:
+        raise JobRejected("name the project the job belongs to (\"project\")")
+    profile_name = body.get("profile")
+    if profile_name is not None and not isinstance(profile_name, str):
+        raise JobRejected("profile must be the name of one of the project's profiles")
+    plan = build_plan(db, settings, user, project_slug, profile_name, role="worker")  # PlanRefused
+    project = db.scalar(select(Project).where(Project.slug == project_slug))
+
+    cpu = _number(body, "cpu", float, plan.cpu, 0.1, plan.cpu, f" (profile {plan.profile!r} allows {plan.cpu:g})")
+    mem = _number(body, "mem_mb", int, plan.mem_mb, 64, plan.mem_mb, f" MiB (profile {plan.profile!r})")
+    gpus = _number(body, "gpus", int, plan.gpus, 0, plan.gpus, f" (profile {plan.profile!r} has {plan.gpus})")
+    if gpus > project.job_gpus:
+        raise JobRejected(f"the job asks for {gpus} GPU(s) but project {project.slug!r} may use "
+                          f"{project.job_gpus} at once; ask for fewer")
+    if gpus > len(host_devices(settings)):
+        raise JobRejected(f"the job asks for {gpus} GPU(s) but this host has {len(host_devices(settings))}")
+    if cpu > project.job_cpu or mem > project.job_mem_mb:
+        raise JobRejected(f"the job asks for {cpu:g} CPU and {mem} MiB, more than project {project.slug!r}'s "
+                          f"whole batch quota ({project.job_cpu:g} CPU, {project.job_mem_mb} MiB); ask for less")
+    runtime = _number(body, "max_runtime", int, settings.jobs_default_runtime, 1, settings.jobs_max_runtime, " s")
+    name = str(body.get("name") or "")[:128]
+    params = body.get("params")
+    payload = None
+    target = body.get("target") or ""
+    if kind in ("notebook", "script"):
+        if not isinstance(target, str) or not target:
+            raise JobRejected(f"a {kind} job needs \"target\": the path of the {kind} in the workspace")
+        host = workspace_file(settings, project.slug, target)
+        if not host.is_file():
+            raise JobRejected(f"{target!r} does not exist in the project workspace")
+        target = outdir_path(host, settings, project.slug)
+        if kind == "notebook":
+            if host.suffix != ".ipynb":
+                raise JobRejected(f"{target!r} is not a notebook (.ipynb)")
+            try:
+                json.loads(host.read_text())["cells"]
+            except (ValueError, KeyError, TypeError):
+                raise JobRejected(f"{target!r} is not a readable notebook") from None
+            params = params if params is not None else {}
+            if not isinstance(params, dict) or not all(isinstance(k, str) and k.isidentifier() for k in params):
+                raise JobRejected("notebook parameters must be a JSON object of name: value, names being "
+                                  "Python identifiers")
+        else:
+            args = (params or {}).get("args", []) if isinstance(params, dict) else params
+            if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) for a in args):
+                raise JobRejected("script arguments must be a list of strings or numbers (params.args)")
+            params = {"args": [str(a) for a in args]}
+    elif kind == "function":
+        try:
+            payload = base64.b64decode(body.get("payload") or "", validate=True)
+        except (ValueError, TypeError):
+            raise JobRejected("a function job needs \"payload\": base64 of cloudpickle (func, args, kwargs)") from None
+        if not payload or len(payload) > MAX_PAYLOAD:
+            raise JobRejected(f"the function payload must be 1 byte to {MAX_PAYLOAD // 2**20} MiB")
+        target = str(target or "function")[:200]
+        params = {}
+    else:  # cluster: interactive Dask workers held until cancelled or the run-time limit
+        workers = _number(params if isinstance(params, dict) else {}, "workers", int, 1, 1, MAX_CLUSTER_WORKERS)
+        cpu_all, mem_all = cpu * workers, mem * workers
+        if cpu_all > project.job_cpu or mem_all > project.job_mem_mb or gpus * workers > project.job_gpus:
+            raise JobRejected(f"{workers} workers of {cpu:g} CPU / {mem} MiB exceed project {project.slug!r}'s "
+                              f"batch quota ({project.job_cpu:g} CPU, {project.job_mem_mb} MiB); ask for fewer")
+        params, target = {"workers": workers}, "dask-cluster"
+
+    account = get_account(db, user)
+    job = Job(project_id=project.id, account_id=account.id, name=name, kind=kind, target=target,
+              params=params or {}, profile=plan.profile, cpu=cpu, mem_mb=mem, gpus=gpus,
+              max_runtime_s=runtime, state="queued", reason="", attempts=0, cancel_requested=False,
+              worker="", devices="", usage={})
+    if kind == "cluster":  # the quota and the executor count all its workers
+        job.cpu, job.mem_mb, job.gpus = cpu * params["workers"], mem * params["workers"], gpus * params["workers"]
+    db.add(job)
+    db.flush()
+    make_outdir(settings, project, job.id, payload)
+    return job
+
+
+def outdir_path(host: Path, settings: Settings, project: str) -> str:
+    workspace, _ = project_paths(settings, project, "_")
+    return f"{WORKSPACE}/{host.relative_to(workspace)}"
+
+
+def make_outdir(settings: Settings, project: Project, job_id: int, payload: bytes | None = None) -> Path:
+    """The job's folder in the workspace: the project's workers write it, members read it."""
+    from ..plan import project_uid
+
+    out = outdir_on_host(settings, project.slug, job_id)
+    gid = settings.gid_base + project.id
+    for d in (out.parent, out):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chown(d, project_uid(settings, project.id), gid)
+        os.chmod(d, 0o2770)
+    if payload is not None:
+        (out / "function.pkl").write_bytes(payload)
+        os.chown(out / "function.pkl", project_uid(settings, project.id), gid)
+        os.chmod(out / "function.pkl", 0o640)
+    return out
+
+
+def _visible_job(db: Session, settings: Settings, user: str, job_id: int) -> Job:
+    """A job of one of ``user``'s projects (members see each other's jobs, like the workspace)."""
+    job = db.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"there is no job {job_id}")
+    try:
+        build_plan(db, settings, user, job.project.slug, None, role="worker")
+    except PlanRefused:
+        raise NotFound(f"there is no job {job_id}") from None  # never tell non-members it exists
+    return job
+
+
+def get(db: Session, settings: Settings, user: str, job_id: int) -> Job:
+    return _visible_job(db, settings, user, job_id)
+
+
+def list_jobs(db: Session, settings: Settings, user: str, project_slug: str | None = None,
+              limit: int = 200) -> list[Job]:
+    from ..projects import projects_of
+
+    slugs = [p.slug for p in projects_of(db, user)]
+    if project_slug:
+        if project_slug not in slugs:
+            raise PlanRefused(f"you are not a member of a project named {project_slug!r}")
+        slugs = [project_slug]
+    rows = db.scalars(select(Job).join(Project).where(Project.slug.in_(slugs))
+                      .order_by(Job.id.desc()).limit(limit)).all()
+    return list(rows)
+
+
+def cancel(db: Session, settings: Settings, user: str, job_id: int) -> Job:
+    """Queued: cancelled at once. Running: the engine kills its process group."""
+    job = _visible_job(db, settings, user, job_id)
+    if job.state in JOB_FINAL:
+        raise JobRejected(f"job {job_id} already ended ({job.state})")
+    if job.state == "queued":
+        job.state, job.reason, job.finished_at = "cancelled", f"cancelled by {user} while queued", utcnow()
+    else:
+        job.cancel_requested = True
+        job.reason = f"cancel requested by {user}"
+    return job
+
+
+def rerun(db: Session, settings: Settings, user: str, job_id: int) -> Job:
+    """Queue the same job again (same target, parameters and resources) as a new job."""
+    old = _visible_job(db, settings, user, job_id)
+    body = {"project": old.project.slug, "kind": old.kind, "profile": old.profile, "name": old.name,
+            "target": old.target, "params": old.params, "max_runtime": old.max_runtime_s}
+    if old.kind == "cluster":
+        workers = old.params.get("workers", 1)
+        body.update(cpu=old.cpu / workers, mem_mb=old.mem_mb // workers, gpus=old.gpus // workers)
+    else:
+        body.update(cpu=old.cpu, mem_mb=old.mem_mb, gpus=old.gpus)
+    if old.kind == "function":
+        pkl = outdir_on_host(settings, old.project.slug, old.id) / "function.pkl"
+        if not pkl.is_file():
+            raise JobRejected(f"job {job_id}'s function is no longer in its folder; submit it again")
+        body["payload"] = base64.b64encode(pkl.read_bytes()).decode()
+    job = submit(db, settings, user, body)
+    job.rerun_of = old.id
+    return job
+
+
+def positions(db: Session, project_id: int) -> dict[int, int]:
+    """Job id -> 1-based place in its project's queue (the order the engine serves)."""
+    jobs = db.scalars(select(Job).where(Job.project_id == project_id, Job.state.in_(("queued", "running")))).all()
+    asks = lambda js: [Ask(j.id, j.account_id, j.cpu, j.mem_mb, j.gpus) for j in js]  # noqa: E731
+    order = fair_order(asks(j for j in jobs if j.state == "queued"), asks(j for j in jobs if j.state == "running"))
+    return {a.id: i + 1 for i, a in enumerate(order)}
+
+
+def read_log(settings: Settings, job: Job, offset: int = 0, limit: int = 1 << 20) -> tuple[str, int]:
+    """(text from ``offset``, next offset) of the job's log."""
+    path = outdir_on_host(settings, job.project.slug, job.id) / "log.txt"
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, offset))
+            data = f.read(limit)
+    except FileNotFoundError:
+        return "", offset
+    return data.decode(errors="replace"), offset + len(data)
+
+
+def progress(settings: Settings, job: Job) -> dict | None:
+    try:
+        return json.loads((outdir_on_host(settings, job.project.slug, job.id) / "progress.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def outputs(settings: Settings, job: Job) -> list[dict]:
+    out = outdir_on_host(settings, job.project.slug, job.id)
+    files = []
+    if out.is_dir():
+        for p in sorted(out.rglob("*")):
+            if p.is_file() and not p.name.startswith(".") and p.name != "progress.json":
+                files.append({"path": f"{outdir_inside(job.id)}/{p.relative_to(out)}", "size": p.stat().st_size})
+    return files
+
+
+def to_dict(settings: Settings, job: Job, position: int | None = None, *, detail: bool = False) -> dict:
+    data = {
+        "id": job.id, "name": job.name, "project": job.project.slug, "user": job.account.name,
+        "kind": job.kind, "target": job.target, "params": job.params, "profile": job.profile,
+        "cpu": job.cpu, "mem_mb": job.mem_mb, "gpus": job.gpus, "max_runtime": job.max_runtime_s,
+        "state": job.state, "reason": job.reason, "exit_code": job.exit_code, "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested, "devices": job.devices, "usage": job.usage,
+        "rerun_of": job.rerun_of, "position": position, "outdir": outdir_inside(job.id),
+        "submitted_at": job.submitted_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+    if detail:
+        data["progress"] = progress(settings, job)
+        data["outputs"] = outputs(settings, job)
+    return data
+
+
+def wake(settings: Settings) -> None:
+    """Tell the engine there is news (best effort: it also looks by itself every second)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"!", str(settings.run_dir / "jobs" / "wake.sock"))
+    except OSError:
+        pass
+
