@@ -97,10 +97,15 @@ def db_url(request, tmp_path):
 
 # --- a real hub ---------------------------------------------------------------------------
 class Hub:
-    """A running ``vre up`` with its own state directory, ports and database."""
+    """A running ``vre up`` with its own state directory, ports and database.
 
-    def __init__(self, backend: str, db_urls: tuple[str, str] | None):
+    ``backend`` labels the hub (logs, per-hub caches); ``session_backend`` is the VRE's
+    ``backend`` setting: ``sandbox`` or ``docker``.
+    """
+
+    def __init__(self, backend: str, db_urls: tuple[str, str] | None, session_backend: str = "sandbox"):
         self.backend = backend
+        self.session_backend = session_backend
         self.base_dir = short_tmp("vret")
         port, api_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -118,6 +123,9 @@ class Hub:
         }
         if db_urls:
             self.env["VRE_DB_URL"], self.env["VRE_HUB_DB_URL"] = db_urls
+        if session_backend == "docker":
+            self.env["VRE_BACKEND"] = "docker"
+            self.env.setdefault("VRE_NOTEBOOK_IMAGE", NOTEBOOK_IMAGE)
         self.state = Path(self.env["VRE_STATE_DIR"])
         self.instance = self.env["VRE_INSTANCE"]
         self.log_path = self.base_dir / "hub.log"
@@ -169,15 +177,84 @@ class Hub:
         c.get_token(password or self.passwords[user])
         return c
 
+    # --- what a session is on the host, per backend ------------------------------------------
+    @property
+    def docker(self):
+        """The engine's API client (docker backend)."""
+        import docker
+
+        if getattr(self, "_docker", None) is None:
+            self._docker = docker.APIClient(base_url=self.env.get("VRE_DOCKER_URL", DOCKER_URL), version="auto")
+        return self._docker
+
+    def container(self, session_id: str) -> dict | None:
+        """The engine's record of a session's container (docker backend), None when there is none."""
+        import docker
+
+        try:
+            return self.docker.inspect_container(f"{self.instance}-{session_id}")
+        except docker.errors.NotFound:
+            return None
+
     def cgroup(self, session_id: str, controller: str = "pids") -> Path:
+        """The session's cgroup directory for ``controller`` (a path that does not exist when the
+        session does not run)."""
+        if self.session_backend == "docker":
+            c = self.container(session_id)
+            pid = c["State"]["Pid"] if c and c["State"].get("Running") else 0
+            try:
+                lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines() if pid else []
+            except FileNotFoundError:
+                lines = []
+            for line in lines:
+                _, controllers, path = line.split(":", 2)
+                if controller in controllers.split(","):
+                    mount = next(d for d in Path("/sys/fs/cgroup").iterdir() if controller in d.name.split(","))
+                    return mount / path.lstrip("/")
+            return Path(f"/nonexistent/{self.instance}/{session_id}/{controller}")
         return Path(f"/sys/fs/cgroup/{controller}/{self.instance}/{session_id}")
+
+    def session_exists(self, session_id: str) -> bool:
+        """Whether anything of the session is left on the host (cgroup; container)."""
+        if self.session_backend == "docker":
+            return self.container(session_id) is not None
+        return self.cgroup(session_id).exists() or self.cgroup(session_id, "memory").exists()
 
     def island(self, project: str) -> Path:
         return Path(f"/run/netns/{self.instance}-{project}")
 
+    def island_exists(self, project: str) -> bool:
+        """Whether the project's network (namespace; internal network) exists."""
+        if self.session_backend == "docker":
+            import docker
+
+            try:
+                self.docker.inspect_network(f"{self.instance}-{project}")
+                return True
+            except docker.errors.NotFound:
+                return False
+        return self.island(project).exists()
+
+    def island_host_addresses(self, project: str) -> list[str]:
+        """The host's own addresses on the project's network (its side of the bridge): a session
+        must not reach them. The sandbox's islands have none."""
+        if self.session_backend != "docker":
+            return []
+        net = self.docker.inspect_network(f"{self.instance}-{project}")
+        return [c["Gateway"] for c in (net.get("IPAM") or {}).get("Config") or [] if c.get("Gateway")]
+
     def teardown(self) -> None:
         self.kill()
         self.vre("down", check=False)
+        if self.session_backend == "docker":
+            from vre.backends.docker import remove_instance_containers
+            from vre.settings import Settings
+
+            try:
+                remove_instance_containers(Settings(instance=self.instance, docker_url=self.env.get(
+                    "VRE_DOCKER_URL", DOCKER_URL)), self.docker)
+            except Exception as e:  # noqa: BLE001 - go on cleaning up
+                print(f"warning: removing the docker hub's containers: {e}", file=sys.stderr)
         artifacts = ROOT / "test-artifacts"
         artifacts.mkdir(exist_ok=True)
         shutil.copy(self.log_path, artifacts / f"hub-{self.backend}-{self.instance}.log")
@@ -191,15 +268,56 @@ def _require_root_sandbox():
         pytest.fail("bubblewrap missing; scripts/setup installs it")
 
 
+DOCKER_URL = os.environ.get("VRE_DOCKER_URL", "unix:///run/podman/podman.sock")
+NOTEBOOK_IMAGE = os.environ.get("VRE_NOTEBOOK_IMAGE", "localhost/vre-notebook:latest")
+#: hub parameter -> (database, session backend). A module runs on the docker backend too with
+#: ``pytest.mark.parametrize("hub", SESSION_BACKENDS, indirect=True)`` (see test_sessions.py).
+HUBS = {"sqlite": ("sqlite", "sandbox"), "postgresql": ("postgresql", "sandbox"), "docker": ("sqlite", "docker")}
+
+
+def _require_docker() -> None:
+    """The engine answers and the notebook image exists (built here if missing); in CI nothing
+    of it may be missing, elsewhere the docker tests skip with the reason."""
+    import docker
+
+    def missing(reason: str):
+        if os.environ.get("CI"):
+            pytest.fail(f"docker backend: {reason}")
+        pytest.skip(f"docker backend: {reason}")
+
+    try:
+        client = docker.APIClient(base_url=DOCKER_URL, version="auto", timeout=120)  # slow while images build
+        client.ping()
+    except Exception as e:  # noqa: BLE001
+        missing(f"no container engine at {DOCKER_URL} ({type(e).__name__}); scripts/podman-setup starts one")
+    try:
+        client.inspect_image(NOTEBOOK_IMAGE)
+        return
+    except docker.errors.NotFound:
+        pass
+    if NOTEBOOK_IMAGE != "localhost/vre-notebook:latest":
+        missing(f"image {NOTEBOOK_IMAGE} (VRE_NOTEBOOK_IMAGE) not found")
+    try:
+        from vre import images
+
+        images.build(["notebook"])
+    except Exception as e:  # noqa: BLE001
+        missing(f"image {NOTEBOOK_IMAGE} missing and `vre images build --only notebook` failed: {e}")
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def hub(request):
-    """A running hub with the small demo; one per database backend."""
+    """A running hub with the small demo; one per database backend (sandbox sessions). Modules that
+    parametrise it indirectly with ``"docker"`` also get one with docker sessions (on SQLite)."""
     _require_root_sandbox()
+    database, session_backend = HUBS[request.param]
+    if session_backend == "docker":
+        _require_docker()
     db_urls = None
-    if request.param == "postgresql":
+    if database == "postgresql":
         pg = request.getfixturevalue("postgres")
         db_urls = (pg.new_database(), pg.new_database())
-    h = Hub(request.param, db_urls)
+    h = Hub(request.param, db_urls, session_backend)
     try:
         h.start()
         yield h

@@ -41,8 +41,19 @@ class Settings:
     #: Name of this installation on the host: prefixes its cgroups (``<instance>/<session>``) and
     #: project islands (``<instance>-<project>``), so two hubs on one host never touch each other's.
     instance: str = "vre"
-    #: Session backend: ``sandbox`` (bubblewrap, the embedded default).
+    #: Session backend: ``sandbox`` (bubblewrap, the embedded default) or ``docker`` (containers
+    #: through Docker or Podman's Docker-compatible API; see the docker block below).
     backend: str = "sandbox"
+    # --- docker backend -------------------------------------------------------------------
+    #: API of the container engine for ``backend = "docker"``. The default is Podman's
+    #: Docker-compatible service as ``scripts/podman-setup`` starts it (Debian's podman, rootful);
+    #: for Docker use ``unix:///var/run/docker.sock``. The engine must run on this host: sessions
+    #: bind host directories (datasets, homes, the hub's and the session's sockets).
+    docker_url: str = "unix:///run/podman/podman.sock"
+    #: Image of session containers (``images/notebook``): JupyterLab, the VRE extensions, kernels.
+    notebook_image: str = "localhost/vre-notebook:latest"
+    #: Image for profiles with GPUs; empty: ``notebook_image``.
+    notebook_gpu_image: str = ""
     #: Python environment that sessions run from; bound read-only into every sandbox.
     session_env: Path = Path(sys.prefix)
     #: Host uids for session users are ``uid_base + account id``; project gids ``gid_base + project id``.
@@ -175,8 +186,14 @@ def load(config_file: str | os.PathLike | None = None, environ: dict | None = No
 
 
 def _validate(s: Settings) -> None:
-    if s.backend not in ("sandbox",):
-        raise SettingsError(f"backend {s.backend!r} is not available; use 'sandbox'")
+    if s.backend not in ("sandbox", "docker"):
+        raise SettingsError(f"backend {s.backend!r} is not available; use 'sandbox' (bubblewrap, the default) "
+                            "or 'docker' (Docker or Podman, at docker_url)")
+    if not re.fullmatch(r"(unix|tcp|ssh|https?)://\S+", s.docker_url):
+        raise SettingsError(f"docker_url {s.docker_url!r}: use unix:///path/to/engine.sock "
+                            "(or tcp://host:port for an engine on this host)")
+    if s.backend == "docker" and not s.notebook_image.strip():
+        raise SettingsError("notebook_image must name the session image when backend = 'docker'")
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,19}", s.instance):
         raise SettingsError(f"instance {s.instance!r}: use 1-20 lowercase letters, digits and '-'")
     if s.demo_size not in ("full", "small"):

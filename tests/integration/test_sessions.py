@@ -1,8 +1,12 @@
-"""Sessions on a real hub with real bubblewrap sandboxes, probed from inside a real kernel.
+"""Sessions on a real hub, probed from inside a real kernel: the security suite of every backend.
 
-Runs once per database backend (SQLite, PostgreSQL). Isolation is proven without sending a
-single packet off this machine: by the interfaces and routes a session has, and by failing to
-reach listeners that the test itself opens on the host's loopback.
+Runs with bubblewrap sandboxes once per database (SQLite, PostgreSQL) and with containers (the
+docker backend on Podman, SQLite). The policy is the same for both; where a backend has stricter
+facts of its own (the sandbox has no interface but loopback, the container one on its project's
+internal network) both the common policy and those facts are checked. Isolation is proven without
+sending a single packet off this machine: by the interfaces and routes a session has, and by
+failing to reach listeners that the test itself opens on the host (its loopback, and its side of
+the project network).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import pytest
 import requests
 from hubclient import HubError, KernelDied
 
-pytestmark = pytest.mark.integration
+SESSION_BACKENDS = ["sqlite", "postgresql", pytest.param("docker", marks=pytest.mark.docker)]
+pytestmark = [pytest.mark.integration, pytest.mark.parametrize("hub", SESSION_BACKENDS, indirect=True)]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +37,9 @@ def inside(kernel, code: str):
     """Run ``code`` (which must assign ``result``) in the kernel; return ``result`` as JSON data."""
     out = kernel.check(code + "\nimport json as _j; print('@@' + _j.dumps(result))")
     return json.loads(out.rsplit("@@", 1)[1])
+
+
+VIRTUAL_FS = ("proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "overlay", "devtmpfs")
 
 
 # --- filesystem -----------------------------------------------------------------------------
@@ -106,16 +114,36 @@ result = {{
     "state": os.path.exists({str(hub.state)!r}),
     "hub_socket_dir": sorted(os.listdir("/run/vre")),
     "sys": os.path.exists("/sys/class/net"),
+    "net": sorted(os.listdir("/sys/class/net")) if os.path.exists("/sys/class/net") else [],
     "venv": venv,
+    # every mount of something other than a virtual file system (proc, sysfs, tmpfs, ...) or the
+    # image's own root: what of the host's disks the session sees, and where
+    "binds": sorted(l.split()[4] for l in open("/proc/self/mountinfo").read().splitlines()
+                    if l.split(" - ")[1].split()[0] not in {VIRTUAL_FS!r} and l.split()[4] != "/"),
 }}
 """)
-    assert result["outside"] == []
     assert not result["other_dataset"] and not result["state"]
-    venv_top = result["venv"].split("/")[1]
-    assert set(result["top"]) == {"bin", "data", "dev", "etc", "home", "lib", "lib64", "opt", "proc", "run",
-                                  "sbin", "tmp", "usr", venv_top}
     assert result["hub_socket_dir"] == ["hub", "session", "spool"]
-    assert not result["sys"]
+    # what comes from the host: the plan's mounts, the manifest, identity and engine files, the sockets
+    allowed = {"/data/lung-ct-screening", "/opt/vre/catalog/lung-ct-screening", "/home/jovyan",
+               "/home/jovyan/project", "/etc/vre/session.json", "/etc/passwd", "/etc/group",
+               "/run/vre/hub", "/run/vre/session", "/run/vre/spool"}
+    if hub.session_backend == "sandbox":
+        # a root built from nothing: /usr, named /etc files and the session environment, no more
+        assert result["outside"] == []
+        venv_top = result["venv"].split("/")[1]
+        assert set(result["top"]) == {"bin", "data", "dev", "etc", "home", "lib", "lib64", "opt", "proc", "run",
+                                      "sbin", "tmp", "usr", venv_top}
+        assert not result["sys"]
+        extra = {"/usr", result["venv"]} | {p for p in result["binds"] if p.startswith("/etc/")}
+        assert set(result["binds"]) <= allowed | extra, set(result["binds"]) - allowed - extra
+    else:
+        # the image's root (read-only, not the host's); from the host only the plan's binds and the
+        # engine's own /etc/hosts, /etc/hostname, /etc/resolv.conf and init
+        engine = {"/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run/podman-init", "/sbin/docker-init",
+                  "/dev/init"}
+        assert set(result["binds"]) <= allowed | engine, set(result["binds"]) - allowed - engine
+        assert set(result["net"]) <= {"lo", "eth0"}, result["net"]  # its own interfaces, none of the host's
 
 
 def test_runs_unprivileged_without_capabilities(alice, hub):
@@ -123,14 +151,28 @@ def test_runs_unprivileged_without_capabilities(alice, hub):
     result = inside(k, """
 import os
 status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+def uid_of(pid):
+    try:
+        return next(l for l in open(f"/proc/{pid}/status") if l.startswith("Uid:")).split()[1]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+uids = {uid_of(p) for p in os.listdir("/proc") if p.isdigit()} - {None}
 result = {"uid": os.getuid(), "uid_map": open("/proc/self/uid_map").read().split(),
           "caps": [status[c].strip() for c in ("CapEff", "CapPrm", "CapBnd")],
-          "nnp": status["NoNewPrivs"].strip(), "pid1": open("/proc/1/cmdline").read()[:40]}
+          "nnp": status["NoNewPrivs"].strip(), "pid1": open("/proc/1/cmdline").read()[:40],
+          "uids": sorted(uids)}
 """)
-    assert result["uid"] == 1000 and result["uid_map"][0] == "1000" and result["uid_map"][2] == "1"
+    # its own pid namespace: no process of anyone else is visible
+    assert result["uids"] == [str(result["uid"])], result["uids"]
+    if hub.session_backend == "sandbox":  # a user namespace maps the host uid to 1000
+        assert result["uid"] == 1000 and result["uid_map"][0] == "1000" and result["uid_map"][2] == "1"
+        assert "bwrap" in result["pid1"] or "jupyter" in result["pid1"]
+    else:  # the container runs as the account's host uid itself (no user namespace), under an init
+        assert result["uid"] == 200000 + 1
+        assert any(init in result["pid1"] for init in ("tini", "init", "catatonit")), result["pid1"]
     # Seen from the host, every process of the session runs as the account's unprivileged uid.
     pids = (hub.cgroup("alice-lung-screening") / "cgroup.procs").read_text().split()
-    assert len(pids) >= 3  # bwrap, the server, the kernel
+    assert len(pids) >= 3  # bwrap or the init, the server, the kernel
     host_uids = set()
     for pid in pids:
         try:
@@ -141,7 +183,6 @@ result = {"uid": os.getuid(), "uid_map": open("/proc/self/uid_map").read().split
     assert host_uids == {str(200000 + 1)}, host_uids  # alice is account 1: uid_base + 1
     assert result["caps"] == ["0000000000000000"] * 3
     assert result["nnp"] == "1"
-    assert "bwrap" in result["pid1"] or "jupyter" in result["pid1"]  # own pid namespace
 
 
 # --- network ----------------------------------------------------------------------------------
@@ -156,35 +197,62 @@ def host_listener():
     srv.close()
 
 
-def test_only_loopback_and_no_route(alice):
+def test_no_route_out_and_only_the_project_network(alice, hub):
     _, k = alice
     result = inside(k, """
+import os
 dev = [l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:]]
-routes = open("/proc/net/route").read().splitlines()[1:]
-routes6 = [l for l in open("/proc/net/ipv6_route").read().splitlines() if not l.endswith(" lo")]
+routes = [l.split() for l in open("/proc/net/route").read().splitlines()[1:]]
+routes6 = [l for l in open("/proc/net/ipv6_route").read().splitlines() if not l.endswith(" lo")] \
+    if os.path.exists("/proc/net/ipv6_route") else []
 result = {"dev": dev, "routes": routes, "routes6": routes6}
 """)
-    assert result == {"dev": ["lo"], "routes": [], "routes6": []}
+    # common policy: no default route (IPv4 or IPv6), no IPv6 route at all, and no interface but
+    # loopback and (containers) the one on the project's network
+    assert not [r for r in result["routes"] if r[1] == "00000000"], result["routes"]
+    assert result["routes6"] == []
+    if hub.session_backend == "sandbox":  # the island is loopback only
+        assert result == {"dev": ["lo"], "routes": [], "routes6": []}
+    else:  # one interface on the internal network, with only its on-link route
+        assert sorted(result["dev"]) == ["eth0", "lo"], result["dev"]
+        assert [r[0] for r in result["routes"]] == ["eth0"] and result["routes"][0][2] == "00000000", result
 
 
 def test_host_loopback_and_hub_ports_unreachable(alice, hub, host_listener):
     _, k = alice
     hub_port = int(hub.url.rsplit(":", 1)[1])
     proxy_api_port = int(hub.env["VRE_PROXY_API_URL"].rsplit(":", 1)[1])
-    result = inside(k, f"""
+    # the host's side of the project network (containers: the bridge's gateway address), with a
+    # listener of its own on each address; the sandbox's island has no host side
+    side = []
+    for address in hub.island_host_addresses("lung-screening"):
+        srv = socket.socket()
+        srv.bind((address, 0))
+        srv.listen()
+        side.append(srv)
+    targets = [("127.0.0.1", p) for p in (host_listener, hub_port, proxy_api_port)]
+    targets += [s.getsockname() for s in side]
+    try:
+        result = inside(k, f"""
 import socket
 result = {{}}
-for port in ({host_listener}, {hub_port}, {proxy_api_port}):
+for host, port in {targets!r}:
     s = socket.socket(); s.settimeout(2)
     try:
-        s.connect(("127.0.0.1", port)); result[port] = "connected"
+        s.connect((host, port)); result[f"{{host}}:{{port}}"] = "connected"
     except OSError as e:
-        result[port] = type(e).__name__
+        result[f"{{host}}:{{port}}"] = type(e).__name__
 """)
-    assert set(result.values()) == {"ConnectionRefusedError"}, result
-    # the listener really was there: the host itself reaches it
-    with socket.create_connection(("127.0.0.1", host_listener), timeout=2):
-        pass
+        assert set(result.values()) == {"ConnectionRefusedError"}, result
+        # the listeners really were there: the host itself reaches them
+        for address in [("127.0.0.1", host_listener)] + [s.getsockname() for s in side]:
+            with socket.create_connection(address, timeout=2):
+                pass
+    finally:
+        for s in side:
+            s.close()
+    if hub.session_backend == "docker":
+        assert side, "the project network has a host side to check"
 
 
 # --- refused spawns ---------------------------------------------------------------------------
@@ -201,7 +269,7 @@ def test_cannot_start_other_projects_or_profiles_via_api(hub):
         assert fragment in r.json()["message"], r.json()
     # Refusals leave nothing running and nothing behind.
     assert alice.server_state("prostate-ai") is None and bob.server_state("prostate-ai") is None
-    assert not hub.island("prostate-ai").exists()
+    assert not hub.island_exists("prostate-ai")
 
 
 def test_cannot_start_other_projects_via_form(hub):
@@ -289,18 +357,14 @@ def test_memory_hog_is_killed_and_hub_keeps_serving(hub):
 
 
 # --- lifecycle --------------------------------------------------------------------------------
-def _cgroup_exists(hub, session_id: str) -> bool:
-    return hub.cgroup(session_id).exists() or hub.cgroup(session_id, "memory").exists()
-
-
 def test_stop_cleans_up(hub):
     c = hub.client("bob")
     c.start("prostate-ai")
-    assert _cgroup_exists(hub, "bob-prostate-ai") and hub.island("prostate-ai").exists()
+    assert hub.session_exists("bob-prostate-ai") and hub.island_exists("prostate-ai")
     c.stop("prostate-ai")
-    assert not _cgroup_exists(hub, "bob-prostate-ai")
+    assert not hub.session_exists("bob-prostate-ai")
     assert not (hub.state.parent / "run" / "sessions" / "bob-prostate-ai").exists()
-    assert not hub.island("prostate-ai").exists()
+    assert not hub.island_exists("prostate-ai")
 
 
 def test_removed_member_is_stopped_and_refused(hub):
@@ -327,7 +391,7 @@ def test_removed_member_is_stopped_and_refused(hub):
     while c.server_state("lung-screening") is not None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert c.server_state("lung-screening") is None
-    assert not _cgroup_exists(hub, "carol-lung-screening")
+    assert not hub.session_exists("carol-lung-screening")
     r = c.api("POST", "/users/carol/servers/lung-screening", json={})
     assert r.status_code == 403 and "not a member" in r.json()["message"]
 
@@ -363,7 +427,7 @@ def test_sessions_survive_hub_restart(hub):
     assert k2.check("print(survivor)").strip() == "42"
     k2.close()
     c.stop("lung-screening")
-    assert not _cgroup_exists(hub, "alice-lung-screening")
+    assert not hub.session_exists("alice-lung-screening")
 
 
 def test_spawn_progress_is_reported(hub):
@@ -386,7 +450,8 @@ def test_spawn_progress_is_reported(hub):
                 break
     t.join(30)
     text = "\n".join(messages)
-    assert "network island" in text and "Starting the sandbox" in text, text
+    assert "network island" in text, text
+    assert ("Starting the container" if hub.session_backend == "docker" else "Starting the sandbox") in text, text
     # CPU and memory of the profile (1 CPU, 2G) are in the session's cgroup
     quota = hub.cgroup("bob-prostate-ai", "cpu") / "cpu.cfs_quota_us"
     if quota.exists():
