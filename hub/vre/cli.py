@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import db as vdb
-from .errors import VREError
+from .errors import NotFound, VREError
 from .events import emit_cli
 from .settings import Settings, SettingsError, load
 
@@ -281,13 +281,21 @@ def cmd_project(args) -> int:
             case "set-profile":
                 pr = P.set_profile(db, args.project, args.name, cpu=args.cpu, memory=args.memory,
                                    gpus=args.gpus, description=args.description or "")
+                pr.gpu_shared = bool(args.gpu_shared)
                 event = ("project.profile_set", dict(project=args.project, target=pr.name, details={
-                    "cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus}))
+                    "cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus, "gpu_shared": pr.gpu_shared}))
                 print(f"profile {pr.name!r} of {args.project!r}: {pr.describe()}")
             case "remove-profile":
                 P.remove_profile(db, args.project, args.name)
                 event = ("project.profile_remove", dict(project=args.project, target=args.name))
                 print(f"removed profile {args.name!r} from {args.project!r}")
+            case "set-quota":
+                p = P.set_job_quota(db, args.project, slots=args.jobs, cpu=args.cpu, memory=args.memory,
+                                    gpus=args.gpus)
+                event = ("project.update", dict(project=p.slug, details={"job_quota": P.job_quota(p)}))
+                q = P.job_quota(p)
+                print(f"batch quota of {p.slug!r}: {q['slots']} job(s) at once, {q['cpu']:g} CPU, "
+                      f"{q['mem_mb']} MiB, {q['gpus']} GPU(s) in all; more jobs wait in the queue")
             case "set-cell-audit":
                 p = P.set_cell_audit(db, args.project, args.state == "on")
                 event = ("project.update", dict(project=p.slug, details={"audit_cells": p.audit_cells}))
@@ -316,13 +324,60 @@ def cmd_project(args) -> int:
                 print(json.dumps({
                     "slug": p.slug, "title": p.title, "description": p.description,
                     "expires_at": p.expires_at.isoformat() if p.expires_at else None, "expired": p.is_expired(),
-                    "audit_cells": p.audit_cells,
+                    "audit_cells": p.audit_cells, "job_quota": P.job_quota(p),
                     "members": sorted(m.account.name for m in p.members),
                     "datasets": sorted(g.dataset.slug for g in p.grants),
-                    "profiles": {pr.name: {"cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus} for pr in p.profiles},
+                    "profiles": {pr.name: {"cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus,
+                                           "gpu_shared": pr.gpu_shared} for pr in p.profiles},
                 }, indent=2))
     if event:
         emit_cli(settings, event[0], **event[1])
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    """Admins' view of the batch queue (researchers use the Lab panel, ``vre-job`` or the API)."""
+    from sqlalchemy import select
+
+    from .jobs import service
+
+    settings = _settings(args)
+    if args.jobs_cmd == "engine":
+        from .jobs.engine import main as engine_main
+
+        engine_main()
+        return 0
+    with _db(settings) as db:
+        if args.jobs_cmd == "list":
+            q = select(vdb.Job).join(vdb.Project).order_by(vdb.Job.id.desc()).limit(args.limit)
+            if args.project:
+                q = q.where(vdb.Project.slug == args.project)
+            if args.state:
+                q = q.where(vdb.Job.state == args.state)
+            rows = [[j.id, j.project.slug, j.account.name, j.kind, j.target, j.state,
+                     f"{j.cpu:g}/{j.mem_mb}/{j.gpus}", f"{j.submitted_at:%Y-%m-%d %H:%M:%S}", j.reason[:60]]
+                    for j in db.scalars(q)]
+            print_table(rows, ["id", "project", "user", "kind", "target", "state", "cpu/MiB/gpu", "submitted",
+                               "reason"])
+            return 0
+        job = db.get(vdb.Job, args.id)
+        if job is None:
+            raise NotFound(f"there is no job {args.id}")
+        if args.jobs_cmd == "show":
+            print(json.dumps(service.to_dict(settings, job, detail=True), indent=2))
+        elif args.jobs_cmd == "log":
+            print(service.read_log(settings, job)[0], end="")
+        elif args.jobs_cmd == "cancel":
+            if job.state in vdb.JOB_FINAL:
+                raise VREError(f"job {job.id} already ended ({job.state})")
+            if job.state == "queued":
+                job.state, job.reason, job.finished_at = "cancelled", "cancelled by an admin while queued", vdb.utcnow()
+            else:
+                job.cancel_requested, job.reason = True, "cancel requested by an admin"
+            emit_cli(settings, "job.cancel", project=job.project.slug, target=f"job/{job.id}",
+                     details={"while": "queued" if job.state == "cancelled" else "running"})
+            print(f"job {job.id}: {job.state if job.state == 'cancelled' else 'cancel requested'}")
+    service.wake(settings)
     return 0
 
 
@@ -414,7 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", type=float, required=True)
     p.add_argument("--memory", required=True, help="e.g. 4G")
     p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--gpu-shared", action="store_true", help="its GPUs may be shared with other sharing holders")
     p.add_argument("--description", default="")
+    p = pj.add_parser("set-quota", help="batch queue quota: jobs at once and their total CPUs, memory, GPUs")
+    p.add_argument("project")
+    p.add_argument("--jobs", type=int, help="jobs running at once")
+    p.add_argument("--cpu", type=float, help="CPUs of all running jobs together")
+    p.add_argument("--memory", help="memory of all running jobs together, e.g. 16G")
+    p.add_argument("--gpus", type=int, help="GPUs of all running jobs together")
     p = pj.add_parser("remove-profile")
     p.add_argument("project")
     p.add_argument("name")
@@ -428,6 +490,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = pj.add_parser("show")
     p.add_argument("slug")
     pr.set_defaults(func=cmd_project)
+
+    jobs = sub.add_parser("jobs", help="the batch queue (admins)")
+    jobs.set_defaults(func=cmd_jobs)
+    jb = jobs.add_subparsers(dest="jobs_cmd", required=True)
+    p = jb.add_parser("list", help="jobs, newest first")
+    p.add_argument("--project")
+    p.add_argument("--state", choices=list(vdb.JOB_STATES))
+    p.add_argument("--limit", type=int, default=50)
+    p = jb.add_parser("show", help="one job as JSON")
+    p.add_argument("id", type=int)
+    p = jb.add_parser("cancel", help="cancel a queued or running job")
+    p.add_argument("id", type=int)
+    p = jb.add_parser("log", help="print a job's log")
+    p.add_argument("id", type=int)
+    jb.add_parser("engine", help="run the job engine in the foreground (the hub normally runs it)")
 
     from .audit.cli import add_parser as add_audit_parser
 

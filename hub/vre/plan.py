@@ -121,8 +121,8 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
         if profile is None:
             raise PlanRefused(f"project {project.slug!r} has no profile {profile_name!r}; "
                               f"choose one of: {', '.join(p.name for p in project.profiles)}")
-    else:
-        profile = project.profiles[0]
+    else:  # the smallest profile without GPUs: scarce GPUs are only ever given when asked for
+        profile = next((p for p in project.profiles if not p.gpus), project.profiles[0])
 
     workspace, home = project_paths(settings, project.slug, user)
     uid = settings.uid_base + account.id

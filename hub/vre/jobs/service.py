@@ -22,7 +22,7 @@ from ..accounts import get_account
 from ..db import JOB_FINAL, Job, Project, utcnow
 from ..errors import NotFound, VREError
 from ..gpus import host_devices
-from ..plan import WORKSPACE, PlanRefused, build_plan, project_paths
+from ..plan import HOME, WORKSPACE, PlanRefused, build_plan, project_paths
 from ..settings import Settings
 from .queue import Ask, fair_order
 
@@ -46,13 +46,14 @@ def outdir_on_host(settings: Settings, project: str, job_id: int) -> Path:
 
 
 def workspace_file(settings: Settings, project: str, path: str) -> Path:
-    """The host file behind ``path`` as a session names it (absolute, ``~/project/...`` or
-    relative to the workspace). Only workspace files can be jobs: workers see no private homes."""
+    """The host file behind ``path`` as a session names it (absolute, ``~/project/...``, or relative
+    to the home as the Lab's file browser shows it: ``project/...``). Only workspace files can be
+    jobs: workers see no private homes."""
     raw = path.strip()
     if raw.startswith("~/"):
-        raw = "/home/jovyan/" + raw[2:]
+        raw = raw[2:]
     if not raw.startswith("/"):
-        raw = f"{WORKSPACE}/{raw}"
+        raw = f"{HOME}/{raw}"
     inner = os.path.normpath(raw)
     if not (inner + "/").startswith(WORKSPACE + "/"):
         raise JobRejected(f"{path!r} is not in the project workspace ({WORKSPACE}): jobs only see the "
@@ -127,7 +128,8 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
                 raise JobRejected("notebook parameters must be a JSON object of name: value, names being "
                                   "Python identifiers")
         else:
-            args = (params or {}).get("args", []) if isinstance(params, dict) else params
+            params = {} if params is None else params
+            args = params.get("args", []) if isinstance(params, dict) else params
             if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) for a in args):
                 raise JobRejected("script arguments must be a list of strings or numbers (params.args)")
             params = {"args": [str(a) for a in args]}

@@ -159,6 +159,32 @@ def set_expiry(db: Session, project_slug: str, expires: str) -> Project:
     return project
 
 
+def set_job_quota(db: Session, project_slug: str, *, slots: int | None = None, cpu: float | None = None,
+                  memory: str | int | None = None, gpus: int | None = None) -> Project:
+    """Change a project's batch-queue quota (what is not given stays)."""
+    project = get_project(db, project_slug)
+    if slots is not None:
+        if not 0 <= slots <= 1000:
+            raise VREError("--jobs must be between 0 (queue only) and 1000")
+        project.job_slots = slots
+    if cpu is not None:
+        if not 0 < cpu <= 4096:
+            raise VREError("--cpu must be a positive number of CPUs")
+        project.job_cpu = float(cpu)
+    if memory is not None:
+        project.job_mem_mb = parse_memory(memory)
+    if gpus is not None:
+        if not 0 <= gpus <= 64:
+            raise VREError("--gpus must be between 0 and 64")
+        project.job_gpus = gpus
+    return project
+
+
+def job_quota(project: Project) -> dict:
+    return {"slots": project.job_slots, "cpu": project.job_cpu, "mem_mb": project.job_mem_mb,
+            "gpus": project.job_gpus}
+
+
 def set_cell_audit(db: Session, project_slug: str, on: bool) -> Project:
     project = get_project(db, project_slug)
     project.audit_cells = bool(on)

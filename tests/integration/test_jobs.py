@@ -1,0 +1,329 @@
+"""The batch queue end to end: a real hub, its vre-jobs engine, and sandboxed Dask schedulers and
+workers in the project's island.
+
+One hub (SQLite) for the module with a fake GPU list (``VRE_GPU_DEVICES=0``: the allocator and the
+queue are real; no GPU is touched) and a 1-GPU profile on alice's project ``lung-screening``.
+Jobs are small scripts and notebooks written into the project workspace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import Hub, _require_root_sandbox
+
+pytestmark = pytest.mark.integration
+
+PROJECT = "lung-screening"
+SLUG = "lung-ct-screening"
+
+
+@pytest.fixture(scope="module")
+def hub():
+    _require_root_sandbox()
+    h = Hub("sqlite-jobs", None)
+    h.env["VRE_GPU_DEVICES"] = "0"
+    h.env["VRE_JOBS_WORKER_IDLE"] = "30"
+    try:
+        h.start()
+        h.vre("project", "set-profile", PROJECT, "gpu", "--cpu", "0.5", "--memory", "1G", "--gpus", "1")
+        h.vre("project", "set-quota", PROJECT, "--jobs", "4", "--cpu", "2", "--memory", "8G", "--gpus", "1")
+        yield h
+    finally:
+        h.teardown()
+
+
+@pytest.fixture(scope="module")
+def alice(hub):
+    return hub.client("alice")
+
+
+@pytest.fixture(scope="module")
+def workspace(hub) -> Path:
+    ws = hub.state / "projects" / PROJECT / "workspace"
+    ws.mkdir(parents=True, exist_ok=True)
+    return ws
+
+
+def put(workspace: Path, name: str, text: str) -> str:
+    path = workspace / name
+    path.write_text(textwrap.dedent(text))
+    return f"project/{name}"
+
+
+def submit(client, **body):
+    r = client.api("POST", "/vre/jobs", json={"project": PROJECT, **body})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def job(client, job_id: int) -> dict:
+    r = client.api("GET", f"/vre/jobs/{job_id}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait(client, job_id: int, states=("succeeded", "failed", "cancelled", "timed_out"), timeout=120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        j = job(client, job_id)
+        if j["state"] in states:
+            return j
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {j['state']} after {timeout} s: {j}")
+
+
+def log(client, job_id: int) -> str:
+    return client.api("GET", f"/vre/jobs/{job_id}/log").json()["text"]
+
+
+def audit(hub, action: str) -> list[dict]:
+    return json.loads(hub.vre("audit", "query", "--action", action, "--json", "--limit", "500").stdout)
+
+
+NOTEBOOK = {
+    "cells": [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "label = 'none'", "outputs": [],
+         "execution_count": None},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": textwrap.dedent("""\
+            import glob, json, os, pydicom
+            files = sorted(glob.glob('/data/lung-ct-screening/**/*.dcm', recursive=True))
+            ds = pydicom.dcmread(files[0])
+            result = {'label': label, 'files': len(files), 'patient': str(ds.PatientID),
+                      'shape': list(ds.pixel_array.shape), 'cwd': os.getcwd()}
+            json.dump(result, open('result.json', 'w'))
+            print('RESULT', result)
+            """)},
+    ],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+def test_notebook_job_from_a_session_completes_after_the_session_stops(hub, alice, workspace):
+    (workspace / "series.ipynb").write_text(json.dumps(NOTEBOOK))
+    alice.start(PROJECT)
+    k = alice.kernel(PROJECT)
+    try:  # submitted from a notebook, through the client library
+        out = k.check("from vre_session import jobs\n"
+                      "j = jobs.submit_notebook('~/project/series.ipynb', params={'label': 'cohort-a'}, name='nb')\n"
+                      "print(j.id)")
+        job_id = int(out.strip())
+    finally:
+        k.close()
+    alice.stop(PROJECT)  # the job does not depend on the session
+    done = wait(alice, job_id)
+    assert done["state"] == "succeeded", (done, log(alice, job_id))
+    result = json.loads((workspace / "jobs" / str(job_id) / "result.json").read_text())
+    assert result["label"] == "cohort-a" and result["files"] > 0 and len(result["shape"]) == 2
+    assert result["cwd"] == f"/home/jovyan/project/jobs/{job_id}"
+    outputs = {o["path"] for o in done["outputs"]}
+    assert f"/home/jovyan/project/jobs/{job_id}/series.ipynb" in outputs  # the executed notebook
+    assert "RESULT" in log(alice, job_id)
+    assert done["progress"] == {**done["progress"], "done": 2, "total": 2}
+    assert done["usage"]["wall_s"] > 0
+    for action in ("job.submit", "job.start", "job.finish"):
+        assert any(e.get("target") == f"job/{job_id}" for e in audit(hub, action)), action
+
+
+def test_isolation_inside_a_job(hub, alice, workspace):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        path = put(workspace, "probe.py", f"""
+            import json, os, socket
+            r = {{}}
+            try:
+                open('/data/lung-ct-screening/x', 'w'); r['data_write'] = 'allowed'
+            except OSError as e:
+                r['data_write'] = e.errno
+            r['data'] = sorted(os.listdir('/data'))
+            r['other_project'] = os.path.exists('/data/prostate-mri')
+            r['devs'] = [l.split(':')[0].strip() for l in open('/proc/net/dev').read().splitlines()[2:]]
+            r['routes'] = open('/proc/net/route').read().splitlines()[1:]
+            s = socket.socket(); s.settimeout(2)
+            try:
+                s.connect(('127.0.0.1', {port})); r['host_listener'] = 'reached'
+            except OSError as e:
+                r['host_listener'] = type(e).__name__
+            r['uid'] = os.getuid()
+            r['homes'] = os.listdir('/home/jovyan')
+            json.dump(r, open('probe.json', 'w'))
+            """)
+        j = wait(alice, submit(alice, kind="script", target=path)["id"])
+        assert j["state"] == "succeeded", log(alice, j["id"])
+        r = json.loads((workspace / "jobs" / str(j["id"]) / "probe.json").read_text())
+    finally:
+        listener.close()
+    assert r["data_write"] == 30  # EROFS
+    assert r["data"] == [SLUG] and r["other_project"] is False
+    assert r["devs"] == ["lo"] and r["routes"] == []
+    assert r["host_listener"] in ("ConnectionRefusedError", "TimeoutError", "timeout")
+    assert "alice" not in " ".join(r["homes"])  # a worker has its own home, never a member's
+
+
+def test_bad_submissions_are_refused_with_reasons(hub, alice, workspace):
+    put(workspace, "ok.py", "print('ok')\n")
+    cases = [
+        ({"kind": "notebook", "target": "project/missing.ipynb"}, 400, "does not exist"),
+        ({"kind": "script", "target": "/etc/passwd"}, 400, "not in the project workspace"),
+        ({"kind": "script", "target": "project/ok.py", "profile": "huge"}, 403, "no profile 'huge'"),
+        ({"kind": "script", "target": "project/ok.py", "gpus": 3, "profile": "gpu"}, 400, "between 0 and 1"),
+        ({"kind": "script", "target": "project/ok.py", "gpus": 1, "profile": "small"}, 400, "between 0 and 0"),
+        ({"kind": "notebook", "target": "project/ok.py"}, 400, "not a notebook"),
+        ({"kind": "script", "target": "project/ok.py", "params": {"args": [{"x": 1}]}}, 400, "list of strings"),
+        ({"kind": "script", "target": "project/ok.py", "max_runtime": "soon"}, 400, "must be a number"),
+        ({"kind": "shell", "target": "project/ok.py"}, 400, "kind must be one of"),
+        ({"kind": "script", "target": "project/ok.py", "project": "prostate-ai"}, 403, "not a member"),
+    ]
+    (workspace / "bad.ipynb").write_text("{not json")
+    cases.append(({"kind": "notebook", "target": "project/bad.ipynb"}, 400, "not a readable notebook"))
+    for body, status, words in cases:
+        r = alice.api("POST", "/vre/jobs", json={"project": PROJECT, **body})
+        assert r.status_code == status and words in r.json()["message"], (body, r.status_code, r.text)
+    assert any(e["outcome"] != "ok" for e in audit(hub, "job.submit"))
+
+
+def test_gpu_jobs_queue_one_at_a_time_and_cpu_jobs_pass(hub, alice, workspace):
+    path = put(workspace, "gpu.py", """
+        import os, sys, time
+        print('START', time.time(), os.environ.get('CUDA_VISIBLE_DEVICES'), flush=True)
+        time.sleep(float(sys.argv[1]))
+        print('END', time.time(), flush=True)
+        """)
+    gpu = [submit(alice, kind="script", target=path, profile="gpu", params={"args": ["2"]}, name=f"g{i}")["id"]
+           for i in range(3)]
+    cpu = submit(alice, kind="script", target=path, profile="small", params={"args": ["0"]}, name="c")["id"]
+    listing = {j["id"]: j for j in alice.api("GET", f"/vre/jobs?project={PROJECT}").json()["jobs"]}
+    assert any(listing[i]["position"] for i in gpu)  # queued GPU jobs show their place
+    done = {i: wait(alice, i, timeout=180) for i in [*gpu, cpu]}
+    assert all(d["state"] == "succeeded" for d in done.values()), done
+    spans = []
+    for i in gpu:
+        lines = log(alice, i).split()
+        start, device, end = float(lines[lines.index("START") + 1]), lines[lines.index("START") + 2], \
+            float(lines[lines.index("END") + 1])
+        assert device == "0" and done[i]["devices"] == "0"
+        spans.append((start, end))
+    assert spans == sorted(spans)  # in order of submission
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # one at a time
+    cpu_start = float(log(alice, cpu).split()[log(alice, cpu).split().index("START") + 1])
+    assert cpu_start < spans[-1][0]  # the CPU job did not wait behind the GPU jobs
+
+
+def test_cancel_kills_the_job_process(hub, alice, workspace):
+    path = put(workspace, "forever.py", """
+        import subprocess, time
+        subprocess.Popen(['sleep', '600'])
+        print('STARTED', flush=True)
+        time.sleep(600)
+        """)
+    j = submit(alice, kind="script", target=path)
+    deadline = time.monotonic() + 90
+    while "STARTED" not in log(alice, j["id"]):
+        assert time.monotonic() < deadline, job(alice, j["id"])
+        time.sleep(0.3)
+    r = alice.api("POST", f"/vre/jobs/{j['id']}/cancel")
+    assert r.status_code == 200, r.text
+    done = wait(alice, j["id"])
+    assert done["state"] == "cancelled"
+    # nothing of the job is left in any of the project's worker cgroups (only the Dask workers)
+    time.sleep(1)
+    for cg in Path(f"/sys/fs/cgroup/pids/{hub.instance}").glob(f"{PROJECT}-worker-*"):
+        for pid in (cg / "cgroup.procs").read_text().split():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except FileNotFoundError:
+                continue
+            assert "forever.py" not in cmd and "sleep 600" not in cmd and "jobs.runner" not in cmd, cmd
+
+
+def test_run_time_and_memory_limits_say_so(hub, alice, workspace):
+    slow = put(workspace, "slow.py", "import time\ntime.sleep(120)\n")
+    hog = put(workspace, "hog.py", "b = bytearray(3 * 1024**3)\nb[::4096] = b'x' * len(b[::4096])\nprint('survived')\n")
+    t = submit(alice, kind="script", target=slow, max_runtime=3)
+    m = submit(alice, kind="script", target=hog, mem_mb=256)
+    t, m = wait(alice, t["id"]), wait(alice, m["id"])
+    assert t["state"] == "timed_out" and "run-time limit of 3 s" in t["reason"], t
+    assert m["state"] == "failed" and "out of memory" in m["reason"], (m, log(alice, m["id"]))
+
+
+def test_function_job_and_rerun(hub, alice):
+    alice.start(PROJECT)
+    k = alice.kernel(PROJECT)
+    try:
+        out = k.check(textwrap.dedent("""\
+            from vre_session import jobs
+            import os
+            def count(prefix):
+                return prefix, len(os.listdir('/data/lung-ct-screening'))
+            j = jobs.submit_function(count, 'n', job_kwargs={'cpu': 0.5})
+            print(j.result(timeout=120), j.id)
+            """), timeout=150)
+    finally:
+        k.close()
+        alice.stop(PROJECT)
+    value, job_id = out.strip().rsplit(" ", 1)
+    assert value.startswith("('n', ") and not value.startswith("('n', 0)")
+    r = alice.api("POST", f"/vre/jobs/{job_id}/rerun")
+    assert r.status_code == 201 and r.json()["rerun_of"] == int(job_id)
+    assert wait(alice, r.json()["id"])["state"] == "succeeded"
+
+
+def test_interactive_dask_client_and_dashboard_through_the_proxy(hub, alice):
+    alice.start(PROJECT)
+    k = alice.kernel(PROJECT)
+    try:
+        out = k.check(textwrap.dedent("""\
+            from vre_session import jobs
+            client = jobs.dask_client(workers=1, cpu=0.5, mem_mb=512, max_runtime=300)
+            import os
+            print(client.submit(lambda: sorted(os.listdir('/data'))).result(), client.vre_job.id)
+            """), timeout=150)
+        r = requests.get(f"{alice.server_url(PROJECT)}/proxy/8787/status",
+                         headers={"Authorization": f"token {alice.token}"}, timeout=30)
+        assert r.status_code == 200 and "Dask" in r.text, r.status_code
+        job_id = int(out.split()[-1])
+        assert f"['{SLUG}']" in out
+        alice.api("POST", f"/vre/jobs/{job_id}/cancel")
+        assert wait(alice, job_id)["state"] == "cancelled"
+    finally:
+        k.close()
+        alice.stop(PROJECT)
+
+
+def test_scheduler_kill_requeues_and_hub_restart_keeps_the_queue(hub, alice, workspace):
+    path = put(workspace, "steady.py", "import sys, time\nprint('RUN', flush=True)\ntime.sleep(float(sys.argv[1]))\n")
+    first = submit(alice, kind="script", target=path, params={"args": ["6"]})
+    deadline = time.monotonic() + 90
+    while "RUN" not in log(alice, first["id"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    sched = Path(f"/sys/fs/cgroup/pids/{hub.instance}/{PROJECT}-scheduler/cgroup.procs")
+    for pid in sched.read_text().split():
+        os.kill(int(pid), signal.SIGKILL)
+    requeued = wait(alice, first["id"], states=("queued", "failed"), timeout=30)
+    assert "scheduler was lost" in requeued["reason"], requeued
+    # the hub (and with it the engine) restarts while jobs are queued and running
+    hub.vre("project", "set-quota", PROJECT, "--jobs", "1")
+    later = [submit(alice, kind="script", target=path, params={"args": ["1"]})["id"] for _ in range(2)]
+    hub.restart(signal.SIGKILL)
+    alice = hub.client("alice")
+    states = {i: job(alice, i)["state"] for i in [first["id"], *later]}
+    assert all(s in ("queued", "running", "succeeded") for s in states.values()), states
+    done = {i: wait(alice, i, timeout=150) for i in [first["id"], *later]}
+    assert all(d["state"] == "succeeded" for d in done.values()), done
+    assert done[first["id"]]["attempts"] == 2
+    assert any(e.get("target") == f"job/{first['id']}" for e in audit(hub, "job.requeue"))
+    hub.vre("project", "set-quota", PROJECT, "--jobs", "4")
