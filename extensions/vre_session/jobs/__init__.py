@@ -1,0 +1,193 @@
+"""The batch queue from inside a session: submit jobs, follow them, get an interactive Dask client.
+
+::
+
+    from vre_session import jobs
+    job = jobs.submit_notebook("~/project/preprocess.ipynb", params={"series": "1.2.3"}, cpu=2)
+    job.wait(); print(job.state, job.log())
+    job = jobs.submit_function(sum, [1, 2, 3]);  job.result()   # -> 6
+    client = jobs.dask_client(workers=2)                          # the project's own workers
+
+Jobs run in the project's restrictions (its datasets read-only, its workspace, no network) and
+keep running when this session stops. Outputs land in ``~/project/jobs/<id>/``. The same calls
+back the ``vre-job`` command (terminal) and the Lab's jobs panel.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ..relay import _UnixHTTPConnection
+
+FINAL = ("succeeded", "failed", "cancelled", "timed_out")
+WORKSPACE = "/home/jovyan/project"
+
+
+class JobError(RuntimeError):
+    """The queue refused a request; the message says why (from the hub)."""
+
+
+def _hub() -> tuple[str, str]:
+    """(unix socket path, path prefix) of the hub's API, from the session's environment."""
+    url = os.environ.get("JUPYTERHUB_API_URL", "")
+    parts = urlsplit(url)
+    if parts.scheme != "http+unix":
+        raise JobError("the batch queue is reachable from VRE sessions only (JUPYTERHUB_API_URL is not a hub socket)")
+    return unquote(parts.netloc), parts.path.rstrip("/")
+
+
+def request(method: str, path: str, body: dict | None = None, *, token: str | None = None,
+            timeout: float = 30) -> tuple[int, dict]:
+    """One call to the hub's jobs API (``path`` below /hub/api/vre/jobs); (status, JSON)."""
+    sock, prefix = _hub()
+    conn = _UnixHTTPConnection(sock, timeout=timeout)
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Authorization": f"token {token or os.environ['JUPYTERHUB_API_TOKEN']}",
+               "Content-Type": "application/json"}
+    try:
+        conn.request(method, f"{prefix}/vre/jobs{path}", body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    try:
+        payload = json.loads(raw or b"{}")
+    except ValueError:
+        payload = {"message": raw.decode(errors="replace")[:500]}
+    return resp.status, payload
+
+
+def _call(method: str, path: str, body: dict | None = None) -> dict:
+    status, payload = request(method, path, body)
+    if status >= 400:
+        raise JobError(payload.get("message") or f"the hub answered {status}")
+    return payload
+
+
+def _project() -> str:
+    project = os.environ.get("VRE_PROJECT")
+    if not project:
+        raise JobError("VRE_PROJECT is not set: submit jobs from a VRE session of the project")
+    return project
+
+
+class Job:
+    """A submitted job; attributes refresh on ``refresh()``, ``wait()`` and ``state``."""
+
+    def __init__(self, data: dict):
+        self.data = data
+
+    @property
+    def id(self) -> int:
+        return self.data["id"]
+
+    @property
+    def state(self) -> str:
+        if self.data["state"] not in FINAL:
+            self.refresh()
+        return self.data["state"]
+
+    @property
+    def outdir(self) -> Path:
+        return Path(self.data["outdir"])
+
+    def refresh(self) -> "Job":
+        self.data = _call("GET", f"/{self.id}")
+        return self
+
+    def wait(self, timeout: float | None = None, poll: float = 1.0) -> "Job":
+        """Block until the job ends (or ``timeout`` seconds pass: TimeoutError)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.refresh().data["state"] not in FINAL:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} is still {self.data['state']} after {timeout} s")
+            time.sleep(poll)
+        return self
+
+    def log(self, offset: int = 0) -> str:
+        return _call("GET", f"/{self.id}/log?offset={offset}")["text"]
+
+    def cancel(self) -> "Job":
+        self.data = _call("POST", f"/{self.id}/cancel")
+        return self
+
+    def rerun(self) -> "Job":
+        return Job(_call("POST", f"/{self.id}/rerun"))
+
+    def result(self, timeout: float | None = None):
+        """A function job's return value (waits for it; raises JobError if the job did not succeed)."""
+        import cloudpickle
+
+        self.wait(timeout)
+        if self.data["state"] != "succeeded":
+            raise JobError(f"job {self.id} {self.data['state']}: {self.data['reason']}\n{self.log()[-2000:]}")
+        with open(self.outdir / "result.pkl", "rb") as f:
+            return cloudpickle.load(f)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.data['kind']} {self.data['target']!r}: {self.data['state']}>"
+
+
+def submit(kind: str, target: str = "", *, params=None, profile: str | None = None, cpu: float | None = None,
+           mem_mb: int | None = None, gpus: int | None = None, max_runtime: int | None = None,
+           name: str = "", payload: bytes | None = None, project: str | None = None) -> Job:
+    body = {"project": project or _project(), "kind": kind, "target": target, "params": params,
+            "profile": profile, "cpu": cpu, "mem_mb": mem_mb, "gpus": gpus, "max_runtime": max_runtime,
+            "name": name}
+    if payload is not None:
+        body["payload"] = base64.b64encode(payload).decode()
+    return Job(_call("POST", "", {k: v for k, v in body.items() if v is not None}))
+
+
+def _absolute(path) -> str:
+    """Paths are taken as this process sees them (relative to its working directory)."""
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def submit_notebook(path: str, params: dict | None = None, **kw) -> Job:
+    """Run a notebook of the workspace with papermill; ``params`` fill its "parameters" cell."""
+    return submit("notebook", _absolute(path), params=params or {}, **kw)
+
+
+def submit_script(path: str, args: list | None = None, **kw) -> Job:
+    """Run a Python script of the workspace with ``args`` as its command-line arguments."""
+    return submit("script", _absolute(path), params={"args": list(args or [])}, **kw)
+
+
+def submit_function(func, *args, job_kwargs: dict | None = None, **kwargs) -> Job:
+    """Run ``func(*args, **kwargs)`` as a job; ``job.result()`` gives its return value.
+    Resources go in ``job_kwargs`` (cpu=, mem_mb=, gpus=, max_runtime=, profile=, name=)."""
+    import cloudpickle
+
+    payload = cloudpickle.dumps((func, args, kwargs))
+    return submit("function", getattr(func, "__qualname__", "function"), payload=payload, **(job_kwargs or {}))
+
+
+def list_jobs(project: str | None = None) -> list[Job]:
+    suffix = f"?project={project}" if project else ""
+    return [Job(d) for d in _call("GET", suffix)["jobs"]]
+
+
+def dask_client(workers: int = 1, *, timeout: float = 120, **kw):
+    """A Dask client on the project's own scheduler with ``workers`` interactive workers (within the
+    project's batch quota; they count against it until ``client.vre_job.cancel()`` or their run-time
+    limit). The dashboard is at ``<this server>/proxy/8787/status``."""
+    from distributed import Client
+
+    job = submit("cluster", params={"workers": workers}, **kw)
+    deadline = time.monotonic() + timeout
+    while job.refresh().data["state"] == "queued" or not job.data.get("started_at"):
+        if job.data["state"] in FINAL:
+            raise JobError(f"the workers did not start: {job.data['reason']}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the workers are still {job.data['state']} after {timeout} s (quota in use?)")
+        time.sleep(0.5)
+    client = Client("tcp://127.0.0.1:8786", timeout=timeout)
+    client.wait_for_workers(workers, timeout=timeout)
+    client.vre_job = job
+    return client
