@@ -1,0 +1,158 @@
+"""Batch queue: submit-to-start latency, throughput of many tiny jobs, and the service's overhead
+against the same work submitted straight to a Dask client, in one run.
+
+    sudo .venv/bin/python bench/jobs.py [--jobs 1000] [--latency 10] [--workers 2]
+
+Starts a real hub (``vre up``, small demo, SQLite, its own temp dir and ports) with its vre-jobs
+engine, and sets alice's project quota to ``--workers`` jobs at once (0.5 CPU, 512 MiB each).
+
+1. **Latency on an idle queue:** ``--latency`` script jobs one after the other, each submitted once
+   the previous one ended; submit-to-start is the job's ``started_at`` (its task reached its
+   worker) minus the moment before the POST. The first (cold: scheduler and worker start) is
+   reported apart from the warm rest.
+2. **Throughput:** ``--jobs`` tiny function jobs (``lambda: 1``) submitted as fast as the API takes
+   them; jobs per second from the first POST to the last job's end.
+3. **Bare Dask:** the same work straight to a ``distributed.LocalCluster`` with ``--workers``
+   single-thread workers: each task runs the very same job runner subprocess (python -m
+   vre_session.jobs.runner on a function job), as our worker does; and, for reference, the
+   function itself as a plain Dask task (no subprocess).
+
+The ratio service/bare is what the queue adds: the database, admission, the engine's polling,
+the sandbox and the API. Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import cloudpickle
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import Hub  # noqa: E402
+
+PROJECT = "lung-screening"
+
+
+def ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def wait_all(client, ids: list[int], timeout: float) -> dict[int, dict]:
+    deadline = time.monotonic() + timeout
+    pending, done = set(ids), {}
+    while pending and time.monotonic() < deadline:
+        for j in client.api("GET", f"/vre/jobs?project={PROJECT}").json()["jobs"]:
+            if j["id"] in pending and j["state"] in ("succeeded", "failed", "cancelled", "timed_out"):
+                done[j["id"]] = j
+                pending.discard(j["id"])
+        time.sleep(0.2)
+    if pending:
+        raise SystemExit(f"{len(pending)} job(s) did not end within {timeout} s")
+    return done
+
+
+def submit(client, body: dict) -> int:
+    r = client.api("POST", "/vre/jobs", json={"project": PROJECT, "profile": "small", "cpu": 0.5, "mem_mb": 512,
+                                              **body})
+    if r.status_code != 201:
+        raise SystemExit(f"submit refused: {r.status_code} {r.text}")
+    return r.json()["id"]
+
+
+def bench_service(args) -> dict:
+    hub = Hub("bench-jobs", None)
+    hub.env["VRE_JOBS_WORKER_IDLE"] = "600"
+    try:
+        hub.start()
+        hub.vre("project", "set-quota", PROJECT, "--jobs", str(args.workers), "--cpu", str(args.workers),
+                "--memory", f"{args.workers * 1024}M")
+        ws = hub.state / "projects" / PROJECT / "workspace"
+        ws.mkdir(parents=True, exist_ok=True)
+        (ws / "noop.py").write_text("pass\n")
+        alice = hub.client("alice")
+        latencies = []
+        for _ in range(args.latency):
+            t0 = time.time()
+            jid = submit(alice, {"kind": "script", "target": "project/noop.py"})
+            j = wait_all(alice, [jid], 120)[jid]
+            latencies.append(ts(j["started_at"]) - t0)
+        payload = base64.b64encode(cloudpickle.dumps((lambda: 1, (), {}))).decode()
+        t0 = time.time()
+        ids = [submit(alice, {"kind": "function", "payload": payload}) for _ in range(args.jobs)]
+        submitted = time.time() - t0
+        done = wait_all(alice, ids, args.jobs * 5 + 120)
+        end = max(ts(j["finished_at"]) for j in done.values())
+        failed = sum(1 for j in done.values() if j["state"] != "succeeded")
+        return {"cold": latencies[0], "warm": latencies[1:], "throughput_s": end - t0, "submit_s": submitted,
+                "failed": failed}
+    finally:
+        hub.teardown()
+
+
+def run_runner_subprocess(spec_dir: str) -> int:
+    """What our worker's task does for a function job: the runner in a subprocess."""
+    out = tempfile.mkdtemp(dir=spec_dir)
+    with open(os.path.join(out, "function.pkl"), "wb") as f:
+        cloudpickle.dump((lambda: 1, (), {}), f)
+    spec = {"id": 0, "kind": "function", "target": "f", "project": "bench", "user": "bench", "params": {}}
+    Path(out, ".job.json").write_text(json.dumps(spec))
+    return subprocess.run([sys.executable, "-m", "vre_session.jobs.runner", os.path.join(out, ".job.json")],
+                          cwd=out, stdout=subprocess.DEVNULL).returncode
+
+
+def bench_bare(args) -> dict:
+    from distributed import Client, LocalCluster
+
+    spec_dir = tempfile.mkdtemp(prefix="vre-bench-")
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+            Client(cl) as client:
+        client.submit(run_runner_subprocess, spec_dir, pure=False).result()  # warm
+        t0 = time.time()
+        futures = [client.submit(run_runner_subprocess, spec_dir, pure=False) for _ in range(args.jobs)]
+        codes = client.gather(futures)
+        subprocess_s = time.time() - t0
+        t0 = time.time()
+        client.gather([client.submit(lambda: 1, pure=False) for _ in range(args.jobs)])
+        inprocess_s = time.time() - t0
+    return {"subprocess_s": subprocess_s, "inprocess_s": inprocess_s, "failed": sum(1 for c in codes if c)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--jobs", type=int, default=1000)
+    p.add_argument("--latency", type=int, default=10)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    service = bench_service(args)
+    bare = bench_bare(args)
+    n = args.jobs
+    warm = service["warm"]
+    print(f"\nBatch queue, {n} tiny jobs, {args.workers} workers ({os.cpu_count()} cores)\n")
+    print(f"{'measure':<52} {'value':>12}")
+    print(f"{'submit-to-start, cold (scheduler + worker start)':<52} {service['cold'] * 1000:>10.0f} ms")
+    if warm:
+        print(f"{'submit-to-start, idle queue, warm worker: p50':<52} {statistics.median(warm) * 1000:>10.0f} ms")
+        print(f"{'submit-to-start, idle queue, warm worker: max':<52} {max(warm) * 1000:>10.0f} ms")
+    print(f"{'service: submit ' + str(n) + ' jobs (API)':<52} {service['submit_s']:>10.2f} s")
+    print(f"{'service: ' + str(n) + ' jobs end to end':<52} {service['throughput_s']:>10.2f} s"
+          f"  ({n / service['throughput_s']:.1f} jobs/s, {service['failed']} failed)")
+    print(f"{'bare Dask: same runner subprocess per task':<52} {bare['subprocess_s']:>10.2f} s"
+          f"  ({n / bare['subprocess_s']:.1f} jobs/s, {bare['failed']} failed)")
+    print(f"{'bare Dask: the function as a plain task':<52} {bare['inprocess_s']:>10.2f} s")
+    print(f"\nservice / bare Dask (same work per job): {service['throughput_s'] / bare['subprocess_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
