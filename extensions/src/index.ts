@@ -7,6 +7,8 @@
  *   the file through vre/api/file?path=..., the contents API refuses dataset/DICOM content)
  * - "Insert code cell" that loads a series as a 3-D array (code.ts)
  * - download actions hidden for dataset paths (guard.ts)
+ * - a "Jobs" sidebar for the project's batch queue (jobs.ts), and "Run as batch job" on
+ *   notebooks and scripts in the file browser
  *
  * The REST API is extensions/API.md; everything is bundled (sessions have no network).
  */
@@ -40,6 +42,7 @@ import { IDataset, IRoot, ISeriesItem, apiUrl, errorText, getJSON } from './api'
 import { DatasetBrowser } from './browser';
 import { seriesCode, seriesFolder } from './code';
 import { installDownloadGuard } from './guard';
+import { JobsPanel } from './jobs';
 import { DicomViewer } from './viewer';
 
 export { DicomViewer } from './viewer';
@@ -53,6 +56,8 @@ namespace CommandIDs {
   export const openSelected = 'vre:open-selected-in-viewer';
   export const showDatasets = 'vre:show-datasets';
   export const insertCode = 'vre:insert-series-code';
+  export const showJobs = 'vre:show-jobs';
+  export const runAsJob = 'vre:run-as-job';
 }
 
 const dicomSvg = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
@@ -64,8 +69,13 @@ const datasetsSvg = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="
 <path d="M4 7v4c0 1.7 3.6 3 8 3s8-1.3 8-3V7c0 1.7-3.6 3-8 3S4 8.7 4 7z"/>
 <path d="M4 13v4c0 1.7 3.6 3 8 3s8-1.3 8-3v-4c0 1.7-3.6 3-8 3s-8-1.3-8-3z"/></g></svg>`;
 
+const jobsSvg = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
+<g class="jp-icon3" fill="#616161"><path d="M3 4h18v4H3zm0 6h18v4H3zm0 6h18v4H3z" fill-opacity=".25"/>
+<path d="M3 4h12v4H3zm0 6h7v4H3zm0 6h17v4H3z"/></g></svg>`;
+
 export const dicomIcon = new LabIcon({ name: 'vre-session:dicom', svgstr: dicomSvg });
 export const datasetsIcon = new LabIcon({ name: 'vre-session:datasets', svgstr: datasetsSvg });
+export const jobsIcon = new LabIcon({ name: 'vre-session:jobs', svgstr: jobsSvg });
 
 /**
  * A model factory that never asks for the file's content (`content=0`: metadata only) and
@@ -320,6 +330,39 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: () => shell.activateById(browser.id)
     });
     palette?.addItem({ command: CommandIDs.showDatasets, category: 'VRE' });
+
+    // --- the batch queue: Jobs sidebar, "Run as batch job" ---------------------------------
+    const jobs = new JobsPanel({ openFile: path => void commands.execute('docmanager:open', { path }) });
+    jobs.title.icon = jobsIcon;
+    shell.add(jobs, 'left', { rank: 160 });
+    restorer?.add(jobs, 'vre-jobs');
+    commands.addCommand(CommandIDs.showJobs, {
+      label: 'Show Jobs',
+      caption: "The project's batch jobs: submit, follow, cancel, re-run",
+      icon: jobsIcon,
+      execute: () => shell.activateById(jobs.id)
+    });
+    palette?.addItem({ command: CommandIDs.showJobs, category: 'VRE' });
+    const jobFile = (): string | null => {
+      const files = selectedFiles();
+      return files.length === 1 && /\.(ipynb|py)$/i.test(files[0]) ? files[0] : null;
+    };
+    commands.addCommand(CommandIDs.runAsJob, {
+      label: 'Run as batch job',
+      caption: 'Open the Jobs panel with this notebook or script in its submit form',
+      icon: jobsIcon,
+      isVisible: () => jobFile() !== null,
+      execute: args => {
+        const path = typeof args.path === 'string' ? args.path : jobFile();
+        shell.activateById(jobs.id);
+        jobs.showForm(path ?? undefined);
+      }
+    });
+    app.contextMenu.addItem({
+      command: CommandIDs.runAsJob,
+      selector: '.jp-DirListing-item[data-isdir="false"]',
+      rank: 3
+    });
 
     // --- download actions hidden for dataset paths ------------------------------------------
     installDownloadGuard(app, browserFactory, labShell, link, (w: Widget | null) => {
