@@ -1,0 +1,167 @@
+"""The batch queue's rules without running anything: admission and fair order, the GPU allocator
+with a fake device list, worker plans, and submission validation (on SQLite and PostgreSQL)."""
+
+import base64
+import json
+
+import pytest
+
+from vre import db as vdb
+from vre import gpus
+from vre import projects as P
+from vre.accounts import add_account
+from vre.jobs import service
+from vre.jobs.queue import Ask, Quota, admit, fair_order
+from vre.plan import PlanRefused, build_plan, project_uid
+from vre.settings import Settings
+
+Q = Quota(slots=3, cpu=4, mem_mb=8192, gpus=1)
+
+
+def ask(i, owner, cpu=1, mem=1024, gpu=0):
+    return Ask(i, owner, cpu, mem, gpu)
+
+
+# --- admission -------------------------------------------------------------------------------
+def test_fair_order_interleaves_members():
+    queued = [ask(1, "a"), ask(2, "a"), ask(3, "a"), ask(4, "b"), ask(5, "c")]
+    assert [j.id for j in fair_order(queued, [])] == [1, 4, 5, 2, 3]
+    # a member who already runs jobs comes after those who run none
+    assert [j.id for j in fair_order(queued, [ask(9, "b"), ask(8, "b")])] == [1, 5, 2, 3, 4]
+
+
+def test_admission_respects_every_quota_and_never_drops():
+    queued = [ask(1, "a", cpu=3), ask(2, "b", cpu=2), ask(3, "c", cpu=1)]
+    assert [j.id for j in admit(queued, [], Q, free_gpus=1)] == [1, 3]  # 2 does not fit the CPUs left
+    assert admit(queued, [ask(7, "x"), ask(8, "y"), ask(9, "z")], Q, 1) == []  # no slot left
+    assert [j.id for j in admit([ask(1, "a", mem=9000)], [], Q, 1)] == []  # waits (too big now), stays queued
+
+
+def test_cpu_jobs_pass_gpu_jobs_waiting_for_a_gpu():
+    queued = [ask(1, "a", gpu=1), ask(2, "a", gpu=1), ask(3, "b", gpu=1), ask(4, "a")]
+    assert [j.id for j in fair_order(queued, [])] == [1, 3, 2, 4]
+    assert [j.id for j in admit(queued, [], Q, free_gpus=1)] == [1, 4]  # one GPU job; the CPU job passes
+    # with the GPU busy, the next GPU job waits but CPU work still starts
+    assert [j.id for j in admit([ask(2, "a", gpu=1), ask(5, "c")], [ask(1, "a", gpu=1)], Q, 0)] == [5]
+    # a host GPU held by a session holds the queue's GPU jobs too
+    assert admit([ask(2, "a", gpu=1)], [], Q, free_gpus=0) == []
+
+
+# --- GPU allocator ---------------------------------------------------------------------------
+@pytest.fixture
+def gpu_world(db_url, tmp_path):
+    return Settings(state_dir=tmp_path, db_url=db_url, gpu_devices="0,1,2")
+
+
+def test_allocator_never_gives_one_gpu_to_two_exclusive_holders(gpu_world):
+    with vdb.session_scope(gpu_world.vre_db_url) as db:
+        assert gpus.acquire(db, gpu_world, "session:a", 2) == (0, 1)
+        assert gpus.acquire(db, gpu_world, "session:a", 2) == (0, 1)  # idempotent
+        assert gpus.acquire(db, gpu_world, "job:1", 1) == (2,)
+        with pytest.raises(gpus.NoGpuFree, match="0 free of 3"):
+            gpus.acquire(db, gpu_world, "job:2", 1)
+        with pytest.raises(gpus.NoGpuFree, match="this host has 3"):
+            gpus.acquire(db, gpu_world, "job:3", 4)
+        gpus.release(db, "session:a")
+        assert gpus.free_count(db, gpu_world) == 2
+        assert gpus.acquire(db, gpu_world, "job:2", 1) == (0,)
+
+
+def test_sharing_holders_share_only_with_each_other(gpu_world):
+    with vdb.session_scope(gpu_world.vre_db_url) as db:
+        assert gpus.acquire(db, gpu_world, "x", 1) == (0,)
+        s1 = gpus.acquire(db, gpu_world, "s1", 1, shared=True)
+        s2 = gpus.acquire(db, gpu_world, "s2", 1, shared=True)
+        assert s1 == s2 and s1 != (0,)  # packed onto one GPU, never the exclusive one
+        assert gpus.acquire(db, gpu_world, "y", 1) not in (s1, (0,))
+        assert gpus.leases(db)["s1"] == s1
+
+
+def test_device_list_settings_and_environment(tmp_path):
+    assert gpus.host_devices(Settings(gpu_devices="none")) == ()
+    assert gpus.host_devices(Settings(gpu_devices="3, 1")) == (1, 3)
+    assert gpus.gpu_env((1, 3))["CUDA_VISIBLE_DEVICES"] == "1,3"
+    assert gpus.gpu_env(())["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert gpus.device_nodes(()) == []
+
+
+# --- worker plans and submissions --------------------------------------------------------------
+@pytest.fixture
+def world(db_url, tmp_path):
+    settings = Settings(state_dir=tmp_path / "state", db_url=db_url, gpu_devices="0")
+    with vdb.session_scope(db_url) as db:
+        for name in ("ann", "ben", "cat"):
+            add_account(db, name, password=f"{name}-password-1")
+        db.add(vdb.Dataset(slug="lung-ct", title="lung", path=str(tmp_path / "lung-ct"), catalog={}))
+        P.create_project(db, "lung", "Lung")
+        P.create_project(db, "other", "Other")
+        db.flush()
+        P.grant(db, "lung", "lung-ct")
+        P.add_member(db, "lung", "ann")
+        P.add_member(db, "lung", "ben")
+        P.add_member(db, "other", "cat")
+        P.set_profile(db, "lung", "gpu", cpu=0.5, memory="1G", gpus=1)
+        P.set_profile(db, "lung", "small", cpu=1, memory="2G")
+    ws = settings.projects_dir / "lung" / "workspace"
+    ws.mkdir(parents=True)
+    (ws / "train.py").write_text("print(1)\n")
+    (ws / "nb.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    return settings
+
+
+def test_worker_plan_is_the_projects_not_a_members(world):
+    with vdb.session_scope(world.vre_db_url) as db:
+        p = build_plan(db, world, "ann", "lung", None, role="worker")
+        q = build_plan(db, world, "ben", "lung", None, role="worker")
+    assert p.profile == "small"  # the default never hands out a GPU
+    assert p.uid == q.uid == project_uid(world, 1) and p.session_id == "lung-worker"
+    mounts = {m.target: m for m in p.mounts}
+    assert mounts["/data/lung-ct"].readonly and not mounts["/home/jovyan/project"].readonly
+    assert mounts["/home/jovyan"].source == world.projects_dir / "lung" / "worker-home"
+
+
+def sub(world, user="ann", **body):
+    with vdb.session_scope(world.vre_db_url) as db:
+        job = service.submit(db, world, user, {"project": "lung", **body})
+        return service.to_dict(world, job)
+
+
+@pytest.mark.parametrize("body, error, fragment", [
+    ({"kind": "script", "target": "project/../../etc/passwd"}, service.JobRejected, "not in the project workspace"),
+    ({"kind": "script", "target": "/home/jovyan/secret.py"}, service.JobRejected, "not in the project workspace"),
+    ({"kind": "script", "target": "project/nope.py"}, service.JobRejected, "does not exist"),
+    ({"kind": "script", "target": "project/train.py", "cpu": 2}, service.JobRejected, "between 0.1 and 1"),
+    ({"kind": "script", "target": "project/train.py", "mem_mb": True}, service.JobRejected, "must be a number"),
+    ({"kind": "script", "target": "project/train.py", "max_runtime": 10**9}, service.JobRejected, "max_runtime"),
+    ({"kind": "notebook", "target": "project/nb.ipynb", "params": {"not valid": 1}}, service.JobRejected, "identifiers"),
+    ({"kind": "notebook", "target": "project/nb.ipynb", "params": [1]}, service.JobRejected, "JSON object"),
+    ({"kind": "function", "payload": "***"}, service.JobRejected, "base64"),
+    ({"kind": "cluster", "params": {"workers": 3}}, service.JobRejected, "exceed"),
+    ({"kind": "script", "target": "project/train.py", "profile": "big"}, PlanRefused, "no profile 'big'"),
+])
+def test_bad_submissions_say_what_to_fix(world, body, error, fragment):
+    with pytest.raises(error, match=fragment):
+        sub(world, **body)
+
+
+def test_submissions_and_visibility(world):
+    j = sub(world, kind="notebook", target="~/project/nb.ipynb", params={"alpha": 0.5}, name="n")
+    assert j["target"] == "/home/jovyan/project/nb.ipynb" and j["state"] == "queued" and j["gpus"] == 0
+    f = sub(world, kind="function", payload=base64.b64encode(b"pickle").decode(), profile="gpu")
+    assert f["gpus"] == 1 and f["cpu"] == 0.5
+    c = sub(world, kind="cluster", params={"workers": 2}, cpu=0.5, mem_mb=512)
+    assert (c["cpu"], c["mem_mb"]) == (1.0, 1024)
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert [x.id for x in service.list_jobs(db, world, "ben")] == [c["id"], f["id"], j["id"]]
+        assert service.list_jobs(db, world, "cat") == []
+        with pytest.raises(service.NotFound):
+            service.get(db, world, "cat", j["id"])  # non-members do not learn it exists
+        assert service.positions(db, 1) == {j["id"]: 1, f["id"]: 2, c["id"]: 3}
+        assert service.cancel(db, world, "ben", j["id"]).state == "cancelled"
+        with pytest.raises(service.JobRejected, match="already ended"):
+            service.cancel(db, world, "ann", j["id"])
+        again = service.rerun(db, world, "ann", f["id"])
+        assert again.rerun_of == f["id"] and again.gpus == 1
+    out = world.projects_dir / "lung" / "workspace" / "jobs" / str(f["id"])
+    assert (out / "function.pkl").read_bytes() == b"pickle"
+    assert out.stat().st_uid == project_uid(world, 1) and oct(out.stat().st_mode)[-4:] == "2770"
