@@ -4,7 +4,8 @@ against the same work submitted straight to a Dask client, in one run.
     sudo .venv/bin/python bench/jobs.py [--jobs 1000] [--latency 10] [--workers 2]
 
 Starts a real hub (``vre up``, small demo, SQLite, its own temp dir and ports) with its vre-jobs
-engine, and sets alice's project quota to ``--workers`` jobs at once (0.5 CPU, 512 MiB each).
+engine, and sets alice's project quota to ``--workers`` jobs at once (1 CPU, 512 MiB each: the
+cgroup CPU limit of a job is then a whole core, as a bare Dask worker process has).
 
 1. **Latency on an idle queue:** ``--latency`` script jobs one after the other, each submitted once
    the previous one ended; submit-to-start is the job's ``started_at`` (its task reached its
@@ -64,7 +65,7 @@ def wait_all(client, ids: list[int], timeout: float) -> dict[int, dict]:
 
 
 def submit(client, body: dict) -> int:
-    r = client.api("POST", "/vre/jobs", json={"project": PROJECT, "profile": "small", "cpu": 0.5, "mem_mb": 512,
+    r = client.api("POST", "/vre/jobs", json={"project": PROJECT, "profile": "small", "cpu": 1, "mem_mb": 512,
                                               **body})
     if r.status_code != 201:
         raise SystemExit(f"submit refused: {r.status_code} {r.text}")

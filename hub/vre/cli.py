@@ -509,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .audit.cli import add_parser as add_audit_parser
 
     add_audit_parser(sub)
+    from .images import add_cli as add_images_cli
+
+    add_images_cli(sub)
     return parser
 
 

@@ -62,6 +62,8 @@ def run_notebook(spec: dict) -> None:
     papermill.execute_notebook(
         str(source), str(Path.cwd() / source.name), parameters=spec.get("params") or {},
         kernel_name=kernel, log_output=True, progress_bar=False, cwd=str(Path.cwd()),
+        # the kernel's own chatter (TCP on loopback, the interrupt at shutdown) is not the job's log
+        extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
     )
     _progress(total, total)
 

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from .. import db as vdb
 from .. import gpus
 from ..db import Job, Project, utcnow
-from ..events import emit
+from ..audit import Event, open_store
 from ..plan import PlanRefused, build_plan
 from ..settings import Settings, load
 from . import service
@@ -78,11 +78,15 @@ class Engine:
         self._lock.flush()
 
     def _listen_for_wakes(self) -> None:
-        path = self.settings.run_dir / "jobs" / "wake.sock"
+        path = service.wake_socket(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o755)
         path.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(path))
-        os.chmod(path, 0o600)
+        # the hub and the projects' schedulers (bound into their sandboxes) may ring; ringing only
+        # makes the engine look sooner
+        os.chmod(path, 0o666)
         sock.setblocking(False)
 
         def readable():
@@ -139,8 +143,9 @@ class Engine:
         writes) meanwhile."""
         db.commit()
         events, self._events = self._events, []
-        for action, kw in events:
-            await asyncio.to_thread(emit, self.settings, action, **kw)
+        if events:  # one audit transaction for all of them
+            await asyncio.to_thread(open_store(self.settings).append_many,
+                                    [Event(action=action, **kw) for action, kw in events])
 
     async def tick_project(self, db, project: Project) -> None:
         jobs = db.scalars(select(Job).where(Job.project_id == project.id,
@@ -340,14 +345,18 @@ class Engine:
     def audit(self, job: Job, action: str, *, outcome: str = "ok", details: dict | None = None) -> None:
         """Queue an audit event; ``commit`` records it once the change it describes is committed."""
         self._events.append((action, dict(
-            actor=job.account.name, project=job.project.slug, target=f"job/{job.id}", outcome=outcome,
+            actor=job.account.name, actor_role=job.account.role, project=job.project.slug, target=f"job/{job.id}",
+            outcome=outcome,
             details={"kind": job.kind, "name": job.name, "via": "vre-jobs", **(details or {})})))
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[vre-jobs %(asctime)s] %(message)s")
     settings = load()
-    asyncio.run(Engine(settings).run())
+    try:
+        asyncio.run(Engine(settings).run())
+    except KeyboardInterrupt:  # the hub stops its services with SIGINT; jobs keep running
+        log.info("job engine stopped; running jobs go on and are adopted at the next start")
 
 
 if __name__ == "__main__":

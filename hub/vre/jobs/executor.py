@@ -36,10 +36,12 @@ from ..backends.sandbox import prepare_home_and_workspace, sandbox_argv, write_i
 from ..gpus import gpu_env
 from ..plan import THREAD_VARS, WORKSPACE, SessionPlan
 from ..settings import Settings
+from .service import wake_socket
 
 log = logging.getLogger("vre.jobs")
 SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
 INNER_AGENT_DIR = "/run/vre/agent"
+INNER_DOORBELL = "/run/vre/doorbell"
 WORKER_OVERHEAD_MB = 384     # the Dask worker process itself, on top of the job's memory
 SCHEDULER_LIMITS = dict(cpu=1.0, mem_mb=1024, pids_max=1024)
 
@@ -145,8 +147,12 @@ class LocalDaskExecutor:
         argv = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(SCHEDULER_PORT),
                 "--dashboard-address", f"127.0.0.1:{DASHBOARD_PORT}", "--preload", "vre_session.jobs.agent"]
         env = {**self._env(plan, ()), "VRE_AGENT_SOCKET": f"{INNER_AGENT_DIR}/agent.sock"}
-        await self._launch(plan, run / "scheduler", argv, env, binds=[(agent_dir, INNER_AGENT_DIR, False)],
-                           limits=SCHEDULER_LIMITS)
+        binds = [(agent_dir, INNER_AGENT_DIR, False)]
+        doorbell = wake_socket(self.settings).parent
+        if doorbell.is_dir():  # the engine's doorbell: the agent rings it when a job ends
+            binds.append((doorbell, INNER_DOORBELL, True))
+            env["VRE_ENGINE_WAKE"] = f"{INNER_DOORBELL}/{wake_socket(self.settings).name}"
+        await self._launch(plan, run / "scheduler", argv, env, binds=binds, limits=SCHEDULER_LIMITS)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

@@ -303,11 +303,17 @@ def to_dict(settings: Settings, job: Job, position: int | None = None, *, detail
     return data
 
 
+def wake_socket(settings: Settings) -> Path:
+    """The engine's doorbell (a datagram socket). Its directory is bound into the projects'
+    schedulers, so a socket re-created by a restarted engine is still the one they ring."""
+    return settings.run_dir / "jobs" / "doorbell" / "wake.sock"
+
+
 def wake(settings: Settings) -> None:
     """Tell the engine there is news (best effort: it also looks by itself every second)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(b"!", str(settings.run_dir / "jobs" / "wake.sock"))
+            s.sendto(b"!", str(wake_socket(settings)))
     except OSError:
         pass
 
