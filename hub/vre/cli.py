@@ -374,9 +374,11 @@ def cmd_jobs(args) -> int:
                 job.state, job.reason, job.finished_at = "cancelled", "cancelled by an admin while queued", vdb.utcnow()
             else:
                 job.cancel_requested, job.reason = True, "cancel requested by an admin"
-            emit_cli(settings, "job.cancel", project=job.project.slug, target=f"job/{job.id}",
-                     details={"while": "queued" if job.state == "cancelled" else "running"})
+            event = dict(project=job.project.slug, target=f"job/{job.id}",
+                         details={"while": "queued" if job.state == "cancelled" else "running"})
             print(f"job {job.id}: {job.state if job.state == 'cancelled' else 'cancel requested'}")
+    if args.jobs_cmd == "cancel":  # recorded after the change is committed
+        emit_cli(settings, "job.cancel", **event)
     service.wake(settings)
     return 0
 

@@ -107,3 +107,31 @@ def test_project_commands_explain_errors(run):
     assert r.returncode == 2 and "too short" in r.stderr
     r = run("user", "add", "judy")
     assert r.returncode == 0 and "password (shown once):" in r.stdout
+
+
+def test_batch_quota_and_jobs_commands(run, tmp_path):
+    assert run("project", "create", "lung", "--title", "Lung").returncode == 0
+    r = run("project", "set-quota", "lung", "--jobs", "3", "--memory", "12G", "--gpus", "0")
+    assert r.returncode == 0 and "3 job(s) at once" in r.stdout and "12288 MiB" in r.stdout
+    assert '"slots": 3' in run("project", "show", "lung").stdout
+    bad = run("project", "set-quota", "lung", "--memory", "lots")
+    assert bad.returncode == 2 and bad.stderr.startswith("vre: error:")
+    assert run("project", "set-quota", "nope", "--jobs", "1").returncode == 2
+    # a queued job, cancelled by an admin, with its audit event
+    from vre import db as vdb
+    from vre.accounts import add_account
+    from vre.settings import Settings
+
+    url = Settings(state_dir=tmp_path / "state").vre_db_url
+    with vdb.session_scope(url) as db:
+        add_account(db, "ann", password="ann-password-1")
+        project = db.query(vdb.Project).one()
+        db.add(vdb.Job(project=project, account=db.query(vdb.Account).one(), kind="script", target="/x.py",
+                       params={}, profile="p", cpu=1, mem_mb=64, gpus=0, max_runtime_s=60, state="queued",
+                       reason="", attempts=0, cancel_requested=False, worker="", devices="", usage={}))
+    assert "queued" in run("jobs", "list").stdout
+    r = run("jobs", "cancel", "1")
+    assert r.returncode == 0 and "cancelled" in r.stdout
+    assert run("jobs", "cancel", "1").returncode == 2  # already ended
+    assert run("jobs", "show", "7").stderr.startswith("vre: error: there is no job 7")
+    assert "job.cancel" in run("audit", "query", "--action", "job.").stdout

@@ -151,15 +151,16 @@ class JobActionHandler(_JobsHandler):
         def act(db, user):
             if action == "cancel":
                 job = service.cancel(db, self.vre, user, int(job_id))
-                if job.state == "cancelled":
-                    emit(self.vre, "job.cancel", actor=user, project=job.project.slug, target=f"job/{job.id}",
-                         details={"while": "queued", "via": "api"})
+                event = ("job.cancel", {"while": "queued"}) if job.state == "cancelled" else None
             else:
                 job = service.rerun(db, self.vre, user, int(job_id))
-                emit(self.vre, "job.submit", actor=user, project=job.project.slug, target=f"job/{job.id}",
-                     details={"rerun_of": job.rerun_of, "kind": job.kind, "target": job.target, "via": "api"})
-            return service.to_dict(self.vre, job)
-        result = await self.run(act)
+                event = ("job.submit", {"rerun_of": job.rerun_of, "kind": job.kind, "target": job.target})
+            return service.to_dict(self.vre, job), event
+        result, event = await self.run(act)
+        if event:  # recorded once the change is committed (never inside its transaction)
+            await asyncio.to_thread(emit, self.vre, event[0], actor=self.current_user.name,
+                                    project=result["project"], target=f"job/{result['id']}",
+                                    details={**event[1], "via": "api"})
         service.wake(self.vre)
         self.reply(result, 201 if action == "rerun" else 200)
 
