@@ -188,7 +188,8 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
     pids_limit = Integer(2048, config=True, help="Most processes (and threads) one session may have.")
     stop_grace = Integer(5, config=True, help="Seconds between SIGTERM and SIGKILL when stopping a session.")
     tmp_size = Unicode("2g", config=True, help="Size of the session's /tmp (memory, counted in its limit).")
-    session_umask = Integer(0o002, config=True, help="umask in sessions: group-writable files for the shared workspace.")
+    session_umask = Integer(0o002, config=True,
+                            help="umask in sessions: group-writable files for the shared workspace.")
     host_firewall = Bool(
         True, config=True,
         help="Reject, with a host firewall rule (iptables and ip6tables), everything a project network's "
@@ -204,8 +205,10 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
         Unicode(), config=True,
         help="Host paths to show read-only inside every session at the same path (development only).",
     )
-    remove = Bool(True, config=True, help="Remove a session's container when it stops (always: state lives in home and workspace).")
-    client_kwargs = Dict(config=True, help="Extra arguments of docker.APIClient (default: base_url from settings.docker_url).")
+    remove = Bool(True, config=True,
+                  help="Remove a session's container when it stops (its state lives in home and workspace).")
+    client_kwargs = Dict(config=True,
+                         help="Extra arguments of docker.APIClient (default: base_url from settings.docker_url).")
 
     @default("client_kwargs")
     def _client_kwargs_default(self):
