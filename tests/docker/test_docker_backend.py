@@ -110,3 +110,26 @@ def test_files_belong_to_the_account_and_project(hub):
     assert (mine.st_uid, ours.st_uid) == (200000 + 1, 200000 + 1)   # alice: account 1
     assert ours.st_gid == 300000 + 1 and ours.st_mode & 0o020           # the project's group may write
     assert home.stat().st_uid == 200000 + 1 and workspace.stat().st_gid == 300000 + 1
+
+
+def test_host_side_rule_is_restored_while_sessions_run(hub):
+    """A flushed host firewall does not stay open: poll() puts the project bridge's rule back."""
+    import subprocess
+    import time
+
+    from vre.backends.docker import bridge_name
+
+    c = hub.client("bob")
+    c.start("prostate-ai")
+    rule = ["INPUT", "-i", bridge_name(f"{hub.instance}-prostate-ai"), "-j", "REJECT"]
+    try:
+        assert subprocess.run(["iptables", "-w", "-C", *rule]).returncode == 0
+        subprocess.run(["iptables", "-w", "-D", *rule], check=True)
+        deadline = time.monotonic() + 20  # the test hub polls every 2 s
+        while subprocess.run(["iptables", "-w", "-C", *rule], capture_output=True).returncode and \
+                time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert subprocess.run(["iptables", "-w", "-C", *rule]).returncode == 0
+    finally:
+        c.stop("prostate-ai")
+    assert subprocess.run(["iptables", "-w", "-C", *rule], capture_output=True).returncode != 0  # gone with the network

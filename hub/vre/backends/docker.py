@@ -385,6 +385,8 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
             code, _ = await _run(tool, "-w", "-C", *rule)
             if code == 0:
                 continue
+            if self.object_id:
+                self.log.warning("Firewall rule for %s was missing (%s); putting it back", bridge, tool)
             code, out = await _run(tool, "-w", "-I", *rule)
             if code:
                 raise DockerBackendError(f"could not close the host side of {bridge} ({tool}: {out}); sessions "
@@ -437,6 +439,9 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
             code = (state or {}).get("ExitCode")
             await self._finish(outcome="error", reason=f"the session ended by itself (exit code {code})")
             return 0
+        if self.host_firewall and self.island:
+            # the rule is the host's state, not the engine's: put it back if something flushed it
+            await self._close_host_side(bridge_name(self.island))
         reason = await asyncio.to_thread(self._refusal)
         if reason:
             self.log.warning("Stopping %s: %s", self._log_name, reason)
