@@ -102,7 +102,11 @@ def cmd_down(args) -> int:
         for ns in netns.NETNS_DIR.iterdir():
             if ns.name.startswith(f"{settings.instance}-"):
                 asyncio.run(netns.delete_if_unused(ns.name))
-    print(f"stopped {stopped} session(s) and the proxy")
+    if settings.backend == "docker":  # session containers, project networks and their firewall rules
+        from .backends.docker import remove_instance_containers
+
+        stopped += remove_instance_containers(settings)
+    print(f"stopped {stopped} session(s), batch workers and the proxy")
     return 0
 
 

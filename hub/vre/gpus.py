@@ -47,9 +47,12 @@ def device_nodes(devices: tuple[int, ...] | list[int]) -> list[str]:
 
 
 def gpu_env(devices: tuple[int, ...] | list[int]) -> dict[str, str]:
-    """Environment that makes CUDA number the granted devices as the host does."""
+    """Environment for a holder of ``devices`` whose /dev has only those GPUs' nodes: CUDA then
+    enumerates just them, from 0, so ``CUDA_VISIBLE_DEVICES`` counts 0..n-1; the host's indices
+    are in ``NVIDIA_VISIBLE_DEVICES`` and ``VRE_GPU_DEVICES`` (what nvidia-smi on the host calls them)."""
     ids = ",".join(str(i) for i in devices)
-    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ids, "NVIDIA_VISIBLE_DEVICES": ids or "void"}
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(devices))),
+            "NVIDIA_VISIBLE_DEVICES": ids or "void", "VRE_GPU_DEVICES": ids}
 
 
 def acquire(db: Session, settings: Settings, holder: str, count: int, *, shared: bool = False) -> tuple[int, ...]:

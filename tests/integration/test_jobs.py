@@ -198,7 +198,7 @@ def test_bad_submissions_are_refused_with_reasons(hub, alice, workspace):
 def test_gpu_jobs_queue_one_at_a_time_and_cpu_jobs_pass(hub, alice, workspace):
     path = put(workspace, "gpu.py", """
         import os, sys, time
-        print('START', time.time(), os.environ.get('CUDA_VISIBLE_DEVICES'), flush=True)
+        print('START', time.time(), os.environ.get('VRE_GPU_DEVICES'), flush=True)
         time.sleep(float(sys.argv[1]))
         print('END', time.time(), flush=True)
         """)

@@ -80,7 +80,8 @@ def test_sharing_holders_share_only_with_each_other(gpu_world):
 def test_device_list_settings_and_environment(tmp_path):
     assert gpus.host_devices(Settings(gpu_devices="none")) == ()
     assert gpus.host_devices(Settings(gpu_devices="3, 1")) == (1, 3)
-    assert gpus.gpu_env((1, 3))["CUDA_VISIBLE_DEVICES"] == "1,3"
+    env = gpus.gpu_env((1, 3))  # only nodes 1 and 3 exist inside: CUDA numbers them 0 and 1
+    assert (env["CUDA_VISIBLE_DEVICES"], env["NVIDIA_VISIBLE_DEVICES"], env["VRE_GPU_DEVICES"]) == ("0,1", "1,3", "1,3")
     assert gpus.gpu_env(())["NVIDIA_VISIBLE_DEVICES"] == "void"
     assert gpus.device_nodes(()) == []
 

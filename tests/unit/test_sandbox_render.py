@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from tornado import web
 
-from vre.backends.sandbox import SandboxSpawner, _user_options_profile
+from vre.backends.common import user_options_profile as _user_options_profile
+from vre.backends.sandbox import SandboxSpawner
 from vre.plan import Mount, SessionPlan
 from vre.settings import Settings
 

@@ -92,10 +92,7 @@ def gpu_config(devices: tuple[int, ...] | list[int], nodes: list[str], mode: str
     """
     if not devices:
         return {}, {}
-    ids = ",".join(str(i) for i in devices)
-    env = {"NVIDIA_VISIBLE_DEVICES": ids, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-           "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(devices))),
-           "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+    env = {**gpus.gpu_env(devices), "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
     if mode == "device_requests":
         request = docker.types.DeviceRequest(driver="nvidia", device_ids=[str(i) for i in devices],
                                              capabilities=[["gpu"]])

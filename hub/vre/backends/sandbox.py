@@ -27,38 +27,21 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
-from urllib.parse import quote
 
 from jupyterhub.spawner import Spawner
-from tornado import web
-from traitlets import Float, Instance, Integer, List, Unicode, default
+from traitlets import Float, Integer, List, Unicode
 
-from .. import db as vdb
-from ..api.ingest import Identity, make_token, replay_spool
-from ..events import aemit
-from ..hubconfig import INNER_HUB_SOCKET, unix_url
-from .. import gpus
-from ..gpus import device_nodes, gpu_env, host_devices
-from ..plan import HOME, WORKSPACE, PlanRefused, SessionPlan, build_plan
-from ..settings import Settings, load
+from ..api.ingest import replay_spool
+from ..gpus import device_nodes, gpu_env
+from ..plan import HOME, WORKSPACE, SessionPlan
+from ..settings import Settings
 from . import netns
 from .cgroups import SessionCgroup
+from .common import INNER_RUN, PlanSessionMixin, relay_env, server_args, user_options_profile
 
 INNER_UID, INNER_GID = 1000, 100
-INNER_RUN = "/run/vre"
-INNER_HUB_URL = unix_url(INNER_HUB_SOCKET)
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "hosts",
              "ssl", "ca-certificates", "alternatives", "mime.types", "fonts", "protocols", "services")
-
-
-def _user_options_profile(user_options: dict | None) -> str | None:
-    """The profile the user chose; the form sends lists of strings, the API may send anything."""
-    value = (user_options or {}).get("profile")
-    if isinstance(value, list):
-        value = value[0] if value else None
-    if value is not None and not isinstance(value, str):
-        raise web.HTTPError(400, "profile must be a string naming one of the project's profiles")
-    return value or None
 
 
 def prepare_home_and_workspace(plan: SessionPlan) -> None:
@@ -131,14 +114,8 @@ def sandbox_argv(settings: Settings, plan: SessionPlan, run: Path, *, binds=(), 
              "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"] + bw)
 
 
-class SandboxSpawner(Spawner):
+class SandboxSpawner(PlanSessionMixin, Spawner):
     """Runs each (user, project) session in a bubblewrap sandbox on this host."""
-
-    settings = Instance(Settings, config=True, help="VRE settings (default: loaded from the environment).")
-
-    @default("settings")
-    def _settings_default(self):
-        return load()
 
     bwrap_path = Unicode("bwrap", config=True, help="The bubblewrap executable.")
     setpriv_path = Unicode("setpriv", config=True, help="util-linux setpriv, used to drop to the session uid.")
@@ -150,154 +127,40 @@ class SandboxSpawner(Spawner):
     )
     session_umask = Integer(0o002, config=True, help="umask in sessions: group-writable files for the shared workspace.")
 
-    # state kept across hub restarts
-    pid = Integer(0)
-    session_id = Unicode("")      # stable per (user, project): names the cgroup and sockets
-    island = Unicode("")
-    audit_session = Unicode("")   # unique per run: what audit events call "session"
-    gpu_devices = List(Integer())  # GPUs leased to this session (vre.gpus)
-
-    plan: SessionPlan | None = None
+    pid = Integer(0)              # state kept across hub restarts, with the mixin's
+    start_noun = "sandbox"
     _proc: subprocess.Popen | None = None
-
-    # -- JupyterHub hooks -------------------------------------------------------------------
-    @default("ip")
-    def _ip_default(self):
-        # Never bound (the server listens on a unix socket); jupyter_server's default port
-        # keeps it from refusing --sock with "--port and --sock are mutually exclusive".
-        return "127.0.0.1"
-
-    @default("port")
-    def _port_default(self):
-        return 8888
-
-    @default("apply_user_options")
-    def _apply_default(self):
-        return SandboxSpawner._apply_plan
-
-    @default("options_form")
-    def _options_form_default(self):
-        return SandboxSpawner._render_form
-
-    @default("options_from_form")
-    def _options_from_form_default(self):
-        return Spawner._simple_options_from_form  # (a default is not validated: give the function)
-
-    @staticmethod
-    async def _apply_plan(spawner: "SandboxSpawner", user_options: dict) -> None:
-        """Build the plan from the database; the request only selects a profile within it."""
-        profile = _user_options_profile(user_options)
-        audit = dict(actor=spawner.user.name, project=spawner.name or None,
-                     target=f"{spawner.user.name}/{spawner.name}", details={"profile": profile})
-        try:
-            plan = await asyncio.to_thread(spawner._build_plan, profile)
-            if plan.gpus > len(host_devices(spawner.settings)):
-                raise web.HTTPError(503, f"profile {plan.profile!r} asks for {plan.gpus} GPU(s) but this host "
-                                         f"has {len(host_devices(spawner.settings))}; choose another profile "
-                                         "or ask an admin")
-        except PlanRefused as e:
-            await aemit(spawner.settings, "session.request", outcome="denied",
-                        **{**audit, "details": {**audit["details"], "reason": str(e)}})
-            raise web.HTTPError(403, str(e)) from None
-        except web.HTTPError as e:
-            await aemit(spawner.settings, "session.request", outcome="error",
-                        **{**audit, "details": {**audit["details"], "reason": e.log_message}})
-            raise
-        await aemit(spawner.settings, "session.request", **audit)
-        spawner.plan = plan
-        spawner._events, spawner._event_added = [], asyncio.Event()
-        spawner._progress(5, f"Permit checked: project {plan.project}, profile {plan.profile}")
-
-    def _lease_gpus(self, plan: SessionPlan) -> tuple[int, ...]:
-        try:
-            with vdb.session_scope(self.settings.vre_db_url) as db:
-                return gpus.acquire(db, self.settings, self._gpu_holder(plan.session_id), plan.gpus,
-                                    shared=plan.gpu_shared)
-        except gpus.NoGpuFree as e:
-            raise web.HTTPError(503, f"{e}; try again later or choose a profile without GPUs") from None
-
-    def _release_gpus(self) -> None:
-        if self.gpu_devices or self.session_id:
-            with vdb.session_scope(self.settings.vre_db_url) as db:
-                gpus.release(db, self._gpu_holder(self.session_id))
-        self.gpu_devices = []
-
-    @staticmethod
-    def _gpu_holder(session_id: str) -> str:
-        return f"session:{session_id}"
-
-    def _build_plan(self, profile: str | None) -> SessionPlan:
-        with vdb.session_scope(self.settings.vre_db_url) as session:
-            return build_plan(session, self.settings, self.user.name, self.name, profile)
-
-    @staticmethod
-    def _render_form(spawner: "SandboxSpawner") -> str:
-        from ..hubpages import spawn_form
-
-        return spawn_form(spawner.settings, spawner.user.name, spawner.name, spawner.hub.base_url)
-
-    @property
-    def server(self):
-        server = Spawner.server.fget(self)
-        # JupyterHub rebuilds a socket URL as "<host>:80"; keep the real socket as connect_url,
-        # also for Server objects re-created from the database after a hub restart.
-        if server is not None and server.proto == "http+unix" and not server.connect_url and self.session_id:
-            server.connect_url = self._socket_url()
-        return server
-
-    @server.setter
-    def server(self, server):
-        Spawner.server.fset(self, server)
 
     def get_state(self):
         state = super().get_state()
         if self.pid:
-            state.update(pid=self.pid, session_id=self.session_id, island=self.island,
-                         audit_session=self.audit_session, gpu_devices=list(self.gpu_devices))
+            state.update(pid=self.pid, **self._plan_state())
         return state
 
     def load_state(self, state):
         super().load_state(state)
         self.pid = state.get("pid", 0)
-        self.session_id = state.get("session_id", "")
-        self.island = state.get("island", "")
-        self.audit_session = state.get("audit_session", "")
-        self.gpu_devices = state.get("gpu_devices", [])
+        self._load_plan_state(state)
 
     def clear_state(self):
         super().clear_state()
-        self.pid, self.session_id, self.island, self.audit_session = 0, "", "", ""
-        self.gpu_devices = []
-
-    # -- paths ----------------------------------------------------------------------------
-    def _run_dir(self) -> Path:
-        return self.settings.sessions_run_dir / self.session_id
-
-    def _socket_path(self) -> Path:
-        return self._run_dir() / "sock" / "jupyter.sock"
-
-    def _socket_url(self) -> str:
-        return "http+unix://" + quote(str(self._socket_path()), safe="")
+        self.pid = 0
+        self._clear_plan_state()
 
     # -- start ----------------------------------------------------------------------------
     async def start(self):
-        plan = self.plan or self._build_plan(_user_options_profile(self.user_options))
+        plan = self.plan or self._build_plan(user_options_profile(self.user_options))
         self.session_id, self.island = plan.session_id, plan.network
         self.audit_session = f"{plan.session_id}-{secrets.token_hex(4)}"
         self._stop_reason = "stopped"
-        if getattr(self, "_events", None) is None:
-            self._events, self._event_added = [], asyncio.Event()
-        audit = dict(actor=plan.user, project=plan.project, session=self.audit_session, target=plan.session_id)
-        try:
-            url = await self._start(plan)
-        except Exception as e:
-            await asyncio.to_thread(self._cleanup)
-            await aemit(self.settings, "session.fail", outcome="error", details={"error": str(e)}, **audit)
-            raise
-        await aemit(self.settings, "session.start", details={
-            "datasets": list(plan.datasets), "profile": plan.profile, "cpu": plan.cpu, "mem_mb": plan.mem_mb,
-            "gpus": plan.gpus, "network": plan.network}, **audit)
-        return url
+
+        async def start_and_clean_up_on_failure():
+            try:
+                return await self._start(plan)
+            except Exception:
+                await asyncio.to_thread(self._cleanup)
+                raise
+        return await self._audit_start(plan, start_and_clean_up_on_failure)
 
     async def _start(self, plan: SessionPlan) -> str:
         self._progress(10, f"Preparing project {plan.project}: {len(plan.datasets)} dataset(s) read-only")
@@ -381,25 +244,11 @@ class SandboxSpawner(Spawner):
         binds = [(self.settings.hub_socket_dir, f"{INNER_RUN}/hub", True),
                  (run / "sock", f"{INNER_RUN}/session", False),
                  (run / "spool", f"{INNER_RUN}/spool", False)]
-        return sandbox_argv(self.settings, plan, run, binds=binds, devices=self.gpu_devices,
-                            groups=(self.settings.sessions_gid,), bwrap=self.bwrap_path,
-                            setpriv=self.setpriv_path, extra_ro_paths=self.extra_ro_paths) + self._server_command(plan)
-
-    def _server_command(self, plan: SessionPlan) -> list[str]:
         singleuser = str(self.settings.session_env / "bin" / "jupyterhub-singleuser")
-        argv = [singleuser, f"--sock={INNER_RUN}/session/jupyter.sock",
-                "--KernelManager.transport=ipc", f"--ServerApp.root_dir={HOME}",
-                # vre_session holds the download guard and audit relay: no session without it.
-                # jupyter_lsp (no language servers here) and notebook_shim (no classic extensions)
-                # only cost start time.
-                '--ServerApp.jpserver_extensions={"vre_session": True, "jupyter_lsp": False, "notebook_shim": False}',
-                "--ServerApp.reraise_server_extension_failures=True",
-                # nothing a session could install, and nothing to fetch: there is no network
-                "--LabApp.extension_manager=readonly", "--LabApp.news_url=None",
-                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-        if plan.audit_cells:  # vre_session also tells the researcher, in the Lab's title
-            argv += ["--ServerApp.kernel_websocket_connection_class=vre_session.cells.AuditedKernelConnection"]
-        return argv + self.args
+        return (sandbox_argv(self.settings, plan, run, binds=binds, devices=self.gpu_devices,
+                             groups=(self.settings.sessions_gid,), bwrap=self.bwrap_path,
+                             setpriv=self.setpriv_path, extra_ro_paths=self.extra_ro_paths)
+                + [singleuser, *server_args(plan, self.args)])
 
     def _environment(self, plan: SessionPlan) -> dict[str, str]:
         env = self.get_env()  # JUPYTERHUB_* (token, API URL, service prefix, ...)
@@ -411,37 +260,9 @@ class SandboxSpawner(Spawner):
             "LANG": "C.UTF-8",
             "SHELL": "/bin/bash",
             "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
-            "VRE_SESSION": "/etc/vre/session.json",
-            "VRE_AUDIT_URL": f"{INNER_HUB_URL}/hub/api/vre/audit/events",
-            "VRE_AUDIT_TOKEN": make_token(self.settings, self._identity(plan.user, plan.project)),
-            "VRE_AUDIT_SPOOL": f"{INNER_RUN}/spool",
+            **relay_env(self.settings, self._identity(plan.user, plan.project)),
         })
         return env
-
-    def _progress(self, pct: int, message: str) -> None:
-        self._events.append({"progress": pct, "message": message})
-        self._event_added.set()
-
-    async def progress(self):
-        sent = 0
-        for _ in range(50):  # the list appears when the request is accepted (apply_user_options)
-            if getattr(self, "_events", None) is not None or not self.pending:
-                break
-            await asyncio.sleep(0.1)
-        if getattr(self, "_events", None) is None:
-            return
-        while True:
-            while sent < len(self._events):
-                yield self._events[sent]
-                sent += 1
-            if self._spawn_future is not None and self._spawn_future.done() and sent >= len(self._events):
-                break
-            self._event_added.clear()
-            try:
-                await asyncio.wait_for(self._event_added.wait(), timeout=1)
-            except asyncio.TimeoutError:
-                if self._spawn_future is None or self._spawn_future.done():
-                    break
 
     # -- poll and stop --------------------------------------------------------------------
     def _alive(self) -> bool:
@@ -465,16 +286,6 @@ class SandboxSpawner(Spawner):
             return 0
         return None
 
-    def _refusal(self) -> str | None:
-        """Why this running session may no longer run (membership removed, permit expired), or None."""
-        try:
-            self._build_plan(_user_options_profile(self.user_options))
-        except PlanRefused as e:
-            return str(e)
-        except Exception:  # the database being briefly unavailable must not stop sessions
-            self.log.exception("Could not re-check %s; leaving it running", self._log_name)
-        return None
-
     async def stop(self, now=False):
         if not self.pid:  # never started, or already finished by poll()
             return
@@ -485,14 +296,10 @@ class SandboxSpawner(Spawner):
         identity = self._identity(self.user.name, self.name)
         await asyncio.to_thread(self._cleanup, grace, identity)
         await self._release_island()
-        await aemit(self.settings, "session.stop", actor=identity.user, project=identity.project,
-                    session=identity.session, target=self.session_id, outcome=outcome, details={"reason": reason})
+        await self._audit_stop(identity, reason=reason, outcome=outcome)
         self.audit_session = ""
 
-    def _identity(self, user: str, project: str) -> Identity:
-        return Identity(user, project, self.audit_session)
-
-    def _cleanup(self, grace: float = 0, identity: Identity | None = None) -> None:
+    def _cleanup(self, grace: float = 0, identity=None) -> None:
         """Kill the session's processes, reap, keep its audit spool, remove its cgroup and run
         directory. Idempotent."""
         cgroup = SessionCgroup(self.session_id, self.settings.instance)

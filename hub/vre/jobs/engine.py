@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 
 from sqlalchemy import select
 
