@@ -337,3 +337,21 @@ def sqlite_hub():
         yield h
     finally:
         h.teardown()
+
+
+@pytest.fixture(scope="module")
+def make_hub():
+    """Start hubs of this module's own (SQLite, extra ``VRE_*`` settings); all are torn down after
+    the module. ``make_hub("label", VRE_GPU_DEVICES="0")``."""
+    _require_root_sandbox()
+    hubs = []
+
+    def start(label: str, **env: str) -> Hub:
+        h = Hub(label, None)
+        h.env.update(env)
+        hubs.append(h)
+        h.start()
+        return h
+    yield start
+    for h in hubs:
+        h.teardown()

@@ -239,6 +239,9 @@ def engine_for(url: str) -> Engine:
         def _sqlite_pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit survives any process crash and the file never corrupts; an OS
+            # crash may lose the last commits. The audit store writes with FULL (vre.audit.store).
+            cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
     else:

@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import Hub, _require_root_sandbox
-
 pytestmark = pytest.mark.integration
 
 PROJECT = "lung-screening"
@@ -28,18 +26,11 @@ SLUG = "lung-ct-screening"
 
 
 @pytest.fixture(scope="module")
-def hub():
-    _require_root_sandbox()
-    h = Hub("sqlite-jobs", None)
-    h.env["VRE_GPU_DEVICES"] = "0"
-    h.env["VRE_JOBS_WORKER_IDLE"] = "30"
-    try:
-        h.start()
-        h.vre("project", "set-profile", PROJECT, "gpu", "--cpu", "0.5", "--memory", "1G", "--gpus", "1")
-        h.vre("project", "set-quota", PROJECT, "--jobs", "4", "--cpu", "2", "--memory", "8G", "--gpus", "1")
-        yield h
-    finally:
-        h.teardown()
+def hub(make_hub):
+    h = make_hub("sqlite-jobs", VRE_GPU_DEVICES="0", VRE_JOBS_WORKER_IDLE="30")
+    h.vre("project", "set-profile", PROJECT, "gpu", "--cpu", "0.5", "--memory", "1G", "--gpus", "1")
+    h.vre("project", "set-quota", PROJECT, "--jobs", "4", "--cpu", "2", "--memory", "8G", "--gpus", "1")
+    return h
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ Blocking store calls run in worker threads, never on the hub's event loop.
 from __future__ import annotations
 
 import asyncio
-import functools
 import io
 import json
 import re
@@ -35,11 +34,11 @@ from typing import Any
 
 from jupyterhub.apihandlers import APIHandler
 from jupyterhub.handlers import BaseHandler
-from jupyterhub.scopes import needs_scope
 from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..auth import AUDIT_READ_SCOPE
+from .scopes import requires_scope
 from ..settings import Settings, load
 
 #: Filter parameters taken from the query string, passed to the store as they are (after checks).
@@ -60,23 +59,7 @@ class FilterError(ValueError):
 
 
 # --- the scope check ---------------------------------------------------------------------------
-def requires_audit_scope(method):
-    """``@needs_scope(AUDIT_READ_SCOPE)``, applied at the first request.
-
-    The custom scope is defined by JupyterHub only after its config is loaded (``custom_scopes``),
-    while this module is imported while the config loads; ``needs_scope`` refuses undefined scopes
-    at decoration time, so the decoration waits for the first call.
-    """
-    checked = None
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        nonlocal checked
-        if checked is None:
-            checked = needs_scope(AUDIT_READ_SCOPE)(method)
-        return checked(self, *args, **kwargs)
-
-    return wrapper
+requires_audit_scope = requires_scope(AUDIT_READ_SCOPE)
 
 
 # --- the store -----------------------------------------------------------------------------------

@@ -249,6 +249,17 @@ class PlanSessionMixin(HasTraits):
         await aemit(self.settings, "session.stop", actor=identity.user, project=identity.project,
                     session=identity.session, target=self.session_id, outcome=outcome, details={"reason": reason})
 
+    async def _stop_if_refused(self):
+        """poll()'s second half: stop the session if its plan no longer holds (membership removed,
+        permit expired); 0 when stopped, None when it may go on."""
+        reason = await asyncio.to_thread(self._refusal)
+        if not reason:
+            return None
+        self.log.warning("Stopping %s: %s", self._log_name, reason)
+        self._stop_reason = reason
+        await self.stop()
+        return 0
+
     def _refusal(self) -> str | None:
         """Why this running session may no longer run (membership removed, permit expired), or None."""
         try:

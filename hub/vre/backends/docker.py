@@ -439,13 +439,7 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
         if self.host_firewall and self.island:
             # the rule is the host's state, not the engine's: put it back if something flushed it
             await self._close_host_side(bridge_name(self.island))
-        reason = await asyncio.to_thread(self._refusal)
-        if reason:
-            self.log.warning("Stopping %s: %s", self._log_name, reason)
-            self._stop_reason = reason
-            await self.stop()
-            return 0
-        return None
+        return await self._stop_if_refused()
 
     async def stop(self, now=False):
         if not self.object_id:  # never started, or already finished by poll()

@@ -278,13 +278,7 @@ class SandboxSpawner(PlanSessionMixin, Spawner):
                 code = self._proc.returncode if self._proc is not None else None
                 await self._finish(outcome="error", reason=f"the session ended by itself (exit code {code})")
             return 0
-        reason = await asyncio.to_thread(self._refusal)
-        if reason:
-            self.log.warning("Stopping %s: %s", self._log_name, reason)
-            self._stop_reason = reason
-            await self.stop()
-            return 0
-        return None
+        return await self._stop_if_refused()
 
     async def stop(self, now=False):
         if not self.pid:  # never started, or already finished by poll()

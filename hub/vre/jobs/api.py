@@ -4,7 +4,8 @@ Callers: the researcher's browser (hub login), a session (its server token: the 
 carries ``custom:vre-jobs``) and scripts with a personal token. The scope lets a token use the
 queue at all; what it may see and do is decided per project membership, as for sessions.
 
-- ``GET  /api/vre/jobs[?project=]``   jobs of the caller's projects, newest first, with queue positions
+- ``GET  /api/vre/jobs[?project=&state=&limit=]``  jobs of the caller's projects, newest first
+  (at most ``limit``, default 200), with queue positions
 - ``POST /api/vre/jobs``              submit (JSON body; 201 with the job, 400 with what to fix)
 - ``GET  /api/vre/jobs/<id>``         one job, with progress and output files
 - ``GET  /api/vre/jobs/<id>/log?offset=N``  its log from byte N: ``{"text", "offset"}``
@@ -15,36 +16,25 @@ queue at all; what it may see and do is decided per project membership, as for s
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 
 from jupyterhub.apihandlers import APIHandler
-from jupyterhub.scopes import needs_scope
 from tornado import web
 
 from .. import db as vdb
+from ..db import JOB_STATES
 from ..errors import NotFound, VREError
 from ..events import emit
 from ..plan import PlanRefused
+from ..api.scopes import requires_scope
 from ..settings import Settings
 from . import service
 
 JOBS_SCOPE = "custom:vre-jobs"
+MAX_LIST = 5000
 
 
-def requires_jobs_scope(method):
-    """``@needs_scope(JOBS_SCOPE)``, decorated at first call (the custom scope exists only once
-    the hub's config is loaded; this module is imported while it loads)."""
-    checked = None
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        nonlocal checked
-        if checked is None:
-            checked = needs_scope(JOBS_SCOPE)(method)
-        return checked(self, *args, **kwargs)
-
-    return wrapper
+requires_jobs_scope = requires_scope(JOBS_SCOPE)
 
 
 class _JobsHandler(APIHandler):
@@ -83,9 +73,17 @@ class JobListHandler(_JobsHandler):
     @requires_jobs_scope
     async def get(self):
         project = self.get_query_argument("project", None)
+        state = self.get_query_argument("state", None)
+        if state is not None and state not in JOB_STATES:
+            raise web.HTTPError(400, f"state must be one of {', '.join(JOB_STATES)}")
+        try:
+            limit = int(self.get_query_argument("limit", "200"))
+            assert 1 <= limit <= MAX_LIST
+        except (ValueError, AssertionError):
+            raise web.HTTPError(400, f"limit must be a whole number from 1 to {MAX_LIST}") from None
 
         def listing(db, user):
-            jobs = service.list_jobs(db, self.vre, user, project)
+            jobs = service.list_jobs(db, self.vre, user, project, limit=limit, state=state)
             places = {}
             for pid in {j.project_id for j in jobs}:
                 places.update(service.positions(db, pid))

@@ -201,7 +201,7 @@ def get(db: Session, settings: Settings, user: str, job_id: int) -> Job:
 
 
 def list_jobs(db: Session, settings: Settings, user: str, project_slug: str | None = None,
-              limit: int = 200) -> list[Job]:
+              limit: int = 200, state: str | None = None) -> list[Job]:
     from ..projects import projects_of
 
     slugs = [p.slug for p in projects_of(db, user)]
@@ -209,8 +209,10 @@ def list_jobs(db: Session, settings: Settings, user: str, project_slug: str | No
         if project_slug not in slugs:
             raise PlanRefused(f"you are not a member of a project named {project_slug!r}")
         slugs = [project_slug]
-    rows = db.scalars(select(Job).join(Project).where(Project.slug.in_(slugs))
-                      .order_by(Job.id.desc()).limit(limit)).all()
+    query = select(Job).join(Project).where(Project.slug.in_(slugs))
+    if state:
+        query = query.where(Job.state == state)
+    rows = db.scalars(query.order_by(Job.id.desc()).limit(limit)).all()
     return list(rows)
 
 
