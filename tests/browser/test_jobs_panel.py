@@ -39,6 +39,10 @@ def alice(sqlite_hub):
         shutil.copy(log, ARTIFACTS / f"jobs-panel-session-{log.parent.name}.log")
     if client.server_state(PROJECT) is not None:
         client.stop(PROJECT)
+    # Lab restores its last layout (here: the executed notebook) in the next session of this home;
+    # the browser tests after this one expect the launcher
+    home = sqlite_hub.state / "projects" / PROJECT / "homes" / "alice"
+    shutil.rmtree(home / ".jupyter" / "lab" / "workspaces", ignore_errors=True)
 
 
 @pytest.fixture
