@@ -10,6 +10,8 @@ selects a profile; the plan comes from the database.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,7 +24,7 @@ from .. import gpus
 from ..api.ingest import Identity, make_token
 from ..events import aemit
 from ..hubconfig import INNER_HUB_SOCKET, unix_url
-from ..plan import HOME, PlanRefused, SessionPlan, build_plan
+from ..plan import HOME, WORKSPACE, PlanRefused, SessionPlan, build_plan
 from ..settings import Settings, load
 
 INNER_RUN = "/run/vre"                      # inside a session: hub/ (ro), session/ (socket), spool/
@@ -65,6 +67,21 @@ def relay_env(settings: Settings, identity: Identity) -> dict[str, str]:
         "VRE_AUDIT_TOKEN": make_token(settings, identity),
         "VRE_AUDIT_SPOOL": f"{INNER_RUN}/spool",
     }
+
+
+def prepare_home_and_workspace(plan: SessionPlan) -> None:
+    """Create the plan's home and the project workspace with the right owners (idempotent)."""
+    workspace = next(m.source for m in plan.mounts if m.target == WORKSPACE)
+    home = next(m.source for m in plan.mounts if m.target == HOME)
+    workspace.mkdir(parents=True, exist_ok=True)
+    os.chown(workspace, 0, plan.gid)
+    os.chmod(workspace, 0o2770)  # setgid: files stay in the project's group
+    home.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(home.parent, 0o755)
+    (home / "project").mkdir(parents=True, exist_ok=True)  # mount point of the workspace
+    os.chown(home, plan.uid, plan.gid)
+    os.chown(home / "project", plan.uid, plan.gid)
+    os.chmod(home, 0o700)
 
 
 class PlanSessionMixin(HasTraits):
@@ -180,6 +197,24 @@ class PlanSessionMixin(HasTraits):
 
     def _socket_url(self) -> str:
         return "http+unix://" + quote(str(self._socket_path()), safe="")
+
+    def _prepare_run_dir(self, plan: SessionPlan) -> Path:
+        """Home, workspace, and a fresh per-session run directory (the server's socket and the
+        audit spool, private to the session's uid), and the hub socket directory sessions may
+        reach. The backend writes its identity files into the returned directory."""
+        prepare_home_and_workspace(plan)
+        run = self._run_dir()
+        if run.exists():
+            shutil.rmtree(run)
+        for private in ("sock", "spool"):  # the server's socket; audit events not yet at the hub
+            (run / private).mkdir(parents=True)
+            os.chown(run / private, plan.uid, plan.gid)
+            os.chmod(run / private, 0o700)
+        hub_dir = self.settings.hub_socket_dir
+        hub_dir.mkdir(parents=True, exist_ok=True)
+        os.chown(hub_dir, 0, self.settings.sessions_gid)
+        os.chmod(hub_dir, 0o750)
+        return run
 
     # -- GPUs -----------------------------------------------------------------------------
     @staticmethod

@@ -48,7 +48,6 @@ from ..api.ingest import replay_spool
 from ..plan import HOME, SessionPlan
 from ..settings import Settings
 from .common import INNER_RUN, PlanSessionMixin, relay_env, server_args, user_options_profile
-from .sandbox import prepare_home_and_workspace
 
 CFS_PERIOD_US = 100_000
 #: sysctls of every session: no IPv6 at all (its link-local addresses would reach the host's bridge)
@@ -319,23 +318,11 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
             return ""
 
     def _prepare_host(self, plan: SessionPlan) -> None:
-        """Home, workspace and the per-session run directory, with the right owners (as the sandbox)."""
-        prepare_home_and_workspace(plan)
-        run = self._run_dir()
-        if run.exists():
-            shutil.rmtree(run)
-        for private in ("sock", "spool"):  # the server's socket; audit events not yet at the hub
-            (run / private).mkdir(parents=True)
-            os.chown(run / private, plan.uid, plan.gid)
-            os.chmod(run / private, 0o700)
+        run = self._prepare_run_dir(plan)
         os.chmod(run, 0o755)
         (run / "session.json").write_text(json.dumps(plan.manifest(), indent=2))
         for name, text in identity_files(plan, self.settings.sessions_gid).items():
             (run / name).write_text(text)
-        hub_dir = self.settings.hub_socket_dir
-        hub_dir.mkdir(parents=True, exist_ok=True)
-        os.chown(hub_dir, 0, self.settings.sessions_gid)
-        os.chmod(hub_dir, 0o750)
 
     def _environment(self, plan: SessionPlan) -> dict[str, str]:
         env = self.get_env()  # JUPYTERHUB_* (token, API URL, service prefix, ...)

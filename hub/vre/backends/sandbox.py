@@ -33,7 +33,7 @@ from traitlets import Float, Integer, List, Unicode
 
 from ..api.ingest import replay_spool
 from ..gpus import device_nodes, gpu_env
-from ..plan import HOME, WORKSPACE, SessionPlan
+from ..plan import HOME, SessionPlan
 from ..settings import Settings
 from . import netns
 from .cgroups import SessionCgroup
@@ -42,21 +42,6 @@ from .common import INNER_RUN, PlanSessionMixin, relay_env, server_args, user_op
 INNER_UID, INNER_GID = 1000, 100
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "hosts",
              "ssl", "ca-certificates", "alternatives", "mime.types", "fonts", "protocols", "services")
-
-
-def prepare_home_and_workspace(plan: SessionPlan) -> None:
-    """Create the plan's home and the project workspace with the right owners (idempotent)."""
-    workspace = next(m.source for m in plan.mounts if m.target == WORKSPACE)
-    home = next(m.source for m in plan.mounts if m.target == HOME)
-    workspace.mkdir(parents=True, exist_ok=True)
-    os.chown(workspace, 0, plan.gid)
-    os.chmod(workspace, 0o2770)  # setgid: files stay in the project's group
-    home.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(home.parent, 0o755)
-    (home / "project").mkdir(parents=True, exist_ok=True)  # mount point of the workspace
-    os.chown(home, plan.uid, plan.gid)
-    os.chown(home / "project", plan.uid, plan.gid)
-    os.chmod(home, 0o700)
 
 
 def write_identity_files(run: Path, plan: SessionPlan) -> None:
@@ -222,20 +207,7 @@ class SandboxSpawner(PlanSessionMixin, Spawner):
             return ""
 
     def _prepare_host(self, plan: SessionPlan) -> None:
-        """Home, workspace and the per-session run directory, with the right owners."""
-        prepare_home_and_workspace(plan)
-        run = self._run_dir()
-        if run.exists():
-            shutil.rmtree(run)
-        for private in ("sock", "spool"):  # the server's socket; audit events not yet at the hub
-            (run / private).mkdir(parents=True)
-            os.chown(run / private, plan.uid, plan.gid)
-            os.chmod(run / private, 0o700)
-        write_identity_files(run, plan)
-        hub_dir = self.settings.hub_socket_dir
-        hub_dir.mkdir(parents=True, exist_ok=True)
-        os.chown(hub_dir, 0, self.settings.sessions_gid)
-        os.chmod(hub_dir, 0o750)
+        write_identity_files(self._prepare_run_dir(plan), plan)
 
     def _command(self, plan: SessionPlan) -> list[str]:
         """ip netns exec <island> setpriv <uid> bwrap <plan> -- jupyterhub-singleuser ..."""

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from ..backends import netns
 from ..backends.cgroups import SessionCgroup
-from ..backends.sandbox import prepare_home_and_workspace, sandbox_argv, write_identity_files
+from ..backends.common import prepare_home_and_workspace
+from ..backends.sandbox import sandbox_argv, write_identity_files
 from ..gpus import gpu_env
 from ..plan import THREAD_VARS, WORKSPACE, SessionPlan
 from ..settings import Settings
