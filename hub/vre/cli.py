@@ -372,12 +372,7 @@ def cmd_jobs(args) -> int:
         elif args.jobs_cmd == "log":
             print(service.read_log(settings, job)[0], end="")
         elif args.jobs_cmd == "cancel":
-            if job.state in vdb.JOB_FINAL:
-                raise VREError(f"job {job.id} already ended ({job.state})")
-            if job.state == "queued":
-                job.state, job.reason, job.finished_at = "cancelled", "cancelled by an admin while queued", vdb.utcnow()
-            else:
-                job.cancel_requested, job.reason = True, "cancel requested by an admin"
+            service.request_cancel(job, "an admin")
             event = dict(project=job.project.slug, target=f"job/{job.id}",
                          details={"while": "queued" if job.state == "cancelled" else "running"})
             print(f"job {job.id}: {job.state if job.state == 'cancelled' else 'cancel requested'}")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from hubclient import HubClient
+from labpage import dismiss_toasts
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -75,25 +76,6 @@ def write_notebook(alice, path: str, code: str) -> None:
                      "source": code}]}
     r = alice.server_api(PROJECT, "PUT", f"/contents/{path}", json={"type": "notebook", "format": "json", "content": nb})
     assert r.status_code in (200, 201), f"writing {path}: {r.status_code} {r.text}"
-
-
-def dismiss_toasts(page, wait_ms: int = 0) -> None:
-    """Answer Lab's "Jupyter news?" question and close other notifications (clean screenshots)."""
-    toasts = page.locator(".Toastify__toast")
-    if wait_ms:
-        try:
-            expect(toasts.first).to_be_visible(timeout=wait_ms)
-        except AssertionError:
-            return
-    for toast in toasts.all():
-        try:
-            no = toast.get_by_role("button", name="No", exact=True)
-            if no.count():
-                no.click(timeout=3_000)
-            else:
-                toast.locator(".jp-Notification-Toast-Close").click(timeout=3_000)
-        except Exception:  # closed itself meanwhile
-            pass
 
 
 def test_submit_follow_and_refuse_from_the_jobs_panel(lab, alice):

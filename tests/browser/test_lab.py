@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from hubclient import HubClient
+from labpage import dismiss_toasts
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -87,26 +88,6 @@ def run_cell(page, index: int, code: str, expect_text: str):
     expect(output).to_contain_text(expect_text, timeout=60_000)
     expect(cell.locator(".jp-InputPrompt")).to_contain_text(re.compile(r"\[\d+\]"))
     return output
-
-
-def dismiss_toasts(page) -> None:
-    """Answer Lab's "get Jupyter news?" toast (shown once per fresh home) and close any other
-    notification, for a clean screenshot."""
-    toasts = page.locator(".Toastify__toast")
-    try:  # the news question comes a few seconds after Lab starts, unless answered before
-        expect(toasts.first).to_be_visible(timeout=15_000)
-    except AssertionError:
-        return
-    for toast in toasts.all():
-        try:
-            no = toast.get_by_role("button", name="No", exact=True)
-            if no.count():
-                no.click(timeout=5_000)
-            else:
-                toast.locator(".jp-Notification-Toast-Close").click(timeout=5_000)
-        except Exception:  # a toast that closes itself meanwhile is fine
-            pass
-    expect(toasts).to_have_count(0, timeout=15_000)
 
 
 @pytest.fixture
@@ -225,7 +206,7 @@ def test_start_session_run_code_in_lab_and_stop(sqlite_hub, browser_page, stop_a
 
     # The README screenshot: the notebook and both outputs, nothing over them.
     page.locator(".jp-Notebook .jp-Cell").first.scroll_into_view_if_needed()
-    dismiss_toasts(page)
+    dismiss_toasts(page, wait_ms=15_000, click_ms=5_000)
     page.mouse.move(1390, 890)  # no hover highlight on the cells
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "lab.png"))

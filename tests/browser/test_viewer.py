@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hubclient import HubClient
+from labpage import dismiss_toasts
 
 from vre.demo.provision import DATASETS
 from vre.demo.synth import CT_LANDMARKS, HU_NODULE, Z_CENTER_MM, make_cohort
@@ -87,25 +88,6 @@ def open_lab(page, alice) -> None:
     page.goto(f"{alice.server_url(PROJECT)}/lab?reset")
     expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=LAB_TIMEOUT_MS)
     expect(page.locator('.jp-SideBar [data-id="vre-datasets"]').first).to_be_visible(timeout=LAB_TIMEOUT_MS)
-
-
-def dismiss_toasts(page, wait_ms: int = 0) -> None:
-    """Answer Lab's "Jupyter news?" question and close other notifications (clean screenshots)."""
-    toasts = page.locator(".Toastify__toast")
-    if wait_ms:
-        try:
-            expect(toasts.first).to_be_visible(timeout=wait_ms)
-        except AssertionError:
-            return
-    for toast in toasts.all():
-        try:
-            no = toast.get_by_role("button", name="No", exact=True)
-            if no.count():
-                no.click(timeout=3_000)
-            else:
-                toast.locator(".jp-Notification-Toast-Close").click(timeout=3_000)
-        except Exception:  # closed itself meanwhile
-            pass
 
 
 def show_datasets(page):

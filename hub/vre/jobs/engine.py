@@ -37,10 +37,6 @@ RUNTIME_SLACK = 60    # the task enforces the limit; the engine steps in this mu
 MAX_ATTEMPTS = 2
 
 
-def _ask(job: Job) -> Ask:
-    return Ask(job.id, job.account_id, job.cpu, job.mem_mb, job.gpus)
-
-
 class Engine:
     def __init__(self, settings: Settings, executor: LocalDaskExecutor | None = None):
         self.settings = settings
@@ -174,7 +170,7 @@ class Engine:
             return
         quota = Quota(project.job_slots, project.job_cpu, project.job_mem_mb, project.job_gpus)
         by_id = {j.id: j for j in queued}
-        for ask in admit([_ask(j) for j in queued], [_ask(j) for j in running], quota,
+        for ask in admit([Ask.of(j) for j in queued], [Ask.of(j) for j in running], quota,
                          gpus.free_count(db, self.settings)):
             await self.start(db, project, by_id[ask.id])
 

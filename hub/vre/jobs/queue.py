@@ -28,6 +28,11 @@ class Ask:
     mem_mb: int
     gpus: int
 
+    @classmethod
+    def of(cls, job) -> "Ask":
+        """What a job record (``vre.db.Job``) holds while it runs; its owner is its account."""
+        return cls(job.id, job.account_id, job.cpu, job.mem_mb, job.gpus)
+
 
 def fair_order(queued: list[Ask], running: list[Ask]) -> list[Ask]:
     """The queue as it will be served (positions shown to users come from this order)."""

@@ -218,14 +218,18 @@ def list_jobs(db: Session, settings: Settings, user: str, project_slug: str | No
 
 def cancel(db: Session, settings: Settings, user: str, job_id: int) -> Job:
     """Queued: cancelled at once. Running: the engine kills its process group."""
-    job = _visible_job(db, settings, user, job_id)
+    return request_cancel(_visible_job(db, settings, user, job_id), user)
+
+
+def request_cancel(job: Job, by: str) -> Job:
+    """Cancel ``job`` on behalf of ``by`` (a member, or "an admin"), whoever checked the right to."""
     if job.state in JOB_FINAL:
-        raise JobRejected(f"job {job_id} already ended ({job.state})")
+        raise JobRejected(f"job {job.id} already ended ({job.state})")
     if job.state == "queued":
-        job.state, job.reason, job.finished_at = "cancelled", f"cancelled by {user} while queued", utcnow()
+        job.state, job.reason, job.finished_at = "cancelled", f"cancelled by {by} while queued", utcnow()
     else:
         job.cancel_requested = True
-        job.reason = f"cancel requested by {user}"
+        job.reason = f"cancel requested by {by}"
     return job
 
 
@@ -252,8 +256,8 @@ def rerun(db: Session, settings: Settings, user: str, job_id: int) -> Job:
 def positions(db: Session, project_id: int) -> dict[int, int]:
     """Job id -> 1-based place in its project's queue (the order the engine serves)."""
     jobs = db.scalars(select(Job).where(Job.project_id == project_id, Job.state.in_(("queued", "running")))).all()
-    asks = lambda js: [Ask(j.id, j.account_id, j.cpu, j.mem_mb, j.gpus) for j in js]  # noqa: E731
-    order = fair_order(asks(j for j in jobs if j.state == "queued"), asks(j for j in jobs if j.state == "running"))
+    order = fair_order([Ask.of(j) for j in jobs if j.state == "queued"],
+                       [Ask.of(j) for j in jobs if j.state == "running"])
     return {a.id: i + 1 for i, a in enumerate(order)}
 
 
