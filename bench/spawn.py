@@ -67,7 +67,7 @@ BACKENDS = ("sandbox", "docker", "local")
 LOCAL_CONFIG = '''
 import importlib.util
 import os
-from vre.hubconfig import unix_url
+from vre.hostfiles import unix_url
 from vre.settings import load
 
 _s = load()

@@ -14,26 +14,9 @@ from traitlets import Instance, default
 
 from . import db as vdb
 from .accounts import check_login
-from .events import aemit
+from .audit.events import aemit
+from .roles import groups_for
 from .settings import Settings, load
-
-AUDITOR_ROLE = "vre-auditor"
-AUDIT_READ_SCOPE = "custom:vre-audit:read"
-
-
-AUDITOR_GROUP = "vre-auditors"
-ADMIN_ROLE = "vre-admin"
-ADMIN_GROUP = "vre-admins"
-#: What a VRE admin may do through the hub: see users, servers and groups, and stop servers.
-#: Not JupyterHub's all-powerful admin: no changing users or groups (so no joining the auditors),
-#: no tokens for others, no access to anyone's session. Provisioning is the ``vre`` CLI's job.
-ADMIN_SCOPES = ["self", "admin-ui", "list:users", "read:users", "read:servers", "delete:servers",
-                "list:groups", "read:groups", "read:roles", "read:hub", "read:metrics"]
-
-
-def groups_for(role: str) -> list[str]:
-    """JupyterHub groups of a VRE account; each group carries its role (see hubconfig)."""
-    return {"auditor": [AUDITOR_GROUP], "admin": [ADMIN_GROUP]}.get(role, [])
 
 
 class VREAuthenticator(Authenticator):

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from . import db as vdb
 from .errors import NotFound, VREError
-from .events import emit_cli
+from .audit.events import emit_cli
 from .settings import Settings, SettingsError, load
+from .tables import print_table
 
 HUB_CONFIG = Path(__file__).resolve().parent.parent / "jupyterhub_config.py"
 
@@ -26,15 +27,6 @@ def _settings(args) -> Settings:
 def _db(settings: Settings):
     vdb.upgrade(settings.vre_db_url)
     return vdb.session_scope(settings.vre_db_url)
-
-
-def print_table(rows: list[list], header: list[str]) -> None:
-    cells = [header] + [[("" if v is None else str(v)) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    for i, r in enumerate(cells):
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 # --- hub ------------------------------------------------------------------------------------

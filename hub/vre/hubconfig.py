@@ -7,38 +7,22 @@ unix sockets, sessions in sandboxes without network; sessions survive hub restar
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 from pathlib import Path
-from urllib.parse import quote
 
+from .hostfiles import read_or_create_secret, unix_url
+from .plan import INNER_HUB_SOCKET
 from .settings import Settings
 
 TEMPLATES = Path(__file__).parent / "templates"
-INNER_HUB_SOCKET = "/run/vre/hub/hub.sock"
-
-
-def unix_url(path: str | Path) -> str:
-    return "http+unix://" + quote(str(path), safe="")
-
-
-def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
-    """A secret kept in a root-only file, created on first use (never in the repository)."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(nbytes))
-    return path.read_text().strip()
 
 
 def configure(c, settings: Settings) -> None:
     from .api import configure as configure_api
-    from .auth import (ADMIN_GROUP, ADMIN_ROLE, ADMIN_SCOPES, AUDIT_READ_SCOPE, AUDITOR_GROUP, AUDITOR_ROLE,
-                       VREAuthenticator)
-    from .events import make_log_function
-    from .jobs.api import JOBS_SCOPE
+    from .audit.events import make_log_function
+    from .auth import VREAuthenticator
     from .hubpages import home_projects
+    from .roles import CUSTOM_SCOPES, load_roles
 
     if os.geteuid() != 0:
         raise SystemExit("the VRE hub must run as root: it creates sandboxes, cgroups and network namespaces")
@@ -68,26 +52,14 @@ def configure(c, settings: Settings) -> None:
     c.JupyterHub.authenticator_class = VREAuthenticator
     c.Authenticator.any_allow_config = True  # VREAuthenticator.check_allowed asks the VRE database
     c.VREAuthenticator.settings = settings
-    c.JupyterHub.custom_scopes = {
-        AUDIT_READ_SCOPE: {"description": "Read, export and verify the VRE audit trail (auditors)."},
-        JOBS_SCOPE: {"description": "Use the batch queue of one's own projects (submit, follow, cancel jobs)."},
-    }
-    c.JupyterHub.load_roles = [
-        {"name": AUDITOR_ROLE, "description": "Review, export and verify the audit trail",
-         "scopes": [AUDIT_READ_SCOPE], "groups": [AUDITOR_GROUP]},
-        {"name": ADMIN_ROLE, "description": "See users and sessions, stop sessions (provisioning: vre CLI)",
-         "scopes": ADMIN_SCOPES, "groups": [ADMIN_GROUP]},
-        # Researchers (in the browser) and their sessions (server tokens) may use the batch queue;
-        # which projects' jobs is decided by membership, as for sessions.
-        {"name": "user", "scopes": ["self", JOBS_SCOPE]},
-        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", JOBS_SCOPE]},
-    ]
+    c.JupyterHub.custom_scopes = CUSTOM_SCOPES
+    c.JupyterHub.load_roles = load_roles()
     configure_api(c, settings)
     # Seal the audit trail at intervals (a managed service: the hub starts and restarts it).
     vre_env = {k: v for k, v in os.environ.items() if k.startswith("VRE_")}
     vre_env["PATH"] = os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     # The batch queue's engine: admits, runs and follows jobs (its state is in the VRE database).
-    c.JupyterHub.services = [{"name": "vre-audit-sealer", "command": [sys.executable, "-m", "vre.sealer"],
+    c.JupyterHub.services = [{"name": "vre-audit-sealer", "command": [sys.executable, "-m", "vre.audit.sealer"],
                               "environment": vre_env},
                              {"name": "vre-jobs", "command": [sys.executable, "-m", "vre.jobs.engine"],
                               "environment": vre_env}]

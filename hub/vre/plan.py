@@ -24,6 +24,12 @@ HOME = "/home/jovyan"
 WORKSPACE = f"{HOME}/project"
 DATA_ROOT = "/data"
 CATALOG_ROOT = "/opt/vre/catalog"
+#: The session's own runtime directory: hub/ (the hub's socket, read-only), session/ (the server's
+#: socket), spool/ (audit events not yet at the hub).
+INNER_RUN = "/run/vre"
+INNER_HUB_SOCKET = f"{INNER_RUN}/hub/hub.sock"
+INNER_SOCKET = f"{INNER_RUN}/session/jupyter.sock"
+MANIFEST = "/etc/vre/session.json"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "TORCH_NUM_THREADS")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from vre.backends.common import server_args
+from vre.backends.plan_spawner import server_args
 from vre.backends.docker import (SYSCTLS, VREDockerSpawner, bridge_name, container_config, gpu_config,
                                  identity_files, network_config)
 from vre.plan import Mount, SessionPlan

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from tornado import web
 
-from vre.backends.common import user_options_profile as _user_options_profile
+from vre.backends.plan_spawner import user_options_profile as _user_options_profile
 from vre.backends.sandbox import SandboxSpawner
 from vre.plan import Mount, SessionPlan
 from vre.settings import Settings

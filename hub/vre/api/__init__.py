@@ -31,30 +31,19 @@ class MethodMatches(Matcher):
         return f"MethodMatches({', '.join(sorted(self.methods))})"
 
 
-def _ingest_handler():
-    """The ingest handler class, or None while ``vre.api.ingest`` does not exist yet."""
-    try:
-        from .ingest import IngestHandler
-    except ModuleNotFoundError as e:
-        if e.name == f"{__name__}.ingest":
-            return None
-        raise  # ingest exists but something it imports is missing: a real error, say so
-    return IngestHandler
-
-
 def routes(settings) -> list[tuple]:
     """All extra hub routes (relative to the hub prefix)."""
     from ..jobs.api import handlers as job_handlers
     from .audit import handlers
+    from .ingest import IngestHandler
 
     result = list(job_handlers(settings))
-    ingest = _ingest_handler()
     for pattern, cls, *rest in handlers(settings):
-        if pattern == EVENTS_ROUTE and ingest is not None:
+        if pattern == EVENTS_ROUTE:
             kwargs = rest[0] if rest else {}
             result.append((pattern, [
                 (MethodMatches("GET", "HEAD"), cls, kwargs),
-                (AnyMatches(), ingest),
+                (AnyMatches(), IngestHandler),
             ]))
         else:
             result.append((pattern, cls, *rest))

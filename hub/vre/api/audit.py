@@ -37,13 +37,14 @@ from jupyterhub.handlers import BaseHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..auth import AUDIT_READ_SCOPE
-from .scopes import requires_scope
+from ..audit import ACTIONS, OUTCOMES, AuditError, open_store
+from ..audit.events import aemit
+from ..roles import AUDIT_READ_SCOPE
 from ..settings import Settings, load
+from .scopes import requires_scope
 
 #: Filter parameters taken from the query string, passed to the store as they are (after checks).
 TEXT_FILTERS = ("user", "project", "dataset", "action", "session", "text")
-DEFAULT_OUTCOMES = ("ok", "denied", "error")
 MAX_FILTER_LENGTH = 256
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 50
@@ -63,24 +64,18 @@ requires_audit_scope = requires_scope(AUDIT_READ_SCOPE)
 
 
 # --- the store -----------------------------------------------------------------------------------
-def _audit():
-    from .. import audit
-
-    return audit
-
-
 def _store(settings: Settings):
-    return _audit().open_store(settings)
+    return open_store(settings)
 
 
 def outcomes() -> tuple[str, ...]:
-    return tuple(getattr(_audit(), "OUTCOMES", DEFAULT_OUTCOMES))
+    return tuple(OUTCOMES)
 
 
 def action_catalogue() -> tuple[list[tuple[str, str]], list[str]]:
     """([(action, description)], prefixes) for the page's action filter: the catalogue and its
     families ("session.")."""
-    catalogue = getattr(_audit(), "ACTIONS", {}) or {}
+    catalogue = ACTIONS
     actions = sorted(catalogue.items())
     prefixes = sorted({a.split(".", 1)[0] + "." for a in catalogue if "." in a})
     return actions, prefixes
@@ -90,7 +85,7 @@ async def in_thread(func, *args, **kwargs):
     """Run a blocking store call in a worker thread; the store's AuditError (a bad filter) is a 400."""
     try:
         return await asyncio.to_thread(func, *args, **kwargs)
-    except _audit().AuditError as e:
+    except AuditError as e:
         raise web.HTTPError(400, str(e)) from None
 
 
@@ -226,13 +221,10 @@ class _VREMixin:
 
     async def _audit_record(self, action: str, *, outcome: str = "ok", details: dict) -> None:
         """Record what the auditor did through this API in the trail itself."""
-        audit = _audit()
         who = self.current_user  # a user with the vre-auditor role, or a service granted the scope
         role = "service" if getattr(who, "kind", "user") == "service" else "auditor"
-        event = audit.Event(action=action, actor=who.name, actor_role=role,
-                            outcome=outcome, target="audit-trail", client=self.request.remote_ip,
-                            details=details)
-        await in_thread(lambda: _store(self.vre_settings).append(event))
+        await aemit(self.vre_settings, action, actor=who.name, actor_role=role, outcome=outcome,
+                    target="audit-trail", client=self.request.remote_ip, details=details)
 
 
 class AuditPageHandler(_VREMixin, BaseHandler):

@@ -1,10 +1,10 @@
 """Tamper-evident audit trail: one event schema, a hash-chained append-only store with signed
 checkpoints, verification, SIEM export and the ``vre audit`` commands.
 
-    from vre.audit import Event, open_store
-    open_store(settings).append(Event("dataset.register", actor="alice", actor_role="admin", dataset="lung1"))
+    from vre.audit.events import emit
+    emit(settings, "dataset.register", actor="alice", actor_role="admin", dataset="lung1")
 
-See :mod:`vre.audit.schema` (events), :mod:`vre.audit.store` (storage, concurrency, durability) and
+:mod:`vre.audit.events` is the one way to write events. See :mod:`vre.audit.schema` (events), :mod:`vre.audit.store` (storage, concurrency, durability) and
 :mod:`vre.audit.verify` (what verification proves, and its limits).
 """
 
@@ -13,11 +13,11 @@ from __future__ import annotations
 import threading
 
 from .schema import ACTIONS, ACTOR_ROLES, OUTCOMES, SCHEMA_VERSION, AuditError, Event
-from .store import AuditStore, record
+from .store import AuditStore
 from .verify import VerifyReport
 
 __all__ = ["ACTIONS", "ACTOR_ROLES", "OUTCOMES", "SCHEMA_VERSION", "AuditError", "AuditStore", "Event",
-           "VerifyReport", "open_store", "record", "checkpoint_file"]
+           "VerifyReport", "open_store", "checkpoint_file"]
 
 _stores: dict[str, AuditStore] = {}
 _lock = threading.Lock()

@@ -12,33 +12,28 @@ and 1 when it found tampering; bad input exits 2 like every ``vre`` command.
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import os
 import sys
 
-from ..cli import print_table
+from .. import db as vdb
 from ..errors import VREError
-from .schema import ACTIONS, OUTCOMES, AuditError, Event
+from ..settings import load
+from ..tables import print_table
+from . import open_store
+from .events import emit_cli
+from .schema import ACTIONS, OUTCOMES, AuditError
 
 _FILTERS = ("user", "project", "dataset", "action", "outcome", "session", "since", "until", "text")
 
 
 def _open(args):
-    from .. import db as vdb
-    from ..settings import load
-    from . import open_store
-
     settings = load(args.config)
     vdb.upgrade(settings.vre_db_url)
     try:
         return open_store(settings)
     except AuditError as e:
         raise VREError(str(e)) from None
-
-
-def _cli_actor() -> str:
-    return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
 def _when(value: str | None, *, end_of_day: bool, what: str) -> dt.datetime | None:
@@ -64,9 +59,8 @@ def _filters(args) -> dict:
     return {k: v for k, v in f.items() if v is not None}
 
 
-def _record(store, action: str, outcome: str = "ok", **details) -> None:
-    store.append(Event(action, actor=_cli_actor(), actor_role="admin", outcome=outcome,
-                       details={"via": "cli", **details}))
+def _record(args, action: str, outcome: str = "ok", **details) -> None:
+    emit_cli(load(args.config), action, outcome=outcome, details=details)
 
 
 def _short(value, width: int) -> str:
@@ -118,7 +112,7 @@ def cmd_export(args) -> int:
         raise VREError(str(e)) from None
     except OSError as e:
         raise VREError(f"cannot write {args.output}: {e.strerror}") from None
-    _record(store, "audit.export", format=args.format, rows=n, output=args.output or "-",
+    _record(args, "audit.export", format=args.format, rows=n, output=args.output or "-",
             filters={k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in filters.items()})
     if args.output not in (None, "-"):
         print(f"exported {n} event(s) as {args.format} to {args.output}")
@@ -131,7 +125,7 @@ def cmd_verify(args) -> int:
         report = store.verify(public_key=args.public_key, extra_checkpoints=args.checkpoints or ())
     except AuditError as e:
         raise VREError(str(e)) from None
-    _record(store, "audit.verify", outcome="ok" if report.ok else "error", intact=report.ok,
+    _record(args, "audit.verify", outcome="ok" if report.ok else "error", intact=report.ok,
             length=report.length, problem=report.problem, seq=report.seq)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

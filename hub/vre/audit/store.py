@@ -547,10 +547,5 @@ def _as_time(value, what: str) -> dt.datetime:
     return parse_time(value, what)
 
 
-def record(store: AuditStore, event: Event) -> bool:
-    """Append ``event`` durably (convenience for callers holding a store)."""
-    return store.append(event)
-
-
-__all__ = ["AuditStore", "VerifyReport", "record", "audit_events", "audit_checkpoints", "GENESIS",
+__all__ = ["AuditStore", "VerifyReport", "audit_events", "audit_checkpoints", "GENESIS",
            "checkpoint_payload"]

@@ -44,10 +44,11 @@ from dockerspawner import DockerSpawner
 from traitlets import Bool, CaselessStrEnum, Dict, Integer, List, Unicode, default
 
 from .. import gpus
-from ..api.ingest import replay_spool
+from ..audit.relay import replay_spool
 from ..plan import HOME, SessionPlan
 from ..settings import Settings
-from .common import INNER_RUN, PlanSessionMixin, relay_env, server_args, user_options_profile
+from ..plan import INNER_RUN
+from .plan_spawner import PlanSessionMixin, relay_env, server_args, user_options_profile
 
 CFS_PERIOD_US = 100_000
 #: sysctls of every session: no IPv6 at all (its link-local addresses would reach the host's bridge)

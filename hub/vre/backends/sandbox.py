@@ -31,13 +31,14 @@ from pathlib import Path
 from jupyterhub.spawner import Spawner
 from traitlets import Float, Integer, List, Unicode
 
-from ..api.ingest import replay_spool
+from ..audit.relay import replay_spool
 from ..gpus import device_nodes, gpu_env
 from ..plan import HOME, SessionPlan
 from ..settings import Settings
 from . import netns
 from .cgroups import SessionCgroup
-from .common import INNER_RUN, PlanSessionMixin, relay_env, server_args, user_options_profile
+from ..plan import INNER_RUN
+from .plan_spawner import PlanSessionMixin, relay_env, server_args, user_options_profile
 
 INNER_UID, INNER_GID = 1000, 100
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "hosts",

@@ -17,7 +17,7 @@ from .. import db as vdb
 from .. import projects as P
 from ..accounts import add_account
 from ..catalog.registry import add_dataset
-from ..events import emit
+from ..audit.events import emit
 from ..settings import Settings
 from .synth import make_cohort
 

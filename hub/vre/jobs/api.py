@@ -24,13 +24,13 @@ from tornado import web
 from .. import db as vdb
 from ..db import JOB_STATES
 from ..errors import NotFound, VREError
-from ..events import emit
+from ..audit.events import emit
 from ..plan import PlanRefused
 from ..api.scopes import requires_scope
+from ..roles import JOBS_SCOPE
 from ..settings import Settings
 from . import service
 
-JOBS_SCOPE = "custom:vre-jobs"
 MAX_LIST = 5000
 
 

@@ -23,7 +23,8 @@ from sqlalchemy import select
 from .. import db as vdb
 from .. import gpus
 from ..db import Job, Project, utcnow
-from ..audit import Event, open_store
+from ..audit import Event
+from ..audit.events import emit_many
 from ..plan import PlanRefused, build_plan
 from ..settings import Settings, load
 from . import service
@@ -139,8 +140,7 @@ class Engine:
         db.commit()
         events, self._events = self._events, []
         if events:  # one audit transaction for all of them
-            await asyncio.to_thread(open_store(self.settings).append_many,
-                                    [Event(action=action, **kw) for action, kw in events])
+            await asyncio.to_thread(emit_many, self.settings, [Event(action=action, **kw) for action, kw in events])
 
     async def tick_project(self, db, project: Project) -> None:
         jobs = db.scalars(select(Job).where(Job.project_id == project.id,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..backends import netns
 from ..backends.cgroups import SessionCgroup
-from ..backends.common import prepare_home_and_workspace
+from ..backends.plan_spawner import prepare_home_and_workspace
 from ..backends.sandbox import sandbox_argv, write_identity_files
 from ..gpus import gpu_env
 from ..plan import THREAD_VARS, WORKSPACE, SessionPlan

@@ -2,7 +2,7 @@
 
 Checkpoints are also made as events are appended; this keeps the unsealed tail short during quiet
 periods, which is what makes truncating the tail detectable. Run by the hub as a managed service
-(``python -m vre.sealer``), so it starts, stops and restarts with the hub.
+(``python -m vre.audit.sealer``), so it starts, stops and restarts with the hub.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import logging
 import signal
 import threading
 
-from .audit import open_store
-from .settings import load
+from ..settings import load
+from . import open_store
 
 INTERVAL = 60.0
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s vre-sealer] %(message)s")
-    log = logging.getLogger("vre.sealer")
+    log = logging.getLogger("vre.audit.sealer")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops its services with SIGINT
         signal.signal(sig, lambda *_: stop.set())

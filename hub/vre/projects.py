@@ -12,9 +12,9 @@ import re
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..accounts import get_account
-from ..db import Dataset, Grant, Membership, Profile, Project, utcnow
-from ..errors import NotFound, VREError
+from .accounts import get_account
+from .db import Dataset, Grant, Membership, Profile, Project, utcnow
+from .errors import NotFound, VREError
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
 PROFILE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")

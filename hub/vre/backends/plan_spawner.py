@@ -21,15 +21,13 @@ from traitlets import HasTraits, Instance, Integer, List, Unicode, default
 
 from .. import db as vdb
 from .. import gpus
-from ..api.ingest import Identity, make_token
-from ..events import aemit
-from ..hubconfig import INNER_HUB_SOCKET, unix_url
-from ..plan import HOME, WORKSPACE, PlanRefused, SessionPlan, build_plan
+from ..audit.events import aemit
+from ..audit.relay import Identity, make_token
+from ..hostfiles import unix_url
+from ..plan import HOME, INNER_HUB_SOCKET, INNER_RUN, INNER_SOCKET, WORKSPACE, PlanRefused, SessionPlan, build_plan
 from ..settings import Settings, load
 
-INNER_RUN = "/run/vre"                      # inside a session: hub/ (ro), session/ (socket), spool/
 INNER_HUB_URL = unix_url(INNER_HUB_SOCKET)
-INNER_SOCKET = f"{INNER_RUN}/session/jupyter.sock"
 
 
 def user_options_profile(user_options: dict | None) -> str | None:

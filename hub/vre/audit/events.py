@@ -1,4 +1,5 @@
-"""Hub-side audit sources: logins, sessions, state-changing API requests and CLI administration.
+"""The one writer API of the audit trail, and the hub-side sources that use it: logins, sessions,
+state-changing API requests and CLI administration.
 
 Attribution comes from what the hub knows (the authenticated user, the spawner), never from what a
 client claims. Writes are synchronous and durable: when an ``emit`` returns, the event is stored;
@@ -16,8 +17,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from . import db as vdb
-from .settings import Settings
+from .. import db as vdb
+from ..settings import Settings
+from . import open_store
+from .schema import Event
 
 _API_STATE_CHANGE = {"POST", "PUT", "PATCH", "DELETE"}
 _TOKENS = re.compile(r"^/hub/api/users/([^/]+)/tokens(?:/([^/]+))?$")
@@ -32,10 +35,15 @@ def role_of(settings: Settings, name: str) -> str:
 
 
 def emit(settings: Settings, action: str, *, actor: str, actor_role: str | None = None, **fields: Any) -> None:
-    from .audit import Event, open_store
-
+    """Record one event durably (the actor's role is looked up when not given)."""
     role = actor_role or role_of(settings, actor)
     open_store(settings).append(Event(action=action, actor=actor, actor_role=role, **fields))
+
+
+def emit_many(settings: Settings, events: list[Event]) -> int:
+    """Record attributed events in one transaction; returns how many were new (ids make
+    replays idempotent)."""
+    return open_store(settings).append_many(events)
 
 
 async def aemit(settings: Settings, action: str, **kw: Any) -> None:

@@ -1,0 +1,42 @@
+"""Who may do what through the hub: the VRE's custom scopes, the roles that carry them and the
+groups that carry the roles. hubconfig registers them; handlers check the scopes; the
+authenticator puts each account in the groups of its VRE role."""
+
+from __future__ import annotations
+
+AUDIT_READ_SCOPE = "custom:vre-audit:read"
+JOBS_SCOPE = "custom:vre-jobs"
+
+#: JupyterHub's ``custom_scopes``: defined once the config loads.
+CUSTOM_SCOPES = {
+    AUDIT_READ_SCOPE: {"description": "Read, export and verify the VRE audit trail (auditors)."},
+    JOBS_SCOPE: {"description": "Use the batch queue of one's own projects (submit, follow, cancel jobs)."},
+}
+
+AUDITOR_ROLE = "vre-auditor"
+AUDITOR_GROUP = "vre-auditors"
+ADMIN_ROLE = "vre-admin"
+ADMIN_GROUP = "vre-admins"
+#: What a VRE admin may do through the hub: see users, servers and groups, and stop servers.
+#: Not JupyterHub's all-powerful admin: no changing users or groups (so no joining the auditors),
+#: no tokens for others, no access to anyone's session. Provisioning is the ``vre`` CLI's job.
+ADMIN_SCOPES = ["self", "admin-ui", "list:users", "read:users", "read:servers", "delete:servers",
+                "list:groups", "read:groups", "read:roles", "read:hub", "read:metrics"]
+
+
+def load_roles() -> list[dict]:
+    """JupyterHub's ``load_roles``: auditors and admins by group; researchers (in the browser) and
+    their sessions (server tokens) may use the batch queue, for the projects membership allows."""
+    return [
+        {"name": AUDITOR_ROLE, "description": "Review, export and verify the audit trail",
+         "scopes": [AUDIT_READ_SCOPE], "groups": [AUDITOR_GROUP]},
+        {"name": ADMIN_ROLE, "description": "See users and sessions, stop sessions (provisioning: vre CLI)",
+         "scopes": ADMIN_SCOPES, "groups": [ADMIN_GROUP]},
+        {"name": "user", "scopes": ["self", JOBS_SCOPE]},
+        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", JOBS_SCOPE]},
+    ]
+
+
+def groups_for(role: str) -> list[str]:
+    """JupyterHub groups of a VRE account; each group carries its role."""
+    return {"auditor": [AUDITOR_GROUP], "admin": [ADMIN_GROUP]}.get(role, [])
