@@ -9,7 +9,7 @@ widen the plan.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import select
@@ -18,20 +18,27 @@ from sqlalchemy.orm import Session
 from .accounts import get_account
 from .db import Project
 from .errors import VREError
+from .hostfiles import unix_url
 from .settings import Settings
 
 HOME = "/home/jovyan"
 WORKSPACE = f"{HOME}/project"
 DATA_ROOT = "/data"
 CATALOG_ROOT = "/opt/vre/catalog"
-#: The session's own runtime directory: hub/ (the hub's socket, read-only), session/ (the server's
-#: socket), spool/ (audit events not yet at the hub).
+MANIFEST = "/etc/vre/session.json"
+#: The runtime directory inside a session or worker: hub/ (the hub's sockets, read-only), session/
+#: (the server's socket), spool/ (audit events not yet at the hub), agent/ and doorbell/ (a
+#: project's Dask scheduler: the job engine's way in, and its way to ring the engine).
 INNER_RUN = "/run/vre"
 INNER_HUB_SOCKET = f"{INNER_RUN}/hub/hub.sock"
 INNER_SOCKET = f"{INNER_RUN}/session/jupyter.sock"
-MANIFEST = "/etc/vre/session.json"
+INNER_AGENT_DIR = f"{INNER_RUN}/agent"
+INNER_DOORBELL = f"{INNER_RUN}/doorbell"
+AUDIT_INGEST_PATH = "/hub/api/vre/audit/events"
+#: The thread pools sized to the CPU grant (the one rule: ceil(cpu), at least 1).
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "TORCH_NUM_THREADS")
+ROLES = ("session", "worker", "scheduler")
 
 
 class PlanRefused(VREError):
@@ -40,46 +47,116 @@ class PlanRefused(VREError):
 
 @dataclass(frozen=True)
 class Mount:
+    """``source`` on the host appears at ``target`` inside.
+
+    ``kind`` says what it is, so a backend knows what to prepare and a test what to expect:
+    ``dataset``, ``catalog``, ``home``, ``workspace`` (from the database); ``file`` (written by the
+    hub from the plan before start: manifest, passwd, group); ``private`` (a fresh directory owned
+    by the plan's uid: the server's socket, the audit spool, the scheduler's agent socket);
+    ``hub`` (a directory the hub owns, reachable read-only: its sockets, the engine's doorbell).
+    """
     source: Path
     target: str
     readonly: bool
+    kind: str = "dataset"
+
+
+def thread_limits(cpu: float) -> dict[str, str]:
+    """Thread-pool sizes for a CPU grant: numerical libraries must not start a thread per host core."""
+    threads = str(max(1, math.ceil(cpu)))
+    return {var: threads for var in THREAD_VARS}
 
 
 @dataclass(frozen=True)
 class SessionPlan:
+    """Everything one session, batch worker or project scheduler may touch; backends only translate it.
+
+    Per run, a backend adds only what the run itself creates: the GPU devices leased for it, the
+    credentials minted for it (hub API token, relay credential), and its own executable path.
+    """
     user: str
     project: str
     profile: str
-    role: str                   # "session" or "worker" (a batch worker, shared by the project)
-    session_id: str             # stable per (user, project) for sessions; names cgroups and sockets
-                                # (the job service names each worker: <project>-worker-<n>)
-    uid: int                    # host uid the session runs as
+    role: str                   # "session", "worker" (a batch worker) or "scheduler" (the project's Dask scheduler)
+    session_id: str             # stable per (user, project) for sessions; names cgroups, sockets, containers
+    uid: int                    # host uid it runs as
     gid: int                    # the project's group: shared workspace access
     cpu: float
     mem_mb: int
     gpus: int
     network: str                # the project's island (a network namespace / network / policy)
     datasets: tuple[str, ...]
-    mounts: tuple[Mount, ...]
+    mounts: tuple[Mount, ...]   # every mount, the runtime ones included
     audit_cells: bool = False   # record the code of every executed cell
     gpu_shared: bool = False    # its GPUs may be shared with other sharing holders
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)   # the base environment
     labels: dict[str, str] = field(default_factory=dict)
+    run_dir: Path | None = None  # host directory of the runtime mounts (files, sockets, spool)
 
     @property
     def threads(self) -> int:
         return max(1, math.ceil(self.cpu))
+
+    def mount(self, target: str) -> Mount:
+        return next(m for m in self.mounts if m.target == target)
 
     def manifest(self) -> dict:
         """What the session may know about itself (written into it read-only)."""
         return {
             "user": self.user, "project": self.project, "profile": self.profile, "role": self.role,
             "session_id": self.session_id, "cpu": self.cpu, "mem_mb": self.mem_mb, "gpus": self.gpus,
-            "audit_cells": self.audit_cells,
+            "threads": self.threads, "audit_cells": self.audit_cells,
             "datasets": [
                 {"slug": s, "path": f"{DATA_ROOT}/{s}", "catalog": f"{CATALOG_ROOT}/{s}"} for s in self.datasets
             ],
         }
+
+    # -- batch variants --------------------------------------------------------------------
+    def for_worker(self, name: str, *, cpu: float, mem_mb: int, gpus: int) -> "SessionPlan":
+        """A batch worker of this project (from a ``role="worker"`` plan) with one job's resources."""
+        self._require_batch_base()
+        run = self.run_dir / "workers" / name
+        return replace(self, session_id=name, cpu=cpu, mem_mb=mem_mb, gpus=gpus, run_dir=run,
+                       mounts=_data_mounts(self) + runtime_mounts("worker", run, None),
+                       env={**self.env, **thread_limits(cpu)},
+                       labels={**self.labels, "vre.session": name})
+
+    def for_scheduler(self, name: str, doorbell: Path) -> "SessionPlan":
+        """The project's Dask scheduler: no data (it never runs jobs), its agent's socket, and the
+        job engine's ``doorbell`` socket (its directory: a restarted engine re-creates the socket)."""
+        self._require_batch_base()
+        run = self.run_dir / "scheduler"
+        mounts = tuple(m for m in _data_mounts(self) if m.kind in ("home", "workspace"))
+        return replace(self, session_id=name, role="scheduler", datasets=(), run_dir=run,
+                       mounts=mounts + runtime_mounts("scheduler", run, doorbell.parent),
+                       env={**self.env, "VRE_ROLE": "scheduler", "VRE_AGENT_SOCKET": f"{INNER_AGENT_DIR}/agent.sock",
+                            "VRE_ENGINE_WAKE": f"{INNER_DOORBELL}/{doorbell.name}"},
+                       labels={**self.labels, "vre.session": name, "vre.role": "scheduler"})
+
+    def _require_batch_base(self) -> None:
+        if self.role != "worker" or self.run_dir is None:
+            raise ValueError("batch variants are made from a plan built with role='worker'")
+
+
+def _data_mounts(plan: SessionPlan) -> tuple[Mount, ...]:
+    return tuple(m for m in plan.mounts if m.kind in ("dataset", "catalog", "home", "workspace"))
+
+
+def runtime_mounts(role: str, run: Path, hub_dir: Path | None) -> tuple[Mount, ...]:
+    """The runtime mounts of a role: identity and manifest files; for sessions the hub's socket
+    directory (the directory, not the socket: a restarted hub recreates the socket), the server's
+    socket and the audit spool; for schedulers the agent's socket and the engine's doorbell."""
+    mounts = [Mount(run / "session.json", MANIFEST, True, "file"),
+              Mount(run / "passwd", "/etc/passwd", True, "file"),
+              Mount(run / "group", "/etc/group", True, "file")]
+    if role == "session":
+        mounts += [Mount(hub_dir, f"{INNER_RUN}/hub", True, "hub"),
+                   Mount(run / "sock", f"{INNER_RUN}/session", False, "private"),
+                   Mount(run / "spool", f"{INNER_RUN}/spool", False, "private")]
+    elif role == "scheduler":
+        mounts += [Mount(run / "agent", INNER_AGENT_DIR, False, "private"),
+                   Mount(hub_dir, INNER_DOORBELL, True, "hub")]
+    return tuple(mounts)
 
 
 def island_name(settings: Settings, project_slug: str) -> str:
@@ -89,6 +166,11 @@ def island_name(settings: Settings, project_slug: str) -> str:
 def project_uid(settings: Settings, project_id: int) -> int:
     """Host uid of a project's batch workers and scheduler (numbered like the project's gid)."""
     return settings.gid_base + project_id
+
+
+def jobs_run_dir(settings: Settings, project_slug: str) -> Path:
+    """Host directory of a project's batch runtime: ``scheduler/`` and ``workers/<name>/``."""
+    return settings.run_dir / "jobs" / project_slug
 
 
 def project_paths(settings: Settings, project_slug: str, user: str) -> tuple[Path, Path]:
@@ -137,30 +219,45 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
         # the project's service identity with a home of their own, never a member's private home.
         home = settings.projects_dir / project.slug / "worker-home"
         uid = project_uid(settings, project.id)
+        run = jobs_run_dir(settings, project.slug)   # the variants (for_worker, for_scheduler) live below
+    elif role == "session":
+        run = settings.sessions_run_dir / f"{user}-{project.slug}"
+    else:
+        raise ValueError(f"build_plan makes 'session' and 'worker' plans, not {role!r}")
     datasets = sorted((g.dataset for g in project.grants), key=lambda d: d.slug)
-    mounts = [Mount(Path(d.path), f"{DATA_ROOT}/{d.slug}", True) for d in datasets]
-    mounts += [Mount(settings.catalog_dir / d.slug, f"{CATALOG_ROOT}/{d.slug}", True) for d in datasets]
-    mounts += [Mount(home, HOME, False), Mount(workspace, WORKSPACE, False)]
+    mounts = [Mount(Path(d.path), f"{DATA_ROOT}/{d.slug}", True, "dataset") for d in datasets]
+    mounts += [Mount(settings.catalog_dir / d.slug, f"{CATALOG_ROOT}/{d.slug}", True, "catalog") for d in datasets]
+    mounts += [Mount(home, HOME, False, "home"), Mount(workspace, WORKSPACE, False, "workspace")]
+    mounts += runtime_mounts(role, run, settings.hub_socket_dir)
 
     session_id = f"{user}-{project.slug}" if role == "session" else f"{project.slug}-{role}"
-    plan_env = {
+    env = {
         "VRE_PROJECT": project.slug,
         "VRE_PROFILE": profile.name,
         "VRE_SESSION_ID": session_id,
         "VRE_DATASETS": ",".join(d.slug for d in datasets),
+        "VRE_SESSION": MANIFEST,
         "HOME": HOME,
         "USER": user,
+        "LANG": "C.UTF-8",
+        "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
+        **thread_limits(profile.cpu),
     }
     if project.audit_cells:
-        plan_env["VRE_AUDIT_CELLS"] = "1"
-    threads = str(max(1, math.ceil(profile.cpu)))
-    plan_env.update({var: threads for var in THREAD_VARS})
+        env["VRE_AUDIT_CELLS"] = "1"
+    if role == "session":
+        env.update({"SHELL": "/bin/bash", "VRE_AUDIT_URL": unix_url(INNER_HUB_SOCKET) + AUDIT_INGEST_PATH,
+                    "VRE_AUDIT_SPOOL": f"{INNER_RUN}/spool"})
+    else:
+        env.update({"VRE_ROLE": "worker", "VRE_WORKSPACE": WORKSPACE, "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+                    "MPLCONFIGDIR": "/tmp/matplotlib"})
     return SessionPlan(
         user=user, project=project.slug, profile=profile.name, role=role, session_id=session_id,
         uid=uid, gid=settings.gid_base + project.id,
         cpu=profile.cpu, mem_mb=profile.mem_mb, gpus=profile.gpus,
         network=island_name(settings, project.slug),
-        datasets=tuple(d.slug for d in datasets), mounts=tuple(mounts), env=plan_env,
+        datasets=tuple(d.slug for d in datasets), mounts=tuple(mounts), env=env,
         audit_cells=project.audit_cells, gpu_shared=profile.gpu_shared,
         labels={"vre.user": user, "vre.project": project.slug, "vre.session": session_id, "vre.role": role},
+        run_dir=run,
     )

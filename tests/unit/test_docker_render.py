@@ -9,7 +9,7 @@ import pytest
 from vre.backends.plan_spawner import server_args
 from vre.backends.docker import (SYSCTLS, VREDockerSpawner, bridge_name, container_config, gpu_config,
                                  identity_files, network_config)
-from vre.plan import Mount, SessionPlan
+from vre.plan import Mount, SessionPlan, runtime_mounts
 from vre.settings import Settings, SettingsError, load
 
 SETTINGS = Settings(state_dir=Path("/st"), run_dir=Path("/run/vre-t"), instance="vre")
@@ -21,8 +21,9 @@ def make_plan(**kw) -> SessionPlan:
                 uid=200001, gid=300001, cpu=1.5, mem_mb=2048, gpus=0, network="vre-lung",
                 datasets=("ct",),
                 mounts=(Mount(Path("/srv/ct"), "/data/ct", True), Mount(Path("/st/cat/ct"), "/opt/vre/catalog/ct", True),
-                        Mount(Path("/st/home"), "/home/jovyan", False),
-                        Mount(Path("/st/ws"), "/home/jovyan/project", False)),
+                        Mount(Path("/st/home"), "/home/jovyan", False, "home"),
+                        Mount(Path("/st/ws"), "/home/jovyan/project", False, "workspace"),
+                        *runtime_mounts("session", RUN, Path("/run/vre-t/hub"))),
                 env={"OMP_NUM_THREADS": "2", "VRE_PROJECT": "lung"},
                 labels={"vre.user": "ann", "vre.project": "lung", "vre.session": "ann-lung", "vre.role": "session"})
     base.update(kw)
@@ -31,7 +32,7 @@ def make_plan(**kw) -> SessionPlan:
 
 def render(plan=None, **kw):
     plan = plan or make_plan()
-    args = dict(image="localhost/vre-notebook:latest", name="vre-ann-lung", run_dir=RUN,
+    args = dict(image="localhost/vre-notebook:latest", name="vre-ann-lung",
                 env={"JUPYTERHUB_API_TOKEN": "t", **plan.env},
                 command=["jupyterhub-singleuser", *server_args(plan)])
     args.update(kw)
@@ -169,3 +170,9 @@ def _toml(tmp_path, text):
     path = tmp_path / "vre.toml"
     path.write_text(text)
     return path
+
+
+def test_binds_are_the_plan_mounts_and_nothing_else():
+    plan = make_plan()
+    _, host = render(plan)
+    assert binds(host) == {m.target: (str(m.source), "ro" if m.readonly else "rw") for m in plan.mounts}

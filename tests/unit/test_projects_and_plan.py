@@ -8,7 +8,7 @@ from vre import db as vdb
 from vre import projects as P
 from vre.accounts import add_account
 from vre.errors import VREError
-from vre.plan import PlanRefused, build_plan
+from vre.plan import THREAD_VARS, Mount, PlanRefused, build_plan
 from vre.settings import Settings
 
 
@@ -138,3 +138,44 @@ def test_parse_helpers():
     assert day == dt.datetime(2027, 7, 1, tzinfo=dt.timezone.utc)  # valid through that day
     assert P.parse_expiry("never") is None
     assert P.parse_expiry("2027-06-30T12:00:00Z").tzinfo is not None
+
+
+def test_session_plan_carries_every_mount_and_the_base_environment(world):
+    """What a session may touch is the plan's answer alone: the runtime mounts are in it too."""
+    p = plan(world, "ann", "lung")
+    run = world.sessions_run_dir / "ann-lung"
+    assert p.run_dir == run
+    by_target = {m.target: m for m in p.mounts}
+    assert by_target["/etc/vre/session.json"] == Mount(run / "session.json", "/etc/vre/session.json", True, "file")
+    assert by_target["/etc/passwd"].source == run / "passwd" and by_target["/etc/group"].readonly
+    assert by_target["/run/vre/hub"] == Mount(world.hub_socket_dir, "/run/vre/hub", True, "hub")
+    assert by_target["/run/vre/session"] == Mount(run / "sock", "/run/vre/session", False, "private")
+    assert by_target["/run/vre/spool"] == Mount(run / "spool", "/run/vre/spool", False, "private")
+    # writable: exactly home, workspace, the server's socket directory and the audit spool
+    assert sorted(m.target for m in p.mounts if not m.readonly) == [
+        "/home/jovyan", "/home/jovyan/project", "/run/vre/session", "/run/vre/spool"]
+    # one thread rule (ceil of the CPU grant) for every pool, and the relay's endpoint
+    assert {p.env[v] for v in THREAD_VARS} == {"1"} and p.manifest()["threads"] == 1
+    assert p.env["VRE_SESSION"] == "/etc/vre/session.json"
+    assert p.env["VRE_AUDIT_URL"].startswith("http+unix://") and p.env["VRE_AUDIT_URL"].endswith("/audit/events")
+    assert "VRE_AUDIT_TOKEN" not in p.env  # a per-run credential: the spawner mints it
+
+
+def test_batch_variants_come_from_the_worker_plan(world):
+    with vdb.session_scope(world.vre_db_url) as db:
+        base = build_plan(db, world, "ann", "lung", "large", role="worker")
+    assert base.uid == world.gid_base + 1 and base.mount("/home/jovyan").source.name == "worker-home"
+    worker = base.for_worker("lung-worker-3", cpu=2.5, mem_mb=512, gpus=0)
+    assert (worker.session_id, worker.cpu, worker.mem_mb, worker.threads) == ("lung-worker-3", 2.5, 512, 3)
+    assert worker.env["OMP_NUM_THREADS"] == "3" and worker.run_dir.name == "lung-worker-3"
+    assert {m.target for m in worker.mounts} >= {"/data/lung-ct", "/home/jovyan/project", "/etc/vre/session.json"}
+    assert not any(m.kind in ("hub", "private") for m in worker.mounts)  # no hub socket, no session socket
+    doorbell = world.run_dir / "doorbell" / "wake.sock"
+    sched = base.for_scheduler("lung-scheduler", doorbell)
+    assert sched.role == "scheduler" and sched.datasets == ()
+    assert not any(m.kind in ("dataset", "catalog") for m in sched.mounts)  # it never runs jobs: no data
+    assert sched.mount("/run/vre/doorbell") == Mount(doorbell.parent, "/run/vre/doorbell", True, "hub")
+    assert sched.mount("/run/vre/agent").kind == "private"
+    assert sched.env["VRE_ENGINE_WAKE"] == "/run/vre/doorbell/wake.sock"
+    with pytest.raises(ValueError, match="role='worker'"):
+        plan(world, "ann", "lung").for_worker("x", cpu=1, mem_mb=1, gpus=0)

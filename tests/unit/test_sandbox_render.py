@@ -7,7 +7,7 @@ from tornado import web
 
 from vre.backends.plan_spawner import user_options_profile as _user_options_profile
 from vre.backends.sandbox import SandboxSpawner
-from vre.plan import Mount, SessionPlan
+from vre.plan import Mount, SessionPlan, runtime_mounts
 from vre.settings import Settings
 
 
@@ -15,8 +15,9 @@ def make_plan(**kw) -> SessionPlan:
     base = dict(user="ann", project="lung", profile="small", role="session", session_id="ann-lung",
                 uid=200001, gid=300001, cpu=1.5, mem_mb=2048, gpus=0, network="vre-lung",
                 datasets=("ct",),
-                mounts=(Mount(Path("/srv/ct"), "/data/ct", True), Mount(Path("/st/home"), "/home/jovyan", False),
-                        Mount(Path("/st/ws"), "/home/jovyan/project", False)),
+                mounts=(Mount(Path("/srv/ct"), "/data/ct", True), Mount(Path("/st/home"), "/home/jovyan", False, "home"),
+                        Mount(Path("/st/ws"), "/home/jovyan/project", False, "workspace"),
+                        *runtime_mounts("session", Path("/run/vre-t/sessions/ann-lung"), Path("/run/vre-t/hub"))),
                 env={"OMP_NUM_THREADS": "2"})
     base.update(kw)
     return SessionPlan(**base)
@@ -63,3 +64,15 @@ def test_profile_option_parsing():
     assert _user_options_profile({}) is None and _user_options_profile(None) is None
     with pytest.raises(web.HTTPError):
         _user_options_profile({"profile": {"cpu": 64}})
+
+
+def test_every_bind_is_a_plan_mount(spawner):
+    """The backend only translates: besides the shared software (/usr, the environment, named /etc
+    files) every bind comes from the plan."""
+    plan = make_plan()
+    argv = spawner._command(plan)
+    expected = {(str(m.source), m.target) for m in plan.mounts}
+    shared = {(src, dst) for src, dst in pairs(argv, "--ro-bind") if src == dst or dst == "/usr/bin/node"}
+    assert all(dst.startswith(("/usr", "/etc/", str(spawner.settings.session_env))) for _, dst in shared)
+    binds = set(pairs(argv, "--bind")) | (set(pairs(argv, "--ro-bind")) - shared)
+    assert binds == expected

@@ -31,12 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
-import secrets
-import shutil
+import math
 import subprocess
-from pathlib import Path
 
 import docker
 from docker.errors import APIError, NotFound
@@ -44,11 +40,9 @@ from dockerspawner import DockerSpawner
 from traitlets import Bool, CaselessStrEnum, Dict, Integer, List, Unicode, default
 
 from .. import gpus
-from ..audit.relay import replay_spool
 from ..plan import HOME, SessionPlan
 from ..settings import Settings
-from ..plan import INNER_RUN
-from .plan_spawner import PlanSessionMixin, relay_env, server_args, user_options_profile
+from .plan_spawner import PlanSpawner, server_args
 
 CFS_PERIOD_US = 100_000
 #: sysctls of every session: no IPv6 at all (its link-local addresses would reach the host's bridge)
@@ -100,7 +94,7 @@ def gpu_config(devices: tuple[int, ...] | list[int], nodes: list[str], mode: str
     return {"devices": [f"{node}:{node}:rwm" for node in nodes]}, env
 
 
-def container_config(settings: Settings, plan: SessionPlan, *, image: str, name: str, run_dir: Path,
+def container_config(settings: Settings, plan: SessionPlan, *, image: str, name: str,
                      env: dict[str, str], command: list[str], gpu_devices=(), gpu_nodes=(),
                      gpu_mode: str = "devices", pids_limit: int = 2048, tmp_size: str = "2g",
                      extra_ro_paths=(), umask: int = 0o002, init: bool = True,
@@ -118,15 +112,8 @@ def container_config(settings: Settings, plan: SessionPlan, *, image: str, name:
                                      "with ':'; rename the directory")
         binds.append(f"{source}:{target}:{'ro' if readonly else 'rw'}")
 
-    for m in plan.mounts:
+    for m in plan.mounts:  # every mount, the runtime ones (manifest, identity, sockets, spool) included
         bind(m.source, m.target, m.readonly)
-    bind(run_dir / "session.json", "/etc/vre/session.json", True)
-    bind(run_dir / "passwd", "/etc/passwd", True)
-    bind(run_dir / "group", "/etc/group", True)
-    # The directory, not the socket: a restarted hub recreates the socket file.
-    bind(settings.hub_socket_dir, f"{INNER_RUN}/hub", True)
-    bind(run_dir / "sock", f"{INNER_RUN}/session", False)
-    bind(run_dir / "spool", f"{INNER_RUN}/spool", False)
     for path in extra_ro_paths:
         bind(path, path, True)
 
@@ -177,16 +164,12 @@ async def _run(*argv: str) -> tuple[int, str]:
     return proc.returncode, out.decode(errors="replace").strip()
 
 
-class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
+class VREDockerSpawner(PlanSpawner, DockerSpawner):
     """Runs each (user, project) session in a container on its project's internal network."""
 
     start_noun = "container"
 
-    pids_limit = Integer(2048, config=True, help="Most processes (and threads) one session may have.")
-    stop_grace = Integer(5, config=True, help="Seconds between SIGTERM and SIGKILL when stopping a session.")
     tmp_size = Unicode("2g", config=True, help="Size of the session's /tmp (memory, counted in its limit).")
-    session_umask = Integer(0o002, config=True,
-                            help="umask in sessions: group-writable files for the shared workspace.")
     host_firewall = Bool(
         True, config=True,
         help="Reject, with a host firewall rule (iptables and ip6tables), everything a project network's "
@@ -197,10 +180,6 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
         ["devices", "device_requests"], "devices", config=True,
         help="How leased GPUs reach a container: device nodes (any engine; the image brings the user-space "
              "driver) or Docker's device_requests (the NVIDIA container toolkit).",
-    )
-    extra_ro_paths = List(
-        Unicode(), config=True,
-        help="Host paths to show read-only inside every session at the same path (development only).",
     )
     remove = Bool(True, config=True,
                   help="Remove a session's container when it stops (its state lives in home and workspace).")
@@ -219,59 +198,29 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
         # <instance>-<user>-<project>: also what the engine's `ps` shows
         return f"{self.settings.instance}-{self.user.name}-{self.name}"
 
-    # -- state ----------------------------------------------------------------------------
-    def get_state(self):
-        state = super().get_state()
-        if self.object_id:
-            state.update(self._plan_state())
-        return state
+    def _launched(self) -> bool:
+        return bool(self.object_id)
 
-    def load_state(self, state):
-        super().load_state(state)
-        self._load_plan_state(state)
-
-    def clear_state(self):
-        super().clear_state()
-        self._clear_plan_state()
+    def _identity_files(self, plan: SessionPlan) -> dict[str, str]:
+        return identity_files(plan, self.settings.sessions_gid)
 
     # -- start ----------------------------------------------------------------------------
-    async def start(self):
-        plan = self.plan or await asyncio.to_thread(self._build_plan, user_options_profile(self.user_options))
-        self.session_id, self.island = plan.session_id, plan.network
-        self.audit_session = f"{plan.session_id}-{secrets.token_hex(4)}"
-        self._stop_reason = "stopped"
-
-        async def start_container():
-            try:
-                return await self._start(plan)
-            except BaseException:
-                await self._cleanup()
-                raise
-
-        return await self._audit_start(plan, start_container)
-
     def _image_for(self, plan: SessionPlan) -> str:
         if plan.gpus and self.settings.notebook_gpu_image:
             return self.settings.notebook_gpu_image
         return self.image
 
-    async def _start(self, plan: SessionPlan) -> str:
-        self._progress(10, f"Preparing project {plan.project}: {len(plan.datasets)} dataset(s) read-only")
+    async def _launch(self, plan: SessionPlan) -> None:
         image = self._image_for(plan)
         try:
             image_info = await self.docker("inspect_image", image)
         except NotFound:
             raise DockerBackendError(f"the session image {image} is not on this host; an admin builds it "
                                      "with `vre images build`") from None
-        if plan.gpus:
-            self.gpu_devices = list(await asyncio.to_thread(self._lease_gpus, plan))
-            self._progress(20, f"GPU(s) {', '.join(map(str, self.gpu_devices))} reserved for this session")
-        await asyncio.to_thread(self._prepare_host, plan)
-
         self._progress(30, f"Joining the project's network island (internal network {plan.network}: no route out)")
         await self._remove_container(self.object_name)  # a leftover of a crashed run never lingers
         create, host = container_config(
-            self.settings, plan, image=image, name=self.object_name, run_dir=self._run_dir(),
+            self.settings, plan, image=image, name=self.object_name,
             env=self._environment(plan), command=["jupyterhub-singleuser", *server_args(plan, self.args)],
             gpu_devices=self.gpu_devices, gpu_nodes=gpus.device_nodes(self.gpu_devices), gpu_mode=self.gpu_mode,
             pids_limit=self.pids_limit, tmp_size=self.tmp_size, extra_ro_paths=self.extra_ro_paths,
@@ -285,56 +234,14 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
         self.object_id = obj["Id"]
         self.log.info("Created container %s (%s) for %s from %s", self.object_name, self.object_id[:12],
                       plan.session_id, image)
-
         self._progress(50, f"Starting the container ({plan.cpu:g} CPU, {plan.mem_mb} MiB)")
         await self.docker("start", self.object_id)
-        self._progress(70, "Waiting for JupyterLab to listen")
-        await self._wait_for_socket()
-        self._progress(90, "Server is up; connecting")
-        return self._socket_url()
-
-    async def _wait_for_socket(self) -> None:
-        sock = self._socket_path()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
-        next_check = loop.time() + 0.5
-        while not sock.exists():
-            now = loop.time()
-            if now >= next_check:
-                next_check = now + 0.5
-                state = await self._container_state()
-                if state is None or not state.get("Running"):
-                    code = (state or {}).get("ExitCode")
-                    self.log.error("Container %s exited with %s:\n%s", self.object_name, code, await self._log_tail())
-                    raise RuntimeError(f"the session's server exited during start (code {code}); "
-                                       "an admin can read its log in the hub's log")
-            if now > deadline:
-                raise TimeoutError(f"the session's server did not start within {self.start_timeout} s")
-            await asyncio.sleep(0.05)
 
     async def _log_tail(self, lines: int = 30) -> str:
         try:
             return (await self.docker("logs", self.object_id, tail=lines)).decode(errors="replace")
         except (APIError, OSError):
             return ""
-
-    def _prepare_host(self, plan: SessionPlan) -> None:
-        run = self._prepare_run_dir(plan)
-        os.chmod(run, 0o755)
-        (run / "session.json").write_text(json.dumps(plan.manifest(), indent=2))
-        for name, text in identity_files(plan, self.settings.sessions_gid).items():
-            (run / name).write_text(text)
-
-    def _environment(self, plan: SessionPlan) -> dict[str, str]:
-        env = self.get_env()  # JUPYTERHUB_* (token, API URL, service prefix, ...)
-        env.update(plan.env)
-        env.update({
-            "LANG": "C.UTF-8",
-            "SHELL": "/bin/bash",
-            "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
-            **relay_env(self.settings, self._identity(plan.user, plan.project)),
-        })
-        return env
 
     _engine_name: str | None = None
 
@@ -378,8 +285,9 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
                                          "would reach the host's services. Install iptables, or set "
                                          "c.VREDockerSpawner.host_firewall = False where the host firewall does this")
 
-    async def _release_network(self, network: str) -> None:
+    async def _release_island(self) -> None:
         """Remove the project's network when no container is left on it (and its firewall rule)."""
+        network = self.island
         if not network:
             return
         async with _locks.setdefault(network, asyncio.Lock()):
@@ -403,7 +311,7 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
                     while (await _run(tool, "-w", "-D", "INPUT", "-i", bridge, "-j", "REJECT"))[0] == 0:
                         pass
 
-    # -- poll and stop --------------------------------------------------------------------
+    # -- liveness and removal -------------------------------------------------------------
     async def _container_state(self) -> dict | None:
         try:
             obj = await self.docker("inspect_container", self.object_id or self.object_name)
@@ -411,9 +319,7 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
             return None
         return obj.get("State") or {}
 
-    async def poll(self):
-        if not self.object_id:
-            return 0
+    async def _is_running(self) -> bool | None:
         try:
             state = await self._container_state()
         except (APIError, OSError, docker.errors.DockerException) as e:
@@ -421,32 +327,21 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
             self.log.warning("Could not ask the engine about %s: %s; leaving it running", self._log_name, e)
             return None
         if state is None or not state.get("Running"):
-            code = (state or {}).get("ExitCode")
-            await self._finish(outcome="error", reason=f"the session ended by itself (exit code {code})")
-            return 0
+            self._exit_code = (state or {}).get("ExitCode")
+            return False
+        return True
+
+    async def _check_running(self) -> None:
         if self.host_firewall and self.island:
             # the rule is the host's state, not the engine's: put it back if something flushed it
             await self._close_host_side(bridge_name(self.island))
-        return await self._stop_if_refused()
-
-    async def stop(self, now=False):
-        if not self.object_id:  # never started, or already finished by poll()
-            return
-        await self._finish(grace=0 if now else self.stop_grace, reason=getattr(self, "_stop_reason", "stopped"))
-
-    async def _finish(self, *, reason: str, outcome: str = "ok", grace: float = 0) -> None:
-        """Stop what is left, store the session's spooled audit events, record the stop, clean up."""
-        identity = self._identity(self.user.name, self.name)
-        await self._cleanup(grace, identity)
-        await self._audit_stop(identity, reason=reason, outcome=outcome)
-        self.audit_session = ""
 
     async def _remove_container(self, ref: str, grace: float = 0) -> None:
         if not ref:
             return
         try:
             if grace:
-                await self.docker("stop", ref, timeout=int(grace))
+                await self.docker("stop", ref, timeout=math.ceil(grace))
             await self.docker("remove_container", ref, force=True, v=True)
         except NotFound:
             pass
@@ -454,21 +349,12 @@ class VREDockerSpawner(PlanSessionMixin, DockerSpawner):
             if e.status_code != 409:  # 409: already being removed
                 raise
 
-    async def _cleanup(self, grace: float = 0, identity=None) -> None:
-        """Stop and remove the container, keep its audit spool, release GPUs, the run directory and
-        the project's network when unused. Idempotent."""
+    async def _remove(self, grace: float) -> None:
         try:
             await self._remove_container(self.object_id or self.object_name, grace)
         except APIError as e:
             self.log.error("Could not remove container %s: %s", self.object_name, e)
         self.object_id = ""
-        if self.gpu_devices:
-            await asyncio.to_thread(self._release_gpus)
-        if identity is not None and identity.session:
-            replay_spool(self.settings, identity, self._run_dir() / "spool", self.log)
-        if self.session_id:
-            shutil.rmtree(self._run_dir(), ignore_errors=True)
-        await self._release_network(self.island)
 
 
 def remove_instance_containers(settings: Settings, client: docker.APIClient | None = None) -> int:

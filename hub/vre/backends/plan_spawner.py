@@ -1,33 +1,40 @@
-"""What every session backend shares: the plan from the database, the form, progress events, the
-audit relay, the single-user server's command line, GPU leases and re-checks of the plan.
+"""The spawner lifecycle every VRE backend shares: the plan from the database, the form, progress
+events, GPU leases, the audit of starts and stops, the relay credential, the single-user
+server's command line, and the re-checks of the plan while a session runs.
 
-A backend combines :class:`PlanSessionMixin` with a JupyterHub spawner and implements only how a
-plan becomes a running server (``_start``), whether it still runs (``_alive``) and how it ends
-(``_cleanup``). Everything a user can influence goes through ``_apply_plan``: the request only
-selects a profile; the plan comes from the database.
+A backend combines :class:`PlanSpawner` with a JupyterHub spawner class and implements only how a
+plan becomes a running server and how it ends:
+
+- ``_launch(plan)``: start the server (its socket appears at ``_socket_path()``);
+- ``_is_running()``: True, False (then ``_exit_code`` says how it ended) or None (cannot tell now);
+- ``_remove(grace)``: stop and remove what runs (idempotent), forgetting the run's handle;
+- ``_launched()``: whether there is a run to stop; ``_log_tail()``; optionally ``_release_island()``,
+  ``_check_running()`` (repairs on each poll) and ``_backend_state()`` / ``_load_backend_state()``.
+
+Everything a user can influence goes through ``_apply_plan``: the request only selects a profile;
+the plan comes from the database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 from pathlib import Path
 from urllib.parse import quote
 
 from jupyterhub.spawner import Spawner
 from tornado import web
-from traitlets import HasTraits, Instance, Integer, List, Unicode, default
+from traitlets import Float, HasTraits, Instance, Integer, List, Unicode, default
 
 from .. import db as vdb
 from .. import gpus
 from ..audit.events import aemit
-from ..audit.relay import Identity, make_token
-from ..hostfiles import unix_url
-from ..plan import HOME, INNER_HUB_SOCKET, INNER_RUN, INNER_SOCKET, WORKSPACE, PlanRefused, SessionPlan, build_plan
+from ..audit.relay import Identity, make_token, replay_spool
+from ..plan import HOME, INNER_SOCKET, PlanRefused, SessionPlan, build_plan
 from ..settings import Settings, load
-
-INNER_HUB_URL = unix_url(INNER_HUB_SOCKET)
+from .host import prepare_host
 
 
 def user_options_profile(user_options: dict | None) -> str | None:
@@ -57,35 +64,18 @@ def server_args(plan: SessionPlan, extra: list[str] | tuple[str, ...] = ()) -> l
     return argv + list(extra)
 
 
-def relay_env(settings: Settings, identity: Identity) -> dict[str, str]:
-    """How a session's extension reaches the hub's audit endpoint (through the bound hub socket)."""
-    return {
-        "VRE_SESSION": "/etc/vre/session.json",
-        "VRE_AUDIT_URL": f"{INNER_HUB_URL}/hub/api/vre/audit/events",
-        "VRE_AUDIT_TOKEN": make_token(settings, identity),
-        "VRE_AUDIT_SPOOL": f"{INNER_RUN}/spool",
-    }
-
-
-def prepare_home_and_workspace(plan: SessionPlan) -> None:
-    """Create the plan's home and the project workspace with the right owners (idempotent)."""
-    workspace = next(m.source for m in plan.mounts if m.target == WORKSPACE)
-    home = next(m.source for m in plan.mounts if m.target == HOME)
-    workspace.mkdir(parents=True, exist_ok=True)
-    os.chown(workspace, 0, plan.gid)
-    os.chmod(workspace, 0o2770)  # setgid: files stay in the project's group
-    home.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(home.parent, 0o755)
-    (home / "project").mkdir(parents=True, exist_ok=True)  # mount point of the workspace
-    os.chown(home, plan.uid, plan.gid)
-    os.chown(home / "project", plan.uid, plan.gid)
-    os.chmod(home, 0o700)
-
-
-class PlanSessionMixin(HasTraits):
-    """Spawner behaviour shared by the VRE's backends (put it before the JupyterHub spawner class)."""
+class PlanSpawner(HasTraits):
+    """Spawner lifecycle shared by the VRE's backends (put it before the JupyterHub spawner class)."""
 
     settings = Instance(Settings, config=True, help="VRE settings (default: loaded from the environment).")
+    pids_limit = Integer(2048, config=True, help="Most processes (and threads) one session may have.")
+    stop_grace = Float(5.0, config=True, help="Seconds between SIGTERM and SIGKILL when stopping a session.")
+    session_umask = Integer(0o002, config=True,
+                            help="umask in sessions: group-writable files for the shared workspace.")
+    extra_ro_paths = List(
+        Unicode(), config=True,
+        help="Host paths to show read-only inside every session at the same path (shared software, development).",
+    )
 
     @default("settings")
     def _settings_default(self):
@@ -98,8 +88,41 @@ class PlanSessionMixin(HasTraits):
     gpu_devices = List(Integer())  # GPUs leased to this session (vre.gpus)
 
     plan: SessionPlan | None = None
+    _exit_code: int | None = None
     #: what progress() reports as "starting the server" (the sandbox, the container)
     start_noun = "server"
+
+    # -- what a backend implements ----------------------------------------------------------
+    async def _launch(self, plan: SessionPlan) -> None:
+        raise NotImplementedError
+
+    async def _is_running(self) -> bool | None:
+        raise NotImplementedError
+
+    async def _remove(self, grace: float) -> None:
+        raise NotImplementedError
+
+    def _launched(self) -> bool:
+        raise NotImplementedError
+
+    async def _log_tail(self, lines: int = 30) -> str:
+        return ""
+
+    async def _release_island(self) -> None:
+        """Release the project's network when this was its last user (backends that own one)."""
+
+    async def _check_running(self) -> None:
+        """Repairs a backend makes on each poll of a running session."""
+
+    def _backend_state(self) -> dict:
+        return {}
+
+    def _load_backend_state(self, state: dict) -> None:
+        pass
+
+    def _identity_files(self, plan: SessionPlan) -> dict[str, str]:
+        """passwd and group as the session sees them."""
+        raise NotImplementedError
 
     # -- JupyterHub hooks -------------------------------------------------------------------
     @default("ip")
@@ -114,11 +137,11 @@ class PlanSessionMixin(HasTraits):
 
     @default("apply_user_options")
     def _apply_default(self):
-        return PlanSessionMixin._apply_plan
+        return PlanSpawner._apply_plan
 
     @default("options_form")
     def _default_options_form(self):
-        return PlanSessionMixin._render_form
+        return PlanSpawner._render_form
 
     @default("options_from_form")
     def _default_options_from_form(self):
@@ -172,19 +195,27 @@ class PlanSessionMixin(HasTraits):
     def server(self, server):
         Spawner.server.fset(self, server)
 
-    def _plan_state(self) -> dict:
-        return dict(session_id=self.session_id, island=self.island, audit_session=self.audit_session,
-                    gpu_devices=list(self.gpu_devices))
+    # -- state ------------------------------------------------------------------------------
+    def get_state(self):
+        state = super().get_state()
+        if self._launched():
+            state.update(session_id=self.session_id, island=self.island, audit_session=self.audit_session,
+                         gpu_devices=list(self.gpu_devices), **self._backend_state())
+        return state
 
-    def _load_plan_state(self, state: dict) -> None:
+    def load_state(self, state):
+        super().load_state(state)
         self.session_id = state.get("session_id", "")
         self.island = state.get("island", "")
         self.audit_session = state.get("audit_session", "")
         self.gpu_devices = state.get("gpu_devices", [])
+        self._load_backend_state(state)
 
-    def _clear_plan_state(self) -> None:
+    def clear_state(self):
+        super().clear_state()
         self.session_id, self.island, self.audit_session = "", "", ""
         self.gpu_devices = []
+        self._load_backend_state({})
 
     # -- paths ----------------------------------------------------------------------------
     def _run_dir(self) -> Path:
@@ -196,23 +227,132 @@ class PlanSessionMixin(HasTraits):
     def _socket_url(self) -> str:
         return "http+unix://" + quote(str(self._socket_path()), safe="")
 
-    def _prepare_run_dir(self, plan: SessionPlan) -> Path:
-        """Home, workspace, and a fresh per-session run directory (the server's socket and the
-        audit spool, private to the session's uid), and the hub socket directory sessions may
-        reach. The backend writes its identity files into the returned directory."""
-        prepare_home_and_workspace(plan)
-        run = self._run_dir()
-        if run.exists():
-            shutil.rmtree(run)
-        for private in ("sock", "spool"):  # the server's socket; audit events not yet at the hub
-            (run / private).mkdir(parents=True)
-            os.chown(run / private, plan.uid, plan.gid)
-            os.chmod(run / private, 0o700)
+    # -- start ----------------------------------------------------------------------------
+    async def start(self):
+        plan = self.plan or await asyncio.to_thread(self._build_plan, user_options_profile(self.user_options))
+        self.session_id, self.island = plan.session_id, plan.network
+        self.audit_session = f"{plan.session_id}-{secrets.token_hex(4)}"
+        self._stop_reason = "stopped"
+        audit = dict(actor=plan.user, project=plan.project, session=self.audit_session, target=plan.session_id)
+        try:
+            await self._start(plan)
+        except BaseException as e:  # also a cancelled start: nothing of it may linger
+            await self._teardown(0)
+            await aemit(self.settings, "session.fail", outcome="error", details={"error": str(e)}, **audit)
+            raise
+        await aemit(self.settings, "session.start", details={
+            "datasets": list(plan.datasets), "profile": plan.profile, "cpu": plan.cpu, "mem_mb": plan.mem_mb,
+            "gpus": plan.gpus, "network": plan.network, "gpu_devices": list(self.gpu_devices)}, **audit)
+        return self._socket_url()
+
+    async def _start(self, plan: SessionPlan) -> None:
+        self._progress(10, f"Preparing project {plan.project}: {len(plan.datasets)} dataset(s) read-only")
+        if plan.gpus:
+            self.gpu_devices = list(await asyncio.to_thread(self._lease_gpus, plan))
+            self._progress(20, f"GPU(s) {', '.join(map(str, self.gpu_devices))} reserved for this session")
+        await asyncio.to_thread(self._prepare_host, plan)
+        await self._launch(plan)
+        self._progress(70, "Waiting for JupyterLab to listen")
+        await self._wait_for_socket()
+        self._progress(90, "Server is up; connecting")
+
+    def _prepare_host(self, plan: SessionPlan) -> None:
+        """Home, workspace, the run directory with the plan's runtime files, and the hub's socket
+        directory that session uids (and only they) may reach."""
         hub_dir = self.settings.hub_socket_dir
         hub_dir.mkdir(parents=True, exist_ok=True)
         os.chown(hub_dir, 0, self.settings.sessions_gid)
         os.chmod(hub_dir, 0o750)
-        return run
+        prepare_host(plan, self._identity_files(plan))
+
+    def _environment(self, plan: SessionPlan) -> dict[str, str]:
+        """The server's environment: JupyterHub's (API token, URLs), the plan's, the run's relay
+        credential and GPUs."""
+        env = self.get_env()
+        env.update(plan.env)
+        env["VRE_AUDIT_TOKEN"] = make_token(self.settings, self._identity(plan.user, plan.project))
+        if self.gpu_devices:
+            env.update(gpus.gpu_env(self.gpu_devices))
+        return env
+
+    async def _wait_for_socket(self) -> None:
+        sock = self._socket_path()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        next_check = loop.time()
+        while not sock.exists():
+            now = loop.time()
+            if now >= next_check:
+                next_check = now + 0.25
+                if await self._is_running() is False:
+                    self.log.error("%s %s exited with %s:\n%s", self.start_noun.capitalize(), self.session_id,
+                                   self._exit_code, await self._log_tail())
+                    raise RuntimeError(f"the session's server exited during start (code {self._exit_code}); "
+                                       "an admin can read its log in the hub's log")
+            if now > deadline:
+                raise TimeoutError(f"the session's server did not start within {self.start_timeout} s")
+            await asyncio.sleep(0.05)
+
+    # -- poll and stop ----------------------------------------------------------------------
+    async def poll(self):
+        if not self._launched():
+            return 0
+        running = await self._is_running()
+        if running is None:  # the backend cannot tell now (engine briefly away): leave it running
+            return None
+        if not running:
+            await self._finish(outcome="error", reason=f"the session ended by itself (exit code {self._exit_code})")
+            return 0
+        await self._check_running()
+        return await self._stop_if_refused()
+
+    async def stop(self, now=False):
+        if not self._launched():  # never started, or already finished by poll()
+            return
+        await self._finish(grace=0 if now else self.stop_grace, reason=getattr(self, "_stop_reason", "stopped"))
+
+    async def _finish(self, *, reason: str, outcome: str = "ok", grace: float = 0) -> None:
+        """Stop what is left, store the session's spooled audit events, record the stop, clean up."""
+        identity = self._identity(self.user.name, self.name)
+        await self._teardown(grace, identity)
+        await aemit(self.settings, "session.stop", actor=identity.user, project=identity.project,
+                    session=identity.session, target=self.session_id, outcome=outcome, details={"reason": reason})
+        self.audit_session = ""
+
+    async def _teardown(self, grace: float, identity: Identity | None = None) -> None:
+        """Remove the run, release its GPUs, keep its audit spool, remove its run directory and
+        release the island if unused. Idempotent."""
+        try:
+            await self._remove(grace)
+        finally:
+            if self.gpu_devices:
+                await asyncio.to_thread(self._release_gpus)
+            if self.session_id:
+                if identity is not None and identity.session:
+                    await asyncio.to_thread(replay_spool, self.settings, identity, self._run_dir() / "spool", self.log)
+                shutil.rmtree(self._run_dir(), ignore_errors=True)
+            await self._release_island()
+
+    async def _stop_if_refused(self):
+        """Stop the session if its plan no longer holds (membership removed, permit expired);
+        0 when stopped, None when it may go on."""
+        reason = await asyncio.to_thread(self._refusal)
+        if not reason:
+            return None
+        self.log.warning("Stopping %s: %s", self._log_name, reason)
+        self._stop_reason = reason
+        await self.stop()
+        return 0
+
+    def _refusal(self) -> str | None:
+        """Why this running session may no longer run (membership removed, permit expired), or None."""
+        try:
+            self._build_plan(user_options_profile(self.user_options))
+        except PlanRefused as e:
+            return str(e)
+        except Exception:  # the database being briefly unavailable must not stop sessions
+            self.log.exception("Could not re-check %s; leaving it running", self._log_name)
+        return None
 
     # -- GPUs -----------------------------------------------------------------------------
     @staticmethod
@@ -261,44 +401,6 @@ class PlanSessionMixin(HasTraits):
                 if self._spawn_future is None or self._spawn_future.done():
                     break
 
-    # -- audit and re-checks ----------------------------------------------------------------
+    # -- audit identity -------------------------------------------------------------------
     def _identity(self, user: str, project: str) -> Identity:
         return Identity(user, project, self.audit_session)
-
-    async def _audit_start(self, plan: SessionPlan, start) -> str:
-        """Run ``start()`` (the backend's own) between session.fail / session.start audit events."""
-        audit = dict(actor=plan.user, project=plan.project, session=self.audit_session, target=plan.session_id)
-        try:
-            url = await start()
-        except Exception as e:
-            await aemit(self.settings, "session.fail", outcome="error", details={"error": str(e)}, **audit)
-            raise
-        await aemit(self.settings, "session.start", details={
-            "datasets": list(plan.datasets), "profile": plan.profile, "cpu": plan.cpu, "mem_mb": plan.mem_mb,
-            "gpus": plan.gpus, "network": plan.network, "gpu_devices": list(self.gpu_devices)}, **audit)
-        return url
-
-    async def _audit_stop(self, identity: Identity, *, reason: str, outcome: str = "ok") -> None:
-        await aemit(self.settings, "session.stop", actor=identity.user, project=identity.project,
-                    session=identity.session, target=self.session_id, outcome=outcome, details={"reason": reason})
-
-    async def _stop_if_refused(self):
-        """poll()'s second half: stop the session if its plan no longer holds (membership removed,
-        permit expired); 0 when stopped, None when it may go on."""
-        reason = await asyncio.to_thread(self._refusal)
-        if not reason:
-            return None
-        self.log.warning("Stopping %s: %s", self._log_name, reason)
-        self._stop_reason = reason
-        await self.stop()
-        return 0
-
-    def _refusal(self) -> str | None:
-        """Why this running session may no longer run (membership removed, permit expired), or None."""
-        try:
-            self._build_plan(user_options_profile(self.user_options))
-        except PlanRefused as e:
-            return str(e)
-        except Exception:  # the database being briefly unavailable must not stop sessions
-            self.log.exception("Could not re-check %s; leaving it running", self._log_name)
-        return None

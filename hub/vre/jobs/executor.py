@@ -20,29 +20,24 @@ ResourceQuota, and Jobs (``suspend`` lets Kueue queue them) or dask-kubernetes c
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
-import os
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..backends import netns
+from ..backends import sandbox
 from ..backends.cgroups import SessionCgroup
-from ..backends.plan_spawner import prepare_home_and_workspace
-from ..backends.sandbox import sandbox_argv, write_identity_files
+from ..backends.host import prepare_host
 from ..gpus import gpu_env
-from ..plan import THREAD_VARS, WORKSPACE, SessionPlan
+from ..plan import SessionPlan, jobs_run_dir
 from ..settings import Settings
 from .service import wake_socket
 
 log = logging.getLogger("vre.jobs")
 SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
-INNER_AGENT_DIR = "/run/vre/agent"
-INNER_DOORBELL = "/run/vre/doorbell"
 WORKER_OVERHEAD_MB = 384     # the Dask worker process itself, on top of the job's memory
 SCHEDULER_LIMITS = dict(cpu=1.0, mem_mb=1024, pids_max=1024)
 
@@ -105,10 +100,11 @@ class LocalDaskExecutor:
 
     # -- paths and names -----------------------------------------------------------------
     def project_dir(self, project: str) -> Path:
-        return self.settings.run_dir / "jobs" / project
+        return jobs_run_dir(self.settings, project)
 
     def agent_socket(self, project: str) -> Path:
-        return self.project_dir(project) / "agent" / "agent.sock"
+        """The agent's socket on the host (``plan.for_scheduler``'s private agent directory)."""
+        return self.project_dir(project) / "scheduler" / "agent" / "agent.sock"
 
     def scheduler_name(self, project: str) -> str:
         return f"{project}-scheduler"
@@ -133,27 +129,12 @@ class LocalDaskExecutor:
         project = plan.project
         if self.scheduler_alive(project) and self.agent_socket(project).exists():
             return
-        name = self.scheduler_name(project)
-        run = self.project_dir(project)
-        # the scheduler needs no data: only its home and the workspace (for nothing but cwd)
-        plan = dataclasses.replace(plan, session_id=name, datasets=(), mounts=tuple(
-            m for m in plan.mounts if not m.readonly))
-        await asyncio.to_thread(self._prepare, plan, run / "scheduler")
-        agent_dir = run / "agent"
-        shutil.rmtree(agent_dir, ignore_errors=True)
-        agent_dir.mkdir(parents=True)
-        os.chown(agent_dir, plan.uid, plan.gid)
-        os.chmod(agent_dir, 0o700)
+        plan = plan.for_scheduler(self.scheduler_name(project), wake_socket(self.settings))
+        await asyncio.to_thread(prepare_host, plan, sandbox.identity_files(plan))
         dask = str(self.settings.session_env / "bin" / "dask")
         argv = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(SCHEDULER_PORT),
                 "--dashboard-address", f"127.0.0.1:{DASHBOARD_PORT}", "--preload", "vre_session.jobs.agent"]
-        env = {**self._env(plan, ()), "VRE_AGENT_SOCKET": f"{INNER_AGENT_DIR}/agent.sock"}
-        binds = [(agent_dir, INNER_AGENT_DIR, False)]
-        doorbell = wake_socket(self.settings).parent
-        if doorbell.is_dir():  # the engine's doorbell: the agent rings it when a job ends
-            binds.append((doorbell, INNER_DOORBELL, True))
-            env["VRE_ENGINE_WAKE"] = f"{INNER_DOORBELL}/{wake_socket(self.settings).name}"
-        await self._launch(plan, run / "scheduler", argv, env, binds=binds, limits=SCHEDULER_LIMITS)
+        await self._launch(plan, argv, (), limits=SCHEDULER_LIMITS)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -164,8 +145,7 @@ class LocalDaskExecutor:
                 if not self.scheduler_alive(project):
                     break
                 await asyncio.sleep(0.05)
-        log.error("scheduler of project %s did not start:\n%s", project,
-                  self._log_tail(run / "scheduler" / "log.txt"))
+        log.error("scheduler of project %s did not start:\n%s", project, self._log_tail(plan.run_dir / "log.txt"))
         raise ExecutorError(f"the scheduler of project {project} did not start (its log is in the job "
                             "service's log)")
 
@@ -181,15 +161,13 @@ class LocalDaskExecutor:
         while f"{plan.project}-worker-{n}" in self.workers or self._cgroup(f"{plan.project}-worker-{n}").pids():
             n += 1
         name = f"{plan.project}-worker-{n}"
-        plan = dataclasses.replace(plan, session_id=name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices))
-        run = self.project_dir(plan.project) / "workers" / name
-        await asyncio.to_thread(self._prepare, plan, run)
+        plan = plan.for_worker(name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices))
+        await asyncio.to_thread(prepare_host, plan, sandbox.identity_files(plan))
         dask = str(self.settings.session_env / "bin" / "dask")
         argv = [dask, "worker", f"tcp://127.0.0.1:{SCHEDULER_PORT}", "--name", name, "--nthreads", "1",
                 "--no-nanny", "--memory-limit", "0", "--no-dashboard", "--local-directory", "/tmp",
                 "--resources", f"vre-{name}=1", "--death-timeout", "120"]
-        await self._launch(plan, run, argv, self._env(plan, devices), devices=devices,
-                           limits=dict(cpu=cpu, mem_mb=mem_mb + WORKER_OVERHEAD_MB, pids_max=4096))
+        await self._launch(plan, argv, devices, limits=dict(cpu=cpu, mem_mb=mem_mb + WORKER_OVERHEAD_MB, pids_max=4096))
         worker = Worker(name, plan.project, (cpu, mem_mb, tuple(devices)))
         self.workers[name] = worker
         return worker
@@ -250,47 +228,12 @@ class LocalDaskExecutor:
             pass
 
     # -- helpers -------------------------------------------------------------------------
-    def _prepare(self, plan: SessionPlan, run: Path) -> None:
-        prepare_home_and_workspace(plan)
-        if run.exists():
-            shutil.rmtree(run)
-        write_identity_files(run, plan)
-
-    def _env(self, plan: SessionPlan, devices) -> dict[str, str]:
-        threads = str(max(1, int(plan.cpu + 0.999)))
-        env = {**plan.env, **{v: threads for v in THREAD_VARS},
-               "PATH": f"{self.settings.session_env}/bin:/usr/local/bin:/usr/bin:/bin",
-               "LANG": "C.UTF-8", "VRE_SESSION": "/etc/vre/session.json", "VRE_ROLE": "worker",
-               "VRE_WORKSPACE": WORKSPACE, "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
-               "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime", "MPLCONFIGDIR": "/tmp/matplotlib"}
-        if plan.gpus:
+    async def _launch(self, plan: SessionPlan, argv: list[str], devices, *, limits: dict) -> None:
+        env = {**plan.env, "PATH": f"{self.settings.session_env}/bin:/usr/local/bin:/usr/bin:/bin"}
+        if devices:
             env.update(gpu_env(devices))
-        return env
-
-    async def _launch(self, plan: SessionPlan, run: Path, argv: list[str], env: dict, *, binds=(),
-                      devices=(), limits: dict) -> None:
-        cgroup = self._cgroup(plan.session_id)
-        await asyncio.to_thread(cgroup.kill_all, 0)
-        cgroup.create(**limits)
-        async with netns.lock(plan.network):
-            try:
-                await netns.ensure(plan.network)
-            except Exception:
-                if not netns.exists(plan.network):
-                    raise
-            full = sandbox_argv(self.settings, plan, run, binds=binds, devices=devices) + argv
-            log_file = open(run / "log.txt", "ab")
-
-            def child_setup():
-                cgroup.join()
-                os.umask(0o002)
-
-            try:
-                proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
-                                        stderr=subprocess.STDOUT, preexec_fn=child_setup,
-                                        start_new_session=True, close_fds=True, cwd="/")
-            finally:
-                log_file.close()
+        proc = await sandbox.launch(self.settings, plan, argv, env, log_path=plan.run_dir / "log.txt",
+                                    limits=limits, devices=devices)
         self._procs.append(proc)
         log.info("started %s (pid %s)", plan.session_id, proc.pid)
 

@@ -311,7 +311,7 @@ def to_dict(settings: Settings, job: Job, position: int | None = None, *, detail
 def wake_socket(settings: Settings) -> Path:
     """The engine's doorbell (a datagram socket). Its directory is bound into the projects'
     schedulers, so a socket re-created by a restarted engine is still the one they ring."""
-    return settings.run_dir / "jobs" / "doorbell" / "wake.sock"
+    return settings.run_dir / "doorbell" / "wake.sock"   # beside run_dir/jobs/<project>: no slug can clash
 
 
 def wake(settings: Settings) -> None:
