@@ -74,6 +74,12 @@ def notebook_image(podman) -> str:
 @pytest.fixture(scope="session")
 def notebook_gpu_image(podman, notebook_image) -> str:
     """Tag of the GPU notebook image (here: on the notebook image, with the CPU torch wheel)."""
+    if not images.torch_wheels(images.DEFAULT_WHEELS):
+        # PyPI's Linux torch wheels are the CUDA builds (several GB with their NVIDIA libraries);
+        # the CPU build lives on an index these machines cannot reach. Say so; never pull GBs.
+        pytest.skip(f"no CPU torch wheel in {images.DEFAULT_WHEELS} on this machine: building notebook-gpu "
+                    "here would download the multi-GB CUDA build of torch, which CI does not do. Put a CPU "
+                    f"torch wheel (torch-*.whl) in {images.DEFAULT_WHEELS} to build and test the GPU image")
     return _image(podman, "notebook-gpu")
 
 
