@@ -28,6 +28,8 @@ from sqlalchemy import false as sa_false
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
+from .hostfiles import make_private
+
 ROLES = ("researcher", "admin", "auditor")
 
 
@@ -230,9 +232,9 @@ def engine_for(url: str) -> Engine:
     if url in _engines:
         return _engines[url]
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
+        path = url.split("///", 1)[-1].split("?", 1)[0]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            make_private(Path(path))  # accounts, grants and the audit trail: the hub's alone
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")

@@ -1,5 +1,5 @@
-"""What the hub keeps on its host besides databases: secrets created on first use, and the URLs of
-the unix sockets that its services and sessions talk over."""
+"""What the hub keeps on its host: secrets created on first use, state files only the hub may read,
+and the URLs of the unix sockets that its services and sessions talk over."""
 
 from __future__ import annotations
 
@@ -22,3 +22,16 @@ def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(nbytes))
     return path.read_text().strip()
+
+
+def make_private(path: Path) -> None:
+    """Create ``path`` if missing and make it (and an SQLite database's -wal/-shm/-journal
+    companions that exist) readable and writable by the hub's user alone. SQLite gives the
+    companions it creates the database file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for p in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        try:
+            os.chmod(p, 0o600)
+        except FileNotFoundError:
+            pass

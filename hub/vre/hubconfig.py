@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .hostfiles import read_or_create_secret, unix_url
+from .hostfiles import make_private, read_or_create_secret, unix_url
 from .plan import INNER_HUB_SOCKET
 from .settings import Settings
 
@@ -37,6 +37,8 @@ def configure(c, settings: Settings) -> None:
     # The directory (0750, root:sessions) guards the socket; the hub API still requires tokens.
     c.JupyterHub.hub_socket_mode = 0o666
     c.JupyterHub.db_url = settings.jupyterhub_db_url
+    if not settings.hub_db_url:  # JupyterHub's own SQLite file (sessions, tokens): the hub's alone
+        make_private(settings.state_dir / "jupyterhub.sqlite")
     c.JupyterHub.cookie_secret_file = str(settings.secrets_dir / "jupyterhub_cookie_secret")
     read_or_create_secret(settings.secrets_dir / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(settings.state_dir / "jupyterhub.pid")

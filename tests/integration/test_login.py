@@ -70,3 +70,15 @@ def test_admins_are_not_all_powerful(hub):
     while bob.server_state("prostate-ai") is not None and time.monotonic() < deadline:
         time.sleep(0.3)
     assert bob.server_state("prostate-ai") is None
+
+
+def test_hub_databases_are_readable_by_the_hub_alone(hub):
+    """Accounts, tokens, grants and the audit trail live in the state directory's databases: no
+    session uid (nor any other user of the host) may read them."""
+    if "VRE_DB_URL" in hub.env:
+        pytest.skip("this hub's databases are on the PostgreSQL server")
+    files = [hub.state / "vre.sqlite", hub.state / "jupyterhub.sqlite"]
+    files += [f.with_name(f.name + s) for f in files for s in ("-wal", "-shm") if f.with_name(f.name + s).exists()]
+    modes = {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files}
+    assert set(modes.values()) == {"0o600"}, modes
+    assert all(f.stat().st_uid == 0 for f in files)

@@ -80,3 +80,26 @@ def test_set_password_resets_failures(db_url):
         set_password(db, "ivy", "ivy-password-2")
     with vdb.session_scope(db_url) as db:
         assert check_login(db, "ivy", "ivy-password-2", threshold=3, lockout_seconds=60).ok
+
+
+def test_state_databases_are_created_private(tmp_path):
+    """A fresh SQLite database (and its WAL companions) is readable by the hub's user alone,
+    whatever the umask; an existing world-readable one is tightened."""
+    import os
+    import stat
+
+    from vre import db as vdb
+
+    old = os.umask(0o022)
+    try:
+        url = f"sqlite:///{tmp_path / 'state' / 'vre.sqlite'}"
+        vdb.upgrade(url)
+    finally:
+        os.umask(old)
+    files = sorted((tmp_path / "state").iterdir())
+    assert files and {oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {"0o600"}
+    loose = tmp_path / "old.sqlite"
+    loose.write_text("")
+    loose.chmod(0o644)
+    vdb.engine_for(f"sqlite:///{loose}")
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o600
