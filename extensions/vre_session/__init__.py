@@ -21,6 +21,11 @@ def _jupyter_server_extension_points():
 
 
 def _load_jupyter_server_extension(serverapp) -> None:
+    # The dataset and DICOM APIs and the download guard. No fallback: a session whose handlers
+    # cannot be set up (a broken environment) must not start without its guard, so any failure
+    # here fails the server start (the hub runs it with reraise_server_extension_failures).
+    from .handlers import setup_handlers
+
     relay = get_relay(serverapp.log)
     relay.start()
 
@@ -53,10 +58,5 @@ def _load_jupyter_server_extension(serverapp) -> None:
 
     serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=on_kernel)
     serverapp.event_logger.add_listener(schema_id=CONTENTS, listener=on_contents)
-    try:  # the dataset and DICOM APIs and the download guard
-        from .handlers import setup_handlers
-    except ImportError:
-        pass
-    else:
-        setup_handlers(serverapp)
+    setup_handlers(serverapp)
     serverapp.log.info("VRE session extension loaded (audit relay %s)", "on" if relay.url else "logging only")
