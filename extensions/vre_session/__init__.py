@@ -1,7 +1,8 @@
 """The VRE's jupyter-server extension, loaded into every session by the sandbox's command line.
 
 It connects the session to the hub's audit trail: kernel and contents operations, optionally the
-code of every executed cell, and (for the dataset and DICOM APIs) ``audit_hook``.
+code of every executed cell, and (for the dataset and DICOM APIs) ``audit_hook``. The package also
+ships the Lab extension (``_jupyter_labextension_paths``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ CONTENTS = "https://events.jupyter.org/jupyter_server/contents_service/v1"
 
 def _jupyter_server_extension_points():
     return [{"module": "vre_session"}]
+
+
+def _jupyter_labextension_paths():
+    """The lab extension (as the JupyterLab extension template): built into ``labextension/`` and
+    installed by pip as shared data into ``share/jupyter/labextensions/vre-session``."""
+    return [{"src": "labextension", "dest": "vre-session"}]
 
 
 def _load_jupyter_server_extension(serverapp) -> None:

@@ -1,4 +1,4 @@
-"""The session's server extension fails closed.
+"""The session's server extension fails closed, and ships its Lab extension.
 
 A session whose dataset/DICOM handlers (and with them the download guard) cannot be set up must
 not start: ``_load_jupyter_server_extension`` lets the failure out, and a real ``jupyter server``
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,32 @@ def test_server_with_broken_handlers_does_not_start(tmp_path):
     assert proc.returncode != 0, output[-3000:]
     assert "vre_session.handlers" in output, output[-3000:]
 
+
+def test_labextension_paths():
+    assert vre_session._jupyter_labextension_paths() == [{"src": "labextension", "dest": "vre-session"}]
+
+
+
+def test_wheel_ships_the_lab_extension(tmp_path):
+    """The wheel of an image's build context (the package and its built bundle, no TypeScript
+    sources) installs the lab extension as shared data; nothing is built."""
+    pytest.importorskip("hatchling")
+    pytest.importorskip("hatch_jupyter_builder")
+    ext = ROOT / "extensions"
+    if not (ext / "vre_session" / "labextension" / "package.json").is_file():
+        pytest.skip("the lab extension is not built (bash extensions/build-labextension.sh)")
+    ctx = tmp_path / "extensions"
+    ctx.mkdir()
+    shutil.copy2(ext / "pyproject.toml", ctx / "pyproject.toml")
+    shutil.copytree(ext / "vre_session", ctx / "vre_session", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(ctx)], check=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("vre_session-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    share = [n.split("/data/", 1)[1] for n in names if ".data/data/" in n]
+    prefix = "share/jupyter/labextensions/vre-session/"
+    for required in ("package.json", "install.json", "static/style.js"):
+        assert prefix + required in share, share
+    assert any(n.startswith(prefix + "static/remoteEntry.") for n in share), share
+    assert "vre_session/__init__.py" in names and "vre_session/decoders.py" in names
+    assert not [n for n in names if n.startswith("vre_session/labextension") or "_labextension_build" in n], names
