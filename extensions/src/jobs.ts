@@ -8,10 +8,11 @@
  * - a submit form (notebook or script of the workspace, parameters, resources); the hub's
  *   refusals are shown as they come (they say what to fix).
  */
-import { URLExt } from '@jupyterlab/coreutils';
-import { ServerConnection } from '@jupyterlab/services';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
+
+import { button as domButton, el } from './dom';
+import { apiUrl, callJSON, errorText } from './http';
 
 /** The Lab's root (the file browser's paths are relative to it). */
 export const HOME = '/home/jovyan';
@@ -70,108 +71,41 @@ export interface IJobsPanelOptions {
 
 // --- the relay's REST API ---------------------------------------------------------------------
 
-/** A refusal or failure; `message` is the server's own text (show it as is). */
-export class JobsError extends Error {
-  constructor(
-    readonly status: number,
-    message: string
-  ) {
-    super(message);
-    this.name = 'JobsError';
-  }
-}
+/** A 404 without the API's JSON: this server has no jobs routes. */
+const NO_QUEUE = {
+  notAvailable:
+    'The batch queue is not available in this session (the vre_session server extension has no jobs API).'
+};
 
-let _settings: ServerConnection.ISettings | null = null;
-function settings(): ServerConnection.ISettings {
-  if (!_settings) {
-    _settings = ServerConnection.makeSettings();
-  }
-  return _settings;
-}
-
-/** `path` is below `<base_url>vre/api/` (e.g. `jobs/12/log`), `query` is appended as is. */
-async function call<T>(
+/** Failures are `ApiError`s (http.ts) whose `message` is the server's own text (show it as is). */
+function call<T>(
   method: 'GET' | 'POST',
-  path: string,
-  query = '',
+  parts: string[],
+  query?: { [key: string]: string | number | null },
   body?: unknown,
   signal?: AbortSignal
 ): Promise<T> {
-  const url = URLExt.join(settings().baseUrl, 'vre/api', path) + (query ? `?${query}` : '');
-  const init: RequestInit = { method, signal, cache: 'no-store' };
-  if (body !== undefined) {
-    init.body = JSON.stringify(body);
-    init.headers = { 'Content-Type': 'application/json' };
-  }
-  let response: Response;
-  try {
-    response = await ServerConnection.makeRequest(url, init, settings());
-  } catch (e) {
-    if ((e as Error).name === 'AbortError') {
-      throw e;
-    }
-    throw new JobsError(0, `The session server cannot be reached (${(e as Error).message}). Is the session still running?`);
-  }
-  let payload: any = null;
-  try {
-    payload = await response.json();
-  } catch {
-    payload = null;
-  }
-  if (!response.ok) {
-    const message =
-      (payload && typeof payload.message === 'string' && payload.message) ||
-      (response.status === 404 && !payload
-        ? 'The batch queue is not available in this session (the vre_session server extension has no jobs API).'
-        : `${response.status} ${response.statusText}`);
-    throw new JobsError(response.status, message);
-  }
-  return payload as T;
+  return callJSON<T>(method, apiUrl(parts, query), body, signal, NO_QUEUE);
 }
 
 export const jobsApi = {
   /** This session's project (`GET vre/api/`), to list its jobs only. */
-  project: () => call<{ project?: string | null }>('GET', '').then(r => r.project || null),
+  project: () => call<{ project?: string | null }>('GET', []).then(r => r.project || null),
   list: (project: string | null, signal?: AbortSignal) =>
-    call<{ jobs: IJob[] }>(
-      'GET',
-      'jobs',
-      project ? `project=${encodeURIComponent(project)}` : '',
-      undefined,
-      signal
-    ).then(r => r.jobs || []),
-  get: (id: number, signal?: AbortSignal) => call<IJobDetail>('GET', `jobs/${id}`, '', undefined, signal),
+    call<{ jobs: IJob[] }>('GET', ['jobs'], { project }, undefined, signal).then(r => r.jobs || []),
+  get: (id: number, signal?: AbortSignal) =>
+    call<IJobDetail>('GET', ['jobs', String(id)], undefined, undefined, signal),
   log: (id: number, offset: number, signal?: AbortSignal) =>
-    call<{ text: string; offset: number; state: JobState }>('GET', `jobs/${id}/log`, `offset=${offset}`, undefined, signal),
-  submit: (body: ISubmission) => call<IJob>('POST', 'jobs', '', body),
-  cancel: (id: number) => call<IJob>('POST', `jobs/${id}/cancel`, '', {}),
-  rerun: (id: number) => call<IJob>('POST', `jobs/${id}/rerun`, '', {})
+    call<{ text: string; offset: number; state: JobState }>('GET', ['jobs', String(id), 'log'], { offset }, undefined, signal),
+  submit: (body: ISubmission) => call<IJob>('POST', ['jobs'], undefined, body),
+  cancel: (id: number) => call<IJob>('POST', ['jobs', String(id), 'cancel'], undefined, {}),
+  rerun: (id: number) => call<IJob>('POST', ['jobs', String(id), 'rerun'], undefined, {})
 };
 
 // --- helpers -----------------------------------------------------------------------------------
 
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls?: string, text?: string): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (cls) {
-    node.className = cls;
-  }
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
-
 function button(label: string, title: string, onClick: () => void, cls = 'vre-btn'): HTMLButtonElement {
-  const b = el('button', cls, label);
-  b.type = 'button';
-  b.title = title;
-  b.setAttribute('aria-label', title);
-  b.addEventListener('click', onClick);
-  return b;
-}
-
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
+  return domButton(label, title, onClick, { cls, labelled: true });
 }
 
 export function isFinal(state: JobState): boolean {

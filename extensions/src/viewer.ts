@@ -12,7 +12,6 @@ import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
 import {
-  ApiError,
   IPixels,
   IPlaneInfo,
   ISeriesMeta,
@@ -21,11 +20,11 @@ import {
   Markers,
   Plane,
   Source,
-  errorText,
-  getJSON,
   sourceUrl
 } from './api';
 import { IJob, Loader } from './cache';
+import { button as domButton, el } from './dom';
+import { ApiError, errorText, getJSON } from './http';
 import { IDisplay, Renderer, VoiFunction, formatValue, valueAt } from './render';
 
 type Stack = 'native' | Plane;
@@ -50,30 +49,8 @@ export interface IViewerStats {
   frames: { index: number; stack: string; requested: number; painted: number; renderMs: number }[];
 }
 
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  cls?: string,
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (cls) {
-    node.className = cls;
-  }
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
-
 function button(label: string, title: string, cls: string, onClick: () => void): HTMLButtonElement {
-  const b = el('button', `vre-btn ${cls}`, label);
-  b.type = 'button';
-  b.title = title;
-  b.addEventListener('click', e => {
-    e.preventDefault();
-    onClick();
-  });
-  return b;
+  return domButton(label, title, onClick, { cls: `vre-btn ${cls}`, preventDefault: true });
 }
 
 const PLANE_LABEL: { [k: string]: string } = {
