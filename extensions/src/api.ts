@@ -1,23 +1,8 @@
 /**
- * Client of the session's REST API (extensions/API.md): JSON routes, binary pixel routes, errors.
- *
- * Every request goes to the Lab's own server (`<base_url>vre/api/...`) through
- * `ServerConnection.makeRequest`, which adds the token / XSRF header.
+ * The session's dataset and DICOM API (extensions/API.md): its types, the URLs of a viewer's
+ * source, and the binary pixel routes. Requests and errors: http.ts.
  */
-import { URLExt } from '@jupyterlab/coreutils';
-import { ServerConnection } from '@jupyterlab/services';
-
-/** An error answered by the API (`{status, reason, message}`), or a network failure. */
-export class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    readonly reason: string,
-    message: string
-  ) {
-    super(message);
-    this.name = 'ApiError';
-  }
-}
+import { ApiError, Query, apiUrl, request } from './http';
 
 export interface IRoot {
   api_version: number;
@@ -213,36 +198,6 @@ export type Source =
   | { kind: 'series'; dataset: string; seriesUid: string }
   | { kind: 'file'; path: string };
 
-type Query = { [key: string]: string | number | null | undefined };
-
-let settings: ServerConnection.ISettings | null = null;
-
-function serverSettings(): ServerConnection.ISettings {
-  if (!settings) {
-    settings = ServerConnection.makeSettings();
-  }
-  return settings;
-}
-
-/** The URL of an API route: `parts` are path segments (encoded here), `query` the parameters. */
-export function apiUrl(parts: string[], query?: Query): string {
-  const path = parts.map(p => encodeURIComponent(p)).join('/');
-  let url = URLExt.join(serverSettings().baseUrl, 'vre/api', path);
-  const q = Object.entries(query || {}).filter(
-    ([, v]) => v !== undefined && v !== null && v !== ''
-  );
-  if (q.length) {
-    url +=
-      '?' +
-      q
-        .map(
-          ([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`
-        )
-        .join('&');
-  }
-  return url;
-}
-
 /** The URL of a route below a source, e.g. `slices/3` of a series or of a file. */
 export function sourceUrl(source: Source, sub: string[] = [], query?: Query): string {
   if (source.kind === 'series') {
@@ -252,48 +207,6 @@ export function sourceUrl(source: Source, sub: string[] = [], query?: Query): st
     );
   }
   return apiUrl(['file', ...sub], { ...(query || {}), path: source.path });
-}
-
-async function request(url: string, init: RequestInit = {}): Promise<Response> {
-  let response: Response;
-  try {
-    response = await ServerConnection.makeRequest(url, init, serverSettings());
-  } catch (e) {
-    if ((e as Error).name === 'AbortError') {
-      throw e;
-    }
-    throw new ApiError(
-      0,
-      'network',
-      `The session server cannot be reached (${(e as Error).message}). Is the session still running?`
-    );
-  }
-  if (!response.ok) {
-    let reason = 'error';
-    let message = `${response.status} ${response.statusText}`;
-    try {
-      const body = await response.json();
-      reason = body.reason || reason;
-      message = body.message || message;
-    } catch {
-      if (response.status === 404) {
-        message =
-          'The VRE API is not available in this session (the vre_session server extension is not loaded).';
-      }
-    }
-    throw new ApiError(response.status, reason, message);
-  }
-  return response;
-}
-
-export async function getJSON<T>(url: string, signal?: AbortSignal): Promise<T> {
-  const response = await request(url, { signal });
-  return (await response.json()) as T;
-}
-
-export async function getBlob(url: string, signal?: AbortSignal): Promise<Blob> {
-  const response = await request(url, { signal });
-  return await response.blob();
 }
 
 function numbers(header: string | null): number[] | null {
@@ -367,15 +280,4 @@ export async function getPixels(url: string, signal?: AbortSignal): Promise<IPix
     markers: m,
     bytes: buffer.byteLength
   };
-}
-
-/** A short human text for any error, for display in the UI. */
-export function errorText(e: unknown): string {
-  if (e instanceof ApiError) {
-    return e.message;
-  }
-  if (e instanceof Error) {
-    return e.message;
-  }
-  return String(e);
 }

@@ -38,10 +38,11 @@ import { Contents } from '@jupyterlab/services';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
-import { IDataset, IRoot, ISeriesItem, apiUrl, errorText, getJSON } from './api';
+import { IDataset, IRoot, ISeriesItem } from './api';
 import { DatasetBrowser } from './browser';
 import { seriesCode, seriesFolder } from './code';
 import { installDownloadGuard } from './guard';
+import { apiUrl, errorText, getJSON } from './http';
 import { JobsPanel } from './jobs';
 import { DicomViewer } from './viewer';
 

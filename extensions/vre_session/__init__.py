@@ -1,7 +1,8 @@
 """The VRE's jupyter-server extension, loaded into every session by the sandbox's command line.
 
 It connects the session to the hub's audit trail: kernel and contents operations, optionally the
-code of every executed cell, and (for the dataset and DICOM APIs) ``audit_hook``.
+code of every executed cell, and (for the dataset and DICOM APIs) ``audit_hook``. The package also
+ships the Lab extension (``_jupyter_labextension_paths``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ def _jupyter_server_extension_points():
     return [{"module": "vre_session"}]
 
 
+def _jupyter_labextension_paths():
+    """The lab extension (as the JupyterLab extension template): built into ``labextension/`` and
+    installed by pip as shared data into ``share/jupyter/labextensions/vre-session``."""
+    return [{"src": "labextension", "dest": "vre-session"}]
+
+
 def _load_jupyter_server_extension(serverapp) -> None:
+    # The dataset and DICOM APIs and the download guard. No fallback: a session whose handlers
+    # cannot be set up (a broken environment) must not start without its guard, so any failure
+    # here fails the server start (the hub runs it with reraise_server_extension_failures).
+    from .handlers import setup_handlers
+
     relay = get_relay(serverapp.log)
     relay.start()
 
@@ -53,10 +65,5 @@ def _load_jupyter_server_extension(serverapp) -> None:
 
     serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=on_kernel)
     serverapp.event_logger.add_listener(schema_id=CONTENTS, listener=on_contents)
-    try:  # the dataset and DICOM APIs and the download guard
-        from .handlers import setup_handlers
-    except ImportError:
-        pass
-    else:
-        setup_handlers(serverapp)
+    setup_handlers(serverapp)
     serverapp.log.info("VRE session extension loaded (audit relay %s)", "on" if relay.url else "logging only")

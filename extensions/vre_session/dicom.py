@@ -4,7 +4,7 @@ Two kinds of functions live here:
 
 * **file readers** (``read_instance``, ``decode_frames``, ``instance_tags``, ``render_thumbnail``)
   parse untrusted files. The server never calls them in its own process: they run in the decoder
-  worker processes of :mod:`vre_session.workers`, under a time limit, and report every problem
+  worker processes of :mod:`vre_session.decoders`, under a time limit, and report every problem
   as :class:`DicomError` (an HTTP status in the 4xx range and a message a researcher can act on);
 * **pure geometry** (``order_slices``, ``orientation_markers``, ``canonical_axes``, ...) works on
   the plain dicts the readers return and is what the unit tests pin down.

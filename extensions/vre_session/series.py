@@ -21,7 +21,7 @@ import numpy as np
 
 from . import dicom
 from .dicom import DicomError
-from .workers import WorkerPool
+from .decoders import DecoderPool
 
 log = logging.getLogger("vre_session")
 
@@ -222,8 +222,8 @@ class Source:
 class Viewer:
     """Reads sources through the worker pool and caches what is expensive to get again."""
 
-    def __init__(self, pool: WorkerPool | None = None, cache_mb: int | None = None):
-        self.pool = pool or WorkerPool()
+    def __init__(self, pool: DecoderPool | None = None, cache_mb: int | None = None):
+        self.pool = pool or DecoderPool()
         mb = cache_mb if cache_mb is not None else int(os.environ.get("VRE_VIEWER_CACHE_MB", "512"))
         self.cache_bytes = max(mb, 16) * 1024 * 1024
         self._headers = LRU(50000)

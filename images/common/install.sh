@@ -7,7 +7,7 @@
 #                                     the venv /opt/vre/venv and one pip install of the requirement
 #                                     files, pinned by CONSTRAINTS (unpinned when that file is empty)
 #   install.sh hub SRC                the vre package from SRC (pyproject.toml, hub/), its hub config
-#   install.sh session SRC [KERNEL...] vre_session from SRC/extensions with its built lab extension,
+#   install.sh session SRC [KERNEL...] vre_session from SRC/extensions (pip: with its built lab extension),
 #                                     the kernelspecs SRC/kernels/KERNEL, the server's image config
 #
 # Network settings come from the build: a CA bundle for an intercepting proxy as the build secret
@@ -69,17 +69,18 @@ python)
   ;;
 session)
   src=$1; shift
+  [ -f "$src/extensions/vre_session/labextension/package.json" ] || {
+    echo "the JupyterLab extension is not built (extensions/vre_session/labextension); run scripts/setup" >&2; exit 1; }
+  # One pip install: the package ships its built lab extension as shared data
+  # (share/jupyter/labextensions/vre-session). Its build backend (hatchling, hatch-jupyter-builder)
+  # is in the venv (requirements.txt); with no TypeScript sources in the context, nothing is built.
   tmp=$(mktemp -d)
-  cp -r "$src/extensions" "$tmp/extensions"        # setuptools writes build files next to the sources
-  rm -rf "$tmp/extensions/vre_session/labextension"
+  cp -r "$src/extensions" "$tmp/extensions"        # nothing the build writes lands in the image's sources
   log "pip install vre_session"
   $VENV/bin/pip install --no-deps --no-build-isolation --force-reinstall "$tmp/extensions"
   rm -rf "$tmp"
-  [ -f "$src/extensions/vre_session/labextension/package.json" ] || {
-    echo "the JupyterLab extension is not built (extensions/vre_session/labextension); run scripts/setup" >&2; exit 1; }
-  dest=$VENV/share/jupyter/labextensions/vre-session
-  rm -rf "$dest"; mkdir -p "$(dirname "$dest")"
-  cp -r "$src/extensions/vre_session/labextension" "$dest"
+  [ -f $VENV/share/jupyter/labextensions/vre-session/package.json ] || {
+    echo "pip install of vre_session did not install its lab extension" >&2; exit 1; }
   for k in "$@"; do
     log "kernelspec $k"
     $VENV/bin/jupyter kernelspec install --sys-prefix --replace "$src/kernels/$k" >/dev/null

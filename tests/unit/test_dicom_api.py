@@ -38,7 +38,7 @@ from vre_session import dicom, guard, relay  # noqa: E402
 from vre_session.datasets import BadRequest, Catalog, DatasetRef, NotFound  # noqa: E402
 from vre_session.dicom import DicomError  # noqa: E402
 from vre_session.series import Viewer  # noqa: E402
-from vre_session.workers import WorkerPool  # noqa: E402
+from vre_session.decoders import DecoderPool  # noqa: E402
 
 SUBJECT = dict(patient_id="LUNG-0042", patient_name="LUNG-0042", sex="F", age=63)
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -352,7 +352,7 @@ def test_png_encoder_roundtrip_header():
 
 # --- decoder workers --------------------------------------------------------------------------
 def test_worker_timeout_kills_and_recovers():
-    pool = WorkerPool(size=1, timeout=1.0, module="time", allowed=frozenset({"sleep"}))
+    pool = DecoderPool(size=1, timeout=1.0, module="time", allowed=frozenset({"sleep"}))
     try:
         started = time.monotonic()
         with pytest.raises(DicomError) as e:
@@ -365,14 +365,14 @@ def test_worker_timeout_kills_and_recovers():
 
 
 def test_worker_crash_is_a_4xx(tmp_path):
-    pool = WorkerPool(size=1, timeout=5.0, module="os", allowed=frozenset({"abort"}))
+    pool = DecoderPool(size=1, timeout=5.0, module="os", allowed=frozenset({"abort"}))
     try:
         with pytest.raises(DicomError) as e:
             pool.call("abort")
         assert e.value.status == 422 and "crashed" in e.value.message
     finally:
         pool.close()
-    real = WorkerPool(size=1)
+    real = DecoderPool(size=1)
     try:
         with pytest.raises(DicomError) as e:
             real.call("not_allowed")

@@ -1,4 +1,4 @@
-"""Decoder workers: untrusted files are parsed and decoded in separate processes, under a time limit.
+"""Decoder processes: untrusted DICOM files are parsed and decoded outside the server, under a time limit.
 
 A DICOM file can be malformed in ways that make a parser or a C decoder spin, allocate without
 bound, or crash. None of that may reach the Jupyter server, so every call that reads a file runs
@@ -8,7 +8,8 @@ and replaced; one that dies (segfault, out of memory) is replaced; either way th
 :class:`~vre_session.dicom.DicomError` with a 4xx status, so the API answers a clear error
 instead of a 500 or a hang.
 
-Workers are plain ``python -c`` subprocesses talking over a socketpair (pickled messages via
+The decoders (``DecoderPool``; nothing to do with the batch queue's Dask workers) are plain
+``python -c`` subprocesses talking over a socketpair (pickled messages via
 ``multiprocessing.connection.Connection``), not ``multiprocessing.Process``: that would re-run the
 server's ``__main__`` (the Jupyter server script) in every child. They import numpy, pydicom and
 its decoder plugins before announcing that they are ready; one is started in the background when
@@ -87,7 +88,7 @@ def _child(fd: int, module: str, allowed: list[str], mem_limit: int) -> None:
             conn.send((False, (422, f"cannot transfer the result: {type(e).__name__}")))
 
 
-class _Worker:
+class _Decoder:
     def __init__(self, process: subprocess.Popen, conn):
         self.process, self.conn = process, conn
 
@@ -107,7 +108,7 @@ class _Worker:
             pass
 
 
-class WorkerPool:
+class DecoderPool:
     """At most ``size`` concurrent calls, each in its own worker process, each within ``timeout``."""
 
     def __init__(self, size: int | None = None, timeout: float = TIMEOUT_S, *, module: str = "vre_session.dicom",
@@ -119,18 +120,18 @@ class WorkerPool:
         mem = mem_limit_mb if mem_limit_mb is not None else int(os.environ.get("VRE_DECODER_MEMORY_MB", "3072"))
         self.mem_limit = mem * 1024 * 1024 if mem > 0 else 0
         self._slots = threading.BoundedSemaphore(size)
-        self._idle: list[_Worker] = []
+        self._idle: list[_Decoder] = []
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=size * 4, thread_name_prefix="vre-decode")
         self._closed = False
         self.killed = 0  # workers killed for running over or crashing (for tests and logs)
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self) -> _Decoder:
         parent_sock, child_sock = socket.socketpair()
         fd = child_sock.fileno()
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
-                f"from vre_session.workers import _child; "
+                f"from vre_session.decoders import _child; "
                 f"_child({fd}, {self.module!r}, {sorted(self.allowed)!r}, {self.mem_limit})")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         try:
@@ -140,7 +141,7 @@ class WorkerPool:
             child_sock.close()
         conn = Connection(os.dup(parent_sock.fileno()))
         parent_sock.close()
-        worker = _Worker(process, conn)
+        worker = _Decoder(process, conn)
         try:
             ready = conn.poll(STARTUP_TIMEOUT_S) and conn.recv()
         except (EOFError, OSError):
@@ -165,7 +166,7 @@ class WorkerPool:
                 self._give_back(worker)
         threading.Thread(target=run, name="vre-decoder-start", daemon=True).start()
 
-    def _take(self) -> _Worker:
+    def _take(self) -> _Decoder:
         with self._lock:
             while self._idle:
                 worker = self._idle.pop()
@@ -174,7 +175,7 @@ class WorkerPool:
                 worker.kill()
         return self._spawn()
 
-    def _give_back(self, worker: _Worker) -> None:
+    def _give_back(self, worker: _Decoder) -> None:
         with self._lock:
             if self._closed or len(self._idle) >= self.size:
                 worker.kill()
