@@ -241,6 +241,7 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
         "USER": user,
         "LANG": "C.UTF-8",
         "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
+        "PYTHONNOUSERSITE": "1",   # nothing under the home is imported by the server (or anything else)
         **thread_limits(profile.cpu),
     }
     if project.audit_cells:

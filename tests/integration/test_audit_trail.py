@@ -34,10 +34,10 @@ def wait_for(predicate, timeout=20.0, interval=0.2):
 
 
 def server_pid(hub, session_id: str) -> int:
-    """The jupyterhub-singleuser process of a session (root can read its environment)."""
+    """The server process of a session (root can read its environment, though it is not dumpable)."""
     for pid in (hub.cgroup(session_id) / "cgroup.procs").read_text().split():
         try:
-            if b"jupyterhub-singleuser" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"vre_session.serve" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return int(pid)
         except FileNotFoundError:
             continue

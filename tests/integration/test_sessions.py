@@ -185,6 +185,126 @@ result = {"uid": os.getuid(), "uid_map": open("/proc/self/uid_map").read().split
     assert result["nnp"] == "1"
 
 
+# --- the server is out of the researcher's reach ----------------------------------------------
+def test_server_socket_cannot_be_moved_replaced_or_reached_from_inside(alice, hub):
+    """A kernel of the same uid as the server tries to put its own listener where the proxy
+    connects: move the socket aside, unlink it, bind next to it, loosen it, connect to it. All
+    fail, and the session keeps answering through the hub with its real server."""
+    c, k = alice
+    result = inside(k, """
+import os, socket
+d = "/run/vre/session"; sock = d + "/jupyter.sock"
+def attempt(f):
+    try:
+        f(); return "done"
+    except OSError as e:
+        return type(e).__name__
+def bind_beside():
+    s = socket.socket(socket.AF_UNIX); s.bind(d + "/evil.sock"); s.listen()
+def connect():
+    s = socket.socket(socket.AF_UNIX); s.connect(sock); s.close()
+result = {"rename": attempt(lambda: os.rename(sock, d + "/moved.sock")),
+          "unlink": attempt(lambda: os.unlink(sock)),
+          "bind": attempt(bind_beside),
+          "chmod": attempt(lambda: os.chmod(sock, 0o777)),
+          "chmod-dir": attempt(lambda: os.chmod(d, 0o777)),
+          "connect": attempt(connect),
+          "listing": sorted(os.listdir(d))}
+""")
+    assert result.pop("listing") == ["jupyter.sock"]
+    assert set(result.values()) == {"PermissionError"}, result
+    assert c.server_api("lung-screening", "GET", "/status").status_code == 200
+
+
+def test_server_cannot_be_traced_or_read_by_its_kernels(alice, hub):
+    """Same uid, no Yama on this kernel: only the server's non-dumpable flag stands between a
+    kernel and the server's memory, environment (its credentials) and ptrace."""
+    _, k = alice
+    result = inside(k, """
+import ctypes, os
+def cmdline(p):
+    try:
+        return open(f"/proc/{p}/cmdline", "rb").read()
+    except OSError:
+        return b""
+# the server itself (not the sandbox's init or tini, whose command lines name it too)
+server = next(int(p) for p in os.listdir("/proc") if p.isdigit() and cmdline(p).split(b"\\0")[1:3] == [b"-m", b"vre_session.serve"])
+def attempt(f):
+    try:
+        f(); return "done"
+    except OSError as e:
+        return type(e).__name__
+libc = ctypes.CDLL(None, use_errno=True)
+PTRACE_ATTACH = 16
+rc = libc.ptrace(PTRACE_ATTACH, server, None, None)
+result = {"environ": attempt(lambda: open(f"/proc/{server}/environ", "rb").read()),
+          "mem": attempt(lambda: open(f"/proc/{server}/mem", "rb").read(1)),
+          "fd": attempt(lambda: os.listdir(f"/proc/{server}/fd")),
+          "ptrace": "done" if rc == 0 else os.strerror(ctypes.get_errno()),
+          "own_environ": attempt(lambda: open("/proc/self/environ", "rb").read())}
+""")
+    assert result.pop("own_environ") == "done"  # the kernel itself stays dumpable (debuggers work)
+    assert result == {"environ": "PermissionError", "mem": "PermissionError", "fd": "PermissionError",
+                      "ptrace": "Operation not permitted"}, result
+
+
+def test_researcher_config_and_user_site_do_not_reach_the_server(hub):
+    """A researcher writes Jupyter configuration and a user-site hook that would switch the VRE
+    extension off, then restarts the session: the new server starts with the hub's configuration."""
+    c = hub.client("bob")
+    c.start("prostate-ai")
+    k = c.kernel("prostate-ai")
+    try:
+        inside(k, """
+import os, site
+os.makedirs(os.path.expanduser("~/.jupyter"), exist_ok=True)
+with open(os.path.expanduser("~/.jupyter/jupyter_server_config.py"), "w") as f:
+    f.write("c.ServerApp.jpserver_extensions = {'vre_session': False}\\n")
+usersite = os.path.expanduser("~/.local/lib/python3.11/site-packages")
+os.makedirs(usersite, exist_ok=True)
+with open(os.path.join(usersite, "vre_evil.pth"), "w") as f:
+    f.write("import os; os.environ['VRE_EVIL'] = '1'\\n")
+result = True
+""")
+    finally:
+        k.close()
+    c.stop("prostate-ai")
+    c.start("prostate-ai")
+    k = c.kernel("prostate-ai")
+    try:
+        # the dataset API (vre_session's handlers) answers: the extension is loaded
+        r = requests.get(f"{c.server_url('prostate-ai')}/vre/api/datasets",
+                         headers={"Authorization": f"token {c.token}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert inside(k, "import os\nresult = os.environ.get('VRE_EVIL')") is None
+    finally:
+        k.close()
+        inside_cleanup = c.kernel("prostate-ai")
+        inside(inside_cleanup, """
+import os, shutil
+shutil.rmtree(os.path.expanduser("~/.jupyter"), ignore_errors=True)
+shutil.rmtree(os.path.expanduser("~/.local/lib/python3.11/site-packages"), ignore_errors=True)
+result = True
+""")
+        inside_cleanup.close()
+        c.stop("prostate-ai")
+
+
+def test_no_user_namespaces_inside(alice, hub):
+    """A process that became root of a user namespace of its own could over-mount paths and
+    escape per-mount observation: sandboxes allow none (containers: see the README's threat model)."""
+    if hub.session_backend != "sandbox":
+        pytest.skip("containers: a seccomp profile refusing CLONE_NEWUSER is not applied yet")
+    _, k = alice
+    result = inside(k, """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWUSER = 0x10000000
+result = "created" if libc.unshare(CLONE_NEWUSER) == 0 else os.strerror(ctypes.get_errno())
+""")
+    assert result != "created"
+
+
 # --- network ----------------------------------------------------------------------------------
 @pytest.fixture
 def host_listener():

@@ -6,7 +6,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from vre.backends.plan_spawner import server_args
+from vre.backends.plan_spawner import server_args, server_command
 from vre.backends.docker import (SYSCTLS, VREDockerSpawner, bridge_name, container_config, gpu_config,
                                  identity_files, network_config)
 from vre.plan import Mount, SessionPlan, runtime_mounts
@@ -34,7 +34,7 @@ def render(plan=None, **kw):
     plan = plan or make_plan()
     args = dict(image="localhost/vre-notebook:latest", name="vre-ann-lung",
                 env={"JUPYTERHUB_API_TOKEN": "t", **plan.env},
-                command=["jupyterhub-singleuser", *server_args(plan)])
+                command=[*server_command("python"), *server_args(plan)])
     args.update(kw)
     return container_config(SETTINGS, plan, **args)
 
@@ -98,7 +98,7 @@ def test_server_listens_on_the_bound_socket_with_the_session_umask():
     create, _ = render()
     cmd = create["command"]
     assert cmd[:2] == ["/bin/sh", "-c"] and "umask 0002" in cmd[2]
-    assert "jupyterhub-singleuser" in cmd and "--sock=/run/vre/session/jupyter.sock" in cmd
+    assert "vre_session.serve" in cmd and "--sock=/run/vre/session/jupyter.sock" in cmd
     assert "--KernelManager.transport=ipc" in cmd
 
 

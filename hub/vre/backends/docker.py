@@ -42,7 +42,7 @@ from traitlets import Bool, CaselessStrEnum, Dict, Integer, List, Unicode, defau
 from .. import gpus
 from ..plan import HOME, SessionPlan
 from ..settings import Settings
-from .plan_spawner import PlanSpawner, server_args
+from .plan_spawner import PlanSpawner, server_args, server_command
 
 CFS_PERIOD_US = 100_000
 #: sysctls of every session: no IPv6 at all (its link-local addresses would reach the host's bridge)
@@ -221,7 +221,7 @@ class VREDockerSpawner(PlanSpawner, DockerSpawner):
         await self._remove_container(self.object_name)  # a leftover of a crashed run never lingers
         create, host = container_config(
             self.settings, plan, image=image, name=self.object_name,
-            env=self._environment(plan), command=["jupyterhub-singleuser", *server_args(plan, self.args)],
+            env=self._environment(plan), command=[*server_command("python"), *server_args(plan, self.args)],
             gpu_devices=self.gpu_devices, gpu_nodes=gpus.device_nodes(self.gpu_devices), gpu_mode=self.gpu_mode,
             pids_limit=self.pids_limit, tmp_size=self.tmp_size, extra_ro_paths=self.extra_ro_paths,
             umask=self.session_umask,

@@ -47,8 +47,15 @@ def user_options_profile(user_options: dict | None) -> str | None:
     return value or None
 
 
+def server_command(python: str) -> list[str]:
+    """The session's server: JupyterHub's single-user server, started by ``vre_session.serve``,
+    which first makes the process non-dumpable (no kernel of the same uid can trace it or read
+    its memory and environment)."""
+    return [python, "-m", "vre_session.serve"]
+
+
 def server_args(plan: SessionPlan, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """jupyterhub-singleuser's arguments for a session (after the program itself)."""
+    """The single-user server's arguments for a session (after ``server_command``)."""
     argv = [f"--sock={INNER_SOCKET}",
             "--KernelManager.transport=ipc", f"--ServerApp.root_dir={HOME}",
             # vre_session holds the download guard and audit relay: no session without it.
@@ -254,6 +261,7 @@ class PlanSpawner(HasTraits):
         await self._launch(plan)
         self._progress(70, "Waiting for JupyterLab to listen")
         await self._wait_for_socket()
+        await asyncio.to_thread(self._lock_socket)
         self._progress(90, "Server is up; connecting")
 
     def _prepare_host(self, plan: SessionPlan) -> None:
@@ -292,6 +300,18 @@ class PlanSpawner(HasTraits):
             if now > deadline:
                 raise TimeoutError(f"the session's server did not start within {self.start_timeout} s")
             await asyncio.sleep(0.05)
+
+    def _lock_socket(self) -> None:
+        """Take the server's socket out of the session's reach as soon as it exists: the hub
+        owns it and its directory from now on, so nothing in the session can move it aside,
+        replace it with a listener of its own, or connect to it. The server keeps accepting on
+        the socket it bound; the proxy and the hub (root) connect. No researcher code can have
+        run yet: the session's route is added only after ``start()`` returns."""
+        sock = self._socket_path()
+        os.chown(sock, 0, 0)
+        os.chmod(sock, 0o600)
+        os.chown(sock.parent, 0, 0)
+        os.chmod(sock.parent, 0o755)
 
     # -- poll and stop ----------------------------------------------------------------------
     async def poll(self):

@@ -33,7 +33,7 @@ from ..plan import HOME, SessionPlan
 from ..settings import Settings
 from . import netns
 from .cgroups import SessionCgroup
-from .plan_spawner import PlanSpawner, server_args
+from .plan_spawner import PlanSpawner, server_args, server_command
 
 INNER_UID, INNER_GID = 1000, 100
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "hosts",
@@ -61,6 +61,9 @@ def sandbox_argv(settings: Settings, plan: SessionPlan, *, devices=(), groups=()
           "--unshare-user", "--uid", str(INNER_UID), "--gid", str(INNER_GID),
           "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
           "--hostname", plan.project, "--new-session", "--cap-drop", "ALL",
+          # no user namespaces inside: a process root in one of its own could over-mount what the
+          # hub observes and would widen what a kernel can do to the session's server
+          "--disable-userns",
           "--ro-bind", "/usr", "/usr",
           "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
           "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
@@ -156,10 +159,10 @@ class SandboxSpawner(PlanSpawner, Spawner):
                     setpriv=self.setpriv_path, extra_ro_paths=self.extra_ro_paths)
 
     def _server_command(self, plan: SessionPlan) -> list[str]:
-        return [str(self.settings.session_env / "bin" / "jupyterhub-singleuser"), *server_args(plan, self.args)]
+        return [*server_command(str(self.settings.session_env / "bin" / "python")), *server_args(plan, self.args)]
 
     def _command(self, plan: SessionPlan) -> list[str]:
-        """What runs: ip netns exec <island> setpriv <uid> bwrap <plan> -- jupyterhub-singleuser ..."""
+        """What runs: ip netns exec <island> setpriv <uid> bwrap <plan> -- python -m vre_session.serve ..."""
         return sandbox_argv(self.settings, plan, **self._sandbox_options()) + self._server_command(plan)
 
     def _environment(self, plan: SessionPlan) -> dict[str, str]:
