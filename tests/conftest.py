@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -35,11 +36,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Every directory this run made for hubs and database servers: what is left of them (processes,
+#: cgroups) when the run ends is a leak (``pytest_sessionfinish``).
+RUN_DIRS: list[Path] = []
+
+
 def short_tmp(prefix: str) -> Path:
     """Lowercase and short: socket paths must fit 107 bytes and aiohttp lowercases them."""
     path = Path(f"/tmp/{prefix}-{secrets.token_hex(3)}")
     path.mkdir(mode=0o755)
+    RUN_DIRS.append(path)
     return path
+
+
+def leftovers(dirs: list[Path]) -> list[str]:
+    """Processes that still run from ``dirs`` (in their command line or environment: hubs, the
+    proxy, managed services, PostgreSQL) and session cgroups of their instances."""
+    if not dirs:
+        return []
+    needles = [str(d).encode() for d in dirs] + [quote(str(d), safe="").encode() for d in dirs]
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            seen = (proc / "cmdline").read_bytes() + b"\0" + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(n in seen for n in needles):
+            command = seen.split(b"\0\0", 1)[0].replace(b"\0", b" ")[:160].decode(errors="replace")
+            found.append(f"pid {proc.name}: {command}")
+    for d in dirs:
+        for controller in ("pids", "memory"):
+            cg = Path(f"/sys/fs/cgroup/{controller}/{d.name}")
+            procs = [p for p in cg.rglob("cgroup.procs") if p.read_text().strip()] if cg.is_dir() else []
+            found += [f"cgroup {p.parent}: pids {' '.join(p.read_text().split())}" for p in procs]
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite leaves no process behind: whatever still runs from this run's directories fails it."""
+    left = leftovers(RUN_DIRS)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "processes left behind by the test run:\n  " + "\n  ".join(left)
+        if reporter:
+            reporter.write_line(text, red=True)
+        else:
+            print(text, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
@@ -160,10 +205,17 @@ class Hub:
             name, _role, password = line.split("\t")
             self.passwords[name] = password
 
-    def kill(self, sig: int = signal.SIGTERM) -> None:
+    def kill(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        """Stop the hub; one that does not stop on SIGTERM within ``timeout`` is an error (raised
+        after it is killed, so nothing of it lingers)."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+                raise AssertionError(f"the hub did not stop within {timeout} s of signal {sig}:\n{self.log_tail()}")
 
     def restart(self, sig: int = signal.SIGKILL) -> None:
         self.kill(sig)
@@ -244,7 +296,12 @@ class Hub:
         return [c["Gateway"] for c in (net.get("IPAM") or {}).get("Config") or [] if c.get("Gateway")]
 
     def teardown(self) -> None:
-        self.kill()
+        try:
+            self.kill()
+        finally:
+            self._clean_up()
+
+    def _clean_up(self) -> None:
         self.vre("down", check=False)
         if self.session_backend == "docker":
             from vre.backends.docker import remove_instance_containers

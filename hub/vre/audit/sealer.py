@@ -2,7 +2,8 @@
 
 Checkpoints are also made as events are appended; this keeps the unsealed tail short during quiet
 periods, which is what makes truncating the tail detectable. Run by the hub as a managed service
-(``python -m vre.audit.sealer``), so it starts, stops and restarts with the hub.
+(``python -m vre.audit.sealer``): it starts, stops and restarts with the hub, dies with it, and
+is the only sealer of its instance (``vre.services``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import signal
 import threading
 
+from ..services import die_with_hub, take_over
 from ..settings import load
 from . import open_store
 
@@ -23,7 +25,10 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops its services with SIGINT
         signal.signal(sig, lambda *_: stop.set())
-    store = open_store(load())
+    die_with_hub()
+    settings = load()
+    lock = take_over(settings.run_dir / "audit-sealer.lock", "audit sealer", log)  # noqa: F841 (held)
+    store = open_store(settings)
     while not stop.wait(INTERVAL):
         try:
             checkpoint = store.checkpoint()

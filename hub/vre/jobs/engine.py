@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import fcntl
 import logging
 import os
 import signal
@@ -26,6 +25,7 @@ from ..db import Job, Project, utcnow
 from ..audit import Event
 from ..audit.events import emit_many
 from ..plan import PlanRefused, build_plan
+from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import service
 from .executor import ExecutorError, LocalDaskExecutor, SchedulerLost
@@ -44,34 +44,14 @@ class Engine:
         self.executor = executor or LocalDaskExecutor(settings)
         self._wake = asyncio.Event()
         self._starting = False
+        self._stopping = False
         self._events: list[tuple[str, dict]] = []   # audit events waiting for their commit
         self._cancelling: set[int] = set()
 
     # -- process life --------------------------------------------------------------------
     def _take_over(self) -> None:
         """Hold the instance's engine lock, stopping an older engine that still holds it."""
-        path = self.settings.run_dir / "jobs" / "engine.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(path, "a+")
-        for _ in range(100):
-            try:
-                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                self._lock.seek(0)
-                pid = self._lock.read().strip()
-                if pid.isdigit() and int(pid) != os.getpid():
-                    log.warning("stopping an older job engine (pid %s)", pid)
-                    try:
-                        os.kill(int(pid), signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.1)
-        else:
-            raise SystemExit("another job engine holds the lock and does not stop")
-        self._lock.truncate(0)
-        self._lock.write(str(os.getpid()))
-        self._lock.flush()
+        self._lock = take_over(self.settings.run_dir / "jobs" / "engine.lock", "job engine", log)
 
     def _listen_for_wakes(self) -> None:
         path = service.wake_socket(self.settings)
@@ -99,9 +79,12 @@ class Engine:
     async def run(self) -> None:
         self._take_over()
         self._listen_for_wakes()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the hub stops services with SIGINT, then SIGTERM
+            loop.add_signal_handler(sig, self._request_stop)
         self.adopt()
         log.info("job engine running (instance %s)", self.settings.instance)
-        while True:
+        while not self._stopping:
             try:
                 await self.tick()
             except Exception:
@@ -111,6 +94,10 @@ class Engine:
                 await asyncio.wait_for(self._wake.wait(), FAST_TICK if self._starting else TICK)
             except asyncio.TimeoutError:
                 pass
+
+    def _request_stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
 
     def adopt(self) -> None:
         """Take over the workers of running jobs (after a restart of this process or the hub)."""
@@ -347,11 +334,10 @@ class Engine:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[vre-jobs %(asctime)s] %(message)s")
+    die_with_hub()
     settings = load()
-    try:
-        asyncio.run(Engine(settings).run())
-    except KeyboardInterrupt:  # the hub stops its services with SIGINT; jobs keep running
-        log.info("job engine stopped; running jobs go on and are adopted at the next start")
+    asyncio.run(Engine(settings).run())
+    log.info("job engine stopped; running jobs go on and are adopted at the next start")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""Nothing outlives its hub: the managed services die with a hub killed by SIGKILL, the next hub
+owns its pid file and runs exactly one of each service, and nothing is left once it stops."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Hub, _require_root_sandbox, leftovers
+
+pytestmark = pytest.mark.integration
+SERVICES = (b"vre.audit.sealer", b"vre.jobs.engine")
+
+
+def services_of(hub: Hub) -> dict[bytes, list[int]]:
+    """The pids of each managed service that runs for ``hub`` (its state directory in their environment)."""
+    needle = f"VRE_STATE_DIR={hub.state}".encode()
+    found: dict[bytes, list[int]] = {s: [] for s in SERVICES}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline, environ = (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        for service in SERVICES:
+            if service in cmdline and needle in environ.split(b"\0"):
+                found[service].append(int(proc.name))
+    return found
+
+
+def wait_for_one_of_each(hub: Hub, timeout: float = 60) -> dict[bytes, list[int]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = services_of(hub)
+        if all(len(pids) == 1 for pids in found.values()) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.3)
+
+
+def test_services_die_with_a_killed_hub_and_the_next_hub_owns_everything():
+    _require_root_sandbox()
+    hub = Hub("lifecycle", None)
+    try:
+        hub.start()
+        before = wait_for_one_of_each(hub)
+        assert all(len(p) == 1 for p in before.values()), before
+        hub.restart(signal.SIGKILL)
+        after = wait_for_one_of_each(hub)
+        assert all(len(p) == 1 for p in after.values()), after  # one sealer, one engine: no orphan beside
+        assert not {p for ps in before.values() for p in ps} & {p for ps in after.values() for p in ps}
+        assert int((hub.state / "jupyterhub.pid").read_text()) == hub.proc.pid
+    finally:
+        hub.teardown()
+    assert leftovers([hub.base_dir]) == []
