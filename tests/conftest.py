@@ -412,3 +412,13 @@ def make_hub():
     yield start
     for h in hubs:
         h.teardown()
+
+
+@pytest.fixture
+def hub_kit():
+    """The Hub class and the leftover check, for tests that manage a whole hub life themselves
+    (start, kill, restart, stop)."""
+    from types import SimpleNamespace
+
+    _require_root_sandbox()
+    return SimpleNamespace(Hub=Hub, leftovers=leftovers)

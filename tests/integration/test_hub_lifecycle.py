@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Hub, _require_root_sandbox, leftovers
 
 pytestmark = pytest.mark.integration
 SERVICES = (b"vre.audit.sealer", b"vre.jobs.engine")
 
 
-def services_of(hub: Hub) -> dict[bytes, list[int]]:
+def services_of(hub) -> dict[bytes, list[int]]:
     """The pids of each managed service that runs for ``hub`` (its state directory in their environment)."""
     needle = f"VRE_STATE_DIR={hub.state}".encode()
     found: dict[bytes, list[int]] = {s: [] for s in SERVICES}
@@ -31,7 +30,7 @@ def services_of(hub: Hub) -> dict[bytes, list[int]]:
     return found
 
 
-def wait_for_one_of_each(hub: Hub, timeout: float = 60) -> dict[bytes, list[int]]:
+def wait_for_one_of_each(hub, timeout: float = 60) -> dict[bytes, list[int]]:
     deadline = time.monotonic() + timeout
     while True:
         found = services_of(hub)
@@ -40,9 +39,8 @@ def wait_for_one_of_each(hub: Hub, timeout: float = 60) -> dict[bytes, list[int]
         time.sleep(0.3)
 
 
-def test_services_die_with_a_killed_hub_and_the_next_hub_owns_everything():
-    _require_root_sandbox()
-    hub = Hub("lifecycle", None)
+def test_services_die_with_a_killed_hub_and_the_next_hub_owns_everything(hub_kit):
+    hub = hub_kit.Hub("lifecycle", None)
     try:
         hub.start()
         before = wait_for_one_of_each(hub)
@@ -54,4 +52,4 @@ def test_services_die_with_a_killed_hub_and_the_next_hub_owns_everything():
         assert int((hub.state / "jupyterhub.pid").read_text()) == hub.proc.pid
     finally:
         hub.teardown()
-    assert leftovers([hub.base_dir]) == []
+    assert hub_kit.leftovers([hub.base_dir]) == []
