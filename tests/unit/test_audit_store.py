@@ -19,6 +19,7 @@ from sqlalchemy import inspect
 from vre import db as vdb
 from vre.audit import ACTIONS, AuditError, AuditStore, Event, open_store
 from vre.audit.schema import canonical_json, canonical_record
+from vre.audit import store as store_module
 from vre.audit.store import audit_checkpoints, audit_events
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.timezone.utc)
@@ -172,7 +173,7 @@ def test_batched_appends_are_one_linear_chain_with_interval_checkpoints(store):
     assert report.ok and report.length == 230 and report.last_checkpoint["seq"] == 230
 
 
-def test_time_based_checkpoint_and_explicit_checkpoint(audit_url, tmp_path):
+def test_time_based_checkpoint_and_explicit_checkpoint(audit_url, tmp_path, monkeypatch):
     db_url = audit_url
     store = AuditStore(db_url, tmp_path / "secrets", checkpoint_every=10_000, checkpoint_seconds=3600)
     store.append(ev())                      # the first append seals the chain's start
@@ -180,9 +181,14 @@ def test_time_based_checkpoint_and_explicit_checkpoint(audit_url, tmp_path):
     assert store.verify().unsealed == 1
     cp = store.checkpoint()
     assert cp["seq"] == 2 and store.checkpoint() is None
-    fast = AuditStore(db_url, tmp_path / "secrets", checkpoint_every=10_000, checkpoint_seconds=0.001)
-    fast.append(ev())
-    assert fast.verify().last_checkpoint["seq"] == 3
+    timed = AuditStore(db_url, tmp_path / "secrets", checkpoint_every=10_000, checkpoint_seconds=60)
+    timed.append(ev())                      # within the interval of the last checkpoint: not sealed
+    assert timed.verify().last_checkpoint["seq"] == 2
+    # a minute later (the clock is the store's, not the machine's: no race with a real clock)
+    later = store_module.utcnow() + dt.timedelta(seconds=61)
+    monkeypatch.setattr(store_module, "utcnow", lambda: later)
+    timed.append(ev())
+    assert timed.verify().last_checkpoint["seq"] == 4
 
 
 def test_threads_group_commit_into_one_chain(store):
