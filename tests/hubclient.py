@@ -56,14 +56,8 @@ class HubClient:
         headers = kw.pop("headers", {})
         headers["Authorization"] = f"token {self.token}"
         timeout = kw.pop("timeout", 30)
-        for _ in range(3):
-            r = requests.request(method, f"{self.base}/hub/api{path}", headers=headers, timeout=timeout, **kw)
-            # configurable-http-proxy answers 503 (EPIPE) when the hub refuses a request before reading
-            # its body; that is the proxy's artefact, not the hub's answer (the hub's 503s are JSON).
-            if r.status_code != 503 or r.headers.get("Content-Type", "").startswith("application/json"):
-                return r
-            time.sleep(0.2)
-        return r
+        # no retries: a request is sent once (the proxy's 503 EPIPE is fixed: hub/vre/proxy_keepalive.mjs)
+        return requests.request(method, f"{self.base}/hub/api{path}", headers=headers, timeout=timeout, **kw)
 
     def server_state(self, name: str) -> dict | None:
         r = self.api("GET", f"/users/{self.username}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -123,8 +124,12 @@ class Settings:
 
     @property
     def chp_command(self) -> list[str]:
+        """configurable-http-proxy, with the VRE's keep-alive shim for unix-socket targets
+        (``proxy_keepalive.mjs``: without it the proxy answers some requests 503 EPIPE)."""
+        shim = Path(__file__).with_name("proxy_keepalive.mjs")
         chp = self.session_env / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
-        return [str(chp)] if chp.exists() else ["configurable-http-proxy"]
+        program = str(chp) if chp.exists() else shutil.which("configurable-http-proxy") or "configurable-http-proxy"
+        return [shutil.which("node") or "node", "--import", str(shim), program]
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
