@@ -13,7 +13,8 @@ demo in a temp dir):
   (``VRE_NOTEBOOK_IMAGE``, default localhost/vre-notebook:latest) on the project's internal network,
   through the engine at ``VRE_DOCKER_URL`` (default: Podman's socket, ``scripts/podman-setup``);
 - ``local``: the same hub with ``c.JupyterHub.spawner_class = "localprocess"`` loaded last
-  (VRE_EXTRA_HUB_CONFIG): the server runs unisolated as a throwaway system user of the same name.
+  (a JupyterHub config of its own that loads the VRE's first, named by VRE_HUB_CONFIG): the server runs
+  unisolated as a throwaway system user of the same name.
 
 One throwaway account (VRE account on both hubs + system user for ``local``) starts a named server
 for the project through the REST API. Latency is measured from just before the POST
@@ -60,11 +61,12 @@ TARGET = 1.2          # sandbox p50 within this ratio of LocalProcessSpawner
 DOCKER_TARGET_S = 5.0  # docker p50 under this many seconds
 BACKENDS = ("sandbox", "docker", "local")
 
-# Loaded last by the local hub (VRE_EXTRA_HUB_CONFIG): only the spawner changes. Sessions keep the
+# The local hub's JupyterHub config (VRE_HUB_CONFIG): the VRE's own, then only the spawner changes. Sessions keep the
 # same hub API (the hub's unix socket, at its host path instead of the sandbox's bind mount), the
 # same jupyterhub-singleuser from the same environment, the same server flags that make sense
 # outside a sandbox, and the same environment variables.
 LOCAL_CONFIG = '''
+load_subconfig(HUB_CONFIG)
 import importlib.util
 import os
 from vre.hostfiles import unix_url
@@ -96,12 +98,14 @@ class BenchHub(Hub):
         super().__init__(backend, None, "docker" if backend == "docker" else "sandbox")
         for name in ("VRE_POLL_INTERVAL", "VRE_LOCKOUT_THRESHOLD", "VRE_LOCKOUT_SECONDS"):
             self.env.pop(name, None)  # the shipped defaults, not the tests' faster polling
-        self.env.pop("VRE_EXTRA_HUB_CONFIG", None)
+        self.env.pop("VRE_HUB_CONFIG", None)
         text = (LOCAL_CONFIG if backend == "local" else "") + extra_config
         if text:
+            if "load_subconfig(HUB_CONFIG)" not in text:
+                text = "load_subconfig(HUB_CONFIG)\n" + text
             config = self.base_dir / "bench_hub_config.py"
-            config.write_text(text)
-            self.env["VRE_EXTRA_HUB_CONFIG"] = str(config)
+            config.write_text(f"HUB_CONFIG = {str(ROOT / 'hub' / 'jupyterhub_config.py')!r}\n" + text)
+            self.env["VRE_HUB_CONFIG"] = str(config)
 
     def teardown(self, logs: Path | None = None) -> None:
         """Stop the hub, then ``vre down``: this hub's sessions, proxy and islands (its own VRE_INSTANCE)."""

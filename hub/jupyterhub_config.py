@@ -5,5 +5,3 @@ from vre.settings import load
 
 settings = load()
 configure(c, settings)  # noqa: F821 (c is provided by JupyterHub)
-if settings.extra_hub_config:  # tests only: e.g. faster polling
-    load_subconfig(settings.extra_hub_config)  # noqa: F821

@@ -92,3 +92,20 @@ def configure(c, settings: Settings) -> None:
     # Every state-changing API request (and logout) is audited where JupyterHub logs requests.
     c.JupyterHub.tornado_settings = {"log_function": make_log_function(settings), "vre_settings": settings}
     read_or_create_secret(settings.secrets_dir / "audit_relay_key")
+    apply_operator_config(c, settings)
+
+
+def apply_operator_config(c, settings: Settings) -> list[str]:
+    """The ``jupyterhub`` setting's traits, over the VRE's own (validated by the settings: no trait
+    the VRE's security rests on). Returns what was set, for the log."""
+    applied = []
+    for cls, traits in settings.jupyterhub.items():
+        for trait, value in traits.items():
+            setattr(c[cls], trait, value)
+            applied.append(f"{cls}.{trait}")
+            if trait == "host_firewall" and not value:
+                print(f"[vre] WARNING: {cls}.host_firewall is off: project networks rely on the host's own "
+                      "firewall to keep sessions from the host's services", file=sys.stderr)
+    if applied:
+        print(f"[vre] JupyterHub settings from the jupyterhub table: {', '.join(applied)}", file=sys.stderr)
+    return applied

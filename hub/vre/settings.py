@@ -8,6 +8,7 @@ The embedded default needs no file at all.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -56,7 +57,7 @@ class Settings:
     #: Image for profiles with GPUs; empty: ``notebook_image``.
     notebook_gpu_image: str = ""
     #: Python environment that sessions run from; bound read-only into every sandbox.
-    session_env: Path = Path(sys.prefix)
+    session_env: Path = field(default=Path(sys.prefix), metadata={"shown": "the hub's own (`sys.prefix`)"})
     #: Host uids for session users are ``uid_base + account id``; project gids ``gid_base + project id``.
     uid_base: int = 200000
     gid_base: int = 300000
@@ -73,8 +74,6 @@ class Settings:
     demo_size: str = "full"
     #: Extra log detail.
     debug: bool = False
-    #: Test hook: extra JupyterHub config file loaded last (never set in production).
-    extra_hub_config: str = ""
     # --- GPUs and the batch queue -------------------------------------------------------
     #: GPUs sessions and jobs may be given: ``auto`` (every /dev/nvidiaN of this host), ``none``,
     #: or indices such as ``0,1`` (the allocator hands out exactly these).
@@ -88,6 +87,11 @@ class Settings:
     #: What happens to running jobs when their project's scheduler dies: ``requeue`` (once; a
     #: second loss fails the job) or ``fail``.
     jobs_on_scheduler_loss: str = "requeue"
+    # --- JupyterHub itself ----------------------------------------------------------------
+    #: JupyterHub traits applied after the VRE's own configuration, as ``{Class: {trait: value}}``
+    #: (in vre.toml a ``[jupyterhub.Class]`` table per class; in the environment, JSON merged over
+    #: the file's per class). Traits the VRE's security rests on are refused (``PROTECTED_TRAITS``).
+    jupyterhub: dict = field(default_factory=dict, hash=False)
     #: Where these values came from (for logs); secrets never live in settings.
     _source: str = field(default="defaults", compare=False, repr=False)
 
@@ -150,7 +154,19 @@ def _coerce(name: str, raw, kind: str):
             if value in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(raw)
+        if kind in ("dict", dict):
+            if isinstance(raw, str):
+                try:
+                    raw = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise SettingsError(f"setting {name!r}: not valid JSON ({e}); give an object such as "
+                                        '\'{"Spawner": {"start_timeout": 300}}\'') from None
+            if not isinstance(raw, dict):
+                raise ValueError(raw)
+            return raw
         return str(raw)
+    except SettingsError:
+        raise
     except (TypeError, ValueError):
         raise SettingsError(f"setting {name!r}: cannot read {raw!r} as {kind}") from None
 
@@ -182,7 +198,11 @@ def load(config_file: str | os.PathLike | None = None, environ: dict | None = No
     for name, kind in fields.items():
         env_name = f"VRE_{name.upper()}"
         if env_name in environ:
-            values[name] = _coerce(env_name, environ[env_name], kind)
+            value = _coerce(env_name, environ[env_name], kind)
+            if kind == "dict" and name in values:  # merged over the file's, class by class
+                value = {**values[name], **{k: {**values[name].get(k, {}), **v} if isinstance(v, dict) else v
+                                            for k, v in value.items()}}
+            values[name] = value
             sources.append(env_name)
 
     settings = Settings(**values, _source=", ".join(sources) or "defaults")
@@ -190,7 +210,40 @@ def load(config_file: str | os.PathLike | None = None, environ: dict | None = No
     return settings
 
 
+#: JupyterHub traits the VRE's security rests on: refused in the ``jupyterhub`` setting. Per class
+#: (``JupyterHub``, ``ConfigurableHTTPProxy``), and for any class (spawners, authenticators).
+PROTECTED_TRAITS = {
+    "JupyterHub": {"spawner_class", "authenticator_class", "proxy_class", "bind_url", "hub_bind_url",
+                   "hub_connect_url", "hub_socket_mode", "db_url", "cookie_secret", "cookie_secret_file",
+                   "services", "load_roles", "custom_scopes", "extra_handlers", "tornado_settings",
+                   "allow_named_servers", "default_server_name", "implicit_spawn_seconds", "pid_file"},
+    "ConfigurableHTTPProxy": {"command", "auth_token", "api_url", "should_start", "pid_file"},
+    "*": {"env_keep", "disable_user_config", "cmd", "args", "environment", "hub_connect_url",
+          "apply_user_options", "options_form", "options_from_form", "pre_spawn_hook", "settings",
+          "allow_all", "any_allow_config", "admin_users", "allowed_users", "image", "client_kwargs",
+          "extra_create_kwargs", "extra_host_config", "volumes", "read_only_volumes", "network_name",
+          "use_internal_ip", "remove"},
+}
+
+
+def _validate_jupyterhub(table: dict) -> None:
+    for cls, traits in table.items():
+        if not isinstance(cls, str) or not cls.isidentifier() or not cls[:1].isupper():
+            raise SettingsError(f"jupyterhub: {cls!r} is not a configurable class name (e.g. Spawner, "
+                                "SandboxSpawner, JupyterHub)")
+        if not isinstance(traits, dict):
+            raise SettingsError(f"jupyterhub.{cls}: give a table of traits ([jupyterhub.{cls}] with "
+                                "trait = value lines), not {traits!r}")
+        for trait in traits:
+            if not isinstance(trait, str) or not trait.isidentifier():
+                raise SettingsError(f"jupyterhub.{cls}: {trait!r} is not a trait name")
+            if trait in PROTECTED_TRAITS.get(cls, ()) or trait in PROTECTED_TRAITS["*"]:
+                raise SettingsError(f"jupyterhub.{cls}.{trait} is decided by the VRE (its security rests on "
+                                    "it) and cannot be set here; see the README's Configuration section")
+
+
 def _validate(s: Settings) -> None:
+    _validate_jupyterhub(s.jupyterhub)
     if s.backend not in ("sandbox", "docker"):
         raise SettingsError(f"backend {s.backend!r} is not available; use 'sandbox' (bubblewrap, the default) "
                             "or 'docker' (Docker or Podman, at docker_url)")
@@ -218,3 +271,58 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"jobs_on_scheduler_loss must be 'requeue' or 'fail', not {s.jobs_on_scheduler_loss!r}")
     if not 60 <= s.jobs_default_runtime <= s.jobs_max_runtime:
         raise SettingsError("jobs_default_runtime must be at least 60 s and at most jobs_max_runtime")
+
+
+# --- documentation: the README's settings table is generated from the comments above ------------
+def documented_fields() -> list[tuple[list[str], str]]:
+    """([field names], documentation) from the ``#:`` comments of :class:`Settings`, in order.
+    Fields right below a documented field (no comment between) share its documentation. Raises
+    SettingsError naming a field that has none."""
+    import inspect
+
+    groups: list[tuple[list[str], str]] = []
+    doc: list[str] = []
+    grouping = False
+    for line in inspect.getsource(Settings).splitlines():
+        text = line.strip()
+        if text.startswith("#:"):
+            doc.append(text[2:].strip())
+            grouping = False
+        elif match := re.match(r"([a-z][a-z0-9_]*)\s*:", text):
+            name = match.group(1)
+            if doc:
+                groups.append(([name], " ".join(doc)))
+                doc, grouping = [], True
+            elif grouping:
+                groups[-1][0].append(name)
+            else:
+                raise SettingsError(f"setting {name!r} has no documentation: add a '#:' comment above it")
+        elif text.startswith(("#", "@", "def ")) or not text:
+            grouping = False if text.startswith(("#", "@", "def ")) else grouping
+            doc = [] if text.startswith(("@", "def ")) else doc
+    return groups
+
+
+def _shown_default(name: str) -> str:
+    f = next(f for f in dataclasses.fields(Settings) if f.name == name)
+    if "shown" in f.metadata:
+        return f.metadata["shown"]
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if value == "" or value == {}:
+        return "(empty)"
+    return f"`{str(value).lower() if isinstance(value, bool) else value}`"
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (README.md, between the settings-table markers)."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    for names, doc in documented_fields():
+        doc = re.sub(r"``([^`]+)``", r"`\1`", doc).replace("|", "\\|")
+        rows.append(f"| {', '.join(f'`{n}`' for n in names)} | {', '.join(_shown_default(n) for n in names)} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m vre.settings --markdown
+    if sys.argv[1:] != ["--markdown"]:
+        raise SystemExit("usage: python -m vre.settings --markdown  (prints the README's settings table)")
+    print(settings_table(), end="")

@@ -48,3 +48,60 @@ def test_bad_bool_in_environment():
 def test_settings_are_immutable():
     with pytest.raises(Exception):
         Settings().state_dir = Path("/tmp")  # type: ignore[misc]
+
+
+# --- the jupyterhub table: JupyterHub's own traits, set where every other setting is -------------
+def test_jupyterhub_table_from_file_and_environment(tmp_path):
+    from traitlets.config import Config
+
+    from vre.hubconfig import apply_operator_config
+
+    cfg = tmp_path / "vre.toml"
+    cfg.write_text('[jupyterhub.Spawner]\nstart_timeout = 300\nhttp_timeout = 90\n'
+                   '[jupyterhub.SandboxSpawner]\npids_limit = 4096\n')
+    s = load(cfg, environ={"VRE_JUPYTERHUB": '{"Spawner": {"http_timeout": 120}, "JupyterHub": {"log_level": "DEBUG"}}'})
+    assert s.jupyterhub == {"Spawner": {"start_timeout": 300, "http_timeout": 120},  # merged per class
+                            "SandboxSpawner": {"pids_limit": 4096}, "JupyterHub": {"log_level": "DEBUG"}}
+    c = Config()
+    c.Spawner.start_timeout = 120  # the VRE's own value: the operator's comes after it
+    assert sorted(apply_operator_config(c, s)) == ["JupyterHub.log_level", "SandboxSpawner.pids_limit",
+                                                   "Spawner.http_timeout", "Spawner.start_timeout"]
+    assert c.Spawner.start_timeout == 300 and c.SandboxSpawner.pids_limit == 4096
+
+
+@pytest.mark.parametrize("text, message", [
+    ('jupyterhub = 3', "cannot read"),
+    ('[jupyterhub]\nSpawner = 3', "give a table of traits"),
+    ('[jupyterhub.spawner]\nx = 1', "not a configurable class name"),
+    ('[jupyterhub.JupyterHub]\nspawner_class = "localprocess"', "decided by the VRE"),
+    ('[jupyterhub.Spawner]\ndisable_user_config = false', "decided by the VRE"),
+    ('[jupyterhub.SandboxSpawner]\nenv_keep = ["PATH"]', "decided by the VRE"),
+    ('[jupyterhub.ConfigurableHTTPProxy]\ncommand = ["x"]', "decided by the VRE"),
+])
+def test_jupyterhub_table_errors_say_what_to_fix(tmp_path, text, message):
+    cfg = tmp_path / "vre.toml"
+    cfg.write_text(text + "\n")
+    with pytest.raises(SettingsError, match=message):
+        load(cfg, environ={})
+
+
+def test_jupyterhub_table_bad_json_in_the_environment():
+    with pytest.raises(SettingsError, match="not valid JSON"):
+        load(environ={"VRE_CONFIG": "/dev/null", "VRE_JUPYTERHUB": "{Spawner: 1}"})
+
+
+def test_every_setting_is_documented_and_the_readme_table_is_current():
+    import dataclasses
+    import re
+
+    from vre.settings import documented_fields, settings_table
+
+    documented = [name for names, _ in documented_fields() for name in names]
+    public = [f.name for f in dataclasses.fields(Settings) if not f.name.startswith("_")]
+    assert documented == public  # a field without a '#:' comment of its own or of its group fails
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = re.search(r"<!-- settings-table:start[^>]*-->\n(.*?)<!-- settings-table:end -->", readme, re.S)
+    assert table, "README.md lost its settings-table markers"
+    assert table.group(1) == settings_table(), (
+        "README.md's settings table differs from the settings' documentation: regenerate it with "
+        "`.venv/bin/python -m vre.settings --markdown` and paste it between the markers")
