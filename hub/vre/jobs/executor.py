@@ -1,7 +1,7 @@
 """How jobs run on this host: per project, a Dask scheduler and workers in sandboxes.
 
 Everything is rendered from the project's plan (role=worker) with the same code that renders
-sessions (``backends.sandbox.sandbox_argv``): datasets read-only, the workspace read-write, the
+sessions (``backends.bwrap.sandbox_argv``): datasets read-only, the workspace read-write, the
 project's loopback-only island, an unprivileged uid without capabilities, a cgroup with the
 job's CPU, memory and pids limits, and only the granted GPUs in /dev.
 
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..backends import sandbox
+from ..backends import bwrap
 from ..backends.cgroups import SessionCgroup
 from ..backends.host import prepare_host
 from ..gpus import gpu_env
@@ -130,7 +130,7 @@ class LocalDaskExecutor:
         if self.scheduler_alive(project) and self.agent_socket(project).exists():
             return
         plan = plan.for_scheduler(self.scheduler_name(project), wake_socket(self.settings))
-        await asyncio.to_thread(prepare_host, plan, sandbox.identity_files(plan))
+        await asyncio.to_thread(prepare_host, plan, bwrap.identity_files(plan))
         dask = str(self.settings.session_env / "bin" / "dask")
         argv = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(SCHEDULER_PORT),
                 "--dashboard-address", f"127.0.0.1:{DASHBOARD_PORT}", "--preload", "vre_session.jobs.agent"]
@@ -162,7 +162,7 @@ class LocalDaskExecutor:
             n += 1
         name = f"{plan.project}-worker-{n}"
         plan = plan.for_worker(name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices))
-        await asyncio.to_thread(prepare_host, plan, sandbox.identity_files(plan))
+        await asyncio.to_thread(prepare_host, plan, bwrap.identity_files(plan))
         dask = str(self.settings.session_env / "bin" / "dask")
         argv = [dask, "worker", f"tcp://127.0.0.1:{SCHEDULER_PORT}", "--name", name, "--nthreads", "1",
                 "--no-nanny", "--memory-limit", "0", "--no-dashboard", "--local-directory", "/tmp",
@@ -232,7 +232,7 @@ class LocalDaskExecutor:
         env = {**plan.env, "PATH": f"{self.settings.session_env}/bin:/usr/local/bin:/usr/bin:/bin"}
         if devices:
             env.update(gpu_env(devices))
-        proc = await sandbox.launch(self.settings, plan, argv, env, log_path=plan.run_dir / "log.txt",
+        proc = await bwrap.launch(self.settings, plan, argv, env, log_path=plan.run_dir / "log.txt",
                                     limits=limits, devices=devices)
         self._procs.append(proc)
         log.info("started %s (pid %s)", plan.session_id, proc.pid)
