@@ -45,7 +45,7 @@ def run_in_sandbox(python: str, devices: tuple[int, ...]) -> dict:
     """Render a one-dataset-less plan as the VRE does and run the probe in it as uid 200001."""
     base = Path(tempfile.mkdtemp(prefix="vre-gpu-"))
     settings = Settings(state_dir=base / "state", run_dir=base / "run", instance="vregpu",
-                        session_env=Path(python).resolve().parents[1])
+                        session_env=Path(python).absolute().parents[1])  # the venv, not its interpreter
     run = settings.sessions_run_dir / "gpu-check"
     plan = SessionPlan(
         user="gpu", project="gpucheck", profile="gpu", role="session", session_id="gpu-check",
@@ -59,7 +59,9 @@ def run_in_sandbox(python: str, devices: tuple[int, ...]) -> dict:
         prepare_host(plan, identity_files(plan))
         asyncio.run(netns.ensure(plan.network))
         argv = sandbox_argv(settings, plan, devices=devices) + [python, "-c", PROBE]
-        env = {**plan.env, **(gpu_env(devices) if devices else {}), "PATH": "/usr/bin:/bin"}
+        env = {**plan.env, **(gpu_env(devices) if devices else {}), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        if "LD_LIBRARY_PATH" in os.environ:  # hosts whose ip/bwrap come from an unpacked package
+            env["LD_LIBRARY_PATH"] = os.environ["LD_LIBRARY_PATH"]
         out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd="/")
         if out.returncode:
             raise AssertionError(f"sandbox exited {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
@@ -92,6 +94,7 @@ def assert_result(r: dict) -> None:
     assert g["count"] == 1 and g["visible"] == "0" and g["uid"] == 1000, g
     assert f"nvidia{last}" in g["dev"] and not any(d[6:].isdigit() and d != f"nvidia{last}" for d in g["dev"]), g
     assert g["sum"] == 1024.0 ** 3, g                      # a real CUDA matrix product ran
+    # (the driver library makes an empty /dev/nvidia-caps in a sandbox without GPUs: no node in it)
     assert n["count"] == 0 and not any(d[6:].isdigit() for d in n["dev"]), n
 
 
