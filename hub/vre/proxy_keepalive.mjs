@@ -22,6 +22,15 @@ ConfigurableProxy.prototype.proxyOptsForTarget = function (target) {
   const options = proxyOptsForTarget.call(this, target);
   if (options.target && options.target.socketPath) {
     options.agent = unixAgent;
+    if (!this.vreKeepAlive) {
+      // A client's own "Connection: close" would still be passed on (and race the same way):
+      // web requests to unix sockets keep the connection open. Websocket upgrades are not web
+      // requests (their event is proxyReqWs) and keep their "Connection: Upgrade".
+      this.vreKeepAlive = true;
+      this.proxy.on("proxyReq", (proxyReq, req, res, opts) => {
+        if (opts && opts.target && opts.target.socketPath) proxyReq.setHeader("connection", "keep-alive");
+      });
+    }
   }
   return options;
 };
