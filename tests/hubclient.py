@@ -11,6 +11,12 @@ import requests
 import websocket
 
 
+#: The VRE service (a hub-managed JupyterHub service): its pages and its REST API.
+VRE_PREFIX = "/services/vre/"
+VRE_API = "/services/vre/api"
+VRE_AUDIT_PAGE = "/services/vre/audit"
+
+
 class HubError(AssertionError):
     pass
 
@@ -30,7 +36,7 @@ class HubClient:
     def login(self, password: str) -> requests.Response:
         """POST the login form as a browser does; returns the final response."""
         self.http.get(f"{self.base}/hub/login", timeout=10)
-        xsrf = self.http.cookies.get("_xsrf", "")
+        xsrf = next((c.value for c in self.http.cookies if c.name == "_xsrf" and c.path == "/hub/"), "")
         return self.http.post(f"{self.base}/hub/login", timeout=20,
                               data={"username": self.username, "password": password, "_xsrf": xsrf})
 
@@ -38,7 +44,8 @@ class HubClient:
         return self.http.get(f"{self.base}/hub/api/user", headers=self._xsrf(), timeout=10).status_code == 200
 
     def _xsrf(self) -> dict:
-        return {"X-XSRFToken": self.http.cookies.get("_xsrf", ""), "Referer": f"{self.base}/hub/"}
+        xsrf = next((c.value for c in self.http.cookies if c.name == "_xsrf" and c.path == "/hub/"), "")
+        return {"X-XSRFToken": xsrf, "Referer": f"{self.base}/hub/"}
 
     def get_token(self, password: str) -> str:
         r = self.login(password)
@@ -58,6 +65,19 @@ class HubClient:
         timeout = kw.pop("timeout", 30)
         # no retries: a request is sent once (the proxy's 503 EPIPE is fixed: hub/vre/proxy_keepalive.mjs)
         return requests.request(method, f"{self.base}/hub/api{path}", headers=headers, timeout=timeout, **kw)
+
+    def vre_api(self, method: str, path: str, **kw) -> requests.Response:
+        """The VRE service's REST API (the hub's service ``vre``: /services/vre/api), with the token."""
+        headers = kw.pop("headers", {})
+        headers["Authorization"] = f"token {self.token}"
+        timeout = kw.pop("timeout", 30)
+        return requests.request(method, f"{self.base}{VRE_API}{path}", headers=headers, timeout=timeout, **kw)
+
+    def vre_xsrf(self) -> dict:
+        """The XSRF header for the VRE service's pages and APIs in this browser session (the service's
+        own ``_xsrf`` cookie, set at its OAuth login; the hub's is another, for /hub/)."""
+        token = next((c.value for c in self.http.cookies if c.name == "_xsrf" and c.path == VRE_PREFIX), "")
+        return {"X-XSRFToken": token, "Referer": f"{self.base}{VRE_PREFIX}"}
 
     def server_state(self, name: str) -> dict | None:
         r = self.api("GET", f"/users/{self.username}")

@@ -18,7 +18,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 
 def configure(c, settings: Settings) -> None:
-    from .api import configure as configure_api
+    from .api import service_spec
     from .audit.events import make_log_function
     from .auth import VREAuthenticator
     from .hubpages import home_projects
@@ -34,7 +34,8 @@ def configure(c, settings: Settings) -> None:
     c.JupyterHub.bind_url = settings.bind_url
     c.JupyterHub.hub_bind_url = unix_url(settings.hub_socket_dir / "hub.sock")
     c.JupyterHub.hub_connect_url = c.JupyterHub.hub_bind_url
-    # The directory (0750, root:sessions) guards the socket; the hub API still requires tokens.
+    # The directory (0750, root:sessions) guards the socket (and the VRE service's, vre.sock, beside
+    # it); the hub API still requires tokens.
     c.JupyterHub.hub_socket_mode = 0o666
     c.JupyterHub.db_url = settings.jupyterhub_db_url
     if not settings.hub_db_url:  # JupyterHub's own SQLite file (sessions, tokens): the hub's alone
@@ -56,15 +57,17 @@ def configure(c, settings: Settings) -> None:
     c.VREAuthenticator.settings = settings
     c.JupyterHub.custom_scopes = CUSTOM_SCOPES
     c.JupyterHub.load_roles = load_roles()
-    configure_api(c, settings)
-    # Seal the audit trail at intervals (a managed service: the hub starts and restarts it).
     vre_env = {k: v for k, v in os.environ.items() if k.startswith("VRE_")}
     vre_env["PATH"] = os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    # The batch queue's engine: admits, runs and follows jobs (its state is in the VRE database).
+    # Managed services (the hub starts and restarts them; each dies with its hub): the audit
+    # sealer seals the trail at intervals; the batch queue's engine admits, runs and follows jobs
+    # (its state is in the VRE database); the VRE service serves the VRE's own pages and APIs at
+    # /services/vre/ (vre.api), JupyterHub's way to add HTTP endpoints (no extra_handlers).
     c.JupyterHub.services = [{"name": "vre-audit-sealer", "command": [sys.executable, "-m", "vre.audit.sealer"],
                               "environment": vre_env},
                              {"name": "vre-jobs", "command": [sys.executable, "-m", "vre.jobs.engine"],
-                              "environment": vre_env}]
+                              "environment": vre_env},
+                             service_spec(settings, vre_env)]
     if settings.backend == "docker":
         from .backends.docker import VREDockerSpawner as spawner_class
     else:

@@ -31,10 +31,14 @@ MANIFEST = "/etc/vre/session.json"
 #: project's Dask scheduler: the job engine's way in, and its way to ring the engine).
 INNER_RUN = "/run/vre"
 INNER_HUB_SOCKET = f"{INNER_RUN}/hub/hub.sock"
+#: The VRE service's socket beside it (vre.api.service): the audit ingest and the batch queue.
+INNER_SERVICE_SOCKET = f"{INNER_RUN}/hub/vre.sock"
+#: The VRE service's API, as sessions reach it (``VRE_API_URL``: a unix-socket URL and this path).
+SERVICE_API_PATH = "/services/vre/api"
 INNER_SOCKET = f"{INNER_RUN}/session/jupyter.sock"
 INNER_AGENT_DIR = f"{INNER_RUN}/agent"
 INNER_DOORBELL = f"{INNER_RUN}/doorbell"
-AUDIT_INGEST_PATH = "/hub/api/vre/audit/events"
+AUDIT_INGEST_PATH = f"{SERVICE_API_PATH}/audit/events"
 #: The thread pools sized to the CPU grant (the one rule: ceil(cpu), at least 1).
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "TORCH_NUM_THREADS")
@@ -247,7 +251,8 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
     if project.audit_cells:
         env["VRE_AUDIT_CELLS"] = "1"
     if role == "session":
-        env.update({"SHELL": "/bin/bash", "VRE_AUDIT_URL": unix_url(INNER_HUB_SOCKET) + AUDIT_INGEST_PATH,
+        env.update({"SHELL": "/bin/bash", "VRE_AUDIT_URL": unix_url(INNER_SERVICE_SOCKET) + AUDIT_INGEST_PATH,
+                    "VRE_API_URL": unix_url(INNER_SERVICE_SOCKET) + SERVICE_API_PATH,
                     "VRE_AUDIT_SPOOL": f"{INNER_RUN}/spool"})
     else:
         env.update({"VRE_ROLE": "worker", "VRE_WORKSPACE": WORKSPACE, "DASK_DISTRIBUTED__WORKER__DAEMON": "False",

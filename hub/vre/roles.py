@@ -1,11 +1,16 @@
 """Who may do what through the hub: the VRE's custom scopes, the roles that carry them and the
-groups that carry the roles. hubconfig registers them; handlers check the scopes; the
-authenticator puts each account in the groups of its VRE role."""
+groups that carry the roles. hubconfig registers them; the VRE service's handlers check the scopes
+(vre.api.base); the authenticator puts each account in the groups of its VRE role."""
 
 from __future__ import annotations
 
 AUDIT_READ_SCOPE = "custom:vre-audit:read"
 JOBS_SCOPE = "custom:vre-jobs"
+#: The hub-managed service that serves the VRE's pages and APIs (vre.api.service), at /services/vre/.
+SERVICE_NAME = "vre"
+#: Reaching that service at all (JupyterHub's service auth requires it of every token and login);
+#: what a caller may do there is still the custom scopes above.
+SERVICE_ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
 
 #: JupyterHub's ``custom_scopes``: defined once the config loads.
 CUSTOM_SCOPES = {
@@ -26,14 +31,17 @@ ADMIN_SCOPES = ["self", "admin-ui", "list:users", "read:users", "read:servers", 
 
 def load_roles() -> list[dict]:
     """JupyterHub's ``load_roles``: auditors and admins by group; researchers (in the browser) and
-    their sessions (server tokens) may use the batch queue, for the projects membership allows."""
+    their sessions (server tokens) may use the batch queue, for the projects membership allows.
+    Every user and every session server may reach the VRE service; its handlers check the scopes
+    above (403 without them)."""
     return [
         {"name": AUDITOR_ROLE, "description": "Review, export and verify the audit trail",
          "scopes": [AUDIT_READ_SCOPE], "groups": [AUDITOR_GROUP]},
         {"name": ADMIN_ROLE, "description": "See users and sessions, stop sessions (provisioning: vre CLI)",
          "scopes": ADMIN_SCOPES, "groups": [ADMIN_GROUP]},
-        {"name": "user", "scopes": ["self", JOBS_SCOPE]},
-        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", JOBS_SCOPE]},
+        {"name": "user", "scopes": ["self", JOBS_SCOPE, SERVICE_ACCESS_SCOPE]},
+        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", JOBS_SCOPE,
+                                      SERVICE_ACCESS_SCOPE]},
     ]
 
 

@@ -54,7 +54,7 @@ def story(sqlite_hub) -> dict:
     return _STORY
 
 
-def login_form(page, hub, user: str, next_url: str = "/hub/vre/audit"):
+def login_form(page, hub, user: str, next_url: str = "/services/vre/audit"):
     page.goto(f"{hub.url}/hub/login?next={next_url}")
     page.fill("#username_input", user)
     page.fill("#password_input", hub.passwords[user])
@@ -68,7 +68,7 @@ def wait_loaded(page):
 def test_auditor_filters_drills_verifies_exports(sqlite_hub, browser_page, story):
     page, hub, s = browser_page, sqlite_hub, story
     login_form(page, hub, "auditor")
-    page.wait_for_url(re.compile(r"/hub/vre/audit"))
+    page.wait_for_url(re.compile(r"/services/vre/audit"))
     expect(page.locator("h1")).to_have_text("Audit trail")
     wait_loaded(page)
     expect(page.locator("#audit-rows tr.event-row").first).to_be_visible()
@@ -181,10 +181,10 @@ def test_integrity_problem_is_shown_in_red(sqlite_hub, browser_page, story):
     report = {"ok": False, "length": 42, "last_checkpoint": {"seq": 40, "hash": "ab" * 32}, "problem": "hash mismatch",
               "seq": 17, "detail": "record 17 was changed after it was stored", "unsealed": 2, "checkpoints": 1,
               "notes": [], "recorded": True}
-    page.route(re.compile(r"/hub/api/vre/audit/verify$"),
+    page.route(re.compile(r"/services/vre/api/audit/verify$"),
                lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(report)))
     login_form(page, hub, "auditor")
-    page.wait_for_url(re.compile(r"/hub/vre/audit"))
+    page.wait_for_url(re.compile(r"/services/vre/audit"))
     wait_loaded(page)
     page.click("#verify-btn")
     result = page.locator("#verify-result")
@@ -202,7 +202,7 @@ def test_researcher_gets_403(sqlite_hub, browser_page):
     page, hub = browser_page, sqlite_hub
     login_form(page, hub, "alice", next_url="/hub/home")
     page.wait_for_url(re.compile(r"/hub/home"))
-    response = page.goto(f"{hub.url}/hub/vre/audit")
+    response = page.goto(f"{hub.url}/services/vre/audit")
     assert response is not None and response.status == 403
     expect(page.locator("body")).to_contain_text("403")
     expect(page.locator("#audit-rows")).to_have_count(0)

@@ -15,11 +15,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
-from hubclient import HubClient
+from hubclient import VRE_API, VRE_AUDIT_PAGE, HubClient
 
 pytestmark = pytest.mark.integration
 
-API = "/vre/audit"
+API = "/audit"  # below the VRE service's API, /services/vre/api
 ROUTES = [("GET", f"{API}/events"), ("GET", f"{API}/export?format=jsonl"), ("GET", f"{API}/export?format=csv"),
           ("GET", f"{API}/timeline"), ("POST", f"{API}/verify")]
 
@@ -83,7 +83,7 @@ def no_503(send):
 
 
 def events(client, **params) -> dict:
-    r = client.api("GET", f"{API}/events", params=params)
+    r = client.vre_api("GET", f"{API}/events", params=params)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -100,35 +100,39 @@ def test_researchers_and_admins_are_refused(hub, user):
     if user == "admin":  # a real JupyterHub admin (all built-in scopes), still no audit scope
         assert c.api("GET", "/users").status_code == 200
     for method, path in ROUTES:
-        r = no_503(lambda: c.api(method, path))
+        r = no_503(lambda: c.vre_api(method, path))
         assert r.status_code == 403, f"{user} {method} {path}: {r.status_code} {r.text[:200]}"
         assert "custom:vre-audit:read" in r.json()["message"]
-    page = c.http.get(f"{hub.url}/hub/vre/audit", allow_redirects=False, timeout=20)
+    page = c.http.get(f"{hub.url}{VRE_AUDIT_PAGE}", timeout=20)  # through the service's OAuth login
     assert page.status_code == 403, page.status_code
-    assert "Audit trail" not in page.text
+    assert "Audit trail" not in page.text and "custom:vre-audit:read" in page.text
+    assert page.headers["Content-Type"].startswith("text/html")
 
 
 def test_anonymous_is_refused(hub):
     for method, path in ROUTES:
-        r = no_503(lambda: requests.request(method, f"{hub.url}/hub/api{path}", timeout=20))
+        r = no_503(lambda: requests.request(method, f"{hub.url}{VRE_API}{path}", timeout=20))
         assert r.status_code == 403, f"{method} {path}: {r.status_code}"
-    r = requests.get(f"{hub.url}/hub/vre/audit", allow_redirects=False, timeout=20)
-    assert r.status_code == 302 and "/hub/login" in r.headers["Location"]
+        assert r.headers["Content-Type"].startswith("application/json") and r.json()["status"] == 403
+    r = requests.get(f"{hub.url}{VRE_AUDIT_PAGE}", allow_redirects=False, timeout=20)
+    assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["Location"], r.headers
+    r = requests.get(f"{hub.url}{VRE_AUDIT_PAGE}", timeout=20)  # the hub's OAuth sends it on to the login
+    assert r.url.startswith(f"{hub.url}/hub/login"), r.url
 
 
 def test_auditor_gets_the_page_and_the_api(hub, auditor, story):
-    page = auditor.http.get(f"{hub.url}/hub/vre/audit", timeout=20)
+    page = auditor.http.get(f"{hub.url}{VRE_AUDIT_PAGE}", timeout=20)  # the hub's OAuth, then the page
     assert page.status_code == 200
     assert "Audit trail" in page.text and 'id="verify-btn"' in page.text
     assert '<option value="session.">' in page.text and '<option value="dicom.series_view"' in page.text
     for method, path in ROUTES:
-        r = auditor.api(method, path)
+        r = auditor.vre_api(method, path)
         assert r.status_code == 200, f"{method} {path}: {r.status_code} {r.text[:300]}"
 
 
 def test_session_ingest_still_answers_on_the_shared_path(hub):
-    """POST on /api/vre/audit/events is the sessions' ingest (relay credential), not the query API."""
-    r = no_503(lambda: requests.post(f"{hub.url}/hub/api/vre/audit/events", json={"events": []}, timeout=20))
+    """POST on api/audit/events is the sessions' ingest (relay credential), not the query API."""
+    r = no_503(lambda: requests.post(f"{hub.url}{VRE_API}/audit/events", json={"events": []}, timeout=20))
     assert r.status_code == 403 and "relay credential" in r.json()["message"], r.text
 
 
@@ -175,16 +179,16 @@ def test_filters_and_totals(auditor, story):
 
 def test_timeline_counts_per_dataset(auditor, story):
     s = story
-    r = auditor.api("GET", f"{API}/timeline", params={"project": s["p1"], "bucket": "day"})
+    r = auditor.vre_api("GET", f"{API}/timeline", params={"project": s["p1"], "bucket": "day"})
     assert r.status_code == 200, r.text
     rows = r.json()
     assert isinstance(rows, list)
     d1 = [row for row in rows if row["dataset"] == s["d1"]]
     assert sum(row["count"] for row in d1) == 2
     assert {row["bucket"] for row in d1} == {s["base"].date().isoformat()}
-    hourly = auditor.api("GET", f"{API}/timeline", params={"dataset": s["d1"], "bucket": "hour"}).json()
+    hourly = auditor.vre_api("GET", f"{API}/timeline", params={"dataset": s["d1"], "bucket": "hour"}).json()
     assert sum(row["count"] for row in hourly) == 2 and all(row["dataset"] == s["d1"] for row in hourly)
-    bob = auditor.api("GET", f"{API}/timeline", params={"session": s["s2"]}).json()
+    bob = auditor.vre_api("GET", f"{API}/timeline", params={"session": s["s2"]}).json()
     assert sum(row["count"] for row in bob if row["dataset"] == s["d2"]) == 1
     assert not any(row["dataset"] == s["d1"] for row in bob)
 
@@ -195,7 +199,7 @@ def test_export_jsonl_and_csv_match_the_query(auditor, story):
     expected = events(auditor, project=s["p1"], order="oldest")["events"]
     ids = [e["id"] for e in expected]
 
-    r = auditor.api("GET", f"{API}/export", params={"format": "jsonl", "project": s["p1"]})
+    r = auditor.vre_api("GET", f"{API}/export", params={"format": "jsonl", "project": s["p1"]})
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].startswith("application/x-ndjson")
     disposition = r.headers["Content-Disposition"]
@@ -208,7 +212,7 @@ def test_export_jsonl_and_csv_match_the_query(auditor, story):
         for key in ("action", "actor", "actor_role", "project", "dataset", "session", "outcome", "target", "details"):
             assert got[key] == e[key], (key, got, e)
 
-    r = auditor.api("GET", f"{API}/export", params={"format": "csv", "project": s["p1"]})
+    r = auditor.vre_api("GET", f"{API}/export", params={"format": "csv", "project": s["p1"]})
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].startswith("text/csv")
     assert ".csv" in r.headers["Content-Disposition"]
@@ -219,7 +223,7 @@ def test_export_jsonl_and_csv_match_the_query(auditor, story):
     start = next(row for row in rows if row["action"] == "session.start")
     assert json.loads(start["details"]) == {"datasets": [s["d1"]], "profile": "small"}
 
-    empty = auditor.api("GET", f"{API}/export", params={"format": "jsonl", "project": f"none-{s['tag']}"})
+    empty = auditor.vre_api("GET", f"{API}/export", params={"format": "jsonl", "project": f"none-{s['tag']}"})
     assert empty.status_code == 200 and empty.text.strip() == ""
 
 
@@ -235,7 +239,7 @@ def test_large_export_streams_in_chunks(hub, auditor, story):
         Event("contents.get", "alice", "researcher", project=project, session=f"bulk-{story['tag']}",
               target=f"/home/alice/file-{i:05d}.ipynb", details={"i": i, "pad": "x" * 200},
               time=start + timedelta(seconds=i)) for i in range(n))
-    with auditor.api("GET", f"{API}/export", params={"format": "jsonl", "project": project}, stream=True,
+    with auditor.vre_api("GET", f"{API}/export", params={"format": "jsonl", "project": project}, stream=True,
                      timeout=120) as r:
         assert r.status_code == 200
         assert r.headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in r.headers
@@ -246,9 +250,9 @@ def test_large_export_streams_in_chunks(hub, auditor, story):
 
 def test_export_and_verify_are_recorded(auditor, story):
     s = story
-    r = auditor.api("GET", f"{API}/export", params={"format": "csv", "dataset": s["d2"]})
+    r = auditor.vre_api("GET", f"{API}/export", params={"format": "csv", "dataset": s["d2"]})
     assert r.status_code == 200
-    r = auditor.api("POST", f"{API}/verify")
+    r = auditor.vre_api("POST", f"{API}/verify")
     assert r.status_code == 200
 
     exports = events(auditor, action="audit.export", user="auditor", limit=20)["events"]
@@ -264,7 +268,7 @@ def test_export_and_verify_are_recorded(auditor, story):
 
 # --- verify ---------------------------------------------------------------------------------------
 def test_verify_reports_an_intact_trail(auditor, story):
-    r = auditor.api("POST", f"{API}/verify")
+    r = auditor.vre_api("POST", f"{API}/verify")
     assert r.status_code == 200, r.text
     report = r.json()
     assert report["ok"] is True, report
@@ -277,10 +281,11 @@ def test_verify_needs_xsrf_from_a_browser_session(hub):
     """Cookie-authenticated POSTs without the XSRF token are refused (the page sends it)."""
     c = HubClient(hub.url, "auditor")
     c.login(hub.passwords["auditor"])
-    r = no_503(lambda: c.http.post(f"{hub.url}/hub/api/vre/audit/verify", timeout=20,
+    assert c.http.get(f"{hub.url}{VRE_AUDIT_PAGE}", timeout=20).status_code == 200  # the service's login
+    r = no_503(lambda: c.http.post(f"{hub.url}{VRE_API}/audit/verify", timeout=20,
                                    headers={"Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin"}))
     assert r.status_code == 403
-    r = c.http.post(f"{hub.url}/hub/api/vre/audit/verify", timeout=60, headers=c._xsrf())
+    r = c.http.post(f"{hub.url}{VRE_API}/audit/verify", timeout=60, headers=c.vre_xsrf())
     assert r.status_code == 200 and r.json()["ok"] is True
 
 
@@ -304,7 +309,7 @@ def test_verify_needs_xsrf_from_a_browser_session(hub):
     ("export", {"format": "csv", "outcome": "nope"}, ["outcome"]),
 ])
 def test_bad_filters_are_400_with_a_message(auditor, path, params, words):
-    r = auditor.api("GET", f"{API}/{path}", params=params)
+    r = auditor.vre_api("GET", f"{API}/{path}", params=params)
     assert r.status_code == 400, f"{path} {params}: {r.status_code} {r.text[:300]}"
     message = r.json()["message"]
     for word in words:

@@ -50,13 +50,13 @@ def relay_env(hub, session_id: str) -> dict:
     return {k: v for k, v in env.items() if k.startswith("VRE_AUDIT")}
 
 
-def post_to_hub_socket(hub, token: str, events: list) -> tuple[int, dict]:
-    """What a session does: POST to the hub's API over the hub's unix socket."""
-    sock_path = str(hub.state.parent / "run" / "hub" / "hub.sock")
+def post_to_service_socket(hub, token: str, events: list) -> tuple[int, dict]:
+    """What a session does: POST to the VRE service over its unix socket beside the hub's."""
+    sock_path = str(hub.state.parent / "run" / "hub" / "vre.sock")
     body = json.dumps({"events": events}).encode()
     s = socket.socket(socket.AF_UNIX)
     s.connect(sock_path)
-    s.sendall(b"POST /hub/api/vre/audit/events HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n"
+    s.sendall(b"POST /services/vre/api/audit/events HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n"
               + f"Authorization: vre-relay {token}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     data = b""
@@ -128,7 +128,7 @@ def test_sessions_cannot_forge_events(hub):
         env = relay_env(hub, "bob-prostate-ai")
         token = env["VRE_AUDIT_TOKEN"]
         # Claims about who/where are ignored: attribution comes from the credential.
-        status, body = post_to_hub_socket(hub, token, [{
+        status, body = post_to_service_socket(hub, token, [{
             "id": "forged-1", "action": "contents.save", "target": "x", "actor": "alice",
             "project": "lung-screening", "session": "alice-lung-screening-0000"}])
         assert status == 200 and body == {"stored": 1}
@@ -138,15 +138,15 @@ def test_sessions_cannot_forge_events(hub):
         # A credential edited to speak for someone else is refused.
         ident, mac = token.split(".")
         forged_ident = base64.urlsafe_b64encode(json.dumps(["alice", "lung-screening", "x"]).encode()).decode()
-        assert post_to_hub_socket(hub, f"{forged_ident}.{mac}", [])[0] == 403
-        assert post_to_hub_socket(hub, "", [])[0] == 403
+        assert post_to_service_socket(hub, f"{forged_ident}.{mac}", [])[0] == 403
+        assert post_to_service_socket(hub, "", [])[0] == 403
         # Sessions may only record session-side actions, and only on their project's datasets.
-        status, body = post_to_hub_socket(hub, token, [{"id": "f2", "action": "auth.login"}])
+        status, body = post_to_service_socket(hub, token, [{"id": "f2", "action": "auth.login"}])
         assert status == 400 and "may not record 'auth.login'" in body["message"]
-        status, body = post_to_hub_socket(hub, token, [{"id": "f3", "action": "dicom.series_view",
+        status, body = post_to_service_socket(hub, token, [{"id": "f3", "action": "dicom.series_view",
                                                          "dataset": "lung-ct-screening"}])
         assert status == 400 and "not granted" in body["message"]
-        status, body = post_to_hub_socket(hub, token, [{"action": "kernel.start"}])
+        status, body = post_to_service_socket(hub, token, [{"action": "kernel.start"}])
         assert status == 400 and "'id' is required" in body["message"]
         # The credential is not handed down to kernels.
         k = c.kernel("prostate-ai")

@@ -52,13 +52,13 @@ def put(workspace: Path, name: str, text: str) -> str:
 
 
 def submit(client, **body):
-    r = client.api("POST", "/vre/jobs", json={"project": PROJECT, **body})
+    r = client.vre_api("POST", "/jobs", json={"project": PROJECT, **body})
     assert r.status_code == 201, r.text
     return r.json()
 
 
 def job(client, job_id: int) -> dict:
-    r = client.api("GET", f"/vre/jobs/{job_id}")
+    r = client.vre_api("GET", f"/jobs/{job_id}")
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -74,7 +74,7 @@ def wait(client, job_id: int, states=("succeeded", "failed", "cancelled", "timed
 
 
 def log(client, job_id: int) -> str:
-    return client.api("GET", f"/vre/jobs/{job_id}/log").json()["text"]
+    return client.vre_api("GET", f"/jobs/{job_id}/log").json()["text"]
 
 
 def audit(hub, action: str) -> list[dict]:
@@ -181,7 +181,7 @@ def test_bad_submissions_are_refused_with_reasons(hub, alice, workspace):
     (workspace / "bad.ipynb").write_text("{not json")
     cases.append(({"kind": "notebook", "target": "project/bad.ipynb"}, 400, "not a readable notebook"))
     for body, status, words in cases:
-        r = alice.api("POST", "/vre/jobs", json={"project": PROJECT, **body})
+        r = alice.vre_api("POST", "/jobs", json={"project": PROJECT, **body})
         assert r.status_code == status and words in r.json()["message"], (body, r.status_code, r.text)
     assert any(e["outcome"] != "ok" for e in audit(hub, "job.submit"))
 
@@ -196,7 +196,7 @@ def test_gpu_jobs_queue_one_at_a_time_and_cpu_jobs_pass(hub, alice, workspace):
     gpu = [submit(alice, kind="script", target=path, profile="gpu", params={"args": ["2"]}, name=f"g{i}")["id"]
            for i in range(3)]
     cpu = submit(alice, kind="script", target=path, profile="small", params={"args": ["0"]}, name="c")["id"]
-    listing = {j["id"]: j for j in alice.api("GET", f"/vre/jobs?project={PROJECT}").json()["jobs"]}
+    listing = {j["id"]: j for j in alice.vre_api("GET", f"/jobs?project={PROJECT}").json()["jobs"]}
     assert any(listing[i]["position"] for i in gpu)  # queued GPU jobs show their place
     done = {i: wait(alice, i, timeout=180) for i in [*gpu, cpu]}
     assert all(d["state"] == "succeeded" for d in done.values()), done
@@ -225,7 +225,7 @@ def test_cancel_kills_the_job_process(hub, alice, workspace):
     while "STARTED" not in log(alice, j["id"]):
         assert time.monotonic() < deadline, job(alice, j["id"])
         time.sleep(0.3)
-    r = alice.api("POST", f"/vre/jobs/{j['id']}/cancel")
+    r = alice.vre_api("POST", f"/jobs/{j['id']}/cancel")
     assert r.status_code == 200, r.text
     done = wait(alice, j["id"])
     assert done["state"] == "cancelled"
@@ -267,7 +267,7 @@ def test_function_job_and_rerun(hub, alice):
         alice.stop(PROJECT)
     value, job_id = out.strip().rsplit(" ", 1)
     assert value.startswith("('n', ") and not value.startswith("('n', 0)")
-    r = alice.api("POST", f"/vre/jobs/{job_id}/rerun")
+    r = alice.vre_api("POST", f"/jobs/{job_id}/rerun")
     assert r.status_code == 201 and r.json()["rerun_of"] == int(job_id)
     assert wait(alice, r.json()["id"])["state"] == "succeeded"
 
@@ -287,7 +287,7 @@ def test_interactive_dask_client_and_dashboard_through_the_proxy(hub, alice):
         assert r.status_code == 200 and "Dask" in r.text, r.status_code
         job_id = int(out.split()[-1])
         assert f"['{SLUG}']" in out
-        alice.api("POST", f"/vre/jobs/{job_id}/cancel")
+        alice.vre_api("POST", f"/jobs/{job_id}/cancel")
         assert wait(alice, job_id)["state"] == "cancelled"
     finally:
         k.close()

@@ -61,7 +61,7 @@ def test_admins_are_not_all_powerful(hub):
         r = admin.api(method, path, json=body)
         # JupyterHub refuses with 403, or with 404 where it does not reveal whether the target exists
         assert r.status_code == 403 or (r.status_code == 404 and "No access" in r.text), (method, path, r.text)
-    assert admin.api("GET", "/vre/audit/events").status_code == 403
+    assert admin.vre_api("GET", "/audit/events").status_code == 403
     r = requests.get(f"{bob.server_url('prostate-ai')}/api/contents", headers={"Authorization": f"token {admin.token}"},
                      timeout=30, allow_redirects=False)
     assert r.status_code in (403, 302), r.status_code  # no access to another user's session
@@ -82,3 +82,26 @@ def test_hub_databases_are_readable_by_the_hub_alone(hub):
     modes = {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files}
     assert set(modes.values()) == {"0o600"}, modes
     assert all(f.stat().st_uid == 0 for f in files)
+
+
+def test_vre_pages_and_apis_are_a_hub_service_not_extra_handlers(hub):
+    """The VRE's pages and APIs are the hub-managed service ``vre`` (JupyterHub's recommended way):
+    the hub's log has no deprecation of ``extra_handlers``, the service answers behind the proxy and
+    on its unix socket beside the hub's, and a researcher's browser login carries the jobs scope."""
+    log = hub.log_path.read_text(errors="replace")
+    assert "extra_handlers is deprecated" not in log
+    assert "extra_handlers" not in log
+    sock = hub.state.parent / "run" / "hub" / "vre.sock"
+    assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o666
+    assert "VRE service at http://127.0.0.1:" in log  # the managed service's own start line
+    assert requests.get(f"{hub.url}/hub/vre/audit", allow_redirects=False, timeout=20).status_code == 404
+    # A researcher's browser: the hub's login, then the service's OAuth login (its page is for
+    # auditors: 403, as a page), then the jobs API with the browser's cookie alone.
+    alice = HubClient(hub.url, "alice")
+    alice.login(hub.passwords["alice"])
+    page = alice.http.get(f"{hub.url}/services/vre/audit", timeout=20)
+    assert page.status_code == 403 and page.headers["Content-Type"].startswith("text/html")
+    r = alice.http.get(f"{hub.url}/services/vre/api/jobs", timeout=20)
+    assert r.status_code == 200 and "jobs" in r.json(), r.text
+    r = alice.http.post(f"{hub.url}/services/vre/api/jobs", json={}, timeout=20)  # no XSRF header: refused
+    assert r.status_code == 403, r.text

@@ -158,6 +158,9 @@ def test_session_plan_carries_every_mount_and_the_base_environment(world):
     assert {p.env[v] for v in THREAD_VARS} == {"1"} and p.manifest()["threads"] == 1
     assert p.env["VRE_SESSION"] == "/etc/vre/session.json"
     assert p.env["VRE_AUDIT_URL"].startswith("http+unix://") and p.env["VRE_AUDIT_URL"].endswith("/audit/events")
+    # the VRE service (ingest, batch queue) on its socket beside the hub's, never the hub's own
+    assert p.env["VRE_AUDIT_URL"] == "http+unix://%2Frun%2Fvre%2Fhub%2Fvre.sock/services/vre/api/audit/events"
+    assert p.env["VRE_API_URL"] == "http+unix://%2Frun%2Fvre%2Fhub%2Fvre.sock/services/vre/api"
     assert "VRE_AUDIT_TOKEN" not in p.env  # a per-run credential: the spawner mints it
 
 
@@ -179,3 +182,13 @@ def test_batch_variants_come_from_the_worker_plan(world):
     assert sched.env["VRE_ENGINE_WAKE"] == "/run/vre/doorbell/wake.sock"
     with pytest.raises(ValueError, match="role='worker'"):
         plan(world, "ann", "lung").for_worker("x", cpu=1, mem_mb=1, gpus=0)
+
+
+def test_request_log_audits_no_oauth_code_exchange():
+    """The VRE service's OAuth login finishes with a POST to the hub's token endpoint: housekeeping
+    (the login is ``auth.login``), not an ``api.request`` by the service in every auditor's view."""
+    from vre.audit.events import classify_request
+
+    assert classify_request("POST", "/hub/api/oauth2/token", 200, "service") is None
+    assert classify_request("POST", "/hub/api/users/bob/tokens", 201, "user") == ("token.create", "user/bob")
+    assert classify_request("POST", "/hub/api/groups/x/users", 200, "user")[0] == "api.request"

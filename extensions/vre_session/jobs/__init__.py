@@ -33,24 +33,24 @@ class JobError(RuntimeError):
 
 
 def _hub() -> tuple[str, str]:
-    """(unix socket path, path prefix) of the hub's API, from the session's environment."""
-    url = os.environ.get("JUPYTERHUB_API_URL", "")
-    parts = urlsplit(url)
+    """(unix socket path, path prefix) of the VRE service's API (the hub's service ``vre``), from the
+    session's environment: ``VRE_API_URL``, a unix-socket URL beside the hub's."""
+    parts = urlsplit(os.environ.get("VRE_API_URL", ""))
     if parts.scheme != "http+unix":
-        raise JobError("the batch queue is reachable from VRE sessions only (JUPYTERHUB_API_URL is not a hub socket)")
+        raise JobError("the batch queue is reachable from VRE sessions only (VRE_API_URL is not a VRE service socket)")
     return unquote(parts.netloc), parts.path.rstrip("/")
 
 
 def request(method: str, path: str, body: dict | None = None, *, token: str | None = None,
             timeout: float = 30) -> tuple[int, dict]:
-    """One call to the hub's jobs API (``path`` below /hub/api/vre/jobs); (status, JSON)."""
+    """One call to the queue's API (``path`` below /services/vre/api/jobs); (status, JSON)."""
     sock, prefix = _hub()
     conn = _UnixHTTPConnection(sock, timeout=timeout)
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Authorization": f"token {token or os.environ['JUPYTERHUB_API_TOKEN']}",
                "Content-Type": "application/json"}
     try:
-        conn.request(method, f"{prefix}/vre/jobs{path}", body=data, headers=headers)
+        conn.request(method, f"{prefix}/jobs{path}", body=data, headers=headers)
         resp = conn.getresponse()
         raw = resp.read()
     finally:

@@ -1,21 +1,34 @@
-"""The hub-side web service: audit ingest from sessions, the audit REST API and the auditor page.
+"""The VRE service: the VRE's own pages and APIs, served by a hub-managed JupyterHub service named
+``vre`` (``python -m vre.api.service``; JupyterHub's way to add HTTP endpoints), behind the proxy at
+``/services/vre/``. hubconfig adds ``service_spec(settings)`` to ``c.JupyterHub.services``.
 
-``configure(c, settings)`` attaches the handlers to the hub (under /hub/); hubconfig calls it.
-
-* ``/hub/vre/audit``: the auditor page. No other page links to it; auditors open it directly.
-* ``/hub/api/vre/audit/{events,export,verify,timeline}``: the auditors' REST API (``vre.api.audit``).
-* ``/hub/api/vre/audit/events`` is shared: GET (and HEAD) is the auditors' query API, any other
+* ``/services/vre/audit``: the auditor page (login through the hub's OAuth).
+* ``/services/vre/api/audit/{events,export,verify,timeline}``: the auditors' REST API (``vre.api.audit``).
+* ``/services/vre/api/audit/events`` is shared: GET (and HEAD) is the auditors' query API, any other
   method goes to the ingest from sessions (``vre.api.ingest``). Tornado routes by path only, so
   that path's target is a small rule list that picks the handler class by method; each class stays
   as its author wrote it (the ingest authenticates relay credentials itself, the audit API uses
-  JupyterHub's login and scopes).
+  JupyterHub's service auth and scopes).
+* ``/services/vre/api/jobs...``: the batch queue's REST API (``vre.jobs.api``).
+
+The proxy reaches the service on a loopback port (JupyterHub's service ``url`` must be http[s]);
+sessions, which have no network, reach it on its unix socket ``SOCKET_NAME`` in the hub's socket
+directory (``plan.INNER_SERVICE_SOCKET``), which serves only what sessions use: the ingest and the
+batch queue.
 """
 
 from __future__ import annotations
 
+import socket
+import sys
+
 from tornado.routing import AnyMatches, Matcher
 
-EVENTS_ROUTE = r"/api/vre/audit/events"
+from ..roles import AUDIT_READ_SCOPE, JOBS_SCOPE, SERVICE_NAME
+
+EVENTS_ROUTE = r"api/audit/events"
+#: The service's unix socket in ``settings.hub_socket_dir`` (in sessions: ``plan.INNER_SERVICE_SOCKET``).
+SOCKET_NAME = "vre.sock"
 
 
 class MethodMatches(Matcher):
@@ -31,13 +44,15 @@ class MethodMatches(Matcher):
         return f"MethodMatches({', '.join(sorted(self.methods))})"
 
 
-def routes(settings) -> list[tuple]:
-    """All extra hub routes (relative to the hub prefix)."""
+def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
+    """The service's routes (relative to its prefix); ``sessions_only``: the ingest and the batch queue."""
     from ..jobs.api import handlers as job_handlers
     from .audit import handlers
     from .ingest import IngestHandler
 
     result = list(job_handlers(settings))
+    if sessions_only:
+        return [(EVENTS_ROUTE, IngestHandler), *result]
     for pattern, cls, *rest in handlers(settings):
         if pattern == EVENTS_ROUTE:
             kwargs = rest[0] if rest else {}
@@ -50,5 +65,24 @@ def routes(settings) -> list[tuple]:
     return result
 
 
-def configure(c, settings) -> None:
-    c.JupyterHub.extra_handlers = routes(settings)
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_spec(settings, environment: dict[str, str]) -> dict:
+    """The service's entry in ``c.JupyterHub.services``: started, restarted and stopped by the hub,
+    and dying with it (``vre.services.die_with_hub``). The proxy's target is a loopback port chosen
+    at each hub start; the hub re-points the proxy's route to it."""
+    return {
+        "name": SERVICE_NAME,
+        "url": f"http://127.0.0.1:{_free_loopback_port()}",
+        "command": [sys.executable, "-m", "vre.api.service"],
+        "environment": environment,
+        # Browser logins (the hub's OAuth) carry the VRE's scopes, as far as the user holds them;
+        # a user without them logs in all the same and gets 403 from the handlers.
+        "oauth_client_allowed_scopes": [AUDIT_READ_SCOPE, JOBS_SCOPE],
+        "oauth_no_confirm": True,  # part of the VRE, not a third party: no "authorize access?" page
+        "display": False,          # not in the hub's Services menu
+    }

@@ -1,15 +1,16 @@
-"""The auditor's side of the audit trail: a page and a REST API on the hub.
+"""The auditor's side of the audit trail: a page and a REST API in the VRE service.
 
-Routes (mounted under the hub prefix, so ``/hub/...``):
+Routes (in the VRE service, ``vre.api.service``, so ``/services/vre/...``):
 
-* ``GET  /hub/vre/audit``                   the auditor page (HTML)
-* ``GET  /hub/api/vre/audit/events``        ``{"events": [...], "total": n}``, newest first
-* ``GET  /hub/api/vre/audit/export``        a JSONL or CSV download of the filtered events (streamed)
-* ``POST /hub/api/vre/audit/verify``        the store's integrity report
-* ``GET  /hub/api/vre/audit/timeline``      events per dataset and day/hour
+* ``GET  /services/vre/audit``                   the auditor page (HTML; login through the hub's OAuth)
+* ``GET  /services/vre/api/audit/events``        ``{"events": [...], "total": n}``, newest first
+* ``GET  /services/vre/api/audit/export``        a JSONL or CSV download of the filtered events (streamed)
+* ``POST /services/vre/api/audit/verify``        the store's integrity report
+* ``GET  /services/vre/api/audit/timeline``      events per dataset and day/hour
 
 Every route needs the scope ``custom:vre-audit:read``, which the ``vre-auditor`` role carries (held by
-accounts with the VRE role ``auditor``; see ``vre.auth`` and ``vre.hubconfig``). JupyterHub's built-in ``admin`` role does not
+accounts with the VRE role ``auditor``; see ``vre.auth`` and ``vre.roles``), in the caller's token: the
+browser's login token (the service's OAuth client may be granted the scope) or an API token. JupyterHub's built-in ``admin`` role does not
 include custom scopes, so admins get 403 like researchers: reading the trail is the auditor's job.
 Caveat: the separation is not hard against a JupyterHub admin, who can mint an API token for the
 auditor account (``tokens`` scope) or add itself to the auditors' group (``admin:groups``; JupyterHub
@@ -20,7 +21,7 @@ Exports and verifications made here are recorded in the trail (``audit.export``,
 actor = the auditor). An export is refused when it cannot be recorded (fail closed); a verification
 is read-only, so its report is still returned, flagged ``"recorded": false``.
 
-Blocking store calls run in worker threads, never on the hub's event loop.
+Blocking store calls run in worker threads, never on the service's event loop.
 """
 
 from __future__ import annotations
@@ -32,16 +33,16 @@ import re
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from jupyterhub.apihandlers import APIHandler
-from jupyterhub.handlers import BaseHandler
+from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..audit import ACTIONS, OUTCOMES, AuditError, open_store
 from ..audit.events import aemit
 from ..roles import AUDIT_READ_SCOPE
-from ..settings import Settings, load
-from .scopes import requires_scope
+from ..settings import Settings
+from .base import ServiceAPIHandler, ServiceHandler, requires_scope
+from .pages import render
 
 #: Filter parameters taken from the query string, passed to the store as they are (after checks).
 TEXT_FILTERS = ("user", "project", "dataset", "action", "session", "text")
@@ -192,11 +193,7 @@ def report_dict(report) -> dict:
 
 # --- handlers ------------------------------------------------------------------------------------
 class _VREMixin:
-    """Access to the VRE settings (handed over by ``configure`` as the handler's init argument)."""
-
-    def initialize(self, vre_settings: Settings | None = None, **kwargs):
-        super().initialize(**kwargs)
-        self.vre_settings = vre_settings or self.settings.get("vre_settings") or load()
+    """Query parameters and the auditor's own events (``self.vre_settings``: see ``ServiceHandler``)."""
 
     def _audit_arg(self, name: str) -> str | None:
         return self.get_query_argument(name, None)
@@ -222,31 +219,30 @@ class _VREMixin:
     async def _audit_record(self, action: str, *, outcome: str = "ok", details: dict) -> None:
         """Record what the auditor did through this API in the trail itself."""
         who = self.current_user  # a user with the vre-auditor role, or a service granted the scope
-        role = "service" if getattr(who, "kind", "user") == "service" else "auditor"
+        role = "service" if who.kind == "service" else "auditor"
         await aemit(self.vre_settings, action, actor=who.name, actor_role=role, outcome=outcome,
                     target="audit-trail", client=self.request.remote_ip, details=details)
 
 
-class AuditPageHandler(_VREMixin, BaseHandler):
-    """``GET /hub/vre/audit``: the auditor page; the data comes from the API below."""
+class AuditPageHandler(_VREMixin, ServiceHandler):
+    """``GET /services/vre/audit``: the auditor page; the data comes from the API below."""
 
-    @web.authenticated
     @requires_audit_scope
     async def get(self):
         actions, prefixes = action_catalogue()
-        html = await self.render_template(
-            "audit.html",
+        html = render(
+            self, "audit.html",
             audit_actions=actions,
             audit_prefixes=prefixes,
             audit_outcomes=outcomes(),
-            audit_api=self.hub.base_url + "api/vre/audit",
+            audit_api=url_path_join(self.hub_auth.base_url, "api/audit"),
             audit_page_size=DEFAULT_LIMIT,
         )
         self.finish(html)
 
 
-class AuditEventsHandler(_VREMixin, APIHandler):
-    """``GET /hub/api/vre/audit/events?<filters>&limit=&offset=&order=newest|oldest``."""
+class AuditEventsHandler(_VREMixin, ServiceAPIHandler):
+    """``GET /services/vre/api/audit/events?<filters>&limit=&offset=&order=newest|oldest``."""
 
     @requires_audit_scope
     async def get(self):
@@ -262,8 +258,8 @@ class AuditEventsHandler(_VREMixin, APIHandler):
         self.finish(to_json({"events": events, "total": total, "limit": limit, "offset": offset}))
 
 
-class AuditTimelineHandler(_VREMixin, APIHandler):
-    """``GET /hub/api/vre/audit/timeline?bucket=day|hour&<filters>`` -> ``[{bucket, dataset, count}]``."""
+class AuditTimelineHandler(_VREMixin, ServiceAPIHandler):
+    """``GET /services/vre/api/audit/timeline?bucket=day|hour&<filters>`` -> ``[{bucket, dataset, count}]``."""
 
     @requires_audit_scope
     async def get(self):
@@ -275,8 +271,8 @@ class AuditTimelineHandler(_VREMixin, APIHandler):
         self.finish(to_json(rows))
 
 
-class AuditVerifyHandler(_VREMixin, APIHandler):
-    """``POST /hub/api/vre/audit/verify`` -> the integrity report (``ok``, ``length``, ...)."""
+class AuditVerifyHandler(_VREMixin, ServiceAPIHandler):
+    """``POST /services/vre/api/audit/verify`` -> the integrity report (``ok``, ``length``, ...)."""
 
     @requires_audit_scope
     async def post(self):
@@ -330,8 +326,8 @@ class _ChunkWriter(io.TextIOBase):
         self._push()
 
 
-class AuditExportHandler(_VREMixin, APIHandler):
-    """``GET /hub/api/vre/audit/export?format=jsonl|csv&<filters>``: a download, streamed."""
+class AuditExportHandler(_VREMixin, ServiceAPIHandler):
+    """``GET /services/vre/api/audit/export?format=jsonl|csv&<filters>``: a download, streamed."""
 
     @requires_audit_scope
     async def get(self):
@@ -401,12 +397,12 @@ class AuditExportHandler(_VREMixin, APIHandler):
 
 
 def handlers(settings: Settings) -> list[tuple]:
-    """The routes of this module (relative to the hub prefix), with the VRE settings bound."""
+    """The routes of this module (relative to the service's prefix), with the VRE settings bound."""
     kw = {"vre_settings": settings}
     return [
-        (r"/vre/audit/?", AuditPageHandler, kw),
-        (r"/api/vre/audit/events", AuditEventsHandler, kw),
-        (r"/api/vre/audit/export", AuditExportHandler, kw),
-        (r"/api/vre/audit/verify", AuditVerifyHandler, kw),
-        (r"/api/vre/audit/timeline", AuditTimelineHandler, kw),
+        (r"audit/?", AuditPageHandler, kw),
+        (r"api/audit/events", AuditEventsHandler, kw),
+        (r"api/audit/export", AuditExportHandler, kw),
+        (r"api/audit/verify", AuditVerifyHandler, kw),
+        (r"api/audit/timeline", AuditTimelineHandler, kw),
     ]

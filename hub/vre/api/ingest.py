@@ -1,4 +1,4 @@
-"""The hub's ingest of audit events from sessions (validation and attribution: :mod:`vre.audit.relay`)."""
+"""The VRE service's ingest of audit events from sessions (validation and attribution: :mod:`vre.audit.relay`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from ..audit.relay import IngestError, check_token, store_events
 
 
 class IngestHandler(web.RequestHandler):
-    """POST /hub/api/vre/audit/events with ``Authorization: vre-relay <credential>``."""
+    """POST /services/vre/api/audit/events with ``Authorization: vre-relay <credential>`` (sessions post
+    over the service's unix socket; the credential is the authentication, no hub token)."""
 
     def check_xsrf_cookie(self):  # credential in a header, not a cookie: no CSRF exposure
         pass

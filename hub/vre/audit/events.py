@@ -72,13 +72,13 @@ def classify_request(method: str, path: str, status: int, user_kind: str | None)
     path = path.rstrip("/") or "/"
     if path.endswith("/hub/logout") and method == "GET":
         return "auth.logout", ""
-    if method not in _API_STATE_CHANGE or "/hub/api/" not in path or path.endswith("/hub/api/vre/audit/events"):
+    if method not in _API_STATE_CHANGE or "/hub/api/" not in path:
         return None
     path = path[path.index("/hub/api/"):]
     if path.endswith("/activity"):  # servers reporting their own activity: housekeeping, not an action
         return None
-    if path.startswith(("/hub/api/vre/audit/", "/hub/api/vre/jobs")):  # these record their own actions
-        return None
+    if path.startswith("/hub/api/oauth2/"):  # a service finishing a user's OAuth login (the VRE
+        return None                           # service's pages): the login itself is auth.login
     if m := _TOKENS.match(path):
         return ("token.create" if method == "POST" else "token.revoke"), f"user/{m.group(1)}"
     if (m := _SERVERS.match(path)) and method == "DELETE" and user_kind == "service":

@@ -2,7 +2,8 @@
 
 Each session run gets a relay credential, ``<identity>.<hmac>``, where the identity (user, project,
 session run) is signed with a hub secret. The session's relay posts batches to
-``/hub/api/vre/audit/events`` over the hub's unix socket; the hub attributes every event from the
+``/services/vre/api/audit/events`` over the VRE service's unix socket (``vre.api``); the service
+attributes every event from the
 verified identity, ignores any actor/project/session the payload claims, accepts only session-side
 actions and only datasets granted to the project, and answers after the batch is durably stored.
 The same validation replays the spool a session leaves behind when it stops.

@@ -1,16 +1,18 @@
-"""The batch queue's REST API, served by the hub under ``/hub/api/vre/jobs`` (see extensions/API.md).
+"""The batch queue's REST API, served by the VRE service (``vre.api.service``) under
+``/services/vre/api/jobs`` (see extensions/API.md).
 
-Callers: the researcher's browser (hub login), a session (its server token: the ``server`` role
-carries ``custom:vre-jobs``) and scripts with a personal token. The scope lets a token use the
+Callers: the researcher's browser (the service's login through the hub), a session (its server
+token, over the service's unix socket: the ``server`` role carries ``custom:vre-jobs``) and scripts
+with a personal token. The scope lets a token use the
 queue at all; what it may see and do is decided per project membership, as for sessions.
 
-- ``GET  /api/vre/jobs[?project=&state=&limit=]``  jobs of the caller's projects, newest first
+- ``GET  api/jobs[?project=&state=&limit=]``  jobs of the caller's projects, newest first
   (at most ``limit``, default 200), with queue positions
-- ``POST /api/vre/jobs``              submit (JSON body; 201 with the job, 400 with what to fix)
-- ``GET  /api/vre/jobs/<id>``         one job, with progress and output files
-- ``GET  /api/vre/jobs/<id>/log?offset=N``  its log from byte N: ``{"text", "offset"}``
-- ``POST /api/vre/jobs/<id>/cancel``  cancel (queued: at once; running: its process group is killed)
-- ``POST /api/vre/jobs/<id>/rerun``   queue it again as a new job
+- ``POST api/jobs``              submit (JSON body; 201 with the job, 400 with what to fix)
+- ``GET  api/jobs/<id>``         one job, with progress and output files
+- ``GET  api/jobs/<id>/log?offset=N``  its log from byte N: ``{"text", "offset"}``
+- ``POST api/jobs/<id>/cancel``  cancel (queued: at once; running: its process group is killed)
+- ``POST api/jobs/<id>/rerun``   queue it again as a new job
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-from jupyterhub.apihandlers import APIHandler
 from tornado import web
 
 from .. import db as vdb
@@ -26,7 +27,7 @@ from ..db import JOB_STATES
 from ..errors import NotFound, VREError
 from ..audit.events import emit
 from ..plan import PlanRefused
-from ..api.scopes import requires_scope
+from ..api.base import ServiceAPIHandler, requires_scope
 from ..roles import JOBS_SCOPE
 from ..settings import Settings
 from . import service
@@ -37,9 +38,9 @@ MAX_LIST = 5000
 requires_jobs_scope = requires_scope(JOBS_SCOPE)
 
 
-class _JobsHandler(APIHandler):
+class _JobsHandler(ServiceAPIHandler):
     def initialize(self, vre_settings: Settings):
-        super().initialize()
+        super().initialize(vre_settings)
         self.vre = vre_settings
 
     async def run(self, func, *args):
@@ -166,8 +167,8 @@ class JobActionHandler(_JobsHandler):
 def handlers(settings: Settings) -> list[tuple]:
     kw = {"vre_settings": settings}
     return [
-        (r"/api/vre/jobs/?", JobListHandler, kw),
-        (r"/api/vre/jobs/(\d+)/?", JobHandler, kw),
-        (r"/api/vre/jobs/(\d+)/log", JobLogHandler, kw),
-        (r"/api/vre/jobs/(\d+)/(cancel|rerun)", JobActionHandler, kw),
+        (r"api/jobs/?", JobListHandler, kw),
+        (r"api/jobs/(\d+)/?", JobHandler, kw),
+        (r"api/jobs/(\d+)/log", JobLogHandler, kw),
+        (r"api/jobs/(\d+)/(cancel|rerun)", JobActionHandler, kw),
     ]

@@ -1,0 +1,86 @@
+"""The VRE service process (``python -m vre.api.service``), started by the hub as the managed
+service ``vre`` (see :mod:`vre.api`): the auditor page, the audit and batch-queue REST APIs and the
+sessions' audit ingest, behind the proxy at ``/services/vre/``.
+
+It listens twice:
+
+* on the loopback port of ``JUPYTERHUB_SERVICE_URL``: the proxy's target (all routes);
+* on ``<hub_socket_dir>/vre.sock``: the sessions' way in (no network in a session; the directory
+  is theirs to reach, read-only, as for the hub's socket), with the ingest and the batch queue only.
+
+Like the hub's other services it dies with its hub and is the only one of its instance
+(``vre.services``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from urllib.parse import urlsplit
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler
+from jupyterhub.utils import url_path_join
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_unix_socket
+
+from ..services import die_with_hub, take_over
+from ..settings import Settings, load
+from . import SOCKET_NAME, routes
+
+log = logging.getLogger("vre.api.service")
+
+
+def prefix() -> str:
+    return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/services/vre/"
+
+
+def make_app(settings: Settings, *, sessions_only: bool = False) -> web.Application:
+    base = prefix()
+    handlers = [(url_path_join(base, pattern), *rest) for pattern, *rest in routes(settings, sessions_only=sessions_only)]
+    if not sessions_only:
+        handlers.append((url_path_join(base, "oauth_callback"), HubOAuthCallbackHandler))
+    # The login cookie's key: new at each start (a restarted service sends browsers through the
+    # hub's OAuth again, which is silent while they are logged in to the hub).
+    return web.Application(handlers, vre_settings=settings, cookie_secret=os.urandom(32))
+
+
+def socket_path(settings: Settings):
+    return settings.hub_socket_dir / SOCKET_NAME
+
+
+async def serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops its services with SIGINT
+        loop.add_signal_handler(sig, stop.set)
+    url = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL") or "http://127.0.0.1:8890")
+    proxied = HTTPServer(make_app(settings), xheaders=True)
+    proxied.listen(url.port, url.hostname or "127.0.0.1")
+    path = socket_path(settings)
+    # Session uids connect (as to the hub's socket): the directory (0750, root:sessions) guards it.
+    sock = bind_unix_socket(str(path), mode=0o666)
+    sessions = HTTPServer(make_app(settings, sessions_only=True))
+    sessions.add_sockets([sock])
+    log.info("VRE service at %s (proxy) and %s (sessions)", url.geturl(), path)
+    await stop.wait()
+    proxied.stop()
+    sessions.stop()
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s vre-service] %(message)s")
+    die_with_hub()
+    settings = load()
+    lock = take_over(settings.run_dir / "vre-service.lock", "VRE service", log)  # noqa: F841 (held)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()
