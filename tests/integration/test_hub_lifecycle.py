@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.integration
-SERVICES = (b"vre.audit.sealer", b"vre.jobs.engine")
+SERVICES = (b"vre.audit.sealer", b"vre.jobs.engine", b"vre.api.service")
 
 
 def services_of(hub) -> dict[bytes, list[int]]:
@@ -47,7 +47,7 @@ def test_services_die_with_a_killed_hub_and_the_next_hub_owns_everything(hub_kit
         assert all(len(p) == 1 for p in before.values()), before
         hub.restart(signal.SIGKILL)
         after = wait_for_one_of_each(hub)
-        assert all(len(p) == 1 for p in after.values()), after  # one sealer, one engine: no orphan beside
+        assert all(len(p) == 1 for p in after.values()), after  # one of each service: no orphan beside
         assert not {p for ps in before.values() for p in ps} & {p for ps in after.values() for p in ps}
         assert int((hub.state / "jupyterhub.pid").read_text()) == hub.proc.pid
     finally:
