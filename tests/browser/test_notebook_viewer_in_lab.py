@@ -30,7 +30,10 @@ def test_view_in_a_notebook_offline(sqlite_hub, browser_page, stop_alice_session
     tile = page.locator('.jp-Launcher .jp-LauncherCard[data-category="Notebook"]').first
     expect(tile).to_be_visible(timeout=LAB_TIMEOUT_MS)
     tile.click()
-    expect(page.locator("#jp-main-statusbar")).to_contain_text(re.compile(r"Idle"), timeout=LAB_TIMEOUT_MS)
+    expect(page.locator(".jp-NotebookPanel")).to_be_visible(timeout=60_000)
+    expect(page.locator(".jp-NotebookPanel")).to_have_count(1)  # the new notebook alone (nothing restored)
+    expect(page.locator("#jp-main-statusbar")).to_contain_text(
+        re.compile(r"Python 3 \(ipykernel\) \| Idle"), timeout=LAB_TIMEOUT_MS)
     output = run_cell(page, 0, CODE, "slice 3/5")  # rendered by the output's script: the middle slice
     viewer = output.locator(".vre-view")
     readout = viewer.locator(".r")
