@@ -283,7 +283,9 @@ def documented_fields() -> list[tuple[list[str], str]]:
     groups: list[tuple[list[str], str]] = []
     doc: list[str] = []
     grouping = False
-    for line in inspect.getsource(Settings).splitlines():
+    source = inspect.getsource(Settings).splitlines()
+    body = source[next(i for i, line in enumerate(source) if line.startswith("class ")) + 1:]
+    for line in body:
         text = line.strip()
         if text.startswith("#:"):
             doc.append(text[2:].strip())
@@ -297,9 +299,10 @@ def documented_fields() -> list[tuple[list[str], str]]:
                 groups[-1][0].append(name)
             else:
                 raise SettingsError(f"setting {name!r} has no documentation: add a '#:' comment above it")
-        elif text.startswith(("#", "@", "def ")) or not text:
-            grouping = False if text.startswith(("#", "@", "def ")) else grouping
-            doc = [] if text.startswith(("@", "def ")) else doc
+        elif text.startswith(("@", "def ")):  # the fields are over: properties and methods follow
+            break
+        elif text.startswith("#"):  # a section header ends a group
+            grouping = False
     return groups
 
 
