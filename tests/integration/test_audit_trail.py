@@ -106,6 +106,8 @@ def test_scripted_scenario_produces_exactly_the_expected_events(hub):
     assert view["target"] == uid and view["dataset"] == "prostate-mri"
     assert refused["dataset"] == "prostate-mri" and "clinical.csv" in refused["target"]
     assert all(e["actor"] == "frida" and e["actor_role"] == "researcher" for e in events)
+    relayed = {"dicom.series_view", "download.refused"}  # reported by the session; the rest by the hub
+    assert {e["action"]: e["source"] for e in events} == {a: "session" if a in relayed else "hub" for a, _ in expected}
     assert all(e["project"] == "prostate-ai" for e in events if e["action"] not in ("auth.login_failed", "auth.login",
                                                                                   "token.create", "api.request"))
     assert by_action["auth.login_failed"]["client"] == "127.0.0.1"
@@ -127,14 +129,17 @@ def test_sessions_cannot_forge_events(hub):
     try:
         env = relay_env(hub, "bob-prostate-ai")
         token = env["VRE_AUDIT_TOKEN"]
-        # Claims about who/where are ignored: attribution comes from the credential.
+        # Claims about who/where/which source are ignored: attribution comes from the credential,
+        # and whatever a session reports is stored as session-reported.
         status, body = post_to_service_socket(hub, token, [{
             "id": "forged-1", "action": "contents.save", "target": "x", "actor": "alice",
-            "project": "lung-screening", "session": "alice-lung-screening-0000"}])
+            "project": "lung-screening", "session": "alice-lung-screening-0000", "source": "hub"}])
         assert status == 200 and body == {"stored": 1}
         stored = [e for e in store_of(hub).query(user="bob") if e["id"] == "forged-1"]
         assert stored and stored[0]["actor"] == "bob" and stored[0]["project"] == "prostate-ai"
         assert stored[0]["session"].startswith("bob-prostate-ai-")
+        assert stored[0]["source"] == "session"
+        assert [e["id"] for e in store_of(hub).query(user="bob", source="hub") if e["id"] == "forged-1"] == []
         # A credential edited to speak for someone else is refused.
         ident, mac = token.split(".")
         forged_ident = base64.urlsafe_b64encode(json.dumps(["alice", "lung-screening", "x"]).encode()).decode()

@@ -18,7 +18,7 @@ from sqlalchemy import inspect
 
 from vre import db as vdb
 from vre.audit import ACTIONS, AuditError, AuditStore, Event, open_store
-from vre.audit.schema import canonical_json, canonical_record
+from vre.audit.schema import canonical_json, canonical_record, record_head, record_tail
 from vre.audit import store as store_module
 from vre.audit.store import audit_checkpoints, audit_events
 
@@ -49,6 +49,8 @@ def store(audit_url, tmp_path) -> AuditStore:
     (dict(project=""), "project must not be empty (use None)"),
     (dict(dataset="a\nb"), "control characters"),
     (dict(target="\ud800"), "invalid Unicode"),
+    (dict(source="kernel"), "source 'kernel' must be one of hub, access-layer, host, session"),
+    (dict(source=None), "source None must be one of"),
 ])
 def test_bad_events_say_what_to_fix(kw, message):
     args = dict(action="auth.login", actor="alice", actor_role="researcher") | kw
@@ -68,8 +70,10 @@ def test_to_dict_from_dict_round_trip():
               client="10.0.0.1", target="bob/p1", details={"cpu": 2, "mounts": ["/data/lung"]},
               time=dt.datetime(2026, 11, 22, 11, 0, tzinfo=dt.timezone(dt.timedelta(hours=2))))
     d = e.to_dict()
-    assert d["v"] == 1 and d["time"] == "2026-11-22T09:00:00.000000Z"
+    assert d["v"] == 2 and d["time"] == "2026-11-22T09:00:00.000000Z" and d["source"] == "hub"
     assert Event.from_dict(json.loads(json.dumps(d))) == e
+    reported = Event.from_dict({**d, "source": "session"})
+    assert reported.source == "session" and reported.to_dict()["source"] == "session"
     assert Event.from_dict({**d, "seq": 4, "received_at": d["time"]}) == e  # a stored record reads back
     with pytest.raises(AuditError, match="unknown event field"):
         Event.from_dict({**d, "colour": "red"})
@@ -77,17 +81,29 @@ def test_to_dict_from_dict_round_trip():
         Event.from_dict({**d, "v": 99})
     with pytest.raises(AuditError, match="no timezone"):
         Event.from_dict({**d, "time": "2026-11-22T09:00:00"})
+    # a v1 record (sealed before provenance) has no source; read back, it is an Event to write now
+    v1 = {k: v for k, v in d.items() if k != "source"} | {"v": 1}
+    assert Event.from_dict(v1) == e
+    with pytest.raises(AuditError, match="v=1 has no source"):
+        Event.from_dict({**v1, "source": "host"})
 
 
 def test_canonical_record_is_canonical_json():
     """The verifier's fast text rebuild and json.dumps must agree byte for byte."""
     for e in (ev(), ev(target='quote " back\\slash \t tab', details={"b": [1, 2.5, None, True], "a": {"ü": "€"}},
                        project="p", dataset="d", session="s", client="::1"),
-              ev(actor="service:culler", actor_role="service", details={"n": "\u2028\x01"})):
+              ev(actor="service:culler", actor_role="service", details={"n": "\u2028\x01"}),
+              ev(source="session", session="s"), ev(source="access-layer"), ev(source="host", dataset="d")):
         rec = canonical_record(e, 17, "2026-11-22T10:00:00.000000Z")
         expected = canonical_json({**e.to_dict(), "seq": 17, "received_at": "2026-11-22T10:00:00.000000Z"})
         assert rec == expected
-        assert json.loads(rec)["details"] == e.details
+        assert json.loads(rec)["details"] == e.details and json.loads(rec)["source"] == e.source
+        # the v1 layout (source None: no key), which the verifier still reads
+        head = record_head(e.action, e.actor, e.actor_role, e.client, e.dataset)
+        v1 = head + e.details_json + record_tail(e.id, e.outcome, e.project, "2026-11-22T10:00:00.000000Z", 17,
+                                                 e.session, None, e.target, e.time_text, 1)
+        expected = {k: v for k, v in json.loads(expected).items() if k != "source"} | {"v": 1}
+        assert v1 == canonical_json(expected)
 
 
 # --- append and query ------------------------------------------------------------------------
@@ -98,9 +114,9 @@ def _sample(store: AuditStore) -> None:
            details={"reason": "bad password"}),
         ev("session.start", "alice", project="lung-ai", session="s1", time=T0 + dt.timedelta(hours=1)),
         ev("dicom.series_view", "alice", project="lung-ai", dataset="lung1", session="s1",
-           target="1.2.840.113619.2.55", time=T0 + dt.timedelta(hours=2)),
+           target="1.2.840.113619.2.55", time=T0 + dt.timedelta(hours=2), source="session"),
         ev("dicom.series_view", "bob", project="brain", dataset="glioma", session="s2",
-           time=T0 + dt.timedelta(days=1)),
+           time=T0 + dt.timedelta(days=1), source="session"),
         ev("session.stop", "alice", project="lung-ai", session="s1", time=T0 + dt.timedelta(days=1, hours=1)),
         ev("project.grant", "root", actor_role="admin", project="lung-ai", dataset="lung1", outcome="error",
            time=T0 + dt.timedelta(days=2), details={"note": "Müller's grant"}),
@@ -116,7 +132,7 @@ def test_append_and_query_with_filters(store):
     assert [r["seq"] for r in rows] == list(range(1, 8))
     first = rows[0]
     assert set(first) == {"v", "id", "time", "actor", "actor_role", "action", "outcome", "target", "project",
-                          "dataset", "session", "client", "details", "seq", "received_at"}
+                          "dataset", "session", "client", "source", "details", "seq", "received_at"}
     assert first["client"] == "10.0.0.5" and first["time"] == "2026-11-20T09:00:00.000000Z"
     assert first["received_at"].endswith("Z")
 
@@ -137,11 +153,14 @@ def test_append_and_query_with_filters(store):
     assert actions(text="müller's") == ["project.grant"]
     assert actions(text="113619") == ["dicom.series_view"]
     assert actions(user="alice", project="lung-ai", action="dicom.") == ["dicom.series_view"]
+    assert [r["actor"] for r in store.query(source="session")] == ["alice", "bob"]
+    assert len(store.query(source="hub")) == 5 and store.query(source="host") == []
     assert [r["seq"] for r in store.query(limit=2, offset=1)] == [2, 3]
     assert [r["seq"] for r in store.query(newest_first=True, limit=2)] == [7, 6]
     assert store.count() == 7 and store.count(project="lung-ai") == 4 and store.count(user="nobody") == 0
     for bad, message in ((dict(action="nope"), "unknown action"), (dict(action="zz."), "no action starts with"),
-                         (dict(outcome="meh"), "outcome 'meh'"), (dict(since="yesterday"), "not an ISO"),
+                         (dict(outcome="meh"), "outcome 'meh'"), (dict(source="me"), "source 'me'"),
+                         (dict(since="yesterday"), "not an ISO"),
                          (dict(limit=0), "limit must be")):
         with pytest.raises(AuditError, match=message):
             store.query(**bad)
@@ -224,6 +243,7 @@ def test_export_jsonl_and_csv(store):
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["action"] for r in lines] == ["session.start", "dicom.series_view", "session.stop", "project.grant"]
     assert lines[3]["details"] == {"note": "Müller's grant"} and lines[3]["outcome"] == "error"
+    assert [r["source"] for r in lines] == ["hub", "session", "hub", "hub"]
     for r in lines:  # a SIEM can re-check each record's hash on its own
         h, prev = r.pop("hash"), r.pop("prev_hash")
         assert hashlib.sha256((prev + canonical_json(r)).encode()).hexdigest() == h
@@ -235,6 +255,7 @@ def test_export_jsonl_and_csv(store):
     assert rows[0]["actor"] == "mallory" and rows[0]["action"] == "auth.login_failed"
     assert rows[0]["project"] == "" and json.loads(rows[0]["details"]) == {"reason": "bad password"}
     assert rows[0]["seq"] == "2" and rows[0]["time"] == "2026-11-20T09:01:00.000000Z" and len(rows[0]["hash"]) == 64
+    assert rows[0]["source"] == "hub" and rows[0]["v"] == "2"
 
     out = io.StringIO()
     assert store.export("csv", out) == 7
@@ -308,6 +329,8 @@ def test_cli_query_export_verify(vre_audit, tmp_path):
     assert [r["action"] for r in json.loads(out)] == ["dicom.series_view", "session.stop"]
     code, out = vre_audit("audit", "query", "--limit", "2")
     assert "(5 more" in out
+    code, out = vre_audit("audit", "query", "--source", "session", "--json")
+    assert [(r["actor"], r["source"]) for r in json.loads(out)] == [("alice", "session"), ("bob", "session")]
     with pytest.raises(VREError, match="--since 'soon' is not an ISO date"):
         vre_audit("audit", "query", "--since", "soon")
 
@@ -318,6 +341,7 @@ def test_cli_query_export_verify(vre_audit, tmp_path):
     assert len(list(csv.DictReader(target.open()))) == 4
     exported = store.query(action="audit.export")
     assert exported[0]["details"]["rows"] == 4 and exported[0]["actor_role"] == "admin"
+    assert exported[0]["source"] == "hub"
 
     code, out = vre_audit("audit", "verify")
     assert code == 0 and out.startswith("intact: 8 records, last checkpoint at seq")

@@ -127,7 +127,7 @@ def test_inserted_forged_record_is_found(chain):
     sql(chain, insert(audit_events).values(
         seq=11, event_id=fake.id, time=fake.time_text, received_at=received, actor=fake.actor,
         action=fake.action, outcome=fake.outcome, project=fake.project, dataset=fake.dataset, session=fake.session,
-        record=record, prev_hash=before["hash"], hash=hashlib.sha256((before["hash"] + record).encode()).hexdigest()))
+        source=fake.source, record=record, prev_hash=before["hash"], hash=hashlib.sha256((before["hash"] + record).encode()).hexdigest()))
     assert_found(chain, "inserted", 11, "does not belong")
 
 
@@ -279,7 +279,7 @@ def _rows_for(events):
         rec = canonical_record(e, seq, received)
         h = hashlib.sha256((prev + rec).encode()).hexdigest()
         rows.append([seq, prev, h, rec, e.action, e.actor, e.dataset, e.id, e.outcome, e.project, received,
-                     e.session, e.time_text])
+                     e.session, e.time_text, e.source])
         prev = h
     return rows
 
@@ -306,7 +306,8 @@ def test_column_check_is_exact_for_tricky_values():
                             outcome=rnd.choice(["ok", "denied", "error"]), target=word(),
                             project=rnd.choice([None, word()]), dataset=rnd.choice([None, word()]),
                             session=rnd.choice([None, word()]), client=rnd.choice([None, "10.0.0.1", word()]),
-                            details=rnd.choice([{}, {"x": word()}, {"details": {"dataset": word()}}])))
+                            details=rnd.choice([{}, {"x": word()}, {"details": {"dataset": word()}}]),
+                            source=rnd.choice(["hub", "session", "host", "access-layer"])))
     rows = _rows_for(events)
     assert _walk(_Rows([list(r) for r in rows]), {}, 0, rows[0][1]) == len(rows)
 
@@ -319,7 +320,7 @@ def test_column_check_is_exact_for_tricky_values():
     for _ in range(800):
         tampered = [list(r) for r in rows]
         n = rnd.randrange(len(rows))
-        col = rnd.choice([4, 5, 6, 7, 8, 9, 10, 11, 12])
+        col = rnd.choice([4, 5, 6, 7, 8, 9, 10, 11, 12, 13])
         old = tampered[n][col]
         new = rnd.choice([None, word(), f'"{old}"', f"{old}x", json.dumps(old)[1:-1] if old else "x"])
         if new == old:
@@ -328,3 +329,84 @@ def test_column_check_is_exact_for_tricky_values():
         with pytest.raises(_Found) as found:
             _walk(_Rows(tampered), {}, 0, rows[0][1])
         assert (found.value.problem, found.value.seq) == ("modified", n + 1), (col, old, new)
+
+
+# --- provenance (schema v2 `source`) over a chain begun before it ------------------------------
+def _migrate(url: str, revision: str) -> None:
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(vdb.__file__).parent / "migrations"))
+    cfg.attributes["connection_url"] = url
+    with vdb.engine_for(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def mixed_chain(request, tmp_path):
+    """Records 1-5 sealed as schema v1 by a database at revision 0004 (no source column), then
+    the upgrade, then records 6-10 appended by today's store (v2), half of them session-reported."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'vre.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    _migrate(url, "0004")
+    prev, received = "0" * 64, "2026-11-22T10:00:00.000000Z"
+    with vdb.engine_for(url).begin() as conn:
+        for seq in range(1, 6):
+            e = ev(seq)
+            data = {k: v for k, v in e.to_dict().items() if k != "source"} | {"v": 1, "seq": seq,
+                                                                               "received_at": received}
+            record = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            h = hashlib.sha256((prev + record).encode()).hexdigest()
+            conn.execute(text(
+                "INSERT INTO audit_events (seq, event_id, time, received_at, actor, action, outcome, project, "
+                "dataset, session, record, prev_hash, hash) VALUES (:seq, :id, :time, :received, :actor, "
+                ":action, :outcome, :project, :dataset, :session, :record, :prev, :hash)"),
+                dict(seq=seq, id=e.id, time=e.time_text, received=received, actor=e.actor, action=e.action,
+                     outcome=e.outcome, project=e.project, dataset=e.dataset, session=e.session, record=record,
+                     prev=prev, hash=h))
+            prev = h
+    vdb.upgrade(url)
+    store = AuditStore(url, tmp_path / "secrets", checkpoint_every=10)
+    for i in range(6, 11):
+        store.append(Event("dicom.instance_view", actor="user1", actor_role="researcher", project="p1",
+                           dataset="lung1", session="s1", target=f"instance/{i}",
+                           source="session" if i % 2 else "hub"))
+    return store
+
+
+def test_mixed_v1_v2_chain_verifies(mixed_chain):
+    report = mixed_chain.verify()
+    assert report.ok and report.length == 10, report.detail
+    rows = mixed_chain.query()
+    assert [r["v"] for r in rows] == [1] * 5 + [2] * 5
+    assert [r["source"] for r in rows] == [None] * 5 + ["hub", "session", "hub", "session", "hub"]
+    assert row(mixed_chain, 3)["source"] is None and '"source"' not in row(mixed_chain, 3)["record"]
+    assert mixed_chain.count(source="session") == 2 and mixed_chain.count(source="hub") == 3
+
+
+def test_session_source_relabelled_as_hub_is_found(mixed_chain):
+    sql(mixed_chain, "UPDATE audit_events SET source = 'hub' WHERE seq = 7")
+    assert_found(mixed_chain, "modified", 7, "source: sealed 'session', now 'hub'")
+
+
+def test_source_taken_off_a_v2_record_or_put_on_a_v1_record_is_found(mixed_chain):
+    sql(mixed_chain, "UPDATE audit_events SET source = NULL WHERE seq = 9")
+    assert_found(mixed_chain, "modified", 9, "source: sealed 'session', now None")
+    sql(mixed_chain, "UPDATE audit_events SET source = 'hub' WHERE seq = 2")
+    assert_found(mixed_chain, "modified", 2, "source: sealed None, now 'hub'")
+
+
+def test_source_rewritten_in_the_sealed_text_is_found(mixed_chain):
+    r = row(mixed_chain, 7)
+    forged = r["record"].replace('"source":"session"', '"source":"hub"')
+    sql(mixed_chain, update(audit_events).where(audit_events.c.seq == 7).values(record=forged, source="hub"))
+    assert_found(mixed_chain, "modified", 7, "hash does not match")
+    sql(mixed_chain, update(audit_events).where(audit_events.c.seq == 7)
+        .values(hash=hashlib.sha256((r["prev_hash"] + forged).encode()).hexdigest()))
+    assert_found(mixed_chain, "modified", 7, "rewritten and re-hashed")

@@ -37,7 +37,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ..audit import ACTIONS, OUTCOMES, AuditError, open_store
+from ..audit import ACTIONS, OUTCOMES, SOURCES, AuditError, open_store
 from ..audit.events import aemit
 from ..roles import AUDIT_READ_SCOPE
 from ..settings import Settings
@@ -71,6 +71,10 @@ def _store(settings: Settings):
 
 def outcomes() -> tuple[str, ...]:
     return tuple(OUTCOMES)
+
+
+def sources() -> tuple[str, ...]:
+    return tuple(SOURCES)
 
 
 def action_catalogue() -> tuple[list[tuple[str, str]], list[str]]:
@@ -124,7 +128,8 @@ def parse_int(name: str, raw: str | None, default: int, lo: int, hi: int | None 
 def parse_filters(arg) -> dict[str, Any]:
     """The store filters from the query string (``arg(name) -> str | None``); empty values are ignored.
 
-    ``since``/``until`` (aliases ``from``/``to``) are ISO 8601; ``outcome`` one of the known outcomes.
+    ``since``/``until`` (aliases ``from``/``to``) are ISO 8601; ``outcome`` and ``source`` one of the
+    known values.
     """
     filters: dict[str, Any] = {}
     for name in TEXT_FILTERS:
@@ -137,12 +142,12 @@ def parse_filters(arg) -> dict[str, Any]:
         if any(ord(ch) < 32 for ch in value):
             raise FilterError(f"{name}: control characters are not allowed")
         filters[name] = value
-    outcome = (arg("outcome") or "").strip()
-    if outcome:
-        known = outcomes()
-        if outcome not in known:
-            raise FilterError(f"outcome: {outcome!r} is not one of {', '.join(known)}")
-        filters["outcome"] = outcome
+    for name, known in (("outcome", outcomes()), ("source", sources())):
+        value = (arg(name) or "").strip()
+        if value:
+            if value not in known:
+                raise FilterError(f"{name}: {value!r} is not one of {', '.join(known)}")
+            filters[name] = value
     for name, alias, end in (("since", "from", False), ("until", "to", True)):
         raw = arg(name) or arg(alias)
         if raw and raw.strip():
@@ -235,6 +240,7 @@ class AuditPageHandler(_VREMixin, ServiceHandler):
             audit_actions=actions,
             audit_prefixes=prefixes,
             audit_outcomes=outcomes(),
+            audit_sources=sources(),
             audit_api=url_path_join(self.hub_auth.base_url, "api/audit"),
             audit_page_size=DEFAULT_LIMIT,
         )

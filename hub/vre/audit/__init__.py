@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import threading
 
-from .schema import ACTIONS, ACTOR_ROLES, OUTCOMES, SCHEMA_VERSION, AuditError, Event
+from .schema import ACTIONS, ACTOR_ROLES, OUTCOMES, SCHEMA_VERSION, SOURCES, AuditError, Event
 from .store import AuditStore
 from .verify import VerifyReport
 
-__all__ = ["ACTIONS", "ACTOR_ROLES", "OUTCOMES", "SCHEMA_VERSION", "AuditError", "AuditStore", "Event",
+__all__ = ["ACTIONS", "ACTOR_ROLES", "OUTCOMES", "SCHEMA_VERSION", "SOURCES", "AuditError", "AuditStore", "Event",
            "VerifyReport", "open_store", "checkpoint_file"]
 
 _stores: dict[str, AuditStore] = {}

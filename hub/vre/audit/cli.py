@@ -22,9 +22,9 @@ from ..settings import load
 from ..tables import print_table
 from . import open_store
 from .events import emit_cli
-from .schema import ACTIONS, OUTCOMES, AuditError
+from .schema import ACTIONS, OUTCOMES, SOURCES, AuditError
 
-_FILTERS = ("user", "project", "dataset", "action", "outcome", "session", "since", "until", "text")
+_FILTERS = ("user", "project", "dataset", "action", "outcome", "session", "source", "since", "until", "text")
 
 
 def _open(args):
@@ -82,9 +82,9 @@ def cmd_query(args) -> int:
         return 0
     print_table([[r["seq"], r["time"][:19].replace("T", " "), r["actor"], r["actor_role"], r["action"],
                    r["outcome"], _short(r["target"], 40), r["project"], r["dataset"], r["session"], r["client"],
-                   _short(r["details"], 50) if r["details"] else ""] for r in rows],
+                   r["source"] or "(v1)", _short(r["details"], 50) if r["details"] else ""] for r in rows],
                  ["seq", "time (UTC)", "actor", "role", "action", "outcome", "target", "project", "dataset",
-                  "session", "client", "details"])
+                  "session", "client", "source", "details"])
     if total is not None and total > args.offset + len(rows):
         print(f"({total - args.offset - len(rows)} more; use --offset {args.offset + len(rows)} or --limit)")
     elif not rows:
@@ -153,6 +153,7 @@ def _add_filters(p) -> None:
     p.add_argument("--action", help="an action (auth.login) or a prefix ending in '.' (session.)")
     p.add_argument("--outcome", choices=OUTCOMES)
     p.add_argument("--session")
+    p.add_argument("--source", choices=SOURCES, help="who reported it (session: the researcher's own session)")
     p.add_argument("--since", help="ISO date or date-time, inclusive (UTC unless a zone is given)")
     p.add_argument("--until", help="ISO date (through that day) or date-time, exclusive")
     p.add_argument("--text", help="case-insensitive text in any field or detail")

@@ -2,7 +2,8 @@
 state-changing API requests and CLI administration.
 
 Attribution comes from what the hub knows (the authenticated user, the spawner), never from what a
-client claims. Writes are synchronous and durable: when an ``emit`` returns, the event is stored;
+client claims; so does provenance (``source``, schema v2): "hub" unless the caller is a hub-side
+component that says otherwise, "session" for whatever a session reports (set by the ingest). Writes are synchronous and durable: when an ``emit`` returns, the event is stored;
 when it fails, the exception propagates, so an action that cannot be audited does not happen
 silently (logins and session starts fail closed).
 """
@@ -34,15 +35,17 @@ def role_of(settings: Settings, name: str) -> str:
     return role or "anonymous"
 
 
-def emit(settings: Settings, action: str, *, actor: str, actor_role: str | None = None, **fields: Any) -> None:
-    """Record one event durably (the actor's role is looked up when not given)."""
+def emit(settings: Settings, action: str, *, actor: str, actor_role: str | None = None, source: str = "hub",
+         **fields: Any) -> None:
+    """Record one event durably (the actor's role is looked up when not given). ``source``: who
+    reports it, one of ``vre.audit.schema.SOURCES``."""
     role = actor_role or role_of(settings, actor)
-    open_store(settings).append(Event(action=action, actor=actor, actor_role=role, **fields))
+    open_store(settings).append(Event(action=action, actor=actor, actor_role=role, source=source, **fields))
 
 
 def emit_many(settings: Settings, events: list[Event]) -> int:
-    """Record attributed events in one transaction; returns how many were new (ids make
-    replays idempotent)."""
+    """Record attributed events in one transaction, each with its own ``source``; returns how many
+    were new (ids make replays idempotent)."""
     return open_store(settings).append_many(events)
 
 

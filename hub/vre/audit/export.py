@@ -5,12 +5,13 @@ export is evidence, so nothing is reformatted, truncated or escaped for spreadsh
 starts with ``=`` stays as it is; open CSV exports in a spreadsheet with formula evaluation off).
 
 ``jsonl``: one JSON object per line: the sealed record (event fields, ``v``, ``seq``,
-``received_at``) plus ``hash`` and ``prev_hash``. A SIEM can re-check the chain on its own: drop
-``hash`` and ``prev_hash``, serialise the rest as canonical JSON (sorted keys, ``","``/``":"``
+``received_at``; ``source`` from schema v2 on, absent in v1 records) plus ``hash`` and
+``prev_hash``. A SIEM can re-check the chain on its own: drop ``hash`` and ``prev_hash``, serialise the rest as canonical JSON (sorted keys, ``","``/``":"``
 separators, UTF-8) and check ``sha256(prev_hash + text) == hash``.
 
 ``csv``: a header row, then one row per record with the columns in :data:`CSV_COLUMNS`; ``details``
-is a JSON object in one cell; empty cells are nulls.
+is a JSON object in one cell; empty cells are nulls (an empty ``source``: a v1 record, sealed
+before provenance was recorded).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .schema import canonical_json
 
 FORMATS = ("jsonl", "csv")
 CSV_COLUMNS = ("seq", "time", "received_at", "id", "actor", "actor_role", "action", "outcome", "target",
-               "project", "dataset", "session", "client", "details", "v", "hash")
+               "project", "dataset", "session", "client", "source", "details", "v", "hash")
 
 
 def write(fmt: str, rows: Iterable[tuple[str, str, str]], out: TextIO) -> int:

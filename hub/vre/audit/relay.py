@@ -4,8 +4,10 @@ Each session run gets a relay credential, ``<identity>.<hmac>``, where the ident
 session run) is signed with a hub secret. The session's relay posts batches to
 ``/services/vre/api/audit/events`` over the VRE service's unix socket (``vre.api``); the service
 attributes every event from the
-verified identity, ignores any actor/project/session the payload claims, accepts only session-side
-actions and only datasets granted to the project, and answers after the batch is durably stored.
+verified identity, ignores any actor/project/session/source the payload claims (every event is
+stored with source "session": the session runs the researcher's code, so what it reports is a
+claim, and it must never pass for a hub-side record), accepts only session-side actions and only
+datasets granted to the project, and answers after the batch is durably stored.
 The same validation replays the spool a session leaves behind when it stops.
 """
 
@@ -98,7 +100,7 @@ def to_events(settings: Settings, identity: Identity, items: list) -> list:
                 action=action, actor=identity.user, actor_role=role, project=identity.project,
                 session=identity.session, dataset=dataset, target=str(item.get("target") or "")[:1000],
                 outcome=item.get("outcome") or "ok", details=item.get("details") or {},
-                id=str(item["id"]), time=min(when, now + MAX_FUTURE),
+                id=str(item["id"]), time=min(when, now + MAX_FUTURE), source="session",
             ))
         except (AuditError, ValueError, TypeError) as e:
             raise IngestError(f"event {i}: {e}") from None

@@ -3,7 +3,7 @@
 An :class:`Event` is what a caller hands to the store: who (``actor``, ``actor_role``) did what
 (``action``, from the documented :data:`ACTIONS` catalogue) to what (``target``), in which
 ``project``, on which ``dataset``, in which ``session``, from where (``client``), with what
-``outcome`` and free-form ``details``. ``id`` is the idempotency key (a replayed event with the
+``outcome`` and free-form ``details``, and who reported it (``source``, see :data:`SOURCES`). ``id`` is the idempotency key (a replayed event with the
 same id is stored once) and ``time`` is when it happened; the store adds ``seq`` and
 ``received_at`` when it seals the event into the chain.
 
@@ -18,7 +18,9 @@ what ``json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=Fa
 
 Schema changes: add fields only with a new :data:`SCHEMA_VERSION`; the stored ``v`` says which
 version a record was written with, and old records keep verifying because their text is hashed
-as stored.
+as stored. v2 added ``source``; v1 records have none (their store column is NULL, and queries show
+``"source": null``: "recorded before provenance", never guessed). An :class:`Event` is something
+to write now, so it always has a source.
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ import uuid
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _q  # the C encoder json.dumps(ensure_ascii=False) uses
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 OUTCOMES = ("ok", "denied", "error")
 #: Who can act. "anonymous" is for requests without a known account (e.g. a failed login).
 ACTOR_ROLES = ("researcher", "admin", "auditor", "service", "system", "anonymous")
+#: Who reported an event (schema v2). The first three run outside the researcher's reach;
+#: "session" events come from the researcher's own session (which runs their code), so an auditor
+#: weighs them as claims: a session could forge or suppress them.
+SOURCES = ("hub", "access-layer", "host", "session")
 
 #: The catalogue of actions: name -> what it records. Prefixes ("session.") group them for queries.
 ACTIONS: dict[str, str] = {
@@ -152,10 +158,11 @@ def record_head(action, actor, actor_role, client, dataset) -> str:
             f'"client":{_n(client)},"dataset":{_n(dataset)},"details":')
 
 
-def record_tail(event_id, outcome, project, received_at, seq, session, target, time, v) -> str:
-    """Canonical record text after the details value."""
+def record_tail(event_id, outcome, project, received_at, seq, session, source, target, time, v) -> str:
+    """Canonical record text after the details value; ``source`` None gives the v1 layout (no key)."""
+    src = "" if source is None else f',"source":{_q(source)}'
     return (f',"id":{_q(event_id)},"outcome":{_q(outcome)},"project":{_n(project)},'
-            f'"received_at":{_q(received_at)},"seq":{seq},"session":{_n(session)},'
+            f'"received_at":{_q(received_at)},"seq":{seq},"session":{_n(session)}{src},'
             f'"target":{_q(target)},"time":{_q(time)},"v":{v}}}')
 
 
@@ -164,7 +171,7 @@ def canonical_record(event: "Event", seq: int, received_at: str) -> str:
     return (record_head(event.action, event.actor, event.actor_role, event.client, event.dataset)
             + event.details_json
             + record_tail(event.id, event.outcome, event.project, received_at, seq, event.session,
-                          event.target, event.time_text, SCHEMA_VERSION))
+                          event.source, event.target, event.time_text, SCHEMA_VERSION))
 
 
 def _check_text(name: str, value, *, optional: bool, allow_empty: bool = False) -> None:
@@ -201,6 +208,7 @@ class Event:
     details: dict = field(default_factory=dict)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     time: dt.datetime = field(default_factory=utcnow)
+    source: str = "hub"
 
     def __post_init__(self):
         if self.action not in ACTIONS:
@@ -211,6 +219,8 @@ class Event:
             raise AuditError(f"actor_role {self.actor_role!r} must be one of {', '.join(ACTOR_ROLES)}")
         if self.outcome not in OUTCOMES:
             raise AuditError(f"outcome {self.outcome!r} must be one of {', '.join(OUTCOMES)}")
+        if self.source not in SOURCES:
+            raise AuditError(f"source {self.source!r} must be one of {', '.join(SOURCES)}")
         _check_text("target", self.target, optional=False, allow_empty=True)
         for name in ("project", "dataset", "session", "client"):
             _check_text(name, getattr(self, name), optional=True)
@@ -249,7 +259,8 @@ class Event:
             "v": SCHEMA_VERSION, "id": self.id, "time": self.time_text, "actor": self.actor,
             "actor_role": self.actor_role, "action": self.action, "outcome": self.outcome,
             "target": self.target, "project": self.project, "dataset": self.dataset,
-            "session": self.session, "client": self.client, "details": json.loads(self.details_json),
+            "session": self.session, "client": self.client, "source": self.source,
+            "details": json.loads(self.details_json),
         }
 
     #: Keys a stored record carries besides the event's own (accepted and ignored by from_dict).
@@ -257,26 +268,30 @@ class Event:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Event":
-        """An Event from ``to_dict()`` output (or a stored record); AuditError says what is wrong."""
+        """An Event from ``to_dict()`` output (or a stored record); AuditError says what is wrong.
+
+        ``source`` is taken as given (default "hub", as for any new Event; v1 data has none), so
+        never build events from untrusted input with this: the session ingest sets its own."""
         if not isinstance(data, dict):
             raise AuditError(f"an event must be a JSON object, not {type(data).__name__}")
         known = {"v", "id", "time", "actor", "actor_role", "action", "outcome", "target", "project",
-                 "dataset", "session", "client", "details"}
+                 "dataset", "session", "client", "details", "source"}
         unknown = sorted(set(data) - known - cls._STORE_KEYS)
         if unknown:
             raise AuditError(f"unknown event field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         v = data.get("v", SCHEMA_VERSION)
         if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= SCHEMA_VERSION:
             raise AuditError(f"schema version v={v!r} is not supported (this VRE writes v={SCHEMA_VERSION})")
+        if v < 2 and data.get("source") is not None:
+            raise AuditError(f"schema version v={v} has no source (added in v=2)")
         for required in ("action", "actor", "actor_role"):
             if required not in data:
                 raise AuditError(f"event field {required!r} is required")
         kwargs = {k: data[k] for k in ("action", "actor", "actor_role", "outcome", "target", "project",
-                                       "dataset", "session", "client", "details", "id") if k in data}
-        if kwargs.get("details") is None:
-            kwargs.pop("details", None)
-        if kwargs.get("target") is None:
-            kwargs.pop("target", None)
+                                       "dataset", "session", "client", "details", "id", "source") if k in data}
+        for k in ("details", "target", "source"):  # null: the default (a v1 record's missing source too)
+            if kwargs.get(k) is None:
+                kwargs.pop(k, None)
         if "time" in data and data["time"] is not None:
             kwargs["time"] = parse_time(data["time"])
         return cls(**kwargs)

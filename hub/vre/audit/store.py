@@ -7,12 +7,12 @@ JSON of the event plus ``seq`` and ``received_at`` (see :mod:`vre.audit.schema`)
 ``hash = sha256(prev_hash + record)`` with ``prev_hash`` of seq 1 = 64 zeros. Binding ``seq`` and
 ``received_at`` into what is hashed is what lets verification tell a moved or swapped record from
 an edited one. The fields queries filter on are also plain, indexed columns (``event_id``,
-``time``, ``actor``, ``action``, ``outcome``, ``project``, ``dataset``, ``session``, plus
-``received_at``); verification checks every one of them against the record text, so editing a
+``time``, ``actor``, ``action``, ``outcome``, ``project``, ``dataset``, ``session``, ``source``,
+plus ``received_at``; ``source`` is NULL for v1 records, sealed before it existed); verification checks every one of them against the record text, so editing a
 column is detected as surely as editing the text. The other fields (``actor_role``, ``target``,
 ``client``, ``details``, ``v``) live only in the record: nothing reads a copy that nothing checks,
 and every column fewer makes appends and verification cheaper. Queries and exports return the
-record itself.
+record itself (queries add ``"source": null`` to v1 records, so every row has the key).
 
 Times are stored as fixed-width canonical strings (``2026-11-22T10:04:05.123456Z``), not as
 timestamp types: the column then holds exactly the bytes that were hashed (no driver or time zone
@@ -74,6 +74,7 @@ from .schema import (
     ACTIONS,
     OUTCOMES,
     SCHEMA_VERSION,
+    SOURCES,
     AuditError,
     Event,
     canonical_json,
@@ -103,6 +104,7 @@ audit_events = Table(
     Column("project", String(255), nullable=True),
     Column("dataset", String(255), nullable=True),
     Column("session", String(255), nullable=True),
+    Column("source", String(16), nullable=True),
     Column("record", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
@@ -114,6 +116,7 @@ audit_events = Table(
     Index("ix_audit_events_project", "project"),
     Index("ix_audit_events_dataset", "dataset"),
     Index("ix_audit_events_session", "session"),
+    Index("ix_audit_events_source", "source"),
 )
 
 audit_checkpoints = Table(
@@ -178,7 +181,7 @@ def _writer_engine(url: str) -> Engine:
 
 
 _INSERT_COLUMNS = ("seq", "event_id", "time", "received_at", "actor", "action", "outcome", "project", "dataset",
-                   "session", "record", "prev_hash", "hash")
+                   "session", "source", "record", "prev_hash", "hash")
 _SQL = {
     "insert": f'INSERT INTO audit_events ({", ".join(chr(34) + c + chr(34) for c in _INSERT_COLUMNS)}) '
               f'VALUES ({", ".join("?" for _ in _INSERT_COLUMNS)})',
@@ -336,7 +339,7 @@ class AuditStore:
                     record = canonical_record(e, seq, received_at)
                     h = _hash(prev, record)
                     rows.append((seq, e.id, e.time_text, received_at, e.actor, e.action, e.outcome, e.project,
-                                 e.dataset, e.session, record, prev, h))
+                                 e.dataset, e.session, e.source, record, prev, h))
                     prev = h
                     new.add(e.id)
                 if rows:
@@ -420,7 +423,7 @@ class AuditStore:
 
     # --- reading -------------------------------------------------------------------------------
     def _where(self, user=None, project=None, dataset=None, action=None, outcome=None, session=None,
-               since=None, until=None, text=None) -> list:
+               source=None, since=None, until=None, text=None) -> list:
         c = audit_events.c
         clauses = []
         for col, value, name in ((c.actor, user, "user"), (c.project, project, "project"),
@@ -445,6 +448,10 @@ class AuditStore:
             if outcome not in OUTCOMES:
                 raise AuditError(f"outcome {outcome!r} must be one of {', '.join(OUTCOMES)}")
             clauses.append(c.outcome == outcome)
+        if source is not None:  # v1 records (NULL) match no source
+            if source not in SOURCES:
+                raise AuditError(f"source {source!r} must be one of {', '.join(SOURCES)}")
+            clauses.append(c.source == source)
         if since is not None:
             clauses.append(c.time >= format_time(_as_time(since, "since")))
         if until is not None:
@@ -463,21 +470,26 @@ class AuditStore:
                 .order_by(c.seq.desc() if newest_first else c.seq))
 
     def query(self, *, user=None, project=None, dataset=None, action=None, outcome=None, session=None,
-              since: dt.datetime | None = None, until: dt.datetime | None = None, text: str | None = None,
-              limit: int = 1000, offset: int = 0, newest_first: bool = False) -> list[dict]:
+              source=None, since: dt.datetime | None = None, until: dt.datetime | None = None,
+              text: str | None = None, limit: int = 1000, offset: int = 0,
+              newest_first: bool = False) -> list[dict]:
         """Matching records (oldest first unless ``newest_first``): each the event's ``to_dict()``
-        plus ``seq`` and ``received_at``. ``action`` may be a prefix ending in "." ("session.");
-        ``user`` matches the actor; ``since`` is inclusive, ``until`` exclusive; ``text`` is a
-        case-insensitive substring of any field or detail."""
+        plus ``seq`` and ``received_at`` (v1 records get ``"source": None``: unknown, sealed before
+        provenance). ``action`` may be a prefix ending in "." ("session."); ``user`` matches the
+        actor; ``source`` is one of SOURCES; ``since`` is inclusive, ``until`` exclusive; ``text``
+        is a case-insensitive substring of any field or detail."""
         if not isinstance(limit, int) or not 1 <= limit <= _MAX_LIMIT:
             raise AuditError(f"limit must be between 1 and {_MAX_LIMIT}")
         if not isinstance(offset, int) or offset < 0:
             raise AuditError("offset must be >= 0")
         filters = dict(user=user, project=project, dataset=dataset, action=action, outcome=outcome,
-                       session=session, since=since, until=until, text=text)
+                       session=session, source=source, since=since, until=until, text=text)
         stmt = self._select(filters, newest_first=newest_first).limit(limit).offset(offset)
         with self._reader.connect() as conn:
-            return [json.loads(r.record) for r in conn.execute(stmt)]
+            rows = [json.loads(r.record) for r in conn.execute(stmt)]
+        for row in rows:
+            row.setdefault("source", None)
+        return rows
 
     def count(self, **filters) -> int:
         """How many records match (same filters as :meth:`query`; paging arguments are ignored)."""

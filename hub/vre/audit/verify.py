@@ -13,7 +13,8 @@ start) and for each record checks:
    (rows swapped or moved), **inserted** (an extra row sits in the chain), **deleted** (rows
    removed and the rest renumbered) or **modified** (the predecessor was rewritten and re-hashed);
 4. every indexed column equals the value at its place in the record text, so an edited column
-   is **modified** too (see ``_walk`` for how this is exact without parsing JSON);
+   is **modified** too (see ``_walk`` for how this is exact without parsing JSON); records of
+   schema v1 and v2 (which added ``source``) are checked alike, each against its own text;
 5. where a checkpoint was signed, the record's hash is the signed one.
 
 After the walk: a signed checkpoint beyond the last record means the tail was **truncated**; a
@@ -77,7 +78,7 @@ _FETCH = 20_000
 #: Chains at least this long are verified by several processes.
 PARALLEL_MIN = 200_000
 _COLUMNS = ('"seq", "prev_hash", "hash", "record", "action", "actor", "dataset", "event_id", "outcome", "project", '
-            '"received_at", "session", "time"')
+            '"received_at", "session", "time", "source"')
 
 
 @dataclass
@@ -353,6 +354,8 @@ def _walk(cur, expected: dict[int, set[str]], prev_seq: int, prev_hash: str) -> 
     column value holds a double quote (so values cannot be shifted across fields): then a
     verbatim match and a match of the JSON-escaped value are the same thing. Anything else takes
     the exact path, which parses the record. Times need no parsing: they are stored canonical.
+    ``source`` is NULL exactly for v1 records, whose text has no ``"source"`` key: a source put on
+    a v1 row, or taken off a v2 row, is a mismatch like any other.
     """
     sha256 = hashlib.sha256
     fetch = cur.fetchmany
@@ -360,7 +363,7 @@ def _walk(cur, expected: dict[int, set[str]], prev_seq: int, prev_hash: str) -> 
         rows = fetch(_FETCH)
         if not rows:
             return prev_seq
-        for seq, ph, h, rec, action, actor, dataset, eid, outcome, project, received_at, session, time in rows:
+        for seq, ph, h, rec, action, actor, dataset, eid, outcome, project, received_at, session, time, source in rows:
             if seq != prev_seq + 1:
                 raise _Found("deleted", prev_seq + 1,
                              f"deleted: record(s) seq {prev_seq + 1}..{seq - 1} are missing "
@@ -372,9 +375,9 @@ def _walk(cur, expected: dict[int, set[str]], prev_seq: int, prev_hash: str) -> 
                 raise _Found("link", seq, "", prev_seq=prev_seq, prev_hash=prev_hash, ph=ph, rec=rec)
             same = False
             if "\\" in rec or '"' in f"{action}{actor}{dataset}{eid}{outcome}{project}{received_at}{session}{time}" \
-                    or None in (action, actor, eid, outcome, received_at, time):
+                    f"{source}" or None in (action, actor, eid, outcome, received_at, time):
                 same = _columns_match(rec, seq, action, actor, dataset, eid, outcome, project, received_at,
-                                      session, time)
+                                      session, time, source)
             elif rec.startswith(h1 := f'{{"action":"{action}","actor":"{actor}","actor_role":"'):
                 # skip the role and client values (quote-free here), then check dataset
                 i = rec.find('"', len(h1))
@@ -386,13 +389,14 @@ def _walk(cur, expected: dict[int, set[str]], prev_seq: int, prev_hash: str) -> 
                         k = rec.rfind(',"target":"')
                         p = "null" if project is None else f'"{project}"'
                         s = "null" if session is None else f'"{session}"'
+                        src = "" if source is None else f',"source":"{source}"'
                         same = k > 0 and rec.endswith(
                             f',"id":"{eid}","outcome":"{outcome}","project":{p},"received_at":"{received_at}",'
-                            f'"seq":{seq},"session":{s}', 0, k) and rec.startswith(
+                            f'"seq":{seq},"session":{s}{src}', 0, k) and rec.startswith(
                             f'","time":"{time}","v":', rec.find('"', k + 11))
             if not same:
                 raise _Found("modified", seq, f"modified: a column of record seq {seq} ("
-                             f"{_which_column(rec, seq, action, actor, dataset, eid, outcome, project, received_at, session, time)}"
+                             f"{_which_column(rec, seq, action, actor, dataset, eid, outcome, project, received_at, session, time, source)}"
                              f") no longer matches the sealed record")
             if seq in expected and expected[seq] != {h}:
                 raise _Found("modified", seq, f"modified: records at or before seq {seq} were rewritten and "
@@ -402,9 +406,10 @@ def _walk(cur, expected: dict[int, set[str]], prev_seq: int, prev_hash: str) -> 
             prev_hash, prev_seq = h, seq
 
 
-def _column_values(seq, action, actor, dataset, eid, outcome, project, received_at, session, time) -> dict:
+def _column_values(seq, action, actor, dataset, eid, outcome, project, received_at, session, time, source) -> dict:
     return {"action": action, "actor": actor, "dataset": dataset, "id": eid, "outcome": outcome,
-            "project": project, "received_at": received_at, "seq": seq, "session": session, "time": time}
+            "project": project, "received_at": received_at, "seq": seq, "session": session, "time": time,
+            "source": source}
 
 
 def _columns_match(rec, *columns) -> bool:
