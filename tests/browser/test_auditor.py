@@ -40,7 +40,8 @@ def story(sqlite_hub) -> dict:
         E("session.start", "alice", "researcher", project=project, session=session, target=f"alice/{project}",
           details={"datasets": [dataset], "profile": "small", "cpu": 1, "mem_mb": 2048}, time=base),
         *[E("dicom.series_view", "alice", "researcher", project=project, dataset=dataset, session=session,
-            target=f"/data/{dataset}/series-{i}", details={"series": i}, time=base + timedelta(hours=i * 9))
+            target=f"/data/{dataset}/series-{i}", details={"series": i}, time=base + timedelta(hours=i * 9),
+            source="session")
           for i in range(1, 6)],
         E("session.stop", "alice", "researcher", project=project, session=session, target=f"alice/{project}",
           details={"reason": "stopped"}, time=base + timedelta(hours=50)),
@@ -83,6 +84,15 @@ def test_auditor_filters_drills_verifies_exports(sqlite_hub, browser_page, story
     for cell in page.locator("#audit-rows .dataset-link").all():
         expect(cell).to_have_text(s["dataset"])
     assert "dataset=" + s["dataset"] in page.url  # the view is bookmarkable
+    # session-reported events are marked as such, and the source filters
+    for badge in page.locator("#audit-rows .source").all():
+        expect(badge).to_have_text("session-reported")
+    page.select_option("#f-source", "hub")
+    wait_loaded(page)
+    expect(page.locator("#audit-rows tr.no-events")).to_have_count(1)
+    page.select_option("#f-source", "")
+    wait_loaded(page)
+    expect(rows).to_have_count(5)
 
     # the timeline: one series for the dataset, with axes
     expect(page.locator("#timeline svg g.series")).to_have_count(1)

@@ -44,9 +44,9 @@ def seed(hub) -> dict:
         E("session.start", "alice", "researcher", project=p1, session=s1, target=f"alice/{p1}",
           details={"datasets": [d1], "profile": "small"}, time=base),
         E("dicom.series_view", "alice", "researcher", project=p1, dataset=d1, session=s1,
-          target=f"/data/{d1}/s1", time=base + timedelta(minutes=10)),
+          target=f"/data/{d1}/s1", time=base + timedelta(minutes=10), source="session"),
         E("dicom.instance_view", "alice", "researcher", project=p1, dataset=d1, session=s1,
-          target=f"/data/{d1}/s1/i1.dcm", time=base + timedelta(minutes=20)),
+          target=f"/data/{d1}/s1/i1.dcm", time=base + timedelta(minutes=20), source="session"),
         E("session.stop", "alice", "researcher", project=p1, session=s1, target=f"alice/{p1}",
           details={"reason": "stopped"}, time=base + timedelta(hours=2)),
         E("download.refused", "bob", "researcher", outcome="denied", project=p2, dataset=d2, session=s2,
@@ -125,6 +125,7 @@ def test_auditor_gets_the_page_and_the_api(hub, auditor, story):
     assert page.status_code == 200
     assert "Audit trail" in page.text and 'id="verify-btn"' in page.text
     assert '<option value="session.">' in page.text and '<option value="dicom.series_view"' in page.text
+    assert 'id="f-source"' in page.text and '<option value="session">session (session-reported)' in page.text
     for method, path in ROUTES:
         r = auditor.vre_api(method, path)
         assert r.status_code == 200, f"{method} {path}: {r.status_code} {r.text[:300]}"
@@ -144,7 +145,12 @@ def test_filters_and_totals(auditor, story):
     assert [e["action"] for e in data["events"]] == [  # newest first
         "session.stop", "dicom.instance_view", "dicom.series_view", "session.start"]
     assert all(set(e) >= {"v", "id", "time", "actor", "actor_role", "action", "target", "project", "dataset",
-                          "session", "client", "outcome", "details", "seq", "received_at"} for e in data["events"])
+                          "session", "client", "source", "outcome", "details", "seq", "received_at"}
+               for e in data["events"])
+    assert [e["source"] for e in data["events"]] == ["hub", "session", "session", "hub"]
+    assert events(auditor, project=s["p1"], source="session")["total"] == 2
+    assert events(auditor, project=s["p1"], source="hub")["total"] == 2
+    assert events(auditor, project=s["p1"], source="host")["total"] == 0
 
     assert events(auditor, dataset=s["d1"])["total"] == 2
     assert events(auditor, project=s["p1"], action="dicom.")["total"] == 2
@@ -209,7 +215,8 @@ def test_export_jsonl_and_csv_match_the_query(auditor, story):
     by_id = {e["id"]: e for e in lines}
     for e in expected:
         got = by_id[e["id"]]
-        for key in ("action", "actor", "actor_role", "project", "dataset", "session", "outcome", "target", "details"):
+        for key in ("action", "actor", "actor_role", "project", "dataset", "session", "outcome", "target", "details",
+                    "source"):
             assert got[key] == e[key], (key, got, e)
 
     r = auditor.vre_api("GET", f"{API}/export", params={"format": "csv", "project": s["p1"]})
@@ -220,6 +227,7 @@ def test_export_jsonl_and_csv_match_the_query(auditor, story):
     assert sorted(row["id"] for row in rows) == sorted(ids)
     row = next(row for row in rows if row["action"] == "dicom.series_view")
     assert row["dataset"] == s["d1"] and row["session"] == s["s1"] and row["actor"] == "alice"
+    assert row["source"] == "session"
     start = next(row for row in rows if row["action"] == "session.start")
     assert json.loads(start["details"]) == {"datasets": [s["d1"]], "profile": "small"}
 
@@ -295,6 +303,7 @@ def test_verify_needs_xsrf_from_a_browser_session(hub):
     ("events", {"until": "2026-13-45"}, ["until"]),
     ("events", {"since": "2026-11-22T10:00:00Z", "until": "2026-11-21"}, ["since", "later"]),
     ("events", {"outcome": "maybe"}, ["outcome", "ok"]),
+    ("events", {"source": "kernel"}, ["source", "session"]),
     ("events", {"limit": "ten"}, ["limit", "number"]),
     ("events", {"limit": "0"}, ["limit"]),
     ("events", {"limit": "100000"}, ["limit"]),

@@ -352,3 +352,29 @@ def test_cli_query_export_verify(vre_audit, tmp_path):
         conn.exec_driver_sql("UPDATE audit_events SET actor = 'nobody' WHERE seq = 3")
     code, out = vre_audit("audit", "verify")
     assert code == 1 and out.startswith("modified: a column of record seq 3 (actor: sealed 'alice', now 'nobody')")
+
+
+# --- provenance: who reported an event ---------------------------------------------------------
+def test_writers_keep_the_source_and_the_ingest_forces_session(tmp_path):
+    """emit passes ``source`` through, emit_many keeps each event's, and the session ingest stores
+    everything as session-reported whatever the payload claims."""
+    from vre import db as vdb
+    from vre.audit.events import emit, emit_many
+    from vre.audit.relay import Identity, store_events, to_events
+    from vre.settings import load
+
+    settings = load(environ={"VRE_STATE_DIR": str(tmp_path / "state")})
+    vdb.upgrade(settings.vre_db_url)
+    emit(settings, "auth.login", actor="alice", actor_role="researcher")
+    emit(settings, "download.refused", actor="alice", actor_role="researcher", source="access-layer",
+         outcome="denied")
+    assert emit_many(settings, [ev(source="host", id="h1"), ev(id="s1", source="session")]) == 2
+    claimed = [{"id": "x1", "action": "contents.save", "source": "hub"}, {"id": "x2", "action": "kernel.start"}]
+    assert {e.source for e in to_events(settings, Identity("alice", "p", "alice-p-1"), claimed)} == {"session"}
+    assert store_events(settings, Identity("alice", "p", "alice-p-1"), claimed) == 2
+    rows = open_store(settings).query()
+    assert [(r["action"], r["source"]) for r in rows] == [
+        ("auth.login", "hub"), ("download.refused", "access-layer"), ("dicom.series_view", "host"),
+        ("dicom.series_view", "session"), ("contents.save", "session"), ("kernel.start", "session")]
+    with pytest.raises(AuditError, match="source 'kernel'"):
+        emit(settings, "auth.login", actor="alice", actor_role="researcher", source="kernel")
