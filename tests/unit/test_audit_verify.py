@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, insert, select, text, update
 
 from vre import db as vdb
-from vre.audit import AuditStore, Event
+from vre.audit import AuditStore, Event, keys
 from vre.audit.schema import canonical_record
 from vre.audit.store import audit_checkpoints, audit_events, checkpoint_payload
 
@@ -348,8 +348,9 @@ def _migrate(url: str, revision: str) -> None:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def mixed_chain(request, tmp_path):
-    """Records 1-5 sealed as schema v1 by a database at revision 0004 (no source column), then
-    the upgrade, then records 6-10 appended by today's store (v2), half of them session-reported."""
+    """Records 1-5 sealed as schema v1 by a database at revision 0004 (no source column) and a
+    checkpoint signed then, the upgrade, then records 6-10 appended by today's store (v2), two of
+    them session-reported."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'vre.sqlite'}"
     else:
@@ -371,6 +372,12 @@ def mixed_chain(request, tmp_path):
                      outcome=e.outcome, project=e.project, dataset=e.dataset, session=e.session, record=record,
                      prev=prev, hash=h))
             prev = h
+        # the checkpoint the old store signed at seq 5 (its payload spelled literally, as it was)
+        key = keys.load_or_create(tmp_path / "secrets")
+        kid = keys.key_id(key.public_key())
+        payload = f'{{"hash":"{prev}","key":"{kid}","seq":5,"time":"{received}","v":1}}'
+        conn.execute(insert(audit_checkpoints).values(seq=5, hash=prev, time=received, key_id=kid,
+                                                      signature=keys.sign(key, payload)))
     vdb.upgrade(url)
     store = AuditStore(url, tmp_path / "secrets", checkpoint_every=10)
     for i in range(6, 11):
@@ -382,7 +389,7 @@ def mixed_chain(request, tmp_path):
 
 def test_mixed_v1_v2_chain_verifies(mixed_chain):
     report = mixed_chain.verify()
-    assert report.ok and report.length == 10, report.detail
+    assert report.ok and report.length == 10 and report.checkpoints >= 2, report.detail
     rows = mixed_chain.query()
     assert [r["v"] for r in rows] == [1] * 5 + [2] * 5
     assert [r["source"] for r in rows] == [None] * 5 + ["hub", "session", "hub", "session", "hub"]

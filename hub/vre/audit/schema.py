@@ -3,9 +3,9 @@
 An :class:`Event` is what a caller hands to the store: who (``actor``, ``actor_role``) did what
 (``action``, from the documented :data:`ACTIONS` catalogue) to what (``target``), in which
 ``project``, on which ``dataset``, in which ``session``, from where (``client``), with what
-``outcome`` and free-form ``details``, and who reported it (``source``, see :data:`SOURCES`). ``id`` is the idempotency key (a replayed event with the
-same id is stored once) and ``time`` is when it happened; the store adds ``seq`` and
-``received_at`` when it seals the event into the chain.
+``outcome`` and free-form ``details``, and who reported it (``source``, see :data:`SOURCES`).
+``id`` is the idempotency key (a replayed event with the same id is stored once) and ``time`` is
+when it happened; the store adds ``seq`` and ``received_at`` when it seals the event into the chain.
 
 Canonical form. The hash chain is computed over the *canonical JSON* of a stored record: keys
 sorted, no whitespace, UTF-8 (``ensure_ascii=False``), no NaN/Infinity, times as
@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _q  # the C encoder json.dumps(ensure_ascii=False) uses
 
 SCHEMA_VERSION = 2
+#: The layout of signed checkpoint payloads, apart from the event schema: every signature already
+#: made covers this number, so changing it would make all of them fail to verify.
+CHECKPOINT_VERSION = 1
 OUTCOMES = ("ok", "denied", "error")
 #: Who can act. "anonymous" is for requests without a known account (e.g. a failed login).
 ACTOR_ROLES = ("researcher", "admin", "auditor", "service", "system", "anonymous")

@@ -8,8 +8,9 @@ JSON of the event plus ``seq`` and ``received_at`` (see :mod:`vre.audit.schema`)
 ``received_at`` into what is hashed is what lets verification tell a moved or swapped record from
 an edited one. The fields queries filter on are also plain, indexed columns (``event_id``,
 ``time``, ``actor``, ``action``, ``outcome``, ``project``, ``dataset``, ``session``, ``source``,
-plus ``received_at``; ``source`` is NULL for v1 records, sealed before it existed); verification checks every one of them against the record text, so editing a
-column is detected as surely as editing the text. The other fields (``actor_role``, ``target``,
+plus ``received_at``; ``source`` is NULL for v1 records, sealed before it existed); verification
+checks every one of them against the record text, so editing a column is detected as surely as
+editing the text. The other fields (``actor_role``, ``target``,
 ``client``, ``details``, ``v``) live only in the record: nothing reads a copy that nothing checks,
 and every column fewer makes appends and verification cheaper. Queries and exports return the
 record itself (queries add ``"source": null`` to v1 records, so every row has the key).
@@ -73,7 +74,7 @@ from . import keys
 from .schema import (
     ACTIONS,
     OUTCOMES,
-    SCHEMA_VERSION,
+    CHECKPOINT_VERSION,
     SOURCES,
     AuditError,
     Event,
@@ -148,7 +149,7 @@ def db_identity(url: str) -> str:
 
 def checkpoint_payload(seq: int, hash_: str, time: str, key_id: str) -> str:
     """The exact text a checkpoint signature covers."""
-    return canonical_json({"v": SCHEMA_VERSION, "seq": seq, "hash": hash_, "time": time, "key": key_id})
+    return canonical_json({"v": CHECKPOINT_VERSION, "seq": seq, "hash": hash_, "time": time, "key": key_id})
 
 
 # --- engines ---------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ from typing import Iterable
 from sqlalchemy.engine import Engine
 
 from . import keys
-from .schema import SCHEMA_VERSION, canonical_json
+from .schema import CHECKPOINT_VERSION, canonical_json
 
 log = logging.getLogger("vre.audit")
 
@@ -135,7 +135,7 @@ def _read_file_checkpoints(path: Path, notes: list[str], db_id: str | None = Non
 
 
 def _payload(cp: dict) -> str:
-    return canonical_json({"v": SCHEMA_VERSION, "seq": cp["seq"], "hash": cp["hash"], "time": cp["time"],
+    return canonical_json({"v": CHECKPOINT_VERSION, "seq": cp["seq"], "hash": cp["hash"], "time": cp["time"],
                            "key": cp["key_id"]})
 
 
