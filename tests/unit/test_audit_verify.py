@@ -127,7 +127,8 @@ def test_inserted_forged_record_is_found(chain):
     sql(chain, insert(audit_events).values(
         seq=11, event_id=fake.id, time=fake.time_text, received_at=received, actor=fake.actor,
         action=fake.action, outcome=fake.outcome, project=fake.project, dataset=fake.dataset, session=fake.session,
-        source=fake.source, record=record, prev_hash=before["hash"], hash=hashlib.sha256((before["hash"] + record).encode()).hexdigest()))
+        source=fake.source, record=record, prev_hash=before["hash"],
+        hash=hashlib.sha256((before["hash"] + record).encode()).hexdigest()))
     assert_found(chain, "inserted", 11, "does not belong")
 
 

@@ -3,9 +3,10 @@ state-changing API requests and CLI administration.
 
 Attribution comes from what the hub knows (the authenticated user, the spawner), never from what a
 client claims; so does provenance (``source``, schema v2): "hub" unless the caller is a hub-side
-component that says otherwise, "session" for whatever a session reports (set by the ingest). Writes are synchronous and durable: when an ``emit`` returns, the event is stored;
-when it fails, the exception propagates, so an action that cannot be audited does not happen
-silently (logins and session starts fail closed).
+component that says otherwise, "session" for whatever a session reports (set by the ingest).
+Writes are synchronous and durable: when an ``emit`` returns, the event is stored; when it fails,
+the exception propagates, so an action that cannot be audited does not happen silently (logins
+and session starts fail closed).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ starts with ``=`` stays as it is; open CSV exports in a spreadsheet with formula
 
 ``jsonl``: one JSON object per line: the sealed record (event fields, ``v``, ``seq``,
 ``received_at``; ``source`` from schema v2 on, absent in v1 records) plus ``hash`` and
-``prev_hash``. A SIEM can re-check the chain on its own: drop ``hash`` and ``prev_hash``, serialise the rest as canonical JSON (sorted keys, ``","``/``":"``
-separators, UTF-8) and check ``sha256(prev_hash + text) == hash``.
+``prev_hash``. A SIEM can re-check the chain on its own: drop ``hash`` and ``prev_hash``,
+serialise the rest as canonical JSON (sorted keys, ``","``/``":"`` separators, UTF-8) and check
+``sha256(prev_hash + text) == hash``.
 
 ``csv``: a header row, then one row per record with the columns in :data:`CSV_COLUMNS`; ``details``
 is a JSON object in one cell; empty cells are nulls (an empty ``source``: a v1 record, sealed

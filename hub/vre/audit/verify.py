@@ -395,9 +395,10 @@ def _walk(cur, expected: dict[int, set[str]], prev_seq: int, prev_hash: str) -> 
                             f'"seq":{seq},"session":{s}{src}', 0, k) and rec.startswith(
                             f'","time":"{time}","v":', rec.find('"', k + 11))
             if not same:
-                raise _Found("modified", seq, f"modified: a column of record seq {seq} ("
-                             f"{_which_column(rec, seq, action, actor, dataset, eid, outcome, project, received_at, session, time, source)}"
-                             f") no longer matches the sealed record")
+                which = _which_column(rec, seq, action, actor, dataset, eid, outcome, project, received_at,
+                                      session, time, source)
+                raise _Found("modified", seq, f"modified: a column of record seq {seq} ({which}) no longer "
+                             f"matches the sealed record")
             if seq in expected and expected[seq] != {h}:
                 raise _Found("modified", seq, f"modified: records at or before seq {seq} were rewritten and "
                              f"re-hashed: a checkpoint signed for seq {seq} does not match the chain"
