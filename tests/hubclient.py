@@ -123,39 +123,75 @@ class HubClient:
         return requests.request(method, f"{self.server_url(project)}/api{path}",
                                 headers={"Authorization": f"token {self.token}"}, timeout=kw.pop("timeout", 30), **kw)
 
-    def kernel(self, project: str) -> "Kernel":
+    def kernel(self, project: str, *, v1: bool = False) -> "Kernel":
+        """A new kernel; ``v1``: speak the ``v1.kernel.websocket.jupyter.org`` subprotocol (binary
+        frames, as JupyterLab 4 does) instead of the legacy JSON frames."""
         r = self.server_api(project, "POST", "/kernels", json={"name": "python3"})
         if r.status_code != 201:
             raise HubError(f"kernel start: {r.status_code} {r.text}")
-        return Kernel(self, project, r.json()["id"])
+        return Kernel(self, project, r.json()["id"], v1=v1)
+
+    def terminal(self, project: str) -> "Terminal":
+        r = self.server_api(project, "POST", "/terminals")
+        if r.status_code != 200:
+            raise HubError(f"terminal start: {r.status_code} {r.text}")
+        return Terminal(self, project, r.json()["name"])
 
 
 class Kernel:
     """Runs code in a kernel over the websocket protocol; returns stdout, raises on errors."""
 
-    def __init__(self, client: HubClient, project: str, kernel_id: str):
+    V1 = "v1.kernel.websocket.jupyter.org"
+
+    def __init__(self, client: HubClient, project: str, kernel_id: str, *, v1: bool = False):
         self.client, self.project, self.id = client, project, kernel_id
         url = client.server_url(project).replace("http://", "ws://") + f"/api/kernels/{kernel_id}/channels"
-        self.ws = websocket.create_connection(url, header=[f"Authorization: token {client.token}"], timeout=60)
+        self.ws = websocket.create_connection(url, header=[f"Authorization: token {client.token}"], timeout=60,
+                                              subprotocols=[self.V1] if v1 else None)
+        self.v1 = v1
+        if v1 and self.ws.getsubprotocol() != self.V1:
+            raise HubError(f"the server did not accept {self.V1}: {self.ws.getsubprotocol()!r}")
         self.session = uuid.uuid4().hex
+
+    def _send(self, msg: dict) -> None:
+        if not self.v1:
+            self.ws.send(json.dumps(msg))
+            return
+        parts = [msg["channel"].encode()] + [json.dumps(msg[k]).encode()
+                                             for k in ("header", "parent_header", "metadata", "content")]
+        offsets = [8 * (len(parts) + 2)]
+        for part in parts:
+            offsets.append(offsets[-1] + len(part))
+        frame = (len(offsets)).to_bytes(8, "little") + b"".join(o.to_bytes(8, "little") for o in offsets)
+        self.ws.send_binary(frame + b"".join(parts))
+
+    def _recv(self) -> dict:
+        frame = self.ws.recv()
+        if not self.v1:
+            return json.loads(frame)
+        count = int.from_bytes(frame[:8], "little")
+        offsets = [int.from_bytes(frame[8 * (i + 1):8 * (i + 2)], "little") for i in range(count)]
+        parts = [frame[offsets[i]:offsets[i + 1]] for i in range(count - 1)]
+        return {"channel": parts[0].decode(), "header": json.loads(parts[1]), "parent_header": json.loads(parts[2]),
+                "metadata": json.loads(parts[3]), "content": json.loads(parts[4])}
 
     def run(self, code: str, timeout: float = 60) -> tuple[str, dict | None]:
         """Execute ``code``; return (stdout+stderr text, error dict or None)."""
         msg_id = uuid.uuid4().hex
-        self.ws.send(json.dumps({
+        self._send({
             "header": {"msg_id": msg_id, "username": self.client.username, "session": self.session,
                        "msg_type": "execute_request", "version": "5.3"},
             "parent_header": {}, "metadata": {}, "channel": "shell",
             "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
                         "allow_stdin": False, "stop_on_error": True},
-        }))
+        })
         out, error, idle, replied = [], None, False, False
         deadline = time.monotonic() + timeout
         while not (idle and replied):
             if time.monotonic() > deadline:
                 raise HubError(f"code did not finish in {timeout} s: {code[:80]!r}")
             self.ws.settimeout(max(0.1, deadline - time.monotonic()))
-            msg = json.loads(self.ws.recv())
+            msg = self._recv()
             kind = msg["header"]["msg_type"]
             if kind == "status" and msg["content"]["execution_state"] in ("restarting", "dead"):
                 raise KernelDied(f"kernel {msg['content']['execution_state']} while running {code[:60]!r}")
@@ -182,5 +218,38 @@ class Kernel:
         self.ws.close()
         try:
             self.client.server_api(self.project, "DELETE", f"/kernels/{self.id}", timeout=10)
+        except requests.RequestException:
+            pass
+
+
+class Terminal:
+    """A terminal of a session, driven over its websocket as the Lab's terminal is."""
+
+    def __init__(self, client: HubClient, project: str, name: str):
+        self.client, self.project, self.name = client, project, name
+        url = client.server_url(project).replace("http://", "ws://") + f"/terminals/websocket/{name}"
+        self.ws = websocket.create_connection(url, header=[f"Authorization: token {client.token}"], timeout=60)
+
+    def type(self, text: str) -> None:
+        self.ws.send(json.dumps(["stdin", text]))
+
+    def run(self, line: str, marker: str, timeout: float = 30) -> str:
+        """Type ``line`` and Enter; return the output until ``marker`` appears in it."""
+        self.type(line + "\r")
+        out = ""
+        deadline = time.monotonic() + timeout
+        while marker not in out:
+            if time.monotonic() > deadline:
+                raise HubError(f"terminal: {marker!r} not seen after {line!r}: {out[-500:]!r}")
+            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
+            msg = json.loads(self.ws.recv())
+            if msg[0] == "stdout":
+                out += msg[1]
+        return out
+
+    def close(self) -> None:
+        self.ws.close()
+        try:
+            self.client.server_api(self.project, "DELETE", f"/terminals/{self.name}", timeout=10)
         except requests.RequestException:
             pass

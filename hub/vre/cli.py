@@ -88,6 +88,9 @@ def cmd_down(args) -> int:
         except (ValueError, ProcessLookupError):
             pass
         pid_file.unlink(missing_ok=True)
+    from .access.proxy import stop_layer
+
+    stop_layer(settings)
     import asyncio
 
     if netns.NETNS_DIR.is_dir():
@@ -98,7 +101,7 @@ def cmd_down(args) -> int:
         from .backends.docker import remove_instance_containers
 
         stopped += remove_instance_containers(settings)
-    print(f"stopped {stopped} session(s), batch workers and the proxy")
+    print(f"stopped {stopped} session(s), batch workers, the proxy and the access layer")
     return 0
 
 
@@ -297,6 +300,16 @@ def cmd_project(args) -> int:
                 event = ("project.update", dict(project=p.slug, details={"audit_cells": p.audit_cells}))
                 print(f"code audit {'on: every executed cell of' if p.audit_cells else 'off for'} {p.slug!r}"
                       + (" is recorded (sessions started from now on; researchers are told)" if p.audit_cells else ""))
+            case "set-downloads":
+                p = P.set_downloads(db, args.project, args.mode)
+                event = ("project.update", dict(project=p.slug, details={"downloads": p.downloads}))
+                print(f"downloads of {p.slug!r}: {p.downloads} (sessions started from now on)")
+            case "set-egress-cap":
+                p = P.set_egress_cap(db, args.project, args.cap)
+                event = ("project.update", dict(project=p.slug, details={"egress_cap": p.egress_cap}))
+                print(f"egress of {p.slug!r}: " + (f"at most {p.egress_cap} bytes per member per day to the browser"
+                                                   if p.egress_cap else "no daily cap (always counted)")
+                      + " (sessions started from now on)")
             case "set-expiry":
                 p = P.set_expiry(db, args.project, args.expires)
                 event = ("project.expiry_set", dict(project=p.slug, details={
@@ -320,7 +333,8 @@ def cmd_project(args) -> int:
                 print(json.dumps({
                     "slug": p.slug, "title": p.title, "description": p.description,
                     "expires_at": p.expires_at.isoformat() if p.expires_at else None, "expired": p.is_expired(),
-                    "audit_cells": p.audit_cells, "job_quota": P.job_quota(p),
+                    "audit_cells": p.audit_cells, "downloads": p.downloads, "egress_cap": p.egress_cap,
+                    "job_quota": P.job_quota(p),
                     "members": sorted(m.account.name for m in p.members),
                     "datasets": sorted(g.dataset.slug for g in p.grants),
                     "profiles": {pr.name: {"cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus,
@@ -476,6 +490,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = pj.add_parser("set-cell-audit", help="record the code of every executed cell (off by default)")
     p.add_argument("project")
     p.add_argument("state", choices=["on", "off"])
+    p = pj.add_parser("set-downloads", help="what may leave through the browser as raw files: none (default: "
+                      "the airlock is the way out), results (~/results, ~/project/results), all (home and workspace; "
+                      "never dataset files or DICOM)")
+    p.add_argument("project")
+    p.add_argument("mode", choices=["none", "results", "all"])
+    p = pj.add_parser("set-egress-cap", help="bytes a member's sessions may send to the browser per day, "
+                      "e.g. 2G; none: no cap (egress is always counted)")
+    p.add_argument("project")
+    p.add_argument("cap")
     p = pj.add_parser("set-expiry")
     p.add_argument("project")
     p.add_argument("expires")

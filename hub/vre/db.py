@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -105,6 +106,11 @@ class Project(Base):
     job_cpu: Mapped[float] = mapped_column(Float, default=2.0, server_default="2")
     job_mem_mb: Mapped[int] = mapped_column(Integer, default=8192, server_default="8192")
     job_gpus: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: What may leave through the browser as raw files (``vre.access.policy.DOWNLOAD_MODES``):
+    #: ``none`` (the default: results leave through the airlock), ``results``, ``all``.
+    downloads: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
+    #: Bytes a member's sessions may send to the browser per day (0: no cap; always counted).
+    egress_cap: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     members: Mapped[list[Membership]] = relationship(back_populates="project", cascade="all, delete-orphan")
     grants: Mapped[list[Grant]] = relationship(back_populates="project", cascade="all, delete-orphan")
@@ -215,6 +221,21 @@ class Job(Base):
 
     project: Mapped[Project] = relationship()
     account: Mapped[Account] = relationship()
+
+
+class EgressDaily(Base):
+    """Bytes the access layer sent to the browser for one session on one (UTC) day."""
+
+    __tablename__ = "egress_daily"
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)       # YYYY-MM-DD
+    session: Mapped[str] = mapped_column(String(128), primary_key=True)  # the session's audit id
+    user: Mapped[str] = mapped_column(String(128), index=True)
+    project: Mapped[str] = mapped_column(String(48), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Bytes per class of route (contents, files, viewer, kernel, terminal, static, other).
+    classes: Mapped[dict] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:

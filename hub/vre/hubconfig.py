@@ -18,6 +18,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 
 def configure(c, settings: Settings) -> None:
+    from .access import access_service
+    from .access.proxy import VREAccessProxy
     from .api import service_spec
     from .audit.events import make_log_function
     from .auth import VREAuthenticator
@@ -44,6 +46,10 @@ def configure(c, settings: Settings) -> None:
     read_or_create_secret(settings.secrets_dir / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(settings.state_dir / "jupyterhub.pid")
 
+    # The access layer (vre.access) answers on bind_url and authenticates every request to a
+    # session; configurable-http-proxy routes behind it. VREAccessProxy starts both.
+    c.JupyterHub.proxy_class = VREAccessProxy
+    c.VREAccessProxy.settings = settings
     c.ConfigurableHTTPProxy.command = settings.chp_command
     c.ConfigurableHTTPProxy.api_url = settings.proxy_api_url
     c.ConfigurableHTTPProxy.auth_token = read_or_create_secret(settings.secrets_dir / "proxy_auth_token")
@@ -67,7 +73,7 @@ def configure(c, settings: Settings) -> None:
                               "environment": vre_env},
                              {"name": "vre-jobs", "command": [sys.executable, "-m", "vre.jobs.engine"],
                               "environment": vre_env},
-                             service_spec(settings, vre_env)]
+                             service_spec(settings, vre_env), access_service(settings)]
     if settings.backend == "docker":
         from .backends.docker import VREDockerSpawner as spawner_class
     else:

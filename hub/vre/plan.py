@@ -92,6 +92,8 @@ class SessionPlan:
     datasets: tuple[str, ...]
     mounts: tuple[Mount, ...]   # every mount, the runtime ones included
     audit_cells: bool = False   # record the code of every executed cell
+    downloads: str = "none"     # what may leave through the browser as raw files (vre.access.policy)
+    egress_cap: int = 0         # bytes per member and day to the browser; 0: no cap
     gpu_shared: bool = False    # its GPUs may be shared with other sharing holders
     env: dict[str, str] = field(default_factory=dict)   # the base environment
     labels: dict[str, str] = field(default_factory=dict)
@@ -263,7 +265,8 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
         cpu=profile.cpu, mem_mb=profile.mem_mb, gpus=profile.gpus,
         network=island_name(settings, project.slug),
         datasets=tuple(d.slug for d in datasets), mounts=tuple(mounts), env=env,
-        audit_cells=project.audit_cells, gpu_shared=profile.gpu_shared,
+        audit_cells=project.audit_cells, downloads=project.downloads, egress_cap=project.egress_cap,
+        gpu_shared=profile.gpu_shared,
         labels={"vre.user": user, "vre.project": project.slug, "vre.session": session_id, "vre.role": role},
         run_dir=run,
     )

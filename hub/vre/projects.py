@@ -191,6 +191,37 @@ def set_cell_audit(db: Session, project_slug: str, on: bool) -> Project:
     return project
 
 
+def set_downloads(db: Session, project_slug: str, mode: str) -> Project:
+    from .access.policy import DOWNLOAD_MODES
+
+    if mode not in DOWNLOAD_MODES:
+        raise VREError(f"downloads must be one of {', '.join(DOWNLOAD_MODES)}, not {mode!r}")
+    project = get_project(db, project_slug)
+    project.downloads = mode
+    return project
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
+               "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4, "tb": 1024**4, "tib": 1024**4}
+
+
+def parse_bytes(text: str) -> int:
+    """'500M', '2G', '1.5GiB' or a number of bytes -> bytes; 'none' or 0 -> 0 (no cap)."""
+    value = str(text).strip().lower()
+    if value in ("none", "off", "0"):
+        return 0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
+    if not m or m.group(2) not in _BYTE_UNITS:
+        raise VREError(f"invalid size {text!r}: write e.g. 500M, 2G or none")
+    return int(float(m.group(1)) * _BYTE_UNITS[m.group(2)])
+
+
+def set_egress_cap(db: Session, project_slug: str, cap: str) -> Project:
+    project = get_project(db, project_slug)
+    project.egress_cap = parse_bytes(cap)
+    return project
+
+
 def projects_of(db: Session, user: str) -> list[Project]:
     """The projects a user is a member of, in slug order."""
     account = get_account(db, user)

@@ -8,9 +8,13 @@ AUDIT_READ_SCOPE = "custom:vre-audit:read"
 JOBS_SCOPE = "custom:vre-jobs"
 #: The hub-managed service that serves the VRE's pages and APIs (vre.api.service), at /services/vre/.
 SERVICE_NAME = "vre"
+#: The access layer's OAuth client (vre.access.auth.SERVICE).
+ACCESS_LAYER = "vre-access"
 #: Reaching that service at all (JupyterHub's service auth requires it of every token and login);
 #: what a caller may do there is still the custom scopes above.
 SERVICE_ACCESS_SCOPE = f"access:services!service={SERVICE_NAME}"
+#: Logging in to the access layer (the OAuth client in front of every session, ``vre.access``).
+ACCESS_LAYER_SCOPE = f"access:services!service={ACCESS_LAYER}"
 
 #: JupyterHub's ``custom_scopes``: defined once the config loads.
 CUSTOM_SCOPES = {
@@ -39,7 +43,7 @@ def load_roles() -> list[dict]:
          "scopes": [AUDIT_READ_SCOPE], "groups": [AUDITOR_GROUP]},
         {"name": ADMIN_ROLE, "description": "See users and sessions, stop sessions (provisioning: vre CLI)",
          "scopes": ADMIN_SCOPES, "groups": [ADMIN_GROUP]},
-        {"name": "user", "scopes": ["self", JOBS_SCOPE, SERVICE_ACCESS_SCOPE]},
+        {"name": "user", "scopes": ["self", JOBS_SCOPE, SERVICE_ACCESS_SCOPE, ACCESS_LAYER_SCOPE]},
         {"name": "server", "scopes": ["users:activity!user", "access:servers!server", JOBS_SCOPE,
                                       SERVICE_ACCESS_SCOPE]},
     ]

@@ -40,6 +40,12 @@ class Settings:
     bind_url: str = "http://127.0.0.1:8000"
     #: Address of configurable-http-proxy's REST API (loopback only).
     proxy_api_url: str = "http://127.0.0.1:8001"
+    #: Where configurable-http-proxy listens behind the access layer (loopback). Empty: a free
+    #: loopback port chosen each time the proxy starts.
+    proxy_internal_url: str = ""
+    #: Uid (and gid) of the access layer, the process on ``bind_url`` that authenticates every
+    #: request to a session and enforces downloads, egress and cell audit. Not a session uid.
+    access_uid: int = 199999
     #: Name of this installation on the host: prefixes its cgroups (``<instance>/<session>``) and
     #: project islands (``<instance>-<project>``), so two hubs on one host never touch each other's.
     instance: str = "vre"
@@ -262,9 +268,16 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"run_dir {s.run_dir} is too long for unix socket paths; keep it short")
     if s.lockout_threshold < 1 or s.lockout_seconds < 1:
         raise SettingsError("lockout_threshold and lockout_seconds must be positive")
-    for name in ("uid_base", "gid_base", "sessions_gid"):
+    for name in ("uid_base", "gid_base", "sessions_gid", "access_uid"):
         if getattr(s, name) < 1000:
             raise SettingsError(f"{name} must be >= 1000 (never a system account)")
+    if (s.uid_base <= s.access_uid < s.uid_base + 100_000 or s.gid_base <= s.access_uid < s.gid_base + 100_000
+            or s.access_uid == s.sessions_gid):
+        raise SettingsError(f"access_uid {s.access_uid} lies among the uids and gids of accounts, projects or "
+                            "sessions (uid_base, gid_base + 100000; sessions_gid): pick one no account can get")
+    if s.proxy_internal_url and not re.fullmatch(r"http://127\.0\.0\.1:\d+", s.proxy_internal_url):
+        raise SettingsError(f"proxy_internal_url {s.proxy_internal_url!r}: use http://127.0.0.1:<port> (the proxy "
+                            "behind the access layer listens on loopback only)")
     if not re.fullmatch(r"auto|none|\d+(,\d+)*", s.gpu_devices.replace(" ", "")):
         raise SettingsError(f"gpu_devices {s.gpu_devices!r}: use 'auto', 'none' or GPU indices such as '0,1'")
     if s.jobs_on_scheduler_loss not in ("requeue", "fail"):

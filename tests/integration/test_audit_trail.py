@@ -90,7 +90,7 @@ def test_scripted_scenario_produces_exactly_the_expected_events(hub):
     assert r.status_code == 403
     c.stop("prostate-ai")
     store = store_of(hub)
-    assert wait_for(lambda: store.query(user="frida", action="download.refused"))  # relayed from the session
+    assert wait_for(lambda: store.query(user="frida", action="download.refused"))  # by the access layer
     events = sorted(store.query(user="frida"), key=lambda e: e["time"])
     actions = [(e["action"], e["outcome"]) for e in events]
     expected = [("auth.login_failed", "denied"), ("auth.login", "ok"), ("token.create", "ok"),
@@ -106,8 +106,9 @@ def test_scripted_scenario_produces_exactly_the_expected_events(hub):
     assert view["target"] == uid and view["dataset"] == "prostate-mri"
     assert refused["dataset"] == "prostate-mri" and "clinical.csv" in refused["target"]
     assert all(e["actor"] == "frida" and e["actor_role"] == "researcher" for e in events)
-    relayed = {"dicom.series_view", "download.refused"}  # reported by the session; the rest by the hub
-    assert {e["action"]: e["source"] for e in events} == {a: "session" if a in relayed else "hub" for a, _ in expected}
+    # the series view is reported by the session; the refusal by the access layer; the rest by the hub
+    sources = {"dicom.series_view": "session", "download.refused": "access-layer"}
+    assert {e["action"]: e["source"] for e in events} == {a: sources.get(a, "hub") for a, _ in expected}
     assert all(e["project"] == "prostate-ai" for e in events if e["action"] not in ("auth.login_failed", "auth.login",
                                                                                   "token.create", "api.request"))
     assert by_action["auth.login_failed"]["client"] == "127.0.0.1"
@@ -196,6 +197,22 @@ def test_events_survive_hub_crash_and_replay_once(hub):
     assert store.verify().ok
     c = hub.client("bob")
     c.stop("prostate-ai")
+
+
+def test_a_session_cannot_report_executed_code(hub):
+    """Executed code is recorded by the access layer only: the session's relay credential cannot
+    write (forge) cell.execute events."""
+    c = hub.client("bob")
+    c.start("prostate-ai")
+    try:
+        session_id = "bob-prostate-ai"
+        env = relay_env(hub, session_id)
+        status, body = post_to_service_socket(hub, env["VRE_AUDIT_TOKEN"], [
+            {"action": "cell.execute", "id": "forged-1", "target": "k", "details": {"code": "forged"}}])
+        assert status == 400 and "may not record 'cell.execute'" in body["message"], (status, body)
+        assert not [e for e in store_of(hub).query(action="cell.execute") if e["details"].get("code") == "forged"]
+    finally:
+        c.stop("prostate-ai")
 
 
 def test_cell_audit_is_off_by_default_and_visible_when_on(hub):

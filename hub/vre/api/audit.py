@@ -277,6 +277,28 @@ class AuditTimelineHandler(_VREMixin, ServiceAPIHandler):
         self.finish(to_json(rows))
 
 
+class AuditEgressHandler(_VREMixin, ServiceAPIHandler):
+    """``GET /services/vre/api/audit/egress?since=&until=&user=&project=&session=`` -> bytes each
+    session sent to the browser per day (``[{day, session, user, project, bytes, requests, classes}]``)."""
+
+    @requires_audit_scope
+    async def get(self):
+        from ..audit.egress import query
+
+        args = {}
+        for name in ("since", "until", "user", "project", "session"):
+            value = self.get_argument(name, None)
+            if value and name in ("since", "until"):
+                try:
+                    date.fromisoformat(value)
+                except ValueError:
+                    raise web.HTTPError(400, f"{name}={value!r} is not an ISO date (2026-11-22)") from None
+            args[name] = value or None
+        rows = await in_thread(query, self.vre_settings, **args)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(to_json(rows))
+
+
 class AuditVerifyHandler(_VREMixin, ServiceAPIHandler):
     """``POST /services/vre/api/audit/verify`` -> the integrity report (``ok``, ``length``, ...)."""
 
@@ -411,4 +433,5 @@ def handlers(settings: Settings) -> list[tuple]:
         (r"api/audit/export", AuditExportHandler, kw),
         (r"api/audit/verify", AuditVerifyHandler, kw),
         (r"api/audit/timeline", AuditTimelineHandler, kw),
+        (r"api/audit/egress", AuditEgressHandler, kw),
     ]

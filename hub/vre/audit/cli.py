@@ -159,6 +159,29 @@ def _add_filters(p) -> None:
     p.add_argument("--text", help="case-insensitive text in any field or detail")
 
 
+def cmd_egress(args) -> int:
+    from .egress import query
+
+    settings = load(args.config)
+    vdb.upgrade(settings.vre_db_url)
+    for name in ("since", "until"):
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                dt.date.fromisoformat(value)
+            except ValueError:
+                raise VREError(f"--{name} {value!r} is not an ISO date (2026-11-22)") from None
+    rows = query(settings, since=args.since, until=args.until, user=args.user, project=args.project,
+                 session=args.session)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table([[r["day"], r["user"], r["project"], r["session"], r["bytes"], r["requests"],
+                      ", ".join(f"{k} {v}" for k, v in sorted(r["classes"].items()))] for r in rows],
+                    ["day", "user", "project", "session", "bytes", "requests", "by class"])
+    return 0
+
+
 def add_parser(subparsers) -> None:
     """Add the ``audit`` command group to the ``vre`` parser's subparsers."""
     audit = subparsers.add_parser("audit", help="the tamper-evident audit trail: query, export, verify",
@@ -187,6 +210,14 @@ def add_parser(subparsers) -> None:
                    help="also trust the checkpoints in this JSON Lines file (e.g. a SIEM copy); repeatable")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("egress", help="bytes each session sent to the browser, per day (the access layer's meter)")
+    for name in ("user", "project", "session"):
+        p.add_argument(f"--{name}")
+    p.add_argument("--since", help="first day, e.g. 2026-11-22")
+    p.add_argument("--until", help="last day (included)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=cmd_egress)
 
     p = sub.add_parser("checkpoint", help="sign the current head of the chain now")
     p.set_defaults(func=cmd_checkpoint)

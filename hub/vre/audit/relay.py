@@ -32,8 +32,8 @@ from .schema import AuditError, Event
 SESSION_ACTIONS = frozenset({
     "dicom.series_view", "dicom.instance_view", "download.refused", "kernel.start", "kernel.stop",
     "kernel.restart", "contents.get", "contents.save", "contents.rename", "contents.delete",
-    "contents.create", "cell.execute",
-})
+    "contents.create",
+})  # not cell.execute: executed code is recorded by the access layer, never taken from a session
 MAX_BATCH = 1000
 MAX_FUTURE = dt.timedelta(minutes=5)
 

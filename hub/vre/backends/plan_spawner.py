@@ -26,10 +26,12 @@ from urllib.parse import quote
 
 from jupyterhub.spawner import Spawner
 from tornado import web
-from traitlets import Float, HasTraits, Instance, Integer, List, Unicode, default
+from traitlets import Dict, Float, HasTraits, Instance, Integer, List, Unicode, default
 
 from .. import db as vdb
 from .. import gpus
+from ..access.broker import access_file
+from ..access.resolve import MountMap
 from ..audit.events import aemit
 from ..audit.relay import Identity, make_token, replay_spool
 from ..plan import HOME, INNER_SOCKET, PlanRefused, SessionPlan, build_plan
@@ -66,8 +68,6 @@ def server_args(plan: SessionPlan, extra: list[str] | tuple[str, ...] = ()) -> l
             # nothing a session could install, and nothing to fetch: there is no network
             "--LabApp.extension_manager=readonly", "--LabApp.news_url=None",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    if plan.audit_cells:  # vre_session also tells the researcher, in the Lab's title
-        argv += ["--ServerApp.kernel_websocket_connection_class=vre_session.cells.AuditedKernelConnection"]
     return argv + list(extra)
 
 
@@ -93,6 +93,7 @@ class PlanSpawner(HasTraits):
     island = Unicode("")           # the project's network
     audit_session = Unicode("")    # unique per run: what audit events call "session"
     gpu_devices = List(Integer())  # GPUs leased to this session (vre.gpus)
+    access = Dict()                # what the access layer enforces for this run (access_policy)
 
     plan: SessionPlan | None = None
     _exit_code: int | None = None
@@ -207,7 +208,7 @@ class PlanSpawner(HasTraits):
         state = super().get_state()
         if self._launched():
             state.update(session_id=self.session_id, island=self.island, audit_session=self.audit_session,
-                         gpu_devices=list(self.gpu_devices), **self._backend_state())
+                         gpu_devices=list(self.gpu_devices), access=self.access, **self._backend_state())
         return state
 
     def load_state(self, state):
@@ -216,13 +217,34 @@ class PlanSpawner(HasTraits):
         self.island = state.get("island", "")
         self.audit_session = state.get("audit_session", "")
         self.gpu_devices = state.get("gpu_devices", [])
+        self.access = state.get("access") or {}
         self._load_backend_state(state)
 
     def clear_state(self):
         super().clear_state()
         self.session_id, self.island, self.audit_session = "", "", ""
         self.gpu_devices = []
+        self.access = {}
         self._load_backend_state({})
+
+    # -- the access layer ------------------------------------------------------------------
+    def access_policy(self) -> dict:
+        """What the access layer enforces for this session (``vre.access``): fixed at start, as the
+        plan is, and kept in the spawner's state so a restarted hub routes it the same way."""
+        if not self.access:
+            raise RuntimeError(f"session {self.session_id or self.name!r} has no access policy (started before "
+                               "the access layer?); stop and start it again")
+        return dict(self.access)
+
+    def _write_access(self, plan: SessionPlan) -> None:
+        """The session's policy, and its mount table for the layer's broker (root-only, outside
+        the session), which resolves file paths the way the session would."""
+        path = access_file(self.settings, plan.session_id)
+        path.write_text(MountMap.from_plan(HOME, plan.mounts).dump())
+        os.chmod(path, 0o600)
+        self.access = {"session": plan.session_id, "audit_session": self.audit_session, "user": plan.user,
+                       "project": plan.project, "downloads": plan.downloads, "audit_cells": plan.audit_cells,
+                       "egress_cap": plan.egress_cap}
 
     # -- paths ----------------------------------------------------------------------------
     def _run_dir(self) -> Path:
@@ -258,6 +280,7 @@ class PlanSpawner(HasTraits):
             self.gpu_devices = list(await asyncio.to_thread(self._lease_gpus, plan))
             self._progress(20, f"GPU(s) {', '.join(map(str, self.gpu_devices))} reserved for this session")
         await asyncio.to_thread(self._prepare_host, plan)
+        await asyncio.to_thread(self._write_access, plan)
         await self._launch(plan)
         self._progress(70, "Waiting for JupyterLab to listen")
         await self._wait_for_socket()
@@ -308,7 +331,7 @@ class PlanSpawner(HasTraits):
         the socket it bound; the proxy and the hub (root) connect. No researcher code can have
         run yet: the session's route is added only after ``start()`` returns."""
         sock = self._socket_path()
-        os.chown(sock, 0, 0)
+        os.chown(sock, self.settings.access_uid, self.settings.access_uid)  # the access layer's alone
         os.chmod(sock, 0o600)
         os.chown(sock.parent, 0, 0)
         os.chmod(sock.parent, 0o755)

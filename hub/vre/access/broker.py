@@ -1,0 +1,201 @@
+"""The access layer's privileged half: a root process that answers the few questions the
+unprivileged layer may not answer itself.
+
+The layer faces the network and runs as its own uid without capabilities; it cannot read a
+researcher's home (to resolve a path) nor the VRE's databases (root-only). At start, before it
+drops privileges, it forks this broker and keeps one end of a socket pair: the broker's only
+input. Requests are length-prefixed JSON, answered in order:
+
+* ``classify {session, path}``: where a session path leads (:mod:`vre.access.resolve`, from the
+  mount table the hub wrote to the session's run directory), and whether it is DICOM;
+* ``audit {events}``: store events recorded by the layer (the layer authenticated their actors);
+* ``egress {rows}``: add the layer's byte counters to the day's totals; ``egress_today``: read them.
+
+The broker dies with the layer (``PR_SET_PDEATHSIG``) and never talks to anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+
+from sqlalchemy import select
+
+from .. import db as vdb
+from ..audit.events import emit_many, role_of
+from ..audit.schema import AuditError, Event
+from ..settings import Settings
+from .resolve import MountMap, candidates, is_dicom, read_head, resolve
+
+log = logging.getLogger("vre.access.broker")
+_LEN = struct.Struct("!I")
+MAX_MESSAGE = 8 << 20
+SOURCE = "access-layer"
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def access_file(settings: Settings, session: str):
+    """Where the hub keeps a session's mount table for the broker (root-only, never in the session)."""
+    return settings.sessions_run_dir / session / "access.json"
+
+
+class Broker:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._maps: dict[str, tuple[float, MountMap]] = {}
+
+    def _map(self, session: str) -> MountMap:
+        if "/" in session or session.startswith("."):
+            raise ValueError(f"bad session id {session!r}")
+        path = access_file(self.settings, session)
+        mtime = path.stat().st_mtime
+        cached = self._maps.get(session)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, MountMap.load(path))
+            self._maps[session] = cached
+        return cached[1]
+
+    def classify(self, session: str, path: str) -> dict:
+        """The most restrictive reading of ``path`` among the ways a server could take it."""
+        mm = self._map(session)
+        worst = None
+        for variant in candidates(path):
+            try:
+                r = resolve(mm, variant)
+            except OSError:
+                return {"kind": "system", "path": variant, "exists": False, "dir": False, "dicom": False,
+                        "error": "too many symbolic links"}
+            dicom = bool(r.exists and not r.is_dir and r.kind in ("home", "workspace")
+                         and is_dicom(read_head(r.host)))
+            verdict = {"kind": r.kind, "path": r.path, "exists": r.exists, "dir": r.is_dir, "dicom": dicom,
+                       "dataset": r.dataset}
+            rank = 2 if r.kind in ("dataset", "catalog") else 1 if dicom or r.kind not in ("home", "workspace") else 0
+            if worst is None or rank > worst[0]:
+                worst = (rank, verdict)
+        return worst[1] if worst else {"kind": "system", "path": path, "exists": False, "dir": False, "dicom": False}
+
+    def _role(self, name: str) -> str:
+        return role_of(self.settings, name) if name else "anonymous"
+
+    def audit(self, events: list[dict]) -> int:
+        built = []
+        for e in events:
+            try:
+                built.append(_event(e, self._role))
+            except (AuditError, KeyError, TypeError) as err:
+                log.error("access layer sent an invalid audit event (%s): %s", err, e)
+        return emit_many(self.settings, built) if built else 0
+
+    def egress(self, rows: list[dict]) -> None:
+        with vdb.session_scope(self.settings.vre_db_url) as db:
+            for row in rows:
+                key = (row["day"], row["session"])
+                rec = db.get(vdb.EgressDaily, key)
+                if rec is None:
+                    rec = vdb.EgressDaily(day=row["day"], session=row["session"], user=row["user"],
+                                          project=row["project"], bytes=0, requests=0, classes={})
+                    db.add(rec)
+                rec.bytes += int(row["bytes"])
+                rec.requests += int(row["requests"])
+                classes = dict(rec.classes or {})
+                for k, v in row.get("classes", {}).items():
+                    classes[k] = classes.get(k, 0) + int(v)
+                rec.classes = classes
+                rec.updated_at = vdb.utcnow()
+
+    def egress_today(self, day: str) -> list[dict]:
+        with vdb.session_scope(self.settings.vre_db_url) as db:
+            rows = db.scalars(select(vdb.EgressDaily).where(vdb.EgressDaily.day == day)).all()
+            return [{"session": r.session, "user": r.user, "project": r.project, "bytes": r.bytes} for r in rows]
+
+    def handle(self, request: dict):
+        op = request.get("op")
+        if op == "classify":
+            return self.classify(str(request["session"]), str(request["path"]))
+        if op == "audit":
+            return {"stored": self.audit(list(request["events"]))}
+        if op == "egress":
+            self.egress(list(request["rows"]))
+            return {"ok": True}
+        if op == "egress_today":
+            return {"rows": self.egress_today(str(request["day"]))}
+        raise ValueError(f"unknown broker request {op!r}")
+
+    def serve(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                (size,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
+                if size > MAX_MESSAGE:
+                    raise EOFError
+                request = json.loads(_recv_exact(sock, size))
+            except (EOFError, ConnectionError, ValueError):
+                return
+            try:
+                reply = {"ok": True, "result": self.handle(request)}
+            except Exception as e:  # noqa: BLE001 - answered to the layer, which fails closed
+                log.exception("broker request %s failed", request.get("op"))
+                reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            data = json.dumps(reply).encode()
+            sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def _event(e: dict, role_of) -> Event:
+    fields = {k: e[k] for k in ("action", "actor", "actor_role", "outcome", "target", "project", "dataset",
+                                "session", "client", "details", "id") if k in e}
+    if "time" in e:
+        fields["time"] = dt.datetime.fromisoformat(e["time"])
+    fields.setdefault("actor_role", role_of(fields.get("actor", "")))
+    return Event(source=SOURCE, **fields)
+
+
+def run_child(settings: Settings, sock: socket.socket) -> None:
+    """The broker's process body (forked by the layer before it drops privileges)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the layer
+    libc.prctl(4, 0, 0, 0, 0)               # PR_SET_DUMPABLE 0: no ptrace, no /proc/<pid>/mem
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.umask(0o077)
+    Broker(settings).serve(sock)
+
+
+class BrokerClient:
+    """The layer's end: one request at a time (the broker answers in order)."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._lock = asyncio.Lock()
+        self._reader = self._writer = None
+
+    async def call(self, op: str, **args):
+        async with self._lock:
+            if self._writer is None:
+                self._reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
+            data = json.dumps({"op": op, **args}).encode()
+            self._writer.write(_LEN.pack(len(data)) + data)
+            await self._writer.drain()
+            (size,) = _LEN.unpack(await self._reader.readexactly(_LEN.size))
+            reply = json.loads(await self._reader.readexactly(size))
+        if not reply.get("ok"):
+            raise BrokerError(reply.get("error") or "broker error")
+        return reply["result"]
+
+
+class BrokerError(RuntimeError):
+    """The broker could not answer; the layer refuses what depended on the answer."""
