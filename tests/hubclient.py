@@ -234,7 +234,8 @@ class Terminal:
         self.ws.send(json.dumps(["stdin", text]))
 
     def run(self, line: str, marker: str, timeout: float = 30) -> str:
-        """Type ``line`` and Enter; return the output until ``marker`` appears in it."""
+        """Type ``line`` and Enter; return the output until ``marker`` appears in it (the terminal
+        echoes the line: pick a marker that only the command's output contains)."""
         self.type(line + "\r")
         out = ""
         deadline = time.monotonic() + timeout

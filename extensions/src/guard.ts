@@ -1,13 +1,17 @@
 /**
- * Download actions are hidden for dataset paths (the `data/` link in the Lab root and below).
+ * Download actions are hidden where the VRE refuses them: for dataset paths (the `data/` link in
+ * the Lab root and below) always, and everywhere when the project's downloads mode is `none`.
  *
- * The server refuses those downloads anyway (403 download_refused); this only keeps the UI
- * from offering them. When a context menu opens over a file browser whose selection (or, with
+ * The hub's access layer refuses those downloads anyway (403 download_refused); this only keeps
+ * the UI from offering them. The mode comes from the layer itself (`<session>/.vre/policy`) and is
+ * set as `body[data-vre-downloads]`. When a context menu opens over a file browser whose selection (or, with
  * no selection, its folder) lies under the link, `body[data-vre-dataset-selection]` is set and
  * style/base.css hides the menu items of the download commands. The same for File > Download
  * while a viewer of a dataset file is the current widget.
  */
 import { ILabShell, JupyterFrontEnd } from '@jupyterlab/application';
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
 import { IFileBrowserFactory } from '@jupyterlab/filebrowser';
 import { Widget } from '@lumino/widgets';
 
@@ -62,4 +66,28 @@ export function installDownloadGuard(
   };
   labShell?.currentChanged.connect(current);
   current();
+}
+
+/** What the access layer enforces for this session (answered by the layer, not the session). */
+export interface IAccessPolicy {
+  downloads: 'none' | 'results' | 'all';
+  audit_cells: boolean;
+  egress: { today: number; cap: number; capped: boolean };
+}
+
+export async function loadAccessPolicy(
+  settings: ServerConnection.ISettings
+): Promise<IAccessPolicy | null> {
+  try {
+    const url = URLExt.join(settings.baseUrl, '.vre/policy');
+    const response = await ServerConnection.makeRequest(url, {}, settings);
+    if (!response.ok) {
+      return null;
+    }
+    const policy = (await response.json()) as IAccessPolicy;
+    document.body.dataset.vreDownloads = policy.downloads;
+    return policy;
+  } catch {
+    return null;
+  }
 }

@@ -41,7 +41,7 @@ import { Widget } from '@lumino/widgets';
 import { IDataset, IRoot, ISeriesItem } from './api';
 import { DatasetBrowser } from './browser';
 import { seriesCode, seriesFolder } from './code';
-import { installDownloadGuard } from './guard';
+import { installDownloadGuard, loadAccessPolicy } from './guard';
 import { apiUrl, errorText, getJSON } from './http';
 import { JobsPanel } from './jobs';
 import { DicomViewer } from './viewer';
@@ -372,6 +372,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
       return null;
     });
+    void loadAccessPolicy(app.serviceManager.serverSettings);
     void rootReady;
   }
 };

@@ -46,9 +46,14 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def alice(sqlite_hub):
-    """alice's API client (token); her session is stopped when the module is done."""
+    """alice's API client (token); her session is stopped when the module is done. Her project lets
+    home files be downloaded (``all``), so the Lab's hiding of dataset downloads shows apart."""
     client = sqlite_hub.client("alice")
+    if client.server_state(PROJECT) is not None:
+        client.stop(PROJECT)
+    sqlite_hub.vre("project", "set-downloads", PROJECT, "all")
     yield client
+    sqlite_hub.vre("project", "set-downloads", PROJECT, "none")
     for log in Path(sqlite_hub.env["VRE_RUN_DIR"]).glob("sessions/*alice*/server.log"):
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copy(log, ARTIFACTS / f"viewer-session-{log.parent.name}.log")
@@ -365,7 +370,8 @@ def test_open_with_dicom_viewer_and_download_hidden_for_dataset_paths(lab, alice
     page = lab
     foreign = watch_requests(page)
     patient = cohort.patients[0]
-    # a file of the home, where downloads stay available
+    # a file of the home, where downloads stay available (the project's mode is "all")
+    expect(page.locator("body[data-vre-downloads='all']")).to_have_count(1)
     for name, text in (("notes.txt", "my notes\n"), ("not-an-image.dcm", "exported from the RIS, not DICOM\n")):
         r = alice.server_api(PROJECT, "PUT", f"/contents/{name}", json={"type": "file", "format": "text", "content": text})
         assert r.status_code in (200, 201), r.text
@@ -436,3 +442,31 @@ def test_open_with_dicom_viewer_and_download_hidden_for_dataset_paths(lab, alice
     expect(page.locator('.lm-Menu-item[data-command="docmanager:download"]')).to_be_hidden()
     page.keyboard.press("Escape")
     assert not foreign, f"requests to other hosts: {foreign}"
+
+
+# --- 4. with the project's downloads "none" (the default), no download action anywhere ---------------
+def test_no_download_actions_when_the_project_allows_none(sqlite_hub, browser_page):
+    bob = sqlite_hub.client("bob")
+    bob.start("prostate-ai")
+    try:
+        r = bob.server_api("prostate-ai", "PUT", "/contents/notes.txt",
+                           json={"type": "file", "format": "text", "content": "my notes\n"})
+        assert r.status_code in (200, 201), r.text
+        page = browser_page
+        login_cookies(page, sqlite_hub, "bob")
+        page.goto(f"{bob.server_url('prostate-ai')}/lab?reset")
+        expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=LAB_TIMEOUT_MS)
+        expect(page.locator("body[data-vre-downloads='none']")).to_have_count(1, timeout=30_000)
+        if not page.locator(".jp-FileBrowser").is_visible():
+            page.locator('.jp-SideBar [data-id="filebrowser"]').first.click()
+        listing = page.locator(".jp-FileBrowser .jp-DirListing-content")
+        listing.locator('.jp-DirListing-item:has-text("notes.txt")').click(button="right")
+        expect(page.locator(".lm-Menu-item", has_text="Copy Path").first).to_be_visible()
+        for command in ("filebrowser:download", "filebrowser:copy-download-link", "filebrowser:open-browser-tab"):
+            expect(page.locator(f'.lm-Menu-item[data-command="{command}"]')).to_be_hidden()
+        page.keyboard.press("Escape")
+        # and the layer refuses the download even when asked directly
+        r = page.request.get(f"{bob.server_url('prostate-ai')}/files/notes.txt?download=1")
+        assert r.status == 403 and r.json()["reason"] == "download_refused"
+    finally:
+        bob.stop("prostate-ai")

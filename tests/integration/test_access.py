@@ -327,6 +327,26 @@ def test_cell_audit_is_recorded_by_the_layer(hub):
         c.stop("prostate-ai")
 
 
+# --- R1/R2 from a terminal: the researcher cannot put anything of theirs behind the URL ---------
+def test_a_terminal_cannot_take_over_the_session_url(hub, alice):
+    c, _k = alice
+    term = c.terminal(PROJECT)
+    out = term.run("mv /run/vre/session/jupyter.sock /tmp/moved; echo MV=$?; "
+                   "python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\"/run/vre/session/x.sock\")' "
+                   "2>/dev/null; echo BIND=$?; echo DONE-$((6*7))", "DONE-42")
+    assert "MV=1" in out and "BIND=1" in out, out
+    # killing the server ends the session; the URL never answers anything of the researcher's
+    term.type("for p in /proc/[0-9]*; do grep -qa vre_session.serve $p/cmdline 2>/dev/null && kill -9 ${p#/proc/}; done\r")
+    assert wait_for(lambda: _status(c) != 200, timeout=30)
+    assert wait_for(lambda: c.server_state(PROJECT) is None or not c.server_state(PROJECT).get("ready"), timeout=30)
+    r = requests.get(f"{c.server_url(PROJECT)}/api/status", headers=auth(c), timeout=10, allow_redirects=False)
+    # the hub's answer for a server that does not run (a redirect into /hub/), nobody else's
+    assert r.status_code in (302, 424, 503) and r.status_code != 200, (r.status_code, r.headers)
+    assert r.status_code != 302 or r.headers["Location"].startswith("/hub/user/alice/lung-screening"), r.headers
+    c.start(PROJECT)
+    assert _status(c) == 200
+
+
 # --- the layer is the front door: it comes back -------------------------------------------------
 def test_a_restarted_layer_serves_the_session_again(hub, alice):
     c, _k = alice

@@ -292,17 +292,24 @@ result = True
 
 def test_no_user_namespaces_inside(alice, hub):
     """A process that became root of a user namespace of its own could over-mount paths and
-    escape per-mount observation: sandboxes allow none (containers: see the README's threat model)."""
-    if hub.session_backend != "sandbox":
-        pytest.skip("containers: a seccomp profile refusing CLONE_NEWUSER is not applied yet")
+    escape per-mount observation: sandboxes (bubblewrap's --disable-userns) and containers (the
+    VRE's seccomp profile) allow none, by unshare, clone or clone3; threads and fork still work."""
     _, k = alice
     result = inside(k, """
-import ctypes, os
+import ctypes, os, subprocess, threading
 libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWUSER = 0x10000000
-result = "created" if libc.unshare(CLONE_NEWUSER) == 0 else os.strerror(ctypes.get_errno())
+result = {"unshare": "created" if libc.unshare(CLONE_NEWUSER) == 0 else os.strerror(ctypes.get_errno())}
+r = subprocess.run(["unshare", "-U", "-r", "true"], capture_output=True, text=True)
+result["unshare -U"] = r.returncode
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+result["fork"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 """)
-    assert result != "created"
+    assert result["unshare"] != "created" and result["unshare -U"] != 0, result
+    assert result["fork"] == 7
 
 
 # --- network ----------------------------------------------------------------------------------
@@ -340,8 +347,10 @@ result = {"dev": dev, "routes": routes, "routes6": routes6}
 
 def test_host_loopback_and_hub_ports_unreachable(alice, hub, host_listener):
     _, k = alice
-    hub_port = int(hub.url.rsplit(":", 1)[1])
+    hub_port = int(hub.url.rsplit(":", 1)[1])  # the access layer's public port
     proxy_api_port = int(hub.env["VRE_PROXY_API_URL"].rsplit(":", 1)[1])
+    chp = (Path(f"/proc/{(hub.state / 'proxy.pid').read_text().strip()}/cmdline").read_bytes().split(b"\0"))
+    proxy_port = int(chp[chp.index(b"--port") + 1])  # configurable-http-proxy behind the layer
     # the host's side of the project network (containers: the bridge's gateway address), with a
     # listener of its own on each address; the sandbox's island has no host side
     side = []
@@ -350,7 +359,7 @@ def test_host_loopback_and_hub_ports_unreachable(alice, hub, host_listener):
         srv.bind((address, 0))
         srv.listen()
         side.append(srv)
-    targets = [("127.0.0.1", p) for p in (host_listener, hub_port, proxy_api_port)]
+    targets = [("127.0.0.1", p) for p in (host_listener, hub_port, proxy_api_port, proxy_port)]
     targets += [s.getsockname() for s in side]
     try:
         result = inside(k, f"""

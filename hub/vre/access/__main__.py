@@ -69,11 +69,12 @@ def drop_privileges(settings: Settings) -> None:
         raise SystemExit("the access layer could not drop root")
 
 
-async def serve(settings: Settings, listeners: dict, broker_sock: socket.socket, secrets: dict, chp_url: str) -> None:
+async def serve(settings: Settings, listeners: dict, broker_socks: list, secrets: dict, chp_url: str) -> None:
     login = Login(api_url=unix_url(settings.hub_socket_dir / "hub.sock") + "/hub/api",
                   api_token=secrets["api_token"], secret=secrets["cookie_secret"])
     routes = RouteTable(settings.proxy_api_url, secrets["chp_token"])
-    layer = AccessLayer(login=login, routes=routes, broker=broker_mod.BrokerClient(broker_sock), chp_url=chp_url)
+    checks, records = (broker_mod.BrokerClient(s) for s in broker_socks)
+    layer = AccessLayer(login=login, routes=routes, checks=checks, records=records, chp_url=chp_url)
     try:
         await layer.start()
     except Exception as e:  # noqa: BLE001 - the proxy may still be starting: routes load on first use
@@ -122,22 +123,23 @@ def main() -> None:
     os.chmod(directory, 0o700)
     listeners = {"public": _public_listener(settings.bind_url), "internal": _unix_listener(internal_socket(settings)),
                  "control": _unix_listener(control_socket(settings))}
-    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in ("checks", "records")]
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        for s in (*listeners.values(), parent_end):
+        for s in (*listeners.values(), *(parent for parent, _ in pairs)):
             s.close()
         try:
-            broker_mod.run_child(settings, child_end)
+            broker_mod.run_child(settings, [child for _, child in pairs])
         finally:
             os._exit(0)
-    child_end.close()
+    for _, child in pairs:
+        child.close()
     drop_privileges(settings)
     # The broker (root) cannot be signalled from here any more: it exits when this end closes,
     # or with this process (its parent-death signal).
-    asyncio.run(serve(settings, listeners, parent_end, secrets, chp_url))
+    asyncio.run(serve(settings, listeners, [parent for parent, _ in pairs], secrets, chp_url))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ unprivileged layer may not answer itself.
 
 The layer faces the network and runs as its own uid without capabilities; it cannot read a
 researcher's home (to resolve a path) nor the VRE's databases (root-only). At start, before it
-drops privileges, it forks this broker and keeps one end of a socket pair: the broker's only
-input. Requests are length-prefixed JSON, answered in order:
+drops privileges, it forks this broker and keeps one end of two socket pairs, the broker's only
+input: one for path checks (on the request path of file routes), one for records (audit and
+egress, which wait on durable commits), so a check never queues behind a commit. Each is served
+by its own thread; requests are length-prefixed JSON, answered in order:
 
 * ``classify {session, path}``: where a session path leads (:mod:`vre.access.resolve`, from the
   mount table the hub wrote to the session's run directory), and whether it is DICOM;
@@ -25,6 +27,8 @@ import os
 import signal
 import socket
 import struct
+import threading
+import time
 
 from sqlalchemy import select
 
@@ -38,6 +42,7 @@ log = logging.getLogger("vre.access.broker")
 _LEN = struct.Struct("!I")
 MAX_MESSAGE = 8 << 20
 SOURCE = "access-layer"
+ROLE_CACHE_SECONDS = 60
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -59,6 +64,7 @@ class Broker:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._maps: dict[str, tuple[float, MountMap]] = {}
+        self._roles: dict[str, tuple[float, str]] = {}
 
     def _map(self, session: str) -> MountMap:
         if "/" in session or session.startswith("."):
@@ -91,7 +97,15 @@ class Broker:
         return worst[1] if worst else {"kind": "system", "path": path, "exists": False, "dir": False, "dicom": False}
 
     def _role(self, name: str) -> str:
-        return role_of(self.settings, name) if name else "anonymous"
+        """An actor's role, looked up at most once a minute (every audited cell needs it)."""
+        if not name:
+            return "anonymous"
+        now = time.monotonic()
+        cached = self._roles.get(name)
+        if cached is None or now - cached[0] > ROLE_CACHE_SECONDS:
+            cached = (now, role_of(self.settings, name))
+            self._roles[name] = cached
+        return cached[1]
 
     def audit(self, events: list[dict]) -> int:
         built = []
@@ -164,15 +178,21 @@ def _event(e: dict, role_of) -> Event:
     return Event(source=SOURCE, **fields)
 
 
-def run_child(settings: Settings, sock: socket.socket) -> None:
-    """The broker's process body (forked by the layer before it drops privileges)."""
+def run_child(settings: Settings, socks: list[socket.socket]) -> None:
+    """The broker's process body (forked by the layer before it drops privileges): one thread per
+    socket; it ends when the layer closes them (or dies)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the layer
     libc.prctl(4, 0, 0, 0, 0)               # PR_SET_DUMPABLE 0: no ptrace, no /proc/<pid>/mem
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.umask(0o077)
-    Broker(settings).serve(sock)
+    broker = Broker(settings)
+    threads = [threading.Thread(target=broker.serve, args=(s,), daemon=True) for s in socks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 class BrokerClient:

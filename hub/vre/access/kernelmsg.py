@@ -80,14 +80,14 @@ def executed_code(msg: Message | None) -> tuple[str, str] | None:
     return None
 
 
-def stream_notice(parent: Message, text: str, subprotocol: str | None) -> bytes | str:
-    """An iopub ``stream`` (stderr) message answering ``parent``'s request, so the notice shows in
-    the cell whose output it replaces."""
+def stream_notice(replaced: Message, text: str, subprotocol: str | None) -> bytes | str:
+    """An iopub ``stream`` (stderr) message in place of ``replaced`` (same parent request), so the
+    notice shows in the cell whose output it replaces."""
     header = {"msg_id": uuid.uuid4().hex, "msg_type": "stream", "username": "vre-access",
-              "session": parent.header.get("session", ""), "date": "", "version": "5.3"}
+              "session": replaced.header.get("session", ""), "date": "", "version": "5.3"}
     content = {"name": "stderr", "text": text}
     if subprotocol == V1:
-        parts = [b"iopub", json.dumps(header).encode(), json.dumps(parent.parent_header).encode(), b"{}",
+        parts = [b"iopub", json.dumps(header).encode(), json.dumps(replaced.parent_header).encode(), b"{}",
                  json.dumps(content).encode()]
         count = len(parts) + 1
         offsets = [8 * (count + 1)]
@@ -95,5 +95,5 @@ def stream_notice(parent: Message, text: str, subprotocol: str | None) -> bytes 
             offsets.append(offsets[-1] + len(p))
         return (count.to_bytes(8, "little") + b"".join(o.to_bytes(8, "little") for o in offsets)
                 + b"".join(parts))
-    return json.dumps({"channel": "iopub", "header": header, "parent_header": parent.parent_header,
+    return json.dumps({"channel": "iopub", "header": header, "parent_header": replaced.parent_header,
                        "metadata": {}, "content": content, "buffers": []})

@@ -64,14 +64,16 @@ def _json_error(status: int, reason: str, message: str, **headers) -> web.Respon
 
 
 class AccessLayer:
-    def __init__(self, *, login: Login, routes: RouteTable, broker: BrokerClient, chp_url: str,
-                 public_host: str | None = None):
+    def __init__(self, *, login: Login, routes: RouteTable, checks: BrokerClient, records: BrokerClient,
+                 chp_url: str):
         self.login = login
         self.routes = routes
-        self.broker = broker
+        self.checks = checks      # path checks, on the request path
+        self.records = records    # audit and egress: durable commits
         self.chp_url = chp_url.rstrip("/")
-        self.public_host = public_host
-        self.meter = Meter(lambda rows: broker.call("egress", rows=rows))
+        self.meter = Meter(lambda rows: records.call("egress", rows=rows))
+        self._pending: list[tuple[list[dict], asyncio.Future]] = []
+        self._flushing = False
         self.chp = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
             skip_auto_headers=("Accept-Encoding", "User-Agent"),
@@ -90,7 +92,7 @@ class AccessLayer:
     async def start(self) -> None:
         await self.routes.refresh()
         try:
-            self.meter.load((await self.broker.call("egress_today", day=self.meter.day))["rows"])
+            self.meter.load((await self.records.call("egress_today", day=self.meter.day))["rows"])
         except BrokerError as e:
             log.error("could not read today's egress totals: %s", e)
         self._spawn(self.meter.run())
@@ -170,8 +172,7 @@ class AccessLayer:
         caller = await self.identify(request, websocket)
         if caller is None:
             self._note_anonymous(route, request)
-            navigation = (request.method == "GET" and not websocket and (
-                request.headers.get("Sec-Fetch-Mode") == "navigate" or "text/html" in request.headers.get("Accept", "")))
+            navigation = request.method == "GET" and not websocket and _is_navigation(request, route, raw)
             if navigation:
                 url, state = self.login.start(request.raw_path)
                 resp = web.HTTPFound(url)
@@ -218,7 +219,7 @@ class AccessLayer:
 
     async def _file_check(self, route: SessionRoute, r: policy.Route, request: web.Request):
         try:
-            check = await self.broker.call("classify", session=route.session, path=r.path or "")
+            check = await self.checks.call("classify", session=route.session, path=r.path or "")
         except BrokerError as e:
             log.error("cannot resolve %s in %s: %s", r.path, route.session, e)
             return policy.Verdict(False, "unresolved", "The VRE could not check this file; try again."), None
@@ -463,17 +464,36 @@ class AccessLayer:
         return await self._record_many([event])
 
     async def _record_many(self, events: list[dict]) -> bool:
+        """Store events durably; True once stored. Concurrent callers share one commit (group
+        commit): whatever queues while a commit runs goes in the next one."""
         stamped = []
         for e in events:
             e = {k: v for k, v in e.items() if v is not None}
             e.setdefault("time", _now())
             stamped.append(e)
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((stamped, done))
+        if not self._flushing:
+            self._flushing = True
+            self._spawn(self._flush_records())
+        return await done
+
+    async def _flush_records(self) -> None:
         try:
-            await self.broker.call("audit", events=stamped)
-            return True
-        except BrokerError as e:
-            log.error("AUDIT FAILURE: %s (%s)", e, [x["action"] for x in stamped])
-            return False
+            while self._pending:
+                batch, self._pending = self._pending, []
+                events = [e for group, _ in batch for e in group]
+                try:
+                    await self.records.call("audit", events=events)
+                    ok = True
+                except BrokerError as e:
+                    log.error("AUDIT FAILURE: %s (%s)", e, sorted({x["action"] for x in events}))
+                    ok = False
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(ok)
+        finally:
+            self._flushing = False
 
     async def _refused(self, caller, route, request, r: policy.Route, reason: str, path, check: dict | None) -> None:
         await self._record(dict(action="download.refused", actor=caller.name if caller else route.user,
@@ -527,6 +547,19 @@ class AccessLayer:
                                                     first=False))
         if events:
             await self._record_many(events)
+
+
+def _is_navigation(request: web.Request, route: SessionRoute, raw: str) -> bool:
+    """A page load (sent into the login) rather than an API call (answered 401): what the browser
+    says (``Sec-Fetch-Mode``), else, for clients that say nothing, whether it asks for HTML or a
+    page rather than an API path (as jupyter_server tells pages from APIs)."""
+    mode = request.headers.get("Sec-Fetch-Mode")
+    if mode is not None:
+        return mode == "navigate"
+    if "text/html" in request.headers.get("Accept", ""):
+        return True
+    rest = raw[len(route.prefix):] if raw.startswith(route.prefix) else ""
+    return not rest.startswith(("api/", "lab/api/", "vre/api/", "files/", "terminals/"))
 
 
 def _https(request: web.Request) -> bool:

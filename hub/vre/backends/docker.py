@@ -42,6 +42,7 @@ from traitlets import Bool, CaselessStrEnum, Dict, Integer, List, Unicode, defau
 from .. import gpus
 from ..plan import HOME, SessionPlan
 from ..settings import Settings
+from . import seccomp
 from .plan_spawner import PlanSpawner, server_args, server_command
 
 CFS_PERIOD_US = 100_000
@@ -98,11 +99,12 @@ def container_config(settings: Settings, plan: SessionPlan, *, image: str, name:
                      env: dict[str, str], command: list[str], gpu_devices=(), gpu_nodes=(),
                      gpu_mode: str = "devices", pids_limit: int = 2048, tmp_size: str = "2g",
                      extra_ro_paths=(), umask: int = 0o002, init: bool = True,
-                     engine: str = "podman") -> tuple[dict, dict]:
+                     engine: str = "podman", seccomp: str | None = None) -> tuple[dict, dict]:
     """(create_container kwargs without host_config, create_host_config kwargs) for ``plan``.
 
     ``init``: let the engine run an init as pid 1 (for images without an init entrypoint).
     ``engine``: ``podman`` or ``docker`` (they differ in how a tmpfs becomes the user's).
+    ``seccomp``: the ``seccomp=`` security option (``vre.backends.seccomp``: no user namespaces).
     """
     binds = []
 
@@ -128,7 +130,7 @@ def container_config(settings: Settings, plan: SessionPlan, *, image: str, name:
         tmpfs={"/tmp": f"rw,nosuid,nodev,{owner},size={tmp_size}", "/var/tmp": f"rw,nosuid,nodev,{owner},size=64m",
                "/run": "rw,nosuid,nodev,noexec,size=16m"},
         cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
+        security_opt=["no-new-privileges", *([seccomp] if seccomp else [])],
         group_add=[str(settings.sessions_gid)],
         init=init,
         ipc_mode="private",
@@ -219,6 +221,7 @@ class VREDockerSpawner(PlanSpawner, DockerSpawner):
                                      "with `vre images build`") from None
         self._progress(30, f"Joining the project's network island (internal network {plan.network}: no route out)")
         await self._remove_container(self.object_name)  # a leftover of a crashed run never lingers
+        engine = await self._engine()
         create, host = container_config(
             self.settings, plan, image=image, name=self.object_name,
             env=self._environment(plan), command=[*server_command("python"), *server_args(plan, self.args)],
@@ -226,7 +229,8 @@ class VREDockerSpawner(PlanSpawner, DockerSpawner):
             pids_limit=self.pids_limit, tmp_size=self.tmp_size, extra_ro_paths=self.extra_ro_paths,
             umask=self.session_umask,
             # the notebook image's entrypoint is an init (tini); images without one get the engine's
-            init=not (image_info.get("Config") or {}).get("Entrypoint"), engine=await self._engine())
+            init=not (image_info.get("Config") or {}).get("Entrypoint"), engine=engine,
+            seccomp=await asyncio.to_thread(seccomp.security_opt, self.settings, engine))
         create["host_config"] = self.client.create_host_config(**host)
         async with _locks.setdefault(plan.network, asyncio.Lock()):
             await self._ensure_network(plan)
