@@ -357,7 +357,7 @@ def _freeze_all(settings, request_id: int, todo: list[tuple[int, store.Candidate
             continue
         fr = store.freeze(settings, request_id, c, rules, limit=rules.max_file_bytes, copy=copy)
         total += fr.size
-        if not fr.problems:
+        if fr.sha256 and fr.size <= rules.max_file_bytes:  # read whole: say so even beside other problems
             twin = store.DATASETS.match(datasets, fr.size, fr.sha256)
             if twin:
                 fr.problems.append(f"is byte for byte the dataset file {twin}: dataset files never leave the "
