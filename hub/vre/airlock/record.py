@@ -16,7 +16,7 @@ import json
 from ..audit.keys import PUBLIC_NAME, key_id, load_or_create, load_public, sign, signature_ok
 from ..audit.schema import canonical_json, format_time
 from ..db import AirlockRequest
-from .review import file_status
+from .review import file_status, index
 
 RECORD_VERSION = 1
 
@@ -28,11 +28,13 @@ def _t(value):
 def build(req: AirlockRequest, *, released_by: str, released_at) -> dict:
     """The record of ``req`` as released now (files whose status is approved are the ones released)."""
     names = {r.reviewer_id: r.reviewer.name for r in req.reviews}
+    by = index(req)
     files = []
     for f in req.files:
+        status = file_status(req, f, by)
         files.append({"id": f.id, "name": f.name, "path": f.path, "description": f.description, "size": f.size,
                       "sha256": f.sha256, "version": f.version, "frozen_at": _t(f.frozen_at),
-                      "status": file_status(req, f), "released": file_status(req, f) == "approved"})
+                      "status": status, "released": status == "approved"})
     return {
         "record_version": RECORD_VERSION,
         "request": req.id,

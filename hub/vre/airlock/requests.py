@@ -99,7 +99,8 @@ def _t(value: dt.datetime | None) -> str | None:
 
 # --- what a caller sees -----------------------------------------------------------------------
 def to_dict(req: AirlockRequest, account: vdb.Account, caps: set, *, detail: bool = True) -> dict:
-    phase = R.phase(req)
+    by = R.index(req)
+    phase = R.phase(req, by)
     blinded = phase == "independent"
     mine = {}
     if blinded and "checker" in caps:
@@ -115,18 +116,19 @@ def to_dict(req: AirlockRequest, account: vdb.Account, caps: set, *, detail: boo
     data = {
         "id": req.id, "project": req.project.slug, "author": req.author.name, "title": req.title,
         "state": req.state, "phase": phase, "round": req.round, "reviews_required": req.reviews_required,
-        "reviews_complete": len(R.completed_reviewers(req)),
+        "reviews_complete": len(R.completed_reviewers(req, by)),
         "created_at": _t(req.created_at), "submitted_at": _t(req.submitted_at), "updated_at": _t(req.updated_at),
         "released_at": _t(req.released_at), "file_count": len(files),
         "total_size": sum(f["size"] or 0 for f in files), "you": sorted(caps), "actions": R.actions(req, caps),
     }
     if not detail:
         return data
+    current = {(f.id, f.version) for f in req.files}
     data.update({
         "justification": req.justification, "files": files, "rules": req.rules,
         "reviews": [{"id": r.id, "file": r.file_id, "file_version": r.file_version, "reviewer": r.reviewer.name,
                      "decision": r.decision, "comment": r.comment, "phase": r.phase, "time": _t(r.created_at),
-                     "current": any(f.id == r.file_id and f.version == r.file_version for f in req.files)}
+                     "current": (r.file_id, r.file_version) in current}
                     for r in R.visible_reviews(req, account, caps)],
         "history": [{"from": h.from_state, "to": h.to_state, "actor": h.actor, "comment": h.comment,
                      "time": _t(h.at)} for h in req.history],
@@ -545,19 +547,24 @@ def review(settings, who: Actor, request_id: int, decisions: list[dict]) -> dict
         c = _ctx(db, who, request_id)
         _as_reviewer(settings, who, c, "airlock.review", "review")
         before, state_before = R.phase(c.req), c.req.state
-        made = []
+        by_id = {f.id: f for f in c.req.files}
+        batch = []
         for d in decisions:
             if not isinstance(d, dict) or "file" not in d:
                 raise VREError('each decision needs "file" (an id from the request\'s files) and "decision"')
-            f = _file(c.req, d["file"])
-            r = R.record_decision(c.req, f, c.account, str(d.get("decision") or ""), str(d.get("comment") or ""))
-            made.append({"file": f.name, "file_id": f.id, "sha256": f.sha256, "version": f.version,
-                         "decision": r.decision, "phase": r.phase, "comment": r.comment})
+            try:
+                f = by_id[int(d["file"])]
+            except (KeyError, TypeError, ValueError):
+                raise NotFound(f"request {c.req.id} has no file {d['file']}") from None
+            batch.append((f, str(d.get("decision") or ""), str(d.get("comment") or "")))
+        made = [{"file": f.name, "file_id": f.id, "sha256": f.sha256, "version": f.version, "decision": r.decision,
+                 "phase": r.phase, "comment": r.comment}
+                for (f, _, _), r in zip(batch, R.record_decisions(c.req, c.account, batch))]
         after, state = R.phase(c.req), c.req.state
         out = to_dict(c.req, c.account, c.caps)
         project = c.req.project.slug
-        reviewers = sorted({rv.reviewer.name for rv in c.req.reviews
-                            if rv.reviewer_id in R.completed_reviewers(c.req)})
+        completed = set(R.completed_reviewers(c.req))
+        reviewers = sorted({rv.reviewer.name for rv in c.req.reviews if rv.reviewer_id in completed})
     if state_before == "submitted" and state == "in_review":
         _audit(settings, who, "airlock.review_start", request_id=request_id, project=project, caps=c.caps)
     for m in made:

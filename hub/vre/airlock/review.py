@@ -125,31 +125,43 @@ def actions(req: AirlockRequest, caps: set[str]) -> list[str]:
 
 
 # --- reviews -------------------------------------------------------------------------------------
-def current_reviews(req: AirlockRequest, f: AirlockFile) -> list[AirlockReview]:
-    return [r for r in req.reviews if r.file_id == f.id and r.file_version == f.version]
+def index(req: AirlockRequest) -> dict[tuple[int, int], list[AirlockReview]]:
+    """Reviews by (file id, file version), in order: one pass, so that every question below is
+    linear in files + reviews (a request may hold thousands of each)."""
+    by: dict[tuple[int, int], list[AirlockReview]] = {}
+    for r in req.reviews:
+        by.setdefault((r.file_id, r.file_version), []).append(r)
+    return by
 
 
-def completed_reviewers(req: AirlockRequest) -> list[int]:
+def current_reviews(req: AirlockRequest, f: AirlockFile, by=None) -> list[AirlockReview]:
+    return (by if by is not None else index(req)).get((f.id, f.version), [])
+
+
+def completed_reviewers(req: AirlockRequest, by=None) -> list[int]:
     """Reviewers who have decided on the current version of every file."""
     if not req.files:
         return []
+    by = by if by is not None else index(req)
     done = None
     for f in req.files:
-        ids = {r.reviewer_id for r in current_reviews(req, f)}
+        ids = {r.reviewer_id for r in by.get((f.id, f.version), ())}
         done = ids if done is None else done & ids
+        if not done:
+            return []
     return sorted(done or ())
 
 
-def phase(req: AirlockRequest) -> str | None:
+def phase(req: AirlockRequest, by=None) -> str | None:
     """``independent`` or ``consolidation`` while under review; None in other states."""
     if req.state not in REVIEWABLE:
         return None
-    return "consolidation" if len(completed_reviewers(req)) >= req.reviews_required else "independent"
+    return "consolidation" if len(completed_reviewers(req, by)) >= req.reviews_required else "independent"
 
 
-def file_status(req: AirlockRequest, f: AirlockFile) -> str:
+def file_status(req: AirlockRequest, f: AirlockFile, by=None) -> str:
     """pending | approved | changes | rejected | conflict, from the current version's decisions."""
-    revs = current_reviews(req, f)
+    revs = current_reviews(req, f, by)
     resolved = [r for r in revs if r.phase == "consolidation"]
     if resolved:
         return STATUS_OF[resolved[-1].decision]
@@ -163,8 +175,9 @@ def file_status(req: AirlockRequest, f: AirlockFile) -> str:
 
 
 def refresh_status(req: AirlockRequest) -> None:
+    by = index(req)
     for f in req.files:
-        f.status = file_status(req, f) if f.sha256 else "pending"
+        f.status = file_status(req, f, by) if f.sha256 else "pending"
 
 
 def visible_reviews(req: AirlockRequest, account: Account, caps: set[str]) -> list[AirlockReview]:
@@ -176,43 +189,50 @@ def visible_reviews(req: AirlockRequest, account: Account, caps: set[str]) -> li
     return list(req.reviews)
 
 
-def record_decision(req: AirlockRequest, f: AirlockFile, reviewer: Account, decision: str, comment: str) -> AirlockReview:
-    """Add one decision (the caller checked who may decide)."""
-    if decision not in DECISIONS:
-        raise VREError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
+def record_decisions(req: AirlockRequest, reviewer: Account, decisions: list[tuple[AirlockFile, str, str]]
+                     ) -> list[AirlockReview]:
+    """Add a reviewer's decisions [(file, decision, comment)] made together, in the phase the request
+    was in when they were made (the caller checked who may decide)."""
     if req.state not in REVIEWABLE:
         raise WrongState(f"request {req.id} is {req.state.replace('_', ' ')}: there is nothing to review")
-    if not f.sha256:
-        raise WrongState(f"file {f.name!r} is not frozen yet")
-    if decision != "approve" and not (comment or "").strip():
-        raise VREError("say why in a comment: the author needs to know what to change")
     current = phase(req)
-    review = AirlockReview(file_id=f.id, file_version=f.version, reviewer_id=reviewer.id, decision=decision,
-                           comment=(comment or "").strip(), phase=current, created_at=utcnow())
-    review.reviewer = reviewer
-    req.reviews.append(review)
+    now = utcnow()
+    made = []
+    for f, decision, comment in decisions:
+        if decision not in DECISIONS:
+            raise VREError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
+        if not f.sha256:
+            raise WrongState(f"file {f.name!r} is not frozen yet")
+        if decision != "approve" and not (comment or "").strip():
+            raise VREError(f"{f.name}: say why in a comment: the author needs to know what to change")
+        review = AirlockReview(file_id=f.id, file_version=f.version, reviewer_id=reviewer.id, decision=decision,
+                               comment=(comment or "").strip(), phase=current, created_at=now)
+        review.reviewer = reviewer
+        req.reviews.append(review)
+        made.append(review)
     if req.state == "submitted":
         transition(req, "in_review", reviewer.name)
-    req.updated_at = utcnow()
+    req.updated_at = now
     refresh_status(req)
-    return review
+    return made
 
 
 def release_problems(req: AirlockRequest) -> list[str]:
     """Why the request cannot be released now (empty: it can)."""
-    if phase(req) != "consolidation":
+    by = index(req)
+    if phase(req, by) != "consolidation":
         return [f"{req.reviews_required} independent reviews are needed first "
-                f"({len(completed_reviewers(req))} complete)"]
+                f"({len(completed_reviewers(req, by))} complete)"]
     problems = []
     for f in req.files:
-        status = file_status(req, f)
+        status = file_status(req, f, by)
         if status == "conflict":
             problems.append(f"{f.name}: the reviewers disagree; decide it in the consolidation phase")
         elif status == "changes":
             problems.append(f"{f.name}: changes were requested; return the request to the author")
         elif status == "pending":
             problems.append(f"{f.name}: no decision yet")
-    if not problems and not any(file_status(req, f) == "approved" for f in req.files):
+    if not problems and not any(file_status(req, f, by) == "approved" for f in req.files):
         problems.append("no file is approved: reject the request instead")
     return problems
 
