@@ -282,6 +282,11 @@ class AirlockRequest(Base):
     #: The signed release record (canonical JSON) and its Ed25519 signature (base64).
     record: Mapped[str | None] = mapped_column(Text, nullable=True)
     record_signature: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Optimistic lock: every UPDATE of the row says ``WHERE rev = <the rev it read>``, so of two
+    #: changes made at once (two submissions, two reviews) one fails instead of both applying.
+    rev: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+    __mapper_args__ = {"version_id_col": rev}
 
     project: Mapped[Project] = relationship()
     author: Mapped[Account] = relationship()

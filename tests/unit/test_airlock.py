@@ -301,3 +301,75 @@ def test_withdraw_and_nothing_after(world):
         ops.submit(world, who("ann"), rid)
     with pytest.raises(R.WrongState):
         review_all(world, rid, "chk1")
+
+
+def test_names_with_odd_characters(world):
+    (home(world) / "résumé table (v2).csv").write_text("a\n1\n")
+    (home(world) / "bad\nname.csv").write_text("a\n1\n")
+    r = ops.create(world, who("ann"), "lung", "x", "", ["résumé table (v2).csv", "bad\nname.csv"])
+    report = ops.check(world, who("ann"), r["id"])
+    problems = {f["name"]: f["problems"] for f in report["files"]}
+    assert problems["résumé table (v2).csv"] == []
+    assert "control characters" in " ".join(problems["bad\nname.csv"])
+
+
+def test_two_submissions_at_once_one_wins_and_nothing_is_left_over(world):
+    import threading
+
+    (home(world) / "big.txt").write_bytes(os.urandom(8 << 20))
+    r = ops.create(world, who("ann"), "lung", "x", "", ["big.txt", "project/out/table.csv"])
+    results = []
+
+    def go():
+        try:
+            results.append(ops.submit(world, who("ann"), r["id"])["state"])
+        except VREError as e:
+            results.append(type(e).__name__)
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["WrongState", "submitted"]
+    stored = {f["sha256"] for f in ops.get(world, who("ann"), r["id"])["files"]}
+    assert len(list((world.state_dir / "airlock" / str(r["id"])).iterdir())) == 2 == len(stored)
+
+
+def test_routes_roles_and_groups():
+    from vre.api import routes
+    from vre.roles import AIRLOCK_REVIEW_SCOPE, AIRLOCK_SCOPE, CHECKER_GROUP, groups_for, load_roles
+
+    sessions = [r[0] for r in routes(Settings(), sessions_only=True)]
+    assert r"api/airlock/requests" in sessions and any(p.endswith("(check|submit|withdraw)") for p in sessions)
+    assert not any("reviews" in p or "preview" in p or "release" in p for p in sessions)
+    full = [r[0] for r in routes(Settings())]
+    assert any(p.endswith("/reviews") for p in full) and any(p.endswith("/preview") for p in full)
+    roles = {r["name"]: r for r in load_roles()}
+    assert AIRLOCK_SCOPE in roles["user"]["scopes"] and AIRLOCK_SCOPE in roles["server"]["scopes"]
+    assert AIRLOCK_REVIEW_SCOPE not in roles["server"]["scopes"]
+    assert roles["output-checker"]["groups"] == [CHECKER_GROUP]
+    assert groups_for("researcher", True) == [CHECKER_GROUP] and groups_for("researcher") == []
+
+
+def test_cli_checker_and_rules(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    vre = str(Path(sys.executable).parent / "vre")
+    env = {**os.environ, "VRE_STATE_DIR": str(tmp_path / "state"), "VRE_RUN_DIR": "/tmp/vre-cli-run"}
+
+    def run(*args, input=None):
+        return subprocess.run([vre, *args], env=env, capture_output=True, text=True, input=input, timeout=120)
+    assert run("user", "add", "carl", "--password-stdin", input="carl-password-1\n").returncode == 0
+    assert run("user", "add", "aud", "--role", "auditor", "--password-stdin", input="aud-password-12\n").returncode == 0
+    assert run("user", "set-checker", "carl", "on").returncode == 0
+    r = run("user", "set-checker", "aud", "on")
+    assert r.returncode == 2 and "auditor" in r.stderr
+    assert run("project", "create", "lung", "--title", "Lung").returncode == 0
+    r = run("project", "set-airlock-rules", "lung", "--reviews", "1", "--extensions", "csv,png", "--max-file", "1M")
+    assert r.returncode == 0 and json.loads(r.stdout)["reviews_required"] == 1
+    r = run("project", "set-airlock-rules", "lung", "--max-file", "1G")
+    assert r.returncode == 2 and "max-request" in r.stderr
+    r = run("airlock", "submit", "1")
+    assert r.returncode == 2 and "--as" in r.stderr

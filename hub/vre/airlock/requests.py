@@ -12,9 +12,11 @@ submission) are recorded too, as ``outcome=denied``.
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.orm.exc import StaleDataError
 
 from .. import db as vdb
 from ..audit.events import cli_actor, emit, role_of
@@ -51,6 +53,17 @@ class Actor:
     checker_scope: bool = False
     via: str = "api"
     client: str | None = None
+
+
+@contextmanager
+def _tx(settings):
+    """A transaction; a request changed by someone else meanwhile (its ``rev``) is a WrongState."""
+    try:
+        with vdb.session_scope(settings.vre_db_url) as db:
+            yield db
+    except StaleDataError:
+        raise R.WrongState("the request changed at the same moment (another submission or review); "
+                           "look at it again and retry") from None
 
 
 @dataclass
@@ -138,7 +151,7 @@ def to_dict(req: AirlockRequest, account: vdb.Account, caps: set, *, detail: boo
 
 
 def get(settings, who: Actor, request_id: int) -> dict:
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         return to_dict(c.req, c.account, c.caps)
 
@@ -149,7 +162,7 @@ def list_requests(settings, who: Actor, *, project: str | None = None, state: st
     requests a checker may review now)."""
     if state is not None and state not in vdb.AIRLOCK_STATES:
         raise VREError(f"state must be one of {', '.join(vdb.AIRLOCK_STATES)}")
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         account = db.scalar(select(vdb.Account).where(vdb.Account.name == who.name))
         if account is None:
             return []
@@ -175,7 +188,7 @@ def list_requests(settings, who: Actor, *, project: str | None = None, state: st
 
 
 def rules_for(settings, who: Actor, project: str) -> dict:
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         p = get_project(db, project)
         account = db.scalar(select(vdb.Account).where(vdb.Account.name == who.name))
         if account is None or not (any(m.account_id == account.id for m in p.members) or account.output_checker):
@@ -241,7 +254,7 @@ def create(settings, who: Actor, project: str, title: str, justification: str = 
     if not isinstance(justification, str):
         raise VREError("justification must be text")
     items = _items(files)
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         account = db.scalar(select(vdb.Account).where(vdb.Account.name == who.name))
         try:
             store.mount_map(db, settings, who.name, project)  # a member who may work in the project
@@ -266,7 +279,7 @@ def add_files(settings, who: Actor, request_id: int, files) -> dict:
     items = _items(files)
     if not items:
         raise VREError("name at least one file or folder to add")
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "add files to it")
         if c.req.state not in R.EDITABLE:
@@ -287,7 +300,7 @@ def _file(req: AirlockRequest, file_id) -> AirlockFile:
 
 
 def remove_file(settings, who: Actor, request_id: int, file_id: int) -> dict:
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "remove files")
         if c.req.state not in R.EDITABLE:
@@ -308,7 +321,7 @@ def remove_file(settings, who: Actor, request_id: int, file_id: int) -> dict:
 def edit(settings, who: Actor, request_id: int, *, title: str | None = None, justification: str | None = None,
          descriptions: dict | None = None) -> dict:
     """Change the title, justification or file descriptions (draft, or changes requested)."""
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "edit it")
         if c.req.state not in R.EDITABLE:
@@ -396,7 +409,7 @@ def _prepare(db, settings, c: _Ctx, file_ids=None, paths: dict | None = None):
 
 def check(settings, who: Actor, request_id: int) -> dict:
     """Every rule violation of the request as it would be submitted now, per file (changes nothing)."""
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "check it")
         todo, rules, datasets, already = _prepare(db, settings, c)
@@ -421,14 +434,14 @@ def check(settings, who: Actor, request_id: int) -> dict:
 
 def submit(settings, who: Actor, request_id: int) -> dict:
     """Freeze the files not yet frozen and submit for review; Refused (nothing changed) lists problems."""
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "submit it")
         if c.req.state not in R.EDITABLE:
             raise R.WrongState(f"request {c.req.id} is {c.req.state.replace('_', ' ')}: only a draft or a request "
                                "returned with changes requested can be submitted")
         todo, rules, datasets, already = _prepare(db, settings, c)
-        expected = (c.req.state, c.req.round, sorted((f.id, f.version) for f in c.req.files))
+        expected = (c.req.rev, c.req.state, c.req.round, sorted((f.id, f.version) for f in c.req.files))
         count, project = len(c.req.files), c.req.project.slug
     if count == 0:
         raise Refused("the request has no files: add the results to export first", problems=["no files"])
@@ -444,9 +457,9 @@ def submit(settings, who: Actor, request_id: int) -> dict:
             + (f" (and {len(refused) - 10} more files)" if len(refused) > 10 else ""),
             files=refused, problems=problems)
     try:
-        with vdb.session_scope(settings.vre_db_url) as db:
+        with _tx(settings) as db:
             c = _ctx(db, who, request_id)
-            now = (c.req.state, c.req.round, sorted((f.id, f.version) for f in c.req.files))
+            now = (c.req.rev, c.req.state, c.req.round, sorted((f.id, f.version) for f in c.req.files))
             if now != expected:
                 raise R.WrongState(f"request {request_id} changed while its files were being copied; submit again")
             stamp = utcnow()
@@ -474,7 +487,7 @@ def submit(settings, who: Actor, request_id: int) -> dict:
 
 def update_file(settings, who: Actor, request_id: int, file_id: int, path: str | None = None) -> dict:
     """Freeze a file again (from its path, or a new one): a new version whose reviews start afresh."""
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "update its files")
         if c.req.state not in R.REVIEWABLE + ("changes_requested",):
@@ -484,7 +497,7 @@ def update_file(settings, who: Actor, request_id: int, file_id: int, path: str |
         f = _file(c.req, file_id)
         paths = {f.id: path} if path else None
         todo, rules, datasets, already = _prepare(db, settings, c, file_ids={f.id}, paths=paths)
-        expected = (c.req.state, f.version)
+        expected = (c.req.rev, c.req.state, f.version)
         project, old = c.req.project.slug, {"sha256": f.sha256, "version": f.version}
     results, refused, problems = _freeze_all(settings, request_id, todo, rules, datasets, already=already, copy=True)
     if refused or problems:
@@ -493,10 +506,10 @@ def update_file(settings, who: Actor, request_id: int, file_id: int, path: str |
             problems=problems)
     fr = results[int(file_id)]
     try:
-        with vdb.session_scope(settings.vre_db_url) as db:
+        with _tx(settings) as db:
             c = _ctx(db, who, request_id)
             f = _file(c.req, file_id)
-            if (c.req.state, f.version) != expected:
+            if (c.req.rev, c.req.state, f.version) != expected:
                 raise R.WrongState(f"request {request_id} changed meanwhile; update the file again")
             before = R.phase(c.req)
             previous = f.stored
@@ -520,7 +533,7 @@ def update_file(settings, who: Actor, request_id: int, file_id: int, path: str |
 
 
 def withdraw(settings, who: Actor, request_id: int, comment: str = "") -> dict:
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "withdraw it")
         R.transition(c.req, "withdrawn", who.name, comment or "")
@@ -543,7 +556,7 @@ def review(settings, who: Actor, request_id: int, decisions: list[dict]) -> dict
     """Record per-file decisions: ``[{"file": id, "decision": approve|changes|reject, "comment": ...}]``."""
     if not isinstance(decisions, list) or not decisions:
         raise VREError('give decisions: [{"file": <id>, "decision": "approve|changes|reject", "comment": "..."}]')
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         _as_reviewer(settings, who, c, "airlock.review", "review")
         before, state_before = R.phase(c.req), c.req.state
@@ -577,7 +590,7 @@ def review(settings, who: Actor, request_id: int, decisions: list[dict]) -> dict
 
 def _decide(settings, who: Actor, request_id: int, to: str, action: str, what: str, done: str,
             comment: str) -> dict:
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         _as_reviewer(settings, who, c, action, what)
         R.require_consolidation(c.req, done)
@@ -601,7 +614,7 @@ def reject(settings, who: Actor, request_id: int, comment: str) -> dict:
 
 def release(settings, who: Actor, request_id: int, comment: str = "") -> dict:
     """Approve and release: the approved files become downloadable, the signed record is stored."""
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         _as_reviewer(settings, who, c, "airlock.release", "release")
         R.require_consolidation(c.req, "released")
@@ -640,7 +653,7 @@ class Outgoing:
 def preview(settings, who: Actor, request_id: int, file_id: int) -> Outgoing:
     """A checker opens a frozen file (recorded before it is read: a view that cannot be recorded does
     not happen)."""
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         _as_reviewer(settings, who, c, "airlock.file_view", "preview files of")
         f = _file(c.req, file_id)
@@ -656,7 +669,7 @@ def preview(settings, who: Actor, request_id: int, file_id: int) -> Outgoing:
 def download(settings, who: Actor, request_id: int, file_id: int | None = None, *, fmt: str = "zip"):
     """The released files (all, or one) for the author or a project member, recorded before they are
     sent. Returns (files, record text, signature)."""
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         if not R.can_download(c.req, c.caps):
             if c.req.state != "released":
@@ -684,7 +697,7 @@ def download(settings, who: Actor, request_id: int, file_id: int | None = None, 
 
 def get_record(settings, who: Actor, request_id: int) -> dict:
     """The signed release record and whether its signature verifies with the audit key."""
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         if not c.req.record:
             raise NotFound(f"request {request_id} has no release record (it is {c.req.state.replace('_', ' ')})")

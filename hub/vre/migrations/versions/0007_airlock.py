@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("released_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("record", sa.Text(), nullable=True),
         sa.Column("record_signature", sa.Text(), nullable=True),
+        sa.Column("rev", sa.Integer(), nullable=False, server_default="1"),
     )
     op.create_table(
         "airlock_files",
