@@ -373,3 +373,22 @@ def test_cli_checker_and_rules(tmp_path):
     assert r.returncode == 2 and "max-request" in r.stderr
     r = run("airlock", "submit", "1")
     assert r.returncode == 2 and "--as" in r.stderr
+
+
+def test_a_folder_expands_to_its_files_without_hidden_ones(world):
+    (ws(world) / "out" / ".ipynb_checkpoints").mkdir()
+    (ws(world) / "out" / ".ipynb_checkpoints" / "x-checkpoint.ipynb").write_text(NB)
+    (ws(world) / "out" / "sub").mkdir()
+    (ws(world) / "out" / "sub" / "n.json").write_text("{}")
+    r = ops.create(world, who("ann"), "lung", "x", "", [{"path": "/home/jovyan/project/out", "description": "all"}])
+    assert sorted(f["name"] for f in r["files"]) == ["out/plot.png", "out/sub/n.json", "out/table.csv"]
+    assert {f["description"] for f in r["files"]} == {"all"}
+    assert ops.submit(world, who("ann"), r["id"])["state"] == "submitted"
+
+
+def test_previews_never_serve_active_content():
+    from vre.api.airlock import PREVIEW_CSP, PREVIEW_TYPES
+
+    assert PREVIEW_TYPES["svg"].startswith("text/plain")
+    assert not any("html" in t or "svg+xml" in t or "javascript" in t for t in PREVIEW_TYPES.values())
+    assert PREVIEW_CSP.startswith("sandbox") and "default-src 'none'" in PREVIEW_CSP

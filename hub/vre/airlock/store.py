@@ -126,7 +126,8 @@ def locate(mm: MountMap, named: str, name: str, description: str = "") -> Candid
 
 def expand(mm: MountMap, named: str, description: str, limit: int) -> tuple[list[Candidate], list[str]]:
     """The files a named file or folder stands for (at most ``limit``; beyond that a problem, found
-    after looking at no more than ``WALK_FACTOR * limit`` entries) and problems with the name itself."""
+    after looking at no more than ``WALK_FACTOR * limit`` entries) and problems with the name itself.
+    Hidden entries of a folder (``.ipynb_checkpoints``, ``.cache``) are left out."""
     try:
         path = session_path(named)
     except ValueError as e:
@@ -147,6 +148,8 @@ def expand(mm: MountMap, named: str, description: str, limit: int) -> tuple[list
             except OSError as e:
                 return out, [f"{path}/{rel}: cannot be listed: {e.strerror}"]
             for entry in entries:
+                if entry.name.startswith("."):  # .ipynb_checkpoints and the like: name them to include them
+                    continue
                 seen += 1
                 sub = f"{rel}/{entry.name}" if rel else entry.name
                 if seen > WALK_FACTOR * limit or len(out) >= limit:
