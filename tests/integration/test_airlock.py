@@ -221,3 +221,35 @@ def test_cli_drives_the_same_rules(hub, people):
     assert shown["phase"] == "consolidation" and len(shown["reviews"]) == 2
     hub.vre("airlock", "reject", rid, "--as", "checker1", "--comment", "not aggregate")
     assert json.loads(hub.vre("airlock", "show", rid).stdout)["state"] == "rejected"
+
+
+def test_bad_input_is_answered_clearly(hub, people):
+    bob, alice = people["bob"], people["alice"]
+    r = bob.vre_api("POST", "/airlock/requests", data=b"not json")
+    assert r.status_code == 400 and "JSON" in r.json()["message"]
+    r = bob.vre_api("POST", "/airlock/requests", json={"title": "x"})
+    assert r.status_code == 400 and "project" in r.json()["message"]
+    r = bob.vre_api("POST", "/airlock/requests", json={"project": "lung-screening", "title": "x"})
+    assert r.status_code == 403 and "not a member" in r.json()["message"]
+    r = bob.vre_api("POST", "/airlock/requests", json={"project": PROJECT, "title": "x", "files": ["nope.csv"]})
+    assert r.status_code == 400 and "no such file" in r.json()["files"][0]["problems"][0]
+    r = bob.vre_api("POST", "/airlock/requests", json={"project": PROJECT, "title": ""})
+    assert r.status_code == 400 and "title" in r.json()["message"]
+    draft = bob.vre_api("POST", "/airlock/requests", json={"project": PROJECT, "title": "empty"}).json()
+    r = bob.vre_api("POST", f"/airlock/requests/{draft['id']}/submit")
+    assert r.status_code == 400 and "no files" in r.json()["message"]
+    assert alice.vre_api("GET", f"/airlock/requests/{draft['id']}").status_code == 404
+    assert bob.vre_api("GET", "/airlock/requests/999999").status_code == 404
+    r = bob.vre_api("POST", f"/airlock/requests/{draft['id']}/release", json={})
+    assert r.status_code == 403 and "author" in r.json()["message"]
+    assert bob.vre_api("POST", f"/airlock/requests/{draft['id']}/withdraw", json={}).json()["state"] == "withdrawn"
+    r = bob.vre_api("POST", f"/airlock/requests/{draft['id']}/withdraw", json={})
+    assert r.status_code == 409 and "withdrawn" in r.json()["message"]
+    r = requests_get_anonymous(hub, f"/airlock/requests/{draft['id']}")
+    assert r.status_code == 403
+
+
+def requests_get_anonymous(hub, path):
+    import requests
+
+    return requests.get(f"{hub.url}/services/vre/api{path}", timeout=10)

@@ -146,10 +146,12 @@ class RequestHandler(_AirlockHandler):
     async def patch(self, rid):
         b = self.body()
         descriptions = b.get("descriptions")
-        if descriptions is not None and not isinstance(descriptions, dict):
-            raise AirlockError(400, 'descriptions is {"<file id>": "text"}')
+        try:
+            descriptions = {int(k): str(v) for k, v in (descriptions or {}).items()}
+        except (AttributeError, TypeError, ValueError):
+            raise AirlockError(400, 'descriptions is {"<file id>": "text"}') from None
         self.reply(await self.call(ops.edit, int(rid), title=b.get("title"), justification=b.get("justification"),
-                                   descriptions={int(k): v for k, v in (descriptions or {}).items()}))
+                                   descriptions=descriptions))
 
 
 class FilesHandler(_AirlockHandler):
