@@ -42,18 +42,19 @@ class VREAuthenticator(Authenticator):
             result = check_login(db, name, password, threshold=self.settings.lockout_threshold,
                                  lockout_seconds=self.settings.lockout_seconds)
             role = result.account.role if result.account else None
-            return result, role
+            checker = bool(result.account and result.account.output_checker)
+            return result, role, checker
 
     async def authenticate(self, handler, data):
         name = (data.get("username") or "").strip().lower()
         password = data.get("password") or ""
         client = handler.request.remote_ip if handler else None
         # scrypt costs ~50 ms: keep it off the event loop
-        result, role = await asyncio.to_thread(self._check, name, password)
+        result, role, checker = await asyncio.to_thread(self._check, name, password)
         audit = dict(actor=name or "(empty)", actor_role=role or "anonymous", client=client, target=f"user/{name}")
         if result.ok:
             await aemit(self.settings, "auth.login", **audit)
-            return {"name": name, "admin": False, "groups": groups_for(role)}
+            return {"name": name, "admin": False, "groups": groups_for(role, checker)}
         self.log.warning("Failed login for %r from %s (%s)", name, client, result.reason)
         await aemit(self.settings, "auth.login_failed", outcome="denied", details={"reason": result.reason}, **audit)
         if result.just_locked:

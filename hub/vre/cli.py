@@ -430,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--enable", action="store_true")
     p.set_defaults(func=cmd_user_disable)
+    from .airlock.cli import add_user_parser
+
+    add_user_parser(users)
 
     ds = sub.add_parser("dataset", help="datasets and their catalogue").add_subparsers(dest="ds_cmd", required=True)
     p = ds.add_parser("add", help="register and index a directory of DICOM files")
@@ -506,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = pj.add_parser("show")
     p.add_argument("slug")
     pr.set_defaults(func=cmd_project)
+    from .airlock.cli import add_project_parser
+
+    add_project_parser(pj)
 
     jobs = sub.add_parser("jobs", help="the batch queue (admins)")
     jobs.set_defaults(func=cmd_jobs)
@@ -525,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .audit.cli import add_parser as add_audit_parser
 
     add_audit_parser(sub)
+    from .airlock.cli import add_parser as add_airlock_parser
+
+    add_airlock_parser(sub)
     from .images import add_cli as add_images_cli
 
     add_images_cli(sub)

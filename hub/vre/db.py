@@ -66,6 +66,8 @@ class Account(Base):
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: An output checker reviews airlock requests (never their own); set by admins (``vre user set-checker``).
+    output_checker: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="account", cascade="all, delete-orphan")
@@ -236,6 +238,118 @@ class EgressDaily(Base):
     #: Bytes per class of route (contents, files, viewer, kernel, terminal, static, other).
     classes: Mapped[dict] = mapped_column(JSON, default=dict)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# --- the airlock (vre.airlock) ------------------------------------------------------------------
+AIRLOCK_STATES = ("draft", "submitted", "in_review", "changes_requested", "approved", "released", "rejected",
+                  "withdrawn")
+AIRLOCK_FINAL = ("released", "rejected", "withdrawn")
+
+
+class AirlockRules(Base):
+    """A project's airlock rules; a project without a row has ``vre.airlock.rules.DEFAULTS``."""
+
+    __tablename__ = "airlock_rules"
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    extensions: Mapped[list] = mapped_column(JSON, default=list)   # lowercase, without the dot
+    max_file_bytes: Mapped[int] = mapped_column(BigInteger)
+    max_request_bytes: Mapped[int] = mapped_column(BigInteger)
+    max_files: Mapped[int] = mapped_column(Integer)
+    max_csv_rows: Mapped[int] = mapped_column(Integer)
+    reviews_required: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AirlockRequest(Base):
+    """A request to take files out of the environment, and where it stands (``AIRLOCK_STATES``)."""
+
+    __tablename__ = "airlock_requests"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    author_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    title: Mapped[str] = mapped_column(String(255))
+    justification: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(24), default="draft", index=True)
+    #: Independent reviews needed, fixed from the project's rules at (each) submission.
+    reviews_required: Mapped[int] = mapped_column(Integer, default=2)
+    #: The rules the last submission was checked against (they go into the release record).
+    rules: Mapped[dict] = mapped_column(JSON, default=dict)
+    round: Mapped[int] = mapped_column(Integer, default=0)   # submissions so far
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    submitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    released_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: The signed release record (canonical JSON) and its Ed25519 signature (base64).
+    record: Mapped[str | None] = mapped_column(Text, nullable=True)
+    record_signature: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Optimistic lock: every UPDATE of the row says ``WHERE rev = <the rev it read>``, so of two
+    #: changes made at once (two submissions, two reviews) one fails instead of both applying.
+    rev: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+    __mapper_args__ = {"version_id_col": rev}
+
+    project: Mapped[Project] = relationship()
+    author: Mapped[Account] = relationship()
+    files: Mapped[list[AirlockFile]] = relationship(back_populates="request", cascade="all, delete-orphan",
+                                                    order_by="AirlockFile.id")
+    reviews: Mapped[list[AirlockReview]] = relationship(back_populates="request", cascade="all, delete-orphan",
+                                                        order_by="AirlockReview.id")
+    history: Mapped[list[AirlockTransition]] = relationship(back_populates="request", cascade="all, delete-orphan",
+                                                            order_by="AirlockTransition.id")
+
+
+class AirlockFile(Base):
+    """One file of a request: the session path the researcher named and, once frozen, the copy in
+    hub-owned storage (``stored``) with its size and SHA-256. ``version`` counts freezes."""
+
+    __tablename__ = "airlock_files"
+    __table_args__ = (UniqueConstraint("request_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("airlock_requests.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(Text)                     # as named: /home/jovyan/project/out/table.csv
+    name: Mapped[str] = mapped_column(String(1024))             # its name in the release (zip entry)
+    description: Mapped[str] = mapped_column(Text, default="")
+    stored: Mapped[str | None] = mapped_column(String(255), nullable=True)  # file name under the request's storage
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|approved|changes|rejected|conflict
+    frozen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    request: Mapped[AirlockRequest] = relationship(back_populates="files")
+
+
+class AirlockReview(Base):
+    """One reviewer's decision on one version of one file (``phase``: independent | consolidation)."""
+
+    __tablename__ = "airlock_reviews"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("airlock_requests.id", ondelete="CASCADE"), index=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("airlock_files.id", ondelete="CASCADE"), index=True)
+    file_version: Mapped[int] = mapped_column(Integer)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    decision: Mapped[str] = mapped_column(String(16))            # approve | changes | reject
+    comment: Mapped[str] = mapped_column(Text, default="")
+    phase: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    request: Mapped[AirlockRequest] = relationship(back_populates="reviews")
+    reviewer: Mapped[Account] = relationship()
+
+
+class AirlockTransition(Base):
+    """The history of a request: every change of state, by whom, when, with an optional comment."""
+
+    __tablename__ = "airlock_transitions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("airlock_requests.id", ondelete="CASCADE"), index=True)
+    from_state: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(24))
+    actor: Mapped[str] = mapped_column(String(64))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    request: Mapped[AirlockRequest] = relationship(back_populates="history")
 
 
 def as_utc(value: dt.datetime) -> dt.datetime:

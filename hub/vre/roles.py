@@ -6,6 +6,10 @@ from __future__ import annotations
 
 AUDIT_READ_SCOPE = "custom:vre-audit:read"
 JOBS_SCOPE = "custom:vre-jobs"
+#: Ask for exports through the airlock, follow one's requests, download released files.
+AIRLOCK_SCOPE = "custom:vre-airlock"
+#: Review others' airlock requests (output checkers; the account's checker flag must also be set).
+AIRLOCK_REVIEW_SCOPE = "custom:vre-airlock:review"
 #: The hub-managed service that serves the VRE's pages and APIs (vre.api.service), at /services/vre/.
 SERVICE_NAME = "vre"
 #: The access layer's OAuth client (vre.access.auth.SERVICE).
@@ -20,10 +24,14 @@ ACCESS_LAYER_SCOPE = f"access:services!service={ACCESS_LAYER}"
 CUSTOM_SCOPES = {
     AUDIT_READ_SCOPE: {"description": "Read, export and verify the VRE audit trail (auditors)."},
     JOBS_SCOPE: {"description": "Use the batch queue of one's own projects (submit, follow, cancel jobs)."},
+    AIRLOCK_SCOPE: {"description": "Request exports through the airlock and download released results."},
+    AIRLOCK_REVIEW_SCOPE: {"description": "Review, preview and release others' airlock requests (output checkers)."},
 }
 
 AUDITOR_ROLE = "vre-auditor"
 AUDITOR_GROUP = "vre-auditors"
+CHECKER_ROLE = "output-checker"
+CHECKER_GROUP = "output-checkers"
 ADMIN_ROLE = "vre-admin"
 ADMIN_GROUP = "vre-admins"
 #: What a VRE admin may do through the hub: see users, servers and groups, and stop servers.
@@ -43,12 +51,16 @@ def load_roles() -> list[dict]:
          "scopes": [AUDIT_READ_SCOPE], "groups": [AUDITOR_GROUP]},
         {"name": ADMIN_ROLE, "description": "See users and sessions, stop sessions (provisioning: vre CLI)",
          "scopes": ADMIN_SCOPES, "groups": [ADMIN_GROUP]},
-        {"name": "user", "scopes": ["self", JOBS_SCOPE, SERVICE_ACCESS_SCOPE, ACCESS_LAYER_SCOPE]},
-        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", JOBS_SCOPE,
+        {"name": CHECKER_ROLE, "description": "Review airlock requests of others (output checkers)",
+         "scopes": [AIRLOCK_REVIEW_SCOPE], "groups": [CHECKER_GROUP]},
+        {"name": "user", "scopes": ["self", JOBS_SCOPE, AIRLOCK_SCOPE, SERVICE_ACCESS_SCOPE, ACCESS_LAYER_SCOPE]},
+        {"name": "server", "scopes": ["users:activity!user", "access:servers!server", JOBS_SCOPE, AIRLOCK_SCOPE,
                                       SERVICE_ACCESS_SCOPE]},
     ]
 
 
-def groups_for(role: str) -> list[str]:
-    """JupyterHub groups of a VRE account; each group carries its role."""
-    return {"auditor": [AUDITOR_GROUP], "admin": [ADMIN_GROUP]}.get(role, [])
+def groups_for(role: str, checker: bool = False) -> list[str]:
+    """JupyterHub groups of a VRE account; each group carries its role. Output checkers (a flag set by
+    admins, ``vre user set-checker``) are in the checkers' group whatever their role."""
+    groups = {"auditor": [AUDITOR_GROUP], "admin": [ADMIN_GROUP]}.get(role, [])
+    return groups + [CHECKER_GROUP] if checker else groups

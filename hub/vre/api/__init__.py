@@ -10,11 +10,12 @@
   as its author wrote it (the ingest authenticates relay credentials itself, the audit API uses
   JupyterHub's service auth and scopes).
 * ``/services/vre/api/jobs...``: the batch queue's REST API (``vre.jobs.api``).
+* ``/services/vre/api/airlock...``: the airlock's REST API (``vre.api.airlock``, docs/airlock.md).
 
 The proxy reaches the service on a loopback port (JupyterHub's service ``url`` must be http[s]);
 sessions, which have no network, reach it on its unix socket ``SOCKET_NAME`` in the hub's socket
-directory (``plan.INNER_SERVICE_SOCKET``), which serves only what sessions use: the ingest and the
-batch queue.
+directory (``plan.INNER_SERVICE_SOCKET``), which serves only what sessions use: the ingest, the
+batch queue and the requester's side of the airlock (no previews, reviews or releases).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 
 from tornado.routing import AnyMatches, Matcher
 
-from ..roles import AUDIT_READ_SCOPE, JOBS_SCOPE, SERVICE_NAME
+from ..roles import AIRLOCK_REVIEW_SCOPE, AIRLOCK_SCOPE, AUDIT_READ_SCOPE, JOBS_SCOPE, SERVICE_NAME
 
 EVENTS_ROUTE = r"api/audit/events"
 #: The service's unix socket in ``settings.hub_socket_dir`` (in sessions: ``plan.INNER_SERVICE_SOCKET``).
@@ -45,14 +46,17 @@ class MethodMatches(Matcher):
 
 
 def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
-    """The service's routes (relative to its prefix); ``sessions_only``: the ingest and the batch queue."""
+    """The service's routes (relative to its prefix); ``sessions_only``: the ingest, the batch queue
+    and the requester's side of the airlock."""
     from ..jobs.api import handlers as job_handlers
+    from .airlock import handlers as airlock_handlers
     from .audit import handlers
     from .ingest import IngestHandler
 
     result = list(job_handlers(settings))
     if sessions_only:
-        return [(EVENTS_ROUTE, IngestHandler), *result]
+        return [(EVENTS_ROUTE, IngestHandler), *result, *airlock_handlers(settings, sessions_only=True)]
+    result += airlock_handlers(settings)
     for pattern, cls, *rest in handlers(settings):
         if pattern == EVENTS_ROUTE:
             kwargs = rest[0] if rest else {}
@@ -82,7 +86,7 @@ def service_spec(settings, environment: dict[str, str]) -> dict:
         "environment": environment,
         # Browser logins (the hub's OAuth) carry the VRE's scopes, as far as the user holds them;
         # a user without them logs in all the same and gets 403 from the handlers.
-        "oauth_client_allowed_scopes": [AUDIT_READ_SCOPE, JOBS_SCOPE],
+        "oauth_client_allowed_scopes": [AUDIT_READ_SCOPE, JOBS_SCOPE, AIRLOCK_SCOPE, AIRLOCK_REVIEW_SCOPE],
         "oauth_no_confirm": True,  # part of the VRE, not a third party: no "authorize access?" page
         "display": False,          # not in the hub's Services menu
     }

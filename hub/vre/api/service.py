@@ -1,12 +1,13 @@
 """The VRE service process (``python -m vre.api.service``), started by the hub as the managed
 service ``vre`` (see :mod:`vre.api`): the auditor page, the audit and batch-queue REST APIs and the
-sessions' audit ingest, behind the proxy at ``/services/vre/``.
+sessions' audit ingest and the airlock, behind the proxy at ``/services/vre/``.
 
 It listens twice:
 
 * on the loopback port of ``JUPYTERHUB_SERVICE_URL``: the proxy's target (all routes);
 * on ``<hub_socket_dir>/vre.sock``: the sessions' way in (no network in a session; the directory
-  is theirs to reach, read-only, as for the hub's socket), with the ingest and the batch queue only.
+  is theirs to reach, read-only, as for the hub's socket), with the ingest, the batch queue and the
+  requester's side of the airlock only.
 
 Like the hub's other services it dies with its hub and is the only one of its instance
 (``vre.services``).

@@ -1,0 +1,350 @@
+"""Freezing: what a researcher names in their session becomes a copy in hub-owned storage.
+
+A request names *session* paths (``/home/jovyan/...``, ``/home/jovyan/project/...``, or relative to
+the home, as the Lab's file browser does). They are resolved through the author's mount table for
+the project (``vre.access.resolve``: symlinks are followed as the session would follow them, host
+symlinks never), and only files that end up in the home or the project workspace are accepted: a
+link to ``/data/...`` or anywhere else is refused with the place it leads to.
+
+Copies are streamed in 1 MiB chunks (never a whole file in memory), hashed while they are written,
+opened component by component with ``O_NOFOLLOW`` below the mount's host directory (a link swapped
+in after the check cannot redirect the copy), and must be regular files. They land in
+``state_dir/airlock/<request id>/`` (root, 0700; files 0600), which no session can reach.
+
+Files byte-for-byte equal to a file of any registered dataset are refused: sizes first (an index
+of every dataset's file sizes, built once per dataset and index time), then SHA-256 of the
+dataset files of the same size only (cached by path, size and mtime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import stat
+import threading
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..access.resolve import USER_KINDS, MountMap, resolve
+from ..plan import HOME, build_plan
+from .rules import ContentCheck, Rules, file_problems
+
+CHUNK = 1 << 20
+#: Entries of a folder looked at, beyond which a folder is refused as too big (never a hang).
+WALK_FACTOR = 4
+
+
+def storage_root(settings) -> Path:
+    return settings.state_dir / "airlock"
+
+
+def request_dir(settings, request_id: int, *, create: bool = False) -> Path:
+    path = storage_root(settings) / str(int(request_id))
+    if create:
+        for d in (storage_root(settings), path):
+            d.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(d, 0o700)
+    return path
+
+
+def mount_map(db, settings, user: str, project: str) -> MountMap:
+    """The author's view of the project, as their session has it (PlanRefused when they may not work in it)."""
+    plan = build_plan(db, settings, user, project, None)
+    return MountMap.from_plan(HOME, plan.mounts)
+
+
+def session_path(named: str) -> str:
+    """A named path as an absolute session path (relative ones are relative to the home, as in the Lab)."""
+    named = (named or "").strip()
+    if not named:
+        raise ValueError("empty path")
+    if "\x00" in named:
+        raise ValueError("the path contains a NUL character")
+    if named.startswith("~/") or named == "~":
+        named = HOME + named[1:]
+    return named if named.startswith("/") else f"{HOME}/{named}"
+
+
+@dataclass
+class Candidate:
+    """A file to freeze: as named, its release name, and where it is on the host."""
+
+    path: str                 # session path as named (for folders: the folder's path + the entry)
+    name: str                 # name in the release
+    description: str = ""
+    source: str | None = None  # the host directory of its mount
+    rel: str = ""             # its path below that directory
+    size: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "name": self.name, "size": self.size, "problems": list(self.problems)}
+
+
+def _where(kind: str, resolved: str) -> str:
+    if kind in ("dataset", "catalog"):
+        return f"leads to {resolved}, inside a dataset: dataset files never leave through the airlock"
+    return f"leads to {resolved}, outside your home and the project workspace: only files there can be exported"
+
+
+def locate(mm: MountMap, named: str, name: str, description: str = "") -> Candidate:
+    """One session path resolved to a regular file in the home or workspace (problems otherwise)."""
+    try:
+        path = session_path(named)
+    except ValueError as e:
+        return Candidate(named, name, description, problems=[str(e)])
+    c = Candidate(path, name, description)
+    try:
+        r = resolve(mm, path)
+    except OSError as e:
+        c.problems.append(f"cannot be resolved: {e.strerror}")
+        return c
+    if r.kind not in USER_KINDS:
+        c.problems.append(_where(r.kind, r.path))
+        return c
+    if not r.exists:
+        c.problems.append("no such file (it was moved or deleted?)")
+        return c
+    target, source, _kind = mm.mount_of(r.path)
+    c.source, c.rel = source, r.path[len(target):].lstrip("/")
+    try:
+        st = os.lstat(r.host)
+    except OSError as e:
+        c.problems.append(f"cannot be read: {e.strerror}")
+        return c
+    if stat.S_ISDIR(st.st_mode):
+        c.problems.append("is a folder")
+    elif not stat.S_ISREG(st.st_mode):
+        c.problems.append("is not a regular file (a pipe, socket or device)")
+    else:
+        c.size = st.st_size
+    return c
+
+
+def expand(mm: MountMap, named: str, description: str, limit: int) -> tuple[list[Candidate], list[str]]:
+    """The files a named file or folder stands for (at most ``limit``; beyond that a problem, found
+    after looking at no more than ``WALK_FACTOR * limit`` entries) and problems with the name itself.
+    Hidden entries of a folder (``.ipynb_checkpoints``, ``.cache``) are left out."""
+    try:
+        path = session_path(named)
+    except ValueError as e:
+        return [], [f"{named!r}: {e}"]
+    base = posixpath.basename(path.rstrip("/")) or "file"
+    try:
+        r = resolve(mm, path)
+    except OSError as e:
+        return [], [f"{path}: cannot be resolved: {e.strerror}"]
+    if r.kind in USER_KINDS and r.exists and r.is_dir:
+        out: list[Candidate] = []
+        seen = 0
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            try:
+                entries = sorted(os.scandir(r.host + ("/" + rel if rel else "")), key=lambda e: e.name)
+            except OSError as e:
+                return out, [f"{path}/{rel}: cannot be listed: {e.strerror}"]
+            for entry in entries:
+                if entry.name.startswith("."):  # .ipynb_checkpoints and the like: name them to include them
+                    continue
+                seen += 1
+                sub = f"{rel}/{entry.name}" if rel else entry.name
+                if seen > WALK_FACTOR * limit or len(out) >= limit:
+                    return out, [f"{path}: the folder holds more than {limit} files, the project's limit per "
+                                 "request; request fewer files (or a zip of a results folder)"]
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(sub)
+                    continue
+                out.append(locate(mm, f"{path.rstrip('/')}/{sub}", f"{base}/{sub}", description))
+        if not out:
+            return [], [f"{path}: the folder is empty"]
+        return out, []
+    return [locate(mm, path, base, description)], []
+
+
+def open_beneath(source: str, rel: str) -> int:
+    """A read-only descriptor of the regular file ``rel`` below ``source``, opening each component with
+    O_NOFOLLOW relative to its parent (no symlink anywhere on the way, whatever changed since)."""
+    parts = [p for p in rel.split("/") if p]
+    if not parts:
+        raise IsADirectoryError(21, "is a folder", rel)
+    fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        f = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(f).st_mode):
+        os.close(f)
+        raise OSError(22, "not a regular file", rel)
+    return f
+
+
+@dataclass
+class Frozen:
+    stored: str
+    size: int
+    sha256: str
+    problems: list[str]
+
+
+def copy_fd(src: int, dst: int, *, limit: int, on_chunk=None) -> tuple[int, str, bool]:
+    """Copy ``src`` to ``dst`` (-1: nowhere) in chunks, hashing; stops after ``limit`` bytes.
+    Returns (size, sha256, over the limit)."""
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    size = 0
+    while True:
+        n = os.readv(src, [buf])
+        if n == 0:
+            return size, h.hexdigest(), False
+        size += n
+        if size > limit:
+            return size, h.hexdigest(), True
+        chunk = view[:n]
+        h.update(chunk)
+        if on_chunk:
+            on_chunk(chunk)
+        while dst >= 0 and chunk:
+            chunk = chunk[os.write(dst, chunk):]
+
+
+def freeze(settings, request_id: int, c: Candidate, rules: Rules, *, limit: int, copy: bool = True) -> Frozen:
+    """Copy one located file into the request's storage under a new name (``copy=False``: only read
+    it through, for the check before submission), checking the rules on what streams through."""
+    check = ContentCheck(rules, c.name)
+    try:
+        src = open_beneath(c.source, c.rel)
+    except OSError as e:
+        return Frozen("", 0, "", [f"cannot be opened: {e.strerror or e} (a symlink or a special file?)"])
+    stored, dest, dst = "", None, -1
+    try:
+        if copy:
+            stored = f"{uuid.uuid4().hex}.bin"
+            dest = request_dir(settings, request_id, create=True) / stored
+            dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        size, digest, over = copy_fd(src, dst, limit=limit, on_chunk=check.feed)
+        if dst >= 0:
+            os.fsync(dst)
+    finally:
+        os.close(src)
+        if dst >= 0:
+            os.close(dst)
+    if over:
+        problems = [f"more than {limit} bytes: over the project's limit per file (or it grew while being copied)"]
+    else:
+        problems = file_problems(rules, c.name, size) + check.finish()
+    if problems and dest is not None:
+        dest.unlink(missing_ok=True)
+        stored = ""
+    return Frozen(stored, size, digest, problems)
+
+
+def stored_path(settings, request_id: int, stored: str) -> Path:
+    if not stored or "/" in stored or stored.startswith("."):
+        raise ValueError(f"bad stored name {stored!r}")
+    return request_dir(settings, request_id) / stored
+
+
+def discard(settings, request_id: int, stored: str | None) -> None:
+    if stored:
+        stored_path(settings, request_id, stored).unlink(missing_ok=True)
+
+
+def read_chunks(path: Path, expect_sha256: str | None = None):
+    """The stored file in chunks; raises IOError at the end when its hash is not the recorded one."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            yield chunk
+    if expect_sha256 and h.hexdigest() != expect_sha256:
+        raise OSError(f"{path.name}: stored copy does not match its recorded SHA-256 (tampered?)")
+
+
+# --- dataset copies ----------------------------------------------------------------------------
+class DatasetIndex:
+    """Which dataset files have a given size, and their hashes, cached across requests (per process)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._sizes: dict[tuple[str, str], dict[int, list[str]]] = {}
+        self._hashes: dict[tuple[str, int, int], str] = {}
+
+    def sizes(self, root: str, version: str) -> dict[int, list[str]]:
+        key = (root, version)
+        with self._lock:
+            if key in self._sizes:
+                return self._sizes[key]
+        table: dict[int, list[str]] = {}
+        for dirpath, dirnames, filenames in os.walk(root):  # never follows links
+            for name in filenames:
+                p = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    table.setdefault(st.st_size, []).append(p)
+        with self._lock:
+            self._sizes = {k: v for k, v in self._sizes.items() if k[0] != root}
+            self._sizes[key] = table
+        return table
+
+    def digest(self, path: str) -> str | None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        key = (path, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if key in self._hashes:
+                return self._hashes[key]
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb", buffering=0) as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+        except OSError:
+            return None
+        with self._lock:
+            self._hashes[key] = h.hexdigest()
+        return self._hashes[key]
+
+    def match(self, datasets: list[tuple[str, str, str]], size: int, sha256: str) -> str | None:
+        """'<slug>/<relative path>' of a dataset file with this content, or None.
+        ``datasets``: (slug, root, version) for every registered dataset."""
+        for slug, root, version in datasets:
+            for p in self.sizes(root, version).get(size, ()):
+                if self.digest(p) == sha256:
+                    return f"{slug}/{os.path.relpath(p, root)}"
+        return None
+
+
+DATASETS = DatasetIndex()
+
+
+def write_zip(fileobj, files, record: str | None, signature: str | None) -> None:
+    """A release as a zip written to ``fileobj`` (may be unseekable: entries are streamed with
+    ZIP_STORED, nothing is assembled in memory): the files (``Outgoing``), ``SHA256SUMS``, the signed
+    record ``release-record.json`` and its signature ``release-record.json.sig``. A stored copy that
+    no longer matches its hash stops the zip (OSError)."""
+    with zipfile.ZipFile(fileobj, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for out in files:
+            info = zipfile.ZipInfo(out.name)
+            info.compress_type = zipfile.ZIP_STORED
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=out.size > (1 << 31)) as dst:
+                for chunk in read_chunks(out.path, out.sha256):
+                    dst.write(chunk)
+        zf.writestr("SHA256SUMS", "".join(f"{o.sha256}  {o.name}\n" for o in files))
+        if record:
+            zf.writestr("release-record.json", record)
+            zf.writestr("release-record.json.sig", (signature or "") + "\n")
