@@ -68,8 +68,11 @@ def configure(c, settings: Settings) -> None:
     # Managed services (the hub starts and restarts them; each dies with its hub): the audit
     # sealer seals the trail at intervals; the batch queue's engine admits, runs and follows jobs
     # (its state is in the VRE database); the VRE service serves the VRE's own pages and APIs at
-    # /services/vre/ (vre.api), JupyterHub's way to add HTTP endpoints (no extra_handlers).
-    c.JupyterHub.services = [{"name": "vre-audit-sealer", "command": [sys.executable, "-m", "vre.audit.sealer"],
+    # /services/vre/ (vre.api), JupyterHub's way to add HTTP endpoints (no extra_handlers); hostview
+    # (root) records dataset reads from the host: no session or worker with data starts without it.
+    c.JupyterHub.services = [{"name": "vre-hostview", "command": [sys.executable, "-m", "vre.hostview"],
+                              "environment": vre_env},
+                             {"name": "vre-audit-sealer", "command": [sys.executable, "-m", "vre.audit.sealer"],
                               "environment": vre_env},
                              {"name": "vre-jobs", "command": [sys.executable, "-m", "vre.jobs.engine"],
                               "environment": vre_env},

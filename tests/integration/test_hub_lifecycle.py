@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.integration
-SERVICES = (b"vre.audit.sealer", b"vre.jobs.engine", b"vre.api.service")
+SERVICES = (b"vre.audit.sealer", b"vre.jobs.engine", b"vre.api.service", b"vre.hostview")
 
 
 def services_of(hub) -> dict[bytes, list[int]]:

@@ -85,6 +85,8 @@ ACTIONS: dict[str, str] = {
     "dicom.series_view": "a DICOM series was opened in a viewer",
     "dicom.instance_view": "a single DICOM instance was read",
     "download.refused": "a download out of the environment was refused",
+    "dataset.read": "a session or batch worker first opened a file of a series directory (seen from the host)",
+    "dataset.read_summary": "dataset files opened by a session or worker in one minute, per series (seen from the host)",
     # work inside sessions
     "kernel.start": "a notebook kernel started",
     "kernel.stop": "a notebook kernel stopped",
@@ -125,6 +127,7 @@ ACTIONS: dict[str, str] = {
     "audit.export": "audit records were exported (filters and row count in details)",
     "audit.verify": "the audit chain was verified (result in details)",
     "audit.checkpoint": "the audit chain head was signed on request",
+    "audit.gap": "a recorder was down: what went unrecorded, for which session, from when to when",
 }
 
 #: Column sizes of the store (PostgreSQL enforces them; validation here gives the clear message).

@@ -34,6 +34,7 @@ from ..access.broker import access_file
 from ..access.resolve import MountMap
 from ..audit.events import aemit
 from ..audit.relay import Identity, make_token, replay_spool
+from ..hostview import client as hostview
 from ..plan import HOME, INNER_SOCKET, PlanRefused, SessionPlan, build_plan
 from ..settings import Settings, load
 from .host import prepare_host
@@ -363,11 +364,13 @@ class PlanSpawner(HasTraits):
         self.audit_session = ""
 
     async def _teardown(self, grace: float, identity: Identity | None = None) -> None:
-        """Remove the run, release its GPUs, keep its audit spool, remove its run directory and
-        release the island if unused. Idempotent."""
+        """Remove the run, have hostview summarise its dataset reads, release its GPUs, keep its
+        audit spool, remove its run directory and release the island if unused. Idempotent."""
         try:
             await self._remove(grace)
         finally:
+            if self.audit_session:
+                await asyncio.to_thread(hostview.unmark, self.settings, self.audit_session)
             if self.gpu_devices:
                 await asyncio.to_thread(self._release_gpus)
             if self.session_id:

@@ -68,7 +68,7 @@ class SandboxSpawner(PlanSpawner, Spawner):
             self.settings, plan, self._server_command(plan), self._environment(plan),
             log_path=plan.run_dir / "server.log",
             limits=dict(cpu=plan.cpu, mem_mb=plan.mem_mb, pids_max=self.pids_limit),
-            umask=self.session_umask, **self._sandbox_options())
+            umask=self.session_umask, audit_session=self.audit_session, **self._sandbox_options())
         self.pid = self._proc.pid
 
     def _sandbox_options(self) -> dict:

@@ -192,6 +192,8 @@ class Engine:
             worker.job = job.id
             job.worker = worker.name
             job.usage = {"oom_before": self.executor.oom_kills(worker.name)}
+            if plan.datasets:
+                await self.executor.serve(worker.name, user, job.id)
             await self.commit(db)
             await self.executor.submit(project.slug, worker.name, self.spec(plan, job, worker.name))
         except (ExecutorError, OSError) as e:
@@ -216,6 +218,8 @@ class Engine:
             mine = devices[i * per_gpu:(i + 1) * per_gpu]
             worker = await self.executor.start_worker(plan, job.cpu / n, job.mem_mb // n, mine)
             worker.job = job.id
+            if plan.datasets:
+                await self.executor.serve(worker.name, job.account.name, job.id)
             names.append(worker.name)
         job.worker = ",".join(names)
         job.started_at = utcnow()

@@ -32,6 +32,7 @@ from ..backends import bwrap
 from ..backends.cgroups import SessionCgroup
 from ..backends.host import prepare_host
 from ..gpus import gpu_env
+from ..hostview import client as hostview
 from ..plan import SessionPlan, jobs_run_dir
 from ..settings import Settings
 from .service import wake_socket
@@ -176,6 +177,7 @@ class LocalDaskExecutor:
         cgroup = self._cgroup(name)
         cgroup.kill_all(2.0)
         cgroup.remove()
+        hostview.unmark(self.settings, name)
         worker = self.workers.pop(name, None)
         shutil.rmtree(self.project_dir(worker.project if worker else name.rsplit("-worker-", 1)[0])
                       / "workers" / name, ignore_errors=True)
@@ -221,6 +223,11 @@ class LocalDaskExecutor:
     async def cancel(self, project: str, job_id: int) -> bool:
         return (await _http(self.agent_socket(project), "POST", f"/jobs/{job_id}/cancel"))["found"]
 
+    async def serve(self, worker: str, user: str, job_id: int) -> None:
+        """Tell hostview which job (and user) a worker's dataset reads are for from now on."""
+        if await asyncio.to_thread(hostview.assign, self.settings, worker, user, job_id) is None:
+            log.warning("hostview did not take note that %s runs job %s", worker, job_id)
+
     async def forget(self, project: str, job_id: int) -> None:
         try:
             await _http(self.agent_socket(project), "DELETE", f"/jobs/{job_id}")
@@ -232,8 +239,11 @@ class LocalDaskExecutor:
         env = {**plan.env, "PATH": f"{self.settings.session_env}/bin:/usr/local/bin:/usr/bin:/bin"}
         if devices:
             env.update(gpu_env(devices))
-        proc = await bwrap.launch(self.settings, plan, argv, env, log_path=plan.run_dir / "log.txt",
-                                    limits=limits, devices=devices)
+        try:
+            proc = await bwrap.launch(self.settings, plan, argv, env, log_path=plan.run_dir / "log.txt",
+                                      limits=limits, devices=devices)
+        except hostview.HostviewError as e:
+            raise ExecutorError(str(e)) from None
         self._procs.append(proc)
         log.info("started %s (pid %s)", plan.session_id, proc.pid)
 

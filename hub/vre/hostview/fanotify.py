@@ -1,0 +1,75 @@
+"""A minimal ctypes binding of fanotify: one notification group, mount marks, fd-reporting events.
+
+Only what hostview needs (docs/access-layer.md, probe (a)): ``FAN_OPEN`` on whole mounts, events
+that carry an open fd of the file. The fd tells the mount (``fdinfo`` ``mnt_id``, which is how an
+event is attributed: readers are often gone by the time it is read) and the path as the reader saw
+it (``readlink``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+_libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+
+FAN_CLOEXEC, FAN_NONBLOCK, FAN_CLASS_NOTIF, FAN_UNLIMITED_QUEUE = 0x1, 0x2, 0x0, 0x10
+FAN_MARK_ADD, FAN_MARK_REMOVE, FAN_MARK_MOUNT = 0x1, 0x2, 0x10
+FAN_OPEN, FAN_Q_OVERFLOW = 0x20, 0x4000
+FAN_NOFD = -1
+AT_FDCWD = -100
+#: struct fanotify_event_metadata: event_len, vers, reserved, metadata_len, mask, fd, pid
+META = struct.Struct("=IBBHQii")
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def mount_id(fd: int) -> int:
+    """The id of the mount ``fd`` was opened through."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    raise OSError(f"no mnt_id in /proc/self/fdinfo/{fd}")
+
+
+class Group:
+    """One fanotify notification group (non-blocking, unlimited queue)."""
+
+    def __init__(self):
+        self.fd = _check(_libc.fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
+                                             os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC), "fanotify_init")
+
+    def mark_mount(self, dirfd: int) -> None:
+        """Report every open (not of directories) on the mount that ``dirfd`` (an open directory
+        of it, checked by the caller; not ``O_PATH``: fanotify refuses those) belongs to. Marking
+        the fd, not a path, leaves no window between the check and the mark."""
+        _check(_libc.fanotify_mark(self.fd, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_OPEN, dirfd, None), "fanotify_mark")
+
+    def read(self) -> list[tuple[int, int]]:
+        """The events queued now, as (mask, fd) pairs; the caller closes each fd (FAN_NOFD for
+        an overflow). Empty when none are queued."""
+        out = []
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return out
+            off = 0
+            while off + META.size <= len(data):
+                event_len, _v, _r, _meta_len, mask, fd, _pid = META.unpack_from(data, off)
+                out.append((mask, fd))
+                off += event_len
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,140 @@
+"""The ``vre-hostview`` service: ``python -m vre.hostview``, run by the hub as a managed service (root).
+
+It holds the fanotify group (:mod:`.watcher`), answers the hub and the job engine on a root-only
+unix socket (protocol in :mod:`.client`), and once a second writes the records of ended minutes to
+the audit store. It dies with its hub and is the only one of its instance (``vre.services``); a
+restarted one marks the live runs of its registry again and records the gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+
+from ..audit.events import emit_many
+from ..services import die_with_hub, take_over
+from ..settings import Settings, load
+from .client import socket_path
+from .registry import Marked, Registry
+from .watcher import MarkError, Watcher
+
+log = logging.getLogger("vre.hostview")
+TICK = 1.0
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.watcher = Watcher(Registry(settings.state_dir / "hostview"))
+        self._stop = asyncio.Event()
+
+    # -- requests ---------------------------------------------------------------------------
+    def answer(self, req: dict) -> dict:
+        op = req.get("op")
+        try:
+            if op == "mark":
+                m = Marked(session=str(req["session"]), user=str(req["user"]), project=str(req["project"]),
+                           pid=int(req["pid"]), pid_start=0, role=str(req.get("role") or "session"),
+                           job=req.get("job"),
+                           datasets=[{"slug": str(d["slug"]), "target": str(d["target"])} for d in req["datasets"]])
+                return {"ok": True, "mounts": self.watcher.mark(m)}
+            if op == "unmark":
+                return {"ok": True, "opens": self.watcher.unmark(str(req["session"]))}
+            if op == "assign":
+                self.watcher.assign(str(req["session"]), str(req["user"]), req.get("job"))
+                return {"ok": True}
+            if op == "status":
+                self.watcher.drain()
+                return {"ok": True, **self.watcher.status()}
+            return {"ok": False, "error": f"unknown op {op!r}"}
+        except (KeyError, TypeError, ValueError) as e:
+            return {"ok": False, "error": f"bad request: {e!r}"}
+        except MarkError as e:
+            return {"ok": False, "error": str(e)}
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    req = json.loads(line)
+                except ValueError:
+                    reply = {"ok": False, "error": "not JSON"}
+                else:
+                    reply = self.answer(req) if isinstance(req, dict) else {"ok": False, "error": "not an object"}
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    # -- records ----------------------------------------------------------------------------
+    def deliver(self) -> None:
+        """Store what is waiting; note until when everything is stored."""
+        w = self.watcher
+        until = w.recorded_until(time.time())
+        batch, w.outbox = w.outbox, []
+        if batch:
+            try:
+                emit_many(self.settings, batch)
+            except Exception:  # the database may be briefly away: keep them (ids make retries idempotent)
+                log.exception("could not store %d dataset read record(s); retrying", len(batch))
+                w.outbox[:0] = batch
+                return
+        w.registry.touch(until)
+
+    async def _ticks(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.watcher.tick()
+                await asyncio.to_thread(self.deliver)
+            except Exception:
+                log.exception("hostview tick failed")
+            try:
+                await asyncio.wait_for(self._stop.wait(), TICK)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- life -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        path = socket_path(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chown(path.parent, 0, 0)
+        os.chmod(path.parent, 0o700)
+        lock = take_over(path.parent / "hostview.lock", "hostview", log)  # noqa: F841 (held while we run)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the hub stops services with SIGINT, then SIGTERM
+            loop.add_signal_handler(sig, self._stop.set)
+        back = self.watcher.restore()
+        if back:
+            log.warning("marked %d run(s) again after a restart: %s", len(back), ", ".join(back))
+        loop.add_reader(self.watcher.group.fd, self.watcher.drain)
+        path.unlink(missing_ok=True)
+        server = await asyncio.start_unix_server(self._client, str(path))
+        os.chmod(path, 0o600)
+        log.info("vre-hostview listening on %s (instance %s)", path, self.settings.instance)
+        ticks = asyncio.create_task(self._ticks())
+        await self._stop.wait()
+        server.close()
+        await ticks
+        loop.remove_reader(self.watcher.group.fd)
+        self.watcher.stop()
+        await asyncio.to_thread(self.deliver)
+        path.unlink(missing_ok=True)
+        log.info("vre-hostview stopped; its marks are re-made by the next one")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s vre-hostview] %(message)s")
+    die_with_hub()
+    if os.geteuid() != 0:
+        raise SystemExit("vre-hostview must run as root (fanotify, /proc/<pid>/root of sandboxes)")
+    asyncio.run(Service(load()).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""The host's view of dataset reads: mount marks per run, events attributed by mount, audit records.
+
+One fanotify group; per marked run (session, batch worker, container) one ``FAN_MARK_MOUNT`` mark
+with ``FAN_OPEN`` on each of *its own* dataset mounts, reached as ``/proc/<pid>/root/data/<slug>``
+(the host's mount of a dataset does not see opens made through a sandbox's bind of it). Each event
+is attributed by the mount its fd was opened through, never by pid (short-lived readers are gone
+when the event is read), and its fd is closed at once. Attribution therefore comes from what the
+hub told hostview when it marked the run, never from the session.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from dataclasses import replace
+
+from ..audit.schema import Event
+from .aggregate import Aggregator, FirstRead, Reader, Summary
+from .fanotify import FAN_NOFD, FAN_Q_OVERFLOW, Group, mount_id
+from .registry import Marked, Registry, alive, process_start
+
+log = logging.getLogger("vre.hostview")
+
+
+class MarkError(RuntimeError):
+    """A run's dataset mounts could not be marked; the message says why."""
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+
+
+def host_event(action: str, *, when: float, **fields) -> Event:
+    """Every record hostview writes is built here (the one place that says it comes from the host).
+    TODO(schema v2): add ``source="host"`` here once ``Event.source`` exists on main."""
+    return Event(action=action, time=_utc(when), **fields)
+
+
+def _who(reader: Reader) -> dict:
+    """actor and actor_role of a reader: the session's user; a worker's job submitter (the engine
+    tells hostview which job a worker serves); a worker between jobs is the project's."""
+    if reader.role == "session" or reader.job is not None:
+        return {"actor": reader.user, "actor_role": "researcher"}
+    return {"actor": f"{reader.project} worker", "actor_role": "service"}
+
+
+def _details(reader: Reader) -> dict:
+    d = {"via": "vre-hostview", "role": reader.role}
+    if reader.job is not None:
+        d["job"] = reader.job
+    return d
+
+
+def first_read_event(r: FirstRead) -> Event:
+    return host_event("dataset.read", when=r.when, **_who(r.reader), project=r.reader.project,
+                      dataset=r.reader.dataset, session=r.reader.session, target=r.path[:4000],
+                      details={**_details(r.reader), "series": r.series})
+
+
+def summary_event(s: Summary, when: float) -> Event:
+    return host_event("dataset.read_summary", when=when, **_who(s.reader), project=s.reader.project,
+                      dataset=s.reader.dataset, session=s.reader.session, target=s.reader.target,
+                      details={**_details(s.reader), "minute": _utc(s.minute).strftime("%Y-%m-%dT%H:%MZ"),
+                               "opens": s.opens, "series": s.series, "unlisted_series": s.unlisted_series,
+                               "unlisted_opens": s.unlisted_opens})
+
+
+def mount_point_ids(pid: int) -> dict[str, int]:
+    """Mount point -> id of the topmost mount there, in the mount namespace of ``pid``."""
+    ids = {}
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            ids[fields[4]] = int(fields[0])
+    return ids
+
+
+class Watcher:
+    """Marks, the event loop's body (``drain``, ``tick``) and the records waiting to be stored."""
+
+    def __init__(self, registry: Registry, group: Group | None = None):
+        self.registry = registry
+        self.group = group or Group()
+        self.agg = Aggregator()
+        self.marks: dict[str, Marked] = {}
+        self.by_mount: dict[int, Reader] = {}
+        self.outbox: list[Event] = []
+        self.unattributed = 0
+
+    # -- marks ------------------------------------------------------------------------------
+    def mark(self, m: Marked) -> dict[str, int]:
+        """Mark each dataset mount of the run; returns slug -> mount id. All or nothing."""
+        self.drain()  # events of a mount id about to be reused are attributed to its old owner
+        try:
+            m.pid_start = process_start(m.pid)
+            ids = mount_point_ids(m.pid)
+        except (OSError, ValueError, IndexError) as e:
+            raise MarkError(f"process {m.pid} of {m.session} is not there: {e}") from None
+        fds = []
+        try:
+            for d in m.datasets:
+                want = ids.get(d["target"])
+                if want is None:
+                    raise MarkError(f"{d['target']} is not a mount in {m.session} (pid {m.pid})")
+                fd = os.open(f"/proc/{m.pid}/root{d['target']}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                fds.append(fd)
+                if mount_id(fd) != want:
+                    raise MarkError(f"{d['target']} in {m.session} is not the mount its mountinfo lists")
+                if d.get("mnt_id") not in (None, want):
+                    raise MarkError(f"{d['target']} in {m.session} is mount {want}, not {d['mnt_id']} as marked before")
+                d["mnt_id"] = want
+            for fd in fds:
+                self.group.mark_mount(fd)
+        except OSError as e:
+            raise MarkError(f"marking the datasets of {m.session}: {e}") from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self._forget(m.session)
+        self.marks[m.session] = m
+        for d in m.datasets:
+            self.by_mount[d["mnt_id"]] = self._reader(m, d)
+        self.registry.save(self.marks)
+        log.info("marked %s (pid %s): %s", m.session, m.pid,
+                 ", ".join(f"{d['slug']}=mount {d['mnt_id']}" for d in m.datasets))
+        return {d["slug"]: d["mnt_id"] for d in m.datasets}
+
+    @staticmethod
+    def _reader(m: Marked, d: dict) -> Reader:
+        return Reader(session=m.session, user=m.user, project=m.project, dataset=d["slug"], target=d["target"],
+                      role=m.role, job=m.job)
+
+    def assign(self, session: str, user: str, job: int | None) -> None:
+        """A batch worker now serves ``job`` of ``user``: its next reads are theirs."""
+        m = self.marks.get(session)
+        if m is None:
+            raise MarkError(f"{session} is not marked")
+        self.drain()
+        self._flush(session=session)  # the previous job's counts stay the previous job's
+        m.user, m.job = user, job
+        for d in m.datasets:
+            self.by_mount[d["mnt_id"]] = self._reader(m, d)
+        self.registry.save(self.marks)
+
+    def unmark(self, session: str) -> int:
+        """The run ended: record what it read (its summaries now) and forget it. Its marks went
+        with its mounts. Returns the number of opens summarised."""
+        self.drain()
+        opens = self._flush(session=session)
+        if self._forget(session):
+            self.registry.save(self.marks)
+            log.info("unmarked %s", session)
+        return opens
+
+    def _forget(self, session: str) -> bool:
+        m = self.marks.pop(session, None)
+        if m is None:
+            return False
+        for d in m.datasets:
+            reader = self.by_mount.get(d.get("mnt_id"))
+            if reader is not None and reader.session == session:
+                del self.by_mount[d["mnt_id"]]
+        return True
+
+    def restore(self, now: float | None = None) -> list[str]:
+        """After a restart: mark the live runs of the registry again and record the interval in
+        which their reads went unrecorded (``audit.gap``). Returns the sessions re-marked."""
+        now = now or time.time()
+        since = self.registry.last_alive() or now
+        back = []
+        for m in self.registry.load().values():
+            if not alive(m):
+                continue
+            try:
+                self.mark(m)
+            except MarkError as e:
+                log.error("could not mark %s again: %s", m.session, e)
+                continue
+            back.append(m.session)
+            self.outbox.append(host_event(
+                "audit.gap", when=now, actor="vre-hostview", actor_role="service", project=m.project,
+                session=m.session, target=m.session, outcome="error",
+                details={"via": "vre-hostview", "what": "dataset reads", "from": _utc(since).isoformat(),
+                         "to": _utc(now).isoformat(), "seconds": round(now - since, 3), "user": m.user,
+                         "datasets": [d["slug"] for d in m.datasets], "role": m.role}))
+        self.registry.save(self.marks)
+        return back
+
+    # -- events -----------------------------------------------------------------------------
+    def drain(self) -> int:
+        """Read what the kernel queued; returns how many opens."""
+        n = 0
+        now = time.time()
+        for mask, fd in self.group.read():
+            if fd == FAN_NOFD:
+                if mask & FAN_Q_OVERFLOW:  # cannot happen with an unlimited queue; say so if it does
+                    log.error("fanotify queue overflow: some dataset reads were not recorded")
+                continue
+            try:
+                mnt = mount_id(fd)
+                path = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            reader = self.by_mount.get(mnt)
+            if reader is None:
+                self.unattributed += 1
+                continue
+            n += 1
+            first = self.agg.record(reader, path, now)
+            if first is not None:
+                self.outbox.append(first_read_event(first))
+        return n
+
+    def tick(self, now: float | None = None) -> None:
+        """Once a second: summaries of ended minutes, and forget runs that ended without an
+        unmark (the hub was away)."""
+        now = now or time.time()
+        self.drain()
+        self._flush(now=now)
+        for session in [s for s, m in self.marks.items() if not alive(m)]:
+            log.info("%s ended without being unmarked", session)
+            self.unmark(session)
+
+    def stop(self) -> None:
+        """Summarise everything counted so far; the registry keeps the marks for the next hostview."""
+        self.drain()
+        self._flush()
+
+    def recorded_until(self, now: float) -> float:
+        """Until when every read is in a record (stored once the outbox is delivered)."""
+        pending = [self.agg.oldest()] + [e.time.timestamp() for e in self.outbox[:1]]
+        return min([now] + [t for t in pending if t is not None])
+
+    def _flush(self, now: float | None = None, *, session: str | None = None) -> int:
+        when = now or time.time()
+        summaries = self.agg.flush(now, session=session)
+        self.outbox.extend(summary_event(s, min(when, s.minute + 60)) for s in summaries)
+        return sum(s.opens for s in summaries)
+
+    def status(self) -> dict:
+        return {"marks": {s: {"pid": m.pid, "user": m.user, "job": m.job, "role": m.role,
+                              "datasets": {d["slug"]: d["mnt_id"] for d in m.datasets}}
+                          for s, m in self.marks.items()},
+                "pending_opens": self.agg.pending(), "outbox": len(self.outbox), "unattributed": self.unattributed}
