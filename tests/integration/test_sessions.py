@@ -123,11 +123,13 @@ result = {{
 }}
 """)
     assert not result["other_dataset"] and not result["state"]
-    assert result["hub_socket_dir"] == ["hub", "session", "spool"]
+    # docker: the launch gate's read-only directory (hostview marked the datasets, then "open")
+    gate = ["gate"] if hub.session_backend == "docker" else []
+    assert result["hub_socket_dir"] == sorted(["hub", "session", "spool", *gate])
     # what comes from the host: the plan's mounts, the manifest, identity and engine files, the sockets
     allowed = {"/data/lung-ct-screening", "/opt/vre/catalog/lung-ct-screening", "/home/jovyan",
                "/home/jovyan/project", "/etc/vre/session.json", "/etc/passwd", "/etc/group",
-               "/run/vre/hub", "/run/vre/session", "/run/vre/spool"}
+               "/run/vre/hub", "/run/vre/session", "/run/vre/spool", *(f"/run/vre/{g}" for g in gate)}
     if hub.session_backend == "sandbox":
         # a root built from nothing: /usr, named /etc files and the session environment, no more
         assert result["outside"] == []

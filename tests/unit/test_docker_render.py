@@ -176,3 +176,12 @@ def test_binds_are_the_plan_mounts_and_nothing_else():
     plan = make_plan()
     _, host = render(plan)
     assert binds(host) == {m.target: (str(m.source), "ro" if m.readonly else "rw") for m in plan.mounts}
+
+
+def test_the_launch_gate_holds_the_command_until_the_hub_opens_it():
+    create, host = render(gate_dir=RUN / "gate")
+    assert binds(host)["/run/vre/gate"] == (f"{RUN}/gate", "ro")
+    script = create["command"][2]
+    assert script.index("/run/vre/gate/open") < script.index('exec "$@"')  # nothing runs before it
+    _, host = render()
+    assert "/run/vre/gate" not in binds(host)

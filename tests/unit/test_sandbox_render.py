@@ -76,3 +76,11 @@ def test_every_bind_is_a_plan_mount(spawner):
     assert all(dst.startswith(("/usr", "/etc/", str(spawner.settings.session_env))) for _, dst in shared)
     binds = set(pairs(argv, "--bind")) | (set(pairs(argv, "--ro-bind")) - shared)
     assert binds == expected
+
+
+def test_the_launch_gate_fds_reach_bwrap_before_the_command():
+    from vre.backends.bwrap import sandbox_argv
+
+    argv = sandbox_argv(Settings(state_dir=Path("/st"), run_dir=Path("/run/vre-t")), make_plan(), gate_fds=(7, 9))
+    assert argv[argv.index("--info-fd") + 1] == "7" and argv[argv.index("--block-fd") + 1] == "9"
+    assert argv[-1] == "--"  # bwrap's own options, before the program

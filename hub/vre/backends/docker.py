@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import subprocess
 
 import docker
@@ -40,12 +41,16 @@ from dockerspawner import DockerSpawner
 from traitlets import Bool, CaselessStrEnum, Dict, Integer, List, Unicode, default
 
 from .. import gpus
-from ..plan import HOME, SessionPlan
+from ..plan import HOME, INNER_RUN, SessionPlan
 from ..settings import Settings
-from . import seccomp
+from . import gate, seccomp
 from .plan_spawner import PlanSpawner, server_args, server_command
 
 CFS_PERIOD_US = 100_000
+#: The launch gate of a container with datasets: a read-only directory (the hub's) in which the
+#: hub creates ``open`` once hostview has marked the container's dataset mounts.
+INNER_GATE = f"{INNER_RUN}/gate"
+GATE_WAIT_S = 30
 #: sysctls of every session: no IPv6 at all (its link-local addresses would reach the host's bridge)
 SYSCTLS = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
 _locks: dict[str, asyncio.Lock] = {}
@@ -99,12 +104,14 @@ def container_config(settings: Settings, plan: SessionPlan, *, image: str, name:
                      env: dict[str, str], command: list[str], gpu_devices=(), gpu_nodes=(),
                      gpu_mode: str = "devices", pids_limit: int = 2048, tmp_size: str = "2g",
                      extra_ro_paths=(), umask: int = 0o002, init: bool = True,
-                     engine: str = "podman", seccomp: str | None = None) -> tuple[dict, dict]:
+                     engine: str = "podman", seccomp: str | None = None, gate_dir=None) -> tuple[dict, dict]:
     """(create_container kwargs without host_config, create_host_config kwargs) for ``plan``.
 
     ``init``: let the engine run an init as pid 1 (for images without an init entrypoint).
     ``engine``: ``podman`` or ``docker`` (they differ in how a tmpfs becomes the user's).
     ``seccomp``: the ``seccomp=`` security option (``vre.backends.seccomp``: no user namespaces).
+    ``gate_dir``: bound read-only at /run/vre/gate; the command waits for ``open`` in it (the
+    hub makes it once hostview marked the datasets) before it runs anything else.
     """
     binds = []
 
@@ -118,6 +125,8 @@ def container_config(settings: Settings, plan: SessionPlan, *, image: str, name:
         bind(m.source, m.target, m.readonly)
     for path in extra_ro_paths:
         bind(path, path, True)
+    if gate_dir is not None:
+        bind(gate_dir, INNER_GATE, True)
 
     # the session's own /tmp: Podman chowns it to the container's user ("U"; it ignores "mode"),
     # Docker honours the sticky, world-writable mode
@@ -145,7 +154,12 @@ def container_config(settings: Settings, plan: SessionPlan, *, image: str, name:
         **gpu_host,
     )
     # umask 002: files in the shared workspace stay writable for the project's group
-    wrapped = ["/bin/sh", "-c", f'umask {umask:04o} && exec "$@"', "vre-session", *command]
+    script = f'umask {umask:04o} && exec "$@"'
+    if gate_dir is not None:  # vre-gate: nothing runs before the dataset mounts are marked
+        script = (f'n=0; while [ ! -e {INNER_GATE}/open ]; do n=$((n+1)); if [ $n -gt {GATE_WAIT_S * 20} ]; '
+                  'then echo "vre-gate: dataset reads cannot be recorded; not starting" >&2; exit 70; fi; '
+                  f'sleep 0.05; done; {script}')
+    wrapped = ["/bin/sh", "-c", script, "vre-session", *command]
     create = dict(
         image=image,
         name=name,
@@ -222,6 +236,11 @@ class VREDockerSpawner(PlanSpawner, DockerSpawner):
         self._progress(30, f"Joining the project's network island (internal network {plan.network}: no route out)")
         await self._remove_container(self.object_name)  # a leftover of a crashed run never lingers
         engine = await self._engine()
+        gate_dir = None
+        if gate.dataset_mounts(plan):
+            gate_dir = plan.run_dir / "gate"
+            gate_dir.mkdir()
+            os.chmod(gate_dir, 0o755)  # the hub's: the session can look in, never write
         create, host = container_config(
             self.settings, plan, image=image, name=self.object_name,
             env=self._environment(plan), command=[*server_command("python"), *server_args(plan, self.args)],
@@ -230,7 +249,7 @@ class VREDockerSpawner(PlanSpawner, DockerSpawner):
             umask=self.session_umask,
             # the notebook image's entrypoint is an init (tini); images without one get the engine's
             init=not (image_info.get("Config") or {}).get("Entrypoint"), engine=engine,
-            seccomp=await asyncio.to_thread(seccomp.security_opt, self.settings, engine))
+            seccomp=await asyncio.to_thread(seccomp.security_opt, self.settings, engine), gate_dir=gate_dir)
         create["host_config"] = self.client.create_host_config(**host)
         async with _locks.setdefault(plan.network, asyncio.Lock()):
             await self._ensure_network(plan)
@@ -240,6 +259,10 @@ class VREDockerSpawner(PlanSpawner, DockerSpawner):
                       plan.session_id, image)
         self._progress(50, f"Starting the container ({plan.cpu:g} CPU, {plan.mem_mb} MiB)")
         await self.docker("start", self.object_id)
+        if gate_dir is not None:
+            pid = (await self.docker("inspect_container", self.object_id))["State"]["Pid"]
+            await gate.mark_run(self.settings, plan, pid, self.audit_session)
+            (gate_dir / "open").touch(mode=0o644)
 
     async def _log_tail(self, lines: int = 30) -> str:
         try:
