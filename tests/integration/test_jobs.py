@@ -318,3 +318,29 @@ def test_scheduler_kill_requeues_and_hub_restart_keeps_the_queue(hub, alice, wor
     assert done[first["id"]]["attempts"] == 2
     assert any(e.get("target") == f"job/{first['id']}" for e in audit(hub, "job.requeue"))
     hub.vre("project", "set-quota", PROJECT, "--jobs", "4")
+
+
+def test_a_jobs_dataset_reads_are_recorded_from_the_host_as_its_submitters(hub, alice, workspace):
+    """vre-hostview marks the worker's dataset mount before it runs; the engine tells it which job
+    the worker serves: the reads are the submitter's, with the job's id."""
+    path = put(workspace, "reads.py", f"""\
+        import glob
+        files = sorted(glob.glob('/data/{SLUG}/**/*.dcm', recursive=True))
+        for f in files:
+            open(f, 'rb').read(1)
+        print('READ', len(files))
+        """)
+    j = wait(alice, submit(alice, kind="script", target=path)["id"])
+    assert j["state"] == "succeeded", log(alice, j["id"])
+    n = int(log(alice, j["id"]).split("READ")[1].split()[0])
+    firsts = [e for e in audit(hub, "dataset.read") if e["details"].get("job") == j["id"]]
+    assert firsts and all(e["actor"] == "alice" and e["actor_role"] == "researcher" and e["dataset"] == SLUG
+                          and e["project"] == PROJECT and e["details"]["role"] == "worker" for e in firsts)
+    deadline = time.monotonic() + 90  # a warm worker's counts are summarised when its minute ends
+    while time.monotonic() < deadline:
+        opens = sum(e["details"]["opens"] for e in audit(hub, "dataset.read_summary")
+                    if e["details"].get("job") == j["id"])
+        if opens >= n:
+            break
+        time.sleep(1)
+    assert opens == n

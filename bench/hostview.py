@@ -1,0 +1,141 @@
+"""Benchmark what recording dataset reads from the host costs a session that reads many files.
+
+    sudo .venv/bin/python bench/hostview.py [--files 10000] [--size 128] [--rounds 6]
+
+A synthetic CT cohort (series of 100 DICOM slices, ``--size`` pixels square) is read file by file
+(open, read, close; Python) in a sandbox rendered by ``sandbox_argv`` exactly as a session's
+(setpriv, user and pid namespaces, the project's island, the dataset read-only), held at the
+launch gate like a session. Rounds alternate: released at once ("bare"), or released after a real
+``vre-hostview`` (``python -m vre.hostview``, its own state and SQLite audit store) marked the
+sandbox's dataset mount ("marked"); after each marked round hostview must have counted every
+open. One uncounted round first warms the page cache. Prints medians and the ratio (target
+<= 1.1x); asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hub"))
+
+from vre import db as vdb  # noqa: E402
+from vre.backends import gate  # noqa: E402
+from vre.backends.bwrap import _child_pid, sandbox_argv  # noqa: E402
+from vre.demo.synth import make_cohort  # noqa: E402
+from vre.hostview import client  # noqa: E402
+from vre.plan import Mount, SessionPlan  # noqa: E402
+from vre.settings import Settings  # noqa: E402
+
+UID = 277777
+TARGET = 1.1
+READER = ("import os, time\n"
+          "names = sorted(os.path.join(d, f) for d, _, fs in os.walk('/data/ct') for f in fs)\n"
+          "t = time.perf_counter()\n"
+          "for n in names:\n"
+          "    with open(n, 'rb') as f: f.read()\n"
+          "print(len(names), (time.perf_counter() - t) * 1000)\n")
+
+
+async def read_round(settings: Settings, plan: SessionPlan, marked: bool, n: int) -> float:
+    """Milliseconds the sandbox took to read every file."""
+    info_r, info_w = os.pipe()
+    block_r, block_w = os.pipe()
+    argv = sandbox_argv(settings, plan, gate_fds=(info_w, block_r)) + ["/usr/bin/python3", "-c", READER]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, pass_fds=(info_w, block_r), cwd="/")
+    os.close(info_w)
+    os.close(block_r)
+    try:
+        child = await asyncio.to_thread(_child_pid, info_r, proc)
+        session = f"bench-{time.monotonic_ns()}"
+        if marked:
+            await gate.mark_run(settings, plan, child, session)
+        else:
+            await gate.wait_for_mounts(child, ["/data/ct"])
+        os.write(block_w, b"1")
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=600)
+    finally:
+        os.close(info_r)
+        os.close(block_w)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    files, ms = out.split()
+    if marked:
+        opens = client.unmark(settings, session)["opens"]
+        if opens != int(files):
+            print(f"  warning: hostview counted {opens} opens of {files}", file=sys.stderr)
+    return float(ms)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=10000, help="DICOM files to read (default 10000)")
+    parser.add_argument("--size", type=int, default=128, help="image rows/columns (default 128)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per mode, interleaved (default 6)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        parser.error("run as root (sandboxes, fanotify)")
+    base = Path(tempfile.mkdtemp(prefix="vre-benchhv-"))
+    os.chmod(base, 0o755)
+    instance = "bhv" + base.name[-6:].lower().replace("_", "x")
+    settings = Settings(state_dir=base / "state", run_dir=base / "run", instance=instance)
+    settings.state_dir.mkdir()
+    network = f"{instance}-bench"
+    hostview = None
+    try:
+        t = time.perf_counter()
+        patients = math.ceil(args.files / 100)
+        make_cohort("lung-ct", base / "ct", patients=patients, slices=math.ceil(args.files / patients), size=args.size)
+        files = sum(len(fs) for _, _, fs in os.walk(base / "ct"))
+        size_kib = sum(p.stat().st_size for p in (base / "ct").rglob("*")) / files / 1024
+        print(f"dataset: {files} files in series of ~100, {size_kib:.0f} KiB each "
+              f"(made in {time.perf_counter() - t:.0f} s)")
+        subprocess.run(["chmod", "-R", "a+rX", str(base / "ct")], check=True)
+        home = base / "home"
+        home.mkdir()
+        os.chown(home, UID, UID)
+        subprocess.run(["ip", "netns", "add", network], check=True)
+        plan = SessionPlan(user="bench", project="bench", profile="bench", role="session", session_id="bench",
+                           uid=UID, gid=UID, cpu=1, mem_mb=1024, gpus=0, network=network, datasets=("ct",),
+                           mounts=(Mount(base / "ct", "/data/ct", True, "dataset"),
+                                   Mount(home, "/home/jovyan", False, "home")))
+        vdb.upgrade(settings.vre_db_url)
+        env = {**os.environ, "VRE_STATE_DIR": str(settings.state_dir), "VRE_RUN_DIR": str(settings.run_dir),
+               "VRE_INSTANCE": instance}
+        hostview = subprocess.Popen([sys.executable, "-m", "vre.hostview"], env=env, stderr=subprocess.DEVNULL)
+        times: dict[str, list[float]] = {"bare": [], "marked": []}
+        asyncio.run(read_round(settings, plan, True, files))  # warm the page cache (and hostview)
+        for i in range(args.rounds):
+            order = ("bare", "marked") if i % 2 == 0 else ("marked", "bare")  # ABBA
+            for mode in order:
+                times[mode].append(asyncio.run(read_round(settings, plan, mode == "marked", files)))
+        bare, marked = statistics.median(times["bare"]), statistics.median(times["marked"])
+        for mode, xs in times.items():
+            print(f"{mode:7s} median {statistics.median(xs):7.1f} ms  "
+                  f"({statistics.median(xs) * 1000 / files:.1f} us/file)  runs {[round(x) for x in xs]}")
+        ratio = marked / bare
+        print(f"marked / bare: {ratio:.3f}x (target <= {TARGET}x: {'met' if ratio <= TARGET else 'NOT met'})")
+        print(json.dumps({"files": files, "kib": round(size_kib), "bare_ms": round(bare, 1),
+                          "marked_ms": round(marked, 1), "ratio": round(ratio, 3)}))
+    finally:
+        if hostview is not None:
+            hostview.terminate()
+            hostview.wait()
+        subprocess.run(["ip", "netns", "del", network], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
