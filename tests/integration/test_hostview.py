@@ -138,7 +138,7 @@ def test_a_kernels_reads_are_recorded_per_series_and_minute(hub, session, relay)
     assert len(summaries) <= minutes and len(firsts) + len(summaries) <= len(read) + minutes
     for e in firsts + summaries:
         assert (e["actor"], e["actor_role"], e["project"], e["dataset"]) == (USER, "researcher", PROJECT, DATASET)
-        assert e["details"]["via"] == "vre-hostview"
+        assert e["details"]["via"] == "vre-hostview" and e["source"] == "host"
     assert all(e["target"].startswith(f"/data/{DATASET}/") for e in firsts)
 
 
@@ -164,7 +164,7 @@ def test_hostview_killed_during_a_session_records_the_gap_and_what_follows(hub, 
 
     assert wait_for(marked_again, timeout=60), "hostview did not come back and mark the session again"
     (gap,) = wait_for(lambda: store.query(action="audit.gap", session=session))
-    assert gap["details"]["from"] <= gap["details"]["to"]
+    assert gap["details"]["from"] <= gap["details"]["to"] and gap["source"] == "host"
     assert time.time() - 60 <= _ts(gap["details"]["from"]) <= killed_at <= _ts(gap["details"]["to"])
     assert gap["details"]["datasets"] == [DATASET] and gap["details"]["user"] == USER
     after = read_files(k, 200, start=100)

@@ -60,6 +60,7 @@ def test_at_most_1000_series_listed_the_rest_counted_within_the_stores_limits():
     event = summary_event(summary, T0 + 60)          # validated like any event: fits the store
     assert event.action == "dataset.read_summary" and event.details["opens"] == 1510
     assert event.actor == "alice" and event.session == "alice-lung-1" and event.dataset == "ct"
+    assert event.source == "host"
 
 
 def test_attribution_of_a_worker_is_its_jobs_user_or_the_project():

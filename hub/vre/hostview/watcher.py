@@ -33,9 +33,8 @@ def _utc(ts: float) -> dt.datetime:
 
 
 def host_event(action: str, *, when: float, **fields) -> Event:
-    """Every record hostview writes is built here (the one place that says it comes from the host).
-    TODO(schema v2): add ``source="host"`` here once ``Event.source`` exists on main."""
-    return Event(action=action, time=_utc(when), **fields)
+    """Every record hostview writes is built here: reported by the host, out of the session's reach."""
+    return Event(action=action, time=_utc(when), source="host", **fields)
 
 
 def _who(reader: Reader) -> dict:
