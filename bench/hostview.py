@@ -8,8 +8,8 @@ A synthetic CT cohort (series of 100 DICOM slices, ``--size`` pixels square) is 
 launch gate like a session. Rounds alternate: released at once ("bare"), or released after a real
 ``vre-hostview`` (``python -m vre.hostview``, its own state and SQLite audit store) marked the
 sandbox's dataset mount ("marked"); after each marked round hostview must have counted every
-open. One uncounted round first warms the page cache. Prints medians and the ratio (target
-<= 1.1x); asserts nothing.
+open. One uncounted round first warms the page cache. Prints medians of the reader's wall clock
+and CPU time, their ratios (target <= 1.1x) and hostview's own CPU time per open; asserts nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from vre.backends import gate  # noqa: E402
 from vre.backends.bwrap import _child_pid, sandbox_argv  # noqa: E402
 from vre.demo.synth import make_cohort  # noqa: E402
 from vre.hostview import client  # noqa: E402
+from vre.hostview.service import NICE  # noqa: E402
 from vre.plan import Mount, SessionPlan  # noqa: E402
 from vre.settings import Settings  # noqa: E402
 
@@ -41,14 +42,15 @@ UID = 277777
 TARGET = 1.1
 READER = ("import os, time\n"
           "names = sorted(os.path.join(d, f) for d, _, fs in os.walk('/data/ct') for f in fs)\n"
-          "t = time.perf_counter()\n"
+          "t, c = time.perf_counter(), time.process_time()\n"
           "for n in names:\n"
           "    with open(n, 'rb') as f: f.read()\n"
-          "print(len(names), (time.perf_counter() - t) * 1000)\n")
+          "print(len(names), (time.perf_counter() - t) * 1000, (time.process_time() - c) * 1000)\n")
 
 
-async def read_round(settings: Settings, plan: SessionPlan, marked: bool, n: int) -> float:
-    """Milliseconds the sandbox took to read every file."""
+async def read_round(settings: Settings, plan: SessionPlan, marked: bool, n: int) -> tuple[float, float]:
+    """Milliseconds the sandbox took to read every file: wall clock, and its own CPU time (on a
+    shared machine the steadier figure: other load changes the first, not the second)."""
     info_r, info_w = os.pipe()
     block_r, block_w = os.pipe()
     argv = sandbox_argv(settings, plan, gate_fds=(info_w, block_r)) + ["/usr/bin/python3", "-c", READER]
@@ -70,12 +72,17 @@ async def read_round(settings: Settings, plan: SessionPlan, marked: bool, n: int
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    files, ms = out.split()
+    files, ms, cpu_ms = out.split()
     if marked:
         opens = client.unmark(settings, session)["opens"]
         if opens != int(files):
             print(f"  warning: hostview counted {opens} opens of {files}", file=sys.stderr)
-    return float(ms)
+    return float(ms), float(cpu_ms)
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time a process has used (ns)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
 def main() -> int:
@@ -115,19 +122,33 @@ def main() -> int:
                "VRE_INSTANCE": instance}
         hostview = subprocess.Popen([sys.executable, "-m", "vre.hostview"], env=env, stderr=subprocess.DEVNULL)
         times: dict[str, list[float]] = {"bare": [], "marked": []}
+        cpu: dict[str, list[float]] = {"bare": [], "marked": []}
+        hostview_us: list[float] = []
         asyncio.run(read_round(settings, plan, True, files))  # warm the page cache (and hostview)
         for i in range(args.rounds):
             order = ("bare", "marked") if i % 2 == 0 else ("marked", "bare")  # ABBA
             for mode in order:
-                times[mode].append(asyncio.run(read_round(settings, plan, mode == "marked", files)))
-        bare, marked = statistics.median(times["bare"]), statistics.median(times["marked"])
-        for mode, xs in times.items():
-            print(f"{mode:7s} median {statistics.median(xs):7.1f} ms  "
-                  f"({statistics.median(xs) * 1000 / files:.1f} us/file)  runs {[round(x) for x in xs]}")
-        ratio = marked / bare
-        print(f"marked / bare: {ratio:.3f}x (target <= {TARGET}x: {'met' if ratio <= TARGET else 'NOT met'})")
-        print(json.dumps({"files": files, "kib": round(size_kib), "bare_ms": round(bare, 1),
-                          "marked_ms": round(marked, 1), "ratio": round(ratio, 3)}))
+                before = cpu_ns(hostview.pid)
+                wall, used = asyncio.run(read_round(settings, plan, mode == "marked", files))
+                times[mode].append(wall)
+                cpu[mode].append(used)
+                if mode == "marked":
+                    hostview_us.append((cpu_ns(hostview.pid) - before) / 1000 / files)
+        figures = {"files": files, "kib": round(size_kib)}
+        for what, data in (("wall", times), ("cpu", cpu)):
+            for mode, xs in data.items():
+                m = statistics.median(xs)
+                figures[f"{what}_{mode}_ms"] = round(m, 1)
+                print(f"{mode:7s} {what:4s} median {m:7.1f} ms ({m * 1000 / files:.1f} us/file)  "
+                      f"runs {[round(x) for x in xs]}")
+            ratio = statistics.median(data["marked"]) / statistics.median(data["bare"])
+            figures[f"{what}_ratio"] = round(ratio, 3)
+            print(f"  marked / bare ({what}): {ratio:.3f}x (target <= {TARGET}x: "
+                  f"{'met' if ratio <= TARGET else 'NOT met'})")
+        figures["hostview_cpu_us_per_open"] = round(statistics.median(hostview_us), 1)
+        print(f"hostview's own CPU per open (nice {NICE}): {figures['hostview_cpu_us_per_open']} us; "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(json.dumps(figures))
     finally:
         if hostview is not None:
             hostview.terminate()

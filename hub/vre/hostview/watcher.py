@@ -24,6 +24,10 @@ from .registry import Marked, Registry, alive, process_start
 log = logging.getLogger("vre.hostview")
 
 
+#: batches a drain reads when a run ends or hostview stops: everything queued (within reason)
+ALL = 1000
+
+
 class MarkError(RuntimeError):
     """A run's dataset mounts could not be marked; the message says why."""
 
@@ -146,7 +150,7 @@ class Watcher:
     def unmark(self, session: str) -> int:
         """The run ended: record what it read (its summaries now) and forget it. Its marks went
         with its mounts. Returns the number of opens summarised."""
-        self.drain()
+        self.drain(ALL)
         opens = self._flush(session=session)
         if self._forget(session):
             self.registry.save(self.marks)
@@ -188,11 +192,21 @@ class Watcher:
         return back
 
     # -- events -----------------------------------------------------------------------------
-    def drain(self) -> int:
-        """Read what the kernel queued; returns how many opens."""
+    def drain(self, reads: int = 8) -> int:
+        """Read what the kernel queued, at most ``reads`` batches of about 2,700 events (a
+        reader that never pauses must not keep the service from answering); returns how many
+        opens were attributed."""
         n = 0
-        now = time.time()
-        for mask, fd in self.group.read():
+        for _ in range(reads):
+            events = self.group.read()
+            if not events:
+                break
+            n += self._count(events, time.time())
+        return n
+
+    def _count(self, events: list[tuple[int, int]], now: float) -> int:
+        n = 0
+        for mask, fd in events:
             if fd == FAN_NOFD:
                 if mask & FAN_Q_OVERFLOW:  # cannot happen with an unlimited queue; say so if it does
                     log.error("fanotify queue overflow: some dataset reads were not recorded")
@@ -226,7 +240,7 @@ class Watcher:
 
     def stop(self) -> None:
         """Summarise everything counted so far; the registry keeps the marks for the next hostview."""
-        self.drain()
+        self.drain(ALL)
         self._flush()
 
     def recorded_until(self, now: float) -> float:
