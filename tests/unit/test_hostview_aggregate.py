@@ -12,7 +12,13 @@ ALICE = Reader(session="alice-lung-1", user="alice", project="lung", dataset="ct
 def test_series_is_the_parent_directory_relative_to_the_dataset():
     assert series_of(ALICE, "/data/ct/p1/study/s3/001.dcm") == "p1/study/s3"
     assert series_of(ALICE, "/data/ct/table.csv") == "."
-    assert series_of(ALICE, "/elsewhere/x/y.dcm") == "elsewhere/x"
+
+
+def test_paths_of_a_run_that_ended_are_given_from_the_mount_root():
+    agg = Aggregator()
+    first = agg.record(ALICE, "/p1/s3/001.dcm", T0)        # read after the sandbox exited
+    assert (first.path, first.series) == ("/data/ct/p1/s3/001.dcm", "p1/s3")
+    assert agg.record(ALICE, "/data/ct/p1/s3/002.dcm", T0) is None
 
 
 def test_100000_opens_give_one_record_per_series_and_minute():

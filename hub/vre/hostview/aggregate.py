@@ -48,12 +48,17 @@ class Summary:
     unlisted_opens: int
 
 
+def in_session(reader: Reader, path: str) -> str:
+    """The path as the session sees it. ``readlink`` of an event's fd gives it while the run's
+    mount namespace lives; once the run is gone its mounts are detached and the kernel gives the
+    path from the mount's root instead."""
+    return path if path.startswith(reader.target + "/") else reader.target + path
+
+
 def series_of(reader: Reader, path: str) -> str:
-    """The series directory of ``path`` relative to the dataset root ("." for the root itself).
-    (String slicing: this runs for every open.)"""
-    prefix = reader.target + "/"
-    rel = path[len(prefix):] if path.startswith(prefix) else path.lstrip("/")
-    return rel.rpartition("/")[0] or "."
+    """The series directory of ``path`` (as the session sees it) relative to the dataset root
+    ("." for the root itself). String slicing: this runs for every open."""
+    return path[len(reader.target) + 1:].rpartition("/")[0] or "."
 
 
 @dataclass
@@ -71,6 +76,7 @@ class Aggregator:
 
     def record(self, reader: Reader, path: str, when: float) -> FirstRead | None:
         """Count one open at unix time ``when``; a FirstRead when it opens a new series."""
+        path = in_session(reader, path)
         series = series_of(reader, path)
         bucket = self._buckets.setdefault((reader, int(when // 60) * 60), _Bucket())
         bucket.opens += 1

@@ -76,14 +76,15 @@ class Service:
             writer.close()
 
     # -- records ----------------------------------------------------------------------------
-    def deliver(self) -> None:
-        """Store what is waiting; note until when everything is stored."""
+    async def deliver(self) -> None:
+        """Store what is waiting (in a thread; the outbox is only touched here, in the loop);
+        note until when everything is stored."""
         w = self.watcher
         until = w.recorded_until(time.time())
         batch, w.outbox = w.outbox, []
         if batch:
             try:
-                emit_many(self.settings, batch)
+                await asyncio.to_thread(emit_many, self.settings, batch)
             except Exception:  # the database may be briefly away: keep them (ids make retries idempotent)
                 log.exception("could not store %d dataset read record(s); retrying", len(batch))
                 w.outbox[:0] = batch
@@ -104,7 +105,7 @@ class Service:
         while not self._stop.is_set():
             try:
                 self.watcher.tick()
-                await asyncio.to_thread(self.deliver)
+                await self.deliver()
             except Exception:
                 log.exception("hostview tick failed")
             try:
@@ -134,7 +135,7 @@ class Service:
         server.close()
         await asyncio.gather(*tasks)
         self.watcher.stop()
-        await asyncio.to_thread(self.deliver)
+        await self.deliver()
         path.unlink(missing_ok=True)
         log.info("vre-hostview stopped; its marks are re-made by the next one")
 
