@@ -29,6 +29,10 @@ class HostviewError(RuntimeError):
     """hostview did not mark (not running, refused); the run must not start."""
 
 
+class HostviewUnavailable(HostviewError):
+    """hostview did not answer (not running, restarting): worth trying again later."""
+
+
 def socket_path(settings: Settings) -> Path:
     return settings.run_dir / "hostview" / "hostview.sock"
 
@@ -64,7 +68,7 @@ async def mark(settings: Settings, *, session: str, user: str, project: str, pid
             break
         except (OSError, ValueError) as e:
             if time.monotonic() > deadline:
-                raise HostviewError(
+                raise HostviewUnavailable(
                     f"dataset reads cannot be recorded: vre-hostview does not answer at {socket_path(settings)} "
                     f"({e}); the run was not started. An admin checks the hub's log for vre-hostview") from None
             await asyncio.sleep(0.2)

@@ -28,7 +28,7 @@ from ..plan import PlanRefused, build_plan
 from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import service
-from .executor import ExecutorError, LocalDaskExecutor, SchedulerLost
+from .executor import ExecutorError, LocalDaskExecutor, RecorderUnavailable, SchedulerLost
 from .queue import Ask, Quota, admit
 
 log = logging.getLogger("vre.jobs")
@@ -197,6 +197,13 @@ class Engine:
             await self.commit(db)
             await self.executor.submit(project.slug, worker.name, self.spec(plan, job, worker.name))
         except (ExecutorError, OSError) as e:
+            if isinstance(e, RecorderUnavailable) and job.kind != "cluster":
+                # hostview is restarting (as with the hub): nothing of the worker is left and it
+                # is not the job's fault, so it waits in the queue
+                log.warning("job %s waits in the queue: %s", job.id, e)
+                self.release(db, job)
+                job.state, job.reason, job.devices, job.attempts = "queued", f"waiting: {e}", "", job.attempts - 1
+                return
             log.exception("could not start job %s", job.id)
             self.release(db, job)
             self.finish(db, job, "failed", f"could not start: {e}")

@@ -47,6 +47,11 @@ class ExecutorError(RuntimeError):
     pass
 
 
+class RecorderUnavailable(ExecutorError):
+    """vre-hostview cannot record a new worker's dataset reads now (it is restarting): the job
+    waits in the queue rather than fail."""
+
+
 class SchedulerLost(ExecutorError):
     """The project's scheduler is gone (killed, crashed): its running jobs need a decision."""
 
@@ -242,6 +247,8 @@ class LocalDaskExecutor:
         try:
             proc = await bwrap.launch(self.settings, plan, argv, env, log_path=plan.run_dir / "log.txt",
                                       limits=limits, devices=devices)
+        except hostview.HostviewUnavailable as e:
+            raise RecorderUnavailable(str(e)) from None
         except hostview.HostviewError as e:
             raise ExecutorError(str(e)) from None
         self._procs.append(proc)
