@@ -1,8 +1,9 @@
 """The ``vre-hostview`` service: ``python -m vre.hostview``, run by the hub as a managed service (root).
 
 It holds the fanotify group (:mod:`.watcher`), answers the hub and the job engine on a root-only
-unix socket (protocol in :mod:`.client`), and once a second writes the records of ended minutes to
-the audit store. It dies with its hub and is the only one of its instance (``vre.services``); a
+unix socket (protocol in :mod:`.client`), reads the kernel's queue every 50 ms at nice 10 (the
+sessions' own work comes first) and once a second writes the records of ended minutes to the
+audit store. It dies with its hub and is the only one of its instance (``vre.services``); a
 restarted one marks the live runs of its registry again and records the gap.
 """
 
