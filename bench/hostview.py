@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hub"))
 
 from vre import db as vdb  # noqa: E402
+from vre.audit import open_store  # noqa: E402
 from vre.backends import gate  # noqa: E402
 from vre.backends.bwrap import _child_pid, sandbox_argv  # noqa: E402
 from vre.demo.synth import make_cohort  # noqa: E402
@@ -73,10 +74,16 @@ async def read_round(settings: Settings, plan: SessionPlan, marked: bool, n: int
             proc.kill()
             proc.wait()
     files, ms, cpu_ms = out.split()
-    if marked:
-        opens = client.unmark(settings, session)["opens"]
-        if opens != int(files):
-            print(f"  warning: hostview counted {opens} opens of {files}", file=sys.stderr)
+    if marked:  # every open is in the store (a round may span a minute: two summaries)
+        client.unmark(settings, session)
+        store, stored = open_store(settings), 0
+        for _ in range(50):
+            stored = sum(e["details"]["opens"] for e in store.query(action="dataset.read_summary", session=session))
+            if stored >= int(files):
+                break
+            await asyncio.sleep(0.1)
+        if stored != int(files):
+            print(f"  warning: hostview recorded {stored} opens of {files}", file=sys.stderr)
     return float(ms), float(cpu_ms)
 
 
