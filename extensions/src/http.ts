@@ -10,13 +10,15 @@ import { ServerConnection } from '@jupyterlab/services';
 
 /**
  * An error answered by the server (`{status, reason, message}`; the jobs relay sends
- * `{message}`), or a network failure (status 0). `message` is meant for the user as is.
+ * `{message}`), or a network failure (status 0). `message` is meant for the user as is; `body`
+ * is the whole JSON answer (the airlock's refusals list problems per file there).
  */
 export class ApiError extends Error {
   constructor(
     readonly status: number,
     readonly reason: string,
-    message: string
+    message: string,
+    readonly body: { [key: string]: unknown } | null = null
   ) {
     super(message);
     this.name = 'ApiError';
@@ -101,7 +103,7 @@ export async function request(
     } else if (response.status === 404) {
       message = options.notAvailable || NOT_AVAILABLE;
     }
-    throw new ApiError(response.status, reason, message);
+    throw new ApiError(response.status, reason, message, body && typeof body === 'object' ? body : null);
   }
   return response;
 }
@@ -121,7 +123,7 @@ export async function getBlob(url: string, signal?: AbortSignal): Promise<Blob> 
  * response has no JSON body.
  */
 export async function callJSON<T>(
-  method: 'GET' | 'POST',
+  method: 'GET' | 'POST' | 'PATCH' | 'DELETE',
   url: string,
   body?: unknown,
   signal?: AbortSignal,

@@ -9,6 +9,8 @@
  * - download actions hidden for dataset paths (guard.ts)
  * - a "Jobs" sidebar for the project's batch queue (jobs.ts), and "Run as batch job" on
  *   notebooks and scripts in the file browser
+ * - an "Export requests" sidebar for the airlock (airlock-panel.ts), and "Request export" on files
+ *   and folders in the file browser (airlock-picker.ts)
  *
  * The REST API is extensions/API.md; everything is bundled (sessions have no network).
  */
@@ -38,6 +40,9 @@ import { Contents } from '@jupyterlab/services';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
+import { airlockApi, problemLines } from './airlock-api';
+import { AirlockPanel } from './airlock-panel';
+import { NEW, pickRequest } from './airlock-picker';
 import { IDataset, IRoot, ISeriesItem } from './api';
 import { DatasetBrowser } from './browser';
 import { seriesCode, seriesFolder } from './code';
@@ -59,6 +64,8 @@ namespace CommandIDs {
   export const insertCode = 'vre:insert-series-code';
   export const showJobs = 'vre:show-jobs';
   export const runAsJob = 'vre:run-as-job';
+  export const showAirlock = 'vre:show-airlock';
+  export const requestExport = 'vre:request-export';
 }
 
 const dicomSvg = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
@@ -74,9 +81,14 @@ const jobsSvg = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" 
 <g class="jp-icon3" fill="#616161"><path d="M3 4h18v4H3zm0 6h18v4H3zm0 6h18v4H3z" fill-opacity=".25"/>
 <path d="M3 4h12v4H3zm0 6h7v4H3zm0 6h17v4H3z"/></g></svg>`;
 
+const airlockSvg = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
+<g class="jp-icon3" fill="#616161"><path d="M4 3h10l4 4v6h-2V8h-3V5H6v14h6v2H4z"/>
+<path d="M17 14h2v4.2l1.6-1.6 1.4 1.4-4 4-4-4 1.4-1.4 1.6 1.6z"/></g></svg>`;
+
 export const dicomIcon = new LabIcon({ name: 'vre-session:dicom', svgstr: dicomSvg });
 export const datasetsIcon = new LabIcon({ name: 'vre-session:datasets', svgstr: datasetsSvg });
 export const jobsIcon = new LabIcon({ name: 'vre-session:jobs', svgstr: jobsSvg });
+export const airlockIcon = new LabIcon({ name: 'vre-session:airlock', svgstr: airlockSvg });
 
 /**
  * A model factory that never asks for the file's content (`content=0`: metadata only) and
@@ -363,6 +375,65 @@ const plugin: JupyterFrontEndPlugin<void> = {
       command: CommandIDs.runAsJob,
       selector: '.jp-DirListing-item[data-isdir="false"]',
       rank: 3
+    });
+
+    // --- the airlock: Export requests sidebar, "Request export" -----------------------------
+    const airlock = new AirlockPanel();
+    airlock.title.icon = airlockIcon;
+    shell.add(airlock, 'left', { rank: 170 });
+    restorer?.add(airlock, 'vre-airlock');
+    commands.addCommand(CommandIDs.showAirlock, {
+      label: 'Show Export Requests',
+      caption: 'Request the export of results through the airlock; follow reviews; download released files',
+      icon: airlockIcon,
+      execute: () => shell.activateById(airlock.id)
+    });
+    palette?.addItem({ command: CommandIDs.showAirlock, category: 'VRE' });
+    const selectedItems = (): string[] => {
+      const browser = browserFactory?.tracker.currentWidget || defaultBrowser;
+      return browser ? Array.from(browser.selectedItems()).map(i => i.path) : [];
+    };
+    commands.addCommand(CommandIDs.requestExport, {
+      label: 'Request export',
+      caption: 'Add the selected files and folders to an export request (airlock)',
+      icon: airlockIcon,
+      isVisible: () => selectedItems().length > 0,
+      execute: async args => {
+        const paths = Array.isArray(args.paths) ? (args.paths as string[]) : selectedItems();
+        if (!paths.length) {
+          return;
+        }
+        let open;
+        try {
+          open = await airlock.editable();
+        } catch (e) {
+          Notification.error(`Cannot list your export requests: ${errorText(e)}`);
+          return;
+        }
+        const choice = await pickRequest(paths, open);
+        if (!choice) {
+          return;
+        }
+        const files = paths.map(path => ({ path, description: choice.description }));
+        try {
+          const req =
+            choice.target === NEW
+              ? await airlockApi.create(choice.title, '', files)
+              : await airlockApi.addFiles(Number(choice.target), files);
+          shell.activateById(airlock.id);
+          airlock.showRequest(req, `Added to request #${req.id}: ${paths.join(', ')}.`);
+        } catch (e) {
+          const lines = [errorText(e), ...problemLines(e)];
+          Notification.error(lines.join(' · '), { autoClose: false });
+          shell.activateById(airlock.id);
+          airlock.setStatus(lines.join('\n'), true);
+        }
+      }
+    });
+    app.contextMenu.addItem({
+      command: CommandIDs.requestExport,
+      selector: '.jp-DirListing-item',
+      rank: 4
     });
 
     // --- download actions hidden for dataset paths ------------------------------------------

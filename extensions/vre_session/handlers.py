@@ -454,9 +454,10 @@ def setup_handlers(serverapp) -> VREState:
     web_app.settings["vre_session"] = state
     base = web_app.settings.get("base_url", "/")
     routes = ROUTES if viewer is not None else ROUTES[:6]  # without the viewer: datasets and browsing
+    from .airlock import ROUTES as AIRLOCK_ROUTES
     from .jobs.handlers import ROUTES as JOB_ROUTES
 
-    routes = list(routes) + JOB_ROUTES
+    routes = list(routes) + JOB_ROUTES + AIRLOCK_ROUTES
     web_app.settings["vre_project"] = os.environ.get("VRE_PROJECT")
     web_app.add_handlers(".*$", [(url_path_join(base, pattern), handler) for pattern, handler in routes])
 

@@ -11,6 +11,8 @@
   JupyterHub's service auth and scopes).
 * ``/services/vre/api/jobs...``: the batch queue's REST API (``vre.jobs.api``).
 * ``/services/vre/api/airlock...``: the airlock's REST API (``vre.api.airlock``, docs/airlock.md).
+* ``/services/vre/airlock[/<id>]``: the output checkers' pages; ``.../download`` links for researchers
+  (``vre.api.airlock_pages``).
 
 The proxy reaches the service on a loopback port (JupyterHub's service ``url`` must be http[s]);
 sessions, which have no network, reach it on its unix socket ``SOCKET_NAME`` in the hub's socket
@@ -50,13 +52,14 @@ def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
     and the requester's side of the airlock."""
     from ..jobs.api import handlers as job_handlers
     from .airlock import handlers as airlock_handlers
+    from .airlock_pages import handlers as airlock_pages
     from .audit import handlers
     from .ingest import IngestHandler
 
     result = list(job_handlers(settings))
     if sessions_only:
         return [(EVENTS_ROUTE, IngestHandler), *result, *airlock_handlers(settings, sessions_only=True)]
-    result += airlock_handlers(settings)
+    result += airlock_handlers(settings) + airlock_pages(settings)
     for pattern, cls, *rest in handlers(settings):
         if pattern == EVENTS_ROUTE:
             kwargs = rest[0] if rest else {}
