@@ -140,6 +140,7 @@ export class AirlockDetails {
       const submit = el('button', 'vre-btn', 'Add');
       submit.type = 'submit';
       submit.title = `Add the file or folder to request ${req.id}`;
+      submit.setAttribute('aria-label', submit.title);
       add.appendChild(submit);
       add.addEventListener('submit', e => {
         e.preventDefault();
@@ -226,7 +227,7 @@ export class AirlockDetails {
     }
     const comments = req.history.filter(h => h.comment);
     if (comments.length) {
-      const sec = el('div', 'vre-AirlockReviews');
+      const sec = el('div', 'vre-AirlockReviews vre-AirlockComments');
       sec.appendChild(el('h4', undefined, 'Comments'));
       const ul = el('ul');
       for (const h of comments) {

@@ -212,6 +212,12 @@ export class AirlockPanel extends Widget {
     if (open && summary && WAITING.includes(open.state) && summary.updated_at !== open.updated_at) {
       void this._details.load(open.id);
     }
+    // say when the checkers moved a request on (the list may be all the user looks at)
+    const before = new Map(this._requests.map(r => [r.id, r.state]));
+    const moved = requests.find(r => before.has(r.id) && before.get(r.id) !== r.state);
+    if (moved) {
+      this.setStatus(`Request #${moved.id} is now ${STATE_LABEL[moved.state] || moved.state}.`);
+    }
     this._requests = requests;
     this._render();
     if (!requests.length && !this._status.classList.contains('vre-mod-error')) {

@@ -17,7 +17,7 @@ class PickerBody extends Widget {
     super({ node: el('div', 'vre-AirlockPicker') });
     const what = el('p', undefined, paths.length === 1 ? `Export ${paths[0]}` : `Export ${paths.length} items`);
     this.node.appendChild(what);
-    const l = el('label', undefined, 'Add to');
+    const l = el('label', undefined, 'Export request');
     this._select = el('select');
     this._select.id = 'vre-airlock-pick';
     l.htmlFor = this._select.id;

@@ -23,6 +23,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from hubclient import HubClient
@@ -49,6 +50,10 @@ def png(width: int, height: int) -> bytes:
 
 
 PNG = png(16, 16)
+#: an SVG that would run a script and fetch a foreign image if it were opened as a document
+SVG = ('<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="40" height="20">'
+       '<script>parent.document.title = "pwned"</script><rect width="40" height="20" fill="#36c"/>'
+       '<image href="https://example.org/tracker.png" width="1" height="1"/></svg>')
 NOTEBOOK = {"cells": [{"cell_type": "code", "execution_count": 1, "metadata": {}, "id": "c1",
                        "source": "print('AUC 0.91')",
                        "outputs": [{"output_type": "stream", "name": "stdout", "text": "AUC 0.91\n"}]}],
@@ -111,6 +116,11 @@ def put(bob, path: str, model: dict) -> None:
     assert r.status_code in (200, 201), f"writing {path}: {r.status_code} {r.text}"
 
 
+def path(response) -> str:
+    """The URL path of a response (Lab's no-store requests carry a cache-busting query)."""
+    return urlsplit(response.url).path
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -134,6 +144,7 @@ def test_export_from_lab_review_in_browser_release_download(sqlite_hub, people, 
     put(bob, "project/results", {"type": "directory"})
     put(bob, "project/results/table.csv", {"type": "file", "format": "text", "content": TABLE})
     put(bob, "project/results/roc.png", {"type": "file", "format": "base64", "content": base64.b64encode(PNG).decode()})
+    put(bob, "project/results/figure.svg", {"type": "file", "format": "text", "content": SVG})
     put(bob, "analysis.ipynb", {"type": "notebook", "format": "json", "content": NOTEBOOK})
 
     # --- bob, in his Lab --------------------------------------------------------------------------
@@ -159,7 +170,7 @@ def test_export_from_lab_review_in_browser_release_download(sqlite_hub, people, 
     form = panel.locator("form.vre-AirlockForm")
     form.get_by_label("Title").fill("Lesion detection results")
     form.get_by_label("Justification").fill("Aggregate results for the paper; no patient-level identifiers.")
-    with lab.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/vre/api/airlock/requests")) as ans:
+    with lab.expect_response(lambda r: r.request.method == "POST" and path(r).endswith("/vre/api/airlock/requests")) as ans:
         form.get_by_role("button", name="Create request").click()
     assert ans.value.status == 201, ans.value.text()
     rid = ans.value.json()["id"]
@@ -174,23 +185,24 @@ def test_export_from_lab_review_in_browser_release_download(sqlite_hub, people, 
     item.click(button="right")
     lab.locator('.lm-Menu-item[data-command="vre:request-export"]').click()
     dialog = lab.locator(".jp-Dialog")
-    expect(dialog.get_by_label("Add to")).to_have_value(str(rid))
+    expect(dialog.get_by_label("Export request", exact=True)).to_have_value(str(rid))
     dialog.get_by_label("Its description").fill("Evaluation notebook with its outputs")
-    with lab.expect_response(lambda r: r.request.method == "POST" and r.url.endswith(f"/airlock/requests/{rid}/files")) as ans:
+    with lab.expect_response(lambda r: r.request.method == "POST" and path(r).endswith(f"/airlock/requests/{rid}/files")) as ans:
         dialog.get_by_role("button", name="Add to request").click()
     assert ans.value.status == 201, ans.value.text()
     expect(panel).to_be_visible()
     expect(details.locator('.vre-AirlockFile[data-name="analysis.ipynb"]')).to_be_visible()
 
     # the CSV and the PNG: the panel's "add" field (paths as the file browser gives them)
-    for path, description in (("project/results/table.csv", "Per-case PSA and lesion call"),
-                              ("project/results/roc.png", "ROC curve")):
-        details.get_by_label("Add a file or folder (path as in the file browser)").fill(path)
+    for where, description in (("project/results/table.csv", "Per-case PSA and lesion call"),
+                              ("project/results/roc.png", "ROC curve"),
+                              ("project/results/figure.svg", "Overview figure")):
+        details.get_by_label("Add a file or folder (path as in the file browser)").fill(where)
         details.get_by_label("Its description").fill(description)
-        with lab.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/files")) as ans:
+        with lab.expect_response(lambda r: r.request.method == "POST" and path(r).endswith("/files")) as ans:
             details.get_by_role("button", name=f"Add the file or folder to request {rid}").click()
         assert ans.value.status == 201, ans.value.text()
-        expect(details.locator(f'.vre-AirlockFile[data-name="{path.rsplit("/", 1)[-1]}"]')).to_be_visible()
+        expect(details.locator(f'.vre-AirlockFile[data-name="{where.rsplit("/", 1)[-1]}"]')).to_be_visible()
     # a description edited in place
     desc = details.get_by_label("Description of roc.png")
     expect(desc).to_have_value("ROC curve")
@@ -207,13 +219,13 @@ def test_export_from_lab_review_in_browser_release_download(sqlite_hub, people, 
     # check, then submit
     details.get_by_role("button", name=re.compile(f"^Check request {rid}")).click()
     expect(details.locator(".vre-AirlockCheck")).to_contain_text("no problems")
-    with lab.expect_response(lambda r: r.url.endswith(f"/requests/{rid}/submit")) as ans:
+    with lab.expect_response(lambda r: path(r).endswith(f"/requests/{rid}/submit")) as ans:
         details.get_by_role("button", name=re.compile(f"^Submit request {rid}")).click()
     assert ans.value.status == 200, ans.value.text()
     submitted = ans.value.json()
     expect(details).to_have_attribute("data-state", "submitted")
     files = {f["name"]: f for f in submitted["files"]}
-    assert set(files) == {"analysis.ipynb", "table.csv", "roc.png"}
+    assert set(files) == {"analysis.ipynb", "table.csv", "roc.png", "figure.svg"}
     assert files["table.csv"]["sha256"] == sha(TABLE.encode()) and files["roc.png"]["sha256"] == sha(PNG)
     expect(details.locator(".vre-AirlockFile-sha").first).to_contain_text("SHA-256")
     expect(panel.locator(f'.vre-AirlockRow[data-request-id="{rid}"] .vre-AirlockBadge')).to_have_text("submitted")
@@ -234,9 +246,9 @@ def test_export_from_lab_review_in_browser_release_download(sqlite_hub, people, 
         check_previews(first)
         expect(first.locator("#req-phase")).to_have_attribute("data-phase", "independent")
         decide(first, {"table.csv": ("approve", ""), "roc.png": ("approve", "axis labels only"),
-                       "analysis.ipynb": ("approve", "")})
+                       "analysis.ipynb": ("approve", ""), "figure.svg": ("approve", "")})
         expect(first.locator("#req-phase")).to_contain_text("1 of 2 reviews complete")
-        expect(first.locator(".file-card .reviews li")).to_have_count(3)  # their own decisions only
+        expect(first.locator(".file-card .reviews li")).to_have_count(4)  # their own decisions only
         expect(first.locator("#request-actions")).to_be_hidden()
 
         # checker 2: blinded, sees nothing of checker 1's decisions
@@ -247,22 +259,27 @@ def test_export_from_lab_review_in_browser_release_download(sqlite_hub, people, 
         assert "checker-ann" not in second.locator("#files").inner_text()
         for card in second.locator(".file-card").all():
             expect(card.locator(".card-header .badge")).to_have_attribute("data-status", "pending")
-        decide(second, {"table.csv": ("approve", ""), "roc.png": ("approve", ""), "analysis.ipynb": ("approve", "")})
+        decide(second, {"table.csv": ("approve", ""), "roc.png": ("approve", ""), "analysis.ipynb": ("approve", ""),
+                        "figure.svg": ("approve", "")})
         # consolidation: every decision shown, the request can be decided
         expect(second.locator("#req-phase")).to_have_attribute("data-phase", "consolidation")
-        expect(second.locator(".file-card .reviews li")).to_have_count(6)
-        expect(second.locator('.file-card .reviews li[data-reviewer="checker-ann"]')).to_have_count(3)
+        expect(second.locator(".file-card .reviews li")).to_have_count(8)
+        expect(second.locator('.file-card .reviews li[data-reviewer="checker-ann"]')).to_have_count(4)
         expect(second.locator("#files")).to_contain_text("axis labels only")
         expect(second.locator("#act-release")).to_be_visible()
         first.reload()
-        expect(first.locator(".file-card .reviews li")).to_have_count(6)
-        expect(first.locator('.file-card[data-file-name="table.csv"] .csv-preview tbody tr')).to_have_count(3)
+        expect(first.locator(".file-card .reviews li")).to_have_count(8)
+        check_previews(first)
+        # a tall viewport rather than full_page: full-page captures leave the sandboxed frame blank
+        first.set_viewport_size({"width": 1400, "height": 2000})
+        first.evaluate("window.scrollTo(0, 0)")
+        first.wait_for_timeout(500)
         ARTIFACTS.mkdir(exist_ok=True)
-        first.screenshot(path=str(ARTIFACTS / "airlock-review.png"), full_page=True)
+        first.screenshot(path=str(ARTIFACTS / "airlock-review.png"))
         shutil.copy(ARTIFACTS / "airlock-review.png", ROOT / "docs" / "screenshot-airlock-review.png")
 
         second.locator("#request-comment").fill("Aggregates only: safe to release.")
-        with second.expect_response(lambda r: r.url.endswith(f"/requests/{rid}/release")) as ans:
+        with second.expect_response(lambda r: path(r).endswith(f"/requests/{rid}/release")) as ans:
             second.locator("#act-release").click()
         assert ans.value.status == 200, ans.value.text()
         expect(second.locator("body")).to_have_attribute("data-state", "released")
@@ -274,8 +291,10 @@ def test_export_from_lab_review_in_browser_release_download(sqlite_hub, people, 
     # --- bob: released, downloads the zip from the panel ----------------------------------------
     panel.get_by_role("button", name="Refresh the export requests").click()
     expect(details).to_have_attribute("data-state", "released", timeout=30_000)
-    expect(details.locator(".vre-AirlockReviews")).to_contain_text("checker-ben")
-    expect(details.locator(".vre-AirlockReviews")).to_contain_text("safe to release")
+    reviews = details.locator(".vre-AirlockReviews").first
+    expect(reviews).to_contain_text("checker-ben approved")
+    expect(reviews).to_contain_text("roc.png: checker-ann approved — “axis labels only”")
+    expect(details.locator(".vre-AirlockComments")).to_contain_text("safe to release")
     zip_link = details.get_by_role("link", name="Download all (zip)")
     expect(zip_link).to_be_visible()
     dismiss_toasts(lab)
@@ -290,12 +309,19 @@ def test_export_from_lab_review_in_browser_release_download(sqlite_hub, people, 
     assert dl.value.failure() is None
     z = zipfile.ZipFile(io.BytesIO(saved.read_bytes()))
     sums = dict(line.split("  ", 1)[::-1] for line in z.read("SHA256SUMS").decode().splitlines())
-    assert set(sums) == {"table.csv", "roc.png", "analysis.ipynb"}, sums
+    assert set(sums) == {"table.csv", "roc.png", "analysis.ipynb", "figure.svg"}, sums
     for name, digest in sums.items():
         assert sha(z.read(name)) == digest == files[name]["sha256"], name
     assert z.read("table.csv").decode() == TABLE and z.read("roc.png") == PNG
-    nb_bytes = z.read("analysis.ipynb")
-    assert json.loads(nb_bytes)["cells"][0]["outputs"][0]["text"] == "AUC 0.91\n"
+    # the originals, as they are in bob's home and the project workspace on the host
+    base = hub.state / "projects" / PROJECT
+    originals = {"table.csv": base / "workspace" / "results" / "table.csv",
+                 "roc.png": base / "workspace" / "results" / "roc.png",
+                 "figure.svg": base / "workspace" / "results" / "figure.svg",
+                 "analysis.ipynb": base / "homes" / "bob" / "analysis.ipynb"}
+    for name, original in originals.items():
+        assert sums[name] == sha(original.read_bytes()), name
+    assert "AUC 0.91" in "".join(json.loads(z.read("analysis.ipynb"))["cells"][0]["outputs"][0]["text"])
     assert "release-record.json" in z.namelist() and "release-record.json.sig" in z.namelist()
     # the checksums shown in the panel are those of the zip
     for name, f in files.items():
@@ -321,10 +347,10 @@ def test_export_from_lab_review_in_browser_release_download(sqlite_hub, people, 
     assert in_order(actions, ["airlock.create", "airlock.update", "airlock.check", "airlock.submit",
                               "airlock.file_view", "airlock.review_start", "airlock.review", "airlock.consolidate",
                               "airlock.approve", "airlock.release", "airlock.download"]), actions
-    assert actions.count("airlock.review") == 6, actions
+    assert actions.count("airlock.review") == 8, actions
     assert {a for a, act in ok if act == "airlock.review"} == set(CHECKERS)
     assert {a for a, act in ok if act == "airlock.file_view"} == set(CHECKERS)
-    assert actions.count("airlock.file_view") >= 6  # each checker viewed each file
+    assert actions.count("airlock.file_view") >= 8  # each checker viewed each file
     assert [a for a, act in ok if act in ("airlock.create", "airlock.submit", "airlock.download")] == ["bob"] * 4
     submit = next(e for e in events if e["action"] == "airlock.submit" and e["outcome"] == "ok")
     assert {f["sha256"] for f in submit["details"]["files"]} == {f["sha256"] for f in files.values()}
@@ -344,6 +370,12 @@ def check_previews(page) -> None:
     frame = page.frame_locator('.file-card[data-file-name="analysis.ipynb"] iframe')
     expect(frame.locator("body")).to_contain_text("AUC 0.91")
     expect(page.locator('.file-card[data-file-name="analysis.ipynb"] iframe')).to_have_attribute("sandbox", "")
+    # the SVG: an image of a blob (no script runs, nothing is fetched) and its source as text
+    svg = page.locator('.file-card[data-file-name="figure.svg"] .preview img')
+    expect(svg).to_have_attribute("src", re.compile("^blob:"))
+    page.wait_for_function("img => img.complete && img.naturalWidth === 40", arg=svg.element_handle())
+    expect(page.locator('.file-card[data-file-name="figure.svg"] details pre')).to_contain_text("<script>", use_inner_text=False)
+    assert page.title() != "pwned"
 
 
 def decide(page, decisions: dict[str, tuple[str, str]]) -> None:
@@ -353,7 +385,7 @@ def decide(page, decisions: dict[str, tuple[str, str]]) -> None:
         card.get_by_role("radio", name=label[decision], exact=True).check()
         if comment:
             card.get_by_label(f"Comment on {name}").fill(comment)
-    with page.expect_response(lambda r: r.url.endswith("/reviews")) as ans:
+    with page.expect_response(lambda r: path(r).endswith("/reviews")) as ans:
         page.get_by_role("button", name="Record my decisions").click()
     assert ans.value.status == 201, ans.value.text()
     expect(page.locator("body")).to_have_attribute("data-airlock-loading", "false")
