@@ -120,6 +120,9 @@ function call<T>(
 const id = (n: number) => String(n);
 
 export const airlockApi = {
+  /** This session's project (`GET vre/api/`): the panel lists and adds to its requests only. */
+  project: () =>
+    callJSON<{ project?: string | null }>('GET', apiUrl([]), undefined, undefined, NO_AIRLOCK).then(r => r.project || null),
   list: (project: string | null, signal?: AbortSignal) =>
     call<{ requests: IAirlockSummary[] }>('GET', ['requests'], undefined, { role: 'author', project }, signal).then(
       r => r.requests || []

@@ -1,5 +1,6 @@
 /**
- * The Export requests panel (sidebar): the researcher's airlock requests in this session's project,
+ * The Export requests panel (sidebar): the researcher's airlock requests in this session's project
+ * (files are named as paths of this session, so requests of other projects are not its business),
  * through this server's relay (airlock-api.ts).
  *
  * - my requests, newest first, with their state, refreshed every 5 s while the panel is visible
@@ -69,9 +70,9 @@ export class AirlockPanel extends Widget {
     return this._requests;
   }
 
-  /** Requests of mine still open to changes (for "Request export"), listed now. */
+  /** Requests of mine in this project still open to changes (for "Request export"), listed now. */
   async editable(): Promise<IAirlockSummary[]> {
-    const all = await airlockApi.list(null);
+    const all = await airlockApi.list(await this._project);
     return all.filter(r => r.actions.includes('add_files'));
   }
 
@@ -199,7 +200,7 @@ export class AirlockPanel extends Widget {
   private async _refresh(): Promise<void> {
     let requests: IAirlockSummary[];
     try {
-      requests = await airlockApi.list(null);
+      requests = await airlockApi.list(await this._project);
     } catch (e) {
       this.setStatus(`Cannot list the export requests: ${errorText(e)}`, true);
       return;
@@ -275,4 +276,5 @@ export class AirlockPanel extends Widget {
   private _requests: IAirlockSummary[] = [];
   private _selected: number | null = null;
   private _poller = new Poller(() => this._refresh(), 5000);
+  private _project = airlockApi.project().catch(() => null);
 }
