@@ -4,6 +4,8 @@
  * shows them (after the blinded phase), and, once released, download links to the VRE service with
  * the checksums. Which buttons show follows the API's `actions`; every answer re-renders the request.
  */
+import { Dialog, showDialog } from '@jupyterlab/apputils';
+
 import { airlockApi, downloadUrl, IAirlockFile, IAirlockRequest, ICheckReport, problemLines } from './airlock-api';
 import { DECISION_LABEL, fileBadge, sizeOf, stateBadge, stateHint, timeText } from './airlock-format';
 import { button, el } from './dom';
@@ -191,8 +193,13 @@ export class AirlockDetails {
     }
     if (can('withdraw')) {
       actions.appendChild(
-        button('Withdraw', `Withdraw request ${req.id}`, () => {
-          if (window.confirm(`Withdraw request #${req.id}? It cannot be reopened.`)) {
+        button('Withdraw', `Withdraw request ${req.id}`, async () => {
+          const answer = await showDialog({
+            title: `Withdraw request #${req.id}?`,
+            body: 'A withdrawn request cannot be reopened; its frozen copies are never released.',
+            buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Withdraw' })]
+          });
+          if (answer.button.accept) {
             void this._do(() => airlockApi.withdraw(req.id, ''), `Request #${req.id} withdrawn.`);
           }
         }, { labelled: true })

@@ -4,7 +4,7 @@ notebook in his real session, asks for their export from the Lab (the Export req
 browsers on the VRE service's pages (blinded: the second does not see the first's decisions; then
 consolidated, all decisions shown) with inline previews, and release; bob downloads the zip from the
 panel and its checksums match the originals; the audit trail has every step in order; bob gets 403
-on the checker page of his own request. Every request of every page is watched: none leaves this
+on the checker page of his own request, a stranger 403 on the list and 404 on the request. Every request of every page is watched: none leaves this
 machine. Screenshots: docs/screenshot-airlock-review.png, docs/screenshot-airlock-lab.png.
 
 The extension must be built and installed first: ``bash extensions/build-labextension.sh``.
@@ -338,6 +338,13 @@ def test_export_from_lab_review_in_browser_release_download(sqlite_hub, people, 
     assert answer.status == 403, answer.status
     expect(own.locator("body")).to_contain_text("author")
     own.close()
+    # someone who is neither a checker nor a member: no list (403), no request (404)
+    stranger = new_page(browser, hub, "alice", foreign)
+    try:
+        assert stranger.goto(f"{hub.url}/services/vre/airlock").status == 403
+        assert stranger.goto(review_url).status == 404
+    finally:
+        stranger.context.close()
 
     # --- the audit trail: every step, in order ------------------------------------------------------
     events = [e for e in json.loads(hub.vre("audit", "query", "--action", "airlock.", "--json", "--limit", "2000").stdout)
