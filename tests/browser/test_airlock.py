@@ -402,8 +402,8 @@ def decide(page, decisions: dict[str, tuple[str, str]]) -> None:
 
 def test_changes_requested_update_and_resubmit_from_the_panel(sqlite_hub, people, browser_page):
     """A request returned with changes requested: bob reads the comments in the panel, fixes the
-    file in his session, freezes it again ("Update": a new version, its reviews start afresh) and
-    resubmits. The request is set up with the CLI, acting as each person."""
+    file in his session, freezes it again ("Update": a new version, its reviews start afresh),
+    resubmits, and then withdraws it. The request is set up with the CLI, acting as each person."""
     hub, bob = sqlite_hub, people
     if bob.server_state(PROJECT) is None:
         bob.start(PROJECT)
@@ -456,8 +456,19 @@ def test_changes_requested_update_and_resubmit_from_the_panel(sqlite_hub, people
     expect(details).to_have_attribute("data-state", "submitted")
     expect(row.locator(".vre-AirlockBadge")).to_have_text("submitted")
 
+    # and withdraws it after all (asked in a dialog first)
+    details.get_by_role("button", name=f"Withdraw request {rid}").click()
+    dialog = lab.locator(".jp-Dialog")
+    expect(dialog).to_contain_text(f"Withdraw request #{rid}?")
+    with lab.expect_response(lambda r: path(r).endswith(f"/requests/{rid}/withdraw")) as ans:
+        dialog.get_by_role("button", name="Withdraw").click()
+    assert ans.value.status == 200, ans.value.text()
+    expect(details).to_have_attribute("data-state", "withdrawn")
+    expect(details.get_by_role("button", name=f"Withdraw request {rid}")).to_have_count(0)
+
     events = [e for e in json.loads(hub.vre("audit", "query", "--action", "airlock.", "--json", "--limit", "2000").stdout)
               if e["target"] == f"airlock/{rid}" and e["outcome"] == "ok"]
     assert in_order([e["action"] for e in events], ["airlock.create", "airlock.submit", "airlock.review",
-                                                     "airlock.return", "airlock.file_update", "airlock.submit"])
+                                                     "airlock.return", "airlock.file_update", "airlock.submit",
+                                                     "airlock.withdraw"])
     assert not foreign, f"requests left this machine: {foreign}"
