@@ -1,7 +1,7 @@
 """The airlock's browser side without a browser: the session relay passes the requester's JSON
 routes only (never downloads, reviews or previews), the checkers' pages and the download links are
 routes of the VRE service (not of its session socket), and the templates render. The pages
-themselves are driven in Chromium by tests/browser/test_airlock.py."""
+themselves are driven in Chromium by tests/browser/test_airlock_flow.py."""
 
 from __future__ import annotations
 
