@@ -84,3 +84,11 @@ def test_no_import_cycles_in_the_hub_package():
     assert "vre.plan" in edges and "vre.settings" in edges["vre.plan"]  # the graph is real
     cycle = find_cycle(edges)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test modules by basename (rootdir mode, no packages): two test files with one
+    name in different folders stop the whole run at collection."""
+    tests = Path(__file__).resolve().parents[1]
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
