@@ -35,6 +35,10 @@ def cmd_up(args) -> int:
     settings = _settings(args)
     if os.geteuid() != 0:
         raise VREError("'vre up' must run as root: the hub creates sandboxes, cgroups and network namespaces")
+    running = running_hub(settings)
+    if running:
+        raise VREError(f"a hub of this installation already runs (pid {running}, state in {settings.state_dir}); "
+                       "stop it first (SIGTERM), or give this one its own VRE_STATE_DIR")
     _prepare_state(settings)
     vdb.upgrade(settings.vre_db_url)
     if settings.demo and not args.no_demo:
@@ -50,6 +54,20 @@ def cmd_up(args) -> int:
     os.chdir(settings.state_dir)
     os.execv(argv[0], argv)
     return 0  # not reached
+
+
+def running_hub(settings: Settings) -> int | None:
+    """The pid of a live hub of this installation (its pid file names a JupyterHub process that
+    runs in this state directory, where ``vre up`` starts it), else None."""
+    try:
+        pid = int((settings.state_dir / "jupyterhub.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except (FileNotFoundError, ProcessLookupError, ValueError, OSError):
+        return None
+    if b"jupyterhub" not in cmdline or Path(cwd) != settings.state_dir.resolve():
+        return None
+    return pid
 
 
 def _prepare_state(settings: Settings) -> None:

@@ -1,5 +1,6 @@
 """Nothing outlives its hub: the managed services die with a hub killed by SIGKILL, the next hub
-owns its pid file and runs exactly one of each service, and nothing is left once it stops."""
+owns its pid file and runs exactly one of each service, a second hub beside a live one is refused,
+and nothing is left once it stops."""
 
 from __future__ import annotations
 
@@ -50,6 +51,10 @@ def test_services_die_with_a_killed_hub_and_the_next_hub_owns_everything(hub_kit
         assert all(len(p) == 1 for p in after.values()), after  # one of each service: no orphan beside
         assert not {p for ps in before.values() for p in ps} & {p for ps in after.values() for p in ps}
         assert int((hub.state / "jupyterhub.pid").read_text()) == hub.proc.pid
+        # a second `vre up` on the same state directory is refused; the running hub is untouched
+        second = hub.vre("up", check=False)
+        assert second.returncode == 2 and "already runs" in second.stderr, (second.returncode, second.stderr)
+        assert hub.proc.poll() is None and services_of(hub) == after
     finally:
         hub.teardown()
     assert hub_kit.leftovers([hub.base_dir]) == []
