@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from .jobs import JobError, _hub
-from .relay import _UnixHTTPConnection
+from .jobs import JobError, service_request
 
 #: What the panel may ask for (below api/airlock): no downloads, no reviews.
 ALLOWED = re.compile(r"/rules/[a-z0-9-]+|/requests(/\d+(/files(/\d+(/update)?)?|/check|/submit|/withdraw|/record)?)?")
@@ -28,21 +26,7 @@ ALLOWED = re.compile(r"/rules/[a-z0-9-]+|/requests(/\d+(/files(/\d+(/update)?)?|
 def request(method: str, path: str, body: dict | None = None, *, timeout: float = 300) -> tuple[int, dict]:
     """One call to the airlock API (``path`` below /services/vre/api/airlock); (status, JSON).
     A submission copies and hashes every file before it answers: the timeout is generous."""
-    sock, prefix = _hub()
-    conn = _UnixHTTPConnection(sock, timeout=timeout)
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}", "Content-Type": "application/json"}
-    try:
-        conn.request(method, f"{prefix}/airlock{path}", body=data, headers=headers)
-        resp = conn.getresponse()
-        raw = resp.read()
-    finally:
-        conn.close()
-    try:
-        payload = json.loads(raw or b"{}")
-    except ValueError:
-        payload = {"message": raw.decode(errors="replace")[:500]}
-    return resp.status, payload
+    return service_request("airlock", method, path, body, timeout=timeout)
 
 
 class AirlockProxyHandler(APIHandler):

@@ -41,16 +41,18 @@ def _hub() -> tuple[str, str]:
     return unquote(parts.netloc), parts.path.rstrip("/")
 
 
-def request(method: str, path: str, body: dict | None = None, *, token: str | None = None,
-            timeout: float = 30) -> tuple[int, dict]:
-    """One call to the queue's API (``path`` below /services/vre/api/jobs); (status, JSON)."""
+def service_request(section: str, method: str, path: str, body: dict | None = None, *, token: str | None = None,
+                    timeout: float = 30) -> tuple[int, dict]:
+    """One call to the VRE service's API (``path`` below /services/vre/api/<section>) over its
+    unix socket with the server's token; (status, JSON). The jobs client and the Lab's relays
+    (jobs, airlock) all go through here."""
     sock, prefix = _hub()
     conn = _UnixHTTPConnection(sock, timeout=timeout)
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Authorization": f"token {token or os.environ['JUPYTERHUB_API_TOKEN']}",
                "Content-Type": "application/json"}
     try:
-        conn.request(method, f"{prefix}/jobs{path}", body=data, headers=headers)
+        conn.request(method, f"{prefix}/{section}{path}", body=data, headers=headers)
         resp = conn.getresponse()
         raw = resp.read()
     finally:
@@ -60,6 +62,12 @@ def request(method: str, path: str, body: dict | None = None, *, token: str | No
     except ValueError:
         payload = {"message": raw.decode(errors="replace")[:500]}
     return resp.status, payload
+
+
+def request(method: str, path: str, body: dict | None = None, *, token: str | None = None,
+            timeout: float = 30) -> tuple[int, dict]:
+    """One call to the queue's API (``path`` below /services/vre/api/jobs); (status, JSON)."""
+    return service_request("jobs", method, path, body, token=token, timeout=timeout)
 
 
 def _call(method: str, path: str, body: dict | None = None) -> dict:
