@@ -74,6 +74,17 @@ def leftovers(dirs: list[Path]) -> list[str]:
     return found
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that used a hub shows the end of that hub's log: CI keeps only this output."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, Hub) and value.log_path.exists():
+                report.sections.append((f"hub log ({name}: {value.backend}, last 80 lines)", value.log_tail(80)))
+
+
 def pytest_sessionfinish(session, exitstatus):
     """The suite leaves no process behind: whatever still runs from this run's directories fails it."""
     left = leftovers(RUN_DIRS)

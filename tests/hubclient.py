@@ -101,9 +101,19 @@ class HubClient:
             if state and state.get("ready"):
                 return
             if state is None:
-                raise HubError(f"session {project} stopped while starting")
+                raise HubError(f"session {project} stopped while starting: {self.spawn_failure(project)}")
             time.sleep(0.3)
         raise HubError(f"session {project} not ready after {timeout} s")
+
+    def spawn_failure(self, project: str) -> str:
+        """The hub's last progress message of a start that failed (its reason), as the spawn page shows it."""
+        try:
+            with self.api("GET", f"/users/{self.username}/servers/{project}/progress", stream=True) as r:
+                messages = [json.loads(line[5:]).get("message", "") for line in r.iter_lines(decode_unicode=True)
+                            if line and line.startswith("data:")]
+        except (requests.RequestException, ValueError) as e:
+            return f"(its progress could not be read: {e})"
+        return messages[-1] if messages else "(the hub reported no reason)"
 
     def stop(self, project: str, timeout: float = 60) -> None:
         r = self.api("DELETE", f"/users/{self.username}/servers/{project}")

@@ -353,6 +353,9 @@ class PlanSpawner(HasTraits):
     async def stop(self, now=False):
         if not self._launched():  # never started, or already finished by poll()
             return
+        if getattr(self, "_waiting_for_response", False):  # JupyterHub gave up on a server that never answered
+            self.log.error("%s %s never answered; its log before it is removed:\n%s",
+                           self.start_noun.capitalize(), self.session_id, await self._log_tail(60))
         await self._finish(grace=0 if now else self.stop_grace, reason=getattr(self, "_stop_reason", "stopped"))
 
     async def _finish(self, *, reason: str, outcome: str = "ok", grace: float = 0) -> None:
