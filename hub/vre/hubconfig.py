@@ -99,6 +99,8 @@ def configure(c, settings: Settings) -> None:
     c.Spawner.default_url = "/lab"
     c.Spawner.poll_interval = settings.poll_interval
     c.Spawner.start_timeout = 120
+    c.JupyterHub.concurrent_spawn_limit = settings.spawn_limit or 4 * (os.cpu_count() or 1)
+    c.JupyterHub.active_server_limit = settings.session_limit
     c.Spawner.http_timeout = 60
     c.JupyterHub.log_level = "DEBUG" if settings.debug else "INFO"
     # Every state-changing API request (and logout) is audited where JupyterHub logs requests.

@@ -74,6 +74,12 @@ class Settings:
     lockout_seconds: int = 300
     #: How often (seconds) the hub re-checks running sessions against membership and expiry.
     poll_interval: int = 10
+    #: Session starts in progress at once; a start beyond it is answered 429 with Retry-After
+    #: (the spawn page asks to try again, API clients wait and retry): a queue, instead of every
+    #: start slowing down until they all time out. 0: four per CPU of this machine.
+    spawn_limit: int = 0
+    #: Sessions running at once (0: no limit); a start beyond it is answered 429 until one stops.
+    session_limit: int = 0
     #: Create demo datasets, projects and accounts on first start.
     demo: bool = True
     #: Size of the demo cohorts; ``small`` is for tests.
@@ -266,6 +272,9 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"run_dir {s.run_dir} must be lowercase (socket hosts are lowercased)")
     if len(str(s.sessions_run_dir)) > 60:
         raise SettingsError(f"run_dir {s.run_dir} is too long for unix socket paths; keep it short")
+    if s.spawn_limit < 0 or s.session_limit < 0:
+        raise SettingsError("spawn_limit and session_limit must be 0 (spawn_limit: four per CPU; session_limit: "
+                            "none) or a positive number")
     if s.lockout_threshold < 1 or s.lockout_seconds < 1:
         raise SettingsError("lockout_threshold and lockout_seconds must be positive")
     for name in ("uid_base", "gid_base", "sessions_gid", "access_uid"):
