@@ -101,6 +101,7 @@ def configure(c, settings: Settings) -> None:
     c.Spawner.start_timeout = 120
     c.JupyterHub.concurrent_spawn_limit = settings.spawn_limit or 4 * (os.cpu_count() or 1)
     c.JupyterHub.active_server_limit = settings.session_limit
+    c.JupyterHub.spawn_throttle_retry_range = (3, 10)  # Retry-After of a start refused for spawn_limit (30-60 s)
     c.Spawner.http_timeout = 60
     c.JupyterHub.log_level = "DEBUG" if settings.debug else "INFO"
     # Every state-changing API request (and logout) is audited where JupyterHub logs requests.
