@@ -361,9 +361,26 @@ def as_utc(value: dt.datetime) -> dt.datetime:
 _engines: dict[str, Engine] = {}
 
 
-def engine_for(url: str) -> Engine:
+def engine_for(url: str, *, durable: bool = False) -> Engine:
     """One engine per URL per process. SQLite gets WAL and a busy timeout so the CLI and the
-    hub can write at the same time."""
+    hub can write at the same time. ``durable``: on SQLite a second engine whose commits are
+    fsynced (``synchronous=FULL``, as the audit store's), for transactions that carry audit
+    records with them (the job engine's); PostgreSQL commits durably either way."""
+    if durable and url.startswith("sqlite"):
+        key = f"durable:{url}"
+        if key not in _engines:
+            engine_for(url)  # the file's privacy, as for the plain engine
+            engine = create_engine(url, connect_args={"timeout": 30})
+
+            @event.listens_for(engine, "connect")
+            def _sqlite_full(dbapi_conn, _record):
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+            _engines[key] = engine
+        return _engines[key]
     if url in _engines:
         return _engines[url]
     if url.startswith("sqlite"):
@@ -388,9 +405,10 @@ def engine_for(url: str) -> Engine:
 
 
 @contextmanager
-def session_scope(url: str):
-    """A transaction: committed on success, rolled back on any error."""
-    session: Session = sessionmaker(engine_for(url), expire_on_commit=False)()
+def session_scope(url: str, *, durable: bool = False):
+    """A transaction: committed on success, rolled back on any error (``durable``: see
+    ``engine_for``)."""
+    session: Session = sessionmaker(engine_for(url, durable=durable), expire_on_commit=False)()
     try:
         yield session
         session.commit()
