@@ -278,15 +278,11 @@ def _walk_ranges(engine: Engine, top: int, expected: dict[int, set[str]], worker
 
 
 def _default_workers(engine: Engine) -> int:
-    """One process per CPU (at most 4); half that when the database server runs on this host, as
-    each helper then keeps a server process busy too."""
-    cpus = min(4, os.cpu_count() or 1)
-    url = engine.url
-    if url.get_backend_name() == "sqlite":
-        return cpus
-    host = url.host or url.query.get("host") or ""
-    local = not host or str(host).startswith("/") or host in ("localhost", "127.0.0.1", "::1")
-    return max(1, cpus // 2) if local else cpus
+    """One process per CPU (at most 4), also when the PostgreSQL server runs on this host: each
+    helper then keeps a server process busy too, but with COPY streaming both sides work at once
+    and the ranges still overlap (2 CPUs, local server, 1,000,000 records: 6.0 s with 2 helpers
+    against 11.6 s with one, see bench/README.md)."""
+    return min(4, os.cpu_count() or 1)
 
 
 def _package_root() -> str:
