@@ -24,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    update,
 )
 from sqlalchemy import false as sa_false
 from sqlalchemy.engine import Engine
@@ -173,6 +174,16 @@ class Profile(Base):
         gpu = f", {self.gpus} GPU" if self.gpus else ""
         mem = f"{self.mem_mb / 1024:g} GiB" if self.mem_mb >= 1024 else f"{self.mem_mb} MiB"
         return f"{self.cpu:g} CPU, {mem} RAM{gpu}"
+
+
+class PlanGeneration(Base):
+    """One row (id 1) whose ``n`` moves on with every change to what a plan is built from
+    (accounts, datasets, projects, memberships, grants, profiles): see ``_bump_plan_generation``.
+    Caches of plans (the job engine's ``PlanCache``) are valid while it stands still."""
+
+    __tablename__ = "plan_generation"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(BigInteger)
 
 
 class GpuLease(Base):
@@ -359,6 +370,22 @@ def as_utc(value: dt.datetime) -> dt.datetime:
 # --- engine and sessions ----------------------------------------------------------------
 
 _engines: dict[str, Engine] = {}
+
+
+_PLAN_INPUTS: tuple = ()
+
+
+@event.listens_for(Session, "before_flush")
+def _bump_plan_generation(session: Session, _flush_context, _instances) -> None:
+    """A flush that adds, changes or deletes anything a plan is built from moves the plan
+    generation on, in the same transaction (every such change goes through the ORM)."""
+    global _PLAN_INPUTS
+    if not _PLAN_INPUTS:
+        _PLAN_INPUTS = (Account, Dataset, Project, Membership, Grant, Profile)
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(obj, _PLAN_INPUTS):
+            session.execute(update(PlanGeneration).where(PlanGeneration.id == 1).values(n=PlanGeneration.n + 1))
+            return
 
 
 def engine_for(url: str, *, durable: bool = False) -> Engine:

@@ -224,3 +224,56 @@ def test_a_failed_commit_after_the_audit_write_stores_neither(world, monkeypatch
     assert open_store(world).verify().ok
     look(engine)
     assert states(world)[job] == "succeeded" and audited(world, "job.finish") == [f"job/{job}"]
+
+
+# --- plans cached until what they are built from changes ---------------------------------------
+def test_plan_cache_keeps_plans_until_membership_profiles_or_accounts_change(world, monkeypatch):
+    import datetime as dt
+
+    from vre import plan as vplan
+    from vre.plan import PlanCache, PlanRefused
+
+    cache, url = PlanCache(), world.vre_db_url
+
+    def get(user="ann"):
+        with vdb.session_scope(url) as db:
+            return cache.get(db, world, user, "lung", "small", role="worker")
+    first = get()
+    assert get() is first                         # nothing changed: the same plan, not rebuilt
+    with vdb.session_scope(url) as db:
+        P.set_profile(db, "lung", "small", cpu=0.5, memory="2G")
+    assert get() is not first and get().cpu == 0.5   # a profile change is seen at once
+    assert get("ben").user == "ben"
+    with vdb.session_scope(url) as db:
+        P.remove_member(db, "lung", "ben")
+    with pytest.raises(PlanRefused, match="not a member"):
+        get("ben")                                  # a cached plan never outlives the membership
+    with vdb.session_scope(url) as db:
+        db.scalar(select(vdb.Account).where(vdb.Account.name == "ann")).disabled = True
+    with pytest.raises(PlanRefused, match="disabled"):
+        get()
+    with vdb.session_scope(url) as db:
+        db.scalar(select(vdb.Account).where(vdb.Account.name == "ann")).disabled = False
+        db.scalar(select(vdb.Project).where(vdb.Project.slug == "lung")).expires_at = \
+            vdb.utcnow() + dt.timedelta(hours=1)
+    assert get().user == "ann"
+    later = vdb.utcnow() + dt.timedelta(hours=2)   # expiry needs no change: the clock is checked
+    monkeypatch.setattr(vplan, "utcnow", lambda: later)
+    monkeypatch.setattr(vdb, "utcnow", lambda: later)
+    with pytest.raises(PlanRefused, match="expired"):
+        get()
+
+
+def test_a_member_removed_while_their_job_waits_is_not_started_from_a_cached_plan(world):
+    fake = FakeExecutor(1)
+    engine = Engine(world, executor=fake)
+    first = submit(world, "ben")
+    look(engine)                                   # ben's plan is built and cached
+    second = submit(world, "ben")
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.remove_member(db, "lung", "ben")
+    fake.end(first)
+    look(engine)
+    assert states(world)[second] == "failed" and fake.submitted == [first]
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert "not a member" in db.get(vdb.Job, second).reason

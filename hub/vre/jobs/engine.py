@@ -26,7 +26,7 @@ from .. import gpus
 from ..db import Job, Project, utcnow
 from ..audit import Event
 from ..audit import open_store
-from ..plan import PlanRefused, build_plan
+from ..plan import PlanCache, PlanRefused
 from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import service
@@ -78,6 +78,7 @@ class Engine:
         self.settings = settings
         self.executor = executor or LocalDaskExecutor(settings)
         self.timed = Timings(os.environ.get("VRE_JOBS_TIMINGS"))
+        self.plans = PlanCache()   # worker plans, dropped whenever membership & co. change
         self._wake = asyncio.Event()
         self._starting = False
         self._stopping = False
@@ -267,8 +268,8 @@ class Engine:
         if worker is None:
             return None
         try:
-            with db.no_autoflush, self.timed("start: build_plan (membership)"):
-                plan = build_plan(db, self.settings, job.account.name, project.slug, job.profile, role="worker")
+            with db.no_autoflush, self.timed("start: worker plan (membership; cached)"):
+                plan = self.plans.get(db, self.settings, job.account.name, project.slug, job.profile, role="worker")
         except PlanRefused as e:
             self.finish(db, job, "failed", f"not started: {e}")
             return ()  # handled (failed): nothing to submit
@@ -293,8 +294,8 @@ class Engine:
     async def start(self, db, project: Project, job: Job) -> None:
         user = job.account.name
         try:
-            with self.timed("start: build_plan (membership)"):
-                plan = build_plan(db, self.settings, user, project.slug, job.profile, role="worker")
+            with self.timed("start: worker plan (membership; cached)"):
+                plan = self.plans.get(db, self.settings, user, project.slug, job.profile, role="worker")
         except PlanRefused as e:
             self.finish(db, job, "failed", f"not started: {e}")
             return
@@ -371,7 +372,7 @@ class Engine:
         if state is None:
             if job.worker:  # handed to a worker but the agent never heard of it: hand it again
                 await self.commit(db)
-                plan = build_plan(db, self.settings, job.account.name, job.project.slug, job.profile, role="worker")
+                plan = self.plans.get(db, self.settings, job.account.name, job.project.slug, job.profile, role="worker")
                 await self.executor.submit(job.project.slug, job.worker, self.spec(plan, job, job.worker))
             return
         if state["state"] == "pending":
