@@ -198,6 +198,7 @@ _SQL = {
 
 
 _PG_EXISTS = 'SELECT "event_id" FROM audit_events WHERE "event_id" = ANY(%s)'
+_PG_STATE_ONE = _SQL["state"] + ', EXISTS (SELECT 1 FROM audit_events WHERE "event_id" = %s)'
 _PG_PIPELINED = 64   # rows an append sends with its COMMIT; more go by COPY
 
 
@@ -359,13 +360,19 @@ class AuditStore:
             return cur.fetchone(), None
         conn = cur.connection
         head = conn.cursor()
-        have = conn.cursor() if ids else None
+        have = conn.cursor() if ids and len(ids) > 1 else None
         with conn.pipeline():
             cur.execute(self._sql("lock"), (PG_LOCK_KEY,))
-            head.execute(_SQL["state"])
+            if ids and len(ids) == 1:  # one request's event: an equality, prepared like the rest
+                head.execute(_PG_STATE_ONE, (ids[0],))
+            else:
+                head.execute(_SQL["state"])
             if have is not None:  # one array parameter, planned each time (see _stored)
                 have.execute(_PG_EXISTS, (ids,), prepare=False)
-        return head.fetchone(), ({r[0] for r in have.fetchall()} if have is not None else None)
+        row = head.fetchone()
+        if ids and len(ids) == 1:
+            return row[:4], ({ids[0]} if row[4] else set())
+        return row, ({r[0] for r in have.fetchall()} if have is not None else None)
 
     def _stored(self, cur, ids: list[str]) -> set[str]:
         if self._sqlite:
