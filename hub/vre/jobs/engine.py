@@ -234,7 +234,12 @@ class Engine:
                         warm.append(started)
             if warm:
                 with self.timed("start: total"):
-                    await self.commit(db)   # every warm start of this look in one commit
+                    try:
+                        await self.commit(db)   # every warm start of this look in one commit
+                    except BaseException:
+                        for _, job, worker in warm:  # not started: their workers are free again
+                            worker.job, worker.idle_since = None, time.time()
+                        raise
                     for plan, job, worker in warm:
                         with self.timed("agent: POST /jobs (submit)"):
                             await self.executor.submit(project.slug, worker.name, self.spec(plan, job, worker.name))
@@ -267,9 +272,11 @@ class Engine:
             worker = self.executor.idle_worker(project.slug, (job.cpu, job.mem_mb, ()))
         if worker is None:
             return None
+        # nothing is flushed before the look's commit (no write lock held across the await below)
         try:
             with db.no_autoflush, self.timed("start: worker plan (membership; cached)"):
-                plan = self.plans.get(db, self.settings, job.account.name, project.slug, job.profile, role="worker")
+                user = job.account.name
+                plan = self.plans.get(db, self.settings, user, project.slug, job.profile, role="worker")
         except PlanRefused as e:
             self.finish(db, job, "failed", f"not started: {e}")
             return ()  # handled (failed): nothing to submit
@@ -282,7 +289,7 @@ class Engine:
         if plan.datasets:
             try:
                 with self.timed("start: hostview assign"):
-                    await self.executor.serve(worker.name, job.account.name, job.id)
+                    await self.executor.serve(worker.name, user, job.id)
             except (ExecutorError, OSError) as e:  # as in ``start``: the job fails, its worker is free
                 log.exception("could not start job %s", job.id)
                 self.release(db, job)
