@@ -204,10 +204,11 @@ class Engine:
                     for job in batch:
                         await self.follow(db, job, status)
                     await self.commit(db)
-        for job in running:
-            if job.kind == "cluster" and job.state == "running":
-                await self.follow_cluster(db, job)
-        await self.commit(db)
+        clusters = [j for j in running if j.kind == "cluster" and j.state == "running"]
+        for job in clusters:
+            await self.follow_cluster(db, job)
+        if clusters:
+            await self.commit(db)
 
         with self.timed("db: load queued (5 columns)"):
             queued, running_asks = service.open_asks(db, project.id)
