@@ -210,6 +210,9 @@ class Engine:
         if clusters:
             await self.commit(db)
 
+        if sum(1 for j in running if j.state == "running") >= project.job_slots:
+            await self.forget_ended(project.slug)  # every slot is taken: nothing to admit, no
+            return                                 # need to read the queue
         with self.timed("db: load queued (5 columns)"):
             queued, running_asks = service.open_asks(db, project.id)
         if not queued:
