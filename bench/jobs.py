@@ -13,7 +13,8 @@ cgroup CPU limit of a job is then a whole core, as a bare Dask worker process ha
    reported apart from the warm rest.
 2. **Throughput:** ``--jobs`` tiny function jobs (``lambda: 1``) submitted as fast as the API takes
    them; jobs per second from the first POST to the last job's end.
-3. **Bare Dask:** the same work straight to a ``distributed.LocalCluster`` with ``--workers``
+3. **Bare Dask** (before and after the service; the baseline is their mean, as the load of a
+   shared machine moves): the same work straight to a ``distributed.LocalCluster`` with ``--workers``
    single-thread workers: each task runs the very same job runner subprocess (python -m
    vre_session.jobs.runner on a function job), as our worker does; and, for reference, the
    function itself as a plain Dask task (no subprocess).
@@ -157,8 +158,13 @@ def main() -> None:
     p.add_argument("--latency", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
+    # bare, service, bare: on a shared machine the load moves; the baseline is the mean of the two
+    # bare runs around the service run
+    before = bench_bare(args)
     service = bench_service(args)
-    bare = bench_bare(args)
+    after = bench_bare(args)
+    bare = {k: (before[k] + after[k]) / 2 for k in ("subprocess_s", "inprocess_s", "task_s")}
+    bare["failed"] = before["failed"] + after["failed"]
     n = args.jobs
     warm = service["warm"]
     print(f"\nBatch queue, {n} tiny jobs, {args.workers} workers ({os.cpu_count()} cores)\n")
@@ -171,7 +177,8 @@ def main() -> None:
     print(f"{'service: ' + str(n) + ' jobs end to end':<52} {service['throughput_s']:>10.2f} s"
           f"  ({n / service['throughput_s']:.1f} jobs/s, {service['failed']} failed)")
     print(f"{'bare Dask: same runner subprocess per task':<52} {bare['subprocess_s']:>10.2f} s"
-          f"  ({n / bare['subprocess_s']:.1f} jobs/s, {bare['failed']} failed)")
+          f"  ({n / bare['subprocess_s']:.1f} jobs/s, {bare['failed']} failed; mean of "
+          f"{before['subprocess_s']:.2f} s before and {after['subprocess_s']:.2f} s after the service)")
     print(f"{'bare Dask: the function as a plain task':<52} {bare['inprocess_s']:>10.2f} s")
     print(f"\nservice / bare Dask (same work per job): {service['throughput_s'] / bare['subprocess_s']:.2f}x")
     w = args.workers
@@ -180,6 +187,9 @@ def main() -> None:
           f"{bare['subprocess_s'] * w / n * 1000:.0f}")
     print(f"{'the task on its worker (runner subprocess), service / bare':<52} {service['task_s'] * 1000:>8.0f} / "
           f"{bare['task_s'] * 1000:.0f}")
+    print(f"{'what a worker waits between jobs, service / bare':<52} "
+          f"{(service['throughput_s'] * w / n - service['task_s']) * 1000:>8.0f} / "
+          f"{(bare['subprocess_s'] * w / n - bare['task_s']) * 1000:.0f}")
     print(f"\nThe engine's wall time by phase during the {n} jobs (VRE_JOBS_TIMINGS; phases nest: 'total' "
           "rows include the rows below them)")
     print(f"{'phase':<52} {'count':>7} {'total s':>9} {'ms/job':>8}")
