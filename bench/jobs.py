@@ -29,6 +29,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -111,6 +112,7 @@ def bench_service(args) -> dict:
                 "failed": failed, "phases": phases, "task_s": statistics.fmean(task_s)}
     finally:
         hub.teardown()
+        shutil.rmtree(timings_file.parent, ignore_errors=True)
 
 
 def read_timings(path: Path) -> dict:
@@ -135,9 +137,16 @@ def run_runner_subprocess(spec_dir: str) -> float:
 
 
 def bench_bare(args) -> dict:
+    spec_dir = tempfile.mkdtemp(prefix="vre-bench-")
+    try:
+        return _bench_bare(args, spec_dir)
+    finally:
+        shutil.rmtree(spec_dir, ignore_errors=True)
+
+
+def _bench_bare(args, spec_dir: str) -> dict:
     from distributed import Client, LocalCluster
 
-    spec_dir = tempfile.mkdtemp(prefix="vre-bench-")
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
             Client(cl) as client:
         client.submit(run_runner_subprocess, spec_dir, pure=False).result()  # warm
