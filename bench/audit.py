@@ -1,7 +1,7 @@
 """Benchmark the audit store: durable appends (single, batched), the latency an audited request
 pays, and verification speed, on SQLite and on PostgreSQL, side by side.
 
-    .venv/bin/python bench/audit.py [--records 1000000] [--pg-records 200000] [--skip-pg] [--pg-url URL]
+    .venv/bin/python bench/audit.py [--records 1000000] [--pg-records 1000000] [--skip-pg] [--pg-url URL]
 
 Every append is durable: SQLite in WAL mode with synchronous=FULL (an fsync per commit);
 PostgreSQL is a throwaway cluster started here with fsync on and synchronous_commit on (not the
@@ -196,6 +196,8 @@ def bench_backend(name: str, url: str, key_dir: Path, records: int, single: int,
     modes = [("1 process", 1)]
     if parallel > 1 and length >= PARALLEL_MIN:  # below that, starting helpers costs more than it saves
         modes.append((f"{parallel} processes", parallel))
+    if workers is None:  # what store.verify() and `vre audit verify` do by default
+        modes[-1] = (modes[-1][0] + " (the default)", modes[-1][1])
     for label, w in modes:
         t, cpu = time.perf_counter(), cpu_seconds()
         report = store.verify(workers=w)
@@ -223,7 +225,7 @@ def cpu_seconds() -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000, help="SQLite chain length to verify (default 1e6)")
-    parser.add_argument("--pg-records", type=int, default=200_000, help="PostgreSQL chain length (default 2e5)")
+    parser.add_argument("--pg-records", type=int, default=1_000_000, help="PostgreSQL chain length (default 1e6)")
     parser.add_argument("--single", type=int, default=1000, help="single appends to time (default 1000)")
     parser.add_argument("--workers", type=int, default=None, help="verify processes (default: one per CPU, max 4)")
     parser.add_argument("--skip-pg", action="store_true")

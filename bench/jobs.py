@@ -13,7 +13,8 @@ cgroup CPU limit of a job is then a whole core, as a bare Dask worker process ha
    reported apart from the warm rest.
 2. **Throughput:** ``--jobs`` tiny function jobs (``lambda: 1``) submitted as fast as the API takes
    them; jobs per second from the first POST to the last job's end.
-3. **Bare Dask:** the same work straight to a ``distributed.LocalCluster`` with ``--workers``
+3. **Bare Dask** (before and after the service; the baseline is their mean, as the load of a
+   shared machine moves): the same work straight to a ``distributed.LocalCluster`` with ``--workers``
    single-thread workers: each task runs the very same job runner subprocess (python -m
    vre_session.jobs.runner on a function job), as our worker does; and, for reference, the
    function itself as a plain Dask task (no subprocess).
@@ -28,6 +29,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,21 +56,21 @@ def wait_all(client, ids: list[int], timeout: float) -> dict[int, dict]:
     """Wait until none of the project's jobs is queued or running (asking for one of each, so the
     waiting itself costs the hub little), then read them all once."""
     deadline = time.monotonic() + timeout
-    base = f"/vre/jobs?project={PROJECT}"
+    base = f"/jobs?project={PROJECT}"
     while time.monotonic() < deadline:
-        if not any(client.api("GET", f"{base}&state={s}&limit=1").json()["jobs"] for s in ("queued", "running")):
+        if not any(client.vre_api("GET", f"{base}&state={s}&limit=1").json()["jobs"] for s in ("queued", "running")):
             break
         time.sleep(0.2)
     else:
         raise SystemExit(f"jobs still queued or running after {timeout} s")
-    done = {j["id"]: j for j in client.api("GET", f"{base}&limit=5000").json()["jobs"] if j["id"] in set(ids)}
+    done = {j["id"]: j for j in client.vre_api("GET", f"{base}&limit=5000").json()["jobs"] if j["id"] in set(ids)}
     if len(done) != len(ids):
         raise SystemExit(f"{len(ids) - len(done)} job(s) missing from the listing")
     return done
 
 
 def submit(client, body: dict) -> int:
-    r = client.api("POST", "/vre/jobs", json={"project": PROJECT, "profile": "small", "cpu": 1, "mem_mb": 512,
+    r = client.vre_api("POST", "/jobs", json={"project": PROJECT, "profile": "small", "cpu": 1, "mem_mb": 512,
                                               **body})
     if r.status_code != 201:
         raise SystemExit(f"submit refused: {r.status_code} {r.text}")
@@ -78,6 +80,8 @@ def submit(client, body: dict) -> int:
 def bench_service(args) -> dict:
     hub = Hub("bench-jobs", None)
     hub.env["VRE_JOBS_WORKER_IDLE"] = "600"
+    timings_file = Path(tempfile.mkdtemp(prefix="vre-bench-jobs-")) / "timings.json"
+    hub.env["VRE_JOBS_TIMINGS"] = str(timings_file)
     try:
         hub.start()
         hub.vre("project", "set-quota", PROJECT, "--jobs", str(args.workers), "--cpu", str(args.workers),
@@ -93,44 +97,68 @@ def bench_service(args) -> dict:
             j = wait_all(alice, [jid], 120)[jid]
             latencies.append(ts(j["started_at"]) - t0)
         payload = base64.b64encode(cloudpickle.dumps((lambda: 1, (), {}))).decode()
+        before = read_timings(timings_file)
         t0 = time.time()
         ids = [submit(alice, {"kind": "function", "payload": payload}) for _ in range(args.jobs)]
         submitted = time.time() - t0
         done = wait_all(alice, ids, args.jobs * 5 + 120)
         end = max(ts(j["finished_at"]) for j in done.values())
         failed = sum(1 for j in done.values() if j["state"] != "succeeded")
+        time.sleep(1.5)  # the engine writes its timings after the tick that saw the last job end
+        after = read_timings(timings_file)
+        phases = {k: (v[0] - before.get(k, (0, 0))[0], v[1] - before.get(k, (0, 0))[1]) for k, v in after.items()}
+        task_s = [j["usage"].get("wall_s", 0) for j in done.values()]
         return {"cold": latencies[0], "warm": latencies[1:], "throughput_s": end - t0, "submit_s": submitted,
-                "failed": failed}
+                "failed": failed, "phases": phases, "task_s": statistics.fmean(task_s)}
     finally:
         hub.teardown()
+        shutil.rmtree(timings_file.parent, ignore_errors=True)
 
 
-def run_runner_subprocess(spec_dir: str) -> int:
+def read_timings(path: Path) -> dict:
+    """The engine's phase timings (``VRE_JOBS_TIMINGS``): name -> [count, seconds]."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_runner_subprocess(spec_dir: str) -> float:
     """What our worker's task does for a function job: the runner in a subprocess."""
     out = tempfile.mkdtemp(dir=spec_dir)
     with open(os.path.join(out, "function.pkl"), "wb") as f:
         cloudpickle.dump((lambda: 1, (), {}), f)
     spec = {"id": 0, "kind": "function", "target": "f", "project": "bench", "user": "bench", "params": {}}
     Path(out, ".job.json").write_text(json.dumps(spec))
-    return subprocess.run([sys.executable, "-m", "vre_session.jobs.runner", os.path.join(out, ".job.json")],
+    t = time.time()
+    code = subprocess.run([sys.executable, "-m", "vre_session.jobs.runner", os.path.join(out, ".job.json")],
                           cwd=out, stdout=subprocess.DEVNULL).returncode
+    return -1.0 if code else time.time() - t
 
 
 def bench_bare(args) -> dict:
+    spec_dir = tempfile.mkdtemp(prefix="vre-bench-")
+    try:
+        return _bench_bare(args, spec_dir)
+    finally:
+        shutil.rmtree(spec_dir, ignore_errors=True)
+
+
+def _bench_bare(args, spec_dir: str) -> dict:
     from distributed import Client, LocalCluster
 
-    spec_dir = tempfile.mkdtemp(prefix="vre-bench-")
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
             Client(cl) as client:
         client.submit(run_runner_subprocess, spec_dir, pure=False).result()  # warm
         t0 = time.time()
         futures = [client.submit(run_runner_subprocess, spec_dir, pure=False) for _ in range(args.jobs)]
-        codes = client.gather(futures)
+        walls = client.gather(futures)
         subprocess_s = time.time() - t0
         t0 = time.time()
         client.gather([client.submit(lambda: 1, pure=False) for _ in range(args.jobs)])
         inprocess_s = time.time() - t0
-    return {"subprocess_s": subprocess_s, "inprocess_s": inprocess_s, "failed": sum(1 for c in codes if c)}
+    return {"subprocess_s": subprocess_s, "inprocess_s": inprocess_s, "failed": sum(1 for w in walls if w < 0),
+            "task_s": statistics.fmean(w for w in walls if w >= 0)}
 
 
 def main() -> None:
@@ -139,8 +167,13 @@ def main() -> None:
     p.add_argument("--latency", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
+    # bare, service, bare: on a shared machine the load moves; the baseline is the mean of the two
+    # bare runs around the service run
+    before = bench_bare(args)
     service = bench_service(args)
-    bare = bench_bare(args)
+    after = bench_bare(args)
+    bare = {k: (before[k] + after[k]) / 2 for k in ("subprocess_s", "inprocess_s", "task_s")}
+    bare["failed"] = before["failed"] + after["failed"]
     n = args.jobs
     warm = service["warm"]
     print(f"\nBatch queue, {n} tiny jobs, {args.workers} workers ({os.cpu_count()} cores)\n")
@@ -153,9 +186,25 @@ def main() -> None:
     print(f"{'service: ' + str(n) + ' jobs end to end':<52} {service['throughput_s']:>10.2f} s"
           f"  ({n / service['throughput_s']:.1f} jobs/s, {service['failed']} failed)")
     print(f"{'bare Dask: same runner subprocess per task':<52} {bare['subprocess_s']:>10.2f} s"
-          f"  ({n / bare['subprocess_s']:.1f} jobs/s, {bare['failed']} failed)")
+          f"  ({n / bare['subprocess_s']:.1f} jobs/s, {bare['failed']} failed; mean of "
+          f"{before['subprocess_s']:.2f} s before and {after['subprocess_s']:.2f} s after the service)")
     print(f"{'bare Dask: the function as a plain task':<52} {bare['inprocess_s']:>10.2f} s")
     print(f"\nservice / bare Dask (same work per job): {service['throughput_s'] / bare['subprocess_s']:.2f}x")
+    w = args.workers
+    print(f"\nWhere a job's time goes (per job, ms; a worker slot is wall time x workers / jobs)")
+    print(f"{'worker slot per job, service / bare':<52} {service['throughput_s'] * w / n * 1000:>8.0f} / "
+          f"{bare['subprocess_s'] * w / n * 1000:.0f}")
+    print(f"{'the task on its worker (runner subprocess), service / bare':<52} {service['task_s'] * 1000:>8.0f} / "
+          f"{bare['task_s'] * 1000:.0f}")
+    print(f"{'what a worker waits between jobs, service / bare':<52} "
+          f"{(service['throughput_s'] * w / n - service['task_s']) * 1000:>8.0f} / "
+          f"{(bare['subprocess_s'] * w / n - bare['task_s']) * 1000:.0f}")
+    print(f"\nThe engine's wall time by phase during the {n} jobs (VRE_JOBS_TIMINGS; phases nest: 'total' "
+          "rows include the rows below them)")
+    print(f"{'phase':<52} {'count':>7} {'total s':>9} {'ms/job':>8}")
+    for name, (count, secs) in sorted(service["phases"].items(), key=lambda kv: -kv[1][1]):
+        if count:
+            print(f"{name:<52} {count:>7} {secs:>9.2f} {secs / n * 1000:>8.2f}")
 
 
 if __name__ == "__main__":

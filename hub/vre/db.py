@@ -24,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    update,
 )
 from sqlalchemy import false as sa_false
 from sqlalchemy.engine import Engine
@@ -173,6 +174,16 @@ class Profile(Base):
         gpu = f", {self.gpus} GPU" if self.gpus else ""
         mem = f"{self.mem_mb / 1024:g} GiB" if self.mem_mb >= 1024 else f"{self.mem_mb} MiB"
         return f"{self.cpu:g} CPU, {mem} RAM{gpu}"
+
+
+class PlanGeneration(Base):
+    """One row (id 1) whose ``n`` moves on with every change to what a plan is built from
+    (accounts, datasets, projects, memberships, grants, profiles): see ``_bump_plan_generation``.
+    Caches of plans (the job engine's ``PlanCache``) are valid while it stands still."""
+
+    __tablename__ = "plan_generation"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(BigInteger)
 
 
 class GpuLease(Base):
@@ -361,9 +372,42 @@ def as_utc(value: dt.datetime) -> dt.datetime:
 _engines: dict[str, Engine] = {}
 
 
-def engine_for(url: str) -> Engine:
+_PLAN_INPUTS: tuple = ()
+
+
+@event.listens_for(Session, "before_flush")
+def _bump_plan_generation(session: Session, _flush_context, _instances) -> None:
+    """A flush that adds, changes or deletes anything a plan is built from moves the plan
+    generation on, in the same transaction (every such change goes through the ORM)."""
+    global _PLAN_INPUTS
+    if not _PLAN_INPUTS:
+        _PLAN_INPUTS = (Account, Dataset, Project, Membership, Grant, Profile)
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(obj, _PLAN_INPUTS):
+            session.execute(update(PlanGeneration).where(PlanGeneration.id == 1).values(n=PlanGeneration.n + 1))
+            return
+
+
+def engine_for(url: str, *, durable: bool = False) -> Engine:
     """One engine per URL per process. SQLite gets WAL and a busy timeout so the CLI and the
-    hub can write at the same time."""
+    hub can write at the same time. ``durable``: on SQLite a second engine whose commits are
+    fsynced (``synchronous=FULL``, as the audit store's), for transactions that carry audit
+    records with them (the job engine's); PostgreSQL commits durably either way."""
+    if durable and url.startswith("sqlite"):
+        key = f"durable:{url}"
+        if key not in _engines:
+            engine_for(url)  # the file's privacy, as for the plain engine
+            engine = create_engine(url, connect_args={"timeout": 30})
+
+            @event.listens_for(engine, "connect")
+            def _sqlite_full(dbapi_conn, _record):
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+            _engines[key] = engine
+        return _engines[key]
     if url in _engines:
         return _engines[url]
     if url.startswith("sqlite"):
@@ -388,9 +432,10 @@ def engine_for(url: str) -> Engine:
 
 
 @contextmanager
-def session_scope(url: str):
-    """A transaction: committed on success, rolled back on any error."""
-    session: Session = sessionmaker(engine_for(url), expire_on_commit=False)()
+def session_scope(url: str, *, durable: bool = False):
+    """A transaction: committed on success, rolled back on any error (``durable``: see
+    ``engine_for``)."""
+    session: Session = sessionmaker(engine_for(url, durable=durable), expire_on_commit=False)()
     try:
         yield session
         session.commit()

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .accounts import get_account
-from .db import Project
+from .db import PlanGeneration, Project, as_utc, utcnow
 from .errors import VREError
 from .hostfiles import unix_url
 from .settings import Settings
@@ -270,3 +270,35 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
         labels={"vre.user": user, "vre.project": project.slug, "vre.session": session_id, "vre.role": role},
         run_dir=run,
     )
+
+
+class PlanCache:
+    """Plans by (user, project, profile, role), kept while nothing they are built from changed.
+
+    ``get`` reads the plan generation (one row, ``vre.db.PlanGeneration``): every change to
+    accounts, datasets, projects, memberships, grants or profiles moves it on in the changing
+    transaction, and then every cached plan is dropped, so a removed member, a disabled account
+    or a revoked grant is seen by the very next ``get``. Expiry needs no change to be seen: it is
+    checked against the clock on each hit. Refusals are not cached (``build_plan`` says why)."""
+
+    def __init__(self):
+        self._generation: int | None = None
+        self._plans: dict[tuple, tuple[SessionPlan, object]] = {}
+
+    def get(self, db: Session, settings: Settings, user: str, project_slug: str, profile_name: str | None,
+            *, role: str = "session") -> SessionPlan:
+        generation = db.scalar(select(PlanGeneration.n).where(PlanGeneration.id == 1))
+        if generation is None or generation != self._generation:
+            self._plans.clear()
+            self._generation = generation
+        key = (user, project_slug, profile_name, role)
+        hit = self._plans.get(key)
+        if hit is not None and generation is not None:
+            plan, expires_at = hit
+            if expires_at is None or as_utc(expires_at) > utcnow():
+                return plan
+            del self._plans[key]  # expired: build_plan says so
+        plan = build_plan(db, settings, user, project_slug, profile_name, role=role)
+        expires_at = db.scalar(select(Project.expires_at).where(Project.slug == project_slug))
+        self._plans[key] = (plan, expires_at)
+        return plan

@@ -197,6 +197,11 @@ _SQL = {
 }
 
 
+_PG_EXISTS = 'SELECT "event_id" FROM audit_events WHERE "event_id" = ANY(%s)'
+_PG_STATE_ONE = _SQL["state"] + ', EXISTS (SELECT 1 FROM audit_events WHERE "event_id" = %s)'
+_PG_PIPELINED = 64   # rows an append sends with its COMMIT; more go by COPY
+
+
 class _Pending:
     __slots__ = ("event", "done", "result", "error")
 
@@ -234,6 +239,8 @@ class AuditStore:
         self._key = keys.load_or_create(self.key_dir)
         self._key_id = keys.key_id(self._key.public_key())
         self._lock = threading.Lock()        # one writer transaction per process at a time
+        self._pg_conn = None                 # PostgreSQL: the writer's own connection, kept open
+        self._deferred: list[tuple[str, object, bool]] = []  # PostgreSQL: sent with the COMMIT
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
 
@@ -278,81 +285,198 @@ class AuditStore:
 
     @contextmanager
     def _transaction(self):
-        """A raw DBAPI transaction holding the chain's write lock (plain DBAPI: the append path
-        runs a handful of statements, and SQLAlchemy's per-statement overhead would be most of a
-        request's audit cost)."""
-        raw = self._writer.raw_connection()
-        try:
-            cur = raw.cursor()
-            if self._sqlite:
-                cur.execute("BEGIN IMMEDIATE")
-            else:
-                cur.execute(self._sql("lock"), (PG_LOCK_KEY,))
-                cur.fetchall()
+        """A raw DBAPI transaction (plain DBAPI: the append path runs a handful of statements, and
+        SQLAlchemy's per-statement overhead would be most of a request's audit cost). The caller
+        takes the chain's write lock first, with ``_open``.
+
+        PostgreSQL: on the store's own connection, kept open (no pool check-out, no pre-ping);
+        small inserts are deferred (``_insert_rows``) and sent in one pipeline with the COMMIT, so
+        an append is two round trips: lock + head + stored ids, then rows + COMMIT."""
+        if self._sqlite:
+            raw = self._writer.raw_connection()
             try:
-                yield cur
-                raw.commit()
-            except BaseException:
-                raw.rollback()
-                raise
-        finally:
-            raw.close()
+                cur = raw.cursor()
+                try:
+                    yield cur
+                    raw.commit()
+                except BaseException:
+                    raw.rollback()
+                    raise
+            finally:
+                raw.close()
+            return
+        conn = self._pg()
+        self._deferred = []
+        try:
+            cur = conn.cursor()
+            yield cur
+            with conn.pipeline():
+                self._send_deferred(cur)
+                conn.commit()
+        except BaseException:
+            self._deferred = []
+            try:
+                conn.rollback()
+            except Exception:  # noqa: BLE001 - a broken connection: dropped below
+                pass
+            if conn.broken or conn.closed:
+                self._drop_pg()
+            raise
+
+    def _pg(self):
+        """The writer's PostgreSQL connection (opened with the engine's own connect arguments)."""
+        conn = self._pg_conn
+        if conn is None or conn.closed or conn.broken:
+            cargs, cparams = self._writer.dialect.create_connect_args(self._writer.url)
+            conn = self._pg_conn = self._writer.dialect.loaded_dbapi.connect(*cargs, **cparams)
+        return conn
+
+    def _drop_pg(self) -> None:
+        conn, self._pg_conn = self._pg_conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _send_deferred(self, cur) -> None:
+        ops, self._deferred = self._deferred, []
+        for sql, params, many in ops:
+            if many:
+                cur.executemany(sql, params)
+            else:
+                cur.execute(sql, params)
+
+    def _open(self, cur, ids: list[str] | None, *, within: bool = False) -> tuple[tuple, set[str] | None]:
+        """Take the chain's write lock and read the head: (head seq, head hash, last checkpoint seq,
+        its time), and which of ``ids`` are stored already (None when not asked). SQLite: ``BEGIN
+        IMMEDIATE``. PostgreSQL: the advisory lock, the head and the ids in one pipeline (one round
+        trip); the head is read by a statement after the lock's, so with a snapshot taken after
+        the lock was granted."""
+        if self._sqlite:
+            if not (within and cur.connection.in_transaction):
+                cur.execute("BEGIN IMMEDIATE")
+            cur.execute(_SQL["state"])
+            return cur.fetchone(), None
+        conn = cur.connection
+        head = conn.cursor()
+        have = conn.cursor() if ids and len(ids) > 1 else None
+        with conn.pipeline():
+            cur.execute(self._sql("lock"), (PG_LOCK_KEY,))
+            if ids and len(ids) == 1:  # one request's event: an equality, prepared like the rest
+                head.execute(_PG_STATE_ONE, (ids[0],))
+            else:
+                head.execute(_SQL["state"])
+            if have is not None:  # one array parameter, planned each time (see _stored)
+                have.execute(_PG_EXISTS, (ids,), prepare=False)
+        row = head.fetchone()
+        if ids and len(ids) == 1:
+            return row[:4], ({ids[0]} if row[4] else set())
+        return row, ({r[0] for r in have.fetchall()} if have is not None else None)
+
+    def _stored(self, cur, ids: list[str]) -> set[str]:
+        if self._sqlite:
+            cur.execute(_SQL["exists"].format(", ".join("?" for _ in ids)), ids)
+        else:  # one array parameter, planned each time: a cached generic plan made while the
+            # table was small can scan it when it no longer is
+            cur.execute(_PG_EXISTS, (ids,), prepare=False)
+        return {r[0] for r in cur.fetchall()}
 
     def _write(self, events: Iterable[Event]) -> set[str]:
-        """One transaction under the chain lock; returns the ids that were new."""
-        new: set[str] = set()
-        seen: set[str] = set()
-        file_lines: list[str] = []
+        """One transaction under the chain lock; returns the ids that were new. On PostgreSQL a
+        kept connection the server has closed meanwhile (a restart) is replaced and the write
+        tried once more: events are idempotent by id, so a retry never stores one twice."""
+        if not isinstance(events, (list, tuple)):
+            events = list(events)
+        reused = not self._sqlite and self._pg_conn is not None
+        try:
+            return self._write_once(events)
+        except Exception:
+            if reused and self._pg_conn is None:  # the connection broke (and was dropped): once more
+                log.warning("the audit writer's database connection was lost; reconnecting")
+                return self._write_once(events)
+            raise
+
+    def _write_once(self, events: list[Event] | tuple) -> set[str]:
         with self._transaction() as cur:
-            cur.execute(self._sql("state"))
-            head_seq, head_hash, cp_seq, cp_time = cur.fetchone()
-            seq, prev = (head_seq, head_hash) if head_seq is not None else (0, GENESIS)
-            first, cp_seq = cp_seq is None, cp_seq or 0
-            every = self.checkpoint_every
-            received_at = format_time(utcnow())
-            it = iter(events)
-            while True:
-                chunk = []
-                # end chunks where a checkpoint is due, so large batches are sealed at intervals too
-                size = min(_CHUNK, every - seq % every)
-                for e in it:
-                    if not isinstance(e, Event):
-                        raise AuditError(f"append_many() takes Events, not {type(e).__name__}")
-                    if e.id not in seen:
-                        seen.add(e.id)
-                        chunk.append(e)
-                    if len(chunk) >= size:
-                        break
-                if not chunk:
-                    break
-                if self._sqlite:
-                    cur.execute(_SQL["exists"].format(", ".join("?" for _ in chunk)), [e.id for e in chunk])
-                else:  # one array parameter, planned each time: a cached generic plan made while the
-                    # table was small can scan it when it no longer is
-                    cur.execute('SELECT "event_id" FROM audit_events WHERE "event_id" = ANY(%s)',
-                                ([e.id for e in chunk],), prepare=False)
-                stored = {r[0] for r in cur.fetchall()}
-                rows = []
-                for e in chunk:
-                    if e.id in stored:
-                        continue
-                    seq += 1
-                    record = canonical_record(e, seq, received_at)
-                    h = _hash(prev, record)
-                    rows.append((seq, e.id, e.time_text, received_at, e.actor, e.action, e.outcome, e.project,
-                                 e.dataset, e.session, e.source, record, prev, h))
-                    prev = h
-                    new.add(e.id)
-                if rows:
-                    self._insert_rows(cur, rows)
-                    if seq // every > cp_seq // every:  # at every multiple of checkpoint_every
-                        file_lines.append(self._insert_checkpoint(cur, seq, prev))
-                        cp_seq, cp_time = seq, received_at
-            if seq > cp_seq and (first or self._age(cp_time) >= self.checkpoint_seconds):
-                file_lines.append(self._insert_checkpoint(cur, seq, prev))
+            new, file_lines = self._chain(cur, events)
         for line in file_lines:
             self._append_file(line)
         return new
+
+    def append_within(self, dbapi_connection, events: Iterable[Event], commit) -> set[str]:
+        """Append ``events`` in a transaction of the caller's and commit it by calling ``commit()``,
+        so that a change and its audit records are stored together or not at all (the job engine:
+        a job's new state and its events). Returns the ids that were new.
+
+        The chain's lock is held from the head's read to the commit: the caller's transaction
+        should have done its own writes already. SQLite: a connection in a transaction must hold
+        the write lock (it has written: Python's sqlite3 begins transactions at the first write);
+        otherwise ``BEGIN IMMEDIATE`` takes it. If anything fails, nothing is committed here (the
+        caller rolls back) and no checkpoint line is written to the file."""
+        with self._lock:
+            cur = dbapi_connection.cursor()
+            try:
+                new, lines = self._chain(cur, list(events), within=True)
+                if not self._sqlite:
+                    self._send_deferred(cur)
+            finally:
+                self._deferred = []
+                cur.close()
+            commit()
+        for line in lines:
+            self._append_file(line)
+        return new
+
+    def _chain(self, cur, events: list[Event] | tuple, *, within: bool = False) -> tuple[set[str], list[str]]:
+        """Take the chain's lock, append ``events`` (chunked, checkpoints where due) on ``cur``:
+        (the new ids, checkpoint lines for the file once committed)."""
+        new: set[str] = set()
+        seen: set[str] = set()
+        file_lines: list[str] = []
+        # a batch that fits one chunk (every request's append) has its stored ids read with the head
+        ask = [] if len(events) > _CHUNK else list({e.id: None for e in events if isinstance(e, Event)})
+        (head_seq, head_hash, cp_seq, cp_time), known = self._open(cur, ask, within=within)
+        seq, prev = (head_seq, head_hash) if head_seq is not None else (0, GENESIS)
+        first, cp_seq = cp_seq is None, cp_seq or 0
+        every = self.checkpoint_every
+        received_at = format_time(utcnow())
+        it = iter(events)
+        while True:
+            chunk = []
+            # end chunks where a checkpoint is due, so large batches are sealed at intervals too
+            size = min(_CHUNK, every - seq % every)
+            for e in it:
+                if not isinstance(e, Event):
+                    raise AuditError(f"append_many() takes Events, not {type(e).__name__}")
+                if e.id not in seen:
+                    seen.add(e.id)
+                    chunk.append(e)
+                if len(chunk) >= size:
+                    break
+            if not chunk:
+                break
+            stored = known if known is not None else self._stored(cur, [e.id for e in chunk])
+            known = None
+            rows = []
+            for e in chunk:
+                if e.id in stored:
+                    continue
+                seq += 1
+                record = canonical_record(e, seq, received_at)
+                h = _hash(prev, record)
+                rows.append((seq, e.id, e.time_text, received_at, e.actor, e.action, e.outcome, e.project,
+                             e.dataset, e.session, e.source, record, prev, h))
+                prev = h
+                new.add(e.id)
+            if rows:
+                self._insert_rows(cur, rows)
+                if seq // every > cp_seq // every:  # at every multiple of checkpoint_every
+                    file_lines.append(self._insert_checkpoint(cur, seq, prev))
+                    cp_seq, cp_time = seq, received_at
+        if seq > cp_seq and (first or self._age(cp_time) >= self.checkpoint_seconds):
+            file_lines.append(self._insert_checkpoint(cur, seq, prev))
+        return new, file_lines
 
     @staticmethod
     def _age(time_text: str) -> float:
@@ -362,14 +486,19 @@ class AuditStore:
             return float("inf")
 
     def _insert_rows(self, cur, rows: list[tuple]) -> None:
-        """SQLite: executemany (in-process, already cheap). PostgreSQL: COPY, about three times
-        faster than multi-row INSERTs and far faster than one execution per row."""
-        if self._sqlite or len(rows) == 1:
+        """SQLite: executemany (in-process, already cheap). PostgreSQL: up to ``_PG_PIPELINED``
+        rows are deferred and sent with the COMMIT (one round trip); more go by COPY, about three
+        times faster than multi-row INSERTs and far faster than one execution per row."""
+        if self._sqlite:
             if len(rows) == 1:
                 cur.execute(self._sql("insert"), rows[0])
             else:
                 cur.executemany(self._sql("insert"), rows)
             return
+        if len(rows) <= _PG_PIPELINED:
+            self._deferred.append((self._sql("insert"), rows, True))
+            return
+        self._send_deferred(cur)
         with cur.copy(_SQL["copy"]) as copy:
             for row in rows:
                 copy.write_row(row)
@@ -377,7 +506,10 @@ class AuditStore:
     def _insert_checkpoint(self, cur, seq: int, hash_: str) -> str:
         now = format_time(utcnow())
         signature = keys.sign(self._key, checkpoint_payload(seq, hash_, now, self._key_id))
-        cur.execute(self._sql("checkpoint"), (seq, hash_, now, self._key_id, signature))
+        if self._sqlite:
+            cur.execute(self._sql("checkpoint"), (seq, hash_, now, self._key_id, signature))
+        else:
+            self._deferred.append((self._sql("checkpoint"), (seq, hash_, now, self._key_id, signature), False))
         return canonical_json({"seq": seq, "hash": hash_, "time": now, "key_id": self._key_id,
                                "signature": signature, "db": self._db_id})
 
@@ -399,8 +531,7 @@ class AuditStore:
         with self._lock:
             line = None
             with self._transaction() as cur:
-                cur.execute(self._sql("state"))
-                head_seq, head_hash, cp_seq, _ = cur.fetchone()
+                (head_seq, head_hash, cp_seq, _), _ = self._open(cur, None)
                 if head_seq is not None and head_seq > (cp_seq or 0):
                     line = self._insert_checkpoint(cur, head_seq, head_hash)
             if line is None:

@@ -56,6 +56,7 @@ recompute every hash after it; what they cannot do is sign. Hence:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -277,15 +278,11 @@ def _walk_ranges(engine: Engine, top: int, expected: dict[int, set[str]], worker
 
 
 def _default_workers(engine: Engine) -> int:
-    """One process per CPU (at most 4); half that when the database server runs on this host, as
-    each helper then keeps a server process busy too."""
-    cpus = min(4, os.cpu_count() or 1)
-    url = engine.url
-    if url.get_backend_name() == "sqlite":
-        return cpus
-    host = url.host or url.query.get("host") or ""
-    local = not host or str(host).startswith("/") or host in ("localhost", "127.0.0.1", "::1")
-    return max(1, cpus // 2) if local else cpus
+    """One process per CPU (at most 4), also when the PostgreSQL server runs on this host: each
+    helper then keeps a server process busy too, but with COPY streaming both sides work at once
+    and the ranges still overlap (2 CPUs, local server, 1,000,000 records: 6.0 s with 2 helpers
+    against 11.6 s with one, see bench/README.md)."""
+    return min(4, os.cpu_count() or 1)
 
 
 def _package_root() -> str:
@@ -320,19 +317,27 @@ def _walk_range(engine: Engine, lo: int, hi: int, expected: dict[int, set[str]])
             # a missing anchor is a gap the range below reports; this range cannot check its first link
             prev_hash = anchor[0] if anchor else "(missing)"
         cur.close()
-        if pg:
-            cur = raw.driver_connection.cursor(name=f"vre_audit_verify_{lo}")
-            cur.itersize = _FETCH
+        query = f'SELECT {_COLUMNS} FROM audit_events WHERE "seq" >= {int(lo)} AND "seq" <= {int(hi)} ORDER BY "seq"'
+        if pg:  # COPY streams: the server sends while this process hashes (a cursor's FETCHes
+            # alternate: each side waits for the other); rows are parsed by psycopg's C code
+            cur = raw.driver_connection.cursor()
+            try:
+                with cur.copy(f"COPY ({query}) TO STDOUT") as copy:
+                    copy.set_types(["int8"] + ["text"] * 13)
+                    last = _walk(_CopyRows(copy.rows()), expected, lo - 1, prev_hash)
+            except _Found as f:
+                return f
+            finally:
+                cur.close()
         else:
             cur = raw.cursor()
-        cur.execute(f'SELECT {_COLUMNS} FROM audit_events WHERE "seq" >= {int(lo)} AND "seq" <= {int(hi)} '
-                    f'ORDER BY "seq"')
-        try:
-            last = _walk(cur, expected, lo - 1, prev_hash)
-        except _Found as f:
-            return f
-        finally:
-            cur.close()
+            cur.execute(query)
+            try:
+                last = _walk(cur, expected, lo - 1, prev_hash)
+            except _Found as f:
+                return f
+            finally:
+                cur.close()
         if last < hi:
             return _Found("deleted", last + 1, f"deleted: record(s) seq {last + 1}..{hi} are missing "
                           f"(the chain jumps from seq {last} to {hi + 1})")
@@ -342,6 +347,16 @@ def _walk_range(engine: Engine, lo: int, hi: int, expected: dict[int, set[str]])
             raw.rollback()
         finally:
             raw.close()
+
+
+class _CopyRows:
+    """``fetchmany`` over the rows of a COPY, for ``_walk``."""
+
+    def __init__(self, rows):
+        self._rows = rows
+
+    def fetchmany(self, n: int) -> list[tuple]:
+        return list(itertools.islice(self._rows, n))
 
 
 def _walk(cur, expected: dict[int, set[str]], prev_seq: int, prev_hash: str) -> int:

@@ -10,7 +10,9 @@ stops a previous one it finds (an orphan of a hub killed with -9).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import signal
@@ -23,8 +25,8 @@ from .. import db as vdb
 from .. import gpus
 from ..db import Job, Project, utcnow
 from ..audit import Event
-from ..audit.events import emit_many
-from ..plan import PlanRefused, build_plan
+from ..audit import open_store
+from ..plan import PlanCache, PlanRefused
 from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import service
@@ -38,15 +40,52 @@ RUNTIME_SLACK = 60    # the task enforces the limit; the engine steps in this mu
 MAX_ATTEMPTS = 2
 
 
+class Timings:
+    """Wall time per phase of the engine's work (count, seconds), for ``bench/jobs.py``: switched
+    on by ``VRE_JOBS_TIMINGS=<file>`` (the engine rewrites the file as JSON after each tick);
+    otherwise every ``timed`` block is a no-op."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.data: dict[str, list] = {}
+        self._dirty = False
+
+    @contextlib.contextmanager
+    def _measure(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            c = self.data.setdefault(name, [0, 0.0])
+            c[0] += 1
+            c[1] += time.perf_counter() - t
+            self._dirty = True
+
+    def __call__(self, name: str):
+        return self._measure(name) if self.path else contextlib.nullcontext()
+
+    def dump(self) -> None:
+        if self.path and self._dirty:
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.data, f)
+            os.replace(tmp, self.path)
+            self._dirty = False
+
+
 class Engine:
     def __init__(self, settings: Settings, executor: LocalDaskExecutor | None = None):
         self.settings = settings
         self.executor = executor or LocalDaskExecutor(settings)
+        self.timed = Timings(os.environ.get("VRE_JOBS_TIMINGS"))
+        self.plans = PlanCache()   # worker plans, dropped whenever membership & co. change
         self._wake = asyncio.Event()
         self._starting = False
         self._stopping = False
         self._events: list[tuple[str, dict]] = []   # audit events waiting for their commit
         self._cancelling: set[int] = set()
+        self._ended: list[int] = []                 # jobs whose end is committed: the agent may forget them
+        self._background: set[asyncio.Task] = set()
 
     # -- process life --------------------------------------------------------------------
     def _take_over(self) -> None:
@@ -86,9 +125,11 @@ class Engine:
         log.info("job engine running (instance %s)", self.settings.instance)
         while not self._stopping:
             try:
-                await self.tick()
+                with self.timed("tick"):
+                    await self.tick()
             except Exception:
                 log.exception("job engine tick failed; trying again")
+            self.timed.dump()
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), FAST_TICK if self._starting else TICK)
@@ -101,7 +142,7 @@ class Engine:
 
     def adopt(self) -> None:
         """Take over the workers of running jobs (after a restart of this process or the hub)."""
-        with vdb.session_scope(self.settings.vre_db_url) as db:
+        with vdb.session_scope(self.settings.vre_db_url, durable=True) as db:
             for project in db.scalars(select(Project)):
                 busy = {}
                 for job in db.scalars(select(Job).where(Job.project_id == project.id, Job.state == "running")):
@@ -112,31 +153,46 @@ class Engine:
     # -- one look at everything ----------------------------------------------------------
     async def tick(self) -> None:
         self._starting = False
-        with vdb.session_scope(self.settings.vre_db_url) as db:
-            active = db.scalars(select(Project).where(Project.id.in_(
-                select(Job.project_id).where(Job.state.in_(("queued", "running")))))).all()
+        with vdb.session_scope(self.settings.vre_db_url, durable=True) as db:
+            with self.timed("db: active projects"):
+                active = db.scalars(select(Project).where(Project.id.in_(
+                    select(Job.project_id).where(Job.state.in_(("queued", "running")))))).all()
             for project in active:
                 await self.tick_project(db, project)
                 await self.commit(db)
-        await self.executor.stop_idle()
+        with self.timed("stop idle workers"):
+            await self.executor.stop_idle()
 
     async def commit(self, db) -> None:
-        """Commit, then record the audit events of what was committed. Never hold a write
-        transaction across an await: SQLite would lock out the hub (and this process's own audit
-        writes) meanwhile."""
-        db.commit()
+        """Commit what changed, with the audit records of those changes in the same transaction:
+        a job's new state and its event are stored together or not at all (a crash cannot leave
+        one without the other), with one durable commit for everything one look changed. Never
+        hold a write transaction across an await: SQLite would lock out the hub meanwhile (this
+        is synchronous, and the chain's lock is held only from the head's read to the commit)."""
         events, self._events = self._events, []
-        if events:  # one audit transaction for all of them
-            await asyncio.to_thread(emit_many, self.settings, [Event(action=action, **kw) for action, kw in events])
+        if not events:
+            with self.timed("db: commit"):
+                db.commit()
+            return
+        with self.timed("db: commit with audit"):
+            db.flush()  # the state changes first: on SQLite this takes the write lock
+            dbapi = db.connection().connection.dbapi_connection
+            open_store(self.settings).append_within(dbapi, [Event(action=action, **kw) for action, kw in events],
+                                                    db.commit)
 
     async def tick_project(self, db, project: Project) -> None:
-        jobs = db.scalars(select(Job).where(Job.project_id == project.id,
-                                            Job.state.in_(("queued", "running"))).order_by(Job.id)).all()
-        running = [j for j in jobs if j.state == "running"]
+        """Follow the project's running jobs, then admit and start queued ones. What one look
+        changes is committed together: one database commit and one audit transaction for every
+        job that ended, and one for every job started on a warm worker (see ``start_warm``)."""
+        self._ended = []  # a failed look left them uncommitted: the next follow sees them again
+        with self.timed("db: load running jobs"):
+            running = db.scalars(select(Job).where(Job.project_id == project.id, Job.state == "running")
+                                 .order_by(Job.id)).all()
         batch = [j for j in running if j.kind != "cluster"]
         if batch:
             try:
-                status = await self.executor.status(project.slug)
+                with self.timed("agent: GET /jobs (status)"):
+                    status = await self.executor.status(project.slug)
             except SchedulerLost as e:
                 await self.scheduler_lost(db, project, batch, str(e))
                 status = None
@@ -144,28 +200,113 @@ class Engine:
                 log.warning("%s; will look again", e)
                 return
             if status is not None:
-                for job in batch:
-                    await self.follow(db, job, status)
+                with self.timed("follow: total"):
+                    for job in batch:
+                        await self.follow(db, job, status)
                     await self.commit(db)
-        for job in running:
-            if job.kind == "cluster" and job.state == "running":
-                await self.follow_cluster(db, job)
+        clusters = [j for j in running if j.kind == "cluster" and j.state == "running"]
+        for job in clusters:
+            await self.follow_cluster(db, job)
+        if clusters:
+            await self.commit(db)
 
-        running = [j for j in jobs if j.state == "running"]
-        queued = [j for j in jobs if j.state == "queued"]
+        if sum(1 for j in running if j.state == "running") >= project.job_slots:
+            await self.forget_ended(project.slug)  # every slot is taken: nothing to admit, no
+            return                                 # need to read the queue
+        with self.timed("db: load queued (5 columns)"):
+            queued, running_asks = service.open_asks(db, project.id)
         if not queued:
+            await self.forget_ended(project.slug)
             return
         quota = Quota(project.job_slots, project.job_cpu, project.job_mem_mb, project.job_gpus)
-        by_id = {j.id: j for j in queued}
-        for ask in admit([Ask.of(j) for j in queued], [Ask.of(j) for j in running], quota,
-                         gpus.free_count(db, self.settings)):
-            await self.start(db, project, by_id[ask.id])
+        with self.timed("admission (fair order, quota)"):
+            wants_gpu = quota.gpus > 0 and any(a.gpus for a in queued)
+            chosen = admit(queued, running_asks, quota, gpus.free_count(db, self.settings) if wants_gpu else 0)
+        if chosen:
+            with self.timed("db: load admitted jobs"):
+                jobs = {j.id: j for j in db.scalars(select(Job).where(Job.id.in_([a.id for a in chosen])))}
+            warm = []
+            for ask in chosen:
+                job = jobs[ask.id]
+                if job.state != "queued":  # cancelled meanwhile
+                    continue
+                with self.timed("start: total"):
+                    started = await self.start_warm(db, project, job)
+                    if started is None:
+                        await self.start(db, project, job)
+                    elif started:
+                        warm.append(started)
+            if warm:
+                with self.timed("start: total"):
+                    try:
+                        await self.commit(db)   # every warm start of this look in one commit
+                    except BaseException:
+                        for _, job, worker in warm:  # not started: their workers are free again
+                            worker.job, worker.idle_since = None, time.time()
+                        raise
+                    for plan, job, worker in warm:
+                        with self.timed("agent: POST /jobs (submit)"):
+                            await self.executor.submit(project.slug, worker.name, self.spec(plan, job, worker.name))
+        await self.forget_ended(project.slug)
+
+    async def forget_ended(self, project: str) -> None:
+        """Tell the agent to drop the jobs whose end is committed, in the background: it is
+        bookkeeping, on no job's way (a status read before it lands still lists them as done,
+        and a job that is no longer running in the database is not followed again)."""
+        ended, self._ended = self._ended, []
+        if ended:
+            task = asyncio.ensure_future(self._forget(project, ended))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _forget(self, project: str, ids: list[int]) -> None:
+        for job_id in ids:
+            with self.timed("agent: DELETE /jobs/<id> (forget, background)"):
+                await self.executor.forget(project, job_id)
 
     # -- starting ------------------------------------------------------------------------
+    async def start_warm(self, db, project: Project, job: Job):
+        """Start ``job`` on a waiting worker of its shape, without committing: returns (plan, job,
+        worker) for the caller to commit with the other starts of this look and then hand to the
+        agent, or None when it needs the full path (``start``: GPUs, a new worker or scheduler)."""
+        if job.gpus or job.kind == "cluster" or not self.executor.scheduler_alive(project.slug) \
+                or not self.executor.agent_socket(project.slug).exists():
+            return None
+        with self.timed("start: idle_worker + oom count (cgroup reads)"):
+            worker = self.executor.idle_worker(project.slug, (job.cpu, job.mem_mb, ()))
+        if worker is None:
+            return None
+        # nothing is flushed before the look's commit (no write lock held across the await below)
+        try:
+            with db.no_autoflush, self.timed("start: worker plan (membership; cached)"):
+                user = job.account.name
+                plan = self.plans.get(db, self.settings, user, project.slug, job.profile, role="worker")
+        except PlanRefused as e:
+            self.finish(db, job, "failed", f"not started: {e}")
+            return ()  # handled (failed): nothing to submit
+        worker.job = job.id
+        job.devices, job.worker = "", worker.name
+        job.attempts += 1
+        job.state, job.reason = "running", ""
+        with self.timed("start: idle_worker + oom count (cgroup reads)"):
+            job.usage = {"oom_before": self.executor.oom_kills(worker.name)}
+        if plan.datasets:
+            try:
+                with self.timed("start: hostview assign"):
+                    await self.executor.serve(worker.name, user, job.id)
+            except (ExecutorError, OSError) as e:  # as in ``start``: the job fails, its worker is free
+                log.exception("could not start job %s", job.id)
+                self.release(db, job)
+                self.finish(db, job, "failed", f"could not start: {e}")
+                return ()
+        self._starting = True
+        return plan, job, worker
+
     async def start(self, db, project: Project, job: Job) -> None:
         user = job.account.name
         try:
-            plan = build_plan(db, self.settings, user, project.slug, job.profile, role="worker")
+            with self.timed("start: worker plan (membership; cached)"):
+                plan = self.plans.get(db, self.settings, user, project.slug, job.profile, role="worker")
         except PlanRefused as e:
             self.finish(db, job, "failed", f"not started: {e}")
             return
@@ -184,18 +325,22 @@ class Engine:
             if job.kind == "cluster":
                 await self.start_cluster(db, plan, job, devices)
                 return
-            await self.executor.ensure_scheduler(plan)
+            with self.timed("start: ensure_scheduler"):
+                await self.executor.ensure_scheduler(plan)
             shape = (job.cpu, job.mem_mb, devices)
             worker = None if devices else self.executor.idle_worker(project.slug, shape)
             if worker is None:
-                worker = await self.executor.start_worker(plan, job.cpu, job.mem_mb, devices)
+                with self.timed("start: start_worker"):
+                    worker = await self.executor.start_worker(plan, job.cpu, job.mem_mb, devices)
             worker.job = job.id
             job.worker = worker.name
             job.usage = {"oom_before": self.executor.oom_kills(worker.name)}
             if plan.datasets:
-                await self.executor.serve(worker.name, user, job.id)
+                with self.timed("start: hostview assign"):
+                    await self.executor.serve(worker.name, user, job.id)
             await self.commit(db)
-            await self.executor.submit(project.slug, worker.name, self.spec(plan, job, worker.name))
+            with self.timed("agent: POST /jobs (submit)"):
+                await self.executor.submit(project.slug, worker.name, self.spec(plan, job, worker.name))
         except (ExecutorError, OSError) as e:
             if isinstance(e, RecorderUnavailable) and job.kind != "cluster":
                 # hostview is restarting (as with the hub): nothing of the worker is left and it
@@ -237,7 +382,8 @@ class Engine:
         state = status["jobs"].get(str(job.id))
         if state is None:
             if job.worker:  # handed to a worker but the agent never heard of it: hand it again
-                plan = build_plan(db, self.settings, job.account.name, job.project.slug, job.profile, role="worker")
+                await self.commit(db)
+                plan = self.plans.get(db, self.settings, job.account.name, job.project.slug, job.profile, role="worker")
                 await self.executor.submit(job.project.slug, job.worker, self.spec(plan, job, job.worker))
             return
         if state["state"] == "pending":
@@ -246,16 +392,14 @@ class Engine:
             job.started_at = dt.datetime.fromtimestamp(state["started"], dt.timezone.utc)
             self.audit(job, "job.start", details={"worker": job.worker, "devices": job.devices,
                                                   "cpu": job.cpu, "mem_mb": job.mem_mb, "gpus": job.gpus})
-        if state["state"] == "done":
+        if state["state"] == "done":  # committed with the rest of this look, then forgotten
             self.finish_from_result(db, job, state["result"])
-            await self.commit(db)
-            await self.executor.forget(job.project.slug, job.id)
+            self._ended.append(job.id)
             self._cancelling.discard(job.id)
         elif state["state"] == "error":
             self.release(db, job)
             self.finish(db, job, "failed", f"the job's task failed: {state['error']}")
-            await self.commit(db)
-            await self.executor.forget(job.project.slug, job.id)
+            self._ended.append(job.id)
         elif job.cancel_requested and job.id not in self._cancelling:
             await self.commit(db)
             if await self.executor.cancel(job.project.slug, job.id):

@@ -253,11 +253,19 @@ def rerun(db: Session, settings: Settings, user: str, job_id: int) -> Job:
     return job
 
 
+def open_asks(db: Session, project_id: int) -> tuple[list[Ask], list[Ask]]:
+    """(queued, running) of a project as ``Ask`` tuples, queued by id: five columns per job, no
+    ORM objects (a long queue is read on every engine tick and every listing)."""
+    rows = db.execute(select(Job.id, Job.account_id, Job.cpu, Job.mem_mb, Job.gpus, Job.state)
+                      .where(Job.project_id == project_id, Job.state.in_(("queued", "running")))
+                      .order_by(Job.id)).all()
+    return ([Ask(*r[:5]) for r in rows if r[5] == "queued"], [Ask(*r[:5]) for r in rows if r[5] == "running"])
+
+
 def positions(db: Session, project_id: int) -> dict[int, int]:
     """Job id -> 1-based place in its project's queue (the order the engine serves)."""
-    jobs = db.scalars(select(Job).where(Job.project_id == project_id, Job.state.in_(("queued", "running")))).all()
-    order = fair_order([Ask.of(j) for j in jobs if j.state == "queued"],
-                       [Ask.of(j) for j in jobs if j.state == "running"])
+    queued, running = open_asks(db, project_id)
+    order = fair_order(queued, running)
     return {a.id: i + 1 for i, a in enumerate(order)}
 
 

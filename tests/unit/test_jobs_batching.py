@@ -1,0 +1,279 @@
+"""The batch queue's engine, one look at a time, with a fake executor (no Dask, no sandboxes):
+admission per look still serves quotas and fair order, a look's state changes and their audit
+records commit together (a failure between them loses neither), and the lazy fair order is the
+same order as the plain one. On SQLite and PostgreSQL."""
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from vre import db as vdb
+from vre import projects as P
+from vre.accounts import add_account
+from vre.audit import open_store
+from vre.audit import store as audit_store
+from vre.jobs import service
+from vre.jobs.engine import Engine
+from vre.jobs.executor import Worker
+from vre.jobs.queue import Ask, Quota, admit, fair_order
+from vre.settings import Settings
+
+
+# --- the lazy fair order is the plain one ------------------------------------------------------
+def plain_fair_order(queued, running):
+    """The rule as written in vre.jobs.queue's docstring, compared job by job (O(n^2))."""
+    load = {}
+    for j in running:
+        load[j.owner] = load.get(j.owner, 0) + 1
+    waiting, order = sorted(queued, key=lambda j: j.id), []
+    while waiting:
+        nxt = min(waiting, key=lambda j: (load.get(j.owner, 0), j.id))
+        order.append(nxt)
+        waiting.remove(nxt)
+        load[nxt.owner] = load.get(nxt.owner, 0) + 1
+    return order
+
+
+def plain_admit(queued, running, quota, free_gpus):
+    slots = quota.slots - len(running)
+    cpu = quota.cpu - sum(j.cpu for j in running)
+    mem = quota.mem_mb - sum(j.mem_mb for j in running)
+    gpus = min(quota.gpus - sum(j.gpus for j in running), free_gpus)
+    chosen = []
+    for job in plain_fair_order(queued, running):
+        if slots <= 0:
+            break
+        if job.cpu <= cpu + 1e-9 and job.mem_mb <= mem and job.gpus <= gpus:
+            chosen.append(job)
+            slots, cpu, mem, gpus = slots - 1, cpu - job.cpu, mem - job.mem_mb, gpus - job.gpus
+    return chosen
+
+
+def test_lazy_fair_order_and_admission_match_the_plain_rule():
+    rng = random.Random(16)
+    for _ in range(300):
+        ids = rng.sample(range(1, 500), rng.randint(0, 40))
+        queued = [Ask(i, rng.randint(1, 5), rng.choice((0.5, 1, 2)), rng.choice((512, 1024, 4096)),
+                      rng.choice((0, 0, 0, 1))) for i in ids]
+        rng.shuffle(queued)
+        running = [Ask(1000 + k, rng.randint(1, 5), 1, 512, 0) for k in range(rng.randint(0, 3))]
+        quota = Quota(rng.randint(0, 8), rng.choice((1, 2, 4, 8)), rng.choice((1024, 4096, 16384)), rng.randint(0, 2))
+        free = rng.randint(0, 2)
+        assert fair_order(queued, running) == plain_fair_order(queued, running)
+        assert admit(queued, running, quota, free) == plain_admit(queued, running, quota, free)
+
+
+# --- the engine with a fake executor -----------------------------------------------------------
+class FakeExecutor:
+    """What the engine asks of ``LocalDaskExecutor``, in memory: ``n`` warm workers of one shape
+    and an agent whose jobs the test ends."""
+
+    def __init__(self, n: int, shape=(1.0, 1024, ())):
+        self.workers = {f"lung-worker-{i}": Worker(f"lung-worker-{i}", "lung", shape) for i in range(1, n + 1)}
+        self.agent: dict[int, dict] = {}
+        self.submitted: list[int] = []
+
+    def scheduler_alive(self, project):
+        return True
+
+    def agent_socket(self, project):
+        return Path("/")
+
+    def idle_worker(self, project, shape):
+        return next((w for w in self.workers.values() if w.job is None and w.shape == shape), None)
+
+    def oom_kills(self, name):
+        return 0
+
+    async def serve(self, worker, user, job_id):
+        pass
+
+    async def submit(self, project, worker, spec):
+        self.submitted.append(spec["id"])
+        self.agent[spec["id"]] = {"state": "running", "started": time.time(), "result": None, "error": None}
+
+    async def status(self, project):
+        return {"jobs": {str(k): dict(v) for k, v in self.agent.items()}}
+
+    async def forget(self, project, job_id):
+        self.agent.pop(job_id, None)
+
+    async def stop_idle(self):
+        pass
+
+    def end(self, job_id: int, code: int = 0) -> None:
+        self.agent[job_id].update(state="done", result={"returncode": code, "usage": {"wall_s": 0.1}})
+
+
+@pytest.fixture
+def world(db_url, tmp_path):
+    settings = Settings(state_dir=tmp_path / "state", db_url=db_url, gpu_devices="none")
+    with vdb.session_scope(db_url) as db:
+        for name in ("ann", "ben"):
+            add_account(db, name, password=f"{name}-password-1")
+        P.create_project(db, "lung", "Lung")
+        db.flush()
+        P.add_member(db, "lung", "ann")
+        P.add_member(db, "lung", "ben")
+        P.set_profile(db, "lung", "small", cpu=1, memory="2G")
+        P.set_job_quota(db, "lung", slots=2, cpu=4, memory="2560M")
+    ws = settings.projects_dir / "lung" / "workspace"
+    ws.mkdir(parents=True)
+    (ws / "train.py").write_text("print(1)\n")
+    return settings
+
+
+def submit(settings, user, cpu=1, mem_mb=1024) -> int:
+    with vdb.session_scope(settings.vre_db_url) as db:
+        return service.submit(db, settings, user, {"project": "lung", "kind": "script", "target": "project/train.py",
+                                                   "cpu": cpu, "mem_mb": mem_mb}).id
+
+
+def states(settings) -> dict[int, str]:
+    with vdb.session_scope(settings.vre_db_url) as db:
+        return dict(db.execute(select(vdb.Job.id, vdb.Job.state)).all())
+
+
+def audited(settings, action: str) -> list[str]:
+    return [r["target"] for r in open_store(settings).query(action=action)]
+
+
+def look(engine: Engine) -> None:
+    asyncio.run(engine.tick())
+    asyncio.run(asyncio.sleep(0))
+
+
+def test_one_look_admits_by_quota_and_fair_order_and_records_every_transition(world):
+    a1, a2, a3 = submit(world, "ann"), submit(world, "ann"), submit(world, "ann")
+    b1 = submit(world, "ben")
+    fake = FakeExecutor(3)  # more warm workers than slots: the quota is what limits
+    engine = Engine(world, executor=fake)
+    look(engine)
+    # two slots; ben runs nothing, so his job comes second although it was submitted last
+    assert fake.submitted == [a1, b1]
+    assert states(world) == {a1: "running", b1: "running", a2: "queued", a3: "queued"}
+    look(engine)  # the agent says they started
+    assert sorted(audited(world, "job.start")) == sorted([f"job/{a1}", f"job/{b1}"])
+    fake.end(a1)
+    look(engine)  # a1's end and a2's start in one look
+    assert states(world)[a1] == "succeeded" and states(world)[a2] == "running"
+    assert fake.submitted == [a1, b1, a2]
+    assert audited(world, "job.finish") == [f"job/{a1}"]
+    # a job that does not fit what is left of the quota is passed over, not waited for: ben's
+    # comes first in fair order (he runs nothing), but 2 GiB do not fit the 1.5 GiB left
+    big = submit(world, "ben", cpu=1, mem_mb=2048)
+    fake.end(b1)
+    look(engine)
+    assert states(world)[big] == "queued" and states(world)[a3] == "running"
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert service.positions(db, 1) == {big: 1}
+    assert open_store(world).verify().ok
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_a_failed_audit_write_leaves_the_job_as_it_was_and_nothing_is_lost(world, monkeypatch):
+    job = submit(world, "ann")
+    fake = FakeExecutor(1)
+    engine = Engine(world, executor=fake)
+    look(engine)
+    look(engine)
+    fake.end(job)
+    real = audit_store.AuditStore._insert_rows
+
+    def broken(self, cur, rows):
+        raise Boom("the audit write failed")
+    monkeypatch.setattr(audit_store.AuditStore, "_insert_rows", broken)
+    with pytest.raises(Boom):
+        asyncio.run(engine.tick())
+    # the end of the job was not committed without its audit record: it is still running
+    assert states(world)[job] == "running" and audited(world, "job.finish") == []
+    monkeypatch.setattr(audit_store.AuditStore, "_insert_rows", real)
+    look(engine)  # the next look sees the same end again, and records it once
+    assert states(world)[job] == "succeeded" and audited(world, "job.finish") == [f"job/{job}"]
+    assert open_store(world).verify().ok
+
+
+def test_a_failed_commit_after_the_audit_write_stores_neither(world, monkeypatch):
+    job = submit(world, "ann")
+    fake = FakeExecutor(1)
+    engine = Engine(world, executor=fake)
+    look(engine)
+    look(engine)
+    fake.end(job)
+    from sqlalchemy.orm import Session
+
+    real, calls = Session.commit, []
+
+    def commit_fails_once(self):
+        if not calls:
+            calls.append(1)
+            raise Boom("crash at the commit")
+        return real(self)
+    monkeypatch.setattr(Session, "commit", commit_fails_once)
+    with pytest.raises(Boom):
+        asyncio.run(engine.tick())
+    monkeypatch.setattr(Session, "commit", real)
+    assert states(world)[job] == "running" and audited(world, "job.finish") == []
+    assert open_store(world).verify().ok
+    look(engine)
+    assert states(world)[job] == "succeeded" and audited(world, "job.finish") == [f"job/{job}"]
+
+
+# --- plans cached until what they are built from changes ---------------------------------------
+def test_plan_cache_keeps_plans_until_membership_profiles_or_accounts_change(world, monkeypatch):
+    import datetime as dt
+
+    from vre import plan as vplan
+    from vre.plan import PlanCache, PlanRefused
+
+    cache, url = PlanCache(), world.vre_db_url
+
+    def get(user="ann"):
+        with vdb.session_scope(url) as db:
+            return cache.get(db, world, user, "lung", "small", role="worker")
+    first = get()
+    assert get() is first                         # nothing changed: the same plan, not rebuilt
+    with vdb.session_scope(url) as db:
+        P.set_profile(db, "lung", "small", cpu=0.5, memory="2G")
+    assert get() is not first and get().cpu == 0.5   # a profile change is seen at once
+    assert get("ben").user == "ben"
+    with vdb.session_scope(url) as db:
+        P.remove_member(db, "lung", "ben")
+    with pytest.raises(PlanRefused, match="not a member"):
+        get("ben")                                  # a cached plan never outlives the membership
+    with vdb.session_scope(url) as db:
+        db.scalar(select(vdb.Account).where(vdb.Account.name == "ann")).disabled = True
+    with pytest.raises(PlanRefused, match="disabled"):
+        get()
+    with vdb.session_scope(url) as db:
+        db.scalar(select(vdb.Account).where(vdb.Account.name == "ann")).disabled = False
+        db.scalar(select(vdb.Project).where(vdb.Project.slug == "lung")).expires_at = \
+            vdb.utcnow() + dt.timedelta(hours=1)
+    assert get().user == "ann"
+    later = vdb.utcnow() + dt.timedelta(hours=2)   # expiry needs no change: the clock is checked
+    monkeypatch.setattr(vplan, "utcnow", lambda: later)
+    monkeypatch.setattr(vdb, "utcnow", lambda: later)
+    with pytest.raises(PlanRefused, match="expired"):
+        get()
+
+
+def test_a_member_removed_while_their_job_waits_is_not_started_from_a_cached_plan(world):
+    fake = FakeExecutor(1)
+    engine = Engine(world, executor=fake)
+    first = submit(world, "ben")
+    look(engine)                                   # ben's plan is built and cached
+    second = submit(world, "ben")
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.remove_member(db, "lung", "ben")
+    fake.end(first)
+    look(engine)
+    assert states(world)[second] == "failed" and fake.submitted == [first]
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert "not a member" in db.get(vdb.Job, second).reason
