@@ -109,12 +109,17 @@ class Postgres:
         self._as_postgres([str(PG_BIN / "initdb"), "-D", str(self.dir / "data"), "--auth=trust", "-U", "postgres",
                            "--encoding=UTF8", "--locale=C.UTF-8"])
         self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w",
-                           "-o", f"-c listen_addresses='' -k {self.dir} -p {self.port} -c fsync=off", "start"])
+                           "-o", f"-c listen_addresses='' -k {self.dir} -p {self.port} -c fsync=off "
+                           # one test run makes a hundred databases, and its process keeps a
+                           # connection pool (and the audit writer's connection) for each
+                           "-c max_connections=400", "start"])
         self._n = 0
 
     def _as_postgres(self, argv: list[str]) -> None:
-        subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *argv],
-                       check=True, capture_output=True, cwd="/")
+        r = subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *argv],
+                           capture_output=True, text=True, cwd="/")
+        if r.returncode:
+            raise AssertionError(f"{Path(argv[0]).name} failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
 
     def new_database(self) -> str:
         self._n += 1
