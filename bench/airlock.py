@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import Hub  # noqa: E402
+from conftest import Hub, processes  # noqa: E402
 
 PROJECT = "prostate-ai"
 
@@ -45,17 +45,7 @@ PROJECT = "prostate-ai"
 def service_pid(hub: Hub) -> int | None:
     """The hub's ``vre`` service process (its command line and this hub's state directory)."""
     needle = str(hub.state).encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-            env = (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if b"vre.api.service" in cmd and needle in env:
-            return int(proc.name)
-    return None
+    return next((pid for pid, cmd, env in processes() if b"vre.api.service" in cmd and needle in env), None)
 
 
 class RSS:

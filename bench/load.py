@@ -45,7 +45,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import Hub  # noqa: E402
+from conftest import Hub, processes  # noqa: E402
 from hubclient import HubClient, HubError, Kernel  # noqa: E402
 
 SLUGS = {"lung-screening": "lung-ct-screening", "prostate-ai": "prostate-mri"}
@@ -195,22 +195,15 @@ class Sampler(threading.Thread):
     def processes(self) -> dict[str, list[int]]:
         found: dict[str, list[int]] = collections.defaultdict(list)
         needle = str(self.hub.base_dir).encode()
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmd = (proc / "cmdline").read_bytes()
-                env = (proc / "environ").read_bytes()
-            except OSError:
-                continue
+        for pid, cmd, env in processes():
             if needle not in cmd + env:
                 continue
             if b"jupyterhub" in cmd and b"singleuser" not in cmd and b"vre_session" not in cmd:
-                found["hub"].append(int(proc.name))
+                found["hub"].append(pid)
             elif b"configurable-http-proxy" in cmd:
-                found["proxy"].append(int(proc.name))
+                found["proxy"].append(pid)
             elif b"vre.access" in cmd:
-                found["access layer"].append(int(proc.name))
+                found["access layer"].append(pid)
         return found
 
     @staticmethod

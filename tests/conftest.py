@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import quote
 
 import pytest
@@ -49,6 +50,17 @@ def short_tmp(prefix: str) -> Path:
     return path
 
 
+def processes() -> Iterator[tuple[int, bytes, bytes]]:
+    """(pid, command line, environment) of every process this user may read, but this one."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            yield int(proc.name), (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()
+        except OSError:
+            continue
+
+
 def leftovers(dirs: list[Path]) -> list[str]:
     """Processes that still run from ``dirs`` (in their command line or environment: hubs, the
     proxy, managed services, PostgreSQL) and session cgroups of their instances."""
@@ -56,16 +68,11 @@ def leftovers(dirs: list[Path]) -> list[str]:
         return []
     needles = [str(d).encode() for d in dirs] + [quote(str(d), safe="").encode() for d in dirs]
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            seen = (proc / "cmdline").read_bytes() + b"\0" + (proc / "environ").read_bytes()
-        except OSError:
-            continue
+    for pid, cmd, env in processes():
+        seen = cmd + b"\0" + env
         if any(n in seen for n in needles):
             command = seen.split(b"\0\0", 1)[0].replace(b"\0", b" ")[:160].decode(errors="replace")
-            found.append(f"pid {proc.name}: {command}")
+            found.append(f"pid {pid}: {command}")
     for d in dirs:
         for controller in ("pids", "memory"):
             cg = Path(f"/sys/fs/cgroup/{controller}/{d.name}")

@@ -388,6 +388,20 @@ def _bump_plan_generation(session: Session, _flush_context, _instances) -> None:
             return
 
 
+def _sqlite_engine(url: str, synchronous: str) -> Engine:
+    """A SQLite engine in WAL mode with foreign keys and the given ``synchronous`` level."""
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn, _record):
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+    return engine
+
+
 def engine_for(url: str, *, durable: bool = False) -> Engine:
     """One engine per URL per process. SQLite gets WAL and a busy timeout so the CLI and the
     hub can write at the same time. ``durable``: on SQLite a second engine whose commits are
@@ -397,16 +411,7 @@ def engine_for(url: str, *, durable: bool = False) -> Engine:
         key = f"durable:{url}"
         if key not in _engines:
             engine_for(url)  # the file's privacy, as for the plain engine
-            engine = create_engine(url, connect_args={"timeout": 30})
-
-            @event.listens_for(engine, "connect")
-            def _sqlite_full(dbapi_conn, _record):
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=FULL")
-                cur.execute("PRAGMA foreign_keys=ON")
-                cur.close()
-            _engines[key] = engine
+            _engines[key] = _sqlite_engine(url, "FULL")
         return _engines[key]
     if url in _engines:
         return _engines[url]
@@ -414,17 +419,9 @@ def engine_for(url: str, *, durable: bool = False) -> Engine:
         path = url.split("///", 1)[-1].split("?", 1)[0]
         if path and path != ":memory:":
             make_private(Path(path))  # accounts, grants and the audit trail: the hub's alone
-        engine = create_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL: a commit survives any process crash and the file never corrupts; an OS
-            # crash may lose the last commits. The audit store writes with FULL (vre.audit.store).
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
+        # WAL + NORMAL: a commit survives any process crash and the file never corrupts; an OS
+        # crash may lose the last commits. The audit store writes with FULL (vre.audit.store).
+        engine = _sqlite_engine(url, "NORMAL")
     else:
         engine = create_engine(url, pool_pre_ping=True)
     _engines[url] = engine
