@@ -71,8 +71,9 @@ def leftovers(dirs: list[Path]) -> list[str]:
     for pid, cmd, env in processes():
         seen = cmd + b"\0" + env
         if any(n in seen for n in needles):
-            command = seen.split(b"\0\0", 1)[0].replace(b"\0", b" ")[:160].decode(errors="replace")
-            found.append(f"pid {pid}: {command}")
+            command = cmd.replace(b"\0", b" ")[:160].decode(errors="replace")
+            of = next((str(d) for d in dirs if str(d).encode() in seen), "")  # which hub's, for the log
+            found.append(f"pid {pid} (of {of}): {command}")
     for d in dirs:
         for controller in ("pids", "memory"):
             cg = Path(f"/sys/fs/cgroup/{controller}/{d.name}")

@@ -65,6 +65,7 @@ def configure(c, settings: Settings) -> None:
     c.JupyterHub.load_roles = load_roles()
     vre_env = {k: v for k, v in os.environ.items() if k.startswith("VRE_")}
     vre_env["PATH"] = os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    vre_env["VRE_HUB_PID"] = str(os.getpid())  # its services die with this process (vre.services)
     # Managed services (the hub starts and restarts them; each dies with its hub): the audit
     # sealer seals the trail at intervals; the batch queue's engine admits, runs and follows jobs
     # (its state is in the VRE database); the VRE service serves the VRE's own pages and APIs at

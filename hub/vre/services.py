@@ -24,15 +24,32 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_hub() -> None:
-    """SIGTERM to this process when the process that started it dies, if a hub started it (as a
-    managed service, JupyterHub names it in ``JUPYTERHUB_SERVICE_NAME``); run by hand, it stays."""
-    if not os.environ.get("JUPYTERHUB_SERVICE_NAME"):
+    """SIGTERM to this process when the hub that started it dies, if a hub started it (as a managed
+    service, the hub names itself in ``VRE_HUB_PID``); run by hand, it stays.
+
+    The check after ``prctl`` compares with the hub's pid, not with 1: a hub that died before we
+    asked leaves us with the nearest subreaper as parent, which need not be init."""
+    hub = hub_pid()
+    if hub is None:
         return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() == 1:  # the hub died before we asked: no signal will come
+    if os.getppid() != hub:  # the hub died before we asked: no signal will come
         raise SystemExit("the hub that started this service is gone")
+
+
+def hub_pid() -> int | None:
+    """The pid of the hub that runs this process as a managed service, or None when run by hand."""
+    value = os.environ.get("VRE_HUB_PID", "")
+    return int(value) if value.isdigit() and os.environ.get("JUPYTERHUB_SERVICE_NAME") else None
+
+
+def hub_gone() -> bool:
+    """Whether the hub that started this managed service has died (a second check beside the
+    death signal, for loops that wake anyway)."""
+    hub = hub_pid()
+    return hub is not None and os.getppid() != hub
 
 
 def take_over(path: Path, name: str, log: logging.Logger, *, patience: float = 10.0) -> IO:
