@@ -2,7 +2,8 @@
 
 ``cluster`` runs ``scripts/k8s-cluster up`` once per test session (the binaries come from the
 cache that ``scripts/test`` fills with ``scripts/k8s-build``) and ``scripts/k8s-cluster down``
-right after the last test of tests/k8s, so the rest of the suite runs on a clean host. On a machine
+right after the last test of tests/k8s, so the rest of the suite runs on a clean host; a second test
+session on this machine waits for the first one's cluster to go down (a lock). On a machine
 that should run it (Linux, root) a cluster that cannot start FAILS the tests with the reason (the
 end of ``up``'s output); they skip only when not root or not on Linux.
 
@@ -14,6 +15,7 @@ Waits poll with a deadline and fail with ``kubectl describe`` and the namespace'
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -132,7 +134,20 @@ def _unsupported() -> str | None:
     return None
 
 
-_state = {"up": False}
+_state = {"up": False, "lock": None}
+#: One test session at a time owns the machine's cluster: two runs side by side (two checkouts)
+#: would share one cluster, and the first to finish would take it down under the other.
+LOCK = Path("/run/lock/vre-k8s-tests.lock")
+
+
+def _own_the_cluster() -> None:
+    lock = open(LOCK, "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"waiting for another test session's cluster to go down ({LOCK})", file=sys.stderr)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    _state["lock"] = lock
 
 
 def _down() -> None:
@@ -141,6 +156,9 @@ def _down() -> None:
         proc = subprocess.run([str(CLUSTER), "down"], capture_output=True, text=True, timeout=180)
         if proc.returncode != 0:
             print(f"scripts/k8s-cluster down failed:\n{proc.stdout}{proc.stderr}", file=sys.stderr)
+    if _state["lock"]:
+        _state["lock"].close()  # the next session's turn
+        _state["lock"] = None
 
 
 @pytest.fixture(scope="session")
@@ -149,6 +167,7 @@ def cluster() -> str:
     reason = _unsupported()
     if reason:
         pytest.skip(reason)
+    _own_the_cluster()
     _state["up"] = True  # from here on, down cleans up even after a partial up
     proc = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
