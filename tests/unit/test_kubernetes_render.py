@@ -11,8 +11,9 @@ import pytest
 
 from vre.backends.kubernetes import (ACCESS_POD_LABELS, HUB_POD_LABELS, SECRET_ENV, SESSION_PORT,
                                      KubernetesBackendError, ProjectQuota, network_policies, object_name,
-                                     pod_command, pod_server_args, project_objects, project_quota, run_secret,
+                                     pod_server_args, project_objects, project_quota, run_secret,
                                      session_pod)
+from vre.backends.plan_spawner import server_command
 from vre.plan import Mount, SessionPlan, runtime_mounts
 from vre.settings import Settings
 
@@ -41,7 +42,7 @@ def make_plan(**kw) -> SessionPlan:
 def render(plan=None, settings=SETTINGS, **kw):
     plan = plan or make_plan()
     args = dict(image=IMAGE, env={"JUPYTERHUB_API_TOKEN": "secret-token", **plan.env},
-                command=[*pod_command(), *pod_server_args(plan)])
+                command=[*server_command("python"), *pod_server_args(plan)])
     args.update(kw)
     return session_pod(settings, plan, **args)
 
@@ -231,3 +232,15 @@ def test_unknown_mount_kinds_are_refused():
     plan = make_plan(mounts=(Mount(Path("/x"), "/x", False, "device"),))
     with pytest.raises(KubernetesBackendError, match="mount kind 'device'"):
         render(plan)
+
+
+def test_access_layer_forwards_to_a_pods_address_or_a_socket_and_nothing_else():
+    from vre.access.routes import SessionRoute, upstream_of
+
+    assert upstream_of("http+unix://%2Frun%2Fvre%2Fs%2Fsock") == ("/run/vre/s/sock", "http://session")
+    assert upstream_of(f"http://10.244.0.7:{SESSION_PORT}") == ("", f"http://10.244.0.7:{SESSION_PORT}")
+    for bad in ("https://10.244.0.7:8888", "http://10.244.0.7", "http://10.244.0.7:8888/elsewhere", "file:///etc",
+                "http://10.244.0.7:8888/?x=1", ""):
+        assert upstream_of(bad) is None, bad
+    route = SessionRoute("/user/ann/lung/", "ann", "lung", "", {"session": "ann-lung"}, base="http://10.244.0.7:8888")
+    assert route.base == "http://10.244.0.7:8888"

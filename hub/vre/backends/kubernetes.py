@@ -33,14 +33,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import re
+import shutil
 from dataclasses import dataclass
 
 from jupyterhub.spawner import Spawner
-from traitlets import Unicode, default
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubespawner.clients import shared_client
+from sqlalchemy import select
+from traitlets import CaselessStrEnum, Unicode, default
 
 from ..plan import HOME, MANIFEST, SessionPlan
 from ..settings import Settings, k8s_images
+from .host import prepare_host
 from .plan_spawner import PlanSpawner, server_args, server_command
 
 #: The session server's port in its pod (the access layer's target: ``http://<pod IP>:PORT``).
@@ -195,8 +202,15 @@ def _storage_source(settings: Settings, plan: SessionPlan, mount) -> dict:
     return {"hostPath": {"path": str(mount.source), "type": "Directory"}}
 
 
-def run_secret_name(plan: SessionPlan) -> str:
-    return object_name(f"{plan.session_id}-run")
+def identity_files(plan: SessionPlan) -> dict[str, str]:
+    """/etc/passwd and /etc/group of a session pod: jovyan is the account's uid, the project its group."""
+    return {"passwd": (f"jovyan:x:{plan.uid}:{plan.gid}:{plan.user}:{HOME}:/bin/bash\n"
+                       "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+            "group": f"{plan.project}:x:{plan.gid}:jovyan\nnogroup:x:65534:\n"}
+
+
+def run_secret_name(session_id: str) -> str:
+    return object_name(f"{session_id}-run")
 
 
 def run_secret(settings: Settings, plan: SessionPlan, files: dict[str, str], env: dict[str, str]) -> dict:
@@ -205,7 +219,7 @@ def run_secret(settings: Settings, plan: SessionPlan, files: dict[str, str], env
     data = {"session.json": json.dumps(plan.manifest(), indent=2), **files}
     data.update({k: v for k, v in env.items() if k in SECRET_ENV})
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": run_secret_name(plan), "namespace": namespace_name(plan),
+            "metadata": {"name": run_secret_name(plan.session_id), "namespace": namespace_name(plan),
                          "labels": labels(settings, plan)},
             "stringData": data}
 
@@ -215,7 +229,7 @@ def volumes_and_mounts(settings: Settings, plan: SessionPlan, tmp_size: str = "2
     read-only root. ``hub`` mounts (the hub's socket directory) have no pod counterpart."""
     volumes: list[dict] = []
     mounts: list[dict] = []
-    secret = run_secret_name(plan)
+    secret = run_secret_name(plan.session_id)
     for i, m in enumerate(plan.mounts):
         name = f"{m.kind}-{i}"
         if m.kind == "dataset":
@@ -259,7 +273,7 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
     ``SECRET_ENV`` among it come from :func:`run_secret`)."""
     check_image(settings, image)
     volumes, mounts = volumes_and_mounts(settings, plan, tmp_size)
-    secret = run_secret_name(plan)
+    secret = run_secret_name(plan.session_id)
     env_list = [{"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": k}}} if k in SECRET_ENV
                 else {"name": k, "value": v} for k, v in sorted(env.items())]
     resources = {"cpu": _cpu(plan.cpu), "memory": f"{plan.mem_mb}Mi"}
@@ -295,24 +309,272 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
             "spec": spec}
 
 
-def pod_command(python: str = "python") -> list[str]:
-    return server_command(python)
-
-
 class KubernetesSpawner(PlanSpawner, Spawner):
-    """Runs each (user, project) session as a pod in its project's namespace."""
+    """Runs each (user, project) session as a pod in its project's namespace.
+
+    The hub creates and keeps the project's namespace, policies and quota (every start puts them
+    back as rendered), then the session's Secret and pod; the server listens on the pod's IP and
+    the access layer forwards to ``http://<pod IP>:SESSION_PORT``. State (pod, namespace, IP,
+    node) survives a hub restart, so the next hub re-attaches; ``poll`` re-checks membership and
+    expiry as on every backend. GPUs are a count: Kubernetes picks the devices, the project's
+    quota bounds them, and the audit records the node the pod ran on.
+    """
 
     start_noun = "pod"
-    pod_name = ""
 
     image = Unicode(config=True, help="Session image (default: settings.notebook_image); must be on the allow-list.")
+    image_pull_policy = CaselessStrEnum(["IfNotPresent", "Always", "Never"], "IfNotPresent", config=True,
+                                        help="imagePullPolicy of session pods.")
+    tmp_size = Unicode("2Gi", config=True, help="Size of a session's /tmp (memory-backed emptyDir limit).")
+    hub_service = Unicode("hub", config=True,
+                          help="Service in k8s_hub_namespace whose cluster IP sessions reach the hub's API at "
+                               "(port k8s_hub_port); its pods carry HUB_POD_LABELS.")
+    hub_address = Unicode("", config=True,
+                          help="Address sessions reach the hub's API at instead of hub_service's cluster IP "
+                               "(a hub outside the cluster, tests).")
+
+    # state kept across hub restarts (with the base's)
+    pod_name = Unicode("")
+    pod_namespace = Unicode("")
+    pod_ip = Unicode("")
+    node_name = Unicode("")
 
     @default("image")
     def _image_default(self):
         return self.settings.notebook_image
 
+    @default("ip")
+    def _ip_default(self):
+        return "0.0.0.0"  # the server listens on its pod's address (JUPYTERHUB_SERVICE_URL)
+
+    @default("port")
+    def _port_default(self):
+        return SESSION_PORT
+
+    def _backend_state(self) -> dict:
+        return {"pod_name": self.pod_name, "pod_namespace": self.pod_namespace, "pod_ip": self.pod_ip,
+                "node_name": self.node_name}
+
+    def _load_backend_state(self, state: dict) -> None:
+        self.pod_name = state.get("pod_name", "")
+        self.pod_namespace = state.get("pod_namespace", "")
+        self.pod_ip = state.get("pod_ip", "")
+        self.node_name = state.get("node_name", "")
+
     def _launched(self) -> bool:
         return bool(self.pod_name)
 
-    async def _launch(self, plan):
-        raise KubernetesBackendError("the kubernetes backend cannot start sessions yet (issue 13)")
+    def _identity_files(self, plan: SessionPlan) -> dict[str, str]:
+        return identity_files(plan)
+
+    def _gpu_capacity(self) -> int | None:
+        return None  # the cluster's scheduler and the project's quota decide, not this host's devices
+
+    def _lease_gpus(self, plan: SessionPlan) -> tuple[int, ...]:
+        return ()   # a count in the pod's limits; Kubernetes picks the devices
+
+    def _start_details(self) -> dict:
+        return {"pod": f"{self.pod_namespace}/{self.pod_name}", "node": self.node_name}
+
+    def _socket_url(self) -> str:
+        return f"http://{self.pod_ip}:{SESSION_PORT}" if self.pod_ip else ""
+
+    # -- the API -----------------------------------------------------------------------------
+    async def _api(self, kind: str = "CoreV1Api"):
+        await load_client_config(self.settings)
+        return shared_client(kind)
+
+    async def _put(self, obj: dict) -> None:
+        """Create ``obj``, or replace it when it exists (the hub's rendering wins)."""
+        kind, ns, name = obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]
+        api = await self._api("NetworkingV1Api" if kind == "NetworkPolicy" else "CoreV1Api")
+        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower()
+        args = (ns, obj) if ns else (obj,)
+        scope = "namespaced_" if ns else ""
+        try:
+            await getattr(api, f"create_{scope}{snake}")(*args)
+        except ApiException as e:
+            if e.status != 409:
+                raise KubernetesBackendError(f"the cluster refused {kind} {ns or ''}/{name}: {_reason(e)}") from None
+            if kind == "Namespace":  # keep it (it holds the project's claims); bring its labels back
+                await api.patch_namespace(name, {"metadata": {"labels": obj["metadata"]["labels"]}})
+            else:
+                await getattr(api, f"replace_{scope}{snake}")(name, *args)
+
+    # -- start ---------------------------------------------------------------------------------
+    def _prepare_host(self, plan: SessionPlan) -> None:
+        """The run directory (the access layer's mount table); with hostPath storage the hub is on
+        the node, so it also prepares home and workspace there with their owners."""
+        if self.settings.k8s_storage == "hostPath":
+            prepare_host(plan, self._identity_files(plan))
+        else:
+            shutil.rmtree(plan.run_dir, ignore_errors=True)
+            plan.run_dir.mkdir(parents=True, mode=0o755)
+
+    def _project_quota(self, plan: SessionPlan) -> ProjectQuota:
+        from .. import db as vdb
+
+        with vdb.session_scope(self.settings.vre_db_url) as db:
+            return project_quota(db.scalar(select(vdb.Project).where(vdb.Project.slug == plan.project)))
+
+    async def _hub_url(self) -> str:
+        if self.hub_address:
+            return f"http://{self.hub_address}:{self.settings.k8s_hub_port}"
+        api = await self._api()
+        try:
+            svc = await api.read_namespaced_service(self.hub_service, self.settings.k8s_hub_namespace)
+        except ApiException as e:
+            raise KubernetesBackendError(f"no hub Service {self.settings.k8s_hub_namespace}/{self.hub_service} "
+                                         f"({_reason(e)}); the chart creates it (or set hub_address)") from None
+        return f"http://{svc.spec.cluster_ip}:{self.settings.k8s_hub_port}"
+
+    def _image_for(self, plan: SessionPlan) -> str:
+        if plan.gpus and self.settings.notebook_gpu_image:
+            return self.settings.notebook_gpu_image
+        return self.image
+
+    async def _launch(self, plan: SessionPlan) -> None:
+        image = check_image(self.settings, self._image_for(plan))
+        ns, name = namespace_name(plan), object_name(plan.session_id)
+        self._progress(30, f"Preparing the project's island (namespace {ns}: network policies, quota)")
+        quota = await asyncio.to_thread(self._project_quota, plan)
+        for obj in project_objects(self.settings, plan, quota):
+            await self._put(obj)
+        self.hub_connect_url = await self._hub_url()
+        env = self._environment(plan)
+        pod = session_pod(self.settings, plan, image=image, env=env,
+                          command=[*server_command("python"), *pod_server_args(plan, self.args)],
+                          pull_policy=self.image_pull_policy, tmp_size=self.tmp_size, umask=self.session_umask)
+        await self._delete(ns, plan.session_id, 0)  # a leftover of a crashed run never lingers
+        await self._put(run_secret(self.settings, plan, self._identity_files(plan), env))
+        self._progress(50, f"Starting the pod ({plan.cpu:g} CPU, {plan.mem_mb} MiB)")
+        api = await self._api()
+        try:
+            await api.create_namespaced_pod(ns, pod)
+        except ApiException as e:
+            raise KubernetesBackendError(f"the cluster refused the session's pod: {_reason(e)}") from None
+        self.pod_name, self.pod_namespace = name, ns
+        self.log.info("Created pod %s/%s for %s from %s", ns, name, plan.session_id, image)
+
+    async def _wait_for_socket(self) -> None:
+        """Until the pod is Ready (its server accepts on SESSION_PORT); fails fast when it cannot
+        start (image missing, refused config) or ended."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        api = await self._api()
+        while True:
+            pod = await api.read_namespaced_pod(self.pod_name, self.pod_namespace)
+            status = pod.status
+            if status.phase in ("Succeeded", "Failed"):
+                self._exit_code = _exit_code(pod)
+                self.log.error("Pod %s/%s ended during start (%s):\n%s", self.pod_namespace, self.pod_name,
+                               self._exit_code, await self._log_tail())
+                raise RuntimeError(f"the session's server exited during start (code {self._exit_code}); "
+                                   "an admin can read its log in the hub's log")
+            waiting = _waiting_reason(pod)
+            if waiting in FATAL_WAITING:
+                raise KubernetesBackendError(f"the session's pod cannot start: {waiting}")
+            ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or ())
+            if ready and status.pod_ip:
+                self.pod_ip, self.node_name = status.pod_ip, pod.spec.node_name or ""
+                return
+            if loop.time() > deadline:
+                raise TimeoutError(f"the session's pod was not ready within {self.start_timeout} s "
+                                   f"({status.phase}{', ' + waiting if waiting else ''})")
+            await asyncio.sleep(0.25)
+
+    def _lock_socket(self) -> None:
+        """Nothing to take over: the server's port is reachable only from the hub's and the access
+        layer's pods (the project's NetworkPolicy), not by a socket file a session could touch."""
+
+    async def _log_tail(self, lines: int = 30) -> str:
+        if not self.pod_name:
+            return ""
+        try:
+            api = await self._api()
+            return await api.read_namespaced_pod_log(self.pod_name, self.pod_namespace, tail_lines=lines)
+        except (ApiException, OSError, KubernetesBackendError):
+            return ""
+
+    # -- liveness and removal ----------------------------------------------------------------
+    async def _is_running(self) -> bool | None:
+        try:
+            api = await self._api()
+            pod = await api.read_namespaced_pod(self.pod_name, self.pod_namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            self.log.warning("Could not ask the cluster about %s: %s; leaving it running", self._log_name, _reason(e))
+            return None
+        except OSError as e:
+            self.log.warning("Could not reach the cluster about %s: %s; leaving it running", self._log_name, e)
+            return None
+        if pod.status.phase in ("Succeeded", "Failed") or pod.metadata.deletion_timestamp:
+            self._exit_code = _exit_code(pod)
+            return False
+        return True
+
+    async def _delete(self, ns: str, session_id: str, grace: float) -> None:
+        """Delete the session's pod and Secret (absent ones are fine)."""
+        api = await self._api()
+        for call, obj in ((api.delete_namespaced_pod, object_name(session_id)),
+                          (api.delete_namespaced_secret, run_secret_name(session_id))):
+            try:
+                await call(obj, ns, grace_period_seconds=math.ceil(grace))
+            except ApiException as e:
+                if e.status != 404:
+                    raise KubernetesBackendError(f"could not delete {ns}/{obj}: {_reason(e)}") from None
+
+    async def _remove(self, grace: float) -> None:
+        # also after a failed start that created the pod but never recorded it
+        ns = self.pod_namespace or (self.island if _DNS_LABEL.fullmatch(self.island or "") else "")
+        if ns and self.session_id:
+            await self._delete(ns, self.session_id, grace)
+        self.pod_name, self.pod_ip = "", ""
+
+
+#: Reasons a container waits that no amount of waiting cures.
+FATAL_WAITING = ("ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
+                 "CreateContainerConfigError", "CreateContainerError")
+
+
+def _waiting_reason(pod) -> str:
+    for c in pod.status.container_statuses or ():
+        if c.state and c.state.waiting and c.state.waiting.reason:
+            return c.state.waiting.reason
+    return ""
+
+
+def _exit_code(pod) -> int | None:
+    for c in pod.status.container_statuses or ():
+        if c.state and c.state.terminated:
+            return c.state.terminated.exit_code
+    return None
+
+
+def _reason(e: ApiException) -> str:
+    try:
+        return json.loads(e.body).get("message") or e.reason
+    except (TypeError, ValueError):
+        return f"{e.status} {e.reason}"
+
+
+_configured: dict[str, bool] = {}
+
+
+async def load_client_config(settings: Settings) -> None:
+    """Point the shared API clients at the cluster once: ``k8s_kubeconfig``, else the pod's
+    service account."""
+    key = settings.k8s_kubeconfig or "in-cluster"
+    if _configured.get(key):
+        return
+    try:
+        if settings.k8s_kubeconfig:
+            await k8s_config.load_kube_config(config_file=settings.k8s_kubeconfig)
+        else:
+            k8s_config.load_incluster_config()
+    except (k8s_config.ConfigException, OSError) as e:
+        raise KubernetesBackendError(f"cannot reach the cluster's API ({e}); set k8s_kubeconfig to a kubeconfig "
+                                     "file, or run the hub in the cluster") from None
+    _configured.clear()
+    _configured[key] = True
