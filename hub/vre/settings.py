@@ -16,6 +16,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 DEFAULT_CONFIG_FILE = Path("/etc/vre/vre.toml")
 
@@ -161,6 +162,14 @@ class Settings:
     @property
     def hub_socket_dir(self) -> Path:
         return self.run_dir / "hub"
+
+    @property
+    def hub_local_url(self) -> str:
+        """Where the processes beside the hub (its services, the access layer) reach its API: its
+        unix socket, or loopback on ``k8s_hub_port`` where sessions are pods (the hub listens on TCP)."""
+        if self.backend == "kubernetes":
+            return f"http://127.0.0.1:{self.k8s_hub_port}"
+        return "http+unix://" + quote(str(self.hub_socket_dir / "hub.sock"), safe="")
 
     @property
     def sessions_run_dir(self) -> Path:

@@ -13,6 +13,7 @@ pods and to a listener it starts on the node's own address (10.245.0.1, on this 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from vre.backends.kubernetes import (HUB_POD_LABELS, SESSION_PORT, ProjectQuota, identity_files, project_objects,
-                                     run_secret, session_pod)
+from vre.backends.kubernetes import (HUB_POD_LABELS, SESSION_PORT, KubernetesBackendError, KubernetesSpawner,
+                                     ProjectQuota, identity_files, project_objects, run_secret, session_pod)
 from vre.plan import Mount, SessionPlan, runtime_mounts
 from vre.settings import Settings
 
@@ -45,7 +46,7 @@ def _plan(settings, root: Path, user: str, project: str, uid: int, gid: int) -> 
         os.chmod(d, mode)
     data.mkdir(parents=True, exist_ok=True)
     (data / "scan.dcm").write_text(f"{project} scan\n")
-    run = root / "run" / f"{user}-{project}"
+    run = settings.sessions_run_dir / f"{user}-{project}"
     return SessionPlan(
         user=user, project=project, profile="tiny", role="session", session_id=f"{user}-{project}", uid=uid, gid=gid,
         cpu=0.1, mem_mb=64, gpus=0, network=f"{settings.instance}-{project}", datasets=("ct",),
@@ -53,7 +54,8 @@ def _plan(settings, root: Path, user: str, project: str, uid: int, gid: int) -> 
                 Mount(ws, "/home/jovyan/project", False, "workspace"),
                 *runtime_mounts("session", run, root / "hub")),
         env={"OMP_NUM_THREADS": "1", "VRE_PROJECT": project, "HOME": "/home/jovyan"},
-        labels={"vre.user": user, "vre.project": project, "vre.session": f"{user}-{project}", "vre.role": "session"})
+        labels={"vre.user": user, "vre.project": project, "vre.session": f"{user}-{project}", "vre.role": "session"},
+        run_dir=run)
 
 
 class NodeListener:
@@ -101,7 +103,7 @@ class World:
         os.chmod(self.root, 0o755)
         self.hub_ns = new_ns("hub")
         self.free_ns = new_ns("free")  # no policy at all: the controls
-        self.settings = Settings(instance=f"vt{secrets.token_hex(3)}", backend="kubernetes",
+        self.settings = Settings(instance=f"vt{secrets.token_hex(3)}", backend="kubernetes", run_dir=self.root / "run",
                                  k8s_hub_namespace=self.hub_ns, k8s_hub_port=HUB_PORT,
                                  notebook_image=kube.image, k8s_image_allowlist=kube.image)
         s = self.settings
@@ -256,7 +258,52 @@ def test_resource_quota_is_present_and_enforced(world):
 
 
 def test_images_off_the_allow_list_never_render(world):
-    from vre.backends.kubernetes import KubernetesBackendError
-
     with pytest.raises(KubernetesBackendError, match="allow-list"):
         session_pod(world.settings, world.ann, image="vre.local/pause:3.10.2", env={}, command=["true"])
+
+
+def _spawner(world, plan, **kw) -> KubernetesSpawner:
+    """KubernetesSpawner against the test cluster; the parts a running JupyterHub would give
+    (its environment with the API token, the project's row) are the test's."""
+    settings = world.settings.replace(k8s_kubeconfig=world.kube.env["KUBECONFIG"], **kw.pop("settings", {}))
+    sp = KubernetesSpawner(settings=settings, image_pull_policy="Never", hub_address=NODE_IP, start_timeout=90, **kw)
+    sp._environment = lambda plan: {**plan.env, "JUPYTERHUB_API_TOKEN": "hub-token-" + world.token, "VRE_AUDIT_TOKEN": "t"}
+    sp._project_quota = lambda plan: QUOTA
+    sp._server_command = lambda plan: ["sh", "-c", f"mkdir -p /tmp/www && echo pong-{world.token} >/tmp/www/index.html "
+                                                   f"&& exec httpd -f -p {SESSION_PORT} -h /tmp/www"]
+    sp.session_id, sp.island = plan.session_id, plan.network
+    return sp
+
+
+async def test_spawner_starts_polls_and_stops_a_session_pod(world):
+    kube, plan = world.kube, _plan(world.settings, world.root, "dan", "alpha", 200004, 300001)
+    sp = _spawner(world, plan)
+    await sp._start(plan)            # prepare, access table, project objects, Secret, pod, wait until Ready
+    assert sp.pod_namespace == plan.network and sp.pod_name == "dan-alpha" and sp.node_name
+    pod = kube.get("pod", "dan-alpha", plan.network)
+    assert sp._socket_url() == f"http://{pod['status']['podIP']}:{SESSION_PORT}"
+    assert sp.hub_connect_url == f"http://{NODE_IP}:{world.settings.k8s_hub_port}"
+    assert "hub-token-" not in json.dumps(pod)           # credentials only in the Secret
+    assert await sp._is_running() is True
+    # the hub's pod reaches the new session's port; the other project's session does not
+    world.expect(True, "hub -> dan's session", world.hub_ns, "hub", pod["status"]["podIP"], SESSION_PORT)
+    world.expect(False, "cid (beta) -> dan", world.cid.network, "cid-beta", pod["status"]["podIP"], SESSION_PORT)
+    # a restarted hub re-attaches from the stored state
+    again = _spawner(world, plan)
+    again.load_state(sp.get_state())
+    assert again._launched() and await again._is_running() is True and again._socket_url() == sp._socket_url()
+    await again._teardown(0)
+    assert not again._launched() and await sp._is_running() is False   # deleted (or terminating)
+    kube.wait("dan's pod and Secret gone", lambda: kube.run("get", "pod", "dan-alpha", "-n", plan.network).returncode != 0
+              and kube.run("get", "secret", "dan-alpha-run", "-n", plan.network).returncode != 0, plan.network, 60)
+
+
+async def test_spawner_fails_fast_when_the_pod_cannot_start(world):
+    plan = _plan(world.settings, world.root, "eve", "alpha", 200005, 300001)
+    missing = "vre.local/missing:1"  # allowed, but not in the node's image store (and never pulled)
+    sp = _spawner(world, plan, settings={"k8s_image_allowlist": f"{world.kube.image},{missing}"}, image=missing)
+    with pytest.raises(KubernetesBackendError, match="ErrImageNeverPull"):
+        await sp._start(plan)
+    await sp._teardown(0)
+    world.kube.wait("eve's pod gone", lambda: world.kube.run("get", "pod", "eve-alpha", "-n", plan.network).returncode != 0,
+                    plan.network, 60)

@@ -428,6 +428,9 @@ class KubernetesSpawner(PlanSpawner, Spawner):
                                          f"({_reason(e)}); the chart creates it (or set hub_address)") from None
         return f"http://{svc.spec.cluster_ip}:{self.settings.k8s_hub_port}"
 
+    def _server_command(self, plan: SessionPlan) -> list[str]:
+        return [*server_command("python"), *pod_server_args(plan, self.args)]
+
     def _image_for(self, plan: SessionPlan) -> str:
         if plan.gpus and self.settings.notebook_gpu_image:
             return self.settings.notebook_gpu_image
@@ -442,8 +445,7 @@ class KubernetesSpawner(PlanSpawner, Spawner):
             await self._put(obj)
         self.hub_connect_url = await self._hub_url()
         env = self._environment(plan)
-        pod = session_pod(self.settings, plan, image=image, env=env,
-                          command=[*server_command("python"), *pod_server_args(plan, self.args)],
+        pod = session_pod(self.settings, plan, image=image, env=env, command=self._server_command(plan),
                           pull_policy=self.image_pull_policy, tmp_size=self.tmp_size, umask=self.session_umask)
         await self._delete(ns, plan.session_id, 0)  # a leftover of a crashed run never lingers
         await self._put(run_secret(self.settings, plan, self._identity_files(plan), env))
