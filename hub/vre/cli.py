@@ -119,6 +119,10 @@ def cmd_down(args) -> int:
         from .backends.docker import remove_instance_containers
 
         stopped += remove_instance_containers(settings)
+    if settings.backend == "kubernetes":  # session pods and their Secrets (project namespaces stay)
+        from .backends.kubernetes import remove_instance_sessions
+
+        stopped += remove_instance_sessions(settings)
     print(f"stopped {stopped} session(s), batch workers, the proxy and the access layer")
     return 0
 

@@ -307,3 +307,23 @@ async def test_spawner_fails_fast_when_the_pod_cannot_start(world):
     await sp._teardown(0)
     world.kube.wait("eve's pod gone", lambda: world.kube.run("get", "pod", "eve-alpha", "-n", plan.network).returncode != 0,
                     plan.network, 60)
+
+
+async def test_vre_down_removes_every_session_pod_of_the_instance(world):
+    """Last in this module: it removes the world's session pods too."""
+    import asyncio
+
+    from vre.backends.kubernetes import remove_instance_sessions
+
+    kube = world.kube
+    settings = world.settings.replace(k8s_kubeconfig=kube.env["KUBECONFIG"])
+    selector = f"vre.instance={settings.instance}"
+    pods = lambda: kube("get", "pods", "-A", "-l", selector, "-o", "name").split()  # noqa: E731
+    assert len(pods()) == 3                       # ann, bob (alpha), cid (beta)
+    assert await asyncio.to_thread(remove_instance_sessions, settings) == 3
+    kube.wait("the instance's pods gone", lambda: not pods(), world.ann.network, 60)
+    assert not kube("get", "secrets", "-A", "-l", selector, "-o", "name").split()
+    # the hub namespace's pods belong to no instance: untouched
+    assert kube.pod_phase(world.hub_ns, "hub") == "Running"
+    # project namespaces stay (they hold the projects' claims)
+    assert kube.run("get", "namespace", world.ann.network).returncode == 0

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from jupyterhub.spawner import Spawner
 from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner.clients import shared_client
 from sqlalchemy import select
@@ -580,3 +581,30 @@ async def load_client_config(settings: Settings) -> None:
                                      "file, or run the hub in the cluster") from None
     _configured.clear()
     _configured[key] = True
+
+
+async def _remove_instance_sessions(settings: Settings) -> int:
+    await load_client_config(settings)
+    async with ApiClient() as client:
+        core = CoreV1Api(client)
+        selector = f"vre.instance={settings.instance}"
+        pods = (await core.list_pod_for_all_namespaces(label_selector=selector)).items
+        for pod in pods:
+            try:
+                await core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=2)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        for secret in (await core.list_secret_for_all_namespaces(label_selector=selector)).items:
+            try:
+                await core.delete_namespaced_secret(secret.metadata.name, secret.metadata.namespace)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+    return len(pods)
+
+
+def remove_instance_sessions(settings: Settings) -> int:
+    """Delete every session pod and run Secret of this installation (``vre down``); the projects'
+    namespaces stay: they hold the projects' claims."""
+    return asyncio.run(_remove_instance_sessions(settings))
