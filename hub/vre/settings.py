@@ -74,6 +74,9 @@ class Settings:
     k8s_hub_namespace: str = "vre"
     #: Port of the hub's API that sessions reach (the hub pod's ``hub_bind_url`` port).
     k8s_hub_port: int = 8081
+    #: Port on the hub's pod where the VRE service answers sessions (audit ingest, jobs and airlock
+    #: APIs); on the other backends that is a unix socket beside the hub's.
+    k8s_service_port: int = 8082
     #: Images a session pod may run, comma-separated; empty: exactly ``notebook_image`` and
     #: ``notebook_gpu_image``. Anything else is refused before a pod is created.
     k8s_image_allowlist: str = ""
@@ -354,8 +357,11 @@ def _validate_kubernetes(s: Settings) -> None:
     if not _DNS_LABEL.fullmatch(s.k8s_hub_namespace):
         raise SettingsError(f"k8s_hub_namespace {s.k8s_hub_namespace!r} is not a namespace name: use up to 63 "
                             "lowercase letters, digits and '-', starting and ending with a letter or digit")
-    if not 1 <= s.k8s_hub_port <= 65535:
-        raise SettingsError(f"k8s_hub_port {s.k8s_hub_port} is not a TCP port (1-65535)")
+    for name in ("k8s_hub_port", "k8s_service_port"):
+        if not 1 <= getattr(s, name) <= 65535:
+            raise SettingsError(f"{name} {getattr(s, name)} is not a TCP port (1-65535)")
+    if s.k8s_hub_port == s.k8s_service_port:
+        raise SettingsError("k8s_hub_port and k8s_service_port must differ (the hub's API and the VRE service)")
     for image in k8s_images(s):
         if not _IMAGE.fullmatch(image):
             raise SettingsError(f"k8s_image_allowlist: {image!r} is not an image reference "

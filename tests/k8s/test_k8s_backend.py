@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.k8s, pytest.mark.timeout(900)]
 
 NODE_IP = "10.245.0.1"
 HUB_PORT = 8081
+SERVICE_PORT = 8082     # the VRE service's session port on the hub's pod
 OTHER_HUB_PORT = 9090
 QUOTA = ProjectQuota(cpu=1.0, mem_mb=512, gpus=0, pods=4)
 
@@ -104,7 +105,7 @@ class World:
         self.hub_ns = new_ns("hub")
         self.free_ns = new_ns("free")  # no policy at all: the controls
         self.settings = Settings(instance=f"vt{secrets.token_hex(3)}", backend="kubernetes", run_dir=self.root / "run",
-                                 k8s_hub_namespace=self.hub_ns, k8s_hub_port=HUB_PORT,
+                                 k8s_hub_namespace=self.hub_ns, k8s_hub_port=HUB_PORT, k8s_service_port=SERVICE_PORT,
                                  notebook_image=kube.image, k8s_image_allowlist=kube.image)
         s = self.settings
         self.ann = _plan(s, self.root, "ann", "alpha", 200001, 300001)
@@ -121,7 +122,8 @@ class World:
                        session_pod(s, plan, image=kube.image, env={**plan.env, "VRE_AUDIT_TOKEN": "t"},
                                    command=["sh", "-c", serve], pull_policy="Never"))
         hub_serve = (f"mkdir -p /tmp/www && echo pong-{self.token} >/tmp/www/index.html && "
-                     f"httpd -p {OTHER_HUB_PORT} -h /tmp/www && exec httpd -f -p {HUB_PORT} -h /tmp/www")
+                     f"httpd -p {OTHER_HUB_PORT} -h /tmp/www && httpd -p {SERVICE_PORT} -h /tmp/www && "
+                     f"exec httpd -f -p {HUB_PORT} -h /tmp/www")
         kube.apply(kube.pod(self.hub_ns, "hub", ["sh", "-c", hub_serve], labels=dict(HUB_POD_LABELS)),
                    kube.pod(self.hub_ns, "stranger", ["sleep", "3600"], labels={"vre.component": "other"}),
                    kube.pod(self.free_ns, "control", ["sleep", "3600"]))
@@ -218,6 +220,7 @@ def test_project_island(world):
     world.expect(True, "ann -> bob (same project)", *a, world.ip["bob-alpha"], SESSION_PORT)
     # the hub's API port, and no other port of the hub's pod
     world.expect(True, "ann -> hub API port", *a, hub_ip, HUB_PORT)
+    world.expect(True, "ann -> the VRE service's session port", *a, hub_ip, SERVICE_PORT)
     world.expect(False, "ann -> another port of the hub", *a, hub_ip, OTHER_HUB_PORT)
     # the other project's session: unreachable from ann, reachable from the hub pod (the control)
     world.expect(False, "ann (alpha) -> cid (beta)", *a, world.ip["cid-beta"], SESSION_PORT)

@@ -199,7 +199,7 @@ def test_namespace_and_network_policies():
     assert rule["ports"] == [{"protocol": "TCP", "port": SESSION_PORT}]
     (rule,) = pols["sessions-to-hub"]["egress"]
     assert rule == {"to": [{"namespaceSelector": hub_ns, "podSelector": {"matchLabels": HUB_POD_LABELS}}],
-                    "ports": [{"protocol": "TCP", "port": 8081}]}
+                    "ports": [{"protocol": "TCP", "port": 8081}, {"protocol": "TCP", "port": 8082}]}
     # no rule anywhere opens an ipBlock (node, internet) or DNS
     assert "ipBlock" not in str(pols) and "53" not in str(pols)
 
@@ -244,3 +244,36 @@ def test_access_layer_forwards_to_a_pods_address_or_a_socket_and_nothing_else():
         assert upstream_of(bad) is None, bad
     route = SessionRoute("/user/ann/lung/", "ann", "lung", "", {"session": "ann-lung"}, base="http://10.244.0.7:8888")
     assert route.base == "http://10.244.0.7:8888"
+
+
+def test_sessions_reach_the_vre_service_by_socket_or_by_the_hub_pods_port():
+    import http.client
+
+    from vre_session.relay import _UnixHTTPConnection, connection
+
+    conn, path = connection("http+unix://%2Frun%2Fvre%2Fhub%2Fvre.sock/services/vre/api/audit/events")
+    assert isinstance(conn, _UnixHTTPConnection) and conn.socket_path == "/run/vre/hub/vre.sock"
+    assert path == "/services/vre/api/audit/events"
+    conn, path = connection("http://10.96.0.20:8082/services/vre/api")
+    assert type(conn) is http.client.HTTPConnection and (conn.host, conn.port) == ("10.96.0.20", 8082)
+    assert path == "/services/vre/api"
+    with pytest.raises(ValueError, match="not a VRE service URL"):
+        connection("https://example.org/x")
+
+
+def test_spawner_points_sessions_at_the_vre_services_tcp_port():
+    from vre.backends.kubernetes import KubernetesSpawner
+    from vre.backends.plan_spawner import PlanSpawner
+
+    sp = KubernetesSpawner(settings=SETTINGS.replace(k8s_service_port=9092))
+    sp.hub_connect_url = "http://10.96.0.20:8081"
+    base = {"VRE_API_URL": "http+unix://x/services/vre/api", "VRE_AUDIT_URL": "http+unix://x/a", "OMP_NUM_THREADS": "2"}
+    original = PlanSpawner._environment
+    PlanSpawner._environment = lambda self, plan: dict(base)
+    try:
+        env = sp._environment(make_plan())
+    finally:
+        PlanSpawner._environment = original
+    assert env["VRE_API_URL"] == "http://10.96.0.20:9092/services/vre/api"
+    assert env["VRE_AUDIT_URL"] == "http://10.96.0.20:9092/services/vre/api/audit/events"
+    assert env["OMP_NUM_THREADS"] == "2"

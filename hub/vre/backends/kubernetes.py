@@ -37,6 +37,7 @@ import math
 import re
 import shutil
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from jupyterhub.spawner import Spawner
 from kubernetes_asyncio import config as k8s_config
@@ -46,7 +47,7 @@ from kubespawner.clients import shared_client
 from sqlalchemy import select
 from traitlets import CaselessStrEnum, Unicode, default
 
-from ..plan import HOME, MANIFEST, SessionPlan
+from ..plan import AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan
 from ..settings import Settings, k8s_images
 from .host import prepare_host
 from .plan_spawner import PlanSpawner, server_args, server_command
@@ -152,7 +153,8 @@ def _hub_peer(settings: Settings, pod_labels: dict) -> dict:
 
 def network_policies(settings: Settings, plan: SessionPlan) -> list[dict]:
     """Default deny both ways, then: the project's pods with each other; the hub and the access
-    layer to the session port of its sessions; its sessions to the hub's API. Nothing else:
+    layer to the session port of its sessions; its sessions to the hub's API and the VRE
+    service's session port (audit ingest, jobs, airlock) on the hub's pods. Nothing else:
     no other project, no node address, no internet, no DNS."""
     ns = namespace_name(plan)
     sessions = {"matchLabels": {"vre.role": "session"}}
@@ -168,7 +170,8 @@ def network_policies(settings: Settings, plan: SessionPlan) -> list[dict]:
         _policy(ns, "sessions-to-hub", {
             "podSelector": sessions, "policyTypes": ["Egress"],
             "egress": [{"to": [_hub_peer(settings, HUB_POD_LABELS)],
-                        "ports": [{"protocol": "TCP", "port": settings.k8s_hub_port}]}]}),
+                        "ports": [{"protocol": "TCP", "port": settings.k8s_hub_port},
+                                  {"protocol": "TCP", "port": settings.k8s_service_port}]}]}),
     ]
 
 
@@ -428,6 +431,13 @@ class KubernetesSpawner(PlanSpawner, Spawner):
             raise KubernetesBackendError(f"no hub Service {self.settings.k8s_hub_namespace}/{self.hub_service} "
                                          f"({_reason(e)}); the chart creates it (or set hub_address)") from None
         return f"http://{svc.spec.cluster_ip}:{self.settings.k8s_hub_port}"
+
+    def _environment(self, plan: SessionPlan) -> dict[str, str]:
+        """As on every backend, but the VRE service is reached over TCP on the hub's address."""
+        env = super()._environment(plan)
+        base = f"http://{urlsplit(self.hub_connect_url).hostname}:{self.settings.k8s_service_port}"
+        env.update(VRE_API_URL=base + SERVICE_API_PATH, VRE_AUDIT_URL=base + AUDIT_INGEST_PATH)
+        return env
 
     def _server_command(self, plan: SessionPlan) -> list[str]:
         return [*server_command("python"), *pod_server_args(plan, self.args)]
