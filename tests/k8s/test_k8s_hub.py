@@ -31,6 +31,7 @@ def _free_port() -> int:
 def k8s_hub(kube, make_hub):
     spawner = {"hub_address": NODE_IP, "image_pull_policy": "Never", "start_timeout": 60}
     return make_hub("k8s", VRE_BACKEND="kubernetes", VRE_K8S_HUB_PORT=str(_free_port()),
+                    VRE_K8S_SERVICE_PORT=str(_free_port()),
                     VRE_K8S_KUBECONFIG=kube.env["KUBECONFIG"], VRE_NOTEBOOK_IMAGE=kube.image,
                     VRE_JUPYTERHUB=json.dumps({"KubernetesSpawner": spawner}))
 

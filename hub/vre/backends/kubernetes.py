@@ -6,7 +6,8 @@ the cluster's schemas):
 - a project is an island: its namespace (``plan.network``, labelled), a default-deny
   NetworkPolicy for ingress and egress, and allows for traffic inside the project, for the hub
   and access-layer pods (by label, in ``k8s_hub_namespace``) to the session port, and for
-  sessions to the hub's API port, nothing else (no DNS: the hub gives sessions addresses);
+  sessions to the hub's API and the VRE service's session port on the hub's pods, nothing else
+  (no DNS: the hub gives sessions addresses);
   a ResourceQuota from the project's sessions and batch quota (:func:`project_quota`);
 - filesystem: the image's root read-only, emptyDirs for /tmp, /var/tmp and /run; datasets and
   their catalogue records read-only (``k8s_dataset_volume``: hostPath, NFS or a ROX claim), home
@@ -14,8 +15,9 @@ the cluster's schemas):
   from a per-session Secret; the server's socket directory and the audit spool as emptyDirs. The
   hub's socket directory is not mounted: sessions reach the hub over TCP;
 - identity: the account's uid and the project's gid (``runAsUser``/``runAsGroup``/``fsGroup``),
-  non-root, no privilege escalation, all capabilities dropped, seccomp RuntimeDefault (which
-  refuses user namespaces to a process without CAP_SYS_ADMIN, as ``seccomp.py`` does for docker),
+  non-root, no privilege escalation, all capabilities dropped, seccomp RuntimeDefault (the
+  runtimes' default profiles refuse new namespaces without CAP_SYS_ADMIN: no user namespaces, as
+  ``seccomp.py`` ensures for docker),
   no service-account token, no service links;
 - limits: requests = limits for CPU and memory (the kernel OOM-kills inside the pod), GPUs as a
   count (``nvidia.com/gpu``; Kubernetes picks the devices) with ``k8s_gpu_node_selector`` and the
@@ -25,7 +27,9 @@ Why not ``KubeSpawner``: its ``start``/``poll``/``stop`` build the pod from its 
 volumes, profile_list, ...) and its own form, while :class:`PlanSpawner` owns the lifecycle and
 decides everything from the plan. Subclassing it would leave hundreds of configurable traits that
 are silently ignored or, worse, half-applied. This backend uses kubespawner 7 where it helps: its
-shared, loop-bound API client and its config loading (``kubespawner.clients``).
+shared, loop-bound API client (``kubespawner.clients.shared_client``). Config loading is its own
+(:func:`load_client_config`): kubespawner's reads only ``$KUBECONFIG`` or the service account, and
+the hub's kubeconfig is a setting.
 """
 
 from __future__ import annotations
