@@ -477,7 +477,8 @@ class KubernetesSpawner(PlanSpawner, Spawner):
         """Until the pod is Ready (its server accepts on SESSION_PORT); fails fast when it cannot
         start (image missing, refused config) or ended."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
+        # start() sets the deadline just inside JupyterHub's own (PlanSpawner.start)
+        deadline = getattr(self, "_deadline", None) or loop.time() + self.start_timeout
         api = await self._api()
         while True:
             pod = await api.read_namespaced_pod(self.pod_name, self.pod_namespace)
@@ -496,8 +497,11 @@ class KubernetesSpawner(PlanSpawner, Spawner):
                 self.pod_ip, self.node_name = status.pod_ip, pod.spec.node_name or ""
                 return
             if loop.time() > deadline:
+                self.log.error("Pod %s/%s not ready in time; its log:\n%s", self.pod_namespace, self.pod_name,
+                               await self._log_tail())
                 raise TimeoutError(f"the session's pod was not ready within {self.start_timeout} s "
-                                   f"({status.phase}{', ' + waiting if waiting else ''})")
+                                   f"(Spawner.start_timeout; {status.phase}{', ' + waiting if waiting else ''}); "
+                                   "an admin can read its log in the hub's log")
             await asyncio.sleep(0.25)
 
     def _lock_socket(self) -> None:

@@ -282,6 +282,9 @@ class PlanSpawner(HasTraits):
 
     # -- start ----------------------------------------------------------------------------
     async def start(self):
+        # our own deadline, just inside JupyterHub's start_timeout: its timeout would end the start
+        # with an empty "Spawn failed: " (a bare TimeoutError), ours says what did not happen
+        self._deadline = asyncio.get_running_loop().time() + max(self.start_timeout - 2, 1)
         plan = self.plan or await asyncio.to_thread(self._build_plan, user_options_profile(self.user_options))
         self.session_id, self.island = plan.session_id, plan.network
         self.audit_session = f"{plan.session_id}-{secrets.token_hex(4)}"
@@ -334,7 +337,7 @@ class PlanSpawner(HasTraits):
     async def _wait_for_socket(self) -> None:
         sock = self._socket_path()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
+        deadline = self._deadline
         next_check = loop.time()
         while not socket_listens(sock):
             now = loop.time()
@@ -346,7 +349,10 @@ class PlanSpawner(HasTraits):
                     raise RuntimeError(f"the session's server exited during start (code {self._exit_code}); "
                                        "an admin can read its log in the hub's log")
             if now > deadline:
-                raise TimeoutError(f"the session's server did not start within {self.start_timeout} s")
+                self.log.error("%s %s did not listen in time; its log:\n%s", self.start_noun.capitalize(),
+                               self.session_id, await self._log_tail())
+                raise TimeoutError(f"the session's server did not listen within {self.start_timeout} s "
+                                   "(Spawner.start_timeout); an admin can read its log in the hub's log")
             await asyncio.sleep(0.05)
 
     def _lock_socket(self) -> None:
