@@ -1,11 +1,16 @@
 """Viewer sources (an indexed series, or one file opened by path): geometry, slices, MPR, caches.
 
-A *source* is a list of files. Its headers are read in the decoder workers (cached by path, size
-and mtime), its frames ordered by :func:`vre_session.dicom.order_slices`, and the result kept as
-a :class:`Source` (bounded cache). Slices are decoded one file at a time on demand; reformats
-(MPR) need the whole volume, which is decoded once and kept in a byte-bounded LRU cache
-(``VRE_VIEWER_CACHE_MB``, default 512 MiB); a series larger than the cache is refused for MPR
-with 413 rather than risking the session's memory.
+A *source* is a list of files. Their header facts come from the catalogue index when it holds
+them for the file as it is now (same size and mtime; see ``datasets.Catalog.series_instances``),
+else they are read in the decoder workers (cached by path, size and mtime). Its frames are ordered
+by :func:`vre_session.dicom.order_slices` and the result kept as a :class:`Source` (bounded cache).
+
+Decoded slices are kept in a byte-bounded LRU (half of ``VRE_VIEWER_CACHE_MB``, default 512 MiB),
+so a series streamed once (``stream``: slices in display order, as many decodes in flight as there
+are decoder workers) is not decoded again for single slices or for its volume. Reformats (MPR)
+need the whole volume: it is stacked from the cached slices, decoding only the missing ones, and
+kept in its own LRU bounded by the whole budget; a series larger than that is refused for MPR with
+413 rather than risking the session's memory.
 """
 
 from __future__ import annotations
@@ -59,6 +64,13 @@ class LRU:
                                       and len(self._data) > 1)):
                 old, _ = self._data.popitem(last=False)
                 self.bytes -= self._sizes.pop(old)
+
+    def drop(self, predicate) -> None:
+        """Forget every entry whose key satisfies ``predicate``."""
+        with self._lock:
+            for key in [k for k in self._data if predicate(k)]:
+                del self._data[key]
+                self.bytes -= self._sizes.pop(key)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -229,6 +241,7 @@ class Viewer:
         self._headers = LRU(50000)
         self._sources = LRU(64)
         self._volumes = LRU(16, self.cache_bytes)
+        self._slices = LRU(1_000_000, self.cache_bytes // 2)   # (source key, index) -> decoded slice
         self._thumbs = LRU(4096, 32 * 1024 * 1024)
         self._pending: dict[tuple, asyncio.Future] = {}
 
@@ -260,17 +273,26 @@ class Viewer:
         return facts
 
     async def source(self, key: tuple, kind: str, label: dict, get_paths) -> Source:
-        """The source for ``key``; ``get_paths()`` (async) lists its files when it is not cached."""
+        """The source for ``key``; ``get_paths()`` (async) lists its files when it is not cached:
+        paths, or ``(path, facts)`` pairs where ``facts`` (``read_instance`` output, from the
+        catalogue index) may be None, and is then read from the file."""
         cached = self._sources.get(key)
         if cached is not None:
             return cached
 
         async def make() -> Source:
-            paths = await get_paths()
-            if len(paths) > MAX_FILES_PER_SOURCE:
-                raise DicomError(413, f"the series has {len(paths)} files; the viewer opens at most "
+            listed = await get_paths()
+            if len(listed) > MAX_FILES_PER_SOURCE:
+                raise DicomError(413, f"the series has {len(listed)} files; the viewer opens at most "
                                       f"{MAX_FILES_PER_SOURCE}")
-            results = await asyncio.gather(*(self.header(p) for p in paths), return_exceptions=True)
+            pairs = [item if isinstance(item, tuple) else (item, None) for item in listed]
+            paths = [p for p, _ in pairs]
+
+            async def known(facts):
+                return facts
+
+            results = await asyncio.gather(*(known(f) if f is not None else self.header(p) for p, f in pairs),
+                                           return_exceptions=True)
             instances, skipped, errors = [], [], []
             for path, result in zip(paths, results):
                 if isinstance(result, DicomError):
@@ -295,19 +317,66 @@ class Viewer:
         return await self._once(("source", key), make)
 
     # -- pixels -------------------------------------------------------------------------------
-    async def slice(self, source: Source, index: int) -> dict:
-        """Modality values of slice ``index`` (native orientation) and its facts."""
-        s, inst = source.slice_ref(index)
+    def _cached(self, source: Source, index: int) -> dict | None:
         volume = self._volumes.get(source.key)
         if volume is not None:
-            values = volume[index]
-        else:
-            values = (await self.pool.run("decode_frames", inst["path"], [s["frame"]]))[0]["values"]
+            return {"values": volume[index], "range": None}
+        return self._slices.get((source.key, index))
+
+    async def decoded(self, source: Source, index: int) -> dict:
+        """``{"values", "range"}`` of slice ``index``: from the volume or slice cache, else decoded
+        (one file, in a worker, under the per-file time limit) and cached."""
+        s, inst = source.slice_ref(index)
+        hit = self._cached(source, index)
+        if hit is not None:
+            return hit
+
+        async def make() -> dict:
+            frame = (await self.pool.run("decode_frames", inst["path"], [s["frame"]],
+                                         [inst["frame_info"][s["frame"]]]))[0]
+            values = frame["values"]
+            values.setflags(write=False)
+            out = {"values": values, "range": frame.get("range")}
+            self._slices.put((source.key, index), out, values.nbytes)
+            return out
+
+        return await self._once(("slice", source.key, index), make)
+
+    def slice_facts(self, source: Source, index: int) -> dict:
+        """What a slice's answer says besides its values (see API.md, binary pixel responses)."""
+        s, inst = source.slice_ref(index)
         info = inst["frame_info"][s["frame"]]
         windows = info["windows"] or inst["windows"]
-        return {"values": values, "pixel_spacing": inst["pixel_spacing"], "position": s["position"],
-                "location": s["location"], "window": windows[0] if windows else None,
-                "count": len(source.slices), "index": index}
+        return {"pixel_spacing": inst["pixel_spacing"], "position": s["position"], "location": s["location"],
+                "window": windows[0] if windows else None, "count": len(source.slices), "index": index}
+
+    async def slice(self, source: Source, index: int) -> dict:
+        """Modality values of slice ``index`` (native orientation) and its facts."""
+        facts = self.slice_facts(source, index)
+        d = await self.decoded(source, index)
+        return {**facts, "values": d["values"], "range": d["range"]}
+
+    async def stream(self, source: Source, order: list[int]):
+        """Slices of ``order`` as ``(index, slice() result or DicomError)``, in that order, with as
+        many decodes in flight as the pool has workers (and no more, so single-slice requests still
+        find a worker soon). A file that cannot be decoded yields its error and the stream goes on."""
+        for i in order:
+            source.slice_ref(i)
+        window = max(1, self.pool.size)
+        tasks: dict[int, asyncio.Task] = {}
+        try:
+            for pos, i in enumerate(order):
+                for j in order[pos:pos + window]:
+                    if j not in tasks:
+                        tasks[j] = asyncio.ensure_future(self.slice(source, j))
+                try:
+                    yield i, await tasks.pop(i)
+                except DicomError as e:
+                    yield i, e
+        finally:  # a client gone: the few decodes under way finish into the cache (another
+            # request may be waiting on them), their errors are dropped
+            for task in tasks.values():
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def volume(self, source: Source) -> np.ndarray:
         """The whole series as ``V[k, r, c]`` in slice order (cached)."""
@@ -323,22 +392,31 @@ class Viewer:
                                   f"cache allows ({self.cache_bytes >> 20} MiB, VRE_VIEWER_CACHE_MB)")
 
         async def make() -> np.ndarray:
-            tasks = []  # (path, frames, slice indexes)
+            # the slices already decoded (a stream, single slices) are reused; only the rest is decoded
+            planes: list = [None] * len(source.slices)
             by_file: dict[int, list[tuple[int, int]]] = {}
             for k, s in enumerate(source.slices):
-                by_file.setdefault(s["instance"], []).append((s["frame"], k))
+                hit = self._slices.get((source.key, k))
+                if hit is not None:
+                    planes[k] = hit["values"]
+                else:
+                    by_file.setdefault(s["instance"], []).append((s["frame"], k))
+            tasks = []  # (path, frames, frame infos, slice indexes)
             for i, frames in by_file.items():
+                inst = source.instances[i]
                 for start in range(0, len(frames), MAX_FRAMES_PER_TASK):
                     chunk = frames[start:start + MAX_FRAMES_PER_TASK]
-                    tasks.append((source.instances[i]["path"], [f for f, _ in chunk], [k for _, k in chunk]))
-            results = await asyncio.gather(*(self.pool.run("decode_frames", p, fs) for p, fs, _ in tasks))
-            planes: list = [None] * len(source.slices)
-            for (_, _, ks), decoded in zip(tasks, results):
+                    tasks.append((inst["path"], [f for f, _ in chunk], [inst["frame_info"][f] for f, _ in chunk],
+                                  [k for _, k in chunk]))
+            results = await asyncio.gather(*(self.pool.run("decode_frames", p, fs, infos)
+                                             for p, fs, infos, _ in tasks))
+            for (_, _, _, ks), decoded in zip(tasks, results):
                 for k, d in zip(ks, decoded):
                     planes[k] = d["values"]
             volume = dicom.to_wire(np.stack(planes))
             volume.setflags(write=False)
             self._volumes.put(source.key, volume, volume.nbytes)
+            self._slices.drop(lambda key: key[0] == source.key)  # the volume holds them now
             return volume
 
         return await self._once(("volume", source.key), make)

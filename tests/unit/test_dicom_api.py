@@ -533,6 +533,140 @@ def test_browse_rejects_bad_paging_and_unknown_series(tmp_path):
         catalog.series_files("no-such-series")
 
 
+# --- header facts from the catalogue index, pixels from the slice cache ------------------------
+class CountingPool(DecoderPool):
+    """The real pool, counting the calls by name (what a viewer operation really read)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def call(self, name, *args, **kw):
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return super().call(name, *args, **kw)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    """A CT series (shuffled names), an MR series and pydicom's test files, indexed."""
+    base = tmp_path_factory.mktemp("indexed")
+    data = base / "data"
+    synth.make_ct_series(data / "ct", **SUBJECT, rows=48, cols=48, slices=17, shuffle_names=True, seed=9)
+    for src in PYDICOM_FILES.glob("*.dcm"):
+        (data / "pyd").mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, data / "pyd" / src.name)
+    (base / "catalog").mkdir()
+    index_dataset(data, base / "catalog" / "index.sqlite", workers=1)
+    return data, Catalog(DatasetRef("ix", str(data), str(base / "catalog")))
+
+
+def test_index_facts_are_the_header_facts(indexed):
+    """What the index recorded at registration gives exactly what reading the header gives, for
+    every file it recorded; enhanced multi-frame files (functional groups) are left to the header."""
+    data, catalog = indexed
+    conn = sqlite3.connect(catalog.ref.index_path)
+    rows = conn.execute("SELECT relpath, viewer FROM files WHERE error IS NULL").fetchall()
+    conn.close()
+    compared, left = 0, []
+    for rel, stored in rows:
+        if stored is None:
+            left.append(rel)
+            continue
+        try:
+            expected = dicom.read_instance(str(data / rel))
+        except DicomError:
+            continue  # the index is more lenient than a full header parse; such files are not shown anyway
+        assert dicom.facts_from_index(stored, str(data / rel)) == expected, rel
+        compared += 1
+    assert compared >= 60
+    assert left and all(pydicom.dcmread(data / rel, stop_before_pixels=True).get("PerFrameFunctionalGroupsSequence")
+                        for rel in left)
+
+
+def test_opening_an_indexed_series_reads_no_header_and_orders_as_the_headers_do(indexed):
+    data, catalog = indexed
+    uid = pydicom.dcmread(next((data / "ct").glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID
+    pool = CountingPool()
+    viewer = Viewer(pool=pool, cache_mb=64)
+    try:
+        async def from_index():
+            return await asyncio.to_thread(catalog.series_instances, uid, dicom.facts_from_index)
+
+        async def from_headers():
+            return catalog.series_files(uid)
+
+        label = {"source": "series", "dataset": "ix", "series_uid": uid}
+        indexed_source = run(viewer.source(("ix", 1), "series", label, from_index))
+        assert pool.calls.get("read_instance", 0) == 0
+        header_source = run(viewer.source(("ix", 2), "series", label, from_headers))
+        assert pool.calls["read_instance"] == 17
+        assert indexed_source.metadata(viewer.cache_bytes) == header_source.metadata(viewer.cache_bytes)
+        assert indexed_source.order["ordering"] == "geometry" and indexed_source.metadata(1 << 30)["mpr"]["available"]
+        # a file changed since registration is read from its header, the others still from the index
+        changed = next((data / "ct").glob("*.dcm"))
+        os.utime(changed, ns=(time.time_ns(), time.time_ns()))
+        facts = catalog.series_instances(uid, dicom.facts_from_index)
+        assert [str(p) for p, f in facts if f is None] == [str(changed)]
+        assert len(facts) == 17
+        # an index written before the viewer's column (format 1) still opens, from the headers
+        assert all(f is None for _, f in catalog.series_instances(uid, None))
+    finally:
+        viewer.close()
+
+
+def test_stream_gives_every_slice_once_nearest_first_and_feeds_the_volume(indexed):
+    from vre_session.handlers import nearest_first, stream_record
+
+    assert nearest_first(3, 6) == [3, 4, 2, 5, 1, 0] and nearest_first(0, 3) == [0, 1, 2]
+    data, catalog = indexed
+    uid = pydicom.dcmread(next((data / "ct").glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID
+    pool = CountingPool()
+    viewer = Viewer(pool=pool, cache_mb=64)
+    try:
+        async def listing():
+            return catalog.series_instances(uid, dicom.facts_from_index)
+
+        source = run(viewer.source(("ix", "stream"), "series", {"source": "series"}, listing))
+        order = nearest_first(8, 17)
+
+        async def collect():
+            return [(i, r) async for i, r in viewer.stream(source, order)]
+
+        got = run(collect())
+        assert [i for i, _ in got] == order
+        assert pool.calls["decode_frames"] == 17
+        for i, result in got:  # the same values and facts as one slice at a time
+            single = run(viewer.slice(source, i))
+            assert np.array_equal(single["values"], result["values"]) and single["location"] == result["location"]
+            record = stream_record(i, result)
+            n = int.from_bytes(record[:4], "little")
+            header = json.loads(record[4:4 + n])
+            assert header["index"] == i and header["count"] == 17 and header["dtype"] == "int16"
+            assert header["nbytes"] == len(record) - 4 - n == 48 * 48 * 2
+            assert header["range"] == [int(result["values"].min()), int(result["values"].max())]
+        assert pool.calls["decode_frames"] == 17  # served from the slice cache
+        volume = run(viewer.volume(source))  # MPR from the slices already decoded: no decode
+        assert pool.calls["decode_frames"] == 17 and volume.shape == (17, 48, 48)
+        assert np.array_equal(volume[5], got[order.index(5)][1]["values"])
+        error = stream_record(4, DicomError(422, "cannot decode the pixel data: x"))
+        n = int.from_bytes(error[:4], "little")
+        assert json.loads(error[4:4 + n]) == {"index": 4, "error": {"status": 422, "reason": "unreadable",
+                                                                    "message": "cannot decode the pixel data: x"}}
+    finally:
+        viewer.close()
+
+
+def test_slice_cache_is_bounded():
+    from vre_session.series import LRU
+
+    lru = LRU(1000, 10)
+    for i in range(5):
+        lru.put(i, "x", 4)
+    assert len(lru) == 2 and lru.bytes == 8 and lru.get(4) and lru.get(0) is None
+    lru.drop(lambda k: k == 4)
+    assert len(lru) == 1 and lru.bytes == 4
+
+
 # --- through real HTTP handlers ---------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -720,6 +854,23 @@ def test_series_api_over_http(lab):
     rows, cols = map(int, r.headers["X-VRE-Shape"].split(","))
     assert np.frombuffer(r.content, "<i2").reshape(rows, cols)[row, col] == synth.HU_NODULE
     assert r.headers["X-VRE-Pixel-Spacing"] and r.headers["X-VRE-Index"] == f"{k}/12"
+    # the whole series in one response, nearest to k first, each slice as its own answer says
+    stream = lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"start": k})
+    assert stream.status_code == 200 and stream.headers["X-VRE-Count"] == "12"
+    body, seen = stream.content, []
+    while body:
+        n = int.from_bytes(body[:4], "little")
+        header = json.loads(body[4:4 + n])
+        pixels, body = body[4 + n:4 + n + header["nbytes"]], body[4 + n + header["nbytes"]:]
+        seen.append(header["index"])
+        if header["index"] == k:
+            assert pixels == r.content and header["range"] == [float(v) for v in r.headers["X-VRE-Range"].split(",")]
+            assert header["pixel_spacing"] == [float(v) for v in r.headers["X-VRE-Pixel-Spacing"].split(",")]
+    assert seen[0] == k and sorted(seen) == list(range(12))
+    part = lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"start": 0, "count": 3})
+    assert part.headers["X-VRE-Count"] == "3"
+    assert lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"start": 12}).status_code == 404
+    assert lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"count": 0}).status_code == 400
     cor = lab.get(f"/vre/api/datasets/lung/series/{uid}/mpr/coronal/{row}")
     assert cor.status_code == 200 and cor.headers["X-VRE-Shape"] == "12,64"
     png = lab.get(f"/vre/api/datasets/lung/series/{uid}/thumbnail.png")
