@@ -291,6 +291,16 @@ INDEX_KEYWORDS = frozenset({
 })
 
 
+class _IndexedUID(str):
+    """A transfer syntax UID as the index recorded it (pydicom's ``UID`` without importing pydicom
+    into the server)."""
+
+    def __new__(cls, uid: str, name: str, compressed: bool):
+        self = super().__new__(cls, uid)
+        self.name, self.is_compressed = name, compressed
+        return self
+
+
 class _IndexedMeta:
     def __init__(self, ts):
         self.TransferSyntaxUID = ts
@@ -313,13 +323,12 @@ def facts_from_index(stored: str, path: str) -> dict:
     """``read_instance(path)`` as the catalogue index recorded it (``files.viewer``), without
     opening the file: the same function builds the facts, from the stored values. Raises
     ValueError for a record it cannot use (the caller then reads the header)."""
-    from pydicom.uid import UID
-
     record = json.loads(stored)
     if not isinstance(record, dict) or not isinstance(record.get("values"), dict) or \
-            not isinstance(record.get("ts"), str):
+            not all(isinstance(record.get(k), t) for k, t in (("ts", str), ("ts_name", str), ("ts_compressed", bool))):
         raise ValueError("not a viewer record")
-    return _facts(_Indexed(record["values"], UID(record["ts"])), path)
+    ts = _IndexedUID(record["ts"], record["ts_name"], record["ts_compressed"])
+    return _facts(_Indexed(record["values"], ts), path)
 
 
 # --- pixels ----------------------------------------------------------------------------------
@@ -352,6 +361,27 @@ def _modality_values(arr: np.ndarray, info: dict) -> np.ndarray:
         out = arr.astype(np.int64) * int(slope) + int(intercept)
         return out
     return (arr.astype(np.float64) * slope + intercept).astype(np.float32)
+
+
+def _gray_wire(arr: np.ndarray, info: dict) -> tuple[np.ndarray, tuple[float, float]]:
+    """``to_wire(_modality_values(arr, info))`` and its range, in one pass over the image when the
+    stored values are integers, the rescale is integral and the result fits int16 (CT, most MR):
+    int16 arithmetic wraps modulo 2**16, so it is exact whenever the true result fits."""
+    slope, intercept = info["slope"], info["intercept"]
+    if arr.dtype.kind in "iu" and arr.size and float(slope).is_integer() and float(intercept).is_integer() \
+            and abs(slope) < 32768 and abs(intercept) < 32768:
+        lo, hi = int(arr.min()), int(arr.max())
+        a, b = lo * int(slope) + int(intercept), hi * int(slope) + int(intercept)
+        lo, hi = min(a, b), max(a, b)
+        if -32768 <= lo and hi <= 32767:
+            out = arr.astype("<i2")
+            if slope != 1:
+                out *= np.int16(int(slope))
+            if intercept != 0:
+                out += np.int16(int(intercept))
+            return out, (float(lo), float(hi))
+    values = to_wire(_modality_values(arr, info))
+    return values, value_range(values)
 
 
 def _color_to_rgb8(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
@@ -445,13 +475,13 @@ def decode_frames(path: str, frames: list[int], infos: list[dict] | None = None)
                 raise DicomError(422, f"unexpected pixel array shape {arr.shape}")
             if _get(ds, "ModalityLUTSequence") is not None:
                 try:
-                    values = apply_modality_lut(arr, ds)
+                    values = to_wire(apply_modality_lut(arr, ds))
                 except Exception:
-                    values = _modality_values(arr, info[f])
+                    values = to_wire(_modality_values(arr, info[f]))
+                rng = value_range(values)
             else:
-                values = _modality_values(arr, info[f])
-            values = to_wire(values)
-            out.append({"values": values, "kind": "gray", "range": value_range(values)})
+                values, rng = _gray_wire(arr, info[f])
+            out.append({"values": values, "kind": "gray", "range": rng})
         return out
 
 

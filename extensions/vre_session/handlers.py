@@ -224,7 +224,7 @@ def wire_pixels(result: dict) -> tuple[str, "np.ndarray", tuple[float, float]]:
     return name, arr, (float(rng[0]), float(rng[1]))
 
 
-def stream_record(index: int, result: "dict | DicomError") -> bytes:
+def stream_record(index: int, result: "dict | DicomError") -> tuple[bytes, bytes]:
     """One record of a series stream: ``<u32 LE header length><header JSON><pixel bytes>``; the
     header is a slice response's headers as JSON (``nbytes`` says how many pixel bytes follow),
     or ``{"index", "error": {"status", "reason", "message"}}`` for a slice that cannot be shown."""
@@ -240,7 +240,7 @@ def stream_record(index: int, result: "dict | DicomError") -> bytes:
                   "window": [result["window"]["center"], result["window"]["width"]] if result.get("window") else None,
                   "position": result.get("position"), "location": result.get("location"), "nbytes": len(body)}
     text = json.dumps(jsonable(header)).encode()
-    return len(text).to_bytes(4, "little") + text + body
+    return len(text).to_bytes(4, "little") + text, body  # two writes: the pixels are not copied again
 
 
 # --- session and datasets ------------------------------------------------------------------
@@ -391,8 +391,10 @@ class SliceHandler(_SourceHandler):
 
 
 class StreamHandler(_SourceHandler):
-    """Many slices in one response, in the order asked (``?start=&count=``: ``count`` slices nearest
-    to ``start`` first, alternating after then before it), each flushed as soon as it is decoded."""
+    """Many slices in one response, each flushed as soon as it is decoded, in the order asked:
+    ``?start=&count=&direction=``: ``direction`` 1 (or -1) streams ``start``, ``start+1`` (or -1), ...
+    to the end of the stack and then the other way; 0 (the default) alternates after and before
+    ``start``, nearest first. At most ``count`` slices (default: all)."""
 
     @web.authenticated
     @authorized
@@ -402,17 +404,21 @@ class StreamHandler(_SourceHandler):
         n = len(source.slices)
         start = self.int_arg("start", 0)
         count = self.int_arg("count", n)
+        direction = self.int_arg("direction", 0)
         if not 0 <= start < n:
             raise DicomError(404, f"slice {start} does not exist; this series has slices 0..{n - 1}")
         if count < 1:
             raise BadRequest(f"count must be at least 1, got {count}")
-        order = nearest_first(start, n)[:count]
+        if direction not in (-1, 0, 1):
+            raise BadRequest(f"direction must be -1, 0 or 1, got {direction}")
+        order = stream_order(start, n, direction)[:count]
         self.audit_view(source)
         self.set_header("Content-Type", "application/vnd.vre.slices")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-VRE-Count", str(len(order)))
         async for index, result in self.vre.viewer.stream(source, order):
-            self.write(stream_record(index, result))
+            for part in stream_record(index, result):
+                self.write(part)
             try:
                 await self.flush()
             except iostream.StreamClosedError:
@@ -420,8 +426,13 @@ class StreamHandler(_SourceHandler):
         self.finish()
 
 
-def nearest_first(start: int, n: int) -> list[int]:
-    """0..n-1 ordered by distance from ``start``, the one after before the one before."""
+def stream_order(start: int, n: int, direction: int = 0) -> list[int]:
+    """0..n-1 in stream order: from ``start`` towards ``direction`` (1 or -1) to the end, then the
+    other way; direction 0: by distance from ``start``, the one after before the one before."""
+    if direction:
+        ahead = list(range(start, n)) if direction > 0 else list(range(start, -1, -1))
+        behind = list(range(start - 1, -1, -1)) if direction > 0 else list(range(start + 1, n))
+        return ahead + behind
     order = [start]
     for d in range(1, n):
         order += [i for i in (start + d, start - d) if 0 <= i < n]

@@ -358,11 +358,11 @@ class Viewer:
 
     async def stream(self, source: Source, order: list[int]):
         """Slices of ``order`` as ``(index, slice() result or DicomError)``, in that order, with as
-        many decodes in flight as the pool has workers (and no more, so single-slice requests still
-        find a worker soon). A file that cannot be decoded yields its error and the stream goes on."""
+        many decodes in flight as keep every worker busy (twice the workers, and no more, so a
+        single-slice request still finds a worker soon). A file that cannot be decoded yields its error and the stream goes on."""
         for i in order:
             source.slice_ref(i)
-        window = max(1, self.pool.size)
+        window = 2 * max(1, self.pool.size)  # a call queued behind each busy worker: none idles
         tasks: dict[int, asyncio.Task] = {}
         try:
             for pos, i in enumerate(order):
@@ -378,11 +378,7 @@ class Viewer:
             for task in tasks.values():
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def volume(self, source: Source) -> np.ndarray:
-        """The whole series as ``V[k, r, c]`` in slice order (cached)."""
-        volume = self._volumes.get(source.key)
-        if volume is not None:
-            return volume
+    def _check_volume(self, source: Source) -> int:
         problem = source.mpr_problem()
         if problem:
             raise DicomError(422, f"no reformats for this series: {problem}")
@@ -390,13 +386,16 @@ class Viewer:
         if nbytes > self.cache_bytes:
             raise DicomError(413, f"the series needs {nbytes >> 20} MiB as a volume, more than the viewer "
                                   f"cache allows ({self.cache_bytes >> 20} MiB, VRE_VIEWER_CACHE_MB)")
+        return nbytes
 
-        async def make() -> np.ndarray:
-            # the slices already decoded (a stream, single slices) are reused; only the rest is decoded
+    async def _all_slices(self, source: Source) -> list[np.ndarray]:
+        """Every slice's values in slice order: the cached ones as they are, the others decoded
+        (several frames of a file per call) and cached."""
+        async def make() -> list[np.ndarray]:
             planes: list = [None] * len(source.slices)
             by_file: dict[int, list[tuple[int, int]]] = {}
             for k, s in enumerate(source.slices):
-                hit = self._slices.get((source.key, k))
+                hit = self._cached(source, k)
                 if hit is not None:
                     planes[k] = hit["values"]
                 else:
@@ -412,8 +411,24 @@ class Viewer:
                                              for p, fs, infos, _ in tasks))
             for (_, _, _, ks), decoded in zip(tasks, results):
                 for k, d in zip(ks, decoded):
+                    d["values"].setflags(write=False)
                     planes[k] = d["values"]
-            volume = dicom.to_wire(np.stack(planes))
+                    self._slices.put((source.key, k), {"values": d["values"], "range": d.get("range")},
+                                     d["values"].nbytes)
+            return planes
+
+        return await self._once(("all", source.key), make)
+
+    async def volume(self, source: Source) -> np.ndarray:
+        """The whole series as ``V[k, r, c]`` in slice order (cached), stacked from the decoded
+        slices (only the missing ones are decoded)."""
+        volume = self._volumes.get(source.key)
+        if volume is not None:
+            return volume
+        self._check_volume(source)
+
+        async def make() -> np.ndarray:
+            volume = dicom.to_wire(np.stack(await self._all_slices(source)))
             volume.setflags(write=False)
             self._volumes.put(source.key, volume, volume.nbytes)
             self._slices.drop(lambda key: key[0] == source.key)  # the volume holds them now
@@ -422,15 +437,36 @@ class Viewer:
         return await self._once(("volume", source.key), make)
 
     async def mpr(self, source: Source, plane: str, index: int) -> dict:
+        """One reformatted image. When the series' slices fit the slice cache, the image is cut
+        from the cached slices directly (one row or column of each: no volume is built); else from
+        the cached volume."""
         if plane not in dicom.PLANES:
             raise DicomError(404, f"unknown plane {plane!r}; use axial, coronal or sagittal")
-        volume = await self.volume(source)
+        nbytes = self._check_volume(source)
         axes = source.axes()
-        c, spacing = dicom.reorient(volume, source.spacing_krc(), axes)
-        shape = dicom.plane_shape(c.shape, spacing, plane)
+        shape_zyx = tuple(source.volume_shape()[a] for a in axes["perm"])
+        spacing = tuple(source.spacing_krc()[a] for a in axes["perm"])
+        shape = dicom.plane_shape(shape_zyx, spacing, plane)
         if not 0 <= index < shape["count"]:
             raise DicomError(404, f"{plane} image {index} does not exist; there are 0..{shape['count'] - 1}")
-        values = dicom.mpr_slice(c, plane, index)
+        volume = self._volumes.get(source.key)
+        if volume is None and nbytes // 2 <= self._slices.max_bytes:
+            slices = await self._all_slices(source)
+            c_axis = {"axial": 0, "coronal": 1, "sagittal": 2}[plane]
+            v_axis = axes["perm"][c_axis]
+            at = shape_zyx[c_axis] - 1 - index if c_axis in axes["flip"] else index  # along V's axis
+            if v_axis == 0:
+                sub = slices[at][None, :, :]
+            elif v_axis == 1:
+                sub = np.stack([s[at, :] for s in slices])[:, None, :]
+            else:
+                sub = np.stack([s[:, at] for s in slices])[:, :, None]
+            c, _ = dicom.reorient(dicom.to_wire(sub), source.spacing_krc(), axes)
+            values = dicom.mpr_slice(c, plane, 0)
+        else:
+            volume = await self.volume(source)
+            c, _ = dicom.reorient(volume, source.spacing_krc(), axes)
+            values = dicom.mpr_slice(c, plane, index)
         return {"values": values, "pixel_spacing": shape["pixel_spacing"], "count": shape["count"],
                 "index": index, "position": None, "window": None, "markers": dicom.PLANE_MARKERS[plane],
                 "location": self._plane_location(source, axes, plane, index)}

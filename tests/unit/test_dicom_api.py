@@ -335,6 +335,33 @@ def test_mpr_shapes_spacing_and_values(tmp_path, viewer):
     assert e.value.status == 404
 
 
+@pytest.mark.parametrize("acquisition", ["sagittal", "feet_first"])
+def test_mpr_cut_from_cached_slices_equals_mpr_from_the_volume(tmp_path, acquisition):
+    """Planes cut from the cached slices (no volume built) are the volume's, image for image,
+    for an acquisition whose axes are permuted and flipped."""
+    series = synth.make_ct_series(tmp_path / "s", **SUBJECT, rows=20, cols=24, slices=9, seed=4,
+                                  feet_first=acquisition == "feet_first")
+    if acquisition == "sagittal":
+        for i, f in enumerate(sorted(series.glob("*.dcm"))):
+            ds = pydicom.dcmread(f)
+            ds.ImageOrientationPatient, ds.ImagePositionPatient = [0, 1, 0, 0, 0, -1], [i * 2.5, -10, 50]
+            ds.save_as(f)
+    paths = sorted(series.glob("*.dcm"))
+    from_slices, from_volume = Viewer(cache_mb=64), Viewer(cache_mb=64)
+    from_volume._slices.max_bytes = 0  # no room for the slices: the volume path
+    try:
+        a, b = run(files_source(from_slices, paths)), run(files_source(from_volume, paths))
+        planes = a.metadata(from_slices.cache_bytes)["mpr"]["planes"]
+        for plane, info in planes.items():
+            for i in range(info["count"]):
+                x, y = run(from_slices.mpr(a, plane, i)), run(from_volume.mpr(b, plane, i))
+                assert np.array_equal(x["values"], y["values"]) and x["location"] == y["location"], (plane, i)
+        assert len(from_slices._volumes) == 0 and len(from_volume._volumes) == 1
+    finally:
+        from_slices.close()
+        from_volume.close()
+
+
 def test_canonical_axes_of_sagittal_and_coronal_acquisitions():
     sag = dicom.canonical_axes([0, 1, 0, 0, 0, -1], dicom.slice_normal([0, 1, 0, 0, 0, -1]))
     assert sag["perm"] == (1, 2, 0) and set(sag["flip"]) == {0, 2} and not sag["oblique"]
@@ -615,9 +642,10 @@ def test_opening_an_indexed_series_reads_no_header_and_orders_as_the_headers_do(
 
 
 def test_stream_gives_every_slice_once_nearest_first_and_feeds_the_volume(indexed):
-    from vre_session.handlers import nearest_first, stream_record
+    from vre_session.handlers import stream_order, stream_record
 
-    assert nearest_first(3, 6) == [3, 4, 2, 5, 1, 0] and nearest_first(0, 3) == [0, 1, 2]
+    assert stream_order(3, 6) == [3, 4, 2, 5, 1, 0] and stream_order(0, 3) == [0, 1, 2]
+    assert stream_order(3, 6, 1) == [3, 4, 5, 2, 1, 0] and stream_order(3, 6, -1) == [3, 2, 1, 0, 4, 5]
     data, catalog = indexed
     uid = pydicom.dcmread(next((data / "ct").glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID
     pool = CountingPool()
@@ -627,7 +655,7 @@ def test_stream_gives_every_slice_once_nearest_first_and_feeds_the_volume(indexe
             return catalog.series_instances(uid, dicom.facts_from_index)
 
         source = run(viewer.source(("ix", "stream"), "series", {"source": "series"}, listing))
-        order = nearest_first(8, 17)
+        order = stream_order(8, 17)
 
         async def collect():
             return [(i, r) async for i, r in viewer.stream(source, order)]
@@ -638,17 +666,18 @@ def test_stream_gives_every_slice_once_nearest_first_and_feeds_the_volume(indexe
         for i, result in got:  # the same values and facts as one slice at a time
             single = run(viewer.slice(source, i))
             assert np.array_equal(single["values"], result["values"]) and single["location"] == result["location"]
-            record = stream_record(i, result)
+            record = b"".join(stream_record(i, result))
             n = int.from_bytes(record[:4], "little")
             header = json.loads(record[4:4 + n])
             assert header["index"] == i and header["count"] == 17 and header["dtype"] == "int16"
             assert header["nbytes"] == len(record) - 4 - n == 48 * 48 * 2
             assert header["range"] == [int(result["values"].min()), int(result["values"].max())]
         assert pool.calls["decode_frames"] == 17  # served from the slice cache
-        volume = run(viewer.volume(source))  # MPR from the slices already decoded: no decode
+        run(viewer.mpr(source, "coronal", 20))  # MPR from the slices already decoded: no decode
+        volume = run(viewer.volume(source))
         assert pool.calls["decode_frames"] == 17 and volume.shape == (17, 48, 48)
         assert np.array_equal(volume[5], got[order.index(5)][1]["values"])
-        error = stream_record(4, DicomError(422, "cannot decode the pixel data: x"))
+        error = b"".join(stream_record(4, DicomError(422, "cannot decode the pixel data: x")))
         n = int.from_bytes(error[:4], "little")
         assert json.loads(error[4:4 + n]) == {"index": 4, "error": {"status": 422, "reason": "unreadable",
                                                                     "message": "cannot decode the pixel data: x"}}
@@ -867,8 +896,10 @@ def test_series_api_over_http(lab):
             assert pixels == r.content and header["range"] == [float(v) for v in r.headers["X-VRE-Range"].split(",")]
             assert header["pixel_spacing"] == [float(v) for v in r.headers["X-VRE-Pixel-Spacing"].split(",")]
     assert seen[0] == k and sorted(seen) == list(range(12))
-    part = lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"start": 0, "count": 3})
-    assert part.headers["X-VRE-Count"] == "3"
+    part = lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"start": 5, "count": 3, "direction": -1})
+    assert part.headers["X-VRE-Count"] == "3" and part.content[:4] and \
+        json.loads(part.content[4:4 + int.from_bytes(part.content[:4], "little")])["index"] == 5
+    assert lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"direction": 2}).status_code == 400
     assert lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"start": 12}).status_code == 404
     assert lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"count": 0}).status_code == 400
     cor = lab.get(f"/vre/api/datasets/lung/series/{uid}/mpr/coronal/{row}")

@@ -31,7 +31,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 FORMAT_VERSION = "2"  # 2: files.viewer (the header elements the session's viewer reads)
 CLINICAL_SUFFIXES = (".csv", ".tsv", ".json")
@@ -289,7 +289,8 @@ def _header_fields(ds) -> tuple:
 
 
 def _viewer_json(ds) -> str | None:
-    """The viewer's elements as JSON ``{"ts": transfer syntax, "values": {keyword: value}}`` (text,
+    """The viewer's elements as JSON ``{"ts", "ts_name", "ts_compressed": the transfer syntax, "values":
+    {keyword: value}}`` (text,
     numbers, or lists of text for multi-valued ones, as pydicom gives them), or None when the file
     has functional groups or a value that does not convert: the viewer then reads the header."""
     if any(tag in ds for tag in _FUNCTIONAL_GROUPS):
@@ -317,7 +318,9 @@ def _viewer_json(ds) -> str | None:
             implicit, little = ds.original_encoding
             ts = ("1.2.840.10008.1.2" if implicit is not False else "1.2.840.10008.1.2.1" if little is not False
                   else "1.2.840.10008.1.2.2")
-        return json.dumps({"ts": str(ts), "values": values}, allow_nan=False)
+        ts = UID(str(ts))
+        return json.dumps({"ts": str(ts), "ts_name": ts.name, "ts_compressed": bool(ts.is_compressed),
+                           "values": values}, allow_nan=False)
     except Exception:  # pydicom raises many types on odd values: the viewer reads this file's header
         return None
 
