@@ -150,6 +150,11 @@ class DecoderPool:
 
     def _spawn(self) -> _Decoder:
         parent_sock, child_sock = socket.socketpair()
+        for sock, option in ((child_sock, socket.SO_SNDBUF), (parent_sock, socket.SO_RCVBUF)):
+            try:  # a decoded slice in few writes (capped by the kernel's limits for non-root)
+                sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
+            except OSError:
+                pass
         fd = child_sock.fileno()
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         code = (f"import sys; sys.path.insert(0, {package_parent!r}); "

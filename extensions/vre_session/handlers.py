@@ -219,9 +219,22 @@ def wire_pixels(result: dict) -> tuple[str, "np.ndarray", tuple[float, float]]:
         arr = np.ascontiguousarray(values, dtype=target)
         name = {"<i2": "int16", "<u2": "uint16", "<f4": "float32"}[target.str]
     rng = result.get("range")
-    if rng is None or arr is not values:  # converted here: the decoder's range may not hold
+    if rng is None or arr.dtype != values.dtype:  # converted here: the decoder's range may not hold
         rng = value_range(arr)
     return name, arr, (float(rng[0]), float(rng[1]))
+
+
+def _bytes_of(arr: "np.ndarray") -> bytes:
+    """The array's bytes: the buffer it was received in from the decoder when it is exactly that
+    (no copy), else a copy."""
+    base = arr
+    while base is not None and not isinstance(base, (bytes, memoryview)):
+        base = getattr(base, "base", None)
+    if isinstance(base, memoryview):
+        base = base.obj
+    if isinstance(base, bytes) and len(base) == arr.nbytes and arr.flags.c_contiguous:
+        return base
+    return arr.tobytes()
 
 
 def stream_record(index: int, result: "dict | DicomError") -> tuple[bytes, bytes]:
@@ -234,7 +247,7 @@ def stream_record(index: int, result: "dict | DicomError") -> tuple[bytes, bytes
                                                   "message": result.message}}, b""
     else:
         name, arr, rng = wire_pixels(result)
-        body = arr.tobytes()
+        body = _bytes_of(arr)
         header = {"index": index, "count": result["count"], "dtype": name, "shape": list(arr.shape),
                   "pixel_spacing": result.get("pixel_spacing"), "range": list(rng),
                   "window": [result["window"]["center"], result["window"]["width"]] if result.get("window") else None,
