@@ -143,8 +143,9 @@ export class Loader {
   /** Replace the prefetch wishes (the latest intention wins); cached ones are skipped. */
   prefetch(jobs: IJob[]): void {
     const missing = jobs.filter(j => !this.cache.has(this._prefix + j.key) && !this._inflight.has(j.key));
-    this._wanted = missing.filter(j => j.streamUrl && j.index !== undefined);
-    this._queue = missing.filter(j => !(j.streamUrl && j.index !== undefined));
+    const streamable = (j: IJob) => !this._noStream && !!j.streamUrl && j.index !== undefined;
+    this._wanted = missing.filter(streamable);
+    this._queue = missing.filter(j => !streamable(j));
     this._plan();
     this._pump();
   }
@@ -240,13 +241,24 @@ export class Loader {
         this._wanted = this._wanted.filter(j => j.index !== index);
       }
     )
-      .catch(() => undefined)
-      .finally(() => {
-        if (this._stream === stream) {
-          this._stream = null;
-          this._releaseWaiting();
-          this._plan();
+      .then(
+        () => true,
+        e => (e as Error).name === 'AbortError'
+      )
+      .then(ok => {
+        if (this._stream !== stream) {
+          return;
         }
+        this._stream = null;
+        if (!ok) {
+          // the stream route failed (an older server, a refusal): one request per slice from now on
+          this._noStream = true;
+          this._queue = [...this._wanted, ...this._queue];
+          this._wanted = [];
+        }
+        this._releaseWaiting();
+        this._plan();
+        this._pump();
       });
   }
 
@@ -307,6 +319,7 @@ export class Loader {
 
   private _prefix = `v${nextId++}:`;
   private _wanted: IJob[] = [];
+  private _noStream = false;
   private _stream: IStream | null = null;
   private _waiting = new Map<
     string,

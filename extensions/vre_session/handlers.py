@@ -24,6 +24,8 @@ Viewing (a *source* is an indexed series, or a single file opened by path)
     GET vre/api/file?path=<path>                   SeriesMeta of one file (audited: dicom.instance_view)
     GET <source>/slices/<i>                        slice i in slice order, raw values (binary, below)
     GET <source>/mpr/<axial|coronal|sagittal>/<i>  reformatted image i (binary, below)
+    GET <source>/stream?start=&count=&direction=   many slices in one response, each as soon as it
+                                                   is decoded: <u32 LE n><n bytes JSON header><pixels>
     GET <source>/tags?slice=<i>                    {"sop_instance_uid", "elements": [...], "count", "truncated"}
     GET vre/api/file/thumbnail.png?path=<path>
   where <source> is ``vre/api/datasets/<slug>/series/<uid>`` or ``vre/api/file`` (then add
