@@ -431,13 +431,17 @@ class StreamHandler(_SourceHandler):
         self.set_header("Content-Type", "application/vnd.vre.slices")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-VRE-Count", str(len(order)))
-        async for index, result in self.vre.viewer.stream(source, order):
-            for part in stream_record(index, result):
-                self.write(part)
-            try:
-                await self.flush()
-            except iostream.StreamClosedError:
-                return  # the viewer was closed or moved on
+        slices = self.vre.viewer.stream(source, order)
+        try:
+            async for index, result in slices:
+                for part in stream_record(index, result):
+                    self.write(part)
+                try:
+                    await self.flush()
+                except iostream.StreamClosedError:
+                    return  # the viewer was closed or moved on (the Lab aborts a stream it outran)
+        finally:
+            await slices.aclose()
         self.finish()
 
 

@@ -900,6 +900,11 @@ def test_series_api_over_http(lab):
     assert part.headers["X-VRE-Count"] == "3" and part.content[:4] and \
         json.loads(part.content[4:4 + int.from_bytes(part.content[:4], "little")])["index"] == 5
     assert lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"direction": 2}).status_code == 400
+    with requests.get(f"{lab.url}/vre/api/datasets/lung/series/{uid}/stream", headers=lab.headers, stream=True,
+                      timeout=30) as gone:  # a viewer that moves on closes its stream early
+        assert gone.raw.read(4)
+    assert lab.get(f"/vre/api/datasets/lung/series/{uid}/slices/{k}").content == r.content
+    assert "Uncaught exception" not in lab.log()
     assert lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"start": 12}).status_code == 404
     assert lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"count": 0}).status_code == 400
     cor = lab.get(f"/vre/api/datasets/lung/series/{uid}/mpr/coronal/{row}")
