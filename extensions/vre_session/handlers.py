@@ -392,6 +392,9 @@ class SourceMetaHandler(_SourceHandler):
         source = await self.source(slug, uid)
         self.audit_view(source, always=True)
         self.send_json(source.metadata(self.vre.viewer.cache_bytes))
+        # the Lab shows the middle slice first: decode it while the metadata travels and is laid out
+        warm = asyncio.ensure_future(self.vre.viewer.decoded(source, (len(source.slices) - 1) // 2))
+        warm.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 class SliceHandler(_SourceHandler):
