@@ -6,11 +6,11 @@ else they are read in the decoder workers (cached by path, size and mtime). Its 
 by :func:`vre_session.dicom.order_slices` and the result kept as a :class:`Source` (bounded cache).
 
 Decoded slices are kept in a byte-bounded LRU (half of ``VRE_VIEWER_CACHE_MB``, default 512 MiB),
-so a series streamed once (``stream``: slices in display order, as many decodes in flight as there
-are decoder workers) is not decoded again for single slices or for its volume. Reformats (MPR)
-need the whole volume: it is stacked from the cached slices, decoding only the missing ones, and
-kept in its own LRU bounded by the whole budget; a series larger than that is refused for MPR with
-413 rather than risking the session's memory.
+so a series streamed once (``stream``: slices in the order asked, every decoder worker busy) is not
+decoded again. A reformat (MPR) plane is cut from the cached slices (one row or column of each),
+decoding only the missing ones; a series whose slices do not fit that half is stacked into a
+volume instead, kept in its own LRU bounded by the whole budget; a series larger than the budget
+is refused for MPR with 413 rather than risking the session's memory.
 """
 
 from __future__ import annotations
@@ -359,7 +359,8 @@ class Viewer:
     async def stream(self, source: Source, order: list[int]):
         """Slices of ``order`` as ``(index, slice() result or DicomError)``, in that order, with as
         many decodes in flight as keep every worker busy (twice the workers, and no more, so a
-        single-slice request still finds a worker soon). A file that cannot be decoded yields its error and the stream goes on."""
+        single-slice request still finds a worker soon). A file that cannot be decoded (each
+        under the per-file time limit) yields its error, and the stream goes on."""
         for i in order:
             source.slice_ref(i)
         window = 2 * max(1, self.pool.size)  # a call queued behind each busy worker: none idles
