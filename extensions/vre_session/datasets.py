@@ -329,13 +329,24 @@ class Catalog:
     def series_instances(self, series_uid: str, facts_from_index=None) -> list[tuple[str, dict | None]]:
         """``(path, header facts or None)`` of the readable files of a series, in index order. The
         facts are those the index recorded at registration (``files.viewer``, turned into
-        ``read_instance`` output by ``facts_from_index(stored, path)``), given only when the file
+        ``read_instance`` output by ``facts_from_index``, with the UIDs from their own columns), given only when the file
         still has the size and mtime it had then; None means "read the header" (older index,
         enhanced multi-frame file, file changed since)."""
         conn = open_index(self.ref.index_path)
         try:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(files)")}
-            viewer = "viewer" if "viewer" in columns and facts_from_index is not None else "NULL"
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('viewer_fields', 'viewer_columns')")) \
+                if "viewer" in columns and facts_from_index is not None else {}
+            try:
+                fields = json.loads(meta["viewer_fields"])
+                in_columns = json.loads(meta["viewer_columns"])
+                ok = isinstance(fields, list) and isinstance(in_columns, dict) and set(in_columns.values()) <= columns
+            except (KeyError, ValueError):
+                ok = False
+            if not ok:
+                in_columns = {}
+            keywords, names = list(in_columns), [str(c) for c in in_columns.values()]
+            viewer = ", ".join(["viewer", *names]) if ok else "NULL"
             rows = conn.execute(
                 f"SELECT relpath, size, mtime_ns, {viewer} FROM files WHERE series_uid = ? AND error IS NULL "
                 "ORDER BY slice_position IS NULL, slice_position, instance_number, relpath", (series_uid,)).fetchall()
@@ -347,7 +358,7 @@ class Catalog:
             raise NotFound(f"no series {series_uid!r} in dataset {self.ref.slug!r}")
         root = os.path.realpath(self.ref.path)
         out = []
-        for rel, size, mtime_ns, stored in rows:
+        for rel, size, mtime_ns, stored, *uids in rows:
             path = os.path.normpath(os.path.join(self.ref.path, rel))
             real = os.path.realpath(path)
             if not (real == root or real.startswith(root + os.sep)):
@@ -357,7 +368,7 @@ class Catalog:
                 try:
                     st = os.stat(path)
                     if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
-                        facts = facts_from_index(stored, path)
+                        facts = facts_from_index(stored, path, fields, dict(zip(keywords, uids)))
                 except Exception:  # an odd record: read this file's header instead
                     facts = None
             out.append((path, facts))

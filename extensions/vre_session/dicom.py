@@ -319,16 +319,22 @@ class _Indexed:
         return self._values.get(keyword, default)
 
 
-def facts_from_index(stored: str, path: str) -> dict:
-    """``read_instance(path)`` as the catalogue index recorded it (``files.viewer``), without
-    opening the file: the same function builds the facts, from the stored values. Raises
-    ValueError for a record it cannot use (the caller then reads the header)."""
+def facts_from_index(stored: str, path: str, fields: list[str], columns: dict | None = None) -> dict:
+    """``read_instance(path)`` as the catalogue index recorded it (``files.viewer``, its values in
+    the order of ``fields``, the index's ``meta.viewer_fields``; ``columns``: keyword -> value of
+    the elements the index keeps in their own columns), without opening the file: the same
+    function builds the facts, from the stored values. Raises ValueError for a record it cannot
+    use (the caller then reads the header)."""
     record = json.loads(stored)
-    if not isinstance(record, dict) or not isinstance(record.get("values"), dict) or \
+    if not isinstance(record, dict) or not isinstance(record.get("v"), list) or len(record["v"]) != len(fields) or \
             not all(isinstance(record.get(k), t) for k, t in (("ts", str), ("ts_name", str), ("ts_compressed", bool))):
         raise ValueError("not a viewer record")
+    if not INDEX_KEYWORDS <= set(fields):
+        raise ValueError("the index lacks elements the viewer needs")
+    values = {k: v for k, v in zip(fields, record["v"]) if v is not None}
+    values.update({k: v for k, v in (columns or {}).items() if v is not None})
     ts = _IndexedUID(record["ts"], record["ts_name"], record["ts_compressed"])
-    return _facts(_Indexed(record["values"], ts), path)
+    return _facts(_Indexed(values, ts), path)
 
 
 # --- pixels ----------------------------------------------------------------------------------

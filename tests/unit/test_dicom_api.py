@@ -592,10 +592,15 @@ def test_index_facts_are_the_header_facts(indexed):
     every file it recorded; enhanced multi-frame files (functional groups) are left to the header."""
     data, catalog = indexed
     conn = sqlite3.connect(catalog.ref.index_path)
-    rows = conn.execute("SELECT relpath, viewer FROM files WHERE error IS NULL").fetchall()
+    rows = conn.execute("SELECT relpath, viewer, sop_instance_uid, series_uid, study_uid FROM files "
+                        "WHERE error IS NULL").fetchall()
+    fields = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'viewer_fields'").fetchone()[0])
+    assert json.loads(conn.execute("SELECT value FROM meta WHERE key = 'viewer_columns'").fetchone()[0]) == {
+        "SOPInstanceUID": "sop_instance_uid", "SeriesInstanceUID": "series_uid", "StudyInstanceUID": "study_uid"}
     conn.close()
     compared, left = 0, []
-    for rel, stored in rows:
+    for rel, stored, *uids in rows:
+        uids = dict(zip(("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"), uids))
         if stored is None:
             left.append(rel)
             continue
@@ -603,11 +608,14 @@ def test_index_facts_are_the_header_facts(indexed):
             expected = dicom.read_instance(str(data / rel))
         except DicomError:
             continue  # the index is more lenient than a full header parse; such files are not shown anyway
-        assert dicom.facts_from_index(stored, str(data / rel)) == expected, rel
+        assert dicom.facts_from_index(stored, str(data / rel), fields, uids) == expected, rel
         compared += 1
     assert compared >= 60
     assert left and all(pydicom.dcmread(data / rel, stop_before_pixels=True).get("PerFrameFunctionalGroupsSequence")
                         for rel in left)
+    with pytest.raises(ValueError):  # an index without an element the viewer reads is not used
+        rel, stored = next(r for r in rows if r[1])[:2]
+        dicom.facts_from_index(stored, str(data / rel), [f if f != "RescaleSlope" else "X" for f in fields])
 
 
 def test_opening_an_indexed_series_reads_no_header_and_orders_as_the_headers_do(indexed):

@@ -60,6 +60,10 @@ VIEWER_KEYWORDS = (
     "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
 )  # fmt: skip
 _PRESENCE = ("ModalityLUTSequence",)  # only whether it is there
+VIEWER_FIELDS = (*VIEWER_KEYWORDS, *_PRESENCE)  # the order of files.viewer's "v"
+# Left out of "v" (null there): the session takes them from the row's own columns.
+_IN_COLUMNS = {"SOPInstanceUID": "sop_instance_uid", "SeriesInstanceUID": "series_uid",
+               "StudyInstanceUID": "study_uid"}
 _FUNCTIONAL_GROUPS = (tag_for_keyword("PerFrameFunctionalGroupsSequence"),
                       tag_for_keyword("SharedFunctionalGroupsSequence"))
 _TAG = {k: tag_for_keyword(k) for k in (*_KEYWORDS, *VIEWER_KEYWORDS, *_PRESENCE)}
@@ -289,18 +293,21 @@ def _header_fields(ds) -> tuple:
 
 
 def _viewer_json(ds) -> str | None:
-    """The viewer's elements as JSON ``{"ts", "ts_name", "ts_compressed": the transfer syntax, "values":
-    {keyword: value}}`` (text,
-    numbers, or lists of text for multi-valued ones, as pydicom gives them), or None when the file
-    has functional groups or a value that does not convert: the viewer then reads the header."""
+    """The viewer's elements as compact JSON ``{"ts", "ts_name", "ts_compressed": the transfer
+    syntax, "v": [one value per VIEWER_FIELDS entry, null when absent]}`` (text, integers, or lists
+    of text for multi-valued ones, as pydicom gives them; the field names are stored once, in
+    ``meta.viewer_fields``; the UIDs, which have their own columns, are null there and named in
+    ``meta.viewer_columns``), or None when the file has functional groups or a value that does not
+    convert: the viewer then reads the header."""
     if any(tag in ds for tag in _FUNCTIONAL_GROUPS):
         return None
     try:
-        values: dict = {}
+        values: list = []
         for keyword in VIEWER_KEYWORDS:
-            if _TAG[keyword] not in ds:
+            if keyword in _IN_COLUMNS:  # stored once already, in its own column
+                values.append(None)
                 continue
-            value = ds[_TAG[keyword]].value
+            value = ds[_TAG[keyword]].value if _TAG[keyword] in ds else None
             if isinstance(value, MultiValue):
                 value = [str(v) for v in value]
             elif isinstance(value, bool) or isinstance(value, (bytes, bytearray)):
@@ -309,18 +316,16 @@ def _viewer_json(ds) -> str | None:
                 value = int(value)
             elif value is not None:  # DS keeps its text (the viewer parses it as it would the header)
                 value = str(value)
-            values[keyword] = value
-        for keyword in _PRESENCE:
-            if _TAG[keyword] in ds:
-                values[keyword] = True
+            values.append(value)
+        values += [True if _TAG[keyword] in ds else None for keyword in _PRESENCE]
         ts = ds.file_meta.get("TransferSyntaxUID")
         if not ts:  # as the viewer infers it (vre_session.dicom._read)
             implicit, little = ds.original_encoding
             ts = ("1.2.840.10008.1.2" if implicit is not False else "1.2.840.10008.1.2.1" if little is not False
                   else "1.2.840.10008.1.2.2")
         ts = UID(str(ts))
-        return json.dumps({"ts": str(ts), "ts_name": ts.name, "ts_compressed": bool(ts.is_compressed),
-                           "values": values}, allow_nan=False)
+        return json.dumps({"ts": str(ts), "ts_name": ts.name, "ts_compressed": bool(ts.is_compressed), "v": values},
+                          allow_nan=False, separators=(",", ":"))
     except Exception:  # pydicom raises many types on odd values: the viewer reads this file's header
         return None
 
@@ -521,6 +526,8 @@ def index_dataset(
                     ("format_version", FORMAT_VERSION),
                     ("root", str(root.absolute())),
                     ("indexed_at", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                    ("viewer_fields", json.dumps(VIEWER_FIELDS)),
+                    ("viewer_columns", json.dumps(_IN_COLUMNS)),
                 ],
             )
             counts = [
