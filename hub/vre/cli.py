@@ -120,6 +120,13 @@ def cmd_down(args) -> int:
         from .backends.docker import remove_instance_containers
 
         stopped += remove_instance_containers(settings)
+    if settings.backend == "kubernetes":  # session pods and their Secrets (project namespaces stay)
+        from .backends.kubernetes import KubernetesBackendError, remove_instance_sessions
+
+        try:
+            stopped += remove_instance_sessions(settings)
+        except KubernetesBackendError as e:
+            print(f"warning: session pods not removed: {e}", file=sys.stderr)
     print(f"stopped {'the hub (pid %d), ' % hub if hub else ''}{stopped} session(s), batch workers, the proxy "
           "and the access layer")
     return 0

@@ -148,6 +148,14 @@ class PlanSpawner(HasTraits):
         """passwd and group as the session sees them."""
         raise NotImplementedError
 
+    def _gpu_capacity(self) -> int | None:
+        """GPUs a session could get at most (None: the backend's scheduler decides)."""
+        return len(gpus.host_devices(self.settings))
+
+    def _start_details(self) -> dict:
+        """What the backend adds to the ``session.start`` record (where the run landed)."""
+        return {}
+
     # -- JupyterHub hooks -------------------------------------------------------------------
     @default("ip")
     def _ip_default(self):
@@ -179,8 +187,8 @@ class PlanSpawner(HasTraits):
                      target=f"{spawner.user.name}/{spawner.name}", details={"profile": profile})
         try:
             plan = await asyncio.to_thread(spawner._build_plan, profile)
-            have = len(gpus.host_devices(spawner.settings))
-            if plan.gpus > have:
+            have = spawner._gpu_capacity()
+            if have is not None and plan.gpus > have:
                 raise web.HTTPError(503, f"profile {plan.profile!r} asks for {plan.gpus} GPU(s) but this host "
                                          f"has {have}; choose another profile or ask an admin")
         except PlanRefused as e:
@@ -290,7 +298,8 @@ class PlanSpawner(HasTraits):
             raise
         await aemit(self.settings, "session.start", details={
             "datasets": list(plan.datasets), "profile": plan.profile, "cpu": plan.cpu, "mem_mb": plan.mem_mb,
-            "gpus": plan.gpus, "network": plan.network, "gpu_devices": list(self.gpu_devices)}, **audit)
+            "gpus": plan.gpus, "network": plan.network, "gpu_devices": list(self.gpu_devices),
+            **self._start_details()}, **audit)
         return self._socket_url()
 
     async def _start(self, plan: SessionPlan) -> None:
