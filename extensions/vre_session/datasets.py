@@ -356,12 +356,10 @@ class Catalog:
             conn.close()
         if not rows:
             raise NotFound(f"no series {series_uid!r} in dataset {self.ref.slug!r}")
-        root = os.path.realpath(self.ref.path)
         out = []
         for rel, size, mtime_ns, stored, *uids in rows:
-            path = os.path.normpath(os.path.join(self.ref.path, rel))
-            real = os.path.realpath(path)
-            if not (real == root or real.startswith(root + os.sep)):
+            path = self._inside(rel)
+            if path is None:
                 continue
             facts = None
             if stored:
@@ -375,6 +373,14 @@ class Catalog:
         if not out:
             raise NotFound(f"series {series_uid!r} has no readable files in dataset {self.ref.slug!r}")
         return out
+
+    def _inside(self, relpath: str) -> str | None:
+        """The absolute path of an indexed file, or None when it would leave the dataset folder
+        (it cannot, unless the index was tampered with)."""
+        root = os.path.realpath(self.ref.path)
+        path = os.path.normpath(os.path.join(self.ref.path, relpath))
+        real = os.path.realpath(path)
+        return path if real == root or real.startswith(root + os.sep) else None
 
     def series_files(self, series_uid: str) -> list[str]:
         """Absolute paths of the readable files of a series, in index order (slice position,
@@ -391,13 +397,7 @@ class Catalog:
             conn.close()
         if not rows:
             raise NotFound(f"no series {series_uid!r} in dataset {self.ref.slug!r}")
-        root = os.path.realpath(self.ref.path)
-        paths = []
-        for (rel,) in rows:
-            path = os.path.normpath(os.path.join(self.ref.path, rel))
-            real = os.path.realpath(path)
-            if real == root or real.startswith(root + os.sep):
-                paths.append(path)
+        paths = [path for (rel,) in rows if (path := self._inside(rel)) is not None]
         if not paths:
             raise NotFound(f"series {series_uid!r} has no readable files in dataset {self.ref.slug!r}")
         return paths
