@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from jupyterhub.auth import Authenticator
+from jupyterhub.handlers.login import LogoutHandler
 from traitlets import Instance, default
 
 from . import db as vdb
@@ -17,6 +18,19 @@ from .accounts import check_login
 from .audit.events import aemit
 from .roles import groups_for
 from .settings import Settings, load
+
+
+#: Where a logout handler keeps the user it logs out: JupyterHub forgets the user before the
+#: request is logged, and the request log is where ``auth.logout`` is recorded (vre.audit.events).
+LOGGED_OUT = "vre_logged_out_user"
+
+
+class AuditedLogoutHandler(LogoutHandler):
+    """JupyterHub's logout, keeping who logged out for the audit record."""
+
+    async def handle_logout(self):
+        setattr(self, LOGGED_OUT, self.current_user)
+        await super().handle_logout()
 
 
 class VREAuthenticator(Authenticator):
@@ -36,6 +50,9 @@ class VREAuthenticator(Authenticator):
         # carries the auditor role (hubconfig). Managing groups rather than roles avoids a
         # JupyterHub 6.1 crash at restart with authenticator-managed role assignments.
         return True
+
+    def get_handlers(self, app):
+        return [("/logout", AuditedLogoutHandler), *super().get_handlers(app)]
 
     def _check(self, name: str, password: str):
         with vdb.session_scope(self.settings.vre_db_url) as db:

@@ -69,6 +69,9 @@ class Account(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     #: An output checker reviews airlock requests (never their own); set by admins (``vre user set-checker``).
     output_checker: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    #: ``<issuer> <sub>`` of the OpenID Connect identity this account belongs to (made at its first
+    #: OIDC login); None for local accounts. A provider name reused by another person is refused.
+    oidc_subject: Mapped[str | None] = mapped_column(String(512), nullable=True, unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="account", cascade="all, delete-orphan")
