@@ -225,6 +225,9 @@ def configure(c, settings: Settings) -> None:
     a.scope = settings.oidc_scopes.split()
     a.username_claim = settings.oidc_username_claim
     a.login_service = settings.oidc_login_service
+    if settings.oidc_require_mfa and settings.oidc_mfa_acr.split():
+        # ask for it up front: providers that can step up (Keycloak, LS Login) then ask for the second factor
+        a.extra_authorize_params = {"acr_values": settings.oidc_mfa_acr}
     if meta.get("end_session_endpoint"):
         # Logging out of the VRE also ends the provider's session (RP-initiated logout), so the
         # next person at this browser logs in as themselves.
@@ -309,7 +312,7 @@ class OIDCAuthenticator(GenericOAuthenticator):
             await aemit(self.settings, "auth.login_failed", actor=actor[:64], actor_role="anonymous",
                         client=client, target=f"user/{actor[:64]}", outcome="denied",
                         details={**details, "reason": e.reason})
-            raise web.HTTPError(403, e.message) from None
+            raise web.HTTPError(403, e.message, reason="Login refused") from None
         audit = dict(actor=decision.name, actor_role=account_role, client=client, target=f"user/{decision.name}")
         if changes:
             action = "user.create" if changes[0] == "created" else "user.update"
