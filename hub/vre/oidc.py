@@ -299,7 +299,13 @@ class OIDCAuthenticator(GenericOAuthenticator):
 
     async def authenticate(self, handler, data=None, **kwargs):
         client = handler.request.remote_ip if handler else None
-        model = await super().authenticate(handler, data, **kwargs)
+        try:
+            model = await super().authenticate(handler, data, **kwargs)
+        except Exception as e:  # the code exchange or the userinfo request failed: recorded, then the error page
+            await aemit(self.settings, "auth.login_failed", actor="(unknown)", actor_role="anonymous", client=client,
+                        outcome="denied", details={"via": "oidc", "reason": "provider-error",
+                                                   "error": f"{type(e).__name__}: {e}"[:300]})
+            raise
         claims = model["auth_state"][self.user_auth_state_key]
         shown = claims.get(self.username_claim)
         actor = shown.strip().lower() if isinstance(shown, str) and shown.strip() else "(unknown)"
@@ -316,9 +322,10 @@ class OIDCAuthenticator(GenericOAuthenticator):
         audit = dict(actor=decision.name, actor_role=account_role, client=client, target=f"user/{decision.name}")
         if changes:
             action = "user.create" if changes[0] == "created" else "user.update"
-            await aemit(self.settings, action, actor=decision.name, actor_role="system", target=f"user/{decision.name}",
-                        details={"via": "oidc", "changes": changes, "role": decision.role,
-                                 "output_checker": decision.checker})
+            # the provider decided these changes, not the user: the actor is the system, the issuer in details
+            await aemit(self.settings, action, actor="system", actor_role="system", target=f"user/{decision.name}",
+                        details={"via": "oidc", "issuer": self.settings.oidc_issuer, "changes": changes,
+                                 "role": decision.role, "output_checker": decision.checker})
         await aemit(self.settings, "auth.login", details=details, **audit)
         # auth_state (the provider's tokens) is not kept: the VRE needs none of them after login
         return {"name": decision.name, "admin": False, "groups": groups_for(decision.role, decision.checker)}

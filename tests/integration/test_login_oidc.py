@@ -113,3 +113,21 @@ def test_logout_ends_the_hub_and_the_provider_session(oidc):
     r = http.get(f"{hub.url}/hub/oauth_login", timeout=30)
     assert 'name="password"' in r.text and "/interaction/" in r.url
     assert len(audit(hub, "auth.logout", "carl")) == 1
+
+
+def test_a_failed_code_exchange_is_recorded_and_answered_without_a_traceback(oidc):
+    """A forged or replayed authorisation code: the provider refuses it, the hub says so."""
+    from urllib.parse import parse_qs, urlparse
+
+    import requests
+
+    hub, _provider = oidc
+    http = requests.Session()
+    r = http.get(f"{hub.url}/hub/oauth_login", allow_redirects=False, timeout=30)
+    state = parse_qs(urlparse(r.headers["Location"]).query)["state"][0]
+    before = len(audit(hub, "auth.login_failed"))
+    r = http.get(f"{hub.url}/hub/oauth_callback", params={"code": "forged-code", "state": state}, timeout=30)
+    assert r.status_code >= 400 and "Traceback" not in r.text
+    assert whoami(hub.url, http) is None
+    failed = audit(hub, "auth.login_failed")
+    assert len(failed) == before + 1 and failed[-1]["details"]["reason"] == "provider-error", failed[-1]
