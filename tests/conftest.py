@@ -189,6 +189,9 @@ class Hub:
             "VRE_POLL_INTERVAL": "2",
             "VRE_LOCKOUT_THRESHOLD": "3",
             "VRE_LOCKOUT_SECONDS": "60",
+            # the demo's admin and auditor log in with passwords alone in tests; the second factor's
+            # own tests (test_login_totp.py) turn it on
+            "VRE_TOTP_ROLES": "",
         }
         if db_urls:
             self.env["VRE_DB_URL"], self.env["VRE_HUB_DB_URL"] = db_urls

@@ -72,6 +72,10 @@ class Settings:
     #: Failed logins before an account is locked, and for how long (seconds).
     lockout_threshold: int = 5
     lockout_seconds: int = 300
+    #: Roles whose local logins need a second factor (an authenticator app's code, TOTP; set up
+    #: with a QR code at the first login; recovery codes for a lost phone), space-separated among
+    #: ``researcher admin auditor``. Empty: nobody is asked to set one up.
+    totp_roles: str = "admin auditor"
     #: How often (seconds) the hub re-checks running sessions against membership and expiry.
     poll_interval: int = 10
     #: Session starts in progress at once; a start beyond it is answered 429 with Retry-After
@@ -307,6 +311,10 @@ _LOOPBACK_HTTP = re.compile(r"http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/\S
 
 
 def _validate_login(s: Settings) -> None:
+    unknown = sorted(set(s.totp_roles.split()) - {"researcher", "admin", "auditor"})
+    if unknown:
+        raise SettingsError(f"totp_roles: {', '.join(unknown)} is not a role; use any of researcher, admin, auditor "
+                            "(space-separated), or leave it empty")
     if s.auth not in ("local", "oidc"):
         raise SettingsError(f"auth {s.auth!r}: use 'local' (the VRE's own accounts) or 'oidc' (an OpenID Connect "
                             "provider, configured by the oidc_* settings)")
