@@ -2,6 +2,10 @@
 and a hub that logs in through it (``auth = "oidc"``), for the integration and browser tests.
 
 Test modules use the fixture by importing it: ``from oidcprovider import oidc  # noqa: F401``.
+
+No TLS: oauthenticator's HTTP client (tornado) talks plain http to a loopback issuer, and the
+VRE's settings allow http only for a loopback issuer (production issuers must be https), so the
+tests need no throwaway CA.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from urllib.parse import urlencode
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLogoutHandler
 from tornado import web
-from traitlets import Instance, default
+from traitlets import Instance, List, Unicode, default
 
 from . import db as vdb
 from .audit.events import aemit
@@ -221,6 +222,13 @@ def configure(c, settings: Settings) -> None:
     a.token_url = meta["token_endpoint"]
     if meta.get("userinfo_endpoint"):
         a.userdata_url = meta["userinfo_endpoint"]
+    a.token_issuer = meta["issuer"]
+    if meta.get("jwks_uri"):
+        a.jwks_url = meta["jwks_uri"]
+    print(f"[vre] OIDC login at {meta['issuer']}; ID tokens verified with the keys at "
+          f"{meta.get('jwks_uri') or '(none published: audience, issuer and expiry only)'}", file=sys.stderr)
+    algorithms = [x for x in meta.get("id_token_signing_alg_values_supported", ["RS256"]) if x != "none"]
+    a.id_token_algorithms = algorithms or ["RS256"]
     a.oauth_callback_url = settings.bind_url.rstrip("/") + "/hub/oauth_callback"
     a.scope = settings.oidc_scopes.split()
     a.username_claim = settings.oidc_username_claim
@@ -237,16 +245,26 @@ def configure(c, settings: Settings) -> None:
 
 
 # --- the authenticator ----------------------------------------------------------------------
-def _jwt_claims(token: str | None, client_id: str) -> dict:
-    """The ID token's claims. The token came straight from the provider's token endpoint over TLS
-    (or loopback), so, as oauthenticator's ``userdata_from_id_token`` does (OIDC Core 3.1.3.7),
-    its signature is not checked; audience and expiry are."""
+_JWKS: dict[str, object] = {}
+
+
+def id_token_claims(token: str | None, *, client_id: str, issuer: str, jwks_url: str = "",
+                    algorithms: list[str] | None = None) -> dict:
+    """The ID token's claims, its signature checked against the provider's published keys
+    (``jwks_uri``, cached), and its audience, issuer and expiry. Blocking (the key fetch): run it
+    in a thread. A provider without ``jwks_uri`` gets the check OIDC Core 3.1.3.7 allows for a
+    token taken straight from the token endpoint over TLS: audience, issuer and expiry only."""
     import jwt
 
     if not token:
         return {}
-    return jwt.decode(token, audience=client_id, options={"verify_signature": False, "verify_aud": True,
-                                                           "verify_exp": True})
+    options = {"verify_aud": True, "verify_exp": True, "verify_iss": True}
+    if not jwks_url:
+        return jwt.decode(token, audience=client_id, issuer=issuer, options={**options, "verify_signature": False})
+    client = _JWKS.get(jwks_url) or _JWKS.setdefault(jwks_url, jwt.PyJWKClient(jwks_url, lifespan=300, timeout=10))
+    key = client.get_signing_key_from_jwt(token)
+    return jwt.decode(token, key.key, algorithms=algorithms or ["RS256"], audience=client_id, issuer=issuer,
+                      options=options)
 
 
 class OIDCLogoutHandler(OAuthLogoutHandler):
@@ -263,6 +281,11 @@ class OIDCAuthenticator(GenericOAuthenticator):
     every login (``vre.oidc.decide``), with the VRE's audit events."""
 
     settings = Instance(Settings, config=True, help="VRE settings (default: loaded from the environment).")
+    jwks_url = Unicode("", config=True, help="The provider's signing keys (discovery's jwks_uri): ID tokens are "
+                                             "verified against them.")
+    token_issuer = Unicode("", config=True, help="The issuer ID tokens must name (discovery's issuer, exactly).")
+    id_token_algorithms = List(Unicode(), ["RS256"], config=True,
+                               help="Signature algorithms accepted for ID tokens (discovery's list).")
     logout_handler = OIDCLogoutHandler
 
     @default("settings")
@@ -288,7 +311,13 @@ class OIDCAuthenticator(GenericOAuthenticator):
 
     async def token_to_user(self, token_info):
         """Userinfo (groups) merged with the ID token (acr, amr are only there); ``sub`` must agree."""
-        id_claims = _jwt_claims(token_info.get("id_token"), self.client_id)
+        try:
+            id_claims = await asyncio.to_thread(
+                id_token_claims, token_info.get("id_token"), client_id=self.client_id,
+                issuer=self.token_issuer or self.settings.oidc_issuer, jwks_url=self.jwks_url, algorithms=self.id_token_algorithms)
+        except Exception as e:  # noqa: BLE001 - a forged, expired or foreign token: refused, and said why
+            raise web.HTTPError(403, f"The identity provider's ID token could not be verified ({e}).",
+                                reason="Login refused") from None
         info = await super().token_to_user(token_info) if self.userdata_url else {}
         if id_claims and info.get("sub") and info["sub"] != id_claims.get("sub"):
             raise web.HTTPError(403, "The identity provider's userinfo and ID token disagree about who you are.")

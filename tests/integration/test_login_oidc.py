@@ -39,6 +39,7 @@ def test_first_login_makes_the_account_with_roles_and_projects(oidc):
     with vdb.session_scope(settings.vre_db_url) as db:
         acc = db.scalar(select(vdb.Account).where(vdb.Account.name == "olivia"))
         assert acc.oidc_subject == f"{provider.issuer} olivia" and acc.password_hash == ""
+    assert f"ID tokens verified with the keys at {provider.issuer}/jwks" in hub.log_path.read_text()
     logins = audit(hub, "auth.login", "olivia")
     assert len(logins) == 1 and logins[0]["details"]["via"] == "oidc" and logins[0]["outcome"] == "ok", logins
     assert logins[0]["details"]["amr"] == ["pwd", "otp"]

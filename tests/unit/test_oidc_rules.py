@@ -178,3 +178,46 @@ def test_discovery_refuses_another_issuer():
         server.shutdown()
     with pytest.raises(SystemExit, match="cannot read"):
         discover("http://127.0.0.1:1", timeout=2)
+
+
+def test_id_tokens_are_verified_against_the_providers_keys():
+    """Signature (the provider's published key), audience, issuer and expiry: a token signed by
+    anyone else, or for another client, is refused."""
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from vre.oidc import id_token_claims
+
+    key, other = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}).encode()
+
+    class Keys(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Keys)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url, iss = f"http://127.0.0.1:{server.server_port}/jwks", "http://127.0.0.1:1"
+    claims = {"sub": "ann", "aud": "vre", "iss": iss, "exp": int(time.time()) + 60, "amr": ["mfa"]}
+
+    def token(signer=key, **changes):
+        return jwt.encode({**claims, **changes}, signer, algorithm="RS256", headers={"kid": "k1"})
+
+    try:
+        check = dict(client_id="vre", issuer=iss, jwks_url=url)
+        assert id_token_claims(token(), **check)["amr"] == ["mfa"]
+        for bad in (token(other), token(aud="another-client"), token(iss="http://evil"),
+                    token(exp=int(time.time()) - 60)):
+            with pytest.raises(jwt.PyJWTError):
+                id_token_claims(bad, **check)
+    finally:
+        server.shutdown()
