@@ -189,6 +189,9 @@ class Hub:
             "VRE_POLL_INTERVAL": "2",
             "VRE_LOCKOUT_THRESHOLD": "3",
             "VRE_LOCKOUT_SECONDS": "60",
+            # the demo's admin and auditor log in with passwords alone in tests; the second factor's
+            # own tests (test_login_totp.py) turn it on
+            "VRE_TOTP_ROLES": "",
         }
         if db_urls:
             self.env["VRE_DB_URL"], self.env["VRE_HUB_DB_URL"] = db_urls
@@ -338,7 +341,8 @@ class Hub:
                 print(f"warning: removing the docker hub's containers: {e}", file=sys.stderr)
         artifacts = ROOT / "test-artifacts"
         artifacts.mkdir(exist_ok=True)
-        shutil.copy(self.log_path, artifacts / f"hub-{self.backend}-{self.instance}.log")
+        if self.log_path.exists():  # a hub made but never started has none
+            shutil.copy(self.log_path, artifacts / f"hub-{self.backend}-{self.instance}.log")
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
@@ -423,15 +427,17 @@ def sqlite_hub():
 @pytest.fixture(scope="module")
 def make_hub():
     """Start hubs of this module's own (SQLite, extra ``VRE_*`` settings); all are torn down after
-    the module. ``make_hub("label", VRE_GPU_DEVICES="0")``."""
+    the module. ``make_hub("label", VRE_GPU_DEVICES="0")``; ``started=False`` gives the hub unstarted
+    (its URL is known: an OIDC provider registers it), to ``start()`` later."""
     _require_root_sandbox()
     hubs = []
 
-    def start(label: str, **env: str) -> Hub:
+    def start(label: str, started: bool = True, **env: str) -> Hub:
         h = Hub(label, None)
         h.env.update(env)
         hubs.append(h)
-        h.start()
+        if started:
+            h.start()
         return h
     yield start
     for h in hubs:

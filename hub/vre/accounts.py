@@ -1,4 +1,5 @@
-"""Local accounts: creation, passwords and login with lockout after repeated failures."""
+"""Local accounts: creation, passwords, the second factor (TOTP, recovery codes) and login with
+lockout after repeated failures (of either factor)."""
 
 from __future__ import annotations
 
@@ -70,17 +71,24 @@ def unlock(db: Session, name: str) -> None:
 @dataclass(frozen=True)
 class LoginResult:
     ok: bool
-    reason: str  # "ok", "bad-credentials", "locked", "disabled"
+    #: "ok", "bad-credentials", "locked", "disabled", "bad-otp" (the password was right, the code
+    #: missing or wrong), "mfa-enrol" (the password was right; a second factor must be set up first)
+    reason: str
     account: Account | None = None
     locked_until: dt.datetime | None = None
     just_locked: bool = False  # this failure crossed the threshold
+    second_factor: str | None = None  # "totp" or "recovery" when one was used
 
 
-def check_login(db: Session, name: str, password: str, *, threshold: int, lockout_seconds: int) -> LoginResult:
+def check_login(db: Session, name: str, password: str, *, threshold: int, lockout_seconds: int,
+                otp: str | None = None, mfa_roles=()) -> LoginResult:
     """Verify a login and keep the failure count. The caller commits.
 
     After ``threshold`` consecutive failures the account is locked for ``lockout_seconds``;
-    while locked even the right password is refused (so guessing cannot continue).
+    while locked even the right password is refused (so guessing cannot continue). An account
+    with a second factor (or whose role is one of ``mfa_roles``) also needs ``otp``, a
+    current code or an unused recovery code; a wrong or missing one counts as a failure, and the
+    count is only cleared by a complete login (a known password does not reset it).
     """
     account = db.scalar(select(Account).where(Account.name == name)) if NAME_RE.match(name or "") else None
     if account is None:
@@ -93,13 +101,60 @@ def check_login(db: Session, name: str, password: str, *, threshold: int, lockou
     if account.disabled:
         verify_password(password, DUMMY_HASH)
         return LoginResult(False, "disabled", account)
-    if verify_password(password, account.password_hash):
-        account.failed_logins = 0
-        account.locked_until = None
-        return LoginResult(True, "ok", account)
+    if not verify_password(password, account.password_hash):
+        return _failure(account, now, threshold, lockout_seconds, "bad-credentials")
+    factor = None
+    if account.role in mfa_roles or account.totp_secret:
+        if not account.totp_secret:
+            return LoginResult(False, "mfa-enrol", account)
+        factor = _second_factor(account, otp or "")
+        if factor is None:
+            return _failure(account, now, threshold, lockout_seconds, "bad-otp")
+    account.failed_logins = 0
+    account.locked_until = None
+    return LoginResult(True, "ok", account, second_factor=factor)
+
+
+def _failure(account: Account, now: dt.datetime, threshold: int, lockout_seconds: int, reason: str) -> LoginResult:
     account.failed_logins += 1
     if account.failed_logins >= threshold:
         account.locked_until = now + dt.timedelta(seconds=lockout_seconds)
         account.failed_logins = 0
         return LoginResult(False, "locked", account, account.locked_until, just_locked=True)
-    return LoginResult(False, "bad-credentials", account)
+    return LoginResult(False, reason, account)
+
+
+def _second_factor(account: Account, otp: str) -> str | None:
+    from . import totp
+
+    step = totp.verify(account.totp_secret, otp, account.totp_last_step)
+    if step is not None:
+        account.totp_last_step = step
+        return "totp"
+    left = totp.use_recovery_code(account.recovery_codes, otp)
+    if left is not None:
+        account.recovery_codes = left
+        return "recovery"
+    return None
+
+
+def enrol_totp(db: Session, name: str, secret: str, code: str) -> list[str]:
+    """Turn on the second factor with ``secret`` once ``code`` shows the app has it; returns the
+    recovery codes (shown once). Refused when one is already set up (an admin resets it first)."""
+    from . import totp
+
+    account = get_account(db, name)
+    if account.totp_secret:
+        raise VREError(f"{name!r} already has a second factor; an admin can reset it (vre user reset-mfa {name})")
+    step = totp.verify(secret, code, None)
+    if step is None:
+        raise VREError("that code does not match: check the authenticator app's clock and enter the current code")
+    codes, digests = totp.new_recovery_codes()
+    account.totp_secret, account.totp_last_step, account.recovery_codes = secret, step, digests
+    return codes
+
+
+def reset_mfa(db: Session, name: str) -> None:
+    """Forget the account's second factor (a lost phone): it sets one up again at its next login."""
+    account = get_account(db, name)
+    account.totp_secret = account.totp_last_step = account.recovery_codes = None

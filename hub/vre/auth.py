@@ -1,4 +1,6 @@
-"""Login for the embedded default: per-user hashed passwords with lockout, from the VRE database.
+"""Login for the embedded default: per-user hashed passwords with lockout, from the VRE database,
+and a second factor (TOTP, ``vre.totp``) for the roles ``totp_roles`` names: set up with a QR code
+at the first login (``TOTPEnrolHandler``), then asked for at every login.
 
 Hub rights follow the account's role through group membership (auditors: the audit scope; admins:
 a deliberately narrow admin role); whether a name may log in at all is decided
@@ -8,15 +10,101 @@ by the VRE database (``check_allowed``), so removing or disabling an account tak
 from __future__ import annotations
 
 import asyncio
+import json
 
 from jupyterhub.auth import Authenticator
+from jupyterhub.handlers.login import LoginHandler, LogoutHandler
+from tornado import web
 from traitlets import Instance, default
 
 from . import db as vdb
-from .accounts import check_login
+from . import totp
+from .accounts import check_login, enrol_totp
+from .errors import VREError
 from .audit.events import aemit
 from .roles import groups_for
 from .settings import Settings, load
+
+
+#: Where a logout handler keeps the user it logs out: JupyterHub forgets the user before the
+#: request is logged, and the request log is where ``auth.logout`` is recorded (vre.audit.events).
+LOGGED_OUT = "vre_logged_out_user"
+
+
+class AuditedLogoutHandler(LogoutHandler):
+    """JupyterHub's logout, keeping who logged out for the audit record."""
+
+    async def handle_logout(self):
+        setattr(self, LOGGED_OUT, self.current_user)
+        await super().handle_logout()
+
+
+#: Signed cookie of a pending enrolment: who (password just verified) and the new secret; 10 minutes.
+ENROL_COOKIE = "vre-totp-enrol"
+ENROL_MINUTES = 10
+
+
+class MFAEnrolment(Exception):
+    """The password was right and the account must set up its second factor before logging in."""
+
+    def __init__(self, name: str, role: str):
+        super().__init__(name)
+        self.name, self.role = name, role
+
+
+class VRELoginHandler(LoginHandler):
+    """JupyterHub's login form; a right password of an account that must set up a second factor
+    first gets the enrolment page (a QR code) instead of a session."""
+
+    async def post(self):
+        try:
+            await super().post()
+        except MFAEnrolment as e:
+            secret = totp.new_secret()
+            self.set_secure_cookie(ENROL_COOKIE, json.dumps({"name": e.name, "role": e.role, "secret": secret}),
+                                   expires_days=None, path=self.hub.base_url, httponly=True, samesite="Strict")
+            self.finish(await enrol_page(self, e.name, e.role, secret))
+
+
+async def enrol_page(handler, name: str, role: str, secret: str, error: str | None = None,
+                     recovery_codes: list[str] | None = None) -> str:
+    settings = handler.authenticator.settings
+    uri = totp.provisioning_uri(secret, name, issuer=f"VRE {settings.instance}")
+    return await handler.render_template(
+        "totp-enrol.html", account=name, role=role, secret=secret, qr=totp.qr_svg(uri), error=error,
+        recovery_codes=recovery_codes, xsrf=handler.xsrf_token.decode("ascii"),
+        enrol_url=handler.hub.base_url + "totp-enrol", login_url=handler.hub.base_url + "login")
+
+
+class TOTPEnrolHandler(LoginHandler):
+    """The enrolment form's answer: a right code turns the second factor on and shows the recovery
+    codes once; the user then signs in with password and code."""
+
+    async def get(self):
+        self.redirect(self.hub.base_url + "login")
+
+    async def post(self):
+        raw = self.get_secure_cookie(ENROL_COOKIE, max_age_days=ENROL_MINUTES / 1440)
+        if not raw:
+            raise web.HTTPError(400, "The set-up of your second factor timed out (10 minutes). Sign in again to "
+                                     "start over.", reason="Set-up expired")
+        pending = json.loads(raw)
+        settings = self.authenticator.settings
+        name, role, secret = pending["name"], pending["role"], pending["secret"]
+
+        def enrol():
+            with vdb.session_scope(settings.vre_db_url) as db:
+                return enrol_totp(db, name, secret, self.get_argument("code", ""))
+
+        try:
+            codes = await asyncio.to_thread(enrol)
+        except VREError as e:
+            self.set_status(400)
+            return self.finish(await enrol_page(self, name, role, secret, error=str(e)))
+        self.clear_cookie(ENROL_COOKIE, path=self.hub.base_url)
+        await aemit(settings, "auth.mfa_enrol", actor=name, actor_role=role, target=f"user/{name}",
+                    client=self.request.remote_ip, details={"factor": "totp", "recovery_codes": len(codes)})
+        self.finish(await enrol_page(self, name, role, secret, recovery_codes=codes))
 
 
 class VREAuthenticator(Authenticator):
@@ -37,10 +125,22 @@ class VREAuthenticator(Authenticator):
         # JupyterHub 6.1 crash at restart with authenticator-managed role assignments.
         return True
 
-    def _check(self, name: str, password: str):
+    @default("request_otp")
+    def _request_otp_default(self):
+        return True  # accounts with a second factor type its code under the password
+
+    @default("otp_prompt")
+    def _otp_prompt_default(self):
+        return "Code from your authenticator app (if you use one), or a recovery code:"
+
+    def get_handlers(self, app):
+        return [("/login", VRELoginHandler), ("/logout", AuditedLogoutHandler), ("/totp-enrol", TOTPEnrolHandler)]
+
+    def _check(self, name: str, password: str, otp: str):
         with vdb.session_scope(self.settings.vre_db_url) as db:
             result = check_login(db, name, password, threshold=self.settings.lockout_threshold,
-                                 lockout_seconds=self.settings.lockout_seconds)
+                                 lockout_seconds=self.settings.lockout_seconds, otp=otp,
+                                 mfa_roles=self.settings.totp_roles.split())
             role = result.account.role if result.account else None
             checker = bool(result.account and result.account.output_checker)
             return result, role, checker
@@ -50,10 +150,13 @@ class VREAuthenticator(Authenticator):
         password = data.get("password") or ""
         client = handler.request.remote_ip if handler else None
         # scrypt costs ~50 ms: keep it off the event loop
-        result, role, checker = await asyncio.to_thread(self._check, name, password)
+        result, role, checker = await asyncio.to_thread(self._check, name, password, data.get("otp") or "")
         audit = dict(actor=name or "(empty)", actor_role=role or "anonymous", client=client, target=f"user/{name}")
+        if result.reason == "mfa-enrol":
+            raise MFAEnrolment(name, role)
         if result.ok:
-            await aemit(self.settings, "auth.login", **audit)
+            await aemit(self.settings, "auth.login", **audit,
+                        **({"details": {"second_factor": result.second_factor}} if result.second_factor else {}))
             return {"name": name, "admin": False, "groups": groups_for(role, checker)}
         self.log.warning("Failed login for %r from %s (%s)", name, client, result.reason)
         await aemit(self.settings, "auth.login_failed", outcome="denied", details={"reason": result.reason}, **audit)

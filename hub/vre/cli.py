@@ -212,6 +212,17 @@ def cmd_user_unlock(args) -> int:
     return 0
 
 
+def cmd_user_reset_mfa(args) -> int:
+    from .accounts import reset_mfa
+
+    settings = _settings(args)
+    with _db(settings) as db:
+        reset_mfa(db, args.name)
+    emit_cli(settings, "auth.mfa_reset", target=f"user/{args.name}", details={"change": "reset-mfa"})
+    print(f"{args.name!r}: second factor and recovery codes removed; a new one is set up at the next login")
+    return 0
+
+
 def cmd_user_disable(args) -> int:
     from .accounts import get_account
 
@@ -473,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = users.add_parser("unlock", help="clear a lockout after failed logins")
     p.add_argument("name")
     p.set_defaults(func=cmd_user_unlock)
+    p = users.add_parser("reset-mfa", help="forget a lost second factor (TOTP, recovery codes): set up again at next login")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_user_reset_mfa)
     p = users.add_parser("disable", help="refuse logins and new sessions (--enable to undo)")
     p.add_argument("name")
     p.add_argument("--enable", action="store_true")

@@ -69,6 +69,14 @@ class Account(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     #: An output checker reviews airlock requests (never their own); set by admins (``vre user set-checker``).
     output_checker: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    #: ``<issuer> <sub>`` of the OpenID Connect identity this account belongs to (made at its first
+    #: OIDC login); None for local accounts. A provider name reused by another person is refused.
+    oidc_subject: Mapped[str | None] = mapped_column(String(512), nullable=True, unique=True)
+    #: The second factor of a local login (vre.totp): the authenticator app's secret (None: not
+    #: enrolled), the last time step accepted (no replay), the unused recovery codes' digests.
+    totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    recovery_codes: Mapped[list | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="account", cascade="all, delete-orphan")

@@ -73,9 +73,14 @@ def configure(c, settings: Settings) -> None:
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.cleanup_proxy = False
 
-    c.JupyterHub.authenticator_class = VREAuthenticator
-    c.Authenticator.any_allow_config = True  # VREAuthenticator.check_allowed asks the VRE database
-    c.VREAuthenticator.settings = settings
+    c.Authenticator.any_allow_config = True  # the authenticator's check_allowed asks the VRE database
+    if settings.auth == "oidc":  # an OpenID Connect provider (vre.oidc)
+        from .oidc import configure as configure_oidc
+
+        configure_oidc(c, settings)
+    else:
+        c.JupyterHub.authenticator_class = VREAuthenticator
+        c.VREAuthenticator.settings = settings
     c.JupyterHub.custom_scopes = CUSTOM_SCOPES
     c.JupyterHub.load_roles = load_roles()
     vre_env = {k: v for k, v in os.environ.items() if k.startswith("VRE_")}

@@ -109,6 +109,10 @@ class Settings:
     #: Failed logins before an account is locked, and for how long (seconds).
     lockout_threshold: int = 5
     lockout_seconds: int = 300
+    #: Roles whose local logins need a second factor (an authenticator app's code, TOTP; set up
+    #: with a QR code at the first login; recovery codes for a lost phone), space-separated among
+    #: ``researcher admin auditor``. Empty: nobody is asked to set one up.
+    totp_roles: str = "admin auditor"
     #: How often (seconds) the hub re-checks running sessions against membership and expiry.
     poll_interval: int = 10
     #: Session starts in progress at once; a start beyond it is answered 429 with Retry-After
@@ -136,6 +140,50 @@ class Settings:
     #: What happens to running jobs when their project's scheduler dies: ``requeue`` (once; a
     #: second loss fails the job) or ``fail``.
     jobs_on_scheduler_loss: str = "requeue"
+    # --- login ----------------------------------------------------------------------------
+    #: How people log in: ``local`` (the VRE's own accounts: passwords, lockout) or ``oidc`` (an
+    #: OpenID Connect provider such as Life Science Login or Keycloak; the settings below).
+    auth: str = "local"
+    #: The provider's issuer URL (its ``/.well-known/openid-configuration`` is read at hub start;
+    #: https, or http on loopback for tests).
+    oidc_issuer: str = ""
+    #: The VRE's client id at the provider; its redirect URI is ``<bind_url>/hub/oauth_callback``.
+    oidc_client_id: str = ""
+    #: The provider's name on the login button ("Sign in with ...").
+    oidc_login_service: str = "Life Science Login"
+    #: File holding the client secret (root-only, mode 0600 or 0400; never the secret itself in a
+    #: setting). Empty: ``state_dir/secrets/oidc_client_secret``.
+    oidc_client_secret_file: str = ""
+    #: Scopes asked for, separated by spaces (``openid`` is required).
+    oidc_scopes: str = "openid profile email"
+    #: Claim whose value becomes the VRE user name (lowercased; must be a valid VRE name: 1-32
+    #: lowercase letters, digits, '-' or '_', starting with a letter). The account is bound to the
+    #: provider's ``sub`` at first login: another person later given the same name is refused.
+    oidc_username_claim: str = "preferred_username"
+    #: Claim listing the user's groups (from the userinfo answer or the ID token). A plain list of
+    #: names (``groups``), or ``eduperson_entitlement`` (Life Science Login): then only URNs that
+    #: start with ``oidc_entitlement_namespace`` count, and the group's name is the rest up to
+    #: ``:role=`` or ``#`` (AARC-G002): ``urn:geant:lifescience-ri.eu:group:eucaim:vre-admins#aai...``
+    #: is ``eucaim:vre-admins``; entries with a role other than ``member`` are ignored.
+    oidc_groups_claim: str = "groups"
+    oidc_entitlement_namespace: str = "urn:geant:lifescience-ri.eu:group:"
+    #: Groups that make a VRE admin, auditor or output checker (empty: nobody gets that role from the
+    #: provider). Decided again at every login: a group removed at the provider removes the role.
+    #: Admin and auditor together are refused (separation of duties).
+    oidc_admin_group: str = ""
+    oidc_auditor_group: str = ""
+    oidc_checker_group: str = ""
+    #: Group name prefix that means project membership: ``<prefix><project>`` makes the user a
+    #: member of that project at login, and its absence removes them. Empty: memberships are
+    #: managed with the ``vre`` CLI only.
+    oidc_project_group_prefix: str = ""
+    #: A group the user must be in to log in at all (empty: any account the provider vouches for).
+    oidc_required_group: str = ""
+    #: Refuse logins whose ID token does not show multi-factor authentication: its ``acr`` is one
+    #: of ``oidc_mfa_acr`` or its ``amr`` holds one of ``oidc_mfa_amr`` (both space-separated).
+    oidc_require_mfa: bool = False
+    oidc_mfa_acr: str = "https://refeds.org/profile/mfa"
+    oidc_mfa_amr: str = "mfa"
     # --- JupyterHub itself ----------------------------------------------------------------
     #: JupyterHub traits applied after the VRE's own configuration, as ``{Class: {trait: value}}``
     #: (in vre.toml a ``[jupyterhub.Class]`` table per class; in the environment, JSON merged over
@@ -156,6 +204,11 @@ class Settings:
     @property
     def secrets_dir(self) -> Path:
         return self.state_dir / "secrets"
+
+    @property
+    def oidc_client_secret_path(self) -> Path:
+        return Path(self.oidc_client_secret_file) if self.oidc_client_secret_file else \
+            self.secrets_dir / "oidc_client_secret"
 
     @property
     def catalog_dir(self) -> Path:
@@ -278,7 +331,7 @@ PROTECTED_TRAITS = {
     "*": {"env_keep", "disable_user_config", "cmd", "args", "environment", "hub_connect_url",
           "apply_user_options", "options_form", "options_from_form", "pre_spawn_hook", "settings",
           "allow_all", "any_allow_config", "admin_users", "allowed_users", "image", "client_kwargs",
-          "extra_create_kwargs", "extra_host_config", "volumes", "read_only_volumes", "network_name",
+          "extra_create_kwargs", "extra_host_config", "client_secret", "volumes", "read_only_volumes", "network_name",
           "use_internal_ip", "remove"},
 }
 
@@ -297,6 +350,44 @@ def _validate_jupyterhub(table: dict) -> None:
             if trait in PROTECTED_TRAITS.get(cls, ()) or trait in PROTECTED_TRAITS["*"]:
                 raise SettingsError(f"jupyterhub.{cls}.{trait} is decided by the VRE (its security rests on "
                                     "it) and cannot be set here; see the README's Configuration section")
+
+
+_LOOPBACK_HTTP = re.compile(r"http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/\S*)?")
+
+
+def _validate_login(s: Settings) -> None:
+    unknown = sorted(set(s.totp_roles.split()) - {"researcher", "admin", "auditor"})
+    if unknown:
+        raise SettingsError(f"totp_roles: {', '.join(unknown)} is not a role; use any of researcher, admin, auditor "
+                            "(space-separated), or leave it empty")
+    if s.auth not in ("local", "oidc"):
+        raise SettingsError(f"auth {s.auth!r}: use 'local' (the VRE's own accounts) or 'oidc' (an OpenID Connect "
+                            "provider, configured by the oidc_* settings)")
+    if s.auth != "oidc":
+        return
+    issuer = s.oidc_issuer.strip()
+    if not issuer:
+        raise SettingsError("auth = 'oidc' needs oidc_issuer: the provider's issuer URL, e.g. "
+                            "https://login.aai.lifescience-ri.eu/oidc/")
+    if not (re.fullmatch(r"https://[^\s/]+(/\S*)?", issuer) or _LOOPBACK_HTTP.fullmatch(issuer)):
+        raise SettingsError(f"oidc_issuer {issuer!r}: use an https:// URL (plain http only on loopback, for tests)")
+    if not s.oidc_client_id.strip():
+        raise SettingsError("auth = 'oidc' needs oidc_client_id: the client id the provider registered for this VRE")
+    if "openid" not in s.oidc_scopes.split():
+        raise SettingsError(f"oidc_scopes {s.oidc_scopes!r} must include 'openid' (space-separated scopes)")
+    for name in ("oidc_username_claim", "oidc_groups_claim"):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:-]*", getattr(s, name)):
+            raise SettingsError(f"{name} {getattr(s, name)!r}: give the name of one claim, e.g. preferred_username")
+    if s.oidc_groups_claim == "eduperson_entitlement" and not s.oidc_entitlement_namespace.startswith("urn:"):
+        raise SettingsError(f"oidc_entitlement_namespace {s.oidc_entitlement_namespace!r}: give the URN prefix of "
+                            "the groups that count, e.g. urn:geant:lifescience-ri.eu:group:")
+    roles = {"oidc_admin_group": s.oidc_admin_group, "oidc_auditor_group": s.oidc_auditor_group}
+    if roles["oidc_admin_group"] and roles["oidc_admin_group"] == roles["oidc_auditor_group"]:
+        raise SettingsError("oidc_admin_group and oidc_auditor_group are the same group: admins and auditors must "
+                            "be different people (separation of duties)")
+    if s.oidc_require_mfa and not (s.oidc_mfa_acr.split() or s.oidc_mfa_amr.split()):
+        raise SettingsError("oidc_require_mfa is on but oidc_mfa_acr and oidc_mfa_amr are both empty: name the acr "
+                            "or amr values that show multi-factor login")
 
 
 def _validate(s: Settings) -> None:
@@ -335,6 +426,7 @@ def _validate(s: Settings) -> None:
                             "behind the access layer listens on loopback only)")
     if not re.fullmatch(r"auto|none|\d+(,\d+)*", s.gpu_devices.replace(" ", "")):
         raise SettingsError(f"gpu_devices {s.gpu_devices!r}: use 'auto', 'none' or GPU indices such as '0,1'")
+    _validate_login(s)
     if s.jobs_on_scheduler_loss not in ("requeue", "fail"):
         raise SettingsError(f"jobs_on_scheduler_loss must be 'requeue' or 'fail', not {s.jobs_on_scheduler_loss!r}")
     if not 60 <= s.jobs_default_runtime <= s.jobs_max_runtime:

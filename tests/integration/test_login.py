@@ -107,3 +107,18 @@ def test_vre_pages_and_apis_are_a_hub_service_not_extra_handlers(hub):
     assert r.status_code == 200 and "jobs" in r.json(), r.text
     r = alice.http.post(f"{hub.url}/services/vre/api/jobs", json={}, timeout=20)  # no XSRF header: refused
     assert r.status_code == 403, r.text
+
+
+def test_logout_is_audited(hub):
+    """JupyterHub forgets the user before it logs the logout request; the VRE's logout handler keeps
+    it, so ``auth.logout`` names who logged out (it was never recorded before)."""
+    import json
+
+    hub.vre("user", "add", "lena", "--password-stdin", input="lena-password-1\n")
+    c = HubClient(hub.url, "lena")
+    c.login("lena-password-1")
+    assert c.logged_in()
+    c.http.get(f"{hub.url}/hub/logout", timeout=20)
+    assert not c.logged_in()
+    records = json.loads(hub.vre("audit", "query", "--json", "--action", "auth.logout", "--user", "lena").stdout)
+    assert len(records) == 1 and records[0]["actor_role"] == "researcher", records

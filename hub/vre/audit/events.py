@@ -98,7 +98,8 @@ def make_log_function(settings: Settings):
         log_request(handler)
         request = handler.request
         status = handler.get_status()
-        user = getattr(handler, "_jupyterhub_user", None)
+        # a logout handler keeps the user it logged out (vre.auth.LOGGED_OUT): JupyterHub has forgotten it
+        user = getattr(handler, "_jupyterhub_user", None) or getattr(handler, "vre_logged_out_user", None)
         kind = getattr(user, "kind", None)
         hit = classify_request(request.method, request.path, status, kind)
         if hit is None or status == 404:

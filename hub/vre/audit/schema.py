@@ -51,6 +51,8 @@ ACTIONS: dict[str, str] = {
     "auth.login_failed": "a login attempt was refused (bad password, unknown or disabled account)",
     "auth.lockout": "an account was locked after repeated failed logins",
     "auth.logout": "a user logged out",
+    "auth.mfa_enrol": "a user set up their second factor (TOTP) and got recovery codes",
+    "auth.mfa_reset": "an admin reset a user's second factor (the user sets one up again at the next login)",
     "token.create": "an API token was created for a user",
     "token.revoke": "an API token was revoked",
     # sessions (single-user servers)
