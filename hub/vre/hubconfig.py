@@ -26,19 +26,30 @@ def configure(c, settings: Settings) -> None:
     from .hubpages import home_projects
     from .roles import CUSTOM_SCOPES, load_roles
 
-    if os.geteuid() != 0:
-        raise SystemExit("the VRE hub must run as root: it creates sandboxes, cgroups and network namespaces")
-
-    settings.hub_socket_dir.mkdir(parents=True, exist_ok=True)
-    os.chown(settings.hub_socket_dir, 0, settings.sessions_gid)
-    os.chmod(settings.hub_socket_dir, 0o750)  # only session uids (and root) may reach the socket
-
     c.JupyterHub.bind_url = settings.bind_url
-    c.JupyterHub.hub_bind_url = unix_url(settings.hub_socket_dir / "hub.sock")
-    c.JupyterHub.hub_connect_url = c.JupyterHub.hub_bind_url
-    # The directory (0750, root:sessions) guards the socket (and the VRE service's, vre.sock, beside
-    # it); the hub API still requires tokens.
-    c.JupyterHub.hub_socket_mode = 0o666
+    on_k8s = settings.backend == "kubernetes"
+    if on_k8s:
+        # Sessions are pods: the hub creates no sandbox, cgroup or network namespace on its own
+        # machine, so the hub itself needs no root here (the access layer it starts still does:
+        # it binds, forks its root broker and drops to access_uid). Its API listens on TCP for
+        # session pods (each project's NetworkPolicy lets its pods reach only this port of the
+        # hub's pods); its own services, in its pod, reach it on loopback. Sessions are given the
+        # hub's cluster address by KubernetesSpawner (its hub_connect_url), never this one.
+        c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{settings.k8s_hub_port}"
+        c.JupyterHub.hub_connect_url = f"http://127.0.0.1:{settings.k8s_hub_port}"
+        # The VRE service still binds its session socket here; no pod can reach this directory.
+        settings.hub_socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    else:
+        if os.geteuid() != 0:
+            raise SystemExit("the VRE hub must run as root: it creates sandboxes, cgroups and network namespaces")
+        settings.hub_socket_dir.mkdir(parents=True, exist_ok=True)
+        os.chown(settings.hub_socket_dir, 0, settings.sessions_gid)
+        os.chmod(settings.hub_socket_dir, 0o750)  # only session uids (and root) may reach the socket
+        c.JupyterHub.hub_bind_url = unix_url(settings.hub_socket_dir / "hub.sock")
+        c.JupyterHub.hub_connect_url = c.JupyterHub.hub_bind_url
+        # The directory (0750, root:sessions) guards the socket (and the VRE service's, vre.sock,
+        # beside it); the hub API still requires tokens.
+        c.JupyterHub.hub_socket_mode = 0o666
     c.JupyterHub.db_url = settings.jupyterhub_db_url
     if not settings.hub_db_url:  # JupyterHub's own SQLite file (sessions, tokens): the hub's alone
         make_private(settings.state_dir / "jupyterhub.sqlite")
@@ -70,19 +81,14 @@ def configure(c, settings: Settings) -> None:
     # sealer seals the trail at intervals; the batch queue's engine admits, runs and follows jobs
     # (its state is in the VRE database); the VRE service serves the VRE's own pages and APIs at
     # /services/vre/ (vre.api), JupyterHub's way to add HTTP endpoints (no extra_handlers); hostview
-    # (root) records dataset reads from the host: no session or worker with data starts without it.
-    c.JupyterHub.services = [{"name": "vre-hostview", "command": [sys.executable, "-m", "vre.hostview"],
-                              "environment": vre_env},
-                             {"name": "vre-audit-sealer", "command": [sys.executable, "-m", "vre.audit.sealer"],
-                              "environment": vre_env},
-                             {"name": "vre-jobs", "command": [sys.executable, "-m", "vre.jobs.engine"],
-                              "environment": vre_env},
-                             service_spec(settings, vre_env), access_service(settings)]
-    if settings.backend == "docker":
-        from .backends.docker import VREDockerSpawner as spawner_class
-    else:
-        from .backends.sandbox import SandboxSpawner as spawner_class
-    c.JupyterHub.spawner_class = spawner_class
+    # (root) records dataset reads from the host: no session or worker with data starts without it
+    # (host_services: neither hostview nor the engine runs beside a hub on Kubernetes).
+    services = [{"name": "vre-audit-sealer", "command": [sys.executable, "-m", "vre.audit.sealer"],
+                 "environment": vre_env},
+                service_spec(settings, vre_env), access_service(settings)]
+    services[:0] = [] if on_k8s else host_services(vre_env)
+    c.JupyterHub.services = services
+    c.JupyterHub.spawner_class = spawner_class = session_spawner_class(settings)
     c[spawner_class.__name__].settings = settings
 
     # One named server per (user, project); the home page lists the user's projects.
@@ -94,7 +100,8 @@ def configure(c, settings: Settings) -> None:
     c.JupyterHub.template_paths = [str(TEMPLATES)]
     c.JupyterHub.template_vars = {"vre_projects": lambda user: home_projects(settings, user.name) if user else []}
 
-    c.Spawner.hub_connect_url = unix_url(INNER_HUB_SOCKET)
+    if not on_k8s:  # pods get the hub's cluster address from KubernetesSpawner
+        c.Spawner.hub_connect_url = unix_url(INNER_HUB_SOCKET)
     c.Spawner.env_keep = []                 # nothing of the hub's environment leaks into sessions
     c.Spawner.disable_user_config = True    # a user's ~/.jupyter cannot switch off server policy
     c.Spawner.default_url = "/lab"
@@ -109,6 +116,34 @@ def configure(c, settings: Settings) -> None:
     c.JupyterHub.tornado_settings = {"log_function": make_log_function(settings), "vre_settings": settings}
     read_or_create_secret(settings.secrets_dir / "audit_relay_key")
     apply_operator_config(c, settings)
+
+
+def host_services(vre_env: dict[str, str]) -> list[dict]:
+    """The managed services that act on the hub's own machine, started only where sessions run
+    on it (sandbox, docker), never beside a hub on Kubernetes:
+
+    - ``vre-hostview`` marks dataset mounts with fanotify through ``/proc/<pid>/root`` of each
+      run: a session pod's mounts are on its node, out of the hub pod's sight (and the hub pod
+      must not hold CAP_SYS_ADMIN on a node). On Kubernetes, dataset reads are not recorded from
+      outside the session until a per-node observer exists (a DaemonSet; not built).
+    - ``vre-jobs`` starts Dask schedulers and workers as bubblewrap sandboxes in cgroups and
+      network namespaces of this machine: inside a hub pod that would run researchers' jobs in
+      the hub's own pod, beside its secrets. The batch queue waits for its Kubernetes executor.
+    """
+    return [{"name": "vre-hostview", "command": [sys.executable, "-m", "vre.hostview"], "environment": vre_env},
+            {"name": "vre-jobs", "command": [sys.executable, "-m", "vre.jobs.engine"], "environment": vre_env}]
+
+
+def session_spawner_class(settings: Settings):
+    """The spawner of ``settings.backend`` (imported only when chosen: each needs its own client)."""
+    if settings.backend == "kubernetes":
+        from .backends.kubernetes import KubernetesSpawner
+        return KubernetesSpawner
+    if settings.backend == "docker":
+        from .backends.docker import VREDockerSpawner
+        return VREDockerSpawner
+    from .backends.sandbox import SandboxSpawner
+    return SandboxSpawner
 
 
 def apply_operator_config(c, settings: Settings) -> list[str]:

@@ -49,8 +49,9 @@ class Settings:
     #: Name of this installation on the host: prefixes its cgroups (``<instance>/<session>``) and
     #: project islands (``<instance>-<project>``), so two hubs on one host never touch each other's.
     instance: str = "vre"
-    #: Session backend: ``sandbox`` (bubblewrap, the embedded default) or ``docker`` (containers
-    #: through Docker or Podman's Docker-compatible API; see the docker block below).
+    #: Session backend: ``sandbox`` (bubblewrap, the embedded default), ``docker`` (containers
+    #: through Docker or Podman's Docker-compatible API; see the docker block below) or
+    #: ``kubernetes`` (a pod per session, a namespace per project; see the kubernetes block below).
     backend: str = "sandbox"
     # --- docker backend -------------------------------------------------------------------
     #: API of the container engine for ``backend = "docker"``. The default is Podman's
@@ -62,6 +63,33 @@ class Settings:
     notebook_image: str = "localhost/vre-notebook:latest"
     #: Image for profiles with GPUs; empty: ``notebook_image``.
     notebook_gpu_image: str = ""
+    # --- kubernetes backend ---------------------------------------------------------------
+    #: Kubeconfig file of the cluster whose sessions the hub runs for ``backend = "kubernetes"``;
+    #: empty: the hub runs in that cluster and uses its pod's service account.
+    k8s_kubeconfig: str = ""
+    #: Namespace of the hub and the access layer (the chart's release). Each project gets a
+    #: namespace of its own, ``<instance>-<project>``; its sessions accept connections only from
+    #: this namespace's hub and access-layer pods, and reach only the hub's API there.
+    k8s_hub_namespace: str = "vre"
+    #: Port of the hub's API that sessions reach (the hub pod's ``hub_bind_url`` port).
+    k8s_hub_port: int = 8081
+    #: Images a session pod may run, comma-separated; empty: exactly ``notebook_image`` and
+    #: ``notebook_gpu_image``. Anything else is refused before a pod is created.
+    k8s_image_allowlist: str = ""
+    #: Volume source of dataset mounts (always read-only): ``hostPath`` (the dataset's registered
+    #: path on the node: single-node clusters), ``nfs`` (that path exported by ``k8s_nfs_server``)
+    #: or ``pvc`` (a ``ReadOnlyMany`` claim ``dataset-<slug>`` in the project's namespace).
+    k8s_dataset_volume: str = "hostPath"
+    #: NFS server that exports the datasets (their registered paths) for ``k8s_dataset_volume = "nfs"``.
+    k8s_nfs_server: str = ""
+    #: Volume source of homes and workspaces: ``hostPath`` (their paths under ``state_dir`` on the
+    #: node: single-node clusters) or ``pvc`` (per project a ``ReadWriteMany`` claim ``workspace``,
+    #: per member a claim ``home-<user>``, of ``k8s_storage_class``).
+    k8s_storage: str = "hostPath"
+    #: StorageClass of the claims the hub creates for ``k8s_storage = "pvc"``; empty: the cluster's default.
+    k8s_storage_class: str = ""
+    #: Node labels a GPU session must land on (``nodeSelector``), e.g. ``{"nvidia.com/gpu.present": "true"}``.
+    k8s_gpu_node_selector: dict = field(default_factory=dict, hash=False)
     #: Python environment that sessions run from; bound read-only into every sandbox.
     session_env: Path = field(default=Path(sys.prefix), metadata={"shown": "the hub's own (`sys.prefix`)"})
     #: Host uids for session users are ``uid_base + account id``; project gids ``gid_base + project id``.
@@ -256,14 +284,15 @@ def _validate_jupyterhub(table: dict) -> None:
 
 def _validate(s: Settings) -> None:
     _validate_jupyterhub(s.jupyterhub)
-    if s.backend not in ("sandbox", "docker"):
-        raise SettingsError(f"backend {s.backend!r} is not available; use 'sandbox' (bubblewrap, the default) "
-                            "or 'docker' (Docker or Podman, at docker_url)")
+    if s.backend not in BACKENDS:
+        raise SettingsError(f"backend {s.backend!r} is not available; use 'sandbox' (bubblewrap, the default), "
+                            "'docker' (Docker or Podman, at docker_url) or 'kubernetes' (pods; the k8s_* settings)")
     if not re.fullmatch(r"(unix|tcp|ssh|https?)://\S+", s.docker_url):
         raise SettingsError(f"docker_url {s.docker_url!r}: use unix:///path/to/engine.sock "
                             "(or tcp://host:port for an engine on this host)")
     if s.backend == "docker" and not s.notebook_image.strip():
         raise SettingsError("notebook_image must name the session image when backend = 'docker'")
+    _validate_kubernetes(s)
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,19}", s.instance):
         raise SettingsError(f"instance {s.instance!r}: use 1-20 lowercase letters, digits and '-'")
     if s.demo_size not in ("full", "small"):
@@ -293,6 +322,55 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"jobs_on_scheduler_loss must be 'requeue' or 'fail', not {s.jobs_on_scheduler_loss!r}")
     if not 60 <= s.jobs_default_runtime <= s.jobs_max_runtime:
         raise SettingsError("jobs_default_runtime must be at least 60 s and at most jobs_max_runtime")
+
+
+BACKENDS = ("sandbox", "docker", "kubernetes")
+K8S_DATASET_VOLUMES = ("hostPath", "nfs", "pvc")
+K8S_STORAGE = ("hostPath", "pvc")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_IMAGE = re.compile(r"[a-z0-9][a-z0-9._/:@-]*[a-z0-9]", re.I)
+
+
+def k8s_images(s: Settings) -> tuple[str, ...]:
+    """The images session pods may run (``k8s_image_allowlist``, or the session images)."""
+    listed = [i.strip() for i in s.k8s_image_allowlist.split(",") if i.strip()]
+    return tuple(listed or [i for i in (s.notebook_image, s.notebook_gpu_image) if i.strip()])
+
+
+def _validate_kubernetes(s: Settings) -> None:
+    """The k8s_* settings are checked whatever the backend (a typo should not wait for a switch)."""
+    if s.k8s_kubeconfig and not s.k8s_kubeconfig.startswith("/"):
+        raise SettingsError(f"k8s_kubeconfig {s.k8s_kubeconfig!r}: give an absolute path, or leave it empty "
+                            "when the hub runs in the cluster (its service account)")
+    if not _DNS_LABEL.fullmatch(s.k8s_hub_namespace):
+        raise SettingsError(f"k8s_hub_namespace {s.k8s_hub_namespace!r} is not a namespace name: use up to 63 "
+                            "lowercase letters, digits and '-', starting and ending with a letter or digit")
+    if not 1 <= s.k8s_hub_port <= 65535:
+        raise SettingsError(f"k8s_hub_port {s.k8s_hub_port} is not a TCP port (1-65535)")
+    for image in k8s_images(s):
+        if not _IMAGE.fullmatch(image):
+            raise SettingsError(f"k8s_image_allowlist: {image!r} is not an image reference "
+                                "(e.g. registry.example.org/vre-notebook:1.0, comma-separated)")
+    if s.k8s_dataset_volume not in K8S_DATASET_VOLUMES:
+        raise SettingsError(f"k8s_dataset_volume {s.k8s_dataset_volume!r}: use one of "
+                            f"{', '.join(K8S_DATASET_VOLUMES)}")
+    if s.k8s_storage not in K8S_STORAGE:
+        raise SettingsError(f"k8s_storage {s.k8s_storage!r}: use one of {', '.join(K8S_STORAGE)}")
+    if s.k8s_dataset_volume == "nfs" and not s.k8s_nfs_server.strip():
+        raise SettingsError("k8s_nfs_server must name the NFS server when k8s_dataset_volume is 'nfs'")
+    if s.k8s_storage_class and not _DNS_LABEL.fullmatch(s.k8s_storage_class):
+        raise SettingsError(f"k8s_storage_class {s.k8s_storage_class!r} is not a StorageClass name")
+    for key, value in s.k8s_gpu_node_selector.items():
+        if not isinstance(value, str) or not re.fullmatch(r"([a-z0-9.-]+/)?[A-Za-z0-9._-]{1,63}", str(key)):
+            raise SettingsError(f"k8s_gpu_node_selector: {key!r} = {value!r}: give node label names and string "
+                                'values, e.g. {"nvidia.com/gpu.present": "true"}')
+    if s.backend == "kubernetes":
+        if not k8s_images(s):
+            raise SettingsError("backend = 'kubernetes' needs a session image: set notebook_image "
+                                "(and list every image sessions may run in k8s_image_allowlist)")
+        if s.notebook_image not in k8s_images(s):
+            raise SettingsError(f"notebook_image {s.notebook_image!r} is not in k8s_image_allowlist: add it, "
+                                "or sessions could never start")
 
 
 # --- documentation: the README's settings table is generated from the comments above ------------

@@ -160,8 +160,8 @@ def test_spawner_defaults_come_from_settings():
 
 def test_backend_setting(tmp_path):
     assert load(environ={"VRE_BACKEND": "docker", "VRE_CONFIG": str(_toml(tmp_path, ""))}).backend == "docker"
-    with pytest.raises(SettingsError, match="'sandbox'.*'docker'"):
-        load(environ={"VRE_BACKEND": "kubernetes", "VRE_CONFIG": str(_toml(tmp_path, ""))})
+    with pytest.raises(SettingsError, match="'sandbox'.*'docker'.*'kubernetes'"):
+        load(environ={"VRE_BACKEND": "podman", "VRE_CONFIG": str(_toml(tmp_path, ""))})
     with pytest.raises(SettingsError, match="docker_url"):
         load(environ={"VRE_DOCKER_URL": "/run/podman.sock", "VRE_CONFIG": str(_toml(tmp_path, ""))})
 

@@ -23,7 +23,7 @@ def test_file_then_environment(tmp_path):
     ("bogus = 1\n", "unknown setting(s) bogus"),
     ("lockout_threshold = 'many'\n", "cannot read 'many' as int"),
     ("state_dir = \n", "not valid TOML"),
-    ("backend = 'kubernetes'\n", "not available"),
+    ("backend = 'podman'\n", "not available"),
     ("run_dir = '/Run/VRE'\n", "must be lowercase"),
     ("uid_base = 0\n", "never a system account"),
 ])

@@ -1,0 +1,66 @@
+"""backend = "kubernetes": its settings say what is wrong, and the hub it configures starts the
+pod spawner and none of the services that act on the hub's own machine."""
+
+import shutil
+import tempfile
+
+import pytest
+from traitlets.config import Config
+
+from vre.settings import SettingsError, k8s_images, load
+
+
+def _load(tmp_path, text="", **env):
+    path = tmp_path / "vre.toml"
+    path.write_text(f'backend = "kubernetes"\nstate_dir = "{tmp_path / "state"}"\n' + text)
+    return load(path, environ=env)
+
+
+def test_kubernetes_backend_and_its_defaults(tmp_path):
+    s = _load(tmp_path)
+    assert s.backend == "kubernetes" and s.k8s_kubeconfig == "" and s.k8s_hub_namespace == "vre"
+    assert s.k8s_dataset_volume == "hostPath" and s.k8s_storage == "hostPath"
+    assert k8s_images(s) == ("localhost/vre-notebook:latest",)  # the session image, nothing else
+    s = _load(tmp_path, 'notebook_gpu_image = "reg.example/gpu:1"\n')
+    assert k8s_images(s) == ("localhost/vre-notebook:latest", "reg.example/gpu:1")
+    s = _load(tmp_path, 'notebook_image = "reg.example/nb:2"\n', VRE_K8S_IMAGE_ALLOWLIST="reg.example/nb:2, x/y:1")
+    assert k8s_images(s) == ("reg.example/nb:2", "x/y:1")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('k8s_kubeconfig = "admin.kubeconfig"\n', "absolute path"),
+    ('k8s_hub_namespace = "VRE_hub"\n', "not a namespace name"),
+    ('k8s_hub_port = 70000\n', "not a TCP port"),
+    ('k8s_image_allowlist = "ok:1, bad image"\n', "'bad image' is not an image reference"),
+    ('k8s_image_allowlist = "other:1"\n', "is not in k8s_image_allowlist"),
+    ('k8s_dataset_volume = "hostpath"\n', "use one of hostPath, nfs, pvc"),
+    ('k8s_dataset_volume = "nfs"\n', "k8s_nfs_server must name"),
+    ('k8s_storage = "nfs"\n', "use one of hostPath, pvc"),
+    ('k8s_storage_class = "Fast SSD"\n', "not a StorageClass name"),
+    ('k8s_gpu_node_selector = {gpu = 1}\n', "give node label names and string values"),
+])
+def test_bad_kubernetes_settings_say_what_to_fix(tmp_path, text, fragment):
+    with pytest.raises(SettingsError) as e:
+        _load(tmp_path, text)
+    assert fragment in str(e.value)
+
+
+def test_hub_on_kubernetes(tmp_path):
+    from vre.backends.kubernetes import KubernetesSpawner
+    from vre.hubconfig import configure
+
+    run = tempfile.mkdtemp(prefix="vre-k8s-")  # socket paths: short
+    s = _load(tmp_path, f'k8s_hub_port = 8181\nrun_dir = "{run}/run"\n')
+    (tmp_path / "state").mkdir()
+    c = Config()
+    configure(c, s)
+    assert c.JupyterHub.spawner_class is KubernetesSpawner and c.KubernetesSpawner.settings is s
+    names = [svc["name"] for svc in c.JupyterHub.services]
+    # hostview watches this machine's mounts, the job engine starts sandboxes on it: neither here
+    assert "vre-hostview" not in names and "vre-jobs" not in names
+    assert {"vre-audit-sealer", "vre", "vre-access"} <= set(names)
+    assert c.JupyterHub.hub_bind_url == "http://0.0.0.0:8181"         # session pods reach it on TCP
+    assert c.JupyterHub.hub_connect_url == "http://127.0.0.1:8181"    # its own services, in its pod
+    assert "hub_connect_url" not in c.Spawner                          # pods get the cluster address
+    assert oct((s.run_dir / "hub").stat().st_mode & 0o777) == "0o700"  # the hub pod's own, no session group
+    shutil.rmtree(run)
