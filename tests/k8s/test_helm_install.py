@@ -11,7 +11,6 @@ in a directory made for the test (the single-node cluster has no volume provisio
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import shutil
@@ -144,7 +143,28 @@ def _get(url: str, timeout: float = 60) -> requests.Response:
         time.sleep(1)
 
 
-def test_install_login_policies_upgrade_uninstall(kube, release):
+def _expect(kube, ns: str, ip: str, port: int, want: bool, what: str, timeout: float = 45) -> None:
+    """Wait until ``ns``'s client pod reaches ``ip:port`` (an HTTP answer) or not, as ``want``
+    says, then see it hold for three more probes."""
+    seen = []
+
+    def reached() -> bool:
+        # stdin stays open for the answer: on EOF busybox nc half-closes, and the access layer
+        # (aiohttp) takes that for a client gone and drops the request unanswered
+        cmd = f"(printf 'GET / HTTP/1.0\\r\\n\\r\\n'; sleep 2) | timeout 5 nc -w 3 {ip} {port}"
+        seen.append(kube.exec(ns, "client", "sh", "-c", cmd, timeout=30).stdout)
+        return "HTTP/1." in seen[-1]
+
+    deadline = time.monotonic() + timeout
+    while reached() != want:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: {ip}:{port} still {'un' if want else ''}reachable from {ns} after {timeout:.0f} s")
+        time.sleep(1)
+    for _ in range(3):
+        assert reached() == want, f"{what}: reachability flapped: {[out[:300] for out in seen]}"
+
+
+def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
     t0 = time.monotonic()
     release.helm("install", release.name, str(CHART), *release.args)
     pod = release.wait_hub_ready()
@@ -203,6 +223,20 @@ def test_install_login_policies_upgrade_uninstall(kube, release):
         assert proc.returncode != 0 and "change only those" in proc.stderr, proc.stderr
         proc = kube.run("get", "secrets", "-n", project_ns, "--as", hub_sa)
         assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr  # RBAC: no secrets
+
+        # the hub pod's NetworkPolicy: its API port answers project namespaces only, its public
+        # port anyone (the access layer authenticates)
+        outsider_ns = new_ns("out")
+        kube.run_pod(project_ns, "client", ["sleep", "3600"])
+        kube.run_pod(outsider_ns, "client", ["sleep", "3600"])
+        api = kube.get("service", f"{release.name}-hub", release.ns)["spec"]["clusterIP"]
+        public = kube.get("service", f"{release.name}-proxy", release.ns)["spec"]["clusterIP"]
+        # kube-router adds a new pod to its policies' sets within seconds: wait for each verdict,
+        # then see it hold; the refusal is checked while the same port answers the project
+        _expect(kube, project_ns, api, 8081, True, "the hub API from a project namespace")
+        _expect(kube, outsider_ns, public, 80, True, "the public port from any namespace")
+        _expect(kube, outsider_ns, api, 8081, False, "the hub API from a namespace that is no project")
+        _expect(kube, project_ns, api, 8081, True, "the hub API from a project namespace, still")
     finally:
         kube.run("delete", "namespace", project_ns, "--wait=false")
 
@@ -231,5 +265,11 @@ def test_install_login_policies_upgrade_uninstall(kube, release):
     assert kube.get("pvc", f"{release.name}-hub-state", release.ns)["metadata"]["uid"] == pvc_uid
     assert release.secret_data() == secrets_before
     assert (release.state_dir / "vre.sqlite").exists()
-    left = base64.b64decode(secrets_before["audit_ed25519"]).decode()
-    assert left.startswith("-----BEGIN PRIVATE KEY-----")
+
+    # a reinstall of the same release adopts what the uninstall left: same key, same accounts
+    release.helm("install", release.name, str(CHART), *release.args)
+    release.wait_hub_ready(not_uid=new_pod["metadata"]["uid"])
+    assert release.secret_data() == secrets_before
+    assert kube.get("pvc", f"{release.name}-hub-state", release.ns)["metadata"]["uid"] == pvc_uid
+    assert release.exec_hub("cat", "/var/lib/vre/secrets/audit_ed25519.pub") == pub_before
+    assert _login(release.url(), "alice", creds["alice"])
