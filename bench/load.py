@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import Hub, processes  # noqa: E402
-from hubclient import HubClient, HubError, Kernel  # noqa: E402
+from hubclient import HubClient, HubError, Kernel, NotReady  # noqa: E402
 
 SLUGS = {"lung-screening": "lung-ct-screening", "prostate-ai": "prostate-mri"}
 PHASES = ("login", "spawn", "lab", "kernel", "viewer", "stop")
@@ -105,14 +105,10 @@ class LoadUser(HubClient):
                 time.sleep(min(float(r.headers.get("Retry-After") or 5), max(0.0, self.deadline - time.monotonic())))
                 continue
             raise HubError(f"spawn answered {r.status_code}: {r.text[:200]}")
-        while True:
-            self.check_deadline()
-            state = self.server_state(project)
-            if state and state.get("ready"):
-                return
-            if state is None:
-                raise HubError(f"spawn failed: {self.spawn_failure(project)}")
-            time.sleep(0.5)
+        try:
+            self.wait_ready(project, timeout=max(0.0, self.deadline - time.monotonic()), interval=0.5)
+        except NotReady:
+            raise Deadline() from None
 
 
 def simulate(hub: Hub, name: str, password: str, project: str, rec: Recorder, deadline: float) -> None:

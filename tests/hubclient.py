@@ -21,6 +21,10 @@ class HubError(AssertionError):
     pass
 
 
+class NotReady(HubError):
+    """A session still starting when the wait ran out."""
+
+
 class KernelDied(HubError):
     """The kernel was killed (e.g. by the OOM killer) while running the code."""
 
@@ -94,7 +98,7 @@ class HubClient:
             raise HubError(f"start {project}: {r.status_code} {r.text}")
         self.wait_ready(project, timeout)
 
-    def wait_ready(self, project: str, timeout: float = 90) -> None:
+    def wait_ready(self, project: str, timeout: float = 90, interval: float = 0.3) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             state = self.server_state(project)
@@ -102,8 +106,8 @@ class HubClient:
                 return
             if state is None:
                 raise HubError(f"session {project} stopped while starting: {self.spawn_failure(project)}")
-            time.sleep(0.3)
-        raise HubError(f"session {project} not ready after {timeout} s")
+            time.sleep(interval)
+        raise NotReady(f"session {project} not ready after {timeout:.0f} s")
 
     def spawn_failure(self, project: str) -> str:
         """The hub's last progress message of a start that failed (its reason), as the spawn page shows it."""

@@ -37,6 +37,17 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.socket_path)
 
 
+def connection(url: str, timeout: float = 10) -> tuple[http.client.HTTPConnection, str]:
+    """(connection, path) to the VRE service: an ``http+unix://`` URL (sandbox, docker: a socket
+    beside the hub's) or ``http://host:port`` (kubernetes: the hub's pod)."""
+    parts = urlsplit(url)
+    if parts.scheme == "http+unix":
+        return _UnixHTTPConnection(unquote(parts.netloc), timeout=timeout), parts.path
+    if parts.scheme == "http" and parts.hostname:
+        return http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout), parts.path
+    raise ValueError(f"not a VRE service URL: {url!r}")
+
+
 class AuditRelay:
     def __init__(self, url: str | None, token: str | None, spool: Path | None, log: logging.Logger):
         self.url, self.token, self.log = url, token, log
@@ -69,10 +80,9 @@ class AuditRelay:
 
     # -- delivering ----------------------------------------------------------------------------
     def _post(self, events: list[dict]) -> None:
-        parts = urlsplit(self.url)
-        conn = _UnixHTTPConnection(unquote(parts.netloc))
+        conn, path = connection(self.url)
         try:
-            conn.request("POST", parts.path, body=json.dumps({"events": events}),
+            conn.request("POST", path, body=json.dumps({"events": events}),
                          headers={"Authorization": f"vre-relay {self.token}", "Content-Type": "application/json"})
             response = conn.getresponse()
             body = response.read()

@@ -78,13 +78,14 @@ def _prepare_state(settings: Settings) -> None:
 
 
 def cmd_down(args) -> int:
-    """Stop every session of this installation, its proxy, and remove its project islands (the hub
-    itself: Ctrl+C)."""
+    """Stop this installation: its hub (and so its managed services), every session and batch
+    worker, the proxy and the access layer, and remove its project islands."""
     import signal
 
     from .backends import cgroups, netns
 
     settings = _settings(args)
+    hub = _stop_hub(settings)
     stopped = 0
     base = cgroups.SessionCgroup("x", settings.instance)
     parent = base.dirs["pids"].parent
@@ -119,8 +120,36 @@ def cmd_down(args) -> int:
         from .backends.docker import remove_instance_containers
 
         stopped += remove_instance_containers(settings)
-    print(f"stopped {stopped} session(s), batch workers, the proxy and the access layer")
+    if settings.backend == "kubernetes":  # session pods and their Secrets (project namespaces stay)
+        from .backends.kubernetes import KubernetesBackendError, remove_instance_sessions
+
+        try:
+            stopped += remove_instance_sessions(settings)
+        except KubernetesBackendError as e:
+            print(f"warning: session pods not removed: {e}", file=sys.stderr)
+    print(f"stopped {'the hub (pid %d), ' % hub if hub else ''}{stopped} session(s), batch workers, the proxy "
+          "and the access layer")
     return 0
+
+
+def _stop_hub(settings: Settings, patience: float = 60) -> int | None:
+    """SIGTERM to a live hub of this installation and wait for it to exit (JupyterHub then stops
+    its managed services); SIGKILL after ``patience`` seconds (its services die with it)."""
+    import signal
+    import time
+
+    pid = running_hub(settings)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + patience
+    while running_hub(settings) == pid:
+        if time.monotonic() > deadline:
+            print(f"the hub (pid {pid}) did not stop within {patience:.0f} s of SIGTERM; killing it", file=sys.stderr)
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    return pid
 
 
 def cmd_db_upgrade(args) -> int:
@@ -425,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="set up state and database, create the demo on first start, run the hub")
     p.add_argument("--no-demo", action="store_true", help="do not create demo data and accounts")
     p.set_defaults(func=cmd_up)
-    sub.add_parser("down", help="stop all sessions and the proxy").set_defaults(func=cmd_down)
+    sub.add_parser("down", help="stop the hub, all sessions and the proxy").set_defaults(func=cmd_down)
     sub.add_parser("demo", help="create the demo datasets, projects and accounts (once)").set_defaults(func=cmd_demo)
     dbp = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True)
     dbp.add_parser("upgrade", help="migrate the database to the current schema").set_defaults(func=cmd_db_upgrade)

@@ -36,7 +36,7 @@ def configure(c, settings: Settings) -> None:
         # hub's pods); its own services, in its pod, reach it on loopback. Sessions are given the
         # hub's cluster address by KubernetesSpawner (its hub_connect_url), never this one.
         c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{settings.k8s_hub_port}"
-        c.JupyterHub.hub_connect_url = f"http://127.0.0.1:{settings.k8s_hub_port}"
+        c.JupyterHub.hub_connect_url = settings.hub_local_url
         # The VRE service still binds its session socket here; no pod can reach this directory.
         settings.hub_socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     else:
@@ -45,8 +45,7 @@ def configure(c, settings: Settings) -> None:
         settings.hub_socket_dir.mkdir(parents=True, exist_ok=True)
         os.chown(settings.hub_socket_dir, 0, settings.sessions_gid)
         os.chmod(settings.hub_socket_dir, 0o750)  # only session uids (and root) may reach the socket
-        c.JupyterHub.hub_bind_url = unix_url(settings.hub_socket_dir / "hub.sock")
-        c.JupyterHub.hub_connect_url = c.JupyterHub.hub_bind_url
+        c.JupyterHub.hub_bind_url = c.JupyterHub.hub_connect_url = settings.hub_local_url
         # The directory (0750, root:sessions) guards the socket (and the VRE service's, vre.sock,
         # beside it); the hub API still requires tokens.
         c.JupyterHub.hub_socket_mode = 0o666

@@ -16,6 +16,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 DEFAULT_CONFIG_FILE = Path("/etc/vre/vre.toml")
 
@@ -73,6 +74,9 @@ class Settings:
     k8s_hub_namespace: str = "vre"
     #: Port of the hub's API that sessions reach (the hub pod's ``hub_bind_url`` port).
     k8s_hub_port: int = 8081
+    #: Port on the hub's pod where the VRE service answers sessions (audit ingest, jobs and airlock
+    #: APIs); on the other backends that is a unix socket beside the hub's.
+    k8s_service_port: int = 8082
     #: Images a session pod may run, comma-separated; empty: exactly ``notebook_image`` and
     #: ``notebook_gpu_image``. Anything else is refused before a pod is created.
     k8s_image_allowlist: str = ""
@@ -161,6 +165,14 @@ class Settings:
     @property
     def hub_socket_dir(self) -> Path:
         return self.run_dir / "hub"
+
+    @property
+    def hub_local_url(self) -> str:
+        """Where the processes beside the hub (its services, the access layer) reach its API: its
+        unix socket, or loopback on ``k8s_hub_port`` where sessions are pods (the hub listens on TCP)."""
+        if self.backend == "kubernetes":
+            return f"http://127.0.0.1:{self.k8s_hub_port}"
+        return "http+unix://" + quote(str(self.hub_socket_dir / "hub.sock"), safe="")
 
     @property
     def sessions_run_dir(self) -> Path:
@@ -345,8 +357,11 @@ def _validate_kubernetes(s: Settings) -> None:
     if not _DNS_LABEL.fullmatch(s.k8s_hub_namespace):
         raise SettingsError(f"k8s_hub_namespace {s.k8s_hub_namespace!r} is not a namespace name: use up to 63 "
                             "lowercase letters, digits and '-', starting and ending with a letter or digit")
-    if not 1 <= s.k8s_hub_port <= 65535:
-        raise SettingsError(f"k8s_hub_port {s.k8s_hub_port} is not a TCP port (1-65535)")
+    for name in ("k8s_hub_port", "k8s_service_port"):
+        if not 1 <= getattr(s, name) <= 65535:
+            raise SettingsError(f"{name} {getattr(s, name)} is not a TCP port (1-65535)")
+    if s.k8s_hub_port == s.k8s_service_port:
+        raise SettingsError("k8s_hub_port and k8s_service_port must differ (the hub's API and the VRE service)")
     for image in k8s_images(s):
         if not _IMAGE.fullmatch(image):
             raise SettingsError(f"k8s_image_allowlist: {image!r} is not an image reference "

@@ -1,6 +1,6 @@
 """Nothing outlives its hub: the managed services die with a hub killed by SIGKILL, the next hub
 owns its pid file and runs exactly one of each service, a second hub beside a live one is refused,
-and nothing is left once it stops."""
+and nothing is left once it stops; `vre down` stops the hub itself too."""
 
 from __future__ import annotations
 
@@ -55,6 +55,21 @@ def test_services_die_with_a_killed_hub_and_the_next_hub_owns_everything(hub_kit
         second = hub.vre("up", check=False)
         assert second.returncode == 2 and "already runs" in second.stderr, (second.returncode, second.stderr)
         assert hub.proc.poll() is None and services_of(hub) == after
+    finally:
+        hub.teardown()
+    assert hub_kit.leftovers([hub.base_dir]) == []
+
+
+def test_vre_down_stops_the_hub_and_everything_it_started(hub_kit):
+    hub = hub_kit.Hub("down", None)
+    try:
+        hub.start()
+        assert all(len(p) == 1 for p in wait_for_one_of_each(hub).values())
+        out = hub.vre("down").stdout
+        assert f"stopped the hub (pid {hub.proc.pid})" in out, out
+        assert hub.proc.wait(timeout=5) is not None  # down waited for it
+        assert services_of(hub) == {s: [] for s in SERVICES}
+        assert "stopped 0 session(s)" in hub.vre("down").stdout  # a second down: nothing to stop, no error
     finally:
         hub.teardown()
     assert hub_kit.leftovers([hub.base_dir]) == []

@@ -60,7 +60,28 @@ def test_hub_on_kubernetes(tmp_path):
     assert "vre-hostview" not in names and "vre-jobs" not in names
     assert {"vre-audit-sealer", "vre", "vre-access"} <= set(names)
     assert c.JupyterHub.hub_bind_url == "http://0.0.0.0:8181"         # session pods reach it on TCP
-    assert c.JupyterHub.hub_connect_url == "http://127.0.0.1:8181"    # its own services, in its pod
+    assert c.JupyterHub.hub_connect_url == "http://127.0.0.1:8181" == s.hub_local_url  # its services, the access layer
     assert "hub_connect_url" not in c.Spawner                          # pods get the cluster address
     assert oct((s.run_dir / "hub").stat().st_mode & 0o777) == "0o700"  # the hub pod's own, no session group
     shutil.rmtree(run)
+
+
+def test_spawner_defaults_and_state_across_a_hub_restart(tmp_path):
+    from vre.backends.kubernetes import SESSION_PORT, KubernetesSpawner
+
+    s = _load(tmp_path)
+    sp = KubernetesSpawner(settings=s)
+    assert sp.image == s.notebook_image and sp.image_pull_policy == "IfNotPresent"
+    assert (sp.ip, sp.port) == ("0.0.0.0", SESSION_PORT)   # JUPYTERHUB_SERVICE_URL: the pod's address
+    assert sp._gpu_capacity() is None and sp._lease_gpus(None) == ()  # Kubernetes picks the devices
+    assert not sp._launched() and sp._socket_url() == ""
+    state = {"session_id": "ann-lung", "island": "vre-lung", "pod_name": "ann-lung", "pod_namespace": "vre-lung",
+             "pod_ip": "10.244.0.5", "node_name": "node-1", "access": {"session": "ann-lung"}}
+    sp.load_state(state)
+    assert sp._launched() and sp._socket_url() == f"http://10.244.0.5:{SESSION_PORT}"
+    assert sp._start_details() == {"pod": "vre-lung/ann-lung", "node": "node-1"}
+    again = KubernetesSpawner(settings=s)
+    again.load_state(sp.get_state())
+    assert again._backend_state() == sp._backend_state() and again.access_policy() == {"session": "ann-lung"}
+    again.clear_state()
+    assert not again._launched()

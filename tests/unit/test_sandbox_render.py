@@ -100,3 +100,30 @@ def test_a_server_socket_counts_as_up_only_once_it_listens(tmp_path):
         assert not socket_listens(path)              # bound, not yet set up and listening
         s.listen(1)
         assert socket_listens(path)
+
+
+async def test_a_start_that_never_listens_fails_with_a_reason_before_jupyterhub_gives_up(spawner, monkeypatch):
+    """JupyterHub's own start_timeout ends a start with a bare TimeoutError ("Spawn failed: " and
+    nothing after it); the spawner's deadline comes first and says what did not happen."""
+    import asyncio
+
+    from vre.backends import plan_spawner
+
+    async def nothing(*_a, **_k):
+        return None
+
+    async def running():
+        return True
+
+    monkeypatch.setattr(plan_spawner, "aemit", nothing)
+    for name in ("_launch", "_teardown"):
+        monkeypatch.setattr(spawner, name, nothing)
+    for name in ("_prepare_host", "_write_access"):
+        monkeypatch.setattr(spawner, name, lambda *_a: None)
+    monkeypatch.setattr(spawner, "_is_running", running)
+    monkeypatch.setattr(spawner, "_log_tail", lambda *_a: nothing())
+    spawner.plan = make_plan()
+    spawner.start_timeout = 3
+    with pytest.raises(TimeoutError) as raised:
+        await asyncio.wait_for(spawner.start(), timeout=spawner.start_timeout)  # as JupyterHub does
+    assert "did not listen within 3 s" in str(raised.value)

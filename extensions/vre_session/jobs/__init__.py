@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..relay import _UnixHTTPConnection
+from ..relay import connection
 
 FINAL = ("succeeded", "failed", "cancelled", "timed_out")
 WORKSPACE = "/home/jovyan/project"
@@ -46,8 +46,11 @@ def service_request(section: str, method: str, path: str, body: dict | None = No
     """One call to the VRE service's API (``path`` below /services/vre/api/<section>) over its
     unix socket with the server's token; (status, JSON). The jobs client and the Lab's relays
     (jobs, airlock) all go through here."""
-    sock, prefix = _hub()
-    conn = _UnixHTTPConnection(sock, timeout=timeout)
+    url = os.environ.get("VRE_API_URL", "")
+    if urlsplit(url).scheme not in ("http+unix", "http"):
+        raise JobError("the batch queue is reachable from VRE sessions only (VRE_API_URL is not the VRE service)")
+    conn, prefix = connection(url, timeout=timeout)
+    prefix = prefix.rstrip("/")
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Authorization": f"token {token or os.environ['JUPYTERHUB_API_TOKEN']}",
                "Content-Type": "application/json"}

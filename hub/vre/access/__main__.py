@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..hostfiles import read_or_create_secret, unix_url
+from ..hostfiles import read_or_create_secret
 from ..settings import Settings, load
 from . import api_token_file, control_socket, internal_socket, socket_dir
 from . import broker as broker_mod
@@ -70,7 +70,7 @@ def drop_privileges(settings: Settings) -> None:
 
 
 async def serve(settings: Settings, listeners: dict, broker_socks: list, secrets: dict, chp_url: str) -> None:
-    login = Login(api_url=unix_url(settings.hub_socket_dir / "hub.sock") + "/hub/api",
+    login = Login(api_url=settings.hub_local_url + "/hub/api",
                   api_token=secrets["api_token"], secret=secrets["cookie_secret"])
     routes = RouteTable(settings.proxy_api_url, secrets["chp_token"])
     checks, records = (broker_mod.BrokerClient(s) for s in broker_socks)

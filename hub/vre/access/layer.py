@@ -214,7 +214,7 @@ class AccessLayer:
                 await self._refused(caller, route, request, r, verdict.reason, check.get("path") if check else r.path,
                                     check)
                 return _json_error(403, "download_refused", verdict.message)
-        return await self.forward(request, route.http(), "http://session", route=route, caller=caller, klass=klass,
+        return await self.forward(request, route.http(), route.base, route=route, caller=caller, klass=klass,
                                   inspect=r if r.kind in ("download", "contents") else None, resolved=check)
 
     async def _file_check(self, route: SessionRoute, r: policy.Route, request: web.Request):
@@ -354,8 +354,9 @@ class AccessLayer:
 
     async def forward_ws(self, request: web.Request, route: SessionRoute | None, caller: Caller | None,
                          r: policy.Route | None, klass: str, *, client: aiohttp.ClientSession | None = None,
-                         base: str = "http://session") -> web.StreamResponse:
+                         base: str = "") -> web.StreamResponse:
         client = client or route.http()
+        base = base or route.base
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         headers = self._upstream_headers(request, session=route is not None)
         try:

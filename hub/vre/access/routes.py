@@ -27,9 +27,11 @@ class SessionRoute:
     prefix: str          # "/user/<name>/<server>/" as the proxy has it (URL-encoded)
     user: str
     server: str
-    socket: str          # the session server's unix socket on the host
+    socket: str          # the session server's unix socket on the host; "" for a TCP target
     policy: dict         # session, audit_session, project, downloads, audit_cells, egress_cap
     client: aiohttp.ClientSession | None = field(default=None, repr=False)
+    #: where requests go: through the socket, or the server's own ``http://<pod IP>:<port>`` (kubernetes)
+    base: str = "http://session"
 
     @property
     def session(self) -> str:
@@ -45,8 +47,9 @@ class SessionRoute:
 
     def http(self) -> aiohttp.ClientSession:
         if self.client is None or self.client.closed:
+            connector = aiohttp.UnixConnector(path=self.socket, limit=0) if self.socket else aiohttp.TCPConnector(limit=0)
             self.client = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=self.socket, limit=0),
+                connector=connector,
                 auto_decompress=False, skip_auto_headers=("Accept-Encoding", "User-Agent"),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         return self.client
@@ -56,6 +59,19 @@ def socket_of(target: str) -> str | None:
     """The socket path of an ``http+unix://`` target."""
     parts = urlsplit(target)
     return unquote(parts.netloc) if parts.scheme == "http+unix" else None
+
+
+def upstream_of(target: str) -> tuple[str, str] | None:
+    """(socket, base URL) of a session's target: a unix socket (sandbox, docker), or the server's
+    own ``http://host:port`` (kubernetes: a pod's address, reachable only from the hub's and the
+    layer's pods by the project's NetworkPolicy). None for anything else."""
+    socket = socket_of(target)
+    if socket is not None:
+        return socket, "http://session"
+    parts = urlsplit(target)
+    if parts.scheme == "http" and parts.hostname and parts.port and parts.path in ("", "/") and not parts.query:
+        return "", f"http://{parts.netloc}"
+    return None
 
 
 class RouteTable:
@@ -90,13 +106,14 @@ class RouteTable:
                 if not isinstance(vre, dict) or not data.get("user"):
                     continue
                 prefix = path.rstrip("/") + "/"
-                socket = socket_of(vre.get("target", ""))
-                if socket is None:
-                    log.error("route %s has no unix-socket target; not served", prefix)
+                upstream = upstream_of(vre.get("target", ""))
+                if upstream is None:
+                    log.error("route %s has neither a unix-socket nor an http://host:port target; not served", prefix)
                     continue
+                socket, base = upstream
                 old = self.routes.get(prefix)
-                route = SessionRoute(prefix, data["user"], data.get("server_name", ""), socket, vre["policy"])
-                if old is not None and old.socket == socket:
+                route = SessionRoute(prefix, data["user"], data.get("server_name", ""), socket, vre["policy"], base=base)
+                if old is not None and (old.socket, old.base) == (socket, base):
                     route.client = old.client
                 elif old is not None and old.client is not None:
                     await old.client.close()

@@ -61,16 +61,21 @@ async def serve(settings: Settings) -> None:
     proxied = HTTPServer(make_app(settings), xheaders=True)
     proxied.listen(url.port, url.hostname or "127.0.0.1")
     path = socket_path(settings)
-    # Session uids connect (as to the hub's socket): the directory (0750, root:sessions) guards it.
-    sock = bind_unix_socket(str(path), mode=0o666)
     sessions = HTTPServer(make_app(settings, sessions_only=True))
-    sessions.add_sockets([sock])
+    if settings.backend == "kubernetes":
+        # Session pods connect over TCP (their project's NetworkPolicy allows this port of the
+        # hub's pods and nothing else); the credentials are checked as on the socket.
+        sessions.listen(settings.k8s_service_port, "0.0.0.0")
+        path = f"0.0.0.0:{settings.k8s_service_port}"
+    else:
+        # Session uids connect (as to the hub's socket): the directory (0750, root:sessions) guards it.
+        sessions.add_sockets([bind_unix_socket(str(path), mode=0o666)])
     log.info("VRE service at %s (proxy) and %s (sessions)", url.geturl(), path)
     await stop.wait()
     proxied.stop()
     sessions.stop()
     try:
-        path.unlink()
+        socket_path(settings).unlink()
     except FileNotFoundError:
         pass
 

@@ -1,14 +1,72 @@
 """The kubernetes backend: each (user, project) session is a pod in its project's namespace.
 
-Work in progress (issue 13): the hub configuration selects this spawner for
-``backend = "kubernetes"``; rendering and the lifecycle follow.
+Rendering of a SessionPlan (pure functions, no client; unit-tested and validated offline against
+the cluster's schemas):
+
+- a project is an island: its namespace (``plan.network``, labelled), a default-deny
+  NetworkPolicy for ingress and egress, and allows for traffic inside the project, for the hub
+  and access-layer pods (by label, in ``k8s_hub_namespace``) to the session port, and for
+  sessions to the hub's API and the VRE service's session port on the hub's pods, nothing else
+  (no DNS: the hub gives sessions addresses);
+  a ResourceQuota from the project's sessions and batch quota (:func:`project_quota`);
+- filesystem: the image's root read-only, emptyDirs for /tmp, /var/tmp and /run; datasets and
+  their catalogue records read-only (``k8s_dataset_volume``: hostPath, NFS or a ROX claim), home
+  and workspace read-write (``k8s_storage``: hostPath or claims); the manifest, passwd and group
+  from a per-session Secret; the server's socket directory and the audit spool as emptyDirs. The
+  hub's socket directory is not mounted: sessions reach the hub over TCP;
+- identity: the account's uid and the project's gid (``runAsUser``/``runAsGroup``/``fsGroup``),
+  non-root, no privilege escalation, all capabilities dropped, seccomp RuntimeDefault (the
+  runtimes' default profiles refuse new namespaces without CAP_SYS_ADMIN: no user namespaces, as
+  ``seccomp.py`` ensures for docker),
+  no service-account token, no service links;
+- limits: requests = limits for CPU and memory (the kernel OOM-kills inside the pod), GPUs as a
+  count (``nvidia.com/gpu``; Kubernetes picks the devices) with ``k8s_gpu_node_selector`` and the
+  NVIDIA taint's toleration; only images on the allow-list (``settings.k8s_images``) render.
+
+Why not ``KubeSpawner``: its ``start``/``poll``/``stop`` build the pod from its own traits (image,
+volumes, profile_list, ...) and its own form, while :class:`PlanSpawner` owns the lifecycle and
+decides everything from the plan. Subclassing it would leave hundreds of configurable traits that
+are silently ignored or, worse, half-applied. This backend uses kubespawner 7 where it helps: its
+shared, loop-bound API client (``kubespawner.clients.shared_client``). Config loading is its own
+(:func:`load_client_config`): kubespawner's reads only ``$KUBECONFIG`` or the service account, and
+the hub's kubeconfig is a setting.
 """
 
 from __future__ import annotations
 
-from jupyterhub.spawner import Spawner
+import asyncio
+import hashlib
+import json
+import math
+import re
+import shutil
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from .plan_spawner import PlanSpawner
+from jupyterhub.spawner import Spawner
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client import ApiClient, CoreV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubespawner.clients import shared_client
+from sqlalchemy import select
+from traitlets import CaselessStrEnum, Unicode, default
+
+from ..plan import AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan
+from ..settings import Settings, k8s_images
+from .host import prepare_host
+from .plan_spawner import PlanSpawner, server_args, server_command
+
+#: The session server's port in its pod (the access layer's target: ``http://<pod IP>:PORT``).
+SESSION_PORT = 8888
+#: Labels of the pods in ``k8s_hub_namespace`` that may reach sessions (the chart sets them):
+#: the hub (JupyterHub checks its servers) and the access layer (it forwards /user/...).
+HUB_POD_LABELS = {"vre.component": "hub"}
+ACCESS_POD_LABELS = {"vre.component": "access"}
+GPU_RESOURCE = "nvidia.com/gpu"
+#: Secret keys that carry credentials into a session's environment (never in the pod spec).
+SECRET_ENV = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "VRE_AUDIT_TOKEN")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?")
 
 
 class KubernetesBackendError(RuntimeError):
@@ -16,14 +74,555 @@ class KubernetesBackendError(RuntimeError):
     says what to fix."""
 
 
+# --- names and labels --------------------------------------------------------------------------
+def object_name(name: str) -> str:
+    """A DNS label for ``name`` (account names may hold '_'): as is when valid, else made valid
+    and suffixed with a hash of the original, so two names never meet."""
+    if _DNS_LABEL.fullmatch(name):
+        return name
+    safe = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")[:54] or "x"
+    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def namespace_name(plan: SessionPlan) -> str:
+    if not _DNS_LABEL.fullmatch(plan.network):
+        raise KubernetesBackendError(f"project island {plan.network!r} is not a valid namespace name; project "
+                                     "slugs and the instance name must be lowercase letters, digits and '-'")
+    return plan.network
+
+
+def labels(settings: Settings, plan: SessionPlan) -> dict[str, str]:
+    out = {**plan.labels, "vre.instance": settings.instance}
+    for key, value in out.items():
+        if not _LABEL_VALUE.fullmatch(value):
+            raise KubernetesBackendError(f"label {key}={value!r} is not a valid Kubernetes label value")
+    return out
+
+
+def check_image(settings: Settings, image: str) -> str:
+    """``image`` if the deployment allows it, else a clear refusal."""
+    allowed = k8s_images(settings)
+    if image not in allowed:
+        raise KubernetesBackendError(f"image {image!r} is not on this deployment's allow-list "
+                                     f"({', '.join(allowed) or 'empty'}); an admin adds it to k8s_image_allowlist")
+    return image
+
+
+# --- the project: namespace, network policies, quota -------------------------------------------
+@dataclass(frozen=True)
+class ProjectQuota:
+    """What all of a project's pods together may request (its namespace's ResourceQuota)."""
+    cpu: float
+    mem_mb: int
+    gpus: int
+    pods: int
+
+
+def project_quota(project) -> ProjectQuota:
+    """A project's quota from the database row: one session per member at the largest profile,
+    plus the batch queue's quota (``job_*``: slots, CPUs, memory, GPUs) and its scheduler pod."""
+    profiles = list(project.profiles) or []
+    members = len(project.members)
+    top = lambda attr: max((getattr(p, attr) for p in profiles), default=0)  # noqa: E731
+    return ProjectQuota(cpu=members * top("cpu") + project.job_cpu, mem_mb=members * top("mem_mb") + project.job_mem_mb,
+                        gpus=members * top("gpus") + project.job_gpus, pods=members + project.job_slots + 1)
+
+
+def _cpu(cpu: float) -> str:
+    return f"{max(1, round(cpu * 1000))}m"
+
+
+def namespace_object(settings: Settings, plan: SessionPlan) -> dict:
+    """The project's namespace. Pod Security: the session pods meet ``restricted`` in every
+    field but the volume types, which allow no hostPath or NFS: with claims only it is enforced,
+    else it is warned and audited."""
+    enforce = "restricted" if settings.k8s_dataset_volume == "pvc" and settings.k8s_storage == "pvc" else "privileged"
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": namespace_name(plan),
+                         "labels": {"vre.instance": settings.instance, "vre.project": plan.project,
+                                    "pod-security.kubernetes.io/enforce": enforce,
+                                    "pod-security.kubernetes.io/warn": "restricted",
+                                    "pod-security.kubernetes.io/audit": "restricted"}}}
+
+
+def _policy(ns: str, name: str, spec: dict) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": ns, "labels": {"vre.policy": name}}, "spec": spec}
+
+
+def _hub_peer(settings: Settings, pod_labels: dict) -> dict:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.k8s_hub_namespace}},
+            "podSelector": {"matchLabels": dict(pod_labels)}}
+
+
+def network_policies(settings: Settings, plan: SessionPlan) -> list[dict]:
+    """Default deny both ways, then: the project's pods with each other; the hub and the access
+    layer to the session port of its sessions; its sessions to the hub's API and the VRE
+    service's session port (audit ingest, jobs, airlock) on the hub's pods. Nothing else:
+    no other project, no node address, no internet, no DNS."""
+    ns = namespace_name(plan)
+    sessions = {"matchLabels": {"vre.role": "session"}}
+    return [
+        _policy(ns, "default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        _policy(ns, "project-internal", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+                                         "ingress": [{"from": [{"podSelector": {}}]}],
+                                         "egress": [{"to": [{"podSelector": {}}]}]}),
+        _policy(ns, "hub-to-sessions", {
+            "podSelector": sessions, "policyTypes": ["Ingress"],
+            "ingress": [{"from": [_hub_peer(settings, HUB_POD_LABELS), _hub_peer(settings, ACCESS_POD_LABELS)],
+                         "ports": [{"protocol": "TCP", "port": SESSION_PORT}]}]}),
+        _policy(ns, "sessions-to-hub", {
+            "podSelector": sessions, "policyTypes": ["Egress"],
+            "egress": [{"to": [_hub_peer(settings, HUB_POD_LABELS)],
+                        "ports": [{"protocol": "TCP", "port": settings.k8s_hub_port},
+                                  {"protocol": "TCP", "port": settings.k8s_service_port}]}]}),
+    ]
+
+
+def resource_quota(plan: SessionPlan, quota: ProjectQuota) -> dict:
+    hard = {"pods": str(quota.pods), "requests.cpu": _cpu(quota.cpu), "limits.cpu": _cpu(quota.cpu),
+            "requests.memory": f"{quota.mem_mb}Mi", "limits.memory": f"{quota.mem_mb}Mi",
+            f"requests.{GPU_RESOURCE}": str(quota.gpus)}
+    return {"apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "project", "namespace": namespace_name(plan)}, "spec": {"hard": hard}}
+
+
+def project_objects(settings: Settings, plan: SessionPlan, quota: ProjectQuota) -> list[dict]:
+    """Everything a project's namespace holds before its first pod (created and kept by the hub)."""
+    return [namespace_object(settings, plan), *network_policies(settings, plan), resource_quota(plan, quota)]
+
+
+# --- the session pod --------------------------------------------------------------------------
+def _dataset_source(settings: Settings, mount) -> dict:
+    slug = mount.target.rsplit("/", 1)[-1]
+    if settings.k8s_dataset_volume == "nfs":
+        return {"nfs": {"server": settings.k8s_nfs_server, "path": str(mount.source), "readOnly": True}}
+    if settings.k8s_dataset_volume == "pvc":
+        return {"persistentVolumeClaim": {"claimName": object_name(f"dataset-{slug}"), "readOnly": True}}
+    return {"hostPath": {"path": str(mount.source), "type": "Directory"}}
+
+
+def _storage_source(settings: Settings, plan: SessionPlan, mount) -> dict:
+    """Home, workspace or catalogue records: the host path (single node) or the project's claim."""
+    if settings.k8s_storage == "pvc":
+        claim = {"home": object_name(f"home-{plan.user}"), "workspace": "workspace", "catalog": "catalog"}[mount.kind]
+        return {"persistentVolumeClaim": {"claimName": claim, **({"readOnly": True} if mount.readonly else {})}}
+    return {"hostPath": {"path": str(mount.source), "type": "Directory"}}
+
+
+def identity_files(plan: SessionPlan) -> dict[str, str]:
+    """/etc/passwd and /etc/group of a session pod: jovyan is the account's uid, the project its group."""
+    return {"passwd": (f"jovyan:x:{plan.uid}:{plan.gid}:{plan.user}:{HOME}:/bin/bash\n"
+                       "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+            "group": f"{plan.project}:x:{plan.gid}:jovyan\nnogroup:x:65534:\n"}
+
+
+def run_secret_name(session_id: str) -> str:
+    return object_name(f"{session_id}-run")
+
+
+def run_secret(settings: Settings, plan: SessionPlan, files: dict[str, str], env: dict[str, str]) -> dict:
+    """The session's runtime files (manifest, passwd, group) and its credentials (``SECRET_ENV``):
+    a Secret, so neither appears in the pod spec."""
+    data = {"session.json": json.dumps(plan.manifest(), indent=2), **files}
+    data.update({k: v for k, v in env.items() if k in SECRET_ENV})
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": run_secret_name(plan.session_id), "namespace": namespace_name(plan),
+                         "labels": labels(settings, plan)},
+            "stringData": data}
+
+
+def volumes_and_mounts(settings: Settings, plan: SessionPlan, tmp_size: str = "2Gi") -> tuple[list[dict], list[dict]]:
+    """(pod volumes, container volumeMounts): one per plan mount, plus the writable scratch of a
+    read-only root. ``hub`` mounts (the hub's socket directory) have no pod counterpart."""
+    volumes: list[dict] = []
+    mounts: list[dict] = []
+    secret = run_secret_name(plan.session_id)
+    for i, m in enumerate(plan.mounts):
+        name = f"{m.kind}-{i}"
+        if m.kind == "dataset":
+            volumes.append({"name": name, **_dataset_source(settings, m)})
+            mounts.append({"name": name, "mountPath": m.target, "readOnly": True, "recursiveReadOnly": "IfPossible"})
+            continue
+        if m.kind in ("catalog", "home", "workspace"):
+            volumes.append({"name": name, **_storage_source(settings, plan, m)})
+            if m.kind == "catalog" and settings.k8s_storage == "pvc":  # one claim, a directory per dataset
+                mounts.append({"name": name, "mountPath": m.target, "readOnly": True,
+                               "subPath": m.target.rsplit("/", 1)[-1]})
+                continue
+        elif m.kind == "file":
+            key = "session.json" if m.target == MANIFEST else m.source.name
+            volumes.append({"name": name, "secret": {"secretName": secret, "defaultMode": 0o444,
+                                                     "items": [{"key": key, "path": key}]}})
+            mounts.append({"name": name, "mountPath": m.target, "subPath": key, "readOnly": True})
+            continue
+        elif m.kind == "private":
+            volumes.append({"name": name, "emptyDir": {"sizeLimit": "256Mi"}})
+        elif m.kind == "hub":
+            continue
+        else:
+            raise KubernetesBackendError(f"mount kind {m.kind!r} ({m.target}) has no Kubernetes rendering")
+        mounts.append({"name": name, "mountPath": m.target, "readOnly": m.readonly})
+    for name, path, size in (("tmp", "/tmp", tmp_size), ("var-tmp", "/var/tmp", "64Mi"), ("run", "/run", "16Mi")):
+        volumes.append({"name": name, "emptyDir": {"sizeLimit": size}})
+        mounts.append({"name": name, "mountPath": path})
+    return volumes, mounts
+
+
+def pod_server_args(plan: SessionPlan, extra=()) -> list[str]:
+    """The server's arguments in a pod: TCP on SESSION_PORT instead of the unix socket."""
+    return [a for a in server_args(plan, extra) if not a.startswith("--sock=")] + [
+        "--ServerApp.ip=0.0.0.0", f"--ServerApp.port={SESSION_PORT}"]
+
+
+def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[str, str], command: list[str],
+                pull_policy: str = "IfNotPresent", tmp_size: str = "2Gi", umask: int = 0o002) -> dict:
+    """The session's pod in its project's namespace (``env``: the server's whole environment; the
+    ``SECRET_ENV`` among it come from :func:`run_secret`)."""
+    check_image(settings, image)
+    volumes, mounts = volumes_and_mounts(settings, plan, tmp_size)
+    secret = run_secret_name(plan.session_id)
+    env_list = [{"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": k}}} if k in SECRET_ENV
+                else {"name": k, "value": v} for k, v in sorted(env.items())]
+    resources = {"cpu": _cpu(plan.cpu), "memory": f"{plan.mem_mb}Mi"}
+    limits = {**resources, **({GPU_RESOURCE: str(plan.gpus)} if plan.gpus else {})}
+    container = {
+        "name": "server", "image": image, "imagePullPolicy": pull_policy,
+        # umask 002: files in the shared workspace stay writable for the project's group
+        "command": ["/bin/sh", "-c", f'umask {umask:04o} && exec "$@"', "vre-session", *command],
+        "workingDir": HOME, "env": env_list, "volumeMounts": mounts,
+        "ports": [{"name": "http", "containerPort": SESSION_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": SESSION_PORT}, "periodSeconds": 1, "failureThreshold": 3},
+        "resources": {"requests": dict(resources), "limits": limits},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": plan.uid, "runAsGroup": plan.gid,
+                            "allowPrivilegeEscalation": False, "privileged": False,
+                            "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    spec = {
+        "containers": [container], "volumes": volumes, "restartPolicy": "Never",
+        "automountServiceAccountToken": False, "enableServiceLinks": False, "hostname": object_name(plan.project),
+        "terminationGracePeriodSeconds": 5,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": plan.uid, "runAsGroup": plan.gid,
+                            "fsGroup": plan.gid, "fsGroupChangePolicy": "OnRootMismatch",
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if plan.gpus:
+        spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+        if settings.k8s_gpu_node_selector:
+            spec["nodeSelector"] = dict(settings.k8s_gpu_node_selector)
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": object_name(plan.session_id), "namespace": namespace_name(plan),
+                         "labels": labels(settings, plan)},
+            "spec": spec}
+
+
 class KubernetesSpawner(PlanSpawner, Spawner):
-    """Runs each (user, project) session as a pod in its project's namespace."""
+    """Runs each (user, project) session as a pod in its project's namespace.
+
+    The hub creates and keeps the project's namespace, policies and quota (every start puts them
+    back as rendered), then the session's Secret and pod; the server listens on the pod's IP and
+    the access layer forwards to ``http://<pod IP>:SESSION_PORT``. State (pod, namespace, IP,
+    node) survives a hub restart, so the next hub re-attaches; ``poll`` re-checks membership and
+    expiry as on every backend. GPUs are a count: Kubernetes picks the devices, the project's
+    quota bounds them, and the audit records the node the pod ran on.
+    """
 
     start_noun = "pod"
-    pod_name = ""
+
+    image = Unicode(config=True, help="Session image (default: settings.notebook_image); must be on the allow-list.")
+    image_pull_policy = CaselessStrEnum(["IfNotPresent", "Always", "Never"], "IfNotPresent", config=True,
+                                        help="imagePullPolicy of session pods.")
+    tmp_size = Unicode("2Gi", config=True, help="Size of a session's /tmp (memory-backed emptyDir limit).")
+    hub_service = Unicode("hub", config=True,
+                          help="Service in k8s_hub_namespace whose cluster IP sessions reach the hub's API at "
+                               "(port k8s_hub_port); its pods carry HUB_POD_LABELS.")
+    hub_address = Unicode("", config=True,
+                          help="Address sessions reach the hub's API at instead of hub_service's cluster IP "
+                               "(a hub outside the cluster, tests).")
+
+    # state kept across hub restarts (with the base's)
+    pod_name = Unicode("")
+    pod_namespace = Unicode("")
+    pod_ip = Unicode("")
+    node_name = Unicode("")
+
+    @default("image")
+    def _image_default(self):
+        return self.settings.notebook_image
+
+    @default("ip")
+    def _ip_default(self):
+        return "0.0.0.0"  # the server listens on its pod's address (JUPYTERHUB_SERVICE_URL)
+
+    @default("port")
+    def _port_default(self):
+        return SESSION_PORT
+
+    def _backend_state(self) -> dict:
+        return {"pod_name": self.pod_name, "pod_namespace": self.pod_namespace, "pod_ip": self.pod_ip,
+                "node_name": self.node_name}
+
+    def _load_backend_state(self, state: dict) -> None:
+        self.pod_name = state.get("pod_name", "")
+        self.pod_namespace = state.get("pod_namespace", "")
+        self.pod_ip = state.get("pod_ip", "")
+        self.node_name = state.get("node_name", "")
 
     def _launched(self) -> bool:
         return bool(self.pod_name)
 
-    async def _launch(self, plan):
-        raise KubernetesBackendError("the kubernetes backend cannot start sessions yet (issue 13)")
+    def _identity_files(self, plan: SessionPlan) -> dict[str, str]:
+        return identity_files(plan)
+
+    def _gpu_capacity(self) -> int | None:
+        return None  # the cluster's scheduler and the project's quota decide, not this host's devices
+
+    def _lease_gpus(self, plan: SessionPlan) -> tuple[int, ...]:
+        return ()   # a count in the pod's limits; Kubernetes picks the devices
+
+    def _start_details(self) -> dict:
+        return {"pod": f"{self.pod_namespace}/{self.pod_name}", "node": self.node_name}
+
+    def _socket_url(self) -> str:
+        return f"http://{self.pod_ip}:{SESSION_PORT}" if self.pod_ip else ""
+
+    # -- the API -----------------------------------------------------------------------------
+    async def _api(self, kind: str = "CoreV1Api"):
+        await load_client_config(self.settings)
+        return shared_client(kind)
+
+    async def _put(self, obj: dict) -> None:
+        """Create ``obj``, or replace it when it exists (the hub's rendering wins)."""
+        kind, ns, name = obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]
+        api = await self._api("NetworkingV1Api" if kind == "NetworkPolicy" else "CoreV1Api")
+        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower()
+        args = (ns, obj) if ns else (obj,)
+        scope = "namespaced_" if ns else ""
+        try:
+            await getattr(api, f"create_{scope}{snake}")(*args)
+        except ApiException as e:
+            if e.status != 409:
+                raise KubernetesBackendError(f"the cluster refused {kind} {ns or ''}/{name}: {_reason(e)}") from None
+            if kind == "Namespace":  # keep it (it holds the project's claims); bring its labels back
+                await api.patch_namespace(name, {"metadata": {"labels": obj["metadata"]["labels"]}})
+            else:
+                await getattr(api, f"replace_{scope}{snake}")(name, *args)
+
+    # -- start ---------------------------------------------------------------------------------
+    def _prepare_host(self, plan: SessionPlan) -> None:
+        """The run directory (the access layer's mount table); with hostPath storage the hub is on
+        the node, so it also prepares home and workspace there with their owners."""
+        if self.settings.k8s_storage == "hostPath":
+            prepare_host(plan, self._identity_files(plan))
+        else:
+            shutil.rmtree(plan.run_dir, ignore_errors=True)
+            plan.run_dir.mkdir(parents=True, mode=0o755)
+
+    def _project_quota(self, plan: SessionPlan) -> ProjectQuota:
+        from .. import db as vdb
+
+        with vdb.session_scope(self.settings.vre_db_url) as db:
+            return project_quota(db.scalar(select(vdb.Project).where(vdb.Project.slug == plan.project)))
+
+    async def _hub_url(self) -> str:
+        if self.hub_address:
+            return f"http://{self.hub_address}:{self.settings.k8s_hub_port}"
+        api = await self._api()
+        try:
+            svc = await api.read_namespaced_service(self.hub_service, self.settings.k8s_hub_namespace)
+        except ApiException as e:
+            raise KubernetesBackendError(f"no hub Service {self.settings.k8s_hub_namespace}/{self.hub_service} "
+                                         f"({_reason(e)}); the chart creates it (or set hub_address)") from None
+        return f"http://{svc.spec.cluster_ip}:{self.settings.k8s_hub_port}"
+
+    def _environment(self, plan: SessionPlan) -> dict[str, str]:
+        """As on every backend, but the VRE service is reached over TCP on the hub's address."""
+        env = super()._environment(plan)
+        base = f"http://{urlsplit(self.hub_connect_url).hostname}:{self.settings.k8s_service_port}"
+        env.update(VRE_API_URL=base + SERVICE_API_PATH, VRE_AUDIT_URL=base + AUDIT_INGEST_PATH)
+        return env
+
+    def _server_command(self, plan: SessionPlan) -> list[str]:
+        return [*server_command("python"), *pod_server_args(plan, self.args)]
+
+    def _image_for(self, plan: SessionPlan) -> str:
+        if plan.gpus and self.settings.notebook_gpu_image:
+            return self.settings.notebook_gpu_image
+        return self.image
+
+    async def _launch(self, plan: SessionPlan) -> None:
+        image = check_image(self.settings, self._image_for(plan))
+        ns, name = namespace_name(plan), object_name(plan.session_id)
+        self._progress(30, f"Preparing the project's island (namespace {ns}: network policies, quota)")
+        quota = await asyncio.to_thread(self._project_quota, plan)
+        for obj in project_objects(self.settings, plan, quota):
+            await self._put(obj)
+        self.hub_connect_url = await self._hub_url()
+        env = self._environment(plan)
+        pod = session_pod(self.settings, plan, image=image, env=env, command=self._server_command(plan),
+                          pull_policy=self.image_pull_policy, tmp_size=self.tmp_size, umask=self.session_umask)
+        await self._delete(ns, plan.session_id, 0)  # a leftover of a crashed run never lingers
+        await self._put(run_secret(self.settings, plan, self._identity_files(plan), env))
+        self._progress(50, f"Starting the pod ({plan.cpu:g} CPU, {plan.mem_mb} MiB)")
+        api = await self._api()
+        try:
+            await api.create_namespaced_pod(ns, pod)
+        except ApiException as e:
+            raise KubernetesBackendError(f"the cluster refused the session's pod: {_reason(e)}") from None
+        self.pod_name, self.pod_namespace = name, ns
+        self.log.info("Created pod %s/%s for %s from %s", ns, name, plan.session_id, image)
+
+    async def _wait_for_socket(self) -> None:
+        """Until the pod is Ready (its server accepts on SESSION_PORT); fails fast when it cannot
+        start (image missing, refused config) or ended."""
+        loop = asyncio.get_running_loop()
+        # start() sets the deadline just inside JupyterHub's own (PlanSpawner.start)
+        deadline = getattr(self, "_deadline", None) or loop.time() + self.start_timeout
+        api = await self._api()
+        while True:
+            pod = await api.read_namespaced_pod(self.pod_name, self.pod_namespace)
+            status = pod.status
+            if status.phase in ("Succeeded", "Failed"):
+                self._exit_code = _exit_code(pod)
+                self.log.error("Pod %s/%s ended during start (%s):\n%s", self.pod_namespace, self.pod_name,
+                               self._exit_code, await self._log_tail())
+                raise RuntimeError(f"the session's server exited during start (code {self._exit_code}); "
+                                   "an admin can read its log in the hub's log")
+            waiting = _waiting_reason(pod)
+            if waiting in FATAL_WAITING:
+                raise KubernetesBackendError(f"the session's pod cannot start: {waiting}")
+            ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or ())
+            if ready and status.pod_ip:
+                self.pod_ip, self.node_name = status.pod_ip, pod.spec.node_name or ""
+                return
+            if loop.time() > deadline:
+                self.log.error("Pod %s/%s not ready in time; its log:\n%s", self.pod_namespace, self.pod_name,
+                               await self._log_tail())
+                raise TimeoutError(f"the session's pod was not ready within {self.start_timeout} s "
+                                   f"(Spawner.start_timeout; {status.phase}{', ' + waiting if waiting else ''}); "
+                                   "an admin can read its log in the hub's log")
+            await asyncio.sleep(0.25)
+
+    def _lock_socket(self) -> None:
+        """Nothing to take over: the server's port is reachable only from the hub's and the access
+        layer's pods (the project's NetworkPolicy), not by a socket file a session could touch."""
+
+    async def _log_tail(self, lines: int = 30) -> str:
+        if not self.pod_name:
+            return ""
+        try:
+            api = await self._api()
+            return await api.read_namespaced_pod_log(self.pod_name, self.pod_namespace, tail_lines=lines)
+        except (ApiException, OSError, KubernetesBackendError):
+            return ""
+
+    # -- liveness and removal ----------------------------------------------------------------
+    async def _is_running(self) -> bool | None:
+        try:
+            api = await self._api()
+            pod = await api.read_namespaced_pod(self.pod_name, self.pod_namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            self.log.warning("Could not ask the cluster about %s: %s; leaving it running", self._log_name, _reason(e))
+            return None
+        except OSError as e:
+            self.log.warning("Could not reach the cluster about %s: %s; leaving it running", self._log_name, e)
+            return None
+        if pod.status.phase in ("Succeeded", "Failed") or pod.metadata.deletion_timestamp:
+            self._exit_code = _exit_code(pod)
+            return False
+        return True
+
+    async def _delete(self, ns: str, session_id: str, grace: float) -> None:
+        """Delete the session's pod and Secret (absent ones are fine)."""
+        api = await self._api()
+        for call, obj in ((api.delete_namespaced_pod, object_name(session_id)),
+                          (api.delete_namespaced_secret, run_secret_name(session_id))):
+            try:
+                await call(obj, ns, grace_period_seconds=math.ceil(grace))
+            except ApiException as e:
+                if e.status != 404:
+                    raise KubernetesBackendError(f"could not delete {ns}/{obj}: {_reason(e)}") from None
+
+    async def _remove(self, grace: float) -> None:
+        # also after a failed start that created the pod but never recorded it
+        ns = self.pod_namespace or (self.island if _DNS_LABEL.fullmatch(self.island or "") else "")
+        if ns and self.session_id:
+            await self._delete(ns, self.session_id, grace)
+        self.pod_name, self.pod_ip = "", ""
+
+
+#: Reasons a container waits that no amount of waiting cures.
+FATAL_WAITING = ("ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
+                 "CreateContainerConfigError", "CreateContainerError")
+
+
+def _waiting_reason(pod) -> str:
+    for c in pod.status.container_statuses or ():
+        if c.state and c.state.waiting and c.state.waiting.reason:
+            return c.state.waiting.reason
+    return ""
+
+
+def _exit_code(pod) -> int | None:
+    for c in pod.status.container_statuses or ():
+        if c.state and c.state.terminated:
+            return c.state.terminated.exit_code
+    return None
+
+
+def _reason(e: ApiException) -> str:
+    try:
+        return json.loads(e.body).get("message") or e.reason
+    except (TypeError, ValueError):
+        return f"{e.status} {e.reason}"
+
+
+_configured: dict[str, bool] = {}
+
+
+async def load_client_config(settings: Settings) -> None:
+    """Point the shared API clients at the cluster once: ``k8s_kubeconfig``, else the pod's
+    service account."""
+    key = settings.k8s_kubeconfig or "in-cluster"
+    if _configured.get(key):
+        return
+    try:
+        if settings.k8s_kubeconfig:
+            await k8s_config.load_kube_config(config_file=settings.k8s_kubeconfig)
+        else:
+            k8s_config.load_incluster_config()
+    except (k8s_config.ConfigException, OSError) as e:
+        raise KubernetesBackendError(f"cannot reach the cluster's API ({e}); set k8s_kubeconfig to a kubeconfig "
+                                     "file, or run the hub in the cluster") from None
+    _configured.clear()
+    _configured[key] = True
+
+
+async def _remove_instance_sessions(settings: Settings) -> int:
+    await load_client_config(settings)
+    async with ApiClient() as client:
+        core = CoreV1Api(client)
+        selector = f"vre.instance={settings.instance}"
+        pods = (await core.list_pod_for_all_namespaces(label_selector=selector)).items
+        for pod in pods:
+            try:
+                await core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=2)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        for secret in (await core.list_secret_for_all_namespaces(label_selector=selector)).items:
+            try:
+                await core.delete_namespaced_secret(secret.metadata.name, secret.metadata.namespace)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+    return len(pods)
+
+
+def remove_instance_sessions(settings: Settings) -> int:
+    """Delete every session pod and run Secret of this installation (``vre down``); the projects'
+    namespaces stay: they hold the projects' claims."""
+    return asyncio.run(_remove_instance_sessions(settings))

@@ -148,6 +148,14 @@ class PlanSpawner(HasTraits):
         """passwd and group as the session sees them."""
         raise NotImplementedError
 
+    def _gpu_capacity(self) -> int | None:
+        """GPUs a session could get at most (None: the backend's scheduler decides)."""
+        return len(gpus.host_devices(self.settings))
+
+    def _start_details(self) -> dict:
+        """What the backend adds to the ``session.start`` record (where the run landed)."""
+        return {}
+
     # -- JupyterHub hooks -------------------------------------------------------------------
     @default("ip")
     def _ip_default(self):
@@ -179,8 +187,8 @@ class PlanSpawner(HasTraits):
                      target=f"{spawner.user.name}/{spawner.name}", details={"profile": profile})
         try:
             plan = await asyncio.to_thread(spawner._build_plan, profile)
-            have = len(gpus.host_devices(spawner.settings))
-            if plan.gpus > have:
+            have = spawner._gpu_capacity()
+            if have is not None and plan.gpus > have:
                 raise web.HTTPError(503, f"profile {plan.profile!r} asks for {plan.gpus} GPU(s) but this host "
                                          f"has {have}; choose another profile or ask an admin")
         except PlanRefused as e:
@@ -274,6 +282,9 @@ class PlanSpawner(HasTraits):
 
     # -- start ----------------------------------------------------------------------------
     async def start(self):
+        # our own deadline, just inside JupyterHub's start_timeout: its timeout would end the start
+        # with an empty "Spawn failed: " (a bare TimeoutError), ours says what did not happen
+        self._deadline = asyncio.get_running_loop().time() + max(self.start_timeout - 2, 1)
         plan = self.plan or await asyncio.to_thread(self._build_plan, user_options_profile(self.user_options))
         self.session_id, self.island = plan.session_id, plan.network
         self.audit_session = f"{plan.session_id}-{secrets.token_hex(4)}"
@@ -287,7 +298,8 @@ class PlanSpawner(HasTraits):
             raise
         await aemit(self.settings, "session.start", details={
             "datasets": list(plan.datasets), "profile": plan.profile, "cpu": plan.cpu, "mem_mb": plan.mem_mb,
-            "gpus": plan.gpus, "network": plan.network, "gpu_devices": list(self.gpu_devices)}, **audit)
+            "gpus": plan.gpus, "network": plan.network, "gpu_devices": list(self.gpu_devices),
+            **self._start_details()}, **audit)
         return self._socket_url()
 
     async def _start(self, plan: SessionPlan) -> None:
@@ -325,7 +337,7 @@ class PlanSpawner(HasTraits):
     async def _wait_for_socket(self) -> None:
         sock = self._socket_path()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
+        deadline = self._deadline
         next_check = loop.time()
         while not socket_listens(sock):
             now = loop.time()
@@ -337,7 +349,10 @@ class PlanSpawner(HasTraits):
                     raise RuntimeError(f"the session's server exited during start (code {self._exit_code}); "
                                        "an admin can read its log in the hub's log")
             if now > deadline:
-                raise TimeoutError(f"the session's server did not start within {self.start_timeout} s")
+                self.log.error("%s %s did not listen in time; its log:\n%s", self.start_noun.capitalize(),
+                               self.session_id, await self._log_tail())
+                raise TimeoutError(f"the session's server did not listen within {self.start_timeout} s "
+                                   "(Spawner.start_timeout); an admin can read its log in the hub's log")
             await asyncio.sleep(0.05)
 
     def _lock_socket(self) -> None:

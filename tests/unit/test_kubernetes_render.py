@@ -1,0 +1,279 @@
+"""The kubernetes backend's translation of a SessionPlan into Kubernetes objects (policy is tested
+on the plan; tests/k8s/test_k8s_backend.py applies the same objects to the real test cluster).
+Every rendered object is also validated offline against the schemas of the cluster's Kubernetes
+release (k8s/build/versions.env) with ``kubernetes-validate --strict``."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import kubernetes_validate
+import pytest
+
+from vre.backends.kubernetes import (ACCESS_POD_LABELS, HUB_POD_LABELS, SECRET_ENV, SESSION_PORT,
+                                     KubernetesBackendError, ProjectQuota, network_policies, object_name,
+                                     pod_server_args, project_objects, project_quota, run_secret,
+                                     session_pod)
+from vre.backends.plan_spawner import server_command
+from vre.plan import Mount, SessionPlan, runtime_mounts
+from vre.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S_VERSION = next(line.split("=", 1)[1].strip().lstrip("v") for line in
+                   (ROOT / "k8s/build/versions.env").read_text().splitlines() if line.startswith("K8S_VERSION="))
+IMAGE = "localhost/vre-notebook:latest"
+SETTINGS = Settings(state_dir=Path("/st"), run_dir=Path("/run/vre-t"), instance="vre", backend="kubernetes")
+RUN = Path("/run/vre-t/sessions/ann-lung")
+QUOTA = ProjectQuota(cpu=6.5, mem_mb=12288, gpus=1, pods=5)
+
+
+def make_plan(**kw) -> SessionPlan:
+    base = dict(user="ann", project="lung", profile="small", role="session", session_id="ann-lung",
+                uid=200001, gid=300001, cpu=1.5, mem_mb=2048, gpus=0, network="vre-lung", datasets=("ct",),
+                mounts=(Mount(Path("/srv/ct"), "/data/ct", True), Mount(Path("/st/cat/ct"), "/opt/vre/catalog/ct", True, "catalog"),
+                        Mount(Path("/st/home"), "/home/jovyan", False, "home"),
+                        Mount(Path("/st/ws"), "/home/jovyan/project", False, "workspace"),
+                        *runtime_mounts("session", RUN, Path("/run/vre-t/hub"))),
+                env={"OMP_NUM_THREADS": "2", "VRE_PROJECT": "lung"},
+                labels={"vre.user": "ann", "vre.project": "lung", "vre.session": "ann-lung", "vre.role": "session"})
+    base.update(kw)
+    return SessionPlan(**base)
+
+
+def render(plan=None, settings=SETTINGS, **kw):
+    plan = plan or make_plan()
+    args = dict(image=IMAGE, env={"JUPYTERHUB_API_TOKEN": "secret-token", **plan.env},
+                command=[*server_command("python"), *pod_server_args(plan)])
+    args.update(kw)
+    return session_pod(settings, plan, **args)
+
+
+def validate(obj: dict) -> None:
+    """Strict schema validation for the cluster's release (unknown fields are errors)."""
+    try:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        pytest.fail(f"{obj['kind']} {obj['metadata'].get('name')} is not valid for Kubernetes {K8S_VERSION}: "
+                    f"{e.path}: {e.message}")
+
+
+def mounts_by_path(pod) -> dict[str, dict]:
+    return {m["mountPath"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+
+
+def volume(pod, name) -> dict:
+    return next(v for v in pod["spec"]["volumes"] if v["name"] == name)
+
+
+def test_validation_is_strict_and_can_fail():
+    pod = render()
+    pod["spec"]["containers"][0]["securityContext"]["runAsRoot"] = True  # a typo of runAsNonRoot
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("settings", [
+    SETTINGS,
+    SETTINGS.replace(k8s_dataset_volume="pvc", k8s_storage="pvc"),
+    SETTINGS.replace(k8s_dataset_volume="nfs", k8s_nfs_server="nfs.example.org"),
+], ids=["hostPath", "pvc", "nfs"])
+def test_every_rendered_object_is_valid_for_the_clusters_release(settings):
+    plan = make_plan(gpus=1)
+    settings = settings.replace(k8s_gpu_node_selector={"nvidia.com/gpu.present": "true"})
+    for obj in [*project_objects(settings, plan, QUOTA), render(plan, settings),
+                run_secret(settings, plan, {"passwd": "p", "group": "g"}, {"VRE_AUDIT_TOKEN": "t"})]:
+        validate(obj)
+
+
+def test_dataset_and_catalog_read_only_home_and_workspace_writable():
+    pod = render()
+    mounts = mounts_by_path(pod)
+    data = mounts["/data/ct"]
+    assert data["readOnly"] is True and data["recursiveReadOnly"] == "IfPossible"
+    assert volume(pod, data["name"])["hostPath"] == {"path": "/srv/ct", "type": "Directory"}
+    assert mounts["/opt/vre/catalog/ct"]["readOnly"] is True
+    assert volume(pod, mounts["/home/jovyan"]["name"])["hostPath"]["path"] == "/st/home"
+    assert volume(pod, mounts["/home/jovyan/project"]["name"])["hostPath"]["path"] == "/st/ws"
+    writable = sorted(p for p, m in mounts.items() if not m.get("readOnly"))
+    assert writable == ["/home/jovyan", "/home/jovyan/project", "/run", "/run/vre/session", "/run/vre/spool",
+                        "/tmp", "/var/tmp"]
+    # every plan mount is rendered but the hub's socket directory (sessions reach the hub over TCP)
+    plan_targets = {m.target for m in make_plan().mounts if m.kind != "hub"}
+    assert plan_targets <= set(mounts) and "/run/vre/hub" not in mounts
+    assert set(mounts) - plan_targets == {"/tmp", "/var/tmp", "/run"}
+
+
+def test_dataset_volume_kinds():
+    pvc = render(settings=SETTINGS.replace(k8s_dataset_volume="pvc", k8s_storage="pvc"))
+    mounts = mounts_by_path(pvc)
+    assert volume(pvc, mounts["/data/ct"]["name"])["persistentVolumeClaim"] == {"claimName": "dataset-ct", "readOnly": True}
+    assert volume(pvc, mounts["/home/jovyan"]["name"])["persistentVolumeClaim"] == {"claimName": "home-ann"}
+    assert volume(pvc, mounts["/home/jovyan/project"]["name"])["persistentVolumeClaim"] == {"claimName": "workspace"}
+    assert mounts["/opt/vre/catalog/ct"]["subPath"] == "ct" and mounts["/opt/vre/catalog/ct"]["readOnly"] is True
+    nfs = render(settings=SETTINGS.replace(k8s_dataset_volume="nfs", k8s_nfs_server="nfs.example.org"))
+    assert volume(nfs, mounts_by_path(nfs)["/data/ct"]["name"])["nfs"] == {
+        "server": "nfs.example.org", "path": "/srv/ct", "readOnly": True}
+
+
+def test_identity_and_hardening():
+    pod = render()
+    spec, (c,) = pod["spec"], pod["spec"]["containers"]
+    assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": 200001, "runAsGroup": 300001,
+                                       "fsGroup": 300001, "fsGroupChangePolicy": "OnRootMismatch",
+                                       "seccompProfile": {"type": "RuntimeDefault"}}
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 200001 and sc["runAsGroup"] == 300001
+    assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["readOnlyRootFilesystem"] is True
+    assert spec["automountServiceAccountToken"] is False and spec["enableServiceLinks"] is False
+    assert "hostNetwork" not in spec and "hostPID" not in spec and "hostIPC" not in spec
+    assert spec["restartPolicy"] == "Never"
+
+
+def test_labels_limits_and_environment():
+    pod = render()
+    c = pod["spec"]["containers"][0]
+    assert pod["metadata"]["namespace"] == "vre-lung" and pod["metadata"]["name"] == "ann-lung"
+    assert pod["metadata"]["labels"] == {"vre.user": "ann", "vre.project": "lung", "vre.session": "ann-lung",
+                                         "vre.role": "session", "vre.instance": "vre"}
+    assert c["resources"] == {"requests": {"cpu": "1500m", "memory": "2048Mi"},
+                              "limits": {"cpu": "1500m", "memory": "2048Mi"}}
+    env = {e["name"]: e for e in c["env"]}
+    assert env["OMP_NUM_THREADS"] == {"name": "OMP_NUM_THREADS", "value": "2"}
+    # credentials come from the session's Secret, never in the pod spec
+    assert env["JUPYTERHUB_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "ann-lung-run",
+                                                                       "key": "JUPYTERHUB_API_TOKEN"}
+    assert "secret-token" not in str(pod)
+    assert c["ports"] == [{"name": "http", "containerPort": SESSION_PORT, "protocol": "TCP"}]
+    assert c["command"][:2] == ["/bin/sh", "-c"] and "umask 0002" in c["command"][2]
+    assert "vre_session.serve" in c["command"] and f"--ServerApp.port={SESSION_PORT}" in c["command"]
+    assert not [a for a in c["command"] if a.startswith("--sock=")]
+
+
+def test_gpus_are_a_count_with_node_selector_and_toleration():
+    settings = SETTINGS.replace(k8s_gpu_node_selector={"nvidia.com/gpu.present": "true"})
+    pod = render(make_plan(gpus=2), settings)
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert "nvidia.com/gpu" not in pod["spec"]["containers"][0]["resources"]["requests"]
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    cpu_only = render(settings=settings)
+    assert "nodeSelector" not in cpu_only["spec"] and "tolerations" not in cpu_only["spec"]
+    assert "nvidia.com/gpu" not in cpu_only["spec"]["containers"][0]["resources"]["limits"]
+
+
+def test_images_off_the_allow_list_are_refused():
+    with pytest.raises(KubernetesBackendError, match="'evil/miner:1' is not on this deployment's allow-list"):
+        render(image="evil/miner:1")
+    allowed = SETTINGS.replace(k8s_image_allowlist=f"{IMAGE},reg.example/gpu:1")
+    assert render(settings=allowed, image="reg.example/gpu:1")["spec"]["containers"][0]["image"] == "reg.example/gpu:1"
+
+
+def test_run_secret_holds_files_and_credentials_only():
+    plan = make_plan()
+    secret = run_secret(SETTINGS, plan, {"passwd": "jovyan:x:200001", "group": "lung:x:300001"},
+                        {"JUPYTERHUB_API_TOKEN": "a", "VRE_AUDIT_TOKEN": "b", "OMP_NUM_THREADS": "2"})
+    assert set(secret["stringData"]) == {"session.json", "passwd", "group", "JUPYTERHUB_API_TOKEN", "VRE_AUDIT_TOKEN"}
+    assert set(SECRET_ENV) >= {"JUPYTERHUB_API_TOKEN", "VRE_AUDIT_TOKEN"}
+    pod = render(plan)
+    mounts = mounts_by_path(pod)
+    assert mounts["/etc/passwd"]["subPath"] == "passwd" and mounts["/etc/passwd"]["readOnly"] is True
+    assert volume(pod, mounts["/etc/vre/session.json"]["name"])["secret"]["items"] == [
+        {"key": "session.json", "path": "session.json"}]
+
+
+def test_namespace_and_network_policies():
+    ns, *rest = project_objects(SETTINGS, make_plan(), QUOTA)
+    assert ns["metadata"]["name"] == "vre-lung"
+    assert ns["metadata"]["labels"]["vre.project"] == "lung" and ns["metadata"]["labels"]["vre.instance"] == "vre"
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/warn"] == "restricted"
+    pvc_only = project_objects(SETTINGS.replace(k8s_dataset_volume="pvc", k8s_storage="pvc"), make_plan(), QUOTA)[0]
+    assert pvc_only["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    pols = {p["metadata"]["name"]: p["spec"] for p in network_policies(SETTINGS, make_plan())}
+    assert pols["default-deny"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    assert pols["project-internal"]["ingress"] == [{"from": [{"podSelector": {}}]}]
+    assert pols["project-internal"]["egress"] == [{"to": [{"podSelector": {}}]}]
+    hub_ns = {"matchLabels": {"kubernetes.io/metadata.name": "vre"}}
+    (rule,) = pols["hub-to-sessions"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": hub_ns, "podSelector": {"matchLabels": HUB_POD_LABELS}},
+                            {"namespaceSelector": hub_ns, "podSelector": {"matchLabels": ACCESS_POD_LABELS}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": SESSION_PORT}]
+    (rule,) = pols["sessions-to-hub"]["egress"]
+    assert rule == {"to": [{"namespaceSelector": hub_ns, "podSelector": {"matchLabels": HUB_POD_LABELS}}],
+                    "ports": [{"protocol": "TCP", "port": 8081}, {"protocol": "TCP", "port": 8082}]}
+    # no rule anywhere opens an ipBlock (node, internet) or DNS
+    assert "ipBlock" not in str(pols) and "53" not in str(pols)
+
+
+def test_resource_quota_from_the_project():
+    project = SimpleNamespace(members=[1, 2, 3], job_cpu=2.0, job_mem_mb=8192, job_gpus=1, job_slots=2,
+                              profiles=[SimpleNamespace(cpu=1.0, mem_mb=2048, gpus=0),
+                                        SimpleNamespace(cpu=4.0, mem_mb=16384, gpus=1)])
+    quota = project_quota(project)
+    assert quota == ProjectQuota(cpu=14.0, mem_mb=57344, gpus=4, pods=6)
+    rq = project_objects(SETTINGS, make_plan(), quota)[-1]
+    assert rq["kind"] == "ResourceQuota" and rq["metadata"]["namespace"] == "vre-lung"
+    assert rq["spec"]["hard"] == {"pods": "6", "requests.cpu": "14000m", "limits.cpu": "14000m",
+                                  "requests.memory": "57344Mi", "limits.memory": "57344Mi",
+                                  "requests.nvidia.com/gpu": "4"}
+
+
+def test_names_are_valid_and_distinct():
+    assert object_name("ann-lung") == "ann-lung"
+    odd = object_name("ann_b-lung")
+    assert odd.startswith("ann-b-lung-") and odd != object_name("ann-b-lung")
+    plan = make_plan(user="ann_b", session_id="ann_b-lung",
+                     labels={"vre.user": "ann_b", "vre.project": "lung", "vre.session": "ann_b-lung", "vre.role": "session"})
+    validate(render(plan))
+    with pytest.raises(KubernetesBackendError, match="not a valid namespace name"):
+        render(make_plan(network="vre-Lung"))
+
+
+def test_unknown_mount_kinds_are_refused():
+    plan = make_plan(mounts=(Mount(Path("/x"), "/x", False, "device"),))
+    with pytest.raises(KubernetesBackendError, match="mount kind 'device'"):
+        render(plan)
+
+
+def test_access_layer_forwards_to_a_pods_address_or_a_socket_and_nothing_else():
+    from vre.access.routes import SessionRoute, upstream_of
+
+    assert upstream_of("http+unix://%2Frun%2Fvre%2Fs%2Fsock") == ("/run/vre/s/sock", "http://session")
+    assert upstream_of(f"http://10.244.0.7:{SESSION_PORT}") == ("", f"http://10.244.0.7:{SESSION_PORT}")
+    for bad in ("https://10.244.0.7:8888", "http://10.244.0.7", "http://10.244.0.7:8888/elsewhere", "file:///etc",
+                "http://10.244.0.7:8888/?x=1", ""):
+        assert upstream_of(bad) is None, bad
+    route = SessionRoute("/user/ann/lung/", "ann", "lung", "", {"session": "ann-lung"}, base="http://10.244.0.7:8888")
+    assert route.base == "http://10.244.0.7:8888"
+
+
+def test_sessions_reach_the_vre_service_by_socket_or_by_the_hub_pods_port():
+    import http.client
+
+    from vre_session.relay import _UnixHTTPConnection, connection
+
+    conn, path = connection("http+unix://%2Frun%2Fvre%2Fhub%2Fvre.sock/services/vre/api/audit/events")
+    assert isinstance(conn, _UnixHTTPConnection) and conn.socket_path == "/run/vre/hub/vre.sock"
+    assert path == "/services/vre/api/audit/events"
+    conn, path = connection("http://10.96.0.20:8082/services/vre/api")
+    assert type(conn) is http.client.HTTPConnection and (conn.host, conn.port) == ("10.96.0.20", 8082)
+    assert path == "/services/vre/api"
+    with pytest.raises(ValueError, match="not a VRE service URL"):
+        connection("https://example.org/x")
+
+
+def test_spawner_points_sessions_at_the_vre_services_tcp_port():
+    from vre.backends.kubernetes import KubernetesSpawner
+    from vre.backends.plan_spawner import PlanSpawner
+
+    sp = KubernetesSpawner(settings=SETTINGS.replace(k8s_service_port=9092))
+    sp.hub_connect_url = "http://10.96.0.20:8081"
+    base = {"VRE_API_URL": "http+unix://x/services/vre/api", "VRE_AUDIT_URL": "http+unix://x/a", "OMP_NUM_THREADS": "2"}
+    original = PlanSpawner._environment
+    PlanSpawner._environment = lambda self, plan: dict(base)
+    try:
+        env = sp._environment(make_plan())
+    finally:
+        PlanSpawner._environment = original
+    assert env["VRE_API_URL"] == "http://10.96.0.20:9092/services/vre/api"
+    assert env["VRE_AUDIT_URL"] == "http://10.96.0.20:9092/services/vre/api/audit/events"
+    assert env["OMP_NUM_THREADS"] == "2"
