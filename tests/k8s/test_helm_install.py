@@ -143,8 +143,8 @@ def _get(url: str, timeout: float = 60) -> requests.Response:
         time.sleep(1)
 
 
-def _expect(kube, ns: str, ip: str, port: int, want: bool, what: str, timeout: float = 45) -> None:
-    """Wait until ``ns``'s client pod reaches ``ip:port`` (an HTTP answer) or not, as ``want``
+def _expect(kube, ns: str, pod: str, ip: str, port: int, want: bool, what: str, timeout: float = 45) -> None:
+    """Wait until pod ``ns/pod`` reaches ``ip:port`` (an HTTP answer) or not, as ``want``
     says, then see it hold for three more probes."""
     seen = []
 
@@ -152,7 +152,7 @@ def _expect(kube, ns: str, ip: str, port: int, want: bool, what: str, timeout: f
         # stdin stays open for the answer: on EOF busybox nc half-closes, and the access layer
         # (aiohttp) takes that for a client gone and drops the request unanswered
         cmd = f"(printf 'GET / HTTP/1.0\\r\\n\\r\\n'; sleep 2) | timeout 5 nc -w 3 {ip} {port}"
-        seen.append(kube.exec(ns, "client", "sh", "-c", cmd, timeout=30).stdout)
+        seen.append(kube.exec(ns, pod, "sh", "-c", cmd, timeout=30).stdout)
         return "HTTP/1." in seen[-1]
 
     deadline = time.monotonic() + timeout
@@ -195,7 +195,7 @@ def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
     # the image allow-list, enforced by the API server in this instance's project namespaces
     project_ns = f"{release.instance}-p{secrets.token_hex(2)}"
     kube.apply({"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": project_ns, "labels": {"vre.io/instance": release.instance}}})
+                "metadata": {"name": project_ns, "labels": {"vre.instance": release.instance}}})
     try:
         kube.wait("the default service account", lambda: kube.run(
             "get", "serviceaccount", "default", "-n", project_ns).returncode == 0, project_ns, 30)
@@ -219,24 +219,28 @@ def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
         unlabelled = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"x-{project_ns}"}}
         proc = kube.run("create", "--as", hub_sa, "-f", "-", input=json.dumps(unlabelled))
         assert proc.returncode != 0 and "may create only namespaces labelled" in proc.stderr, proc.stderr
-        proc = kube.run("label", "--as", hub_sa, "namespace", release.ns, f"vre.io/instance={release.instance}")
+        proc = kube.run("label", "--as", hub_sa, "namespace", release.ns, f"vre.instance={release.instance}")
         assert proc.returncode != 0 and "change only those" in proc.stderr, proc.stderr
         proc = kube.run("get", "secrets", "-n", project_ns, "--as", hub_sa)
         assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr  # RBAC: no secrets
 
-        # the hub pod's NetworkPolicy: its API port answers project namespaces only, its public
-        # port anyone (the access layer authenticates)
+        # the hub pod's NetworkPolicy: its API and VRE service ports answer session pods of
+        # project namespaces only, its public port anyone (the access layer authenticates)
         outsider_ns = new_ns("out")
-        kube.run_pod(project_ns, "client", ["sleep", "3600"])
-        kube.run_pod(outsider_ns, "client", ["sleep", "3600"])
+        session = {"vre.role": "session"}
+        kube.run_pod(project_ns, "client", ["sleep", "3600"], labels=session)
+        kube.run_pod(project_ns, "other", ["sleep", "3600"], labels={"app": "other"})  # no session
+        kube.run_pod(outsider_ns, "client", ["sleep", "3600"], labels=session)  # a session's label, elsewhere
         api = kube.get("service", f"{release.name}-hub", release.ns)["spec"]["clusterIP"]
         public = kube.get("service", f"{release.name}-proxy", release.ns)["spec"]["clusterIP"]
         # kube-router adds a new pod to its policies' sets within seconds: wait for each verdict,
-        # then see it hold; the refusal is checked while the same port answers the project
-        _expect(kube, project_ns, api, 8081, True, "the hub API from a project namespace")
-        _expect(kube, outsider_ns, public, 80, True, "the public port from any namespace")
-        _expect(kube, outsider_ns, api, 8081, False, "the hub API from a namespace that is no project")
-        _expect(kube, project_ns, api, 8081, True, "the hub API from a project namespace, still")
+        # then see it hold; each refusal is checked while the same port answers a session
+        _expect(kube, project_ns, "client", api, 8081, True, "the hub API from a session")
+        _expect(kube, project_ns, "client", api, 8082, True, "the VRE service from a session")
+        _expect(kube, outsider_ns, "client", public, 80, True, "the public port from any namespace")
+        _expect(kube, outsider_ns, "client", api, 8081, False, "the hub API from a namespace that is no project")
+        _expect(kube, project_ns, "other", api, 8082, False, "the VRE service from a project pod that is no session")
+        _expect(kube, project_ns, "client", api, 8081, True, "the hub API from a session, still")
     finally:
         kube.run("delete", "namespace", project_ns, "--wait=false")
 

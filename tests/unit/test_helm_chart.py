@@ -114,7 +114,13 @@ def test_the_hub_accepts_what_the_chart_sets(values_file, tmp_path):
     s = load(toml, environ=environ)
     values = yaml.safe_load(values_file.read_text())
     assert s.backend == "kubernetes" and s.k8s_hub_namespace == "vre-test"
-    assert s.bind_url == "http://0.0.0.0:8000" and s.k8s_hub_port == 8081
+    assert s.bind_url == "http://0.0.0.0:8000" and s.k8s_hub_port == 8081 and s.k8s_service_port == 8082
+    # sessions are given the cluster IP of the chart's hub Service
+    assert s.jupyterhub["KubernetesSpawner"]["hub_service"] == "t-vre-hub"
+    hub_service = one(objs, "Service", "-hub")
+    assert {p["port"] for p in hub_service["spec"]["ports"]} == {s.k8s_hub_port, s.k8s_service_port}
+    pod = one(objs, "Deployment", "-hub")["spec"]["template"]["metadata"]["labels"]
+    assert pod["vre.component"] == "hub"  # what the project namespaces' policies let sessions reach
     assert s.notebook_image in k8s_images(s)
     for key, value in values.get("hub", {}).get("settings", {}).items():
         assert getattr(s, key) == value, key
@@ -133,7 +139,7 @@ def test_allow_list_is_the_same_for_hub_and_admission_policy():
     policy = one(objs, "ValidatingAdmissionPolicy", "-images")
     allowed = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}["allowed"]
     assert json.loads(allowed) == images
-    assert policy["spec"]["matchConstraints"]["namespaceSelector"] == {"matchLabels": {"vre.io/instance": "vre-prod"}}
+    assert policy["spec"]["matchConstraints"]["namespaceSelector"] == {"matchLabels": {"vre.instance": "vre-prod"}}
     assert policy["spec"]["failurePolicy"] == "Fail"
     assert one(objs, "ValidatingAdmissionPolicyBinding", "-images")["spec"]["validationActions"] == ["Deny"]
     assert "ValidatingAdmissionPolicy" not in {o["kind"] for o in render(
@@ -163,11 +169,18 @@ def test_every_container_is_locked_down(values_file):
 def test_rbac_is_what_the_hub_needs():
     objs = render("-f", str(CHART / "ci/minimal-values.yaml"))
     rules = {o["metadata"]["name"]: o["rules"] for o in objs if o["kind"] == "ClusterRole"}
+    # in its own namespace: reading its own Service, nothing else
+    role = one(objs, "Role", "-hub")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["services"], "resourceNames": ["t-vre-hub"],
+                              "verbs": ["get"]}]
     granted = {(g, r, v) for rs in rules.values() for rule in rs for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}
     assert ("", "namespaces", "create") in granted and ("", "pods", "create") in granted
     assert ("", "namespaces", "delete") not in granted  # a project's namespace holds its claims
-    for forbidden in ("secrets", "nodes", "serviceaccounts", "pods/exec", "rolebindings", "clusterroles", "*"):
+    assert ("", "secrets", "create") in granted  # each session's Secret
+    # secrets are write-only: a cluster-wide read would give the hub every token of the cluster
+    assert not {v for g, r, v in granted if r == "secrets"} & {"get", "list", "watch"}
+    for forbidden in ("nodes", "serviceaccounts", "pods/exec", "rolebindings", "clusterroles", "*"):
         assert not any(r == forbidden for _, r, _ in granted), forbidden
     assert not any(v == "*" or g == "*" for g, _, v in granted)
     bindings = [o for o in objs if o["kind"] == "ClusterRoleBinding"]
