@@ -64,7 +64,10 @@ class Release:
                      "--set", f"hub.image.repository={repo}", "--set", f"hub.image.tag={tag}",
                      "--set", "hub.image.pullPolicy=Never", "--set", f"hub.instance={self.instance}",
                      "--set", f"hub.state.storageClassName={self.storage_class}", "--set", "hub.state.size=1Gi",
-                     "--set", f"sessions.image={kube.image}"]  # the busybox image: allow-listed for the policy checks
+                     "--set", f"sessions.image={kube.image}",  # the busybox image: allow-listed for the policy checks
+                     # local images only; a start that cannot succeed (busybox has no Python) fails fast
+                     "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", '
+                                   '"start_timeout": 40}}']
         kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": self.storage_class},
                     "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
                              "persistentVolumeReclaimPolicy": "Retain", "storageClassName": self.storage_class,
@@ -99,8 +102,13 @@ class Release:
             raise
 
     def url(self) -> str:
+        """The public Service's address, once it answers (kube-proxy follows a new pod's endpoint
+        a moment after the pod is Ready)."""
         svc = self.kube.get("service", f"{self.name}-proxy", self.ns)
-        return f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+        url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+        r = _get(f"{url}/hub/api")
+        assert r.status_code == 200, f"{url}/hub/api: {r.status_code} {r.text[:300]}"
+        return url
 
     def exec_hub(self, *cmd: str) -> str:
         return self.kube("exec", "-n", self.ns, f"deploy/{self.name}-hub", "-c", "hub", "--", *cmd)
@@ -109,6 +117,8 @@ class Release:
         return self.kube.get("secret", f"{self.name}-secrets", self.ns)["data"]
 
     def cleanup(self) -> None:
+        # the project namespaces the hub made, then the release's
+        self.kube.run("delete", "namespace", "-l", f"vre.instance={self.instance}", "--wait=false")
         self.kube.run("delete", "namespace", self.ns, "--wait=true", timeout=180)
         self.kube.run("delete", "persistentvolume", self.storage_class, "--wait=false")
         shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -243,6 +253,24 @@ def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
         _expect(kube, project_ns, "client", api, 8081, True, "the hub API from a session, still")
     finally:
         kube.run("delete", "namespace", project_ns, "--wait=false")
+
+    # a session request: the hub, with the chart's service account under both admission policies,
+    # creates the project's namespace, policies, quota, the session's Secret and pod, then removes
+    # pod and Secret when the start fails (busybox cannot run the session's server)
+    alice = HubClient(url, "alice")
+    alice.get_token(creds["alice"])
+    sessions_ns = f"{release.instance}-lung-screening"
+    r = alice.api("POST", "/users/alice/servers/lung-screening", json={"profile": "small"})
+    assert r.status_code in (201, 202, 500), r.text
+    kube.wait("the session's start to end", lambda: alice.server_state("lung-screening") is None, release.ns, 150)
+    hub_log = kube("logs", "-n", release.ns, f"deploy/{release.name}-hub", "-c", "hub")
+    assert f"Created pod {sessions_ns}/" in hub_log, hub_log[-3000:]
+    assert "Forbidden" not in hub_log and "forbidden" not in hub_log, hub_log[-3000:]
+    assert kube.get("namespace", sessions_ns)["metadata"]["labels"]["vre.instance"] == release.instance
+    assert len(kube("get", "networkpolicy", "-n", sessions_ns, "-o", "name").split()) == 4
+    assert kube.get("resourcequota", "project", sessions_ns)["spec"]["hard"]["pods"]
+    kube.wait("the failed session's pod and Secret removed", lambda: not kube(
+        "get", "pods,secrets", "-n", sessions_ns, "-l", "vre.role=session", "-o", "name").split(), sessions_ns, 60)
 
     # upgrade with a changed setting: a new hub pod, the same secrets and the same state
     secrets_before = release.secret_data()
