@@ -127,6 +127,57 @@ def start_lab(base: Path, data: Path, catalog: Path) -> Lab:
     return lab
 
 
+def compressed_variants(files: list[Path], root: Path, count: int) -> dict[str, tuple[str, list[Path]]]:
+    """The first ``count`` slices re-encoded, each as its own series: RLE, JPEG 2000 lossless and
+    HTJ2K (the same Part 1 codestream under the HTJ2K transfer syntax: no HTJ2K encoder is
+    installed, HTJ2K decoders read it), and a JPEG-LS series made of pydicom's JPEG-LS sample
+    (64x64 MR; no JPEG-LS encoder is installed) at ``count`` positions. By transfer syntax keyword:
+    (its name, the files)."""
+    from pydicom.uid import HTJ2KLossless, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+
+    out = {}
+    for ts in (RLELossless, JPEG2000Lossless, HTJ2KLossless):
+        series_uid, made = generate_uid(), []
+        folder = root / ts.keyword
+        folder.mkdir(parents=True)
+        for f in files[:count]:
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID, ds.SOPInstanceUID = series_uid, generate_uid()
+            ds.SeriesDescription = f"bench {ts.keyword}"
+            ds.compress(JPEG2000Lossless if ts == HTJ2KLossless else ts)
+            if ts == HTJ2KLossless:
+                ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+            ds.save_as(folder / f.name)
+            made.append(folder / f.name)
+        out[ts.keyword] = (ts.name, made)
+    sample = Path(pydicom.data.__file__).parent / "test_files" / "MR_small_jpeg_ls_lossless.dcm"
+    main = pydicom.dcmread(files[0], stop_before_pixels=True)
+    series_uid, made = generate_uid(), []
+    folder = root / JPEGLSLossless.keyword
+    folder.mkdir(parents=True)
+    for k in range(count):
+        ds = pydicom.dcmread(sample)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = series_uid, generate_uid(), k + 1
+        ds.PatientID, ds.SeriesDescription = main.PatientID, f"bench {JPEGLSLossless.keyword}"
+        ds.StudyInstanceUID, ds.StudyDate = main.StudyInstanceUID, main.StudyDate  # one study: the CT first
+        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, float(k)]
+        ds.save_as(folder / f"IMG{k:04d}.dcm")
+        made.append(folder / f"IMG{k:04d}.dcm")
+    out[JPEGLSLossless.keyword] = (f"{JPEGLSLossless.name} (64x64 MR)", made)
+    return out
+
+
+def bare_decode_rate(files: list[Path]) -> float:
+    """Slices/s of pydicom's own decode (the same plugins the viewer's workers call), one process."""
+    t = time.perf_counter()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        values = ds.pixel_array
+        slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+        (values * slope + intercept).astype(np.int16)
+    return len(files) / (time.perf_counter() - t)
+
+
 def bare_pydicom(files: list[Path]) -> dict:
     """A single-process pydicom loop over the same files: dcmread + pixel_array + rescale."""
     def one(path: Path) -> np.ndarray:
@@ -172,6 +223,7 @@ def server_side(lab: Lab, uid: str, n: int) -> dict:
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         list(pool.map(fetch, range(n)))
     out["par3_per_s"] = n / (time.perf_counter() - t)
+    # the stream decodes afresh only in a fresh server (the slices above are cached now): see stream_side
     planes = meta["mpr"]["planes"] if meta["mpr"]["available"] else None
     if planes:
         t = time.perf_counter()
@@ -183,6 +235,49 @@ def server_side(lab: Lab, uid: str, n: int) -> dict:
             lab.get(f"{base}/mpr/{('coronal', 'sagittal')[i % 2]}/{(i * 11) % planes['coronal']['count']}")
         out["mpr_per_s"] = count / (time.perf_counter() - t)
     out["meta"] = meta
+    return out
+
+
+def read_stream(response, want: int, t: float) -> tuple[int, float]:
+    """Records of a ``stream`` response read as they arrive: (records, seconds from ``t`` to the first)."""
+    first, got, buf = None, 0, bytearray()
+    for chunk in response.iter_content(1 << 20):
+        buf += chunk
+        while len(buf) >= 4:
+            n = int.from_bytes(buf[:4], "little")
+            if len(buf) < 4 + n:
+                break
+            size = 4 + n + json.loads(bytes(buf[4:4 + n])).get("nbytes", 0)
+            if len(buf) < size:
+                break
+            del buf[:size]
+            got += 1
+            first = first if first is not None else time.perf_counter() - t
+    if got != want:
+        raise SystemExit(f"the stream gave {got} slices, not {want}")
+    return got, first
+
+
+def stream_side(lab: Lab, uid: str, n: int) -> dict:
+    """A fresh server: metadata, then the whole series as one stream, middle slice first (what the
+    Lab viewer asks at open), then the first MPR plane (cut from the slices the stream decoded)."""
+    base = f"/datasets/{SLUG}/series/{uid}"
+    out = {}
+    t = time.perf_counter()
+    meta = lab.get(base).json()
+    out["meta_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with lab.http.get(f"{lab.url}/vre/api{base}/stream", params={"start": n // 2}, stream=True, timeout=300) as r:
+        if r.status_code != 200:
+            raise SystemExit(f"stream: {r.status_code} {r.text[:300]}")
+        _, first = read_stream(r, n, t)
+    out["stream_s"] = time.perf_counter() - t
+    out["first_s"] = out["meta_s"] + first
+    out["stream_per_s"] = n / out["stream_s"]
+    if meta["mpr"]["available"]:
+        t = time.perf_counter()
+        lab.get(f"{base}/mpr/coronal/{meta['mpr']['planes']['coronal']['count'] // 2}")
+        out["mpr_first_s"] = time.perf_counter() - t
     return out
 
 
@@ -249,6 +344,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--no-browser", action="store_true", help="server side only")
+    ap.add_argument("--compressed", type=int, default=100, metavar="N",
+                    help="slices of each compressed series (RLE, JPEG 2000, HTJ2K, JPEG-LS); 0: none")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (series, index, lab log)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="vre-bench-viewer-"))
@@ -260,6 +357,13 @@ def main() -> None:
                                       sex="F", age=64, rows=args.size, cols=args.size, slices=args.slices,
                                       thickness=1.0, seed=7)
         made = time.perf_counter() - t
+        files = sorted(series.glob("*.dcm"))
+        t = time.perf_counter()
+        variants = compressed_variants(files, data / "BENCH-0001" / "compressed", args.compressed) \
+            if args.compressed else {}
+        if variants:
+            print(f"compressed series ({args.compressed} slices each) written in {time.perf_counter() - t:.1f} s",
+                  flush=True)
         catalog.mkdir(parents=True)
         index_dataset(data, catalog / "index.sqlite")
         (catalog / "record.json").write_text(json.dumps(build_record({"title": "bench CT"}, summarize(catalog / "index.sqlite"))))
@@ -269,9 +373,14 @@ def main() -> None:
         bare = bare_pydicom(files)
         rate_bare = bare["per_s"]
         lab = start_lab(base / "lab-a", data, catalog)
-        uid = lab.get(f"/datasets/{SLUG}/series").json()["items"][0]["series_uid"]
+        items = lab.get(f"/datasets/{SLUG}/series", params={"limit": 100}).json()["items"]
+        uid = next(i["series_uid"] for i in items if not (i["description"] or "").startswith("bench "))
+        by_description = {i["description"]: i["series_uid"] for i in items}
         srv = server_side(lab, uid, len(files))
         n = len(files)
+        lab.stop()  # a fresh server: nothing decoded yet
+        lab = start_lab(base / "lab-s", data, catalog)
+        st = stream_side(lab, uid, n)
         rows = [
             ("time to first slice (metadata + slice 0)", f"{(srv['meta_s'] + srv['slice0_s']) * 1000:.0f} ms",
              f"{bare['first_sorted_s'] * 1000:.0f} ms (all headers, sort, 1 image)"),
@@ -284,11 +393,29 @@ def main() -> None:
         if "mpr_first_s" in srv:
             rows += [("first MPR plane (decodes the volume)", f"{srv['mpr_first_s'] * 1000:.0f} ms", "-"),
                      ("MPR planes/s after that", f"{srv['mpr_per_s']:.0f}", "-")]
+        rows += [("fresh server: metadata (from the index)", f"{st['meta_s'] * 1000:.0f} ms", "-"),
+                 ("  metadata + first slice of the stream", f"{st['first_s'] * 1000:.0f} ms",
+                  f"{bare['first_sorted_s'] * 1000:.0f} ms"),
+                 ("  slices/s, the series as one stream", f"{st['stream_per_s']:.0f}", f"{rate_bare:.0f}")]
+        if "mpr_first_s" in st:
+            rows += [("  first MPR plane after the stream", f"{st['mpr_first_s'] * 1000:.0f} ms", "-")]
+        compressed = []
+        for keyword, (name, paths) in variants.items():
+            got = stream_side(lab, by_description[f"bench {keyword}"], len(paths))
+            compressed.append((name, got["stream_per_s"], bare_decode_rate(paths)))
         print(f"\n(a) server: viewer API vs bare pydicom loop ({n} slices, {args.size}x{args.size}, int16 HU)")
         print(f"{'':48s} {'viewer API':>14s}   {'bare pydicom':>28s}")
         for name, a, b in rows:
             print(f"{name:48s} {a:>14s}   {b:>28s}")
-        print(f"ratio slices/s API(3 in flight) / bare: {srv['par3_per_s'] / rate_bare:.2f}x")
+        print(f"ratio slices/s API(3 in flight) / bare: {srv['par3_per_s'] / rate_bare:.2f}x; "
+              f"stream / bare: {st['stream_per_s'] / rate_bare:.2f}x")
+
+        if compressed:
+            print(f"\n(c) compressed series, {args.compressed} slices each: the series as one stream vs pydicom's "
+                  "decode of the same files (the same plugin), one process")
+            print(f"{'transfer syntax':40s} {'stream slices/s':>16s} {'bare slices/s':>14s} {'ratio':>7s}")
+            for name, rate, bare_rate in compressed:
+                print(f"{name:40s} {rate:16.0f} {bare_rate:14.0f} {rate / bare_rate:6.2f}x")
 
         if not args.no_browser:
             if not Path(CHROMIUM).exists():

@@ -281,3 +281,134 @@ export async function getPixels(url: string, signal?: AbortSignal): Promise<IPix
     bytes: buffer.byteLength
   };
 }
+
+/** What a `stream` record's header says (the binary slice answer's headers, as JSON). */
+interface IStreamHeader {
+  index: number;
+  count?: number;
+  dtype?: IPixels['dtype'];
+  shape?: number[];
+  pixel_spacing?: number[] | null;
+  range?: number[];
+  window?: number[] | null;
+  position?: number[] | null;
+  location?: number | null;
+  nbytes?: number;
+  error?: { status: number; reason: string; message: string };
+}
+
+function typed(dtype: IPixels['dtype'], buffer: ArrayBuffer): PixelArray {
+  switch (dtype) {
+    case 'int16':
+      return new Int16Array(buffer);
+    case 'uint16':
+      return new Uint16Array(buffer);
+    case 'float32':
+      return new Float32Array(buffer);
+    case 'uint8':
+      return new Uint8Array(buffer);
+    default:
+      throw new ApiError(422, 'unreadable', `unknown pixel type ${dtype}`);
+  }
+}
+
+function streamPixels(h: IStreamHeader, buffer: ArrayBuffer): IPixels {
+  const shape = h.shape || [];
+  const [rows, cols] = shape;
+  const channels = shape.length > 2 ? shape[2] : 1;
+  const data = typed(h.dtype || 'int16', buffer);
+  if (!rows || !cols || data.length !== rows * cols * channels) {
+    throw new ApiError(422, 'unreadable', `the server sent ${data.length} values for an image of shape ${shape.join('x')}`);
+  }
+  const s = h.pixel_spacing;
+  const w = h.window;
+  const r = h.range && h.range.length === 2 ? h.range : [0, 0];
+  return {
+    dtype: h.dtype || 'int16',
+    rows,
+    cols,
+    channels,
+    data,
+    spacing: s && s.length === 2 ? [s[0], s[1]] : null,
+    index: h.index,
+    count: h.count ?? 0,
+    range: [r[0], r[1]],
+    window: w && w.length === 2 ? [w[0], w[1]] : null,
+    position: h.position || null,
+    location: h.location ?? null,
+    markers: null,
+    bytes: buffer.byteLength
+  };
+}
+
+/**
+ * Read a `stream` answer (many slices, see API.md) as it arrives: `onImage` for each slice as
+ * soon as its last byte is in, `onError` for a slice the server could not decode. Each slice's
+ * bytes are copied once, into its own buffer, straight from the network chunks.
+ */
+export async function readStream(
+  url: string,
+  signal: AbortSignal,
+  onImage: (img: IPixels) => void,
+  onError: (index: number, error: ApiError) => void
+): Promise<void> {
+  const response = await request(url, { signal });
+  if (!response.body) {
+    throw new ApiError(422, 'unreadable', 'the server sent no stream');
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let small = new Uint8Array(0); // the length prefix and the JSON header being gathered
+  let header: IStreamHeader | null = null;
+  let body: Uint8Array | null = null;
+  let filled = 0;
+  const finish = () => {
+    const h = header!;
+    header = null;
+    if (h.error) {
+      onError(h.index, new ApiError(h.error.status, h.error.reason, h.error.message));
+    } else {
+      onImage(streamPixels(h, body!.buffer as ArrayBuffer));
+    }
+    body = null;
+  };
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) {
+      break;
+    }
+    let chunk = value as Uint8Array;
+    while (chunk.length) {
+      if (header && body) {
+        const n = Math.min(chunk.length, body.length - filled);
+        body.set(chunk.subarray(0, n), filled);
+        filled += n;
+        chunk = chunk.subarray(n);
+        if (filled === body.length) {
+          finish();
+        }
+        continue;
+      }
+      // gather the 4-byte length, then the JSON header
+      const need = small.length < 4 ? 4 : 4 + new DataView(small.buffer, small.byteOffset).getUint32(0, true);
+      const take = Math.min(chunk.length, need - small.length);
+      const merged = new Uint8Array(small.length + take);
+      merged.set(small);
+      merged.set(chunk.subarray(0, take), small.length);
+      small = merged;
+      chunk = chunk.subarray(take);
+      if (small.length === need && need > 4) {
+        header = JSON.parse(decoder.decode(small.subarray(4))) as IStreamHeader;
+        small = new Uint8Array(0);
+        body = new Uint8Array(header.nbytes || 0);
+        filled = 0;
+        if (!body.length) {
+          finish();
+        }
+      }
+    }
+  }
+  if (header || small.length) {
+    throw new ApiError(422, 'unreadable', 'the stream of slices ended in the middle of a slice');
+  }
+}

@@ -104,11 +104,15 @@ export class Viewport {
 
   job(i: number): IJob {
     const src = this.owner.source;
-    const url =
-      this.stack === 'native'
-        ? sourceUrl(src, ['slices', String(i)])
-        : sourceUrl(src, ['mpr', this.stack, String(i)]);
-    return { key: `${this.stack}:${i}`, url };
+    if (this.stack !== 'native') {
+      return { key: `${this.stack}:${i}`, url: sourceUrl(src, ['mpr', this.stack, String(i)]) };
+    }
+    return {
+      key: `native:${i}`,
+      url: sourceUrl(src, ['slices', String(i)]),
+      index: i,
+      streamUrl: (start, count, direction) => sourceUrl(src, ['stream'], { start, count, direction })
+    };
   }
 
   get plane(): IPlaneInfo | null {

@@ -326,6 +326,62 @@ class Catalog:
         return {"total": total, "limit": limit, "offset": offset, "items": items}
 
     # -- files --------------------------------------------------------------------------------
+    def series_instances(self, series_uid: str, facts_from_index=None) -> list[tuple[str, dict | None]]:
+        """``(path, header facts or None)`` of the readable files of a series, in index order. The
+        facts are those the index recorded at registration (``files.viewer``, turned into
+        ``read_instance`` output by ``facts_from_index``, with the UIDs from their own columns), given only when the file
+        still has the size and mtime it had then; None means "read the header" (older index,
+        enhanced multi-frame file, file changed since)."""
+        conn = open_index(self.ref.index_path)
+        try:
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(files)")}
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('viewer_fields', 'viewer_columns')")) \
+                if "viewer" in columns and facts_from_index is not None else {}
+            try:
+                fields = json.loads(meta["viewer_fields"])
+                in_columns = json.loads(meta["viewer_columns"])
+                ok = isinstance(fields, list) and isinstance(in_columns, dict) and set(in_columns.values()) <= columns
+            except (KeyError, ValueError):
+                ok = False
+            if not ok:
+                in_columns = {}
+            keywords, names = list(in_columns), [str(c) for c in in_columns.values()]
+            viewer = ", ".join(["viewer", *names]) if ok else "NULL"
+            rows = conn.execute(
+                f"SELECT relpath, size, mtime_ns, {viewer} FROM files WHERE series_uid = ? AND error IS NULL "
+                "ORDER BY slice_position IS NULL, slice_position, instance_number, relpath", (series_uid,)).fetchall()
+        except sqlite3.Error as e:
+            raise NotFound(f"the index of dataset {self.ref.slug!r} cannot be read ({e})") from None
+        finally:
+            conn.close()
+        if not rows:
+            raise NotFound(f"no series {series_uid!r} in dataset {self.ref.slug!r}")
+        out = []
+        for rel, size, mtime_ns, stored, *uids in rows:
+            path = self._inside(rel)
+            if path is None:
+                continue
+            facts = None
+            if stored:
+                try:
+                    st = os.stat(path)
+                    if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+                        facts = facts_from_index(stored, path, fields, dict(zip(keywords, uids)))
+                except Exception:  # an odd record: read this file's header instead
+                    facts = None
+            out.append((path, facts))
+        if not out:
+            raise NotFound(f"series {series_uid!r} has no readable files in dataset {self.ref.slug!r}")
+        return out
+
+    def _inside(self, relpath: str) -> str | None:
+        """The absolute path of an indexed file, or None when it would leave the dataset folder
+        (it cannot, unless the index was tampered with)."""
+        root = os.path.realpath(self.ref.path)
+        path = os.path.normpath(os.path.join(self.ref.path, relpath))
+        real = os.path.realpath(path)
+        return path if real == root or real.startswith(root + os.sep) else None
+
     def series_files(self, series_uid: str) -> list[str]:
         """Absolute paths of the readable files of a series, in index order (slice position,
         instance number, path: the middle one makes a good thumbnail). Paths that would leave
@@ -341,13 +397,7 @@ class Catalog:
             conn.close()
         if not rows:
             raise NotFound(f"no series {series_uid!r} in dataset {self.ref.slug!r}")
-        root = os.path.realpath(self.ref.path)
-        paths = []
-        for (rel,) in rows:
-            path = os.path.normpath(os.path.join(self.ref.path, rel))
-            real = os.path.realpath(path)
-            if real == root or real.startswith(root + os.sep):
-                paths.append(path)
+        paths = [path for (rel,) in rows if (path := self._inside(rel)) is not None]
         if not paths:
             raise NotFound(f"series {series_uid!r} has no readable files in dataset {self.ref.slug!r}")
         return paths

@@ -26,6 +26,7 @@ import functools
 import importlib
 import logging
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -81,11 +82,32 @@ def _child(fd: int, module: str, allowed: list[str], mem_limit: int) -> None:
         except Exception as e:  # the last line of defence: a clear 422, never a 500
             reply = (False, (422, f"cannot read the file: {type(e).__name__}: {' '.join(str(e).split())[:300]}"))
         try:
-            conn.send(reply)
+            _send(conn, reply)
         except (EOFError, OSError):
             return
         except Exception as e:  # e.g. an unpicklable result
-            conn.send((False, (422, f"cannot transfer the result: {type(e).__name__}")))
+            _send(conn, (False, (422, f"cannot transfer the result: {type(e).__name__}")))
+
+
+def _send(conn, obj) -> None:
+    """Pickle ``obj`` with its large buffers (decoded pixels) out of band: they are written to the
+    pipe as they are, not copied into the pickle first. Message: ``<u32 buffer count><pickle>``,
+    then one message per buffer."""
+    buffers: list = []
+    data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    conn.send_bytes(len(buffers).to_bytes(4, "little") + data)
+    for buffer in buffers:
+        conn.send_bytes(buffer.raw())
+
+
+def _recv(conn):
+    """What ``_send`` sent; arrays are built on the received bytes (read-only), not copied."""
+    message = conn.recv_bytes()
+    count = int.from_bytes(message[:4], "little")
+    if count > 4096:
+        raise OSError("malformed reply from a decoder")
+    buffers = [conn.recv_bytes() for _ in range(count)]
+    return pickle.loads(memoryview(message)[4:], buffers=buffers)
 
 
 class _Decoder:
@@ -128,6 +150,11 @@ class DecoderPool:
 
     def _spawn(self) -> _Decoder:
         parent_sock, child_sock = socket.socketpair()
+        for sock, option in ((child_sock, socket.SO_SNDBUF), (parent_sock, socket.SO_RCVBUF)):
+            try:  # a decoded slice in few writes (capped by the kernel's limits for non-root)
+                sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
+            except OSError:
+                pass
         fd = child_sock.fileno()
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
@@ -199,8 +226,8 @@ class DecoderPool:
                     raise DicomError(422, f"reading the file took longer than {limit:g} s, so it was stopped; "
                                           "the file may be damaged or unusually large")
                 try:
-                    ok, value = worker.conn.recv()
-                except (EOFError, OSError):
+                    ok, value = _recv(worker.conn)
+                except (EOFError, OSError, pickle.UnpicklingError):
                     self.killed += 1
                     code = worker.process.poll()
                     log.warning("VRE viewer: decoder worker died (exit %s) on %s%r", code, name, args[:1])

@@ -17,6 +17,7 @@ cross product.
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 import warnings
@@ -275,6 +276,67 @@ def read_instance(path: str) -> dict:
             raise DicomError(422, f"unreadable DICOM header: {type(e).__name__}: {str(e)[:200]}") from None
 
 
+# --- header facts from the catalogue index ----------------------------------------------------
+#: The top-level elements ``_facts`` reads from a file without functional groups. The catalogue
+#: index (``vre.catalog.index.VIEWER_KEYWORDS``) stores them per file at registration; an index
+#: that lacks one of them is not used (the headers are read instead).
+INDEX_KEYWORDS = frozenset({
+    "SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "StudyDate",
+    "StudyDescription", "SeriesDescription", "Modality", "BodyPartExamined", "Manufacturer",
+    "InstanceNumber", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation",
+    "BitsAllocated", "BitsStored", "PixelRepresentation", "PixelSpacing", "ImagerPixelSpacing",
+    "SliceThickness", "SpacingBetweenSlices", "ImagePositionPatient", "ImageOrientationPatient",
+    "RescaleSlope", "RescaleIntercept", "RescaleType", "GridFrameOffsetVector", "VOILUTFunction",
+    "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "ModalityLUTSequence",
+})
+
+
+class _IndexedUID(str):
+    """A transfer syntax UID as the index recorded it (pydicom's ``UID`` without importing pydicom
+    into the server)."""
+
+    def __new__(cls, uid: str, name: str, compressed: bool):
+        self = super().__new__(cls, uid)
+        self.name, self.is_compressed = name, compressed
+        return self
+
+
+class _IndexedMeta:
+    def __init__(self, ts):
+        self.TransferSyntaxUID = ts
+
+
+class _Indexed:
+    """Stands in for a parsed header in ``_facts``: the values the index stored, nothing else."""
+
+    def __init__(self, values: dict, ts):
+        self._values, self.file_meta = values, _IndexedMeta(ts)
+
+    def get(self, keyword: str, default=None):
+        if keyword not in INDEX_KEYWORDS and keyword not in ("PerFrameFunctionalGroupsSequence",
+                                                             "SharedFunctionalGroupsSequence"):
+            raise KeyError(f"{keyword} is not stored in the catalogue index")
+        return self._values.get(keyword, default)
+
+
+def facts_from_index(stored: str, path: str, fields: list[str], columns: dict | None = None) -> dict:
+    """``read_instance(path)`` as the catalogue index recorded it (``files.viewer``, its values in
+    the order of ``fields``, the index's ``meta.viewer_fields``; ``columns``: keyword -> value of
+    the elements the index keeps in their own columns), without opening the file: the same
+    function builds the facts, from the stored values. Raises ValueError for a record it cannot
+    use (the caller then reads the header)."""
+    record = json.loads(stored)
+    if not isinstance(record, dict) or not isinstance(record.get("v"), list) or len(record["v"]) != len(fields) or \
+            not all(isinstance(record.get(k), t) for k, t in (("ts", str), ("ts_name", str), ("ts_compressed", bool))):
+        raise ValueError("not a viewer record")
+    if not INDEX_KEYWORDS <= set(fields):
+        raise ValueError("the index lacks elements the viewer needs")
+    values = {k: v for k, v in zip(fields, record["v"]) if v is not None}
+    values.update({k: v for k, v in (columns or {}).items() if v is not None})
+    ts = _IndexedUID(record["ts"], record["ts_name"], record["ts_compressed"])
+    return _facts(_Indexed(values, ts), path)
+
+
 # --- pixels ----------------------------------------------------------------------------------
 def to_wire(values: np.ndarray) -> np.ndarray:
     """The most compact exact little-endian type the viewer understands: int16, uint16, float32."""
@@ -305,6 +367,27 @@ def _modality_values(arr: np.ndarray, info: dict) -> np.ndarray:
         out = arr.astype(np.int64) * int(slope) + int(intercept)
         return out
     return (arr.astype(np.float64) * slope + intercept).astype(np.float32)
+
+
+def _gray_wire(arr: np.ndarray, info: dict) -> tuple[np.ndarray, tuple[float, float]]:
+    """``to_wire(_modality_values(arr, info))`` and its range, in one pass over the image when the
+    stored values are integers, the rescale is integral and the result fits int16 (CT, most MR):
+    int16 arithmetic wraps modulo 2**16, so it is exact whenever the true result fits."""
+    slope, intercept = info["slope"], info["intercept"]
+    if arr.dtype.kind in "iu" and arr.size and float(slope).is_integer() and float(intercept).is_integer() \
+            and abs(slope) < 32768 and abs(intercept) < 32768:
+        lo, hi = int(arr.min()), int(arr.max())
+        a, b = lo * int(slope) + int(intercept), hi * int(slope) + int(intercept)
+        lo, hi = min(a, b), max(a, b)
+        if -32768 <= lo and hi <= 32767:
+            out = arr.astype("<i2")
+            if slope != 1:
+                out *= np.int16(int(slope))
+            if intercept != 0:
+                out += np.int16(int(intercept))
+            return out, (float(lo), float(hi))
+    values = to_wire(_modality_values(arr, info))
+    return values, value_range(values)
 
 
 def _color_to_rgb8(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
@@ -342,10 +425,18 @@ def _decode_error(ds, e: Exception) -> DicomError:
     return DicomError(422, f"cannot decode the pixel data: {detail}")
 
 
-def decode_frames(path: str, frames: list[int]) -> list[dict]:
+def value_range(values: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite values, (0, 0) when there are none: the automatic window's input."""
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+
+
+def decode_frames(path: str, frames: list[int], infos: list[dict] | None = None) -> list[dict]:
     """Decode ``frames`` of ``path`` into modality values, one dict per frame:
     ``{"values": ndarray (rows, cols) int16/uint16/float32 or (rows, cols, 3) uint8,
-    "kind": "gray"|"rgb"}``. Runs in a worker."""
+    "kind": "gray"|"rgb", "range": (min, max)}``. ``infos`` (the frames' ``frame_info``, when the
+    caller already has the header facts) spares re-deriving them from the header. Runs in a worker,
+    so the range is computed here, in parallel, not in the server."""
     from pydicom.pixels import apply_modality_lut, pixel_array
 
     with warnings.catch_warnings():
@@ -356,7 +447,9 @@ def decode_frames(path: str, frames: list[int]) -> list[dict]:
             raise DicomError(422, f"no image: this DICOM file ({kind}, {_sop_name(ds)}) has no pixel data")
         _check_size(ds)
         n = _frame_count(ds)
-        info = _facts(ds, path)["frame_info"]
+        if infos is not None and len(infos) != len(frames):
+            raise DicomError(400, "decode_frames: one frame_info per frame is needed")
+        info = dict(zip(frames, infos)) if infos is not None else _facts(ds, path)["frame_info"]
         photometric = (_text(_get(ds, "PhotometricInterpretation")) or "").upper()
         samples = _int(_get(ds, "SamplesPerPixel", 1)) or 1
         out = []
@@ -382,18 +475,19 @@ def decode_frames(path: str, frames: list[int]) -> list[dict]:
                     raise DicomError(422, f"cannot convert {photometric} to RGB: {str(e)[:200]}") from None
                 if rgb.ndim != 3 or rgb.shape[2] != 3:
                     raise DicomError(422, f"unsupported colour layout {rgb.shape} ({photometric})")
-                out.append({"values": rgb, "kind": "rgb"})
+                out.append({"values": rgb, "kind": "rgb", "range": value_range(rgb)})
                 continue
             if arr.ndim != 2:
                 raise DicomError(422, f"unexpected pixel array shape {arr.shape}")
             if _get(ds, "ModalityLUTSequence") is not None:
                 try:
-                    values = apply_modality_lut(arr, ds)
+                    values = to_wire(apply_modality_lut(arr, ds))
                 except Exception:
-                    values = _modality_values(arr, info[f])
+                    values = to_wire(_modality_values(arr, info[f]))
+                rng = value_range(values)
             else:
-                values = _modality_values(arr, info[f])
-            out.append({"values": to_wire(values), "kind": "gray"})
+                values, rng = _gray_wire(arr, info[f])
+            out.append({"values": values, "kind": "gray", "range": rng})
         return out
 
 

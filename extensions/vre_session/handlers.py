@@ -24,6 +24,8 @@ Viewing (a *source* is an indexed series, or a single file opened by path)
     GET vre/api/file?path=<path>                   SeriesMeta of one file (audited: dicom.instance_view)
     GET <source>/slices/<i>                        slice i in slice order, raw values (binary, below)
     GET <source>/mpr/<axial|coronal|sagittal>/<i>  reformatted image i (binary, below)
+    GET <source>/stream?start=&count=&direction=   many slices in one response, each as soon as it
+                                                   is decoded: <u32 LE n><n bytes JSON header><pixels>
     GET <source>/tags?slice=<i>                    {"sop_instance_uid", "elements": [...], "count", "truncated"}
     GET vre/api/file/thumbnail.png?path=<path>
   where <source> is ``vre/api/datasets/<slug>/series/<uid>`` or ``vre/api/file`` (then add
@@ -62,7 +64,7 @@ from dataclasses import dataclass, field
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
-from tornado import web
+from tornado import iostream, web
 
 from . import relay
 from .datasets import BadRequest, Datasets, Manifest, NotFound, load_manifest
@@ -71,7 +73,7 @@ from .guard import Guard, ensure_data_link
 try:  # the viewer needs numpy/pydicom; the guard must work even if they are broken
     import numpy as np
 
-    from .dicom import DicomError
+    from .dicom import DicomError, facts_from_index, jsonable, value_range
     from .series import Source, Viewer
     VIEWER_IMPORT_ERROR = None
 except ImportError as e:  # pragma: no cover - a broken environment
@@ -187,17 +189,7 @@ class VREHandler(APIHandler):
             raise BadRequest(f"{name} must be a whole number, got {raw!r}") from None
 
     def send_pixels(self, result: dict) -> None:
-        values = np.asarray(result["values"])
-        wire = {"i": "<i2", "u": "<u2", "f": "<f4"}
-        if values.dtype == np.uint8 and values.ndim == 3:
-            name, arr = "uint8", np.ascontiguousarray(values)
-        else:
-            kind = values.dtype.kind if values.dtype.kind in "iuf" else "f"
-            target = np.dtype(wire[kind]) if values.dtype.itemsize <= 2 or kind == "f" else np.dtype("<f4")
-            arr = np.ascontiguousarray(values, dtype=target)
-            name = {"<i2": "int16", "<u2": "uint16", "<f4": "float32"}[target.str]
-        finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        name, arr, (lo, hi) = wire_pixels(result)
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-VRE-Dtype", name)
         self.set_header("X-VRE-Shape", ",".join(map(str, arr.shape)))
@@ -215,6 +207,55 @@ class VREHandler(APIHandler):
             m = result["markers"]
             self.set_header("X-VRE-Markers", f"{m['top']},{m['right']},{m['bottom']},{m['left']}")
         self.finish(arr.tobytes(), set_content_type="application/octet-stream")
+
+
+def wire_pixels(result: dict) -> tuple[str, "np.ndarray", tuple[float, float]]:
+    """(dtype name, little-endian contiguous array, value range) of a slice or MPR result."""
+    values = np.asarray(result["values"])
+    wire = {"i": "<i2", "u": "<u2", "f": "<f4"}
+    if values.dtype == np.uint8 and values.ndim == 3:
+        name, arr = "uint8", np.ascontiguousarray(values)
+    else:
+        kind = values.dtype.kind if values.dtype.kind in "iuf" else "f"
+        target = np.dtype(wire[kind]) if values.dtype.itemsize <= 2 or kind == "f" else np.dtype("<f4")
+        arr = np.ascontiguousarray(values, dtype=target)
+        name = {"<i2": "int16", "<u2": "uint16", "<f4": "float32"}[target.str]
+    rng = result.get("range")
+    if rng is None or arr.dtype != values.dtype:  # converted here: the decoder's range may not hold
+        rng = value_range(arr)
+    return name, arr, (float(rng[0]), float(rng[1]))
+
+
+def _bytes_of(arr: "np.ndarray") -> bytes:
+    """The array's bytes: the buffer it was received in from the decoder when it is exactly that
+    (no copy), else a copy."""
+    base = arr
+    while base is not None and not isinstance(base, (bytes, memoryview)):
+        base = getattr(base, "base", None)
+    if isinstance(base, memoryview):
+        base = base.obj
+    if isinstance(base, bytes) and len(base) == arr.nbytes and arr.flags.c_contiguous:
+        return base
+    return arr.tobytes()
+
+
+def stream_record(index: int, result: "dict | DicomError") -> tuple[bytes, bytes]:
+    """One record of a series stream: ``<u32 LE header length><header JSON><pixel bytes>``; the
+    header is a slice response's headers as JSON (``nbytes`` says how many pixel bytes follow),
+    or ``{"index", "error": {"status", "reason", "message"}}`` for a slice that cannot be shown."""
+    if isinstance(result, DicomError):
+        header, body = {"index": index, "error": {"status": result.status,
+                                                  "reason": _REASONS.get(result.status, "error"),
+                                                  "message": result.message}}, b""
+    else:
+        name, arr, rng = wire_pixels(result)
+        body = _bytes_of(arr)
+        header = {"index": index, "count": result["count"], "dtype": name, "shape": list(arr.shape),
+                  "pixel_spacing": result.get("pixel_spacing"), "range": list(rng),
+                  "window": [result["window"]["center"], result["window"]["width"]] if result.get("window") else None,
+                  "position": result.get("position"), "location": result.get("location"), "nbytes": len(body)}
+    text = json.dumps(jsonable(header)).encode()
+    return len(text).to_bytes(4, "little") + text, body  # two writes: the pixels are not copied again
 
 
 # --- session and datasets ------------------------------------------------------------------
@@ -297,8 +338,8 @@ class _SourceHandler(VREHandler):
             catalog = self.vre.datasets.get(slug)
             key = ("series", slug, uid, catalog.index_stamp())
 
-            async def paths():
-                return await asyncio.to_thread(catalog.series_files, uid)
+            async def paths():  # header facts from the index where it has them
+                return await asyncio.to_thread(catalog.series_instances, uid, facts_from_index)
 
             return await viewer.source(key, "series", {"source": "series", "dataset": slug, "series_uid": uid},
                                        paths)
@@ -351,6 +392,9 @@ class SourceMetaHandler(_SourceHandler):
         source = await self.source(slug, uid)
         self.audit_view(source, always=True)
         self.send_json(source.metadata(self.vre.viewer.cache_bytes))
+        # the Lab shows the middle slice first: decode it while the metadata travels and is laid out
+        warm = asyncio.ensure_future(self.vre.viewer.decoded(source, (len(source.slices) - 1) // 2))
+        warm.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 class SliceHandler(_SourceHandler):
@@ -362,6 +406,59 @@ class SliceHandler(_SourceHandler):
         source = await self.source(slug, uid)
         self.audit_view(source)
         self.send_pixels(await self.vre.viewer.slice(source, i))
+
+
+class StreamHandler(_SourceHandler):
+    """Many slices in one response, each flushed as soon as it is decoded, in the order asked:
+    ``?start=&count=&direction=``: ``direction`` 1 (or -1) streams ``start``, ``start+1`` (or -1), ...
+    to the end of the stack and then the other way; 0 (the default) alternates after and before
+    ``start``, nearest first. At most ``count`` slices (default: all)."""
+
+    @web.authenticated
+    @authorized
+    @_api
+    async def get(self, slug=None, uid=None):
+        source = await self.source(slug, uid)
+        n = len(source.slices)
+        start = self.int_arg("start", 0)
+        count = self.int_arg("count", n)
+        direction = self.int_arg("direction", 0)
+        if not 0 <= start < n:
+            raise DicomError(404, f"slice {start} does not exist; this series has slices 0..{n - 1}")
+        if count < 1:
+            raise BadRequest(f"count must be at least 1, got {count}")
+        if direction not in (-1, 0, 1):
+            raise BadRequest(f"direction must be -1, 0 or 1, got {direction}")
+        order = stream_order(start, n, direction)[:count]
+        self.audit_view(source)
+        self.set_header("Content-Type", "application/vnd.vre.slices")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-VRE-Count", str(len(order)))
+        slices = self.vre.viewer.stream(source, order)
+        try:
+            async for index, result in slices:
+                for part in stream_record(index, result):
+                    self.write(part)
+                try:
+                    await self.flush()
+                except iostream.StreamClosedError:
+                    return  # the viewer was closed or moved on (the Lab aborts a stream it outran)
+        finally:
+            await slices.aclose()
+        self.finish()
+
+
+def stream_order(start: int, n: int, direction: int = 0) -> list[int]:
+    """0..n-1 in stream order: from ``start`` towards ``direction`` (1 or -1) to the end, then the
+    other way; direction 0: by distance from ``start``, the one after before the one before."""
+    if direction:
+        ahead = list(range(start, n)) if direction > 0 else list(range(start, -1, -1))
+        behind = list(range(start - 1, -1, -1)) if direction > 0 else list(range(start + 1, n))
+        return ahead + behind
+    order = [start]
+    for d in range(1, n):
+        order += [i for i in (start + d, start - d) if 0 <= i < n]
+    return order
 
 
 class MprHandler(_SourceHandler):
@@ -419,11 +516,13 @@ ROUTES = [
     (rf"{SERIES}/thumbnail(?:\.png)?", ThumbnailHandler),
     (rf"{SERIES}/slices/(?P<index>[^/]+)", SliceHandler),
     (rf"{SERIES}/mpr/(?P<plane>[^/]+)/(?P<index>[^/]+)", MprHandler),
+    (rf"{SERIES}/stream/?", StreamHandler),
     (rf"{SERIES}/tags/?", TagsHandler),
     (r"/vre/api/file/?", SourceMetaHandler),
     (r"/vre/api/file/thumbnail(?:\.png)?", FileThumbnailHandler),
     (r"/vre/api/file/slices/(?P<index>[^/]+)", SliceHandler),
     (r"/vre/api/file/mpr/(?P<plane>[^/]+)/(?P<index>[^/]+)", MprHandler),
+    (r"/vre/api/file/stream/?", StreamHandler),
     (r"/vre/api/file/tags/?", TagsHandler),
 ]
 

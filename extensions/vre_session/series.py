@@ -1,11 +1,16 @@
 """Viewer sources (an indexed series, or one file opened by path): geometry, slices, MPR, caches.
 
-A *source* is a list of files. Its headers are read in the decoder workers (cached by path, size
-and mtime), its frames ordered by :func:`vre_session.dicom.order_slices`, and the result kept as
-a :class:`Source` (bounded cache). Slices are decoded one file at a time on demand; reformats
-(MPR) need the whole volume, which is decoded once and kept in a byte-bounded LRU cache
-(``VRE_VIEWER_CACHE_MB``, default 512 MiB); a series larger than the cache is refused for MPR
-with 413 rather than risking the session's memory.
+A *source* is a list of files. Their header facts come from the catalogue index when it holds
+them for the file as it is now (same size and mtime; see ``datasets.Catalog.series_instances``),
+else they are read in the decoder workers (cached by path, size and mtime). Its frames are ordered
+by :func:`vre_session.dicom.order_slices` and the result kept as a :class:`Source` (bounded cache).
+
+Decoded slices are kept in a byte-bounded LRU (half of ``VRE_VIEWER_CACHE_MB``, default 512 MiB),
+so a series streamed once (``stream``: slices in the order asked, every decoder worker busy) is not
+decoded again. A reformat (MPR) plane is cut from the cached slices (one row or column of each),
+decoding only the missing ones; a series whose slices do not fit that half is stacked into a
+volume instead, kept in its own LRU bounded by the whole budget; a series larger than the budget
+is refused for MPR with 413 rather than risking the session's memory.
 """
 
 from __future__ import annotations
@@ -59,6 +64,13 @@ class LRU:
                                       and len(self._data) > 1)):
                 old, _ = self._data.popitem(last=False)
                 self.bytes -= self._sizes.pop(old)
+
+    def drop(self, predicate) -> None:
+        """Forget every entry whose key satisfies ``predicate``."""
+        with self._lock:
+            for key in [k for k in self._data if predicate(k)]:
+                del self._data[key]
+                self.bytes -= self._sizes.pop(key)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -229,6 +241,7 @@ class Viewer:
         self._headers = LRU(50000)
         self._sources = LRU(64)
         self._volumes = LRU(16, self.cache_bytes)
+        self._slices = LRU(1_000_000, self.cache_bytes // 2)   # (source key, index) -> decoded slice
         self._thumbs = LRU(4096, 32 * 1024 * 1024)
         self._pending: dict[tuple, asyncio.Future] = {}
 
@@ -260,17 +273,26 @@ class Viewer:
         return facts
 
     async def source(self, key: tuple, kind: str, label: dict, get_paths) -> Source:
-        """The source for ``key``; ``get_paths()`` (async) lists its files when it is not cached."""
+        """The source for ``key``; ``get_paths()`` (async) lists its files when it is not cached:
+        paths, or ``(path, facts)`` pairs where ``facts`` (``read_instance`` output, from the
+        catalogue index) may be None, and is then read from the file."""
         cached = self._sources.get(key)
         if cached is not None:
             return cached
 
         async def make() -> Source:
-            paths = await get_paths()
-            if len(paths) > MAX_FILES_PER_SOURCE:
-                raise DicomError(413, f"the series has {len(paths)} files; the viewer opens at most "
+            listed = await get_paths()
+            if len(listed) > MAX_FILES_PER_SOURCE:
+                raise DicomError(413, f"the series has {len(listed)} files; the viewer opens at most "
                                       f"{MAX_FILES_PER_SOURCE}")
-            results = await asyncio.gather(*(self.header(p) for p in paths), return_exceptions=True)
+            pairs = [item if isinstance(item, tuple) else (item, None) for item in listed]
+            paths = [p for p, _ in pairs]
+
+            async def known(facts):
+                return facts
+
+            results = await asyncio.gather(*(known(f) if f is not None else self.header(p) for p, f in pairs),
+                                           return_exceptions=True)
             instances, skipped, errors = [], [], []
             for path, result in zip(paths, results):
                 if isinstance(result, DicomError):
@@ -295,25 +317,69 @@ class Viewer:
         return await self._once(("source", key), make)
 
     # -- pixels -------------------------------------------------------------------------------
-    async def slice(self, source: Source, index: int) -> dict:
-        """Modality values of slice ``index`` (native orientation) and its facts."""
-        s, inst = source.slice_ref(index)
+    def _cached(self, source: Source, index: int) -> dict | None:
         volume = self._volumes.get(source.key)
         if volume is not None:
-            values = volume[index]
-        else:
-            values = (await self.pool.run("decode_frames", inst["path"], [s["frame"]]))[0]["values"]
+            return {"values": volume[index], "range": None}
+        return self._slices.get((source.key, index))
+
+    async def decoded(self, source: Source, index: int) -> dict:
+        """``{"values", "range"}`` of slice ``index``: from the volume or slice cache, else decoded
+        (one file, in a worker, under the per-file time limit) and cached."""
+        s, inst = source.slice_ref(index)
+        hit = self._cached(source, index)
+        if hit is not None:
+            return hit
+
+        async def make() -> dict:
+            frame = (await self.pool.run("decode_frames", inst["path"], [s["frame"]],
+                                         [inst["frame_info"][s["frame"]]]))[0]
+            values = frame["values"]
+            values.setflags(write=False)
+            out = {"values": values, "range": frame.get("range")}
+            self._slices.put((source.key, index), out, values.nbytes)
+            return out
+
+        return await self._once(("slice", source.key, index), make)
+
+    def slice_facts(self, source: Source, index: int) -> dict:
+        """What a slice's answer says besides its values (see API.md, binary pixel responses)."""
+        s, inst = source.slice_ref(index)
         info = inst["frame_info"][s["frame"]]
         windows = info["windows"] or inst["windows"]
-        return {"values": values, "pixel_spacing": inst["pixel_spacing"], "position": s["position"],
-                "location": s["location"], "window": windows[0] if windows else None,
-                "count": len(source.slices), "index": index}
+        return {"pixel_spacing": inst["pixel_spacing"], "position": s["position"], "location": s["location"],
+                "window": windows[0] if windows else None, "count": len(source.slices), "index": index}
 
-    async def volume(self, source: Source) -> np.ndarray:
-        """The whole series as ``V[k, r, c]`` in slice order (cached)."""
-        volume = self._volumes.get(source.key)
-        if volume is not None:
-            return volume
+    async def slice(self, source: Source, index: int) -> dict:
+        """Modality values of slice ``index`` (native orientation) and its facts."""
+        facts = self.slice_facts(source, index)
+        d = await self.decoded(source, index)
+        return {**facts, "values": d["values"], "range": d["range"]}
+
+    async def stream(self, source: Source, order: list[int]):
+        """Slices of ``order`` as ``(index, slice() result or DicomError)``, in that order, with as
+        many decodes in flight as keep every worker busy (twice the workers, and no more, so a
+        single-slice request still finds a worker soon). A file that cannot be decoded (each
+        under the per-file time limit) yields its error, and the stream goes on."""
+        for i in order:
+            source.slice_ref(i)
+        window = 2 * max(1, self.pool.size)  # a call queued behind each busy worker: none idles
+        tasks: dict[int, asyncio.Task] = {}
+        try:
+            for pos, i in enumerate(order):
+                for j in order[pos:pos + window]:
+                    if j not in tasks:
+                        tasks[j] = asyncio.ensure_future(self.slice(source, j))
+                try:
+                    yield i, await tasks.pop(i)
+                except DicomError as e:
+                    yield i, e
+        finally:  # a client gone: the few decodes under way finish into the cache (another
+            # request may be waiting on them), their errors are dropped
+            for task in tasks.values():
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _check_volume(self, source: Source) -> int:
         problem = source.mpr_problem()
         if problem:
             raise DicomError(422, f"no reformats for this series: {problem}")
@@ -321,38 +387,87 @@ class Viewer:
         if nbytes > self.cache_bytes:
             raise DicomError(413, f"the series needs {nbytes >> 20} MiB as a volume, more than the viewer "
                                   f"cache allows ({self.cache_bytes >> 20} MiB, VRE_VIEWER_CACHE_MB)")
+        return nbytes
 
-        async def make() -> np.ndarray:
-            tasks = []  # (path, frames, slice indexes)
+    async def _all_slices(self, source: Source) -> list[np.ndarray]:
+        """Every slice's values in slice order: the cached ones as they are, the others decoded
+        (several frames of a file per call) and cached."""
+        async def make() -> list[np.ndarray]:
+            planes: list = [None] * len(source.slices)
             by_file: dict[int, list[tuple[int, int]]] = {}
             for k, s in enumerate(source.slices):
-                by_file.setdefault(s["instance"], []).append((s["frame"], k))
+                hit = self._cached(source, k)
+                if hit is not None:
+                    planes[k] = hit["values"]
+                else:
+                    by_file.setdefault(s["instance"], []).append((s["frame"], k))
+            tasks = []  # (path, frames, frame infos, slice indexes)
             for i, frames in by_file.items():
+                inst = source.instances[i]
                 for start in range(0, len(frames), MAX_FRAMES_PER_TASK):
                     chunk = frames[start:start + MAX_FRAMES_PER_TASK]
-                    tasks.append((source.instances[i]["path"], [f for f, _ in chunk], [k for _, k in chunk]))
-            results = await asyncio.gather(*(self.pool.run("decode_frames", p, fs) for p, fs, _ in tasks))
-            planes: list = [None] * len(source.slices)
-            for (_, _, ks), decoded in zip(tasks, results):
+                    tasks.append((inst["path"], [f for f, _ in chunk], [inst["frame_info"][f] for f, _ in chunk],
+                                  [k for _, k in chunk]))
+            results = await asyncio.gather(*(self.pool.run("decode_frames", p, fs, infos)
+                                             for p, fs, infos, _ in tasks))
+            for (_, _, _, ks), decoded in zip(tasks, results):
                 for k, d in zip(ks, decoded):
+                    d["values"].setflags(write=False)
                     planes[k] = d["values"]
-            volume = dicom.to_wire(np.stack(planes))
+                    self._slices.put((source.key, k), {"values": d["values"], "range": d.get("range")},
+                                     d["values"].nbytes)
+            return planes
+
+        return await self._once(("all", source.key), make)
+
+    async def volume(self, source: Source) -> np.ndarray:
+        """The whole series as ``V[k, r, c]`` in slice order (cached), stacked from the decoded
+        slices (only the missing ones are decoded)."""
+        volume = self._volumes.get(source.key)
+        if volume is not None:
+            return volume
+        self._check_volume(source)
+
+        async def make() -> np.ndarray:
+            volume = dicom.to_wire(np.stack(await self._all_slices(source)))
             volume.setflags(write=False)
             self._volumes.put(source.key, volume, volume.nbytes)
+            self._slices.drop(lambda key: key[0] == source.key)  # the volume holds them now
             return volume
 
         return await self._once(("volume", source.key), make)
 
     async def mpr(self, source: Source, plane: str, index: int) -> dict:
+        """One reformatted image. When the series' slices fit the slice cache, the image is cut
+        from the cached slices directly (one row or column of each: no volume is built); else from
+        the cached volume."""
         if plane not in dicom.PLANES:
             raise DicomError(404, f"unknown plane {plane!r}; use axial, coronal or sagittal")
-        volume = await self.volume(source)
+        nbytes = self._check_volume(source)
         axes = source.axes()
-        c, spacing = dicom.reorient(volume, source.spacing_krc(), axes)
-        shape = dicom.plane_shape(c.shape, spacing, plane)
+        shape_zyx = tuple(source.volume_shape()[a] for a in axes["perm"])
+        spacing = tuple(source.spacing_krc()[a] for a in axes["perm"])
+        shape = dicom.plane_shape(shape_zyx, spacing, plane)
         if not 0 <= index < shape["count"]:
             raise DicomError(404, f"{plane} image {index} does not exist; there are 0..{shape['count'] - 1}")
-        values = dicom.mpr_slice(c, plane, index)
+        volume = self._volumes.get(source.key)
+        if volume is None and nbytes // 2 <= self._slices.max_bytes:
+            slices = await self._all_slices(source)
+            c_axis = {"axial": 0, "coronal": 1, "sagittal": 2}[plane]
+            v_axis = axes["perm"][c_axis]
+            at = shape_zyx[c_axis] - 1 - index if c_axis in axes["flip"] else index  # along V's axis
+            if v_axis == 0:
+                sub = slices[at][None, :, :]
+            elif v_axis == 1:
+                sub = np.stack([s[at, :] for s in slices])[:, None, :]
+            else:
+                sub = np.stack([s[:, at] for s in slices])[:, :, None]
+            c, _ = dicom.reorient(dicom.to_wire(sub), source.spacing_krc(), axes)
+            values = dicom.mpr_slice(c, plane, 0)
+        else:
+            volume = await self.volume(source)
+            c, _ = dicom.reorient(volume, source.spacing_krc(), axes)
+            values = dicom.mpr_slice(c, plane, index)
         return {"values": values, "pixel_spacing": shape["pixel_spacing"], "count": shape["count"],
                 "index": index, "position": None, "window": None, "markers": dicom.PLANE_MARKERS[plane],
                 "location": self._plane_location(source, axes, plane, index)}

@@ -94,6 +94,11 @@ class Settings:
     k8s_storage_class: str = ""
     #: Node labels a GPU session must land on (``nodeSelector``), e.g. ``{"nvidia.com/gpu.present": "true"}``.
     k8s_gpu_node_selector: dict = field(default_factory=dict, hash=False)
+    #: Start session pods with datasets although nothing outside the session records which dataset
+    #: files it reads: on Kubernetes no per-node observer exists yet (the host view covers sandbox
+    #: and docker). Off by default, so such a start is refused with this reason; when on, the hub
+    #: logs a warning at start and every ``session.start`` record says ``reads_observed: false``.
+    k8s_unobserved_reads: bool = False
     #: Python environment that sessions run from; bound read-only into every sandbox.
     session_env: Path = field(default=Path(sys.prefix), metadata={"shown": "the hub's own (`sys.prefix`)"})
     #: Host uids for session users are ``uid_base + account id``; project gids ``gid_base + project id``.

@@ -216,10 +216,17 @@ def test_browse_filter_open_scroll_window_readout_mpr(sqlite_hub, alice, browser
     dismiss_toasts(page)
     page.screenshot(path=str(ARTIFACTS / "viewer-dataset-browser.png"))
 
-    # Open it.
+    # Open it: the slices come as streams (one request per contiguous run), not one request each.
+    api_requests: list[str] = []
+    page.on("request", lambda r: api_requests.append(r.url) if "/vre/api/datasets/" in r.url else None)
     row.locator(".vre-act-open").click()
     viewer = page.locator('.vre-Viewer[data-painted="true"]')
     expect(viewer).to_be_visible(timeout=60_000)
+    page.wait_for_function("() => document.querySelector('.vre-Viewer').__vreViewer.loader.cachedCount >= 12",
+                           timeout=60_000)
+    streams = [u for u in api_requests if "/stream?" in u]
+    singles = [u for u in api_requests if "/slices/" in u]
+    assert streams and len(singles) <= 2, f"streams {streams}, single slices {singles}"
     meta = series_meta(page, alice, uid)
     assert meta["num_slices"] == 12 and meta["units"] == "HU" and meta["mpr"]["available"]
     expect(pane(page).locator(".vre-readout-slice")).to_contain_text("/ 12")

@@ -268,7 +268,9 @@ def test_images_off_the_allow_list_never_render(world):
 def _spawner(world, plan, **kw) -> KubernetesSpawner:
     """KubernetesSpawner against the test cluster; the parts a running JupyterHub would give
     (its environment with the API token, the project's row) are the test's."""
-    settings = world.settings.replace(k8s_kubeconfig=world.kube.env["KUBECONFIG"], **kw.pop("settings", {}))
+    # the plans have datasets: accept that no observer outside the pod records their reads
+    settings = world.settings.replace(k8s_kubeconfig=world.kube.env["KUBECONFIG"], k8s_unobserved_reads=True,
+                                      **kw.pop("settings", {}))
     sp = KubernetesSpawner(settings=settings, image_pull_policy="Never", hub_address=NODE_IP, start_timeout=90, **kw)
     sp._environment = lambda plan: {**plan.env, "JUPYTERHUB_API_TOKEN": "hub-token-" + world.token, "VRE_AUDIT_TOKEN": "t"}
     sp._project_quota = lambda plan: QUOTA

@@ -33,6 +33,7 @@ def k8s_hub(kube, make_hub):
     return make_hub("k8s", VRE_BACKEND="kubernetes", VRE_K8S_HUB_PORT=str(_free_port()),
                     VRE_K8S_SERVICE_PORT=str(_free_port()),
                     VRE_K8S_KUBECONFIG=kube.env["KUBECONFIG"], VRE_NOTEBOOK_IMAGE=kube.image,
+                    VRE_K8S_UNOBSERVED_READS="true",  # the demo projects have datasets
                     VRE_JUPYTERHUB=json.dumps({"KubernetesSpawner": spawner}))
 
 
@@ -42,6 +43,7 @@ def test_hub_runs_without_host_services(k8s_hub):
     created = set(re.findall(r"Creating service (\S+)", log))
     assert created == {"vre-audit-sealer", "vre", "vre-access"}, created   # no hostview, no job engine
     assert "Starting managed service vre-audit-sealer" in log and "vre-hostview" not in log
+    assert "k8s_unobserved_reads = true" in log  # the opt-in is said where the operator looks
 
 
 def test_session_request_reaches_the_cluster_and_fails_cleanly(k8s_hub, kube):

@@ -52,7 +52,7 @@ def test_index_counts_and_derived_tables(cohort):
     assert series == sorted(expected)
     assert query(index, "SELECT patient_id, sex FROM patients ORDER BY 1") == [(p.patient_id, p.sex) for p in patients]
     meta = dict(query(index, "SELECT key, value FROM meta"))
-    assert meta["format_version"] == "1" and meta["indexed_at"].startswith("20")
+    assert meta["format_version"] == "2" and meta["indexed_at"].startswith("20")
 
 
 def test_summary_from_index(cohort):
@@ -266,3 +266,12 @@ def test_non_ascii_text_is_decoded_with_the_character_set(tmp_path):
     conn = open_index(index)
     assert [s["patient_id"] for s in list_series(conn, text="Überprüfung")] == ["DE-1"]
     conn.close()
+
+
+def test_the_index_stores_every_element_the_viewer_reads_from_it():
+    """The session's viewer (vre_session, which cannot import the hub's package) builds geometry,
+    order and windows from the index's per-file record: the two lists must not drift apart."""
+    from vre.catalog.index import _PRESENCE, VIEWER_KEYWORDS
+    from vre_session.dicom import INDEX_KEYWORDS
+
+    assert INDEX_KEYWORDS == set(VIEWER_KEYWORDS) | set(_PRESENCE)

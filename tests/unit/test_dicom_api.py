@@ -335,6 +335,33 @@ def test_mpr_shapes_spacing_and_values(tmp_path, viewer):
     assert e.value.status == 404
 
 
+@pytest.mark.parametrize("acquisition", ["sagittal", "feet_first"])
+def test_mpr_cut_from_cached_slices_equals_mpr_from_the_volume(tmp_path, acquisition):
+    """Planes cut from the cached slices (no volume built) are the volume's, image for image,
+    for an acquisition whose axes are permuted and flipped."""
+    series = synth.make_ct_series(tmp_path / "s", **SUBJECT, rows=20, cols=24, slices=9, seed=4,
+                                  feet_first=acquisition == "feet_first")
+    if acquisition == "sagittal":
+        for i, f in enumerate(sorted(series.glob("*.dcm"))):
+            ds = pydicom.dcmread(f)
+            ds.ImageOrientationPatient, ds.ImagePositionPatient = [0, 1, 0, 0, 0, -1], [i * 2.5, -10, 50]
+            ds.save_as(f)
+    paths = sorted(series.glob("*.dcm"))
+    from_slices, from_volume = Viewer(cache_mb=64), Viewer(cache_mb=64)
+    from_volume._slices.max_bytes = 0  # no room for the slices: the volume path
+    try:
+        a, b = run(files_source(from_slices, paths)), run(files_source(from_volume, paths))
+        planes = a.metadata(from_slices.cache_bytes)["mpr"]["planes"]
+        for plane, info in planes.items():
+            for i in range(info["count"]):
+                x, y = run(from_slices.mpr(a, plane, i)), run(from_volume.mpr(b, plane, i))
+                assert np.array_equal(x["values"], y["values"]) and x["location"] == y["location"], (plane, i)
+        assert len(from_slices._volumes) == 0 and len(from_volume._volumes) == 1
+    finally:
+        from_slices.close()
+        from_volume.close()
+
+
 def test_canonical_axes_of_sagittal_and_coronal_acquisitions():
     sag = dicom.canonical_axes([0, 1, 0, 0, 0, -1], dicom.slice_normal([0, 1, 0, 0, 0, -1]))
     assert sag["perm"] == (1, 2, 0) and set(sag["flip"]) == {0, 2} and not sag["oblique"]
@@ -533,6 +560,150 @@ def test_browse_rejects_bad_paging_and_unknown_series(tmp_path):
         catalog.series_files("no-such-series")
 
 
+# --- header facts from the catalogue index, pixels from the slice cache ------------------------
+class CountingPool(DecoderPool):
+    """The real pool, counting the calls by name (what a viewer operation really read)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def call(self, name, *args, **kw):
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return super().call(name, *args, **kw)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    """A CT series (shuffled names), an MR series and pydicom's test files, indexed."""
+    base = tmp_path_factory.mktemp("indexed")
+    data = base / "data"
+    synth.make_ct_series(data / "ct", **SUBJECT, rows=48, cols=48, slices=17, shuffle_names=True, seed=9)
+    for src in PYDICOM_FILES.glob("*.dcm"):
+        (data / "pyd").mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, data / "pyd" / src.name)
+    (base / "catalog").mkdir()
+    index_dataset(data, base / "catalog" / "index.sqlite", workers=1)
+    return data, Catalog(DatasetRef("ix", str(data), str(base / "catalog")))
+
+
+def test_index_facts_are_the_header_facts(indexed):
+    """What the index recorded at registration gives exactly what reading the header gives, for
+    every file it recorded; enhanced multi-frame files (functional groups) are left to the header."""
+    data, catalog = indexed
+    conn = sqlite3.connect(catalog.ref.index_path)
+    rows = conn.execute("SELECT relpath, viewer, sop_instance_uid, series_uid, study_uid FROM files "
+                        "WHERE error IS NULL").fetchall()
+    fields = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'viewer_fields'").fetchone()[0])
+    assert json.loads(conn.execute("SELECT value FROM meta WHERE key = 'viewer_columns'").fetchone()[0]) == {
+        "SOPInstanceUID": "sop_instance_uid", "SeriesInstanceUID": "series_uid", "StudyInstanceUID": "study_uid"}
+    conn.close()
+    compared, left = 0, []
+    for rel, stored, *uids in rows:
+        uids = dict(zip(("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"), uids))
+        if stored is None:
+            left.append(rel)
+            continue
+        try:
+            expected = dicom.read_instance(str(data / rel))
+        except DicomError:
+            continue  # the index is more lenient than a full header parse; such files are not shown anyway
+        assert dicom.facts_from_index(stored, str(data / rel), fields, uids) == expected, rel
+        compared += 1
+    assert compared >= 60
+    assert left and all(pydicom.dcmread(data / rel, stop_before_pixels=True).get("PerFrameFunctionalGroupsSequence")
+                        for rel in left)
+    with pytest.raises(ValueError):  # an index without an element the viewer reads is not used
+        rel, stored = next(r for r in rows if r[1])[:2]
+        dicom.facts_from_index(stored, str(data / rel), [f if f != "RescaleSlope" else "X" for f in fields])
+
+
+def test_opening_an_indexed_series_reads_no_header_and_orders_as_the_headers_do(indexed):
+    data, catalog = indexed
+    uid = pydicom.dcmread(next((data / "ct").glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID
+    pool = CountingPool()
+    viewer = Viewer(pool=pool, cache_mb=64)
+    try:
+        async def from_index():
+            return await asyncio.to_thread(catalog.series_instances, uid, dicom.facts_from_index)
+
+        async def from_headers():
+            return catalog.series_files(uid)
+
+        label = {"source": "series", "dataset": "ix", "series_uid": uid}
+        indexed_source = run(viewer.source(("ix", 1), "series", label, from_index))
+        assert pool.calls.get("read_instance", 0) == 0
+        header_source = run(viewer.source(("ix", 2), "series", label, from_headers))
+        assert pool.calls["read_instance"] == 17
+        assert indexed_source.metadata(viewer.cache_bytes) == header_source.metadata(viewer.cache_bytes)
+        assert indexed_source.order["ordering"] == "geometry" and indexed_source.metadata(1 << 30)["mpr"]["available"]
+        # a file changed since registration is read from its header, the others still from the index
+        changed = next((data / "ct").glob("*.dcm"))
+        os.utime(changed, ns=(time.time_ns(), time.time_ns()))
+        facts = catalog.series_instances(uid, dicom.facts_from_index)
+        assert [str(p) for p, f in facts if f is None] == [str(changed)]
+        assert len(facts) == 17
+        # an index written before the viewer's column (format 1) still opens, from the headers
+        assert all(f is None for _, f in catalog.series_instances(uid, None))
+    finally:
+        viewer.close()
+
+
+def test_stream_gives_every_slice_once_nearest_first_and_feeds_the_volume(indexed):
+    from vre_session.handlers import stream_order, stream_record
+
+    assert stream_order(3, 6) == [3, 4, 2, 5, 1, 0] and stream_order(0, 3) == [0, 1, 2]
+    assert stream_order(3, 6, 1) == [3, 4, 5, 2, 1, 0] and stream_order(3, 6, -1) == [3, 2, 1, 0, 4, 5]
+    data, catalog = indexed
+    uid = pydicom.dcmread(next((data / "ct").glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID
+    pool = CountingPool()
+    viewer = Viewer(pool=pool, cache_mb=64)
+    try:
+        async def listing():
+            return catalog.series_instances(uid, dicom.facts_from_index)
+
+        source = run(viewer.source(("ix", "stream"), "series", {"source": "series"}, listing))
+        order = stream_order(8, 17)
+
+        async def collect():
+            return [(i, r) async for i, r in viewer.stream(source, order)]
+
+        got = run(collect())
+        assert [i for i, _ in got] == order
+        assert pool.calls["decode_frames"] == 17
+        for i, result in got:  # the same values and facts as one slice at a time
+            single = run(viewer.slice(source, i))
+            assert np.array_equal(single["values"], result["values"]) and single["location"] == result["location"]
+            record = b"".join(stream_record(i, result))
+            n = int.from_bytes(record[:4], "little")
+            header = json.loads(record[4:4 + n])
+            assert header["index"] == i and header["count"] == 17 and header["dtype"] == "int16"
+            assert header["nbytes"] == len(record) - 4 - n == 48 * 48 * 2
+            assert header["range"] == [int(result["values"].min()), int(result["values"].max())]
+        assert pool.calls["decode_frames"] == 17  # served from the slice cache
+        run(viewer.mpr(source, "coronal", 20))  # MPR from the slices already decoded: no decode
+        volume = run(viewer.volume(source))
+        assert pool.calls["decode_frames"] == 17 and volume.shape == (17, 48, 48)
+        assert np.array_equal(volume[5], got[order.index(5)][1]["values"])
+        error = b"".join(stream_record(4, DicomError(422, "cannot decode the pixel data: x")))
+        n = int.from_bytes(error[:4], "little")
+        assert json.loads(error[4:4 + n]) == {"index": 4, "error": {"status": 422, "reason": "unreadable",
+                                                                    "message": "cannot decode the pixel data: x"}}
+    finally:
+        viewer.close()
+
+
+def test_slice_cache_is_bounded():
+    from vre_session.series import LRU
+
+    lru = LRU(1000, 10)
+    for i in range(5):
+        lru.put(i, "x", 4)
+    assert len(lru) == 2 and lru.bytes == 8 and lru.get(4) and lru.get(0) is None
+    lru.drop(lambda k: k == 4)
+    assert len(lru) == 1 and lru.bytes == 4
+
+
 # --- through real HTTP handlers ---------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -720,6 +891,30 @@ def test_series_api_over_http(lab):
     rows, cols = map(int, r.headers["X-VRE-Shape"].split(","))
     assert np.frombuffer(r.content, "<i2").reshape(rows, cols)[row, col] == synth.HU_NODULE
     assert r.headers["X-VRE-Pixel-Spacing"] and r.headers["X-VRE-Index"] == f"{k}/12"
+    # the whole series in one response, nearest to k first, each slice as its own answer says
+    stream = lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"start": k})
+    assert stream.status_code == 200 and stream.headers["X-VRE-Count"] == "12"
+    body, seen = stream.content, []
+    while body:
+        n = int.from_bytes(body[:4], "little")
+        header = json.loads(body[4:4 + n])
+        pixels, body = body[4 + n:4 + n + header["nbytes"]], body[4 + n + header["nbytes"]:]
+        seen.append(header["index"])
+        if header["index"] == k:
+            assert pixels == r.content and header["range"] == [float(v) for v in r.headers["X-VRE-Range"].split(",")]
+            assert header["pixel_spacing"] == [float(v) for v in r.headers["X-VRE-Pixel-Spacing"].split(",")]
+    assert seen[0] == k and sorted(seen) == list(range(12))
+    part = lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"start": 5, "count": 3, "direction": -1})
+    assert part.headers["X-VRE-Count"] == "3" and part.content[:4] and \
+        json.loads(part.content[4:4 + int.from_bytes(part.content[:4], "little")])["index"] == 5
+    assert lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"direction": 2}).status_code == 400
+    with requests.get(f"{lab.url}/vre/api/datasets/lung/series/{uid}/stream", headers=lab.headers, stream=True,
+                      timeout=30) as gone:  # a viewer that moves on closes its stream early
+        assert gone.raw.read(4)
+    assert lab.get(f"/vre/api/datasets/lung/series/{uid}/slices/{k}").content == r.content
+    assert "Uncaught exception" not in lab.log()
+    assert lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"start": 12}).status_code == 404
+    assert lab.get(f"/vre/api/datasets/lung/series/{uid}/stream", params={"count": 0}).status_code == 400
     cor = lab.get(f"/vre/api/datasets/lung/series/{uid}/mpr/coronal/{row}")
     assert cor.status_code == 200 and cor.headers["X-VRE-Shape"] == "12,64"
     png = lab.get(f"/vre/api/datasets/lung/series/{uid}/thumbnail.png")

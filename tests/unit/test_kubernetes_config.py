@@ -79,7 +79,7 @@ def test_spawner_defaults_and_state_across_a_hub_restart(tmp_path):
              "pod_ip": "10.244.0.5", "node_name": "node-1", "access": {"session": "ann-lung"}}
     sp.load_state(state)
     assert sp._launched() and sp._socket_url() == f"http://10.244.0.5:{SESSION_PORT}"
-    assert sp._start_details() == {"pod": "vre-lung/ann-lung", "node": "node-1"}
+    assert sp._start_details() == {"pod": "vre-lung/ann-lung", "node": "node-1", "reads_observed": False}
     again = KubernetesSpawner(settings=s)
     again.load_state(sp.get_state())
     assert again._backend_state() == sp._backend_state() and again.access_policy() == {"session": "ann-lung"}

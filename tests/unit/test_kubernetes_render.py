@@ -10,7 +10,8 @@ import kubernetes_validate
 import pytest
 
 from vre.backends.kubernetes import (ACCESS_POD_LABELS, HUB_POD_LABELS, SECRET_ENV, SESSION_PORT,
-                                     KubernetesBackendError, ProjectQuota, network_policies, object_name,
+                                     KubernetesBackendError, ProjectQuota, check_reads_policy, network_policies,
+                                     object_name,
                                      pod_server_args, project_objects, project_quota, run_secret,
                                      session_pod)
 from vre.backends.plan_spawner import server_command
@@ -166,6 +167,15 @@ def test_images_off_the_allow_list_are_refused():
         render(image="evil/miner:1")
     allowed = SETTINGS.replace(k8s_image_allowlist=f"{IMAGE},reg.example/gpu:1")
     assert render(settings=allowed, image="reg.example/gpu:1")["spec"]["containers"][0]["image"] == "reg.example/gpu:1"
+
+
+def test_datasets_need_the_explicit_opt_in_to_unobserved_reads():
+    """No observer outside a pod records its dataset reads yet: a run with datasets is refused
+    unless the deployment accepted that (k8s_unobserved_reads); a run without datasets is not."""
+    with pytest.raises(KubernetesBackendError, match="k8s_unobserved_reads = true"):
+        check_reads_policy(SETTINGS, make_plan())
+    check_reads_policy(SETTINGS, make_plan(datasets=()))
+    check_reads_policy(SETTINGS.replace(k8s_unobserved_reads=True), make_plan())
 
 
 def test_run_secret_holds_files_and_credentials_only():

@@ -109,6 +109,17 @@ def check_image(settings: Settings, image: str) -> str:
 
 
 # --- the project: namespace, network policies, quota -------------------------------------------
+def check_reads_policy(settings: Settings, plan: SessionPlan) -> None:
+    """Refuse a run with datasets unless the deployment opted in to unobserved reads: the VRE
+    records every dataset read from outside the session, and on Kubernetes nothing does yet."""
+    if plan.datasets and not settings.k8s_unobserved_reads:
+        raise KubernetesBackendError(
+            f"project {plan.project} has datasets, and on Kubernetes no observer outside the session records "
+            "which dataset files a session reads (the host view runs on sandbox and docker hosts only). "
+            "An admin may accept that explicitly with k8s_unobserved_reads = true (logged, and recorded "
+            "in each session's start)")
+
+
 @dataclass(frozen=True)
 class ProjectQuota:
     """What all of a project's pods together may request (its namespace's ResourceQuota)."""
@@ -382,7 +393,8 @@ class KubernetesSpawner(PlanSpawner, Spawner):
         return ()   # a count in the pod's limits; Kubernetes picks the devices
 
     def _start_details(self) -> dict:
-        return {"pod": f"{self.pod_namespace}/{self.pod_name}", "node": self.node_name}
+        return {"pod": f"{self.pod_namespace}/{self.pod_name}", "node": self.node_name,
+                "reads_observed": False}  # no per-node observer of dataset reads (k8s_unobserved_reads)
 
     def _socket_url(self) -> str:
         return f"http://{self.pod_ip}:{SESSION_PORT}" if self.pod_ip else ""
@@ -452,6 +464,7 @@ class KubernetesSpawner(PlanSpawner, Spawner):
         return self.image
 
     async def _launch(self, plan: SessionPlan) -> None:
+        check_reads_policy(self.settings, plan)
         image = check_image(self.settings, self._image_for(plan))
         ns, name = namespace_name(plan), object_name(plan.session_id)
         self._progress(30, f"Preparing the project's island (namespace {ns}: network policies, quota)")

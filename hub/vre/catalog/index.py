@@ -31,9 +31,9 @@ from pydicom.dataelem import RawDataElement
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: files.viewer (the header elements the session's viewer reads)
 CLINICAL_SUFFIXES = (".csv", ".tsv", ".json")
 _POOL_THRESHOLD = 200  # below this, starting worker processes costs more than it saves
 _CHUNK_MIN, _CHUNK_MAX = 64, 256
@@ -47,7 +47,27 @@ _KEYWORDS = (
     "PixelSpacing", "SliceThickness", "InstanceNumber", "ImagePositionPatient",
     "ImageOrientationPatient",
 )  # fmt: skip
-_TAG = {k: tag_for_keyword(k) for k in _KEYWORDS}
+# The top-level elements the session's DICOM viewer builds its geometry, order and windows from
+# (vre_session.dicom.INDEX_KEYWORDS must be a subset). Stored per file as JSON so that opening a
+# series reads no header; files with functional groups (enhanced multi-frame) store none.
+VIEWER_KEYWORDS = (
+    "SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "StudyDate",
+    "StudyDescription", "SeriesDescription", "Modality", "BodyPartExamined", "Manufacturer",
+    "InstanceNumber", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "PhotometricInterpretation",
+    "BitsAllocated", "BitsStored", "PixelRepresentation", "PixelSpacing", "ImagerPixelSpacing",
+    "SliceThickness", "SpacingBetweenSlices", "ImagePositionPatient", "ImageOrientationPatient",
+    "RescaleSlope", "RescaleIntercept", "RescaleType", "GridFrameOffsetVector", "VOILUTFunction",
+    "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
+)  # fmt: skip
+_PRESENCE = ("ModalityLUTSequence",)  # only whether it is there
+VIEWER_FIELDS = (*VIEWER_KEYWORDS, *_PRESENCE)  # the order of files.viewer's "v"
+# Left out of "v" (null there): the session takes them from the row's own columns.
+_IN_COLUMNS = {"SOPInstanceUID": "sop_instance_uid", "SeriesInstanceUID": "series_uid",
+               "StudyInstanceUID": "study_uid"}
+_FUNCTIONAL_GROUPS = (tag_for_keyword("PerFrameFunctionalGroupsSequence"),
+                      tag_for_keyword("SharedFunctionalGroupsSequence"))
+_TAG = {k: tag_for_keyword(k) for k in (*_KEYWORDS, *VIEWER_KEYWORDS, *_PRESENCE)}
+_READ_TAGS = [*_TAG.values(), *_FUNCTIONAL_GROUPS]
 
 # Per-file header fields, in the order _header_fields() returns them.
 _HEADER_COLUMNS = (
@@ -59,14 +79,15 @@ _HEADER_COLUMNS = (
     ("columns", "INTEGER"), ("pixel_spacing", "TEXT"), ("slice_thickness", "REAL"),
     ("instance_number", "INTEGER"), ("slice_position", "REAL"),
 )  # fmt: skip
-_FILE_COLUMNS = ("relpath", "dir", "size", "mtime_ns", "error", *(name for name, _ in _HEADER_COLUMNS))
+_FILE_COLUMNS = ("relpath", "dir", "size", "mtime_ns", "error", *(name for name, _ in _HEADER_COLUMNS), "viewer")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS files (
     relpath TEXT PRIMARY KEY, dir TEXT NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, error TEXT,
-    {", ".join(f"{name} {kind}" for name, kind in _HEADER_COLUMNS)}
+    {", ".join(f"{name} {kind}" for name, kind in _HEADER_COLUMNS)},
+    viewer TEXT
 );
 CREATE INDEX IF NOT EXISTS files_series ON files (series_uid);
 CREATE TABLE IF NOT EXISTS patients (
@@ -271,11 +292,49 @@ def _header_fields(ds) -> tuple:
     )
 
 
+def _viewer_json(ds) -> str | None:
+    """The viewer's elements as compact JSON ``{"ts", "ts_name", "ts_compressed": the transfer
+    syntax, "v": [one value per VIEWER_FIELDS entry, null when absent]}`` (text, integers, or lists
+    of text for multi-valued ones, as pydicom gives them; the field names are stored once, in
+    ``meta.viewer_fields``; the UIDs, which have their own columns, are null there and named in
+    ``meta.viewer_columns``), or None when the file has functional groups or a value that does not
+    convert: the viewer then reads the header."""
+    if any(tag in ds for tag in _FUNCTIONAL_GROUPS):
+        return None
+    try:
+        values: list = []
+        for keyword in VIEWER_KEYWORDS:
+            if keyword in _IN_COLUMNS:  # stored once already, in its own column
+                values.append(None)
+                continue
+            value = ds[_TAG[keyword]].value if _TAG[keyword] in ds else None
+            if isinstance(value, MultiValue):
+                value = [str(v) for v in value]
+            elif isinstance(value, bool) or isinstance(value, (bytes, bytearray)):
+                return None
+            elif isinstance(value, int):  # US, IS
+                value = int(value)
+            elif value is not None:  # DS keeps its text (the viewer parses it as it would the header)
+                value = str(value)
+            values.append(value)
+        values += [True if _TAG[keyword] in ds else None for keyword in _PRESENCE]
+        ts = ds.file_meta.get("TransferSyntaxUID")
+        if not ts:  # as the viewer infers it (vre_session.dicom._read)
+            implicit, little = ds.original_encoding
+            ts = ("1.2.840.10008.1.2" if implicit is not False else "1.2.840.10008.1.2.1" if little is not False
+                  else "1.2.840.10008.1.2.2")
+        ts = UID(str(ts))
+        return json.dumps({"ts": str(ts), "ts_name": ts.name, "ts_compressed": bool(ts.is_compressed), "v": values},
+                          allow_nan=False, separators=(",", ":"))
+    except Exception:  # pydicom raises many types on odd values: the viewer reads this file's header
+        return None
+
+
 def _read_one(path: str) -> tuple[tuple | None, str | None]:
-    """(header fields, None) or (None, short reason); never raises."""
+    """(header fields and the viewer's JSON, None) or (None, short reason); never raises."""
     try:
         with open(path, "rb") as fh:
-            ds = dcmread(fh, stop_before_pixels=True, specific_tags=list(_TAG.values()))
+            ds = dcmread(fh, stop_before_pixels=True, specific_tags=_READ_TAGS)
             size = os.fstat(fh.fileno()).st_size
             fields = _header_fields(ds)
             for value, what in zip(fields[:3], ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")):
@@ -283,6 +342,7 @@ def _read_one(path: str) -> tuple[tuple | None, str | None]:
                     cut = " (the file may be truncated)" if fh.tell() >= size else ""
                     return None, f"missing {what}{cut}"
             problem = _pixel_data_problem(fh, size, ds)
+            fields = (*fields, _viewer_json(ds))
     except InvalidDicomError:
         return None, "not a DICOM file (no 'DICM' header)"
     except OSError as e:
@@ -444,7 +504,7 @@ def index_dataset(
         removed = [(rel,) for rel in known.keys() - found.keys()]
         rows = []
         for rel, fields, error in _read_all(root, to_read, workers, progress):
-            fields = fields or (None,) * len(_HEADER_COLUMNS)
+            fields = fields or (None,) * (len(_HEADER_COLUMNS) + 1)
             rows.append((rel, posixpath.dirname(rel), *found[rel], error, *fields))
         with conn:
             conn.executemany("DELETE FROM files WHERE relpath = ?", removed)
@@ -466,6 +526,8 @@ def index_dataset(
                     ("format_version", FORMAT_VERSION),
                     ("root", str(root.absolute())),
                     ("indexed_at", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                    ("viewer_fields", json.dumps(VIEWER_FIELDS)),
+                    ("viewer_columns", json.dumps(_IN_COLUMNS)),
                 ],
             )
             counts = [
