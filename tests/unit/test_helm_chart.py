@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,7 @@ def test_the_hub_accepts_what_the_chart_sets(values_file, tmp_path):
     pod = one(objs, "Deployment", "-hub")["spec"]["template"]["metadata"]["labels"]
     assert pod["vre.component"] == "hub"  # what the project namespaces' policies let sessions reach
     assert s.notebook_image in k8s_images(s)
+    assert s.k8s_unobserved_reads is values.get("sessions", {}).get("allowUnobservedReads", False)
     for key, value in values.get("hub", {}).get("settings", {}).items():
         assert getattr(s, key) == value, key
     if values.get("database", {}).get("type") in ("external", "internal", None):
@@ -256,3 +258,40 @@ def test_secrets_reach_the_hub_only_as_files_and_secret_references():
     for key in ("jupyterhub_cookie_secret", "proxy_auth_token", "audit_relay_key", "access_api_token",
                 "access_cookie_secret", "audit_ed25519"):
         assert mounts[f"/var/lib/vre/secrets/{key}"] == key
+
+
+def test_schema_is_generated_and_values_yaml_documents_every_key():
+    """values.schema.json is helm/values_schema.py's output; every key the schema knows has a
+    default in values.yaml, and every value there has its comment right above it."""
+    import runpy
+
+    generated = runpy.run_path(str(ROOT / "helm/values_schema.py"))["schema"]
+    assert json.loads((CHART / "values.schema.json").read_text()) == generated, \
+        "values.schema.json is stale: python3 helm/values_schema.py > helm/vre/values.schema.json"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(schema: dict, vals: dict, path: str) -> None:
+        for key, sub in schema.get("properties", {}).items():
+            if key == "global" or path == "hub.settings":  # Helm's own; the hub's settings (README)
+                continue
+            assert key in vals, f"{path + '.' if path else ''}{key} is in the schema but not in values.yaml"
+            if isinstance(vals[key], dict) and vals[key] and "properties" in sub:  # {}: a map to fill
+                walk(sub, vals[key], f"{path + '.' if path else ''}{key}")
+
+    walk(generated, values, "")
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    indent = lambda line: len(line) - len(line.lstrip())  # noqa: E731
+
+    def documented(i: int) -> bool:
+        """A comment right above line i, or above the map it belongs to (resources: requests: cpu)."""
+        above = next((l.strip() for l in reversed(lines[:i]) if l.strip()), "")  # noqa: E741
+        if above.startswith("#"):
+            return True
+        parent = next((j for j in range(i - 1, -1, -1) if lines[j].strip() and not lines[j].lstrip().startswith("#")
+                       and indent(lines[j]) < indent(lines[i])), None)
+        return parent is not None and documented(parent)
+
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z][\w-]*):\s*(\S.*)?$", line)
+        if m and m.group(3) is not None and not m.group(3).startswith("#"):  # a value, not a parent map
+            assert documented(i), f"values.yaml line {i + 1} ({line.strip()}) has no comment above it"
