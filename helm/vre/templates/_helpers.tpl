@@ -1,0 +1,67 @@
+{{/* Names, labels and derived values shared by the templates. */}}
+
+{{- define "vre.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Object name prefix; kept short: suffixes such as "-postgresql" must fit in 63 characters. */}}
+{{- define "vre.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "vre.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "vre.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "vre.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "vre.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "vre.secretName" -}}{{ include "vre.fullname" . }}-secrets{{- end -}}
+{{- define "vre.stateClaim" -}}{{ .Values.hub.state.existingClaim | default (printf "%s-hub-state" (include "vre.fullname" .)) }}{{- end -}}
+{{- define "vre.serviceAccount" -}}{{ include "vre.fullname" . }}-hub{{- end -}}
+
+{{/* Every image a project namespace may run: the session images, then the allow-list. */}}
+{{- define "vre.allowedImages" -}}
+{{- $images := list .Values.sessions.image -}}
+{{- if .Values.sessions.gpuImage }}{{ $images = append $images .Values.sessions.gpuImage }}{{ end -}}
+{{- range .Values.sessions.imageAllowList }}{{ $images = append $images . }}{{ end -}}
+{{- $images | uniq | toJson -}}
+{{- end -}}
+
+{{/* Label the hub puts on its project namespaces and session pods (vre.backends.kubernetes), with
+hub.instance as its value. */}}
+{{- define "vre.projectLabel" -}}vre.instance{{- end -}}
+
+{{/* JupyterHub traits: the operator's, plus the hub Service's name for the spawner (sessions
+reach the hub's API at that Service's cluster IP). */}}
+{{- define "vre.jupyterhubTraits" -}}
+{{- $traits := deepCopy .Values.hub.jupyterhub -}}
+{{- $spawner := get $traits "KubernetesSpawner" | default dict -}}
+{{- $_ := set $spawner "hub_service" (printf "%s-hub" (include "vre.fullname" .)) -}}
+{{- $_ := set $traits "KubernetesSpawner" $spawner -}}
+{{- $traits | toJson -}}
+{{- end -}}
+
+{{/* The database URLs' Secret and keys, by database.type. */}}
+{{- define "vre.dbSecret" -}}
+{{- if eq .Values.database.type "external" -}}
+{{- required "database.type is external: set database.external.existingSecret to a Secret holding the two database URLs (or choose database.type internal or sqlite)" .Values.database.external.existingSecret -}}
+{{- else -}}
+{{- include "vre.secretName" . -}}
+{{- end -}}
+{{- end -}}

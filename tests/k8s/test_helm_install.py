@@ -1,0 +1,307 @@
+"""The Helm chart on the real test cluster: install from the locally built hub image, the hub pod
+gets Ready and answers through its Service, a demo account logs in, the admission policies refuse
+what they must (with controls that pass), an upgrade keeps the generated secrets and the state
+volume's data, and an uninstall leaves the state volume and the secrets.
+
+The hub image is built with ``vre images build --only hub`` (cached by its inputs), tagged by its
+image id (other checkouts on this machine move ``:latest``) and imported into the cluster's
+containerd; nothing is pulled (pullPolicy Never). The state volume is a hostPath PersistentVolume
+in a directory made for the test (the single-node cluster has no volume provisioner).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from hubclient import HubClient  # tests/ is on sys.path (tests/conftest.py)
+
+pytestmark = [pytest.mark.k8s, pytest.mark.timeout(1500)]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "vre"
+HELM = Path(sys.executable).parent / "helm"
+CLUSTER = ROOT / "scripts" / "k8s-cluster"
+
+
+@pytest.fixture(scope="module")
+def hub_image(kube) -> str:
+    """The hub image of this checkout, in the cluster's containerd, under a tag of its own."""
+    from vre import images
+
+    try:
+        tag = images.build(["hub"], engine="podman", quiet=True)["hub"]
+    except images.ImageError as e:
+        pytest.fail(f"building the hub image failed: {e}")
+    image_id = subprocess.run(["podman", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    ref = f"localhost/vre-hub:chart-{image_id[:12]}"
+    subprocess.run(["podman", "tag", image_id, ref], check=True)
+    proc = subprocess.run([str(CLUSTER), "import", ref], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"importing {ref} failed: {proc.stdout}{proc.stderr}"
+    return ref
+
+
+class Release:
+    """One helm release of the chart in its own namespace, with a hostPath volume for its state."""
+
+    def __init__(self, kube, ns: str, image: str):
+        self.kube, self.ns, self.name = kube, ns, "vre"
+        self.instance = f"t{secrets.token_hex(3)}"  # its project namespaces' label value
+        self.state_dir = Path(tempfile.mkdtemp(prefix="vre-helm-state-", dir="/var/tmp"))
+        self.storage_class = f"vre-test-{ns}"
+        repo, tag = image.rsplit(":", 1)
+        self.args = ["-f", str(CHART / "ci/minimal-values.yaml"),
+                     "--set", f"hub.image.repository={repo}", "--set", f"hub.image.tag={tag}",
+                     "--set", "hub.image.pullPolicy=Never", "--set", f"hub.instance={self.instance}",
+                     "--set", f"hub.state.storageClassName={self.storage_class}", "--set", "hub.state.size=1Gi",
+                     "--set", f"sessions.image={kube.image}",  # the busybox image: allow-listed for the policy checks
+                     # local images only; a start that cannot succeed (busybox has no Python) fails fast
+                     "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", '
+                                   '"start_timeout": 40}}']
+        kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": self.storage_class},
+                    "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                             "persistentVolumeReclaimPolicy": "Retain", "storageClassName": self.storage_class,
+                             "hostPath": {"path": str(self.state_dir), "type": "Directory"}}})
+
+    def helm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(HELM), *args, "--namespace", self.ns], capture_output=True, text=True,
+                              env=self.kube.env, timeout=timeout)
+        assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def hub_pod(self) -> dict:
+        pods = json.loads(self.kube("get", "pods", "-n", self.ns, "-l", "app.kubernetes.io/component=hub",
+                                    "-o", "json"))["items"]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        return live[0] if len(live) == 1 else {}
+
+    def wait_hub_ready(self, timeout: float = 600, not_uid: str = "") -> dict:
+        def ready():
+            pod = self.hub_pod()
+            if not pod or pod["metadata"]["uid"] == not_uid:
+                return None
+            conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+            return pod if conds.get("Ready") == "True" else None
+
+        try:
+            return self.kube.wait("the hub pod Ready", ready, self.ns, timeout)
+        except BaseException:
+            pod = self.hub_pod()
+            if pod:
+                print(self.kube.run("logs", "-n", self.ns, pod["metadata"]["name"], "--tail=80").stdout)
+            raise
+
+    def url(self) -> str:
+        """The public Service's address, once it answers (kube-proxy follows a new pod's endpoint
+        a moment after the pod is Ready)."""
+        svc = self.kube.get("service", f"{self.name}-proxy", self.ns)
+        url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+        r = _get(f"{url}/hub/api")
+        assert r.status_code == 200, f"{url}/hub/api: {r.status_code} {r.text[:300]}"
+        return url
+
+    def exec_hub(self, *cmd: str) -> str:
+        return self.kube("exec", "-n", self.ns, f"deploy/{self.name}-hub", "-c", "hub", "--", *cmd)
+
+    def secret_data(self) -> dict:
+        return self.kube.get("secret", f"{self.name}-secrets", self.ns)["data"]
+
+    def cleanup(self) -> None:
+        # the project namespaces the hub made, then the release's
+        self.kube.run("delete", "namespace", "-l", f"vre.instance={self.instance}", "--wait=false")
+        self.kube.run("delete", "namespace", self.ns, "--wait=true", timeout=180)
+        self.kube.run("delete", "persistentvolume", self.storage_class, "--wait=false")
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def release(kube, new_ns, hub_image):
+    rel = Release(kube, new_ns("helm"), hub_image)
+    yield rel
+    subprocess.run([str(HELM), "uninstall", rel.name, "--namespace", rel.ns], capture_output=True,
+                   env=kube.env, timeout=180)
+    rel.cleanup()
+
+
+def _login(url: str, user: str, password: str) -> bool:
+    c = HubClient(url, user)
+    c.login(password)
+    return c.logged_in()
+
+
+def _get(url: str, timeout: float = 60) -> requests.Response:
+    """GET through the Service, retried while the Service's endpoints settle after a start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            r = requests.get(url, timeout=5)
+            if r.status_code < 500 or time.monotonic() > deadline:
+                return r
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(1)
+
+
+def _expect(kube, ns: str, pod: str, ip: str, port: int, want: bool, what: str, timeout: float = 45) -> None:
+    """Wait until pod ``ns/pod`` reaches ``ip:port`` (an HTTP answer) or not, as ``want``
+    says, then see it hold for three more probes."""
+    seen = []
+
+    def reached() -> bool:
+        # stdin stays open for the answer: on EOF busybox nc half-closes, and the access layer
+        # (aiohttp) takes that for a client gone and drops the request unanswered
+        cmd = f"(printf 'GET / HTTP/1.0\\r\\n\\r\\n'; sleep 2) | timeout 5 nc -w 3 {ip} {port}"
+        seen.append(kube.exec(ns, pod, "sh", "-c", cmd, timeout=30).stdout)
+        return "HTTP/1." in seen[-1]
+
+    deadline = time.monotonic() + timeout
+    while reached() != want:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: {ip}:{port} still {'un' if want else ''}reachable from {ns} after {timeout:.0f} s")
+        time.sleep(1)
+    for _ in range(3):
+        assert reached() == want, f"{what}: reachability flapped: {[out[:300] for out in seen]}"
+
+
+def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
+    t0 = time.monotonic()
+    release.helm("install", release.name, str(CHART), *release.args)
+    pod = release.wait_hub_ready()
+    ready_s = time.monotonic() - t0
+    print(f"helm install to hub Ready: {ready_s:.1f} s")
+
+    # the pod runs what the chart says: root without capabilities beyond the five, no escalation
+    status = dict(line.split(":\t", 1) for line in release.exec_hub("cat", "/proc/1/status").splitlines() if ":\t" in line)
+    assert int(status["NoNewPrivs"]) == 1 and status["Seccomp"].strip() == "2", status
+    caps = int(status["CapBnd"], 16)
+    assert caps == (1 << 0) | (1 << 3) | (1 << 5) | (1 << 6) | (1 << 7), hex(caps)  # CHOWN FOWNER KILL SETGID SETUID
+    assert release.exec_hub("sh", "-c", "touch /opt/x 2>&1 || true").strip().endswith("Read-only file system")
+
+    # the hub answers through its Service (kube-proxy on this host), as a browser sees it
+    url = release.url()
+    r = _get(f"{url}/hub/api")
+    assert r.status_code == 200 and "version" in r.json(), r.text
+    r = _get(f"{url}/hub/login")
+    assert r.status_code == 200 and 'name="password"' in r.text, r.text[:500]
+
+    # the demo's accounts: their passwords are in the hub's state volume, readable through exec
+    creds = {line.split("\t")[0]: line.split("\t")[2]
+             for line in release.exec_hub("cat", "/var/lib/vre/secrets/demo-credentials.txt").splitlines()}
+    assert set(creds) == {"alice", "bob", "admin", "auditor"}
+    assert _login(url, "alice", creds["alice"])
+    assert not _login(url, "bob", creds["alice"])  # control: a wrong password is refused
+
+    # the image allow-list, enforced by the API server in this instance's project namespaces
+    project_ns = f"{release.instance}-p{secrets.token_hex(2)}"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": project_ns, "labels": {"vre.instance": release.instance}}})
+    try:
+        kube.wait("the default service account", lambda: kube.run(
+            "get", "serviceaccount", "default", "-n", project_ns).returncode == 0, project_ns, 30)
+        allowed = kube.create(kube.pod(project_ns, "allowed", ["sleep", "1"]))
+        assert allowed.returncode == 0, allowed.stderr
+        other = kube.pod(project_ns, "other", ["sleep", "1"])
+        other["spec"]["containers"][0]["image"] = "vre.local/pause:3.10.2"  # in containerd, not allow-listed
+        refused = kube.create(other)
+        assert refused.returncode != 0 and "vre.local/pause:3.10.2" in refused.stderr \
+            and "allow-list" in refused.stderr, refused.stderr
+        init = kube.pod(project_ns, "init", ["sleep", "1"])
+        init["spec"]["initContainers"] = [{**other["spec"]["containers"][0], "name": "init"}]
+        assert kube.create(init).returncode != 0  # init containers are checked too
+        # the hub's own identity may act only in labelled namespaces
+        hub_sa = f"system:serviceaccount:{release.ns}:{release.name}-hub"
+        as_hub = kube.pod(project_ns, "as-hub", ["sleep", "1"])
+        assert kube.run("create", "--as", hub_sa, "-f", "-", input=json.dumps(as_hub)).returncode == 0
+        as_hub["metadata"]["namespace"] = release.ns  # not a project namespace
+        proc = kube.run("create", "--as", hub_sa, "-f", "-", input=json.dumps(as_hub))
+        assert proc.returncode != 0 and "may act only in its project namespaces" in proc.stderr, proc.stderr
+        unlabelled = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"x-{project_ns}"}}
+        proc = kube.run("create", "--as", hub_sa, "-f", "-", input=json.dumps(unlabelled))
+        assert proc.returncode != 0 and "may create only namespaces labelled" in proc.stderr, proc.stderr
+        proc = kube.run("label", "--as", hub_sa, "namespace", release.ns, f"vre.instance={release.instance}")
+        assert proc.returncode != 0 and "change only those" in proc.stderr, proc.stderr
+        proc = kube.run("get", "secrets", "-n", project_ns, "--as", hub_sa)
+        assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr  # RBAC: no secrets
+
+        # the hub pod's NetworkPolicy: its API and VRE service ports answer session pods of
+        # project namespaces only, its public port anyone (the access layer authenticates)
+        outsider_ns = new_ns("out")
+        session = {"vre.role": "session"}
+        kube.run_pod(project_ns, "client", ["sleep", "3600"], labels=session)
+        kube.run_pod(project_ns, "other", ["sleep", "3600"], labels={"app": "other"})  # no session
+        kube.run_pod(outsider_ns, "client", ["sleep", "3600"], labels=session)  # a session's label, elsewhere
+        api = kube.get("service", f"{release.name}-hub", release.ns)["spec"]["clusterIP"]
+        public = kube.get("service", f"{release.name}-proxy", release.ns)["spec"]["clusterIP"]
+        # kube-router adds a new pod to its policies' sets within seconds: wait for each verdict,
+        # then see it hold; each refusal is checked while the same port answers a session
+        _expect(kube, project_ns, "client", api, 8081, True, "the hub API from a session")
+        _expect(kube, project_ns, "client", api, 8082, True, "the VRE service from a session")
+        _expect(kube, outsider_ns, "client", public, 80, True, "the public port from any namespace")
+        _expect(kube, outsider_ns, "client", api, 8081, False, "the hub API from a namespace that is no project")
+        _expect(kube, project_ns, "other", api, 8082, False, "the VRE service from a project pod that is no session")
+        _expect(kube, project_ns, "client", api, 8081, True, "the hub API from a session, still")
+    finally:
+        kube.run("delete", "namespace", project_ns, "--wait=false")
+
+    # a session request: the hub, with the chart's service account under both admission policies,
+    # creates the project's namespace, policies, quota, the session's Secret and pod, then removes
+    # pod and Secret when the start fails (busybox cannot run the session's server)
+    alice = HubClient(url, "alice")
+    alice.get_token(creds["alice"])
+    sessions_ns = f"{release.instance}-lung-screening"
+    r = alice.api("POST", "/users/alice/servers/lung-screening", json={"profile": "small"})
+    assert r.status_code in (201, 202, 500), r.text
+    kube.wait("the session's start to end", lambda: alice.server_state("lung-screening") is None, release.ns, 150)
+    hub_log = kube("logs", "-n", release.ns, f"deploy/{release.name}-hub", "-c", "hub")
+    assert f"Created pod {sessions_ns}/" in hub_log, hub_log[-3000:]
+    assert "Forbidden" not in hub_log and "forbidden" not in hub_log, hub_log[-3000:]
+    assert kube.get("namespace", sessions_ns)["metadata"]["labels"]["vre.instance"] == release.instance
+    assert len(kube("get", "networkpolicy", "-n", sessions_ns, "-o", "name").split()) == 4
+    assert kube.get("resourcequota", "project", sessions_ns)["spec"]["hard"]["pods"]
+    kube.wait("the failed session's pod and Secret removed", lambda: not kube(
+        "get", "pods,secrets", "-n", sessions_ns, "-l", "vre.role=session", "-o", "name").split(), sessions_ns, 60)
+
+    # upgrade with a changed setting: a new hub pod, the same secrets and the same state
+    secrets_before = release.secret_data()
+    pvc_uid = kube.get("pvc", f"{release.name}-hub-state", release.ns)["metadata"]["uid"]
+    pub_before = release.exec_hub("cat", "/var/lib/vre/secrets/audit_ed25519.pub")
+    t0 = time.monotonic()
+    release.helm("upgrade", release.name, str(CHART), *release.args, "--set", "hub.settings.lockout_threshold=7")
+    new_pod = release.wait_hub_ready(not_uid=pod["metadata"]["uid"])
+    print(f"helm upgrade to the new hub pod Ready: {time.monotonic() - t0:.1f} s")
+    assert release.secret_data() == secrets_before
+    assert kube.get("pvc", f"{release.name}-hub-state", release.ns)["metadata"]["uid"] == pvc_uid
+    assert "lockout_threshold = 7" in release.exec_hub("cat", "/etc/vre/vre.toml")
+    assert release.exec_hub("cat", "/var/lib/vre/secrets/audit_ed25519.pub") == pub_before
+    assert new_pod["metadata"]["uid"] != pod["metadata"]["uid"]
+    assert _login(release.url(), "alice", creds["alice"]), "the accounts did not survive the upgrade"
+    # the trail written before the upgrade still verifies with the kept key
+    verify = kube.run("exec", "-n", release.ns, f"deploy/{release.name}-hub", "-c", "hub", "--",
+                      "vre", "audit", "verify", timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    # uninstall: the workloads go, the state volume and the generated secrets stay
+    release.helm("uninstall", release.name, "--wait")
+    assert kube.run("get", "deployment", f"{release.name}-hub", "-n", release.ns).returncode != 0
+    assert kube.get("pvc", f"{release.name}-hub-state", release.ns)["metadata"]["uid"] == pvc_uid
+    assert release.secret_data() == secrets_before
+    assert (release.state_dir / "vre.sqlite").exists()
+
+    # a reinstall of the same release adopts what the uninstall left: same key, same accounts
+    release.helm("install", release.name, str(CHART), *release.args)
+    release.wait_hub_ready(not_uid=new_pod["metadata"]["uid"])
+    assert release.secret_data() == secrets_before
+    assert kube.get("pvc", f"{release.name}-hub-state", release.ns)["metadata"]["uid"] == pvc_uid
+    assert release.exec_hub("cat", "/var/lib/vre/secrets/audit_ed25519.pub") == pub_before
+    assert _login(release.url(), "alice", creds["alice"])
