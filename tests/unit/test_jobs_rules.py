@@ -166,3 +166,11 @@ def test_submissions_and_visibility(world):
     out = world.projects_dir / "lung" / "workspace" / "jobs" / str(f["id"])
     assert (out / "function.pkl").read_bytes() == b"pickle"
     assert out.stat().st_uid == project_uid(world, 1) and oct(out.stat().st_mode)[-4:] == "2770"
+
+
+def test_no_job_is_queued_where_no_engine_runs_it(world):
+    """On Kubernetes the engine does not run (no executor there yet): a submission is refused with
+    the reason instead of waiting in the queue for ever."""
+    with pytest.raises(service.JobRejected, match="does not run on Kubernetes"):
+        sub(world.replace(backend="kubernetes"), kind="script", target="project/train.py")
+    assert sub(world, kind="script", target="project/train.py")["state"] == "queued"

@@ -621,21 +621,22 @@ async def _remove_instance_sessions(settings: Settings) -> int:
         selector = f"vre.instance={settings.instance}"
         pods = (await core.list_pod_for_all_namespaces(label_selector=selector)).items
         for pod in pods:
-            try:
-                await core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=2)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-        for secret in (await core.list_secret_for_all_namespaces(label_selector=selector)).items:
-            try:
-                await core.delete_namespaced_secret(secret.metadata.name, secret.metadata.namespace)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+            # each pod's run Secret by name: the hub may write Secrets but never list or read them
+            # (the chart's RBAC: listing them cluster-wide would expose every token in the cluster)
+            ns, session = pod.metadata.namespace, (pod.metadata.labels or {}).get("vre.session", "")
+            deletions = [(core.delete_namespaced_pod, pod.metadata.name, {"grace_period_seconds": 2})]
+            if session:
+                deletions.append((core.delete_namespaced_secret, run_secret_name(session), {}))
+            for call, name, kw in deletions:
+                try:
+                    await call(name, ns, **kw)
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
     return len(pods)
 
 
 def remove_instance_sessions(settings: Settings) -> int:
-    """Delete every session pod and run Secret of this installation (``vre down``); the projects'
-    namespaces stay: they hold the projects' claims."""
+    """Delete every session pod of this installation and its run Secret (``vre down``); the
+    projects' namespaces stay: they hold the projects' claims."""
     return asyncio.run(_remove_instance_sessions(settings))

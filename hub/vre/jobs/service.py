@@ -78,6 +78,9 @@ def _number(body: dict, name: str, kind, default, lo, hi, unit: str = ""):
 
 def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     """Validate a submission and queue it. ``body`` is the API's JSON (see extensions/API.md)."""
+    if settings.backend == "kubernetes":  # the engine does not run there (vre.hubconfig.host_services)
+        raise JobRejected("the batch queue does not run on Kubernetes yet (its executor is not built): no job "
+                          "would start; run the analysis in your session instead")
     if not isinstance(body, dict):
         raise JobRejected("the request body must be a JSON object")
     kind = body.get("kind")
