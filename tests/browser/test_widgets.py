@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from test_lab import LAB_TIMEOUT_MS, PROJECT, forget_lab_layout, login_ok, no_server, server_state
+from test_lab import LAB_TIMEOUT_MS, PROJECT, forget_lab_layout, login_ok
 
 from vre.audit import open_store
 from vre.settings import load
@@ -40,19 +40,19 @@ for _ in tqdm(range(40), desc="work"):
 
 
 @pytest.fixture
-def alice_lab(hub, browser_page):
-    """alice's session on ``hub``, started from a fresh Lab layout and stopped afterwards."""
+def alice_lab(hub):
+    """alice's session on ``hub`` starts from the spawn form with a fresh Lab layout (a session that
+    another module on this shared hub left running is stopped first) and is stopped afterwards."""
+    alice = hub.client("alice")
+    if alice.server_state(PROJECT) is not None:
+        alice.stop(PROJECT, timeout=120)
     forget_lab_layout(hub)
     yield
-    page = browser_page
     for log in Path(hub.env["VRE_RUN_DIR"]).glob("sessions/*alice*/server.log"):
         ARTIFACTS.mkdir(exist_ok=True)  # the session's own log, for when the Lab misbehaved
         shutil.copy(log, ARTIFACTS / f"browser-widgets-{hub.backend}-{log.parent.name}.log")
-    if server_state(page, hub, "alice", PROJECT) is not None:
-        xsrf = next((c["value"] for c in page.context.cookies(hub.url + "/hub/") if c["name"] == "_xsrf"), "")
-        page.request.delete(f"{hub.url}/hub/api/users/alice/servers/{PROJECT}",
-                            headers={"X-XSRFToken": xsrf, "Referer": f"{hub.url}/hub/home"})
-        no_server(page, hub, "alice", PROJECT, timeout=120)
+    if alice.server_state(PROJECT) is not None:
+        alice.stop(PROJECT, timeout=120)
     forget_lab_layout(hub)
 
 
