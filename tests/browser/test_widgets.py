@@ -1,0 +1,161 @@
+"""Notebook widgets (ipywidgets, tqdm.notebook) in a real session in Chromium, with no network.
+
+The kernel side (ipywidgets, tqdm) and the Lab's widget manager (jupyterlab_widgets' prebuilt
+extension) ship in the session environment and the notebook image; the widgets' comm messages
+ride the kernel websocket and the manager's code comes from the Lab's own extensions route. Every
+request the page makes is recorded: one to any host but the hub's address fails the test, and so
+does any answer the access layer refuses (an error status or an ``access.refused`` /
+``download.refused`` event), since widgets are neither a new route nor a download.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from test_lab import LAB_TIMEOUT_MS, PROJECT, forget_lab_layout, login_ok
+
+from vre.audit import open_store
+from vre.settings import load
+
+SESSION_BACKENDS = ["sqlite", pytest.param("docker", marks=pytest.mark.docker)]
+pytestmark = [pytest.mark.integration, pytest.mark.browser,
+              pytest.mark.parametrize("hub", SESSION_BACKENDS, indirect=True)]
+expect = pytest.importorskip("playwright.sync_api").expect
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+MANAGER = "/lab/extensions/@jupyter-widgets/jupyterlab-manager/"
+
+INTERACT = """from ipywidgets import IntSlider, interact
+@interact(n=IntSlider(value=3, min=0, max=10, description="n"))
+def square(n):
+    print(f"n={n} square={n * n}")"""
+
+TQDM = """import time
+from tqdm.notebook import tqdm
+for _ in tqdm(range(40), desc="work"):
+    time.sleep(0.05)"""
+
+
+@pytest.fixture
+def alice_lab(hub):
+    """alice's session on ``hub`` starts from the spawn form with a fresh Lab layout (a session that
+    another module on this shared hub left running is stopped first) and is stopped afterwards."""
+    alice = hub.client("alice")
+    if alice.server_state(PROJECT) is not None:
+        alice.stop(PROJECT, timeout=120)
+    forget_lab_layout(hub)
+    yield
+    for log in Path(hub.env["VRE_RUN_DIR"]).glob("sessions/*alice*/server.log"):
+        ARTIFACTS.mkdir(exist_ok=True)  # the session's own log, for when the Lab misbehaved
+        shutil.copy(log, ARTIFACTS / f"browser-widgets-{hub.backend}-{log.parent.name}.log")
+    if alice.server_state(PROJECT) is not None:
+        alice.stop(PROJECT, timeout=120)
+    forget_lab_layout(hub)
+
+
+def run_cell(page, index: int, code: str, expect_text: str):
+    """test_lab.run_cell for outputs that hold widgets: an Output widget nests output areas of its
+    own, so this returns the cell's outer output area."""
+    cell = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").nth(index)
+    editor = cell.locator(".cm-content")
+    editor.click()
+    page.keyboard.insert_text(code)
+    expect(editor).to_contain_text(code.splitlines()[0])
+    page.keyboard.press("Shift+Enter")
+    try:
+        expect(cell.locator(".jp-InputPrompt")).to_contain_text(re.compile(r"\[[\d*]+\]"), timeout=10_000)
+    except AssertionError:  # Lab dropped the request (see test_lab.run_cell): the cell never ran
+        cell.locator(".jp-InputPrompt").click()
+        page.keyboard.press("Control+Enter")
+    output = cell.locator(".jp-OutputArea").first
+    expect(output).to_contain_text(expect_text, timeout=60_000)
+    expect(cell.locator(".jp-InputPrompt")).to_contain_text(re.compile(r"\[\d+\]"))
+    return output
+
+
+def refusals(hub, since: str) -> list[dict]:
+    store = open_store(load(environ=hub.env))
+    return [e for action in ("access.refused", "download.refused")
+            for e in store.query(action=action, source="access-layer") if e["time"] >= since]
+
+
+def now_text() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_interact_and_tqdm_offline(hub, browser_page, alice_lab):
+    page = browser_page
+    hub_host = urlsplit(hub.url).netloc
+    assert hub_host.startswith("127.0.0.1:"), hub.url
+    foreign, failed, manager = [], [], []
+
+    def seen(url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme in ("data", "blob", "about"):
+            return
+        if parts.scheme not in ("http", "https", "ws", "wss") or parts.netloc != hub_host:
+            foreign.append(url)
+
+    def answered(response) -> None:
+        if MANAGER in urlsplit(response.url).path:
+            manager.append(f"{response.status} {response.url}")
+        if response.status >= 400 and "/user/alice/" in response.url:
+            failed.append(f"{response.status} {response.request.method} {response.url}")
+
+    page.context.on("request", lambda r: seen(r.url))  # the conftest aborts them; this test fails on them
+    page.on("websocket", lambda ws: seen(ws.url))       # websockets are no "request" events
+    page.on("response", answered)
+
+    login_ok(page, hub, "alice")
+    page.goto(f"{hub.url}/hub/spawn/alice/{PROJECT}")
+    with page.expect_navigation():
+        page.locator('#spawn_form [type="submit"]').click()
+    tile = page.locator('.jp-Launcher .jp-LauncherCard[data-category="Notebook"]').first
+    expect(tile).to_be_visible(timeout=LAB_TIMEOUT_MS)
+    tile.click()
+    expect(page.locator(".jp-NotebookPanel")).to_have_count(1, timeout=60_000)
+    expect(page.locator("#jp-main-statusbar")).to_contain_text(re.compile(r"Python 3 \(.+\) \| Idle"),
+                                                               timeout=LAB_TIMEOUT_MS)
+    # From here on the page does only widget work: nothing of it may be refused. (The Lab's start
+    # already met the layer's refusals of unreviewed routes, lsp/ and server-proxy/: not widgets.)
+    failed.clear()
+    since = now_text()
+
+    # interact: the slider renders with its first value printed below it
+    out = run_cell(page, 0, INTERACT, "n=3 square=9")
+    slider = out.locator(".widget-slider")
+    expect(slider).to_be_visible()
+    printed = out.locator(".widget-output")
+    expect(printed).to_have_text(re.compile(r"^\s*n=3 square=9\s*$"))
+    # the keyboard on the slider's handle moves it: the kernel reruns the function
+    out.locator(".noUi-handle").focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    expect(printed).to_have_text(re.compile(r"^\s*n=5 square=25\s*$"))
+    # and so does typing a value into its readout
+    readout = out.locator(".widget-readout")
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("7")
+    page.keyboard.press("Enter")
+    expect(printed).to_have_text(re.compile(r"^\s*n=7 square=49\s*$"))
+    expect(readout).to_have_text("7")
+
+    # tqdm.notebook: a progress widget that ends full, at the final count, in the success style
+    bar_out = run_cell(page, 1, TQDM, "40/40")
+    expect(bar_out.locator(".widget-hprogress")).to_be_visible()
+    expect(bar_out).to_contain_text("100%")
+    expect(bar_out).to_contain_text("work")
+    expect(bar_out.locator(".progress-bar.progress-bar-success")).to_have_count(1)
+
+    # the widget manager came from the Lab's own extensions route, through the access layer
+    assert manager and all(m.startswith(("200 ", "304 ")) for m in manager), \
+        f"the widget manager's assets ({MANAGER}): {manager}"
+    assert foreign == [], f"requests to hosts other than the hub ({hub_host}): {foreign}"
+    assert failed == [], f"session requests answered with an error: {failed}"
+    assert refusals(hub, since) == [], "the access layer refused something"
