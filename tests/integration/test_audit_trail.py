@@ -85,6 +85,9 @@ def test_scripted_scenario_produces_exactly_the_expected_events(hub):
     uid = page["items"][0]["series_uid"]
     r = requests.get(f"{session_api}/datasets/prostate-mri/series/{uid}", headers=auth, timeout=60)
     assert r.status_code == 200, r.text
+    # the metadata comes from the catalogue index; the pixels come from the dataset's files
+    r = requests.get(f"{session_api}/datasets/prostate-mri/series/{uid}/slices/0", headers=auth, timeout=60)
+    assert r.status_code == 200, r.text
     r = requests.get(f"{c.server_url('prostate-ai')}/files/data/prostate-mri/clinical.csv?download=1",
                      headers=auth, timeout=30)
     assert r.status_code == 403
@@ -108,7 +111,7 @@ def test_scripted_scenario_produces_exactly_the_expected_events(hub):
     assert view["target"] == uid and view["dataset"] == "prostate-mri"
     assert refused["dataset"] == "prostate-mri" and "clinical.csv" in refused["target"]
     assert all(e["actor"] == "frida" and e["actor_role"] == "researcher" for e in events)
-    # the viewer opened the series' files in the session: the host recorded it (within its polling)
+    # the viewer read the slice's file in the session: the host recorded it (within its polling)
     host = wait_for(lambda: [e for e in store.query(user="frida") if e["source"] == "host"], timeout=30)
     reads = [e for e in host if e["action"] == "dataset.read"]
     assert reads and all(e["session"] == session and e["dataset"] == "prostate-mri" and e["project"] == "prostate-ai"
