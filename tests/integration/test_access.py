@@ -117,9 +117,14 @@ def test_strangers_never_reach_the_session(hub, alice):
     bob = hub.client("bob")
     r = requests.get(f"{url}/api/status", headers=auth(bob), timeout=10)
     assert r.status_code == 403 and r.json()["reason"] == "forbidden"
-    refused = wait_for(lambda: [e for e in events(hub, action="access.refused", source="access-layer")
-                                if e["time"] >= since])
-    assert {"bob", "anonymous"} <= {e["actor"] for e in refused}, refused
+    # the layer records the first anonymous request per session and minute at once and counts the
+    # rest of that minute into one record after it (within its 30 s housekeeping): when an earlier
+    # test made this minute's first, this test's come in the count, up to 90 s later
+    def both():
+        found = [e for e in events(hub, action="access.refused", source="access-layer") if e["time"] >= since]
+        return found if {"bob", "anonymous"} <= {e["actor"] for e in found} else None
+    refused = wait_for(both, timeout=120)
+    assert refused, events(hub, action="access.refused", source="access-layer")
     assert all(e["session"].startswith("alice-lung-screening") for e in refused)
 
 
