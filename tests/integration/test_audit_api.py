@@ -38,7 +38,8 @@ def seed(hub) -> dict:
     p1, p2, d1, d2 = f"ap1-{tag}", f"ap2-{tag}", f"ad1-{tag}", f"ad2-{tag}"
     s1, s2 = f"s1-{tag}", f"s2-{tag}"
     needle = f"needle-{tag}"
-    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
+    # two days ago at 09:00 UTC: the story's first day must not cross midnight, whenever the suite runs
+    base = (datetime.now(timezone.utc) - timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
     E = Event
     events = [
         E("session.start", "alice", "researcher", project=p1, session=s1, target=f"alice/{p1}",
