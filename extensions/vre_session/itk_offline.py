@@ -1,0 +1,76 @@
+"""itkwidgets with no network: its viewer comes from the session's own server, not from a CDN.
+
+itkwidgets (1.0a55) takes the viewer's location from ``itkwidgets.viewer_config``
+(``ITK_VIEWER_SRC``: itk-vtk-viewer on IPFS; ``PYDATA_SPHINX_HREF``: its UI on jsdelivr), which
+``itkwidgets.viewer`` and ``itkwidgets._initialization_params`` copy when they are imported. The
+VRE's kernel launcher installs :class:`ItkOffline`, an import hook that rewrites them as soon as
+``itkwidgets.viewer_config`` is loaded (before anything copies them), so a researcher's unchanged
+``from itkwidgets import view`` points at the assets ``scripts/itk_assets.py`` installed into the
+environment (served as ``<session>/static/vre-itk/``).
+
+ImJoy accepts only http(s) plugin sources, and the kernel does not know the browser's origin (the
+hub may sit behind any proxy): the URLs use the placeholder origin :data:`SENTINEL`
+(``.invalid`` never resolves), which the patched imjoy Lab extension maps to
+``<Lab base URL>static/vre-itk/`` in the browser. Standard library only (the launcher imports
+it before ipykernel).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+
+SENTINEL = "http://vre-session.invalid/vre-itk/"   # same as scripts/itk_assets.py
+SETTINGS = {
+    "ITK_VIEWER_SRC": SENTINEL + "itk-vtk-viewer/index.html",
+    "PYDATA_SPHINX_HREF": SENTINEL + "itk-viewer-bootstrap-ui/bootstrapUIMachineOptions.js.es.js",
+}
+MODULE = "itkwidgets.viewer_config"
+
+
+def apply(module) -> None:
+    """Point an imported ``itkwidgets.viewer_config`` (and copies already made) at the local assets."""
+    for name, value in SETTINGS.items():
+        setattr(module, name, value)
+    for copy, names in (("itkwidgets.viewer", ("ITK_VIEWER_SRC",)),
+                        ("itkwidgets._initialization_params", ("PYDATA_SPHINX_HREF",))):
+        mod = sys.modules.get(copy)
+        for name in names:
+            if mod is not None and hasattr(mod, name):
+                setattr(mod, name, SETTINGS[name])
+
+
+class ItkOffline(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs :func:`apply` right after ``itkwidgets.viewer_config`` executes (itkwidgets is too slow
+    to import in every kernel)."""
+
+    def __init__(self) -> None:
+        self._loader = None
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != MODULE or self._loader is not None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        self._loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        apply(module)
+
+
+def install() -> None:
+    """Install the hook in this process (once); if itkwidgets is already loaded, apply directly."""
+    if MODULE in sys.modules:
+        apply(sys.modules[MODULE])
+    elif not any(isinstance(f, ItkOffline) for f in sys.meta_path):
+        sys.meta_path.insert(0, ItkOffline())
