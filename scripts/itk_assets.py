@@ -10,8 +10,8 @@ session) puts all of it into the session environment:
    host's npm is configured for), each checked against its pinned sha256 and cached by version
    under ``--cache`` (default ``/var/cache/vre-itk/<versions key>``): a second run is offline.
 2. ``install``: their ``dist`` files are copied to ``<prefix>/share/vre-itk/static/vre-itk/`` and
-   served by the session's own Jupyter server as static files (``ServerApp.extra_static_paths``,
-   written to ``<prefix>/etc/jupyter/jupyter_server_config.d/vre-itk.json``), i.e. under
+   served by the session's own Jupyter server as static files (the vre_session server extension
+   adds the folder to ``ServerApp.extra_static_paths`` when it is there), i.e. under
    ``<session prefix>/static/vre-itk/``, behind the access layer like the Lab's own static files.
    The viewer's ``index.html`` loads its ImJoy loader and RPC library from the local copy of
    imjoy-core instead of lib.imjoy.io / jsdelivr.
@@ -19,7 +19,9 @@ session) puts all of it into the session environment:
    (vue, vue-js-modal script and CSS, @oeway/vue-window, imjoy-core): its two bundle files are
    patched in place to take them from ``static/vre-itk/`` under the Lab's own base URL, and its
    ``createWindow`` maps the kernel's placeholder origin (``SENTINEL``, see
-   ``vre_session.itk_offline``) to the same place. ``@oeway/vue-window`` is not on npm and
+   ``vre_session.itk_offline``) to the same place. ``<prefix>/etc/ipython/ipython_kernel_config.py``
+   makes every IPython kernel of the environment install that module's hook (it sets
+   itkwidgets' viewer URLs when itkwidgets is imported). ``@oeway/vue-window`` is not on npm and
    the extension does not use its windows: a stub stands in for it.
 
 Every input is pinned by sha256 (tarballs; the two bundle files before patching) and every
@@ -83,6 +85,23 @@ INDEX_PATCHES = [
     ("cover: ['https://kitware.github.io/itk-vtk-viewer/docs/howToUse.jpg', "
      "'https://kitware.github.io/itk-vtk-viewer/docs/imjoy.png'],", "cover: [],", 1),
 ]
+
+# --- imjoy-core: its internal plugins ------------------------------------------------------------
+# ImJoy starts two "internal plugins" from imjoy-team.github.io at every start (a Jupyter engine
+# manager for remote Jupyter servers / Binder, and a Pyodide worker): itkwidgets uses neither (its
+# kernel talks through the imjoy Lab extension's comm), so they do not start.
+CORE_PATCHES = {
+    "imjoy-core/imjoy-core.min.js": [
+        ('/Jupyter-Engine-Manager.imjoy.html","startup":true}', '/Jupyter-Engine-Manager.imjoy.html","startup":false}', 1),
+        ('/WebPythonWorker.imjoy.html","startup":true}', '/WebPythonWorker.imjoy.html","startup":false}', 1),
+    ],
+    "imjoy-core/imjoy-core.js": [
+        (r'Jupyter-Engine-Manager.imjoy.html\\\",\\\"startup\\\":true}',
+         r'Jupyter-Engine-Manager.imjoy.html\\\",\\\"startup\\\":false}', 1),
+        (r'WebPythonWorker.imjoy.html\\\",\\\"startup\\\":true}',
+         r'WebPythonWorker.imjoy.html\\\",\\\"startup\\\":false}', 1),
+    ],
+}
 
 # --- the imjoy Lab extension's bundle --------------------------------------------------------
 LABEXT = "share/jupyter/labextensions/imjoy-jupyterlab-extension/static"
@@ -203,10 +222,18 @@ def extract(tarballs: dict[str, Path], dest: Path) -> None:
                     out.write_bytes(tar.extractfile(m).read())
     index = dest / "itk-vtk-viewer/index.html"
     index.write_text(replace_checked(index.read_text(), INDEX_PATCHES, "itk-vtk-viewer/dist/index.html"))
+    for rel, patches in CORE_PATCHES.items():
+        path = dest / rel
+        path.write_text(replace_checked(path.read_text(), patches, rel))
     (dest / "vue-window").mkdir(exist_ok=True)
     (dest / "vue-window/index.js").write_text(VUE_WINDOW_STUB)
-    (dest / "VERSIONS.json").write_text(json.dumps(
-        {"npm": {n: v for n, (v, _) in NPM_PINS.items()}, "pip": PIP_PINS, "sentinel": SENTINEL}, indent=1) + "\n")
+    (dest / "VERSIONS.json").write_text(stamp_text())
+
+
+def stamp_text() -> str:
+    """What was installed: the pins and the hash of this script (its patches)."""
+    return json.dumps({"npm": {n: v for n, (v, _) in NPM_PINS.items()}, "pip": PIP_PINS, "sentinel": SENTINEL,
+                       "script_sha256": sha256(Path(__file__).read_bytes())}, indent=1) + "\n"
 
 
 def patched_bundle(original: bytes, name: str) -> bytes:
@@ -241,24 +268,40 @@ def patch_labextension(prefix: Path) -> list[str]:
     return done
 
 
+KERNEL_CONFIG = "etc/ipython/ipython_kernel_config.py"
+KERNEL_CONFIG_TEXT = """\
+# vre-itk (scripts/itk_assets.py): every IPython kernel of this environment points itkwidgets at
+# the viewer its session's server serves (static/vre-itk/), see vre_session.itk_offline.
+c.InteractiveShellApp.exec_lines.append(
+    "import vre_session.itk_offline as _vre_itk; _vre_itk.install(); del _vre_itk")
+"""
+
+
+def write_kernel_config(prefix: Path) -> None:
+    """IPython reads <sys.prefix>/etc/ipython/ipython_kernel_config.py in every kernel of the
+    environment (whatever its kernelspec): there the kernel installs the itkwidgets hook."""
+    path = prefix / KERNEL_CONFIG
+    if path.exists() and not path.read_text().startswith("# vre-itk "):
+        raise AssetError(f"{path} exists and is not the VRE's: merge it by hand")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(KERNEL_CONFIG_TEXT)
+    path.chmod(0o644)
+
+
 def install(prefix: Path, cache: Path, *, offline: bool = False) -> Path:
     prefix = prefix.resolve()
     tarballs = fetch(cache, offline=offline)
     patch_labextension(prefix)   # first: it fails on a wrong extension before anything is copied
     root = prefix / "share/vre-itk/static"
     stamp = root / STATIC / "VERSIONS.json"
-    want = json.dumps({"npm": {n: v for n, (v, _) in NPM_PINS.items()}, "pip": PIP_PINS, "sentinel": SENTINEL},
-                      indent=1) + "\n"
-    if not (stamp.exists() and stamp.read_text() == want):
+    if not (stamp.exists() and stamp.read_text() == stamp_text()):
         tmp = root / (STATIC + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         extract(tarballs, tmp)
         shutil.rmtree(root / STATIC, ignore_errors=True)
         tmp.rename(root / STATIC)
-    conf = prefix / "etc/jupyter/jupyter_server_config.d/vre-itk.json"
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(json.dumps({"ServerApp": {"extra_static_paths": [str(root)]}}, indent=1) + "\n")
+    write_kernel_config(prefix)
     for p in [root, *root.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     return root / STATIC

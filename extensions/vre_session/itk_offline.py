@@ -3,16 +3,21 @@
 itkwidgets (1.0a55) takes the viewer's location from ``itkwidgets.viewer_config``
 (``ITK_VIEWER_SRC``: itk-vtk-viewer on IPFS; ``PYDATA_SPHINX_HREF``: its UI on jsdelivr), which
 ``itkwidgets.viewer`` and ``itkwidgets._initialization_params`` copy when they are imported. The
-VRE's kernel launcher installs :class:`ItkOffline`, an import hook that rewrites them as soon as
-``itkwidgets.viewer_config`` is loaded (before anything copies them), so a researcher's unchanged
+environment's IPython kernel config (``<sys.prefix>/etc/ipython/ipython_kernel_config.py``,
+written by ``scripts/itk_assets.py``) makes every kernel install :class:`ItkOffline`, an import
+hook that rewrites them as soon as ``itkwidgets.viewer_config`` is loaded (before anything copies them), so a researcher's unchanged
 ``from itkwidgets import view`` points at the assets ``scripts/itk_assets.py`` installed into the
 environment (served as ``<session>/static/vre-itk/``).
 
 ImJoy accepts only http(s) plugin sources, and the kernel does not know the browser's origin (the
 hub may sit behind any proxy): the URLs use the placeholder origin :data:`SENTINEL`
 (``.invalid`` never resolves), which the patched imjoy Lab extension maps to
-``<Lab base URL>static/vre-itk/`` in the browser. Standard library only (the launcher imports
-it before ipykernel).
+``<Lab base URL>static/vre-itk/`` in the browser.
+
+itkwidgets also refuses to import unless ``imjoy_elfinder`` imports (it never uses it: elFinder is
+a web file manager started through jupyter-server-proxy, i.e. a way to move files past the access
+layer's download guard, which refuses its route anyway). The VRE does not install it; the hook
+answers ``import imjoy_elfinder`` with an empty module when no real one is installed.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
+from pathlib import Path
 
 SENTINEL = "http://vre-session.invalid/vre-itk/"   # same as scripts/itk_assets.py
 SETTINGS = {
@@ -27,6 +33,13 @@ SETTINGS = {
     "PYDATA_SPHINX_HREF": SENTINEL + "itk-viewer-bootstrap-ui/bootstrapUIMachineOptions.js.es.js",
 }
 MODULE = "itkwidgets.viewer_config"
+
+
+def static_root() -> Path | None:
+    """The static folder that holds ``vre-itk/`` in this environment, or None when not installed.
+    The session's server adds it to ``ServerApp.extra_static_paths`` (``vre_session``)."""
+    root = Path(sys.prefix) / "share/vre-itk/static"
+    return root if (root / "vre-itk/VERSIONS.json").is_file() else None
 
 
 def apply(module) -> None:
@@ -41,6 +54,18 @@ def apply(module) -> None:
                 setattr(mod, name, SETTINGS[name])
 
 
+ELFINDER = "imjoy_elfinder"
+
+
+class _Empty(importlib.abc.Loader):
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        module.__doc__ = ("Stand-in of the VRE (vre_session.itk_offline): itkwidgets only checks that "
+                          "imjoy_elfinder imports; the elFinder file manager is not part of the VRE.")
+
+
 class ItkOffline(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Runs :func:`apply` right after ``itkwidgets.viewer_config`` executes (itkwidgets is too slow
     to import in every kernel)."""
@@ -49,6 +74,10 @@ class ItkOffline(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self._loader = None
 
     def find_spec(self, fullname, path=None, target=None):
+        if fullname == ELFINDER:
+            if importlib.machinery.PathFinder.find_spec(fullname, path) is not None:
+                return None   # a real one is installed: not ours to hide
+            return importlib.machinery.ModuleSpec(fullname, _Empty(), origin="vre_session.itk_offline")
         if fullname != MODULE or self._loader is not None:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
@@ -63,8 +92,6 @@ class ItkOffline(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
         apply(module)
 
 

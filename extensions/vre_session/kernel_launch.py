@@ -13,8 +13,6 @@ Thread counts are ``ceil(cpu)``, at least 1 and at most the CPUs available. A th
 already in the environment (the plan sets them) is kept when it is lower, and lowered to the grant
 when it is higher. PyTorch does not read ``TORCH_NUM_THREADS`` itself: when the kernel imports
 ``torch``, a post-import hook calls ``torch.set_num_threads`` (and the inter-op pool) with it.
-Another (:mod:`vre_session.itk_offline`) points itkwidgets' viewer at the assets the session's own
-server serves, when the kernel imports it.
 
 ``python -m vre_session.kernel_launch --print`` prints the grant and the variables as JSON and exits
 (for tests and for checking an image). The launcher only uses the standard library; it then runs
@@ -160,9 +158,6 @@ def configure(environ: dict[str, str] | None = None) -> dict[str, str]:
     target.update(values)
     if environ is None and not any(isinstance(f, _TorchThreads) for f in sys.meta_path):
         sys.meta_path.insert(0, _TorchThreads())
-    if environ is None:  # itkwidgets' viewer from the session's own server (vre_session.itk_offline)
-        from . import itk_offline
-        itk_offline.install()
     return values
 
 

@@ -159,3 +159,137 @@ def test_interact_and_tqdm_offline(hub, browser_page, alice_lab):
     assert foreign == [], f"requests to hosts other than the hub ({hub_host}): {foreign}"
     assert failed == [], f"session requests answered with an error: {failed}"
     assert refusals(hub, since) == [], "the access layer refused something"
+
+
+# --- itkwidgets: the viewer from the session's own server (scripts/itk_assets.py) -------------------
+ITK_STATIC = "/static/vre-itk/"
+VOLUME = """import numpy as np
+from itkwidgets import view
+z, y, x = np.mgrid[0:64, 0:64, 0:64]
+# a ball whose brightness and radius change along z: every z slice looks different
+volume = ((((x - 32) ** 2 + (y - 32) ** 2) < (6 + z // 3) ** 2) * (40 + 3 * z)).astype(np.uint8)
+print("volume", volume.shape)
+viewer = view(volume, ui_collapsed=True)"""
+CT = """import os
+import SimpleITK as sitk
+from itkwidgets import view
+root = '/data/lung-ct-screening'
+series_dir = next(d for d, _, files in sorted(os.walk(root)) if files and sitk.ImageSeriesReader.GetGDCMSeriesIDs(d))
+reader = sitk.ImageSeriesReader()
+reader.SetFileNames(reader.GetGDCMSeriesFileNames(series_dir))
+ct = reader.Execute()
+print("ct", ct.GetSize())
+ct_viewer = view(ct, ui_collapsed=True)"""
+
+
+def lit_pixels(png: bytes) -> int:
+    """Pixels of a screenshot that differ clearly from its most common colour (the background)."""
+    import io
+
+    from PIL import Image, ImageChops
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    background = max(img.getcolors(img.width * img.height))[1]
+    diff = ImageChops.difference(img, Image.new("RGB", img.size, background)).convert("L")
+    return sum(1 for v in diff.getdata() if v > 24)
+
+
+def changed_pixels(a: bytes, b: bytes) -> int:
+    import io
+
+    from PIL import Image, ImageChops
+
+    ia, ib = (Image.open(io.BytesIO(p)).convert("RGB") for p in (a, b))
+    if ia.size != ib.size:
+        return ia.width * ia.height
+    return sum(1 for v in ImageChops.difference(ia, ib).convert("L").getdata() if v > 24)
+
+
+def viewer_shot(page, out, *, until, timeout_s: float = 180, what: str = "") -> bytes:
+    """Screenshots of the viewer's frame in ``out`` until ``until(png)`` holds."""
+    import time
+
+    frame = out.locator("iframe").first
+    expect(frame).to_be_visible(timeout=timeout_s * 1000)
+    deadline = time.monotonic() + timeout_s
+    png = b""
+    while time.monotonic() < deadline:
+        png = frame.screenshot(timeout=30_000)
+        if until(png):
+            return png
+        page.wait_for_timeout(2_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"itk-{what or 'viewer'}.png").write_bytes(png)
+    raise AssertionError(f"the viewer ({what}) never showed what was expected; last screenshot in test-artifacts")
+
+
+def open_notebook(page, hub) -> None:
+    login_ok(page, hub, "alice")
+    page.goto(f"{hub.url}/hub/spawn/alice/{PROJECT}")
+    with page.expect_navigation():
+        page.locator('#spawn_form [type="submit"]').click()
+    tile = page.locator('.jp-Launcher .jp-LauncherCard[data-category="Notebook"]').first
+    expect(tile).to_be_visible(timeout=LAB_TIMEOUT_MS)
+    tile.click()
+    expect(page.locator(".jp-NotebookPanel")).to_have_count(1, timeout=60_000)
+    expect(page.locator("#jp-main-statusbar")).to_contain_text(re.compile(r"Python 3 \(.+\) \| Idle"),
+                                                               timeout=LAB_TIMEOUT_MS)
+
+
+def test_itkwidgets_offline(hub, browser_page, alice_lab):
+    """``from itkwidgets import view`` unchanged: a numpy volume and a CT series read with SimpleITK
+    from /data render (lit pixels), follow a slice change (the pixels change), and every request
+    stays on the hub; the viewer's files come from the session's static/vre-itk/."""
+    page = browser_page
+    hub_host = urlsplit(hub.url).netloc
+    assert hub_host.startswith("127.0.0.1:"), hub.url
+    foreign, failed, assets = [], [], []
+
+    def seen(url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme in ("data", "blob", "about"):
+            return
+        if parts.scheme not in ("http", "https", "ws", "wss") or parts.netloc != hub_host:
+            foreign.append(url)
+
+    def answered(response) -> None:
+        if ITK_STATIC in urlsplit(response.url).path:
+            assets.append(f"{response.status} {urlsplit(response.url).path}")
+        if response.status >= 400 and "/user/alice/" in response.url:
+            failed.append(f"{response.status} {response.request.method} {response.url}")
+
+    page.context.on("request", lambda r: seen(r.url))
+    page.context.on("response", answered)   # the context's: the viewer runs in a frame
+    page.on("websocket", lambda ws: seen(ws.url))
+    page.on("console", lambda m: print(f"console {m.type}: {m.text}"[:300]))
+
+    open_notebook(page, hub)
+    failed.clear()
+    since = now_text()
+
+    # a 3-D numpy volume: rendered (volume rendering of a bright ball on the dark background)
+    out = run_cell(page, 0, VOLUME, "volume (64, 64, 64)")
+    first = viewer_shot(page, out, until=lambda png: lit_pixels(png) > 2_000, what="numpy-volume")
+    # slicing: a z plane, then another one; each shows different pixels
+    run_cell(page, 1, "viewer.set_view_mode('ZPlane')\nviewer.set_z_slice(8)\nprint('z=8')", "z=8")
+    at8 = viewer_shot(page, out, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
+                      what="numpy-z8")
+    run_cell(page, 2, "viewer.set_z_slice(56)\nprint('z=56')", "z=56")
+    viewer_shot(page, out, until=lambda png: changed_pixels(png, at8) > 500 and lit_pixels(png) > 500,
+                what="numpy-z56")
+
+    # a CT series from the project's dataset, read with SimpleITK
+    ct_out = run_cell(page, 3, CT, "ct (64, 64, 12)")
+    ct_first = viewer_shot(page, ct_out, until=lambda png: lit_pixels(png) > 2_000, what="ct")
+    run_cell(page, 4, "ct_viewer.set_view_mode('ZPlane')\nct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 2))[2])\n"
+                      "print('slice 2')", "slice 2")
+    at2 = viewer_shot(page, ct_out, until=lambda png: changed_pixels(png, ct_first) > 2_000 and lit_pixels(png) > 500,
+                      what="ct-slice2")
+    run_cell(page, 5, "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 9))[2])\nprint('slice 9')",
+             "slice 9")
+    viewer_shot(page, ct_out, until=lambda png: changed_pixels(png, at2) > 200, what="ct-slice9")
+
+    assert any(a.startswith(("200 ", "304 ")) and "itk-vtk-viewer/index.html" in a for a in assets), assets
+    assert foreign == [], f"requests to hosts other than the hub ({hub_host}): {foreign}"
+    assert failed == [], f"session requests answered with an error: {failed}"
+    assert refusals(hub, since) == [], "the access layer refused something"
