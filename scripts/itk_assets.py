@@ -10,9 +10,8 @@ session) puts all of it into the session environment:
    host's npm is configured for), each checked against its pinned sha256 and cached by version
    under ``--cache`` (default ``/var/cache/vre-itk/<versions key>``): a second run is offline.
 2. ``install``: their ``dist`` files are copied to ``<prefix>/share/vre-itk/static/vre-itk/`` and
-   served by the session's own Jupyter server as static files (the vre_session server extension
-   adds the folder to ``ServerApp.extra_static_paths`` when it is there), i.e. under
-   ``<session prefix>/static/vre-itk/``, behind the access layer like the Lab's own static files.
+   served by the session's own Jupyter server (the vre_session server extension serves the folder,
+   when it is there, as ``<session prefix>/static/vre-itk/``), behind the access layer like the Lab's own static files.
    The viewer's ``index.html`` loads its ImJoy loader and RPC library from the local copy of
    imjoy-core instead of lib.imjoy.io / jsdelivr.
 3. The imjoy Lab extension (``imjoy-jupyterlab-extension``, pip, pinned) hard-codes five CDN URLs
@@ -130,6 +129,9 @@ BUNDLE_PATCHES: dict[str, tuple[str, list[tuple[str, str, int]]]] = {
          "            process_url_query: true,\n"
          f"            base_url: {_local('imjoy-core/')},\n"
          f"            default_rpc_base_url: {_local('imjoy-core/')},\n", 1),
+        # the notebook toolbar's ImJoy button: its logo from imjoy.io becomes a text label
+        ('<img src="https://imjoy.io/static/img/imjoy-logo-black.svg" style="height: 17px;">',
+         '<span style="font-size: 11px;">ImJoy</span>', 1),
         ("                async createWindow(_plugin, w, extra_config) {\n",
          "                async createWindow(_plugin, w, extra_config) {\n" + _REWRITE, 1),
     ]),
@@ -139,6 +141,8 @@ BUNDLE_PATCHES: dict[str, tuple[str, list[tuple[str, str, int]]]] = {
         ('\\"https://imjoy-team.github.io/vue-js-modal/styles.css\\"', _local("vue-js-modal/styles.css"), 1),
         ('\\"https://cdn.jsdelivr.net/npm/@oeway/vue-window@2.4.1-a/lib/index.js\\"',
          _local("vue-window/index.js"), 1),
+        # the basic app's window icon (an <img> in its template): no icon rather than imjoy.io
+        ("https://imjoy.io/static/img/imjoy-icon.svg", "data:,", 2),
     ]),
 }
 VUE_WINDOW_STUB = ("/* vre-itk: stands in for @oeway/vue-window (not on npm; the imjoy Lab extension opens no\n"
@@ -256,11 +260,16 @@ def patch_labextension(prefix: Path) -> list[str]:
                              f"{PIP_PINS['imjoy-jupyterlab-extension']}?")
         data = path.read_bytes()
         orig = prefix / "share/vre-itk/orig" / name   # the pinned original, kept out of the served tree
-        if orig.exists() and sha256(data) == sha256(patched_bundle(orig.read_bytes(), name)):
-            continue  # already patched from the pinned original
-        new = patched_bundle(data, name)
+        pinned = BUNDLE_PATCHES[name][0]
+        if sha256(data) != pinned and orig.exists() and sha256(orig.read_bytes()) == pinned:
+            original = orig.read_bytes()   # patched before (by this or an earlier version of the patches)
+        else:
+            original = data                # checked against the pin by patched_bundle
+        new = patched_bundle(original, name)
+        if new == data:
+            continue
         orig.parent.mkdir(parents=True, exist_ok=True)
-        orig.write_bytes(data)
+        orig.write_bytes(original)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(new)
         tmp.replace(path)

@@ -27,16 +27,6 @@ def _jupyter_labextension_paths():
     return [{"src": "labextension", "dest": "vre-session"}]
 
 
-def _link_jupyter_server_extension(serverapp) -> None:
-    # itkwidgets' viewer (scripts/itk_assets.py installed it into this environment) is served as
-    # static files under static/vre-itk/, before the web app is made (vre_session.itk_offline)
-    from .itk_offline import static_root
-
-    root = static_root()
-    if root is not None and str(root) not in serverapp.extra_static_paths:
-        serverapp.extra_static_paths = [*serverapp.extra_static_paths, str(root)]
-
-
 def _load_jupyter_server_extension(serverapp) -> None:
     # The dataset and DICOM APIs and the download guard. No fallback: a session whose handlers
     # cannot be set up (a broken environment) must not start without its guard, so any failure
@@ -45,6 +35,11 @@ def _load_jupyter_server_extension(serverapp) -> None:
 
     relay = get_relay(serverapp.log)
     relay.start()
+    # itkwidgets' viewer (scripts/itk_assets.py installed it into this environment): static files
+    # under static/vre-itk/, which the Lab may frame (vre_session.itk_offline)
+    from .itk_offline import setup_handlers as setup_itk
+
+    setup_itk(serverapp.web_app)
 
     async def on_kernel(logger, schema_id: str, data: dict) -> None:
         action = {"start": "kernel.start", "shutdown": "kernel.stop", "restart": "kernel.restart"}.get(data.get("action"))

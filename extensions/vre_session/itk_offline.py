@@ -35,11 +35,34 @@ SETTINGS = {
 MODULE = "itkwidgets.viewer_config"
 
 
+URL_PATH = "static/vre-itk/"   # below the session's base URL; the access layer passes static/
+
+
 def static_root() -> Path | None:
-    """The static folder that holds ``vre-itk/`` in this environment, or None when not installed.
-    The session's server adds it to ``ServerApp.extra_static_paths`` (``vre_session``)."""
-    root = Path(sys.prefix) / "share/vre-itk/static"
-    return root if (root / "vre-itk/VERSIONS.json").is_file() else None
+    """The folder served as ``static/vre-itk/``, or None when this environment has none."""
+    root = Path(sys.prefix) / "share/vre-itk/static/vre-itk"
+    return root if (root / "VERSIONS.json").is_file() else None
+
+
+def setup_handlers(web_app) -> bool:
+    """Serve the viewer's files as ``<base_url>static/vre-itk/`` (before the server's own static
+    route): the server's static handler, except that these pages may be framed by the session's
+    own pages. JupyterHub's single-user server forbids framing (``frame-ancestors 'none'``) for
+    every page, and ImJoy shows the viewer in an iframe of the Lab."""
+    root = static_root()
+    if root is None:
+        return False
+    from jupyter_server.base.handlers import FileFindHandler
+    from jupyter_server.utils import url_path_join
+
+    class ViewerFiles(FileFindHandler):
+        @property
+        def content_security_policy(self) -> str:
+            return "frame-ancestors 'self'"
+
+    pattern = url_path_join(web_app.settings["base_url"], URL_PATH, "(.*)")
+    web_app.add_handlers(".*$", [(pattern, ViewerFiles, {"path": [str(root)]})])
+    return True
 
 
 def apply(module) -> None:

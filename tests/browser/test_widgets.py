@@ -183,13 +183,16 @@ ct_viewer = view(ct, ui_collapsed=True)"""
 
 
 def lit_pixels(png: bytes) -> int:
-    """Pixels of a screenshot that differ clearly from its most common colour (the background)."""
+    """Pixels of a screenshot that differ clearly from its most common colour, the viewer's dark
+    background (0 when the most common colour is not dark: not the viewer, e.g. an error page)."""
     import io
 
     from PIL import Image, ImageChops
 
     img = Image.open(io.BytesIO(png)).convert("RGB")
     background = max(img.getcolors(img.width * img.height))[1]
+    if sum(background) > 150:
+        return 0
     diff = ImageChops.difference(img, Image.new("RGB", img.size, background)).convert("L")
     return sum(1 for v in diff.getdata() if v > 24)
 
@@ -261,7 +264,10 @@ def test_itkwidgets_offline(hub, browser_page, alice_lab):
     page.context.on("request", lambda r: seen(r.url))
     page.context.on("response", answered)   # the context's: the viewer runs in a frame
     page.on("websocket", lambda ws: seen(ws.url))
+    # for the test's artifacts: what the viewer's frames loaded and what failed
     page.on("console", lambda m: print(f"console {m.type}: {m.text}"[:300]))
+    page.on("framenavigated", lambda f: print(f"frame {f.url}"))
+    page.context.on("requestfailed", lambda r: print(f"request failed {r.url} {r.failure}"))
 
     open_notebook(page, hub)
     failed.clear()
