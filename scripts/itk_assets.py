@@ -172,8 +172,9 @@ def tarball_name(name: str, version: str) -> str:
 
 def fetch(cache: Path, *, offline: bool = False, npm: str = "npm") -> dict[str, Path]:
     """The pinned tarballs, from ``cache`` or fetched into it (``npm pack``); each checked."""
-    cache.mkdir(parents=True, exist_ok=True)
-    (cache / "VERSIONS").write_text(versions_key() + "\n")
+    if not offline:   # an offline cache may be read-only (the image build's bind mount)
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / "VERSIONS").write_text(versions_key() + "\n")
     out = {}
     for name, (version, digest) in NPM_PINS.items():
         path = cache / tarball_name(name, version)

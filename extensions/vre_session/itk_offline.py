@@ -89,38 +89,66 @@ class _Empty(importlib.abc.Loader):
                           "imjoy_elfinder imports; the elFinder file manager is not part of the VRE.")
 
 
-class ItkOffline(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Runs :func:`apply` right after ``itkwidgets.viewer_config`` executes (itkwidgets is too slow
-    to import in every kernel)."""
+def ready_after_first_screenshot(viewer_module) -> None:
+    """itkwidgets runs the cells after a ``view(image)`` only once the viewer reports
+    ``renderedImageAssigned``, for which it registers after the window is created and a first
+    screenshot taken; a small image is rendered by then, the event is missed and every later cell
+    waits forever (seen in Chromium with itkwidgets 1.0a55). The first screenshot shows the
+    rendered image, so from then on the viewer counts as ready (what its event handler does)."""
+    cls = getattr(viewer_module, "ViewerRPC", None)
+    if cls is None or getattr(cls.create_screenshot, "_vre_itk", False):
+        return
+    original = cls.create_screenshot
 
-    def __init__(self) -> None:
-        self._loader = None
+    async def create_screenshot(self, *args, **kwargs):
+        result = await original(self, *args, **kwargs)
+        if getattr(self, "data_event", None) is not None and not self.data_event.is_set():
+            self.set_event("vre-itk: first screenshot")
+        return result
 
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname == ELFINDER:
-            if importlib.machinery.PathFinder.find_spec(fullname, path) is not None:
-                return None   # a real one is installed: not ours to hide
-            return importlib.machinery.ModuleSpec(fullname, _Empty(), origin="vre_session.itk_offline")
-        if fullname != MODULE or self._loader is not None:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return None
-        self._loader = spec.loader
-        spec.loader = self
-        return spec
+    create_screenshot._vre_itk = True
+    cls.create_screenshot = create_screenshot
+
+
+#: module -> what to do right after it executed
+AFTER_IMPORT = {MODULE: apply, "itkwidgets.viewer": ready_after_first_screenshot}
+
+
+class _After(importlib.abc.Loader):
+    def __init__(self, loader, then) -> None:
+        self._loader, self._then = loader, then
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
-        apply(module)
+        self._then(module)
+
+
+class ItkOffline(importlib.abc.MetaPathFinder):
+    """Runs :data:`AFTER_IMPORT` right after those itkwidgets modules execute (itkwidgets is too
+    slow to import in every kernel), and stands in for ``imjoy_elfinder``."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == ELFINDER:
+            if importlib.machinery.PathFinder.find_spec(fullname, path) is not None:
+                return None   # a real one is installed: not ours to hide
+            return importlib.machinery.ModuleSpec(fullname, _Empty(), origin="vre_session.itk_offline")
+        then = AFTER_IMPORT.get(fullname)
+        if then is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _After(spec.loader, then)
+        return spec
 
 
 def install() -> None:
-    """Install the hook in this process (once); if itkwidgets is already loaded, apply directly."""
-    if MODULE in sys.modules:
-        apply(sys.modules[MODULE])
-    elif not any(isinstance(f, ItkOffline) for f in sys.meta_path):
+    """Install the hook in this process (once); modules already loaded are treated at once."""
+    for name, then in AFTER_IMPORT.items():
+        if name in sys.modules:
+            then(sys.modules[name])
+    if not any(isinstance(f, ItkOffline) for f in sys.meta_path):
         sys.meta_path.insert(0, ItkOffline())
