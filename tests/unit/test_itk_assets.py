@@ -129,3 +129,20 @@ def test_install_from_the_cache_patches_and_serves_offline(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in static.iterdir()}
     itk_assets.install(tmp_path, cache, offline=True)   # idempotent
     assert {p: p.stat().st_mtime_ns for p in static.iterdir()} == before
+
+
+def test_the_kernel_hook_points_itkwidgets_at_the_session(tmp_path):
+    """In a fresh interpreter of the session environment: after ``install()``, importing itkwidgets
+    gives the local viewer URLs, ``imjoy_elfinder`` imports (an empty stand-in) and the viewer
+    counts as ready after its first screenshot."""
+    import subprocess
+
+    pytest.importorskip("itkwidgets")
+    code = ("import vre_session.itk_offline as m; m.install()\n"
+            "import itkwidgets.viewer as v, itkwidgets._initialization_params as p, imjoy_elfinder\n"
+            "print(v.ITK_VIEWER_SRC); print(p.PYDATA_SPHINX_HREF)\n"
+            "print(v.ViewerRPC.create_screenshot._vre_itk, 'stand-in' in imjoy_elfinder.__doc__.lower())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [itk_offline.SETTINGS["ITK_VIEWER_SRC"], itk_offline.SETTINGS["PYDATA_SPHINX_HREF"],
+                                  "True", "True"]
