@@ -110,8 +110,62 @@ def ready_after_first_screenshot(viewer_module) -> None:
     cls.create_screenshot = create_screenshot
 
 
+IMAGE_ARGS = ("image", "label_image", "fixed_image")
+
+
+def sitk_to_itkwasm(image):
+    """A SimpleITK image as the itkwasm image itkwidgets renders (pixels, spacing, origin,
+    direction); anything else unchanged."""
+    sitk = sys.modules.get("SimpleITK")
+    if sitk is None or not isinstance(image, sitk.Image):
+        return image
+    import itkwasm
+    import numpy as np
+
+    out = itkwasm.image_from_array(sitk.GetArrayFromImage(image),
+                                   is_vector=image.GetNumberOfComponentsPerPixel() > 1)
+    dim = image.GetDimension()
+    out.spacing = [float(v) for v in image.GetSpacing()]
+    out.origin = [float(v) for v in image.GetOrigin()]
+    out.direction = np.array(image.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    return out
+
+
+def accept_simpleitk(viewer_module) -> None:
+    """itkwidgets 1.0a55 renders numpy, itk and itkwasm images but refuses SimpleITK ones ("Could
+    not process the viewer image"); ``view`` and ``Viewer.set_image`` convert them first."""
+    view = getattr(viewer_module, "view", None)
+    if view is None or getattr(view, "_vre_itk", False):
+        return
+    import functools
+
+    @functools.wraps(view)
+    def view_any(data=None, **kwargs):
+        for key in IMAGE_ARGS:
+            if key in kwargs:
+                kwargs[key] = sitk_to_itkwasm(kwargs[key])
+        return view(sitk_to_itkwasm(data), **kwargs)
+
+    view_any._vre_itk = True
+    viewer_module.view = view_any
+    cls = getattr(viewer_module, "Viewer", None)
+    if cls is not None and hasattr(cls, "set_image"):
+        set_image = cls.set_image
+
+        @functools.wraps(set_image)
+        def set_image_any(self, image, *args, **kwargs):
+            return set_image(self, sitk_to_itkwasm(image), *args, **kwargs)
+
+        cls.set_image = set_image_any
+
+
+def patch_viewer(viewer_module) -> None:
+    ready_after_first_screenshot(viewer_module)
+    accept_simpleitk(viewer_module)
+
+
 #: module -> what to do right after it executed
-AFTER_IMPORT = {MODULE: apply, "itkwidgets.viewer": ready_after_first_screenshot}
+AFTER_IMPORT = {MODULE: apply, "itkwidgets.viewer": patch_viewer}
 
 
 class _After(importlib.abc.Loader):

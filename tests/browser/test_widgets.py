@@ -192,7 +192,7 @@ def lit_pixels(png: bytes) -> int:
     img = Image.open(io.BytesIO(png)).convert("RGB")
     background = max(img.getcolors(img.width * img.height))[1]
     diff = ImageChops.difference(img, Image.new("RGB", img.size, background)).convert("L")
-    return sum(1 for v in diff.getdata() if v > 24)
+    return sum(diff.histogram()[25:])
 
 
 def changed_pixels(a: bytes, b: bytes) -> int:
@@ -203,7 +203,7 @@ def changed_pixels(a: bytes, b: bytes) -> int:
     ia, ib = (Image.open(io.BytesIO(p)).convert("RGB") for p in (a, b))
     if ia.size != ib.size:
         return ia.width * ia.height
-    return sum(1 for v in ImageChops.difference(ia, ib).convert("L").getdata() if v > 24)
+    return sum(ImageChops.difference(ia, ib).convert("L").histogram()[25:])
 
 
 def viewer_shot(page, out, *, until, timeout_s: float = 180, what: str = "") -> bytes:
@@ -223,9 +223,12 @@ def viewer_shot(page, out, *, until, timeout_s: float = 180, what: str = "") -> 
             frame.scroll_into_view_if_needed()
             png = page.screenshot(clip=frame.bounding_box(), timeout=60_000)
         except PlaywrightTimeout:
+            print(f"viewer {what}: screenshot timed out")
             continue
         if until(png):
+            print(f"viewer {what}: as expected after {time.monotonic() - deadline + timeout_s:.0f} s")
             return png
+        print(f"viewer {what}: {lit_pixels(png)} lit pixels, not yet")
         page.wait_for_timeout(2_000)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / f"itk-{what or 'viewer'}.png").write_bytes(png)
@@ -245,11 +248,8 @@ def open_notebook(page, hub) -> None:
                                                                timeout=LAB_TIMEOUT_MS)
 
 
-def test_itkwidgets_offline(hub, browser_page, alice_lab):
-    """``from itkwidgets import view`` unchanged: a numpy volume and a CT series read with SimpleITK
-    from /data render (lit pixels), follow a slice change (the pixels change), and every request
-    stays on the hub; the viewer's files come from the session's static/vre-itk/."""
-    page = browser_page
+def itk_session(hub, page):
+    """Open a notebook with every request recorded; returns (foreign, failed, assets, since)."""
     hub_host = urlsplit(hub.url).netloc
     assert hub_host.startswith("127.0.0.1:"), hub.url
     foreign, failed, assets = [], [], []
@@ -274,34 +274,47 @@ def test_itkwidgets_offline(hub, browser_page, alice_lab):
     page.on("console", lambda m: print(f"console {m.type}: {m.text}"[:300]))
     page.on("framenavigated", lambda f: print(f"frame {f.url}"))
     page.context.on("requestfailed", lambda r: print(f"request failed {r.url} {r.failure}"))
-
     open_notebook(page, hub)
     failed.clear()
-    since = now_text()
+    return foreign, failed, assets, now_text()
 
-    # a 3-D numpy volume: rendered (volume rendering of a bright ball on the dark background)
+
+def itk_checks(hub, foreign, failed, assets, since) -> None:
+    assert any(a.startswith(("200 ", "304 ")) and "itk-vtk-viewer/index.html" in a for a in assets), assets
+    assert foreign == [], f"requests to hosts other than the hub: {foreign}"
+    assert failed == [], f"session requests answered with an error: {failed}"
+    assert refusals(hub, since) == [], "the access layer refused something"
+
+
+def test_itkwidgets_numpy_volume_offline(hub, browser_page, alice_lab):
+    """``from itkwidgets import view`` unchanged on a 3-D numpy volume: it renders (lit pixels in
+    the viewer's frame), a z plane and then another one show different pixels, and every request
+    stays on the hub; the viewer's files come from the session's static/vre-itk/."""
+    page = browser_page
+    recorded = itk_session(hub, page)
     out = run_cell(page, 0, VOLUME, "volume (64, 64, 64)")
     first = viewer_shot(page, out, until=lambda png: lit_pixels(png) > 2_000, what="numpy-volume")
-    # slicing: a z plane, then another one; each shows different pixels
     run_cell(page, 1, "viewer.set_view_mode('ZPlane')\nviewer.set_z_slice(8)\nprint('z=8')", "z=8")
     at8 = viewer_shot(page, out, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
                       what="numpy-z8")
     run_cell(page, 2, "viewer.set_z_slice(56)\nprint('z=56')", "z=56")
     viewer_shot(page, out, until=lambda png: changed_pixels(png, at8) > 500 and lit_pixels(png) > 500,
                 what="numpy-z56")
+    itk_checks(hub, *recorded)
 
-    # a CT series from the project's dataset, read with SimpleITK
-    ct_out = run_cell(page, 3, CT, "ct (64, 64, 12)")
-    ct_first = viewer_shot(page, ct_out, until=lambda png: lit_pixels(png) > 2_000, what="ct")
-    run_cell(page, 4, "ct_viewer.set_view_mode('ZPlane')\nct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 2))[2])\n"
-                      "print('slice 2')", "slice 2")
-    at2 = viewer_shot(page, ct_out, until=lambda png: changed_pixels(png, ct_first) > 2_000 and lit_pixels(png) > 500,
+
+def test_itkwidgets_ct_series_offline(hub, browser_page, alice_lab):
+    """The same for a CT series of the project's dataset, read from /data with SimpleITK."""
+    page = browser_page
+    recorded = itk_session(hub, page)
+    out = run_cell(page, 0, CT, "ct (64, 64, 12)")
+    first = viewer_shot(page, out, until=lambda png: lit_pixels(png) > 2_000, what="ct")
+    run_cell(page, 1, "ct_viewer.set_view_mode('ZPlane')\n"
+                      "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 2))[2])\nprint('slice 2')",
+             "slice 2")
+    at2 = viewer_shot(page, out, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
                       what="ct-slice2")
-    run_cell(page, 5, "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 9))[2])\nprint('slice 9')",
+    run_cell(page, 2, "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 9))[2])\nprint('slice 9')",
              "slice 9")
-    viewer_shot(page, ct_out, until=lambda png: changed_pixels(png, at2) > 200, what="ct-slice9")
-
-    assert any(a.startswith(("200 ", "304 ")) and "itk-vtk-viewer/index.html" in a for a in assets), assets
-    assert foreign == [], f"requests to hosts other than the hub ({hub_host}): {foreign}"
-    assert failed == [], f"session requests answered with an error: {failed}"
-    assert refusals(hub, since) == [], "the access layer refused something"
+    viewer_shot(page, out, until=lambda png: changed_pixels(png, at2) > 200, what="ct-slice9")
+    itk_checks(hub, *recorded)
