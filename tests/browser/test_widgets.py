@@ -10,6 +10,7 @@ does any answer the access layer refuses (an error status or an ``access.refused
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 from pathlib import Path
@@ -218,10 +219,13 @@ def viewer_shot(page, out, *, until, timeout_s: float = 180, what: str = "") -> 
     deadline = time.monotonic() + timeout_s
     png = b""
     while time.monotonic() < deadline:
-        try:  # the page's own screenshot of the frame's box: an element's waits for a quiet frame,
-            # which WebGL on a software renderer under load may not give within the timeout
+        try:  # Chromium's own capture of the frame's box: Playwright's screenshots first wait for
+            # the page's fonts and a quiet frame, which WebGL on a software renderer may not give
             frame.scroll_into_view_if_needed()
-            png = page.screenshot(clip=frame.bounding_box(), timeout=60_000)
+            box = frame.bounding_box()
+            shot = page.context.new_cdp_session(page).send("Page.captureScreenshot", {
+                "format": "png", "clip": {**box, "scale": 1}})
+            png = base64.b64decode(shot["data"])
         except PlaywrightTimeout:
             print(f"viewer {what}: screenshot timed out")
             continue
@@ -246,6 +250,22 @@ def open_notebook(page, hub) -> None:
     expect(page.locator(".jp-NotebookPanel")).to_have_count(1, timeout=60_000)
     expect(page.locator("#jp-main-statusbar")).to_contain_text(re.compile(r"Python 3 \(.+\) \| Idle"),
                                                                timeout=LAB_TIMEOUT_MS)
+
+
+def itk_cell(page, index: int, code: str, expect_text: str):
+    """run_cell on cell ``index``, adding it first when the notebook has no such cell (the
+    viewer's frame can take the keyboard focus, so Shift+Enter need not have added one)."""
+    cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
+    while cells.count() <= index:
+        count = cells.count()
+        cells.last.locator(".jp-InputPrompt").click()
+        page.keyboard.press("Escape")
+        page.keyboard.press("b")
+        expect(cells).to_have_count(count + 1)
+    # the Lab renders only the cells in view (its notebook is windowed): below a viewer, scroll first
+    cells.nth(index).scroll_into_view_if_needed()
+    expect(cells.nth(index).locator(".cm-content")).to_be_attached()
+    return run_cell(page, index, code, expect_text)
 
 
 def itk_session(hub, page):
@@ -292,12 +312,12 @@ def test_itkwidgets_numpy_volume_offline(hub, browser_page, alice_lab):
     stays on the hub; the viewer's files come from the session's static/vre-itk/."""
     page = browser_page
     recorded = itk_session(hub, page)
-    out = run_cell(page, 0, VOLUME, "volume (64, 64, 64)")
+    out = itk_cell(page, 0, VOLUME, "volume (64, 64, 64)")
     first = viewer_shot(page, out, until=lambda png: lit_pixels(png) > 2_000, what="numpy-volume")
-    run_cell(page, 1, "viewer.set_view_mode('ZPlane')\nviewer.set_z_slice(8)\nprint('z=8')", "z=8")
+    itk_cell(page, 1, "viewer.set_view_mode('ZPlane')\nviewer.set_z_slice(8)\nprint('z=8')", "z=8")
     at8 = viewer_shot(page, out, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
                       what="numpy-z8")
-    run_cell(page, 2, "viewer.set_z_slice(56)\nprint('z=56')", "z=56")
+    itk_cell(page, 2, "viewer.set_z_slice(56)\nprint('z=56')", "z=56")
     viewer_shot(page, out, until=lambda png: changed_pixels(png, at8) > 500 and lit_pixels(png) > 500,
                 what="numpy-z56")
     itk_checks(hub, *recorded)
@@ -307,14 +327,14 @@ def test_itkwidgets_ct_series_offline(hub, browser_page, alice_lab):
     """The same for a CT series of the project's dataset, read from /data with SimpleITK."""
     page = browser_page
     recorded = itk_session(hub, page)
-    out = run_cell(page, 0, CT, "ct (64, 64, 12)")
+    out = itk_cell(page, 0, CT, "ct (64, 64, 12)")
     first = viewer_shot(page, out, until=lambda png: lit_pixels(png) > 2_000, what="ct")
-    run_cell(page, 1, "ct_viewer.set_view_mode('ZPlane')\n"
+    itk_cell(page, 1, "ct_viewer.set_view_mode('ZPlane')\n"
                       "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 2))[2])\nprint('slice 2')",
              "slice 2")
     at2 = viewer_shot(page, out, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
                       what="ct-slice2")
-    run_cell(page, 2, "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 9))[2])\nprint('slice 9')",
+    itk_cell(page, 2, "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 9))[2])\nprint('slice 9')",
              "slice 9")
     viewer_shot(page, out, until=lambda png: changed_pixels(png, at2) > 200, what="ct-slice9")
     itk_checks(hub, *recorded)
