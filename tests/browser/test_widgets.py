@@ -165,7 +165,6 @@ def test_interact_and_tqdm_offline(hub, browser_page, alice_lab):
 
 # --- itkwidgets: the viewer from the session's own server (scripts/itk_assets.py) -------------------
 ITK_STATIC = "/static/vre-itk/"
-ITK_FRAME = "iframe[src*='/static/vre-itk/itk-vtk-viewer/index.html']"
 VOLUME = """import numpy as np
 from itkwidgets import view
 z, y, x = np.mgrid[0:64, 0:64, 0:64]
@@ -212,15 +211,17 @@ def viewer_shot(page, out, *, until, timeout_s: float = 180, what: str = "") -> 
     """Screenshots of the viewer's frame in ``out`` until ``until(png)`` holds."""
     import time
 
-    frame = page.locator(ITK_FRAME).first
+    frame = out.locator("iframe").first
     expect(frame).to_be_visible(timeout=timeout_s * 1000)
     # the viewer's page (not an error page) with its render window
-    expect(page.frame_locator(ITK_FRAME).first.locator("canvas").first).to_be_attached(timeout=timeout_s * 1000)
+    expect(frame).to_have_attribute("src", re.compile(re.escape(ITK_STATIC) + "itk-vtk-viewer/index.html"))
+    expect(out.frame_locator("iframe").first.locator("canvas").first).to_be_attached(timeout=timeout_s * 1000)
     deadline = time.monotonic() + timeout_s
     png = b""
     while time.monotonic() < deadline:
         try:  # Chromium's own capture of the frame's box: Playwright's screenshots first wait for
             # the page's fonts and a quiet frame, which WebGL on a software renderer may not give
+            frame.scroll_into_view_if_needed()
             box = frame.bounding_box()
             shot = page.context.new_cdp_session(page).send("Page.captureScreenshot", {
                 "format": "png", "clip": {**box, "scale": 1}})
@@ -251,19 +252,20 @@ def open_notebook(page, hub) -> None:
                                                                timeout=LAB_TIMEOUT_MS)
 
 
-def itk_cell(page, code: str, expect_text: str) -> None:
-    """Run ``code`` in a new cell below the active one, by keyboard (the viewer's frame can hold
-    the focus and shift the layout, and the Lab renders only the cells in view, so cells are not
-    located by position): back to the notebook, a new cell, its code, Shift+Enter."""
-    active = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell.jp-mod-active")
-    active.locator(".jp-InputPrompt").click(force=True)
-    page.keyboard.press("Escape")
-    page.keyboard.press("b")
-    page.keyboard.press("Enter")
-    page.keyboard.insert_text(code)
-    page.keyboard.press("Shift+Enter")
-    expect(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")).to_contain_text(
-        expect_text, timeout=120_000)
+def itk_cell(page, index: int, code: str, expect_text: str):
+    """run_cell on cell ``index``, adding it first when the notebook has no such cell (the
+    viewer's frame can take the keyboard focus, so Shift+Enter need not have added one)."""
+    cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
+    while cells.count() <= index:
+        count = cells.count()
+        cells.last.locator(".jp-InputPrompt").click()
+        page.keyboard.press("Escape")
+        page.keyboard.press("b")
+        expect(cells).to_have_count(count + 1)
+    # the Lab renders only the cells in view (its notebook is windowed): below a viewer, scroll first
+    cells.nth(index).scroll_into_view_if_needed()
+    expect(cells.nth(index).locator(".cm-content")).to_be_attached()
+    return run_cell(page, index, code, expect_text)
 
 
 def itk_session(hub, page):
@@ -310,13 +312,13 @@ def test_itkwidgets_numpy_volume_offline(hub, browser_page, alice_lab):
     stays on the hub; the viewer's files come from the session's static/vre-itk/."""
     page = browser_page
     recorded = itk_session(hub, page)
-    itk_cell(page, VOLUME, "volume (64, 64, 64)")
-    first = viewer_shot(page, None, until=lambda png: lit_pixels(png) > 2_000, what="numpy-volume")
-    itk_cell(page, "viewer.set_view_mode('ZPlane')\nviewer.set_z_slice(8)\nprint('z=8')", "z=8")
-    at8 = viewer_shot(page, None, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
+    out = itk_cell(page, 0, VOLUME, "volume (64, 64, 64)")
+    first = viewer_shot(page, out, until=lambda png: lit_pixels(png) > 2_000, what="numpy-volume")
+    itk_cell(page, 1, "viewer.set_view_mode('ZPlane')\nviewer.set_z_slice(8)\nprint('z=8')", "z=8")
+    at8 = viewer_shot(page, out, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
                       what="numpy-z8")
-    itk_cell(page, "viewer.set_z_slice(56)\nprint('z=56')", "z=56")
-    viewer_shot(page, None, until=lambda png: changed_pixels(png, at8) > 500 and lit_pixels(png) > 500,
+    itk_cell(page, 2, "viewer.set_z_slice(56)\nprint('z=56')", "z=56")
+    viewer_shot(page, out, until=lambda png: changed_pixels(png, at8) > 500 and lit_pixels(png) > 500,
                 what="numpy-z56")
     itk_checks(hub, *recorded)
 
@@ -325,14 +327,14 @@ def test_itkwidgets_ct_series_offline(hub, browser_page, alice_lab):
     """The same for a CT series of the project's dataset, read from /data with SimpleITK."""
     page = browser_page
     recorded = itk_session(hub, page)
-    itk_cell(page, CT, "ct (64, 64, 12)")
-    first = viewer_shot(page, None, until=lambda png: lit_pixels(png) > 2_000, what="ct")
-    itk_cell(page, "ct_viewer.set_view_mode('ZPlane')\n"
+    out = itk_cell(page, 0, CT, "ct (64, 64, 12)")
+    first = viewer_shot(page, out, until=lambda png: lit_pixels(png) > 2_000, what="ct")
+    itk_cell(page, 1, "ct_viewer.set_view_mode('ZPlane')\n"
                       "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 2))[2])\nprint('slice 2')",
              "slice 2")
-    at2 = viewer_shot(page, None, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
+    at2 = viewer_shot(page, out, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
                       what="ct-slice2")
-    itk_cell(page, "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 9))[2])\nprint('slice 9')",
+    itk_cell(page, 2, "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 9))[2])\nprint('slice 9')",
              "slice 9")
-    viewer_shot(page, None, until=lambda png: changed_pixels(png, at2) > 200, what="ct-slice9")
+    viewer_shot(page, out, until=lambda png: changed_pixels(png, at2) > 200, what="ct-slice9")
     itk_checks(hub, *recorded)
