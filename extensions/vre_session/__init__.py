@@ -35,11 +35,6 @@ def _load_jupyter_server_extension(serverapp) -> None:
 
     relay = get_relay(serverapp.log)
     relay.start()
-    # itkwidgets' viewer (scripts/itk_assets.py installed it into this environment): static files
-    # under static/vre-itk/, which the Lab may frame (vre_session.itk_offline)
-    from .itk_offline import setup_handlers as setup_itk
-
-    setup_itk(serverapp.web_app)
 
     async def on_kernel(logger, schema_id: str, data: dict) -> None:
         action = {"start": "kernel.start", "shutdown": "kernel.stop", "restart": "kernel.restart"}.get(data.get("action"))
@@ -71,4 +66,9 @@ def _load_jupyter_server_extension(serverapp) -> None:
     serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=on_kernel)
     serverapp.event_logger.add_listener(schema_id=CONTENTS, listener=on_contents)
     setup_handlers(serverapp)
+    # itkwidgets' viewer (scripts/itk_assets.py installed it into this environment): static files
+    # under static/vre-itk/, which the Lab may frame (vre_session.itk_offline)
+    from .itk_offline import setup_handlers as setup_itk
+
+    setup_itk(serverapp.web_app)
     serverapp.log.info("VRE session extension loaded (audit relay %s)", "on" if relay.url else "logging only")
