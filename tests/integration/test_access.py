@@ -297,6 +297,48 @@ def test_egress_is_counted_and_capped(hub):
         hub.vre("project", "set-egress-cap", "prostate-ai", "none")
 
 
+def test_a_transfer_that_crosses_the_cap_is_cut(hub):
+    """Started under the cap, a large download does not run on past it: the layer stops sending
+    where the day's total crosses the cap, and the client sees an incomplete answer."""
+    clear_of_midnight()
+    c = hub.client("bob")
+    hub.vre("project", "set-downloads", "prostate-ai", "results")
+    try:
+        c.start("prostate-ai")
+        k = c.kernel("prostate-ai")
+        inside(k, """
+import os
+os.makedirs(os.path.expanduser('~/results'), exist_ok=True)
+with open(os.path.expanduser('~/results/big.bin'), 'wb') as f:
+    f.write(os.urandom(8 * 1024 * 1024))
+result = True
+""")
+        k.close()
+        used = requests.get(c.server_url("prostate-ai") + "/.vre/policy", headers=auth(c), timeout=10).json()
+        c.stop("prostate-ai")
+        # the day's total so far (earlier tests count too) plus 1 MiB; a session takes its cap at start
+        hub.vre("project", "set-egress-cap", "prostate-ai", str(used["egress"]["today"] + 1024 * 1024))
+        c.start("prostate-ai")
+        session = events(hub, user="bob", action="session.start")[-1]["session"]
+        got, complete = 0, True
+        r = requests.get(c.server_url("prostate-ai") + "/files/results/big.bin", headers=auth(c), timeout=60,
+                         stream=True)
+        assert r.status_code == 200
+        try:
+            for chunk in r.iter_content(65536):
+                got += len(chunk)
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError):
+            complete = False
+        assert not complete and 512 * 1024 <= got < 4 * 1024 * 1024, got
+        cut = wait_for(lambda: events(hub, user="bob", action="egress.cap_reached", session=session))
+        assert len(cut) == 1 and cut[0]["details"]["cut_after"] >= 512 * 1024, cut
+        assert cut[0]["details"]["path"].endswith("/files/results/big.bin")
+    finally:
+        c.stop("prostate-ai")
+        hub.vre("project", "set-downloads", "prostate-ai", "none")
+        hub.vre("project", "set-egress-cap", "prostate-ai", "none")
+
+
 # --- R5: cell code is recorded by the layer, whatever the session does ---------------------------
 def test_cell_audit_is_recorded_by_the_layer(hub):
     c = hub.client("bob")

@@ -305,15 +305,26 @@ class AccessLayer:
             if first:
                 await resp.write(first)
                 sent += len(first)
+            if route is not None:
+                self.meter.add(route.audit_session, route.user, route.project, klass, len(first), request=True)
             async for chunk in up.content.iter_any():
                 await resp.write(chunk)
                 sent += len(chunk)
                 if route is not None:
                     self.meter.add(route.audit_session, route.user, route.project, klass, len(chunk))
-            if route is not None:
-                self.meter.add(route.audit_session, route.user, route.project, klass, len(first), request=True)
+                    if sent > LARGE and self.meter.over(route.user, route.project, cap):
+                        return await self._cut(request, resp, route, caller, klass, sent)
             await resp.write_eof()
             return resp
+
+    async def _cut(self, request, resp, route, caller, klass, sent: int) -> web.StreamResponse:
+        """A large answer that crossed the cap while it was being sent is cut there: a transfer
+        started just under the cap must not carry on for gigabytes. The connection is closed
+        without the end of the body, so the client sees an incomplete answer, not a short file."""
+        await self._cap_reached(route, caller, request, klass, cut_after=sent)
+        if request.transport is not None:
+            request.transport.close()
+        return resp
 
     async def _inspect(self, up: aiohttp.ClientResponse, route: SessionRoute, r: policy.Route, resolved: dict | None):
         """Check an answer the path alone could not settle: a contents model's format, and DICOM in
@@ -504,14 +515,15 @@ class AccessLayer:
                                 details={"route": r.label or r.kind, "reason": reason, "method": request.method,
                                          "url": request.path[:500], "query": request.query_string[:300]}))
 
-    async def _cap_reached(self, route, caller, request, klass) -> None:
+    async def _cap_reached(self, route, caller, request, klass, *, cut_after: int | None = None) -> None:
         if self.meter.first_refusal(route.audit_session):
             cap = int(route.policy.get("egress_cap") or 0)
+            details = {"cap": cap, "used": self.meter.used(route.user, route.project), "class": klass}
+            if cut_after is not None:
+                details.update(cut_after=cut_after, path=request.path[:500])
             await self._record(dict(action="egress.cap_reached", actor=route.user, outcome="denied",
                                     target=f"{route.user}/{route.server}", project=route.project,
-                                    session=route.audit_session, client=request.remote,
-                                    details={"cap": cap, "used": self.meter.used(route.user, route.project),
-                                             "class": klass}))
+                                    session=route.audit_session, client=request.remote, details=details))
 
     def _note_anonymous(self, route: SessionRoute, request: web.Request) -> None:
         """Requests without a login: the first per session and minute is recorded at once, the rest
