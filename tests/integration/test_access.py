@@ -297,9 +297,10 @@ def test_egress_is_counted_and_capped(hub):
         hub.vre("project", "set-egress-cap", "prostate-ai", "none")
 
 
-def test_a_transfer_that_crosses_the_cap_is_cut(hub):
+def test_what_would_cross_the_cap_does_not_get_through(hub):
     """Started under the cap, a large download does not run on past it: the layer stops sending
-    where the day's total crosses the cap, and the client sees an incomplete answer."""
+    where the day's total crosses the cap, and the client sees an incomplete answer. A kernel
+    output that would cross it is withheld whole."""
     clear_of_midnight()
     c = hub.client("bob")
     hub.vre("project", "set-downloads", "prostate-ai", "results")
@@ -318,7 +319,19 @@ result = True
         c.stop("prostate-ai")
         # the day's total so far (earlier tests count too) plus 1 MiB; a session takes its cap at start
         hub.vre("project", "set-egress-cap", "prostate-ai", str(used["egress"]["today"] + 1024 * 1024))
+
+        # under the cap, an output of 1.5 MB would cross it: withheld (under the server's iopub rate limit)
         c.start("prostate-ai")
+        session = events(hub, user="bob", action="session.start")[-1]["session"]
+        k = c.kernel("prostate-ai")
+        out = k.check("print('z' * 1_500_000)")
+        assert "Output withheld" in out and "zzzz" not in out
+        k.close()
+        held = wait_for(lambda: events(hub, user="bob", action="egress.cap_reached", session=session))
+        assert held[0]["details"]["class"] == "kernel" and held[0]["details"]["used"] < held[0]["details"]["cap"]
+        c.stop("prostate-ai")
+
+        c.start("prostate-ai")  # still under it: the 8 MiB download starts, and is cut
         session = events(hub, user="bob", action="session.start")[-1]["session"]
         got, complete = 0, True
         r = requests.get(c.server_url("prostate-ai") + "/files/results/big.bin", headers=auth(c), timeout=60,

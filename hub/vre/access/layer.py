@@ -408,7 +408,8 @@ class AccessLayer:
                 if route is not None:
                     size = len(data)
                     cap = int(route.policy.get("egress_cap") or 0)
-                    if size > LARGE and self.meter.over(route.user, route.project, cap):
+                    # a frame is sent whole or not at all: a large one that would pass the cap is withheld
+                    if size > LARGE and self.meter.over(route.user, route.project, cap, size):
                         await self._cap_reached(route, caller, request, klass)
                         data = self._withheld(data, subprotocol, cap, r)
                         if data is None:

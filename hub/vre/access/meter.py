@@ -86,8 +86,9 @@ class Meter:
         self._roll()
         return self._session.get(session, 0)
 
-    def over(self, user: str, project: str, cap: int) -> bool:
-        return bool(cap) and self.used(user, project) >= cap
+    def over(self, user: str, project: str, cap: int, adding: int = 0) -> bool:
+        """Whether the member is at the cap, or would pass it by sending ``adding`` bytes more."""
+        return bool(cap) and self.used(user, project) + adding >= cap
 
     def first_refusal(self, session: str) -> bool:
         """True once per session and day: when to record that the cap was reached."""
