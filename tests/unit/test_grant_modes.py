@@ -154,3 +154,22 @@ def test_migration_makes_existing_grants_interactive_without_expiry(backend, req
         g = db.scalar(select(vdb.Grant))
         assert (g.dataset.slug, g.mode, g.expires_at) == ("old-ct", "interactive", None)
         assert g.mounts_in("session") and g.mounts_in("worker")
+
+
+def test_the_sessions_datasets_api_lists_batch_only_grants_as_records_without_files(world, tmp_path):
+    """What the Lab's Datasets panel shows, from the manifest the hub writes into the session."""
+    import json
+
+    from vre_session.datasets import BATCH_ONLY_NOTE, Datasets, NotFound, load_manifest
+
+    path = tmp_path / "session.json"
+    path.write_text(json.dumps(plan(world).manifest()))
+    datasets = Datasets(load_manifest(str(path)))
+    summary = {d["slug"]: d for d in datasets.summary()}
+    assert summary["open-ct"]["mode"] == "interactive" and summary["open-ct"]["path"] == "/data/open-ct"
+    assert summary["batch-ct"] == {"slug": "batch-ct", "path": None, "browse_path": None, "indexed": False,
+                                   "record": {"title": "batch-ct record"}, "mode": "batch-only",
+                                   "note": BATCH_ONLY_NOTE}
+    with pytest.raises(NotFound, match="batch-only in this project: its files are available to batch jobs"):
+        datasets.get("batch-ct")
+    assert datasets.slug_of("/data/batch-ct/x.dcm") is None   # no file of it is the session's
