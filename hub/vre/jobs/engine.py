@@ -390,8 +390,10 @@ class Engine:
             self._starting = True
         if state.get("started") and job.started_at is None:
             job.started_at = dt.datetime.fromtimestamp(state["started"], dt.timezone.utc)
+            worker = self.executor.workers.get(job.worker)
+            mounted = {"datasets": list(worker.datasets)} if worker and worker.datasets is not None else {}
             self.audit(job, "job.start", details={"worker": job.worker, "devices": job.devices,
-                                                  "cpu": job.cpu, "mem_mb": job.mem_mb, "gpus": job.gpus})
+                                                  "cpu": job.cpu, "mem_mb": job.mem_mb, "gpus": job.gpus, **mounted})
         if state["state"] == "done":  # committed with the rest of this look, then forgotten
             self.finish_from_result(db, job, state["result"])
             self._ended.append(job.id)

@@ -62,9 +62,10 @@ class Worker:
     project: str
     shape: tuple            # (cpu, mem_mb, devices): a warm worker is reused for the same shape
     job: int | None = None  # the job it runs now
-    #: The datasets mounted in it: a warm worker is reused only while the plan mounts the same
-    #: (a revoked, expired or re-moded grant must not reach the next job through a warm worker).
-    datasets: tuple = ()
+    #: The datasets mounted in it (None: unknown, found again after a restart): a warm worker is
+    #: reused only while the plan mounts the same (a revoked or expired grant must not reach the
+    #: next job through a warm worker).
+    datasets: tuple | None = ()
     idle_since: float = field(default_factory=time.time)
 
 
@@ -204,7 +205,7 @@ class LocalDaskExecutor:
         """After a restart: take over the workers that run jobs (name -> job), stop the others."""
         for name in self._existing(project):
             if name in busy and self._cgroup(name).pids():
-                self.workers[name] = Worker(name, project, (), job=busy[name])
+                self.workers[name] = Worker(name, project, (), job=busy[name], datasets=None)
             elif name not in busy:
                 self.stop_worker(name)
 
