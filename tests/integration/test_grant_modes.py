@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import textwrap
+import re
 import time
 from pathlib import Path
 
@@ -115,7 +115,8 @@ def test_an_expired_grant_is_absent_from_sessions_and_jobs(hub, alice, workspace
     before = in_job(alice, workspace)  # leaves a warm worker with it mounted, and a cached plan
     assert before["stat"] == "ok", "the job did not start before the grant expired (slow host?)"
     time.sleep(max(0.0, (expires - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 1)
-    assert "prostate-mri (expired)" in hub.vre("project", "list").stdout
+    row = next(line for line in hub.vre("project", "list").stdout.splitlines() if line.startswith(PROJECT))
+    assert re.search(rf"{EXTRA} \((batch-only, )?expired\)", row), row
     after = in_job(alice, workspace)
     assert after["data"] == [OWN] and after["stat"] == 2 and after["dicm"] is None
     s = in_session(alice)
