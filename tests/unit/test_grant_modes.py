@@ -173,3 +173,15 @@ def test_the_sessions_datasets_api_lists_batch_only_grants_as_records_without_fi
     with pytest.raises(NotFound, match="batch-only in this project: its files are available to batch jobs"):
         datasets.get("batch-ct")
     assert datasets.slug_of("/data/batch-ct/x.dcm") is None   # no file of it is the session's
+
+
+def test_the_home_page_says_which_grants_are_batch_only_or_expired(world):
+    from vre.hubpages import home_projects
+
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.grant(db, "lung", "late-ct", expires=_soon(3600))
+        P.get_project(db, "lung").grants[-1].expires_at = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    datasets = {d["slug"]: d for d in home_projects(world, "ann")[0]["datasets"]}
+    assert [(d["mode"], d["expired"]) for d in datasets.values()] == [
+        ("batch-only", False), ("interactive", True), ("interactive", False)]
+    assert datasets["late-ct"]["until"] == "2020-01-01 00:00 UTC"
