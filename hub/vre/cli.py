@@ -331,7 +331,8 @@ def cmd_project(args) -> int:
             case "revoke":
                 P.revoke(db, args.project, args.dataset)
                 event = ("project.revoke", dict(project=args.project, dataset=args.dataset))
-                print(f"revoked {args.dataset!r} from {args.project!r}: gone from sessions and batch jobs started from now on")
+                print(f"revoked {args.dataset!r} from {args.project!r}: "
+                      "gone from sessions and batch jobs started from now on")
             case "add-member":
                 P.add_member(db, args.project, args.user)
                 event = ("project.member_add", dict(project=args.project, target=f"user/{args.user}"))
