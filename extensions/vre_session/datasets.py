@@ -4,8 +4,9 @@ Inside a session, ``$VRE_SESSION`` (``/etc/vre/session.json``) lists the granted
 with its files (``/data/<slug>``, read-only) and its catalogue directory
 (``/opt/vre/catalog/<slug>/{index.sqlite,record.json}``, read-only), and under ``catalogue_only``
 the project's batch-only datasets: their catalogue records alone (their files reach batch jobs
-only). The index is the one ``vre.catalog.index`` writes (tables ``files``, ``patients``, ``studies``, ``series``); this
-module only reads it, through read-only SQLite connections, and never imports the hub's code.
+only). The index is the one ``vre.catalog.index`` writes (tables ``files``, ``patients``,
+``studies``, ``series``); this module only reads it, through read-only SQLite connections, and
+never imports the hub's code.
 
 Browsing must stay fast on 100,000 series, and the index has no indexes for the browse order
 (patient, study date, series description) nor for substring search. So each dataset's series are
