@@ -79,6 +79,10 @@ def in_job(alice, workspace) -> dict:
     return json.loads((workspace / "jobs" / str(job_id) / "probe.json").read_text())
 
 
+def home(hub, alice) -> str:
+    return requests.get(f"{hub.url}/hub/home", cookies=alice.http.cookies, timeout=10).text
+
+
 def audit(hub, action: str) -> list[dict]:
     return json.loads(hub.vre("audit", "query", "--action", action, "--json", "--limit", "500").stdout)
 
@@ -93,6 +97,7 @@ def test_batch_only_is_absent_from_a_session_and_read_by_a_job(hub, alice, works
     assert listed[EXTRA]["mode"] == "batch-only" and listed[EXTRA]["path"] is None
     assert listed[EXTRA]["note"] == "batch-only: available to batch jobs" and listed[EXTRA]["record"]["title"]
     assert listed[OWN]["mode"] == "interactive"
+    assert "batch-only: available to batch jobs" in home(hub, alice)
     alice.stop(PROJECT)
     j = in_job(alice, workspace)
     assert j["data"] == sorted([OWN, EXTRA]) and j["stat"] == "ok" and j["dicm"] == "DICM"
@@ -117,6 +122,7 @@ def test_an_expired_grant_is_absent_from_sessions_and_jobs(hub, alice, workspace
     time.sleep(max(0.0, (expires - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 1)
     row = next(line for line in hub.vre("project", "list").stdout.splitlines() if line.startswith(PROJECT))
     assert re.search(rf"{EXTRA} \((batch-only, )?expired\)", row), row
+    assert "grant expired" in home(hub, alice)
     after = in_job(alice, workspace)
     assert after["data"] == [OWN] and after["stat"] == 2 and after["dicm"] is None
     s = in_session(alice)
