@@ -114,7 +114,8 @@ export class DatasetBrowser extends Widget {
     const sel = this._datasetSelect;
     sel.textContent = '';
     for (const d of this._datasets) {
-      const o = el('option', '', d.record?.title ? `${d.record.title} (${d.slug})` : d.slug);
+      const name = d.record?.title ? `${d.record.title} (${d.slug})` : d.slug;
+      const o = el('option', '', d.mode === 'batch-only' ? `${name} · batch-only` : name);
       o.value = d.slug;
       sel.appendChild(o);
     }
@@ -200,7 +201,9 @@ export class DatasetBrowser extends Widget {
     card.appendChild(
       el('div', 'vre-About-summary', [r.condition, (r.modalities || []).join(', '), counts.join(' · ')].filter(Boolean).join(' · '))
     );
-    if (!d.indexed) {
+    if (d.mode === 'batch-only') {
+      card.appendChild(el('div', 'vre-About-warn vre-About-batch', d.note || 'batch-only: available to batch jobs'));
+    } else if (!d.indexed) {
       card.appendChild(el('div', 'vre-About-warn', 'This dataset is not indexed yet: series cannot be listed.'));
     }
     const details = el('details', 'vre-About-details');

@@ -2,9 +2,11 @@
 
 Inside a session, ``$VRE_SESSION`` (``/etc/vre/session.json``) lists the granted datasets, each
 with its files (``/data/<slug>``, read-only) and its catalogue directory
-(``/opt/vre/catalog/<slug>/{index.sqlite,record.json}``, read-only). The index is the one
-``vre.catalog.index`` writes (tables ``files``, ``patients``, ``studies``, ``series``); this
-module only reads it, through read-only SQLite connections, and never imports the hub's code.
+(``/opt/vre/catalog/<slug>/{index.sqlite,record.json}``, read-only), and under ``catalogue_only``
+the project's batch-only datasets: their catalogue records alone (their files reach batch jobs
+only). The index is the one ``vre.catalog.index`` writes (tables ``files``, ``patients``,
+``studies``, ``series``); this module only reads it, through read-only SQLite connections, and
+never imports the hub's code.
 
 Browsing must stay fast on 100,000 series, and the index has no indexes for the browse order
 (patient, study date, series description) nor for substring search. So each dataset's series are
@@ -22,7 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("vre_session")
@@ -31,6 +33,7 @@ DEFAULT_MANIFEST = "/etc/vre/session.json"
 DEFAULT_DATA_ROOT = "/data"
 DEFAULT_CATALOG_ROOT = "/opt/vre/catalog"
 MAX_LIMIT = 1000
+BATCH_ONLY_NOTE = "batch-only: available to batch jobs"
 
 
 class NotFound(LookupError):
@@ -63,6 +66,8 @@ class Manifest:
     datasets: dict[str, DatasetRef]
     data_root: str       # where datasets are mounted (the parent of their paths), /data
     catalog_root: str    # where catalogue directories are mounted, /opt/vre/catalog
+    #: Batch-only datasets of the project: slug -> catalogue record (no files in the session).
+    catalogue_only: dict[str, dict] = field(default_factory=dict)
 
 
 def _common_parent(paths: list[str], default: str) -> str:
@@ -90,7 +95,10 @@ def load_manifest(path: str | None = None) -> Manifest:
                                 str(item.get("catalog") or f"{DEFAULT_CATALOG_ROOT}/{slug}"))
     data_root = _common_parent([r.path for r in refs.values()], DEFAULT_DATA_ROOT)
     catalog_root = _common_parent([r.catalog for r in refs.values()], DEFAULT_CATALOG_ROOT)
-    return Manifest(data.get("user"), data.get("project"), refs, data_root, catalog_root)
+    records = {item["slug"]: item.get("record") if isinstance(item.get("record"), dict) else None
+               for item in data.get("catalogue_only") or []
+               if isinstance(item, dict) and isinstance(item.get("slug"), str) and item["slug"] not in refs}
+    return Manifest(data.get("user"), data.get("project"), refs, data_root, catalog_root, records)
 
 
 def open_index(index_path: str) -> sqlite3.Connection:
@@ -423,6 +431,9 @@ class Datasets:
 
     def get(self, slug: str) -> Catalog:
         catalog = self.catalogs.get(slug)
+        if catalog is None and slug in self.manifest.catalogue_only:
+            raise NotFound(f"dataset {slug!r} is batch-only in this project: its files are available to "
+                           "batch jobs (submit a job to process it), not to sessions")
         if catalog is None:
             raise NotFound(f"no dataset {slug!r} in this session (this project's datasets: "
                            f"{', '.join(sorted(self.catalogs)) or 'none'})")
@@ -452,5 +463,9 @@ class Datasets:
                 "browse_path": f"{browse_prefix}/{slug}" if browse_prefix else None,
                 "indexed": catalog.index_stamp() is not None,
                 "record": record,
+                "mode": "interactive",
             })
+        for slug, record in sorted(self.manifest.catalogue_only.items()):
+            out.append({"slug": slug, "path": None, "browse_path": None, "indexed": False, "record": record,
+                        "mode": "batch-only", "note": BATCH_ONLY_NOTE})
         return out

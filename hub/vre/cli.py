@@ -319,13 +319,20 @@ def cmd_project(args) -> int:
                 event = ("project.create", dict(project=p.slug, details={"title": p.title}))
                 print(f"created project {p.slug!r}; next: grant datasets, add members and a profile")
             case "grant":
-                P.grant(db, args.project, args.dataset)
-                event = ("project.grant", dict(project=args.project, dataset=args.dataset))
-                print(f"granted {args.dataset!r} to {args.project!r}: mounted read-only in new sessions")
+                g = P.grant(db, args.project, args.dataset, mode=args.mode, expires=args.expires)
+                event = ("project.grant", dict(project=args.project, dataset=args.dataset,
+                                               details=P.grant_summary(g)))
+                print(f"granted {args.dataset!r} to {args.project!r}: {_grant_effect(g)}")
+            case "update-grant":
+                g = P.update_grant(db, args.project, args.dataset, mode=args.mode, expires=args.expires)
+                event = ("project.grant_update", dict(project=args.project, dataset=args.dataset,
+                                                      details=P.grant_summary(g)))
+                print(f"grant of {args.dataset!r} to {args.project!r}: {_grant_effect(g)}")
             case "revoke":
                 P.revoke(db, args.project, args.dataset)
                 event = ("project.revoke", dict(project=args.project, dataset=args.dataset))
-                print(f"revoked {args.dataset!r} from {args.project!r}: gone from sessions started from now on")
+                print(f"revoked {args.dataset!r} from {args.project!r}: "
+                      "gone from sessions and batch jobs started from now on")
             case "add-member":
                 P.add_member(db, args.project, args.user)
                 event = ("project.member_add", dict(project=args.project, target=f"user/{args.user}"))
@@ -381,7 +388,7 @@ def cmd_project(args) -> int:
             case "list":
                 from sqlalchemy import select
 
-                rows = [[p.slug, p.title, len(p.members), ", ".join(g.dataset.slug for g in p.grants),
+                rows = [[p.slug, p.title, len(p.members), ", ".join(P.describe_grant(g) for g in p.grants),
                          ", ".join(pr.name for pr in p.profiles),
                          ("expired" if p.is_expired() else f"{p.expires_at:%Y-%m-%d}") if p.expires_at else "never"]
                         for p in db.scalars(select(vdb.Project).order_by(vdb.Project.slug))]
@@ -395,12 +402,20 @@ def cmd_project(args) -> int:
                     "job_quota": P.job_quota(p),
                     "members": sorted(m.account.name for m in p.members),
                     "datasets": sorted(g.dataset.slug for g in p.grants),
+                    "grants": sorted((P.grant_summary(g) for g in p.grants), key=lambda g: g["dataset"]),
                     "profiles": {pr.name: {"cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus,
                                            "gpu_shared": pr.gpu_shared} for pr in p.profiles},
                 }, indent=2))
     if event:
         emit_cli(settings, event[0], **event[1])
     return 0
+
+
+def _grant_effect(g) -> str:
+    """What a grant now means, in words (from sessions and batch jobs started from now on)."""
+    where = {"interactive": "mounted read-only in new sessions and batch jobs",
+             "batch-only": "mounted read-only in new batch jobs only (sessions list its catalogue record)"}[g.mode]
+    return where + (f", until {g.expires_at:%Y-%m-%d %H:%M} UTC" if g.expires_at else "")
 
 
 def cmd_jobs(args) -> int:
@@ -529,11 +544,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", required=True)
     p.add_argument("--description", default="")
     p.add_argument("--expires", default=None, help="date (valid through that day, UTC), ISO time or 'never'")
-    for name, a, b in (("grant", "project", "dataset"), ("revoke", "project", "dataset"),
-                       ("add-member", "project", "user"), ("remove-member", "project", "user")):
+    for name, a, b in (("revoke", "project", "dataset"), ("add-member", "project", "user"),
+                       ("remove-member", "project", "user")):
         p = pj.add_parser(name)
         p.add_argument(a)
         p.add_argument(b)
+    modes = "interactive (sessions and batch jobs) or batch-only (batch jobs only; sessions see the catalogue record)"
+    until = "date (valid through that day, UTC), ISO time or 'never'; a past moment is refused"
+    p = pj.add_parser("grant", help="grant a dataset to a project (change an existing grant with update-grant)")
+    p.add_argument("project")
+    p.add_argument("dataset")
+    p.add_argument("--mode", default="interactive", help=f"{modes}; default interactive")
+    p.add_argument("--expires", default=None, help=f"the grant's own expiry: {until}")
+    p = pj.add_parser("update-grant", help="change an existing grant's mode and/or expiry")
+    p.add_argument("project")
+    p.add_argument("dataset")
+    p.add_argument("--mode", default=None, help=modes)
+    p.add_argument("--expires", default=None, help=until)
     p = pj.add_parser("set-profile", help="add or change a resource profile")
     p.add_argument("project")
     p.add_argument("name")

@@ -146,8 +146,14 @@ class Membership(Base):
     account: Mapped[Account] = relationship(back_populates="memberships")
 
 
+#: How a granted dataset may be used (EUCAIM's access models), and the plan roles
+#: (``vre.plan.ROLES``) whose sandboxes mount its files: ``batch-only`` data is processed by
+#: batch jobs only, and sessions see just its catalogue record.
+GRANT_MODES = {"interactive": ("session", "worker"), "batch-only": ("worker",)}
+
+
 class Grant(Base):
-    """A dataset a project was approved to use."""
+    """A dataset a project was approved to use, how (``mode``: ``GRANT_MODES``) and until when."""
 
     __tablename__ = "grants"
     __table_args__ = (UniqueConstraint("project_id", "dataset_id"),)
@@ -155,9 +161,19 @@ class Grant(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
     granted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    mode: Mapped[str] = mapped_column(String(16), default="interactive", server_default="interactive")
+    #: From this moment the grant mounts nowhere (None: no expiry of its own).
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     project: Mapped[Project] = relationship(back_populates="grants")
     dataset: Mapped[Dataset] = relationship(back_populates="grants")
+
+    def is_expired(self, now: dt.datetime | None = None) -> bool:
+        return self.expires_at is not None and as_utc(self.expires_at) <= (now or utcnow())
+
+    def mounts_in(self, role: str, now: dt.datetime | None = None) -> bool:
+        """Whether a ``role`` sandbox (session, worker) started ``now`` gets the dataset's files."""
+        return role in GRANT_MODES.get(self.mode, ()) and not self.is_expired(now)
 
 
 class Profile(Base):

@@ -74,6 +74,7 @@ ACTIONS: dict[str, str] = {
     "project.create": "a project was created",
     "project.update": "a project's title or description changed",
     "project.grant": "a dataset was granted to a project",
+    "project.grant_update": "a dataset grant's mode or expiry changed",
     "project.revoke": "a dataset grant was revoked from a project",
     "project.member_add": "a user was added to a project",
     "project.member_remove": "a user was removed from a project",
