@@ -100,6 +100,8 @@ schema = {
       "imageAllowList": {"type": "array", "items": image_ref, "uniqueItems": True},
       "storage": S("pvc or hostPath", enum=["pvc", "hostPath"]),
       "storageClassName": storage_class,
+      "homeSize": S("size of a member's home claim", pattern=r"^[1-9][0-9]*(Ki|Mi|Gi|Ti)$"),
+      "workspaceSize": S("size of a project's workspace claim", pattern=r"^[1-9][0-9]*(Ki|Mi|Gi|Ti)$"),
       "datasets": obj({"volume": S(enum=["pvc", "nfs", "hostPath"]), "nfsServer": S()}),
       "gpu": obj({"nodeSelector": node_selector("node labels of GPU sessions")}),
       "allowUnobservedReads": B("sessions with data start without an observer of their reads")}),

@@ -92,6 +92,10 @@ class Settings:
     k8s_storage: str = "hostPath"
     #: StorageClass of the claims the hub creates for ``k8s_storage = "pvc"``; empty: the cluster's default.
     k8s_storage_class: str = ""
+    #: Requested size of each member's home claim (``k8s_storage = "pvc"``), a Kubernetes quantity.
+    k8s_home_size: str = "10Gi"
+    #: Requested size of each project's workspace claim (``k8s_storage = "pvc"``).
+    k8s_workspace_size: str = "50Gi"
     #: Node labels a GPU session must land on (``nodeSelector``), e.g. ``{"nvidia.com/gpu.present": "true"}``.
     k8s_gpu_node_selector: dict = field(default_factory=dict, hash=False)
     #: Start session pods with datasets although nothing outside the session records which dataset
@@ -472,6 +476,9 @@ def _validate_kubernetes(s: Settings) -> None:
         raise SettingsError("k8s_nfs_server must name the NFS server when k8s_dataset_volume is 'nfs'")
     if s.k8s_storage_class and not _DNS_LABEL.fullmatch(s.k8s_storage_class):
         raise SettingsError(f"k8s_storage_class {s.k8s_storage_class!r} is not a StorageClass name")
+    for name in ("k8s_home_size", "k8s_workspace_size"):
+        if not re.fullmatch(r"[1-9][0-9]*(Ki|Mi|Gi|Ti)", getattr(s, name)):
+            raise SettingsError(f"{name} {getattr(s, name)!r} is not a size: write e.g. 10Gi or 500Mi")
     for key, value in s.k8s_gpu_node_selector.items():
         if not isinstance(value, str) or not re.fullmatch(r"([a-z0-9.-]+/)?[A-Za-z0-9._-]{1,63}", str(key)):
             raise SettingsError(f"k8s_gpu_node_selector: {key!r} = {value!r}: give node label names and string "

@@ -33,22 +33,32 @@ HELM = Path(sys.executable).parent / "helm"
 CLUSTER = ROOT / "scripts" / "k8s-cluster"
 
 
-@pytest.fixture(scope="module")
-def hub_image(kube) -> str:
-    """The hub image of this checkout, in the cluster's containerd, under a tag of its own."""
+def _cluster_image(name: str) -> str:
+    """Image ``name`` of this checkout (built, cached by its inputs), in the cluster's containerd
+    under a tag of its own."""
     from vre import images
 
     try:
-        tag = images.build(["hub"], engine="podman", quiet=True)["hub"]
+        tag = images.build([name], engine="podman", quiet=True)[name]
     except images.ImageError as e:
-        pytest.fail(f"building the hub image failed: {e}")
+        pytest.fail(f"building the {name} image failed: {e}")
     image_id = subprocess.run(["podman", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True,
                               text=True, check=True).stdout.strip()
-    ref = f"localhost/vre-hub:chart-{image_id[:12]}"
+    ref = f"localhost/vre-{name}:chart-{image_id[:12]}"
     subprocess.run(["podman", "tag", image_id, ref], check=True)
-    proc = subprocess.run([str(CLUSTER), "import", ref], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([str(CLUSTER), "import", ref], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"importing {ref} failed: {proc.stdout}{proc.stderr}"
     return ref
+
+
+@pytest.fixture(scope="module")
+def hub_image(kube) -> str:
+    return _cluster_image("hub")
+
+
+@pytest.fixture(scope="module")
+def notebook_image(kube) -> str:
+    return _cluster_image("notebook")
 
 
 class Release:
@@ -305,3 +315,102 @@ def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
     assert kube.get("pvc", f"{release.name}-hub-state", release.ns)["metadata"]["uid"] == pvc_uid
     assert release.exec_hub("cat", "/var/lib/vre/secrets/audit_ed25519.pub") == pub_before
     assert _login(release.url(), "alice", creds["alice"])
+
+
+SESSION_FACTS = """
+import json, os, socket
+facts = {"uid": os.getuid(), "gid": os.getgid(), "home": os.path.expanduser("~"), "data": os.path.exists("/data")}
+for path in ("/", "/opt", os.path.expanduser("~"), os.path.expanduser("~/project"), "/tmp"):
+    try:
+        open(os.path.join(path, ".vre-probe"), "w").close()
+        os.unlink(os.path.join(path, ".vre-probe"))
+        facts[path] = "writable"
+    except OSError as e:
+        facts[path] = e.strerror
+open(os.path.expanduser("~/kept.txt"), "w").write("kept across sessions")
+print(json.dumps(facts))
+"""
+
+
+def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image):
+    """The chart's whole path for a researcher: the hub pod creates the project's namespace, the
+    home and workspace claims, the session's pod from the notebook image; JupyterLab answers
+    through the access layer in the hub pod, a kernel runs as the account's uid with a read-only
+    root and writable home and workspace, and the home outlives the session."""
+    rel = Release(kube, new_ns("lab"), hub_image)
+    project = "lab-pod"
+    project_ns = f"{rel.instance}-{project}"
+    rwx = f"{rel.storage_class}-rwx"
+    claims = {}
+    for claim in ("home-alice", "workspace"):  # the claims the hub will make, bound to volumes of this test
+        path = Path(tempfile.mkdtemp(prefix=f"vre-helm-{claim}-", dir="/var/tmp"))
+        path.chmod(0o777)  # a hostPath volume has no fsGroup handling; a real RWX class has
+        claims[claim] = path
+        kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{rwx}-{claim}"},
+                    "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                             "persistentVolumeReclaimPolicy": "Retain", "storageClassName": rwx,
+                             "claimRef": {"namespace": project_ns, "name": claim},
+                             "hostPath": {"path": str(path), "type": "Directory"}}})
+    args = [*rel.args, "--set", f"sessions.image={notebook_image}", "--set", "sessions.storage=pvc",
+            "--set", f"sessions.storageClassName={rwx}",
+            "--set", "sessions.homeSize=1Gi", "--set", "sessions.workspaceSize=1Gi",
+            "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", "start_timeout": 180}}']
+    try:
+        rel.helm("install", rel.name, str(CHART), *args)
+        rel.wait_hub_ready()
+        url = rel.url()
+        for cmd in (["create", project, "--title", "JupyterLab in a pod"], ["add-member", project, "alice"],
+                    ["set-profile", project, "small", "--cpu", "0.5", "--memory", "1G"]):
+            rel.exec_hub("vre", "project", *cmd)
+        password = next(line.split("\t")[2] for line in
+                        rel.exec_hub("cat", "/var/lib/vre/secrets/demo-credentials.txt").splitlines()
+                        if line.startswith("alice\t"))
+        alice = HubClient(url, "alice")
+        alice.get_token(password)
+        alice.start(project, "small", timeout=240)
+
+        # the hub made the claims, sized as the chart says, and they are bound
+        for claim in claims:
+            pvc = kube.get("pvc", claim, project_ns)
+            assert pvc["spec"]["storageClassName"] == rwx and pvc["status"]["phase"] == "Bound", pvc
+            assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
+        (pod,) = json.loads(kube("get", "pods", "-n", project_ns, "-l", "vre.role=session", "-o", "json"))["items"]
+        assert pod["spec"]["containers"][0]["image"] == notebook_image
+
+        # JupyterLab answers through the access layer, and only with the hub's login
+        server = alice.server_url(project)
+        assert requests.get(f"{server}/api/status", timeout=30).status_code in (401, 302)
+        r = alice.server_api(project, "GET", "/status")
+        assert r.status_code == 200 and "started" in r.json(), r.text
+        lab = requests.get(f"{server}/lab", headers={"Authorization": f"token {alice.token}"}, timeout=60)
+        assert lab.status_code == 200 and "jupyter-config-data" in lab.text, lab.text[:500]
+
+        k = alice.kernel(project)
+        facts = json.loads(k.check(SESSION_FACTS, timeout=120).strip().splitlines()[-1])
+        k.close()
+        uid = int(pod["spec"]["securityContext"]["runAsUser"])
+        assert facts["uid"] == uid and uid >= 1000 and facts["gid"] == pod["spec"]["securityContext"]["runAsGroup"]
+        assert facts["home"] == "/home/jovyan" and facts["data"] is False  # a project without datasets
+        assert facts["/"] == facts["/opt"] == "Read-only file system", facts
+        assert facts["/home/jovyan"] == facts["/home/jovyan/project"] == facts["/tmp"] == "writable", facts
+        assert (claims["home-alice"] / "kept.txt").read_text() == "kept across sessions"  # on the claim's volume
+
+        # stop: the pod goes, the claims stay; the next session finds the file
+        alice.stop(project, timeout=120)
+        kube.wait("the session's pod removed", lambda: not kube(
+            "get", "pods", "-n", project_ns, "-l", "vre.role=session", "-o", "name").split(), project_ns, 120)
+        assert {c: kube.get("pvc", c, project_ns)["status"]["phase"] for c in claims} == dict.fromkeys(claims, "Bound")
+        alice.start(project, "small", timeout=240)
+        k = alice.kernel(project)
+        assert "kept across sessions" in k.check("print(open('/home/jovyan/kept.txt').read())", timeout=120)
+        k.close()
+        alice.stop(project, timeout=120)
+        log = kube("logs", "-n", rel.ns, f"deploy/{rel.name}-hub", "-c", "hub")
+        assert f"Created claim {project_ns}/home-alice (1Gi)" in log and log.count(f"Created claim {project_ns}/") == 2
+    finally:
+        subprocess.run([str(HELM), "uninstall", rel.name, "--namespace", rel.ns], capture_output=True,
+                       env=kube.env, timeout=180)
+        rel.cleanup()
+        for claim, path in claims.items():
+            kube.run("delete", "persistentvolume", f"{rwx}-{claim}", "--wait=false")
+            shutil.rmtree(path, ignore_errors=True)

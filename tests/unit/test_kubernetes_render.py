@@ -13,7 +13,7 @@ from vre.backends.kubernetes import (ACCESS_POD_LABELS, HUB_POD_LABELS, SECRET_E
                                      KubernetesBackendError, ProjectQuota, check_reads_policy, network_policies,
                                      object_name,
                                      pod_server_args, project_objects, project_quota, run_secret,
-                                     session_pod)
+                                     session_pod, storage_claims)
 from vre.backends.plan_spawner import server_command
 from vre.plan import Mount, SessionPlan, runtime_mounts
 from vre.settings import Settings
@@ -113,6 +113,28 @@ def test_dataset_volume_kinds():
     nfs = render(settings=SETTINGS.replace(k8s_dataset_volume="nfs", k8s_nfs_server="nfs.example.org"))
     assert volume(nfs, mounts_by_path(nfs)["/data/ct"]["name"])["nfs"] == {
         "server": "nfs.example.org", "path": "/srv/ct", "readOnly": True}
+
+
+def test_storage_claims_match_the_pods_volumes():
+    assert storage_claims(SETTINGS, make_plan()) == []  # hostPath: the hub prepares the directories
+    settings = SETTINGS.replace(k8s_storage="pvc", k8s_storage_class="rwx-files", k8s_home_size="5Gi")
+    claims = {c["metadata"]["name"]: c for c in storage_claims(settings, make_plan())}
+    assert set(claims) == {"home-ann", "workspace"}
+    pod = render(settings=settings)
+    claimed = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    assert set(claims) <= claimed  # the pod mounts what the hub creates (datasets and catalogue: the operator's)
+    home, ws = claims["home-ann"], claims["workspace"]
+    assert home["spec"] == {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "5Gi"}},
+                            "storageClassName": "rwx-files"}
+    assert ws["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert home["metadata"]["namespace"] == ws["metadata"]["namespace"] == "vre-lung"
+    assert home["metadata"]["labels"] == {"vre.instance": "vre", "vre.project": "lung", "vre.claim": "home",
+                                          "vre.user": "ann"}
+    assert "vre.user" not in ws["metadata"]["labels"]  # the project's, not a member's
+    for claim in claims.values():
+        validate(claim)
+    no_class = storage_claims(SETTINGS.replace(k8s_storage="pvc"), make_plan())
+    assert all("storageClassName" not in c["spec"] for c in no_class)  # the cluster's default class
 
 
 def test_identity_and_hardening():

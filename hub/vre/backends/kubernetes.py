@@ -221,6 +221,28 @@ def _storage_source(settings: Settings, plan: SessionPlan, mount) -> dict:
     return {"hostPath": {"path": str(mount.source), "type": "Directory"}}
 
 
+def storage_claims(settings: Settings, plan: SessionPlan) -> list[dict]:
+    """The claims a session's home and workspace mount (``k8s_storage = "pvc"``): created by the
+    hub when missing and never deleted by it (a member's files outlive sessions and members)."""
+    if settings.k8s_storage != "pvc":
+        return []
+    out = []
+    for m in plan.mounts:
+        if m.kind not in ("home", "workspace"):
+            continue
+        source = _storage_source(settings, plan, m)["persistentVolumeClaim"]["claimName"]
+        size = settings.k8s_home_size if m.kind == "home" else settings.k8s_workspace_size
+        spec = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": size}}}
+        if settings.k8s_storage_class:
+            spec["storageClassName"] = settings.k8s_storage_class
+        meta_labels = {"vre.instance": settings.instance, "vre.project": plan.labels["vre.project"],
+                       "vre.claim": m.kind, **({"vre.user": plan.labels["vre.user"]} if m.kind == "home" else {})}
+        out.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": source, "namespace": namespace_name(plan), "labels": meta_labels},
+                    "spec": spec})
+    return out
+
+
 def identity_files(plan: SessionPlan) -> dict[str, str]:
     """/etc/passwd and /etc/group of a session pod: jovyan is the account's uid, the project its group."""
     return {"passwd": (f"jovyan:x:{plan.uid}:{plan.gid}:{plan.user}:{HOME}:/bin/bash\n"
@@ -421,6 +443,17 @@ class KubernetesSpawner(PlanSpawner, Spawner):
             else:
                 await getattr(api, f"replace_{scope}{snake}")(name, *args)
 
+    async def _ensure(self, obj: dict) -> None:
+        """Create ``obj`` unless it exists (claims: kept as they are, data and all)."""
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        api = await self._api()
+        try:
+            await api.create_namespaced_persistent_volume_claim(ns, obj)
+            self.log.info("Created claim %s/%s (%s)", ns, name, obj["spec"]["resources"]["requests"]["storage"])
+        except ApiException as e:
+            if e.status != 409:
+                raise KubernetesBackendError(f"the cluster refused claim {ns}/{name}: {_reason(e)}") from None
+
     # -- start ---------------------------------------------------------------------------------
     def _prepare_host(self, plan: SessionPlan) -> None:
         """The run directory (the access layer's mount table); with hostPath storage the hub is on
@@ -471,6 +504,8 @@ class KubernetesSpawner(PlanSpawner, Spawner):
         quota = await asyncio.to_thread(self._project_quota, plan)
         for obj in project_objects(self.settings, plan, quota):
             await self._put(obj)
+        for claim in storage_claims(self.settings, plan):
+            await self._ensure(claim)
         self.hub_connect_url = await self._hub_url()
         env = self._environment(plan)
         pod = session_pod(self.settings, plan, image=image, env=env, command=self._server_command(plan),
