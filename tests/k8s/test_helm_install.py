@@ -404,7 +404,14 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         k = alice.kernel(project)
         assert "kept across sessions" in k.check("print(open('/home/jovyan/kept.txt').read())", timeout=120)
         k.close()
-        alice.stop(project, timeout=120)
+
+        # removed from the project, her running session's pod is stopped by the hub's next poll
+        rel.exec_hub("vre", "project", "remove-member", project, "alice")
+        kube.wait("the removed member's pod stopped", lambda: not kube(
+            "get", "pods", "-n", project_ns, "-l", "vre.role=session", "-o", "name").split(), project_ns, 90)
+        kube.wait("the hub to forget the session", lambda: alice.server_state(project) is None, project_ns, 60)
+        stops = json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "session.stop", "--user", "alice"))
+        assert "not a member" in stops[-1]["details"]["reason"], stops[-1]
         log = kube("logs", "-n", rel.ns, f"deploy/{rel.name}-hub", "-c", "hub")
         assert f"Created claim {project_ns}/home-alice (1Gi)" in log and log.count(f"Created claim {project_ns}/") == 2
     finally:
