@@ -17,7 +17,6 @@ import time
 import pytest
 import requests
 import websocket
-from hubclient import HubError
 
 from vre.audit import open_store
 from vre.settings import load

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import zlib
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 from aiohttp import WSMsgType, web

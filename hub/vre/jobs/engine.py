@@ -31,7 +31,7 @@ from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import service
 from .executor import ExecutorError, LocalDaskExecutor, RecorderUnavailable, SchedulerLost
-from .queue import Ask, Quota, admit
+from .queue import Quota, admit
 
 log = logging.getLogger("vre.jobs")
 TICK = 1.0            # seconds between looks when nothing wakes the engine
