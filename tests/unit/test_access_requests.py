@@ -308,3 +308,47 @@ def test_cli_lists_approves_and_denies_with_the_same_rules(tmp_path):
     assert r.returncode == 2 and "nobody" in r.stderr
     r = run("dataset", "add-steward", "lung-ct", "bob")
     assert r.returncode == 0 and "now decides access requests" in r.stdout
+
+
+# --- the pages ---------------------------------------------------------------------------------
+PAGE_NS = dict(base_url="/hub/", prefix="/", static_url=lambda p, include_version=True: "/hub/static/" + p, user=None,
+               services=[], parsed_scopes={}, expanded_scopes=set(), no_spawner_check=True, xsrf_token="tok",
+               announcement=None, version_hash="", login_url="/hub/login", logout_url="/hub/logout",
+               modes=["interactive", "batch-only"], catalogue_url="/services/vre/catalogue",
+               requests_url="/services/vre/access-requests")
+
+
+def test_the_pages_are_service_routes_never_session_ones():
+    from vre.api import routes
+    from vre.api.access_pages import CataloguePage, RequestAction, RequestsPage
+
+    full = {r[0]: r[1] for r in routes(Settings()) if isinstance(r[1], type)}
+    assert full[r"catalogue/?"] is CataloguePage and full[r"access-requests/?"] is RequestsPage
+    assert full[r"access-requests/(\d+)/(withdraw|approve|deny)"] is RequestAction
+    assert not any(r[0].startswith(("catalogue", "access-requests")) for r in routes(Settings(), sessions_only=True))
+
+
+def test_the_pages_render_escaped_with_the_form_kept_after_an_error(world):
+    from vre.api.pages import environment
+
+    ask(world, justification="<script>alert(1)</script> because we need it")
+    view = browse_as(world, "alice")
+    html = environment().get_template("catalogue.html").render(
+        catalogue=view, error={"dataset": "lung-ct", "message": "a justification is required"},
+        form={"project": "lung-screening", "mode": "batch-only", "justification": "short", "intended_use": "x"},
+        **PAGE_NS)
+    assert "a justification is required" in html and ">short</textarea>" in html
+    assert 'name="_xsrf" value="tok"' in html and "/srv/secret" not in html
+    to_decide = AR.to_decide(world, AR.Actor("admin2"))
+    rid = to_decide[0]["id"]
+    html = environment().get_template("access-requests.html").render(
+        mine=AR.list_requests(world, AR.Actor("admin2"), mine=True), to_decide=to_decide, done="", done_id="",
+        error={"id": rid, "action": "deny", "message": "a reason for the denial is required"},
+        form={"mode": "", "expires": "", "reason": "  "}, **PAGE_NS)
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+    assert f'action="/services/vre/access-requests/{rid}/approve"' in html
+    assert html.count("a reason for the denial is required") == 1 and 'id="no-requests"' in html
+    html = environment().get_template("access-requests.html").render(
+        mine=AR.list_requests(world, AR.Actor("bob"), mine=True), to_decide=None, done="requested", done_id=rid,
+        **PAGE_NS)
+    assert f"Access request #{rid} sent" in html and "Requests to decide" not in html and "withdraw" in html
