@@ -326,6 +326,10 @@ def test_the_pages_are_service_routes_never_session_ones():
     assert full[r"catalogue/?"] is CataloguePage and full[r"access-requests/?"] is RequestsPage
     assert full[r"access-requests/(\d+)/(withdraw|approve|deny)"] is RequestAction
     assert not any(r[0].startswith(("catalogue", "access-requests")) for r in routes(Settings(), sessions_only=True))
+    from vre.roles import CATALOGUE_SCOPE, load_roles
+
+    roles = {r["name"]: r for r in load_roles()}
+    assert CATALOGUE_SCOPE in roles["user"]["scopes"] and CATALOGUE_SCOPE not in roles["server"]["scopes"]
 
 
 def test_the_pages_render_escaped_with_the_form_kept_after_an_error(world):
