@@ -226,8 +226,8 @@ def approve(settings, who: Actor, request_id: int, *, mode: str | None = None, e
         return {"mode": g.mode, "expires_at": _t(g.expires_at), "requested_mode": req.mode}
 
     out = _decide(settings, who, request_id, "access_request.approve", apply)
-    _audit(settings, who, "project.grant", out, access_request=out["id"],
-           **{k: out[k] for k in ("granted_mode", "granted_expires_at")})
+    _audit(settings, who, "project.grant", out, access_request=out["id"], mode=out["granted_mode"],
+           expires_at=out["granted_expires_at"])  # as `vre project grant` records it
     return out
 
 

@@ -1,7 +1,7 @@
 """Access requests end to end in real Chromium, on the VRE service's pages (no script needed):
 bob browses the catalogue (records only, filters), asks for ``lung-ct-screening`` for his project
 ``prostate-ai``; a form refused by the rules comes back with its message; the admin denies a first
-request with a reason bob then reads, and approves a second one as batch-only with an expiry; bob
+request with a reason bob then reads, bob withdraws a second one, the admin approves a third as batch-only with an expiry; bob
 sees the decision; the grant exists with that mode (``vre project show``); the audit trail has
 every step. Screenshot: docs/screenshot-catalogue.png.
 """
@@ -63,7 +63,9 @@ def ask(page, mode: str, justification: str = WHY) -> None:
 
 
 def test_researcher_requests_admin_denies_then_approves_batch_only(hub, browser):
-    bob = login(browser, hub, "bob", "/services/vre/catalogue")
+    bob = login(browser, hub, "bob", "/hub/home")
+    bob.click("#catalogue-link")  # the home page links the catalogue (the service's OAuth is silent)
+    bob.wait_for_url(re.compile(r"/services/vre/catalogue"))
     expect(bob.locator("h1")).to_have_text("Dataset catalogue")
     lung = bob.locator(f"#dataset-{DATASET}")
     expect(lung).to_contain_text("Lung cancer")
@@ -106,6 +108,15 @@ def test_researcher_requests_admin_denies_then_approves_batch_only(hub, browser)
     expect(row).to_have_attribute("data-state", "denied")
     expect(row.locator(".reason")).to_have_text(REASON)
 
+    # asked again, then withdrawn: the pair is free again
+    bob.goto(f"{hub.url}/services/vre/catalogue")
+    ask(bob, "interactive")
+    bob.wait_for_url(re.compile(r"done=requested"))
+    taken_back = int(bob.locator("#my-requests tbody tr").first.get_attribute("id").split("-")[1])
+    bob.locator(f"#request-{taken_back} button.withdraw").click()
+    bob.wait_for_url(re.compile(r"done=withdrawn"))
+    expect(bob.locator(f"#request-{taken_back}")).to_have_attribute("data-state", "withdrawn")
+
     # again, batch-only; approved with an expiry
     bob.goto(f"{hub.url}/services/vre/catalogue")
     ask(bob, "batch-only")
@@ -145,6 +156,8 @@ def test_researcher_requests_admin_denies_then_approves_batch_only(hub, browser)
     for step in [("access_request.create", "bob", "ok"), ("access_request.deny", "admin", "ok"),
                  ("access_request.approve", "admin", "ok")]:
         assert step in mine, (step, mine)
+    assert any(e["action"] == "access_request.withdraw" and e["target"] == f"access-request/{taken_back}"
+               and e["actor"] == "bob" for e in events)
     deny = next(e for e in events if e["action"] == "access_request.deny" and e["target"] == f"access-request/{rid}")
     assert deny["details"]["reason"] == REASON and deny["project"] == PROJECT and deny["dataset"] == DATASET
     approve = next(e for e in events if e["action"] == "access_request.approve" and e["outcome"] == "ok"

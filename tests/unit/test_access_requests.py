@@ -85,6 +85,7 @@ def test_approval_creates_the_grant_with_the_deciders_mode_and_expiry(world):
     assert acts[1][5]["mode"] == "batch-only" and acts[1][5]["expires_at"].startswith(later[:4])
     grants = events(world, "project.grant")
     assert grants[-1][2] == "admin2" and grants[-1][5]["access_request"] == req["id"]
+    assert grants[-1][5]["mode"] == "batch-only"
 
 
 def test_approval_defaults_to_the_mode_asked_for_and_stewards_decide_their_datasets(world):
@@ -205,9 +206,16 @@ def browse_as(settings, name, **filters):
         return browse(db, name, filters)
 
 
-def test_stewards_are_never_auditors(world):
-    with vdb.session_scope(world.vre_db_url) as db, pytest.raises(VREError, match="auditor"):
-        AR.add_steward(db, "lung-ct", "aud")
+def test_stewards_are_never_auditors_and_see_the_deciders_part(world):
+    with vdb.session_scope(world.vre_db_url) as db:
+        with pytest.raises(VREError, match="auditor"):
+            AR.add_steward(db, "lung-ct", "aud")
+        assert [AR.decider_of(db, n) for n in ("stewart", "admin", "bob", "aud", "nobody")] == [
+            True, True, False, False, False]
+        AR.remove_steward(db, "lung-ct", "stewart")
+        assert not AR.decider_of(db, "stewart")
+        with pytest.raises(VREError, match="not a steward"):
+            AR.remove_steward(db, "lung-ct", "stewart")
 
 
 def _migrate(url: str, revision: str) -> None:
