@@ -81,6 +81,13 @@ def test_researcher_requests_admin_denies_then_approves_batch_only(hub, browser)
     expect(bob.locator(".vre-dataset")).to_have_count(1)
     expect(lung).to_be_visible()
 
+    # a POST without the page's XSRF token is not bob's (his login cookie alone does not count)
+    before = len(json.loads(hub.vre("access-request", "list", "--json").stdout))
+    forged = bob.request.post(f"{hub.url}/services/vre/catalogue", max_redirects=0, form={
+        "project": PROJECT, "dataset": DATASET, "mode": "interactive", "justification": WHY, "intended_use": USE})
+    assert forged.status in (302, 403), forged.status
+    assert len(json.loads(hub.vre("access-request", "list", "--json").stdout)) == before
+
     # a justification too short: the form comes back with the message and what was typed
     ask(bob, "interactive", justification="need it")
     expect(lung.locator(".vre-form-error")).to_contain_text("write at least 20 characters")
