@@ -335,7 +335,8 @@ class Catalog:
 
     # -- files --------------------------------------------------------------------------------
     def series_instances(self, series_uid: str, facts_from_index=None) -> list[tuple[str, dict | None]]:
-        """``(path, header facts or None)`` of the readable files of a series, in index order. The
+        """``(path, header facts or None)`` of the readable files of a series, in index order
+        (paths that would leave the dataset folder are dropped). The
         facts are those the index recorded at registration (``files.viewer``, turned into
         ``read_instance`` output by ``facts_from_index``, with the UIDs from their own columns), given only when the file
         still has the size and mtime it had then; None means "read the header" (older index,
@@ -364,9 +365,9 @@ class Catalog:
             conn.close()
         if not rows:
             raise NotFound(f"no series {series_uid!r} in dataset {self.ref.slug!r}")
-        out = []
+        out, root = [], os.path.realpath(self.ref.path)
         for rel, size, mtime_ns, stored, *uids in rows:
-            path = self._inside(rel)
+            path = self._inside(rel, root)
             if path is None:
                 continue
             facts = None
@@ -382,33 +383,17 @@ class Catalog:
             raise NotFound(f"series {series_uid!r} has no readable files in dataset {self.ref.slug!r}")
         return out
 
-    def _inside(self, relpath: str) -> str | None:
+    def _inside(self, relpath: str, root: str) -> str | None:
         """The absolute path of an indexed file, or None when it would leave the dataset folder
-        (it cannot, unless the index was tampered with)."""
-        root = os.path.realpath(self.ref.path)
+        (``root``: its real path; it cannot, unless the index was tampered with)."""
         path = os.path.normpath(os.path.join(self.ref.path, relpath))
         real = os.path.realpath(path)
         return path if real == root or real.startswith(root + os.sep) else None
 
     def series_files(self, series_uid: str) -> list[str]:
         """Absolute paths of the readable files of a series, in index order (slice position,
-        instance number, path: the middle one makes a good thumbnail). Paths that would leave
-        the dataset folder (they cannot, unless the index was tampered with) are dropped."""
-        conn = open_index(self.ref.index_path)
-        try:
-            rows = conn.execute(
-                "SELECT relpath FROM files WHERE series_uid = ? AND error IS NULL "
-                "ORDER BY slice_position IS NULL, slice_position, instance_number, relpath", (series_uid,)).fetchall()
-        except sqlite3.Error as e:
-            raise NotFound(f"the index of dataset {self.ref.slug!r} cannot be read ({e})") from None
-        finally:
-            conn.close()
-        if not rows:
-            raise NotFound(f"no series {series_uid!r} in dataset {self.ref.slug!r}")
-        paths = [path for (rel,) in rows if (path := self._inside(rel)) is not None]
-        if not paths:
-            raise NotFound(f"series {series_uid!r} has no readable files in dataset {self.ref.slug!r}")
-        return paths
+        instance number, path: the middle one makes a good thumbnail)."""
+        return [path for path, _ in self.series_instances(series_uid)]
 
 
 def _series_item(row: sqlite3.Row) -> dict:

@@ -201,38 +201,38 @@ def cmd_user_set_password(args) -> int:
     return 0
 
 
+def _change_account(args, apply, *, change: str, said: str, action: str = "user.update") -> int:
+    """One admin change to an account (``apply(db, name)``): committed, then audited and said."""
+    settings = _settings(args)
+    with _db(settings) as db:
+        apply(db, args.name)
+    emit_cli(settings, action, target=f"user/{args.name}", details={"change": change})
+    print(said)
+    return 0
+
+
 def cmd_user_unlock(args) -> int:
     from .accounts import unlock
 
-    settings = _settings(args)
-    with _db(settings) as db:
-        unlock(db, args.name)
-    emit_cli(settings, "user.update", target=f"user/{args.name}", details={"change": "unlock"})
-    print(f"{args.name!r} unlocked")
-    return 0
+    return _change_account(args, unlock, change="unlock", said=f"{args.name!r} unlocked")
 
 
 def cmd_user_reset_mfa(args) -> int:
     from .accounts import reset_mfa
 
-    settings = _settings(args)
-    with _db(settings) as db:
-        reset_mfa(db, args.name)
-    emit_cli(settings, "auth.mfa_reset", target=f"user/{args.name}", details={"change": "reset-mfa"})
-    print(f"{args.name!r}: second factor and recovery codes removed; a new one is set up at the next login")
-    return 0
+    return _change_account(args, reset_mfa, change="reset-mfa", action="auth.mfa_reset",
+                           said=f"{args.name!r}: second factor and recovery codes removed; a new one is set up "
+                                "at the next login")
 
 
 def cmd_user_disable(args) -> int:
     from .accounts import get_account
 
-    settings = _settings(args)
-    with _db(settings) as db:
-        get_account(db, args.name).disabled = not args.enable
-    emit_cli(settings, "user.update", target=f"user/{args.name}",
-             details={"change": "enable" if args.enable else "disable"})
-    print(f"{args.name!r} {'enabled' if args.enable else 'disabled'}")
-    return 0
+    def apply(db, name):
+        get_account(db, name).disabled = not args.enable
+
+    change = "enable" if args.enable else "disable"
+    return _change_account(args, apply, change=change, said=f"{args.name!r} {change}d")
 
 
 # --- datasets -------------------------------------------------------------------------------

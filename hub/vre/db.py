@@ -526,8 +526,9 @@ def session_scope(url: str, *, durable: bool = False):
         session.close()
 
 
-def upgrade(url: str) -> None:
-    """Migrate the database at ``url`` to the newest schema (creating it if needed)."""
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at ``url`` to the newest schema, or to ``revision`` (tests of a
+    migration start from the one before), creating it if needed."""
     from alembic import command
     from alembic.config import Config
 
@@ -536,4 +537,4 @@ def upgrade(url: str) -> None:
     cfg.attributes["connection_url"] = url
     with engine_for(url).begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)

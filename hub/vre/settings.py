@@ -92,6 +92,11 @@ class Settings:
     k8s_storage: str = "hostPath"
     #: StorageClass of the claims the hub creates for ``k8s_storage = "pvc"``; empty: the cluster's default.
     k8s_storage_class: str = ""
+    #: Where ``state_dir`` is on the node, when the hub runs in a pod whose state volume is a
+    #: hostPath (single-node clusters): the hostPath volumes of sessions (``k8s_storage`` and
+    #: ``k8s_dataset_volume`` = ``hostPath``: homes, workspaces, catalogue records, demo datasets)
+    #: name that path; empty: the hub runs on the node and its paths are the node's.
+    k8s_node_state_dir: str = ""
     #: Requested size of each member's home claim (``k8s_storage = "pvc"``), a Kubernetes quantity.
     k8s_home_size: str = "10Gi"
     #: Requested size of each project's workspace claim (``k8s_storage = "pvc"``).
@@ -476,6 +481,8 @@ def _validate_kubernetes(s: Settings) -> None:
         raise SettingsError("k8s_nfs_server must name the NFS server when k8s_dataset_volume is 'nfs'")
     if s.k8s_storage_class and not _DNS_LABEL.fullmatch(s.k8s_storage_class):
         raise SettingsError(f"k8s_storage_class {s.k8s_storage_class!r} is not a StorageClass name")
+    if s.k8s_node_state_dir and not s.k8s_node_state_dir.startswith("/"):
+        raise SettingsError(f"k8s_node_state_dir {s.k8s_node_state_dir!r} must be an absolute path on the node")
     for name in ("k8s_home_size", "k8s_workspace_size"):
         if not re.fullmatch(r"[1-9][0-9]*(Ki|Mi|Gi|Ti)", getattr(s, name)):
             raise SettingsError(f"{name} {getattr(s, name)!r} is not a size: write e.g. 10Gi or 500Mi")

@@ -414,3 +414,84 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         for claim, path in claims.items():
             kube.run("delete", "persistentvolume", f"{rwx}-{claim}", "--wait=false")
             shutil.rmtree(path, ignore_errors=True)
+
+
+DATA_FACTS = """
+import glob, json, os, socket
+mine, other = {mine!r}, {other!r}
+files = sorted(glob.glob(f"/data/{{mine}}/**/*.dcm", recursive=True))
+facts = {{"datasets": sorted(os.listdir("/data")), "files": len(files),
+         "dicm": open(files[0], "rb").read(132)[128:] == b"DICM" if files else False,
+         "other": os.path.exists(f"/data/{{other}}"), "uid": os.getuid()}}
+try:
+    open(f"/data/{{mine}}/x", "w")
+except OSError as e:
+    facts["write"] = e.strerror
+status = dict(l.split(":\\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\\t" in l)
+facts["cap_eff"], facts["no_new_privs"] = status["CapEff"].strip(), status["NoNewPrivs"].strip()
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect(({public!r}, 80))  # the hub's public Service: not among the ports a session may reach
+    facts["public"] = "reached"
+except OSError as e:
+    facts["public"] = type(e).__name__
+print(json.dumps(facts))
+"""
+
+
+def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, notebook_image):
+    """Each demo project's session in a pod of the chart on a single node: its dataset (the demo's,
+    in the hub's state volume) read-only and readable, the other project's absent, no capabilities,
+    a series viewed through the access layer, and the hub's audit trail recording it all."""
+    rel = Release(kube, new_ns("data"), hub_image)
+    args = [*rel.args, "--set", f"sessions.image={notebook_image}", "--set", f"hub.state.nodePath={rel.state_dir}",
+            "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", "start_timeout": 180}}']
+    try:
+        rel.helm("install", rel.name, str(CHART), *args)
+        rel.wait_hub_ready()
+        url = rel.url()
+        public = kube.get("service", f"{rel.name}-proxy", rel.ns)["spec"]["clusterIP"]
+        creds = {line.split("\t")[0]: line.split("\t")[2]
+                 for line in rel.exec_hub("cat", "/var/lib/vre/secrets/demo-credentials.txt").splitlines()}
+        runs = (("alice", "lung-screening", "lung-ct-screening", "prostate-mri"),
+                ("bob", "prostate-ai", "prostate-mri", "lung-ct-screening"))
+        for user, project, mine, other in runs:
+            c = HubClient(url, user)
+            c.get_token(creds[user])
+            c.start(project, timeout=240)
+            k = c.kernel(project)
+            facts = json.loads(k.check(DATA_FACTS.format(mine=mine, other=other, public=public),
+                                       timeout=120).strip().splitlines()[-1])
+            k.close()
+            assert facts["datasets"] == [mine] and facts["files"] > 0 and facts["dicm"], facts
+            assert facts["other"] is False and facts["write"] == "Read-only file system", facts
+            assert facts["cap_eff"] == "0000000000000000" and facts["no_new_privs"] == "1", facts
+            assert facts["uid"] >= 1000 and facts["public"] in ("TimeoutError", "ConnectionRefusedError"), facts
+
+            # the viewer through the access layer: a series' metadata and one slice's pixels
+            auth = {"Authorization": f"token {c.token}"}
+            api = f"{c.server_url(project)}/vre/api/datasets/{mine}"
+            series = requests.get(f"{api}/series", params={"limit": 1}, headers=auth, timeout=60).json()["items"][0]
+            meta = requests.get(f"{api}/series/{series['series_uid']}", headers=auth, timeout=60).json()
+            r = requests.get(f"{api}/series/{series['series_uid']}/slices/0", headers=auth, timeout=60)
+            assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/octet-stream")
+            assert len(r.content) == meta["rows"] * meta["columns"] * 2, (len(r.content), meta)
+            c.stop(project, timeout=120)
+
+        def trail(*filters: str) -> list[dict]:
+            return json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--limit", "1000", *filters))
+
+        starts = {e["actor"]: e for e in trail("--action", "session.start")}
+        assert set(starts) == {"alice", "bob"}
+        for e in starts.values():
+            assert e["details"]["reads_observed"] is False and e["details"]["node"], e
+            assert e["details"]["datasets"] in (["lung-ct-screening"], ["prostate-mri"]), e
+        views = trail("--action", "dicom.series_view")
+        assert {(e["actor"], e["dataset"]) for e in views} >= {("alice", "lung-ct-screening"), ("bob", "prostate-mri")}
+        assert all(e["source"] == "session" for e in views)  # reported by the session, over TCP to the hub pod
+        assert {e["actor"] for e in trail("--action", "session.stop")} == {"alice", "bob"}
+    finally:
+        subprocess.run([str(HELM), "uninstall", rel.name, "--namespace", rel.ns], capture_output=True,
+                       env=kube.env, timeout=180)
+        rel.cleanup()

@@ -4,7 +4,6 @@ PostgreSQL."""
 
 import datetime as dt
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -123,25 +122,13 @@ def test_update_grant_changes_only_what_is_given(world):
 
 
 # --- the migration -------------------------------------------------------------------------------
-def _migrate(url: str, revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(vdb.__file__).parent / "migrations"))
-    cfg.attributes["connection_url"] = url
-    with vdb.engine_for(url).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_migration_makes_existing_grants_interactive_without_expiry(backend, request, tmp_path):
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'vre.sqlite'}"
     else:
         url = request.getfixturevalue("postgres").new_database()
-    _migrate(url, "0009")
+    vdb.upgrade(url, "0009")
     now = "2026-12-01 10:00:00+00:00"
     with vdb.engine_for(url).begin() as conn:
         conn.execute(text("INSERT INTO datasets (id, slug, title, path, catalog, registered_at) "

@@ -115,6 +115,21 @@ def test_dataset_volume_kinds():
         "server": "nfs.example.org", "path": "/srv/ct", "readOnly": True}
 
 
+def test_host_paths_follow_the_state_volume_onto_the_node():
+    """A hub in a pod on a hostPath state volume: what lies in its state directory is mounted
+    from that volume's path on the node; other registered paths (a hospital's) stay as they are."""
+    def host_paths(pod):
+        return {m["mountPath"]: volume(pod, m["name"])["hostPath"]["path"]
+                for m in pod["spec"]["containers"][0]["volumeMounts"] if "hostPath" in volume(pod, m["name"])}
+
+    assert host_paths(render())["/home/jovyan"] == "/st/home"   # the hub on the node: its paths
+    mapped = host_paths(render(settings=SETTINGS.replace(k8s_node_state_dir="/var/tmp/vre-state")))
+    assert mapped["/home/jovyan"] == "/var/tmp/vre-state/home"
+    assert mapped["/home/jovyan/project"] == "/var/tmp/vre-state/ws"
+    assert mapped["/opt/vre/catalog/ct"] == "/var/tmp/vre-state/cat/ct"
+    assert mapped["/data/ct"] == "/srv/ct"  # registered outside the state directory
+
+
 def test_storage_claims_match_the_pods_volumes():
     assert storage_claims(SETTINGS, make_plan()) == []  # hostPath: the hub prepares the directories
     settings = SETTINGS.replace(k8s_storage="pvc", k8s_storage_class="rwx-files", k8s_home_size="5Gi")

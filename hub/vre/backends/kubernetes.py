@@ -41,6 +41,7 @@ import math
 import re
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from jupyterhub.spawner import Spawner
@@ -204,13 +205,28 @@ def project_objects(settings: Settings, plan: SessionPlan, quota: ProjectQuota) 
 
 
 # --- the session pod --------------------------------------------------------------------------
+def node_path(settings: Settings, path: Path) -> str:
+    """``path`` as the node sees it: under ``k8s_node_state_dir`` when it lies in the hub's state
+    directory and the hub runs in a pod on a hostPath state volume; else unchanged."""
+    if settings.k8s_node_state_dir:
+        try:
+            return str(Path(settings.k8s_node_state_dir) / Path(path).relative_to(settings.state_dir))
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _host_path(settings: Settings, path: Path) -> dict:
+    return {"hostPath": {"path": node_path(settings, path), "type": "Directory"}}
+
+
 def _dataset_source(settings: Settings, mount) -> dict:
     slug = mount.target.rsplit("/", 1)[-1]
     if settings.k8s_dataset_volume == "nfs":
         return {"nfs": {"server": settings.k8s_nfs_server, "path": str(mount.source), "readOnly": True}}
     if settings.k8s_dataset_volume == "pvc":
         return {"persistentVolumeClaim": {"claimName": object_name(f"dataset-{slug}"), "readOnly": True}}
-    return {"hostPath": {"path": str(mount.source), "type": "Directory"}}
+    return _host_path(settings, mount.source)
 
 
 def _storage_source(settings: Settings, plan: SessionPlan, mount) -> dict:
@@ -218,7 +234,7 @@ def _storage_source(settings: Settings, plan: SessionPlan, mount) -> dict:
     if settings.k8s_storage == "pvc":
         claim = {"home": object_name(f"home-{plan.user}"), "workspace": "workspace", "catalog": "catalog"}[mount.kind]
         return {"persistentVolumeClaim": {"claimName": claim, **({"readOnly": True} if mount.readonly else {})}}
-    return {"hostPath": {"path": str(mount.source), "type": "Directory"}}
+    return _host_path(settings, mount.source)
 
 
 def storage_claims(settings: Settings, plan: SessionPlan) -> list[dict]:
