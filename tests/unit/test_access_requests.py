@@ -218,22 +218,10 @@ def test_stewards_are_never_auditors_and_see_the_deciders_part(world):
             AR.remove_steward(db, "lung-ct", "stewart")
 
 
-def _migrate(url: str, revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(vdb.__file__).parent / "migrations"))
-    cfg.attributes["connection_url"] = url
-    with vdb.engine_for(url).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_migration_from_0010_keeps_grants_and_adds_the_tables(backend, request, tmp_path):
     url = f"sqlite:///{tmp_path / 'vre.sqlite'}" if backend == "sqlite" else request.getfixturevalue("postgres").new_database()
-    _migrate(url, "0010")
+    vdb.upgrade(url, "0010")
     now = "2026-12-01 10:00:00+00:00"
     with vdb.engine_for(url).begin() as conn:
         conn.execute(text("INSERT INTO datasets (slug, title, path, catalog, registered_at) "
