@@ -306,6 +306,52 @@ def cmd_dataset_remove(args) -> int:
     return 0
 
 
+def cmd_dataset_steward(args) -> int:
+    """A dataset's stewards decide its access requests (besides admins)."""
+    from . import access_requests as AR
+
+    settings = _settings(args)
+    adding = args.ds_cmd == "add-steward"
+    with _db(settings) as db:
+        (AR.add_steward if adding else AR.remove_steward)(db, args.slug, args.user)
+    emit_cli(settings, "dataset.steward_add" if adding else "dataset.steward_remove", dataset=args.slug,
+             target=f"user/{args.user}")
+    print(f"{args.user!r} {'now decides' if adding else 'no longer decides'} access requests for {args.slug!r}")
+    return 0
+
+
+# --- access requests ------------------------------------------------------------------------
+def cmd_access_request(args) -> int:
+    """The hub pages' twin: the same functions (``vre.access_requests``), so the same rules."""
+    from . import access_requests as AR
+
+    settings = _settings(args)
+    vdb.upgrade(settings.vre_db_url)
+    who = AR.Actor.cli(args.as_user)
+    if args.ar_cmd == "list":
+        rows = AR.list_requests(settings, None if who.operator else who, open_only=args.open)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_table([[r["id"], r["project"], r["dataset"], r["requester"], r["mode"], r["state"],
+                          r["granted_mode"] or "", (r["granted_expires_at"] or "")[:16], r["decided_by"] or "",
+                          r["reason"][:40]] for r in rows],
+                        ["id", "project", "dataset", "requester", "asked", "state", "granted", "until", "by", "reason"])
+        return 0
+    if args.ar_cmd == "approve":
+        r = AR.approve(settings, who, args.id, mode=args.mode, expires=args.expires)
+        until = f", until {r['granted_expires_at'][:16]} UTC" if r["granted_expires_at"] else ""
+        print(f"approved access request {r['id']}: {r['dataset']!r} granted to {r['project']!r} "
+              f"({r['granted_mode']}{until})")
+    elif args.ar_cmd == "deny":
+        r = AR.deny(settings, who, args.id, args.reason)
+        print(f"denied access request {r['id']} ({r['dataset']!r} for {r['project']!r}); {r['requester']} sees the reason")
+    elif args.ar_cmd == "withdraw":
+        r = AR.withdraw(settings, who, args.id)
+        print(f"withdrew access request {r['id']}")
+    return 0
+
+
 # --- projects -------------------------------------------------------------------------------
 def cmd_project(args) -> int:
     from . import projects as P
@@ -536,6 +582,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = ds.add_parser("remove", help="unregister (files untouched)")
     p.add_argument("slug")
     p.set_defaults(func=cmd_dataset_remove)
+    for name, text in (("add-steward", "let USER decide access requests for the dataset (besides admins)"),
+                       ("remove-steward", "stop USER deciding the dataset's access requests")):
+        p = ds.add_parser(name, help=text)
+        p.add_argument("slug")
+        p.add_argument("user")
+        p.set_defaults(func=cmd_dataset_steward)
+
+    ar = sub.add_parser(
+        "access-request", help="researchers' requests for datasets: list, approve, deny",
+        description="Access requests, as on the hub's access-requests page and with its rules: admins and "
+                    "a dataset's stewards decide, nobody decides their own request, a decision is final. "
+                    "Without --as the operator acts as an admin under their login name.")
+    ar.set_defaults(func=cmd_access_request)
+    arc = ar.add_subparsers(dest="ar_cmd", required=True)
+
+    def ar_cmd(name, help, *, rid=True):
+        p = arc.add_parser(name, help=help)
+        if rid:
+            p.add_argument("id", type=int)
+        p.add_argument("--as", dest="as_user", metavar="USER", help="act as this account, with its rights")
+        return p
+
+    p = ar_cmd("list", "requests, newest first (with --as: those USER made or may decide)", rid=False)
+    p.add_argument("--open", action="store_true", help="only those waiting for a decision")
+    p.add_argument("--json", action="store_true")
+    p = ar_cmd("approve", "approve: grants the dataset to the project (the grant's rules apply)")
+    p.add_argument("--mode", choices=list(vdb.GRANT_MODES), help="default: the mode asked for")
+    p.add_argument("--expires", help="the grant's expiry: 2027-06-30 (through that day, UTC), an ISO time "
+                                     "or never (default)")
+    p = ar_cmd("deny", "deny, with the reason the requester reads")
+    p.add_argument("--reason", required=True)
+    ar_cmd("withdraw", "withdraw an open request (its requester only: --as USER)")
 
     pr = sub.add_parser("project", help="projects, members, grants, profiles, expiry")
     pj = pr.add_subparsers(dest="project_cmd", required=True)

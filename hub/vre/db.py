@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
     update,
 )
 from sqlalchemy import false as sa_false
@@ -96,6 +98,8 @@ class Dataset(Base):
     indexed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     grants: Mapped[list[Grant]] = relationship(back_populates="dataset", cascade="all, delete-orphan")
+    #: The data holder's people who may decide access requests for it (besides admins).
+    stewards: Mapped[list[DatasetSteward]] = relationship(back_populates="dataset", cascade="all, delete-orphan")
 
 
 class Project(Base):
@@ -174,6 +178,61 @@ class Grant(Base):
     def mounts_in(self, role: str, now: dt.datetime | None = None) -> bool:
         """Whether a ``role`` sandbox (session, worker) started ``now`` gets the dataset's files."""
         return role in GRANT_MODES.get(self.mode, ()) and not self.is_expired(now)
+
+
+class DatasetSteward(Base):
+    """An account that decides access requests for one dataset (the data holder's steward)."""
+
+    __tablename__ = "dataset_stewards"
+    __table_args__ = (UniqueConstraint("dataset_id", "account_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="stewards")
+    account: Mapped[Account] = relationship()
+
+
+#: Where an access request stands: ``open`` until its requester withdraws it or a decider
+#: approves (the grant is made) or denies it; the last three are final.
+ACCESS_REQUEST_STATES = ("open", "approved", "denied", "withdrawn")
+
+
+class AccessRequest(Base):
+    """A researcher's request that one of their projects be granted a dataset (``vre.access_requests``).
+    At most one per (project, dataset) is open: a partial unique index holds that on both backends."""
+
+    __tablename__ = "access_requests"
+    __table_args__ = (
+        Index("uq_access_requests_open", "project_id", "dataset_id", unique=True,
+              sqlite_where=text("state = 'open'"), postgresql_where=text("state = 'open'")),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    requester_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    mode: Mapped[str] = mapped_column(String(16))               # the mode asked for
+    justification: Mapped[str] = mapped_column(Text)
+    intended_use: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: Who decided or withdrew (an account name, or the CLI operator's login): kept as text so the
+    #: record outlives the account.
+    decided_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")       # the decider's reason (required to deny)
+    #: What an approval granted (it may differ from what was asked).
+    granted_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    granted_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: Optimistic lock: of two decisions made at once, one fails instead of both applying.
+    rev: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+    __mapper_args__ = {"version_id_col": rev}
+
+    project: Mapped[Project] = relationship()
+    dataset: Mapped[Dataset] = relationship()
+    requester: Mapped[Account] = relationship()
 
 
 class Profile(Base):

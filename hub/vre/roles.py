@@ -10,6 +10,10 @@ JOBS_SCOPE = "custom:vre-jobs"
 AIRLOCK_SCOPE = "custom:vre-airlock"
 #: Review others' airlock requests (output checkers; the account's checker flag must also be set).
 AIRLOCK_REVIEW_SCOPE = "custom:vre-airlock:review"
+#: Browse the whole catalogue (records only) and ask for access for one's own projects; deciding
+#: requests is then the database's call (admins, the dataset's stewards: ``vre.access_requests``).
+#: Browser logins only: the ``server`` role (session tokens) does not carry it.
+CATALOGUE_SCOPE = "custom:vre-catalogue"
 #: The hub-managed service that serves the VRE's pages and APIs (vre.api.service), at /services/vre/.
 SERVICE_NAME = "vre"
 #: The access layer's OAuth client (vre.access.auth.SERVICE).
@@ -26,6 +30,8 @@ CUSTOM_SCOPES = {
     JOBS_SCOPE: {"description": "Use the batch queue of one's own projects (submit, follow, cancel jobs)."},
     AIRLOCK_SCOPE: {"description": "Request exports through the airlock and download released results."},
     AIRLOCK_REVIEW_SCOPE: {"description": "Review, preview and release others' airlock requests (output checkers)."},
+    CATALOGUE_SCOPE: {"description": "Browse the dataset catalogue, request access for one's projects, decide "
+                                     "requests where the account may (admins, dataset stewards)."},
 }
 
 AUDITOR_ROLE = "vre-auditor"
@@ -53,7 +59,8 @@ def load_roles() -> list[dict]:
          "scopes": ADMIN_SCOPES, "groups": [ADMIN_GROUP]},
         {"name": CHECKER_ROLE, "description": "Review airlock requests of others (output checkers)",
          "scopes": [AIRLOCK_REVIEW_SCOPE], "groups": [CHECKER_GROUP]},
-        {"name": "user", "scopes": ["self", JOBS_SCOPE, AIRLOCK_SCOPE, SERVICE_ACCESS_SCOPE, ACCESS_LAYER_SCOPE]},
+        {"name": "user", "scopes": ["self", JOBS_SCOPE, AIRLOCK_SCOPE, CATALOGUE_SCOPE, SERVICE_ACCESS_SCOPE,
+                                    ACCESS_LAYER_SCOPE]},
         {"name": "server", "scopes": ["users:activity!user", "access:servers!server", JOBS_SCOPE, AIRLOCK_SCOPE,
                                       SERVICE_ACCESS_SCOPE]},
     ]

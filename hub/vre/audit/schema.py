@@ -85,6 +85,14 @@ ACTIONS: dict[str, str] = {
     "dataset.register": "a dataset was registered and indexed",
     "dataset.reindex": "a dataset was re-indexed",
     "dataset.remove": "a dataset was removed from the catalogue",
+    "dataset.steward_add": "an account was made a steward of a dataset (decides its access requests)",
+    "dataset.steward_remove": "an account stopped being a steward of a dataset",
+    # access requests (researchers ask for a dataset grant; admins and stewards decide)
+    "access_request.create": "a researcher asked for a dataset for one of their projects (mode asked in details)",
+    "access_request.withdraw": "the requester withdrew their open access request",
+    "access_request.approve": "an access request was approved: the grant was made (mode, expiry in details; "
+                              "denied: not allowed, e.g. one's own request)",
+    "access_request.deny": "an access request was denied (reason in details; denied: not allowed)",
     "dicom.series_view": "a DICOM series was opened in a viewer",
     "dicom.instance_view": "a single DICOM instance was read",
     "download.refused": "a download out of the environment was refused",
