@@ -390,10 +390,12 @@ def cmd_project(args) -> int:
                       f"within {settings.poll_interval} s")
             case "set-profile":
                 pr = P.set_profile(db, args.project, args.name, cpu=args.cpu, memory=args.memory,
-                                   gpus=args.gpus, description=args.description or "")
+                                   gpus=args.gpus, description=args.description or "",
+                                   node_selector=args.node_selector)
                 pr.gpu_shared = bool(args.gpu_shared)
                 event = ("project.profile_set", dict(project=args.project, target=pr.name, details={
-                    "cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus, "gpu_shared": pr.gpu_shared}))
+                    "cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus, "gpu_shared": pr.gpu_shared,
+                    "node_selector": pr.node_selector or {}}))
                 print(f"profile {pr.name!r} of {args.project!r}: {pr.describe()}")
             case "remove-profile":
                 P.remove_profile(db, args.project, args.name)
@@ -646,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", required=True, help="e.g. 4G")
     p.add_argument("--gpus", type=int, default=0)
     p.add_argument("--gpu-shared", action="store_true", help="its GPUs may be shared with other sharing holders")
+    p.add_argument("--node-selector", action="append", metavar="LABEL=VALUE",
+                   help="Kubernetes: a node label its sessions must land on (repeatable), e.g. "
+                        "nvidia.com/gpu.product=NVIDIA-H200; the other backends run on one host")
     p.add_argument("--description", default="")
     p = pj.add_parser("set-quota", help="batch queue quota: jobs at once and their total CPUs, memory, GPUs")
     p.add_argument("project")

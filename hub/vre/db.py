@@ -250,13 +250,18 @@ class Profile(Base):
     #: Its GPUs may be shared with other sharing sessions (small inference, teaching); by default
     #: a GPU belongs to one session or job at a time.
     gpu_shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    #: Node labels its sessions must land on (Kubernetes ``nodeSelector``, e.g. a GPU model); None:
+    #: anywhere (GPU profiles: ``k8s_gpu_node_selector``). One host (sandbox, docker) has no choice.
+    node_selector: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     project: Mapped[Project] = relationship(back_populates="profiles")
 
     def describe(self) -> str:
         gpu = f", {self.gpus} GPU" if self.gpus else ""
         mem = f"{self.mem_mb / 1024:g} GiB" if self.mem_mb >= 1024 else f"{self.mem_mb} MiB"
-        return f"{self.cpu:g} CPU, {mem} RAM{gpu}"
+        where = ", on " + ",".join(f"{k}={v}" for k, v in sorted(self.node_selector.items())) \
+            if self.node_selector else ""
+        return f"{self.cpu:g} CPU, {mem} RAM{gpu}{where}"
 
 
 class PlanGeneration(Base):

@@ -97,6 +97,8 @@ class SessionPlan:
     downloads: str = "none"     # what may leave through the browser as raw files (vre.access.policy)
     egress_cap: int = 0         # bytes per member and day to the browser; 0: no cap
     gpu_shared: bool = False    # its GPUs may be shared with other sharing holders
+    #: Node labels its pod must land on (the profile's; Kubernetes only), as (label, value) pairs.
+    node_selector: tuple[tuple[str, str], ...] = ()
     #: Granted datasets whose files it does not get (batch-only grants, in a session), as
     #: (slug, catalogue record): a session lists them as records, without files.
     catalogue_only: tuple[tuple[str, dict], ...] = ()
@@ -273,7 +275,7 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
         datasets=tuple(d.slug for d in datasets), mounts=tuple(mounts), env=env,
         catalogue_only=tuple((d.slug, d.catalog or {}) for d in catalogue_only) if role == "session" else (),
         audit_cells=project.audit_cells, downloads=project.downloads, egress_cap=project.egress_cap,
-        gpu_shared=profile.gpu_shared,
+        gpu_shared=profile.gpu_shared, node_selector=tuple(sorted((profile.node_selector or {}).items())),
         labels={"vre.user": user, "vre.project": project.slug, "vre.session": session_id, "vre.role": role},
         run_dir=run,
     )

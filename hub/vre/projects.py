@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from .accounts import get_account
 from .db import GRANT_MODES, Dataset, Grant, Membership, Profile, Project, utcnow
 from .errors import NotFound, VREError
+from .settings import node_label_problem
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
 PROFILE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -192,9 +193,25 @@ def remove_member(db: Session, project_slug: str, user: str) -> None:
     project.members.remove(match[0])
 
 
+def parse_node_selector(items) -> dict[str, str]:
+    """``["key=value", ...]`` (the CLI's ``--node-selector``) or a mapping -> a checked nodeSelector."""
+    pairs = dict(items) if isinstance(items, dict) else {}
+    if not isinstance(items, dict):
+        for item in items or ():
+            key, sep, value = str(item).partition("=")
+            if not sep:
+                raise VREError(f"node selector {item!r}: write LABEL=VALUE, e.g. nvidia.com/gpu.product=NVIDIA-H200")
+            pairs[key.strip()] = value.strip()
+    for key, value in pairs.items():
+        if problem := node_label_problem(key, value):
+            raise VREError(f"node selector: {problem}")
+    return pairs
+
+
 def set_profile(db: Session, project_slug: str, name: str, *, cpu: float, memory: str | int,
-                gpus: int = 0, description: str = "") -> Profile:
-    """Create or update a resource profile of a project."""
+                gpus: int = 0, description: str = "", node_selector=None) -> Profile:
+    """Create or update a resource profile of a project (``node_selector``: see
+    :func:`parse_node_selector`; none: its sessions land anywhere)."""
     project = get_project(db, project_slug)
     if not PROFILE_RE.match(name or ""):
         raise VREError(f"invalid profile name {name!r}: use lowercase letters, digits and '-'")
@@ -203,12 +220,14 @@ def set_profile(db: Session, project_slug: str, name: str, *, cpu: float, memory
     if not 0 <= gpus <= 16:
         raise VREError(f"invalid gpus {gpus!r}: give 0-16")
     mem_mb = parse_memory(memory)
+    selector = parse_node_selector(node_selector)
     profile = next((p for p in project.profiles if p.name == name), None)
     if profile is None:
         profile = Profile(project=project, name=name)
         db.add(profile)
     profile.cpu, profile.mem_mb, profile.gpus = float(cpu), mem_mb, int(gpus)
     profile.description = description
+    profile.node_selector = selector or None
     db.flush()
     return profile
 

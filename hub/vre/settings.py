@@ -487,9 +487,8 @@ def _validate_kubernetes(s: Settings) -> None:
         if not re.fullmatch(r"[1-9][0-9]*(Ki|Mi|Gi|Ti)", getattr(s, name)):
             raise SettingsError(f"{name} {getattr(s, name)!r} is not a size: write e.g. 10Gi or 500Mi")
     for key, value in s.k8s_gpu_node_selector.items():
-        if not isinstance(value, str) or not re.fullmatch(r"([a-z0-9.-]+/)?[A-Za-z0-9._-]{1,63}", str(key)):
-            raise SettingsError(f"k8s_gpu_node_selector: {key!r} = {value!r}: give node label names and string "
-                                'values, e.g. {"nvidia.com/gpu.present": "true"}')
+        if node_label_problem(key, value):
+            raise SettingsError(f"k8s_gpu_node_selector: {node_label_problem(key, value)}")
     if s.backend == "kubernetes":
         if not k8s_images(s):
             raise SettingsError("backend = 'kubernetes' needs a session image: set notebook_image "
@@ -497,6 +496,17 @@ def _validate_kubernetes(s: Settings) -> None:
         if s.notebook_image not in k8s_images(s):
             raise SettingsError(f"notebook_image {s.notebook_image!r} is not in k8s_image_allowlist: add it, "
                                 "or sessions could never start")
+
+
+def node_label_problem(key, value) -> str | None:
+    """What is wrong with ``key: value`` as a Kubernetes node label in a nodeSelector, or None."""
+    if not isinstance(key, str) or not re.fullmatch(r"([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?"
+                                                    r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?", key):
+        return f"{key!r} is not a node label name (e.g. nvidia.com/gpu.present)"
+    if not isinstance(value, str) or not re.fullmatch(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?", value):
+        return (f"{key} = {value!r}: a label value is a string of up to 63 letters, digits, '-', '_' and '.', "
+                'e.g. {"nvidia.com/gpu.present": "true"}')
+    return None
 
 
 # --- documentation: the README's settings table is generated from the comments above ------------

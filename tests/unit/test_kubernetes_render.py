@@ -199,6 +199,16 @@ def test_gpus_are_a_count_with_node_selector_and_toleration():
     assert "nvidia.com/gpu" not in cpu_only["spec"]["containers"][0]["resources"]["limits"]
 
 
+def test_a_profiles_node_selector_adds_to_the_gpu_nodes():
+    settings = SETTINGS.replace(k8s_gpu_node_selector={"nvidia.com/gpu.present": "true"})
+    h200 = (("nvidia.com/gpu.product", "NVIDIA-H200"),)
+    pod = render(make_plan(gpus=1, node_selector=h200), settings)
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-H200"}
+    big = render(make_plan(node_selector=(("vre.example.org/memory", "large"),)), settings)
+    assert big["spec"]["nodeSelector"] == {"vre.example.org/memory": "large"}  # no GPU: only the profile's
+    validate(pod)
+
+
 def test_images_off_the_allow_list_are_refused():
     with pytest.raises(KubernetesBackendError, match="'evil/miner:1' is not on this deployment's allow-list"):
         render(image="evil/miner:1")

@@ -358,8 +358,10 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
     }
     if plan.gpus:
         spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-        if settings.k8s_gpu_node_selector:
-            spec["nodeSelector"] = dict(settings.k8s_gpu_node_selector)
+    # the profile's labels on top of the GPU nodes' (a GPU model among them, say)
+    selector = {**(settings.k8s_gpu_node_selector if plan.gpus else {}), **dict(plan.node_selector)}
+    if selector:
+        spec["nodeSelector"] = selector
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": object_name(plan.session_id), "namespace": namespace_name(plan),
                          "labels": labels(settings, plan)},
