@@ -375,6 +375,9 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
             assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/octet-stream")
             assert len(r.content) == meta["rows"] * meta["columns"] * 2, (len(r.content), meta)
             c.stop(project, timeout=120)
+            # a second start finds the home the hub made (0700, the member's; the hub pod cannot look in)
+            c.start(project, timeout=240)
+            c.stop(project, timeout=120)
 
         def trail(*filters: str) -> list[dict]:
             return json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--limit", "1000", *filters))
