@@ -54,7 +54,7 @@ from traitlets import CaselessStrEnum, Unicode, default
 
 from ..plan import AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan
 from ..settings import Settings, k8s_images
-from .host import prepare_host
+from .host import prepare_home_and_workspace
 from .plan_spawner import PlanSpawner, server_args, server_command
 
 #: The session server's port in its pod (the access layer's target: ``http://<pod IP>:PORT``).
@@ -474,13 +474,15 @@ class KubernetesSpawner(PlanSpawner, Spawner):
 
     # -- start ---------------------------------------------------------------------------------
     def _prepare_host(self, plan: SessionPlan) -> None:
-        """The run directory (the access layer's mount table); with hostPath storage the hub is on
-        the node, so it also prepares home and workspace there with their owners."""
+        """A fresh run directory (the access layer's mount table); with hostPath storage also the
+        home and workspace with their owners. Nothing else of the host run directory is mounted
+        (the runtime files come from the session's Secret, sockets and spool are emptyDirs), so
+        none of it is made: a hub in a pod, without CAP_DAC_OVERRIDE, could not remove the
+        member's private directories of a previous session."""
         if self.settings.k8s_storage == "hostPath":
-            prepare_host(plan, self._identity_files(plan))
-        else:
-            shutil.rmtree(plan.run_dir, ignore_errors=True)
-            plan.run_dir.mkdir(parents=True, mode=0o755)
+            prepare_home_and_workspace(plan)
+        shutil.rmtree(plan.run_dir, ignore_errors=True)
+        plan.run_dir.mkdir(parents=True, mode=0o755)
 
     def _project_quota(self, plan: SessionPlan) -> ProjectQuota:
         from .. import db as vdb
