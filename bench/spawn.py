@@ -439,14 +439,14 @@ def main() -> int:
             for backend in backends:
                 t = spawn(clients[backend], args.project, profile[backend])
                 stop(clients[backend], args.project)
-                print(f"warm-up {i + 1} {backend:8s} {t:6.2f} s (not counted)", flush=True)
+                print(f"warm-up {i + 1} {backend:10s} {t:6.2f} s (not counted)", flush=True)
         for i in range(args.n):
             order = backends if i % 2 == 0 else backends[::-1]  # ABBA: no backend always goes first
             for backend in order:
                 t = spawn(clients[backend], args.project, profile[backend])
                 stop(clients[backend], args.project)
                 times[backend].append(t)
-                print(f"spawn {i + 1:3d}/{args.n} {backend:8s} {t:6.2f} s", flush=True)
+                print(f"spawn {i + 1:3d}/{args.n} {backend:10s} {t:6.2f} s", flush=True)
         lags = poll_lags(hubs["local"].log_path)[args.warmup:] if "local" in hubs else None
         report(times, args, os.cpu_count() or 0, lags)
         return 0
