@@ -9,7 +9,7 @@ import { Widget } from '@lumino/widgets';
 
 import { IDataset, IPage, IPatientItem, ISeriesItem, IStudyItem } from './api';
 import { el, plural } from './dom';
-import { apiUrl, errorText, getJSON } from './http';
+import { apiUrl, errorText, getJSON, serviceUrl } from './http';
 import { Thumbnails } from './thumbnails';
 import { VirtualList } from './virtual-list';
 
@@ -92,6 +92,13 @@ export class DatasetBrowser extends Widget {
     this._message.hidden = true;
     lists.appendChild(this._message);
     n.appendChild(lists);
+
+    // the other datasets: their catalogue records and access requests are the hub's (never files)
+    const more = el('a', 'vre-Browser-catalogue', 'Other datasets: browse the catalogue, request access');
+    more.href = serviceUrl('catalogue');
+    more.target = '_blank';
+    more.rel = 'noopener';
+    n.appendChild(more);
   }
 
   get currentDataset(): IDataset | null {
@@ -122,7 +129,7 @@ export class DatasetBrowser extends Widget {
     sel.hidden = this._datasets.length < 2;
     if (!this._datasets.length) {
       this._about.textContent = '';
-      this._showMessage('This session has no datasets. The project owner can request access to a dataset.');
+      this._showMessage('This session has no datasets. Request access to one from the catalogue (link below).');
       return;
     }
     const keep = this._dataset && this._datasets.find(d => d.slug === this._dataset!.slug);
