@@ -37,11 +37,25 @@ def cluster_image(name: str) -> str:
         raise ChartError(f"building the {name} image failed: {e}") from None
     image_id = subprocess.run(["podman", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True,
                               text=True, check=True).stdout.strip()
-    ref = f"localhost/vre-{name}:chart-{image_id[:12]}"
+    repo = f"localhost/vre-{name}"
+    ref = f"{repo}:chart-{image_id[:12]}"
     subprocess.run(["podman", "tag", image_id, ref], check=True)
     proc = subprocess.run([str(CLUSTER), "import", ref], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"importing {ref} failed: {proc.stdout}{proc.stderr}"
+    _forget_older(repo, ref)
     return ref
+
+
+def _forget_older(repo: str, keep: str) -> None:
+    """Earlier builds' chart tags (a notebook image is 3 GB): untagged, and removed when nothing
+    else holds them (``podman rmi`` without force leaves an image that is tagged or in use)."""
+    listed = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", repo],
+                            capture_output=True, text=True).stdout.split("\n")
+    for line in listed:
+        old, _, image_id = line.partition(" ")
+        if old.startswith(f"{repo}:chart-") and old != keep:
+            subprocess.run(["podman", "untag", image_id, old], capture_output=True)
+            subprocess.run(["podman", "rmi", image_id], capture_output=True)
 
 
 class Release:
