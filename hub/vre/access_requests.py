@@ -19,12 +19,10 @@ recorded as ``outcome=denied``. Raises ``VREError`` subclasses whose message say
 from __future__ import annotations
 
 import datetime as dt
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm.exc import StaleDataError
 
 from . import db as vdb
 from . import projects as P
@@ -60,13 +58,9 @@ class Actor:
         return cls(as_user, via="cli") if as_user else cls(cli_actor(), via="cli", operator=True)
 
 
-@contextmanager
 def _tx(settings):
-    try:
-        with vdb.session_scope(settings.vre_db_url) as db:
-            yield db
-    except StaleDataError:
-        raise Decided("the request was decided or withdrawn at the same moment; look at it again") from None
+    return vdb.versioned_scope(settings.vre_db_url, lambda: Decided(
+        "the request was decided or withdrawn at the same moment; look at it again"))
 
 
 def _text(field: str, value: str | None, label: str) -> str:

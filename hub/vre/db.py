@@ -531,6 +531,20 @@ def session_scope(url: str, *, durable: bool = False):
         session.close()
 
 
+@contextmanager
+def versioned_scope(url: str, conflict):
+    """A transaction over rows with a version counter: when another transaction changed one of them
+    meanwhile (SQLAlchemy's ``StaleDataError``), ``conflict()`` is raised instead, an error that
+    tells the user to look again."""
+    from sqlalchemy.orm.exc import StaleDataError
+
+    try:
+        with session_scope(url) as db:
+            yield db
+    except StaleDataError:
+        raise conflict() from None
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at ``url`` to the newest schema, or to ``revision`` (tests of a
     migration start from the one before), creating it if needed."""

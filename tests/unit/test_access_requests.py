@@ -352,3 +352,16 @@ def test_the_pages_render_escaped_with_the_form_kept_after_an_error(world):
         mine=AR.list_requests(world, AR.Actor("bob"), mine=True), to_decide=None, done="requested", done_id=rid,
         **PAGE_NS)
     assert f"Access request #{rid} sent" in html and "Requests to decide" not in html and "withdraw" in html
+
+
+def test_a_change_made_meanwhile_is_a_conflict_that_says_so(world):
+    """Two deciders on one request: the one who commits second gets the module's clear error
+    (``vdb.versioned_scope`` turns the row's version mismatch into it), nothing half-applied."""
+    r = ask(world)
+    with pytest.raises(AR.Decided, match="same moment"):
+        with AR._tx(world) as db:
+            db.get(vdb.AccessRequest, r["id"]).reason = "the slower decider"
+            with vdb.session_scope(world.vre_db_url) as other:  # the other decider commits first
+                other.get(vdb.AccessRequest, r["id"]).reason = "the quicker decider"
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert db.get(vdb.AccessRequest, r["id"]).reason == "the quicker decider"
