@@ -194,14 +194,13 @@ def remove_member(db: Session, project_slug: str, user: str) -> None:
 
 
 def parse_node_selector(items) -> dict[str, str]:
-    """``["key=value", ...]`` (the CLI's ``--node-selector``) or a mapping -> a checked nodeSelector."""
-    pairs = dict(items) if isinstance(items, dict) else {}
-    if not isinstance(items, dict):
-        for item in items or ():
-            key, sep, value = str(item).partition("=")
-            if not sep:
-                raise VREError(f"node selector {item!r}: write LABEL=VALUE, e.g. nvidia.com/gpu.product=NVIDIA-H200")
-            pairs[key.strip()] = value.strip()
+    """``["label=value", ...]`` (the CLI's ``--node-selector``) -> a checked nodeSelector."""
+    pairs = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        if not sep:
+            raise VREError(f"node selector {item!r}: write LABEL=VALUE, e.g. nvidia.com/gpu.product=NVIDIA-H200")
+        pairs[key.strip()] = value.strip()
     for key, value in pairs.items():
         if problem := node_label_problem(key, value):
             raise VREError(f"node selector: {problem}")
