@@ -351,6 +351,60 @@ result = True
         hub.vre("project", "set-egress-cap", "prostate-ai", "none")
 
 
+def test_small_outputs_stop_at_the_ceiling(hub):
+    """Over the cap, small answers still pass so the Lab keeps working, but not without end: at the
+    ceiling (the cap and an allowance) the layer sends nothing more that day. A loop printing
+    32 KB pieces, each under the size the cap withholds, is stopped there: the kernel's connection
+    closes after a notice, every further request is refused, and the day's total stays within one
+    piece of the ceiling."""
+    clear_of_midnight()
+    c = hub.client("bob")
+    try:
+        c.start("prostate-ai")
+        today = requests.get(c.server_url("prostate-ai") + "/.vre/policy", headers=auth(c), timeout=10).json()
+        c.stop("prostate-ai")
+        hub.vre("project", "set-egress-cap", "prostate-ai", str(today["egress"]["today"] + 64 * 1024))
+        c.start("prostate-ai")
+        session = events(hub, user="bob", action="session.start")[-1]["session"]
+        url = c.server_url("prostate-ai")
+        limits = requests.get(url + "/.vre/policy", headers=auth(c), timeout=10).json()["egress"]
+        assert limits["ceiling"] >= limits["cap"] + 1024 * 1024 and not limits["closed"]
+        k = c.kernel("prostate-ai")
+        pieces = (limits["ceiling"] - limits["today"]) // 32_000 + 40   # under the iopub rate limit
+        msg_id = k.execute(f"import time\nfor i in range({pieces}):\n    print('q' * 32_000, flush=True)\n"
+                           "    time.sleep(0.06)\n")
+        got, notices, closed = 0, [], False
+        deadline = time.monotonic() + pieces * 0.1 + 60
+        try:
+            while time.monotonic() < deadline:
+                msg = k.recv(timeout=30)
+                if msg["parent_header"].get("msg_id") != msg_id or msg["header"]["msg_type"] != "stream":
+                    continue
+                text = msg["content"]["text"]
+                if text.startswith("[VRE]"):
+                    notices.append(text)
+                else:
+                    got += text.count("q")
+        except websocket.WebSocketConnectionClosedException:
+            closed = True
+        assert closed, f"the kernel's connection stayed open ({got} bytes of output received)"
+        assert len(notices) == 1 and "nothing more to the browser" in notices[0], notices
+        after = requests.get(url + "/.vre/policy", headers=auth(c), timeout=10).json()["egress"]
+        assert after["closed"] is True and limits["ceiling"] <= after["today"] <= limits["ceiling"] + 64 * 1024, after
+        assert got >= 900_000, got    # the allowance over the cap did pass, in small pieces
+        r = requests.get(url + "/api/status", headers=auth(c), timeout=10)
+        assert r.status_code == 429 and r.json()["reason"] == "egress_ceiling"
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            websocket.create_connection(url.replace("http://", "ws://") + f"/api/kernels/{k.id}/channels",
+                                        header=[f"Authorization: token {c.token}"], timeout=10)
+        recorded = wait_for(lambda: [e for e in events(hub, user="bob", action="egress.cap_reached", session=session)
+                                     if e["details"].get("limit") == "ceiling"])
+        assert len(recorded) == 1 and recorded[0]["details"]["ceiling"] == limits["ceiling"], recorded
+    finally:
+        c.stop("prostate-ai")
+        hub.vre("project", "set-egress-cap", "prostate-ai", "none")
+
+
 # --- R5: cell code is recorded by the layer, whatever the session does ---------------------------
 def test_cell_audit_is_recorded_by_the_layer(hub):
     c = hub.client("bob")

@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from . import kernelmsg, policy
 from .auth import CALLBACK, COOKIE, STATE_COOKIE, Caller, Login, safe_next
 from .broker import BrokerClient, BrokerError
-from .meter import CAP_MESSAGE, LARGE, Meter, human
+from .meter import CAP_MESSAGE, CEILING_MESSAGE, LARGE, Meter, ceiling, human
 from .routes import RouteTable, SessionRoute
 
 log = logging.getLogger("vre.access")
@@ -205,6 +205,10 @@ class AccessLayer:
             return _json_error(403, "route_refused", "The VRE does not serve this address of a session.")
         if r.kind == "policy":
             return self._policy_answer(route)
+        cap = int(route.policy.get("egress_cap") or 0)
+        if self.meter.past_ceiling(route.user, route.project, cap):
+            await self._cap_reached(route, caller, request, klass, limit="ceiling")
+            return _json_error(429, "egress_ceiling", CEILING_MESSAGE.format(ceiling=human(ceiling(cap))))
         if r.kind in ("kernel", "terminal") and websocket:
             return await self.forward_ws(request, route, caller, r, klass)
         check = None
@@ -235,7 +239,8 @@ class AccessLayer:
         cap = int(route.policy.get("egress_cap") or 0)
         body = {"downloads": route.policy.get("downloads", "none"), "audit_cells": bool(route.policy.get("audit_cells")),
                 "egress": {"today": self.meter.used(route.user, route.project), "cap": cap,
-                           "capped": self.meter.over(route.user, route.project, cap)}}
+                           "capped": self.meter.over(route.user, route.project, cap),
+                           "ceiling": ceiling(cap), "closed": self.meter.past_ceiling(route.user, route.project, cap)}}
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
     def _same_origin(self, request: web.Request) -> bool:
@@ -314,14 +319,16 @@ class AccessLayer:
                     self.meter.add(route.audit_session, route.user, route.project, klass, len(chunk))
                     if sent > LARGE and self.meter.over(route.user, route.project, cap):
                         return await self._cut(request, resp, route, caller, klass, sent)
+                    if self.meter.past_ceiling(route.user, route.project, cap):
+                        return await self._cut(request, resp, route, caller, klass, sent, limit="ceiling")
             await resp.write_eof()
             return resp
 
-    async def _cut(self, request, resp, route, caller, klass, sent: int) -> web.StreamResponse:
+    async def _cut(self, request, resp, route, caller, klass, sent: int, limit: str = "cap") -> web.StreamResponse:
         """A large answer that crossed the cap while it was being sent is cut there: a transfer
         started just under the cap must not carry on for gigabytes. The connection is closed
         without the end of the body, so the client sees an incomplete answer, not a short file."""
-        await self._cap_reached(route, caller, request, klass, cut_after=sent)
+        await self._cap_reached(route, caller, request, klass, cut_after=sent, limit=limit)
         if request.transport is not None:
             request.transport.close()
         return resp
@@ -408,6 +415,9 @@ class AccessLayer:
                 if route is not None:
                     size = len(data)
                     cap = int(route.policy.get("egress_cap") or 0)
+                    if self.meter.past_ceiling(route.user, route.project, cap):
+                        await self._past_ceiling(ws, route, caller, request, klass, data, subprotocol, cap, r)
+                        break
                     # a frame is sent whole or not at all: a large one that would pass the cap is withheld
                     if size > LARGE and self.meter.over(route.user, route.project, cap, size):
                         await self._cap_reached(route, caller, request, klass)
@@ -432,6 +442,19 @@ class AccessLayer:
             await up.close()
             await ws.close()
         return ws
+
+    async def _past_ceiling(self, ws, route, caller, request, klass, data, subprotocol, cap: int, r) -> None:
+        """The day's ceiling is passed: one notice in the cell (kernels), then the connection closes.
+        The Lab's reconnections are refused at the upgrade with the same reason."""
+        await self._cap_reached(route, caller, request, klass, limit="ceiling")
+        text = CEILING_MESSAGE.format(ceiling=human(ceiling(cap)))
+        msg = kernelmsg.parse(data, subprotocol, content=False) if r is not None and r.kind == "kernel" else None
+        if msg is not None and msg.channel == "iopub":
+            notice = kernelmsg.stream_notice(msg, "[VRE] " + text + "\n", subprotocol)
+            self.meter.add(route.audit_session, route.user, route.project, klass,
+                           len(notice) if isinstance(notice, bytes) else len(notice.encode()))
+            await (ws.send_str(notice) if isinstance(notice, str) else ws.send_bytes(notice))
+        await ws.close(code=1008, message=b"daily data limit for the browser passed")
 
     def _withheld(self, data, subprotocol, cap: int, r: policy.Route | None):
         """A kernel message over the cap becomes a notice in the same cell; other large frames are dropped."""
@@ -516,10 +539,16 @@ class AccessLayer:
                                 details={"route": r.label or r.kind, "reason": reason, "method": request.method,
                                          "url": request.path[:500], "query": request.query_string[:300]}))
 
-    async def _cap_reached(self, route, caller, request, klass, *, cut_after: int | None = None) -> None:
-        if self.meter.first_refusal(route.audit_session):
+    async def _cap_reached(self, route, caller, request, klass, *, cut_after: int | None = None,
+                           limit: str = "cap") -> None:
+        """Record, once per session and day for each limit, that the cap (large answers withheld)
+        or the ceiling (nothing more sent) was reached."""
+        if self.meter.first_refusal(route.audit_session, limit):
             cap = int(route.policy.get("egress_cap") or 0)
-            details = {"cap": cap, "used": self.meter.used(route.user, route.project), "class": klass}
+            details = {"cap": cap, "used": self.meter.used(route.user, route.project), "class": klass,
+                       "limit": limit}
+            if limit == "ceiling":
+                details["ceiling"] = ceiling(cap)
             if cut_after is not None:
                 details.update(cut_after=cut_after, path=request.path[:500])
             await self._record(dict(action="egress.cap_reached", actor=route.user, outcome="denied",

@@ -63,7 +63,7 @@ ACTIONS: dict[str, str] = {
     "session.cull": "an idle or no-longer-permitted session was stopped by a service",
     "admin.server_access": "an admin accessed another user's session",
     "access.refused": "the access layer refused a request to a session (no login, or not the session's user)",
-    "egress.cap_reached": "a session reached its project's daily cap on data sent to the browser",
+    "egress.cap_reached": "a session reached its project's daily cap on data sent to the browser, or the ceiling over it",
     "terminal.input": "a line typed in a terminal of a session with code audit on",
     "api.request": "any state-changing hub REST API call (method and path in target)",
     # accounts
