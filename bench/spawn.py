@@ -154,23 +154,14 @@ class ChartHub:
     backend = "kubernetes"
 
     def __init__(self):
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("k8s_fixtures", ROOT / "tests" / "k8s" / "conftest.py")
-        self.k8s = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(self.k8s)
         sys.path.insert(0, str(ROOT / "tests" / "k8s"))
-        from chart import CLUSTER, HELM, Release, cluster_image
+        import testcluster
+        from chart import HELM, Release, cluster_image
 
+        self.cluster = testcluster
         self.helm_bin = HELM
-        self.k8s._own_the_cluster()
-        self.k8s._state["up"] = True
-        proc = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True, timeout=900)
-        if proc.returncode:
-            raise RuntimeError(f"scripts/k8s-cluster up failed: {(proc.stdout + proc.stderr)[-2000:]}")
-        busybox = subprocess.run([str(CLUSTER), "images"], capture_output=True, text=True, check=True,
-                                 timeout=300).stdout.strip().splitlines()[-1]
-        self.kube = self.k8s.Kube(busybox)
+        testcluster.up()
+        self.kube = testcluster.Kube(testcluster.busybox())
         hub_image, notebook = cluster_image("hub"), cluster_image("notebook")
         self.ns = f"bench-{secrets.token_hex(3)}"
         self.kube("create", "namespace", self.ns)
@@ -212,7 +203,7 @@ class ChartHub:
                            capture_output=True, env=self.kube.env, timeout=180)
             self.release.cleanup()
         finally:
-            self.k8s._down()
+            self.cluster.down()
 
 
 # --- the throwaway user -----------------------------------------------------------------------

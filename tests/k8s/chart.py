@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import requests
+from testcluster import CLUSTER, ROOT  # tests/k8s, beside this file
 
-ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "vre"
 HELM = Path(sys.executable).parent / "helm"
-CLUSTER = ROOT / "scripts" / "k8s-cluster"
 
 
 class ChartError(RuntimeError):
@@ -41,7 +40,8 @@ def cluster_image(name: str) -> str:
     ref = f"{repo}:chart-{image_id[:12]}"
     subprocess.run(["podman", "tag", image_id, ref], check=True)
     proc = subprocess.run([str(CLUSTER), "import", ref], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"importing {ref} failed: {proc.stdout}{proc.stderr}"
+    if proc.returncode != 0:
+        raise ChartError(f"importing {ref} into the cluster failed: {proc.stdout}{proc.stderr}")
     _forget_older(repo, ref)
     return ref
 
@@ -83,7 +83,8 @@ class Release:
     def helm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         proc = subprocess.run([str(HELM), *args, "--namespace", self.ns], capture_output=True, text=True,
                               env=self.kube.env, timeout=timeout)
-        assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+        if proc.returncode != 0:
+            raise ChartError(f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
     def hub_pod(self) -> dict:
@@ -114,7 +115,8 @@ class Release:
         svc = self.kube.get("service", f"{self.name}-proxy", self.ns)
         url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
         r = get(f"{url}/hub/api")
-        assert r.status_code == 200, f"{url}/hub/api: {r.status_code} {r.text[:300]}"
+        if r.status_code != 200:
+            raise ChartError(f"the release does not answer at {url}/hub/api: {r.status_code} {r.text[:300]}")
         return url
 
     def exec_hub(self, *cmd: str) -> str:
