@@ -229,7 +229,7 @@ def configure(c, settings: Settings) -> None:
           f"{meta.get('jwks_uri') or '(none published: audience, issuer and expiry only)'}", file=sys.stderr)
     algorithms = [x for x in meta.get("id_token_signing_alg_values_supported", ["RS256"]) if x != "none"]
     a.id_token_algorithms = algorithms or ["RS256"]
-    a.oauth_callback_url = settings.bind_url.rstrip("/") + "/hub/oauth_callback"
+    a.oauth_callback_url = settings.public_base + "/hub/oauth_callback"
     a.scope = settings.oidc_scopes.split()
     a.username_claim = settings.oidc_username_claim
     a.login_service = settings.oidc_login_service
@@ -241,7 +241,7 @@ def configure(c, settings: Settings) -> None:
         # next person at this browser logs in as themselves.
         a.logout_redirect_url = meta["end_session_endpoint"] + "?" + urlencode(
             {"client_id": settings.oidc_client_id,
-             "post_logout_redirect_uri": settings.bind_url.rstrip("/") + "/hub/login"})
+             "post_logout_redirect_uri": settings.public_base + "/hub/login"})
 
 
 # --- the authenticator ----------------------------------------------------------------------

@@ -39,6 +39,10 @@ class Settings:
     hub_db_url: str = ""
     #: Public address of the hub (the proxy). The default listens on loopback only.
     bind_url: str = "http://127.0.0.1:8000"
+    #: The address people use to reach the VRE, when it is not ``bind_url`` (behind an Ingress or
+    #: a reverse proxy, e.g. ``https://vre.hospital.example``): an OpenID Connect provider sends
+    #: them back there after login. Empty: ``bind_url``.
+    public_url: str = ""
     #: Address of configurable-http-proxy's REST API (loopback only).
     proxy_api_url: str = "http://127.0.0.1:8001"
     #: Where configurable-http-proxy listens behind the access layer (loopback). Empty: a free
@@ -156,7 +160,7 @@ class Settings:
     #: The provider's issuer URL (its ``/.well-known/openid-configuration`` is read at hub start;
     #: https, or http on loopback for tests).
     oidc_issuer: str = ""
-    #: The VRE's client id at the provider; its redirect URI is ``<bind_url>/hub/oauth_callback``.
+    #: The VRE's client id at the provider; its redirect URI is ``<public_url>/hub/oauth_callback``.
     oidc_client_id: str = ""
     #: The provider's name on the login button ("Sign in with ...").
     oidc_login_service: str = "Life Science Login"
@@ -209,6 +213,11 @@ class Settings:
     @property
     def jupyterhub_db_url(self) -> str:
         return self.hub_db_url or f"sqlite:///{self.state_dir / 'jupyterhub.sqlite'}"
+
+    @property
+    def public_base(self) -> str:
+        """Where people reach the hub, without a trailing slash (``public_url``, else ``bind_url``)."""
+        return (self.public_url or self.bind_url).rstrip("/")
 
     @property
     def secrets_dir(self) -> Path:
@@ -372,8 +381,14 @@ def _validate_login(s: Settings) -> None:
     if s.auth not in ("local", "oidc"):
         raise SettingsError(f"auth {s.auth!r}: use 'local' (the VRE's own accounts) or 'oidc' (an OpenID Connect "
                             "provider, configured by the oidc_* settings)")
+    if s.public_url and not re.fullmatch(r"https?://[^\s/?#]+/?", s.public_url):
+        raise SettingsError(f"public_url {s.public_url!r}: give the scheme and host people use, e.g. "
+                            "https://vre.hospital.example (no path)")
     if s.auth != "oidc":
         return
+    if not s.public_url and re.match(r"https?://(0\.0\.0\.0|\[::\])[:/]", s.bind_url + "/"):
+        raise SettingsError(f"auth = 'oidc' needs public_url: bind_url {s.bind_url} is where the hub listens, not "
+                            "an address a browser can be sent back to after login")
     issuer = s.oidc_issuer.strip()
     if not issuer:
         raise SettingsError("auth = 'oidc' needs oidc_issuer: the provider's issuer URL, e.g. "

@@ -33,6 +33,9 @@ def settings(**env):
     ({**OIDC, "VRE_OIDC_ADMIN_GROUP": "staff", "VRE_OIDC_AUDITOR_GROUP": "staff"}, "separation of duties"),
     ({**OIDC, "VRE_OIDC_REQUIRE_MFA": "1", "VRE_OIDC_MFA_ACR": "", "VRE_OIDC_MFA_AMR": ""}, "both empty"),
     ({**OIDC, "VRE_JUPYTERHUB": '{"OIDCAuthenticator": {"client_secret": "s3cret"}}'}, "decided by the VRE"),
+    ({**OIDC, "VRE_BIND_URL": "http://0.0.0.0:8000"}, "needs public_url"),
+    ({"VRE_PUBLIC_URL": "https://vre.example.org/hub/"}, "no path"),
+    ({"VRE_PUBLIC_URL": "vre.example.org"}, "no path"),
 ])
 def test_bad_login_settings_say_what_to_fix(env, fragment):
     with pytest.raises(SettingsError) as e:
@@ -44,6 +47,9 @@ def test_login_settings_defaults_and_loopback_issuer():
     assert load(environ={}).auth == "local"
     s = load(environ={**OIDC, "VRE_OIDC_ISSUER": "http://127.0.0.1:9000"})
     assert s.oidc_client_secret_path == s.secrets_dir / "oidc_client_secret"
+    assert s.public_base == s.bind_url.rstrip("/")  # no public_url: people use bind_url
+    s = load(environ={**OIDC, "VRE_BIND_URL": "http://0.0.0.0:8000", "VRE_PUBLIC_URL": "https://vre.example.org/"})
+    assert s.public_base == "https://vre.example.org"  # where the provider sends people back
 
 
 def test_entitlements_follow_aarc_g002_within_the_namespace():
