@@ -166,9 +166,13 @@ def cmd_user_add(args) -> int:
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
     settings = _settings(args)
     with _db(settings) as db:
-        account, generated = add_account(db, args.name, role=args.role, password=password)
-    emit_cli(settings, "user.create", target=f"user/{account.name}", details={"role": account.role})
+        account, generated = add_account(db, args.name, role=args.role, password=password, oidc=args.oidc)
+    emit_cli(settings, "user.create", target=f"user/{account.name}",
+             details={"role": account.role, **({"login": "oidc"} if args.oidc else {})})
     print(f"added {account.role} {account.name!r}")
+    if args.oidc:
+        print(f"no password: the first login as {account.name!r} at the identity provider takes this account"
+              + ("" if settings.auth == "oidc" else " (this hub's auth is not 'oidc' yet)"))
     if generated:
         print(f"password (shown once): {generated}")
     return 0
@@ -538,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--role", default="researcher", help="researcher (default), admin or auditor")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.add_argument("--oidc", action="store_true",
+                   help="for someone who logs in through the OpenID Connect provider: no password; their first "
+                        "login under this name takes the account (add them to projects before they come)")
     p.set_defaults(func=cmd_user_add)
     users.add_parser("list").set_defaults(func=cmd_user_list)
     p = users.add_parser("set-password")

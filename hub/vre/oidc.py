@@ -147,6 +147,13 @@ def sync_account(db, decision: Decision) -> tuple[object, list[str]]:
         db.add(account)
         db.flush()
         changes.append("created")
+    elif account.oidc_subject is None and not account.password_hash:
+        # made with `vre user add --oidc` for this person's first login: bound to them now
+        if db.scalar(select(Account).where(Account.oidc_subject == decision.subject)) is not None:
+            raise LoginRefused("name-changed", "Your identity already has a VRE account under another name. Ask "
+                               "the VRE's administrators.")
+        account.oidc_subject = decision.subject
+        changes.append("bound")
     elif account.oidc_subject != decision.subject:
         raise LoginRefused("name-taken", f"The VRE user name {decision.name!r} belongs to another account. Ask the "
                            "VRE's administrators.")

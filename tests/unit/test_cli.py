@@ -108,6 +108,10 @@ def test_project_commands_explain_errors(run):
     assert r.returncode == 2 and "too short" in r.stderr
     r = run("user", "add", "judy")
     assert r.returncode == 0 and "password (shown once):" in r.stdout
+    r = run("user", "add", "kim", "--oidc")
+    assert r.returncode == 0 and "shown once" not in r.stdout and "first login as 'kim'" in r.stdout
+    r = run("user", "add", "lea", "--oidc", "--password-stdin", input="lea-password-123\n")
+    assert r.returncode == 2 and "no password" in r.stderr
 
 
 def test_batch_quota_and_jobs_commands(run, tmp_path):
