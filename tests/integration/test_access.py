@@ -253,6 +253,21 @@ def clear_of_midnight(seconds: int = 180) -> None:
         time.sleep(left + 2)
 
 
+def egress_policy(c) -> dict:
+    """What the layer says of the session's egress (``/.vre/policy``: today, cap, ceiling, ...)."""
+    return requests.get(c.server_url("prostate-ai") + "/.vre/policy", headers=auth(c), timeout=10).json()["egress"]
+
+
+def restart_with_cap_above_today(hub, c, margin: int) -> str:
+    """Set the project's cap to bob's total of the day so far (earlier tests count too) plus
+    ``margin`` and restart his session (a session takes its cap at start); the new session's id."""
+    today = egress_policy(c)["today"]
+    c.stop("prostate-ai")
+    hub.vre("project", "set-egress-cap", "prostate-ai", str(today + margin))
+    c.start("prostate-ai")
+    return events(hub, user="bob", action="session.start")[-1]["session"]
+
+
 def test_egress_is_counted_and_capped(hub):
     clear_of_midnight()
     c = hub.client("bob")
@@ -290,7 +305,7 @@ def test_egress_is_counted_and_capped(hub):
         k.close()
         capped = wait_for(lambda: events(hub, user="bob", action="egress.cap_reached", session=session))
         assert len(capped) == 1 and capped[0]["source"] == "access-layer"
-        assert requests.get(url + "/.vre/policy", headers=auth(c), timeout=10).json()["egress"]["capped"] is True
+        assert egress_policy(c)["capped"] is True
     finally:
         c.stop("prostate-ai")
         hub.vre("project", "set-egress-cap", "prostate-ai", "none")
@@ -314,14 +329,8 @@ with open(os.path.expanduser('~/results/big.bin'), 'wb') as f:
 result = True
 """)
         k.close()
-        used = requests.get(c.server_url("prostate-ai") + "/.vre/policy", headers=auth(c), timeout=10).json()
-        c.stop("prostate-ai")
-        # the day's total so far (earlier tests count too) plus 1 MiB; a session takes its cap at start
-        hub.vre("project", "set-egress-cap", "prostate-ai", str(used["egress"]["today"] + 1024 * 1024))
-
+        session = restart_with_cap_above_today(hub, c, 1024 * 1024)
         # under the cap, an output of 1.5 MB would cross it: withheld (under the server's iopub rate limit)
-        c.start("prostate-ai")
-        session = events(hub, user="bob", action="session.start")[-1]["session"]
         k = c.kernel("prostate-ai")
         out = k.check("print('z' * 1_500_000)")
         assert "Output withheld" in out and "zzzz" not in out
@@ -361,13 +370,9 @@ def test_small_outputs_stop_at_the_ceiling(hub):
     c = hub.client("bob")
     try:
         c.start("prostate-ai")
-        today = requests.get(c.server_url("prostate-ai") + "/.vre/policy", headers=auth(c), timeout=10).json()
-        c.stop("prostate-ai")
-        hub.vre("project", "set-egress-cap", "prostate-ai", str(today["egress"]["today"] + 64 * 1024))
-        c.start("prostate-ai")
-        session = events(hub, user="bob", action="session.start")[-1]["session"]
+        session = restart_with_cap_above_today(hub, c, 64 * 1024)
         url = c.server_url("prostate-ai")
-        limits = requests.get(url + "/.vre/policy", headers=auth(c), timeout=10).json()["egress"]
+        limits = egress_policy(c)
         assert limits["ceiling"] >= limits["cap"] + 1024 * 1024 and not limits["closed"]
         k = c.kernel("prostate-ai")
         pieces = (limits["ceiling"] - limits["today"]) // 32_000 + 40   # under the iopub rate limit
@@ -389,7 +394,7 @@ def test_small_outputs_stop_at_the_ceiling(hub):
             closed = True
         assert closed, f"the kernel's connection stayed open ({got} bytes of output received)"
         assert len(notices) == 1 and "nothing more to the browser" in notices[0], notices
-        after = requests.get(url + "/.vre/policy", headers=auth(c), timeout=10).json()["egress"]
+        after = egress_policy(c)
         assert after["closed"] is True and limits["ceiling"] <= after["today"] <= limits["ceiling"] + 64 * 1024, after
         assert got >= 900_000, got    # the allowance over the cap did pass, in small pieces
         r = requests.get(url + "/api/status", headers=auth(c), timeout=10)
