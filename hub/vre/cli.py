@@ -205,38 +205,28 @@ def cmd_user_set_password(args) -> int:
     return 0
 
 
-def _change_account(args, apply, *, change: str, said: str, action: str = "user.update") -> int:
-    """One admin change to an account (``apply(db, name)``): committed, then audited and said."""
+def _change_account(args, change: str) -> int:
+    """One admin change to an account: the Users admin page's function (``vre.admin``), so the
+    same rules and the same audit event; the operator acts as an admin."""
+    from . import access_requests as AR
+    from .admin import change_account
+
     settings = _settings(args)
-    with _db(settings) as db:
-        apply(db, args.name)
-    emit_cli(settings, action, target=f"user/{args.name}", details={"change": change})
-    print(said)
+    vdb.upgrade(settings.vre_db_url)
+    print(change_account(settings, AR.Actor.cli(None), args.name, change))
     return 0
 
 
 def cmd_user_unlock(args) -> int:
-    from .accounts import unlock
-
-    return _change_account(args, unlock, change="unlock", said=f"{args.name!r} unlocked")
+    return _change_account(args, "unlock")
 
 
 def cmd_user_reset_mfa(args) -> int:
-    from .accounts import reset_mfa
-
-    return _change_account(args, reset_mfa, change="reset-mfa", action="auth.mfa_reset",
-                           said=f"{args.name!r}: second factor and recovery codes removed; a new one is set up "
-                                "at the next login")
+    return _change_account(args, "reset-mfa")
 
 
 def cmd_user_disable(args) -> int:
-    from .accounts import get_account
-
-    def apply(db, name):
-        get_account(db, name).disabled = not args.enable
-
-    change = "enable" if args.enable else "disable"
-    return _change_account(args, apply, change=change, said=f"{args.name!r} {change}d")
+    return _change_account(args, "enable" if args.enable else "disable")
 
 
 # --- datasets -------------------------------------------------------------------------------
