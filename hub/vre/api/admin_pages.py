@@ -44,6 +44,8 @@ class UsersPage(ServiceHandler):
         try:
             while True:
                 url = url_path_join(self.hub_auth.api_url, "users") + f"?state=active&offset={offset}&limit={_PAGE}"
+                # HubAuth's own request method: it knows how to reach the hub (its unix socket
+                # here); JupyterHub has no public one. A change there makes the column "unknown".
                 data = await asyncio.wait_for(self.hub_auth._api_request(
                     "GET", url, headers={"Accept": "application/jupyterhub-pagination+json"}), _API_TIMEOUT)
                 for user in data["items"]:
