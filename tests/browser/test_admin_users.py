@@ -2,12 +2,15 @@
 follows the home page's link, sees every account and who has a session running, disables a
 researcher (whose login is then refused), enables and unlocks them again (their login works); the
 rules refuse disabling oneself and unknown users with a message; a researcher gets 403 and no link;
-every change is in the audit trail under the admin's name, from the web."""
+every change is in the audit trail under the admin's name, from the web. Screenshot:
+docs/screenshot-admin-users.png."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +20,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 USER, PASSWORD = "ulla", "ulla-password-1"  # a researcher of this test's own: the demo's stay as they are
 PAGE = "/services/vre/admin/users"
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -89,6 +94,9 @@ def test_admin_disables_enables_and_unlocks_a_researcher(hub, browser):
     admin.wait_for_url(re.compile(r"done=unlock"))
     expect(row).to_have_attribute("data-locked", "no")
     assert logs_in(hub, USER)
+    ARTIFACTS.mkdir(exist_ok=True)
+    admin.screenshot(path=str(ARTIFACTS / "admin-users.png"))
+    shutil.copy(ARTIFACTS / "admin-users.png", ROOT / "docs" / "screenshot-admin-users.png")
 
     # what the page does not offer is still refused, with the page and a message (the form's token)
     xsrf = admin.locator("input[name=_xsrf]").first.input_value()
