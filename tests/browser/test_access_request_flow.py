@@ -37,20 +37,6 @@ def hub(sqlite_hub):
         sqlite_hub.vre("project", "revoke", PROJECT, DATASET)
 
 
-def login(browser, hub, user: str, path: str):
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
-    context.set_default_timeout(30_000)
-    context.route(re.compile(r"^(?:https?|wss?)://(?!(?:127\.0\.0\.1|localhost)(?::\d+)?(?:/|$))"),
-                  lambda route: route.abort())
-    page = context.new_page()
-    page.goto(f"{hub.url}/hub/login?next={path}")
-    page.fill("#username_input", user)
-    page.fill("#password_input", hub.passwords[user])
-    page.click("#login_submit")
-    page.wait_for_url(re.compile(re.escape(path)))
-    return page
-
-
 def ask(page, mode: str, justification: str = WHY) -> None:
     card = page.locator(f"#dataset-{DATASET}")
     if not card.locator("details").evaluate("d => d.open"):
@@ -62,8 +48,8 @@ def ask(page, mode: str, justification: str = WHY) -> None:
     card.locator("button.request-submit").click()
 
 
-def test_researcher_requests_admin_denies_then_approves_batch_only(hub, browser):
-    bob = login(browser, hub, "bob", "/hub/home")
+def test_researcher_requests_admin_denies_then_approves_batch_only(hub, logged_in):
+    bob = logged_in(hub, "bob", "/hub/home")
     bob.click("#catalogue-link")  # the home page links the catalogue (the service's OAuth is silent)
     bob.wait_for_url(re.compile(r"/services/vre/catalogue"))
     expect(bob.locator("h1")).to_have_text("Dataset catalogue")
@@ -99,7 +85,7 @@ def test_researcher_requests_admin_denies_then_approves_batch_only(hub, browser)
     rid = int(first.get_attribute("id").split("-")[1])
     expect(first).to_have_attribute("data-state", "open")
 
-    admin = login(browser, hub, "admin", "/services/vre/access-requests")
+    admin = logged_in(hub, "admin", "/services/vre/access-requests")
     card = admin.locator(f"#decide-{rid}")
     expect(card).to_contain_text(WHY)
     expect(card).to_contain_text(USE)

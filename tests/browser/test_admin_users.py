@@ -36,31 +36,17 @@ def hub(sqlite_hub):
     sqlite_hub.vre("user", "unlock", USER)
 
 
-def login(browser, hub, user: str, path: str):
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
-    context.set_default_timeout(30_000)
-    context.route(re.compile(r"^(?:https?|wss?)://(?!(?:127\.0\.0\.1|localhost)(?::\d+)?(?:/|$))"),
-                  lambda route: route.abort())
-    page = context.new_page()
-    page.goto(f"{hub.url}/hub/login?next={path}")
-    page.fill("#username_input", user)
-    page.fill("#password_input", hub.passwords[user])
-    page.click("#login_submit")
-    page.wait_for_url(re.compile(re.escape(path)))
-    return page
-
-
 def logs_in(hub, user: str, password: str | None = None) -> bool:
     c = HubClient(hub.url, user)
     c.login(password or hub.passwords[user])
     return c.logged_in()
 
 
-def test_admin_disables_enables_and_unlocks_a_researcher(hub, browser):
+def test_admin_disables_enables_and_unlocks_a_researcher(hub, logged_in):
     bob = hub.client("bob")
     bob.start("prostate-ai", timeout=180)  # a session running: the page says so
     try:
-        admin = login(browser, hub, "admin", "/hub/home")
+        admin = logged_in(hub, "admin", "/hub/home")
         admin.click("#admin-users-link")
         admin.wait_for_url(re.compile(re.escape(PAGE)))
         expect(admin.locator("h1")).to_have_text("Users")
@@ -117,8 +103,8 @@ def test_admin_disables_enables_and_unlocks_a_researcher(hub, browser):
     assert any(e["target"] == "user/admin" and e["outcome"] == "denied" and e["actor"] == "admin" for e in events)
 
 
-def test_researchers_get_403_and_no_link(hub, browser):
-    bob = login(browser, hub, "bob", "/hub/home")
+def test_researchers_get_403_and_no_link(hub, logged_in):
+    bob = logged_in(hub, "bob", "/hub/home")
     expect(bob.locator("#catalogue-link")).to_be_visible()
     expect(bob.locator("#admin-users-link")).to_have_count(0)
     r = bob.goto(f"{hub.url}{PAGE}")
