@@ -205,7 +205,7 @@ class AccessLayer:
             return _json_error(403, "route_refused", "The VRE does not serve this address of a session.")
         if r.kind == "policy":
             return self._policy_answer(route)
-        cap = int(route.policy.get("egress_cap") or 0)
+        cap = route.egress_cap
         if self.meter.past_ceiling(route.user, route.project, cap):
             await self._cap_reached(route, caller, request, klass, limit="ceiling")
             return _json_error(429, "egress_ceiling", CEILING_MESSAGE.format(ceiling=human(ceiling(cap))))
@@ -236,7 +236,7 @@ class AccessLayer:
                              image_embed=image), check
 
     def _policy_answer(self, route: SessionRoute) -> web.Response:
-        cap = int(route.policy.get("egress_cap") or 0)
+        cap = route.egress_cap
         body = {"downloads": route.policy.get("downloads", "none"), "audit_cells": bool(route.policy.get("audit_cells")),
                 "egress": {"today": self.meter.used(route.user, route.project), "cap": cap,
                            "capped": self.meter.over(route.user, route.project, cap),
@@ -294,7 +294,7 @@ class AccessLayer:
                                         (resolved or {}).get("path") or inspect.path, resolved)
                     return _json_error(403, "download_refused", refused.message)
             if route is not None:
-                cap = int(route.policy.get("egress_cap") or 0)
+                cap = route.egress_cap
                 size = up.content_length
                 if self.meter.over(route.user, route.project, cap) and (size is None or size > LARGE):
                     await self._cap_reached(route, caller, request, klass)
@@ -405,6 +405,8 @@ class AccessLayer:
                     break
             await up.close()
 
+        cap = route.egress_cap if route is not None else 0
+
         async def server_to_browser():
             async for msg in up:
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -414,7 +416,6 @@ class AccessLayer:
                 data = msg.data
                 if route is not None:
                     size = len(data)
-                    cap = int(route.policy.get("egress_cap") or 0)
                     if self.meter.past_ceiling(route.user, route.project, cap):
                         await self._past_ceiling(ws, route, caller, request, klass, data, subprotocol, cap, r)
                         break
@@ -544,7 +545,7 @@ class AccessLayer:
         """Record, once per session and day for each limit, that the cap (large answers withheld)
         or the ceiling (nothing more sent) was reached."""
         if self.meter.first_refusal(route.audit_session, limit):
-            cap = int(route.policy.get("egress_cap") or 0)
+            cap = route.egress_cap
             details = {"cap": cap, "used": self.meter.used(route.user, route.project), "class": klass,
                        "limit": limit}
             if limit == "ceiling":
