@@ -15,42 +15,21 @@ the message saying what to fix and the values typed (status 400, 403, 404 or 409
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlencode
-
-from jupyterhub.utils import url_path_join
 
 from .. import access_requests as AR
 from .. import db as vdb
 from ..catalog.browse import FILTERS, browse
 from ..db import GRANT_MODES
-from ..errors import NotFound, VREError
+from ..errors import VREError
 from ..roles import CATALOGUE_SCOPE
-from .base import ServiceHandler, requires_scope
-from .pages import render
-
-_STATUS = ((AR.Forbidden, 403), (NotFound, 404), (AR.Decided, 409), (VREError, 400))
+from .base import requires_scope
+from .forms import FormPage, status_of
 
 
-def _status(error: VREError) -> int:
-    return next(code for cls, code in _STATUS if isinstance(error, cls))
-
-
-class _Page(ServiceHandler):
-    def actor(self) -> AR.Actor:
-        return AR.Actor(self.current_user.name, via="web", client=self.request.remote_ip)
-
-    def url(self, *parts: str, **query) -> str:
-        path = url_path_join(self.hub_auth.base_url, *parts)
-        return f"{path}?{urlencode(query)}" if query else path
-
-    def form(self, *names: str) -> dict:
-        return {n: self.get_body_argument(n, "") for n in names}
-
+class _Page(FormPage):
     def page(self, name: str, status: int = 200, **ns) -> None:
-        self.set_status(status)
-        self.set_header("Cache-Control", "no-store")
-        self.finish(render(self, name, modes=list(GRANT_MODES), catalogue_url=self.url("catalogue"),
-                           requests_url=self.url("access-requests"), **ns))
+        super().page(name, status, modes=list(GRANT_MODES), catalogue_url=self.url("catalogue"),
+                     requests_url=self.url("access-requests"), **ns)
 
 
 class CataloguePage(_Page):
@@ -77,7 +56,7 @@ class CataloguePage(_Page):
                                           mode=f["mode"], justification=f["justification"],
                                           intended_use=f["intended_use"])
         except VREError as e:
-            return await self.show(_status(e), error={"dataset": f["dataset"], "message": str(e)}, form=f)
+            return await self.show(status_of(e), error={"dataset": f["dataset"], "message": str(e)}, form=f)
         self.redirect(self.url("access-requests", done="requested", id=req["id"]), status=303)
 
 
@@ -117,7 +96,7 @@ class RequestAction(RequestsPage):
         try:
             await asyncio.to_thread(call)
         except VREError as e:
-            return await self.show(_status(e), error={"id": rid, "action": action, "message": str(e)}, form=f)
+            return await self.show(status_of(e), error={"id": rid, "action": action, "message": str(e)}, form=f)
         past = {"withdraw": "withdrawn", "approve": "approved", "deny": "denied"}[action]
         self.redirect(self.url("access-requests", done=past, id=rid), status=303)
 

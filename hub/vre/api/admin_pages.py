@@ -14,28 +14,21 @@ page with the message saying what to fix (status 400, 403 or 404), never a trace
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlencode
 
 from jupyterhub.utils import url_path_join
 
-from .. import access_requests as AR
 from .. import admin
-from ..errors import NotFound, VREError
+from ..errors import VREError
 from ..roles import ADMIN_SCOPE
-from .base import ServiceHandler, requires_scope
-from .pages import render
+from .base import requires_scope
+from .forms import FormPage, status_of
 
-_STATUS = ((AR.Forbidden, 403), (NotFound, 404), (VREError, 400))
 _PAGE = 200  # the hub's largest page of users
 _API_TIMEOUT = 10  # seconds: a slow hub makes the column "unknown", not the page wait
 
 
-class UsersPage(ServiceHandler):
+class UsersPage(FormPage):
     """``GET admin/users``."""
-
-    def url(self, *parts: str, **query) -> str:
-        path = url_path_join(self.hub_auth.base_url, "admin/users", *parts)
-        return f"{path}?{urlencode(query)}" if query else path
 
     async def running(self) -> dict[str, list[str]] | None:
         """Who has sessions running or starting now (name: server names), None if the hub's API
@@ -60,10 +53,8 @@ class UsersPage(ServiceHandler):
     async def show(self, status: int = 200, **ns) -> None:
         accounts = await asyncio.to_thread(admin.list_accounts, self.vre_settings)
         running = await self.running()
-        self.set_status(status)
-        self.set_header("Cache-Control", "no-store")
-        self.finish(render(self, "admin-users.html", accounts=accounts, running=running, users_url=self.url(),
-                           me=self.current_user.name, done=self.done(), **ns))
+        self.page("admin-users.html", status, accounts=accounts, running=running, users_url=self.url("admin/users"),
+                  me=self.current_user.name, done=self.done(), **ns)
 
     def done(self) -> dict | None:
         """The change just made (after the redirect): named by the URL, worded by the page only."""
@@ -80,13 +71,11 @@ class UserChange(UsersPage):
 
     @requires_scope(ADMIN_SCOPE)
     async def post(self, name, change):
-        who = AR.Actor(self.current_user.name, via="web", client=self.request.remote_ip)
         try:
-            await asyncio.to_thread(admin.change_account, self.vre_settings, who, name, change)
+            await asyncio.to_thread(admin.change_account, self.vre_settings, self.actor(), name, change)
         except VREError as e:
-            code = next(c for cls, c in _STATUS if isinstance(e, cls))
-            return await self.show(code, error={"name": name, "message": str(e)})
-        self.redirect(self.url(done=change, user=name), status=303)
+            return await self.show(status_of(e), error={"name": name, "message": str(e)})
+        self.redirect(self.url("admin/users", done=change, user=name), status=303)
 
 
 def handlers(settings) -> list[tuple]:
