@@ -1,7 +1,7 @@
 """Spawn-to-ready latency: the sandbox and docker backends against JupyterHub's LocalProcessSpawner.
 
     sudo .venv/bin/python bench/spawn.py [--n 20] [--profile small] [--project lung-screening]
-                                         [--backends sandbox,docker,local]
+                                         [--backends sandbox,docker,local[,kubernetes]]
 
 Starts real hubs side by side with ``vre up`` (the same JupyterHub, configurable-http-proxy,
 jupyterhub-singleuser and default url ``/lab``, each on its own free 127.0.0.1 ports, with the small
@@ -12,6 +12,9 @@ demo in a temp dir):
 - ``docker``: the VRE with ``backend = "docker"``: a container of the notebook image
   (``VRE_NOTEBOOK_IMAGE``, default localhost/vre-notebook:latest) on the project's internal network,
   through the engine at ``VRE_DOCKER_URL`` (default: Podman's socket, ``scripts/podman-setup``);
+- ``kubernetes`` (only when asked for): the Helm chart on this machine's test cluster
+  (``scripts/k8s-cluster up``, taken like the Kubernetes tests take it, and ``down`` at the end):
+  hub and sessions in pods, this checkout's images imported, single node (``tests/k8s/chart.py``);
 - ``local``: the same hub with ``c.JupyterHub.spawner_class = "localprocess"`` loaded last
   (a JupyterHub config of its own that loads the VRE's first, named by VRE_HUB_CONFIG): the server runs
   unisolated as a throwaway system user of the same name.
@@ -59,7 +62,8 @@ from vre.backends.cgroups import SessionCgroup  # noqa: E402
 
 TARGET = 1.2          # sandbox p50 within this ratio of LocalProcessSpawner
 DOCKER_TARGET_S = 5.0  # docker p50 under this many seconds
-BACKENDS = ("sandbox", "docker", "local")
+BACKENDS = ("sandbox", "docker", "local", "kubernetes")
+DEFAULT_BACKENDS = ("sandbox", "docker", "local")   # kubernetes: asked for (it takes the machine's test cluster)
 
 # The local hub's JupyterHub config (VRE_HUB_CONFIG): the VRE's own, then only the spawner changes. Sessions keep the
 # same hub API (the hub's unix socket, at its host path instead of the sandbox's bind mount), the
@@ -139,6 +143,67 @@ class BenchHub(Hub):
             logs.mkdir(parents=True, exist_ok=True)
             shutil.copy(self.log_path, logs / f"hub-{self.backend}.log")
         shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+class ChartHub:
+    """The Helm chart on this machine's test cluster (``scripts/k8s-cluster``, taken for the run as
+    the Kubernetes tests take it): the hub and the sessions in pods, single node (hostPath state
+    and datasets, ``tests/k8s/chart.py``'s release), this checkout's hub and notebook images
+    imported. Started with ``up`` and stopped with ``down`` unless the cluster was already up."""
+
+    backend = "kubernetes"
+
+    def __init__(self):
+        sys.path.insert(0, str(ROOT / "tests" / "k8s"))
+        import testcluster
+        from chart import HELM, Release, cluster_image
+
+        self.cluster = testcluster
+        self.helm_bin = HELM
+        testcluster.up()
+        self.kube = testcluster.Kube(testcluster.busybox())
+        hub_image, notebook = cluster_image("hub"), cluster_image("notebook")
+        self.ns = f"bench-{secrets.token_hex(3)}"
+        self.kube("create", "namespace", self.ns)
+        self.release = Release(self.kube, self.ns, hub_image)
+        self.base_dir = self.release.state_dir
+        self.args = [*self.release.args, "--set", f"sessions.image={notebook}",
+                     "--set", f"hub.state.nodePath={self.release.state_dir}",
+                     "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", '
+                                   '"start_timeout": 180}}']
+        self.url = ""
+
+    def start(self) -> None:
+        self.release.helm("install", self.release.name, str(ROOT / "helm" / "vre"), *self.args)
+        self.release.wait_hub_ready()
+        self.url = self.release.url()
+
+    def vre(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        r = self.kube.run("exec", "-i", "-n", self.ns, f"deploy/{self.release.name}-hub", "-c", "hub", "--",
+                          "vre", *args, input=input, timeout=300)
+        if check and r.returncode:
+            raise AssertionError(f"vre {' '.join(args)} failed ({r.returncode}): {r.stderr}{r.stdout}")
+        return r
+
+    def client(self, user: str, password: str) -> HubClient:
+        c = HubClient(self.url, user)
+        c.get_token(password)
+        return c
+
+    def log_tail(self, n: int = 60) -> str:
+        return self.kube.run("logs", "-n", self.ns, f"deploy/{self.release.name}-hub", "-c", "hub",
+                             f"--tail={n}").stdout
+
+    def teardown(self, logs: Path | None = None) -> None:
+        try:
+            if logs is not None:
+                logs.mkdir(parents=True, exist_ok=True)
+                (logs / "hub-kubernetes.log").write_text(self.log_tail(100_000))
+            subprocess.run([str(self.helm_bin), "uninstall", self.release.name, "--namespace", self.ns],
+                           capture_output=True, env=self.kube.env, timeout=180)
+            self.release.cleanup()
+        finally:
+            self.cluster.down()
 
 
 # --- the throwaway user -----------------------------------------------------------------------
@@ -287,6 +352,11 @@ def report(times: dict[str, list[float]], args, cpus: int, lags: list[float] | N
         d50 = statistics.median(times["docker"])
         print(f"target: docker p50 under {DOCKER_TARGET_S:g} s ({'met' if d50 < DOCKER_TARGET_S else 'not met'}: "
               f"{d50:.2f} s)")
+    if "kubernetes" in backends:
+        k50 = statistics.median(times["kubernetes"])
+        against = [f"{b} {k50 / statistics.median(times[b]):.2f}x" for b in ("sandbox", "docker") if times.get(b)]
+        print(f"kubernetes (a pod of the chart on the single-node test cluster): p50 {k50:.2f} s"
+              + (f"; p50 ratio to {', '.join(against)}" if against else ""))
     if lags and lp and "sandbox" in backends and len(lags) == len(lp):
         s = times["sandbox"]
         prompt = [t - lag for t, lag in zip(lp, lags)]
@@ -312,8 +382,9 @@ def main() -> int:
     parser.add_argument("--server-args", default="",
                         help="extra jupyterhub-singleuser arguments for both backends, e.g. "
                              "'--LabApp.extension_manager=readonly' (to measure a flag's effect)")
-    parser.add_argument("--backends", default=",".join(BACKENDS),
-                        help=f"comma-separated subset of {', '.join(BACKENDS)} (default: all)")
+    parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                        help=f"comma-separated subset of {', '.join(BACKENDS)} (default: "
+                             f"{','.join(DEFAULT_BACKENDS)}; kubernetes starts this machine's test cluster)")
     parser.add_argument("--logs", type=Path, default=None, help="copy both hubs' logs into this directory at the end")
     parser.add_argument("--extra-config", type=Path, default=None,
                         help="a JupyterHub config file appended to both hubs' config (loaded last)")
@@ -349,24 +420,24 @@ def main() -> int:
         create_system_user(name, homes)
         for backend in backends:
             print(f"starting the {backend} hub ...", flush=True)
-            hubs[backend] = BenchHub(backend, extra_config)
+            hubs[backend] = ChartHub() if backend == "kubernetes" else BenchHub(backend, extra_config)
             hubs[backend].start()
             clients[backend] = add_account(hubs[backend], name, password, args.project)
             print(f"  {hubs[backend].url} (state in {hubs[backend].base_dir})", flush=True)
 
-        profile = {"sandbox": args.profile, "docker": args.profile, "local": None}
+        profile = {"sandbox": args.profile, "docker": args.profile, "kubernetes": args.profile, "local": None}
         for i in range(args.warmup):
             for backend in backends:
                 t = spawn(clients[backend], args.project, profile[backend])
                 stop(clients[backend], args.project)
-                print(f"warm-up {i + 1} {backend:8s} {t:6.2f} s (not counted)", flush=True)
+                print(f"warm-up {i + 1} {backend:10s} {t:6.2f} s (not counted)", flush=True)
         for i in range(args.n):
             order = backends if i % 2 == 0 else backends[::-1]  # ABBA: no backend always goes first
             for backend in order:
                 t = spawn(clients[backend], args.project, profile[backend])
                 stop(clients[backend], args.project)
                 times[backend].append(t)
-                print(f"spawn {i + 1:3d}/{args.n} {backend:8s} {t:6.2f} s", flush=True)
+                print(f"spawn {i + 1:3d}/{args.n} {backend:10s} {t:6.2f} s", flush=True)
         lags = poll_lags(hubs["local"].log_path)[args.warmup:] if "local" in hubs else None
         report(times, args, os.cpu_count() or 0, lags)
         return 0

@@ -71,11 +71,25 @@ schema = {
       "jupyterhub": jupyterhub,
       "state": obj({"size": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"},
                     "storageClassName": storage_class,
-                    "existingClaim": S(pattern=r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)?$")}),
+                    "existingClaim": S(pattern=r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)?$"),
+                    "nodePath": S("the state volume's path on the node (hostPath, single node)", pattern=r"^(/.*)?$")}),
       "apiPort": I("port of the hub's API", minimum=1024, maximum=65535, **{"not": {"enum": [8000]}}),
       "servicePort": I("port of the VRE service for sessions", minimum=1024, maximum=65535, **{"not": {"enum": [8000]}}),
       "startupSeconds": I("seconds the first start may take", minimum=30, maximum=7200),
+      "publicUrl": S("the address people use, scheme and host (no path)", pattern=r"^(https?://[^\s/?#]+/?)?$"),
     }),
+    "auth": obj({
+      "type": S("local or oidc", enum=["local", "oidc"]),
+      "oidc": obj({
+        "issuer": S("the provider's issuer URL", pattern=r"^(https://\S+)?$"),
+        "clientId": S(), "loginService": S(),
+        "clientSecret": obj({"existingSecret": S(pattern=r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)?$"),
+                             "key": S(pattern=r"^[-._a-zA-Z0-9]+$")}),
+        "scopes": S(pattern=r"(^|\s)openid(\s|$)"),
+        "usernameClaim": S(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$"),
+        "groupsClaim": S(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$"),
+        "entitlementNamespace": S(), "adminGroup": S(), "auditorGroup": S(), "checkerGroup": S(),
+        "projectGroupPrefix": S(), "requiredGroup": S(), "requireMfa": B(), "mfaAcr": S(), "mfaAmr": S()})}),
     "proxy": obj({"service": obj({
       "type": S(enum=["ClusterIP", "NodePort", "LoadBalancer"]),
       "port": I(minimum=1, maximum=65535),
@@ -100,6 +114,8 @@ schema = {
       "imageAllowList": {"type": "array", "items": image_ref, "uniqueItems": True},
       "storage": S("pvc or hostPath", enum=["pvc", "hostPath"]),
       "storageClassName": storage_class,
+      "homeSize": S("size of a member's home claim", pattern=r"^[1-9][0-9]*(Ki|Mi|Gi|Ti)$"),
+      "workspaceSize": S("size of a project's workspace claim", pattern=r"^[1-9][0-9]*(Ki|Mi|Gi|Ti)$"),
       "datasets": obj({"volume": S(enum=["pvc", "nfs", "hostPath"]), "nfsServer": S()}),
       "gpu": obj({"nodeSelector": node_selector("node labels of GPU sessions")}),
       "allowUnobservedReads": B("sessions with data start without an observer of their reads")}),
@@ -112,5 +128,9 @@ schema = {
 schema["properties"]["sessions"]["allOf"] = [{
     "if": {"properties": {"datasets": {"properties": {"volume": {"const": "nfs"}}}}},
     "then": {"properties": {"datasets": {"properties": {"nfsServer": {"minLength": 1}}}}}}]
+# an OIDC login needs its provider, client and secret (the public address: the template's check)
+schema["properties"]["auth"]["allOf"] = [{
+    "if": {"properties": {"type": {"const": "oidc"}}},
+    "then": {"properties": {"oidc": {"properties": {"issuer": {"minLength": 1}, "clientId": {"minLength": 1}}}}}}]
 if __name__ == "__main__":
     print(json.dumps(schema, indent=2))

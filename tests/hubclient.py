@@ -181,6 +181,8 @@ class Kernel:
 
     def _recv(self) -> dict:
         frame = self.ws.recv()
+        if frame in ("", b""):  # websocket-client answers a close frame so
+            raise websocket.WebSocketConnectionClosedException("the server closed the kernel's connection")
         if not self.v1:
             return json.loads(frame)
         count = int.from_bytes(frame[:8], "little")
@@ -189,8 +191,8 @@ class Kernel:
         return {"channel": parts[0].decode(), "header": json.loads(parts[1]), "parent_header": json.loads(parts[2]),
                 "metadata": json.loads(parts[3]), "content": json.loads(parts[4])}
 
-    def run(self, code: str, timeout: float = 60) -> tuple[str, dict | None]:
-        """Execute ``code``; return (stdout+stderr text, error dict or None)."""
+    def execute(self, code: str) -> str:
+        """Send an ``execute_request`` for ``code``; return its msg_id (:meth:`run` waits for it)."""
         msg_id = uuid.uuid4().hex
         self._send({
             "header": {"msg_id": msg_id, "username": self.client.username, "session": self.session,
@@ -199,6 +201,17 @@ class Kernel:
             "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
                         "allow_stdin": False, "stop_on_error": True},
         })
+        return msg_id
+
+    def recv(self, timeout: float = 60) -> dict:
+        """The next message from the kernel (raises ``websocket.WebSocketConnectionClosedException``
+        once the connection is closed)."""
+        self.ws.settimeout(timeout)
+        return self._recv()
+
+    def run(self, code: str, timeout: float = 60) -> tuple[str, dict | None]:
+        """Execute ``code``; return (stdout+stderr text, error dict or None)."""
+        msg_id = self.execute(code)
         out, error, idle, replied = [], None, False, False
         deadline = time.monotonic() + timeout
         while not (idle and replied):

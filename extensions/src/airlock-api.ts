@@ -4,9 +4,8 @@
  * docs/airlock.md). Released files are downloaded from the VRE service itself (`downloadUrl`),
  * never through the session.
  */
-import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 
-import { ApiError, apiUrl, callJSON } from './http';
+import { ApiError, apiUrl, callJSON, serviceUrl } from './http';
 
 export type AirlockState =
   | 'draft'
@@ -152,9 +151,5 @@ export const airlockApi = {
  * over to the API's download, which checks and records it.
  */
 export function downloadUrl(rid: number, fid?: number): string {
-  const hubPrefix = PageConfig.getOption('hubPrefix') || '/hub/';
-  const base = hubPrefix.replace(/hub\/?$/, '');
-  const host = PageConfig.getOption('hubHost') || '';
-  const path = fid === undefined ? `airlock/${rid}/download` : `airlock/${rid}/files/${fid}/download`;
-  return host + URLExt.join(base, 'services/vre', path);
+  return serviceUrl(fid === undefined ? `airlock/${rid}/download` : `airlock/${rid}/files/${fid}/download`);
 }

@@ -33,6 +33,9 @@ export interface IDataset {
   browse_path: string | null;
   indexed: boolean;
   record: IDatasetRecord | null;
+  /** The grant's mode: a `batch-only` dataset is a catalogue record without files (`note` says so). */
+  mode?: 'interactive' | 'batch-only';
+  note?: string;
 }
 
 export interface IPage<T> {

@@ -9,7 +9,7 @@ import { Widget } from '@lumino/widgets';
 
 import { IDataset, IPage, IPatientItem, ISeriesItem, IStudyItem } from './api';
 import { el, plural } from './dom';
-import { apiUrl, errorText, getJSON } from './http';
+import { apiUrl, errorText, getJSON, serviceUrl } from './http';
 import { Thumbnails } from './thumbnails';
 import { VirtualList } from './virtual-list';
 
@@ -92,6 +92,13 @@ export class DatasetBrowser extends Widget {
     this._message.hidden = true;
     lists.appendChild(this._message);
     n.appendChild(lists);
+
+    // the other datasets: their catalogue records and access requests are the hub's (never files)
+    const more = el('a', 'vre-Browser-catalogue', 'Other datasets: browse the catalogue, request access');
+    more.href = serviceUrl('catalogue');
+    more.target = '_blank';
+    more.rel = 'noopener';
+    n.appendChild(more);
   }
 
   get currentDataset(): IDataset | null {
@@ -114,14 +121,15 @@ export class DatasetBrowser extends Widget {
     const sel = this._datasetSelect;
     sel.textContent = '';
     for (const d of this._datasets) {
-      const o = el('option', '', d.record?.title ? `${d.record.title} (${d.slug})` : d.slug);
+      const name = d.record?.title ? `${d.record.title} (${d.slug})` : d.slug;
+      const o = el('option', '', d.mode === 'batch-only' ? `${name} · batch-only` : name);
       o.value = d.slug;
       sel.appendChild(o);
     }
     sel.hidden = this._datasets.length < 2;
     if (!this._datasets.length) {
       this._about.textContent = '';
-      this._showMessage('This session has no datasets. The project owner can request access to a dataset.');
+      this._showMessage('This session has no datasets. Request access to one from the catalogue (link below).');
       return;
     }
     const keep = this._dataset && this._datasets.find(d => d.slug === this._dataset!.slug);
@@ -200,7 +208,9 @@ export class DatasetBrowser extends Widget {
     card.appendChild(
       el('div', 'vre-About-summary', [r.condition, (r.modalities || []).join(', '), counts.join(' · ')].filter(Boolean).join(' · '))
     );
-    if (!d.indexed) {
+    if (d.mode === 'batch-only') {
+      card.appendChild(el('div', 'vre-About-warn vre-About-batch', d.note || 'batch-only: available to batch jobs'));
+    } else if (!d.indexed) {
       card.appendChild(el('div', 'vre-About-warn', 'This dataset is not indexed yet: series cannot be listed.'));
     }
     const details = el('details', 'vre-About-details');

@@ -5,7 +5,7 @@
  *
  * Every request goes through `ServerConnection.makeRequest`, which adds the token / XSRF header.
  */
-import { URLExt } from '@jupyterlab/coreutils';
+import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
 /**
@@ -35,6 +35,16 @@ export function serverSettings(): ServerConnection.ISettings {
     settings = ServerConnection.makeSettings();
   }
   return settings;
+}
+
+/**
+ * A page of the VRE service on the hub (`<hub>/services/vre/<path>`: the catalogue, the airlock's
+ * downloads), for links the browser follows with its hub login, not for this session's API.
+ */
+export function serviceUrl(path: string): string {
+  const hubPrefix = PageConfig.getOption('hubPrefix') || '/hub/';
+  const base = hubPrefix.replace(/hub\/?$/, '');
+  return (PageConfig.getOption('hubHost') || '') + URLExt.join(base, 'services/vre', path);
 }
 
 /** The URL of an API route: `parts` are path segments (encoded here), `query` the parameters. */

@@ -17,6 +17,33 @@ KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 CONTENTS = "https://events.jupyter.org/jupyter_server/contents_service/v1"
 
 
+#: Lab front-end plugins whose server side the access layer does not serve: each would call its
+#: route at every Lab load, be refused (403) and fill the audit trail with ``access.refused``.
+#: jupyter-server-proxy's launcher items list proxied apps (``/proxy/...`` is refused); LSP asks
+#: ``lsp/status`` (no language server runs in a session), as do the plugins that need it.
+QUIET_PLUGINS = (
+    "@jupyterhub/jupyter-server-proxy",
+    "@jupyterlab/lsp-extension",
+    "@jupyterlab/notebook-extension:language-server",
+    "@jupyterlab/fileeditor-extension:language-server",
+)
+
+
+def _install_page_config(settings: dict, *, audit_cells: bool) -> None:
+    """Adjust what the Lab page is told (after the Lab's own page config is read)."""
+    previous = settings.get("page_config_hook")
+
+    def page_config(handler, config):
+        config = previous(handler, config) if previous else config
+        disabled = list(config.get("disabledExtensions") or [])
+        config["disabledExtensions"] = disabled + [p for p in QUIET_PLUGINS if p not in disabled]
+        if audit_cells:  # the researcher must see that their code is recorded
+            config["appName"] = "JupyterLab (code audit on)"
+        return config
+
+    settings["page_config_hook"] = page_config
+
+
 def _jupyter_server_extension_points():
     return [{"module": "vre_session"}]
 
@@ -52,17 +79,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
                 details["source"] = data["source_path"]
             relay.record(name, target=data.get("path") or "", details=details)
 
-    if os.environ.get("VRE_AUDIT_CELLS") == "1":  # the researcher must see that their code is recorded
-        settings = serverapp.web_app.settings
-        previous = settings.get("page_config_hook")
-
-        def announce(handler, page_config):
-            page_config = previous(handler, page_config) if previous else page_config
-            page_config["appName"] = "JupyterLab (code audit on)"
-            return page_config
-
-        settings["page_config_hook"] = announce
-
+    _install_page_config(serverapp.web_app.settings, audit_cells=os.environ.get("VRE_AUDIT_CELLS") == "1")
     serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=on_kernel)
     serverapp.event_logger.add_listener(schema_id=CONTENTS, listener=on_contents)
     setup_handlers(serverapp)

@@ -2,9 +2,11 @@
 
 Inside a session, ``$VRE_SESSION`` (``/etc/vre/session.json``) lists the granted datasets, each
 with its files (``/data/<slug>``, read-only) and its catalogue directory
-(``/opt/vre/catalog/<slug>/{index.sqlite,record.json}``, read-only). The index is the one
-``vre.catalog.index`` writes (tables ``files``, ``patients``, ``studies``, ``series``); this
-module only reads it, through read-only SQLite connections, and never imports the hub's code.
+(``/opt/vre/catalog/<slug>/{index.sqlite,record.json}``, read-only), and under ``catalogue_only``
+the project's batch-only datasets: their catalogue records alone (their files reach batch jobs
+only). The index is the one ``vre.catalog.index`` writes (tables ``files``, ``patients``,
+``studies``, ``series``); this module only reads it, through read-only SQLite connections, and
+never imports the hub's code.
 
 Browsing must stay fast on 100,000 series, and the index has no indexes for the browse order
 (patient, study date, series description) nor for substring search. So each dataset's series are
@@ -22,7 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("vre_session")
@@ -31,6 +33,7 @@ DEFAULT_MANIFEST = "/etc/vre/session.json"
 DEFAULT_DATA_ROOT = "/data"
 DEFAULT_CATALOG_ROOT = "/opt/vre/catalog"
 MAX_LIMIT = 1000
+BATCH_ONLY_NOTE = "batch-only: available to batch jobs"
 
 
 class NotFound(LookupError):
@@ -63,6 +66,8 @@ class Manifest:
     datasets: dict[str, DatasetRef]
     data_root: str       # where datasets are mounted (the parent of their paths), /data
     catalog_root: str    # where catalogue directories are mounted, /opt/vre/catalog
+    #: Batch-only datasets of the project: slug -> catalogue record (no files in the session).
+    catalogue_only: dict[str, dict] = field(default_factory=dict)
 
 
 def _common_parent(paths: list[str], default: str) -> str:
@@ -90,7 +95,10 @@ def load_manifest(path: str | None = None) -> Manifest:
                                 str(item.get("catalog") or f"{DEFAULT_CATALOG_ROOT}/{slug}"))
     data_root = _common_parent([r.path for r in refs.values()], DEFAULT_DATA_ROOT)
     catalog_root = _common_parent([r.catalog for r in refs.values()], DEFAULT_CATALOG_ROOT)
-    return Manifest(data.get("user"), data.get("project"), refs, data_root, catalog_root)
+    records = {item["slug"]: item.get("record") if isinstance(item.get("record"), dict) else None
+               for item in data.get("catalogue_only") or []
+               if isinstance(item, dict) and isinstance(item.get("slug"), str) and item["slug"] not in refs}
+    return Manifest(data.get("user"), data.get("project"), refs, data_root, catalog_root, records)
 
 
 def open_index(index_path: str) -> sqlite3.Connection:
@@ -327,7 +335,8 @@ class Catalog:
 
     # -- files --------------------------------------------------------------------------------
     def series_instances(self, series_uid: str, facts_from_index=None) -> list[tuple[str, dict | None]]:
-        """``(path, header facts or None)`` of the readable files of a series, in index order. The
+        """``(path, header facts or None)`` of the readable files of a series, in index order
+        (paths that would leave the dataset folder are dropped). The
         facts are those the index recorded at registration (``files.viewer``, turned into
         ``read_instance`` output by ``facts_from_index``, with the UIDs from their own columns), given only when the file
         still has the size and mtime it had then; None means "read the header" (older index,
@@ -356,9 +365,9 @@ class Catalog:
             conn.close()
         if not rows:
             raise NotFound(f"no series {series_uid!r} in dataset {self.ref.slug!r}")
-        out = []
+        out, root = [], os.path.realpath(self.ref.path)
         for rel, size, mtime_ns, stored, *uids in rows:
-            path = self._inside(rel)
+            path = self._inside(rel, root)
             if path is None:
                 continue
             facts = None
@@ -374,33 +383,17 @@ class Catalog:
             raise NotFound(f"series {series_uid!r} has no readable files in dataset {self.ref.slug!r}")
         return out
 
-    def _inside(self, relpath: str) -> str | None:
+    def _inside(self, relpath: str, root: str) -> str | None:
         """The absolute path of an indexed file, or None when it would leave the dataset folder
-        (it cannot, unless the index was tampered with)."""
-        root = os.path.realpath(self.ref.path)
+        (``root``: its real path; it cannot, unless the index was tampered with)."""
         path = os.path.normpath(os.path.join(self.ref.path, relpath))
         real = os.path.realpath(path)
         return path if real == root or real.startswith(root + os.sep) else None
 
     def series_files(self, series_uid: str) -> list[str]:
         """Absolute paths of the readable files of a series, in index order (slice position,
-        instance number, path: the middle one makes a good thumbnail). Paths that would leave
-        the dataset folder (they cannot, unless the index was tampered with) are dropped."""
-        conn = open_index(self.ref.index_path)
-        try:
-            rows = conn.execute(
-                "SELECT relpath FROM files WHERE series_uid = ? AND error IS NULL "
-                "ORDER BY slice_position IS NULL, slice_position, instance_number, relpath", (series_uid,)).fetchall()
-        except sqlite3.Error as e:
-            raise NotFound(f"the index of dataset {self.ref.slug!r} cannot be read ({e})") from None
-        finally:
-            conn.close()
-        if not rows:
-            raise NotFound(f"no series {series_uid!r} in dataset {self.ref.slug!r}")
-        paths = [path for (rel,) in rows if (path := self._inside(rel)) is not None]
-        if not paths:
-            raise NotFound(f"series {series_uid!r} has no readable files in dataset {self.ref.slug!r}")
-        return paths
+        instance number, path: the middle one makes a good thumbnail)."""
+        return [path for path, _ in self.series_instances(series_uid)]
 
 
 def _series_item(row: sqlite3.Row) -> dict:
@@ -423,6 +416,9 @@ class Datasets:
 
     def get(self, slug: str) -> Catalog:
         catalog = self.catalogs.get(slug)
+        if catalog is None and slug in self.manifest.catalogue_only:
+            raise NotFound(f"dataset {slug!r} is batch-only in this project: its files are available to "
+                           "batch jobs (submit a job to process it), not to sessions")
         if catalog is None:
             raise NotFound(f"no dataset {slug!r} in this session (this project's datasets: "
                            f"{', '.join(sorted(self.catalogs)) or 'none'})")
@@ -452,5 +448,9 @@ class Datasets:
                 "browse_path": f"{browse_prefix}/{slug}" if browse_prefix else None,
                 "indexed": catalog.index_stamp() is not None,
                 "record": record,
+                "mode": "interactive",
             })
+        for slug, record in sorted(self.manifest.catalogue_only.items()):
+            out.append({"slug": slug, "path": None, "browse_path": None, "indexed": False, "record": record,
+                        "mode": "batch-only", "note": BATCH_ONLY_NOTE})
         return out

@@ -11,7 +11,8 @@ The full reference, with examples, is ``extensions/API.md``.
 Session and datasets
     GET vre/api/                                   {"api_version", "user", "project", "datasets_link"}
     GET vre/api/datasets                           {"datasets": [Dataset]}
-    GET vre/api/datasets/<slug>                    Dataset: {"slug", "path", "browse_path", "indexed", "record"}
+    GET vre/api/datasets/<slug>                    Dataset: {"slug", "path", "browse_path", "indexed", "record", "mode"}
+                                                   (mode batch-only: a catalogue record without files, "note" says so)
     GET vre/api/datasets/<slug>/series             ?modality=&body_part=&q=&patient=&study=&limit=50&offset=0
                                                    {"total", "limit", "offset", "items": [SeriesItem]}
     GET vre/api/datasets/<slug>/patients           ?q=&modality=&body_part=&limit=&offset=  (drill-down 1)
@@ -284,9 +285,9 @@ class DatasetHandler(VREHandler):
     @authorized
     @_api
     async def get(self, slug):
-        self.vre.datasets.get(slug)
         prefix = os.path.basename(self.vre.data_link) if self.vre.data_link else None
-        self.send_json(next(d for d in self.vre.datasets.summary(prefix) if d["slug"] == slug))
+        found = next((d for d in self.vre.datasets.summary(prefix) if d["slug"] == slug), None)
+        self.send_json(found or self.vre.datasets.get(slug))  # get: NotFound, saying why
 
 
 class SeriesListHandler(VREHandler):

@@ -39,13 +39,25 @@ def get_account(db: Session, name: str) -> Account:
     return account
 
 
-def add_account(db: Session, name: str, role: str = "researcher", password: str | None = None) -> tuple[Account, str | None]:
-    """Create an account. Without a password one is generated and returned (shown once)."""
+def add_account(db: Session, name: str, role: str = "researcher", password: str | None = None, *,
+                oidc: bool = False) -> tuple[Account, str | None]:
+    """Create an account. Without a password one is generated and returned (shown once).
+
+    ``oidc``: an account for a person who logs in through the OpenID Connect provider, made
+    before their first login so that projects can take them as a member already. It has no
+    password; the first login under its name binds it to that identity (``vre.oidc.sync_account``)."""
     validate_name(name)
     if role not in ROLES:
         raise VREError(f"invalid role {role!r}: choose one of {', '.join(ROLES)}")
     if db.scalar(select(Account).where(Account.name == name)) is not None:
         raise VREError(f"user {name!r} already exists")
+    if oidc:
+        if password is not None:
+            raise VREError("an OIDC account has no password: people log in at the identity provider")
+        account = Account(name=name, role=role, password_hash="", oidc_subject=None)
+        db.add(account)
+        db.flush()
+        return account, None
     generated = None
     if password is None:
         password = generated = generate_password()

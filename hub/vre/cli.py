@@ -166,9 +166,13 @@ def cmd_user_add(args) -> int:
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
     settings = _settings(args)
     with _db(settings) as db:
-        account, generated = add_account(db, args.name, role=args.role, password=password)
-    emit_cli(settings, "user.create", target=f"user/{account.name}", details={"role": account.role})
+        account, generated = add_account(db, args.name, role=args.role, password=password, oidc=args.oidc)
+    emit_cli(settings, "user.create", target=f"user/{account.name}",
+             details={"role": account.role, **({"login": "oidc"} if args.oidc else {})})
     print(f"added {account.role} {account.name!r}")
+    if args.oidc:
+        print(f"no password: the first login as {account.name!r} at the identity provider takes this account"
+              + ("" if settings.auth == "oidc" else " (this hub's auth is not 'oidc' yet)"))
     if generated:
         print(f"password (shown once): {generated}")
     return 0
@@ -201,38 +205,28 @@ def cmd_user_set_password(args) -> int:
     return 0
 
 
-def cmd_user_unlock(args) -> int:
-    from .accounts import unlock
+def _change_account(args, change: str) -> int:
+    """One admin change to an account: the Users admin page's function (``vre.admin``), so the
+    same rules and the same audit event; the operator acts as an admin."""
+    from . import access_requests as AR
+    from .admin import change_account
 
     settings = _settings(args)
-    with _db(settings) as db:
-        unlock(db, args.name)
-    emit_cli(settings, "user.update", target=f"user/{args.name}", details={"change": "unlock"})
-    print(f"{args.name!r} unlocked")
+    vdb.upgrade(settings.vre_db_url)
+    print(change_account(settings, AR.Actor.cli(None), args.name, change))
     return 0
+
+
+def cmd_user_unlock(args) -> int:
+    return _change_account(args, "unlock")
 
 
 def cmd_user_reset_mfa(args) -> int:
-    from .accounts import reset_mfa
-
-    settings = _settings(args)
-    with _db(settings) as db:
-        reset_mfa(db, args.name)
-    emit_cli(settings, "auth.mfa_reset", target=f"user/{args.name}", details={"change": "reset-mfa"})
-    print(f"{args.name!r}: second factor and recovery codes removed; a new one is set up at the next login")
-    return 0
+    return _change_account(args, "reset-mfa")
 
 
 def cmd_user_disable(args) -> int:
-    from .accounts import get_account
-
-    settings = _settings(args)
-    with _db(settings) as db:
-        get_account(db, args.name).disabled = not args.enable
-    emit_cli(settings, "user.update", target=f"user/{args.name}",
-             details={"change": "enable" if args.enable else "disable"})
-    print(f"{args.name!r} {'enabled' if args.enable else 'disabled'}")
-    return 0
+    return _change_account(args, "enable" if args.enable else "disable")
 
 
 # --- datasets -------------------------------------------------------------------------------
@@ -306,6 +300,52 @@ def cmd_dataset_remove(args) -> int:
     return 0
 
 
+def cmd_dataset_steward(args) -> int:
+    """A dataset's stewards decide its access requests (besides admins)."""
+    from . import access_requests as AR
+
+    settings = _settings(args)
+    adding = args.ds_cmd == "add-steward"
+    with _db(settings) as db:
+        (AR.add_steward if adding else AR.remove_steward)(db, args.slug, args.user)
+    emit_cli(settings, "dataset.steward_add" if adding else "dataset.steward_remove", dataset=args.slug,
+             target=f"user/{args.user}")
+    print(f"{args.user!r} {'now decides' if adding else 'no longer decides'} access requests for {args.slug!r}")
+    return 0
+
+
+# --- access requests ------------------------------------------------------------------------
+def cmd_access_request(args) -> int:
+    """The hub pages' twin: the same functions (``vre.access_requests``), so the same rules."""
+    from . import access_requests as AR
+
+    settings = _settings(args)
+    vdb.upgrade(settings.vre_db_url)
+    who = AR.Actor.cli(args.as_user)
+    if args.ar_cmd == "list":
+        rows = AR.list_requests(settings, None if who.operator else who, open_only=args.open)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_table([[r["id"], r["project"], r["dataset"], r["requester"], r["mode"], r["state"],
+                          r["granted_mode"] or "", (r["granted_expires_at"] or "")[:16], r["decided_by"] or "",
+                          r["reason"][:40]] for r in rows],
+                        ["id", "project", "dataset", "requester", "asked", "state", "granted", "until", "by", "reason"])
+        return 0
+    if args.ar_cmd == "approve":
+        r = AR.approve(settings, who, args.id, mode=args.mode, expires=args.expires)
+        until = f", until {r['granted_expires_at'][:16]} UTC" if r["granted_expires_at"] else ""
+        print(f"approved access request {r['id']}: {r['dataset']!r} granted to {r['project']!r} "
+              f"({r['granted_mode']}{until})")
+    elif args.ar_cmd == "deny":
+        r = AR.deny(settings, who, args.id, args.reason)
+        print(f"denied access request {r['id']} ({r['dataset']!r} for {r['project']!r}); {r['requester']} sees the reason")
+    elif args.ar_cmd == "withdraw":
+        r = AR.withdraw(settings, who, args.id)
+        print(f"withdrew access request {r['id']}")
+    return 0
+
+
 # --- projects -------------------------------------------------------------------------------
 def cmd_project(args) -> int:
     from . import projects as P
@@ -319,13 +359,20 @@ def cmd_project(args) -> int:
                 event = ("project.create", dict(project=p.slug, details={"title": p.title}))
                 print(f"created project {p.slug!r}; next: grant datasets, add members and a profile")
             case "grant":
-                P.grant(db, args.project, args.dataset)
-                event = ("project.grant", dict(project=args.project, dataset=args.dataset))
-                print(f"granted {args.dataset!r} to {args.project!r}: mounted read-only in new sessions")
+                g = P.grant(db, args.project, args.dataset, mode=args.mode, expires=args.expires)
+                event = ("project.grant", dict(project=args.project, dataset=args.dataset,
+                                               details=P.grant_summary(g)))
+                print(f"granted {args.dataset!r} to {args.project!r}: {_grant_effect(g)}")
+            case "update-grant":
+                g = P.update_grant(db, args.project, args.dataset, mode=args.mode, expires=args.expires)
+                event = ("project.grant_update", dict(project=args.project, dataset=args.dataset,
+                                                      details=P.grant_summary(g)))
+                print(f"grant of {args.dataset!r} to {args.project!r}: {_grant_effect(g)}")
             case "revoke":
                 P.revoke(db, args.project, args.dataset)
                 event = ("project.revoke", dict(project=args.project, dataset=args.dataset))
-                print(f"revoked {args.dataset!r} from {args.project!r}: gone from sessions started from now on")
+                print(f"revoked {args.dataset!r} from {args.project!r}: "
+                      "gone from sessions and batch jobs started from now on")
             case "add-member":
                 P.add_member(db, args.project, args.user)
                 event = ("project.member_add", dict(project=args.project, target=f"user/{args.user}"))
@@ -337,10 +384,12 @@ def cmd_project(args) -> int:
                       f"within {settings.poll_interval} s")
             case "set-profile":
                 pr = P.set_profile(db, args.project, args.name, cpu=args.cpu, memory=args.memory,
-                                   gpus=args.gpus, description=args.description or "")
+                                   gpus=args.gpus, description=args.description or "",
+                                   node_selector=args.node_selector)
                 pr.gpu_shared = bool(args.gpu_shared)
                 event = ("project.profile_set", dict(project=args.project, target=pr.name, details={
-                    "cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus, "gpu_shared": pr.gpu_shared}))
+                    "cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus, "gpu_shared": pr.gpu_shared,
+                    "node_selector": pr.node_selector or {}}))
                 print(f"profile {pr.name!r} of {args.project!r}: {pr.describe()}")
             case "remove-profile":
                 P.remove_profile(db, args.project, args.name)
@@ -381,7 +430,7 @@ def cmd_project(args) -> int:
             case "list":
                 from sqlalchemy import select
 
-                rows = [[p.slug, p.title, len(p.members), ", ".join(g.dataset.slug for g in p.grants),
+                rows = [[p.slug, p.title, len(p.members), ", ".join(P.describe_grant(g) for g in p.grants),
                          ", ".join(pr.name for pr in p.profiles),
                          ("expired" if p.is_expired() else f"{p.expires_at:%Y-%m-%d}") if p.expires_at else "never"]
                         for p in db.scalars(select(vdb.Project).order_by(vdb.Project.slug))]
@@ -395,12 +444,20 @@ def cmd_project(args) -> int:
                     "job_quota": P.job_quota(p),
                     "members": sorted(m.account.name for m in p.members),
                     "datasets": sorted(g.dataset.slug for g in p.grants),
+                    "grants": sorted((P.grant_summary(g) for g in p.grants), key=lambda g: g["dataset"]),
                     "profiles": {pr.name: {"cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus,
                                            "gpu_shared": pr.gpu_shared} for pr in p.profiles},
                 }, indent=2))
     if event:
         emit_cli(settings, event[0], **event[1])
     return 0
+
+
+def _grant_effect(g) -> str:
+    """What a grant now means, in words (from sessions and batch jobs started from now on)."""
+    where = {"interactive": "mounted read-only in new sessions and batch jobs",
+             "batch-only": "mounted read-only in new batch jobs only (sessions list its catalogue record)"}[g.mode]
+    return where + (f", until {g.expires_at:%Y-%m-%d %H:%M} UTC" if g.expires_at else "")
 
 
 def cmd_jobs(args) -> int:
@@ -475,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--role", default="researcher", help="researcher (default), admin or auditor")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.add_argument("--oidc", action="store_true",
+                   help="for someone who logs in through the OpenID Connect provider: no password; their first "
+                        "login under this name takes the account (add them to projects before they come)")
     p.set_defaults(func=cmd_user_add)
     users.add_parser("list").set_defaults(func=cmd_user_list)
     p = users.add_parser("set-password")
@@ -521,6 +581,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = ds.add_parser("remove", help="unregister (files untouched)")
     p.add_argument("slug")
     p.set_defaults(func=cmd_dataset_remove)
+    for name, text in (("add-steward", "let USER decide access requests for the dataset (besides admins)"),
+                       ("remove-steward", "stop USER deciding the dataset's access requests")):
+        p = ds.add_parser(name, help=text)
+        p.add_argument("slug")
+        p.add_argument("user")
+        p.set_defaults(func=cmd_dataset_steward)
+
+    ar = sub.add_parser(
+        "access-request", help="researchers' requests for datasets: list, approve, deny",
+        description="Access requests, as on the hub's access-requests page and with its rules: admins and "
+                    "a dataset's stewards decide, nobody decides their own request, a decision is final. "
+                    "Without --as the operator acts as an admin under their login name.")
+    ar.set_defaults(func=cmd_access_request)
+    arc = ar.add_subparsers(dest="ar_cmd", required=True)
+
+    def ar_cmd(name, help, *, rid=True):
+        p = arc.add_parser(name, help=help)
+        if rid:
+            p.add_argument("id", type=int)
+        p.add_argument("--as", dest="as_user", metavar="USER", help="act as this account, with its rights")
+        return p
+
+    p = ar_cmd("list", "requests, newest first (with --as: those USER made or may decide)", rid=False)
+    p.add_argument("--open", action="store_true", help="only those waiting for a decision")
+    p.add_argument("--json", action="store_true")
+    p = ar_cmd("approve", "approve: grants the dataset to the project (the grant's rules apply)")
+    p.add_argument("--mode", choices=list(vdb.GRANT_MODES), help="default: the mode asked for")
+    p.add_argument("--expires", help="the grant's expiry: 2027-06-30 (through that day, UTC), an ISO time "
+                                     "or never (default)")
+    p = ar_cmd("deny", "deny, with the reason the requester reads")
+    p.add_argument("--reason", required=True)
+    ar_cmd("withdraw", "withdraw an open request (its requester only: --as USER)")
 
     pr = sub.add_parser("project", help="projects, members, grants, profiles, expiry")
     pj = pr.add_subparsers(dest="project_cmd", required=True)
@@ -529,11 +621,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", required=True)
     p.add_argument("--description", default="")
     p.add_argument("--expires", default=None, help="date (valid through that day, UTC), ISO time or 'never'")
-    for name, a, b in (("grant", "project", "dataset"), ("revoke", "project", "dataset"),
-                       ("add-member", "project", "user"), ("remove-member", "project", "user")):
+    for name, a, b in (("revoke", "project", "dataset"), ("add-member", "project", "user"),
+                       ("remove-member", "project", "user")):
         p = pj.add_parser(name)
         p.add_argument(a)
         p.add_argument(b)
+    modes = "interactive (sessions and batch jobs) or batch-only (batch jobs only; sessions see the catalogue record)"
+    until = "date (valid through that day, UTC), ISO time or 'never'; a past moment is refused"
+    p = pj.add_parser("grant", help="grant a dataset to a project (change an existing grant with update-grant)")
+    p.add_argument("project")
+    p.add_argument("dataset")
+    p.add_argument("--mode", default="interactive", help=f"{modes}; default interactive")
+    p.add_argument("--expires", default=None, help=f"the grant's own expiry: {until}")
+    p = pj.add_parser("update-grant", help="change an existing grant's mode and/or expiry")
+    p.add_argument("project")
+    p.add_argument("dataset")
+    p.add_argument("--mode", default=None, help=modes)
+    p.add_argument("--expires", default=None, help=until)
     p = pj.add_parser("set-profile", help="add or change a resource profile")
     p.add_argument("project")
     p.add_argument("name")
@@ -541,6 +645,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", required=True, help="e.g. 4G")
     p.add_argument("--gpus", type=int, default=0)
     p.add_argument("--gpu-shared", action="store_true", help="its GPUs may be shared with other sharing holders")
+    p.add_argument("--node-selector", action="append", metavar="LABEL=VALUE",
+                   help="Kubernetes: a node label its sessions must land on (repeatable), e.g. "
+                        "nvidia.com/gpu.product=NVIDIA-H200; the other backends run on one host")
     p.add_argument("--description", default="")
     p = pj.add_parser("set-quota", help="batch queue quota: jobs at once and their total CPUs, memory, GPUs")
     p.add_argument("project")

@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
     update,
 )
 from sqlalchemy import false as sa_false
@@ -96,6 +98,8 @@ class Dataset(Base):
     indexed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     grants: Mapped[list[Grant]] = relationship(back_populates="dataset", cascade="all, delete-orphan")
+    #: The data holder's people who may decide access requests for it (besides admins).
+    stewards: Mapped[list[DatasetSteward]] = relationship(back_populates="dataset", cascade="all, delete-orphan")
 
 
 class Project(Base):
@@ -146,8 +150,14 @@ class Membership(Base):
     account: Mapped[Account] = relationship(back_populates="memberships")
 
 
+#: How a granted dataset may be used (EUCAIM's access models), and the plan roles
+#: (``vre.plan.ROLES``) whose sandboxes mount its files: ``batch-only`` data is processed by
+#: batch jobs only, and sessions see just its catalogue record.
+GRANT_MODES = {"interactive": ("session", "worker"), "batch-only": ("worker",)}
+
+
 class Grant(Base):
-    """A dataset a project was approved to use."""
+    """A dataset a project was approved to use, how (``mode``: ``GRANT_MODES``) and until when."""
 
     __tablename__ = "grants"
     __table_args__ = (UniqueConstraint("project_id", "dataset_id"),)
@@ -155,9 +165,74 @@ class Grant(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
     granted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    mode: Mapped[str] = mapped_column(String(16), default="interactive", server_default="interactive")
+    #: From this moment the grant mounts nowhere (None: no expiry of its own).
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     project: Mapped[Project] = relationship(back_populates="grants")
     dataset: Mapped[Dataset] = relationship(back_populates="grants")
+
+    def is_expired(self, now: dt.datetime | None = None) -> bool:
+        return self.expires_at is not None and as_utc(self.expires_at) <= (now or utcnow())
+
+    def mounts_in(self, role: str, now: dt.datetime | None = None) -> bool:
+        """Whether a ``role`` sandbox (session, worker) started ``now`` gets the dataset's files."""
+        return role in GRANT_MODES.get(self.mode, ()) and not self.is_expired(now)
+
+
+class DatasetSteward(Base):
+    """An account that decides access requests for one dataset (the data holder's steward)."""
+
+    __tablename__ = "dataset_stewards"
+    __table_args__ = (UniqueConstraint("dataset_id", "account_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    added_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="stewards")
+    account: Mapped[Account] = relationship()
+
+
+#: Where an access request stands: ``open`` until its requester withdraws it or a decider
+#: approves (the grant is made) or denies it; the last three are final.
+ACCESS_REQUEST_STATES = ("open", "approved", "denied", "withdrawn")
+
+
+class AccessRequest(Base):
+    """A researcher's request that one of their projects be granted a dataset (``vre.access_requests``).
+    At most one per (project, dataset) is open: a partial unique index holds that on both backends."""
+
+    __tablename__ = "access_requests"
+    __table_args__ = (
+        Index("uq_access_requests_open", "project_id", "dataset_id", unique=True,
+              sqlite_where=text("state = 'open'"), postgresql_where=text("state = 'open'")),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    requester_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    mode: Mapped[str] = mapped_column(String(16))               # the mode asked for
+    justification: Mapped[str] = mapped_column(Text)
+    intended_use: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: Who decided or withdrew (an account name, or the CLI operator's login): kept as text so the
+    #: record outlives the account.
+    decided_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")       # the decider's reason (required to deny)
+    #: What an approval granted (it may differ from what was asked).
+    granted_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    granted_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: Optimistic lock: of two decisions made at once, one fails instead of both applying.
+    rev: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+    __mapper_args__ = {"version_id_col": rev}
+
+    project: Mapped[Project] = relationship()
+    dataset: Mapped[Dataset] = relationship()
+    requester: Mapped[Account] = relationship()
 
 
 class Profile(Base):
@@ -175,13 +250,18 @@ class Profile(Base):
     #: Its GPUs may be shared with other sharing sessions (small inference, teaching); by default
     #: a GPU belongs to one session or job at a time.
     gpu_shared: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    #: Node labels its sessions must land on (Kubernetes ``nodeSelector``, e.g. a GPU model); None:
+    #: anywhere (GPU profiles: ``k8s_gpu_node_selector``). One host (sandbox, docker) has no choice.
+    node_selector: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     project: Mapped[Project] = relationship(back_populates="profiles")
 
     def describe(self) -> str:
         gpu = f", {self.gpus} GPU" if self.gpus else ""
         mem = f"{self.mem_mb / 1024:g} GiB" if self.mem_mb >= 1024 else f"{self.mem_mb} MiB"
-        return f"{self.cpu:g} CPU, {mem} RAM{gpu}"
+        where = ", on " + ",".join(f"{k}={v}" for k, v in sorted(self.node_selector.items())) \
+            if self.node_selector else ""
+        return f"{self.cpu:g} CPU, {mem} RAM{gpu}{where}"
 
 
 class PlanGeneration(Base):
@@ -451,8 +531,23 @@ def session_scope(url: str, *, durable: bool = False):
         session.close()
 
 
-def upgrade(url: str) -> None:
-    """Migrate the database at ``url`` to the newest schema (creating it if needed)."""
+@contextmanager
+def versioned_scope(url: str, conflict):
+    """A transaction over rows with a version counter: when another transaction changed one of them
+    meanwhile (SQLAlchemy's ``StaleDataError``), ``conflict()`` is raised instead, an error that
+    tells the user to look again."""
+    from sqlalchemy.orm.exc import StaleDataError
+
+    try:
+        with session_scope(url) as db:
+            yield db
+    except StaleDataError:
+        raise conflict() from None
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at ``url`` to the newest schema, or to ``revision`` (tests of a
+    migration start from the one before), creating it if needed."""
     from alembic import command
     from alembic.config import Config
 
@@ -461,4 +556,4 @@ def upgrade(url: str) -> None:
     cfg.attributes["connection_url"] = url
     with engine_for(url).begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)

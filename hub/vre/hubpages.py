@@ -21,6 +21,12 @@ def _dataset_summary(dataset: vdb.Dataset) -> dict:
     }
 
 
+def _grant_summary(g: vdb.Grant) -> dict:
+    """A granted dataset with how it may be used: batch-only and expired grants say so."""
+    return {**_dataset_summary(g.dataset), "mode": g.mode, "expired": g.is_expired(),
+            "until": g.expires_at.strftime("%Y-%m-%d %H:%M UTC") if g.expires_at else None}
+
+
 def home_projects(settings: Settings, username: str) -> list[dict]:
     """The projects ``username`` belongs to, with their datasets and profiles, for the home page."""
     with vdb.session_scope(settings.vre_db_url) as db:
@@ -34,7 +40,7 @@ def home_projects(settings: Settings, username: str) -> list[dict]:
             "expires_at": p.expires_at.strftime("%Y-%m-%d %H:%M UTC") if p.expires_at else None,
             "expired": p.is_expired(),
             "audit_cells": p.audit_cells,
-            "datasets": [_dataset_summary(g.dataset) for g in sorted(p.grants, key=lambda g: g.dataset.slug)],
+            "datasets": [_grant_summary(g) for g in sorted(p.grants, key=lambda g: g.dataset.slug)],
             "profiles": [{"name": pr.name, "text": pr.describe(), "description": pr.description}
                          for pr in p.profiles],
         } for p in projects]

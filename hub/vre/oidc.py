@@ -147,6 +147,13 @@ def sync_account(db, decision: Decision) -> tuple[object, list[str]]:
         db.add(account)
         db.flush()
         changes.append("created")
+    elif account.oidc_subject is None and not account.password_hash:
+        # made with `vre user add --oidc` for this person's first login: bound to them now
+        if db.scalar(select(Account).where(Account.oidc_subject == decision.subject)) is not None:
+            raise LoginRefused("name-changed", "Your identity already has a VRE account under another name. Ask "
+                               "the VRE's administrators.")
+        account.oidc_subject = decision.subject
+        changes.append("bound")
     elif account.oidc_subject != decision.subject:
         raise LoginRefused("name-taken", f"The VRE user name {decision.name!r} belongs to another account. Ask the "
                            "VRE's administrators.")
@@ -229,7 +236,7 @@ def configure(c, settings: Settings) -> None:
           f"{meta.get('jwks_uri') or '(none published: audience, issuer and expiry only)'}", file=sys.stderr)
     algorithms = [x for x in meta.get("id_token_signing_alg_values_supported", ["RS256"]) if x != "none"]
     a.id_token_algorithms = algorithms or ["RS256"]
-    a.oauth_callback_url = settings.bind_url.rstrip("/") + "/hub/oauth_callback"
+    a.oauth_callback_url = settings.public_base + "/hub/oauth_callback"
     a.scope = settings.oidc_scopes.split()
     a.username_claim = settings.oidc_username_claim
     a.login_service = settings.oidc_login_service
@@ -241,7 +248,7 @@ def configure(c, settings: Settings) -> None:
         # next person at this browser logs in as themselves.
         a.logout_redirect_url = meta["end_session_endpoint"] + "?" + urlencode(
             {"client_id": settings.oidc_client_id,
-             "post_logout_redirect_uri": settings.bind_url.rstrip("/") + "/hub/login"})
+             "post_logout_redirect_uri": settings.public_base + "/hub/login"})
 
 
 # --- the authenticator ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ widen the plan.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from .accounts import get_account
 from .db import PlanGeneration, Project, as_utc, utcnow
 from .errors import VREError
 from .hostfiles import unix_url
+from .projects import datasets_for
 from .settings import Settings
 
 HOME = "/home/jovyan"
@@ -95,6 +97,11 @@ class SessionPlan:
     downloads: str = "none"     # what may leave through the browser as raw files (vre.access.policy)
     egress_cap: int = 0         # bytes per member and day to the browser; 0: no cap
     gpu_shared: bool = False    # its GPUs may be shared with other sharing holders
+    #: Node labels its pod must land on (the profile's; Kubernetes only), as (label, value) pairs.
+    node_selector: tuple[tuple[str, str], ...] = ()
+    #: Granted datasets whose files it does not get (batch-only grants, in a session), as
+    #: (slug, catalogue record): a session lists them as records, without files.
+    catalogue_only: tuple[tuple[str, dict], ...] = ()
     env: dict[str, str] = field(default_factory=dict)   # the base environment
     labels: dict[str, str] = field(default_factory=dict)
     run_dir: Path | None = None  # host directory of the runtime mounts (files, sockets, spool)
@@ -115,6 +122,7 @@ class SessionPlan:
             "datasets": [
                 {"slug": s, "path": f"{DATA_ROOT}/{s}", "catalog": f"{CATALOG_ROOT}/{s}"} for s in self.datasets
             ],
+            "catalogue_only": [{"slug": s, "mode": "batch-only", "record": r} for s, r in self.catalogue_only],
         }
 
     # -- batch variants --------------------------------------------------------------------
@@ -133,7 +141,7 @@ class SessionPlan:
         self._require_batch_base()
         run = self.run_dir / "scheduler"
         mounts = tuple(m for m in _data_mounts(self) if m.kind in ("home", "workspace"))
-        return replace(self, session_id=name, role="scheduler", datasets=(), run_dir=run,
+        return replace(self, session_id=name, role="scheduler", datasets=(), catalogue_only=(), run_dir=run,
                        mounts=mounts + runtime_mounts("scheduler", run, doorbell.parent),
                        env={**self.env, "VRE_ROLE": "scheduler", "VRE_AGENT_SOCKET": f"{INNER_AGENT_DIR}/agent.sock",
                             "VRE_ENGINE_WAKE": f"{INNER_DOORBELL}/{doorbell.name}"},
@@ -230,7 +238,7 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
         run = settings.sessions_run_dir / f"{user}-{project.slug}"
     else:
         raise ValueError(f"build_plan makes 'session' and 'worker' plans, not {role!r}")
-    datasets = sorted((g.dataset for g in project.grants), key=lambda d: d.slug)
+    datasets, catalogue_only = datasets_for(project, role)
     mounts = [Mount(Path(d.path), f"{DATA_ROOT}/{d.slug}", True, "dataset") for d in datasets]
     mounts += [Mount(settings.catalog_dir / d.slug, f"{CATALOG_ROOT}/{d.slug}", True, "catalog") for d in datasets]
     mounts += [Mount(home, HOME, False, "home"), Mount(workspace, WORKSPACE, False, "workspace")]
@@ -265,8 +273,9 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
         cpu=profile.cpu, mem_mb=profile.mem_mb, gpus=profile.gpus,
         network=island_name(settings, project.slug),
         datasets=tuple(d.slug for d in datasets), mounts=tuple(mounts), env=env,
+        catalogue_only=tuple((d.slug, d.catalog or {}) for d in catalogue_only) if role == "session" else (),
         audit_cells=project.audit_cells, downloads=project.downloads, egress_cap=project.egress_cap,
-        gpu_shared=profile.gpu_shared,
+        gpu_shared=profile.gpu_shared, node_selector=tuple(sorted((profile.node_selector or {}).items())),
         labels={"vre.user": user, "vre.project": project.slug, "vre.session": session_id, "vre.role": role},
         run_dir=run,
     )
@@ -278,8 +287,10 @@ class PlanCache:
     ``get`` reads the plan generation (one row, ``vre.db.PlanGeneration``): every change to
     accounts, datasets, projects, memberships, grants or profiles moves it on in the changing
     transaction, and then every cached plan is dropped, so a removed member, a disabled account
-    or a revoked grant is seen by the very next ``get``. Expiry needs no change to be seen: it is
-    checked against the clock on each hit. Refusals are not cached (``build_plan`` says why)."""
+    or a revoked or changed grant is seen by the very next ``get``. Expiry needs no change to be
+    seen: a plan is kept only until the first expiry ahead of it (the project's permit or one of
+    its grants), checked against the clock on each hit. Refusals are not cached (``build_plan``
+    says why)."""
 
     def __init__(self):
         self._generation: int | None = None
@@ -299,6 +310,14 @@ class PlanCache:
                 return plan
             del self._plans[key]  # expired: build_plan says so
         plan = build_plan(db, settings, user, project_slug, profile_name, role=role)
-        expires_at = db.scalar(select(Project.expires_at).where(Project.slug == project_slug))
-        self._plans[key] = (plan, expires_at)
+        self._plans[key] = (plan, valid_until(db.scalar(select(Project).where(Project.slug == project_slug))))
         return plan
+
+
+def valid_until(project: Project) -> dt.datetime | None:
+    """When a plan of ``project`` built now stops being right without any change to the
+    database: the first expiry ahead (its permit, or one of its grants); None: never."""
+    now = utcnow()
+    ahead = [as_utc(t) for t in (project.expires_at, *(g.expires_at for g in project.grants))
+             if t is not None and as_utc(t) > now]
+    return min(ahead, default=None)

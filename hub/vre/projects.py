@@ -13,8 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .accounts import get_account
-from .db import Dataset, Grant, Membership, Profile, Project, utcnow
+from .db import GRANT_MODES, Dataset, Grant, Membership, Profile, Project, utcnow
 from .errors import NotFound, VREError
+from .settings import node_label_problem
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
 PROFILE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -86,22 +87,90 @@ def create_project(db: Session, slug: str, title: str, description: str = "", ex
     return project
 
 
-def grant(db: Session, project_slug: str, dataset_slug: str) -> Grant:
+def validate_grant_mode(mode: str) -> str:
+    if mode not in GRANT_MODES:
+        raise VREError(f"unknown grant mode {mode!r}: use one of {', '.join(GRANT_MODES)} "
+                       "(interactive: sessions and batch jobs; batch-only: batch jobs only)")
+    return mode
+
+
+def parse_grant_expiry(text: str) -> dt.datetime | None:
+    """Like a permit's expiry, but a moment already past is refused: it would grant nothing."""
+    expires = parse_expiry(text)
+    if expires is not None and expires <= utcnow():
+        raise VREError(f"grant expiry {text!r} is in the past: give a later date or 'never' "
+                       "(to end a grant now, revoke it with 'vre project revoke')")
+    return expires
+
+
+def _grant_of(project: Project, dataset: Dataset) -> Grant | None:
+    return next((g for g in project.grants if g.dataset_id == dataset.id), None)
+
+
+def grant(db: Session, project_slug: str, dataset_slug: str, *, mode: str = "interactive",
+          expires: str | None = None) -> Grant:
     project, dataset = get_project(db, project_slug), get_dataset(db, dataset_slug)
-    if any(g.dataset_id == dataset.id for g in project.grants):
-        raise VREError(f"project {project.slug!r} already has dataset {dataset.slug!r}")
-    g = Grant(project=project, dataset=dataset)
+    validate_grant_mode(mode)
+    expires_at = parse_grant_expiry(expires) if expires else None
+    if _grant_of(project, dataset) is not None:
+        raise VREError(f"project {project.slug!r} already has dataset {dataset.slug!r}; change its mode or "
+                       f"expiry with 'vre project update-grant {project.slug} {dataset.slug} --mode ... --expires ...'")
+    g = Grant(project=project, dataset=dataset, mode=mode, expires_at=expires_at)
     db.add(g)
+    db.flush()
+    return g
+
+
+def update_grant(db: Session, project_slug: str, dataset_slug: str, *, mode: str | None = None,
+                 expires: str | None = None) -> Grant:
+    """Change an existing grant's mode and/or expiry ('never' clears it); what is not given stays."""
+    project, dataset = get_project(db, project_slug), get_dataset(db, dataset_slug)
+    if mode is None and expires is None:
+        raise VREError("nothing to change: give --mode and/or --expires")
+    g = _grant_of(project, dataset)
+    if g is None:
+        raise VREError(f"project {project.slug!r} has no grant for dataset {dataset.slug!r}; "
+                       f"grant it first with 'vre project grant {project.slug} {dataset.slug}'")
+    if mode is not None:
+        g.mode = validate_grant_mode(mode)
+    if expires is not None:
+        g.expires_at = parse_grant_expiry(expires)
     db.flush()
     return g
 
 
 def revoke(db: Session, project_slug: str, dataset_slug: str) -> None:
     project, dataset = get_project(db, project_slug), get_dataset(db, dataset_slug)
-    match = [g for g in project.grants if g.dataset_id == dataset.id]
-    if not match:
+    g = _grant_of(project, dataset)
+    if g is None:
         raise VREError(f"project {project.slug!r} has no grant for dataset {dataset.slug!r}")
-    project.grants.remove(match[0])
+    project.grants.remove(g)
+
+
+def datasets_for(project: Project, role: str, now: dt.datetime | None = None) -> tuple[list[Dataset], list[Dataset]]:
+    """(mounted, catalogue_only), each in slug order: the datasets whose files a ``role`` sandbox
+    (``session``, ``worker``) started ``now`` gets, and those of the project's other live grants,
+    which it sees only as catalogue records. The one place grant modes and expiry decide access."""
+    now = now or utcnow()
+    live = sorted((g for g in project.grants if not g.is_expired(now)), key=lambda g: g.dataset.slug)
+    return ([g.dataset for g in live if g.mounts_in(role, now)],
+            [g.dataset for g in live if not g.mounts_in(role, now)])
+
+
+def grant_summary(g: Grant) -> dict:
+    """A grant as the CLI and the audit trail show it."""
+    return {"dataset": g.dataset.slug, "mode": g.mode,
+            "expires_at": g.expires_at.isoformat() if g.expires_at else None, "expired": g.is_expired()}
+
+
+def describe_grant(g: Grant) -> str:
+    """'lung-ct', 'lung-ct (batch-only)', 'lung-ct (until 2027-06-30 00:00)', 'lung-ct (expired)'."""
+    notes = [] if g.mode == "interactive" else [g.mode]
+    if g.is_expired():
+        notes.append("expired")
+    elif g.expires_at is not None:
+        notes.append(f"until {g.expires_at:%Y-%m-%d %H:%M} UTC")
+    return f"{g.dataset.slug} ({', '.join(notes)})" if notes else g.dataset.slug
 
 
 def add_member(db: Session, project_slug: str, user: str) -> Membership:
@@ -124,9 +193,24 @@ def remove_member(db: Session, project_slug: str, user: str) -> None:
     project.members.remove(match[0])
 
 
+def parse_node_selector(items) -> dict[str, str]:
+    """``["label=value", ...]`` (the CLI's ``--node-selector``) -> a checked nodeSelector."""
+    pairs = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        if not sep:
+            raise VREError(f"node selector {item!r}: write LABEL=VALUE, e.g. nvidia.com/gpu.product=NVIDIA-H200")
+        pairs[key.strip()] = value.strip()
+    for key, value in pairs.items():
+        if problem := node_label_problem(key, value):
+            raise VREError(f"node selector: {problem}")
+    return pairs
+
+
 def set_profile(db: Session, project_slug: str, name: str, *, cpu: float, memory: str | int,
-                gpus: int = 0, description: str = "") -> Profile:
-    """Create or update a resource profile of a project."""
+                gpus: int = 0, description: str = "", node_selector=None) -> Profile:
+    """Create or update a resource profile of a project (``node_selector``: see
+    :func:`parse_node_selector`; none: its sessions land anywhere)."""
     project = get_project(db, project_slug)
     if not PROFILE_RE.match(name or ""):
         raise VREError(f"invalid profile name {name!r}: use lowercase letters, digits and '-'")
@@ -135,12 +219,14 @@ def set_profile(db: Session, project_slug: str, name: str, *, cpu: float, memory
     if not 0 <= gpus <= 16:
         raise VREError(f"invalid gpus {gpus!r}: give 0-16")
     mem_mb = parse_memory(memory)
+    selector = parse_node_selector(node_selector)
     profile = next((p for p in project.profiles if p.name == name), None)
     if profile is None:
         profile = Profile(project=project, name=name)
         db.add(profile)
     profile.cpu, profile.mem_mb, profile.gpus = float(cpu), mem_mb, int(gpus)
     profile.description = description
+    profile.node_selector = selector or None
     db.flush()
     return profile
 

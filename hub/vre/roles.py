@@ -10,6 +10,12 @@ JOBS_SCOPE = "custom:vre-jobs"
 AIRLOCK_SCOPE = "custom:vre-airlock"
 #: Review others' airlock requests (output checkers; the account's checker flag must also be set).
 AIRLOCK_REVIEW_SCOPE = "custom:vre-airlock:review"
+#: Browse the whole catalogue (records only) and ask for access for one's own projects; deciding
+#: requests is then the database's call (admins, the dataset's stewards: ``vre.access_requests``).
+#: Browser logins only: the ``server`` role (session tokens) does not carry it.
+CATALOGUE_SCOPE = "custom:vre-catalogue"
+#: The VRE's admin pages (``/services/vre/admin/...``: accounts; each change audited). VRE admins only.
+ADMIN_SCOPE = "custom:vre-admin"
 #: The hub-managed service that serves the VRE's pages and APIs (vre.api.service), at /services/vre/.
 SERVICE_NAME = "vre"
 #: The access layer's OAuth client (vre.access.auth.SERVICE).
@@ -26,6 +32,10 @@ CUSTOM_SCOPES = {
     JOBS_SCOPE: {"description": "Use the batch queue of one's own projects (submit, follow, cancel jobs)."},
     AIRLOCK_SCOPE: {"description": "Request exports through the airlock and download released results."},
     AIRLOCK_REVIEW_SCOPE: {"description": "Review, preview and release others' airlock requests (output checkers)."},
+    CATALOGUE_SCOPE: {"description": "Browse the dataset catalogue, request access for one's projects, decide "
+                                     "requests where the account may (admins, dataset stewards)."},
+    ADMIN_SCOPE: {"description": "Use the VRE's admin pages: list accounts, disable, enable, unlock them and "
+                                 "reset their second factor (VRE admins)."},
 }
 
 AUDITOR_ROLE = "vre-auditor"
@@ -34,26 +44,34 @@ CHECKER_ROLE = "output-checker"
 CHECKER_GROUP = "output-checkers"
 ADMIN_ROLE = "vre-admin"
 ADMIN_GROUP = "vre-admins"
-#: What a VRE admin may do through the hub: see users, servers and groups, and stop servers.
-#: Not JupyterHub's all-powerful admin: no changing users or groups (so no joining the auditors),
-#: no tokens for others, no access to anyone's session. Provisioning is the ``vre`` CLI's job.
+#: What a VRE admin may do through the hub: see users, servers and groups, stop servers, and use the
+#: VRE's admin pages (accounts: disable, unlock, reset the second factor). Not JupyterHub's
+#: all-powerful admin: no changing users or groups (so no joining the auditors), no tokens for
+#: others, no access to anyone's session. Provisioning is the ``vre`` CLI's job.
 ADMIN_SCOPES = ["self", "admin-ui", "list:users", "read:users", "read:servers", "delete:servers",
-                "list:groups", "read:groups", "read:roles", "read:hub", "read:metrics"]
+                "list:groups", "read:groups", "read:roles", "read:hub", "read:metrics", ADMIN_SCOPE]
+#: What the VRE service's own token may do at the hub's API: see who has a session running (the
+#: Users admin page shows it). Read-only.
+SERVICE_SCOPES = ["list:users", "read:servers"]
 
 
 def load_roles() -> list[dict]:
     """JupyterHub's ``load_roles``: auditors and admins by group; researchers (in the browser) and
     their sessions (server tokens) may use the batch queue, for the projects membership allows.
     Every user and every session server may reach the VRE service; its handlers check the scopes
-    above (403 without them)."""
+    above (403 without them). The service's own token only reads who runs sessions (its Users page)."""
     return [
         {"name": AUDITOR_ROLE, "description": "Review, export and verify the audit trail",
          "scopes": [AUDIT_READ_SCOPE], "groups": [AUDITOR_GROUP]},
-        {"name": ADMIN_ROLE, "description": "See users and sessions, stop sessions (provisioning: vre CLI)",
+        {"name": ADMIN_ROLE, "description": "See users and sessions, stop sessions, the VRE's admin pages "
+                                            "(provisioning: vre CLI)",
          "scopes": ADMIN_SCOPES, "groups": [ADMIN_GROUP]},
         {"name": CHECKER_ROLE, "description": "Review airlock requests of others (output checkers)",
          "scopes": [AIRLOCK_REVIEW_SCOPE], "groups": [CHECKER_GROUP]},
-        {"name": "user", "scopes": ["self", JOBS_SCOPE, AIRLOCK_SCOPE, SERVICE_ACCESS_SCOPE, ACCESS_LAYER_SCOPE]},
+        {"name": "user", "scopes": ["self", JOBS_SCOPE, AIRLOCK_SCOPE, CATALOGUE_SCOPE, SERVICE_ACCESS_SCOPE,
+                                    ACCESS_LAYER_SCOPE]},
+        {"name": "vre-service", "description": "The VRE service: who has a session running (read-only)",
+         "scopes": SERVICE_SCOPES, "services": [SERVICE_NAME]},
         {"name": "server", "scopes": ["users:activity!user", "access:servers!server", JOBS_SCOPE, AIRLOCK_SCOPE,
                                       SERVICE_ACCESS_SCOPE]},
     ]

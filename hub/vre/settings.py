@@ -39,6 +39,10 @@ class Settings:
     hub_db_url: str = ""
     #: Public address of the hub (the proxy). The default listens on loopback only.
     bind_url: str = "http://127.0.0.1:8000"
+    #: The address people use to reach the VRE, when it is not ``bind_url`` (behind an Ingress or
+    #: a reverse proxy, e.g. ``https://vre.hospital.example``): an OpenID Connect provider sends
+    #: them back there after login. Empty: ``bind_url``.
+    public_url: str = ""
     #: Address of configurable-http-proxy's REST API (loopback only).
     proxy_api_url: str = "http://127.0.0.1:8001"
     #: Where configurable-http-proxy listens behind the access layer (loopback). Empty: a free
@@ -92,6 +96,15 @@ class Settings:
     k8s_storage: str = "hostPath"
     #: StorageClass of the claims the hub creates for ``k8s_storage = "pvc"``; empty: the cluster's default.
     k8s_storage_class: str = ""
+    #: Where ``state_dir`` is on the node, when the hub runs in a pod whose state volume is a
+    #: hostPath (single-node clusters): the hostPath volumes of sessions (``k8s_storage`` and
+    #: ``k8s_dataset_volume`` = ``hostPath``: homes, workspaces, catalogue records, demo datasets)
+    #: name that path; empty: the hub runs on the node and its paths are the node's.
+    k8s_node_state_dir: str = ""
+    #: Requested size of each member's home claim (``k8s_storage = "pvc"``), a Kubernetes quantity.
+    k8s_home_size: str = "10Gi"
+    #: Requested size of each project's workspace claim (``k8s_storage = "pvc"``).
+    k8s_workspace_size: str = "50Gi"
     #: Node labels a GPU session must land on (``nodeSelector``), e.g. ``{"nvidia.com/gpu.present": "true"}``.
     k8s_gpu_node_selector: dict = field(default_factory=dict, hash=False)
     #: Start session pods with datasets although nothing outside the session records which dataset
@@ -147,7 +160,7 @@ class Settings:
     #: The provider's issuer URL (its ``/.well-known/openid-configuration`` is read at hub start;
     #: https, or http on loopback for tests).
     oidc_issuer: str = ""
-    #: The VRE's client id at the provider; its redirect URI is ``<bind_url>/hub/oauth_callback``.
+    #: The VRE's client id at the provider; its redirect URI is ``<public_url>/hub/oauth_callback``.
     oidc_client_id: str = ""
     #: The provider's name on the login button ("Sign in with ...").
     oidc_login_service: str = "Life Science Login"
@@ -200,6 +213,11 @@ class Settings:
     @property
     def jupyterhub_db_url(self) -> str:
         return self.hub_db_url or f"sqlite:///{self.state_dir / 'jupyterhub.sqlite'}"
+
+    @property
+    def public_base(self) -> str:
+        """Where people reach the hub, without a trailing slash (``public_url``, else ``bind_url``)."""
+        return (self.public_url or self.bind_url).rstrip("/")
 
     @property
     def secrets_dir(self) -> Path:
@@ -363,8 +381,14 @@ def _validate_login(s: Settings) -> None:
     if s.auth not in ("local", "oidc"):
         raise SettingsError(f"auth {s.auth!r}: use 'local' (the VRE's own accounts) or 'oidc' (an OpenID Connect "
                             "provider, configured by the oidc_* settings)")
+    if s.public_url and not re.fullmatch(r"https?://[^\s/?#]+/?", s.public_url):
+        raise SettingsError(f"public_url {s.public_url!r}: give the scheme and host people use, e.g. "
+                            "https://vre.hospital.example (no path)")
     if s.auth != "oidc":
         return
+    if not s.public_url and re.match(r"https?://(0\.0\.0\.0|\[::\])[:/]", s.bind_url + "/"):
+        raise SettingsError(f"auth = 'oidc' needs public_url: bind_url {s.bind_url} is where the hub listens, not "
+                            "an address a browser can be sent back to after login")
     issuer = s.oidc_issuer.strip()
     if not issuer:
         raise SettingsError("auth = 'oidc' needs oidc_issuer: the provider's issuer URL, e.g. "
@@ -472,10 +496,14 @@ def _validate_kubernetes(s: Settings) -> None:
         raise SettingsError("k8s_nfs_server must name the NFS server when k8s_dataset_volume is 'nfs'")
     if s.k8s_storage_class and not _DNS_LABEL.fullmatch(s.k8s_storage_class):
         raise SettingsError(f"k8s_storage_class {s.k8s_storage_class!r} is not a StorageClass name")
+    if s.k8s_node_state_dir and not s.k8s_node_state_dir.startswith("/"):
+        raise SettingsError(f"k8s_node_state_dir {s.k8s_node_state_dir!r} must be an absolute path on the node")
+    for name in ("k8s_home_size", "k8s_workspace_size"):
+        if not re.fullmatch(r"[1-9][0-9]*(Ki|Mi|Gi|Ti)", getattr(s, name)):
+            raise SettingsError(f"{name} {getattr(s, name)!r} is not a size: write e.g. 10Gi or 500Mi")
     for key, value in s.k8s_gpu_node_selector.items():
-        if not isinstance(value, str) or not re.fullmatch(r"([a-z0-9.-]+/)?[A-Za-z0-9._-]{1,63}", str(key)):
-            raise SettingsError(f"k8s_gpu_node_selector: {key!r} = {value!r}: give node label names and string "
-                                'values, e.g. {"nvidia.com/gpu.present": "true"}')
+        if node_label_problem(key, value):
+            raise SettingsError(f"k8s_gpu_node_selector: {node_label_problem(key, value)}")
     if s.backend == "kubernetes":
         if not k8s_images(s):
             raise SettingsError("backend = 'kubernetes' needs a session image: set notebook_image "
@@ -483,6 +511,17 @@ def _validate_kubernetes(s: Settings) -> None:
         if s.notebook_image not in k8s_images(s):
             raise SettingsError(f"notebook_image {s.notebook_image!r} is not in k8s_image_allowlist: add it, "
                                 "or sessions could never start")
+
+
+def node_label_problem(key, value) -> str | None:
+    """What is wrong with ``key: value`` as a Kubernetes node label in a nodeSelector, or None."""
+    if not isinstance(key, str) or not re.fullmatch(r"([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?"
+                                                    r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?", key):
+        return f"{key!r} is not a node label name (e.g. nvidia.com/gpu.present)"
+    if not isinstance(value, str) or not re.fullmatch(r"([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?", value):
+        return (f"{key} = {value!r}: a label value is a string of up to 63 letters, digits, '-', '_' and '.', "
+                'e.g. {"nvidia.com/gpu.present": "true"}')
+    return None
 
 
 # --- documentation: the README's settings table is generated from the comments above ------------

@@ -65,3 +65,27 @@ def browser_page(browser, request):
             except Exception as e:  # a crashed page must not hide the test's own failure
                 print(f"could not save failure screenshot: {e}")
         context.close()
+
+
+@pytest.fixture
+def logged_in(browser):
+    """``logged_in(hub, user, path)``: a page of a fresh context (only this machine browsed), logged
+    in through the hub's login form and landed on ``path``; its context is closed after the test."""
+    contexts = []
+
+    def open_as(hub, user: str, path: str):
+        context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+        contexts.append(context)
+        context.set_default_timeout(30_000)
+        context.route(NOT_LOCAL, lambda route: route.abort())
+        page = context.new_page()
+        page.goto(f"{hub.url}/hub/login?next={path}")
+        page.fill("#username_input", user)
+        page.fill("#password_input", hub.passwords[user])
+        page.click("#login_submit")
+        page.wait_for_url(re.compile(re.escape(path)))
+        return page
+
+    yield open_as
+    for context in contexts:
+        context.close()

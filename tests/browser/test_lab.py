@@ -162,6 +162,11 @@ def test_home_shows_only_own_projects_with_catalogue_details(sqlite_hub, browser
 def test_start_session_run_code_in_lab_and_stop(sqlite_hub, browser_page, stop_alice_session):
     page = browser_page
     hub = sqlite_hub
+    # the Lab asks its session only for what the access layer serves: nothing refused on a load
+    refused, plugin_errors = [], []
+    page.on("response", lambda r: refused.append(r.url) if "/user/" in r.url and r.status == 403 else None)
+    page.on("console", lambda m: plugin_errors.append(m.text)
+            if m.type == "error" and re.search(r"plugin|activat|dependenc", m.text, re.I) else None)
     login_ok(page, hub, "alice")
     card = page.locator(f"#project-{PROJECT}")
     card.locator(".start-server").click()
@@ -203,6 +208,9 @@ def test_start_session_run_code_in_lab_and_stop(sqlite_hub, browser_page, stop_a
                        f"try:\n    open('/data/{DATASET}/x', 'w')\nexcept OSError as e:\n    print(e)",
                        "Read-only file system")
     expect(written).to_contain_text(f"/data/{DATASET}/x")
+
+    assert not refused, f"the Lab asked for routes the access layer refuses: {refused}"
+    assert not plugin_errors, plugin_errors
 
     # Save it (the home is the user's own, and a saved tab shows no "unsaved" dot).
     page.keyboard.press("Escape")

@@ -195,6 +195,15 @@ def test_browse_filter_open_scroll_window_readout_mpr(sqlite_hub, alice, browser
     expect(browser.locator(".vre-field-terms-of-use")).to_contain_text("airlock")
     expect(browser.locator(".vre-field-publisher")).to_contain_text("VRE demo data steward")
     browser.locator(".vre-About-details summary").click()  # folded again: room for the list
+    # the other datasets: the hub's catalogue, with the browser's hub login (records, never files)
+    catalogue = browser.locator("a.vre-Browser-catalogue")
+    expect(catalogue).to_have_attribute("href", re.compile(r"/services/vre/catalogue$"))
+    with page.context.expect_page() as opened:
+        catalogue.click()
+    tab = opened.value
+    tab.wait_for_load_state()
+    expect(tab.locator("body")).to_contain_text("Prostate")  # a dataset this project has not been granted
+    tab.close()
     expect(browser.locator(".vre-Count")).to_have_attribute("data-total", "2")
     browser.locator(".vre-filter-modality").select_option("CT")
     expect(browser.locator(".vre-Count")).to_have_text("2 series")

@@ -17,7 +17,6 @@ import time
 import pytest
 import requests
 import websocket
-from hubclient import HubError
 
 from vre.audit import open_store
 from vre.settings import load
@@ -254,6 +253,21 @@ def clear_of_midnight(seconds: int = 180) -> None:
         time.sleep(left + 2)
 
 
+def egress_policy(c) -> dict:
+    """What the layer says of the session's egress (``/.vre/policy``: today, cap, ceiling, ...)."""
+    return requests.get(c.server_url("prostate-ai") + "/.vre/policy", headers=auth(c), timeout=10).json()["egress"]
+
+
+def restart_with_cap_above_today(hub, c, margin: int) -> str:
+    """Set the project's cap to bob's total of the day so far (earlier tests count too) plus
+    ``margin`` and restart his session (a session takes its cap at start); the new session's id."""
+    today = egress_policy(c)["today"]
+    c.stop("prostate-ai")
+    hub.vre("project", "set-egress-cap", "prostate-ai", str(today + margin))
+    c.start("prostate-ai")
+    return events(hub, user="bob", action="session.start")[-1]["session"]
+
+
 def test_egress_is_counted_and_capped(hub):
     clear_of_midnight()
     c = hub.client("bob")
@@ -291,7 +305,106 @@ def test_egress_is_counted_and_capped(hub):
         k.close()
         capped = wait_for(lambda: events(hub, user="bob", action="egress.cap_reached", session=session))
         assert len(capped) == 1 and capped[0]["source"] == "access-layer"
-        assert requests.get(url + "/.vre/policy", headers=auth(c), timeout=10).json()["egress"]["capped"] is True
+        assert egress_policy(c)["capped"] is True
+    finally:
+        c.stop("prostate-ai")
+        hub.vre("project", "set-egress-cap", "prostate-ai", "none")
+
+
+def test_what_would_cross_the_cap_does_not_get_through(hub):
+    """Started under the cap, a large download does not run on past it: the layer stops sending
+    where the day's total crosses the cap, and the client sees an incomplete answer. A kernel
+    output that would cross it is withheld whole."""
+    clear_of_midnight()
+    c = hub.client("bob")
+    hub.vre("project", "set-downloads", "prostate-ai", "results")
+    try:
+        c.start("prostate-ai")
+        k = c.kernel("prostate-ai")
+        inside(k, """
+import os
+os.makedirs(os.path.expanduser('~/results'), exist_ok=True)
+with open(os.path.expanduser('~/results/big.bin'), 'wb') as f:
+    f.write(os.urandom(8 * 1024 * 1024))
+result = True
+""")
+        k.close()
+        session = restart_with_cap_above_today(hub, c, 1024 * 1024)
+        # under the cap, an output of 1.5 MB would cross it: withheld (under the server's iopub rate limit)
+        k = c.kernel("prostate-ai")
+        out = k.check("print('z' * 1_500_000)")
+        assert "Output withheld" in out and "zzzz" not in out
+        k.close()
+        held = wait_for(lambda: events(hub, user="bob", action="egress.cap_reached", session=session))
+        assert held[0]["details"]["class"] == "kernel" and held[0]["details"]["used"] < held[0]["details"]["cap"]
+        c.stop("prostate-ai")
+
+        c.start("prostate-ai")  # still under it: the 8 MiB download starts, and is cut
+        session = events(hub, user="bob", action="session.start")[-1]["session"]
+        got, complete = 0, True
+        r = requests.get(c.server_url("prostate-ai") + "/files/results/big.bin", headers=auth(c), timeout=60,
+                         stream=True)
+        assert r.status_code == 200
+        try:
+            for chunk in r.iter_content(65536):
+                got += len(chunk)
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError):
+            complete = False
+        assert not complete and 512 * 1024 <= got < 4 * 1024 * 1024, got
+        cut = wait_for(lambda: events(hub, user="bob", action="egress.cap_reached", session=session))
+        assert len(cut) == 1 and cut[0]["details"]["cut_after"] >= 512 * 1024, cut
+        assert cut[0]["details"]["path"].endswith("/files/results/big.bin")
+    finally:
+        c.stop("prostate-ai")
+        hub.vre("project", "set-downloads", "prostate-ai", "none")
+        hub.vre("project", "set-egress-cap", "prostate-ai", "none")
+
+
+def test_small_outputs_stop_at_the_ceiling(hub):
+    """Over the cap, small answers still pass so the Lab keeps working, but not without end: at the
+    ceiling (the cap and an allowance) the layer sends nothing more that day. A loop printing
+    32 KB pieces, each under the size the cap withholds, is stopped there: the kernel's connection
+    closes after a notice, every further request is refused, and the day's total stays within one
+    piece of the ceiling."""
+    clear_of_midnight()
+    c = hub.client("bob")
+    try:
+        c.start("prostate-ai")
+        session = restart_with_cap_above_today(hub, c, 64 * 1024)
+        url = c.server_url("prostate-ai")
+        limits = egress_policy(c)
+        assert limits["ceiling"] >= limits["cap"] + 1024 * 1024 and not limits["closed"]
+        k = c.kernel("prostate-ai")
+        pieces = (limits["ceiling"] - limits["today"]) // 32_000 + 40   # under the iopub rate limit
+        msg_id = k.execute(f"import time\nfor i in range({pieces}):\n    print('q' * 32_000, flush=True)\n"
+                           "    time.sleep(0.06)\n")
+        got, notices, closed = 0, [], False
+        deadline = time.monotonic() + pieces * 0.1 + 60
+        try:
+            while time.monotonic() < deadline:
+                msg = k.recv(timeout=30)
+                if msg["parent_header"].get("msg_id") != msg_id or msg["header"]["msg_type"] != "stream":
+                    continue
+                text = msg["content"]["text"]
+                if text.startswith("[VRE]"):
+                    notices.append(text)
+                else:
+                    got += text.count("q")
+        except websocket.WebSocketConnectionClosedException:
+            closed = True
+        assert closed, f"the kernel's connection stayed open ({got} bytes of output received)"
+        assert len(notices) == 1 and "nothing more to the browser" in notices[0], notices
+        after = egress_policy(c)
+        assert after["closed"] is True and limits["ceiling"] <= after["today"] <= limits["ceiling"] + 64 * 1024, after
+        assert got >= 900_000, got    # the allowance over the cap did pass, in small pieces
+        r = requests.get(url + "/api/status", headers=auth(c), timeout=10)
+        assert r.status_code == 429 and r.json()["reason"] == "egress_ceiling"
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            websocket.create_connection(url.replace("http://", "ws://") + f"/api/kernels/{k.id}/channels",
+                                        header=[f"Authorization: token {c.token}"], timeout=10)
+        recorded = wait_for(lambda: [e for e in events(hub, user="bob", action="egress.cap_reached", session=session)
+                                     if e["details"].get("limit") == "ceiling"])
+        assert len(recorded) == 1 and recorded[0]["details"]["ceiling"] == limits["ceiling"], recorded
     finally:
         c.stop("prostate-ai")
         hub.vre("project", "set-egress-cap", "prostate-ai", "none")

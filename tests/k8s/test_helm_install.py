@@ -15,7 +15,6 @@ import json
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,105 +22,20 @@ from pathlib import Path
 import pytest
 import requests
 
+from chart import CHART, HELM, Release, cluster_image, get  # tests/k8s, beside this file
 from hubclient import HubClient  # tests/ is on sys.path (tests/conftest.py)
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(1500)]
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "vre"
-HELM = Path(sys.executable).parent / "helm"
-CLUSTER = ROOT / "scripts" / "k8s-cluster"
-
 
 @pytest.fixture(scope="module")
 def hub_image(kube) -> str:
-    """The hub image of this checkout, in the cluster's containerd, under a tag of its own."""
-    from vre import images
-
-    try:
-        tag = images.build(["hub"], engine="podman", quiet=True)["hub"]
-    except images.ImageError as e:
-        pytest.fail(f"building the hub image failed: {e}")
-    image_id = subprocess.run(["podman", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    ref = f"localhost/vre-hub:chart-{image_id[:12]}"
-    subprocess.run(["podman", "tag", image_id, ref], check=True)
-    proc = subprocess.run([str(CLUSTER), "import", ref], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"importing {ref} failed: {proc.stdout}{proc.stderr}"
-    return ref
+    return cluster_image("hub")
 
 
-class Release:
-    """One helm release of the chart in its own namespace, with a hostPath volume for its state."""
-
-    def __init__(self, kube, ns: str, image: str):
-        self.kube, self.ns, self.name = kube, ns, "vre"
-        self.instance = f"t{secrets.token_hex(3)}"  # its project namespaces' label value
-        self.state_dir = Path(tempfile.mkdtemp(prefix="vre-helm-state-", dir="/var/tmp"))
-        self.storage_class = f"vre-test-{ns}"
-        repo, tag = image.rsplit(":", 1)
-        self.args = ["-f", str(CHART / "ci/minimal-values.yaml"),
-                     "--set", f"hub.image.repository={repo}", "--set", f"hub.image.tag={tag}",
-                     "--set", "hub.image.pullPolicy=Never", "--set", f"hub.instance={self.instance}",
-                     "--set", f"hub.state.storageClassName={self.storage_class}", "--set", "hub.state.size=1Gi",
-                     "--set", f"sessions.image={kube.image}",  # the busybox image: allow-listed for the policy checks
-                     # local images only; a start that cannot succeed (busybox has no Python) fails fast
-                     "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", '
-                                   '"start_timeout": 40}}']
-        kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": self.storage_class},
-                    "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                             "persistentVolumeReclaimPolicy": "Retain", "storageClassName": self.storage_class,
-                             "hostPath": {"path": str(self.state_dir), "type": "Directory"}}})
-
-    def helm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(HELM), *args, "--namespace", self.ns], capture_output=True, text=True,
-                              env=self.kube.env, timeout=timeout)
-        assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-        return proc
-
-    def hub_pod(self) -> dict:
-        pods = json.loads(self.kube("get", "pods", "-n", self.ns, "-l", "app.kubernetes.io/component=hub",
-                                    "-o", "json"))["items"]
-        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-        return live[0] if len(live) == 1 else {}
-
-    def wait_hub_ready(self, timeout: float = 600, not_uid: str = "") -> dict:
-        def ready():
-            pod = self.hub_pod()
-            if not pod or pod["metadata"]["uid"] == not_uid:
-                return None
-            conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
-            return pod if conds.get("Ready") == "True" else None
-
-        try:
-            return self.kube.wait("the hub pod Ready", ready, self.ns, timeout)
-        except BaseException:
-            pod = self.hub_pod()
-            if pod:
-                print(self.kube.run("logs", "-n", self.ns, pod["metadata"]["name"], "--tail=80").stdout)
-            raise
-
-    def url(self) -> str:
-        """The public Service's address, once it answers (kube-proxy follows a new pod's endpoint
-        a moment after the pod is Ready)."""
-        svc = self.kube.get("service", f"{self.name}-proxy", self.ns)
-        url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
-        r = _get(f"{url}/hub/api")
-        assert r.status_code == 200, f"{url}/hub/api: {r.status_code} {r.text[:300]}"
-        return url
-
-    def exec_hub(self, *cmd: str) -> str:
-        return self.kube("exec", "-n", self.ns, f"deploy/{self.name}-hub", "-c", "hub", "--", *cmd)
-
-    def secret_data(self) -> dict:
-        return self.kube.get("secret", f"{self.name}-secrets", self.ns)["data"]
-
-    def cleanup(self) -> None:
-        # the project namespaces the hub made, then the release's
-        self.kube.run("delete", "namespace", "-l", f"vre.instance={self.instance}", "--wait=false")
-        self.kube.run("delete", "namespace", self.ns, "--wait=true", timeout=180)
-        self.kube.run("delete", "persistentvolume", self.storage_class, "--wait=false")
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+@pytest.fixture(scope="module")
+def notebook_image(kube) -> str:
+    return cluster_image("notebook")
 
 
 @pytest.fixture
@@ -137,20 +51,6 @@ def _login(url: str, user: str, password: str) -> bool:
     c = HubClient(url, user)
     c.login(password)
     return c.logged_in()
-
-
-def _get(url: str, timeout: float = 60) -> requests.Response:
-    """GET through the Service, retried while the Service's endpoints settle after a start."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            r = requests.get(url, timeout=5)
-            if r.status_code < 500 or time.monotonic() > deadline:
-                return r
-        except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(1)
 
 
 def _expect(kube, ns: str, pod: str, ip: str, port: int, want: bool, what: str, timeout: float = 45) -> None:
@@ -190,9 +90,9 @@ def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
 
     # the hub answers through its Service (kube-proxy on this host), as a browser sees it
     url = release.url()
-    r = _get(f"{url}/hub/api")
+    r = get(f"{url}/hub/api")
     assert r.status_code == 200 and "version" in r.json(), r.text
-    r = _get(f"{url}/hub/login")
+    r = get(f"{url}/hub/login")
     assert r.status_code == 200 and 'name="password"' in r.text, r.text[:500]
 
     # the demo's accounts: their passwords are in the hub's state volume, readable through exec
@@ -305,3 +205,193 @@ def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
     assert kube.get("pvc", f"{release.name}-hub-state", release.ns)["metadata"]["uid"] == pvc_uid
     assert release.exec_hub("cat", "/var/lib/vre/secrets/audit_ed25519.pub") == pub_before
     assert _login(release.url(), "alice", creds["alice"])
+
+
+SESSION_FACTS = """
+import json, os, socket
+facts = {"uid": os.getuid(), "gid": os.getgid(), "home": os.path.expanduser("~"), "data": os.path.exists("/data")}
+for path in ("/", "/opt", os.path.expanduser("~"), os.path.expanduser("~/project"), "/tmp"):
+    try:
+        open(os.path.join(path, ".vre-probe"), "w").close()
+        os.unlink(os.path.join(path, ".vre-probe"))
+        facts[path] = "writable"
+    except OSError as e:
+        facts[path] = e.strerror
+open(os.path.expanduser("~/kept.txt"), "w").write("kept across sessions")
+print(json.dumps(facts))
+"""
+
+
+def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image):
+    """The chart's whole path for a researcher: the hub pod creates the project's namespace, the
+    home and workspace claims, the session's pod from the notebook image; JupyterLab answers
+    through the access layer in the hub pod, a kernel runs as the account's uid with a read-only
+    root and writable home and workspace, and the home outlives the session."""
+    rel = Release(kube, new_ns("lab"), hub_image)
+    project = "lab-pod"
+    project_ns = f"{rel.instance}-{project}"
+    rwx = f"{rel.storage_class}-rwx"
+    claims = {}
+    for claim in ("home-alice", "workspace"):  # the claims the hub will make, bound to volumes of this test
+        path = Path(tempfile.mkdtemp(prefix=f"vre-helm-{claim}-", dir="/var/tmp"))
+        path.chmod(0o777)  # a hostPath volume has no fsGroup handling; a real RWX class has
+        claims[claim] = path
+        kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{rwx}-{claim}"},
+                    "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                             "persistentVolumeReclaimPolicy": "Retain", "storageClassName": rwx,
+                             "claimRef": {"namespace": project_ns, "name": claim},
+                             "hostPath": {"path": str(path), "type": "Directory"}}})
+    args = [*rel.args, "--set", f"sessions.image={notebook_image}", "--set", "sessions.storage=pvc",
+            "--set", f"sessions.storageClassName={rwx}",
+            "--set", "sessions.homeSize=1Gi", "--set", "sessions.workspaceSize=1Gi",
+            "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", "start_timeout": 180}}']
+    try:
+        rel.helm("install", rel.name, str(CHART), *args)
+        rel.wait_hub_ready()
+        url = rel.url()
+        for cmd in (["create", project, "--title", "JupyterLab in a pod"], ["add-member", project, "alice"],
+                    ["set-profile", project, "small", "--cpu", "0.5", "--memory", "1G"]):
+            rel.exec_hub("vre", "project", *cmd)
+        password = next(line.split("\t")[2] for line in
+                        rel.exec_hub("cat", "/var/lib/vre/secrets/demo-credentials.txt").splitlines()
+                        if line.startswith("alice\t"))
+        alice = HubClient(url, "alice")
+        alice.get_token(password)
+        alice.start(project, "small", timeout=240)
+
+        # the hub made the claims, sized as the chart says, and they are bound
+        for claim in claims:
+            pvc = kube.get("pvc", claim, project_ns)
+            assert pvc["spec"]["storageClassName"] == rwx and pvc["status"]["phase"] == "Bound", pvc
+            assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
+        (pod,) = json.loads(kube("get", "pods", "-n", project_ns, "-l", "vre.role=session", "-o", "json"))["items"]
+        assert pod["spec"]["containers"][0]["image"] == notebook_image
+
+        # JupyterLab answers through the access layer, and only with the hub's login
+        server = alice.server_url(project)
+        assert requests.get(f"{server}/api/status", timeout=30).status_code in (401, 302)
+        r = alice.server_api(project, "GET", "/status")
+        assert r.status_code == 200 and "started" in r.json(), r.text
+        lab = requests.get(f"{server}/lab", headers={"Authorization": f"token {alice.token}"}, timeout=60)
+        assert lab.status_code == 200 and "jupyter-config-data" in lab.text, lab.text[:500]
+
+        k = alice.kernel(project)
+        facts = json.loads(k.check(SESSION_FACTS, timeout=120).strip().splitlines()[-1])
+        k.close()
+        uid = int(pod["spec"]["securityContext"]["runAsUser"])
+        assert facts["uid"] == uid and uid >= 1000 and facts["gid"] == pod["spec"]["securityContext"]["runAsGroup"]
+        assert facts["home"] == "/home/jovyan" and facts["data"] is False  # a project without datasets
+        assert facts["/"] == facts["/opt"] == "Read-only file system", facts
+        assert facts["/home/jovyan"] == facts["/home/jovyan/project"] == facts["/tmp"] == "writable", facts
+        assert (claims["home-alice"] / "kept.txt").read_text() == "kept across sessions"  # on the claim's volume
+
+        # stop: the pod goes, the claims stay; the next session finds the file
+        alice.stop(project, timeout=120)
+        kube.wait("the session's pod removed", lambda: not kube(
+            "get", "pods", "-n", project_ns, "-l", "vre.role=session", "-o", "name").split(), project_ns, 120)
+        assert {c: kube.get("pvc", c, project_ns)["status"]["phase"] for c in claims} == dict.fromkeys(claims, "Bound")
+        alice.start(project, "small", timeout=240)
+        k = alice.kernel(project)
+        assert "kept across sessions" in k.check("print(open('/home/jovyan/kept.txt').read())", timeout=120)
+        k.close()
+
+        # removed from the project, her running session's pod is stopped by the hub's next poll
+        rel.exec_hub("vre", "project", "remove-member", project, "alice")
+        kube.wait("the removed member's pod stopped", lambda: not kube(
+            "get", "pods", "-n", project_ns, "-l", "vre.role=session", "-o", "name").split(), project_ns, 90)
+        kube.wait("the hub to forget the session", lambda: alice.server_state(project) is None, project_ns, 60)
+        stops = json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "session.stop", "--user", "alice"))
+        assert "not a member" in stops[-1]["details"]["reason"], stops[-1]
+        log = kube("logs", "-n", rel.ns, f"deploy/{rel.name}-hub", "-c", "hub")
+        assert f"Created claim {project_ns}/home-alice (1Gi)" in log and log.count(f"Created claim {project_ns}/") == 2
+    finally:
+        subprocess.run([str(HELM), "uninstall", rel.name, "--namespace", rel.ns], capture_output=True,
+                       env=kube.env, timeout=180)
+        rel.cleanup()
+        for claim, path in claims.items():
+            kube.run("delete", "persistentvolume", f"{rwx}-{claim}", "--wait=false")
+            shutil.rmtree(path, ignore_errors=True)
+
+
+DATA_FACTS = """
+import glob, json, os, socket
+mine, other = {mine!r}, {other!r}
+files = sorted(glob.glob(f"/data/{{mine}}/**/*.dcm", recursive=True))
+facts = {{"datasets": sorted(os.listdir("/data")), "files": len(files),
+         "dicm": open(files[0], "rb").read(132)[128:] == b"DICM" if files else False,
+         "other": os.path.exists(f"/data/{{other}}"), "uid": os.getuid()}}
+try:
+    open(f"/data/{{mine}}/x", "w")
+except OSError as e:
+    facts["write"] = e.strerror
+status = dict(l.split(":\\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\\t" in l)
+facts["cap_eff"], facts["no_new_privs"] = status["CapEff"].strip(), status["NoNewPrivs"].strip()
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect(({public!r}, 80))  # the hub's public Service: not among the ports a session may reach
+    facts["public"] = "reached"
+except OSError as e:
+    facts["public"] = type(e).__name__
+print(json.dumps(facts))
+"""
+
+
+def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, notebook_image):
+    """Each demo project's session in a pod of the chart on a single node: its dataset (the demo's,
+    in the hub's state volume) read-only and readable, the other project's absent, no capabilities,
+    a series viewed through the access layer, and the hub's audit trail recording it all."""
+    rel = Release(kube, new_ns("data"), hub_image)
+    args = [*rel.args, "--set", f"sessions.image={notebook_image}", "--set", f"hub.state.nodePath={rel.state_dir}",
+            "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", "start_timeout": 180}}']
+    try:
+        rel.helm("install", rel.name, str(CHART), *args)
+        rel.wait_hub_ready()
+        url = rel.url()
+        public = kube.get("service", f"{rel.name}-proxy", rel.ns)["spec"]["clusterIP"]
+        creds = {line.split("\t")[0]: line.split("\t")[2]
+                 for line in rel.exec_hub("cat", "/var/lib/vre/secrets/demo-credentials.txt").splitlines()}
+        runs = (("alice", "lung-screening", "lung-ct-screening", "prostate-mri"),
+                ("bob", "prostate-ai", "prostate-mri", "lung-ct-screening"))
+        for user, project, mine, other in runs:
+            c = HubClient(url, user)
+            c.get_token(creds[user])
+            c.start(project, timeout=240)
+            k = c.kernel(project)
+            facts = json.loads(k.check(DATA_FACTS.format(mine=mine, other=other, public=public),
+                                       timeout=120).strip().splitlines()[-1])
+            k.close()
+            assert facts["datasets"] == [mine] and facts["files"] > 0 and facts["dicm"], facts
+            assert facts["other"] is False and facts["write"] == "Read-only file system", facts
+            assert facts["cap_eff"] == "0000000000000000" and facts["no_new_privs"] == "1", facts
+            assert facts["uid"] >= 1000 and facts["public"] in ("TimeoutError", "ConnectionRefusedError"), facts
+
+            # the viewer through the access layer: a series' metadata and one slice's pixels
+            auth = {"Authorization": f"token {c.token}"}
+            api = f"{c.server_url(project)}/vre/api/datasets/{mine}"
+            series = requests.get(f"{api}/series", params={"limit": 1}, headers=auth, timeout=60).json()["items"][0]
+            meta = requests.get(f"{api}/series/{series['series_uid']}", headers=auth, timeout=60).json()
+            r = requests.get(f"{api}/series/{series['series_uid']}/slices/0", headers=auth, timeout=60)
+            assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/octet-stream")
+            assert len(r.content) == meta["rows"] * meta["columns"] * 2, (len(r.content), meta)
+            c.stop(project, timeout=120)
+            # a second start finds the home the hub made (0700, the member's; the hub pod cannot look in)
+            c.start(project, timeout=240)
+            c.stop(project, timeout=120)
+
+        def trail(*filters: str) -> list[dict]:
+            return json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--limit", "1000", *filters))
+
+        starts = {e["actor"]: e for e in trail("--action", "session.start")}
+        assert set(starts) == {"alice", "bob"}
+        for e in starts.values():
+            assert e["details"]["reads_observed"] is False and e["details"]["node"], e
+            assert e["details"]["datasets"] in (["lung-ct-screening"], ["prostate-mri"]), e
+        views = trail("--action", "dicom.series_view")
+        assert {(e["actor"], e["dataset"]) for e in views} >= {("alice", "lung-ct-screening"), ("bob", "prostate-mri")}
+        assert all(e["source"] == "session" for e in views)  # reported by the session, over TCP to the hub pod
+        assert {e["actor"] for e in trail("--action", "session.stop")} == {"alice", "bob"}
+    finally:
+        subprocess.run([str(HELM), "uninstall", rel.name, "--namespace", rel.ns], capture_output=True,
+                       env=kube.env, timeout=180)
+        rel.cleanup()

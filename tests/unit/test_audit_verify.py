@@ -333,20 +333,6 @@ def test_column_check_is_exact_for_tricky_values():
 
 
 # --- provenance (schema v2 `source`) over a chain begun before it ------------------------------
-def _migrate(url: str, revision: str) -> None:
-    from pathlib import Path
-
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(vdb.__file__).parent / "migrations"))
-    cfg.attributes["connection_url"] = url
-    with vdb.engine_for(url).begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def mixed_chain(request, tmp_path):
     """Records 1-5 sealed as schema v1 by a database at revision 0004 (no source column) and a
@@ -356,7 +342,7 @@ def mixed_chain(request, tmp_path):
         url = f"sqlite:///{tmp_path / 'vre.sqlite'}"
     else:
         url = request.getfixturevalue("postgres").new_database()
-    _migrate(url, "0004")
+    vdb.upgrade(url, "0004")
     prev, received = "0" * 64, "2026-11-22T10:00:00.000000Z"
     with vdb.engine_for(url).begin() as conn:
         for seq in range(1, 6):

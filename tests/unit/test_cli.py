@@ -1,5 +1,6 @@
 """The `vre` command on bad input: one clear line, exit code 2, nothing half-done."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -107,6 +108,10 @@ def test_project_commands_explain_errors(run):
     assert r.returncode == 2 and "too short" in r.stderr
     r = run("user", "add", "judy")
     assert r.returncode == 0 and "password (shown once):" in r.stdout
+    r = run("user", "add", "kim", "--oidc")
+    assert r.returncode == 0 and "shown once" not in r.stdout and "first login as 'kim'" in r.stdout
+    r = run("user", "add", "lea", "--oidc", "--password-stdin", input="lea-password-123\n")
+    assert r.returncode == 2 and "no password" in r.stderr
 
 
 def test_batch_quota_and_jobs_commands(run, tmp_path):
@@ -135,3 +140,32 @@ def test_batch_quota_and_jobs_commands(run, tmp_path):
     assert run("jobs", "cancel", "1").returncode == 2  # already ended
     assert run("jobs", "show", "7").stderr.startswith("vre: error: there is no job 7")
     assert "job.cancel" in run("audit", "query", "--action", "job.").stdout
+
+
+def test_grant_modes_and_expiry_from_the_cli(run, tmp_path):
+    from vre import db as vdb
+    from vre.settings import Settings
+
+    assert run("project", "create", "lung", "--title", "Lung").returncode == 0
+    with vdb.session_scope(Settings(state_dir=tmp_path / "state").vre_db_url) as db:
+        db.add(vdb.Dataset(slug="lung-ct", title="Lung CT", path="/srv/lung-ct", catalog={}))
+    bad = run("project", "grant", "lung", "lung-ct", "--mode", "batch")
+    assert bad.returncode == 2 and "unknown grant mode 'batch': use one of interactive, batch-only" in bad.stderr
+    bad = run("project", "grant", "lung", "lung-ct", "--expires", "2020-01-01")
+    assert bad.returncode == 2 and "is in the past" in bad.stderr and "Traceback" not in bad.stderr
+    r = run("project", "grant", "lung", "lung-ct", "--mode", "batch-only", "--expires", "2099-06-30")
+    assert r.returncode == 0 and "batch jobs only" in r.stdout and "until 2099-07-01" in r.stdout, r.stderr
+    again = run("project", "grant", "lung", "lung-ct")
+    assert again.returncode == 2 and "vre project update-grant lung lung-ct" in again.stderr
+    r = run("project", "update-grant", "lung", "lung-ct", "--mode", "interactive", "--expires", "never")
+    assert r.returncode == 0 and "sessions and batch jobs" in r.stdout and "until" not in r.stdout
+    assert run("project", "update-grant", "lung", "lung-ct").stderr.startswith("vre: error: nothing to change")
+    assert run("project", "update-grant", "lung", "lung-ct", "--mode", "batch-only").returncode == 0
+    assert "lung-ct (batch-only)" in run("project", "list").stdout
+    show = json.loads(run("project", "show", "lung").stdout)
+    assert show["grants"] == [{"dataset": "lung-ct", "mode": "batch-only", "expires_at": None, "expired": False}]
+    events = json.loads(run("audit", "query", "--action", "project.", "--json").stdout)
+    grants = [(e["action"], e["details"].get("mode"), e["details"].get("expires_at")) for e in events
+              if e["action"] != "project.create"]
+    assert grants == [("project.grant", "batch-only", "2099-07-01T00:00:00+00:00"),
+                      ("project.grant_update", "interactive", None), ("project.grant_update", "batch-only", None)]

@@ -560,6 +560,28 @@ def test_browse_rejects_bad_paging_and_unknown_series(tmp_path):
         catalog.series_files("no-such-series")
 
 
+def test_indexed_paths_never_leave_the_dataset_folder(tmp_path):
+    """A tampered index (relpaths with '..', or through a link out of the folder) yields only
+    the files inside; a series with nothing inside is "no readable files"."""
+    data, catalog_dir = tmp_path / "data" / "x", tmp_path / "catalog" / "x"
+    (data / "s").mkdir(parents=True)
+    catalog_dir.mkdir(parents=True)
+    (data / "out").symlink_to(tmp_path)
+    conn = sqlite3.connect(catalog_dir / "index.sqlite")
+    conn.executescript(_SCHEMA)
+    rows = [("s/a.dcm", "1.9", 1), ("../../etc/passwd", "1.9", 2), ("out/secret.dcm", "1.9", 3),
+            ("../elsewhere/b.dcm", "1.8", 1)]
+    conn.executemany("INSERT INTO files (relpath, dir, size, mtime_ns, series_uid, instance_number) "
+                     "VALUES (?, 's', 0, 0, ?, ?)", rows)
+    conn.commit()
+    conn.close()
+    catalog = Catalog(DatasetRef("x", str(data), str(catalog_dir)))
+    assert catalog.series_files("1.9") == [str(data / "s" / "a.dcm")]
+    assert [p for p, _ in catalog.series_instances("1.9")] == [str(data / "s" / "a.dcm")]
+    with pytest.raises(NotFound, match="no readable files"):
+        catalog.series_files("1.8")
+
+
 # --- header facts from the catalogue index, pixels from the slice cache ------------------------
 class CountingPool(DecoderPool):
     """The real pool, counting the calls by name (what a viewer operation really read)."""

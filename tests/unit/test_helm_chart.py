@@ -205,6 +205,11 @@ def test_rbac_is_what_the_hub_needs():
     (["--set", "hub.instance=VRE_Prod"], "hub.instance"),
     (["--set", "sessions.image=bad image"], "sessions.image"),
     (["--set", "sessions.datasets.volume=nfs"], "nfsServer"),
+    (["--set", "auth.type=saml"], "auth.type"),
+    (["--set", "auth.type=oidc"], "auth.oidc.issuer"),
+    (["--set", "auth.oidc.issuer=http://login.example.org/"], "auth.oidc.issuer"),
+    (["--set", "auth.oidc.scopes=profile email"], "auth.oidc.scopes"),
+    (["--set", "hub.publicUrl=https://vre.example.org/hub"], "hub.publicUrl"),
 ])
 def test_schema_refuses_bad_values_by_name(args, names):
     proc = helm("template", "t", str(CHART), "-f", str(CHART / "ci/minimal-values.yaml"), *args, check=False)
@@ -220,6 +225,43 @@ def test_external_database_needs_its_secret():
     urls = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if e["name"] in ("VRE_DB_URL", "VRE_HUB_DB_URL")}
     assert urls == {"VRE_DB_URL": {"name": "vre-db", "key": "db-url"},
                     "VRE_HUB_DB_URL": {"name": "vre-db", "key": "hub-db-url"}}
+
+
+def test_oidc_login_reaches_the_hub_as_settings_and_a_root_only_file(tmp_path):
+    """auth.oidc becomes the hub's oidc_* settings; the client secret comes from the operator's
+    Secret as a root-only file where the hub reads it, never as a variable; the address the
+    provider sends people back to is the Ingress's."""
+    objs = render("-f", str(CHART / "ci/production-values.yaml"))
+    container = hub_container(objs)
+    env = _env(container)
+    toml = tmp_path / "vre.toml"
+    toml.write_text(one(objs, "ConfigMap", "-config")["data"]["vre.toml"])
+    s = load(toml, environ={k: (v if isinstance(v, str) else "postgresql+psycopg://vre@db/vre") for k, v in env.items()})
+    assert s.auth == "oidc" and s.oidc_issuer == "https://login.aai.lifescience-ri.eu/oidc/"
+    assert s.oidc_groups_claim == "eduperson_entitlement" and s.oidc_require_mfa is True
+    assert s.oidc_admin_group == "hospital:vre-admins" and s.oidc_required_group == "hospital:vre-users"
+    assert s.public_base == "https://vre.hospital.example"
+    assert "VRE_OIDC_CLIENT_SECRET_FILE" not in env and not any("secret" in str(v).lower() for k, v in env.items()
+                                                                 if k.startswith("VRE_OIDC"))
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "oidc-client")
+    assert mount["mountPath"] == str(s.oidc_client_secret_path) and mount["readOnly"] is True
+    volume = next(v for v in one(objs, "Deployment", "-hub")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "oidc-client")
+    assert volume["secret"] == {"secretName": "vre-oidc", "defaultMode": 0o400,
+                                "items": [{"key": "client-secret", "path": mount["subPath"]}]}
+    # local accounts (the default): no OIDC settings, no secret volume
+    minimal = hub_container(render("-f", str(CHART / "ci/minimal-values.yaml")))
+    assert _env(minimal)["VRE_AUTH"] == "local" and not any(k.startswith("VRE_OIDC") for k in _env(minimal))
+    assert "oidc-client" not in {m["name"] for m in minimal["volumeMounts"]}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "ingress.enabled=false"], "set hub.publicUrl"),
+    (["--set", "auth.oidc.clientSecret.existingSecret="], "auth.oidc.clientSecret.existingSecret"),
+])
+def test_oidc_without_its_address_or_secret_says_what_to_set(args, message):
+    proc = helm("template", "t", str(CHART), "-f", str(CHART / "ci/production-values.yaml"), *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
 
 
 def _secret_values(objs: list[dict]) -> dict[str, str]:

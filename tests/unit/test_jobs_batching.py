@@ -83,8 +83,9 @@ class FakeExecutor:
     def agent_socket(self, project):
         return Path("/")
 
-    def idle_worker(self, project, shape):
-        return next((w for w in self.workers.values() if w.job is None and w.shape == shape), None)
+    def idle_worker(self, project, shape, datasets):
+        return next((w for w in self.workers.values()
+                     if w.job is None and w.shape == shape and w.datasets == datasets), None)
 
     def oom_kills(self, name):
         return 0

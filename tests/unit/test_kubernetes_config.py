@@ -37,7 +37,10 @@ def test_kubernetes_backend_and_its_defaults(tmp_path):
     ('k8s_dataset_volume = "nfs"\n', "k8s_nfs_server must name"),
     ('k8s_storage = "nfs"\n', "use one of hostPath, pvc"),
     ('k8s_storage_class = "Fast SSD"\n', "not a StorageClass name"),
-    ('k8s_gpu_node_selector = {gpu = 1}\n', "give node label names and string values"),
+    ('k8s_node_state_dir = "var/lib/vre"\n', "must be an absolute path on the node"),
+    ('k8s_home_size = "10 GB"\n', "k8s_home_size '10 GB' is not a size: write e.g. 10Gi"),
+    ('k8s_workspace_size = "0Gi"\n', "k8s_workspace_size '0Gi' is not a size"),
+    ('k8s_gpu_node_selector = {gpu = 1}\n', "a label value is a string"),
 ])
 def test_bad_kubernetes_settings_say_what_to_fix(tmp_path, text, fragment):
     with pytest.raises(SettingsError) as e:

@@ -13,7 +13,7 @@ from vre.backends.kubernetes import (ACCESS_POD_LABELS, HUB_POD_LABELS, SECRET_E
                                      KubernetesBackendError, ProjectQuota, check_reads_policy, network_policies,
                                      object_name,
                                      pod_server_args, project_objects, project_quota, run_secret,
-                                     session_pod)
+                                     session_pod, storage_claims)
 from vre.backends.plan_spawner import server_command
 from vre.plan import Mount, SessionPlan, runtime_mounts
 from vre.settings import Settings
@@ -115,6 +115,43 @@ def test_dataset_volume_kinds():
         "server": "nfs.example.org", "path": "/srv/ct", "readOnly": True}
 
 
+def test_host_paths_follow_the_state_volume_onto_the_node():
+    """A hub in a pod on a hostPath state volume: what lies in its state directory is mounted
+    from that volume's path on the node; other registered paths (a hospital's) stay as they are."""
+    def host_paths(pod):
+        return {m["mountPath"]: volume(pod, m["name"])["hostPath"]["path"]
+                for m in pod["spec"]["containers"][0]["volumeMounts"] if "hostPath" in volume(pod, m["name"])}
+
+    assert host_paths(render())["/home/jovyan"] == "/st/home"   # the hub on the node: its paths
+    mapped = host_paths(render(settings=SETTINGS.replace(k8s_node_state_dir="/var/tmp/vre-state")))
+    assert mapped["/home/jovyan"] == "/var/tmp/vre-state/home"
+    assert mapped["/home/jovyan/project"] == "/var/tmp/vre-state/ws"
+    assert mapped["/opt/vre/catalog/ct"] == "/var/tmp/vre-state/cat/ct"
+    assert mapped["/data/ct"] == "/srv/ct"  # registered outside the state directory
+
+
+def test_storage_claims_match_the_pods_volumes():
+    assert storage_claims(SETTINGS, make_plan()) == []  # hostPath: the hub prepares the directories
+    settings = SETTINGS.replace(k8s_storage="pvc", k8s_storage_class="rwx-files", k8s_home_size="5Gi")
+    claims = {c["metadata"]["name"]: c for c in storage_claims(settings, make_plan())}
+    assert set(claims) == {"home-ann", "workspace"}
+    pod = render(settings=settings)
+    claimed = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    assert set(claims) <= claimed  # the pod mounts what the hub creates (datasets and catalogue: the operator's)
+    home, ws = claims["home-ann"], claims["workspace"]
+    assert home["spec"] == {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "5Gi"}},
+                            "storageClassName": "rwx-files"}
+    assert ws["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert home["metadata"]["namespace"] == ws["metadata"]["namespace"] == "vre-lung"
+    assert home["metadata"]["labels"] == {"vre.instance": "vre", "vre.project": "lung", "vre.claim": "home",
+                                          "vre.user": "ann"}
+    assert "vre.user" not in ws["metadata"]["labels"]  # the project's, not a member's
+    for claim in claims.values():
+        validate(claim)
+    no_class = storage_claims(SETTINGS.replace(k8s_storage="pvc"), make_plan())
+    assert all("storageClassName" not in c["spec"] for c in no_class)  # the cluster's default class
+
+
 def test_identity_and_hardening():
     pod = render()
     spec, (c,) = pod["spec"], pod["spec"]["containers"]
@@ -160,6 +197,16 @@ def test_gpus_are_a_count_with_node_selector_and_toleration():
     cpu_only = render(settings=settings)
     assert "nodeSelector" not in cpu_only["spec"] and "tolerations" not in cpu_only["spec"]
     assert "nvidia.com/gpu" not in cpu_only["spec"]["containers"][0]["resources"]["limits"]
+
+
+def test_a_profiles_node_selector_adds_to_the_gpu_nodes():
+    settings = SETTINGS.replace(k8s_gpu_node_selector={"nvidia.com/gpu.present": "true"})
+    h200 = (("nvidia.com/gpu.product", "NVIDIA-H200"),)
+    pod = render(make_plan(gpus=1, node_selector=h200), settings)
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-H200"}
+    big = render(make_plan(node_selector=(("vre.example.org/memory", "large"),)), settings)
+    assert big["spec"]["nodeSelector"] == {"vre.example.org/memory": "large"}  # no GPU: only the profile's
+    validate(pod)
 
 
 def test_images_off_the_allow_list_are_refused():

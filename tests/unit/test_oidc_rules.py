@@ -33,6 +33,9 @@ def settings(**env):
     ({**OIDC, "VRE_OIDC_ADMIN_GROUP": "staff", "VRE_OIDC_AUDITOR_GROUP": "staff"}, "separation of duties"),
     ({**OIDC, "VRE_OIDC_REQUIRE_MFA": "1", "VRE_OIDC_MFA_ACR": "", "VRE_OIDC_MFA_AMR": ""}, "both empty"),
     ({**OIDC, "VRE_JUPYTERHUB": '{"OIDCAuthenticator": {"client_secret": "s3cret"}}'}, "decided by the VRE"),
+    ({**OIDC, "VRE_BIND_URL": "http://0.0.0.0:8000"}, "needs public_url"),
+    ({"VRE_PUBLIC_URL": "https://vre.example.org/hub/"}, "no path"),
+    ({"VRE_PUBLIC_URL": "vre.example.org"}, "no path"),
 ])
 def test_bad_login_settings_say_what_to_fix(env, fragment):
     with pytest.raises(SettingsError) as e:
@@ -44,6 +47,9 @@ def test_login_settings_defaults_and_loopback_issuer():
     assert load(environ={}).auth == "local"
     s = load(environ={**OIDC, "VRE_OIDC_ISSUER": "http://127.0.0.1:9000"})
     assert s.oidc_client_secret_path == s.secrets_dir / "oidc_client_secret"
+    assert s.public_base == s.bind_url.rstrip("/")  # no public_url: people use bind_url
+    s = load(environ={**OIDC, "VRE_BIND_URL": "http://0.0.0.0:8000", "VRE_PUBLIC_URL": "https://vre.example.org/"})
+    assert s.public_base == "https://vre.example.org"  # where the provider sends people back
 
 
 def test_entitlements_follow_aarc_g002_within_the_namespace():
@@ -221,3 +227,36 @@ def test_id_tokens_are_verified_against_the_providers_keys():
                 id_token_claims(bad, **check)
     finally:
         server.shutdown()
+
+
+def test_an_account_made_before_the_first_login_is_bound_to_it(tmp_path):
+    """`vre user add NAME --oidc`: no password (no local login), a project can take the person
+    before they come; their first login under that name binds the account to their identity,
+    and nobody else's login takes it afterwards."""
+    from vre import projects
+    from vre.accounts import add_account, check_login
+    from vre.errors import VREError
+
+    url = f"sqlite:///{tmp_path / 'vre.sqlite'}"
+    vdb.upgrade(url)
+    s = settings()  # memberships by the CLI (no project group prefix)
+    with vdb.session_scope(url) as db:
+        projects.create_project(db, "lung", "Lung")
+        account, generated = add_account(db, "carl", oidc=True)
+        assert generated is None and account.password_hash == "" and account.oidc_subject is None
+        projects.add_member(db, "lung", "carl")
+        with pytest.raises(VREError, match="no password"):
+            add_account(db, "dora", password="dora-password-1", oidc=True)
+    with vdb.session_scope(url) as db:
+        assert not check_login(db, "carl", "", threshold=5, lockout_seconds=60).ok
+    with vdb.session_scope(url) as db:
+        account, changes = sync_account(db, decide(s, {"sub": "s5", "preferred_username": "carl"}))
+        assert changes == ["bound"] and account.oidc_subject == f"{ISSUER} s5"
+        assert [m.project.slug for m in account.memberships] == ["lung"]  # kept: the CLI's call
+    with vdb.session_scope(url) as db:
+        add_account(db, "erik", oidc=True)
+    for claims, reason in [({"sub": "s6", "preferred_username": "carl"}, "name-taken"),     # someone else
+                           ({"sub": "s5", "preferred_username": "erik"}, "name-changed")]:  # carl, renamed
+        with vdb.session_scope(url) as db, pytest.raises(LoginRefused) as e:
+            sync_account(db, decide(s, claims))
+        assert e.value.reason == reason

@@ -98,6 +98,40 @@ def test_disabled_account_is_refused(world):
         plan(world, "ann", "lung")
 
 
+def test_a_profiles_node_selector_reaches_the_plan(world):
+    with vdb.session_scope(world.vre_db_url) as db:
+        pr = P.set_profile(db, "prostate", "h200", cpu=2, memory="8G", gpus=1,
+                           node_selector=["nvidia.com/gpu.product=NVIDIA-H200", "zone = a"])
+        assert pr.describe() == "2 CPU, 8 GiB RAM, 1 GPU, on nvidia.com/gpu.product=NVIDIA-H200,zone=a"
+        for bad, fragment in ((["gpu"], "write LABEL=VALUE"), (["Bad Label=x"], "not a node label name"),
+                              (["gpu.product=H200 SXM"], "a label value is")):
+            with pytest.raises(VREError, match=fragment):
+                P.set_profile(db, "prostate", "bad", cpu=1, memory="1G", node_selector=bad)
+    assert plan(world, "ben", "prostate", "h200").node_selector == (
+        ("nvidia.com/gpu.product", "NVIDIA-H200"), ("zone", "a"))
+    assert plan(world, "ben", "prostate", "gpu").node_selector == ()
+    with vdb.session_scope(world.vre_db_url) as db:  # set again without: cleared
+        assert P.set_profile(db, "prostate", "h200", cpu=2, memory="8G", gpus=1).node_selector is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_leaves_existing_profiles_without_node_selector(backend, request, tmp_path):
+    from sqlalchemy import select, text
+
+    url = f"sqlite:///{tmp_path / 'vre.sqlite'}" if backend == "sqlite" else \
+        request.getfixturevalue("postgres").new_database()
+    vdb.upgrade(url, "0011")
+    with vdb.engine_for(url).begin() as conn:
+        conn.execute(text("INSERT INTO projects (id, slug, title, description, created_at) "
+                          "VALUES (1, 'old', 'Old', '', '2026-12-01 10:00:00+00:00')"))
+        conn.execute(text("INSERT INTO profiles (project_id, name, description, cpu, mem_mb, gpus) "
+                          "VALUES (1, 'small', '', 1, 1024, 0)"))
+    vdb.upgrade(url)
+    with vdb.session_scope(url) as db:
+        profile = db.scalar(select(vdb.Profile))
+        assert (profile.name, profile.node_selector, profile.describe()) == ("small", None, "1 CPU, 1 GiB RAM")
+
+
 def test_project_without_profiles_is_refused(world):
     with vdb.session_scope(world.vre_db_url) as db:
         P.create_project(db, "empty", "Empty")

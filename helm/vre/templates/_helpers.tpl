@@ -65,3 +65,26 @@ reach the hub's API at that Service's cluster IP). */}}
 {{- include "vre.secretName" . -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Where people reach the VRE (VRE public_url): hub.publicUrl, else the Ingress's host. */}}
+{{- define "vre.publicUrl" -}}
+{{- if .Values.hub.publicUrl -}}
+{{- .Values.hub.publicUrl -}}
+{{- else if .Values.ingress.enabled -}}
+{{- printf "%s://%s" (ternary "https" "http" .Values.ingress.tls.enabled) .Values.ingress.host -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The OIDC login's VRE settings (VRE_OIDC_*), from auth.oidc. */}}
+{{- define "vre.oidcEnv" -}}
+{{- $o := .Values.auth.oidc -}}
+{{- $env := dict "ISSUER" $o.issuer "CLIENT_ID" $o.clientId "LOGIN_SERVICE" $o.loginService "SCOPES" $o.scopes
+    "USERNAME_CLAIM" $o.usernameClaim "GROUPS_CLAIM" $o.groupsClaim "ENTITLEMENT_NAMESPACE" $o.entitlementNamespace
+    "ADMIN_GROUP" $o.adminGroup "AUDITOR_GROUP" $o.auditorGroup "CHECKER_GROUP" $o.checkerGroup
+    "PROJECT_GROUP_PREFIX" $o.projectGroupPrefix "REQUIRED_GROUP" $o.requiredGroup
+    "REQUIRE_MFA" $o.requireMfa "MFA_ACR" $o.mfaAcr "MFA_AMR" $o.mfaAmr -}}
+{{- range $name := keys $env | sortAlpha }}
+- name: VRE_OIDC_{{ $name }}
+  value: {{ get $env $name | toString | quote }}
+{{- end }}
+{{- end -}}

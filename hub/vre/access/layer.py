@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import zlib
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from . import kernelmsg, policy
 from .auth import CALLBACK, COOKIE, STATE_COOKIE, Caller, Login, safe_next
 from .broker import BrokerClient, BrokerError
-from .meter import CAP_MESSAGE, LARGE, Meter, human
+from .meter import CAP_MESSAGE, CEILING_MESSAGE, LARGE, Meter, ceiling, human
 from .routes import RouteTable, SessionRoute
 
 log = logging.getLogger("vre.access")
@@ -205,6 +205,10 @@ class AccessLayer:
             return _json_error(403, "route_refused", "The VRE does not serve this address of a session.")
         if r.kind == "policy":
             return self._policy_answer(route)
+        cap = route.egress_cap
+        if self.meter.past_ceiling(route.user, route.project, cap):
+            await self._cap_reached(route, caller, request, klass, limit="ceiling")
+            return _json_error(429, "egress_ceiling", CEILING_MESSAGE.format(ceiling=human(ceiling(cap))))
         if r.kind in ("kernel", "terminal") and websocket:
             return await self.forward_ws(request, route, caller, r, klass)
         check = None
@@ -232,10 +236,11 @@ class AccessLayer:
                              image_embed=image), check
 
     def _policy_answer(self, route: SessionRoute) -> web.Response:
-        cap = int(route.policy.get("egress_cap") or 0)
+        cap = route.egress_cap
         body = {"downloads": route.policy.get("downloads", "none"), "audit_cells": bool(route.policy.get("audit_cells")),
                 "egress": {"today": self.meter.used(route.user, route.project), "cap": cap,
-                           "capped": self.meter.over(route.user, route.project, cap)}}
+                           "capped": self.meter.over(route.user, route.project, cap),
+                           "ceiling": ceiling(cap), "closed": self.meter.past_ceiling(route.user, route.project, cap)}}
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
     def _same_origin(self, request: web.Request) -> bool:
@@ -289,7 +294,7 @@ class AccessLayer:
                                         (resolved or {}).get("path") or inspect.path, resolved)
                     return _json_error(403, "download_refused", refused.message)
             if route is not None:
-                cap = int(route.policy.get("egress_cap") or 0)
+                cap = route.egress_cap
                 size = up.content_length
                 if self.meter.over(route.user, route.project, cap) and (size is None or size > LARGE):
                     await self._cap_reached(route, caller, request, klass)
@@ -305,15 +310,28 @@ class AccessLayer:
             if first:
                 await resp.write(first)
                 sent += len(first)
+            if route is not None:
+                self.meter.add(route.audit_session, route.user, route.project, klass, len(first), request=True)
             async for chunk in up.content.iter_any():
                 await resp.write(chunk)
                 sent += len(chunk)
                 if route is not None:
                     self.meter.add(route.audit_session, route.user, route.project, klass, len(chunk))
-            if route is not None:
-                self.meter.add(route.audit_session, route.user, route.project, klass, len(first), request=True)
+                    if sent > LARGE and self.meter.over(route.user, route.project, cap):
+                        return await self._cut(request, resp, route, caller, klass, sent)
+                    if self.meter.past_ceiling(route.user, route.project, cap):
+                        return await self._cut(request, resp, route, caller, klass, sent, limit="ceiling")
             await resp.write_eof()
             return resp
+
+    async def _cut(self, request, resp, route, caller, klass, sent: int, limit: str = "cap") -> web.StreamResponse:
+        """A large answer that crossed the cap while it was being sent is cut there: a transfer
+        started just under the cap must not carry on for gigabytes. The connection is closed
+        without the end of the body, so the client sees an incomplete answer, not a short file."""
+        await self._cap_reached(route, caller, request, klass, cut_after=sent, limit=limit)
+        if request.transport is not None:
+            request.transport.close()
+        return resp
 
     async def _inspect(self, up: aiohttp.ClientResponse, route: SessionRoute, r: policy.Route, resolved: dict | None):
         """Check an answer the path alone could not settle: a contents model's format, and DICOM in
@@ -387,6 +405,8 @@ class AccessLayer:
                     break
             await up.close()
 
+        cap = route.egress_cap if route is not None else 0
+
         async def server_to_browser():
             async for msg in up:
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -396,8 +416,11 @@ class AccessLayer:
                 data = msg.data
                 if route is not None:
                     size = len(data)
-                    cap = int(route.policy.get("egress_cap") or 0)
-                    if size > LARGE and self.meter.over(route.user, route.project, cap):
+                    if self.meter.past_ceiling(route.user, route.project, cap):
+                        await self._past_ceiling(ws, route, caller, request, klass, data, subprotocol, cap, r)
+                        break
+                    # a frame is sent whole or not at all: a large one that would pass the cap is withheld
+                    if size > LARGE and self.meter.over(route.user, route.project, cap, size):
                         await self._cap_reached(route, caller, request, klass)
                         data = self._withheld(data, subprotocol, cap, r)
                         if data is None:
@@ -420,6 +443,19 @@ class AccessLayer:
             await up.close()
             await ws.close()
         return ws
+
+    async def _past_ceiling(self, ws, route, caller, request, klass, data, subprotocol, cap: int, r) -> None:
+        """The day's ceiling is passed: one notice in the cell (kernels), then the connection closes.
+        The Lab's reconnections are refused at the upgrade with the same reason."""
+        await self._cap_reached(route, caller, request, klass, limit="ceiling")
+        text = CEILING_MESSAGE.format(ceiling=human(ceiling(cap)))
+        msg = kernelmsg.parse(data, subprotocol, content=False) if r is not None and r.kind == "kernel" else None
+        if msg is not None and msg.channel == "iopub":
+            notice = kernelmsg.stream_notice(msg, "[VRE] " + text + "\n", subprotocol)
+            self.meter.add(route.audit_session, route.user, route.project, klass,
+                           len(notice) if isinstance(notice, bytes) else len(notice.encode()))
+            await (ws.send_str(notice) if isinstance(notice, str) else ws.send_bytes(notice))
+        await ws.close(code=1008, message=b"daily data limit for the browser passed")
 
     def _withheld(self, data, subprotocol, cap: int, r: policy.Route | None):
         """A kernel message over the cap becomes a notice in the same cell; other large frames are dropped."""
@@ -504,14 +540,21 @@ class AccessLayer:
                                 details={"route": r.label or r.kind, "reason": reason, "method": request.method,
                                          "url": request.path[:500], "query": request.query_string[:300]}))
 
-    async def _cap_reached(self, route, caller, request, klass) -> None:
-        if self.meter.first_refusal(route.audit_session):
-            cap = int(route.policy.get("egress_cap") or 0)
+    async def _cap_reached(self, route, caller, request, klass, *, cut_after: int | None = None,
+                           limit: str = "cap") -> None:
+        """Record, once per session and day for each limit, that the cap (large answers withheld)
+        or the ceiling (nothing more sent) was reached."""
+        if self.meter.first_refusal(route.audit_session, limit):
+            cap = route.egress_cap
+            details = {"cap": cap, "used": self.meter.used(route.user, route.project), "class": klass,
+                       "limit": limit}
+            if limit == "ceiling":
+                details["ceiling"] = ceiling(cap)
+            if cut_after is not None:
+                details.update(cut_after=cut_after, path=request.path[:500])
             await self._record(dict(action="egress.cap_reached", actor=route.user, outcome="denied",
                                     target=f"{route.user}/{route.server}", project=route.project,
-                                    session=route.audit_session, client=request.remote,
-                                    details={"cap": cap, "used": self.meter.used(route.user, route.project),
-                                             "class": klass}))
+                                    session=route.audit_session, client=request.remote, details=details))
 
     def _note_anonymous(self, route: SessionRoute, request: web.Request) -> None:
         """Requests without a login: the first per session and minute is recorded at once, the rest

@@ -22,10 +22,22 @@ FLUSH_SECONDS = 10
 LARGE = 64 * 1024
 CAP_MESSAGE = ("The project's daily limit on data sent to the browser is reached ({cap}); large outputs "
                "and files are withheld until tomorrow (UTC). Results leave through the airlock.")
+#: Small answers over the cap are still bounded: at the ceiling (the cap plus a quarter, at least
+#: this much more) the session sends nothing more to the browser that day, so a loop of small
+#: outputs cannot carry the data out piece by piece.
+GRACE_MIN = 1 << 20
+CEILING_MESSAGE = ("The project's daily limit on data sent to the browser is passed ({ceiling} with the allowance "
+                   "for small answers): this session sends nothing more to the browser until tomorrow (UTC). "
+                   "Work continues in batch jobs; results leave through the airlock.")
 
 
 def today() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+def ceiling(cap: int) -> int:
+    """The day's hard limit for a cap (0: none)."""
+    return cap + max(cap // 4, GRACE_MIN) if cap else 0
 
 
 def human(n: int) -> str:
@@ -52,7 +64,7 @@ class Meter:
         self._pending: dict[str, _Pending] = {}
         self._member: dict[tuple[str, str], int] = defaultdict(int)   # (user, project) -> bytes today
         self._session: dict[str, int] = defaultdict(int)              # session -> bytes today
-        self._capped: set[str] = set()                                # sessions told today
+        self._told: set[tuple[str, str]] = set()                      # (session, limit) recorded today
 
     def load(self, rows: list[dict]) -> None:
         for r in rows:
@@ -65,7 +77,7 @@ class Meter:
             self.day = day
             self._member.clear()
             self._session.clear()
-            self._capped.clear()
+            self._told.clear()
 
     def add(self, session: str, user: str, project: str, klass: str, n: int, *, request: bool = False) -> None:
         self._roll()
@@ -86,14 +98,20 @@ class Meter:
         self._roll()
         return self._session.get(session, 0)
 
-    def over(self, user: str, project: str, cap: int) -> bool:
-        return bool(cap) and self.used(user, project) >= cap
+    def over(self, user: str, project: str, cap: int, adding: int = 0) -> bool:
+        """Whether the member is at the cap, or would pass it by sending ``adding`` bytes more."""
+        return bool(cap) and self.used(user, project) + adding >= cap
 
-    def first_refusal(self, session: str) -> bool:
-        """True once per session and day: when to record that the cap was reached."""
-        if session in self._capped:
+    def past_ceiling(self, user: str, project: str, cap: int) -> bool:
+        """Whether the member's day has reached the ceiling over the cap: nothing more is sent."""
+        return bool(cap) and self.used(user, project) >= ceiling(cap)
+
+    def first_refusal(self, session: str, limit: str = "cap") -> bool:
+        """True once per session, limit ("cap" or "ceiling") and day: when to record it."""
+        self._roll()
+        if (session, limit) in self._told:
             return False
-        self._capped.add(session)
+        self._told.add((session, limit))
         return True
 
     async def flush(self) -> None:

@@ -45,6 +45,11 @@ class SessionRoute:
     def project(self) -> str:
         return self.policy["project"]
 
+    @property
+    def egress_cap(self) -> int:
+        """Bytes per member and day to the browser (0: no cap), as fixed at the session's start."""
+        return int(self.policy.get("egress_cap") or 0)
+
     def http(self) -> aiohttp.ClientSession:
         if self.client is None or self.client.closed:
             connector = aiohttp.UnixConnector(path=self.socket, limit=0) if self.socket else aiohttp.TCPConnector(limit=0)

@@ -12,11 +12,9 @@ submission) are recorded too, as ``outcome=denied``.
 from __future__ import annotations
 
 import datetime as dt
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
-from sqlalchemy.orm.exc import StaleDataError
 
 from .. import db as vdb
 from ..audit.events import cli_actor, emit, role_of
@@ -55,15 +53,10 @@ class Actor:
     client: str | None = None
 
 
-@contextmanager
 def _tx(settings):
     """A transaction; a request changed by someone else meanwhile (its ``rev``) is a WrongState."""
-    try:
-        with vdb.session_scope(settings.vre_db_url) as db:
-            yield db
-    except StaleDataError:
-        raise R.WrongState("the request changed at the same moment (another submission or review); "
-                           "look at it again and retry") from None
+    return vdb.versioned_scope(settings.vre_db_url, lambda: R.WrongState(
+        "the request changed at the same moment (another submission or review); look at it again and retry"))
 
 
 @dataclass

@@ -13,6 +13,10 @@
 * ``/services/vre/api/airlock...``: the airlock's REST API (``vre.api.airlock``, docs/airlock.md).
 * ``/services/vre/airlock[/<id>]``: the output checkers' pages; ``.../download`` links for researchers
   (``vre.api.airlock_pages``).
+* ``/services/vre/catalogue`` and ``/services/vre/access-requests[/<id>/<action>]``: the catalogue
+  for researchers, access requests and their decisions (``vre.api.access_pages``).
+* ``/services/vre/admin/users[/<name>/<change>]``: the Users admin page, VRE admins only
+  (``vre.api.admin_pages``).
 
 The proxy reaches the service on a loopback port (JupyterHub's service ``url`` must be http[s]);
 sessions, which have no network, reach it on its unix socket ``SOCKET_NAME`` in the hub's socket
@@ -27,7 +31,8 @@ import sys
 
 from tornado.routing import AnyMatches, Matcher
 
-from ..roles import AIRLOCK_REVIEW_SCOPE, AIRLOCK_SCOPE, AUDIT_READ_SCOPE, JOBS_SCOPE, SERVICE_NAME
+from ..roles import (ADMIN_SCOPE, AIRLOCK_REVIEW_SCOPE, AIRLOCK_SCOPE, AUDIT_READ_SCOPE, CATALOGUE_SCOPE, JOBS_SCOPE,
+                     SERVICE_NAME)
 
 EVENTS_ROUTE = r"api/audit/events"
 #: The service's unix socket in ``settings.hub_socket_dir`` (in sessions: ``plan.INNER_SERVICE_SOCKET``).
@@ -52,6 +57,8 @@ def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
     and the requester's side of the airlock."""
     from ..jobs.api import handlers as job_handlers
     from .airlock import handlers as airlock_handlers
+    from .access_pages import handlers as access_pages
+    from .admin_pages import handlers as admin_pages
     from .airlock_pages import handlers as airlock_pages
     from .audit import handlers
     from .ingest import IngestHandler
@@ -59,7 +66,7 @@ def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
     result = list(job_handlers(settings))
     if sessions_only:
         return [(EVENTS_ROUTE, IngestHandler), *result, *airlock_handlers(settings, sessions_only=True)]
-    result += airlock_handlers(settings) + airlock_pages(settings)
+    result += airlock_handlers(settings) + airlock_pages(settings) + access_pages(settings) + admin_pages(settings)
     for pattern, cls, *rest in handlers(settings):
         if pattern == EVENTS_ROUTE:
             kwargs = rest[0] if rest else {}
@@ -89,7 +96,8 @@ def service_spec(settings, environment: dict[str, str]) -> dict:
         "environment": environment,
         # Browser logins (the hub's OAuth) carry the VRE's scopes, as far as the user holds them;
         # a user without them logs in all the same and gets 403 from the handlers.
-        "oauth_client_allowed_scopes": [AUDIT_READ_SCOPE, JOBS_SCOPE, AIRLOCK_SCOPE, AIRLOCK_REVIEW_SCOPE],
+        "oauth_client_allowed_scopes": [AUDIT_READ_SCOPE, JOBS_SCOPE, AIRLOCK_SCOPE, AIRLOCK_REVIEW_SCOPE,
+                                        CATALOGUE_SCOPE, ADMIN_SCOPE],
         "oauth_no_confirm": True,  # part of the VRE, not a third party: no "authorize access?" page
         "display": False,          # not in the hub's Services menu
     }

@@ -63,7 +63,7 @@ ACTIONS: dict[str, str] = {
     "session.cull": "an idle or no-longer-permitted session was stopped by a service",
     "admin.server_access": "an admin accessed another user's session",
     "access.refused": "the access layer refused a request to a session (no login, or not the session's user)",
-    "egress.cap_reached": "a session reached its project's daily cap on data sent to the browser",
+    "egress.cap_reached": "a session reached its project's daily cap on data sent to the browser, or the ceiling over it",
     "terminal.input": "a line typed in a terminal of a session with code audit on",
     "api.request": "any state-changing hub REST API call (method and path in target)",
     # accounts
@@ -74,6 +74,7 @@ ACTIONS: dict[str, str] = {
     "project.create": "a project was created",
     "project.update": "a project's title or description changed",
     "project.grant": "a dataset was granted to a project",
+    "project.grant_update": "a dataset grant's mode or expiry changed",
     "project.revoke": "a dataset grant was revoked from a project",
     "project.member_add": "a user was added to a project",
     "project.member_remove": "a user was removed from a project",
@@ -84,6 +85,14 @@ ACTIONS: dict[str, str] = {
     "dataset.register": "a dataset was registered and indexed",
     "dataset.reindex": "a dataset was re-indexed",
     "dataset.remove": "a dataset was removed from the catalogue",
+    "dataset.steward_add": "an account was made a steward of a dataset (decides its access requests)",
+    "dataset.steward_remove": "an account stopped being a steward of a dataset",
+    # access requests (researchers ask for a dataset grant; admins and stewards decide)
+    "access_request.create": "a researcher asked for a dataset for one of their projects (mode asked in details)",
+    "access_request.withdraw": "the requester withdrew their open access request",
+    "access_request.approve": "an access request was approved: the grant was made (mode, expiry in details; "
+                              "denied: not allowed, e.g. one's own request)",
+    "access_request.deny": "an access request was denied (reason in details; denied: not allowed)",
     "dicom.series_view": "a DICOM series was opened in a viewer",
     "dicom.instance_view": "a single DICOM instance was read",
     "download.refused": "a download out of the environment was refused",

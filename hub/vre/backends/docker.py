@@ -38,7 +38,7 @@ import subprocess
 import docker
 from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
-from traitlets import Bool, CaselessStrEnum, Dict, Integer, List, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Dict, Unicode, default
 
 from .. import gpus
 from ..plan import HOME, INNER_RUN, SessionPlan

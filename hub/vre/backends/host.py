@@ -21,9 +21,15 @@ def prepare_home_and_workspace(plan: SessionPlan) -> None:
     os.chmod(workspace, 0o2770)  # setgid: files stay in the project's group
     home.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(home.parent, 0o755)
-    (home / "project").mkdir(parents=True, exist_ok=True)  # mount point of the workspace
+    try:
+        (home / "project").mkdir(parents=True, exist_ok=True)  # mount point of the workspace
+        os.chown(home / "project", plan.uid, plan.gid)
+    except PermissionError:
+        # a hub without CAP_DAC_OVERRIDE (the chart's pod) cannot look into a home it made before
+        # (0700, the member's); a container runtime makes a missing mount point itself
+        if not home.is_dir():
+            raise
     os.chown(home, plan.uid, plan.gid)
-    os.chown(home / "project", plan.uid, plan.gid)
     os.chmod(home, 0o700)
 
 

@@ -41,6 +41,7 @@ import math
 import re
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from jupyterhub.spawner import Spawner
@@ -53,7 +54,7 @@ from traitlets import CaselessStrEnum, Unicode, default
 
 from ..plan import AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan
 from ..settings import Settings, k8s_images
-from .host import prepare_host
+from .host import prepare_home_and_workspace
 from .plan_spawner import PlanSpawner, server_args, server_command
 
 #: The session server's port in its pod (the access layer's target: ``http://<pod IP>:PORT``).
@@ -204,13 +205,28 @@ def project_objects(settings: Settings, plan: SessionPlan, quota: ProjectQuota) 
 
 
 # --- the session pod --------------------------------------------------------------------------
+def node_path(settings: Settings, path: Path) -> str:
+    """``path`` as the node sees it: under ``k8s_node_state_dir`` when it lies in the hub's state
+    directory and the hub runs in a pod on a hostPath state volume; else unchanged."""
+    if settings.k8s_node_state_dir:
+        try:
+            return str(Path(settings.k8s_node_state_dir) / Path(path).relative_to(settings.state_dir))
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _host_path(settings: Settings, path: Path) -> dict:
+    return {"hostPath": {"path": node_path(settings, path), "type": "Directory"}}
+
+
 def _dataset_source(settings: Settings, mount) -> dict:
     slug = mount.target.rsplit("/", 1)[-1]
     if settings.k8s_dataset_volume == "nfs":
         return {"nfs": {"server": settings.k8s_nfs_server, "path": str(mount.source), "readOnly": True}}
     if settings.k8s_dataset_volume == "pvc":
         return {"persistentVolumeClaim": {"claimName": object_name(f"dataset-{slug}"), "readOnly": True}}
-    return {"hostPath": {"path": str(mount.source), "type": "Directory"}}
+    return _host_path(settings, mount.source)
 
 
 def _storage_source(settings: Settings, plan: SessionPlan, mount) -> dict:
@@ -218,7 +234,29 @@ def _storage_source(settings: Settings, plan: SessionPlan, mount) -> dict:
     if settings.k8s_storage == "pvc":
         claim = {"home": object_name(f"home-{plan.user}"), "workspace": "workspace", "catalog": "catalog"}[mount.kind]
         return {"persistentVolumeClaim": {"claimName": claim, **({"readOnly": True} if mount.readonly else {})}}
-    return {"hostPath": {"path": str(mount.source), "type": "Directory"}}
+    return _host_path(settings, mount.source)
+
+
+def storage_claims(settings: Settings, plan: SessionPlan) -> list[dict]:
+    """The claims a session's home and workspace mount (``k8s_storage = "pvc"``): created by the
+    hub when missing and never deleted by it (a member's files outlive sessions and members)."""
+    if settings.k8s_storage != "pvc":
+        return []
+    out = []
+    for m in plan.mounts:
+        if m.kind not in ("home", "workspace"):
+            continue
+        source = _storage_source(settings, plan, m)["persistentVolumeClaim"]["claimName"]
+        size = settings.k8s_home_size if m.kind == "home" else settings.k8s_workspace_size
+        spec = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": size}}}
+        if settings.k8s_storage_class:
+            spec["storageClassName"] = settings.k8s_storage_class
+        meta_labels = {"vre.instance": settings.instance, "vre.project": plan.labels["vre.project"],
+                       "vre.claim": m.kind, **({"vre.user": plan.labels["vre.user"]} if m.kind == "home" else {})}
+        out.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": source, "namespace": namespace_name(plan), "labels": meta_labels},
+                    "spec": spec})
+    return out
 
 
 def identity_files(plan: SessionPlan) -> dict[str, str]:
@@ -320,8 +358,10 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
     }
     if plan.gpus:
         spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-        if settings.k8s_gpu_node_selector:
-            spec["nodeSelector"] = dict(settings.k8s_gpu_node_selector)
+    # the profile's labels on top of the GPU nodes' (a GPU model among them, say)
+    selector = {**(settings.k8s_gpu_node_selector if plan.gpus else {}), **dict(plan.node_selector)}
+    if selector:
+        spec["nodeSelector"] = selector
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": object_name(plan.session_id), "namespace": namespace_name(plan),
                          "labels": labels(settings, plan)},
@@ -421,15 +461,28 @@ class KubernetesSpawner(PlanSpawner, Spawner):
             else:
                 await getattr(api, f"replace_{scope}{snake}")(name, *args)
 
+    async def _ensure(self, obj: dict) -> None:
+        """Create ``obj`` unless it exists (claims: kept as they are, data and all)."""
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        api = await self._api()
+        try:
+            await api.create_namespaced_persistent_volume_claim(ns, obj)
+            self.log.info("Created claim %s/%s (%s)", ns, name, obj["spec"]["resources"]["requests"]["storage"])
+        except ApiException as e:
+            if e.status != 409:
+                raise KubernetesBackendError(f"the cluster refused claim {ns}/{name}: {_reason(e)}") from None
+
     # -- start ---------------------------------------------------------------------------------
     def _prepare_host(self, plan: SessionPlan) -> None:
-        """The run directory (the access layer's mount table); with hostPath storage the hub is on
-        the node, so it also prepares home and workspace there with their owners."""
+        """A fresh run directory (the access layer's mount table); with hostPath storage also the
+        home and workspace with their owners. Nothing else of the host run directory is mounted
+        (the runtime files come from the session's Secret, sockets and spool are emptyDirs), so
+        none of it is made: a hub in a pod, without CAP_DAC_OVERRIDE, could not remove the
+        member's private directories of a previous session."""
         if self.settings.k8s_storage == "hostPath":
-            prepare_host(plan, self._identity_files(plan))
-        else:
-            shutil.rmtree(plan.run_dir, ignore_errors=True)
-            plan.run_dir.mkdir(parents=True, mode=0o755)
+            prepare_home_and_workspace(plan)
+        shutil.rmtree(plan.run_dir, ignore_errors=True)
+        plan.run_dir.mkdir(parents=True, mode=0o755)
 
     def _project_quota(self, plan: SessionPlan) -> ProjectQuota:
         from .. import db as vdb
@@ -471,6 +524,8 @@ class KubernetesSpawner(PlanSpawner, Spawner):
         quota = await asyncio.to_thread(self._project_quota, plan)
         for obj in project_objects(self.settings, plan, quota):
             await self._put(obj)
+        for claim in storage_claims(self.settings, plan):
+            await self._ensure(claim)
         self.hub_connect_url = await self._hub_url()
         env = self._environment(plan)
         pod = session_pod(self.settings, plan, image=image, env=env, command=self._server_command(plan),

@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 import os
 import time
-from dataclasses import replace
 
 from ..audit.schema import Event
 from .aggregate import Aggregator, FirstRead, Reader, Summary

@@ -31,7 +31,7 @@ from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import service
 from .executor import ExecutorError, LocalDaskExecutor, RecorderUnavailable, SchedulerLost
-from .queue import Ask, Quota, admit
+from .queue import Quota, admit
 
 log = logging.getLogger("vre.jobs")
 TICK = 1.0            # seconds between looks when nothing wakes the engine
@@ -272,10 +272,6 @@ class Engine:
         if job.gpus or job.kind == "cluster" or not self.executor.scheduler_alive(project.slug) \
                 or not self.executor.agent_socket(project.slug).exists():
             return None
-        with self.timed("start: idle_worker + oom count (cgroup reads)"):
-            worker = self.executor.idle_worker(project.slug, (job.cpu, job.mem_mb, ()))
-        if worker is None:
-            return None
         # nothing is flushed before the look's commit (no write lock held across the await below)
         try:
             with db.no_autoflush, self.timed("start: worker plan (membership; cached)"):
@@ -284,6 +280,10 @@ class Engine:
         except PlanRefused as e:
             self.finish(db, job, "failed", f"not started: {e}")
             return ()  # handled (failed): nothing to submit
+        with self.timed("start: idle_worker + oom count (cgroup reads)"):
+            worker = self.executor.idle_worker(project.slug, (job.cpu, job.mem_mb, ()), plan.datasets)
+        if worker is None:
+            return None
         worker.job = job.id
         job.devices, job.worker = "", worker.name
         job.attempts += 1
@@ -328,7 +328,7 @@ class Engine:
             with self.timed("start: ensure_scheduler"):
                 await self.executor.ensure_scheduler(plan)
             shape = (job.cpu, job.mem_mb, devices)
-            worker = None if devices else self.executor.idle_worker(project.slug, shape)
+            worker = None if devices else self.executor.idle_worker(project.slug, shape, plan.datasets)
             if worker is None:
                 with self.timed("start: start_worker"):
                     worker = await self.executor.start_worker(plan, job.cpu, job.mem_mb, devices)
@@ -390,8 +390,10 @@ class Engine:
             self._starting = True
         if state.get("started") and job.started_at is None:
             job.started_at = dt.datetime.fromtimestamp(state["started"], dt.timezone.utc)
+            worker = self.executor.workers.get(job.worker)
+            mounted = {"datasets": list(worker.datasets)} if worker and worker.datasets is not None else {}
             self.audit(job, "job.start", details={"worker": job.worker, "devices": job.devices,
-                                                  "cpu": job.cpu, "mem_mb": job.mem_mb, "gpus": job.gpus})
+                                                  "cpu": job.cpu, "mem_mb": job.mem_mb, "gpus": job.gpus, **mounted})
         if state["state"] == "done":  # committed with the rest of this look, then forgotten
             self.finish_from_result(db, job, state["result"])
             self._ended.append(job.id)

@@ -62,6 +62,10 @@ class Worker:
     project: str
     shape: tuple            # (cpu, mem_mb, devices): a warm worker is reused for the same shape
     job: int | None = None  # the job it runs now
+    #: The datasets mounted in it (None: unknown, found again after a restart): a warm worker is
+    #: reused only while the plan mounts the same (a revoked or expired grant must not reach the
+    #: next job through a warm worker).
+    datasets: tuple | None = ()
     idle_since: float = field(default_factory=time.time)
 
 
@@ -156,9 +160,12 @@ class LocalDaskExecutor:
                             "service's log)")
 
     # -- workers -------------------------------------------------------------------------
-    def idle_worker(self, project: str, shape: tuple) -> Worker | None:
+    def idle_worker(self, project: str, shape: tuple, datasets: tuple) -> Worker | None:
+        """A warm worker of ``shape`` that mounts exactly ``datasets`` (the job's plan's); others
+        stay idle until ``stop_idle``."""
         for w in self.workers.values():
-            if w.project == project and w.job is None and w.shape == shape and self._cgroup(w.name).pids():
+            if w.project == project and w.job is None and w.shape == shape and w.datasets == datasets \
+                    and self._cgroup(w.name).pids():
                 return w
         return None
 
@@ -174,7 +181,7 @@ class LocalDaskExecutor:
                 "--no-nanny", "--memory-limit", "0", "--no-dashboard", "--local-directory", "/tmp",
                 "--resources", f"vre-{name}=1", "--death-timeout", "120"]
         await self._launch(plan, argv, devices, limits=dict(cpu=cpu, mem_mb=mem_mb + WORKER_OVERHEAD_MB, pids_max=4096))
-        worker = Worker(name, plan.project, (cpu, mem_mb, tuple(devices)))
+        worker = Worker(name, plan.project, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets)
         self.workers[name] = worker
         return worker
 
@@ -198,7 +205,7 @@ class LocalDaskExecutor:
         """After a restart: take over the workers that run jobs (name -> job), stop the others."""
         for name in self._existing(project):
             if name in busy and self._cgroup(name).pids():
-                self.workers[name] = Worker(name, project, (), job=busy[name])
+                self.workers[name] = Worker(name, project, (), job=busy[name], datasets=None)
             elif name not in busy:
                 self.stop_worker(name)
 

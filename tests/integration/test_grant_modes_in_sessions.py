@@ -1,0 +1,130 @@
+"""Grant modes and grant expiry from inside real sessions and batch jobs (issue 14).
+
+One hub (SQLite) for the module. alice's project ``lung-screening`` is granted ``prostate-mri``
+(the other demo project's cohort) batch-only: her sessions must not see its files, the project's
+batch jobs must read them; made interactive it appears in her next session; expired it is gone
+from both, also for a job that comes after a warm worker (started before the expiry) waits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+PROJECT = "lung-screening"
+OWN = "lung-ct-screening"
+EXTRA = "prostate-mri"
+
+PROBE = f"""
+import glob, json, os
+r = {{'data': sorted(os.listdir('/data')), 'catalog': sorted(os.listdir('/opt/vre/catalog'))}}
+try:
+    os.stat('/data/{EXTRA}'); r['stat'] = 'ok'
+except OSError as e:
+    r['stat'] = e.errno
+files = sorted(glob.glob('/data/{EXTRA}/**/*.dcm', recursive=True))
+r['dicm'] = open(files[0], 'rb').read(132)[128:].decode() if files else None
+r['catalogue_only'] = [d['slug'] for d in json.load(open('/etc/vre/session.json')).get('catalogue_only', [])]
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(make_hub):
+    # workers stay warm longer than the expiry test waits: a warm worker must not carry an expired grant
+    h = make_hub("sqlite-grant-modes", VRE_JOBS_WORKER_IDLE="600")
+    h.vre("project", "grant", PROJECT, EXTRA, "--mode", "batch-only")
+    return h
+
+
+@pytest.fixture(scope="module")
+def alice(hub):
+    return hub.client("alice")
+
+
+@pytest.fixture(scope="module")
+def workspace(hub) -> Path:
+    ws = hub.state / "projects" / PROJECT / "workspace"
+    ws.mkdir(parents=True, exist_ok=True)
+    (ws / "probe.py").write_text(PROBE + "json.dump(r, open('probe.json', 'w'))\n")
+    return ws
+
+
+def in_session(alice) -> dict:
+    """The probe run in a kernel of a fresh session."""
+    alice.start(PROJECT)
+    k = alice.kernel(PROJECT)
+    try:
+        return json.loads(k.check(PROBE + "print(json.dumps(r))").strip().splitlines()[-1])
+    finally:
+        k.close()
+
+
+def in_job(alice, workspace) -> dict:
+    r = alice.vre_api("POST", "/jobs", json={"project": PROJECT, "kind": "script", "target": "project/probe.py"})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + 180
+    while (j := alice.vre_api("GET", f"/jobs/{job_id}").json())["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, j
+        time.sleep(0.3)
+    assert j["state"] == "succeeded", (j, alice.vre_api("GET", f"/jobs/{job_id}/log").json()["text"])
+    return json.loads((workspace / "jobs" / str(job_id) / "probe.json").read_text())
+
+
+def home(hub, alice) -> str:
+    return requests.get(f"{hub.url}/hub/home", cookies=alice.http.cookies, timeout=10).text
+
+
+def audit(hub, action: str) -> list[dict]:
+    return json.loads(hub.vre("audit", "query", "--action", action, "--json", "--limit", "500").stdout)
+
+
+def test_batch_only_is_absent_from_a_session_and_read_by_a_job(hub, alice, workspace):
+    s = in_session(alice)
+    assert s["data"] == [OWN] and s["stat"] == 2 and s["dicm"] is None  # ENOENT: no file, no mount point
+    assert s["catalog"] == [OWN] and s["catalogue_only"] == [EXTRA]
+    r = requests.get(f"{alice.server_url(PROJECT)}/vre/api/datasets",
+                     headers={"Authorization": f"token {alice.token}"}, timeout=30)
+    listed = {d["slug"]: d for d in r.json()["datasets"]}
+    assert listed[EXTRA]["mode"] == "batch-only" and listed[EXTRA]["path"] is None
+    assert listed[EXTRA]["note"] == "batch-only: available to batch jobs" and listed[EXTRA]["record"]["title"]
+    assert listed[OWN]["mode"] == "interactive"
+    assert "batch-only: available to batch jobs" in home(hub, alice)
+    alice.stop(PROJECT)
+    j = in_job(alice, workspace)
+    assert j["data"] == sorted([OWN, EXTRA]) and j["stat"] == "ok" and j["dicm"] == "DICM"
+    assert audit(hub, "session.start")[-1]["details"]["datasets"] == [OWN]
+    assert EXTRA in audit(hub, "job.start")[-1]["details"].get("datasets", [])
+
+
+def test_made_interactive_it_appears_in_the_next_session(hub, alice):
+    hub.vre("project", "update-grant", PROJECT, EXTRA, "--mode", "interactive")
+    s = in_session(alice)
+    assert s["data"] == sorted([OWN, EXTRA]) and s["stat"] == "ok" and s["dicm"] == "DICM"
+    assert s["catalogue_only"] == []
+    alice.stop(PROJECT)
+    assert [e["details"]["mode"] for e in audit(hub, "project.grant_update")] == ["interactive"]
+
+
+def test_an_expired_grant_is_absent_from_sessions_and_jobs(hub, alice, workspace):
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=45)
+    hub.vre("project", "update-grant", PROJECT, EXTRA, "--expires", expires.isoformat())
+    before = in_job(alice, workspace)  # leaves a warm worker with it mounted, and a cached plan
+    assert before["stat"] == "ok", "the job did not start before the grant expired (slow host?)"
+    time.sleep(max(0.0, (expires - dt.datetime.now(dt.timezone.utc)).total_seconds()) + 1)
+    row = next(line for line in hub.vre("project", "list").stdout.splitlines() if line.startswith(PROJECT))
+    assert re.search(rf"{EXTRA} \((batch-only, )?expired\)", row), row
+    assert "grant expired" in home(hub, alice)
+    after = in_job(alice, workspace)
+    assert after["data"] == [OWN] and after["stat"] == 2 and after["dicm"] is None
+    s = in_session(alice)
+    assert s["data"] == [OWN] and s["stat"] == 2 and s["catalogue_only"] == []
+    alice.stop(PROJECT)

@@ -1,0 +1,367 @@
+"""Access requests (vre.access_requests): who may ask and decide, one open request per pair, final
+decisions, the grant an approval makes, the audit trail, the catalogue researchers browse, the
+migration from 0010 and the CLI's errors. On SQLite and PostgreSQL."""
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from vre import access_requests as AR
+from vre import db as vdb
+from vre import projects as P
+from vre.accounts import add_account
+from vre.audit import open_store
+from vre.catalog.browse import browse
+from vre.errors import NotFound, VREError
+from vre.settings import Settings
+
+WHY = "Validate our nodule detector on an independent screening cohort."
+USE = "Batch inference and evaluation metrics only."
+LUNG = {"title": "Lung CT record", "description": "Screening CT", "publisher": "Holder", "condition": "Lung cancer",
+        "interoperability_tier": 2, "keywords": ["lung"], "modalities": ["CT"], "body_parts": ["CHEST"],
+        "num_subjects": 4, "num_studies": 4, "indexed_at": "2026-01-01"}
+PROSTATE = {"title": "Prostate MR record", "condition": "Prostate cancer", "interoperability_tier": 3,
+            "modalities": ["MR"], "body_parts": ["PROSTATE"], "num_subjects": 3}
+
+
+@pytest.fixture
+def world(db_url, tmp_path):
+    """bob in prostate-ai (has prostate-mri); alice in lung-screening; admin; stewart, steward of lung-ct;
+    an auditor. Two admins (admin, root-like admin2) to decide each other's requests."""
+    settings = Settings(state_dir=tmp_path / "state", db_url=db_url)
+    with vdb.session_scope(db_url) as db:
+        for name, role in (("bob", "researcher"), ("alice", "researcher"), ("admin", "admin"),
+                           ("admin2", "admin"), ("stewart", "researcher"), ("aud", "auditor")):
+            add_account(db, name, role=role, password=f"{name}-password-1")
+        db.add(vdb.Dataset(slug="lung-ct", title="Lung CT", path="/srv/secret/lung", catalog=LUNG))
+        db.add(vdb.Dataset(slug="prostate-mri", title="Prostate MR", path="/srv/secret/prostate", catalog=PROSTATE))
+        db.flush()
+        P.create_project(db, "prostate-ai", "Prostate AI")
+        P.create_project(db, "lung-screening", "Lung screening")
+        P.grant(db, "prostate-ai", "prostate-mri")
+        P.add_member(db, "prostate-ai", "bob")
+        P.add_member(db, "prostate-ai", "admin")
+        P.add_member(db, "lung-screening", "alice")
+        AR.add_steward(db, "lung-ct", "stewart")
+    return settings
+
+
+def ask(settings, who="bob", project="prostate-ai", dataset="lung-ct", mode="batch-only", **kw):
+    return AR.create(settings, AR.Actor(who), project, dataset, mode=mode,
+                     justification=kw.get("justification", WHY), intended_use=kw.get("intended_use", USE))
+
+
+def events(settings, prefix="access_request."):
+    return [(e["action"], e["outcome"], e["actor"], e["project"], e["dataset"], e["details"])
+            for e in open_store(settings).query(limit=100, newest_first=False, action=prefix)]
+
+
+def generation(settings) -> int:
+    with vdb.session_scope(settings.vre_db_url) as db:
+        return db.get(vdb.PlanGeneration, 1).n
+
+
+def test_approval_creates_the_grant_with_the_deciders_mode_and_expiry(world):
+    before = generation(world)
+    req = ask(world)
+    assert generation(world) == before  # a request changes no plan
+    assert (req["state"], req["mode"], req["requester"]) == ("open", "batch-only", "bob")
+    later = (dt.date.today() + dt.timedelta(days=30)).isoformat()
+    out = AR.approve(world, AR.Actor("admin2"), req["id"], mode="batch-only", expires=later)
+    assert (out["state"], out["decided_by"], out["granted_mode"]) == ("approved", "admin2", "batch-only")
+    assert generation(world) > before  # the grant moved it
+    with vdb.session_scope(world.vre_db_url) as db:
+        g = next(g for g in P.get_project(db, "prostate-ai").grants if g.dataset.slug == "lung-ct")
+        assert g.mode == "batch-only" and g.expires_at.date().isoformat() > later[:10] >= dt.date.today().isoformat()
+    acts = events(world)
+    assert [a[:5] for a in acts] == [("access_request.create", "ok", "bob", "prostate-ai", "lung-ct"),
+                                     ("access_request.approve", "ok", "admin2", "prostate-ai", "lung-ct")]
+    assert acts[1][5]["mode"] == "batch-only" and acts[1][5]["expires_at"].startswith(later[:4])
+    grants = events(world, "project.grant")
+    assert grants[-1][2] == "admin2" and grants[-1][5]["access_request"] == req["id"]
+    assert grants[-1][5]["mode"] == "batch-only"
+
+
+def test_approval_defaults_to_the_mode_asked_for_and_stewards_decide_their_datasets(world):
+    req = ask(world, mode="interactive")
+    with pytest.raises(AR.Forbidden, match="admins and the stewards"):
+        AR.approve(world, AR.Actor("alice"), req["id"])
+    out = AR.approve(world, AR.Actor("stewart"), req["id"])
+    assert (out["granted_mode"], out["granted_expires_at"]) == ("interactive", None)
+    # a steward of lung-ct decides nothing about prostate-mri
+    other = ask(world, who="alice", project="lung-screening", dataset="prostate-mri")
+    with pytest.raises(AR.Forbidden):
+        AR.deny(world, AR.Actor("stewart"), other["id"], "not yours to decide")
+    assert [e[:3] for e in events(world) if e[1] == "denied"] == [
+        ("access_request.approve", "denied", "alice"), ("access_request.deny", "denied", "stewart")]
+
+
+def test_only_members_ask_and_the_texts_are_required_and_limited(world):
+    with pytest.raises(AR.Forbidden, match="not a member of project 'lung-screening'"):
+        ask(world, project="lung-screening")
+    with pytest.raises(AR.Forbidden):
+        ask(world, who="aud")
+    with pytest.raises(VREError, match="justification is required: write at least 20"):
+        ask(world, justification="  because ")
+    with pytest.raises(VREError, match="intended use is required"):
+        ask(world, intended_use="")
+    with pytest.raises(VREError, match="too long: at most 4000"):
+        ask(world, justification="x" * 4001)
+    with pytest.raises(VREError, match="unknown grant mode 'all'"):
+        ask(world, mode="all")
+    with pytest.raises(NotFound, match="unknown dataset 'nope'"):
+        ask(world, dataset="nope")
+    with pytest.raises(VREError, match="already has dataset 'prostate-mri'"):
+        ask(world, dataset="prostate-mri")
+    assert events(world) == []
+
+
+def test_one_open_request_per_pair_and_withdrawing_reopens_the_pair(world):
+    first = ask(world)
+    with pytest.raises(VREError, match="already has an open request"):
+        ask(world, who="admin")  # another member, same pair
+    with pytest.raises(AR.Forbidden, match="only its requester"):
+        AR.withdraw(world, AR.Actor("admin"), first["id"])
+    assert AR.withdraw(world, AR.Actor("bob"), first["id"])["state"] == "withdrawn"
+    with pytest.raises(AR.Decided, match="already withdrawn by bob"):
+        AR.approve(world, AR.Actor("admin2"), first["id"])
+    second = ask(world)
+    assert second["id"] != first["id"]
+    # the database holds the rule too, whatever the code checks
+    with pytest.raises(Exception), vdb.session_scope(world.vre_db_url) as db:
+        row = db.get(vdb.AccessRequest, second["id"])
+        db.add(vdb.AccessRequest(project_id=row.project_id, dataset_id=row.dataset_id, requester_id=row.requester_id,
+                                 mode="interactive", justification=WHY, intended_use=USE, state="open", reason=""))
+        db.flush()
+
+
+def test_nobody_decides_their_own_request_admins_included(world):
+    req = ask(world, who="admin")
+    with pytest.raises(AR.Forbidden, match="your own"):
+        AR.approve(world, AR.Actor("admin"), req["id"])
+    with pytest.raises(AR.Forbidden, match="your own"):
+        AR.deny(world, AR.Actor("admin"), req["id"], "I changed my mind")
+    assert AR.to_decide(world, AR.Actor("admin")) == []
+    assert [r["id"] for r in AR.to_decide(world, AR.Actor("admin2"))] == [req["id"]]
+    assert [(e[0], e[1]) for e in events(world)][-2:] == [("access_request.approve", "denied"),
+                                                          ("access_request.deny", "denied")]
+
+
+def test_a_decision_is_final_and_a_denial_needs_a_reason(world):
+    req = ask(world)
+    with pytest.raises(VREError, match="a reason for the denial is required"):
+        AR.deny(world, AR.Actor("admin2"), req["id"], " ")
+    out = AR.deny(world, AR.Actor("admin2"), req["id"], "Tier 3 data needs an ethics approval first.")
+    assert (out["state"], out["reason"]) == ("denied", "Tier 3 data needs an ethics approval first.")
+    with pytest.raises(AR.Decided, match="already denied by admin2"):
+        AR.approve(world, AR.Actor("admin"), req["id"])
+    with pytest.raises(AR.Decided):
+        AR.withdraw(world, AR.Actor("bob"), req["id"])
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert all(g.dataset.slug != "lung-ct" for g in P.get_project(db, "prostate-ai").grants)
+    assert events(world)[-1][5]["reason"] == "Tier 3 data needs an ethics approval first."
+    # bob sees the decision
+    mine = AR.list_requests(world, AR.Actor("bob"), mine=True)
+    assert [(r["state"], r["reason"]) for r in mine] == [("denied", out["reason"])]
+
+
+def test_a_bad_expiry_decides_nothing(world):
+    req = ask(world)
+    with pytest.raises(VREError, match="in the past"):
+        AR.approve(world, AR.Actor("admin2"), req["id"], expires="2001-01-01")
+    with pytest.raises(VREError, match="invalid expiry"):
+        AR.approve(world, AR.Actor("admin2"), req["id"], expires="next week")
+    assert AR.list_requests(world, open_only=True)[0]["id"] == req["id"]
+
+
+def test_the_catalogue_shows_records_only_with_filters_and_what_my_projects_hold(world):
+    req = ask(world)
+    view = browse_as(world, "bob")
+    assert [d["slug"] for d in view["datasets"]] == ["lung-ct", "prostate-mri"]
+    text_of_page = json.dumps(view)
+    assert "/srv/secret" not in text_of_page and "indexed_at" not in text_of_page
+    lung, prostate = view["datasets"]
+    assert lung["requests"] == [{"id": req["id"], "project": "prostate-ai", "mode": "batch-only", "requester": "bob"}]
+    assert lung["requestable"] == [] and lung["held"] == []
+    assert prostate["held"] == [{"project": "prostate-ai", "mode": "interactive", "expired": False, "until": None}]
+    assert view["facets"] == {"modality": ["CT", "MR"], "body_part": ["CHEST", "PROSTATE"],
+                              "condition": ["Lung cancer", "Prostate cancer"], "tier": ["2", "3"]}
+    assert [d["slug"] for d in browse_as(world, "bob", modality="ct")["datasets"]] == ["lung-ct"]
+    assert [d["slug"] for d in browse_as(world, "bob", tier="3", body_part="prostate")["datasets"]] == ["prostate-mri"]
+    assert browse_as(world, "bob", condition="Lung cancer", tier="3")["datasets"] == []
+    # alice's project has neither: she may ask for both, and sees nothing of bob's projects
+    alice = browse_as(world, "alice")
+    assert [d["requestable"] for d in alice["datasets"]] == [["lung-screening"], ["lung-screening"]]
+    assert all(d["held"] == [] and d["requests"] == [] for d in alice["datasets"])
+
+
+def browse_as(settings, name, **filters):
+    with vdb.session_scope(settings.vre_db_url) as db:
+        return browse(db, name, filters)
+
+
+def test_stewards_are_never_auditors_and_see_the_deciders_part(world):
+    with vdb.session_scope(world.vre_db_url) as db:
+        with pytest.raises(VREError, match="auditor"):
+            AR.add_steward(db, "lung-ct", "aud")
+        assert [AR.decider_of(db, n) for n in ("stewart", "admin", "bob", "aud", "nobody")] == [
+            True, True, False, False, False]
+        AR.remove_steward(db, "lung-ct", "stewart")
+        assert not AR.decider_of(db, "stewart")
+        with pytest.raises(VREError, match="not a steward"):
+            AR.remove_steward(db, "lung-ct", "stewart")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_from_0010_keeps_grants_and_adds_the_tables(backend, request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'vre.sqlite'}" if backend == "sqlite" else request.getfixturevalue("postgres").new_database()
+    vdb.upgrade(url, "0010")
+    now = "2026-12-01 10:00:00+00:00"
+    with vdb.engine_for(url).begin() as conn:
+        conn.execute(text("INSERT INTO datasets (slug, title, path, catalog, registered_at) "
+                          "VALUES ('old-ct', 'Old', '/srv/old', '{}', :t)"), {"t": now})
+        conn.execute(text("INSERT INTO projects (slug, title, description, created_at) "
+                          "VALUES ('old', 'Old', '', :t)"), {"t": now})
+        conn.execute(text("INSERT INTO grants (project_id, dataset_id, granted_at, mode) SELECT p.id, d.id, :t, "
+                          "'batch-only' FROM projects p, datasets d"), {"t": now})
+    vdb.upgrade(url)
+    settings = Settings(state_dir=tmp_path / "state", db_url=url)
+    with vdb.session_scope(url) as db:
+        assert db.scalar(select(vdb.Grant)).mode == "batch-only"
+        add_account(db, "ann", password="ann-password-1")
+        db.add(vdb.Dataset(slug="new-ct", title="New", path="/srv/new", catalog={}))
+        db.flush()
+        P.add_member(db, "old", "ann")
+    req = ask(settings, who="ann", project="old", dataset="new-ct")
+    with pytest.raises(VREError, match="already has an open request"):
+        ask(settings, who="ann", project="old", dataset="new-ct")
+    assert AR.list_requests(settings)[0]["id"] == req["id"]
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+VRE = str(Path(sys.executable).parent / "vre")
+
+
+def test_cli_lists_approves_and_denies_with_the_same_rules(tmp_path):
+    env = {**os.environ, "VRE_STATE_DIR": str(tmp_path / "state"), "VRE_RUN_DIR": "/tmp/vre-cli-run"}
+
+    def run(*args):
+        return subprocess.run([VRE, *args], env=env, capture_output=True, text=True, timeout=120)
+
+    settings = Settings(state_dir=tmp_path / "state")
+    assert run("db", "upgrade").returncode == 0
+    with vdb.session_scope(settings.vre_db_url) as db:
+        for name, role in (("bob", "researcher"), ("admin", "admin")):
+            add_account(db, name, role=role, password=f"{name}-password-1")
+        db.add(vdb.Dataset(slug="lung-ct", title="Lung CT", path="/srv/lung", catalog=LUNG))
+        db.add(vdb.Dataset(slug="mr", title="MR", path="/srv/mr", catalog=PROSTATE))
+        db.flush()
+        P.create_project(db, "prostate-ai", "Prostate AI")
+        P.add_member(db, "prostate-ai", "bob")
+        P.add_member(db, "prostate-ai", "admin")
+    first = ask(settings)
+    second = ask(settings, who="admin", dataset="mr")
+
+    r = run("access-request", "list", "--open")
+    assert r.returncode == 0 and "lung-ct" in r.stdout and "mr" in r.stdout
+    errors = [
+        (("access-request", "approve", "999"), "there is no access request 999"),
+        (("access-request", "approve", str(first["id"]), "--expires", "someday"), "invalid expiry 'someday'"),
+        (("access-request", "approve", str(first["id"]), "--mode", "all"), "invalid choice: 'all'"),
+        (("access-request", "deny", str(first["id"]), "--reason", ""), "a reason for the denial is required"),
+        (("access-request", "deny", str(first["id"])), "the following arguments are required: --reason"),
+        (("access-request", "approve", str(second["id"]), "--as", "admin"), "is your own"),
+        (("access-request", "approve", str(first["id"]), "--as", "bob"), "is your own"),
+        (("access-request", "withdraw", str(first["id"])), "only its requester"),
+    ]
+    for args, message in errors:
+        r = run(*args)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr
+    later = (dt.date.today() + dt.timedelta(days=10)).isoformat()
+    r = run("access-request", "approve", str(first["id"]), "--mode", "batch-only", "--expires", later)
+    assert r.returncode == 0 and "granted to 'prostate-ai' (batch-only, until" in r.stdout, r.stderr
+    r = run("access-request", "approve", str(first["id"]))
+    assert r.returncode == 2 and "already approved" in r.stderr
+    r = run("access-request", "deny", str(second["id"]), "--reason", "Not needed for this project.")
+    assert r.returncode == 0, r.stderr
+    show = json.loads(run("project", "show", "prostate-ai").stdout)
+    assert [(g["dataset"], g["mode"]) for g in show["grants"]] == [("lung-ct", "batch-only")]
+    listed = json.loads(run("access-request", "list", "--json", "--as", "bob").stdout)
+    assert [(r["id"], r["state"]) for r in listed] == [(first["id"], "approved")]
+    assert json.loads(run("access-request", "list", "--open", "--json").stdout) == []
+    acts = [(e["action"], e["outcome"], e["details"].get("via")) for e in
+            json.loads(run("audit", "query", "--action", "access_request.", "--json").stdout)]
+    assert ("access_request.approve", "ok", "cli") in acts and ("access_request.deny", "ok", "cli") in acts
+    assert ("access_request.approve", "denied", "cli") in acts
+    r = run("dataset", "add-steward", "lung-ct", "nobody")
+    assert r.returncode == 2 and "nobody" in r.stderr
+    r = run("dataset", "add-steward", "lung-ct", "bob")
+    assert r.returncode == 0 and "now decides access requests" in r.stdout
+
+
+# --- the pages ---------------------------------------------------------------------------------
+PAGE_NS = dict(base_url="/hub/", prefix="/", static_url=lambda p, include_version=True: "/hub/static/" + p, user=None,
+               services=[], parsed_scopes={}, expanded_scopes=set(), no_spawner_check=True, xsrf_token="tok",
+               announcement=None, version_hash="", login_url="/hub/login", logout_url="/hub/logout",
+               modes=["interactive", "batch-only"], catalogue_url="/services/vre/catalogue",
+               requests_url="/services/vre/access-requests")
+
+
+def test_the_pages_are_service_routes_never_session_ones():
+    from vre.api import routes
+    from vre.api.access_pages import CataloguePage, RequestAction, RequestsPage
+
+    full = {r[0]: r[1] for r in routes(Settings()) if isinstance(r[1], type)}
+    assert full[r"catalogue/?"] is CataloguePage and full[r"access-requests/?"] is RequestsPage
+    assert full[r"access-requests/(\d+)/(withdraw|approve|deny)"] is RequestAction
+    assert not any(r[0].startswith(("catalogue", "access-requests")) for r in routes(Settings(), sessions_only=True))
+    from vre.roles import CATALOGUE_SCOPE, load_roles
+
+    roles = {r["name"]: r for r in load_roles()}
+    assert CATALOGUE_SCOPE in roles["user"]["scopes"] and CATALOGUE_SCOPE not in roles["server"]["scopes"]
+
+
+def test_the_pages_render_escaped_with_the_form_kept_after_an_error(world):
+    from vre.api.pages import environment
+
+    ask(world, justification="<script>alert(1)</script> because we need it")
+    view = browse_as(world, "alice")
+    html = environment().get_template("catalogue.html").render(
+        catalogue=view, error={"dataset": "lung-ct", "message": "a justification is required"},
+        form={"project": "lung-screening", "mode": "batch-only", "justification": "short", "intended_use": "x"},
+        **PAGE_NS)
+    assert "a justification is required" in html and ">short</textarea>" in html
+    assert 'name="_xsrf" value="tok"' in html and "/srv/secret" not in html
+    to_decide = AR.to_decide(world, AR.Actor("admin2"))
+    rid = to_decide[0]["id"]
+    html = environment().get_template("access-requests.html").render(
+        mine=AR.list_requests(world, AR.Actor("admin2"), mine=True), to_decide=to_decide, done="", done_id="",
+        error={"id": rid, "action": "deny", "message": "a reason for the denial is required"},
+        form={"mode": "", "expires": "", "reason": "  "}, **PAGE_NS)
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+    assert f'action="/services/vre/access-requests/{rid}/approve"' in html
+    assert html.count("a reason for the denial is required") == 1 and 'id="no-requests"' in html
+    html = environment().get_template("access-requests.html").render(
+        mine=AR.list_requests(world, AR.Actor("bob"), mine=True), to_decide=None, done="requested", done_id=rid,
+        **PAGE_NS)
+    assert f"Access request #{rid} sent" in html and "Requests to decide" not in html and "withdraw" in html
+
+
+def test_a_change_made_meanwhile_is_a_conflict_that_says_so(world):
+    """Two deciders on one request: the one who commits second gets the module's clear error
+    (``vdb.versioned_scope`` turns the row's version mismatch into it), nothing half-applied."""
+    r = ask(world)
+    with pytest.raises(AR.Decided, match="same moment"):
+        with AR._tx(world) as db:
+            db.get(vdb.AccessRequest, r["id"]).reason = "the slower decider"
+            with vdb.session_scope(world.vre_db_url) as other:  # the other decider commits first
+                other.get(vdb.AccessRequest, r["id"]).reason = "the quicker decider"
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert db.get(vdb.AccessRequest, r["id"]).reason == "the quicker decider"
