@@ -26,7 +26,6 @@ SESSION_BACKENDS = ["sqlite", pytest.param("docker", marks=pytest.mark.docker)]
 pytestmark = [pytest.mark.integration, pytest.mark.browser,
               pytest.mark.parametrize("hub", SESSION_BACKENDS, indirect=True)]
 expect = pytest.importorskip("playwright.sync_api").expect
-PlaywrightTimeout = pytest.importorskip("playwright.sync_api").TimeoutError
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 MANAGER = "/lab/extensions/@jupyter-widgets/jupyterlab-manager/"
 
@@ -90,6 +89,20 @@ def now_text() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def open_notebook(page, hub) -> None:
+    """alice spawns her session from the form and opens a new notebook from the launcher."""
+    login_ok(page, hub, "alice")
+    page.goto(f"{hub.url}/hub/spawn/alice/{PROJECT}")
+    with page.expect_navigation():
+        page.locator('#spawn_form [type="submit"]').click()
+    tile = page.locator('.jp-Launcher .jp-LauncherCard[data-category="Notebook"]').first
+    expect(tile).to_be_visible(timeout=LAB_TIMEOUT_MS)
+    tile.click()
+    expect(page.locator(".jp-NotebookPanel")).to_have_count(1, timeout=60_000)
+    expect(page.locator("#jp-main-statusbar")).to_contain_text(re.compile(r"Python 3 \(.+\) \| Idle"),
+                                                               timeout=LAB_TIMEOUT_MS)
+
+
 def test_interact_and_tqdm_offline(hub, browser_page, alice_lab):
     page = browser_page
     hub_host = urlsplit(hub.url).netloc
@@ -113,16 +126,7 @@ def test_interact_and_tqdm_offline(hub, browser_page, alice_lab):
     page.on("websocket", lambda ws: seen(ws.url))       # websockets are no "request" events
     page.on("response", answered)
 
-    login_ok(page, hub, "alice")
-    page.goto(f"{hub.url}/hub/spawn/alice/{PROJECT}")
-    with page.expect_navigation():
-        page.locator('#spawn_form [type="submit"]').click()
-    tile = page.locator('.jp-Launcher .jp-LauncherCard[data-category="Notebook"]').first
-    expect(tile).to_be_visible(timeout=LAB_TIMEOUT_MS)
-    tile.click()
-    expect(page.locator(".jp-NotebookPanel")).to_have_count(1, timeout=60_000)
-    expect(page.locator("#jp-main-statusbar")).to_contain_text(re.compile(r"Python 3 \(.+\) \| Idle"),
-                                                               timeout=LAB_TIMEOUT_MS)
+    open_notebook(page, hub)
     # From here on the page does only widget work: nothing of it may be refused. (The Lab's start
     # already met the layer's refusals of unreviewed routes, lsp/ and server-proxy/: not widgets.)
     failed.clear()
@@ -207,69 +211,134 @@ def changed_pixels(a: bytes, b: bytes) -> int:
     return sum(ImageChops.difference(ia, ib).convert("L").histogram()[25:])
 
 
-def viewer_shot(page, out, *, until, timeout_s: float = 180, what: str = "") -> bytes:
-    """Screenshots of the viewer's frame in ``out`` until ``until(png)`` holds."""
+def open_itk_notebook(page, hub, name: str, cells: list[str]) -> None:
+    """Spawn alice's session from the form, write ``name`` with ``cells`` (code, not run) into her
+    home through the contents API, and open it in the Lab on the session's default kernel.
+
+    All the cells exist before the viewer does: none has to be added below it by keyboard (its
+    frame can hold the focus) and each is run by index (run_itk_cell)."""
+    login_ok(page, hub, "alice")
+    page.goto(f"{hub.url}/hub/spawn/alice/{PROJECT}")
+    with page.expect_navigation():
+        page.locator('#spawn_form [type="submit"]').click()
+    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=LAB_TIMEOUT_MS)
+    alice = hub.client("alice")
+    specs = alice.server_api(PROJECT, "GET", "/kernelspecs").json()
+    kernel = specs["kernelspecs"][specs["default"]]["spec"]
+    notebook = {"nbformat": 4, "nbformat_minor": 5,
+                "metadata": {"kernelspec": {"name": specs["default"], "display_name": kernel["display_name"],
+                                            "language": "python"}},
+                "cells": [{"cell_type": "code", "id": f"c{i}", "source": code, "metadata": {},
+                           "outputs": [], "execution_count": None} for i, code in enumerate(cells)]}
+    r = alice.server_api(PROJECT, "PUT", f"/contents/{name}", json={"type": "notebook", "content": notebook})
+    assert r.status_code in (200, 201), f"writing {name}: {r.status_code} {r.text}"
+    page.goto(f"{alice.server_url(PROJECT)}/lab/tree/{name}")
+    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    expect(panel.locator(".jp-Notebook .jp-Cell")).to_have_count(len(cells), timeout=LAB_TIMEOUT_MS)
+    expect(page.locator("#jp-main-statusbar")).to_contain_text(re.compile(r"Python 3 \(.+\) \| Idle"),
+                                                               timeout=LAB_TIMEOUT_MS)
+
+
+# Once a viewer renders (WebGL on Chromium's software renderer, --disable-gpu), the Lab's page can
+# go without new frames for long stretches, and Playwright's locator actions and waits, which wait
+# for frames, stall with it. From the first viewer on, the test reads and acts on the page by
+# script (page.evaluate: DOM state, events) and takes screenshots with Chromium's own capture.
+NOTEBOOK_JS = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"
+CELL_STATE = """([notebook, i]) => {
+    const cell = document.querySelectorAll(notebook + ' .jp-Cell')[i];
+    if (!cell) return null;
+    const text = sel => (cell.querySelector(sel) || {}).textContent || '';
+    return {active: cell.classList.contains('jp-mod-active'), prompt: text('.jp-InputArea .jp-InputPrompt'),
+            output: text('.jp-OutputArea')};
+}"""
+SELECT_CELL = """([notebook, i]) => {  // what a press on the cell's prompt does
+    const prompt = document.querySelectorAll(notebook + ' .jp-Cell')[i].querySelector('.jp-InputPrompt');
+    for (const type of ['mousedown', 'mouseup'])
+        prompt.dispatchEvent(new MouseEvent(type, {bubbles: true, cancelable: true, button: 0}));
+}"""
+RUN_BUTTON = """() => {  // the notebook toolbar's run button acts on mousedown (it takes no focus)
+    const button = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-NotebookPanel-toolbar '
+                                          + '[data-command="notebook:run-cell-and-select-next"]');
+    button.dispatchEvent(new MouseEvent('mousedown', {bubbles: true, cancelable: true, button: 0}));
+}"""
+VIEWER_FRAME = """([notebook, i]) => {
+    const frame = document.querySelectorAll(notebook + ' .jp-Cell')[i].querySelector('.jp-OutputArea iframe');
+    if (!frame) return null;
+    frame.scrollIntoView({block: 'nearest'});
+    const box = frame.getBoundingClientRect();
+    return {src: frame.src, x: box.x, y: box.y, width: box.width, height: box.height};
+}"""
+
+
+def poll(page, js: str, arg, until, *, timeout_s: float, what: str):
+    """``page.evaluate(js, arg)`` until ``until(value)`` holds; returns that value."""
     import time
 
-    frame = out.locator("iframe").first
-    expect(frame).to_be_visible(timeout=timeout_s * 1000)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = page.evaluate(js, arg)
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s:.0f} s; last seen: {value!r}"[:2000])
+        time.sleep(0.5)
+
+
+def run_itk_cell(page, index: int, expect_text: str) -> None:
+    """Run cell ``index`` of the notebook in front with the toolbar's run button, which then selects
+    the next cell, so the cells run in order: no key press (the viewer's frame can hold the focus)
+    and no pointer (cells below a viewer shift as the Lab's content-visibility windowing re-measures
+    them). Retried while its prompt shows that it never ran; done once ``expect_text`` is in its
+    output and its prompt shows an execution count."""
+    arg = [NOTEBOOK_JS, index]
+    for attempt in range(3):
+        state = poll(page, CELL_STATE, arg, bool, timeout_s=30, what=f"cell {index}")
+        if not state["active"]:  # a retry: running selected the next cell
+            page.evaluate(SELECT_CELL, arg)
+            poll(page, CELL_STATE, arg, lambda s: s["active"], timeout_s=30, what=f"cell {index} selected")
+        page.evaluate(RUN_BUTTON)
+        try:  # running shows "[*]" at once, then "[n]"
+            poll(page, CELL_STATE, arg, lambda s: re.search(r"\[[\d*]+\]", s["prompt"]), timeout_s=10,
+                 what=f"cell {index} started")
+            break
+        except AssertionError:  # the Lab dropped the request (test_lab.run_cell): it never ran
+            print(f"cell {index}: not started, attempt {attempt + 1}")
+    poll(page, CELL_STATE, arg, lambda s: expect_text in s["output"] and re.search(r"\[\d+\]", s["prompt"]),
+         timeout_s=120, what=f"cell {index} output {expect_text!r}")
+
+
+def viewer_shot(page, *, until, cell: int = 0, timeout_s: float = 180, what: str = "") -> bytes:
+    """Screenshots of the viewer's frame in the output of ``cell`` until ``until(png)`` holds."""
+    import time
+
+    arg = [NOTEBOOK_JS, cell]
+    box = poll(page, VIEWER_FRAME, arg, bool, timeout_s=timeout_s, what=f"viewer {what}: its frame")
     # the viewer's page (not an error page) with its render window
-    expect(frame).to_have_attribute("src", re.compile(re.escape(ITK_STATIC) + "itk-vtk-viewer/index.html"))
-    expect(out.frame_locator("iframe").first.locator("canvas").first).to_be_attached(timeout=timeout_s * 1000)
+    assert urlsplit(box["src"]).path.endswith(ITK_STATIC + "itk-vtk-viewer/index.html"), box["src"]
+    viewer = next(f for f in page.frames if f.url == box["src"])
+    poll(viewer, "() => !!document.querySelector('canvas')", None, bool, timeout_s=timeout_s,
+         what=f"viewer {what}: its canvas")
     deadline = time.monotonic() + timeout_s
     png = b""
     while time.monotonic() < deadline:
-        try:  # Chromium's own capture of the frame's box: Playwright's screenshots first wait for
-            # the page's fonts and a quiet frame, which WebGL on a software renderer may not give
-            frame.scroll_into_view_if_needed()
-            box = frame.bounding_box()
-            shot = page.context.new_cdp_session(page).send("Page.captureScreenshot", {
-                "format": "png", "clip": {**box, "scale": 1}})
-            png = base64.b64decode(shot["data"])
-        except PlaywrightTimeout:
-            print(f"viewer {what}: screenshot timed out")
-            continue
+        box = page.evaluate(VIEWER_FRAME, arg)
+        clip = {k: box[k] for k in ("x", "y", "width", "height")}
+        shot = page.context.new_cdp_session(page).send("Page.captureScreenshot", {
+            "format": "png", "clip": {**clip, "scale": 1}})
+        png = base64.b64decode(shot["data"])
         if until(png):
             print(f"viewer {what}: as expected after {time.monotonic() - deadline + timeout_s:.0f} s")
             return png
         print(f"viewer {what}: {lit_pixels(png)} lit pixels, not yet")
-        page.wait_for_timeout(2_000)
+        time.sleep(2)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / f"itk-{what or 'viewer'}.png").write_bytes(png)
     raise AssertionError(f"the viewer ({what}) never showed what was expected; last screenshot in test-artifacts")
 
 
-def open_notebook(page, hub) -> None:
-    login_ok(page, hub, "alice")
-    page.goto(f"{hub.url}/hub/spawn/alice/{PROJECT}")
-    with page.expect_navigation():
-        page.locator('#spawn_form [type="submit"]').click()
-    tile = page.locator('.jp-Launcher .jp-LauncherCard[data-category="Notebook"]').first
-    expect(tile).to_be_visible(timeout=LAB_TIMEOUT_MS)
-    tile.click()
-    expect(page.locator(".jp-NotebookPanel")).to_have_count(1, timeout=60_000)
-    expect(page.locator("#jp-main-statusbar")).to_contain_text(re.compile(r"Python 3 \(.+\) \| Idle"),
-                                                               timeout=LAB_TIMEOUT_MS)
-
-
-def itk_cell(page, index: int, code: str, expect_text: str):
-    """run_cell on cell ``index``, adding it first when the notebook has no such cell (the
-    viewer's frame can take the keyboard focus, so Shift+Enter need not have added one)."""
-    cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
-    while cells.count() <= index:
-        count = cells.count()
-        cells.last.locator(".jp-InputPrompt").click()
-        page.keyboard.press("Escape")
-        page.keyboard.press("b")
-        expect(cells).to_have_count(count + 1)
-    # the Lab renders only the cells in view (its notebook is windowed): below a viewer, scroll first
-    cells.nth(index).scroll_into_view_if_needed()
-    expect(cells.nth(index).locator(".cm-content")).to_be_attached()
-    return run_cell(page, index, code, expect_text)
-
-
-def itk_session(hub, page):
-    """Open a notebook with every request recorded; returns (foreign, failed, assets, since)."""
+def itk_session(hub, page, name: str, cells: list[str]):
+    """Open notebook ``name`` of ``cells`` with every request recorded; returns (foreign, failed,
+    assets, since)."""
     hub_host = urlsplit(hub.url).netloc
     assert hub_host.startswith("127.0.0.1:"), hub.url
     foreign, failed, assets = [], [], []
@@ -294,7 +363,7 @@ def itk_session(hub, page):
     page.on("console", lambda m: print(f"console {m.type}: {m.text}"[:300]))
     page.on("framenavigated", lambda f: print(f"frame {f.url}"))
     page.context.on("requestfailed", lambda r: print(f"request failed {r.url} {r.failure}"))
-    open_notebook(page, hub)
+    open_itk_notebook(page, hub, name, cells)
     failed.clear()
     return foreign, failed, assets, now_text()
 
@@ -311,14 +380,17 @@ def test_itkwidgets_numpy_volume_offline(hub, browser_page, alice_lab):
     the viewer's frame), a z plane and then another one show different pixels, and every request
     stays on the hub; the viewer's files come from the session's static/vre-itk/."""
     page = browser_page
-    recorded = itk_session(hub, page)
-    out = itk_cell(page, 0, VOLUME, "volume (64, 64, 64)")
-    first = viewer_shot(page, out, until=lambda png: lit_pixels(png) > 2_000, what="numpy-volume")
-    itk_cell(page, 1, "viewer.set_view_mode('ZPlane')\nviewer.set_z_slice(8)\nprint('z=8')", "z=8")
-    at8 = viewer_shot(page, out, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
+    recorded = itk_session(hub, page, "itk-numpy.ipynb", [
+        VOLUME,
+        "viewer.set_view_mode('ZPlane')\nviewer.set_z_slice(8)\nprint('z=8')",
+        "viewer.set_z_slice(56)\nprint('z=56')"])
+    run_itk_cell(page, 0, "volume (64, 64, 64)")
+    first = viewer_shot(page, until=lambda png: lit_pixels(png) > 2_000, what="numpy-volume")
+    run_itk_cell(page, 1, "z=8")
+    at8 = viewer_shot(page, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
                       what="numpy-z8")
-    itk_cell(page, 2, "viewer.set_z_slice(56)\nprint('z=56')", "z=56")
-    viewer_shot(page, out, until=lambda png: changed_pixels(png, at8) > 500 and lit_pixels(png) > 500,
+    run_itk_cell(page, 2, "z=56")
+    viewer_shot(page, until=lambda png: changed_pixels(png, at8) > 500 and lit_pixels(png) > 500,
                 what="numpy-z56")
     itk_checks(hub, *recorded)
 
@@ -326,15 +398,16 @@ def test_itkwidgets_numpy_volume_offline(hub, browser_page, alice_lab):
 def test_itkwidgets_ct_series_offline(hub, browser_page, alice_lab):
     """The same for a CT series of the project's dataset, read from /data with SimpleITK."""
     page = browser_page
-    recorded = itk_session(hub, page)
-    out = itk_cell(page, 0, CT, "ct (64, 64, 12)")
-    first = viewer_shot(page, out, until=lambda png: lit_pixels(png) > 2_000, what="ct")
-    itk_cell(page, 1, "ct_viewer.set_view_mode('ZPlane')\n"
-                      "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 2))[2])\nprint('slice 2')",
-             "slice 2")
-    at2 = viewer_shot(page, out, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
+    recorded = itk_session(hub, page, "itk-ct.ipynb", [
+        CT,
+        "ct_viewer.set_view_mode('ZPlane')\n"
+        "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 2))[2])\nprint('slice 2')",
+        "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 9))[2])\nprint('slice 9')"])
+    run_itk_cell(page, 0, "ct (64, 64, 12)")
+    first = viewer_shot(page, until=lambda png: lit_pixels(png) > 2_000, what="ct")
+    run_itk_cell(page, 1, "slice 2")
+    at2 = viewer_shot(page, until=lambda png: changed_pixels(png, first) > 2_000 and lit_pixels(png) > 500,
                       what="ct-slice2")
-    itk_cell(page, 2, "ct_viewer.set_z_slice(ct.TransformIndexToPhysicalPoint((0, 0, 9))[2])\nprint('slice 9')",
-             "slice 9")
-    viewer_shot(page, out, until=lambda png: changed_pixels(png, at2) > 200, what="ct-slice9")
+    run_itk_cell(page, 2, "slice 9")
+    viewer_shot(page, until=lambda png: changed_pixels(png, at2) > 200, what="ct-slice9")
     itk_checks(hub, *recorded)
