@@ -1,11 +1,13 @@
-"""Notebook widgets (ipywidgets, tqdm.notebook) in a real session in Chromium, with no network.
+"""Notebook widgets (ipywidgets, tqdm.notebook, itkwidgets) in a real session in Chromium, with no
+network.
 
 The kernel side (ipywidgets, tqdm) and the Lab's widget manager (jupyterlab_widgets' prebuilt
 extension) ship in the session environment and the notebook image; the widgets' comm messages
 ride the kernel websocket and the manager's code comes from the Lab's own extensions route. Every
 request the page makes is recorded: one to any host but the hub's address fails the test, and so
 does any answer the access layer refuses (an error status or an ``access.refused`` /
-``download.refused`` event), since widgets are neither a new route nor a download.
+``download.refused`` event), since widgets are neither a new route nor a download. itkwidgets'
+viewer comes from the session's own ``static/vre-itk/`` (scripts/itk_assets.py).
 """
 
 from __future__ import annotations
