@@ -253,10 +253,13 @@ def project_details(settings, slug: str) -> dict:
         }
 
 
-def number(text: str, what: str, kind: type = float):
-    """A number typed into a form (``kind``: int or float), '' as None: what is not given stays."""
+def number(text: str, what: str, kind: type = float, *, required: bool = False):
+    """A number typed into a form (``kind``: int or float), '' as None (what is not given stays)
+    unless ``required``."""
     value = (text or "").strip()
     if not value:
+        if required:
+            raise VREError(f"{what} is required: give {'a whole number' if kind is int else 'a number'}")
         return None
     try:
         return kind(value)

@@ -219,6 +219,8 @@ def test_the_pages_create_change_and_refuse_with_messages(site):
         ("set-quota", dict(jobs="many"), 400, "jobs at once must be a whole number"),
         ("remove-member", dict(user="aud"), 400, "is not a member"),
         ("set-airlock-reviews", dict(reviews="0"), 400, "between 1 and 10"),
+        ("set-airlock-reviews", dict(reviews=""), 400, "reviews per request is required"),
+        ("set-profile", dict(name="big", cpu="", memory="4G"), 400, "CPU is required"),
     ]
     for change, fields, status, message in refusals:
         r = post(f"{page}/{change}", **fields)

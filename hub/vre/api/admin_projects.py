@@ -36,7 +36,14 @@ def _onoff(value: str) -> bool:
     return value == "on"
 
 
-#: change: (the form's fields, what it does: (settings, actor, project slug, fields) -> None).
+def _profile(settings, who, project: str, f: dict) -> str:
+    return PA.set_profile(settings, who, project, f["name"].strip(), cpu=PA.number(f["cpu"], "CPU", required=True),
+                          memory=f["memory"], gpus=PA.number(f["gpus"], "GPUs", int) or 0,
+                          gpu_shared=bool(f["gpu_shared"]), description=f["description"].strip(),
+                          node_selector=_selector(f["node_selector"]))
+
+
+#: change: (the form's fields, what it does: (settings, actor, project slug, fields)).
 CHANGES = {
     "set-expiry": (("expires",), lambda s, w, p, f: PA.set_expiry(s, w, p, f["expires"])),
     "add-member": (("user",), lambda s, w, p, f: PA.add_member(s, w, p, f["user"].strip())),
@@ -46,11 +53,7 @@ CHANGES = {
     "update-grant": (("dataset", "mode", "expires"), lambda s, w, p, f: PA.update_grant(
         s, w, p, f["dataset"], mode=f["mode"] or None, expires=f["expires"].strip() or None)),
     "revoke": (("dataset",), lambda s, w, p, f: PA.revoke(s, w, p, f["dataset"])),
-    "set-profile": (("name", "cpu", "memory", "gpus", "gpu_shared", "description", "node_selector"),
-                    lambda s, w, p, f: PA.set_profile(
-                        s, w, p, f["name"].strip(), cpu=PA.number(f["cpu"], "CPU") or 0, memory=f["memory"],
-                        gpus=PA.number(f["gpus"], "GPUs", int) or 0, gpu_shared=bool(f["gpu_shared"]),
-                        description=f["description"].strip(), node_selector=_selector(f["node_selector"]))),
+    "set-profile": (("name", "cpu", "memory", "gpus", "gpu_shared", "description", "node_selector"), _profile),
     "remove-profile": (("name",), lambda s, w, p, f: PA.remove_profile(s, w, p, f["name"])),
     "set-quota": (("jobs", "cpu", "memory", "gpus"), lambda s, w, p, f: PA.set_quota(
         s, w, p, jobs=PA.number(f["jobs"], "jobs at once", int), cpu=PA.number(f["cpu"], "CPU"),
@@ -59,7 +62,7 @@ CHANGES = {
     "set-downloads": (("mode",), lambda s, w, p, f: PA.set_downloads(s, w, p, f["mode"])),
     "set-egress-cap": (("cap",), lambda s, w, p, f: PA.set_egress_cap(s, w, p, f["cap"])),
     "set-airlock-reviews": (("reviews",), lambda s, w, p, f: PA.set_airlock_rules(
-        s, w, p, reviews=PA.number(f["reviews"], "reviews per request", int))),
+        s, w, p, reviews=PA.number(f["reviews"], "reviews per request", int, required=True))),
 }
 
 
