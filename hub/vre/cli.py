@@ -348,94 +348,56 @@ def cmd_access_request(args) -> int:
 
 # --- projects -------------------------------------------------------------------------------
 def cmd_project(args) -> int:
+    """``vre project ...``: each change is ``vre.project_admin``'s (the Projects admin page's too)."""
+    from . import access_requests as AR
+    from . import project_admin as PA
     from . import projects as P
 
     settings = _settings(args)
-    event = None
-    with _db(settings) as db:
-        match args.project_cmd:
-            case "create":
-                p = P.create_project(db, args.slug, args.title, args.description or "", args.expires)
-                event = ("project.create", dict(project=p.slug, details={"title": p.title}))
-                print(f"created project {p.slug!r}; next: grant datasets, add members and a profile")
-            case "grant":
-                g = P.grant(db, args.project, args.dataset, mode=args.mode, expires=args.expires)
-                event = ("project.grant", dict(project=args.project, dataset=args.dataset,
-                                               details=P.grant_summary(g)))
-                print(f"granted {args.dataset!r} to {args.project!r}: {_grant_effect(g)}")
-            case "update-grant":
-                g = P.update_grant(db, args.project, args.dataset, mode=args.mode, expires=args.expires)
-                event = ("project.grant_update", dict(project=args.project, dataset=args.dataset,
-                                                      details=P.grant_summary(g)))
-                print(f"grant of {args.dataset!r} to {args.project!r}: {_grant_effect(g)}")
-            case "revoke":
-                P.revoke(db, args.project, args.dataset)
-                event = ("project.revoke", dict(project=args.project, dataset=args.dataset))
-                print(f"revoked {args.dataset!r} from {args.project!r}: "
-                      "gone from sessions and batch jobs started from now on")
-            case "add-member":
-                P.add_member(db, args.project, args.user)
-                event = ("project.member_add", dict(project=args.project, target=f"user/{args.user}"))
-                print(f"added {args.user!r} to {args.project!r}")
-            case "remove-member":
-                P.remove_member(db, args.project, args.user)
-                event = ("project.member_remove", dict(project=args.project, target=f"user/{args.user}"))
-                print(f"removed {args.user!r} from {args.project!r}; a running session of theirs is stopped "
-                      f"within {settings.poll_interval} s")
-            case "set-profile":
-                pr = P.set_profile(db, args.project, args.name, cpu=args.cpu, memory=args.memory,
-                                   gpus=args.gpus, description=args.description or "",
-                                   node_selector=args.node_selector)
-                pr.gpu_shared = bool(args.gpu_shared)
-                event = ("project.profile_set", dict(project=args.project, target=pr.name, details={
-                    "cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus, "gpu_shared": pr.gpu_shared,
-                    "node_selector": pr.node_selector or {}}))
-                print(f"profile {pr.name!r} of {args.project!r}: {pr.describe()}")
-            case "remove-profile":
-                P.remove_profile(db, args.project, args.name)
-                event = ("project.profile_remove", dict(project=args.project, target=args.name))
-                print(f"removed profile {args.name!r} from {args.project!r}")
-            case "set-quota":
-                p = P.set_job_quota(db, args.project, slots=args.jobs, cpu=args.cpu, memory=args.memory,
-                                    gpus=args.gpus)
-                event = ("project.update", dict(project=p.slug, details={"job_quota": P.job_quota(p)}))
-                q = P.job_quota(p)
-                print(f"batch quota of {p.slug!r}: {q['slots']} job(s) at once, {q['cpu']:g} CPU, "
-                      f"{q['mem_mb']} MiB, {q['gpus']} GPU(s) in all; more jobs wait in the queue")
-            case "set-cell-audit":
-                p = P.set_cell_audit(db, args.project, args.state == "on")
-                event = ("project.update", dict(project=p.slug, details={"audit_cells": p.audit_cells}))
-                print(f"code audit {'on: every executed cell of' if p.audit_cells else 'off for'} {p.slug!r}"
-                      + (" is recorded (sessions started from now on; researchers are told)" if p.audit_cells else ""))
-            case "set-downloads":
-                p = P.set_downloads(db, args.project, args.mode)
-                event = ("project.update", dict(project=p.slug, details={"downloads": p.downloads}))
-                print(f"downloads of {p.slug!r}: {p.downloads} (sessions started from now on)")
-            case "set-egress-cap":
-                p = P.set_egress_cap(db, args.project, args.cap)
-                event = ("project.update", dict(project=p.slug, details={"egress_cap": p.egress_cap}))
-                print(f"egress of {p.slug!r}: " + (f"at most {p.egress_cap} bytes per member per day to the browser"
-                                                   if p.egress_cap else "no daily cap (always counted)")
-                      + " (sessions started from now on)")
-            case "set-expiry":
-                p = P.set_expiry(db, args.project, args.expires)
-                event = ("project.expiry_set", dict(project=p.slug, details={
-                    "expires_at": p.expires_at.isoformat() if p.expires_at else None}))
-                if p.expires_at is None:
-                    print(f"{p.slug!r} no longer expires")
-                elif p.is_expired():
-                    print(f"{p.slug!r} is now expired: its sessions are stopped within {settings.poll_interval} s")
-                else:
-                    print(f"{p.slug!r} permit valid until {p.expires_at:%Y-%m-%d %H:%M} UTC")
-            case "list":
-                from sqlalchemy import select
+    vdb.upgrade(settings.vre_db_url)
+    who = AR.Actor.cli(None)
+    match args.project_cmd:
+        case "create":
+            said = PA.create(settings, who, args.slug, args.title, args.description or "", args.expires)
+        case "grant":
+            said = PA.grant(settings, who, args.project, args.dataset, mode=args.mode, expires=args.expires)
+        case "update-grant":
+            said = PA.update_grant(settings, who, args.project, args.dataset, mode=args.mode, expires=args.expires)
+        case "revoke":
+            said = PA.revoke(settings, who, args.project, args.dataset)
+        case "add-member":
+            said = PA.add_member(settings, who, args.project, args.user)
+        case "remove-member":
+            said = PA.remove_member(settings, who, args.project, args.user)
+        case "set-profile":
+            said = PA.set_profile(settings, who, args.project, args.name, cpu=args.cpu, memory=args.memory,
+                                  gpus=args.gpus, gpu_shared=args.gpu_shared, description=args.description or "",
+                                  node_selector=args.node_selector)
+        case "remove-profile":
+            said = PA.remove_profile(settings, who, args.project, args.name)
+        case "set-quota":
+            said = PA.set_quota(settings, who, args.project, jobs=args.jobs, cpu=args.cpu, memory=args.memory,
+                                gpus=args.gpus)
+        case "set-cell-audit":
+            said = PA.set_cell_audit(settings, who, args.project, args.state == "on")
+        case "set-downloads":
+            said = PA.set_downloads(settings, who, args.project, args.mode)
+        case "set-egress-cap":
+            said = PA.set_egress_cap(settings, who, args.project, args.cap)
+        case "set-expiry":
+            said = PA.set_expiry(settings, who, args.project, args.expires)
+        case "list":
+            from sqlalchemy import select
 
+            with vdb.session_scope(settings.vre_db_url) as db:
                 rows = [[p.slug, p.title, len(p.members), ", ".join(P.describe_grant(g) for g in p.grants),
                          ", ".join(pr.name for pr in p.profiles),
                          ("expired" if p.is_expired() else f"{p.expires_at:%Y-%m-%d}") if p.expires_at else "never"]
                         for p in db.scalars(select(vdb.Project).order_by(vdb.Project.slug))]
-                print_table(rows, ["project", "title", "members", "datasets", "profiles", "expires"])
-            case "show":
+            print_table(rows, ["project", "title", "members", "datasets", "profiles", "expires"])
+            return 0
+        case "show":
+            with vdb.session_scope(settings.vre_db_url) as db:
                 p = P.get_project(db, args.slug)
                 print(json.dumps({
                     "slug": p.slug, "title": p.title, "description": p.description,
@@ -448,16 +410,9 @@ def cmd_project(args) -> int:
                     "profiles": {pr.name: {"cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus,
                                            "gpu_shared": pr.gpu_shared} for pr in p.profiles},
                 }, indent=2))
-    if event:
-        emit_cli(settings, event[0], **event[1])
+            return 0
+    print(said)
     return 0
-
-
-def _grant_effect(g) -> str:
-    """What a grant now means, in words (from sessions and batch jobs started from now on)."""
-    where = {"interactive": "mounted read-only in new sessions and batch jobs",
-             "batch-only": "mounted read-only in new batch jobs only (sessions list its catalogue record)"}[g.mode]
-    return where + (f", until {g.expires_at:%Y-%m-%d %H:%M} UTC" if g.expires_at else "")
 
 
 def cmd_jobs(args) -> int:

@@ -230,17 +230,16 @@ def cmd_set_checker(args) -> int:
 
 
 def cmd_set_rules(args) -> int:
-    """``vre project set-airlock-rules PROJECT ...``."""
-    from ..audit.events import emit_cli
-    from .rules import set_rules
+    """``vre project set-airlock-rules PROJECT ...``: ``vre.project_admin``'s change (the Projects
+    admin page sets the reviewer count with it)."""
+    from ..access_requests import Actor
+    from ..project_admin import set_airlock_rules
 
     settings = _settings(args)
-    with vdb.session_scope(settings.vre_db_url) as db:
-        rules = set_rules(db, args.project, extensions=args.extensions, max_file=args.max_file,
-                          max_request=args.max_request, max_files=args.max_files, max_csv_rows=args.max_csv_rows,
-                          reviews=args.reviews)
-    emit_cli(settings, "airlock.rules", project=args.project, details=rules.to_dict())
-    print(json.dumps({"project": args.project, **rules.to_dict()}, indent=2))
+    rules = set_airlock_rules(settings, Actor.cli(None), args.project, extensions=args.extensions,
+                              max_file=args.max_file, max_request=args.max_request, max_files=args.max_files,
+                              max_csv_rows=args.max_csv_rows, reviews=args.reviews)
+    print(json.dumps({"project": args.project, **rules}, indent=2))
     return 0
 
 

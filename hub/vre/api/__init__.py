@@ -59,6 +59,7 @@ def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
     from .airlock import handlers as airlock_handlers
     from .access_pages import handlers as access_pages
     from .admin_pages import handlers as admin_pages
+    from .admin_projects import handlers as admin_projects
     from .airlock_pages import handlers as airlock_pages
     from .audit import handlers
     from .ingest import IngestHandler
@@ -67,6 +68,7 @@ def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
     if sessions_only:
         return [(EVENTS_ROUTE, IngestHandler), *result, *airlock_handlers(settings, sessions_only=True)]
     result += airlock_handlers(settings) + airlock_pages(settings) + access_pages(settings) + admin_pages(settings)
+    result += admin_projects(settings)
     for pattern, cls, *rest in handlers(settings):
         if pattern == EVENTS_ROUTE:
             kwargs = rest[0] if rest else {}
