@@ -581,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = pj.add_parser(name)
         p.add_argument(a)
         p.add_argument(b)
-    modes = "interactive (sessions and batch jobs) or batch-only (batch jobs only; sessions see the catalogue record)"
+    modes = "interactive (sessions and batch jobs) or batch-only (held batch jobs only; sessions see the catalogue record)"
     until = "date (valid through that day, UTC), ISO time or 'never'; a past moment is refused"
     p = pj.add_parser("grant", help="grant a dataset to a project (change an existing grant with update-grant)")
     p.add_argument("project")

@@ -59,7 +59,8 @@ def _change(settings, who: Actor, action: str, apply: Callable, **target) -> tup
 def _grant_effect(g: vdb.Grant) -> str:
     """What a grant now means, in words (from sessions and batch jobs started from now on)."""
     where = {"interactive": "mounted read-only in new sessions and batch jobs",
-             "batch-only": "mounted read-only in new batch jobs only (sessions list its catalogue record)"}[g.mode]
+             "batch-only": "mounted read-only in new held batch jobs only (sessions list its catalogue record; "
+                           "held jobs' outputs leave through the airlock)"}[g.mode]
     return where + (f", until {g.expires_at:%Y-%m-%d %H:%M} UTC" if g.expires_at else "")
 
 

@@ -54,8 +54,8 @@ def events(settings):
 
 def test_web_changes_are_audited_like_the_cli_under_the_admin(world):
     said = PA.grant(world, WEB, "lung", "lung-ct", mode="batch-only", expires="2099-06-30")
-    assert said == ("granted 'lung-ct' to 'lung': mounted read-only in new batch jobs only (sessions list its "
-                    "catalogue record), until 2099-07-01 00:00 UTC")
+    assert said == ("granted 'lung-ct' to 'lung': mounted read-only in new held batch jobs only (sessions list "
+                    "its catalogue record; held jobs' outputs leave through the airlock), until 2099-07-01 00:00 UTC")
     assert PA.add_member(world, WEB, "lung", "bob") == "added 'bob' to 'lung'"
     assert PA.set_profile(world, WEB, "lung", "gpu", cpu=2, memory="12G", gpus=1, gpu_shared=True) == \
         "profile 'gpu' of 'lung': 2 CPU, 12 GiB RAM, 1 GPU"

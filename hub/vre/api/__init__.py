@@ -17,6 +17,8 @@
   for researchers, access requests and their decisions (``vre.api.access_pages``).
 * ``/services/vre/admin/users[/<name>/<change>]``: the Users admin page, VRE admins only
   (``vre.api.admin_pages``).
+* ``/services/vre/admin/projects[/<slug>[/<change>]]``: the Projects admin pages, VRE admins only
+  (``vre.api.admin_projects``).
 
 The proxy reaches the service on a loopback port (JupyterHub's service ``url`` must be http[s]);
 sessions, which have no network, reach it on its unix socket ``SOCKET_NAME`` in the hub's socket
