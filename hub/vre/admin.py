@@ -7,7 +7,8 @@ Who acts is an ``access_requests.Actor``: the CLI's operator (root at the hub's 
 as an admin) or an admin account in the browser (``via=web``, with the client's address). Rules:
 the acting account must be an active admin; an admin may neither disable their own account nor
 take away their own admin role (someone else must, so the last admin cannot lock everyone out by
-a slip); auditors are never output checkers (they audit the airlock). Refusals by these rules are
+a slip); auditors are never output checkers (they audit the airlock); the role of an account that
+logs in through single sign-on is the identity provider's (its groups, at each login). Refusals by these rules are
 recorded (``outcome=denied``) before they are raised. Raises ``VREError`` subclasses whose message
 says what to fix.
 """
@@ -144,7 +145,10 @@ def set_role(settings, who: Actor, name: str, role: str | None = None, checker: 
             account = accounts.get_account(db, name or "")  # NotFound
             old_role, new_role = account.role, role or account.role
             new_checker = account.output_checker if checker is None else checker
-            if old_role == "admin" and new_role != "admin" and account.name == who.name and not who.operator:
+            if single_sign_on(account) and (new_role != old_role or bool(new_checker) != bool(account.output_checker)):
+                refused = VREError(f"{name!r} logs in through single sign-on: the identity provider's groups set its "
+                                   "role and output-checker flag at each login; change them there")
+            elif old_role == "admin" and new_role != "admin" and account.name == who.name and not who.operator:
                 refused = Forbidden("you may not take away your own admin role: another admin must do it")
             elif new_role == "auditor" and new_checker:
                 refused = VREError(f"{name!r} would be an auditor and an output checker: auditors audit the airlock, "
@@ -169,6 +173,12 @@ def set_role(settings, who: Actor, name: str, role: str | None = None, checker: 
             + " (the VRE applies it at once, the hub's rights at their next login)")
 
 
+def single_sign_on(account: vdb.Account) -> bool:
+    """Whether the account logs in through OIDC (bound, or made ahead to be bound at the first
+    login: no password), whose role ``vre.oidc.sync_account`` sets from the groups at each login."""
+    return account.oidc_subject is not None or not account.password_hash
+
+
 def list_accounts(settings) -> list[dict]:
     """Every account, by name, with what an admin acts on: role, disabled, a lockout still running,
     whether a second factor is set up."""
@@ -177,7 +187,7 @@ def list_accounts(settings) -> list[dict]:
         rows = db.scalars(select(vdb.Account).order_by(vdb.Account.name)).all()
         return [{"name": a.name, "role": a.role, "disabled": bool(a.disabled),
                  "locked_until": _iso(a.locked_until) if a.locked_until and as_utc(a.locked_until) > now else None,
-                 "mfa": bool(a.totp_secret), "checker": bool(a.output_checker), "oidc": a.oidc_subject is not None,
+                 "mfa": bool(a.totp_secret), "checker": bool(a.output_checker), "oidc": single_sign_on(a),
                  "created_at": _iso(a.created_at)} for a in rows]
 
 

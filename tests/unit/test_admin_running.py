@@ -130,6 +130,7 @@ def test_the_page_shows_use_unknown_figures_the_new_password_and_the_buttons(wor
     from vre import admin
     from vre.api.pages import environment
 
+    admin.create_account(world, WEB, "olga", oidc=True)  # its role is the identity provider's: no form
     use = resource_use.Use(cpu=0.42, cpu_limit=2.0, mem_mb=812.4, mem_limit_mb=4096.0)
     sessions = [{"user": "bob", "server": "lung", "profile": "gpu", "state": "running", "use": use, "gpus": (0,)},
                 {"user": "admin", "server": "lung", "profile": None, "state": "stopping", "use": resource_use.UNKNOWN,
@@ -146,6 +147,7 @@ def test_the_page_shows_use_unknown_figures_the_new_password_and_the_buttons(wor
     assert html.count(">unknown</span>") == 2 + 2  # the stopping session's CPU and memory, the running job's
     assert 'action="/services/vre/admin/jobs/1/cancel"' in html and 'action="/services/vre/admin/jobs/2/cancel"' in html
     assert 'action="/services/vre/admin/users/bob/role"' in html and 'action="/services/vre/admin/users/new"' in html
+    assert "users/olga/role" not in html and "from the identity provider's groups" in html
     html = environment().get_template("admin-users.html").render(
         accounts=[], running=None, sessions=[], jobs=[], error={"name": "Bad", "message": "invalid user name"},
         form={"name": "Bad", "role": "auditor", "login": "oidc"}, **PAGE_NS)

@@ -177,11 +177,17 @@ def test_role_refusals(world):
         admin.set_role(world, WEB, "nobody", "admin")
     with pytest.raises(AR.Forbidden, match="not an active admin"):
         admin.set_role(world, AR.Actor("aud"), "aud", "admin")
-    assert roles(world) == {"admin": ("admin", True), "aud": ("auditor", False), "bob": ("researcher", False)}
+    admin.create_account(world, WEB, "olga", oidc=True)
+    with pytest.raises(VREError, match="identity provider's groups set its role"):
+        admin.set_role(world, WEB, "olga", "admin")
+    assert admin.set_role(world, WEB, "olga", "researcher", checker=False).endswith("nothing changed")
+    assert roles(world) == {"admin": ("admin", True), "aud": ("auditor", False), "bob": ("researcher", False),
+                            "olga": ("researcher", False)}
     admin.set_role(world, OPERATOR, "admin", "auditor", checker=False)  # the console may (the last resort)
     assert roles(world)["admin"] == ("auditor", False)
     denied = [(e["actor"], e["target"]) for e in events(world) if e["outcome"] == "denied"]
-    assert denied == [("admin", "user/admin"), ("admin", "user/bob"), ("admin", "user/aud"), ("aud", "user/aud")]
+    assert denied == [("admin", "user/admin"), ("admin", "user/bob"), ("admin", "user/aud"), ("aud", "user/aud"),
+                      ("admin", "user/olga")]
 
 
 def test_only_the_vre_admin_role_carries_the_admin_scope():
