@@ -8,9 +8,9 @@ as an admin) or an admin account in the browser (``via=web``, with the client's 
 the acting account must be an active admin; an admin may neither disable their own account nor
 take away their own admin role (someone else must, so the last admin cannot lock everyone out by
 a slip); auditors are never output checkers (they audit the airlock); the role of an account that
-logs in through single sign-on is the identity provider's (its groups, at each login). Refusals by these rules are
-recorded (``outcome=denied``) before they are raised. Raises ``VREError`` subclasses whose message
-says what to fix.
+logs in through single sign-on is the identity provider's (its groups, at each login). Refusals by
+these rules are recorded (``outcome=denied``) before they are raised. Raises ``VREError``
+subclasses whose message says what to fix.
 """
 
 from __future__ import annotations
@@ -75,7 +75,6 @@ def check_admin(db, who: Actor, what: str = "change accounts") -> None:
     account = db.scalar(select(vdb.Account).where(vdb.Account.name == who.name))
     if account is None or account.disabled or account.role != "admin":
         raise Forbidden(f"{who.name!r} is not an active admin: only admins {what}")
-
 
 
 def change_account(settings, who: Actor, name: str, change: str) -> str:
