@@ -161,18 +161,16 @@ def cmd_db_upgrade(args) -> int:
 
 # --- users ----------------------------------------------------------------------------------
 def cmd_user_add(args) -> int:
-    from .accounts import add_account
+    """The Users admin page's function (``vre.admin.create_account``): same rules, same audit event."""
+    from . import access_requests as AR
+    from .admin import create_account
 
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
     settings = _settings(args)
-    with _db(settings) as db:
-        account, generated = add_account(db, args.name, role=args.role, password=password, oidc=args.oidc)
-    emit_cli(settings, "user.create", target=f"user/{account.name}",
-             details={"role": account.role, **({"login": "oidc"} if args.oidc else {})})
-    print(f"added {account.role} {account.name!r}")
-    if args.oidc:
-        print(f"no password: the first login as {account.name!r} at the identity provider takes this account"
-              + ("" if settings.auth == "oidc" else " (this hub's auth is not 'oidc' yet)"))
+    vdb.upgrade(settings.vre_db_url)
+    said, generated = create_account(settings, AR.Actor.cli(None), args.name, args.role, password=password,
+                                     oidc=args.oidc)
+    print(said)
     if generated:
         print(f"password (shown once): {generated}")
     return 0
@@ -214,6 +212,17 @@ def _change_account(args, change: str) -> int:
     settings = _settings(args)
     vdb.upgrade(settings.vre_db_url)
     print(change_account(settings, AR.Actor.cli(None), args.name, change))
+    return 0
+
+
+def cmd_user_set_role(args) -> int:
+    """The Users admin page's function (``vre.admin.set_role``): same rules, same audit event."""
+    from . import access_requests as AR
+    from .admin import set_role
+
+    settings = _settings(args)
+    vdb.upgrade(settings.vre_db_url)
+    print(set_role(settings, AR.Actor.cli(None), args.name, args.role))
     return 0
 
 
@@ -427,6 +436,13 @@ def cmd_jobs(args) -> int:
 
         engine_main()
         return 0
+    if args.jobs_cmd == "cancel":  # the Users admin page's function: same rule, same audit event
+        from . import access_requests as AR
+        from .admin_running import cancel_job
+
+        vdb.upgrade(settings.vre_db_url)
+        print(cancel_job(settings, AR.Actor.cli(None), args.id))
+        return 0
     with _db(settings) as db:
         if args.jobs_cmd == "list":
             q = select(vdb.Job).join(vdb.Project).order_by(vdb.Job.id.desc()).limit(args.limit)
@@ -447,14 +463,6 @@ def cmd_jobs(args) -> int:
             print(json.dumps(service.to_dict(settings, job, detail=True), indent=2))
         elif args.jobs_cmd == "log":
             print(service.read_log(settings, job)[0], end="")
-        elif args.jobs_cmd == "cancel":
-            service.request_cancel(job, "an admin")
-            event = dict(project=job.project.slug, target=f"job/{job.id}",
-                         details={"while": "queued" if job.state == "cancelled" else "running"})
-            print(f"job {job.id}: {job.state if job.state == 'cancelled' else 'cancel requested'}")
-    if args.jobs_cmd == "cancel":  # recorded after the change is committed
-        emit_cli(settings, "job.cancel", **event)
-    service.wake(settings)
     return 0
 
 
@@ -496,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--password-stdin", action="store_true")
     p.set_defaults(func=cmd_user_set_password)
+    p = users.add_parser("set-role", help="change an account's role (the hub's rights follow at its next login)")
+    p.add_argument("name")
+    p.add_argument("role", choices=list(vdb.ROLES))
+    p.set_defaults(func=cmd_user_set_role)
     p = users.add_parser("unlock", help="clear a lockout after failed logins")
     p.add_argument("name")
     p.set_defaults(func=cmd_user_unlock)

@@ -212,20 +212,12 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_set_checker(args) -> int:
-    """``vre user set-checker NAME on|off``."""
-    from ..accounts import get_account
-    from ..audit.events import emit_cli
+    """``vre user set-checker NAME on|off``: the Users admin page's function (``vre.admin.set_role``)."""
+    from .. import access_requests as AR
+    from ..admin import set_role
 
     settings = _settings(args)
-    on = args.state == "on"
-    with vdb.session_scope(settings.vre_db_url) as db:
-        account = get_account(db, args.name)
-        if on and account.role == "auditor":
-            raise VREError(f"{args.name!r} is an auditor: auditors audit the airlock, they do not check outputs")
-        account.output_checker = on
-    emit_cli(settings, "airlock.checker", target=f"user/{args.name}", details={"output_checker": on})
-    print(f"{args.name!r} is {'now an output checker' if on else 'no longer an output checker'} "
-          "(hub rights follow at their next login; the change applies to the airlock at once)")
+    print(set_role(settings, AR.Actor.cli(None), args.name, checker=args.state == "on"))
     return 0
 
 
