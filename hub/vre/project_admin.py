@@ -16,26 +16,17 @@ from typing import Callable
 
 from sqlalchemy import select
 
+from . import admin
 from . import db as vdb
 from . import projects as P
 from .access_requests import Actor, Forbidden
 from .airlock.rules import rules_of, set_rules
-from .audit.events import cli_actor, emit
 from .errors import VREError
 
 
-def _audit(settings, who: Actor, action: str, *, outcome: str = "ok", details: dict | None = None, **fields) -> None:
-    actor, role = (cli_actor(), "admin") if who.operator else (who.name, None)  # as `emit_cli` records it
-    emit(settings, action, actor=actor, actor_role=role, outcome=outcome, client=who.client,
-         details={"via": who.via, **(details or {})}, **fields)
-
-
-def _check_admin(db, who: Actor) -> None:
-    if who.operator:
-        return
-    account = db.scalar(select(vdb.Account).where(vdb.Account.name == who.name))
-    if account is None or account.disabled or account.role != "admin":
-        raise Forbidden(f"{who.name!r} is not an active admin: only admins change projects")
+def _audit(settings, who: Actor, action: str, *, outcome: str = "ok", details: dict | None = None,
+           target: str | None = None, **fields) -> None:
+    admin.audit(settings, who, action, target or "", outcome=outcome, details=details, **fields)
 
 
 def _change(settings, who: Actor, action: str, apply: Callable, **target) -> tuple:
@@ -44,7 +35,7 @@ def _change(settings, who: Actor, action: str, apply: Callable, **target) -> tup
     refused = None
     with vdb.session_scope(settings.vre_db_url) as db:
         try:
-            _check_admin(db, who)
+            admin.check_admin(db, who, "change projects")
         except Forbidden as e:
             refused = e
         if refused is None:
