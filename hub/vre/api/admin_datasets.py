@@ -33,7 +33,7 @@ from .. import dataset_admin
 from ..catalog.metadata import CATALOG_FIELDS, EUCAIM_TIERS
 from ..errors import Conflict, VREError
 from ..roles import ADMIN_SCOPE
-from .base import requires_scope
+from .base import ServiceAPIHandler, requires_scope
 from .forms import FormPage, status_of
 
 #: How many datasets are indexed at once (each indexing uses worker processes of its own).
@@ -188,13 +188,16 @@ class DatasetPage(_Page):
         await self.show(slug)
 
 
-class DatasetProgress(_Page):
+class DatasetProgress(ServiceAPIHandler):
     """``GET admin/datasets/<slug>/progress``: the last indexing as JSON (``{"state": "none"}``)."""
+
+    def initialize(self, runs: Runs, **kwargs):
+        super().initialize(**kwargs)
+        self.runs = runs
 
     @requires_scope(ADMIN_SCOPE)
     async def get(self, slug):
         run = self.runs.get(slug)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps(run.as_json() if run else {"slug": slug, "state": "none"}, default=str))
 
