@@ -121,6 +121,44 @@ def test_admin_registers_edits_reindexes_and_retires_a_dataset(sqlite_hub, logge
     assert events[1]["details"]["changed"] == ["title"]
 
 
+@pytest.fixture
+def big_folder():
+    """600 slices: a few seconds of indexing, in worker processes (over 200 files)."""
+    root = Path(tempfile.mkdtemp(prefix="vre-admin-ds-"))
+    make_cohort("lung-ct", root / "cohort", patients=3, slices=200, size=32, seed=4)
+    for dirpath, _dirs, files in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+    yield root / "cohort"
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_page_follows_a_longer_indexing_live(sqlite_hub, logged_in, big_folder):
+    hub, slug = sqlite_hub, f"synth-{secrets.token_hex(3)}"
+    admin = logged_in(hub, "admin", PAGE)
+    polled = []
+
+    def watch(route):  # what the page's script reads, passed on unchanged
+        response = route.fetch()
+        polled.append((response.status, response.json()))
+        route.fulfill(response=response)
+    admin.route(re.compile(r"/progress$"), watch)
+    fill(admin, path=str(big_folder), slug=slug, title="Synthetic chest CT, 600 slices")
+    admin.click("#register")
+    admin.wait_for_url(re.compile(re.escape(f"{PAGE}/{slug}")))
+    assert admin.locator("#run").get_attribute("data-state") == "running"  # the page came before the report
+    expect(admin.locator("#progress-text")).to_be_visible()
+    expect(admin.locator("#run")).to_have_attribute("data-state", "done", timeout=180_000)  # the script reloads
+    expect(admin.locator("#report-summary")).to_contain_text("from 601 files (600 read")
+    assert polled and all(status == 200 for status, _ in polled), polled
+    assert polled[-1][1]["state"] == "done" and all(p["total"] in (None, 600) for _, p in polled)
+    assert any(p["state"] == "running" for _, p in polled), polled  # polled while it ran
+    admin.check("#confirm")
+    admin.click("#retire")
+    admin.wait_for_url(re.compile(r"retired="))
+
+
 def test_researchers_get_403_and_no_link(sqlite_hub, logged_in):
     bob = logged_in(sqlite_hub, "bob", "/hub/home")
     expect(bob.locator("#catalogue-link")).to_be_visible()
