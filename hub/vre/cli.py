@@ -239,21 +239,29 @@ def cmd_user_disable(args) -> int:
 
 
 # --- datasets -------------------------------------------------------------------------------
-def cmd_dataset_add(args) -> int:
-    from .catalog.registry import add_dataset
+def _dataset_fields(args) -> dict:
+    """The catalogue fields of ``vre dataset add|edit`` (None: not given)."""
+    keywords = None if args.keywords is None else [k.strip() for k in args.keywords.split(",") if k.strip()]
+    return dict(title=args.title, description=args.description, publisher=args.publisher,
+                access_rights=args.terms, condition=args.condition, interoperability_tier=args.tier,
+                keywords=keywords, license=args.license, contact_point=args.contact)
+
+
+def _dataset_admin(args):
+    """The Datasets admin page's functions (``vre.dataset_admin``), so the same rules and the same
+    audit events; the operator acts as an admin."""
+    from . import access_requests as AR
+    from . import dataset_admin
 
     settings = _settings(args)
-    with _db(settings) as db:
-        dataset, report = add_dataset(
-            db, settings, args.path, args.slug, workers=args.workers, title=args.title,
-            description=args.description, publisher=args.publisher, access_rights=args.terms,
-            condition=args.condition, interoperability_tier=args.tier,
-            keywords=[k.strip() for k in (args.keywords or "").split(",") if k.strip()],
-            license=args.license, contact_point=args.contact,
-        )
-    emit_cli(settings, "dataset.register", target=str(dataset.path), dataset=dataset.slug,
-             details={"files": report.files_seen, "errors": report.errors, "series": report.series})
-    print(f"registered dataset {dataset.slug!r}: {report.summary()}")
+    vdb.upgrade(settings.vre_db_url)
+    return dataset_admin, settings, AR.Actor.cli(None)
+
+
+def cmd_dataset_add(args) -> int:
+    admin, settings, who = _dataset_admin(args)
+    _, report = admin.register(settings, who, args.path, args.slug, _dataset_fields(args), workers=args.workers)
+    print(f"registered dataset {args.slug!r}: {report.summary()}")
     _print_report_problems(report)
     return 0
 
@@ -268,14 +276,17 @@ def _print_report_problems(report) -> None:
 
 
 def cmd_dataset_reindex(args) -> int:
-    from .catalog.registry import reindex
-
-    settings = _settings(args)
-    with _db(settings) as db:
-        report = reindex(db, settings, args.slug, workers=args.workers)
-    emit_cli(settings, "dataset.reindex", dataset=args.slug, details={"read": report.files_indexed})
+    admin, settings, who = _dataset_admin(args)
+    report = admin.reindex(settings, who, args.slug, workers=args.workers)
     print(f"re-indexed {args.slug!r}: {report.summary()}")
     _print_report_problems(report)
+    return 0
+
+
+def cmd_dataset_edit(args) -> int:
+    admin, settings, who = _dataset_admin(args)
+    changed = admin.update(settings, who, args.slug, _dataset_fields(args))
+    print(f"catalogue record of {args.slug!r}: " + (f"changed {', '.join(changed)}" if changed else "no change"))
     return 0
 
 
@@ -299,12 +310,8 @@ def cmd_dataset_show(args) -> int:
 
 
 def cmd_dataset_remove(args) -> int:
-    from .catalog.registry import remove_dataset
-
-    settings = _settings(args)
-    with _db(settings) as db:
-        remove_dataset(db, settings, args.slug)
-    emit_cli(settings, "dataset.remove", dataset=args.slug)
+    admin, settings, who = _dataset_admin(args)
+    admin.remove(settings, who, args.slug)
     print(f"removed dataset {args.slug!r} from the catalogue (its files are untouched)")
     return 0
 
@@ -477,6 +484,18 @@ def cmd_demo(args) -> int:
 
 
 # --- parser ---------------------------------------------------------------------------------
+def _catalogue_options(p, unset, *, tier) -> None:
+    """The catalogue fields of ``vre dataset add`` and ``edit`` (but the title), ``unset`` when not given."""
+    p.add_argument("--description", default=unset)
+    p.add_argument("--publisher", default=unset)
+    p.add_argument("--terms", default=unset, help="access rights / terms of use")
+    p.add_argument("--condition", default=unset, help="e.g. 'Lung cancer'")
+    p.add_argument("--tier", type=tier, default=None, help="EUCAIM interoperability tier (1-3)")
+    p.add_argument("--keywords", default=unset, help="comma-separated")
+    p.add_argument("--license", default=unset, help="licence of the data (name or URL)")
+    p.add_argument("--contact", default=unset, help="contact point: e-mail or URL of the data steward")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vre", description="Secure virtual research environment for imaging research")
     parser.add_argument("--config", help="settings file (default: $VRE_CONFIG or /etc/vre/vre.toml if present)")
@@ -527,20 +546,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--slug", required=True, help="short name: /data/<slug> in sessions")
     p.add_argument("--title", required=True)
-    p.add_argument("--description", default="")
-    p.add_argument("--publisher", default="")
-    p.add_argument("--terms", default="", help="access rights / terms of use")
-    p.add_argument("--condition", default="", help="e.g. 'Lung cancer'")
-    p.add_argument("--tier", type=int, default=None, help="EUCAIM interoperability tier (1-3)")
-    p.add_argument("--keywords", default="", help="comma-separated")
-    p.add_argument("--license", default="", help="licence of the data (name or URL)")
-    p.add_argument("--contact", default="", help="contact point: e-mail or URL of the data steward")
+    _catalogue_options(p, "", tier=int)
     p.add_argument("--workers", type=int, default=None, help="index processes (default: all cores)")
     p.set_defaults(func=cmd_dataset_add)
     p = ds.add_parser("reindex", help="re-read changed files")
     p.add_argument("slug")
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(func=cmd_dataset_reindex)
+    p = ds.add_parser("edit", help="change catalogue fields (those given; '' clears one)")
+    p.add_argument("slug")
+    p.add_argument("--title", default=None)
+    _catalogue_options(p, None, tier=str)
+    p.set_defaults(func=cmd_dataset_edit)
     ds.add_parser("list").set_defaults(func=cmd_dataset_list)
     p = ds.add_parser("show", help="print the catalogue record")
     p.add_argument("slug")
