@@ -30,6 +30,8 @@ export interface IJob {
   rerun_of: number | null;
   position: number | null;
   outdir: string;
+  /** open: the project's shared workers; held: batch-only data too, outputs withheld (airlock). */
+  lane: 'open' | 'held';
   submitted_at: string;
   started_at: string | null;
   finished_at: string | null;
@@ -38,6 +40,8 @@ export interface IJob {
 export interface IJobDetail extends IJob {
   progress: { done: number; total: number } | null;
   outputs: { path: string; size: number }[];
+  /** A held job: what to do instead of opening its outputs. */
+  held?: string;
 }
 
 export interface ISubmission {
@@ -49,6 +53,7 @@ export interface ISubmission {
   gpus?: number;
   max_runtime?: number;
   name?: string;
+  lane?: 'open' | 'held';
 }
 
 /** A 404 without the API's JSON: this server has no jobs routes. */

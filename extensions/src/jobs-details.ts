@@ -221,7 +221,9 @@ export class JobDetails {
       dir.title = job.outdir;
       head.appendChild(dir);
       this._dOutputs.appendChild(head);
-      if (!outputs.length) {
+      if (job.held) {
+        this._dOutputs.appendChild(el('div', 'vre-JobOutputs-held', job.held));
+      } else if (!outputs.length) {
         this._dOutputs.appendChild(el('div', 'vre-JobOutputs-none', 'none yet'));
       }
       const ul = el('ul', 'vre-JobOutputs-list');

@@ -33,6 +33,7 @@ export class JobForm {
       this._fields.target.value = path;
       this._fields.params.value = '';
       this._fields.name.value = '';
+      this._fields.held.checked = false;
       this._syncKind();
     }
     this._formError.hidden = true;
@@ -131,6 +132,14 @@ export class JobForm {
     name.maxLength = 128;
     field('Name', name);
 
+    // a held job: the project's batch-only datasets too; its log and outputs stay on the hub
+    const held = input('held', 'checkbox');
+    field(
+      'Held (batch-only data)',
+      held,
+      'Also reads the batch-only datasets; its log and outputs stay on the hub and leave only through an export request.'
+    );
+
     this._formError = el('div', 'vre-Jobs-error vre-JobForm-error');
     this._formError.setAttribute('role', 'alert');
     this._formError.hidden = true;
@@ -158,7 +167,7 @@ export class JobForm {
         void this._submit();
       }
     });
-    this._fields = { target, kind, params, cpu, mem, gpus, runtime, name };
+    this._fields = { target, kind, params, cpu, mem, gpus, runtime, name, held };
     this._syncParamsLabel();
     return form;
   }
@@ -255,6 +264,9 @@ export class JobForm {
     if (name) {
       body.name = name;
     }
+    if (f.held.checked) {
+      body.lane = 'held';
+    }
     return body;
   }
 
@@ -302,5 +314,6 @@ export class JobForm {
     gpus: HTMLInputElement;
     runtime: HTMLInputElement;
     name: HTMLInputElement;
+    held: HTMLInputElement;
   };
 }

@@ -161,18 +161,16 @@ def cmd_db_upgrade(args) -> int:
 
 # --- users ----------------------------------------------------------------------------------
 def cmd_user_add(args) -> int:
-    from .accounts import add_account
+    """The Users admin page's function (``vre.admin.create_account``): same rules, same audit event."""
+    from . import access_requests as AR
+    from .admin import create_account
 
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
     settings = _settings(args)
-    with _db(settings) as db:
-        account, generated = add_account(db, args.name, role=args.role, password=password, oidc=args.oidc)
-    emit_cli(settings, "user.create", target=f"user/{account.name}",
-             details={"role": account.role, **({"login": "oidc"} if args.oidc else {})})
-    print(f"added {account.role} {account.name!r}")
-    if args.oidc:
-        print(f"no password: the first login as {account.name!r} at the identity provider takes this account"
-              + ("" if settings.auth == "oidc" else " (this hub's auth is not 'oidc' yet)"))
+    vdb.upgrade(settings.vre_db_url)
+    said, generated = create_account(settings, AR.Actor.cli(None), args.name, args.role, password=password,
+                                     oidc=args.oidc)
+    print(said)
     if generated:
         print(f"password (shown once): {generated}")
     return 0
@@ -217,6 +215,17 @@ def _change_account(args, change: str) -> int:
     return 0
 
 
+def cmd_user_set_role(args) -> int:
+    """The Users admin page's function (``vre.admin.set_role``): same rules, same audit event."""
+    from . import access_requests as AR
+    from .admin import set_role
+
+    settings = _settings(args)
+    vdb.upgrade(settings.vre_db_url)
+    print(set_role(settings, AR.Actor.cli(None), args.name, args.role))
+    return 0
+
+
 def cmd_user_unlock(args) -> int:
     return _change_account(args, "unlock")
 
@@ -230,21 +239,29 @@ def cmd_user_disable(args) -> int:
 
 
 # --- datasets -------------------------------------------------------------------------------
-def cmd_dataset_add(args) -> int:
-    from .catalog.registry import add_dataset
+def _dataset_fields(args) -> dict:
+    """The catalogue fields of ``vre dataset add|edit`` (None: not given)."""
+    keywords = None if args.keywords is None else [k.strip() for k in args.keywords.split(",") if k.strip()]
+    return dict(title=args.title, description=args.description, publisher=args.publisher,
+                access_rights=args.terms, condition=args.condition, interoperability_tier=args.tier,
+                keywords=keywords, license=args.license, contact_point=args.contact)
+
+
+def _dataset_admin(args):
+    """The Datasets admin page's functions (``vre.dataset_admin``), so the same rules and the same
+    audit events; the operator acts as an admin."""
+    from . import access_requests as AR
+    from . import dataset_admin
 
     settings = _settings(args)
-    with _db(settings) as db:
-        dataset, report = add_dataset(
-            db, settings, args.path, args.slug, workers=args.workers, title=args.title,
-            description=args.description, publisher=args.publisher, access_rights=args.terms,
-            condition=args.condition, interoperability_tier=args.tier,
-            keywords=[k.strip() for k in (args.keywords or "").split(",") if k.strip()],
-            license=args.license, contact_point=args.contact,
-        )
-    emit_cli(settings, "dataset.register", target=str(dataset.path), dataset=dataset.slug,
-             details={"files": report.files_seen, "errors": report.errors, "series": report.series})
-    print(f"registered dataset {dataset.slug!r}: {report.summary()}")
+    vdb.upgrade(settings.vre_db_url)
+    return dataset_admin, settings, AR.Actor.cli(None)
+
+
+def cmd_dataset_add(args) -> int:
+    admin, settings, who = _dataset_admin(args)
+    _, report = admin.register(settings, who, args.path, args.slug, _dataset_fields(args), workers=args.workers)
+    print(f"registered dataset {args.slug!r}: {report.summary()}")
     _print_report_problems(report)
     return 0
 
@@ -259,14 +276,17 @@ def _print_report_problems(report) -> None:
 
 
 def cmd_dataset_reindex(args) -> int:
-    from .catalog.registry import reindex
-
-    settings = _settings(args)
-    with _db(settings) as db:
-        report = reindex(db, settings, args.slug, workers=args.workers)
-    emit_cli(settings, "dataset.reindex", dataset=args.slug, details={"read": report.files_indexed})
+    admin, settings, who = _dataset_admin(args)
+    report = admin.reindex(settings, who, args.slug, workers=args.workers)
     print(f"re-indexed {args.slug!r}: {report.summary()}")
     _print_report_problems(report)
+    return 0
+
+
+def cmd_dataset_edit(args) -> int:
+    admin, settings, who = _dataset_admin(args)
+    changed = admin.update(settings, who, args.slug, _dataset_fields(args))
+    print(f"catalogue record of {args.slug!r}: " + (f"changed {', '.join(changed)}" if changed else "no change"))
     return 0
 
 
@@ -290,12 +310,8 @@ def cmd_dataset_show(args) -> int:
 
 
 def cmd_dataset_remove(args) -> int:
-    from .catalog.registry import remove_dataset
-
-    settings = _settings(args)
-    with _db(settings) as db:
-        remove_dataset(db, settings, args.slug)
-    emit_cli(settings, "dataset.remove", dataset=args.slug)
+    admin, settings, who = _dataset_admin(args)
+    admin.remove(settings, who, args.slug)
     print(f"removed dataset {args.slug!r} from the catalogue (its files are untouched)")
     return 0
 
@@ -348,94 +364,56 @@ def cmd_access_request(args) -> int:
 
 # --- projects -------------------------------------------------------------------------------
 def cmd_project(args) -> int:
+    """``vre project ...``: each change is ``vre.project_admin``'s (the Projects admin page's too)."""
+    from . import access_requests as AR
+    from . import project_admin as PA
     from . import projects as P
 
     settings = _settings(args)
-    event = None
-    with _db(settings) as db:
-        match args.project_cmd:
-            case "create":
-                p = P.create_project(db, args.slug, args.title, args.description or "", args.expires)
-                event = ("project.create", dict(project=p.slug, details={"title": p.title}))
-                print(f"created project {p.slug!r}; next: grant datasets, add members and a profile")
-            case "grant":
-                g = P.grant(db, args.project, args.dataset, mode=args.mode, expires=args.expires)
-                event = ("project.grant", dict(project=args.project, dataset=args.dataset,
-                                               details=P.grant_summary(g)))
-                print(f"granted {args.dataset!r} to {args.project!r}: {_grant_effect(g)}")
-            case "update-grant":
-                g = P.update_grant(db, args.project, args.dataset, mode=args.mode, expires=args.expires)
-                event = ("project.grant_update", dict(project=args.project, dataset=args.dataset,
-                                                      details=P.grant_summary(g)))
-                print(f"grant of {args.dataset!r} to {args.project!r}: {_grant_effect(g)}")
-            case "revoke":
-                P.revoke(db, args.project, args.dataset)
-                event = ("project.revoke", dict(project=args.project, dataset=args.dataset))
-                print(f"revoked {args.dataset!r} from {args.project!r}: "
-                      "gone from sessions and batch jobs started from now on")
-            case "add-member":
-                P.add_member(db, args.project, args.user)
-                event = ("project.member_add", dict(project=args.project, target=f"user/{args.user}"))
-                print(f"added {args.user!r} to {args.project!r}")
-            case "remove-member":
-                P.remove_member(db, args.project, args.user)
-                event = ("project.member_remove", dict(project=args.project, target=f"user/{args.user}"))
-                print(f"removed {args.user!r} from {args.project!r}; a running session of theirs is stopped "
-                      f"within {settings.poll_interval} s")
-            case "set-profile":
-                pr = P.set_profile(db, args.project, args.name, cpu=args.cpu, memory=args.memory,
-                                   gpus=args.gpus, description=args.description or "",
-                                   node_selector=args.node_selector)
-                pr.gpu_shared = bool(args.gpu_shared)
-                event = ("project.profile_set", dict(project=args.project, target=pr.name, details={
-                    "cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus, "gpu_shared": pr.gpu_shared,
-                    "node_selector": pr.node_selector or {}}))
-                print(f"profile {pr.name!r} of {args.project!r}: {pr.describe()}")
-            case "remove-profile":
-                P.remove_profile(db, args.project, args.name)
-                event = ("project.profile_remove", dict(project=args.project, target=args.name))
-                print(f"removed profile {args.name!r} from {args.project!r}")
-            case "set-quota":
-                p = P.set_job_quota(db, args.project, slots=args.jobs, cpu=args.cpu, memory=args.memory,
-                                    gpus=args.gpus)
-                event = ("project.update", dict(project=p.slug, details={"job_quota": P.job_quota(p)}))
-                q = P.job_quota(p)
-                print(f"batch quota of {p.slug!r}: {q['slots']} job(s) at once, {q['cpu']:g} CPU, "
-                      f"{q['mem_mb']} MiB, {q['gpus']} GPU(s) in all; more jobs wait in the queue")
-            case "set-cell-audit":
-                p = P.set_cell_audit(db, args.project, args.state == "on")
-                event = ("project.update", dict(project=p.slug, details={"audit_cells": p.audit_cells}))
-                print(f"code audit {'on: every executed cell of' if p.audit_cells else 'off for'} {p.slug!r}"
-                      + (" is recorded (sessions started from now on; researchers are told)" if p.audit_cells else ""))
-            case "set-downloads":
-                p = P.set_downloads(db, args.project, args.mode)
-                event = ("project.update", dict(project=p.slug, details={"downloads": p.downloads}))
-                print(f"downloads of {p.slug!r}: {p.downloads} (sessions started from now on)")
-            case "set-egress-cap":
-                p = P.set_egress_cap(db, args.project, args.cap)
-                event = ("project.update", dict(project=p.slug, details={"egress_cap": p.egress_cap}))
-                print(f"egress of {p.slug!r}: " + (f"at most {p.egress_cap} bytes per member per day to the browser"
-                                                   if p.egress_cap else "no daily cap (always counted)")
-                      + " (sessions started from now on)")
-            case "set-expiry":
-                p = P.set_expiry(db, args.project, args.expires)
-                event = ("project.expiry_set", dict(project=p.slug, details={
-                    "expires_at": p.expires_at.isoformat() if p.expires_at else None}))
-                if p.expires_at is None:
-                    print(f"{p.slug!r} no longer expires")
-                elif p.is_expired():
-                    print(f"{p.slug!r} is now expired: its sessions are stopped within {settings.poll_interval} s")
-                else:
-                    print(f"{p.slug!r} permit valid until {p.expires_at:%Y-%m-%d %H:%M} UTC")
-            case "list":
-                from sqlalchemy import select
+    vdb.upgrade(settings.vre_db_url)
+    who = AR.Actor.cli(None)
+    match args.project_cmd:
+        case "create":
+            said = PA.create(settings, who, args.slug, args.title, args.description or "", args.expires)
+        case "grant":
+            said = PA.grant(settings, who, args.project, args.dataset, mode=args.mode, expires=args.expires)
+        case "update-grant":
+            said = PA.update_grant(settings, who, args.project, args.dataset, mode=args.mode, expires=args.expires)
+        case "revoke":
+            said = PA.revoke(settings, who, args.project, args.dataset)
+        case "add-member":
+            said = PA.add_member(settings, who, args.project, args.user)
+        case "remove-member":
+            said = PA.remove_member(settings, who, args.project, args.user)
+        case "set-profile":
+            said = PA.set_profile(settings, who, args.project, args.name, cpu=args.cpu, memory=args.memory,
+                                  gpus=args.gpus, gpu_shared=args.gpu_shared, description=args.description or "",
+                                  node_selector=args.node_selector)
+        case "remove-profile":
+            said = PA.remove_profile(settings, who, args.project, args.name)
+        case "set-quota":
+            said = PA.set_quota(settings, who, args.project, jobs=args.jobs, cpu=args.cpu, memory=args.memory,
+                                gpus=args.gpus)
+        case "set-cell-audit":
+            said = PA.set_cell_audit(settings, who, args.project, args.state == "on")
+        case "set-downloads":
+            said = PA.set_downloads(settings, who, args.project, args.mode)
+        case "set-egress-cap":
+            said = PA.set_egress_cap(settings, who, args.project, args.cap)
+        case "set-expiry":
+            said = PA.set_expiry(settings, who, args.project, args.expires)
+        case "list":
+            from sqlalchemy import select
 
+            with vdb.session_scope(settings.vre_db_url) as db:
                 rows = [[p.slug, p.title, len(p.members), ", ".join(P.describe_grant(g) for g in p.grants),
                          ", ".join(pr.name for pr in p.profiles),
                          ("expired" if p.is_expired() else f"{p.expires_at:%Y-%m-%d}") if p.expires_at else "never"]
                         for p in db.scalars(select(vdb.Project).order_by(vdb.Project.slug))]
-                print_table(rows, ["project", "title", "members", "datasets", "profiles", "expires"])
-            case "show":
+            print_table(rows, ["project", "title", "members", "datasets", "profiles", "expires"])
+            return 0
+        case "show":
+            with vdb.session_scope(settings.vre_db_url) as db:
                 p = P.get_project(db, args.slug)
                 print(json.dumps({
                     "slug": p.slug, "title": p.title, "description": p.description,
@@ -448,16 +426,9 @@ def cmd_project(args) -> int:
                     "profiles": {pr.name: {"cpu": pr.cpu, "mem_mb": pr.mem_mb, "gpus": pr.gpus,
                                            "gpu_shared": pr.gpu_shared} for pr in p.profiles},
                 }, indent=2))
-    if event:
-        emit_cli(settings, event[0], **event[1])
+            return 0
+    print(said)
     return 0
-
-
-def _grant_effect(g) -> str:
-    """What a grant now means, in words (from sessions and batch jobs started from now on)."""
-    where = {"interactive": "mounted read-only in new sessions and batch jobs",
-             "batch-only": "mounted read-only in new batch jobs only (sessions list its catalogue record)"}[g.mode]
-    return where + (f", until {g.expires_at:%Y-%m-%d %H:%M} UTC" if g.expires_at else "")
 
 
 def cmd_jobs(args) -> int:
@@ -471,6 +442,13 @@ def cmd_jobs(args) -> int:
         from .jobs.engine import main as engine_main
 
         engine_main()
+        return 0
+    if args.jobs_cmd == "cancel":  # the Users admin page's function: same rule, same audit event
+        from . import access_requests as AR
+        from .admin_running import cancel_job
+
+        vdb.upgrade(settings.vre_db_url)
+        print(cancel_job(settings, AR.Actor.cli(None), args.id))
         return 0
     with _db(settings) as db:
         if args.jobs_cmd == "list":
@@ -492,14 +470,6 @@ def cmd_jobs(args) -> int:
             print(json.dumps(service.to_dict(settings, job, detail=True), indent=2))
         elif args.jobs_cmd == "log":
             print(service.read_log(settings, job)[0], end="")
-        elif args.jobs_cmd == "cancel":
-            service.request_cancel(job, "an admin")
-            event = dict(project=job.project.slug, target=f"job/{job.id}",
-                         details={"while": "queued" if job.state == "cancelled" else "running"})
-            print(f"job {job.id}: {job.state if job.state == 'cancelled' else 'cancel requested'}")
-    if args.jobs_cmd == "cancel":  # recorded after the change is committed
-        emit_cli(settings, "job.cancel", **event)
-    service.wake(settings)
     return 0
 
 
@@ -514,6 +484,18 @@ def cmd_demo(args) -> int:
 
 
 # --- parser ---------------------------------------------------------------------------------
+def _catalogue_options(p, unset, *, tier) -> None:
+    """The catalogue fields of ``vre dataset add`` and ``edit`` (but the title), ``unset`` when not given."""
+    p.add_argument("--description", default=unset)
+    p.add_argument("--publisher", default=unset)
+    p.add_argument("--terms", default=unset, help="access rights / terms of use")
+    p.add_argument("--condition", default=unset, help="e.g. 'Lung cancer'")
+    p.add_argument("--tier", type=tier, default=None, help="EUCAIM interoperability tier (1-3)")
+    p.add_argument("--keywords", default=unset, help="comma-separated")
+    p.add_argument("--license", default=unset, help="licence of the data (name or URL)")
+    p.add_argument("--contact", default=unset, help="contact point: e-mail or URL of the data steward")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vre", description="Secure virtual research environment for imaging research")
     parser.add_argument("--config", help="settings file (default: $VRE_CONFIG or /etc/vre/vre.toml if present)")
@@ -541,6 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--password-stdin", action="store_true")
     p.set_defaults(func=cmd_user_set_password)
+    p = users.add_parser("set-role", help="change an account's role (the hub's rights follow at its next login)")
+    p.add_argument("name")
+    p.add_argument("role", choices=list(vdb.ROLES))
+    p.set_defaults(func=cmd_user_set_role)
     p = users.add_parser("unlock", help="clear a lockout after failed logins")
     p.add_argument("name")
     p.set_defaults(func=cmd_user_unlock)
@@ -560,20 +546,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--slug", required=True, help="short name: /data/<slug> in sessions")
     p.add_argument("--title", required=True)
-    p.add_argument("--description", default="")
-    p.add_argument("--publisher", default="")
-    p.add_argument("--terms", default="", help="access rights / terms of use")
-    p.add_argument("--condition", default="", help="e.g. 'Lung cancer'")
-    p.add_argument("--tier", type=int, default=None, help="EUCAIM interoperability tier (1-3)")
-    p.add_argument("--keywords", default="", help="comma-separated")
-    p.add_argument("--license", default="", help="licence of the data (name or URL)")
-    p.add_argument("--contact", default="", help="contact point: e-mail or URL of the data steward")
+    _catalogue_options(p, "", tier=int)
     p.add_argument("--workers", type=int, default=None, help="index processes (default: all cores)")
     p.set_defaults(func=cmd_dataset_add)
     p = ds.add_parser("reindex", help="re-read changed files")
     p.add_argument("slug")
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(func=cmd_dataset_reindex)
+    p = ds.add_parser("edit", help="change catalogue fields (those given; '' clears one)")
+    p.add_argument("slug")
+    p.add_argument("--title", default=None)
+    _catalogue_options(p, None, tier=str)
+    p.set_defaults(func=cmd_dataset_edit)
     ds.add_parser("list").set_defaults(func=cmd_dataset_list)
     p = ds.add_parser("show", help="print the catalogue record")
     p.add_argument("slug")
@@ -626,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = pj.add_parser(name)
         p.add_argument(a)
         p.add_argument(b)
-    modes = "interactive (sessions and batch jobs) or batch-only (batch jobs only; sessions see the catalogue record)"
+    modes = "interactive (sessions and batch jobs) or batch-only (held batch jobs only; sessions see the catalogue record)"
     until = "date (valid through that day, UTC), ISO time or 'never'; a past moment is refused"
     p = pj.add_parser("grant", help="grant a dataset to a project (change an existing grant with update-grant)")
     p.add_argument("project")

@@ -151,9 +151,10 @@ class Membership(Base):
 
 
 #: How a granted dataset may be used (EUCAIM's access models), and the plan roles
-#: (``vre.plan.ROLES``) whose sandboxes mount its files: ``batch-only`` data is processed by
-#: batch jobs only, and sessions see just its catalogue record.
-GRANT_MODES = {"interactive": ("session", "worker"), "batch-only": ("worker",)}
+#: (``vre.plan.ROLES``) whose sandboxes mount its files: ``batch-only`` data is processed only by
+#: held batch jobs (``held`` workers: their own island, the workspace read-only, outputs held for
+#: the airlock), and sessions and the project's shared workers see just its catalogue record.
+GRANT_MODES = {"interactive": ("session", "worker", "held"), "batch-only": ("held",)}
 
 
 class Grant(Base):
@@ -290,6 +291,13 @@ JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_ou
 JOB_FINAL = ("succeeded", "failed", "cancelled", "timed_out")
 
 
+#: Where a batch job runs and where its results go: ``open``: the project's shared workers, with
+#: the datasets sessions get, outputs in the workspace; ``held``: workers of their own (their own
+#: island, which sessions cannot reach), with the batch-only datasets too, the workspace read-only,
+#: log and outputs kept outside it, leaving only through the airlock.
+JOB_LANES = ("open", "held")
+
+
 class Job(Base):
     """A batch job: what was asked (kind, target, parameters, resources), where it stands, and
     how it ended. The queue is this table: nothing lives only in a scheduler's memory."""
@@ -316,6 +324,8 @@ class Job(Base):
     devices: Mapped[str] = mapped_column(String(64), default="")  # granted GPU indices, comma-separated
     usage: Mapped[dict] = mapped_column(JSON, default=dict)       # cpu_s, max_rss_mb, wall_s
     rerun_of: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: ``open`` (the project's shared workers; outputs in the workspace) or ``held`` (``JOB_LANES``).
+    lane: Mapped[str] = mapped_column(String(8), default="open", server_default="open")
     submitted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

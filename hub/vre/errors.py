@@ -7,3 +7,7 @@ class VREError(ValueError):
 
 class NotFound(VREError):
     """A named thing (user, project, dataset, profile) does not exist."""
+
+
+class Conflict(VREError):
+    """The name or thing is taken, or busy with another change (HTTP 409)."""

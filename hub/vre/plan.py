@@ -41,10 +41,16 @@ INNER_SOCKET = f"{INNER_RUN}/session/jupyter.sock"
 INNER_AGENT_DIR = f"{INNER_RUN}/agent"
 INNER_DOORBELL = f"{INNER_RUN}/doorbell"
 AUDIT_INGEST_PATH = f"{SERVICE_API_PATH}/audit/events"
+#: Held jobs' folders inside a held worker (``<projects_dir>/<project>/held`` on the host): their
+#: logs and outputs, which no session mounts; they leave only through the airlock.
+HELD_ROOT = "/held"
 #: The thread pools sized to the CPU grant (the one rule: ceil(cpu), at least 1).
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "TORCH_NUM_THREADS")
-ROLES = ("session", "worker", "scheduler")
+#: session; worker (the project's shared batch workers, which its sessions reach through Dask);
+#: held (a held job's worker: batch-only data, an island of its own, see ``db.JOB_LANES``);
+#: scheduler (a pool's Dask scheduler).
+ROLES = ("session", "worker", "held", "scheduler")
 
 
 class PlanRefused(VREError):
@@ -59,7 +65,8 @@ class Mount:
     ``dataset``, ``catalog``, ``home``, ``workspace`` (from the database); ``file`` (written by the
     hub from the plan before start: manifest, passwd, group); ``private`` (a fresh directory owned
     by the plan's uid: the server's socket, the audit spool, the scheduler's agent socket);
-    ``hub`` (a directory the hub owns, reachable read-only: its sockets, the engine's doorbell).
+    ``hub`` (a directory the hub owns, reachable read-only: its sockets, the engine's doorbell);
+    ``held`` (held jobs' folders, in held workers only).
     """
     source: Path
     target: str
@@ -83,7 +90,7 @@ class SessionPlan:
     user: str
     project: str
     profile: str
-    role: str                   # "session", "worker" (a batch worker) or "scheduler" (the project's Dask scheduler)
+    role: str                   # one of ROLES
     session_id: str             # stable per (user, project) for sessions; names cgroups, sockets, containers
     uid: int                    # host uid it runs as
     gid: int                    # the project's group: shared workspace access
@@ -105,6 +112,9 @@ class SessionPlan:
     env: dict[str, str] = field(default_factory=dict)   # the base environment
     labels: dict[str, str] = field(default_factory=dict)
     run_dir: Path | None = None  # host directory of the runtime mounts (files, sockets, spool)
+    #: The batch pool it belongs to (workers and schedulers): the project's slug for the shared
+    #: workers, ``<slug>.held`` for held ones (no slug has a dot); names its processes and folders.
+    pool: str = ""
 
     @property
     def threads(self) -> int:
@@ -127,7 +137,7 @@ class SessionPlan:
 
     # -- batch variants --------------------------------------------------------------------
     def for_worker(self, name: str, *, cpu: float, mem_mb: int, gpus: int) -> "SessionPlan":
-        """A batch worker of this project (from a ``role="worker"`` plan) with one job's resources."""
+        """A batch worker of this pool (from a ``worker`` or ``held`` plan) with one job's resources."""
         self._require_batch_base()
         run = self.run_dir / "workers" / name
         return replace(self, session_id=name, cpu=cpu, mem_mb=mem_mb, gpus=gpus, run_dir=run,
@@ -148,12 +158,12 @@ class SessionPlan:
                        labels={**self.labels, "vre.session": name, "vre.role": "scheduler"})
 
     def _require_batch_base(self) -> None:
-        if self.role != "worker" or self.run_dir is None:
-            raise ValueError("batch variants are made from a plan built with role='worker'")
+        if self.role not in ("worker", "held") or self.run_dir is None:
+            raise ValueError("batch variants are made from a plan built with role='worker' or 'held'")
 
 
 def _data_mounts(plan: SessionPlan) -> tuple[Mount, ...]:
-    return tuple(m for m in plan.mounts if m.kind in ("dataset", "catalog", "home", "workspace"))
+    return tuple(m for m in plan.mounts if m.kind in ("dataset", "catalog", "home", "workspace", "held"))
 
 
 def runtime_mounts(role: str, run: Path, hub_dir: Path | None) -> tuple[Mount, ...]:
@@ -173,8 +183,19 @@ def runtime_mounts(role: str, run: Path, hub_dir: Path | None) -> tuple[Mount, .
     return tuple(mounts)
 
 
-def island_name(settings: Settings, project_slug: str) -> str:
-    return f"{settings.instance}-{project_slug}"
+def island_name(settings: Settings, pool: str) -> str:
+    """The island of a project's sessions and shared workers (``pool`` = its slug), or of its held
+    workers (``<slug>.held``): no session reaches the held one."""
+    return f"{settings.instance}-{pool}"
+
+
+def held_pool(project_slug: str) -> str:
+    return f"{project_slug}.held"
+
+
+def held_dir(settings: Settings, project_slug: str) -> Path:
+    """Host folder of a project's held jobs (``HELD_ROOT`` in its held workers; no session's mount)."""
+    return settings.projects_dir / project_slug / "held"
 
 
 def project_uid(settings: Settings, project_id: int) -> int:
@@ -182,9 +203,9 @@ def project_uid(settings: Settings, project_id: int) -> int:
     return settings.gid_base + project_id
 
 
-def jobs_run_dir(settings: Settings, project_slug: str) -> Path:
-    """Host directory of a project's batch runtime: ``scheduler/`` and ``workers/<name>/``."""
-    return settings.run_dir / "jobs" / project_slug
+def jobs_run_dir(settings: Settings, pool: str) -> Path:
+    """Host directory of a batch pool's runtime: ``scheduler/`` and ``workers/<name>/``."""
+    return settings.run_dir / "jobs" / pool
 
 
 def project_paths(settings: Settings, project_slug: str, user: str) -> tuple[Path, Path]:
@@ -228,23 +249,29 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
 
     workspace, home = project_paths(settings, project.slug, user)
     uid = settings.uid_base + account.id
-    if role == "worker":
+    pool = project.slug
+    if role in ("worker", "held"):
         # Batch workers are the project's, shared by its members like the workspace: they run as
         # the project's service identity with a home of their own, never a member's private home.
-        home = settings.projects_dir / project.slug / "worker-home"
+        # Held workers get another home: nothing they write reaches a worker sessions can drive.
+        pool = held_pool(project.slug) if role == "held" else project.slug
+        home = settings.projects_dir / project.slug / ("held-home" if role == "held" else "worker-home")
         uid = project_uid(settings, project.id)
-        run = jobs_run_dir(settings, project.slug)   # the variants (for_worker, for_scheduler) live below
+        run = jobs_run_dir(settings, pool)   # the variants (for_worker, for_scheduler) live below
     elif role == "session":
         run = settings.sessions_run_dir / f"{user}-{project.slug}"
     else:
-        raise ValueError(f"build_plan makes 'session' and 'worker' plans, not {role!r}")
+        raise ValueError(f"build_plan makes 'session', 'worker' and 'held' plans, not {role!r}")
     datasets, catalogue_only = datasets_for(project, role)
     mounts = [Mount(Path(d.path), f"{DATA_ROOT}/{d.slug}", True, "dataset") for d in datasets]
     mounts += [Mount(settings.catalog_dir / d.slug, f"{CATALOG_ROOT}/{d.slug}", True, "catalog") for d in datasets]
-    mounts += [Mount(home, HOME, False, "home"), Mount(workspace, WORKSPACE, False, "workspace")]
+    # a held job reads the workspace (its code) but writes only its held folder
+    mounts += [Mount(home, HOME, False, "home"), Mount(workspace, WORKSPACE, role == "held", "workspace")]
+    if role == "held":
+        mounts.append(Mount(held_dir(settings, project.slug), HELD_ROOT, False, "held"))
     mounts += runtime_mounts(role, run, settings.hub_socket_dir)
 
-    session_id = f"{user}-{project.slug}" if role == "session" else f"{project.slug}-{role}"
+    session_id = f"{user}-{project.slug}" if role == "session" else f"{pool}-worker"
     env = {
         "VRE_PROJECT": project.slug,
         "VRE_PROFILE": profile.name,
@@ -265,19 +292,19 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
                     "VRE_API_URL": unix_url(INNER_SERVICE_SOCKET) + SERVICE_API_PATH,
                     "VRE_AUDIT_SPOOL": f"{INNER_RUN}/spool"})
     else:
-        env.update({"VRE_ROLE": "worker", "VRE_WORKSPACE": WORKSPACE, "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
-                    "MPLCONFIGDIR": "/tmp/matplotlib"})
+        env.update({"VRE_ROLE": "worker", "VRE_LANE": "held" if role == "held" else "open", "VRE_WORKSPACE": WORKSPACE,
+                    "DASK_DISTRIBUTED__WORKER__DAEMON": "False", "MPLCONFIGDIR": "/tmp/matplotlib"})
     return SessionPlan(
         user=user, project=project.slug, profile=profile.name, role=role, session_id=session_id,
         uid=uid, gid=settings.gid_base + project.id,
         cpu=profile.cpu, mem_mb=profile.mem_mb, gpus=profile.gpus,
-        network=island_name(settings, project.slug),
+        network=island_name(settings, pool),
         datasets=tuple(d.slug for d in datasets), mounts=tuple(mounts), env=env,
         catalogue_only=tuple((d.slug, d.catalog or {}) for d in catalogue_only) if role == "session" else (),
         audit_cells=project.audit_cells, downloads=project.downloads, egress_cap=project.egress_cap,
         gpu_shared=profile.gpu_shared, node_selector=tuple(sorted((profile.node_selector or {}).items())),
         labels={"vre.user": user, "vre.project": project.slug, "vre.session": session_id, "vre.role": role},
-        run_dir=run,
+        run_dir=run, pool=pool if role != "session" else "",
     )
 
 

@@ -90,7 +90,7 @@ def create_project(db: Session, slug: str, title: str, description: str = "", ex
 def validate_grant_mode(mode: str) -> str:
     if mode not in GRANT_MODES:
         raise VREError(f"unknown grant mode {mode!r}: use one of {', '.join(GRANT_MODES)} "
-                       "(interactive: sessions and batch jobs; batch-only: batch jobs only)")
+                       "(interactive: sessions and batch jobs; batch-only: held batch jobs only)")
     return mode
 
 

@@ -34,8 +34,8 @@ CUSTOM_SCOPES = {
     AIRLOCK_REVIEW_SCOPE: {"description": "Review, preview and release others' airlock requests (output checkers)."},
     CATALOGUE_SCOPE: {"description": "Browse the dataset catalogue, request access for one's projects, decide "
                                      "requests where the account may (admins, dataset stewards)."},
-    ADMIN_SCOPE: {"description": "Use the VRE's admin pages: list accounts, disable, enable, unlock them and "
-                                 "reset their second factor (VRE admins)."},
+    ADMIN_SCOPE: {"description": "Use the VRE's admin pages: create accounts, disable, enable, unlock them, reset "
+                                 "their second factor, change roles; stop sessions and cancel jobs (VRE admins)."},
 }
 
 AUDITOR_ROLE = "vre-auditor"
@@ -45,32 +45,35 @@ CHECKER_GROUP = "output-checkers"
 ADMIN_ROLE = "vre-admin"
 ADMIN_GROUP = "vre-admins"
 #: What a VRE admin may do through the hub: see users, servers and groups, stop servers, and use the
-#: VRE's admin pages (accounts: disable, unlock, reset the second factor). Not JupyterHub's
-#: all-powerful admin: no changing users or groups (so no joining the auditors), no tokens for
-#: others, no access to anyone's session. Provisioning is the ``vre`` CLI's job.
+#: VRE's admin pages (accounts: create, disable, unlock, reset the second factor, roles; stop
+#: sessions, cancel jobs). Not JupyterHub's all-powerful admin: no changing the hub's users or
+#: groups directly (roles are VRE accounts' and reach the hub's groups at the next login), no
+#: tokens for others, no access to anyone's session.
 ADMIN_SCOPES = ["self", "admin-ui", "list:users", "read:users", "read:servers", "delete:servers",
                 "list:groups", "read:groups", "read:roles", "read:hub", "read:metrics", ADMIN_SCOPE]
-#: What the VRE service's own token may do at the hub's API: see who has a session running (the
-#: Users admin page shows it). Read-only.
-SERVICE_SCOPES = ["list:users", "read:servers"]
+#: What the VRE service's own token may do at the hub's API: see who has a session running and
+#: stop one, for the Users admin page (which lets only VRE admins ask, and records who did).
+#: ``delete:servers`` is the least scope that stops a server: ``servers``/``admin:servers`` would
+#: add starting them and reading their state, and ``admin:users`` changing accounts.
+SERVICE_SCOPES = ["list:users", "read:servers", "delete:servers"]
 
 
 def load_roles() -> list[dict]:
     """JupyterHub's ``load_roles``: auditors and admins by group; researchers (in the browser) and
     their sessions (server tokens) may use the batch queue, for the projects membership allows.
     Every user and every session server may reach the VRE service; its handlers check the scopes
-    above (403 without them). The service's own token only reads who runs sessions (its Users page)."""
+    above (403 without them). The service's own token sees who runs sessions and stops them for
+    admins (its Users page)."""
     return [
         {"name": AUDITOR_ROLE, "description": "Review, export and verify the audit trail",
          "scopes": [AUDIT_READ_SCOPE], "groups": [AUDITOR_GROUP]},
-        {"name": ADMIN_ROLE, "description": "See users and sessions, stop sessions, the VRE's admin pages "
-                                            "(provisioning: vre CLI)",
+        {"name": ADMIN_ROLE, "description": "See users and sessions, stop sessions, the VRE's admin pages",
          "scopes": ADMIN_SCOPES, "groups": [ADMIN_GROUP]},
         {"name": CHECKER_ROLE, "description": "Review airlock requests of others (output checkers)",
          "scopes": [AIRLOCK_REVIEW_SCOPE], "groups": [CHECKER_GROUP]},
         {"name": "user", "scopes": ["self", JOBS_SCOPE, AIRLOCK_SCOPE, CATALOGUE_SCOPE, SERVICE_ACCESS_SCOPE,
                                     ACCESS_LAYER_SCOPE]},
-        {"name": "vre-service", "description": "The VRE service: who has a session running (read-only)",
+        {"name": "vre-service", "description": "The VRE service: who runs sessions; stopping one for an admin",
          "scopes": SERVICE_SCOPES, "services": [SERVICE_NAME]},
         {"name": "server", "scopes": ["users:activity!user", "access:servers!server", JOBS_SCOPE, AIRLOCK_SCOPE,
                                       SERVICE_ACCESS_SCOPE]},

@@ -1,9 +1,11 @@
 """Grant modes and grant expiry from inside real sessions and batch jobs (issue 14).
 
 One hub (SQLite) for the module. alice's project ``lung-screening`` is granted ``prostate-mri``
-(the other demo project's cohort) batch-only: her sessions must not see its files, the project's
-batch jobs must read them; made interactive it appears in her next session; expired it is gone
-from both, also for a job that comes after a warm worker (started before the expiry) waits.
+(the other demo project's cohort) batch-only: her sessions must not see its files, nor the
+project's shared workers (which her session drives through Dask); a held job reads them, and what
+it writes stays out of her reach until it leaves through the airlock. Made interactive it appears
+in her next session; expired it is gone from both, also for a job that comes after a warm worker
+(started before the expiry) waits.
 """
 
 from __future__ import annotations
@@ -67,16 +69,22 @@ def in_session(alice) -> dict:
         k.close()
 
 
-def in_job(alice, workspace) -> dict:
-    r = alice.vre_api("POST", "/jobs", json={"project": PROJECT, "kind": "script", "target": "project/probe.py"})
+def run_job(alice, lane: str = "open", target: str = "project/probe.py") -> dict:
+    """Submit a script job, wait for its end; the job as the API shows it to alice."""
+    r = alice.vre_api("POST", "/jobs", json={"project": PROJECT, "kind": "script", "target": target, "lane": lane})
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
     deadline = time.monotonic() + 180
     while (j := alice.vre_api("GET", f"/jobs/{job_id}").json())["state"] in ("queued", "running"):
         assert time.monotonic() < deadline, j
         time.sleep(0.3)
-    assert j["state"] == "succeeded", (j, alice.vre_api("GET", f"/jobs/{job_id}/log").json()["text"])
-    return json.loads((workspace / "jobs" / str(job_id) / "probe.json").read_text())
+    return j
+
+
+def in_job(alice, workspace) -> dict:
+    j = run_job(alice)
+    assert j["state"] == "succeeded", (j, alice.vre_api("GET", f"/jobs/{j['id']}/log").json()["text"])
+    return json.loads((workspace / "jobs" / str(j["id"]) / "probe.json").read_text())
 
 
 def home(hub, alice) -> str:
@@ -87,7 +95,31 @@ def audit(hub, action: str) -> list[dict]:
     return json.loads(hub.vre("audit", "query", "--action", action, "--json", "--limit", "500").stdout)
 
 
-def test_batch_only_is_absent_from_a_session_and_read_by_a_job(hub, alice, workspace):
+HELD_PROBE = PROBE + """
+try:
+    open('/home/jovyan/project/leak.txt', 'w').write(r['dicm'] or '')
+    r['workspace_write'] = 'ok'
+except OSError as e:
+    r['workspace_write'] = e.errno
+out = os.environ['VRE_JOB_OUTPUT']
+json.dump(r, open(os.path.join(out, 'probe.json'), 'w'))
+print('LOGGED', r['dicm'])
+"""
+
+#: From a session, the project's Dask scheduler (shared with its batch workers): every worker it
+#: knows, and what each has under /data.
+DASK_PROBE = """
+import json, os
+from distributed import Client
+c = Client('tcp://127.0.0.1:8786', timeout=20)
+names = sorted(str(w['name']) for w in c.scheduler_info()['workers'].values())
+data = c.run(lambda: sorted(__import__('os').listdir('/data')))
+c.close()
+print(json.dumps({'workers': names, 'data': sorted({d for v in data.values() for d in v})}))
+"""
+
+
+def test_batch_only_is_absent_from_sessions_and_shared_workers_and_read_by_a_held_job(hub, alice, workspace):
     s = in_session(alice)
     assert s["data"] == [OWN] and s["stat"] == 2 and s["dicm"] is None  # ENOENT: no file, no mount point
     assert s["catalog"] == [OWN] and s["catalogue_only"] == [EXTRA]
@@ -99,10 +131,52 @@ def test_batch_only_is_absent_from_a_session_and_read_by_a_job(hub, alice, works
     assert listed[OWN]["mode"] == "interactive"
     assert "batch-only: available to batch jobs" in home(hub, alice)
     alice.stop(PROJECT)
-    j = in_job(alice, workspace)
-    assert j["data"] == sorted([OWN, EXTRA]) and j["stat"] == "ok" and j["dicm"] == "DICM"
     assert audit(hub, "session.start")[-1]["details"]["datasets"] == [OWN]
-    assert EXTRA in audit(hub, "job.start")[-1]["details"].get("datasets", [])
+
+    # an open job runs on the shared workers: no batch-only files there
+    j = in_job(alice, workspace)
+    assert j["data"] == [OWN] and j["stat"] == 2 and j["dicm"] is None
+
+    # a held job reads them; it cannot write the workspace; its folder is not in the workspace
+    (workspace / "held_probe.py").write_text(HELD_PROBE)
+    held = run_job(alice, "held", "project/held_probe.py")
+    assert held["state"] == "succeeded", held
+    assert held["lane"] == "held" and held["outdir"] == f"/held/jobs/{held['id']}"
+    folder = hub.state / "projects" / PROJECT / "held" / "jobs" / str(held["id"])
+    h = json.loads((folder / "probe.json").read_text())
+    assert h["data"] == sorted([OWN, EXTRA]) and h["stat"] == "ok" and h["dicm"] == "DICM"
+    assert h["workspace_write"] == 30  # EROFS
+    assert not (workspace / "leak.txt").exists() and not (workspace / "jobs" / str(held["id"])).exists()
+    start = audit(hub, "job.start")[-1]
+    assert start["target"] == f"job/{held['id']}" and start["details"]["lane"] == "held"
+    assert EXTRA in start["details"]["datasets"]
+    # members see that it ran and how it ended, never what it wrote
+    assert held["outputs"] == [] and held["progress"] is None and "airlock" in held["held"]
+    log = alice.vre_api("GET", f"/jobs/{held['id']}/log").json()["text"]
+    assert "LOGGED" not in log and "airlock" in log
+    assert "LOGGED DICM" in (folder / "log.txt").read_text()  # the log exists: it is held, not lost
+
+    # from a session: no /held, and the shared scheduler knows no held worker, whose data is absent
+    alice.start(PROJECT)
+    k = alice.kernel(PROJECT)
+    try:
+        assert k.check("import os; print(os.path.exists('/held'))").strip() == "False"
+        seen = json.loads(k.check(DASK_PROBE).strip().splitlines()[-1])
+    finally:
+        k.close()
+    assert seen["workers"] and not any(".held" in w for w in seen["workers"]), seen
+    assert seen["data"] == [OWN], seen
+
+    # the airlock is the way out: the held folder can be put in an export request
+    r = alice.vre_api("POST", "/airlock/requests", json={
+        "project": PROJECT, "title": "held results", "justification": "aggregate counts",
+        "files": [{"path": f"/held/jobs/{held['id']}/probe.json", "description": "the probe"}]})
+    assert r.status_code == 201, r.text
+    assert [f["name"] for f in r.json()["files"]] == ["probe.json"]
+    r = alice.vre_api("POST", "/airlock/requests", json={
+        "project": PROJECT, "title": "a dataset file", "files": [f"/held/jobs/{held['id']}/../../../x"]})
+    assert r.status_code == 400, r.text
+    alice.stop(PROJECT)
 
 
 def test_made_interactive_it_appears_in_the_next_session(hub, alice):

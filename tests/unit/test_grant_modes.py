@@ -1,4 +1,4 @@
-"""Grant modes and grant expiry: what a session and a batch worker of the same project mount, the
+"""Grant modes and grant expiry: what a session, a shared and a held batch worker of the same project mount, the
 plan cache following a change of mode or an expiry, the rules and the migration. On SQLite and
 PostgreSQL."""
 
@@ -58,12 +58,35 @@ def test_a_session_mounts_interactive_grants_and_lists_batch_only_ones_as_record
                                            "record": {"title": "batch-ct record"}}]
 
 
-def test_a_batch_worker_mounts_interactive_and_batch_only_grants(world):
+def test_a_shared_worker_mounts_what_sessions_mount(world):
+    """The project's shared workers take any member's Dask calls (their island is the sessions'):
+    batch-only files in them would be one ``Client.run`` away from a session."""
     p = plan(world, role="worker")
-    assert p.datasets == ("batch-ct", "open-ct") and p.catalogue_only == ()
+    assert p.datasets == ("open-ct",) and p.pool == "lung" and p.network.endswith("-lung")
     worker = p.for_worker("lung-worker-1", cpu=1, mem_mb=1024, gpus=0)
+    assert data_targets(worker) == {"/data/open-ct", "/opt/vre/catalog/open-ct"}
+    assert worker.mount("/home/jovyan/project").readonly is False
+    assert "held" not in {m.kind for m in worker.mounts}
+
+
+def test_a_held_worker_mounts_batch_only_grants_in_an_island_of_its_own(world):
+    p = plan(world, role="held")
+    assert p.datasets == ("batch-ct", "open-ct") and p.catalogue_only == ()
+    session = plan(world)
+    assert p.pool == "lung.held" and p.network != session.network and p.network.endswith("-lung.held")
+    worker = p.for_worker("lung.held-worker-1", cpu=1, mem_mb=1024, gpus=0)
     assert {"/data/batch-ct", "/data/open-ct"} <= data_targets(worker)
-    assert p.for_scheduler("lung-scheduler", world.run_dir / "bell" / "sock").datasets == ()
+    mounts = {m.target: m for m in worker.mounts}
+    # the workspace (its code) read-only; its own home; its folder outside the workspace
+    assert mounts["/home/jovyan/project"].readonly is True
+    assert mounts["/home/jovyan"].source == world.projects_dir / "lung" / "held-home"
+    assert (mounts["/held"].source, mounts["/held"].readonly, mounts["/held"].kind) == (
+        world.projects_dir / "lung" / "held", False, "held")
+    assert not any(m.kind == "held" for m in session.mounts)
+    assert worker.env["VRE_LANE"] == "held" and worker.run_dir.parent.parent.name == "lung.held"
+    scheduler = p.for_scheduler("lung.held-scheduler", world.run_dir / "bell" / "sock")
+    assert scheduler.datasets == () and "/held" not in {m.target for m in scheduler.mounts}
+    assert scheduler.network == p.network and scheduler.pool == "lung.held"
 
 
 def test_an_expired_grant_mounts_nowhere_and_is_shown_expired(world):
@@ -73,7 +96,7 @@ def test_an_expired_grant_mounts_nowhere_and_is_shown_expired(world):
         assert P.describe_grant(g).startswith("late-ct (until ")
         g.expires_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)  # as time passing does
         assert P.describe_grant(g) == "late-ct (expired)" and P.grant_summary(g)["expired"] is True
-    for role in ("session", "worker"):
+    for role in ("session", "worker", "held"):
         p = plan(world, role)
         assert "late-ct" not in p.datasets and "/data/late-ct" not in data_targets(p)
         assert "late-ct" not in dict(p.catalogue_only)
@@ -91,10 +114,10 @@ def test_the_plan_cache_follows_a_change_of_mode_and_an_expiry(world):
     with vdb.session_scope(world.vre_db_url) as db:
         P.update_grant(db, "lung", "batch-ct", expires=_soon(1.5))
     assert plan(world, cache=cache).datasets == ("batch-ct", "open-ct")   # cached until the expiry
-    assert plan(world, "worker", cache=cache).datasets == ("batch-ct", "open-ct")
+    assert plan(world, "held", cache=cache).datasets == ("batch-ct", "open-ct")
     time.sleep(2)  # nothing in the database changes: the clock alone must end the cached plans
     assert plan(world, cache=cache).datasets == ("open-ct",)
-    assert plan(world, "worker", cache=cache).datasets == ("open-ct",)
+    assert plan(world, "held", cache=cache).datasets == ("open-ct",)
 
 
 @pytest.mark.parametrize("call, fragment", [

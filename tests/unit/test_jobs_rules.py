@@ -139,6 +139,9 @@ def sub(world, user="ann", **body):
     ({"kind": "function", "payload": "***"}, service.JobRejected, "base64"),
     ({"kind": "cluster", "params": {"workers": 3}}, service.JobRejected, "exceed"),
     ({"kind": "script", "target": "project/train.py", "profile": "big"}, PlanRefused, "no profile 'big'"),
+    ({"kind": "script", "target": "project/train.py", "lane": "hidden"}, service.JobRejected, "lane must be one of"),
+    ({"kind": "function", "payload": "cA==", "lane": "held"}, service.JobRejected, "cannot be held"),
+    ({"kind": "cluster", "lane": "held"}, service.JobRejected, "cannot be held"),
 ])
 def test_bad_submissions_say_what_to_fix(world, body, error, fragment):
     with pytest.raises(error, match=fragment):
@@ -166,6 +169,37 @@ def test_submissions_and_visibility(world):
     out = world.projects_dir / "lung" / "workspace" / "jobs" / str(f["id"])
     assert (out / "function.pkl").read_bytes() == b"pickle"
     assert out.stat().st_uid == project_uid(world, 1) and oct(out.stat().st_mode)[-4:] == "2770"
+
+
+def test_a_held_job_keeps_its_folder_log_and_outputs_from_members(world):
+    h = sub(world, kind="script", target="project/train.py", lane="held")
+    assert h["lane"] == "held" and h["outdir"] == f"/held/jobs/{h['id']}"
+    folder = world.projects_dir / "lung" / "held" / "jobs" / str(h["id"])
+    assert folder.is_dir() and not (world.projects_dir / "lung" / "workspace" / "jobs" / str(h["id"])).exists()
+    assert folder.stat().st_uid == project_uid(world, 1) and oct(folder.stat().st_mode)[-3:] == "700"
+    (folder / "log.txt").write_text("patient 123 has ...\n")
+    (folder / "progress.json").write_text('{"done": 1, "total": 2}')
+    (folder / "counts.csv").write_text("a,1\n")
+    with vdb.session_scope(world.vre_db_url) as db:
+        job = service.get(db, world, "ben", h["id"])
+        assert service.read_log(world, job)[0] == "patient 123 has ...\n"  # admins' view (vre jobs log)
+        text, _ = service.member_log(world, job)
+        assert "patient" not in text and "airlock" in text and f"/held/jobs/{h['id']}" in text
+        detail = service.to_dict(world, job, detail=True)
+        assert detail["outputs"] == [] and detail["progress"] is None and "airlock" in detail["held"]
+        again = service.rerun(db, world, "ann", h["id"])
+        assert again.lane == "held"
+    o = sub(world, kind="script", target="project/train.py")
+    assert o["lane"] == "open" and o["outdir"] == f"/home/jovyan/project/jobs/{o['id']}"
+
+
+def test_what_a_pool_reports_about_a_job_is_reduced_to_figures():
+    from vre.jobs.engine import _usage
+
+    assert _usage({"wall_s": 1.23456, "cpu_s": 2, "max_rss_mb": 30.5}) == {"wall_s": 1.235, "cpu_s": 2.0,
+                                                                          "max_rss_mb": 30.5}
+    assert _usage({"wall_s": "patient 123", "note": 5, "cpu_s": True, "max_rss_mb": 1e300}) == {}
+    assert _usage("a forged report") == {} and _usage(None) == {}
 
 
 def test_no_job_is_queued_where_no_engine_runs_it(world):

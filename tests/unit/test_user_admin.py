@@ -1,5 +1,6 @@
-"""Account administration (vre.admin), shared by ``vre user disable|unlock|reset-mfa`` and the Users
-admin page: the rules (admins only, never disabling oneself, unknown users), the changes, the audit
+"""Account administration (vre.admin), shared by ``vre user add|disable|unlock|reset-mfa|set-role|
+set-checker`` and the Users admin page: the rules (admins only, never disabling oneself nor taking
+away one's own admin role, unknown users, auditors never output checkers), the changes, the audit
 event each records (the same for CLI and web, but for who acted and how) and the scope that guards
 the page. On SQLite and PostgreSQL."""
 
@@ -113,6 +114,82 @@ def test_refusals_say_what_to_fix_and_change_nothing(world):
                       ("admin", "user/bob", "disable")]
 
 
+def test_web_creates_accounts_with_a_password_shown_once_or_for_single_sign_on(world):
+    said, password = admin.create_account(world, WEB, " Carla ", "auditor")
+    assert said == "added auditor 'carla'" and len(password) >= 10
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert check_login(db, "carla", password, threshold=3, lockout_seconds=60).ok
+        assert get_account(db, "carla").role == "auditor"
+    said, password = admin.create_account(world, WEB, "dora", oidc=True)
+    assert password is None and "no password" in said and "first login as 'dora'" in said
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert get_account(db, "dora").password_hash == ""
+    got = [(e["action"], e["actor"], e["outcome"], e["target"], e["client"], e["details"]) for e in events(world)]
+    assert got == [
+        ("user.create", "admin", "ok", "user/carla", "192.0.2.7", {"via": "web", "role": "auditor"}),
+        ("user.create", "admin", "ok", "user/dora", "192.0.2.7", {"via": "web", "role": "researcher", "login": "oidc"}),
+    ]
+
+
+def test_creation_refusals_say_what_to_fix(world):
+    for name, role, message in (("Bad Name", "researcher", "invalid user name"),
+                                ("bob", "researcher", "already exists"), ("eve", "root", "invalid role 'root'")):
+        with pytest.raises(VREError, match=message):
+            admin.create_account(world, WEB, name, role)
+    with pytest.raises(AR.Forbidden, match="only admins create accounts"):
+        admin.create_account(world, AR.Actor("bob"), "eve")
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert db.query(vdb.Account).filter_by(name="eve").count() == 0
+    (e,) = events(world)
+    assert (e["action"], e["actor"], e["outcome"], e["target"]) == ("user.create", "bob", "denied", "user/eve")
+
+
+def roles(settings):
+    return {r["name"]: (r["role"], r["checker"]) for r in admin.list_accounts(settings)}
+
+
+def test_roles_and_the_checker_flag_change_together_and_are_audited(world):
+    said = admin.set_role(world, WEB, "bob", "admin", checker=True)
+    assert said.startswith("'bob' is now admin, an output checker") and "next login" in said
+    assert roles(world)["bob"] == ("admin", True)
+    assert "nothing changed" in admin.set_role(world, WEB, "bob", "admin", checker=True)
+    admin.set_role(world, AR.Actor("bob", client="192.0.2.9"), "admin", "researcher")  # bob is an admin now
+    assert roles(world)["admin"] == ("researcher", False)
+    got = [(e["action"], e["actor"], e["target"], e["details"]) for e in events(world)]
+    assert got == [
+        ("user.update", "admin", "user/bob", {"via": "web", "change": "role", "old": "researcher", "new": "admin"}),
+        ("airlock.checker", "admin", "user/bob", {"via": "web", "change": "checker", "output_checker": True}),
+        ("user.update", "bob", "user/admin", {"via": "web", "change": "role", "old": "admin", "new": "researcher"}),
+    ]
+
+
+def test_role_refusals(world):
+    with pytest.raises(AR.Forbidden, match="may not take away your own admin role"):
+        admin.set_role(world, WEB, "admin", "researcher")
+    admin.set_role(world, WEB, "admin", "admin", checker=True)  # the flag on oneself is fine
+    with pytest.raises(VREError, match="auditors audit the airlock"):
+        admin.set_role(world, WEB, "bob", "auditor", checker=True)
+    with pytest.raises(VREError, match="auditors audit the airlock"):
+        admin.set_role(world, WEB, "aud", checker=True)
+    with pytest.raises(VREError, match="invalid role 'boss'"):
+        admin.set_role(world, WEB, "bob", "boss")
+    with pytest.raises(NotFound, match="unknown user 'nobody'"):
+        admin.set_role(world, WEB, "nobody", "admin")
+    with pytest.raises(AR.Forbidden, match="not an active admin"):
+        admin.set_role(world, AR.Actor("aud"), "aud", "admin")
+    admin.create_account(world, WEB, "olga", oidc=True)
+    with pytest.raises(VREError, match="identity provider's groups set its role"):
+        admin.set_role(world, WEB, "olga", "admin")
+    assert admin.set_role(world, WEB, "olga", "researcher", checker=False).endswith("nothing changed")
+    assert roles(world) == {"admin": ("admin", True), "aud": ("auditor", False), "bob": ("researcher", False),
+                            "olga": ("researcher", False)}
+    admin.set_role(world, OPERATOR, "admin", "auditor", checker=False)  # the console may (the last resort)
+    assert roles(world)["admin"] == ("auditor", False)
+    denied = [(e["actor"], e["target"]) for e in events(world) if e["outcome"] == "denied"]
+    assert denied == [("admin", "user/admin"), ("admin", "user/bob"), ("admin", "user/aud"), ("aud", "user/aud"),
+                      ("admin", "user/olga")]
+
+
 def test_only_the_vre_admin_role_carries_the_admin_scope():
     from vre.api import service_spec
     from vre.roles import ADMIN_SCOPE, CUSTOM_SCOPES, load_roles
@@ -122,7 +199,8 @@ def test_only_the_vre_admin_role_carries_the_admin_scope():
     assert holders == ["vre-admin"]
     assert ADMIN_SCOPE in service_spec(None, {})["oauth_client_allowed_scopes"]
     service = next(r for r in load_roles() if r.get("services"))
-    assert set(service["scopes"]) == {"list:users", "read:servers"}  # read-only
+    # sees who runs sessions and stops one (for an admin): no starting, no server state, no accounts
+    assert set(service["scopes"]) == {"list:users", "read:servers", "delete:servers"}
 
 
 def test_the_cli_uses_the_same_function(tmp_path):
@@ -139,3 +217,12 @@ def test_the_cli_uses_the_same_function(tmp_path):
     r = vre("user", "unlock", "nobody")
     assert r.returncode == 2 and "unknown user 'nobody'" in r.stderr
     assert "user.update" in vre("audit", "query", "--action", "user.update").stdout
+    r = vre("user", "set-role", "eve", "auditor")
+    assert r.returncode == 0 and r.stdout.startswith("'eve' is now auditor")
+    r = vre("user", "set-checker", "eve", "on")
+    assert r.returncode == 2 and "auditors audit the airlock" in r.stderr
+    assert vre("user", "set-role", "eve", "boss").returncode == 2  # argparse: not one of the roles
+    r = vre("user", "add", "fay", "--oidc")
+    assert r.returncode == 0 and "first login as 'fay'" in r.stdout and "shown once" not in r.stdout
+    got = vre("audit", "query", "--action", "user.", "--json")
+    assert '"change": "role"' in got.stdout and '"via": "cli"' in got.stdout

@@ -146,10 +146,12 @@ class Job:
 
 def submit(kind: str, target: str = "", *, params=None, profile: str | None = None, cpu: float | None = None,
            mem_mb: int | None = None, gpus: int | None = None, max_runtime: int | None = None,
-           name: str = "", payload: bytes | None = None, project: str | None = None) -> Job:
+           name: str = "", payload: bytes | None = None, project: str | None = None, held: bool = False) -> Job:
+    """Queue a job. ``held``: it also reads the project's batch-only datasets, and its log and
+    outputs stay on the hub (this session never sees them); they leave through the airlock."""
     body = {"project": project or _project(), "kind": kind, "target": target, "params": params,
             "profile": profile, "cpu": cpu, "mem_mb": mem_mb, "gpus": gpus, "max_runtime": max_runtime,
-            "name": name}
+            "name": name, "lane": "held" if held else None}
     if payload is not None:
         body["payload"] = base64.b64encode(payload).decode()
     return Job(_call("POST", "", {k: v for k, v in body.items() if v is not None}))

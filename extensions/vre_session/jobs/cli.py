@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument(flag, type=kind)
     s.add_argument("--profile")
     s.add_argument("--name", default="")
+    s.add_argument("--held", action="store_true",
+                   help="a held job: batch-only datasets too; its log and outputs leave only through the airlock")
     sub.add_parser("list", help="the project's jobs, newest first")
     for name in ("status", "cancel", "rerun", "wait"):
         sub.add_parser(name).add_argument("id", type=int)
@@ -52,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             kind = "notebook" if a.path.endswith(".ipynb") else "script"
             params = _params(a.param) if kind == "notebook" else {"args": a.args}
             job = submit(kind, os.path.abspath(a.path), params=params, cpu=a.cpu, mem_mb=a.mem_mb, gpus=a.gpus,
-                         max_runtime=a.max_runtime, profile=a.profile, name=a.name)
-            print(f"job {job.id} queued; outputs will be in {job.data['outdir']}")
+                         max_runtime=a.max_runtime, profile=a.profile, name=a.name, held=a.held)
+            if a.held:
+                print(f"job {job.id} queued, held: its outputs stay on the hub; to export them, add "
+                      f"{job.data['outdir']} to an airlock request")
+            else:
+                print(f"job {job.id} queued; outputs will be in {job.data['outdir']}")
         elif a.cmd == "list":
             for job in list_jobs():
                 d = job.data

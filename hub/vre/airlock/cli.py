@@ -212,35 +212,26 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_set_checker(args) -> int:
-    """``vre user set-checker NAME on|off``."""
-    from ..accounts import get_account
-    from ..audit.events import emit_cli
+    """``vre user set-checker NAME on|off``: the Users admin page's function (``vre.admin.set_role``)."""
+    from .. import access_requests as AR
+    from ..admin import set_role
 
     settings = _settings(args)
-    on = args.state == "on"
-    with vdb.session_scope(settings.vre_db_url) as db:
-        account = get_account(db, args.name)
-        if on and account.role == "auditor":
-            raise VREError(f"{args.name!r} is an auditor: auditors audit the airlock, they do not check outputs")
-        account.output_checker = on
-    emit_cli(settings, "airlock.checker", target=f"user/{args.name}", details={"output_checker": on})
-    print(f"{args.name!r} is {'now an output checker' if on else 'no longer an output checker'} "
-          "(hub rights follow at their next login; the change applies to the airlock at once)")
+    print(set_role(settings, AR.Actor.cli(None), args.name, checker=args.state == "on"))
     return 0
 
 
 def cmd_set_rules(args) -> int:
-    """``vre project set-airlock-rules PROJECT ...``."""
-    from ..audit.events import emit_cli
-    from .rules import set_rules
+    """``vre project set-airlock-rules PROJECT ...``: ``vre.project_admin``'s change (the Projects
+    admin page sets the reviewer count with it)."""
+    from ..access_requests import Actor
+    from ..project_admin import set_airlock_rules
 
     settings = _settings(args)
-    with vdb.session_scope(settings.vre_db_url) as db:
-        rules = set_rules(db, args.project, extensions=args.extensions, max_file=args.max_file,
-                          max_request=args.max_request, max_files=args.max_files, max_csv_rows=args.max_csv_rows,
-                          reviews=args.reviews)
-    emit_cli(settings, "airlock.rules", project=args.project, details=rules.to_dict())
-    print(json.dumps({"project": args.project, **rules.to_dict()}, indent=2))
+    rules = set_airlock_rules(settings, Actor.cli(None), args.project, extensions=args.extensions,
+                              max_file=args.max_file, max_request=args.max_request, max_files=args.max_files,
+                              max_csv_rows=args.max_csv_rows, reviews=args.reviews)
+    print(json.dumps({"project": args.project, **rules}, indent=2))
     return 0
 
 

@@ -4,7 +4,9 @@ A request names *session* paths (``/home/jovyan/...``, ``/home/jovyan/project/..
 the home, as the Lab's file browser does). They are resolved through the author's mount table for
 the project (``vre.access.resolve``: symlinks are followed as the session would follow them, host
 symlinks never), and only files that end up in the home or the project workspace are accepted: a
-link to ``/data/...`` or anywhere else is refused with the place it leads to.
+link to ``/data/...`` or anywhere else is refused with the place it leads to. Held jobs' folders
+(``/held/jobs/<id>``, which no session mounts) are named the same way: the airlock is the only way
+their files leave.
 
 Copies are streamed in 1 MiB chunks (never a whole file in memory), hashed while they are written,
 opened component by component with ``O_NOFOLLOW`` below the mount's host directory (a link swapped
@@ -29,12 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..access.resolve import USER_KINDS, MountMap, resolve
-from ..plan import HOME, build_plan
+from ..plan import HELD_ROOT, HOME, Mount, build_plan, held_dir
 from .rules import ContentCheck, Rules, file_problems
 
 CHUNK = 1 << 20
 #: Entries of a folder looked at, beyond which a folder is refused as too big (never a hang).
 WALK_FACTOR = 4
+#: Mount kinds files may be exported from: the session's own, and held jobs' folders.
+EXPORT_KINDS = (*USER_KINDS, "held")
 
 
 def storage_root(settings) -> Path:
@@ -51,9 +55,11 @@ def request_dir(settings, request_id: int, *, create: bool = False) -> Path:
 
 
 def mount_map(db, settings, user: str, project: str) -> MountMap:
-    """The author's view of the project, as their session has it (PlanRefused when they may not work in it)."""
+    """The author's view of the project, as their session has it (PlanRefused when they may not
+    work in it), and the project's held jobs' folders at ``/held/jobs`` (read-only)."""
     plan = build_plan(db, settings, user, project, None)
-    return MountMap.from_plan(HOME, plan.mounts)
+    held = Mount(held_dir(settings, project) / "jobs", f"{HELD_ROOT}/jobs", True, "held")
+    return MountMap.from_plan(HOME, (*plan.mounts, held))
 
 
 def session_path(named: str) -> str:
@@ -87,7 +93,8 @@ class Candidate:
 def _where(kind: str, resolved: str) -> str:
     if kind in ("dataset", "catalog"):
         return f"leads to {resolved}, inside a dataset: dataset files never leave through the airlock"
-    return f"leads to {resolved}, outside your home and the project workspace: only files there can be exported"
+    return (f"leads to {resolved}, outside your home, the project workspace and its held jobs' folders: only "
+            "files there can be exported")
 
 
 def locate(mm: MountMap, named: str, name: str, description: str = "") -> Candidate:
@@ -102,7 +109,7 @@ def locate(mm: MountMap, named: str, name: str, description: str = "") -> Candid
     except OSError as e:
         c.problems.append(f"cannot be resolved: {e.strerror}")
         return c
-    if r.kind not in USER_KINDS:
+    if r.kind not in EXPORT_KINDS:
         c.problems.append(_where(r.kind, r.path))
         return c
     if not r.exists:
@@ -137,7 +144,7 @@ def expand(mm: MountMap, named: str, description: str, limit: int) -> tuple[list
         r = resolve(mm, path)
     except OSError as e:
         return [], [f"{path}: cannot be resolved: {e.strerror}"]
-    if r.kind in USER_KINDS and r.exists and r.is_dir:
+    if r.kind in EXPORT_KINDS and r.exists and r.is_dir:
         out: list[Candidate] = []
         seen = 0
         stack = [""]

@@ -17,6 +17,10 @@
   for researchers, access requests and their decisions (``vre.api.access_pages``).
 * ``/services/vre/admin/users[/<name>/<change>]``: the Users admin page, VRE admins only
   (``vre.api.admin_pages``).
+* ``/services/vre/admin/projects[/<slug>[/<change>]]``: the Projects admin pages, VRE admins only
+  (``vre.api.admin_projects``).
+* ``/services/vre/admin/datasets[/<slug>[/<change>|/progress]]``: the Datasets admin page, VRE admins
+  only (``vre.api.admin_datasets``).
 
 The proxy reaches the service on a loopback port (JupyterHub's service ``url`` must be http[s]);
 sessions, which have no network, reach it on its unix socket ``SOCKET_NAME`` in the hub's socket
@@ -58,7 +62,9 @@ def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
     from ..jobs.api import handlers as job_handlers
     from .airlock import handlers as airlock_handlers
     from .access_pages import handlers as access_pages
+    from .admin_datasets import handlers as admin_datasets
     from .admin_pages import handlers as admin_pages
+    from .admin_projects import handlers as admin_projects
     from .airlock_pages import handlers as airlock_pages
     from .audit import handlers
     from .ingest import IngestHandler
@@ -67,6 +73,8 @@ def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
     if sessions_only:
         return [(EVENTS_ROUTE, IngestHandler), *result, *airlock_handlers(settings, sessions_only=True)]
     result += airlock_handlers(settings) + airlock_pages(settings) + access_pages(settings) + admin_pages(settings)
+    result += admin_projects(settings)
+    result += admin_datasets(settings)
     for pattern, cls, *rest in handlers(settings):
         if pattern == EVENTS_ROUTE:
             kwargs = rest[0] if rest else {}

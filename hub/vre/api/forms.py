@@ -10,12 +10,12 @@ from urllib.parse import urlencode
 from jupyterhub.utils import url_path_join
 
 from .. import access_requests as AR
-from ..errors import NotFound, VREError
+from ..errors import Conflict, NotFound, VREError
 from .base import ServiceHandler
 from .pages import render
 
 #: A refusal's status code, first match wins (``VREError`` last: every other one is a subclass).
-STATUS = ((AR.Forbidden, 403), (NotFound, 404), (AR.Decided, 409), (VREError, 400))
+STATUS = ((AR.Forbidden, 403), (NotFound, 404), (AR.Decided, 409), (Conflict, 409), (VREError, 400))
 
 
 def status_of(error: VREError) -> int:

@@ -84,6 +84,7 @@ ACTIONS: dict[str, str] = {
     # datasets and data access
     "dataset.register": "a dataset was registered and indexed",
     "dataset.reindex": "a dataset was re-indexed",
+    "dataset.update": "a dataset's catalogue record was edited (the fields changed in details)",
     "dataset.remove": "a dataset was removed from the catalogue",
     "dataset.steward_add": "an account was made a steward of a dataset (decides its access requests)",
     "dataset.steward_remove": "an account stopped being a steward of a dataset",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -31,6 +32,16 @@ def _v1_mounts() -> dict[str, Path]:
                 if opt in CONTROLLERS:
                     found[opt] = Path(mnt)
     return found
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a cgroup uses now, and its limits (None: unlimited)."""
+
+    cpu_seconds: float  # CPU time so far: the cgroup's, or its live processes' (v1 without cpuacct beside cpu)
+    mem_bytes: int
+    cpu_limit: float | None  # CPUs
+    mem_limit: int | None
 
 
 class SessionCgroup:
@@ -152,3 +163,44 @@ class SessionCgroup:
             if key == "oom_kill":
                 return int(value)
         return 0
+
+    def usage(self) -> Usage | None:
+        """CPU time, memory in use and the limits; None when the cgroup does not exist (any more)."""
+        try:
+            if self.version == 2:
+                cpu_s = _keyed(self._read("cpu", "cpu.stat"))["usage_usec"] / 1e6
+                mem = int(self._read("memory", "memory.current"))
+                mem_max = self._read("memory", "memory.max")
+                quota, period = self._read("cpu", "cpu.max").split()
+                cpu_max = None if quota == "max" else int(quota) / int(period)
+            else:
+                acct = self.dirs["cpu"] / "cpuacct.usage"  # only where cpuacct shares cpu's hierarchy
+                cpu_s = int(acct.read_text()) / 1e9 if acct.exists() else _process_cpu_seconds(self.pids())
+                mem = int(self._read("memory", "memory.usage_in_bytes"))
+                mem_max = self._read("memory", "memory.limit_in_bytes")
+                quota = int(self._read("cpu", "cpu.cfs_quota_us"))
+                cpu_max = None if quota < 0 else quota / int(self._read("cpu", "cpu.cfs_period_us"))
+        except (FileNotFoundError, ProcessLookupError, KeyError):
+            return None
+        # v1 says "no limit" with a huge number (page-rounded LONG_MAX)
+        mem_limit = None if mem_max == "max" or int(mem_max) >= 1 << 60 else int(mem_max)
+        return Usage(cpu_s, mem, cpu_max, mem_limit)
+
+    def _read(self, controller: str, file: str) -> str:
+        return (self.dirs[controller] / file).read_text().strip()
+
+
+def _keyed(text: str) -> dict[str, int]:
+    return {k: int(v) for k, _, v in (line.partition(" ") for line in text.splitlines()) if v}
+
+
+def _process_cpu_seconds(pids: list[int]) -> float:
+    """User and system time of the live processes ``pids`` (from /proc/<pid>/stat)."""
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
+    return total / ticks

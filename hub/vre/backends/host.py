@@ -1,7 +1,7 @@
 """What a plan needs on the host before any backend starts it, the same for sessions, batch
 workers and schedulers: the home and workspace with their owners, and a fresh run directory
 holding the plan's runtime mounts (the files the hub writes, the private socket and spool
-directories, the hub-owned directories it may reach)."""
+directories, the hub-owned directories it may reach), and held workers' folder."""
 
 from __future__ import annotations
 
@@ -57,3 +57,7 @@ def prepare_host(plan: SessionPlan, identity: dict[str, str]) -> None:
             os.chmod(m.source, 0o700)
         elif m.kind == "hub" and not m.source.is_dir():  # the hub's own; made by the hub when missing
             m.source.mkdir(parents=True, mode=0o755)
+        elif m.kind == "held":  # held jobs' folders: the project's workers only, no session's mount
+            m.source.mkdir(parents=True, exist_ok=True)
+            os.chown(m.source, plan.uid, plan.gid)
+            os.chmod(m.source, 0o700)

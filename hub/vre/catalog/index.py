@@ -407,6 +407,8 @@ def _read_all(
     root: Path, relpaths: list[str], workers: int, progress: Callable[[int, int], None] | None
 ) -> Iterator[tuple[str, tuple | None, str | None]]:
     chunks = list(_chunks(relpaths, workers))
+    if progress:  # how many there are to read, before the first (slow with worker processes) chunk
+        progress(0, len(relpaths))
     if len(relpaths) < _POOL_THRESHOLD or workers == 1:
         results = map(_read_chunk, repeat(str(root)), chunks)
         pool = None
@@ -479,7 +481,7 @@ def index_dataset(
 
     Only new or changed files (size or mtime differs) and previously unreadable ones
     are read; bad files are reported, never fatal. ``progress(done, total)`` is called
-    after each chunk of headers read.
+    once before the headers are read and after each chunk of them.
     """
     started = time.perf_counter()
     root, index_path = Path(root), Path(index_path)

@@ -11,16 +11,20 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..db import Dataset, utcnow
-from ..errors import VREError
+from ..errors import Conflict, VREError
 from ..projects import get_dataset, validate_slug
 from ..settings import Settings
 from .index import CatalogError, IndexReport, index_dataset
-from .metadata import build_record, summarize
+from .metadata import CATALOG_FIELDS, build_record, summarize
+
+#: ``progress(done, total)``: headers read so far, of how many (``index_dataset``'s callback).
+Progress = Callable[[int, int], None]
 
 
 def _check_readable_by_sessions(path: Path) -> None:
@@ -39,29 +43,36 @@ def dataset_dir(settings: Settings, slug: str) -> Path:
     return settings.catalog_dir / slug
 
 
-def _index(settings: Settings, dataset: Dataset, admin_fields: dict, workers: int | None) -> IndexReport:
+def _write_record(settings: Settings, dataset: Dataset, record: dict) -> None:
+    """Publish ``record`` (``record.json``, sessions read it) and keep it on the dataset's row."""
+    record = {**record, "slug": dataset.slug, "path": f"/data/{dataset.slug}"}
+    out = dataset_dir(settings, dataset.slug) / "record.json"
+    out.write_text(json.dumps(record, indent=2, default=str))
+    os.chmod(out, 0o644)
+    dataset.catalog = record  # a new dict: the JSON column sees the change
+    dataset.title = record["title"]
+
+
+def _index(settings: Settings, dataset: Dataset, admin_fields: dict, workers: int | None,
+           progress: Progress | None = None) -> IndexReport:
     out = dataset_dir(settings, dataset.slug)
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o755)
     try:
-        report = index_dataset(Path(dataset.path), out / "index.sqlite", workers=workers)
+        report = index_dataset(Path(dataset.path), out / "index.sqlite", workers=workers, progress=progress)
         record = build_record(admin_fields, summarize(out / "index.sqlite"))
     except CatalogError as e:
         raise VREError(str(e)) from None
     os.chmod(out / "index.sqlite", 0o644)
-    record.update(slug=dataset.slug, path=f"/data/{dataset.slug}")
-    (out / "record.json").write_text(json.dumps(record, indent=2, default=str))
-    os.chmod(out / "record.json", 0o644)
-    dataset.catalog = record
-    dataset.title = record["title"]
+    _write_record(settings, dataset, record)
     dataset.indexed_at = utcnow()
     return report
 
 
-def add_dataset(db: Session, settings: Settings, path: str, slug: str, *, workers: int | None = None,
-                **fields) -> tuple[Dataset, IndexReport]:
-    """Register the directory ``path`` as dataset ``slug``; ``fields`` are the catalogue fields
-    (title, description, publisher, access_rights, condition, interoperability_tier, keywords)."""
+def check_new_dataset(db: Session, settings: Settings, path: str, slug: str, **fields) -> tuple[Path, dict]:
+    """What registering ``path`` as ``slug`` checks before the (long) indexing: the slug, the
+    directory, that sessions can read it, that neither is registered, the catalogue fields.
+    Returns the resolved directory and the fields to publish."""
     validate_slug(slug, "dataset")
     root = Path(path).expanduser()
     if not root.exists():
@@ -70,10 +81,10 @@ def add_dataset(db: Session, settings: Settings, path: str, slug: str, *, worker
         raise VREError(f"dataset path {path} is not a directory: give the folder that holds the DICOM files")
     root = root.resolve()
     if db.scalar(select(Dataset).where(Dataset.slug == slug)) is not None:
-        raise VREError(f"dataset slug {slug!r} is taken; choose another or use 'vre dataset reindex {slug}'")
+        raise Conflict(f"dataset slug {slug!r} is taken; choose another or use 'vre dataset reindex {slug}'")
     other = db.scalar(select(Dataset).where(Dataset.path == str(root)))
     if other is not None:
-        raise VREError(f"{root} is already registered as dataset {other.slug!r}")
+        raise Conflict(f"{root} is already registered as dataset {other.slug!r}")
     for managed in (settings.projects_dir, settings.catalog_dir, settings.secrets_dir, settings.run_dir):
         if root == managed or managed in root.parents or root in managed.parents:
             raise VREError(f"{root} overlaps the VRE's own directory {managed}; keep datasets elsewhere")
@@ -86,29 +97,66 @@ def add_dataset(db: Session, settings: Settings, path: str, slug: str, *, worker
         build_record(admin_fields, {})  # bad catalogue fields fail before the (long) indexing
     except CatalogError as e:
         raise VREError(str(e)) from None
-    dataset = Dataset(slug=slug, title=title, path=str(root), catalog={})
-    report = _index(settings, dataset, admin_fields, workers)
+    return root, admin_fields
+
+
+def add_dataset(db: Session, settings: Settings, path: str, slug: str, *, workers: int | None = None,
+                progress: Progress | None = None, **fields) -> tuple[Dataset, IndexReport]:
+    """Register the directory ``path`` as dataset ``slug``; ``fields`` are the catalogue fields
+    (title, description, publisher, access_rights, condition, interoperability_tier, keywords)."""
+    root, admin_fields = check_new_dataset(db, settings, path, slug, **fields)
+    dataset = Dataset(slug=slug, title=admin_fields["title"].strip(), path=str(root), catalog={})
+    report = _index(settings, dataset, admin_fields, workers, progress)
     db.add(dataset)
     db.flush()
     return dataset, report
 
 
-def reindex(db: Session, settings: Settings, slug: str, *, workers: int | None = None) -> IndexReport:
-    """Re-read changed files only; the catalogue record keeps the admin's descriptive fields."""
-    from .metadata import CATALOG_FIELDS
+def admin_fields_of(dataset: Dataset) -> dict:
+    """The catalogue fields an admin set (the rest of the record is computed from the index)."""
+    return {k: dataset.catalog[k] for k in CATALOG_FIELDS if dataset.catalog.get(k) not in (None, "", [])}
 
+
+def check_reindex(db: Session, slug: str) -> Dataset:
+    """What ``reindex`` checks before indexing: the dataset exists and its directory is there."""
     dataset = get_dataset(db, slug)
     if not Path(dataset.path).is_dir():
         raise VREError(f"dataset {slug!r}: its directory {dataset.path} is gone; restore it or remove the dataset")
-    admin_fields = {k: dataset.catalog[k] for k in CATALOG_FIELDS if dataset.catalog.get(k) not in (None, "", [])}
-    return _index(settings, dataset, admin_fields, workers)
+    return dataset
+
+
+def reindex(db: Session, settings: Settings, slug: str, *, workers: int | None = None,
+            progress: Progress | None = None) -> IndexReport:
+    """Re-read changed files only; the catalogue record keeps the admin's descriptive fields."""
+    dataset = check_reindex(db, slug)
+    return _index(settings, dataset, admin_fields_of(dataset), workers, progress)
+
+
+def update_record(db: Session, settings: Settings, slug: str, changes: dict) -> list[str]:
+    """Change the catalogue fields in ``changes`` (None: unchanged, '' or []: cleared; the title
+    cannot be cleared) and publish the record again; the computed part stays. Returns the names
+    of the fields that changed."""
+    dataset = get_dataset(db, slug)
+    before = admin_fields_of(dataset)
+    fields = {**before, **{k: v for k, v in changes.items() if v is not None}}
+    fields = {k: v for k, v in fields.items() if v not in ("", [])}
+    try:
+        admin = build_record(fields, {})
+    except CatalogError as e:
+        raise VREError(str(e)) from None
+    changed = sorted(k for k in set(before) | set(admin) if before.get(k) != admin.get(k))
+    if changed:
+        computed = {k: v for k, v in dataset.catalog.items() if k not in CATALOG_FIELDS}
+        dataset_dir(settings, slug).mkdir(parents=True, exist_ok=True)
+        _write_record(settings, dataset, {**admin, **computed})
+    return changed
 
 
 def remove_dataset(db: Session, settings: Settings, slug: str) -> None:
     dataset = get_dataset(db, slug)
     if dataset.grants:
         projects = ", ".join(sorted(g.project.slug for g in dataset.grants))
-        raise VREError(f"dataset {slug!r} is granted to {projects}; revoke those grants first")
+        raise Conflict(f"dataset {slug!r} is granted to {projects}; revoke those grants first")
     db.delete(dataset)
     for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "record.json"):
         (dataset_dir(settings, slug) / name).unlink(missing_ok=True)

@@ -139,7 +139,7 @@ class JobLogHandler(_JobsHandler):
 
         def log(db, user):
             job = service.get(db, self.vre, user, int(job_id))
-            text, nxt = service.read_log(self.vre, job, offset)
+            text, nxt = service.member_log(self.vre, job, offset)
             return {"text": text, "offset": nxt, "state": job.state}
         self.reply(await self.run(log))
 

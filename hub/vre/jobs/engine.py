@@ -5,6 +5,10 @@ The database is the queue; this process only holds what it can find again (worke
 cgroups, jobs by the agent of each project). It can be killed at any moment: a new one adopts
 the running jobs, and jobs keep running meanwhile. Only one engine runs per instance: a new one
 stops a previous one it finds (an orphan of a hub killed with -9).
+
+A project has up to two pools of workers, each with its own Dask scheduler and island: the shared
+one (``open`` jobs; its sessions reach it) and the held one (``held`` jobs: batch-only data, see
+``db.JOB_LANES``). The queue, the quota and the fair order are the project's, across both.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from .. import gpus
 from ..db import Job, Project, utcnow
 from ..audit import Event
 from ..audit import open_store
-from ..plan import PlanCache, PlanRefused
+from ..plan import PlanCache, PlanRefused, held_pool
 from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import service
@@ -38,6 +42,17 @@ TICK = 1.0            # seconds between looks when nothing wakes the engine
 FAST_TICK = 0.1       # while a job is starting
 RUNTIME_SLACK = 60    # the task enforces the limit; the engine steps in this much later
 MAX_ATTEMPTS = 2
+USAGE_KEYS = ("wall_s", "cpu_s", "max_rss_mb")
+
+
+def pool_of(job: Job) -> str:
+    """The pool (``plan.SessionPlan.pool``) whose workers run ``job``."""
+    return held_pool(job.project.slug) if job.lane == "held" else job.project.slug
+
+
+def role_of(job: Job) -> str:
+    """The plan role of ``job``'s workers."""
+    return "held" if job.lane == "held" else "worker"
 
 
 class Timings:
@@ -73,6 +88,15 @@ class Timings:
             self._dirty = False
 
 
+def _usage(reported) -> dict:
+    """The figures of a job's usage (``vre_session.jobs.task``), as numbers and nothing else: the
+    report comes from inside the job's pool, and members read it (a held job's too)."""
+    if not isinstance(reported, dict):
+        return {}
+    return {k: round(float(v), 3) for k, v in reported.items()
+            if k in USAGE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e12}
+
+
 class Engine:
     def __init__(self, settings: Settings, executor: LocalDaskExecutor | None = None):
         self.settings = settings
@@ -84,7 +108,7 @@ class Engine:
         self._stopping = False
         self._events: list[tuple[str, dict]] = []   # audit events waiting for their commit
         self._cancelling: set[int] = set()
-        self._ended: list[int] = []                 # jobs whose end is committed: the agent may forget them
+        self._ended: list[tuple[str, int]] = []     # (pool, job) whose end is committed: its agent may forget it
         self._background: set[asyncio.Task] = set()
 
     # -- process life --------------------------------------------------------------------
@@ -144,11 +168,12 @@ class Engine:
         """Take over the workers of running jobs (after a restart of this process or the hub)."""
         with vdb.session_scope(self.settings.vre_db_url, durable=True) as db:
             for project in db.scalars(select(Project)):
-                busy = {}
+                busy = {project.slug: {}, held_pool(project.slug): {}}
                 for job in db.scalars(select(Job).where(Job.project_id == project.id, Job.state == "running")):
                     for name in filter(None, job.worker.split(",")):
-                        busy[name] = job.id
-                self.executor.adopt(project.slug, busy)
+                        busy[pool_of(job)][name] = job.id
+                for pool, workers in busy.items():
+                    self.executor.adopt(pool, workers)
 
     # -- one look at everything ----------------------------------------------------------
     async def tick(self) -> None:
@@ -188,13 +213,16 @@ class Engine:
         with self.timed("db: load running jobs"):
             running = db.scalars(select(Job).where(Job.project_id == project.id, Job.state == "running")
                                  .order_by(Job.id)).all()
-        batch = [j for j in running if j.kind != "cluster"]
-        if batch:
+        pools: dict[str, list[Job]] = {}
+        for j in running:
+            if j.kind != "cluster":
+                pools.setdefault(pool_of(j), []).append(j)
+        for pool, batch in pools.items():
             try:
                 with self.timed("agent: GET /jobs (status)"):
-                    status = await self.executor.status(project.slug)
+                    status = await self.executor.status(pool)
             except SchedulerLost as e:
-                await self.scheduler_lost(db, project, batch, str(e))
+                await self.scheduler_lost(db, pool, batch, str(e))
                 status = None
             except ExecutorError as e:
                 log.warning("%s; will look again", e)
@@ -211,12 +239,12 @@ class Engine:
             await self.commit(db)
 
         if sum(1 for j in running if j.state == "running") >= project.job_slots:
-            await self.forget_ended(project.slug)  # every slot is taken: nothing to admit, no
-            return                                 # need to read the queue
+            await self.forget_ended()  # every slot is taken: nothing to admit, no
+            return                     # need to read the queue
         with self.timed("db: load queued (5 columns)"):
             queued, running_asks = service.open_asks(db, project.id)
         if not queued:
-            await self.forget_ended(project.slug)
+            await self.forget_ended()
             return
         quota = Quota(project.job_slots, project.job_cpu, project.job_mem_mb, project.job_gpus)
         with self.timed("admission (fair order, quota)"):
@@ -246,42 +274,43 @@ class Engine:
                         raise
                     for plan, job, worker in warm:
                         with self.timed("agent: POST /jobs (submit)"):
-                            await self.executor.submit(project.slug, worker.name, self.spec(plan, job, worker.name))
-        await self.forget_ended(project.slug)
+                            await self.executor.submit(plan.pool, worker.name, self.spec(plan, job, worker.name))
+        await self.forget_ended()
 
-    async def forget_ended(self, project: str) -> None:
+    async def forget_ended(self) -> None:
         """Tell the agent to drop the jobs whose end is committed, in the background: it is
         bookkeeping, on no job's way (a status read before it lands still lists them as done,
         and a job that is no longer running in the database is not followed again)."""
         ended, self._ended = self._ended, []
         if ended:
-            task = asyncio.ensure_future(self._forget(project, ended))
+            task = asyncio.ensure_future(self._forget(ended))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _forget(self, project: str, ids: list[int]) -> None:
-        for job_id in ids:
+    async def _forget(self, ended: list[tuple[str, int]]) -> None:
+        for pool, job_id in ended:
             with self.timed("agent: DELETE /jobs/<id> (forget, background)"):
-                await self.executor.forget(project, job_id)
+                await self.executor.forget(pool, job_id)
 
     # -- starting ------------------------------------------------------------------------
     async def start_warm(self, db, project: Project, job: Job):
         """Start ``job`` on a waiting worker of its shape, without committing: returns (plan, job,
         worker) for the caller to commit with the other starts of this look and then hand to the
         agent, or None when it needs the full path (``start``: GPUs, a new worker or scheduler)."""
-        if job.gpus or job.kind == "cluster" or not self.executor.scheduler_alive(project.slug) \
-                or not self.executor.agent_socket(project.slug).exists():
+        pool = pool_of(job)
+        if job.gpus or job.kind == "cluster" or not self.executor.scheduler_alive(pool) \
+                or not self.executor.agent_socket(pool).exists():
             return None
         # nothing is flushed before the look's commit (no write lock held across the await below)
         try:
             with db.no_autoflush, self.timed("start: worker plan (membership; cached)"):
                 user = job.account.name
-                plan = self.plans.get(db, self.settings, user, project.slug, job.profile, role="worker")
+                plan = self.plans.get(db, self.settings, user, project.slug, job.profile, role=role_of(job))
         except PlanRefused as e:
             self.finish(db, job, "failed", f"not started: {e}")
             return ()  # handled (failed): nothing to submit
         with self.timed("start: idle_worker + oom count (cgroup reads)"):
-            worker = self.executor.idle_worker(project.slug, (job.cpu, job.mem_mb, ()), plan.datasets)
+            worker = self.executor.idle_worker(pool, (job.cpu, job.mem_mb, ()), plan.datasets)
         if worker is None:
             return None
         worker.job = job.id
@@ -306,7 +335,7 @@ class Engine:
         user = job.account.name
         try:
             with self.timed("start: worker plan (membership; cached)"):
-                plan = self.plans.get(db, self.settings, user, project.slug, job.profile, role="worker")
+                plan = self.plans.get(db, self.settings, user, project.slug, job.profile, role=role_of(job))
         except PlanRefused as e:
             self.finish(db, job, "failed", f"not started: {e}")
             return
@@ -328,7 +357,7 @@ class Engine:
             with self.timed("start: ensure_scheduler"):
                 await self.executor.ensure_scheduler(plan)
             shape = (job.cpu, job.mem_mb, devices)
-            worker = None if devices else self.executor.idle_worker(project.slug, shape, plan.datasets)
+            worker = None if devices else self.executor.idle_worker(plan.pool, shape, plan.datasets)
             if worker is None:
                 with self.timed("start: start_worker"):
                     worker = await self.executor.start_worker(plan, job.cpu, job.mem_mb, devices)
@@ -340,7 +369,7 @@ class Engine:
                     await self.executor.serve(worker.name, user, job.id)
             await self.commit(db)
             with self.timed("agent: POST /jobs (submit)"):
-                await self.executor.submit(project.slug, worker.name, self.spec(plan, job, worker.name))
+                await self.executor.submit(plan.pool, worker.name, self.spec(plan, job, worker.name))
         except (ExecutorError, OSError) as e:
             if isinstance(e, RecorderUnavailable) and job.kind != "cluster":
                 # hostview is restarting (as with the hub): nothing of the worker is left and it
@@ -354,11 +383,11 @@ class Engine:
             self.finish(db, job, "failed", f"could not start: {e}")
 
     def spec(self, plan, job: Job, worker: str) -> dict:
+        outdir = service.outdir_inside(job.id, job.lane)
         return {"id": job.id, "kind": job.kind, "target": job.target, "params": job.params,
                 "project": plan.project, "user": job.account.name, "worker": worker,
-                "outdir": service.outdir_inside(job.id), "max_runtime_s": job.max_runtime_s,
-                "env": {"VRE_JOB_ID": str(job.id), "VRE_JOB_OUTPUT": service.outdir_inside(job.id),
-                        "VRE_JOB_USER": job.account.name}}
+                "outdir": outdir, "max_runtime_s": job.max_runtime_s,
+                "env": {"VRE_JOB_ID": str(job.id), "VRE_JOB_OUTPUT": outdir, "VRE_JOB_USER": job.account.name}}
 
     async def start_cluster(self, db, plan, job: Job, devices: tuple[int, ...]) -> None:
         """Interactive workers for a notebook's Dask client, held until cancelled or timed out."""
@@ -383,8 +412,9 @@ class Engine:
         if state is None:
             if job.worker:  # handed to a worker but the agent never heard of it: hand it again
                 await self.commit(db)
-                plan = self.plans.get(db, self.settings, job.account.name, job.project.slug, job.profile, role="worker")
-                await self.executor.submit(job.project.slug, job.worker, self.spec(plan, job, job.worker))
+                plan = self.plans.get(db, self.settings, job.account.name, job.project.slug, job.profile,
+                                      role=role_of(job))
+                await self.executor.submit(plan.pool, job.worker, self.spec(plan, job, job.worker))
             return
         if state["state"] == "pending":
             self._starting = True
@@ -392,19 +422,23 @@ class Engine:
             job.started_at = dt.datetime.fromtimestamp(state["started"], dt.timezone.utc)
             worker = self.executor.workers.get(job.worker)
             mounted = {"datasets": list(worker.datasets)} if worker and worker.datasets is not None else {}
-            self.audit(job, "job.start", details={"worker": job.worker, "devices": job.devices,
+            self.audit(job, "job.start", details={"worker": job.worker, "lane": job.lane, "devices": job.devices,
                                                   "cpu": job.cpu, "mem_mb": job.mem_mb, "gpus": job.gpus, **mounted})
         if state["state"] == "done":  # committed with the rest of this look, then forgotten
             self.finish_from_result(db, job, state["result"])
-            self._ended.append(job.id)
+            self._ended.append((pool_of(job), job.id))
             self._cancelling.discard(job.id)
         elif state["state"] == "error":
             self.release(db, job)
-            self.finish(db, job, "failed", f"the job's task failed: {state['error']}")
-            self._ended.append(job.id)
+            if job.lane == "held":  # the text comes from the pool the job ran in: held like its log
+                log.warning("held job %s: its task failed: %s", job.id, state["error"])
+                self.finish(db, job, "failed", "the job's task failed (held: the reason is in the job service's log)")
+            else:
+                self.finish(db, job, "failed", f"the job's task failed: {state['error']}")
+            self._ended.append((pool_of(job), job.id))
         elif job.cancel_requested and job.id not in self._cancelling:
             await self.commit(db)
-            if await self.executor.cancel(job.project.slug, job.id):
+            if await self.executor.cancel(pool_of(job), job.id):
                 self._cancelling.add(job.id)
         elif job.started_at and (utcnow() - job.started_at).total_seconds() > job.max_runtime_s + RUNTIME_SLACK:
             await self.commit(db)
@@ -414,9 +448,11 @@ class Engine:
                                               "its worker did not stop it, so the worker was stopped")
 
     def finish_from_result(self, db, job: Job, result: dict) -> None:
+        result = result if isinstance(result, dict) else {}  # reported from inside the pool: no trust
         code = result.get("returncode")
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
         oom = self.executor.oom_kills(job.worker) > job.usage.get("oom_before", 0)
-        usage = result.get("usage") or {}
+        usage = _usage(result.get("usage"))
         job.exit_code = code
         if result.get("cancelled"):
             state, reason = "cancelled", job.reason or "cancelled"
@@ -450,7 +486,7 @@ class Engine:
             else:
                 self.finish(db, job, "failed", "its workers ended")
 
-    async def scheduler_lost(self, db, project: Project, running: list[Job], why: str) -> None:
+    async def scheduler_lost(self, db, pool: str, running: list[Job], why: str) -> None:
         log.warning("%s: %d running job(s) affected", why, len(running))
         for job in running:
             self.release(db, job)
@@ -462,7 +498,7 @@ class Engine:
             else:
                 self.finish(db, job, "failed", f"its scheduler was lost while it ran (attempt {job.attempts})")
         await self.commit(db)
-        await self.executor.stop_project(project.slug)
+        await self.executor.stop_pool(pool)
 
     # -- ending --------------------------------------------------------------------------
     def release(self, db, job: Job) -> None:

@@ -1,4 +1,8 @@
-"""How jobs run on this host: per project, a Dask scheduler and workers in sandboxes.
+"""How jobs run on this host: per pool, a Dask scheduler and workers in sandboxes.
+
+A pool is a project's shared workers (named by its slug) or its held ones (``<slug>.held``, their
+own island: ``plan.held_pool``); every call below takes the pool, and each pool is what a project
+was before held jobs: its own scheduler, workers, island and run directory.
 
 Everything is rendered from the project's plan (role=worker) with the same code that renders
 sessions (``backends.bwrap.sandbox_argv``): datasets read-only, the workspace read-write, the
@@ -59,7 +63,7 @@ class SchedulerLost(ExecutorError):
 @dataclass
 class Worker:
     name: str
-    project: str
+    pool: str
     shape: tuple            # (cpu, mem_mb, devices): a warm worker is reused for the same shape
     job: int | None = None  # the job it runs now
     #: The datasets mounted in it (None: unknown, found again after a restart): a warm worker is
@@ -109,37 +113,37 @@ class LocalDaskExecutor:
         self._procs: list[subprocess.Popen] = []
 
     # -- paths and names -----------------------------------------------------------------
-    def project_dir(self, project: str) -> Path:
-        return jobs_run_dir(self.settings, project)
+    def pool_dir(self, pool: str) -> Path:
+        return jobs_run_dir(self.settings, pool)
 
-    def agent_socket(self, project: str) -> Path:
+    def agent_socket(self, pool: str) -> Path:
         """The agent's socket on the host (``plan.for_scheduler``'s private agent directory)."""
-        return self.project_dir(project) / "scheduler" / "agent" / "agent.sock"
+        return self.pool_dir(pool) / "scheduler" / "agent" / "agent.sock"
 
-    def scheduler_name(self, project: str) -> str:
-        return f"{project}-scheduler"
+    def scheduler_name(self, pool: str) -> str:
+        return f"{pool}-scheduler"
 
     def _cgroup(self, name: str) -> SessionCgroup:
         return SessionCgroup(name, self.settings.instance)
 
     # -- the scheduler -------------------------------------------------------------------
-    def scheduler_alive(self, project: str) -> bool:
-        return bool(self._cgroup(self.scheduler_name(project)).pids())
+    def scheduler_alive(self, pool: str) -> bool:
+        return bool(self._cgroup(self.scheduler_name(pool)).pids())
 
-    async def status(self, project: str) -> dict:
-        """The agent's view of the project's jobs; SchedulerLost if the scheduler is gone."""
+    async def status(self, pool: str) -> dict:
+        """The agent's view of the pool's jobs; SchedulerLost if the scheduler is gone."""
         try:
-            return await _http(self.agent_socket(project), "GET", "/jobs")
+            return await _http(self.agent_socket(pool), "GET", "/jobs")
         except (OSError, asyncio.TimeoutError, ExecutorError) as e:
-            if not self.scheduler_alive(project):
-                raise SchedulerLost(f"the scheduler of project {project} is gone") from None
-            raise ExecutorError(f"the scheduler of project {project} does not answer: {e}") from None
+            if not self.scheduler_alive(pool):
+                raise SchedulerLost(f"the scheduler of pool {pool} is gone") from None
+            raise ExecutorError(f"the scheduler of pool {pool} does not answer: {e}") from None
 
     async def ensure_scheduler(self, plan: SessionPlan) -> None:
-        project = plan.project
-        if self.scheduler_alive(project) and self.agent_socket(project).exists():
+        pool = plan.pool
+        if self.scheduler_alive(pool) and self.agent_socket(pool).exists():
             return
-        plan = plan.for_scheduler(self.scheduler_name(project), wake_socket(self.settings))
+        plan = plan.for_scheduler(self.scheduler_name(pool), wake_socket(self.settings))
         await asyncio.to_thread(prepare_host, plan, bwrap.identity_files(plan))
         dask = str(self.settings.session_env / "bin" / "dask")
         argv = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(SCHEDULER_PORT),
@@ -148,32 +152,32 @@ class LocalDaskExecutor:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                await _http(self.agent_socket(project), "GET", "/jobs", timeout=2)
-                log.info("scheduler of project %s is up", project)
+                await _http(self.agent_socket(pool), "GET", "/jobs", timeout=2)
+                log.info("scheduler of pool %s is up", pool)
                 return
             except (OSError, asyncio.TimeoutError, ExecutorError):
-                if not self.scheduler_alive(project):
+                if not self.scheduler_alive(pool):
                     break
                 await asyncio.sleep(0.05)
-        log.error("scheduler of project %s did not start:\n%s", project, self._log_tail(plan.run_dir / "log.txt"))
-        raise ExecutorError(f"the scheduler of project {project} did not start (its log is in the job "
+        log.error("scheduler of pool %s did not start:\n%s", pool, self._log_tail(plan.run_dir / "log.txt"))
+        raise ExecutorError(f"the scheduler of pool {pool} did not start (its log is in the job "
                             "service's log)")
 
     # -- workers -------------------------------------------------------------------------
-    def idle_worker(self, project: str, shape: tuple, datasets: tuple) -> Worker | None:
+    def idle_worker(self, pool: str, shape: tuple, datasets: tuple) -> Worker | None:
         """A warm worker of ``shape`` that mounts exactly ``datasets`` (the job's plan's); others
         stay idle until ``stop_idle``."""
         for w in self.workers.values():
-            if w.project == project and w.job is None and w.shape == shape and w.datasets == datasets \
+            if w.pool == pool and w.job is None and w.shape == shape and w.datasets == datasets \
                     and self._cgroup(w.name).pids():
                 return w
         return None
 
     async def start_worker(self, plan: SessionPlan, cpu: float, mem_mb: int, devices: tuple[int, ...]) -> Worker:
         n = 1
-        while f"{plan.project}-worker-{n}" in self.workers or self._cgroup(f"{plan.project}-worker-{n}").pids():
+        while f"{plan.pool}-worker-{n}" in self.workers or self._cgroup(f"{plan.pool}-worker-{n}").pids():
             n += 1
-        name = f"{plan.project}-worker-{n}"
+        name = f"{plan.pool}-worker-{n}"
         plan = plan.for_worker(name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices))
         await asyncio.to_thread(prepare_host, plan, bwrap.identity_files(plan))
         dask = str(self.settings.session_env / "bin" / "dask")
@@ -181,7 +185,7 @@ class LocalDaskExecutor:
                 "--no-nanny", "--memory-limit", "0", "--no-dashboard", "--local-directory", "/tmp",
                 "--resources", f"vre-{name}=1", "--death-timeout", "120"]
         await self._launch(plan, argv, devices, limits=dict(cpu=cpu, mem_mb=mem_mb + WORKER_OVERHEAD_MB, pids_max=4096))
-        worker = Worker(name, plan.project, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets)
+        worker = Worker(name, plan.pool, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets)
         self.workers[name] = worker
         return worker
 
@@ -191,7 +195,7 @@ class LocalDaskExecutor:
         cgroup.remove()
         hostview.unmark(self.settings, name)
         worker = self.workers.pop(name, None)
-        shutil.rmtree(self.project_dir(worker.project if worker else name.rsplit("-worker-", 1)[0])
+        shutil.rmtree(self.pool_dir(worker.pool if worker else name.rsplit("-worker-", 1)[0])
                       / "workers" / name, ignore_errors=True)
         self._reap()
 
@@ -201,16 +205,16 @@ class LocalDaskExecutor:
         except OSError:
             return 0
 
-    def adopt(self, project: str, busy: dict[str, int]) -> None:
+    def adopt(self, pool: str, busy: dict[str, int]) -> None:
         """After a restart: take over the workers that run jobs (name -> job), stop the others."""
-        for name in self._existing(project):
+        for name in self._existing(pool):
             if name in busy and self._cgroup(name).pids():
-                self.workers[name] = Worker(name, project, (), job=busy[name], datasets=None)
+                self.workers[name] = Worker(name, pool, (), job=busy[name], datasets=None)
             elif name not in busy:
                 self.stop_worker(name)
 
-    def _existing(self, project: str) -> list[str]:
-        run = self.project_dir(project) / "workers"
+    def _existing(self, pool: str) -> list[str]:
+        run = self.pool_dir(pool) / "workers"
         return sorted(p.name for p in run.iterdir()) if run.is_dir() else []
 
     async def stop_idle(self) -> None:
@@ -220,29 +224,29 @@ class LocalDaskExecutor:
             if w.job is None and (gpu_or_unknown or now - w.idle_since > self.settings.jobs_worker_idle):
                 await asyncio.to_thread(self.stop_worker, w.name)
 
-    async def stop_project(self, project: str) -> None:
-        """Everything of a project: its workers and its scheduler (scheduler loss, shutdown)."""
-        for name in self._existing(project):
+    async def stop_pool(self, pool: str) -> None:
+        """Everything of a pool: its workers and its scheduler (scheduler loss, shutdown)."""
+        for name in self._existing(pool):
             await asyncio.to_thread(self.stop_worker, name)
-        cgroup = self._cgroup(self.scheduler_name(project))
+        cgroup = self._cgroup(self.scheduler_name(pool))
         await asyncio.to_thread(cgroup.kill_all, 2.0)
         await asyncio.to_thread(cgroup.remove)
 
     # -- jobs ----------------------------------------------------------------------------
-    async def submit(self, project: str, worker: str, spec: dict) -> None:
-        await _http(self.agent_socket(project), "POST", "/jobs", {"id": spec["id"], "worker": worker, "spec": spec})
+    async def submit(self, pool: str, worker: str, spec: dict) -> None:
+        await _http(self.agent_socket(pool), "POST", "/jobs", {"id": spec["id"], "worker": worker, "spec": spec})
 
-    async def cancel(self, project: str, job_id: int) -> bool:
-        return (await _http(self.agent_socket(project), "POST", f"/jobs/{job_id}/cancel"))["found"]
+    async def cancel(self, pool: str, job_id: int) -> bool:
+        return (await _http(self.agent_socket(pool), "POST", f"/jobs/{job_id}/cancel"))["found"]
 
     async def serve(self, worker: str, user: str, job_id: int) -> None:
         """Tell hostview which job (and user) a worker's dataset reads are for from now on."""
         if await asyncio.to_thread(hostview.assign, self.settings, worker, user, job_id) is None:
             log.warning("hostview did not take note that %s runs job %s", worker, job_id)
 
-    async def forget(self, project: str, job_id: int) -> None:
+    async def forget(self, pool: str, job_id: int) -> None:
         try:
-            await _http(self.agent_socket(project), "DELETE", f"/jobs/{job_id}")
+            await _http(self.agent_socket(pool), "DELETE", f"/jobs/{job_id}")
         except (OSError, asyncio.TimeoutError, ExecutorError):
             pass
 

@@ -1,5 +1,11 @@
 """The queue in the VRE database: submit, list, cancel, re-run, logs and outputs.
 
+A job runs in one of two lanes (``db.JOB_LANES``): ``open`` jobs run on the project's shared
+workers and write their folder in the workspace; ``held`` jobs also get the project's batch-only
+datasets, and their folder (log, outputs, progress) is kept outside the workspace: members see
+that a held job ran and how it ended, never what it wrote; its files leave only through the
+airlock (``/held/jobs/<id>`` in an export request).
+
 Every function takes a database session and the acting user; membership is checked through the
 same plan the sessions use (``build_plan(role="worker")``), so a job can never ask for more than
 a session of the project could. Errors are ``JobRejected`` (bad input: the message says what to
@@ -18,14 +24,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..accounts import get_account
-from ..db import JOB_FINAL, Job, Project, utcnow
+from ..db import JOB_FINAL, JOB_LANES, Job, Project, utcnow
 from ..errors import NotFound, VREError
 from ..gpus import host_devices
-from ..plan import HOME, WORKSPACE, PlanRefused, build_plan, project_paths
+from ..plan import HELD_ROOT, HOME, WORKSPACE, PlanRefused, build_plan, held_dir, project_paths
 from ..settings import Settings
 from .queue import Ask, fair_order
 
 KINDS = ("notebook", "script", "function", "cluster")
+#: What a held job can be: its result is files, which stay held (a function's return value or a
+#: cluster's workers would hand data back to the session).
+HELD_KINDS = ("notebook", "script")
+#: What members are told instead of a held job's log, progress and files.
+HELD_NOTE = ("held: its log and outputs stay on the hub; request their export through the airlock "
+             "(add {outdir} to an export request)")
 MAX_PAYLOAD = 16 * 1024 * 1024
 MAX_CLUSTER_WORKERS = 16
 
@@ -34,14 +46,22 @@ class JobRejected(VREError):
     """A submission the queue cannot take; the message says what to change."""
 
 
-def outdir_inside(job_id: int) -> str:
-    """A job's folder as sessions and the job itself see it."""
-    return f"{WORKSPACE}/jobs/{job_id}"
+def outdir_inside(job_id: int, lane: str = "open") -> str:
+    """A job's folder as the job itself sees it (and sessions, for open jobs; the airlock's name
+    for held ones)."""
+    return f"{HELD_ROOT}/jobs/{job_id}" if lane == "held" else f"{WORKSPACE}/jobs/{job_id}"
 
 
-def outdir_on_host(settings: Settings, project: str, job_id: int) -> Path:
+def outdir_on_host(settings: Settings, project: str, job_id: int, lane: str = "open") -> Path:
+    if lane == "held":
+        return held_dir(settings, project) / "jobs" / str(job_id)
     workspace, _ = project_paths(settings, project, "_")
     return workspace / "jobs" / str(job_id)
+
+
+def job_dir(settings: Settings, job: Job) -> Path:
+    """``job``'s folder on the host."""
+    return outdir_on_host(settings, job.project.slug, job.id, job.lane)
 
 
 def workspace_file(settings: Settings, project: str, path: str) -> Path:
@@ -92,7 +112,15 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     profile_name = body.get("profile")
     if profile_name is not None and not isinstance(profile_name, str):
         raise JobRejected("profile must be the name of one of the project's profiles")
-    plan = build_plan(db, settings, user, project_slug, profile_name, role="worker")  # PlanRefused
+    lane = body.get("lane") or "open"
+    if lane not in JOB_LANES:
+        raise JobRejected(f"lane must be one of {', '.join(JOB_LANES)}, not {lane!r} (held: batch-only "
+                          "datasets too, outputs leave only through the airlock)")
+    if lane == "held" and kind not in HELD_KINDS:
+        raise JobRejected(f"a {kind} job cannot be held: its result would come back to the session; submit a "
+                          f"{' or '.join(HELD_KINDS)} that writes its outputs to $VRE_JOB_OUTPUT")
+    plan = build_plan(db, settings, user, project_slug, profile_name,
+                      role="held" if lane == "held" else "worker")  # PlanRefused
     project = db.scalar(select(Project).where(Project.slug == project_slug))
 
     cpu = _number(body, "cpu", float, plan.cpu, 0.1, plan.cpu, f" (profile {plan.profile!r} allows {plan.cpu:g})")
@@ -156,12 +184,12 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     job = Job(project_id=project.id, account_id=account.id, name=name, kind=kind, target=target,
               params=params or {}, profile=plan.profile, cpu=cpu, mem_mb=mem, gpus=gpus,
               max_runtime_s=runtime, state="queued", reason="", attempts=0, cancel_requested=False,
-              worker="", devices="", usage={})
+              worker="", devices="", usage={}, lane=lane)
     if kind == "cluster":  # the quota and the executor count all its workers
         job.cpu, job.mem_mb, job.gpus = cpu * params["workers"], mem * params["workers"], gpus * params["workers"]
     db.add(job)
     db.flush()
-    make_outdir(settings, project, job.id, payload)
+    make_outdir(settings, project, job.id, payload, lane)
     return job
 
 
@@ -170,16 +198,19 @@ def outdir_path(host: Path, settings: Settings, project: str) -> str:
     return f"{WORKSPACE}/{host.relative_to(workspace)}"
 
 
-def make_outdir(settings: Settings, project: Project, job_id: int, payload: bytes | None = None) -> Path:
-    """The job's folder in the workspace: the project's workers write it, members read it."""
+def make_outdir(settings: Settings, project: Project, job_id: int, payload: bytes | None = None,
+                lane: str = "open") -> Path:
+    """The job's folder: in the workspace (the project's workers write it, members read it), or,
+    held, beside it (the project's workers only)."""
     from ..plan import project_uid
 
-    out = outdir_on_host(settings, project.slug, job_id)
+    out = outdir_on_host(settings, project.slug, job_id, lane)
     gid = settings.gid_base + project.id
-    for d in (out.parent, out):
+    dirs = (out.parent.parent, out.parent, out) if lane == "held" else (out.parent, out)
+    for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
         os.chown(d, project_uid(settings, project.id), gid)
-        os.chmod(d, 0o2770)
+        os.chmod(d, 0o700 if lane == "held" else 0o2770)
     if payload is not None:
         (out / "function.pkl").write_bytes(payload)
         os.chown(out / "function.pkl", project_uid(settings, project.id), gid)
@@ -240,14 +271,14 @@ def rerun(db: Session, settings: Settings, user: str, job_id: int) -> Job:
     """Queue the same job again (same target, parameters and resources) as a new job."""
     old = _visible_job(db, settings, user, job_id)
     body = {"project": old.project.slug, "kind": old.kind, "profile": old.profile, "name": old.name,
-            "target": old.target, "params": old.params, "max_runtime": old.max_runtime_s}
+            "target": old.target, "params": old.params, "max_runtime": old.max_runtime_s, "lane": old.lane}
     if old.kind == "cluster":
         workers = old.params.get("workers", 1)
         body.update(cpu=old.cpu / workers, mem_mb=old.mem_mb // workers, gpus=old.gpus // workers)
     else:
         body.update(cpu=old.cpu, mem_mb=old.mem_mb, gpus=old.gpus)
     if old.kind == "function":
-        pkl = outdir_on_host(settings, old.project.slug, old.id) / "function.pkl"
+        pkl = job_dir(settings, old) / "function.pkl"
         if not pkl.is_file():
             raise JobRejected(f"job {job_id}'s function is no longer in its folder; submit it again")
         body["payload"] = base64.b64encode(pkl.read_bytes()).decode()
@@ -273,8 +304,9 @@ def positions(db: Session, project_id: int) -> dict[int, int]:
 
 
 def read_log(settings: Settings, job: Job, offset: int = 0, limit: int = 1 << 20) -> tuple[str, int]:
-    """(text from ``offset``, next offset) of the job's log."""
-    path = outdir_on_host(settings, job.project.slug, job.id) / "log.txt"
+    """(text from ``offset``, next offset) of the job's log (a held job's too: callers that answer
+    members use ``member_log``)."""
+    path = job_dir(settings, job) / "log.txt"
     try:
         with open(path, "rb") as f:
             f.seek(max(0, offset))
@@ -284,15 +316,26 @@ def read_log(settings: Settings, job: Job, offset: int = 0, limit: int = 1 << 20
     return data.decode(errors="replace"), offset + len(data)
 
 
+def member_log(settings: Settings, job: Job, offset: int = 0) -> tuple[str, int]:
+    """What members read of the log: a held job's is withheld (it is the job's own output)."""
+    if job.lane == "held":
+        return (HELD_NOTE.format(outdir=outdir_inside(job.id, "held")) + "\n" if offset == 0 else ""), 1
+    return read_log(settings, job, offset)
+
+
 def progress(settings: Settings, job: Job) -> dict | None:
+    if job.lane == "held":  # written by the job: held like its other files
+        return None
     try:
-        return json.loads((outdir_on_host(settings, job.project.slug, job.id) / "progress.json").read_text())
+        return json.loads((job_dir(settings, job) / "progress.json").read_text())
     except (OSError, ValueError):
         return None
 
 
 def outputs(settings: Settings, job: Job) -> list[dict]:
-    out = outdir_on_host(settings, job.project.slug, job.id)
+    if job.lane == "held":  # not even names: the job chose them
+        return []
+    out = job_dir(settings, job)
     files = []
     if out.is_dir():
         for p in sorted(out.rglob("*")):
@@ -308,7 +351,8 @@ def to_dict(settings: Settings, job: Job, position: int | None = None, *, detail
         "cpu": job.cpu, "mem_mb": job.mem_mb, "gpus": job.gpus, "max_runtime": job.max_runtime_s,
         "state": job.state, "reason": job.reason, "exit_code": job.exit_code, "attempts": job.attempts,
         "cancel_requested": job.cancel_requested, "devices": job.devices, "usage": job.usage,
-        "rerun_of": job.rerun_of, "position": position, "outdir": outdir_inside(job.id),
+        "rerun_of": job.rerun_of, "position": position, "outdir": outdir_inside(job.id, job.lane),
+        "lane": job.lane,
         "submitted_at": job.submitted_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
@@ -316,6 +360,8 @@ def to_dict(settings: Settings, job: Job, position: int | None = None, *, detail
     if detail:
         data["progress"] = progress(settings, job)
         data["outputs"] = outputs(settings, job)
+        if job.lane == "held":
+            data["held"] = HELD_NOTE.format(outdir=outdir_inside(job.id, "held"))
     return data
 
 

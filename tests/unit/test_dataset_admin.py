@@ -1,0 +1,224 @@
+"""Dataset administration (vre.dataset_admin), shared by ``vre dataset add|reindex|edit|remove`` and
+the Datasets admin page: the rules (admins only, path errors, taken names, granted datasets), the
+audit event each change records (the same for CLI and web, but for who acted and how), the page's
+background indexings (``Runs``) and its templates. On SQLite and PostgreSQL."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from vre import access_requests as AR
+from vre import dataset_admin
+from vre import db as vdb
+from vre import projects as P
+from vre.accounts import add_account
+from vre.api.admin_datasets import Runs
+from vre.audit import open_store
+from vre.audit.events import cli_actor
+from vre.demo.synth import make_cohort
+from vre.errors import Conflict, NotFound, VREError
+from vre.settings import Settings
+
+WEB = AR.Actor("admin", via="web", client="192.0.2.7")
+OPERATOR = AR.Actor.cli(None)
+FIELDS = {"title": "Lung CT", "description": "", "publisher": "Test hospital", "access_rights": "",
+          "condition": "Lung cancer", "interoperability_tier": "2", "keywords": "ct, lung", "license": "",
+          "contact_point": ""}
+
+
+@pytest.fixture(scope="module")
+def data():
+    """A small cohort (clinical.csv included) and one file that is not DICOM, readable by sessions
+    (so not under pytest's private tmp)."""
+    root = Path(tempfile.mkdtemp(prefix="vre-dsadmin-"))
+    make_cohort("lung-ct", root / "cohort", patients=1, slices=3, size=32)
+    (root / "cohort" / "notes.dcm").write_text("not an image")
+    for dirpath, dirs, files in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+    yield root / "cohort"
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def world(db_url, tmp_path):
+    settings = Settings(state_dir=tmp_path / "state", db_url=db_url)
+    with vdb.session_scope(db_url) as db:
+        for name, role in (("bob", "researcher"), ("admin", "admin")):
+            add_account(db, name, role=role, password=f"{name}-password-1")
+    return settings
+
+
+def events(settings):
+    return [e for e in open_store(settings).query(limit=100) if e["action"].startswith("dataset.")]
+
+
+def test_register_edit_reindex_remove_from_the_web_are_audited_with_the_admin(world, data):
+    seen = []
+    where, report = dataset_admin.register(world, WEB, str(data), "lung", FIELDS,
+                                           progress=lambda done, total: seen.append((done, total)))
+    assert where == str(data.resolve())
+    assert (report.files_seen, report.errors, report.series) == (5, 1, 1)
+    assert report.error_examples[0][0] == "notes.dcm" and report.clinical_files == ["clinical.csv"]
+    assert seen[-1] == (4, 4)
+    (row,) = dataset_admin.list_datasets(world)
+    assert (row["slug"], row["title"], row["modalities"], row["subjects"]) == ("lung", "Lung CT", ["CT"], 1)
+
+    assert dataset_admin.update(world, WEB, "lung", {**FIELDS, "title": "Lung CT, 2024", "keywords": "ct"}) == [
+        "keywords", "title"]
+    assert dataset_admin.update(world, WEB, "lung", {**FIELDS, "title": "Lung CT, 2024", "keywords": "ct"}) == []
+    shown = dataset_admin.describe(world, "lung")
+    assert shown["title"] == "Lung CT, 2024" and shown["fields"]["keywords"] == ["ct"]
+    assert shown["fields"]["interoperability_tier"] == 2 and shown["record"]["num_series"] == 1
+    published = json.loads((world.catalog_dir / "lung" / "record.json").read_text())
+    assert published["title"] == "Lung CT, 2024" and published["path"] == "/data/lung"
+    assert published["num_instances"] == 3  # what the index computed stays
+
+    assert dataset_admin.reindex(world, WEB, "lung").files_indexed == 0  # nothing changed
+    dataset_admin.remove(world, WEB, "lung")
+    assert dataset_admin.list_datasets(world) == [] and data.is_dir()  # files untouched
+    got = [(e["action"], e["actor"], e["actor_role"], e["outcome"], e["target"], e["dataset"], e["client"],
+            e["details"]) for e in events(world)]
+    assert got == [
+        ("dataset.register", "admin", "admin", "ok", str(data.resolve()), "lung", "192.0.2.7",
+         {"via": "web", "files": 5, "errors": 1, "series": 1}),
+        ("dataset.update", "admin", "admin", "ok", "", "lung", "192.0.2.7",
+         {"via": "web", "changed": ["keywords", "title"]}),
+        ("dataset.reindex", "admin", "admin", "ok", "", "lung", "192.0.2.7", {"via": "web", "read": 0}),
+        ("dataset.remove", "admin", "admin", "ok", "", "lung", "192.0.2.7", {"via": "web"}),
+    ]
+
+
+def test_the_operator_records_what_the_cli_always_recorded(world, data):
+    dataset_admin.register(world, OPERATOR, str(data), "lung", FIELDS)
+    (e,) = events(world)
+    assert (e["action"], e["actor"], e["actor_role"], e["client"], e["details"]) == (
+        "dataset.register", cli_actor(), "admin", None, {"via": "cli", "files": 5, "errors": 1, "series": 1})
+
+
+def test_refusals_say_what_to_fix_and_change_nothing(world, data, tmp_path):
+    (tmp_path / "private").mkdir(mode=0o700)
+    for who in (AR.Actor("bob", client="192.0.2.8"), AR.Actor("ghost")):
+        with pytest.raises(AR.Forbidden, match="only admins manage datasets"):
+            dataset_admin.check_register(world, who, str(data), "lung", FIELDS)
+    with pytest.raises(AR.Forbidden):
+        dataset_admin.register(world, AR.Actor("bob"), str(data), "lung", FIELDS)
+    afile = data / "clinical.csv"
+    for path, message in ((str(tmp_path / "missing"), "does not exist"), (str(afile), "is not a directory"),
+                          (str(tmp_path / "private"), "not searchable by other users")):
+        with pytest.raises(VREError, match=message):
+            dataset_admin.check_register(world, WEB, path, "lung", FIELDS)
+    with pytest.raises(VREError, match="interoperability_tier must be 1, 2 or 3"):
+        dataset_admin.check_register(world, WEB, str(data), "lung", {**FIELDS, "interoperability_tier": "7"})
+    dataset_admin.register(world, WEB, str(data), "lung", FIELDS)
+    with pytest.raises(Conflict, match="slug 'lung' is taken"):
+        dataset_admin.check_register(world, WEB, str(data.parent), "lung", FIELDS)
+    with pytest.raises(Conflict, match="already registered as dataset 'lung'"):
+        dataset_admin.check_register(world, WEB, str(data), "other", FIELDS)
+    with pytest.raises(VREError, match="needs a title"):
+        dataset_admin.update(world, WEB, "lung", {"title": ""})
+    with pytest.raises(NotFound, match="unknown dataset 'nope'"):
+        dataset_admin.update(world, WEB, "nope", {"title": "x"})
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.create_project(db, "proj", "Project")
+        P.grant(db, "proj", "lung")
+    with pytest.raises(Conflict, match="granted to proj; revoke those grants first"):
+        dataset_admin.remove(world, WEB, "lung")
+    with pytest.raises(AR.Forbidden):
+        dataset_admin.remove(world, AR.Actor("bob"), "lung")
+    assert dataset_admin.describe(world, "lung")["title"] == "Lung CT"
+    denied = [(e["action"], e["actor"], e["dataset"]) for e in events(world) if e["outcome"] == "denied"]
+    assert denied == [("dataset.register", "bob", "lung"), ("dataset.register", "ghost", "lung"),
+                      ("dataset.register", "bob", "lung"), ("dataset.remove", "bob", "lung")]
+    assert [e["action"] for e in events(world) if e["outcome"] == "ok"] == ["dataset.register"]
+
+
+def _wait(run):
+    for _ in range(600):
+        if run.state != "running":
+            return run
+        threading.Event().wait(0.05)
+    raise AssertionError(f"still running: {run}")
+
+
+def test_background_runs_one_per_dataset_with_progress_and_errors():
+    runs, gate = Runs(), threading.Event()
+
+    def slow(progress):
+        progress(3, 10)
+        gate.wait(10)
+        raise VREError("no DICOM files found in /x")
+    run = runs.start("lung", "register", "admin", slow)
+    for _ in range(100):
+        if run.total:
+            break
+        threading.Event().wait(0.02)
+    assert (run.state, run.done, run.total) == ("running", 3, 10)
+    with pytest.raises(Conflict, match="'lung' is being indexed now"):
+        runs.start("lung", "reindex", "other", slow)
+    gate.set()
+    assert _wait(run).as_json()["error"] == "no DICOM files found in /x" and run.state == "failed"
+    crash = _wait(runs.start("lung", "reindex", "admin", lambda progress: 1 / 0))
+    assert crash.state == "failed" and "ZeroDivisionError" in crash.error
+    runs.forget("lung")
+    assert runs.get("lung") is None and runs.all() == []
+
+
+def test_the_pages_render(world, data):
+    """The templates with what the handlers give them (the browser test drives them for real)."""
+    from vre.api.admin_datasets import Run, _form_values, _report
+    from vre.api.pages import render
+    from vre.catalog.metadata import CATALOG_FIELDS, EUCAIM_TIERS
+
+    class Handler:
+        _hub_auth_user_cache = {"name": "admin"}
+        xsrf_token = b"token"
+
+    _, report = dataset_admin.register(world, WEB, str(data), "lung", FIELDS)
+    common = dict(datasets_url="/services/vre/admin/datasets", fields=CATALOG_FIELDS, tiers=EUCAIM_TIERS)
+    pending = Run("new", "register", "admin", state="failed", error="no DICOM files found")
+    html = render(Handler(), "admin-datasets.html", datasets=dataset_admin.list_datasets(world), pending=[pending],
+                  retired="", form={"path": "/x", "title": "T <b>"}, error="a message", **common)
+    assert 'id="dataset-lung"' in html and "no DICOM files found" in html and "T &lt;b&gt;" in html
+    assert "hub&#39;s host" in html or "hub's host" in html
+    described = dataset_admin.describe(world, "lung")
+    for run in (Run("lung", "reindex", "admin", done=2, total=4),
+                Run("lung", "register", "admin", state="done", report=_report(report)), None):
+        html = render(Handler(), "admin-dataset.html", slug="lung", dataset=described, run=run,
+                      dataset_url="/d/lung", progress_url="/d/lung/progress", done="saved", record_json="{}",
+                      form=_form_values(described["fields"]), **common)
+        assert 'value="Lung CT"' in html and '<option value="2" selected>' in html
+    html = render(Handler(), "admin-dataset.html", slug="lung", dataset=None, dataset_url="", progress_url="",
+                  done="", record_json="", run=Run("lung", "register", "admin", state="done", report=_report(report)),
+                  **common)
+    assert "notes.dcm" in html and "clinical.csv" in html and "edit-form" not in html
+
+
+def test_the_cli_uses_the_same_functions(data, tmp_path):
+    env = {**os.environ, "VRE_STATE_DIR": str(tmp_path / "state"), "VRE_RUN_DIR": "/tmp/vre-cli-run"}
+
+    def vre(*args):
+        return subprocess.run([str(Path(sys.executable).parent / "vre"), *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+    r = vre("dataset", "add", str(data), "--slug", "lung", "--title", "Lung CT", "--tier", "2")
+    assert r.returncode == 0 and "registered dataset 'lung'" in r.stdout and "notes.dcm" in r.stdout
+    r = vre("dataset", "edit", "lung", "--title", "Lung CT, 2024", "--tier", "", "--keywords", "ct,lung")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "catalogue record of 'lung': changed interoperability_tier, keywords, title"
+    record = json.loads(vre("dataset", "show", "lung").stdout)
+    assert (record["title"], record["keywords"], "interoperability_tier" in record) == (
+        "Lung CT, 2024", ["ct", "lung"], False)
+    assert vre("dataset", "edit", "lung", "--title", "Lung CT, 2024").stdout.strip().endswith("no change")
+    r = vre("dataset", "edit", "nope", "--title", "x")
+    assert r.returncode == 2 and "unknown dataset 'nope'" in r.stderr
+    events = json.loads(vre("audit", "query", "--action", "dataset.update", "--json").stdout)
+    assert [(e["actor"], e["details"]) for e in events] == [
+        (cli_actor(), {"via": "cli", "changed": ["interoperability_tier", "keywords", "title"]})]
