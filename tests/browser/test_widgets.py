@@ -28,6 +28,7 @@ SESSION_BACKENDS = ["sqlite", pytest.param("docker", marks=pytest.mark.docker)]
 pytestmark = [pytest.mark.integration, pytest.mark.browser,
               pytest.mark.parametrize("hub", SESSION_BACKENDS, indirect=True)]
 expect = pytest.importorskip("playwright.sync_api").expect
+PlaywrightError = pytest.importorskip("playwright.sync_api").Error
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 MANAGER = "/lab/extensions/@jupyter-widgets/jupyterlab-manager/"
 
@@ -278,8 +279,12 @@ def poll(page, js: str, arg, until, *, timeout_s: float, what: str):
 
     deadline = time.monotonic() + timeout_s
     while True:
-        value = page.evaluate(js, arg)
-        if until(value):
+        try:
+            value = page.evaluate(js, arg)
+        except PlaywrightError as e:  # a frame between two pages (its context went away)
+            value = None
+            print(f"{what}: {e.message.splitlines()[0]}")
+        if value and until(value):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout_s:.0f} s; last seen: {value!r}"[:2000])
@@ -317,7 +322,11 @@ def viewer_shot(page, *, until, cell: int = 0, timeout_s: float = 180, what: str
     box = poll(page, VIEWER_FRAME, arg, bool, timeout_s=timeout_s, what=f"viewer {what}: its frame")
     # the viewer's page (not an error page) with its render window
     assert urlsplit(box["src"]).path.endswith(ITK_STATIC + "itk-vtk-viewer/index.html"), box["src"]
-    viewer = next(f for f in page.frames if f.url == box["src"])
+    deadline = time.monotonic() + timeout_s
+    src = box["src"].split("#")[0]
+    while not (viewer := next((f for f in page.frames if f.url.split("#")[0] == src), None)):
+        assert time.monotonic() < deadline, f"viewer {what}: its frame never loaded {src}"
+        time.sleep(0.5)  # the iframe is there before its page
     poll(viewer, "() => !!document.querySelector('canvas')", None, bool, timeout_s=timeout_s,
          what=f"viewer {what}: its canvas")
     deadline = time.monotonic() + timeout_s
