@@ -222,7 +222,7 @@ class Hub:
             try:
                 if requests.get(f"{self.url}/hub/api", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
                 pass
             time.sleep(0.3)
         else:

@@ -131,7 +131,7 @@ def create_account(settings, who: Actor, name: str, role: str = "researcher", *,
 def set_role(settings, who: Actor, name: str, role: str | None = None, checker: bool | None = None) -> str:
     """Change account ``name``'s role and/or output-checker flag (None: unchanged), together, then
     record each change: ``user.update`` (``change=role``, old, new) and ``airlock.checker``. The
-    VRE's own checks follow at once; the hub's rights (its groups) at the account's next login."""
+    VRE's own checks follow at once; the hub's rights (its groups) within ``auth_refresh_age`` (``vre.auth``)."""
     if role is not None and role not in vdb.ROLES:
         raise VREError(f"invalid role {role!r}: choose one of {', '.join(vdb.ROLES)}")
     refused, changes = None, []
@@ -169,7 +169,7 @@ def set_role(settings, who: Actor, name: str, role: str | None = None, checker: 
     if not changes:
         return f"{name!r} is already {new_role}" + (", an output checker" if new_checker else "") + ": nothing changed"
     return (f"{name!r} is now {new_role}" + (", an output checker" if new_checker else ", not an output checker")
-            + " (the VRE applies it at once, the hub's rights at their next login)")
+            + " (the VRE applies it at once, the hub's rights within a minute)")
 
 
 def single_sign_on(account: vdb.Account) -> bool:
