@@ -198,3 +198,5 @@ def test_admin_creates_an_account_sets_its_role_stops_a_session_and_cancels_a_jo
                   ("user.update", "admin", "denied", "user/admin"), ("session.stop", "admin", "ok", "bob-prostate-ai"),
                   ("job.cancel", "admin", "ok", f"job/{job}")]:
         assert event in web, (event, web)
+    # the hub's own record of the service's request says stop (an admin asked), not cull
+    assert any(e["actor"] == "vre" and e["target"] == "bob/prostate-ai" for e in audit(hub, "session.stop"))
