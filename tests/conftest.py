@@ -222,7 +222,7 @@ class Hub:
             try:
                 if requests.get(f"{self.url}/hub/api", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
                 pass
             time.sleep(0.3)
         else:
@@ -250,6 +250,15 @@ class Hub:
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def account(self, name: str, password: str | None = None) -> str:
+        """A local account of a test's own (made with the CLI once per hub; the demo's stay as
+        they are); returns its password."""
+        if name not in self.passwords:
+            password = password or secrets.token_urlsafe(16)
+            self.vre("user", "add", name, "--password-stdin", input=f"{password}\n")
+            self.passwords[name] = password
+        return self.passwords[name]
 
     def client(self, user: str, password: str | None = None) -> HubClient:
         c = HubClient(self.url, user)

@@ -38,6 +38,19 @@ export interface IDataset {
   note?: string;
 }
 
+/** A record of the hub's catalogue (`vre/api/catalogue`: metadata only, never a path). */
+export interface ICatalogueRecord extends IDatasetRecord {
+  slug: string;
+  /** Project -> `granted` | `batch-only` | `requested` | `not granted`, for each of the user's projects. */
+  access: { [project: string]: string };
+}
+
+export interface ICatalogue {
+  datasets: ICatalogueRecord[];
+  /** Filter name -> the values it can take (from every record). */
+  facets: { [filter: string]: string[] };
+}
+
 export interface IPage<T> {
   total: number;
   limit: number;

@@ -9,7 +9,8 @@ import { Widget } from '@lumino/widgets';
 
 import { IDataset, IPage, IPatientItem, ISeriesItem, IStudyItem } from './api';
 import { el, plural } from './dom';
-import { apiUrl, errorText, getJSON, serviceUrl } from './http';
+import { NotGrantedSection } from './catalogue';
+import { apiUrl, errorText, getJSON } from './http';
 import { Thumbnails } from './thumbnails';
 import { VirtualList } from './virtual-list';
 
@@ -93,12 +94,8 @@ export class DatasetBrowser extends Widget {
     lists.appendChild(this._message);
     n.appendChild(lists);
 
-    // the other datasets: their catalogue records and access requests are the hub's (never files)
-    const more = el('a', 'vre-Browser-catalogue', 'Other datasets: browse the catalogue, request access');
-    more.href = serviceUrl('catalogue');
-    more.target = '_blank';
-    more.rel = 'noopener';
-    n.appendChild(more);
+    // the other datasets: their catalogue records (never files); access is asked for on the hub
+    n.appendChild(this._others.node);
   }
 
   get currentDataset(): IDataset | null {
@@ -129,9 +126,11 @@ export class DatasetBrowser extends Widget {
     sel.hidden = this._datasets.length < 2;
     if (!this._datasets.length) {
       this._about.textContent = '';
-      this._showMessage('This session has no datasets. Request access to one from the catalogue (link below).');
+      this._showMessage('This session has no datasets. Request access to one: see "Not granted" below.');
+      this._others.node.open = true;
       return;
     }
+    void this._others.load();
     const keep = this._dataset && this._datasets.find(d => d.slug === this._dataset!.slug);
     this._selectDataset(keep ? keep.slug : this._datasets[0].slug);
   }
@@ -523,4 +522,5 @@ export class DatasetBrowser extends Widget {
   private _visibleThumbs = new Set<string>();
   private _pruneTimer = 0;
   private _started = false;
+  private _others = new NotGrantedSection();
 }

@@ -19,6 +19,9 @@ Session and datasets
     GET vre/api/datasets/<slug>/studies            ?patient=&q=&modality=&body_part=&limit=&offset=  (2)
         (3: the series of a study are .../series?study=<study_uid>)
     GET vre/api/datasets/<slug>/series/<uid>/thumbnail.png     PNG <= 128 px, middle slice, windowed
+    GET vre/api/catalogue                          ?modality=&body_part=&condition=&tier=  every dataset's
+                                                   record and what this user's projects hold (the hub's,
+                                                   relayed: vre_session.catalogue)
 
 Viewing (a *source* is an indexed series, or a single file opened by path)
     GET vre/api/datasets/<slug>/series/<uid>       SeriesMeta (audited: dicom.series_view)
@@ -555,9 +558,10 @@ def setup_handlers(serverapp) -> VREState:
     base = web_app.settings.get("base_url", "/")
     routes = ROUTES if viewer is not None else ROUTES[:6]  # without the viewer: datasets and browsing
     from .airlock import ROUTES as AIRLOCK_ROUTES
+    from .catalogue import ROUTES as CATALOGUE_ROUTES
     from .jobs.handlers import ROUTES as JOB_ROUTES
 
-    routes = list(routes) + JOB_ROUTES + AIRLOCK_ROUTES
+    routes = list(routes) + JOB_ROUTES + AIRLOCK_ROUTES + CATALOGUE_ROUTES
     web_app.settings["vre_project"] = os.environ.get("VRE_PROJECT")
     web_app.add_handlers(".*$", [(url_path_join(base, pattern), handler) for pattern, handler in routes])
 

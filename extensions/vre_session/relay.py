@@ -6,10 +6,15 @@ events in batches to the hub over its unix socket and deletes them only once the
 they are durably stored. Event ids make the hub's storage idempotent, so a batch that is sent
 twice (e.g. the answer was lost) is stored once. What the session claims is limited to *what*
 happened: the hub attributes who, where and which session from the relay credential.
+
+When the server exits (the hub stops the session; on Kubernetes the pod's spool is an emptyDir that
+goes with it), the relay sends what is still spooled once more before the process ends
+(``close``, at interpreter exit), so a stop loses nothing the hub could still take.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import http.client
 import json
@@ -22,6 +27,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 BATCH = 500
+#: Seconds the last delivery at exit may take (the hub's stop waits for the server meanwhile).
+EXIT_TIMEOUT = 5.0
 _relay: "AuditRelay | None" = None
 _lock = threading.Lock()
 
@@ -55,6 +62,7 @@ class AuditRelay:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._timeout = 10.0
         if spool is not None:
             spool.mkdir(parents=True, exist_ok=True)
 
@@ -80,7 +88,7 @@ class AuditRelay:
 
     # -- delivering ----------------------------------------------------------------------------
     def _post(self, events: list[dict]) -> None:
-        conn, path = connection(self.url)
+        conn, path = connection(self.url, timeout=self._timeout)
         try:
             conn.request("POST", path, body=json.dumps({"events": events}),
                          headers={"Authorization": f"vre-relay {self.token}", "Content-Type": "application/json"})
@@ -134,10 +142,27 @@ class AuditRelay:
             self._thread = threading.Thread(target=self._run, name="vre-audit-relay", daemon=True)
             self._thread.start()
             self._wake.set()  # deliver what a previous server process left behind
+            atexit.register(self.close)
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+
+    def close(self) -> None:
+        """Stop the thread and deliver what is still spooled, once, within ``EXIT_TIMEOUT``; what
+        the hub does not take stays spooled (kept on the sandbox and docker backends)."""
+        atexit.unregister(self.close)  # once
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(EXIT_TIMEOUT)
+        self._timeout = EXIT_TIMEOUT
+        try:
+            sent = self.flush()
+        except (OSError, ConnectionError, http.client.HTTPException) as e:
+            self.log.warning("Audit relay: could not deliver the spool at exit (%s); it stays spooled", e)
+        else:
+            if sent:
+                self.log.info("Audit relay: delivered %d event(s) at exit", sent)
 
 
 def get_relay(log: logging.Logger | None = None) -> AuditRelay:

@@ -31,6 +31,10 @@ class ServiceRelayHandler(APIHandler):
         """Whether a body sent to ``path`` defaults to this session's project."""
         return True
 
+    def query(self) -> str:
+        """The query string passed on (as asked, by default)."""
+        return self.request.query
+
     async def _relay(self, method: str, path: str | None) -> None:
         path = path or ""
         if not self.allowed(path):
@@ -43,7 +47,7 @@ class ServiceRelayHandler(APIHandler):
                 raise web.HTTPError(400, "the request body must be JSON") from None
             if isinstance(body, dict) and self.adds_project(path):
                 body.setdefault("project", self.settings.get("vre_project"))
-        query = f"?{self.request.query}" if self.request.query else ""
+        query = f"?{q}" if (q := self.query()) else ""
         try:
             status, payload = await asyncio.to_thread(service_request, self.section, method, path + query, body,
                                                       timeout=self.timeout)

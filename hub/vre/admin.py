@@ -77,18 +77,24 @@ def check_admin(db, who: Actor, what: str = "change accounts") -> None:
         raise Forbidden(f"{who.name!r} is not an active admin: only admins {what}")
 
 
+def admin_refusal(db, who: Actor, what: str = "change accounts") -> Forbidden | None:
+    """``check_admin``'s refusal, returned rather than raised: callers record it once the
+    transaction is over, then raise it."""
+    try:
+        check_admin(db, who, what)
+    except Forbidden as e:
+        return e
+    return None
+
+
 def change_account(settings, who: Actor, name: str, change: str) -> str:
     """Apply one of ``CHANGES`` to account ``name`` (committed), then record it; returns what
     happened, in a sentence."""
     if change not in CHANGES:
         raise VREError(f"unknown change {change!r}: choose one of {', '.join(CHANGES)}")
     spec = CHANGES[change]
-    refused = None
     with vdb.session_scope(settings.vre_db_url) as db:
-        try:
-            check_admin(db, who)
-        except Forbidden as e:
-            refused = e
+        refused = admin_refusal(db, who)
         if refused is None:
             account = accounts.get_account(db, name or "")  # NotFound
             if change == "disable" and account.name == who.name and not who.operator:
@@ -109,12 +115,8 @@ def create_account(settings, who: Actor, name: str, role: str = "researcher", *,
     was generated; an ``oidc`` account has none: its first single sign-on login takes it."""
     name = (name or "").strip().lower()
     with vdb.session_scope(settings.vre_db_url) as db:
-        try:
-            check_admin(db, who, "create accounts")
-        except Forbidden as e:
-            refused = e
-        else:
-            refused = None
+        refused = admin_refusal(db, who, "create accounts")
+        if refused is None:
             account, generated = accounts.add_account(db, name, role=role, password=password, oidc=oidc)
     details = {"role": role, **({"login": "oidc"} if oidc else {})}
     if refused is not None:
@@ -131,15 +133,12 @@ def create_account(settings, who: Actor, name: str, role: str = "researcher", *,
 def set_role(settings, who: Actor, name: str, role: str | None = None, checker: bool | None = None) -> str:
     """Change account ``name``'s role and/or output-checker flag (None: unchanged), together, then
     record each change: ``user.update`` (``change=role``, old, new) and ``airlock.checker``. The
-    VRE's own checks follow at once; the hub's rights (its groups) at the account's next login."""
+    VRE's own checks follow at once; the hub's rights (its groups) within ``auth_refresh_age`` (``vre.auth``)."""
     if role is not None and role not in vdb.ROLES:
         raise VREError(f"invalid role {role!r}: choose one of {', '.join(vdb.ROLES)}")
-    refused, changes = None, []
+    changes = []
     with vdb.session_scope(settings.vre_db_url) as db:
-        try:
-            check_admin(db, who)
-        except Forbidden as e:
-            refused = e
+        refused = admin_refusal(db, who)
         if refused is None:
             account = accounts.get_account(db, name or "")  # NotFound
             old_role, new_role = account.role, role or account.role
@@ -169,7 +168,7 @@ def set_role(settings, who: Actor, name: str, role: str | None = None, checker: 
     if not changes:
         return f"{name!r} is already {new_role}" + (", an output checker" if new_checker else "") + ": nothing changed"
     return (f"{name!r} is now {new_role}" + (", an output checker" if new_checker else ", not an output checker")
-            + " (the VRE applies it at once, the hub's rights at their next login)")
+            + " (the VRE applies it at once, the hub's rights within a minute)")
 
 
 def single_sign_on(account: vdb.Account) -> bool:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from . import db as vdb
-from .access_requests import Actor, Forbidden
-from .admin import audit, check_admin
+from .access_requests import Actor
+from .admin import admin_refusal, audit
 from .errors import NotFound
 from .jobs import service
 from .resource_use import UNKNOWN, sample, session_id
@@ -36,12 +36,8 @@ def open_jobs(settings) -> list[dict]:
 def cancel_job(settings, who: Actor, job_id: int) -> str:
     """Cancel job ``job_id`` (queued: at once; running: the engine stops it), recorded as
     ``job.cancel``; returns what happened, in a sentence. ``JobRejected`` when it already ended."""
-    refused = None
     with vdb.session_scope(settings.vre_db_url) as db:
-        try:
-            check_admin(db, who, "cancel others' jobs")
-        except Forbidden as e:
-            refused = e
+        refused = admin_refusal(db, who, "cancel others' jobs")
         job = db.get(vdb.Job, job_id)
         if job is None:
             raise NotFound(f"there is no job {job_id} (see 'vre jobs list')")
@@ -61,12 +57,9 @@ def cancel_job(settings, who: Actor, job_id: int) -> str:
 def check_session_stop(settings, who: Actor, user: str, server: str) -> None:
     """Refuse (and record) a stop by anyone but an active admin."""
     with vdb.session_scope(settings.vre_db_url) as db:
-        try:
-            check_admin(db, who, "stop others' sessions")
-        except Forbidden as e:
-            refused = e
-        else:
-            return
+        refused = admin_refusal(db, who, "stop others' sessions")
+    if refused is None:
+        return
     record_session_stop(settings, who, user, server, outcome="denied", reason=str(refused))
     raise refused
 

@@ -5,6 +5,9 @@ at the first login (``TOTPEnrolHandler``), then asked for at every login.
 Hub rights follow the account's role through group membership (auditors: the audit scope; admins:
 a deliberately narrow admin role); whether a name may log in at all is decided
 by the VRE database (``check_allowed``), so removing or disabling an account takes effect at once.
+A hub login already made is checked again every ``auth_refresh_age`` seconds (``refresh_user``):
+a disabled or removed account is logged out, and a changed role moves its groups, so a demoted
+admin loses the hub's admin rights within a minute rather than at their next login.
 """
 
 from __future__ import annotations
@@ -125,6 +128,10 @@ class VREAuthenticator(Authenticator):
         # JupyterHub 6.1 crash at restart with authenticator-managed role assignments.
         return True
 
+    @default("auth_refresh_age")
+    def _auth_refresh_age_default(self):
+        return 60  # seconds a login is trusted before refresh_user looks at the account again
+
     @default("request_otp")
     def _request_otp_default(self):
         return True  # accounts with a second factor type its code under the password
@@ -165,6 +172,25 @@ class VREAuthenticator(Authenticator):
                         details={"locked_until": result.locked_until.isoformat(),
                                  "threshold": self.settings.lockout_threshold}, **audit)
         return None
+
+    def _account_groups(self, name: str) -> list[str] | None:
+        """The hub groups of an active account, None when it is gone or disabled."""
+        from sqlalchemy import select
+
+        with vdb.session_scope(self.settings.vre_db_url) as db:
+            account = db.scalar(select(vdb.Account).where(vdb.Account.name == name))
+            if account is None or account.disabled:
+                return None
+            return groups_for(account.role, bool(account.output_checker))
+
+    async def refresh_user(self, user, handler=None):
+        """False (log in again) for an account disabled or removed since its login; otherwise its
+        groups as the account's role says now (``manage_groups`` applies them)."""
+        groups = await asyncio.to_thread(self._account_groups, user.name)
+        if groups is None:
+            self.log.info("%s is disabled or removed: their hub login ends", user.name)
+            return False
+        return {"name": user.name, "groups": groups}
 
     async def check_allowed(self, username, authentication=None):
         def exists():

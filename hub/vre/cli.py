@@ -523,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--password-stdin", action="store_true")
     p.set_defaults(func=cmd_user_set_password)
-    p = users.add_parser("set-role", help="change an account's role (the hub's rights follow at its next login)")
+    p = users.add_parser("set-role", help="change an account's role (the hub's rights follow within a minute)")
     p.add_argument("name")
     p.add_argument("role", choices=list(vdb.ROLES))
     p.set_defaults(func=cmd_user_set_role)

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from . import admin
 from . import db as vdb
 from . import projects as P
-from .access_requests import Actor, Forbidden
+from .access_requests import Actor
 from .airlock.rules import rules_of, set_rules
 from .errors import VREError
 
@@ -32,12 +32,8 @@ def _audit(settings, who: Actor, action: str, *, outcome: str = "ok", details: d
 def _change(settings, who: Actor, action: str, apply: Callable, **target) -> tuple:
     """Check ``who``, run ``apply(db) -> (result, audit fields)`` in one transaction, then record the
     event; ``target``: the event's fields should it be refused (``project``, ``dataset``, ``target``)."""
-    refused = None
     with vdb.session_scope(settings.vre_db_url) as db:
-        try:
-            admin.check_admin(db, who, "change projects")
-        except Forbidden as e:
-            refused = e
+        refused = admin.admin_refusal(db, who, "change projects")
         if refused is None:
             result, fields = apply(db)
     if refused is not None:

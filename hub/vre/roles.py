@@ -14,6 +14,10 @@ AIRLOCK_REVIEW_SCOPE = "custom:vre-airlock:review"
 #: requests is then the database's call (admins, the dataset's stewards: ``vre.access_requests``).
 #: Browser logins only: the ``server`` role (session tokens) does not carry it.
 CATALOGUE_SCOPE = "custom:vre-catalogue"
+#: Read the catalogue's records (``GET api/catalogue``: metadata only, never files) and what one's
+#: projects hold of each. The ``server`` role carries this one, not ``CATALOGUE_SCOPE``: the Lab's
+#: Datasets panel lists the records, but a session's token can never ask for access or decide.
+CATALOGUE_READ_SCOPE = "custom:vre-catalogue:read"
 #: The VRE's admin pages (``/services/vre/admin/...``: accounts; each change audited). VRE admins only.
 ADMIN_SCOPE = "custom:vre-admin"
 #: The hub-managed service that serves the VRE's pages and APIs (vre.api.service), at /services/vre/.
@@ -34,6 +38,8 @@ CUSTOM_SCOPES = {
     AIRLOCK_REVIEW_SCOPE: {"description": "Review, preview and release others' airlock requests (output checkers)."},
     CATALOGUE_SCOPE: {"description": "Browse the dataset catalogue, request access for one's projects, decide "
                                      "requests where the account may (admins, dataset stewards)."},
+    CATALOGUE_READ_SCOPE: {"description": "Read the dataset catalogue's records (metadata only) and what one's "
+                                          "projects hold of each (the Lab's Datasets panel)."},
     ADMIN_SCOPE: {"description": "Use the VRE's admin pages: create accounts, disable, enable, unlock them, reset "
                                  "their second factor, change roles; stop sessions and cancel jobs (VRE admins)."},
 }
@@ -60,7 +66,8 @@ SERVICE_SCOPES = ["list:users", "read:servers", "delete:servers"]
 
 def load_roles() -> list[dict]:
     """JupyterHub's ``load_roles``: auditors and admins by group; researchers (in the browser) and
-    their sessions (server tokens) may use the batch queue, for the projects membership allows.
+    their sessions (server tokens) may use the batch queue, for the projects membership allows, and
+    read the catalogue's records (sessions: read only).
     Every user and every session server may reach the VRE service; its handlers check the scopes
     above (403 without them). The service's own token sees who runs sessions and stops them for
     admins (its Users page)."""
@@ -71,12 +78,12 @@ def load_roles() -> list[dict]:
          "scopes": ADMIN_SCOPES, "groups": [ADMIN_GROUP]},
         {"name": CHECKER_ROLE, "description": "Review airlock requests of others (output checkers)",
          "scopes": [AIRLOCK_REVIEW_SCOPE], "groups": [CHECKER_GROUP]},
-        {"name": "user", "scopes": ["self", JOBS_SCOPE, AIRLOCK_SCOPE, CATALOGUE_SCOPE, SERVICE_ACCESS_SCOPE,
-                                    ACCESS_LAYER_SCOPE]},
+        {"name": "user", "scopes": ["self", JOBS_SCOPE, AIRLOCK_SCOPE, CATALOGUE_SCOPE, CATALOGUE_READ_SCOPE,
+                                    SERVICE_ACCESS_SCOPE, ACCESS_LAYER_SCOPE]},
         {"name": "vre-service", "description": "The VRE service: who runs sessions; stopping one for an admin",
          "scopes": SERVICE_SCOPES, "services": [SERVICE_NAME]},
         {"name": "server", "scopes": ["users:activity!user", "access:servers!server", JOBS_SCOPE, AIRLOCK_SCOPE,
-                                      SERVICE_ACCESS_SCOPE]},
+                                      CATALOGUE_READ_SCOPE, SERVICE_ACCESS_SCOPE]},
     ]
 
 

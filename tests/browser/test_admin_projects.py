@@ -27,9 +27,7 @@ expect = pytest.importorskip("playwright.sync_api").expect
 
 @pytest.fixture
 def hub(sqlite_hub):
-    if USER not in sqlite_hub.passwords:
-        sqlite_hub.vre("user", "add", USER, "--password-stdin", input=f"{PASSWORD}\n")
-        sqlite_hub.passwords[USER] = PASSWORD
+    sqlite_hub.account(USER, PASSWORD)
     return sqlite_hub
 
 

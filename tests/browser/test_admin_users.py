@@ -31,9 +31,7 @@ expect = pytest.importorskip("playwright.sync_api").expect
 
 @pytest.fixture
 def hub(sqlite_hub):
-    if USER not in sqlite_hub.passwords:
-        sqlite_hub.vre("user", "add", USER, "--password-stdin", input=f"{PASSWORD}\n")
-        sqlite_hub.passwords[USER] = PASSWORD
+    sqlite_hub.account(USER, PASSWORD)
     yield sqlite_hub
     sqlite_hub.vre("user", "disable", USER, "--enable")
     sqlite_hub.vre("user", "unlock", USER)
@@ -198,3 +196,5 @@ def test_admin_creates_an_account_sets_its_role_stops_a_session_and_cancels_a_jo
                   ("user.update", "admin", "denied", "user/admin"), ("session.stop", "admin", "ok", "bob-prostate-ai"),
                   ("job.cancel", "admin", "ok", f"job/{job}")]:
         assert event in web, (event, web)
+    # the hub's own record of the service's request says stop (an admin asked), not cull
+    assert any(e["actor"] == "vre" and e["target"] == "bob/prostate-ai" for e in audit(hub, "session.stop"))

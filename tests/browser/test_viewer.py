@@ -195,15 +195,38 @@ def test_browse_filter_open_scroll_window_readout_mpr(sqlite_hub, alice, browser
     expect(browser.locator(".vre-field-terms-of-use")).to_contain_text("airlock")
     expect(browser.locator(".vre-field-publisher")).to_contain_text("VRE demo data steward")
     browser.locator(".vre-About-details summary").click()  # folded again: room for the list
-    # the other datasets: the hub's catalogue, with the browser's hub login (records, never files)
-    catalogue = browser.locator("a.vre-Browser-catalogue")
-    expect(catalogue).to_have_attribute("href", re.compile(r"/services/vre/catalogue$"))
+    # "Not granted": the other demo project's dataset, its record only (through the session's relay
+    # to the VRE service's catalogue API), filtered; "Request access" opens the hub's catalogue page
+    others = browser.locator(".vre-Others")
+    others.locator(".vre-Others-summary").click()
+    other = others.locator('.vre-Others-row[data-slug="prostate-mri"]')
+    expect(other).to_contain_text("Prostate cancer", timeout=30_000)
+    expect(other).to_contain_text("MR")
+    expect(other).to_have_attribute("data-access", "not granted")
+    expect(others.locator(f'.vre-Others-row[data-slug="{SLUG}"]')).to_have_count(0)  # granted: not here
+    expect(others.locator(".vre-Others-summary")).to_have_text("Not granted (1)")
+    others.locator(".vre-others-modality").select_option("CT")
+    expect(others.locator(".vre-Others-row")).to_have_count(0)
+    expect(others.locator(".vre-Others-message")).to_contain_text("No other dataset matches")
+    others.locator(".vre-others-modality").select_option("MR")
+    expect(other).to_be_visible()
+    request = other.locator("a.vre-Others-request")
+    expect(request).to_have_text("Request access")
+    expect(request).to_have_attribute("href", re.compile(r"/services/vre/catalogue#dataset-prostate-mri$"))
+    expect(request).to_have_attribute("target", "_blank")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "viewer-not-granted.png"))
     with page.context.expect_page() as opened:
-        catalogue.click()
+        request.click()
     tab = opened.value
     tab.wait_for_load_state()
-    expect(tab.locator("body")).to_contain_text("Prostate")  # a dataset this project has not been granted
+    expect(tab.locator("#dataset-prostate-mri")).to_contain_text("Prostate")  # the hub's page, its form
+    expect(tab.locator("#dataset-prostate-mri .request-toggle")).to_be_visible()
     tab.close()
+    expect(others.locator("a.vre-Browser-catalogue")).to_have_attribute(
+        "href", re.compile(r"/services/vre/catalogue$"))
+    others.locator(".vre-others-modality").select_option("")
+    others.locator(".vre-Others-summary").click()  # folded again: room for the list
     expect(browser.locator(".vre-Count")).to_have_attribute("data-total", "2")
     browser.locator(".vre-filter-modality").select_option("CT")
     expect(browser.locator(".vre-Count")).to_have_text("2 series")

@@ -103,3 +103,30 @@ def test_state_databases_are_created_private(tmp_path):
     loose.chmod(0o644)
     vdb.engine_for(f"sqlite:///{loose}")
     assert stat.S_IMODE(loose.stat().st_mode) == 0o600
+
+
+def test_a_hub_login_follows_the_account_after_it_was_made(db_url, tmp_path):
+    """``refresh_user`` (every ``auth_refresh_age`` s): a disabled or removed account's hub login
+    ends; a changed role moves its hub groups (a demoted admin loses the hub's admin rights)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from vre.auth import VREAuthenticator
+    from vre.roles import ADMIN_GROUP, CHECKER_GROUP
+    from vre.settings import Settings
+
+    auth = VREAuthenticator(settings=Settings(state_dir=tmp_path, db_url=db_url))
+    assert auth.auth_refresh_age == 60
+    with vdb.session_scope(db_url) as db:
+        add_account(db, "dora", role="admin", password="dora-password-1")
+    dora = SimpleNamespace(name="dora")
+    refresh = lambda: asyncio.run(auth.refresh_user(dora))  # noqa: E731
+    assert refresh() == {"name": "dora", "groups": [ADMIN_GROUP]}
+    with vdb.session_scope(db_url) as db:
+        account = db.query(vdb.Account).filter_by(name="dora").one()
+        account.role, account.output_checker = "researcher", True
+    assert refresh() == {"name": "dora", "groups": [CHECKER_GROUP]}
+    with vdb.session_scope(db_url) as db:
+        db.query(vdb.Account).filter_by(name="dora").one().disabled = True
+    assert refresh() is False
+    assert asyncio.run(auth.refresh_user(SimpleNamespace(name="nobody"))) is False

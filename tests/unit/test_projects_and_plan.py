@@ -226,3 +226,8 @@ def test_request_log_audits_no_oauth_code_exchange():
     assert classify_request("POST", "/hub/api/oauth2/token", 200, "service") is None
     assert classify_request("POST", "/hub/api/users/bob/tokens", 201, "user") == ("token.create", "user/bob")
     assert classify_request("POST", "/hub/api/groups/x/users", 200, "user")[0] == "api.request"
+    # a server stopped by a service: culled, unless the VRE service stopped it for an admin
+    assert classify_request("DELETE", "/hub/api/users/bob/servers/lung", 204, "service", "idle-culler") == (
+        "session.cull", "bob/lung")
+    assert classify_request("DELETE", "/hub/api/users/bob/servers/lung", 204, "service", "vre") == (
+        "session.stop", "bob/lung")

@@ -150,7 +150,7 @@ def roles(settings):
 
 def test_roles_and_the_checker_flag_change_together_and_are_audited(world):
     said = admin.set_role(world, WEB, "bob", "admin", checker=True)
-    assert said.startswith("'bob' is now admin, an output checker") and "next login" in said
+    assert said.startswith("'bob' is now admin, an output checker") and "within a minute" in said
     assert roles(world)["bob"] == ("admin", True)
     assert "nothing changed" in admin.set_role(world, WEB, "bob", "admin", checker=True)
     admin.set_role(world, AR.Actor("bob", client="192.0.2.9"), "admin", "researcher")  # bob is an admin now

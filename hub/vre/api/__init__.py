@@ -11,6 +11,8 @@
   JupyterHub's service auth and scopes).
 * ``/services/vre/api/jobs...``: the batch queue's REST API (``vre.jobs.api``).
 * ``/services/vre/api/airlock...``: the airlock's REST API (``vre.api.airlock``, docs/airlock.md).
+* ``/services/vre/api/catalogue``: the catalogue's records as JSON, read only (``vre.api.catalogue``;
+  the Lab's Datasets panel lists the datasets its project does not have).
 * ``/services/vre/airlock[/<id>]``: the output checkers' pages; ``.../download`` links for researchers
   (``vre.api.airlock_pages``).
 * ``/services/vre/catalogue`` and ``/services/vre/access-requests[/<id>/<action>]``: the catalogue
@@ -25,7 +27,8 @@
 The proxy reaches the service on a loopback port (JupyterHub's service ``url`` must be http[s]);
 sessions, which have no network, reach it on its unix socket ``SOCKET_NAME`` in the hub's socket
 directory (``plan.INNER_SERVICE_SOCKET``), which serves only what sessions use: the ingest, the
-batch queue and the requester's side of the airlock (no previews, reviews or releases).
+batch queue, the requester's side of the airlock (no previews, reviews or releases) and the
+catalogue's records (read only: access is asked for on the hub's catalogue page).
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ import sys
 
 from tornado.routing import AnyMatches, Matcher
 
-from ..roles import (ADMIN_SCOPE, AIRLOCK_REVIEW_SCOPE, AIRLOCK_SCOPE, AUDIT_READ_SCOPE, CATALOGUE_SCOPE, JOBS_SCOPE,
-                     SERVICE_NAME)
+from ..roles import (ADMIN_SCOPE, AIRLOCK_REVIEW_SCOPE, AIRLOCK_SCOPE, AUDIT_READ_SCOPE, CATALOGUE_READ_SCOPE,
+                     CATALOGUE_SCOPE, JOBS_SCOPE, SERVICE_NAME)
 
 EVENTS_ROUTE = r"api/audit/events"
 #: The service's unix socket in ``settings.hub_socket_dir`` (in sessions: ``plan.INNER_SERVICE_SOCKET``).
@@ -57,8 +60,8 @@ class MethodMatches(Matcher):
 
 
 def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
-    """The service's routes (relative to its prefix); ``sessions_only``: the ingest, the batch queue
-    and the requester's side of the airlock."""
+    """The service's routes (relative to its prefix); ``sessions_only``: the ingest, the batch queue,
+    the requester's side of the airlock and the catalogue's records."""
     from ..jobs.api import handlers as job_handlers
     from .airlock import handlers as airlock_handlers
     from .access_pages import handlers as access_pages
@@ -67,9 +70,10 @@ def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
     from .admin_projects import handlers as admin_projects
     from .airlock_pages import handlers as airlock_pages
     from .audit import handlers
+    from .catalogue import handlers as catalogue_api
     from .ingest import IngestHandler
 
-    result = list(job_handlers(settings))
+    result = list(job_handlers(settings)) + catalogue_api(settings)
     if sessions_only:
         return [(EVENTS_ROUTE, IngestHandler), *result, *airlock_handlers(settings, sessions_only=True)]
     result += airlock_handlers(settings) + airlock_pages(settings) + access_pages(settings) + admin_pages(settings)
@@ -105,7 +109,7 @@ def service_spec(settings, environment: dict[str, str]) -> dict:
         # Browser logins (the hub's OAuth) carry the VRE's scopes, as far as the user holds them;
         # a user without them logs in all the same and gets 403 from the handlers.
         "oauth_client_allowed_scopes": [AUDIT_READ_SCOPE, JOBS_SCOPE, AIRLOCK_SCOPE, AIRLOCK_REVIEW_SCOPE,
-                                        CATALOGUE_SCOPE, ADMIN_SCOPE],
+                                        CATALOGUE_SCOPE, CATALOGUE_READ_SCOPE, ADMIN_SCOPE],
         "oauth_no_confirm": True,  # part of the VRE, not a third party: no "authorize access?" page
         "display": False,          # not in the hub's Services menu
     }

@@ -6,8 +6,8 @@ It listens twice:
 
 * on the loopback port of ``JUPYTERHUB_SERVICE_URL``: the proxy's target (all routes);
 * on ``<hub_socket_dir>/vre.sock``: the sessions' way in (no network in a session; the directory
-  is theirs to reach, read-only, as for the hub's socket), with the ingest, the batch queue and the
-  requester's side of the airlock only.
+  is theirs to reach, read-only, as for the hub's socket), with the ingest, the batch queue, the
+  requester's side of the airlock and the catalogue's records only.
 
 Like the hub's other services it dies with its hub and is the only one of its instance
 (``vre.services``).

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from .. import db as vdb
+from ..roles import SERVICE_NAME
 from ..settings import Settings
 from . import open_store
 from .schema import Event
@@ -71,8 +72,11 @@ def _outcome(status: int) -> str:
     return "denied" if status in (401, 403) else "error"
 
 
-def classify_request(method: str, path: str, status: int, user_kind: str | None) -> tuple[str, str] | None:
-    """(action, target) for requests worth an audit event, else None."""
+def classify_request(method: str, path: str, status: int, user_kind: str | None,
+                     user_name: str | None = None) -> tuple[str, str] | None:
+    """(action, target) for requests worth an audit event, else None. A service stopping a server
+    culls it (idle, no longer permitted), except the VRE service, which stops one when an admin
+    asks on the Users page (its own ``session.stop`` names the admin)."""
     path = path.rstrip("/") or "/"
     if path.endswith("/hub/logout") and method == "GET":
         return "auth.logout", ""
@@ -86,7 +90,7 @@ def classify_request(method: str, path: str, status: int, user_kind: str | None)
     if m := _TOKENS.match(path):
         return ("token.create" if method == "POST" else "token.revoke"), f"user/{m.group(1)}"
     if (m := _SERVERS.match(path)) and method == "DELETE" and user_kind == "service":
-        return "session.cull", f"{m.group(1)}/{m.group(2) or ''}"
+        return ("session.stop" if user_name == SERVICE_NAME else "session.cull"), f"{m.group(1)}/{m.group(2) or ''}"
     return "api.request", f"{method} {path}"
 
 
@@ -101,7 +105,7 @@ def make_log_function(settings: Settings):
         # a logout handler keeps the user it logged out (vre.auth.LOGGED_OUT): JupyterHub has forgotten it
         user = getattr(handler, "_jupyterhub_user", None) or getattr(handler, "vre_logged_out_user", None)
         kind = getattr(user, "kind", None)
-        hit = classify_request(request.method, request.path, status, kind)
+        hit = classify_request(request.method, request.path, status, kind, getattr(user, "name", None))
         if hit is None or status == 404:
             return
         action, target = hit

@@ -19,6 +19,9 @@ PUBLIC_FIELDS = ("title", "description", "publisher", "access_rights", "conditio
 #: Filter name -> how it matches a record (list fields match any element, case-insensitively).
 FILTERS = {"modality": "modalities", "body_part": "body_parts", "condition": "condition",
            "tier": "interoperability_tier"}
+#: What one project has of a dataset (``access``): a grant in force (interactive or batch-only), an
+#: open request, or nothing (an expired grant is nothing).
+ACCESS_STATES = ("granted", "batch-only", "requested", "not granted")
 
 
 def public_record(dataset: vdb.Dataset) -> dict:
@@ -46,10 +49,19 @@ def facets(records: list[dict]) -> dict[str, list[str]]:
             for name, field in FILTERS.items()}
 
 
+def access_of(held: list[dict], requests: list[dict], project: str) -> str:
+    """``project``'s state of one dataset (``ACCESS_STATES``), from a record's ``held`` and ``requests``."""
+    for h in held:
+        if h["project"] == project and not h["expired"]:
+            return "batch-only" if h["mode"] == "batch-only" else "granted"
+    return "requested" if any(r["project"] == project for r in requests) else "not granted"
+
+
 def browse(db, username: str, filters: dict[str, str] | None = None) -> dict:
     """``{"datasets": [...], "facets": {...}, "projects": [...]}``: the records matching ``filters``
     (unknown filter names are ignored), each with ``held`` (the caller's projects that have it, with
-    mode and expiry) and ``requests`` (the caller's projects' open requests for it); ``projects``:
+    mode and expiry), ``requests`` (the caller's projects' open requests for it) and ``access``
+    (project -> ``ACCESS_STATES``, for each of the caller's projects); ``projects``:
     the caller's projects (slug, title), those a request may be made for."""
     filters = {k: (v or "").strip() for k, v in (filters or {}).items() if k in FILTERS}
     account = db.scalar(select(vdb.Account).where(vdb.Account.name == username))
@@ -70,6 +82,7 @@ def browse(db, username: str, filters: dict[str, str] | None = None) -> dict:
                     for r in open_requests if r.dataset_id == d.id]
         busy = {h["project"] for h in held} | {r["project"] for r in requests}
         rows.append({**record, "held": held, "requests": requests,
-                     "requestable": [p.slug for p in mine if p.slug not in busy]})
+                     "requestable": [p.slug for p in mine if p.slug not in busy],
+                     "access": {p.slug: access_of(held, requests, p.slug) for p in mine}})
     return {"datasets": rows, "facets": facets(records), "filters": filters,
             "projects": [{"slug": p.slug, "title": p.title} for p in mine]}

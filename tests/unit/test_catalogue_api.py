@@ -1,0 +1,159 @@
+"""The catalogue's JSON API (``vre.api.catalogue``), the route sessions reach on the VRE service's
+unix socket: records only (never a path), what each of the caller's projects holds, the filters,
+bad filters and missing scopes refused with a message; then the session's relay call
+(``vre_session.jobs.service_request``) over that socket, with a stand-in for the hub's auth."""
+
+import asyncio
+import json
+import threading
+
+import pytest
+import requests
+from jupyterhub.services.auth import check_scopes
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_unix_socket
+from tornado.testing import bind_unused_port
+
+from vre import access_requests as AR
+from vre import db as vdb
+from vre import projects as P
+from vre.accounts import add_account
+from vre.roles import CATALOGUE_READ_SCOPE, CATALOGUE_SCOPE, load_roles
+from vre.settings import Settings
+
+LUNG = {"title": "Lung CT record", "description": "Screening CT", "condition": "Lung cancer",
+        "interoperability_tier": 2, "modalities": ["CT"], "body_parts": ["CHEST"], "num_subjects": 4}
+PROSTATE = {"title": "Prostate MR record", "condition": "Prostate cancer", "interoperability_tier": 3,
+            "modalities": ["MR"], "body_parts": ["PROSTATE"], "num_subjects": 3}
+KIDNEY = {"title": "Kidney CT record", "condition": "Kidney cancer", "interoperability_tier": 1,
+          "modalities": ["CT"], "body_parts": ["ABDOMEN"]}
+#: token -> (user, scopes): alice's session (the server role's scopes), a token without the scope
+TOKENS = {"alice-server": ("alice", ["custom:vre-jobs", CATALOGUE_READ_SCOPE]), "bare": ("alice", [])}
+
+
+class FakeHubAuth:
+    """What the service's handlers ask of JupyterHub's service auth, answered from ``TOKENS``."""
+
+    base_url = "/services/vre/"
+    login_url = "/hub/login"
+    access_scopes = set()
+
+    def get_user(self, handler):
+        token = handler.request.headers.get("Authorization", "").removeprefix("token ")
+        if token not in TOKENS:
+            return None
+        name, scopes = TOKENS[token]
+        return {"name": name, "kind": "user", "scopes": scopes}
+
+    def check_scopes(self, required, user):
+        return check_scopes(required, set(user["scopes"]))
+
+    def _persist_url_token_if_set(self, handler):
+        pass
+
+
+@pytest.fixture
+def service(tmp_path, monkeypatch):
+    """The service's sessions-only app (what its unix socket serves) on a loopback port and on a
+    unix socket; alice in lung-screening (lung-ct granted, kidney-ct asked for) and in prostate-ai
+    (prostate-mri batch-only). Yields (settings, base URL, socket path)."""
+    from vre.api.base import ServiceHandler
+    from vre.api.service import make_app
+
+    url = f"sqlite:///{tmp_path / 'vre.sqlite'}"
+    vdb.upgrade(url)
+    settings = Settings(state_dir=tmp_path / "state", db_url=url)
+    with vdb.session_scope(url) as db:
+        add_account(db, "alice", role="researcher", password="alice-password-1")
+        for slug, record in (("lung-ct", LUNG), ("prostate-mri", PROSTATE), ("kidney-ct", KIDNEY)):
+            db.add(vdb.Dataset(slug=slug, title=slug, path=f"/srv/secret/{slug}", catalog=record))
+        db.flush()
+        for project in ("lung-screening", "prostate-ai"):
+            P.create_project(db, project, project)
+            P.add_member(db, project, "alice")
+        P.grant(db, "lung-screening", "lung-ct")
+        P.grant(db, "prostate-ai", "prostate-mri", mode="batch-only")
+    AR.create(settings, AR.Actor("alice"), "lung-screening", "kidney-ct", mode="interactive",
+              justification="Compare screening findings with kidney CT.", intended_use="Batch inference only.")
+    monkeypatch.setattr(ServiceHandler, "_hub_auth", FakeHubAuth())
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/services/vre/")
+    sock, port = bind_unused_port()
+    path = str(tmp_path / "vre.sock")
+    loop = asyncio.new_event_loop()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        server = HTTPServer(make_app(settings, sessions_only=True))
+        server.add_sockets([sock, bind_unix_socket(path)])
+        loop.run_forever()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield settings, f"http://127.0.0.1:{port}/services/vre/api/catalogue", path
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def get(url, token="alice-server", **params):
+    return requests.get(url, params=params, headers={"Authorization": f"token {token}"}, timeout=30)
+
+
+def test_sessions_reach_the_read_only_route_and_their_token_carries_only_reading():
+    from vre.api import routes
+    from vre.api.catalogue import CatalogueAPIHandler
+
+    for sessions_only in (True, False):
+        found = [r for r in routes(Settings(), sessions_only=sessions_only) if r[0] == r"api/catalogue/?"]
+        assert [r[1] for r in found] == [CatalogueAPIHandler]
+    roles = {r["name"]: r for r in load_roles()}
+    assert CATALOGUE_READ_SCOPE in roles["server"]["scopes"] and CATALOGUE_SCOPE not in roles["server"]["scopes"]
+    assert CATALOGUE_READ_SCOPE in roles["user"]["scopes"]  # a token's scopes are its owner's at most
+
+
+def test_records_without_paths_with_what_each_project_holds(service):
+    _, url, _ = service
+    r = get(url)
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
+    assert "/srv/secret" not in r.text and '"path"' not in r.text
+    body = r.json()
+    access = {d["slug"]: d["access"] for d in body["datasets"]}
+    assert access == {
+        "kidney-ct": {"lung-screening": "requested", "prostate-ai": "not granted"},
+        "lung-ct": {"lung-screening": "granted", "prostate-ai": "not granted"},
+        "prostate-mri": {"lung-screening": "not granted", "prostate-ai": "batch-only"}}
+    assert body["facets"]["modality"] == ["CT", "MR"] and body["facets"]["tier"] == ["1", "2", "3"]
+    assert [p["slug"] for p in body["projects"]] == ["lung-screening", "prostate-ai"]
+    assert [d["slug"] for d in get(url, modality="ct").json()["datasets"]] == ["kidney-ct", "lung-ct"]
+    assert [d["slug"] for d in get(url, modality="CT", body_part="abdomen").json()["datasets"]] == ["kidney-ct"]
+    assert [d["slug"] for d in get(url, condition="Prostate cancer", tier="3").json()["datasets"]] == ["prostate-mri"]
+    assert get(url, tier="9").json()["datasets"] == []
+
+
+def test_bad_filters_and_missing_scopes_are_refused_with_a_message(service):
+    _, url, _ = service
+    r = get(url, colour="red")
+    assert r.status_code == 400 and r.json()["message"] == (
+        "unknown filter 'colour': the filters are modality, body_part, condition, tier")
+    r = get(url, token="bare")
+    assert r.status_code == 403 and CATALOGUE_READ_SCOPE in r.json()["message"]
+    assert get(url, token="nobody").status_code == 403
+    assert requests.post(url, headers={"Authorization": "token alice-server"}, timeout=30).status_code == 405
+
+
+def test_the_sessions_relay_reaches_it_over_the_unix_socket(service, monkeypatch):
+    from vre_session.catalogue import ROUTES, CatalogueProxyHandler
+    from vre_session.jobs import service_request
+
+    _, _, path = service
+    monkeypatch.setenv("VRE_API_URL", "http+unix://" + path.replace("/", "%2F") + "/services/vre/api")
+    status, body = service_request("catalogue", "GET", "?modality=MR", token="alice-server")
+    assert status == 200 and [d["slug"] for d in body["datasets"]] == ["prostate-mri"]
+    assert "/srv/secret" not in json.dumps(body)
+    assert ROUTES == [(r"/vre/api/catalogue/?", CatalogueProxyHandler)]
+    assert CatalogueProxyHandler.SUPPORTED_METHODS == ("GET",)  # read only: nothing else is relayed
+
+    class Asked:  # what the Lab asks: its cache-busting parameter is not a filter and stays here
+        args = {"modality": "MR", "tier": "", "1796454505958": ""}
+
+        def get_query_argument(self, name, default):
+            return self.args.get(name, default)
+    assert CatalogueProxyHandler.query(Asked()) == "modality=MR"
