@@ -83,4 +83,9 @@ def _load_jupyter_server_extension(serverapp) -> None:
     serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=on_kernel)
     serverapp.event_logger.add_listener(schema_id=CONTENTS, listener=on_contents)
     setup_handlers(serverapp)
+    # itkwidgets' viewer (scripts/itk_assets.py installed it into this environment): static files
+    # under static/vre-itk/, which the Lab may frame (vre_session.itk_offline)
+    from .itk_offline import setup_handlers as setup_itk
+
+    setup_itk(serverapp.web_app)
     serverapp.log.info("VRE session extension loaded (audit relay %s)", "on" if relay.url else "logging only")

@@ -248,6 +248,27 @@ def torch_wheels(wheels_dir: Path | None) -> list[Path]:
     return sorted(wheels_dir.glob("torch-*.whl"))
 
 
+def _stage_itk_assets(dest: Path) -> None:
+    """itkwidgets offline: scripts/itk_assets.py and its npm tarballs (fetched on this host into its
+    cache by version, checked against the script's sha256 pins) for the image's ``itk`` step."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vre_itk_assets", REPO / "scripts" / "itk_assets.py")
+    itk_assets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(itk_assets)
+    try:
+        tarballs = itk_assets.fetch(itk_assets.default_cache())
+    except (itk_assets.AssetError, subprocess.CalledProcessError, OSError) as e:
+        raise ImageError(f"the itkwidgets viewer assets (scripts/itk_assets.py): {e}") from e
+    shutil.copy2(REPO / "scripts" / "itk_assets.py", dest / "images" / "common" / "itk_assets.py")
+    (dest / "itk-npm").mkdir()
+    for tgz in tarballs.values():
+        try:
+            os.link(tgz, dest / "itk-npm" / tgz.name)
+        except OSError:
+            shutil.copy2(tgz, dest / "itk-npm" / tgz.name)
+
+
 def stage_context(name: str, dest: Path, *, wheels: list[Path] = ()) -> None:
     """Write the build context of image ``name`` into ``dest`` (only what it needs)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -267,6 +288,7 @@ def stage_context(name: str, dest: Path, *, wheels: list[Path] = ()) -> None:
         shutil.copy2(REPO / "extensions" / "pyproject.toml", dest / "extensions" / "pyproject.toml")
         _copy_tree(REPO / "extensions" / "vre_session", dest / "extensions" / "vre_session")
         _copy_tree(REPO / "kernels", dest / "kernels")
+        _stage_itk_assets(dest)
         (dest / "wheels").mkdir()
         for whl in wheels:
             try:

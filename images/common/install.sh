@@ -9,6 +9,8 @@
 #   install.sh hub SRC                the vre package from SRC (pyproject.toml, hub/), its hub config
 #   install.sh session SRC [KERNEL...] vre_session from SRC/extensions (pip: with its built lab extension),
 #                                     the kernelspecs SRC/kernels/KERNEL, the server's image config
+#   install.sh itk CACHE              itkwidgets' viewer assets from the checked npm tarballs in CACHE
+#                                     (/opt/vre/build/itk_assets.py, offline)
 #
 # Network settings come from the build: a CA bundle for an intercepting proxy as the build secret
 # `cacert` (/run/secrets/cacert, never stored in a layer), PIP_INDEX_URL / PIP_EXTRA_INDEX_URL /
@@ -90,6 +92,11 @@ session)
   $VENV/bin/pip uninstall -q -y rfc3987-syntax 2>/dev/null || true
   $VENV/bin/python -m compileall -q $VENV/lib/python3*/site-packages/vre_session >/dev/null || true
   readable /opt/vre
+  ;;
+itk)
+  # itkwidgets offline (scripts/itk_assets.py): checked tarballs from $1, no network
+  $VENV/bin/python /opt/vre/build/itk_assets.py install --prefix $VENV --cache "$1" --offline
+  readable $VENV/share/vre-itk
   ;;
 hub)
   src=$1

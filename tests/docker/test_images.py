@@ -75,6 +75,27 @@ def test_imaging_stack_imports(notebook_image, podman_run):
     assert "jupyterhub 6.1." in out and "jupyterlab 4.6." in out
 
 
+
+def test_itkwidgets_viewer_is_in_the_image_and_kernels_point_at_it(notebook_image, podman_run):
+    """itkwidgets offline (scripts/itk_assets.py, the image's itk step): the viewer's files are in
+    the environment and the kernel config every kernel reads makes ``itkwidgets`` load them from the
+    session's own server (the placeholder origin that the patched Lab extension maps)."""
+    code = """
+        import pathlib, sys
+        from traitlets.config import Config
+        root = pathlib.Path(sys.prefix, "share/vre-itk/static/vre-itk")
+        print("viewer", (root / "itk-vtk-viewer/index.html").is_file(), (root / "VERSIONS.json").is_file())
+        c = Config(); c.InteractiveShellApp.exec_lines = []
+        exec(pathlib.Path(sys.prefix, "etc/ipython/ipython_kernel_config.py").read_text(), {"c": c})
+        for line in c.InteractiveShellApp.exec_lines:
+            exec(line)
+        import itkwidgets.viewer
+        print("src", itkwidgets.viewer.ITK_VIEWER_SRC)
+    """
+    out = podman_run(notebook_image, *py(code)).stdout
+    assert "viewer True True" in out, out
+    assert "src http://vre-session.invalid/vre-itk/itk-vtk-viewer/index.html" in out, out
+
 def test_pydicom_decodes_compressed_data_through_the_plugins(notebook_image, podman_run):
     """JPEG 2000 (openjpeg), JPEG-LS (libjpeg) and RLE (pylibjpeg-rle), lossless: the same pixels
     as the uncompressed file; JPEG baseline decodes too. pydicom's own test files, no network."""
