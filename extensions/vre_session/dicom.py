@@ -6,6 +6,11 @@ Two kinds of functions live here:
   parse untrusted files. The server never calls them in its own process: they run in the decoder
   worker processes of :mod:`vre_session.decoders`, under a time limit, and report every problem
   as :class:`DicomError` (an HTTP status in the 4xx range and a message a researcher can act on);
+* **native reads** (``read_native``) parse nothing: for a single-frame grayscale file whose
+  uncompressed pixel bytes the catalogue index located at registration (``native_layout``), they
+  read those bytes at their offset, which cannot spin or allocate without bound, so the server
+  runs them in a thread of its own instead of a round trip through a worker (the slice stream's
+  main cost);
 * **pure geometry** (``order_slices``, ``orientation_markers``, ``canonical_axes``, ...) works on
   the plain dicts the readers return and is what the unit tests pin down.
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import warnings
 import zlib
@@ -334,7 +340,61 @@ def facts_from_index(stored: str, path: str, fields: list[str], columns: dict | 
     values = {k: v for k, v in zip(fields, record["v"]) if v is not None}
     values.update({k: v for k, v in (columns or {}).items() if v is not None})
     ts = _IndexedUID(record["ts"], record["ts_name"], record["ts_compressed"])
-    return _facts(_Indexed(values, ts), path)
+    facts = _facts(_Indexed(values, ts), path)
+    native = native_layout(facts, record.get("px"))
+    if native is not None:
+        facts["native"] = native
+    return facts
+
+
+NATIVE_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit, explicit VR little endian
+
+
+def native_layout(facts: dict, span) -> dict | None:
+    """Where and how a file's pixels lie when ``read_native`` can read them: ``{"offset",
+    "rows", "columns", "bytes", "bits_stored", "signed"}`` for one uncompressed little-endian
+    grayscale frame of 8 or 16 bits with no Modality LUT (CT, MR, most of what a viewer shows),
+    whose pixel data value the index found at ``span`` (``[offset, length]``) with the length the
+    header implies; None for anything else (the decoders handle it)."""
+    if not (isinstance(span, list) and len(span) == 2 and all(type(v) is int and v >= 0 for v in span)):
+        return None
+    rows, cols, allocated, stored = (facts.get(k) for k in ("rows", "columns", "bits_allocated", "bits_stored"))
+    if facts["transfer_syntax"]["uid"] not in NATIVE_TRANSFER_SYNTAXES or facts.get("frames") != 1 \
+            or facts.get("samples_per_pixel") != 1 or facts.get("modality_lut") \
+            or facts.get("photometric_interpretation") not in ("MONOCHROME1", "MONOCHROME2") \
+            or facts.get("pixel_representation") not in (0, 1) or allocated not in (8, 16) \
+            or not isinstance(stored, int) or not 1 <= stored <= allocated \
+            or not isinstance(rows, int) or not isinstance(cols, int) or rows < 1 or cols < 1:
+        return None
+    nbytes = rows * cols * allocated // 8
+    if nbytes > MAX_FRAME_BYTES or span[1] not in (nbytes, nbytes + nbytes % 2):  # odd lengths are padded
+        return None
+    return {"offset": span[0], "rows": rows, "columns": cols, "bytes": allocated // 8, "bits_stored": stored,
+            "signed": facts["pixel_representation"] == 1}
+
+
+def read_native(path: str, native: dict, info: dict) -> dict:
+    """``decode_frames(path, [0], [info])[0]`` of a file with a ``native_layout``: its pixel bytes
+    read at their offset and turned into modality values as pydicom would (bits above BitsStored
+    masked off, or sign-extended from it). Raises OSError when the file no longer holds them (the
+    caller then decodes the file in a worker, which says what is wrong with it)."""
+    rows, cols, width = native["rows"], native["columns"], native["bytes"]
+    nbytes = rows * cols * width
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.pread(fd, nbytes, native["offset"])
+    finally:
+        os.close(fd)
+    if len(data) != nbytes:
+        raise OSError(f"{path}: {len(data)} of {nbytes} pixel bytes at offset {native['offset']}")
+    arr = np.frombuffer(data, f"<{'i' if native['signed'] else 'u'}{width}").reshape(rows, cols)
+    unused = 8 * width - native["bits_stored"]
+    if unused and native["signed"]:
+        arr = np.right_shift(np.left_shift(arr, unused), unused)  # arithmetic: sign-extends
+    elif unused:
+        arr = np.bitwise_and(arr, (1 << native["bits_stored"]) - 1)
+    values, rng = _gray_wire(arr, info)
+    return {"values": values, "kind": "gray", "range": rng}
 
 
 # --- pixels ----------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ them for the file as it is now (same size and mtime; see ``datasets.Catalog.seri
 else they are read in the decoder workers (cached by path, size and mtime). Its frames are ordered
 by :func:`vre_session.dicom.order_slices` and the result kept as a :class:`Source` (bounded cache).
 
-Decoded slices are kept in a byte-bounded LRU (half of ``VRE_VIEWER_CACHE_MB``, default 512 MiB),
+A slice whose uncompressed pixel bytes the index located (``dicom.native_layout``) is read in a
+thread of the server (``dicom.read_native``: no parse, so no worker round trip); every other one
+is decoded in a worker. Decoded slices are kept in a byte-bounded LRU (half of ``VRE_VIEWER_CACHE_MB``, default 512 MiB),
 so a series streamed once (``stream``: slices in the order asked, every decoder worker busy) is not
 decoded again. A reformat (MPR) plane is cut from the cached slices (one row or column of each),
 decoding only the missing ones; a series whose slices do not fit that half is stacked into a
@@ -20,6 +22,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -244,6 +247,7 @@ class Viewer:
         self._slices = LRU(1_000_000, self.cache_bytes // 2)   # (source key, index) -> decoded slice
         self._thumbs = LRU(4096, 32 * 1024 * 1024)
         self._pending: dict[tuple, asyncio.Future] = {}
+        self._reads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vre-read")  # read_native
 
     async def _once(self, key: tuple, make):
         """Run ``make()`` once per key even when several requests ask at the same time."""
@@ -332,8 +336,10 @@ class Viewer:
             return hit
 
         async def make() -> dict:
-            frame = (await self.pool.run("decode_frames", inst["path"], [s["frame"]],
-                                         [inst["frame_info"][s["frame"]]]))[0]
+            info = inst["frame_info"][s["frame"]]
+            frame = await self._read_native(inst, info) if "native" in inst else None
+            if frame is None:
+                frame = (await self.pool.run("decode_frames", inst["path"], [s["frame"]], [info]))[0]
             values = frame["values"]
             values.setflags(write=False)
             out = {"values": values, "range": frame.get("range")}
@@ -341,6 +347,20 @@ class Viewer:
             return out
 
         return await self._once(("slice", source.key, index), make)
+
+    async def _read_native(self, inst: dict, info: dict) -> dict | None:
+        """``dicom.read_native`` in a thread, within the decoders' time limit (a dataset on a slow
+        network share must not hold the stream up longer than a decode may); None when the file
+        no longer holds its pixels where the index said, or the read ran over: the decoders then
+        read it and report what is wrong."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._reads, dicom.read_native, inst["path"], inst["native"], info),
+                timeout=self.pool.timeout)
+        except (OSError, ValueError, asyncio.TimeoutError) as e:
+            log.info("VRE viewer: %s read through a decoder (%s)", inst["path"], type(e).__name__)
+            return None
 
     def slice_facts(self, source: Source, index: int) -> dict:
         """What a slice's answer says besides its values (see API.md, binary pixel responses)."""
@@ -501,4 +521,5 @@ class Viewer:
         return png
 
     def close(self) -> None:
+        self._reads.shutdown(wait=False, cancel_futures=True)
         self.pool.close()

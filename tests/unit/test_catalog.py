@@ -52,7 +52,7 @@ def test_index_counts_and_derived_tables(cohort):
     assert series == sorted(expected)
     assert query(index, "SELECT patient_id, sex FROM patients ORDER BY 1") == [(p.patient_id, p.sex) for p in patients]
     meta = dict(query(index, "SELECT key, value FROM meta"))
-    assert meta["format_version"] == "2" and meta["indexed_at"].startswith("20")
+    assert meta["format_version"] == "3" and meta["indexed_at"].startswith("20")
 
 
 def test_summary_from_index(cohort):

@@ -31,9 +31,9 @@ from pydicom.dataelem import RawDataElement
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-FORMAT_VERSION = "2"  # 2: files.viewer (the header elements the session's viewer reads)
+FORMAT_VERSION = "3"  # 2: files.viewer (the header elements the session's viewer reads); 3: its "px"
 CLINICAL_SUFFIXES = (".csv", ".tsv", ".json")
 _POOL_THRESHOLD = 200  # below this, starting worker processes costs more than it saves
 _CHUNK_MIN, _CHUNK_MAX = 64, 256
@@ -233,32 +233,42 @@ def _slice_position(header: _Header) -> float | None:
     return sum(p * n for p, n in zip(position, normal))
 
 
-def _pixel_data_problem(fh, size: int, ds) -> str | None:
-    """Catch files cut short: headers parse fine, but the pixel data is incomplete.
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+_NATIVE_LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 
-    ``stop_before_pixels`` leaves the file positioned at the pixel data element, so
-    its declared length can be compared with the bytes actually present.
+
+def _pixel_data(fh, size: int, ds) -> tuple[list[int] | None, str | None]:
+    """(span, problem) of the pixel data: ``span`` is ``[offset, length]`` of its value in the file
+    when it is uncompressed little-endian Pixel Data of a defined length, wholly present (the
+    session's viewer then reads those bytes directly, with no header parse); ``problem`` says
+    why a file is cut short (headers parse fine, the pixel data is incomplete).
+
+    ``stop_before_pixels`` leaves the file positioned at the pixel data element, so its declared
+    length can be compared with the bytes actually present.
     """
     if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        return None  # positions refer to the inflated stream
+        return None, None  # positions refer to the inflated stream
     start = fh.tell()
     if start >= size:
-        return "truncated: the file ends before its pixel data" if "Rows" in ds else None
+        return None, ("truncated: the file ends before its pixel data" if "Rows" in ds else None)
     head = fh.read(12)
     implicit, little = ds.original_encoding
     endian = "<" if little is not False else ">"
     long_vr = not implicit and head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN")
     if len(head) < (12 if long_vr else 8):
-        return "truncated: the file ends inside the pixel data header"
+        return None, "truncated: the file ends inside the pixel data header"
     if long_vr:
         length, value_start = struct.unpack(endian + "I", head[8:12])[0], start + 12
     elif implicit:
         length, value_start = struct.unpack(endian + "I", head[4:8])[0], start + 8
     else:
         length, value_start = struct.unpack(endian + "H", head[6:8])[0], start + 8
-    if length != 0xFFFFFFFF and value_start + length > size:
-        return f"truncated: pixel data needs {length} bytes, only {max(size - value_start, 0)} present"
-    return None
+    if length == 0xFFFFFFFF:
+        return None, None  # encapsulated (compressed) frames
+    if value_start + length > size:
+        return None, f"truncated: pixel data needs {length} bytes, only {max(size - value_start, 0)} present"
+    native = head[:4] == _PIXEL_DATA_TAG and ds.file_meta.get("TransferSyntaxUID") in _NATIVE_LITTLE_ENDIAN
+    return ([value_start, length] if native and length else None), None
 
 
 def _header_fields(ds) -> tuple:
@@ -292,9 +302,10 @@ def _header_fields(ds) -> tuple:
     )
 
 
-def _viewer_json(ds) -> str | None:
+def _viewer_json(ds, span: list[int] | None = None) -> str | None:
     """The viewer's elements as compact JSON ``{"ts", "ts_name", "ts_compressed": the transfer
-    syntax, "v": [one value per VIEWER_FIELDS entry, null when absent]}`` (text, integers, or lists
+    syntax, "px": [offset, length] of uncompressed pixel data (``_pixel_data``; absent otherwise),
+    "v": [one value per VIEWER_FIELDS entry, null when absent]}`` (text, integers, or lists
     of text for multi-valued ones, as pydicom gives them; the field names are stored once, in
     ``meta.viewer_fields``; the UIDs, which have their own columns, are null there and named in
     ``meta.viewer_columns``), or None when the file has functional groups or a value that does not
@@ -324,8 +335,10 @@ def _viewer_json(ds) -> str | None:
             ts = ("1.2.840.10008.1.2" if implicit is not False else "1.2.840.10008.1.2.1" if little is not False
                   else "1.2.840.10008.1.2.2")
         ts = UID(str(ts))
-        return json.dumps({"ts": str(ts), "ts_name": ts.name, "ts_compressed": bool(ts.is_compressed), "v": values},
-                          allow_nan=False, separators=(",", ":"))
+        record = {"ts": str(ts), "ts_name": ts.name, "ts_compressed": bool(ts.is_compressed), "v": values}
+        if span is not None:
+            record["px"] = span
+        return json.dumps(record, allow_nan=False, separators=(",", ":"))
     except Exception:  # pydicom raises many types on odd values: the viewer reads this file's header
         return None
 
@@ -341,8 +354,8 @@ def _read_one(path: str) -> tuple[tuple | None, str | None]:
                 if value is None:
                     cut = " (the file may be truncated)" if fh.tell() >= size else ""
                     return None, f"missing {what}{cut}"
-            problem = _pixel_data_problem(fh, size, ds)
-            fields = (*fields, _viewer_json(ds))
+            span, problem = _pixel_data(fh, size, ds)
+            fields = (*fields, _viewer_json(ds, span))
     except InvalidDicomError:
         return None, "not a DICOM file (no 'DICM' header)"
     except OSError as e:
