@@ -265,10 +265,14 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
     datasets, catalogue_only = datasets_for(project, role)
     mounts = [Mount(Path(d.path), f"{DATA_ROOT}/{d.slug}", True, "dataset") for d in datasets]
     mounts += [Mount(settings.catalog_dir / d.slug, f"{CATALOG_ROOT}/{d.slug}", True, "catalog") for d in datasets]
-    # a held job reads the workspace (its code) but writes only its held folder
-    mounts += [Mount(home, HOME, False, "home"), Mount(workspace, WORKSPACE, role == "held", "workspace")]
+    mounts.append(Mount(home, HOME, False, "home"))
     if role == "held":
+        # No workspace: a live folder that sessions write is a channel back to them even read-only
+        # (a FIFO or socket planted there opens for writing; file-watch events show what a job
+        # opened). A held job runs the copy of its code made at submission (jobs.service).
         mounts.append(Mount(held_dir(settings, project.slug), HELD_ROOT, False, "held"))
+    else:
+        mounts.append(Mount(workspace, WORKSPACE, False, "workspace"))
     mounts += runtime_mounts(role, run, settings.hub_socket_dir)
 
     session_id = f"{user}-{project.slug}" if role == "session" else f"{pool}-worker"
@@ -292,8 +296,10 @@ def build_plan(db: Session, settings: Settings, user: str, project_slug: str, pr
                     "VRE_API_URL": unix_url(INNER_SERVICE_SOCKET) + SERVICE_API_PATH,
                     "VRE_AUDIT_SPOOL": f"{INNER_RUN}/spool"})
     else:
-        env.update({"VRE_ROLE": "worker", "VRE_LANE": "held" if role == "held" else "open", "VRE_WORKSPACE": WORKSPACE,
+        env.update({"VRE_ROLE": "worker", "VRE_LANE": "held" if role == "held" else "open",
                     "DASK_DISTRIBUTED__WORKER__DAEMON": "False", "MPLCONFIGDIR": "/tmp/matplotlib"})
+        if role == "worker":
+            env["VRE_WORKSPACE"] = WORKSPACE
     return SessionPlan(
         user=user, project=project.slug, profile=profile.name, role=role, session_id=session_id,
         uid=uid, gid=settings.gid_base + project.id,

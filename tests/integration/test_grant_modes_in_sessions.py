@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -101,6 +102,12 @@ try:
     r['workspace_write'] = 'ok'
 except OSError as e:
     r['workspace_write'] = e.errno
+try:  # a FIFO a member left in the workspace: a read-only mount would still let it open for writing
+    os.close(os.open('/home/jovyan/project/pipe', os.O_WRONLY | os.O_NONBLOCK))
+    r['fifo'] = 'opened'
+except OSError as e:
+    r['fifo'] = e.errno
+r['argv0'] = __import__('sys').argv[0]
 out = os.environ['VRE_JOB_OUTPUT']
 json.dump(r, open(os.path.join(out, 'probe.json'), 'w'))
 print('LOGGED', r['dicm'])
@@ -137,15 +144,21 @@ def test_batch_only_is_absent_from_sessions_and_shared_workers_and_read_by_a_hel
     j = in_job(alice, workspace)
     assert j["data"] == [OWN] and j["stat"] == 2 and j["dicm"] is None
 
-    # a held job reads them; it cannot write the workspace; its folder is not in the workspace
+    # a held job reads them; it does not see the workspace (it runs a copy of its script) and
+    # cannot reach a FIFO a member left there (with a reader waiting, as a session would);
+    # its folder is not in the workspace
     (workspace / "held_probe.py").write_text(HELD_PROBE)
+    os.mkfifo(workspace / "pipe", 0o666)
+    reader = os.open(workspace / "pipe", os.O_RDONLY | os.O_NONBLOCK)
     held = run_job(alice, "held", "project/held_probe.py")
     assert held["state"] == "succeeded", held
     assert held["lane"] == "held" and held["outdir"] == f"/held/jobs/{held['id']}"
     folder = hub.state / "projects" / PROJECT / "held" / "jobs" / str(held["id"])
     h = json.loads((folder / "probe.json").read_text())
     assert h["data"] == sorted([OWN, EXTRA]) and h["stat"] == "ok" and h["dicm"] == "DICM"
-    assert h["workspace_write"] == 30  # EROFS
+    os.close(reader)
+    assert h["workspace_write"] == 2 and h["fifo"] == 2  # ENOENT: no workspace at all
+    assert h["argv0"] == f"/held/jobs/{held['id']}/input/held_probe.py"
     assert not (workspace / "leak.txt").exists() and not (workspace / "jobs" / str(held["id"])).exists()
     start = audit(hub, "job.start")[-1]
     assert start["target"] == f"job/{held['id']}" and start["details"]["lane"] == "held"

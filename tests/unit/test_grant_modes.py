@@ -77,8 +77,9 @@ def test_a_held_worker_mounts_batch_only_grants_in_an_island_of_its_own(world):
     worker = p.for_worker("lung.held-worker-1", cpu=1, mem_mb=1024, gpus=0)
     assert {"/data/batch-ct", "/data/open-ct"} <= data_targets(worker)
     mounts = {m.target: m for m in worker.mounts}
-    # the workspace (its code) read-only; its own home; its folder outside the workspace
-    assert mounts["/home/jovyan/project"].readonly is True
+    # no workspace (a live folder sessions write is a channel back to them, even read-only: its
+    # code is copied at submission); its own home; its folder outside the workspace
+    assert not any(m.kind == "workspace" for m in worker.mounts) and "VRE_WORKSPACE" not in worker.env
     assert mounts["/home/jovyan"].source == world.projects_dir / "lung" / "held-home"
     assert (mounts["/held"].source, mounts["/held"].readonly, mounts["/held"].kind) == (
         world.projects_dir / "lung" / "held", False, "held")
@@ -86,6 +87,7 @@ def test_a_held_worker_mounts_batch_only_grants_in_an_island_of_its_own(world):
     assert worker.env["VRE_LANE"] == "held" and worker.run_dir.parent.parent.name == "lung.held"
     scheduler = p.for_scheduler("lung.held-scheduler", world.run_dir / "bell" / "sock")
     assert scheduler.datasets == () and "/held" not in {m.target for m in scheduler.mounts}
+    assert not any(m.kind == "workspace" for m in scheduler.mounts)
     assert scheduler.network == p.network and scheduler.pool == "lung.held"
 
 

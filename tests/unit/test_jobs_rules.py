@@ -3,6 +3,7 @@ with a fake device list, worker plans, and submission validation (on SQLite and 
 
 import base64
 import json
+import os
 
 import pytest
 
@@ -187,10 +188,64 @@ def test_a_held_job_keeps_its_folder_log_and_outputs_from_members(world):
         assert "patient" not in text and "airlock" in text and f"/held/jobs/{h['id']}" in text
         detail = service.to_dict(world, job, detail=True)
         assert detail["outputs"] == [] and detail["progress"] is None and "airlock" in detail["held"]
+        # it runs a copy of its script taken at submission (a held worker has no workspace)
+        assert service.run_target(job) == f"/held/jobs/{h['id']}/input/train.py"
         again = service.rerun(db, world, "ann", h["id"])
-        assert again.lane == "held"
+        assert again.lane == "held" and again.target == "/home/jovyan/project/train.py"
+    copy = folder / "input" / "train.py"
+    assert copy.read_bytes() == (world.projects_dir / "lung" / "workspace" / "train.py").read_bytes()
+    assert copy.stat().st_uid == project_uid(world, 1) and oct(copy.stat().st_mode)[-3:] == "400"
     o = sub(world, kind="script", target="project/train.py")
     assert o["lane"] == "open" and o["outdir"] == f"/home/jovyan/project/jobs/{o['id']}"
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert service.run_target(service.get(db, world, "ann", o["id"])) == "/home/jovyan/project/train.py"
+
+
+def test_root_follows_no_link_a_member_or_held_job_plants(world, tmp_path):
+    """The service is root and job folders lie where members (or held jobs) write: a link in
+    place of a folder or file, or a FIFO, is refused or ignored, never followed."""
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    secret = tmp_path / "secret.txt"
+    secret.write_text('{"hub": "secret"}')
+    os.chmod(secret, 0o600)
+    workspace = world.projects_dir / "lung" / "workspace"
+    # a link to a file outside the workspace cannot be a job
+    (workspace / "evil.py").symlink_to(secret)
+    with pytest.raises(service.JobRejected, match="not a plain file"):
+        sub(world, kind="script", target="project/evil.py")
+    # jobs/ swapped for a link: refused, and the link's target keeps its owner and mode
+    o = sub(world, kind="script", target="project/train.py")
+    (workspace / "jobs").rename(workspace / "jobs.real")
+    (workspace / "jobs").symlink_to(victim)
+    with pytest.raises(service.JobRejected, match="real folders"):
+        sub(world, kind="script", target="project/train.py")
+    assert victim.stat().st_uid == 0 and oct(victim.stat().st_mode)[-3:] == "755"
+    (workspace / "jobs").unlink()
+    (workspace / "jobs.real").rename(workspace / "jobs")
+    # an open job's log, progress and outputs planted as links (and a FIFO) are not read through
+    out = workspace / "jobs" / str(o["id"])
+    (out / "log.txt").symlink_to(secret)
+    (out / "progress.json").symlink_to(secret)
+    (out / "elsewhere").symlink_to(tmp_path)
+    (out / "result.csv").write_text("a,1\n")
+    os.mkfifo(out / "pipe")
+    with vdb.session_scope(world.vre_db_url) as db:
+        job = service.get(db, world, "ann", o["id"])
+        assert service.read_log(world, job) == ("", 0)
+        assert service.progress(world, job) is None
+        assert [f["path"].rsplit("/", 1)[1] for f in service.outputs(world, job)] == ["result.csv"]
+        (out / "log.txt").unlink()
+        os.mkfifo(out / "log.txt")  # would block an open() for reading: not opened as a file
+        assert service.read_log(world, job) == ("", 0)
+    # a held job swaps the held jobs/ folder for a link: the next held submission is refused
+    sub(world, kind="script", target="project/train.py", lane="held")
+    held = world.projects_dir / "lung" / "held"
+    (held / "jobs").rename(held / "jobs.real")
+    (held / "jobs").symlink_to(victim)
+    with pytest.raises(service.JobRejected, match="real folders"):
+        sub(world, kind="script", target="project/train.py", lane="held")
+    assert victim.stat().st_uid == 0 and oct(victim.stat().st_mode)[-3:] == "755" and not any(victim.iterdir())
 
 
 def test_what_a_pool_reports_about_a_job_is_reduced_to_figures():

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..access.resolve import USER_KINDS, MountMap, resolve
+from ..beneath import open_beneath
 from ..plan import HELD_ROOT, HOME, Mount, build_plan, held_dir
 from .rules import ContentCheck, Rules, file_problems
 
@@ -170,27 +171,6 @@ def expand(mm: MountMap, named: str, description: str, limit: int) -> tuple[list
             return [], [f"{path}: the folder is empty"]
         return out, []
     return [locate(mm, path, base, description)], []
-
-
-def open_beneath(source: str, rel: str) -> int:
-    """A read-only descriptor of the regular file ``rel`` below ``source``, opening each component with
-    O_NOFOLLOW relative to its parent (no symlink anywhere on the way, whatever changed since)."""
-    parts = [p for p in rel.split("/") if p]
-    if not parts:
-        raise IsADirectoryError(21, "is a folder", rel)
-    fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts[:-1]:
-            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        f = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(os.fstat(f).st_mode):
-        os.close(f)
-        raise OSError(22, "not a regular file", rel)
-    return f
 
 
 @dataclass

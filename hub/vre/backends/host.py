@@ -9,21 +9,26 @@ import json
 import os
 import shutil
 
+from .. import beneath
 from ..plan import MANIFEST, SessionPlan
 
 
 def prepare_home_and_workspace(plan: SessionPlan) -> None:
-    """Create the plan's home and the project workspace with the right owners (idempotent)."""
-    workspace = next(m.source for m in plan.mounts if m.kind == "workspace")
+    """Create the plan's home and the project workspace (held plans have none) with the right
+    owners (idempotent)."""
+    workspace = next((m.source for m in plan.mounts if m.kind == "workspace"), None)
     home = next(m.source for m in plan.mounts if m.kind == "home")
-    workspace.mkdir(parents=True, exist_ok=True)
-    os.chown(workspace, 0, plan.gid)
-    os.chmod(workspace, 0o2770)  # setgid: files stay in the project's group
+    if workspace is not None:
+        workspace.mkdir(parents=True, exist_ok=True)
+        os.chown(workspace, 0, plan.gid)
+        os.chmod(workspace, 0o2770)  # setgid: files stay in the project's group
     home.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(home.parent, 0o755)
+    home.mkdir(exist_ok=True)
     try:
-        (home / "project").mkdir(parents=True, exist_ok=True)  # mount point of the workspace
-        os.chown(home / "project", plan.uid, plan.gid)
+        if workspace is not None:  # the workspace's mount point, made without following a link
+            fd = beneath.makedirs_beneath(home, "project", uid=plan.uid, gid=plan.gid, mode=0o755)
+            os.close(fd)
     except PermissionError:
         # a hub without CAP_DAC_OVERRIDE (the chart's pod) cannot look into a home it made before
         # (0700, the member's); a container runtime makes a missing mount point itself

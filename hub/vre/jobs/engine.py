@@ -384,7 +384,7 @@ class Engine:
 
     def spec(self, plan, job: Job, worker: str) -> dict:
         outdir = service.outdir_inside(job.id, job.lane)
-        return {"id": job.id, "kind": job.kind, "target": job.target, "params": job.params,
+        return {"id": job.id, "kind": job.kind, "target": service.run_target(job), "params": job.params,
                 "project": plan.project, "user": job.account.name, "worker": worker,
                 "outdir": outdir, "max_runtime_s": job.max_runtime_s,
                 "env": {"VRE_JOB_ID": str(job.id), "VRE_JOB_OUTPUT": outdir, "VRE_JOB_USER": job.account.name}}

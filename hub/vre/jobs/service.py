@@ -4,7 +4,13 @@ A job runs in one of two lanes (``db.JOB_LANES``): ``open`` jobs run on the proj
 workers and write their folder in the workspace; ``held`` jobs also get the project's batch-only
 datasets, and their folder (log, outputs, progress) is kept outside the workspace: members see
 that a held job ran and how it ended, never what it wrote; its files leave only through the
-airlock (``/held/jobs/<id>`` in an export request).
+airlock (``/held/jobs/<id>`` in an export request). A held job does not see the live workspace
+(whose FIFOs, sockets and file-watch events would carry data back to the sessions): its script or
+notebook is copied into ``/held/jobs/<id>/input/`` at submission and runs from there.
+
+The service runs as root and its job folders lie where members (open lane) or held jobs (held
+lane) can write: every file and folder there is opened through :mod:`vre.beneath` (no link
+followed, no FIFO opened).
 
 Every function takes a database session and the acting user; membership is checked through the
 same plan the sessions use (``build_plan(role="worker")``), so a job can never ask for more than
@@ -23,6 +29,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .. import beneath
 from ..accounts import get_account
 from ..db import JOB_FINAL, JOB_LANES, Job, Project, utcnow
 from ..errors import NotFound, VREError
@@ -39,6 +46,8 @@ HELD_KINDS = ("notebook", "script")
 HELD_NOTE = ("held: its log and outputs stay on the hub; request their export through the airlock "
              "(add {outdir} to an export request)")
 MAX_PAYLOAD = 16 * 1024 * 1024
+MAX_TARGET = 64 * 1024 * 1024   # a notebook or script read at submission (a held job's is copied)
+INPUT_DIR = "input"             # a held job's copy of its script or notebook, in its folder
 MAX_CLUSTER_WORKERS = 16
 
 
@@ -64,21 +73,38 @@ def job_dir(settings: Settings, job: Job) -> Path:
     return outdir_on_host(settings, job.project.slug, job.id, job.lane)
 
 
-def workspace_file(settings: Settings, project: str, path: str) -> Path:
-    """The host file behind ``path`` as a session names it (absolute, ``~/project/...``, or relative
-    to the home as the Lab's file browser shows it: ``project/...``). Only workspace files can be
-    jobs: workers see no private homes."""
+def workspace_relpath(path: str) -> str:
+    """The workspace-relative path of ``path`` as a session names it (absolute, ``~/project/...``,
+    or relative to the home as the Lab's file browser shows it: ``project/...``). Only workspace
+    files can be jobs: workers see no private homes."""
     raw = path.strip()
     if raw.startswith("~/"):
         raw = raw[2:]
     if not raw.startswith("/"):
         raw = f"{HOME}/{raw}"
     inner = os.path.normpath(raw)
-    if not (inner + "/").startswith(WORKSPACE + "/"):
+    if not (inner + "/").startswith(WORKSPACE + "/") or inner == WORKSPACE:
         raise JobRejected(f"{path!r} is not in the project workspace ({WORKSPACE}): jobs only see the "
                           "workspace and the datasets, so move or copy the file into ~/project first")
+    return os.path.relpath(inner, WORKSPACE)
+
+
+def read_workspace_file(settings: Settings, project: str, path: str) -> tuple[str, bytes]:
+    """(the path inside sessions, the content) of the regular workspace file ``path`` names, read
+    without following links (members can put anything in the workspace, and this runs as root)."""
+    rel = workspace_relpath(path)
     workspace, _ = project_paths(settings, project, "_")
-    return workspace / os.path.relpath(inner, WORKSPACE)
+    try:
+        with beneath.opened_beneath(workspace, rel) as f:
+            data = f.read(MAX_TARGET + 1)
+    except FileNotFoundError:
+        raise JobRejected(f"{path!r} does not exist in the project workspace") from None
+    except OSError:
+        raise JobRejected(f"{path!r} is not a plain file in the project workspace (a folder, a link or a "
+                          "special file cannot be a job)") from None
+    if len(data) > MAX_TARGET:
+        raise JobRejected(f"{path!r} is larger than {MAX_TARGET >> 20} MiB; a job's script or notebook must be smaller")
+    return f"{WORKSPACE}/{rel}", data
 
 
 def _number(body: dict, name: str, kind, default, lo, hi, unit: str = ""):
@@ -137,20 +163,17 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     runtime = _number(body, "max_runtime", int, settings.jobs_default_runtime, 1, settings.jobs_max_runtime, " s")
     name = str(body.get("name") or "")[:128]
     params = body.get("params")
-    payload = None
+    payload = code = None
     target = body.get("target") or ""
     if kind in ("notebook", "script"):
         if not isinstance(target, str) or not target:
             raise JobRejected(f"a {kind} job needs \"target\": the path of the {kind} in the workspace")
-        host = workspace_file(settings, project.slug, target)
-        if not host.is_file():
-            raise JobRejected(f"{target!r} does not exist in the project workspace")
-        target = outdir_path(host, settings, project.slug)
+        target, code = read_workspace_file(settings, project.slug, target)
         if kind == "notebook":
-            if host.suffix != ".ipynb":
+            if not target.endswith(".ipynb"):
                 raise JobRejected(f"{target!r} is not a notebook (.ipynb)")
             try:
-                json.loads(host.read_text())["cells"]
+                json.loads(code)["cells"]
             except (ValueError, KeyError, TypeError):
                 raise JobRejected(f"{target!r} is not a readable notebook") from None
             params = params if params is not None else {}
@@ -189,32 +212,50 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
         job.cpu, job.mem_mb, job.gpus = cpu * params["workers"], mem * params["workers"], gpus * params["workers"]
     db.add(job)
     db.flush()
-    make_outdir(settings, project, job.id, payload, lane)
+    make_outdir(settings, project, job.id, payload, lane, code=code if lane == "held" else None,
+                code_name=os.path.basename(target))
     return job
 
 
-def outdir_path(host: Path, settings: Settings, project: str) -> str:
-    workspace, _ = project_paths(settings, project, "_")
-    return f"{WORKSPACE}/{host.relative_to(workspace)}"
+def run_target(job: Job) -> str:
+    """The path a job's runner executes: its workspace file, or a held job's copy of it."""
+    if job.lane == "held" and job.kind in HELD_KINDS:
+        return f"{outdir_inside(job.id, 'held')}/{INPUT_DIR}/{os.path.basename(job.target)}"
+    return job.target
 
 
 def make_outdir(settings: Settings, project: Project, job_id: int, payload: bytes | None = None,
-                lane: str = "open") -> Path:
+                lane: str = "open", *, code: bytes | None = None, code_name: str = "") -> Path:
     """The job's folder: in the workspace (the project's workers write it, members read it), or,
-    held, beside it (the project's workers only)."""
+    held, beside it (the project's workers only), with a held job's copy of its code."""
     from ..plan import project_uid
 
     out = outdir_on_host(settings, project.slug, job_id, lane)
-    gid = settings.gid_base + project.id
-    dirs = (out.parent.parent, out.parent, out) if lane == "held" else (out.parent, out)
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-        os.chown(d, project_uid(settings, project.id), gid)
-        os.chmod(d, 0o700 if lane == "held" else 0o2770)
-    if payload is not None:
-        (out / "function.pkl").write_bytes(payload)
-        os.chown(out / "function.pkl", project_uid(settings, project.id), gid)
-        os.chmod(out / "function.pkl", 0o640)
+    uid, gid = project_uid(settings, project.id), settings.gid_base + project.id
+    if lane == "held":  # <held>/jobs/<id>: <held> is the hub's, jobs/ and below the held jobs'
+        base, rel, mode = out.parent.parent.parent, f"{out.parent.parent.name}/jobs/{job_id}", 0o700
+    else:  # <workspace>/jobs/<id>
+        base, rel, mode = out.parent.parent, f"jobs/{job_id}", 0o2770
+    try:
+        fd = beneath.makedirs_beneath(base, rel, uid=uid, gid=gid, mode=mode)
+    except OSError as e:
+        where = "the held folder" if lane == "held" else "the project workspace"
+        raise JobRejected(f"cannot make the job's folder in {where}: 'jobs' and its folders must be real folders, "
+                          f"not links or files ({e.strerror}); rename what is in the way and submit again") from None
+    try:
+        if payload is not None:
+            beneath.write_beneath(fd, "function.pkl", payload, uid=uid, gid=gid, mode=0o640)
+        if code is not None:
+            os.mkdir(INPUT_DIR, 0o700, dir_fd=fd)
+            sub = os.open(INPUT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                os.fchown(sub, uid, gid)
+                beneath.write_beneath(sub, code_name, code, uid=uid, gid=gid, mode=0o400)
+                os.fchmod(sub, 0o500)
+            finally:
+                os.close(sub)
+    finally:
+        os.close(fd)
     return out
 
 
@@ -306,14 +347,20 @@ def positions(db: Session, project_id: int) -> dict[int, int]:
 def read_log(settings: Settings, job: Job, offset: int = 0, limit: int = 1 << 20) -> tuple[str, int]:
     """(text from ``offset``, next offset) of the job's log (a held job's too: callers that answer
     members use ``member_log``)."""
-    path = job_dir(settings, job) / "log.txt"
     try:
-        with open(path, "rb") as f:
+        with _job_file(settings, job, "log.txt") as f:
             f.seek(max(0, offset))
             data = f.read(limit)
-    except FileNotFoundError:
+    except OSError:  # not yet written (or not a plain file: never read through a link)
         return "", offset
     return data.decode(errors="replace"), offset + len(data)
+
+
+def _job_file(settings: Settings, job: Job, name: str):
+    """A file of ``job``'s folder, opened through ``beneath`` from the folder's trusted base."""
+    out = job_dir(settings, job)
+    base = out.parent.parent.parent if job.lane == "held" else out.parent.parent
+    return beneath.opened_beneath(base, str(out.relative_to(base) / name))
 
 
 def member_log(settings: Settings, job: Job, offset: int = 0) -> tuple[str, int]:
@@ -327,7 +374,8 @@ def progress(settings: Settings, job: Job) -> dict | None:
     if job.lane == "held":  # written by the job: held like its other files
         return None
     try:
-        return json.loads((job_dir(settings, job) / "progress.json").read_text())
+        with _job_file(settings, job, "progress.json") as f:
+            return json.loads(f.read(64 * 1024))
     except (OSError, ValueError):
         return None
 
@@ -336,12 +384,9 @@ def outputs(settings: Settings, job: Job) -> list[dict]:
     if job.lane == "held":  # not even names: the job chose them
         return []
     out = job_dir(settings, job)
-    files = []
-    if out.is_dir():
-        for p in sorted(out.rglob("*")):
-            if p.is_file() and not p.name.startswith(".") and p.name != "progress.json":
-                files.append({"path": f"{outdir_inside(job.id)}/{p.relative_to(out)}", "size": p.stat().st_size})
-    return files
+    found = beneath.walk_files_beneath(out.parent.parent, f"jobs/{job.id}")  # links are not followed
+    return [{"path": f"{outdir_inside(job.id)}/{rel}", "size": size} for rel, size in sorted(found)
+            if not os.path.basename(rel).startswith(".") and rel != "progress.json"]
 
 
 def to_dict(settings: Settings, job: Job, position: int | None = None, *, detail: bool = False) -> dict:
