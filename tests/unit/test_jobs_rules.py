@@ -238,6 +238,13 @@ def test_root_follows_no_link_a_member_or_held_job_plants(world, tmp_path):
         (out / "log.txt").unlink()
         os.mkfifo(out / "log.txt")  # would block an open() for reading: not opened as a file
         assert service.read_log(world, job) == ("", 0)
+    # a function job's payload swapped for a link: its rerun does not carry the link's target
+    f = sub(world, kind="function", payload=base64.b64encode(b"pickle").decode())
+    pkl = workspace / "jobs" / str(f["id"]) / "function.pkl"
+    pkl.unlink()
+    pkl.symlink_to(secret)
+    with vdb.session_scope(world.vre_db_url) as db, pytest.raises(service.JobRejected, match="no longer"):
+        service.rerun(db, world, "ann", f["id"])
     # a held job swaps the held jobs/ folder for a link: the next held submission is refused
     sub(world, kind="script", target="project/train.py", lane="held")
     held = world.projects_dir / "lung" / "held"

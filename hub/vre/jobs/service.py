@@ -319,10 +319,11 @@ def rerun(db: Session, settings: Settings, user: str, job_id: int) -> Job:
     else:
         body.update(cpu=old.cpu, mem_mb=old.mem_mb, gpus=old.gpus)
     if old.kind == "function":
-        pkl = job_dir(settings, old) / "function.pkl"
-        if not pkl.is_file():
-            raise JobRejected(f"job {job_id}'s function is no longer in its folder; submit it again")
-        body["payload"] = base64.b64encode(pkl.read_bytes()).decode()
+        try:
+            with _job_file(settings, old, "function.pkl") as f:
+                body["payload"] = base64.b64encode(f.read(MAX_PAYLOAD + 1)).decode()
+        except OSError:
+            raise JobRejected(f"job {job_id}'s function is no longer in its folder; submit it again") from None
     job = submit(db, settings, user, body)
     job.rerun_of = old.id
     return job
