@@ -365,3 +365,19 @@ def test_a_change_made_meanwhile_is_a_conflict_that_says_so(world):
                 other.get(vdb.AccessRequest, r["id"]).reason = "the quicker decider"
     with vdb.session_scope(world.vre_db_url) as db:
         assert db.get(vdb.AccessRequest, r["id"]).reason == "the quicker decider"
+
+
+def test_a_dataset_with_open_requests_is_not_retired(world):
+    """Retiring would drop an open request unanswered (and its row with the dataset's): refused
+    until it is decided; after a decision the dataset retires."""
+    from vre.catalog import registry
+    from vre.errors import Conflict
+
+    asked = ask(world)
+    with vdb.session_scope(world.vre_db_url) as db, pytest.raises(Conflict, match=f"#{asked['id']} \\(prostate-ai\\)"):
+        registry.remove_dataset(db, world, "lung-ct")
+    AR.deny(world, AR.Actor("admin2"), asked["id"], reason="not for this study")
+    with vdb.session_scope(world.vre_db_url) as db:
+        registry.remove_dataset(db, world, "lung-ct")
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert db.scalars(select(vdb.Dataset).where(vdb.Dataset.slug == "lung-ct")).first() is None

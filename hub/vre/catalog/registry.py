@@ -16,7 +16,7 @@ from typing import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..db import Dataset, utcnow
+from ..db import AccessRequest, Dataset, utcnow
 from ..errors import Conflict, VREError
 from ..projects import get_dataset, validate_slug
 from ..settings import Settings
@@ -157,6 +157,11 @@ def remove_dataset(db: Session, settings: Settings, slug: str) -> None:
     if dataset.grants:
         projects = ", ".join(sorted(g.project.slug for g in dataset.grants))
         raise Conflict(f"dataset {slug!r} is granted to {projects}; revoke those grants first")
+    waiting = db.scalars(select(AccessRequest).where(AccessRequest.dataset_id == dataset.id,
+                                                     AccessRequest.state == "open")).all()
+    if waiting:  # retiring would drop them unanswered: the requesters are owed a decision
+        ids = ", ".join(f"#{r.id} ({r.project.slug})" for r in waiting)
+        raise Conflict(f"dataset {slug!r} has open access requests: {ids}; approve or deny them first")
     db.delete(dataset)
     for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "record.json"):
         (dataset_dir(settings, slug) / name).unlink(missing_ok=True)
