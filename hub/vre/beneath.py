@@ -66,18 +66,23 @@ def opened_beneath(base: str | os.PathLike, rel: str) -> Iterator[object]:
 
 
 def makedirs_beneath(base: str | os.PathLike, rel: str, *, uid: int, gid: int, mode: int,
-                     modes: dict[int, int] | None = None) -> int:
+                     modes: dict[int, int] | None = None, fresh: bool = False) -> int:
     """Create the folders of ``rel`` below ``base`` as needed, each owned by ``uid:gid`` with
     ``mode`` (``modes``: a different mode by depth, 0 = the first component), set through the
     opened folder (fchown/fchmod: never a path). Returns a descriptor of the last one. A component
-    that exists as anything but a real folder fails (ENOTDIR, ELOOP)."""
+    that exists as anything but a real folder fails (ENOTDIR, ELOOP). ``fresh``: the last one is
+    new and empty; whatever was already there under its name (planted ahead by someone who can
+    write its parent) is renamed aside to ``.stale-<name>-<random>``."""
     fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for depth, part in enumerate(_parts(rel)):
+        parts = _parts(rel)
+        for depth, part in enumerate(parts):
             try:
                 os.mkdir(part, 0o700, dir_fd=fd)
             except FileExistsError:
-                pass
+                if fresh and depth == len(parts) - 1:
+                    os.rename(part, f".stale-{part}-{os.urandom(4).hex()}", src_dir_fd=fd, dst_dir_fd=fd)
+                    os.mkdir(part, 0o700, dir_fd=fd)
             nfd = os.open(part, _DIR, dir_fd=fd)
             os.close(fd)
             fd = nfd

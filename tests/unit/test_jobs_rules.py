@@ -245,9 +245,17 @@ def test_root_follows_no_link_a_member_or_held_job_plants(world, tmp_path):
     pkl.symlink_to(secret)
     with vdb.session_scope(world.vre_db_url) as db, pytest.raises(service.JobRejected, match="no longer"):
         service.rerun(db, world, "ann", f["id"])
-    # a held job swaps the held jobs/ folder for a link: the next held submission is refused
-    sub(world, kind="script", target="project/train.py", lane="held")
+    # a held job plants the next job's folder (a module that would shadow an import in its working
+    # directory): the next job gets a fresh folder, what was planted is moved aside
+    last = sub(world, kind="script", target="project/train.py", lane="held")
     held = world.projects_dir / "lung" / "held"
+    planted = held / "jobs" / str(last["id"] + 1)
+    planted.mkdir()
+    (planted / "json.py").write_text("raise SystemExit('planted')\n")
+    nxt = sub(world, kind="script", target="project/train.py", lane="held")
+    assert nxt["id"] == last["id"] + 1 and sorted(p.name for p in planted.iterdir()) == ["input"]
+    assert [p.name for p in (held / "jobs").glob(f".stale-{nxt['id']}-*")]
+    # a held job swaps the held jobs/ folder for a link: the next held submission is refused
     (held / "jobs").rename(held / "jobs.real")
     (held / "jobs").symlink_to(victim)
     with pytest.raises(service.JobRejected, match="real folders"):

@@ -237,7 +237,7 @@ def make_outdir(settings: Settings, project: Project, job_id: int, payload: byte
     else:  # <workspace>/jobs/<id>
         base, rel, mode = out.parent.parent, f"jobs/{job_id}", 0o2770
     try:
-        fd = beneath.makedirs_beneath(base, rel, uid=uid, gid=gid, mode=mode)
+        fd = beneath.makedirs_beneath(base, rel, uid=uid, gid=gid, mode=mode, fresh=True)
     except OSError as e:
         where = "the held folder" if lane == "held" else "the project workspace"
         raise JobRejected(f"cannot make the job's folder in {where}: 'jobs' and its folders must be real folders, "
