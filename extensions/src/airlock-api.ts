@@ -42,6 +42,8 @@ export interface IAirlockSummary {
   updated_at: string | null;
   released_at: string | null;
   file_count: number;
+  /** Held jobs' files the caller may not see yet (counted in `file_count`, not in `total_size`). */
+  withheld_files?: number;
   total_size: number;
   you: string[];
   actions: string[];
@@ -58,7 +60,24 @@ export interface IAirlockFile {
   frozen: boolean;
   frozen_at: string | null;
   status: 'pending' | 'approved' | 'changes' | 'rejected' | 'conflict';
+  /** From a held job's folder (`/held/jobs/<id>`). */
+  held?: boolean;
+  withheld?: false;
 }
+
+/**
+ * A held job's file before release, as its author and the project's members see it: its name,
+ * size and checksum are withheld; `path` is the job's folder (docs/airlock.md).
+ */
+export interface IWithheldFile extends Omit<IAirlockFile, 'name' | 'size' | 'sha256' | 'withheld'> {
+  name: null;
+  size: null;
+  sha256: null;
+  withheld: true;
+}
+
+/** A request's files: those the caller sees, and held files it does not. */
+export type AirlockEntry = IAirlockFile | IWithheldFile;
 
 export interface IAirlockReview {
   id: number;
@@ -74,7 +93,7 @@ export interface IAirlockReview {
 
 export interface IAirlockRequest extends IAirlockSummary {
   justification: string;
-  files: IAirlockFile[];
+  files: AirlockEntry[];
   reviews: IAirlockReview[];
   history: { from: string | null; to: string; actor: string; comment: string; time: string }[];
   rules: { [key: string]: unknown } | null;
@@ -84,7 +103,7 @@ export interface IAirlockRequest extends IAirlockSummary {
 export interface ICheckReport {
   ok: boolean;
   problems: string[];
-  files: { id: number; name: string; path: string; frozen: boolean; size: number | null; problems: string[] }[];
+  files: { id: number; name: string | null; path: string; frozen: boolean; size: number | null; problems: string[]; withheld?: boolean }[];
 }
 
 /** A refused call's problems (`problems`, then `files[].problems`) as lines for the user. */

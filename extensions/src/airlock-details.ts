@@ -6,7 +6,7 @@
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 
-import { airlockApi, downloadUrl, IAirlockFile, IAirlockRequest, ICheckReport, problemLines } from './airlock-api';
+import { airlockApi, downloadUrl, IAirlockFile, IAirlockRequest, ICheckReport, IWithheldFile, problemLines } from './airlock-api';
 import { DECISION_LABEL, fileBadge, sizeOf, stateBadge, stateHint, timeText } from './airlock-format';
 import { button, el } from './dom';
 import { errorText } from './http';
@@ -115,7 +115,7 @@ export class AirlockDetails {
       el(
         'div',
         'vre-AirlockDetails-meta',
-        [`${req.project}`, `${req.file_count} file${req.file_count === 1 ? '' : 's'}`, sizeOf(req.total_size),
+        [`${req.project}`, `${req.file_count} file${req.file_count === 1 ? '' : 's'}${req.withheld_files ? ` (${req.withheld_files} held, withheld until review)` : ''}`, sizeOf(req.total_size),
           req.submitted_at ? `submitted ${timeText(req.submitted_at)}` : `created ${timeText(req.created_at)}`]
           .filter(Boolean)
           .join(' · ')
@@ -125,8 +125,16 @@ export class AirlockDetails {
     // files
     const files = el('ul', 'vre-AirlockFiles');
     files.setAttribute('aria-label', `Files of request ${req.id}`);
+    const withheld = new Map<string, IWithheldFile[]>();
     for (const f of req.files) {
-      files.appendChild(this._fileRow(req, f));
+      if (f.withheld) {
+        withheld.set(f.path, [...(withheld.get(f.path) || []), f]);
+      } else {
+        files.appendChild(this._fileRow(req, f));
+      }
+    }
+    for (const [path, held] of withheld) {
+      files.appendChild(this._withheldRow(req, path, held));
     }
     if (!req.files.length) {
       files.appendChild(el('li', 'vre-AirlockFiles-empty', 'No files yet: add one below, or right-click a file or folder in the file browser → “Request export”.'));
@@ -300,6 +308,32 @@ export class AirlockDetails {
       );
     }
     if (tools.childElementCount) {
+      li.appendChild(tools);
+    }
+    return li;
+  }
+
+  /** A held job's files the author may not see before release: one line per job folder. */
+  private _withheldRow(req: IAirlockRequest, path: string, held: IWithheldFile[]): HTMLLIElement {
+    const li = el('li', 'vre-AirlockFile vre-mod-withheld');
+    const n = `${held.length} file${held.length === 1 ? '' : 's'}`;
+    const top = el('div', 'vre-AirlockFile-top');
+    const name = el('span', 'vre-AirlockFile-name', `${path} — held: ${n} (withheld until review)`);
+    name.title = "A held job's files: their names, sizes and checksums are shown to the output checkers only, until they are released";
+    top.appendChild(name);
+    li.appendChild(top);
+    if (req.actions.includes('remove_file')) {
+      const tools = el('div', 'vre-AirlockFile-tools');
+      tools.appendChild(
+        button('Remove', `Remove the ${n} of ${path} from request ${req.id}`, () =>
+          void this._do(async () => {
+            let out = req;
+            for (const f of held) {
+              out = await airlockApi.removeFile(req.id, f.id);
+            }
+            return out;
+          }), { labelled: true })
+      );
       li.appendChild(tools);
     }
     return li;

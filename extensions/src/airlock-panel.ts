@@ -252,7 +252,8 @@ export class AirlockPanel extends Widget {
       top.appendChild(el('span', 'vre-AirlockRow-id', `#${r.id}`));
       top.appendChild(el('span', 'vre-AirlockRow-name', r.title || '(untitled)'));
       b.appendChild(top);
-      b.appendChild(el('span', 'vre-AirlockRow-meta', `${r.file_count} file${r.file_count === 1 ? '' : 's'} · ${sizeOf(r.total_size)}`));
+      const held = r.withheld_files ? ` (${r.withheld_files} held, withheld until review)` : '';
+      b.appendChild(el('span', 'vre-AirlockRow-meta', `${r.file_count} file${r.file_count === 1 ? '' : 's'}${held} · ${sizeOf(r.total_size)}`));
       b.addEventListener('click', () => this.select(this._selected === r.id ? null : r.id));
       li.appendChild(b);
       this._list.appendChild(li);

@@ -180,15 +180,23 @@ def test_batch_only_is_absent_from_sessions_and_shared_workers_and_read_by_a_hel
     assert seen["workers"] and not any(".held" in w for w in seen["workers"]), seen
     assert seen["data"] == [OWN], seen
 
-    # the airlock is the way out: the held folder can be put in an export request
+    # the airlock is the way out: the held folder can be put in an export request, whose held files
+    # stay withheld from their author (name, size, hash) until the output checkers release them
     r = alice.vre_api("POST", "/airlock/requests", json={
         "project": PROJECT, "title": "held results", "justification": "aggregate counts",
         "files": [{"path": f"/held/jobs/{held['id']}/probe.json", "description": "the probe"}]})
     assert r.status_code == 201, r.text
-    assert [f["name"] for f in r.json()["files"]] == ["probe.json"]
+    assert [(f["held"], f["withheld"], f["name"], f["path"], f["size"]) for f in r.json()["files"]] == \
+        [(True, True, None, f"/held/jobs/{held['id']}", None)]
+    assert "probe.json" not in r.text and r.json()["withheld_files"] == 1
+    # climbing out of a held job's folder is judged where it lands: a dataset file that exists (the
+    # demo cohort's clinical table, mounted in her session) is refused as one
     r = alice.vre_api("POST", "/airlock/requests", json={
-        "project": PROJECT, "title": "a dataset file", "files": [f"/held/jobs/{held['id']}/../../../x"]})
-    assert r.status_code == 400, r.text
+        "project": PROJECT, "title": "a dataset file",
+        "files": [f"/held/jobs/{held['id']}/../../../data/{OWN}/clinical.csv"]})
+    assert r.status_code == 400 and "inside a dataset" in r.json()["message"], r.text
+    assert r.json()["files"][0]["problems"] == [
+        f"leads to /data/{OWN}/clinical.csv, inside a dataset: dataset files never leave through the airlock"]
     alice.stop(PROJECT)
 
 

@@ -392,3 +392,108 @@ def test_previews_never_serve_active_content():
     assert PREVIEW_TYPES["svg"].startswith("text/plain")
     assert not any("html" in t or "svg+xml" in t or "javascript" in t for t in PREVIEW_TYPES.values())
     assert PREVIEW_CSP.startswith("sandbox") and "default-src 'none'" in PREVIEW_CSP
+
+
+# --- a held job's files (vre.airlock.held) ---------------------------------------------------------
+#: Names, contents and a link target a held job chose: none may reach its author before release.
+SECRETS = ("patient-4711-age-63", "LEAKNAME", "TARGET-LEAK")
+
+
+def held_job(settings, job=7):
+    """A held job's folder as the job left it: names of its choosing, a table and a figure."""
+    from vre.plan import held_dir
+
+    d = held_dir(settings, "lung") / "jobs" / str(job)
+    (d / "LEAKNAME-figures").mkdir(parents=True)
+    (d / "patient-4711-age-63.csv").write_text("a,b\n" + "1,2\n" * 12345)
+    (d / "LEAKNAME-figures" / "roc.png").write_bytes(PNG)
+    return d
+
+
+def leaks(reply) -> list[str]:
+    text = json.dumps(reply) if not isinstance(reply, str) else reply
+    return [s for s in SECRETS if s in text]
+
+
+def test_held_links_and_special_files_are_refused_naming_nothing(world):
+    d = held_job(world)
+    os.symlink("/x/TARGET-LEAK", d / "LEAKNAME-link.csv")
+    os.mkfifo(d / "LEAKNAME-fifo.csv")
+    for named in ("/held/jobs/7", "/held/jobs/7/LEAKNAME-link.csv", "/held/jobs/7/LEAKNAME-fifo.csv"):
+        with pytest.raises(ops.Refused) as e:
+            ops.create(world, who("ann"), "lung", "x", "", [named])
+        said = json.dumps({"message": str(e.value), "files": e.value.files, "problems": e.value.problems})
+        assert "regular files and folders" in said and not e.value.files
+        assert leaks(said.replace(named, "")) == [], said  # only what the author typed comes back
+    # a link of the author's own leads into a held folder, or to a held job's link: refused, no target
+    os.symlink("/held/jobs/7/patient-4711-age-63.csv", home(world) / "mine.csv")
+    os.symlink("/held/jobs/7/LEAKNAME-link.csv", home(world) / "theirs.csv")
+    for named, fragment in (("mine.csv", "through a link"), ("theirs.csv", "regular files and folders")):
+        with pytest.raises(ops.Refused, match=fragment) as e:
+            ops.create(world, who("ann"), "lung", "x", "", [named])
+        assert leaks({"m": str(e.value), "f": e.value.files, "p": e.value.problems}) == []
+
+
+def test_held_files_are_withheld_from_their_author_until_release(world):
+    d = held_job(world)
+    with vdb.session_scope(world.vre_db_url) as db:
+        set_rules(db, "lung", reviews=1)
+    r = ops.create(world, who("ann"), "lung", "held results", "", ["/held/jobs/7/", "project/out/table.csv"])
+    rid = r["id"]
+    held_rows = [f for f in r["files"] if f["held"]]
+    assert leaks(r) == [] and len(held_rows) == 2 and r["withheld_files"] == 2 and r["file_count"] == 3
+    assert all(f["withheld"] and f["path"] == "/held/jobs/7" and f["name"] is f["size"] is f["sha256"] is None
+               for f in held_rows)
+    assert r["total_size"] == len("a,b\n1,2\n3,4\n")  # the workspace file alone
+    table = next(f for f in r["files"] if not f["held"])
+    assert table["name"] == "table.csv" and table["size"] == 12 and not table["withheld"]
+    # a check says that held files break the rules (12,346 rows > 10,000), never which, how or how big
+    with vdb.session_scope(world.vre_db_url) as db:
+        set_rules(db, "lung", max_csv_rows=10_000)
+    report = ops.check(world, who("ann"), rid)
+    assert not report["ok"] and leaks(report) == [] and "12346" not in json.dumps(report)
+    assert [p for p in report["problems"] if "held files" in p] and not any(
+        f["problems"] or f["size"] is not None for f in report["files"] if f["held"])
+    with pytest.raises(ops.Refused) as e:
+        ops.submit(world, who("ann"), rid)
+    assert leaks({"m": str(e.value), "f": e.value.files, "p": e.value.problems}) == [] and not e.value.files
+    with vdb.session_scope(world.vre_db_url) as db:
+        set_rules(db, "lung", max_csv_rows=50_000)
+    assert ops.check(world, who("ann"), rid)["ok"]
+    out = ops.submit(world, who("ann"), rid)
+    assert leaks(out) == [] and all(f["sha256"] is None for f in out["files"] if f["held"])
+    assert leaks(ops.get(world, who("ben"), rid)) == []             # a member: withheld too
+    assert leaks(ops.list_requests(world, who("ann"))) == []
+    # frozen at submission: the job renames and rewrites its files; the checkers see what was submitted
+    (d / "patient-4711-age-63.csv").rename(d / "other.csv")
+    (d / "other.csv").write_text("changed\n")
+    seen = ops.get(world, who("chk1"), rid)
+    names = {f["name"]: f for f in seen["files"]}
+    assert set(names) == {"7/patient-4711-age-63.csv", "7/LEAKNAME-figures/roc.png", "table.csv"}
+    assert names["7/patient-4711-age-63.csv"]["held"] and names["7/patient-4711-age-63.csv"]["size"] > 12345 * 4
+    assert ops.preview(world, who("chk1"), rid, names["7/patient-4711-age-63.csv"]["id"]).path.read_text() \
+        .startswith("a,b\n1,2\n")
+    # released: the approved held file is the author's like any other; the rejected one stays withheld
+    decisions = [{"file": f["id"], "decision": "approve"} for f in seen["files"] if "LEAKNAME" not in f["name"]]
+    decisions.append({"file": names["7/LEAKNAME-figures/roc.png"]["id"], "decision": "reject", "comment": "no"})
+    ops.review(world, who("chk1"), rid, decisions)
+    ops.release(world, who("chk1"), rid)
+    after = ops.get(world, who("ann"), rid)
+    assert {f["name"] for f in after["files"]} == {"7/patient-4711-age-63.csv", "table.csv", None}
+    assert "LEAKNAME" not in json.dumps(after) and after["withheld_files"] == 1
+    record = ops.get_record(world, who("ann"), rid)
+    assert record["verified"] and "LEAKNAME" not in record["text"] and "patient-4711-age-63" in record["text"]
+
+
+def test_a_held_file_is_updated_from_a_held_folder_only(world):
+    held_job(world)
+    with vdb.session_scope(world.vre_db_url) as db:
+        set_rules(db, "lung", reviews=1)
+    rid = ops.create(world, who("ann"), "lung", "x", "", ["/held/jobs/7/patient-4711-age-63.csv"])["id"]
+    ops.submit(world, who("ann"), rid)
+    fid = ops.get(world, who("chk1"), rid)["files"][0]["id"]
+    ops.review(world, who("chk1"), rid, [{"file": fid, "decision": "changes", "comment": "round"}])
+    ops.return_(world, who("chk1"), rid, "round")
+    with pytest.raises(VREError, match="held job's folder"):  # its job-chosen name would show
+        ops.update_file(world, who("ann"), rid, fid, "project/out/table.csv")
+    assert ops.update_file(world, who("ann"), rid, fid)["files"][0]["version"] == 2

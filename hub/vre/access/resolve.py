@@ -16,6 +16,7 @@ records every dataset open the server makes; docs/architecture.md states the res
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -62,6 +63,17 @@ class MountMap:
         return None, None, "system"
 
 
+class LinkRefused(OSError):
+    """A symbolic link met where none may be followed (``resolve(..., no_links_in=...)``). Its
+    message names neither the link nor its target: in a held job's folder both are the job's
+    choice, and the job may have read batch-only data."""
+
+    def __init__(self, kind: str):
+        super().__init__(errno.ELOOP, f"a symbolic link in a {kind} folder, which may hold only regular files "
+                                      "and folders")
+        self.kind = kind
+
+
 @dataclass(frozen=True)
 class Resolved:
     path: str          # the session path the walk ends at
@@ -81,8 +93,9 @@ def _parts(path: str) -> list[str]:
     return [p for p in path.split("/") if p]
 
 
-def resolve(mm: MountMap, path: str) -> Resolved:
-    """Resolve a session path (absolute, or relative to the server's root) as the session would."""
+def resolve(mm: MountMap, path: str, *, no_links_in: tuple[str, ...] = ()) -> Resolved:
+    """Resolve a session path (absolute, or relative to the server's root) as the session would.
+    A symlink in a mount whose kind is in ``no_links_in`` is not followed: LinkRefused."""
     pending = _parts(path if path.startswith("/") else f"{mm.root}/{path}")
     done: list[str] = []
     links = 0
@@ -96,7 +109,7 @@ def resolve(mm: MountMap, path: str) -> Resolved:
                 done.pop()
             continue
         candidate = "/" + "/".join(done + [part])
-        host, _kind = mm.host_path(candidate)
+        host, kind = mm.host_path(candidate)
         if host is None or not exists:
             done.append(part)
             continue
@@ -107,6 +120,8 @@ def resolve(mm: MountMap, path: str) -> Resolved:
             done.append(part)
             continue
         if stat.S_ISLNK(st.st_mode):
+            if kind in no_links_in:
+                raise LinkRefused(kind)
             links += 1
             if links > MAX_LINKS:
                 raise OSError(40, "too many levels of symbolic links", candidate)

@@ -1,7 +1,8 @@
 """The release record: what left the environment, signed with the audit key (SATRE 3.3.09).
 
 A record is canonical JSON (the audit trail's canonical form: sorted keys, no whitespace, UTF-8)
-of the released request: its files (released and withheld) with sizes and SHA-256, every decision
+of the released request: its files (released and withheld) with sizes and SHA-256 (a held job's
+files that were not released without their names, sizes and hashes), every decision
 with reviewer, phase and time, the state history, and the rules the submission was checked
 against. It is signed with the audit trail's Ed25519 key (``vre.audit.keys``), so anyone with the
 public key (``secrets_dir/audit_ed25519.pub``, kept off the host by the auditors) can check it:
@@ -16,6 +17,7 @@ import json
 from ..audit.keys import PUBLIC_NAME, key_id, load_or_create, load_public, sign, signature_ok
 from ..audit.schema import canonical_json, format_time
 from ..db import AirlockRequest
+from . import held
 from .review import file_status, index
 
 RECORD_VERSION = 1
@@ -32,9 +34,14 @@ def build(req: AirlockRequest, *, released_by: str, released_at) -> dict:
     files = []
     for f in req.files:
         status = file_status(req, f, by)
-        files.append({"id": f.id, "name": f.name, "path": f.path, "description": f.description, "size": f.size,
-                      "sha256": f.sha256, "version": f.version, "frozen_at": _t(f.frozen_at),
-                      "status": status, "released": status == "approved"})
+        row = {"id": f.id, "name": f.name, "path": f.path, "description": f.description, "size": f.size,
+               "sha256": f.sha256, "version": f.version, "frozen_at": _t(f.frozen_at),
+               "status": status, "released": status == "approved"}
+        if held.is_held(f.path):
+            # the author reads the record: a held file that stays inside stays withheld (the audit
+            # trail's review events name it, with its hash)
+            row = {**row, "held": True} if row["released"] else held.redact(row)
+        files.append(row)
     return {
         "record_version": RECORD_VERSION,
         "request": req.id,

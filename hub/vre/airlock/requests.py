@@ -22,6 +22,7 @@ from ..db import AirlockFile, AirlockRequest, utcnow
 from ..errors import NotFound, VREError
 from ..plan import PlanRefused
 from ..projects import get_project
+from . import held
 from . import record as rec
 from . import review as R
 from . import store
@@ -104,6 +105,19 @@ def _t(value: dt.datetime | None) -> str | None:
 
 
 # --- what a caller sees -----------------------------------------------------------------------
+def _file_row(req: AirlockRequest, f: AirlockFile, caps: set, status: str) -> dict:
+    """A file as the caller may see it (a held job's file: ``held.redact`` until it is released)."""
+    is_held = held.is_held(f.path)
+    row = {
+        "id": f.id, "name": f.name, "path": f.path, "description": f.description, "size": f.size,
+        "sha256": f.sha256, "version": f.version, "frozen": bool(f.sha256), "frozen_at": _t(f.frozen_at),
+        "status": status, "held": is_held, "withheld": False,
+    }
+    if is_held and not held.shown(caps, released=req.state == "released" and f.status == "approved"):
+        return held.redact(row)
+    return row
+
+
 def to_dict(req: AirlockRequest, account: vdb.Account, caps: set, *, detail: bool = True) -> dict:
     by = R.index(req)
     phase = R.phase(req, by)
@@ -113,18 +127,16 @@ def to_dict(req: AirlockRequest, account: vdb.Account, caps: set, *, detail: boo
         for r in req.reviews:
             if r.reviewer_id == account.id:
                 mine[(r.file_id, r.file_version)] = R.STATUS_OF[r.decision]
-    files = [{
-        "id": f.id, "name": f.name, "path": f.path, "description": f.description, "size": f.size,
-        "sha256": f.sha256, "version": f.version, "frozen": bool(f.sha256), "frozen_at": _t(f.frozen_at),
-        # in the blinded phase nobody learns what others decided from a file's status
-        "status": (mine.get((f.id, f.version), "pending") if blinded else f.status),
-    } for f in req.files]
+    # in the blinded phase nobody learns what others decided from a file's status
+    files = [_file_row(req, f, caps, mine.get((f.id, f.version), "pending") if blinded else f.status)
+             for f in req.files]
     data = {
         "id": req.id, "project": req.project.slug, "author": req.author.name, "title": req.title,
         "state": req.state, "phase": phase, "round": req.round, "reviews_required": req.reviews_required,
         "reviews_complete": len(R.completed_reviewers(req, by)),
         "created_at": _t(req.created_at), "submitted_at": _t(req.submitted_at), "updated_at": _t(req.updated_at),
         "released_at": _t(req.released_at), "file_count": len(files),
+        "withheld_files": sum(f["withheld"] for f in files),  # counted in file_count, not in total_size
         "total_size": sum(f["size"] or 0 for f in files), "you": sorted(caps), "actions": R.actions(req, caps),
     }
     if not detail:
@@ -220,15 +232,24 @@ def _add(db, settings, req: AirlockRequest, author: str, items: list[dict]) -> l
             continue
         cands, trouble = store.expand(mm, item["path"], item["description"], room)
         problems += trouble
+        held_problems = []  # a held job's files are refused together, naming none (vre.airlock.held)
         for c in cands:
             if c.problems:
-                refused.append(c.to_dict())
+                if held.is_held(c.path):
+                    held_problems += c.problems
+                else:
+                    refused.append(c.to_dict())
             elif c.name in names:
-                refused.append({**c.to_dict(), "problems": [f"a file named {c.name!r} is already in the request; "
-                                                             "rename one of them"]})
+                if held.is_held(c.path):
+                    held_problems.append("a file of the same name is already in the request")
+                else:
+                    refused.append({**c.to_dict(), "problems": [f"a file named {c.name!r} is already in the "
+                                                                 "request; rename one of them"]})
             else:
                 names.add(c.name)
                 added.append(c)
+        if held_problems:
+            problems.append(held.refused(item["path"], held_problems))
     if problems or refused:
         raise Refused("some files cannot be added: " + "; ".join(
             problems + [f"{f['path']}: {', '.join(f['problems'])}" for f in refused[:10]]), files=refused,
@@ -343,9 +364,11 @@ def _datasets(db) -> list[tuple[str, str, str]]:
 
 
 def _freeze_all(settings, request_id: int, todo: list[tuple[int, store.Candidate]], rules: Rules, datasets,
-                *, already: int, copy: bool) -> tuple[dict[int, store.Frozen], list[dict], list[str]]:
+                *, already: int, copy: bool, any_held: bool = False
+                ) -> tuple[dict[int, store.Frozen], list[dict], list[str]]:
     """Freeze (or only read through) located files, within the request's size limit; (results by
-    file id, refused files, request-level problems). Nothing is left stored when anything is refused."""
+    file id, refused files, request-level problems). Nothing is left stored when anything is refused.
+    ``any_held``: the request holds a held job's files, whose sizes its total would give away."""
     results: dict[int, store.Frozen] = {}
     refused, problems = [], []
     total, over = already, False
@@ -359,8 +382,9 @@ def _freeze_all(settings, request_id: int, todo: list[tuple[int, store.Candidate
             continue
         if over or total + (c.size or 0) > rules.max_request_bytes:
             if not over:  # the files after this one are only checked by name and size, never read
+                at = "a held file" if held.is_held(c.path) else c.name
                 problems.append(f"the files add up to more than {rules.max_request_bytes} bytes, the project's "
-                                f"limit per request (reached at {c.name}); split the request")
+                                f"limit per request (reached at {at}); split the request")
             over = True
             continue
         fr = store.freeze(settings, request_id, c, rules, limit=rules.max_file_bytes, copy=copy)
@@ -376,8 +400,9 @@ def _freeze_all(settings, request_id: int, todo: list[tuple[int, store.Candidate
             refused.append({"id": fid, "path": c.path, "name": c.name, "size": fr.size, "problems": fr.problems})
         results[fid] = fr
     if total > rules.max_request_bytes and not problems:
-        problems.append(f"the files add up to {total} bytes, more than the project's limit of "
-                        f"{rules.max_request_bytes} bytes per request")
+        added = "more than" if any_held else f"{total} bytes, more than"
+        problems.append(f"the files add up to {added} the project's limit of {rules.max_request_bytes} bytes "
+                        "per request")
     if (refused or problems) and copy:
         for fr in results.values():
             store.discard(settings, request_id, fr.stored)
@@ -385,7 +410,8 @@ def _freeze_all(settings, request_id: int, todo: list[tuple[int, store.Candidate
 
 
 def _prepare(db, settings, c: _Ctx, file_ids=None, paths: dict | None = None):
-    """(located files to freeze, rules, datasets, bytes already frozen) for the author's request."""
+    """(located files to freeze, rules, datasets, bytes already frozen, whether it holds a held job's
+    files) for the author's request."""
     try:
         mm = store.mount_map(db, settings, c.req.author.name, c.req.project.slug)
     except PlanRefused as e:
@@ -397,7 +423,7 @@ def _prepare(db, settings, c: _Ctx, file_ids=None, paths: dict | None = None):
             named = (paths or {}).get(f.id) or f.path
             todo.append((f.id, store.locate(mm, named, f.name, f.description)))
     already = sum(f.size or 0 for f in c.req.files if f.sha256 and (file_ids is None or f.id not in file_ids))
-    return todo, rules, _datasets(db), already
+    return todo, rules, _datasets(db), already, any(held.is_held(f.path) for f in c.req.files)
 
 
 def check(settings, who: Actor, request_id: int) -> dict:
@@ -405,15 +431,16 @@ def check(settings, who: Actor, request_id: int) -> dict:
     with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "check it")
-        todo, rules, datasets, already = _prepare(db, settings, c)
+        todo, rules, datasets, already, any_held = _prepare(db, settings, c)
         frozen = [f for f in c.req.files if f.sha256]
         count, project = len(c.req.files), c.req.project.slug
     results, refused, problems = _freeze_all(settings, request_id, todo, rules, datasets, already=already,
-                                             copy=False)
+                                             copy=False, any_held=any_held)
     if count == 0:
         problems.append("the request has no files")
     if count > rules.max_files:
         problems.append(f"{count} files: more than the project's limit of {rules.max_files}")
+    ok = not (refused or problems)
     bad = {f["id"]: f["problems"] for f in refused}
     files = [{"id": fid, "name": cand.name, "path": cand.path, "frozen": False,
               "size": results[fid].size if fid in results else cand.size, "problems": bad.get(fid, [])}
@@ -421,8 +448,11 @@ def check(settings, who: Actor, request_id: int) -> dict:
     files += [{"id": f.id, "name": f.name, "path": f.path, "frozen": True, "size": f.size, "problems": []}
               for f in frozen]
     _audit(settings, who, "airlock.check", request_id=request_id, project=project, caps=c.caps,
-           ok=not (refused or problems), refused=len(refused))
-    return {"ok": not (refused or problems), "problems": problems, "files": files, "rules": rules.to_dict()}
+           ok=ok, refused=len(refused))
+    # only the author checks: a held job's files are counted in, never shown (vre.airlock.held)
+    files = [held.redact(f) if held.is_held(f["path"]) else {**f, "held": False, "withheld": False} for f in files]
+    problems += held.split(refused)[1]
+    return {"ok": ok, "problems": problems, "files": files, "rules": rules.to_dict()}
 
 
 def submit(settings, who: Actor, request_id: int) -> dict:
@@ -433,18 +463,21 @@ def submit(settings, who: Actor, request_id: int) -> dict:
         if c.req.state not in R.EDITABLE:
             raise R.WrongState(f"request {c.req.id} is {c.req.state.replace('_', ' ')}: only a draft or a request "
                                "returned with changes requested can be submitted")
-        todo, rules, datasets, already = _prepare(db, settings, c)
+        todo, rules, datasets, already, any_held = _prepare(db, settings, c)
         expected = (c.req.rev, c.req.state, c.req.round, sorted((f.id, f.version) for f in c.req.files))
         count, project = len(c.req.files), c.req.project.slug
     if count == 0:
         raise Refused("the request has no files: add the results to export first", problems=["no files"])
     if count > rules.max_files:
         raise Refused(f"{count} files: more than the project's limit of {rules.max_files} per request")
-    results, refused, problems = _freeze_all(settings, request_id, todo, rules, datasets, already=already, copy=True)
+    results, refused, problems = _freeze_all(settings, request_id, todo, rules, datasets, already=already,
+                                             copy=True, any_held=any_held)
     if refused or problems:
         _audit(settings, who, "airlock.submit", request_id=request_id, project=project, caps={"author"},
                outcome="denied", problems=problems, refused=[{"name": f["name"], "problems": f["problems"]}
                                                              for f in refused[:AUDIT_FILES]])
+        refused, withheld = held.split(refused)  # the author learns that held files broke rules, not which
+        problems += withheld
         raise Refused("the request was not submitted: " + "; ".join(
             problems + [f"{f['name']}: {', '.join(f['problems'])}" for f in refused[:10]])
             + (f" (and {len(refused) - 10} more files)" if len(refused) > 10 else ""),
@@ -478,6 +511,13 @@ def submit(settings, who: Actor, request_id: int) -> dict:
     return out
 
 
+def _held_path(named: str) -> bool:
+    try:
+        return held.is_held(store.session_path(named))
+    except ValueError:
+        return False  # not a path at all: locating it says why
+
+
 def update_file(settings, who: Actor, request_id: int, file_id: int, path: str | None = None) -> dict:
     """Freeze a file again (from its path, or a new one): a new version whose reviews start afresh."""
     with _tx(settings) as db:
@@ -488,12 +528,19 @@ def update_file(settings, who: Actor, request_id: int, file_id: int, path: str |
                                "it is submitted, in review or returned with changes requested (a draft is frozen "
                                "at submission)")
         f = _file(c.req, file_id)
+        if path and held.is_held(f.path) != _held_path(path):
+            # a held file's name is the job's: it stays withheld only while its path is held
+            raise VREError("a held job's file is updated from a held job's folder, and any other file from outside "
+                           "them: remove the file and add the new one instead")
         paths = {f.id: path} if path else None
-        todo, rules, datasets, already = _prepare(db, settings, c, file_ids={f.id}, paths=paths)
+        todo, rules, datasets, already, any_held = _prepare(db, settings, c, file_ids={f.id}, paths=paths)
         expected = (c.req.rev, c.req.state, f.version)
         project, old = c.req.project.slug, {"sha256": f.sha256, "version": f.version}
-    results, refused, problems = _freeze_all(settings, request_id, todo, rules, datasets, already=already, copy=True)
+    results, refused, problems = _freeze_all(settings, request_id, todo, rules, datasets, already=already,
+                                             copy=True, any_held=any_held)
     if refused or problems:
+        refused, withheld = held.split(refused)
+        problems += withheld
         raise Refused("the file was not updated: " + "; ".join(
             problems + [f"{x['name']}: {', '.join(x['problems'])}" for x in refused]), files=refused,
             problems=problems)

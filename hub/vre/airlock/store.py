@@ -6,7 +6,8 @@ the project (``vre.access.resolve``: symlinks are followed as the session would 
 symlinks never), and only files that end up in the home or the project workspace are accepted: a
 link to ``/data/...`` or anywhere else is refused with the place it leads to. Held jobs' folders
 (``/held/jobs/<id>``, which no session mounts) are named the same way: the airlock is the only way
-their files leave.
+their files leave. There no link is followed and only regular files and folders are accepted, and
+nothing a held job chose reaches its author before release (``vre.airlock.held``).
 
 Copies are streamed in 1 MiB chunks (never a whole file in memory), hashed while they are written,
 opened component by component with ``O_NOFOLLOW`` below the mount's host directory (a link swapped
@@ -20,6 +21,7 @@ dataset files of the same size only (cached by path, size and mtime).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
@@ -33,6 +35,7 @@ from pathlib import Path
 from ..access.resolve import USER_KINDS, MountMap, resolve
 from ..beneath import open_beneath
 from ..plan import HELD_ROOT, HOME, Mount, build_plan, held_dir
+from . import held
 from .rules import ContentCheck, Rules, file_problems
 
 CHUNK = 1 << 20
@@ -40,6 +43,8 @@ CHUNK = 1 << 20
 WALK_FACTOR = 4
 #: Mount kinds files may be exported from: the session's own, and held jobs' folders.
 EXPORT_KINDS = (*USER_KINDS, "held")
+#: Mount kinds in which no link is followed: a held job chose its links (and where they lead).
+NO_LINKS = ("held",)
 
 
 def storage_root(settings) -> Path:
@@ -106,7 +111,7 @@ def locate(mm: MountMap, named: str, name: str, description: str = "") -> Candid
         return Candidate(named, name, description, problems=[str(e)])
     c = Candidate(path, name, description)
     try:
-        r = resolve(mm, path)
+        r = _resolve(mm, path)
     except OSError as e:
         c.problems.append(f"cannot be resolved: {e.strerror}")
         return c
@@ -126,10 +131,20 @@ def locate(mm: MountMap, named: str, name: str, description: str = "") -> Candid
     if stat.S_ISDIR(st.st_mode):
         c.problems.append("is a folder")
     elif not stat.S_ISREG(st.st_mode):
-        c.problems.append("is not a regular file (a pipe, socket or device)")
+        c.problems.append(held.NOT_PLAIN if held.is_held(path) else "is not a regular file (a pipe, socket or device)")
     else:
         c.size = st.st_size
     return c
+
+
+def _resolve(mm: MountMap, path: str):
+    """``resolve`` for the airlock: no link followed in a held job's folder (LinkRefused, which names
+    nothing), and a path outside ``/held`` that leads into one is refused (OSError), so whether a
+    file is held is always its name's say (``held.is_held``)."""
+    r = resolve(mm, path, no_links_in=NO_LINKS)
+    if r.kind == "held" and not held.is_held(path):
+        raise OSError(errno.EXDEV, held.THROUGH_LINK)
+    return r
 
 
 def expand(mm: MountMap, named: str, description: str, limit: int) -> tuple[list[Candidate], list[str]]:
@@ -142,7 +157,7 @@ def expand(mm: MountMap, named: str, description: str, limit: int) -> tuple[list
         return [], [f"{named!r}: {e}"]
     base = posixpath.basename(path.rstrip("/")) or "file"
     try:
-        r = resolve(mm, path)
+        r = _resolve(mm, path)
     except OSError as e:
         return [], [f"{path}: cannot be resolved: {e.strerror}"]
     if r.kind in EXPORT_KINDS and r.exists and r.is_dir:
@@ -154,6 +169,8 @@ def expand(mm: MountMap, named: str, description: str, limit: int) -> tuple[list
             try:
                 entries = sorted(os.scandir(r.host + ("/" + rel if rel else "")), key=lambda e: e.name)
             except OSError as e:
+                if held.is_held(path):  # the names below a held folder are the job's
+                    return out, [f"{path}: a folder in it cannot be listed: {e.strerror}"]
                 return out, [f"{path}/{rel}: cannot be listed: {e.strerror}"]
             for entry in entries:
                 if entry.name.startswith("."):  # .ipynb_checkpoints and the like: name them to include them
