@@ -474,3 +474,27 @@ def test_a_report_that_would_fail_the_commit_fails_only_its_pool(two_projects, m
     assert "pool lung" in caplog.text
     assert states(world) == {lung: "running", heart: "succeeded"}
     assert fake.workers["lung-worker-1"].job == lung
+
+
+async def test_an_agent_answer_is_read_only_up_to_a_bound(tmp_path, monkeypatch):
+    """An agent that answers without end cannot fill the engine's memory."""
+    from vre.jobs import executor
+
+    async def endless(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+        try:
+            while True:
+                writer.write(b" " * (1 << 16))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+    monkeypatch.setattr(executor, "MAX_REPLY", 1 << 20)
+    path = tmp_path / "agent.sock"
+    server = await asyncio.start_unix_server(endless, str(path))
+    try:
+        with pytest.raises(executor.ExecutorError, match="over 1 MiB"):
+            await executor._http(path, "GET", "/jobs")
+    finally:
+        server.close()
