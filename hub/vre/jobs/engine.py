@@ -143,10 +143,10 @@ class AgentReport:
         if not t:
             return None
         earliest = job.submitted_at.timestamp() if job.submitted_at else 0.0
-        if isinstance(t, (int, float)) and not isinstance(t, bool) and not (isinstance(t, float) and not math.isfinite(t)) \
-                and earliest <= t <= now.timestamp():
+        number = isinstance(t, int) and not isinstance(t, bool) or isinstance(t, float) and math.isfinite(t)
+        if number and earliest <= t <= now.timestamp():
             return dt.datetime.fromtimestamp(t, dt.timezone.utc)
-        self.problems.append("a start time that is not a time between its submission and now; the engine's clock is used")
+        self.problems.append("a start time outside its submission and now; the engine's clock is used")
         return now
 
 
