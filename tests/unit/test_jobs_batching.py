@@ -1,9 +1,12 @@
 """The batch queue's engine, one look at a time, with a fake executor (no Dask, no sandboxes):
 admission per look still serves quotas and fair order, a look's state changes and their audit
-records commit together (a failure between them loses neither), and the lazy fair order is the
-same order as the plain one. On SQLite and PostgreSQL."""
+records commit together (a failure between them loses neither), what a pool's agent reports is
+checked before it is stored and one pool's failure never stops the others, and the lazy fair
+order is the same order as the plain one. On SQLite and PostgreSQL."""
 
 import asyncio
+import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -72,10 +75,12 @@ class FakeExecutor:
     """What the engine asks of ``LocalDaskExecutor``, in memory: ``n`` warm workers of one shape
     and an agent whose jobs the test ends."""
 
-    def __init__(self, n: int, shape=(1.0, 1024, ())):
-        self.workers = {f"lung-worker-{i}": Worker(f"lung-worker-{i}", "lung", shape) for i in range(1, n + 1)}
+    def __init__(self, n: int, shape=(1.0, 1024, ()), pools=("lung",)):
+        self.workers = {f"{p}-worker-{i}": Worker(f"{p}-worker-{i}", p, shape)
+                        for p in pools for i in range(1, n + 1)}
         self.agent: dict[int, dict] = {}
         self.submitted: list[int] = []
+        self.reports: dict[str, object] = {}  # pool -> what its agent answers instead (an exception: raised)
 
     def scheduler_alive(self, project):
         return True
@@ -85,7 +90,7 @@ class FakeExecutor:
 
     def idle_worker(self, project, shape, datasets):
         return next((w for w in self.workers.values()
-                     if w.job is None and w.shape == shape and w.datasets == datasets), None)
+                     if w.pool == project and w.job is None and w.shape == shape and w.datasets == datasets), None)
 
     def oom_kills(self, name):
         return 0
@@ -98,7 +103,12 @@ class FakeExecutor:
         self.agent[spec["id"]] = {"state": "running", "started": time.time(), "result": None, "error": None}
 
     async def status(self, project):
-        return {"jobs": {str(k): dict(v) for k, v in self.agent.items()}}
+        if project in self.reports:
+            answer = self.reports[project]
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+        return {"jobs": {str(k): dict(v) if isinstance(v, dict) else v for k, v in self.agent.items()}}
 
     async def forget(self, project, job_id):
         self.agent.pop(job_id, None)
@@ -179,7 +189,7 @@ class Boom(RuntimeError):
     pass
 
 
-def test_a_failed_audit_write_leaves_the_job_as_it_was_and_nothing_is_lost(world, monkeypatch):
+def test_a_failed_audit_write_leaves_the_job_as_it_was_and_nothing_is_lost(world, monkeypatch, caplog):
     job = submit(world, "ann")
     fake = FakeExecutor(1)
     engine = Engine(world, executor=fake)
@@ -191,10 +201,13 @@ def test_a_failed_audit_write_leaves_the_job_as_it_was_and_nothing_is_lost(world
     def broken(self, cur, rows):
         raise Boom("the audit write failed")
     monkeypatch.setattr(audit_store.AuditStore, "_insert_rows", broken)
-    with pytest.raises(Boom):
-        asyncio.run(engine.tick())
-    # the end of the job was not committed without its audit record: it is still running
+    with caplog.at_level(logging.ERROR, logger="vre.jobs"):
+        look(engine)  # the failure is the pool's: logged with its name, the look goes on
+    assert "pool lung" in caplog.text and "the audit write failed" in caplog.text
+    # the end of the job was not committed without its audit record: it is still running, and
+    # its worker is still its own (not handed to another job while its end is not recorded)
     assert states(world)[job] == "running" and audited(world, "job.finish") == []
+    assert fake.workers["lung-worker-1"].job == job
     monkeypatch.setattr(audit_store.AuditStore, "_insert_rows", real)
     look(engine)  # the next look sees the same end again, and records it once
     assert states(world)[job] == "succeeded" and audited(world, "job.finish") == [f"job/{job}"]
@@ -218,8 +231,7 @@ def test_a_failed_commit_after_the_audit_write_stores_neither(world, monkeypatch
             raise Boom("crash at the commit")
         return real(self)
     monkeypatch.setattr(Session, "commit", commit_fails_once)
-    with pytest.raises(Boom):
-        asyncio.run(engine.tick())
+    look(engine)  # contained in the pool's part of the look
     monkeypatch.setattr(Session, "commit", real)
     assert states(world)[job] == "running" and audited(world, "job.finish") == []
     assert open_store(world).verify().ok
@@ -278,3 +290,211 @@ def test_a_member_removed_while_their_job_waits_is_not_started_from_a_cached_pla
     assert states(world)[second] == "failed" and fake.submitted == [first]
     with vdb.session_scope(world.vre_db_url) as db:
         assert "not a member" in db.get(vdb.Job, second).reason
+
+
+# --- what a pool's agent reports is untrusted input ----------------------------------------------
+# The agent runs in the project's scheduler, which researchers reach with Dask's run_on_scheduler:
+# whatever it says must neither break the engine (and with it every other project's queue) nor
+# be stored as it came.
+def job_row(settings, job_id: int) -> vdb.Job:
+    with vdb.session_scope(settings.vre_db_url) as db:
+        job = db.get(vdb.Job, job_id)
+        db.expunge(job)
+        return job
+
+
+@pytest.mark.parametrize("started", [1e20, math.nan, math.inf, -5, 10 ** 30, "yesterday", True, [1],
+                                     "future", "before submission"])
+def test_a_start_time_a_pool_reports_is_used_only_if_it_lies_in_the_jobs_life(world, started, caplog):
+    job = submit(world, "ann")
+    fake = FakeExecutor(1)
+    engine = Engine(world, executor=fake)
+    look(engine)  # handed to the worker
+    submitted = job_row(world, job).submitted_at
+    if started == "future":
+        started = time.time() + 86400
+    elif started == "before submission":
+        started = submitted.timestamp() - 3600
+    fake.agent[job]["started"] = started
+    before = vdb.utcnow()
+    with caplog.at_level(logging.WARNING, logger="vre.jobs"):
+        look(engine)
+    row = job_row(world, job)
+    # the engine's own clock stands in for it, and the start is recorded once, as always
+    assert row.state == "running" and before <= row.started_at <= vdb.utcnow()
+    assert audited(world, "job.start") == [f"job/{job}"] and "malformed report" in caplog.text
+    fake.end(job)
+    look(engine)
+    assert job_row(world, job).state == "succeeded"
+
+
+def test_a_believable_start_time_is_kept(world):
+    job = submit(world, "ann")
+    fake = FakeExecutor(1)
+    engine = Engine(world, executor=fake)
+    look(engine)
+    when = (job_row(world, job).submitted_at.timestamp() + time.time()) / 2
+    fake.agent[job]["started"] = when
+    look(engine)
+    assert abs(job_row(world, job).started_at.timestamp() - when) < 1e-3
+
+
+@pytest.mark.parametrize("result", [
+    {"returncode": 2 ** 70}, {"returncode": 256}, {"returncode": -65}, {"returncode": "0"},
+    {"returncode": 0.0}, {"returncode": True}, {"returncode": [0]}, {"returncode": "0", "cancelled": "no"},
+])
+def test_an_exit_code_that_is_not_a_small_int_is_recorded_as_a_malformed_report(world, result):
+    job = submit(world, "ann")
+    fake = FakeExecutor(1)
+    engine = Engine(world, executor=fake)
+    look(engine)
+    fake.agent[job].update(state="done", result=result)
+    look(engine)
+    row = job_row(world, job)
+    assert row.state == "failed" and row.exit_code is None and "malformed" in row.reason
+    assert audited(world, "job.fail") == [f"job/{job}"] and open_store(world).verify().ok
+    assert fake.workers["lung-worker-1"].job is None  # its worker is free for the next job
+
+
+@pytest.mark.parametrize("code,state,reason", [(0, "succeeded", ""), (255, "failed", "exited with code 255"),
+                                               (-9, "failed", "killed by signal 9"),
+                                               (None, "failed", "no exit code")])
+def test_exit_codes_in_range_are_recorded(world, code, state, reason):
+    job = submit(world, "ann")
+    fake = FakeExecutor(1)
+    engine = Engine(world, executor=fake)
+    look(engine)
+    fake.end(job, code)
+    look(engine)
+    row = job_row(world, job)
+    assert (row.state, row.exit_code) == (state, code) and reason in row.reason
+
+
+def test_texts_usage_and_entries_of_the_wrong_type_are_checked(world, caplog):
+    a, b = submit(world, "ann"), submit(world, "ben")
+    fake = FakeExecutor(2)
+    engine = Engine(world, executor=fake)
+    look(engine)
+    look(engine)
+    # an entry that is not an object, or has no known state: the job is neither ended nor started
+    fake.agent[a] = ["done", {"returncode": 0}]
+    fake.agent[b]["state"] = {"done": True}
+    fake.agent[424242] = {"state": "done", "result": {"returncode": 0}}  # no job of this pool: ignored
+    with caplog.at_level(logging.WARNING, logger="vre.jobs"):
+        look(engine)
+    assert states(world) == {a: "running", b: "running"} and "malformed report on job" in caplog.text
+    # a task's error is cut to a bounded length; usage keeps only plausible figures
+    fake.agent[a] = {"state": "error", "started": time.time(), "error": "x" * 1_000_000, "result": None}
+    fake.agent[b] = {"state": "done", "started": time.time(),
+                     "result": {"returncode": 0, "usage": {"wall_s": -3, "cpu_s": math.nan, "max_rss_mb": 12,
+                                                           "note": "patient 123"}}}
+    look(engine)
+    ra, rb = job_row(world, a), job_row(world, b)
+    assert ra.state == "failed" and ra.reason.startswith("the job's task failed: xxx") and len(ra.reason) < 1100
+    assert rb.state == "succeeded" and rb.usage == {"max_rss_mb": 12.0}
+    assert open_store(world).verify().ok
+
+
+# --- one pool's failure never stops the others ---------------------------------------------------
+@pytest.fixture
+def two_projects(world):
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.create_project(db, "heart", "Heart")
+        db.flush()
+        P.add_member(db, "heart", "ann")
+        P.set_profile(db, "heart", "small", cpu=1, memory="2G")
+        P.set_job_quota(db, "heart", slots=2, cpu=4, memory="2560M")
+    ws = world.projects_dir / "heart" / "workspace"
+    ws.mkdir(parents=True)
+    (ws / "train.py").write_text("print(1)\n")
+    return world
+
+
+def submit_to(settings, project: str) -> int:
+    with vdb.session_scope(settings.vre_db_url) as db:
+        return service.submit(db, settings, "ann", {"project": project, "kind": "script", "target": "project/train.py",
+                                                    "cpu": 1, "mem_mb": 1024}).id
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("the agent broke"),                                   # the status read itself raises
+    {"jobs": "nonsense"}, "nonsense", None,                            # a report of the wrong shape
+])
+def test_a_pool_that_fails_does_not_stop_the_other_projects(two_projects, failure, caplog):
+    world = two_projects
+    fake = FakeExecutor(2, pools=("lung", "heart"))
+    engine = Engine(world, executor=fake)
+    for broken, served in (("lung", "heart"), ("heart", "lung")):  # whichever the look reaches first
+        running, waiting = submit_to(world, broken), submit_to(world, served)
+        look(engine)
+        look(engine)
+        assert states(world)[running] == "running" and states(world)[waiting] == "running"
+        queued = submit_to(world, broken)  # a free slot in the broken project: it waits for its pool
+        fake.reports[broken] = failure
+        fake.end(waiting)
+        fake.end(running)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="vre.jobs"):
+            look(engine)
+            again = submit_to(world, served)
+            look(engine)  # and in later looks
+        assert f"pool {broken}" in caplog.text
+        assert states(world)[waiting] == "succeeded" and states(world)[again] == "running"
+        assert states(world)[running] == "running" and states(world)[queued] == "queued"
+        assert queued not in fake.submitted
+        del fake.reports[broken]  # the pool answers again: its end is recorded, its queue served
+        look(engine)
+        assert states(world)[running] == "succeeded" and states(world)[queued] == "running"
+        fake.end(again)
+        fake.end(queued)
+        look(engine)
+    assert open_store(world).verify().ok
+
+
+def test_a_report_that_would_fail_the_commit_fails_only_its_pool(two_projects, monkeypatch, caplog):
+    """Even a failure the checks do not foresee (here: any error while a job of lung is followed)
+    is contained in that pool's part of the look."""
+    world = two_projects
+    fake = FakeExecutor(1, pools=("lung", "heart"))
+    engine = Engine(world, executor=fake)
+    lung, heart = submit_to(world, "lung"), submit_to(world, "heart")
+    look(engine)
+    look(engine)
+    real = Engine.finish_from_result
+
+    def broken(self, db, job, result):
+        if job.project.slug == "lung":
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return real(self, db, job, result)
+    monkeypatch.setattr(Engine, "finish_from_result", broken)
+    fake.end(lung)
+    fake.end(heart)
+    with caplog.at_level(logging.ERROR, logger="vre.jobs"):
+        look(engine)
+    assert "pool lung" in caplog.text
+    assert states(world) == {lung: "running", heart: "succeeded"}
+    assert fake.workers["lung-worker-1"].job == lung
+
+
+async def test_an_agent_answer_is_read_only_up_to_a_bound(tmp_path, monkeypatch):
+    """An agent that answers without end cannot fill the engine's memory."""
+    from vre.jobs import executor
+
+    async def endless(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+        try:
+            while True:
+                writer.write(b" " * (1 << 16))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+    monkeypatch.setattr(executor, "MAX_REPLY", 1 << 20)
+    path = tmp_path / "agent.sock"
+    server = await asyncio.start_unix_server(endless, str(path))
+    try:
+        with pytest.raises(executor.ExecutorError, match="over 1 MiB"):
+            await executor._http(path, "GET", "/jobs")
+    finally:
+        server.close()

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import datetime as dt
 import gzip
+import ipaddress
 import json
 import logging
 import time
@@ -43,6 +44,24 @@ WS_HEADERS = {"sec-websocket-key", "sec-websocket-version", "sec-websocket-exten
 #: that needs the check: the Lab cannot open such files usefully either).
 MAX_INSPECT = 512 << 20
 TERMINAL_LINE = 4000
+#: The header that tells upstream who the client is: JupyterHub and the VRE service run tornado
+#: with ``xheaders``, which takes it as the request's ``remote_ip`` (their audit's ``client``)
+#: before any ``X-Forwarded-For`` entry. Only the layer sets it; one a browser sends is dropped.
+CLIENT_HEADER = "X-Real-Ip"
+
+
+def client_address(request: web.Request) -> str:
+    """The address of the browser (or API client) behind ``request``, for the audit and for
+    upstream: the layer's TCP peer on the public side. On the internal socket only
+    configurable-http-proxy connects (its directory is root's, 0700), with requests the public
+    side forwarded: there it is the address that side put in ``CLIENT_HEADER``."""
+    if request.app.get("internal"):
+        claimed = request.headers.get(CLIENT_HEADER, "")
+        try:
+            return str(ipaddress.ip_address(claimed))
+        except ValueError:
+            pass
+    return request.remote or ""
 
 
 def _egress_class(rest: str, route: policy.Route) -> str:
@@ -184,7 +203,7 @@ class AccessLayer:
             await self._record(dict(action="access.refused", actor=caller.name, outcome="denied",
                                     actor_role="service" if caller.kind == "service" else None,
                                     target=f"{route.user}/{route.server}", project=route.project,
-                                    session=route.audit_session, client=request.remote,
+                                    session=route.audit_session, client=client_address(request),
                                     details={"reason": "not_permitted", "path": raw[:500], "via": caller.via}))
             return _json_error(403, "forbidden", f"{caller.name} may not use {route.user}'s session.")
         if caller.via == "cookie" and websocket and not self._same_origin(request):
@@ -192,7 +211,7 @@ class AccessLayer:
         if caller.name != route.user and (caller.name, route.prefix) not in self._admin_seen:
             self._admin_seen.add((caller.name, route.prefix))
             await self._record(dict(action="admin.server_access", actor=caller.name, target=f"{route.user}/{route.server}",
-                                    project=route.project, session=route.audit_session, client=request.remote,
+                                    project=route.project, session=route.audit_session, client=client_address(request),
                                     details={"path": raw[:500]}))
         rest = unquote(raw[len(route.prefix):]) if raw.startswith(route.prefix) else ""
         r = policy.classify(rest, request.method, request.query_string)
@@ -200,7 +219,7 @@ class AccessLayer:
         if r.kind == "refuse":
             await self._record(dict(action="access.refused", actor=caller.name, outcome="denied",
                                     target=f"{route.user}/{route.server}", project=route.project,
-                                    session=route.audit_session, client=request.remote,
+                                    session=route.audit_session, client=client_address(request),
                                     details={"reason": "route_not_allowed", "path": raw[:500], "via": caller.via}))
             return _json_error(403, "route_refused", "The VRE does not serve this address of a session.")
         if r.kind == "policy":
@@ -251,10 +270,15 @@ class AccessLayer:
 
     # -- forwarding --------------------------------------------------------------------------
     def _upstream_headers(self, request: web.Request, *, session: bool) -> dict:
+        """The request's headers for upstream, less hop-by-hop ones, with the client's address in
+        ``CLIENT_HEADER`` (whatever the client sent there, in any case, is dropped: it would
+        otherwise be the address JupyterHub and the VRE service record) and appended to
+        ``X-Forwarded-For`` (whose earlier entries are the client's word)."""
         headers = {}
         for k, v in request.headers.items():
             lk = k.lower()
-            if lk in HOP or lk in WS_HEADERS or lk == "content-length" and not request.body_exists:
+            if lk in HOP or lk in WS_HEADERS or lk == CLIENT_HEADER.lower() or \
+                    lk == "content-length" and not request.body_exists:
                 continue
             if lk == "cookie" and session:
                 v = "; ".join(c for c in v.split("; ") if not c.startswith((COOKIE + "=", STATE_COOKIE + "=")))
@@ -264,6 +288,9 @@ class AccessLayer:
         peer = request.remote or ""
         xff = request.headers.get("X-Forwarded-For")
         headers["X-Forwarded-For"] = f"{xff}, {peer}" if xff else peer
+        client = client_address(request)
+        if client:
+            headers[CLIENT_HEADER] = client
         headers.setdefault("X-Forwarded-Proto", request.scheme)
         headers.setdefault("X-Forwarded-Host", request.headers.get("Host", ""))
         return headers
@@ -536,7 +563,7 @@ class AccessLayer:
         await self._record(dict(action="download.refused", actor=caller.name if caller else route.user,
                                 outcome="denied", target=str(path or "")[:1000], project=route.project,
                                 dataset=(check or {}).get("dataset"),
-                                session=route.audit_session, client=request.remote,
+                                session=route.audit_session, client=client_address(request),
                                 details={"route": r.label or r.kind, "reason": reason, "method": request.method,
                                          "url": request.path[:500], "query": request.query_string[:300]}))
 
@@ -554,7 +581,7 @@ class AccessLayer:
                 details.update(cut_after=cut_after, path=request.path[:500])
             await self._record(dict(action="egress.cap_reached", actor=route.user, outcome="denied",
                                     target=f"{route.user}/{route.server}", project=route.project,
-                                    session=route.audit_session, client=request.remote, details=details))
+                                    session=route.audit_session, client=client_address(request), details=details))
 
     def _note_anonymous(self, route: SessionRoute, request: web.Request) -> None:
         """Requests without a login: the first per session and minute is recorded at once, the rest
@@ -564,11 +591,12 @@ class AccessLayer:
         entry = self._anonymous.get(key)
         if entry is None:
             self._anonymous[key] = {"count": 0, "clients": [], "route": route}
-            self._spawn(self._record(self._anonymous_event(route, 1, [request.remote], minute, first=True)))
+            self._spawn(self._record(self._anonymous_event(route, 1, [client_address(request)], minute, first=True)))
         else:
             entry["count"] += 1
-            if len(entry["clients"]) < 5 and request.remote not in entry["clients"]:
-                entry["clients"].append(request.remote)
+            client = client_address(request)
+            if len(entry["clients"]) < 5 and client not in entry["clients"]:
+                entry["clients"].append(client)
         self._spawn(self._flush_anonymous())
 
     @staticmethod

@@ -48,6 +48,19 @@ def make_app(settings: Settings, *, sessions_only: bool = False) -> web.Applicat
     return web.Application(handlers, vre_settings=settings, cookie_secret=os.urandom(32))
 
 
+def proxied_server(app: web.Application) -> HTTPServer:
+    """The server on the proxy's side. Its requests come from configurable-http-proxy, which got
+    them from the access layer (``vre.access.layer``); the layer puts the browser's address, as
+    its TCP peer, in ``X-Real-Ip`` and drops any the browser sent, so with ``xheaders`` that
+    address is ``request.remote_ip``, the ``client`` of the pages' audit records.
+
+    ``trusted_downstream`` is deliberately not set: without ``X-Real-Ip`` tornado takes the last
+    ``X-Forwarded-For`` entry (the proxy's own peer, loopback), never an entry a browser wrote,
+    whereas skipping loopback entries would reach the browser's entries whenever the layer's peer
+    is on loopback too (a TLS terminator on the same host)."""
+    return HTTPServer(app, xheaders=True)
+
+
 def socket_path(settings: Settings):
     return settings.hub_socket_dir / SOCKET_NAME
 
@@ -58,7 +71,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops its services with SIGINT
         loop.add_signal_handler(sig, stop.set)
     url = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL") or "http://127.0.0.1:8890")
-    proxied = HTTPServer(make_app(settings), xheaders=True)
+    proxied = proxied_server(make_app(settings))
     proxied.listen(url.port, url.hostname or "127.0.0.1")
     path = socket_path(settings)
     sessions = HTTPServer(make_app(settings, sessions_only=True))

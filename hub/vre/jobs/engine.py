@@ -9,6 +9,11 @@ stops a previous one it finds (an orphan of a hub killed with -9).
 A project has up to two pools of workers, each with its own Dask scheduler and island: the shared
 one (``open`` jobs; its sessions reach it) and the held one (``held`` jobs: batch-only data, see
 ``db.JOB_LANES``). The queue, the quota and the fair order are the project's, across both.
+
+What a pool's agent reports is untrusted input: the agent runs in the project's scheduler, which
+a researcher reaches with Dask (``run_on_scheduler``) from a session or a job. Every field is
+checked before it is stored (``AgentReport``), and a pool whose report cannot be handled at all is
+logged and passed over for that look: it never stops the other pools and projects being served.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -43,6 +49,9 @@ FAST_TICK = 0.1       # while a job is starting
 RUNTIME_SLACK = 60    # the task enforces the limit; the engine steps in this much later
 MAX_ATTEMPTS = 2
 USAGE_KEYS = ("wall_s", "cpu_s", "max_rss_mb")
+AGENT_STATES = ("pending", "running", "done", "error")
+EXIT_CODES = range(-64, 256)   # a signal's number, negated (subprocess), or an exit status
+TEXT_LIMIT = 1000              # characters kept of a text a pool reports (a task's error)
 
 
 def pool_of(job: Job) -> str:
@@ -94,7 +103,51 @@ def _usage(reported) -> dict:
     if not isinstance(reported, dict):
         return {}
     return {k: round(float(v), 3) for k, v in reported.items()
-            if k in USAGE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e12}
+            if k in USAGE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e12}
+
+
+def _text(reported) -> str | None:
+    """A text of a pool's report, cut to ``TEXT_LIMIT`` characters; None if it is not text."""
+    if not isinstance(reported, str):
+        return None
+    return reported if len(reported) <= TEXT_LIMIT else reported[:TEXT_LIMIT] + " [cut]"
+
+
+class AgentReport:
+    """What a pool's agent says of one job, checked field by field (see the module's docstring):
+    ``state`` is one of ``AGENT_STATES`` or ``"unknown"`` (a malformed entry: the engine neither
+    starts nor ends the job on it, but still cancels it and enforces its run-time limit), ``error``
+    a bounded text. ``problems`` lists what was wrong, for the log."""
+
+    def __init__(self, reported):
+        self.problems: list[str] = []
+        if not isinstance(reported, dict):
+            self.problems.append(f"the entry is a {type(reported).__name__}, not an object")
+            reported = {}
+        elif reported.get("state") not in AGENT_STATES:
+            self.problems.append("no known state")
+        self.state = reported.get("state") if reported.get("state") in AGENT_STATES else "unknown"
+        self._started = reported.get("started")
+        self.result = reported.get("result")
+        error = _text(reported.get("error"))
+        self.error = error or "no reason given"
+        if self.state == "error" and error is None:
+            self.problems.append("no text for the task's error")
+
+    def started(self, job: Job, now: dt.datetime) -> dt.datetime | None:
+        """When the job's task reached its worker: None while the pool says it has not; the pool's
+        time if it is a finite number between the job's submission and ``now``; otherwise
+        ``now`` (the engine's own clock), noted in ``problems``. A reported time can neither
+        break the engine (``fromtimestamp`` overflows) nor place a start outside the job's life."""
+        t = self._started
+        if not t:
+            return None
+        earliest = job.submitted_at.timestamp() if job.submitted_at else 0.0
+        number = isinstance(t, int) and not isinstance(t, bool) or isinstance(t, float) and math.isfinite(t)
+        if number and earliest <= t <= now.timestamp():
+            return dt.datetime.fromtimestamp(t, dt.timezone.utc)
+        self.problems.append("a start time outside its submission and now; the engine's clock is used")
+        return now
 
 
 class Engine:
@@ -183,10 +236,25 @@ class Engine:
                 active = db.scalars(select(Project).where(Project.id.in_(
                     select(Job.project_id).where(Job.state.in_(("queued", "running")))))).all()
             for project in active:
-                await self.tick_project(db, project)
-                await self.commit(db)
+                slug = project.slug  # read before a failure's rollback expires it
+                try:
+                    await self.tick_project(db, project)
+                    await self.commit(db)
+                except Exception:
+                    # whatever one project's look met, the next projects are served (and this one
+                    # is looked at again next time)
+                    log.exception("the look at project %s failed; it is looked at again next time", slug)
+                    self.drop_look(db)
         with self.timed("stop idle workers"):
             await self.executor.stop_idle()
+
+    def drop_look(self, db, mark: int = 0) -> None:
+        """Forget what a failed part of a look changed and did not commit: its database changes,
+        their audit records, and the ends it would have told the agent to forget (those after
+        ``mark``)."""
+        db.rollback()
+        self._events = []
+        del self._ended[mark:]
 
     async def commit(self, db) -> None:
         """Commit what changed, with the audit records of those changes in the same transaction:
@@ -217,21 +285,22 @@ class Engine:
         for j in running:
             if j.kind != "cluster":
                 pools.setdefault(pool_of(j), []).append(j)
+        broken: set[str] = set()  # pools whose part of this look failed: none of their jobs starts now
         for pool, batch in pools.items():
+            mark = len(self._ended)
             try:
-                with self.timed("agent: GET /jobs (status)"):
-                    status = await self.executor.status(pool)
-            except SchedulerLost as e:
-                await self.scheduler_lost(db, pool, batch, str(e))
-                status = None
-            except ExecutorError as e:
-                log.warning("%s; will look again", e)
-                return
-            if status is not None:
-                with self.timed("follow: total"):
-                    for job in batch:
-                        await self.follow(db, job, status)
-                    await self.commit(db)
+                await self.follow_pool(db, pool, batch)
+            except Exception as e:
+                # a pool that does not answer, or whose report could not be handled: logged with
+                # its name, its jobs are looked at again next time, and the project's other pool
+                # (and every other project) is served as usual
+                if isinstance(e, ExecutorError):
+                    log.warning("pool %s: %s; will look again", pool, e)
+                else:
+                    log.exception("pool %s: its agent's report could not be handled; will look again", pool)
+                self.drop_look(db, mark)
+                self.hold_workers(batch)
+                broken.add(pool)
         clusters = [j for j in running if j.kind == "cluster" and j.state == "running"]
         for job in clusters:
             await self.follow_cluster(db, job)
@@ -257,6 +326,8 @@ class Engine:
             for ask in chosen:
                 job = jobs[ask.id]
                 if job.state != "queued":  # cancelled meanwhile
+                    continue
+                if broken and pool_of(job) in broken:  # stays queued until its pool answers again
                     continue
                 with self.timed("start: total"):
                     started = await self.start_warm(db, project, job)
@@ -407,34 +478,69 @@ class Engine:
         self.audit(job, "job.start", details={"workers": names, "datasets": list(plan.datasets)})
 
     # -- following -----------------------------------------------------------------------
-    async def follow(self, db, job: Job, status: dict) -> None:
-        state = status["jobs"].get(str(job.id))
-        if state is None:
+    async def follow_pool(self, db, pool: str, batch: list[Job]) -> None:
+        """Read the pool's report and follow each of its running jobs by it; one commit."""
+        try:
+            with self.timed("agent: GET /jobs (status)"):
+                status = await self.executor.status(pool)
+        except SchedulerLost as e:
+            await self.scheduler_lost(db, pool, batch, str(e))
+            return
+        jobs = status.get("jobs") if isinstance(status, dict) else None
+        if not isinstance(jobs, dict):
+            raise ExecutorError("its agent's report has no table of jobs")
+        with self.timed("follow: total"):
+            for job in batch:  # only the pool's own jobs are looked up: other ids it reports are ignored
+                await self.follow(db, job, jobs)
+            await self.commit(db)
+
+    def hold_workers(self, batch: list[Job]) -> None:
+        """After a failed part of a look: the workers of jobs still running (as the database, rolled
+        back, says) are theirs again, whatever that part freed in memory before it failed."""
+        for job in batch:
+            if job.state == "running":
+                for name in filter(None, job.worker.split(",")):
+                    worker = self.executor.workers.get(name)
+                    if worker is not None:
+                        worker.job = job.id
+
+    async def follow(self, db, job: Job, jobs: dict) -> None:
+        reported = jobs.get(str(job.id))
+        if reported is None:
             if job.worker:  # handed to a worker but the agent never heard of it: hand it again
                 await self.commit(db)
-                plan = self.plans.get(db, self.settings, job.account.name, job.project.slug, job.profile,
-                                      role=role_of(job))
+                try:
+                    plan = self.plans.get(db, self.settings, job.account.name, job.project.slug, job.profile,
+                                          role=role_of(job))
+                except PlanRefused as e:  # e.g. its submitter left the project meanwhile
+                    self.release(db, job)
+                    self.finish(db, job, "failed", f"lost by its pool and not handed again: {e}")
+                    return
                 await self.executor.submit(plan.pool, job.worker, self.spec(plan, job, job.worker))
             return
-        if state["state"] == "pending":
+        state = AgentReport(reported)
+        if state.state == "pending":
             self._starting = True
-        if state.get("started") and job.started_at is None:
-            job.started_at = dt.datetime.fromtimestamp(state["started"], dt.timezone.utc)
+        started = state.started(job, utcnow()) if job.started_at is None else None
+        if state.problems:
+            log.warning("pool %s: malformed report on job %s (%s)", pool_of(job), job.id, "; ".join(state.problems))
+        if started is not None:
+            job.started_at = started
             worker = self.executor.workers.get(job.worker)
             mounted = {"datasets": list(worker.datasets)} if worker and worker.datasets is not None else {}
             self.audit(job, "job.start", details={"worker": job.worker, "lane": job.lane, "devices": job.devices,
                                                   "cpu": job.cpu, "mem_mb": job.mem_mb, "gpus": job.gpus, **mounted})
-        if state["state"] == "done":  # committed with the rest of this look, then forgotten
-            self.finish_from_result(db, job, state["result"])
+        if state.state == "done":  # committed with the rest of this look, then forgotten
+            self.finish_from_result(db, job, state.result)
             self._ended.append((pool_of(job), job.id))
             self._cancelling.discard(job.id)
-        elif state["state"] == "error":
+        elif state.state == "error":
             self.release(db, job)
             if job.lane == "held":  # the text comes from the pool the job ran in: held like its log
-                log.warning("held job %s: its task failed: %s", job.id, state["error"])
+                log.warning("held job %s: its task failed: %r", job.id, state.error)
                 self.finish(db, job, "failed", "the job's task failed (held: the reason is in the job service's log)")
             else:
-                self.finish(db, job, "failed", f"the job's task failed: {state['error']}")
+                self.finish(db, job, "failed", f"the job's task failed: {state.error}")
             self._ended.append((pool_of(job), job.id))
         elif job.cancel_requested and job.id not in self._cancelling:
             await self.commit(db)
@@ -447,22 +553,33 @@ class Engine:
             self.finish(db, job, "timed_out", f"run-time limit of {job.max_runtime_s} s reached; "
                                               "its worker did not stop it, so the worker was stopped")
 
-    def finish_from_result(self, db, job: Job, result: dict) -> None:
-        result = result if isinstance(result, dict) else {}  # reported from inside the pool: no trust
+    def finish_from_result(self, db, job: Job, result) -> None:
+        """Record how the job ended by its pool's report (untrusted: see the module's docstring).
+        An exit code that is not a small int is not stored: the job failed, and its reason says
+        the report was malformed. What the engine saw itself (an OOM kill) comes first."""
+        result = result if isinstance(result, dict) else {}
         code = result.get("returncode")
-        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        malformed = code is not None and not (isinstance(code, int) and not isinstance(code, bool)
+                                              and code in EXIT_CODES)
+        if malformed:
+            log.warning("pool %s: malformed report on job %s (exit code %.40r)", pool_of(job), job.id, code)
+            code = None
         oom = self.executor.oom_kills(job.worker) > job.usage.get("oom_before", 0)
         usage = _usage(result.get("usage"))
         job.exit_code = code
-        if result.get("cancelled"):
+        if result.get("cancelled") is True:
             state, reason = "cancelled", job.reason or "cancelled"
-        elif result.get("timed_out"):
+        elif result.get("timed_out") is True:
             state, reason = "timed_out", f"run-time limit of {job.max_runtime_s} s reached; the job was stopped"
         elif oom:
             state, reason = "failed", f"killed: out of memory (limit {job.mem_mb} MiB); ask for more memory"
         elif code == 0:
             state, reason = "succeeded", ""
-        elif code is not None and code < 0:
+        elif malformed:
+            state, reason = "failed", "its pool's report of how it ended was malformed (no valid exit code); see its log"
+        elif code is None:
+            state, reason = "failed", "its pool reported no exit code; see its log"
+        elif code < 0:
             state, reason = "failed", f"killed by signal {-code}"
         else:
             state, reason = "failed", f"exited with code {code}; see its log"

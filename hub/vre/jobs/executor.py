@@ -73,6 +73,20 @@ class Worker:
     idle_since: float = field(default_factory=time.time)
 
 
+#: The most the engine reads of one answer of an agent (which researchers can reach and replace):
+#: a status of thousands of jobs is a few MiB; more would only fill the engine's memory.
+MAX_REPLY = 64 << 20
+
+
+async def _read_capped(reader: asyncio.StreamReader, limit: int) -> bytes:
+    data = bytearray()
+    while chunk := await reader.read(1 << 16):
+        data += chunk
+        if len(data) > limit:
+            raise ExecutorError(f"the agent's answer is over {limit >> 20} MiB")
+    return bytes(data)
+
+
 async def _http(socket_path: Path, method: str, path: str, body: dict | None = None, timeout: float = 10) -> dict:
     """A tiny HTTP/1.1 client over a unix socket (the agent's API)."""
     data = json.dumps(body).encode() if body is not None else b""
@@ -81,7 +95,7 @@ async def _http(socket_path: Path, method: str, path: str, body: dict | None = N
         writer.write(f"{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
         await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), timeout)
+        raw = await asyncio.wait_for(_read_capped(reader, MAX_REPLY), timeout)
     finally:
         writer.close()
     head, _, payload = raw.partition(b"\r\n\r\n")
