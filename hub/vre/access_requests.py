@@ -28,7 +28,7 @@ from . import db as vdb
 from . import projects as P
 from .audit.events import cli_actor, emit, role_of
 from .db import AccessRequest, utcnow
-from .errors import NotFound, VREError
+from .errors import Conflict, NotFound, VREError
 
 #: (least, most) characters of the texts a requester and a decider write.
 LIMITS = {"justification": (20, 4000), "intended_use": (10, 2000), "reason": (3, 2000)}
@@ -82,7 +82,7 @@ def _account(db, name: str) -> vdb.Account:
 
 
 def _get(db, request_id: int) -> AccessRequest:
-    req = db.get(AccessRequest, int(request_id))
+    req = vdb.get_by_id(db, AccessRequest, request_id)
     if req is None:
         raise NotFound(f"there is no access request {request_id} (see 'vre access-request list')")
     return req
@@ -191,7 +191,9 @@ def _decide(settings, who: Actor, request_id: int, action: str, apply) -> dict:
     """Check the decider's rights on an open request, then ``apply(db, req)``; refusals of rights
     are recorded (denied) before they are raised."""
     refused = None
-    with _tx(settings) as db:
+    with vdb.concurrent_change_is(lambda: Conflict(
+            f"access request {request_id}: the project's grants were changed at the same moment by someone "
+            "else; reload the page and decide again")), _tx(settings) as db:
         req = _get(db, request_id)
         if req.requester.name == who.name:
             refused = Forbidden(f"access request {request_id} is your own: someone else must decide it")

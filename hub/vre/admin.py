@@ -26,7 +26,7 @@ from . import db as vdb
 from .access_requests import Actor, Forbidden
 from .audit.events import cli_actor, emit
 from .db import as_utc, utcnow
-from .errors import VREError
+from .errors import Conflict, VREError
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,9 @@ def create_account(settings, who: Actor, name: str, role: str = "researcher", *,
     Returns what happened, in a sentence, and the generated password (to be shown once) if one
     was generated; an ``oidc`` account has none: its first single sign-on login takes it."""
     name = (name or "").strip().lower()
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with vdb.concurrent_change_is(lambda: Conflict(f"account {name!r} was just created by someone else; "
+                                                   "reload and choose another name")), \
+            vdb.session_scope(settings.vre_db_url) as db:
         refused = admin_refusal(db, who, "create accounts")
         if refused is None:
             account, generated = accounts.add_account(db, name, role=role, password=password, oidc=oidc)

@@ -38,7 +38,7 @@ def cancel_job(settings, who: Actor, job_id: int) -> str:
     ``job.cancel``; returns what happened, in a sentence. ``JobRejected`` when it already ended."""
     with vdb.session_scope(settings.vre_db_url) as db:
         refused = admin_refusal(db, who, "cancel others' jobs")
-        job = db.get(vdb.Job, job_id)
+        job = vdb.get_by_id(db, vdb.Job, job_id)
         if job is None:
             raise NotFound(f"there is no job {job_id} (see 'vre jobs list')")
         project = job.project.slug

@@ -463,7 +463,7 @@ def cmd_jobs(args) -> int:
             print_table(rows, ["id", "project", "user", "kind", "target", "state", "cpu/MiB/gpu", "submitted",
                                "reason"])
             return 0
-        job = db.get(vdb.Job, args.id)
+        job = vdb.get_by_id(db, vdb.Job, args.id)
         if job is None:
             raise NotFound(f"there is no job {args.id}")
         if args.jobs_cmd == "show":

@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import false as sa_false
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from .hostfiles import make_private
@@ -463,6 +464,36 @@ class AirlockTransition(Base):
 
 def as_utc(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+#: The largest id a row can have: the id columns are ``Integer``, 32-bit signed on PostgreSQL.
+MAX_ID = 2**31 - 1
+
+
+def get_by_id(db: Session, model: type, ident) -> object | None:
+    """``db.get(model, ident)`` for an id a person typed (a URL, the CLI): a number no id column can
+    hold names no row (None), instead of the driver's OverflowError (SQLite's binds stop at 2**63)."""
+    try:
+        n = int(ident)
+    except (TypeError, ValueError):
+        return None
+    return db.get(model, n) if 0 < n <= MAX_ID else None
+
+
+@contextmanager
+def concurrent_change_is(conflict):
+    """Around a transaction that checks, then writes (a slug not taken, a member not yet added):
+    when another transaction committed the same thing in between, the unique (or foreign key)
+    constraint refuses the write; ``conflict()``, an error telling the user to reload and try again,
+    is raised instead of the ``IntegrityError``. Other integrity errors (NOT NULL, CHECK) are bugs
+    and pass through."""
+    try:
+        yield
+    except IntegrityError as e:
+        said = str(e.orig).lower()
+        if "unique" in said or "duplicate key" in said or "foreign key" in said:
+            raise conflict() from None
+        raise
 
 
 # --- engine and sessions ----------------------------------------------------------------

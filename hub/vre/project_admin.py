@@ -21,7 +21,7 @@ from . import db as vdb
 from . import projects as P
 from .access_requests import Actor
 from .airlock.rules import rules_of, set_rules
-from .errors import VREError
+from .errors import Conflict, VREError
 
 
 def _audit(settings, who: Actor, action: str, *, outcome: str = "ok", details: dict | None = None,
@@ -32,7 +32,9 @@ def _audit(settings, who: Actor, action: str, *, outcome: str = "ok", details: d
 def _change(settings, who: Actor, action: str, apply: Callable, **target) -> tuple:
     """Check ``who``, run ``apply(db) -> (result, audit fields)`` in one transaction, then record the
     event; ``target``: the event's fields should it be refused (``project``, ``dataset``, ``target``)."""
-    with vdb.session_scope(settings.vre_db_url) as db:
+    with vdb.concurrent_change_is(lambda: Conflict(
+            f"{_what(target)} was just changed by someone else at the same moment; reload and try again")), \
+            vdb.session_scope(settings.vre_db_url) as db:
         refused = admin.admin_refusal(db, who, "change projects")
         if refused is None:
             result, fields = apply(db)
@@ -41,6 +43,13 @@ def _change(settings, who: Actor, action: str, apply: Callable, **target) -> tup
         raise refused
     _audit(settings, who, action, **fields)
     return result
+
+
+def _what(target: dict) -> str:
+    """'project 'lung'', 'project 'lung' (dataset 'lung-ct')': what a conflicting change was to."""
+    said = f"project {target.get('project')!r}"
+    extra = f"dataset {target['dataset']!r}" if target.get("dataset") else target.get("target")
+    return f"{said} ({extra})" if extra else said
 
 
 def _grant_effect(g: vdb.Grant) -> str:

@@ -20,6 +20,22 @@ from .settings import node_label_problem
 SLUG_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
 PROFILE_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _MEM_UNITS = {"": 1, "m": 1, "mi": 1, "mb": 1, "mib": 1, "g": 1024, "gi": 1024, "gb": 1024, "gib": 1024}
+#: The most memory a profile or a batch quota may name: 64 TiB, in MiB (the columns are ``Integer``,
+#: 32-bit on PostgreSQL; this is far below their limit and far above any node).
+MAX_MEM_MB = 64 * 1024 * 1024
+#: The largest byte cap (egress per day, airlock file and request sizes): 1 PiB (``BigInteger`` columns).
+MAX_BYTES = 1024**5
+#: The longest title (a project's, a dataset's) and profile description: the ``String(255)`` columns.
+MAX_TITLE = 255
+#: Expiries from 1970-01-01 to 2200-12-31 (UTC): a past one expires a permit at once, so the past is
+#: allowed, but a year outside these is a slip (and the database cannot store year 0 or 10000).
+EXPIRY_RANGE = (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc), dt.datetime(2201, 1, 1, tzinfo=dt.timezone.utc))
+
+
+def shown(text) -> str:
+    """What a message repeats of a value typed: its repr, a long one cut (a message says what to fix)."""
+    said = repr(str(text))
+    return said if len(said) <= 42 else said[:39] + "...'"
 
 
 def validate_slug(slug: str, what: str = "project") -> str:
@@ -36,8 +52,11 @@ def parse_memory(text: str | int) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = m.group(2).lower() if m else None
     if not m or unit not in _MEM_UNITS:
-        raise VREError(f"invalid memory {text!r}: write e.g. 512M, 4G or 16GiB")
-    mem_mb = int(float(m.group(1)) * _MEM_UNITS[unit])
+        raise VREError(f"invalid memory {shown(text)}: write e.g. 512M, 4G or 16GiB")
+    mem = float(m.group(1)) * _MEM_UNITS[unit]  # a 400-digit number is inf: too large, never int()
+    if mem > MAX_MEM_MB:
+        raise VREError(f"memory {shown(text)} is too large: at most {MAX_MEM_MB // 1024}G (64 TiB)")
+    mem_mb = int(mem)
     if mem_mb < 256:
         raise VREError(f"memory {text!r} is too small: a Jupyter session needs at least 256M")
     return mem_mb
@@ -50,14 +69,22 @@ def parse_expiry(text: str) -> dt.datetime | None:
         return None
     try:
         if len(value) == 10:
-            return dt.datetime.fromisoformat(value).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            parsed = dt.datetime.fromisoformat(value).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
+        else:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise VREError(
-            f"invalid expiry {text!r}: write a date (2027-06-30, valid through that day, UTC), "
+            f"invalid expiry {shown(text)}: write a date (2027-06-30, valid through that day, UTC), "
             "an ISO time (2027-06-30T12:00:00+00:00) or 'never'"
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    except OverflowError:  # 9999-12-31 + the day it is valid through
+        parsed = None
+    if parsed is not None and parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    if parsed is None or not EXPIRY_RANGE[0] <= parsed <= EXPIRY_RANGE[1]:  # aware: compared as UTC
+        raise VREError(f"expiry {shown(text)} is out of range: give a date from 1970-01-01 to 2200-12-31 (UTC), "
+                       "or 'never' for no expiry")
+    return parsed
 
 
 def get_project(db: Session, slug: str) -> Project:
@@ -78,6 +105,7 @@ def create_project(db: Session, slug: str, title: str, description: str = "", ex
     validate_slug(slug)
     if not title.strip():
         raise VREError("a project needs a --title")
+    check_length(title.strip(), "the project's title")
     if db.scalar(select(Project).where(Project.slug == slug)) is not None:
         raise VREError(f"project slug {slug!r} is taken; choose another")
     project = Project(slug=slug, title=title.strip(), description=description,
@@ -85,6 +113,13 @@ def create_project(db: Session, slug: str, title: str, description: str = "", ex
     db.add(project)
     db.flush()
     return project
+
+
+def check_length(text: str, what: str, most: int = MAX_TITLE) -> str:
+    """Refuse a text longer than its column holds (PostgreSQL would refuse the write with an error)."""
+    if len(text) > most:
+        raise VREError(f"{what} is too long: at most {most} characters (you wrote {len(text)}); shorten it")
+    return text
 
 
 def validate_grant_mode(mode: str) -> str:
@@ -219,6 +254,7 @@ def set_profile(db: Session, project_slug: str, name: str, *, cpu: float, memory
     if not 0 <= gpus <= 16:
         raise VREError(f"invalid gpus {gpus!r}: give 0-16")
     mem_mb = parse_memory(memory)
+    check_length(description, "the profile's description")
     selector = parse_node_selector(node_selector)
     profile = next((p for p in project.profiles if p.name == name), None)
     if profile is None:
@@ -298,8 +334,11 @@ def parse_bytes(text: str) -> int:
         return 0
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
     if not m or m.group(2) not in _BYTE_UNITS:
-        raise VREError(f"invalid size {text!r}: write e.g. 500M, 2G or none")
-    return int(float(m.group(1)) * _BYTE_UNITS[m.group(2)])
+        raise VREError(f"invalid size {shown(text)}: write e.g. 500M, 2G or none")
+    size = float(m.group(1)) * _BYTE_UNITS[m.group(2)]  # a 400-digit number is inf: too large, never int()
+    if size > MAX_BYTES:
+        raise VREError(f"size {shown(text)} is too large: at most {MAX_BYTES // 1024**4}T (1 PiB), or none")
+    return int(size)
 
 
 def set_egress_cap(db: Session, project_slug: str, cap: str) -> Project:

@@ -177,6 +177,9 @@ def test_a_bad_expiry_decides_nothing(world):
         AR.approve(world, AR.Actor("admin2"), req["id"], expires="2001-01-01")
     with pytest.raises(VREError, match="invalid expiry"):
         AR.approve(world, AR.Actor("admin2"), req["id"], expires="next week")
+    for far in ("9999-12-31", "0001-01-01T00:00:00+05:00"):  # before: OverflowError, an HTTP 500
+        with pytest.raises(VREError, match=r"is out of range: give a date from 1970-01-01 to 2200-12-31"):
+            AR.approve(world, AR.Actor("admin2"), req["id"], expires=far)
     assert AR.list_requests(world, open_only=True)[0]["id"] == req["id"]
 
 
@@ -381,3 +384,24 @@ def test_a_dataset_with_open_requests_is_not_retired(world):
         registry.remove_dataset(db, world, "lung-ct")
     with vdb.session_scope(world.vre_db_url) as db:
         assert db.scalars(select(vdb.Dataset).where(vdb.Dataset.slug == "lung-ct")).first() is None
+
+
+def test_a_grant_made_meanwhile_makes_the_approval_a_conflict_that_says_so(world, monkeypatch):
+    """An admin grants the dataset (``vre project grant``) while a steward approves the request for it:
+    the grants' unique constraint refuses the second; the approver is told to reload, not shown a 500."""
+    from vre.errors import Conflict
+
+    req = ask(world)
+    real = P.grant
+
+    def late(db, project, dataset, **kw):
+        P.get_project(db, project).grants  # the approval's check ran: no grant yet
+        with vdb.session_scope(world.vre_db_url) as other:
+            real(other, project, dataset)
+        return real(db, project, dataset, **kw)
+    monkeypatch.setattr(P, "grant", late)
+    with pytest.raises(Conflict, match=f"access request {req['id']}: the project's grants were changed at the same "
+                                       "moment by someone else; reload the page and decide again"):
+        AR.approve(world, AR.Actor("stewart"), req["id"])
+    assert AR.list_requests(world, open_only=True)[0]["id"] == req["id"]  # still open: nothing half-applied
+    assert [a for a, *_ in events(world)] == ["access_request.create"]

@@ -4,6 +4,7 @@ and the web but for who acted and how, the rules' errors; then the page over HTT
 the hub's auth): the forms, refusals shown with 400/403/404, never a traceback."""
 
 import asyncio
+import re
 import threading
 
 import pytest
@@ -132,6 +133,68 @@ def test_bad_input_says_what_to_fix_and_changes_nothing(world):
         ("512M", "8G", "none", "2G")
 
 
+def test_out_of_range_values_say_what_to_fix_and_change_nothing(world):
+    """Values that overflowed in Python or in the database column (before: OverflowError, DataError)."""
+    in_range = r"out of range: give a date from 1970-01-01 to 2200-12-31"
+    PA.grant(world, WEB, "lung", "prostate-mri")
+    for call in (lambda: PA.set_expiry(world, WEB, "lung", "9999-12-31"),
+                 lambda: PA.set_expiry(world, WEB, "lung", "0001-01-01T00:00:00+05:00"),
+                 lambda: PA.create(world, WEB, "kidney", "Kidney", expires="9999-12-31"),
+                 lambda: PA.grant(world, WEB, "lung", "lung-ct", expires="9999-12-31"),
+                 lambda: PA.update_grant(world, WEB, "lung", "prostate-mri", expires="9999-12-31")):
+        with pytest.raises(VREError, match=in_range):
+            call()
+    with pytest.raises(VREError, match=r"memory '1000.*' is too large: at most 65536G"):
+        PA.set_quota(world, WEB, "lung", memory="1" + "0" * 400)
+    with pytest.raises(VREError, match="memory '3000000G' is too large"):
+        PA.set_profile(world, WEB, "lung", "big", cpu=2, memory="3000000G")
+    for cap in ("1" + "0" * 400, "99999999T"):
+        with pytest.raises(VREError, match=r"is too large: at most 1024T \(1 PiB\)"):
+            PA.set_egress_cap(world, WEB, "lung", cap)
+    with pytest.raises(VREError, match="the project's title is too long: at most 255 characters"):
+        PA.create(world, WEB, "kidney", "K" * 256)
+    d = PA.project_details(world, "lung")
+    assert (d["expires_at"], [(g["dataset"], g["expires_at"]) for g in d["grants"]], d["profiles"], d["egress_cap"]) \
+        == (None, [("prostate-mri", None)], [], "none")
+    assert [p["slug"] for p in PA.list_projects(world)] == ["lung"]
+    assert [e[0] for e in events(world)] == ["project.grant"]  # the first grant only
+
+
+def racing(monkeypatch, url, name, *args):
+    """Make ``P.<name>`` lose a race: this transaction reads what it checks (the project's members
+    and grants; whether the slug is taken), then another admin's same change (``args``) commits,
+    then this one writes."""
+    real = getattr(P, name)
+
+    def late(db, *a, **kw):
+        if name == "create_project":
+            monkeypatch.setattr(db, "scalar", lambda *q, **k: None)  # its check ran before the other commit
+        else:
+            project = P.get_project(db, a[0])
+            project.members, project.grants  # loaded now: the other's row is not among them
+        with vdb.session_scope(url) as other:
+            real(other, *args)
+        return real(db, *a, **kw)
+    monkeypatch.setattr(P, name, late)
+
+
+@pytest.mark.parametrize("name, args, call, said", [
+    ("add_member", ("lung", "bob"), lambda s: PA.add_member(s, WEB, "lung", "bob"),
+     "project 'lung' (user/bob) was just changed by someone else at the same moment; reload and try again"),
+    ("grant", ("lung", "lung-ct"), lambda s: PA.grant(s, WEB, "lung", "lung-ct"),
+     "project 'lung' (dataset 'lung-ct') was just changed by someone else"),
+    ("create_project", ("kidney", "Kidney"), lambda s: PA.create(s, WEB, "kidney", "Kidney AI"),
+     "project 'kidney' was just changed by someone else"),
+])
+def test_the_same_change_made_meanwhile_is_a_conflict_that_says_so(world, monkeypatch, name, args, call, said):
+    from vre.errors import Conflict
+
+    racing(monkeypatch, world.vre_db_url, name, *args)
+    with pytest.raises(Conflict, match=re.escape(said)):
+        call(world)
+    assert [e for e in events(world) if e[2] == "ok"] == []  # the loser recorded nothing
+
+
 # --- the page over HTTP -------------------------------------------------------------------------
 class FakeHubAuth:
     """The hub's service auth, as far as the pages use it: the caller named by a header, with the
@@ -226,6 +289,21 @@ def test_the_pages_create_change_and_refuse_with_messages(site):
         r = post(f"{page}/{change}", **fields)
         assert (r.status_code, message in r.text, "Traceback" in r.text) == (status, True, False), (change, r.text)
     assert 'value="big"' in post(f"{page}/set-profile", name="big", cpu="2", memory="12X").text  # kept
+    out_of_range = [  # values that overflowed (500) before
+        ("set-expiry", dict(expires="9999-12-31"), "is out of range: give a date from 1970-01-01 to 2200-12-31"),
+        ("grant", dict(dataset="prostate-mri", mode="interactive", expires="0001-01-01T00:00:00+05:00"),
+         "is out of range"),
+        ("set-quota", dict(memory="1" + "0" * 400), "is too large: at most 65536G (64 TiB)"),
+        ("set-profile", dict(name="big", cpu="2", memory="3000000G"), "is too large: at most 65536G"),
+        ("set-egress-cap", dict(cap="99999999T"), "is too large: at most 1024T (1 PiB)"),
+        ("set-profile", dict(name="big", cpu="2", memory="4G", description="d" * 256),
+         "the profile&#39;s description is too long: at most 255 characters"),
+    ]
+    for change, fields, message in out_of_range:
+        r = post(f"{page}/{change}", **fields)
+        assert (r.status_code, message in r.text, "Traceback" in r.text) == (400, True, False), (change, r.text)
+    r = post(base, slug="long-title", title="T" * 256)
+    assert r.status_code == 400 and "title is too long: at most 255 characters (you wrote 256)" in r.text
     r = post(base, slug="Bad Slug", title="x")
     assert r.status_code == 400 and "invalid project slug" in r.text and 'value="Bad Slug"' in r.text
     r = get(f"{base}/nope")

@@ -45,7 +45,7 @@ def _admin_view(settings, request_id: int) -> dict:
     from .requests import to_dict
 
     with vdb.session_scope(settings.vre_db_url) as db:
-        req = db.get(vdb.AirlockRequest, request_id)
+        req = vdb.get_by_id(db, vdb.AirlockRequest, request_id)
         if req is None:
             raise NotFound(f"there is no airlock request {request_id}")
         admin = vdb.Account(id=-1, name="(admin)", output_checker=True)
@@ -91,7 +91,7 @@ def cmd_airlock(args) -> int:
         from . import record as rec
 
         with vdb.session_scope(settings.vre_db_url) as db:
-            req = db.get(vdb.AirlockRequest, args.id)
+            req = vdb.get_by_id(db, vdb.AirlockRequest, args.id)
             if req is None or not req.record:
                 raise NotFound(f"request {args.id} has no release record")
             text, sig = req.record, req.record_signature

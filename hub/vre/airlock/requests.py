@@ -72,7 +72,7 @@ def _ctx(db, who: Actor, request_id: int) -> _Ctx:
     account = db.scalar(select(vdb.Account).where(vdb.Account.name == who.name))
     if account is None or account.disabled:
         raise NotFound(f"there is no airlock request {request_id} you can see")
-    req = db.get(AirlockRequest, int(request_id))
+    req = vdb.get_by_id(db, AirlockRequest, request_id)
     caps = R.capacities(req, account, checker_scope=who.checker_scope) if req is not None else set()
     R.require_visible(req, caps, request_id)
     return _Ctx(db, req, account, caps)

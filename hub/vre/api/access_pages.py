@@ -20,7 +20,6 @@ from .. import access_requests as AR
 from .. import db as vdb
 from ..catalog.browse import FILTERS, browse
 from ..db import GRANT_MODES
-from ..errors import VREError
 from ..roles import CATALOGUE_SCOPE
 from .base import requires_scope
 from .forms import FormPage, status_of
@@ -55,7 +54,8 @@ class CataloguePage(_Page):
             req = await asyncio.to_thread(AR.create, self.vre_settings, self.actor(), f["project"], f["dataset"],
                                           mode=f["mode"], justification=f["justification"],
                                           intended_use=f["intended_use"])
-        except VREError as e:
+        except Exception as e:  # a refusal; anything else is logged and answered with the form kept
+            e = self.refusal(e)
             return await self.show(status_of(e), error={"dataset": f["dataset"], "message": str(e)}, form=f)
         self.redirect(self.url("access-requests", done="requested", id=req["id"]), status=303)
 
@@ -95,7 +95,8 @@ class RequestAction(RequestsPage):
                 "deny": lambda: AR.deny(self.vre_settings, self.actor(), rid, f["reason"])}[action]
         try:
             await asyncio.to_thread(call)
-        except VREError as e:
+        except Exception as e:  # a refusal; anything else is logged and answered with the form kept
+            e = self.refusal(e)
             return await self.show(status_of(e), error={"id": rid, "action": action, "message": str(e)}, form=f)
         past = {"withdraw": "withdrawn", "approve": "approved", "deny": "denied"}[action]
         self.redirect(self.url("access-requests", done=past, id=rid), status=303)

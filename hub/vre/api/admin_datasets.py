@@ -158,7 +158,8 @@ class DatasetsPage(_Page):
             await asyncio.to_thread(dataset_admin.check_register, self.vre_settings, who, path, slug, fields)
             self.runs.start(slug, "register", who.name, lambda progress: dataset_admin.register(
                 self.vre_settings, who, path, slug, fields, progress=progress)[1])
-        except VREError as e:
+        except Exception as e:  # a refusal; anything else is logged and answered with the form kept
+            e = self.refusal(e)
             return await self.show(status_of(e), error=str(e), form=f)
         self.redirect(self.url("admin/datasets", slug), status=303)
 
@@ -226,7 +227,8 @@ class DatasetChange(DatasetPage):
             await asyncio.to_thread(dataset_admin.remove, settings, who, slug)
             self.runs.forget(slug)
             return self.redirect(self.url("admin/datasets", retired=slug), status=303)
-        except VREError as e:
+        except Exception as e:  # a refusal; anything else is logged and answered with the form kept
+            e = self.refusal(e)
             form = {k: f[k] for k in CATALOG_FIELDS} if change == "edit" else {}
             return await self.show(slug, status_of(e), error={"change": change, "message": str(e)},
                                    **({"form": form} if form else {}))

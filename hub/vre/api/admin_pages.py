@@ -98,7 +98,8 @@ class UsersPage(FormPage):
         the page again with the refusal."""
         try:
             await asyncio.to_thread(call, self.vre_settings, self.actor(), *args, **kw)
-        except VREError as e:
+        except Exception as e:  # a refusal; anything else is logged and answered with the form kept
+            e = self.refusal(e)
             return await self.show(status_of(e), error={"name": subject, "message": str(e)})
         self.redirect(self.url("admin/users", done=done, user=subject), status=303)
 
@@ -147,7 +148,8 @@ class AccountCreate(UsersPage):
         try:
             said, password = await asyncio.to_thread(admin.create_account, self.vre_settings, self.actor(),
                                                      form["name"], form["role"], oidc=form["login"] == "oidc")
-        except VREError as e:
+        except Exception as e:  # a refusal; anything else is logged and answered with the form kept
+            e = self.refusal(e)
             return await self.show(status_of(e), error={"name": form["name"], "message": str(e)}, form=form)
         await self.show(created={"name": form["name"].strip().lower(), "said": said, "password": password})
 
@@ -162,7 +164,8 @@ class SessionStop(UsersPage):
         try:
             await asyncio.to_thread(admin_running.check_session_stop, self.vre_settings, self.actor(), user, server)
             await self.stop_server(user, server)
-        except VREError as e:
+        except Exception as e:  # a refusal; anything else is logged and answered with the form kept
+            e = self.refusal(e)
             return await self.show(status_of(e), error={"name": subject, "message": str(e)})
         await asyncio.to_thread(admin_running.record_session_stop, self.vre_settings, self.actor(), user, server)
         self.redirect(self.url("admin/users", done="stop", user=subject), status=303)

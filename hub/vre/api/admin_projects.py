@@ -89,7 +89,8 @@ class ProjectsPage(_Page):
         try:
             await asyncio.to_thread(PA.create, self.vre_settings, self.actor(), f["slug"].strip(), f["title"],
                                     f["description"].strip(), f["expires"].strip() or None)
-        except VREError as e:
+        except Exception as e:  # a refusal; anything else is logged and answered with the form kept
+            e = self.refusal(e)
             return await self.show(status_of(e), error=str(e), form=f)
         self.redirect(self.url("admin/projects", f["slug"].strip(), done="create"), status=303)
 
@@ -121,7 +122,8 @@ class ProjectChange(ProjectPage):
         f = self.form(*fields)
         try:
             await asyncio.to_thread(apply, self.vre_settings, self.actor(), slug, f)
-        except VREError as e:
+        except Exception as e:  # a refusal; anything else is logged and answered with the form kept
+            e = self.refusal(e)
             return await self.show(slug, status_of(e), error={"change": change, "message": str(e)}, form=f)
         self.redirect(self.url("admin/projects", slug, done=change), status=303)
 

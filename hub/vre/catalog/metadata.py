@@ -25,6 +25,8 @@ CATALOG_FIELDS: tuple[str, ...] = (
     "contact_point",  # dcat:contactPoint - optional e-mail or URL
 )
 EUCAIM_TIERS = (1, 2, 3)
+#: The longest title: the dataset row keeps it in a ``String(255)`` column.
+MAX_TITLE = 255
 
 
 def _age_range(low: float | None, high: float | None) -> list[int] | None:
@@ -92,6 +94,9 @@ def _clean(admin_fields: dict) -> dict:
             raise CatalogError(f"catalogue field {name} must be text, got {type(value).__name__}: {value!r}")
     if not record.get("title"):
         raise CatalogError("a catalogue record needs a title, e.g. 'Lung cancer screening CT, 2018-2023'")
+    if len(record["title"]) > MAX_TITLE:  # it is the dataset's title too, a String(255) column
+        raise CatalogError(f"the title is too long: at most {MAX_TITLE} characters (you wrote "
+                           f"{len(record['title'])}); shorten it and put the rest in the description")
     return record
 
 

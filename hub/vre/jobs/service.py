@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from .. import beneath
 from ..accounts import get_account
-from ..db import JOB_FINAL, JOB_LANES, Job, Project, utcnow
+from ..db import JOB_FINAL, JOB_LANES, Job, Project, get_by_id, utcnow
 from ..errors import NotFound, VREError
 from ..gpus import host_devices
 from ..plan import HELD_ROOT, HOME, WORKSPACE, PlanRefused, build_plan, held_dir, project_paths
@@ -261,7 +261,7 @@ def make_outdir(settings: Settings, project: Project, job_id: int, payload: byte
 
 def _visible_job(db: Session, settings: Settings, user: str, job_id: int) -> Job:
     """A job of one of ``user``'s projects (members see each other's jobs, like the workspace)."""
-    job = db.get(Job, job_id)
+    job = get_by_id(db, Job, job_id)
     if job is None:
         raise NotFound(f"there is no job {job_id}")
     try:
