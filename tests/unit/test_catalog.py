@@ -128,6 +128,29 @@ def test_unreadable_file_is_reported_and_retried(cohort, monkeypatch):
     assert (again.files_indexed, again.errors) == (1, 0)
 
 
+def test_what_sessions_cannot_read_is_reported_never_indexed(cohort, tmp_path):
+    """The indexer is root; sessions are not and see the dataset's folder alone: a file without
+    o+r, a folder without o+rx and a link (here to another tree's file) are reported, and none of
+    their headers reaches the index that sessions read."""
+    root, index, patients = cohort
+    private = sorted(patients[0].series_dir.iterdir())[0]
+    os.chmod(private, 0o600)
+    closed = patients[1].series_dir
+    os.chmod(closed, 0o700)
+    elsewhere = tmp_path / "elsewhere"
+    synth.make_cohort("lung-ct", elsewhere, patients=1, slices=2, size=32, seed=8)
+    (root / "linked.dcm").symlink_to(next(elsewhere.rglob("*.dcm")))
+    report = index_dataset(root, index)
+    reasons = dict(report.error_examples)
+    assert reasons[str(private.relative_to(root))].startswith("not readable by sessions, not indexed: run chmod o+r")
+    assert reasons[str(closed.relative_to(root))].startswith("folder not readable by sessions, not indexed: run chmod o+rx")
+    assert reasons["linked.dcm"].startswith("a symbolic link: not indexed")
+    indexed = {r[0] for r in query(index, "SELECT relpath FROM files")}
+    assert str(private.relative_to(root)) not in indexed and "linked.dcm" not in indexed
+    assert not any(r.startswith(str(closed.relative_to(root))) for r in indexed)
+    assert report.files_indexed == 22 - 1 - 8  # of 2 x 8 lung and 6 prostate slices
+
+
 def test_catalog_errors_say_what_to_fix(tmp_path):
     index = tmp_path / "index.sqlite"
     with pytest.raises(CatalogError, match="does not exist"):

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import posixpath
 import sqlite3
+import stat
 import struct
 import threading
 import time
@@ -374,7 +375,13 @@ def _read_chunk(root: str, relpaths: list[str]) -> list[tuple[tuple | None, str 
 
 # --- scanning and orchestration -----------------------------------------------------------
 def _scan(root: Path, skip: set[str]) -> tuple[dict[str, tuple[int, int]], list[str], list[tuple[str, str]]]:
-    """Every visible file under root: DICOM candidates (size, mtime_ns), clinical files, unreadable dirs."""
+    """Every visible file under root: DICOM candidates (size, mtime_ns), clinical files, and the
+    problems (unreadable folders, links, what sessions could not read).
+
+    The indexer runs as root, but what it publishes is read by sessions (unprivileged uids, the
+    dataset's folder alone mounted): a file or folder that sessions cannot read (no o+r, or o+x for
+    a folder) and a symbolic link (its target may lie outside the folder, e.g. another dataset)
+    are reported, never indexed, so no header of theirs reaches the catalogue."""
     candidates: dict[str, tuple[int, int]] = {}
     clinical: list[str] = []
     problems: list[tuple[str, str]] = []
@@ -391,13 +398,21 @@ def _scan(root: Path, skip: set[str]) -> tuple[dict[str, tuple[int, int]], list[
                 continue  # hidden files, our own index, and DICOMDIR (an index, not an image)
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append((rel, entry.path))
-                elif entry.is_file():
-                    if entry.name.lower().endswith(CLINICAL_SUFFIXES):
+                if entry.is_symlink():
+                    problems.append((rel, "a symbolic link: not indexed (sessions see the dataset's own files only)"))
+                elif entry.is_dir(follow_symlinks=False):
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    if mode & (stat.S_IROTH | stat.S_IXOTH) != stat.S_IROTH | stat.S_IXOTH:
+                        problems.append((rel, f"folder not readable by sessions, not indexed: run chmod o+rx {rel}"))
+                    else:
+                        pending.append((rel, entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    if not st.st_mode & stat.S_IROTH:
+                        problems.append((rel, f"not readable by sessions, not indexed: run chmod o+r {rel}"))
+                    elif entry.name.lower().endswith(CLINICAL_SUFFIXES):
                         clinical.append(rel)
                     else:
-                        st = entry.stat()
                         candidates[rel] = (st.st_size, st.st_mtime_ns)
             except OSError as e:
                 problems.append((rel, f"cannot stat: {e.strerror or e}"))
