@@ -88,14 +88,25 @@ def _get(db, request_id: int) -> AccessRequest:
     return req
 
 
-def may_decide(db, who: Actor, req: AccessRequest) -> bool:
-    """Admins (and the CLI operator) decide any request, stewards those for their dataset."""
+def decider_as(db, who: Actor, req: AccessRequest) -> str | None:
+    """As what ``who`` may decide ``req``: ``operator`` (the CLI), ``admin`` (any request),
+    ``steward`` (requests for their dataset, unless they are a member of the asking project:
+    a data holder does not grant their own project), or None."""
     if who.operator:
-        return True
+        return "operator"
     account = db.scalar(select(vdb.Account).where(vdb.Account.name == who.name))
     if account is None or account.disabled:
-        return False
-    return account.role == "admin" or any(s.account_id == account.id for s in req.dataset.stewards)
+        return None
+    if account.role == "admin":
+        return "admin"
+    if any(s.account_id == account.id for s in req.dataset.stewards) and \
+            not any(m.account_id == account.id for m in req.project.members):
+        return "steward"
+    return None
+
+
+def may_decide(db, who: Actor, req: AccessRequest) -> bool:
+    return decider_as(db, who, req) is not None
 
 
 def decider_of(db, name: str) -> bool:
@@ -197,12 +208,13 @@ def _decide(settings, who: Actor, request_id: int, action: str, apply) -> dict:
         req = _get(db, request_id)
         if req.requester.name == who.name:
             refused = Forbidden(f"access request {request_id} is your own: someone else must decide it")
-        elif not may_decide(db, who, req):
+        elif (role := decider_as(db, who, req)) is None:
             refused = Forbidden(f"you may not decide access request {request_id}: admins and the stewards of "
-                                f"dataset {req.dataset.slug!r} decide it")
+                                f"dataset {req.dataset.slug!r} decide it, a steward not for a project they are "
+                                "a member of")
         if refused is None:
             _require_open(req)
-            details = apply(db, req)
+            details = {**apply(db, req), "as": role}
             req.decided_at, req.decided_by = utcnow(), who.name
             db.flush()
         out = to_dict(req)
@@ -217,6 +229,13 @@ def approve(settings, who: Actor, request_id: int, *, mode: str | None = None, e
     """Approve: the grant is made (``projects.grant``, its rules) in the decision's transaction.
     ``mode``: the one asked for unless given; ``expires``: a date, an ISO time or never (default)."""
     def apply(db, req):
+        # what made the request admissible must still hold when it is granted
+        if req.requester.disabled or not any(m.account_id == req.requester_id for m in req.project.members):
+            raise Conflict(f"{req.requester.name} is no longer an active member of project {req.project.slug!r}, "
+                           f"which asked for {req.dataset.slug!r}: deny access request {req.id} instead")
+        if req.project.is_expired():
+            raise Conflict(f"project {req.project.slug!r} has expired: extend it (vre project set-expiry) or deny "
+                           f"access request {req.id}")
         g = P.grant(db, req.project.slug, req.dataset.slug, mode=mode or req.mode, expires=expires or None)
         req.state, req.granted_mode, req.granted_expires_at = "approved", g.mode, g.expires_at
         return {"mode": g.mode, "expires_at": _t(g.expires_at), "requested_mode": req.mode}

@@ -405,3 +405,28 @@ def test_a_grant_made_meanwhile_makes_the_approval_a_conflict_that_says_so(world
         AR.approve(world, AR.Actor("stewart"), req["id"])
     assert AR.list_requests(world, open_only=True)[0]["id"] == req["id"]  # still open: nothing half-applied
     assert [a for a, *_ in events(world)] == ["access_request.create"]
+
+
+def test_a_steward_does_not_decide_for_their_own_project_and_a_decision_rechecks_the_asker(world):
+    """A data holder who is a member of the asking project has an interest: an admin decides.
+    What made the request admissible (an active member asking, a project not expired) must still
+    hold when it is approved; the decision records as what its decider acted."""
+    from vre.errors import Conflict
+
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.add_member(db, "prostate-ai", "stewart")
+    req = ask(world)
+    with pytest.raises(AR.Forbidden, match="not for a project they are a member of"):
+        AR.approve(world, AR.Actor("stewart"), req["id"])
+    assert req["id"] not in [r["id"] for r in AR.list_requests(world, AR.Actor("stewart"))]
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.remove_member(db, "prostate-ai", "bob")
+    with pytest.raises(Conflict, match="bob is no longer an active member of project 'prostate-ai'"):
+        AR.approve(world, AR.Actor("admin2"), req["id"])
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.add_member(db, "prostate-ai", "bob")
+        P.remove_member(db, "prostate-ai", "stewart")
+    out = AR.approve(world, AR.Actor("stewart"), req["id"])
+    assert out["state"] == "approved"
+    decided = [e for e in events(world) if e[0] == "access_request.approve" and e[1] == "ok"]
+    assert decided and decided[-1][5].get("as") == "steward"
