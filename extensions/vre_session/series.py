@@ -355,10 +355,9 @@ class Viewer:
         read it and report what is wrong."""
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self._reads, dicom.read_native, inst["path"], inst["native"], info),
-                timeout=self.pool.timeout)
-        except (OSError, ValueError, asyncio.TimeoutError) as e:
+            async with asyncio.timeout(self.pool.timeout):  # no task of its own, unlike wait_for
+                return await loop.run_in_executor(self._reads, dicom.read_native, inst["path"], inst["native"], info)
+        except (OSError, ValueError, TimeoutError) as e:
             log.info("VRE viewer: %s read through a decoder (%s)", inst["path"], type(e).__name__)
             return None
 
