@@ -10,6 +10,7 @@ import threading
 import pytest
 import requests
 from jupyterhub.services.auth import check_scopes
+from sqlalchemy import select
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
@@ -204,3 +205,15 @@ def test_an_account_created_meanwhile_is_a_conflict_that_says_so(db_url, tmp_pat
     monkeypatch.setattr(accounts, "add_account", late)
     with pytest.raises(Conflict, match="account 'carla' was just created by someone else; reload and choose another"):
         admin.create_account(settings, OPERATOR, "Carla")
+
+
+def test_a_demoted_admin_reads_no_admin_page_while_the_token_still_says_admin(site):
+    """The hub's answer about a token (its scopes) is cached for minutes; the admin pages ask the
+    database too, so a demoted or disabled admin is refused at once, reading as well as changing."""
+    settings, base = site
+    as_admin = {"X-Test-User": "admin"}
+    assert requests.get(f"{base}/admin/users", headers=as_admin, timeout=30).status_code == 200
+    with vdb.session_scope(settings.vre_db_url) as db:
+        db.scalar(select(vdb.Account).where(vdb.Account.name == "admin")).role = "researcher"
+    r = requests.get(f"{base}/admin/users", headers=as_admin, timeout=30)  # the fake hub still says admin
+    assert r.status_code == 403 and "not an active admin any more" in r.text

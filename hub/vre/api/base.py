@@ -8,6 +8,7 @@ each handler method then requires one VRE scope (``requires_scope``), as the hub
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 
@@ -15,6 +16,9 @@ from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 from tornado.log import app_log
 
+from .. import db as vdb
+from ..admin import Actor, admin_refusal
+from ..roles import ADMIN_SCOPE
 from ..settings import Settings
 from .pages import render_error
 
@@ -62,6 +66,12 @@ class ServiceAPIHandler(ServiceHandler):
         self.finish(json.dumps({"status": status_code, "message": message}))
 
 
+def _still_admin(settings: Settings, name: str) -> bool:
+    """What the database says now (the hub's answer about a token is cached for minutes)."""
+    with vdb.session_scope(settings.vre_db_url) as db:
+        return admin_refusal(db, Actor(name)) is None
+
+
 def requires_scope(scope: str):
     """The handler method needs ``scope`` in the caller's token (403 without it). Pages without a
     caller are sent to the hub's login first (OAuth); APIs answer 403."""
@@ -75,6 +85,9 @@ def requires_scope(scope: str):
                 return self.redirect(self.get_login_url())
             if not self.hub_auth.check_scopes({scope}, who):
                 raise web.HTTPError(403, f"Action is not authorized with current scopes; requires any of [{scope}]")
+            if scope == ADMIN_SCOPE and not await asyncio.to_thread(_still_admin, self.vre_settings, who.name):
+                # the token's scopes are cached for minutes: a demoted or disabled admin reads no more
+                raise web.HTTPError(403, f"{who.name!r} is not an active admin any more")
             return await method(self, *args, **kwargs)
 
         return wrapper
