@@ -200,6 +200,22 @@ def test_batch_only_is_absent_from_sessions_and_shared_workers_and_read_by_a_hel
     alice.stop(PROJECT)
 
 
+def test_a_sessions_catalogue_view_is_its_own_projects(hub, alice):
+    """The Lab's Datasets panel asks the VRE service with its server's token, which the hub scopes
+    to that one server: code in alice's lung-screening session learns nothing of her other project."""
+    hub.vre("project", "add-member", "prostate-ai", "alice")
+    try:
+        alice.start(PROJECT)
+        r = requests.get(f"{alice.server_url(PROJECT)}/vre/api/catalogue",
+                         headers={"Authorization": f"token {alice.token}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert [p["slug"] for p in r.json()["projects"]] == [PROJECT]
+        assert all(set(d["access"]) == {PROJECT} for d in r.json()["datasets"])
+        alice.stop(PROJECT)
+    finally:
+        hub.vre("project", "remove-member", "prostate-ai", "alice")
+
+
 def test_made_interactive_it_appears_in_the_next_session(hub, alice):
     hub.vre("project", "update-grant", PROJECT, EXTRA, "--mode", "interactive")
     s = in_session(alice)

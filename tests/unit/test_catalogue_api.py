@@ -28,7 +28,13 @@ PROSTATE = {"title": "Prostate MR record", "condition": "Prostate cancer", "inte
 KIDNEY = {"title": "Kidney CT record", "condition": "Kidney cancer", "interoperability_tier": 1,
           "modalities": ["CT"], "body_parts": ["ABDOMEN"]}
 #: token -> (user, scopes): alice's session (the server role's scopes), a token without the scope
-TOKENS = {"alice-server": ("alice", ["custom:vre-jobs", CATALOGUE_READ_SCOPE]), "bare": ("alice", [])}
+TOKENS = {"alice-server": ("alice", ["custom:vre-jobs", CATALOGUE_READ_SCOPE]), "bare": ("alice", []),
+          # her lung-screening session's server token, as the hub expands the server role's scopes
+          "alice-lung-session": ("alice", [CATALOGUE_READ_SCOPE, "access:servers!server=alice/lung-screening",
+                                           "users:activity!user=alice"]),
+          # a token of hers with the user role's scopes: every server of hers, so no one session
+          "alice-browser": ("alice", [CATALOGUE_READ_SCOPE, "access:servers!user=alice",
+                                      "access:servers!server=alice/lung-screening"])}
 
 
 class FakeHubAuth:
@@ -126,6 +132,19 @@ def test_records_without_paths_with_what_each_project_holds(service):
     assert [d["slug"] for d in get(url, modality="CT", body_part="abdomen").json()["datasets"]] == ["kidney-ct"]
     assert [d["slug"] for d in get(url, condition="Prostate cancer", tier="3").json()["datasets"]] == ["prostate-mri"]
     assert get(url, tier="9").json()["datasets"] == []
+
+
+def test_a_sessions_token_sees_its_own_project_only(service):
+    """Code in alice's lung-screening session learns what lung-screening holds and asks, not her
+    other projects (their names, grants, requests); her other tokens see all her projects."""
+    _, url, _ = service
+    body = get(url, token="alice-lung-session").json()
+    assert [p["slug"] for p in body["projects"]] == ["lung-screening"]
+    assert {d["slug"]: d["access"] for d in body["datasets"]} == {
+        "kidney-ct": {"lung-screening": "requested"}, "lung-ct": {"lung-screening": "granted"},
+        "prostate-mri": {"lung-screening": "not granted"}}
+    assert "prostate-ai" not in json.dumps(body)
+    assert [p["slug"] for p in get(url, token="alice-browser").json()["projects"]] == ["lung-screening", "prostate-ai"]
 
 
 def test_bad_filters_and_missing_scopes_are_refused_with_a_message(service):

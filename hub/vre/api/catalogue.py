@@ -33,13 +33,28 @@ class CatalogueAPIHandler(ServiceAPIHandler):
                                      f"{', '.join(FILTERS)}")
         filters = {k: self.get_query_argument(k, "") for k in FILTERS}
         user = self.current_user.name
+        project = session_project(self.current_user)
 
         def load():
             with vdb.session_scope(self.vre_settings.vre_db_url) as db:
-                return browse(db, user, filters)
+                return browse(db, user, filters, only_project=project)
         result = await asyncio.to_thread(load)
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps(result))
+
+
+def session_project(model: dict) -> str | None:
+    """The project of the session whose server token calls (JupyterHub expands the server role's
+    ``access:servers!server`` to that one server, named after the project), None for any other
+    caller. Code in a session sees what its own project holds and asks, not the member's other
+    projects (their names, grants, requests, co-members)."""
+    scopes = set(model.get("scopes") or ())
+    servers = {s.partition("=")[2] for s in scopes if s.startswith("access:servers!server=")}
+    broader = any(s == "access:servers" or s.startswith("access:servers!user") for s in scopes)
+    if len(servers) != 1 or broader:
+        return None
+    owner, _, server = servers.pop().partition("/")
+    return server if owner == model.get("name") and server else None
 
 
 def handlers(settings) -> list[tuple]:

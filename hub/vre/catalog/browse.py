@@ -57,15 +57,18 @@ def access_of(held: list[dict], requests: list[dict], project: str) -> str:
     return "requested" if any(r["project"] == project for r in requests) else "not granted"
 
 
-def browse(db, username: str, filters: dict[str, str] | None = None) -> dict:
+def browse(db, username: str, filters: dict[str, str] | None = None, *, only_project: str | None = None) -> dict:
     """``{"datasets": [...], "facets": {...}, "projects": [...]}``: the records matching ``filters``
     (unknown filter names are ignored), each with ``held`` (the caller's projects that have it, with
     mode and expiry), ``requests`` (the caller's projects' open requests for it) and ``access``
     (project -> ``ACCESS_STATES``, for each of the caller's projects); ``projects``:
-    the caller's projects (slug, title), those a request may be made for."""
+    the caller's projects (slug, title), those a request may be made for. ``only_project``: of the
+    caller's projects only that one (a session's view)."""
     filters = {k: (v or "").strip() for k, v in (filters or {}).items() if k in FILTERS}
     account = db.scalar(select(vdb.Account).where(vdb.Account.name == username))
     mine = sorted((m.project for m in account.memberships), key=lambda p: p.slug) if account else []
+    if only_project is not None:
+        mine = [p for p in mine if p.slug == only_project]
     mine_ids = {p.id for p in mine}
     open_requests = db.scalars(select(vdb.AccessRequest).where(vdb.AccessRequest.state == "open",
                                                                vdb.AccessRequest.project_id.in_(mine_ids))).all()
