@@ -9,7 +9,9 @@ transaction) or denies with a reason. One function per action, used by the hub p
   ``db.GRANT_MODES``;
 * admins decide any request, a dataset's stewards (``vre dataset add-steward``) those for it; nobody
   decides their own request, admins included; a decided or withdrawn request is final;
-* the requester may withdraw their open request.
+* the requester may withdraw their open request;
+* a request outlives its dataset's retirement (``vre dataset remove``, refused while one is open):
+  it lists under the slug it kept, marked ``dataset_retired``, and can no longer be decided.
 
 Each action records its audit event after its transaction commits (a recorded event is a fact);
 refused decisions that matter (deciding one's own request, deciding without the right) are
@@ -99,7 +101,8 @@ def decider_as(db, who: Actor, req: AccessRequest) -> str | None:
         return None
     if account.role == "admin":
         return "admin"
-    if any(s.account_id == account.id for s in req.dataset.stewards) and \
+    stewards = req.dataset.stewards if req.dataset is not None else []  # a retired dataset has none
+    if any(s.account_id == account.id for s in stewards) and \
             not any(m.account_id == account.id for m in req.project.members):
         return "steward"
     return None
@@ -123,8 +126,11 @@ def _t(value: dt.datetime | None) -> str | None:
 
 
 def to_dict(req: AccessRequest) -> dict:
+    """``dataset``: the slug the request kept (its dataset may have been retired since:
+    ``dataset_retired``, and ``dataset_title`` is then empty)."""
     return {"id": req.id, "project": req.project.slug, "project_title": req.project.title,
-            "dataset": req.dataset.slug, "dataset_title": req.dataset.title, "requester": req.requester.name,
+            "dataset": req.dataset_slug, "dataset_title": req.dataset.title if req.dataset is not None else "",
+            "dataset_retired": req.dataset is None, "requester": req.requester.name,
             "mode": req.mode, "justification": req.justification, "intended_use": req.intended_use,
             "state": req.state, "created_at": _t(req.created_at), "decided_at": _t(req.decided_at),
             "decided_by": req.decided_by, "reason": req.reason, "granted_mode": req.granted_mode,
@@ -159,8 +165,8 @@ def create(settings, who: Actor, project: str, dataset: str, *, mode: str, justi
             if _open_for(db, p.id, d.id) is not None:
                 raise VREError(f"project {p.slug!r} already has an open request for {d.slug!r}: wait for its "
                                "decision, or withdraw it first")
-            req = AccessRequest(project=p, dataset=d, requester=account, mode=mode, justification=justification,
-                                intended_use=intended_use, state="open", reason="")
+            req = AccessRequest(project=p, dataset=d, dataset_slug=d.slug, requester=account, mode=mode,
+                                justification=justification, intended_use=intended_use, state="open", reason="")
             db.add(req)
             db.flush()
             out = to_dict(req)
@@ -210,10 +216,13 @@ def _decide(settings, who: Actor, request_id: int, action: str, apply) -> dict:
             refused = Forbidden(f"access request {request_id} is your own: someone else must decide it")
         elif (role := decider_as(db, who, req)) is None:
             refused = Forbidden(f"you may not decide access request {request_id}: admins and the stewards of "
-                                f"dataset {req.dataset.slug!r} decide it, a steward not for a project they are "
+                                f"dataset {req.dataset_slug!r} decide it, a steward not for a project they are "
                                 "a member of")
         if refused is None:
             _require_open(req)
+            if req.dataset is None:  # only a request opened as its dataset was being retired
+                raise Conflict(f"dataset {req.dataset_slug!r} was retired: access request {request_id} can no "
+                               "longer be decided; its requester may withdraw it")
             details = {**apply(db, req), "as": role}
             req.decided_at, req.decided_by = utcnow(), who.name
             db.flush()
@@ -232,11 +241,11 @@ def approve(settings, who: Actor, request_id: int, *, mode: str | None = None, e
         # what made the request admissible must still hold when it is granted
         if req.requester.disabled or not any(m.account_id == req.requester_id for m in req.project.members):
             raise Conflict(f"{req.requester.name} is no longer an active member of project {req.project.slug!r}, "
-                           f"which asked for {req.dataset.slug!r}: deny access request {req.id} instead")
+                           f"which asked for {req.dataset_slug!r}: deny access request {req.id} instead")
         if req.project.is_expired():
             raise Conflict(f"project {req.project.slug!r} has expired: extend it (vre project set-expiry) or deny "
                            f"access request {req.id}")
-        g = P.grant(db, req.project.slug, req.dataset.slug, mode=mode or req.mode, expires=expires or None)
+        g = P.grant(db, req.project.slug, req.dataset_slug, mode=mode or req.mode, expires=expires or None)
         req.state, req.granted_mode, req.granted_expires_at = "approved", g.mode, g.expires_at
         return {"mode": g.mode, "expires_at": _t(g.expires_at), "requested_mode": req.mode}
 
@@ -273,9 +282,10 @@ def list_requests(settings, who: Actor | None = None, *, open_only: bool = False
 
 
 def to_decide(settings, who: Actor) -> list[dict]:
-    """Open requests the caller may decide (never their own), oldest first."""
+    """Open requests the caller may decide (never their own, nor one whose dataset is gone), oldest first."""
     with vdb.session_scope(settings.vre_db_url) as db:
-        rows = db.scalars(select(AccessRequest).where(AccessRequest.state == "open").order_by(AccessRequest.id))
+        rows = db.scalars(select(AccessRequest).where(AccessRequest.state == "open",
+                                                      AccessRequest.dataset_id.is_not(None)).order_by(AccessRequest.id))
         return [to_dict(r) for r in rows if r.requester.name != who.name and may_decide(db, who, r)]
 
 

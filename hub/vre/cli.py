@@ -343,9 +343,9 @@ def cmd_access_request(args) -> int:
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
-            print_table([[r["id"], r["project"], r["dataset"], r["requester"], r["mode"], r["state"],
-                          r["granted_mode"] or "", (r["granted_expires_at"] or "")[:16], r["decided_by"] or "",
-                          r["reason"][:40]] for r in rows],
+            print_table([[r["id"], r["project"], r["dataset"] + (" (retired)" if r["dataset_retired"] else ""),
+                          r["requester"], r["mode"], r["state"], r["granted_mode"] or "",
+                          (r["granted_expires_at"] or "")[:16], r["decided_by"] or "", r["reason"][:40]] for r in rows],
                         ["id", "project", "dataset", "requester", "asked", "state", "granted", "until", "by", "reason"])
         return 0
     if args.ar_cmd == "approve":

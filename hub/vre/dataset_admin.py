@@ -88,7 +88,8 @@ def update(settings, who: Actor, slug: str, changes: dict) -> list[str]:
 
 
 def remove(settings, who: Actor, slug: str) -> None:
-    """Unregister the dataset (refused while granted); its files are untouched."""
+    """Unregister the dataset (refused while granted or requested); its files are untouched, its
+    decided access requests kept."""
     with vdb.session_scope(settings.vre_db_url) as db:
         _check_admin(settings, db, who, "dataset.remove", slug)
         registry.remove_dataset(db, settings, slug)

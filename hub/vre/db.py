@@ -203,7 +203,10 @@ ACCESS_REQUEST_STATES = ("open", "approved", "denied", "withdrawn")
 
 class AccessRequest(Base):
     """A researcher's request that one of their projects be granted a dataset (``vre.access_requests``).
-    At most one per (project, dataset) is open: a partial unique index holds that on both backends."""
+    At most one per (project, dataset) is open: a partial unique index holds that on both backends.
+    The request outlives its dataset's retirement (``catalog.registry.remove_dataset``, refused while
+    a request is open): ``dataset_id`` becomes NULL and ``dataset_slug`` still names it, so the
+    requester's and the decider's history stays listed. Projects are never deleted (they expire)."""
 
     __tablename__ = "access_requests"
     __table_args__ = (
@@ -212,7 +215,11 @@ class AccessRequest(Base):
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
-    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    #: None once the dataset was retired (``dataset_slug`` names it).
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True,
+                                                   index=True)
+    #: The dataset's slug when the request was made, kept as text so the record outlives the dataset.
+    dataset_slug: Mapped[str] = mapped_column(String(64))
     requester_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     mode: Mapped[str] = mapped_column(String(16))               # the mode asked for
     justification: Mapped[str] = mapped_column(Text)
@@ -233,7 +240,7 @@ class AccessRequest(Base):
     __mapper_args__ = {"version_id_col": rev}
 
     project: Mapped[Project] = relationship()
-    dataset: Mapped[Dataset] = relationship()
+    dataset: Mapped[Dataset | None] = relationship()
     requester: Mapped[Account] = relationship()
 
 

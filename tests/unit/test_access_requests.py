@@ -1,6 +1,7 @@
 """Access requests (vre.access_requests): who may ask and decide, one open request per pair, final
 decisions, the grant an approval makes, the audit trail, the catalogue researchers browse, the
-migration from 0010 and the CLI's errors. On SQLite and PostgreSQL."""
+migrations from 0010 and 0013, requests outliving their dataset and the CLI's errors. On SQLite and
+PostgreSQL."""
 
 import datetime as dt
 import json
@@ -307,6 +308,14 @@ def test_cli_lists_approves_and_denies_with_the_same_rules(tmp_path):
     assert r.returncode == 2 and "nobody" in r.stderr
     r = run("dataset", "add-steward", "lung-ct", "bob")
     assert r.returncode == 0 and "now decides access requests" in r.stdout
+    # the denied request outlives its dataset: listed under the slug it kept, marked retired
+    assert run("dataset", "remove", "mr").returncode == 0
+    r = run("access-request", "list")
+    line = next(x for x in r.stdout.splitlines() if x.split()[:1] == [str(second["id"])])
+    assert "mr (retired)" in line and "denied" in line, r.stdout
+    listed = {r["id"]: r for r in json.loads(run("access-request", "list", "--json").stdout)}
+    assert (listed[second["id"]]["dataset"], listed[second["id"]]["dataset_retired"]) == ("mr", True)
+    assert listed[first["id"]]["dataset_retired"] is False
 
 
 # --- the pages ---------------------------------------------------------------------------------
@@ -384,6 +393,106 @@ def test_a_dataset_with_open_requests_is_not_retired(world):
         registry.remove_dataset(db, world, "lung-ct")
     with vdb.session_scope(world.vre_db_url) as db:
         assert db.scalars(select(vdb.Dataset).where(vdb.Dataset.slug == "lung-ct")).first() is None
+
+
+def test_a_decided_request_outlives_its_datasets_retirement(world):
+    """Retiring a dataset keeps its decided requests (they were deleted with it): the requester and
+    the deciders still list them under the slug they kept, marked retired; a decision stays final;
+    the slug registered again is a new dataset, asked for afresh."""
+    from vre.api.pages import environment
+    from vre.catalog import registry
+
+    denied = ask(world)
+    AR.deny(world, AR.Actor("stewart"), denied["id"], reason="not for this study")
+    withdrawn = ask(world, who="alice", project="lung-screening")
+    AR.withdraw(world, AR.Actor("alice"), withdrawn["id"])
+    with vdb.session_scope(world.vre_db_url) as db:
+        registry.remove_dataset(db, world, "lung-ct")
+
+    everything = {r["id"]: r for r in AR.list_requests(world)}
+    for rid, state in ((denied["id"], "denied"), (withdrawn["id"], "withdrawn")):
+        r = everything[rid]
+        assert (r["dataset"], r["dataset_retired"], r["dataset_title"], r["state"]) == ("lung-ct", True, "", state)
+    assert everything[denied["id"]]["reason"] == "not for this study"
+    assert everything[denied["id"]]["decided_by"] == "stewart"
+    mine = AR.list_requests(world, AR.Actor("bob"), mine=True)
+    assert [(r["id"], r["dataset"]) for r in mine] == [(denied["id"], "lung-ct")]
+    # the stewardship went with the dataset: stewart no longer decides (nor sees) its requests
+    assert AR.list_requests(world, AR.Actor("stewart")) == []
+    assert denied["id"] in [r["id"] for r in AR.list_requests(world, AR.Actor("admin2"))]
+    with pytest.raises(AR.Decided, match="already denied by stewart"):
+        AR.approve(world, AR.Actor("admin2"), denied["id"])
+    html = environment().get_template("access-requests.html").render(
+        mine=mine, to_decide=None, done="", done_id="", **PAGE_NS)
+    assert "dataset retired" in html and "<code>lung-ct</code>" in html
+    with vdb.session_scope(world.vre_db_url) as db:
+        row = db.get(vdb.AccessRequest, denied["id"])
+        assert (row.dataset_id, row.dataset_slug) == (None, "lung-ct")
+        db.add(vdb.Dataset(slug="lung-ct", title="Lung CT again", path="/srv/secret/lung2", catalog=LUNG))
+    again = ask(world)
+    assert (again["dataset_retired"], again["dataset_title"]) == (False, "Lung CT again")
+    listed = {r["id"]: r["dataset_retired"] for r in AR.list_requests(world)}
+    assert listed[denied["id"]] is True and listed[again["id"]] is False
+
+
+def test_an_open_request_whose_dataset_is_gone_is_not_decided_but_withdrawn(world):
+    """Retiring refuses while a request is open, but one opened at that very moment loses its
+    dataset: nobody can grant it (it is not offered to decide), its requester withdraws it."""
+    from vre.errors import Conflict
+
+    req = ask(world)
+    with vdb.session_scope(world.vre_db_url) as db:  # as the foreign key's ON DELETE SET NULL would
+        db.get(vdb.AccessRequest, req["id"]).dataset_id = None
+    assert AR.to_decide(world, AR.Actor("admin2")) == []
+    with pytest.raises(Conflict, match="dataset 'lung-ct' was retired: access request .* can no longer be decided"):
+        AR.approve(world, AR.Actor("admin2"), req["id"])
+    assert AR.withdraw(world, AR.Actor("bob"), req["id"])["state"] == "withdrawn"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_from_0013_keeps_requests_and_fills_their_slug(backend, request, tmp_path):
+    """0014 rebuilds access_requests (SQLite) to change the dataset's foreign key: every request is
+    kept with its dataset's slug, retiring a dataset then keeps its requests, and the partial unique
+    index still allows one open request per pair (and any number of decided ones)."""
+    from vre.catalog import registry
+    from vre.errors import Conflict
+
+    url = f"sqlite:///{tmp_path / 'vre.sqlite'}" if backend == "sqlite" else request.getfixturevalue("postgres").new_database()
+    vdb.upgrade(url, "0013")
+    with vdb.session_scope(url) as db:  # the other tables are as at head
+        add_account(db, "ann", password="ann-password-1")
+        db.add(vdb.Dataset(slug="old-ct", title="Old", path="/srv/old", catalog={}))
+        db.add(vdb.Dataset(slug="old-mr", title="Old MR", path="/srv/mr", catalog={}))
+        db.flush()
+        P.create_project(db, "old", "Old")
+        P.add_member(db, "old", "ann")
+    now = "2026-12-01 10:00:00+00:00"
+    with vdb.engine_for(url).begin() as conn:
+        for dataset, state in (("old-ct", "denied"), ("old-ct", "open"), ("old-mr", "withdrawn")):
+            conn.execute(text("INSERT INTO access_requests (project_id, dataset_id, requester_id, mode, "
+                              "justification, intended_use, state, created_at, reason, rev) SELECT p.id, d.id, a.id, "
+                              "'interactive', :why, :use, :state, :t, '', 1 FROM projects p, datasets d, accounts a "
+                              "WHERE d.slug = :dataset"),
+                         {"why": WHY, "use": USE, "state": state, "t": now, "dataset": dataset})
+    vdb.upgrade(url)
+    settings = Settings(state_dir=tmp_path / "state", db_url=url)
+    before = [(r["dataset"], r["state"], r["dataset_retired"]) for r in AR.list_requests(settings)]
+    assert before == [("old-mr", "withdrawn", False), ("old-ct", "open", False), ("old-ct", "denied", False)]
+    with pytest.raises(VREError, match="already has an open request"):
+        ask(settings, who="ann", project="old", dataset="old-ct")
+    with pytest.raises(Exception), vdb.engine_for(url).begin() as conn:  # the index itself, not just the check
+        conn.execute(text("INSERT INTO access_requests (project_id, dataset_id, dataset_slug, requester_id, mode, "
+                          "justification, intended_use, state, created_at, reason, rev) SELECT project_id, "
+                          "dataset_id, dataset_slug, requester_id, mode, justification, intended_use, state, "
+                          "created_at, reason, 1 FROM access_requests WHERE state = 'open'"))
+    second = ask(settings, who="ann", project="old", dataset="old-mr")  # after a withdrawn one
+    AR.deny(settings, AR.Actor.cli(None), second["id"], reason="not now")
+    with vdb.session_scope(url) as db, pytest.raises(Conflict, match="open access requests"):
+        registry.remove_dataset(db, settings, "old-ct")
+    with vdb.engine_for(url).begin() as conn:  # the foreign key's own ON DELETE (remove_dataset also nulls it)
+        conn.execute(text("DELETE FROM datasets WHERE slug = 'old-mr'"))
+    after = [(r["dataset"], r["state"], r["dataset_retired"]) for r in AR.list_requests(settings)]
+    assert after == [("old-mr", "denied", True)] + [("old-mr", "withdrawn", True)] + before[1:]
 
 
 def test_a_grant_made_meanwhile_makes_the_approval_a_conflict_that_says_so(world, monkeypatch):

@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..db import AccessRequest, Dataset, utcnow
@@ -162,6 +162,11 @@ def remove_dataset(db: Session, settings: Settings, slug: str) -> None:
     if waiting:  # retiring would drop them unanswered: the requesters are owed a decision
         ids = ", ".join(f"#{r.id} ({r.project.slug})" for r in waiting)
         raise Conflict(f"dataset {slug!r} has open access requests: {ids}; approve or deny them first")
+    # Decided requests stay, under the slug they kept (the history of who asked and who decided).
+    # The foreign key sets NULL too; done here as well so that no request is left pointing at an
+    # id SQLite may hand to the next dataset registered.
+    db.execute(update(AccessRequest).where(AccessRequest.dataset_id == dataset.id).values(dataset_id=None)
+               .execution_options(synchronize_session=False))
     db.delete(dataset)
     for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "record.json"):
         (dataset_dir(settings, slug) / name).unlink(missing_ok=True)
