@@ -134,6 +134,11 @@ class Settings:
     spawn_limit: int = 0
     #: Sessions running at once (0: no limit); a start beyond it is answered 429 until one stops.
     session_limit: int = 0
+    #: Folders datasets may be registered from (``vre dataset add``, the Datasets admin page),
+    #: comma-separated absolute paths, e.g. ``/srv/imaging``: a folder outside them is refused.
+    #: Empty: any folder sessions can read, except the VRE's own directories and the system's
+    #: (``/etc``, ``/proc``, ``/sys``, ...). Set it where the admin page is reachable from a browser.
+    dataset_roots: str = ""
     #: Create demo datasets, projects and accounts on first start.
     demo: bool = True
     #: Size of the demo cohorts; ``small`` is for tests.
@@ -455,6 +460,10 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"jobs_on_scheduler_loss must be 'requeue' or 'fail', not {s.jobs_on_scheduler_loss!r}")
     if not 60 <= s.jobs_default_runtime <= s.jobs_max_runtime:
         raise SettingsError("jobs_default_runtime must be at least 60 s and at most jobs_max_runtime")
+    for root in dataset_roots(s):
+        if not root.is_absolute() or root == Path("/"):
+            raise SettingsError(f"dataset_roots: {str(root)!r} is not a folder datasets can be limited to: give "
+                                "absolute paths such as /srv/imaging, comma-separated")
 
 
 BACKENDS = ("sandbox", "docker", "kubernetes")
@@ -462,6 +471,11 @@ K8S_DATASET_VOLUMES = ("hostPath", "nfs", "pvc")
 K8S_STORAGE = ("hostPath", "pvc")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _IMAGE = re.compile(r"[a-z0-9][a-z0-9._/:@-]*[a-z0-9]", re.I)
+
+
+def dataset_roots(s: Settings) -> tuple[Path, ...]:
+    """The folders datasets may come from (``dataset_roots``); empty: no such limit."""
+    return tuple(Path(r.strip()) for r in s.dataset_roots.split(",") if r.strip())
 
 
 def k8s_images(s: Settings) -> tuple[str, ...]:

@@ -86,7 +86,12 @@ def test_dataset_add_with_some_corrupt_files_succeeds_with_a_report(run, public_
     assert r.returncode == 2 and "slug 'cohort' is taken" in r.stderr
     r = run("dataset", "reindex", "cohort")
     assert r.returncode == 0 and "0 read" in r.stdout, r.stdout
-    r = run("dataset", "add", str(tmp_path), "--slug", "cohort3", "--title", "T", "--tier", "7")
+    r = run("dataset", "add", str(tmp_path), "--slug", "cohort3", "--title", "T")
+    assert r.returncode == 2 and "overlaps dataset 'cohort'" in r.stderr  # a file would be in two datasets
+    other = tmp_path / "other"
+    other.mkdir()
+    _readable(other)
+    r = run("dataset", "add", str(other), "--slug", "cohort3", "--title", "T", "--tier", "7")
     assert r.returncode == 2 and "interoperability_tier must be 1, 2 or 3" in r.stderr
 
 

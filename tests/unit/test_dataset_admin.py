@@ -222,3 +222,37 @@ def test_the_cli_uses_the_same_functions(data, tmp_path):
     events = json.loads(vre("audit", "query", "--action", "dataset.update", "--json").stdout)
     assert [(e["actor"], e["details"]) for e in events] == [
         (cli_actor(), {"via": "cli", "changed": ["interoperability_tier", "keywords", "title"]})]
+
+
+def test_a_folder_is_one_dataset_from_the_allowed_roots_never_a_system_folder(world, data, db_url, tmp_path):
+    """A folder inside or around a registered dataset would put a file in two datasets with
+    different grants; with ``dataset_roots`` set, only folders below them are taken; system
+    folders never are (the indexer runs as root and publishes what it reads)."""
+    from vre.settings import SettingsError, load
+
+    dataset_admin.register(world, WEB, str(data), "lung", FIELDS)
+    inner = next(p for p in data.iterdir() if p.is_dir())
+    for folder in (data.parent, inner):
+        with pytest.raises(Conflict, match="overlaps dataset 'lung'"):
+            dataset_admin.register(world, WEB, str(folder), "lung2", FIELDS)
+    for folder, said in (("/etc", "is a system folder"), ("/proc/self", "is a system folder"),
+                         ("/usr", "is a system folder")):
+        with pytest.raises(VREError, match=said):
+            dataset_admin.register(world, WEB, folder, "sys", FIELDS)
+    elsewhere = Path(tempfile.mkdtemp(prefix="vre-dsroots-"))
+    try:
+        make_cohort("lung-ct", elsewhere / "cohort", patients=1, slices=2, size=32)
+        for dirpath, _, files in os.walk(elsewhere):
+            os.chmod(dirpath, 0o755)
+            for f in files:
+                os.chmod(os.path.join(dirpath, f), 0o644)
+        limited = Settings(state_dir=world.state_dir, db_url=db_url, dataset_roots=f"/srv/imaging, {data.parent}")
+        with pytest.raises(VREError, match="outside the folders datasets may come from .*/srv/imaging"):
+            dataset_admin.register(limited, WEB, str(elsewhere / "cohort"), "other", FIELDS)
+        assert [d["slug"] for d in dataset_admin.list_datasets(world)] == ["lung"]
+        free = Settings(state_dir=world.state_dir, db_url=db_url, dataset_roots=str(elsewhere))
+        dataset_admin.register(free, WEB, str(elsewhere / "cohort"), "other", FIELDS)
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
+    with pytest.raises(SettingsError, match="dataset_roots: 'data' is not a folder"):
+        load(environ={"VRE_DATASET_ROOTS": "data"})

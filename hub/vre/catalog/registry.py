@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from ..db import AccessRequest, Dataset, utcnow
 from ..errors import Conflict, VREError
 from ..projects import get_dataset, validate_slug
-from ..settings import Settings
+from ..settings import Settings, dataset_roots
 from .index import CatalogError, IndexReport, index_dataset
 from .metadata import CATALOG_FIELDS, build_record, summarize
 
@@ -69,6 +69,12 @@ def _index(settings: Settings, dataset: Dataset, admin_fields: dict, workers: in
     return report
 
 
+#: Never a dataset, nor anything below them.
+_SYSTEM = tuple(Path(p) for p in ("/etc", "/proc", "/sys", "/dev", "/boot", "/run"))
+#: Never a dataset themselves (too broad), though a folder below them may be.
+_TOO_BROAD = tuple(Path(p) for p in ("/", "/home", "/usr", "/var", "/srv", "/opt", "/mnt", "/media", "/tmp"))
+
+
 def check_new_dataset(db: Session, settings: Settings, path: str, slug: str, **fields) -> tuple[Path, dict]:
     """What registering ``path`` as ``slug`` checks before the (long) indexing: the slug, the
     directory, that sessions can read it, that neither is registered, the catalogue fields.
@@ -82,12 +88,22 @@ def check_new_dataset(db: Session, settings: Settings, path: str, slug: str, **f
     root = root.resolve()
     if db.scalar(select(Dataset).where(Dataset.slug == slug)) is not None:
         raise Conflict(f"dataset slug {slug!r} is taken; choose another or use 'vre dataset reindex {slug}'")
-    other = db.scalar(select(Dataset).where(Dataset.path == str(root)))
-    if other is not None:
-        raise Conflict(f"{root} is already registered as dataset {other.slug!r}")
+    for other in db.scalars(select(Dataset)).all():  # one folder, one dataset: grants mean one thing
+        there = Path(other.path)
+        if root == there:
+            raise Conflict(f"{root} is already registered as dataset {other.slug!r}")
+        if there in root.parents or root in there.parents:
+            raise Conflict(f"{root} overlaps dataset {other.slug!r} ({there}): a file would belong to two datasets "
+                           "with different grants; register a folder beside it")
     for managed in (settings.projects_dir, settings.catalog_dir, settings.secrets_dir, settings.run_dir):
         if root == managed or managed in root.parents or root in managed.parents:
             raise VREError(f"{root} overlaps the VRE's own directory {managed}; keep datasets elsewhere")
+    allowed = dataset_roots(settings)
+    if allowed and not any(root == r or r in root.parents for r in allowed):
+        raise VREError(f"{root} is outside the folders datasets may come from (dataset_roots: "
+                       f"{', '.join(map(str, allowed))}); move the data there or ask the operator to add its folder")
+    if root in _TOO_BROAD or any(root == s or s in root.parents for s in _SYSTEM):
+        raise VREError(f"{root} is a system folder, not a dataset: give the folder that holds the DICOM files")
     _check_readable_by_sessions(root)
     title = (fields.get("title") or "").strip()
     if not title:
