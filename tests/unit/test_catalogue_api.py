@@ -85,12 +85,13 @@ def service(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/services/vre/")
     sock, port = bind_unused_port()
     path = str(tmp_path / "vre.sock")
+    unix = bind_unix_socket(path)  # bound before the test runs: the server thread may start late
     loop = asyncio.new_event_loop()
 
     def serve():
         asyncio.set_event_loop(loop)
         server = HTTPServer(make_app(settings, sessions_only=True))
-        server.add_sockets([sock, bind_unix_socket(path)])
+        server.add_sockets([sock, unix])
         loop.run_forever()
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
