@@ -66,10 +66,9 @@ def opened_beneath(base: str | os.PathLike, rel: str) -> Iterator[object]:
 
 
 def makedirs_beneath(base: str | os.PathLike, rel: str, *, uid: int, gid: int, mode: int,
-                     modes: dict[int, int] | None = None, fresh: bool = False) -> int:
+                     fresh: bool = False) -> int:
     """Create the folders of ``rel`` below ``base`` as needed, each owned by ``uid:gid`` with
-    ``mode`` (``modes``: a different mode by depth, 0 = the first component), set through the
-    opened folder (fchown/fchmod: never a path). Returns a descriptor of the last one. A component
+    ``mode``, set through the opened folder (fchown/fchmod: never a path). Returns a descriptor of the last one. A component
     that exists as anything but a real folder fails (ENOTDIR, ELOOP). ``fresh``: the last one is
     new and empty; whatever was already there under its name (planted ahead by someone who can
     write its parent) is renamed aside to ``.stale-<name>-<random>``."""
@@ -87,7 +86,7 @@ def makedirs_beneath(base: str | os.PathLike, rel: str, *, uid: int, gid: int, m
             os.close(fd)
             fd = nfd
             os.fchown(fd, uid, gid)
-            os.fchmod(fd, (modes or {}).get(depth, mode))
+            os.fchmod(fd, mode)
     except BaseException:
         os.close(fd)
         raise

@@ -9,10 +9,11 @@ import threading
 
 import pytest
 import requests
-from jupyterhub.services.auth import check_scopes
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_unix_socket
 from tornado.testing import bind_unused_port
+
+from fakehub import FakeHubAuth
 
 from vre import access_requests as AR
 from vre import db as vdb
@@ -37,25 +38,13 @@ TOKENS = {"alice-server": ("alice", ["custom:vre-jobs", CATALOGUE_READ_SCOPE]), 
                                       "access:servers!server=alice/lung-screening"])}
 
 
-class FakeHubAuth:
-    """What the service's handlers ask of JupyterHub's service auth, answered from ``TOKENS``."""
-
-    base_url = "/services/vre/"
-    login_url = "/hub/login"
-    access_scopes = set()
-
-    def get_user(self, handler):
-        token = handler.request.headers.get("Authorization", "").removeprefix("token ")
-        if token not in TOKENS:
-            return None
-        name, scopes = TOKENS[token]
-        return {"name": name, "kind": "user", "scopes": scopes}
-
-    def check_scopes(self, required, user):
-        return check_scopes(required, set(user["scopes"]))
-
-    def _persist_url_token_if_set(self, handler):
-        pass
+def by_token(handler):
+    """The caller of ``TOKENS`` named by the request's Authorization header."""
+    token = handler.request.headers.get("Authorization", "").removeprefix("token ")
+    if token not in TOKENS:
+        return None
+    name, scopes = TOKENS[token]
+    return {"name": name, "kind": "user", "scopes": scopes}
 
 
 @pytest.fixture
@@ -81,7 +70,7 @@ def service(tmp_path, monkeypatch):
         P.grant(db, "prostate-ai", "prostate-mri", mode="batch-only")
     AR.create(settings, AR.Actor("alice"), "lung-screening", "kidney-ct", mode="interactive",
               justification="Compare screening findings with kidney CT.", intended_use="Batch inference only.")
-    monkeypatch.setattr(ServiceHandler, "_hub_auth", FakeHubAuth())
+    monkeypatch.setattr(ServiceHandler, "_hub_auth", FakeHubAuth(by_token))
     monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/services/vre/")
     sock, port = bind_unused_port()
     path = str(tmp_path / "vre.sock")

@@ -9,11 +9,12 @@ import threading
 
 import pytest
 import requests
-from jupyterhub.services.auth import check_scopes
 from sqlalchemy import select
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
+
+from fakehub import FakeHubAuth, named_by_header
 
 from vre import access_requests as AR
 from vre import admin_running
@@ -102,29 +103,6 @@ def test_the_cli_refuses_an_id_too_large_with_a_message(tmp_path, monkeypatch, c
 
 
 # --- the pages over HTTP -------------------------------------------------------------------------
-class FakeHubAuth:
-    """The hub's service auth as the pages use it: the caller named by a header; admin has the
-    admin scope, everyone the catalogue's. No hub API: the Users page says "unknown" for sessions."""
-
-    base_url = "/services/vre/"
-    login_url = "/hub/login"
-    access_scopes = set()
-
-    def get_user(self, handler):
-        name = handler.request.headers.get("X-Test-User")
-        return {"name": name, "kind": "user",
-                "scopes": [CATALOGUE_SCOPE] + ([ADMIN_SCOPE] if name == "admin" else [])} if name else None
-
-    def check_scopes(self, required, user):
-        return check_scopes(required, set(user["scopes"]))
-
-    def _persist_url_token_if_set(self, handler):
-        pass
-
-    def check_xsrf_cookie(self, handler):
-        pass
-
-
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     """The access-request and Users pages on a loopback port, SQLite, with bob's open request 1 (project
@@ -144,7 +122,8 @@ def site(tmp_path, monkeypatch):
         P.add_member(db, "lung", "bob")
     AR.create(settings, AR.Actor("bob"), "lung", "lung-ct", mode="interactive",
               justification="Validate our nodule detector on this cohort.", intended_use="Batch inference only.")
-    monkeypatch.setattr(ServiceHandler, "_hub_auth", FakeHubAuth())
+    monkeypatch.setattr(ServiceHandler, "_hub_auth", FakeHubAuth(named_by_header(
+        lambda name: [CATALOGUE_SCOPE] + ([ADMIN_SCOPE] if name == "admin" else []))))
     sock, port = bind_unused_port()
     loop = asyncio.new_event_loop()
     routes = access_pages.handlers(settings) + admin_pages.handlers(settings)

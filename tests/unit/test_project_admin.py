@@ -9,10 +9,11 @@ import threading
 
 import pytest
 import requests
-from jupyterhub.services.auth import check_scopes
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
+
+from fakehub import FakeHubAuth, named_by_header
 
 from vre import access_requests as AR
 from vre import db as vdb
@@ -196,28 +197,6 @@ def test_the_same_change_made_meanwhile_is_a_conflict_that_says_so(world, monkey
 
 
 # --- the page over HTTP -------------------------------------------------------------------------
-class FakeHubAuth:
-    """The hub's service auth, as far as the pages use it: the caller named by a header, with the
-    scopes of their roles (admins: the admin scope)."""
-
-    base_url = "/services/vre/"
-    login_url = "/hub/login"
-    access_scopes = set()  # every hub user may reach the service; the pages check their scope
-
-    def get_user(self, handler):
-        name = handler.request.headers.get("X-Test-User")
-        return {"name": name, "kind": "user", "scopes": [ADMIN_SCOPE] if name == "admin" else []} if name else None
-
-    def check_scopes(self, required, user):
-        return check_scopes(required, set(user["scopes"]))
-
-    def _persist_url_token_if_set(self, handler):
-        pass
-
-    def check_xsrf_cookie(self, handler):
-        pass
-
-
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     """The Projects pages served on a loopback port, SQLite; yields (settings, base URL)."""
@@ -227,7 +206,8 @@ def site(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'vre.sqlite'}"
     vdb.upgrade(url)
     settings = make_world(url, tmp_path)
-    monkeypatch.setattr(ServiceHandler, "_hub_auth", FakeHubAuth())
+    monkeypatch.setattr(ServiceHandler, "_hub_auth",
+                        FakeHubAuth(named_by_header(lambda name: [ADMIN_SCOPE] if name == "admin" else [])))
     sock, port = bind_unused_port()
     loop = asyncio.new_event_loop()
 

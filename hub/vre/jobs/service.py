@@ -61,11 +61,20 @@ def outdir_inside(job_id: int, lane: str = "open") -> str:
     return f"{HELD_ROOT}/jobs/{job_id}" if lane == "held" else f"{WORKSPACE}/jobs/{job_id}"
 
 
-def outdir_on_host(settings: Settings, project: str, job_id: int, lane: str = "open") -> Path:
+def job_folder(settings: Settings, project: str, job_id: int, lane: str = "open") -> tuple[Path, str]:
+    """(trusted base, path below it) of a job's folder: ``<workspace>`` + ``jobs/<id>``, or held
+    ``<project dir>`` + ``held/jobs/<id>``. The base is the hub's (researchers and jobs cannot
+    replace it); everything below is opened through ``vre.beneath``."""
     if lane == "held":
-        return held_dir(settings, project) / "jobs" / str(job_id)
+        held = held_dir(settings, project)
+        return held.parent, f"{held.name}/jobs/{job_id}"
     workspace, _ = project_paths(settings, project, "_")
-    return workspace / "jobs" / str(job_id)
+    return workspace, f"jobs/{job_id}"
+
+
+def outdir_on_host(settings: Settings, project: str, job_id: int, lane: str = "open") -> Path:
+    base, rel = job_folder(settings, project, job_id, lane)
+    return base / rel
 
 
 def job_dir(settings: Settings, job: Job) -> Path:
@@ -230,12 +239,9 @@ def make_outdir(settings: Settings, project: Project, job_id: int, payload: byte
     held, beside it (the project's workers only), with a held job's copy of its code."""
     from ..plan import project_uid
 
-    out = outdir_on_host(settings, project.slug, job_id, lane)
+    base, rel = job_folder(settings, project.slug, job_id, lane)
     uid, gid = project_uid(settings, project.id), settings.gid_base + project.id
-    if lane == "held":  # <held>/jobs/<id>: <held> is the hub's, jobs/ and below the held jobs'
-        base, rel, mode = out.parent.parent.parent, f"{out.parent.parent.name}/jobs/{job_id}", 0o700
-    else:  # <workspace>/jobs/<id>
-        base, rel, mode = out.parent.parent, f"jobs/{job_id}", 0o2770
+    mode = 0o700 if lane == "held" else 0o2770
     try:
         fd = beneath.makedirs_beneath(base, rel, uid=uid, gid=gid, mode=mode, fresh=True)
     except OSError as e:
@@ -256,7 +262,7 @@ def make_outdir(settings: Settings, project: Project, job_id: int, payload: byte
                 os.close(sub)
     finally:
         os.close(fd)
-    return out
+    return base / rel
 
 
 def _visible_job(db: Session, settings: Settings, user: str, job_id: int) -> Job:
@@ -359,9 +365,8 @@ def read_log(settings: Settings, job: Job, offset: int = 0, limit: int = 1 << 20
 
 def _job_file(settings: Settings, job: Job, name: str):
     """A file of ``job``'s folder, opened through ``beneath`` from the folder's trusted base."""
-    out = job_dir(settings, job)
-    base = out.parent.parent.parent if job.lane == "held" else out.parent.parent
-    return beneath.opened_beneath(base, str(out.relative_to(base) / name))
+    base, rel = job_folder(settings, job.project.slug, job.id, job.lane)
+    return beneath.opened_beneath(base, f"{rel}/{name}")
 
 
 def member_log(settings: Settings, job: Job, offset: int = 0) -> tuple[str, int]:
@@ -384,8 +389,7 @@ def progress(settings: Settings, job: Job) -> dict | None:
 def outputs(settings: Settings, job: Job) -> list[dict]:
     if job.lane == "held":  # not even names: the job chose them
         return []
-    out = job_dir(settings, job)
-    found = beneath.walk_files_beneath(out.parent.parent, f"jobs/{job.id}")  # links are not followed
+    found = beneath.walk_files_beneath(*job_folder(settings, job.project.slug, job.id))  # links not followed
     return [{"path": f"{outdir_inside(job.id)}/{rel}", "size": size} for rel, size in sorted(found)
             if not os.path.basename(rel).startswith(".") and rel != "progress.json"]
 
