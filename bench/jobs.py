@@ -1,10 +1,11 @@
 """Batch queue: submit-to-start latency, throughput of many tiny jobs, and the service's overhead
 against the same work submitted straight to a Dask client, in one run.
 
-    sudo .venv/bin/python bench/jobs.py [--jobs 1000] [--latency 10] [--workers 2]
+    sudo .venv/bin/python bench/jobs.py [--jobs 1000] [--latency 10] [--workers 2] [--backends sandbox,docker]
 
 Starts a real hub (``vre up``, small demo, SQLite, its own temp dir and ports) with its vre-jobs
-engine, and sets alice's project quota to ``--workers`` jobs at once (1 CPU, 512 MiB each: the
+engine for each session backend asked for (``sandbox``: workers are bubblewrap sandboxes;
+``docker``: containers on Podman, with the notebook image built by ``vre images build``), and sets alice's project quota to ``--workers`` jobs at once (1 CPU, 512 MiB each: the
 cgroup CPU limit of a job is then a whole core, as a bare Dask worker process has).
 
 1. **Latency on an idle queue:** ``--latency`` script jobs one after the other, each submitted once
@@ -77,8 +78,8 @@ def submit(client, body: dict) -> int:
     return r.json()["id"]
 
 
-def bench_service(args) -> dict:
-    hub = Hub("bench-jobs", None)
+def bench_service(args, backend: str) -> dict:
+    hub = Hub(f"bench-jobs-{backend}", None, backend)
     hub.env["VRE_JOBS_WORKER_IDLE"] = "600"
     timings_file = Path(tempfile.mkdtemp(prefix="vre-bench-jobs-")) / "timings.json"
     hub.env["VRE_JOBS_TIMINGS"] = str(timings_file)
@@ -166,17 +167,27 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1000)
     p.add_argument("--latency", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--backends", default="sandbox",
+                   help="comma-separated session backends to run the service on: sandbox, docker")
     args = p.parse_args()
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends or set(backends) - {"sandbox", "docker"}:
+        raise SystemExit("--backends takes sandbox, docker or both (comma-separated)")
     # bare, service, bare: on a shared machine the load moves; the baseline is the mean of the two
     # bare runs around the service run
     before = bench_bare(args)
-    service = bench_service(args)
+    services = {b: bench_service(args, b) for b in backends}
     after = bench_bare(args)
     bare = {k: (before[k] + after[k]) / 2 for k in ("subprocess_s", "inprocess_s", "task_s")}
     bare["failed"] = before["failed"] + after["failed"]
+    for backend, service in services.items():
+        report(args, backend, service, bare, before, after)
+
+
+def report(args, backend: str, service: dict, bare: dict, before: dict, after: dict) -> None:
     n = args.jobs
     warm = service["warm"]
-    print(f"\nBatch queue, {n} tiny jobs, {args.workers} workers ({os.cpu_count()} cores)\n")
+    print(f"\nBatch queue on the {backend} backend, {n} tiny jobs, {args.workers} workers ({os.cpu_count()} cores)\n")
     print(f"{'measure':<52} {'value':>12}")
     print(f"{'submit-to-start, cold (scheduler + worker start)':<52} {service['cold'] * 1000:>10.0f} ms")
     if warm:

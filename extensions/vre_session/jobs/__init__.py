@@ -189,7 +189,8 @@ def list_jobs(project: str | None = None) -> list[Job]:
 def dask_client(workers: int = 1, *, timeout: float = 120, **kw):
     """A Dask client on the project's own scheduler with ``workers`` interactive workers (within the
     project's batch quota; they count against it until ``client.vre_job.cancel()`` or their run-time
-    limit). The dashboard is at ``<this server>/proxy/8787/status``."""
+    limit). The dashboard is at ``<this server>/proxy/8787/status`` (sandbox sessions; on the
+    docker backend the scheduler is another container, which the session's proxy does not reach)."""
     from distributed import Client
 
     job = submit("cluster", params={"workers": workers}, **kw)
@@ -200,7 +201,8 @@ def dask_client(workers: int = 1, *, timeout: float = 120, **kw):
         if time.monotonic() > deadline:
             raise TimeoutError(f"the workers are still {job.data['state']} after {timeout} s (quota in use?)")
         time.sleep(0.5)
-    client = Client("tcp://127.0.0.1:8786", timeout=timeout)
+    # the sandbox's scheduler is on the island's loopback; a container's has its own address
+    client = Client(job.data.get("scheduler") or "tcp://127.0.0.1:8786", timeout=timeout)
     client.wait_for_workers(workers, timeout=timeout)
     client.vre_job = job
     return client

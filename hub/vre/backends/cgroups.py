@@ -153,16 +153,7 @@ class SessionCgroup:
 
     def oom_kills(self) -> int:
         """How many processes the kernel killed for exceeding the memory limit."""
-        name = "memory.oom_control" if self.version == 1 else "memory.events"
-        try:
-            text = (self.dirs["memory"] / name).read_text()
-        except OSError:
-            return 0
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-        return 0
+        return _oom_kills(self.dirs["memory"], self.version)
 
     def usage(self) -> Usage | None:
         """CPU time, memory in use and the limits; None when the cgroup does not exist (any more)."""
@@ -188,6 +179,31 @@ class SessionCgroup:
 
     def _read(self, controller: str, file: str) -> str:
         return (self.dirs[controller] / file).read_text().strip()
+
+
+def _oom_kills(memory_dir: Path, version: int) -> int:
+    try:
+        text = (memory_dir / ("memory.oom_control" if version == 1 else "memory.events")).read_text()
+    except OSError:
+        return 0
+    return _keyed(text).get("oom_kill", 0)
+
+
+def process_oom_kills(pid: int) -> int:
+    """The OOM kills of the memory cgroup process ``pid`` is in (a container's, whose cgroup the
+    engine names), 0 when the process is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines() if pid > 0 else []
+    except OSError:
+        return 0
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            return _oom_kills(CGROUP_ROOT / path.lstrip("/"), 2)
+        if "memory" in controllers.split(","):
+            mount = _v1_mounts().get("memory")
+            return _oom_kills(mount / path.lstrip("/"), 1) if mount else 0
+    return 0
 
 
 def _keyed(text: str) -> dict[str, int]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import os
 import subprocess
@@ -104,7 +105,8 @@ def container_config(settings: Settings, plan: SessionPlan, *, image: str, name:
                      env: dict[str, str], command: list[str], gpu_devices=(), gpu_nodes=(),
                      gpu_mode: str = "devices", pids_limit: int = 2048, tmp_size: str = "2g",
                      extra_ro_paths=(), umask: int = 0o002, init: bool = True,
-                     engine: str = "podman", seccomp: str | None = None, gate_dir=None) -> tuple[dict, dict]:
+                     engine: str = "podman", seccomp: str | None = None, gate_dir=None,
+                     groups: tuple[int, ...] | None = None) -> tuple[dict, dict]:
     """(create_container kwargs without host_config, create_host_config kwargs) for ``plan``.
 
     ``init``: let the engine run an init as pid 1 (for images without an init entrypoint).
@@ -112,6 +114,8 @@ def container_config(settings: Settings, plan: SessionPlan, *, image: str, name:
     ``seccomp``: the ``seccomp=`` security option (``vre.backends.seccomp``: no user namespaces).
     ``gate_dir``: bound read-only at /run/vre/gate; the command waits for ``open`` in it (the
     hub makes it once hostview marked the datasets) before it runs anything else.
+    ``groups``: supplementary groups (default: the sessions group, which reaches the hub's socket;
+    the job engine's schedulers and workers get none, as in the sandbox).
     """
     binds = []
 
@@ -140,7 +144,7 @@ def container_config(settings: Settings, plan: SessionPlan, *, image: str, name:
                "/run": "rw,nosuid,nodev,noexec,size=16m"},
         cap_drop=["ALL"],
         security_opt=["no-new-privileges", *([seccomp] if seccomp else [])],
-        group_add=[str(settings.sessions_gid)],
+        group_add=[str(g) for g in ((settings.sessions_gid,) if groups is None else groups)],
         init=init,
         ipc_mode="private",
         network_mode=plan.network,
@@ -174,10 +178,80 @@ def container_config(settings: Settings, plan: SessionPlan, *, image: str, name:
     return create, host
 
 
-async def _run(*argv: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    return proc.returncode, out.decode(errors="replace").strip()
+def engine_of(client: docker.APIClient) -> str:
+    """``podman`` or ``docker``: which engine answers at the client's URL."""
+    names = " ".join(c.get("Name", "") for c in client.version().get("Components") or [])
+    return "podman" if "podman" in names.lower() else "docker"
+
+
+def ensure_island(client: docker.APIClient, settings: Settings, plan: SessionPlan, *, firewall: bool = True,
+                  log=None) -> None:
+    """The island of ``plan`` (its project's or held pool's internal network), created if missing,
+    with the host side closed (``log``: where to warn that the rule of an existing network had
+    to be put back). The hub (sessions) and the job engine (schedulers, workers) both call it:
+    whichever comes second finds the network made by the first."""
+    log_restored = log
+    try:
+        net = client.inspect_network(plan.network)
+    except NotFound:
+        log_restored = None  # a new network has no rule yet: nothing was flushed
+        logging.getLogger("vre").info("Creating internal network %s for project %s", plan.network, plan.project)
+        try:
+            client.create_network(**network_config(settings, plan))
+        except APIError as e:
+            if e.status_code != 409:  # 409: the other process created it just now
+                raise
+        net = client.inspect_network(plan.network)
+    labels = net.get("Labels") or {}
+    if not net.get("Internal") or labels.get("vre.instance") != settings.instance:
+        raise DockerBackendError(
+            f"a network named {plan.network} exists but is not this VRE's internal project network; "
+            f"remove it (`podman network rm {plan.network}`) or choose another instance name")
+    if firewall:
+        close_host_side(bridge_name(plan.network), log_restored)
+
+
+def close_host_side(bridge: str, log=None) -> None:
+    """Reject everything a project network's containers send to the host's side of ``bridge``
+    (IPv4 and IPv6); ``log``: warn when a rule had to be put back."""
+    for tool in ("iptables", "ip6tables"):
+        rule = ["INPUT", "-i", bridge, "-j", "REJECT"]
+        if _run(tool, "-w", "-C", *rule)[0] == 0:
+            continue
+        if log is not None:
+            log.warning("Firewall rule for %s was missing (%s); putting it back", bridge, tool)
+        code, out = _run(tool, "-w", "-I", *rule)
+        if code:
+            raise DockerBackendError(f"could not close the host side of {bridge} ({tool}: {out}); sessions "
+                                     "would reach the host's services. Install iptables, or set "
+                                     "c.VREDockerSpawner.host_firewall = False where the host firewall does this")
+
+
+def release_island(client: docker.APIClient, network: str, *, firewall: bool = True, log=None) -> bool:
+    """Remove ``network`` (and its firewall rule) when no container is left on it; True if removed."""
+    log = log or logging.getLogger("vre")
+    try:
+        if client.containers(all=True, filters={"network": network}):
+            return False
+        client.remove_network(network)
+    except NotFound:
+        pass
+    except APIError as e:
+        log.warning("Could not release network %s: %s", network, e)
+        return False
+    if firewall:
+        for tool in ("iptables", "ip6tables"):
+            while _run(tool, "-w", "-D", "INPUT", "-i", bridge_name(network), "-j", "REJECT")[0] == 0:
+                pass
+    return True
+
+
+def _run(*argv: str) -> tuple[int, str]:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        return 127, f"{argv[0]} is not installed"
+    return proc.returncode, (proc.stdout + proc.stderr).strip()
 
 
 class VREDockerSpawner(PlanSpawner, DockerSpawner):
@@ -276,41 +350,13 @@ class VREDockerSpawner(PlanSpawner, DockerSpawner):
         """``podman`` or ``docker``: which engine answers at docker_url (asked once)."""
         cls = type(self)
         if cls._engine_name is None:
-            version = await self.docker("version")
-            names = " ".join(c.get("Name", "") for c in version.get("Components") or [])
-            cls._engine_name = "podman" if "podman" in names.lower() else "docker"
+            cls._engine_name = await asyncio.to_thread(engine_of, self.client)
         return cls._engine_name
 
     # -- the project's network ----------------------------------------------------------------
     async def _ensure_network(self, plan: SessionPlan) -> None:
-        """The project's internal network, created if missing, with the host side closed."""
-        try:
-            net = await self.docker("inspect_network", plan.network)
-        except NotFound:
-            self.log.info("Creating internal network %s for project %s", plan.network, plan.project)
-            await self.docker("create_network", **network_config(self.settings, plan))
-            net = await self.docker("inspect_network", plan.network)
-        labels = net.get("Labels") or {}
-        if not net.get("Internal") or labels.get("vre.instance") != self.settings.instance:
-            raise DockerBackendError(
-                f"a network named {plan.network} exists but is not this VRE's internal project network; "
-                f"remove it (`podman network rm {plan.network}`) or choose another instance name")
-        if self.host_firewall:
-            await self._close_host_side(bridge_name(plan.network))
-
-    async def _close_host_side(self, bridge: str) -> None:
-        for tool in ("iptables", "ip6tables"):
-            rule = ["INPUT", "-i", bridge, "-j", "REJECT"]
-            code, _ = await _run(tool, "-w", "-C", *rule)
-            if code == 0:
-                continue
-            if self.object_id:
-                self.log.warning("Firewall rule for %s was missing (%s); putting it back", bridge, tool)
-            code, out = await _run(tool, "-w", "-I", *rule)
-            if code:
-                raise DockerBackendError(f"could not close the host side of {bridge} ({tool}: {out}); sessions "
-                                         "would reach the host's services. Install iptables, or set "
-                                         "c.VREDockerSpawner.host_firewall = False where the host firewall does this")
+        await asyncio.to_thread(ensure_island, self.client, self.settings, plan, firewall=self.host_firewall,
+                                log=self.log if self.object_id else None)
 
     async def _release_island(self) -> None:
         """Remove the project's network when no container is left on it (and its firewall rule)."""
@@ -318,25 +364,7 @@ class VREDockerSpawner(PlanSpawner, DockerSpawner):
         if not network:
             return
         async with _locks.setdefault(network, asyncio.Lock()):
-            try:
-                users = await self.docker("containers", all=True, filters={"network": network})
-            except APIError as e:
-                self.log.warning("Could not list containers on %s: %s", network, e)
-                return
-            if users:
-                return
-            try:
-                await self.docker("remove_network", network)
-            except NotFound:
-                pass
-            except APIError as e:
-                self.log.warning("Could not remove network %s: %s", network, e)
-                return
-            if self.host_firewall:
-                bridge = bridge_name(network)
-                for tool in ("iptables", "ip6tables"):
-                    while (await _run(tool, "-w", "-D", "INPUT", "-i", bridge, "-j", "REJECT"))[0] == 0:
-                        pass
+            await asyncio.to_thread(release_island, self.client, network, firewall=self.host_firewall, log=self.log)
 
     # -- liveness and removal -------------------------------------------------------------
     async def _container_state(self) -> dict | None:
@@ -361,7 +389,7 @@ class VREDockerSpawner(PlanSpawner, DockerSpawner):
     async def _check_running(self) -> None:
         if self.host_firewall and self.island:
             # the rule is the host's state, not the engine's: put it back if something flushed it
-            await self._close_host_side(bridge_name(self.island))
+            await asyncio.to_thread(close_host_side, bridge_name(self.island), self.log)
 
     async def _remove_container(self, ref: str, grace: float = 0) -> None:
         if not ref:
@@ -401,7 +429,6 @@ def remove_instance_containers(settings: Settings, client: docker.APIClient | No
         except (NotFound, APIError):
             continue
         for tool in ("iptables", "ip6tables"):
-            rule = ["INPUT", "-i", bridge_name(net["Name"]), "-j", "REJECT"]
-            while subprocess.run([tool, "-w", "-D", *rule], capture_output=True).returncode == 0:
+            while _run(tool, "-w", "-D", "INPUT", "-i", bridge_name(net["Name"]), "-j", "REJECT")[0] == 0:
                 pass
     return removed

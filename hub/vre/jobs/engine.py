@@ -40,7 +40,7 @@ from ..plan import PlanCache, PlanRefused, held_pool
 from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import service
-from .executor import ExecutorError, LocalDaskExecutor, RecorderUnavailable, SchedulerLost
+from .executor import ExecutorError, LocalDaskExecutor, RecorderUnavailable, SchedulerLost, executor_for
 from .queue import Quota, admit
 
 log = logging.getLogger("vre.jobs")
@@ -153,7 +153,7 @@ class AgentReport:
 class Engine:
     def __init__(self, settings: Settings, executor: LocalDaskExecutor | None = None):
         self.settings = settings
-        self.executor = executor or LocalDaskExecutor(settings)
+        self.executor = executor or executor_for(settings)
         self.timed = Timings(os.environ.get("VRE_JOBS_TIMINGS"))
         self.plans = PlanCache()   # worker plans, dropped whenever membership & co. change
         self._wake = asyncio.Event()
@@ -589,7 +589,7 @@ class Engine:
 
     async def follow_cluster(self, db, job: Job) -> None:
         names = [n for n in job.worker.split(",") if n]
-        alive = [n for n in names if self.executor._cgroup(n).pids()]
+        alive = [n for n in names if await asyncio.to_thread(self.executor.alive, n)]
         elapsed = (utcnow() - job.started_at).total_seconds() if job.started_at else 0
         if job.cancel_requested or elapsed > job.max_runtime_s or not alive:
             await self.commit(db)

@@ -17,8 +17,9 @@ job's CPU, memory and pids limits, and only the granted GPUs in /dev.
   the next job of the same shape; GPU workers stop with their job.
 - Processes are found again after a restart through their cgroups (``<instance>/<name>``).
 
-A Kubernetes executor would implement the same five calls with a namespace per project, a
-ResourceQuota, and Jobs (``suspend`` lets Kueue queue them) or dask-kubernetes clusters.
+On the docker backend, ``vre.jobs.containers.ContainerDaskExecutor`` runs the same scheduler and
+workers as containers on the project's internal network (``executor_for`` picks by backend): it
+overrides only how a run is launched, found, stopped and addressed (the hooks at the end here).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ..gpus import gpu_env
 from ..hostview import client as hostview
 from ..plan import SessionPlan, jobs_run_dir
 from ..settings import Settings
-from .service import wake_socket
+from .service import scheduler_file, wake_socket
 
 log = logging.getLogger("vre.jobs")
 SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
@@ -142,7 +143,7 @@ class LocalDaskExecutor:
 
     # -- the scheduler -------------------------------------------------------------------
     def scheduler_alive(self, pool: str) -> bool:
-        return bool(self._cgroup(self.scheduler_name(pool)).pids())
+        return self.alive(self.scheduler_name(pool))
 
     async def status(self, pool: str) -> dict:
         """The agent's view of the pool's jobs; SchedulerLost if the scheduler is gone."""
@@ -158,22 +159,22 @@ class LocalDaskExecutor:
         if self.scheduler_alive(pool) and self.agent_socket(pool).exists():
             return
         plan = plan.for_scheduler(self.scheduler_name(pool), wake_socket(self.settings))
-        await asyncio.to_thread(prepare_host, plan, bwrap.identity_files(plan))
-        dask = str(self.settings.session_env / "bin" / "dask")
-        argv = [dask, "scheduler", "--host", "127.0.0.1", "--port", str(SCHEDULER_PORT),
-                "--dashboard-address", f"127.0.0.1:{DASHBOARD_PORT}", "--preload", "vre_session.jobs.agent"]
+        await asyncio.to_thread(prepare_host, plan, self.identity_files(plan))
+        argv = [self.dask, "scheduler", "--host", self.listen_host, "--port", str(SCHEDULER_PORT),
+                "--dashboard-address", f"{self.listen_host}:{DASHBOARD_PORT}", "--preload", "vre_session.jobs.agent"]
         await self._launch(plan, argv, (), limits=SCHEDULER_LIMITS)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 await _http(self.agent_socket(pool), "GET", "/jobs", timeout=2)
+                await asyncio.to_thread(self.publish_address, pool)
                 log.info("scheduler of pool %s is up", pool)
                 return
             except (OSError, asyncio.TimeoutError, ExecutorError):
                 if not self.scheduler_alive(pool):
                     break
                 await asyncio.sleep(0.05)
-        log.error("scheduler of pool %s did not start:\n%s", pool, self._log_tail(plan.run_dir / "log.txt"))
+        log.error("scheduler of pool %s did not start:\n%s", pool, await asyncio.to_thread(self.log_tail, plan))
         raise ExecutorError(f"the scheduler of pool {pool} did not start (its log is in the job "
                             "service's log)")
 
@@ -183,19 +184,19 @@ class LocalDaskExecutor:
         stay idle until ``stop_idle``."""
         for w in self.workers.values():
             if w.pool == pool and w.job is None and w.shape == shape and w.datasets == datasets \
-                    and self._cgroup(w.name).pids():
+                    and self.alive(w.name):
                 return w
         return None
 
     async def start_worker(self, plan: SessionPlan, cpu: float, mem_mb: int, devices: tuple[int, ...]) -> Worker:
         n = 1
-        while f"{plan.pool}-worker-{n}" in self.workers or self._cgroup(f"{plan.pool}-worker-{n}").pids():
+        while f"{plan.pool}-worker-{n}" in self.workers or self.alive(f"{plan.pool}-worker-{n}"):
             n += 1
         name = f"{plan.pool}-worker-{n}"
         plan = plan.for_worker(name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices))
-        await asyncio.to_thread(prepare_host, plan, bwrap.identity_files(plan))
-        dask = str(self.settings.session_env / "bin" / "dask")
-        argv = [dask, "worker", f"tcp://127.0.0.1:{SCHEDULER_PORT}", "--name", name, "--nthreads", "1",
+        await asyncio.to_thread(prepare_host, plan, self.identity_files(plan))
+        scheduler = await asyncio.to_thread(self.scheduler_address, plan.pool)
+        argv = [self.dask, "worker", scheduler, "--name", name, "--nthreads", "1",
                 "--no-nanny", "--memory-limit", "0", "--no-dashboard", "--local-directory", "/tmp",
                 "--resources", f"vre-{name}=1", "--death-timeout", "120"]
         await self._launch(plan, argv, devices, limits=dict(cpu=cpu, mem_mb=mem_mb + WORKER_OVERHEAD_MB, pids_max=4096))
@@ -204,25 +205,17 @@ class LocalDaskExecutor:
         return worker
 
     def stop_worker(self, name: str) -> None:
-        cgroup = self._cgroup(name)
-        cgroup.kill_all(2.0)
-        cgroup.remove()
+        self.kill(name)
         hostview.unmark(self.settings, name)
         worker = self.workers.pop(name, None)
         shutil.rmtree(self.pool_dir(worker.pool if worker else name.rsplit("-worker-", 1)[0])
                       / "workers" / name, ignore_errors=True)
         self._reap()
 
-    def oom_kills(self, name: str) -> int:
-        try:
-            return self._cgroup(name).oom_kills()
-        except OSError:
-            return 0
-
     def adopt(self, pool: str, busy: dict[str, int]) -> None:
         """After a restart: take over the workers that run jobs (name -> job), stop the others."""
         for name in self._existing(pool):
-            if name in busy and self._cgroup(name).pids():
+            if name in busy and self.alive(name):
                 self.workers[name] = Worker(name, pool, (), job=busy[name], datasets=None)
             elif name not in busy:
                 self.stop_worker(name)
@@ -242,9 +235,8 @@ class LocalDaskExecutor:
         """Everything of a pool: its workers and its scheduler (scheduler loss, shutdown)."""
         for name in self._existing(pool):
             await asyncio.to_thread(self.stop_worker, name)
-        cgroup = self._cgroup(self.scheduler_name(pool))
-        await asyncio.to_thread(cgroup.kill_all, 2.0)
-        await asyncio.to_thread(cgroup.remove)
+        await asyncio.to_thread(self.kill, self.scheduler_name(pool))
+        await asyncio.to_thread(self.pool_stopped, pool)
 
     # -- jobs ----------------------------------------------------------------------------
     async def submit(self, pool: str, worker: str, spec: dict) -> None:
@@ -264,7 +256,52 @@ class LocalDaskExecutor:
         except (OSError, asyncio.TimeoutError, ExecutorError):
             pass
 
-    # -- helpers -------------------------------------------------------------------------
+    # -- how a run is launched, found, stopped and addressed (ContainerDaskExecutor overrides) --
+    #: The dask command and the scheduler's listening address (inside the pool's island, which
+    #: its sessions share: 127.0.0.1 in a network namespace).
+    listen_host = "127.0.0.1"
+
+    @property
+    def dask(self) -> str:
+        return str(self.settings.session_env / "bin" / "dask")
+
+    def identity_files(self, plan: SessionPlan) -> dict[str, str]:
+        return bwrap.identity_files(plan)
+
+    def alive(self, name: str) -> bool:
+        """Whether the scheduler or worker ``name`` runs."""
+        return bool(self._cgroup(name).pids())
+
+    def kill(self, name: str) -> None:
+        """Stop the scheduler or worker ``name`` and everything it started (blocking)."""
+        cgroup = self._cgroup(name)
+        cgroup.kill_all(2.0)
+        cgroup.remove()
+
+    def oom_kills(self, name: str) -> int:
+        """How many of the run's processes the kernel killed for its memory limit so far."""
+        try:
+            return self._cgroup(name).oom_kills()
+        except OSError:
+            return 0
+
+    def scheduler_address(self, pool: str) -> str:
+        """Where the pool's workers and its sessions' clients reach its scheduler."""
+        return f"tcp://127.0.0.1:{SCHEDULER_PORT}"
+
+    def publish_address(self, pool: str) -> None:
+        """Say where the scheduler is, for the jobs API to tell a session's Dask client."""
+        path = scheduler_file(self.settings, pool)
+        path.with_suffix(".new").write_text(self.scheduler_address(pool))
+        path.with_suffix(".new").replace(path)
+
+    def pool_stopped(self, pool: str) -> None:
+        """After a pool's scheduler and workers are gone (the island of a sandbox is kept)."""
+        scheduler_file(self.settings, pool).unlink(missing_ok=True)
+
+    def log_tail(self, plan: SessionPlan, lines: int = 20) -> str:
+        return self._log_tail(plan.run_dir / "log.txt", lines)
+
     async def _launch(self, plan: SessionPlan, argv: list[str], devices, *, limits: dict) -> None:
         env = {**plan.env, "PATH": f"{self.settings.session_env}/bin:/usr/local/bin:/usr/bin:/bin"}
         if devices:
@@ -288,3 +325,11 @@ class LocalDaskExecutor:
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def executor_for(settings: Settings) -> LocalDaskExecutor:
+    """The executor of ``settings.backend``: jobs run where and how that backend runs sessions."""
+    if settings.backend == "docker":
+        from .containers import ContainerDaskExecutor
+        return ContainerDaskExecutor(settings)
+    return LocalDaskExecutor(settings)

@@ -34,7 +34,8 @@ from ..accounts import get_account
 from ..db import JOB_FINAL, JOB_LANES, Job, Project, get_by_id, utcnow
 from ..errors import NotFound, VREError
 from ..gpus import host_devices
-from ..plan import HELD_ROOT, HOME, WORKSPACE, PlanRefused, build_plan, held_dir, project_paths
+from ..plan import (HELD_ROOT, HOME, WORKSPACE, PlanRefused, build_plan, held_dir, held_pool, jobs_run_dir,
+                    project_paths)
 from ..settings import Settings
 from .queue import Ask, fair_order
 
@@ -407,12 +408,28 @@ def to_dict(settings: Settings, job: Job, position: int | None = None, *, detail
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
+    if job.kind == "cluster" and job.state == "running":  # where the session's Dask client connects
+        data["scheduler"] = scheduler_address(settings, held_pool(job.project.slug) if job.lane == "held"
+                                              else job.project.slug)
     if detail:
         data["progress"] = progress(settings, job)
         data["outputs"] = outputs(settings, job)
         if job.lane == "held":
             data["held"] = HELD_NOTE.format(outdir=outdir_inside(job.id, "held"))
     return data
+
+
+def scheduler_file(settings: Settings, pool: str) -> Path:
+    """Where the engine writes the address of a pool's running scheduler (the sandbox's is
+    127.0.0.1 in the island; a container's is its own on the project's network)."""
+    return jobs_run_dir(settings, pool) / "scheduler.address"
+
+
+def scheduler_address(settings: Settings, pool: str) -> str | None:
+    try:
+        return scheduler_file(settings, pool).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def wake_socket(settings: Settings) -> Path:

@@ -1,0 +1,190 @@
+"""How jobs run on the docker backend: per pool, a Dask scheduler and workers as containers.
+
+The batch queue follows the sessions: where sessions are containers on their project's internal
+network, so are the pool's scheduler and workers, rendered from the same plan by the same
+translation (``backends.docker.container_config``): datasets read-only, the image's root
+read-only, the account's uid and the project's gid with no capability, the job's CPU, memory and
+pids limits on the container, only the granted GPUs, and the pool's island as the only network
+(the project's for the shared workers, a network of its own for held ones). A worker with
+datasets waits at the launch gate until vre-hostview has marked its mounts, as a session does.
+
+What differs from the sandbox (``executor.LocalDaskExecutor``, whose logic this reuses):
+
+- Containers do not share a loopback, so the scheduler listens on its address in the island and
+  the engine publishes that address (``service.scheduler_file``): workers are started with it,
+  and the jobs API gives it to a session's ``dask_client`` with its cluster job.
+- Runs are found by their container's name (``<instance>-<run>``), stopped by removing it, and
+  their OOM kills read from the container's memory cgroup (or the engine's ``OOMKilled`` when
+  the whole container died of it).
+- The engine's socket directories (the agent's, the doorbell) are bind mounts, as in the sandbox:
+  the job engine still talks to the agent over its unix socket.
+- When a pool stops, its network is removed if no container (a session's either) is left on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import docker
+from docker.errors import APIError, NotFound
+
+from .. import gpus
+from ..backends import docker as containers
+from ..backends import gate, seccomp
+from ..backends.cgroups import process_oom_kills
+from ..hostview import client as hostview
+from ..plan import SessionPlan, island_name
+from ..settings import Settings
+from .executor import SCHEDULER_PORT, ExecutorError, LocalDaskExecutor, RecorderUnavailable
+
+log = logging.getLogger("vre.jobs")
+
+
+class ContainerDaskExecutor(LocalDaskExecutor):
+    """Runs jobs in Dask scheduler and worker containers on each pool's internal network."""
+
+    listen_host = "0.0.0.0"   # its container's own addresses: the island and its loopback
+    dask = "dask"             # the notebook image's
+
+    def __init__(self, settings: Settings, client: docker.APIClient | None = None):
+        super().__init__(settings)
+        self.client = client or docker.APIClient(base_url=settings.docker_url, version="auto")
+        self._engine: str | None = None
+        self._images: dict[str, dict] = {}
+
+    def container(self, name: str) -> str:
+        return f"{self.settings.instance}-{name}"
+
+    def identity_files(self, plan: SessionPlan) -> dict[str, str]:
+        return containers.identity_files(plan, self.settings.sessions_gid)
+
+    # -- finding and stopping -------------------------------------------------------------
+    def _state(self, name: str) -> dict | None:
+        try:
+            return self.client.inspect_container(self.container(name)).get("State") or {}
+        except NotFound:
+            return None
+
+    def alive(self, name: str) -> bool:
+        try:
+            state = self._state(name)
+        except (APIError, OSError, docker.errors.DockerException) as e:
+            # an engine briefly unavailable must not look like a lost scheduler (that re-queues jobs)
+            log.warning("could not ask the container engine about %s: %s", name, e)
+            return True
+        return bool(state and state.get("Running"))
+
+    def kill(self, name: str) -> None:
+        try:
+            self.client.remove_container(self.container(name), force=True, v=True)
+        except NotFound:
+            pass
+        except APIError as e:
+            if e.status_code != 409:  # 409: already being removed
+                raise ExecutorError(f"could not remove container {self.container(name)}: {e}") from None
+
+    def oom_kills(self, name: str) -> int:
+        try:
+            state = self._state(name) or {}
+        except (APIError, OSError, docker.errors.DockerException):
+            return 0
+        counted = process_oom_kills(state.get("Pid") or 0)
+        return max(counted, 1 if state.get("OOMKilled") else 0)
+
+    def pool_stopped(self, pool: str) -> None:
+        super().pool_stopped(pool)
+        containers.release_island(self.client, island_name(self.settings, pool), log=log)
+
+    # -- addresses ------------------------------------------------------------------------
+    def scheduler_address(self, pool: str) -> str:
+        try:
+            info = self.client.inspect_container(self.container(self.scheduler_name(pool)))
+        except NotFound:
+            raise ExecutorError(f"the scheduler of pool {pool} is gone") from None
+        network = island_name(self.settings, pool)
+        address = ((info.get("NetworkSettings") or {}).get("Networks") or {}).get(network, {}).get("IPAddress")
+        if not address:
+            raise ExecutorError(f"the scheduler of pool {pool} has no address on {network}")
+        return f"tcp://{address}:{SCHEDULER_PORT}"
+
+    def log_tail(self, plan: SessionPlan, lines: int = 20) -> str:
+        try:
+            return self.client.logs(self.container(plan.session_id), tail=lines).decode(errors="replace")
+        except (APIError, OSError):
+            return "(no log)"
+
+    # -- launching ------------------------------------------------------------------------
+    def _image(self, gpu: bool) -> tuple[str, dict]:
+        image = self.settings.notebook_gpu_image if gpu and self.settings.notebook_gpu_image \
+            else self.settings.notebook_image
+        if image not in self._images:
+            try:
+                self._images[image] = self.client.inspect_image(image)
+            except NotFound:
+                raise ExecutorError(f"the session image {image} is not on this host; an admin builds it with "
+                                    "`vre images build`") from None
+        return image, self._images[image]
+
+    def _engine_name(self) -> str:
+        if self._engine is None:
+            self._engine = containers.engine_of(self.client)
+        return self._engine
+
+    def _create(self, plan: SessionPlan, argv: list[str], devices, limits: dict, gate_dir: Path | None) -> str:
+        image, info = self._image(bool(devices))
+        engine = self._engine_name()
+        sized = replace(plan, cpu=limits["cpu"], mem_mb=limits["mem_mb"])
+        create, host = containers.container_config(
+            self.settings, sized, image=image, name=self.container(plan.session_id), env=dict(plan.env),
+            command=argv, gpu_devices=tuple(devices), gpu_nodes=gpus.device_nodes(devices),
+            pids_limit=limits["pids_max"], init=not (info.get("Config") or {}).get("Entrypoint"), engine=engine,
+            seccomp=seccomp.security_opt(self.settings, engine), gate_dir=gate_dir, groups=())
+        create["labels"]["vre.pool"] = plan.pool
+        create["host_config"] = self.client.create_host_config(**host)
+        self.kill(plan.session_id)  # a leftover of a crashed run never lingers
+        for attempt in (1, 2):
+            containers.ensure_island(self.client, self.settings, plan, log=log)
+            try:
+                return self.client.create_container(**create)["Id"]
+            except NotFound:
+                # the hub removed the island as its last session left, between the two calls
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _launch(self, plan: SessionPlan, argv: list[str], devices, *, limits: dict) -> None:
+        gate_dir = None
+        if gate.dataset_mounts(plan):
+            gate_dir = plan.run_dir / "gate"   # the run directory is fresh: no "open" from before
+            gate_dir.mkdir()
+            os.chmod(gate_dir, 0o755)          # the engine's: the worker can look in, never write
+        try:
+            cid = await asyncio.to_thread(self._create, plan, argv, devices, limits, gate_dir)
+            await asyncio.to_thread(self.client.start, cid)
+        except (APIError, docker.errors.DockerException, containers.DockerBackendError) as e:
+            await asyncio.to_thread(self._kill_quietly, plan.session_id)
+            raise ExecutorError(f"the container engine refused {plan.session_id}: {e}") from None
+        if gate_dir is not None:
+            try:
+                pid = (await asyncio.to_thread(self.client.inspect_container, cid))["State"]["Pid"]
+                await gate.mark_run(self.settings, plan, pid, plan.session_id)
+            except BaseException as e:
+                await asyncio.to_thread(self._kill_quietly, plan.session_id)
+                if isinstance(e, hostview.HostviewUnavailable):
+                    raise RecorderUnavailable(str(e)) from None
+                if isinstance(e, hostview.HostviewError):
+                    raise ExecutorError(str(e)) from None
+                raise
+            (gate_dir / "open").touch(mode=0o644)
+        log.info("started container %s for %s", self.container(plan.session_id), plan.session_id)
+
+    def _kill_quietly(self, name: str) -> None:
+        try:
+            self.kill(name)
+        except ExecutorError as e:
+            log.warning("%s", e)
+
