@@ -221,3 +221,21 @@ def test_a_job_over_its_memory_says_so(hub, alice):
     j = wait(alice, submit(alice, kind="script", target="project/hog.py", mem_mb=256))
     assert j["state"] == "failed" and "out of memory" in j["reason"], (j, log(alice, j["id"]))
     assert "survived" not in log(alice, j["id"])
+
+
+def test_a_flushed_host_rule_of_a_held_island_is_put_back(hub, alice):
+    """No session runs on a held pool's island, so the job engine, not the hub's poll, restores
+    the rule that closes the host's side of its bridge."""
+    import subprocess
+
+    from vre.backends.docker import bridge_name
+
+    held = _pool_containers(hub, f"{PROJECT}.held")
+    assert held, "the held pool of the earlier test is gone"
+    rule = ["INPUT", "-i", bridge_name(f"{hub.instance}-{PROJECT}.held"), "-j", "REJECT"]
+    assert subprocess.run(["iptables", "-w", "-C", *rule]).returncode == 0
+    subprocess.run(["iptables", "-w", "-D", *rule], check=True)
+    deadline = time.monotonic() + 30  # the engine looks every 10 s
+    while subprocess.run(["iptables", "-w", "-C", *rule], capture_output=True).returncode:
+        assert time.monotonic() < deadline, "the held island's host-side rule was not put back"
+        time.sleep(0.5)

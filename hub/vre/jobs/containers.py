@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,6 +43,8 @@ from ..settings import Settings
 from .executor import SCHEDULER_PORT, ExecutorError, LocalDaskExecutor, RecorderUnavailable
 
 log = logging.getLogger("vre.jobs")
+#: How often the host-side firewall rules of the pools' islands are checked (and put back).
+RULE_CHECK_S = 10
 
 
 class ContainerDaskExecutor(LocalDaskExecutor):
@@ -55,6 +58,7 @@ class ContainerDaskExecutor(LocalDaskExecutor):
         self.client = client or docker.APIClient(base_url=settings.docker_url, version="auto")
         self._engine: str | None = None
         self._images: dict[str, dict] = {}
+        self._rules_checked = 0.0
 
     def container(self, name: str) -> str:
         return f"{self.settings.instance}-{name}"
@@ -94,6 +98,26 @@ class ContainerDaskExecutor(LocalDaskExecutor):
             return 0
         counted = process_oom_kills(state.get("Pid") or 0)
         return max(counted, 1 if state.get("OOMKilled") else 0)
+
+    async def stop_idle(self) -> None:
+        await super().stop_idle()
+        if time.monotonic() - self._rules_checked > RULE_CHECK_S:
+            self._rules_checked = time.monotonic()
+            await asyncio.to_thread(self._restore_rules)
+
+    def _restore_rules(self) -> None:
+        """Put back the host-side rule of every island a worker or scheduler of ours is on (the
+        hub's poll does so for sessions; a held pool's island has none)."""
+        try:
+            found = self.client.containers(filters={"label": [f"vre.instance={self.settings.instance}", "vre.pool"]})
+        except (APIError, OSError, docker.errors.DockerException) as e:
+            log.warning("could not list the pools' containers: %s", e)
+            return
+        for network in {n for c in found for n in ((c.get("NetworkSettings") or {}).get("Networks") or {})}:
+            try:
+                containers.close_host_side(containers.bridge_name(network), log)
+            except containers.DockerBackendError as e:
+                log.error("%s", e)
 
     def pool_stopped(self, pool: str) -> None:
         super().pool_stopped(pool)
