@@ -81,6 +81,8 @@ class FakeExecutor:
         self.agent: dict[int, dict] = {}
         self.submitted: list[int] = []
         self.reports: dict[str, object] = {}  # pool -> what its agent answers instead (an exception: raised)
+        self.stall: dict[str, float] = {}      # pool -> seconds its agent takes to answer
+        self.asked: list[str] = []
 
     def scheduler_alive(self, project):
         return True
@@ -103,6 +105,8 @@ class FakeExecutor:
         self.agent[spec["id"]] = {"state": "running", "started": time.time(), "result": None, "error": None}
 
     async def status(self, project):
+        self.asked.append(project)
+        await asyncio.sleep(self.stall.get(project, 0))
         if project in self.reports:
             answer = self.reports[project]
             if isinstance(answer, BaseException):
@@ -498,3 +502,38 @@ async def test_an_agent_answer_is_read_only_up_to_a_bound(tmp_path, monkeypatch)
             await executor._http(path, "GET", "/jobs")
     finally:
         server.close()
+
+
+def test_a_stalling_agent_does_not_hold_up_the_other_projects(two_projects, monkeypatch, caplog):
+    """Researchers reach their pool's agent and can make it stall. The look reads every pool at
+    once, waits STATUS_WAIT, and passes the slow pool over for a while: its running job stays
+    running (nothing is decided without its report), the other project is served in that look."""
+    from vre.jobs import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "STATUS_WAIT", 0.3)
+    world = two_projects
+    fake = FakeExecutor(2, pools=("lung", "heart"))
+    engine = Engine(world, executor=fake)
+    lung, heart = submit_to(world, "lung"), submit_to(world, "heart")
+    look(engine)
+    look(engine)
+    fake.stall["lung"] = 60  # it would hold every look for a minute
+    fake.end(lung)
+    fake.end(heart)
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="vre.jobs"):
+        look(engine)
+    assert time.monotonic() - t0 < 10, "the look waited for the stalling agent"
+    assert "pool lung" in caplog.text and "did not answer within 0.3 s" in caplog.text
+    assert states(world) == {lung: "running", heart: "succeeded"}
+    # passed over in the next looks: not even asked, and its queue waits for it
+    fake.asked.clear()
+    queued, other = submit_to(world, "lung"), submit_to(world, "heart")
+    look(engine)
+    assert "lung" not in fake.asked and states(world)[queued] == "queued" and states(world)[other] == "running"
+    # once the pause is over it is asked again, and answering it is served as before
+    del fake.stall["lung"]
+    engine._slow["lung"] = (0.0, 1)
+    look(engine)
+    assert states(world)[lung] == "succeeded" and states(world)[queued] == "running"
+    assert "lung" not in engine._slow

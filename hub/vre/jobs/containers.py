@@ -13,9 +13,10 @@ What differs from the sandbox (``executor.LocalDaskExecutor``, whose logic this 
 - Containers do not share a loopback, so the scheduler listens on its address in the island and
   the engine publishes that address (``service.scheduler_file``): workers are started with it,
   and the jobs API gives it to a session's ``dask_client`` with its cluster job.
-- Runs are found by their container's name (``<instance>-<run>``), stopped by removing it, and
-  their OOM kills read from the container's memory cgroup (or the engine's ``OOMKilled`` when
-  the whole container died of it).
+- Runs are found by their container's name (``<instance>-<run>``) and then by their init's pid
+  (checked against its cgroups, so a look reads files, not the engine's API), stopped by
+  removing the container, and their OOM kills read from the container's memory cgroup (or the
+  engine's ``OOMKilled`` when the whole container died of it).
 - The engine's socket directories (the agent's, the doorbell) are bind mounts, as in the sandbox:
   the job engine still talks to the agent over its unix socket.
 - When a pool stops, its network is removed if no container (a session's either) is left on it.
@@ -59,6 +60,7 @@ class ContainerDaskExecutor(LocalDaskExecutor):
         self._engine: str | None = None
         self._images: dict[str, dict] = {}
         self._rules_checked = 0.0
+        self._pids: dict[str, tuple[int, str]] = {}   # run -> (its init's host pid, that pid's cgroups)
 
     def container(self, name: str) -> str:
         return f"{self.settings.instance}-{name}"
@@ -73,16 +75,38 @@ class ContainerDaskExecutor(LocalDaskExecutor):
         except NotFound:
             return None
 
+    def _init_pid(self, name: str) -> int:
+        """The host pid of the run's init while it runs, else 0. Asked of the engine once per
+        run: afterwards its ``/proc/<pid>/cgroup`` (the container's own cgroups) proves it is still
+        that run, so the engine's looks read a file instead of calling the container engine."""
+        known = self._pids.get(name)
+        if known:
+            pid, cgroups = known
+            try:
+                if Path(f"/proc/{pid}/cgroup").read_text() == cgroups:
+                    return pid
+            except OSError:
+                pass
+            del self._pids[name]
+        state = self._state(name)
+        if not state or not state.get("Running") or not state.get("Pid"):
+            return 0
+        try:
+            self._pids[name] = (state["Pid"], Path(f"/proc/{state['Pid']}/cgroup").read_text())
+        except OSError:
+            return 0
+        return state["Pid"]
+
     def alive(self, name: str) -> bool:
         try:
-            state = self._state(name)
+            return bool(self._init_pid(name))
         except (APIError, OSError, docker.errors.DockerException) as e:
             # an engine briefly unavailable must not look like a lost scheduler (that re-queues jobs)
             log.warning("could not ask the container engine about %s: %s", name, e)
             return True
-        return bool(state and state.get("Running"))
 
     def kill(self, name: str) -> None:
+        self._pids.pop(name, None)
         try:
             self.client.remove_container(self.container(name), force=True, v=True)
         except NotFound:
@@ -93,11 +117,13 @@ class ContainerDaskExecutor(LocalDaskExecutor):
 
     def oom_kills(self, name: str) -> int:
         try:
-            state = self._state(name) or {}
+            pid = self._init_pid(name)
+            if pid:
+                return process_oom_kills(pid)
+            state = self._state(name) or {}   # it ended: did the kernel kill it for its memory?
         except (APIError, OSError, docker.errors.DockerException):
             return 0
-        counted = process_oom_kills(state.get("Pid") or 0)
-        return max(counted, 1 if state.get("OOMKilled") else 0)
+        return 1 if state.get("OOMKilled") else 0
 
     async def stop_idle(self) -> None:
         await super().stop_idle()

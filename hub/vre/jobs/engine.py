@@ -14,6 +14,10 @@ What a pool's agent reports is untrusted input: the agent runs in the project's 
 a researcher reaches with Dask (``run_on_scheduler``) from a session or a job. Every field is
 checked before it is stored (``AgentReport``), and a pool whose report cannot be handled at all is
 logged and passed over for that look: it never stops the other pools and projects being served.
+Nor does a slow one: a look reads every pool's report at once and waits at most ``STATUS_WAIT``;
+a pool whose agent did not answer by then is passed over for a while (``SLOW_BACKOFF``), its
+running jobs untouched and its queued ones waiting, so a researcher who makes an agent stall
+delays other projects by at most that wait, now and then.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ TICK = 1.0            # seconds between looks when nothing wakes the engine
 FAST_TICK = 0.1       # while a job is starting
 RUNTIME_SLACK = 60    # the task enforces the limit; the engine steps in this much later
 MAX_ATTEMPTS = 2
+STATUS_WAIT = 3.0     # seconds a look waits for the pools' reports (an agent answers in ms)
+SLOW_BACKOFF = (5, 10, 20, 30)   # seconds a pool that did not answer in time is passed over, in turn
 USAGE_KEYS = ("wall_s", "cpu_s", "max_rss_mb")
 AGENT_STATES = ("pending", "running", "done", "error")
 EXIT_CODES = range(-64, 256)   # a signal's number, negated (subprocess), or an exit status
@@ -150,6 +156,10 @@ class AgentReport:
         return now
 
 
+class PassedOver(ExecutorError):
+    """A pool skipped in this look: its agent did not answer in time in an earlier one."""
+
+
 class Engine:
     def __init__(self, settings: Settings, executor: LocalDaskExecutor | None = None):
         self.settings = settings
@@ -163,6 +173,8 @@ class Engine:
         self._cancelling: set[int] = set()
         self._ended: list[tuple[str, int]] = []     # (pool, job) whose end is committed: its agent may forget it
         self._background: set[asyncio.Task] = set()
+        self._reports: dict[str, object] = {}      # pool -> its agent's report in this look (or the error)
+        self._slow: dict[str, tuple[float, int]] = {}   # pool -> (passed over until, times in a row)
 
     # -- process life --------------------------------------------------------------------
     def _take_over(self) -> None:
@@ -235,6 +247,8 @@ class Engine:
             with self.timed("db: active projects"):
                 active = db.scalars(select(Project).where(Project.id.in_(
                     select(Job.project_id).where(Job.state.in_(("queued", "running")))))).all()
+            with self.timed("agent: GET /jobs (status), every pool at once"):
+                self._reports = await self.read_reports(db) if active else {}
             for project in active:
                 slug = project.slug  # read before a failure's rollback expires it
                 try:
@@ -294,7 +308,9 @@ class Engine:
                 # a pool that does not answer, or whose report could not be handled: logged with
                 # its name, its jobs are looked at again next time, and the project's other pool
                 # (and every other project) is served as usual
-                if isinstance(e, ExecutorError):
+                if isinstance(e, PassedOver):
+                    log.debug("pool %s: %s", pool, e)
+                elif isinstance(e, ExecutorError):
                     log.warning("pool %s: %s; will look again", pool, e)
                 else:
                     log.exception("pool %s: its agent's report could not be handled; will look again", pool)
@@ -478,14 +494,54 @@ class Engine:
         self.audit(job, "job.start", details={"workers": names, "datasets": list(plan.datasets)})
 
     # -- following -----------------------------------------------------------------------
+    async def read_reports(self, db) -> dict[str, object]:
+        """The report of every pool with running jobs, read together: pool -> its answer, or the
+        exception in its place (``PassedOver`` for a pool that is slow)."""
+        rows = db.execute(select(Project.slug, Job.lane).join(Job.project)
+                          .where(Job.state == "running", Job.kind != "cluster").distinct()).all()
+        pools = {held_pool(slug) if lane == "held" else slug for slug, lane in rows}
+        now = time.monotonic()
+        reports: dict[str, object] = {}
+        due = []
+        for pool in pools:
+            until, _ = self._slow.get(pool, (0.0, 0))
+            if until > now:
+                reports[pool] = PassedOver(f"its agent was slow to answer; looked at again in {until - now:.0f} s")
+            else:
+                due.append(pool)
+
+        async def read(pool: str):
+            try:
+                return await asyncio.wait_for(self.executor.status(pool), STATUS_WAIT)
+            except asyncio.TimeoutError:
+                _, times = self._slow.get(pool, (0.0, 0))
+                pause = SLOW_BACKOFF[min(times, len(SLOW_BACKOFF) - 1)]
+                self._slow[pool] = (time.monotonic() + pause, times + 1)
+                return ExecutorError(f"its agent did not answer within {STATUS_WAIT:g} s; passed over for {pause} s")
+            except Exception as e:  # noqa: BLE001 - handled by the pool's part of the look
+                return e
+
+        for pool, answer in zip(due, await asyncio.gather(*(read(p) for p in due))):
+            if not isinstance(answer, BaseException):
+                self._slow.pop(pool, None)
+            reports[pool] = answer
+        return reports
+
     async def follow_pool(self, db, pool: str, batch: list[Job]) -> None:
-        """Read the pool's report and follow each of its running jobs by it; one commit."""
-        try:
-            with self.timed("agent: GET /jobs (status)"):
-                status = await self.executor.status(pool)
-        except SchedulerLost as e:
-            await self.scheduler_lost(db, pool, batch, str(e))
+        """Follow each of the pool's running jobs by its report of this look; one commit."""
+        if pool not in self._reports:  # not running at the start of the look: read it now
+            try:
+                self._reports[pool] = await asyncio.wait_for(self.executor.status(pool), STATUS_WAIT)
+            except asyncio.TimeoutError:
+                self._reports[pool] = ExecutorError(f"its agent did not answer within {STATUS_WAIT:g} s")
+            except Exception as e:  # noqa: BLE001
+                self._reports[pool] = e
+        status = self._reports.pop(pool)
+        if isinstance(status, SchedulerLost):
+            await self.scheduler_lost(db, pool, batch, str(status))
             return
+        if isinstance(status, BaseException):
+            raise status
         jobs = status.get("jobs") if isinstance(status, dict) else None
         if not isinstance(jobs, dict):
             raise ExecutorError("its agent's report has no table of jobs")
