@@ -56,12 +56,13 @@ def _pool_containers(hub, pool: str) -> list[dict]:
 def _remove_pools(hub) -> None:
     """Stop the module's pools as the engine would (containers, then their networks)."""
     from vre.backends.docker import release_island
+    from vre.settings import Settings
 
+    settings = Settings(instance=hub.instance, run_dir=Path(hub.env["VRE_RUN_DIR"]))
     for pool in (PROJECT, f"{PROJECT}.held"):
         for c in _pool_containers(hub, pool):
             hub.docker.remove_container(c["Id"], force=True, v=True)
-        if pool.endswith(".held") or not hub.container(f"alice-{PROJECT}"):
-            release_island(hub.docker, f"{hub.instance}-{pool}")
+        release_island(hub.docker, settings, f"{hub.instance}-{pool}")   # kept while a session runs
 
 
 def submit(alice, **body) -> int:
@@ -147,7 +148,7 @@ def test_a_sessions_dask_client_reaches_its_projects_scheduler_container(hub, al
             """), timeout=180)
         r = json.loads(out.strip().splitlines()[-1])
         assert r["data"] == [SLUG]
-        scheduler = hub.docker.inspect_container(f"{hub.instance}-{PROJECT}-scheduler")
+        scheduler = hub.docker.inspect_container(f"{hub.instance}.{PROJECT}-scheduler")
         address = scheduler["NetworkSettings"]["Networks"][f"{hub.instance}-{PROJECT}"]["IPAddress"]
         assert r["address"] == f"tcp://{address}:8786"
         assert workers() - before, "the cluster job's worker is not a container of the pool"
@@ -200,7 +201,7 @@ def test_held_jobs_have_a_network_no_session_reaches(hub, alice):
 
     # from a session: the open scheduler answers, the held one (another network) does not
     addresses = {"held": scheduler["NetworkSettings"]["Networks"][held_net]["IPAddress"],
-                 "open": hub.docker.inspect_container(f"{hub.instance}-{PROJECT}-scheduler")
+                 "open": hub.docker.inspect_container(f"{hub.instance}.{PROJECT}-scheduler")
                  ["NetworkSettings"]["Networks"][open_net]["IPAddress"]}
     alice.start(PROJECT)
     k = alice.kernel(PROJECT)

@@ -504,19 +504,26 @@ async def test_an_agent_answer_is_read_only_up_to_a_bound(tmp_path, monkeypatch)
         server.close()
 
 
-def test_a_stalling_agent_does_not_hold_up_the_other_projects(two_projects, monkeypatch, caplog):
-    """Researchers reach their pool's agent and can make it stall. The look reads every pool at
-    once, waits STATUS_WAIT, and passes the slow pool over for a while: its running job stays
-    running (nothing is decided without its report), the other project is served in that look."""
+def running_in_both(world, monkeypatch, *, wait: float, slow: float = 1.0):
+    """A job running in each of lung and heart, the engine's waits for agents set to ``wait`` and
+    ``slow``: (world, fake executor, engine, lung's job, heart's job)."""
     from vre.jobs import engine as engine_module
 
-    monkeypatch.setattr(engine_module, "STATUS_WAIT", 0.3)
-    world = two_projects
+    monkeypatch.setattr(engine_module, "STATUS_WAIT", wait)
+    monkeypatch.setattr(engine_module, "SLOW_ANSWER", slow)
     fake = FakeExecutor(2, pools=("lung", "heart"))
     engine = Engine(world, executor=fake)
     lung, heart = submit_to(world, "lung"), submit_to(world, "heart")
     look(engine)
     look(engine)
+    return world, fake, engine, lung, heart
+
+
+def test_a_stalling_agent_does_not_hold_up_the_other_projects(two_projects, monkeypatch, caplog):
+    """Researchers reach their pool's agent and can make it stall. The look reads every pool at
+    once, waits STATUS_WAIT, and passes the slow pool over for a while: its running job stays
+    running (nothing is decided without its report), the other project is served in that look."""
+    world, fake, engine, lung, heart = running_in_both(two_projects, monkeypatch, wait=0.3)
     fake.stall["lung"] = 60  # it would hold every look for a minute
     fake.end(lung)
     fake.end(heart)
@@ -525,6 +532,7 @@ def test_a_stalling_agent_does_not_hold_up_the_other_projects(two_projects, monk
         look(engine)
     assert time.monotonic() - t0 < 10, "the look waited for the stalling agent"
     assert "pool lung" in caplog.text and "did not answer within 0.3 s" in caplog.text
+    assert "passed over for 5 s" in caplog.text
     assert states(world) == {lung: "running", heart: "succeeded"}
     # passed over in the next looks: not even asked, and its queue waits for it
     fake.asked.clear()
@@ -537,3 +545,17 @@ def test_a_stalling_agent_does_not_hold_up_the_other_projects(two_projects, monk
     look(engine)
     assert states(world)[lung] == "succeeded" and states(world)[queued] == "running"
     assert "lung" not in engine._slow
+
+
+def test_an_agent_that_answers_just_in_time_is_passed_over_too(two_projects, monkeypatch):
+    """Answering just below the wait must not hold every look either: an answer slower than
+    SLOW_ANSWER is used, then the pool is passed over for a while."""
+    world, fake, engine, lung, heart = running_in_both(two_projects, monkeypatch, wait=2.0, slow=0.2)
+    fake.stall["lung"] = 0.5
+    fake.end(lung)
+    look(engine)   # the slow answer is used: lung's end is recorded
+    assert states(world)[lung] == "succeeded" and "lung" in engine._slow
+    fake.asked.clear()
+    for _ in range(3):
+        look(engine)
+    assert "lung" not in fake.asked and fake.asked.count("heart") == 3

@@ -30,6 +30,8 @@ re-attaches from its stored state; ``poll()`` re-checks membership and permit ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import logging
 import math
@@ -73,15 +75,37 @@ def network_config(settings: Settings, plan: SessionPlan) -> dict:
                 labels={"vre.instance": settings.instance, "vre.project": plan.project, "vre.network": "island"})
 
 
-def identity_files(plan: SessionPlan, sessions_gid: int) -> dict[str, str]:
-    """/etc/passwd and /etc/group of a session container: jovyan is the account's host uid."""
+def identity_files(plan: SessionPlan, sessions_gid: int | None) -> dict[str, str]:
+    """/etc/passwd and /etc/group of a container: jovyan is the plan's host uid. ``sessions_gid``:
+    the sessions group it is given (a session's; None for the job engine's runs, which get none)."""
+    sessions = f"vre-sessions:x:{sessions_gid}:jovyan\n" if sessions_gid is not None else ""
     return {
         "passwd": (f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
                    f"jovyan:x:{plan.uid}:{plan.gid}:{plan.user}:{HOME}:/bin/bash\n"
                    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
-        "group": (f"root:x:0:\n{plan.project}:x:{plan.gid}:jovyan\nvre-sessions:x:{sessions_gid}:jovyan\n"
-                  "users:x:100:\nnogroup:x:65534:\n"),
+        "group": f"root:x:0:\n{plan.project}:x:{plan.gid}:jovyan\n{sessions}users:x:100:\nnogroup:x:65534:\n",
     }
+
+
+def spawner_option(settings: Settings, name: str, default):
+    """A ``VREDockerSpawner`` option as the operator set it (the ``jupyterhub`` setting's table):
+    the job engine renders its containers with the hub's choices (host firewall, GPU mode, /tmp)."""
+    return (settings.jupyterhub.get("VREDockerSpawner") or {}).get(name, default)
+
+
+@contextlib.contextmanager
+def island_lock(settings: Settings, network: str):
+    """Held while a process makes, joins or removes the island ``network``: the hub and the job
+    engine both do, and removing a network (and its host rule) between another's check and its
+    container's creation would leave that container on a network without its rule."""
+    folder = settings.run_dir / "islands"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(folder / f"{network}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def gpu_config(devices: tuple[int, ...] | list[int], nodes: list[str], mode: str = "devices") -> tuple[dict, dict]:
@@ -227,9 +251,14 @@ def close_host_side(bridge: str, log=None) -> None:
                                      "c.VREDockerSpawner.host_firewall = False where the host firewall does this")
 
 
-def release_island(client: docker.APIClient, network: str, *, firewall: bool = True, log=None) -> bool:
+def release_island(client: docker.APIClient, settings: Settings, network: str, *, firewall: bool = True,
+                   log=None) -> bool:
     """Remove ``network`` (and its firewall rule) when no container is left on it; True if removed."""
-    log = log or logging.getLogger("vre")
+    with island_lock(settings, network):
+        return _release_island(client, network, firewall, log or logging.getLogger("vre"))
+
+
+def _release_island(client: docker.APIClient, network: str, firewall: bool, log) -> bool:
     try:
         if client.containers(all=True, filters={"network": network}):
             return False
@@ -326,8 +355,7 @@ class VREDockerSpawner(PlanSpawner, DockerSpawner):
             seccomp=await asyncio.to_thread(seccomp.security_opt, self.settings, engine), gate_dir=gate_dir)
         create["host_config"] = self.client.create_host_config(**host)
         async with _locks.setdefault(plan.network, asyncio.Lock()):
-            await self._ensure_network(plan)
-            obj = await self.docker("create_container", **create)
+            obj = await asyncio.to_thread(self._join_island, plan, create)
         self.object_id = obj["Id"]
         self.log.info("Created container %s (%s) for %s from %s", self.object_name, self.object_id[:12],
                       plan.session_id, image)
@@ -354,9 +382,12 @@ class VREDockerSpawner(PlanSpawner, DockerSpawner):
         return cls._engine_name
 
     # -- the project's network ----------------------------------------------------------------
-    async def _ensure_network(self, plan: SessionPlan) -> None:
-        await asyncio.to_thread(ensure_island, self.client, self.settings, plan, firewall=self.host_firewall,
-                                log=self.log if self.object_id else None)
+    def _join_island(self, plan: SessionPlan, create: dict) -> dict:
+        """The project's network made (if missing) and the container created on it, as one step
+        against the job engine's removing it (``island_lock``)."""
+        with island_lock(self.settings, plan.network):
+            ensure_island(self.client, self.settings, plan, firewall=self.host_firewall)
+            return self.client.create_container(**create)
 
     async def _release_island(self) -> None:
         """Remove the project's network when no container is left on it (and its firewall rule)."""
@@ -364,7 +395,8 @@ class VREDockerSpawner(PlanSpawner, DockerSpawner):
         if not network:
             return
         async with _locks.setdefault(network, asyncio.Lock()):
-            await asyncio.to_thread(release_island, self.client, network, firewall=self.host_firewall, log=self.log)
+            await asyncio.to_thread(release_island, self.client, self.settings, network, firewall=self.host_firewall,
+                                    log=self.log)
 
     # -- liveness and removal -------------------------------------------------------------
     async def _container_state(self) -> dict | None:

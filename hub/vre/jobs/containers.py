@@ -20,6 +20,14 @@ What differs from the sandbox (``executor.LocalDaskExecutor``, whose logic this 
 - The engine's socket directories (the agent's, the doorbell) are bind mounts, as in the sandbox:
   the job engine still talks to the agent over its unix socket.
 - When a pool stops, its network is removed if no container (a session's either) is left on it.
+  The hub and the engine make and remove networks under one lock (``docker.island_lock``), so
+  neither removes a network, or its host rule, while the other is putting a container on it.
+- Containers are named ``<instance>.<run>``: a dot no session's ``<instance>-<user>-<project>``
+  can have. A container is removed only if it carries the ``vre.pool`` label.
+- The hub's choices for containers (``host_firewall``, ``gpu_mode``, ``tmp_size`` of
+  ``c.VREDockerSpawner`` in the ``jupyterhub`` setting) apply to the engine's containers too.
+- When the container engine does not answer, nothing is guessed: starts wait in the queue
+  (``EngineUnavailable``) and the pools' looks are tried again.
 """
 
 from __future__ import annotations
@@ -41,11 +49,19 @@ from ..backends.cgroups import process_oom_kills
 from ..hostview import client as hostview
 from ..plan import SessionPlan, island_name
 from ..settings import Settings
-from .executor import SCHEDULER_PORT, ExecutorError, LocalDaskExecutor, RecorderUnavailable
+from .executor import SCHEDULER_PORT, ExecutorError, LocalDaskExecutor, RecorderUnavailable, Unavailable
 
 log = logging.getLogger("vre.jobs")
 #: How often the host-side firewall rules of the pools' islands are checked (and put back).
 RULE_CHECK_S = 10
+#: Seconds a call to the container engine may take (the engine's loop waits on some of them).
+ENGINE_TIMEOUT = 20
+#: Seconds a removed container may take to stop running.
+KILL_WAIT_S = 15
+
+
+class EngineUnavailable(Unavailable):
+    """The container engine does not answer: a job waits in the queue rather than fail."""
 
 
 class ContainerDaskExecutor(LocalDaskExecutor):
@@ -56,17 +72,24 @@ class ContainerDaskExecutor(LocalDaskExecutor):
 
     def __init__(self, settings: Settings, client: docker.APIClient | None = None):
         super().__init__(settings)
-        self.client = client or docker.APIClient(base_url=settings.docker_url, version="auto")
+        self.client = client or docker.APIClient(base_url=settings.docker_url, version="auto", timeout=ENGINE_TIMEOUT)
         self._engine: str | None = None
         self._images: dict[str, dict] = {}
         self._rules_checked = 0.0
         self._pids: dict[str, tuple[int, str]] = {}   # run -> (its init's host pid, that pid's cgroups)
+        self._ooms: dict[str, int] = {}               # run -> its OOM kills when last read
+        # the hub's choices for its containers (c.VREDockerSpawner in the jupyterhub setting)
+        self.firewall = bool(containers.spawner_option(settings, "host_firewall", True))
+        self.gpu_mode = containers.spawner_option(settings, "gpu_mode", "devices")
+        self.tmp_size = containers.spawner_option(settings, "tmp_size", "2g")
 
     def container(self, name: str) -> str:
-        return f"{self.settings.instance}-{name}"
+        """``<instance>.<run>``: a session's container is ``<instance>-<user>-<project>``, and no
+        instance, account or project name has a dot, so no run can be named like a session."""
+        return f"{self.settings.instance}.{name}"
 
     def identity_files(self, plan: SessionPlan) -> dict[str, str]:
-        return containers.identity_files(plan, self.settings.sessions_gid)
+        return containers.identity_files(plan, None)
 
     # -- finding and stopping -------------------------------------------------------------
     def _state(self, name: str) -> dict | None:
@@ -98,32 +121,48 @@ class ContainerDaskExecutor(LocalDaskExecutor):
         return state["Pid"]
 
     def alive(self, name: str) -> bool:
+        """Whether the run's container runs; EngineUnavailable when the container engine cannot
+        say (never a guess: a run taken for gone re-queues its jobs, one taken for running may be
+        given a job it never starts)."""
         try:
             return bool(self._init_pid(name))
         except (APIError, OSError, docker.errors.DockerException) as e:
-            # an engine briefly unavailable must not look like a lost scheduler (that re-queues jobs)
-            log.warning("could not ask the container engine about %s: %s", name, e)
-            return True
+            raise EngineUnavailable(f"the container engine does not answer ({e}); jobs wait until it does") \
+                from None
 
     def kill(self, name: str) -> None:
+        """Remove the run's container and return once it no longer runs (its dataset marks are
+        dropped after this: nothing of it may read unrecorded)."""
         self._pids.pop(name, None)
         try:
-            self.client.remove_container(self.container(name), force=True, v=True)
+            info = self.client.inspect_container(self.container(name))
+            if (info.get("Config") or {}).get("Labels", {}).get("vre.pool") is None:
+                raise ExecutorError(f"container {self.container(name)} is not a batch run of this VRE; "
+                                    "not removing it")
+            self.client.remove_container(info["Id"], force=True, v=True)
         except NotFound:
-            pass
+            return
         except APIError as e:
             if e.status_code != 409:  # 409: already being removed
                 raise ExecutorError(f"could not remove container {self.container(name)}: {e}") from None
+        except (OSError, docker.errors.DockerException) as e:
+            raise EngineUnavailable(f"the container engine does not answer ({e})") from None
+        deadline = time.monotonic() + KILL_WAIT_S
+        while (state := self._state(name)) and state.get("Running"):
+            if time.monotonic() > deadline:
+                raise ExecutorError(f"container {self.container(name)} still runs {KILL_WAIT_S} s after its removal")
+            time.sleep(0.1)
 
     def oom_kills(self, name: str) -> int:
         try:
             pid = self._init_pid(name)
             if pid:
-                return process_oom_kills(pid)
+                self._ooms[name] = process_oom_kills(pid)
+                return self._ooms[name]
             state = self._state(name) or {}   # it ended: did the kernel kill it for its memory?
         except (APIError, OSError, docker.errors.DockerException):
-            return 0
-        return 1 if state.get("OOMKilled") else 0
+            return self._ooms.get(name, 0)
+        return self._ooms.get(name, 0) + (1 if state.get("OOMKilled") else 0)
 
     async def stop_idle(self) -> None:
         await super().stop_idle()
@@ -139,6 +178,8 @@ class ContainerDaskExecutor(LocalDaskExecutor):
         except (APIError, OSError, docker.errors.DockerException) as e:
             log.warning("could not list the pools' containers: %s", e)
             return
+        if not self.firewall:
+            return
         for network in {n for c in found for n in ((c.get("NetworkSettings") or {}).get("Networks") or {})}:
             try:
                 containers.close_host_side(containers.bridge_name(network), log)
@@ -147,7 +188,8 @@ class ContainerDaskExecutor(LocalDaskExecutor):
 
     def pool_stopped(self, pool: str) -> None:
         super().pool_stopped(pool)
-        containers.release_island(self.client, island_name(self.settings, pool), log=log)
+        containers.release_island(self.client, self.settings, island_name(self.settings, pool),
+                                  firewall=self.firewall, log=log)
 
     # -- addresses ------------------------------------------------------------------------
     def scheduler_address(self, pool: str) -> str:
@@ -190,21 +232,17 @@ class ContainerDaskExecutor(LocalDaskExecutor):
         sized = replace(plan, cpu=limits["cpu"], mem_mb=limits["mem_mb"])
         create, host = containers.container_config(
             self.settings, sized, image=image, name=self.container(plan.session_id), env=dict(plan.env),
-            command=argv, gpu_devices=tuple(devices), gpu_nodes=gpus.device_nodes(devices),
-            pids_limit=limits["pids_max"], init=not (info.get("Config") or {}).get("Entrypoint"), engine=engine,
-            seccomp=seccomp.security_opt(self.settings, engine), gate_dir=gate_dir, groups=())
+            command=argv, gpu_devices=tuple(devices), gpu_nodes=gpus.device_nodes(devices), gpu_mode=self.gpu_mode,
+            pids_limit=limits["pids_max"], tmp_size=self.tmp_size, init=not (info.get("Config") or {}).get("Entrypoint"),
+            engine=engine, seccomp=seccomp.security_opt(self.settings, engine), gate_dir=gate_dir, groups=())
         create["labels"]["vre.pool"] = plan.pool
+        # its output (a held job's tracebacks too) goes with the container, never to a system journal
+        host["log_config"] = {"type": "k8s-file" if engine == "podman" else "json-file", "config": {}}
         create["host_config"] = self.client.create_host_config(**host)
         self.kill(plan.session_id)  # a leftover of a crashed run never lingers
-        for attempt in (1, 2):
-            containers.ensure_island(self.client, self.settings, plan, log=log)
-            try:
-                return self.client.create_container(**create)["Id"]
-            except NotFound:
-                # the hub removed the island as its last session left, between the two calls
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        with containers.island_lock(self.settings, plan.network):  # the hub may be removing it
+            containers.ensure_island(self.client, self.settings, plan, firewall=self.firewall, log=log)
+            return self.client.create_container(**create)["Id"]
 
     async def _launch(self, plan: SessionPlan, argv: list[str], devices, *, limits: dict) -> None:
         gate_dir = None
@@ -215,9 +253,14 @@ class ContainerDaskExecutor(LocalDaskExecutor):
         try:
             cid = await asyncio.to_thread(self._create, plan, argv, devices, limits, gate_dir)
             await asyncio.to_thread(self.client.start, cid)
-        except (APIError, docker.errors.DockerException, containers.DockerBackendError) as e:
+        except ExecutorError:
+            raise
+        except (APIError, containers.DockerBackendError) as e:
             await asyncio.to_thread(self._kill_quietly, plan.session_id)
             raise ExecutorError(f"the container engine refused {plan.session_id}: {e}") from None
+        except (OSError, docker.errors.DockerException) as e:
+            raise EngineUnavailable(f"the container engine does not answer ({e}); the job waits until it does") \
+                from None
         if gate_dir is not None:
             try:
                 pid = (await asyncio.to_thread(self.client.inspect_container, cid))["State"]["Pid"]

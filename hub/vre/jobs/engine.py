@@ -15,9 +15,9 @@ a researcher reaches with Dask (``run_on_scheduler``) from a session or a job. E
 checked before it is stored (``AgentReport``), and a pool whose report cannot be handled at all is
 logged and passed over for that look: it never stops the other pools and projects being served.
 Nor does a slow one: a look reads every pool's report at once and waits at most ``STATUS_WAIT``;
-a pool whose agent did not answer by then is passed over for a while (``SLOW_BACKOFF``), its
-running jobs untouched and its queued ones waiting, so a researcher who makes an agent stall
-delays other projects by at most that wait, now and then.
+a pool whose agent took more than ``SLOW_ANSWER`` is passed over for a while (``SLOW_BACKOFF``),
+its running jobs untouched and its queued ones waiting, so a researcher who makes an agent stall
+delays the other projects' looks by at most a few seconds, once per pause.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from ..plan import PlanCache, PlanRefused, held_pool
 from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import service
-from .executor import ExecutorError, LocalDaskExecutor, RecorderUnavailable, SchedulerLost, executor_for
+from .executor import ExecutorError, LocalDaskExecutor, SchedulerLost, Unavailable, executor_for
 from .queue import Quota, admit
 
 log = logging.getLogger("vre.jobs")
@@ -53,6 +53,7 @@ FAST_TICK = 0.1       # while a job is starting
 RUNTIME_SLACK = 60    # the task enforces the limit; the engine steps in this much later
 MAX_ATTEMPTS = 2
 STATUS_WAIT = 3.0     # seconds a look waits for the pools' reports (an agent answers in ms)
+SLOW_ANSWER = 1.0     # an agent slower than this is passed over for a while (its answer is used)
 SLOW_BACKOFF = (5, 10, 20, 30)   # seconds a pool that did not answer in time is passed over, in turn
 USAGE_KEYS = ("wall_s", "cpu_s", "max_rss_mb")
 AGENT_STATES = ("pending", "running", "done", "error")
@@ -458,9 +459,9 @@ class Engine:
             with self.timed("agent: POST /jobs (submit)"):
                 await self.executor.submit(plan.pool, worker.name, self.spec(plan, job, worker.name))
         except (ExecutorError, OSError) as e:
-            if isinstance(e, RecorderUnavailable) and job.kind != "cluster":
-                # hostview is restarting (as with the hub): nothing of the worker is left and it
-                # is not the job's fault, so it waits in the queue
+            if isinstance(e, Unavailable) and job.kind != "cluster":
+                # hostview or the container engine is restarting (as with the hub): nothing of the
+                # worker is left and it is not the job's fault, so it waits in the queue
                 log.warning("job %s waits in the queue: %s", job.id, e)
                 self.release(db, job)
                 job.state, job.reason, job.devices, job.attempts = "queued", f"waiting: {e}", "", job.attempts - 1
@@ -499,43 +500,41 @@ class Engine:
         exception in its place (``PassedOver`` for a pool that is slow)."""
         rows = db.execute(select(Project.slug, Job.lane).join(Job.project)
                           .where(Job.state == "running", Job.kind != "cluster").distinct()).all()
-        pools = {held_pool(slug) if lane == "held" else slug for slug, lane in rows}
-        now = time.monotonic()
-        reports: dict[str, object] = {}
-        due = []
-        for pool in pools:
-            until, _ = self._slow.get(pool, (0.0, 0))
-            if until > now:
-                reports[pool] = PassedOver(f"its agent was slow to answer; looked at again in {until - now:.0f} s")
-            else:
-                due.append(pool)
+        pools = sorted({held_pool(slug) if lane == "held" else slug for slug, lane in rows})
+        self._slow = {p: v for p, v in self._slow.items() if p in pools}
+        return dict(zip(pools, await asyncio.gather(*(self.read_report(p) for p in pools))))
 
-        async def read(pool: str):
-            try:
-                return await asyncio.wait_for(self.executor.status(pool), STATUS_WAIT)
-            except asyncio.TimeoutError:
-                _, times = self._slow.get(pool, (0.0, 0))
-                pause = SLOW_BACKOFF[min(times, len(SLOW_BACKOFF) - 1)]
-                self._slow[pool] = (time.monotonic() + pause, times + 1)
-                return ExecutorError(f"its agent did not answer within {STATUS_WAIT:g} s; passed over for {pause} s")
-            except Exception as e:  # noqa: BLE001 - handled by the pool's part of the look
-                return e
-
-        for pool, answer in zip(due, await asyncio.gather(*(read(p) for p in due))):
-            if not isinstance(answer, BaseException):
-                self._slow.pop(pool, None)
-            reports[pool] = answer
-        return reports
+    async def read_report(self, pool: str):
+        """One pool's report, or the exception in its place. An agent that takes more than
+        SLOW_ANSWER (its answer is still used) or does not answer within STATUS_WAIT is passed
+        over for the next SLOW_BACKOFF seconds: researchers reach their pool's agent and could
+        otherwise make every look of every project wait for it."""
+        until, times = self._slow.get(pool, (0.0, 0))
+        if until > time.monotonic():
+            return PassedOver(f"its agent was slow to answer; looked at again in {until - time.monotonic():.0f} s")
+        t0 = time.monotonic()
+        try:
+            answer = await asyncio.wait_for(self.executor.status(pool), STATUS_WAIT)
+            took = f"took {time.monotonic() - t0:.1f} s to answer"
+        except asyncio.TimeoutError:
+            answer, took = ExecutorError(f"its agent did not answer within {STATUS_WAIT:g} s"), None
+        except Exception as e:  # noqa: BLE001 - handled by the pool's part of the look
+            return e
+        if took is not None and time.monotonic() - t0 <= SLOW_ANSWER:
+            self._slow.pop(pool, None)
+            return answer
+        pause = SLOW_BACKOFF[min(times, len(SLOW_BACKOFF) - 1)]
+        self._slow[pool] = (time.monotonic() + pause, times + 1)
+        if took is None:
+            answer = ExecutorError(f"{answer}; passed over for {pause} s")
+        else:
+            log.warning("pool %s: its agent %s; passed over for %d s", pool, took, pause)
+        return answer
 
     async def follow_pool(self, db, pool: str, batch: list[Job]) -> None:
         """Follow each of the pool's running jobs by its report of this look; one commit."""
         if pool not in self._reports:  # not running at the start of the look: read it now
-            try:
-                self._reports[pool] = await asyncio.wait_for(self.executor.status(pool), STATUS_WAIT)
-            except asyncio.TimeoutError:
-                self._reports[pool] = ExecutorError(f"its agent did not answer within {STATUS_WAIT:g} s")
-            except Exception as e:  # noqa: BLE001
-                self._reports[pool] = e
+            self._reports[pool] = await self.read_report(pool)
         status = self._reports.pop(pool)
         if isinstance(status, SchedulerLost):
             await self.scheduler_lost(db, pool, batch, str(status))

@@ -46,15 +46,20 @@ log = logging.getLogger("vre.jobs")
 SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
 WORKER_OVERHEAD_MB = 384     # the Dask worker process itself, on top of the job's memory
 SCHEDULER_LIMITS = dict(cpu=1.0, mem_mb=1024, pids_max=1024)
+MAX_WORKERS = 1000   # of one pool at once: far above any quota
 
 
 class ExecutorError(RuntimeError):
     pass
 
 
-class RecorderUnavailable(ExecutorError):
-    """vre-hostview cannot record a new worker's dataset reads now (it is restarting): the job
-    waits in the queue rather than fail."""
+class Unavailable(ExecutorError):
+    """Something a run needs is briefly unavailable (restarting): the job waits in the queue
+    rather than fail."""
+
+
+class RecorderUnavailable(Unavailable):
+    """vre-hostview cannot record a new worker's dataset reads now (it is restarting)."""
 
 
 class SchedulerLost(ExecutorError):
@@ -150,7 +155,7 @@ class LocalDaskExecutor:
         try:
             return await _http(self.agent_socket(pool), "GET", "/jobs")
         except (OSError, asyncio.TimeoutError, ExecutorError) as e:
-            if not self.scheduler_alive(pool):
+            if not await asyncio.to_thread(self.scheduler_alive, pool):
                 raise SchedulerLost(f"the scheduler of pool {pool} is gone") from None
             raise ExecutorError(f"the scheduler of pool {pool} does not answer: {e}") from None
 
@@ -192,6 +197,8 @@ class LocalDaskExecutor:
         n = 1
         while f"{plan.pool}-worker-{n}" in self.workers or self.alive(f"{plan.pool}-worker-{n}"):
             n += 1
+            if n > MAX_WORKERS:
+                raise ExecutorError(f"pool {plan.pool} has {MAX_WORKERS} workers already")
         name = f"{plan.pool}-worker-{n}"
         plan = plan.for_worker(name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices))
         await asyncio.to_thread(prepare_host, plan, self.identity_files(plan))
@@ -215,9 +222,14 @@ class LocalDaskExecutor:
     def adopt(self, pool: str, busy: dict[str, int]) -> None:
         """After a restart: take over the workers that run jobs (name -> job), stop the others."""
         for name in self._existing(pool):
-            if name in busy and self.alive(name):
+            try:
+                alive = self.alive(name)
+            except Unavailable as e:  # kept as it is: the next looks find out
+                log.warning("%s: %s", name, e)
+                alive = None
+            if name in busy and alive is not False:
                 self.workers[name] = Worker(name, pool, (), job=busy[name], datasets=None)
-            elif name not in busy:
+            elif name not in busy and alive is not None:
                 self.stop_worker(name)
 
     def _existing(self, pool: str) -> list[str]:
