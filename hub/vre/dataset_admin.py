@@ -43,13 +43,16 @@ def check_register(settings, who: Actor, path: str, slug: str, fields: dict) -> 
     with vdb.session_scope(settings.vre_db_url) as db:
         _check_admin(settings, db, who, "dataset.register", slug)
         registry.check_new_dataset(db, settings, path, slug, **fields)
+    registry.check_not_under_way(settings, slug, path)
 
 
 def register(settings, who: Actor, path: str, slug: str, fields: dict, *, workers: int | None = None,
              progress: registry.Progress | None = None) -> tuple[str, IndexReport]:
     """Register directory ``path`` as dataset ``slug`` with the catalogue ``fields``
-    (``CATALOG_FIELDS``) and index it; returns the resolved path and the index report."""
-    with vdb.session_scope(settings.vre_db_url) as db:
+    (``CATALOG_FIELDS``) and index it; returns the resolved path and the index report. Another
+    registration of the same slug or an overlapping folder under way is a Conflict
+    (``registry.registering``)."""
+    with registry.registering(settings, slug, path), vdb.session_scope(settings.vre_db_url) as db:
         _check_admin(settings, db, who, "dataset.register", slug)
         dataset, report = registry.add_dataset(db, settings, path, slug, workers=workers, progress=progress,
                                                **fields)

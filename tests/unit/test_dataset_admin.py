@@ -256,3 +256,49 @@ def test_a_folder_is_one_dataset_from_the_allowed_roots_never_a_system_folder(wo
         shutil.rmtree(elsewhere, ignore_errors=True)
     with pytest.raises(SettingsError, match="dataset_roots: 'data' is not a folder"):
         load(environ={"VRE_DATASET_ROOTS": "data"})
+
+
+def test_registrations_at_once_never_share_a_slug_or_a_folder(world, data):
+    """Two registrations at once (the page's and the CLI's) would both pass the checks (the slug
+    free, the folders apart: the database shows neither until it commits) and index into the same
+    catalogue place. One of the same slug or an overlapping folder is refused while the first runs,
+    naming it, and changes nothing; an unrelated one runs beside it."""
+    other = data.parent / "other"   # beside the cohort: readable by sessions, unlike pytest's tmp
+    shutil.copytree(data, other, dirs_exist_ok=True)
+    started, release = threading.Event(), threading.Event()
+    results = {}
+
+    def slow_progress(done, total):
+        started.set()
+        release.wait(30)
+
+    def first():
+        results["first"] = dataset_admin.register(world, WEB, str(data), "lung", FIELDS, progress=slow_progress)
+
+    t = threading.Thread(target=first)
+    t.start()
+    try:
+        assert started.wait(30)
+        inside = next(p for p in data.iterdir() if p.is_dir())
+        for slug, path in (("lung", other), ("lung-a", data), ("lung-b", inside), ("lung-c", data.parent)):
+            for check in (dataset_admin.check_register, dataset_admin.register):  # the page checks first
+                with pytest.raises(Conflict, match=f"dataset 'lung' \\({data.resolve()}\\) is being registered now"):
+                    check(world, OPERATOR, str(path), slug, FIELDS)
+        dataset_admin.register(world, OPERATOR, str(other), "lung2", FIELDS)   # apart: goes through
+    finally:
+        release.set()
+        t.join(60)
+    assert results["first"][0] == str(data.resolve())
+    assert sorted(d["slug"] for d in dataset_admin.list_datasets(world)) == ["lung", "lung2"]
+    assert json.loads((world.catalog_dir / "lung" / "record.json").read_text())["title"] == "Lung CT"
+    assert not list((world.run_dir / "registering").glob("*.json"))   # nothing left behind
+
+
+def test_a_registration_that_died_blocks_nothing(world, data):
+    """Its entry is left, unlocked (the lock went with the process): the next registration of
+    the same slug removes it and goes through."""
+    folder = world.run_dir / "registering"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lung.json").write_text(json.dumps({"slug": "lung", "path": str(data.resolve())}))
+    assert dataset_admin.register(world, OPERATOR, str(data), "lung", FIELDS)[0] == str(data.resolve())
+    assert not (folder / "lung.json").exists()

@@ -7,6 +7,8 @@ is never written to.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import stat
@@ -114,6 +116,65 @@ def check_new_dataset(db: Session, settings: Settings, path: str, slug: str, **f
     except CatalogError as e:
         raise VREError(str(e)) from None
     return root, admin_fields
+
+
+@contextlib.contextmanager
+def registering(settings: Settings, slug: str, path: str):
+    """Held from a registration's checks until its commit (the CLI's and the page's alike): the
+    database shows a registration only once it is committed, so two at once would both pass its
+    checks (the slug free, the folders apart) and index into the same catalogue place. Conflict,
+    naming the registration under way, when one with the same slug or an overlapping folder is.
+    Others run side by side (indexing a large cohort takes long)."""
+    folder = settings.run_dir / "registering"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root = Path(path).expanduser().resolve()
+    with _locked(folder / ".lock"):  # briefly: the look at the others and the own entry
+        _check_under_way(folder, slug, root)
+        mine = folder / f"{slug}.json"
+        fd = os.open(mine, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, json.dumps({"slug": slug, "path": str(root)}).encode())
+    try:
+        yield
+    finally:
+        mine.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def check_not_under_way(settings: Settings, slug: str, path: str) -> None:
+    """Conflict when a registration of ``slug`` or of a folder overlapping ``path`` is under way
+    (the page's quick check, before it starts its own in the background)."""
+    folder = settings.run_dir / "registering"
+    if folder.is_dir():
+        with _locked(folder / ".lock"):
+            _check_under_way(folder, slug, Path(path).expanduser().resolve())
+
+
+def _check_under_way(folder: Path, slug: str, root: Path) -> None:
+    for entry in folder.glob("*.json"):
+        try:
+            with _locked(entry, wait=False):  # its registration ended without removing it
+                entry.unlink(missing_ok=True)
+                continue
+        except BlockingIOError:
+            pass
+        except OSError:
+            continue
+        other = json.loads(entry.read_text() or "{}")
+        there = Path(other.get("path", "/nonexistent"))
+        if other.get("slug") == slug or root == there or there in root.parents or root in there.parents:
+            raise Conflict(f"dataset {other.get('slug')!r} ({there}) is being registered now; "
+                           f"register {slug!r} ({root}) when that has finished")
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, wait: bool = True):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        yield
+    finally:
+        os.close(fd)
 
 
 def add_dataset(db: Session, settings: Settings, path: str, slug: str, *, workers: int | None = None,
