@@ -136,7 +136,7 @@ class ContainerDaskExecutor(LocalDaskExecutor):
         self._pids.pop(name, None)
         try:
             info = self.client.inspect_container(self.container(name))
-            if (info.get("Config") or {}).get("Labels", {}).get("vre.pool") is None:
+            if ((info.get("Config") or {}).get("Labels") or {}).get("vre.pool") is None:
                 raise ExecutorError(f"container {self.container(name)} is not a batch run of this VRE; "
                                     "not removing it")
             self.client.remove_container(info["Id"], force=True, v=True)
