@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker,
               pytest.mark.parametrize("hub", ["docker"], indirect=True)]
@@ -152,6 +153,10 @@ def test_a_sessions_dask_client_reaches_its_projects_scheduler_container(hub, al
         address = scheduler["NetworkSettings"]["Networks"][f"{hub.instance}-{PROJECT}"]["IPAddress"]
         assert r["address"] == f"tcp://{address}:8786"
         assert workers() - before, "the cluster job's worker is not a container of the pool"
+        # the dashboard, in the scheduler's container, at the session's usual place
+        page = requests.get(f"{alice.server_url(PROJECT)}/proxy/8787/status",
+                            headers={"Authorization": f"token {alice.token}"}, timeout=30)
+        assert page.status_code == 200 and "Dask" in page.text, page.status_code
         alice.vre_api("POST", f"/jobs/{r['job']}/cancel")
         assert wait(alice, r["job"])["state"] == "cancelled"
         deadline = time.monotonic() + 30  # its worker containers go with it

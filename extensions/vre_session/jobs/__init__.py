@@ -186,11 +186,13 @@ def list_jobs(project: str | None = None) -> list[Job]:
     return [Job(d) for d in _call("GET", suffix)["jobs"]]
 
 
+DASHBOARD_PORT = 8787
+
+
 def dask_client(workers: int = 1, *, timeout: float = 120, **kw):
     """A Dask client on the project's own scheduler with ``workers`` interactive workers (within the
     project's batch quota; they count against it until ``client.vre_job.cancel()`` or their run-time
-    limit). The dashboard is at ``<this server>/proxy/8787/status`` (sandbox sessions; on the
-    docker backend the scheduler is another container, which the session's proxy does not reach)."""
+    limit). The dashboard is at ``<this server>/proxy/8787/status``."""
     from distributed import Client
 
     job = submit("cluster", params={"workers": workers}, **kw)
@@ -202,7 +204,66 @@ def dask_client(workers: int = 1, *, timeout: float = 120, **kw):
             raise TimeoutError(f"the workers are still {job.data['state']} after {timeout} s (quota in use?)")
         time.sleep(0.5)
     # the sandbox's scheduler is on the island's loopback; a container's has its own address
-    client = Client(job.data.get("scheduler") or "tcp://127.0.0.1:8786", timeout=timeout)
+    address = job.data.get("scheduler") or "tcp://127.0.0.1:8786"
+    host = urlsplit(address).hostname or "127.0.0.1"
+    if host not in ("127.0.0.1", "localhost"):
+        _relay_dashboard(host)
+    client = Client(address, timeout=timeout)
     client.wait_for_workers(workers, timeout=timeout)
     client.vre_job = job
     return client
+
+
+_dashboard_target: list[str] = []
+
+
+def _relay_dashboard(host: str) -> None:
+    """Make the scheduler's dashboard (in another container) answer on this session's
+    127.0.0.1:8787, where the server's proxy (``/proxy/8787/``) looks for it: a relay thread in
+    this kernel. Only a convenience, nothing the VRE's controls rest on: the access layer rules on
+    ``/proxy/8787/`` as on any route. A later client in this kernel moves it to its scheduler; if
+    another kernel of the session relays already, that one stays."""
+    import selectors
+    import socket
+    import threading
+
+    first = not _dashboard_target
+    _dashboard_target[:] = [host]
+    if not first:
+        return
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", DASHBOARD_PORT))
+    except OSError:
+        listener.close()
+        return
+    listener.listen(16)
+
+    def relay(conn):
+        """One browser connection: bytes both ways until either side closes, then both close."""
+        try:
+            upstream = socket.create_connection((_dashboard_target[0], DASHBOARD_PORT), timeout=10)
+        except OSError:
+            conn.close()
+            return
+        upstream.settimeout(None)
+        with conn, upstream, selectors.DefaultSelector() as sel:
+            sel.register(conn, selectors.EVENT_READ, upstream)
+            sel.register(upstream, selectors.EVENT_READ, conn)
+            while events := sel.select(timeout=300):   # none for 5 minutes: closed
+                for key, _ in events:
+                    try:
+                        data = key.fileobj.recv(65536)
+                        if data:
+                            key.data.sendall(data)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        return
+
+    def serve():
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=relay, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, name="vre-dask-dashboard", daemon=True).start()

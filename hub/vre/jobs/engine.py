@@ -44,7 +44,7 @@ from ..plan import PlanCache, PlanRefused, held_pool
 from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import service
-from .executor import ExecutorError, LocalDaskExecutor, SchedulerLost, Unavailable, executor_for
+from .executor import ExecutorError, LocalDaskExecutor, SchedulerLost, Unavailable
 from .queue import Quota, admit
 
 log = logging.getLogger("vre.jobs")
@@ -155,6 +155,14 @@ class AgentReport:
             return dt.datetime.fromtimestamp(t, dt.timezone.utc)
         self.problems.append("a start time outside its submission and now; the engine's clock is used")
         return now
+
+
+def executor_for(settings: Settings) -> LocalDaskExecutor:
+    """The executor of ``settings.backend``: jobs run where and how that backend runs sessions."""
+    if settings.backend == "docker":
+        from .containers import ContainerDaskExecutor
+        return ContainerDaskExecutor(settings)
+    return LocalDaskExecutor(settings)
 
 
 class PassedOver(ExecutorError):

@@ -18,8 +18,9 @@ job's CPU, memory and pids limits, and only the granted GPUs in /dev.
 - Processes are found again after a restart through their cgroups (``<instance>/<name>``).
 
 On the docker backend, ``vre.jobs.containers.ContainerDaskExecutor`` runs the same scheduler and
-workers as containers on the project's internal network (``executor_for`` picks by backend): it
-overrides only how a run is launched, found, stopped and addressed (the hooks at the end here).
+workers as containers on the project's internal network (``engine.executor_for`` picks by
+backend): it overrides only how a run is launched, found, stopped and addressed (the hooks at
+the end here).
 """
 
 from __future__ import annotations
@@ -337,11 +338,3 @@ class LocalDaskExecutor:
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
-
-
-def executor_for(settings: Settings) -> LocalDaskExecutor:
-    """The executor of ``settings.backend``: jobs run where and how that backend runs sessions."""
-    if settings.backend == "docker":
-        from .containers import ContainerDaskExecutor
-        return ContainerDaskExecutor(settings)
-    return LocalDaskExecutor(settings)
