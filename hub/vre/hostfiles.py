@@ -1,8 +1,11 @@
 """What the hub keeps on its host: secrets created on first use, state files only the hub may read,
-and the URLs of the unix sockets that its services and sessions talk over."""
+lock files its processes share, and the URLs of the unix sockets that its services and sessions
+talk over."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
 from pathlib import Path
@@ -12,6 +15,19 @@ from urllib.parse import quote
 def unix_url(path: str | Path) -> str:
     """An ``http+unix://`` URL for a socket path (the form JupyterHub and its proxy accept)."""
     return "http+unix://" + quote(str(path), safe="")
+
+
+@contextlib.contextmanager
+def locked(path: Path, *, wait: bool = True):
+    """Hold an exclusive lock on the root-only file ``path`` (created if missing; never through a
+    link) and yield its descriptor; ``wait=False``: BlockingIOError when another holds it. The
+    lock goes with the descriptor, so a holder that dies releases it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def read_or_create_secret(path: Path, nbytes: int = 32) -> str:

@@ -193,6 +193,11 @@ def held_pool(project_slug: str) -> str:
     return f"{project_slug}.held"
 
 
+def pool_for(project_slug: str, lane: str) -> str:
+    """The pool whose workers run a project's jobs of ``lane`` (``db.JOB_LANES``)."""
+    return held_pool(project_slug) if lane == "held" else project_slug
+
+
 def held_dir(settings: Settings, project_slug: str) -> Path:
     """Host folder of a project's held jobs (``HELD_ROOT`` in its held workers; no session's mount)."""
     return settings.projects_dir / project_slug / "held"

@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import docker
 import pytest
 import requests
 
@@ -61,8 +62,15 @@ def _remove_pools(hub) -> None:
 
     settings = Settings(instance=hub.instance, run_dir=Path(hub.env["VRE_RUN_DIR"]))
     for pool in (PROJECT, f"{PROJECT}.held"):
-        for c in _pool_containers(hub, pool):
-            hub.docker.remove_container(c["Id"], force=True, v=True)
+        deadline = time.monotonic() + 60
+        while left := _pool_containers(hub, pool):
+            for c in left:
+                try:
+                    hub.docker.remove_container(c["Id"], force=True, v=True)
+                except docker.errors.APIError:  # the engine removes it at the same time (an idle worker)
+                    pass
+            assert time.monotonic() < deadline, f"containers of pool {pool} stay: {left}"
+            time.sleep(0.5)
         release_island(hub.docker, settings, f"{hub.instance}-{pool}")   # kept while a session runs
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import logging
 import math
@@ -44,6 +43,7 @@ from dockerspawner import DockerSpawner
 from traitlets import Bool, CaselessStrEnum, Dict, Unicode, default
 
 from .. import gpus
+from ..hostfiles import locked
 from ..plan import HOME, INNER_RUN, SessionPlan
 from ..settings import Settings
 from . import gate, seccomp
@@ -100,12 +100,8 @@ def island_lock(settings: Settings, network: str):
     container's creation would leave that container on a network without its rule."""
     folder = settings.run_dir / "islands"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(folder / f"{network}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locked(folder / f"{network}.lock"):
         yield
-    finally:
-        os.close(fd)
 
 
 def gpu_config(devices: tuple[int, ...] | list[int], nodes: list[str], mode: str = "devices") -> tuple[dict, dict]:
@@ -269,10 +265,15 @@ def _release_island(client: docker.APIClient, network: str, firewall: bool, log)
         log.warning("Could not release network %s: %s", network, e)
         return False
     if firewall:
-        for tool in ("iptables", "ip6tables"):
-            while _run(tool, "-w", "-D", "INPUT", "-i", bridge_name(network), "-j", "REJECT")[0] == 0:
-                pass
+        _drop_host_rules(bridge_name(network))
     return True
+
+
+def _drop_host_rules(bridge: str) -> None:
+    """Remove the rules ``close_host_side`` put in for ``bridge`` (its network is gone)."""
+    for tool in ("iptables", "ip6tables"):
+        while _run(tool, "-w", "-D", "INPUT", "-i", bridge, "-j", "REJECT")[0] == 0:
+            pass
 
 
 def _run(*argv: str) -> tuple[int, str]:
@@ -460,7 +461,5 @@ def remove_instance_containers(settings: Settings, client: docker.APIClient | No
             client.remove_network(net["Id"])
         except (NotFound, APIError):
             continue
-        for tool in ("iptables", "ip6tables"):
-            while _run(tool, "-w", "-D", "INPUT", "-i", bridge_name(net["Name"]), "-j", "REJECT")[0] == 0:
-                pass
+        _drop_host_rules(bridge_name(net["Name"]))
     return removed

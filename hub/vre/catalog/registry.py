@@ -8,7 +8,6 @@ is never written to.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import stat
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ..db import AccessRequest, Dataset, utcnow
 from ..errors import Conflict, VREError
+from ..hostfiles import locked
 from ..projects import get_dataset, validate_slug
 from ..settings import Settings, dataset_roots
 from .index import CatalogError, IndexReport, index_dataset
@@ -128,17 +128,17 @@ def registering(settings: Settings, slug: str, path: str):
     folder = settings.run_dir / "registering"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     root = Path(path).expanduser().resolve()
-    with _locked(folder / ".lock"):  # briefly: the look at the others and the own entry
-        _check_under_way(folder, slug, root)
-        mine = folder / f"{slug}.json"
-        fd = os.open(mine, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, json.dumps({"slug": slug, "path": str(root)}).encode())
-    try:
-        yield
-    finally:
-        mine.unlink(missing_ok=True)
-        os.close(fd)
+    mine = folder / f"{slug}.json"
+    with contextlib.ExitStack() as entry:
+        with locked(folder / ".lock"):  # briefly: the look at the others and the own entry
+            _check_under_way(folder, slug, root)
+            fd = entry.enter_context(locked(mine))   # held for the registration's life
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"slug": slug, "path": str(root)}).encode())
+        try:
+            yield
+        finally:
+            mine.unlink(missing_ok=True)
 
 
 def check_not_under_way(settings: Settings, slug: str, path: str) -> None:
@@ -146,14 +146,14 @@ def check_not_under_way(settings: Settings, slug: str, path: str) -> None:
     (the page's quick check, before it starts its own in the background)."""
     folder = settings.run_dir / "registering"
     if folder.is_dir():
-        with _locked(folder / ".lock"):
+        with locked(folder / ".lock"):
             _check_under_way(folder, slug, Path(path).expanduser().resolve())
 
 
 def _check_under_way(folder: Path, slug: str, root: Path) -> None:
     for entry in folder.glob("*.json"):
         try:
-            with _locked(entry, wait=False):  # its registration ended without removing it
+            with locked(entry, wait=False):  # its registration ended without removing it
                 entry.unlink(missing_ok=True)
                 continue
         except BlockingIOError:
@@ -165,16 +165,6 @@ def _check_under_way(folder: Path, slug: str, root: Path) -> None:
         if other.get("slug") == slug or root == there or there in root.parents or root in there.parents:
             raise Conflict(f"dataset {other.get('slug')!r} ({there}) is being registered now; "
                            f"register {slug!r} ({root}) when that has finished")
-
-
-@contextlib.contextmanager
-def _locked(path: Path, *, wait: bool = True):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        yield
-    finally:
-        os.close(fd)
 
 
 def add_dataset(db: Session, settings: Settings, path: str, slug: str, *, workers: int | None = None,

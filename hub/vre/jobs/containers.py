@@ -143,7 +143,8 @@ class ContainerDaskExecutor(LocalDaskExecutor):
         except NotFound:
             return
         except APIError as e:
-            if e.status_code != 409:  # 409: already being removed
+            # 409, or Podman's 500 "could not be stopped ... stopped": another removal got there first
+            if e.status_code != 409 and (self._state(name) or {}).get("Running"):
                 raise ExecutorError(f"could not remove container {self.container(name)}: {e}") from None
         except (OSError, docker.errors.DockerException) as e:
             raise EngineUnavailable(f"the container engine does not answer ({e})") from None

@@ -40,7 +40,7 @@ from .. import gpus
 from ..db import Job, Project, utcnow
 from ..audit import Event
 from ..audit import open_store
-from ..plan import PlanCache, PlanRefused, held_pool
+from ..plan import PlanCache, PlanRefused, held_pool, pool_for
 from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import service
@@ -63,7 +63,7 @@ TEXT_LIMIT = 1000              # characters kept of a text a pool reports (a tas
 
 def pool_of(job: Job) -> str:
     """The pool (``plan.SessionPlan.pool``) whose workers run ``job``."""
-    return held_pool(job.project.slug) if job.lane == "held" else job.project.slug
+    return pool_for(job.project.slug, job.lane)
 
 
 def role_of(job: Job) -> str:
@@ -508,7 +508,7 @@ class Engine:
         exception in its place (``PassedOver`` for a pool that is slow)."""
         rows = db.execute(select(Project.slug, Job.lane).join(Job.project)
                           .where(Job.state == "running", Job.kind != "cluster").distinct()).all()
-        pools = sorted({held_pool(slug) if lane == "held" else slug for slug, lane in rows})
+        pools = sorted({pool_for(slug, lane) for slug, lane in rows})
         self._slow = {p: v for p, v in self._slow.items() if p in pools}
         return dict(zip(pools, await asyncio.gather(*(self.read_report(p) for p in pools))))
 

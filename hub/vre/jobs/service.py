@@ -34,7 +34,7 @@ from ..accounts import get_account
 from ..db import JOB_FINAL, JOB_LANES, Job, Project, get_by_id, utcnow
 from ..errors import NotFound, VREError
 from ..gpus import host_devices
-from ..plan import (HELD_ROOT, HOME, WORKSPACE, PlanRefused, build_plan, held_dir, held_pool, jobs_run_dir,
+from ..plan import (HELD_ROOT, HOME, WORKSPACE, PlanRefused, build_plan, held_dir, jobs_run_dir, pool_for,
                     project_paths)
 from ..settings import Settings
 from .queue import Ask, fair_order
@@ -409,8 +409,7 @@ def to_dict(settings: Settings, job: Job, position: int | None = None, *, detail
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
     if job.kind == "cluster" and job.state == "running":  # where the session's Dask client connects
-        data["scheduler"] = scheduler_address(settings, held_pool(job.project.slug) if job.lane == "held"
-                                              else job.project.slug)
+        data["scheduler"] = scheduler_address(settings, pool_for(job.project.slug, job.lane))
     if detail:
         data["progress"] = progress(settings, job)
         data["outputs"] = outputs(settings, job)
