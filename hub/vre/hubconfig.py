@@ -83,7 +83,8 @@ def configure(c, settings: Settings) -> None:
         c.VREAuthenticator.settings = settings
     c.JupyterHub.custom_scopes = CUSTOM_SCOPES
     c.JupyterHub.load_roles = load_roles()
-    vre_env = {k: v for k, v in os.environ.items() if k.startswith("VRE_")}
+    # the VRE's settings; in a pod also where the cluster's API is (the job engine's in-cluster config)
+    vre_env = {k: v for k, v in os.environ.items() if k.startswith(("VRE_", "KUBERNETES_SERVICE_"))}
     vre_env["PATH"] = os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     vre_env["VRE_HUB_PID"] = str(os.getpid())  # its services die with this process (vre.services)
     # Managed services (the hub starts and restarts them; each dies with its hub): the audit
@@ -91,11 +92,11 @@ def configure(c, settings: Settings) -> None:
     # (its state is in the VRE database); the VRE service serves the VRE's own pages and APIs at
     # /services/vre/ (vre.api), JupyterHub's way to add HTTP endpoints (no extra_handlers); hostview
     # (root) records dataset reads from the host: no session or worker with data starts without it
-    # (host_services: neither hostview nor the engine runs beside a hub on Kubernetes).
+    # (run_services: no hostview beside a hub on Kubernetes).
     services = [{"name": "vre-audit-sealer", "command": [sys.executable, "-m", "vre.audit.sealer"],
                  "environment": vre_env},
                 service_spec(settings, vre_env), access_service(settings)]
-    services[:0] = [] if on_k8s else host_services(vre_env)
+    services[:0] = run_services(vre_env, on_k8s)
     c.JupyterHub.services = services
     c.JupyterHub.spawner_class = spawner_class = session_spawner_class(settings)
     c[spawner_class.__name__].settings = settings
@@ -127,20 +128,22 @@ def configure(c, settings: Settings) -> None:
     apply_operator_config(c, settings)
 
 
-def host_services(vre_env: dict[str, str]) -> list[dict]:
-    """The managed services that act on the hub's own machine, started only where sessions run
-    on it (sandbox, docker), never beside a hub on Kubernetes:
+def run_services(vre_env: dict[str, str], on_k8s: bool) -> list[dict]:
+    """The managed services beside the hub that act on runs:
 
-    - ``vre-hostview`` marks dataset mounts with fanotify through ``/proc/<pid>/root`` of each
-      run: a session pod's mounts are on its node, out of the hub pod's sight (and the hub pod
-      must not hold CAP_SYS_ADMIN on a node). On Kubernetes, dataset reads are not recorded from
-      outside the session until a per-node observer exists (a DaemonSet; not built).
-    - ``vre-jobs`` starts Dask schedulers and workers as bubblewrap sandboxes in cgroups and
-      network namespaces of this machine: inside a hub pod that would run researchers' jobs in
-      the hub's own pod, beside its secrets. The batch queue waits for its Kubernetes executor.
+    - ``vre-hostview`` (not on Kubernetes) marks dataset mounts with fanotify through
+      ``/proc/<pid>/root`` of each run: a session pod's mounts are on its node, out of the hub
+      pod's sight (and the hub pod must not hold CAP_SYS_ADMIN on a node). On Kubernetes, dataset
+      reads are not recorded from outside the session until a per-node observer exists (a
+      DaemonSet; not built).
+    - ``vre-jobs``, the job engine, starts each pool's Dask scheduler and workers where the
+      backend runs sessions (``jobs.engine.executor_for``): sandboxes on this machine, containers,
+      or pods in the project's namespace (never in the hub's own pod).
     """
-    return [{"name": "vre-hostview", "command": [sys.executable, "-m", "vre.hostview"], "environment": vre_env},
-            {"name": "vre-jobs", "command": [sys.executable, "-m", "vre.jobs.engine"], "environment": vre_env}]
+    jobs = {"name": "vre-jobs", "command": [sys.executable, "-m", "vre.jobs.engine"], "environment": vre_env}
+    if on_k8s:
+        return [jobs]
+    return [{"name": "vre-hostview", "command": [sys.executable, "-m", "vre.hostview"], "environment": vre_env}, jobs]
 
 
 def session_spawner_class(settings: Settings):

@@ -39,6 +39,8 @@ INNER_SERVICE_SOCKET = f"{INNER_RUN}/hub/vre.sock"
 SERVICE_API_PATH = "/services/vre/api"
 INNER_SOCKET = f"{INNER_RUN}/session/jupyter.sock"
 INNER_AGENT_DIR = f"{INNER_RUN}/agent"
+#: The agent's TCP port where no socket can be shared (a scheduler pod): bearer token, hub pods only.
+AGENT_PORT = 8785
 INNER_DOORBELL = f"{INNER_RUN}/doorbell"
 AUDIT_INGEST_PATH = f"{SERVICE_API_PATH}/audit/events"
 #: Held jobs' folders inside a held worker (``<projects_dir>/<project>/held`` on the host): their

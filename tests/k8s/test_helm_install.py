@@ -167,7 +167,7 @@ def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
     assert f"Created pod {sessions_ns}/" in hub_log, hub_log[-3000:]
     assert "Forbidden" not in hub_log and "forbidden" not in hub_log, hub_log[-3000:]
     assert kube.get("namespace", sessions_ns)["metadata"]["labels"]["vre.instance"] == release.instance
-    assert len(kube("get", "networkpolicy", "-n", sessions_ns, "-o", "name").split()) == 4
+    assert len(kube("get", "networkpolicy", "-n", sessions_ns, "-o", "name").split()) == 5
     assert kube.get("resourcequota", "project", sessions_ns)["spec"]["hard"]["pods"]
     kube.wait("the failed session's pod and Secret removed", lambda: not kube(
         "get", "pods,secrets", "-n", sessions_ns, "-l", "vre.role=session", "-o", "name").split(), sessions_ns, 60)
@@ -337,10 +337,166 @@ print(json.dumps(facts))
 """
 
 
+JOB_FACTS = """
+import glob, json, os, socket
+files = sorted(glob.glob("/data/lung-ct-screening/**/*.dcm", recursive=True))
+facts = {"files": len(files), "dicm": open(files[0], "rb").read(132)[128:] == b"DICM", "uid": os.getuid(),
+         "cwd": os.getcwd(), "datasets": sorted(os.listdir("/data"))}
+for path in ("/data/lung-ct-screening/x", "/usr/x"):
+    try:
+        open(path, "w")
+        facts[path] = "writable"
+    except OSError as e:
+        facts[path] = e.strerror
+status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+facts["cap_eff"], facts["no_new_privs"] = status["CapEff"].strip(), status["NoNewPrivs"].strip()
+for name, (host, port) in {"public": ($PUBLIC, 80), "hub_api": ($API, 8081)}.items():
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect((host, port))
+        facts[name] = "reached"
+    except OSError as e:
+        facts[name] = type(e).__name__
+json.dump(facts, open("result.json", "w"))
+print("JOB DONE", len(files))
+"""
+
+ASK_AGENT = """
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(f"http://{sys.argv[1]}:8785/jobs", timeout=10)
+    print("answered")
+except urllib.error.HTTPError as e:
+    print("status", e.code)
+except OSError as e:
+    print("unreachable", type(e).__name__)
+"""
+
+
+def _batch_job_in_pods(kube, rel, url: str, creds: dict, image: str, outsider_ns: str) -> int:
+    """alice's script job on the chart: the engine in the hub pod starts the project's Dask
+    scheduler and a worker as pods in the project's namespace; the job reads the dataset and
+    writes its result into the workspace; the agent answers the engine's token only, and only
+    the hub's pods reach its port. Returns the job's id."""
+    project, project_ns = "lung-screening", f"{rel.instance}-lung-screening"
+    public = kube.get("service", f"{rel.name}-proxy", rel.ns)["spec"]["clusterIP"]
+    api = kube.get("service", f"{rel.name}-hub", rel.ns)["spec"]["clusterIP"]
+    workspace = rel.state_dir / "projects" / project / "workspace"   # the hub's state volume, a node path
+    (workspace / "k8s_job.py").write_text(JOB_FACTS.replace("$PUBLIC", repr(public)).replace("$API", repr(api)))
+    (workspace / "k8s_job.py").chmod(0o644)
+    alice = HubClient(url, "alice")
+    alice.get_token(creds["alice"])
+    r = alice.vre_api("POST", "/jobs", json={"project": project, "kind": "script", "target": "project/k8s_job.py",
+                                             "cpu": 0.25, "mem_mb": 256, "name": "in a pod"})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+
+    def ended():
+        j = alice.vre_api("GET", f"/jobs/{job_id}").json()
+        return j if j["state"] in ("succeeded", "failed", "cancelled", "timed_out") else None
+
+    t0 = time.monotonic()
+    try:
+        done = kube.wait(f"batch job {job_id} to end", ended, project_ns, 300, "pods")
+    except BaseException:
+        hub_log = kube.run("logs", "-n", rel.ns, f"deploy/{rel.name}-hub", "-c", "hub").stdout
+        print("the job engine's log:\n" + "\n".join(line for line in hub_log.splitlines() if "vre-jobs" in line)[-6000:])
+        raise
+    print(f"submit to a job's end in pods (a new scheduler and worker): {time.monotonic() - t0:.1f} s")
+    log = alice.vre_api("GET", f"/jobs/{job_id}/log").json()["text"]
+    assert done["state"] == "succeeded", (done, log)
+    assert "JOB DONE" in log
+    facts = json.loads((workspace / "jobs" / str(job_id) / "result.json").read_text())
+    assert facts["datasets"] == ["lung-ct-screening"] and facts["files"] > 0 and facts["dicm"], facts
+    assert facts["/data/lung-ct-screening/x"] == facts["/usr/x"] == "Read-only file system", facts
+    assert facts["cap_eff"] == "0000000000000000" and facts["no_new_privs"] == "1", facts
+    assert facts["cwd"] == f"/home/jovyan/project/jobs/{job_id}", facts
+    # a worker reaches nothing outside its project: not the hub's public port, not its API
+    assert facts["public"] in ("TimeoutError", "ConnectionRefusedError"), facts
+    assert facts["hub_api"] in ("TimeoutError", "ConnectionRefusedError"), facts
+
+    pods = json.loads(kube("get", "pods", "-n", project_ns, "-l", "vre.pool=lung-screening", "-o", "json"))["items"]
+    by_role = {p["metadata"]["labels"]["vre.role"]: p for p in pods}
+    assert set(by_role) == {"scheduler", "worker"}, [p["metadata"]["name"] for p in pods]
+    for pod in by_role.values():
+        assert pod["spec"]["securityContext"]["runAsUser"] == facts["uid"] >= 1000
+        assert pod["spec"]["containers"][0]["image"] == image
+        assert pod["spec"]["automountServiceAccountToken"] is False
+    scheduler_ip = by_role["scheduler"]["status"]["podIP"]
+    # the agent answers the hub pod only with the engine's token, and nothing else reaches it
+    assert rel.exec_hub("python3", "-c", ASK_AGENT, scheduler_ip).strip() == "status 401"
+    kube.run_pod(outsider_ns, "client", ["sleep", "3600"])
+    _expect(kube, outsider_ns, "client", scheduler_ip, 8785, False, "the agent from another namespace")
+    _expect(kube, outsider_ns, "client", scheduler_ip, 8787, False, "the scheduler's dashboard from another namespace")
+
+    # a job over its memory is told so: the worker counts the OOM kills in its own cgroup
+    (workspace / "k8s_oom.py").write_text('block = b"x" * (1500 << 20)\nprint("survived", len(block))\n')
+    (workspace / "k8s_oom.py").chmod(0o644)
+    r = alice.vre_api("POST", "/jobs", json={"project": project, "kind": "script", "target": "project/k8s_oom.py",
+                                             "cpu": 0.25, "mem_mb": 256, "name": "too big"})
+    assert r.status_code == 201, r.text
+    oom_id = r.json()["id"]
+    oom = kube.wait(f"batch job {oom_id} to end", lambda: (j := alice.vre_api("GET", f"/jobs/{oom_id}").json())
+                    ["state"] in ("succeeded", "failed", "cancelled", "timed_out") and j, project_ns, 180, "pods")
+    assert oom["state"] == "failed" and "out of memory" in oom["reason"], oom
+
+    trail = {a: json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", a, "--limit", "100"))
+             for a in ("job.submit", "job.start", "job.finish")}
+    for action, events in trail.items():
+        assert any(e["target"] == f"job/{job_id}" and e["actor"] == "alice" for e in events), action
+    return job_id
+
+
+CLUSTER_JOB = """
+import json, os
+from vre_session import jobs
+client = jobs.dask_client(workers=1, cpu=0.25, mem_mb=256, max_runtime=300)
+seen = client.submit(lambda: sorted(os.listdir("/data"))).result()
+print(json.dumps({"address": client.scheduler.address, "data": seen, "job": client.vre_job.id}))
+client.close()
+"""
+
+
+def _cluster_job_from_a_session(kube, rel, url: str, creds: dict) -> None:
+    """alice's session pod asks for Dask workers (a cluster job): they are pods of the project's
+    pool, her client reaches the scheduler pod's address, the dashboard answers at the session's
+    /proxy/8787/, and her cancel removes the workers' pods."""
+    project, project_ns = "lung-screening", f"{rel.instance}-lung-screening"
+
+    def workers() -> set[str]:
+        return set(kube("get", "pods", "-n", project_ns, "-l", "vre.pool=lung-screening,vre.role=worker",
+                        "-o", "name").split())
+
+    before = workers()
+    rel.exec_hub("vre", "project", "set-profile", project, "small", "--cpu", "0.5", "--memory", "1G")  # 2 cores
+    alice = HubClient(url, "alice")
+    alice.get_token(creds["alice"])
+    alice.start(project, timeout=240)
+    k = alice.kernel(project)   # open while the dashboard is asked for: its relay is a thread in this kernel
+    try:
+        r = json.loads(k.check(CLUSTER_JOB, timeout=240).strip().splitlines()[-1])
+        assert r["data"] == ["lung-ct-screening"], r
+        scheduler = json.loads(kube("get", "pods", "-n", project_ns, "-l", "vre.pool=lung-screening,vre.role=scheduler",
+                                    "-o", "json"))["items"][0]
+        assert r["address"] == f"tcp://{scheduler['status']['podIP']}:8786", r
+        assert workers() - before, "the cluster job's worker is not a pod of the pool"
+        page = requests.get(f"{alice.server_url(project)}/proxy/8787/status",
+                            headers={"Authorization": f"token {alice.token}"}, timeout=30)
+        assert page.status_code == 200 and "Dask" in page.text, page.status_code
+        assert alice.vre_api("POST", f"/jobs/{r['job']}/cancel").status_code == 200
+        kube.wait("the cancelled cluster job's worker pods gone", lambda: not workers() - before, project_ns, 60)
+        assert alice.vre_api("GET", f"/jobs/{r['job']}").json()["state"] == "cancelled"
+    finally:
+        k.close()
+        alice.stop(project, timeout=120)
+
+
 def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, notebook_image):
     """Each demo project's session in a pod of the chart on a single node: its dataset (the demo's,
     in the hub's state volume) read-only and readable, the other project's absent, no capabilities,
-    a series viewed through the access layer, and the hub's audit trail recording it all."""
+    a series viewed through the access layer; a batch job in pods of the project's namespace
+    (``_batch_job_in_pods``); and the hub's audit trail recording it all."""
     rel = Release(kube, new_ns("data"), hub_image)
     args = [*rel.args, "--set", f"sessions.image={notebook_image}", "--set", f"hub.state.nodePath={rel.state_dir}",
             "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", "start_timeout": 180}}']
@@ -378,6 +534,9 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
             # a second start finds the home the hub made (0700, the member's; the hub pod cannot look in)
             c.start(project, timeout=240)
             c.stop(project, timeout=120)
+
+        _batch_job_in_pods(kube, rel, url, creds, notebook_image, new_ns("out"))
+        _cluster_job_from_a_session(kube, rel, url, creds)
 
         def trail(*filters: str) -> list[dict]:
             return json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--limit", "1000", *filters))

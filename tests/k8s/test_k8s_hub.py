@@ -1,6 +1,6 @@
 """A real hub (``vre up``) on ``backend = "kubernetes"`` against the test cluster.
 
-The hub starts without the services that act on its own machine, and a session request goes all
+The hub starts without the service that observes its own machine (hostview), and a session request goes all
 the way through JupyterHub and the KubernetesSpawner into the cluster: the project's namespace,
 policies and quota appear, the pod is created from the allowed image and, since the test image
 (busybox) has no Python to run the session's server, the start fails with the server's exit code
@@ -37,11 +37,11 @@ def k8s_hub(kube, make_hub):
                     VRE_JUPYTERHUB=json.dumps({"KubernetesSpawner": spawner}))
 
 
-def test_hub_runs_without_host_services(k8s_hub):
+def test_hub_runs_without_hostview(k8s_hub):
     assert k8s_hub.client("alice").api("GET", "/").status_code == 200
     log = k8s_hub.log_path.read_text()
     created = set(re.findall(r"Creating service (\S+)", log))
-    assert created == {"vre-audit-sealer", "vre", "vre-access"}, created   # no hostview, no job engine
+    assert created == {"vre-audit-sealer", "vre", "vre-access", "vre-jobs"}, created   # no hostview
     assert "Starting managed service vre-audit-sealer" in log and "vre-hostview" not in log
     assert "k8s_unobserved_reads = true" in log  # the opt-in is said where the operator looks
 
@@ -59,7 +59,8 @@ def test_session_request_reaches_the_cluster_and_fails_cleanly(k8s_hub, kube):
     assert nsobj["metadata"]["labels"]["vre.project"] == "lung-screening"
     policies = kube("get", "networkpolicy", "-n", ns, "-o", "name").split()
     assert sorted(policies) == sorted(f"networkpolicy.networking.k8s.io/{p}" for p in
-                                      ("default-deny", "project-internal", "hub-to-sessions", "sessions-to-hub"))
+                                      ("default-deny", "project-internal", "hub-to-sessions", "hub-to-agent",
+                                       "sessions-to-hub"))
     hard = kube.get("resourcequota", "project", ns)["spec"]["hard"]
     assert hard["limits.cpu"] and hard["pods"]
     kube.wait("the failed pod and its Secret removed",

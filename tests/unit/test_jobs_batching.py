@@ -9,7 +9,6 @@ import logging
 import math
 import random
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -75,6 +74,8 @@ class FakeExecutor:
     """What the engine asks of ``LocalDaskExecutor``, in memory: ``n`` warm workers of one shape
     and an agent whose jobs the test ends."""
 
+    oom_reported_inside = False
+
     def __init__(self, n: int, shape=(1.0, 1024, ()), pools=("lung",)):
         self.workers = {f"{p}-worker-{i}": Worker(f"{p}-worker-{i}", p, shape)
                         for p in pools for i in range(1, n + 1)}
@@ -87,8 +88,11 @@ class FakeExecutor:
     def scheduler_alive(self, project):
         return True
 
-    def agent_socket(self, project):
-        return Path("/")
+    def agent_ready(self, project):
+        return True
+
+    async def refresh(self):
+        pass
 
     def idle_worker(self, project, shape, datasets):
         return next((w for w in self.workers.values()
@@ -372,6 +376,25 @@ def test_exit_codes_in_range_are_recorded(world, code, state, reason):
     look(engine)
     row = job_row(world, job)
     assert (row.state, row.exit_code) == (state, code) and reason in row.reason
+
+
+@pytest.mark.parametrize("inside,reported,reason", [
+    (True, 1, "out of memory"), (False, 1, "killed by signal 9"),     # only where the engine cannot look
+    (True, 0, "killed by signal 9"), (True, True, "killed by signal 9"), (True, "1", "killed by signal 9"),
+])
+def test_a_workers_own_oom_count_is_taken_only_where_the_engine_cannot_read_it(world, inside, reported, reason):
+    """A pod's memory cgroup is on its node: the worker's task counts its OOM kills around the job
+    (the pods executor's ``oom_reported_inside``); elsewhere the engine reads the run's cgroup and
+    a worker's count is ignored. A count that is not an int counts for nothing."""
+    job = submit(world, "ann")
+    fake = FakeExecutor(1)
+    fake.oom_reported_inside = inside
+    engine = Engine(world, executor=fake)
+    look(engine)
+    fake.agent[job].update(state="done", result={"returncode": -9, "oom_kills": reported})
+    look(engine)
+    row = job_row(world, job)
+    assert row.state == "failed" and reason in row.reason, row.reason
 
 
 def test_texts_usage_and_entries_of_the_wrong_type_are_checked(world, caplog):

@@ -272,9 +272,17 @@ def test_what_a_pool_reports_about_a_job_is_reduced_to_figures():
     assert _usage("a forged report") == {} and _usage(None) == {}
 
 
-def test_no_job_is_queued_where_no_engine_runs_it(world):
-    """On Kubernetes the engine does not run (no executor there yet): a submission is refused with
-    the reason instead of waiting in the queue for ever."""
-    with pytest.raises(service.JobRejected, match="does not run on Kubernetes"):
-        sub(world.replace(backend="kubernetes"), kind="script", target="project/train.py")
-    assert sub(world, kind="script", target="project/train.py")["state"] == "queued"
+def test_on_kubernetes_only_jobs_its_executor_runs_are_queued(world):
+    """On Kubernetes, jobs run as pods (vre.jobs.pods) when the job service can write their folder
+    (hostPath storage, not held), need no GPU, and their data's reads may go unobserved; anything else is
+    refused with the reason instead of waiting in the queue for ever."""
+    k8s = world.replace(backend="kubernetes", k8s_storage="hostPath", k8s_unobserved_reads=True)
+    with pytest.raises(service.JobRejected, match="needs k8s_storage = \"hostPath\""):
+        sub(k8s.replace(k8s_storage="pvc"), kind="script", target="project/train.py")
+    with pytest.raises(service.JobRejected, match="records which dataset files it reads"):
+        sub(k8s.replace(k8s_unobserved_reads=False), kind="script", target="project/train.py")
+    with pytest.raises(service.JobRejected, match="held jobs do not run on Kubernetes"):
+        sub(k8s, kind="script", target="project/train.py", lane="held")
+    with pytest.raises(service.JobRejected, match="GPU batch jobs do not run on Kubernetes"):
+        sub(k8s, kind="script", target="project/train.py", profile="gpu", gpus=1)
+    assert sub(k8s, kind="script", target="project/train.py")["state"] == "queued"

@@ -48,20 +48,26 @@ def test_bad_kubernetes_settings_say_what_to_fix(tmp_path, text, fragment):
     assert fragment in str(e.value)
 
 
-def test_hub_on_kubernetes(tmp_path):
+def test_hub_on_kubernetes(tmp_path, monkeypatch):
     from vre.backends.kubernetes import KubernetesSpawner
     from vre.hubconfig import configure
 
     run = tempfile.mkdtemp(prefix="vre-k8s-")  # socket paths: short
     s = _load(tmp_path, f'k8s_hub_port = 8181\nrun_dir = "{run}/run"\n')
     (tmp_path / "state").mkdir()
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")   # as in a pod
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.setenv("UNRELATED_SECRET", "x")
     c = Config()
     configure(c, s)
     assert c.JupyterHub.spawner_class is KubernetesSpawner and c.KubernetesSpawner.settings is s
     names = [svc["name"] for svc in c.JupyterHub.services]
-    # hostview watches this machine's mounts, the job engine starts sandboxes on it: neither here
-    assert "vre-hostview" not in names and "vre-jobs" not in names
-    assert {"vre-audit-sealer", "vre", "vre-access"} <= set(names)
+    # hostview watches this machine's mounts: not here; the job engine starts pods (jobs/pods.py)
+    assert "vre-hostview" not in names
+    assert {"vre-audit-sealer", "vre", "vre-access", "vre-jobs"} <= set(names)
+    engine = next(svc for svc in c.JupyterHub.services if svc["name"] == "vre-jobs")["environment"]
+    assert engine["KUBERNETES_SERVICE_HOST"] == "10.96.0.1" and engine["KUBERNETES_SERVICE_PORT"] == "443"
+    assert "UNRELATED_SECRET" not in engine   # the hub's environment is not passed on
     assert c.JupyterHub.hub_bind_url == "http://0.0.0.0:8181"         # session pods reach it on TCP
     assert c.JupyterHub.hub_connect_url == "http://127.0.0.1:8181" == s.hub_local_url  # its services, the access layer
     assert "hub_connect_url" not in c.Spawner                          # pods get the cluster address

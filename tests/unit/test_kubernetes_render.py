@@ -10,12 +10,12 @@ import kubernetes_validate
 import pytest
 
 from vre.backends.kubernetes import (ACCESS_POD_LABELS, HUB_POD_LABELS, SECRET_ENV, SESSION_PORT,
-                                     KubernetesBackendError, ProjectQuota, check_reads_policy, network_policies,
-                                     object_name,
+                                     KubernetesBackendError, ProjectQuota, batch_pod, check_reads_policy,
+                                     island_namespace, namespace_name, network_policies, object_name,
                                      pod_server_args, project_objects, project_quota, run_secret,
                                      session_pod, storage_claims)
 from vre.backends.plan_spawner import server_command
-from vre.plan import Mount, SessionPlan, runtime_mounts
+from vre.plan import AGENT_PORT, Mount, SessionPlan, runtime_mounts
 from vre.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,6 +254,10 @@ def test_namespace_and_network_policies():
     assert rule["from"] == [{"namespaceSelector": hub_ns, "podSelector": {"matchLabels": HUB_POD_LABELS}},
                             {"namespaceSelector": hub_ns, "podSelector": {"matchLabels": ACCESS_POD_LABELS}}]
     assert rule["ports"] == [{"protocol": "TCP", "port": SESSION_PORT}]
+    (rule,) = pols["hub-to-agent"]["ingress"]   # the job engine (in the hub's pod) to the batch agent
+    assert pols["hub-to-agent"]["podSelector"] == {"matchLabels": {"vre.role": "scheduler"}}
+    assert rule == {"from": [{"namespaceSelector": hub_ns, "podSelector": {"matchLabels": HUB_POD_LABELS}}],
+                    "ports": [{"protocol": "TCP", "port": AGENT_PORT}]}
     (rule,) = pols["sessions-to-hub"]["egress"]
     assert rule == {"to": [{"namespaceSelector": hub_ns, "podSelector": {"matchLabels": HUB_POD_LABELS}}],
                     "ports": [{"protocol": "TCP", "port": 8081}, {"protocol": "TCP", "port": 8082}]}
@@ -266,12 +270,69 @@ def test_resource_quota_from_the_project():
                               profiles=[SimpleNamespace(cpu=1.0, mem_mb=2048, gpus=0),
                                         SimpleNamespace(cpu=4.0, mem_mb=16384, gpus=1)])
     quota = project_quota(project)
-    assert quota == ProjectQuota(cpu=14.0, mem_mb=57344, gpus=4, pods=6)
+    # sessions (3 members at the largest profile), the batch quota with each worker's own
+    # overhead (2 slots x 384 MiB), and the pool's scheduler (1 CPU, 1 GiB)
+    assert quota == ProjectQuota(cpu=15.0, mem_mb=59136, gpus=4, pods=6)
     rq = project_objects(SETTINGS, make_plan(), quota)[-1]
     assert rq["kind"] == "ResourceQuota" and rq["metadata"]["namespace"] == "vre-lung"
-    assert rq["spec"]["hard"] == {"pods": "6", "requests.cpu": "14000m", "limits.cpu": "14000m",
-                                  "requests.memory": "57344Mi", "limits.memory": "57344Mi",
+    assert rq["spec"]["hard"] == {"pods": "6", "requests.cpu": "15000m", "limits.cpu": "15000m",
+                                  "requests.memory": "59136Mi", "limits.memory": "59136Mi",
                                   "requests.nvidia.com/gpu": "4"}
+
+
+def batch_plan(role: str = "worker", pool: str = "lung", network: str = "vre-lung") -> SessionPlan:
+    """A pool's base plan (``build_plan(role=worker|held)``): the project's service uid, its data."""
+    return make_plan(user="ann", role=role, session_id=f"{pool}-worker", uid=300001, pool=pool, network=network,
+                     run_dir=Path(f"/run/vre-t/jobs/{pool}"),
+                     mounts=tuple(m for m in make_plan().mounts if m.kind in ("dataset", "catalog", "home", "workspace")),
+                     labels={"vre.user": "ann", "vre.project": "lung", "vre.session": f"{pool}-worker", "vre.role": role})
+
+
+def test_batch_pods_render_from_the_pools_plan():
+    """A pool's worker and scheduler are the session's pod rendering (identity, read-only root,
+    data read-only, limits) with the Dask command; the scheduler's agent token comes from its
+    Secret; the pods carry the pool, not a user (a warm worker serves any member)."""
+    worker = batch_plan().for_worker("lung-worker-1", cpu=1.0, mem_mb=1408, gpus=0)
+    pod = batch_pod(SETTINGS, worker, image=IMAGE, env=worker.env, command=["dask", "worker", "tcp://10.244.0.9:8786"])
+    validate(pod)
+    (c,) = pod["spec"]["containers"]
+    assert c["name"] == "worker" and "ports" not in c and "readinessProbe" not in c
+    assert c["command"][-3:] == ["dask", "worker", "tcp://10.244.0.9:8786"]
+    assert c["resources"]["limits"] == {"cpu": "1000m", "memory": "1408Mi"} == c["resources"]["requests"]
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]} and c["securityContext"]["readOnlyRootFilesystem"]
+    assert pod["spec"]["securityContext"]["runAsUser"] == 300001 and pod["spec"]["automountServiceAccountToken"] is False
+    assert mounts_by_path(pod)["/data/ct"]["readOnly"] is True
+    labels = pod["metadata"]["labels"]
+    assert labels["vre.pool"] == "lung" and labels["vre.role"] == "worker" and "vre.user" not in labels
+    assert pod["metadata"]["namespace"] == "vre-lung"
+
+    scheduler = batch_plan().for_scheduler("lung-scheduler", Path("/run/vre-t/jobs/wake.sock"))
+    env = {**scheduler.env, "VRE_AGENT_PORT": str(AGENT_PORT), "VRE_AGENT_TOKEN": "t" * 43}
+    pod = batch_pod(SETTINGS, scheduler, image=IMAGE, env=env, command=["dask", "scheduler"])
+    validate(pod)
+    (c,) = pod["spec"]["containers"]
+    assert c["name"] == "scheduler" and {p["containerPort"] for p in c["ports"]} == {8786, 8787, AGENT_PORT}
+    assert c["readinessProbe"]["tcpSocket"] == {"port": AGENT_PORT}
+    assert c["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}   # it bursts to its limits
+    token = next(e for e in c["env"] if e["name"] == "VRE_AGENT_TOKEN")
+    assert token == {"name": "VRE_AGENT_TOKEN", "valueFrom": {"secretKeyRef": {"name": "lung-scheduler-run",
+                                                                                  "key": "VRE_AGENT_TOKEN"}}}
+    assert "t" * 43 not in str(pod) and run_secret(SETTINGS, scheduler, {}, env)["stringData"]["VRE_AGENT_TOKEN"] == "t" * 43
+    assert not [m for m in mounts_by_path(pod) if m.startswith("/data")]   # a scheduler never has data
+
+
+def test_a_held_pool_has_a_namespace_no_project_can_have():
+    held = batch_plan("held", "lung.held", "vre-lung.held").for_worker("lung.held-worker-1", cpu=1.0, mem_mb=512, gpus=0)
+    assert namespace_name(held) == "vre-0held-lung"
+    pod = batch_pod(SETTINGS, held, image=IMAGE, env=held.env, command=["dask", "worker"])
+    validate(pod)
+    assert pod["metadata"]["namespace"] == "vre-0held-lung" and pod["metadata"]["labels"]["vre.pool"] == "lung.held"
+    assert pod["metadata"]["name"] != "lung.held-worker-1" and object_name("lung.held-worker-1") == pod["metadata"]["name"]
+    # a project slug starts with a letter: "0held-..." is never a project's namespace
+    assert island_namespace("vre-held-lung", "held-lung") == "vre-held-lung" != namespace_name(held)
+    for obj in project_objects(SETTINGS, held, QUOTA):
+        validate(obj)
+        assert obj["metadata"].get("namespace", obj["metadata"]["name"]) == "vre-0held-lung"
 
 
 def test_names_are_valid_and_distinct():

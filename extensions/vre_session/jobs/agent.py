@@ -1,9 +1,12 @@
 """The job service's hand inside a project's island: a preload of the project's Dask scheduler.
 
 ``dask scheduler --preload vre_session.jobs.agent`` serves a small HTTP API on the unix socket
-named by ``VRE_AGENT_SOCKET``. The job service (outside the island) reaches it through that
-socket; nothing here listens on a network port. The agent only executes: the queue, quotas and
-every decision live in the job service and its database.
+named by ``VRE_AGENT_SOCKET`` (sandbox and docker: the job service, outside the island, reaches
+it through that socket). In a pod there is no shared socket: the agent listens on TCP port
+``VRE_AGENT_PORT`` and answers only requests with the bearer token ``VRE_AGENT_TOKEN`` (the
+engine's, made per pool), which the project's NetworkPolicy opens to the hub's pods alone. The
+agent only executes: the queue, quotas and every decision live in the job service and its
+database.
 
 - ``POST /jobs``            {"id", "worker", "spec"}: run the job on that worker (a Dask task)
 - ``GET /jobs``             what each job is doing: pending, running (since), done (result), error
@@ -14,6 +17,7 @@ every decision live in the job service and its database.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
@@ -122,8 +126,13 @@ class Agent(SchedulerPlugin):
 
 
 class _Handler(web.RequestHandler):
-    def initialize(self, agent: Agent):
-        self.agent = agent
+    def initialize(self, agent: Agent, token: str = ""):
+        self.agent, self.token = agent, token
+
+    def prepare(self):
+        if self.token and not hmac.compare_digest(self.request.headers.get("Authorization", "").encode(),
+                                                  f"Bearer {self.token}".encode()):
+            raise web.HTTPError(401)
 
     def reply(self, data, status: int = 200) -> None:
         self.set_status(status)
@@ -152,17 +161,31 @@ class JobHandler(_Handler):
         self.reply({"ok": True})
 
 
+#: The shortest token the agent accepts on TCP (the engine's are 43 characters).
+MIN_TOKEN = 32
+
+
 async def dask_setup(scheduler) -> None:
-    path = os.environ["VRE_AGENT_SOCKET"]
+    path = os.environ.get("VRE_AGENT_SOCKET", "")
+    # not left in the scheduler's environment, where Dask's tools would show it to anyone
+    token = os.environ.pop("VRE_AGENT_TOKEN", "")
+    if not path and len(token) < MIN_TOKEN:
+        # Dask only logs a preload's failure and runs on: a scheduler without its agent is of no use
+        log.critical("the job agent needs VRE_AGENT_SOCKET, or VRE_AGENT_PORT with a VRE_AGENT_TOKEN of at least "
+                     "%d characters; stopping the scheduler", MIN_TOKEN)
+        logging.shutdown()
+        os._exit(2)
     agent = Agent(scheduler)
     scheduler.add_plugin(agent)
-    app = web.Application([
-        (r"/jobs", JobsHandler, {"agent": agent}),
-        (r"/jobs/(\d+)(?:/(cancel))?", JobHandler, {"agent": agent}),
-    ])
-    if os.path.exists(path):
-        os.unlink(path)
-    sock = netutil.bind_unix_socket(path, mode=0o600)
+    args = {"agent": agent, "token": "" if path else token}
+    app = web.Application([(r"/jobs", JobsHandler, args), (r"/jobs/(\d+)(?:/(cancel))?", JobHandler, args)])
     server = httpserver.HTTPServer(app)
-    server.add_socket(sock)
-    log.info("vre job agent listening on %s", path)
+    if path:
+        if os.path.exists(path):
+            os.unlink(path)
+        server.add_socket(netutil.bind_unix_socket(path, mode=0o600))
+        log.info("vre job agent listening on %s", path)
+    else:
+        port = int(os.environ["VRE_AGENT_PORT"])
+        server.listen(port, address="0.0.0.0")
+        log.info("vre job agent listening on port %d (bearer token)", port)

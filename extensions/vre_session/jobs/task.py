@@ -33,6 +33,7 @@ def run_job(spec: dict) -> dict:
         json.dump(spec, f)
     started = time.time()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ooms_before = oom_kills()
     with open(os.path.join(outdir, "log.txt"), "ab", buffering=0) as log:
         log.write(f"[vre] job {job_id} started on {spec.get('worker', '?')} at "
                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}; limit {spec['max_runtime_s']} s\n".encode())
@@ -56,12 +57,34 @@ def run_job(spec: dict) -> dict:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         code = proc.returncode
         log.write(f"[vre] job {job_id} ended with code {code}\n".encode())
+    ooms = oom_kills()
     return {
         "returncode": code, "timed_out": timed_out, "cancelled": cancelled,
+        # seen from inside (a pod's worker: nothing outside reads its cgroup); None: unknown
+        "oom_kills": ooms - ooms_before if ooms is not None and ooms_before is not None else None,
         "usage": {"wall_s": round(time.time() - started, 3),
                   "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 3),
                   "max_rss_mb": round(after.ru_maxrss / 1024, 1)},
     }
+
+
+#: Where a container sees its own memory cgroup's OOM kills (cgroup v2, then v1).
+OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel killed for this container's memory limit so far, or None
+    where the cgroup is not the container's own (a sandbox sees the host's: the engine reads it)."""
+    for path in OOM_FILES:
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -62,7 +62,13 @@ def prepare_host(plan: SessionPlan, identity: dict[str, str]) -> None:
             os.chmod(m.source, 0o700)
         elif m.kind == "hub" and not m.source.is_dir():  # the hub's own; made by the hub when missing
             m.source.mkdir(parents=True, mode=0o755)
-        elif m.kind == "held":  # held jobs' folders: the project's workers only, no session's mount
+    prepare_held_folder(plan)
+
+
+def prepare_held_folder(plan: SessionPlan) -> None:
+    """Held jobs' folders (a held plan's): the project's workers only, no session's mount."""
+    for m in plan.mounts:
+        if m.kind == "held":
             m.source.mkdir(parents=True, exist_ok=True)
             os.chown(m.source, plan.uid, plan.gid)
             os.chmod(m.source, 0o700)

@@ -40,19 +40,20 @@ import json
 import math
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from jupyterhub.spawner import Spawner
 from kubernetes_asyncio import config as k8s_config
-from kubernetes_asyncio.client import ApiClient, CoreV1Api
+from kubernetes_asyncio.client import ApiClient, CoreV1Api, NetworkingV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner.clients import shared_client
 from sqlalchemy import select
 from traitlets import CaselessStrEnum, Unicode, default
 
-from ..plan import AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan
+from ..jobs.executor import DASHBOARD_PORT, SCHEDULER_LIMITS, SCHEDULER_PORT, WORKER_OVERHEAD_MB
+from ..plan import AGENT_PORT, AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan, held_pool
 from ..settings import Settings, k8s_images
 from .host import prepare_home_and_workspace
 from .plan_spawner import PlanSpawner, server_args, server_command
@@ -65,7 +66,7 @@ HUB_POD_LABELS = {"vre.component": "hub"}
 ACCESS_POD_LABELS = {"vre.component": "access"}
 GPU_RESOURCE = "nvidia.com/gpu"
 #: Secret keys that carry credentials into a session's environment (never in the pod spec).
-SECRET_ENV = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "VRE_AUDIT_TOKEN")
+SECRET_ENV = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "VRE_AUDIT_TOKEN", "VRE_AGENT_TOKEN")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?")
 
@@ -85,11 +86,20 @@ def object_name(name: str) -> str:
     return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
-def namespace_name(plan: SessionPlan) -> str:
-    if not _DNS_LABEL.fullmatch(plan.network):
-        raise KubernetesBackendError(f"project island {plan.network!r} is not a valid namespace name; project "
+def island_namespace(network: str, project: str) -> str:
+    """The namespace of an island (``plan.island_name``): the project's is its name; a held pool's
+    (``<instance>-<slug>.held``, not a DNS label) is ``<instance>-0held-<slug>``, which no
+    project's can be (slugs start with a letter)."""
+    held = f"-{held_pool(project)}"
+    name = f"{network[:-len(held)]}-0held-{project}" if network.endswith(held) else network
+    if not _DNS_LABEL.fullmatch(name):
+        raise KubernetesBackendError(f"project island {name!r} is not a valid namespace name; project "
                                      "slugs and the instance name must be lowercase letters, digits and '-'")
-    return plan.network
+    return name
+
+
+def namespace_name(plan: SessionPlan) -> str:
+    return island_namespace(plan.network, plan.project)
 
 
 def labels(settings: Settings, plan: SessionPlan) -> dict[str, str]:
@@ -132,12 +142,23 @@ class ProjectQuota:
 
 def project_quota(project) -> ProjectQuota:
     """A project's quota from the database row: one session per member at the largest profile,
-    plus the batch queue's quota (``job_*``: slots, CPUs, memory, GPUs) and its scheduler pod."""
+    plus the batch queue's quota (``job_*``: slots, CPUs, memory, GPUs) with each worker's own
+    overhead, and its scheduler pod."""
     profiles = list(project.profiles) or []
     members = len(project.members)
     top = lambda attr: max((getattr(p, attr) for p in profiles), default=0)  # noqa: E731
-    return ProjectQuota(cpu=members * top("cpu") + project.job_cpu, mem_mb=members * top("mem_mb") + project.job_mem_mb,
+    batch_mb = project.job_mem_mb + project.job_slots * WORKER_OVERHEAD_MB + SCHEDULER_LIMITS["mem_mb"]
+    return ProjectQuota(cpu=members * top("cpu") + project.job_cpu + SCHEDULER_LIMITS["cpu"],
+                        mem_mb=members * top("mem_mb") + batch_mb,
                         gpus=members * top("gpus") + project.job_gpus, pods=members + project.job_slots + 1)
+
+
+def read_project_quota(settings: Settings, slug: str) -> ProjectQuota:
+    """:func:`project_quota` of the project ``slug`` as the database has it now."""
+    from .. import db as vdb
+
+    with vdb.session_scope(settings.vre_db_url) as db:
+        return project_quota(db.scalar(select(vdb.Project).where(vdb.Project.slug == slug)))
 
 
 def _cpu(cpu: float) -> str:
@@ -169,9 +190,10 @@ def _hub_peer(settings: Settings, pod_labels: dict) -> dict:
 
 def network_policies(settings: Settings, plan: SessionPlan) -> list[dict]:
     """Default deny both ways, then: the project's pods with each other; the hub and the access
-    layer to the session port of its sessions; its sessions to the hub's API and the VRE
-    service's session port (audit ingest, jobs, airlock) on the hub's pods. Nothing else:
-    no other project, no node address, no internet, no DNS."""
+    layer to the session port of its sessions; the hub (its job engine) to the agent port of the
+    batch scheduler; its sessions to the hub's API and the VRE service's session port (audit
+    ingest, jobs, airlock) on the hub's pods. Nothing else: no other project, no node address,
+    no internet, no DNS. (A held pool's namespace has the same policies and no sessions.)"""
     ns = namespace_name(plan)
     sessions = {"matchLabels": {"vre.role": "session"}}
     return [
@@ -183,6 +205,10 @@ def network_policies(settings: Settings, plan: SessionPlan) -> list[dict]:
             "podSelector": sessions, "policyTypes": ["Ingress"],
             "ingress": [{"from": [_hub_peer(settings, HUB_POD_LABELS), _hub_peer(settings, ACCESS_POD_LABELS)],
                          "ports": [{"protocol": "TCP", "port": SESSION_PORT}]}]}),
+        _policy(ns, "hub-to-agent", {
+            "podSelector": {"matchLabels": {"vre.role": "scheduler"}}, "policyTypes": ["Ingress"],
+            "ingress": [{"from": [_hub_peer(settings, HUB_POD_LABELS)],
+                         "ports": [{"protocol": "TCP", "port": AGENT_PORT}]}]}),
         _policy(ns, "sessions-to-hub", {
             "podSelector": sessions, "policyTypes": ["Egress"],
             "egress": [{"to": [_hub_peer(settings, HUB_POD_LABELS)],
@@ -230,9 +256,11 @@ def _dataset_source(settings: Settings, mount) -> dict:
 
 
 def _storage_source(settings: Settings, plan: SessionPlan, mount) -> dict:
-    """Home, workspace or catalogue records: the host path (single node) or the project's claim."""
+    """Home, workspace, held jobs' folder or catalogue records: the host path (single node) or the
+    project's claim."""
     if settings.k8s_storage == "pvc":
-        claim = {"home": object_name(f"home-{plan.user}"), "workspace": "workspace", "catalog": "catalog"}[mount.kind]
+        claim = {"home": object_name(f"home-{plan.user}"), "workspace": "workspace", "catalog": "catalog",
+                 "held": "held"}[mount.kind]
         return {"persistentVolumeClaim": {"claimName": claim, **({"readOnly": True} if mount.readonly else {})}}
     return _host_path(settings, mount.source)
 
@@ -293,7 +321,7 @@ def volumes_and_mounts(settings: Settings, plan: SessionPlan, tmp_size: str = "2
             volumes.append({"name": name, **_dataset_source(settings, m)})
             mounts.append({"name": name, "mountPath": m.target, "readOnly": True, "recursiveReadOnly": "IfPossible"})
             continue
-        if m.kind in ("catalog", "home", "workspace"):
+        if m.kind in ("catalog", "home", "workspace", "held"):
             volumes.append({"name": name, **_storage_source(settings, plan, m)})
             if m.kind == "catalog" and settings.k8s_storage == "pvc":  # one claim, a directory per dataset
                 mounts.append({"name": name, "mountPath": m.target, "readOnly": True,
@@ -366,6 +394,54 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
             "metadata": {"name": object_name(plan.session_id), "namespace": namespace_name(plan),
                          "labels": labels(settings, plan)},
             "spec": spec}
+
+
+#: What a pool's scheduler pod requests (its limits are ``SCHEDULER_LIMITS``).
+SCHEDULER_REQUESTS = {"cpu": "100m", "memory": "256Mi"}
+
+
+def batch_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[str, str], command: list[str],
+              pull_policy: str = "IfNotPresent", tmp_size: str = "2Gi") -> dict:
+    """A batch pool's Dask scheduler or worker (``plan.for_scheduler``/``for_worker``): the
+    session's rendering (identity, read-only root, volumes, limits, no token, the allow-list) with
+    the Dask command, the scheduler's ports, and the pool's labels (``vre.pool``; no user: a warm
+    worker serves the project's members in turn)."""
+    pod = session_pod(settings, plan, image=image, env=env, command=command, pull_policy=pull_policy,
+                      tmp_size=tmp_size)
+    container = pod["spec"]["containers"][0]
+    del container["readinessProbe"], container["ports"]
+    container["name"] = "scheduler" if plan.role == "scheduler" else "worker"
+    if plan.role == "scheduler":
+        container["ports"] = [{"name": "dask", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
+                              {"name": "dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
+                              {"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"}]
+        container["readinessProbe"] = {"tcpSocket": {"port": AGENT_PORT}, "periodSeconds": 1, "failureThreshold": 3}
+        # it mostly waits: it requests a little and may burst to its limits (a worker's are its job's)
+        container["resources"]["requests"] = dict(SCHEDULER_REQUESTS)
+    meta_labels = pod["metadata"]["labels"]
+    meta_labels.pop("vre.user", None)
+    meta_labels["vre.pool"] = plan.pool
+    labels(settings, replace(plan, labels=meta_labels))  # checked as label values
+    return pod
+
+
+async def put_object(client: ApiClient, obj: dict) -> None:
+    """Create ``obj``, or replace it when it exists (the hub's rendering wins; a namespace is kept,
+    it holds the project's claims, and only its labels are put back)."""
+    kind, ns, name = obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]
+    api = NetworkingV1Api(client) if kind == "NetworkPolicy" else CoreV1Api(client)
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower()
+    args = (ns, obj) if ns else (obj,)
+    scope = "namespaced_" if ns else ""
+    try:
+        await getattr(api, f"create_{scope}{snake}")(*args)
+    except ApiException as e:
+        if e.status != 409:
+            raise KubernetesBackendError(f"the cluster refused {kind} {ns or ''}/{name}: {api_reason(e)}") from None
+        if kind == "Namespace":
+            await api.patch_namespace(name, {"metadata": {"labels": obj["metadata"]["labels"]}})
+        else:
+            await getattr(api, f"replace_{scope}{snake}")(name, *args)
 
 
 class KubernetesSpawner(PlanSpawner, Spawner):
@@ -445,21 +521,7 @@ class KubernetesSpawner(PlanSpawner, Spawner):
         return shared_client(kind)
 
     async def _put(self, obj: dict) -> None:
-        """Create ``obj``, or replace it when it exists (the hub's rendering wins)."""
-        kind, ns, name = obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]
-        api = await self._api("NetworkingV1Api" if kind == "NetworkPolicy" else "CoreV1Api")
-        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower()
-        args = (ns, obj) if ns else (obj,)
-        scope = "namespaced_" if ns else ""
-        try:
-            await getattr(api, f"create_{scope}{snake}")(*args)
-        except ApiException as e:
-            if e.status != 409:
-                raise KubernetesBackendError(f"the cluster refused {kind} {ns or ''}/{name}: {_reason(e)}") from None
-            if kind == "Namespace":  # keep it (it holds the project's claims); bring its labels back
-                await api.patch_namespace(name, {"metadata": {"labels": obj["metadata"]["labels"]}})
-            else:
-                await getattr(api, f"replace_{scope}{snake}")(name, *args)
+        await put_object((await self._api()).api_client, obj)
 
     async def _ensure(self, obj: dict) -> None:
         """Create ``obj`` unless it exists (claims: kept as they are, data and all)."""
@@ -470,7 +532,7 @@ class KubernetesSpawner(PlanSpawner, Spawner):
             self.log.info("Created claim %s/%s (%s)", ns, name, obj["spec"]["resources"]["requests"]["storage"])
         except ApiException as e:
             if e.status != 409:
-                raise KubernetesBackendError(f"the cluster refused claim {ns}/{name}: {_reason(e)}") from None
+                raise KubernetesBackendError(f"the cluster refused claim {ns}/{name}: {api_reason(e)}") from None
 
     # -- start ---------------------------------------------------------------------------------
     def _prepare_host(self, plan: SessionPlan) -> None:
@@ -485,10 +547,7 @@ class KubernetesSpawner(PlanSpawner, Spawner):
         plan.run_dir.mkdir(parents=True, mode=0o755)
 
     def _project_quota(self, plan: SessionPlan) -> ProjectQuota:
-        from .. import db as vdb
-
-        with vdb.session_scope(self.settings.vre_db_url) as db:
-            return project_quota(db.scalar(select(vdb.Project).where(vdb.Project.slug == plan.project)))
+        return read_project_quota(self.settings, plan.project)
 
     async def _hub_url(self) -> str:
         if self.hub_address:
@@ -498,7 +557,7 @@ class KubernetesSpawner(PlanSpawner, Spawner):
             svc = await api.read_namespaced_service(self.hub_service, self.settings.k8s_hub_namespace)
         except ApiException as e:
             raise KubernetesBackendError(f"no hub Service {self.settings.k8s_hub_namespace}/{self.hub_service} "
-                                         f"({_reason(e)}); the chart creates it (or set hub_address)") from None
+                                         f"({api_reason(e)}); the chart creates it (or set hub_address)") from None
         return f"http://{svc.spec.cluster_ip}:{self.settings.k8s_hub_port}"
 
     def _environment(self, plan: SessionPlan) -> dict[str, str]:
@@ -537,7 +596,7 @@ class KubernetesSpawner(PlanSpawner, Spawner):
         try:
             await api.create_namespaced_pod(ns, pod)
         except ApiException as e:
-            raise KubernetesBackendError(f"the cluster refused the session's pod: {_reason(e)}") from None
+            raise KubernetesBackendError(f"the cluster refused the session's pod: {api_reason(e)}") from None
         self.pod_name, self.pod_namespace = name, ns
         self.log.info("Created pod %s/%s for %s from %s", ns, name, plan.session_id, image)
 
@@ -557,7 +616,7 @@ class KubernetesSpawner(PlanSpawner, Spawner):
                                self._exit_code, await self._log_tail())
                 raise RuntimeError(f"the session's server exited during start (code {self._exit_code}); "
                                    "an admin can read its log in the hub's log")
-            waiting = _waiting_reason(pod)
+            waiting = waiting_reason(pod)
             if waiting in FATAL_WAITING:
                 raise KubernetesBackendError(f"the session's pod cannot start: {waiting}")
             ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or ())
@@ -593,7 +652,7 @@ class KubernetesSpawner(PlanSpawner, Spawner):
         except ApiException as e:
             if e.status == 404:
                 return False
-            self.log.warning("Could not ask the cluster about %s: %s; leaving it running", self._log_name, _reason(e))
+            self.log.warning("Could not ask the cluster about %s: %s; leaving it running", self._log_name, api_reason(e))
             return None
         except OSError as e:
             self.log.warning("Could not reach the cluster about %s: %s; leaving it running", self._log_name, e)
@@ -612,7 +671,7 @@ class KubernetesSpawner(PlanSpawner, Spawner):
                 await call(obj, ns, grace_period_seconds=math.ceil(grace))
             except ApiException as e:
                 if e.status != 404:
-                    raise KubernetesBackendError(f"could not delete {ns}/{obj}: {_reason(e)}") from None
+                    raise KubernetesBackendError(f"could not delete {ns}/{obj}: {api_reason(e)}") from None
 
     async def _remove(self, grace: float) -> None:
         # also after a failed start that created the pod but never recorded it
@@ -627,7 +686,7 @@ FATAL_WAITING = ("ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "Inval
                  "CreateContainerConfigError", "CreateContainerError")
 
 
-def _waiting_reason(pod) -> str:
+def waiting_reason(pod) -> str:
     for c in pod.status.container_statuses or ():
         if c.state and c.state.waiting and c.state.waiting.reason:
             return c.state.waiting.reason
@@ -641,7 +700,7 @@ def _exit_code(pod) -> int | None:
     return None
 
 
-def _reason(e: ApiException) -> str:
+def api_reason(e: ApiException) -> str:
     try:
         return json.loads(e.body).get("message") or e.reason
     except (TypeError, ValueError):

@@ -7,6 +7,8 @@ the restrictions of the project's sessions, kept when the browser closes, and au
 - ``engine``: the ``vre-jobs`` process (a JupyterHub-managed service) that admits queued jobs,
   hands them to an executor, follows them and records how they ended.
 - ``executor``: how jobs run. ``LocalDaskExecutor`` runs, per project, a Dask scheduler and
-  workers as sandboxes rendered from the project's plan (role=worker) inside the project's island.
-  A Kubernetes executor (namespaces, ResourceQuota, suspended Jobs for Kueue) plugs in beside it.
+  workers as sandboxes rendered from the project's plan (role=worker) inside the project's island;
+  ``containers.ContainerDaskExecutor`` (docker) and ``pods.PodDaskExecutor`` (kubernetes) run
+  the same as containers and pods, overriding only how a run is launched, found, stopped and
+  addressed.
 """

@@ -162,6 +162,9 @@ def executor_for(settings: Settings) -> LocalDaskExecutor:
     if settings.backend == "docker":
         from .containers import ContainerDaskExecutor
         return ContainerDaskExecutor(settings)
+    if settings.backend == "kubernetes":
+        from .pods import PodDaskExecutor
+        return PodDaskExecutor(settings)
     return LocalDaskExecutor(settings)
 
 
@@ -219,6 +222,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):  # the hub stops services with SIGINT, then SIGTERM
             loop.add_signal_handler(sig, self._request_stop)
+        await self.executor.connect()
         self.adopt()
         log.info("job engine running (instance %s)", self.settings.instance)
         while not self._stopping:
@@ -256,6 +260,9 @@ class Engine:
             with self.timed("db: active projects"):
                 active = db.scalars(select(Project).where(Project.id.in_(
                     select(Job.project_id).where(Job.state.in_(("queued", "running")))))).all()
+            if active:
+                with self.timed("executor: refresh"):
+                    await self.executor.refresh()
             with self.timed("agent: GET /jobs (status), every pool at once"):
                 self._reports = await self.read_reports(db) if active else {}
             for project in active:
@@ -394,8 +401,7 @@ class Engine:
         worker) for the caller to commit with the other starts of this look and then hand to the
         agent, or None when it needs the full path (``start``: GPUs, a new worker or scheduler)."""
         pool = pool_of(job)
-        if job.gpus or job.kind == "cluster" or not self.executor.scheduler_alive(pool) \
-                or not self.executor.agent_socket(pool).exists():
+        if job.gpus or job.kind == "cluster" or not self.executor.agent_ready(pool):
             return None
         # nothing is flushed before the look's commit (no write lock held across the await below)
         try:
@@ -628,6 +634,9 @@ class Engine:
             log.warning("pool %s: malformed report on job %s (exit code %.40r)", pool_of(job), job.id, code)
             code = None
         oom = self.executor.oom_kills(job.worker) > job.usage.get("oom_before", 0)
+        inside = result.get("oom_kills")   # the worker's own count: its word, about its own job only
+        if self.executor.oom_reported_inside and isinstance(inside, int) and not isinstance(inside, bool):
+            oom = oom or inside > 0
         usage = _usage(result.get("usage"))
         job.exit_code = code
         if result.get("cancelled") is True:

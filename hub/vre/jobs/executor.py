@@ -18,9 +18,10 @@ job's CPU, memory and pids limits, and only the granted GPUs in /dev.
 - Processes are found again after a restart through their cgroups (``<instance>/<name>``).
 
 On the docker backend, ``vre.jobs.containers.ContainerDaskExecutor`` runs the same scheduler and
-workers as containers on the project's internal network (``engine.executor_for`` picks by
-backend): it overrides only how a run is launched, found, stopped and addressed (the hooks at
-the end here).
+workers as containers on the project's internal network, and on kubernetes
+``vre.jobs.pods.PodDaskExecutor`` as pods in the project's namespace (``engine.executor_for``
+picks by backend): they override only how a run is launched, found, stopped and addressed (the
+hooks at the end here).
 """
 
 from __future__ import annotations
@@ -94,12 +95,16 @@ async def _read_capped(reader: asyncio.StreamReader, limit: int) -> bytes:
     return bytes(data)
 
 
-async def _http(socket_path: Path, method: str, path: str, body: dict | None = None, timeout: float = 10) -> dict:
-    """A tiny HTTP/1.1 client over a unix socket (the agent's API)."""
+async def _http(target: Path | tuple[str, int], method: str, path: str, body: dict | None = None,
+                timeout: float = 10, token: str = "") -> dict:
+    """A tiny HTTP/1.1 client of the agent's API: over its unix socket (a path), or over TCP
+    (``(host, port)``, a pod's agent) with its bearer ``token``."""
     data = json.dumps(body).encode() if body is not None else b""
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), timeout)
+    connect = asyncio.open_connection(*target) if isinstance(target, tuple) else asyncio.open_unix_connection(str(target))
+    reader, writer = await asyncio.wait_for(connect, timeout)
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     try:
-        writer.write(f"{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n{auth}"
                      f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
         await writer.drain()
         raw = await asyncio.wait_for(_read_capped(reader, MAX_REPLY), timeout)
@@ -154,7 +159,7 @@ class LocalDaskExecutor:
     async def status(self, pool: str) -> dict:
         """The agent's view of the pool's jobs; SchedulerLost if the scheduler is gone."""
         try:
-            return await _http(self.agent_socket(pool), "GET", "/jobs")
+            return await self.agent(pool, "GET", "/jobs")
         except (OSError, asyncio.TimeoutError, ExecutorError) as e:
             if not await asyncio.to_thread(self.scheduler_alive, pool):
                 raise SchedulerLost(f"the scheduler of pool {pool} is gone") from None
@@ -162,17 +167,17 @@ class LocalDaskExecutor:
 
     async def ensure_scheduler(self, plan: SessionPlan) -> None:
         pool = plan.pool
-        if self.scheduler_alive(pool) and self.agent_socket(pool).exists():
+        if self.agent_ready(pool):
             return
         plan = plan.for_scheduler(self.scheduler_name(pool), wake_socket(self.settings))
-        await asyncio.to_thread(prepare_host, plan, self.identity_files(plan))
+        await asyncio.to_thread(self.prepare, plan)
         argv = [self.dask, "scheduler", "--host", self.listen_host, "--port", str(SCHEDULER_PORT),
                 "--dashboard-address", f"{self.listen_host}:{DASHBOARD_PORT}", "--preload", "vre_session.jobs.agent"]
         await self._launch(plan, argv, (), limits=SCHEDULER_LIMITS)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.scheduler_start_s
         while time.monotonic() < deadline:
             try:
-                await _http(self.agent_socket(pool), "GET", "/jobs", timeout=2)
+                await self.agent(pool, "GET", "/jobs", timeout=2)
                 await asyncio.to_thread(self.publish_address, pool)
                 log.info("scheduler of pool %s is up", pool)
                 return
@@ -202,7 +207,7 @@ class LocalDaskExecutor:
                 raise ExecutorError(f"pool {plan.pool} has {MAX_WORKERS} workers already")
         name = f"{plan.pool}-worker-{n}"
         plan = plan.for_worker(name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices))
-        await asyncio.to_thread(prepare_host, plan, self.identity_files(plan))
+        await asyncio.to_thread(self.prepare, plan)
         scheduler = await asyncio.to_thread(self.scheduler_address, plan.pool)
         argv = [self.dask, "worker", scheduler, "--name", name, "--nthreads", "1",
                 "--no-nanny", "--memory-limit", "0", "--no-dashboard", "--local-directory", "/tmp",
@@ -214,7 +219,7 @@ class LocalDaskExecutor:
 
     def stop_worker(self, name: str) -> None:
         self.kill(name)
-        hostview.unmark(self.settings, name)
+        self.unmark(name)
         worker = self.workers.pop(name, None)
         shutil.rmtree(self.pool_dir(worker.pool if worker else name.rsplit("-worker-", 1)[0])
                       / "workers" / name, ignore_errors=True)
@@ -253,10 +258,14 @@ class LocalDaskExecutor:
 
     # -- jobs ----------------------------------------------------------------------------
     async def submit(self, pool: str, worker: str, spec: dict) -> None:
-        await _http(self.agent_socket(pool), "POST", "/jobs", {"id": spec["id"], "worker": worker, "spec": spec})
+        await self.agent(pool, "POST", "/jobs", {"id": spec["id"], "worker": worker, "spec": spec})
 
     async def cancel(self, pool: str, job_id: int) -> bool:
-        return (await _http(self.agent_socket(pool), "POST", f"/jobs/{job_id}/cancel"))["found"]
+        return (await self.agent(pool, "POST", f"/jobs/{job_id}/cancel"))["found"]
+
+    def unmark(self, name: str) -> None:
+        """The run is gone: hostview stops recording its reads."""
+        hostview.unmark(self.settings, name)
 
     async def serve(self, worker: str, user: str, job_id: int) -> None:
         """Tell hostview which job (and user) a worker's dataset reads are for from now on."""
@@ -265,14 +274,20 @@ class LocalDaskExecutor:
 
     async def forget(self, pool: str, job_id: int) -> None:
         try:
-            await _http(self.agent_socket(pool), "DELETE", f"/jobs/{job_id}")
+            await self.agent(pool, "DELETE", f"/jobs/{job_id}")
         except (OSError, asyncio.TimeoutError, ExecutorError):
             pass
 
-    # -- how a run is launched, found, stopped and addressed (ContainerDaskExecutor overrides) --
+    # -- how a run is launched, found, stopped and addressed (ContainerDaskExecutor and
+    #    PodDaskExecutor override) --
     #: The dask command and the scheduler's listening address (inside the pool's island, which
     #: its sessions share: 127.0.0.1 in a network namespace).
     listen_host = "127.0.0.1"
+    #: Seconds a new scheduler's agent may take to answer.
+    scheduler_start_s = 60
+    #: Whether the engine takes a worker's own count of OOM kills in its job (``task.oom_kills``)
+    #: where it cannot read the run's cgroup itself (a pod's is on its node).
+    oom_reported_inside = False
 
     @property
     def dask(self) -> str:
@@ -280,6 +295,24 @@ class LocalDaskExecutor:
 
     def identity_files(self, plan: SessionPlan) -> dict[str, str]:
         return bwrap.identity_files(plan)
+
+    async def connect(self) -> None:
+        """Before the engine's first look (and its adoption of running jobs)."""
+
+    async def refresh(self) -> None:
+        """At the start of each look: what the sync hooks below read may be cached until the next."""
+
+    def prepare(self, plan: SessionPlan) -> None:
+        """The host side of a new run: home, workspace and a fresh run directory."""
+        prepare_host(plan, self.identity_files(plan))
+
+    def agent_ready(self, pool: str) -> bool:
+        """Whether the pool's scheduler runs and its agent can be asked."""
+        return self.scheduler_alive(pool) and self.agent_socket(pool).exists()
+
+    async def agent(self, pool: str, method: str, path: str, body: dict | None = None, timeout: float = 10) -> dict:
+        """A request to the pool's agent (its API: ``vre_session.jobs.agent``)."""
+        return await _http(self.agent_socket(pool), method, path, body, timeout)
 
     def alive(self, name: str) -> bool:
         """Whether the scheduler or worker ``name`` runs."""
@@ -305,6 +338,7 @@ class LocalDaskExecutor:
     def publish_address(self, pool: str) -> None:
         """Say where the scheduler is, for the jobs API to tell a session's Dask client."""
         path = scheduler_file(self.settings, pool)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".new").write_text(self.scheduler_address(pool))
         path.with_suffix(".new").replace(path)
 

@@ -34,6 +34,7 @@ from ..accounts import get_account
 from ..db import JOB_FINAL, JOB_LANES, Job, Project, get_by_id, utcnow
 from ..errors import NotFound, VREError
 from ..gpus import host_devices
+from ..hostfiles import hold_group
 from ..plan import (HELD_ROOT, HOME, WORKSPACE, PlanRefused, build_plan, held_dir, jobs_run_dir, pool_for,
                     project_paths)
 from ..settings import Settings
@@ -71,6 +72,13 @@ def job_folder(settings: Settings, project: str, job_id: int, lane: str = "open"
         return held.parent, f"{held.name}/jobs/{job_id}"
     workspace, _ = project_paths(settings, project, "_")
     return workspace, f"jobs/{job_id}"
+
+
+def reach_job_folder(settings: Settings, project: Project, job_id: int, lane: str = "open") -> tuple[Path, str]:
+    """``job_folder`` for this process to open: it holds the project's group first, as a hub in
+    a pod without CAP_DAC_OVERRIDE must (``hostfiles.hold_group``)."""
+    hold_group(settings.gid_base + project.id)
+    return job_folder(settings, project.slug, job_id, lane)
 
 
 def outdir_on_host(settings: Settings, project: str, job_id: int, lane: str = "open") -> Path:
@@ -134,9 +142,10 @@ def _number(body: dict, name: str, kind, default, lo, hi, unit: str = ""):
 
 def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     """Validate a submission and queue it. ``body`` is the API's JSON (see extensions/API.md)."""
-    if settings.backend == "kubernetes":  # the engine does not run there (vre.hubconfig.host_services)
-        raise JobRejected("the batch queue does not run on Kubernetes yet (its executor is not built): no job "
-                          "would start; run the analysis in your session instead")
+    if settings.backend == "kubernetes" and settings.k8s_storage != "hostPath":
+        raise JobRejected("the batch queue on Kubernetes needs k8s_storage = \"hostPath\" for now (the job service "
+                          "writes each job's folder into the project's workspace, and it cannot reach a workspace "
+                          "claim): no job would start; run the analysis in your session instead")
     if not isinstance(body, dict):
         raise JobRejected("the request body must be a JSON object")
     kind = body.get("kind")
@@ -165,7 +174,18 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     if gpus > project.job_gpus:
         raise JobRejected(f"the job asks for {gpus} GPU(s) but project {project.slug!r} may use "
                           f"{project.job_gpus} at once; ask for fewer")
-    if gpus > len(host_devices(settings)):
+    if settings.backend == "kubernetes":
+        if lane == "held":
+            raise JobRejected("held jobs do not run on Kubernetes yet (their folders are the project's workers' "
+                              "alone, out of the hub pod's reach); submit it on a sandbox or docker deployment")
+        if gpus:
+            raise JobRejected("GPU batch jobs do not run on Kubernetes yet; submit it without GPUs, or use a GPU "
+                              "session")
+        if plan.datasets and not settings.k8s_unobserved_reads:
+            raise JobRejected(f"project {project.slug!r} has datasets, and on Kubernetes nothing outside the job "
+                              "records which dataset files it reads; an admin may accept that with "
+                              "k8s_unobserved_reads = true")
+    elif gpus > len(host_devices(settings)):
         raise JobRejected(f"the job asks for {gpus} GPU(s) but this host has {len(host_devices(settings))}")
     if cpu > project.job_cpu or mem > project.job_mem_mb:
         raise JobRejected(f"the job asks for {cpu:g} CPU and {mem} MiB, more than project {project.slug!r}'s "
@@ -240,7 +260,7 @@ def make_outdir(settings: Settings, project: Project, job_id: int, payload: byte
     held, beside it (the project's workers only), with a held job's copy of its code."""
     from ..plan import project_uid
 
-    base, rel = job_folder(settings, project.slug, job_id, lane)
+    base, rel = reach_job_folder(settings, project, job_id, lane)
     uid, gid = project_uid(settings, project.id), settings.gid_base + project.id
     mode = 0o700 if lane == "held" else 0o2770
     try:
@@ -366,7 +386,7 @@ def read_log(settings: Settings, job: Job, offset: int = 0, limit: int = 1 << 20
 
 def _job_file(settings: Settings, job: Job, name: str):
     """A file of ``job``'s folder, opened through ``beneath`` from the folder's trusted base."""
-    base, rel = job_folder(settings, job.project.slug, job.id, job.lane)
+    base, rel = reach_job_folder(settings, job.project, job.id, job.lane)
     return beneath.opened_beneath(base, f"{rel}/{name}")
 
 
@@ -390,7 +410,7 @@ def progress(settings: Settings, job: Job) -> dict | None:
 def outputs(settings: Settings, job: Job) -> list[dict]:
     if job.lane == "held":  # not even names: the job chose them
         return []
-    found = beneath.walk_files_beneath(*job_folder(settings, job.project.slug, job.id))  # links not followed
+    found = beneath.walk_files_beneath(*reach_job_folder(settings, job.project, job.id))  # links not followed
     return [{"path": f"{outdir_inside(job.id)}/{rel}", "size": size} for rel, size in sorted(found)
             if not os.path.basename(rel).startswith(".") and rel != "progress.json"]
 
