@@ -148,15 +148,18 @@ class SessionPlan:
                        labels={**self.labels, "vre.session": name})
 
     def for_scheduler(self, name: str, doorbell: Path) -> "SessionPlan":
-        """The project's Dask scheduler: no data (it never runs jobs), its agent's socket, and the
+        """The project's Dask scheduler: no data and no GPU (it never runs jobs), its agent's socket, and the
         job engine's ``doorbell`` socket (its directory: a restarted engine re-creates the socket)."""
         self._require_batch_base()
         run = self.run_dir / "scheduler"
         mounts = tuple(m for m in _data_mounts(self) if m.kind in ("home", "workspace"))
-        return replace(self, session_id=name, role="scheduler", datasets=(), catalogue_only=(), run_dir=run,
+        return replace(self, session_id=name, role="scheduler", datasets=(), catalogue_only=(), run_dir=run, gpus=0,
                        mounts=mounts + runtime_mounts("scheduler", run, doorbell.parent),
                        env={**self.env, "VRE_ROLE": "scheduler", "VRE_AGENT_SOCKET": f"{INNER_AGENT_DIR}/agent.sock",
-                            "VRE_ENGINE_WAKE": f"{INNER_DOORBELL}/{doorbell.name}"},
+                            "VRE_ENGINE_WAKE": f"{INNER_DOORBELL}/{doorbell.name}",
+                            # nothing a job wrote into the home it shares runs at the scheduler's
+                            # start (the engine waits for that start): no user site, no user Dask config
+                            "PYTHONNOUSERSITE": "1", "DASK_CONFIG": "/etc/dask"},
                        labels={**self.labels, "vre.session": name, "vre.role": "scheduler"})
 
     def _require_batch_base(self) -> None:

@@ -445,6 +445,10 @@ def _batch_job_in_pods(kube, rel, url: str, creds: dict, image: str, outsider_ns
              for a in ("job.submit", "job.start", "job.finish")}
     for action, events in trail.items():
         assert any(e["target"] == f"job/{job_id}" and e["actor"] == "alice" for e in events), action
+    (start,) = [e for e in trail["job.start"] if e["target"] == f"job/{job_id}"]
+    worker = by_role["worker"]
+    assert start["details"]["node"] == worker["spec"]["nodeName"], start   # where it ran
+    assert start["details"]["pod"] == f"{project_ns}/{worker['metadata']['name']}", start
     return job_id
 
 

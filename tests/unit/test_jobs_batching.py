@@ -14,13 +14,14 @@ import pytest
 from sqlalchemy import select
 
 from vre import db as vdb
+from vre import gpus
 from vre import projects as P
 from vre.accounts import add_account
 from vre.audit import open_store
 from vre.audit import store as audit_store
 from vre.jobs import service
 from vre.jobs.engine import Engine
-from vre.jobs.executor import Worker
+from vre.jobs.executor import LocalDaskExecutor, Worker
 from vre.jobs.queue import Ask, Quota, admit, fair_order
 from vre.settings import Settings
 
@@ -75,6 +76,7 @@ class FakeExecutor:
     and an agent whose jobs the test ends."""
 
     oom_reported_inside = False
+    gpu_counts = False
 
     def __init__(self, n: int, shape=(1.0, 1024, ()), pools=("lung",)):
         self.workers = {f"{p}-worker-{i}": Worker(f"{p}-worker-{i}", p, shape)
@@ -94,9 +96,13 @@ class FakeExecutor:
     async def refresh(self):
         pass
 
-    def idle_worker(self, project, shape, datasets):
-        return next((w for w in self.workers.values()
-                     if w.pool == project and w.job is None and w.shape == shape and w.datasets == datasets), None)
+    def alive(self, name):
+        return True
+
+    idle_worker = LocalDaskExecutor.idle_worker   # the real rule of which warm worker a job may take
+
+    def placement(self, name):
+        return {}
 
     def oom_kills(self, name):
         return 0
@@ -123,6 +129,15 @@ class FakeExecutor:
 
     async def stop_idle(self):
         pass
+
+    async def ensure_scheduler(self, plan):
+        pass
+
+    async def start_worker(self, plan, cpu, mem_mb, devices, gpus=None):
+        name = f"{plan.pool}-worker-{len(self.workers) + 1}"
+        self.workers[name] = Worker(name, plan.pool, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets,
+                                    gpus=len(devices) if gpus is None else gpus)
+        return self.workers[name]
 
     def end(self, job_id: int, code: int = 0) -> None:
         self.agent[job_id].update(state="done", result={"returncode": code, "usage": {"wall_s": 0.1}})
@@ -376,6 +391,33 @@ def test_exit_codes_in_range_are_recorded(world, code, state, reason):
     look(engine)
     row = job_row(world, job)
     assert (row.state, row.exit_code) == (state, code) and reason in row.reason
+
+
+def test_where_the_cluster_places_gpus_a_job_holds_a_count_not_this_machines_devices(world):
+    """Kubernetes (``gpu_counts``): a GPU job is admitted by the project's GPU quota although the
+    engine's machine has none, its worker is started for a count of GPUs and no device is leased,
+    and a CPU job never lands on that worker once it is idle."""
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.set_profile(db, "lung", "gpu", cpu=1, memory="1G", gpus=1)
+        P.set_job_quota(db, "lung", gpus=1)
+    k8s = world.replace(backend="kubernetes", gpu_devices="none", k8s_unobserved_reads=True)
+    with vdb.session_scope(world.vre_db_url) as db:
+        gpu_job = service.submit(db, k8s, "ann", {"project": "lung", "kind": "script", "target": "project/train.py",
+                                                  "profile": "gpu", "gpus": 1, "cpu": 1, "mem_mb": 1024}).id
+    fake = FakeExecutor(0)
+    fake.gpu_counts = True
+    engine = Engine(k8s, executor=fake)
+    look(engine)
+    with vdb.session_scope(world.vre_db_url) as db:
+        row = db.get(vdb.Job, gpu_job)
+        assert row.state == "running" and row.devices == "" and not gpus.leases(db), (row.state, row.reason)
+    (worker,) = fake.workers.values()
+    assert worker.gpus == 1 and worker.shape == (1, 1024, ())
+    fake.end(gpu_job)
+    look(engine)
+    cpu_job = submit(k8s, "ann", cpu=1, mem_mb=1024)   # the same shape, without a GPU
+    look(engine)
+    assert job_row(world, cpu_job).worker != worker.name and len(fake.workers) == 2
 
 
 @pytest.mark.parametrize("inside,reported,reason", [

@@ -11,17 +11,22 @@ from types import SimpleNamespace as NS
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from vre.backends.kubernetes import batch_id, object_name
 from vre.jobs.executor import ExecutorError, SchedulerLost
 from vre.jobs.pods import ClusterUnavailable, PodDaskExecutor
 from vre.settings import Settings
 
 
 def pod(session: str, pool: str, role: str = "worker", phase: str = "Running", ip: str = "10.244.0.9",
-        waiting: str = "", ended: str = "", deleting: bool = False, labelled: bool = True):
+        waiting: str = "", ended: str = "", deleting: bool = False, labelled: bool = True, namespace: str = "",
+        name: str = ""):
+    """A pod as the API lists it; by default where and as the executor names that run's pod."""
     state = NS(waiting=NS(reason=waiting) if waiting else None, terminated=NS(reason=ended) if ended else None)
     labels = {"vre.session": session, "vre.role": role, **({"vre.pool": pool} if labelled else {})}
-    return NS(metadata=NS(name=session.replace(".", "-"), namespace="ns", labels=labels,
-                          deletion_timestamp="now" if deleting else None),
+    held = pool.endswith(".held")
+    namespace = namespace or (f"vre-0held-{pool[:-5]}" if held else f"vre-{pool}")
+    return NS(metadata=NS(name=name or object_name(batch_id(session)), namespace=namespace, labels=labels,
+                          deletion_timestamp="now" if deleting else None), spec=NS(node_name="node-3"),
               status=NS(phase=phase, pod_ip=ip, container_statuses=[NS(state=state)]))
 
 
@@ -72,6 +77,8 @@ def test_each_run_is_in_its_pools_namespace(executor):
     assert executor.namespace("lung-scheduler") == executor.namespace("lung-worker-12") == "vre-lung"
     assert executor.namespace("lung.held-scheduler") == executor.namespace("lung.held-worker-1") == "vre-0held-lung"
     assert executor.namespace("a-worker-b-worker-3") == "vre-a-worker-b"   # the last "-worker-" names the run
+    assert executor.namespace("abc-worker-1-scheduler") == "vre-abc-worker-1"   # a slug may hold "-worker-"
+    assert executor.pod_name("lung-scheduler") == "batch-lung-scheduler"   # no session's <user>-<project>
 
 
 def test_a_look_lists_the_pods_once_and_the_hooks_read_that_list(executor):
@@ -91,6 +98,8 @@ def test_a_look_lists_the_pods_once_and_the_hooks_read_that_list(executor):
         "lung-scheduler": True, "lung-worker-1": True, "lung-worker-2": False, "lung-worker-3": False,
         "lung-worker-4": False, "lung-worker-5": True}
     assert executor.oom_kills("lung-worker-3") == 1 and executor.oom_kills("lung-worker-1") == 0
+    assert executor.placement("lung-worker-1") == {"pod": "vre-lung/batch-lung-worker-1", "node": "node-3"}
+    assert executor.placement("lung-worker-9") == {}
     assert executor.scheduler_address("lung") == "tcp://10.244.0.9:8786"
     assert executor._existing("lung") == [f"lung-worker-{i}" for i in range(1, 6)]
     with pytest.raises(ExecutorError, match="no address yet"):
@@ -121,7 +130,35 @@ def test_what_changes_while_a_list_is_on_its_way_is_not_lost(executor):
 
     asyncio.run(scenario())
     assert executor.alive("lung-worker-2") and not executor.alive("lung-worker-1")
-    assert core.deleted == ["vre-lung/lung-worker-1"]
+    assert core.deleted == ["vre-lung/batch-lung-worker-1"]
+
+
+def test_a_pod_is_a_run_only_where_and_as_that_run_is_named(executor, caplog):
+    """Labels are anyone's who can make a pod: one elsewhere, or named otherwise, is no run (the
+    engine would send it the agent's token and trust its answers)."""
+    executor.core.pods = {
+        "lung-scheduler": pod("lung-scheduler", "lung", "scheduler", namespace="someone-else"),
+        "lung-worker-1": pod("lung-worker-1", "lung", name="lung-worker-1"),
+        "lung-worker-2": pod("lung-worker-2", "lung", role="scheduler"),     # a role that is not its name's
+        "other-worker-1": pod("other-worker-1", "lung"),                     # another pool's name
+        "lung-worker-3": pod("lung-worker-3", "lung"),
+    }
+    assert asyncio.run(executor.refresh())
+    assert [n for n in executor.core.pods if executor.alive(n)] == ["lung-worker-3"]
+    assert "is not where or named as such a run is" in caplog.text
+    with pytest.raises(ExecutorError, match="no address yet"):
+        executor.scheduler_address("lung")
+
+
+def test_an_ended_schedulers_address_is_never_used(executor):
+    """An ended pod keeps its address in its status; the cluster may have given it to another
+    project's pod already."""
+    executor.core.pods = {"lung-scheduler": pod("lung-scheduler", "lung", "scheduler", phase="Failed", ended="Error")}
+    assert asyncio.run(executor.refresh())
+    with pytest.raises(ExecutorError, match="no address yet"):
+        executor.scheduler_address("lung")
+    executor.core.pods = {"lung-scheduler": pod("lung-scheduler", "lung", "scheduler", phase="Pending")}
+    assert asyncio.run(executor.refresh()) and not executor.agent_ready("lung")
 
 
 def test_only_the_vres_batch_pods_are_deleted(executor):

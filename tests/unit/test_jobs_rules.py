@@ -274,7 +274,7 @@ def test_what_a_pool_reports_about_a_job_is_reduced_to_figures():
 
 def test_on_kubernetes_only_jobs_its_executor_runs_are_queued(world):
     """On Kubernetes, jobs run as pods (vre.jobs.pods) when the job service can write their folder
-    (hostPath storage, not held), need no GPU, and their data's reads may go unobserved; anything else is
+    (hostPath storage, not held) and their data's reads may go unobserved; anything else is
     refused with the reason instead of waiting in the queue for ever."""
     k8s = world.replace(backend="kubernetes", k8s_storage="hostPath", k8s_unobserved_reads=True)
     with pytest.raises(service.JobRejected, match="needs k8s_storage = \"hostPath\""):
@@ -283,6 +283,9 @@ def test_on_kubernetes_only_jobs_its_executor_runs_are_queued(world):
         sub(k8s.replace(k8s_unobserved_reads=False), kind="script", target="project/train.py")
     with pytest.raises(service.JobRejected, match="held jobs do not run on Kubernetes"):
         sub(k8s, kind="script", target="project/train.py", lane="held")
-    with pytest.raises(service.JobRejected, match="GPU batch jobs do not run on Kubernetes"):
-        sub(k8s, kind="script", target="project/train.py", profile="gpu", gpus=1)
     assert sub(k8s, kind="script", target="project/train.py")["state"] == "queued"
+    # GPUs are a count the cluster places: the hub's own machine needs none
+    assert sub(k8s.replace(gpu_devices="none"), kind="script", target="project/train.py", profile="gpu",
+               gpus=1)["gpus"] == 1
+    with pytest.raises(service.JobRejected, match="this host has 0"):   # control: elsewhere they are devices
+        sub(world.replace(gpu_devices="none"), kind="script", target="project/train.py", profile="gpu", gpus=1)

@@ -3,6 +3,7 @@ on the plan; tests/k8s/test_k8s_backend.py applies the same objects to the real 
 Every rendered object is also validated offline against the schemas of the cluster's Kubernetes
 release (k8s/build/versions.env) with ``kubernetes-validate --strict``."""
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -270,13 +271,13 @@ def test_resource_quota_from_the_project():
                               profiles=[SimpleNamespace(cpu=1.0, mem_mb=2048, gpus=0),
                                         SimpleNamespace(cpu=4.0, mem_mb=16384, gpus=1)])
     quota = project_quota(project)
-    # sessions (3 members at the largest profile), the batch quota with each worker's own
-    # overhead (2 slots x 384 MiB), and the pool's scheduler (1 CPU, 1 GiB)
-    assert quota == ProjectQuota(cpu=15.0, mem_mb=59136, gpus=4, pods=6)
+    # sessions (3 members at the largest profile), the batch quota with each worker pod's own
+    # overhead (2 slots of up to 16 pods, a cluster job's, x 384 MiB), and the scheduler (1 CPU, 1 GiB)
+    assert quota == ProjectQuota(cpu=15.0, mem_mb=70656, gpus=4, pods=36)
     rq = project_objects(SETTINGS, make_plan(), quota)[-1]
     assert rq["kind"] == "ResourceQuota" and rq["metadata"]["namespace"] == "vre-lung"
-    assert rq["spec"]["hard"] == {"pods": "6", "requests.cpu": "15000m", "limits.cpu": "15000m",
-                                  "requests.memory": "59136Mi", "limits.memory": "59136Mi",
+    assert rq["spec"]["hard"] == {"pods": "36", "requests.cpu": "15000m", "limits.cpu": "15000m",
+                                  "requests.memory": "70656Mi", "limits.memory": "70656Mi",
                                   "requests.nvidia.com/gpu": "4"}
 
 
@@ -304,7 +305,8 @@ def test_batch_pods_render_from_the_pools_plan():
     assert mounts_by_path(pod)["/data/ct"]["readOnly"] is True
     labels = pod["metadata"]["labels"]
     assert labels["vre.pool"] == "lung" and labels["vre.role"] == "worker" and "vre.user" not in labels
-    assert pod["metadata"]["namespace"] == "vre-lung"
+    assert pod["metadata"]["namespace"] == "vre-lung" and pod["metadata"]["name"] == "batch-lung-worker-1"
+    assert volume(pod, mounts_by_path(pod)["/etc/passwd"]["name"])["secret"]["secretName"] == "batch-lung-worker-1-run"
 
     scheduler = batch_plan().for_scheduler("lung-scheduler", Path("/run/vre-t/jobs/wake.sock"))
     env = {**scheduler.env, "VRE_AGENT_PORT": str(AGENT_PORT), "VRE_AGENT_TOKEN": "t" * 43}
@@ -315,10 +317,26 @@ def test_batch_pods_render_from_the_pools_plan():
     assert c["readinessProbe"]["tcpSocket"] == {"port": AGENT_PORT}
     assert c["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}   # it bursts to its limits
     token = next(e for e in c["env"] if e["name"] == "VRE_AGENT_TOKEN")
-    assert token == {"name": "VRE_AGENT_TOKEN", "valueFrom": {"secretKeyRef": {"name": "lung-scheduler-run",
+    assert token == {"name": "VRE_AGENT_TOKEN", "valueFrom": {"secretKeyRef": {"name": "batch-lung-scheduler-run",
                                                                                   "key": "VRE_AGENT_TOKEN"}}}
     assert "t" * 43 not in str(pod) and run_secret(SETTINGS, scheduler, {}, env)["stringData"]["VRE_AGENT_TOKEN"] == "t" * 43
     assert not [m for m in mounts_by_path(pod) if m.startswith("/data")]   # a scheduler never has data
+
+
+def test_a_gpu_worker_asks_the_cluster_for_a_count_on_the_gpu_nodes_and_its_scheduler_for_none():
+    settings = SETTINGS.replace(k8s_gpu_node_selector={"nvidia.com/gpu.present": "true"})
+    base = replace(batch_plan(), gpus=2)   # a GPU profile's pool
+    worker = base.for_worker("lung-worker-1", cpu=4.0, mem_mb=8192, gpus=2)
+    pod = batch_pod(settings, worker, image=IMAGE, env=worker.env, command=["dask", "worker"])
+    validate(pod)
+    (c,) = pod["spec"]["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" and "nvidia.com/gpu" not in c["resources"]["requests"]
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    scheduler = base.for_scheduler("lung-scheduler", Path("/run/vre-t/jobs/wake.sock"))
+    pod = batch_pod(settings, scheduler, image=IMAGE, env={**scheduler.env, "VRE_AGENT_TOKEN": "t" * 43},
+                    command=["dask", "scheduler"])
+    assert "nvidia.com/gpu" not in str(pod["spec"]["containers"][0]["resources"]) and "nodeSelector" not in pod["spec"]
 
 
 def test_a_held_pool_has_a_namespace_no_project_can_have():
@@ -327,7 +345,7 @@ def test_a_held_pool_has_a_namespace_no_project_can_have():
     pod = batch_pod(SETTINGS, held, image=IMAGE, env=held.env, command=["dask", "worker"])
     validate(pod)
     assert pod["metadata"]["namespace"] == "vre-0held-lung" and pod["metadata"]["labels"]["vre.pool"] == "lung.held"
-    assert pod["metadata"]["name"] != "lung.held-worker-1" and object_name("lung.held-worker-1") == pod["metadata"]["name"]
+    assert pod["metadata"]["name"] == object_name("batch-lung.held-worker-1")   # a valid name, never a session's
     # a project slug starts with a letter: "0held-..." is never a project's namespace
     assert island_namespace("vre-held-lung", "held-lung") == "vre-held-lung" != namespace_name(held)
     for obj in project_objects(SETTINGS, held, QUOTA):

@@ -167,7 +167,8 @@ MIN_TOKEN = 32
 
 async def dask_setup(scheduler) -> None:
     path = os.environ.get("VRE_AGENT_SOCKET", "")
-    # not left in the scheduler's environment, where Dask's tools would show it to anyone
+    # out of os.environ (the process's initial environment in /proc still has it: code run on the
+    # scheduler, which Dask lets the project run, can read it; the agent is the project's side)
     token = os.environ.pop("VRE_AGENT_TOKEN", "")
     if not path and len(token) < MIN_TOKEN:
         # Dask only logs a preload's failure and runs on: a scheduler without its agent is of no use

@@ -53,6 +53,7 @@ from sqlalchemy import select
 from traitlets import CaselessStrEnum, Unicode, default
 
 from ..jobs.executor import DASHBOARD_PORT, SCHEDULER_LIMITS, SCHEDULER_PORT, WORKER_OVERHEAD_MB
+from ..jobs.service import MAX_CLUSTER_WORKERS
 from ..plan import AGENT_PORT, AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan, held_pool
 from ..settings import Settings, k8s_images
 from .host import prepare_home_and_workspace
@@ -142,15 +143,18 @@ class ProjectQuota:
 
 def project_quota(project) -> ProjectQuota:
     """A project's quota from the database row: one session per member at the largest profile,
-    plus the batch queue's quota (``job_*``: slots, CPUs, memory, GPUs) with each worker's own
-    overhead, and its scheduler pod."""
+    plus the batch queue's quota (``job_*``: slots, CPUs, memory, GPUs) with each worker pod's
+    own overhead, and its scheduler pod."""
     profiles = list(project.profiles) or []
     members = len(project.members)
     top = lambda attr: max((getattr(p, attr) for p in profiles), default=0)  # noqa: E731
-    batch_mb = project.job_mem_mb + project.job_slots * WORKER_OVERHEAD_MB + SCHEDULER_LIMITS["mem_mb"]
+    # a slot holds one worker pod, or a cluster job's up to MAX_CLUSTER_WORKERS (its CPU and memory
+    # split among them, each with its own overhead): the engine's admission is the tight bound
+    batch_pods = project.job_slots * MAX_CLUSTER_WORKERS
+    batch_mb = project.job_mem_mb + batch_pods * WORKER_OVERHEAD_MB + SCHEDULER_LIMITS["mem_mb"]
     return ProjectQuota(cpu=members * top("cpu") + project.job_cpu + SCHEDULER_LIMITS["cpu"],
                         mem_mb=members * top("mem_mb") + batch_mb,
-                        gpus=members * top("gpus") + project.job_gpus, pods=members + project.job_slots + 1)
+                        gpus=members * top("gpus") + project.job_gpus, pods=members + batch_pods + 1)
 
 
 def read_project_quota(settings: Settings, slug: str) -> ProjectQuota:
@@ -298,13 +302,25 @@ def run_secret_name(session_id: str) -> str:
     return object_name(f"{session_id}-run")
 
 
+def batch_id(run: str) -> str:
+    """What a batch run's objects are named from: ``batch-<run>``. A session's are named from its
+    id, ``<user>-<project>``: user ``scheduler`` in project ``scheduler`` would otherwise share the
+    name of that project's scheduler."""
+    return f"batch-{run}"
+
+
+def run_id(plan: SessionPlan) -> str:
+    """What the run's pod and Secret are named from (``object_name``, ``run_secret_name``)."""
+    return plan.session_id if plan.role == "session" else batch_id(plan.session_id)
+
+
 def run_secret(settings: Settings, plan: SessionPlan, files: dict[str, str], env: dict[str, str]) -> dict:
     """The session's runtime files (manifest, passwd, group) and its credentials (``SECRET_ENV``):
     a Secret, so neither appears in the pod spec."""
     data = {"session.json": json.dumps(plan.manifest(), indent=2), **files}
     data.update({k: v for k, v in env.items() if k in SECRET_ENV})
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": run_secret_name(plan.session_id), "namespace": namespace_name(plan),
+            "metadata": {"name": run_secret_name(run_id(plan)), "namespace": namespace_name(plan),
                          "labels": labels(settings, plan)},
             "stringData": data}
 
@@ -314,7 +330,7 @@ def volumes_and_mounts(settings: Settings, plan: SessionPlan, tmp_size: str = "2
     read-only root. ``hub`` mounts (the hub's socket directory) have no pod counterpart."""
     volumes: list[dict] = []
     mounts: list[dict] = []
-    secret = run_secret_name(plan.session_id)
+    secret = run_secret_name(run_id(plan))
     for i, m in enumerate(plan.mounts):
         name = f"{m.kind}-{i}"
         if m.kind == "dataset":
@@ -358,7 +374,7 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
     ``SECRET_ENV`` among it come from :func:`run_secret`)."""
     check_image(settings, image)
     volumes, mounts = volumes_and_mounts(settings, plan, tmp_size)
-    secret = run_secret_name(plan.session_id)
+    secret = run_secret_name(run_id(plan))
     env_list = [{"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": k}}} if k in SECRET_ENV
                 else {"name": k, "value": v} for k, v in sorted(env.items())]
     resources = {"cpu": _cpu(plan.cpu), "memory": f"{plan.mem_mb}Mi"}
@@ -391,7 +407,7 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
     if selector:
         spec["nodeSelector"] = selector
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": object_name(plan.session_id), "namespace": namespace_name(plan),
+            "metadata": {"name": object_name(run_id(plan)), "namespace": namespace_name(plan),
                          "labels": labels(settings, plan)},
             "spec": spec}
 
@@ -437,7 +453,9 @@ async def put_object(client: ApiClient, obj: dict) -> None:
         await getattr(api, f"create_{scope}{snake}")(*args)
     except ApiException as e:
         if e.status != 409:
-            raise KubernetesBackendError(f"the cluster refused {kind} {ns or ''}/{name}: {api_reason(e)}") from None
+            error = KubernetesBackendError(f"the cluster refused {kind} {ns or ''}/{name}: {api_reason(e)}")
+            error.status = e.status   # a busy API server (429, 5xx) is not a refusal
+            raise error from None
         if kind == "Namespace":
             await api.patch_namespace(name, {"metadata": {"labels": obj["metadata"]["labels"]}})
         else:

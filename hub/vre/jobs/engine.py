@@ -350,7 +350,7 @@ class Engine:
         quota = Quota(project.job_slots, project.job_cpu, project.job_mem_mb, project.job_gpus)
         with self.timed("admission (fair order, quota)"):
             wants_gpu = quota.gpus > 0 and any(a.gpus for a in queued)
-            chosen = admit(queued, running_asks, quota, gpus.free_count(db, self.settings) if wants_gpu else 0)
+            chosen = admit(queued, running_asks, quota, self.free_gpus(db, quota) if wants_gpu else 0)
         if chosen:
             with self.timed("db: load admitted jobs"):
                 jobs = {j.id: j for j in db.scalars(select(Job).where(Job.id.in_([a.id for a in chosen])))}
@@ -401,8 +401,11 @@ class Engine:
         worker) for the caller to commit with the other starts of this look and then hand to the
         agent, or None when it needs the full path (``start``: GPUs, a new worker or scheduler)."""
         pool = pool_of(job)
-        if job.gpus or job.kind == "cluster" or not self.executor.agent_ready(pool):
-            return None
+        try:
+            if job.gpus or job.kind == "cluster" or not self.executor.agent_ready(pool):
+                return None
+        except Unavailable:
+            return None   # the full path says so: the job waits in the queue
         # nothing is flushed before the look's commit (no write lock held across the await below)
         try:
             with db.no_autoflush, self.timed("start: worker plan (membership; cached)"):
@@ -442,7 +445,7 @@ class Engine:
             self.finish(db, job, "failed", f"not started: {e}")
             return
         devices: tuple[int, ...] = ()
-        if job.gpus:
+        if job.gpus and not self.executor.gpu_counts:
             try:
                 devices = gpus.acquire(db, self.settings, f"job:{job.id}", job.gpus, shared=plan.gpu_shared)
             except gpus.NoGpuFree:
@@ -459,10 +462,10 @@ class Engine:
             with self.timed("start: ensure_scheduler"):
                 await self.executor.ensure_scheduler(plan)
             shape = (job.cpu, job.mem_mb, devices)
-            worker = None if devices else self.executor.idle_worker(plan.pool, shape, plan.datasets)
+            worker = None if job.gpus else self.executor.idle_worker(plan.pool, shape, plan.datasets)
             if worker is None:
                 with self.timed("start: start_worker"):
-                    worker = await self.executor.start_worker(plan, job.cpu, job.mem_mb, devices)
+                    worker = await self.executor.start_worker(plan, job.cpu, job.mem_mb, devices, gpus=job.gpus)
             worker.job = job.id
             job.worker = worker.name
             job.usage = {"oom_before": self.executor.oom_kills(worker.name)}
@@ -484,6 +487,12 @@ class Engine:
             self.release(db, job)
             self.finish(db, job, "failed", f"could not start: {e}")
 
+    def free_gpus(self, db, quota: Quota) -> int:
+        """GPUs a project's queued jobs may be admitted to now: this machine's free devices, or,
+        where the cluster places GPUs (Kubernetes), the project's own quota (its namespace's
+        ResourceQuota holds the line; a pod that finds no GPU node waits for one)."""
+        return quota.gpus if self.executor.gpu_counts else gpus.free_count(db, self.settings)
+
     def spec(self, plan, job: Job, worker: str) -> dict:
         outdir = service.outdir_inside(job.id, job.lane)
         return {"id": job.id, "kind": job.kind, "target": service.run_target(job), "params": job.params,
@@ -499,7 +508,7 @@ class Engine:
         names = []
         for i in range(n):
             mine = devices[i * per_gpu:(i + 1) * per_gpu]
-            worker = await self.executor.start_worker(plan, job.cpu / n, job.mem_mb // n, mine)
+            worker = await self.executor.start_worker(plan, job.cpu / n, job.mem_mb // n, mine, gpus=job.gpus // n)
             worker.job = job.id
             if plan.datasets:
                 await self.executor.serve(worker.name, job.account.name, job.id)
@@ -598,7 +607,8 @@ class Engine:
             worker = self.executor.workers.get(job.worker)
             mounted = {"datasets": list(worker.datasets)} if worker and worker.datasets is not None else {}
             self.audit(job, "job.start", details={"worker": job.worker, "lane": job.lane, "devices": job.devices,
-                                                  "cpu": job.cpu, "mem_mb": job.mem_mb, "gpus": job.gpus, **mounted})
+                                                  "cpu": job.cpu, "mem_mb": job.mem_mb, "gpus": job.gpus, **mounted,
+                                                  **self.executor.placement(job.worker)})
         if state.state == "done":  # committed with the rest of this look, then forgotten
             self.finish_from_result(db, job, state.result)
             self._ended.append((pool_of(job), job.id))

@@ -64,6 +64,14 @@ class RecorderUnavailable(Unavailable):
     """vre-hostview cannot record a new worker's dataset reads now (it is restarting)."""
 
 
+class AgentRefused(ExecutorError):
+    """The agent answered with an HTTP error (``status``)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 class SchedulerLost(ExecutorError):
     """The project's scheduler is gone (killed, crashed): its running jobs need a decision."""
 
@@ -79,6 +87,7 @@ class Worker:
     #: next job through a warm worker).
     datasets: tuple | None = ()
     idle_since: float = field(default_factory=time.time)
+    gpus: int = 0           # GPUs it holds (devices or, on Kubernetes, a count): stopped with its job
 
 
 #: The most the engine reads of one answer of an agent (which researchers can reach and replace):
@@ -115,7 +124,7 @@ async def _http(target: Path | tuple[str, int], method: str, path: str, body: di
     if b"transfer-encoding: chunked" in head.lower():
         payload = _dechunk(payload)
     if status >= 400:
-        raise ExecutorError(f"agent answered {status} to {method} {path}: {payload[:200]!r}")
+        raise AgentRefused(status, f"agent answered {status} to {method} {path}: {payload[:200]!r}")
     return json.loads(payload or b"{}")
 
 
@@ -195,25 +204,28 @@ class LocalDaskExecutor:
         stay idle until ``stop_idle``."""
         for w in self.workers.values():
             if w.pool == pool and w.job is None and w.shape == shape and w.datasets == datasets \
-                    and self.alive(w.name):
+                    and not w.gpus and self.alive(w.name):
                 return w
         return None
 
-    async def start_worker(self, plan: SessionPlan, cpu: float, mem_mb: int, devices: tuple[int, ...]) -> Worker:
+    async def start_worker(self, plan: SessionPlan, cpu: float, mem_mb: int, devices: tuple[int, ...],
+                           gpus: int | None = None) -> Worker:
+        """A new worker of ``plan``'s pool with these resources: this machine's GPU ``devices``,
+        or (``gpu_counts``) a count of ``gpus`` the cluster places."""
         n = 1
         while f"{plan.pool}-worker-{n}" in self.workers or self.alive(f"{plan.pool}-worker-{n}"):
             n += 1
             if n > MAX_WORKERS:
                 raise ExecutorError(f"pool {plan.pool} has {MAX_WORKERS} workers already")
         name = f"{plan.pool}-worker-{n}"
-        plan = plan.for_worker(name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices))
+        plan = plan.for_worker(name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices) if gpus is None else gpus)
         await asyncio.to_thread(self.prepare, plan)
         scheduler = await asyncio.to_thread(self.scheduler_address, plan.pool)
         argv = [self.dask, "worker", scheduler, "--name", name, "--nthreads", "1",
                 "--no-nanny", "--memory-limit", "0", "--no-dashboard", "--local-directory", "/tmp",
                 "--resources", f"vre-{name}=1", "--death-timeout", "120"]
         await self._launch(plan, argv, devices, limits=dict(cpu=cpu, mem_mb=mem_mb + WORKER_OVERHEAD_MB, pids_max=4096))
-        worker = Worker(name, plan.pool, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets)
+        worker = Worker(name, plan.pool, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets, gpus=plan.gpus)
         self.workers[name] = worker
         return worker
 
@@ -245,7 +257,7 @@ class LocalDaskExecutor:
     async def stop_idle(self) -> None:
         now = time.time()
         for w in list(self.workers.values()):
-            gpu_or_unknown = not w.shape or bool(w.shape[2])
+            gpu_or_unknown = not w.shape or bool(w.shape[2]) or w.gpus
             if w.job is None and (gpu_or_unknown or now - w.idle_since > self.settings.jobs_worker_idle):
                 await asyncio.to_thread(self.stop_worker, w.name)
 
@@ -285,6 +297,9 @@ class LocalDaskExecutor:
     listen_host = "127.0.0.1"
     #: Seconds a new scheduler's agent may take to answer.
     scheduler_start_s = 60
+    #: Whether GPUs are a count the cluster places (Kubernetes) rather than this machine's
+    #: devices, which the engine leases (``vre.gpus``).
+    gpu_counts = False
     #: Whether the engine takes a worker's own count of OOM kills in its job (``task.oom_kills``)
     #: where it cannot read the run's cgroup itself (a pod's is on its node).
     oom_reported_inside = False
@@ -295,6 +310,10 @@ class LocalDaskExecutor:
 
     def identity_files(self, plan: SessionPlan) -> dict[str, str]:
         return bwrap.identity_files(plan)
+
+    def placement(self, name: str) -> dict:
+        """Where the run is, for its job's ``job.start`` record (a pod's node; here: this host)."""
+        return {}
 
     async def connect(self) -> None:
         """Before the engine's first look (and its adoption of running jobs)."""

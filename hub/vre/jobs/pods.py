@@ -12,8 +12,14 @@ What differs from the sandbox (``executor.LocalDaskExecutor``, whose logic this 
 
 - The engine runs in the hub's pod and no socket can be shared with a pod, so the agent listens
   on TCP (``AGENT_PORT``) and answers only the bearer token the engine made for that scheduler
-  (kept in the pool's run directory, the hub's alone); the project's ``hub-to-agent`` policy
-  lets only the hub's pods reach that port. No doorbell: the engine looks every second anyway.
+  (kept in the hub's secrets, root-only, so a new hub pod still reaches it); the project's
+  ``hub-to-agent`` policy lets only the hub's pods reach that port. The engine asks a scheduler
+  only at the address of its pod while that pod runs (an ended pod's address may be another
+  project's by then), and an agent that refuses its token is taken for lost. No doorbell: the
+  engine looks every second anyway.
+- A listed pod is believed to be a run only where such a run's pod is: in its pool's namespace,
+  named ``batch-<run>`` (no session's ``<user>-<project>`` can be), with its role; labels alone
+  are anyone's who can make a pod.
 - The engine's looks do not call the API per run: each look lists this instance's batch pods
   once (``refresh``), and the hooks the engine calls on its loop (``alive``, ``oom_kills``,
   ``scheduler_address``) read that list. A pod that ends between looks is seen at the next one.
@@ -21,18 +27,22 @@ What differs from the sandbox (``executor.LocalDaskExecutor``, whose logic this 
 - API calls run on an event loop of the executor's own (a thread), so the sync hooks can wait
   for them from the engine's loop or from its worker threads alike.
 - OOM kills: a worker ended ``OOMKilled`` (the kubelet's word), or the count the worker's task
-  reads in its own memory cgroup around the job (``task.oom_kills``: the researcher's side, so
-  it can only mislabel how that researcher's own job failed).
+  reads in its own memory cgroup around the job (``task.oom_kills``: the project's side, like the
+  rest of its pool's report, so it can only mislabel how the project's own jobs failed).
 - Dataset reads are not observed (no per-node observer yet): jobs with datasets run only where
   the deployment accepted that (``k8s_unobserved_reads``), as for sessions.
-- GPUs and claims (``k8s_storage = "pvc"``) are not supported yet: ``service.submit`` refuses
-  such jobs with the reason.
+- GPUs are a count (``nvidia.com/gpu`` in the worker's limits, on ``k8s_gpu_node_selector``
+  nodes, from the GPU image): the engine leases no device of its own machine, admits by the
+  project's GPU quota, and the cluster picks the devices, as for sessions.
+- Claims (``k8s_storage = "pvc"``) and held jobs are not supported yet: ``service.submit``
+  refuses such jobs with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import shutil
 import threading
@@ -47,7 +57,8 @@ from ..backends import kubernetes as k8s
 from ..backends.host import prepare_held_folder, prepare_home_and_workspace
 from ..plan import AGENT_PORT, SessionPlan, island_name
 from ..settings import Settings
-from .executor import SCHEDULER_PORT, ExecutorError, LocalDaskExecutor, SchedulerLost, Unavailable, _http
+from .executor import (SCHEDULER_PORT, AgentRefused, ExecutorError, LocalDaskExecutor, SchedulerLost, Unavailable,
+                       _http)
 
 log = logging.getLogger("vre.jobs")
 #: Seconds an API call may take.
@@ -56,7 +67,7 @@ API_TIMEOUT = 20
 KILL_WAIT_S = 60
 #: Seconds between reads of a starting scheduler's pod (until it has an address).
 READ_EVERY_S = 0.5
-#: Seconds the engine waits for the cluster's API at its start before adopting what it can.
+#: Seconds between the engine's complaints that the cluster's API does not answer at its start.
 CONNECT_WAIT_S = 60
 
 
@@ -76,6 +87,7 @@ class Run:
     waiting: str = ""       # why its container waits (an image that cannot be pulled: it never runs)
     ended: str = ""         # why its container ended ("OOMKilled", "Error", ...)
     deleting: bool = False
+    node: str = ""          # where the cluster placed it
     seen: float = 0.0       # time.monotonic() when this was learnt
 
     @property
@@ -85,15 +97,33 @@ class Run:
 
 
 def _run(pod) -> tuple[str, Run]:
+    """(run name, what the pod says of it) by its labels; ``refresh`` checks them against where
+    and how such a run's pod is named before believing them."""
     meta, status = pod.metadata, pod.status
     labels = meta.labels or {}
     run = Run(meta.namespace, meta.name, labels.get("vre.pool", ""), labels.get("vre.role", ""),
               phase=status.phase or "Pending", ip=status.pod_ip or "", deleting=bool(meta.deletion_timestamp),
-              waiting=k8s.waiting_reason(pod), seen=time.monotonic())
+              waiting=k8s.waiting_reason(pod), node=getattr(pod.spec, "node_name", None) or "",
+              seen=time.monotonic())
     for c in status.container_statuses or ():
         if c.state and c.state.terminated:
             run.ended = c.state.terminated.reason or "ended"
     return labels.get("vre.session", ""), run
+
+
+def _transient(e: Exception) -> bool:
+    """An API answer that waiting cures: a busy or restarting API server, a quota in use or not
+    yet counted. Anything else it refuses is the run's error."""
+    status = getattr(e, "status", None)
+    text = k8s.api_reason(e) if isinstance(e, ApiException) else str(e)
+    return status == 429 or (isinstance(status, int) and status >= 500) or (
+        status == 403 and ("exceeded quota" in text or "status unknown for quota" in text))
+
+
+def _address(run: Run | None) -> str:
+    """A scheduler pod's address while it runs: an ended pod keeps its address in its status, and
+    the cluster may already have given that address to another project's pod."""
+    return run.ip if run is not None and run.live and run.phase == "Running" else ""
 
 
 class PodDaskExecutor(LocalDaskExecutor):
@@ -103,6 +133,7 @@ class PodDaskExecutor(LocalDaskExecutor):
     dask = "dask"             # the notebook image's
     scheduler_start_s = 180   # a pod is scheduled, its volumes mounted, then Dask starts
     oom_reported_inside = True   # its memory cgroup is on its node: the worker reads its own
+    gpu_counts = True            # nvidia.com/gpu in the pod's limits: the cluster picks the devices
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
@@ -113,6 +144,7 @@ class PodDaskExecutor(LocalDaskExecutor):
         self._runs: dict[str, Run] = {}       # run name -> its pod, as the last look (or a launch) saw it
         self._killed: dict[str, float] = {}   # run name -> when it was deleted (a look begun before misses it)
         self._fresh = False                   # whether the last look's list succeeded
+        self._last_error = "no look yet"
         self._client: ApiClient | None = None
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="vre-jobs-kubernetes", daemon=True).start()
@@ -150,8 +182,13 @@ class PodDaskExecutor(LocalDaskExecutor):
 
     # -- the looks ----------------------------------------------------------------------------
     async def connect(self) -> None:
-        deadline = time.monotonic() + CONNECT_WAIT_S
-        while not await self.refresh() and time.monotonic() < deadline:
+        """Wait until the batch pods can be listed: adopting running jobs' workers needs that list
+        (a run not adopted would hold its quota unseen)."""
+        waited = time.monotonic()
+        while not await self.refresh():
+            if time.monotonic() - waited > CONNECT_WAIT_S:
+                log.error("the cluster's API still does not answer (%s); the job engine waits for it", self._last_error)
+                waited = time.monotonic()
             await asyncio.sleep(2)
         for name, run in list(self._runs.items()):   # a new hub pod: the jobs API's addresses again
             if run.role == "scheduler" and run.live and run.ip:
@@ -164,23 +201,50 @@ class PodDaskExecutor(LocalDaskExecutor):
         try:
             pods = await self._acall(lambda api: api.list_pod_for_all_namespaces(label_selector=selector))
         except (ApiException, ClusterUnavailable, k8s.KubernetesBackendError) as e:
-            log.warning("could not list the batch pods: %s", k8s.api_reason(e) if isinstance(e, ApiException) else e)
+            self._last_error = k8s.api_reason(e) if isinstance(e, ApiException) else str(e)
+            log.warning("could not list the batch pods: %s", self._last_error)
             self._fresh = False
             return False
-        runs = dict(_run(pod) for pod in pods.items)
-        runs.pop("", None)
+        runs = {}
+        for pod in pods.items:
+            name, run = _run(pod)
+            if self._is_ours(name, run):
+                runs[name] = run
+            elif name:
+                log.warning("pod %s/%s carries batch labels of this VRE but is not where or named as such a run "
+                            "is; ignored", run.namespace, run.pod)
         # what changed while the list was on its way: a launch is kept, a deletion stays deleted
-        runs.update({name: run for name, run in self._runs.items() if run.seen > begun})
-        self._killed = {name: t for name, t in self._killed.items() if t > begun}
+        # (kill runs in worker threads: read snapshots)
+        runs.update({name: run for name, run in list(self._runs.items()) if run.seen > begun})
+        self._killed = {name: t for name, t in list(self._killed.items()) if t > begun}
         self._runs = {name: run for name, run in runs.items() if name not in self._killed}
         self._fresh = True
         return True
 
+    def _is_ours(self, name: str, run: Run) -> bool:
+        """Whether a listed pod is the run its labels name: in that run's namespace, under that
+        run's pod name, with its role (labels alone are anyone's who can make a pod)."""
+        if not name or not run.pool:
+            return False
+        role = "scheduler" if name == self.scheduler_name(run.pool) else (
+            "worker" if name.startswith(f"{run.pool}-worker-") else "")
+        try:
+            return bool(role) and run.namespace == self.namespace(name) and \
+                run.pod == k8s.object_name(k8s.batch_id(name)) and (run.role == "scheduler") == (role == "scheduler")
+        except k8s.KubernetesBackendError:
+            return False
+
     def alive(self, name: str) -> bool:
         if not self._fresh:
-            raise ClusterUnavailable("the cluster's API did not answer the last look; jobs wait until it does")
+            raise ClusterUnavailable(f"the cluster's API did not answer the last look ({self._last_error}); "
+                                     "jobs wait until it does")
         run = self._runs.get(name)
         return bool(run and run.live)
+
+    def placement(self, name: str) -> dict:
+        """The node and pod the cluster gave the run (GPUs are a count: the node is what is known)."""
+        run = self._runs.get(name)
+        return {"pod": f"{run.namespace}/{run.pod}", "node": run.node} if run else {}
 
     def oom_kills(self, name: str) -> int:
         run = self._runs.get(name)
@@ -193,8 +257,13 @@ class PodDaskExecutor(LocalDaskExecutor):
     # -- where runs are -------------------------------------------------------------------------
     def namespace(self, name: str) -> str:
         """The namespace of the run ``name`` (``<pool>-scheduler``, ``<pool>-worker-<n>``)."""
-        pool = name.rsplit("-worker-", 1)[0] if "-worker-" in name else name.removesuffix("-scheduler")
+        # a slug may hold "-worker-": a scheduler's name ends "-scheduler", a worker's "-worker-<n>"
+        pool = name.removesuffix("-scheduler") if name.endswith("-scheduler") else name.rsplit("-worker-", 1)[0]
         return k8s.island_namespace(island_name(self.settings, pool), pool.removesuffix(".held"))
+
+    @staticmethod
+    def pod_name(name: str) -> str:
+        return k8s.object_name(k8s.batch_id(name))
 
     def _token_file(self, pool: str):
         """The engine's token for the pool's agent: in the hub's state (its secrets), not its run
@@ -209,15 +278,17 @@ class PodDaskExecutor(LocalDaskExecutor):
 
     def agent_ready(self, pool: str) -> bool:
         run = self._runs.get(self.scheduler_name(pool))
-        return bool(self.alive(self.scheduler_name(pool)) and run.ip and self._token_file(pool).exists())
+        return bool(self.alive(self.scheduler_name(pool)) and _address(run) and self._token_file(pool).exists())
 
     async def _read(self, name: str) -> Run | None:
         """The run's pod as the API has it now (a scheduler still starting: its address)."""
         try:
-            pod = await self._acall(lambda api: api.read_namespaced_pod(k8s.object_name(name), self.namespace(name)))
+            pod = await self._acall(lambda api: api.read_namespaced_pod(self.pod_name(name), self.namespace(name)))
         except k8s.KubernetesBackendError as e:
             raise ExecutorError(str(e)) from None
         except ApiException as e:
+            if _transient(e):
+                raise self._unavailable(e) from None
             if e.status != 404:
                 raise ExecutorError(f"could not read pod {name}: {k8s.api_reason(e)}") from None
             self._runs.pop(name, None)
@@ -231,19 +302,29 @@ class PodDaskExecutor(LocalDaskExecutor):
         run = self._runs.get(name)
         if run is None or (not run.ip and time.monotonic() - run.seen > READ_EVERY_S):
             run = await self._read(name)
-        if run is None or not run.ip:
+        address = _address(run)
+        if not address:
             raise ExecutorError(f"the scheduler of pool {pool} has no address yet")
         try:
             token = self._token_file(pool).read_text().strip()
         except OSError:
             raise ExecutorError(f"the agent token of pool {pool} is gone") from None
-        return await _http((run.ip, AGENT_PORT), method, path, body, timeout, token=token)
+        try:
+            return await _http((address, AGENT_PORT), method, path, body, timeout, token=token)
+        except AgentRefused as e:
+            if e.status == 401:   # not the agent the engine started (or its token is not this one)
+                raise SchedulerLost(f"the agent of pool {pool} refuses the engine's token") from None
+            raise
+        except (OSError, asyncio.TimeoutError):
+            if time.monotonic() - run.seen > READ_EVERY_S:
+                await self._read(name)   # a scheduler that ended is seen now, not at the next look
+            raise
 
     def scheduler_address(self, pool: str) -> str:
-        run = self._runs.get(self.scheduler_name(pool))
-        if run is None or not run.ip:
+        address = _address(self._runs.get(self.scheduler_name(pool)))
+        if not address:
             raise ExecutorError(f"the scheduler of pool {pool} has no address yet")
-        return f"tcp://{run.ip}:{SCHEDULER_PORT}"
+        return f"tcp://{address}:{SCHEDULER_PORT}"
 
     def pool_stopped(self, pool: str) -> None:
         super().pool_stopped(pool)
@@ -252,7 +333,7 @@ class PodDaskExecutor(LocalDaskExecutor):
     def log_tail(self, plan: SessionPlan, lines: int = 20) -> str:
         try:
             return self._call(lambda api: api.read_namespaced_pod_log(
-                k8s.object_name(plan.session_id), k8s.namespace_name(plan), tail_lines=lines))
+                self.pod_name(plan.session_id), k8s.namespace_name(plan), tail_lines=lines))
         except (ApiException, ClusterUnavailable, k8s.KubernetesBackendError):
             return "(no log)"
 
@@ -261,7 +342,7 @@ class PodDaskExecutor(LocalDaskExecutor):
         """Delete the run's pod and its Secret; return once the pod is gone (its name free)."""
         self._runs.pop(name, None)
         self._killed[name] = time.monotonic()
-        ns, pod = self.namespace(name), k8s.object_name(name)
+        ns, pod = self.namespace(name), self.pod_name(name)
 
         async def delete(api):
             try:
@@ -275,7 +356,7 @@ class PodDaskExecutor(LocalDaskExecutor):
                     raise ExecutorError(f"pod {ns}/{pod} is not a batch run of this VRE; not deleting it")
                 await api.delete_namespaced_pod(pod, ns, grace_period_seconds=2)
             try:
-                await api.delete_namespaced_secret(k8s.run_secret_name(name), ns)
+                await api.delete_namespaced_secret(k8s.run_secret_name(k8s.batch_id(name)), ns)
             except ApiException as e:
                 if e.status != 404:
                     raise
@@ -294,10 +375,12 @@ class PodDaskExecutor(LocalDaskExecutor):
         try:
             self._call(delete, KILL_WAIT_S + API_TIMEOUT)
         except ApiException as e:
+            if _transient(e):
+                raise self._unavailable(e) from None
             if e.status != 404:
                 raise ExecutorError(f"could not delete pod {ns}/{pod}: {k8s.api_reason(e)}") from None
         except k8s.KubernetesBackendError as e:
-            raise self._unavailable(e) from None
+            raise ExecutorError(str(e)) from None
 
     def unmark(self, name: str) -> None:
         """Nothing observes a pod's reads (``k8s_unobserved_reads``)."""
@@ -311,7 +394,7 @@ class PodDaskExecutor(LocalDaskExecutor):
 
     def prepare(self, plan: SessionPlan) -> None:
         """Home and workspace on a single node's host paths, held folders, a fresh run directory
-        (the pool's, in the hub's state: the runtime files themselves go in the run's Secret)."""
+        (under the hub's run_dir; the runtime files themselves go in the run's Secret)."""
         if self.settings.k8s_storage == "hostPath":
             prepare_home_and_workspace(plan)
             prepare_held_folder(plan)
@@ -328,21 +411,28 @@ class PodDaskExecutor(LocalDaskExecutor):
         sized = replace(plan, cpu=limits["cpu"], mem_mb=limits["mem_mb"])
         try:
             k8s.check_reads_policy(self.settings, plan)
-            image = k8s.check_image(self.settings, self.settings.notebook_image)
+            gpu_image = plan.gpus and self.settings.notebook_gpu_image
+            image = k8s.check_image(self.settings, gpu_image or self.settings.notebook_image)
             pod = k8s.batch_pod(self.settings, sized, image=image, env=env, command=argv,
                                 pull_policy=self.pull_policy, tmp_size=self.tmp_size)
             secret = k8s.run_secret(self.settings, sized, self.identity_files(plan), env)
+            # the namespace and its policies with each scheduler; the quota with every run (an
+            # admin may have changed the project's since the scheduler started)
             objects = k8s.project_objects(self.settings, plan, await asyncio.to_thread(
-                k8s.read_project_quota, self.settings, plan.project)) if scheduler else []
+                k8s.read_project_quota, self.settings, plan.project))
+            objects = objects if scheduler else [o for o in objects if o["kind"] == "ResourceQuota"]
         except k8s.KubernetesBackendError as e:
             raise ExecutorError(str(e)) from None
         await asyncio.to_thread(self.kill, plan.session_id)  # a leftover of a crashed run never lingers
         if scheduler:
             token = self._token_file(plan.pool)
             token.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            token.unlink(missing_ok=True)
-            token.touch(mode=0o600)
-            token.write_text(env["VRE_AGENT_TOKEN"])
+            new = token.with_name(f".{token.name}.new")
+            new.unlink(missing_ok=True)
+            fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(env["VRE_AGENT_TOKEN"])
+            new.replace(token)
 
         async def create(api):
             for obj in [*objects, secret]:   # the pool's namespace, policies and quota, as rendered
@@ -351,12 +441,11 @@ class PodDaskExecutor(LocalDaskExecutor):
 
         try:
             created = await self._acall(create)
-        except k8s.KubernetesBackendError as e:
-            raise ExecutorError(str(e)) from None
-        except ApiException as e:
-            why = k8s.api_reason(e)
-            if e.status == 403 and "exceeded quota" in why:
-                raise ClusterUnavailable(f"the project's namespace quota is in use ({why}); the job waits") from None
+        except (k8s.KubernetesBackendError, ApiException) as e:
+            why = k8s.api_reason(e) if isinstance(e, ApiException) else str(e)
+            if _transient(e):
+                raise ClusterUnavailable(f"the cluster cannot take {plan.session_id} now ({why}); the job waits") \
+                    from None
             raise ExecutorError(f"the cluster refused the pod of {plan.session_id}: {why}") from None
         self._killed.pop(plan.session_id, None)
         self._runs[plan.session_id] = _run(created)[1]

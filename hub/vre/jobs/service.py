@@ -178,9 +178,6 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
         if lane == "held":
             raise JobRejected("held jobs do not run on Kubernetes yet (their folders are the project's workers' "
                               "alone, out of the hub pod's reach); submit it on a sandbox or docker deployment")
-        if gpus:
-            raise JobRejected("GPU batch jobs do not run on Kubernetes yet; submit it without GPUs, or use a GPU "
-                              "session")
         if plan.datasets and not settings.k8s_unobserved_reads:
             raise JobRejected(f"project {project.slug!r} has datasets, and on Kubernetes nothing outside the job "
                               "records which dataset files it reads; an admin may accept that with "
