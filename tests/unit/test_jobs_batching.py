@@ -86,6 +86,8 @@ class FakeExecutor:
         self.reports: dict[str, object] = {}  # pool -> what its agent answers instead (an exception: raised)
         self.stall: dict[str, float] = {}      # pool -> seconds its agent takes to answer
         self.asked: list[str] = []
+        self.dead: set[str] = set()            # workers that ended
+        self.dropped: list[tuple[str, int]] = []
 
     def scheduler_alive(self, project):
         return True
@@ -97,7 +99,14 @@ class FakeExecutor:
         pass
 
     def alive(self, name):
+        return name not in self.dead
+
+    async def cancel(self, project, job_id):
+        self.dropped.append(("cancel", job_id))
         return True
+
+    def stop_worker(self, name):
+        self.workers.pop(name, None)
 
     idle_worker = LocalDaskExecutor.idle_worker   # the real rule of which warm worker a job may take
 
@@ -125,6 +134,7 @@ class FakeExecutor:
         return {"jobs": {str(k): dict(v) if isinstance(v, dict) else v for k, v in self.agent.items()}}
 
     async def forget(self, project, job_id):
+        self.dropped.append(("forget", job_id))
         self.agent.pop(job_id, None)
 
     async def stop_idle(self):
@@ -391,6 +401,32 @@ def test_exit_codes_in_range_are_recorded(world, code, state, reason):
     look(engine)
     row = job_row(world, job)
     assert (row.state, row.exit_code) == (state, code) and reason in row.reason
+
+
+def test_a_job_whose_worker_ends_before_it_runs_is_queued_again_once_then_fails(world):
+    """A worker that ends, or never comes up (a pod whose image cannot start), before its job
+    ran: the job is not left pending for ever. It is re-queued once (its pending task dropped by
+    the agent), then failed with the reason."""
+    job = submit(world, "ann")
+    fake = FakeExecutor(2)
+    engine = Engine(world, executor=fake)
+    look(engine)
+    first = job_row(world, job).worker
+    fake.agent[job]["state"] = "pending"
+    look(engine)
+    assert job_row(world, job).state == "running"   # pending on a live worker: it waits
+    fake.dead.add(first)
+    look(engine)   # re-queued, and started again in the same look on the other warm worker
+    row = job_row(world, job)
+    assert row.state == "running" and row.worker != first and row.attempts == 2, (row.state, row.reason)
+    assert fake.dropped[:2] == [("cancel", job), ("forget", job)] and first not in fake.workers
+    assert audited(world, "job.requeue") == [f"job/{job}"]
+    second = row.worker
+    fake.agent[job]["state"] = "pending"
+    fake.dead.add(second)
+    look(engine)
+    row = job_row(world, job)
+    assert row.state == "failed" and "worker ended before the job started" in row.reason
 
 
 def test_where_the_cluster_places_gpus_a_job_holds_a_count_not_this_machines_devices(world):

@@ -597,6 +597,9 @@ class Engine:
                 await self.executor.submit(plan.pool, job.worker, self.spec(plan, job, job.worker))
             return
         state = AgentReport(reported)
+        if state.state == "pending" and job.kind != "cluster" and job.worker and not self.worker_runs(job.worker):
+            await self.worker_lost(db, job)
+            return
         if state.state == "pending":
             self._starting = True
         started = state.started(job, utcnow()) if job.started_at is None else None
@@ -668,6 +671,32 @@ class Engine:
         job.usage = usage
         self.release(db, job)
         self.finish(db, job, state, reason)
+
+    def worker_runs(self, name: str) -> bool:
+        try:
+            return self.executor.alive(name)
+        except Unavailable:   # cannot say now: the next look asks again
+            return True
+
+    async def worker_lost(self, db, job: Job) -> None:
+        """A job whose worker ended, or never came up (a pod that cannot start), before it ran:
+        re-queued once, then failed, and its pending task dropped by the agent (else a new hand-out
+        under the same key would find the old one)."""
+        name, pool = job.worker, pool_of(job)
+        for call in (self.executor.cancel, self.executor.forget):
+            try:
+                await call(pool, job.id)
+            except (ExecutorError, OSError, asyncio.TimeoutError) as e:
+                log.warning("pool %s: could not drop job %s's pending task: %s", pool, job.id, e)
+        self.release(db, job)
+        if job.attempts < MAX_ATTEMPTS and not job.cancel_requested:
+            job.state, job.worker, job.started_at = "queued", "", None
+            job.reason = f"its worker ended before the job started (attempt {job.attempts}); re-queued"
+            self.audit(job, "job.requeue", outcome="error", details={"reason": job.reason, "worker": name})
+        else:
+            self.finish(db, job, "failed", f"its worker ended before the job started (attempt {job.attempts}); "
+                                           "its log may say why")
+        await asyncio.to_thread(self.executor.stop_worker, name)
 
     async def follow_cluster(self, db, job: Job) -> None:
         names = [n for n in job.worker.split(",") if n]
