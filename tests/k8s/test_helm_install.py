@@ -496,11 +496,47 @@ def _cluster_job_from_a_session(kube, rel, url: str, creds: dict) -> None:
         alice.stop(project, timeout=120)
 
 
+def _a_job_runs_on_through_an_upgrade(kube, rel, url: str, creds: dict, args: list[str]) -> None:
+    """``helm upgrade`` replaces the hub pod while a job runs in its worker pod: the new pod's
+    engine adopts it (the agent's token is in the hub's secrets on the state volume, not in the
+    old pod's run directory), the scheduler pod is the same, and the job ends as it would have."""
+    project, project_ns = "lung-screening", f"{rel.instance}-lung-screening"
+    workspace = rel.state_dir / "projects" / project / "workspace"
+    (workspace / "k8s_slow.py").write_text("import time\ntime.sleep(40)\nopen('done.txt', 'w').write('done')\n")
+    (workspace / "k8s_slow.py").chmod(0o644)
+    alice = HubClient(url, "alice")
+    alice.get_token(creds["alice"])
+    r = alice.vre_api("POST", "/jobs", json={"project": project, "kind": "script", "target": "project/k8s_slow.py",
+                                             "cpu": 0.25, "mem_mb": 256, "name": "through an upgrade"})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    kube.wait(f"job {job_id} to start", lambda: alice.vre_api("GET", f"/jobs/{job_id}").json()["started_at"],
+              project_ns, 120)
+
+    def scheduler_uid() -> str:
+        return json.loads(kube("get", "pods", "-n", project_ns, "-l", "vre.pool=lung-screening,vre.role=scheduler",
+                               "-o", "json"))["items"][0]["metadata"]["uid"]
+
+    before, old_hub = scheduler_uid(), rel.hub_pod()["metadata"]["uid"]
+    rel.helm("upgrade", rel.name, str(CHART), *args, "--set", "hub.settings.lockout_threshold=6")
+    rel.wait_hub_ready(not_uid=old_hub)
+    url = rel.url()
+    alice = HubClient(url, "alice")
+    alice.get_token(creds["alice"])
+    done = kube.wait(f"job {job_id} to end after the upgrade", lambda: (j := alice.vre_api(
+        "GET", f"/jobs/{job_id}").json())["state"] in ("succeeded", "failed", "cancelled", "timed_out") and j,
+        project_ns, 180)
+    assert done["state"] == "succeeded" and done["attempts"] == 1, done
+    assert (workspace / "jobs" / str(job_id) / "done.txt").read_text() == "done"
+    assert scheduler_uid() == before   # adopted, not started again
+
+
 def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, notebook_image):
     """Each demo project's session in a pod of the chart on a single node: its dataset (the demo's,
     in the hub's state volume) read-only and readable, the other project's absent, no capabilities,
     a series viewed through the access layer; a batch job in pods of the project's namespace
-    (``_batch_job_in_pods``); and the hub's audit trail recording it all."""
+    (``_batch_job_in_pods``), a cluster job from a session, a job running on through an upgrade;
+    and the hub's audit trail recording it all."""
     rel = Release(kube, new_ns("data"), hub_image)
     args = [*rel.args, "--set", f"sessions.image={notebook_image}", "--set", f"hub.state.nodePath={rel.state_dir}",
             "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", "start_timeout": 180}}']
@@ -541,6 +577,8 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
 
         _batch_job_in_pods(kube, rel, url, creds, notebook_image, new_ns("out"))
         _cluster_job_from_a_session(kube, rel, url, creds)
+        _a_job_runs_on_through_an_upgrade(kube, rel, url, creds, args)
+        url = rel.url()
 
         def trail(*filters: str) -> list[dict]:
             return json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--limit", "1000", *filters))

@@ -87,6 +87,7 @@ class FakeExecutor:
         self.stall: dict[str, float] = {}      # pool -> seconds its agent takes to answer
         self.asked: list[str] = []
         self.dead: set[str] = set()            # workers that ended
+        self.unplaced: dict[str, str] = {}     # worker -> why the cluster has not placed it
         self.dropped: list[tuple[str, int]] = []
 
     def scheduler_alive(self, project):
@@ -112,6 +113,9 @@ class FakeExecutor:
 
     def placement(self, name):
         return {}
+
+    def waiting_for(self, name):
+        return self.unplaced.get(name, "")
 
     def oom_kills(self, name):
         return 0
@@ -415,6 +419,12 @@ def test_a_job_whose_worker_ends_before_it_runs_is_queued_again_once_then_fails(
     fake.agent[job]["state"] = "pending"
     look(engine)
     assert job_row(world, job).state == "running"   # pending on a live worker: it waits
+    fake.unplaced[first] = "the cluster has no place for its worker yet: 0/3 nodes have the GPUs"
+    look(engine)   # a reason to show while it waits
+    assert job_row(world, job).reason == fake.unplaced[first]
+    del fake.unplaced[first]
+    look(engine)
+    assert job_row(world, job).reason == ""
     fake.dead.add(first)
     look(engine)   # re-queued, and started again in the same look on the other warm worker
     row = job_row(world, job)

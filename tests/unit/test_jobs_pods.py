@@ -27,7 +27,10 @@ def pod(session: str, pool: str, role: str = "worker", phase: str = "Running", i
     namespace = namespace or (f"vre-0held-{pool[:-5]}" if held else f"vre-{pool}")
     return NS(metadata=NS(name=name or object_name(batch_id(session)), namespace=namespace, labels=labels,
                           deletion_timestamp="now" if deleting else None), spec=NS(node_name="node-3"),
-              status=NS(phase=phase, pod_ip=ip, container_statuses=[NS(state=state)]))
+              status=NS(phase=phase, pod_ip=ip, container_statuses=[NS(state=state)],
+                        conditions=[NS(type="PodScheduled", status="False", reason="Unschedulable",
+                                       message="0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")]
+                        if phase == "Pending" and not ip else []))
 
 
 class FakeCore:
@@ -100,6 +103,9 @@ def test_a_look_lists_the_pods_once_and_the_hooks_read_that_list(executor):
     assert executor.oom_kills("lung-worker-3") == 1 and executor.oom_kills("lung-worker-1") == 0
     assert executor.placement("lung-worker-1") == {"pod": "vre-lung/batch-lung-worker-1", "node": "node-3"}
     assert executor.placement("lung-worker-9") == {}
+    assert executor.waiting_for("lung-worker-5") == (
+        "the cluster has no place for its worker yet: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
+    assert executor.waiting_for("lung-worker-1") == ""
     assert executor.scheduler_address("lung") == "tcp://10.244.0.9:8786"
     assert executor._existing("lung") == [f"lung-worker-{i}" for i in range(1, 6)]
     with pytest.raises(ExecutorError, match="no address yet"):

@@ -44,7 +44,7 @@ from ..plan import PlanCache, PlanRefused, held_pool, pool_for
 from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import service
-from .executor import ExecutorError, LocalDaskExecutor, SchedulerLost, Unavailable
+from .executor import WAITING_PREFIX, ExecutorError, LocalDaskExecutor, SchedulerLost, Unavailable
 from .queue import Quota, admit
 
 log = logging.getLogger("vre.jobs")
@@ -602,6 +602,10 @@ class Engine:
             return
         if state.state == "pending":
             self._starting = True
+        # why it waits, when the executor knows (a pod not placed yet): shown with the job until it runs
+        waiting = self.executor.waiting_for(job.worker) if state.state == "pending" else ""
+        if waiting != job.reason and (waiting or job.reason.startswith(WAITING_PREFIX)):
+            job.reason = waiting
         started = state.started(job, utcnow()) if job.started_at is None else None
         if state.problems:
             log.warning("pool %s: malformed report on job %s (%s)", pool_of(job), job.id, "; ".join(state.problems))

@@ -49,6 +49,8 @@ SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
 WORKER_OVERHEAD_MB = 384     # the Dask worker process itself, on top of the job's memory
 SCHEDULER_LIMITS = dict(cpu=1.0, mem_mb=1024, pids_max=1024)
 MAX_WORKERS = 1000   # of one pool at once: far above any quota
+#: How ``waiting_for`` reasons begin: the engine shows them with a waiting job and clears them.
+WAITING_PREFIX = "the cluster has no place"
 
 
 class ExecutorError(RuntimeError):
@@ -109,7 +111,8 @@ async def _http(target: Path | tuple[str, int], method: str, path: str, body: di
     """A tiny HTTP/1.1 client of the agent's API: over its unix socket (a path), or over TCP
     (``(host, port)``, a pod's agent) with its bearer ``token``."""
     data = json.dumps(body).encode() if body is not None else b""
-    connect = asyncio.open_connection(*target) if isinstance(target, tuple) else asyncio.open_unix_connection(str(target))
+    connect = (asyncio.open_connection(*target) if isinstance(target, tuple)
+               else asyncio.open_unix_connection(str(target)))
     reader, writer = await asyncio.wait_for(connect, timeout)
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     try:
@@ -310,6 +313,11 @@ class LocalDaskExecutor:
 
     def identity_files(self, plan: SessionPlan) -> dict[str, str]:
         return bwrap.identity_files(plan)
+
+    def waiting_for(self, name: str) -> str:
+        """Why the run cannot take its job yet, when something outside says so (a pod the cluster
+        has not placed); "" otherwise."""
+        return ""
 
     def placement(self, name: str) -> dict:
         """Where the run is, for its job's ``job.start`` record (a pod's node; here: this host)."""

@@ -57,8 +57,8 @@ from ..backends import kubernetes as k8s
 from ..backends.host import prepare_held_folder, prepare_home_and_workspace
 from ..plan import AGENT_PORT, SessionPlan, island_name
 from ..settings import Settings
-from .executor import (SCHEDULER_PORT, AgentRefused, ExecutorError, LocalDaskExecutor, SchedulerLost, Unavailable,
-                       _http)
+from .executor import (SCHEDULER_PORT, WAITING_PREFIX, AgentRefused, ExecutorError, LocalDaskExecutor,
+                       SchedulerLost, Unavailable, _http)
 
 log = logging.getLogger("vre.jobs")
 #: Seconds an API call may take.
@@ -88,6 +88,7 @@ class Run:
     ended: str = ""         # why its container ended ("OOMKilled", "Error", ...)
     deleting: bool = False
     node: str = ""          # where the cluster placed it
+    unplaced: str = ""      # why the cluster has not placed it yet (no node with the GPUs, ...)
     seen: float = 0.0       # time.monotonic() when this was learnt
 
     @property
@@ -108,6 +109,9 @@ def _run(pod) -> tuple[str, Run]:
     for c in status.container_statuses or ():
         if c.state and c.state.terminated:
             run.ended = c.state.terminated.reason or "ended"
+    for c in status.conditions or ():
+        if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
+            run.unplaced = (c.message or c.reason)[:300]
     return labels.get("vre.session", ""), run
 
 
@@ -163,7 +167,8 @@ class PodDaskExecutor(LocalDaskExecutor):
 
     @staticmethod
     def _unavailable(e: Exception) -> ClusterUnavailable:
-        return ClusterUnavailable(f"the cluster's API does not answer ({e or type(e).__name__}); jobs wait until it does")
+        return ClusterUnavailable(f"the cluster's API does not answer ({e or type(e).__name__}); "
+                                  "jobs wait until it does")
 
     def _call(self, fn, timeout: float = API_TIMEOUT):
         """``await fn(core API)``, waited for from any thread. An API that does not answer is
@@ -245,6 +250,10 @@ class PodDaskExecutor(LocalDaskExecutor):
         """The node and pod the cluster gave the run (GPUs are a count: the node is what is known)."""
         run = self._runs.get(name)
         return {"pod": f"{run.namespace}/{run.pod}", "node": run.node} if run else {}
+
+    def waiting_for(self, name: str) -> str:
+        run = self._runs.get(name)
+        return f"{WAITING_PREFIX} for its worker yet: {run.unplaced}" if run and run.unplaced else ""
 
     def oom_kills(self, name: str) -> int:
         run = self._runs.get(name)
