@@ -30,15 +30,6 @@ def locked(path: Path, *, wait: bool = True):
         os.close(fd)
 
 
-def hold_group(gid: int) -> None:
-    """Make this root process a member of group ``gid`` (idempotent). A hub without
-    CAP_DAC_OVERRIDE (the chart's pod) reaches the folders a project's runs own (mode 2770, the
-    project's group) through their group bits; elsewhere root passes anyway. Process-wide: the C
-    library applies it to every thread."""
-    if os.geteuid() == 0 and gid not in os.getgroups():
-        os.setgroups([*os.getgroups(), gid])
-
-
 def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
     """A secret kept in a root-only file, created on first use (never in the repository)."""
     if not path.exists():

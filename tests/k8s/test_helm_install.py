@@ -81,11 +81,12 @@ def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
     ready_s = time.monotonic() - t0
     print(f"helm install to hub Ready: {ready_s:.1f} s")
 
-    # the pod runs what the chart says: root without capabilities beyond the five, no escalation
+    # the pod runs what the chart says: root without capabilities beyond the six, no escalation
     status = dict(line.split(":\t", 1) for line in release.exec_hub("cat", "/proc/1/status").splitlines() if ":\t" in line)
     assert int(status["NoNewPrivs"]) == 1 and status["Seccomp"].strip() == "2", status
     caps = int(status["CapBnd"], 16)
-    assert caps == (1 << 0) | (1 << 3) | (1 << 5) | (1 << 6) | (1 << 7), hex(caps)  # CHOWN FOWNER KILL SETGID SETUID
+    # CHOWN DAC_OVERRIDE FOWNER KILL SETGID SETUID
+    assert caps == (1 << 0) | (1 << 1) | (1 << 3) | (1 << 5) | (1 << 6) | (1 << 7), hex(caps)
     assert release.exec_hub("sh", "-c", "touch /opt/x 2>&1 || true").strip().endswith("Read-only file system")
 
     # the hub answers through its Service (kube-proxy on this host), as a browser sees it
@@ -374,34 +375,49 @@ except OSError as e:
 """
 
 
+PROJECT = "lung-screening"
+
+
+def _submit_script(rel, client, filename: str, text: str, **body) -> int:
+    """Put ``text`` in the demo project's workspace (the hub's state volume, a node path) as
+    ``filename`` and submit it as a small script job; its id."""
+    workspace = rel.state_dir / "projects" / PROJECT / "workspace"
+    (workspace / filename).write_text(text)
+    (workspace / filename).chmod(0o644)
+    r = client.vre_api("POST", "/jobs", json={"project": PROJECT, "kind": "script", "target": f"project/{filename}",
+                                              "cpu": 0.25, "mem_mb": 256, **body})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def _job_end(kube, client, job_id: int, ns: str, timeout: float = 180) -> dict:
+    """The job once it ended (on failure: the pods and events of ``ns``)."""
+    def ended():
+        j = client.vre_api("GET", f"/jobs/{job_id}").json()
+        return j if j["state"] in ("succeeded", "failed", "cancelled", "timed_out") else None
+    return kube.wait(f"batch job {job_id} to end", ended, ns, timeout, "pods")
+
+
 def _batch_job_in_pods(kube, rel, url: str, creds: dict, image: str, outsider_ns: str) -> int:
     """alice's script job on the chart: the engine in the hub pod starts the project's Dask
     scheduler and a worker as pods in the project's namespace; the job reads the dataset and
     writes its result into the workspace; the agent answers the engine's token only, and only
     the hub's pods reach its port. Returns the job's id."""
-    project, project_ns = "lung-screening", f"{rel.instance}-lung-screening"
+    project, project_ns = PROJECT, f"{rel.instance}-{PROJECT}"
     public = kube.get("service", f"{rel.name}-proxy", rel.ns)["spec"]["clusterIP"]
     api = kube.get("service", f"{rel.name}-hub", rel.ns)["spec"]["clusterIP"]
-    workspace = rel.state_dir / "projects" / project / "workspace"   # the hub's state volume, a node path
-    (workspace / "k8s_job.py").write_text(JOB_FACTS.replace("$PUBLIC", repr(public)).replace("$API", repr(api)))
-    (workspace / "k8s_job.py").chmod(0o644)
+    workspace = rel.state_dir / "projects" / project / "workspace"
     alice = HubClient(url, "alice")
     alice.get_token(creds["alice"])
-    r = alice.vre_api("POST", "/jobs", json={"project": project, "kind": "script", "target": "project/k8s_job.py",
-                                             "cpu": 0.25, "mem_mb": 256, "name": "in a pod"})
-    assert r.status_code == 201, r.text
-    job_id = r.json()["id"]
-
-    def ended():
-        j = alice.vre_api("GET", f"/jobs/{job_id}").json()
-        return j if j["state"] in ("succeeded", "failed", "cancelled", "timed_out") else None
-
+    facts = JOB_FACTS.replace("$PUBLIC", repr(public)).replace("$API", repr(api))
+    job_id = _submit_script(rel, alice, "k8s_job.py", facts, name="in a pod")
     t0 = time.monotonic()
     try:
-        done = kube.wait(f"batch job {job_id} to end", ended, project_ns, 300, "pods")
+        done = _job_end(kube, alice, job_id, project_ns, 300)
     except BaseException:
         hub_log = kube.run("logs", "-n", rel.ns, f"deploy/{rel.name}-hub", "-c", "hub").stdout
-        print("the job engine's log:\n" + "\n".join(line for line in hub_log.splitlines() if "vre-jobs" in line)[-6000:])
+        engine_log = "\n".join(line for line in hub_log.splitlines() if "vre-jobs" in line)
+        print("the job engine's log:\n" + engine_log[-6000:])
         raise
     print(f"submit to a job's end in pods (a new scheduler and worker): {time.monotonic() - t0:.1f} s")
     log = alice.vre_api("GET", f"/jobs/{job_id}/log").json()["text"]
@@ -431,14 +447,9 @@ def _batch_job_in_pods(kube, rel, url: str, creds: dict, image: str, outsider_ns
     _expect(kube, outsider_ns, "client", scheduler_ip, 8787, False, "the scheduler's dashboard from another namespace")
 
     # a job over its memory is told so: the worker counts the OOM kills in its own cgroup
-    (workspace / "k8s_oom.py").write_text('block = b"x" * (1500 << 20)\nprint("survived", len(block))\n')
-    (workspace / "k8s_oom.py").chmod(0o644)
-    r = alice.vre_api("POST", "/jobs", json={"project": project, "kind": "script", "target": "project/k8s_oom.py",
-                                             "cpu": 0.25, "mem_mb": 256, "name": "too big"})
-    assert r.status_code == 201, r.text
-    oom_id = r.json()["id"]
-    oom = kube.wait(f"batch job {oom_id} to end", lambda: (j := alice.vre_api("GET", f"/jobs/{oom_id}").json())
-                    ["state"] in ("succeeded", "failed", "cancelled", "timed_out") and j, project_ns, 180, "pods")
+    oom_id = _submit_script(rel, alice, "k8s_oom.py", 'block = b"x" * (1500 << 20)\nprint("survived", len(block))\n',
+                            name="too big")
+    oom = _job_end(kube, alice, oom_id, project_ns)
     assert oom["state"] == "failed" and "out of memory" in oom["reason"], oom
 
     trail = {a: json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", a, "--limit", "100"))
@@ -462,11 +473,29 @@ client.close()
 """
 
 
+REACH = """
+import json, socket
+r = {}
+for name, address in ADDRESSES.items():
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect((address, 8786))
+        r[name] = "connected"
+    except OSError as e:
+        r[name] = type(e).__name__
+    finally:
+        s.close()
+print(json.dumps(r))
+"""
+
+
 def _cluster_job_from_a_session(kube, rel, url: str, creds: dict) -> None:
     """alice's session pod asks for Dask workers (a cluster job): they are pods of the project's
     pool, her client reaches the scheduler pod's address, the dashboard answers at the session's
-    /proxy/8787/, and her cancel removes the workers' pods."""
-    project, project_ns = "lung-screening", f"{rel.instance}-lung-screening"
+    /proxy/8787/, and her cancel removes the workers' pods. Then, from the same session: an
+    airlock request from her home and the workspace, and a held job her session cannot reach."""
+    project, project_ns = PROJECT, f"{rel.instance}-{PROJECT}"
 
     def workers() -> set[str]:
         return set(kube("get", "pods", "-n", project_ns, "-l", "vre.pool=lung-screening,vre.role=worker",
@@ -489,8 +518,40 @@ def _cluster_job_from_a_session(kube, rel, url: str, creds: dict) -> None:
                             headers={"Authorization": f"token {alice.token}"}, timeout=30)
         assert page.status_code == 200 and "Dask" in page.text, page.status_code
         assert alice.vre_api("POST", f"/jobs/{r['job']}/cancel").status_code == 200
+        assert _job_end(kube, alice, r["job"], project_ns, 60)["state"] == "cancelled"
         kube.wait("the cancelled cluster job's worker pods gone", lambda: not workers() - before, project_ns, 60)
-        assert alice.vre_api("GET", f"/jobs/{r['job']}").json()["state"] == "cancelled"
+
+        # the airlock freezes what she names, from her home (0700, hers) and the workspace: the hub
+        # pod reads both although it holds no CAP_DAC_OVERRIDE
+        k.check("open('/home/jovyan/k8s-table.csv', 'w').write('case,value\\n1,2\\n')\n"
+                "open('/home/jovyan/project/k8s-ws.csv', 'w').write('case,value\\n3,4\\n')")
+        r = alice.vre_api("POST", "/airlock/requests", json={
+            "project": project, "title": "from a pod", "justification": "test",
+            "files": [{"path": "k8s-table.csv"}, {"path": "project/k8s-ws.csv"}]})
+        assert r.status_code == 201, r.text
+        rid = r.json()["id"]
+        check = alice.vre_api("POST", f"/airlock/requests/{rid}/check")
+        assert check.status_code == 200 and check.json()["ok"], check.text
+        submitted = alice.vre_api("POST", f"/airlock/requests/{rid}/submit")
+        assert submitted.status_code == 200 and submitted.json()["state"] == "submitted", submitted.text
+
+        # a held job runs in a namespace of its own: its output in the held folder, its scheduler
+        # out of her session's reach while the open one answers
+        held_job = "import os\nopen(os.path.join(os.environ['VRE_JOB_OUTPUT'], 'done.txt'), 'w').write('held')\n"
+        held_id = _submit_script(rel, alice, "k8s_held.py", held_job, lane="held")
+        held_ns = f"{rel.instance}-0held-{PROJECT}"
+        held = _job_end(kube, alice, held_id, held_ns)
+        assert held["state"] == "succeeded" and held["lane"] == "held", held
+        done = rel.state_dir / "projects" / project / "held" / "jobs" / str(held_id) / "done.txt"
+        assert done.read_text() == "held"
+        held_pods = json.loads(kube("get", "pods", "-n", held_ns, "-l", "vre.pool=lung-screening.held", "-o",
+                                    "json"))["items"]
+        assert {p["metadata"]["labels"]["vre.role"] for p in held_pods} == {"scheduler", "held"}, held_pods
+        held_ip = next(p["status"]["podIP"] for p in held_pods if p["metadata"]["labels"]["vre.role"] == "scheduler")
+        reach = k.check(REACH.replace("ADDRESSES", repr({"open": scheduler["status"]["podIP"], "held": held_ip})),
+                        timeout=60)
+        reached = json.loads(reach.strip().splitlines()[-1])
+        assert reached["open"] == "connected" and reached["held"] != "connected", reached
     finally:
         k.close()
         alice.stop(project, timeout=120)
@@ -500,16 +561,12 @@ def _a_job_runs_on_through_an_upgrade(kube, rel, url: str, creds: dict, args: li
     """``helm upgrade`` replaces the hub pod while a job runs in its worker pod: the new pod's
     engine adopts it (the agent's token is in the hub's secrets on the state volume, not in the
     old pod's run directory), the scheduler pod is the same, and the job ends as it would have."""
-    project, project_ns = "lung-screening", f"{rel.instance}-lung-screening"
-    workspace = rel.state_dir / "projects" / project / "workspace"
-    (workspace / "k8s_slow.py").write_text("import time\ntime.sleep(40)\nopen('done.txt', 'w').write('done')\n")
-    (workspace / "k8s_slow.py").chmod(0o644)
+    project_ns = f"{rel.instance}-{PROJECT}"
+    workspace = rel.state_dir / "projects" / PROJECT / "workspace"
     alice = HubClient(url, "alice")
     alice.get_token(creds["alice"])
-    r = alice.vre_api("POST", "/jobs", json={"project": project, "kind": "script", "target": "project/k8s_slow.py",
-                                             "cpu": 0.25, "mem_mb": 256, "name": "through an upgrade"})
-    assert r.status_code == 201, r.text
-    job_id = r.json()["id"]
+    slow = "import time\ntime.sleep(40)\nopen('done.txt', 'w').write('done')\n"
+    job_id = _submit_script(rel, alice, "k8s_slow.py", slow, name="through an upgrade")
     kube.wait(f"job {job_id} to start", lambda: alice.vre_api("GET", f"/jobs/{job_id}").json()["started_at"],
               project_ns, 120)
 
@@ -523,9 +580,7 @@ def _a_job_runs_on_through_an_upgrade(kube, rel, url: str, creds: dict, args: li
     url = rel.url()
     alice = HubClient(url, "alice")
     alice.get_token(creds["alice"])
-    done = kube.wait(f"job {job_id} to end after the upgrade", lambda: (j := alice.vre_api(
-        "GET", f"/jobs/{job_id}").json())["state"] in ("succeeded", "failed", "cancelled", "timed_out") and j,
-        project_ns, 180)
+    done = _job_end(kube, alice, job_id, project_ns)
     assert done["state"] == "succeeded" and done["attempts"] == 1, done
     assert (workspace / "jobs" / str(job_id) / "done.txt").read_text() == "done"
     assert scheduler_uid() == before   # adopted, not started again

@@ -755,10 +755,12 @@ async def _remove_instance_sessions(settings: Settings) -> int:
         for pod in pods:
             # each pod's run Secret by name: the hub may write Secrets but never list or read them
             # (the chart's RBAC: listing them cluster-wide would expose every token in the cluster)
-            ns, session = pod.metadata.namespace, (pod.metadata.labels or {}).get("vre.session", "")
+            ns, pod_labels = pod.metadata.namespace, pod.metadata.labels or {}
+            session = pod_labels.get("vre.session", "")
             deletions = [(core.delete_namespaced_pod, pod.metadata.name, {"grace_period_seconds": 2})]
-            if session:
-                deletions.append((core.delete_namespaced_secret, run_secret_name(session), {}))
+            if session:   # a batch run's (the job engine's) is named from batch-<run>
+                secret = run_secret_name(batch_id(session) if "vre.pool" in pod_labels else session)
+                deletions.append((core.delete_namespaced_secret, secret, {}))
             for call, name, kw in deletions:
                 try:
                     await call(name, ns, **kw)
@@ -769,6 +771,6 @@ async def _remove_instance_sessions(settings: Settings) -> int:
 
 
 def remove_instance_sessions(settings: Settings) -> int:
-    """Delete every session pod of this installation and its run Secret (``vre down``); the
-    projects' namespaces stay: they hold the projects' claims."""
+    """Delete every session and batch pod of this installation and its run Secret (``vre down``);
+    the projects' namespaces stay: they hold the projects' claims."""
     return asyncio.run(_remove_instance_sessions(settings))

@@ -34,8 +34,8 @@ What differs from the sandbox (``executor.LocalDaskExecutor``, whose logic this 
 - GPUs are a count (``nvidia.com/gpu`` in the worker's limits, on ``k8s_gpu_node_selector``
   nodes, from the GPU image): the engine leases no device of its own machine, admits by the
   project's GPU quota, and the cluster picks the devices, as for sessions.
-- Claims (``k8s_storage = "pvc"``) and held jobs are not supported yet: ``service.submit``
-  refuses such jobs with the reason.
+- Claims (``k8s_storage = "pvc"``) are not supported yet: ``service.submit`` refuses jobs there
+  with the reason (the job service writes each job's folder by its host path).
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ from ..accounts import get_account
 from ..db import JOB_FINAL, JOB_LANES, Job, Project, get_by_id, utcnow
 from ..errors import NotFound, VREError
 from ..gpus import host_devices
-from ..hostfiles import hold_group
 from ..plan import (HELD_ROOT, HOME, WORKSPACE, PlanRefused, build_plan, held_dir, jobs_run_dir, pool_for,
                     project_paths)
 from ..settings import Settings
@@ -72,13 +71,6 @@ def job_folder(settings: Settings, project: str, job_id: int, lane: str = "open"
         return held.parent, f"{held.name}/jobs/{job_id}"
     workspace, _ = project_paths(settings, project, "_")
     return workspace, f"jobs/{job_id}"
-
-
-def reach_job_folder(settings: Settings, project: Project, job_id: int, lane: str = "open") -> tuple[Path, str]:
-    """``job_folder`` for this process to open: it holds the project's group first, as a hub in
-    a pod without CAP_DAC_OVERRIDE must (``hostfiles.hold_group``)."""
-    hold_group(settings.gid_base + project.id)
-    return job_folder(settings, project.slug, job_id, lane)
 
 
 def outdir_on_host(settings: Settings, project: str, job_id: int, lane: str = "open") -> Path:
@@ -175,9 +167,6 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
         raise JobRejected(f"the job asks for {gpus} GPU(s) but project {project.slug!r} may use "
                           f"{project.job_gpus} at once; ask for fewer")
     if settings.backend == "kubernetes":
-        if lane == "held":
-            raise JobRejected("held jobs do not run on Kubernetes yet (their folders are the project's workers' "
-                              "alone, out of the hub pod's reach); submit it on a sandbox or docker deployment")
         if plan.datasets and not settings.k8s_unobserved_reads:
             raise JobRejected(f"project {project.slug!r} has datasets, and on Kubernetes nothing outside the job "
                               "records which dataset files it reads; an admin may accept that with "
@@ -257,7 +246,7 @@ def make_outdir(settings: Settings, project: Project, job_id: int, payload: byte
     held, beside it (the project's workers only), with a held job's copy of its code."""
     from ..plan import project_uid
 
-    base, rel = reach_job_folder(settings, project, job_id, lane)
+    base, rel = job_folder(settings, project.slug, job_id, lane)
     uid, gid = project_uid(settings, project.id), settings.gid_base + project.id
     mode = 0o700 if lane == "held" else 0o2770
     try:
@@ -383,7 +372,7 @@ def read_log(settings: Settings, job: Job, offset: int = 0, limit: int = 1 << 20
 
 def _job_file(settings: Settings, job: Job, name: str):
     """A file of ``job``'s folder, opened through ``beneath`` from the folder's trusted base."""
-    base, rel = reach_job_folder(settings, job.project, job.id, job.lane)
+    base, rel = job_folder(settings, job.project.slug, job.id, job.lane)
     return beneath.opened_beneath(base, f"{rel}/{name}")
 
 
@@ -407,7 +396,7 @@ def progress(settings: Settings, job: Job) -> dict | None:
 def outputs(settings: Settings, job: Job) -> list[dict]:
     if job.lane == "held":  # not even names: the job chose them
         return []
-    found = beneath.walk_files_beneath(*reach_job_folder(settings, job.project, job.id))  # links not followed
+    found = beneath.walk_files_beneath(*job_folder(settings, job.project.slug, job.id))  # links not followed
     return [{"path": f"{outdir_inside(job.id)}/{rel}", "size": size} for rel, size in sorted(found)
             if not os.path.basename(rel).startswith(".") and rel != "progress.json"]
 
