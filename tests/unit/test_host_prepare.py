@@ -1,6 +1,6 @@
-"""The home and workspace a plan needs, prepared again by a hub without CAP_DAC_OVERRIDE (the
-chart's hub pod runs as root with CHOWN, FOWNER, KILL, SETGID and SETUID only): the member's home
-(0700, theirs) cannot be looked into, and a second start must not fail on it."""
+"""The home and workspace a plan needs, prepared again by a hub without CAP_DAC_OVERRIDE (a hub pod
+whose operator dropped it from the chart's six capabilities; sessions still start there): the
+member's home (0700, theirs) cannot be looked into, and a second start must not fail on it."""
 
 import os
 import subprocess
