@@ -56,7 +56,7 @@ from ..jobs.executor import DASHBOARD_PORT, SCHEDULER_LIMITS, SCHEDULER_PORT, WO
 from ..jobs.service import MAX_CLUSTER_WORKERS
 from ..plan import AGENT_PORT, AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan, held_pool
 from ..settings import Settings, k8s_images
-from .host import prepare_home_and_workspace
+from .host import prepare_held_folder, prepare_home_and_workspace
 from .plan_spawner import PlanSpawner, server_args, server_command
 
 #: The session server's port in its pod (the access layer's target: ``http://<pod IP>:PORT``).
@@ -462,6 +462,19 @@ async def put_object(client: ApiClient, obj: dict) -> None:
             await getattr(api, f"replace_{scope}{snake}")(name, *args)
 
 
+def prepare_node_paths(settings: Settings, plan: SessionPlan) -> None:
+    """What a run of ``plan`` needs on the hub's side: a fresh run directory (a session's holds the
+    access layer's mount table); with hostPath storage also the home, workspace and held folders
+    with their owners. Nothing else of the run directory is mounted (the runtime files come from
+    the run's Secret, sockets and spool are emptyDirs), so none of it is made: a hub pod without
+    CAP_DAC_OVERRIDE could not remove a member's private directories of a previous session."""
+    if settings.k8s_storage == "hostPath":
+        prepare_home_and_workspace(plan)
+        prepare_held_folder(plan)
+    shutil.rmtree(plan.run_dir, ignore_errors=True)
+    plan.run_dir.mkdir(parents=True, mode=0o755)
+
+
 class KubernetesSpawner(PlanSpawner, Spawner):
     """Runs each (user, project) session as a pod in its project's namespace.
 
@@ -554,15 +567,7 @@ class KubernetesSpawner(PlanSpawner, Spawner):
 
     # -- start ---------------------------------------------------------------------------------
     def _prepare_host(self, plan: SessionPlan) -> None:
-        """A fresh run directory (the access layer's mount table); with hostPath storage also the
-        home and workspace with their owners. Nothing else of the host run directory is mounted
-        (the runtime files come from the session's Secret, sockets and spool are emptyDirs), so
-        none of it is made: a hub in a pod, without CAP_DAC_OVERRIDE, could not remove the
-        member's private directories of a previous session."""
-        if self.settings.k8s_storage == "hostPath":
-            prepare_home_and_workspace(plan)
-        shutil.rmtree(plan.run_dir, ignore_errors=True)
-        plan.run_dir.mkdir(parents=True, mode=0o755)
+        prepare_node_paths(self.settings, plan)
 
     def _project_quota(self, plan: SessionPlan) -> ProjectQuota:
         return read_project_quota(self.settings, plan.project)

@@ -693,13 +693,7 @@ class Engine:
             except (ExecutorError, OSError, asyncio.TimeoutError) as e:
                 log.warning("pool %s: could not drop job %s's pending task: %s", pool, job.id, e)
         self.release(db, job)
-        if job.attempts < MAX_ATTEMPTS and not job.cancel_requested:
-            job.state, job.worker, job.started_at = "queued", "", None
-            job.reason = f"its worker ended before the job started (attempt {job.attempts}); re-queued"
-            self.audit(job, "job.requeue", outcome="error", details={"reason": job.reason, "worker": name})
-        else:
-            self.finish(db, job, "failed", f"its worker ended before the job started (attempt {job.attempts}); "
-                                           "its log may say why")
+        self.requeue_or_fail(db, job, "its worker ended before the job started", worker=name)
         await asyncio.to_thread(self.executor.stop_worker, name)
 
     async def follow_cluster(self, db, job: Job) -> None:
@@ -722,15 +716,20 @@ class Engine:
         log.warning("%s: %d running job(s) affected", why, len(running))
         for job in running:
             self.release(db, job)
-            if self.settings.jobs_on_scheduler_loss == "requeue" and job.attempts < MAX_ATTEMPTS and \
-                    not job.cancel_requested:
-                job.state, job.worker, job.started_at = "queued", "", None
-                job.reason = f"its scheduler was lost while it ran (attempt {job.attempts}); re-queued"
-                self.audit(job, "job.requeue", outcome="error", details={"reason": job.reason})
-            else:
-                self.finish(db, job, "failed", f"its scheduler was lost while it ran (attempt {job.attempts})")
+            self.requeue_or_fail(db, job, "its scheduler was lost while it ran",
+                                 requeue=self.settings.jobs_on_scheduler_loss == "requeue")
         await self.commit(db)
         await self.executor.stop_pool(pool)
+
+    def requeue_or_fail(self, db, job: Job, why: str, *, requeue: bool = True, **details) -> None:
+        """A running job lost what ran it (not its own doing): back to the queue until its last
+        attempt (unless cancelled), else failed, saying ``why``."""
+        if requeue and job.attempts < MAX_ATTEMPTS and not job.cancel_requested:
+            job.state, job.worker, job.started_at = "queued", "", None
+            job.reason = f"{why} (attempt {job.attempts}); re-queued"
+            self.audit(job, "job.requeue", outcome="error", details={"reason": job.reason, **details})
+        else:
+            self.finish(db, job, "failed", f"{why} (attempt {job.attempts})")
 
     # -- ending --------------------------------------------------------------------------
     def release(self, db, job: Job) -> None:

@@ -44,7 +44,6 @@ import asyncio
 import logging
 import os
 import secrets
-import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -54,7 +53,6 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..backends import kubernetes as k8s
-from ..backends.host import prepare_held_folder, prepare_home_and_workspace
 from ..plan import AGENT_PORT, SessionPlan, island_name
 from ..settings import Settings
 from .executor import (SCHEDULER_PORT, WAITING_PREFIX, AgentRefused, ExecutorError, LocalDaskExecutor,
@@ -402,13 +400,7 @@ class PodDaskExecutor(LocalDaskExecutor):
         return k8s.identity_files(plan)
 
     def prepare(self, plan: SessionPlan) -> None:
-        """Home and workspace on a single node's host paths, held folders, a fresh run directory
-        (under the hub's run_dir; the runtime files themselves go in the run's Secret)."""
-        if self.settings.k8s_storage == "hostPath":
-            prepare_home_and_workspace(plan)
-            prepare_held_folder(plan)
-        shutil.rmtree(plan.run_dir, ignore_errors=True)
-        plan.run_dir.mkdir(parents=True, mode=0o755)
+        k8s.prepare_node_paths(self.settings, plan)
 
     async def _launch(self, plan: SessionPlan, argv: list[str], devices, *, limits: dict) -> None:
         env = dict(plan.env)
