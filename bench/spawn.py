@@ -1,7 +1,7 @@
 """Spawn-to-ready latency: the sandbox and docker backends against JupyterHub's LocalProcessSpawner.
 
     sudo .venv/bin/python bench/spawn.py [--n 20] [--profile small] [--project lung-screening]
-                                         [--backends sandbox,docker,local[,kubernetes]]
+                                         [--backends sandbox,docker,local[,kubernetes[,kubernetes-unobserved]]]
 
 Starts real hubs side by side with ``vre up`` (the same JupyterHub, configurable-http-proxy,
 jupyterhub-singleuser and default url ``/lab``, each on its own free 127.0.0.1 ports, with the small
@@ -14,7 +14,10 @@ demo in a temp dir):
   through the engine at ``VRE_DOCKER_URL`` (default: Podman's socket, ``scripts/podman-setup``);
 - ``kubernetes`` (only when asked for): the Helm chart on this machine's test cluster
   (``scripts/k8s-cluster up``, taken like the Kubernetes tests take it, and ``down`` at the end):
-  hub and sessions in pods, this checkout's images imported, single node (``tests/k8s/chart.py``);
+  hub and sessions in pods, this checkout's images imported, single node (``tests/k8s/chart.py``),
+  each session with datasets behind the gate of the per-node observer of dataset reads;
+- ``kubernetes-unobserved`` (only when asked for): the same chart without the observer (reads
+  accepted unobserved): the baseline of what the observer's gate costs a spawn;
 - ``local``: the same hub with ``c.JupyterHub.spawner_class = "localprocess"`` loaded last
   (a JupyterHub config of its own that loads the VRE's first, named by VRE_HUB_CONFIG): the server runs
   unisolated as a throwaway system user of the same name.
@@ -62,8 +65,8 @@ from vre.backends.cgroups import SessionCgroup  # noqa: E402
 
 TARGET = 1.2          # sandbox p50 within this ratio of LocalProcessSpawner
 DOCKER_TARGET_S = 5.0  # docker p50 under this many seconds
-BACKENDS = ("sandbox", "docker", "local", "kubernetes")
-DEFAULT_BACKENDS = ("sandbox", "docker", "local")   # kubernetes: asked for (it takes the machine's test cluster)
+BACKENDS = ("sandbox", "docker", "local", "kubernetes", "kubernetes-unobserved")
+DEFAULT_BACKENDS = ("sandbox", "docker", "local")   # kubernetes*: asked for (they take the machine's test cluster)
 
 # The local hub's JupyterHub config (VRE_HUB_CONFIG): the VRE's own, then only the spawner changes. Sessions keep the
 # same hub API (the hub's unix socket, at its host path instead of the sandbox's bind mount), the
@@ -149,18 +152,24 @@ class ChartHub:
     """The Helm chart on this machine's test cluster (``scripts/k8s-cluster``, taken for the run as
     the Kubernetes tests take it): the hub and the sessions in pods, single node (hostPath state
     and datasets, ``tests/k8s/chart.py``'s release), this checkout's hub and notebook images
-    imported. Started with ``up`` and stopped with ``down`` unless the cluster was already up."""
+    imported. Started with ``up`` and stopped with ``down`` (by the last release to go) unless the
+    cluster was already up. ``observed``: with the per-node observer of dataset reads (the chart's
+    default: a session waits at its gate until the observer marked it); without it, the release
+    accepts unobserved reads (the baseline ``kubernetes-unobserved``)."""
 
-    backend = "kubernetes"
+    users = 0   # releases on the cluster in this run
 
-    def __init__(self):
+    def __init__(self, observed: bool = True):
         sys.path.insert(0, str(ROOT / "tests" / "k8s"))
         import testcluster
         from chart import HELM, Release, cluster_image
 
+        self.backend = "kubernetes" if observed else "kubernetes-unobserved"
         self.cluster = testcluster
         self.helm_bin = HELM
-        testcluster.up()
+        if not ChartHub.users:
+            testcluster.up()
+        ChartHub.users += 1
         self.kube = testcluster.Kube(testcluster.busybox())
         hub_image, notebook = cluster_image("hub"), cluster_image("notebook")
         self.ns = f"bench-{secrets.token_hex(3)}"
@@ -171,6 +180,8 @@ class ChartHub:
                      "--set", f"hub.state.nodePath={self.release.state_dir}",
                      "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", '
                                    '"start_timeout": 180}}']
+        if not observed:
+            self.args += ["--set", "observer.enabled=false", "--set", "sessions.allowUnobservedReads=true"]
         self.url = ""
 
     def start(self) -> None:
@@ -198,12 +209,14 @@ class ChartHub:
         try:
             if logs is not None:
                 logs.mkdir(parents=True, exist_ok=True)
-                (logs / "hub-kubernetes.log").write_text(self.log_tail(100_000))
+                (logs / f"hub-{self.backend}.log").write_text(self.log_tail(100_000))
             subprocess.run([str(self.helm_bin), "uninstall", self.release.name, "--namespace", self.ns],
                            capture_output=True, env=self.kube.env, timeout=180)
             self.release.cleanup()
         finally:
-            self.cluster.down()
+            ChartHub.users -= 1
+            if not ChartHub.users:
+                self.cluster.down()
 
 
 # --- the throwaway user -----------------------------------------------------------------------
@@ -354,9 +367,13 @@ def report(times: dict[str, list[float]], args, cpus: int, lags: list[float] | N
               f"{d50:.2f} s)")
     if "kubernetes" in backends:
         k50 = statistics.median(times["kubernetes"])
-        against = [f"{b} {k50 / statistics.median(times[b]):.2f}x" for b in ("sandbox", "docker") if times.get(b)]
+        against = [f"{b} {k50 / statistics.median(times[b]):.2f}x"
+                   for b in ("sandbox", "docker", "kubernetes-unobserved") if times.get(b)]
         print(f"kubernetes (a pod of the chart on the single-node test cluster): p50 {k50:.2f} s"
               + (f"; p50 ratio to {', '.join(against)}" if against else ""))
+    if times.get("kubernetes") and times.get("kubernetes-unobserved"):
+        gate = statistics.median(times["kubernetes"]) - statistics.median(times["kubernetes-unobserved"])
+        print(f"the observer's gate (kubernetes - kubernetes-unobserved): p50 {gate:+.2f} s")
     if lags and lp and "sandbox" in backends and len(lags) == len(lp):
         s = times["sandbox"]
         prompt = [t - lag for t, lag in zip(lp, lags)]
@@ -420,12 +437,13 @@ def main() -> int:
         create_system_user(name, homes)
         for backend in backends:
             print(f"starting the {backend} hub ...", flush=True)
-            hubs[backend] = ChartHub() if backend == "kubernetes" else BenchHub(backend, extra_config)
+            hubs[backend] = ChartHub(backend == "kubernetes") if backend.startswith("kubernetes") else \
+                BenchHub(backend, extra_config)
             hubs[backend].start()
             clients[backend] = add_account(hubs[backend], name, password, args.project)
             print(f"  {hubs[backend].url} (state in {hubs[backend].base_dir})", flush=True)
 
-        profile = {"sandbox": args.profile, "docker": args.profile, "kubernetes": args.profile, "local": None}
+        profile = {b: None if b == "local" else args.profile for b in backends}
         for i in range(args.warmup):
             for backend in backends:
                 t = spawn(clients[backend], args.project, profile[backend])

@@ -29,10 +29,10 @@ def configure(c, settings: Settings) -> None:
 
     c.JupyterHub.bind_url = settings.bind_url
     on_k8s = settings.backend == "kubernetes"
-    if on_k8s and settings.k8s_unobserved_reads:
+    if on_k8s and settings.k8s_unobserved_reads and not settings.k8s_read_observer:
         logging.getLogger("vre").warning(
             "k8s_unobserved_reads = true: session pods mount datasets although nothing outside them records "
-            "which dataset files they read (no per-node observer on Kubernetes yet)")
+            "which dataset files they read (no per-node observer: k8s_read_observer is off)")
     if on_k8s:
         # Sessions are pods: the hub creates no sandbox, cgroup or network namespace on its own
         # machine, so the hub itself needs no root here (the access layer it starts still does:

@@ -107,10 +107,17 @@ class Settings:
     k8s_workspace_size: str = "50Gi"
     #: Node labels a GPU session must land on (``nodeSelector``), e.g. ``{"nvidia.com/gpu.present": "true"}``.
     k8s_gpu_node_selector: dict = field(default_factory=dict, hash=False)
-    #: Start session pods with datasets although nothing outside the session records which dataset
-    #: files it reads: on Kubernetes no per-node observer exists yet (the host view covers sandbox
-    #: and docker). Off by default, so such a start is refused with this reason; when on, the hub
-    #: logs a warning at start and every ``session.start`` record says ``reads_observed: false``.
+    #: Dataset reads of pods are recorded by the per-node observer (``python -m vre.hostview.node``,
+    #: the chart's DaemonSet ``<release>-observer``): a pod with datasets waits at a gate until the
+    #: observer on its node has marked its dataset mounts, and fails after ``k8s_gate_seconds``
+    #: if none does. The chart sets this when it deploys the observer (``observer.enabled``).
+    k8s_read_observer: bool = False
+    #: How long a pod with datasets waits for the observer before it exits with the reason.
+    k8s_gate_seconds: int = 60
+    #: Start pods with datasets although nothing outside them records which dataset files they
+    #: read (no ``k8s_read_observer``). Off by default, so such a start is refused with this
+    #: reason; when on, the hub logs a warning at start and every ``session.start`` record says
+    #: ``reads_observed: false``.
     k8s_unobserved_reads: bool = False
     #: Python environment that sessions run from; bound read-only into every sandbox.
     session_env: Path = field(default=Path(sys.prefix), metadata={"shown": "the hub's own (`sys.prefix`)"})
@@ -478,6 +485,12 @@ def dataset_roots(s: Settings) -> tuple[Path, ...]:
     return tuple(Path(r.strip()) for r in s.dataset_roots.split(",") if r.strip())
 
 
+def k8s_reads_allowed(s: Settings) -> bool:
+    """Whether pods may mount datasets: the per-node observer records their reads, or the
+    deployment accepted unobserved reads explicitly."""
+    return s.k8s_read_observer or s.k8s_unobserved_reads
+
+
 def k8s_images(s: Settings) -> tuple[str, ...]:
     """The images session pods may run (``k8s_image_allowlist``, or the session images)."""
     listed = [i.strip() for i in s.k8s_image_allowlist.split(",") if i.strip()]
@@ -497,6 +510,9 @@ def _validate_kubernetes(s: Settings) -> None:
             raise SettingsError(f"{name} {getattr(s, name)} is not a TCP port (1-65535)")
     if s.k8s_hub_port == s.k8s_service_port:
         raise SettingsError("k8s_hub_port and k8s_service_port must differ (the hub's API and the VRE service)")
+    if not 5 <= s.k8s_gate_seconds <= 3600:
+        raise SettingsError(f"k8s_gate_seconds {s.k8s_gate_seconds}: give 5 to 3600 seconds (how long a pod with "
+                            "datasets waits for the observer on its node)")
     for image in k8s_images(s):
         if not _IMAGE.fullmatch(image):
             raise SettingsError(f"k8s_image_allowlist: {image!r} is not an image reference "

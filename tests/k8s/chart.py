@@ -65,6 +65,7 @@ class Release:
         self.kube, self.ns, self.name = kube, ns, "vre"
         self.instance = f"t{secrets.token_hex(3)}"  # its project namespaces' label value
         self.state_dir = Path(tempfile.mkdtemp(prefix="vre-helm-state-", dir="/var/tmp"))
+        self.observer_dir = Path(tempfile.mkdtemp(prefix="vre-helm-observer-", dir="/var/tmp"))
         self.storage_class = f"vre-test-{ns}"
         repo, tag = image.rsplit(":", 1)
         self.args = ["-f", str(CHART / "ci/minimal-values.yaml"),
@@ -72,6 +73,7 @@ class Release:
                      "--set", "hub.image.pullPolicy=Never", "--set", f"hub.instance={self.instance}",
                      "--set", f"hub.state.storageClassName={self.storage_class}", "--set", "hub.state.size=1Gi",
                      "--set", f"sessions.image={kube.image}",  # the busybox image: allow-listed for the policy checks
+                     "--set", f"observer.nodePath={self.observer_dir}",
                      # local images only; a start that cannot succeed (busybox has no Python) fails fast
                      "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", '
                                    '"start_timeout": 40}}']
@@ -131,6 +133,7 @@ class Release:
         self.kube.run("delete", "namespace", self.ns, "--wait=true", timeout=180)
         self.kube.run("delete", "persistentvolume", self.storage_class, "--wait=false")
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        shutil.rmtree(self.observer_dir, ignore_errors=True)
 
 
 def get(url: str, timeout: float = 60) -> requests.Response:

@@ -74,6 +74,16 @@ def _expect(kube, ns: str, pod: str, ip: str, port: int, want: bool, what: str, 
         assert reached() == want, f"{what}: reachability flapped: {[out[:300] for out in seen]}"
 
 
+def wait_until(probe, timeout: float, what: str):
+    """``probe()``'s first truthy answer within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (answer := probe()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not there after {timeout:.0f} s")
+        time.sleep(1)
+    return answer
+
+
 def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
     t0 = time.monotonic()
     release.helm("install", release.name, str(CHART), *release.args)
@@ -327,6 +337,19 @@ except OSError as e:
     facts["write"] = e.strerror
 status = dict(l.split(":\\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\\t" in l)
 facts["cap_eff"], facts["no_new_privs"] = status["CapEff"].strip(), status["NoNewPrivs"].strip()
+# a mount of the dataset of its own would escape the observer's marks: no user namespace for that
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+facts["userns"] = "made" if libc.unshare(0x10000000) == 0 else os.strerror(ctypes.get_errno())
+# the observers' route of the VRE service, which the session reaches: not without their token
+import urllib.error, urllib.request
+forged = {{"node": "n", "events": [{{"action": "dataset.read", "actor": "someone", "actor_role": "researcher"}}]}}
+req = urllib.request.Request(os.environ["VRE_AUDIT_URL"].rsplit("/", 1)[0] + "/host-events", data=json.dumps(forged).encode(),
+                             method="POST", headers={{"Authorization": "vre-observer " + "x" * 43}})
+try:
+    facts["forged"] = urllib.request.urlopen(req, timeout=10).status
+except urllib.error.HTTPError as e:
+    facts["forged"] = e.code
 s = socket.socket()
 s.settimeout(3)
 try:
@@ -460,6 +483,16 @@ def _batch_job_in_pods(kube, rel, url: str, creds: dict, image: str, outsider_ns
     worker = by_role["worker"]
     assert start["details"]["node"] == worker["spec"]["nodeName"], start   # where it ran
     assert start["details"]["pod"] == f"{project_ns}/{worker['metadata']['name']}", start
+    # the worker's reads, recorded by the observer on its node, are the job's and alice's
+    assert worker["metadata"]["labels"]["vre.reads"] == "observed"
+
+    def job_reads():
+        reads = json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "dataset.read",
+                                        "--limit", "1000"))
+        return [r for r in reads if r["details"].get("job") == job_id]
+    reads = wait_until(job_reads, 30, "the job's dataset reads in the trail")
+    assert {(r["actor"], r["source"], r["dataset"], r["details"]["node"]) for r in reads} == {
+        ("alice", "host", "lung-ct-screening", worker["spec"]["nodeName"])}, reads[:3]
     return job_id
 
 
@@ -616,6 +649,7 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
             assert facts["other"] is False and facts["write"] == "Read-only file system", facts
             assert facts["cap_eff"] == "0000000000000000" and facts["no_new_privs"] == "1", facts
             assert facts["uid"] >= 1000 and facts["public"] in ("TimeoutError", "ConnectionRefusedError"), facts
+            assert facts["userns"] == "Operation not permitted" and facts["forged"] == 403, facts
 
             # the viewer through the access layer: a series' metadata and one slice's pixels
             auth = {"Authorization": f"token {c.token}"}
@@ -641,8 +675,19 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
         starts = {e["actor"]: e for e in trail("--action", "session.start")}
         assert set(starts) == {"alice", "bob"}
         for e in starts.values():
-            assert e["details"]["reads_observed"] is False and e["details"]["node"], e
+            assert e["details"]["reads_observed"] is True and e["details"]["node"], e
             assert e["details"]["datasets"] in (["lung-ct-screening"], ["prostate-mri"]), e
+        # what each kernel read, recorded by the observer on the pod's node (the host's word)
+        reads = [r for r in trail("--action", "dataset.read") if r["details"]["role"] == "session"]
+        sessions = {e["session"]: e for e in trail("--action", "session.start")}
+        assert {r["session"] for r in reads} <= set(sessions), reads[:3]
+        for user, e in starts.items():
+            mine = [r for r in reads if sessions[r["session"]]["actor"] == user]
+            assert mine and {(r["actor"], r["source"], r["dataset"]) for r in mine} == {
+                (user, "host", e["details"]["datasets"][0])}, (user, mine[:3])
+            assert {r["details"]["node"] for r in mine} == {e["details"]["node"]}
+        summaries = trail("--action", "dataset.read_summary")
+        assert {s["actor"] for s in summaries if s["source"] == "host"} >= {"alice", "bob"}
         views = trail("--action", "dicom.series_view")
         assert {(e["actor"], e["dataset"]) for e in views} >= {("alice", "lung-ct-screening"), ("bob", "prostate-mri")}
         assert all(e["source"] == "session" for e in views)  # reported by the session, over TCP to the hub pod

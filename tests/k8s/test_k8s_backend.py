@@ -269,8 +269,8 @@ def _spawner(world, plan, **kw) -> KubernetesSpawner:
     """KubernetesSpawner against the test cluster; the parts a running JupyterHub would give
     (its environment with the API token, the project's row) are the test's."""
     # the plans have datasets: accept that no observer outside the pod records their reads
-    settings = world.settings.replace(k8s_kubeconfig=world.kube.env["KUBECONFIG"], k8s_unobserved_reads=True,
-                                      **kw.pop("settings", {}))
+    settings = world.settings.replace(**{"k8s_kubeconfig": world.kube.env["KUBECONFIG"], "k8s_unobserved_reads": True,
+                                         **kw.pop("settings", {})})
     sp = KubernetesSpawner(settings=settings, image_pull_policy="Never", hub_address=NODE_IP, start_timeout=90, **kw)
     sp._environment = lambda plan: {**plan.env, "JUPYTERHUB_API_TOKEN": "hub-token-" + world.token, "VRE_AUDIT_TOKEN": "t"}
     sp._project_quota = lambda plan: QUOTA
@@ -311,6 +311,26 @@ async def test_spawner_fails_fast_when_the_pod_cannot_start(world):
         await sp._start(plan)
     await sp._teardown(0)
     world.kube.wait("eve's pod gone", lambda: world.kube.run("get", "pod", "eve-alpha", "-n", plan.network).returncode != 0,
+                    plan.network, 60)
+
+
+async def test_a_pod_with_datasets_no_observer_opens_fails_with_the_reason(world):
+    """With the observer of dataset reads on (k8s_read_observer) but none on this cluster's node
+    for the world's instance, the pod waits at its gate, gives up, and the start fails saying why;
+    its command never ran."""
+    plan = _plan(world.settings, world.root, "fay", "alpha", 200006, 300001)
+    sp = _spawner(world, plan, settings={"k8s_read_observer": True, "k8s_unobserved_reads": False,
+                                         "k8s_gate_seconds": 5})
+    with pytest.raises(KubernetesBackendError, match="dataset reads cannot be recorded: no observer marked"):
+        await sp._start(plan)
+    pod = world.kube.get("pod", "fay-alpha", plan.network)
+    assert pod["metadata"]["labels"]["vre.reads"] == "observed"
+    (state,) = [c["state"] for c in pod["status"]["containerStatuses"]]
+    assert state["terminated"]["exitCode"] == 70, state
+    log = world.kube.run("logs", "fay-alpha", "-n", plan.network).stdout
+    assert "vre-gate: dataset reads cannot be recorded" in log, log
+    await sp._teardown(0)
+    world.kube.wait("fay's pod gone", lambda: world.kube.run("get", "pod", "fay-alpha", "-n", plan.network).returncode != 0,
                     plan.network, 60)
 
 

@@ -193,7 +193,12 @@ def test_rbac_is_what_the_hub_needs():
         assert not any(r == forbidden for _, r, _ in granted), forbidden
     assert not any(v == "*" or g == "*" for g, _, v in granted)
     bindings = [o for o in objs if o["kind"] == "ClusterRoleBinding"]
-    assert {s["name"] for b in bindings for s in b["subjects"]} == {"t-vre-hub"}
+    assert {s["name"] for b in bindings for s in b["subjects"]} == {"t-vre-hub", "t-vre-observer"}
+    # the observer of dataset reads reads pods, nothing else
+    observer = [b["roleRef"]["name"] for b in bindings if b["subjects"][0]["name"] == "t-vre-observer"]
+    assert [rules[name] for name in observer] == [[{"apiGroups": [""], "resources": ["pods"],
+                                                   "verbs": ["get", "list", "watch"]}]]
+    assert ("", "pods", "patch") in granted   # the hub: a batch worker's job, as an annotation
     scope = one(objs, "ValidatingAdmissionPolicy", "-hub-scope")
     assert "system:serviceaccount:vre-test:t-vre-hub" in scope["spec"]["matchConditions"][0]["expression"]
 
@@ -217,6 +222,8 @@ def test_rbac_is_what_the_hub_needs():
     (["--set", "auth.oidc.issuer=http://login.example.org/"], "auth.oidc.issuer"),
     (["--set", "auth.oidc.scopes=profile email"], "auth.oidc.scopes"),
     (["--set", "hub.publicUrl=https://vre.example.org/hub"], "hub.publicUrl"),
+    (["--set", "observer.gateSeconds=1"], "observer.gateSeconds"),
+    (["--set", "observer.nodePath=relative/path"], "observer.nodePath"),
 ])
 def test_schema_refuses_bad_values_by_name(args, names):
     proc = helm("template", "t", str(CHART), "-f", str(CHART / "ci/minimal-values.yaml"), *args, check=False)
@@ -279,7 +286,8 @@ def test_secrets_are_random_at_every_fresh_render():
     args = ("-f", str(CHART / "ci/gpu-values.yaml"))  # internal database: its URLs carry the password
     first, second = _secret_values(render(*args)), _secret_values(render(*args))
     assert set(first) == {"jupyterhub_cookie_secret", "proxy_auth_token", "audit_relay_key", "access_api_token",
-                          "access_cookie_secret", "postgres_password", "audit_ed25519", "db-url", "hub-db-url"}
+                          "access_cookie_secret", "postgres_password", "audit_ed25519", "db-url", "hub-db-url",
+                          "observer_token"}
     for key in first:
         assert first[key] != second[key], f"{key} is the same in two fresh renders"
     assert first["audit_ed25519"].startswith("-----BEGIN PRIVATE KEY-----")
@@ -344,3 +352,37 @@ def test_schema_is_generated_and_values_yaml_documents_every_key():
         m = re.match(r"^(\s*)([A-Za-z][\w-]*):\s*(\S.*)?$", line)
         if m and m.group(3) is not None and not m.group(3).startswith("#"):  # a value, not a parent map
             assert documented(i), f"values.yaml line {i + 1} ({line.strip()}) has no comment above it"
+
+
+def test_the_observer_is_the_one_privileged_pod_and_the_hub_is_told():
+    """The per-node observer of dataset reads: privileged in the node's pid namespace (fanotify,
+    /proc/<pid>/root of pods), never on the node's network, on every node (tolerations), with the
+    token the hub checks; the hub gates pods with datasets behind it. Off: neither."""
+    objs = render("-f", str(CHART / "ci/minimal-values.yaml"))
+    ds = one(objs, "DaemonSet", "-observer")
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert pod["hostPID"] is True and not pod.get("hostNetwork") and not pod.get("hostIPC")
+    assert c["securityContext"]["privileged"] is True and c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["command"] == ["python3", "-m", "vre.hostview.node"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["VRE_OBSERVER_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "observer_token"
+    assert env["VRE_OBSERVER_HUB_URL"]["value"] == "http://t-vre-hub.vre-test.svc:8082"
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert [v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v] == ["/var/lib/vre-observer/vre-test-t"]
+    hub = one(objs, "Deployment", "-hub")["spec"]["template"]["spec"]["containers"][0]
+    hub_env = {e["name"]: e.get("value") for e in hub["env"]}
+    assert hub_env["VRE_K8S_READ_OBSERVER"] == "true" and hub_env["VRE_K8S_GATE_SECONDS"] == "60"
+    assert "/var/lib/vre/secrets/observer_token" in {m["mountPath"] for m in hub["volumeMounts"]}
+    # the hub's VRE service port admits the observers
+    policy = one(objs, "NetworkPolicy", "-hub")
+    observers = [r for r in policy["spec"]["ingress"]
+                 if any(f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "observer"
+                        for f in r.get("from", []))]
+    assert [[p["port"] for p in r["ports"]] for r in observers] == [[8082]]
+
+    off = render("-f", str(CHART / "ci/minimal-values.yaml"), "--set", "observer.enabled=false")
+    assert "DaemonSet" not in {o["kind"] for o in off}
+    hub = one(off, "Deployment", "-hub")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in hub["env"]}["VRE_K8S_READ_OBSERVER"] == "false"

@@ -114,6 +114,8 @@ class FakeExecutor:
     def placement(self, name):
         return {}
 
+    why_lost = LocalDaskExecutor.why_lost         # nothing outside says why a run ended
+
     def waiting_for(self, name):
         return self.unplaced.get(name, "")
 

@@ -19,10 +19,12 @@ from vre.settings import Settings
 
 def pod(session: str, pool: str, role: str = "worker", phase: str = "Running", ip: str = "10.244.0.9",
         waiting: str = "", ended: str = "", deleting: bool = False, labelled: bool = True, namespace: str = "",
-        name: str = ""):
+        name: str = "", exit_code: int = 1, observed: bool = False):
     """A pod as the API lists it; by default where and as the executor names that run's pod."""
-    state = NS(waiting=NS(reason=waiting) if waiting else None, terminated=NS(reason=ended) if ended else None)
-    labels = {"vre.session": session, "vre.role": role, **({"vre.pool": pool} if labelled else {})}
+    state = NS(waiting=NS(reason=waiting) if waiting else None,
+               terminated=NS(reason=ended, exit_code=exit_code) if ended else None)
+    labels = {"vre.session": session, "vre.role": role, **({"vre.pool": pool} if labelled else {}),
+              **({"vre.reads": "observed"} if observed else {})}
     held = pool.endswith(".held")
     namespace = namespace or (f"vre-0held-{pool[:-5]}" if held else f"vre-{pool}")
     return NS(metadata=NS(name=name or object_name(batch_id(session)), namespace=namespace, labels=labels,
@@ -93,21 +95,28 @@ def test_a_look_lists_the_pods_once_and_the_hooks_read_that_list(executor):
         ("lung-worker-3", pod("lung-worker-3", "lung", phase="Failed", ended="OOMKilled")),
         ("lung-worker-4", pod("lung-worker-4", "lung", deleting=True)),
         ("lung-worker-5", pod("lung-worker-5", "lung", phase="Pending", ip="")),
+        ("lung-worker-6", pod("lung-worker-6", "lung", phase="Failed", ended="Error", exit_code=70, observed=True)),
+        ("lung-worker-7", pod("lung-worker-7", "lung", phase="Failed", ended="Error", exit_code=70)),
     ]}
     with pytest.raises(ClusterUnavailable):   # no look yet: never a guess
         executor.alive("lung-worker-1")
     assert asyncio.run(executor.refresh())
     assert {n: executor.alive(n) for n in core.pods} == {
         "lung-scheduler": True, "lung-worker-1": True, "lung-worker-2": False, "lung-worker-3": False,
-        "lung-worker-4": False, "lung-worker-5": True}
+        "lung-worker-4": False, "lung-worker-5": True, "lung-worker-6": False, "lung-worker-7": False}
     assert executor.oom_kills("lung-worker-3") == 1 and executor.oom_kills("lung-worker-1") == 0
+    # a worker that gave up at its gate: no observer of dataset reads marked it (the job says why)
+    assert executor.why_lost("lung-worker-6") == (
+        "its worker could not start: dataset reads cannot be recorded (no observer marked its dataset mounts "
+        "on node node-3 within 60 s)")
+    assert executor.why_lost("lung-worker-7") == executor.why_lost("lung-worker-3") == ""   # exit 70 of its own
     assert executor.placement("lung-worker-1") == {"pod": "vre-lung/batch-lung-worker-1", "node": "node-3"}
     assert executor.placement("lung-worker-9") == {}
     assert executor.waiting_for("lung-worker-5") == (
         "the cluster has no place for its worker yet: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
     assert executor.waiting_for("lung-worker-1") == ""
     assert executor.scheduler_address("lung") == "tcp://10.244.0.9:8786"
-    assert executor._existing("lung") == [f"lung-worker-{i}" for i in range(1, 6)]
+    assert executor._existing("lung") == [f"lung-worker-{i}" for i in range(1, 8)]
     with pytest.raises(ExecutorError, match="no address yet"):
         executor.scheduler_address("other")
 

@@ -274,14 +274,16 @@ def test_what_a_pool_reports_about_a_job_is_reduced_to_figures():
 
 def test_on_kubernetes_only_jobs_its_executor_runs_are_queued(world):
     """On Kubernetes, jobs run as pods (vre.jobs.pods) when the job service can write their folder
-    (hostPath storage) and their data's reads may go unobserved; anything else is
-    refused with the reason instead of waiting in the queue for ever."""
+    (hostPath storage) and their data's reads are recorded by the per-node observer or may go
+    unobserved; anything else is refused with the reason instead of waiting in the queue for ever."""
     k8s = world.replace(backend="kubernetes", k8s_storage="hostPath", k8s_unobserved_reads=True)
     with pytest.raises(service.JobRejected, match="needs k8s_storage = \"hostPath\""):
         sub(k8s.replace(k8s_storage="pvc"), kind="script", target="project/train.py")
-    with pytest.raises(service.JobRejected, match="records which dataset files it reads"):
+    with pytest.raises(service.JobRejected, match="runs no observer of dataset reads"):
         sub(k8s.replace(k8s_unobserved_reads=False), kind="script", target="project/train.py")
     assert sub(k8s, kind="script", target="project/train.py")["state"] == "queued"
+    observed = k8s.replace(k8s_unobserved_reads=False, k8s_read_observer=True)
+    assert sub(observed, kind="script", target="project/train.py")["state"] == "queued"
     # GPUs are a count the cluster places: the hub's own machine needs none
     assert sub(k8s.replace(gpu_devices="none"), kind="script", target="project/train.py", profile="gpu",
                gpus=1)["gpus"] == 1

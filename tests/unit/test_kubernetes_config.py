@@ -89,6 +89,8 @@ def test_spawner_defaults_and_state_across_a_hub_restart(tmp_path):
     sp.load_state(state)
     assert sp._launched() and sp._socket_url() == f"http://10.244.0.5:{SESSION_PORT}"
     assert sp._start_details() == {"pod": "vre-lung/ann-lung", "node": "node-1", "reads_observed": False}
+    sp.settings = sp.settings.replace(k8s_read_observer=True)
+    assert sp._start_details()["reads_observed"] is True
     again = KubernetesSpawner(settings=s)
     again.load_state(sp.get_state())
     assert again._backend_state() == sp._backend_state() and again.access_policy() == {"session": "ann-lung"}

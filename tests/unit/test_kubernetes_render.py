@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import kubernetes_validate
 import pytest
 
-from vre.backends.kubernetes import (ACCESS_POD_LABELS, HUB_POD_LABELS, SECRET_ENV, SESSION_PORT,
+from vre.backends.kubernetes import (ACCESS_POD_LABELS, GATE_NAME, HUB_POD_LABELS, SECRET_ENV, SESSION_PORT,
                                      KubernetesBackendError, ProjectQuota, batch_pod, check_reads_policy,
                                      island_namespace, namespace_name, network_policies, object_name,
                                      pod_server_args, project_objects, project_quota, run_secret,
@@ -217,13 +217,38 @@ def test_images_off_the_allow_list_are_refused():
     assert render(settings=allowed, image="reg.example/gpu:1")["spec"]["containers"][0]["image"] == "reg.example/gpu:1"
 
 
-def test_datasets_need_the_explicit_opt_in_to_unobserved_reads():
-    """No observer outside a pod records its dataset reads yet: a run with datasets is refused
-    unless the deployment accepted that (k8s_unobserved_reads); a run without datasets is not."""
+def test_datasets_need_the_observer_or_the_explicit_opt_in_to_unobserved_reads():
+    """A run with datasets is refused unless the per-node observer records its reads
+    (k8s_read_observer) or the deployment accepted unobserved reads; a run without datasets is not."""
     with pytest.raises(KubernetesBackendError, match="k8s_unobserved_reads = true"):
         check_reads_policy(SETTINGS, make_plan())
     check_reads_policy(SETTINGS, make_plan(datasets=()))
     check_reads_policy(SETTINGS.replace(k8s_unobserved_reads=True), make_plan())
+    check_reads_policy(SETTINGS.replace(k8s_read_observer=True), make_plan())
+
+
+def test_with_the_observer_a_pod_with_datasets_starts_behind_its_gate():
+    """The container's first process is the gate shell ($0 vre-gate), which waits for the
+    observer's signal before the server's command; the metadata says what the observer's records
+    will say. Without datasets, or without the observer, there is no gate."""
+    observed = SETTINGS.replace(k8s_read_observer=True, k8s_gate_seconds=45)
+    pod = render(settings=observed, audit_session="ann-lung-7f3a")
+    (c,) = pod["spec"]["containers"]
+    assert c["command"][:2] == ["/bin/sh", "-c"] and c["command"][3] == GATE_NAME
+    assert c["command"][2].startswith("trap 'g=1' USR1;") and "within 45 s" in c["command"][2]
+    assert c["command"][2].endswith('umask 0002 && exec "$@"')
+    assert c["command"][4:] == [*server_command("python"), *pod_server_args(make_plan())]
+    assert pod["metadata"]["labels"]["vre.reads"] == "observed"
+    assert pod["metadata"]["annotations"] == {"vre.audit/session": "ann-lung-7f3a",
+                                              "vre.audit/datasets": '[{"slug": "ct", "target": "/data/ct"}]'}
+    validate(pod)
+    for plain in (render(settings=observed, plan=make_plan(datasets=(), mounts=())), render()):
+        assert plain["spec"]["containers"][0]["command"][3] == "vre-session"
+        assert "vre.reads" not in plain["metadata"]["labels"] and "annotations" not in plain["metadata"]
+    worker = batch_pod(observed, make_plan(role="worker", session_id="lung-worker-1"), image=IMAGE, env={},
+                       command=["dask", "worker"])
+    assert worker["spec"]["containers"][0]["command"][3] == GATE_NAME
+    assert worker["metadata"]["annotations"]["vre.audit/session"] == "lung-worker-1"
 
 
 def test_run_secret_holds_files_and_credentials_only():

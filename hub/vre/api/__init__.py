@@ -42,6 +42,8 @@ from ..roles import (ADMIN_SCOPE, AIRLOCK_REVIEW_SCOPE, AIRLOCK_SCOPE, AUDIT_REA
                      CATALOGUE_SCOPE, JOBS_SCOPE, SERVICE_NAME)
 
 EVENTS_ROUTE = r"api/audit/events"
+#: The per-node observers' records of dataset reads on Kubernetes (``vre.hostview.node``).
+HOST_EVENTS_ROUTE = r"api/audit/host-events"
 #: The service's unix socket in ``settings.hub_socket_dir`` (in sessions: ``plan.INNER_SERVICE_SOCKET``).
 SOCKET_NAME = "vre.sock"
 
@@ -71,9 +73,9 @@ def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
     from .airlock_pages import handlers as airlock_pages
     from .audit import handlers
     from .catalogue import handlers as catalogue_api
-    from .ingest import IngestHandler
+    from .ingest import HostEventsHandler, IngestHandler
 
-    result = list(job_handlers(settings)) + catalogue_api(settings)
+    result = [(HOST_EVENTS_ROUTE, HostEventsHandler), *job_handlers(settings), *catalogue_api(settings)]
     if sessions_only:
         return [(EVENTS_ROUTE, IngestHandler), *result, *airlock_handlers(settings, sessions_only=True)]
     result += airlock_handlers(settings) + airlock_pages(settings) + access_pages(settings) + admin_pages(settings)

@@ -55,7 +55,8 @@ from traitlets import CaselessStrEnum, Unicode, default
 from ..jobs.executor import DASHBOARD_PORT, SCHEDULER_LIMITS, SCHEDULER_PORT, WORKER_OVERHEAD_MB
 from ..jobs.service import MAX_CLUSTER_WORKERS
 from ..plan import AGENT_PORT, AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan, held_pool
-from ..settings import Settings, k8s_images
+from ..settings import Settings, k8s_images, k8s_reads_allowed
+from .gate import dataset_mounts
 from .host import prepare_held_folder, prepare_home_and_workspace
 from .plan_spawner import PlanSpawner, server_args, server_command
 
@@ -122,14 +123,46 @@ def check_image(settings: Settings, image: str) -> str:
 
 # --- the project: namespace, network policies, quota -------------------------------------------
 def check_reads_policy(settings: Settings, plan: SessionPlan) -> None:
-    """Refuse a run with datasets unless the deployment opted in to unobserved reads: the VRE
-    records every dataset read from outside the session, and on Kubernetes nothing does yet."""
-    if plan.datasets and not settings.k8s_unobserved_reads:
+    """Refuse a run with datasets when nothing outside it would record its reads: the VRE records
+    every dataset read from outside the run, on Kubernetes by the per-node observer
+    (``k8s_read_observer``), unless the deployment opted in to unobserved reads."""
+    if plan.datasets and not k8s_reads_allowed(settings):
         raise KubernetesBackendError(
-            f"project {plan.project} has datasets, and on Kubernetes no observer outside the session records "
-            "which dataset files a session reads (the host view runs on sandbox and docker hosts only). "
-            "An admin may accept that explicitly with k8s_unobserved_reads = true (logged, and recorded "
-            "in each session's start)")
+            f"project {plan.project} has datasets, and this deployment runs no observer of dataset reads on its "
+            "nodes (k8s_read_observer; the chart's observer.enabled), so nothing outside the run would record "
+            "which dataset files it reads. An admin deploys the observer, or accepts unobserved reads "
+            "explicitly with k8s_unobserved_reads = true (logged, and recorded in each session's start)")
+
+
+def reads_observed(settings: Settings, plan: SessionPlan) -> bool:
+    """Whether ``plan``'s pod starts behind the gate of the per-node observer."""
+    return bool(plan.datasets) and settings.k8s_read_observer
+
+
+# --- the gate: nothing in a pod with datasets runs before the observer marked its mounts --------
+#: The gate shell's $0: the observer opens only a process that names itself so and catches SIGUSR1.
+GATE_NAME = "vre-gate"
+#: The gate's exit code when no observer opened it.
+GATE_EXIT = 70
+#: Label of pods the observer watches; annotations it reads (only the hub writes pods' metadata).
+OBSERVED_LABEL = "vre.reads"
+AUDIT_SESSION = "vre.audit/session"
+AUDIT_DATASETS = "vre.audit/datasets"
+AUDIT_JOB = "vre.audit/job"
+AUDIT_JOB_USER = "vre.audit/job-user"
+
+
+def gate_script(seconds: int) -> str:
+    """The container's first process: wait for the observer's SIGUSR1 (sent only after it marked
+    the dataset mounts), or give up after ``seconds`` with the reason. The trap is set before
+    anything else, and the observer signals only a process whose caught signals include SIGUSR1."""
+    ticks = seconds * 10
+    return ("trap 'g=1' USR1; n=0; "
+            "while [ -z \"$g\" ]; do n=$((n+1)); "
+            f"if [ $n -gt {ticks} ]; then echo \"{GATE_NAME}: dataset reads cannot be recorded: no observer "
+            f"marked this pod's dataset mounts within {seconds} s; not starting. An admin checks the "
+            f"observer pods (the chart's observer DaemonSet) on this node\" >&2; exit {GATE_EXIT}; fi; "
+            "sleep 0.1; done; trap - USR1; ")
 
 
 @dataclass(frozen=True)
@@ -369,9 +402,12 @@ def pod_server_args(plan: SessionPlan, extra=()) -> list[str]:
 
 
 def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[str, str], command: list[str],
-                pull_policy: str = "IfNotPresent", tmp_size: str = "2Gi", umask: int = 0o002) -> dict:
+                pull_policy: str = "IfNotPresent", tmp_size: str = "2Gi", umask: int = 0o002,
+                audit_session: str = "") -> dict:
     """The session's pod in its project's namespace (``env``: the server's whole environment; the
-    ``SECRET_ENV`` among it come from :func:`run_secret`)."""
+    ``SECRET_ENV`` among it come from :func:`run_secret`). With datasets and the observer, the
+    pod starts behind the gate, its metadata saying what the observer's records will say
+    (``audit_session``: the run's audit session, default its id)."""
     check_image(settings, image)
     volumes, mounts = volumes_and_mounts(settings, plan, tmp_size)
     secret = run_secret_name(run_id(plan))
@@ -406,10 +442,15 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
     selector = {**(settings.k8s_gpu_node_selector if plan.gpus else {}), **dict(plan.node_selector)}
     if selector:
         spec["nodeSelector"] = selector
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": object_name(run_id(plan)), "namespace": namespace_name(plan),
-                         "labels": labels(settings, plan)},
-            "spec": spec}
+    metadata = {"name": object_name(run_id(plan)), "namespace": namespace_name(plan),
+                "labels": labels(settings, plan)}
+    if reads_observed(settings, plan):
+        gate = gate_script(settings.k8s_gate_seconds)
+        container["command"] = ["/bin/sh", "-c", f'{gate}umask {umask:04o} && exec "$@"', GATE_NAME, *command]
+        metadata["labels"][OBSERVED_LABEL] = "observed"
+        metadata["annotations"] = {AUDIT_SESSION: audit_session or plan.session_id,
+                                   AUDIT_DATASETS: json.dumps(dataset_mounts(plan))}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 
 #: What a pool's scheduler pod requests (its limits are ``SCHEDULER_LIMITS``).
@@ -541,7 +582,7 @@ class KubernetesSpawner(PlanSpawner, Spawner):
 
     def _start_details(self) -> dict:
         return {"pod": f"{self.pod_namespace}/{self.pod_name}", "node": self.node_name,
-                "reads_observed": False}  # no per-node observer of dataset reads (k8s_unobserved_reads)
+                "reads_observed": self.settings.k8s_read_observer}  # else k8s_unobserved_reads
 
     def _socket_url(self) -> str:
         return f"http://{self.pod_ip}:{SESSION_PORT}" if self.pod_ip else ""
@@ -611,7 +652,8 @@ class KubernetesSpawner(PlanSpawner, Spawner):
         self.hub_connect_url = await self._hub_url()
         env = self._environment(plan)
         pod = session_pod(self.settings, plan, image=image, env=env, command=self._server_command(plan),
-                          pull_policy=self.image_pull_policy, tmp_size=self.tmp_size, umask=self.session_umask)
+                          pull_policy=self.image_pull_policy, tmp_size=self.tmp_size, umask=self.session_umask,
+                          audit_session=self.audit_session)
         await self._delete(ns, plan.session_id, 0)  # a leftover of a crashed run never lingers
         await self._put(run_secret(self.settings, plan, self._identity_files(plan), env))
         self._progress(50, f"Starting the pod ({plan.cpu:g} CPU, {plan.mem_mb} MiB)")
@@ -637,6 +679,12 @@ class KubernetesSpawner(PlanSpawner, Spawner):
                 self._exit_code = _exit_code(pod)
                 self.log.error("Pod %s/%s ended during start (%s):\n%s", self.pod_namespace, self.pod_name,
                                self._exit_code, await self._log_tail())
+                if self._exit_code == GATE_EXIT and (pod.metadata.labels or {}).get(OBSERVED_LABEL):
+                    raise KubernetesBackendError(
+                        f"dataset reads cannot be recorded: no observer marked the session's dataset mounts on "
+                        f"node {pod.spec.node_name} within "
+                        f"{self.settings.k8s_gate_seconds} s, so it did not start; an admin checks the observer "
+                        "pod on that node (the chart's observer DaemonSet)")
                 raise RuntimeError(f"the session's server exited during start (code {self._exit_code}); "
                                    "an admin can read its log in the hub's log")
             waiting = waiting_reason(pod)

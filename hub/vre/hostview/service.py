@@ -30,11 +30,62 @@ POLL = 0.05
 BUSY = 8 * 2000   # opens per drain that say more are waiting
 
 
-class Service:
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.watcher = Watcher(Registry(settings.state_dir / "hostview"))
+class Recorder:
+    """The loop shared by ``vre-hostview`` and the per-node observer on Kubernetes
+    (:mod:`.node`): read the kernel's queue, summarise each minute, store the records (``store``)."""
+
+    def __init__(self, watcher: Watcher):
+        self.watcher = watcher
         self._stop = asyncio.Event()
+
+    def store(self, events: list) -> None:
+        raise NotImplementedError
+
+    async def deliver(self) -> None:
+        """Store what is waiting (in a thread; the outbox is only touched here, in the loop);
+        note until when everything is stored."""
+        w = self.watcher
+        until = w.recorded_until(time.time())
+        batch, w.outbox = w.outbox, []
+        if batch:
+            try:
+                await asyncio.to_thread(self.store, batch)
+            except Exception:  # the store may be briefly away: keep them (ids make retries idempotent)
+                log.exception("could not store %d dataset read record(s); retrying", len(batch))
+                w.outbox[:0] = batch
+                return
+        w.registry.touch(until)
+
+    async def _reads(self) -> None:
+        """Read the kernel's events every POLL seconds rather than on each one: a reader then
+        pays no wake-up of hostview per open, and hostview reads full batches."""
+        while not self._stop.is_set():
+            busy = self.watcher.drain()
+            try:
+                await asyncio.wait_for(self._stop.wait(), 0 if busy >= BUSY else POLL)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _ticks(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.watcher.tick()
+                await self.deliver()
+            except Exception:
+                log.exception("hostview tick failed")
+            try:
+                await asyncio.wait_for(self._stop.wait(), TICK)
+            except asyncio.TimeoutError:
+                pass
+
+
+class Service(Recorder):
+    def __init__(self, settings: Settings):
+        super().__init__(Watcher(Registry(settings.state_dir / "hostview")))
+        self.settings = settings
+
+    def store(self, events: list) -> None:
+        emit_many(self.settings, events)
 
     # -- requests ---------------------------------------------------------------------------
     def answer(self, req: dict) -> dict:
@@ -75,44 +126,6 @@ class Service:
             pass
         finally:
             writer.close()
-
-    # -- records ----------------------------------------------------------------------------
-    async def deliver(self) -> None:
-        """Store what is waiting (in a thread; the outbox is only touched here, in the loop);
-        note until when everything is stored."""
-        w = self.watcher
-        until = w.recorded_until(time.time())
-        batch, w.outbox = w.outbox, []
-        if batch:
-            try:
-                await asyncio.to_thread(emit_many, self.settings, batch)
-            except Exception:  # the database may be briefly away: keep them (ids make retries idempotent)
-                log.exception("could not store %d dataset read record(s); retrying", len(batch))
-                w.outbox[:0] = batch
-                return
-        w.registry.touch(until)
-
-    async def _reads(self) -> None:
-        """Read the kernel's events every POLL seconds rather than on each one: a reader then
-        pays no wake-up of hostview per open, and hostview reads full batches."""
-        while not self._stop.is_set():
-            busy = self.watcher.drain()
-            try:
-                await asyncio.wait_for(self._stop.wait(), 0 if busy >= BUSY else POLL)
-            except asyncio.TimeoutError:
-                pass
-
-    async def _ticks(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.watcher.tick()
-                await self.deliver()
-            except Exception:
-                log.exception("hostview tick failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), TICK)
-            except asyncio.TimeoutError:
-                pass
 
     # -- life -------------------------------------------------------------------------------
     async def run(self) -> None:

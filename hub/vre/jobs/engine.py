@@ -693,7 +693,8 @@ class Engine:
             except (ExecutorError, OSError, asyncio.TimeoutError) as e:
                 log.warning("pool %s: could not drop job %s's pending task: %s", pool, job.id, e)
         self.release(db, job)
-        self.requeue_or_fail(db, job, "its worker ended before the job started", worker=name)
+        why = self.executor.why_lost(name) or "its worker ended before the job started"
+        self.requeue_or_fail(db, job, why, worker=name)
         await asyncio.to_thread(self.executor.stop_worker, name)
 
     async def follow_cluster(self, db, job: Job) -> None:

@@ -323,6 +323,11 @@ class LocalDaskExecutor:
         """Where the run is, for its job's ``job.start`` record (a pod's node; here: this host)."""
         return {}
 
+    def why_lost(self, name: str) -> str:
+        """Why the run ended before its job started, when something outside says so (a pod whose
+        gate no observer opened); "" otherwise."""
+        return ""
+
     async def connect(self) -> None:
         """Before the engine's first look (and its adoption of running jobs)."""
 

@@ -29,8 +29,10 @@ What differs from the sandbox (``executor.LocalDaskExecutor``, whose logic this 
 - OOM kills: a worker ended ``OOMKilled`` (the kubelet's word), or the count the worker's task
   reads in its own memory cgroup around the job (``task.oom_kills``: the project's side, like the
   rest of its pool's report, so it can only mislabel how the project's own jobs failed).
-- Dataset reads are not observed (no per-node observer yet): jobs with datasets run only where
-  the deployment accepted that (``k8s_unobserved_reads``), as for sessions.
+- Dataset reads are recorded by the observer on the worker's node (``vre.hostview.node``): a
+  worker with datasets starts behind its gate, as a session does, and ``serve`` annotates the pod
+  with the job it now runs. Without the observer, jobs with datasets run only where the
+  deployment accepted unobserved reads (``k8s_unobserved_reads``).
 - GPUs are a count (``nvidia.com/gpu`` in the worker's limits, on ``k8s_gpu_node_selector``
   nodes, from the GPU image): the engine leases no device of its own machine, admits by the
   project's GPU quota, and the cluster picks the devices, as for sessions.
@@ -95,6 +97,10 @@ class Run:
                 and self.waiting not in k8s.FATAL_WAITING)
 
 
+#: ``Run.ended`` of a pod that gave up at its gate: no observer of dataset reads marked it.
+GATE_CLOSED = "GateClosed"
+
+
 def _run(pod) -> tuple[str, Run]:
     """(run name, what the pod says of it) by its labels; ``refresh`` checks them against where
     and how such a run's pod is named before believing them."""
@@ -106,7 +112,8 @@ def _run(pod) -> tuple[str, Run]:
               seen=time.monotonic())
     for c in status.container_statuses or ():
         if c.state and c.state.terminated:
-            run.ended = c.state.terminated.reason or "ended"
+            gated = labels.get(k8s.OBSERVED_LABEL) and c.state.terminated.exit_code == k8s.GATE_EXIT
+            run.ended = GATE_CLOSED if gated else (c.state.terminated.reason or "ended")
     for c in status.conditions or ():
         if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
             run.unplaced = (c.message or c.reason)[:300]
@@ -253,6 +260,13 @@ class PodDaskExecutor(LocalDaskExecutor):
         run = self._runs.get(name)
         return f"{WAITING_PREFIX} for its worker yet: {run.unplaced}" if run and run.unplaced else ""
 
+    def why_lost(self, name: str) -> str:
+        run = self._runs.get(name)
+        if run and run.ended == GATE_CLOSED:
+            return (f"its worker could not start: dataset reads cannot be recorded (no observer marked its "
+                    f"dataset mounts on node {run.node or '?'} within {self.settings.k8s_gate_seconds} s)")
+        return ""
+
     def oom_kills(self, name: str) -> int:
         run = self._runs.get(name)
         return 1 if run and run.ended == "OOMKilled" else 0
@@ -390,10 +404,19 @@ class PodDaskExecutor(LocalDaskExecutor):
             raise ExecutorError(str(e)) from None
 
     def unmark(self, name: str) -> None:
-        """Nothing observes a pod's reads (``k8s_unobserved_reads``)."""
+        """Nothing to tell: the observer on the pod's node sees the pod end."""
 
     async def serve(self, worker: str, user: str, job_id: int) -> None:
-        """Nothing to tell: no observer records a pod's reads (the job's start names its datasets)."""
+        """Tell the observer on the worker's node which job (and user) its reads are for from now
+        on: the pod's annotations, which it watches (nothing when no observer records reads)."""
+        if not self.settings.k8s_read_observer:
+            return
+        patch = {"metadata": {"annotations": {k8s.AUDIT_JOB: str(job_id), k8s.AUDIT_JOB_USER: user}}}
+        try:
+            await self._acall(lambda api: api.patch_namespaced_pod(self.pod_name(worker), self.namespace(worker), patch))
+        except (ApiException, ClusterUnavailable) as e:
+            log.warning("could not tell the observer that %s runs job %s (%s): its reads are recorded as the "
+                        "project's worker's", worker, job_id, getattr(e, "reason", e))
 
     # -- launching ------------------------------------------------------------------------------
     def identity_files(self, plan: SessionPlan) -> dict[str, str]:

@@ -36,7 +36,7 @@ from ..errors import NotFound, VREError
 from ..gpus import host_devices
 from ..plan import (HELD_ROOT, HOME, WORKSPACE, PlanRefused, build_plan, held_dir, jobs_run_dir, pool_for,
                     project_paths)
-from ..settings import Settings
+from ..settings import Settings, k8s_reads_allowed
 from .queue import Ask, fair_order
 
 KINDS = ("notebook", "script", "function", "cluster")
@@ -167,10 +167,10 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
         raise JobRejected(f"the job asks for {gpus} GPU(s) but project {project.slug!r} may use "
                           f"{project.job_gpus} at once; ask for fewer")
     if settings.backend == "kubernetes":
-        if plan.datasets and not settings.k8s_unobserved_reads:
-            raise JobRejected(f"project {project.slug!r} has datasets, and on Kubernetes nothing outside the job "
-                              "records which dataset files it reads; an admin may accept that with "
-                              "k8s_unobserved_reads = true")
+        if plan.datasets and not k8s_reads_allowed(settings):
+            raise JobRejected(f"project {project.slug!r} has datasets, and this deployment runs no observer of "
+                              "dataset reads on its nodes (k8s_read_observer); an admin deploys it, or accepts "
+                              "unobserved reads with k8s_unobserved_reads = true")
     elif gpus > len(host_devices(settings)):
         raise JobRejected(f"the job asks for {gpus} GPU(s) but this host has {len(host_devices(settings))}")
     if cpu > project.job_cpu or mem > project.job_mem_mb:

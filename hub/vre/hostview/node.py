@@ -1,0 +1,324 @@
+"""The per-node observer of dataset reads on Kubernetes: ``python -m vre.hostview.node``, the
+chart's DaemonSet ``<release>-observer`` (root, privileged, the node's pid namespace).
+
+The same watcher as ``vre-hostview`` (:mod:`.watcher`), told what to mark by the pods the hub
+creates instead of by requests on a socket:
+
+- **The gate.** A pod with datasets (label ``vre.reads=observed``) starts behind a gate: its
+  container's first process is a shell (``$0`` = ``vre-gate``) that catches SIGUSR1 and exits
+  after ``k8s_gate_seconds`` (``backends.kubernetes.gate_script``). When the pod's container runs
+  on this node, the observer finds that process (its cgroup names the container's id, and it is
+  pid 1 of its pid namespace), checks that it waits at the gate, marks its dataset mounts through
+  ``/proc/<pid>/root`` and only then sends SIGUSR1. Nothing of the researcher's runs before that:
+  the gate is the container's only process, and no other pod can see it to signal it.
+- **Attribution** comes from the pod's metadata, which only the hub writes (pods get no service
+  account token): the audit session, datasets (annotations), user and project (labels); a batch
+  worker's current job is an annotation the job engine patches (``vre.audit/job``).
+- **Records** go to the hub's VRE service (``POST <hub>/services/vre/api/audit/host-events``) with
+  the observer's token; the hub stores them with ``source = "host"``.
+- **Restarts.** The registry is on the node (a hostPath), so a new observer pod marks the live runs
+  again and records the gap (``Watcher.restore``). A running pod it finds unmarked and past its
+  gate (the registry was lost) is marked, with an ``audit.gap`` from its container's start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..backends.kubernetes import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_USER, AUDIT_SESSION, GATE_NAME,
+                                   OBSERVED_LABEL)
+from ..api import HOST_EVENTS_ROUTE
+from .registry import Marked, Registry, alive
+from .service import NICE, Recorder
+from .watcher import MarkError, Watcher, host_event
+
+log = logging.getLogger("vre.hostview.node")
+
+#: The authorisation scheme of the observer's token (``vre.api.ingest.HostEventsHandler``).
+SCHEME = "vre-observer"
+#: How often the gates of pods whose container runs but has not reached its trap are looked at.
+GATE_POLL = 0.05
+#: A watch ends after this many seconds and the pods are listed again (a missed event heals).
+WATCH_S = 300
+SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
+
+
+@dataclass
+class Run:
+    """What the observer reads from one pod: who its reads are for, and where its gate is."""
+    uid: str
+    name: str                   # namespace/name, for logs
+    session: str
+    user: str
+    project: str
+    role: str
+    datasets: list[dict]
+    job: int | None
+    container_id: str           # the runtime's id (containerd://<id> without the scheme)
+    started: float | None       # when its container started (None: not running)
+    ended: bool
+
+
+def parse_pod(pod: dict, instance: str) -> Run | None:
+    """The run a pod of this instance stands for, or None when it is not one to observe (another
+    instance's, no datasets, metadata that does not parse)."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
+    if labels.get("vre.instance") != instance or labels.get(OBSERVED_LABEL) != "observed":
+        return None
+    try:
+        datasets = [{"slug": str(d["slug"]), "target": str(d["target"])} for d in json.loads(notes[AUDIT_DATASETS])]
+        job = int(notes[AUDIT_JOB]) if notes.get(AUDIT_JOB) else None
+    except (KeyError, TypeError, ValueError):
+        log.error("pod %s/%s has no readable %s annotation: not observed", meta.get("namespace"), meta.get("name"),
+                  AUDIT_DATASETS)
+        return None
+    role = labels.get("vre.role", "session")
+    user = notes.get(AUDIT_JOB_USER) if job is not None else labels.get("vre.user")
+    container_id, started = "", None
+    statuses = status.get("containerStatuses") or []
+    if statuses:
+        running = (statuses[0].get("state") or {}).get("running")
+        container_id = (statuses[0].get("containerID") or "").partition("://")[2]
+        if running and container_id:
+            started = _timestamp(running.get("startedAt"))
+    ended = bool(meta.get("deletionTimestamp")) or status.get("phase") in ("Succeeded", "Failed") or (
+        bool(statuses) and bool((statuses[0].get("state") or {}).get("terminated")))
+    return Run(uid=meta.get("uid", ""), name=f"{meta.get('namespace')}/{meta.get('name')}",
+               session=notes.get(AUDIT_SESSION) or meta.get("name", ""),
+               user=user or f"{labels.get('vre.project', '?')} worker", project=labels.get("vre.project", ""),
+               role=role, datasets=datasets, job=job, container_id=container_id, started=started, ended=ended)
+
+
+def _timestamp(text) -> float | None:
+    if not text:
+        return None
+    if isinstance(text, dt.datetime):
+        return text.timestamp()
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def container_init(container_id: str, proc: Path = Path("/proc")) -> int | None:
+    """The host pid of the container's first process: in the container's cgroup (its path names
+    the id, whatever the cgroup driver) and pid 1 of its pid namespace."""
+    if len(container_id) < 12:
+        return None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if container_id not in (entry / "cgroup").read_text():
+                continue
+            nspid = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        if nspid.split()[-1] == "1":
+            return int(entry.name)
+    return None
+
+
+def gate_state(pid: int, proc: Path = Path("/proc")) -> str | None:
+    """Where the container's first process is: ``waiting`` at the gate (the shell named
+    ``vre-gate`` catches SIGUSR1: a signal before its trap would be lost, as pid 1 ignores what it
+    does not catch), ``starting`` (the shell, its trap not set yet), ``past`` (it became the
+    container's command), None (gone)."""
+    try:
+        argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+        caught = next(line for line in (proc / str(pid) / "status").read_text().splitlines()
+                      if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return None
+    if GATE_NAME.encode() not in argv[:4]:
+        return "past"
+    return "waiting" if int(caught.split()[1], 16) & SIGUSR1_BIT else "starting"
+
+
+class NodeObserver(Recorder):
+    """The observer of one node: marks the gated pods running here, and opens their gates."""
+
+    def __init__(self, *, instance: str, node: str, hub_url: str, token: str, state_dir: Path,
+                 watcher: Watcher | None = None):
+        super().__init__(watcher or Watcher(Registry(state_dir)))
+        self.instance, self.node, self.token = instance, node, token
+        self.url = f"{hub_url.rstrip('/')}/services/vre/{HOST_EVENTS_ROUTE}"
+        self.runs: dict[str, Run] = {}      # pod uid -> what it is, for pods seen on this node
+        self.opened: set[str] = set()       # pod uids whose gate this observer opened or found open
+        self.retry: dict[str, float] = {}   # pod uid -> when to try marking again after a refusal
+        self.find_init = container_init     # container id -> the host pid of its first process
+
+    # -- pods -----------------------------------------------------------------------------------
+    def seen(self, pod: dict, deleted: bool = False) -> None:
+        """A pod as listed or watched: note it, open its gate when it waits, follow its job, and
+        unmark it when it ended."""
+        run = parse_pod(pod, self.instance)
+        if run is None:
+            return
+        if deleted or run.ended:
+            self.runs.pop(run.uid, None)
+            self.opened.discard(run.uid)
+            self.retry.pop(run.uid, None)
+            if run.session in self.watcher.marks:
+                self.watcher.unmark(run.session)
+            return
+        self.runs[run.uid] = run
+        marked = self.watcher.marks.get(run.session)
+        if marked is not None and (marked.job, marked.user) != (run.job, run.user):
+            self.watcher.assign(run.session, run.user, run.job)
+        self.open_gate(run)
+
+    def relisted(self, pods: list[dict]) -> None:
+        """A full list: pods no longer there ended while the watch was away."""
+        present = set()
+        for pod in pods:
+            self.seen(pod)
+            present.add((pod.get("metadata") or {}).get("uid"))
+        for uid in [u for u in self.runs if u not in present]:
+            run = self.runs.pop(uid)
+            self.opened.discard(uid)
+            if run.session in self.watcher.marks:
+                self.watcher.unmark(run.session)
+
+    def open_gate(self, run: Run) -> None:
+        """Mark the run's dataset mounts, then let it go; a run already past its gate that is not
+        marked (the registry was lost) is marked with the gap recorded."""
+        if run.uid in self.opened or run.started is None:
+            return
+        marked = self.watcher.marks.get(run.session)
+        if marked is not None and alive(marked):
+            self.opened.add(run.uid)   # marked again from the registry after a restart
+            return
+        if self.retry.get(run.uid, 0) > time.monotonic():
+            return
+        pid = self.find_init(run.container_id)
+        state = gate_state(pid) if pid is not None else None
+        if state in (None, "starting"):
+            return                      # looked at again in GATE_POLL (``_gates``)
+        m = Marked(session=run.session, user=run.user, project=run.project, pid=pid, pid_start=0, role=run.role,
+                   job=run.job, datasets=[dict(d) for d in run.datasets])
+        try:
+            self.watcher.mark(m)
+        except MarkError as e:
+            if run.uid not in self.retry:
+                log.error("cannot mark %s (%s): %s; its gate stays shut (trying again each second)",
+                          run.name, run.session, e)
+            self.retry[run.uid] = time.monotonic() + 1
+            return
+        self.retry.pop(run.uid, None)
+        self.opened.add(run.uid)
+        if state == "waiting":
+            os.kill(pid, signal.SIGUSR1)
+            log.info("opened the gate of %s (%s, pid %s)", run.name, run.session, pid)
+            return
+        now = time.time()
+        log.error("%s ran past its gate unmarked (a lost registry?): marked now, the gap recorded", run.name)
+        self.watcher.outbox.append(host_event(
+            "audit.gap", when=now, actor="vre-observer", actor_role="service", project=run.project,
+            session=run.session, target=run.session, outcome="error",
+            details={"via": "vre-observer", "node": self.node, "what": "dataset reads",
+                     "from": dt.datetime.fromtimestamp(run.started, dt.timezone.utc).isoformat(),
+                     "to": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(),
+                     "seconds": round(now - run.started, 3), "user": run.user, "role": run.role,
+                     "datasets": [d["slug"] for d in run.datasets]}))
+
+    async def _gates(self) -> None:
+        """Pods whose container runs but whose gate the observer has not opened yet (the shell
+        had not set its trap when the pod was last seen)."""
+        while not self._stop.is_set():
+            for run in [r for r in self.runs.values() if r.uid not in self.opened and r.started is not None]:
+                self.open_gate(run)
+            try:
+                await asyncio.wait_for(self._stop.wait(), GATE_POLL)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _pods(self) -> None:
+        """List this node's observed pods, then watch them; list again when a watch ends."""
+        from kubernetes_asyncio import client, config, watch
+
+        config.load_incluster_config()
+        async with client.ApiClient() as api_client:
+            api = client.CoreV1Api(api_client)
+            selector = {"label_selector": f"vre.instance={self.instance},{OBSERVED_LABEL}=observed",
+                        "field_selector": f"spec.nodeName={self.node}"}
+            while not self._stop.is_set():
+                try:
+                    listed = await api.list_pod_for_all_namespaces(**selector)
+                    self.relisted([api_client.sanitize_for_serialization(p) for p in listed.items])
+                    async with watch.Watch().stream(api.list_pod_for_all_namespaces, **selector,
+                                                    resource_version=listed.metadata.resource_version,
+                                                    timeout_seconds=WATCH_S) as events:
+                        async for event in events:
+                            if event["type"] == "ERROR":
+                                break           # e.g. 410 Gone: list again
+                            self.seen(event["raw_object"], deleted=event["type"] == "DELETED")
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # the API server restarts, the network blips: list again soon
+                    log.warning("watching the pods of node %s: %s; listing again", self.node, e)
+                    await asyncio.sleep(2)
+
+    # -- records ----------------------------------------------------------------------------------
+    def store(self, events: list) -> None:
+        body = json.dumps({"node": self.node, "events": [e.to_dict() for e in events]}).encode()
+        req = urllib.request.Request(self.url, data=body, method="POST", headers={
+            "Authorization": f"{SCHEME} {self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                r.read()
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"the hub refused the records: {e.code} {e.read()[:300]!r}") from None
+
+    # -- life -------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        back = self.watcher.restore()
+        if back:
+            log.warning("marked %d run(s) again after a restart: %s", len(back), ", ".join(back))
+        log.info("vre observer on node %s (instance %s), records to %s", self.node, self.instance, self.url)
+        tasks = [asyncio.create_task(t) for t in (self._reads(), self._ticks(), self._gates())]
+        pods = asyncio.create_task(self._pods())
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait([stop, pods], return_when=asyncio.FIRST_COMPLETED)
+        self._stop.set()
+        pods.cancel()
+        await asyncio.gather(*tasks)
+        self.watcher.stop()
+        await self.deliver()
+        if pods.done() and not pods.cancelled() and pods.exception():
+            # e.g. no service account: exit, so that the kubelet restarts the pod and says so
+            raise SystemExit(f"the observer cannot watch the pods of node {self.node}: {pods.exception()}")
+        log.info("vre observer stopped; its marks are re-made by the next one")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s vre-observer] %(message)s")
+    if os.geteuid() != 0:
+        raise SystemExit("the observer must run as root (fanotify, /proc/<pid>/root of pods)")
+    env = os.environ
+    missing = [k for k in ("VRE_INSTANCE", "NODE_NAME", "VRE_OBSERVER_HUB_URL", "VRE_OBSERVER_TOKEN") if not env.get(k)]
+    if missing:
+        raise SystemExit(f"the observer needs {', '.join(missing)} in its environment (the chart's DaemonSet sets them)")
+    os.nice(NICE)   # the researchers' reads first; the kernel queues the events until the observer reads them
+    observer = NodeObserver(instance=env["VRE_INSTANCE"], node=env["NODE_NAME"], hub_url=env["VRE_OBSERVER_HUB_URL"],
+                            token=env["VRE_OBSERVER_TOKEN"],
+                            state_dir=Path(env.get("VRE_OBSERVER_STATE", "/var/lib/vre-observer")))
+    asyncio.run(observer.run())
+
+
+if __name__ == "__main__":
+    main()

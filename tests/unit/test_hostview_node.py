@@ -1,0 +1,215 @@
+"""The per-node observer of dataset reads on Kubernetes (vre.hostview.node), on this machine: the
+gate shell a pod with datasets starts with, a real process held at it in a mount namespace of its
+own, marked with fanotify and let go by the observer; its read recorded for the user the pod's
+metadata names, a batch worker's job followed, and the records posted to the VRE service's
+route for observers, which takes them only with the observer's token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+
+from vre import db as vdb
+from vre.audit import open_store
+from vre.backends.kubernetes import GATE_NAME, gate_script
+from vre.hostview.node import NodeObserver, container_init, gate_state, parse_pod
+from vre.settings import Settings
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                                reason="fanotify and mount namespaces need root")
+CID = "c0ffee" * 10 + "abcd"
+
+
+def gate(seconds: int, then: str, *, mount: tuple[Path, Path] | None = None) -> subprocess.Popen:
+    """The rendered gate in front of ``then``, as the pod's command runs it (``$0`` = vre-gate);
+    ``mount``: first, in a mount namespace of its own, bind (source, target) read-only (one pid
+    throughout: unshare and the shell exec)."""
+    argv = ["/bin/sh", "-c", f"{gate_script(seconds)}{then}", GATE_NAME]
+    if mount:
+        source, target = mount
+        argv = ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                f'mount --bind {source} {target} && mount -o remount,bind,ro {target} && exec "$@"', "mounter", *argv]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_state(pid: int, want: str, timeout: float = 5.0) -> str | None:
+    deadline = time.monotonic() + timeout
+    while (state := gate_state(pid)) != want and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return state
+
+
+def test_the_gate_waits_for_the_signal_and_gives_up_with_the_reason():
+    held = gate(1, "echo past")
+    out, err = held.communicate(timeout=10)
+    assert held.returncode == 70 and out == ""
+    assert f"{GATE_NAME}: dataset reads cannot be recorded" in err and "within 1 s" in err
+
+    opened = gate(30, "echo past")
+    assert wait_state(opened.pid, "waiting") == "waiting"
+    os.kill(opened.pid, signal.SIGUSR1)
+    out, _ = opened.communicate(timeout=10)
+    assert opened.returncode == 0 and out == "past\n"
+
+    execd = gate(30, "exec sleep 5")
+    assert wait_state(execd.pid, "waiting") == "waiting"
+    os.kill(execd.pid, signal.SIGUSR1)
+    assert wait_state(execd.pid, "past") == "past"    # became the command: the observer never signals it
+    execd.kill()
+    execd.wait()
+    assert gate_state(execd.pid) is None
+
+
+def pod(target: Path) -> dict:
+    meta = {"name": "ann-lung", "namespace": "vre-lung", "uid": "u-1",
+            "labels": {"vre.instance": "vre", "vre.reads": "observed", "vre.user": "ann", "vre.project": "lung",
+                       "vre.role": "session"},
+            "annotations": {"vre.audit/session": "ann-lung-7f3a",
+                            "vre.audit/datasets": json.dumps([{"slug": "ct", "target": str(target)}])}}
+    status = {"phase": "Running", "containerStatuses": [
+        {"containerID": f"containerd://{CID}", "state": {"running": {"startedAt": "2026-12-05T18:00:00Z"}}}]}
+    return {"metadata": meta, "status": status}
+
+
+def test_parse_pod_takes_only_this_instances_observed_pods():
+    p = pod(Path("/data/ct"))
+    run = parse_pod(p, "vre")
+    assert (run.session, run.user, run.project, run.role, run.container_id) == ("ann-lung-7f3a", "ann", "lung",
+                                                                              "session", CID)
+    assert run.datasets == [{"slug": "ct", "target": "/data/ct"}] and run.started and not run.ended
+    assert parse_pod(p, "other") is None
+    bad = pod(Path("/data/ct"))
+    bad["metadata"]["annotations"]["vre.audit/datasets"] = "not json"
+    assert parse_pod(bad, "vre") is None
+    job = pod(Path("/data/ct"))
+    job["metadata"]["annotations"].update({"vre.audit/job": "7", "vre.audit/job-user": "bob"})
+    assert (parse_pod(job, "vre").job, parse_pod(job, "vre").user) == (7, "bob")
+    ended = pod(Path("/data/ct"))
+    ended["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 70}}
+    assert parse_pod(ended, "vre").ended and parse_pod(ended, "vre").started is None
+
+
+def test_container_init_is_pid_one_of_the_containers_cgroup(tmp_path):
+    for pid, cgroup, nspid in ((10, f"0::/kubepods/pod1/{CID}\n", "NSpid:\t10\t1"),
+                               (11, f"0::/kubepods/pod1/{CID}\n", "NSpid:\t11\t7"),
+                               (12, "0::/user.slice\n", "NSpid:\t12")):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cgroup").write_text(cgroup)
+        (tmp_path / str(pid) / "status").write_text(f"Name:\tsh\n{nspid}\n")
+    assert container_init(CID, tmp_path) == 10
+    assert container_init("f" * 64, tmp_path) is None and container_init("", tmp_path) is None
+
+
+@pytest.fixture
+def service(tmp_path):
+    """The VRE service's routes for sessions and observers (as on the hub pod's TCP port)."""
+    from vre.api.service import make_app
+    url = f"sqlite:///{tmp_path / 'vre.sqlite'}"
+    vdb.upgrade(url)
+    settings = Settings(state_dir=tmp_path / "state", db_url=url)
+    settings.secrets_dir.mkdir(parents=True)
+    (settings.secrets_dir / "observer_token").write_text("o" * 43 + "\n")
+    sock, port = bind_unused_port()
+    loop = asyncio.new_event_loop()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        HTTPServer(make_app(settings, sessions_only=True)).add_sockets([sock])
+        loop.run_forever()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield settings, f"http://127.0.0.1:{port}"
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@needs_root
+def test_the_observer_marks_before_it_opens_and_records_what_the_pod_read(tmp_path, service):
+    settings, hub = service
+    data = tmp_path / "dataset"
+    (data / "s1").mkdir(parents=True)
+    (data / "s1" / "1.dcm").write_bytes(b"x" * 10)
+    (data / "s2").mkdir()
+    (data / "s2" / "1.dcm").write_bytes(b"y" * 10)
+    target = tmp_path / "inside" / "data" / "ct"
+    target.mkdir(parents=True)
+    # a "pod": its own mount namespace with the dataset bound read-only, held at the gate; it reads
+    # series s1 at once when let go, and s2 after it was assigned a job
+    flag = tmp_path / "go-on"
+    proc = gate(20, f"cat {target}/s1/1.dcm >/dev/null; while [ ! -e {flag} ]; do sleep 0.02; done; "
+                    f"cat {target}/s2/1.dcm >/dev/null", mount=(data, target))
+    observer = NodeObserver(instance="vre", node="node-1", hub_url=hub, token="o" * 43, state_dir=tmp_path / "reg")
+    observer.find_init = lambda cid: proc.pid if cid == CID else None
+    try:
+        deadline = time.monotonic() + 10
+        while "u-1" not in observer.opened and time.monotonic() < deadline:
+            observer.seen(pod(target))      # the watch's events, and the gate loop's retries
+            time.sleep(0.01)
+        assert "u-1" in observer.opened, observer.watcher.status()
+        marked = observer.watcher.marks["ann-lung-7f3a"]
+        assert (marked.user, marked.project, marked.pid) == ("ann", "lung", proc.pid)
+
+        worker = pod(target)
+        worker["metadata"]["annotations"].update({"vre.audit/job": "7", "vre.audit/job-user": "bob"})
+        deadline = time.monotonic() + 5
+        while not observer.watcher.drain() and time.monotonic() < deadline:
+            time.sleep(0.02)            # the first read, attributed to ann
+        observer.seen(worker)           # the engine annotated the pod: its next reads are job 7's, bob's
+        assert observer.watcher.marks["ann-lung-7f3a"].job == 7
+        flag.touch()
+        assert proc.wait(10) == 0, proc.stderr.read()
+        gone = pod(target)
+        gone["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 0}}
+        observer.seen(gone)             # unmarked: its summaries now
+        assert "ann-lung-7f3a" not in observer.watcher.marks
+    finally:
+        proc.kill()
+        proc.wait()
+        observer.watcher.group.close()
+
+    firsts = [e for e in observer.watcher.outbox if e.action == "dataset.read"]
+    assert [(e.actor, e.dataset, e.details["series"], e.details.get("job")) for e in firsts] == [
+        ("ann", "ct", "s1", None), ("bob", "ct", "s2", 7)]
+    assert all(e.session == "ann-lung-7f3a" and e.source == "host" for e in firsts)
+
+    # delivered to the hub's route for observers, which stores them as the host's, with the node
+    asyncio.run(observer.deliver())
+    assert observer.watcher.outbox == []
+    stored = open_store(settings).query(action="dataset.read", limit=10)
+    assert {(e["actor"], e["source"], e["details"]["node"]) for e in stored} == {("ann", "host", "node-1"),
+                                                                                ("bob", "host", "node-1")}
+
+
+def test_the_observers_route_takes_only_the_observers_token_and_read_records(service):
+    settings, hub = service
+    url = f"{hub}/services/vre/api/audit/host-events"
+    event = {"action": "dataset.read", "actor": "ann", "actor_role": "researcher", "dataset": "ct",
+             "session": "s-1", "target": "/data/ct/s1/1.dcm"}
+
+    def post(body, auth="vre-observer " + "o" * 43):
+        return requests.post(url, json=body, headers={"Authorization": auth}, timeout=10)
+
+    assert post({"events": [event]}, auth="vre-observer wrong").status_code == 403
+    assert post({"events": [event]}, auth="vre-relay " + "o" * 43).status_code == 403
+    forged = post({"node": "n", "events": [{**event, "action": "airlock.approve"}]})
+    assert forged.status_code == 400 and "not airlock.approve" in forged.json()["message"]
+    assert post({"node": "n", "events": "x"}).status_code == 400
+    assert post({"node": "n", "events": [{**event, "actor_role": "god"}]}).status_code == 400
+    r = post({"node": "n", "events": [{**event, "source": "session"}]})
+    assert r.status_code == 200 and r.json() == {"stored": 1}
+    (stored,) = open_store(settings).query(action="dataset.read", limit=10)
+    assert stored["source"] == "host" and stored["details"] == {"node": "n"}   # the host's word, whatever was sent
+    (settings.secrets_dir / "observer_token").unlink()     # no observer deployed: nobody may post
+    assert post({"events": [event]}).status_code == 403
