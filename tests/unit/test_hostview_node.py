@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,10 @@ from tornado.testing import bind_unused_port
 from vre import db as vdb
 from vre.audit import open_store
 from vre.backends.kubernetes import GATE_NAME, gate_script
+from vre.hostview.fanotify import Group
 from vre.hostview.node import NodeObserver, container_init, gate_state, parse_pod
+from vre.hostview.registry import Marked, Registry
+from vre.hostview.watcher import Watcher
 from vre.settings import Settings
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
@@ -213,3 +217,57 @@ def test_the_observers_route_takes_only_the_observers_token_and_read_records(ser
     assert stored["source"] == "host" and stored["details"] == {"node": "n"}   # the host's word, whatever was sent
     (settings.secrets_dir / "observer_token").unlink()     # no observer deployed: nobody may post
     assert post({"events": [event]}).status_code == 403
+
+
+#: Opens a file through io_uring (IORING_OP_OPENAT), not open(2): a researcher's way around an
+#: observer that watched only the open system calls.
+IO_URING_OPEN = r'''
+import ctypes, mmap, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 4, params)                      # io_uring_setup
+if ring < 0:
+    sys.exit(f"io_uring_setup: {os.strerror(ctypes.get_errno())}")
+sq_entries, cq_entries = struct.unpack_from("II", params, 0)
+_, sq_tail, sq_mask, _, _, _, sq_array = struct.unpack_from("7I", params, 40)
+cq_head, _, cq_mask, _, _, cqes = struct.unpack_from("6I", params, 80)
+sq = mmap.mmap(ring, sq_array + sq_entries * 4, offset=0)
+cq = mmap.mmap(ring, cqes + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+path = ctypes.create_string_buffer(sys.argv[1].encode())
+sqes[0:64] = struct.pack("<BBHiQQIIQ", 18, 0, 0, -100, 0, ctypes.addressof(path), 0, os.O_RDONLY, 7).ljust(64, b"\0")
+tail = struct.unpack_from("I", sq, sq_tail)[0]
+struct.pack_into("I", sq, sq_array + (tail & struct.unpack_from("I", sq, sq_mask)[0]) * 4, 0)
+struct.pack_into("I", sq, sq_tail, tail + 1)
+if libc.syscall(426, ring, 1, 1, 1, None, 0) < 0:       # io_uring_enter, wait for the completion
+    sys.exit(f"io_uring_enter: {os.strerror(ctypes.get_errno())}")
+head = struct.unpack_from("I", cq, cq_head)[0]
+_, fd, _ = struct.unpack_from("QiI", cq, cqes + (head & struct.unpack_from("I", cq, cq_mask)[0]) * 16)
+print("read", len(os.read(fd, 100)) if fd >= 0 else os.strerror(-fd))
+'''
+
+
+@needs_root
+def test_an_open_through_io_uring_is_recorded_as_any_open(tmp_path):
+    """The marks see opens made through io_uring as well as open(2) (the kernel's open hook, not
+    the system call, raises the event): a reader cannot go around them that way."""
+    data, target = tmp_path / "dataset", tmp_path / "inside" / "data" / "ct"
+    (data / "s9").mkdir(parents=True)
+    (data / "s9" / "1.dcm").write_bytes(b"z" * 10)
+    target.mkdir(parents=True)
+    (tmp_path / "probe.py").write_text(IO_URING_OPEN)
+    proc = gate(20, f"{sys.executable} {tmp_path / 'probe.py'} {target}/s9/1.dcm", mount=(data, target))
+    watcher = Watcher(Registry(tmp_path / "reg"), Group())
+    try:
+        assert wait_state(proc.pid, "waiting") == "waiting"
+        watcher.mark(Marked(session="s-9", user="ann", project="lung", pid=proc.pid, pid_start=0,
+                            datasets=[{"slug": "ct", "target": str(target)}]))
+        os.kill(proc.pid, signal.SIGUSR1)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and out == "read 10\n", (out, err)
+        watcher.drain()
+        assert [(e.actor, e.details["series"]) for e in watcher.outbox if e.action == "dataset.read"] == [("ann", "s9")]
+    finally:
+        proc.kill()
+        watcher.group.close()
