@@ -180,6 +180,8 @@ class ChartHub:
                      "--set", f"hub.state.nodePath={self.release.state_dir}",
                      "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", '
                                    '"start_timeout": 180}}']
+        # two releases' hubs and a session share the 2-core node: the hubs ask for little CPU
+        self.args += ["--set", "hub.resources.requests.cpu=100m"]
         if not observed:
             self.args += ["--set", "observer.enabled=false", "--set", "sessions.allowUnobservedReads=true"]
         self.url = ""

@@ -74,6 +74,31 @@ def _expect(kube, ns: str, pod: str, ip: str, port: int, want: bool, what: str, 
         assert reached() == want, f"{what}: reachability flapped: {[out[:300] for out in seen]}"
 
 
+READ_LAST = """
+import glob
+files = sorted(glob.glob("/data/{mine}/**/*.dcm", recursive=True))
+open(files[-1], "rb").read(132)
+print(files[-1])
+"""
+
+
+def _restart_the_observer(kube, rel) -> None:
+    """Delete the node's observer pod and wait until its successor has marked the live pods
+    again from its registry on the node (it records the gap once it has)."""
+    selector = "app.kubernetes.io/component=observer"
+    old = json.loads(kube("get", "pods", "-n", rel.ns, "-l", selector, "-o", "json"))["items"]
+    kube("delete", "pod", "-n", rel.ns, "-l", selector, "--wait=true", timeout=120)
+
+    def successor():
+        pods = json.loads(kube("get", "pods", "-n", rel.ns, "-l", selector, "-o", "json"))["items"]
+        return [p for p in pods if p["metadata"]["uid"] not in {o["metadata"]["uid"] for o in old}
+                and p["status"].get("phase") == "Running"]
+    wait_until(successor, 90, "a new observer pod")
+    # it marks the live pods again first, then records the gap: after that, reads are recorded
+    wait_until(lambda: json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "audit.gap")),
+               60, "the observer's gap record")
+
+
 def wait_until(probe, timeout: float, what: str):
     """``probe()``'s first truthy answer within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -644,6 +669,9 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
             k = c.kernel(project)
             facts = json.loads(k.check(DATA_FACTS.format(mine=mine, other=other, public=public),
                                        timeout=120).strip().splitlines()[-1])
+            if user == "alice":   # the observer restarts during her session: the gap, and what she reads after
+                _restart_the_observer(kube, rel)
+                read_after_gap = k.check(READ_LAST.format(mine=mine), timeout=60).strip().splitlines()[-1]
             k.close()
             assert facts["datasets"] == [mine] and facts["files"] > 0 and facts["dicm"], facts
             assert facts["other"] is False and facts["write"] == "Read-only file system", facts
@@ -686,6 +714,13 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
             assert mine and {(r["actor"], r["source"], r["dataset"]) for r in mine} == {
                 (user, "host", e["details"]["datasets"][0])}, (user, mine[:3])
             assert {r["details"]["node"] for r in mine} == {e["details"]["node"]}
+        (alice_start,) = [e for e in sessions.values() if e["actor"] == "alice" and
+                          any(r["session"] == e["session"] for r in reads)]
+        gaps = [g for g in trail("--action", "audit.gap") if g["session"] == alice_start["session"]]
+        assert [(g["source"], g["details"]["what"], g["details"]["user"]) for g in gaps] == [
+            ("host", "dataset reads", "alice")], gaps
+        assert any(r["target"] == read_after_gap and r["session"] == alice_start["session"] for r in reads), \
+            (read_after_gap, [r["target"] for r in reads])
         summaries = trail("--action", "dataset.read_summary")
         assert {s["actor"] for s in summaries if s["source"] == "host"} >= {"alice", "bob"}
         views = trail("--action", "dicom.series_view")

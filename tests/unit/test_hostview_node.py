@@ -26,7 +26,7 @@ from vre import db as vdb
 from vre.audit import open_store
 from vre.backends.kubernetes import GATE_NAME, gate_script
 from vre.hostview.fanotify import Group
-from vre.hostview.node import NodeObserver, container_init, gate_state, parse_pod
+from vre.hostview.node import NodeObserver, find_inits, gate_state, parse_pod
 from vre.hostview.registry import Marked, Registry
 from vre.hostview.watcher import Watcher
 from vre.settings import Settings
@@ -105,15 +105,34 @@ def test_parse_pod_takes_only_this_instances_observed_pods():
     assert parse_pod(ended, "vre").ended and parse_pod(ended, "vre").started is None
 
 
-def test_container_init_is_pid_one_of_the_containers_cgroup(tmp_path):
-    for pid, cgroup, nspid in ((10, f"0::/kubepods/pod1/{CID}\n", "NSpid:\t10\t1"),
-                               (11, f"0::/kubepods/pod1/{CID}\n", "NSpid:\t11\t7"),
-                               (12, "0::/user.slice\n", "NSpid:\t12")):
+def test_a_gate_is_found_by_its_pods_cgroup_before_the_kubelet_names_the_container(tmp_path):
+    """The first process of a pod's container: pid 1 of its namespace, in the container's cgroup
+    (once the pod's status names it) or in the pod's (cgroupfs or systemd naming) and named
+    vre-gate, which the pod's pause process is not."""
+    uid, other = "0a1b2c3d-1111-2222-3333-444455556666", "99999999-1111-2222-3333-444455556666"
+    procs = {
+        10: (f"0::/kubepods/besteffort/pod{uid}/{CID}\n", "NSpid:\t10\t1", b"/bin/sh\0-c\0...\0vre-gate\0"),
+        11: (f"0::/kubepods/besteffort/pod{uid}/{CID}\n", "NSpid:\t11\t7", b"sleep\0"),
+        12: (f"0::/kubepods/besteffort/pod{uid}/pause\n", "NSpid:\t12\t1", b"/pause\0"),
+        20: ("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod"
+             f"{other.replace('-', '_')}.slice/cri-containerd-x.scope\n", "NSpid:\t20\t1", b"/bin/sh\0-c\0.\0vre-gate\0"),
+        30: ("0::/user.slice\n", "NSpid:\t30", b"bash\0"),
+    }
+    for pid, (cgroup, nspid, argv) in procs.items():
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "cgroup").write_text(cgroup)
         (tmp_path / str(pid) / "status").write_text(f"Name:\tsh\n{nspid}\n")
-    assert container_init(CID, tmp_path) == 10
-    assert container_init("f" * 64, tmp_path) is None and container_init("", tmp_path) is None
+        (tmp_path / str(pid) / "cmdline").write_bytes(argv)
+    target = Path("/data/ct")
+    named = parse_pod(pod(target), "vre")            # its status names the container
+    unnamed = parse_pod(pod(target), "vre")
+    unnamed.container_id, unnamed.uid = "", uid      # the kubelet has not said yet
+    systemd = parse_pod(pod(target), "vre")
+    systemd.container_id, systemd.uid = "", other
+    nowhere = parse_pod(pod(target), "vre")
+    nowhere.container_id, nowhere.uid = "f" * 64, "u-9"
+    assert find_inits([named], tmp_path) == {"u-1": 10}
+    assert find_inits([unnamed, systemd, nowhere], tmp_path) == {uid: 10, other: 20}
 
 
 @pytest.fixture
@@ -155,7 +174,7 @@ def test_the_observer_marks_before_it_opens_and_records_what_the_pod_read(tmp_pa
     proc = gate(20, f"cat {target}/s1/1.dcm >/dev/null; while [ ! -e {flag} ]; do sleep 0.02; done; "
                     f"cat {target}/s2/1.dcm >/dev/null", mount=(data, target))
     observer = NodeObserver(instance="vre", node="node-1", hub_url=hub, token="o" * 43, state_dir=tmp_path / "reg")
-    observer.find_init = lambda cid: proc.pid if cid == CID else None
+    observer.find_inits = lambda runs: {r.uid: proc.pid for r in runs if r.container_id == CID}
     try:
         deadline = time.monotonic() + 10
         while "u-1" not in observer.opened and time.monotonic() < deadline:

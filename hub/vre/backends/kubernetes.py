@@ -697,8 +697,9 @@ class KubernetesSpawner(PlanSpawner, Spawner):
             if loop.time() > deadline:
                 self.log.error("Pod %s/%s not ready in time; its log:\n%s", self.pod_namespace, self.pod_name,
                                await self._log_tail())
+                why = unplaced_reason(pod) or waiting
                 raise TimeoutError(f"the session's pod was not ready within {self.start_timeout} s "
-                                   f"(Spawner.start_timeout; {status.phase}{', ' + waiting if waiting else ''}); "
+                                   f"(Spawner.start_timeout; {status.phase}{': ' + why if why else ''}); "
                                    "an admin can read its log in the hub's log")
             await asyncio.sleep(0.25)
 
@@ -761,6 +762,15 @@ def waiting_reason(pod) -> str:
     for c in pod.status.container_statuses or ():
         if c.state and c.state.waiting and c.state.waiting.reason:
             return c.state.waiting.reason
+    return ""
+
+
+def unplaced_reason(pod) -> str:
+    """Why the cluster has not placed the pod on a node yet (its scheduler's message: no node
+    with the CPU, the GPUs, ...), "" once placed."""
+    for c in pod.status.conditions or ():
+        if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
+            return (c.message or c.reason)[:300]
     return ""
 
 

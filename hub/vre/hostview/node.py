@@ -46,8 +46,8 @@ log = logging.getLogger("vre.hostview.node")
 
 #: The authorisation scheme of the observer's token (``vre.api.ingest.HostEventsHandler``).
 SCHEME = "vre-observer"
-#: How often the gates of pods whose container runs but has not reached its trap are looked at.
-GATE_POLL = 0.05
+#: How often the gates of this node's pods not opened yet are looked for (one pass over /proc).
+GATE_POLL = 0.1
 #: A watch ends after this many seconds and the pods are listed again (a missed event heals).
 WATCH_S = 300
 SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
@@ -111,23 +111,38 @@ def _timestamp(text) -> float | None:
         return None
 
 
-def container_init(container_id: str, proc: Path = Path("/proc")) -> int | None:
-    """The host pid of the container's first process: in the container's cgroup (its path names
-    the id, whatever the cgroup driver) and pid 1 of its pid namespace."""
-    if len(container_id) < 12:
-        return None
+def find_inits(runs: list[Run], proc: Path = Path("/proc")) -> dict[str, int]:
+    """pod uid -> host pid of its container's first process, for the runs found, in one pass over
+    ``proc``: a process pid 1 of its pid namespace, in the container's cgroup (the path names the
+    container's id once the kubelet told it) or, before that, in the pod's cgroup (the path names
+    the pod's uid, with ``_`` for ``-`` under the systemd driver) and named ``vre-gate`` (the pod's
+    other pid 1 is its sandbox's pause). So a gate is found as soon as it runs, without waiting
+    for the kubelet's next status of the pod (up to a second later)."""
+    marks = {}
+    for r in runs:
+        if len(r.container_id) >= 12:
+            marks[r.uid] = (r.container_id, True)
+        elif r.uid:
+            marks[r.uid] = (f"pod{r.uid}", False)
+    found: dict[str, int] = {}
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or len(found) == len(marks):
             continue
         try:
-            if container_id not in (entry / "cgroup").read_text():
-                continue
-            nspid = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("NSpid:"))
-        except (OSError, StopIteration):
+            cgroup = (entry / "cgroup").read_text()
+        except OSError:
             continue
-        if nspid.split()[-1] == "1":
-            return int(entry.name)
-    return None
+        for uid, (mark, by_container) in marks.items():
+            if uid in found or (mark not in cgroup and mark.replace("-", "_") not in cgroup):
+                continue
+            try:
+                nspid = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("NSpid:"))
+                named = by_container or GATE_NAME.encode() in (entry / "cmdline").read_bytes().split(b"\0")[:4]
+            except (OSError, StopIteration):
+                continue
+            if nspid.split()[-1] == "1" and named:
+                found[uid] = int(entry.name)
+    return found
 
 
 def gate_state(pid: int, proc: Path = Path("/proc")) -> str | None:
@@ -157,7 +172,7 @@ class NodeObserver(Recorder):
         self.runs: dict[str, Run] = {}      # pod uid -> what it is, for pods seen on this node
         self.opened: set[str] = set()       # pod uids whose gate this observer opened or found open
         self.retry: dict[str, float] = {}   # pod uid -> when to try marking again after a refusal
-        self.find_init = container_init     # container id -> the host pid of its first process
+        self.find_inits = find_inits        # runs -> the host pids of their containers' first processes
 
     # -- pods -----------------------------------------------------------------------------------
     def seen(self, pod: dict, deleted: bool = False) -> None:
@@ -167,9 +182,7 @@ class NodeObserver(Recorder):
         if run is None:
             return
         if deleted or run.ended:
-            self.runs.pop(run.uid, None)
-            self.opened.discard(run.uid)
-            self.retry.pop(run.uid, None)
+            self.forget(run.uid)
             if run.session in self.watcher.marks:
                 self.watcher.unmark(run.session)
             return
@@ -177,7 +190,12 @@ class NodeObserver(Recorder):
         marked = self.watcher.marks.get(run.session)
         if marked is not None and (marked.job, marked.user) != (run.job, run.user):
             self.watcher.assign(run.session, run.user, run.job)
-        self.open_gate(run)
+        self.open_gates([run])
+
+    def forget(self, uid: str) -> Run | None:
+        self.opened.discard(uid)
+        self.retry.pop(uid, None)
+        return self.runs.pop(uid, None)
 
     def relisted(self, pods: list[dict]) -> None:
         """A full list: pods no longer there ended while the watch was away."""
@@ -186,24 +204,31 @@ class NodeObserver(Recorder):
             self.seen(pod)
             present.add((pod.get("metadata") or {}).get("uid"))
         for uid in [u for u in self.runs if u not in present]:
-            run = self.runs.pop(uid)
-            self.opened.discard(uid)
+            run = self.forget(uid)
             if run.session in self.watcher.marks:
                 self.watcher.unmark(run.session)
 
-    def open_gate(self, run: Run) -> None:
+    def open_gates(self, runs: list[Run]) -> None:
+        """Open the gate of each run not opened yet whose first process is there."""
+        now, waiting = time.monotonic(), []
+        for run in runs:
+            if run.uid in self.opened or self.retry.get(run.uid, 0) > now:
+                continue
+            marked = self.watcher.marks.get(run.session)
+            if marked is not None and alive(marked):
+                self.opened.add(run.uid)   # marked again from the registry after a restart
+            else:
+                waiting.append(run)
+        if waiting:
+            pids = self.find_inits(waiting)
+            for run in waiting:
+                if run.uid in pids:
+                    self.open_gate(run, pids[run.uid])
+
+    def open_gate(self, run: Run, pid: int) -> None:
         """Mark the run's dataset mounts, then let it go; a run already past its gate that is not
         marked (the registry was lost) is marked with the gap recorded."""
-        if run.uid in self.opened or run.started is None:
-            return
-        marked = self.watcher.marks.get(run.session)
-        if marked is not None and alive(marked):
-            self.opened.add(run.uid)   # marked again from the registry after a restart
-            return
-        if self.retry.get(run.uid, 0) > time.monotonic():
-            return
-        pid = self.find_init(run.container_id)
-        state = gate_state(pid) if pid is not None else None
+        state = gate_state(pid)
         if state in (None, "starting"):
             return                      # looked at again in GATE_POLL (``_gates``)
         m = Marked(session=run.session, user=run.user, project=run.project, pid=pid, pid_start=0, role=run.role,
@@ -223,22 +248,24 @@ class NodeObserver(Recorder):
             log.info("opened the gate of %s (%s, pid %s)", run.name, run.session, pid)
             return
         now = time.time()
+        since = run.started or now
         log.error("%s ran past its gate unmarked (a lost registry?): marked now, the gap recorded", run.name)
         self.watcher.outbox.append(host_event(
             "audit.gap", when=now, actor="vre-observer", actor_role="service", project=run.project,
             session=run.session, target=run.session, outcome="error",
             details={"via": "vre-observer", "node": self.node, "what": "dataset reads",
-                     "from": dt.datetime.fromtimestamp(run.started, dt.timezone.utc).isoformat(),
+                     "from": dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat(),
                      "to": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(),
-                     "seconds": round(now - run.started, 3), "user": run.user, "role": run.role,
+                     "seconds": round(now - since, 3), "user": run.user, "role": run.role,
                      "datasets": [d["slug"] for d in run.datasets]}))
 
     async def _gates(self) -> None:
-        """Pods whose container runs but whose gate the observer has not opened yet (the shell
-        had not set its trap when the pod was last seen)."""
+        """Pods of this node whose gate the observer has not opened yet: their container may not
+        run yet, or its shell had not set its trap when last looked at."""
         while not self._stop.is_set():
-            for run in [r for r in self.runs.values() if r.uid not in self.opened and r.started is not None]:
-                self.open_gate(run)
+            pending = [r for r in self.runs.values() if r.uid not in self.opened]
+            if pending:
+                self.open_gates(pending)
             try:
                 await asyncio.wait_for(self._stop.wait(), GATE_POLL)
             except asyncio.TimeoutError:

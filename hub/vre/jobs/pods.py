@@ -114,9 +114,7 @@ def _run(pod) -> tuple[str, Run]:
         if c.state and c.state.terminated:
             gated = labels.get(k8s.OBSERVED_LABEL) and c.state.terminated.exit_code == k8s.GATE_EXIT
             run.ended = GATE_CLOSED if gated else (c.state.terminated.reason or "ended")
-    for c in status.conditions or ():
-        if c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable":
-            run.unplaced = (c.message or c.reason)[:300]
+    run.unplaced = k8s.unplaced_reason(pod)
     return labels.get("vre.session", ""), run
 
 
