@@ -7,6 +7,7 @@ route for observers, which takes them only with the observer's token."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import shutil
@@ -76,14 +77,16 @@ def test_the_gate_waits_for_the_signal_and_gives_up_with_the_reason():
     assert gate_state(execd.pid) is None
 
 
-def pod(target: Path) -> dict:
+def pod(target: Path, started: str = "") -> dict:
+    """A pod of the instance as the API shows it; its container started ``started`` (default now)."""
+    started = started or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     meta = {"name": "ann-lung", "namespace": "vre-lung", "uid": "u-1",
             "labels": {"vre.instance": "vre", "vre.reads": "observed", "vre.user": "ann", "vre.project": "lung",
                        "vre.role": "session"},
             "annotations": {"vre.audit/session": "ann-lung-7f3a",
                             "vre.audit/datasets": json.dumps([{"slug": "ct", "target": str(target)}])}}
     status = {"phase": "Running", "containerStatuses": [
-        {"containerID": f"containerd://{CID}", "state": {"running": {"startedAt": "2026-12-05T18:00:00Z"}}}]}
+        {"containerID": f"containerd://{CID}", "state": {"running": {"startedAt": started}}}]}
     return {"metadata": meta, "status": status}
 
 
@@ -290,3 +293,33 @@ def test_an_open_through_io_uring_is_recorded_as_any_open(tmp_path):
     finally:
         proc.kill()
         watcher.group.close()
+
+
+@needs_root
+def test_a_pod_past_its_gate_unmarked_is_marked_with_the_gap_and_a_new_one_is_waited_for(tmp_path, service):
+    """A pod already past its gate when the observer came (its registry lost) is marked, and the
+    gap from its container's start recorded; a process that is not the gate yet in a pod that
+    started after the observer (the runtime's step before the command) is left alone."""
+    settings, hub = service
+    data, target = tmp_path / "dataset", tmp_path / "inside" / "data" / "ct"
+    (data / "s1").mkdir(parents=True)
+    target.mkdir(parents=True)
+    past = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                             f'mount --bind {data} {target} && mount -o remount,bind,ro {target} && exec sleep 30'])
+    observer = NodeObserver(instance="vre", node="node-1", hub_url=hub, token="o" * 43, state_dir=tmp_path / "reg")
+    observer.find_inits = lambda runs: {r.uid: past.pid for r in runs}
+    try:
+        deadline = time.monotonic() + 5
+        while not Path(f"/proc/{past.pid}/cmdline").read_bytes().startswith(b"sleep") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        observer.seen(pod(target))                       # started after the observer: not its gate yet
+        assert "u-1" not in observer.opened and not observer.watcher.outbox
+        observer.seen(pod(target, started="2026-12-05T10:00:00Z"))   # started before: past its gate
+        assert "u-1" in observer.opened and observer.watcher.marks["ann-lung-7f3a"].pid == past.pid
+        (gap,) = observer.watcher.outbox
+        assert (gap.action, gap.session, gap.details["from"], gap.details["user"]) == (
+            "audit.gap", "ann-lung-7f3a", "2026-12-05T10:00:00+00:00", "ann")
+    finally:
+        past.kill()
+        past.wait()
+        observer.watcher.group.close()

@@ -17,8 +17,10 @@ creates instead of by requests on a socket:
 - **Records** go to the hub's VRE service (``POST <hub>/services/vre/api/audit/host-events``) with
   the observer's token; the hub stores them with ``source = "host"``.
 - **Restarts.** The registry is on the node (a hostPath), so a new observer pod marks the live runs
-  again and records the gap (``Watcher.restore``). A running pod it finds unmarked and past its
-  gate (the registry was lost) is marked, with an ``audit.gap`` from its container's start.
+  again and records the gap (``Watcher.restore``). A pod whose container started before this
+  observer and is past its gate unmarked (the registry was lost) is marked, with an ``audit.gap``
+  from its container's start; one that started later was seen at its gate, so a process of it
+  that is not the gate yet is the runtime's step before the command, and is waited for.
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ class NodeObserver(Recorder):
         self.opened: set[str] = set()       # pod uids whose gate this observer opened or found open
         self.retry: dict[str, float] = {}   # pod uid -> when to try marking again after a refusal
         self.find_inits = find_inits        # runs -> the host pids of their containers' first processes
+        self.since = time.time()            # pods started before this are the ones it may have missed
 
     # -- pods -----------------------------------------------------------------------------------
     def seen(self, pod: dict, deleted: bool = False) -> None:
@@ -231,6 +234,10 @@ class NodeObserver(Recorder):
         state = gate_state(pid)
         if state in (None, "starting"):
             return                      # looked at again in GATE_POLL (``_gates``)
+        if state == "past" and (run.started is None or run.started >= self.since - 1):
+            # not the gate yet (the runtime's own step before the container's command, e.g. runc
+            # init): a container that started after this observer did was seen at its gate
+            return
         m = Marked(session=run.session, user=run.user, project=run.project, pid=pid, pid_start=0, role=run.role,
                    job=run.job, datasets=[dict(d) for d in run.datasets])
         try:
@@ -244,7 +251,10 @@ class NodeObserver(Recorder):
         self.retry.pop(run.uid, None)
         self.opened.add(run.uid)
         if state == "waiting":
-            os.kill(pid, signal.SIGUSR1)
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except ProcessLookupError:   # the pod went meanwhile: its end unmarks it
+                return
             log.info("opened the gate of %s (%s, pid %s)", run.name, run.session, pid)
             return
         now = time.time()
@@ -264,8 +274,11 @@ class NodeObserver(Recorder):
         run yet, or its shell had not set its trap when last looked at."""
         while not self._stop.is_set():
             pending = [r for r in self.runs.values() if r.uid not in self.opened]
-            if pending:
-                self.open_gates(pending)
+            try:
+                if pending:
+                    self.open_gates(pending)
+            except Exception:   # one pod's trouble must not stop the gates of the others
+                log.exception("opening gates failed; trying again")
             try:
                 await asyncio.wait_for(self._stop.wait(), GATE_POLL)
             except asyncio.TimeoutError:
