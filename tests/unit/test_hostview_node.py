@@ -167,15 +167,16 @@ def test_the_observer_marks_before_it_opens_and_records_what_the_pod_read(tmp_pa
     data = tmp_path / "dataset"
     (data / "s1").mkdir(parents=True)
     (data / "s1" / "1.dcm").write_bytes(b"x" * 10)
-    (data / "s2").mkdir()
-    (data / "s2" / "1.dcm").write_bytes(b"y" * 10)
+    s2 = os.fsdecode(b"s\xff2")   # not UTF-8, as in imported trees: recorded escaped, not a crash
+    (data / s2).mkdir()
+    (data / s2 / "1.dcm").write_bytes(b"y" * 10)
     target = tmp_path / "inside" / "data" / "ct"
     target.mkdir(parents=True)
     # a "pod": its own mount namespace with the dataset bound read-only, held at the gate; it reads
     # series s1 at once when let go, and s2 after it was assigned a job
     flag = tmp_path / "go-on"
     proc = gate(20, f"cat {target}/s1/1.dcm >/dev/null; while [ ! -e {flag} ]; do sleep 0.02; done; "
-                    f"cat {target}/s2/1.dcm >/dev/null", mount=(data, target))
+                    f"cat {target}/s*2/1.dcm >/dev/null", mount=(data, target))
     observer = NodeObserver(instance="vre", node="node-1", hub_url=hub, token="o" * 43, state_dir=tmp_path / "reg")
     observer.find_inits = lambda runs: {r.uid: proc.pid for r in runs if r.container_id == CID}
     try:
@@ -198,7 +199,9 @@ def test_the_observer_marks_before_it_opens_and_records_what_the_pod_read(tmp_pa
         assert proc.wait(10) == 0, proc.stderr.read()
         gone = pod(target)
         gone["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 0}}
-        observer.seen(gone)             # unmarked: its summaries now
+        observer.seen(gone)             # its marks stay until its process is gone ...
+        assert "ann-lung-7f3a" in observer.watcher.marks
+        observer.watcher.tick()         # ... which the next tick sees: unmarked, its summaries now
         assert "ann-lung-7f3a" not in observer.watcher.marks
     finally:
         proc.kill()
@@ -207,7 +210,7 @@ def test_the_observer_marks_before_it_opens_and_records_what_the_pod_read(tmp_pa
 
     firsts = [e for e in observer.watcher.outbox if e.action == "dataset.read"]
     assert [(e.actor, e.dataset, e.details["series"], e.details.get("job")) for e in firsts] == [
-        ("ann", "ct", "s1", None), ("bob", "ct", "s2", 7)]
+        ("ann", "ct", "s1", None), ("bob", "ct", "s\\xff2", 7)]
     assert all(e.session == "ann-lung-7f3a" and e.source == "host" for e in firsts)
 
     # delivered to the hub's route for observers, which stores them as the host's, with the node
@@ -323,3 +326,24 @@ def test_a_pod_past_its_gate_unmarked_is_marked_with_the_gap_and_a_new_one_is_wa
         past.kill()
         past.wait()
         observer.watcher.group.close()
+
+
+def test_a_record_the_hub_refuses_does_not_hold_back_the_others(service, caplog, tmp_path):
+    """The observer posts in chunks; a chunk refused as bad is sent record by record, and the
+    one the hub refuses is logged and dropped, the others stored."""
+    from vre.audit.schema import Event
+
+    settings, hub = service
+    observer = NodeObserver(instance="vre", node="node-1", hub_url=hub, token="o" * 43, state_dir=tmp_path / "reg",
+                            watcher=SimpleWatcher())
+    good = [Event(action="dataset.read", actor="ann", actor_role="researcher", target=f"/data/ct/s{i}", source="host")
+            for i in range(3)]
+    bad = Event(action="airlock.approve", actor="ann", actor_role="researcher", source="host")
+    observer.store([good[0], bad, *good[1:]])
+    assert sorted(e["target"] for e in open_store(settings).query(action="dataset.read", limit=10)) == [
+        "/data/ct/s0", "/data/ct/s1", "/data/ct/s2"]
+    assert "the hub refused a record; dropped" in caplog.text and "airlock.approve" in caplog.text
+
+
+class SimpleWatcher:
+    """No fanotify group: what ``store`` needs of an observer is its hub and token."""

@@ -75,9 +75,10 @@ def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
     from .catalogue import handlers as catalogue_api
     from .ingest import HostEventsHandler, IngestHandler
 
-    result = [(HOST_EVENTS_ROUTE, HostEventsHandler), *job_handlers(settings), *catalogue_api(settings)]
-    if sessions_only:
-        return [(EVENTS_ROUTE, IngestHandler), *result, *airlock_handlers(settings, sessions_only=True)]
+    result = [*job_handlers(settings), *catalogue_api(settings)]
+    if sessions_only:   # the observers of dataset reads post on this listener only (Kubernetes: its TCP port)
+        return [(EVENTS_ROUTE, IngestHandler), (HOST_EVENTS_ROUTE, HostEventsHandler), *result,
+                *airlock_handlers(settings, sessions_only=True)]
     result += airlock_handlers(settings) + airlock_pages(settings) + access_pages(settings) + admin_pages(settings)
     result += admin_projects(settings)
     result += admin_datasets(settings)

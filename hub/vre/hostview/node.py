@@ -53,6 +53,8 @@ GATE_POLL = 0.1
 #: A watch ends after this many seconds and the pods are listed again (a missed event heals).
 WATCH_S = 300
 SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
+#: Records per post to the hub.
+CHUNK = 500
 
 
 @dataclass
@@ -185,9 +187,9 @@ class NodeObserver(Recorder):
         if run is None:
             return
         if deleted or run.ended:
+            # its marks stay until its process is gone (``Watcher.tick``): a pod being deleted
+            # still runs for its grace period, and a worker's name comes back for its successor
             self.forget(run.uid)
-            if run.session in self.watcher.marks:
-                self.watcher.unmark(run.session)
             return
         self.runs[run.uid] = run
         marked = self.watcher.marks.get(run.session)
@@ -201,15 +203,17 @@ class NodeObserver(Recorder):
         return self.runs.pop(uid, None)
 
     def relisted(self, pods: list[dict]) -> None:
-        """A full list: pods no longer there ended while the watch was away."""
+        """A full list: pods no longer there ended while the watch was away (their marks go with
+        their processes, in ``Watcher.tick``)."""
         present = set()
         for pod in pods:
-            self.seen(pod)
             present.add((pod.get("metadata") or {}).get("uid"))
+            try:
+                self.seen(pod)
+            except Exception:   # one pod's trouble must not keep the others unseen
+                log.exception("handling pod %s failed", (pod.get("metadata") or {}).get("name"))
         for uid in [u for u in self.runs if u not in present]:
-            run = self.forget(uid)
-            if run.session in self.watcher.marks:
-                self.watcher.unmark(run.session)
+            self.forget(uid)
 
     def open_gates(self, runs: list[Run]) -> None:
         """Open the gate of each run not opened yet whose first process is there."""
@@ -219,7 +223,11 @@ class NodeObserver(Recorder):
                 continue
             marked = self.watcher.marks.get(run.session)
             if marked is not None and alive(marked):
-                self.opened.add(run.uid)   # marked again from the registry after a restart
+                # marked again from the registry after a restart; one marked just before it
+                # may still wait for its signal
+                self.opened.add(run.uid)
+                if gate_state(marked.pid) == "waiting":
+                    self._signal(run, marked.pid)
             else:
                 waiting.append(run)
         if waiting:
@@ -251,11 +259,7 @@ class NodeObserver(Recorder):
         self.retry.pop(run.uid, None)
         self.opened.add(run.uid)
         if state == "waiting":
-            try:
-                os.kill(pid, signal.SIGUSR1)
-            except ProcessLookupError:   # the pod went meanwhile: its end unmarks it
-                return
-            log.info("opened the gate of %s (%s, pid %s)", run.name, run.session, pid)
+            self._signal(run, pid)
             return
         now = time.time()
         since = run.started or now
@@ -268,6 +272,14 @@ class NodeObserver(Recorder):
                      "to": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(),
                      "seconds": round(now - since, 3), "user": run.user, "role": run.role,
                      "datasets": [d["slug"] for d in run.datasets]}))
+
+    @staticmethod
+    def _signal(run: Run, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:   # the pod went meanwhile: its end unmarks it
+            return
+        log.info("opened the gate of %s (%s, pid %s)", run.name, run.session, pid)
 
     async def _gates(self) -> None:
         """Pods of this node whose gate the observer has not opened yet: their container may not
@@ -295,15 +307,18 @@ class NodeObserver(Recorder):
                         "field_selector": f"spec.nodeName={self.node}"}
             while not self._stop.is_set():
                 try:
-                    listed = await api.list_pod_for_all_namespaces(**selector)
+                    listed = await api.list_pod_for_all_namespaces(**selector, _request_timeout=60)
                     self.relisted([api_client.sanitize_for_serialization(p) for p in listed.items])
+                    # a half-open connection must not hold the watch for ever: the client has no timeout of its own
                     async with watch.Watch().stream(api.list_pod_for_all_namespaces, **selector,
                                                     resource_version=listed.metadata.resource_version,
-                                                    timeout_seconds=WATCH_S) as events:
-                        async for event in events:
-                            if event["type"] == "ERROR":
-                                break           # e.g. 410 Gone: list again
-                            self.seen(event["raw_object"], deleted=event["type"] == "DELETED")
+                                                    timeout_seconds=WATCH_S, _request_timeout=WATCH_S + 30) as events:
+                        async for event in events:   # a 410 Gone raises: listed again below
+                            try:
+                                self.seen(event["raw_object"], deleted=event["type"] == "DELETED")
+                            except Exception:
+                                log.exception("handling an event of pod %s failed",
+                                              (event["raw_object"].get("metadata") or {}).get("name"))
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # the API server restarts, the network blips: list again soon
@@ -312,13 +327,29 @@ class NodeObserver(Recorder):
 
     # -- records ----------------------------------------------------------------------------------
     def store(self, events: list) -> None:
+        """Post the records in chunks of ``CHUNK``. A chunk the hub refuses as bad (400) is sent
+        one record at a time, and a record it refuses alone is logged in full and dropped: one
+        bad record must not hold back every later one. Anything else raises (kept, sent again)."""
+        for i in range(0, len(events), CHUNK):
+            chunk = events[i:i + CHUNK]
+            if self._post(chunk):
+                continue
+            for event in chunk:
+                if not self._post([event]):
+                    log.error("the hub refused a record; dropped: %s", json.dumps(event.to_dict()))
+
+    def _post(self, events: list) -> bool:
+        """True when stored; False when the hub refused them as bad (400)."""
         body = json.dumps({"node": self.node, "events": [e.to_dict() for e in events]}).encode()
         req = urllib.request.Request(self.url, data=body, method="POST", headers={
             "Authorization": f"{SCHEME} {self.token}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 r.read()
+            return True
         except urllib.error.HTTPError as e:
+            if e.code == 400:
+                return False
             raise RuntimeError(f"the hub refused the records: {e.code} {e.read()[:300]!r}") from None
 
     # -- life -------------------------------------------------------------------------------------

@@ -60,7 +60,11 @@ class Recorder:
         """Read the kernel's events every POLL seconds rather than on each one: a reader then
         pays no wake-up of hostview per open, and hostview reads full batches."""
         while not self._stop.is_set():
-            busy = self.watcher.drain()
+            try:
+                busy = self.watcher.drain()
+            except Exception:   # never stop reading the kernel's queue
+                log.exception("reading the dataset read events failed")
+                busy = 0
             try:
                 await asyncio.wait_for(self._stop.wait(), 0 if busy >= BUSY else POLL)
             except asyncio.TimeoutError:

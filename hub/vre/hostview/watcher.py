@@ -212,7 +212,9 @@ class Watcher:
                 continue
             try:
                 mnt = mount_id(fd)
-                path = os.readlink(f"/proc/self/fd/{fd}")
+                # a name that is not UTF-8 (imported trees have them) is kept readable, escaped
+                path = os.readlink(f"/proc/self/fd/{fd}").encode("utf-8", "surrogateescape").decode(
+                    "utf-8", "backslashreplace")
             except OSError:
                 continue
             finally:
