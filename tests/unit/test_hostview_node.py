@@ -25,9 +25,9 @@ from tornado.testing import bind_unused_port
 
 from vre import db as vdb
 from vre.audit import open_store
-from vre.backends.kubernetes import GATE_NAME, gate_script
+from vre.hostview.podgate import GATE_NAME, gate_script
 from vre.hostview.fanotify import Group
-from vre.hostview.node import NodeObserver, find_inits, gate_state, parse_pod
+from vre.hostview.node import GATE_DUTY, GATE_POLL, NodeObserver, find_inits, gate_pause, gate_state, parse_pod
 from vre.hostview.registry import Marked, Registry
 from vre.hostview.watcher import Watcher
 from vre.settings import Settings
@@ -138,6 +138,13 @@ def test_a_gate_is_found_by_its_pods_cgroup_before_the_kubelet_names_the_contain
     assert find_inits([unnamed, systemd, nowhere], tmp_path) == {uid: 10, other: 20}
 
 
+def test_looks_for_gates_take_a_bounded_share_of_a_cpu():
+    """A pass over /proc on a busy node is followed by a wait of GATE_DUTY times its length (a pod
+    may wait at its gate through a long image pull); a quick one by the usual GATE_POLL."""
+    assert gate_pause(0.001) == GATE_POLL
+    assert gate_pause(0.05) == pytest.approx(0.05 * GATE_DUTY) and 0.05 / (0.05 + gate_pause(0.05)) <= 0.2
+
+
 @pytest.fixture
 def service(tmp_path):
     """The VRE service's routes for sessions and observers (as on the hub pod's TCP port)."""
@@ -236,6 +243,9 @@ def test_the_observers_route_takes_only_the_observers_token_and_read_records(ser
     assert forged.status_code == 400 and "not airlock.approve" in forged.json()["message"]
     assert post({"node": "n", "events": "x"}).status_code == 400
     assert post({"node": "n", "events": [{**event, "actor_role": "god"}]}).status_code == 400
+    assert post({"node": "n", "events": ["x"]}).status_code == 400
+    bad = post({"node": "n", "events": [event, {**event, "details": ["x"]}]})
+    assert bad.status_code == 400 and bad.json()["message"].startswith("event 1: ")
     r = post({"node": "n", "events": [{**event, "source": "session"}]})
     assert r.status_code == 200 and r.json() == {"stored": 1}
     (stored,) = open_store(settings).query(action="dataset.read", limit=10)

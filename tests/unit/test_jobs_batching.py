@@ -20,8 +20,8 @@ from vre.accounts import add_account
 from vre.audit import open_store
 from vre.audit import store as audit_store
 from vre.jobs import service
-from vre.jobs.engine import Engine
-from vre.jobs.executor import LocalDaskExecutor, Worker
+from vre.jobs.engine import STARTING_POOL, Engine
+from vre.jobs.executor import ExecutorError, LocalDaskExecutor, Worker
 from vre.jobs.queue import Ask, Quota, admit, fair_order
 from vre.settings import Settings
 
@@ -672,3 +672,65 @@ def test_an_agent_that_answers_just_in_time_is_passed_over_too(two_projects, mon
     for _ in range(3):
         look(engine)
     assert "lung" not in fake.asked and fake.asked.count("heart") == 3
+
+
+class ColdStart(FakeExecutor):
+    """Pools whose scheduler is not up: its start waits until the test lets it end (a pod whose
+    image is being pulled), or fails."""
+
+    def __init__(self, *a, cold=(), **kw):
+        super().__init__(*a, **kw)
+        self.cold, self.starts, self.fail = set(cold), [], None
+        self.up = asyncio.Event()
+
+    def agent_ready(self, pool):
+        return pool not in self.cold
+
+    async def ensure_scheduler(self, plan):
+        if plan.pool not in self.cold:
+            return
+        self.starts.append(plan.pool)
+        await self.up.wait()
+        if self.fail:
+            raise self.fail
+        self.cold.discard(plan.pool)
+
+
+def test_a_scheduler_slow_to_start_does_not_hold_the_other_projects(two_projects):
+    """A pool's first job waits in the queue while its scheduler starts in the background (up to
+    minutes on a cluster); the engine's looks go on for every other project meanwhile, the start
+    is begun once, and the job starts at the first look after it; a start that fails fails the job
+    with the reason."""
+    world = two_projects
+    fake = ColdStart(2, pools=("lung", "heart"), cold=("lung",))
+
+    async def scenario():
+        engine = Engine(world, executor=fake)
+        lung, heart = submit_to(world, "lung"), submit_to(world, "heart")
+        await engine.tick()
+        await engine.tick()
+        assert states(world) == {lung: "queued", heart: "running"} and fake.starts == ["lung"]
+        assert job_row(world, lung).reason == STARTING_POOL
+        fake.end(heart)
+        await engine.tick()
+        assert states(world)[heart] == "succeeded"     # served while lung's scheduler starts
+        fake.up.set()
+        await asyncio.wait_for(engine._wake.wait(), 5)  # its end wakes the engine
+        await engine.tick()
+        assert states(world)[lung] == "running" and fake.starts == ["lung"] and lung in fake.submitted
+        fake.end(lung)
+        await engine.tick()
+        # a start that fails: the job that waited for it fails with the reason, the next one tries again
+        fake.cold.add("lung")
+        fake.up.clear()
+        fake.fail = ExecutorError("the scheduler of pool lung did not start")
+        failed = submit_to(world, "lung")
+        await engine.tick()
+        fake.up.set()
+        await asyncio.sleep(0)
+        await engine.tick()
+        row = job_row(world, failed)
+        assert row.state == "failed" and row.reason == "could not start: the scheduler of pool lung did not start"
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert open_store(world).verify().ok

@@ -3,6 +3,7 @@ pod spawner and none of the services that act on the hub's own machine."""
 
 import shutil
 import tempfile
+from types import SimpleNamespace
 
 import pytest
 from traitlets.config import Config
@@ -88,9 +89,11 @@ def test_spawner_defaults_and_state_across_a_hub_restart(tmp_path):
              "pod_ip": "10.244.0.5", "node_name": "node-1", "access": {"session": "ann-lung"}}
     sp.load_state(state)
     assert sp._launched() and sp._socket_url() == f"http://10.244.0.5:{SESSION_PORT}"
-    assert sp._start_details() == {"pod": "vre-lung/ann-lung", "node": "node-1", "reads_observed": False}
+    with_data, without = SimpleNamespace(datasets=("lidc",)), SimpleNamespace(datasets=())
+    assert sp._start_details(with_data) == {"pod": "vre-lung/ann-lung", "node": "node-1", "reads_observed": False}
+    assert sp._start_details(without) == {"pod": "vre-lung/ann-lung", "node": "node-1"}  # nothing to observe
     sp.settings = sp.settings.replace(k8s_read_observer=True)
-    assert sp._start_details()["reads_observed"] is True
+    assert sp._start_details(with_data)["reads_observed"] is True
     again = KubernetesSpawner(settings=s)
     again.load_state(sp.get_state())
     assert again._backend_state() == sp._backend_state() and again.access_policy() == {"session": "ann-lung"}

@@ -38,12 +38,11 @@ import sys
 
 from tornado.routing import AnyMatches, Matcher
 
+from ..hostview.podgate import HOST_EVENTS_ROUTE  # the per-node observers' records (vre.hostview.node)
 from ..roles import (ADMIN_SCOPE, AIRLOCK_REVIEW_SCOPE, AIRLOCK_SCOPE, AUDIT_READ_SCOPE, CATALOGUE_READ_SCOPE,
                      CATALOGUE_SCOPE, JOBS_SCOPE, SERVICE_NAME)
 
 EVENTS_ROUTE = r"api/audit/events"
-#: The per-node observers' records of dataset reads on Kubernetes (``vre.hostview.node``).
-HOST_EVENTS_ROUTE = r"api/audit/host-events"
 #: The service's unix socket in ``settings.hub_socket_dir`` (in sessions: ``plan.INNER_SERVICE_SOCKET``).
 SOCKET_NAME = "vre.sock"
 

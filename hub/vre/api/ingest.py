@@ -65,15 +65,16 @@ def host_events(body, node: str) -> list[Event]:
     if not isinstance(body, dict) or not isinstance(body.get("events"), list):
         raise IngestError('send {"node": ..., "events": [...]}')
     out = []
-    for raw in body["events"]:
+    for i, raw in enumerate(body["events"]):
+        if not isinstance(raw, dict) or not isinstance(raw.get("details", {}), dict):
+            raise IngestError(f"event {i}: send a JSON object whose details are an object")
+        if raw.get("action") not in HOST_ACTIONS:
+            raise IngestError(f"event {i}: an observer reports {', '.join(sorted(HOST_ACTIONS))}, "
+                              f"not {raw.get('action')}")
         try:
-            event = Event.from_dict({**raw, "source": "host"})
+            out.append(Event.from_dict({**raw, "source": "host", "details": {**raw.get("details", {}), "node": node}}))
         except (AuditError, TypeError) as e:
-            raise IngestError(f"event {len(out)}: {e}") from None
-        if event.action not in HOST_ACTIONS:
-            raise IngestError(f"event {len(out)}: an observer reports {', '.join(sorted(HOST_ACTIONS))}, "
-                              f"not {event.action}")
-        out.append(Event.from_dict({**event.to_dict(), "details": {**event.details, "node": node}}))
+            raise IngestError(f"event {i}: {e}") from None
     return out
 
 

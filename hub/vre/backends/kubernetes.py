@@ -55,6 +55,8 @@ from traitlets import CaselessStrEnum, Unicode, default
 from ..jobs.executor import DASHBOARD_PORT, SCHEDULER_LIMITS, SCHEDULER_PORT, WORKER_OVERHEAD_MB
 from ..jobs.service import MAX_CLUSTER_WORKERS
 from ..plan import AGENT_PORT, AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan, held_pool
+from ..hostview.podgate import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_USER, AUDIT_SESSION, GATE_EXIT,  # noqa: F401
+                               GATE_NAME, OBSERVED_LABEL, gate_script)
 from ..settings import Settings, k8s_images, k8s_reads_allowed
 from .gate import dataset_mounts
 from .host import prepare_held_folder, prepare_home_and_workspace
@@ -137,32 +139,6 @@ def check_reads_policy(settings: Settings, plan: SessionPlan) -> None:
 def reads_observed(settings: Settings, plan: SessionPlan) -> bool:
     """Whether ``plan``'s pod starts behind the gate of the per-node observer."""
     return bool(plan.datasets) and settings.k8s_read_observer
-
-
-# --- the gate: nothing in a pod with datasets runs before the observer marked its mounts --------
-#: The gate shell's $0: the observer opens only a process that names itself so and catches SIGUSR1.
-GATE_NAME = "vre-gate"
-#: The gate's exit code when no observer opened it.
-GATE_EXIT = 70
-#: Label of pods the observer watches; annotations it reads (only the hub writes pods' metadata).
-OBSERVED_LABEL = "vre.reads"
-AUDIT_SESSION = "vre.audit/session"
-AUDIT_DATASETS = "vre.audit/datasets"
-AUDIT_JOB = "vre.audit/job"
-AUDIT_JOB_USER = "vre.audit/job-user"
-
-
-def gate_script(seconds: int) -> str:
-    """The container's first process: wait for the observer's SIGUSR1 (sent only after it marked
-    the dataset mounts), or give up after ``seconds`` with the reason. The trap is set before
-    anything else, and the observer signals only a process whose caught signals include SIGUSR1."""
-    ticks = seconds * 10
-    return ("trap 'g=1' USR1; n=0; "
-            "while [ -z \"$g\" ]; do n=$((n+1)); "
-            f"if [ $n -gt {ticks} ]; then echo \"{GATE_NAME}: dataset reads cannot be recorded: no observer "
-            f"marked this pod's dataset mounts within {seconds} s; not starting. An admin checks the "
-            f"observer pods (the chart's observer DaemonSet) on this node\" >&2; exit {GATE_EXIT}; fi; "
-            "sleep 0.1; done; trap - USR1; ")
 
 
 @dataclass(frozen=True)
@@ -580,9 +556,11 @@ class KubernetesSpawner(PlanSpawner, Spawner):
     def _lease_gpus(self, plan: SessionPlan) -> tuple[int, ...]:
         return ()   # a count in the pod's limits; Kubernetes picks the devices
 
-    def _start_details(self) -> dict:
-        return {"pod": f"{self.pod_namespace}/{self.pod_name}", "node": self.node_name,
-                "reads_observed": self.settings.k8s_read_observer}  # else k8s_unobserved_reads
+    def _start_details(self, plan: SessionPlan) -> dict:
+        details = {"pod": f"{self.pod_namespace}/{self.pod_name}", "node": self.node_name}
+        if plan.datasets:  # false: started under k8s_unobserved_reads
+            details["reads_observed"] = reads_observed(self.settings, plan)
+        return details
 
     def _socket_url(self) -> str:
         return f"http://{self.pod_ip}:{SESSION_PORT}" if self.pod_ip else ""

@@ -152,7 +152,7 @@ class PlanSpawner(HasTraits):
         """GPUs a session could get at most (None: the backend's scheduler decides)."""
         return len(gpus.host_devices(self.settings))
 
-    def _start_details(self) -> dict:
+    def _start_details(self, plan: SessionPlan) -> dict:
         """What the backend adds to the ``session.start`` record (where the run landed)."""
         return {}
 
@@ -299,7 +299,7 @@ class PlanSpawner(HasTraits):
         await aemit(self.settings, "session.start", details={
             "datasets": list(plan.datasets), "profile": plan.profile, "cpu": plan.cpu, "mem_mb": plan.mem_mb,
             "gpus": plan.gpus, "network": plan.network, "gpu_devices": list(self.gpu_devices),
-            **self._start_details()}, **audit)
+            **self._start_details(plan)}, **audit)
         return self._socket_url()
 
     async def _start(self, plan: SessionPlan) -> None:

@@ -6,7 +6,7 @@ creates instead of by requests on a socket:
 
 - **The gate.** A pod with datasets (label ``vre.reads=observed``) starts behind a gate: its
   container's first process is a shell (``$0`` = ``vre-gate``) that catches SIGUSR1 and exits
-  after ``k8s_gate_seconds`` (``backends.kubernetes.gate_script``). When the pod's container runs
+  after ``k8s_gate_seconds`` (``podgate.gate_script``). When the pod's container runs
   on this node, the observer finds that process (its cgroup names the container's id, and it is
   pid 1 of its pid namespace), checks that it waits at the gate, marks its dataset mounts through
   ``/proc/<pid>/root`` and only then sends SIGUSR1. Nothing of the researcher's runs before that:
@@ -37,9 +37,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends.kubernetes import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_USER, AUDIT_SESSION, GATE_NAME,
-                                   OBSERVED_LABEL)
-from ..api import HOST_EVENTS_ROUTE
+from .podgate import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_USER, AUDIT_SESSION, GATE_NAME, HOST_EVENTS_ROUTE,
+                      OBSERVED_LABEL)
 from .registry import Marked, Registry, alive
 from .service import NICE, Recorder
 from .watcher import MarkError, Watcher, host_event
@@ -50,6 +49,10 @@ log = logging.getLogger("vre.hostview.node")
 SCHEME = "vre-observer"
 #: How often the gates of this node's pods not opened yet are looked for (one pass over /proc).
 GATE_POLL = 0.1
+#: Looks for gates take at most 1/(1+GATE_DUTY) of a CPU: on a node with many processes, a pass
+#: over /proc takes longer and the next one waits GATE_DUTY times as long (a pod may wait at its
+#: gate through a long image pull).
+GATE_DUTY = 4
 #: A watch ends after this many seconds and the pods are listed again (a missed event heals).
 WATCH_S = 300
 SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
@@ -147,6 +150,11 @@ def find_inits(runs: list[Run], proc: Path = Path("/proc")) -> dict[str, int]:
             if nspid.split()[-1] == "1" and named:
                 found[uid] = int(entry.name)
     return found
+
+
+def gate_pause(took: float) -> float:
+    """Seconds until the next look for gates, after one that took ``took`` seconds."""
+    return max(GATE_POLL, GATE_DUTY * took)
 
 
 def gate_state(pid: int, proc: Path = Path("/proc")) -> str | None:
@@ -286,13 +294,14 @@ class NodeObserver(Recorder):
         run yet, or its shell had not set its trap when last looked at."""
         while not self._stop.is_set():
             pending = [r for r in self.runs.values() if r.uid not in self.opened]
+            began = time.monotonic()
             try:
                 if pending:
                     self.open_gates(pending)
             except Exception:   # one pod's trouble must not stop the gates of the others
                 log.exception("opening gates failed; trying again")
             try:
-                await asyncio.wait_for(self._stop.wait(), GATE_POLL)
+                await asyncio.wait_for(self._stop.wait(), gate_pause(time.monotonic() - began))
             except asyncio.TimeoutError:
                 pass
 

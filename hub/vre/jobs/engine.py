@@ -49,6 +49,8 @@ from .queue import Quota, admit
 
 log = logging.getLogger("vre.jobs")
 TICK = 1.0            # seconds between looks when nothing wakes the engine
+#: A queued job's reason while its pool's scheduler starts (``Engine.scheduler_ready``).
+STARTING_POOL = "waiting: the scheduler of its pool is starting"
 FAST_TICK = 0.1       # while a job is starting
 RUNTIME_SLACK = 60    # the task enforces the limit; the engine steps in this much later
 MAX_ATTEMPTS = 2
@@ -187,6 +189,7 @@ class Engine:
         self._background: set[asyncio.Task] = set()
         self._reports: dict[str, object] = {}      # pool -> its agent's report in this look (or the error)
         self._slow: dict[str, tuple[float, int]] = {}   # pool -> (passed over until, times in a row)
+        self._pool_starts: dict[str, asyncio.Task] = {}  # pool -> its scheduler's start, under way
 
     # -- process life --------------------------------------------------------------------
     def _take_over(self) -> None:
@@ -237,6 +240,8 @@ class Engine:
                 await asyncio.wait_for(self._wake.wait(), FAST_TICK if self._starting else TICK)
             except asyncio.TimeoutError:
                 pass
+        for task in self._pool_starts.values():   # a scheduler half started is found or replaced next time
+            task.cancel()
 
     def _request_stop(self) -> None:
         self._stopping = True
@@ -444,6 +449,19 @@ class Engine:
         except PlanRefused as e:
             self.finish(db, job, "failed", f"not started: {e}")
             return
+        try:
+            ready = await self.scheduler_ready(plan)
+        except (ExecutorError, OSError) as e:
+            if isinstance(e, Unavailable):
+                log.warning("job %s waits in the queue: %s", job.id, e)
+                job.reason = f"waiting: {e}"
+            else:
+                log.error("could not start job %s: %s", job.id, e)
+                self.finish(db, job, "failed", f"could not start: {e}")
+            return
+        if not ready:
+            job.reason = STARTING_POOL
+            return
         devices: tuple[int, ...] = ()
         if job.gpus and not self.executor.gpu_counts:
             try:
@@ -459,8 +477,6 @@ class Engine:
             if job.kind == "cluster":
                 await self.start_cluster(db, plan, job, devices)
                 return
-            with self.timed("start: ensure_scheduler"):
-                await self.executor.ensure_scheduler(plan)
             shape = (job.cpu, job.mem_mb, devices)
             worker = None if job.gpus else self.executor.idle_worker(plan.pool, shape, plan.datasets)
             if worker is None:
@@ -486,6 +502,25 @@ class Engine:
             log.exception("could not start job %s", job.id)
             self.release(db, job)
             self.finish(db, job, "failed", f"could not start: {e}")
+
+    async def scheduler_ready(self, plan) -> bool:
+        """Whether the scheduler of ``plan``'s pool answers. If not, its start is begun in the
+        background and the job stays queued meanwhile: a cold start (a pod scheduled, its image
+        pulled: up to ``scheduler_start_s``) must not hold every other project's jobs and ends.
+        A start that failed raises its error here, once; one that ended is forgotten whichever
+        way the job went meanwhile (a warm worker may have taken it)."""
+        task = self._pool_starts.get(plan.pool)
+        if task is not None and task.done():
+            del self._pool_starts[plan.pool]
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+            task = None
+        if task is None:
+            if self.executor.agent_ready(plan.pool):
+                return True
+            task = self._pool_starts[plan.pool] = asyncio.create_task(self.executor.ensure_scheduler(plan))
+            task.add_done_callback(lambda _: self._wake.set())
+        return False
 
     def free_gpus(self, db, quota: Quota) -> int:
         """GPUs a project's queued jobs may be admitted to now: this machine's free devices, or,
