@@ -645,41 +645,72 @@ class KubernetesSpawner(PlanSpawner, Spawner):
 
     async def _wait_for_socket(self) -> None:
         """Until the pod is Ready (its server accepts on SESSION_PORT); fails fast when it cannot
-        start (image missing, refused config) or ended."""
+        start (image missing, refused config) or ended. The pod is followed with a watch, not
+        polled: a start costs the API server a read and a watch however long it waits (an image
+        pull, a busy scheduler), and each change is seen as it happens."""
+        from kubernetes_asyncio import watch
+
         loop = asyncio.get_running_loop()
         # start() sets the deadline just inside JupyterHub's own (PlanSpawner.start)
         deadline = getattr(self, "_deadline", None) or loop.time() + self.start_timeout
         api = await self._api()
         while True:
             pod = await api.read_namespaced_pod(self.pod_name, self.pod_namespace)
-            status = pod.status
-            if status.phase in ("Succeeded", "Failed"):
-                self._exit_code = _exit_code(pod)
-                self.log.error("Pod %s/%s ended during start (%s):\n%s", self.pod_namespace, self.pod_name,
-                               self._exit_code, await self._log_tail())
-                if self._exit_code == GATE_EXIT and (pod.metadata.labels or {}).get(OBSERVED_LABEL):
-                    raise KubernetesBackendError(
-                        f"dataset reads cannot be recorded: no observer marked the session's dataset mounts on "
-                        f"node {pod.spec.node_name} within "
-                        f"{self.settings.k8s_gate_seconds} s, so it did not start; an admin checks the observer "
-                        "pod on that node (the chart's observer DaemonSet)")
-                raise RuntimeError(f"the session's server exited during start (code {self._exit_code}); "
-                                   "an admin can read its log in the hub's log")
-            waiting = waiting_reason(pod)
-            if waiting in FATAL_WAITING:
-                raise KubernetesBackendError(f"the session's pod cannot start: {waiting}")
-            ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or ())
-            if ready and status.pod_ip:
-                self.pod_ip, self.node_name = status.pod_ip, pod.spec.node_name or ""
+            if await self._started(pod, deadline):
                 return
-            if loop.time() > deadline:
-                self.log.error("Pod %s/%s not ready in time; its log:\n%s", self.pod_namespace, self.pod_name,
-                               await self._log_tail())
-                why = unplaced_reason(pod) or waiting
-                raise TimeoutError(f"the session's pod was not ready within {self.start_timeout} s "
-                                   f"(Spawner.start_timeout; {status.phase}{': ' + why if why else ''}); "
-                                   "an admin can read its log in the hub's log")
-            await asyncio.sleep(0.25)
+            began = loop.time()
+            try:
+                async with watch.Watch().stream(
+                        api.list_namespaced_pod, self.pod_namespace,
+                        field_selector=f"metadata.name={self.pod_name}",
+                        resource_version=pod.metadata.resource_version,
+                        timeout_seconds=max(1, math.ceil(deadline - loop.time())),
+                        _request_timeout=max(1, deadline - loop.time()) + 10) as changes:
+                    async for event in changes:
+                        if event["type"] == "DELETED":
+                            raise KubernetesBackendError("the session's pod was deleted while it started "
+                                                         "(by an admin, or the cluster evicted it)")
+                        if event["type"] in ("ADDED", "MODIFIED") and await self._started(event["object"], deadline):
+                            return
+            except ApiException as e:
+                if e.status != 410:   # gone: the next read starts a new watch from now
+                    raise
+            except asyncio.TimeoutError:
+                pass
+            if loop.time() - began < 1:
+                await asyncio.sleep(0.5)   # a watch that ends at once (the API restarting) is not a loop
+
+    async def _started(self, pod, deadline: float) -> bool:
+        """Whether the pod is ready; raises why it will not be (it ended, it cannot start, the
+        deadline passed)."""
+        status = pod.status
+        if status.phase in ("Succeeded", "Failed"):
+            self._exit_code = _exit_code(pod)
+            self.log.error("Pod %s/%s ended during start (%s):\n%s", self.pod_namespace, self.pod_name,
+                           self._exit_code, await self._log_tail())
+            if self._exit_code == GATE_EXIT and (pod.metadata.labels or {}).get(OBSERVED_LABEL):
+                raise KubernetesBackendError(
+                    f"dataset reads cannot be recorded: no observer marked the session's dataset mounts on "
+                    f"node {pod.spec.node_name} within "
+                    f"{self.settings.k8s_gate_seconds} s, so it did not start; an admin checks the observer "
+                    "pod on that node (the chart's observer DaemonSet)")
+            raise RuntimeError(f"the session's server exited during start (code {self._exit_code}); "
+                               "an admin can read its log in the hub's log")
+        waiting = waiting_reason(pod)
+        if waiting in FATAL_WAITING:
+            raise KubernetesBackendError(f"the session's pod cannot start: {waiting}")
+        ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or ())
+        if ready and status.pod_ip:
+            self.pod_ip, self.node_name = status.pod_ip, pod.spec.node_name or ""
+            return True
+        if asyncio.get_running_loop().time() > deadline:
+            self.log.error("Pod %s/%s not ready in time; its log:\n%s", self.pod_namespace, self.pod_name,
+                           await self._log_tail())
+            why = unplaced_reason(pod) or waiting
+            raise TimeoutError(f"the session's pod was not ready within {self.start_timeout} s "
+                               f"(Spawner.start_timeout; {status.phase}{': ' + why if why else ''}); "
+                               "an admin can read its log in the hub's log")
+        return False
 
     def _lock_socket(self) -> None:
         """Nothing to take over: the server's port is reachable only from the hub's and the access
