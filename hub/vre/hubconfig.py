@@ -16,6 +16,8 @@ from .plan import INNER_HUB_SOCKET
 from .settings import Settings
 
 TEMPLATES = Path(__file__).parent / "templates"
+#: Seconds a start refused for the spawn limit is told to wait (its 429's Retry-After), at random.
+SPAWN_RETRY_RANGE = (3, 10)
 
 
 def configure(c, settings: Settings) -> None:
@@ -119,11 +121,14 @@ def configure(c, settings: Settings) -> None:
     c.Spawner.start_timeout = 120
     c.JupyterHub.concurrent_spawn_limit = settings.spawn_limit or 4 * (os.cpu_count() or 1)
     c.JupyterHub.active_server_limit = settings.session_limit
-    c.JupyterHub.spawn_throttle_retry_range = (3, 10)  # Retry-After of a start refused for spawn_limit (30-60 s)
     c.Spawner.http_timeout = 60
     c.JupyterHub.log_level = "DEBUG" if settings.debug else "INFO"
     # Every state-changing API request (and logout) is audited where JupyterHub logs requests.
-    c.JupyterHub.tornado_settings = {"log_function": make_log_function(settings), "vre_settings": settings}
+    # Retry-After of a start refused for spawn_limit: 3-10 s, not JupyterHub's 30-60 s (a queue that
+    # moves). JupyterHub 6 does not take JupyterHub.spawn_throttle_retry_range from config (the trait
+    # is not tagged config=True: setting it only logs a warning); its handlers read the setting.
+    c.JupyterHub.tornado_settings = {"log_function": make_log_function(settings), "vre_settings": settings,
+                                     "spawn_throttle_retry_range": SPAWN_RETRY_RANGE}
     read_or_create_secret(settings.secrets_dir / "audit_relay_key")
     apply_operator_config(c, settings)
 
