@@ -52,11 +52,10 @@ from kubespawner.clients import shared_client
 from sqlalchemy import select
 from traitlets import CaselessStrEnum, Unicode, default
 
+from ..hostview.podgate import AUDIT_DATASETS, AUDIT_SESSION, GATE_EXIT, GATE_NAME, OBSERVED_LABEL, gate_script
 from ..jobs.executor import DASHBOARD_PORT, SCHEDULER_LIMITS, SCHEDULER_PORT, WORKER_OVERHEAD_MB
 from ..jobs.service import MAX_CLUSTER_WORKERS
 from ..plan import AGENT_PORT, AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan, held_pool
-from ..hostview.podgate import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_USER, AUDIT_SESSION, GATE_EXIT,  # noqa: F401
-                               GATE_NAME, OBSERVED_LABEL, gate_script)
 from ..settings import Settings, k8s_images, k8s_reads_allowed
 from .gate import dataset_mounts
 from .host import prepare_held_folder, prepare_home_and_workspace

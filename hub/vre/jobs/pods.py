@@ -55,6 +55,7 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..backends import kubernetes as k8s
+from ..hostview.podgate import AUDIT_JOB, AUDIT_JOB_USER, GATE_EXIT, OBSERVED_LABEL
 from ..plan import AGENT_PORT, SessionPlan, island_name
 from ..settings import Settings
 from .executor import (SCHEDULER_PORT, WAITING_PREFIX, AgentRefused, ExecutorError, LocalDaskExecutor,
@@ -112,7 +113,7 @@ def _run(pod) -> tuple[str, Run]:
               seen=time.monotonic())
     for c in status.container_statuses or ():
         if c.state and c.state.terminated:
-            gated = labels.get(k8s.OBSERVED_LABEL) and c.state.terminated.exit_code == k8s.GATE_EXIT
+            gated = labels.get(OBSERVED_LABEL) and c.state.terminated.exit_code == GATE_EXIT
             run.ended = GATE_CLOSED if gated else (c.state.terminated.reason or "ended")
     run.unplaced = k8s.unplaced_reason(pod)
     return labels.get("vre.session", ""), run
@@ -409,7 +410,7 @@ class PodDaskExecutor(LocalDaskExecutor):
         on: the pod's annotations, which it watches (nothing when no observer records reads)."""
         if not self.settings.k8s_read_observer:
             return
-        patch = {"metadata": {"annotations": {k8s.AUDIT_JOB: str(job_id), k8s.AUDIT_JOB_USER: user}}}
+        patch = {"metadata": {"annotations": {AUDIT_JOB: str(job_id), AUDIT_JOB_USER: user}}}
         try:
             await self._acall(lambda api: api.patch_namespaced_pod(self.pod_name(worker), self.namespace(worker), patch))
         except (ApiException, ClusterUnavailable) as e:
