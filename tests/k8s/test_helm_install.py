@@ -320,6 +320,12 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         assert facts["/"] == facts["/opt"] == "Read-only file system", facts
         assert facts["/home/jovyan"] == facts["/home/jovyan/project"] == facts["/tmp"] == "writable", facts
         assert (claims["home-alice"] / "kept.txt").read_text() == "kept across sessions"  # on the claim's volume
+        # the hub cannot read the claims: an export or a job is refused with why (not frozen empty)
+        r = alice.vre_api("POST", "/airlock/requests", json={"project": project, "title": "t", "justification": "t",
+                                                             "files": [{"path": "kept.txt"}]})
+        assert r.status_code == 400 and 'need k8s_storage = "hostPath"' in r.json()["message"], r.text
+        r = alice.vre_api("POST", "/jobs", json={"project": project, "kind": "script", "target": "project/x.py"})
+        assert r.status_code == 400 and 'needs k8s_storage = "hostPath"' in r.json()["message"], r.text
 
         # stop: the pod goes, the claims stay; the next session finds the file
         alice.stop(project, timeout=120)

@@ -34,7 +34,9 @@ from pathlib import Path
 
 from ..access.resolve import USER_KINDS, MountMap, resolve
 from ..beneath import open_beneath
+from ..errors import VREError
 from ..plan import HELD_ROOT, HOME, Mount, build_plan, held_dir
+from ..settings import files_on_host
 from . import held
 from .rules import ContentCheck, Rules, file_problems
 
@@ -62,7 +64,12 @@ def request_dir(settings, request_id: int, *, create: bool = False) -> Path:
 
 def mount_map(db, settings, user: str, project: str) -> MountMap:
     """The author's view of the project, as their session has it (PlanRefused when they may not
-    work in it), and the project's held jobs' folders at ``/held/jobs`` (read-only)."""
+    work in it), and the project's held jobs' folders at ``/held/jobs`` (read-only). Refused
+    where the hub cannot read the members' files (claims on Kubernetes)."""
+    if not files_on_host(settings):
+        raise VREError("exports on Kubernetes need k8s_storage = \"hostPath\" for now: homes and workspaces "
+                       "are claims in the project's namespace, which the hub cannot read, so no file could "
+                       "be frozen for review; nothing leaves until an admin changes the storage")
     plan = build_plan(db, settings, user, project, None)
     held = Mount(held_dir(settings, project) / "jobs", f"{HELD_ROOT}/jobs", True, "held")
     return MountMap.from_plan(HOME, (*plan.mounts, held))

@@ -36,7 +36,7 @@ from ..errors import NotFound, VREError
 from ..gpus import host_devices
 from ..plan import (HELD_ROOT, HOME, WORKSPACE, PlanRefused, build_plan, held_dir, jobs_run_dir, pool_for,
                     project_paths)
-from ..settings import Settings, k8s_reads_allowed
+from ..settings import Settings, files_on_host, k8s_reads_allowed
 from .queue import Ask, fair_order
 
 KINDS = ("notebook", "script", "function", "cluster")
@@ -134,7 +134,7 @@ def _number(body: dict, name: str, kind, default, lo, hi, unit: str = ""):
 
 def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     """Validate a submission and queue it. ``body`` is the API's JSON (see extensions/API.md)."""
-    if settings.backend == "kubernetes" and settings.k8s_storage != "hostPath":
+    if not files_on_host(settings):
         raise JobRejected("the batch queue on Kubernetes needs k8s_storage = \"hostPath\" for now (the job service "
                           "writes each job's folder into the project's workspace, and it cannot reach a workspace "
                           "claim): no job would start; run the analysis in your session instead")
