@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import concurrent.futures
 import json
 import os
 import re
@@ -296,13 +297,12 @@ def hub_requests(path: Path) -> collections.Counter:
 def make_world(hub: Hub, users: int, projects: int) -> list[tuple[str, str, str]]:
     """Projects ``scale-NN`` with the profile ``sim`` (on the simulated nodes, no datasets) and
     ``users`` accounts spread over them; (user, password, project) each."""
-    os.environ.update({k: v for k, v in hub.env.items() if k.startswith("VRE_")})
     from vre import db as vdb
     from vre import projects as P
     from vre.accounts import add_account
     from vre.settings import load
 
-    settings = load()
+    settings = load(environ={k: v for k, v in hub.env.items() if k.startswith("VRE_")})
     out = []
     with vdb.session_scope(settings.vre_db_url) as db:
         for p in range(projects):
@@ -485,7 +485,7 @@ def main() -> int:
         def login(entry):
             c = HubClient(hub.url, entry[0])
             tokens[entry[0]] = c.get_token(entry[1])
-        with __import__("concurrent.futures").futures.ThreadPoolExecutor(8) as pool:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(login, world))
         print(f"{len(world)} logins (8 at a time) in {time.monotonic() - t:.0f} s", flush=True)
         probe = HubClient(hub.url, world[-1][0])

@@ -99,3 +99,52 @@ def test_spawner_defaults_and_state_across_a_hub_restart(tmp_path):
     assert again._backend_state() == sp._backend_state() and again.access_policy() == {"session": "ann-lung"}
     again.clear_state()
     assert not again._launched()
+
+
+def test_the_start_watch_reads_events_with_the_spawners_client_and_leaves_it_open(monkeypatch):
+    """The pod watch of a start builds no API client of its own (each costs ~20 ms of the hub's
+    loop) and does not close the shared one when it ends."""
+    import asyncio
+    import json
+
+    import kubernetes_asyncio.client as kc
+    from kubernetes_asyncio.watch import watch as kwatch
+
+    from vre.backends.kubernetes import SharedWatch
+
+    def no_new_client(*a, **k):
+        raise AssertionError("the watch built an API client of its own")
+
+    class Response:
+        def __init__(self, lines):
+            self.content = SimpleNamespace(readline=self.readline)
+            self.lines, self.released = list(lines), False
+
+        async def readline(self):
+            return self.lines.pop(0) if self.lines else b""
+
+        def release(self):
+            self.released = True
+
+    pod = {"metadata": {"name": "p", "namespace": "ns", "resourceVersion": "7"}, "status": {"phase": "Running"}}
+    response = Response([json.dumps({"type": "MODIFIED", "object": pod}).encode() + b"\n"])
+
+    async def list_pods(namespace, **kwargs):
+        """:rtype: V1PodList"""
+        assert kwargs["watch"] is True and kwargs["resource_version"] == "6", kwargs
+        return response
+
+    async def main():
+        shared = kc.ApiClient()
+        monkeypatch.setattr(kwatch, "ApiClient", no_new_client)
+        events = []
+        async with SharedWatch(shared).stream(list_pods, "ns", resource_version="6", timeout_seconds=5) as w:
+            async for event in w:
+                events.append(event)
+        assert [(e["type"], e["object"].status.phase, e["object"].metadata.resource_version) for e in events] == [
+            ("MODIFIED", "Running", "7")]
+        assert response.released
+        assert not shared.rest_client.pool_manager.closed   # still the spawner's to use
+        await shared.close()
+
+    asyncio.run(main())
