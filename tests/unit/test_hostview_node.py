@@ -308,6 +308,71 @@ def test_an_open_through_io_uring_is_recorded_as_any_open(tmp_path):
         watcher.group.close()
 
 
+NESTED = """set -e
+mount --bind {data} {target} && mount -o remount,bind,ro {target}
+mount --bind {coll} {target}/coll
+touch {flags}/marked-now
+while [ ! -e {flags}/go ]; do sleep 0.02; done
+mount --bind {late} {target}/late
+touch {flags}/mounted-late
+while [ ! -e {flags}/read ]; do sleep 0.02; done
+cat {target}/s0/0.dcm {target}/coll/s1/1.dcm {target}/late/s2/2.dcm > /dev/null
+"""
+
+
+def _flag(path: Path, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never came"
+        time.sleep(0.02)
+
+
+@needs_root
+def test_mounts_below_a_dataset_are_marked_as_the_datasets_when_marked_and_when_they_appear(tmp_path):
+    """A collection mounted inside a dataset's folder is a mount of its own id: reads through it
+    are the dataset's, whether it was there when the run was marked or appeared later (the
+    tick's rescan, which records the interval before it as a gap)."""
+    data, coll, late, flags = (tmp_path / n for n in ("dataset", "coll", "late", "flags"))
+    target = tmp_path / "inside" / "data" / "ct"
+    for d, series, name in ((data, "s0", "0"), (coll, "s1", "1"), (late, "s2", "2")):
+        (d / series).mkdir(parents=True)
+        (d / series / f"{name}.dcm").write_bytes(b"z" * 10)
+    (data / "coll").mkdir()
+    (data / "late").mkdir()
+    target.mkdir(parents=True)
+    flags.mkdir()
+    script = NESTED.format(data=data, target=target, coll=coll, late=late, flags=flags)
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", script])
+    watcher = Watcher(Registry(tmp_path / "reg"), Group())
+    try:
+        _flag(flags / "marked-now")
+        watcher.mark(Marked(session="s-7", user="ann", project="lung", pid=proc.pid, pid_start=0,
+                            datasets=[{"slug": "ct", "target": str(target)}]))
+        assert list(watcher.marks["s-7"].datasets[0]["nested"]) == [f"{target}/coll"]
+        (flags / "go").touch()
+        _flag(flags / "mounted-late")
+        watcher.tick()
+        assert sorted(watcher.marks["s-7"].datasets[0]["nested"]) == [f"{target}/coll", f"{target}/late"]
+        (gap,) = [e for e in watcher.outbox if e.action == "audit.gap"]   # unseen until marked: said so
+        assert (gap.session, gap.details["mounts"]) == ("s-7", [f"{target}/late"]), gap
+        assert sorted(Registry(tmp_path / "reg").load()["s-7"].datasets[0]["nested"]) == [f"{target}/coll",
+                                                                                           f"{target}/late"]
+        (flags / "read").touch()
+        assert proc.wait(timeout=20) == 0
+        watcher.drain()
+        reads = sorted((e.actor, e.dataset, e.details["series"], e.target) for e in watcher.outbox
+                       if e.action == "dataset.read")
+        assert reads == [("ann", "ct", "coll/s1", f"{target}/coll/s1/1.dcm"),
+                         ("ann", "ct", "late/s2", f"{target}/late/s2/2.dcm"),
+                         ("ann", "ct", "s0", f"{target}/s0/0.dcm")], reads
+        assert watcher.unattributed == 0
+        watcher.unmark("s-7")
+        assert watcher.by_mount == {}
+    finally:
+        proc.kill()
+        watcher.group.close()
+
+
 @needs_root
 def test_a_pod_past_its_gate_unmarked_is_marked_with_the_gap_and_a_new_one_is_waited_for(tmp_path, service):
     """A pod already past its gate when the observer came (its registry lost) is marked, and the

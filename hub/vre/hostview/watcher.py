@@ -6,6 +6,10 @@ with ``FAN_OPEN`` on each of *its own* dataset mounts, reached as ``/proc/<pid>/
 is attributed by the mount its fd was opened through, never by pid (short-lived readers are gone
 when the event is read), and its fd is closed at once. Attribution therefore comes from what the
 hub told hostview when it marked the run, never from the session.
+
+A dataset's folder may hold mounts of its own (an NFS export per collection, an automount): each
+is a mount of its own id, which a mark of the dataset's mount does not cover. They are marked too,
+as the dataset's, when the run is marked and, for mounts that appear later, at every tick.
 """
 
 from __future__ import annotations
@@ -87,13 +91,15 @@ class Watcher:
         self.group = group or Group()
         self.agg = Aggregator()
         self.marks: dict[str, Marked] = {}
-        self.by_mount: dict[int, Reader] = {}
+        self.by_mount: dict[int, tuple[Reader, str]] = {}   # mount id -> (reader, its mount point)
         self.outbox: list[Event] = []
         self.unattributed = 0
+        self.scanned_at = time.time()   # the last rescan for mounts below datasets
 
     # -- marks ------------------------------------------------------------------------------
     def mark(self, m: Marked) -> dict[str, int]:
-        """Mark each dataset mount of the run; returns slug -> mount id. All or nothing."""
+        """Mark each dataset mount of the run and the mounts below it; returns slug -> mount id.
+        All or nothing for the datasets' own mounts."""
         self.drain()  # events of a mount id about to be reused are attributed to its old owner
         try:
             m.pid_start = process_start(m.pid)
@@ -123,11 +129,74 @@ class Watcher:
         self._forget(m.session)
         self.marks[m.session] = m
         for d in m.datasets:
-            self.by_mount[d["mnt_id"]] = self._reader(m, d)
+            d["nested"] = {}
+        self._attribute(m)
+        self._mark_nested(m, ids)
         self.registry.save(self.marks)
         log.info("marked %s (pid %s): %s", m.session, m.pid,
                  ", ".join(f"{d['slug']}=mount {d['mnt_id']}" for d in m.datasets))
         return {d["slug"]: d["mnt_id"] for d in m.datasets}
+
+    def _mark_nested(self, m: Marked, ids: dict[str, int]) -> list[str]:
+        """Mark the mounts below each dataset mount of ``m`` that are not marked yet (``ids``:
+        its mount table). One hidden under a later mount is unreachable and left alone. Returns
+        the mount points marked."""
+        added = []
+        for d in m.datasets:
+            nested = d.setdefault("nested", {})
+            for point, mnt in ids.items():
+                if not point.startswith(d["target"] + "/") or nested.get(point) == mnt:
+                    continue
+                try:
+                    fd = os.open(f"/proc/{m.pid}/root{point}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                except OSError as e:   # a file mount, or gone meanwhile
+                    log.warning("%s in %s (mount %s) cannot be marked: %s", point, m.session, mnt, e)
+                    continue
+                try:
+                    if mount_id(fd) != mnt:
+                        continue
+                    self.group.mark_mount(fd)
+                finally:
+                    os.close(fd)
+                old = nested.pop(point, None)
+                if old is not None:
+                    self.by_mount.pop(old, None)
+                nested[point] = mnt
+                self.by_mount[mnt] = (self._reader(m, d), point)
+                log.info("marked %s in %s: mount %s below dataset %s", point, m.session, mnt, d["slug"])
+                added.append(point)
+        return added
+
+    def _attribute(self, m: Marked) -> None:
+        """Point each dataset mount of ``m`` (its own and those below) at its current reader."""
+        for d in m.datasets:
+            reader = self._reader(m, d)
+            self.by_mount[d["mnt_id"]] = (reader, d["target"])
+            for point, mnt in d.get("nested", {}).items():
+                self.by_mount[mnt] = (reader, point)
+
+    def rescan(self, now: float) -> None:
+        """Mark mounts that appeared below a marked run's datasets since the last rescan (a
+        collection mounted later, an automount). Reads through such a mount before its mark
+        raise no event: that interval is recorded as an ``audit.gap`` of the run."""
+        since, self.scanned_at = self.scanned_at, now
+        changed = False
+        for m in list(self.marks.values()):
+            try:
+                ids = mount_point_ids(m.pid)
+            except (OSError, ValueError, IndexError):
+                continue   # ended: tick forgets it
+            points = self._mark_nested(m, ids) if alive(m) else []
+            if points:
+                changed = True
+                self.outbox.append(host_event(
+                    "audit.gap", when=now, actor="vre-hostview", actor_role="service", project=m.project,
+                    session=m.session, target=m.session, outcome="error",
+                    details={"via": "vre-hostview", "what": "dataset reads through mounts that appeared below "
+                             "its datasets", "mounts": points, "from": _utc(max(since, m.marked_at)).isoformat(),
+                             "to": _utc(now).isoformat(), "user": m.user, "role": m.role}))
+        if changed:
+            self.registry.save(self.marks)
 
     @staticmethod
     def _reader(m: Marked, d: dict) -> Reader:
@@ -142,8 +211,7 @@ class Watcher:
         self.drain()
         self._flush(session=session)  # the previous job's counts stay the previous job's
         m.user, m.job = user, job
-        for d in m.datasets:
-            self.by_mount[d["mnt_id"]] = self._reader(m, d)
+        self._attribute(m)
         self.registry.save(self.marks)
 
     def unmark(self, session: str) -> int:
@@ -161,9 +229,10 @@ class Watcher:
         if m is None:
             return False
         for d in m.datasets:
-            reader = self.by_mount.get(d.get("mnt_id"))
-            if reader is not None and reader.session == session:
-                del self.by_mount[d["mnt_id"]]
+            for mnt in (d.get("mnt_id"), *d.get("nested", {}).values()):
+                held = self.by_mount.get(mnt)
+                if held is not None and held[0].session == session:
+                    del self.by_mount[mnt]
         return True
 
     def restore(self, now: float | None = None) -> list[str]:
@@ -219,10 +288,13 @@ class Watcher:
                 continue
             finally:
                 os.close(fd)
-            reader = self.by_mount.get(mnt)
-            if reader is None:
+            held = self.by_mount.get(mnt)
+            if held is None:
                 self.unattributed += 1
                 continue
+            reader, point = held
+            if not path.startswith(point + "/"):   # the run is gone: the path is from the mount's root
+                path = point + path
             n += 1
             first = self.agg.record(reader, path, now)
             if first is not None:
@@ -230,11 +302,12 @@ class Watcher:
         return n
 
     def tick(self, now: float | None = None) -> None:
-        """Once a second: summaries of ended minutes, and forget runs that ended without an
-        unmark (the hub was away)."""
+        """Once a second: summaries of ended minutes, marks of mounts new below datasets, and
+        forget runs that ended without an unmark (the hub was away)."""
         now = now or time.time()
         self.drain()
         self._flush(now=now)
+        self.rescan(now)
         for session in [s for s, m in self.marks.items() if not alive(m)]:
             log.info("%s ended without being unmarked", session)
             self.unmark(session)
