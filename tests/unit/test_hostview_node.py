@@ -317,6 +317,11 @@ mount --bind {late} {target}/late
 touch {flags}/mounted-late
 while [ ! -e {flags}/read ]; do sleep 0.02; done
 cat {target}/s0/0.dcm {target}/coll/s1/1.dcm {target}/late/s2/2.dcm > /dev/null
+touch {flags}/done-reading
+while [ ! -e {flags}/unmount ]; do sleep 0.02; done
+umount {target}/coll
+touch {flags}/unmounted
+while [ ! -e {flags}/end ]; do sleep 0.02; done
 """
 
 
@@ -358,8 +363,15 @@ def test_mounts_below_a_dataset_are_marked_as_the_datasets_when_marked_and_when_
         assert sorted(Registry(tmp_path / "reg").load()["s-7"].datasets[0]["nested"]) == [f"{target}/coll",
                                                                                            f"{target}/late"]
         (flags / "read").touch()
+        _flag(flags / "done-reading")
+        watcher.drain()   # queued events hold the files open: the mount is busy until then
+        (flags / "unmount").touch()
+        _flag(flags / "unmounted")
+        watcher.tick()   # an unmounted one is forgotten (the kernel reuses mount ids)
+        assert list(watcher.marks["s-7"].datasets[0]["nested"]) == [f"{target}/late"]
+        assert len(watcher.by_mount) == 2
+        (flags / "end").touch()
         assert proc.wait(timeout=20) == 0
-        watcher.drain()
         reads = sorted((e.actor, e.dataset, e.details["series"], e.target) for e in watcher.outbox
                        if e.action == "dataset.read")
         assert reads == [("ann", "ct", "coll/s1", f"{target}/coll/s1/1.dcm"),

@@ -95,6 +95,7 @@ class Watcher:
         self.outbox: list[Event] = []
         self.unattributed = 0
         self.scanned_at = time.time()   # the last rescan for mounts below datasets
+        self.unmarkable: set[tuple[str, int]] = set()   # (session, mount id) below datasets, said once
 
     # -- marks ------------------------------------------------------------------------------
     def mark(self, m: Marked) -> dict[str, int]:
@@ -144,13 +145,18 @@ class Watcher:
         added = []
         for d in m.datasets:
             nested = d.setdefault("nested", {})
+            for point in [p for p, mnt in nested.items() if ids.get(p) != mnt]:   # unmounted, or replaced
+                self._drop(m, nested.pop(point))
             for point, mnt in ids.items():
                 if not point.startswith(d["target"] + "/") or nested.get(point) == mnt:
                     continue
                 try:
                     fd = os.open(f"/proc/{m.pid}/root{point}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-                except OSError as e:   # a file mount, or gone meanwhile
-                    log.warning("%s in %s (mount %s) cannot be marked: %s", point, m.session, mnt, e)
+                except OSError as e:   # a file mount, or gone meanwhile: said once, not every second
+                    if (m.session, mnt) not in self.unmarkable:
+                        self.unmarkable.add((m.session, mnt))
+                        log.error("%s in %s (mount %s) cannot be marked, reads through it are not recorded: %s",
+                                  point, m.session, mnt, e)
                     continue
                 try:
                     if mount_id(fd) != mnt:
@@ -158,14 +164,17 @@ class Watcher:
                     self.group.mark_mount(fd)
                 finally:
                     os.close(fd)
-                old = nested.pop(point, None)
-                if old is not None:
-                    self.by_mount.pop(old, None)
                 nested[point] = mnt
                 self.by_mount[mnt] = (self._reader(m, d), point)
                 log.info("marked %s in %s: mount %s below dataset %s", point, m.session, mnt, d["slug"])
                 added.append(point)
         return added
+
+    def _drop(self, m: Marked, mnt: int) -> None:
+        """Forget mount id ``mnt`` as ``m``'s (the kernel reuses ids: another run's stays)."""
+        held = self.by_mount.get(mnt)
+        if held is not None and held[0].session == m.session:
+            del self.by_mount[mnt]
 
     def _attribute(self, m: Marked) -> None:
         """Point each dataset mount of ``m`` (its own and those below) at its current reader."""
@@ -230,9 +239,8 @@ class Watcher:
             return False
         for d in m.datasets:
             for mnt in (d.get("mnt_id"), *d.get("nested", {}).values()):
-                held = self.by_mount.get(mnt)
-                if held is not None and held[0].session == session:
-                    del self.by_mount[mnt]
+                self._drop(m, mnt)
+        self.unmarkable = {k for k in self.unmarkable if k[0] != session}
         return True
 
     def restore(self, now: float | None = None) -> list[str]:
