@@ -14,10 +14,9 @@ from pathlib import Path
 from .hostfiles import make_private, read_or_create_secret, unix_url
 from .plan import INNER_HUB_SOCKET
 from .settings import Settings
+from .spawn_retry import SpawnRetry
 
 TEMPLATES = Path(__file__).parent / "templates"
-#: Seconds a start refused for the spawn limit is told to wait (its 429's Retry-After), at random.
-SPAWN_RETRY_RANGE = (3, 10)
 
 
 def configure(c, settings: Settings) -> None:
@@ -124,11 +123,17 @@ def configure(c, settings: Settings) -> None:
     c.Spawner.http_timeout = 60
     c.JupyterHub.log_level = "DEBUG" if settings.debug else "INFO"
     # Every state-changing API request (and logout) is audited where JupyterHub logs requests.
-    # Retry-After of a start refused for spawn_limit: 3-10 s, not JupyterHub's 30-60 s (a queue that
-    # moves). JupyterHub 6 does not take JupyterHub.spawn_throttle_retry_range from config (the trait
-    # is not tagged config=True: setting it only logs a warning); its handlers read the setting.
-    c.JupyterHub.tornado_settings = {"log_function": make_log_function(settings), "vre_settings": settings,
-                                     "spawn_throttle_retry_range": SPAWN_RETRY_RANGE}
+    # Retry-After of a start refused for spawn_limit: 3-10 s while few wait, not JupyterHub's 30-60 s
+    # (a queue that moves), longer for a crowd (vre.spawn_retry). JupyterHub 6 does not take
+    # JupyterHub.spawn_throttle_retry_range from config (the trait is not tagged config=True:
+    # setting it only logs a warning); its handlers read the setting.
+    retry, audit_log = SpawnRetry(), make_log_function(settings)
+
+    def log_function(handler) -> None:
+        audit_log(handler)
+        retry.saw(handler)
+    c.JupyterHub.tornado_settings = {"log_function": log_function, "vre_settings": settings,
+                                     "spawn_throttle_retry_range": retry}
     read_or_create_secret(settings.secrets_dir / "audit_relay_key")
     apply_operator_config(c, settings)
 

@@ -226,6 +226,10 @@ def test_request_log_audits_no_oauth_code_exchange():
     assert classify_request("POST", "/hub/api/oauth2/token", 200, "service") is None
     assert classify_request("POST", "/hub/api/users/bob/tokens", 201, "user") == ("token.create", "user/bob")
     assert classify_request("POST", "/hub/api/groups/x/users", 200, "user")[0] == "api.request"
+    # a start the spawn throttle turned away changed nothing; the one that gets through is recorded
+    assert classify_request("POST", "/hub/api/users/bob/servers/lung", 429, "user") is None
+    assert classify_request("POST", "/hub/api/users/bob/servers/lung", 202, "user") == (
+        "api.request", "POST /hub/api/users/bob/servers/lung")
     # a server stopped by a service: culled, unless the VRE service stopped it for an admin
     assert classify_request("DELETE", "/hub/api/users/bob/servers/lung", 204, "service", "idle-culler") == (
         "session.cull", "bob/lung")

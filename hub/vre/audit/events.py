@@ -76,7 +76,12 @@ def classify_request(method: str, path: str, status: int, user_kind: str | None,
                      user_name: str | None = None) -> tuple[str, str] | None:
     """(action, target) for requests worth an audit event, else None. A service stopping a server
     culls it (idle, no longer permitted), except the VRE service, which stops one when an admin
-    asks on the Users page (its own ``session.stop`` names the admin)."""
+    asks on the Users page (its own ``session.stop`` names the admin). A request turned away by
+    the spawn throttle (429) did nothing and is retried: the start that gets through is audited
+    (``session.request``); a record per retry would let a crowd fill the trail, and cost the hub's
+    loop a write each (1,000 users waiting retry a few hundred times a second)."""
+    if status == 429:
+        return None
     path = path.rstrip("/") or "/"
     if path.endswith("/hub/logout") and method == "GET":
         return "auth.logout", ""
