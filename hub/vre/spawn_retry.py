@@ -52,3 +52,8 @@ class SpawnRetry:
 
     def __iter__(self):
         return iter(self.range())
+
+    def __deepcopy__(self, memo):
+        """traitlets deep-copies config values; the log function's instance and JupyterHub's
+        setting must stay one (a copy would count refusals that no Retry-After ever sees)."""
+        return self

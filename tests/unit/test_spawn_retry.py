@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import shutil
+import tempfile
 from types import SimpleNamespace
 
 from vre.spawn_retry import FLOOR, RATE, WINDOW, SpawnRetry
 
 
 def refusal(user: str, status: int = 429, method: str = "POST", path: str = "/hub/api/users/u/servers/p"):
-    return SimpleNamespace(get_status=lambda: status, request=SimpleNamespace(method=method, path=path),
-                           _jupyterhub_user=SimpleNamespace(name=user))
+    """What the hub's request log gets of a request (as much as JupyterHub's logger reads)."""
+    who = SimpleNamespace(name=user, kind="user")
+    request = SimpleNamespace(method=method, path=path, uri=path, headers={}, remote_ip="127.0.0.1",
+                              request_time=lambda: 0.01)
+    return SimpleNamespace(get_status=lambda: status, request=request, _jupyterhub_user=who, current_user=who,
+                           _headers={}, log=logging.getLogger("test"))
 
 
 def test_few_waiting_are_told_3_to_10_s_a_crowd_spreads_its_retries():
@@ -36,3 +43,26 @@ def test_few_waiting_are_told_3_to_10_s_a_crowd_spreads_its_retries():
     now[0] += WINDOW + 1
     retry.saw(refusal("late"))
     assert retry.waiting() == 1 and tuple(retry) == FLOOR and len(retry.refused) == 1
+
+
+def test_the_hubs_log_function_counts_into_the_range_jupyterhub_reads(tmp_path):
+    """Through JupyterHub's own loading of the hub's config (traitlets deep-copies config values):
+    refusals the request log sees lengthen the Retry-After the throttle draws."""
+    from jupyterhub.app import JupyterHub
+    from traitlets.config import Config
+
+    from vre.hubconfig import configure
+    from vre.settings import load
+
+    run = tempfile.mkdtemp(prefix="vre-retry-")
+    (tmp_path / "vre.toml").write_text(f'state_dir = "{tmp_path}/state"\nrun_dir = "{run}/run"\n')
+    (tmp_path / "state").mkdir()
+    try:
+        c = Config()
+        configure(c, load(tmp_path / "vre.toml", environ={}))
+        settings = JupyterHub(config=c).tornado_settings
+        for i in range(400):
+            settings["log_function"](refusal(f"u{i}"))
+        assert tuple(settings["spawn_throttle_retry_range"]) == (0.5 * 400 / RATE, 1.5 * 400 / RATE)
+    finally:
+        shutil.rmtree(run)
