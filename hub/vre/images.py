@@ -6,7 +6,7 @@
   python3-venv, ca-certificates, tini, bash, procps, iproute2), imported as
   ``localhost/vre-base:bookworm``. Skipped when that tag exists, and when ``--base-image`` names a
   registry image instead (e.g. ``docker.io/library/debian:bookworm-slim``).
-- ``notebook``, ``notebook-gpu``, ``hub`` from ``images/<name>/Dockerfile``, each tagged
+- ``notebook``, ``notebook-gpu``, ``hub``, ``postgresql`` from ``images/<name>/Dockerfile``, each tagged
   ``localhost/vre-<name>:<version>`` and ``:latest``.
 
 Each build gets a staged context (only the files the image needs, never ``.venv`` or
@@ -43,7 +43,7 @@ from .errors import VREError
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO / "images"
-IMAGES = ("notebook", "notebook-gpu", "hub")
+IMAGES = ("notebook", "notebook-gpu", "hub", "postgresql")
 BASE_TAG = "localhost/vre-base:bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "tini", "bash", "procps", "iproute2")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -477,9 +477,9 @@ def cmd_context(args) -> int:
 
 def add_cli(subparsers) -> None:
     """Register ``vre images build|lock`` on the ``vre`` command's subparsers."""
-    p = subparsers.add_parser("images", help="build the container images (notebook, notebook-gpu, hub)")
+    p = subparsers.add_parser("images", help="build the container images (notebook, notebook-gpu, hub, postgresql)")
     sub = p.add_subparsers(dest="images_cmd", required=True)
-    b = sub.add_parser("build", help="build the local base (debootstrap), then notebook, notebook-gpu, hub",
+    b = sub.add_parser("build", help="build the local base (debootstrap), then notebook, notebook-gpu, hub, postgresql",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--only", action="append", metavar="NAME",
                    help=f"build only these images ({', '.join(IMAGES)}); repeat or comma-separate")

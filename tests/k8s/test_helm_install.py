@@ -11,7 +11,9 @@ in a directory made for the test (the single-node cluster has no volume provisio
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -241,6 +243,82 @@ def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
     assert kube.get("pvc", f"{release.name}-hub-state", release.ns)["metadata"]["uid"] == pvc_uid
     assert release.exec_hub("cat", "/var/lib/vre/secrets/audit_ed25519.pub") == pub_before
     assert _login(release.url(), "alice", creds["alice"])
+
+
+def _psql(kube, ns: str, pod: str, db: str, sql: str) -> str:
+    """``sql``'s rows, run in the database pod over its own socket."""
+    proc = kube.exec(ns, pod, "psql", "-h", "/var/run/postgresql", "-U", "vre", "-d", db, "-tAc", sql, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.strip()
+
+
+def test_internal_postgresql_holds_both_databases_across_an_upgrade(kube, new_ns, hub_image):
+    """``database.type: internal`` with the PostgreSQL image built here (the official image's
+    contract): the hub's accounts and JupyterHub's users are in its two databases, the database
+    answers the hub pod alone, an upgrade keeps its data and the trail verifies, and an uninstall
+    leaves its claim."""
+    pg_image = cluster_image("postgresql")
+    rel = Release(kube, new_ns("helm-pg"), hub_image)
+    pg_class, pg_dir = f"{rel.storage_class}-pg", Path(tempfile.mkdtemp(prefix="vre-helm-pg-", dir="/var/tmp"))
+    os.chown(pg_dir, 999, 999)   # what a provisioner that applies fsGroup does for the claim
+    kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pg_class},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                         "persistentVolumeReclaimPolicy": "Retain", "storageClassName": pg_class,
+                         "hostPath": {"path": str(pg_dir), "type": "Directory"}}})
+    repo, tag = pg_image.rsplit(":", 1)
+    args = [*rel.args, "--set", "database.type=internal", "--set", f"database.internal.image.repository={repo}",
+            "--set", f"database.internal.image.tag={tag}", "--set", "database.internal.image.pullPolicy=Never",
+            "--set", f"database.internal.storageClassName={pg_class}", "--set", "database.internal.size=1Gi"]
+    pg_pod = f"{rel.name}-postgresql-0"
+    try:
+        rel.helm("install", rel.name, str(CHART), *args)
+        pod = rel.wait_hub_ready()
+        kube.wait_ready(rel.ns, pg_pod, timeout=120)
+        assert (pg_dir / "pgdata" / "PG_VERSION").exists()   # on the claim, not in the container
+        url = rel.url()
+        creds = {line.split("\t")[0]: line.split("\t")[2]
+                 for line in rel.exec_hub("cat", "/var/lib/vre/secrets/demo-credentials.txt").splitlines()}
+        assert _login(url, "alice", creds["alice"])
+        assert "alice" in _psql(kube, rel.ns, pg_pod, "vre", "SELECT name FROM accounts").split()
+        assert "alice" in _psql(kube, rel.ns, pg_pod, "jupyterhub", "SELECT name FROM users").split()
+        assert not (rel.state_dir / "vre.sqlite").exists()
+        # the password is the release's generated secret, and the database asks for it over TCP
+        hub_url = base64.b64decode(rel.secret_data()["db-url"]).decode()
+        assert hub_url.startswith("postgresql+psycopg://vre:") and f"@{rel.name}-postgresql:5432/vre" in hub_url
+        wrong = kube.exec(rel.ns, pg_pod, "sh", "-c", "PGPASSWORD=wrong psql -h 127.0.0.1 -U vre -d vre -c 'SELECT 1'")
+        assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr, wrong.stderr
+
+        # the database's port answers the hub pod alone: another pod of the release's namespace
+        # is refused while the hub keeps working through it
+        db_ip = kube.get("service", f"{rel.name}-postgresql", rel.ns)["spec"]["clusterIP"]
+        kube.run_pod(rel.ns, "other", ["sleep", "3600"], labels={"app": "other"})
+
+        def reaches() -> bool:
+            return kube.exec(rel.ns, "other", "sh", "-c", f"timeout 8 nc -w 3 {db_ip} 5432 </dev/null").returncode == 0
+        wait_until(lambda: not reaches(), 45, "the database refusing a pod that is not the hub")
+        assert not reaches() and not reaches()
+        rel.exec_hub("python3", "-c", f"import socket; socket.create_connection(({db_ip!r}, 5432), 5)")  # control
+        assert _login(url, "bob", creds["bob"])
+
+        # upgrade: a new hub pod on the same database, the trail still verifies
+        rel.helm("upgrade", rel.name, str(CHART), *args, "--set", "hub.settings.lockout_threshold=7")
+        rel.wait_hub_ready(not_uid=pod["metadata"]["uid"])
+        assert _login(rel.url(), "alice", creds["alice"])
+        verify = kube.run("exec", "-n", rel.ns, f"deploy/{rel.name}-hub", "-c", "hub", "--",
+                          "vre", "audit", "verify", timeout=120)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert int(_psql(kube, rel.ns, pg_pod, "vre", "SELECT count(*) FROM audit_events WHERE action = 'auth.login'")) >= 3
+
+        # uninstall: the database's claim and its data stay
+        rel.helm("uninstall", rel.name, "--wait")
+        claim = kube.get("pvc", f"data-{pg_pod}", rel.ns)
+        assert claim["status"]["phase"] == "Bound" and (pg_dir / "pgdata" / "PG_VERSION").exists()
+    finally:
+        subprocess.run([str(HELM), "uninstall", rel.name, "--namespace", rel.ns], capture_output=True,
+                       env=kube.env, timeout=180)
+        rel.cleanup()
+        kube.run("delete", "persistentvolume", pg_class, "--wait=false")
+        shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 SESSION_FACTS = """
