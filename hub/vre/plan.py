@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -333,27 +334,33 @@ class PlanCache:
     or a revoked or changed grant is seen by the very next ``get``. Expiry needs no change to be
     seen: a plan is kept only until the first expiry ahead of it (the project's permit or one of
     its grants), checked against the clock on each hit. Refusals are not cached (``build_plan``
-    says why)."""
+    says why). Thread-safe: the hub's polls of running sessions share one from worker threads."""
 
     def __init__(self):
         self._generation: int | None = None
         self._plans: dict[tuple, tuple[SessionPlan, object]] = {}
+        self._lock = threading.Lock()
 
     def get(self, db: Session, settings: Settings, user: str, project_slug: str, profile_name: str | None,
             *, role: str = "session") -> SessionPlan:
         generation = db.scalar(select(PlanGeneration.n).where(PlanGeneration.id == 1))
-        if generation is None or generation != self._generation:
-            self._plans.clear()
-            self._generation = generation
         key = (user, project_slug, profile_name, role)
-        hit = self._plans.get(key)
-        if hit is not None and generation is not None:
-            plan, expires_at = hit
-            if expires_at is None or as_utc(expires_at) > utcnow():
-                return plan
-            del self._plans[key]  # expired: build_plan says so
+        with self._lock:
+            if generation is None or generation != self._generation:
+                self._plans.clear()
+                self._generation = generation
+            hit = self._plans.pop(key, None)
+            if hit is not None and generation is not None:
+                plan, expires_at = hit
+                if expires_at is None or as_utc(expires_at) > utcnow():
+                    self._plans[key] = hit
+                    return plan
+                # expired: build_plan says so
         plan = build_plan(db, settings, user, project_slug, profile_name, role=role)
-        self._plans[key] = (plan, valid_until(db.scalar(select(Project).where(Project.slug == project_slug))))
+        expires_at = valid_until(db.scalar(select(Project).where(Project.slug == project_slug)))
+        with self._lock:
+            if generation is not None and generation == self._generation:   # nothing changed meanwhile
+                self._plans[key] = (plan, expires_at)
         return plan
 
 

@@ -235,3 +235,28 @@ def test_request_log_audits_no_oauth_code_exchange():
         "session.cull", "bob/lung")
     assert classify_request("DELETE", "/hub/api/users/bob/servers/lung", 204, "service", "vre") == (
         "session.stop", "bob/lung")
+
+
+def test_the_polls_recheck_builds_a_plan_once_until_something_changes(world, monkeypatch):
+    """Every poll of every running session asks whether it may go on: answered from the shared
+    cache while nothing it is built from changed, and refused at the next poll once it did."""
+    import logging
+    from types import SimpleNamespace
+
+    from vre import plan as vplan
+    from vre.backends import plan_spawner
+
+    monkeypatch.setattr(plan_spawner, "POLL_PLANS", vplan.PlanCache())
+    built = []
+    real = vplan.build_plan
+    monkeypatch.setattr(vplan, "build_plan", lambda *a, **k: built.append(a[2:4]) or real(*a, **k))
+    sessions = [SimpleNamespace(settings=world, user=SimpleNamespace(name=u), name=p, user_options={},
+                                log=logging.getLogger("test"), _log_name=f"{u}/{p}")
+                for u, p in (("ann", "lung"), ("ben", "prostate"))]
+    for _ in range(3):   # three polls of both sessions
+        assert [plan_spawner.PlanSpawner._refusal(s) for s in sessions] == [None, None]
+    assert built == [("ann", "lung"), ("ben", "prostate")]
+    with vdb.session_scope(world.vre_db_url) as db:
+        P.remove_member(db, "lung", "ann")
+    assert "not a member" in plan_spawner.PlanSpawner._refusal(sessions[0])
+    assert plan_spawner.PlanSpawner._refusal(sessions[1]) is None

@@ -36,9 +36,12 @@ from ..access.resolve import MountMap
 from ..audit.events import aemit
 from ..audit.relay import Identity, make_token, replay_spool
 from ..hostview import client as hostview
-from ..plan import HOME, INNER_SOCKET, PlanRefused, SessionPlan, build_plan
+from ..plan import HOME, INNER_SOCKET, PlanCache, PlanRefused, SessionPlan, build_plan
 from ..settings import Settings, load
 from .host import prepare_host
+
+#: The plans the polls of running sessions re-check, shared by all spawners of the hub process.
+POLL_PLANS = PlanCache()
 
 
 def user_options_profile(user_options: dict | None) -> str | None:
@@ -425,9 +428,12 @@ class PlanSpawner(HasTraits):
         return 0
 
     def _refusal(self) -> str | None:
-        """Why this running session may no longer run (membership removed, permit expired), or None."""
+        """Why this running session may no longer run (membership removed, permit expired), or None.
+        Every poll of every session asks: the answer is cached until the database or the clock
+        could change it (``POLL_PLANS``), so 1,000 sessions cost a poll 1,000 reads of one row."""
         try:
-            self._build_plan(user_options_profile(self.user_options))
+            with vdb.session_scope(self.settings.vre_db_url) as db:
+                POLL_PLANS.get(db, self.settings, self.user.name, self.name, user_options_profile(self.user_options))
         except PlanRefused as e:
             return str(e)
         except Exception:  # the database being briefly unavailable must not stop sessions
