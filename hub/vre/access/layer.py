@@ -32,7 +32,7 @@ from . import kernelmsg, policy
 from .auth import CALLBACK, COOKIE, STATE_COOKIE, Caller, Login, safe_next
 from .broker import BrokerClient, BrokerError
 from .meter import CAP_MESSAGE, CEILING_MESSAGE, LARGE, Meter, ceiling, human
-from .routes import RouteTable, SessionRoute
+from .routes import RouteTable, SessionRoute, proxy_client
 
 log = logging.getLogger("vre.access")
 SERVER = "vre-access"
@@ -93,8 +93,8 @@ class AccessLayer:
         self.meter = Meter(lambda rows: records.call("egress", rows=rows))
         self._pending: list[tuple[list[dict], asyncio.Future]] = []
         self._flushing = False
-        self.chp = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+        self.chp = proxy_client(
+            auto_decompress=False,
             skip_auto_headers=("Accept-Encoding", "User-Agent"),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         self._anonymous: dict[tuple[str, int], dict] = {}

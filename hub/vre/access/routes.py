@@ -19,6 +19,17 @@ import aiohttp
 
 log = logging.getLogger("vre.access")
 KEY = "vre_access"
+#: Seconds an idle connection to configurable-http-proxy is kept for reuse. Node closes idle
+#: keep-alive connections after 5 s (``server.keepAliveTimeout``); a pooled connection older than
+#: that may be closed by the proxy before this process has read the close (its loop busy with a
+#: burst of requests), and a request sent on it fails: the 1,000-user scale test saw "Server
+#: disconnected" and resets answered 503. Below Node's 5 s, no such connection is reused.
+PROXY_KEEPALIVE_S = 3.0
+
+
+def proxy_client(*, keepalive: float = PROXY_KEEPALIVE_S, **kwargs) -> aiohttp.ClientSession:
+    """An HTTP client for configurable-http-proxy (its proxy port or its API)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive), **kwargs)
 MISS_INTERVAL = 0.5
 
 
@@ -86,7 +97,7 @@ class RouteTable:
         self.routes: dict[str, SessionRoute] = {}
         self._lock = asyncio.Lock()
         self._last = 0.0
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self._http = proxy_client(timeout=aiohttp.ClientTimeout(total=10))
 
     def match(self, raw_path: str) -> SessionRoute | None:
         """The session route whose prefix ``raw_path`` starts with (``/user/a/b`` matches ``/user/a/b/``)."""
