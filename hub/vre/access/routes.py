@@ -19,6 +19,7 @@ import aiohttp
 
 log = logging.getLogger("vre.access")
 KEY = "vre_access"
+MISS_INTERVAL = 0.5
 #: Seconds an idle connection to configurable-http-proxy is kept for reuse. Node closes idle
 #: keep-alive connections after 5 s (``server.keepAliveTimeout``); a pooled connection older than
 #: that may be closed by the proxy before this process has read the close (its loop busy with a
@@ -30,7 +31,6 @@ PROXY_KEEPALIVE_S = 3.0
 def proxy_client(*, keepalive: float = PROXY_KEEPALIVE_S, **kwargs) -> aiohttp.ClientSession:
     """An HTTP client for configurable-http-proxy (its proxy port or its API)."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive), **kwargs)
-MISS_INTERVAL = 0.5
 
 
 @dataclass
