@@ -59,6 +59,15 @@ def _details(reader: Reader) -> dict:
     return d
 
 
+def gap_event(m: Marked, since: float, now: float, **details) -> Event:
+    """``audit.gap``: reads of run ``m`` between ``since`` and ``now`` went unrecorded."""
+    return host_event("audit.gap", when=now, actor="vre-hostview", actor_role="service", project=m.project,
+                      session=m.session, target=m.session, outcome="error",
+                      details={"via": "vre-hostview", "from": _utc(since).isoformat(), "to": _utc(now).isoformat(),
+                               "seconds": round(now - since, 3), "user": m.user,
+                               "datasets": [d["slug"] for d in m.datasets], "role": m.role, **details})
+
+
 def first_read_event(r: FirstRead) -> Event:
     return host_event("dataset.read", when=r.when, **_who(r.reader), project=r.reader.project,
                       dataset=r.reader.dataset, session=r.reader.session, target=r.path[:4000],
@@ -198,12 +207,8 @@ class Watcher:
             points = self._mark_nested(m, ids) if alive(m) else []
             if points:
                 changed = True
-                self.outbox.append(host_event(
-                    "audit.gap", when=now, actor="vre-hostview", actor_role="service", project=m.project,
-                    session=m.session, target=m.session, outcome="error",
-                    details={"via": "vre-hostview", "what": "dataset reads through mounts that appeared below "
-                             "its datasets", "mounts": points, "from": _utc(max(since, m.marked_at)).isoformat(),
-                             "to": _utc(now).isoformat(), "user": m.user, "role": m.role}))
+                self.outbox.append(gap_event(m, max(since, m.marked_at), now, mounts=points,
+                                             what="dataset reads through mounts that appeared below its datasets"))
         if changed:
             self.registry.save(self.marks)
 
@@ -258,12 +263,7 @@ class Watcher:
                 log.error("could not mark %s again: %s", m.session, e)
                 continue
             back.append(m.session)
-            self.outbox.append(host_event(
-                "audit.gap", when=now, actor="vre-hostview", actor_role="service", project=m.project,
-                session=m.session, target=m.session, outcome="error",
-                details={"via": "vre-hostview", "what": "dataset reads", "from": _utc(since).isoformat(),
-                         "to": _utc(now).isoformat(), "seconds": round(now - since, 3), "user": m.user,
-                         "datasets": [d["slug"] for d in m.datasets], "role": m.role}))
+            self.outbox.append(gap_event(m, since, now, what="dataset reads"))
         self.registry.save(self.marks)
         return back
 
