@@ -503,7 +503,7 @@ def main() -> int:
                 if (hub.base_dir / f).exists():
                     (args.logs / f).write_bytes((hub.base_dir / f).read_bytes())
         try:
-            hub.kill()
+            hub.teardown()   # the hub, then `vre down`: its proxy and access layer go too
         except Exception as e:  # noqa: BLE001 - go on cleaning up
             print(f"warning: stopping the hub: {e}", file=sys.stderr)
         namespaces = sim.kube("get", "namespaces", "-o", "name").split()

@@ -93,6 +93,34 @@ def pytest_runtest_makereport(item, call):
                 report.sections.append((f"hub log ({name}: {value.backend}, last 80 lines)", value.log_tail(80)))
 
 
+#: Seconds spent per test folder (setup, call and teardown): printed at the end of the run.
+FOLDER_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    folder = "/".join(report.nodeid.split("/")[:2])
+    FOLDER_SECONDS[folder] = FOLDER_SECONDS.get(folder, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Where a run's time went, per folder: a slower CI run says which part slowed down."""
+    if len(FOLDER_SECONDS) > 1:
+        terminalreporter.write_sep("-", "time per test folder")
+        for folder, seconds in sorted(FOLDER_SECONDS.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{seconds / 60:6.1f} min  {folder}")
+    # the interpreter joins these before it exits: a slow exit after the summary is one of them
+    import threading
+    import traceback
+
+    frames = sys._current_frames()
+    waiting = [t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    if waiting:
+        terminalreporter.write_sep("-", f"{len(waiting)} thread(s) the exit waits for")
+        for t in waiting:
+            stack = traceback.format_stack(frames[t.ident])[-2:] if t.ident in frames else []
+            terminalreporter.write_line(f"{t.name}:\n" + "".join(stack).rstrip())
+
+
 def pytest_sessionfinish(session, exitstatus):
     """The suite leaves no process behind: whatever still runs from this run's directories fails it."""
     left = leftovers(RUN_DIRS)

@@ -283,10 +283,23 @@ VIEWER_FRAME = """([notebook, i]) => {
 }"""
 
 
-RELOAD_VIEWER_FRAME = """([notebook, i]) => {
-    const frame = document.querySelectorAll(notebook + ' .jp-Cell')[i].querySelector('.jp-OutputArea iframe');
-    if (frame) frame.src = frame.src;
-}"""
+def track_in_flight(page) -> None:
+    """Keep the page's requests that have no answer yet, with when they were sent (``in_flight``)."""
+    import time
+
+    pending = page.vre_in_flight = {}
+    page.context.on("request", lambda r: pending.__setitem__(r, time.monotonic()))
+    page.context.on("requestfinished", lambda r: pending.pop(r, None))
+    page.context.on("requestfailed", lambda r: pending.pop(r, None))
+
+
+def in_flight(page) -> list[str]:
+    """The page's unanswered requests, oldest first: "<age> s <method> <url>"."""
+    import time
+
+    now = time.monotonic()
+    pending = sorted(getattr(page, "vre_in_flight", {}).items(), key=lambda kv: kv[1])
+    return [f"{now - t:.0f} s {r.method} {r.url}"[:200] for r, t in pending]
 
 
 def poll(page, js: str, arg, until, *, timeout_s: float, what: str):
@@ -340,16 +353,18 @@ def viewer_shot(page, *, until, cell: int = 0, timeout_s: float = 180, what: str
     assert urlsplit(box["src"]).path.endswith(ITK_STATIC + "itk-vtk-viewer/index.html"), box["src"]
     deadline = time.monotonic() + timeout_s
     src = box["src"].split("#")[0]
-    reloaded = False
+    said = False
     while not (viewer := next((f for f in page.frames if f.url.split("#")[0] == src), None)):
         frames = [f.url for f in page.frames]
-        assert time.monotonic() < deadline, f"viewer {what}: its frame never loaded {src}; frames: {frames}"
-        if not reloaded and time.monotonic() > deadline - timeout_s + 60:
-            # once seen in a fresh-clone CI run: the iframe in the output, its page never in the
-            # frames (no failed request). Say so, and load it again once, as a person would.
-            print(f"viewer {what}: its frame has not loaded {src} in 60 s (frames: {frames}); loading it again")
-            page.evaluate(RELOAD_VIEWER_FRAME, arg)
-            reloaded = True
+        assert time.monotonic() < deadline, (f"viewer {what}: its frame never loaded {src}; frames: {frames}; "
+                                             f"requests in flight: {in_flight(page)}")
+        if not said and time.monotonic() > deadline - timeout_s + 30:
+            # seen twice in fresh-clone CI runs: the iframe in the output, its page not in the frames
+            # for a minute, then loaded. Loading it again is no remedy: the kernel's viewer stays
+            # bound to the first page, which then arrives and is replaced. Say what is waiting.
+            print(f"viewer {what}: its frame has not loaded {src} in 30 s (frames: {frames}); "
+                  f"requests in flight: {in_flight(page)}")
+            said = True
         time.sleep(0.5)  # the iframe is there before its page
     poll(viewer, "() => !!document.querySelector('canvas')", None, bool, timeout_s=timeout_s,
          what=f"viewer {what}: its canvas")
@@ -393,6 +408,7 @@ def itk_session(hub, page, name: str, cells: list[str]):
 
     page.context.on("request", lambda r: seen(r.url))
     page.context.on("response", answered)   # the context's: the viewer runs in a frame
+    track_in_flight(page)
     page.on("websocket", lambda ws: seen(ws.url))
     # for the test's artifacts: what the viewer's frames loaded and what failed
     page.on("console", lambda m: print(f"console {m.type}: {m.text}"[:300]))

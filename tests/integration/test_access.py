@@ -464,7 +464,7 @@ def test_a_terminal_cannot_take_over_the_session_url(hub, alice):
     # killing the server ends the session; the URL never answers anything of the researcher's
     term.type("for p in /proc/[0-9]*; do grep -qa vre_session.serve $p/cmdline 2>/dev/null && kill -9 ${p#/proc/}; done\r")
     assert wait_for(lambda: _status(c) != 200, timeout=30)
-    assert wait_for(lambda: c.server_state(PROJECT) is None or not c.server_state(PROJECT).get("ready"), timeout=30)
+    assert wait_for(lambda: not (c.server_state(PROJECT) or {}).get("ready"), timeout=30)
     r = requests.get(f"{c.server_url(PROJECT)}/api/status", headers=auth(c), timeout=10, allow_redirects=False)
     # the hub's answer for a server that does not run (a redirect into /hub/), nobody else's
     assert r.status_code in (302, 424, 503) and r.status_code != 200, (r.status_code, r.headers)
@@ -476,6 +476,7 @@ def test_a_terminal_cannot_take_over_the_session_url(hub, alice):
 # --- the layer is the front door: it comes back -------------------------------------------------
 def test_a_restarted_layer_serves_the_session_again(hub, alice):
     c, _k = alice
+    assert _status(c) == 200, "the session must serve before the layer is killed"
     pid = int((hub.state / "access.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     ok = wait_for(lambda: _status(c) == 200, timeout=30)

@@ -42,6 +42,33 @@ print("@@" + json.dumps(counts))
 """
 
 
+# What a researcher with a terminal would try against an observer of her reads: her own fanotify
+# group (to learn or crowd the marks), a mount over the dataset or its removal (reads that pass no
+# marked mount), a signal to the observer's host pid, and finding the observer among her processes.
+BLIND = """
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+def refused(rc):
+    return "refused" if rc < 0 else "done"
+tried = {"fanotify_init": refused(libc.fanotify_init(0, 0)),
+         "mount over the dataset": refused(libc.mount(b"none", b"/data/%(dataset)s", b"tmpfs", 0, None)),
+         "unmount the dataset": refused(libc.umount2(b"/data/%(dataset)s", 2))}
+try:
+    os.kill(%(pid)d, 0)
+    tried["signal the observer"] = "done"
+except OSError:
+    tried["signal the observer"] = "refused"
+seen = []
+for p in os.listdir("/proc"):
+    try:
+        seen.append(open(f"/proc/{p}/cmdline", "rb").read())
+    except OSError:
+        pass
+tried["observer visible"] = any(b"vre.hostview" in c for c in seen)   # python3 -m vre.hostview
+print("@@" + json.dumps(tried))
+"""
+
+
 def read_files(kernel, n: int, start: int = 0) -> dict[str, int]:
     """The kernel opens ``n`` dataset files (from the ``start``-th in name order), spread over
     every series; returns opens per series. Each file is opened once: repeated opens of one file
@@ -121,6 +148,14 @@ def test_a_kernels_reads_are_recorded_per_series_and_minute(hub, session, relay)
     started = time.monotonic()
     if relay == "broken":  # the researcher silences the session's own reporting
         k.check("import os; os.chmod('/run/vre/spool', 0); print(os.listdir('/run/vre'))")
+        # and tries to blind, signal or step around the observer: all refused, and below every
+        # one of her reads is still recorded
+        pid = hostview_pid(hub)
+        tried = json.loads(k.check(BLIND % {"dataset": DATASET, "pid": pid}).rsplit("@@", 1)[1])
+        assert tried == {"fanotify_init": "refused", "mount over the dataset": "refused",
+                         "unmount the dataset": "refused", "signal the observer": "refused",
+                         "observer visible": False}, tried
+        assert hostview_pid(hub) == pid and os.path.exists(f"/proc/{pid}")
     read = read_files(k, 1000)
     k.close()
     c.stop(PROJECT)  # the stop makes hostview summarise the session's last minute
