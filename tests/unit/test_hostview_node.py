@@ -409,6 +409,7 @@ def test_a_pod_past_its_gate_unmarked_is_marked_with_the_gap_and_a_new_one_is_wa
         (gap,) = observer.watcher.outbox
         assert (gap.action, gap.session, gap.details["from"], gap.details["user"]) == (
             "audit.gap", "ann-lung-7f3a", "2026-12-05T10:00:00+00:00", "ann")
+        assert (gap.actor, gap.details["via"], gap.details["node"]) == ("vre-observer", "vre-observer", observer.node)
     finally:
         past.kill()
         past.wait()

@@ -41,7 +41,7 @@ from .podgate import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_USER, AUDIT_SESSION, 
                       OBSERVED_LABEL)
 from .registry import Marked, Registry, alive
 from .service import NICE, Recorder
-from .watcher import MarkError, Watcher, host_event
+from .watcher import MarkError, Watcher, gap_event
 
 log = logging.getLogger("vre.hostview.node")
 
@@ -272,14 +272,7 @@ class NodeObserver(Recorder):
         now = time.time()
         since = run.started or now
         log.error("%s ran past its gate unmarked (a lost registry?): marked now, the gap recorded", run.name)
-        self.watcher.outbox.append(host_event(
-            "audit.gap", when=now, actor="vre-observer", actor_role="service", project=run.project,
-            session=run.session, target=run.session, outcome="error",
-            details={"via": "vre-observer", "node": self.node, "what": "dataset reads",
-                     "from": dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat(),
-                     "to": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(),
-                     "seconds": round(now - since, 3), "user": run.user, "role": run.role,
-                     "datasets": [d["slug"] for d in run.datasets]}))
+        self.watcher.outbox.append(gap_event(m, since, now, via=SCHEME, node=self.node, what="dataset reads"))
 
     @staticmethod
     def _signal(run: Run, pid: int) -> None:

@@ -59,11 +59,12 @@ def _details(reader: Reader) -> dict:
     return d
 
 
-def gap_event(m: Marked, since: float, now: float, **details) -> Event:
-    """``audit.gap``: reads of run ``m`` between ``since`` and ``now`` went unrecorded."""
-    return host_event("audit.gap", when=now, actor="vre-hostview", actor_role="service", project=m.project,
+def gap_event(m: Marked, since: float, now: float, *, via: str = "vre-hostview", **details) -> Event:
+    """``audit.gap``: reads of run ``m`` between ``since`` and ``now`` went unrecorded (``via``: the
+    observer that says so, this host's or a cluster node's)."""
+    return host_event("audit.gap", when=now, actor=via, actor_role="service", project=m.project,
                       session=m.session, target=m.session, outcome="error",
-                      details={"via": "vre-hostview", "from": _utc(since).isoformat(), "to": _utc(now).isoformat(),
+                      details={"via": via, "from": _utc(since).isoformat(), "to": _utc(now).isoformat(),
                                "seconds": round(now - since, 3), "user": m.user,
                                "datasets": [d["slug"] for d in m.datasets], "role": m.role, **details})
 
