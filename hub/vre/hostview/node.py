@@ -41,7 +41,7 @@ from .podgate import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_USER, AUDIT_SESSION, 
                       OBSERVED_LABEL)
 from .registry import Marked, Registry, alive
 from .service import NICE, Recorder
-from .watcher import MarkError, Watcher, gap_event
+from .watcher import MarkError, Watcher
 
 log = logging.getLogger("vre.hostview.node")
 
@@ -178,7 +178,7 @@ class NodeObserver(Recorder):
 
     def __init__(self, *, instance: str, node: str, hub_url: str, token: str, state_dir: Path,
                  watcher: Watcher | None = None):
-        super().__init__(watcher or Watcher(Registry(state_dir)))
+        super().__init__(watcher or Watcher(Registry(state_dir), via=SCHEME, where={"node": node}))
         self.instance, self.node, self.token = instance, node, token
         self.url = f"{hub_url.rstrip('/')}/services/vre/{HOST_EVENTS_ROUTE}"
         self.runs: dict[str, Run] = {}      # pod uid -> what it is, for pods seen on this node
@@ -272,7 +272,7 @@ class NodeObserver(Recorder):
         now = time.time()
         since = run.started or now
         log.error("%s ran past its gate unmarked (a lost registry?): marked now, the gap recorded", run.name)
-        self.watcher.outbox.append(gap_event(m, since, now, via=SCHEME, node=self.node, what="dataset reads"))
+        self.watcher.outbox.append(self.watcher.gap(m, since, now, what="dataset reads"))
 
     @staticmethod
     def _signal(run: Run, pid: int) -> None:

@@ -96,9 +96,11 @@ def mount_point_ids(pid: int) -> dict[str, int]:
 class Watcher:
     """Marks, the event loop's body (``drain``, ``tick``) and the records waiting to be stored."""
 
-    def __init__(self, registry: Registry, group: Group | None = None):
+    def __init__(self, registry: Registry, group: Group | None = None, *, via: str = "vre-hostview",
+                 where: dict | None = None):
         self.registry = registry
         self.group = group or Group()
+        self.via, self.where = via, where or {}   # who records this host's gaps, and where it runs
         self.agg = Aggregator()
         self.marks: dict[str, Marked] = {}
         self.by_mount: dict[int, tuple[Reader, str]] = {}   # mount id -> (reader, its mount point)
@@ -106,6 +108,7 @@ class Watcher:
         self.unattributed = 0
         self.scanned_at = time.time()   # the last rescan for mounts below datasets
         self.unmarkable: set[tuple[str, int]] = set()   # (session, mount id) below datasets, said once
+        self.empty_at = time.time()   # the kernel's queue was last read empty: every earlier open is here
 
     # -- marks ------------------------------------------------------------------------------
     def mark(self, m: Marked) -> dict[str, int]:
@@ -208,8 +211,8 @@ class Watcher:
             points = self._mark_nested(m, ids) if alive(m) else []
             if points:
                 changed = True
-                self.outbox.append(gap_event(m, max(since, m.marked_at), now, mounts=points,
-                                             what="dataset reads through mounts that appeared below its datasets"))
+                self.outbox.append(self.gap(m, max(since, m.marked_at), now, mounts=points,
+                                            what="dataset reads through mounts that appeared below its datasets"))
         if changed:
             self.registry.save(self.marks)
 
@@ -264,9 +267,13 @@ class Watcher:
                 log.error("could not mark %s again: %s", m.session, e)
                 continue
             back.append(m.session)
-            self.outbox.append(gap_event(m, since, now, what="dataset reads"))
+            self.outbox.append(self.gap(m, since, now, what="dataset reads"))
         self.registry.save(self.marks)
         return back
+
+    def gap(self, m: Marked, since: float, now: float, **details) -> Event:
+        """``audit.gap`` of run ``m``, recorded by this watcher's observer."""
+        return gap_event(m, since, now, via=self.via, **self.where, **details)
 
     # -- events -----------------------------------------------------------------------------
     def drain(self, reads: int = 8) -> int:
@@ -277,6 +284,7 @@ class Watcher:
         for _ in range(reads):
             events = self.group.read()
             if not events:
+                self.empty_at = time.time()
                 break
             n += self._count(events, time.time())
         return n
@@ -285,8 +293,8 @@ class Watcher:
         n = 0
         for mask, fd in events:
             if fd == FAN_NOFD:
-                if mask & FAN_Q_OVERFLOW:  # cannot happen with an unlimited queue; say so if it does
-                    log.error("fanotify queue overflow: some dataset reads were not recorded")
+                if mask & FAN_Q_OVERFLOW:
+                    self._overflowed(now)
                 continue
             try:
                 mnt = mount_id(fd)
@@ -309,6 +317,17 @@ class Watcher:
             if first is not None:
                 self.outbox.append(first_read_event(first))
         return n
+
+    def _overflowed(self, now: float) -> None:
+        """The kernel dropped opens. Not expected with the unlimited queue (the kernel allocates
+        its events without fail), but a bounded queue, or a kernel that drops anyway, must not go
+        unnoticed in the trail: which runs lost reads is unknown, so every marked run gets an
+        ``audit.gap`` from when the queue was last read empty."""
+        log.error("the kernel's queue of open events overflowed: reads since %s are not all recorded; "
+                  "an audit.gap for each of %d marked runs", _utc(self.empty_at).isoformat(), len(self.marks))
+        for m in self.marks.values():
+            self.outbox.append(self.gap(m, max(self.empty_at, m.marked_at), now, cause="queue overflow",
+                                        what="dataset reads the kernel dropped"))
 
     def tick(self, now: float | None = None) -> None:
         """Once a second: summaries of ended minutes, marks of mounts new below datasets, and

@@ -1,0 +1,84 @@
+"""The watcher when the kernel drops opens: the trail must say where it is incomplete.
+
+Runs as root (fanotify and mount namespaces), with the real kernel: a reader opens more distinct
+files than a bounded queue holds, and the kernel queues its overflow event in place of the opens
+it dropped (hostview's own queue is unlimited: this is the watcher's answer should one ever come).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from vre.hostview import fanotify
+from vre.hostview.fanotify import Group
+from vre.hostview.registry import Marked, Registry
+from vre.hostview.watcher import Watcher
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="fanotify and mount namespaces need root")
+
+
+def bounded_group() -> Group:
+    """A group whose queue holds ``fs.fanotify.max_queued_events`` (hostview's is unlimited)."""
+    group = Group()
+    os.close(group.fd)
+    group.fd = fanotify._check(fanotify._libc.fanotify_init(
+        fanotify.FAN_CLASS_NOTIF | fanotify.FAN_CLOEXEC | fanotify.FAN_NONBLOCK,
+        os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC), "fanotify_init")
+    return group
+
+
+@needs_root
+def test_opens_the_kernel_dropped_are_an_audit_gap_of_every_marked_run(tmp_path):
+    limit = int(Path("/proc/sys/fs/fanotify/max_queued_events").read_text())
+    data, target = tmp_path / "dataset", tmp_path / "inside" / "data" / "ct"
+    (data / "s1").mkdir(parents=True)
+    for i in range(limit + 500):   # distinct files: the kernel merges repeated opens of one
+        (data / "s1" / f"{i}.dcm").write_bytes(b"")
+    target.mkdir(parents=True)
+    run = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                            f"mount --bind {data} {target} && mount -o remount,bind,ro {target} && exec sleep 60"])
+    watcher = Watcher(Registry(tmp_path / "reg"), bounded_group(), via="vre-observer", where={"node": "node-1"})
+    try:
+        deadline = time.monotonic() + 5
+        while not Path(f"/proc/{run.pid}/cmdline").read_bytes().startswith(b"sleep"):
+            assert time.monotonic() < deadline, "the run never mounted its dataset"
+            time.sleep(0.01)
+        marked = Marked(session="ann-lung-1", user="ann", project="lung", pid=run.pid, pid_start=0,
+                        datasets=[{"slug": "ct", "target": str(target)}])
+        watcher.mark(marked)
+        inside = Path(f"/proc/{run.pid}/root{target}") / "s1"
+
+        def read(names) -> None:   # opens through the run's own mount, as its processes make them
+            for name in names:
+                os.close(os.open(inside / name, os.O_RDONLY))
+
+        read(["0.dcm"])
+        watcher.drain()
+        assert not [e for e in watcher.outbox if e.action == "audit.gap"]   # nothing lost yet
+        emptied = watcher.empty_at
+        read(f"{i}.dcm" for i in range(limit + 500))   # more than the queue holds, none drained
+        watcher.drain(10_000)
+        gaps = [e for e in watcher.outbox if e.action == "audit.gap"]
+        assert [(g.session, g.actor, g.details["via"], g.details["node"], g.details["cause"]) for g in gaps] == [
+            ("ann-lung-1", "vre-observer", "vre-observer", "node-1", "queue overflow")]
+        assert gaps[0].details["from"] >= time_text(emptied) and gaps[0].details["user"] == "ann"
+        assert watcher.agg.pending() >= limit - 1   # what was queued is still counted
+
+        watcher.outbox.clear()
+        read(["1.dcm"])   # the watcher goes on: the next read is recorded, with no new gap
+        assert watcher.drain() == 1 and not [e for e in watcher.outbox if e.action == "audit.gap"]
+    finally:
+        run.kill()
+        run.wait()
+        watcher.group.close()
+
+
+def time_text(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
