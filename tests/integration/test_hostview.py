@@ -69,6 +69,27 @@ print("@@" + json.dumps(tried))
 """
 
 
+# Opens faster than an observer records them: a child per round opens every file once (the kernel
+# merges a process' repeated opens of a file whose event is still queued, not another process').
+FLOOD = """
+import json, os, time
+root = "/data/%(dataset)s"
+files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+opens, stall, last = 0, 0.0, time.monotonic()
+end = last + %(seconds)f
+while time.monotonic() < end:
+    pid = os.fork()
+    if pid == 0:
+        for path in files:
+            os.close(os.open(path, os.O_RDONLY))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    now = time.monotonic()
+    stall, last, opens = max(stall, now - last), now, opens + len(files)
+print("@@" + json.dumps({"opens": opens, "stall": stall}))
+"""
+
+
 def read_files(kernel, n: int, start: int = 0) -> dict[str, int]:
     """The kernel opens ``n`` dataset files (from the ``start``-th in name order), spread over
     every series; returns opens per series. Each file is opened once: repeated opens of one file
@@ -211,6 +232,44 @@ def test_hostview_killed_during_a_session_records_the_gap_and_what_follows(hub, 
     later = [s for s in summaries if _ts(s["time"]) >= _ts(gap["time"])]
     assert sum(s["details"]["opens"] for s in later) >= 200
     assert set(after) <= set(summed(later))
+
+
+def test_a_session_opening_faster_than_it_is_recorded_is_frozen_and_nothing_is_lost(hub, session):
+    """The kernel queues every open for hostview without limit, in memory the host cannot
+    reclaim. A researcher who opens dataset files faster than hostview reads them (here hostview
+    is held up 3 s by the test: a loaded machine) is frozen until her reads are recorded: her
+    session pauses, hostview and the host carry on, and every open is in the trail."""
+    import threading
+
+    c, k = session
+    store = open_store(load(environ=hub.env))
+    session = audit_session(store, USER)
+    pid = hostview_pid(hub)
+    held = threading.Timer(1.5, os.kill, (pid, signal.SIGSTOP))
+    going = threading.Timer(4.5, os.kill, (pid, signal.SIGCONT))
+    held.start()
+    going.start()
+    try:
+        flood = json.loads(k.check(FLOOD % {"dataset": DATASET, "seconds": 10}, timeout=180).rsplit("@@", 1)[1])
+    finally:
+        held.join()
+        going.join()
+        os.kill(pid, signal.SIGCONT)
+    # one pause at least (hostview may fall behind her again once she is thawed)
+    pauses = wait_for(lambda: store.query(action="dataset.read_pause", session=session))
+    print(f"the flood: {flood}; its pauses: {[p['details'] for p in pauses]}")
+    for pause in pauses:
+        assert (pause["actor"], pause["source"], pause["details"]["via"]) == (USER, "host", "vre-hostview"), pause
+        assert pause["details"]["opens_while_behind"] > 0 and pause["details"]["seconds"] > 0
+    longest = max(p["details"]["seconds"] for p in pauses)
+    assert flood["stall"] >= longest / 2, (flood, longest)   # she noticed
+    assert hostview_pid(hub) == pid and k.check("print(6 * 7)").strip() == "42"   # both carry on
+    k.close()
+    c.stop(PROJECT)
+    _, summaries = wait_for(lambda: (r := reads_of(store, session)) and
+                            sum(s["details"]["opens"] for s in r[1]) >= flood["opens"] and r) or reads_of(store, session)
+    assert sum(s["details"]["opens"] for s in summaries) == flood["opens"]   # not one open dropped
+    assert not store.query(action="audit.gap", session=session)
 
 
 def _ts(text: str) -> float:

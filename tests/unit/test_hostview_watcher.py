@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -82,3 +83,77 @@ def time_text(ts: float) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
+
+
+FLOOD = """import os, sys
+names = [os.path.join(sys.argv[1], n) for n in os.listdir(sys.argv[1])]
+while True:
+    for n in names:
+        os.close(os.open(n, os.O_RDONLY))
+"""
+
+
+@needs_root
+def test_a_run_opening_faster_than_its_reads_are_recorded_is_frozen_until_they_are(tmp_path):
+    """The queue is unlimited (no open goes unrecorded) but costs the host memory it cannot
+    reclaim: a run that keeps the observer behind is frozen in its cgroup, nothing is dropped,
+    and it is thawed, with a record of the pause, once the queue is read empty."""
+    from vre.backends.cgroups import SessionCgroup
+    from vre.hostview.pause import freezer_of
+
+    data, target = tmp_path / "dataset", tmp_path / "inside" / "data" / "ct"
+    (data / "s1").mkdir(parents=True)
+    for i in range(30_000):   # distinct files: the kernel merges an open with a queued one of the same file
+        (data / "s1" / f"{i}.dcm").write_bytes(b"")
+    target.mkdir(parents=True)
+    (tmp_path / "flood.py").write_text(FLOOD)
+    cgroup = SessionCgroup(f"flood-{os.getpid()}", parent="vre-test")
+    cgroup.create(cpu=1, mem_mb=512, pids_max=16)
+    run = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                            f"mount --bind {data} {target} && mount -o remount,bind,ro {target} && "
+                            f"exec {sys.executable} {tmp_path / 'flood.py'} {target}/s1"], preexec_fn=cgroup.join)
+    watcher = Watcher(Registry(tmp_path / "reg"), Group())
+    watcher.behind_s = 0.5
+    try:
+        assert freezer_of(os.getpid()) is None   # never the observer's own cgroup
+        deadline = time.monotonic() + 5
+        while not Path(f"/proc/{run.pid}/cmdline").read_bytes().startswith(sys.executable.encode()):
+            assert time.monotonic() < deadline, ("the flood never started", run.poll())
+            time.sleep(0.01)
+        watcher.mark(Marked(session="ann-lung-1", user="ann", project="lung", pid=run.pid, pid_start=0,
+                            datasets=[{"slug": "ct", "target": str(target)}]))
+        state = freezer_of(run.pid)
+        assert state is not None and state.parent.name == cgroup.name, state
+
+        deadline = time.monotonic() + 30
+        while "ann-lung-1" not in watcher.paused:   # a slow reader: one batch each 50 ms
+            assert time.monotonic() < deadline, "never frozen"
+            watcher.drain(reads=1)
+            time.sleep(0.05)
+        assert Registry(tmp_path / "reg").load()["ann-lung-1"].frozen   # a successor would thaw it
+        assert frozen(state)
+        # frozen, it opens nothing more: the queue ends, and is read empty, with nothing dropped
+        deadline = time.monotonic() + 60
+        while "ann-lung-1" in watcher.paused:
+            assert time.monotonic() < deadline, "the queue of a frozen run never ended"
+            watcher.drain()
+        assert not frozen(state) and not [e for e in watcher.outbox if e.action == "audit.gap"]
+        (pause,) = [e for e in watcher.outbox if e.action == "dataset.read_pause"]
+        assert (pause.actor, pause.session, pause.source) == ("ann", "ann-lung-1", "host")
+        assert pause.details["opens_while_behind"] > 0 and pause.details["seconds"] >= 0
+        time.sleep(0.2)
+        assert run.poll() is None and watcher.drain() > 0   # thawed, it reads on
+    finally:
+        cgroup.kill_all(2)
+        run.wait()
+        cgroup.remove()
+        for parent in {d.parent for d in cgroup.dirs.values()}:
+            parent.rmdir()
+        watcher.group.close()
+
+
+def frozen(state: Path) -> bool:
+    deadline = time.monotonic() + 5   # v1 passes through FREEZING
+    while (value := state.read_text().strip()) == "FREEZING" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value in ("FROZEN", "1")

@@ -46,8 +46,9 @@ class IngestHandler(_PostWithCredential):
         self.finish({"stored": stored})
 
 
-#: What an observer reports: dataset reads and the gaps in their record, nothing else.
-HOST_ACTIONS = frozenset({"dataset.read", "dataset.read_summary", "audit.gap"})
+#: What an observer reports: dataset reads, the runs it froze to keep up with them, and the gaps
+#: in their record; nothing else.
+HOST_ACTIONS = frozenset({"dataset.read", "dataset.read_summary", "dataset.read_pause", "audit.gap"})
 #: The observers' shared token (the chart's generated Secret); absent: no observer may post.
 OBSERVER_TOKEN = "observer_token"
 

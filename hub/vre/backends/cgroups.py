@@ -15,6 +15,9 @@ from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "cpu", "pids")
+#: cgroup v1's freezer, joined where it is mounted: vre-hostview freezes a run whose dataset reads
+#: outpace their recording (``vre.hostview.pause``); on v2 every cgroup has ``cgroup.freeze``
+FREEZER = "freezer"
 CFS_PERIOD_US = 100_000
 
 
@@ -29,7 +32,7 @@ def _v1_mounts() -> dict[str, Path]:
         _dev, mnt, fstype, opts, *_ = line.split()
         if fstype == "cgroup":
             for opt in opts.split(","):
-                if opt in CONTROLLERS:
+                if opt in CONTROLLERS or opt == FREEZER:
                     found[opt] = Path(mnt)
     return found
 
@@ -53,7 +56,7 @@ class SessionCgroup:
         mounts = _v1_mounts()
         if all(c in mounts for c in CONTROLLERS):
             self.version = 1
-            self.dirs = {c: mounts[c] / parent / name for c in CONTROLLERS}
+            self.dirs = {c: mounts[c] / parent / name for c in (*CONTROLLERS, FREEZER) if c in mounts}
         elif (CGROUP_ROOT / "cgroup.controllers").exists():
             self.version = 2
             self._parent = CGROUP_ROOT / parent
@@ -128,8 +131,18 @@ class SessionCgroup:
                 pass
         return sent
 
+    def thaw(self) -> None:
+        """Undo a freeze by vre-hostview: a frozen task on cgroup v1 dies only once thawed."""
+        state = (self.dirs[FREEZER] / "freezer.state") if self.version == 1 and FREEZER in self.dirs \
+            else self.dirs["pids"] / "cgroup.freeze"
+        try:
+            state.write_text("THAWED" if state.name == "freezer.state" else "0")
+        except OSError:   # no such cgroup (any more), or no freezer on this host
+            pass
+
     def kill_all(self, grace: float = 5.0) -> None:
         """SIGTERM everything, wait up to ``grace`` seconds, then SIGKILL what remains."""
+        self.thaw()
         if self.signal_all(signal.SIGTERM):
             deadline = time.monotonic() + grace
             while self.pids() and time.monotonic() < deadline:
@@ -137,6 +150,7 @@ class SessionCgroup:
         for _ in range(100):
             if not self.signal_all(signal.SIGKILL):
                 break
+            self.thaw()   # in case vre-hostview froze it meanwhile
             time.sleep(0.02)
 
     def remove(self) -> None:

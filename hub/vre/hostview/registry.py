@@ -27,6 +27,7 @@ class Marked:
     role: str = "session"
     job: int | None = None
     marked_at: float = field(default_factory=time.time)
+    frozen: bool = False        # frozen by hostview until its reads are recorded (``pause``)
 
 
 def process_start(pid: int) -> int:

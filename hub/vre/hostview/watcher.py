@@ -18,10 +18,12 @@ import datetime as dt
 import logging
 import os
 import time
+from collections import Counter
 
 from ..audit.schema import Event
 from .aggregate import Aggregator, FirstRead, Reader, Summary
 from .fanotify import FAN_NOFD, FAN_Q_OVERFLOW, Group, mount_id
+from .pause import freeze, freezer_of
 from .registry import Marked, Registry, alive, process_start
 
 log = logging.getLogger("vre.hostview")
@@ -29,6 +31,9 @@ log = logging.getLogger("vre.hostview")
 
 #: batches a drain reads when a run ends or hostview stops: everything queued (within reason)
 ALL = 1000
+#: the queue not read empty for this long: the observer is behind, and the run that opened the
+#: most since is frozen until it is (one more each period while it stays behind; ``pause``)
+BEHIND_S = 2.0
 
 
 class MarkError(RuntimeError):
@@ -44,8 +49,8 @@ def host_event(action: str, *, when: float, **fields) -> Event:
     return Event(action=action, time=_utc(when), source="host", **fields)
 
 
-def _who(reader: Reader) -> dict:
-    """actor and actor_role of a reader: the session's user; a worker's job submitter (the engine
+def _who(reader: Reader | Marked) -> dict:
+    """actor and actor_role of a reader (or of a marked run): the session's user; a worker's job submitter (the engine
     tells hostview which job a worker serves); a worker between jobs is the project's."""
     if reader.role == "session" or reader.job is not None:
         return {"actor": reader.user, "actor_role": "researcher"}
@@ -67,6 +72,15 @@ def gap_event(m: Marked, since: float, now: float, *, via: str = "vre-hostview",
                       details={"via": via, "from": _utc(since).isoformat(), "to": _utc(now).isoformat(),
                                "seconds": round(now - since, 3), "user": m.user,
                                "datasets": [d["slug"] for d in m.datasets], "role": m.role, **details})
+
+
+def pause_event(m: Marked, since: float, now: float, opens: int, *, via: str, **details) -> Event:
+    """``dataset.read_pause``: run ``m`` opened dataset files faster than they could be recorded
+    and was frozen from ``since`` to ``now``."""
+    return host_event("dataset.read_pause", when=now, **_who(m), project=m.project, session=m.session,
+                      target=m.session, details={"via": via, "from": _utc(since).isoformat(),
+                                                 "to": _utc(now).isoformat(), "seconds": round(now - since, 3),
+                                                 "opens_while_behind": opens, "role": m.role, **details})
 
 
 def first_read_event(r: FirstRead) -> Event:
@@ -109,6 +123,11 @@ class Watcher:
         self.scanned_at = time.time()   # the last rescan for mounts below datasets
         self.unmarkable: set[tuple[str, int]] = set()   # (session, mount id) below datasets, said once
         self.empty_at = time.time()   # the kernel's queue was last read empty: every earlier open is here
+        self.behind_s = BEHIND_S
+        self.behind: Counter[str] = Counter()   # session -> opens read since the queue was last empty
+        self.held_at = 0.0                       # when the last run was frozen
+        self.paused: dict[str, tuple] = {}       # session -> (its freezer file, since, opens behind)
+        self.unpausable: set[str] = set()        # runs without a cgroup of their own, said once
 
     # -- marks ------------------------------------------------------------------------------
     def mark(self, m: Marked) -> dict[str, int]:
@@ -243,6 +262,9 @@ class Watcher:
         return opens
 
     def _forget(self, session: str) -> bool:
+        if session in self.paused:   # a run being stopped: a frozen process on cgroup v1 dies only thawed
+            self._thaw(session, time.time())
+        self.unpausable.discard(session)
         m = self.marks.pop(session, None)
         if m is None:
             return False
@@ -261,6 +283,14 @@ class Watcher:
         for m in self.registry.load().values():
             if not alive(m):
                 continue
+            if m.frozen:   # frozen by the hostview before this one, which could not thaw it
+                state = freezer_of(m.pid)
+                try:
+                    if state is not None:
+                        freeze(state, False)
+                except OSError as e:
+                    log.error("could not thaw %s: %s", m.session, e)
+                m.frozen = False
             try:
                 self.mark(m)
             except MarkError as e:
@@ -284,10 +314,60 @@ class Watcher:
         for _ in range(reads):
             events = self.group.read()
             if not events:
-                self.empty_at = time.time()
+                self._caught_up(time.time())
                 break
             n += self._count(events, time.time())
+        else:
+            self._hold_back(time.time())
         return n
+
+    def _hold_back(self, now: float) -> None:
+        """Behind for ``behind_s``: freeze the run that opened the most since the queue was
+        last empty (another each ``behind_s`` while still behind)."""
+        if now - max(self.empty_at, self.held_at) < self.behind_s:
+            return
+        self.held_at = now
+        busiest = [(n, s) for s, n in self.behind.items() if s in self.marks and s not in self.paused
+                   and s not in self.unpausable]
+        if not busiest:
+            return
+        opens, session = max(busiest)
+        m = self.marks[session]
+        state = freezer_of(m.pid)
+        try:
+            if state is None:
+                raise OSError("it has no cgroup of its own to freeze")
+            freeze(state, True)
+        except OSError as e:
+            self.unpausable.add(session)
+            log.error("%s opens dataset files faster than they are recorded and cannot be frozen (%s): "
+                      "the kernel's queue grows", session, e)
+            return
+        self.paused[session] = (state, now, opens)
+        m.frozen = True
+        self.registry.save(self.marks)
+        log.warning("%s opened %d dataset files in %.1f s, faster than they are recorded: frozen until "
+                    "they are", session, opens, now - self.empty_at)
+
+    def _caught_up(self, now: float) -> None:
+        """The queue was read empty: every open so far is counted; thaw what was frozen."""
+        self.empty_at = now
+        self.behind.clear()
+        for session in list(self.paused):
+            self._thaw(session, now)
+
+    def _thaw(self, session: str, now: float) -> None:
+        state, since, opens = self.paused.pop(session)
+        try:
+            freeze(state, False)
+        except OSError:
+            pass   # its cgroup is gone: so is the run
+        m = self.marks.get(session)
+        if m is not None:
+            m.frozen = False
+            self.registry.save(self.marks)
+            self.outbox.append(pause_event(m, since, now, opens, via=self.via, **self.where))
+            log.info("%s thawed after %.1f s: its reads are recorded", session, now - since)
 
     def _count(self, events: list[tuple[int, int]], now: float) -> int:
         n = 0
@@ -310,6 +390,7 @@ class Watcher:
                 self.unattributed += 1
                 continue
             reader, point = held
+            self.behind[reader.session] += 1
             if not path.startswith(point + "/"):   # the run is gone: the path is from the mount's root
                 path = point + path
             n += 1
@@ -341,8 +422,11 @@ class Watcher:
             self.unmark(session)
 
     def stop(self) -> None:
-        """Summarise everything counted so far; the registry keeps the marks for the next hostview."""
+        """Summarise everything counted so far and thaw what is frozen; the registry keeps the
+        marks for the next hostview."""
         self.drain(ALL)
+        for session in list(self.paused):
+            self._thaw(session, time.time())
         self._flush()
 
     def recorded_until(self, now: float) -> float:

@@ -1,0 +1,69 @@
+"""Freezing a run whose dataset reads come faster than they are recorded, until they are.
+
+The kernel queues an event for every open through a marked mount, without limit and without fail
+(fanotify's unlimited queue: no read goes unrecorded), in kernel memory the host cannot reclaim:
+about 72 bytes an event. A run that opens dataset files faster than the observer reads the queue
+(a loop over many files, or many processes opening the same ones: about 260,000 opens a second
+from one core here, against the observer's 150,000) would grow it until the host runs out of
+memory. So the observer freezes the run that keeps it behind, in its own cgroup (cgroup v1's
+freezer, which the sandbox joins and container engines and the kubelet create; ``cgroup.freeze``
+on v2), and thaws it once the queue is read empty. Its processes notice nothing but lost time.
+
+A run is only frozen through a cgroup of its own: never the root, nor one that holds the observer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("vre.hostview")
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_paths(pid: int | str) -> dict[str, str]:
+    """controller (``""`` for the v2 hierarchy) -> the process' cgroup path in it."""
+    paths = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(",") if controllers else [""]:
+            paths[c] = path
+    return paths
+
+
+def _freezer_mount() -> Path | None:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _dev, mnt, fstype, opts, *_ = line.split()
+        if fstype == "cgroup" and "freezer" in opts.split(","):
+            return Path(mnt)
+    return None
+
+
+def freezer_of(pid: int) -> Path | None:
+    """The file that freezes the cgroup of ``pid``'s run (v1 ``freezer.state``, v2
+    ``cgroup.freeze``); None where it has none of its own or the file is not there."""
+    try:
+        theirs, own = _cgroup_paths(pid), _cgroup_paths("self")
+    except (OSError, ValueError):
+        return None
+    mount = _freezer_mount()
+    if mount is not None and "freezer" in theirs:
+        controller, state = "freezer", mount / theirs["freezer"].lstrip("/") / "freezer.state"
+    elif (CGROUP_ROOT / "cgroup.controllers").exists() and "" in theirs:
+        controller, state = "", CGROUP_ROOT / theirs[""].lstrip("/") / "cgroup.freeze"
+    else:
+        return None
+    path, mine = theirs[controller].rstrip("/"), own.get(controller, "/").rstrip("/")
+    if not path or ".." in path.split("/") or mine == path or mine.startswith(path + "/") or not state.exists():
+        return None   # outside this cgroup namespace, the root, ours or above ours, or gone
+    return state
+
+
+def freeze(state: Path, frozen: bool) -> None:
+    """Freeze or thaw (raises OSError when the cgroup went away)."""
+    if state.name == "freezer.state":
+        state.write_text("FROZEN" if frozen else "THAWED")
+    else:
+        state.write_text("1" if frozen else "0")
