@@ -16,6 +16,7 @@ import signal
 import time
 
 import pytest
+from flood import check_pauses, flood_while_held
 from hubclient import HubError
 
 from vre.audit import open_store
@@ -66,27 +67,6 @@ for p in os.listdir("/proc"):
         pass
 tried["observer visible"] = any(b"vre.hostview" in c for c in seen)   # python3 -m vre.hostview
 print("@@" + json.dumps(tried))
-"""
-
-
-# Opens faster than an observer records them: a child per round opens every file once (the kernel
-# merges a process' repeated opens of a file whose event is still queued, not another process').
-FLOOD = """
-import json, os, time
-root = "/data/%(dataset)s"
-files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
-opens, stall, last = 0, 0.0, time.monotonic()
-end = last + %(seconds)f
-while time.monotonic() < end:
-    pid = os.fork()
-    if pid == 0:
-        for path in files:
-            os.close(os.open(path, os.O_RDONLY))
-        os._exit(0)
-    os.waitpid(pid, 0)
-    now = time.monotonic()
-    stall, last, opens = max(stall, now - last), now, opens + len(files)
-print("@@" + json.dumps({"opens": opens, "stall": stall}))
 """
 
 
@@ -239,30 +219,14 @@ def test_a_session_opening_faster_than_it_is_recorded_is_frozen_and_nothing_is_l
     reclaim. A researcher who opens dataset files faster than hostview reads them (here hostview
     is held up 3 s by the test: a loaded machine) is frozen until her reads are recorded: her
     session pauses, hostview and the host carry on, and every open is in the trail."""
-    import threading
-
     c, k = session
     store = open_store(load(environ=hub.env))
     session = audit_session(store, USER)
     pid = hostview_pid(hub)
-    held = threading.Timer(1.5, os.kill, (pid, signal.SIGSTOP))
-    going = threading.Timer(4.5, os.kill, (pid, signal.SIGCONT))
-    held.start()
-    going.start()
-    try:
-        flood = json.loads(k.check(FLOOD % {"dataset": DATASET, "seconds": 10}, timeout=180).rsplit("@@", 1)[1])
-    finally:
-        held.join()
-        going.join()
-        os.kill(pid, signal.SIGCONT)
-    # one pause at least (hostview may fall behind her again once she is thawed)
+    flood = flood_while_held(k, DATASET, pid)
     pauses = wait_for(lambda: store.query(action="dataset.read_pause", session=session))
     print(f"the flood: {flood}; its pauses: {[p['details'] for p in pauses]}")
-    for pause in pauses:
-        assert (pause["actor"], pause["source"], pause["details"]["via"]) == (USER, "host", "vre-hostview"), pause
-        assert pause["details"]["opens_while_behind"] > 0 and pause["details"]["seconds"] > 0
-    longest = max(p["details"]["seconds"] for p in pauses)
-    assert flood["stall"] >= longest / 2, (flood, longest)   # she noticed
+    check_pauses(pauses, flood, USER, "vre-hostview")
     assert hostview_pid(hub) == pid and k.check("print(6 * 7)").strip() == "42"   # both carry on
     k.close()
     c.stop(PROJECT)

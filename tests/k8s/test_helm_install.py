@@ -25,7 +25,8 @@ import pytest
 import requests
 
 from chart import CHART, HELM, Release, cluster_image, get  # tests/k8s, beside this file
-from hubclient import HubClient  # tests/ is on sys.path (tests/conftest.py)
+from flood import check_pauses, flood_while_held  # tests/ is on sys.path (tests/conftest.py)
+from hubclient import HubClient
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(1500)]
 
@@ -99,6 +100,18 @@ def _restart_the_observer(kube, rel) -> None:
     # it marks the live pods again first, then records the gap: after that, reads are recorded
     wait_until(lambda: json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "audit.gap")),
                60, "the observer's gap record")
+
+
+def _observer_pid(rel) -> int:
+    """Host pid of the release's observer (the test cluster's node is this machine)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry.name.isdigit() and b"vre.hostview.node" in (entry / "cmdline").read_bytes()
+                    and f"VRE_INSTANCE={rel.instance}".encode() in (entry / "environ").read_bytes().split(b"\0")):
+                return int(entry.name)
+        except OSError:
+            continue
+    pytest.fail(f"no observer of {rel.instance} runs on this node")
 
 
 def wait_until(probe, timeout: float, what: str):
@@ -756,6 +769,8 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
             if user == "alice":   # the observer restarts during her session: the gap, and what she reads after
                 _restart_the_observer(kube, rel)
                 read_after_gap = k.check(READ_LAST.format(mine=mine), timeout=60).strip().splitlines()[-1]
+            else:   # he opens files faster than the (held up) observer records them: frozen, nothing lost
+                flood = flood_while_held(k, mine, _observer_pid(rel))
             k.close()
             assert facts["datasets"] == [mine] and facts["files"] > 0 and facts["dicm"], facts
             assert facts["other"] is False and facts["write"] == "Read-only file system", facts
@@ -807,6 +822,13 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
             (read_after_gap, [r["target"] for r in reads])
         summaries = trail("--action", "dataset.read_summary")
         assert {s["actor"] for s in summaries if s["source"] == "host"} >= {"alice", "bob"}
+        pauses = [p for p in trail("--action", "dataset.read_pause") if p["actor"] == "bob"]
+        bob_session = pauses[0]["session"] if pauses else None
+        print(f"the flood: {flood}; its pauses: {[p['details'] for p in pauses]}")
+        check_pauses(pauses, flood, "bob", "vre-observer")
+        assert all(p["details"]["node"] == starts["bob"]["details"]["node"] for p in pauses)
+        assert sum(s["details"]["opens"] for s in summaries if s["session"] == bob_session) >= flood["opens"]
+        assert not [g for g in trail("--action", "audit.gap") if g["session"] == bob_session]
         views = trail("--action", "dicom.series_view")
         assert {(e["actor"], e["dataset"]) for e in views} >= {("alice", "lung-ct-screening"), ("bob", "prostate-mri")}
         assert all(e["source"] == "session" for e in views)  # reported by the session, over TCP to the hub pod

@@ -370,7 +370,9 @@ def test_the_observer_is_the_one_privileged_pod_and_the_hub_is_told():
     assert env["VRE_OBSERVER_HUB_URL"]["value"] == "http://t-vre-hub.vre-test.svc:8082"
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert pod["tolerations"] == [{"operator": "Exists"}]
-    assert [v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v] == ["/var/lib/vre-observer/vre-test-t"]
+    assert [v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v] == [
+        "/var/lib/vre-observer/vre-test-t", "/sys/fs/cgroup"]   # its marks; the node's cgroups (to freeze)
+    assert {m["name"]: m["mountPath"] for m in c["volumeMounts"]}["cgroup"] == env["VRE_OBSERVER_CGROUPS"]["value"]
     hub = one(objs, "Deployment", "-hub")["spec"]["template"]["spec"]["containers"][0]
     hub_env = {e["name"]: e.get("value") for e in hub["env"]}
     assert hub_env["VRE_K8S_READ_OBSERVER"] == "true" and hub_env["VRE_K8S_GATE_SECONDS"] == "60"

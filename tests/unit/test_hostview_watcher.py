@@ -157,3 +157,31 @@ def frozen(state: Path) -> bool:
     while (value := state.read_text().strip()) == "FREEZING" and time.monotonic() < deadline:
         time.sleep(0.01)
     return value in ("FROZEN", "1")
+
+
+@needs_root
+def test_a_node_observer_freezes_through_the_hosts_cgroups_where_the_chart_mounts_them(tmp_path):
+    """On Kubernetes the observer sees the node's cgroups at ``VRE_OBSERVER_CGROUPS`` (a hostPath
+    of /sys/fs/cgroup), not at its own /sys/fs/cgroup: a run's freezer is found there."""
+    from vre.backends.cgroups import SessionCgroup
+
+    cgroup = SessionCgroup(f"node-{os.getpid()}", parent="vre-test")
+    cgroup.create(cpu=1, mem_mb=64, pids_max=4)
+    run = subprocess.Popen(["sleep", "30"], preexec_fn=cgroup.join)
+    host = tmp_path / "host" / "cgroup"
+    host.mkdir(parents=True)
+    probe = (f"import sys; sys.path[:0] = {sys.path!r}; from pathlib import Path; "
+             f"from vre.hostview.pause import freezer_of; print(freezer_of({run.pid}, Path('{host}')))")
+    try:
+        out = subprocess.run(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                              f"mount --rbind /sys/fs/cgroup {host} && exec {sys.executable} -c \"{probe}\""],
+                             capture_output=True, text=True, timeout=30)
+        state = Path(out.stdout.strip())
+        assert state.is_relative_to(host) and state.parent.name == cgroup.name, (out.stdout, out.stderr)
+        assert state.name in ("freezer.state", "cgroup.freeze")
+    finally:
+        cgroup.kill_all(2)
+        run.wait()
+        cgroup.remove()
+        for parent in {d.parent for d in cgroup.dirs.values()}:
+            parent.rmdir()

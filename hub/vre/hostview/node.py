@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ctypes
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from .podgate import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_USER, AUDIT_SESSION, GATE_NAME, HOST_EVENTS_ROUTE,
                       OBSERVED_LABEL)
+from .pause import CGROUP_ROOT
 from .registry import Marked, Registry, alive
 from .service import NICE, Recorder
 from .watcher import MarkError, Watcher
@@ -47,6 +49,7 @@ log = logging.getLogger("vre.hostview.node")
 
 #: The authorisation scheme of the observer's token (``vre.api.ingest.HostEventsHandler``).
 SCHEME = "vre-observer"
+CLONE_NEWCGROUP = 0x02000000
 #: How often the gates of this node's pods not opened yet are looked for (one pass over /proc).
 GATE_POLL = 0.1
 #: Looks for gates take at most 1/(1+GATE_DUTY) of a CPU: on a node with many processes, a pass
@@ -177,8 +180,8 @@ class NodeObserver(Recorder):
     """The observer of one node: marks the gated pods running here, and opens their gates."""
 
     def __init__(self, *, instance: str, node: str, hub_url: str, token: str, state_dir: Path,
-                 watcher: Watcher | None = None):
-        super().__init__(watcher or Watcher(Registry(state_dir), via=SCHEME, where={"node": node}))
+                 watcher: Watcher | None = None, cgroups: Path = CGROUP_ROOT):
+        super().__init__(watcher or Watcher(Registry(state_dir), via=SCHEME, where={"node": node}, cgroups=cgroups))
         self.instance, self.node, self.token = instance, node, token
         self.url = f"{hub_url.rstrip('/')}/services/vre/{HOST_EVENTS_ROUTE}"
         self.runs: dict[str, Run] = {}      # pod uid -> what it is, for pods seen on this node
@@ -378,6 +381,26 @@ class NodeObserver(Recorder):
         log.info("vre observer stopped; its marks are re-made by the next one")
 
 
+def host_cgroup_namespace() -> None:
+    """Enter the node's cgroup namespace (that of its pid 1: the pod shares the node's pids), so
+    that pods' cgroup paths read as the node's, under the host cgroup filesystem the chart mounts
+    (``VRE_OBSERVER_CGROUPS``): how the observer freezes a pod that outruns it (``pause``). A
+    container runtime gives a container a namespace of its own on cgroup v2."""
+    try:
+        if os.stat("/proc/1/ns/cgroup").st_ino == os.stat("/proc/self/ns/cgroup").st_ino:
+            return
+        fd = os.open("/proc/1/ns/cgroup", os.O_RDONLY)
+    except OSError as e:
+        log.error("cannot see the node's cgroup namespace (%s): pods that outrun the observer cannot be frozen", e)
+        return
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWCGROUP) != 0:
+            log.error("cannot enter the node's cgroup namespace (%s): pods that outrun the observer "
+                      "cannot be frozen", os.strerror(ctypes.get_errno()))
+    finally:
+        os.close(fd)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s vre-observer] %(message)s")
     if os.geteuid() != 0:
@@ -387,9 +410,11 @@ def main() -> None:
     if missing:
         raise SystemExit(f"the observer needs {', '.join(missing)} in its environment (the chart's DaemonSet sets them)")
     os.nice(NICE)   # the researchers' reads first; the kernel queues the events until the observer reads them
+    host_cgroup_namespace()
     observer = NodeObserver(instance=env["VRE_INSTANCE"], node=env["NODE_NAME"], hub_url=env["VRE_OBSERVER_HUB_URL"],
                             token=env["VRE_OBSERVER_TOKEN"],
-                            state_dir=Path(env.get("VRE_OBSERVER_STATE", "/var/lib/vre-observer")))
+                            state_dir=Path(env.get("VRE_OBSERVER_STATE", "/var/lib/vre-observer")),
+                            cgroups=Path(env.get("VRE_OBSERVER_CGROUPS") or CGROUP_ROOT))
     asyncio.run(observer.run())
 
 

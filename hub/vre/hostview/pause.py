@@ -14,11 +14,7 @@ A run is only frozen through a cgroup of its own: never the root, nor one that h
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
-
-log = logging.getLogger("vre.hostview")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -33,26 +29,18 @@ def _cgroup_paths(pid: int | str) -> dict[str, str]:
     return paths
 
 
-def _freezer_mount() -> Path | None:
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        _dev, mnt, fstype, opts, *_ = line.split()
-        if fstype == "cgroup" and "freezer" in opts.split(","):
-            return Path(mnt)
-    return None
-
-
-def freezer_of(pid: int) -> Path | None:
+def freezer_of(pid: int, root: Path = CGROUP_ROOT) -> Path | None:
     """The file that freezes the cgroup of ``pid``'s run (v1 ``freezer.state``, v2
-    ``cgroup.freeze``); None where it has none of its own or the file is not there."""
+    ``cgroup.freeze``) under the cgroup filesystem at ``root`` (a node observer's view of the
+    host's); None where it has none of its own or the file is not there."""
     try:
         theirs, own = _cgroup_paths(pid), _cgroup_paths("self")
     except (OSError, ValueError):
         return None
-    mount = _freezer_mount()
-    if mount is not None and "freezer" in theirs:
-        controller, state = "freezer", mount / theirs["freezer"].lstrip("/") / "freezer.state"
-    elif (CGROUP_ROOT / "cgroup.controllers").exists() and "" in theirs:
-        controller, state = "", CGROUP_ROOT / theirs[""].lstrip("/") / "cgroup.freeze"
+    if (root / "freezer" / "cgroup.procs").exists() and "freezer" in theirs:
+        controller, state = "freezer", root / "freezer" / theirs["freezer"].lstrip("/") / "freezer.state"
+    elif (root / "cgroup.controllers").exists() and "" in theirs:
+        controller, state = "", root / theirs[""].lstrip("/") / "cgroup.freeze"
     else:
         return None
     path, mine = theirs[controller].rstrip("/"), own.get(controller, "/").rstrip("/")

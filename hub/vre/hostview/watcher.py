@@ -19,11 +19,12 @@ import logging
 import os
 import time
 from collections import Counter
+from pathlib import Path
 
 from ..audit.schema import Event
 from .aggregate import Aggregator, FirstRead, Reader, Summary
 from .fanotify import FAN_NOFD, FAN_Q_OVERFLOW, Group, mount_id
-from .pause import freeze, freezer_of
+from .pause import CGROUP_ROOT, freeze, freezer_of
 from .registry import Marked, Registry, alive, process_start
 
 log = logging.getLogger("vre.hostview")
@@ -111,10 +112,11 @@ class Watcher:
     """Marks, the event loop's body (``drain``, ``tick``) and the records waiting to be stored."""
 
     def __init__(self, registry: Registry, group: Group | None = None, *, via: str = "vre-hostview",
-                 where: dict | None = None):
+                 where: dict | None = None, cgroups: Path = CGROUP_ROOT):
         self.registry = registry
         self.group = group or Group()
         self.via, self.where = via, where or {}   # who records this host's gaps, and where it runs
+        self.cgroups = cgroups                    # the host's cgroup filesystem, to freeze runs in
         self.agg = Aggregator()
         self.marks: dict[str, Marked] = {}
         self.by_mount: dict[int, tuple[Reader, str]] = {}   # mount id -> (reader, its mount point)
@@ -284,7 +286,7 @@ class Watcher:
             if not alive(m):
                 continue
             if m.frozen:   # frozen by the hostview before this one, which could not thaw it
-                state = freezer_of(m.pid)
+                state = freezer_of(m.pid, self.cgroups)
                 try:
                     if state is not None:
                         freeze(state, False)
@@ -333,7 +335,7 @@ class Watcher:
             return
         opens, session = max(busiest)
         m = self.marks[session]
-        state = freezer_of(m.pid)
+        state = freezer_of(m.pid, self.cgroups)
         try:
             if state is None:
                 raise OSError("it has no cgroup of its own to freeze")

@@ -1,0 +1,56 @@
+"""A researcher's kernel opening dataset files faster than an observer records them, and the
+observer held up meanwhile (a loaded machine), for the hostview and the node observer tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+# A child per round opens every file once: the kernel merges a process' repeated opens of a file
+# whose event is still queued, never another process'. Prints the opens and the longest stall.
+FLOOD = """
+import json, os, time
+root = "/data/%(dataset)s"
+files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+opens, stall, last = 0, 0.0, time.monotonic()
+end = last + %(seconds)f
+while time.monotonic() < end:
+    pid = os.fork()
+    if pid == 0:
+        for path in files:
+            os.close(os.open(path, os.O_RDONLY))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    now = time.monotonic()
+    stall, last, opens = max(stall, now - last), now, opens + len(files)
+print("@@" + json.dumps({"opens": opens, "stall": stall}))
+"""
+
+
+def flood_while_held(kernel, dataset: str, observer_pid: int, *, seconds: float = 10) -> dict:
+    """The kernel floods ``dataset`` for ``seconds`` while the observer is stopped from 1.5 s to
+    4.5 s; returns {opens, stall}."""
+    held = threading.Timer(1.5, os.kill, (observer_pid, signal.SIGSTOP))
+    going = threading.Timer(4.5, os.kill, (observer_pid, signal.SIGCONT))
+    held.start()
+    going.start()
+    try:
+        out = kernel.check(FLOOD % {"dataset": dataset, "seconds": seconds}, timeout=180)
+    finally:
+        held.join()
+        going.join()
+        os.kill(observer_pid, signal.SIGCONT)
+    return json.loads(out.rsplit("@@", 1)[1])
+
+
+def check_pauses(pauses: list[dict], flood: dict, user: str, via: str) -> None:
+    """At least one pause (the observer may fall behind her again once she is thawed), each the
+    host's record of her, and one she felt."""
+    assert pauses, "no dataset.read_pause"
+    for pause in pauses:
+        assert (pause["actor"], pause["source"], pause["details"]["via"]) == (user, "host", via), pause
+        assert pause["details"]["opens_while_behind"] > 0 and pause["details"]["seconds"] > 0
+    longest = max(p["details"]["seconds"] for p in pauses)
+    assert flood["stall"] >= longest / 2, (flood, longest)
