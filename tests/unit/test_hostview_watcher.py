@@ -97,57 +97,66 @@ while True:
 def test_a_run_opening_faster_than_its_reads_are_recorded_is_frozen_until_they_are(tmp_path):
     """The queue is unlimited (no open goes unrecorded) but costs the host memory it cannot
     reclaim: a run that keeps the observer behind is frozen in its cgroup, nothing is dropped,
-    and it is thawed, with a record of the pause, once the queue is read empty."""
+    and it is thawed, with a record of the pause, once the queue is read empty. A modest reader
+    beside it is not frozen while the flooder's backlog is being read."""
     from vre.backends.cgroups import SessionCgroup
     from vre.hostview.pause import freezer_of
 
-    data, target = tmp_path / "dataset", tmp_path / "inside" / "data" / "ct"
+    data = tmp_path / "dataset"
     (data / "s1").mkdir(parents=True)
     for i in range(30_000):   # distinct files: the kernel merges an open with a queued one of the same file
         (data / "s1" / f"{i}.dcm").write_bytes(b"")
-    target.mkdir(parents=True)
     (tmp_path / "flood.py").write_text(FLOOD)
-    cgroup = SessionCgroup(f"flood-{os.getpid()}", parent="vre-test")
-    cgroup.create(cpu=1, mem_mb=512, pids_max=16)
-    run = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
-                            f"mount --bind {data} {target} && mount -o remount,bind,ro {target} && "
-                            f"exec {sys.executable} {tmp_path / 'flood.py'} {target}/s1"], preexec_fn=cgroup.join)
+    modest = " ".join(f"{{target}}/s1/{i}.dcm" for i in range(20))
+    commands = {"ann-lung-1": f"exec {sys.executable} {tmp_path / 'flood.py'} {{target}}/s1",   # the flood
+                "bob-lung-2": f"exec sh -c 'while :; do cat {modest}; sleep 0.02; done'"}   # ~800 opens/s
+    cgroups, runs, states = {}, {}, {}
     watcher = Watcher(Registry(tmp_path / "reg"), Group())
     watcher.behind_s = 0.5
     try:
         assert freezer_of(os.getpid()) is None   # never the observer's own cgroup
-        deadline = time.monotonic() + 5
-        while not Path(f"/proc/{run.pid}/cmdline").read_bytes().startswith(sys.executable.encode()):
-            assert time.monotonic() < deadline, ("the flood never started", run.poll())
-            time.sleep(0.01)
-        watcher.mark(Marked(session="ann-lung-1", user="ann", project="lung", pid=run.pid, pid_start=0,
-                            datasets=[{"slug": "ct", "target": str(target)}]))
-        state = freezer_of(run.pid)
-        assert state is not None and state.parent.name == cgroup.name, state
+        for session, command in commands.items():
+            target = tmp_path / session / "data" / "ct"
+            target.mkdir(parents=True)
+            cgroups[session] = SessionCgroup(f"{session}-{os.getpid()}", parent="vre-test")
+            cgroups[session].create(cpu=1, mem_mb=512, pids_max=16)
+            runs[session] = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                 f"mount --bind {data} {target} && mount -o remount,bind,ro {target} && echo mounted && "
+                 + command.format(target=target)], preexec_fn=cgroups[session].join, stdout=subprocess.PIPE)
+            assert runs[session].stdout.readline() == b"mounted\n"
+            watcher.mark(Marked(session=session, user=session[:3], project="lung", pid=runs[session].pid,
+                                pid_start=0, datasets=[{"slug": "ct", "target": str(target)}]))
+            states[session] = freezer_of(runs[session].pid)
+            assert states[session] is not None and states[session].parent.name == cgroups[session].name
 
-        deadline = time.monotonic() + 30
-        while "ann-lung-1" not in watcher.paused:   # a slow reader: one batch each 50 ms
-            assert time.monotonic() < deadline, "never frozen"
-            watcher.drain(reads=1)
-            time.sleep(0.05)
+        def read_slowly(until, what: str, timeout: float = 60) -> None:   # one batch each 50 ms
+            deadline = time.monotonic() + timeout
+            while not until():
+                assert time.monotonic() < deadline, what
+                watcher.drain(reads=1)
+                assert "bob-lung-2" not in watcher.paused, "the modest reader was frozen"
+                time.sleep(0.05)
+
+        read_slowly(lambda: "ann-lung-1" in watcher.paused, "never frozen")
         assert Registry(tmp_path / "reg").load()["ann-lung-1"].frozen   # a successor would thaw it
-        assert frozen(state)
-        # frozen, it opens nothing more: the queue ends, and is read empty, with nothing dropped
-        deadline = time.monotonic() + 60
-        while "ann-lung-1" in watcher.paused:
-            assert time.monotonic() < deadline, "the queue of a frozen run never ended"
-            watcher.drain()
-        assert not frozen(state) and not [e for e in watcher.outbox if e.action == "audit.gap"]
+        assert frozen(states["ann-lung-1"]) and not frozen(states["bob-lung-2"])
+        # frozen, it opens nothing more: its backlog is read (bob's reads go on), then the queue
+        # is read empty and it is thawed, with nothing dropped
+        read_slowly(lambda: "ann-lung-1" not in watcher.paused, "the queue of a frozen run never ended")
+        assert not frozen(states["ann-lung-1"]) and not [e for e in watcher.outbox if e.action == "audit.gap"]
         (pause,) = [e for e in watcher.outbox if e.action == "dataset.read_pause"]
         assert (pause.actor, pause.session, pause.source) == ("ann", "ann-lung-1", "host")
-        assert pause.details["opens_while_behind"] > 0 and pause.details["seconds"] >= 0
+        assert pause.details["opens_while_behind"] > 0 and pause.details["seconds"] > 0
         time.sleep(0.2)
-        assert run.poll() is None and watcher.drain() > 0   # thawed, it reads on
+        assert runs["ann-lung-1"].poll() is None and watcher.drain() > 0   # thawed, it reads on
     finally:
-        cgroup.kill_all(2)
-        run.wait()
-        cgroup.remove()
-        for parent in {d.parent for d in cgroup.dirs.values()}:
+        for session, run in runs.items():
+            cgroups[session].kill_all(2)
+            run.wait()
+        for cgroup in cgroups.values():
+            cgroup.remove()
+        for parent in {d.parent for cgroup in cgroups.values() for d in cgroup.dirs.values()}:
             parent.rmdir()
         watcher.group.close()
 

@@ -23,6 +23,9 @@ FAN_NOFD = -1
 AT_FDCWD = -100
 #: struct fanotify_event_metadata: event_len, vers, reserved, metadata_len, mask, fd, pid
 META = struct.Struct("=IBBHQii")
+READ_BYTES = 1 << 16
+#: events one read returns at most (each is bare metadata): fewer, and the queue was empty after them
+BATCH = READ_BYTES // META.size
 
 
 def _check(result: int, what: str) -> int:
@@ -63,7 +66,7 @@ class Group:
         """Up to 64 KiB of queued events (about 2,700), as (mask, fd) pairs; the caller closes
         each fd (FAN_NOFD for an overflow). Empty when none are queued."""
         try:
-            data = os.read(self.fd, 1 << 16)
+            data = os.read(self.fd, READ_BYTES)
         except BlockingIOError:
             return []
         out = []

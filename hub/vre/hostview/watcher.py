@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..audit.schema import Event
 from .aggregate import Aggregator, FirstRead, Reader, Summary
-from .fanotify import FAN_NOFD, FAN_Q_OVERFLOW, Group, mount_id
+from .fanotify import BATCH, FAN_NOFD, FAN_Q_OVERFLOW, Group, mount_id
 from .pause import CGROUP_ROOT, freeze, freezer_of
 from .registry import Marked, Registry, alive, process_start
 
@@ -35,6 +35,10 @@ ALL = 1000
 #: the queue not read empty for this long: the observer is behind, and the run that opened the
 #: most since is frozen until it is (one more each period while it stays behind; ``pause``)
 BEHIND_S = 2.0
+#: another run is frozen only if the runs not frozen made at least this share of the opens read
+#: since the last freeze; otherwise the lag is a frozen run's backlog, which freezing the modest
+#: readers beside it would not shorten
+SHARE = 0.5
 
 
 class MarkError(RuntimeError):
@@ -126,7 +130,7 @@ class Watcher:
         self.unmarkable: set[tuple[str, int]] = set()   # (session, mount id) below datasets, said once
         self.empty_at = time.time()   # the kernel's queue was last read empty: every earlier open is here
         self.behind_s = BEHIND_S
-        self.behind: Counter[str] = Counter()   # session -> opens read since the queue was last empty
+        self.behind: Counter[str] = Counter()   # session -> opens read since the queue was empty or a freeze
         self.held_at = 0.0                       # when the last run was frozen
         self.paused: dict[str, tuple] = {}       # session -> (its freezer file, since, opens behind)
         self.unpausable: set[str] = set()        # runs without a cgroup of their own, said once
@@ -315,25 +319,30 @@ class Watcher:
         n = 0
         for _ in range(reads):
             events = self.group.read()
-            if not events:
+            if events:
+                n += self._count(events, time.time())
+            if len(events) < BATCH:   # a read short of a full batch emptied the queue
                 self._caught_up(time.time())
                 break
-            n += self._count(events, time.time())
         else:
             self._hold_back(time.time())
         return n
 
     def _hold_back(self, now: float) -> None:
-        """Behind for ``behind_s``: freeze the run that opened the most since the queue was
-        last empty (another each ``behind_s`` while still behind)."""
-        if now - max(self.empty_at, self.held_at) < self.behind_s:
+        """Behind for ``behind_s``: freeze the run that opened the most since the queue was last
+        empty; then each ``behind_s`` while still behind, the one that opened the most since,
+        unless the lag is the backlog of those frozen (``SHARE``)."""
+        since = max(self.empty_at, self.held_at)
+        if now - since < self.behind_s:
             return
         self.held_at = now
-        busiest = [(n, s) for s, n in self.behind.items() if s in self.marks and s not in self.paused
-                   and s not in self.unpausable]
-        if not busiest:
+        read, counts = sum(self.behind.values()), self.behind
+        self.behind = Counter()
+        live = [(n, s) for s, n in counts.items() if s in self.marks and s not in self.paused
+                and s not in self.unpausable]
+        if not live or sum(n for n, _ in live) < SHARE * read:
             return
-        opens, session = max(busiest)
+        opens, session = max(live)
         m = self.marks[session]
         state = freezer_of(m.pid, self.cgroups)
         try:
@@ -349,7 +358,7 @@ class Watcher:
         m.frozen = True
         self.registry.save(self.marks)
         log.warning("%s opened %d dataset files in %.1f s, faster than they are recorded: frozen until "
-                    "they are", session, opens, now - self.empty_at)
+                    "they are", session, opens, now - since)
 
     def _caught_up(self, now: float) -> None:
         """The queue was read empty: every open so far is counted; thaw what was frozen."""
