@@ -9,8 +9,11 @@ it (``readlink``).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
+import resource
 import struct
+import termios
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
@@ -24,8 +27,24 @@ AT_FDCWD = -100
 #: struct fanotify_event_metadata: event_len, vers, reserved, metadata_len, mask, fd, pid
 META = struct.Struct("=IBBHQii")
 READ_BYTES = 1 << 16
-#: events one read returns at most (each is bare metadata): fewer, and the queue was empty after them
+#: events one read returns at most (each is bare metadata, and each opens a descriptor here)
 BATCH = READ_BYTES // META.size
+#: open files the reader needs: a batch's descriptors and its own
+NEEDED_FDS = BATCH + 1024
+
+
+def _enough_fds() -> None:
+    """Raise this process' open-file limit to ``NEEDED_FDS``: the kernel opens a descriptor in the
+    reader for each event it reads out, and an event whose descriptor cannot be opened (the usual
+    soft limit is 1,024) is dropped, and the read cut short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= NEEDED_FDS:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NEEDED_FDS, max(hard, NEEDED_FDS)))
+    except (ValueError, OSError) as e:
+        raise OSError(f"reading dataset read events needs {NEEDED_FDS} open files (a descriptor per event "
+                      f"read); the limit is {soft} and cannot be raised: {e}") from None
 
 
 def _check(result: int, what: str) -> int:
@@ -53,6 +72,7 @@ class Group:
     """One fanotify notification group (non-blocking, unlimited queue)."""
 
     def __init__(self):
+        _enough_fds()
         self.fd = _check(_libc.fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
                                              os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC), "fanotify_init")
 
@@ -76,6 +96,10 @@ class Group:
             out.append((mask, fd))
             off += event_len
         return out
+
+    def queued(self) -> int:
+        """Bytes of events still queued (``FIONREAD``): 0 means every open so far was read."""
+        return struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0" * 4))[0]
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 
@@ -57,7 +57,8 @@ class Registry:
             raw = json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}
-        return {m["session"]: Marked(**m) for m in raw.get("marks", [])}
+        known = {f.name for f in fields(Marked)}   # a newer hostview's registry: its fields dropped
+        return {m["session"]: Marked(**{k: v for k, v in m.items() if k in known}) for m in raw.get("marks", [])}
 
     def save(self, marks: dict[str, Marked]) -> None:
         tmp = self.path.with_suffix(".tmp")

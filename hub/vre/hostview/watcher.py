@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..audit.schema import Event
 from .aggregate import Aggregator, FirstRead, Reader, Summary
-from .fanotify import BATCH, FAN_NOFD, FAN_Q_OVERFLOW, Group, mount_id
+from .fanotify import FAN_NOFD, FAN_Q_OVERFLOW, READ_BYTES, Group, mount_id
 from .pause import CGROUP_ROOT, freeze, freezer_of
 from .registry import Marked, Registry, alive, process_start
 
@@ -35,10 +35,9 @@ ALL = 1000
 #: the queue not read empty for this long: the observer is behind, and the run that opened the
 #: most since is frozen until it is (one more each period while it stays behind; ``pause``)
 BEHIND_S = 2.0
-#: another run is frozen only if the runs not frozen made at least this share of the opens read
-#: since the last freeze; otherwise the lag is a frozen run's backlog, which freezing the modest
-#: readers beside it would not shorten
-SHARE = 0.5
+#: behind with no run frozen, every run whose opens were read at this rate or more is frozen: many
+#: floods at once are stopped together, and a run reading real files (open, read, close) is slower
+FAST = 5000
 
 
 class MarkError(RuntimeError):
@@ -132,6 +131,7 @@ class Watcher:
         self.behind_s = BEHIND_S
         self.behind: Counter[str] = Counter()   # session -> opens read since the queue was empty or a freeze
         self.held_at = 0.0                       # when the last run was frozen
+        self.queued_at_hold = 0                  # bytes queued then, after its freezes
         self.paused: dict[str, tuple] = {}       # session -> (its freezer file, since, opens behind)
         self.unpausable: set[str] = set()        # runs without a cgroup of their own, said once
 
@@ -290,12 +290,13 @@ class Watcher:
             if not alive(m):
                 continue
             if m.frozen:   # frozen by the hostview before this one, which could not thaw it
-                state = freezer_of(m.pid, self.cgroups)
                 try:
-                    if state is not None:
-                        freeze(state, False)
+                    state = freezer_of(m.pid, self.cgroups)
+                    if state is None:
+                        raise OSError("its cgroup's freezer is not to be found")
+                    freeze(state, False)
                 except OSError as e:
-                    log.error("could not thaw %s: %s", m.session, e)
+                    log.error("%s may still be frozen: cannot thaw it (%s); an admin thaws its cgroup", m.session, e)
                 m.frozen = False
             try:
                 self.mark(m)
@@ -321,7 +322,7 @@ class Watcher:
             events = self.group.read()
             if events:
                 n += self._count(events, time.time())
-            if len(events) < BATCH:   # a read short of a full batch emptied the queue
+            if not events or self.group.queued() == 0:
                 self._caught_up(time.time())
                 break
         else:
@@ -329,45 +330,68 @@ class Watcher:
         return n
 
     def _hold_back(self, now: float) -> None:
-        """Behind for ``behind_s``: freeze the run that opened the most since the queue was last
-        empty; then each ``behind_s`` while still behind, the one that opened the most since,
-        unless the lag is the backlog of those frozen (``SHARE``)."""
+        """Behind for ``behind_s``. With no run frozen: freeze every run whose opens were read at
+        ``FAST`` a second or more since the queue was last empty, or else the one that opened
+        the most. With runs frozen, what is read is mostly their backlog, old news: if the queue
+        still grew since the last freezes, someone whose opens are not read yet outruns hostview,
+        and every other run is frozen until the queue is read empty; if not, nobody is."""
         since = max(self.empty_at, self.held_at)
         if now - since < self.behind_s:
             return
         self.held_at = now
-        read, counts = sum(self.behind.values()), self.behind
-        self.behind = Counter()
-        live = [(n, s) for s, n in counts.items() if s in self.marks and s not in self.paused
-                and s not in self.unpausable]
-        if not live or sum(n for n, _ in live) < SHARE * read:
-            return
-        opens, session = max(live)
+        counts, self.behind = self.behind, Counter()
+        if not self.paused:
+            live = {s: n for s, n in counts.items() if self._freezable(s)}
+            fast = [s for s, n in live.items() if n >= FAST * (now - since)]
+            if not fast and live:
+                fast = [max(live, key=live.get)]
+        elif self.group.queued() > self.queued_at_hold + READ_BYTES:
+            fast = [s for s in self.marks if self._freezable(s)]
+            if fast:
+                log.warning("the queue still grows with %d runs frozen: freezing the %d others until it is "
+                            "read", len(self.paused), len(fast))
+        else:
+            fast = []
+        for session in fast:
+            self._freeze(session, counts.get(session, 0), now, since)
+        self.queued_at_hold = self.group.queued()
+
+    def _freezable(self, session: str) -> bool:
+        return (session in self.marks and session not in self.paused and session not in self.unpausable
+                and alive(self.marks[session]))
+
+    def _freeze(self, session: str, opens: int, now: float, since: float) -> None:
         m = self.marks[session]
-        state = freezer_of(m.pid, self.cgroups)
         try:
+            state = freezer_of(m.pid, self.cgroups)
             if state is None:
                 raise OSError("it has no cgroup of its own to freeze")
+            m.frozen = True
+            self.registry.save(self.marks)   # first: a successor of a killed hostview thaws it
             freeze(state, True)
         except OSError as e:
+            m.frozen = False
             self.unpausable.add(session)
             log.error("%s opens dataset files faster than they are recorded and cannot be frozen (%s): "
                       "the kernel's queue grows", session, e)
             return
         self.paused[session] = (state, now, opens)
-        m.frozen = True
-        self.registry.save(self.marks)
         log.warning("%s opened %d dataset files in %.1f s, faster than they are recorded: frozen until "
                     "they are", session, opens, now - since)
 
     def _caught_up(self, now: float) -> None:
-        """The queue was read empty: every open so far is counted; thaw what was frozen."""
+        """The queue was read empty: every open so far is counted; thaw what was frozen, and
+        try again to freeze runs that could not be."""
         self.empty_at = now
         self.behind.clear()
-        for session in list(self.paused):
-            self._thaw(session, now)
+        self.unpausable.clear()
+        self.queued_at_hold = 0
+        if self.paused:
+            for session in list(self.paused):
+                self._thaw(session, now, save=False)
+            self.registry.save(self.marks)
 
-    def _thaw(self, session: str, now: float) -> None:
+    def _thaw(self, session: str, now: float, *, save: bool = True) -> None:
         state, since, opens = self.paused.pop(session)
         try:
             freeze(state, False)
@@ -376,7 +400,8 @@ class Watcher:
         m = self.marks.get(session)
         if m is not None:
             m.frozen = False
-            self.registry.save(self.marks)
+            if save:
+                self.registry.save(self.marks)
             self.outbox.append(pause_event(m, since, now, opens, via=self.via, **self.where))
             log.info("%s thawed after %.1f s: its reads are recorded", session, now - since)
 
@@ -442,7 +467,7 @@ class Watcher:
 
     def recorded_until(self, now: float) -> float:
         """Until when every read is in a record (stored once the outbox is delivered)."""
-        pending = [self.agg.oldest()] + [e.time.timestamp() for e in self.outbox[:1]]
+        pending = [self.agg.oldest(), self.empty_at] + [e.time.timestamp() for e in self.outbox[:1]]
         return min([now] + [t for t in pending if t is not None])
 
     def _flush(self, now: float | None = None, *, session: str | None = None) -> int:
