@@ -145,12 +145,14 @@ MODEST = "exec sh -c 'while :; do cat " + " ".join(f"{{target}}/s1/{i}.dcm" for 
     "; sleep 0.02; done'"   # about 800 opens a second
 
 
-def read_slowly(watcher, until, what: str, *, never: str = "", timeout: float = 60, every: float = 0.05) -> None:
-    """A slow observer: one batch ``every`` s until ``until()``; ``never`` is not frozen meanwhile."""
+def read_slowly(watcher, until, what: str, *, never: str = "", timeout: float = 60, every: float = 0.05,
+                reads: int = 1) -> None:
+    """A slow observer: ``reads`` batches every ``every`` s until ``until()``; ``never`` is not
+    frozen meanwhile."""
     deadline = time.monotonic() + timeout
     while not until():
         assert time.monotonic() < deadline, what
-        watcher.drain(reads=1)
+        watcher.drain(reads=reads)
         assert never not in watcher.paused, f"{never} was frozen"
         time.sleep(every)
 
@@ -168,9 +170,10 @@ def test_a_run_opening_faster_than_its_reads_are_recorded_is_frozen_until_they_a
         read_slowly(watcher, lambda: "ann-lung-1" in watcher.paused, "never frozen", never="bob-lung-2")
         assert Registry(tmp_path / "reg").load()["ann-lung-1"].frozen   # a successor would thaw it
         assert frozen(states["ann-lung-1"]) and not frozen(states["bob-lung-2"])
-        # frozen, it opens nothing more: its backlog is read (bob's reads go on), then the queue
-        # is read empty and it is thawed, with nothing dropped
-        read_slowly(watcher, lambda: not watcher.paused, "the queue of a frozen run never ended", never="bob-lung-2")
+        # frozen, it opens nothing more: its backlog is read (bob's reads go on) as hostview reads,
+        # then the queue is read empty and it is thawed, with nothing dropped
+        read_slowly(watcher, lambda: not watcher.paused, "the queue of a frozen run never ended", never="bob-lung-2",
+                    reads=8)
         assert not frozen(states["ann-lung-1"]) and not [e for e in watcher.outbox if e.action == "audit.gap"]
         (pause,) = [e for e in watcher.outbox if e.action == "dataset.read_pause"]
         assert (pause.actor, pause.session, pause.source) == ("ann", "ann-lung-1", "host")

@@ -98,7 +98,8 @@ class Group:
         return out
 
     def queued(self) -> int:
-        """Bytes of events still queued (``FIONREAD``): 0 means every open so far was read."""
+        """Bytes of events still queued (``FIONREAD``). The kernel walks the whole queue for it,
+        holding the lock every new event takes: for now and then, not for every read."""
         return struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0" * 4))[0]
 
     def close(self) -> None:

@@ -320,11 +320,10 @@ class Watcher:
         n = 0
         for _ in range(reads):
             events = self.group.read()
-            if events:
-                n += self._count(events, time.time())
-            if not events or self.group.queued() == 0:
+            if not events:   # not FIONREAD: the kernel counts the queue entry by entry, under its lock
                 self._caught_up(time.time())
                 break
+            n += self._count(events, time.time())
         else:
             self._hold_back(time.time())
         return n
