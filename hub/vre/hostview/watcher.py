@@ -353,7 +353,7 @@ class Watcher:
             fast = []
         for session in fast:
             self._freeze(session, counts.get(session, 0), now, since)
-        self.queued_at_hold = self.group.queued()
+        self.queued_at_hold = self.group.queued() if self.paused else 0
 
     def _freezable(self, session: str) -> bool:
         return (session in self.marks and session not in self.paused and session not in self.unpausable
