@@ -271,3 +271,14 @@ def test_a_batch_of_events_is_read_whole_under_the_usual_open_file_limit(tmp_pat
         if watcher is not None:
             watcher.group.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_registry_written_by_a_newer_hostview_is_read_without_its_new_fields(tmp_path):
+    """Rolling hostview back must not make it crash on the registry its successor wrote."""
+    import json
+
+    registry = Registry(tmp_path / "reg")
+    registry.path.write_text(json.dumps({"marks": [{"session": "ann-lung-1", "user": "ann", "project": "lung",
+                                                    "pid": 1, "pid_start": 0, "frozen": True, "later": 1}]}))
+    (m,) = registry.load().values()
+    assert (m.session, m.frozen) == ("ann-lung-1", True)
