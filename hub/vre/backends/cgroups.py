@@ -136,7 +136,7 @@ class SessionCgroup:
         state = (self.dirs[FREEZER] / "freezer.state") if self.version == 1 and FREEZER in self.dirs \
             else self.dirs["pids"] / "cgroup.freeze"
         try:
-            state.write_text("THAWED" if state.name == "freezer.state" else "0")
+            freeze(state, False)
         except OSError:   # no such cgroup (any more), or no freezer on this host
             pass
 
@@ -193,6 +193,15 @@ class SessionCgroup:
 
     def _read(self, controller: str, file: str) -> str:
         return (self.dirs[controller] / file).read_text().strip()
+
+
+def freeze(state: Path, frozen: bool) -> None:
+    """Freeze or thaw a cgroup through its v1 ``freezer.state`` or v2 ``cgroup.freeze`` (raises
+    OSError when the cgroup went away)."""
+    if state.name == "freezer.state":
+        state.write_text("FROZEN" if frozen else "THAWED")
+    else:
+        state.write_text("1" if frozen else "0")
 
 
 def _oom_kills(memory_dir: Path, version: int) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from ..backends.cgroups import CGROUP_ROOT
 
 
 def _cgroup_paths(pid: int | str) -> dict[str, str]:
@@ -47,11 +47,3 @@ def freezer_of(pid: int, root: Path = CGROUP_ROOT) -> Path | None:
     if not path or ".." in path.split("/") or mine == path or mine.startswith(path + "/") or not state.exists():
         return None   # outside this cgroup namespace, the root, ours or above ours, or gone
     return state
-
-
-def freeze(state: Path, frozen: bool) -> None:
-    """Freeze or thaw (raises OSError when the cgroup went away)."""
-    if state.name == "freezer.state":
-        state.write_text("FROZEN" if frozen else "THAWED")
-    else:
-        state.write_text("1" if frozen else "0")

@@ -22,9 +22,10 @@ from collections import Counter
 from pathlib import Path
 
 from ..audit.schema import Event
+from ..backends.cgroups import freeze
 from .aggregate import Aggregator, FirstRead, Reader, Summary
 from .fanotify import FAN_NOFD, FAN_Q_OVERFLOW, READ_BYTES, Group, mount_id
-from .pause import CGROUP_ROOT, freeze, freezer_of
+from .pause import CGROUP_ROOT, freezer_of
 from .registry import Marked, Registry, alive, process_start
 
 log = logging.getLogger("vre.hostview")
