@@ -92,8 +92,9 @@ class Settings:
     k8s_nfs_server: str = ""
     #: Volume source of homes and workspaces: ``hostPath`` (their paths under ``state_dir`` on the
     #: node: single-node clusters) or ``pvc`` (per project a ``ReadWriteMany`` claim ``workspace``,
-    #: per member a claim ``home-<user>``, of ``k8s_storage_class``). Under ``pvc`` the batch queue
-    #: and airlock exports are refused with the reason for now: the hub cannot read the claims.
+    #: per member a claim ``home-<user>``, of ``k8s_storage_class``). Under ``pvc`` the airlock
+    #: reads a member's files through a claims reader pod (``vre.claims``: the hub cannot mount
+    #: the claims); the batch queue is refused there with the reason for now.
     k8s_storage: str = "hostPath"
     #: StorageClass of the claims the hub creates for ``k8s_storage = "pvc"``; empty: the cluster's default.
     k8s_storage_class: str = ""
@@ -495,7 +496,8 @@ def k8s_reads_allowed(s: Settings) -> bool:
 def files_on_host(s: Settings) -> bool:
     """Whether the hub reaches homes and workspaces by their paths on its own machine: every
     backend but Kubernetes with claims (``k8s_storage = "pvc"``), whose files only pods of the
-    project's namespace can mount. The job service and the airlock need those paths."""
+    project's namespace can mount. The job service needs those paths; the airlock asks a claims
+    reader instead (``vre.claims``)."""
     return not (s.backend == "kubernetes" and s.k8s_storage != "hostPath")
 
 

@@ -12,6 +12,7 @@ in a directory made for the test (the single-node cluster has no volume provisio
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -27,6 +28,7 @@ import requests
 from chart import CHART, HELM, Release, cluster_image, get  # tests/k8s, beside this file
 from flood import check_pauses, flood_while_held  # tests/ is on sys.path (tests/conftest.py)
 from hubclient import HubClient
+from vre.backends.kubernetes import READER_PORT
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(1500)]
 
@@ -411,10 +413,29 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         assert facts["/"] == facts["/opt"] == "Read-only file system", facts
         assert facts["/home/jovyan"] == facts["/home/jovyan/project"] == facts["/tmp"] == "writable", facts
         assert (claims["home-alice"] / "kept.txt").read_text() == "kept across sessions"  # on the claim's volume
-        # the hub cannot read the claims: an export or a job is refused with why (not frozen empty)
+        # an export is frozen through a claims reader the hub starts: her uid, her claims read-only
+        k = alice.kernel(project)
+        k.check("import os; os.symlink('/etc/passwd', os.path.expanduser('~/passwd.txt'))", timeout=60)
         r = alice.vre_api("POST", "/airlock/requests", json={"project": project, "title": "t", "justification": "t",
                                                              "files": [{"path": "kept.txt"}]})
-        assert r.status_code == 400 and 'need k8s_storage = "hostPath"' in r.json()["message"], r.text
+        assert r.status_code == 201, r.text
+        rid = r.json()["id"]
+        (reader,) = json.loads(kube("get", "pods", "-n", project_ns, "-l", "vre.role=reader", "-o", "json"))["items"]
+        rc = reader["spec"]["containers"][0]
+        assert rc["securityContext"]["runAsUser"] == uid and rc["image"] == notebook_image
+        assert all(m.get("readOnly") for m in rc["volumeMounts"] if m["mountPath"].startswith("/claims"))
+        r = alice.vre_api("POST", f"/airlock/requests/{rid}/files", json={"files": [{"path": "passwd.txt"}]})
+        assert r.status_code == 400 and "outside your home" in r.json()["message"], r.text
+        r = alice.vre_api("POST", f"/airlock/requests/{rid}/submit")
+        assert r.status_code == 200 and r.json()["state"] == "submitted", r.text
+        (frozen,) = r.json()["files"]
+        assert frozen["sha256"] == hashlib.sha256(b"kept across sessions").hexdigest(), frozen
+        # her kernel reaches the reader's port (the project is an island) but gets nothing without its token
+        probe = (f"import urllib.request, urllib.error\ntry:\n    urllib.request.urlopen('http://"
+                 f"{reader['status']['podIP']}:{READER_PORT}/read?path=/claims/home/kept.txt', timeout=10)\n"
+                 "    print('served')\nexcept urllib.error.HTTPError as e:\n    print('status', e.code)\n")
+        assert "status 401" in k.check(probe, timeout=60)
+        k.close()
         r = alice.vre_api("POST", "/jobs", json={"project": project, "kind": "script", "target": "project/x.py"})
         assert r.status_code == 400 and 'needs k8s_storage = "hostPath"' in r.json()["message"], r.text
 

@@ -10,12 +10,15 @@ from types import SimpleNamespace
 import kubernetes_validate
 import pytest
 
-from vre.backends.kubernetes import (ACCESS_POD_LABELS, GATE_NAME, HUB_POD_LABELS, SECRET_ENV, SESSION_PORT,
+from vre.backends.kubernetes import (ACCESS_POD_LABELS, GATE_NAME, HUB_POD_LABELS, READER_PORT, SECRET_ENV,
+                                     SESSION_PORT,
                                      KubernetesBackendError, ProjectQuota, batch_pod, check_reads_policy,
                                      island_namespace, namespace_name, network_policies, object_name,
                                      pod_server_args, project_objects, project_quota, run_secret,
                                      session_pod, storage_claims)
 from vre.backends.plan_spawner import server_command
+from vre.claims import pods as claim_pods
+from vre.claims.pods import reader_pod, reader_secret
 from vre.plan import AGENT_PORT, Mount, SessionPlan, runtime_mounts
 from vre.settings import Settings
 
@@ -284,6 +287,10 @@ def test_namespace_and_network_policies():
     assert pols["hub-to-agent"]["podSelector"] == {"matchLabels": {"vre.role": "scheduler"}}
     assert rule == {"from": [{"namespaceSelector": hub_ns, "podSelector": {"matchLabels": HUB_POD_LABELS}}],
                     "ports": [{"protocol": "TCP", "port": AGENT_PORT}]}
+    (rule,) = pols["hub-to-readers"]["ingress"]   # the airlock (in the hub's pod) to a claims reader
+    assert pols["hub-to-readers"]["podSelector"] == {"matchLabels": {"vre.role": "reader"}}
+    assert rule == {"from": [{"namespaceSelector": hub_ns, "podSelector": {"matchLabels": HUB_POD_LABELS}}],
+                    "ports": [{"protocol": "TCP", "port": READER_PORT}]}
     (rule,) = pols["sessions-to-hub"]["egress"]
     assert rule == {"to": [{"namespaceSelector": hub_ns, "podSelector": {"matchLabels": HUB_POD_LABELS}}],
                     "ports": [{"protocol": "TCP", "port": 8081}, {"protocol": "TCP", "port": 8082}]}
@@ -297,12 +304,13 @@ def test_resource_quota_from_the_project():
                                         SimpleNamespace(cpu=4.0, mem_mb=16384, gpus=1)])
     quota = project_quota(project)
     # sessions (3 members at the largest profile), the batch quota with each worker pod's own
-    # overhead (2 slots of up to 16 pods, a cluster job's, x 384 MiB), and the scheduler (1 CPU, 1 GiB)
-    assert quota == ProjectQuota(cpu=15.0, mem_mb=70656, gpus=4, pods=36)
+    # overhead (2 slots of up to 16 pods, a cluster job's, x 384 MiB), the scheduler (1 CPU, 1 GiB),
+    # and a claims reader per member (0.25 CPU, 128 MiB)
+    assert quota == ProjectQuota(cpu=15.75, mem_mb=71040, gpus=4, pods=39)
     rq = project_objects(SETTINGS, make_plan(), quota)[-1]
     assert rq["kind"] == "ResourceQuota" and rq["metadata"]["namespace"] == "vre-lung"
-    assert rq["spec"]["hard"] == {"pods": "36", "requests.cpu": "15000m", "limits.cpu": "15000m",
-                                  "requests.memory": "70656Mi", "limits.memory": "70656Mi",
+    assert rq["spec"]["hard"] == {"pods": "39", "requests.cpu": "15750m", "limits.cpu": "15750m",
+                                  "requests.memory": "71040Mi", "limits.memory": "71040Mi",
                                   "requests.nvidia.com/gpu": "4"}
 
 
@@ -438,3 +446,35 @@ def test_spawner_points_sessions_at_the_vre_services_tcp_port():
     assert env["VRE_API_URL"] == "http://10.96.0.20:9092/services/vre/api"
     assert env["VRE_AUDIT_URL"] == "http://10.96.0.20:9092/services/vre/api/audit/events"
     assert env["OMP_NUM_THREADS"] == "2"
+
+
+def test_claims_reader_pod():
+    """The airlock's reader of a member's claims (vre.claims): read-only mounts of exactly her
+    home and the workspace, as her uid, restricted, no service-account token, its token from its
+    Secret, the reader's source in its command, and the allow-listed session image."""
+    settings = SETTINGS.replace(k8s_storage="pvc", k8s_dataset_volume="pvc")
+    pod = reader_pod(settings, make_plan(), "reader-ann-0a1b2c", image=IMAGE)
+    validate(pod)
+    secret = reader_secret(pod, "t" * 43)
+    validate(secret)
+    assert secret["metadata"]["name"] == "reader-ann-0a1b2c" and secret["stringData"] == {"token": "t" * 43}
+    spec, (c,) = pod["spec"], pod["spec"]["containers"]
+    assert pod["metadata"]["namespace"] == "vre-lung"
+    assert pod["metadata"]["labels"]["vre.role"] == "reader" and pod["metadata"]["labels"]["vre.user"] == "ann"
+    assert "vre.session" not in pod["metadata"]["labels"]
+    assert spec["automountServiceAccountToken"] is False and spec["restartPolicy"] == "Never"
+    assert c["securityContext"]["runAsUser"] == 200001 and c["securityContext"]["runAsGroup"] == 300001
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert not c["securityContext"]["allowPrivilegeEscalation"]
+    assert c["command"][:3] == ["python3", "-I", "-c"] and "def serve(" in c["command"][3]
+    assert c["command"][4:] == ["--root", "/claims", "--port", str(READER_PORT), "--idle", str(claim_pods.IDLE_S)]
+    assert c["env"] == [{"name": "VRE_READER_TOKEN",
+                         "valueFrom": {"secretKeyRef": {"name": "reader-ann-0a1b2c", "key": "token"}}}]
+    assert {m["mountPath"]: m.get("readOnly", False) for m in c["volumeMounts"]} == {
+        "/claims/home": True, "/claims/workspace": True, "/tmp": False}
+    claims = {v["name"]: v["persistentVolumeClaim"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"home": {"claimName": "home-ann", "readOnly": True},
+                      "workspace": {"claimName": "workspace", "readOnly": True}}
+    assert c["resources"]["requests"] == c["resources"]["limits"] == {"cpu": "250m", "memory": "128Mi"}
+    with pytest.raises(KubernetesBackendError, match="allow-list"):
+        reader_pod(settings, make_plan(), "r", image="elsewhere/python:3")

@@ -20,9 +20,11 @@ import errno
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
+
+from ..claims.files import LOCAL, Files
 
 MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
 #: Kinds a browser may receive raw files from (subject to the project's downloads mode).
@@ -31,15 +33,18 @@ USER_KINDS = ("home", "workspace")
 
 @dataclass(frozen=True)
 class MountMap:
-    """A session's view: its server's root directory and its mounts (target -> host source, kind)."""
+    """A session's view: its server's root directory and its mounts (target -> source, kind).
+    ``files`` answers questions about the sources: this machine's (host paths), or a claims
+    reader's (its paths) where the hub cannot mount a project's claims."""
 
     root: str
     mounts: tuple[tuple[str, str, str], ...]  # (target, source, kind), longest target first
+    files: Files = field(default=LOCAL, compare=False, repr=False)
 
     @classmethod
-    def from_plan(cls, root: str, mounts) -> "MountMap":
+    def from_plan(cls, root: str, mounts, files: Files = LOCAL) -> "MountMap":
         table = [(m.target.rstrip("/") or "/", str(m.source), m.kind) for m in mounts]
-        return cls(root, tuple(sorted(table, key=lambda t: len(t[0]), reverse=True)))
+        return cls(root, tuple(sorted(table, key=lambda t: len(t[0]), reverse=True)), files)
 
     @classmethod
     def load(cls, path: Path) -> "MountMap":
@@ -114,7 +119,7 @@ def resolve(mm: MountMap, path: str, *, no_links_in: tuple[str, ...] = ()) -> Re
             done.append(part)
             continue
         try:
-            st = os.lstat(host)
+            st = mm.files.lstat(host)
         except (FileNotFoundError, NotADirectoryError):
             exists = False
             done.append(part)
@@ -125,7 +130,7 @@ def resolve(mm: MountMap, path: str, *, no_links_in: tuple[str, ...] = ()) -> Re
             links += 1
             if links > MAX_LINKS:
                 raise OSError(40, "too many levels of symbolic links", candidate)
-            target = os.readlink(host)
+            target = mm.files.readlink(host)
             if target.startswith("/"):
                 done = []
             pending = _parts(target) + pending
@@ -136,7 +141,7 @@ def resolve(mm: MountMap, path: str, *, no_links_in: tuple[str, ...] = ()) -> Re
     is_dir = False
     if host is not None and exists:
         try:
-            is_dir = stat.S_ISDIR(os.lstat(host).st_mode)
+            is_dir = stat.S_ISDIR(mm.files.lstat(host).st_mode)
         except OSError:
             exists = False
     return Resolved(final, kind, exists and host is not None, is_dir, host, mm.mount_of(final)[0])

@@ -14,6 +14,11 @@ opened component by component with ``O_NOFOLLOW`` below the mount's host directo
 in after the check cannot redirect the copy), and must be regular files. They land in
 ``state_dir/airlock/<request id>/`` (root, 0700; files 0600), which no session can reach.
 
+On Kubernetes with claims (``k8s_storage = "pvc"``) the hub cannot mount homes and workspaces:
+the same walk and copy ask a claims reader in the project's namespace instead (``vre.claims``),
+which opens the files the same way. Held jobs' folders are not offered there (the batch queue
+does not run on claims yet).
+
 Files byte-for-byte equal to a file of any registered dataset are refused: sizes first (an index
 of every dataset's file sizes, built once per dataset and index time), then SHA-256 of the
 dataset files of the same size only (cached by path, size and mtime).
@@ -23,18 +28,18 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import http.client
 import os
 import posixpath
 import stat
 import threading
 import uuid
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..access.resolve import USER_KINDS, MountMap, resolve
-from ..beneath import open_beneath
-from ..errors import VREError
+from ..claims.files import LOCAL, Files
 from ..plan import HELD_ROOT, HOME, Mount, build_plan, held_dir
 from ..settings import files_on_host
 from . import held
@@ -64,13 +69,16 @@ def request_dir(settings, request_id: int, *, create: bool = False) -> Path:
 
 def mount_map(db, settings, user: str, project: str) -> MountMap:
     """The author's view of the project, as their session has it (PlanRefused when they may not
-    work in it), and the project's held jobs' folders at ``/held/jobs`` (read-only). Refused
-    where the hub cannot read the members' files (claims on Kubernetes)."""
-    if not files_on_host(settings):
-        raise VREError("exports on Kubernetes need k8s_storage = \"hostPath\" for now: homes and workspaces "
-                       "are claims in the project's namespace, which the hub cannot read, so no file could "
-                       "be frozen for review; nothing leaves until an admin changes the storage")
+    work in it), and the project's held jobs' folders at ``/held/jobs`` (read-only). Where the
+    hub cannot mount the claims, the home and workspace are a claims reader's (started at the
+    first question about them)."""
     plan = build_plan(db, settings, user, project, None)
+    if not files_on_host(settings):
+        from ..claims.pods import ClaimFiles, reader_path   # the cluster's client, only where it is used
+
+        mounts = [replace(m, source=Path(reader_path(m.kind))) if m.kind in USER_KINDS else m
+                  for m in plan.mounts if m.kind != "held"]
+        return MountMap.from_plan(HOME, mounts, ClaimFiles(settings, plan))
     held = Mount(held_dir(settings, project) / "jobs", f"{HELD_ROOT}/jobs", True, "held")
     return MountMap.from_plan(HOME, (*plan.mounts, held))
 
@@ -94,10 +102,11 @@ class Candidate:
     path: str                 # session path as named (for folders: the folder's path + the entry)
     name: str                 # name in the release
     description: str = ""
-    source: str | None = None  # the host directory of its mount
+    source: str | None = None  # the host directory of its mount (a claims reader's: its directory)
     rel: str = ""             # its path below that directory
     size: int | None = None
     problems: list[str] = field(default_factory=list)
+    files: Files = field(default=LOCAL, repr=False)   # who answers for ``source``
 
     def to_dict(self) -> dict:
         return {"path": self.path, "name": self.name, "size": self.size, "problems": list(self.problems)}
@@ -129,9 +138,9 @@ def locate(mm: MountMap, named: str, name: str, description: str = "") -> Candid
         c.problems.append("no such file (it was moved or deleted?)")
         return c
     target, source, _kind = mm.mount_of(r.path)
-    c.source, c.rel = source, r.path[len(target):].lstrip("/")
+    c.source, c.rel, c.files = source, r.path[len(target):].lstrip("/"), mm.files
     try:
-        st = os.lstat(r.host)
+        st = mm.files.lstat(r.host)
     except OSError as e:
         c.problems.append(f"cannot be read: {e.strerror}")
         return c
@@ -174,20 +183,20 @@ def expand(mm: MountMap, named: str, description: str, limit: int) -> tuple[list
         while stack:
             rel = stack.pop()
             try:
-                entries = sorted(os.scandir(r.host + ("/" + rel if rel else "")), key=lambda e: e.name)
+                entries = mm.files.scandir(r.host + ("/" + rel if rel else ""))
             except OSError as e:
                 if held.is_held(path):  # the names below a held folder are the job's
                     return out, [f"{path}: a folder in it cannot be listed: {e.strerror}"]
                 return out, [f"{path}/{rel}: cannot be listed: {e.strerror}"]
-            for entry in entries:
-                if entry.name.startswith("."):  # .ipynb_checkpoints and the like: name them to include them
+            for name, is_dir in entries:
+                if name.startswith("."):  # .ipynb_checkpoints and the like: name them to include them
                     continue
                 seen += 1
-                sub = f"{rel}/{entry.name}" if rel else entry.name
+                sub = f"{rel}/{name}" if rel else name
                 if seen > WALK_FACTOR * limit or len(out) >= limit:
                     return out, [f"{path}: the folder holds more than {limit} files, the project's limit per "
                                  "request; request fewer files (or a zip of a results folder)"]
-                if entry.is_dir(follow_symlinks=False):
+                if is_dir:
                     stack.append(sub)
                     continue
                 out.append(locate(mm, f"{path.rstrip('/')}/{sub}", f"{base}/{sub}", description))
@@ -205,15 +214,15 @@ class Frozen:
     problems: list[str]
 
 
-def copy_fd(src: int, dst: int, *, limit: int, on_chunk=None) -> tuple[int, str, bool]:
-    """Copy ``src`` to ``dst`` (-1: nowhere) in chunks, hashing; stops after ``limit`` bytes.
-    Returns (size, sha256, over the limit)."""
+def copy_stream(src, dst: int, *, limit: int, on_chunk=None) -> tuple[int, str, bool]:
+    """Copy the binary stream ``src`` to ``dst`` (-1: nowhere) in chunks, hashing; stops after
+    ``limit`` bytes. Returns (size, sha256, over the limit)."""
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     size = 0
     while True:
-        n = os.readv(src, [buf])
+        n = src.readinto(buf)
         if n == 0:
             return size, h.hexdigest(), False
         size += n
@@ -232,7 +241,7 @@ def freeze(settings, request_id: int, c: Candidate, rules: Rules, *, limit: int,
     it through, for the check before submission), checking the rules on what streams through."""
     check = ContentCheck(rules, c.name)
     try:
-        src = open_beneath(c.source, c.rel)
+        src = c.files.open(c.source, c.rel)
     except OSError as e:
         return Frozen("", 0, "", [f"cannot be opened: {e.strerror or e} (a symlink or a special file?)"])
     stored, dest, dst = "", None, -1
@@ -241,11 +250,16 @@ def freeze(settings, request_id: int, c: Candidate, rules: Rules, *, limit: int,
             stored = f"{uuid.uuid4().hex}.bin"
             dest = request_dir(settings, request_id, create=True) / stored
             dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        size, digest, over = copy_fd(src, dst, limit=limit, on_chunk=check.feed)
+        try:
+            size, digest, over = copy_stream(src, dst, limit=limit, on_chunk=check.feed)
+        except http.client.IncompleteRead:  # the claims reader stopped short: it shrank, or the reader went
+            if dest is not None:
+                dest.unlink(missing_ok=True)
+            return Frozen("", 0, "", ["could not be read to its end (it shrank while being copied?); try again"])
         if dst >= 0:
             os.fsync(dst)
     finally:
-        os.close(src)
+        src.close()
         if dst >= 0:
             os.close(dst)
     if over:

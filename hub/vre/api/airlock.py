@@ -28,6 +28,7 @@ from tornado.iostream import StreamClosedError
 from ..airlock import requests as ops
 from ..airlock import review as R
 from ..airlock.store import read_chunks, write_zip
+from ..claims.files import ReaderUnavailable
 from ..errors import NotFound, VREError
 from ..plan import PlanRefused
 from ..roles import AIRLOCK_REVIEW_SCOPE, AIRLOCK_SCOPE
@@ -88,6 +89,8 @@ class _AirlockHandler(ServiceAPIHandler):
             raise AirlockError(403, str(e)) from None
         except R.WrongState as e:
             raise AirlockError(409, str(e)) from None
+        except ReaderUnavailable as e:   # the project's claims could not be asked now: try again
+            raise AirlockError(503, str(e)) from None
         except VREError as e:
             raise AirlockError(400, str(e)) from None
 

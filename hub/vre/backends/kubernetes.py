@@ -64,6 +64,10 @@ from .plan_spawner import PlanSpawner, server_args, server_command
 
 #: The session server's port in its pod (the access layer's target: ``http://<pod IP>:PORT``).
 SESSION_PORT = 8888
+#: Port of a project's claims reader (``vre.claims``), which only the hub's pods may reach.
+READER_PORT = 8890
+#: What a claims reader may use (requests = limits); the project's quota holds one per member.
+READER_LIMITS = {"cpu": 0.25, "mem_mb": 128}
 #: Labels of the pods in ``k8s_hub_namespace`` that may reach sessions (the chart sets them):
 #: the hub (JupyterHub checks its servers) and the access layer (it forwards /user/...).
 HUB_POD_LABELS = {"vre.component": "hub"}
@@ -153,7 +157,7 @@ class ProjectQuota:
 def project_quota(project) -> ProjectQuota:
     """A project's quota from the database row: one session per member at the largest profile,
     plus the batch queue's quota (``job_*``: slots, CPUs, memory, GPUs) with each worker pod's
-    own overhead, and its scheduler pod."""
+    own overhead, its scheduler pod, and a claims reader per member (``READER_LIMITS``)."""
     profiles = list(project.profiles) or []
     members = len(project.members)
     top = lambda attr: max((getattr(p, attr) for p in profiles), default=0)  # noqa: E731
@@ -161,9 +165,10 @@ def project_quota(project) -> ProjectQuota:
     # split among them, each with its own overhead): the engine's admission is the tight bound
     batch_pods = project.job_slots * MAX_CLUSTER_WORKERS
     batch_mb = project.job_mem_mb + batch_pods * WORKER_OVERHEAD_MB + SCHEDULER_LIMITS["mem_mb"]
-    return ProjectQuota(cpu=members * top("cpu") + project.job_cpu + SCHEDULER_LIMITS["cpu"],
-                        mem_mb=members * top("mem_mb") + batch_mb,
-                        gpus=members * top("gpus") + project.job_gpus, pods=members + batch_pods + 1)
+    readers = members * READER_LIMITS["cpu"], members * READER_LIMITS["mem_mb"]
+    return ProjectQuota(cpu=members * top("cpu") + project.job_cpu + SCHEDULER_LIMITS["cpu"] + readers[0],
+                        mem_mb=members * top("mem_mb") + batch_mb + readers[1],
+                        gpus=members * top("gpus") + project.job_gpus, pods=2 * members + batch_pods + 1)
 
 
 def read_project_quota(settings: Settings, slug: str) -> ProjectQuota:
@@ -174,7 +179,7 @@ def read_project_quota(settings: Settings, slug: str) -> ProjectQuota:
         return project_quota(db.scalar(select(vdb.Project).where(vdb.Project.slug == slug)))
 
 
-def _cpu(cpu: float) -> str:
+def cpu_quantity(cpu: float) -> str:
     return f"{max(1, round(cpu * 1000))}m"
 
 
@@ -204,9 +209,10 @@ def _hub_peer(settings: Settings, pod_labels: dict) -> dict:
 def network_policies(settings: Settings, plan: SessionPlan) -> list[dict]:
     """Default deny both ways, then: the project's pods with each other; the hub and the access
     layer to the session port of its sessions; the hub (its job engine) to the agent port of the
-    batch scheduler; its sessions to the hub's API and the VRE service's session port (audit
-    ingest, jobs, airlock) on the hub's pods. Nothing else: no other project, no node address,
-    no internet, no DNS. (A held pool's namespace has the same policies and no sessions.)"""
+    batch scheduler; the hub to the port of its claims readers (``vre.claims``); its sessions to
+    the hub's API and the VRE service's session port (audit ingest, jobs, airlock) on the hub's
+    pods. Nothing else: no other project, no node address, no internet, no DNS. (A held pool's
+    namespace has the same policies and no sessions.)"""
     ns = namespace_name(plan)
     sessions = {"matchLabels": {"vre.role": "session"}}
     return [
@@ -222,6 +228,10 @@ def network_policies(settings: Settings, plan: SessionPlan) -> list[dict]:
             "podSelector": {"matchLabels": {"vre.role": "scheduler"}}, "policyTypes": ["Ingress"],
             "ingress": [{"from": [_hub_peer(settings, HUB_POD_LABELS)],
                          "ports": [{"protocol": "TCP", "port": AGENT_PORT}]}]}),
+        _policy(ns, "hub-to-readers", {
+            "podSelector": {"matchLabels": {"vre.role": "reader"}}, "policyTypes": ["Ingress"],
+            "ingress": [{"from": [_hub_peer(settings, HUB_POD_LABELS)],
+                         "ports": [{"protocol": "TCP", "port": READER_PORT}]}]}),
         _policy(ns, "sessions-to-hub", {
             "podSelector": sessions, "policyTypes": ["Egress"],
             "egress": [{"to": [_hub_peer(settings, HUB_POD_LABELS)],
@@ -231,7 +241,7 @@ def network_policies(settings: Settings, plan: SessionPlan) -> list[dict]:
 
 
 def resource_quota(plan: SessionPlan, quota: ProjectQuota) -> dict:
-    hard = {"pods": str(quota.pods), "requests.cpu": _cpu(quota.cpu), "limits.cpu": _cpu(quota.cpu),
+    hard = {"pods": str(quota.pods), "requests.cpu": cpu_quantity(quota.cpu), "limits.cpu": cpu_quantity(quota.cpu),
             "requests.memory": f"{quota.mem_mb}Mi", "limits.memory": f"{quota.mem_mb}Mi",
             f"requests.{GPU_RESOURCE}": str(quota.gpus)}
     return {"apiVersion": "v1", "kind": "ResourceQuota",
@@ -268,7 +278,7 @@ def _dataset_source(settings: Settings, mount) -> dict:
     return _host_path(settings, mount.source)
 
 
-def _storage_source(settings: Settings, plan: SessionPlan, mount) -> dict:
+def storage_source(settings: Settings, plan: SessionPlan, mount) -> dict:
     """Home, workspace, held jobs' folder or catalogue records: the host path (single node) or the
     project's claim."""
     if settings.k8s_storage == "pvc":
@@ -287,7 +297,7 @@ def storage_claims(settings: Settings, plan: SessionPlan) -> list[dict]:
     for m in plan.mounts:
         if m.kind not in ("home", "workspace"):
             continue
-        source = _storage_source(settings, plan, m)["persistentVolumeClaim"]["claimName"]
+        source = storage_source(settings, plan, m)["persistentVolumeClaim"]["claimName"]
         size = settings.k8s_home_size if m.kind == "home" else settings.k8s_workspace_size
         spec = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": size}}}
         if settings.k8s_storage_class:
@@ -347,7 +357,7 @@ def volumes_and_mounts(settings: Settings, plan: SessionPlan, tmp_size: str = "2
             mounts.append({"name": name, "mountPath": m.target, "readOnly": True, "recursiveReadOnly": "IfPossible"})
             continue
         if m.kind in ("catalog", "home", "workspace", "held"):
-            volumes.append({"name": name, **_storage_source(settings, plan, m)})
+            volumes.append({"name": name, **storage_source(settings, plan, m)})
             if m.kind == "catalog" and settings.k8s_storage == "pvc":  # one claim, a directory per dataset
                 mounts.append({"name": name, "mountPath": m.target, "readOnly": True,
                                "subPath": m.target.rsplit("/", 1)[-1]})
@@ -389,7 +399,7 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
     secret = run_secret_name(run_id(plan))
     env_list = [{"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": k}}} if k in SECRET_ENV
                 else {"name": k, "value": v} for k, v in sorted(env.items())]
-    resources = {"cpu": _cpu(plan.cpu), "memory": f"{plan.mem_mb}Mi"}
+    resources = {"cpu": cpu_quantity(plan.cpu), "memory": f"{plan.mem_mb}Mi"}
     limits = {**resources, **({GPU_RESOURCE: str(plan.gpus)} if plan.gpus else {})}
     container = {
         "name": "server", "image": image, "imagePullPolicy": pull_policy,

@@ -1,0 +1,272 @@
+"""Claims readers on Kubernetes: a pod per (project, member) that mounts the member's home and the
+project's workspace claims read-only, as the member's uid, and answers the hub's questions about
+them (``vre.claims.reader``). The hub starts one when the airlock first needs the files; it ends
+after ``IDLE_S`` without a question (its own timer: a reader outlives no hub for long) and the hub
+starts a fresh one when it next needs it.
+
+Why a pod: the hub cannot mount another namespace's claims, and the files must be read by code
+the researcher cannot change, outside her session (she could answer for a process in it). The
+reader runs the session image's Python on source the hub passes in its command, as her uid (what
+she can read, no more), with a read-only root, no capabilities, no service-account token, and a
+token of its own in a Secret: other pods of the project reach its port (the project is an
+island), and another member must not read her home through it. Only the hub's pods may connect
+(the project's ``hub-to-readers`` policy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import aiohttp
+from kubernetes_asyncio.client import ApiClient, CoreV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from ..backends import kubernetes as k8s
+from ..errors import VREError
+from ..plan import SessionPlan
+from ..settings import Settings
+from . import reader
+from .files import ReaderFiles, ReaderUnavailable
+
+log = logging.getLogger("vre.claims")
+#: Where the reader sees the claims.
+ROOT = "/claims"
+#: Seconds without a question after which a reader exits.
+IDLE_S = 120
+#: Seconds a reader may take to answer after its pod was created (placed, volumes, Python).
+START_S = 120
+#: Seconds an API call may take.
+API_TIMEOUT = 20
+TOKEN_KEY = "token"
+
+
+def reader_path(kind: str) -> str:
+    """Where a mount of ``kind`` (home, workspace) is in the reader."""
+    return f"{ROOT}/{kind}"
+
+
+def reader_pod(settings: Settings, plan: SessionPlan, name: str, *, image: str,
+               pull_policy: str = "IfNotPresent") -> dict:
+    """The reader of ``plan``'s home and workspace claims (``plan``: the member's session plan)."""
+    k8s.check_image(settings, image)
+    volumes, mounts = [], []
+    for m in plan.mounts:
+        if m.kind in ("home", "workspace"):
+            source = k8s.storage_source(settings, plan, replace(m, readonly=True))
+            volumes.append({"name": m.kind, **source})
+            mounts.append({"name": m.kind, "mountPath": reader_path(m.kind), "readOnly": True,
+                           "recursiveReadOnly": "IfPossible"})
+    volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}})
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    limits = {"cpu": k8s.cpu_quantity(k8s.READER_LIMITS["cpu"]), "memory": f"{k8s.READER_LIMITS['mem_mb']}Mi"}
+    source = Path(reader.__file__).read_text()
+    container = {
+        "name": "reader", "image": image, "imagePullPolicy": pull_policy, "workingDir": "/",
+        "command": ["python3", "-I", "-c", source, "--root", ROOT, "--port", str(k8s.READER_PORT),
+                    "--idle", str(IDLE_S)],
+        "env": [{"name": "VRE_READER_TOKEN", "valueFrom": {"secretKeyRef": {"name": name, "key": TOKEN_KEY}}}],
+        "volumeMounts": mounts,
+        "ports": [{"name": "reader", "containerPort": k8s.READER_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": k8s.READER_PORT}, "periodSeconds": 1, "failureThreshold": 3},
+        "resources": {"requests": dict(limits), "limits": limits},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": plan.uid, "runAsGroup": plan.gid,
+                            "allowPrivilegeEscalation": False, "privileged": False,
+                            "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    meta_labels = {**k8s.labels(settings, plan), "vre.role": "reader"}
+    meta_labels.pop("vre.session", None)
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": k8s.namespace_name(plan), "labels": meta_labels},
+            "spec": {"containers": [container], "volumes": volumes, "restartPolicy": "Never",
+                     "automountServiceAccountToken": False, "enableServiceLinks": False,
+                     "terminationGracePeriodSeconds": 1,
+                     "securityContext": {"runAsNonRoot": True, "runAsUser": plan.uid, "runAsGroup": plan.gid,
+                                         "seccompProfile": {"type": "RuntimeDefault"}}}}
+
+
+def reader_secret(pod: dict, token: str) -> dict:
+    meta = pod["metadata"]
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": dict(meta["labels"])},
+            "stringData": {TOKEN_KEY: token}}
+
+
+@dataclass
+class _Reader:
+    namespace: str
+    pod: str
+    files: ReaderFiles
+    used: float
+
+
+class ClaimReaders:
+    """The readers this process started, one per (namespace, member), on an event loop of its
+    own (a thread): the airlock asks from worker threads."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        options = settings.jupyterhub.get("KubernetesSpawner") or {}
+        self.pull_policy = options.get("image_pull_policy", "IfNotPresent")
+        self._readers: dict[tuple[str, str], _Reader] = {}
+        self._lock = threading.Lock()
+        self._starting: dict[tuple[str, str], threading.Lock] = {}
+        self._client: ApiClient | None = None
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="vre-claims", daemon=True).start()
+
+    def _run(self, coro, timeout: float):
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        except (OSError, TimeoutError, aiohttp.ClientError) as e:
+            raise ReaderUnavailable(f"the cluster's API does not answer ({e or type(e).__name__}), so the "
+                                    "project's files cannot be read now; nothing was changed, try again") from None
+        except k8s.KubernetesBackendError as e:
+            raise ReaderUnavailable(f"the project's files cannot be read: {e}") from None
+        except ApiException as e:
+            raise ReaderUnavailable(f"the project's files cannot be read: the cluster answered {k8s.api_reason(e)}") from None
+
+    async def _core(self) -> CoreV1Api:
+        if self._client is None:
+            await k8s.load_client_config(self.settings)
+            self._client = ApiClient()
+        return CoreV1Api(self._client)
+
+    def files(self, plan: SessionPlan) -> ReaderFiles:
+        """The files of ``plan``'s member on the project's claims, through a reader that answers."""
+        key = (k8s.namespace_name(plan), plan.user)
+        with self._lock:
+            starting = self._starting.setdefault(key, threading.Lock())
+        with starting:  # one start per member at a time; the others wait for it
+            with self._lock:
+                current = self._readers.get(key)
+            # one idle for most of IDLE_S may be about to exit: asked once more, it has IDLE_S again
+            if current is not None and (time.monotonic() - current.used < IDLE_S / 2 or current.files.healthy()):
+                current.used = time.monotonic()
+                return current.files
+            if current is not None:
+                self._forget(key, current)
+            fresh = self._run(self._start(plan), START_S + API_TIMEOUT)
+            with self._lock:
+                self._readers[key] = fresh
+            return fresh.files
+
+    def _forget(self, key, old: _Reader) -> None:
+        with self._lock:
+            if self._readers.get(key) is old:
+                del self._readers[key]
+        asyncio.run_coroutine_threadsafe(self._delete(old.namespace, old.pod), self._loop)
+
+    async def _start(self, plan: SessionPlan) -> _Reader:
+        core = await self._core()
+        ns = k8s.namespace_name(plan)
+        try:
+            claims = {c.metadata.name for c in (await core.list_namespaced_persistent_volume_claim(
+                ns, label_selector=f"vre.instance={self.settings.instance}")).items}
+        except ApiException as e:
+            if e.status == 404:
+                claims = set()
+            else:
+                raise k8s.KubernetesBackendError(k8s.api_reason(e)) from None
+        wanted = {k8s.storage_source(self.settings, plan, m)["persistentVolumeClaim"]["claimName"]
+                  for m in plan.mounts if m.kind in ("home", "workspace")}
+        if not wanted <= claims:
+            raise VREError(f"{plan.user} has no files in project {plan.project} yet: the home and workspace are "
+                           "made when the first session starts")
+        quota = await asyncio.to_thread(k8s.read_project_quota, self.settings, plan.project)
+        for obj in k8s.project_objects(self.settings, plan, quota)[1:]:   # policies, quota: as of now
+            await k8s.put_object(self._client, obj)
+        name = k8s.object_name(f"reader-{plan.user}-{secrets.token_hex(3)}")
+        token = secrets.token_urlsafe(32)
+        pod = reader_pod(self.settings, plan, name, image=self.settings.notebook_image, pull_policy=self.pull_policy)
+        await k8s.put_object(self._client, reader_secret(pod, token))
+        try:
+            await k8s.put_object(self._client, pod)
+            made = await core.read_namespaced_pod(name, ns)
+            # the Secret goes with its pod
+            owner = {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": made.metadata.uid}
+            secret = reader_secret(pod, token)
+            secret["metadata"]["ownerReferences"] = [owner]
+            await k8s.put_object(self._client, secret)
+            ip = await self._wait_ready(core, ns, name)
+        except BaseException:
+            await self._delete(ns, name, secret=True)
+            raise
+        key = (ns, plan.user)
+        files = ReaderFiles(ip, k8s.READER_PORT, token, ROOT, on_lost=lambda: self._lost(key))
+        log.info("Started claims reader %s/%s for %s", ns, name, plan.user)
+        return _Reader(ns, name, files, time.monotonic())
+
+    def _lost(self, key) -> None:
+        with self._lock:
+            old = self._readers.get(key)
+        if old is not None:
+            self._forget(key, old)
+
+    async def _wait_ready(self, core: CoreV1Api, ns: str, name: str) -> str:
+        deadline = time.monotonic() + START_S
+        why = "it was not placed yet"
+        while time.monotonic() < deadline:
+            pod = await core.read_namespaced_pod(name, ns)
+            waiting, unplaced = k8s.waiting_reason(pod), k8s.unplaced_reason(pod)
+            if waiting in k8s.FATAL_WAITING or pod.status.phase in ("Succeeded", "Failed"):
+                raise ReaderUnavailable(f"the reader of the project's files could not start ({waiting or pod.status.phase})")
+            ready = any(c.ready for c in pod.status.container_statuses or ())
+            if ready and pod.status.pod_ip:
+                return pod.status.pod_ip
+            why = unplaced or waiting or why
+            await asyncio.sleep(0.5)
+        raise ReaderUnavailable(f"the reader of the project's files did not start within {START_S} s ({why})")
+
+    async def _delete(self, ns: str, name: str, *, secret: bool = False) -> None:
+        """Delete a reader's pod (its Secret goes with it), and the Secret itself when the pod
+        may never have owned it (a failed start)."""
+        for kind in ("pod", "secret") if secret else ("pod",):
+            try:
+                core = await self._core()
+                delete = core.delete_namespaced_pod if kind == "pod" else core.delete_namespaced_secret
+                await delete(name, ns, grace_period_seconds=0)
+            except (ApiException, OSError, aiohttp.ClientError, k8s.KubernetesBackendError):
+                pass   # gone already (a pod exits by itself after IDLE_S)
+
+
+_READERS: dict[tuple[str, str], ClaimReaders] = {}
+_READERS_LOCK = threading.Lock()
+
+
+def readers(settings: Settings) -> ClaimReaders:
+    """This process's readers of ``settings``' instance (one event loop and API client each)."""
+    with _READERS_LOCK:
+        key = (settings.instance, settings.k8s_kubeconfig)
+        if key not in _READERS:
+            _READERS[key] = ClaimReaders(settings)
+        return _READERS[key]
+
+
+class ClaimFiles:
+    """``Files`` of a member's claims that starts the reader on the first question only (a
+    request that is merely created or listed starts no pod)."""
+
+    def __init__(self, settings: Settings, plan: SessionPlan):
+        self._settings, self._plan = settings, plan
+
+    def _files(self) -> ReaderFiles:
+        return readers(self._settings).files(self._plan)
+
+    def lstat(self, path):
+        return self._files().lstat(path)
+
+    def readlink(self, path):
+        return self._files().readlink(path)
+
+    def scandir(self, path):
+        return self._files().scandir(path)
+
+    def open(self, base, rel):
+        return self._files().open(base, rel)

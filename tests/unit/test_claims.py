@@ -1,0 +1,267 @@
+"""The claims reader (``vre.claims``), run as its pod runs it (``python3 -I -c <source>``), against
+a folder laid out as its claims are mounted: it answers what the hub's own walk would find, never
+follows a link, refuses what is not below its root, answers no one without its token, and ends by
+itself when idle. The airlock freezes through it as it does on the host
+(tests/k8s/test_helm_install.py does the same through a reader pod on the test cluster)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.client
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vre import db as vdb
+from vre import projects as P
+from vre.access.resolve import MountMap, resolve
+from vre.accounts import add_account
+from vre.airlock import requests as ops
+from vre.airlock import store
+from vre.airlock.rules import DEFAULTS
+from vre.audit import open_store
+from vre.claims import pods as claim_pods
+from vre.claims import reader
+from vre.claims.files import LOCAL, ReaderFiles, ReaderUnavailable
+from vre.plan import Mount
+from vre.settings import Settings
+
+
+class Reader:
+    """A reader process on 127.0.0.1, started exactly as in its pod."""
+
+    def __init__(self, root: Path, idle: float = 60, token: str | None = None):
+        self.root = root
+        self.token = token if token is not None else secrets.token_urlsafe(32)
+        env = {"PATH": os.environ["PATH"], "VRE_READER_TOKEN": self.token}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", Path(reader.__file__).read_text(), "--root", str(root),
+             "--host", "127.0.0.1", "--port", "0", "--idle", str(idle)],
+            env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if "on port" not in line:
+            self.proc.kill()
+            raise AssertionError(f"the reader did not start: {line!r} {self.proc.stderr.read()!r}")
+        self.port = int(line.rsplit(" ", 1)[-1])
+
+    def files(self, token: str | None = None, root: Path | None = None) -> ReaderFiles:
+        return ReaderFiles("127.0.0.1", self.port, token or self.token, str(root or self.root))
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def claims(tmp_path):
+    """A reader's root: the member's home and the project's workspace, with what a researcher
+    can put there (links in and out, a loop, a FIFO, a link on the way to a folder)."""
+    root = tmp_path / "claims"
+    home, ws = root / "home", root / "workspace"
+    for d in (home / "sub", ws / "out"):
+        d.mkdir(parents=True)
+    (home / "a.txt").write_text("alpha\n")
+    (home / "sub" / "b.txt").write_text("beta\n")
+    (ws / "out" / "table.csv").write_text("a,b\n1,2\n")
+    (home / "to-data").symlink_to("/data/ct/1.dcm")
+    (home / "linked.csv").symlink_to("/home/jovyan/project/out/table.csv")
+    (home / "up").symlink_to("../../../etc/passwd")
+    (home / "etc").symlink_to("/etc")
+    (home / "loop1").symlink_to("loop2")
+    (home / "loop2").symlink_to("loop1")
+    (home / "subl").symlink_to("sub")
+    os.mkfifo(home / "fifo")
+    r = Reader(root)
+    yield root, r
+    r.stop()
+
+
+def mount_map(root: Path, files) -> MountMap:
+    return MountMap.from_plan("/home/jovyan", (
+        Mount(Path("/srv/ct"), "/data/ct", True), Mount(root / "home", "/home/jovyan", False, "home"),
+        Mount(root / "workspace", "/home/jovyan/project", False, "workspace")), files)
+
+
+PATHS = ["a.txt", "sub/b.txt", "subl/b.txt", "to-data", "linked.csv", "up", "etc/passwd", "fifo", "missing",
+         "sub/../a.txt", "/home/jovyan/project/out/table.csv", "project/out", "/etc/hostname", "subl", ""]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_reader_resolves_as_the_host_does(claims, path):
+    root, r = claims
+    assert resolve(mount_map(root, r.files()), path) == resolve(mount_map(root, LOCAL), path)
+
+
+def test_a_link_loop_is_an_error_through_the_reader_too(claims):
+    root, r = claims
+    for files in (LOCAL, r.files()):
+        with pytest.raises(OSError, match="too many levels"):
+            resolve(mount_map(root, files), "loop1")
+
+
+def test_the_reader_follows_no_link_and_stays_below_its_root(claims):
+    root, r = claims
+    f = r.files()
+    assert f.scandir(str(root / "home"))[:3] == [("a.txt", False), ("etc", False), ("fifo", False)]
+    assert ("subl", False) in f.scandir(str(root / "home")) and ("sub", True) in f.scandir(str(root / "home"))
+    with pytest.raises(OSError) as e:
+        f.scandir(str(root / "home/subl"))        # a link to a folder is not walked into
+    assert e.value.errno in (errno.ELOOP, errno.ENOTDIR)
+    with pytest.raises(OSError) as e:
+        f.open(str(root / "home"), "linked.csv")    # nor read through
+    assert e.value.errno == errno.ELOOP
+    with pytest.raises(OSError) as e:
+        f.open(str(root / "home"), "subl/b.txt")  # nor passed on the way
+    assert e.value.errno in (errno.ELOOP, errno.ENOTDIR)
+    t0 = time.monotonic()
+    with pytest.raises(OSError, match="not a regular file"):
+        f.open(str(root / "home"), "fifo")        # and a FIFO does not block it
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(FileNotFoundError, match="not on the project's claims"):
+        f.lstat("/etc")   # the hub does not ask
+    for outside in ("/etc", f"{root}/../claims2", f"{root}/home/../../x"):
+        with pytest.raises(ReaderUnavailable, match="not below|not allowed"):
+            r.files(root=Path("/")).lstat(outside)   # and the reader would not answer
+    with f.open(str(root / "home"), "sub/b.txt") as body:
+        assert body.read() == b"beta\n"
+
+
+def test_the_reader_answers_only_with_its_token(claims):
+    root, r = claims
+    for wrong in ("x" * 43, r.token[:-1] + ("A" if r.token[-1] != "A" else "B")):
+        with pytest.raises(ReaderUnavailable, match="token"):
+            r.files(wrong).lstat(str(root / "home/a.txt"))
+        with pytest.raises(ReaderUnavailable, match="token"):
+            r.files(wrong).open(str(root / "home"), "a.txt")
+    conn = http.client.HTTPConnection("127.0.0.1", r.port, timeout=10)
+    conn.request("GET", f"/read?path={root}/home/a.txt")
+    resp = conn.getresponse()
+    assert resp.status == 401 and b"alpha" not in resp.read()
+
+
+def test_a_reader_without_a_token_does_not_start(tmp_path):
+    run = subprocess.run([sys.executable, "-I", "-c", Path(reader.__file__).read_text(), "--root", str(tmp_path),
+                          "--port", "0"], env={"PATH": os.environ["PATH"]}, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2 and "VRE_READER_TOKEN" in run.stderr
+
+
+def test_an_idle_reader_exits_by_itself(tmp_path):
+    r = Reader(tmp_path, idle=1)
+    try:
+        assert r.files().healthy()
+        assert r.proc.wait(timeout=15) == 0
+        assert not r.files().healthy()
+    finally:
+        r.stop()
+
+
+def test_a_file_that_shrinks_while_read_is_an_incomplete_read(claims, monkeypatch):
+    root, r = claims
+    big = root / "home" / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(256 << 20)   # sparse: far more than the socket buffers hold
+    body = r.files().open(str(root / "home"), "big.bin")
+    assert len(body.read(1 << 20)) == 1 << 20
+    os.truncate(big, 0)
+    with pytest.raises(http.client.IncompleteRead):
+        while body.read(1 << 20):
+            pass
+    body.close()
+    # the airlock says so rather than freeze a short copy
+    os.truncate(big, 256 << 20)
+    copy = store.copy_stream
+
+    def shrinking(src, dst, **kw):
+        src.read(1 << 20)
+        os.truncate(big, 0)
+        return copy(src, dst, **kw)
+
+    monkeypatch.setattr(store, "copy_stream", shrinking)
+    c = store.Candidate("/home/jovyan/big.bin", "big.bin", source=str(root / "home"), rel="big.bin",
+                        size=256 << 20, files=r.files())
+    settings = Settings(state_dir=root.parent / "state")
+    settings.state_dir.mkdir()
+    fr = store.freeze(settings, 1, c, DEFAULTS, limit=1 << 40)
+    assert fr.stored == "" and "could not be read to its end" in fr.problems[0], fr
+    assert list(store.request_dir(settings, 1).iterdir()) == []   # nothing half-copied is left
+
+
+# --- the airlock through a reader -------------------------------------------------------------
+@pytest.fixture
+def world(db_url, tmp_path, claims, monkeypatch):
+    """A project on Kubernetes with claims: the hub's own folders stay empty, the files are on the
+    reader's claims."""
+    root, r = claims
+    settings = Settings(state_dir=tmp_path / "state", db_url=db_url, backend="kubernetes", k8s_storage="pvc")
+    with vdb.session_scope(db_url) as db:
+        for name in ("ann", "ben"):
+            add_account(db, name, password=f"{name}-password-1")
+        (tmp_path / "ct").mkdir()
+        db.add(vdb.Dataset(slug="ct", title="CT", path=str(tmp_path / "ct"), catalog={}))
+        P.create_project(db, "lung", "Lung")
+        db.flush()
+        P.grant(db, "lung", "ct")
+        for m in ("ann", "ben"):
+            P.add_member(db, "lung", m)
+        P.set_profile(db, "lung", "small", cpu=1, memory="1G")
+    asked = []
+
+    class Readers:
+        def files(self, plan):
+            asked.append(plan.user)
+            return r.files()
+
+    monkeypatch.setattr(claim_pods, "ROOT", str(root))
+    monkeypatch.setattr(claim_pods, "readers", lambda s: Readers())
+    return settings, root, asked
+
+
+def who(name):
+    return ops.Actor(name, checker_scope=True)
+
+
+def test_an_export_is_frozen_through_the_reader(world):
+    settings, root, asked = world
+    r = ops.create(settings, who("ann"), "lung", "results", "", [])
+    assert asked == []    # creating a request starts no reader
+    ops.add_files(settings, who("ann"), r["id"], ["a.txt", "project/out", "linked.csv"])
+    assert asked and set(asked) == {"ann"}
+    with pytest.raises(ops.Refused) as e:
+        ops.add_files(settings, who("ann"), r["id"], ["to-data", "etc/passwd", "missing", "fifo"])
+    text = str(e.value)
+    assert "inside a dataset" in text and "outside your home" in text and "no such file" in text
+    assert "not a regular file" in text
+    out = ops.submit(settings, who("ann"), r["id"])
+    assert out["state"] == "submitted"
+    sizes = {f["name"]: (f["size"], f["sha256"]) for f in out["files"]}
+    table = (root / "workspace/out/table.csv").read_bytes()
+    assert sizes["a.txt"] == (6, hashlib.sha256(b"alpha\n").hexdigest())
+    assert sizes["out/table.csv"] == sizes["linked.csv"] == (len(table), hashlib.sha256(table).hexdigest())
+    # the copies are the hub's: changing the claims afterwards changes nothing frozen
+    (root / "home/a.txt").write_text("changed\n")
+    stored = sorted(p.read_bytes() for p in store.request_dir(settings, r["id"]).iterdir())
+    assert stored == sorted([b"alpha\n", table, table])
+    assert [e["action"] for e in open_store(settings).query(limit=10, newest_first=False, action="airlock.")][-1] \
+        == "airlock.submit"
+
+
+def test_a_reader_that_cannot_start_changes_nothing(world, monkeypatch):
+    settings, _root, _asked = world
+
+    class Gone:
+        def files(self, plan):
+            raise ReaderUnavailable("the cluster's API does not answer")
+
+    monkeypatch.setattr(claim_pods, "readers", lambda s: Gone())
+    with pytest.raises(ReaderUnavailable, match="does not answer"):
+        ops.create(settings, who("ben"), "lung", "x", "", ["a.txt"])
+    assert ops.list_requests(settings, who("ben")) == []
