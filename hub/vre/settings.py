@@ -114,6 +114,11 @@ class Settings:
     #: observer on its node has marked its dataset mounts, and fails after ``k8s_gate_seconds``
     #: if none does. The chart sets this when it deploys the observer (``observer.enabled``).
     k8s_read_observer: bool = False
+    #: The observers' service account in ``k8s_hub_namespace``. An observer posts its records
+    #: with a token the kubelet issues to its pod (audience ``vre-observer``); the hub asks the
+    #: API server whose it is (TokenReview) and stores the records as the node that token's pod
+    #: runs on, whatever the post says. Empty: no observer may post.
+    k8s_observer_service_account: str = ""
     #: How long a pod with datasets waits for the observer before it exits with the reason.
     k8s_gate_seconds: int = 60
     #: Start pods with datasets although nothing outside them records which dataset files they
@@ -518,6 +523,9 @@ def _validate_kubernetes(s: Settings) -> None:
     for name in ("k8s_hub_port", "k8s_service_port"):
         if not 1 <= getattr(s, name) <= 65535:
             raise SettingsError(f"{name} {getattr(s, name)} is not a TCP port (1-65535)")
+    if s.k8s_observer_service_account and not _DNS_LABEL.fullmatch(s.k8s_observer_service_account):
+        raise SettingsError(f"k8s_observer_service_account {s.k8s_observer_service_account!r} is not a service "
+                            "account name: lowercase letters, digits and '-' (the chart's <release>-observer)")
     if s.k8s_hub_port == s.k8s_service_port:
         raise SettingsError("k8s_hub_port and k8s_service_port must differ (the hub's API and the VRE service)")
     if not 5 <= s.k8s_gate_seconds <= 3600:

@@ -104,6 +104,45 @@ def _restart_the_observer(kube, rel) -> None:
                60, "the observer's gap record")
 
 
+#: Run in the observer's pod: posts a well-formed read record with each token given (its own, read
+#: from the kubelet's projected file, with another node's name) and prints the hub's answers.
+FORGE_AS_OBSERVER = r"""
+import json, os, sys, urllib.error, urllib.request
+url = os.environ["VRE_OBSERVER_HUB_URL"] + "/services/vre/api/audit/host-events"
+own = open(os.environ["VRE_OBSERVER_TOKEN_FILE"]).read().strip()
+event = {"action": "dataset.read", "actor": "mallory", "actor_role": "researcher", "dataset": "x", "target": "/data/x/1"}
+answers = []
+for token, node in [(own, "another-node"), *[(t, os.environ["NODE_NAME"]) for t in sys.argv[1:]]]:
+    req = urllib.request.Request(url, data=json.dumps({"node": node, "events": [event]}).encode(), method="POST",
+                                 headers={"Authorization": "vre-observer " + token, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answers.append([r.status, r.read().decode()])
+    except urllib.error.HTTPError as e:
+        answers.append([e.code, e.read().decode()])
+print(json.dumps(answers))
+"""
+
+
+def _only_an_observers_own_pod_speaks_for_its_node(kube, rel) -> None:
+    """The observers' route takes a token only as the kubelet bound it to an observer's pod, and
+    only for that pod's node: its own token with another node's name, a token of the observers'
+    account bound to no pod, and another account's token (each for the right audience) are
+    refused, and none of their records is stored."""
+    (observer,) = json.loads(kube("get", "pods", "-n", rel.ns, "-l", "app.kubernetes.io/component=observer",
+                                  "-o", "json"))["items"]
+    unbound = kube("create", "token", f"{rel.name}-observer", "-n", rel.ns, "--audience", "vre-observer").strip()
+    other = kube("create", "token", "default", "-n", rel.ns, "--audience", "vre-observer").strip()
+    out = kube("exec", "-n", rel.ns, observer["metadata"]["name"], "-c", "observer", "--",
+               "python3", "-c", FORGE_AS_OBSERVER, unbound, other, timeout=120)
+    answers = json.loads(out.strip().splitlines()[-1])
+    assert [a[0] for a in answers] == [403, 403, 403], answers
+    for (_, message), why in zip(answers, ("not 'another-node'", "bound to no pod", "not the observers'")):
+        assert why in message, (why, message)
+    forged = json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "dataset.read", "--user", "mallory"))
+    assert forged == []
+
+
 def _observer_pid(rel) -> int:
     """Host pid of the release's observer (the test cluster's node is this machine)."""
     for entry in Path("/proc").iterdir():
@@ -854,6 +893,7 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
         assert {(e["actor"], e["dataset"]) for e in views} >= {("alice", "lung-ct-screening"), ("bob", "prostate-mri")}
         assert all(e["source"] == "session" for e in views)  # reported by the session, over TCP to the hub pod
         assert {e["actor"] for e in trail("--action", "session.stop")} == {"alice", "bob"}
+        _only_an_observers_own_pod_speaks_for_its_node(kube, rel)
     finally:
         subprocess.run([str(HELM), "uninstall", rel.name, "--namespace", rel.ns], capture_output=True,
                        env=kube.env, timeout=180)

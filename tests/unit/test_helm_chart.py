@@ -286,8 +286,7 @@ def test_secrets_are_random_at_every_fresh_render():
     args = ("-f", str(CHART / "ci/gpu-values.yaml"))  # internal database: its URLs carry the password
     first, second = _secret_values(render(*args)), _secret_values(render(*args))
     assert set(first) == {"jupyterhub_cookie_secret", "proxy_auth_token", "audit_relay_key", "access_api_token",
-                          "access_cookie_secret", "postgres_password", "audit_ed25519", "db-url", "hub-db-url",
-                          "observer_token"}
+                          "access_cookie_secret", "postgres_password", "audit_ed25519", "db-url", "hub-db-url"}
     for key in first:
         assert first[key] != second[key], f"{key} is the same in two fresh renders"
     assert first["audit_ed25519"].startswith("-----BEGIN PRIVATE KEY-----")
@@ -357,7 +356,8 @@ def test_schema_is_generated_and_values_yaml_documents_every_key():
 def test_the_observer_is_the_one_privileged_pod_and_the_hub_is_told():
     """The per-node observer of dataset reads: privileged in the node's pid namespace (fanotify,
     /proc/<pid>/root of pods), never on the node's network, on every node (tolerations), with the
-    token the hub checks; the hub gates pods with datasets behind it. Off: neither."""
+    token the kubelet binds to its pod for the hub (no shared secret), and the hub reviews it; the
+    hub gates pods with datasets behind it. Off: neither."""
     objs = render("-f", str(CHART / "ci/minimal-values.yaml"))
     ds = one(objs, "DaemonSet", "-observer")
     pod = ds["spec"]["template"]["spec"]
@@ -366,7 +366,12 @@ def test_the_observer_is_the_one_privileged_pod_and_the_hub_is_told():
     assert c["securityContext"]["privileged"] is True and c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["command"] == ["python3", "-m", "vre.hostview.node"]
     env = {e["name"]: e for e in c["env"]}
-    assert env["VRE_OBSERVER_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "observer_token"
+    assert "VRE_OBSERVER_TOKEN" not in env   # no shared token: one a node could use in another's name
+    (projected,) = [v["projected"] for v in pod["volumes"] if v["name"] == "hub-token"]
+    assert projected["sources"] == [{"serviceAccountToken": {"audience": "vre-observer", "expirationSeconds": 3600,
+                                                             "path": "token"}}]
+    mounted = {m["name"]: m for m in c["volumeMounts"]}["hub-token"]
+    assert mounted["readOnly"] and env["VRE_OBSERVER_TOKEN_FILE"]["value"] == mounted["mountPath"] + "/token"
     assert env["VRE_OBSERVER_HUB_URL"]["value"] == "http://t-vre-hub.vre-test.svc:8082"
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert pod["tolerations"] == [{"operator": "Exists"}]
@@ -376,7 +381,10 @@ def test_the_observer_is_the_one_privileged_pod_and_the_hub_is_told():
     hub = one(objs, "Deployment", "-hub")["spec"]["template"]["spec"]["containers"][0]
     hub_env = {e["name"]: e.get("value") for e in hub["env"]}
     assert hub_env["VRE_K8S_READ_OBSERVER"] == "true" and hub_env["VRE_K8S_GATE_SECONDS"] == "60"
-    assert "/var/lib/vre/secrets/observer_token" in {m["mountPath"] for m in hub["volumeMounts"]}
+    assert hub_env["VRE_K8S_OBSERVER_SERVICE_ACCOUNT"] == ds["spec"]["template"]["spec"]["serviceAccountName"]
+    reviews = [r for r in one(objs, "ClusterRole", "-namespaces")["rules"]
+               if r["apiGroups"] == ["authentication.k8s.io"]]
+    assert reviews == [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
     # the hub's VRE service port admits the observers
     policy = one(objs, "NetworkPolicy", "-hub")
     observers = [r for r in policy["spec"]["ingress"]
@@ -388,3 +396,5 @@ def test_the_observer_is_the_one_privileged_pod_and_the_hub_is_told():
     assert "DaemonSet" not in {o["kind"] for o in off}
     hub = one(off, "Deployment", "-hub")["spec"]["template"]["spec"]["containers"][0]
     assert {e["name"]: e.get("value") for e in hub["env"]}["VRE_K8S_READ_OBSERVER"] == "false"
+    assert "VRE_K8S_OBSERVER_SERVICE_ACCOUNT" not in {e["name"] for e in hub["env"]}
+    assert "tokenreviews" not in str(one(off, "ClusterRole", "-namespaces")["rules"])

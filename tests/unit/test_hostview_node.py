@@ -24,6 +24,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from vre import db as vdb
+from vre.api.observers import NODE_NAME, ObserverRefused, ObserverTokens, ReviewUnavailable, node_of
 from vre.audit import open_store
 from vre.hostview.podgate import GATE_NAME, gate_script
 from vre.hostview.fanotify import Group
@@ -145,21 +146,49 @@ def test_looks_for_gates_take_a_bounded_share_of_a_cpu():
     assert gate_pause(0.05) == pytest.approx(0.05 * GATE_DUTY) and 0.05 / (0.05 + gate_pause(0.05)) <= 0.2
 
 
+#: The API server's answers about tokens in these tests (TokenReview statuses); anything else is
+#: not a token it issued.
+OBSERVER = "system:serviceaccount:vre:t-vre-observer"
+REVIEWS = {
+    "o" * 43: {"authenticated": True, "audiences": ["vre-observer"],
+               "user": {"username": OBSERVER, "extra": {NODE_NAME: ["node-1"]}}},
+    "other-node": {"authenticated": True, "audiences": ["vre-observer"],
+                   "user": {"username": OBSERVER, "extra": {NODE_NAME: ["node-2"]}}},
+    "unbound": {"authenticated": True, "audiences": ["vre-observer"], "user": {"username": OBSERVER}},
+    "default-sa": {"authenticated": True, "audiences": ["vre-observer"],
+                   "user": {"username": "system:serviceaccount:vre:default", "extra": {NODE_NAME: ["node-1"]}}},
+    "for-the-api": {"authenticated": True, "audiences": ["https://kubernetes.default.svc"],
+                    "user": {"username": OBSERVER, "extra": {NODE_NAME: ["node-1"]}}},
+}
+REVIEWED: list[str] = []
+API_DOWN: list[bool] = []
+
+
+async def review(token: str) -> dict:
+    if API_DOWN:
+        raise ReviewUnavailable("the cluster's API did not review the token (timed out)")
+    REVIEWED.append(token)
+    return REVIEWS.get(token, {"authenticated": False, "error": "invalid bearer token"})
+
+
 @pytest.fixture
 def service(tmp_path):
-    """The VRE service's routes for sessions and observers (as on the hub pod's TCP port)."""
+    """The VRE service's routes for sessions and observers (as on the hub pod's TCP port), with
+    the API server's reviews of tokens as ``REVIEWS`` says."""
     from vre.api.service import make_app
     url = f"sqlite:///{tmp_path / 'vre.sqlite'}"
     vdb.upgrade(url)
-    settings = Settings(state_dir=tmp_path / "state", db_url=url)
-    settings.secrets_dir.mkdir(parents=True)
-    (settings.secrets_dir / "observer_token").write_text("o" * 43 + "\n")
+    settings = Settings(state_dir=tmp_path / "state", db_url=url, k8s_observer_service_account="t-vre-observer")
+    (tmp_path / "token").write_text("o" * 43 + "\n")   # the observer's projected token
+    REVIEWED.clear()
+    API_DOWN.clear()
     sock, port = bind_unused_port()
     loop = asyncio.new_event_loop()
 
     def serve():
         asyncio.set_event_loop(loop)
-        HTTPServer(make_app(settings, sessions_only=True)).add_sockets([sock])
+        HTTPServer(make_app(settings, sessions_only=True, observer_tokens=ObserverTokens(settings, review))
+                   ).add_sockets([sock])
         loop.run_forever()
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -184,7 +213,7 @@ def test_the_observer_marks_before_it_opens_and_records_what_the_pod_read(tmp_pa
     flag = tmp_path / "go-on"
     proc = gate(20, f"cat {target}/s1/1.dcm >/dev/null; while [ ! -e {flag} ]; do sleep 0.02; done; "
                     f"cat {target}/s*2/1.dcm >/dev/null", mount=(data, target))
-    observer = NodeObserver(instance="vre", node="node-1", hub_url=hub, token="o" * 43, state_dir=tmp_path / "reg")
+    observer = NodeObserver(instance="vre", node="node-1", hub_url=hub, token_file=tmp_path / "token", state_dir=tmp_path / "reg")
     observer.find_inits = lambda runs: {r.uid: proc.pid for r in runs if r.container_id == CID}
     try:
         deadline = time.monotonic() + 10
@@ -239,19 +268,46 @@ def test_the_observers_route_takes_only_the_observers_token_and_read_records(ser
 
     assert post({"events": [event]}, auth="vre-observer wrong").status_code == 403
     assert post({"events": [event]}, auth="vre-relay " + "o" * 43).status_code == 403
-    forged = post({"node": "n", "events": [{**event, "action": "airlock.approve"}]})
+    for token, why in (("unbound", "bound to no pod"), ("default-sa", "not the observers'"),
+                       ("for-the-api", "not issued for vre-observer")):
+        r = post({"events": [event]}, auth=f"vre-observer {token}")
+        assert r.status_code == 403 and why in r.json()["message"], r.text
+    # a node speaks only for itself: the node is its token's pod's, never the post's word
+    r = post({"node": "node-1", "events": [event]}, auth="vre-observer other-node")
+    assert r.status_code == 403 and "on node node-2, not 'node-1'" in r.json()["message"], r.text
+    forged = post({"node": "node-1", "events": [{**event, "action": "airlock.approve"}]})
     assert forged.status_code == 400 and "not airlock.approve" in forged.json()["message"]
-    assert post({"node": "n", "events": "x"}).status_code == 400
-    assert post({"node": "n", "events": [{**event, "actor_role": "god"}]}).status_code == 400
-    assert post({"node": "n", "events": ["x"]}).status_code == 400
-    bad = post({"node": "n", "events": [event, {**event, "details": ["x"]}]})
+    assert post({"node": "node-1", "events": "x"}).status_code == 400
+    assert post({"node": "node-1", "events": [{**event, "actor_role": "god"}]}).status_code == 400
+    assert post({"node": "node-1", "events": ["x"]}).status_code == 400
+    bad = post({"node": "node-1", "events": [event, {**event, "details": ["x"]}]})
     assert bad.status_code == 400 and bad.json()["message"].startswith("event 1: ")
-    r = post({"node": "n", "events": [{**event, "source": "session"}]})
+    r = post({"node": "node-1", "events": [{**event, "source": "session"}]})
     assert r.status_code == 200 and r.json() == {"stored": 1}
     (stored,) = open_store(settings).query(action="dataset.read", limit=10)
-    assert stored["source"] == "host" and stored["details"] == {"node": "n"}   # the host's word, whatever was sent
-    (settings.secrets_dir / "observer_token").unlink()     # no observer deployed: nobody may post
-    assert post({"events": [event]}).status_code == 403
+    assert stored["source"] == "host" and stored["details"] == {"node": "node-1"}   # the host's word
+    # one review a minute per token, refusals too (a session posting junk costs the API little)
+    assert REVIEWED.count("o" * 43) == 1 and REVIEWED.count("wrong") == 1
+    # an API server that does not answer is no refusal to keep: 503, and the next post is reviewed
+    API_DOWN.append(True)
+    assert post({"events": [event]}, auth="vre-observer fresh-token").status_code == 503
+    API_DOWN.clear()
+    assert post({"events": [event]}, auth="vre-observer fresh-token").status_code == 403
+    assert REVIEWED.count("fresh-token") == 1
+
+
+def test_a_token_speaks_for_an_observer_only_when_the_api_server_says_so():
+    """``node_of``: each answer of a TokenReview that is no observer's pod token is refused."""
+    settings = Settings(k8s_observer_service_account="t-vre-observer")
+    assert node_of(REVIEWS["o" * 43], settings) == "node-1"
+    for status, why in ((REVIEWS["unbound"], "bound to no pod"), (REVIEWS["default-sa"], "not the observers'"),
+                        (REVIEWS["for-the-api"], "not issued"), ({"authenticated": False}, "does not accept"),
+                        ({**REVIEWS["o" * 43], "user": {"username": OBSERVER, "extra": {NODE_NAME: ["a", "b"]}}},
+                         "bound to no pod")):
+        with pytest.raises(ObserverRefused, match=why):
+            node_of(status, settings)
+    with pytest.raises(ObserverRefused, match="no observer is configured"):
+        node_of(REVIEWS["o" * 43], Settings())
 
 
 #: Opens a file through io_uring (IORING_OP_OPENAT), not open(2): a researcher's way around an
@@ -396,7 +452,7 @@ def test_a_pod_past_its_gate_unmarked_is_marked_with_the_gap_and_a_new_one_is_wa
     target.mkdir(parents=True)
     past = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
                              f'mount --bind {data} {target} && mount -o remount,bind,ro {target} && exec sleep 30'])
-    observer = NodeObserver(instance="vre", node="node-1", hub_url=hub, token="o" * 43, state_dir=tmp_path / "reg")
+    observer = NodeObserver(instance="vre", node="node-1", hub_url=hub, token_file=tmp_path / "token", state_dir=tmp_path / "reg")
     observer.find_inits = lambda runs: {r.uid: past.pid for r in runs}
     try:
         deadline = time.monotonic() + 5
@@ -422,7 +478,7 @@ def test_a_record_the_hub_refuses_does_not_hold_back_the_others(service, caplog,
     from vre.audit.schema import Event
 
     settings, hub = service
-    observer = NodeObserver(instance="vre", node="node-1", hub_url=hub, token="o" * 43, state_dir=tmp_path / "reg",
+    observer = NodeObserver(instance="vre", node="node-1", hub_url=hub, token_file=tmp_path / "token", state_dir=tmp_path / "reg",
                             watcher=SimpleWatcher())
     good = [Event(action="dataset.read", actor="ann", actor_role="researcher", target=f"/data/ct/s{i}", source="host")
             for i in range(3)]

@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
+import logging
 
 from tornado import web
 
 from ..audit.events import emit_many
 from ..audit.relay import IngestError, check_token, store_events
 from ..audit.schema import AuditError, Event
+from .observers import ObserverRefused, ReviewUnavailable
+
+log = logging.getLogger("vre.service")
 
 
 class _PostWithCredential(web.RequestHandler):
@@ -49,17 +52,6 @@ class IngestHandler(_PostWithCredential):
 #: What an observer reports: dataset reads, the runs it froze to keep up with them, and the gaps
 #: in their record; nothing else.
 HOST_ACTIONS = frozenset({"dataset.read", "dataset.read_summary", "dataset.read_pause", "audit.gap"})
-#: The observers' shared token (the chart's generated Secret); absent: no observer may post.
-OBSERVER_TOKEN = "observer_token"
-
-
-def observer_token(settings) -> str:
-    try:
-        return (settings.secrets_dir / OBSERVER_TOKEN).read_text().strip()
-    except FileNotFoundError:
-        return ""
-
-
 def host_events(body, node: str) -> list[Event]:
     """The events of an observer's post, each checked as any event is, with ``source = "host"``
     and the node it came from; IngestError says what is wrong."""
@@ -82,18 +74,28 @@ def host_events(body, node: str) -> list[Event]:
 class HostEventsHandler(_PostWithCredential):
     """POST /services/vre/api/audit/host-events with ``Authorization: vre-observer <token>``: the
     per-node observers of a Kubernetes deployment (``vre.hostview.node``) store their records of
-    dataset reads. Their token is the chart's; sessions never hold it."""
+    dataset reads, as the node the API server says their token's pod runs on
+    (``vre.api.observers``). Sessions reach this route; no token of theirs is an observer's."""
 
     async def post(self):
         settings = self.settings["vre_settings"]
         scheme, _, token = (self.request.headers.get("Authorization") or "").partition(" ")
-        expected = observer_token(settings)
-        if scheme != "vre-observer" or not expected or not hmac.compare_digest(expected.encode(), token.strip().encode()):
+        tokens = self.settings.get("vre_observer_tokens")
+        if scheme != "vre-observer" or not token.strip() or tokens is None:
             return self._fail(403, "invalid observer token")
         try:
+            node = await tokens.node(token.strip())
+        except ReviewUnavailable as e:
+            return self._fail(503, str(e))
+        except ObserverRefused as e:
+            log.warning("refused records posted as an observer's: %s", e)
+            return self._fail(403, f"invalid observer token: {e}")
+        try:
             body = json.loads(self.request.body or b"{}")
-            node = str(body.get("node") or "") if isinstance(body, dict) else ""
-            events = host_events(body, node[:253])
+            claimed = body.get("node") if isinstance(body, dict) else None
+            if claimed not in (None, node):
+                return self._fail(403, f"this observer's token is its pod's on node {node}, not {claimed!r}")
+            events = host_events(body, node)
         except (IngestError, ValueError) as e:
             return self._fail(400, str(e))
         stored = await asyncio.to_thread(emit_many, settings, events)

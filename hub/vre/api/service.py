@@ -38,14 +38,26 @@ def prefix() -> str:
     return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/services/vre/"
 
 
-def make_app(settings: Settings, *, sessions_only: bool = False) -> web.Application:
+def make_app(settings: Settings, *, sessions_only: bool = False, observer_tokens=None) -> web.Application:
+    """The service's application; ``observer_tokens`` (``vre.api.observers.ObserverTokens``)
+    answers whose node an observer's token speaks for (None: no observer may post)."""
     base = prefix()
     handlers = [(url_path_join(base, pattern), *rest) for pattern, *rest in routes(settings, sessions_only=sessions_only)]
     if not sessions_only:
         handlers.append((url_path_join(base, "oauth_callback"), HubOAuthCallbackHandler))
     # The login cookie's key: new at each start (a restarted service sends browsers through the
     # hub's OAuth again, which is silent while they are logged in to the hub).
-    return web.Application(handlers, vre_settings=settings, cookie_secret=os.urandom(32))
+    return web.Application(handlers, vre_settings=settings, cookie_secret=os.urandom(32),
+                           vre_observer_tokens=observer_tokens)
+
+
+def observer_tokens(settings: Settings):
+    """The reviews of observers' tokens, on Kubernetes with the observers' account configured."""
+    if settings.backend != "kubernetes" or not settings.k8s_observer_service_account:
+        return None
+    from .observers import ObserverTokens, cluster_review
+
+    return ObserverTokens(settings, cluster_review(settings))
 
 
 def proxied_server(app: web.Application) -> HTTPServer:
@@ -74,7 +86,7 @@ async def serve(settings: Settings) -> None:
     proxied = proxied_server(make_app(settings))
     proxied.listen(url.port, url.hostname or "127.0.0.1")
     path = socket_path(settings)
-    sessions = HTTPServer(make_app(settings, sessions_only=True))
+    sessions = HTTPServer(make_app(settings, sessions_only=True, observer_tokens=observer_tokens(settings)))
     if settings.backend == "kubernetes":
         # Session pods connect over TCP (their project's NetworkPolicy allows this port of the
         # hub's pods and nothing else); the credentials are checked as on the socket.

@@ -15,7 +15,9 @@ creates instead of by requests on a socket:
   account token): the audit session, datasets (annotations), user and project (labels); a batch
   worker's current job is an annotation the job engine patches (``vre.audit/job``).
 - **Records** go to the hub's VRE service (``POST <hub>/services/vre/api/audit/host-events``) with
-  the observer's token; the hub stores them with ``source = "host"``.
+  the token the kubelet projects into this pod for the audience ``vre-observer`` (read again for
+  every post: the kubelet renews it); the hub asks the API server whose it is and stores the
+  records with ``source = "host"`` as that pod's node (``vre.api.observers``).
 - **Restarts.** The registry is on the node (a hostPath), so a new observer pod marks the live runs
   again and records the gap (``Watcher.restore``). A pod whose container started before this
   observer and is past its gate unmarked (the registry was lost) is marked, with an ``audit.gap``
@@ -179,10 +181,10 @@ def gate_state(pid: int, proc: Path = Path("/proc")) -> str | None:
 class NodeObserver(Recorder):
     """The observer of one node: marks the gated pods running here, and opens their gates."""
 
-    def __init__(self, *, instance: str, node: str, hub_url: str, token: str, state_dir: Path,
+    def __init__(self, *, instance: str, node: str, hub_url: str, token_file: Path, state_dir: Path,
                  watcher: Watcher | None = None, cgroups: Path = CGROUP_ROOT):
         super().__init__(watcher or Watcher(Registry(state_dir), via=SCHEME, where={"node": node}, cgroups=cgroups))
-        self.instance, self.node, self.token = instance, node, token
+        self.instance, self.node, self.token_file = instance, node, Path(token_file)
         self.url = f"{hub_url.rstrip('/')}/services/vre/{HOST_EVENTS_ROUTE}"
         self.runs: dict[str, Run] = {}      # pod uid -> what it is, for pods seen on this node
         self.opened: set[str] = set()       # pod uids whose gate this observer opened or found open
@@ -346,8 +348,9 @@ class NodeObserver(Recorder):
     def _post(self, events: list) -> bool:
         """True when stored; False when the hub refused them as bad (400)."""
         body = json.dumps({"node": self.node, "events": [e.to_dict() for e in events]}).encode()
+        token = self.token_file.read_text().strip()   # OSError: kept, sent again
         req = urllib.request.Request(self.url, data=body, method="POST", headers={
-            "Authorization": f"{SCHEME} {self.token}", "Content-Type": "application/json"})
+            "Authorization": f"{SCHEME} {token}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 r.read()
@@ -406,13 +409,14 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("the observer must run as root (fanotify, /proc/<pid>/root of pods)")
     env = os.environ
-    missing = [k for k in ("VRE_INSTANCE", "NODE_NAME", "VRE_OBSERVER_HUB_URL", "VRE_OBSERVER_TOKEN") if not env.get(k)]
+    missing = [k for k in ("VRE_INSTANCE", "NODE_NAME", "VRE_OBSERVER_HUB_URL", "VRE_OBSERVER_TOKEN_FILE")
+               if not env.get(k)]
     if missing:
         raise SystemExit(f"the observer needs {', '.join(missing)} in its environment (the chart's DaemonSet sets them)")
     os.nice(NICE)   # the researchers' reads first; the kernel queues the events until the observer reads them
     host_cgroup_namespace()
     observer = NodeObserver(instance=env["VRE_INSTANCE"], node=env["NODE_NAME"], hub_url=env["VRE_OBSERVER_HUB_URL"],
-                            token=env["VRE_OBSERVER_TOKEN"],
+                            token_file=Path(env["VRE_OBSERVER_TOKEN_FILE"]),
                             state_dir=Path(env.get("VRE_OBSERVER_STATE", "/var/lib/vre-observer")),
                             cgroups=Path(env.get("VRE_OBSERVER_CGROUPS") or CGROUP_ROOT))
     asyncio.run(observer.run())
