@@ -175,6 +175,13 @@ def test_a_kernels_reads_are_recorded_per_series_and_minute(hub, session, relay)
         assert (e["actor"], e["actor_role"], e["project"], e["dataset"]) == (USER, "researcher", PROJECT, DATASET)
         assert e["details"]["via"] == "vre-hostview" and e["source"] == "host"
     assert all(e["target"].startswith(f"/data/{DATASET}/") for e in firsts)
+    # os.walk listed every folder of the dataset: each is recorded once, and counted
+    folders = {".", *(f"patient-{p}" for p in range(3)),
+               *(f"patient-{s % 3}/series-{s}" for s in range(SERIES))}
+    lists = store.query(action="dataset.list", session=session, limit=10000)
+    assert sorted(e["details"]["folder"] for e in lists) == sorted(folders), lists
+    assert {(e["actor"], e["source"], e["dataset"]) for e in lists} == {(USER, "host", DATASET)}
+    assert sum(s["details"]["listings"] for s in summaries) >= len(folders)
 
 
 def hostview_pid(hub) -> int:

@@ -873,6 +873,12 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
             assert mine and {(r["actor"], r["source"], r["dataset"]) for r in mine} == {
                 (user, "host", e["details"]["datasets"][0])}, (user, mine[:3])
             assert {r["details"]["node"] for r in mine} == {e["details"]["node"]}
+        # and the folders each listed (its glob walked its dataset), from the same observer
+        lists = [r for r in trail("--action", "dataset.list") if r["details"]["role"] == "session"]
+        for user, e in starts.items():
+            mine = [r for r in lists if sessions[r["session"]]["actor"] == user]
+            assert "." in {r["details"]["folder"] for r in mine}, (user, mine[:3])
+            assert {(r["source"], r["details"]["node"]) for r in mine} == {("host", e["details"]["node"])}
         (alice_start,) = [e for e in sessions.values() if e["actor"] == "alice" and
                           any(r["session"] == e["session"] for r in reads)]
         gaps = [g for g in trail("--action", "audit.gap") if g["session"] == alice_start["session"]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vre.hostview.aggregate import MAX_SERIES_LISTED, Aggregator, Reader, series_of
-from vre.hostview.watcher import first_read_event, summary_event
+from vre.hostview.watcher import first_list_event, first_read_event, summary_event
 
 T0 = 1_800_000_000.0 - 1_800_000_000.0 % 60   # a minute's start
 ALICE = Reader(session="alice-lung-1", user="alice", project="lung", dataset="ct", target="/data/ct")
@@ -79,3 +79,20 @@ def test_attribution_of_a_worker_is_its_jobs_user_or_the_project():
                   role="worker")
     event = first_read_event(agg.record(idle, "/data/ct/s/1.dcm", T0))
     assert (event.actor, event.actor_role) == ("lung worker", "service")
+
+
+def test_a_folder_listed_gives_one_record_per_folder_and_is_counted_each_time():
+    agg = Aggregator()
+    firsts = [agg.listed(ALICE, p, T0 + i) for i, p in enumerate(
+        ["/data/ct", "/data/ct/p1", "/data/ct/p1/", "/data/ct", "/p1/s3", "/"])]   # the last two: run ended
+    assert [(f.folder, f.path) for f in firsts if f] == [(".", "/data/ct"), ("p1", "/data/ct/p1"),
+                                                           ("p1/s3", "/data/ct/p1/s3")]
+    assert agg.record(ALICE, "/data/ct/p1/001.dcm", T0 + 10).series == "p1"   # reads are counted apart
+    assert agg.pending() == 7
+    (summary,) = agg.flush()
+    assert (summary.opens, summary.listings, summary.series) == (1, 6, {"p1": 1})
+    event = first_list_event(firsts[1])
+    assert (event.action, event.source, event.actor, event.dataset, event.target) == (
+        "dataset.list", "host", "alice", "ct", "/data/ct/p1")
+    assert event.details["folder"] == "p1" and summary_event(summary, T0 + 60).details["listings"] == 6
+    assert agg.flush(session=ALICE.session) == [] and agg.listed(ALICE, "/data/ct", T0 + 70) is not None  # forgotten

@@ -80,6 +80,51 @@ def test_opens_the_kernel_dropped_are_an_audit_gap_of_every_marked_run(tmp_path)
         watcher.group.close()
 
 
+@needs_root
+def test_a_run_listing_a_dataset_folder_is_recorded_once_per_folder_and_counted(tmp_path):
+    """A listing (``ls``, ``os.scandir``, the Lab's file browser) opens the folder: the run's first
+    of each folder is a ``dataset.list``, every one is counted in the minute's summary, reads are
+    recorded as before, and hostview's own opens of a run's folders (marking) are not the run's."""
+    data, target = tmp_path / "dataset", tmp_path / "inside" / "data" / "ct"
+    (data / "p1" / "s1").mkdir(parents=True)
+    (data / "p1" / "s1" / "1.dcm").write_bytes(b"")
+    target.mkdir(parents=True)
+    run = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                            f"mount --bind {data} {target} && mount -o remount,bind,ro {target} && exec sleep 60"])
+    watcher = Watcher(Registry(tmp_path / "reg"))
+    try:
+        deadline = time.monotonic() + 5
+        while not Path(f"/proc/{run.pid}/cmdline").read_bytes().startswith(b"sleep"):
+            assert time.monotonic() < deadline, "the run never mounted its dataset"
+            time.sleep(0.01)
+        watcher.mark(Marked(session="ann-lung-1", user="ann", project="lung", pid=run.pid, pid_start=0,
+                            datasets=[{"slug": "ct", "target": str(target)}]))
+
+        def inside(*cmd: str) -> None:   # a process of the run (its mount namespace), then what it queued
+            subprocess.run(["nsenter", "-t", str(run.pid), "-m", *cmd], check=True, capture_output=True)
+            watcher.drain()
+
+        inside("ls", str(target))
+        inside("ls", f"{target}/p1/s1")
+        inside("ls", f"{target}/p1/s1")
+        inside("cat", f"{target}/p1/s1/1.dcm")
+        os.listdir(f"/proc/{run.pid}/root{target}/p1")   # this process is hostview's here: not the run's
+        watcher.drain()
+        lists = [e for e in watcher.outbox if e.action == "dataset.list"]
+        assert [(e.actor, e.session, e.dataset, e.target, e.details["folder"]) for e in lists] == [
+            ("ann", "ann-lung-1", "ct", str(target), "."), ("ann", "ann-lung-1", "ct", f"{target}/p1/s1", "p1/s1")]
+        assert all(e.source == "host" for e in lists)
+        (read,) = [e for e in watcher.outbox if e.action == "dataset.read"]
+        assert read.target == f"{target}/p1/s1/1.dcm" and read.details["series"] == "p1/s1"
+        watcher._flush()
+        (summary,) = [e for e in watcher.outbox if e.action == "dataset.read_summary"]
+        assert summary.details["opens"] == 1 and summary.details["listings"] == 3
+    finally:
+        run.kill()
+        run.wait()
+        watcher.group.close()
+
+
 def time_text(ts: float) -> str:
     import datetime as dt
 

@@ -51,7 +51,7 @@ class IngestHandler(_PostWithCredential):
 
 #: What an observer reports: dataset reads, the runs it froze to keep up with them, and the gaps
 #: in their record; nothing else.
-HOST_ACTIONS = frozenset({"dataset.read", "dataset.read_summary", "dataset.read_pause", "audit.gap"})
+HOST_ACTIONS = frozenset({"dataset.read", "dataset.list", "dataset.read_summary", "dataset.read_pause", "audit.gap"})
 def host_events(body, node: str) -> list[Event]:
     """The events of an observer's post, each checked as any event is, with ``source = "host"``
     and the node it came from; IngestError says what is wrong."""

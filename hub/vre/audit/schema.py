@@ -98,7 +98,9 @@ ACTIONS: dict[str, str] = {
     "dicom.instance_view": "a single DICOM instance was read",
     "download.refused": "a download out of the environment was refused",
     "dataset.read": "a session or batch worker first opened a file of a series directory (seen from the host)",
-    "dataset.read_summary": "dataset files opened by a session or worker in one minute, per series (seen from the host)",
+    "dataset.list": "a session or batch worker first listed a folder of a dataset (seen from the host)",
+    "dataset.read_summary": "dataset files opened by a session or worker in one minute, per series, and folders "
+                            "listed (seen from the host)",
     "dataset.read_pause": "a session or worker opened dataset files faster than they could be recorded: it was "
                           "frozen until they were (from, to, opens; seen from the host)",
     # work inside sessions

@@ -212,20 +212,30 @@ def _oom_kills(memory_dir: Path, version: int) -> int:
     return _keyed(text).get("oom_kill", 0)
 
 
+def cgroup_paths(pid: int | str) -> dict[str, str]:
+    """controller (``""`` for the v2 hierarchy) -> the cgroup path of process ``pid`` (or
+    ``"self"``) in it, from ``/proc/<pid>/cgroup``."""
+    paths = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(",") if controllers else [""]:
+            paths[c] = path
+    return paths
+
+
 def process_oom_kills(pid: int) -> int:
     """The OOM kills of the memory cgroup process ``pid`` is in (a container's, whose cgroup the
-    engine names), 0 when the process is gone."""
+    engine names): v1's memory controller where it has one (hybrid hosts), else v2's; 0 when the
+    process is gone."""
     try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines() if pid > 0 else []
-    except OSError:
+        paths = cgroup_paths(pid) if pid > 0 else {}
+    except (OSError, ValueError):
         return 0
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            return _oom_kills(CGROUP_ROOT / path.lstrip("/"), 2)
-        if "memory" in controllers.split(","):
-            mount = _v1_mounts().get("memory")
-            return _oom_kills(mount / path.lstrip("/"), 1) if mount else 0
+    if "memory" in paths:
+        mount = _v1_mounts().get("memory")
+        return _oom_kills(mount / paths["memory"].lstrip("/"), 1) if mount else 0
+    if "" in paths:
+        return _oom_kills(CGROUP_ROOT / paths[""].lstrip("/"), 2)
     return 0
 
 

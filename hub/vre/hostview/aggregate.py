@@ -1,9 +1,11 @@
 """Turning a stream of file opens into a bounded number of audit records (pure; no kernel).
 
 Per reader (a session or worker, one dataset, one attribution): the first open of each series
-directory (the file's parent) gives one ``dataset.read``; per reader and minute one
-``dataset.read_summary`` counts the opens, per series, at most :data:`MAX_SERIES_LISTED` series
-listed and the rest counted. So N opens give at most (#series + #minutes) records, whatever N is.
+directory (the file's parent) gives one ``dataset.read``; the first listing of each folder (an
+open of the folder itself: ``ls``, ``os.scandir``, the Lab's file browser) gives one
+``dataset.list``; per reader and minute one ``dataset.read_summary`` counts the opens, per series,
+at most :data:`MAX_SERIES_LISTED` series listed and the rest counted, and the listings. So N opens
+give at most (#series + #folders + #minutes) records, whatever N is.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ class FirstRead:
 
 
 @dataclass
+class FirstList:
+    reader: Reader
+    folder: str          # relative to the dataset root ("." for the root itself)
+    path: str
+    when: float
+
+
+@dataclass
 class Summary:
     reader: Reader
     minute: int          # unix time of the minute's start
@@ -46,6 +56,7 @@ class Summary:
     series: dict[str, int]
     unlisted_series: int
     unlisted_opens: int
+    listings: int = 0    # folders opened (listed) that minute
 
 
 def in_session(reader: Reader, path: str) -> str:
@@ -65,6 +76,7 @@ def series_of(reader: Reader, path: str) -> str:
 class _Bucket:
     opens: int = 0
     series: Counter = field(default_factory=Counter)
+    listings: int = 0
 
 
 class Aggregator:
@@ -72,6 +84,7 @@ class Aggregator:
 
     def __init__(self):
         self._seen: dict[Reader, set[str]] = {}
+        self._listed: dict[Reader, set[str]] = {}
         self._buckets: dict[tuple[Reader, int], _Bucket] = {}
 
     def record(self, reader: Reader, path: str, when: float) -> FirstRead | None:
@@ -87,6 +100,20 @@ class Aggregator:
         seen.add(series)
         return FirstRead(reader, series, path, when)
 
+    def listed(self, reader: Reader, path: str, when: float) -> FirstList | None:
+        """Count one listing (an open of the folder ``path``); a FirstList when it is the
+        reader's first of that folder."""
+        path = path.rstrip("/")
+        if path != reader.target:
+            path = in_session(reader, path)
+        folder = path[len(reader.target) + 1:] or "."
+        self._buckets.setdefault((reader, int(when // 60) * 60), _Bucket()).listings += 1
+        seen = self._listed.setdefault(reader, set())
+        if folder in seen:
+            return None
+        seen.add(folder)
+        return FirstList(reader, folder, path, when)
+
     def flush(self, now: float | None = None, *, session: str | None = None) -> list[Summary]:
         """Summaries of the minutes that ended before ``now`` (all when None), or of one session's
         minutes (``session``: it stops); they are forgotten once returned."""
@@ -100,12 +127,13 @@ class Aggregator:
                 continue
             out.append(_summary(reader, minute, self._buckets.pop(key)))
         if session is not None:
-            for reader in [r for r in self._seen if r.session == session]:
-                del self._seen[reader]
+            for seen in (self._seen, self._listed):
+                for reader in [r for r in seen if r.session == session]:
+                    del seen[reader]
         return out
 
     def pending(self) -> int:
-        return sum(b.opens for b in self._buckets.values())
+        return sum(b.opens + b.listings for b in self._buckets.values())
 
     def oldest(self) -> int | None:
         """Start of the oldest minute still counting (None: nothing pending)."""
@@ -120,4 +148,4 @@ def _summary(reader: Reader, minute: int, bucket: _Bucket) -> Summary:
         series[short] = series.get(short, 0) + n
     listed_opens = sum(listed.values())
     return Summary(reader, minute, bucket.opens, series, len(bucket.series) - len(listed),
-                   bucket.opens - listed_opens)
+                   bucket.opens - listed_opens, bucket.listings)

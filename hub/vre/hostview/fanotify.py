@@ -12,6 +12,7 @@ import ctypes
 import fcntl
 import os
 import resource
+import stat
 import struct
 import termios
 
@@ -21,7 +22,7 @@ _libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ct
 
 FAN_CLOEXEC, FAN_NONBLOCK, FAN_CLASS_NOTIF, FAN_UNLIMITED_QUEUE = 0x1, 0x2, 0x0, 0x10
 FAN_MARK_ADD, FAN_MARK_REMOVE, FAN_MARK_MOUNT = 0x1, 0x2, 0x10
-FAN_OPEN, FAN_Q_OVERFLOW = 0x20, 0x4000
+FAN_OPEN, FAN_Q_OVERFLOW, FAN_ONDIR = 0x20, 0x4000, 0x40000000
 FAN_NOFD = -1
 AT_FDCWD = -100
 #: struct fanotify_event_metadata: event_len, vers, reserved, metadata_len, mask, fd, pid
@@ -55,9 +56,11 @@ def _check(result: int, what: str) -> int:
 
 
 _libc.statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
-AT_EMPTY_PATH, STATX_MNT_ID = 0x1000, 0x1000
+AT_EMPTY_PATH, STATX_TYPE, STATX_MNT_ID = 0x1000, 0x1, 0x1000
+_STATX_MODE_OFFSET = 0x1c            # struct statx: __u16 stx_mode
 _STATX_MNT_ID_OFFSET = 0x90          # struct statx: __u64 stx_mnt_id
 _statx_buf = ctypes.create_string_buffer(256)
+_statx_mode = ctypes.c_uint16.from_buffer(_statx_buf, _STATX_MODE_OFFSET)
 _statx_mnt_id = ctypes.c_uint64.from_buffer(_statx_buf, _STATX_MNT_ID_OFFSET)
 
 
@@ -66,6 +69,13 @@ def mount_id(fd: int) -> int:
     call: hostview asks it for every event). Not thread-safe (one buffer)."""
     _check(_libc.statx(fd, b"", AT_EMPTY_PATH, STATX_MNT_ID, _statx_buf), "statx")
     return _statx_mnt_id.value
+
+
+def mount_and_folder(fd: int) -> tuple[int, bool]:
+    """(``mount_id(fd)``, whether ``fd`` is a folder) in the same one ``statx`` call: an event's
+    mask does not say whether a folder was opened (only groups that report file ids say so)."""
+    _check(_libc.statx(fd, b"", AT_EMPTY_PATH, STATX_MNT_ID | STATX_TYPE, _statx_buf), "statx")
+    return _statx_mnt_id.value, stat.S_ISDIR(_statx_mode.value)
 
 
 class Group:
@@ -77,14 +87,15 @@ class Group:
                                              os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC), "fanotify_init")
 
     def mark_mount(self, dirfd: int) -> None:
-        """Report every open (not of directories) on the mount that ``dirfd`` (an open directory
-        of it, checked by the caller; not ``O_PATH``: fanotify refuses those) belongs to. Marking
-        the fd, not a path, leaves no window between the check and the mark."""
-        _check(_libc.fanotify_mark(self.fd, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_OPEN, dirfd, None), "fanotify_mark")
+        """Report every open, of files and of folders (a listing), on the mount that ``dirfd`` (an
+        open directory of it, checked by the caller; not ``O_PATH``: fanotify refuses those)
+        belongs to. Marking the fd, not a path, leaves no window between the check and the mark."""
+        _check(_libc.fanotify_mark(self.fd, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_OPEN | FAN_ONDIR, dirfd, None),
+               "fanotify_mark")
 
-    def read(self) -> list[tuple[int, int]]:
-        """Up to 64 KiB of queued events (about 2,700), as (mask, fd) pairs; the caller closes
-        each fd (FAN_NOFD for an overflow). Empty when none are queued."""
+    def read(self) -> list[tuple[int, int, int]]:
+        """Up to 64 KiB of queued events (about 2,700), as (mask, fd, pid of the opener); the
+        caller closes each fd (FAN_NOFD for an overflow). Empty when none are queued."""
         try:
             data = os.read(self.fd, READ_BYTES)
         except BlockingIOError:
@@ -92,8 +103,8 @@ class Group:
         out = []
         off = 0
         while off + META.size <= len(data):
-            event_len, _v, _r, _meta_len, mask, fd, _pid = META.unpack_from(data, off)
-            out.append((mask, fd))
+            event_len, _v, _r, _meta_len, mask, fd, pid = META.unpack_from(data, off)
+            out.append((mask, fd, pid))
             off += event_len
         return out
 

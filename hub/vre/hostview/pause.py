@@ -16,17 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..backends.cgroups import CGROUP_ROOT
-
-
-def _cgroup_paths(pid: int | str) -> dict[str, str]:
-    """controller (``""`` for the v2 hierarchy) -> the process' cgroup path in it."""
-    paths = {}
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        for c in controllers.split(",") if controllers else [""]:
-            paths[c] = path
-    return paths
+from ..backends.cgroups import CGROUP_ROOT, cgroup_paths
 
 
 def freezer_of(pid: int, root: Path = CGROUP_ROOT) -> Path | None:
@@ -34,7 +24,7 @@ def freezer_of(pid: int, root: Path = CGROUP_ROOT) -> Path | None:
     ``cgroup.freeze``) under the cgroup filesystem at ``root`` (a node observer's view of the
     host's); None where it has none of its own or the file is not there."""
     try:
-        theirs, own = _cgroup_paths(pid), _cgroup_paths("self")
+        theirs, own = cgroup_paths(pid), cgroup_paths("self")
     except (OSError, ValueError):
         return None
     if (root / "freezer" / "cgroup.procs").exists() and "freezer" in theirs:

@@ -1,7 +1,8 @@
 """The host's view of dataset reads: mount marks per run, events attributed by mount, audit records.
 
 One fanotify group; per marked run (session, batch worker, container) one ``FAN_MARK_MOUNT`` mark
-with ``FAN_OPEN`` on each of *its own* dataset mounts, reached as ``/proc/<pid>/root/data/<slug>``
+with ``FAN_OPEN`` of files and folders (a folder is opened to list it) on each of *its own*
+dataset mounts, reached as ``/proc/<pid>/root/data/<slug>``
 (the host's mount of a dataset does not see opens made through a sandbox's bind of it). Each event
 is attributed by the mount its fd was opened through, never by pid (short-lived readers are gone
 when the event is read), and its fd is closed at once. Attribution therefore comes from what the
@@ -23,8 +24,8 @@ from pathlib import Path
 
 from ..audit.schema import Event
 from ..backends.cgroups import freeze
-from .aggregate import Aggregator, FirstRead, Reader, Summary
-from .fanotify import FAN_NOFD, FAN_Q_OVERFLOW, READ_BYTES, Group, mount_id
+from .aggregate import Aggregator, FirstList, FirstRead, Reader, Summary
+from .fanotify import FAN_NOFD, FAN_Q_OVERFLOW, READ_BYTES, Group, mount_and_folder, mount_id
 from .pause import CGROUP_ROOT, freezer_of
 from .registry import Marked, Registry, alive, process_start
 
@@ -94,12 +95,18 @@ def first_read_event(r: FirstRead) -> Event:
                       details={**_details(r.reader), "series": r.series})
 
 
+def first_list_event(r: FirstList) -> Event:
+    return host_event("dataset.list", when=r.when, **_who(r.reader), project=r.reader.project,
+                      dataset=r.reader.dataset, session=r.reader.session, target=r.path[:4000],
+                      details={**_details(r.reader), "folder": r.folder})
+
+
 def summary_event(s: Summary, when: float) -> Event:
     return host_event("dataset.read_summary", when=when, **_who(s.reader), project=s.reader.project,
                       dataset=s.reader.dataset, session=s.reader.session, target=s.reader.target,
                       details={**_details(s.reader), "minute": _utc(s.minute).strftime("%Y-%m-%dT%H:%MZ"),
                                "opens": s.opens, "series": s.series, "unlisted_series": s.unlisted_series,
-                               "unlisted_opens": s.unlisted_opens})
+                               "unlisted_opens": s.unlisted_opens, "listings": s.listings})
 
 
 def mount_point_ids(pid: int) -> dict[str, int]:
@@ -405,15 +412,16 @@ class Watcher:
             self.outbox.append(pause_event(m, since, now, opens, via=self.via, **self.where))
             log.info("%s thawed after %.1f s: its reads are recorded", session, now - since)
 
-    def _count(self, events: list[tuple[int, int]], now: float) -> int:
+    def _count(self, events: list[tuple[int, int, int]], now: float) -> int:
         n = 0
-        for mask, fd in events:
+        own = os.getpid()
+        for mask, fd, pid in events:
             if fd == FAN_NOFD:
                 if mask & FAN_Q_OVERFLOW:
                     self._overflowed(now)
                 continue
             try:
-                mnt = mount_id(fd)
+                mnt, folder = mount_and_folder(fd)
                 # a name that is not UTF-8 (imported trees have them) is kept readable, escaped
                 path = os.readlink(f"/proc/self/fd/{fd}").encode("utf-8", "surrogateescape").decode(
                     "utf-8", "backslashreplace")
@@ -427,9 +435,16 @@ class Watcher:
                 continue
             reader, point = held
             self.behind[reader.session] += 1
-            if not path.startswith(point + "/"):   # the run is gone: the path is from the mount's root
+            if path != point and not path.startswith(point + "/"):   # the run is gone: from the mount's root
                 path = point + path
             n += 1
+            if folder:
+                if pid == own:   # marking a run opens its folders: not the run's listing
+                    continue
+                listed = self.agg.listed(reader, path, now)
+                if listed is not None:
+                    self.outbox.append(first_list_event(listed))
+                continue
             first = self.agg.record(reader, path, now)
             if first is not None:
                 self.outbox.append(first_read_event(first))
