@@ -155,10 +155,15 @@ def test_a_reader_without_a_token_does_not_start(tmp_path):
 
 
 def test_an_idle_reader_exits_by_itself(tmp_path):
-    r = Reader(tmp_path, idle=1)
+    """Only the hub's questions keep it alive: another pod knocking without the token does not."""
+    r = Reader(tmp_path, idle=2)
     try:
         assert r.files().healthy()
-        assert r.proc.wait(timeout=15) == 0
+        knocked = time.monotonic()
+        while r.proc.poll() is None and time.monotonic() - knocked < 15:
+            assert not r.files("x" * 43).healthy()
+            time.sleep(0.2)
+        assert r.proc.wait(timeout=5) == 0 and time.monotonic() - knocked < 15
         assert not r.files().healthy()
     finally:
         r.stop()

@@ -145,12 +145,12 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        self.server.last_request = time.monotonic()
         url = urlsplit(self.path)
         try:
             given = self.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.server.token}".encode()):
                 raise Refused(401, "a token is required")
+            self.server.last_request = time.monotonic()   # only the hub's questions keep it alive
             if url.path == "/health":
                 return self._json(200, {"ok": True})
             path = (parse_qs(url.query).get("path") or [""])[0]

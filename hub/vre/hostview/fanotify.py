@@ -1,7 +1,7 @@
 """A minimal ctypes binding of fanotify: one notification group, mount marks, fd-reporting events.
 
-Only what hostview needs (docs/access-layer.md, probe (a)): ``FAN_OPEN`` on whole mounts, events
-that carry an open fd of the file. The fd tells the mount (``fdinfo`` ``mnt_id``, which is how an
+Only what hostview needs (docs/access-layer.md, probe (a)): ``FAN_OPEN`` of files and folders on
+whole mounts, events that carry an open fd of what was opened. The fd tells the mount (``fdinfo`` ``mnt_id``, which is how an
 event is attributed: readers are often gone by the time it is read) and the path as the reader saw
 it (``readlink``).
 """
