@@ -51,7 +51,7 @@ def make_app(settings: Settings, *, sessions_only: bool = False, observer_tokens
                            vre_observer_tokens=observer_tokens)
 
 
-def observer_tokens(settings: Settings):
+def token_reviews(settings: Settings):
     """The reviews of observers' tokens, on Kubernetes with the observers' account configured."""
     if settings.backend != "kubernetes" or not settings.k8s_observer_service_account:
         return None
@@ -86,7 +86,7 @@ async def serve(settings: Settings) -> None:
     proxied = proxied_server(make_app(settings))
     proxied.listen(url.port, url.hostname or "127.0.0.1")
     path = socket_path(settings)
-    sessions = HTTPServer(make_app(settings, sessions_only=True, observer_tokens=observer_tokens(settings)))
+    sessions = HTTPServer(make_app(settings, sessions_only=True, observer_tokens=token_reviews(settings)))
     if settings.backend == "kubernetes":
         # Session pods connect over TCP (their project's NetworkPolicy allows this port of the
         # hub's pods and nothing else); the credentials are checked as on the socket.
