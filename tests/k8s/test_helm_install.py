@@ -259,7 +259,7 @@ def test_install_login_policies_upgrade_uninstall(kube, release, new_ns):
     assert f"Created pod {sessions_ns}/" in hub_log, hub_log[-3000:]
     assert "Forbidden" not in hub_log and "forbidden" not in hub_log, hub_log[-3000:]
     assert kube.get("namespace", sessions_ns)["metadata"]["labels"]["vre.instance"] == release.instance
-    assert len(kube("get", "networkpolicy", "-n", sessions_ns, "-o", "name").split()) == 5
+    assert len(kube("get", "networkpolicy", "-n", sessions_ns, "-o", "name").split()) == 6
     assert kube.get("resourcequota", "project", sessions_ns)["spec"]["hard"]["pods"]
     kube.wait("the failed session's pod and Secret removed", lambda: not kube(
         "get", "pods,secrets", "-n", sessions_ns, "-l", "vre.role=session", "-o", "name").split(), sessions_ns, 60)

@@ -60,7 +60,7 @@ def test_session_request_reaches_the_cluster_and_fails_cleanly(k8s_hub, kube):
     policies = kube("get", "networkpolicy", "-n", ns, "-o", "name").split()
     assert sorted(policies) == sorted(f"networkpolicy.networking.k8s.io/{p}" for p in
                                       ("default-deny", "project-internal", "hub-to-sessions", "hub-to-agent",
-                                       "sessions-to-hub"))
+                                       "hub-to-readers", "sessions-to-hub"))
     hard = kube.get("resourcequota", "project", ns)["spec"]["hard"]
     assert hard["limits.cpu"] and hard["pods"]
     kube.wait("the failed pod and its Secret removed",
