@@ -317,7 +317,7 @@ def poll(page, js: str, arg, until, *, timeout_s: float, what: str):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout_s:.0f} s; last seen: {value!r}"[:2000])
-        time.sleep(0.5)
+        page.wait_for_timeout(500)
 
 
 def run_itk_cell(page, index: int, expect_text: str) -> None:
@@ -343,6 +343,18 @@ def run_itk_cell(page, index: int, expect_text: str) -> None:
          timeout_s=120, what=f"cell {index} output {expect_text!r}")
 
 
+def ask_again(page, url: str) -> str:
+    """Status and time of ``url`` fetched by the test with the page's cookies (for a diagnosis)."""
+    import time
+
+    t0 = time.monotonic()
+    try:
+        r = page.request.get(url, timeout=20_000)
+        return f"{r.status} in {time.monotonic() - t0:.1f} s"
+    except PlaywrightError as e:
+        return f"no answer in {time.monotonic() - t0:.1f} s ({e.message.splitlines()[0]})"
+
+
 def viewer_shot(page, *, until, cell: int = 0, timeout_s: float = 180, what: str = "") -> bytes:
     """Screenshots of the viewer's frame in the output of ``cell`` until ``until(png)`` holds."""
     import time
@@ -359,13 +371,13 @@ def viewer_shot(page, *, until, cell: int = 0, timeout_s: float = 180, what: str
         assert time.monotonic() < deadline, (f"viewer {what}: its frame never loaded {src}; frames: {frames}; "
                                              f"requests in flight: {in_flight(page)}")
         if not said and time.monotonic() > deadline - timeout_s + 30:
-            # seen twice in fresh-clone CI runs: the iframe in the output, its page not in the frames
-            # for a minute, then loaded. Loading it again is no remedy: the kernel's viewer stays
-            # bound to the first page, which then arrives and is replaced. Say what is waiting.
+            # seen in three fresh-clone CI runs (docker sessions): the frame's page requested and
+            # not answered for minutes, then loaded right after the failure. Which hop holds it:
+            # the same URL asked again now, with the browser's cookies, through the same hub
             print(f"viewer {what}: its frame has not loaded {src} in 30 s (frames: {frames}); "
-                  f"requests in flight: {in_flight(page)}")
+                  f"requests in flight: {in_flight(page)}; the same URL asked again: {ask_again(page, src)}")
             said = True
-        time.sleep(0.5)  # the iframe is there before its page
+        page.wait_for_timeout(500)   # the iframe is there before its page; Playwright keeps its events flowing
     poll(viewer, "() => !!document.querySelector('canvas')", None, bool, timeout_s=timeout_s,
          what=f"viewer {what}: its canvas")
     deadline = time.monotonic() + timeout_s
@@ -380,7 +392,7 @@ def viewer_shot(page, *, until, cell: int = 0, timeout_s: float = 180, what: str
             print(f"viewer {what}: as expected after {time.monotonic() - deadline + timeout_s:.0f} s")
             return png
         print(f"viewer {what}: {lit_pixels(png)} lit pixels, not yet")
-        time.sleep(2)
+        page.wait_for_timeout(2000)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / f"itk-{what or 'viewer'}.png").write_bytes(png)
     raise AssertionError(f"the viewer ({what}) never showed what was expected; last screenshot in test-artifacts")
