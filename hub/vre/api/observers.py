@@ -90,22 +90,26 @@ class ObserverTokens:
 def cluster_review(settings) -> Review:
     """``review`` that asks the cluster's API server (the hub's service account may create
     TokenReviews: the chart's RBAC). An API that does not answer is ReviewUnavailable."""
+    import aiohttp
     from kubernetes_asyncio.client import ApiClient, AuthenticationV1Api, V1TokenReview, V1TokenReviewSpec
+    from kubernetes_asyncio.client.exceptions import ApiException
 
-    from ..backends.kubernetes import api_reason, load_client_config
+    from ..backends.kubernetes import KubernetesBackendError, api_reason, load_client_config
 
     client: list[ApiClient] = []
 
     async def review(token: str) -> dict:
-        if not client:
-            await load_client_config(settings)
-            client.append(ApiClient())
         body = V1TokenReview(spec=V1TokenReviewSpec(token=token, audiences=[AUDIENCE]))
         try:
+            if not client:
+                await load_client_config(settings)
+                client.append(ApiClient())
             answer = await AuthenticationV1Api(client[0]).create_token_review(body)
-        except Exception as e:  # noqa: BLE001 - an API error of any kind: this post is refused
-            reason = api_reason(e) if hasattr(e, "status") and hasattr(e, "body") else str(e) or type(e).__name__
-            raise ReviewUnavailable(f"the cluster's API did not review the token ({reason})") from None
+        except ApiException as e:
+            raise ReviewUnavailable(f"the cluster's API did not review the token ({api_reason(e)})") from None
+        except (OSError, TimeoutError, aiohttp.ClientError, KubernetesBackendError) as e:
+            raise ReviewUnavailable(f"the cluster's API did not review the token "
+                                    f"({e or type(e).__name__})") from None
         return client[0].sanitize_for_serialization(answer.status) or {}
 
     return review

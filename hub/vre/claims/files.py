@@ -99,9 +99,13 @@ class ReaderFiles:
             raise ReaderUnavailable(f"the reader of the project's files did not answer ({e or type(e).__name__}); "
                                     "nothing was changed, try again") from None
 
-    def _ask(self, what: str, path: str) -> dict:
-        if what != "health" and not (path + "/").startswith(self.root + "/"):
+    def _on_claims(self, path: str) -> None:
+        if not (path + "/").startswith(self.root + "/"):
             raise FileNotFoundError(errno.ENOENT, "not on the project's claims", path)
+
+    def _ask(self, what: str, path: str) -> dict:
+        if what != "health":
+            self._on_claims(path)
         r = self._request(what, path)
         body = json.loads(r.read() or b"{}")
         if r.status != 200:
@@ -132,8 +136,7 @@ class ReaderFiles:
         """The bytes of the regular file ``rel`` below ``base``: a stream to read to its end, which
         raises ``http.client.IncompleteRead`` when the reader stops short."""
         path = f"{base.rstrip('/')}/{rel}"
-        if not path.startswith(self.root + "/"):
-            raise FileNotFoundError(errno.ENOENT, "not on the project's claims", path)
+        self._on_claims(path)
         r = self._request("read", path, keep=False)
         if r.getheader("Content-Type") == "application/json":
             body = json.loads(r.read() or b"{}")

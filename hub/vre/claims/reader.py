@@ -71,28 +71,33 @@ def _parent(root: str, parts: list[str]) -> int:
     return fd
 
 
-def lstat(root: str, path: str) -> dict:
+def _at(root: str, path: str, act, top):
+    """``act(name, folder fd)`` for the last component of ``path``, in its real parent folder;
+    ``top(root)`` for the root itself."""
     parts = _parts(root, path)
     if not parts:
-        st = os.stat(root)
-    else:
-        fd = _parent(root, parts)
-        try:
-            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-        finally:
-            os.close(fd)
+        return top(root)
+    fd = _parent(root, parts)
+    try:
+        return act(parts[-1], fd)
+    finally:
+        os.close(fd)
+
+
+def _refuse(code: int, what: str):
+    def refuse(_root):
+        raise OSError(code, what)
+    return refuse
+
+
+def lstat(root: str, path: str) -> dict:
+    st = _at(root, path, lambda name, fd: os.stat(name, dir_fd=fd, follow_symlinks=False), os.stat)
     return {"mode": st.st_mode, "size": st.st_size}
 
 
 def readlink(root: str, path: str) -> dict:
-    parts = _parts(root, path)
-    if not parts:
-        raise OSError(errno.EINVAL, "not a symbolic link")
-    fd = _parent(root, parts)
-    try:
-        return {"target": os.readlink(parts[-1], dir_fd=fd)}
-    finally:
-        os.close(fd)
+    return {"target": _at(root, path, lambda name, fd: os.readlink(name, dir_fd=fd),
+                          _refuse(errno.EINVAL, "not a symbolic link"))}
 
 
 def scandir(root: str, path: str) -> dict:
@@ -112,14 +117,8 @@ def scandir(root: str, path: str) -> dict:
 
 def open_file(root: str, path: str) -> int:
     """A descriptor of the regular file ``path`` (no link followed, never blocking on a FIFO)."""
-    parts = _parts(root, path)
-    if not parts:
-        raise OSError(errno.EISDIR, "is a folder")
-    fd = _parent(root, parts)
-    try:
-        f = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
-    finally:
-        os.close(fd)
+    f = _at(root, path, lambda name, fd: os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                                                  dir_fd=fd), _refuse(errno.EISDIR, "is a folder"))
     if not stat.S_ISREG(os.fstat(f).st_mode):
         os.close(f)
         raise OSError(errno.EINVAL, "not a regular file")
