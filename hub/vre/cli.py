@@ -466,10 +466,12 @@ def cmd_jobs(args) -> int:
         job = vdb.get_by_id(db, vdb.Job, args.id)
         if job is None:
             raise NotFound(f"there is no job {args.id}")
+        # read as its author would (on claims: through her reader, while she is a member)
+        folder = service.job_files(db, settings, job, job.account.name)
         if args.jobs_cmd == "show":
-            print(json.dumps(service.to_dict(settings, job, detail=True), indent=2))
+            print(json.dumps(service.to_dict(settings, job, detail=True, folder=folder), indent=2))
         elif args.jobs_cmd == "log":
-            print(service.read_log(settings, job)[0], end="")
+            print(service.read_log(settings, job, folder=folder)[0], end="")
     return 0
 
 

@@ -397,17 +397,21 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
     root and writable home and workspace, and the home outlives the session."""
     rel = Release(kube, new_ns("lab"), hub_image)
     project = "lab-pod"
-    project_ns = f"{rel.instance}-{project}"
+    project_ns, held_ns = f"{rel.instance}-{project}", f"{rel.instance}-0held-{project}"
     rwx = f"{rel.storage_class}-rwx"
-    claims = {}
-    for claim in ("home-alice", "workspace"):  # the claims the hub will make, bound to volumes of this test
+    claims, volumes = {}, {}
+    # the claims the hub will make (a member's, the batch pools'), bound to volumes of this test
+    for ns, claim in ((project_ns, "home-alice"), (project_ns, "workspace"), (project_ns, "worker-home"),
+                      (held_ns, "held"), (held_ns, "held-home")):
         path = Path(tempfile.mkdtemp(prefix=f"vre-helm-{claim}-", dir="/var/tmp"))
         path.chmod(0o777)  # a hostPath volume has no fsGroup handling; a real RWX class has
-        claims[claim] = path
+        volumes[claim] = path
+        if ns == project_ns and claim != "worker-home":
+            claims[claim] = path
         kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{rwx}-{claim}"},
                     "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
                              "persistentVolumeReclaimPolicy": "Retain", "storageClassName": rwx,
-                             "claimRef": {"namespace": project_ns, "name": claim},
+                             "claimRef": {"namespace": ns, "name": claim},
                              "hostPath": {"path": str(path), "type": "Directory"}}})
     args = [*rel.args, "--set", f"sessions.image={notebook_image}", "--set", "sessions.storage=pvc",
             "--set", f"sessions.storageClassName={rwx}",
@@ -475,8 +479,7 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
                  "    print('served')\nexcept urllib.error.HTTPError as e:\n    print('status', e.code)\n")
         assert "status 401" in k.check(probe, timeout=60)
         k.close()
-        r = alice.vre_api("POST", "/jobs", json={"project": project, "kind": "script", "target": "project/x.py"})
-        assert r.status_code == 400 and 'needs k8s_storage = "hostPath"' in r.json()["message"], r.text
+        _jobs_on_claims(kube, rel, alice, project, volumes)
 
         # stop: the pod goes, the claims stay; the next session finds the file
         alice.stop(project, timeout=120)
@@ -501,9 +504,91 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         subprocess.run([str(HELM), "uninstall", rel.name, "--namespace", rel.ns], capture_output=True,
                        env=kube.env, timeout=180)
         rel.cleanup()
-        for claim, path in claims.items():
+        for claim, path in volumes.items():
             kube.run("delete", "persistentvolume", f"{rwx}-{claim}", "--wait=false")
             shutil.rmtree(path, ignore_errors=True)
+
+
+CLAIMS_JOB = """
+import json, os
+out = os.environ["VRE_JOB_OUTPUT"]
+open(os.path.join(out, "result.txt"), "w").write("made in a worker pod\\n")
+print("JOB DONE", os.getcwd() == out, json.dumps([n for n in sorted(os.listdir(out)) if not n.startswith(".")]))
+"""
+
+
+def _jobs_on_claims(kube, rel, alice, project: str, volumes: dict) -> None:
+    """The batch queue where the hub mounts no claim: a worker pod makes the job's folder in the
+    workspace claim (members read its log, progress and outputs through alice's reader), a
+    function's payload travels in its spec, and a held job's folder is on the held pool's claim,
+    withheld from members, its outputs exported through the held pool's reader."""
+    project_ns, held_ns = f"{rel.instance}-{project}", f"{rel.instance}-0held-{project}"
+    k = alice.kernel(project)
+    k.check(f"open('/home/jovyan/project/claims_job.py', 'w').write({CLAIMS_JOB!r})", timeout=60)
+    body = {"project": project, "kind": "script", "target": "project/claims_job.py", "cpu": 0.25, "mem_mb": 256}
+    t0 = time.monotonic()
+    r = alice.vre_api("POST", "/jobs", json=body)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    done = _job_end(kube, alice, job_id, project_ns, 300)
+    print(f"submit to a job's end on claims (a new scheduler and worker): {time.monotonic() - t0:.1f} s")
+    log = alice.vre_api("GET", f"/jobs/{job_id}/log").json()["text"]
+    assert done["state"] == "succeeded" and 'JOB DONE True ["log.txt", "result.txt"]' in log, (done, log)
+    assert {o["path"].rsplit("/", 1)[1] for o in done["outputs"]} == {"log.txt", "result.txt"}, done
+    assert alice.vre_api("GET", f"/jobs/{job_id}/log?offset=5").json()["text"] == log[5:]
+    folder = volumes["workspace"] / "jobs" / str(job_id)
+    assert (folder / "result.txt").read_text() == "made in a worker pod\n"
+    assert oct(folder.stat().st_mode)[-4:] == "2770"
+    # the pool's pods mount the pool's home claim and the workspace, never a member's home
+    pods = json.loads(kube("get", "pods", "-n", project_ns, "-l", "vre.pool", "-o", "json"))["items"]
+    claimed = {v["persistentVolumeClaim"]["claimName"] for p in pods for v in p["spec"]["volumes"]
+               if "persistentVolumeClaim" in v}
+    assert claimed == {"worker-home", "workspace"}, claimed
+    # her kernel sees the job's files where the job wrote them
+    assert "made in a worker pod" in k.check(f"print(open('/home/jovyan/project/jobs/{job_id}/result.txt').read())",
+                                             timeout=60)
+    # a function job: its payload reaches the worker in its spec (the hub cannot write it there)
+    fn = alice.vre_api("POST", "/jobs", json={"project": project, "kind": "function", "cpu": 0.25, "mem_mb": 256,
+                                              "payload": k.check(PICKLED_FUNCTION, timeout=60).strip()})
+    assert fn.status_code == 201, fn.text
+    fdone = _job_end(kube, alice, fn.json()["id"], project_ns, 180)
+    assert fdone["state"] == "succeeded", (fdone, alice.vre_api("GET", f"/jobs/{fdone['id']}/log").json())
+    result = k.check(f"import pickle; print(pickle.load(open('/home/jovyan/project/jobs/{fdone['id']}/result.pkl', "
+                     "'rb')))", timeout=60)
+    assert "42" in result, result
+    k.close()
+
+    # a held job: its folder on the held pool's claim, nothing of it shown to members
+    held = alice.vre_api("POST", "/jobs", json={**body, "lane": "held"})
+    assert held.status_code == 201, held.text
+    hid = held.json()["id"]
+    hdone = _job_end(kube, alice, hid, held_ns, 300)
+    assert hdone["state"] == "succeeded" and hdone["outputs"] == [] and hdone["progress"] is None, hdone
+    hlog = alice.vre_api("GET", f"/jobs/{hid}/log").json()["text"]
+    assert "JOB DONE" not in hlog and "airlock" in hlog, hlog
+    hfolder = volumes["held"] / "jobs" / str(hid)
+    assert oct(hfolder.stat().st_mode)[-3:] == "700" and (hfolder / "input" / "claims_job.py").exists()
+    assert "JOB DONE True" in (hfolder / "log.txt").read_text()
+    # its output leaves only through the airlock, read by the held pool's reader
+    r = alice.vre_api("POST", "/airlock/requests", json={
+        "project": project, "title": "held", "justification": "t", "files": [{"path": f"/held/jobs/{hid}/result.txt"}]})
+    assert r.status_code == 201, r.text
+    r = alice.vre_api("POST", f"/airlock/requests/{r.json()['id']}/submit")
+    assert r.status_code == 200 and r.json()["state"] == "submitted", r.text
+    (frozen,) = r.json()["files"]
+    assert frozen["frozen"] and frozen["held"] and frozen["sha256"] is None, frozen  # shown once released
+    stored = [p.read_bytes() for p in (rel.state_dir / "airlock").rglob("*") if p.is_file()]
+    assert b"made in a worker pod\n" in stored   # the frozen copy, in the hub's store
+    (reader,) = json.loads(kube("get", "pods", "-n", held_ns, "-l", "vre.role=reader", "-o", "json"))["items"]
+    assert reader["spec"]["containers"][0]["securityContext"]["runAsUser"] == hfolder.stat().st_uid
+    assert [v["persistentVolumeClaim"]["claimName"] for v in reader["spec"]["volumes"]
+            if "persistentVolumeClaim" in v] == ["held"]
+
+
+PICKLED_FUNCTION = """
+import base64, cloudpickle
+print(base64.b64encode(cloudpickle.dumps((lambda a, b: a * b, (6, 7), {}))).decode())
+"""
 
 
 DATA_FACTS = """

@@ -134,6 +134,32 @@ def test_the_reader_follows_no_link_and_stays_below_its_root(claims):
         assert body.read() == b"beta\n"
 
 
+def test_parts_of_files_and_walks_are_answered_as_the_host_does(claims):
+    """The job service's two questions (a log from an offset, the files below a job's folder)
+    give through the reader what they give on the host: links neither followed nor listed."""
+    root, r = claims
+    ws = root / "workspace"
+    (ws / "out" / "log.txt").write_bytes(b"0123456789" * 300_000)   # 3 MB: more than one chunk
+    (ws / "out" / "deep" / "er").mkdir(parents=True)
+    (ws / "out" / "deep" / "er" / "x.bin").write_bytes(b"x")
+    (ws / "out" / "home").symlink_to(root / "home")
+    (ws / "out" / "secret").symlink_to(root / "home" / "a.txt")
+    os.mkfifo(ws / "out" / "pipe")
+    for files in (LOCAL, r.files()):
+        assert files.read(str(ws), "out/log.txt", 5, 7) == b"5678901"
+        assert files.read(str(ws), "out/log.txt", 2_999_998, 100) == b"89"
+        assert files.read(str(ws), "out/log.txt", 3_000_000) == b""
+        assert len(files.read(str(ws), "out/log.txt", 10, 2_500_000)) == 2_500_000
+        assert sorted(files.walk(str(ws), "out")) == [("deep/er/x.bin", 1), ("log.txt", 3_000_000),
+                                                      ("table.csv", 8)]
+        with pytest.raises(OSError):
+            files.read(str(ws), "out/secret")
+        with pytest.raises(OSError):
+            files.walk(str(ws), "out/home")
+    with pytest.raises(ReaderUnavailable, match="whole number"):
+        r.files().read(str(ws), "out/log.txt", -1)
+
+
 def test_the_reader_answers_only_with_its_token(claims):
     root, r = claims
     for wrong in ("x" * 43, r.token[:-1] + ("A" if r.token[-1] != "A" else "B")):

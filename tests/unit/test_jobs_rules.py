@@ -273,12 +273,10 @@ def test_what_a_pool_reports_about_a_job_is_reduced_to_figures():
 
 
 def test_on_kubernetes_only_jobs_its_executor_runs_are_queued(world):
-    """On Kubernetes, jobs run as pods (vre.jobs.pods) when the job service can write their folder
-    (hostPath storage) and their data's reads are recorded by the per-node observer or may go
-    unobserved; anything else is refused with the reason instead of waiting in the queue for ever."""
+    """On Kubernetes, jobs run as pods (vre.jobs.pods) when their data's reads are recorded by the
+    per-node observer or may go unobserved; anything else is refused with the reason instead of
+    waiting in the queue for ever."""
     k8s = world.replace(backend="kubernetes", k8s_storage="hostPath", k8s_unobserved_reads=True)
-    with pytest.raises(service.JobRejected, match="needs k8s_storage = \"hostPath\""):
-        sub(k8s.replace(k8s_storage="pvc"), kind="script", target="project/train.py")
     with pytest.raises(service.JobRejected, match="runs no observer of dataset reads"):
         sub(k8s.replace(k8s_unobserved_reads=False), kind="script", target="project/train.py")
     assert sub(k8s, kind="script", target="project/train.py")["state"] == "queued"
@@ -289,3 +287,78 @@ def test_on_kubernetes_only_jobs_its_executor_runs_are_queued(world):
                gpus=1)["gpus"] == 1
     with pytest.raises(service.JobRejected, match="this host has 0"):   # control: elsewhere they are devices
         sub(world.replace(gpu_devices="none"), kind="script", target="project/train.py", profile="gpu", gpus=1)
+
+
+def test_on_claims_the_worker_makes_the_folder_from_what_the_service_kept(world, tmp_path, monkeypatch):
+    """With claims the hub cannot write a job's folder: the service keeps the job's inputs in its
+    own state (root-only), the engine sends them in the job's spec, and the worker's task makes
+    the folder fresh with the lane's mode and writes them; the engine drops what ended jobs kept."""
+    from types import SimpleNamespace
+
+    from vre.claims.files import LOCAL
+    from vre.jobs import inputs
+    from vre.jobs.engine import Engine
+    from vre_session.jobs.task import FolderInTheWay, make_outdir
+
+    pvc = world.replace(backend="kubernetes", k8s_storage="pvc", k8s_unobserved_reads=True)
+    workspace = world.projects_dir / "lung" / "workspace"
+    asked = []
+
+    def folder(db, settings, user, project):   # what her claims reader answers (a unit test has no cluster)
+        asked.append(user)
+        return service.Folder(LOCAL, str(workspace), "")
+    monkeypatch.setattr(service, "workspace_folder", folder)
+
+    f = sub(pvc, kind="function", payload=base64.b64encode(b"pickle").decode())
+    h = sub(pvc, kind="script", target="project/train.py", lane="held", user="ben")
+    assert asked == ["ben"]   # the script was read as its author reads the workspace
+    assert not (workspace / "jobs").exists() and not (world.projects_dir / "lung" / "held").exists()
+    kept = inputs.stash_dir(pvc, f["id"])
+    assert oct(kept.stat().st_mode)[-3:] == "700" and oct(kept.parent.stat().st_mode)[-3:] == "700"
+    engine = SimpleNamespace(settings=pvc)
+    with vdb.session_scope(pvc.vre_db_url) as db:
+        fjob, hjob = vdb.get_by_id(db, vdb.Job, f["id"]), vdb.get_by_id(db, vdb.Job, h["id"])
+        plan = build_plan(db, pvc, "ann", "lung", None, role="worker")
+        fspec, hspec = Engine.spec(engine, plan, fjob, "w1"), Engine.spec(engine, plan, hjob, "w2")
+        assert Engine.spec(SimpleNamespace(settings=world), plan, fjob, "w1").keys() == {
+            "id", "kind", "target", "params", "project", "user", "worker", "outdir", "max_runtime_s", "env"}
+        # a function's rerun before it started takes what was kept
+        assert service.rerun(db, pvc, "ann", f["id"]).kind == "function"
+    assert fspec["outdir_mode"] == 0o2770 and hspec["outdir_mode"] == 0o700
+    assert base64.b64decode(fspec["inputs"]["function.pkl"]) == b"pickle"
+    assert base64.b64decode(hspec["inputs"]["input/train.py"]) == b"print(1)\n"
+
+    # the worker's side, in folders of this test standing for the claims
+    root = tmp_path / "claims"
+    (root / "held").mkdir(parents=True)
+    fspec["outdir"], hspec["outdir"] = str(root / "ws" / "jobs" / "7"), str(root / "held" / "jobs" / "8")
+    (root / "ws").mkdir()
+    make_outdir(fspec)
+    out = root / "ws" / "jobs" / "7"
+    assert oct(out.stat().st_mode)[-4:] == "2770" and (out / "function.pkl").read_bytes() == b"pickle"
+    assert oct((root / "ws" / "jobs").stat().st_mode)[-4:] == "2770"
+    (out / "log.txt").write_text("first start\n")
+    make_outdir(fspec)   # a second start: a fresh folder, the first one's files kept aside
+    assert sorted(p.name for p in out.iterdir()) == ["function.pkl"]
+    (stale,) = (root / "ws" / "jobs").glob(".stale-7-*")
+    assert (stale / "log.txt").read_text() == "first start\n"
+    planted = root / "held" / "jobs" / "8"   # an earlier held job plants a module where the next starts
+    planted.mkdir(parents=True)
+    (planted / "json.py").write_text("raise SystemExit('planted')\n")
+    make_outdir(hspec)
+    assert sorted(p.name for p in planted.iterdir()) == ["input"]
+    copy = planted / "input" / "train.py"
+    assert copy.read_bytes() == b"print(1)\n" and oct(copy.stat().st_mode)[-3:] == "400"
+    assert oct(planted.stat().st_mode)[-3:] == "700" and oct((planted / "input").stat().st_mode)[-3:] == "500"
+    (root / "elsewhere").mkdir()
+    (root / "ws" / "jobs").rename(root / "ws" / "jobs.real")
+    (root / "ws" / "jobs").symlink_to(root / "elsewhere")
+    with pytest.raises(FolderInTheWay, match="must be a real folder"):
+        make_outdir(fspec)
+    assert not any((root / "elsewhere").iterdir())
+
+    # ended jobs' inputs are dropped, open ones' kept
+    with vdb.session_scope(pvc.vre_db_url) as db:
+        service.cancel(db, pvc, "ann", f["id"])
+    Engine.drop_inputs(engine)
+    assert not inputs.stash_dir(pvc, f["id"]).exists() and inputs.load(pvc, h["id"])

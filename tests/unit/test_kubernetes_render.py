@@ -478,3 +478,39 @@ def test_claims_reader_pod():
     assert c["resources"]["requests"] == c["resources"]["limits"] == {"cpu": "250m", "memory": "128Mi"}
     with pytest.raises(KubernetesBackendError, match="allow-list"):
         reader_pod(settings, make_plan(), "r", image="elsewhere/python:3")
+
+
+def test_batch_pools_on_claims_have_homes_of_their_own():
+    """With claims a pool's pods mount the project's workspace (held ones the held jobs' claim) and
+    a home claim of the pool's, never a member's home; the hub makes those claims with the pool's
+    first pod. The held pool's claims reader mounts only the held jobs' claim, as the pool's uid."""
+    settings = SETTINGS.replace(k8s_storage="pvc", k8s_dataset_volume="pvc", k8s_home_size="5Gi")
+    data = tuple(m for m in make_plan().mounts if m.kind in ("dataset", "catalog"))
+    lung = Path("/st/projects/lung")
+    shared = replace(batch_plan(), mounts=(*data, Mount(lung / "worker-home", "/home/jovyan", False, "home"),
+                                           Mount(lung / "workspace", "/home/jovyan/project", False, "workspace")))
+    held = replace(batch_plan("held", "lung.held", "vre-lung.held"), mounts=(
+        *data, Mount(lung / "held-home", "/home/jovyan", False, "home"), Mount(lung / "held", "/held", False, "held")))
+    expect = [(shared, "lung-worker-1", "vre-lung", {"worker-home": "5Gi", "workspace": "50Gi"}),
+              (held, "lung.held-worker-1", "vre-0held-lung", {"held-home": "5Gi", "held": "50Gi"})]
+    for plan, name, ns, sizes in expect:
+        worker = plan.for_worker(name, cpu=1.0, mem_mb=512, gpus=0)
+        claims = storage_claims(settings, worker)
+        assert {c["metadata"]["name"]: c["spec"]["resources"]["requests"]["storage"] for c in claims} == sizes
+        assert {c["metadata"]["namespace"] for c in claims} == {ns}
+        assert all("vre.user" not in c["metadata"]["labels"] for c in claims)   # the pool's, not a member's
+        for claim in claims:
+            validate(claim)
+        pod = batch_pod(settings, worker, image=IMAGE, env=worker.env, command=["dask", "worker"])
+        validate(pod)
+        claimed = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v}
+        assert set(sizes) <= claimed and "home-ann" not in claimed
+        scheduler = plan.for_scheduler(plan.pool + "-scheduler", Path("/run/vre-t/doorbell/wake.sock"))
+        assert {c["metadata"]["name"] for c in storage_claims(settings, scheduler)} == set(sizes) - {"held"}  # no data
+    reader = reader_pod(settings, held, "reader-lung-held-0a1b2c", image=IMAGE)
+    validate(reader)
+    (c,) = reader["spec"]["containers"]
+    assert reader["metadata"]["namespace"] == "vre-0held-lung" and c["securityContext"]["runAsUser"] == 300001
+    assert {m["mountPath"]: m.get("readOnly", False) for m in c["volumeMounts"]} == {"/claims/held": True, "/tmp": False}
+    assert [v["persistentVolumeClaim"] for v in reader["spec"]["volumes"] if "persistentVolumeClaim" in v] == [
+        {"claimName": "held", "readOnly": True}]

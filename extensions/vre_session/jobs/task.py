@@ -4,12 +4,18 @@ Each job runs as a subprocess (``python -m vre_session.jobs.runner``) in its own
 under this task: Dask cannot stop a running task, but the worker can kill a process group, so a
 cancel (``kill``, called through ``Client.run``) or the run-time limit really ends the job and
 everything it started. The task returns how the process ended and what it used.
+
+Where the job service cannot write the job's folder (Kubernetes with claims, see
+``vre.jobs.inputs``), the spec says so with ``outdir_mode``: the task makes the folder and writes
+the job's ``inputs`` (path in the folder -> base64) before the job runs.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import stat
 import resource
 import signal
 import subprocess
@@ -27,7 +33,7 @@ KILL_GRACE = 5.0
 def run_job(spec: dict) -> dict:
     """Run the job described by ``spec`` (written by the job service) and report how it ended."""
     job_id, outdir = spec["id"], spec["outdir"]
-    os.makedirs(outdir, exist_ok=True)
+    make_outdir(spec)
     spec_file = os.path.join(outdir, ".job.json")
     with open(spec_file, "w") as f:
         json.dump(spec, f)
@@ -66,6 +72,47 @@ def run_job(spec: dict) -> dict:
                   "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 3),
                   "max_rss_mb": round(after.ru_maxrss / 1024, 1)},
     }
+
+
+class FolderInTheWay(Exception):
+    """The job's folder cannot be made: the message says what is in its place."""
+
+
+def make_outdir(spec: dict) -> None:
+    """The job's folder: made by the job service already, or (``outdir_mode``) here, fresh, with
+    that mode, holding the job's inputs. Whatever is in its place is renamed aside first
+    (``.stale-<id>-<random>``): an earlier job of the pool may have planted it (a module there
+    would shadow an import of the runner, which starts in it), and a second start of the same
+    job (its first worker was lost) keeps its first start's files that way too."""
+    outdir, mode = spec["outdir"], spec.get("outdir_mode")
+    if mode is None:
+        os.makedirs(outdir, exist_ok=True)
+        return
+    parent, name = os.path.split(outdir)
+    try:
+        os.mkdir(parent, 0o2770)   # the workspace's (or held folder's) 'jobs'
+        os.chmod(parent, 0o2770)
+    except FileExistsError:
+        pass
+    if not stat.S_ISDIR(os.lstat(parent).st_mode):
+        raise FolderInTheWay(f"cannot make the job's folder: {parent} must be a real folder, not a link or a "
+                             "file; rename what is in the way and submit again")
+    try:
+        os.mkdir(outdir, mode)
+    except FileExistsError:
+        os.rename(outdir, os.path.join(parent, f".stale-{name}-{os.urandom(4).hex()}"))
+        os.mkdir(outdir, mode)
+    os.chmod(outdir, mode)   # mkdir drops the setgid bit
+    for rel, data in sorted((spec.get("inputs") or {}).items()):
+        path = os.path.join(outdir, rel)
+        folder = os.path.dirname(path)
+        if folder != outdir:
+            os.makedirs(folder, 0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640 if folder == outdir else 0o400)
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64decode(data))
+        if folder != outdir:
+            os.chmod(folder, 0o500)   # a held job's copy of its code, as the job service makes it
 
 
 #: Where a container sees its own memory cgroup's OOM kills (cgroup v2, then v1).

@@ -78,7 +78,9 @@ def mount_map(db, settings, user: str, project: str) -> MountMap:
 
         mounts = [replace(m, source=Path(reader_path(m.kind))) if m.kind in USER_KINDS else m
                   for m in plan.mounts if m.kind != "held"]
-        return MountMap.from_plan(HOME, mounts, ClaimFiles(settings, plan))
+        held = Mount(Path(reader_path("held")) / "jobs", f"{HELD_ROOT}/jobs", True, "held")
+        files = ClaimFiles(settings, plan, build_plan(db, settings, user, project, None, role="held"))
+        return MountMap.from_plan(HOME, (*mounts, held), files)
     held = Mount(held_dir(settings, project) / "jobs", f"{HELD_ROOT}/jobs", True, "held")
     return MountMap.from_plan(HOME, (*plan.mounts, held))
 

@@ -54,8 +54,7 @@ from sqlalchemy import select
 from traitlets import CaselessStrEnum, Unicode, default
 
 from ..hostview.podgate import AUDIT_DATASETS, AUDIT_SESSION, GATE_EXIT, GATE_NAME, OBSERVED_LABEL, gate_script
-from ..jobs.executor import DASHBOARD_PORT, SCHEDULER_LIMITS, SCHEDULER_PORT, WORKER_OVERHEAD_MB
-from ..jobs.service import MAX_CLUSTER_WORKERS
+from ..jobs.pools import DASHBOARD_PORT, MAX_CLUSTER_WORKERS, SCHEDULER_LIMITS, SCHEDULER_PORT, WORKER_OVERHEAD_MB
 from ..plan import AGENT_PORT, AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan, held_pool
 from ..settings import Settings, k8s_images, k8s_reads_allowed
 from .gate import dataset_mounts
@@ -278,36 +277,67 @@ def _dataset_source(settings: Settings, mount) -> dict:
     return _host_path(settings, mount.source)
 
 
+def claim_name(plan: SessionPlan, mount) -> str:
+    """The claim a storage mount of ``plan`` is on (``k8s_storage = "pvc"``), in the plan's
+    namespace: a member's home ``home-<user>``; the batch pool's home (``worker-home``, or
+    ``held-home`` in the held pool's namespace, named for its folder: never a member's); the
+    project's ``workspace``; the held jobs' folder ``held``; the catalogue records ``catalog``."""
+    if mount.kind == "home":
+        return object_name(f"home-{plan.user}" if plan.role == "session" else mount.source.name)
+    return {"workspace": "workspace", "catalog": "catalog", "held": "held"}[mount.kind]
+
+
 def storage_source(settings: Settings, plan: SessionPlan, mount) -> dict:
     """Home, workspace, held jobs' folder or catalogue records: the host path (single node) or the
     project's claim."""
     if settings.k8s_storage == "pvc":
-        claim = {"home": object_name(f"home-{plan.user}"), "workspace": "workspace", "catalog": "catalog",
-                 "held": "held"}[mount.kind]
-        return {"persistentVolumeClaim": {"claimName": claim, **({"readOnly": True} if mount.readonly else {})}}
+        return {"persistentVolumeClaim": {"claimName": claim_name(plan, mount),
+                                          **({"readOnly": True} if mount.readonly else {})}}
     return _host_path(settings, mount.source)
 
 
+#: The storage mounts that are claims the hub makes (the catalogue's is the chart's).
+CLAIM_KINDS = ("home", "workspace", "held")
+
+
 def storage_claims(settings: Settings, plan: SessionPlan) -> list[dict]:
-    """The claims a session's home and workspace mount (``k8s_storage = "pvc"``): created by the
-    hub when missing and never deleted by it (a member's files outlive sessions and members)."""
+    """The claims a run of ``plan`` mounts (``k8s_storage = "pvc"``): created by the hub when
+    missing and never deleted by it (a member's files outlive sessions and members; a held job's
+    outputs wait for the airlock). Homes are ``k8s_home_size``, the workspace and the held
+    folder ``k8s_workspace_size``."""
     if settings.k8s_storage != "pvc":
         return []
     out = []
     for m in plan.mounts:
-        if m.kind not in ("home", "workspace"):
+        if m.kind not in CLAIM_KINDS:
             continue
-        source = storage_source(settings, plan, m)["persistentVolumeClaim"]["claimName"]
         size = settings.k8s_home_size if m.kind == "home" else settings.k8s_workspace_size
         spec = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": size}}}
         if settings.k8s_storage_class:
             spec["storageClassName"] = settings.k8s_storage_class
+        member = m.kind == "home" and plan.role == "session"
         meta_labels = {"vre.instance": settings.instance, "vre.project": plan.labels["vre.project"],
-                       "vre.claim": m.kind, **({"vre.user": plan.labels["vre.user"]} if m.kind == "home" else {})}
+                       "vre.claim": m.kind, **({"vre.user": plan.labels["vre.user"]} if member else {})}
         out.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": source, "namespace": namespace_name(plan), "labels": meta_labels},
+                    "metadata": {"name": claim_name(plan, m), "namespace": namespace_name(plan),
+                                 "labels": meta_labels},
                     "spec": spec})
     return out
+
+
+async def ensure_claim(client: ApiClient, claim: dict) -> bool:
+    """Create ``claim`` unless it exists (then it is kept as it is, data and all); whether it was
+    made now."""
+    ns, name = claim["metadata"]["namespace"], claim["metadata"]["name"]
+    try:
+        await CoreV1Api(client).create_namespaced_persistent_volume_claim(ns, claim)
+        return True
+    except ApiException as e:
+        if e.status != 409:
+            error = KubernetesBackendError(f"the cluster refused claim {ns}/{name}: {api_reason(e)}")
+            error.status = e.status   # a busy API server (429, 5xx) is not a refusal
+            raise error from None
+        return False
 
 
 def identity_files(plan: SessionPlan) -> dict[str, str]:
@@ -603,15 +633,10 @@ class KubernetesSpawner(PlanSpawner, Spawner):
         await put_object((await self._api()).api_client, obj)
 
     async def _ensure(self, obj: dict) -> None:
-        """Create ``obj`` unless it exists (claims: kept as they are, data and all)."""
-        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-        api = await self._api()
-        try:
-            await api.create_namespaced_persistent_volume_claim(ns, obj)
-            self.log.info("Created claim %s/%s (%s)", ns, name, obj["spec"]["resources"]["requests"]["storage"])
-        except ApiException as e:
-            if e.status != 409:
-                raise KubernetesBackendError(f"the cluster refused claim {ns}/{name}: {api_reason(e)}") from None
+        """Create the claim ``obj`` unless it exists."""
+        if await ensure_claim((await self._api()).api_client, obj):
+            self.log.info("Created claim %s/%s (%s)", obj["metadata"]["namespace"], obj["metadata"]["name"],
+                          obj["spec"]["resources"]["requests"]["storage"])
 
     # -- start ---------------------------------------------------------------------------------
     def _prepare_host(self, plan: SessionPlan) -> None:

@@ -1,6 +1,8 @@
 """The few questions about a session's files that the hub asks when it resolves a path the way the
 session would (``vre.access.resolve``) and when the airlock freezes a file: the entry itself
-(``lstat``), a link's target, a folder's entries, and a regular file's bytes.
+(``lstat``), a link's target, a folder's entries, and a regular file's bytes. The job service
+asks two more of a project's workspace: part of a file (a job's log from an offset, its
+progress) and the regular files below a folder (a job's outputs).
 
 ``LOCAL`` answers them on this machine, where homes and workspaces are folders of the host.
 ``ReaderFiles`` asks a claims reader (``vre.claims.reader``) in the project's namespace, for
@@ -18,11 +20,13 @@ import threading
 from typing import NamedTuple, Protocol
 from urllib.parse import quote
 
-from ..beneath import open_beneath
+from ..beneath import open_beneath, open_dir_beneath, walk_files_beneath
 from ..errors import VREError
 
 #: Seconds a question may take (a read's bytes may take longer: each chunk gets this much).
 TIMEOUT_S = 30
+#: The most bytes ``read`` returns at once, by default.
+READ_MAX = 1 << 20
 
 
 class Stat(NamedTuple):
@@ -35,6 +39,8 @@ class Files(Protocol):
     def readlink(self, path: str) -> str: ...
     def scandir(self, path: str) -> list[tuple[str, bool]]: ...
     def open(self, base: str, rel: str): ...
+    def read(self, base: str, rel: str, offset: int = 0, limit: int = READ_MAX) -> bytes: ...
+    def walk(self, base: str, rel: str) -> list[tuple[str, int]]: ...
 
 
 class LocalFiles:
@@ -55,6 +61,27 @@ class LocalFiles:
     def open(self, base: str, rel: str):
         """The regular file ``rel`` below ``base`` (no link on the way), as a binary file object."""
         return os.fdopen(open_beneath(base, rel), "rb", buffering=0)
+
+    def read(self, base: str, rel: str, offset: int = 0, limit: int = READ_MAX) -> bytes:
+        """Up to ``limit`` bytes of the regular file ``rel`` below ``base``, from ``offset``."""
+        fd = open_beneath(base, rel)
+        try:
+            chunks, left = [], limit
+            while left > 0:
+                chunk = os.pread(fd, min(left, READ_MAX), offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                offset, left = offset + len(chunk), left - len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def walk(self, base: str, rel: str) -> list[tuple[str, int]]:
+        """(path below ``rel``, size) of its regular files, links not followed (OSError when
+        ``rel`` is not a real folder, as from a reader)."""
+        os.close(open_dir_beneath(base, rel))
+        return list(walk_files_beneath(base, rel))
 
 
 LOCAL = LocalFiles()
@@ -85,9 +112,9 @@ class ReaderFiles:
             conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT_S)
         return conn
 
-    def _request(self, what: str, path: str, *, keep: bool = True):
+    def _request(self, what: str, path: str, *, keep: bool = True, extra: str = ""):
         conn = self._connection() if keep else http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT_S)
-        url = f"/{what}?path={quote(path, safe='')}"
+        url = f"/{what}?path={quote(path, safe='')}{extra}"
         try:
             conn.request("GET", url, headers={"Authorization": f"Bearer {self._token}"})
             return conn.getresponse()
@@ -132,12 +159,21 @@ class ReaderFiles:
     def scandir(self, path: str) -> list[tuple[str, bool]]:
         return [(str(n), bool(d)) for n, d in self._ask("scandir", path)["entries"]]
 
-    def open(self, base: str, rel: str):
-        """The bytes of the regular file ``rel`` below ``base``: a stream to read to its end, which
-        raises ``http.client.IncompleteRead`` when the reader stops short."""
+    def walk(self, base: str, rel: str) -> list[tuple[str, int]]:
+        return [(str(p), int(size)) for p, size in self._ask("walk", f"{base.rstrip('/')}/{rel}")["files"]]
+
+    def read(self, base: str, rel: str, offset: int = 0, limit: int = READ_MAX) -> bytes:
+        with self.open(base, rel, offset=offset, limit=limit) as f:
+            return f.read()
+
+    def open(self, base: str, rel: str, *, offset: int = 0, limit: int | None = None):
+        """The bytes of the regular file ``rel`` below ``base`` (from ``offset``, at most ``limit``):
+        a stream to read to its end, which raises ``http.client.IncompleteRead`` when the reader
+        stops short."""
         path = f"{base.rstrip('/')}/{rel}"
         self._on_claims(path)
-        r = self._request("read", path, keep=False)
+        extra = (f"&offset={offset}" if offset else "") + (f"&limit={limit}" if limit is not None else "")
+        r = self._request("read", path, keep=False, extra=extra)
         if r.getheader("Content-Type") == "application/json":
             body = json.loads(r.read() or b"{}")
             r.close()
@@ -164,8 +200,15 @@ class _Body:
         return n
 
     def read(self, size: int = -1) -> bytes:
-        buf = bytearray(size if size >= 0 else max(self._left, 0))
-        return bytes(buf[:self.readinto(buf)])
+        """Up to ``size`` bytes (all that is left when negative: read until it is)."""
+        if size >= 0:
+            buf = bytearray(size)
+            return bytes(buf[:self.readinto(buf)])
+        buf, got = bytearray(max(self._left, 0)), 0
+        view = memoryview(buf)
+        while got < len(buf):
+            got += self.readinto(view[got:])
+        return bytes(buf)
 
     def close(self) -> None:
         self._r.close()

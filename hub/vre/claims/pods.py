@@ -1,8 +1,10 @@
 """Claims readers on Kubernetes: a pod per (project, member) that mounts the member's home and the
 project's workspace claims read-only, as the member's uid, and answers the hub's questions about
-them (``vre.claims.reader``). The hub starts one when the airlock first needs the files; it ends
-after ``IDLE_S`` without a question (its own timer: a reader outlives no hub for long) and the hub
-starts a fresh one when it next needs it.
+them (``vre.claims.reader``); and one per held pool, in its namespace, that mounts the held jobs'
+claim as the pool's uid (for the airlock's exports of held outputs). The hub starts one when the
+airlock or the job service first needs the files; it ends after ``IDLE_S`` without a question
+(its own timer: a reader outlives no hub for long) and the hub starts a fresh one when it next
+needs it.
 
 Why a pod: the hub cannot mount another namespace's claims, and the files must be read by code
 the researcher cannot change, outside her session (she could answer for a process in it). The
@@ -16,6 +18,7 @@ island), and another member must not read her home through it. Only the hub's po
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import threading
@@ -32,7 +35,7 @@ from ..errors import VREError
 from ..plan import SessionPlan
 from ..settings import Settings
 from . import reader
-from .files import ReaderFiles, ReaderUnavailable
+from .files import READ_MAX, ReaderFiles, ReaderUnavailable
 
 log = logging.getLogger("vre.claims")
 #: Where the reader sees the claims.
@@ -47,17 +50,28 @@ TOKEN_KEY = "token"
 
 
 def reader_path(kind: str) -> str:
-    """Where a mount of ``kind`` (home, workspace) is in the reader."""
+    """Where a mount of ``kind`` (home, workspace, held) is in the reader."""
     return f"{ROOT}/{kind}"
+
+
+def read_kinds(plan: SessionPlan) -> tuple[str, ...]:
+    """What a reader of ``plan`` mounts: a member's home and the workspace (a session plan), or
+    the held jobs' folder (a held pool's plan; not its home, which is the pool's business)."""
+    return ("home", "workspace") if plan.role == "session" else ("held",)
+
+
+def reader_of(plan: SessionPlan) -> str:
+    """Whose reader: the member's, or the held pool's (its members' readers are one)."""
+    return plan.user if plan.role == "session" else plan.pool
 
 
 def reader_pod(settings: Settings, plan: SessionPlan, name: str, *, image: str,
                pull_policy: str = "IfNotPresent") -> dict:
-    """The reader of ``plan``'s home and workspace claims (``plan``: the member's session plan)."""
+    """The reader of ``plan``'s claims (``read_kinds``)."""
     k8s.check_image(settings, image)
     volumes, mounts = [], []
     for m in plan.mounts:
-        if m.kind in ("home", "workspace"):
+        if m.kind in read_kinds(plan):
             source = k8s.storage_source(settings, plan, replace(m, readonly=True))
             volumes.append({"name": m.kind, **source})
             mounts.append({"name": m.kind, "mountPath": reader_path(m.kind), "readOnly": True,
@@ -139,8 +153,8 @@ class ClaimReaders:
         return CoreV1Api(self._client)
 
     def files(self, plan: SessionPlan) -> ReaderFiles:
-        """The files of ``plan``'s member on the project's claims, through a reader that answers."""
-        key = (k8s.namespace_name(plan), plan.user)
+        """The files of ``plan``'s claims (``read_kinds``), through a reader that answers."""
+        key = (k8s.namespace_name(plan), reader_of(plan))
         with self._lock:
             starting = self._starting.setdefault(key, threading.Lock())
         with starting:  # one start per member at a time; the others wait for it
@@ -174,15 +188,17 @@ class ClaimReaders:
                 claims = set()
             else:
                 raise k8s.KubernetesBackendError(k8s.api_reason(e)) from None
-        wanted = {k8s.storage_source(self.settings, plan, m)["persistentVolumeClaim"]["claimName"]
-                  for m in plan.mounts if m.kind in ("home", "workspace")}
+        wanted = {k8s.claim_name(plan, m) for m in plan.mounts if m.kind in read_kinds(plan)}
         if not wanted <= claims:
+            if plan.role != "session":
+                raise VREError(f"no held job has run in project {plan.project} yet: its folder is made with the "
+                               "first")
             raise VREError(f"{plan.user} has no files in project {plan.project} yet: the home and workspace are "
                            "made when the first session starts")
         quota = await asyncio.to_thread(k8s.read_project_quota, self.settings, plan.project)
         for obj in k8s.project_objects(self.settings, plan, quota)[1:]:   # policies, quota: as of now
             await k8s.put_object(self._client, obj)
-        name = k8s.object_name(f"reader-{plan.user}-{secrets.token_hex(3)}")
+        name = k8s.object_name(f"reader-{reader_of(plan)}-{secrets.token_hex(3)}")
         token = secrets.token_urlsafe(32)
         pod = reader_pod(self.settings, plan, name, image=self.settings.notebook_image, pull_policy=self.pull_policy)
         await k8s.put_object(self._client, reader_secret(pod, token))
@@ -198,9 +214,9 @@ class ClaimReaders:
         except BaseException:
             await self._delete(ns, name, secret=True)
             raise
-        key = (ns, plan.user)
+        key = (ns, reader_of(plan))
         files = ReaderFiles(ip, k8s.READER_PORT, token, ROOT, on_lost=lambda: self._lost(key))
-        log.info("Started claims reader %s/%s for %s", ns, name, plan.user)
+        log.info("Started claims reader %s/%s for %s", ns, name, reader_of(plan))
         return _Reader(ns, name, files, time.monotonic())
 
     def _lost(self, key) -> None:
@@ -250,23 +266,34 @@ def readers(settings: Settings) -> ClaimReaders:
 
 
 class ClaimFiles:
-    """``Files`` of a member's claims that starts the reader on the first question only (a
-    request that is merely created or listed starts no pod)."""
+    """``Files`` of claims behind one or more readers (a member's; the held pool's), each asked
+    for the paths below its mounts, and started at its first question only (a request that is
+    merely created or listed starts no pod)."""
 
-    def __init__(self, settings: Settings, plan: SessionPlan):
-        self._settings, self._plan = settings, plan
+    def __init__(self, settings: Settings, *plans: SessionPlan):
+        self._settings = settings
+        self._plans = {reader_path(kind): plan for plan in plans for kind in read_kinds(plan)}
 
-    def _files(self) -> ReaderFiles:
-        return readers(self._settings).files(self._plan)
+    def _files(self, path: str) -> ReaderFiles:
+        for top, plan in self._plans.items():
+            if path == top or path.startswith(top + "/"):
+                return readers(self._settings).files(plan)
+        raise FileNotFoundError(errno.ENOENT, "not on the project's claims", path)
 
     def lstat(self, path):
-        return self._files().lstat(path)
+        return self._files(path).lstat(path)
 
     def readlink(self, path):
-        return self._files().readlink(path)
+        return self._files(path).readlink(path)
 
     def scandir(self, path):
-        return self._files().scandir(path)
+        return self._files(path).scandir(path)
 
     def open(self, base, rel):
-        return self._files().open(base, rel)
+        return self._files(base).open(base, rel)
+
+    def read(self, base, rel, offset=0, limit=READ_MAX):
+        return self._files(base).read(base, rel, offset, limit)
+
+    def walk(self, base, rel):
+        return self._files(base).walk(base, rel)

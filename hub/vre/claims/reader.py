@@ -12,9 +12,12 @@ symbolic link (every folder on the way is opened with ``O_NOFOLLOW``, as ``vre.b
 - ``GET /lstat?path=``: ``{"mode": ..., "size": ...}`` of the entry itself;
 - ``GET /readlink?path=``: ``{"target": ...}``;
 - ``GET /scandir?path=``: ``{"entries": [[name, is_dir], ...]}`` (a link is never a folder);
-- ``GET /read?path=``: the bytes of a regular file, as many as it held when opened (its
-  ``Content-Length``; a file that shrinks meanwhile ends the connection early, which the hub sees
-  as an incomplete read), or a JSON error before the first byte.
+- ``GET /read?path=[&offset=N][&limit=M]``: the bytes of a regular file, as many as it held when
+  opened (its ``Content-Length``; a file that shrinks meanwhile ends the connection early, which
+  the hub sees as an incomplete read), or a JSON error before the first byte; from byte
+  ``offset``, at most ``limit`` of them (a job's log, read as it grows);
+- ``GET /walk?path=``: ``{"files": [[relative path, size], ...], "truncated": bool}``, every
+  regular file below the folder (at most ``WALK_MAX``; links neither followed nor listed).
 
 An error of the file system is ``{"errno": n, "error": "..."}`` with status 200 (the question was
 answered); a bad request or token is a 4xx. Every request must carry ``Authorization: Bearer
@@ -37,6 +40,8 @@ from urllib.parse import parse_qs, urlsplit
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CHUNK = 1 << 20
+#: The most files a walk lists (a job's outputs: a listing, not an inventory of the claims).
+WALK_MAX = 10000
 
 
 class Refused(Exception):
@@ -125,7 +130,40 @@ def open_file(root: str, path: str) -> int:
     return f
 
 
-ASKS = {"/lstat": lstat, "/readlink": readlink, "/scandir": scandir}
+def walk(root: str, path: str) -> dict:
+    """Every regular file below the folder ``path``, depth first in sorted order."""
+    top = _parent(root, [*_parts(root, path), "."])
+    found, stack = [], [(top, "")]
+    try:
+        while stack:
+            fd, prefix = stack.pop()
+            try:
+                subdirs = []
+                for name in sorted(os.listdir(fd)):
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        if len(found) == WALK_MAX:
+                            return {"files": found, "truncated": True}
+                        found.append([prefix + name, st.st_size])
+                    elif stat.S_ISDIR(st.st_mode):
+                        subdirs.append(name)
+                for name in reversed(subdirs):
+                    try:
+                        stack.append((os.open(name, _DIR, dir_fd=fd), f"{prefix}{name}/"))
+                    except OSError:
+                        continue
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+    return {"files": found, "truncated": False}
+
+
+ASKS = {"/lstat": lstat, "/readlink": readlink, "/scandir": scandir, "/walk": walk}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -152,9 +190,10 @@ class Handler(BaseHTTPRequestHandler):
             self.server.last_request = time.monotonic()   # only the hub's questions keep it alive
             if url.path == "/health":
                 return self._json(200, {"ok": True})
-            path = (parse_qs(url.query).get("path") or [""])[0]
+            query = parse_qs(url.query)
+            path = (query.get("path") or [""])[0]
             if url.path == "/read":
-                return self._read(path)
+                return self._read(path, _whole(query, "offset", 0), _whole(query, "limit", None))
             ask = ASKS.get(url.path)
             if ask is None:
                 raise Refused(404, f"no such question: {url.path}")
@@ -166,13 +205,16 @@ class Handler(BaseHTTPRequestHandler):
         except Refused as e:
             self._json(e.args[0], {"error": e.args[1]})
 
-    def _read(self, path: str) -> None:
+    def _read(self, path: str, offset: int, limit: int | None) -> None:
         try:
             fd = open_file(self.server.root, path)
         except OSError as e:
             return self._json(200, {"errno": e.errno, "error": e.strerror or str(e)})
         try:
-            left = os.fstat(fd).st_size   # what it holds now: a file that shrinks meanwhile is cut short
+            # what it holds now: a file that shrinks meanwhile is cut short
+            left = max(0, os.fstat(fd).st_size - offset)
+            left = left if limit is None else min(left, limit)
+            os.lseek(fd, offset, os.SEEK_SET)
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(left))
@@ -188,6 +230,16 @@ class Handler(BaseHTTPRequestHandler):
                 self.server.last_request = time.monotonic()
         finally:
             os.close(fd)
+
+
+def _whole(query: dict, name: str, default):
+    """A whole number of bytes (0 or more) from the query, or ``default`` when absent."""
+    raw = (query.get(name) or [None])[0]
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise Refused(400, f"{name} must be a whole number of bytes")
+    return int(raw)
 
 
 def serve(root: str, host: str, port: int, token: str, idle: float, ready=None) -> None:

@@ -11,4 +11,7 @@ the restrictions of the project's sessions, kept when the browser closes, and au
   ``containers.ContainerDaskExecutor`` (docker) and ``pods.PodDaskExecutor`` (kubernetes) run
   the same as containers and pods, overriding only how a run is launched, found, stopped and
   addressed.
+- ``pools``: the shape of a pool (ports, the scheduler's limits, a worker's overhead), which the
+  backends render without importing the service; ``inputs``: a job's inputs kept until its
+  worker writes them, where the hub cannot (Kubernetes with claims).
 """

@@ -24,6 +24,7 @@ from tornado import web
 
 from .. import db as vdb
 from ..db import JOB_STATES
+from ..claims.files import ReaderUnavailable
 from ..errors import NotFound, VREError
 from ..audit.events import emit
 from ..plan import PlanRefused
@@ -58,6 +59,8 @@ class _JobsHandler(ServiceAPIHandler):
             raise web.HTTPError(403, str(e)) from None
         except NotFound as e:
             raise web.HTTPError(404, str(e)) from None
+        except ReaderUnavailable as e:   # the project's claims could not be asked now: try again
+            raise web.HTTPError(503, str(e)) from None
         except VREError as e:
             raise web.HTTPError(400, str(e)) from None
 
@@ -125,7 +128,8 @@ class JobHandler(_JobsHandler):
         def one(db, user):
             job = service.get(db, self.vre, user, int(job_id))
             place = service.positions(db, job.project_id).get(job.id) if job.state == "queued" else None
-            return service.to_dict(self.vre, job, place, detail=True)
+            return service.to_dict(self.vre, job, place, detail=True,
+                                   folder=service.job_files(db, self.vre, job, user) if job.lane == "open" else None)
         self.reply(await self.run(one))
 
 
@@ -139,7 +143,8 @@ class JobLogHandler(_JobsHandler):
 
         def log(db, user):
             job = service.get(db, self.vre, user, int(job_id))
-            text, nxt = service.member_log(self.vre, job, offset)
+            folder = service.job_files(db, self.vre, job, user) if job.lane == "open" else None
+            text, nxt = service.member_log(self.vre, job, offset, folder=folder)
             return {"text": text, "offset": nxt, "state": job.state}
         self.reply(await self.run(log))
 

@@ -42,8 +42,8 @@ from ..audit import Event
 from ..audit import open_store
 from ..plan import PlanCache, PlanRefused, held_pool, pool_for
 from ..services import die_with_hub, take_over
-from ..settings import Settings, load
-from . import service
+from ..settings import Settings, files_on_host, load
+from . import inputs, service
 from .executor import WAITING_PREFIX, ExecutorError, LocalDaskExecutor, SchedulerLost, Unavailable
 from .queue import Quota, admit
 
@@ -61,6 +61,7 @@ USAGE_KEYS = ("wall_s", "cpu_s", "max_rss_mb")
 AGENT_STATES = ("pending", "running", "done", "error")
 EXIT_CODES = range(-64, 256)   # a signal's number, negated (subprocess), or an exit status
 TEXT_LIMIT = 1000              # characters kept of a text a pool reports (a task's error)
+INPUTS_EVERY_S = 300           # seconds between drops of the kept inputs of ended jobs (claims)
 
 
 def pool_of(job: Job) -> str:
@@ -190,6 +191,7 @@ class Engine:
         self._reports: dict[str, object] = {}      # pool -> its agent's report in this look (or the error)
         self._slow: dict[str, tuple[float, int]] = {}   # pool -> (passed over until, times in a row)
         self._pool_starts: dict[str, asyncio.Task] = {}  # pool -> its scheduler's start, under way
+        self._inputs_checked = -INPUTS_EVERY_S        # when kept inputs of ended jobs were last dropped
 
     # -- process life --------------------------------------------------------------------
     def _take_over(self) -> None:
@@ -282,6 +284,9 @@ class Engine:
                     self.drop_look(db)
         with self.timed("stop idle workers"):
             await self.executor.stop_idle()
+        if time.monotonic() > self._inputs_checked + INPUTS_EVERY_S:
+            self._inputs_checked = time.monotonic()
+            await asyncio.to_thread(self.drop_inputs)
 
     def drop_look(self, db, mark: int = 0) -> None:
         """Forget what a failed part of a look changed and did not commit: its database changes,
@@ -529,11 +534,27 @@ class Engine:
         return quota.gpus if self.executor.gpu_counts else gpus.free_count(db, self.settings)
 
     def spec(self, plan, job: Job, worker: str) -> dict:
+        """What the worker's task runs. Where the hub cannot write the job's folder (claims), the
+        task makes it (``outdir_mode``) and writes the job's inputs into it (``inputs``)."""
         outdir = service.outdir_inside(job.id, job.lane)
-        return {"id": job.id, "kind": job.kind, "target": service.run_target(job), "params": job.params,
+        spec = {"id": job.id, "kind": job.kind, "target": service.run_target(job), "params": job.params,
                 "project": plan.project, "user": job.account.name, "worker": worker,
                 "outdir": outdir, "max_runtime_s": job.max_runtime_s,
                 "env": {"VRE_JOB_ID": str(job.id), "VRE_JOB_OUTPUT": outdir, "VRE_JOB_USER": job.account.name}}
+        if not files_on_host(self.settings):
+            spec.update(outdir_mode=service.outdir_mode(job.lane), inputs=inputs.load(self.settings, job.id))
+        return spec
+
+    def drop_inputs(self) -> None:
+        """Forget the kept inputs of jobs that ended (or are gone): each start sends them again,
+        so they are kept while a job may still start."""
+        kept = inputs.stashed(self.settings)
+        if not kept:
+            return
+        with vdb.session_scope(self.settings.vre_db_url) as db:
+            open_ = set(db.scalars(select(Job.id).where(Job.id.in_(kept), Job.state.in_(("queued", "running")))))
+        for job_id in kept - open_:
+            inputs.discard(self.settings, job_id)
 
     async def start_cluster(self, db, plan, job: Job, devices: tuple[int, ...]) -> None:
         """Interactive workers for a notebook's Dask client, held until cancelled or timed out."""

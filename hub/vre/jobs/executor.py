@@ -42,12 +42,10 @@ from ..gpus import gpu_env
 from ..hostview import client as hostview
 from ..plan import SessionPlan, jobs_run_dir
 from ..settings import Settings
+from .pools import DASHBOARD_PORT, SCHEDULER_LIMITS, SCHEDULER_PORT, WORKER_OVERHEAD_MB
 from .service import scheduler_file, wake_socket
 
 log = logging.getLogger("vre.jobs")
-SCHEDULER_PORT, DASHBOARD_PORT = 8786, 8787
-WORKER_OVERHEAD_MB = 384     # the Dask worker process itself, on top of the job's memory
-SCHEDULER_LIMITS = dict(cpu=1.0, mem_mb=1024, pids_max=1024)
 MAX_WORKERS = 1000   # of one pool at once: far above any quota
 #: How ``waiting_for`` reasons begin: the engine shows them with a waiting job and clears them.
 WAITING_PREFIX = "the cluster has no place"

@@ -36,8 +36,11 @@ What differs from the sandbox (``executor.LocalDaskExecutor``, whose logic this 
 - GPUs are a count (``nvidia.com/gpu`` in the worker's limits, on ``k8s_gpu_node_selector``
   nodes, from the GPU image): the engine leases no device of its own machine, admits by the
   project's GPU quota, and the cluster picks the devices, as for sessions.
-- Claims (``k8s_storage = "pvc"``) are not supported yet: ``service.submit`` refuses jobs there
-  with the reason (the job service writes each job's folder by its host path).
+- Claims (``k8s_storage = "pvc"``): the pool's pods mount the project's ``workspace`` claim (held
+  ones the held pool's ``held`` claim) and a home claim of the pool's own (``worker-home``,
+  ``held-home``), made with the pool's first pod. The hub reaches none of them: the worker makes
+  the job's folder and writes its inputs (``spec["inputs"]``, see ``jobs.inputs``), and members
+  read logs, progress and outputs through their claims reader (``vre.claims``).
 """
 
 from __future__ import annotations
@@ -444,6 +447,7 @@ class PodDaskExecutor(LocalDaskExecutor):
             objects = k8s.project_objects(self.settings, plan, await asyncio.to_thread(
                 k8s.read_project_quota, self.settings, plan.project))
             objects = objects if scheduler else [o for o in objects if o["kind"] == "ResourceQuota"]
+            claims = k8s.storage_claims(self.settings, plan)   # the pool's home, the workspace or held folder
         except k8s.KubernetesBackendError as e:
             raise ExecutorError(str(e)) from None
         await asyncio.to_thread(self.kill, plan.session_id)  # a leftover of a crashed run never lingers
@@ -460,6 +464,9 @@ class PodDaskExecutor(LocalDaskExecutor):
         async def create(api):
             for obj in [*objects, secret]:   # the pool's namespace, policies and quota, as rendered
                 await k8s.put_object(api.api_client, obj)
+            for claim in claims:             # made when missing, then kept with their files
+                if await k8s.ensure_claim(api.api_client, claim):
+                    log.info("created claim %s/%s", claim["metadata"]["namespace"], claim["metadata"]["name"])
             return await api.create_namespaced_pod(pod["metadata"]["namespace"], pod)
 
         try:

@@ -10,7 +10,11 @@ notebook is copied into ``/held/jobs/<id>/input/`` at submission and runs from t
 
 The service runs as root and its job folders lie where members (open lane) or held jobs (held
 lane) can write: every file and folder there is opened through :mod:`vre.beneath` (no link
-followed, no FIFO opened).
+followed, no FIFO opened). Where the folders are on claims the hub cannot mount (Kubernetes,
+``k8s_storage = "pvc"``), the worker makes the job's folder and writes its inputs, kept by the
+service until then (:mod:`.inputs`), and the service reads workspace files, logs, progress and
+outputs through a claims reader of the acting member (:mod:`vre.claims`): what she could read
+herself, as her uid (``Folder``).
 
 Every function takes a database session and the acting user; membership is checked through the
 same plan the sessions use (``build_plan(role="worker")``), so a job can never ask for more than
@@ -25,18 +29,22 @@ import json
 import os
 import socket
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .. import beneath
 from ..accounts import get_account
+from ..claims.files import LOCAL, Files
 from ..db import JOB_FINAL, JOB_LANES, Job, Project, get_by_id, utcnow
 from ..errors import NotFound, VREError
 from ..gpus import host_devices
 from ..plan import (HELD_ROOT, HOME, WORKSPACE, PlanRefused, build_plan, held_dir, jobs_run_dir, pool_for,
                     project_paths)
 from ..settings import Settings, files_on_host, k8s_reads_allowed
+from . import inputs
+from .pools import MAX_CLUSTER_WORKERS
 from .queue import Ask, fair_order
 
 KINDS = ("notebook", "script", "function", "cluster")
@@ -49,7 +57,6 @@ HELD_NOTE = ("held: its log and outputs stay on the hub; request their export th
 MAX_PAYLOAD = 16 * 1024 * 1024
 MAX_TARGET = 64 * 1024 * 1024   # a notebook or script read at submission (a held job's is copied)
 INPUT_DIR = "input"             # a held job's copy of its script or notebook, in its folder
-MAX_CLUSTER_WORKERS = 16
 
 
 class JobRejected(VREError):
@@ -83,6 +90,47 @@ def job_dir(settings: Settings, job: Job) -> Path:
     return outdir_on_host(settings, job.project.slug, job.id, job.lane)
 
 
+class Folder(NamedTuple):
+    """A folder of the project's and who answers for it: ``files`` reads ``rel`` below the
+    trusted ``base`` (the host's files, or a claims reader's)."""
+    files: Files
+    base: str
+    rel: str
+
+
+def workspace_folder(db: Session, settings: Settings, user: str, project: str) -> Folder:
+    """The project's workspace as ``user`` (a member) reads it: on the host, or through her
+    claims reader (started at the first question)."""
+    if files_on_host(settings):
+        workspace, _ = project_paths(settings, project, "_")
+        return Folder(LOCAL, str(workspace), "")
+    from ..claims.pods import ClaimFiles, reader_path   # the cluster's client, only where it is used
+
+    return Folder(ClaimFiles(settings, build_plan(db, settings, user, project, None)), reader_path("workspace"), "")
+
+
+def job_files(db: Session, settings: Settings, job: Job, user: str) -> Folder:
+    """``job``'s folder as ``user`` reads it: an open job's through her view of the workspace, a
+    held job's (the airlock's and admins' business: members are told nothing of its files)
+    through the held pool's reader on claims."""
+    if files_on_host(settings):
+        base, rel = job_folder(settings, job.project.slug, job.id, job.lane)
+        return Folder(LOCAL, str(base), rel)
+    if job.lane == "held":
+        from ..claims.pods import ClaimFiles, reader_path
+
+        plan = build_plan(db, settings, user, job.project.slug, None, role="held")
+        return Folder(ClaimFiles(settings, plan), reader_path("held"), f"jobs/{job.id}")
+    return workspace_folder(db, settings, user, job.project.slug)._replace(rel=f"jobs/{job.id}")
+
+
+def _host_folder(settings: Settings, job: Job) -> Folder:
+    if not files_on_host(settings):
+        raise VREError("job folders are on the project's claims here: name the member who reads them")
+    base, rel = job_folder(settings, job.project.slug, job.id, job.lane)
+    return Folder(LOCAL, str(base), rel)
+
+
 def workspace_relpath(path: str) -> str:
     """The workspace-relative path of ``path`` as a session names it (absolute, ``~/project/...``,
     or relative to the home as the Lab's file browser shows it: ``project/...``). Only workspace
@@ -99,14 +147,12 @@ def workspace_relpath(path: str) -> str:
     return os.path.relpath(inner, WORKSPACE)
 
 
-def read_workspace_file(settings: Settings, project: str, path: str) -> tuple[str, bytes]:
+def read_workspace_file(workspace: Folder, path: str) -> tuple[str, bytes]:
     """(the path inside sessions, the content) of the regular workspace file ``path`` names, read
     without following links (members can put anything in the workspace, and this runs as root)."""
     rel = workspace_relpath(path)
-    workspace, _ = project_paths(settings, project, "_")
     try:
-        with beneath.opened_beneath(workspace, rel) as f:
-            data = f.read(MAX_TARGET + 1)
+        data = workspace.files.read(workspace.base, rel, 0, MAX_TARGET + 1)
     except FileNotFoundError:
         raise JobRejected(f"{path!r} does not exist in the project workspace") from None
     except OSError:
@@ -134,10 +180,6 @@ def _number(body: dict, name: str, kind, default, lo, hi, unit: str = ""):
 
 def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     """Validate a submission and queue it. ``body`` is the API's JSON (see extensions/API.md)."""
-    if not files_on_host(settings):
-        raise JobRejected("the batch queue on Kubernetes needs k8s_storage = \"hostPath\" for now (the job service "
-                          "writes each job's folder into the project's workspace, and it cannot reach a workspace "
-                          "claim): no job would start; run the analysis in your session instead")
     if not isinstance(body, dict):
         raise JobRejected("the request body must be a JSON object")
     kind = body.get("kind")
@@ -184,7 +226,7 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     if kind in ("notebook", "script"):
         if not isinstance(target, str) or not target:
             raise JobRejected(f"a {kind} job needs \"target\": the path of the {kind} in the workspace")
-        target, code = read_workspace_file(settings, project.slug, target)
+        target, code = read_workspace_file(workspace_folder(db, settings, user, project.slug), target)
         if kind == "notebook":
             if not target.endswith(".ipynb"):
                 raise JobRejected(f"{target!r} is not a notebook (.ipynb)")
@@ -228,9 +270,21 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
         job.cpu, job.mem_mb, job.gpus = cpu * params["workers"], mem * params["workers"], gpus * params["workers"]
     db.add(job)
     db.flush()
-    make_outdir(settings, project, job.id, payload, lane, code=code if lane == "held" else None,
-                code_name=os.path.basename(target))
+    held_code = code if lane == "held" else None
+    if files_on_host(settings):
+        make_outdir(settings, project, job.id, payload, lane, code=held_code, code_name=os.path.basename(target))
+    else:   # the worker makes the folder: the hub cannot reach the claim
+        kept = {"function.pkl": payload} if payload is not None else {}
+        if held_code is not None:
+            kept[f"{INPUT_DIR}/{os.path.basename(target)}"] = held_code
+        inputs.stash(settings, job.id, kept)
     return job
+
+
+def outdir_mode(lane: str) -> int:
+    """A job's folder's mode: the project's group reads an open job's (setgid: its files stay the
+    group's); a held job's only its workers."""
+    return 0o700 if lane == "held" else 0o2770
 
 
 def run_target(job: Job) -> str:
@@ -248,7 +302,7 @@ def make_outdir(settings: Settings, project: Project, job_id: int, payload: byte
 
     base, rel = job_folder(settings, project.slug, job_id, lane)
     uid, gid = project_uid(settings, project.id), settings.gid_base + project.id
-    mode = 0o700 if lane == "held" else 0o2770
+    mode = outdir_mode(lane)
     try:
         fd = beneath.makedirs_beneath(base, rel, uid=uid, gid=gid, mode=mode, fresh=True)
     except OSError as e:
@@ -332,11 +386,15 @@ def rerun(db: Session, settings: Settings, user: str, job_id: int) -> Job:
     else:
         body.update(cpu=old.cpu, mem_mb=old.mem_mb, gpus=old.gpus)
     if old.kind == "function":
-        try:
-            with _job_file(settings, old, "function.pkl") as f:
-                body["payload"] = base64.b64encode(f.read(MAX_PAYLOAD + 1)).decode()
-        except OSError:
-            raise JobRejected(f"job {job_id}'s function is no longer in its folder; submit it again") from None
+        kept = inputs.load(settings, old.id).get("function.pkl")   # not started yet (claims)
+        if kept is None:
+            folder = job_files(db, settings, old, user)
+            try:
+                kept = base64.b64encode(folder.files.read(folder.base, f"{folder.rel}/function.pkl", 0,
+                                                          MAX_PAYLOAD + 1)).decode()
+            except OSError:
+                raise JobRejected(f"job {job_id}'s function is no longer in its folder; submit it again") from None
+        body["payload"] = kept
     job = submit(db, settings, user, body)
     job.rerun_of = old.id
     return job
@@ -358,50 +416,51 @@ def positions(db: Session, project_id: int) -> dict[int, int]:
     return {a.id: i + 1 for i, a in enumerate(order)}
 
 
-def read_log(settings: Settings, job: Job, offset: int = 0, limit: int = 1 << 20) -> tuple[str, int]:
+def read_log(settings: Settings, job: Job, offset: int = 0, limit: int = 1 << 20, *,
+             folder: Folder | None = None) -> tuple[str, int]:
     """(text from ``offset``, next offset) of the job's log (a held job's too: callers that answer
-    members use ``member_log``)."""
+    members use ``member_log``), read from ``folder`` (``job_files``; default the host's)."""
+    folder = folder or _host_folder(settings, job)
     try:
-        with _job_file(settings, job, "log.txt") as f:
-            f.seek(max(0, offset))
-            data = f.read(limit)
+        data = folder.files.read(folder.base, f"{folder.rel}/log.txt", max(0, offset), limit)
     except OSError:  # not yet written (or not a plain file: never read through a link)
         return "", offset
     return data.decode(errors="replace"), offset + len(data)
 
 
-def _job_file(settings: Settings, job: Job, name: str):
-    """A file of ``job``'s folder, opened through ``beneath`` from the folder's trusted base."""
-    base, rel = job_folder(settings, job.project.slug, job.id, job.lane)
-    return beneath.opened_beneath(base, f"{rel}/{name}")
-
-
-def member_log(settings: Settings, job: Job, offset: int = 0) -> tuple[str, int]:
+def member_log(settings: Settings, job: Job, offset: int = 0, *, folder: Folder | None = None) -> tuple[str, int]:
     """What members read of the log: a held job's is withheld (it is the job's own output)."""
     if job.lane == "held":
         return (HELD_NOTE.format(outdir=outdir_inside(job.id, "held")) + "\n" if offset == 0 else ""), 1
-    return read_log(settings, job, offset)
+    return read_log(settings, job, offset, folder=folder)
 
 
-def progress(settings: Settings, job: Job) -> dict | None:
+def progress(settings: Settings, job: Job, *, folder: Folder | None = None) -> dict | None:
     if job.lane == "held":  # written by the job: held like its other files
         return None
+    folder = folder or _host_folder(settings, job)
     try:
-        with _job_file(settings, job, "progress.json") as f:
-            return json.loads(f.read(64 * 1024))
+        return json.loads(folder.files.read(folder.base, f"{folder.rel}/progress.json", 0, 64 * 1024))
     except (OSError, ValueError):
         return None
 
 
-def outputs(settings: Settings, job: Job) -> list[dict]:
+def outputs(settings: Settings, job: Job, *, folder: Folder | None = None) -> list[dict]:
     if job.lane == "held":  # not even names: the job chose them
         return []
-    found = beneath.walk_files_beneath(*job_folder(settings, job.project.slug, job.id))  # links not followed
+    folder = folder or _host_folder(settings, job)
+    try:
+        found = folder.files.walk(folder.base, folder.rel)   # links not followed
+    except OSError:
+        return []
     return [{"path": f"{outdir_inside(job.id)}/{rel}", "size": size} for rel, size in sorted(found)
             if not os.path.basename(rel).startswith(".") and rel != "progress.json"]
 
 
-def to_dict(settings: Settings, job: Job, position: int | None = None, *, detail: bool = False) -> dict:
+def to_dict(settings: Settings, job: Job, position: int | None = None, *, detail: bool = False,
+            folder: Folder | None = None) -> dict:
+    """The job as the API shows it; with ``detail``, its progress and outputs too, read from
+    ``folder`` (``job_files``; default the host's)."""
     data = {
         "id": job.id, "name": job.name, "project": job.project.slug, "user": job.account.name,
         "kind": job.kind, "target": job.target, "params": job.params, "profile": job.profile,
@@ -417,8 +476,8 @@ def to_dict(settings: Settings, job: Job, position: int | None = None, *, detail
     if job.kind == "cluster" and job.state == "running":  # where the session's Dask client connects
         data["scheduler"] = scheduler_address(settings, pool_for(job.project.slug, job.lane))
     if detail:
-        data["progress"] = progress(settings, job)
-        data["outputs"] = outputs(settings, job)
+        data["progress"] = progress(settings, job, folder=folder)
+        data["outputs"] = outputs(settings, job, folder=folder)
         if job.lane == "held":
             data["held"] = HELD_NOTE.format(outdir=outdir_inside(job.id, "held"))
     return data
