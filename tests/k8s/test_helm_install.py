@@ -547,6 +547,17 @@ def _jobs_on_claims(kube, rel, alice, project: str, volumes: dict) -> None:
     # her kernel sees the job's files where the job wrote them
     assert "made in a worker pod" in k.check(f"print(open('/home/jovyan/project/jobs/{job_id}/result.txt').read())",
                                              timeout=60)
+    # she swaps the workspace's jobs/ for a link to where the workers keep their home: the next
+    # job fails saying what is in the way, and nothing is written through the link
+    k.check("import os; os.rename('/home/jovyan/project/jobs', '/home/jovyan/project/jobs.real'); "
+            "os.symlink('/home/jovyan', '/home/jovyan/project/jobs')", timeout=60)
+    r = alice.vre_api("POST", "/jobs", json=body)
+    assert r.status_code == 201, r.text
+    planted = _job_end(kube, alice, r.json()["id"], project_ns, 120)
+    assert planted["state"] == "failed" and "must be a real folder" in planted["reason"], planted
+    assert not (volumes["worker-home"] / str(r.json()["id"])).exists()
+    k.check("import os; os.unlink('/home/jovyan/project/jobs'); "
+            "os.rename('/home/jovyan/project/jobs.real', '/home/jovyan/project/jobs')", timeout=60)
     # a function job: its payload reaches the worker in its spec (the hub cannot write it there)
     fn = alice.vre_api("POST", "/jobs", json={"project": project, "kind": "function", "cpu": 0.25, "mem_mb": 256,
                                               "payload": k.check(PICKLED_FUNCTION, timeout=60).strip()})

@@ -36,7 +36,7 @@ def run_job(spec: dict) -> dict:
     make_outdir(spec)
     spec_file = os.path.join(outdir, ".job.json")
     with open(spec_file, "w") as f:
-        json.dump(spec, f)
+        json.dump({k: v for k, v in spec.items() if k != "inputs"}, f)   # the inputs are in the folder now
     started = time.time()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     ooms_before = oom_kills()
