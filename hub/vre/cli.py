@@ -436,6 +436,7 @@ def cmd_jobs(args) -> int:
     from sqlalchemy import select
 
     from .jobs import service
+    from .plan import PlanRefused
 
     settings = _settings(args)
     if args.jobs_cmd == "engine":
@@ -467,7 +468,12 @@ def cmd_jobs(args) -> int:
         if job is None:
             raise NotFound(f"there is no job {args.id}")
         # read as its author would (on claims: through her reader, while she is a member)
-        folder = service.job_files(db, settings, job, job.account.name)
+        try:
+            folder = service.job_files(db, settings, job, job.account.name)
+        except PlanRefused as e:
+            raise VREError(f"job {job.id}'s folder is on project {job.project.slug}'s claims, read as its author "
+                           f"{job.account.name}, who cannot work in the project now ({e}); read it from a "
+                           "member's session") from None
         if args.jobs_cmd == "show":
             print(json.dumps(service.to_dict(settings, job, detail=True, folder=folder), indent=2))
         elif args.jobs_cmd == "log":
