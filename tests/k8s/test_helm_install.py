@@ -536,6 +536,8 @@ def _jobs_on_claims(kube, rel, alice, project: str, volumes: dict) -> None:
     assert done["state"] == "succeeded" and 'JOB DONE True ["log.txt", "result.txt"]' in log, (done, log)
     assert {o["path"].rsplit("/", 1)[1] for o in done["outputs"]} == {"log.txt", "result.txt"}, done
     assert alice.vre_api("GET", f"/jobs/{job_id}/log?offset=5").json()["text"] == log[5:]
+    r = alice.vre_api("GET", f"/jobs/{job_id}/log?offset={10**19}")   # past any file offset: told, reader kept
+    assert r.status_code == 400 and "whole number" in r.json()["message"], r.text
     folder = volumes["workspace"] / "jobs" / str(job_id)
     assert (folder / "result.txt").read_text() == "made in a worker pod\n"
     assert oct(folder.stat().st_mode)[-4:] == "2770"

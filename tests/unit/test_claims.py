@@ -6,6 +6,7 @@ itself when idle. The airlock freezes through it as it does on the host
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import http.client
@@ -160,6 +161,19 @@ def test_parts_of_files_and_walks_are_answered_as_the_host_does(claims):
         r.files().read(str(ws), "out/log.txt", -1)
 
 
+def test_a_walk_is_bounded_and_holds_no_descriptor_per_folder(claims, monkeypatch):
+    root, _r = claims
+    many = root / "workspace" / "many"
+    for i in range(300):
+        (many / f"d{i:03}").mkdir(parents=True)
+        (many / f"d{i:03}" / "f").write_text("x")
+    monkeypatch.setattr(reader, "WALK_VISIT", 1000)
+    assert len(reader.walk(str(root), str(many))["files"]) == 300
+    monkeypatch.setattr(reader, "WALK_VISIT", 100)
+    cut = reader.walk(str(root), str(many))
+    assert cut["truncated"] and len(cut["files"]) < 100
+
+
 def test_the_reader_answers_only_with_its_token(claims):
     root, r = claims
     for wrong in ("x" * 43, r.token[:-1] + ("A" if r.token[-1] != "A" else "B")):
@@ -207,6 +221,17 @@ def test_a_file_that_shrinks_while_read_is_an_incomplete_read(claims, monkeypatc
         while body.read(1 << 20):
             pass
     body.close()
+    os.truncate(big, 256 << 20)   # read whole, the same is an OSError (as a failed read on the host)
+    files, real_open = r.files(), ReaderFiles.open
+
+    def shrinks_after_open(self, base, rel, **kw):
+        body = real_open(self, base, rel, **kw)
+        os.truncate(big, 0)
+        return body
+    monkeypatch.setattr(ReaderFiles, "open", shrinks_after_open)
+    with pytest.raises(OSError, match="changed while it was read"):
+        files.read(str(root / "home"), "big.bin", 0, 256 << 20)
+    monkeypatch.undo()
     # the airlock says so rather than freeze a short copy
     os.truncate(big, 256 << 20)
     copy = store.copy_stream
@@ -232,7 +257,8 @@ def world(db_url, tmp_path, claims, monkeypatch):
     """A project on Kubernetes with claims: the hub's own folders stay empty, the files are on the
     reader's claims."""
     root, r = claims
-    settings = Settings(state_dir=tmp_path / "state", db_url=db_url, backend="kubernetes", k8s_storage="pvc")
+    settings = Settings(state_dir=tmp_path / "state", db_url=db_url, backend="kubernetes", k8s_storage="pvc",
+                        k8s_unobserved_reads=True)
     with vdb.session_scope(db_url) as db:
         for name in ("ann", "ben"):
             add_account(db, name, password=f"{name}-password-1")
@@ -246,9 +272,9 @@ def world(db_url, tmp_path, claims, monkeypatch):
         P.set_profile(db, "lung", "small", cpu=1, memory="1G")
     asked = []
 
-    class Readers:
+    class Readers:   # one reader process answers for every plan's claims (its root holds them all)
         def files(self, plan):
-            asked.append(plan.user)
+            asked.append(claim_pods.reader_of(plan))
             return r.files()
 
     monkeypatch.setattr(claim_pods, "ROOT", str(root))
@@ -283,6 +309,58 @@ def test_an_export_is_frozen_through_the_reader(world):
     assert stored == sorted([b"alpha\n", table, table])
     assert [e["action"] for e in open_store(settings).query(limit=10, newest_first=False, action="airlock.")][-1] \
         == "airlock.submit"
+
+
+def test_a_held_jobs_output_leaves_through_the_held_pools_reader(world):
+    """Held jobs' folders are on the held pool's claim: the airlock asks the held pool's reader
+    for paths below /held/jobs (and only for those), with the same rules as everywhere."""
+    settings, root, asked = world
+    out = root / "held" / "jobs" / "7"
+    out.mkdir(parents=True)
+    (out / "counts.csv").write_text("a,1\n")
+    (out / "shadow").symlink_to("/etc/shadow")
+    r = ops.create(settings, who("ann"), "lung", "held", "", ["a.txt"])
+    assert set(asked) == {"ann"}   # her home's file: her reader only
+    ops.add_files(settings, who("ann"), r["id"], ["/held/jobs/7/counts.csv"])
+    assert "lung.held" in asked
+    with pytest.raises(ops.Refused):
+        ops.add_files(settings, who("ann"), r["id"], ["/held/jobs/7/shadow"])
+    assert ops.submit(settings, who("ann"), r["id"])["state"] == "submitted"
+    stored = sorted(p.read_bytes() for p in store.request_dir(settings, r["id"]).iterdir())
+    assert stored == [b"a,1\n", b"alpha\n"]
+
+
+def test_the_job_service_reads_a_members_workspace_through_her_reader(world):
+    """On claims a job's script is read at submission, and its log, progress and outputs
+    afterwards, through the acting member's reader; a log that shrinks while read is no log yet,
+    not an error page."""
+    from vre.jobs import inputs, service
+
+    settings, root, asked = world
+    ws = root / "workspace"
+    (ws / "train.py").write_text("print(2)\n")
+    with vdb.session_scope(settings.vre_db_url) as db:
+        job = service.submit(db, settings, "ben", {"project": "lung", "kind": "script", "target": "project/train.py",
+                                                    "lane": "held"})
+        assert asked == ["ben"] and base64.b64decode(inputs.load(settings, job.id)["input/train.py"]) == b"print(2)\n"
+        job = service.submit(db, settings, "ben", {"project": "lung", "kind": "script", "target": "project/train.py"})
+        out = ws / "jobs" / str(job.id)   # what the worker makes
+        out.mkdir(parents=True)
+        (out / "log.txt").write_text("[vre] started\nepoch 1\n")
+        (out / "progress.json").write_text('{"done": 1, "total": 4}')
+        (out / "plot.png").write_bytes(b"png")
+        (out / "elsewhere").symlink_to(root / "home")
+        folder = service.job_files(db, settings, job, "ann")
+        assert folder.base == str(root / "workspace") and folder.rel == f"jobs/{job.id}"
+        assert service.read_log(settings, job, folder=folder) == ("[vre] started\nepoch 1\n", 22)
+        assert asked[-1] == "ann"
+        assert service.read_log(settings, job, 14, folder=folder) == ("epoch 1\n", 22)
+        detail = service.to_dict(settings, job, detail=True, folder=folder)
+        assert detail["progress"] == {"done": 1, "total": 4}
+        assert [o["path"] for o in detail["outputs"]] == [f"/home/jovyan/project/jobs/{job.id}/{n}"
+                                                          for n in ("log.txt", "plot.png")]
+        with pytest.raises(ReaderUnavailable, match="whole number"):
+            service.read_log(settings, job, 10**19, folder=folder)
 
 
 def test_a_reader_that_cannot_start_changes_nothing(world, monkeypatch):

@@ -338,7 +338,9 @@ def test_on_claims_the_worker_makes_the_folder_from_what_the_service_kept(world,
     assert oct(out.stat().st_mode)[-4:] == "2770" and (out / "function.pkl").read_bytes() == b"pickle"
     assert oct((root / "ws" / "jobs").stat().st_mode)[-4:] == "2770"
     (out / "log.txt").write_text("first start\n")
-    make_outdir(fspec)   # a second start: a fresh folder, the first one's files kept aside
+    make_outdir({**fspec, "attempt": 2})   # its second start (the first worker was lost) goes on there
+    assert sorted(p.name for p in out.iterdir()) == ["function.pkl", "log.txt"]
+    make_outdir({**fspec, "attempt": 1})   # a first start finds something in its place: moved aside
     assert sorted(p.name for p in out.iterdir()) == ["function.pkl"]
     (stale,) = (root / "ws" / "jobs").glob(".stale-7-*")
     assert (stale / "log.txt").read_text() == "first start\n"
@@ -357,8 +359,15 @@ def test_on_claims_the_worker_makes_the_folder_from_what_the_service_kept(world,
         make_outdir(fspec)
     assert not any((root / "elsewhere").iterdir())
 
-    # ended jobs' inputs are dropped, open ones' kept
+    # inputs are kept while a job may start, and a week for one that never started (its rerun)
     with vdb.session_scope(pvc.vre_db_url) as db:
         service.cancel(db, pvc, "ann", f["id"])
+        vdb.get_by_id(db, vdb.Job, h["id"]).state = "succeeded"   # it ran: its folder has them
+        vdb.get_by_id(db, vdb.Job, h["id"]).attempts = 1
+    inputs.stash(pvc, 9999, {"function.pkl": b"not committed yet"})   # a submission under way
+    inputs.stash(pvc, 9998, {"function.pkl": b"a failed submission"})
+    os.utime(inputs.stash_dir(pvc, 9998), (1, 1))
     Engine.drop_inputs(engine)
-    assert not inputs.stash_dir(pvc, f["id"]).exists() and inputs.load(pvc, h["id"])
+    assert inputs.stashed(pvc) == {f["id"], 9999, fspec["id"] + 2}   # the rerun above is queued
+    with vdb.session_scope(pvc.vre_db_url) as db:
+        assert service.rerun(db, pvc, "ann", f["id"]).kind == "function"

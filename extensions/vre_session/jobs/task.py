@@ -78,41 +78,86 @@ class FolderInTheWay(Exception):
     """The job's folder cannot be made: the message says what is in its place."""
 
 
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def make_outdir(spec: dict) -> None:
-    """The job's folder: made by the job service already, or (``outdir_mode``) here, fresh, with
-    that mode, holding the job's inputs. Whatever is in its place is renamed aside first
-    (``.stale-<id>-<random>``): an earlier job of the pool may have planted it (a module there
-    would shadow an import of the runner, which starts in it), and a second start of the same
-    job (its first worker was lost) keeps its first start's files that way too."""
+    """The job's folder: made by the job service already, or (``outdir_mode``) here, with that
+    mode, holding the job's inputs. At a job's first start whatever is in its place is renamed
+    aside (``.stale-<id>-<random>``): an earlier job of the pool may have planted it (a module
+    there would shadow an import of the runner, which starts in it). A later start of the same
+    job (its first worker was lost: ``attempt`` > 1) goes on in its own folder and appends to its
+    log, as on the host. Everything is done through descriptors opened without following links,
+    so a link swapped in meanwhile is refused, not followed."""
     outdir, mode = spec["outdir"], spec.get("outdir_mode")
     if mode is None:
         os.makedirs(outdir, exist_ok=True)
         return
     parent, name = os.path.split(outdir)
+
+    def in_the_way(why: str) -> FolderInTheWay:
+        return FolderInTheWay(f"cannot make the job's folder {outdir}: {why}; rename what is in the way and "
+                              "submit again")
     try:
         os.mkdir(parent, 0o2770)   # the workspace's (or held folder's) 'jobs'
-        os.chmod(parent, 0o2770)
     except FileExistsError:
         pass
-    if not stat.S_ISDIR(os.lstat(parent).st_mode):
-        raise FolderInTheWay(f"cannot make the job's folder: {parent} must be a real folder, not a link or a "
-                             "file; rename what is in the way and submit again")
     try:
-        os.mkdir(outdir, mode)
-    except FileExistsError:
-        os.rename(outdir, os.path.join(parent, f".stale-{name}-{os.urandom(4).hex()}"))
-        os.mkdir(outdir, mode)
-    os.chmod(outdir, mode)   # mkdir drops the setgid bit
-    for rel, data in sorted((spec.get("inputs") or {}).items()):
-        path = os.path.join(outdir, rel)
-        folder = os.path.dirname(path)
-        if folder != outdir:
-            os.makedirs(folder, 0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640 if folder == outdir else 0o400)
-        with os.fdopen(fd, "wb") as f:
-            f.write(base64.b64decode(data))
-        if folder != outdir:
-            os.chmod(folder, 0o500)   # a held job's copy of its code, as the job service makes it
+        top = os.open(parent, _DIR)
+    except OSError:
+        raise in_the_way(f"{parent} must be a real folder, not a link or a file") from None
+    try:
+        if os.fstat(top).st_uid == os.getuid():
+            os.fchmod(top, 0o2770)
+        try:
+            os.mkdir(name, mode, dir_fd=top)
+        except FileExistsError:
+            st = os.stat(name, dir_fd=top, follow_symlinks=False)
+            ours = stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+            if not (ours and spec.get("attempt", 1) > 1):
+                os.rename(name, f".stale-{name}-{os.urandom(4).hex()}", src_dir_fd=top, dst_dir_fd=top)
+                os.mkdir(name, mode, dir_fd=top)
+        except PermissionError:
+            raise in_the_way(f"{parent} is not writable by the project's workers (make it the project's "
+                             "group's, or remove it)") from None
+        out = os.open(name, _DIR, dir_fd=top)
+    except OSError as e:
+        raise in_the_way(e.strerror or str(e)) from None
+    finally:
+        os.close(top)
+    try:
+        os.fchmod(out, mode)   # mkdir drops the setgid bit
+        _write_inputs(out, spec.get("inputs") or {})
+    finally:
+        os.close(out)
+
+
+def _write_inputs(out: int, inputs: dict) -> None:
+    """The job's inputs (path in its folder -> base64) below the folder ``out``; those a first
+    start wrote already are kept. A subfolder (a held job's ``input/``) is left read-only."""
+    subfolders: dict[str, int] = {}
+    try:
+        for rel, data in sorted(inputs.items()):
+            where, _, filename = rel.rpartition("/")
+            if where and where not in subfolders:
+                try:
+                    os.mkdir(where, 0o700, dir_fd=out)
+                except FileExistsError:
+                    pass
+                subfolders[where] = os.open(where, _DIR, dir_fd=out)
+            folder = subfolders[where] if where else out
+            try:
+                fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o400 if where else 0o640, dir_fd=folder)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(base64.b64decode(data))
+        for fd in subfolders.values():
+            os.fchmod(fd, 0o500)   # a held job's copy of its code, as the job service makes it
+    finally:
+        for fd in subfolders.values():
+            os.close(fd)
 
 
 #: Where a container sees its own memory cgroup's OOM kills (cgroup v2, then v1).

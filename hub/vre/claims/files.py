@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import itertools
 import json
 import os
 import threading
@@ -27,6 +28,8 @@ from ..errors import VREError
 TIMEOUT_S = 30
 #: The most bytes ``read`` returns at once, by default.
 READ_MAX = 1 << 20
+#: The most files ``walk`` lists (the reader's own cap, ``reader.WALK_MAX``).
+WALK_MAX = 10000
 
 
 class Stat(NamedTuple):
@@ -81,7 +84,7 @@ class LocalFiles:
         """(path below ``rel``, size) of its regular files, links not followed (OSError when
         ``rel`` is not a real folder, as from a reader)."""
         os.close(open_dir_beneath(base, rel))
-        return list(walk_files_beneath(base, rel))
+        return list(itertools.islice(walk_files_beneath(base, rel), WALK_MAX))
 
 
 LOCAL = LocalFiles()
@@ -163,8 +166,13 @@ class ReaderFiles:
         return [(str(p), int(size)) for p, size in self._ask("walk", f"{base.rstrip('/')}/{rel}")["files"]]
 
     def read(self, base: str, rel: str, offset: int = 0, limit: int = READ_MAX) -> bytes:
+        """As ``LocalFiles.read``; a file cut short while it was sent is an OSError (EIO) here,
+        as a failed read is there."""
         with self.open(base, rel, offset=offset, limit=limit) as f:
-            return f.read()
+            try:
+                return f.read()
+            except http.client.IncompleteRead:
+                raise OSError(errno.EIO, "the file changed while it was read", f"{base}/{rel}") from None
 
     def open(self, base: str, rel: str, *, offset: int = 0, limit: int | None = None):
         """The bytes of the regular file ``rel`` below ``base`` (from ``offset``, at most ``limit``):

@@ -17,7 +17,8 @@ symbolic link (every folder on the way is opened with ``O_NOFOLLOW``, as ``vre.b
   the hub sees as an incomplete read), or a JSON error before the first byte; from byte
   ``offset``, at most ``limit`` of them (a job's log, read as it grows);
 - ``GET /walk?path=``: ``{"files": [[relative path, size], ...], "truncated": bool}``, every
-  regular file below the folder (at most ``WALK_MAX``; links neither followed nor listed).
+  regular file below the folder (at most ``WALK_MAX`` of ``WALK_VISIT`` entries looked at; links
+  neither followed nor listed).
 
 An error of the file system is ``{"errno": n, "error": "..."}`` with status 200 (the question was
 answered); a bad request or token is a 4xx. Every request must carry ``Authorization: Bearer
@@ -40,8 +41,11 @@ from urllib.parse import parse_qs, urlsplit
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 CHUNK = 1 << 20
-#: The most files a walk lists (a job's outputs: a listing, not an inventory of the claims).
-WALK_MAX = 10000
+#: The most files a walk lists, and entries it looks at (a job's outputs: a listing, not an
+#: inventory of the claims; a folder of a million entries must not hold the reader up).
+WALK_MAX, WALK_VISIT = 10000, 100000
+#: The largest offset or length a read takes (beyond any file; lseek's own limit is 2**63 - 1).
+MAX_BYTES = 1 << 62
 
 
 class Refused(Exception):
@@ -131,34 +135,37 @@ def open_file(root: str, path: str) -> int:
 
 
 def walk(root: str, path: str) -> dict:
-    """Every regular file below the folder ``path``, depth first in sorted order."""
-    top = _parent(root, [*_parts(root, path), "."])
-    found, stack = [], [(top, "")]
-    try:
-        while stack:
-            fd, prefix = stack.pop()
-            try:
-                subdirs = []
-                for name in sorted(os.listdir(fd)):
-                    try:
-                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if stat.S_ISREG(st.st_mode):
-                        if len(found) == WALK_MAX:
-                            return {"files": found, "truncated": True}
-                        found.append([prefix + name, st.st_size])
-                    elif stat.S_ISDIR(st.st_mode):
-                        subdirs.append(name)
-                for name in reversed(subdirs):
-                    try:
-                        stack.append((os.open(name, _DIR, dir_fd=fd), f"{prefix}{name}/"))
-                    except OSError:
-                        continue
-            finally:
-                os.close(fd)
-    finally:
-        for fd, _ in stack:
+    """Every regular file below the folder ``path``, depth first in sorted order: at most
+    ``WALK_MAX`` files of at most ``WALK_VISIT`` entries looked at (``truncated`` then). Pending
+    folders are kept by name and opened one at a time (no descriptor per folder held)."""
+    parts = _parts(root, path)
+    found, stack, visited = [], [""], 0
+    while stack:
+        prefix = stack.pop()
+        try:
+            fd = _parent(root, [*parts, *prefix.split("/")[:-1], "."])
+        except OSError:
+            if not prefix:
+                raise      # the folder asked about: its error is the answer
+            continue   # replaced by a link or gone meanwhile
+        try:
+            subdirs = []
+            for name in sorted(os.listdir(fd)):
+                visited += 1
+                if visited > WALK_VISIT:
+                    return {"files": found, "truncated": True}
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    if len(found) == WALK_MAX:
+                        return {"files": found, "truncated": True}
+                    found.append([prefix + name, st.st_size])
+                elif stat.S_ISDIR(st.st_mode):
+                    subdirs.append(f"{prefix}{name}/")
+            stack.extend(reversed(subdirs))
+        finally:
             os.close(fd)
     return {"files": found, "truncated": False}
 
@@ -237,8 +244,8 @@ def _whole(query: dict, name: str, default):
     raw = (query.get(name) or [None])[0]
     if raw is None:
         return default
-    if not raw.isdigit():
-        raise Refused(400, f"{name} must be a whole number of bytes")
+    if not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_BYTES:
+        raise Refused(400, f"{name} must be a whole number of bytes, at most {MAX_BYTES}")
     return int(raw)
 
 

@@ -34,6 +34,7 @@ from ..settings import Settings
 from . import service
 
 MAX_LIST = 5000
+MAX_OFFSET = 1 << 62   # beyond any log (a larger one overflows a file offset)
 
 
 requires_jobs_scope = requires_scope(JOBS_SCOPE)
@@ -138,8 +139,9 @@ class JobLogHandler(_JobsHandler):
     async def get(self, job_id: str):
         try:
             offset = max(0, int(self.get_query_argument("offset", "0")))
-        except ValueError:
-            raise web.HTTPError(400, "offset must be a whole number of bytes") from None
+            assert offset <= MAX_OFFSET
+        except (ValueError, AssertionError):
+            raise web.HTTPError(400, f"offset must be a whole number of bytes, at most {MAX_OFFSET}") from None
 
         def log(db, user):
             job = service.get(db, self.vre, user, int(job_id))

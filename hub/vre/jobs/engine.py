@@ -37,7 +37,7 @@ from sqlalchemy import select
 
 from .. import db as vdb
 from .. import gpus
-from ..db import Job, Project, utcnow
+from ..db import Job, Project, as_utc, utcnow
 from ..audit import Event
 from ..audit import open_store
 from ..plan import PlanCache, PlanRefused, held_pool, pool_for
@@ -542,19 +542,34 @@ class Engine:
                 "outdir": outdir, "max_runtime_s": job.max_runtime_s,
                 "env": {"VRE_JOB_ID": str(job.id), "VRE_JOB_OUTPUT": outdir, "VRE_JOB_USER": job.account.name}}
         if not files_on_host(self.settings):
-            spec.update(outdir_mode=service.outdir_mode(job.lane), inputs=inputs.load(self.settings, job.id))
+            spec.update(outdir_mode=service.outdir_mode(job.lane), attempt=job.attempts,
+                        inputs=inputs.load(self.settings, job.id))
         return spec
 
     def drop_inputs(self) -> None:
-        """Forget the kept inputs of jobs that ended (or are gone): each start sends them again,
-        so they are kept while a job may still start."""
+        """Forget the kept inputs of jobs that ended: each start sends them again, so they are
+        kept while a job may still start; a job that never started keeps them for
+        ``inputs.KEEP_UNSTARTED_S`` (its rerun takes them: no worker wrote its folder). Inputs
+        without a job row are a submission not yet committed, or one that failed: dropped only
+        once old."""
         kept = inputs.stashed(self.settings)
         if not kept:
             return
+        now = utcnow()
         with vdb.session_scope(self.settings.vre_db_url) as db:
-            open_ = set(db.scalars(select(Job.id).where(Job.id.in_(kept), Job.state.in_(("queued", "running")))))
-        for job_id in kept - open_:
-            inputs.discard(self.settings, job_id)
+            rows = {r.id: r for r in db.execute(select(Job.id, Job.state, Job.attempts, Job.finished_at)
+                                                .where(Job.id.in_(kept)))}
+        for job_id in kept:
+            row = rows.get(job_id)
+            if row is None:
+                done = inputs.age_s(self.settings, job_id) > inputs.KEEP_UNSTARTED_S
+            elif row.state in ("queued", "running"):
+                done = False
+            else:
+                done = row.attempts > 0 or row.finished_at is None or \
+                    (now - as_utc(row.finished_at)).total_seconds() > inputs.KEEP_UNSTARTED_S
+            if done:
+                inputs.discard(self.settings, job_id)
 
     async def start_cluster(self, db, plan, job: Job, devices: tuple[int, ...]) -> None:
         """Interactive workers for a notebook's Dask client, held until cancelled or timed out."""

@@ -6,7 +6,8 @@ project's pods, so there the service keeps those files in its own state until th
 (``<state_dir>/job-inputs/<id>/``, root-only like every state file), the engine sends them in
 the job's spec (``spec["inputs"]``: path in the folder -> base64) and the worker's task writes
 them into the folder it makes (``vre_session.jobs.task``). Each start sends them again (a job
-re-queued after a lost worker needs them once more); the engine drops those of ended jobs.
+re-queued after a lost worker needs them once more); the engine drops those of ended jobs
+(``Engine.drop_inputs``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import time
 from pathlib import Path
 
 from ..settings import Settings
 
 #: The file that lists a stash's paths (names in the job's folder may hold '/').
 INDEX = "index"
+#: Seconds the inputs of a job that never started are kept after it ended (its rerun takes them).
+KEEP_UNSTARTED_S = 7 * 24 * 3600
 
 
 def stash_dir(settings: Settings, job_id: int) -> Path:
@@ -49,6 +53,14 @@ def load(settings: Settings, job_id: int) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     return {rel: base64.b64encode((folder / str(i)).read_bytes()).decode() for i, rel in enumerate(names) if rel}
+
+
+def age_s(settings: Settings, job_id: int) -> float:
+    """Seconds since the job's inputs were kept."""
+    try:
+        return time.time() - stash_dir(settings, job_id).stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def discard(settings: Settings, job_id: int) -> None:
