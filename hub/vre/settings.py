@@ -92,9 +92,10 @@ class Settings:
     k8s_nfs_server: str = ""
     #: Volume source of homes and workspaces: ``hostPath`` (their paths under ``state_dir`` on the
     #: node: single-node clusters) or ``pvc`` (per project a ``ReadWriteMany`` claim ``workspace``,
-    #: per member a claim ``home-<user>``, of ``k8s_storage_class``). Under ``pvc`` the airlock
-    #: reads a member's files through a claims reader pod (``vre.claims``: the hub cannot mount
-    #: the claims); the batch queue is refused there with the reason for now.
+    #: per member a claim ``home-<user>``, for the batch pools ``worker-home``, ``held-home`` and
+    #: ``held``, of ``k8s_storage_class``). Under ``pvc`` the hub reads a member's files (exports,
+    #: job logs and outputs) through a claims reader pod (``vre.claims``: it cannot mount the
+    #: claims), and a batch worker makes its job's folder itself.
     k8s_storage: str = "hostPath"
     #: StorageClass of the claims the hub creates for ``k8s_storage = "pvc"``; empty: the cluster's default.
     k8s_storage_class: str = ""
@@ -103,9 +104,10 @@ class Settings:
     #: ``k8s_dataset_volume`` = ``hostPath``: homes, workspaces, catalogue records, demo datasets)
     #: name that path; empty: the hub runs on the node and its paths are the node's.
     k8s_node_state_dir: str = ""
-    #: Requested size of each member's home claim (``k8s_storage = "pvc"``), a Kubernetes quantity.
+    #: Requested size of each member's home claim and each batch pool's (``k8s_storage = "pvc"``), a
+    #: Kubernetes quantity.
     k8s_home_size: str = "10Gi"
-    #: Requested size of each project's workspace claim (``k8s_storage = "pvc"``).
+    #: Requested size of each project's workspace claim and its held jobs' (``k8s_storage = "pvc"``).
     k8s_workspace_size: str = "50Gi"
     #: Node labels a GPU session must land on (``nodeSelector``), e.g. ``{"nvidia.com/gpu.present": "true"}``.
     k8s_gpu_node_selector: dict = field(default_factory=dict, hash=False)
