@@ -421,6 +421,13 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         rel.helm("install", rel.name, str(CHART), *args)
         rel.wait_hub_ready()
         url = rel.url()
+        # the hub pod's service-account token is root's alone: the access layer's network-facing
+        # uid cannot read it (its root broker, which starts claims readers, can)
+        token = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+        assert rel.exec_hub("stat", "-L", "-c", "%a %u", token).split() == ["400", "0"]
+        probe = ["python3", "-c", f"import os; os.setgid(199999); os.setuid(199999)\ntry:\n    open({token!r}).read()\n"
+                 "    print('read')\nexcept OSError as e:\n    print(e.strerror)"]
+        assert rel.exec_hub(*probe).strip() == "Permission denied"
         for cmd in (["create", project, "--title", "JupyterLab in a pod"], ["add-member", project, "alice"],
                     ["set-profile", project, "small", "--cpu", "0.5", "--memory", "1G"]):
             rel.exec_hub("vre", "project", *cmd)
@@ -482,6 +489,7 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         _jobs_on_claims(kube, rel, alice, project, volumes)
 
         # stop: the pod goes, the claims stay; the next session finds the file
+        rel.exec_hub("vre", "project", "set-downloads", project, "all")   # for the next session's guard
         alice.stop(project, timeout=120)
         kube.wait("the session's pod removed", lambda: not kube(
             "get", "pods", "-n", project_ns, "-l", "vre.role=session", "-o", "name").split(), project_ns, 120)
@@ -490,6 +498,14 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         k = alice.kernel(project)
         assert "kept across sessions" in k.check("print(open('/home/jovyan/kept.txt').read())", timeout=120)
         k.close()
+        # the download guard resolves her links through her reader: her file leaves (downloads
+        # "all"), the link in her home to a file outside it does not
+        token = {"Authorization": f"token {alice.token}"}
+        server = alice.server_url(project)
+        r = requests.get(f"{server}/files/kept.txt", headers=token, timeout=120)
+        assert r.status_code == 200 and r.text == "kept across sessions", (r.status_code, r.text[:300])
+        r = requests.get(f"{server}/files/passwd.txt", headers=token, timeout=120)
+        assert r.status_code == 403 and "root:" not in r.text, (r.status_code, r.text[:300])
 
         # removed from the project, her running session's pod is stopped by the hub's next poll
         rel.exec_hub("vre", "project", "remove-member", project, "alice")

@@ -363,6 +363,34 @@ def test_the_job_service_reads_a_members_workspace_through_her_reader(world):
             service.read_log(settings, job, 10**19, folder=folder)
 
 
+def test_the_download_guard_resolves_a_sessions_links_through_her_reader(world):
+    """On claims the access layer's broker cannot read the session's home: it asks her reader, so
+    a link in her home to a dataset file is a dataset file and a copy of a DICOM file is DICOM
+    (on the hub's own paths, which do not exist there, both passed for plain files of the home)."""
+    from vre.access.broker import Broker, access_file
+    from vre.access.resolve import MountMap
+
+    settings, root, asked = world
+    settings = settings.replace(run_dir=root.parent / "run")
+    (root / "home" / "copy.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    mounts = (Mount(Path("/srv/ct"), "/data/ct", True, "dataset"),
+              Mount(settings.state_dir / "nowhere" / "home", "/home/jovyan", False, "home"),
+              Mount(settings.state_dir / "nowhere" / "ws", "/home/jovyan/project", False, "workspace"))
+    table = access_file(settings, "ann-lung")
+    table.parent.mkdir(parents=True)
+    table.write_text(MountMap.from_plan("/home/jovyan", mounts).dump(user="ann", project="lung"))
+    broker = Broker(settings)
+    facts = {p: broker.classify("ann-lung", p) for p in ("to-data", "a.txt", "up", "copy.dcm", "missing")}
+    assert facts["to-data"]["kind"] == "dataset" and facts["to-data"]["path"] == "/data/ct/1.dcm"
+    assert facts["a.txt"]["kind"] == "home" and facts["a.txt"]["exists"] and not facts["a.txt"]["dicom"]
+    assert facts["up"]["kind"] == "system"
+    assert facts["copy.dcm"]["dicom"] is True
+    assert facts["missing"]["kind"] == "home" and not facts["missing"]["exists"]
+    assert set(asked) == {"ann"}
+    blind = Broker(settings.replace(k8s_storage="hostPath"))   # the hub's own (absent) paths: what it saw before
+    assert blind.classify("ann-lung", "to-data")["kind"] == "home"
+
+
 def test_a_reader_that_cannot_start_changes_nothing(world, monkeypatch):
     settings, _root, _asked = world
 

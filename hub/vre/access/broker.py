@@ -35,8 +35,9 @@ from sqlalchemy import select
 from .. import db as vdb
 from ..audit.events import emit_many, role_of
 from ..audit.schema import AuditError, Event
-from ..settings import Settings
-from .resolve import MountMap, candidates, is_dicom, read_head, resolve
+from ..claims.files import LOCAL
+from ..settings import Settings, files_on_host
+from .resolve import USER_KINDS, MountMap, candidates, is_dicom, read_head, resolve
 
 log = logging.getLogger("vre.access.broker")
 _LEN = struct.Struct("!I")
@@ -53,6 +54,16 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
             raise EOFError
         buf += chunk
     return bytes(buf)
+
+
+def _head(mm: MountMap, host: str) -> bytes:
+    """The first bytes of a file of the session's (b"" for anything but a regular file)."""
+    if mm.files is LOCAL:
+        return read_head(host)
+    try:
+        return mm.files.read(os.path.dirname(host), os.path.basename(host), 0, 132)
+    except OSError:
+        return b""
 
 
 def access_file(settings: Settings, session: str):
@@ -73,9 +84,24 @@ class Broker:
         mtime = path.stat().st_mtime
         cached = self._maps.get(session)
         if cached is None or cached[0] != mtime:
-            cached = (mtime, MountMap.load(path))
+            mm = MountMap.load(path)
+            if not files_on_host(self.settings):
+                mm = self._on_claims(mm, json.loads(path.read_text()))
+            cached = (mtime, mm)
             self._maps[session] = cached
         return cached[1]
+
+    def _on_claims(self, mm: MountMap, about: dict) -> MountMap:
+        """The session's table with its home and workspace on its member's claims reader (the
+        hub cannot mount them, and a link there must be read where it is, or a link to a dataset
+        would pass for a file of the home)."""
+        from ..claims.pods import ClaimFiles, reader_path   # the cluster's client, only where it is used
+        from ..plan import build_plan
+
+        with vdb.session_scope(self.settings.vre_db_url) as db:
+            plan = build_plan(db, self.settings, about["user"], about["project"], None)
+        mounts = tuple((t, reader_path(k) if k in USER_KINDS else s, k) for t, s, k in mm.mounts)
+        return MountMap(mm.root, mounts, ClaimFiles(self.settings, plan))
 
     def classify(self, session: str, path: str) -> dict:
         """The most restrictive reading of ``path`` among the ways a server could take it."""
@@ -88,7 +114,7 @@ class Broker:
                 return {"kind": "system", "path": variant, "exists": False, "dir": False, "dicom": False,
                         "error": "too many symbolic links"}
             dicom = bool(r.exists and not r.is_dir and r.kind in ("home", "workspace")
-                         and is_dicom(read_head(r.host)))
+                         and is_dicom(_head(mm, r.host)))
             verdict = {"kind": r.kind, "path": r.path, "exists": r.exists, "dir": r.is_dir, "dicom": dicom,
                        "dataset": r.dataset}
             rank = 2 if r.kind in ("dataset", "catalog") else 1 if dicom or r.kind not in ("home", "workspace") else 0

@@ -67,7 +67,9 @@ class VREAccessProxy(ConfigurableHTTPProxy):
         await self._start_layer()
 
     async def _start_layer(self):
-        env = {k: v for k, v in os.environ.items() if k.startswith(("VRE_", "LANG", "LC_"))}
+        # in a pod also where the cluster's API is: on claims its root broker asks the member's
+        # claims reader (vre.access.broker), with the pod's root-only token
+        env = {k: v for k, v in os.environ.items() if k.startswith(("VRE_", "LANG", "LC_", "KUBERNETES_SERVICE_"))}
         env.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"), VRE_ACCESS_PROXY_URL=self.internal_url)
         self.log.info("Starting the VRE access layer on %s", self.public_url)
         self.layer_process = subprocess.Popen([sys.executable, "-m", "vre.access"], env=env, start_new_session=True)

@@ -51,8 +51,9 @@ class MountMap:
         data = json.loads(path.read_text())
         return cls(data["root"], tuple(tuple(m) for m in data["mounts"]))
 
-    def dump(self) -> str:
-        return json.dumps({"root": self.root, "mounts": [list(m) for m in self.mounts]})
+    def dump(self, **about) -> str:
+        """The table as JSON, with ``about`` the session (its user and project: whose claims)."""
+        return json.dumps({"root": self.root, "mounts": [list(m) for m in self.mounts], **about})
 
     def host_path(self, path: str) -> tuple[str | None, str]:
         """(host path, kind) of an absolute, normalised session path; (None, "system") outside

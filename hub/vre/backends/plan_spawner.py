@@ -267,7 +267,7 @@ class PlanSpawner(HasTraits):
         """The session's policy, and its mount table for the layer's broker (root-only, outside
         the session), which resolves file paths the way the session would."""
         path = access_file(self.settings, plan.session_id)
-        path.write_text(MountMap.from_plan(HOME, plan.mounts).dump())
+        path.write_text(MountMap.from_plan(HOME, plan.mounts).dump(user=plan.user, project=plan.project))
         os.chmod(path, 0o600)
         self.access = {"session": plan.session_id, "audit_session": self.audit_session, "user": plan.user,
                        "project": plan.project, "downloads": plan.downloads, "audit_cells": plan.audit_cells,
