@@ -10,6 +10,7 @@ import base64
 import errno
 import hashlib
 import http.client
+import json
 import os
 import secrets
 import subprocess
@@ -172,6 +173,52 @@ def test_a_walk_is_bounded_and_holds_no_descriptor_per_folder(claims, monkeypatc
     monkeypatch.setattr(reader, "WALK_VISIT", 100)
     cut = reader.walk(str(root), str(many))
     assert cut["truncated"] and len(cut["files"]) < 100
+
+
+def test_the_hubs_processes_share_one_reader_per_member(claims, tmp_path, monkeypatch):
+    """The VRE service, the access layer's broker and the CLI are processes of one hub pod: the
+    first to need a member's reader starts it and leaves its pod name and token root-only in the
+    run directory; the others take it over (the project's quota holds one reader per member)."""
+    import types
+
+    root, r = claims
+    settings = Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run", backend="kubernetes",
+                        k8s_storage="pvc")
+    monkeypatch.setattr(claim_pods.k8s, "READER_PORT", r.port)
+    monkeypatch.setattr(claim_pods, "ROOT", str(root))
+    starts = []
+
+    class Core:   # the API as it answers about the reader's pod
+        async def read_namespaced_pod(self, name, ns):
+            ready = types.SimpleNamespace(ready=True)
+            return types.SimpleNamespace(status=types.SimpleNamespace(pod_ip="127.0.0.1", container_statuses=[ready]))
+
+        async def delete_namespaced_pod(self, *a, **kw):
+            pass
+
+    def process():
+        readers = claim_pods.ClaimReaders(settings)
+
+        async def core():
+            return Core()
+
+        async def start(plan):
+            starts.append(plan.user)
+            return claim_pods._Reader("vre-lung", "reader-ann-0a1b2c", r.files(), time.monotonic())
+        monkeypatch.setattr(readers, "_core", core)
+        monkeypatch.setattr(readers, "_start", start)
+        return readers
+
+    plan = types.SimpleNamespace(user="ann", role="session", pool="lung", project="lung",
+                                 labels={"vre.project": "lung"})
+    monkeypatch.setattr(claim_pods.k8s, "namespace_name", lambda p: "vre-lung")
+    service, broker = process(), process()
+    assert service.files(plan).lstat(str(root / "home" / "a.txt")).st_size == 6
+    assert broker.files(plan).lstat(str(root / "home" / "a.txt")).st_size == 6
+    assert starts == ["ann"]   # the broker took the service's reader over
+    (shared,) = [p for p in (settings.run_dir / "claims-readers").iterdir() if not p.name.endswith(".lock")]
+    assert oct(shared.stat().st_mode)[-3:] == "600" and oct(shared.parent.stat().st_mode)[-3:] == "700"
+    assert json.loads(shared.read_text()) == {"pod": "reader-ann-0a1b2c", "token": r.token}
 
 
 def test_the_reader_answers_only_with_its_token(claims):

@@ -105,7 +105,7 @@ class ReaderFiles:
     (the mount's kind, not its files, decides what a path may be used for)."""
 
     def __init__(self, host: str, port: int, token: str, root: str, *, on_lost=None):
-        self.host, self.port, self._token, self.root = host, port, token, root.rstrip("/")
+        self.host, self.port, self.token, self.root = host, port, token, root.rstrip("/")
         self._local = threading.local()
         self._on_lost = on_lost   # called once the reader stops answering (it is then replaced)
 
@@ -119,7 +119,7 @@ class ReaderFiles:
         conn = self._connection() if keep else http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT_S)
         url = f"/{what}?path={quote(path, safe='')}{extra}"
         try:
-            conn.request("GET", url, headers={"Authorization": f"Bearer {self._token}"})
+            conn.request("GET", url, headers={"Authorization": f"Bearer {self.token}"})
             return conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             conn.close()

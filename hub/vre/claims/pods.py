@@ -18,8 +18,12 @@ island), and another member must not read her home through it. Only the hub's po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
+import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -166,10 +170,49 @@ class ClaimReaders:
                 return current.files
             if current is not None:
                 self._forget(key, current)
-            fresh = self._run(self._start(plan), START_S + API_TIMEOUT)
+            # the hub's other processes (the VRE service, the access layer's broker, the CLI) use
+            # the same reader: one start among them, the others take it over (the quota holds one)
+            with _held(self._shared(key).with_suffix(".lock")):
+                fresh = self._run(self._take_over_or_start(plan, key), START_S + API_TIMEOUT)
             with self._lock:
                 self._readers[key] = fresh
             return fresh.files
+
+    def _shared(self, key) -> Path:
+        """Where this pod's processes keep a reader's pod name and token (root-only, in the run
+        directory: a new hub pod starts readers of its own)."""
+        return self.settings.run_dir / "claims-readers" / k8s.object_name(f"{key[0]}--{key[1]}")
+
+    async def _take_over_or_start(self, plan: SessionPlan, key) -> _Reader:
+        ns, shared = key[0], self._shared(key)
+        try:
+            known = json.loads(shared.read_text())
+        except (OSError, ValueError):
+            known = None
+        if known:
+            core = await self._core()
+            try:
+                pod = await core.read_namespaced_pod(known["pod"], ns)
+            except ApiException as e:
+                if e.status != 404:
+                    raise k8s.KubernetesBackendError(k8s.api_reason(e)) from None
+                pod = None
+            ready = pod is not None and pod.status.pod_ip and any(c.ready for c in pod.status.container_statuses or ())
+            if ready:
+                files = ReaderFiles(pod.status.pod_ip, k8s.READER_PORT, known["token"], ROOT,
+                                    on_lost=lambda: self._lost(key))
+                if await asyncio.to_thread(files.healthy):
+                    return _Reader(ns, known["pod"], files, time.monotonic())
+            if pod is not None:
+                await self._delete(ns, known["pod"])
+        reader = await self._start(plan)
+        shared.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        new = shared.with_name(f".{shared.name}.new")
+        new.unlink(missing_ok=True)
+        with os.fdopen(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w") as f:
+            json.dump({"pod": reader.pod, "token": reader.files.token}, f)
+        new.replace(shared)
+        return reader
 
     def _forget(self, key, old: _Reader) -> None:
         with self._lock:
@@ -250,6 +293,18 @@ class ClaimReaders:
                 await delete(name, ns, grace_period_seconds=0)
             except (ApiException, OSError, aiohttp.ClientError, k8s.KubernetesBackendError):
                 pass   # gone already (a pod exits by itself after IDLE_S)
+
+
+@contextlib.contextmanager
+def _held(lock: Path):
+    """An exclusive lock among this pod's processes (flock on ``lock``)."""
+    lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 _READERS: dict[tuple[str, str], ClaimReaders] = {}
