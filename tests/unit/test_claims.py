@@ -427,15 +427,17 @@ def test_the_download_guard_resolves_a_sessions_links_through_her_reader(world):
     table.parent.mkdir(parents=True)
     table.write_text(MountMap.from_plan("/home/jovyan", mounts).dump(user="ann", project="lung"))
     broker = Broker(settings)
-    facts = {p: broker.classify("ann-lung", p) for p in ("to-data", "a.txt", "up", "copy.dcm", "missing")}
+    facts = {p: broker.classify("ann-lung", p, raw=True) for p in ("to-data", "a.txt", "up", "copy.dcm", "missing")}
     assert facts["to-data"]["kind"] == "dataset" and facts["to-data"]["path"] == "/data/ct/1.dcm"
     assert facts["a.txt"]["kind"] == "home" and facts["a.txt"]["exists"] and not facts["a.txt"]["dicom"]
     assert facts["up"]["kind"] == "system"
     assert facts["copy.dcm"]["dicom"] is True
     assert facts["missing"]["kind"] == "home" and not facts["missing"]["exists"]
     assert set(asked) == {"ann"}
-    blind = Broker(settings.replace(k8s_storage="hostPath"))   # the hub's own (absent) paths: what it saw before
-    assert blind.classify("ann-lung", "to-data")["kind"] == "home"
+    # a contents read (the Lab's file browser and editor) asks no reader: the mounts' kinds decide
+    asked.clear()
+    assert broker.classify("ann-lung", "to-data")["kind"] == "home" and asked == []
+    assert broker.classify("ann-lung", "/data/ct/1.dcm")["kind"] == "dataset"
 
 
 def test_a_reader_that_cannot_start_changes_nothing(world, monkeypatch):

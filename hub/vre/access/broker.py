@@ -8,8 +8,10 @@ input: one for path checks (on the request path of file routes), one for records
 egress, which wait on durable commits), so a check never queues behind a commit. Each is served
 by its own thread; requests are length-prefixed JSON, answered in order:
 
-* ``classify {session, path}``: where a session path leads (:mod:`vre.access.resolve`, from the
-  mount table the hub wrote to the session's run directory), and whether it is DICOM;
+* ``classify {session, path, raw}``: where a session path leads (:mod:`vre.access.resolve`, from
+  the mount table the hub wrote to the session's run directory), and whether it is DICOM. ``raw``:
+  the route sends a file's bytes as they are (a download); on Kubernetes with claims only those
+  are resolved through the member's claims reader (see ``_on_claims``);
 * ``audit {events}``: store events recorded by the layer (the layer authenticated their actors);
 * ``egress {rows}``: add the layer's byte counters to the day's totals; ``egress_today``: read them.
 
@@ -74,27 +76,32 @@ def access_file(settings: Settings, session: str):
 class Broker:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._maps: dict[str, tuple[float, MountMap]] = {}
+        self._maps: dict[tuple[str, bool], tuple[float, MountMap]] = {}
         self._roles: dict[str, tuple[float, str]] = {}
 
-    def _map(self, session: str) -> MountMap:
+    def _map(self, session: str, raw: bool = False) -> MountMap:
         if "/" in session or session.startswith("."):
             raise ValueError(f"bad session id {session!r}")
         path = access_file(self.settings, session)
         mtime = path.stat().st_mtime
-        cached = self._maps.get(session)
+        key = (session, raw and not files_on_host(self.settings))
+        cached = self._maps.get(key)
         if cached is None or cached[0] != mtime:
             mm = MountMap.load(path)
-            if not files_on_host(self.settings):
+            if key[1]:
                 mm = self._on_claims(mm, json.loads(path.read_text()))
             cached = (mtime, mm)
-            self._maps[session] = cached
+            self._maps[key] = cached
         return cached[1]
 
     def _on_claims(self, mm: MountMap, about: dict) -> MountMap:
         """The session's table with its home and workspace on its member's claims reader (the
         hub cannot mount them, and a link there must be read where it is, or a link to a dataset
-        would pass for a file of the home)."""
+        would pass for a file of the home). Only for raw downloads: the Lab's contents reads (every
+        listing and open of its file browser) would keep a reader pod per member running, and a
+        reader's start would hold up every session's checks, which this broker answers in order;
+        contents reads are classified by the mounts' kinds alone there, and their answers'
+        bytes are still looked at for DICOM by the layer (``_inspect``)."""
         from ..claims.pods import ClaimFiles, reader_path   # the cluster's client, only where it is used
         from ..plan import build_plan
 
@@ -103,9 +110,9 @@ class Broker:
         mounts = tuple((t, reader_path(k) if k in USER_KINDS else s, k) for t, s, k in mm.mounts)
         return MountMap(mm.root, mounts, ClaimFiles(self.settings, plan))
 
-    def classify(self, session: str, path: str) -> dict:
+    def classify(self, session: str, path: str, raw: bool = False) -> dict:
         """The most restrictive reading of ``path`` among the ways a server could take it."""
-        mm = self._map(session)
+        mm = self._map(session, raw)
         worst = None
         for variant in candidates(path):
             try:
@@ -167,7 +174,7 @@ class Broker:
     def handle(self, request: dict):
         op = request.get("op")
         if op == "classify":
-            return self.classify(str(request["session"]), str(request["path"]))
+            return self.classify(str(request["session"]), str(request["path"]), bool(request.get("raw")))
         if op == "audit":
             return {"stored": self.audit(list(request["events"]))}
         if op == "egress":

@@ -242,7 +242,8 @@ class AccessLayer:
 
     async def _file_check(self, route: SessionRoute, r: policy.Route, request: web.Request):
         try:
-            check = await self.checks.call("classify", session=route.session, path=r.path or "")
+            check = await self.checks.call("classify", session=route.session, path=r.path or "",
+                                           raw=r.kind == "download")
         except BrokerError as e:
             log.error("cannot resolve %s in %s: %s", r.path, route.session, e)
             return policy.Verdict(False, "unresolved", "The VRE could not check this file; try again."), None
