@@ -39,7 +39,7 @@ from ..audit.events import emit_many, role_of
 from ..audit.schema import AuditError, Event
 from ..claims.files import LOCAL
 from ..settings import Settings, files_on_host
-from .resolve import USER_KINDS, MountMap, candidates, is_dicom, read_head, resolve
+from .resolve import USER_KINDS, MountMap, access_file, candidates, is_dicom, read_head, resolve
 
 log = logging.getLogger("vre.access.broker")
 _LEN = struct.Struct("!I")
@@ -66,11 +66,6 @@ def _head(mm: MountMap, host: str) -> bytes:
         return mm.files.read(os.path.dirname(host), os.path.basename(host), 0, 132)
     except OSError:
         return b""
-
-
-def access_file(settings: Settings, session: str):
-    """Where the hub keeps a session's mount table for the broker (root-only, never in the session)."""
-    return settings.sessions_run_dir / session / "access.json"
 
 
 class Broker:

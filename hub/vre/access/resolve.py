@@ -31,6 +31,12 @@ MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
 USER_KINDS = ("home", "workspace")
 
 
+def access_file(settings, session: str) -> Path:
+    """Where the hub keeps a session's mount table for the access layer's broker (root-only,
+    never in the session)."""
+    return settings.sessions_run_dir / session / "access.json"
+
+
 @dataclass(frozen=True)
 class MountMap:
     """A session's view: its server's root directory and its mounts (target -> source, kind).

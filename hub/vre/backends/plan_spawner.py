@@ -31,8 +31,7 @@ from traitlets import Dict, Float, HasTraits, Instance, Integer, List, Unicode, 
 
 from .. import db as vdb
 from .. import gpus
-from ..access.broker import access_file
-from ..access.resolve import MountMap
+from ..access.resolve import MountMap, access_file
 from ..audit.events import aemit
 from ..audit.relay import Identity, make_token, replay_spool
 from ..hostview import client as hostview
