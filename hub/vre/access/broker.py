@@ -82,9 +82,10 @@ class Broker:
         key = (session, raw and not files_on_host(self.settings))
         cached = self._maps.get(key)
         if cached is None or cached[0] != mtime:
-            mm = MountMap.load(path)
+            table = json.loads(path.read_text())
+            mm = MountMap.from_dump(table)
             if key[1]:
-                mm = self._on_claims(mm, json.loads(path.read_text()))
+                mm = self._on_claims(mm, table)
             cached = (mtime, mm)
             self._maps[key] = cached
         return cached[1]

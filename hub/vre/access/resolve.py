@@ -54,7 +54,11 @@ class MountMap:
 
     @classmethod
     def load(cls, path: Path) -> "MountMap":
-        data = json.loads(path.read_text())
+        return cls.from_dump(json.loads(path.read_text()))
+
+    @classmethod
+    def from_dump(cls, data: dict) -> "MountMap":
+        """The table ``dump`` wrote, already parsed (its other fields are the caller's)."""
         return cls(data["root"], tuple(tuple(m) for m in data["mounts"]))
 
     def dump(self, **about) -> str:
