@@ -100,14 +100,17 @@ def cmd_down(args) -> int:
             d.parent.rmdir()
         except OSError:
             pass
+    from .access.proxy import is_proxy, stop_layer
+
     pid_file = settings.state_dir / "proxy.pid"
     if pid_file.exists():
-        try:
-            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        try:   # only the proxy: after a reboot the file's pid may be anyone's (VREAccessProxy._check_pid)
+            pid = int(pid_file.read_text().strip())
+            if is_proxy(pid):
+                os.kill(pid, signal.SIGTERM)
         except (ValueError, ProcessLookupError):
             pass
         pid_file.unlink(missing_ok=True)
-    from .access.proxy import stop_layer
 
     stop_layer(settings)
     import asyncio

@@ -55,6 +55,17 @@ class VREAccessProxy(ConfigurableHTTPProxy):
         return unix_url(internal_socket(self.settings))
 
     # -- processes ---------------------------------------------------------------------------
+    def _check_pid(self, pid):
+        """A pid counts as the previous proxy only if that process is a configurable-http-proxy.
+        The pid file is on the state volume, which outlives the processes it names: after a
+        host's reboot, or in a new hub pod (an upgrade), the pid may be another process's by
+        now, even one of the new hub's own, and JupyterHub would SIGTERM it (a new pod then
+        kills a process of its own at every start: a crash loop)."""
+        if not is_proxy(pid):
+            self.log.warning("pid %s of the proxy's pid file is not a configurable-http-proxy: the file is stale", pid)
+            raise ProcessLookupError(pid)
+        super()._check_pid(pid)
+
     async def start(self):
         stop_layer(self.settings, self.log)
         internal = self.settings.proxy_internal_url or f"http://127.0.0.1:{_free_loopback_port()}"
@@ -145,6 +156,15 @@ class VREAccessProxy(ConfigurableHTTPProxy):
                     r.raise_for_status()
         except Exception as e:  # noqa: BLE001 - the layer re-reads routes on its next unknown prefix
             self.log.warning("could not tell the access layer about a route change: %s", e)
+
+
+def is_proxy(pid: int) -> bool:
+    """Whether process ``pid`` is a configurable-http-proxy (what the proxy's pid file names)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"configurable-http-proxy" in f.read()
+    except OSError:
+        return False
 
 
 def stop_layer(settings, log=None) -> None:
