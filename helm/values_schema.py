@@ -119,6 +119,13 @@ schema = {
       "datasets": obj({"volume": S(enum=["pvc", "nfs", "hostPath"]), "nfsServer": S()}),
       "gpu": obj({"nodeSelector": node_selector("node labels of GPU sessions")}),
       "allowUnobservedReads": B("pods with data start without an observer of their reads (observer.enabled false)")}),
+    "jobs": obj({
+      "runner": S("dask (each project's Dask pool) or jobs (a Kubernetes Job per notebook, script and function job)",
+                  enum=["dask", "jobs"]),
+      "kueueQueue": S("Kueue LocalQueue the Jobs are created suspended in (needs runner jobs); empty: none",
+                      pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$"),
+      "kueueClusterQueue": S("ClusterQueue of the LocalQueues the hub makes (needs kueueQueue); empty: the operator's",
+                             pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")}, desc="how batch jobs run"),
     "observer": obj({
       "enabled": B("run the per-node observer of dataset reads"),
       "gateSeconds": I("seconds a pod with datasets waits for the observer", minimum=5, maximum=3600),
@@ -136,6 +143,12 @@ schema = {
 schema["properties"]["sessions"]["allOf"] = [{
     "if": {"properties": {"datasets": {"properties": {"volume": {"const": "nfs"}}}}},
     "then": {"properties": {"datasets": {"properties": {"nfsServer": {"minLength": 1}}}}}}]
+# a Kueue queue queues Kubernetes Jobs: the runner must make them
+schema["properties"]["jobs"]["allOf"] = [{
+    "if": {"properties": {"kueueQueue": {"minLength": 1}}, "required": ["kueueQueue"]},
+    "then": {"properties": {"runner": {"const": "jobs"}}}}, {
+    "if": {"properties": {"kueueClusterQueue": {"minLength": 1}}, "required": ["kueueClusterQueue"]},
+    "then": {"properties": {"kueueQueue": {"minLength": 1}}}}]
 # an OIDC login needs its provider, client and secret (the public address: the template's check)
 schema["properties"]["auth"]["allOf"] = [{
     "if": {"properties": {"type": {"const": "oidc"}}},

@@ -40,6 +40,18 @@ def read_or_create_secret(path: Path, nbytes: int = 32) -> str:
     return path.read_text().strip()
 
 
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with a root-only file holding ``text``, atomically (readers see the old
+    file or the new, never half of one; a new file beside it, then renamed: never through a
+    link); its folder is made root-only when missing."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    new = path.with_name(f".{path.name}.new")
+    new.unlink(missing_ok=True)
+    with os.fdopen(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "w") as f:
+        f.write(text)
+    new.replace(path)
+
+
 def make_private(path: Path) -> None:
     """Create ``path`` if missing and make it (and an SQLite database's -wal/-shm/-journal
     companions that exist) readable and writable by the hub's user alone. SQLite gives the

@@ -128,6 +128,24 @@ class Settings:
     #: reason; when on, the hub logs a warning at start and every ``session.start`` record says
     #: ``reads_observed: false``.
     k8s_unobserved_reads: bool = False
+    #: How batch jobs run on Kubernetes: ``dask`` (each project's Dask scheduler and worker pods,
+    #: which keep a worker warm for the project's next job) or ``jobs``: notebook, script and
+    #: function jobs (they need no Dask) each run as a Kubernetes Job, which a cluster's batch
+    #: scheduler can queue (``k8s_kueue_queue``); cluster jobs (a notebook's Dask workers) stay
+    #: on the project's Dask pool. Under ``jobs`` with claims, a job's inputs travel in a Secret:
+    #: a function's payload and a held job's code may weigh at most 600 KiB.
+    k8s_job_runner: str = "dask"
+    #: Kueue's LocalQueue that jobs run as Kubernetes Jobs (``k8s_job_runner = "jobs"``) are
+    #: queued in (each project's namespace needs one of that name): their Jobs are created
+    #: suspended with the label ``kueue.x-k8s.io/queue-name``, and Kueue starts them when the
+    #: cluster's queue admits them. The project's own quota is applied first, as ever. Empty:
+    #: Jobs start at once.
+    k8s_kueue_queue: str = ""
+    #: Kueue's ClusterQueue for the LocalQueue ``k8s_kueue_queue``: the hub makes that LocalQueue,
+    #: pointing at this ClusterQueue, in each namespace where it creates Jobs (projects' namespaces
+    #: come and go with projects; an existing LocalQueue is kept as it is). Empty: the operator
+    #: makes the LocalQueues.
+    k8s_kueue_cluster_queue: str = ""
     #: Python environment that sessions run from; bound read-only into every sandbox.
     session_env: Path = field(default=Path(sys.prefix), metadata={"shown": "the hub's own (`sys.prefix`)"})
     #: Host uids for session users are ``uid_base + account id``; project gids ``gid_base + project id``.
@@ -485,6 +503,7 @@ def _validate(s: Settings) -> None:
 BACKENDS = ("sandbox", "docker", "kubernetes")
 K8S_DATASET_VOLUMES = ("hostPath", "nfs", "pvc")
 K8S_STORAGE = ("hostPath", "pvc")
+K8S_JOB_RUNNERS = ("dask", "jobs")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _IMAGE = re.compile(r"[a-z0-9][a-z0-9._/:@-]*[a-z0-9]", re.I)
 
@@ -551,6 +570,22 @@ def _validate_kubernetes(s: Settings) -> None:
     for name in ("k8s_home_size", "k8s_workspace_size"):
         if not re.fullmatch(r"[1-9][0-9]*(Ki|Mi|Gi|Ti)", getattr(s, name)):
             raise SettingsError(f"{name} {getattr(s, name)!r} is not a size: write e.g. 10Gi or 500Mi")
+    if s.k8s_job_runner not in K8S_JOB_RUNNERS:
+        raise SettingsError(f"k8s_job_runner {s.k8s_job_runner!r}: use one of {', '.join(K8S_JOB_RUNNERS)}")
+    if s.k8s_kueue_queue:
+        if not _DNS_LABEL.fullmatch(s.k8s_kueue_queue):
+            raise SettingsError(f"k8s_kueue_queue {s.k8s_kueue_queue!r} is not a LocalQueue name: up to 63 "
+                                "lowercase letters, digits and '-', starting and ending with a letter or digit")
+        if s.k8s_job_runner != "jobs":
+            raise SettingsError(f"k8s_kueue_queue is set but k8s_job_runner is {s.k8s_job_runner!r}: Kueue queues "
+                                "Kubernetes Jobs, so set k8s_job_runner = 'jobs' too, or clear k8s_kueue_queue")
+    if s.k8s_kueue_cluster_queue:
+        if not _DNS_LABEL.fullmatch(s.k8s_kueue_cluster_queue):
+            raise SettingsError(f"k8s_kueue_cluster_queue {s.k8s_kueue_cluster_queue!r} is not a ClusterQueue name: "
+                                "up to 63 lowercase letters, digits and '-'")
+        if not s.k8s_kueue_queue:
+            raise SettingsError("k8s_kueue_cluster_queue is set but k8s_kueue_queue is empty: name the LocalQueue "
+                                "the hub makes for it (k8s_kueue_queue), or clear k8s_kueue_cluster_queue")
     for key, value in s.k8s_gpu_node_selector.items():
         if node_label_problem(key, value):
             raise SettingsError(f"k8s_gpu_node_selector: {node_label_problem(key, value)}")

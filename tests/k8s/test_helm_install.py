@@ -488,6 +488,9 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         assert "status 401" in k.check(probe, timeout=60)
         k.close()
         _jobs_on_claims(kube, rel, alice, project, volumes)
+        log = kube("logs", "-n", rel.ns, f"deploy/{rel.name}-hub", "-c", "hub")   # this hub pod's (an upgrade follows)
+        assert f"Created claim {project_ns}/home-alice (1Gi)" in log and log.count(f"Created claim {project_ns}/") == 2
+        _jobs_as_kubernetes_jobs(kube, rel, alice, project, volumes, args)
 
         # stop: the pod goes, the claims stay; the next session finds the file
         rel.exec_hub("vre", "project", "set-downloads", project, "all")   # for the next session's guard
@@ -515,8 +518,6 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         kube.wait("the hub to forget the session", lambda: alice.server_state(project) is None, project_ns, 60)
         stops = json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "session.stop", "--user", "alice"))
         assert "not a member" in stops[-1]["details"]["reason"], stops[-1]
-        log = kube("logs", "-n", rel.ns, f"deploy/{rel.name}-hub", "-c", "hub")
-        assert f"Created claim {project_ns}/home-alice (1Gi)" in log and log.count(f"Created claim {project_ns}/") == 2
     finally:
         subprocess.run([str(HELM), "uninstall", rel.name, "--namespace", rel.ns], capture_output=True,
                        env=kube.env, timeout=180)
@@ -613,6 +614,142 @@ def _jobs_on_claims(kube, rel, alice, project: str, volumes: dict) -> None:
     assert reader["spec"]["containers"][0]["securityContext"]["runAsUser"] == hfolder.stat().st_uid
     assert [v["persistentVolumeClaim"]["claimName"] for v in reader["spec"]["volumes"]
             if "persistentVolumeClaim" in v] == ["held"]
+
+
+KUEUE_QUEUE, KUEUE_CLUSTER_QUEUE = "vre-batch", "vre-cluster"
+#: Kueue's LocalQueue type, without Kueue (no registry here serves its image): the hub makes
+#: LocalQueues of it, and the test does what Kueue's controller would (it resumes the Jobs).
+LOCALQUEUE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "localqueues.kueue.x-k8s.io"},
+    "spec": {"group": "kueue.x-k8s.io", "scope": "Namespaced",
+             "names": {"plural": "localqueues", "singular": "localqueue", "kind": "LocalQueue",
+                       "listKind": "LocalQueueList"},
+             "versions": [{"name": "v1beta1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                 "type": "object", "properties": {"spec": {
+                     "type": "object", "required": ["clusterQueue"],
+                     "properties": {"clusterQueue": {"type": "string"}}}}}}}]}}
+PREEMPTED_JOB = """
+import os, time
+out, job = os.environ["VRE_JOB_OUTPUT"], os.environ["VRE_JOB_ID"]
+earlier = [n for n in os.listdir(os.path.dirname(out)) if n.startswith(f".stale-{job}-")]
+time.sleep(0 if earlier else 40)   # the first run is preempted in its sleep; a run after it ends
+print("PREEMPTED JOB DONE; earlier runs moved aside:", len(earlier))
+"""
+
+
+def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args: list) -> None:
+    """``jobs.runner: jobs`` with a Kueue queue: each job that needs no Dask is a Kubernetes Job of
+    its own, created suspended and labelled with the queue. It holds its slot but no pod runs
+    until the queue admits it (this test does what Kueue does: it resumes the Job); then it runs
+    as a worker pod would, ends as its task reports, and its start is audited with its Job and
+    node. A cancel deletes a waiting Job; a held job's Job is in the held namespace, its folder
+    on the held claim; a function's payload reaches its pod in the Job's Secret. The hub makes
+    the LocalQueue in each namespace it creates Jobs in; a job preempted while it runs (its Job
+    suspended again) waits again and runs anew when resumed."""
+    project_ns, held_ns = f"{rel.instance}-{project}", f"{rel.instance}-0held-{project}"
+    kube.apply(LOCALQUEUE_CRD)
+    kube.wait("the LocalQueue API", lambda: kube.run("get", "localqueues", "-A").returncode == 0, project_ns, 60)
+    before = rel.hub_pod()["metadata"]["uid"]
+    rel.helm("upgrade", rel.name, str(CHART), *args, "--set", "jobs.runner=jobs",
+             "--set", f"jobs.kueueQueue={KUEUE_QUEUE}", "--set", f"jobs.kueueClusterQueue={KUEUE_CLUSTER_QUEUE}")
+    rel.wait_hub_ready(not_uid=before)
+    rel.url()
+
+    def kube_job(job_id: int, ns: str = project_ns):
+        found = json.loads(kube("get", "jobs", "-n", ns, "-l", f"vre.job={job_id}", "-o", "json"))["items"]
+        return found[0] if found else None
+
+    def submit(**kw) -> int:
+        body = {"project": project, "kind": "script", "target": "project/claims_job.py", "cpu": 0.25, "mem_mb": 256}
+        r = alice.vre_api("POST", "/jobs", json={**body, **kw})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def admit(job_id: int, ns: str = project_ns) -> None:
+        """What Kueue does once its ClusterQueue admits the Job."""
+        kube("patch", "job", kube_job(job_id, ns)["metadata"]["name"], "-n", ns, "--type", "merge",
+             "-p", '{"spec": {"suspend": false}}')
+
+    job_id = submit()
+    made = kube.wait("the job's Kubernetes Job", lambda: kube_job(job_id), project_ns, 120)
+    assert made["metadata"]["name"] == f"vre-job-{job_id}-1" and made["spec"]["suspend"] is True, made
+    assert made["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == KUEUE_QUEUE
+    queue = kube.get("localqueue", KUEUE_QUEUE, project_ns)
+    assert queue["spec"] == {"clusterQueue": KUEUE_CLUSTER_QUEUE}, queue
+    waiting = kube.wait("the job to say it waits for the queue", lambda: (lambda j: j if "suspended until the "
+                        "cluster's queue" in j["reason"] else None)(alice.vre_api("GET", f"/jobs/{job_id}").json()),
+                        project_ns, 60)
+    assert waiting["state"] == "running" and waiting["started_at"] is None and KUEUE_QUEUE in waiting["reason"]
+    time.sleep(3)   # suspended: no pod is made, however long it waits
+    assert not kube("get", "pods", "-n", project_ns, "-l", f"vre.job={job_id}", "-o", "name").split()
+    admit(job_id)
+    done = _job_end(kube, alice, job_id, project_ns, 240)
+    log = alice.vre_api("GET", f"/jobs/{job_id}/log").json()["text"]
+    assert done["state"] == "succeeded" and 'JOB DONE True ["log.txt", "result.txt"]' in log, (done, log)
+    assert done["reason"] == "" and done["attempts"] == 1, done
+    assert (volumes["workspace"] / "jobs" / str(job_id) / "result.txt").read_text() == "made in a worker pod\n"
+    starts = json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "job.start", "--user", "alice"))
+    (start,) = [e for e in starts if e["target"] == f"job/{job_id}"]
+    assert start["details"]["kubernetes_job"] == f"{project_ns}/vre-job-{job_id}-1", start
+    assert start["details"]["node"] and start["details"]["worker"] == f"vre-job-{job_id}-1", start
+    ends = json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "job.finish", "--user", "alice"))
+    assert [e["details"]["exit_code"] for e in ends if e["target"] == f"job/{job_id}"] == [0]
+    kube.wait("the ended job's Kubernetes Job deleted", lambda: kube_job(job_id) is None, project_ns, 60)
+
+    # cancelled while it waits in the queue: its Job is deleted, no pod ever ran
+    waiting_id = submit()
+    kube.wait("the second Kubernetes Job", lambda: kube_job(waiting_id), project_ns, 120)
+    r = alice.vre_api("POST", f"/jobs/{waiting_id}/cancel")
+    assert r.status_code == 200, r.text
+    assert _job_end(kube, alice, waiting_id, project_ns, 60)["state"] == "cancelled"
+    kube.wait("the cancelled job's Kubernetes Job deleted", lambda: kube_job(waiting_id) is None, project_ns, 60)
+
+    # a function job: its payload travels in the Job's Secret
+    k = alice.kernel(project)
+    fn = submit(kind="function", payload=k.check(PICKLED_FUNCTION, timeout=60).strip())
+    kube.wait("the function's Kubernetes Job", lambda: kube_job(fn), project_ns, 120)
+    admit(fn)
+    fdone = _job_end(kube, alice, fn, project_ns, 240)
+    assert fdone["state"] == "succeeded", (fdone, alice.vre_api("GET", f"/jobs/{fn}/log").json())
+    assert "42" in k.check(f"import pickle; print(pickle.load(open('/home/jovyan/project/jobs/{fn}/result.pkl', "
+                           "'rb')))", timeout=60)
+    k.close()
+
+    # a held job: its Job in the held namespace, its folder on the held claim, withheld from members
+    hid = submit(lane="held")
+    held = kube.wait("the held job's Kubernetes Job", lambda: kube_job(hid, held_ns), held_ns, 120)
+    assert held["spec"]["suspend"] is True and held["metadata"]["namespace"] == held_ns
+    assert kube.get("localqueue", KUEUE_QUEUE, held_ns)["spec"] == {"clusterQueue": KUEUE_CLUSTER_QUEUE}
+    admit(hid, held_ns)
+    hdone = _job_end(kube, alice, hid, held_ns, 240)
+    assert hdone["state"] == "succeeded" and hdone["outputs"] == [] and hdone["progress"] is None, hdone
+    assert "JOB DONE True" in (volumes["held"] / "jobs" / str(hid) / "log.txt").read_text()
+
+    # preempted while it runs (Kueue suspends its Job: the pod ends), it waits again, then runs anew
+    (volumes["workspace"] / "preempted_job.py").write_text(PREEMPTED_JOB)
+    pid = submit(target="project/preempted_job.py")
+    def running():
+        made = kube_job(pid)
+        if made is not None and made["spec"]["suspend"]:
+            admit(pid)
+        return alice.vre_api("GET", f"/jobs/{pid}").json()["started_at"]
+    kube.wait("the job to run", running, project_ns, 120)
+    name = kube_job(pid)["metadata"]["name"]
+    kube("patch", "job", name, "-n", project_ns, "--type", "merge", "-p", '{"spec": {"suspend": true}}')
+    again = kube.wait("the preempted job to wait again", lambda: (lambda j: j if j["started_at"] is None and
+                      "suspended until" in j["reason"] else None)(alice.vre_api("GET", f"/jobs/{pid}").json()),
+                      project_ns, 120)
+    assert again["state"] == "running" and again["attempts"] == 1, again
+    kube.wait("its pod to end", lambda: not kube("get", "pods", "-n", project_ns, "-l", f"vre.job={pid}",
+                                                   "-o", "name").split(), project_ns, 120)
+    admit(pid)
+    pdone = _job_end(kube, alice, pid, project_ns, 240)
+    plog = alice.vre_api("GET", f"/jobs/{pid}/log").json()["text"]
+    assert pdone["state"] == "succeeded" and "PREEMPTED JOB DONE; earlier runs moved aside: 1" in plog, (pdone, plog)
+    requeues = json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "job.requeue", "--user", "alice"))
+    assert [e["details"]["reason"] for e in requeues if e["target"] == f"job/{pid}"] == [
+        "preempted: the cluster's queue suspended its Kubernetes Job again"]
 
 
 PICKLED_FUNCTION = """

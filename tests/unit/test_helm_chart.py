@@ -124,6 +124,9 @@ def test_the_hub_accepts_what_the_chart_sets(values_file, tmp_path):
     assert pod["vre.component"] == "hub"  # what the project namespaces' policies let sessions reach
     assert s.notebook_image in k8s_images(s)
     assert s.k8s_unobserved_reads is values.get("sessions", {}).get("allowUnobservedReads", False)
+    jobs = values.get("jobs", {})
+    assert (s.k8s_job_runner, s.k8s_kueue_queue, s.k8s_kueue_cluster_queue) == (
+        jobs.get("runner", "dask"), jobs.get("kueueQueue", ""), jobs.get("kueueClusterQueue", ""))
     for key, value in values.get("hub", {}).get("settings", {}).items():
         assert getattr(s, key) == value, key
     if values.get("database", {}).get("type") in ("external", "internal", None):
@@ -199,8 +202,19 @@ def test_rbac_is_what_the_hub_needs():
     assert [rules[name] for name in observer] == [[{"apiGroups": [""], "resources": ["pods"],
                                                    "verbs": ["get", "list", "watch"]}]]
     assert ("", "pods", "patch") in granted   # the hub: a batch worker's job, as an annotation
+    # jobs as Kubernetes Jobs: made, followed and deleted, never changed (Kueue resumes them)
+    assert {v for g, r, v in granted if (g, r) == ("batch", "jobs")} == {"get", "list", "watch", "create", "delete"}
     scope = one(objs, "ValidatingAdmissionPolicy", "-hub-scope")
     assert "system:serviceaccount:vre-test:t-vre-hub" in scope["spec"]["matchConditions"][0]["expression"]
+    scoped = {r for rule in scope["spec"]["matchConstraints"]["resourceRules"] for r in rule["resources"]}
+    assert {"pods", "secrets", "jobs", "networkpolicies", "resourcequotas"} <= scoped   # every kind the hub writes
+    assert not any(r == "localqueues" for _, r, _ in granted) and "localqueues" not in scoped
+    # with a ClusterQueue to feed, the hub makes LocalQueues (create only), within its namespaces too
+    objs = render("-f", str(CHART / "ci/gpu-values.yaml"))
+    rules = [rule for o in objs if o["kind"] == "ClusterRole" for rule in o["rules"]]
+    assert {"apiGroups": ["kueue.x-k8s.io"], "resources": ["localqueues"], "verbs": ["create"]} in rules
+    scope = one(objs, "ValidatingAdmissionPolicy", "-hub-scope")
+    assert "localqueues" in {r for rule in scope["spec"]["matchConstraints"]["resourceRules"] for r in rule["resources"]}
 
 
 @pytest.mark.parametrize("args, names", [
@@ -224,6 +238,10 @@ def test_rbac_is_what_the_hub_needs():
     (["--set", "hub.publicUrl=https://vre.example.org/hub"], "hub.publicUrl"),
     (["--set", "observer.gateSeconds=1"], "observer.gateSeconds"),
     (["--set", "observer.nodePath=relative/path"], "observer.nodePath"),
+    (["--set", "jobs.runner=slurm"], "jobs.runner"),
+    (["--set", "jobs.kueueQueue=Batch_Queue", "--set", "jobs.runner=jobs"], "jobs.kueueQueue"),
+    (["--set", "jobs.kueueQueue=vre-batch"], "jobs.runner"),   # Kueue queues Jobs: the Dask runner makes none
+    (["--set", "jobs.runner=jobs", "--set", "jobs.kueueClusterQueue=gpus"], "jobs.kueueQueue"),
 ])
 def test_schema_refuses_bad_values_by_name(args, names):
     proc = helm("template", "t", str(CHART), "-f", str(CHART / "ci/minimal-values.yaml"), *args, check=False)

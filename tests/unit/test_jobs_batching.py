@@ -734,3 +734,222 @@ def test_a_scheduler_slow_to_start_does_not_hold_the_other_projects(two_projects
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
     assert open_store(world).verify().ok
+
+
+# --- jobs as Kubernetes Jobs (k8s_job_runner = "jobs"), with a fake cluster ---------------------
+class FakeKube:
+    """What the engine asks of ``kubejobs.KubeJobs``: the Jobs it made, and what a look lists."""
+
+    fresh = True
+
+    def __init__(self):
+        self.made: list[str] = []
+        self.deleted: list[str] = []
+        self.listed: dict[str, object] = {}   # worker -> KubeJob (the test sets what the cluster says)
+        self.specs: dict[str, dict] = {}
+
+    def takes(self, kind):
+        return kind != "cluster"
+
+    worker = staticmethod(lambda job_id, attempt: f"k8s-job/vre-job-{job_id}-{attempt}")
+
+    async def refresh(self):
+        return True
+
+    def view(self, worker):
+        return self.listed.get(worker)
+
+    def just_made(self, worker):
+        return worker in self.made and worker not in self.listed and worker not in self.deleted
+
+    async def start(self, plan, spec, *, job_id, attempt, user, cpu, mem_mb, gpus):
+        worker = self.worker(job_id, attempt)
+        self.made.append(worker)
+        self.specs[worker] = spec
+        return worker
+
+    async def delete(self, pool, worker):
+        self.deleted.append(worker)
+        self.listed.pop(worker, None)
+
+
+def kube_look(engine: Engine) -> None:
+    """One look, and the background deletions of ended Jobs it began."""
+    async def run():
+        await engine.tick()
+        await asyncio.sleep(0.05)
+    asyncio.run(run())
+
+
+def reasons(settings) -> dict[int, str]:
+    with vdb.session_scope(settings.vre_db_url) as db:
+        return dict(db.execute(select(vdb.Job.id, vdb.Job.reason)).all())
+
+
+def test_jobs_as_kubernetes_jobs_wait_for_the_queue_run_and_end_as_their_pods_say(world):
+    """The project's quota admits first (two slots: the third job waits in the VRE's queue); an
+    admitted job holds its slot while its Job waits suspended for Kueue, saying so; its start is
+    audited when its pod runs, with the Job and node; how it ended is the kubelet's word where it
+    has one (deadline, OOM kill), else the task's report, checked as an agent's is; an ended Job
+    is deleted once its end is committed."""
+    from vre.jobs.kubejobs import KubeJob
+    settings = world.replace(k8s_job_runner="jobs", k8s_kueue_queue="vre-batch")
+    a, b, c = submit(settings, "ann"), submit(settings, "ben"), submit(settings, "ann")
+    engine = Engine(settings, executor=FakeExecutor(0))
+    kube = engine.kube = FakeKube()
+    kube_look(engine)
+    wa, wb = (f"k8s-job/vre-job-{j}-1" for j in (a, b))
+    assert kube.made == [wa, wb] and states(settings) == {a: "running", b: "running", c: "queued"}
+    assert kube.specs[wa]["id"] == a and kube.specs[wa]["worker"] == f"vre-job-{a}-1"
+    kube.listed = {wa: KubeJob("vre-lung", "vre-job-1-1", suspended=True), wb: KubeJob("vre-lung", "vre-job-2-1")}
+    kube_look(engine)
+    assert reasons(settings)[a] == "waiting: suspended until the cluster's queue 'vre-batch' admits it (Kueue)"
+    assert reasons(settings)[b] == "" and audited(settings, "job.start") == []
+    now = vdb.utcnow()
+    kube.listed[wa] = KubeJob("vre-lung", f"vre-job-{a}-1", pod="p-a", node="node-2", started=now)
+    kube.listed[wb] = KubeJob("vre-lung", f"vre-job-{b}-1", pod="p-b", node="node-1", started=now,
+                              terminated="Error", exit_code=1, report='{"error": "FolderInTheWay: jobs is a link"}')
+    kube_look(engine)
+    assert states(settings)[b] == "failed" and "the job's task failed: FolderInTheWay" in reasons(settings)[b]
+    assert reasons(settings)[a] == "" and states(settings)[c] == "running"   # b's slot went to c
+    (start_a,) = [r for r in open_store(settings).query(action="job.start") if r["target"] == f"job/{a}"]
+    assert start_a["details"]["kubernetes_job"] == f"vre-lung/vre-job-{a}-1" and start_a["details"]["node"] == "node-2"
+    assert start_a["details"]["worker"] == f"vre-job-{a}-1" and start_a["details"]["pod"] == "vre-lung/p-a"
+    assert kube.deleted == [wb]
+    kube.listed[wa] = KubeJob("vre-lung", f"vre-job-{a}-1", started=now, ended="Complete", terminated="Completed",
+                              exit_code=0, report='{"returncode": 0, "usage": {"wall_s": 2.5, "cpu_s": 1, '
+                                                  '"max_rss_mb": 30}, "oom_kills": 0}')
+    wc = f"k8s-job/vre-job-{c}-1"
+    kube.listed[wc] = KubeJob("vre-lung", f"vre-job-{c}-1", started=now, ended="Failed", why="DeadlineExceeded")
+    kube_look(engine)
+    assert states(settings)[a] == "succeeded" and states(settings)[c] == "timed_out"
+    assert sorted(kube.deleted) == sorted([wb, wa, wc])
+    with vdb.session_scope(settings.vre_db_url) as db:
+        assert db.get(vdb.Job, a).usage["wall_s"] == 2.5 and db.get(vdb.Job, a).exit_code == 0
+
+    # the kubelet's OOM kill comes first; a report that is not believable fails the job saying so
+    d, e = submit(settings, "ann"), submit(settings, "ben")
+    kube_look(engine)
+    wd, we = f"k8s-job/vre-job-{d}-1", f"k8s-job/vre-job-{e}-1"
+    kube.listed[wd] = KubeJob("vre-lung", f"vre-job-{d}-1", started=now, terminated="OOMKilled", exit_code=137,
+                              report='{"returncode": 0}')
+    kube.listed[we] = KubeJob("vre-lung", f"vre-job-{e}-1", started=now, terminated="Completed", exit_code=0,
+                              report='{"returncode": "zero"}')
+    kube_look(engine)
+    assert states(settings)[d] == "failed" and "out of memory" in reasons(settings)[d]
+    assert states(settings)[e] == "failed" and "malformed" in reasons(settings)[e]
+    assert open_store(settings).verify().ok
+
+
+def test_a_lost_kubernetes_job_is_started_again_once_and_a_cancel_deletes_a_waiting_one(world):
+    """A Job that vanished (after the list lag), a pod that ended with no report, or one that gave
+    up at the gate is a lost start: re-queued once as a new Job (the next attempt's), then failed.
+    A cancel deletes the Job, waiting or running. Nothing is guessed when the API did not answer."""
+    from vre.jobs.kubejobs import KubeJob
+    settings = world.replace(k8s_job_runner="jobs")
+    a, b = submit(settings, "ann"), submit(settings, "ben")
+    engine = Engine(settings, executor=FakeExecutor(0))
+    kube = engine.kube = FakeKube()
+    kube_look(engine)
+    wa, wb = f"k8s-job/vre-job-{a}-1", f"k8s-job/vre-job-{b}-1"
+    kube.fresh = False               # the API did not answer this look: a Job missing from it is not lost
+    kube.made.clear()
+    kube_look(engine)
+    assert states(settings) == {a: "running", b: "running"}
+    kube.fresh = True
+    kube.listed[wb] = KubeJob("vre-lung", f"vre-job-{b}-1")
+    kube_look(engine)   # a's Job is gone: re-queued, and started again as attempt 2 in the same look
+    assert "its Kubernetes Job is gone (attempt 1); re-queued" in [r["details"]["reason"] for r in
+                                                                   open_store(settings).query(action="job.requeue")]
+    wa2 = f"k8s-job/vre-job-{a}-2"
+    assert kube.made == [wa2] and states(settings)[a] == "running" and wa in kube.deleted
+    kube.listed[wa2] = KubeJob("vre-lung", f"vre-job-{a}-2", gate_closed=True, terminated="Error", exit_code=70,
+                               node="node-4")
+    kube_look(engine)   # lost again: its second attempt was its last
+    assert states(settings)[a] == "failed"
+    assert "dataset reads cannot be recorded" in reasons(settings)[a] and "node-4" in reasons(settings)[a]
+    with vdb.session_scope(settings.vre_db_url) as db:
+        service.cancel(db, settings, "ben", b)
+    kube_look(engine)
+    assert states(settings)[b] == "cancelled" and wb in kube.deleted
+
+
+def test_a_preempted_job_waits_again_an_evicted_one_is_started_again_and_no_report_stops_a_look(world):
+    """Kueue's preemption suspends the Job and ends its pod: the job waits in the queue again,
+    untouched. A pod stopped from outside (its task says cancelled, nobody asked) is a lost start,
+    not a cancel. A report the job wrote to break JSON is no report (a lost start), and one job
+    whose Job cannot be deleted never stops the look at the project's others."""
+    from vre.jobs.kubejobs import KubeJob
+    settings = world.replace(k8s_job_runner="jobs", k8s_kueue_queue="vre-batch")
+    a, b = submit(settings, "ann"), submit(settings, "ben")
+    engine = Engine(settings, executor=FakeExecutor(0))
+    kube = engine.kube = FakeKube()
+    kube_look(engine)
+    wa, wb = f"k8s-job/vre-job-{a}-1", f"k8s-job/vre-job-{b}-1"
+    now = vdb.utcnow()
+    kube.listed = {wa: KubeJob("vre-lung", f"vre-job-{a}-1", started=now, node="n"),
+                   wb: KubeJob("vre-lung", f"vre-job-{b}-1", started=now, node="n")}
+    kube_look(engine)
+    preempted = '{"returncode": -15, "cancelled": true, "timed_out": false}'
+    kube.listed[wa] = KubeJob("vre-lung", f"vre-job-{a}-1", suspended=True, terminated="Error", exit_code=0,
+                              report=preempted, started=now)
+    kube.listed[wb] = KubeJob("vre-lung", f"vre-job-{b}-1", terminated="Error", exit_code=0, report=preempted,
+                              started=now)
+    kube_look(engine)
+    assert states(settings)[a] == "running" and wa not in kube.deleted   # back in Kueue's queue, its Job kept
+    assert "suspended until the cluster's queue" in reasons(settings)[a]
+    assert states(settings)[b] == "running" and kube.made[-1] == f"k8s-job/vre-job-{b}-2" and wb in kube.deleted
+    requeues = {r["target"]: r["details"]["reason"] for r in open_store(settings).query(action="job.requeue")}
+    assert requeues == {
+        f"job/{a}": "preempted: the cluster's queue suspended its Kubernetes Job again",
+        f"job/{b}": "its pod was stopped before the job ended (evicted, or its node drained) (attempt 1); re-queued"}
+    assert audited(settings, "job.cancel") == []
+    with vdb.session_scope(settings.vre_db_url) as db:
+        assert db.get(vdb.Job, a).started_at is None   # its next run is a start of its own
+
+    wb2 = f"k8s-job/vre-job-{b}-2"
+    kube.listed[wb2] = KubeJob("vre-lung", f"vre-job-{b}-2", terminated="Completed", exit_code=0, report="[" * 4096,
+                               started=now)
+    with vdb.session_scope(settings.vre_db_url) as db:   # a is cancelled while it waits, and its
+        service.cancel(db, settings, "ann", a)            # Job cannot be deleted this time
+
+    async def refused(pool, worker):
+        if worker == wa:
+            raise OSError("the API refused the deletion")
+        kube.deleted.append(worker)
+    kube.delete = refused
+    kube_look(engine)
+    assert states(settings)[a] == "running"     # its cancel is tried again at the next look
+    assert states(settings)[b] == "failed"      # followed although a's look failed first
+    assert "its pod ended before the job did (Completed) (attempt 2)" in reasons(settings)[b]
+    del kube.delete
+    kube_look(engine)
+    assert states(settings)[a] == "cancelled" and wa in kube.deleted
+
+
+def test_a_job_whose_creation_went_unanswered_is_found_or_taken_for_lost_never_left_behind(world):
+    """The API did not answer the Job's creation: once asked for, the Job may exist, so the job
+    stays running until a look lists its Job (or takes it for lost after the list lag); a start
+    that failed before asking goes back to the queue, its attempt not counted."""
+    from vre.jobs.kubejobs import KubeJob
+    from vre.jobs.pods import ClusterUnavailable
+    settings = world.replace(k8s_job_runner="jobs")
+    a, b = submit(settings, "ann"), submit(settings, "ben")
+    engine = Engine(settings, executor=FakeExecutor(0))
+    kube = engine.kube = FakeKube()
+    real_start = kube.start
+
+    async def unanswered(plan, spec, *, job_id, **kw):
+        if job_id == a:
+            await real_start(plan, spec, job_id=job_id, **kw)   # asked for: it may exist
+        raise ClusterUnavailable("the cluster's API does not answer (timeout)")
+    kube.start = unanswered
+    kube_look(engine)
+    assert states(settings) == {a: "running", b: "queued"}
+    assert "waiting: the cluster's API does not answer" in reasons(settings)[b]
+    with vdb.session_scope(settings.vre_db_url) as db:
+        assert (db.get(vdb.Job, a).attempts, db.get(vdb.Job, b).attempts) == (1, 0)
+    kube.start = real_start
+    kube.listed[f"k8s-job/vre-job-{a}-1"] = KubeJob("vre-lung", f"vre-job-{a}-1", started=vdb.utcnow())
+    kube_look(engine)
+    assert audited(settings, "job.start") == [f"job/{a}"] and states(settings)[b] == "running"

@@ -45,7 +45,7 @@ class FakeCore:
         self.deleted: list[str] = []
 
     async def list_pod_for_all_namespaces(self, label_selector: str):
-        assert label_selector == "vre.instance=vre,vre.pool"
+        assert label_selector == "vre.instance=vre,vre.pool,vre.role!=job"
         if self.gate is not None:
             await asyncio.to_thread(self.gate.wait, 10)
         if self.fail is not None:
@@ -199,3 +199,78 @@ def test_the_agent_is_asked_with_the_pools_token_only(executor):
     assert executor.agent_ready("lung")
     executor.pool_stopped("lung")
     assert not token.exists() and not executor.agent_ready("lung")
+
+
+# --- jobs as Kubernetes Jobs: what one look's lists say of each start ---------------------------
+def kube_job(job_id: int, attempt: int = 1, pool: str = "lung", *, suspend: bool = False, condition: str = "",
+             why: str = "", name: str = "", namespace: str = ""):
+    labels = {"vre.job": str(job_id), "vre.attempt": str(attempt), "vre.pool": pool, "vre.role": "job"}
+    conditions = [NS(type=condition, status="True", reason=why)] if condition else []
+    return NS(metadata=NS(name=name or f"vre-job-{job_id}-{attempt}", namespace=namespace or f"vre-{pool}",
+                          labels=labels),
+              spec=NS(suspend=suspend), status=NS(conditions=conditions))
+
+
+def job_pod(job, *, running: bool = False, terminated: tuple | None = None, observed: bool = False,
+            deleting: bool = False, made: str = "2026-12-06T10:00:00Z", suffix: str = "x7k2p"):
+    """The pod of a listed Job: running, or ended as (reason, exit code, termination message)."""
+    state = NS(running=NS(started_at="2026-12-06T10:00:00Z") if running else None, waiting=None,
+               terminated=NS(reason=terminated[0], exit_code=terminated[1], message=terminated[2],
+                             started_at="2026-12-06T10:00:00Z") if terminated else None)
+    labels = {"batch.kubernetes.io/job-name": job.metadata.name, **({"vre.reads": "observed"} if observed else {})}
+    return NS(metadata=NS(name=f"{job.metadata.name}-{suffix}", namespace=job.metadata.namespace, labels=labels,
+                          deletion_timestamp="now" if deleting else None, creation_timestamp=made),
+              spec=NS(node_name="node-5"), status=NS(container_statuses=[NS(state=state)], conditions=[]))
+
+
+def test_a_look_at_kubernetes_jobs_believes_only_where_and_as_such_a_job_is_named(executor, monkeypatch, caplog):
+    from vre.jobs import kubejobs
+
+    jobs = [kube_job(1, suspend=True), kube_job(2), kube_job(3, condition="Complete"),
+            kube_job(4, condition="Failed", why="DeadlineExceeded"), kube_job(5, pool="lung.held", namespace="vre-0held-lung"),
+            kube_job(6), kube_job(7, namespace="vre-other"), kube_job(8, name="vre-job-9-1")]
+    # job 1's Job was resumed after a preemption: its new pod waits while the old one still ends
+    pods = [job_pod(jobs[0], terminated=("Error", 0, '{"cancelled": true}'), deleting=True, suffix="old"),
+            job_pod(jobs[0], made="2026-12-06T10:05:00Z", suffix="new"),
+            job_pod(jobs[1], running=True), job_pod(jobs[2], terminated=("Completed", 0, '{"returncode": 0}')),
+            job_pod(jobs[5], terminated=("Error", 70, ""), observed=True),
+            job_pod(jobs[6], running=True)]
+    listed = {"jobs": NS(items=jobs), "pods": NS(items=pods)}
+
+    class Batch:
+        async def list_job_for_all_namespaces(self, label_selector):
+            assert label_selector == "vre.instance=vre,vre.role=job"
+            return listed["jobs"]
+
+    async def list_pods(label_selector):
+        assert label_selector == "vre.instance=vre,vre.role=job"
+        return listed["pods"]
+    executor.core.list_pod_for_all_namespaces = list_pods
+    executor.core.api_client = None
+    monkeypatch.setattr(kubejobs, "BatchV1Api", lambda client: Batch())
+    kube = kubejobs.KubeJobs(executor.settings, executor)
+    assert asyncio.run(kube.refresh()) and kube.fresh
+    view = {i: kube.view(f"k8s-job/vre-job-{i}-1") for i in range(1, 10)}
+    assert view[1].suspended and not view[1].finished and view[1].started is None
+    assert view[1].pod == "vre-job-1-1-new" and view[1].report == "" and view[1].terminated == ""
+    assert view[2].started and view[2].node == "node-5" and not view[2].finished
+    assert view[2].where() == {"kubernetes_job": "vre-lung/vre-job-2-1", "pod": "vre-lung/vre-job-2-1-x7k2p",
+                               "node": "node-5"}
+    assert view[3].finished and view[3].result() == {"returncode": 0}
+    assert view[4].ended == "Failed" and view[4].why == "DeadlineExceeded" and view[4].result() is None
+    assert view[5] is not None                          # a held job's Job, in the held namespace
+    assert view[6].gate_closed and view[6].exit_code == 70
+    assert view[7] is None and view[8] is None and view[9] is None   # not where, or not as, such a Job is
+    assert "vre-other/vre-job-7-1 carries this VRE's job labels" in caplog.text
+    assert not kube.just_made("k8s-job/vre-job-1-1")
+    # a report that is not a JSON object is no report
+    pods[3] = job_pod(jobs[2], terminated=("Completed", 0, "[1, 2]"))
+    asyncio.run(kube.refresh())
+    assert kube.view("k8s-job/vre-job-3-1").result() is None
+
+    listed["jobs"] = OSError("connection refused")
+
+    async def broken(label_selector):
+        raise OSError("connection refused")
+    Batch.list_job_for_all_namespaces = lambda self, label_selector: broken(label_selector)
+    assert not asyncio.run(kube.refresh()) and not kube.fresh

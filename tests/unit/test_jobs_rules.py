@@ -289,6 +289,26 @@ def test_on_kubernetes_only_jobs_its_executor_runs_are_queued(world):
         sub(world.replace(gpu_devices="none"), kind="script", target="project/train.py", profile="gpu", gpus=1)
 
 
+def test_as_kubernetes_jobs_on_claims_inputs_must_fit_a_secret(world, monkeypatch):
+    """Under ``k8s_job_runner = "jobs"`` with claims a job's inputs travel in its Job's Secret: a
+    function payload over the limit is refused at submission, saying why and what to do; the same
+    payload is fine for the Dask runner (its agent takes the spec), and cluster jobs are Dask's."""
+    from vre.claims.files import LOCAL
+    from vre.jobs.pools import KUBE_JOB_INPUTS_MAX, as_kubernetes_job
+
+    workspace = world.projects_dir / "lung" / "workspace"
+    monkeypatch.setattr(service, "workspace_folder", lambda *a: service.Folder(LOCAL, str(workspace), ""))
+    jobs = world.replace(backend="kubernetes", k8s_storage="pvc", k8s_unobserved_reads=True, k8s_job_runner="jobs")
+    big = base64.b64encode(b"x" * (KUBE_JOB_INPUTS_MAX + 1)).decode()
+    with pytest.raises(service.JobRejected, match=r"weigh 600 KiB; this deployment runs each job as a Kubernetes Job"):
+        sub(jobs, kind="function", payload=big)
+    small = base64.b64encode(b"x" * (KUBE_JOB_INPUTS_MAX - 100)).decode()
+    assert sub(jobs, kind="function", payload=small)["state"] == "queued"
+    assert sub(jobs.replace(k8s_job_runner="dask"), kind="function", payload=big)["state"] == "queued"
+    assert [as_kubernetes_job(jobs, k) for k in ("notebook", "script", "function", "cluster")] == [True] * 3 + [False]
+    assert not as_kubernetes_job(world.replace(k8s_job_runner="jobs"), "script")   # only on Kubernetes
+
+
 def test_on_claims_the_worker_makes_the_folder_from_what_the_service_kept(world, tmp_path, monkeypatch):
     """With claims the hub cannot write a job's folder: the service keeps the job's inputs in its
     own state (root-only), the engine sends them in the job's spec, and the worker's task makes

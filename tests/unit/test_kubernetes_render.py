@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import kubernetes_validate
 import pytest
 
-from vre.backends.kubernetes import (ACCESS_POD_LABELS, GATE_NAME, HUB_POD_LABELS, READER_PORT, SECRET_ENV,
+from vre.backends.kubernetes import (ACCESS_POD_LABELS, GATE_NAME, HUB_POD_LABELS, JOB_SPEC_DIR, JOB_SPEC_KEY,
+                                     KUEUE_QUEUE_LABEL, batch_job, kube_job_name, local_queue, READER_PORT, SECRET_ENV,
                                      SESSION_PORT,
                                      KubernetesBackendError, ProjectQuota, batch_pod, check_reads_policy,
                                      island_namespace, namespace_name, network_policies, object_name,
@@ -514,3 +515,54 @@ def test_batch_pools_on_claims_have_homes_of_their_own():
     assert {m["mountPath"]: m.get("readOnly", False) for m in c["volumeMounts"]} == {"/claims/held": True, "/tmp": False}
     assert [v["persistentVolumeClaim"] for v in reader["spec"]["volumes"] if "persistentVolumeClaim" in v] == [
         {"claimName": "held", "readOnly": True}]
+
+
+def test_a_job_that_needs_no_dask_is_a_kubernetes_job_around_the_worker_pod():
+    """``k8s_job_runner = "jobs"``: one Job per start, its pod the worker's rendering (identity,
+    read-only root, data read-only, limits, no token) running the task on the spec from the run's
+    Secret; one try, the run-time limit as its deadline; with the observer, the job and its user
+    are in the pod's metadata from the start. With a Kueue queue it is created suspended and
+    labelled with it; without, it starts at once."""
+    observed = SETTINGS.replace(k8s_read_observer=True, k8s_job_runner="jobs")
+    worker = batch_plan().for_worker("job-42-1", cpu=1.0, mem_mb=1408, gpus=0)
+    command = ["python3", "-m", "vre_session.jobs.task", f"{JOB_SPEC_DIR}/{JOB_SPEC_KEY}"]
+    pod = batch_pod(observed, worker, image=IMAGE, env=worker.env, command=command)
+    job = batch_job(observed, worker, pod, job_id=42, attempt=1, user="ann")
+    validate(job)
+    assert job["metadata"]["name"] == kube_job_name(42, 1) == "vre-job-42-1"
+    assert job["metadata"]["namespace"] == "vre-lung" and job["spec"]["suspend"] is False
+    assert KUEUE_QUEUE_LABEL not in job["metadata"]["labels"]
+    # one try; no deadline of the cluster's: it would count the time the pod waits for a node
+    assert job["spec"]["backoffLimit"] == 0 and "activeDeadlineSeconds" not in job["spec"]
+    template = job["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    assert (labels["vre.role"], labels["vre.job"], labels["vre.attempt"], labels["vre.pool"]) == ("job", "42", "1", "lung")
+    assert template["metadata"]["annotations"]["vre.audit/job"] == "42"
+    assert template["metadata"]["annotations"]["vre.audit/job-user"] == "ann"
+    spec = template["spec"]
+    (c,) = spec["containers"]
+    assert c["command"][3] == GATE_NAME and c["command"][-4:] == command
+    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert spec["securityContext"]["runAsUser"] == 300001
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/data/ct"]["readOnly"] is True and mounts[JOB_SPEC_DIR]["readOnly"] is True
+    source = next(v for v in spec["volumes"] if v["name"] == mounts[JOB_SPEC_DIR]["name"])["secret"]
+    assert source["secretName"] == "batch-job-42-1-run" and source["items"] == [{"key": JOB_SPEC_KEY, "path": JOB_SPEC_KEY}]
+    assert c["resources"]["limits"] == c["resources"]["requests"] == {"cpu": "1000m", "memory": "1408Mi"}
+
+    queued = observed.replace(k8s_kueue_queue="vre-batch")
+    job = batch_job(queued, worker, pod, job_id=42, attempt=2, user="ann")
+    validate(job)
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "vre-batch"
+    assert job["metadata"]["name"] == "vre-job-42-2"
+    queue = local_queue(queued.replace(k8s_kueue_cluster_queue="hospital-gpus"), "vre-lung")
+    assert queue == {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue",
+                     "metadata": {"name": "vre-batch", "namespace": "vre-lung", "labels": {"vre.instance": "vre"}},
+                     "spec": {"clusterQueue": "hospital-gpus"}}
+    # unobserved reads (no observer): no gate and no audit annotations
+    plain = SETTINGS.replace(k8s_unobserved_reads=True, k8s_job_runner="jobs")
+    pod = batch_pod(plain, worker, image=IMAGE, env=worker.env, command=command)
+    job = batch_job(plain, worker, pod, job_id=42, attempt=1, user="ann")
+    validate(job)
+    assert "annotations" not in job["spec"]["template"]["metadata"]

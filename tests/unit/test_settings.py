@@ -105,3 +105,18 @@ def test_every_setting_is_documented_and_the_readme_table_is_current():
     assert table.group(1) == settings_table(), (
         "README.md's settings table differs from the settings' documentation: regenerate it with "
         "`.venv/bin/python -m vre.settings --markdown` and paste it between the markers")
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"VRE_K8S_JOB_RUNNER": "slurm"}, "k8s_job_runner 'slurm': use one of dask, jobs"),
+    ({"VRE_K8S_KUEUE_QUEUE": "vre-batch"}, "set k8s_job_runner = 'jobs' too"),
+    ({"VRE_K8S_JOB_RUNNER": "jobs", "VRE_K8S_KUEUE_QUEUE": "Batch_Queue"}, "is not a LocalQueue name"),
+    ({"VRE_K8S_JOB_RUNNER": "jobs", "VRE_K8S_KUEUE_CLUSTER_QUEUE": "gpus"}, "k8s_kueue_queue is empty"),
+    ({"VRE_K8S_JOB_RUNNER": "jobs", "VRE_K8S_KUEUE_QUEUE": "q", "VRE_K8S_KUEUE_CLUSTER_QUEUE": "GPUs!"},
+     "is not a ClusterQueue name"),
+])
+def test_job_runner_and_kueue_queue_say_what_to_fix(environ, message):
+    with pytest.raises(SettingsError, match=message):
+        load(environ={"VRE_CONFIG": "/dev/null", **environ})
+    ok = load(environ={"VRE_CONFIG": "/dev/null", "VRE_K8S_JOB_RUNNER": "jobs", "VRE_K8S_KUEUE_QUEUE": "vre-batch"})
+    assert (ok.k8s_job_runner, ok.k8s_kueue_queue) == ("jobs", "vre-batch")

@@ -5,6 +5,10 @@ under this task: Dask cannot stop a running task, but the worker can kill a proc
 cancel (``kill``, called through ``Client.run``) or the run-time limit really ends the job and
 everything it started. The task returns how the process ended and what it used.
 
+Where the deployment runs each job as a Kubernetes Job of its own (``k8s_job_runner = "jobs"``),
+there is no Dask: ``python -m vre_session.jobs.task SPEC_FILE`` runs the same task in the Job's
+pod and leaves how the job ended as the container's termination message (``main``).
+
 Where the job service cannot write the job's folder (Kubernetes with claims, see
 ``vre.jobs.inputs``), the spec says so with ``outdir_mode``: the task makes the folder and writes
 the job's ``inputs`` (path in the folder -> base64) before the job runs.
@@ -208,3 +212,47 @@ def kill(job_id: int) -> bool:
         _cancelled.add(job_id)
     threading.Thread(target=_kill_group, args=(proc,), daemon=True).start()
     return True
+
+
+#: Where the kubelet reads a container's termination message (it keeps 4096 bytes of it).
+TERMINATION_LOG = "/dev/termination-log"
+ERROR_MAX = 1000
+#: Bytes of the report at most (the kubelet keeps 4096 of a termination message).
+REPORT_MAX = 4000
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job whose spec is in the file ``argv[0]`` (its Kubernetes Job's Secret) and write
+    how it ended (``run_job``'s report, or ``{"error": ...}`` when the task itself failed) as the
+    termination message, where the job engine reads it. A SIGTERM (the Job deleted: cancelled)
+    stops the job's process group, and the report says it was cancelled."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m vre_session.jobs.task SPEC_FILE", file=sys.stderr)
+        return 2
+
+    def stop(*_):
+        for job_id in list(_running):
+            kill(job_id)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        with open(argv[0]) as f:
+            result = run_job(json.load(f))
+    except Exception as e:   # noqa: BLE001 - the report says why; the engine fails the job with it
+        result, code = {"error": f"{type(e).__name__}: {e}"[:ERROR_MAX]}, 1
+    report = json.dumps(result)
+    while len(report.encode()) > REPORT_MAX and "error" in result:   # an escaped text may grow sixfold
+        result = {"error": result["error"][:len(result["error"]) // 2] + " [cut]"}
+        report = json.dumps(result)
+    try:
+        with open(TERMINATION_LOG, "w") as f:
+            f.write(report)
+    except OSError as e:
+        print(f"[vre] could not write the termination message ({e}); the report was: {report}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -47,13 +47,14 @@ from urllib.parse import urlsplit
 from jupyterhub.spawner import Spawner
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio import watch
-from kubernetes_asyncio.client import ApiClient, CoreV1Api, NetworkingV1Api
+from kubernetes_asyncio.client import ApiClient, BatchV1Api, CoreV1Api, CustomObjectsApi, NetworkingV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubespawner.clients import shared_client
 from sqlalchemy import select
 from traitlets import CaselessStrEnum, Unicode, default
 
-from ..hostview.podgate import AUDIT_DATASETS, AUDIT_SESSION, GATE_EXIT, GATE_NAME, OBSERVED_LABEL, gate_script
+from ..hostview.podgate import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_USER, AUDIT_SESSION, GATE_EXIT, GATE_NAME,
+                               OBSERVED_LABEL, gate_script)
 from ..jobs.pools import DASHBOARD_PORT, MAX_CLUSTER_WORKERS, SCHEDULER_LIMITS, SCHEDULER_PORT, WORKER_OVERHEAD_MB
 from ..plan import AGENT_PORT, AUDIT_INGEST_PATH, HOME, MANIFEST, SERVICE_API_PATH, SessionPlan, held_pool
 from ..settings import Settings, k8s_images, k8s_reads_allowed
@@ -498,6 +499,85 @@ def batch_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[st
     return pod
 
 
+#: Label Kueue reads to queue a Job: the LocalQueue of that name in the Job's namespace.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: Where a Kubernetes Job's pod finds its job's spec (``vre_session.jobs.task``), from its run's Secret.
+JOB_SPEC_DIR, JOB_SPEC_KEY = "/etc/vre-job", "job.json"
+#: Seconds an ended Job is kept when the hub is not there to delete it once it recorded the end.
+JOB_TTL_S = 7 * 24 * 3600
+#: Seconds a Job's pod has between SIGTERM and SIGKILL (the task's own grace for the job, and some).
+JOB_GRACE_S = 15
+
+
+def kube_job_name(job_id: int, attempt: int) -> str:
+    """A job's Kubernetes Job, one per start: a re-queued job's next start never meets its last.
+    Its run (the worker plan's, whose Secret it mounts) is the name without ``vre-``."""
+    return f"vre-job-{job_id}-{attempt}"
+
+
+def batch_job(settings: Settings, plan: SessionPlan, pod: dict, *, job_id: int, attempt: int, user: str) -> dict:
+    """A job that needs no Dask as a Kubernetes Job around ``pod`` (``batch_pod``'s rendering of a
+    worker ``plan`` whose command is the job's task): one try (the engine re-queues a start that
+    was lost), the job's spec from the run's Secret, and its job and user for the observer of
+    dataset reads from the start (a Dask worker learns them by a patch). No
+    ``activeDeadlineSeconds``: it would count the time the pod waits for a node, so the run-time
+    limit is the task's, from the job's start, and the engine's from the pod's (``follow_kube``).
+    With ``k8s_kueue_queue`` the Job is created suspended and labelled for Kueue, which starts it
+    when the cluster's queue admits it."""
+    meta, spec = pod["metadata"], dict(pod["spec"])
+    container = dict(spec["containers"][0], name="job")
+    container["volumeMounts"] = [*container["volumeMounts"],
+                                 {"name": "job-spec", "mountPath": JOB_SPEC_DIR, "readOnly": True}]
+    # the task stops its job's process group on SIGTERM (a cancel) and reports; then the kubelet kills
+    spec["containers"], spec["terminationGracePeriodSeconds"] = [container], JOB_GRACE_S
+    spec["volumes"] = [*spec["volumes"], {"name": "job-spec", "secret": {
+        "secretName": run_secret_name(run_id(plan)), "defaultMode": 0o444,
+        "items": [{"key": JOB_SPEC_KEY, "path": JOB_SPEC_KEY}]}}]
+    pod_labels = {**meta["labels"], "vre.role": "job", "vre.job": str(job_id), "vre.attempt": str(attempt)}
+    labels(settings, replace(plan, labels=pod_labels))   # checked as label values
+    template = {"metadata": {"labels": pod_labels}, "spec": spec}
+    if reads_observed(settings, plan):
+        template["metadata"]["annotations"] = {**meta.get("annotations", {}), AUDIT_JOB: str(job_id),
+                                               AUDIT_JOB_USER: user}
+    job_labels = dict(pod_labels)
+    if settings.k8s_kueue_queue:
+        job_labels[KUEUE_QUEUE_LABEL] = settings.k8s_kueue_queue
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": kube_job_name(job_id, attempt), "namespace": meta["namespace"],
+                         "labels": job_labels},
+            "spec": {"suspend": bool(settings.k8s_kueue_queue), "backoffLimit": 0,
+                     "ttlSecondsAfterFinished": JOB_TTL_S, "template": template}}
+
+
+#: Kueue's API (``LocalQueue``), the version the hub writes.
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta1"
+
+
+def local_queue(settings: Settings, namespace: str) -> dict:
+    """The LocalQueue ``k8s_kueue_queue`` of ``namespace``, feeding ``k8s_kueue_cluster_queue``."""
+    return {"apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}", "kind": "LocalQueue",
+            "metadata": {"name": settings.k8s_kueue_queue, "namespace": namespace,
+                         "labels": {"vre.instance": settings.instance}},
+            "spec": {"clusterQueue": settings.k8s_kueue_cluster_queue}}
+
+
+async def ensure_local_queue(client: ApiClient, queue: dict) -> bool:
+    """Create the LocalQueue when missing (True); an existing one is kept as it is (the operator
+    may have tuned it). A cluster without Kueue says so by name."""
+    meta = queue["metadata"]
+    try:
+        await CustomObjectsApi(client).create_namespaced_custom_object(
+            KUEUE_GROUP, KUEUE_VERSION, meta["namespace"], "localqueues", queue)
+        return True
+    except ApiException as e:
+        if e.status == 409:
+            return False
+        if e.status == 404:
+            raise KubernetesBackendError(f"the cluster has no Kueue LocalQueue API ({KUEUE_GROUP}/{KUEUE_VERSION}): "
+                                         "install Kueue, or clear k8s_kueue_cluster_queue and k8s_kueue_queue") from None
+        raise
+
+
 async def put_object(client: ApiClient, obj: dict) -> None:
     """Create ``obj``, or replace it when it exists (the hub's rendering wins; a namespace is kept,
     it holds the project's claims, and only its labels are put back)."""
@@ -525,11 +605,17 @@ def prepare_node_paths(settings: Settings, plan: SessionPlan) -> None:
     with their owners. Nothing else of the run directory is mounted (the runtime files come from
     the run's Secret, sockets and spool are emptyDirs), so none of it is made: a hub pod without
     CAP_DAC_OVERRIDE could not remove a member's private directories of a previous session."""
+    prepare_storage(settings, plan)
+    shutil.rmtree(plan.run_dir, ignore_errors=True)
+    plan.run_dir.mkdir(parents=True, mode=0o755)
+
+
+def prepare_storage(settings: Settings, plan: SessionPlan) -> None:
+    """With hostPath storage, the home, workspace and held folders of ``plan`` with their owners
+    (claims are made with the run's objects: ``storage_claims``)."""
     if settings.k8s_storage == "hostPath":
         prepare_home_and_workspace(plan)
         prepare_held_folder(plan)
-    shutil.rmtree(plan.run_dir, ignore_errors=True)
-    plan.run_dir.mkdir(parents=True, mode=0o755)
 
 
 class SharedWatch(watch.Watch):
@@ -875,6 +961,15 @@ async def _remove_instance_sessions(settings: Settings) -> int:
     async with ApiClient() as client:
         core = CoreV1Api(client)
         selector = f"vre.instance={settings.instance}"
+        # jobs' Kubernetes Jobs first: a suspended one has no pod yet, and Kueue could start it later
+        batch = BatchV1Api(client)
+        for job in (await batch.list_job_for_all_namespaces(label_selector=f"{selector},vre.role=job")).items:
+            try:
+                await batch.delete_namespaced_job(job.metadata.name, job.metadata.namespace,
+                                                  propagation_policy="Background")
+            except ApiException as e:
+                if e.status != 404:
+                    raise
         pods = (await core.list_pod_for_all_namespaces(label_selector=selector)).items
         for pod in pods:
             # each pod's run Secret by name: the hub may write Secrets but never list or read them
@@ -895,6 +990,6 @@ async def _remove_instance_sessions(settings: Settings) -> int:
 
 
 def remove_instance_sessions(settings: Settings) -> int:
-    """Delete every session and batch pod of this installation and its run Secret (``vre down``);
-    the projects' namespaces stay: they hold the projects' claims."""
+    """Delete every session and batch pod of this installation and its run Secret, and its jobs'
+    Kubernetes Jobs (``vre down``); the projects' namespaces stay: they hold the projects' claims."""
     return asyncio.run(_remove_instance_sessions(settings))

@@ -36,6 +36,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..backends import kubernetes as k8s
 from ..errors import VREError
+from ..hostfiles import write_private
 from ..plan import SessionPlan
 from ..settings import Settings
 from . import reader
@@ -206,12 +207,7 @@ class ClaimReaders:
             if pod is not None:
                 await self._delete(ns, known["pod"])
         reader = await self._start(plan)
-        shared.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        new = shared.with_name(f".{shared.name}.new")
-        new.unlink(missing_ok=True)
-        with os.fdopen(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w") as f:
-            json.dump({"pod": reader.pod, "token": reader.files.token}, f)
-        new.replace(shared)
+        write_private(shared, json.dumps({"pod": reader.pod, "token": reader.files.token}))
         return reader
 
     def _forget(self, key, old: _Reader) -> None:

@@ -45,6 +45,7 @@ from ..services import die_with_hub, take_over
 from ..settings import Settings, files_on_host, load
 from . import inputs, service
 from .executor import WAITING_PREFIX, ExecutorError, LocalDaskExecutor, SchedulerLost, Unavailable
+from .pools import KUBE_WORKER, is_kube_job
 from .queue import Quota, admit
 
 log = logging.getLogger("vre.jobs")
@@ -192,6 +193,12 @@ class Engine:
         self._slow: dict[str, tuple[float, int]] = {}   # pool -> (passed over until, times in a row)
         self._pool_starts: dict[str, asyncio.Task] = {}  # pool -> its scheduler's start, under way
         self._inputs_checked = -INPUTS_EVERY_S        # when kept inputs of ended jobs were last dropped
+        # jobs run as Kubernetes Jobs (``k8s_job_runner = "jobs"``); followed whatever the runner
+        # is now, so that jobs started before a change of it still end
+        self.kube = None
+        if settings.backend == "kubernetes" and hasattr(self.executor, "acall"):
+            from .kubejobs import KubeJobs
+            self.kube = KubeJobs(settings, self.executor)
 
     # -- process life --------------------------------------------------------------------
     def _take_over(self) -> None:
@@ -255,7 +262,7 @@ class Engine:
             for project in db.scalars(select(Project)):
                 busy = {project.slug: {}, held_pool(project.slug): {}}
                 for job in db.scalars(select(Job).where(Job.project_id == project.id, Job.state == "running")):
-                    for name in filter(None, job.worker.split(",")):
+                    for name in filter(None, [] if is_kube_job(job.worker) else job.worker.split(",")):
                         busy[pool_of(job)][name] = job.id
                 for pool, workers in busy.items():
                     self.executor.adopt(pool, workers)
@@ -270,6 +277,10 @@ class Engine:
             if active:
                 with self.timed("executor: refresh"):
                     await self.executor.refresh()
+                if self.kube is not None and db.scalar(select(Job.id).where(
+                        Job.state == "running", Job.worker.like(f"{KUBE_WORKER}%")).limit(1)) is not None:
+                    with self.timed("kubernetes jobs: refresh"):
+                        await self.kube.refresh()
             with self.timed("agent: GET /jobs (status), every pool at once"):
                 self._reports = await self.read_reports(db) if active else {}
             for project in active:
@@ -322,8 +333,9 @@ class Engine:
             running = db.scalars(select(Job).where(Job.project_id == project.id, Job.state == "running")
                                  .order_by(Job.id)).all()
         pools: dict[str, list[Job]] = {}
+        kube = [j for j in running if is_kube_job(j.worker)]
         for j in running:
-            if j.kind != "cluster":
+            if j.kind != "cluster" and not is_kube_job(j.worker):
                 pools.setdefault(pool_of(j), []).append(j)
         broken: set[str] = set()  # pools whose part of this look failed: none of their jobs starts now
         for pool, batch in pools.items():
@@ -343,6 +355,21 @@ class Engine:
                 self.drop_look(db, mark)
                 self.hold_workers(batch)
                 broken.add(pool)
+        for job in kube:
+            job_id, pool, worker = job.id, pool_of(job), job.worker   # read before a rollback expires them
+            mark = len(self._ended)
+            try:
+                await self.follow_kube(db, job)
+                await self.commit(db)
+            except Exception as e:   # one job's trouble never stops the look at the others
+                if isinstance(e, (ExecutorError, OSError)):
+                    log.warning("job %s: %s; will look again", job_id, e)
+                else:
+                    log.exception("job %s: its Kubernetes Job could not be followed; will look again", job_id)
+                self.drop_look(db, mark)
+                continue
+            if job.state != "running" or job.worker != worker:   # its end is committed: its Job goes
+                self.in_background(self.kube.delete(pool, worker), f"deleting the Kubernetes Job of job {job_id}")
         clusters = [j for j in running if j.kind == "cluster" and j.state == "running"]
         for job in clusters:
             await self.follow_cluster(db, job)
@@ -400,6 +427,17 @@ class Engine:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
+    def in_background(self, work, what: str) -> None:
+        """Run ``work`` beside the looks (bookkeeping on no job's way); a failure is logged."""
+        async def run():
+            try:
+                await work
+            except Exception as e:   # noqa: BLE001 - logged; the next chance (or a TTL) does it
+                log.warning("%s failed: %s", what, e)
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _forget(self, ended: list[tuple[str, int]]) -> None:
         for pool, job_id in ended:
             with self.timed("agent: DELETE /jobs/<id> (forget, background)"):
@@ -412,7 +450,7 @@ class Engine:
         agent, or None when it needs the full path (``start``: GPUs, a new worker or scheduler)."""
         pool = pool_of(job)
         try:
-            if job.gpus or job.kind == "cluster" or not self.executor.agent_ready(pool):
+            if job.gpus or job.kind == "cluster" or self.as_kube_job(job) or not self.executor.agent_ready(pool):
                 return None
         except Unavailable:
             return None   # the full path says so: the job waits in the queue
@@ -453,6 +491,9 @@ class Engine:
                 plan = self.plans.get(db, self.settings, user, project.slug, job.profile, role=role_of(job))
         except PlanRefused as e:
             self.finish(db, job, "failed", f"not started: {e}")
+            return
+        if self.as_kube_job(job):
+            await self.start_kube(db, plan, job)
             return
         try:
             ready = await self.scheduler_ready(plan)
@@ -506,6 +547,35 @@ class Engine:
                 return
             log.exception("could not start job %s", job.id)
             self.release(db, job)
+            self.finish(db, job, "failed", f"could not start: {e}")
+
+    def as_kube_job(self, job: Job) -> bool:
+        """Whether ``job`` starts as a Kubernetes Job of its own (``k8s_job_runner``)."""
+        return self.kube is not None and self.kube.takes(job.kind)
+
+    async def start_kube(self, db, plan, job: Job) -> None:
+        """Start ``job`` as a Kubernetes Job: it holds its slot of the project's quota from now
+        on, while it waits in the cluster's queue (Kueue) or for a node, until it ends
+        (``follow_kube``). Its start is audited when its pod runs."""
+        job.attempts += 1
+        job.state, job.reason, job.devices = "running", "", ""
+        job.worker = self.kube.worker(job.id, job.attempts)
+        job.usage = {"datasets": list(plan.datasets)}   # what its pod mounts, for its job.start
+        spec = self.spec(plan, job, job.worker.removeprefix(KUBE_WORKER))
+        await self.commit(db)
+        self._starting = True
+        try:
+            with self.timed("start: Kubernetes Job"):
+                await self.kube.start(plan, spec, job_id=job.id, attempt=job.attempts, user=job.account.name,
+                                      cpu=job.cpu, mem_mb=job.mem_mb, gpus=job.gpus)
+        except Unavailable as e:
+            if self.kube.just_made(job.worker):   # its Job may exist: a look finds it, or takes it for lost
+                log.warning("job %s: no answer to its Job's creation (%s); the next looks find out", job.id, e)
+                return
+            log.warning("job %s waits in the queue: %s", job.id, e)
+            job.state, job.reason, job.worker, job.attempts = "queued", f"waiting: {e}", "", job.attempts - 1
+        except (ExecutorError, OSError) as e:
+            log.error("could not start job %s: %s", job.id, e)
             self.finish(db, job, "failed", f"could not start: {e}")
 
     async def scheduler_ready(self, plan) -> bool:
@@ -593,7 +663,8 @@ class Engine:
         """The report of every pool with running jobs, read together: pool -> its answer, or the
         exception in its place (``PassedOver`` for a pool that is slow)."""
         rows = db.execute(select(Project.slug, Job.lane).join(Job.project)
-                          .where(Job.state == "running", Job.kind != "cluster").distinct()).all()
+                          .where(Job.state == "running", Job.kind != "cluster",
+                                 Job.worker.not_like(f"{KUBE_WORKER}%")).distinct()).all()
         pools = sorted({pool_for(slug, lane) for slug, lane in rows})
         self._slow = {p: v for p, v in self._slow.items() if p in pools}
         return dict(zip(pools, await asyncio.gather(*(self.read_report(p) for p in pools))))
@@ -710,10 +781,110 @@ class Engine:
             self.finish(db, job, "timed_out", f"run-time limit of {job.max_runtime_s} s reached; "
                                               "its worker did not stop it, so the worker was stopped")
 
-    def finish_from_result(self, db, job: Job, result) -> None:
+    async def follow_kube(self, db, job: Job) -> None:
+        """Follow a job run as a Kubernetes Job by this look's list (``KubeJobs.refresh``); when
+        the API did not answer it, nothing is guessed."""
+        kube, pool = self.kube, pool_of(job)
+        if kube is None or not kube.fresh:
+            return
+        view = kube.view(job.worker)
+        if view is None:
+            if not kube.just_made(job.worker):
+                await self.kube_lost(db, job, "its Kubernetes Job is gone")
+            return
+        if job.cancel_requested:
+            await self.commit(db)
+            await kube.delete(pool, job.worker)
+            self.release(db, job)
+            self.finish(db, job, "cancelled", job.reason or "cancelled")
+            return
+        if view.suspended and not view.ended:   # in the cluster's queue: not admitted yet, or preempted
+            if job.started_at is not None:      # Kueue took its place back: its pod ended, the Job waits
+                job.started_at = None           # its next run is a start of its own (audited, timed)
+                self.audit(job, "job.requeue", outcome="error", details={
+                    "reason": "preempted: the cluster's queue suspended its Kubernetes Job again", **view.where()})
+            waiting = f"waiting: suspended until the cluster's queue {self.settings.k8s_kueue_queue!r} admits it (Kueue)"
+            if job.reason != waiting:
+                job.reason = waiting
+            return
+        if view.started is not None and job.started_at is None:
+            job.started_at = as_utc(view.started)
+            self.audit(job, "job.start", details={
+                "worker": job.worker.removeprefix(KUBE_WORKER), "lane": job.lane, "cpu": job.cpu,
+                "mem_mb": job.mem_mb, "gpus": job.gpus, "datasets": (job.usage or {}).get("datasets", []),
+                **view.where()})
+        if view.finished:
+            await self.kube_ended(db, job, view)
+        elif view.cannot_start:
+            await self.commit(db)
+            await kube.delete(pool, job.worker)
+            self.release(db, job)
+            self.finish(db, job, "failed", f"could not start: its container cannot start ({view.cannot_start})")
+        elif job.started_at and (utcnow() - job.started_at).total_seconds() > job.max_runtime_s + RUNTIME_SLACK:
+            await self.commit(db)   # its task should have stopped it: the engine steps in
+            await kube.delete(pool, job.worker)
+            self.release(db, job)
+            self.finish(db, job, "timed_out", f"run-time limit of {job.max_runtime_s} s reached; its task did not "
+                                              "stop it, so its Kubernetes Job was deleted")
+        elif view.started is None:   # admitted, its pod not running yet
+            waiting = f"{WAITING_PREFIX} for it yet: {view.unplaced}" if view.unplaced else ""
+            if waiting != job.reason and (waiting or job.reason.startswith(("waiting:", WAITING_PREFIX))):
+                job.reason = waiting
+            self._starting = True
+        elif job.reason:
+            job.reason = ""
+
+    async def kube_ended(self, db, job: Job, view) -> None:
+        """Record how a Kubernetes Job's run ended: the kubelet's word first (its deadline, an OOM
+        kill, the gate), then the task's report (untrusted: ``finish_from_result``), else a start
+        lost before the job ended (re-queued once)."""
+        result = view.result()
+        if view.gate_closed:
+            await self.kube_lost(db, job, f"its pod could not start: dataset reads cannot be recorded (no observer "
+                                          f"marked its dataset mounts on node {view.node or '?'} within "
+                                          f"{self.settings.k8s_gate_seconds} s)")
+            return
+        if view.why != "DeadlineExceeded" and result is None and view.terminated != "OOMKilled":
+            await self.kube_lost(db, job, f"its pod ended before the job did "
+                                          f"({view.terminated or view.why or 'no report'})")
+            return
+        if result is not None and result.get("cancelled") is True and not job.cancel_requested:
+            # stopped from outside (an eviction, a node drained), not cancelled: a lost start
+            await self.kube_lost(db, job, "its pod was stopped before the job ended (evicted, or its node drained)")
+            return
+        if view.why == "DeadlineExceeded":
+            self.release(db, job)
+            self.finish(db, job, "timed_out", f"run-time limit of {job.max_runtime_s} s reached; the job was stopped")
+        elif result is not None and "returncode" not in result and "error" in result:
+            self.release(db, job)
+            if job.lane == "held":   # the text comes from the job's own pod: held like its log
+                log.warning("held job %s: its task failed: %.1000r", job.id, result["error"])
+                self.finish(db, job, "failed", "the job's task failed (held: the reason is in the job service's log)")
+            else:
+                self.finish(db, job, "failed", f"the job's task failed: {_text(result['error'])}")
+        elif result is not None:
+            self.finish_from_result(db, job, result, oom=view.terminated == "OOMKilled")
+        else:   # the task itself was killed for memory: no report
+            job.exit_code = view.exit_code if view.exit_code in EXIT_CODES else None
+            self.release(db, job)
+            self.finish(db, job, "failed", f"killed: out of memory (limit {job.mem_mb} MiB); ask for more memory")
+
+    async def kube_lost(self, db, job: Job, why: str) -> None:
+        """A Kubernetes Job's start that was lost (not the job's doing): its Job deleted, then the
+        job re-queued once, or failed."""
+        await self.commit(db)
+        try:
+            await self.kube.delete(pool_of(job), job.worker)
+        except (ExecutorError, OSError) as e:   # a new start is a new Job: this one ends by its TTL
+            log.warning("could not delete the Kubernetes Job of job %s: %s", job.id, e)
+        self.release(db, job)
+        self.requeue_or_fail(db, job, why, worker=job.worker)
+
+    def finish_from_result(self, db, job: Job, result, *, oom: bool = False) -> None:
         """Record how the job ended by its pool's report (untrusted: see the module's docstring).
         An exit code that is not a small int is not stored: the job failed, and its reason says
-        the report was malformed. What the engine saw itself (an OOM kill) comes first."""
+        the report was malformed. What the engine saw itself (an OOM kill: ``oom``, or the executor's
+        count) comes first."""
         result = result if isinstance(result, dict) else {}
         code = result.get("returncode")
         malformed = code is not None and not (isinstance(code, int) and not isinstance(code, bool)
@@ -721,7 +892,7 @@ class Engine:
         if malformed:
             log.warning("pool %s: malformed report on job %s (exit code %.40r)", pool_of(job), job.id, code)
             code = None
-        oom = self.executor.oom_kills(job.worker) > job.usage.get("oom_before", 0)
+        oom = oom or self.executor.oom_kills(job.worker) > job.usage.get("oom_before", 0)
         inside = result.get("oom_kills")   # the worker's own count: its word, about its own job only
         if self.executor.oom_reported_inside and isinstance(inside, int) and not isinstance(inside, bool):
             oom = oom or inside > 0

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import threading
 import time
@@ -58,6 +57,7 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..backends import kubernetes as k8s
+from ..hostfiles import write_private
 from ..hostview.podgate import AUDIT_JOB, AUDIT_JOB_USER, GATE_EXIT, OBSERVED_LABEL
 from ..plan import AGENT_PORT, SessionPlan, island_name
 from ..settings import Settings
@@ -122,7 +122,7 @@ def _run(pod) -> tuple[str, Run]:
     return labels.get("vre.session", ""), run
 
 
-def _transient(e: Exception) -> bool:
+def transient(e: Exception) -> bool:
     """An API answer that waiting cures: a busy or restarting API server, a quota in use or not
     yet counted. Anything else it refuses is the run's error."""
     status = getattr(e, "status", None)
@@ -186,7 +186,9 @@ class PodDaskExecutor(LocalDaskExecutor):
         except (OSError, TimeoutError, aiohttp.ClientError) as e:
             raise self._unavailable(e) from None
 
-    async def _acall(self, fn):
+    async def acall(self, fn):
+        """``await fn(core API)`` on the executor's loop, from the engine's (an API that does not
+        answer is ClusterUnavailable)."""
         try:
             return await asyncio.wait_for(asyncio.wrap_future(self._submit(fn)), API_TIMEOUT)
         except (OSError, TimeoutError, aiohttp.ClientError) as e:
@@ -209,9 +211,9 @@ class PodDaskExecutor(LocalDaskExecutor):
     async def refresh(self) -> bool:
         """List this instance's batch pods (one call per look)."""
         begun = time.monotonic()
-        selector = f"vre.instance={self.settings.instance},vre.pool"
+        selector = f"vre.instance={self.settings.instance},vre.pool,vre.role!=job"   # Jobs' pods: kubejobs
         try:
-            pods = await self._acall(lambda api: api.list_pod_for_all_namespaces(label_selector=selector))
+            pods = await self.acall(lambda api: api.list_pod_for_all_namespaces(label_selector=selector))
         except (ApiException, ClusterUnavailable, k8s.KubernetesBackendError) as e:
             self._last_error = k8s.api_reason(e) if isinstance(e, ApiException) else str(e)
             log.warning("could not list the batch pods: %s", self._last_error)
@@ -306,11 +308,11 @@ class PodDaskExecutor(LocalDaskExecutor):
     async def _read(self, name: str) -> Run | None:
         """The run's pod as the API has it now (a scheduler still starting: its address)."""
         try:
-            pod = await self._acall(lambda api: api.read_namespaced_pod(self.pod_name(name), self.namespace(name)))
+            pod = await self.acall(lambda api: api.read_namespaced_pod(self.pod_name(name), self.namespace(name)))
         except k8s.KubernetesBackendError as e:
             raise ExecutorError(str(e)) from None
         except ApiException as e:
-            if _transient(e):
+            if transient(e):
                 raise self._unavailable(e) from None
             if e.status != 404:
                 raise ExecutorError(f"could not read pod {name}: {k8s.api_reason(e)}") from None
@@ -398,7 +400,7 @@ class PodDaskExecutor(LocalDaskExecutor):
         try:
             self._call(delete, KILL_WAIT_S + API_TIMEOUT)
         except ApiException as e:
-            if _transient(e):
+            if transient(e):
                 raise self._unavailable(e) from None
             if e.status != 404:
                 raise ExecutorError(f"could not delete pod {ns}/{pod}: {k8s.api_reason(e)}") from None
@@ -415,7 +417,7 @@ class PodDaskExecutor(LocalDaskExecutor):
             return
         patch = {"metadata": {"annotations": {AUDIT_JOB: str(job_id), AUDIT_JOB_USER: user}}}
         try:
-            await self._acall(lambda api: api.patch_namespaced_pod(self.pod_name(worker), self.namespace(worker), patch))
+            await self.acall(lambda api: api.patch_namespaced_pod(self.pod_name(worker), self.namespace(worker), patch))
         except (ApiException, ClusterUnavailable) as e:
             log.warning("could not tell the observer that %s runs job %s (%s): its reads are recorded as the "
                         "project's worker's", worker, job_id, getattr(e, "reason", e))
@@ -452,14 +454,7 @@ class PodDaskExecutor(LocalDaskExecutor):
             raise ExecutorError(str(e)) from None
         await asyncio.to_thread(self.kill, plan.session_id)  # a leftover of a crashed run never lingers
         if scheduler:
-            token = self._token_file(plan.pool)
-            token.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            new = token.with_name(f".{token.name}.new")
-            new.unlink(missing_ok=True)
-            fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(env["VRE_AGENT_TOKEN"])
-            new.replace(token)
+            write_private(self._token_file(plan.pool), env["VRE_AGENT_TOKEN"])
 
         async def create(api):
             for obj in [*objects, secret]:   # the pool's namespace, policies and quota, as rendered
@@ -470,10 +465,10 @@ class PodDaskExecutor(LocalDaskExecutor):
             return await api.create_namespaced_pod(pod["metadata"]["namespace"], pod)
 
         try:
-            created = await self._acall(create)
+            created = await self.acall(create)
         except (k8s.KubernetesBackendError, ApiException) as e:
             why = k8s.api_reason(e) if isinstance(e, ApiException) else str(e)
-            if _transient(e):
+            if transient(e):
                 raise ClusterUnavailable(f"the cluster cannot take {plan.session_id} now ({why}); the job waits") \
                     from None
             raise ExecutorError(f"the cluster refused the pod of {plan.session_id}: {why}") from None

@@ -44,7 +44,7 @@ from ..plan import (HELD_ROOT, HOME, WORKSPACE, PlanRefused, build_plan, held_di
                     project_paths)
 from ..settings import Settings, files_on_host, k8s_reads_allowed
 from . import inputs
-from .pools import MAX_CLUSTER_WORKERS
+from .pools import KUBE_JOB_INPUTS_MAX, MAX_CLUSTER_WORKERS, as_kubernetes_job
 from .queue import Ask, fair_order
 
 KINDS = ("notebook", "script", "function", "cluster")
@@ -261,6 +261,15 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
                               f"batch quota ({project.job_cpu:g} CPU, {project.job_mem_mb} MiB); ask for fewer")
         params, target = {"workers": workers}, "dask-cluster"
 
+    if as_kubernetes_job(settings, kind) and not files_on_host(settings):
+        carried = len(payload or b"") + (len(code) if lane == "held" and code is not None else 0) + \
+            len(json.dumps(params or {}))
+        if carried > KUBE_JOB_INPUTS_MAX:
+            what = "function's payload" if kind == "function" else f"held {kind} and its parameters"
+            raise JobRejected(f"the {what} weigh {carried / 1024:.0f} KiB; this deployment runs each job as a "
+                              f"Kubernetes Job, whose inputs travel in a Secret of at most "
+                              f"{KUBE_JOB_INPUTS_MAX // 1024} KiB: keep large data in the workspace and read it "
+                              "from there")
     account = get_account(db, user)
     job = Job(project_id=project.id, account_id=account.id, name=name, kind=kind, target=target,
               params=params or {}, profile=plan.profile, cpu=cpu, mem_mb=mem, gpus=gpus,
