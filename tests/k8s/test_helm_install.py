@@ -525,6 +525,7 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         for claim, path in volumes.items():
             kube.run("delete", "persistentvolume", f"{rwx}-{claim}", "--wait=false")
             shutil.rmtree(path, ignore_errors=True)
+        kube.run("delete", "customresourcedefinition", LOCALQUEUE_CRD["metadata"]["name"], "--wait=false")
 
 
 CLAIMS_JOB = """
