@@ -5,8 +5,10 @@ The layer faces the network and runs as its own uid without capabilities; it can
 researcher's home (to resolve a path) nor the VRE's databases (root-only). At start, before it
 drops privileges, it forks this broker and keeps one end of two socket pairs, the broker's only
 input: one for path checks (on the request path of file routes), one for records (audit and
-egress, which wait on durable commits), so a check never queues behind a commit. Each is served
-by its own thread; requests are length-prefixed JSON, answered in order:
+egress, which wait on durable commits), so a check never queues behind a commit. Requests are
+length-prefixed JSON with an id, and each answer carries its request's id. Records are answered
+in order, by one thread; checks each in a thread of a small pool (``CHECK_WORKERS``), as they
+come: a check that waits (a member's claims reader starting) holds up no other session's.
 
 * ``classify {session, path, raw}``: where a session path leads (:mod:`vre.access.resolve`, from
   the mount table the hub wrote to the session's run directory), and whether it is DICOM. ``raw``:
@@ -31,6 +33,7 @@ import socket
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import select
 
@@ -44,6 +47,8 @@ from .resolve import USER_KINDS, MountMap, access_file, candidates, is_dicom, re
 log = logging.getLogger("vre.access.broker")
 _LEN = struct.Struct("!I")
 MAX_MESSAGE = 8 << 20
+#: Checks answered at once (the checks channel); records are answered one at a time, in order.
+CHECK_WORKERS = 8
 SOURCE = "access-layer"
 ROLE_CACHE_SECONDS = 60
 
@@ -94,10 +99,11 @@ class Broker:
         """The session's table with its home and workspace on its member's claims reader (the
         hub cannot mount them, and a link there must be read where it is, or a link to a dataset
         would pass for a file of the home). Only for raw downloads: the Lab's contents reads (every
-        listing and open of its file browser) would keep a reader pod per member running, and a
-        reader's start would hold up every session's checks, which this broker answers in order;
-        contents reads are classified by the mounts' kinds alone there, and their answers'
-        bytes are still looked at for DICOM by the layer (``_inspect``)."""
+        listing and open of its file browser) would keep a reader pod per member running, and
+        each would wait for a reader's start; contents reads are classified by the mounts' kinds
+        alone there, and their answers' bytes are still looked at for DICOM by the layer
+        (``_inspect``). A check that waits for a reader holds up no other: checks are answered
+        each in a thread of their own (``serve``)."""
         from ..claims.pods import ClaimFiles, reader_path   # the cluster's client, only where it is used
         from ..plan import build_plan
 
@@ -180,22 +186,44 @@ class Broker:
             return {"rows": self.egress_today(str(request["day"]))}
         raise ValueError(f"unknown broker request {op!r}")
 
-    def serve(self, sock: socket.socket) -> None:
-        while True:
-            try:
-                (size,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
-                if size > MAX_MESSAGE:
-                    raise EOFError
-                request = json.loads(_recv_exact(sock, size))
-            except (EOFError, ConnectionError, ValueError):
-                return
+    def serve(self, sock: socket.socket, workers: int = 1) -> None:
+        """Answer ``sock``'s requests: in order (``workers`` 1), or each in a thread of a pool of
+        ``workers``, as they come; every answer names its request's id."""
+        send = threading.Lock()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="vre-broker") if workers > 1 else None
+
+        def answer(request: dict) -> None:
             try:
                 reply = {"ok": True, "result": self.handle(request)}
             except Exception as e:  # noqa: BLE001 - answered to the layer, which fails closed
                 log.exception("broker request %s failed", request.get("op"))
                 reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            reply["id"] = request.get("id")
             data = json.dumps(reply).encode()
-            sock.sendall(_LEN.pack(len(data)) + data)
+            try:
+                with send:
+                    sock.sendall(_LEN.pack(len(data)) + data)
+            except OSError:   # the layer is gone: so is this process, soon (PR_SET_PDEATHSIG)
+                pass
+
+        try:
+            while True:
+                try:
+                    (size,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
+                    if size > MAX_MESSAGE:
+                        raise EOFError
+                    request = json.loads(_recv_exact(sock, size))
+                except (EOFError, ConnectionError, ValueError):
+                    return
+                if not isinstance(request, dict):
+                    return
+                if pool is None:
+                    answer(request)
+                else:
+                    pool.submit(answer, request)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _event(e: dict, role_of) -> Event:
@@ -208,8 +236,8 @@ def _event(e: dict, role_of) -> Event:
 
 
 def run_child(settings: Settings, socks: list[socket.socket]) -> None:
-    """The broker's process body (forked by the layer before it drops privileges): one thread per
-    socket; it ends when the layer closes them (or dies)."""
+    """The broker's process body (forked by the layer before it drops privileges): a thread per
+    socket, the checks' (the first) with its pool; it ends when the layer closes them (or dies)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the layer
     libc.prctl(4, 0, 0, 0, 0)               # PR_SET_DUMPABLE 0: no ptrace, no /proc/<pid>/mem
@@ -217,7 +245,8 @@ def run_child(settings: Settings, socks: list[socket.socket]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.umask(0o077)
     broker = Broker(settings)
-    threads = [threading.Thread(target=broker.serve, args=(s,), daemon=True) for s in socks]
+    threads = [threading.Thread(target=broker.serve, args=(s, CHECK_WORKERS if i == 0 else 1), daemon=True)
+               for i, s in enumerate(socks)]
     for t in threads:
         t.start()
     for t in threads:
@@ -225,22 +254,52 @@ def run_child(settings: Settings, socks: list[socket.socket]) -> None:
 
 
 class BrokerClient:
-    """The layer's end: one request at a time (the broker answers in order)."""
+    """The layer's end: requests go out one at a time, and a task of its own hands each answer
+    to its caller by id (the checks channel answers as each check is done, not in order)."""
 
     def __init__(self, sock: socket.socket):
         self._sock = sock
         self._lock = asyncio.Lock()
         self._reader = self._writer = None
+        self._replies: asyncio.Task | None = None
+        self._pending: dict[int, asyncio.Future] = {}
+        self._last_id = 0
+
+    async def _read_replies(self) -> None:
+        try:
+            while True:
+                (size,) = _LEN.unpack(await self._reader.readexactly(_LEN.size))
+                reply = json.loads(await self._reader.readexactly(size))
+                waiter = self._pending.pop(reply.get("id"), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(reply)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as e:
+            gone = BrokerError(f"the broker is gone ({type(e).__name__})")
+            for waiter in self._pending.values():
+                if not waiter.done():
+                    waiter.set_exception(gone)
+            self._pending.clear()
 
     async def call(self, op: str, **args):
-        async with self._lock:
+        async with self._lock:   # one request written at a time; their answers come as they come
             if self._writer is None:
                 self._reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
-            data = json.dumps({"op": op, **args}).encode()
-            self._writer.write(_LEN.pack(len(data)) + data)
-            await self._writer.drain()
-            (size,) = _LEN.unpack(await self._reader.readexactly(_LEN.size))
-            reply = json.loads(await self._reader.readexactly(size))
+                self._replies = asyncio.ensure_future(self._read_replies())
+            if self._replies.done():
+                raise BrokerError("the broker is gone")
+            rid = self._last_id = self._last_id + 1
+            waiter = self._pending[rid] = asyncio.get_running_loop().create_future()
+            data = json.dumps({"op": op, "id": rid, **args}).encode()
+            try:
+                self._writer.write(_LEN.pack(len(data)) + data)
+                await self._writer.drain()
+            except ConnectionError as e:
+                self._pending.pop(rid, None)
+                raise BrokerError(f"the broker is gone ({type(e).__name__})") from None
+        try:
+            reply = await waiter
+        finally:
+            self._pending.pop(rid, None)   # a caller that gave up (its request cancelled) leaves nothing
         if not reply.get("ok"):
             raise BrokerError(reply.get("error") or "broker error")
         return reply["result"]
