@@ -1,11 +1,13 @@
 """The batch queue's rules without running anything: admission and fair order, the GPU allocator
 with a fake device list, worker plans, and submission validation (on SQLite and PostgreSQL)."""
 
+import asyncio
 import base64
 import json
 import os
 
 import pytest
+from sqlalchemy import select
 
 from vre import db as vdb
 from vre import gpus
@@ -391,3 +393,35 @@ def test_on_claims_the_worker_makes_the_folder_from_what_the_service_kept(world,
     assert inputs.stashed(pvc) == {f["id"], 9999, fspec["id"] + 2}   # the rerun above is queued
     with vdb.session_scope(pvc.vre_db_url) as db:
         assert service.rerun(db, pvc, "ann", f["id"]).kind == "function"
+
+
+def test_the_api_reads_a_jobs_folder_once_its_transaction_has_ended(world):
+    """On claims a folder read may wait for a member's claims reader to start: the jobs API does
+    it after its database transaction (``_JobsHandler.run(..., then=)``), holding no connection
+    meanwhile; an error there is still mapped to an answer."""
+    from types import SimpleNamespace
+
+    from tornado import web
+
+    from vre.jobs.api import _JobsHandler
+
+    handler = SimpleNamespace(current_user=SimpleNamespace(name="ann"), vre=world)
+    engine = vdb.engine_for(world.vre_db_url)
+    seen = {}
+
+    def find(db, user):
+        slug = db.scalar(select(vdb.Project.slug).limit(1))
+        seen["during"] = engine.pool.checkedout()   # the transaction holds its connection
+        return slug
+
+    def read(slug):
+        seen["after"] = engine.pool.checkedout()
+        return slug
+    assert asyncio.run(_JobsHandler.run(handler, find, then=read)) == "lung"
+    assert seen == {"during": 1, "after": 0}
+
+    def unavailable(_):
+        raise service.JobRejected("the folder cannot be read now")
+    with pytest.raises(web.HTTPError) as e:
+        asyncio.run(_JobsHandler.run(handler, find, then=unavailable))
+    assert e.value.status_code == 400

@@ -45,13 +45,17 @@ class _JobsHandler(ServiceAPIHandler):
         super().initialize(vre_settings)
         self.vre = vre_settings
 
-    async def run(self, func, *args):
-        """Call ``func(db, settings, user, *args)`` in a thread, in one transaction; map errors."""
+    async def run(self, func, *args, then=None):
+        """Call ``func(db, user, *args)`` in a thread, in one transaction, and ``then`` on its
+        result once that transaction has ended: reads of a job's folder go there, since on claims
+        they may wait for a member's claims reader to start, and no database connection should
+        wait with them. Errors of both are mapped to answers."""
         user = self.current_user.name
 
         def call():
             with vdb.session_scope(self.vre.vre_db_url) as db:
-                return func(db, user, *args)
+                result = func(db, user, *args)
+            return then(result) if then is not None else result
         try:
             return await asyncio.to_thread(call)
         except service.JobRejected as e:
@@ -129,9 +133,13 @@ class JobHandler(_JobsHandler):
         def one(db, user):
             job = service.get(db, self.vre, user, int(job_id))
             place = service.positions(db, job.project_id).get(job.id) if job.state == "queued" else None
-            return service.to_dict(self.vre, job, place, detail=True,
-                                   folder=service.job_files(db, self.vre, job, user) if job.lane == "open" else None)
-        self.reply(await self.run(one))
+            folder = service.job_files(db, self.vre, job, user) if job.lane == "open" else None
+            return job, service.to_dict(self.vre, job, place), folder
+
+        def with_files(found):
+            job, data, folder = found
+            return {**data, **service.folder_details(self.vre, job, folder=folder)}
+        self.reply(await self.run(one, then=with_files))
 
 
 class JobLogHandler(_JobsHandler):
@@ -143,12 +151,15 @@ class JobLogHandler(_JobsHandler):
         except (ValueError, AssertionError):
             raise web.HTTPError(400, f"offset must be a whole number of bytes, at most {MAX_OFFSET}") from None
 
-        def log(db, user):
+        def find(db, user):
             job = service.get(db, self.vre, user, int(job_id))
-            folder = service.job_files(db, self.vre, job, user) if job.lane == "open" else None
+            return job, service.job_files(db, self.vre, job, user) if job.lane == "open" else None
+
+        def log(found):
+            job, folder = found
             text, nxt = service.member_log(self.vre, job, offset, folder=folder)
             return {"text": text, "offset": nxt, "state": job.state}
-        self.reply(await self.run(log))
+        self.reply(await self.run(find, then=log))
 
 
 class JobActionHandler(_JobsHandler):

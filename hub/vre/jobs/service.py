@@ -485,10 +485,16 @@ def to_dict(settings: Settings, job: Job, position: int | None = None, *, detail
     if job.kind == "cluster" and job.state == "running":  # where the session's Dask client connects
         data["scheduler"] = scheduler_address(settings, pool_for(job.project.slug, job.lane))
     if detail:
-        data["progress"] = progress(settings, job, folder=folder)
-        data["outputs"] = outputs(settings, job, folder=folder)
-        if job.lane == "held":
-            data["held"] = HELD_NOTE.format(outdir=outdir_inside(job.id, "held"))
+        data.update(folder_details(settings, job, folder=folder))
+    return data
+
+
+def folder_details(settings: Settings, job: Job, *, folder: Folder | None = None) -> dict:
+    """What the detail of a job shows of its folder (its progress and outputs), read from
+    ``folder``; it needs no database (the API reads it once its transaction has ended)."""
+    data = {"progress": progress(settings, job, folder=folder), "outputs": outputs(settings, job, folder=folder)}
+    if job.lane == "held":
+        data["held"] = HELD_NOTE.format(outdir=outdir_inside(job.id, "held"))
     return data
 
 
