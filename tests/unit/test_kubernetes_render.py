@@ -560,6 +560,15 @@ def test_a_job_that_needs_no_dask_is_a_kubernetes_job_around_the_worker_pod():
     assert queue == {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue",
                      "metadata": {"name": "vre-batch", "namespace": "vre-lung", "labels": {"vre.instance": "vre"}},
                      "spec": {"clusterQueue": "hospital-gpus"}}
+    # a GPU job: a count the cluster places, on the GPU nodes, as a GPU worker's
+    gpu_settings = queued.replace(k8s_gpu_node_selector={"nvidia.com/gpu.present": "true"})
+    gpu_worker = batch_plan().for_worker("job-43-1", cpu=1.0, mem_mb=1408, gpus=1)
+    gpu_job = batch_job(gpu_settings, gpu_worker, batch_pod(gpu_settings, gpu_worker, image=IMAGE, env=gpu_worker.env,
+                                                            command=command), job_id=43, attempt=1, user="ann")
+    validate(gpu_job)
+    gpu_spec = gpu_job["spec"]["template"]["spec"]
+    assert gpu_spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu_spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and gpu_spec["tolerations"]
     # unobserved reads (no observer): no gate and no audit annotations
     plain = SETTINGS.replace(k8s_unobserved_reads=True, k8s_job_runner="jobs")
     pod = batch_pod(plain, worker, image=IMAGE, env=worker.env, command=command)
