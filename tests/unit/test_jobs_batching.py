@@ -953,3 +953,25 @@ def test_a_job_whose_creation_went_unanswered_is_found_or_taken_for_lost_never_l
     kube.listed[f"k8s-job/vre-job-{a}-1"] = KubeJob("vre-lung", f"vre-job-{a}-1", started=vdb.utcnow())
     kube_look(engine)
     assert audited(settings, "job.start") == [f"job/{a}"] and states(settings)[b] == "running"
+
+
+def test_a_job_waiting_in_the_clusters_queue_has_not_started_a_removed_member_fails_it(world):
+    """Admitted by the project's quota but suspended in Kueue's queue, a job has not started: when
+    its member leaves the project meanwhile, its Job is deleted and it fails, saying why (as a
+    queued job of hers would), instead of starting later with her former access."""
+    from vre.jobs.kubejobs import KubeJob
+    settings = world.replace(k8s_job_runner="jobs", k8s_kueue_queue="vre-batch")
+    a, b = submit(settings, "ann"), submit(settings, "ben")
+    engine = Engine(settings, executor=FakeExecutor(0))
+    kube = engine.kube = FakeKube()
+    kube_look(engine)
+    wa, wb = (f"k8s-job/vre-job-{j}-1" for j in (a, b))
+    kube.listed = {wa: KubeJob("vre-lung", f"vre-job-{a}-1", suspended=True),
+                   wb: KubeJob("vre-lung", f"vre-job-{b}-1", suspended=True)}
+    kube_look(engine)
+    assert states(settings) == {a: "running", b: "running"} and kube.deleted == []
+    with vdb.session_scope(settings.vre_db_url) as db:
+        P.remove_member(db, "lung", "ann")
+    kube_look(engine)
+    assert states(settings) == {a: "failed", b: "running"} and set(kube.deleted) == {wa}
+    assert reasons(settings)[a].startswith("not started: ") and "lung" in reasons(settings)[a]

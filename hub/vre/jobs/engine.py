@@ -799,6 +799,8 @@ class Engine:
             self.finish(db, job, "cancelled", job.reason or "cancelled")
             return
         if view.suspended and not view.ended:   # in the cluster's queue: not admitted yet, or preempted
+            if await self.kube_plan_changed(db, job):
+                return
             if job.started_at is not None:      # Kueue took its place back: its pod ended, the Job waits
                 job.started_at = None           # its next run is a start of its own (audited, timed)
                 self.audit(job, "job.requeue", outcome="error", details={
@@ -833,6 +835,31 @@ class Engine:
             self._starting = True
         elif job.reason:
             job.reason = ""
+
+    async def kube_plan_changed(self, db, job: Job) -> bool:
+        """While its Job waits in the cluster's queue, a job has not started: as for a queued job,
+        a member removed (or a profile gone) since fails it, and a change of the datasets its plan
+        mounts makes its Job again (the waiting one would mount the old ones). The plans are
+        cached until such a change, so this costs nothing while nothing changes."""
+        try:
+            plan = self.plans.get(db, self.settings, job.account.name, job.project.slug, job.profile,
+                                  role=role_of(job))
+        except PlanRefused as e:
+            why = f"not started: {e}"
+        else:
+            if list(plan.datasets) == (job.usage or {}).get("datasets", []):
+                return False
+            why = ""
+        await self.commit(db)
+        await self.kube.delete(pool_of(job), job.worker)
+        self.release(db, job)
+        if why:
+            self.finish(db, job, "failed", why)
+        else:   # its next start makes a Job of the current plan
+            job.state, job.worker, job.started_at = "queued", "", None
+            job.reason = "waiting: its datasets changed while it waited in the cluster's queue; started again"
+            self.audit(job, "job.requeue", outcome="error", details={"reason": job.reason})
+        return True
 
     async def kube_ended(self, db, job: Job, view) -> None:
         """Record how a Kubernetes Job's run ended: the kubelet's word first (its deadline, an OOM
