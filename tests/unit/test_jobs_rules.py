@@ -425,3 +425,21 @@ def test_the_api_reads_a_jobs_folder_once_its_transaction_has_ended(world):
     with pytest.raises(web.HTTPError) as e:
         asyncio.run(_JobsHandler.run(handler, find, then=unavailable))
     assert e.value.status_code == 400
+
+
+def test_a_submission_on_claims_starts_her_reader_before_its_transaction(world):
+    """``warm`` asks the reader behind the workspace a first question (starting its pod) outside
+    any transaction; what fails there is left to the submission, which says it with its answer."""
+    from types import SimpleNamespace
+
+    from vre.claims.files import ReaderUnavailable
+    from vre.jobs.api import warm
+
+    asked = []
+
+    def lstat(path):
+        asked.append(path)
+        raise ReaderUnavailable("her reader did not answer")
+    warm(service.Folder(SimpleNamespace(lstat=lstat), "/claims/workspace", ""))
+    warm(None)   # not a member: nothing to start
+    assert asked == ["/claims/workspace"]

@@ -30,7 +30,7 @@ from ..audit.events import emit
 from ..plan import PlanRefused
 from ..api.base import ServiceAPIHandler, requires_scope
 from ..roles import JOBS_SCOPE
-from ..settings import Settings
+from ..settings import Settings, files_on_host
 from . import service
 
 MAX_LIST = 5000
@@ -69,6 +69,13 @@ class _JobsHandler(ServiceAPIHandler):
         except VREError as e:
             raise web.HTTPError(400, str(e)) from None
 
+    def workspace(self, db, user: str, project: str):
+        """The project's workspace as ``user`` reads it, or None where she may not."""
+        try:
+            return service.workspace_folder(db, self.vre, user, project)
+        except (PlanRefused, VREError):
+            return None
+
     def reply(self, data, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Cache-Control", "no-store")
@@ -76,6 +83,16 @@ class _JobsHandler(ServiceAPIHandler):
 
     def job_id(self, raw: str) -> int:
         return int(raw)
+
+
+def warm(folder) -> None:
+    """Start the claims reader behind ``folder`` (outside any transaction: no database connection
+    waits for a pod). What fails here is said again, with its answer, by the request itself."""
+    if folder is not None:
+        try:
+            folder.files.lstat(folder.base)
+        except (OSError, VREError):
+            pass
 
 
 class JobListHandler(_JobsHandler):
@@ -114,6 +131,8 @@ class JobListHandler(_JobsHandler):
             job = service.submit(db, self.vre, user, body)
             return service.to_dict(self.vre, job)
         try:
+            if not files_on_host(self.vre) and isinstance(project, str) and body.get("kind") in ("notebook", "script"):
+                await self.run(self.workspace, project, then=warm)   # the submission then reads her script at once
             job = await self.run(submit)
         except web.HTTPError as e:
             outcome = "denied" if e.status_code == 403 else "error"
