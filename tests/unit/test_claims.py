@@ -451,3 +451,24 @@ def test_a_reader_that_cannot_start_changes_nothing(world, monkeypatch):
     with pytest.raises(ReaderUnavailable, match="does not answer"):
         ops.create(settings, who("ben"), "lung", "x", "", ["a.txt"])
     assert ops.list_requests(settings, who("ben")) == []
+
+
+def test_an_export_starts_the_authors_reader_before_its_transaction():
+    """``airlock.store.warm``: the reader behind her home is asked a first question (its pod
+    started) before the transaction that asks it where her files lead; on the host, nothing."""
+    from types import SimpleNamespace
+
+    from vre.access.resolve import MountMap
+    from vre.airlock import store
+    from vre.claims.files import ReaderUnavailable
+
+    asked = []
+
+    def lstat(path):
+        asked.append(path)
+        raise ReaderUnavailable("not yet")
+    mounts = (("/home/jovyan/project", "/claims/workspace", "workspace"), ("/home/jovyan", "/claims/home", "home"))
+    store.warm(MountMap("/home/jovyan", mounts, SimpleNamespace(lstat=lstat)))
+    assert asked == ["/claims/home"]
+    store.warm(MountMap("/home/jovyan", (("/home/jovyan", "/srv/homes/ann", "home"),)))   # the host's: no reader
+    assert asked == ["/claims/home"]

@@ -22,6 +22,7 @@ from ..db import AirlockFile, AirlockRequest, utcnow
 from ..errors import NotFound, VREError
 from ..plan import PlanRefused
 from ..projects import get_project
+from ..settings import files_on_host
 from . import held
 from . import record as rec
 from . import review as R
@@ -289,10 +290,27 @@ def create(settings, who: Actor, project: str, title: str, justification: str = 
     return out
 
 
+def _warm(settings, who: Actor, request_id: int) -> None:
+    """Before a transaction that asks the author's claims reader about her files: start it (her
+    own requests only; nothing is decided here: the transaction checks everything again)."""
+    if files_on_host(settings):
+        return
+    with vdb.session_scope(settings.vre_db_url) as db:
+        req = db.get(AirlockRequest, request_id)
+        if req is None or req.author.name != who.name:
+            return
+        try:
+            mm = store.mount_map(db, settings, req.author.name, req.project.slug)
+        except (PlanRefused, VREError):
+            return
+    store.warm(mm)
+
+
 def add_files(settings, who: Actor, request_id: int, files) -> dict:
     items = _items(files)
     if not items:
         raise VREError("name at least one file or folder to add")
+    _warm(settings, who, request_id)
     with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "add files to it")
@@ -457,6 +475,7 @@ def check(settings, who: Actor, request_id: int) -> dict:
 
 def submit(settings, who: Actor, request_id: int) -> dict:
     """Freeze the files not yet frozen and submit for review; Refused (nothing changed) lists problems."""
+    _warm(settings, who, request_id)
     with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "submit it")

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from ..access.resolve import USER_KINDS, MountMap, resolve
 from ..claims.files import LOCAL, Files
+from ..errors import VREError
 from ..plan import HELD_ROOT, HOME, Mount, build_plan, held_dir
 from ..settings import files_on_host
 from . import held
@@ -83,6 +84,21 @@ def mount_map(db, settings, user: str, project: str) -> MountMap:
         return MountMap.from_plan(HOME, (*mounts, held), files)
     held = Mount(held_dir(settings, project) / "jobs", f"{HELD_ROOT}/jobs", True, "held")
     return MountMap.from_plan(HOME, (*plan.mounts, held))
+
+
+def warm(mm: MountMap) -> None:
+    """Where the author's home is a claims reader's: ask it a first question (starting its pod)
+    outside any transaction, so that no database connection waits for a pod. What fails here is
+    said again, with its answer, by the request itself."""
+    if mm.files is LOCAL:
+        return
+    for _, source, kind in mm.mounts:
+        if kind == "home":
+            try:
+                mm.files.lstat(source)
+            except (OSError, VREError):
+                pass
+            return
 
 
 def session_path(named: str) -> str:
