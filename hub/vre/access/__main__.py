@@ -73,7 +73,8 @@ async def serve(settings: Settings, listeners: dict, broker_socks: list, secrets
     login = Login(api_url=settings.hub_local_url + "/hub/api",
                   api_token=secrets["api_token"], secret=secrets["cookie_secret"])
     routes = RouteTable(settings.proxy_api_url, secrets["chp_token"])
-    checks, records = (broker_mod.BrokerClient(s) for s in broker_socks)
+    stop = asyncio.Event()   # set by SIGTERM/SIGINT, or when the broker is gone (the hub restarts the layer)
+    checks, records = (broker_mod.BrokerClient(s, on_gone=stop.set) for s in broker_socks)
     layer = AccessLayer(login=login, routes=routes, checks=checks, records=records, chp_url=chp_url)
     try:
         await layer.start()
@@ -94,7 +95,6 @@ async def serve(settings: Settings, listeners: dict, broker_socks: list, secrets
         await runner.setup()
         await web.SockSite(runner, sock).start()
         runners.append(runner)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

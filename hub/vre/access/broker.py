@@ -49,6 +49,9 @@ _LEN = struct.Struct("!I")
 MAX_MESSAGE = 8 << 20
 #: Checks answered at once (the checks channel); records are answered one at a time, in order.
 CHECK_WORKERS = 8
+#: Of those, raw-download checks on claims, which may wait for a member's claims reader to start:
+#: a pool of their own, so the Lab's other checks never wait behind them.
+SLOW_CHECK_WORKERS = 4
 SOURCE = "access-layer"
 ROLE_CACHE_SECONDS = 60
 
@@ -186,44 +189,67 @@ class Broker:
             return {"rows": self.egress_today(str(request["day"]))}
         raise ValueError(f"unknown broker request {op!r}")
 
-    def serve(self, sock: socket.socket, workers: int = 1) -> None:
+    def slow(self, request: dict) -> bool:
+        """Whether answering ``request`` may wait for a claims reader's start (``_on_claims``)."""
+        return request.get("op") == "classify" and bool(request.get("raw")) and not files_on_host(self.settings)
+
+    def serve(self, sock: socket.socket, workers: int = 1, slow_workers: int = 0) -> None:
         """Answer ``sock``'s requests: in order (``workers`` 1), or each in a thread of a pool of
-        ``workers``, as they come; every answer names its request's id."""
+        ``workers`` as they come, those that may wait for a reader's start (``slow``) in a pool
+        of ``slow_workers`` of their own; every answer names its request's id. A request that
+        breaks the protocol ends the channel (shut down, so the layer's waiting callers learn
+        that the broker is gone rather than wait for ever)."""
         send = threading.Lock()
         pool = ThreadPoolExecutor(workers, thread_name_prefix="vre-broker") if workers > 1 else None
+        slow_pool = ThreadPoolExecutor(slow_workers, thread_name_prefix="vre-broker-slow") if slow_workers else None
 
         def answer(request: dict) -> None:
             try:
-                reply = {"ok": True, "result": self.handle(request)}
-            except Exception as e:  # noqa: BLE001 - answered to the layer, which fails closed
-                log.exception("broker request %s failed", request.get("op"))
-                reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-            reply["id"] = request.get("id")
-            data = json.dumps(reply).encode()
-            try:
+                try:
+                    reply = {"ok": True, "result": self.handle(request), "id": request.get("id")}
+                    data = json.dumps(reply).encode()
+                except Exception as e:  # noqa: BLE001 - answered to the layer, which fails closed
+                    log.exception("broker request %s failed", request.get("op"))
+                    data = json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}",
+                                       "id": request.get("id")}).encode()
                 with send:
                     sock.sendall(_LEN.pack(len(data)) + data)
-            except OSError:   # the layer is gone: so is this process, soon (PR_SET_PDEATHSIG)
-                pass
+            except Exception:   # noqa: BLE001 - the socket is gone, or worse: end the channel
+                log.exception("broker could not answer a %s request; closing the channel", request.get("op"))
+                _shut(sock)
 
         try:
             while True:
                 try:
                     (size,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
                     if size > MAX_MESSAGE:
-                        raise EOFError
+                        raise ValueError(f"a request of {size} bytes")
                     request = json.loads(_recv_exact(sock, size))
-                except (EOFError, ConnectionError, ValueError):
+                    if not isinstance(request, dict):
+                        raise ValueError("a request that is not an object")
+                except (EOFError, ConnectionError):
                     return
-                if not isinstance(request, dict):
+                except ValueError as e:
+                    log.error("the access layer broke the broker's protocol (%s); closing the channel", e)
                     return
-                if pool is None:
-                    answer(request)
-                else:
+                if slow_pool is not None and self.slow(request):
+                    slow_pool.submit(answer, request)
+                elif pool is not None:
                     pool.submit(answer, request)
+                else:
+                    answer(request)
         finally:
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
+            _shut(sock)
+            for p in (pool, slow_pool):
+                if p is not None:
+                    p.shutdown(wait=False, cancel_futures=True)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _event(e: dict, role_of) -> Event:
@@ -245,8 +271,8 @@ def run_child(settings: Settings, socks: list[socket.socket]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.umask(0o077)
     broker = Broker(settings)
-    threads = [threading.Thread(target=broker.serve, args=(s, CHECK_WORKERS if i == 0 else 1), daemon=True)
-               for i, s in enumerate(socks)]
+    threads = [threading.Thread(target=broker.serve, args=(s, CHECK_WORKERS, SLOW_CHECK_WORKERS) if i == 0 else (s,),
+                                daemon=True) for i, s in enumerate(socks)]
     for t in threads:
         t.start()
     for t in threads:
@@ -257,8 +283,9 @@ class BrokerClient:
     """The layer's end: requests go out one at a time, and a task of its own hands each answer
     to its caller by id (the checks channel answers as each check is done, not in order)."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, on_gone=None):
         self._sock = sock
+        self._on_gone = on_gone   # called once when the broker is gone (the layer then exits: restarted)
         self._lock = asyncio.Lock()
         self._reader = self._writer = None
         self._replies: asyncio.Task | None = None
@@ -266,19 +293,26 @@ class BrokerClient:
         self._last_id = 0
 
     async def _read_replies(self) -> None:
+        why = None   # None: the layer itself is stopping (this task cancelled)
         try:
             while True:
                 (size,) = _LEN.unpack(await self._reader.readexactly(_LEN.size))
                 reply = json.loads(await self._reader.readexactly(size))
-                waiter = self._pending.pop(reply.get("id"), None)
+                waiter = self._pending.pop(reply.get("id"), None) if isinstance(reply, dict) else None
                 if waiter is not None and not waiter.done():
                     waiter.set_result(reply)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as e:
-            gone = BrokerError(f"the broker is gone ({type(e).__name__})")
+        except Exception as e:  # noqa: BLE001 - whatever ends the reading, every waiter is told
+            why = type(e).__name__
+        finally:
+            gone = BrokerError(f"the broker is gone ({why or 'the layer stops'})")
             for waiter in self._pending.values():
                 if not waiter.done():
                     waiter.set_exception(gone)
             self._pending.clear()
+            if why is not None:
+                log.critical("the access layer's broker is gone (%s): the layer stops, to be started again", why)
+                if self._on_gone is not None:
+                    self._on_gone()
 
     async def call(self, op: str, **args):
         async with self._lock:   # one request written at a time; their answers come as they come
@@ -288,14 +322,18 @@ class BrokerClient:
             if self._replies.done():
                 raise BrokerError("the broker is gone")
             rid = self._last_id = self._last_id + 1
-            waiter = self._pending[rid] = asyncio.get_running_loop().create_future()
             data = json.dumps({"op": op, "id": rid, **args}).encode()
+            if len(data) > MAX_MESSAGE:
+                raise BrokerError(f"a {op} request of {len(data)} bytes is over the broker's {MAX_MESSAGE}")
+            waiter = self._pending[rid] = asyncio.get_running_loop().create_future()
             try:
                 self._writer.write(_LEN.pack(len(data)) + data)
                 await self._writer.drain()
-            except ConnectionError as e:
+            except BaseException as e:   # gone, or the caller cancelled: no waiter is left behind
                 self._pending.pop(rid, None)
-                raise BrokerError(f"the broker is gone ({type(e).__name__})") from None
+                if isinstance(e, ConnectionError):
+                    raise BrokerError(f"the broker is gone ({type(e).__name__})") from None
+                raise
         try:
             reply = await waiter
         finally:

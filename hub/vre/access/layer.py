@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 
 from . import kernelmsg, policy
 from .auth import CALLBACK, COOKIE, STATE_COOKIE, Caller, Login, safe_next
-from .broker import BrokerClient, BrokerError
+from .broker import MAX_MESSAGE, BrokerClient, BrokerError
 from .meter import CAP_MESSAGE, CEILING_MESSAGE, LARGE, Meter, ceiling, human
 from .routes import RouteTable, SessionRoute, proxy_client
 
@@ -80,6 +80,25 @@ def _egress_class(rest: str, route: policy.Route) -> str:
 def _json_error(status: int, reason: str, message: str, **headers) -> web.Response:
     return web.Response(status=status, text=json.dumps({"status": status, "reason": reason, "message": message}),
                         content_type="application/json", headers={"Cache-Control": "no-store", **headers})
+
+
+#: Bytes of audit events sent to the broker in one request at most (its limit is MAX_MESSAGE).
+RECORDS_PART = MAX_MESSAGE // 4
+
+
+def _parts(events: list[dict], budget: int):
+    """``events`` in consecutive parts of at most ``budget`` bytes of JSON each (an event larger
+    than that alone: the broker refuses it if it is over its own limit, and says so)."""
+    part, size = [], 0
+    for e in events:
+        n = len(json.dumps(e, default=str)) + 2
+        if part and size + n > budget:
+            yield part
+            part, size = [], 0
+        part.append(e)
+        size += n
+    if part:
+        yield part
 
 
 class AccessLayer:
@@ -548,12 +567,13 @@ class AccessLayer:
             while self._pending:
                 batch, self._pending = self._pending, []
                 events = [e for group, _ in batch for e in group]
-                try:
-                    await self.records.call("audit", events=events)
-                    ok = True
-                except BrokerError as e:
-                    log.error("AUDIT FAILURE: %s (%s)", e, sorted({x["action"] for x in events}))
-                    ok = False
+                ok = True
+                for part in _parts(events, RECORDS_PART):   # each request under the broker's size limit
+                    try:
+                        await self.records.call("audit", events=part)
+                    except BrokerError as e:
+                        log.error("AUDIT FAILURE: %s (%s)", e, sorted({x["action"] for x in part}))
+                        ok = False
                 for _, done in batch:
                     if not done.done():
                         done.set_result(ok)

@@ -296,7 +296,7 @@ def _warm(settings, who: Actor, request_id: int) -> None:
     if files_on_host(settings):
         return
     with vdb.session_scope(settings.vre_db_url) as db:
-        req = db.get(AirlockRequest, request_id)
+        req = vdb.get_by_id(db, AirlockRequest, request_id)
         if req is None or req.author.name != who.name:
             return
         try:
