@@ -472,3 +472,33 @@ def test_an_export_starts_the_authors_reader_before_its_transaction():
     assert asked == ["/claims/home"]
     store.warm(MountMap("/home/jovyan", (("/home/jovyan", "/srv/homes/ann", "home"),)))   # the host's: no reader
     assert asked == ["/claims/home"]
+
+
+def test_a_failed_reader_start_is_remembered_for_a_moment(tmp_path, monkeypatch):
+    """A member whose reader cannot start (its pod cannot be placed) is told so at once for
+    ``FAILED_START_S``, instead of each of her requests waiting minutes for another pod; then a
+    start is tried again."""
+    import types
+
+    settings = Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run", backend="kubernetes",
+                        k8s_storage="pvc")
+    readers = claim_pods.ClaimReaders(settings)
+    starts, clock = [], [1000.0]
+
+    async def start(plan):
+        starts.append(plan.user)
+        raise ReaderUnavailable("the reader of the project's files could not start (Unschedulable)")
+    monkeypatch.setattr(readers, "_start", start)
+    monkeypatch.setattr(claim_pods.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(claim_pods.k8s, "namespace_name", lambda p: "vre-lung")
+    plan = types.SimpleNamespace(user="ann", role="session", pool="lung", project="lung", labels={"vre.project": "lung"})
+    with pytest.raises(ReaderUnavailable, match="could not start"):
+        readers.files(plan)
+    clock[0] += 10
+    with pytest.raises(ReaderUnavailable, match=r"could not start \(Unschedulable\) \(tried 10 s ago"):
+        readers.files(plan)
+    assert starts == ["ann"]
+    clock[0] += claim_pods.FAILED_START_S
+    with pytest.raises(ReaderUnavailable):
+        readers.files(plan)
+    assert starts == ["ann", "ann"]

@@ -51,6 +51,8 @@ IDLE_S = 120
 START_S = 120
 #: Seconds an API call may take.
 API_TIMEOUT = 20
+#: Seconds a failed start of a member's reader is remembered: her requests meanwhile are answered at once.
+FAILED_START_S = 30
 TOKEN_KEY = "token"
 
 
@@ -136,6 +138,7 @@ class ClaimReaders:
         self._readers: dict[tuple[str, str], _Reader] = {}
         self._lock = threading.Lock()
         self._starting: dict[tuple[str, str], threading.Lock] = {}
+        self._failed: dict[tuple[str, str], tuple[float, str]] = {}   # key -> (when, why) of a failed start
         self._client: ApiClient | None = None
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="vre-claims", daemon=True).start()
@@ -171,10 +174,21 @@ class ClaimReaders:
                 return current.files
             if current is not None:
                 self._forget(key, current)
+            # a start that failed a moment ago is not tried again at once: each of the member's
+            # requests would wait minutes for a pod that cannot be placed (a full quota, say)
+            failed = self._failed.get(key)
+            if failed is not None and time.monotonic() - failed[0] < FAILED_START_S:
+                raise ReaderUnavailable(f"{failed[1]} (tried {time.monotonic() - failed[0]:.0f} s ago; "
+                                        f"tried again after {FAILED_START_S} s)")
             # the hub's other processes (the VRE service, the access layer's broker, the CLI) use
             # the same reader: one start among them, the others take it over (the quota holds one)
-            with _held(self._shared(key).with_suffix(".lock")):
-                fresh = self._run(self._take_over_or_start(plan, key), START_S + API_TIMEOUT)
+            try:
+                with _held(self._shared(key).with_suffix(".lock")):
+                    fresh = self._run(self._take_over_or_start(plan, key), START_S + API_TIMEOUT)
+            except ReaderUnavailable as e:
+                self._failed[key] = (time.monotonic(), str(e))
+                raise
+            self._failed.pop(key, None)
             with self._lock:
                 self._readers[key] = fresh
             return fresh.files
