@@ -453,9 +453,10 @@ def test_a_reader_that_cannot_start_changes_nothing(world, monkeypatch):
     assert ops.list_requests(settings, who("ben")) == []
 
 
-def test_an_export_starts_the_authors_reader_before_its_transaction():
-    """``airlock.store.warm``: the reader behind her home is asked a first question (its pod
-    started) before the transaction that asks it where her files lead; on the host, nothing."""
+def test_an_export_starts_the_readers_its_files_need_before_its_transaction():
+    """``airlock.store.warm``: the reader behind each of the request's paths is asked a first
+    question (its pod started) before the transaction that asks it where her files lead, and
+    only those (a held export needs the held pool's reader, not her own); on the host, nothing."""
     from types import SimpleNamespace
 
     from vre.access.resolve import MountMap
@@ -467,38 +468,13 @@ def test_an_export_starts_the_authors_reader_before_its_transaction():
     def lstat(path):
         asked.append(path)
         raise ReaderUnavailable("not yet")
-    mounts = (("/home/jovyan/project", "/claims/workspace", "workspace"), ("/home/jovyan", "/claims/home", "home"))
-    store.warm(MountMap("/home/jovyan", mounts, SimpleNamespace(lstat=lstat)))
-    assert asked == ["/claims/home"]
-    store.warm(MountMap("/home/jovyan", (("/home/jovyan", "/srv/homes/ann", "home"),)))   # the host's: no reader
-    assert asked == ["/claims/home"]
-
-
-def test_a_failed_reader_start_is_remembered_for_a_moment(tmp_path, monkeypatch):
-    """A member whose reader cannot start (its pod cannot be placed) is told so at once for
-    ``FAILED_START_S``, instead of each of her requests waiting minutes for another pod; then a
-    start is tried again."""
-    import types
-
-    settings = Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run", backend="kubernetes",
-                        k8s_storage="pvc")
-    readers = claim_pods.ClaimReaders(settings)
-    starts, clock = [], [1000.0]
-
-    async def start(plan):
-        starts.append(plan.user)
-        raise ReaderUnavailable("the reader of the project's files could not start (Unschedulable)")
-    monkeypatch.setattr(readers, "_start", start)
-    monkeypatch.setattr(claim_pods.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(claim_pods.k8s, "namespace_name", lambda p: "vre-lung")
-    plan = types.SimpleNamespace(user="ann", role="session", pool="lung", project="lung", labels={"vre.project": "lung"})
-    with pytest.raises(ReaderUnavailable, match="could not start"):
-        readers.files(plan)
-    clock[0] += 10
-    with pytest.raises(ReaderUnavailable, match=r"could not start \(Unschedulable\) \(tried 10 s ago"):
-        readers.files(plan)
-    assert starts == ["ann"]
-    clock[0] += claim_pods.FAILED_START_S
-    with pytest.raises(ReaderUnavailable):
-        readers.files(plan)
-    assert starts == ["ann", "ann"]
+    mounts = (("/home/jovyan/project", "/claims/workspace", "workspace"), ("/home/jovyan", "/claims/home", "home"),
+              ("/held/jobs", "/claims/held/jobs", "held"))
+    mm = MountMap.from_plan("/home/jovyan", [SimpleNamespace(target=t, source=s, kind=k) for t, s, k in mounts],
+                            SimpleNamespace(lstat=lstat))
+    store.warm(mm, ["/held/jobs/7/result.txt"])
+    assert asked == ["/claims/held/jobs"]
+    store.warm(mm, ["results/a.csv", "~/project/b.csv", "/home/jovyan/c.csv", "/etc/passwd", ""])
+    assert asked == ["/claims/held/jobs", "/claims/home", "/claims/workspace"]
+    store.warm(MountMap("/home/jovyan", (("/home/jovyan", "/srv/homes/ann", "home"),)), ["a.csv"])   # the host's
+    assert len(asked) == 3

@@ -290,27 +290,29 @@ def create(settings, who: Actor, project: str, title: str, justification: str = 
     return out
 
 
-def _warm(settings, who: Actor, request_id: int) -> None:
-    """Before a transaction that asks the author's claims reader about her files: start it (her
-    own requests only; nothing is decided here: the transaction checks everything again)."""
+def _warm(settings, who: Actor, request_id: int, paths=None) -> None:
+    """Before a transaction that asks claims readers about a request's files (``paths``, default
+    the request's own): start the readers they need (the author's own requests only; nothing is
+    decided here: the transaction checks everything again)."""
     if files_on_host(settings):
         return
     with vdb.session_scope(settings.vre_db_url) as db:
         req = vdb.get_by_id(db, AirlockRequest, request_id)
         if req is None or req.author.name != who.name:
             return
+        paths = [f.path for f in req.files if not f.sha256] if paths is None else paths
         try:
             mm = store.mount_map(db, settings, req.author.name, req.project.slug)
         except (PlanRefused, VREError):
             return
-    store.warm(mm)
+    store.warm(mm, paths)
 
 
 def add_files(settings, who: Actor, request_id: int, files) -> dict:
     items = _items(files)
     if not items:
         raise VREError("name at least one file or folder to add")
-    _warm(settings, who, request_id)
+    _warm(settings, who, request_id, [item["path"] for item in items])
     with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "add files to it")

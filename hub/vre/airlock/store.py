@@ -86,19 +86,29 @@ def mount_map(db, settings, user: str, project: str) -> MountMap:
     return MountMap.from_plan(HOME, (*plan.mounts, held))
 
 
-def warm(mm: MountMap) -> None:
-    """Where the author's home is a claims reader's: ask it a first question (starting its pod)
-    outside any transaction, so that no database connection waits for a pod. What fails here is
-    said again, with its answer, by the request itself."""
+def warm(mm: MountMap, paths) -> None:
+    """Where the files are a claims reader's: ask the reader behind each of ``paths`` (session
+    paths) a first question (starting its pod if it is not running) outside any transaction,
+    so that no database connection waits for a pod; only those readers (a held export needs
+    the held pool's, not the author's). What fails here is said again, with its answer, by the
+    request itself."""
     if mm.files is LOCAL:
         return
-    for _, source, kind in mm.mounts:
-        if kind == "home":
-            try:
-                mm.files.lstat(source)
-            except (OSError, VREError):
-                pass
-            return
+    asked = set()
+    for named in paths:
+        try:
+            path = session_path(named)
+        except ValueError:
+            continue
+        for target, source, _ in mm.mounts:   # longest target first: the mount the path is under
+            if path == target or path.startswith(target.rstrip("/") + "/"):
+                if source not in asked:
+                    asked.add(source)
+                    try:
+                        mm.files.lstat(source)
+                    except (OSError, VREError):
+                        pass
+                break
 
 
 def session_path(named: str) -> str:
