@@ -193,6 +193,7 @@ class Engine:
         self._slow: dict[str, tuple[float, int]] = {}   # pool -> (passed over until, times in a row)
         self._pool_starts: dict[str, asyncio.Task] = {}  # pool -> its scheduler's start, under way
         self._inputs_checked = -INPUTS_EVERY_S        # when kept inputs of ended jobs were last dropped
+        self._kube_listed = False                     # whether this look listed the Kubernetes Jobs
         # jobs run as Kubernetes Jobs (``k8s_job_runner = "jobs"``); followed whatever the runner
         # is now, so that jobs started before a change of it still end
         self.kube = None
@@ -277,10 +278,7 @@ class Engine:
             if active:
                 with self.timed("executor: refresh"):
                     await self.executor.refresh()
-                if self.kube is not None and db.scalar(select(Job.id).where(
-                        Job.state == "running", Job.worker.like(f"{KUBE_WORKER}%")).limit(1)) is not None:
-                    with self.timed("kubernetes jobs: refresh"):
-                        await self.kube.refresh()
+            self._kube_listed = False   # the Jobs are listed at the look's first follow of one
             with self.timed("agent: GET /jobs (status), every pool at once"):
                 self._reports = await self.read_reports(db) if active else {}
             for project in active:
@@ -423,9 +421,7 @@ class Engine:
         and a job that is no longer running in the database is not followed again)."""
         ended, self._ended = self._ended, []
         if ended:
-            task = asyncio.ensure_future(self._forget(ended))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self.in_background(self._forget(ended), "forgetting ended jobs at their agents")
 
     def in_background(self, work, what: str) -> None:
         """Run ``work`` beside the looks (bookkeeping on no job's way); a failure is logged."""
@@ -784,8 +780,14 @@ class Engine:
     async def follow_kube(self, db, job: Job) -> None:
         """Follow a job run as a Kubernetes Job by this look's list (``KubeJobs.refresh``); when
         the API did not answer it, nothing is guessed."""
-        kube, pool = self.kube, pool_of(job)
-        if kube is None or not kube.fresh:
+        kube = self.kube
+        if kube is None:
+            return
+        if not self._kube_listed:
+            self._kube_listed = True
+            with self.timed("kubernetes jobs: refresh"):
+                await kube.refresh()
+        if not kube.fresh:
             return
         view = kube.view(job.worker)
         if view is None:
@@ -793,9 +795,7 @@ class Engine:
                 await self.kube_lost(db, job, "its Kubernetes Job is gone")
             return
         if job.cancel_requested:
-            await self.commit(db)
-            await kube.delete(pool, job.worker)
-            self.release(db, job)
+            await self.stop_kube(db, job)
             self.finish(db, job, "cancelled", job.reason or "cancelled")
             return
         if view.suspended and not view.ended:   # in the cluster's queue: not admitted yet, or preempted
@@ -818,14 +818,10 @@ class Engine:
         if view.finished:
             await self.kube_ended(db, job, view)
         elif view.cannot_start:
-            await self.commit(db)
-            await kube.delete(pool, job.worker)
-            self.release(db, job)
+            await self.stop_kube(db, job)
             self.finish(db, job, "failed", f"could not start: its container cannot start ({view.cannot_start})")
         elif job.started_at and (utcnow() - job.started_at).total_seconds() > job.max_runtime_s + RUNTIME_SLACK:
-            await self.commit(db)   # its task should have stopped it: the engine steps in
-            await kube.delete(pool, job.worker)
-            self.release(db, job)
+            await self.stop_kube(db, job)   # its task should have stopped it: the engine steps in
             self.finish(db, job, "timed_out", f"run-time limit of {job.max_runtime_s} s reached; its task did not "
                                               "stop it, so its Kubernetes Job was deleted")
         elif view.started is None:   # admitted, its pod not running yet
@@ -835,6 +831,14 @@ class Engine:
             self._starting = True
         elif job.reason:
             job.reason = ""
+
+    async def stop_kube(self, db, job: Job) -> None:
+        """Stop a job's Kubernetes Job before its end is recorded: what the look changed so far is
+        committed, the Job deleted (its pod with it; an error leaves the job as it is, for the next
+        look), and what the job held released."""
+        await self.commit(db)
+        await self.kube.delete(pool_of(job), job.worker)
+        self.release(db, job)
 
     async def kube_plan_changed(self, db, job: Job) -> bool:
         """While its Job waits in the cluster's queue, a job has not started: as for a queued job,
@@ -850,9 +854,7 @@ class Engine:
             if list(plan.datasets) == (job.usage or {}).get("datasets", []):
                 return False
             why = ""
-        await self.commit(db)
-        await self.kube.delete(pool_of(job), job.worker)
-        self.release(db, job)
+        await self.stop_kube(db, job)
         if why:
             self.finish(db, job, "failed", why)
         else:   # its next start makes a Job of the current plan

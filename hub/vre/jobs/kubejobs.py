@@ -139,18 +139,13 @@ class KubeJobs:
                 if c.type in ("Complete", "Failed", "FailureTarget") and c.status == "True":
                     found.ended = "Complete" if c.type == "Complete" else "Failed"
                     found.why = found.why or c.reason or ""
-        latest: dict[str, object] = {}   # Job -> its pod: the live one, else the newest (one try, but
-        for pod in pods.items:           # a resumed Job's new pod may meet its last one ending)
+        # a Job's pod: the live one, else the newest (one try, but a resumed Job's new pod may
+        # meet its last one ending)
+        rank = lambda pod: (pod.metadata.deletion_timestamp is None, str(pod.metadata.creation_timestamp or ""))  # noqa: E731
+        for pod in sorted(pods.items, key=rank):   # the one read last wins
             found = seen.get((pod.metadata.labels or {}).get("batch.kubernetes.io/job-name", ""))
-            if found is None or pod.metadata.namespace != found.namespace:
-                continue
-            rank = (pod.metadata.deletion_timestamp is None, str(pod.metadata.creation_timestamp or ""))
-            other = latest.get(found.name)
-            if other is None or rank > (other.metadata.deletion_timestamp is None,
-                                        str(other.metadata.creation_timestamp or "")):
-                latest[found.name] = pod
-        for name, pod in latest.items():
-            self._read_pod(seen[name], pod)
+            if found is not None and pod.metadata.namespace == found.namespace:
+                self._read_pod(found, pod)
         self._jobs = seen
         self._made = {n: t for n, t in self._made.items() if n not in seen and time.monotonic() - t < LIST_LAG_S}
         self.fresh = True
@@ -173,6 +168,8 @@ class KubeJobs:
 
     @staticmethod
     def _read_pod(found: KubeJob, pod) -> None:
+        """What ``pod`` says of ``found``'s start, in place of what an earlier pod of it said."""
+        found.started, found.exit_code, found.terminated, found.report, found.gate_closed = None, None, "", "", False
         found.pod, found.node = pod.metadata.name, pod.spec.node_name or ""
         found.unplaced, found.waiting = k8s.unplaced_reason(pod), k8s.waiting_reason(pod)
         for c in pod.status.container_statuses or ():
