@@ -39,8 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..access.resolve import USER_KINDS, MountMap, resolve
-from ..claims.files import LOCAL, Files
-from ..errors import VREError
+from ..claims.files import LOCAL, Files, warm as warm_files
 from ..plan import HELD_ROOT, HOME, Mount, build_plan, held_dir
 from ..settings import files_on_host
 from . import held
@@ -104,10 +103,7 @@ def warm(mm: MountMap, paths) -> None:
             if path == target or path.startswith(target.rstrip("/") + "/"):
                 if source not in asked:
                     asked.add(source)
-                    try:
-                        mm.files.lstat(source)
-                    except (OSError, VREError):
-                        pass
+                    warm_files(mm.files, source)
                 break
 
 

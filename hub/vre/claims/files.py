@@ -99,6 +99,18 @@ def _os_error(body: dict, path: str) -> OSError:
     return OSError(code, body.get("error") or os.strerror(code), path)
 
 
+def warm(files: Files, path: str) -> None:
+    """Ask ``files`` a first question about ``path``: a claims reader starts its pod for it, so a
+    request does that before its transaction (no database connection waits for a pod). What fails
+    here is said again, with its answer, by the request itself."""
+    if files is LOCAL:
+        return
+    try:
+        files.lstat(path)
+    except (OSError, VREError):
+        pass
+
+
 class ReaderFiles:
     """The files on a project's claims, as a claims reader at ``host:port`` sees them below its
     ``root``. Other paths (a dataset's, say) are not on the claims: nothing there, for the walk

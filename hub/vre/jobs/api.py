@@ -24,7 +24,7 @@ from tornado import web
 
 from .. import db as vdb
 from ..db import JOB_STATES
-from ..claims.files import ReaderUnavailable
+from ..claims.files import ReaderUnavailable, warm as warm_files
 from ..errors import NotFound, VREError
 from ..audit.events import emit
 from ..plan import PlanRefused
@@ -86,13 +86,9 @@ class _JobsHandler(ServiceAPIHandler):
 
 
 def warm(folder) -> None:
-    """Start the claims reader behind ``folder`` (outside any transaction: no database connection
-    waits for a pod). What fails here is said again, with its answer, by the request itself."""
+    """Start the claims reader behind ``folder`` (``claims.files.warm``); None: nothing to start."""
     if folder is not None:
-        try:
-            folder.files.lstat(folder.base)
-        except (OSError, VREError):
-            pass
+        warm_files(folder.files, folder.base)
 
 
 class JobListHandler(_JobsHandler):
