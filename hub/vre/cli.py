@@ -554,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("dataset", help="datasets and their catalogue").add_subparsers(dest="ds_cmd", required=True)
     p = ds.add_parser("add", help="register and index a directory of DICOM files")
-    p.add_argument("path")
+    p.add_argument("path", nargs="?", default="",
+                   help="the folder (on Kubernetes with datasets in claims: left out, the claim dataset-<slug>)")
     p.add_argument("--slug", required=True, help="short name: /data/<slug> in sessions")
     p.add_argument("--title", required=True)
     _catalogue_options(p, "", tier=int)

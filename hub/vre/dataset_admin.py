@@ -40,6 +40,7 @@ def _check_admin(settings, db, who: Actor, action: str, slug: str) -> None:
 def check_register(settings, who: Actor, path: str, slug: str, fields: dict) -> None:
     """Everything ``register`` checks before indexing (quick): the page calls it before it starts
     the indexing in the background, so that a bad path comes back on the form."""
+    path = registry.given_path(settings, path, slug)
     with vdb.session_scope(settings.vre_db_url) as db:
         _check_admin(settings, db, who, "dataset.register", slug)
         registry.check_new_dataset(db, settings, path, slug, **fields)
@@ -51,7 +52,10 @@ def register(settings, who: Actor, path: str, slug: str, fields: dict, *, worker
     """Register directory ``path`` as dataset ``slug`` with the catalogue ``fields``
     (``CATALOG_FIELDS``) and index it; returns the resolved path and the index report. Another
     registration of the same slug or an overlapping folder under way is a Conflict
-    (``registry.registering``)."""
+    (``registry.registering``). Where the datasets are claims on Kubernetes, ``path`` is empty
+    (the claim ``dataset-<slug>``); where the hub cannot read them, a Job indexes them
+    (``catalog.cluster``)."""
+    path = registry.given_path(settings, path, slug)
     with registry.registering(settings, slug, path), vdb.session_scope(settings.vre_db_url) as db:
         _check_admin(settings, db, who, "dataset.register", slug)
         dataset, report = registry.add_dataset(db, settings, path, slug, workers=workers, progress=progress,
@@ -66,7 +70,7 @@ def check_reindex(settings, who: Actor, slug: str) -> None:
     """What ``reindex`` checks before indexing (for the page, as ``check_register``)."""
     with vdb.session_scope(settings.vre_db_url) as db:
         _check_admin(settings, db, who, "dataset.reindex", slug)
-        registry.check_reindex(db, slug)
+        registry.check_reindex(db, settings, slug)
 
 
 def reindex(settings, who: Actor, slug: str, *, workers: int | None = None,

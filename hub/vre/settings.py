@@ -86,7 +86,10 @@ class Settings:
     k8s_image_allowlist: str = ""
     #: Volume source of dataset mounts (always read-only): ``hostPath`` (the dataset's registered
     #: path on the node: single-node clusters), ``nfs`` (that path exported by ``k8s_nfs_server``)
-    #: or ``pvc`` (a ``ReadOnlyMany`` claim ``dataset-<slug>`` in the project's namespace).
+    #: or ``pvc`` (a ``ReadOnlyMany`` claim ``dataset-<slug>`` in the project's namespace). Under
+    #: ``nfs`` and ``pvc`` the hub cannot read a dataset, so a Job in the namespace
+    #: ``<instance>-0catalog`` indexes it when it is registered (a claim dataset without a path:
+    #: its claim ``dataset-<slug>`` must be in that namespace too) or re-indexed.
     k8s_dataset_volume: str = "hostPath"
     #: NFS server that exports the datasets (their registered paths) for ``k8s_dataset_volume = "nfs"``.
     k8s_nfs_server: str = ""

@@ -29,6 +29,7 @@ from chart import CHART, HELM, Release, cluster_image, get  # tests/k8s, beside 
 from flood import check_pauses, flood_while_held  # tests/ is on sys.path (tests/conftest.py)
 from hubclient import HubClient
 from vre.backends.kubernetes import READER_PORT
+from vre.demo import synth
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(1500)]
 
@@ -394,7 +395,8 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
     """The chart's whole path for a researcher: the hub pod creates the project's namespace, the
     home and workspace claims, the session's pod from the notebook image; JupyterLab answers
     through the access layer in the hub pod, a kernel runs as the account's uid with a read-only
-    root and writable home and workspace, and the home outlives the session."""
+    root and writable home and workspace, and the home outlives the session. On the way: exports
+    and jobs on claims, jobs as Kubernetes Jobs, a dataset in a claim indexed by a Job."""
     rel = Release(kube, new_ns("lab"), hub_image)
     project = "lab-pod"
     project_ns, held_ns = f"{rel.instance}-{project}", f"{rel.instance}-0held-{project}"
@@ -491,6 +493,7 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         log = kube("logs", "-n", rel.ns, f"deploy/{rel.name}-hub", "-c", "hub")   # this hub pod's (an upgrade follows)
         assert f"Created claim {project_ns}/home-alice (1Gi)" in log and log.count(f"Created claim {project_ns}/") == 2
         _jobs_as_kubernetes_jobs(kube, rel, alice, project, volumes, args)
+        _a_claim_dataset_indexed_in_the_cluster(kube, rel, alice, project, volumes, claims["home-alice"])
 
         # stop: the pod goes, the claims stay; the next session finds the file
         rel.exec_hub("vre", "project", "set-downloads", project, "all")   # for the next session's guard
@@ -620,6 +623,59 @@ def _jobs_on_claims(kube, rel, alice, project: str, volumes: dict) -> None:
 KUEUE_QUEUE, KUEUE_CLUSTER_QUEUE = "vre-batch", "vre-cluster"
 #: Kueue's LocalQueue type, without Kueue (no registry here serves its image): the hub makes
 #: LocalQueues of it, and the test does what Kueue's controller would (it resumes the Jobs).
+def _a_claim_dataset_indexed_in_the_cluster(kube, rel, alice, project: str, volumes: dict, home: Path) -> None:
+    """A dataset the hub cannot read (a ReadOnlyMany claim, ``k8s_dataset_volume = pvc``) is
+    registered with no path: a Job in the catalogue namespace indexes it from the claim and the
+    hub fetches the index into its catalogue, with every file's hash; then the airlock knows a
+    copy of one of its files in alice's home, without the dataset to read."""
+    slug, catalog_ns = "ct-claim", f"{rel.instance}-0catalog"
+    path = Path(tempfile.mkdtemp(prefix="vre-helm-dataset-", dir="/var/tmp"))
+    path.chmod(0o755)
+    volumes["dataset-ct-claim"] = path   # removed with the test's other volumes
+    synth.make_cohort("lung-ct", path, patients=2, slices=6, size=32, seed=9)
+    sc = f"{rel.storage_class}-rwx"
+    # the operator's part: the namespace labelled as the instance's, the claim bound to the dataset's volume
+    kube.apply({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": catalog_ns, "labels": {"vre.instance": rel.instance}}})
+    kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{sc}-dataset-ct-claim"},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                         "persistentVolumeReclaimPolicy": "Retain", "storageClassName": sc,
+                         "claimRef": {"namespace": catalog_ns, "name": f"dataset-{slug}"},
+                         "hostPath": {"path": str(path), "type": "Directory"}}})
+    kube.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": f"dataset-{slug}", "namespace": catalog_ns},
+                "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": sc,
+                         "volumeName": f"{sc}-dataset-ct-claim", "resources": {"requests": {"storage": "1Gi"}}}})
+    t0 = time.monotonic()
+    proc = kube.run("exec", "-n", rel.ns, f"deploy/{rel.name}-hub", "-c", "hub", "--", "env", "VRE_K8S_DATASET_VOLUME=pvc",
+                    "vre", "dataset", "add", "--slug", slug, "--title", "CT in a claim", timeout=400)
+    print(f"a claim dataset indexed in the cluster: {time.monotonic() - t0:.1f} s")
+    out = proc.stdout
+    if proc.returncode:
+        print(kube.run("get", "all,events", "-n", catalog_ns, "-o", "wide").stdout)
+        print(kube.run("logs", "-n", catalog_ns, "-l", "vre.role=indexer", "--tail=50").stdout)
+    assert proc.returncode == 0, (out, proc.stderr)
+    assert f"registered dataset '{slug}'" in out and "2 series from 13 files (12 read" in out, out
+    assert json.loads(rel.exec_hub("vre", "dataset", "show", slug))["num_series"] == 2
+    assert f"claim:dataset-{slug}" in rel.exec_hub("vre", "dataset", "list")
+    count = ["python3", "-c", "import sqlite3; print(sqlite3.connect("
+             f"'/var/lib/vre/catalog/{slug}/index.sqlite').execute('SELECT COUNT(*) FROM digests').fetchone()[0])"]
+    assert int(rel.exec_hub(*count)) == len([p for p in path.rglob("*") if p.is_file()])
+    # the Job and its pod are gone; the hub's audit names the registration
+    kube.wait("the index Job removed", lambda: not kube("get", "jobs,pods", "-n", catalog_ns, "-o", "name").split(),
+              catalog_ns, 60)
+    (event,) = json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "dataset.register",
+                                       "--dataset", slug))
+    assert event["target"] == f"claim:dataset-{slug}" and event["details"]["series"] == 2, event
+    # the dataset's clinical table in alice's home (however it got there) does not leave through the airlock
+    shutil.copy(path / "clinical.csv", home / "table.csv")
+    r = alice.vre_api("POST", "/airlock/requests", json={"project": project, "title": "t", "justification": "t",
+                                                         "files": [{"path": "table.csv"}]})
+    assert r.status_code == 201, r.text
+    r = alice.vre_api("POST", f"/airlock/requests/{r.json()['id']}/submit")
+    assert r.status_code == 400 and f"byte for byte the dataset file {slug}/clinical.csv" in r.text, r.text
+
+
 LOCALQUEUE_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
     "metadata": {"name": "localqueues.kueue.x-k8s.io"},

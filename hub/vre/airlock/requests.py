@@ -378,8 +378,9 @@ def edit(settings, who: Actor, request_id: int, *, title: str | None = None, jus
     return out
 
 
-def _datasets(db) -> list[tuple[str, str, str]]:
-    return [(d.slug, d.path, str(d.indexed_at or d.registered_at))
+def _datasets(db, settings) -> list[tuple[str, str, str, str]]:
+    """What the check for dataset copies looks in (``store.DatasetIndex.match``)."""
+    return [(d.slug, d.path, str(d.indexed_at or d.registered_at), str(settings.catalog_dir / d.slug / "index.sqlite"))
             for d in db.scalars(select(vdb.Dataset).order_by(vdb.Dataset.slug))]
 
 
@@ -443,7 +444,7 @@ def _prepare(db, settings, c: _Ctx, file_ids=None, paths: dict | None = None):
             named = (paths or {}).get(f.id) or f.path
             todo.append((f.id, store.locate(mm, named, f.name, f.description)))
     already = sum(f.size or 0 for f in c.req.files if f.sha256 and (file_ids is None or f.id not in file_ids))
-    return todo, rules, _datasets(db), already, any(held.is_held(f.path) for f in c.req.files)
+    return todo, rules, _datasets(db, settings), already, any(held.is_held(f.path) for f in c.req.files)
 
 
 def check(settings, who: Actor, request_id: int) -> dict:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..access.resolve import USER_KINDS, MountMap, resolve
+from ..catalog.index import file_with_digest, has_digests
 from ..claims.files import LOCAL, Files, warm as warm_files
 from ..plan import HELD_ROOT, HOME, Mount, build_plan, held_dir
 from ..settings import files_on_host
@@ -326,6 +327,7 @@ class DatasetIndex:
         self._lock = threading.Lock()
         self._sizes: dict[tuple[str, str], dict[int, list[str]]] = {}
         self._hashes: dict[tuple[str, int, int], str] = {}
+        self._indexed: dict[tuple[str, str], bool] = {}
 
     def sizes(self, root: str, version: str) -> dict[int, list[str]]:
         key = (root, version)
@@ -367,10 +369,29 @@ class DatasetIndex:
             self._hashes[key] = h.hexdigest()
         return self._hashes[key]
 
-    def match(self, datasets: list[tuple[str, str, str]], size: int, sha256: str) -> str | None:
+    def hashed(self, index: str, version: str) -> bool:
+        """Whether the dataset's index keeps its files' hashes (indexed in the cluster, where the
+        hub cannot read the dataset: ``vre.catalog.cluster``)."""
+        key = (index, version)
+        with self._lock:
+            if key in self._indexed:
+                return self._indexed[key]
+        found = has_digests(Path(index))
+        with self._lock:
+            self._indexed = {k: v for k, v in self._indexed.items() if k[0] != index}
+            self._indexed[key] = found
+        return found
+
+    def match(self, datasets: list[tuple[str, str, str, str]], size: int, sha256: str) -> str | None:
         """'<slug>/<relative path>' of a dataset file with this content, or None.
-        ``datasets``: (slug, root, version) for every registered dataset."""
-        for slug, root, version in datasets:
+        ``datasets``: (slug, root, version, index path) for every registered dataset: its index's
+        hashes where it keeps them, else its files (same size, then the same SHA-256)."""
+        for slug, root, version, index in datasets:
+            if self.hashed(index, version):
+                rel = file_with_digest(Path(index), size, sha256)
+                if rel is not None:
+                    return f"{slug}/{rel}"
+                continue
             for p in self.sizes(root, version).get(size, ()):
                 if self.digest(p) == sha256:
                     return f"{slug}/{os.path.relpath(p, root)}"

@@ -30,6 +30,7 @@ from typing import Callable
 from tornado.log import app_log
 
 from .. import dataset_admin
+from ..catalog import cluster, registry
 from ..catalog.metadata import CATALOG_FIELDS, EUCAIM_TIERS
 from ..errors import Conflict, VREError
 from ..roles import ADMIN_SCOPE
@@ -139,6 +140,8 @@ class DatasetsPage(_Page):
         retired = self.get_query_argument("retired", "")
         ns.setdefault("form", {})
         self.page("admin-datasets.html", status, datasets=datasets, pending=pending,
+                  source=registry.source_kind(self.vre_settings),
+                  catalog_namespace=cluster.namespace(self.vre_settings),
                   retired=retired if retired and retired not in known else "", **ns)
 
     @requires_scope(ADMIN_SCOPE)
@@ -151,9 +154,10 @@ class DatasetsPage(_Page):
         slug, path, fields = f["slug"].strip(), f["path"].strip(), {k: f[k] for k in CATALOG_FIELDS}
         who = self.actor()
         try:
-            if not os.path.isabs(path):
-                raise VREError(f"give the folder's absolute path on the hub's host, e.g. /srv/imaging/lung-ct "
-                               f"(got {path!r})")
+            source = registry.source_kind(self.vre_settings)
+            if not os.path.isabs(path) and not (source == "claim" and not path):
+                where = "on the NFS server" if source == "nfs" else "on the hub's host"
+                raise VREError(f"give the folder's absolute path {where}, e.g. /srv/imaging/lung-ct (got {path!r})")
             self.runs.busy(slug)
             await asyncio.to_thread(dataset_admin.check_register, self.vre_settings, who, path, slug, fields)
             self.runs.start(slug, "register", who.name, lambda progress: dataset_admin.register(

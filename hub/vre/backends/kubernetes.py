@@ -110,12 +110,15 @@ def namespace_name(plan: SessionPlan) -> str:
     return island_namespace(plan.network, plan.project)
 
 
-def labels(settings: Settings, plan: SessionPlan) -> dict[str, str]:
-    out = {**plan.labels, "vre.instance": settings.instance}
+def check_labels(out: dict[str, str]) -> dict[str, str]:
     for key, value in out.items():
         if not _LABEL_VALUE.fullmatch(value):
             raise KubernetesBackendError(f"label {key}={value!r} is not a valid Kubernetes label value")
     return out
+
+
+def labels(settings: Settings, plan: SessionPlan) -> dict[str, str]:
+    return check_labels({**plan.labels, "vre.instance": settings.instance})
 
 
 def check_image(settings: Settings, image: str) -> str:
@@ -196,12 +199,12 @@ def namespace_object(settings: Settings, plan: SessionPlan) -> dict:
                                     "pod-security.kubernetes.io/audit": "restricted"}}}
 
 
-def _policy(ns: str, name: str, spec: dict) -> dict:
+def policy(ns: str, name: str, spec: dict) -> dict:
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": name, "namespace": ns, "labels": {"vre.policy": name}}, "spec": spec}
 
 
-def _hub_peer(settings: Settings, pod_labels: dict) -> dict:
+def hub_peer(settings: Settings, pod_labels: dict) -> dict:
     return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.k8s_hub_namespace}},
             "podSelector": {"matchLabels": dict(pod_labels)}}
 
@@ -216,25 +219,25 @@ def network_policies(settings: Settings, plan: SessionPlan) -> list[dict]:
     ns = namespace_name(plan)
     sessions = {"matchLabels": {"vre.role": "session"}}
     return [
-        _policy(ns, "default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
-        _policy(ns, "project-internal", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+        policy(ns, "default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        policy(ns, "project-internal", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
                                          "ingress": [{"from": [{"podSelector": {}}]}],
                                          "egress": [{"to": [{"podSelector": {}}]}]}),
-        _policy(ns, "hub-to-sessions", {
+        policy(ns, "hub-to-sessions", {
             "podSelector": sessions, "policyTypes": ["Ingress"],
-            "ingress": [{"from": [_hub_peer(settings, HUB_POD_LABELS), _hub_peer(settings, ACCESS_POD_LABELS)],
+            "ingress": [{"from": [hub_peer(settings, HUB_POD_LABELS), hub_peer(settings, ACCESS_POD_LABELS)],
                          "ports": [{"protocol": "TCP", "port": SESSION_PORT}]}]}),
-        _policy(ns, "hub-to-agent", {
+        policy(ns, "hub-to-agent", {
             "podSelector": {"matchLabels": {"vre.role": "scheduler"}}, "policyTypes": ["Ingress"],
-            "ingress": [{"from": [_hub_peer(settings, HUB_POD_LABELS)],
+            "ingress": [{"from": [hub_peer(settings, HUB_POD_LABELS)],
                          "ports": [{"protocol": "TCP", "port": AGENT_PORT}]}]}),
-        _policy(ns, "hub-to-readers", {
+        policy(ns, "hub-to-readers", {
             "podSelector": {"matchLabels": {"vre.role": "reader"}}, "policyTypes": ["Ingress"],
-            "ingress": [{"from": [_hub_peer(settings, HUB_POD_LABELS)],
+            "ingress": [{"from": [hub_peer(settings, HUB_POD_LABELS)],
                          "ports": [{"protocol": "TCP", "port": READER_PORT}]}]}),
-        _policy(ns, "sessions-to-hub", {
+        policy(ns, "sessions-to-hub", {
             "podSelector": sessions, "policyTypes": ["Egress"],
-            "egress": [{"to": [_hub_peer(settings, HUB_POD_LABELS)],
+            "egress": [{"to": [hub_peer(settings, HUB_POD_LABELS)],
                         "ports": [{"protocol": "TCP", "port": settings.k8s_hub_port},
                                   {"protocol": "TCP", "port": settings.k8s_service_port}]}]}),
     ]

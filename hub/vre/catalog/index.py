@@ -9,6 +9,7 @@ bound and per-task overhead would otherwise dominate.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing
@@ -21,7 +22,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from itertools import repeat
@@ -39,6 +40,7 @@ CLINICAL_SUFFIXES = (".csv", ".tsv", ".json")
 _POOL_THRESHOLD = 200  # below this, starting worker processes costs more than it saves
 _CHUNK_MIN, _CHUNK_MAX = 64, 256
 _MAX_EXAMPLES = 10
+_HASH_CHUNK = 1 << 20
 _RETRY_PREFIX = "cannot read"  # e.g. permission denied: retried every run, as chmod leaves mtime alone
 
 _KEYWORDS = (
@@ -96,6 +98,9 @@ CREATE TABLE IF NOT EXISTS patients (
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY, patient_id TEXT, study_date TEXT, description TEXT,
     accession TEXT);
+CREATE TABLE IF NOT EXISTS digests (
+    relpath TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS digests_size ON digests (size, sha256);
 CREATE TABLE IF NOT EXISTS series (
     series_uid TEXT PRIMARY KEY, study_uid TEXT, modality TEXT, body_part TEXT,
     description TEXT, manufacturer TEXT, rows INTEGER, columns INTEGER, pixel_spacing TEXT,
@@ -374,16 +379,17 @@ def _read_chunk(root: str, relpaths: list[str]) -> list[tuple[tuple | None, str 
 
 
 # --- scanning and orchestration -----------------------------------------------------------
-def _scan(root: Path, skip: set[str]) -> tuple[dict[str, tuple[int, int]], list[str], list[tuple[str, str]]]:
-    """Every visible file under root: DICOM candidates (size, mtime_ns), clinical files, and the
-    problems (unreadable folders, links, what sessions could not read).
+def _scan(root: Path, skip: set[str]) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]],
+                                              list[tuple[str, str]]]:
+    """Every visible file under root: DICOM candidates and clinical files (each with its size and
+    mtime_ns), and the problems (unreadable folders, links, what sessions could not read).
 
     The indexer runs as root, but what it publishes is read by sessions (unprivileged uids, the
     dataset's folder alone mounted): a file or folder that sessions cannot read (no o+r, or o+x for
     a folder) and a symbolic link (its target may lie outside the folder, e.g. another dataset)
     are reported, never indexed, so no header of theirs reaches the catalogue."""
     candidates: dict[str, tuple[int, int]] = {}
-    clinical: list[str] = []
+    clinical: dict[str, tuple[int, int]] = {}
     problems: list[tuple[str, str]] = []
     pending = [("", str(root))]
     while pending:
@@ -411,12 +417,12 @@ def _scan(root: Path, skip: set[str]) -> tuple[dict[str, tuple[int, int]], list[
                     if not st.st_mode & stat.S_IROTH:
                         problems.append((rel, f"not readable by sessions, not indexed: run chmod o+r {rel}"))
                     elif entry.name.lower().endswith(CLINICAL_SUFFIXES):
-                        clinical.append(rel)
+                        clinical[rel] = (st.st_size, st.st_mtime_ns)
                     else:
                         candidates[rel] = (st.st_size, st.st_mtime_ns)
             except OSError as e:
                 problems.append((rel, f"cannot stat: {e.strerror or e}"))
-    return candidates, sorted(clinical), problems
+    return candidates, clinical, problems
 
 
 def _chunks(items: list[str], workers: int) -> Iterator[list[str]]:
@@ -454,6 +460,28 @@ def _read_all(
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
+
+
+def _sha256(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(_HASH_CHUNK):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _hash_all(root: Path, relpaths: list[str], workers: int, offset: int,
+              progress: Callable[[int, int], None] | None) -> Iterator[tuple[str, str | None]]:
+    """(relpath, SHA-256 or None if unreadable) of each file, in threads (hashing and reads let
+    go of the GIL); ``progress`` counts on from ``offset`` (the headers read before)."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for done, (rel, sha256) in enumerate(zip(relpaths, pool.map(_sha256, (os.path.join(root, r) for r in relpaths))), 1):
+            yield rel, sha256
+            if progress and (done % _CHUNK_MIN == 0 or done == len(relpaths)):
+                progress(offset + done, 0)
 
 
 def _check_root(root: Path) -> None:
@@ -504,12 +532,16 @@ def index_dataset(
     index_path: Path,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    digests: bool = False,
 ) -> IndexReport:
     """Create or update the header index of the DICOM files under ``root``.
 
     Only new or changed files (size or mtime differs) and previously unreadable ones
     are read; bad files are reported, never fatal. ``progress(done, total)`` is called
-    once before the headers are read and after each chunk of them.
+    once before the headers are read and after each chunk of them (and of the files hashed).
+    ``digests``: also keep the SHA-256 of every indexed and clinical file (new or changed ones
+    hashed), for the airlock's check for dataset copies where the hub cannot read the dataset
+    itself (``vre.catalog.cluster``); it reads every byte, not only headers.
     """
     started = time.perf_counter()
     root, index_path = Path(root), Path(index_path)
@@ -532,14 +564,30 @@ def index_dataset(
             if rel not in known or known[rel][:2] != stat or (known[rel][2] or "").startswith(_RETRY_PREFIX)
         )
         removed = [(rel,) for rel in known.keys() - found.keys()]
+        every = {**found, **clinical}
+        hashed = {row[0]: row[1:] for row in conn.execute("SELECT relpath, size, mtime_ns FROM digests")}
+        to_hash = sorted(rel for rel, st in every.items() if hashed.get(rel) != st) if digests else []
+        unhashed = [(rel,) for rel in hashed.keys() - every.keys()]
+        total = len(to_read) + len(to_hash)
+        step = (lambda done, _n: progress(done, total)) if progress else None
         rows = []
-        for rel, fields, error in _read_all(root, to_read, workers, progress):
+        for rel, fields, error in _read_all(root, to_read, workers, step):
             fields = fields or (None,) * (len(_HEADER_COLUMNS) + 1)
             rows.append((rel, posixpath.dirname(rel), *found[rel], error, *fields))
+        sums = []
+        for rel, sha256 in _hash_all(root, to_hash, workers, len(to_read), step):
+            if sha256 is not None:   # unreadable now: hashed again next time
+                sums.append((rel, *every[rel], sha256))
         with conn:
             conn.executemany("DELETE FROM files WHERE relpath = ?", removed)
             marks = ", ".join("?" * len(_FILE_COLUMNS))
             conn.executemany(f"INSERT OR REPLACE INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({marks})", rows)
+            if not digests:   # a hashed index indexed again without: none kept, none stale
+                conn.execute("DELETE FROM digests")
+                conn.execute("DELETE FROM meta WHERE key = 'digests'")
+            conn.executemany("DELETE FROM digests WHERE relpath = ?", unhashed)
+            conn.executemany("INSERT OR REPLACE INTO digests (relpath, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
+                             sums)
             examples = walk_problems + conn.execute(
                 "SELECT relpath, error FROM files WHERE error IS NOT NULL ORDER BY relpath LIMIT ?", (_MAX_EXAMPLES,)
             ).fetchall()
@@ -558,6 +606,7 @@ def index_dataset(
                     ("indexed_at", datetime.now(timezone.utc).isoformat(timespec="seconds")),
                     ("viewer_fields", json.dumps(VIEWER_FIELDS)),
                     ("viewer_columns", json.dumps(_IN_COLUMNS)),
+                    *([("digests", "sha256")] if digests else []),
                 ],
             )
             counts = [
@@ -577,7 +626,7 @@ def index_dataset(
         files_removed=len(removed),
         errors=errors,
         error_examples=examples[:_MAX_EXAMPLES],
-        clinical_files=clinical,
+        clinical_files=sorted(clinical),
         patients=counts[0],
         studies=counts[1],
         series=counts[2],
@@ -635,3 +684,28 @@ def list_series(
         item["pixel_spacing"] = json.loads(item["pixel_spacing"]) if item["pixel_spacing"] else None
         result.append(item)
     return result
+
+
+def has_digests(index_path: Path) -> bool:
+    """Whether the index keeps every file's SHA-256 (``index_dataset(digests=True)``)."""
+    try:
+        conn = open_index(index_path)
+    except CatalogError:
+        return False
+    try:
+        return conn.execute("SELECT 1 FROM meta WHERE key = 'digests' AND value = 'sha256'").fetchone() is not None
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()
+
+
+def file_with_digest(index_path: Path, size: int, sha256: str) -> str | None:
+    """The relative path of an indexed file with this size and SHA-256, or None."""
+    conn = open_index(index_path)
+    try:
+        row = conn.execute("SELECT relpath FROM digests WHERE size = ? AND sha256 = ? ORDER BY relpath LIMIT 1",
+                           (size, sha256)).fetchone()
+        return row[0] if row else None
+    finally:
+        conn.close()

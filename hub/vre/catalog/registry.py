@@ -22,6 +22,7 @@ from ..errors import Conflict, VREError
 from ..hostfiles import locked
 from ..projects import get_dataset, validate_slug
 from ..settings import Settings, dataset_roots
+from . import cluster
 from .index import CatalogError, IndexReport, index_dataset
 from .metadata import CATALOG_FIELDS, build_record, summarize
 
@@ -61,7 +62,10 @@ def _index(settings: Settings, dataset: Dataset, admin_fields: dict, workers: in
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o755)
     try:
-        report = index_dataset(Path(dataset.path), out / "index.sqlite", workers=workers, progress=progress)
+        if cluster.in_cluster(settings):
+            report = cluster.index_in_cluster(settings, dataset.slug, dataset.path, out / "index.sqlite", progress)
+        else:
+            report = index_dataset(Path(dataset.path), out / "index.sqlite", workers=workers, progress=progress)
         record = build_record(admin_fields, summarize(out / "index.sqlite"))
     except CatalogError as e:
         raise VREError(str(e)) from None
@@ -82,21 +86,15 @@ def check_new_dataset(db: Session, settings: Settings, path: str, slug: str, **f
     directory, that sessions can read it, that neither is registered, the catalogue fields.
     Returns the resolved directory and the fields to publish."""
     validate_slug(slug, "dataset")
+    if cluster.in_cluster(settings):
+        return _check_new_in_cluster(db, settings, path, slug, **fields)
     root = Path(path).expanduser()
     if not root.exists():
         raise VREError(f"dataset path {path} does not exist")
     if not root.is_dir():
         raise VREError(f"dataset path {path} is not a directory: give the folder that holds the DICOM files")
     root = root.resolve()
-    if db.scalar(select(Dataset).where(Dataset.slug == slug)) is not None:
-        raise Conflict(f"dataset slug {slug!r} is taken; choose another or use 'vre dataset reindex {slug}'")
-    for other in db.scalars(select(Dataset)).all():  # one folder, one dataset: grants mean one thing
-        there = Path(other.path)
-        if root == there:
-            raise Conflict(f"{root} is already registered as dataset {other.slug!r}")
-        if there in root.parents or root in there.parents:
-            raise Conflict(f"{root} overlaps dataset {other.slug!r} ({there}): a file would belong to two datasets "
-                           "with different grants; register a folder beside it")
+    _check_free(db, slug, root)
     for managed in (settings.projects_dir, settings.catalog_dir, settings.secrets_dir, settings.run_dir):
         if root == managed or managed in root.parents or root in managed.parents:
             raise VREError(f"{root} overlaps the VRE's own directory {managed}; keep datasets elsewhere")
@@ -107,15 +105,80 @@ def check_new_dataset(db: Session, settings: Settings, path: str, slug: str, **f
     if root in _TOO_BROAD or any(root == s or s in root.parents for s in _SYSTEM):
         raise VREError(f"{root} is a system folder, not a dataset: give the folder that holds the DICOM files")
     _check_readable_by_sessions(root)
+    return root, _check_fields(fields)
+
+
+def _check_free(db: Session, slug: str, root: Path) -> None:
+    """Neither the slug nor the folder (nor one around or inside it) is registered: one folder,
+    one dataset, so that grants mean one thing."""
+    if db.scalar(select(Dataset).where(Dataset.slug == slug)) is not None:
+        raise Conflict(f"dataset slug {slug!r} is taken; choose another or use 'vre dataset reindex {slug}'")
+    for other in db.scalars(select(Dataset)).all():
+        there = Path(other.path)
+        if root == there:
+            raise Conflict(f"{root} is already registered as dataset {other.slug!r}")
+        if there in root.parents or root in there.parents:
+            raise Conflict(f"{root} overlaps dataset {other.slug!r} ({there}): a file would belong to two datasets "
+                           "with different grants; register a folder beside it")
+
+
+def _check_fields(fields: dict) -> dict:
+    """The catalogue fields to publish; bad ones fail before the (long) indexing."""
     title = (fields.get("title") or "").strip()
     if not title:
         raise VREError("a dataset needs a --title")
     admin_fields = {k: v for k, v in fields.items() if v not in (None, "", [])}
     try:
-        build_record(admin_fields, {})  # bad catalogue fields fail before the (long) indexing
+        build_record(admin_fields, {})
     except CatalogError as e:
         raise VREError(str(e)) from None
-    return root, admin_fields
+    return admin_fields
+
+
+def _check_new_in_cluster(db: Session, settings: Settings, path: str, slug: str, **fields) -> tuple[Path, dict]:
+    """``check_new_dataset`` where the hub cannot see the dataset (``cluster.in_cluster``): a
+    claim's is its claim (``path`` empty or that), an NFS export's its path on the server; the
+    Job that indexes it finds out whether it is there."""
+    if source_kind(settings) == "claim":
+        claim = cluster.claim_path(slug)
+        if path and path != claim:
+            raise VREError(f"this deployment's datasets are claims (k8s_dataset_volume = pvc): leave the path out; "
+                           f"dataset {slug!r} is the claim {claim.removeprefix('claim:')} in namespace "
+                           f"{cluster.namespace(settings)} (to index it) and in each granted project's")
+        root = Path(claim)
+    else:
+        if not path.startswith("/") or "\x00" in path:
+            raise VREError(f"give the folder's absolute path on the NFS server {settings.k8s_nfs_server} "
+                           f"(got {path!r})")
+        root = Path(os.path.normpath(path))
+    _check_free(db, slug, root)
+    allowed = dataset_roots(settings)
+    if allowed and settings.k8s_dataset_volume == "nfs" and not any(root == r or r in root.parents for r in allowed):
+        raise VREError(f"{root} is outside the folders datasets may come from (dataset_roots: "
+                       f"{', '.join(map(str, allowed))})")
+    return root, _check_fields(fields)
+
+
+def source_kind(settings: Settings) -> str:
+    """Where a registration's path is: ``host`` (a folder the hub reads), ``nfs`` (a path on the
+    NFS server) or ``claim`` (none: the claim ``dataset-<slug>``)."""
+    if not cluster.in_cluster(settings):
+        return "host"
+    return "claim" if settings.k8s_dataset_volume == "pvc" else "nfs"
+
+
+def given_path(settings: Settings, path: str, slug: str) -> str:
+    """The path a registration names: the admin's, or a claim dataset's claim (no path given)."""
+    if not path.strip() and source_kind(settings) == "claim":
+        return cluster.claim_path(slug)
+    if not path.strip():
+        raise VREError("give the dataset's folder (an absolute path)")
+    return path
+
+
+def _where(settings: Settings, path: str) -> Path:
+    """The folder a registration is of, to tell overlapping ones (a path the hub does not see as is)."""
+    return Path(os.path.normpath(path)) if cluster.in_cluster(settings) else Path(path).expanduser().resolve()
 
 
 @contextlib.contextmanager
@@ -127,7 +190,7 @@ def registering(settings: Settings, slug: str, path: str):
     Others run side by side (indexing a large cohort takes long)."""
     folder = settings.run_dir / "registering"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    root = Path(path).expanduser().resolve()
+    root = _where(settings, path)
     mine = folder / f"{slug}.json"
     with contextlib.ExitStack() as entry:
         with locked(folder / ".lock"):  # briefly: the look at the others and the own entry
@@ -147,7 +210,7 @@ def check_not_under_way(settings: Settings, slug: str, path: str) -> None:
     folder = settings.run_dir / "registering"
     if folder.is_dir():
         with locked(folder / ".lock"):
-            _check_under_way(folder, slug, Path(path).expanduser().resolve())
+            _check_under_way(folder, slug, _where(settings, path))
 
 
 def _check_under_way(folder: Path, slug: str, root: Path) -> None:
@@ -184,10 +247,11 @@ def admin_fields_of(dataset: Dataset) -> dict:
     return {k: dataset.catalog[k] for k in CATALOG_FIELDS if dataset.catalog.get(k) not in (None, "", [])}
 
 
-def check_reindex(db: Session, slug: str) -> Dataset:
-    """What ``reindex`` checks before indexing: the dataset exists and its directory is there."""
+def check_reindex(db: Session, settings: Settings, slug: str) -> Dataset:
+    """What ``reindex`` checks before indexing: the dataset exists and its directory is there
+    (where the hub sees it; else the Job that indexes it finds out)."""
     dataset = get_dataset(db, slug)
-    if not Path(dataset.path).is_dir():
+    if not cluster.in_cluster(settings) and not Path(dataset.path).is_dir():
         raise VREError(f"dataset {slug!r}: its directory {dataset.path} is gone; restore it or remove the dataset")
     return dataset
 
@@ -195,7 +259,7 @@ def check_reindex(db: Session, slug: str) -> Dataset:
 def reindex(db: Session, settings: Settings, slug: str, *, workers: int | None = None,
             progress: Progress | None = None) -> IndexReport:
     """Re-read changed files only; the catalogue record keeps the admin's descriptive fields."""
-    dataset = check_reindex(db, slug)
+    dataset = check_reindex(db, settings, slug)
     return _index(settings, dataset, admin_fields_of(dataset), workers, progress)
 
 
