@@ -416,6 +416,7 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
                              "claimRef": {"namespace": ns, "name": claim},
                              "hostPath": {"path": str(path), "type": "Directory"}}})
     args = [*rel.args, "--set", f"sessions.image={notebook_image}", "--set", "sessions.storage=pvc",
+            "--set", "sessions.datasets.volume=pvc",
             "--set", f"sessions.storageClassName={rwx}",
             "--set", "sessions.homeSize=1Gi", "--set", "sessions.workspaceSize=1Gi",
             "--set-json", 'hub.jupyterhub={"KubernetesSpawner": {"image_pull_policy": "Never", "start_timeout": 180}}']
@@ -505,6 +506,7 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         k = alice.kernel(project)
         assert "kept across sessions" in k.check("print(open('/home/jovyan/kept.txt').read())", timeout=120)
         k.close()
+        _claim_dataset_in_a_session(kube, rel, alice, project)
         # the download guard resolves her links through her reader: her file leaves (downloads
         # "all"), the link in her home to a file outside it does not
         token = {"Authorization": f"token {alice.token}"}
@@ -526,7 +528,7 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
                        env=kube.env, timeout=180)
         rel.cleanup()
         for claim, path in volumes.items():
-            kube.run("delete", "persistentvolume", f"{rwx}-{claim}", "--wait=false")
+            kube.run("delete", "persistentvolume", f"{rwx}-{claim}", f"{rwx}-{claim}-p", "--wait=false")
             shutil.rmtree(path, ignore_errors=True)
         kube.run("delete", "customresourcedefinition", LOCALQUEUE_CRD["metadata"]["name"], "--wait=false")
 
@@ -623,6 +625,18 @@ def _jobs_on_claims(kube, rel, alice, project: str, volumes: dict) -> None:
 KUEUE_QUEUE, KUEUE_CLUSTER_QUEUE = "vre-batch", "vre-cluster"
 #: Kueue's LocalQueue type, without Kueue (no registry here serves its image): the hub makes
 #: LocalQueues of it, and the test does what Kueue's controller would (it resumes the Jobs).
+def _read_only_claim(kube, volume: str, ns: str, claim: str, path: Path, storage_class: str) -> None:
+    """A ReadOnlyMany claim in ``ns`` bound to a hostPath volume at ``path`` (the operator's part)."""
+    kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                         "persistentVolumeReclaimPolicy": "Retain", "storageClassName": storage_class,
+                         "claimRef": {"namespace": ns, "name": claim},
+                         "hostPath": {"path": str(path), "type": "Directory"}}})
+    kube.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": ns},
+                "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": storage_class, "volumeName": volume,
+                         "resources": {"requests": {"storage": "1Gi"}}}})
+
+
 def _a_claim_dataset_indexed_in_the_cluster(kube, rel, alice, project: str, volumes: dict, home: Path) -> None:
     """A dataset the hub cannot read (a ReadOnlyMany claim, ``k8s_dataset_volume = pvc``) is
     registered with no path: a Job in the catalogue namespace indexes it from the claim and the
@@ -637,17 +651,9 @@ def _a_claim_dataset_indexed_in_the_cluster(kube, rel, alice, project: str, volu
     # the operator's part: the namespace labelled as the instance's, the claim bound to the dataset's volume
     kube.apply({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": catalog_ns, "labels": {"vre.instance": rel.instance}}})
-    kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{sc}-dataset-ct-claim"},
-                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
-                         "persistentVolumeReclaimPolicy": "Retain", "storageClassName": sc,
-                         "claimRef": {"namespace": catalog_ns, "name": f"dataset-{slug}"},
-                         "hostPath": {"path": str(path), "type": "Directory"}}})
-    kube.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": f"dataset-{slug}", "namespace": catalog_ns},
-                "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": sc,
-                         "volumeName": f"{sc}-dataset-ct-claim", "resources": {"requests": {"storage": "1Gi"}}}})
+    _read_only_claim(kube, f"{sc}-dataset-ct-claim", catalog_ns, f"dataset-{slug}", path, sc)
     t0 = time.monotonic()
-    proc = kube.run("exec", "-n", rel.ns, f"deploy/{rel.name}-hub", "-c", "hub", "--", "env", "VRE_K8S_DATASET_VOLUME=pvc",
+    proc = kube.run("exec", "-n", rel.ns, f"deploy/{rel.name}-hub", "-c", "hub", "--",
                     "vre", "dataset", "add", "--slug", slug, "--title", "CT in a claim", timeout=400)
     print(f"a claim dataset indexed in the cluster: {time.monotonic() - t0:.1f} s")
     out = proc.stdout
@@ -674,6 +680,39 @@ def _a_claim_dataset_indexed_in_the_cluster(kube, rel, alice, project: str, volu
     assert r.status_code == 201, r.text
     r = alice.vre_api("POST", f"/airlock/requests/{r.json()['id']}/submit")
     assert r.status_code == 400 and f"byte for byte the dataset file {slug}/clinical.csv" in r.text, r.text
+    # granted to the project, with the claim in its namespace too: her next session has it (_claim_dataset_in_a_session)
+    project_ns = f"{rel.instance}-{project}"
+    _read_only_claim(kube, f"{sc}-dataset-ct-claim-p", project_ns, f"dataset-{slug}", path, sc)
+    rel.exec_hub("vre", "project", "grant", project, slug)
+
+
+CLAIM_DATASET_FACTS = """
+import json, os, sqlite3
+cat = '/opt/vre/catalog/ct-claim'
+conn = sqlite3.connect(f'file:{cat}/index.sqlite?mode=ro', uri=True)
+files = sorted(os.path.relpath(os.path.join(d, f), '/data/ct-claim') for d, _, fs in os.walk('/data/ct-claim') for f in fs)
+try:
+    open('/data/ct-claim/x', 'w')
+    writable = True
+except OSError:
+    writable = False
+print(json.dumps({"series": conn.execute('SELECT COUNT(*) FROM series').fetchone()[0],
+                  "record": json.load(open(f'{cat}/record.json'))['num_series'], "files": len(files),
+                  "writable": writable, "catalog_writable": os.access(cat, os.W_OK)}))
+"""
+
+
+def _claim_dataset_in_a_session(kube, rel, alice, project: str) -> None:
+    """The claim dataset in alice's session: its files read-only from the project's claim, its
+    catalogue (record and index) fetched from the hub by the pod's first container, read-only."""
+    k = alice.kernel(project)
+    facts = json.loads(k.check(CLAIM_DATASET_FACTS, timeout=120).strip().splitlines()[-1])
+    k.close()
+    assert facts == {"series": 2, "record": 2, "files": 13, "writable": False, "catalog_writable": False}, facts
+    project_ns = f"{rel.instance}-{project}"
+    (pod,) = json.loads(kube("get", "pods", "-n", project_ns, "-l", "vre.role=session", "-o", "json"))["items"]
+    log = kube("logs", "-n", project_ns, pod["metadata"]["name"], "-c", "catalogue")
+    assert "1 of 1 catalogue(s) fetched" in log, log
 
 
 LOCALQUEUE_CRD = {

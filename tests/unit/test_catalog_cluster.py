@@ -17,14 +17,17 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import aiohttp
 
 import kubernetes_validate
 import pytest
 
 from vre import db as vdb
-from vre.airlock.store import DatasetIndex
+from vre.airlock.store import DatasetIndex, Unchecked
 from vre.catalog import cluster, registry
 from vre.catalog import index as index_module
 from vre.catalog.index import file_with_digest, has_digests, index_dataset
@@ -92,6 +95,28 @@ def test_an_index_with_digests_keeps_every_files_hash_and_follows_changes(cohort
     assert file_with_digest(index, csv.stat().st_size, sha256(csv)) is None
 
 
+def test_the_hashes_cover_every_file_sessions_can_read_not_only_the_indexed_ones(cohort, tmp_path):
+    """Hidden files, files in hidden folders and DICOMDIR are not in the index, but a session reads
+    them: their hashes are kept too; what sessions cannot read, and links, are not."""
+    (cohort / ".notes.csv").write_text("patient,comment\nLUNG-001,smoker\n")
+    (cohort / ".hidden").mkdir()
+    (cohort / ".hidden" / "table.tsv").write_text("a\tb\n")
+    (cohort / "DICOMDIR").write_bytes(b"\x00" * 200 + b"DICM")
+    secret = cohort / "private.csv"
+    secret.write_text("not for sessions")
+    secret.chmod(0o600)
+    (cohort / "link.csv").symlink_to(cohort / "clinical.csv")
+    index = tmp_path / "index.sqlite"
+    index_dataset(cohort, index, workers=1, digests=True)
+    for rel in (".notes.csv", ".hidden/table.tsv", "DICOMDIR"):
+        f = cohort / rel
+        assert file_with_digest(index, f.stat().st_size, sha256(f)) == rel
+    assert file_with_digest(index, secret.stat().st_size, sha256(secret)) is None
+    with sqlite3.connect(index) as conn:
+        listed = {r[0] for r in conn.execute("SELECT relpath FROM digests")}
+        assert "link.csv" not in listed and ".hidden/table.tsv" not in {r[0] for r in conn.execute("SELECT relpath FROM files")}
+
+
 def test_the_copy_check_reads_hashes_from_the_index_where_the_dataset_is_out_of_reach(cohort, tmp_path):
     index = tmp_path / "index.sqlite"
     index_dataset(cohort, index, workers=1, digests=True)
@@ -105,7 +130,15 @@ def test_the_copy_check_reads_hashes_from_the_index_where_the_dataset_is_out_of_
     # an index without hashes: the dataset's files are read, as before
     plain = tmp_path / "plain.sqlite"
     index_dataset(tmp_path / "kept", plain, workers=1)
-    assert DatasetIndex().match([("lung", str(tmp_path / "kept"), "v1", str(plain))], size, digest) == found
+    checker = DatasetIndex()
+    assert checker.match([("lung", str(tmp_path / "kept"), "v1", str(plain))], size, digest) == found
+    # re-indexed with hashes (a new version): the same checker reads them from now on
+    index_dataset(tmp_path / "kept", plain, workers=1, digests=True)
+    shutil.rmtree(tmp_path / "kept")
+    assert checker.match([("lung", str(tmp_path / "kept"), "v2", str(plain))], size, digest) == found
+    # neither hashes nor a folder to read: never "no copy"
+    with pytest.raises(Unchecked, match="lung"):
+        DatasetIndex().match([("lung", "claim:dataset-lung", "v1", str(tmp_path / "none.sqlite"))], size, digest)
 
 
 # --- the pod's program, followed by the hub -------------------------------------------------
@@ -178,8 +211,10 @@ def test_the_pods_indexer_answers_the_hub_alone_and_hands_over_a_whole_index(tmp
     again = Indexer(tmp_path / "again", cohort, idle=60)
     try:
         assert json.loads(again.get("/progress")[1])["state"] == "waiting"   # nothing read before the hub says so
-        report = follow(again, out)
+        seen = []
+        report = follow(again, out, lambda done, total: seen.append((done, total)))
         assert (report.files_indexed, report.files_skipped_unchanged) == (0, 202)
+        assert seen[-1] == (1, 1)   # the changed file alone was read (hashed) again
         csv = cohort / "lung" / "clinical.csv"
         assert file_with_digest(out, csv.stat().st_size, sha256(csv)) == "lung/clinical.csv"
         conn = http.client.HTTPConnection("127.0.0.1", again.port, timeout=10)
@@ -206,14 +241,58 @@ def test_a_failed_indexing_is_the_admins_clear_error_and_no_index(tmp_path):
         indexer.stop()
 
 
-def test_a_download_cut_short_leaves_the_old_index(tmp_path):
-    out = tmp_path / "index.sqlite"
+class FakePod(BaseHTTPRequestHandler):
+    """A pod that indexed at once and hands over ``body`` (announcing ``length`` bytes)."""
+    body, length = b"", 0
+
+    def log_message(self, *a):
+        pass
+
+    def _send(self, status, body: bytes, length=None):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if self.path != "/index" else "application/vnd.sqlite3")
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._send(202, b"{}")
+
+    def do_GET(self):
+        if self.path == "/progress":
+            report = {"files_seen": 1, "files_indexed": 1, "files_skipped_unchanged": 0, "files_removed": 0,
+                      "errors": 0, "error_examples": [], "clinical_files": [], "patients": 1, "studies": 1,
+                      "series": 1, "seconds": 0.1}
+            return self._send(200, json.dumps({"state": "done", "done": 1, "total": 1, "report": report}).encode())
+        self._send(200, self.body, self.length)
+        self.close_connection = True
+
+
+@pytest.mark.parametrize("what", ["cut short", "not an index", "a view in it"])
+def test_an_index_that_is_not_whole_and_sound_leaves_the_old_one(cohort, tmp_path, what):
+    good = tmp_path / "good.sqlite"
+    index_dataset(cohort, good, workers=1, digests=True)
+    data = good.read_bytes()
+    if what == "cut short":
+        FakePod.body, FakePod.length = data[: len(data) // 2], len(data)
+    elif what == "not an index":
+        FakePod.body, FakePod.length = b"SQLite format 3\x00" + b"\x00" * 50, None
+    else:
+        with sqlite3.connect(good) as conn:
+            conn.execute("CREATE VIEW v AS SELECT 1")
+        FakePod.body, FakePod.length = good.read_bytes(), None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakePod)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "catalog" / "index.sqlite"
+    out.parent.mkdir()
     out.write_bytes(b"the old index")
-    cut = tmp_path / "index.sqlite.incoming"
-    cut.write_bytes(b"SQLite format 3\x00" + b"\x00" * 50)
-    with pytest.raises(VREError, match="not a complete index|not readable"):
-        cluster._check_index(cut)
-    assert out.read_bytes() == b"the old index"
+    try:
+        with pytest.raises((VREError, aiohttp.ClientError), match="not readable|holds view|payload|not complete|Response"):
+            asyncio.run(cluster._follow("127.0.0.1", "t", "lung", out, None, port=server.server_address[1]))
+    finally:
+        server.shutdown()
+    assert out.read_bytes() == b"the old index" and [p.name for p in out.parent.iterdir()] == ["index.sqlite"]
 
 
 # --- the Job ------------------------------------------------------------------------------
@@ -244,7 +323,7 @@ def test_the_index_job_reads_the_dataset_read_only_answers_the_hub_alone_and_has
     assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert c["command"][:3] == ["python3", "-I", f"{cluster.SOURCE_DIR}/indexpod.py"]
     # placed on a busy node (it asks for little), held to its limits once running
-    assert c["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "2000m", "memory": "2048Mi"}}
+    assert c["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "2000m", "memory": "4096Mi"}}
     data = next(m for m in c["volumeMounts"] if m["name"] == "dataset")
     assert data["readOnly"] and data["mountPath"] == "/data/lung"
     source = next(v for v in pod["volumes"] if v["name"] == "dataset")
@@ -253,6 +332,7 @@ def test_the_index_job_reads_the_dataset_read_only_answers_the_hub_alone_and_has
     else:
         assert source["nfs"] == {"server": "nfs.example.org", "path": "/exports/lung", "readOnly": True}
     assert secret["stringData"]["index.py"] == Path(index_module.__file__).read_text()
+    assert job["spec"]["activeDeadlineSeconds"] == cluster.JOB_DEADLINE_S   # never Pending for ever
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["template"]["metadata"]["labels"]["vre.role"] == "indexer"
     with pytest.raises(Exception, match="allow-list"):
         cluster.index_objects(settings, "lung", path, "x", image="elsewhere:1", token="t" * 40)
@@ -277,10 +357,34 @@ def test_registrations_name_a_claim_or_an_nfs_path_and_never_the_hubs_own_folder
     with vdb.session_scope(settings.vre_db_url) as db:
         with pytest.raises(VREError, match="absolute path on the NFS server"):
             registry.check_new_dataset(db, settings, "exports/x", "other", title="x")
-        with pytest.raises(Conflict, match="overlaps dataset 'lung'"):
-            registry.check_new_dataset(db, settings, "/exports/lung/sub", "other", title="x")
+        for inside in ("/exports/lung/sub", "//exports/lung/sub", "/exports/./lung/x/.."):
+            with pytest.raises(Conflict, match="overlaps dataset 'lung'|already registered as dataset 'lung'"):
+                registry.check_new_dataset(db, settings, inside, "other", title="x")
+        for broad in ("/", "//", "/etc/x", "/home"):
+            with pytest.raises(VREError, match="system folder"):
+                registry.check_new_dataset(db, settings, broad, "other", title="x")
     with pytest.raises(VREError, match="give the dataset's folder"):
         registry.given_path(settings, " ", "other")
     host = Settings(state_dir=tmp_path / "h" / "state", run_dir=tmp_path / "h" / "run")
     assert registry.source_kind(host) == "host" and not cluster.in_cluster(host)
     assert registry.source_kind(k8s_settings(tmp_path / "hp", "hostPath")) == "host"
+
+
+def test_the_demo_registers_no_folder_datasets_where_sessions_mount_claims(tmp_path):
+    """The demo's cohorts would be folders on the hub's volume, which sessions cannot mount when
+    datasets are claims: the demo says so and makes its projects and accounts without them."""
+    from sqlalchemy import select
+
+    from vre.demo.provision import provision_demo
+
+    settings = k8s_settings(tmp_path, "pvc")
+    vdb.upgrade(settings.vre_db_url)
+    settings.secrets_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    provision_demo(settings, log=lines.append)
+    assert any("the demo has none" in line for line in lines), lines
+    with vdb.session_scope(settings.vre_db_url) as db:
+        assert db.scalars(select(vdb.Dataset)).all() == []
+        projects = db.scalars(select(vdb.Project)).all()
+        assert {p.slug for p in projects} == {"lung-screening", "prostate-ai"} and all(not p.grants for p in projects)
+    assert not (settings.state_dir / "demo-data").exists()

@@ -166,3 +166,59 @@ def test_the_sessions_relay_reaches_it_over_the_unix_socket(service, monkeypatch
         def get_query_argument(self, name, default):
             return self.args.get(name, default)
     assert CatalogueProxyHandler.query(Asked()) == "modality=MR"
+
+
+def test_a_session_fetches_its_mounted_datasets_catalogue_files_and_no_others(service):
+    """``api/catalogue/<slug>/<file>`` (what a session pod's first container fetches under claims):
+    the files of a dataset its project has mounted, to that session's own token only."""
+    settings, url, _ = service
+    for slug in ("lung-ct", "prostate-mri"):
+        folder = settings.catalog_dir / slug
+        folder.mkdir(parents=True)
+        (folder / "record.json").write_text(json.dumps({"slug": slug}))
+        (folder / "index.sqlite").write_bytes(b"SQLite format 3\x00" + slug.encode() * 5000)
+    r = get(f"{url}/lung-ct/index.sqlite", token="alice-lung-session")
+    assert r.status_code == 200 and r.content == (settings.catalog_dir / "lung-ct" / "index.sqlite").read_bytes()
+    assert r.headers["Content-Length"] == str(len(r.content))
+    assert get(f"{url}/lung-ct/record.json", token="alice-lung-session").json() == {"slug": "lung-ct"}
+    # not mounted in lung-screening: another project's (batch-only there), one only asked for
+    for slug in ("prostate-mri", "kidney-ct", "no-such"):
+        r = get(f"{url}/{slug}/record.json", token="alice-lung-session")
+        assert r.status_code == 404 and "no dataset" in r.json()["message"], r.text
+    # a token that is not one session's own, or lacks the scope
+    for token in ("alice-browser", "alice-server", "bare"):
+        assert get(f"{url}/lung-ct/index.sqlite", token=token).status_code == 403
+    # only the catalogue's own files, by name
+    for name in ("index.sqlite-wal", "..%2Frecord.json", "other.txt"):
+        assert get(f"{url}/lung-ct/{name}", token="alice-lung-session").status_code == 404
+
+
+def test_the_pods_first_container_fetches_whole_files_or_leaves_them_out(service, tmp_path):
+    """``vre.catalog.fetch`` run as in the pod (``python3 -I -c``) against the service: the mounted
+    dataset's files, read-only; a dataset it may not have is left out with a line, never a failed start."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vre.backends.kubernetes import CATALOG_FETCH
+
+    settings, url, _ = service
+    folder = settings.catalog_dir / "lung-ct"
+    folder.mkdir(parents=True)
+    (folder / "record.json").write_text('{"slug": "lung-ct"}')
+    (folder / "index.sqlite").write_bytes(os.urandom(3 << 20))
+    root = tmp_path / "catalog"
+    root.mkdir()
+    env = {"PATH": os.environ["PATH"], "VRE_API_URL": url.removesuffix("/catalogue"),
+           "JUPYTERHUB_API_TOKEN": "alice-lung-session"}
+    proc = subprocess.run([sys.executable, "-I", "-c", CATALOG_FETCH.read_text(), "--root", str(root), "--wait", "2",
+                           "lung-ct", "prostate-mri"], env=env, cwd="/", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "lung-ct" / "index.sqlite").read_bytes() == (folder / "index.sqlite").read_bytes()
+    assert (root / "lung-ct" / "record.json").stat().st_mode & 0o777 == 0o444
+    assert not list(Path(root).rglob("*.part")) and not (root / "prostate-mri" / "record.json").exists()
+    assert "prostate-mri/record.json: HTTP Error 404" in proc.stdout and "1 of 2 catalogue(s) fetched" in proc.stdout
+    bad = subprocess.run([sys.executable, "-I", "-c", CATALOG_FETCH.read_text(), "--root", str(root)],
+                         env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "VRE_API_URL" in bad.stderr

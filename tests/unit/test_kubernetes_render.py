@@ -10,13 +10,13 @@ from types import SimpleNamespace
 import kubernetes_validate
 import pytest
 
-from vre.backends.kubernetes import (ACCESS_POD_LABELS, GATE_NAME, HUB_POD_LABELS, JOB_SPEC_DIR, JOB_SPEC_KEY,
+from vre.backends.kubernetes import (ACCESS_POD_LABELS, CATALOG_FETCH, GATE_NAME, HUB_POD_LABELS, JOB_SPEC_DIR, JOB_SPEC_KEY,
                                      KUEUE_QUEUE_LABEL, batch_job, kube_job_name, local_queue, READER_PORT, SECRET_ENV,
                                      SESSION_PORT,
                                      KubernetesBackendError, ProjectQuota, batch_pod, check_reads_policy,
                                      island_namespace, namespace_name, network_policies, object_name,
                                      pod_server_args, project_objects, project_quota, run_secret,
-                                     session_pod, storage_claims)
+                                     catalog_fetched, session_pod, storage_claims)
 from vre.backends.plan_spawner import server_command
 from vre.claims import pods as claim_pods
 from vre.claims.pods import reader_pod, reader_secret
@@ -155,6 +155,34 @@ def test_storage_claims_match_the_pods_volumes():
         validate(claim)
     no_class = storage_claims(SETTINGS.replace(k8s_storage="pvc"), make_plan())
     assert all("storageClassName" not in c["spec"] for c in no_class)  # the cluster's default class
+
+
+def test_under_claims_a_sessions_catalogue_comes_from_the_hub_through_its_first_container():
+    """The hub's catalogue folder is not on the nodes: the session pod's init container fetches
+    its mounted datasets' catalogue files with the session's token into a scratch volume, which
+    the server sees read-only where it always does; batch pods keep the operator's claim."""
+    settings = SETTINGS.replace(k8s_storage="pvc", k8s_dataset_volume="pvc")
+    plan = make_plan(env={"VRE_API_URL": "http://10.0.0.9:8082/services/vre/api", "VRE_PROJECT": "lung"})
+    pod = render(plan, settings=settings)
+    validate(pod)
+    spec, (server,) = pod["spec"], pod["spec"]["containers"]
+    (init,) = spec["initContainers"]
+    assert init["command"][:3] == ["python3", "-I", "-c"] and init["command"][-3:] == ["--root", "/catalog", "ct"]
+    assert init["command"][3] == CATALOG_FETCH.read_text()   # source the hub passes: nothing from a researcher
+    assert {e["name"] for e in init["env"]} == {"VRE_API_URL", "JUPYTERHUB_API_TOKEN"}
+    assert next(e for e in init["env"] if e["name"] == "JUPYTERHUB_API_TOKEN")["valueFrom"]["secretKeyRef"]
+    assert init["securityContext"]["runAsUser"] == 200001 and init["securityContext"]["readOnlyRootFilesystem"]
+    assert init["volumeMounts"] == [{"name": "catalog", "mountPath": "/catalog"}]
+    (mount,) = [m for m in server["volumeMounts"] if m["name"] == "catalog"]
+    assert mount == {"name": "catalog", "mountPath": "/opt/vre/catalog/ct", "readOnly": True, "subPath": "ct"}
+    assert {"name": "catalog", "emptyDir": {"sizeLimit": "8Gi"}} in spec["volumes"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
+    assert "catalog" not in claims and "dataset-ct" in claims
+    # on a single node, and for batch pods, the catalogue stays a volume of its own
+    assert "initContainers" not in render(plan)["spec"]
+    worker = replace(plan, role="worker")
+    assert not catalog_fetched(settings, worker) and catalog_fetched(settings, plan)
+    assert not catalog_fetched(SETTINGS, plan)
 
 
 def test_identity_and_hardening():

@@ -411,10 +411,17 @@ def _freeze_all(settings, request_id: int, todo: list[tuple[int, store.Candidate
         fr = store.freeze(settings, request_id, c, rules, limit=rules.max_file_bytes, copy=copy)
         total += fr.size
         if fr.sha256 and fr.size <= rules.max_file_bytes:  # read whole: say so even beside other problems
-            twin = store.DATASETS.match(datasets, fr.size, fr.sha256)
+            twin, unchecked = None, None
+            try:
+                twin = store.DATASETS.match(datasets, fr.size, fr.sha256)
+            except store.Unchecked as e:
+                unchecked = e.args[0]
+                fr.problems.append(f"cannot be checked against dataset {unchecked}, which the hub cannot read and "
+                                   "whose index has no file hashes: an admin re-indexes it, then submit again")
             if twin:
                 fr.problems.append(f"is byte for byte the dataset file {twin}: dataset files never leave the "
                                    "environment")
+            if twin or unchecked:
                 store.discard(settings, request_id, fr.stored)
                 fr.stored = ""
         if fr.problems:

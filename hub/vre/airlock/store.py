@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..access.resolve import USER_KINDS, MountMap, resolve
-from ..catalog.index import file_with_digest, has_digests
+from ..catalog.index import file_sha256, file_with_digest, has_digests
 from ..claims.files import LOCAL, Files, warm as warm_files
 from ..plan import HELD_ROOT, HOME, Mount, build_plan, held_dir
 from ..settings import files_on_host
@@ -320,6 +320,10 @@ def read_chunks(path: Path, expect_sha256: str | None = None):
 
 
 # --- dataset copies ----------------------------------------------------------------------------
+class Unchecked(Exception):
+    """A dataset the check for copies cannot look at (its slug)."""
+
+
 class DatasetIndex:
     """Which dataset files have a given size, and their hashes, cached across requests (per process)."""
 
@@ -358,16 +362,12 @@ class DatasetIndex:
         with self._lock:
             if key in self._hashes:
                 return self._hashes[key]
-        h = hashlib.sha256()
-        try:
-            with open(path, "rb", buffering=0) as f:
-                while chunk := f.read(CHUNK):
-                    h.update(chunk)
-        except OSError:
+        digest = file_sha256(path)
+        if digest is None:
             return None
         with self._lock:
-            self._hashes[key] = h.hexdigest()
-        return self._hashes[key]
+            self._hashes[key] = digest
+        return digest
 
     def hashed(self, index: str, version: str) -> bool:
         """Whether the dataset's index keeps its files' hashes (indexed in the cluster, where the
@@ -385,13 +385,16 @@ class DatasetIndex:
     def match(self, datasets: list[tuple[str, str, str, str]], size: int, sha256: str) -> str | None:
         """'<slug>/<relative path>' of a dataset file with this content, or None.
         ``datasets``: (slug, root, version, index path) for every registered dataset: its index's
-        hashes where it keeps them, else its files (same size, then the same SHA-256)."""
+        hashes where it keeps them, else its files (same size, then the same SHA-256).
+        ``Unchecked`` when a dataset has neither (a claim or NFS dataset whose index has no hashes)."""
         for slug, root, version, index in datasets:
             if self.hashed(index, version):
                 rel = file_with_digest(Path(index), size, sha256)
                 if rel is not None:
                     return f"{slug}/{rel}"
                 continue
+            if not os.path.isdir(root):   # never "no copy" for a dataset it could not look at
+                raise Unchecked(slug)
             for p in self.sizes(root, version).get(size, ()):
                 if self.digest(p) == sha256:
                     return f"{slug}/{os.path.relpath(p, root)}"

@@ -7,17 +7,25 @@ It is on the service's unix socket too (``routes(sessions_only=True)``): the Lab
 lists the datasets its project does not have through its server's relay (vre_session.catalogue).
 It needs ``custom:vre-catalogue:read``, which session tokens carry; asking for access stays on the
 hub's catalogue page (``custom:vre-catalogue``, XSRF, the hub's login).
+
+``GET api/catalogue/<slug>/{record.json,index.sqlite}`` hands a session the catalogue files of a
+dataset its project has mounted (``projects.datasets_for``), and no one else: on Kubernetes with
+claims the session pod's first container fetches them (``vre.catalog.fetch``), as the hub's
+catalogue folder is not on the node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 
+from sqlalchemy import select
 from tornado import web
 
 from .. import db as vdb
 from ..catalog.browse import FILTERS, browse
+from ..projects import datasets_for
 from ..roles import CATALOGUE_READ_SCOPE
 from .base import ServiceAPIHandler, requires_scope
 
@@ -57,5 +65,42 @@ def session_project(model: dict) -> str | None:
     return server if owner == model.get("name") and server else None
 
 
+#: The files of a dataset's catalogue folder a session may fetch.
+SESSION_FILES = ("record.json", "index.sqlite")
+CHUNK = 1 << 20
+
+
+class CatalogueFileHandler(ServiceAPIHandler):
+    """``GET api/catalogue/<slug>/<file>``: a catalogue file of a dataset the calling session's
+    project has mounted (a session's server token only)."""
+
+    @requires_scope(CATALOGUE_READ_SCOPE)
+    async def get(self, slug: str, name: str):
+        project = session_project(self.current_user)
+        if project is None:
+            raise web.HTTPError(403, "only a session's own token fetches its datasets' catalogue files")
+
+        def mounted() -> bool:
+            with vdb.session_scope(self.vre_settings.vre_db_url) as db:
+                row = db.scalar(select(vdb.Project).where(vdb.Project.slug == project))
+                return row is not None and slug in {d.slug for d in datasets_for(row, "session")[0]}
+        if not await asyncio.to_thread(mounted):
+            raise web.HTTPError(404, f"project {project} has no dataset {slug!r} mounted in its sessions")
+        try:
+            f = open(self.vre_settings.catalog_dir / slug / name, "rb")
+        except FileNotFoundError:
+            raise web.HTTPError(404, f"dataset {slug!r} has no {name} (not indexed yet)") from None
+        with f:
+            self.set_header("Content-Type", "application/json" if name.endswith(".json") else "application/vnd.sqlite3")
+            self.set_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+            self.set_header("Cache-Control", "no-store")
+            while chunk := await asyncio.to_thread(f.read, CHUNK):
+                self.write(chunk)
+                await self.flush()
+        self.finish()
+
+
 def handlers(settings) -> list[tuple]:
-    return [(r"api/catalogue/?", CatalogueAPIHandler, {"vre_settings": settings})]
+    files = "|".join(n.replace(".", r"\.") for n in SESSION_FILES)
+    return [(r"api/catalogue/?", CatalogueAPIHandler, {"vre_settings": settings}),
+            (rf"api/catalogue/([a-z][a-z0-9-]{{0,62}})/({files})", CatalogueFileHandler, {"vre_settings": settings})]

@@ -378,6 +378,35 @@ def run_secret(settings: Settings, plan: SessionPlan, files: dict[str, str], env
             "stringData": data}
 
 
+#: The scratch volume of a session's catalogue files under claims, and its size.
+CATALOG_VOLUME, CATALOG_SIZE = "catalog", "8Gi"
+#: The program that fills it (standard library only; ``vre.catalog`` imports this module).
+CATALOG_FETCH = Path(__file__).resolve().parents[1] / "catalog" / "fetch.py"
+
+
+def catalog_fetched(settings: Settings, plan: SessionPlan) -> bool:
+    """Whether the session pod's first container fetches its catalogue files from the hub
+    (``vre.catalog.fetch``): under claims the hub's catalogue folder is not on the node. Batch
+    pods reach no hub, and keep the operator's ``catalog`` claim."""
+    return settings.k8s_storage == "pvc" and plan.role == "session" and any(m.kind == "catalog" for m in plan.mounts)
+
+
+def catalog_container(settings: Settings, plan: SessionPlan, *, image: str, pull_policy: str,
+                      env: list[dict]) -> dict:
+    """The init container that fetches ``plan``'s catalogue files with the session's token."""
+    slugs = [m.target.rsplit("/", 1)[-1] for m in plan.mounts if m.kind == "catalog"]
+    limits = {"cpu": "250m", "memory": "128Mi"}
+    return {"name": "catalogue", "image": image, "imagePullPolicy": pull_policy, "workingDir": "/",
+            "command": ["python3", "-I", "-c", CATALOG_FETCH.read_text(), "--root", "/catalog", *slugs],
+            "env": [e for e in env if e["name"] in ("VRE_API_URL", "JUPYTERHUB_API_TOKEN")],
+            "volumeMounts": [{"name": CATALOG_VOLUME, "mountPath": "/catalog"}],
+            "resources": {"requests": dict(limits), "limits": limits},
+            "securityContext": {"runAsNonRoot": True, "runAsUser": plan.uid, "runAsGroup": plan.gid,
+                                "allowPrivilegeEscalation": False, "privileged": False,
+                                "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+                                "seccompProfile": {"type": "RuntimeDefault"}}}
+
+
 def volumes_and_mounts(settings: Settings, plan: SessionPlan, tmp_size: str = "2Gi") -> tuple[list[dict], list[dict]]:
     """(pod volumes, container volumeMounts): one per plan mount, plus the writable scratch of a
     read-only root. ``hub`` mounts (the hub's socket directory) have no pod counterpart."""
@@ -389,6 +418,12 @@ def volumes_and_mounts(settings: Settings, plan: SessionPlan, tmp_size: str = "2
         if m.kind == "dataset":
             volumes.append({"name": name, **_dataset_source(settings, m)})
             mounts.append({"name": name, "mountPath": m.target, "readOnly": True, "recursiveReadOnly": "IfPossible"})
+            continue
+        if m.kind == "catalog" and catalog_fetched(settings, plan):   # the pod's first container fills it
+            if not any(v["name"] == CATALOG_VOLUME for v in volumes):
+                volumes.append({"name": CATALOG_VOLUME, "emptyDir": {"sizeLimit": CATALOG_SIZE}})
+            mounts.append({"name": CATALOG_VOLUME, "mountPath": m.target, "readOnly": True,
+                           "subPath": m.target.rsplit("/", 1)[-1]})
             continue
         if m.kind in ("catalog", "home", "workspace", "held"):
             volumes.append({"name": name, **storage_source(settings, plan, m)})
@@ -456,6 +491,8 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
                             "fsGroup": plan.gid, "fsGroupChangePolicy": "OnRootMismatch",
                             "seccompProfile": {"type": "RuntimeDefault"}},
     }
+    if catalog_fetched(settings, plan):
+        spec["initContainers"] = [catalog_container(settings, plan, image=image, pull_policy=pull_policy, env=env_list)]
     if plan.gpus:
         spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     # the profile's labels on top of the GPU nodes' (a GPU model among them, say)

@@ -14,8 +14,9 @@ as the hub's own does), asks the pod how far it got (the admin's progress bar), 
 finished index into the catalogue, and deletes the Job; the catalogue record is then built as for a dataset the hub
 indexed itself. The pod runs as ``nobody``, without privileges, service-account token or egress;
 only the hub's pods reach its port, with the token of its Secret. A hub that goes away meanwhile
-leaves a pod that exits after ``IDLE_S`` without a question, and a Job the cluster removes after
-``JOB_TTL_S``.
+leaves a pod that exits after ``IDLE_S`` without a question (or, never placed, at the Job's
+``JOB_DEADLINE_S``), a Job the cluster removes after ``JOB_TTL_S``, and the next indexing of that
+dataset removes it first.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +45,7 @@ log = logging.getLogger("vre.catalog")
 INDEX_PORT = 8891
 #: What one index pod may use (its indexer's processes: one per CPU), and what it asks to be
 #: placed (little: it runs once, and a busy node should not keep a registration waiting).
-INDEX_LIMITS = {"cpu": 2, "mem_mb": 2048}
+INDEX_LIMITS = {"cpu": 2, "mem_mb": 4096}
 INDEX_REQUESTS = {"cpu": 0.25, "mem_mb": 512}
 #: Its scratch folder, where the index is made (an index of a million files is a few GB).
 SCRATCH_SIZE = "20Gi"
@@ -50,8 +53,9 @@ SCRATCH_SIZE = "20Gi"
 START_S = 300
 #: Seconds after its indexing ended without a question, after which the pod exits.
 IDLE_S = 600
-#: Seconds a finished Job is kept (when the hub could not delete it).
-JOB_TTL_S = 3600
+#: Seconds a finished Job is kept (when the hub could not delete it), and the most an index Job
+#: may run, waiting for a node included (one left by a hub that went away ends then).
+JOB_TTL_S, JOB_DEADLINE_S = 3600, 24 * 3600
 #: Seconds between two questions about progress; seconds without an answer that end the wait.
 POLL_S, SILENT_S = 1.0, 60
 #: The uid the indexer runs as (nobody): it reads what sessions can read.
@@ -132,7 +136,7 @@ def index_objects(settings: Settings, slug: str, path: str, name: str, *, image:
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]}
     job = {"apiVersion": "batch/v1", "kind": "Job",
            "metadata": {"name": name, "namespace": ns, "labels": labels},
-           "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": JOB_TTL_S,
+           "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": JOB_TTL_S, "activeDeadlineSeconds": JOB_DEADLINE_S,
                     "template": {"metadata": {"labels": labels}, "spec": pod_spec}}}
     here = Path(__file__).parent
     secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -148,7 +152,7 @@ def index_in_cluster(settings: Settings, slug: str, path: str, out: Path, progre
     DICOM files) and leaves ``out`` as it was."""
     try:
         return asyncio.run(_index(settings, slug, path, out, progress))
-    except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as e:
+    except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError) as e:
         raise VREError(f"indexing dataset {slug!r} in the cluster failed: the cluster did not answer "
                        f"({e or type(e).__name__}); nothing was changed, try again") from None
     except ApiException as e:
@@ -170,20 +174,62 @@ async def _index(settings: Settings, slug: str, path: str, out: Path, progress) 
         core, batch = CoreV1Api(client), BatchV1Api(client)
         for obj in objects:
             await k8s.put_object(client, obj)
-        made = await batch.create_namespaced_job(ns, job)
+        await _remove_jobs(batch, ns, f"vre.role=indexer,vre.dataset={slug}")   # a hub that died while indexing it
+        # the Secret first (the pod mounts it), then the Job, which then owns it: none is left behind
+        await core.create_namespaced_secret(ns, secret)
+        try:
+            made = await batch.create_namespaced_job(ns, job)
+        except BaseException:
+            await _quietly(core.delete_namespaced_secret(name, ns), f"Secret {ns}/{name}")
+            raise
         log.info("indexing dataset %s in the cluster: Job %s/%s", slug, ns, name)
         try:
             secret["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
                                                       "uid": made.metadata.uid}]
-            await core.create_namespaced_secret(ns, secret)
+            await core.replace_namespaced_secret(name, ns, secret)
             address = await _wait_for_pod(core, settings, slug, ns, name)
-            return await _follow(address, token, slug, out, progress)
+            return await _follow(address, token, slug, out, progress, gone=lambda: _ended(core, ns, name))
         finally:
-            try:
-                await batch.delete_namespaced_job(name, ns, propagation_policy="Background")
-            except ApiException as e:
-                if e.status != 404:
-                    log.warning("could not delete index Job %s/%s: %s", ns, name, k8s.api_reason(e))
+            await _quietly(batch.delete_namespaced_job(name, ns, propagation_policy="Background"), f"Job {ns}/{name}")
+
+
+async def _quietly(call, what: str) -> None:
+    """Await a deletion; gone already is fine, another failure is logged (it must not hide the
+    error that brought the hub here; the Job's deadline and TTL clean up after it)."""
+    try:
+        await call
+    except ApiException as e:
+        if e.status != 404:
+            log.warning("could not delete %s: %s", what, k8s.api_reason(e))
+    except Exception as e:
+        log.warning("could not delete %s: %s", what, e)
+
+
+async def _remove_jobs(batch: BatchV1Api, ns: str, selector: str) -> None:
+    for old in (await batch.list_namespaced_job(ns, label_selector=selector)).items:
+        log.info("removing index Job %s/%s of an earlier indexing", ns, old.metadata.name)
+        await _quietly(batch.delete_namespaced_job(old.metadata.name, ns, propagation_policy="Background"),
+                       f"Job {ns}/{old.metadata.name}")
+
+
+async def _ended(core: CoreV1Api, ns: str, name: str) -> str:
+    """Why the index pod stopped answering, as its status and log say (OOMKilled, evicted, ...)."""
+    try:
+        pods = (await core.list_namespaced_pod(ns, label_selector=f"job-name={name}")).items
+    except ApiException:
+        return ""
+    for pod in pods:
+        why = [pod.status.reason or "", pod.status.message or ""]
+        for c in pod.status.container_statuses or ():
+            t = c.state.terminated if c.state else None
+            if t:
+                why.append(f"{t.reason or 'ended'} with exit code {t.exit_code}")
+        try:
+            tail = await core.read_namespaced_pod_log(pod.metadata.name, ns, tail_lines=5)
+        except ApiException:
+            tail = ""
+        return "; ".join(w for w in [*why, tail.strip().replace("\n", " | ")[-500:]] if w)
+    return "its pod is gone"
 
 
 async def _wait_for_pod(core: CoreV1Api, settings: Settings, slug: str, ns: str, name: str) -> str:
@@ -196,14 +242,15 @@ async def _wait_for_pod(core: CoreV1Api, settings: Settings, slug: str, ns: str,
                 raise k8s.KubernetesBackendError(f"its pod cannot start ({waiting}: is {settings.notebook_image} "
                                                  "on the nodes?)")
             if pod.status.phase in ("Failed", "Succeeded"):
-                raise k8s.KubernetesBackendError(f"its pod ended before it answered ({pod.status.phase})")
+                raise k8s.KubernetesBackendError(f"its pod ended before it answered "
+                                                 f"({await _ended(core, ns, name) or pod.status.phase})")
             ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or ())
             if ready and pod.status.pod_ip:
                 return pod.status.pod_ip
             why = k8s.unplaced_reason(pod) or _mount_problem(await _events(core, ns, pod.metadata.name)) or \
                 waiting or pod.status.phase or why
         await asyncio.sleep(POLL_S)
-    volume = why == "Pending" or any(w in why.lower() for w in ("claim", "volume", "mount"))
+    volume = any(w in why.lower() for w in ("claim", "volume", "mount"))
     claim = (f"; the claim {k8s.object_name(f'dataset-{slug}')} must exist in namespace {ns}, bound to the "
              "dataset's volume") if settings.k8s_dataset_volume == "pvc" and volume else ""
     raise k8s.KubernetesBackendError(f"its pod did not start in {START_S} s ({why}){claim}")
@@ -224,50 +271,61 @@ def _mount_problem(events) -> str:
     return ""
 
 
-async def _follow(address: str, token: str, slug: str, out: Path, progress, *, port: int = INDEX_PORT) -> IndexReport:
-    """Follow the pod's indexing, then fetch the index into ``out`` (replaced whole, once complete)."""
+async def _follow(address: str, token: str, slug: str, out: Path, progress, *, port: int = INDEX_PORT,
+                  gone=None) -> IndexReport:
+    """Follow the pod's indexing, then fetch the index into ``out`` (replaced whole, once
+    complete and checked). ``gone()``: why the pod stopped answering, when it does."""
     base = f"http://{address}:{port}"
+    where = f"indexing dataset {slug!r} in the cluster"
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=SILENT_S)
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}, timeout=timeout) as http:
         # the index the hub has (a re-index): only new and changed files are read again
         with open(out, "rb") if out.is_file() else contextlib.nullcontext(b"") as previous:
             async with http.post(f"{base}/start", data=previous) as r:
                 if r.status != 202:
-                    raise VREError(f"indexing dataset {slug!r} in the cluster: its pod refused to start "
-                                   f"({r.status} {(await r.text())[:200]})")
+                    raise VREError(f"{where}: its pod refused to start ({r.status} {(await r.text())[:200]})")
         silent_since = None
         while True:
             try:
                 async with http.get(f"{base}/progress") as r:
+                    if r.status == 401:   # not the pod this indexing made
+                        raise VREError(f"{where}: the pod at {address} refused this indexing's token; try again")
                     r.raise_for_status()
                     state = await r.json()
                 silent_since = None
             except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as e:
                 silent_since = silent_since or time.monotonic()
                 if time.monotonic() - silent_since > SILENT_S:
-                    raise VREError(f"indexing dataset {slug!r} in the cluster: its pod stopped answering ({e}); "
-                                   "try again") from None
+                    why = (await gone() if gone else "") or str(e) or type(e).__name__
+                    raise VREError(f"{where}: its pod stopped answering ({why}); try again") from None
                 await asyncio.sleep(POLL_S)
                 continue
             if progress and state.get("total"):
                 progress(state["done"], state["total"])
             if state["state"] == "failed":
-                raise VREError(state.get("error") or "indexing failed")
+                raise VREError(f"{where}: {state.get('error') or 'indexing failed'}")
             if state["state"] == "done":
                 break
             await asyncio.sleep(POLL_S)
-        incoming = out.with_name(out.name + ".incoming")
         out.parent.mkdir(parents=True, exist_ok=True)
+        # a name of its own beside the index: two indexings of one dataset never share a download
+        fd, name = tempfile.mkstemp(prefix=out.name + ".", suffix=".incoming", dir=out.parent)
+        incoming = Path(name)
         try:
-            async with http.get(f"{base}/index") as r:
-                r.raise_for_status()
-                with open(incoming, "wb") as f:
+            with os.fdopen(fd, "wb") as f:
+                async with http.get(f"{base}/index") as r:
+                    r.raise_for_status()
                     async for chunk in r.content.iter_chunked(1 << 20):
                         f.write(chunk)
             _check_index(incoming)
+            os.chmod(incoming, 0o644)   # sessions read it
             for suffix in ("-wal", "-shm", "-journal"):
                 out.with_name(out.name + suffix).unlink(missing_ok=True)
             incoming.replace(out)
+        except OSError as e:
+            if isinstance(e, ConnectionError):
+                raise
+            raise VREError(f"{where}: the index could not be written to {out.parent} ({e}); nothing was changed") from None
         finally:
             incoming.unlink(missing_ok=True)
     report = dict(state["report"])
@@ -275,16 +333,27 @@ async def _follow(address: str, token: str, slug: str, out: Path, progress, *, p
     return IndexReport(**report)
 
 
+#: What an index holds: tables and their indexes, nothing that runs (views, triggers).
+_INDEX_OBJECTS = ("table", "index")
+
+
 def _check_index(path: Path) -> None:
-    """The fetched file is a whole index with its files' hashes (not a download cut short)."""
+    """The fetched file is a whole, sound index with its files' hashes (not a download cut short),
+    holding tables and indexes only."""
     try:
         conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
         try:
+            if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            kinds = {row[0] for row in conn.execute("SELECT type FROM sqlite_master")}
             meta = dict(conn.execute("SELECT key, value FROM meta"))
             conn.execute("SELECT COUNT(*) FROM series").fetchone()
         finally:
             conn.close()
     except sqlite3.DatabaseError as e:
         raise VREError(f"the index fetched from the cluster is not readable ({e}); try again") from None
+    if kinds - set(_INDEX_OBJECTS):
+        raise VREError(f"the index fetched from the cluster holds {', '.join(sorted(kinds - set(_INDEX_OBJECTS)))}: "
+                       "an index holds tables only; not taken")
     if meta.get("format_version") != FORMAT_VERSION or meta.get("digests") != "sha256":
         raise VREError("the index fetched from the cluster is not a complete index; try again")

@@ -40,7 +40,7 @@ CLINICAL_SUFFIXES = (".csv", ".tsv", ".json")
 _POOL_THRESHOLD = 200  # below this, starting worker processes costs more than it saves
 _CHUNK_MIN, _CHUNK_MAX = 64, 256
 _MAX_EXAMPLES = 10
-_HASH_CHUNK = 1 << 20
+_HASH_CHUNK, _HASH_BATCH = 1 << 20, 256
 _RETRY_PREFIX = "cannot read"  # e.g. permission denied: retried every run, as chmod leaves mtime alone
 
 _KEYWORDS = (
@@ -379,10 +379,12 @@ def _read_chunk(root: str, relpaths: list[str]) -> list[tuple[tuple | None, str 
 
 
 # --- scanning and orchestration -----------------------------------------------------------
-def _scan(root: Path, skip: set[str]) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]],
-                                              list[tuple[str, str]]]:
+def _scan(root: Path, skip: set[str], unlisted: dict[str, tuple[int, int]] | None = None
+          ) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]], list[tuple[str, str]]]:
     """Every visible file under root: DICOM candidates and clinical files (each with its size and
     mtime_ns), and the problems (unreadable folders, links, what sessions could not read).
+    ``unlisted``, if given, gets the files sessions can read that the index does not list
+    (hidden ones, those in hidden folders, DICOMDIR), for the files' hashes.
 
     The indexer runs as root, but what it publishes is read by sessions (unprivileged uids, the
     dataset's folder alone mounted): a file or folder that sessions cannot read (no o+r, or o+x for
@@ -391,18 +393,25 @@ def _scan(root: Path, skip: set[str]) -> tuple[dict[str, tuple[int, int]], dict[
     candidates: dict[str, tuple[int, int]] = {}
     clinical: dict[str, tuple[int, int]] = {}
     problems: list[tuple[str, str]] = []
-    pending = [("", str(root))]
+    pending = [("", str(root), False)]
     while pending:
-        rel_dir, abs_dir = pending.pop()
+        rel_dir, abs_dir, hidden = pending.pop()
         try:
             entries = list(os.scandir(abs_dir))
         except OSError as e:
-            problems.append((rel_dir or ".", f"cannot list folder: {e.strerror or e}"))
+            if not hidden:
+                problems.append((rel_dir or ".", f"cannot list folder: {e.strerror or e}"))
             continue
         for entry in entries:
-            if entry.name.startswith(".") or entry.path in skip or entry.name == "DICOMDIR":
-                continue  # hidden files, our own index, and DICOMDIR (an index, not an image)
+            if entry.path in skip:
+                continue  # our own index
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if hidden or entry.name.startswith(".") or entry.name == "DICOMDIR":
+                # hidden files and DICOMDIR (an index, not an image): not in the index, but sessions
+                # read them, so their hashes are kept when asked for
+                if unlisted is not None:
+                    _unlisted(entry, rel, unlisted, pending)
+                continue
             try:
                 if entry.is_symlink():
                     problems.append((rel, "a symbolic link: not indexed (sessions see the dataset's own files only)"))
@@ -411,7 +420,7 @@ def _scan(root: Path, skip: set[str]) -> tuple[dict[str, tuple[int, int]], dict[
                     if mode & (stat.S_IROTH | stat.S_IXOTH) != stat.S_IROTH | stat.S_IXOTH:
                         problems.append((rel, f"folder not readable by sessions, not indexed: run chmod o+rx {rel}"))
                     else:
-                        pending.append((rel, entry.path))
+                        pending.append((rel, entry.path, False))
                 elif entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
                     if not st.st_mode & stat.S_IROTH:
@@ -423,6 +432,21 @@ def _scan(root: Path, skip: set[str]) -> tuple[dict[str, tuple[int, int]], dict[
             except OSError as e:
                 problems.append((rel, f"cannot stat: {e.strerror or e}"))
     return candidates, clinical, problems
+
+
+def _unlisted(entry: os.DirEntry, rel: str, out: dict[str, tuple[int, int]], pending: list) -> None:
+    """A file or folder the index leaves out, as sessions see it: a readable folder's files, a readable file."""
+    try:
+        if entry.is_symlink():
+            return
+        st = entry.stat(follow_symlinks=False)
+        if entry.is_dir(follow_symlinks=False):
+            if st.st_mode & (stat.S_IROTH | stat.S_IXOTH) == stat.S_IROTH | stat.S_IXOTH:
+                pending.append((rel, entry.path, True))
+        elif entry.is_file(follow_symlinks=False) and st.st_mode & stat.S_IROTH:
+            out[rel] = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        pass
 
 
 def _chunks(items: list[str], workers: int) -> Iterator[list[str]]:
@@ -462,7 +486,8 @@ def _read_all(
             pool.shutdown(cancel_futures=True)
 
 
-def _sha256(path: str) -> str | None:
+def file_sha256(path: str) -> str | None:
+    """The file's SHA-256 (hex), or None when it cannot be read."""
     h = hashlib.sha256()
     try:
         with open(path, "rb", buffering=0) as f:
@@ -477,10 +502,13 @@ def _hash_all(root: Path, relpaths: list[str], workers: int, offset: int,
               progress: Callable[[int, int], None] | None) -> Iterator[tuple[str, str | None]]:
     """(relpath, SHA-256 or None if unreadable) of each file, in threads (hashing and reads let
     go of the GIL); ``progress`` counts on from ``offset`` (the headers read before)."""
+    done = 0
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for done, (rel, sha256) in enumerate(zip(relpaths, pool.map(_sha256, (os.path.join(root, r) for r in relpaths))), 1):
-            yield rel, sha256
-            if progress and (done % _CHUNK_MIN == 0 or done == len(relpaths)):
+        for i in range(0, len(relpaths), _HASH_BATCH):   # a batch at a time: a million files, bounded memory
+            batch = relpaths[i:i + _HASH_BATCH]
+            yield from zip(batch, pool.map(file_sha256, [os.path.join(root, r) for r in batch]))
+            done += len(batch)
+            if progress:
                 progress(offset + done, 0)
 
 
@@ -550,7 +578,9 @@ def index_dataset(
     if workers < 1:
         raise CatalogError(f"workers must be at least 1, got {workers}")
     own = str(index_path.resolve())  # an index kept inside the dataset must not index itself
-    found, clinical, walk_problems = _scan(root.resolve(), {own + s for s in ("", "-journal", "-wal", "-shm")})
+    unlisted: dict[str, tuple[int, int]] | None = {} if digests else None
+    found, clinical, walk_problems = _scan(root.resolve(), {own + s for s in ("", "-journal", "-wal", "-shm")},
+                                           unlisted)
     if not found and not clinical and not walk_problems:
         raise CatalogError(f"dataset folder {root} is empty (hidden files are ignored); copy the DICOM files into it")
 
@@ -564,7 +594,7 @@ def index_dataset(
             if rel not in known or known[rel][:2] != stat or (known[rel][2] or "").startswith(_RETRY_PREFIX)
         )
         removed = [(rel,) for rel in known.keys() - found.keys()]
-        every = {**found, **clinical}
+        every = {**found, **clinical, **(unlisted or {})}
         hashed = {row[0]: row[1:] for row in conn.execute("SELECT relpath, size, mtime_ns FROM digests")}
         to_hash = sorted(rel for rel, st in every.items() if hashed.get(rel) != st) if digests else []
         unhashed = [(rel,) for rel in hashed.keys() - every.keys()]
@@ -576,7 +606,9 @@ def index_dataset(
             rows.append((rel, posixpath.dirname(rel), *found[rel], error, *fields))
         sums = []
         for rel, sha256 in _hash_all(root, to_hash, workers, len(to_read), step):
-            if sha256 is not None:   # unreadable now: hashed again next time
+            if sha256 is None:   # unreadable now: no stale hash kept, hashed again next time
+                unhashed.append((rel,))
+            else:
                 sums.append((rel, *every[rel], sha256))
         with conn:
             conn.executemany("DELETE FROM files WHERE relpath = ?", removed)

@@ -100,6 +100,8 @@ class Handler(BaseHTTPRequestHandler):
                     while left > 0:
                         chunk = self.rfile.read(min(CHUNK, left))
                         if not chunk:
+                            f.close()
+                            os.unlink(self.server.out)   # never a partial one to start from
                             return self._json(400, {"error": "the previous index was cut short"})
                         f.write(chunk)
                         left -= len(chunk)

@@ -61,6 +61,17 @@ def _index(settings: Settings, dataset: Dataset, admin_fields: dict, workers: in
     out = dataset_dir(settings, dataset.slug)
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o755)
+    locks = settings.run_dir / "indexing"
+    locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:   # one indexing of a dataset at a time, whoever asks (the page, the CLI): one index file
+        with locked(locks / f"{dataset.slug}.lock", wait=False):
+            return _index_now(settings, dataset, admin_fields, workers, progress, out)
+    except BlockingIOError:
+        raise Conflict(f"dataset {dataset.slug!r} is being indexed now; try again when that has finished") from None
+
+
+def _index_now(settings: Settings, dataset: Dataset, admin_fields: dict, workers: int | None,
+               progress: Progress | None, out: Path) -> IndexReport:
     try:
         if cluster.in_cluster(settings):
             report = cluster.index_in_cluster(settings, dataset.slug, dataset.path, out / "index.sqlite", progress)
@@ -150,7 +161,9 @@ def _check_new_in_cluster(db: Session, settings: Settings, path: str, slug: str,
         if not path.startswith("/") or "\x00" in path:
             raise VREError(f"give the folder's absolute path on the NFS server {settings.k8s_nfs_server} "
                            f"(got {path!r})")
-        root = Path(os.path.normpath(path))
+        root = _where(settings, path)
+        if root in _TOO_BROAD or any(root == s or s in root.parents for s in _SYSTEM):
+            raise VREError(f"{root} is a system folder, not a dataset: give the folder that holds the DICOM files")
     _check_free(db, slug, root)
     allowed = dataset_roots(settings)
     if allowed and settings.k8s_dataset_volume == "nfs" and not any(root == r or r in root.parents for r in allowed):
@@ -177,8 +190,11 @@ def given_path(settings: Settings, path: str, slug: str) -> str:
 
 
 def _where(settings: Settings, path: str) -> Path:
-    """The folder a registration is of, to tell overlapping ones (a path the hub does not see as is)."""
-    return Path(os.path.normpath(path)) if cluster.in_cluster(settings) else Path(path).expanduser().resolve()
+    """The folder a registration is of, to tell overlapping ones: where the hub cannot look, the
+    path itself, normalised (one leading '/': '//x' is '/x')."""
+    if not cluster.in_cluster(settings):
+        return Path(path).expanduser().resolve()
+    return Path(path) if path.startswith("claim:") else Path("/" + os.path.normpath(path).lstrip("/"))
 
 
 @contextlib.contextmanager

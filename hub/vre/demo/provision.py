@@ -16,8 +16,9 @@ from sqlalchemy import select
 from .. import db as vdb
 from .. import projects as P
 from ..accounts import add_account
-from ..catalog.registry import add_dataset
 from ..audit.events import emit
+from ..catalog.cluster import in_cluster
+from ..catalog.registry import add_dataset
 from ..settings import Settings
 from .synth import make_cohort
 
@@ -67,8 +68,14 @@ def provision_demo(settings: Settings, log=print) -> None:
             return
         log("[vre] first start: creating the demo (synthetic datasets, projects, accounts)")
         audit: list[tuple[str, dict]] = []
+        # on Kubernetes with datasets in claims or on NFS, sessions cannot mount folders of the hub's volume
+        datasets = [] if in_cluster(settings) else DATASETS
+        if not datasets:
+            log(f"[vre] the demo's datasets would be folders on the hub's volume, which sessions cannot mount "
+                f"here (k8s_dataset_volume = {settings.k8s_dataset_volume}): the demo has none; register "
+                "yours with 'vre dataset add'")
 
-        for spec in DATASETS:
+        for spec in datasets:
             if have(vdb.Dataset, slug=spec["slug"]):
                 continue
             out = data_root / spec["slug"]
@@ -94,14 +101,14 @@ def provision_demo(settings: Settings, log=print) -> None:
                 continue
             expires = (dt.date.today() + dt.timedelta(days=365)).isoformat()
             P.create_project(db, spec["slug"], spec["title"], spec["description"], expires)
-            for d in spec["datasets"]:
+            for d in spec["datasets"] if datasets else ():
                 P.grant(db, spec["slug"], d)
             for m in spec["members"]:
                 P.add_member(db, spec["slug"], m)
             for name, cpu, mem, text in spec["profiles"]:
                 P.set_profile(db, spec["slug"], name, cpu=cpu, memory=mem, description=text)
             audit.append(("project.create", dict(project=spec["slug"], details={
-                "datasets": spec["datasets"], "members": spec["members"]})))
+                "datasets": spec["datasets"] if datasets else [], "members": spec["members"]})))
 
     for action, fields in audit:  # recorded after the transaction committed
         details = {"via": "demo", **fields.pop("details", {})}
