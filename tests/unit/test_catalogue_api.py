@@ -168,29 +168,49 @@ def test_the_sessions_relay_reaches_it_over_the_unix_socket(service, monkeypatch
     assert CatalogueProxyHandler.query(Asked()) == "modality=MR"
 
 
-def test_a_session_fetches_its_mounted_datasets_catalogue_files_and_no_others(service):
+def ticket_get(url, ticket, **kw):
+    return requests.get(url, headers={"Authorization": f"vre-ticket {ticket}"}, timeout=30, **kw)
+
+
+def test_a_session_pod_fetches_the_catalogue_files_its_ticket_names_and_no_others(service):
     """``api/catalogue/<slug>/<file>`` (what a session pod's first container fetches under claims):
-    the files of a dataset its project has mounted, to that session's own token only."""
+    the files of a dataset the ticket's start mounts, while its project still has it mounted; no
+    JupyterHub token opens it (a member mints those, narrowed to any of her servers, anywhere),
+    and only the sessions listener serves it."""
+    from vre.api import routes
+    from vre.api.catalogue import CatalogueFileHandler
+    from vre.catalog import tickets
+
     settings, url, _ = service
     for slug in ("lung-ct", "prostate-mri"):
         folder = settings.catalog_dir / slug
         folder.mkdir(parents=True)
         (folder / "record.json").write_text(json.dumps({"slug": slug}))
         (folder / "index.sqlite").write_bytes(b"SQLite format 3\x00" + slug.encode() * 5000)
-    r = get(f"{url}/lung-ct/index.sqlite", token="alice-lung-session")
+    ticket = tickets.make(settings, "lung-screening", ["lung-ct"])
+    r = ticket_get(f"{url}/lung-ct/index.sqlite", ticket)
     assert r.status_code == 200 and r.content == (settings.catalog_dir / "lung-ct" / "index.sqlite").read_bytes()
     assert r.headers["Content-Length"] == str(len(r.content))
-    assert get(f"{url}/lung-ct/record.json", token="alice-lung-session").json() == {"slug": "lung-ct"}
-    # not mounted in lung-screening: another project's (batch-only there), one only asked for
+    assert ticket_get(f"{url}/lung-ct/record.json", ticket).json() == {"slug": "lung-ct"}
+    # not named by the ticket; named, but not mounted in the project (batch-only elsewhere, asked for, unknown)
+    assert ticket_get(f"{url}/prostate-mri/record.json", ticket).status_code == 404
     for slug in ("prostate-mri", "kidney-ct", "no-such"):
-        r = get(f"{url}/{slug}/record.json", token="alice-lung-session")
+        wide = tickets.make(settings, "lung-screening", [slug])
+        r = ticket_get(f"{url}/{slug}/record.json", wide)
         assert r.status_code == 404 and "no dataset" in r.json()["message"], r.text
-    # a token that is not one session's own, or lacks the scope
-    for token in ("alice-browser", "alice-server", "bare"):
+    # no ticket, a forged or expired one, or any JupyterHub token: refused
+    forged = ticket.rsplit(".", 1)[0] + "." + "0" * 64
+    expired = tickets.make(settings, "lung-screening", ["lung-ct"], now=0)
+    for bad in ("", forged, expired, "garbage", "a.b"):
+        assert ticket_get(f"{url}/lung-ct/index.sqlite", bad).status_code == 403
+    for token in ("alice-lung-session", "alice-browser", "alice-server"):
         assert get(f"{url}/lung-ct/index.sqlite", token=token).status_code == 403
     # only the catalogue's own files, by name
     for name in ("index.sqlite-wal", "..%2Frecord.json", "other.txt"):
-        assert get(f"{url}/lung-ct/{name}", token="alice-lung-session").status_code == 404
+        assert ticket_get(f"{url}/lung-ct/{name}", ticket).status_code == 404
+    # the hub's public app (behind the proxy) has no such route
+    assert not [r for r in routes(settings) if r[1] is CatalogueFileHandler]
+    assert [r for r in routes(settings, sessions_only=True) if r[1] is CatalogueFileHandler]
 
 
 def test_the_pods_first_container_fetches_whole_files_or_leaves_them_out(service, tmp_path):
@@ -202,6 +222,7 @@ def test_the_pods_first_container_fetches_whole_files_or_leaves_them_out(service
     from pathlib import Path
 
     from vre.backends.kubernetes import CATALOG_FETCH
+    from vre.catalog import tickets
 
     settings, url, _ = service
     folder = settings.catalog_dir / "lung-ct"
@@ -211,8 +232,8 @@ def test_the_pods_first_container_fetches_whole_files_or_leaves_them_out(service
     root = tmp_path / "catalog"
     root.mkdir()
     env = {"PATH": os.environ["PATH"], "VRE_API_URL": url.removesuffix("/catalogue"),
-           "JUPYTERHUB_API_TOKEN": "alice-lung-session"}
-    proc = subprocess.run([sys.executable, "-I", "-c", CATALOG_FETCH.read_text(), "--root", str(root), "--wait", "2",
+           "VRE_CATALOG_TICKET": tickets.make(settings, "lung-screening", ["lung-ct", "prostate-mri"])}
+    proc = subprocess.run([sys.executable, "-I", "-c", CATALOG_FETCH.read_text(), "--root", str(root), "--wait", "5",
                            "lung-ct", "prostate-mri"], env=env, cwd="/", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert (root / "lung-ct" / "index.sqlite").read_bytes() == (folder / "index.sqlite").read_bytes()
@@ -221,4 +242,4 @@ def test_the_pods_first_container_fetches_whole_files_or_leaves_them_out(service
     assert "prostate-mri/record.json: HTTP Error 404" in proc.stdout and "1 of 2 catalogue(s) fetched" in proc.stdout
     bad = subprocess.run([sys.executable, "-I", "-c", CATALOG_FETCH.read_text(), "--root", str(root)],
                          env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "VRE_API_URL" in bad.stderr
+    assert bad.returncode == 2 and "VRE_CATALOG_TICKET" in bad.stderr

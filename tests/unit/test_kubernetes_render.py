@@ -7,10 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import json
+
 import kubernetes_validate
 import pytest
 
-from vre.backends.kubernetes import (ACCESS_POD_LABELS, CATALOG_FETCH, GATE_NAME, HUB_POD_LABELS, JOB_SPEC_DIR, JOB_SPEC_KEY,
+from vre.backends.kubernetes import (ACCESS_POD_LABELS, CATALOG_FETCH, CATALOG_TICKET_KEY, GATE_NAME, HUB_POD_LABELS, JOB_SPEC_DIR, JOB_SPEC_KEY,
                                      KUEUE_QUEUE_LABEL, batch_job, kube_job_name, local_queue, READER_PORT, SECRET_ENV,
                                      SESSION_PORT,
                                      KubernetesBackendError, ProjectQuota, batch_pod, check_reads_policy,
@@ -18,6 +20,7 @@ from vre.backends.kubernetes import (ACCESS_POD_LABELS, CATALOG_FETCH, GATE_NAME
                                      pod_server_args, project_objects, project_quota, run_secret,
                                      catalog_fetched, session_pod, storage_claims)
 from vre.backends.plan_spawner import server_command
+from vre.catalog import tickets
 from vre.claims import pods as claim_pods
 from vre.claims.pods import reader_pod, reader_secret
 from vre.plan import AGENT_PORT, Mount, SessionPlan, runtime_mounts
@@ -82,9 +85,9 @@ def test_validation_is_strict_and_can_fail():
     SETTINGS.replace(k8s_dataset_volume="pvc", k8s_storage="pvc"),
     SETTINGS.replace(k8s_dataset_volume="nfs", k8s_nfs_server="nfs.example.org"),
 ], ids=["hostPath", "pvc", "nfs"])
-def test_every_rendered_object_is_valid_for_the_clusters_release(settings):
+def test_every_rendered_object_is_valid_for_the_clusters_release(settings, tmp_path):
     plan = make_plan(gpus=1)
-    settings = settings.replace(k8s_gpu_node_selector={"nvidia.com/gpu.present": "true"})
+    settings = settings.replace(k8s_gpu_node_selector={"nvidia.com/gpu.present": "true"}, state_dir=tmp_path)
     for obj in [*project_objects(settings, plan, QUOTA), render(plan, settings),
                 run_secret(settings, plan, {"passwd": "p", "group": "g"}, {"VRE_AUDIT_TOKEN": "t"})]:
         validate(obj)
@@ -157,20 +160,30 @@ def test_storage_claims_match_the_pods_volumes():
     assert all("storageClassName" not in c["spec"] for c in no_class)  # the cluster's default class
 
 
-def test_under_claims_a_sessions_catalogue_comes_from_the_hub_through_its_first_container():
+def test_under_claims_a_sessions_catalogue_comes_from_the_hub_through_its_first_container(tmp_path):
     """The hub's catalogue folder is not on the nodes: the session pod's init container fetches
     its mounted datasets' catalogue files with the session's token into a scratch volume, which
     the server sees read-only where it always does; batch pods keep the operator's claim."""
-    settings = SETTINGS.replace(k8s_storage="pvc", k8s_dataset_volume="pvc")
+    settings = SETTINGS.replace(k8s_storage="pvc", k8s_dataset_volume="pvc", state_dir=tmp_path)   # its ticket key
     plan = make_plan(env={"VRE_API_URL": "http://10.0.0.9:8082/services/vre/api", "VRE_PROJECT": "lung"})
-    pod = render(plan, settings=settings)
+    pod = render(plan, settings=settings, env=dict(plan.env, JUPYTERHUB_API_TOKEN="secret-token"))
     validate(pod)
     spec, (server,) = pod["spec"], pod["spec"]["containers"]
     (init,) = spec["initContainers"]
     assert init["command"][:3] == ["python3", "-I", "-c"] and init["command"][-3:] == ["--root", "/catalog", "ct"]
     assert init["command"][3] == CATALOG_FETCH.read_text()   # source the hub passes: nothing from a researcher
-    assert {e["name"] for e in init["env"]} == {"VRE_API_URL", "JUPYTERHUB_API_TOKEN"}
-    assert next(e for e in init["env"] if e["name"] == "JUPYTERHUB_API_TOKEN")["valueFrom"]["secretKeyRef"]
+    # the start's ticket, from the run's Secret, for this container alone (never the session's token)
+    env = {e["name"]: e for e in init["env"]}
+    assert set(env) == {"VRE_API_URL", "VRE_CATALOG_TICKET"}
+    assert env["VRE_API_URL"]["value"] == "http://10.0.0.9:8082/services/vre/api"
+    ref = env["VRE_CATALOG_TICKET"]["valueFrom"]["secretKeyRef"]
+    assert ref["key"] == CATALOG_TICKET_KEY and ref["name"] == run_secret(settings, plan, {}, {})["metadata"]["name"]
+    assert not any(CATALOG_TICKET_KEY in json.dumps(c) for c in spec["containers"])
+    assert tickets.check(settings, run_secret(settings, plan, {}, {})["stringData"][CATALOG_TICKET_KEY]) == ("lung", ("ct",))
+    assert CATALOG_TICKET_KEY not in run_secret(settings, replace(plan, role="worker"), {}, {})["stringData"]
+    assert init["resources"]["limits"]["cpu"] == "250m"
+    small = render(replace(plan, cpu=0.1), settings=settings)["spec"]["initContainers"][0]
+    assert small["resources"]["requests"]["cpu"] == "100m"   # within what the project's quota counts
     assert init["securityContext"]["runAsUser"] == 200001 and init["securityContext"]["readOnlyRootFilesystem"]
     assert init["volumeMounts"] == [{"name": "catalog", "mountPath": "/catalog"}]
     (mount,) = [m for m in server["volumeMounts"] if m["name"] == "catalog"]

@@ -415,9 +415,10 @@ def _freeze_all(settings, request_id: int, todo: list[tuple[int, store.Candidate
             try:
                 twin = store.DATASETS.match(datasets, fr.size, fr.sha256)
             except store.Unchecked as e:
-                unchecked = e.args[0]
-                fr.problems.append(f"cannot be checked against dataset {unchecked}, which the hub cannot read and "
-                                   "whose index has no file hashes: an admin re-indexes it, then submit again")
+                unchecked, where = e.args
+                fr.problems.append(f"cannot be checked against dataset {unchecked} ({where}), which the hub cannot "
+                                   "read and whose index has no file hashes: an admin restores its folder, or "
+                                   "re-indexes it if it is in a claim or on NFS; then submit again")
             if twin:
                 fr.problems.append(f"is byte for byte the dataset file {twin}: dataset files never leave the "
                                    "environment")

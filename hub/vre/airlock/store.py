@@ -321,7 +321,7 @@ def read_chunks(path: Path, expect_sha256: str | None = None):
 
 # --- dataset copies ----------------------------------------------------------------------------
 class Unchecked(Exception):
-    """A dataset the check for copies cannot look at (its slug)."""
+    """A dataset the check for copies cannot look at (its slug, its registered path)."""
 
 
 class DatasetIndex:
@@ -393,8 +393,8 @@ class DatasetIndex:
                 if rel is not None:
                     return f"{slug}/{rel}"
                 continue
-            if not os.path.isdir(root):   # never "no copy" for a dataset it could not look at
-                raise Unchecked(slug)
+            if root.startswith("claim:") or not os.path.isdir(root):   # never "no copy" for one it cannot look at
+                raise Unchecked(slug, root)
             for p in self.sizes(root, version).get(size, ()):
                 if self.digest(p) == sha256:
                     return f"{slug}/{os.path.relpath(p, root)}"

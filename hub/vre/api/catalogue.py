@@ -8,10 +8,10 @@ lists the datasets its project does not have through its server's relay (vre_ses
 It needs ``custom:vre-catalogue:read``, which session tokens carry; asking for access stays on the
 hub's catalogue page (``custom:vre-catalogue``, XSRF, the hub's login).
 
-``GET api/catalogue/<slug>/{record.json,index.sqlite}`` hands a session the catalogue files of a
-dataset its project has mounted (``projects.datasets_for``), and no one else: on Kubernetes with
-claims the session pod's first container fetches them (``vre.catalog.fetch``), as the hub's
-catalogue folder is not on the node.
+``GET api/catalogue/<slug>/{record.json,index.sqlite}``, on the sessions listener only, hands a
+session pod's first container the catalogue files of the datasets its start mounts, for the
+ticket the hub gave that container (``vre.catalog.tickets``): on Kubernetes with claims the hub's
+catalogue folder is not on the nodes (``vre.catalog.fetch``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sqlalchemy import select
 from tornado import web
 
 from .. import db as vdb
+from ..catalog import tickets
 from ..catalog.browse import FILTERS, browse
 from ..projects import datasets_for
 from ..roles import CATALOGUE_READ_SCOPE
@@ -65,31 +66,42 @@ def session_project(model: dict) -> str | None:
     return server if owner == model.get("name") and server else None
 
 
-#: The files of a dataset's catalogue folder a session may fetch.
+#: The files of a dataset's catalogue folder a session pod may fetch.
 SESSION_FILES = ("record.json", "index.sqlite")
 CHUNK = 1 << 20
 
 
-class CatalogueFileHandler(ServiceAPIHandler):
-    """``GET api/catalogue/<slug>/<file>``: a catalogue file of a dataset the calling session's
-    project has mounted (a session's server token only)."""
+class CatalogueFileHandler(web.RequestHandler):
+    """``GET api/catalogue/<slug>/<file>`` with ``Authorization: vre-ticket <ticket>``: a
+    catalogue file of a dataset the ticket's session start mounts, while its project still has it
+    mounted (``vre.catalog.tickets``). On the sessions listener only: never from outside."""
 
-    @requires_scope(CATALOGUE_READ_SCOPE)
+    def initialize(self, vre_settings):
+        self.vre_settings = vre_settings
+
+    def _fail(self, status: int, message: str) -> None:
+        self.set_status(status)
+        self.finish({"status": status, "message": message})
+
     async def get(self, slug: str, name: str):
-        project = session_project(self.current_user)
-        if project is None:
-            raise web.HTTPError(403, "only a session's own token fetches its datasets' catalogue files")
+        scheme, _, ticket = (self.request.headers.get("Authorization") or "").partition(" ")
+        try:
+            if scheme != "vre-ticket":
+                raise ValueError("no ticket")
+            project, slugs = tickets.check(self.vre_settings, ticket)
+        except (ValueError, KeyError, TypeError):
+            return self._fail(403, "a session pod's catalogue ticket is required")
 
         def mounted() -> bool:
             with vdb.session_scope(self.vre_settings.vre_db_url) as db:
                 row = db.scalar(select(vdb.Project).where(vdb.Project.slug == project))
                 return row is not None and slug in {d.slug for d in datasets_for(row, "session")[0]}
-        if not await asyncio.to_thread(mounted):
-            raise web.HTTPError(404, f"project {project} has no dataset {slug!r} mounted in its sessions")
+        if slug not in slugs or not await asyncio.to_thread(mounted):
+            return self._fail(404, f"project {project} has no dataset {slug!r} mounted in this session")
         try:
             f = open(self.vre_settings.catalog_dir / slug / name, "rb")
         except FileNotFoundError:
-            raise web.HTTPError(404, f"dataset {slug!r} has no {name} (not indexed yet)") from None
+            return self._fail(404, f"dataset {slug!r} has no {name} (not indexed yet)")
         with f:
             self.set_header("Content-Type", "application/json" if name.endswith(".json") else "application/vnd.sqlite3")
             self.set_header("Content-Length", str(os.fstat(f.fileno()).st_size))
@@ -101,6 +113,10 @@ class CatalogueFileHandler(ServiceAPIHandler):
 
 
 def handlers(settings) -> list[tuple]:
+    return [(r"api/catalogue/?", CatalogueAPIHandler, {"vre_settings": settings})]
+
+
+def session_handlers(settings) -> list[tuple]:
+    """What only session pods reach (the sessions listener)."""
     files = "|".join(n.replace(".", r"\.") for n in SESSION_FILES)
-    return [(r"api/catalogue/?", CatalogueAPIHandler, {"vre_settings": settings}),
-            (rf"api/catalogue/([a-z][a-z0-9-]{{0,62}})/({files})", CatalogueFileHandler, {"vre_settings": settings})]
+    return [(rf"api/catalogue/([a-z][a-z0-9-]{{0,62}})/({files})", CatalogueFileHandler, {"vre_settings": settings})]

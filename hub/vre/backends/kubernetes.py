@@ -53,6 +53,7 @@ from kubespawner.clients import shared_client
 from sqlalchemy import select
 from traitlets import CaselessStrEnum, Unicode, default
 
+from ..catalog import tickets
 from ..hostview.podgate import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_USER, AUDIT_SESSION, GATE_EXIT, GATE_NAME,
                                OBSERVED_LABEL, gate_script)
 from ..jobs.pools import DASHBOARD_PORT, MAX_CLUSTER_WORKERS, SCHEDULER_LIMITS, SCHEDULER_PORT, WORKER_OVERHEAD_MB
@@ -372,6 +373,8 @@ def run_secret(settings: Settings, plan: SessionPlan, files: dict[str, str], env
     a Secret, so neither appears in the pod spec."""
     data = {"session.json": json.dumps(plan.manifest(), indent=2), **files}
     data.update({k: v for k, v in env.items() if k in SECRET_ENV})
+    if catalog_fetched(settings, plan):   # for the pod's first container alone (catalog_container)
+        data[CATALOG_TICKET_KEY] = tickets.make(settings, plan.project, catalog_slugs(plan))
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": run_secret_name(run_id(plan)), "namespace": namespace_name(plan),
                          "labels": labels(settings, plan)},
@@ -382,6 +385,8 @@ def run_secret(settings: Settings, plan: SessionPlan, files: dict[str, str], env
 CATALOG_VOLUME, CATALOG_SIZE = "catalog", "8Gi"
 #: The program that fills it (standard library only; ``vre.catalog`` imports this module).
 CATALOG_FETCH = Path(__file__).resolve().parents[1] / "catalog" / "fetch.py"
+#: The run Secret's key of the fetcher's ticket (``vre.catalog.tickets``).
+CATALOG_TICKET_KEY = "catalogue-ticket"
 
 
 def catalog_fetched(settings: Settings, plan: SessionPlan) -> bool:
@@ -391,14 +396,21 @@ def catalog_fetched(settings: Settings, plan: SessionPlan) -> bool:
     return settings.k8s_storage == "pvc" and plan.role == "session" and any(m.kind == "catalog" for m in plan.mounts)
 
 
+def catalog_slugs(plan: SessionPlan) -> list[str]:
+    return [m.target.rsplit("/", 1)[-1] for m in plan.mounts if m.kind == "catalog"]
+
+
 def catalog_container(settings: Settings, plan: SessionPlan, *, image: str, pull_policy: str,
-                      env: list[dict]) -> dict:
-    """The init container that fetches ``plan``'s catalogue files with the session's token."""
-    slugs = [m.target.rsplit("/", 1)[-1] for m in plan.mounts if m.kind == "catalog"]
-    limits = {"cpu": "250m", "memory": "128Mi"}
+                      env: dict[str, str]) -> dict:
+    """The init container that fetches ``plan``'s catalogue files with the start's ticket (in the
+    run's Secret, which no other container of the pod reads): within the project's quota (its
+    profiles may ask for less than a quarter CPU)."""
+    limits = {"cpu": cpu_quantity(min(0.25, plan.cpu)), "memory": "128Mi"}
+    ticket = {"secretKeyRef": {"name": run_secret_name(run_id(plan)), "key": CATALOG_TICKET_KEY}}
     return {"name": "catalogue", "image": image, "imagePullPolicy": pull_policy, "workingDir": "/",
-            "command": ["python3", "-I", "-c", CATALOG_FETCH.read_text(), "--root", "/catalog", *slugs],
-            "env": [e for e in env if e["name"] in ("VRE_API_URL", "JUPYTERHUB_API_TOKEN")],
+            "command": ["python3", "-I", "-c", CATALOG_FETCH.read_text(), "--root", "/catalog", *catalog_slugs(plan)],
+            "env": [{"name": "VRE_API_URL", "value": env.get("VRE_API_URL", "")},
+                    {"name": "VRE_CATALOG_TICKET", "valueFrom": ticket}],
             "volumeMounts": [{"name": CATALOG_VOLUME, "mountPath": "/catalog"}],
             "resources": {"requests": dict(limits), "limits": limits},
             "securityContext": {"runAsNonRoot": True, "runAsUser": plan.uid, "runAsGroup": plan.gid,
@@ -492,7 +504,7 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
                             "seccompProfile": {"type": "RuntimeDefault"}},
     }
     if catalog_fetched(settings, plan):
-        spec["initContainers"] = [catalog_container(settings, plan, image=image, pull_policy=pull_policy, env=env_list)]
+        spec["initContainers"] = [catalog_container(settings, plan, image=image, pull_policy=pull_policy, env=env)]
     if plan.gpus:
         spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     # the profile's labels on top of the GPU nodes' (a GPU model among them, say)
@@ -946,7 +958,8 @@ FATAL_WAITING = ("ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "Inval
 
 
 def waiting_reason(pod) -> str:
-    for c in pod.status.container_statuses or ():
+    # the first container's first: an image that cannot be pulled shows there, the server's says PodInitializing
+    for c in [*(getattr(pod.status, "init_container_statuses", None) or ()), *(pod.status.container_statuses or ())]:
         if c.state and c.state.waiting and c.state.waiting.reason:
             return c.state.waiting.reason
     return ""

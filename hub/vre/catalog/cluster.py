@@ -186,7 +186,11 @@ async def _index(settings: Settings, slug: str, path: str, out: Path, progress) 
         try:
             secret["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
                                                       "uid": made.metadata.uid}]
-            await core.replace_namespaced_secret(name, ns, secret)
+            try:
+                await core.replace_namespaced_secret(name, ns, secret)
+            except BaseException:   # not owned yet: the Job's removal would leave it
+                await _quietly(core.delete_namespaced_secret(name, ns), f"Secret {ns}/{name}")
+                raise
             address = await _wait_for_pod(core, settings, slug, ns, name)
             return await _follow(address, token, slug, out, progress, gone=lambda: _ended(core, ns, name))
         finally:
@@ -322,9 +326,9 @@ async def _follow(address: str, token: str, slug: str, out: Path, progress, *, p
             for suffix in ("-wal", "-shm", "-journal"):
                 out.with_name(out.name + suffix).unlink(missing_ok=True)
             incoming.replace(out)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+            raise   # the network's, said as such by index_in_cluster
         except OSError as e:
-            if isinstance(e, ConnectionError):
-                raise
             raise VREError(f"{where}: the index could not be written to {out.parent} ({e}); nothing was changed") from None
         finally:
             incoming.unlink(missing_ok=True)
