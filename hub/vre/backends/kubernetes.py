@@ -381,6 +381,14 @@ def run_secret(settings: Settings, plan: SessionPlan, files: dict[str, str], env
             "stringData": data}
 
 
+def locked_down(uid: int, gid: int) -> dict:
+    """The securityContext of every container the hub runs in a project's or the catalogue's
+    namespace: that uid and gid, no privileges, no capabilities, a read-only root, seccomp."""
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": gid, "allowPrivilegeEscalation": False,
+            "privileged": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 #: The scratch volume of a session's catalogue files under claims, and its size.
 CATALOG_VOLUME, CATALOG_SIZE = "catalog", "8Gi"
 #: The program that fills it (standard library only; ``vre.catalog`` imports this module).
@@ -413,10 +421,7 @@ def catalog_container(settings: Settings, plan: SessionPlan, *, image: str, pull
                     {"name": "VRE_CATALOG_TICKET", "valueFrom": ticket}],
             "volumeMounts": [{"name": CATALOG_VOLUME, "mountPath": "/catalog"}],
             "resources": {"requests": dict(limits), "limits": limits},
-            "securityContext": {"runAsNonRoot": True, "runAsUser": plan.uid, "runAsGroup": plan.gid,
-                                "allowPrivilegeEscalation": False, "privileged": False,
-                                "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
-                                "seccompProfile": {"type": "RuntimeDefault"}}}
+            "securityContext": locked_down(plan.uid, plan.gid)}
 
 
 def volumes_and_mounts(settings: Settings, plan: SessionPlan, tmp_size: str = "2Gi") -> tuple[list[dict], list[dict]]:
@@ -425,13 +430,14 @@ def volumes_and_mounts(settings: Settings, plan: SessionPlan, tmp_size: str = "2
     volumes: list[dict] = []
     mounts: list[dict] = []
     secret = run_secret_name(run_id(plan))
+    fetched = catalog_fetched(settings, plan)
     for i, m in enumerate(plan.mounts):
         name = f"{m.kind}-{i}"
         if m.kind == "dataset":
             volumes.append({"name": name, **_dataset_source(settings, m)})
             mounts.append({"name": name, "mountPath": m.target, "readOnly": True, "recursiveReadOnly": "IfPossible"})
             continue
-        if m.kind == "catalog" and catalog_fetched(settings, plan):   # the pod's first container fills it
+        if m.kind == "catalog" and fetched:   # the pod's first container fills it
             if not any(v["name"] == CATALOG_VOLUME for v in volumes):
                 volumes.append({"name": CATALOG_VOLUME, "emptyDir": {"sizeLimit": CATALOG_SIZE}})
             mounts.append({"name": CATALOG_VOLUME, "mountPath": m.target, "readOnly": True,
@@ -490,10 +496,7 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
         "ports": [{"name": "http", "containerPort": SESSION_PORT, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": SESSION_PORT}, "periodSeconds": 1, "failureThreshold": 3},
         "resources": {"requests": dict(resources), "limits": limits},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": plan.uid, "runAsGroup": plan.gid,
-                            "allowPrivilegeEscalation": False, "privileged": False,
-                            "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": locked_down(plan.uid, plan.gid),
     }
     spec = {
         "containers": [container], "volumes": volumes, "restartPolicy": "Never",

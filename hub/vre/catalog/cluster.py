@@ -122,8 +122,7 @@ def index_objects(settings: Settings, slug: str, path: str, name: str, *, image:
         "ports": [{"name": "indexer", "containerPort": INDEX_PORT, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": INDEX_PORT}, "periodSeconds": 1, "failureThreshold": 3},
         "resources": {"requests": requests, "limits": limits},
-        "securityContext": {**restricted, "allowPrivilegeEscalation": False, "privileged": False,
-                            "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True},
+        "securityContext": k8s.locked_down(INDEX_UID, INDEX_UID),
     }
     pod_spec = {
         "containers": [container], "restartPolicy": "Never", "automountServiceAccountToken": False,

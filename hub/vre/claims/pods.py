@@ -96,10 +96,7 @@ def reader_pod(settings: Settings, plan: SessionPlan, name: str, *, image: str,
         "ports": [{"name": "reader", "containerPort": k8s.READER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": k8s.READER_PORT}, "periodSeconds": 1, "failureThreshold": 3},
         "resources": {"requests": dict(limits), "limits": limits},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": plan.uid, "runAsGroup": plan.gid,
-                            "allowPrivilegeEscalation": False, "privileged": False,
-                            "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": k8s.locked_down(plan.uid, plan.gid),
     }
     meta_labels = {**k8s.labels(settings, plan), "vre.role": "reader"}
     meta_labels.pop("vre.session", None)
