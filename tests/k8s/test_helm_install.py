@@ -696,7 +696,19 @@ try:
     writable = True
 except OSError:
     writable = False
+# what a curious researcher tries: the start's catalogue ticket, and the hub's catalogue files with her own token
+import urllib.request, urllib.error
+api = os.environ['VRE_API_URL']
+try:
+    urllib.request.urlopen(urllib.request.Request(api + '/catalogue/ct-claim/index.sqlite', headers={
+        'Authorization': 'token ' + os.environ['JUPYTERHUB_API_TOKEN']}), timeout=20)
+    fetched = 200
+except urllib.error.HTTPError as e:
+    fetched = e.code
+ticket = any(b'VRE_CATALOG_TICKET' in open(f'/proc/{p}/environ', 'rb').read()
+             for p in os.listdir('/proc') if p.isdigit() and os.access(f'/proc/{p}/environ', os.R_OK))
 print(json.dumps({"series": conn.execute('SELECT COUNT(*) FROM series').fetchone()[0],
+                  "fetched_with_token": fetched, "ticket_seen": ticket,
                   "record": json.load(open(f'{cat}/record.json'))['num_series'], "files": len(files),
                   "writable": writable, "catalog_writable": os.access(cat, os.W_OK)}))
 """
@@ -708,7 +720,8 @@ def _claim_dataset_in_a_session(kube, rel, alice, project: str) -> None:
     k = alice.kernel(project)
     facts = json.loads(k.check(CLAIM_DATASET_FACTS, timeout=120).strip().splitlines()[-1])
     k.close()
-    assert facts == {"series": 2, "record": 2, "files": 13, "writable": False, "catalog_writable": False}, facts
+    assert facts == {"series": 2, "record": 2, "files": 13, "writable": False, "catalog_writable": False,
+                     "fetched_with_token": 403, "ticket_seen": False}, facts
     project_ns = f"{rel.instance}-{project}"
     (pod,) = json.loads(kube("get", "pods", "-n", project_ns, "-l", "vre.role=session", "-o", "json"))["items"]
     log = kube("logs", "-n", project_ns, pod["metadata"]["name"], "-c", "catalogue")
