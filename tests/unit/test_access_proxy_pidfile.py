@@ -13,10 +13,22 @@ import pytest
 from vre.access.proxy import VREAccessProxy, is_proxy
 
 
+_READY_THEN_SLEEP = "import time; print('ready', flush=True); time.sleep(60)"
+
+
+def _started(argv):
+    """A child that has printed its first line. Popen returns once the child's exec is past its point
+    of no return, before the kernel has set up its new argument area: until then its
+    /proc/<pid>/cmdline reads empty, and a loaded machine showed that window (CI, stop 30)."""
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\n"
+    return child
+
+
 def test_only_a_configurable_http_proxy_counts_as_the_previous_proxy(tmp_path, caplog):
     proxy = VREAccessProxy(auth_token="t", pid_file=str(tmp_path / "proxy.pid"), api_url="http://127.0.0.1:1")
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    chp = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "configurable-http-proxy"])
+    bystander = _started([sys.executable, "-c", _READY_THEN_SLEEP])
+    chp = _started([sys.executable, "-c", _READY_THEN_SLEEP, "configurable-http-proxy"])
     try:
         with pytest.raises(ProcessLookupError):
             proxy._check_pid(bystander.pid)
