@@ -97,6 +97,36 @@ def test_register_edit_reindex_remove_from_the_web_are_audited_with_the_admin(wo
     ]
 
 
+def test_a_reindex_replaces_the_index_whole_and_a_failed_one_leaves_it(world, data):
+    """Whoever has the index open while it is re-indexed (the catalogue route streaming it to a
+    session pod, a session's reader) keeps the whole index as it was; the new one takes its place
+    in one rename. A re-index that fails leaves the index as it was, and no copy behind."""
+    root = Path(tempfile.mkdtemp(prefix="vre-dsadmin-"))
+    try:
+        shutil.copytree(data, root / "cohort")
+        os.chmod(root, 0o755)
+        dataset_admin.register(world, WEB, str(root / "cohort"), "lung2", FIELDS)
+        index = world.catalog_dir / "lung2" / "index.sqlite"
+        before = index.read_bytes()
+        with open(index, "rb") as streaming:
+            (root / "cohort" / "notes.dcm").unlink()
+            report = dataset_admin.reindex(world, WEB, "lung2")
+            assert report.files_removed == 1 and report.files_indexed == 0
+            assert streaming.read() == before   # the file it opened, whole and unchanged
+        assert index.read_bytes() != before and oct(index.stat().st_mode)[-3:] == "644"
+        assert sorted(p.name for p in index.parent.iterdir()) == ["index.sqlite", "record.json"]
+        after = index.read_bytes()
+        for f in (root / "cohort").rglob("*"):
+            if f.is_file():
+                f.unlink()
+        with pytest.raises(VREError, match="empty"):
+            dataset_admin.reindex(world, WEB, "lung2")
+        assert index.read_bytes() == after
+        assert sorted(p.name for p in index.parent.iterdir()) == ["index.sqlite", "record.json"]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_the_operator_records_what_the_cli_always_recorded(world, data):
     dataset_admin.register(world, OPERATOR, str(data), "lung", FIELDS)
     (e,) = events(world)

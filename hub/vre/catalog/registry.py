@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -76,7 +78,7 @@ def _index_now(settings: Settings, dataset: Dataset, admin_fields: dict, workers
         if cluster.in_cluster(settings):
             report = cluster.index_in_cluster(settings, dataset.slug, dataset.path, out / "index.sqlite", progress)
         else:
-            report = index_dataset(Path(dataset.path), out / "index.sqlite", workers=workers, progress=progress)
+            report = _index_locally(Path(dataset.path), out / "index.sqlite", workers, progress)
         record = build_record(admin_fields, summarize(out / "index.sqlite"))
     except CatalogError as e:
         raise VREError(str(e)) from None
@@ -84,6 +86,25 @@ def _index_now(settings: Settings, dataset: Dataset, admin_fields: dict, workers
     _write_record(settings, dataset, record)
     dataset.indexed_at = utcnow()
     return report
+
+
+def _index_locally(root: Path, index: Path, workers: int | None, progress: Progress | None) -> IndexReport:
+    """``index_dataset`` on a copy of ``index``, which then takes its place (one rename): whoever
+    reads the index meanwhile (a session pod's catalogue fetch, streaming it from an open file; a
+    session with it open) reads one whole index, the one before or the one after, never a mix.
+    A failure leaves the index as it was."""
+    fd, name = tempfile.mkstemp(prefix=f".{index.name}.", suffix=".new", dir=index.parent)
+    os.close(fd)
+    new = Path(name)
+    try:
+        if index.exists():
+            shutil.copyfile(index, new)   # what is unchanged is not read again
+        report = index_dataset(root, new, workers=workers, progress=progress)
+        new.replace(index)
+        return report
+    finally:
+        for leftover in (new, new.with_name(new.name + "-journal")):
+            leftover.unlink(missing_ok=True)
 
 
 #: Never a dataset, nor anything below them.
