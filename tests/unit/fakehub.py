@@ -1,10 +1,36 @@
 """JupyterHub's service auth as the VRE service's handlers use it, without a hub: the unit tests of
 the service's pages and APIs install it on ``ServiceHandler._hub_auth``. Who calls is decided by
-the test's ``caller(handler)`` (a user model with its scopes, or None)."""
+the test's ``caller(handler)`` (a user model with its scopes, or None). And ``served``: those
+pages and APIs on a loopback port for the test's requests."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from contextlib import contextmanager
+
 from jupyterhub.services.auth import check_scopes
+from tornado.httpserver import HTTPServer
+
+
+@contextmanager
+def served(make_app, *sockets):
+    """The application ``make_app()`` returns, served on ``sockets`` (bound by the test, before
+    its requests) from a thread of its own until the block ends. The application is made on that
+    thread's loop, as the service makes its own."""
+    loop = asyncio.new_event_loop()
+
+    def serve():
+        asyncio.set_event_loop(loop)
+        HTTPServer(make_app()).add_sockets(list(sockets))
+        loop.run_forever()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 class FakeHubAuth:

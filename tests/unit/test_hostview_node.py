@@ -14,15 +14,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
+from fakehub import served
 from vre import db as vdb
 from vre.api.observers import NODE_NAME, ObserverRefused, ObserverTokens, ReviewUnavailable, node_of
 from vre.audit import open_store
@@ -183,18 +182,9 @@ def service(tmp_path):
     REVIEWED.clear()
     API_DOWN.clear()
     sock, port = bind_unused_port()
-    loop = asyncio.new_event_loop()
-
-    def serve():
-        asyncio.set_event_loop(loop)
-        HTTPServer(make_app(settings, sessions_only=True, observer_tokens=ObserverTokens(settings, review))
-                   ).add_sockets([sock])
-        loop.run_forever()
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield settings, f"http://127.0.0.1:{port}"
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with served(lambda: make_app(settings, sessions_only=True, observer_tokens=ObserverTokens(settings, review)),
+                sock):
+        yield settings, f"http://127.0.0.1:{port}"
 
 
 @needs_root

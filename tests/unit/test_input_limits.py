@@ -4,17 +4,14 @@ memory and byte sizes beyond any column, ids no id column holds (in a URL or the
 longer than their ``String(255)`` column (PostgreSQL refuses the write; SQLite does not care).
 Through the real functions on both backends, and the access-request and Users pages over HTTP."""
 
-import asyncio
-import threading
 
 import pytest
 import requests
 from sqlalchemy import select
 from tornado import web
-from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from fakehub import FakeHubAuth, named_by_header
+from fakehub import FakeHubAuth, named_by_header, served
 
 from vre import access_requests as AR
 from vre import admin_running
@@ -125,19 +122,10 @@ def site(tmp_path, monkeypatch):
     monkeypatch.setattr(ServiceHandler, "_hub_auth", FakeHubAuth(named_by_header(
         lambda name: [CATALOGUE_SCOPE] + ([ADMIN_SCOPE] if name == "admin" else []))))
     sock, port = bind_unused_port()
-    loop = asyncio.new_event_loop()
     routes = access_pages.handlers(settings) + admin_pages.handlers(settings)
-
-    def serve():
-        asyncio.set_event_loop(loop)
-        HTTPServer(web.Application([(f"/services/vre/{p}", *rest) for p, *rest in routes],
-                                   cookie_secret=b"x" * 32)).add_sockets([sock])
-        loop.run_forever()
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield settings, f"http://127.0.0.1:{port}/services/vre"
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with served(lambda: web.Application([(f"/services/vre/{p}", *rest) for p, *rest in routes],
+                                        cookie_secret=b"x" * 32), sock):
+        yield settings, f"http://127.0.0.1:{port}/services/vre"
 
 
 def post(url, **form):

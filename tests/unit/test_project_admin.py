@@ -3,17 +3,14 @@ page: admins only (refusals recorded as denied), each change's audit event the s
 and the web but for who acted and how, the rules' errors; then the page over HTTP (a stand-in for
 the hub's auth): the forms, refusals shown with 400/403/404, never a traceback."""
 
-import asyncio
 import re
-import threading
 
 import pytest
 import requests
 from tornado import web
-from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from fakehub import FakeHubAuth, named_by_header
+from fakehub import FakeHubAuth, named_by_header, served
 
 from vre import access_requests as AR
 from vre import db as vdb
@@ -209,18 +206,9 @@ def site(tmp_path, monkeypatch):
     monkeypatch.setattr(ServiceHandler, "_hub_auth",
                         FakeHubAuth(named_by_header(lambda name: [ADMIN_SCOPE] if name == "admin" else [])))
     sock, port = bind_unused_port()
-    loop = asyncio.new_event_loop()
-
-    def serve():
-        asyncio.set_event_loop(loop)
-        HTTPServer(web.Application([(f"/services/vre/{p}", *rest) for p, *rest in handlers(settings)],
-                                   cookie_secret=b"x" * 32)).add_sockets([sock])
-        loop.run_forever()
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield settings, f"http://127.0.0.1:{port}/services/vre/admin/projects"
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with served(lambda: web.Application([(f"/services/vre/{p}", *rest) for p, *rest in handlers(settings)],
+                                        cookie_secret=b"x" * 32), sock):
+        yield settings, f"http://127.0.0.1:{port}/services/vre/admin/projects"
 
 
 def post(url, who="admin", **form):
