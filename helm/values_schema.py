@@ -75,6 +75,8 @@ schema = {
                     "nodePath": S("the state volume's path on the node (hostPath, single node)", pattern=r"^(/.*)?$")}),
       "apiPort": I("port of the hub's API", minimum=1024, maximum=65535, **{"not": {"enum": [8000]}}),
       "servicePort": I("port of the VRE service for sessions", minimum=1024, maximum=65535, **{"not": {"enum": [8000]}}),
+      "cataloguePort": I("port where pods fetch their catalogue files", minimum=1024, maximum=65535,
+                         **{"not": {"enum": [8000]}}),
       "startupSeconds": I("seconds the first start may take", minimum=30, maximum=7200),
       "publicUrl": S("the address people use, scheme and host (no path)", pattern=r"^(https?://[^\s/?#]+/?)?$"),
     }),

@@ -81,6 +81,14 @@ class Settings:
     #: Port on the hub's pod where the VRE service answers sessions (audit ingest, jobs and airlock
     #: APIs); on the other backends that is a unix socket beside the hub's.
     k8s_service_port: int = 8082
+    #: Port on the hub's pod where the first container of a session's or a batch worker's pod
+    #: fetches its datasets' catalogue files (``k8s_storage = "pvc"``), with a ticket of its start;
+    #: nothing else is served there, so batch pods, which may reach it, reach no API.
+    k8s_catalogue_port: int = 8083
+    #: Service in ``k8s_hub_namespace`` whose cluster IP the project's pods reach the hub's pods
+    #: at (sessions: the hub's API and the VRE service; catalogue fetchers: the catalogue port).
+    #: The chart sets it to its hub Service.
+    k8s_hub_service: str = "hub"
     #: Images a session pod may run, comma-separated; empty: exactly ``notebook_image`` and
     #: ``notebook_gpu_image``. Anything else is refused before a pod is created.
     k8s_image_allowlist: str = ""
@@ -544,14 +552,18 @@ def _validate_kubernetes(s: Settings) -> None:
     if not _DNS_LABEL.fullmatch(s.k8s_hub_namespace):
         raise SettingsError(f"k8s_hub_namespace {s.k8s_hub_namespace!r} is not a namespace name: use up to 63 "
                             "lowercase letters, digits and '-', starting and ending with a letter or digit")
-    for name in ("k8s_hub_port", "k8s_service_port"):
+    if not _DNS_LABEL.fullmatch(s.k8s_hub_service):
+        raise SettingsError(f"k8s_hub_service {s.k8s_hub_service!r} is not a Service name: lowercase letters, "
+                            "digits and '-' (the chart's <release>-hub)")
+    for name in ("k8s_hub_port", "k8s_service_port", "k8s_catalogue_port"):
         if not 1 <= getattr(s, name) <= 65535:
             raise SettingsError(f"{name} {getattr(s, name)} is not a TCP port (1-65535)")
     if s.k8s_observer_service_account and not _DNS_LABEL.fullmatch(s.k8s_observer_service_account):
         raise SettingsError(f"k8s_observer_service_account {s.k8s_observer_service_account!r} is not a service "
                             "account name: lowercase letters, digits and '-' (the chart's <release>-observer)")
-    if s.k8s_hub_port == s.k8s_service_port:
-        raise SettingsError("k8s_hub_port and k8s_service_port must differ (the hub's API and the VRE service)")
+    if len({s.k8s_hub_port, s.k8s_service_port, s.k8s_catalogue_port}) < 3:
+        raise SettingsError("k8s_hub_port, k8s_service_port and k8s_catalogue_port must differ (the hub's API, the "
+                            "VRE service and its catalogue files each have a port of their own)")
     if not 5 <= s.k8s_gate_seconds <= 3600:
         raise SettingsError(f"k8s_gate_seconds {s.k8s_gate_seconds}: give 5 to 3600 seconds (how long a pod with "
                             "datasets waits for the observer on its node)")

@@ -507,6 +507,7 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
         assert "kept across sessions" in k.check("print(open('/home/jovyan/kept.txt').read())", timeout=120)
         k.close()
         _claim_dataset_in_a_session(kube, rel, alice, project)
+        _a_job_with_the_claim_dataset(kube, rel, alice, project, volumes)
         # the download guard resolves her links through her reader: her file leaves (downloads
         # "all"), the link in her home to a file outside it does not
         token = {"Authorization": f"token {alice.token}"}
@@ -528,7 +529,8 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
                        env=kube.env, timeout=180)
         rel.cleanup()
         for claim, path in volumes.items():
-            kube.run("delete", "persistentvolume", f"{rwx}-{claim}", f"{rwx}-{claim}-p", "--wait=false")
+            kube.run("delete", "persistentvolume", f"{rwx}-{claim}", f"{rwx}-{claim}-p", f"{rwx}-{claim}-h",
+                     "--wait=false")
             shutil.rmtree(path, ignore_errors=True)
         kube.run("delete", "customresourcedefinition", LOCALQUEUE_CRD["metadata"]["name"], "--wait=false")
 
@@ -696,15 +698,18 @@ try:
     writable = True
 except OSError:
     writable = False
-# what a curious researcher tries: the start's catalogue ticket, and the hub's catalogue files with her own token
+# what a curious researcher tries: the start's catalogue ticket, and the hub's catalogue files
+# with her own token, on the VRE service's port (no such route) and on the catalogue port
 import urllib.request, urllib.error
 api = os.environ['VRE_API_URL']
-try:
-    urllib.request.urlopen(urllib.request.Request(api + '/catalogue/ct-claim/index.sqlite', headers={
-        'Authorization': 'token ' + os.environ['JUPYTERHUB_API_TOKEN']}), timeout=20)
-    fetched = 200
-except urllib.error.HTTPError as e:
-    fetched = e.code
+fetched = {}
+for port, base in (("service", api), ("catalogue", api.replace(':8082/', ':8083/'))):
+    try:
+        urllib.request.urlopen(urllib.request.Request(base + '/catalogue/ct-claim/index.sqlite', headers={
+            'Authorization': 'token ' + os.environ['JUPYTERHUB_API_TOKEN']}), timeout=20)
+        fetched[port] = 200
+    except urllib.error.HTTPError as e:
+        fetched[port] = e.code
 ticket = any(b'VRE_CATALOG_TICKET' in open(f'/proc/{p}/environ', 'rb').read()
              for p in os.listdir('/proc') if p.isdigit() and os.access(f'/proc/{p}/environ', os.R_OK))
 print(json.dumps({"series": conn.execute('SELECT COUNT(*) FROM series').fetchone()[0],
@@ -721,11 +726,77 @@ def _claim_dataset_in_a_session(kube, rel, alice, project: str) -> None:
     facts = json.loads(k.check(CLAIM_DATASET_FACTS, timeout=120).strip().splitlines()[-1])
     k.close()
     assert facts == {"series": 2, "record": 2, "files": 13, "writable": False, "catalog_writable": False,
-                     "fetched_with_token": 403, "ticket_seen": False}, facts
+                     "fetched_with_token": {"service": 404, "catalogue": 403}, "ticket_seen": False}, facts
     project_ns = f"{rel.instance}-{project}"
     (pod,) = json.loads(kube("get", "pods", "-n", project_ns, "-l", "vre.role=session", "-o", "json"))["items"]
     log = kube("logs", "-n", project_ns, pod["metadata"]["name"], "-c", "catalogue")
     assert "1 of 1 catalogue(s) fetched" in log, log
+
+
+CLAIM_JOB_FACTS = """
+import json, os, socket, sqlite3, urllib.error, urllib.request
+cat = '/opt/vre/catalog/ct-claim'
+facts = {"series": sqlite3.connect(f'file:{cat}/index.sqlite?mode=ro', uri=True).execute(
+             'SELECT COUNT(*) FROM series').fetchone()[0],
+         "record": json.load(open(f'{cat}/record.json'))['num_series'],
+         "files": sum(len(fs) for _, _, fs in os.walk('/data/ct-claim')),
+         "catalog_writable": os.access(cat, os.W_OK),
+         "ticket_seen": any(b'VRE_CATALOG_TICKET' in open(f'/proc/{p}/environ', 'rb').read()
+                            for p in os.listdir('/proc') if p.isdigit() and os.access(f'/proc/{p}/environ', os.R_OK))}
+# the catalogue port answers a batch pod, with nothing but catalogue files for a ticket
+try:
+    urllib.request.urlopen($CATALOGUE + '/catalogue/ct-claim/index.sqlite', timeout=10)
+    facts["fetched"] = 200
+except urllib.error.HTTPError as e:
+    facts["fetched"] = e.code
+# the hub's API and the VRE service (jobs, airlock, audit ingest) stay out of a batch pod's reach
+for name, port in (("hub_api", $HUB_PORT), ("service", $SERVICE_PORT)):
+    try:
+        socket.create_connection(($HUB, port), timeout=3).close()
+        facts[name] = "connected"
+    except OSError as e:
+        facts[name] = type(e).__name__
+print("CLAIM JOB", json.dumps(facts))
+"""
+
+
+def _a_job_with_the_claim_dataset(kube, rel, alice, project: str, volumes: dict) -> None:
+    """Batch jobs (Kubernetes Jobs, queued) in the project that has the claim dataset, one in the
+    open lane and one held: each pod's first container fetched the catalogue files from the hub's
+    catalogue port with a ticket of its start (its role, its job; no operator-made ``catalog``
+    claim); the job reads them and the dataset read-only, sees no ticket, and reaches the
+    catalogue port only: neither the hub's API nor the VRE service (a held job must find no API
+    to write through to members)."""
+    project_ns, held_ns = f"{rel.instance}-{project}", f"{rel.instance}-0held-{project}"
+    # the operator's part: held jobs run in the held namespace, which needs the dataset's claim too
+    sc = f"{rel.storage_class}-rwx"
+    _read_only_claim(kube, f"{sc}-dataset-ct-claim-h", held_ns, "dataset-ct-claim", volumes["dataset-ct-claim"], sc)
+    hub = kube.get("service", f"{rel.name}-hub", rel.ns)["spec"]["clusterIP"]
+    script = (CLAIM_JOB_FACTS.replace("$CATALOGUE", repr(f"http://{hub}:8083/services/vre/api"))
+              .replace("$HUB_PORT", "8081").replace("$SERVICE_PORT", "8082").replace("$HUB", repr(hub)))
+    (volumes["workspace"] / "claim_job.py").write_text(script)
+    for lane, ns in (("open", project_ns), ("held", held_ns)):
+        r = alice.vre_api("POST", "/jobs", json={"project": project, "kind": "script", "target": "project/claim_job.py",
+                                                 "cpu": 0.25, "mem_mb": 256, "lane": lane})
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        made = kube.wait(f"the {lane} job's Kubernetes Job", lambda: (json.loads(kube(
+            "get", "jobs", "-n", ns, "-l", f"vre.job={job_id}", "-o", "json"))["items"] or [None])[0], ns, 120)
+        kube("patch", "job", made["metadata"]["name"], "-n", ns, "--type", "merge",
+             "-p", '{"spec": {"suspend": false}}')   # the queue admits it
+        t0 = time.monotonic()
+        done = _job_end(kube, alice, job_id, ns, 240)
+        print(f"a {lane} Job with a claim dataset, admitted to its end (its catalogue fetched first): "
+              f"{time.monotonic() - t0:.1f} s")
+        log = (volumes["held"] / "jobs" / str(job_id) / "log.txt").read_text() if lane == "held" else \
+            alice.vre_api("GET", f"/jobs/{job_id}/log").json()["text"]
+        assert done["state"] == "succeeded" and "CLAIM JOB" in log, (lane, done, log)
+        facts = json.loads(log.split("CLAIM JOB", 1)[1].strip().splitlines()[0])
+        blocked = ("TimeoutError", "ConnectionRefusedError")
+        assert facts["hub_api"] in blocked and facts["service"] in blocked, (lane, facts)
+        assert {k: v for k, v in facts.items() if k not in ("hub_api", "service")} == {
+            "series": 2, "record": 2, "files": 13, "catalog_writable": False, "ticket_seen": False,
+            "fetched": 403}, (lane, facts)
 
 
 LOCALQUEUE_CRD = {

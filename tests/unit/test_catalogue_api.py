@@ -3,17 +3,15 @@ unix socket: records only (never a path), what each of the caller's projects hol
 bad filters and missing scopes refused with a message; then the session's relay call
 (``vre_session.jobs.service_request``) over that socket, with a stand-in for the hub's auth."""
 
-import asyncio
 import json
-import threading
 
 import pytest
 import requests
-from tornado.httpserver import HTTPServer
+from sqlalchemy import select
 from tornado.netutil import bind_unix_socket
 from tornado.testing import bind_unused_port
 
-from fakehub import FakeHubAuth
+from fakehub import FakeHubAuth, served
 
 from vre import access_requests as AR
 from vre import db as vdb
@@ -75,18 +73,20 @@ def service(tmp_path, monkeypatch):
     sock, port = bind_unused_port()
     path = str(tmp_path / "vre.sock")
     unix = bind_unix_socket(path)  # bound before the test runs: the server thread may start late
-    loop = asyncio.new_event_loop()
+    with served(lambda: make_app(settings, sessions_only=True), sock, unix):
+        yield settings, f"http://127.0.0.1:{port}/services/vre/api/catalogue", path
 
-    def serve():
-        asyncio.set_event_loop(loop)
-        server = HTTPServer(make_app(settings, sessions_only=True))
-        server.add_sockets([sock, unix])
-        loop.run_forever()
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield settings, f"http://127.0.0.1:{port}/services/vre/api/catalogue", path
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+
+@pytest.fixture
+def catalogue(service):
+    """The catalogue listener (``make_app(catalogue_only=True)``, Kubernetes' ``k8s_catalogue_port``)
+    over ``service``'s world. Yields (settings, its base URL)."""
+    from vre.api.service import make_app
+
+    settings = service[0]
+    sock, port = bind_unused_port()
+    with served(lambda: make_app(settings, catalogue_only=True), sock):
+        yield settings, f"http://127.0.0.1:{port}/services/vre/api"
 
 
 def get(url, token="alice-server", **params):
@@ -172,16 +172,18 @@ def ticket_get(url, ticket, **kw):
     return requests.get(url, headers={"Authorization": f"vre-ticket {ticket}"}, timeout=30, **kw)
 
 
-def test_a_session_pod_fetches_the_catalogue_files_its_ticket_names_and_no_others(service):
-    """``api/catalogue/<slug>/<file>`` (what a session pod's first container fetches under claims):
-    the files of a dataset the ticket's start mounts, while its project still has it mounted; no
-    JupyterHub token opens it (a member mints those, narrowed to any of her servers, anywhere),
-    and only the sessions listener serves it."""
+def test_a_pod_fetches_the_catalogue_files_its_ticket_names_and_no_others(service, catalogue):
+    """``api/catalogue/<slug>/<file>`` (what a pod's first container fetches under claims): the
+    files of a dataset the ticket's start mounts, while its project's grants still mount it in the
+    ticket's role (and a Job's job has not ended); no JupyterHub token opens it (a member mints
+    those, narrowed to any of her servers, anywhere). Only the catalogue listener serves it, and
+    it serves nothing else (batch pods reach it: a held job's code must find no API there)."""
     from vre.api import routes
     from vre.api.catalogue import CatalogueFileHandler
     from vre.catalog import tickets
 
-    settings, url, _ = service
+    settings, api = catalogue
+    url = f"{api}/catalogue"
     for slug in ("lung-ct", "prostate-mri"):
         folder = settings.catalog_dir / slug
         folder.mkdir(parents=True)
@@ -198,6 +200,42 @@ def test_a_session_pod_fetches_the_catalogue_files_its_ticket_names_and_no_other
         wide = tickets.make(settings, "lung-screening", [slug])
         r = ticket_get(f"{url}/{slug}/record.json", wide)
         assert r.status_code == 404 and "no dataset" in r.json()["message"], r.text
+    # a batch pod's ticket names its role, which decides what the grants mount: prostate-ai's
+    # batch-only dataset is its held workers' alone, lung-ct is its sessions' and workers'
+    for role, slug, status in (("held", "prostate-mri", 200), ("worker", "prostate-mri", 404),
+                               ("session", "prostate-mri", 404), ("worker", "lung-ct", 200)):
+        project = "prostate-ai" if slug == "prostate-mri" else "lung-screening"
+        r = ticket_get(f"{url}/{slug}/record.json", tickets.make(settings, project, [slug], role=role))
+        assert r.status_code == status, (role, slug, r.text)
+    with pytest.raises(ValueError, match="no catalogue ticket for a 'scheduler' pod"):
+        tickets.make(settings, "lung-screening", ["lung-ct"], role="scheduler")
+    # a ticket made before tickets named a role is a session's, never a held worker's
+    import base64
+    import hashlib
+    import hmac
+    old = base64.urlsafe_b64encode(json.dumps({"p": "prostate-ai", "s": ["prostate-mri"], "e": 2**40}).encode()
+                                   ).decode().rstrip("=")
+    old += "." + hmac.new(tickets._key(settings), old.encode(), hashlib.sha256).hexdigest()
+    assert tickets.check(settings, old).role == "session"
+    assert ticket_get(f"{url}/prostate-mri/record.json", old).status_code == 404
+    # a Kubernetes Job's ticket lasts while its job has not ended (and is its project's job)
+    with vdb.session_scope(settings.vre_db_url) as db:
+        lung = db.scalar(select(vdb.Project).where(vdb.Project.slug == "lung-screening"))
+        alice = db.scalar(select(vdb.Account).where(vdb.Account.name == "alice"))
+        job = vdb.Job(project_id=lung.id, account_id=alice.id, kind="script", target="a.py", profile="small",
+                      cpu=1, mem_mb=256, max_runtime_s=60, state="running")
+        db.add(job)
+        db.flush()
+        job_id = job.id
+    by_job = tickets.make(settings, "lung-screening", ["lung-ct"], role="worker", job=job_id, ttl=tickets.JOB_TTL_S)
+    assert ticket_get(f"{url}/lung-ct/record.json", by_job).status_code == 200
+    elsewhere = tickets.make(settings, "prostate-ai", ["prostate-mri"], role="held", job=job_id)
+    r = ticket_get(f"{url}/prostate-mri/record.json", elsewhere)   # another project's job
+    assert r.status_code == 404 and f"job {job_id} has ended" in r.json()["message"], r.text
+    with vdb.session_scope(settings.vre_db_url) as db:
+        db.get(vdb.Job, job_id).state = "succeeded"
+    r = ticket_get(f"{url}/lung-ct/record.json", by_job)
+    assert r.status_code == 404 and f"job {job_id} has ended" in r.json()["message"], r.text
     # no ticket, a forged or expired one, or any JupyterHub token: refused
     forged = ticket.rsplit(".", 1)[0] + "." + "0" * 64
     expired = tickets.make(settings, "lung-screening", ["lung-ct"], now=0)
@@ -208,14 +246,21 @@ def test_a_session_pod_fetches_the_catalogue_files_its_ticket_names_and_no_other
     # only the catalogue's own files, by name
     for name in ("index.sqlite-wal", "..%2Frecord.json", "other.txt"):
         assert ticket_get(f"{url}/lung-ct/{name}", ticket).status_code == 404
-    # the hub's public app (behind the proxy) has no such route
+    # neither the hub's public app (behind the proxy) nor the sessions listener has the route
     assert not [r for r in routes(settings) if r[1] is CatalogueFileHandler]
-    assert [r for r in routes(settings, sessions_only=True) if r[1] is CatalogueFileHandler]
+    assert not [r for r in routes(settings, sessions_only=True) if r[1] is CatalogueFileHandler]
+    assert ticket_get(f"{service[1]}/lung-ct/record.json", ticket).status_code == 404
+    # and the catalogue listener has no other: no API to write through, with any credential
+    for path in ("catalogue", "jobs", "airlock/requests", "audit/events", "audit/host-events"):
+        for headers in ({"Authorization": "token alice-server"}, {"Authorization": f"vre-ticket {ticket}"}):
+            assert requests.get(f"{api}/{path}", headers=headers, timeout=30).status_code == 404, path
+            assert requests.post(f"{api}/{path}", headers=headers, json={}, timeout=30).status_code in (404, 405), path
 
 
-def test_the_pods_first_container_fetches_whole_files_or_leaves_them_out(service, tmp_path):
-    """``vre.catalog.fetch`` run as in the pod (``python3 -I -c``) against the service: the mounted
-    dataset's files, read-only; a dataset it may not have is left out with a line, never a failed start."""
+def test_the_pods_first_container_fetches_whole_files_or_leaves_them_out(catalogue, tmp_path):
+    """``vre.catalog.fetch`` run as in the pod (``python3 -I -c``) against the catalogue listener:
+    the mounted dataset's files, read-only; a dataset it may not have is left out with a line, a
+    failed start only for a batch pod (``--required``)."""
     import os
     import subprocess
     import sys
@@ -224,14 +269,14 @@ def test_the_pods_first_container_fetches_whole_files_or_leaves_them_out(service
     from vre.backends.kubernetes import CATALOG_FETCH
     from vre.catalog import tickets
 
-    settings, url, _ = service
+    settings, api = catalogue
     folder = settings.catalog_dir / "lung-ct"
     folder.mkdir(parents=True)
     (folder / "record.json").write_text('{"slug": "lung-ct"}')
     (folder / "index.sqlite").write_bytes(os.urandom(3 << 20))
     root = tmp_path / "catalog"
     root.mkdir()
-    env = {"PATH": os.environ["PATH"], "VRE_API_URL": url.removesuffix("/catalogue"),
+    env = {"PATH": os.environ["PATH"], "VRE_API_URL": api,
            "VRE_CATALOG_TICKET": tickets.make(settings, "lung-screening", ["lung-ct", "prostate-mri"])}
     proc = subprocess.run([sys.executable, "-I", "-c", CATALOG_FETCH.read_text(), "--root", str(root), "--wait", "5",
                            "lung-ct", "prostate-mri"], env=env, cwd="/", capture_output=True, text=True, timeout=60)
@@ -240,6 +285,11 @@ def test_the_pods_first_container_fetches_whole_files_or_leaves_them_out(service
     assert (root / "lung-ct" / "record.json").stat().st_mode & 0o777 == 0o444
     assert not list(Path(root).rglob("*.part")) and not (root / "prostate-mri" / "record.json").exists()
     assert "prostate-mri/record.json: HTTP Error 404" in proc.stdout and "1 of 2 catalogue(s) fetched" in proc.stdout
+    required = subprocess.run([sys.executable, "-I", "-c", CATALOG_FETCH.read_text(), "--root", str(tmp_path / "r"),
+                               "--wait", "5", "--required", "lung-ct", "prostate-mri"], env=env, cwd="/",
+                              capture_output=True, text=True, timeout=60)
+    assert required.returncode == 1 and "prostate-mri/record.json: HTTP Error 404" in required.stdout
+    assert "the pod does not start" in required.stdout
     bad = subprocess.run([sys.executable, "-I", "-c", CATALOG_FETCH.read_text(), "--root", str(root)],
                          env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "VRE_CATALOG_TICKET" in bad.stderr

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vre.backends.kubernetes import FETCHING_ROLES
 from vre.settings import Settings, k8s_images, load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,10 +117,24 @@ def test_the_hub_accepts_what_the_chart_sets(values_file, tmp_path):
     values = yaml.safe_load(values_file.read_text())
     assert s.backend == "kubernetes" and s.k8s_hub_namespace == "vre-test"
     assert s.bind_url == "http://0.0.0.0:8000" and s.k8s_hub_port == 8081 and s.k8s_service_port == 8082
-    # sessions are given the cluster IP of the chart's hub Service
-    assert s.jupyterhub["KubernetesSpawner"]["hub_service"] == "t-vre-hub"
+    # sessions and batch pods are given the cluster IP of the chart's hub Service
+    assert s.k8s_hub_service == "t-vre-hub"
     hub_service = one(objs, "Service", "-hub")
-    assert {p["port"] for p in hub_service["spec"]["ports"]} == {s.k8s_hub_port, s.k8s_service_port}
+    assert hub_service["metadata"]["name"] == s.k8s_hub_service
+    assert {p["port"] for p in hub_service["spec"]["ports"]} == {s.k8s_hub_port, s.k8s_service_port,
+                                                                 s.k8s_catalogue_port}
+    # the hub pod admits the project's sessions on its API and service ports, and the pods that
+    # fetch catalogue files (the roles the project's own policy names) on the catalogue port alone
+    by_port = {}
+    for rule in one(objs, "NetworkPolicy", "-hub")["spec"]["ingress"]:
+        for peer in rule.get("from", []):
+            if "namespaceSelector" in peer:
+                assert peer["namespaceSelector"] == {"matchLabels": {"vre.instance": s.instance}}
+                by_port[tuple(p["port"] for p in rule["ports"])] = peer["podSelector"]
+    assert by_port == {
+        (s.k8s_hub_port, s.k8s_service_port): {"matchLabels": {"vre.role": "session"}},
+        (s.k8s_catalogue_port,): {"matchExpressions": [{"key": "vre.role", "operator": "In",
+                                                        "values": list(FETCHING_ROLES)}]}}
     pod = one(objs, "Deployment", "-hub")["spec"]["template"]["metadata"]["labels"]
     assert pod["vre.component"] == "hub"  # what the project namespaces' policies let sessions reach
     assert s.notebook_image in k8s_images(s)

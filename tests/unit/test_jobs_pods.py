@@ -65,6 +65,12 @@ class FakeCore:
     async def delete_namespaced_secret(self, name, ns):
         raise ApiException(status=404)
 
+    async def read_namespaced_service(self, name, ns):
+        self.services_read = getattr(self, "services_read", 0) + 1
+        if (ns, name) != ("vre", "vre-hub"):
+            raise ApiException(status=404, reason="Not Found")
+        return NS(spec=NS(cluster_ip="10.96.0.42"))
+
 
 @pytest.fixture
 def executor(tmp_path):
@@ -274,3 +280,57 @@ def test_a_look_at_kubernetes_jobs_believes_only_where_and_as_such_a_job_is_name
         raise OSError("connection refused")
     Batch.list_job_for_all_namespaces = lambda self, label_selector: broken(label_selector)
     assert not asyncio.run(kube.refresh()) and not kube.fresh
+
+
+def test_a_batch_pods_catalogue_comes_from_the_hub_services_address_under_claims(tmp_path):
+    """Under claims a worker's first container fetches its catalogue from the VRE service at the
+    hub Service's cluster IP (``k8s_hub_service``), asked for once; a Service that is not there
+    is a refusal with the reason; on hostPath storage nothing is asked."""
+    from vre.plan import Mount, SessionPlan
+    from pathlib import Path
+    mounts = (Mount(Path("/st/catalog/ct"), "/opt/vre/catalog/ct", True, "catalog"),)
+    plan = SessionPlan(user="ann", project="lung", profile="small", role="worker", session_id="lung-worker-1",
+                       uid=300001, gid=300001, cpu=1, mem_mb=512, gpus=0, network="vre-lung", datasets=("ct",),
+                       mounts=mounts, env={}, labels={})
+
+    def made(**kw):
+        ex = PodDaskExecutor(Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run", instance="vre",
+                                      backend="kubernetes", k8s_hub_namespace="vre", **kw))
+        ex.core = FakeCore()
+
+        async def core():
+            return ex.core
+        ex._core = core
+        return ex
+    ex = made(k8s_storage="pvc", k8s_hub_service="vre-hub")
+    for _ in range(2):
+        assert asyncio.run(ex.catalog_api(plan)) == "http://10.96.0.42:8083/services/vre/api"
+    assert ex.core.services_read == 1
+    elsewhere = made(k8s_storage="pvc", k8s_hub_service="hub")
+    with pytest.raises(ExecutorError, match="lung-worker-1 cannot fetch its catalogue files: no hub Service vre/hub"):
+        asyncio.run(elsewhere.catalog_api(plan))
+    local = made()
+    assert asyncio.run(local.catalog_api(plan)) == "" and not hasattr(local.core, "services_read")
+    busy = made(k8s_storage="pvc", k8s_hub_service="vre-hub")
+
+    async def overloaded(name, ns):
+        raise ApiException(status=503, reason="Service Unavailable")
+    busy.core.read_namespaced_service = overloaded
+    with pytest.raises(ClusterUnavailable, match="the job waits"):   # waited for, not the job's failure
+        asyncio.run(busy.catalog_api(plan))
+
+
+def test_a_worker_whose_catalogue_could_not_be_fetched_is_a_lost_start_with_the_reason(executor):
+    """A batch pod's catalogue container fails when it cannot have a catalogue (``--required``):
+    the run is over, and the engine's reason for the lost start says why in the fetcher's words."""
+    failed = pod("lung-worker-1", "lung", phase="Failed")
+    failed.status.container_statuses = [NS(state=NS(waiting=NS(reason="PodInitializing"), terminated=None))]
+    failed.status.init_container_statuses = [NS(name="catalogue", state=NS(waiting=None, terminated=NS(
+        exit_code=1, reason="Error", message="vre-catalogue: ct/index.sqlite: HTTP Error 403: Forbidden; "
+                                             "the pod does not start\nvre-catalogue: 0 of 1 catalogue(s) fetched\n")))]
+    executor.core.pods["w"] = failed
+    assert asyncio.run(executor.refresh())
+    assert not executor.alive("lung-worker-1")
+    assert executor.why_lost("lung-worker-1") == (
+        "its worker could not start: its datasets' catalogue files could not be had "
+        "(ct/index.sqlite: HTTP Error 403: Forbidden; the pod does not start)")

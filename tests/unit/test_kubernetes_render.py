@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import json
+import time
 
 import kubernetes_validate
 import pytest
@@ -48,10 +49,14 @@ def make_plan(**kw) -> SessionPlan:
     return SessionPlan(**base)
 
 
+#: The catalogue listener as the spawner and the job engine give it to a pod (``catalogue_api_url``).
+CATALOGUE_API = "http://10.0.0.9:8083/services/vre/api"
+
+
 def render(plan=None, settings=SETTINGS, **kw):
     plan = plan or make_plan()
     args = dict(image=IMAGE, env={"JUPYTERHUB_API_TOKEN": "secret-token", **plan.env},
-                command=[*server_command("python"), *pod_server_args(plan)])
+                command=[*server_command("python"), *pod_server_args(plan)], catalog_api=CATALOGUE_API)
     args.update(kw)
     return session_pod(settings, plan, **args)
 
@@ -162,11 +167,11 @@ def test_storage_claims_match_the_pods_volumes():
 
 def test_under_claims_a_sessions_catalogue_comes_from_the_hub_through_its_first_container(tmp_path):
     """The hub's catalogue folder is not on the nodes: the session pod's init container fetches
-    its mounted datasets' catalogue files with the session's token into a scratch volume, which
-    the server sees read-only where it always does; batch pods keep the operator's claim."""
+    its mounted datasets' catalogue files from the catalogue listener with the start's ticket
+    into a scratch volume, which the server sees read-only where it always does."""
     settings = SETTINGS.replace(k8s_storage="pvc", k8s_dataset_volume="pvc", state_dir=tmp_path)   # its ticket key
-    plan = make_plan(env={"VRE_API_URL": "http://10.0.0.9:8082/services/vre/api", "VRE_PROJECT": "lung"})
-    pod = render(plan, settings=settings, env=dict(plan.env, JUPYTERHUB_API_TOKEN="secret-token"))
+    plan = make_plan()
+    pod = render(plan, settings=settings)
     validate(pod)
     spec, (server,) = pod["spec"], pod["spec"]["containers"]
     (init,) = spec["initContainers"]
@@ -175,12 +180,12 @@ def test_under_claims_a_sessions_catalogue_comes_from_the_hub_through_its_first_
     # the start's ticket, from the run's Secret, for this container alone (never the session's token)
     env = {e["name"]: e for e in init["env"]}
     assert set(env) == {"VRE_API_URL", "VRE_CATALOG_TICKET"}
-    assert env["VRE_API_URL"]["value"] == "http://10.0.0.9:8082/services/vre/api"
+    assert env["VRE_API_URL"]["value"] == CATALOGUE_API
     ref = env["VRE_CATALOG_TICKET"]["valueFrom"]["secretKeyRef"]
     assert ref["key"] == CATALOG_TICKET_KEY and ref["name"] == run_secret(settings, plan, {}, {})["metadata"]["name"]
     assert not any(CATALOG_TICKET_KEY in json.dumps(c) for c in spec["containers"])
-    assert tickets.check(settings, run_secret(settings, plan, {}, {})["stringData"][CATALOG_TICKET_KEY]) == ("lung", ("ct",))
-    assert CATALOG_TICKET_KEY not in run_secret(settings, replace(plan, role="worker"), {}, {})["stringData"]
+    assert tickets.check(settings, run_secret(settings, plan, {}, {})["stringData"][CATALOG_TICKET_KEY]) == (
+        "lung", "session", ("ct",), None)
     assert init["resources"]["limits"]["cpu"] == "250m"
     small = render(replace(plan, cpu=0.1), settings=settings)["spec"]["initContainers"][0]
     assert small["resources"]["requests"]["cpu"] == "100m"   # within what the project's quota counts
@@ -191,11 +196,57 @@ def test_under_claims_a_sessions_catalogue_comes_from_the_hub_through_its_first_
     assert {"name": "catalog", "emptyDir": {"sizeLimit": "8Gi"}} in spec["volumes"]
     claims = {v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
     assert "catalog" not in claims and "dataset-ct" in claims
-    # on a single node, and for batch pods, the catalogue stays a volume of its own
-    assert "initContainers" not in render(plan)["spec"]
-    worker = replace(plan, role="worker")
-    assert not catalog_fetched(settings, worker) and catalog_fetched(settings, plan)
-    assert not catalog_fetched(SETTINGS, plan)
+    # on a single node the catalogue stays a volume of its own; under claims a pod needs the address
+    assert "initContainers" not in render(plan)["spec"] and not catalog_fetched(SETTINGS, plan)
+    with pytest.raises(KubernetesBackendError, match="no address of the VRE service"):
+        render(plan, settings=settings, catalog_api="")
+
+
+def test_under_claims_batch_pods_fetch_their_catalogue_as_sessions_do(tmp_path):
+    """A Dask worker's pod, a held worker's and a Kubernetes Job's fetch their catalogue files as a
+    session's does, from the address the engine gives, with a ticket naming their role (what a
+    grant mounts depends on it; a Job's also names its job, whose end ends the ticket), and do not
+    start without them (a job must not read an empty catalogue as "no series"). Their namespace
+    lets the project's pods reach the catalogue port, which serves nothing else, and only under
+    claims. A scheduler mounts no catalogue."""
+    settings = SETTINGS.replace(k8s_storage="pvc", k8s_dataset_volume="pvc", state_dir=tmp_path)
+    for role, pool in (("worker", "lung"), ("held", "lung.held")):
+        base = batch_plan(role, pool, f"vre-{pool}")
+        worker = base.for_worker(f"{pool}-worker-1", cpu=1.0, mem_mb=512, gpus=0)
+        pod = batch_pod(settings, worker, image=IMAGE, env=worker.env, command=["dask", "worker"],
+                        catalog_api=CATALOGUE_API)
+        validate(pod)
+        (init,) = pod["spec"]["initContainers"]
+        assert {e["name"]: e.get("value") for e in init["env"]}["VRE_API_URL"] == CATALOGUE_API
+        assert init["command"][-4:] == ["--root", "/catalog", "--required", "ct"]
+        assert init["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        secret = run_secret(settings, worker, {}, worker.env)
+        assert tickets.check(settings, secret["stringData"][CATALOG_TICKET_KEY]) == ("lung", role, ("ct",), None)
+        with pytest.raises(KubernetesBackendError, match="no address of the VRE service"):
+            batch_pod(settings, worker, image=IMAGE, env=worker.env, command=["dask", "worker"])
+        scheduler = base.for_scheduler(f"{pool}-scheduler", Path("/run/vre-t/doorbell/wake.sock"))
+        assert not catalog_fetched(settings, scheduler)
+    assert "--required" not in render(make_plan(), settings=settings)["spec"]["initContainers"][0]["command"]
+    job = batch_job(settings, worker, pod, job_id=7, attempt=1, user="ann")
+    validate(job)
+    assert job["spec"]["template"]["spec"]["initContainers"] == pod["spec"]["initContainers"]
+    ticket = tickets.check(settings, run_secret(settings, worker, {}, {}, job=7)["stringData"][CATALOG_TICKET_KEY],
+                           now=time.time() + tickets.JOB_TTL_S - 60)   # good while the Job may wait in a queue
+    assert ticket.job == 7 and ticket.role == "held"
+    with pytest.raises(ValueError, match="expired"):
+        tickets.check(settings, run_secret(settings, worker, {}, {})["stringData"][CATALOG_TICKET_KEY],
+                      now=time.time() + 2 * tickets.TTL_S)
+    # the policy: the project's pods that fetch (sessions, Dask workers, held workers, Jobs' pods)
+    # to the catalogue port alone; the VRE service's port stays the sessions'
+    pols = {p["metadata"]["name"]: p["spec"] for p in network_policies(settings, make_plan())}
+    rule = pols["pods-to-catalogue"]
+    assert rule["podSelector"] == {"matchExpressions": [{"key": "vre.role", "operator": "In",
+                                                         "values": ["session", "worker", "held", "job"]}]}
+    assert rule["egress"] == [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "vre"}},
+                                       "podSelector": {"matchLabels": HUB_POD_LABELS}}],
+                               "ports": [{"protocol": "TCP", "port": 8083}]}]
+    assert pols["sessions-to-hub"]["podSelector"] == {"matchLabels": {"vre.role": "session"}}
+    assert "pods-to-catalogue" not in {p["metadata"]["name"] for p in network_policies(SETTINGS, make_plan())}
 
 
 def test_identity_and_hardening():
@@ -543,10 +594,11 @@ def test_batch_pools_on_claims_have_homes_of_their_own():
         assert all("vre.user" not in c["metadata"]["labels"] for c in claims)   # the pool's, not a member's
         for claim in claims:
             validate(claim)
-        pod = batch_pod(settings, worker, image=IMAGE, env=worker.env, command=["dask", "worker"])
+        pod = batch_pod(settings, worker, image=IMAGE, env=worker.env, command=["dask", "worker"],
+                        catalog_api=CATALOGUE_API)
         validate(pod)
         claimed = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v}
-        assert set(sizes) <= claimed and "home-ann" not in claimed
+        assert set(sizes) <= claimed and "home-ann" not in claimed and "catalog" not in claimed
         scheduler = plan.for_scheduler(plan.pool + "-scheduler", Path("/run/vre-t/doorbell/wake.sock"))
         assert {c["metadata"]["name"] for c in storage_claims(settings, scheduler)} == set(sizes) - {"held"}  # no data
     reader = reader_pod(settings, held, "reader-lung-held-0a1b2c", image=IMAGE)

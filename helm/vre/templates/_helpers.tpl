@@ -47,16 +47,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 hub.instance as its value. */}}
 {{- define "vre.projectLabel" -}}vre.instance{{- end -}}
 
-{{/* JupyterHub traits: the operator's, plus the hub Service's name for the spawner (sessions
-reach the hub's API at that Service's cluster IP). */}}
-{{- define "vre.jupyterhubTraits" -}}
-{{- $traits := deepCopy .Values.hub.jupyterhub -}}
-{{- $spawner := get $traits "KubernetesSpawner" | default dict -}}
-{{- $_ := set $spawner "hub_service" (printf "%s-hub" (include "vre.fullname" .)) -}}
-{{- $_ := set $traits "KubernetesSpawner" $spawner -}}
-{{- $traits | toJson -}}
-{{- end -}}
-
 {{/* The database URLs' Secret and keys, by database.type. */}}
 {{- define "vre.dbSecret" -}}
 {{- if eq .Values.database.type "external" -}}

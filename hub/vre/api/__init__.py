@@ -72,13 +72,12 @@ def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
     from .airlock_pages import handlers as airlock_pages
     from .audit import handlers
     from .catalogue import handlers as catalogue_api
-    from .catalogue import session_handlers as catalogue_files
     from .ingest import HostEventsHandler, IngestHandler
 
     result = [*job_handlers(settings), *catalogue_api(settings)]
     if sessions_only:   # the observers of dataset reads post on this listener only (Kubernetes: its TCP port)
         return [(EVENTS_ROUTE, IngestHandler), (HOST_EVENTS_ROUTE, HostEventsHandler), *result,
-                *airlock_handlers(settings, sessions_only=True), *catalogue_files(settings)]
+                *airlock_handlers(settings, sessions_only=True)]
     result += airlock_handlers(settings) + airlock_pages(settings) + access_pages(settings) + admin_pages(settings)
     result += admin_projects(settings)
     result += admin_datasets(settings)

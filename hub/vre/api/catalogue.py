@@ -8,10 +8,12 @@ lists the datasets its project does not have through its server's relay (vre_ses
 It needs ``custom:vre-catalogue:read``, which session tokens carry; asking for access stays on the
 hub's catalogue page (``custom:vre-catalogue``, XSRF, the hub's login).
 
-``GET api/catalogue/<slug>/{record.json,index.sqlite}``, on the sessions listener only, hands a
-session pod's first container the catalogue files of the datasets its start mounts, for the
-ticket the hub gave that container (``vre.catalog.tickets``): on Kubernetes with claims the hub's
-catalogue folder is not on the nodes (``vre.catalog.fetch``).
+``GET api/catalogue/<slug>/{record.json,index.sqlite}``, alone on the catalogue listener
+(Kubernetes: ``k8s_catalogue_port``), hands the first container of a session's or a batch
+worker's pod the catalogue files of the datasets its start mounts, for the ticket the hub gave
+that container (``vre.catalog.tickets``): on Kubernetes with claims the hub's catalogue folder is
+not on the nodes (``vre.catalog.fetch``). Batch pods may reach that listener and no other: a
+held job's code must find no API there to write through.
 """
 
 from __future__ import annotations
@@ -66,15 +68,16 @@ def session_project(model: dict) -> str | None:
     return server if owner == model.get("name") and server else None
 
 
-#: The files of a dataset's catalogue folder a session pod may fetch.
-SESSION_FILES = ("record.json", "index.sqlite")
+#: The files of a dataset's catalogue folder a pod may fetch.
+FETCHED_FILES = ("record.json", "index.sqlite")
 CHUNK = 1 << 20
 
 
 class CatalogueFileHandler(web.RequestHandler):
     """``GET api/catalogue/<slug>/<file>`` with ``Authorization: vre-ticket <ticket>``: a
-    catalogue file of a dataset the ticket's session start mounts, while its project still has it
-    mounted (``vre.catalog.tickets``). On the sessions listener only: never from outside."""
+    catalogue file of a dataset the ticket's pod start (a session's or a batch worker's) mounts,
+    while the project's grants still mount it in that role and, for a Kubernetes Job's pod, its
+    job has not ended (``vre.catalog.tickets``). On the catalogue listener only: never from outside."""
 
     def initialize(self, vre_settings):
         self.vre_settings = vre_settings
@@ -88,16 +91,23 @@ class CatalogueFileHandler(web.RequestHandler):
         try:
             if scheme != "vre-ticket":
                 raise ValueError("no ticket")
-            project, slugs = tickets.check(self.vre_settings, ticket)
+            t = tickets.check(self.vre_settings, ticket)
         except (ValueError, KeyError, TypeError):
-            return self._fail(403, "a session pod's catalogue ticket is required")
+            return self._fail(403, "a pod's catalogue ticket is required")
 
-        def mounted() -> bool:
+        def refusal() -> str:
             with vdb.session_scope(self.vre_settings.vre_db_url) as db:
-                row = db.scalar(select(vdb.Project).where(vdb.Project.slug == project))
-                return row is not None and slug in {d.slug for d in datasets_for(row, "session")[0]}
-        if slug not in slugs or not await asyncio.to_thread(mounted):
-            return self._fail(404, f"project {project} has no dataset {slug!r} mounted in this session")
+                row = db.scalar(select(vdb.Project).where(vdb.Project.slug == t.project))
+                if row is None or slug not in t.slugs or slug not in {d.slug for d in datasets_for(row, t.role)[0]}:
+                    return f"project {t.project} has no dataset {slug!r} mounted in its {t.role} pods"
+                if t.job is not None:
+                    job = db.get(vdb.Job, t.job)
+                    if job is None or job.project_id != row.id or job.state in vdb.JOB_FINAL:
+                        return f"job {t.job} has ended: its catalogue ticket with it"
+                return ""
+        why = await asyncio.to_thread(refusal)
+        if why:
+            return self._fail(404, why)
         try:
             f = open(self.vre_settings.catalog_dir / slug / name, "rb")
         except FileNotFoundError:
@@ -116,7 +126,7 @@ def handlers(settings) -> list[tuple]:
     return [(r"api/catalogue/?", CatalogueAPIHandler, {"vre_settings": settings})]
 
 
-def session_handlers(settings) -> list[tuple]:
-    """What only session pods reach (the sessions listener)."""
-    files = "|".join(n.replace(".", r"\.") for n in SESSION_FILES)
+def fetch_handlers(settings) -> list[tuple]:
+    """The catalogue listener's one route (``vre.api.service``)."""
+    files = "|".join(n.replace(".", r"\.") for n in FETCHED_FILES)
     return [(rf"api/catalogue/([a-z][a-z0-9-]{{0,62}})/({files})", CatalogueFileHandler, {"vre_settings": settings})]

@@ -7,7 +7,9 @@ It listens twice:
 * on the loopback port of ``JUPYTERHUB_SERVICE_URL``: the proxy's target (all routes);
 * on ``<hub_socket_dir>/vre.sock``: the sessions' way in (no network in a session; the directory
   is theirs to reach, read-only, as for the hub's socket), with the ingest, the batch queue, the
-  requester's side of the airlock and the catalogue's records only.
+  requester's side of the airlock and the catalogue's records only. On Kubernetes that is TCP
+  ``k8s_service_port``, and a third listener on ``k8s_catalogue_port`` serves pods' first
+  containers their catalogue files (``vre.api.catalogue.fetch_handlers``) and nothing else.
 
 Like the hub's other services it dies with its hub and is the only one of its instance
 (``vre.services``).
@@ -30,6 +32,7 @@ from tornado.netutil import bind_unix_socket
 from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from . import SOCKET_NAME, routes
+from .catalogue import fetch_handlers
 
 log = logging.getLogger("vre.api.service")
 
@@ -38,12 +41,15 @@ def prefix() -> str:
     return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/services/vre/"
 
 
-def make_app(settings: Settings, *, sessions_only: bool = False, observer_tokens=None) -> web.Application:
-    """The service's application; ``observer_tokens`` (``vre.api.observers.ObserverTokens``)
-    answers whose node an observer's token speaks for (None: no observer may post)."""
+def make_app(settings: Settings, *, sessions_only: bool = False, catalogue_only: bool = False,
+             observer_tokens=None) -> web.Application:
+    """The service's application (``catalogue_only``: the catalogue listener's); ``observer_tokens``
+    (``vre.api.observers.ObserverTokens``) answers whose node an observer's token speaks for
+    (None: no observer may post)."""
     base = prefix()
-    handlers = [(url_path_join(base, pattern), *rest) for pattern, *rest in routes(settings, sessions_only=sessions_only)]
-    if not sessions_only:
+    chosen = fetch_handlers(settings) if catalogue_only else routes(settings, sessions_only=sessions_only)
+    handlers = [(url_path_join(base, pattern), *rest) for pattern, *rest in chosen]
+    if not (sessions_only or catalogue_only):
         handlers.append((url_path_join(base, "oauth_callback"), HubOAuthCallbackHandler))
     # The login cookie's key: new at each start (a restarted service sends browsers through the
     # hub's OAuth again, which is silent while they are logged in to the hub).
@@ -87,11 +93,16 @@ async def serve(settings: Settings) -> None:
     proxied.listen(url.port, url.hostname or "127.0.0.1")
     path = socket_path(settings)
     sessions = HTTPServer(make_app(settings, sessions_only=True, observer_tokens=token_reviews(settings)))
+    catalogue = None
     if settings.backend == "kubernetes":
         # Session pods connect over TCP (their project's NetworkPolicy allows this port of the
         # hub's pods and nothing else); the credentials are checked as on the socket.
         sessions.listen(settings.k8s_service_port, "0.0.0.0")
         path = f"0.0.0.0:{settings.k8s_service_port}"
+        # Pods' catalogue fetchers, batch pods' among them, on a port with nothing else on it
+        catalogue = HTTPServer(make_app(settings, catalogue_only=True))
+        catalogue.listen(settings.k8s_catalogue_port, "0.0.0.0")
+        path += f", catalogue files at 0.0.0.0:{settings.k8s_catalogue_port}"
     else:
         # Session uids connect (as to the hub's socket): the directory (0750, root:sessions) guards it.
         sessions.add_sockets([bind_unix_socket(str(path), mode=0o666)])
@@ -99,6 +110,8 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     proxied.stop()
     sessions.stop()
+    if catalogue is not None:
+        catalogue.stop()
     try:
         socket_path(settings).unlink()
     except FileNotFoundError:

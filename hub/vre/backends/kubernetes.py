@@ -215,10 +215,17 @@ def network_policies(settings: Settings, plan: SessionPlan) -> list[dict]:
     layer to the session port of its sessions; the hub (its job engine) to the agent port of the
     batch scheduler; the hub to the port of its claims readers (``vre.claims``); its sessions to
     the hub's API and the VRE service's session port (audit ingest, jobs, airlock) on the hub's
-    pods. Nothing else: no other project, no node address, no internet, no DNS. (A held pool's
-    namespace has the same policies and no sessions.)"""
+    pods; under ``k8s_storage = "pvc"`` its sessions' and batch workers' pods to the catalogue
+    port, where their first container fetches their catalogue files (``catalog_container``) and
+    nothing else is served (a held job's code finds no API there). Nothing else: no other project,
+    no node address, no internet, no DNS. (A held pool's namespace has the same policies and no
+    sessions.)"""
     ns = namespace_name(plan)
     sessions = {"matchLabels": {"vre.role": "session"}}
+    fetchers = [policy(ns, "pods-to-catalogue", {
+        "podSelector": {"matchExpressions": [{"key": "vre.role", "operator": "In", "values": list(FETCHING_ROLES)}]},
+        "policyTypes": ["Egress"], "egress": [{"to": [hub_peer(settings, HUB_POD_LABELS)],
+                                               "ports": [{"protocol": "TCP", "port": settings.k8s_catalogue_port}]}]})]
     return [
         policy(ns, "default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
         policy(ns, "project-internal", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
@@ -241,7 +248,14 @@ def network_policies(settings: Settings, plan: SessionPlan) -> list[dict]:
             "egress": [{"to": [hub_peer(settings, HUB_POD_LABELS)],
                         "ports": [{"protocol": "TCP", "port": settings.k8s_hub_port},
                                   {"protocol": "TCP", "port": settings.k8s_service_port}]}]}),
+        *(fetchers if settings.k8s_storage == "pvc" else []),
     ]
+
+
+#: ``vre.role`` of the pods that fetch catalogue files under claims: sessions, Dask workers of the
+#: open and the held pools, Kubernetes Jobs' pods (``batch_job``). The chart's policy on the hub
+#: pod names the same roles.
+FETCHING_ROLES = ("session", "worker", "held", "job")
 
 
 def resource_quota(plan: SessionPlan, quota: ProjectQuota) -> dict:
@@ -286,22 +300,25 @@ def claim_name(plan: SessionPlan, mount) -> str:
     """The claim a storage mount of ``plan`` is on (``k8s_storage = "pvc"``), in the plan's
     namespace: a member's home ``home-<user>``; the batch pool's home (``worker-home``, or
     ``held-home`` in the held pool's namespace, named for its folder: never a member's); the
-    project's ``workspace``; the held jobs' folder ``held``; the catalogue records ``catalog``."""
+    project's ``workspace``; the held jobs' folder ``held``. (Catalogue files are fetched:
+    ``catalog_fetched``.)"""
     if mount.kind == "home":
         return object_name(f"home-{plan.user}" if plan.role == "session" else mount.source.name)
-    return {"workspace": "workspace", "catalog": "catalog", "held": "held"}[mount.kind]
+    if mount.kind not in ("workspace", "held"):
+        raise KubernetesBackendError(f"no claim holds {mount.kind} mount {mount.target}")
+    return mount.kind
 
 
 def storage_source(settings: Settings, plan: SessionPlan, mount) -> dict:
-    """Home, workspace, held jobs' folder or catalogue records: the host path (single node) or the
-    project's claim."""
+    """Home, workspace or held jobs' folder: the host path (single node) or the project's claim;
+    catalogue records: the host path."""
     if settings.k8s_storage == "pvc":
         return {"persistentVolumeClaim": {"claimName": claim_name(plan, mount),
                                           **({"readOnly": True} if mount.readonly else {})}}
     return _host_path(settings, mount.source)
 
 
-#: The storage mounts that are claims the hub makes (the catalogue's is the chart's).
+#: The storage mounts that are claims the hub makes.
 CLAIM_KINDS = ("home", "workspace", "held")
 
 
@@ -368,13 +385,17 @@ def run_id(plan: SessionPlan) -> str:
     return plan.session_id if plan.role == "session" else batch_id(plan.session_id)
 
 
-def run_secret(settings: Settings, plan: SessionPlan, files: dict[str, str], env: dict[str, str]) -> dict:
+def run_secret(settings: Settings, plan: SessionPlan, files: dict[str, str], env: dict[str, str],
+               job: int | None = None) -> dict:
     """The session's runtime files (manifest, passwd, group) and its credentials (``SECRET_ENV``):
-    a Secret, so neither appears in the pod spec."""
+    a Secret, so neither appears in the pod spec. With fetched catalogue files, the catalogue
+    ticket of this start: a Kubernetes Job's (``job``) lasts while that job has not ended (it may
+    wait in the cluster's queue for long), any other pod's an hour."""
     data = {"session.json": json.dumps(plan.manifest(), indent=2), **files}
     data.update({k: v for k, v in env.items() if k in SECRET_ENV})
     if catalog_fetched(settings, plan):   # for the pod's first container alone (catalog_container)
-        data[CATALOG_TICKET_KEY] = tickets.make(settings, plan.project, catalog_slugs(plan))
+        data[CATALOG_TICKET_KEY] = tickets.make(settings, plan.project, catalog_slugs(plan), role=plan.role, job=job,
+                                                ttl=tickets.TTL_S if job is None else tickets.JOB_TTL_S)
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": run_secret_name(run_id(plan)), "namespace": namespace_name(plan),
                          "labels": labels(settings, plan)},
@@ -389,7 +410,7 @@ def locked_down(uid: int, gid: int) -> dict:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-#: The scratch volume of a session's catalogue files under claims, and its size.
+#: The scratch volume of a pod's catalogue files under claims, and its size.
 CATALOG_VOLUME, CATALOG_SIZE = "catalog", "8Gi"
 #: The program that fills it (standard library only; ``vre.catalog`` imports this module).
 CATALOG_FETCH = Path(__file__).resolve().parents[1] / "catalog" / "fetch.py"
@@ -398,26 +419,31 @@ CATALOG_TICKET_KEY = "catalogue-ticket"
 
 
 def catalog_fetched(settings: Settings, plan: SessionPlan) -> bool:
-    """Whether the session pod's first container fetches its catalogue files from the hub
-    (``vre.catalog.fetch``): under claims the hub's catalogue folder is not on the node. Batch
-    pods reach no hub, and keep the operator's ``catalog`` claim."""
-    return settings.k8s_storage == "pvc" and plan.role == "session" and any(m.kind == "catalog" for m in plan.mounts)
+    """Whether the pod's first container fetches its catalogue files from the hub
+    (``vre.catalog.fetch``): under claims the hub's catalogue folder is not on the node, for a
+    session's pod and a batch worker's alike (a scheduler mounts no catalogue)."""
+    return settings.k8s_storage == "pvc" and any(m.kind == "catalog" for m in plan.mounts)
 
 
 def catalog_slugs(plan: SessionPlan) -> list[str]:
     return [m.target.rsplit("/", 1)[-1] for m in plan.mounts if m.kind == "catalog"]
 
 
-def catalog_container(settings: Settings, plan: SessionPlan, *, image: str, pull_policy: str,
-                      env: dict[str, str]) -> dict:
-    """The init container that fetches ``plan``'s catalogue files with the start's ticket (in the
-    run's Secret, which no other container of the pod reads): within the project's quota (its
-    profiles may ask for less than a quarter CPU)."""
+def catalog_container(settings: Settings, plan: SessionPlan, *, image: str, pull_policy: str, api_url: str) -> dict:
+    """The init container that fetches ``plan``'s catalogue files from the catalogue listener at
+    ``api_url`` with the start's ticket (in the run's Secret, which no other container of the pod
+    reads): within the project's quota (its profiles may ask for less than a quarter CPU). A
+    session starts without a catalogue it could not have; a batch pod does not start."""
+    if not api_url:
+        raise KubernetesBackendError(f"no address of the VRE service's catalogue port for {plan.session_id}'s catalogue files")
     limits = {"cpu": cpu_quantity(min(0.25, plan.cpu)), "memory": "128Mi"}
     ticket = {"secretKeyRef": {"name": run_secret_name(run_id(plan)), "key": CATALOG_TICKET_KEY}}
     return {"name": "catalogue", "image": image, "imagePullPolicy": pull_policy, "workingDir": "/",
-            "command": ["python3", "-I", "-c", CATALOG_FETCH.read_text(), "--root", "/catalog", *catalog_slugs(plan)],
-            "env": [{"name": "VRE_API_URL", "value": env.get("VRE_API_URL", "")},
+            "command": ["python3", "-I", "-c", CATALOG_FETCH.read_text(), "--root", "/catalog",
+                        *([] if plan.role == "session" else ["--required"]), *catalog_slugs(plan)],
+            # a batch pod's failed fetch: its log's last lines are the reason the engine reads
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "env": [{"name": "VRE_API_URL", "value": api_url},
                     {"name": "VRE_CATALOG_TICKET", "valueFrom": ticket}],
             "volumeMounts": [{"name": CATALOG_VOLUME, "mountPath": "/catalog"}],
             "resources": {"requests": dict(limits), "limits": limits},
@@ -445,10 +471,6 @@ def volumes_and_mounts(settings: Settings, plan: SessionPlan, tmp_size: str = "2
             continue
         if m.kind in ("catalog", "home", "workspace", "held"):
             volumes.append({"name": name, **storage_source(settings, plan, m)})
-            if m.kind == "catalog" and settings.k8s_storage == "pvc":  # one claim, a directory per dataset
-                mounts.append({"name": name, "mountPath": m.target, "readOnly": True,
-                               "subPath": m.target.rsplit("/", 1)[-1]})
-                continue
         elif m.kind == "file":
             key = "session.json" if m.target == MANIFEST else m.source.name
             volumes.append({"name": name, "secret": {"secretName": secret, "defaultMode": 0o444,
@@ -476,11 +498,12 @@ def pod_server_args(plan: SessionPlan, extra=()) -> list[str]:
 
 def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[str, str], command: list[str],
                 pull_policy: str = "IfNotPresent", tmp_size: str = "2Gi", umask: int = 0o002,
-                audit_session: str = "") -> dict:
+                audit_session: str = "", catalog_api: str = "") -> dict:
     """The session's pod in its project's namespace (``env``: the server's whole environment; the
     ``SECRET_ENV`` among it come from :func:`run_secret`). With datasets and the observer, the
     pod starts behind the gate, its metadata saying what the observer's records will say
-    (``audit_session``: the run's audit session, default its id)."""
+    (``audit_session``: the run's audit session, default its id). Catalogue files under claims
+    come from the catalogue listener at ``catalog_api`` (``catalogue_api_url``)."""
     check_image(settings, image)
     volumes, mounts = volumes_and_mounts(settings, plan, tmp_size)
     secret = run_secret_name(run_id(plan))
@@ -507,7 +530,8 @@ def session_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[
                             "seccompProfile": {"type": "RuntimeDefault"}},
     }
     if catalog_fetched(settings, plan):
-        spec["initContainers"] = [catalog_container(settings, plan, image=image, pull_policy=pull_policy, env=env)]
+        spec["initContainers"] = [catalog_container(settings, plan, image=image, pull_policy=pull_policy,
+                                                    api_url=catalog_api)]
     if plan.gpus:
         spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     # the profile's labels on top of the GPU nodes' (a GPU model among them, say)
@@ -530,13 +554,14 @@ SCHEDULER_REQUESTS = {"cpu": "100m", "memory": "256Mi"}
 
 
 def batch_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[str, str], command: list[str],
-              pull_policy: str = "IfNotPresent", tmp_size: str = "2Gi") -> dict:
+              pull_policy: str = "IfNotPresent", tmp_size: str = "2Gi", catalog_api: str = "") -> dict:
     """A batch pool's Dask scheduler or worker (``plan.for_scheduler``/``for_worker``): the
     session's rendering (identity, read-only root, volumes, limits, no token, the allow-list) with
     the Dask command, the scheduler's ports, and the pool's labels (``vre.pool``; no user: a warm
-    worker serves the project's members in turn)."""
+    worker serves the project's members in turn). A worker's catalogue files under claims come
+    from the catalogue listener at ``catalog_api`` (``catalogue_api_url``)."""
     pod = session_pod(settings, plan, image=image, env=env, command=command, pull_policy=pull_policy,
-                      tmp_size=tmp_size)
+                      tmp_size=tmp_size, catalog_api=catalog_api)
     container = pod["spec"]["containers"][0]
     del container["readinessProbe"], container["ports"]
     container["name"] = "scheduler" if plan.role == "scheduler" else "worker"
@@ -633,6 +658,26 @@ async def ensure_local_queue(client: ApiClient, queue: dict) -> bool:
         raise
 
 
+async def hub_service_ip(settings: Settings, api: CoreV1Api) -> str:
+    """The cluster IP of the hub's Service (``k8s_hub_service``), where the project's pods reach
+    the hub's pods (the policies name those pods; pods have no DNS)."""
+    name = settings.k8s_hub_service
+    try:
+        svc = await api.read_namespaced_service(name, settings.k8s_hub_namespace)
+    except ApiException as e:
+        error = KubernetesBackendError(f"no hub Service {settings.k8s_hub_namespace}/{name} ({api_reason(e)}): "
+                                       "the chart creates it (k8s_hub_service names it)")
+        error.status = e.status   # a busy API server (429, 5xx) is not a missing Service
+        raise error from None
+    return svc.spec.cluster_ip
+
+
+def catalogue_api_url(settings: Settings, host: str) -> str:
+    """The catalogue listener (``vre.api.catalogue.fetch_handlers``) on the hub's pods, as the
+    project's pods reach it at ``host``."""
+    return f"http://{host}:{settings.k8s_catalogue_port}{SERVICE_API_PATH}"
+
+
 async def put_object(client: ApiClient, obj: dict) -> None:
     """Create ``obj``, or replace it when it exists (the hub's rendering wins; a namespace is kept,
     it holds the project's claims, and only its labels are put back)."""
@@ -709,12 +754,9 @@ class KubernetesSpawner(PlanSpawner, Spawner):
     image_pull_policy = CaselessStrEnum(["IfNotPresent", "Always", "Never"], "IfNotPresent", config=True,
                                         help="imagePullPolicy of session pods.")
     tmp_size = Unicode("2Gi", config=True, help="Size of a session's /tmp (memory-backed emptyDir limit).")
-    hub_service = Unicode("hub", config=True,
-                          help="Service in k8s_hub_namespace whose cluster IP sessions reach the hub's API at "
-                               "(port k8s_hub_port); its pods carry HUB_POD_LABELS.")
     hub_address = Unicode("", config=True,
-                          help="Address sessions reach the hub's API at instead of hub_service's cluster IP "
-                               "(a hub outside the cluster, tests).")
+                          help="Address sessions reach the hub's API at instead of the cluster IP of the Service "
+                               "k8s_hub_service (a hub outside the cluster, tests).")
 
     # state kept across hub restarts (with the base's)
     pod_name = Unicode("")
@@ -789,13 +831,8 @@ class KubernetesSpawner(PlanSpawner, Spawner):
     async def _hub_url(self) -> str:
         if self.hub_address:
             return f"http://{self.hub_address}:{self.settings.k8s_hub_port}"
-        api = await self._api()
-        try:
-            svc = await api.read_namespaced_service(self.hub_service, self.settings.k8s_hub_namespace)
-        except ApiException as e:
-            raise KubernetesBackendError(f"no hub Service {self.settings.k8s_hub_namespace}/{self.hub_service} "
-                                         f"({api_reason(e)}); the chart creates it (or set hub_address)") from None
-        return f"http://{svc.spec.cluster_ip}:{self.settings.k8s_hub_port}"
+        ip = await hub_service_ip(self.settings, await self._api())
+        return f"http://{ip}:{self.settings.k8s_hub_port}"
 
     def _environment(self, plan: SessionPlan) -> dict[str, str]:
         """As on every backend, but the VRE service is reached over TCP on the hub's address."""
@@ -826,7 +863,8 @@ class KubernetesSpawner(PlanSpawner, Spawner):
         env = self._environment(plan)
         pod = session_pod(self.settings, plan, image=image, env=env, command=self._server_command(plan),
                           pull_policy=self.image_pull_policy, tmp_size=self.tmp_size, umask=self.session_umask,
-                          audit_session=self.audit_session)
+                          audit_session=self.audit_session,
+                          catalog_api=catalogue_api_url(self.settings, urlsplit(self.hub_connect_url).hostname))
         await self._delete(ns, plan.session_id, 0)  # a leftover of a crashed run never lingers
         await self._put(run_secret(self.settings, plan, self._identity_files(plan), env))
         self._progress(50, f"Starting the pod ({plan.cpu:g} CPU, {plan.mem_mb} MiB)")
@@ -958,6 +996,20 @@ class KubernetesSpawner(PlanSpawner, Spawner):
 #: Reasons a container waits that no amount of waiting cures.
 FATAL_WAITING = ("ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
                  "CreateContainerConfigError", "CreateContainerError")
+
+
+#: What the job engine calls a batch pod whose catalogue container failed (``catalogue_failure``).
+CATALOGUE_NOT_FETCHED = "CatalogueNotFetched"
+
+
+def catalogue_failure(pod) -> str:
+    """Why a batch pod's catalogue container failed (its log's last line), or "" if it did not."""
+    for c in getattr(pod.status, "init_container_statuses", None) or ():
+        t = c.state and c.state.terminated
+        if c.name == "catalogue" and t and t.exit_code:
+            lines = [line for line in (t.message or "").splitlines() if line.startswith("vre-catalogue:")]
+            return (lines[0] if lines else f"exit code {t.exit_code}").removeprefix("vre-catalogue: ")[:300]
+    return ""
 
 
 def waiting_reason(pod) -> str:

@@ -12,7 +12,9 @@ library only, no imports from vre** (``tests/unit/test_catalogue_api.py`` runs i
 A catalogue the hub cannot hand over now (the service restarting, a dataset not indexed yet) is
 tried again until ``--wait`` seconds have passed since the start (all datasets together: the
 session's start has a timeout), then left out with a line on the container's log: the session
-starts with its datasets' files, its Datasets panel without that index.
+starts with its datasets' files, its Datasets panel without that index. A batch pod's fetch is
+``--required``: a job must not read an empty catalogue as "no series", so the container fails
+with the reason and the job engine counts a lost start.
 """
 
 import argparse
@@ -47,8 +49,9 @@ def fetch(api: str, ticket: str, slug: str, name: str, out: str, timeout: float)
             os.unlink(part)
 
 
-def fetch_all(api: str, ticket: str, root: str, slugs: list[str], wait: float) -> list[str]:
-    """Fetch every dataset's files; the slugs whose catalogue could not be had."""
+def fetch_all(api: str, ticket: str, root: str, slugs: list[str], wait: float, without: str) -> list[str]:
+    """Fetch every dataset's files; the slugs whose catalogue could not be had (``without``: what
+    then starts without it, for the log)."""
     missing = []
     deadline = time.monotonic() + wait
     for slug in slugs:
@@ -62,7 +65,7 @@ def fetch_all(api: str, ticket: str, root: str, slugs: list[str], wait: float) -
                 except (OSError, urllib.error.URLError) as e:
                     status = getattr(e, "code", None)
                     if (status is not None and 400 <= status < 500) or time.monotonic() > deadline:
-                        print(f"vre-catalogue: {slug}/{name}: {e}; the session starts without it", flush=True)
+                        print(f"vre-catalogue: {slug}/{name}: {e}; {without}", flush=True)
                         missing.append(slug)
                         break
                     time.sleep(1)
@@ -76,15 +79,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="vre-catalogue")
     ap.add_argument("--root", required=True, help="the scratch folder the session mounts read-only")
     ap.add_argument("--wait", type=float, default=60, help="seconds to keep trying, all datasets together")
+    ap.add_argument("--required", action="store_true", help="fail when a catalogue could not be had (batch pods)")
     ap.add_argument("slugs", nargs="*")
     args = ap.parse_args(argv)
     api, ticket = os.environ.get("VRE_API_URL", ""), os.environ.pop("VRE_CATALOG_TICKET", "")
     if not api.startswith("http://") or not ticket:
         print("vre-catalogue: VRE_API_URL (http://...) and VRE_CATALOG_TICKET are required", file=sys.stderr)
         return 2
-    missing = fetch_all(api.rstrip("/"), ticket, args.root, args.slugs, args.wait)
+    without = "the pod does not start" if args.required else "the session starts without it"
+    missing = fetch_all(api.rstrip("/"), ticket, args.root, args.slugs, args.wait, without)
     print(f"vre-catalogue: {len(args.slugs) - len(missing)} of {len(args.slugs)} catalogue(s) fetched", flush=True)
-    return 0
+    return 1 if args.required and missing else 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""Tickets for a session pod's catalogue files (Kubernetes with claims, ``vre.catalog.fetch``).
+"""Tickets for a pod's catalogue files (Kubernetes with claims, ``vre.catalog.fetch``).
 
-The hub writes one into the run's Secret when it starts the pod; only the pod's first container
-(the fetcher) gets it, never the server the researcher's code runs in. It names the project and
-the datasets that start mounts and expires after ``TTL_S``; the VRE service's sessions listener
-serves those datasets' files to it, and nothing else. A JupyterHub token would not do: a member
-can mint one narrowed to any of her servers, from anywhere, for any of her projects.
+The hub writes one into the run's Secret when it starts a session's or a batch worker's pod; only
+the pod's first container (the fetcher) gets it, never the container the researcher's code runs
+in. It names the project, the role the pod runs as (``session``, ``worker``, ``held``: what a
+grant mounts depends on it), the datasets that start mounts and, for a Kubernetes Job's pod, its
+job; it expires after its ``ttl``. The VRE service's catalogue listener serves those datasets'
+files to it while the project's grants still mount them in that role (and the job has not
+ended), and nothing else. A JupyterHub token would not do: a member can
+mint one narrowed to any of her servers, from anywhere, for any of her projects, and batch pods
+hold none.
 """
 
 from __future__ import annotations
@@ -14,28 +18,45 @@ import hashlib
 import hmac
 import json
 import time
+from typing import NamedTuple
 
 from ..hostfiles import read_or_create_secret
 from ..settings import Settings
 
-#: Seconds a ticket is good for (the pod placed, its image pulled, the files fetched).
+#: Seconds a ticket is good for by default (the pod placed, its image pulled, the files fetched).
 TTL_S = 3600
+#: Seconds a Kubernetes Job's ticket is good for at most: it may wait in the cluster's queue for
+#: long, and its job's end (``Ticket.job``) ends the ticket before that.
+JOB_TTL_S = 7 * 24 * 3600
+#: The roles a ticket may name (``SessionPlan.role`` of the pods that fetch).
+ROLES = ("session", "worker", "held")
 KEY_FILE = "catalogue-tickets.key"
+
+
+class Ticket(NamedTuple):
+    project: str
+    role: str
+    slugs: tuple[str, ...]
+    job: int | None   # a Kubernetes Job's: good only while that job has not ended
 
 
 def _key(settings: Settings) -> bytes:
     return read_or_create_secret(settings.secrets_dir / KEY_FILE).encode()
 
 
-def make(settings: Settings, project: str, slugs, now: float | None = None) -> str:
-    body = json.dumps({"p": project, "s": sorted(slugs), "e": int((time.time() if now is None else now) + TTL_S)},
-                      separators=(",", ":"))
-    part = base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+def make(settings: Settings, project: str, slugs, *, role: str = "session", job: int | None = None,
+         ttl: int = TTL_S, now: float | None = None) -> str:
+    if role not in ROLES:
+        raise ValueError(f"no catalogue ticket for a {role!r} pod")
+    fields = {"p": project, "r": role, "s": sorted(slugs), "e": int((time.time() if now is None else now) + ttl)}
+    if job is not None:
+        fields["j"] = int(job)
+    part = base64.urlsafe_b64encode(json.dumps(fields, separators=(",", ":")).encode()).decode().rstrip("=")
     return f"{part}.{hmac.new(_key(settings), part.encode(), hashlib.sha256).hexdigest()}"
 
 
-def check(settings: Settings, ticket: str, now: float | None = None) -> tuple[str, tuple[str, ...]]:
-    """(project, slugs) of a ticket this hub made and that has not expired; ValueError otherwise."""
+def check(settings: Settings, ticket: str, now: float | None = None) -> Ticket:
+    """What a ticket this hub made and that has not expired names; ValueError otherwise."""
     part, _, mac = ticket.strip().partition(".")
     want = hmac.new(_key(settings), part.encode(), hashlib.sha256).hexdigest()
     if not part or not hmac.compare_digest(mac.encode(), want.encode()):
@@ -43,4 +64,8 @@ def check(settings: Settings, ticket: str, now: float | None = None) -> tuple[st
     body = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
     if body["e"] < (time.time() if now is None else now):
         raise ValueError("the ticket has expired")
-    return body["p"], tuple(body["s"])
+    role = body.get("r", "session")   # a session's ticket made before roles were named
+    if role not in ROLES:
+        raise ValueError(f"no catalogue ticket for a {role!r} pod")
+    job = body.get("j")
+    return Ticket(body["p"], role, tuple(body["s"]), None if job is None else int(job))

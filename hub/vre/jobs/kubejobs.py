@@ -181,6 +181,9 @@ class KubeJobs:
                 found.started = found.started or t.started_at
                 found.exit_code, found.terminated, found.report = t.exit_code, t.reason or "Error", t.message or ""
                 found.gate_closed = bool((pod.metadata.labels or {}).get(OBSERVED_LABEL)) and t.exit_code == GATE_EXIT
+        why = k8s.catalogue_failure(pod)
+        if why:   # its job never ran: the engine counts a lost start, with this reason
+            found.exit_code, found.terminated = None, f"{k8s.CATALOGUE_NOT_FETCHED}: {why}"
 
     def view(self, worker: str) -> KubeJob | None:
         return self._jobs.get(worker.removeprefix(KUBE_WORKER))
@@ -201,15 +204,17 @@ class KubeJobs:
         plan = plan.for_worker(name.removeprefix("vre-"), cpu=cpu, mem_mb=mem_mb + WORKER_OVERHEAD_MB, gpus=gpus)
         env = dict(plan.env)
         pods = self.pods
+        catalog_api = await pods.catalog_api(plan)
         try:
             k8s.check_reads_policy(self.settings, plan)
             image = k8s.check_image(self.settings, (plan.gpus and self.settings.notebook_gpu_image)
                                     or self.settings.notebook_image)
             command = ["python3", "-m", "vre_session.jobs.task", f"{k8s.JOB_SPEC_DIR}/{k8s.JOB_SPEC_KEY}"]
             pod = k8s.batch_pod(self.settings, plan, image=image, env=env, command=command,
-                                pull_policy=pods.pull_policy, tmp_size=pods.tmp_size)
+                                pull_policy=pods.pull_policy, tmp_size=pods.tmp_size, catalog_api=catalog_api)
             job = k8s.batch_job(self.settings, plan, pod, job_id=job_id, attempt=attempt, user=user)
-            secret = k8s.run_secret(self.settings, plan, pods.identity_files(plan), env)
+            # its catalogue ticket lasts while the job has not ended (it may wait in the cluster's queue)
+            secret = k8s.run_secret(self.settings, plan, pods.identity_files(plan), env, job=job_id)
             secret["stringData"][k8s.JOB_SPEC_KEY] = json.dumps(spec)
             objects = k8s.project_objects(self.settings, plan, await asyncio.to_thread(
                 k8s.read_project_quota, self.settings, plan.project))

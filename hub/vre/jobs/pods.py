@@ -93,6 +93,7 @@ class Run:
     deleting: bool = False
     node: str = ""          # where the cluster placed it
     unplaced: str = ""      # why the cluster has not placed it yet (no node with the GPUs, ...)
+    catalogue_failed: str = ""   # why its first container could not fetch its catalogue files
     seen: float = 0.0       # time.monotonic() when this was learnt
 
     @property
@@ -118,6 +119,9 @@ def _run(pod) -> tuple[str, Run]:
         if c.state and c.state.terminated:
             gated = labels.get(OBSERVED_LABEL) and c.state.terminated.exit_code == GATE_EXIT
             run.ended = GATE_CLOSED if gated else (c.state.terminated.reason or "ended")
+    run.catalogue_failed = k8s.catalogue_failure(pod)
+    if run.catalogue_failed:
+        run.ended = k8s.CATALOGUE_NOT_FETCHED
     run.unplaced = k8s.unplaced_reason(pod)
     return labels.get("vre.session", ""), run
 
@@ -157,6 +161,7 @@ class PodDaskExecutor(LocalDaskExecutor):
         self._fresh = False                   # whether the last look's list succeeded
         self._last_error = "no look yet"
         self._client: ApiClient | None = None
+        self._hub_ip = ""                     # the hub Service's cluster IP, once asked for
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="vre-jobs-kubernetes", daemon=True).start()
 
@@ -269,6 +274,8 @@ class PodDaskExecutor(LocalDaskExecutor):
         if run and run.ended == GATE_CLOSED:
             return (f"its worker could not start: dataset reads cannot be recorded (no observer marked its "
                     f"dataset mounts on node {run.node or '?'} within {self.settings.k8s_gate_seconds} s)")
+        if run and run.catalogue_failed:
+            return f"its worker could not start: its datasets' catalogue files could not be had ({run.catalogue_failed})"
         return ""
 
     def oom_kills(self, name: str) -> int:
@@ -429,6 +436,22 @@ class PodDaskExecutor(LocalDaskExecutor):
     def prepare(self, plan: SessionPlan) -> None:
         k8s.prepare_node_paths(self.settings, plan)
 
+    async def catalog_api(self, plan: SessionPlan) -> str:
+        """Where ``plan``'s pod fetches its catalogue files from (``k8s.catalog_fetched``: under
+        claims), else "": the catalogue listener at the hub Service's cluster IP (asked for once;
+        the Service lives as long as the release, the engine's pod with it)."""
+        if not k8s.catalog_fetched(self.settings, plan):
+            return ""
+        if not self._hub_ip:
+            try:
+                self._hub_ip = await self.acall(lambda api: k8s.hub_service_ip(self.settings, api))
+            except k8s.KubernetesBackendError as e:
+                if transient(e):
+                    raise ClusterUnavailable(f"the cluster cannot tell the hub's address now ({e}); the job waits") \
+                        from None
+                raise ExecutorError(f"{plan.session_id} cannot fetch its catalogue files: {e}") from None
+        return k8s.catalogue_api_url(self.settings, self._hub_ip)
+
     async def _launch(self, plan: SessionPlan, argv: list[str], devices, *, limits: dict) -> None:
         env = dict(plan.env)
         scheduler = plan.role == "scheduler"
@@ -437,12 +460,13 @@ class PodDaskExecutor(LocalDaskExecutor):
             env.pop("VRE_ENGINE_WAKE", None)
             env.update(VRE_AGENT_PORT=str(AGENT_PORT), VRE_AGENT_TOKEN=secrets.token_urlsafe(32))
         sized = replace(plan, cpu=limits["cpu"], mem_mb=limits["mem_mb"])
+        catalog_api = await self.catalog_api(plan)
         try:
             k8s.check_reads_policy(self.settings, plan)
             gpu_image = plan.gpus and self.settings.notebook_gpu_image
             image = k8s.check_image(self.settings, gpu_image or self.settings.notebook_image)
             pod = k8s.batch_pod(self.settings, sized, image=image, env=env, command=argv,
-                                pull_policy=self.pull_policy, tmp_size=self.tmp_size)
+                                pull_policy=self.pull_policy, tmp_size=self.tmp_size, catalog_api=catalog_api)
             secret = k8s.run_secret(self.settings, sized, self.identity_files(plan), env)
             # the namespace and its policies with each scheduler; the quota with every run (an
             # admin may have changed the project's since the scheduler started)
