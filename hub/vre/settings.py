@@ -404,6 +404,10 @@ PROTECTED_TRAITS = {
 }
 
 
+#: Traits that became VRE settings (the job engine needs them too), and those settings.
+MOVED_TRAITS = {"hub_service": "k8s_hub_service"}
+
+
 def _validate_jupyterhub(table: dict) -> None:
     for cls, traits in table.items():
         if not isinstance(cls, str) or not cls.isidentifier() or not cls[:1].isupper():
@@ -415,6 +419,9 @@ def _validate_jupyterhub(table: dict) -> None:
         for trait in traits:
             if not isinstance(trait, str) or not trait.isidentifier():
                 raise SettingsError(f"jupyterhub.{cls}: {trait!r} is not a trait name")
+            if trait in MOVED_TRAITS:
+                raise SettingsError(f"jupyterhub.{cls}.{trait} is now the setting {MOVED_TRAITS[trait]}: set that "
+                                    "instead")
             if trait in PROTECTED_TRAITS.get(cls, ()) or trait in PROTECTED_TRAITS["*"]:
                 raise SettingsError(f"jupyterhub.{cls}.{trait} is decided by the VRE (its security rests on "
                                     "it) and cannot be set here; see the README's Configuration section")

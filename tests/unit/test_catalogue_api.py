@@ -227,7 +227,7 @@ def test_a_pod_fetches_the_catalogue_files_its_ticket_names_and_no_others(servic
         db.add(job)
         db.flush()
         job_id = job.id
-    by_job = tickets.make(settings, "lung-screening", ["lung-ct"], role="worker", job=job_id, ttl=tickets.JOB_TTL_S)
+    by_job = tickets.make(settings, "lung-screening", ["lung-ct"], role="worker", job=job_id, ttl=tickets.BATCH_TTL_S)
     assert ticket_get(f"{url}/lung-ct/record.json", by_job).status_code == 200
     elsewhere = tickets.make(settings, "prostate-ai", ["prostate-mri"], role="held", job=job_id)
     r = ticket_get(f"{url}/prostate-mri/record.json", elsewhere)   # another project's job

@@ -264,6 +264,17 @@ def test_schema_refuses_bad_values_by_name(args, names):
     assert names in proc.stderr, proc.stderr
 
 
+def test_the_hubs_ports_must_differ():
+    for port in ("hub.servicePort", "hub.cataloguePort"):
+        proc = helm("template", "t", str(CHART), "-f", str(CHART / "ci/minimal-values.yaml"),
+                    "--set", f"{port}=8081", check=False)
+        assert proc.returncode != 0 and "hub.apiPort, hub.servicePort and hub.cataloguePort must differ" in proc.stderr, \
+            proc.stderr
+    proc = helm("template", "t", str(CHART), "-f", str(CHART / "ci/minimal-values.yaml"), "--set",
+                "hub.cataloguePort=8001", check=False)
+    assert proc.returncode != 0 and "hub.cataloguePort" in proc.stderr, proc.stderr
+
+
 def test_external_database_needs_its_secret():
     proc = helm("template", "t", str(CHART), check=False)  # the defaults: an external database
     assert proc.returncode != 0 and "database.external.existingSecret" in proc.stderr, proc.stderr

@@ -77,6 +77,7 @@ def test_jupyterhub_table_from_file_and_environment(tmp_path):
     ('[jupyterhub.Spawner]\ndisable_user_config = false', "decided by the VRE"),
     ('[jupyterhub.SandboxSpawner]\nenv_keep = ["PATH"]', "decided by the VRE"),
     ('[jupyterhub.ConfigurableHTTPProxy]\ncommand = ["x"]', "decided by the VRE"),
+    ('[jupyterhub.KubernetesSpawner]\nhub_service = "vre-hub"', "is now the setting k8s_hub_service"),
 ])
 def test_jupyterhub_table_errors_say_what_to_fix(tmp_path, text, message):
     cfg = tmp_path / "vre.toml"

@@ -99,8 +99,10 @@ async def serve(settings: Settings) -> None:
         # hub's pods and nothing else); the credentials are checked as on the socket.
         sessions.listen(settings.k8s_service_port, "0.0.0.0")
         path = f"0.0.0.0:{settings.k8s_service_port}"
-        # Pods' catalogue fetchers, batch pods' among them, on a port with nothing else on it
-        catalogue = HTTPServer(make_app(settings, catalogue_only=True))
+        # Pods' catalogue fetchers, batch pods' among them, on a port with nothing else on it;
+        # what a job's code may send there is kept small (GETs with a ticket are all it serves)
+        catalogue = HTTPServer(make_app(settings, catalogue_only=True), max_header_size=16 << 10,
+                               max_body_size=0, idle_connection_timeout=60)
         catalogue.listen(settings.k8s_catalogue_port, "0.0.0.0")
         path += f", catalogue files at 0.0.0.0:{settings.k8s_catalogue_port}"
     else:

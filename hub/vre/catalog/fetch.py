@@ -1,9 +1,10 @@
-"""The catalogue of a session pod on Kubernetes with claims (``k8s_storage = "pvc"``): the hub's
-catalogue folder is not on the node, so the pod's first container fetches its mounted datasets'
-``record.json`` and ``index.sqlite`` from the VRE service's sessions listener
-(``api/catalogue/<slug>/<file>``, with the ticket the hub put in the run's Secret for this
-container alone: ``vre.catalog.tickets``) into a scratch volume that the session's container
-mounts read-only at ``/opt/vre/catalog``.
+"""The catalogue of a session's or a batch worker's pod on Kubernetes with claims
+(``k8s_storage = "pvc"``): the hub's catalogue folder is not on the node, so the pod's first
+container fetches its mounted datasets' ``record.json`` and ``index.sqlite`` from the VRE
+service's catalogue listener (``k8s_catalogue_port``: ``api/catalogue/<slug>/<file>`` and nothing
+else, with the ticket the hub put in the run's Secret for this container alone:
+``vre.catalog.tickets``) into a scratch volume that the pod's main container mounts read-only at
+``/opt/vre/catalog``.
 
 It runs the session image's ``python3 -I -c`` on this file's source, passed in the pod's command
 (nothing from a place a researcher can write), before any of the researcher's code: **standard

@@ -92,7 +92,7 @@ def _index_locally(root: Path, index: Path, workers: int | None, progress: Progr
     """``index_dataset`` on a copy of ``index``, which then takes its place (one rename): whoever
     reads the index meanwhile (a session pod's catalogue fetch, streaming it from an open file; a
     session with it open) reads one whole index, the one before or the one after, never a mix.
-    A failure leaves the index as it was."""
+    A failure leaves the index as it was. (The copy needs room for a second index meanwhile.)"""
     fd, name = tempfile.mkstemp(prefix=f".{index.name}.", suffix=".new", dir=index.parent)
     os.close(fd)
     new = Path(name)
@@ -100,6 +100,8 @@ def _index_locally(root: Path, index: Path, workers: int | None, progress: Progr
         if index.exists():
             shutil.copyfile(index, new)   # what is unchanged is not read again
         report = index_dataset(root, new, workers=workers, progress=progress)
+        os.chmod(new, 0o644)   # as sessions read it (mkstemp made it the hub's alone)
+        index.with_name(index.name + "-journal").unlink(missing_ok=True)   # of a write before copies
         new.replace(index)
         return report
     finally:

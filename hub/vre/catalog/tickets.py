@@ -23,11 +23,13 @@ from typing import NamedTuple
 from ..hostfiles import read_or_create_secret
 from ..settings import Settings
 
-#: Seconds a ticket is good for by default (the pod placed, its image pulled, the files fetched).
+#: Seconds a session's ticket is good for (the pod placed, its image pulled, the files fetched:
+#: the session's start has a timeout well below).
 TTL_S = 3600
-#: Seconds a Kubernetes Job's ticket is good for at most: it may wait in the cluster's queue for
-#: long, and its job's end (``Ticket.job``) ends the ticket before that.
-JOB_TTL_S = 7 * 24 * 3600
+#: Seconds a batch pod's ticket is good for: the engine lets a worker wait for a node (GPUs) and a
+#: Kubernetes Job wait in the cluster's queue as long as they need; a Job's ticket also ends with
+#: its job (``Ticket.job``).
+BATCH_TTL_S = 7 * 24 * 3600
 #: The roles a ticket may name (``SessionPlan.role`` of the pods that fetch).
 ROLES = ("session", "worker", "held")
 KEY_FILE = "catalogue-tickets.key"
