@@ -94,12 +94,15 @@ class CatalogueFileHandler(web.RequestHandler):
             t = tickets.check(self.vre_settings, ticket)
         except (ValueError, KeyError, TypeError):
             return self._fail(403, "a pod's catalogue ticket is required")
+        unmounted = f"project {t.project} has no dataset {slug!r} mounted in its {t.role} pods"
+        if slug not in t.slugs:
+            return self._fail(404, unmounted)
 
         def refusal() -> str:
             with vdb.session_scope(self.vre_settings.vre_db_url) as db:
                 row = db.scalar(select(vdb.Project).where(vdb.Project.slug == t.project))
-                if row is None or slug not in t.slugs or slug not in {d.slug for d in datasets_for(row, t.role)[0]}:
-                    return f"project {t.project} has no dataset {slug!r} mounted in its {t.role} pods"
+                if row is None or slug not in {d.slug for d in datasets_for(row, t.role)[0]}:
+                    return unmounted
                 if t.job is not None:
                     job = db.get(vdb.Job, t.job)
                     if job is None or job.project_id != row.id or job.state in vdb.JOB_FINAL:

@@ -389,14 +389,12 @@ def run_secret(settings: Settings, plan: SessionPlan, files: dict[str, str], env
                job: int | None = None) -> dict:
     """The session's runtime files (manifest, passwd, group) and its credentials (``SECRET_ENV``):
     a Secret, so neither appears in the pod spec. With fetched catalogue files, the catalogue
-    ticket of this start: a session's lasts an hour; a batch pod's a week (it may wait for a node
-    or in the cluster's queue that long), a Kubernetes Job's (``job``) only while its job has not
-    ended."""
+    ticket of this start (``vre.catalog.tickets``: its role's lifetime; a Kubernetes Job's, named
+    by ``job``, ends with its job)."""
     data = {"session.json": json.dumps(plan.manifest(), indent=2), **files}
     data.update({k: v for k, v in env.items() if k in SECRET_ENV})
     if catalog_fetched(settings, plan):   # for the pod's first container alone (catalog_container)
-        data[CATALOG_TICKET_KEY] = tickets.make(settings, plan.project, catalog_slugs(plan), role=plan.role, job=job,
-                                                ttl=tickets.TTL_S if plan.role == "session" else tickets.BATCH_TTL_S)
+        data[CATALOG_TICKET_KEY] = tickets.make(settings, plan.project, catalog_slugs(plan), role=plan.role, job=job)
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": run_secret_name(run_id(plan)), "namespace": namespace_name(plan),
                          "labels": labels(settings, plan)},
