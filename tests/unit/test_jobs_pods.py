@@ -5,6 +5,7 @@ run, and that a cluster that does not answer is never taken for an answer."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from types import SimpleNamespace as NS
 
@@ -334,3 +335,108 @@ def test_a_worker_whose_catalogue_could_not_be_fetched_is_a_lost_start_with_the_
     assert executor.why_lost("lung-worker-1") == (
         "its worker could not start: its datasets' catalogue files could not be had "
         "(ct/index.sqlite: HTTP Error 403: Forbidden; the pod does not start)")
+
+
+def test_a_kubernetes_jobs_start_puts_its_projects_objects_then_its_job_and_gives_the_secret_to_it(
+        tmp_path, monkeypatch):
+    """``KubeJobs.start``: the project's objects and the run's Secret (with the job's spec) are put
+    first, then the Job, suspended for Kueue with its LocalQueue; the Secret then belongs to the Job.
+    A Job a lost answer already made is this start's; a busy API is waited for, a refusal is the
+    job's error, and once its creation was asked for the engine waits for a look to list it. A
+    plan the deployment refuses (an image off the allow-list, unrecorded reads) asks nothing."""
+    from vre.backends import kubernetes as backend
+    from vre.jobs import kubejobs
+    from vre.jobs.pods import ClusterUnavailable
+    from vre.plan import Mount, SessionPlan
+    from pathlib import Path
+
+    calls: list[str] = []
+    answers: dict[str, Exception | None] = {"create": None}
+
+    async def put_object(client, obj):
+        calls.append(f"put {obj['kind']} {obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}")
+        if obj["kind"] == "Secret":
+            put["secret"] = obj
+    put: dict = {}
+
+    async def ensure_local_queue(client, queue):
+        calls.append(f"queue {queue['metadata']['namespace']}/{queue['metadata']['name']}")
+        return True
+
+    class Batch:
+        async def create_namespaced_job(self, ns, job):
+            calls.append(f"create Job {ns}/{job['metadata']['name']}")
+            put["job"] = job
+            if answers["create"] is not None:
+                raise answers["create"]
+            return NS(metadata=NS(uid="uid-made"))
+
+        async def read_namespaced_job(self, name, ns):
+            calls.append(f"read Job {ns}/{name}")
+            return NS(metadata=NS(uid="uid-before"))
+
+    async def replace_namespaced_secret(name, ns, body):
+        calls.append(f"replace Secret {ns}/{name}")
+        put["owner"] = body["metadata"]["ownerReferences"]
+
+    monkeypatch.setattr(backend, "put_object", put_object)
+    monkeypatch.setattr(backend, "ensure_local_queue", ensure_local_queue)
+    monkeypatch.setattr(backend, "read_project_quota", lambda settings, slug: backend.ProjectQuota(4, 8192, 0, 9))
+    monkeypatch.setattr(kubejobs, "BatchV1Api", lambda client: Batch())
+
+    def made(**kw):
+        ex = PodDaskExecutor(Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run", instance="vre",
+                                      backend="kubernetes", **kw))
+        ex.core = FakeCore()
+        ex.core.api_client = None
+        ex.core.replace_namespaced_secret = replace_namespaced_secret
+
+        async def core():
+            return ex.core
+        ex._core = core
+        return kubejobs.KubeJobs(ex.settings, ex)
+    mounts = (Mount(Path("/st/ct"), "/data/ct", True, "dataset"),
+              Mount(tmp_path / "homes" / "lung" / "ann", "/home/jovyan", False, "home"),
+              Mount(tmp_path / "workspaces" / "lung", "/home/jovyan/project", False, "workspace"))
+    plan = SessionPlan(user="ann", project="lung", profile="small", role="worker", session_id="lung-worker",
+                       uid=300001, gid=300001, cpu=1, mem_mb=512, gpus=0, network="vre-lung", datasets=("ct",),
+                       mounts=mounts, env={}, labels={"vre.user": "ann", "vre.project": "lung"},
+                       run_dir=tmp_path / "run" / "lung-worker")
+    start = dict(job_id=7, attempt=1, user="ann", cpu=1.0, mem_mb=512, gpus=0)
+    spec = {"id": 7, "kind": "script", "worker": "vre-job-7-1"}
+
+    kube = made(k8s_unobserved_reads=True, k8s_kueue_queue="vre-batch", k8s_kueue_cluster_queue="research")
+    assert asyncio.run(kube.start(plan, spec, **start)) == "k8s-job/vre-job-7-1"
+    kinds = [c.split()[1] for c in calls if c.startswith("put")]
+    assert kinds[0] == "Namespace" and kinds[-1] == "Secret" and {"NetworkPolicy", "ResourceQuota"} <= set(kinds)
+    assert calls[-3:] == ["queue vre-lung/vre-batch", "create Job vre-lung/vre-job-7-1",
+                          "replace Secret vre-lung/batch-job-7-1-run"]
+    assert json.loads(put["secret"]["stringData"][backend.JOB_SPEC_KEY]) == spec
+    job = put["job"]
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"][backend.KUEUE_QUEUE_LABEL] == "vre-batch"
+    assert job["metadata"]["labels"]["vre.job"] == "7" and job["metadata"]["labels"]["vre.attempt"] == "1"
+    assert put["owner"] == [{"apiVersion": "batch/v1", "kind": "Job", "name": "vre-job-7-1", "uid": "uid-made"}]
+    assert kube.just_made("k8s-job/vre-job-7-1")
+
+    calls.clear()
+    answers["create"] = ApiException(status=409, reason="AlreadyExists")   # a start whose answer was lost
+    assert asyncio.run(kube.start(plan, spec, **start)) == "k8s-job/vre-job-7-1"
+    assert calls[-2:] == ["read Job vre-lung/vre-job-7-1", "replace Secret vre-lung/batch-job-7-1-run"]
+    assert put["owner"][0]["uid"] == "uid-before"
+
+    answers["create"] = ApiException(status=503, reason="Service Unavailable")
+    second = dict(start, attempt=2)
+    with pytest.raises(ClusterUnavailable, match="cannot take job 7 now .*it waits"):
+        asyncio.run(kube.start(plan, spec, **second))
+    assert kube.just_made("k8s-job/vre-job-7-2")   # asked for: a look may yet list it
+    answers["create"] = ApiException(status=422, reason="Unprocessable Entity")
+    with pytest.raises(ExecutorError, match="the cluster refused the Job of job 7"):
+        asyncio.run(kube.start(plan, spec, **dict(start, attempt=3)))
+
+    calls.clear()
+    with pytest.raises(ExecutorError, match="not on this deployment's allow-list"):
+        asyncio.run(made(k8s_unobserved_reads=True, notebook_image="evil:latest",
+                         k8s_image_allowlist="localhost/vre-notebook:latest").start(plan, spec, **start))
+    with pytest.raises(ExecutorError, match="record"):
+        asyncio.run(made().start(plan, spec, **start))
+    assert calls == []

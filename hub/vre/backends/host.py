@@ -17,7 +17,9 @@ def prepare_home_and_workspace(plan: SessionPlan) -> None:
     """Create the plan's home and the project workspace (held plans have none) with the right
     owners (idempotent)."""
     workspace = next((m.source for m in plan.mounts if m.kind == "workspace"), None)
-    home = next(m.source for m in plan.mounts if m.kind == "home")
+    home = next((m.source for m in plan.mounts if m.kind == "home"), None)
+    if home is None:   # a ValueError, not StopIteration: that one hangs a caller awaiting asyncio.to_thread
+        raise ValueError(f"plan {plan.session_id} mounts no home")
     if workspace is not None:
         workspace.mkdir(parents=True, exist_ok=True)
         os.chown(workspace, 0, plan.gid)

@@ -366,7 +366,8 @@ class Engine:
                     log.exception("job %s: its Kubernetes Job could not be followed; will look again", job_id)
                 self.drop_look(db, mark)
                 continue
-            if job.state != "running" or job.worker != worker:   # its end is committed: its Job goes
+            if (job.state != "running" or job.worker != worker) and self.kube.view(worker) is not None:
+                # its end is committed: its Job goes (unless the look deleted it already)
                 self.in_background(self.kube.delete(pool, worker), f"deleting the Kubernetes Job of job {job_id}")
         clusters = [j for j in running if j.kind == "cluster" and j.state == "running"]
         for job in clusters:
