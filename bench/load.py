@@ -23,7 +23,9 @@ Printed per round: per-phase p50/p95/max; the hub REST API's p50/p95 per method 
 users made (a spawn's POST answers only when the server is ready or after 10 s: it is not the API's
 latency, the GETs are);
 failures by cause; 429s seen; peak sessions at once; hub, proxy and access-layer CPU seconds and
-peak RSS; peak total memory of the sessions (their cgroups). Nothing is asserted on timings.
+peak RSS; the simulated users' and the rest's CPU seconds, and the whole machine's busy share
+(where a round is CPU-bound, and where it waits); peak total memory of the sessions (their
+cgroups). Nothing is asserted on timings.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import argparse
 import collections
 import concurrent.futures
 import os
+import resource
 import secrets
 import statistics
 import subprocess
@@ -185,6 +188,7 @@ class Sampler(threading.Thread):
         self.hub, self.stop_event = hub, threading.Event()
         self.peak_rss: dict[str, int] = collections.Counter()
         self.cpu_start = self.cpu()
+        self.machine_start, self.own_start = machine_cpu(), own_cpu()
         self.peak_sessions_mem = 0
         self.peak_sessions = 0
 
@@ -237,6 +241,19 @@ class Sampler(threading.Thread):
             self.sample()
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat (idle and iowait are not busy)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - fields[3] - fields[4]) / ticks, sum(fields) / ticks
+
+
+def own_cpu() -> float:
+    """CPU seconds of this script (its simulated users) so far."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -263,8 +280,11 @@ def run_round(hub: Hub, users: list[tuple[str, str]], project: str, ramp: float,
     sampler.stop_event.set()
     sampler.join()
     cpu_end = sampler.cpu()
+    busy, every = (end - start for end, start in zip(machine_cpu(), sampler.machine_start))
     return {"n": len(users), "wall": wall, "rec": rec, "peak_rss": dict(sampler.peak_rss),
             "cpu": {k: cpu_end.get(k, 0) - sampler.cpu_start.get(k, 0) for k in cpu_end},
+            "own_cpu": own_cpu() - sampler.own_start,
+            "machine_busy": busy, "machine_busy_share": busy / every if every else float("nan"),
             "sessions_mem": sampler.peak_sessions_mem, "sessions": sampler.peak_sessions}
 
 
@@ -289,6 +309,12 @@ def report(result: dict, baseline: dict | None) -> None:
     print("   target: GET p95 < 500 ms (a POST that starts a server answers when it is ready, up to 10 s)")
     for role in ("hub", "proxy", "access layer"):
         print(f"   {role:<13} CPU {result['cpu'].get(role, 0):6.1f} s   peak RSS {result['peak_rss'].get(role, 0) / 2**20:7.0f} MiB")
+    rest = result["machine_busy"] - result["own_cpu"] - sum(result["cpu"].get(r, 0) for r in ("hub", "proxy", "access layer"))
+    print(f"   users (this script) CPU {result['own_cpu']:6.1f} s")
+    print(f"   the rest      CPU {rest:6.1f} s   (the sessions, their sandboxes' setup, anything else running; "
+          f"{rest / max(1, rec.done):.2f} s per completed user)")
+    print(f"   machine: {100 * result['machine_busy_share']:.0f} % of its {os.cpu_count()} CPUs busy over the round "
+          "(near 100 %: CPU-bound; below: the round waited)")
     print(f"   sessions: peak memory {result['sessions_mem'] / 2**20:.0f} MiB together"
           + (f", {result['sessions_mem'] / max(1, result['sessions']) / 2**20:.0f} MiB each" if result["sessions"] else ""))
     for cause, count in rec.failures.most_common():

@@ -81,7 +81,20 @@ from vre.settings import load
 
 _s = load()
 _has_vre_session = importlib.util.find_spec("vre_session") is not None
-c.JupyterHub.spawner_class = "localprocess"
+from jupyterhub.spawner import LocalProcessSpawner
+
+
+class PolicyLocalProcessSpawner(LocalProcessSpawner):
+    """The access layer routes only sessions that name their policy: this one's is the
+    sandbox's defaults (no downloads, no cell audit, no egress cap)."""
+
+    def access_policy(self):
+        session = f"{self.user.name}-{self.name}"
+        return {"session": session, "audit_session": session, "user": self.user.name, "project": self.name,
+                "downloads": "none", "audit_cells": False, "egress_cap": 0}
+
+
+c.JupyterHub.spawner_class = PolicyLocalProcessSpawner
 c.Spawner.hub_connect_url = unix_url(_s.hub_socket_dir / "hub.sock")
 # Sandboxed sessions reach the socket through the sessions group; a plain system user cannot, so
 # open the directory of this throwaway hub (the API itself still requires the server's token).

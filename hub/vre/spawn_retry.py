@@ -33,12 +33,19 @@ class SpawnRetry:
         self.refused: dict[str, float] = {}   # user -> when last refused
 
     def saw(self, handler) -> None:
-        """The hub's request log calls this for every request: count the 429s of server starts."""
-        if handler.get_status() != 429 or handler.request.method != "POST" or "/servers" not in handler.request.path:
+        """The hub's request log calls this for every request: count the 429s of server starts,
+        and no longer count a user whose start then went through (its 201 or 202): else the range
+        stays as long as the crowd's was while the last few wait, and free slots stay free."""
+        if handler.request.method != "POST" or "/servers" not in handler.request.path:
             return
         user = getattr(handler, "_jupyterhub_user", None)
-        if user is not None:
+        status = handler.get_status()
+        if user is None:
+            return
+        if status == 429:
             self.refused[user.name] = self.clock()
+        elif status < 400:
+            self.refused.pop(user.name, None)
 
     def waiting(self) -> int:
         cutoff = self.clock() - WINDOW

@@ -37,12 +37,18 @@ def test_few_waiting_are_told_3_to_10_s_a_crowd_spreads_its_retries():
     assert low <= min(draws) and max(draws) <= high
     assert abs(1000 / (sum(draws) / len(draws)) - RATE) < 2
     # only refused server starts count, and a refusal is forgotten after the window
-    for other in (refusal("x", status=202), refusal("y", method="GET"), refusal("z", path="/hub/api/users/z/tokens")):
+    for other in (refusal("x", status=500), refusal("y", method="GET"), refusal("z", path="/hub/api/users/z/tokens")):
         retry.saw(other)
     assert retry.waiting() == 1000
+    # a user whose start went through waits no more: the last ones of a crowd are told less
+    for i in range(990):
+        retry.saw(refusal(f"u{i}", status=201 if i % 2 else 202))
+    assert retry.waiting() == 10 and tuple(retry) == FLOOR
+    retry.saw(refusal("u0"))   # refused again (another server, or after a stop): waits again
+    assert retry.waiting() == 11
     now[0] += WINDOW + 1
     retry.saw(refusal("late"))
-    assert retry.waiting() == 1 and tuple(retry) == FLOOR and len(retry.refused) == 1
+    assert retry.waiting() == 1 and tuple(retry) == FLOOR
 
 
 def test_the_hubs_log_function_counts_into_the_range_jupyterhub_reads(tmp_path):
