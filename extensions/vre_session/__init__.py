@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import os
 
-from .relay import AuditRelay, audit_hook, get_relay
-
 __all__ = ["AuditRelay", "audit_hook", "get_relay"]
+
+
+def __getattr__(name: str):
+    """The relay's names, imported when first asked for: every batch job's runner imports this
+    package (``python -m vre_session.jobs.runner``) and the relay's HTTP client would cost it
+    about 40 ms of its start."""
+    if name in __all__:
+        from . import relay
+        return getattr(relay, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
 CONTENTS = "https://events.jupyter.org/jupyter_server/contents_service/v1"
@@ -59,6 +67,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
     # cannot be set up (a broken environment) must not start without its guard, so any failure
     # here fails the server start (the hub runs it with reraise_server_extension_failures).
     from .handlers import setup_handlers
+    from .relay import get_relay
 
     relay = get_relay(serverapp.log)
     relay.start()

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..relay import connection
 
 FINAL = ("succeeded", "failed", "cancelled", "timed_out")
 WORKSPACE = "/home/jovyan/project"
@@ -49,6 +48,8 @@ def service_request(section: str, method: str, path: str, body: dict | None = No
     url = os.environ.get("VRE_API_URL", "")
     if urlsplit(url).scheme not in ("http+unix", "http"):
         raise JobError("the batch queue is reachable from VRE sessions only (VRE_API_URL is not the VRE service)")
+    from ..relay import connection   # here, not at the top: each job's runner imports this package
+
     conn, prefix = connection(url, timeout=timeout)
     prefix = prefix.rstrip("/")
     data = json.dumps(body).encode() if body is not None else None
