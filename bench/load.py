@@ -242,10 +242,11 @@ class Sampler(threading.Thread):
 
 
 def machine_cpu() -> tuple[float, float]:
-    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat (idle and iowait are not busy)."""
+    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat (idle, iowait and a
+    VM's steal are not this machine's work)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     ticks = os.sysconf("SC_CLK_TCK")
-    return (sum(fields) - fields[3] - fields[4]) / ticks, sum(fields) / ticks
+    return (sum(fields) - fields[3] - fields[4] - fields[7]) / ticks, sum(fields) / ticks
 
 
 def own_cpu() -> float:
@@ -310,9 +311,9 @@ def report(result: dict, baseline: dict | None) -> None:
     for role in ("hub", "proxy", "access layer"):
         print(f"   {role:<13} CPU {result['cpu'].get(role, 0):6.1f} s   peak RSS {result['peak_rss'].get(role, 0) / 2**20:7.0f} MiB")
     rest = result["machine_busy"] - result["own_cpu"] - sum(result["cpu"].get(r, 0) for r in ("hub", "proxy", "access layer"))
-    print(f"   users (this script) CPU {result['own_cpu']:6.1f} s")
+    print(f"   this script   CPU {result['own_cpu']:6.1f} s   (its simulated users and its sampler)")
     print(f"   the rest      CPU {rest:6.1f} s   (the sessions, their sandboxes' setup, anything else running; "
-          f"{rest / max(1, rec.done):.2f} s per completed user)")
+          f"at most {rest / max(1, rec.done):.2f} s per completed user)")
     print(f"   machine: {100 * result['machine_busy_share']:.0f} % of its {os.cpu_count()} CPUs busy over the round "
           "(near 100 %: CPU-bound; below: the round waited)")
     print(f"   sessions: peak memory {result['sessions_mem'] / 2**20:.0f} MiB together"

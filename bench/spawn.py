@@ -18,7 +18,8 @@ demo in a temp dir):
   each session with datasets behind the gate of the per-node observer of dataset reads;
 - ``kubernetes-unobserved`` (only when asked for): the same chart without the observer (reads
   accepted unobserved): the baseline of what the observer's gate costs a spawn;
-- ``local``: the same hub with ``c.JupyterHub.spawner_class = "localprocess"`` loaded last
+- ``local``: the same hub with JupyterHub's ``LocalProcessSpawner`` (a subclass that names the
+  sandbox's default access policy, which the access layer requires) loaded last
   (a JupyterHub config of its own that loads the VRE's first, named by VRE_HUB_CONFIG): the server runs
   unisolated as a throwaway system user of the same name.
 

@@ -13,12 +13,16 @@ slower: a slot that frees is taken by the next retry within a fraction of a seco
 
 from __future__ import annotations
 
+import re
 import time
+from urllib.parse import unquote
 
 #: Retry-After range (seconds) while few starts wait: the least a refused start is told.
 FLOOR = (3, 10)
 #: Retries per second that all waiting users together should make, about.
 RATE = 10.0
+#: A server start through the REST API (the default server or a named one), below any base URL.
+START = re.compile(r"/hub/api/users/([^/]+)/servers?(?:/[^/]+)?$")
 #: Seconds a refused user counts as waiting (longer than the longest Retry-After it may get).
 WINDOW = 300.0
 
@@ -36,16 +40,14 @@ class SpawnRetry:
         """The hub's request log calls this for every request: count the 429s of server starts,
         and no longer count a user whose start then went through (its 201 or 202): else the range
         stays as long as the crowd's was while the last few wait, and free slots stay free."""
-        if handler.request.method != "POST" or "/servers" not in handler.request.path:
+        start = START.search(handler.request.path) if handler.request.method == "POST" else None
+        if start is None:
             return
-        user = getattr(handler, "_jupyterhub_user", None)
-        status = handler.get_status()
-        if user is None:
-            return
+        user, status = unquote(start.group(1)), handler.get_status()   # whose server, not who asked
         if status == 429:
-            self.refused[user.name] = self.clock()
+            self.refused[user] = self.clock()
         elif status < 400:
-            self.refused.pop(user.name, None)
+            self.refused.pop(user, None)
 
     def waiting(self) -> int:
         cutoff = self.clock() - WINDOW

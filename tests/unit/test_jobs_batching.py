@@ -874,6 +874,25 @@ def test_a_lost_kubernetes_job_is_started_again_once_and_a_cancel_deletes_a_wait
     assert states(settings)[b] == "cancelled" and kube.deleted.count(wb) == 1   # deleted once, by the cancel
 
 
+def test_a_kubernetes_job_made_before_its_start_failed_is_deleted_one_refused_before_is_not(world):
+    """A start that fails after its Job was made (the Secret then refused) fails the job and
+    deletes the Job: it must not run unowned and outside the project's slots."""
+    settings = world.replace(k8s_job_runner="jobs")
+    a, b = submit(settings, "ann"), submit(settings, "ben")
+    engine = Engine(settings, executor=FakeExecutor(0))
+    kube = engine.kube = FakeKube()
+
+    async def start(plan, spec, *, job_id, attempt, **kw):
+        worker = kube.worker(job_id, attempt)
+        if job_id == a:
+            kube.made.append(worker)
+        raise ExecutorError(f"the cluster refused Secret of job {job_id}")
+    kube.start = start
+    kube_look(engine)
+    assert states(settings) == {a: "failed", b: "failed"}
+    assert kube.deleted == [f"k8s-job/vre-job-{a}-1"]
+
+
 def test_a_preempted_job_waits_again_an_evicted_one_is_started_again_and_no_report_stops_a_look(world):
     """Kueue's preemption suspends the Job and ends its pod: the job waits in the queue again,
     untouched. A pod stopped from outside (its task says cancelled, nobody asked) is a lost start,

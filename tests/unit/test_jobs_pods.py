@@ -383,6 +383,7 @@ def test_a_kubernetes_jobs_start_puts_its_projects_objects_then_its_job_and_give
     monkeypatch.setattr(backend, "ensure_local_queue", ensure_local_queue)
     monkeypatch.setattr(backend, "read_project_quota", lambda settings, slug: backend.ProjectQuota(4, 8192, 0, 9))
     monkeypatch.setattr(kubejobs, "BatchV1Api", lambda client: Batch())
+    monkeypatch.setattr(backend, "prepare_storage", lambda settings, plan: calls.append(f"storage {plan.session_id}"))
 
     def made(**kw):
         ex = PodDaskExecutor(Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run", instance="vre",
@@ -395,9 +396,7 @@ def test_a_kubernetes_jobs_start_puts_its_projects_objects_then_its_job_and_give
             return ex.core
         ex._core = core
         return kubejobs.KubeJobs(ex.settings, ex)
-    mounts = (Mount(Path("/st/ct"), "/data/ct", True, "dataset"),
-              Mount(tmp_path / "homes" / "lung" / "ann", "/home/jovyan", False, "home"),
-              Mount(tmp_path / "workspaces" / "lung", "/home/jovyan/project", False, "workspace"))
+    mounts = (Mount(Path("/st/ct"), "/data/ct", True, "dataset"),)
     plan = SessionPlan(user="ann", project="lung", profile="small", role="worker", session_id="lung-worker",
                        uid=300001, gid=300001, cpu=1, mem_mb=512, gpus=0, network="vre-lung", datasets=("ct",),
                        mounts=mounts, env={}, labels={"vre.user": "ann", "vre.project": "lung"},
@@ -407,6 +406,7 @@ def test_a_kubernetes_jobs_start_puts_its_projects_objects_then_its_job_and_give
 
     kube = made(k8s_unobserved_reads=True, k8s_kueue_queue="vre-batch", k8s_kueue_cluster_queue="research")
     assert asyncio.run(kube.start(plan, spec, **start)) == "k8s-job/vre-job-7-1"
+    assert calls[0] == "storage job-7-1"   # the node's folders first (hostPath storage)
     kinds = [c.split()[1] for c in calls if c.startswith("put")]
     assert kinds[0] == "Namespace" and kinds[-1] == "Secret" and {"NetworkPolicy", "ResourceQuota"} <= set(kinds)
     assert calls[-3:] == ["queue vre-lung/vre-batch", "create Job vre-lung/vre-job-7-1",

@@ -11,8 +11,10 @@ from types import SimpleNamespace
 from vre.spawn_retry import FLOOR, RATE, WINDOW, SpawnRetry
 
 
-def refusal(user: str, status: int = 429, method: str = "POST", path: str = "/hub/api/users/u/servers/p"):
-    """What the hub's request log gets of a request (as much as JupyterHub's logger reads)."""
+def refusal(user: str, status: int = 429, method: str = "POST", path: str = ""):
+    """What the hub's request log gets of a request (as much as JupyterHub's logger reads); by
+    default ``user`` starting its server ``p``."""
+    path = path or f"/hub/api/users/{user}/servers/p"
     who = SimpleNamespace(name=user, kind="user")
     request = SimpleNamespace(method=method, path=path, uri=path, headers={}, remote_ip="127.0.0.1",
                               request_time=lambda: 0.01)
@@ -37,7 +39,8 @@ def test_few_waiting_are_told_3_to_10_s_a_crowd_spreads_its_retries():
     assert low <= min(draws) and max(draws) <= high
     assert abs(1000 / (sum(draws) / len(draws)) - RATE) < 2
     # only refused server starts count, and a refusal is forgotten after the window
-    for other in (refusal("x", status=500), refusal("y", method="GET"), refusal("z", path="/hub/api/users/z/tokens")):
+    for other in (refusal("x", status=500), refusal("y", method="GET"), refusal("z", path="/hub/api/users/z/tokens"),
+                  refusal("z", path="/hub/api/users/servers-z/tokens")):
         retry.saw(other)
     assert retry.waiting() == 1000
     # a user whose start went through waits no more: the last ones of a crowd are told less
@@ -46,9 +49,24 @@ def test_few_waiting_are_told_3_to_10_s_a_crowd_spreads_its_retries():
     assert retry.waiting() == 10 and tuple(retry) == FLOOR
     retry.saw(refusal("u0"))   # refused again (another server, or after a stop): waits again
     assert retry.waiting() == 11
+    # the server's owner counts, not who asked (an admin starting members' servers), below any base URL
+    retry.saw(refusal("admin", path="/vre/hub/api/users/ann%40lab/servers/p"))
+    assert "ann@lab" in retry.refused and "admin" not in retry.refused
+    retry.saw(refusal("admin", status=202, path="/vre/hub/api/users/ann%40lab/server"))
+    assert "ann@lab" not in retry.refused
+    now[0] += WINDOW + 1
+    retry.saw(refusal("late", path="/hub/api/users/late/server"))
+    assert retry.waiting() == 1 and tuple(retry) == FLOOR
+
+
+def test_refusals_older_than_the_window_are_dropped_once_there_are_many():
+    now = [0.0]
+    retry = SpawnRetry(clock=lambda: now[0])
+    for i in range(100):
+        retry.saw(refusal(f"u{i}"))
     now[0] += WINDOW + 1
     retry.saw(refusal("late"))
-    assert retry.waiting() == 1 and tuple(retry) == FLOOR
+    assert retry.waiting() == 1 and list(retry.refused) == ["late"]
 
 
 def test_the_hubs_log_function_counts_into_the_range_jupyterhub_reads(tmp_path):

@@ -574,6 +574,9 @@ class Engine:
         except (ExecutorError, OSError) as e:
             log.error("could not start job %s: %s", job.id, e)
             self.finish(db, job, "failed", f"could not start: {e}")
+            if self.kube.just_made(job.worker):   # made, then its Secret refused: it must not run unowned
+                self.in_background(self.kube.delete(pool_of(job), job.worker),
+                                   f"deleting the Kubernetes Job of job {job.id}")
 
     async def scheduler_ready(self, plan) -> bool:
         """Whether the scheduler of ``plan``'s pool answers. If not, its start is begun in the

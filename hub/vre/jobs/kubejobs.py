@@ -223,7 +223,10 @@ class KubeJobs:
                 if self.settings.k8s_kueue_cluster_queue else []
         except k8s.KubernetesBackendError as e:
             raise ExecutorError(str(e)) from None
-        await asyncio.to_thread(k8s.prepare_storage, self.settings, plan)
+        try:
+            await asyncio.to_thread(k8s.prepare_storage, self.settings, plan)
+        except ValueError as e:   # a plan the storage cannot serve (no home): the job's error, said
+            raise ExecutorError(str(e)) from None
 
         async def create(core):
             for obj in [*objects, secret]:   # the namespace, its policies and quota, as rendered
