@@ -14,8 +14,8 @@ __all__ = ["AuditRelay", "audit_hook", "get_relay"]
 
 def __getattr__(name: str):
     """The relay's names, imported when first asked for: every batch job's runner imports this
-    package (``python -m vre_session.jobs.runner``) and the relay's HTTP client would cost it
-    about 40 ms of its start."""
+    package (``python -m vre_session.jobs.runner``) and the relay's HTTP client cost each of them
+    20-30 ms of its start."""
     if name in __all__:
         from . import relay
         return getattr(relay, name)

@@ -73,16 +73,21 @@ class FakeCore:
         return NS(spec=NS(cluster_ip="10.96.0.42"))
 
 
-@pytest.fixture
-def executor(tmp_path):
+def fake_executor(tmp_path, **settings) -> PodDaskExecutor:
+    """The pool executor of instance ``vre`` on Kubernetes, its API a ``FakeCore``."""
     ex = PodDaskExecutor(Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run", instance="vre",
-                                  backend="kubernetes"))
+                                  backend="kubernetes", **settings))
     ex.core = FakeCore()
 
     async def core():
         return ex.core
     ex._core = core
     return ex
+
+
+@pytest.fixture
+def executor(tmp_path):
+    return fake_executor(tmp_path)
 
 
 def test_each_run_is_in_its_pools_namespace(executor):
@@ -295,14 +300,7 @@ def test_a_batch_pods_catalogue_comes_from_the_hub_services_address_under_claims
                        mounts=mounts, env={}, labels={})
 
     def made(**kw):
-        ex = PodDaskExecutor(Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run", instance="vre",
-                                      backend="kubernetes", k8s_hub_namespace="vre", **kw))
-        ex.core = FakeCore()
-
-        async def core():
-            return ex.core
-        ex._core = core
-        return ex
+        return fake_executor(tmp_path, k8s_hub_namespace="vre", **kw)
     ex = made(k8s_storage="pvc", k8s_hub_service="vre-hub")
     for _ in range(2):
         assert asyncio.run(ex.catalog_api(plan)) == "http://10.96.0.42:8083/services/vre/api"
@@ -386,15 +384,9 @@ def test_a_kubernetes_jobs_start_puts_its_projects_objects_then_its_job_and_give
     monkeypatch.setattr(backend, "prepare_storage", lambda settings, plan: calls.append(f"storage {plan.session_id}"))
 
     def made(**kw):
-        ex = PodDaskExecutor(Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run", instance="vre",
-                                      backend="kubernetes", **kw))
-        ex.core = FakeCore()
+        ex = fake_executor(tmp_path, **kw)
         ex.core.api_client = None
         ex.core.replace_namespaced_secret = replace_namespaced_secret
-
-        async def core():
-            return ex.core
-        ex._core = core
         return kubejobs.KubeJobs(ex.settings, ex)
     mounts = (Mount(Path("/st/ct"), "/data/ct", True, "dataset"),)
     plan = SessionPlan(user="ann", project="lung", profile="small", role="worker", session_id="lung-worker",

@@ -4,11 +4,11 @@ The hub writes one into the run's Secret when it starts a session's or a batch w
 the pod's first container (the fetcher) gets it, never the container the researcher's code runs
 in. It names the project, the role the pod runs as (``session``, ``worker``, ``held``: what a
 grant mounts depends on it), the datasets that start mounts and, for a Kubernetes Job's pod, its
-job; it expires after its ``ttl`` (by default its role's: ``TTL_S``, ``BATCH_TTL_S``). The VRE service's catalogue listener serves those datasets'
-files to it while the project's grants still mount them in that role (and the job has not
-ended), and nothing else. A JupyterHub token would not do: a member can
-mint one narrowed to any of her servers, from anywhere, for any of her projects, and batch pods
-hold none.
+job; it expires after its ``ttl`` (by default its role's: ``TTL_S``, ``BATCH_TTL_S``). The VRE
+service's catalogue listener serves those datasets' files to it while the project's grants still
+mount them in that role (and the job has not ended), and nothing else. A JupyterHub token would
+not do: a member can mint one narrowed to any of her servers, from anywhere, for any of her
+projects, and batch pods hold none.
 """
 
 from __future__ import annotations

@@ -368,7 +368,7 @@ class Engine:
                 continue
             if (job.state != "running" or job.worker != worker) and self.kube.view(worker) is not None:
                 # its end is committed: its Job goes (unless the look deleted it already)
-                self.in_background(self.kube.delete(pool, worker), f"deleting the Kubernetes Job of job {job_id}")
+                self.delete_kube_later(job_id, pool, worker)
         clusters = [j for j in running if j.kind == "cluster" and j.state == "running"]
         for job in clusters:
             await self.follow_cluster(db, job)
@@ -575,8 +575,7 @@ class Engine:
             log.error("could not start job %s: %s", job.id, e)
             self.finish(db, job, "failed", f"could not start: {e}")
             if self.kube.just_made(job.worker):   # made, then its Secret refused: it must not run unowned
-                self.in_background(self.kube.delete(pool_of(job), job.worker),
-                                   f"deleting the Kubernetes Job of job {job.id}")
+                self.delete_kube_later(job.id, pool_of(job), job.worker)
 
     async def scheduler_ready(self, plan) -> bool:
         """Whether the scheduler of ``plan``'s pool answers. If not, its start is begun in the
@@ -835,6 +834,10 @@ class Engine:
             self._starting = True
         elif job.reason:
             job.reason = ""
+
+    def delete_kube_later(self, job_id: int, pool: str, worker: str) -> None:
+        """Delete a start's Kubernetes Job in the background (the job's end is recorded already)."""
+        self.in_background(self.kube.delete(pool, worker), f"deleting the Kubernetes Job of job {job_id}")
 
     async def stop_kube(self, db, job: Job) -> None:
         """Stop a job's Kubernetes Job before its end is recorded: what the look changed so far is
