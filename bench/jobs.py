@@ -1,19 +1,23 @@
 """Batch queue: submit-to-start latency, throughput of many tiny jobs, and the service's overhead
 against the same work submitted straight to a Dask client, in one run.
 
-    sudo .venv/bin/python bench/jobs.py [--jobs 1000] [--latency 10] [--workers 2] [--backends sandbox,docker]
+    sudo .venv/bin/python bench/jobs.py [--jobs 1000] [--latency 10] [--workers 2] [--submit one,list]
+                                        [--backends sandbox,docker]
 
 Starts a real hub (``vre up``, small demo, SQLite, its own temp dir and ports) with its vre-jobs
-engine for each session backend asked for (``sandbox``: workers are bubblewrap sandboxes;
-``docker``: containers on Podman, with the notebook image built by ``vre images build``), and sets alice's project quota to ``--workers`` jobs at once (1 CPU, 512 MiB each: the
-cgroup CPU limit of a job is then a whole core, as a bare Dask worker process has).
+engine for each session backend and way of submitting asked for (``sandbox``: workers are
+bubblewrap sandboxes; ``docker``: containers on Podman, with the notebook image built by ``vre
+images build``), and sets alice's project quota to ``--workers`` jobs at once (1 CPU, 512 MiB
+each: the cgroup CPU limit of a job is then a whole core, as a bare Dask worker process has).
 
 1. **Latency on an idle queue:** ``--latency`` script jobs one after the other, each submitted once
    the previous one ended; submit-to-start is the job's ``started_at`` (its task reached its
    worker) minus the moment before the POST. The first (cold: scheduler and worker start) is
    reported apart from the warm rest.
 2. **Throughput:** ``--jobs`` tiny function jobs (``lambda: 1``) submitted as fast as the API takes
-   them; jobs per second from the first POST to the last job's end.
+   them, a request each (``--submit one``) or as lists (``list``, as ``jobs.map_function`` does);
+   jobs per second from the first POST to the last job's end, the machine's CPU and each
+   process's share of it.
 3. **Bare Dask** (before and after the service; the baseline is their mean, as the load of a
    shared machine moves): the same work straight to a ``distributed.LocalCluster`` with ``--workers``
    single-thread workers: each task runs the very same job runner subprocess (python -m
@@ -30,6 +34,7 @@ import argparse
 import base64
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -45,8 +50,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import Hub  # noqa: E402
+from machine import cpu_by_role, machine_cpu, spent  # noqa: E402
 
 PROJECT = "lung-screening"
+MAX_SUBMIT = 1000   # jobs in one list (the API's limit)
+SUBMIT_AS = {"one": "a request each", "list": f"lists of up to {MAX_SUBMIT}"}
 
 
 def ts(iso: str) -> float:
@@ -78,7 +86,14 @@ def submit(client, body: dict) -> int:
     return r.json()["id"]
 
 
-def bench_service(args, backend: str) -> dict:
+def submit_list(client, bodies: list[dict]) -> list[dict]:
+    r = client.vre_api("POST", "/jobs", json=bodies)
+    if r.status_code != 201:
+        raise SystemExit(f"submit refused: {r.status_code} {r.text}")
+    return r.json()["jobs"]
+
+
+def bench_service(args, backend: str, submit_as: str) -> dict:
     hub = Hub(f"bench-jobs-{backend}", None, backend)
     hub.env["VRE_JOBS_WORKER_IDLE"] = "600"
     timings_file = Path(tempfile.mkdtemp(prefix="vre-bench-jobs-")) / "timings.json"
@@ -99,10 +114,20 @@ def bench_service(args, backend: str) -> dict:
             latencies.append(ts(j["started_at"]) - t0)
         payload = base64.b64encode(cloudpickle.dumps((lambda: 1, (), {}))).decode()
         before = read_timings(timings_file)
+        needle = str(hub.base_dir).encode()
+        roles_before, machine_before, own_before = cpu_by_role(needle, hub.instance), machine_cpu(), own_cpu()
         t0 = time.time()
-        ids = [submit(alice, {"kind": "function", "payload": payload}) for _ in range(args.jobs)]
+        job = {"project": PROJECT, "profile": "small", "cpu": 1, "mem_mb": 512, "kind": "function", "payload": payload}
+        if submit_as == "one":
+            ids = [submit(alice, job) for _ in range(args.jobs)]
+        else:
+            ids = [j["id"] for start in range(0, args.jobs, MAX_SUBMIT)
+                   for j in submit_list(alice, [job] * min(MAX_SUBMIT, args.jobs - start))]
         submitted = time.time() - t0
         done = wait_all(alice, ids, args.jobs * 5 + 120)
+        roles = spent(roles_before, cpu_by_role(needle, hub.instance))
+        roles["this script (the API client)"] = own_cpu() - own_before
+        busy, every = (b - a for a, b in zip(machine_before, machine_cpu()))
         end = max(ts(j["finished_at"]) for j in done.values())
         failed = sum(1 for j in done.values() if j["state"] != "succeeded")
         time.sleep(1.5)  # the engine writes its timings after the tick that saw the last job end
@@ -110,7 +135,8 @@ def bench_service(args, backend: str) -> dict:
         phases = {k: (v[0] - before.get(k, (0, 0))[0], v[1] - before.get(k, (0, 0))[1]) for k, v in after.items()}
         task_s = [j["usage"].get("wall_s", 0) for j in done.values()]
         return {"cold": latencies[0], "warm": latencies[1:], "throughput_s": end - t0, "submit_s": submitted,
-                "failed": failed, "phases": phases, "task_s": statistics.fmean(task_s)}
+                "failed": failed, "phases": phases, "task_s": statistics.fmean(task_s),
+                "busy": (busy, every), "roles": roles}
     finally:
         hub.teardown()
         shutil.rmtree(timings_file.parent, ignore_errors=True)
@@ -122,6 +148,11 @@ def read_timings(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def own_cpu() -> float:
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
 
 
 def run_runner_subprocess(spec_dir: str) -> float:
@@ -151,15 +182,17 @@ def _bench_bare(args, spec_dir: str) -> dict:
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
             Client(cl) as client:
         client.submit(run_runner_subprocess, spec_dir, pure=False).result()  # warm
+        machine_before = machine_cpu()
         t0 = time.time()
         futures = [client.submit(run_runner_subprocess, spec_dir, pure=False) for _ in range(args.jobs)]
         walls = client.gather(futures)
         subprocess_s = time.time() - t0
+        busy, every = (b - a for a, b in zip(machine_before, machine_cpu()))
         t0 = time.time()
         client.gather([client.submit(lambda: 1, pure=False) for _ in range(args.jobs)])
         inprocess_s = time.time() - t0
     return {"subprocess_s": subprocess_s, "inprocess_s": inprocess_s, "failed": sum(1 for w in walls if w < 0),
-            "task_s": statistics.fmean(w for w in walls if w >= 0)}
+            "task_s": statistics.fmean(w for w in walls if w >= 0), "busy": (busy, every)}
 
 
 def main() -> None:
@@ -167,24 +200,31 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1000)
     p.add_argument("--latency", type=int, default=10)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--submit", default="one,list",
+                   help="how the service gets the jobs, comma-separated: one (a request each), list (lists of "
+                        f"up to {MAX_SUBMIT}); each is a run of its own")
     p.add_argument("--backends", default="sandbox",
                    help="comma-separated session backends to run the service on: sandbox, docker")
     args = p.parse_args()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not backends or set(backends) - {"sandbox", "docker"}:
         raise SystemExit("--backends takes sandbox, docker or both (comma-separated)")
+    modes = [m.strip() for m in args.submit.split(",") if m.strip()]
+    if not modes or set(modes) - set(SUBMIT_AS):
+        raise SystemExit("--submit takes one, list or both (comma-separated)")
     # bare, service, bare: on a shared machine the load moves; the baseline is the mean of the two
     # bare runs around the service run
     before = bench_bare(args)
-    services = {b: bench_service(args, b) for b in backends}
+    services = {(b, how): bench_service(args, b, how) for b in backends for how in modes}
     after = bench_bare(args)
     bare = {k: (before[k] + after[k]) / 2 for k in ("subprocess_s", "inprocess_s", "task_s")}
+    bare["busy"] = tuple((a + b) / 2 for a, b in zip(before["busy"], after["busy"]))
     bare["failed"] = before["failed"] + after["failed"]
-    for backend, service in services.items():
-        report(args, backend, service, bare, before, after)
+    for (backend, how), service in services.items():
+        report(args, backend, how, service, bare, before, after)
 
 
-def report(args, backend: str, service: dict, bare: dict, before: dict, after: dict) -> None:
+def report(args, backend: str, how: str, service: dict, bare: dict, before: dict, after: dict) -> None:
     n = args.jobs
     warm = service["warm"]
     print(f"\nBatch queue on the {backend} backend, {n} tiny jobs, {args.workers} workers ({os.cpu_count()} cores)\n")
@@ -193,7 +233,7 @@ def report(args, backend: str, service: dict, bare: dict, before: dict, after: d
     if warm:
         print(f"{'submit-to-start, idle queue, warm worker: p50':<52} {statistics.median(warm) * 1000:>10.0f} ms")
         print(f"{'submit-to-start, idle queue, warm worker: max':<52} {max(warm) * 1000:>10.0f} ms")
-    print(f"{'service: submit ' + str(n) + ' jobs (API)':<52} {service['submit_s']:>10.2f} s")
+    print(f"{'service: submit ' + str(n) + ' jobs (API, ' + SUBMIT_AS[how] + ')':<52} {service['submit_s']:>10.2f} s")
     print(f"{'service: ' + str(n) + ' jobs end to end':<52} {service['throughput_s']:>10.2f} s"
           f"  ({n / service['throughput_s']:.1f} jobs/s, {service['failed']} failed)")
     print(f"{'bare Dask: same runner subprocess per task':<52} {bare['subprocess_s']:>10.2f} s"
@@ -210,6 +250,13 @@ def report(args, backend: str, service: dict, bare: dict, before: dict, after: d
     print(f"{'what a worker waits between jobs, service / bare':<52} "
           f"{(service['throughput_s'] * w / n - service['task_s']) * 1000:>8.0f} / "
           f"{(bare['subprocess_s'] * w / n - bare['task_s']) * 1000:.0f}")
+    print(f"\nThe machine's CPU during the {n} jobs: busy {service['busy'][0] / service['busy'][1]:.0%} (bare Dask "
+          f"{bare['busy'][0] / bare['busy'][1]:.0%}); {service['busy'][0] / n * 1000:.0f} CPU-ms per job "
+          f"(bare Dask {bare['busy'][0] / n * 1000:.0f}). By process (CPU-ms per job, children waited for "
+          "included, e.g. a worker's runners):")
+    for name, secs in sorted(service["roles"].items(), key=lambda kv: -kv[1]):
+        if secs >= 0.0005 * n:
+            print(f"  {name:<50} {secs / n * 1000:>8.1f}")
     print(f"\nThe engine's wall time by phase during the {n} jobs (VRE_JOBS_TIMINGS; phases nest: 'total' "
           "rows include the rows below them)")
     print(f"{'phase':<52} {'count':>7} {'total s':>9} {'ms/job':>8}")

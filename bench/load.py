@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import Hub, processes  # noqa: E402
 from hubclient import HubClient, HubError, Kernel, NotReady  # noqa: E402
+from machine import machine_cpu  # noqa: E402
 
 SLUGS = {"lung-screening": "lung-ct-screening", "prostate-ai": "prostate-mri"}
 PHASES = ("login", "spawn", "lab", "kernel", "viewer", "stop")
@@ -239,14 +240,6 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.stop_event.wait(0.5):
             self.sample()
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, all) CPU seconds of the whole machine so far, from /proc/stat (idle, iowait and a
-    VM's steal are not this machine's work)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (sum(fields) - fields[3] - fields[4] - fields[7]) / ticks, sum(fields) / ticks
 
 
 def own_cpu() -> float:

@@ -186,6 +186,37 @@ def test_bad_submissions_are_refused_with_reasons(hub, alice, workspace):
     assert any(e["outcome"] != "ok" for e in audit(hub, "job.submit"))
 
 
+def test_a_list_of_jobs_is_queued_all_or_none(hub, alice, workspace):
+    """A sweep is one request: queued together in order, or (one refused) none of it, the answer
+    saying which."""
+    target = put(workspace, "listed.py", "import sys; print('listed', *sys.argv[1:])\n")
+    sweep = [{"project": PROJECT, "kind": "script", "target": target, "params": {"args": [str(i)]}, "cpu": 0.5}
+             for i in range(3)]
+    for body, words in (([], "a list of 1 to 1000 jobs"), ([sweep[0]] * 1001, "not 1001"),
+                        ([sweep[0], {**sweep[1], "max_runtime": "soon"}], "job 2 of 2: max_runtime must be"),
+                        ([sweep[0], "script"], "job 2 of 2: a job must be a JSON object"),
+                        ([sweep[0], {**sweep[1], "project": "prostate-ai"}], "job 2 of 2: ")):
+        r = alice.vre_api("POST", "/jobs", json=body)
+        assert r.status_code in (400, 403) and words in r.json()["message"], (words, r.status_code, r.text)
+    last = submit(alice, kind="script", target=target)["id"]   # job ids are given in turn: the list's are next
+    r = alice.vre_api("POST", "/jobs", json=[*sweep, {**sweep[0], "target": "project/missing.py"}])
+    assert r.status_code == 400 and r.json()["message"].startswith("job 4 of 4: "), r.text
+    listed = alice.vre_api("GET", f"/jobs?project={PROJECT}&limit=20").json()["jobs"]
+    assert max(j["id"] for j in listed) == last and not (workspace / "jobs" / str(last + 1)).exists()
+
+    r = alice.vre_api("POST", "/jobs", json=sweep)
+    assert r.status_code == 201, r.text
+    ids = [j["id"] for j in r.json()["jobs"]]
+    assert ids == [last + 1, last + 2, last + 3]
+    for i, job_id in enumerate(ids):
+        assert wait(alice, job_id)["state"] == "succeeded"
+        assert f"listed {i}" in log(alice, job_id)
+    events = {e["target"]: e for e in audit(hub, "job.submit") if e["outcome"] == "ok"}
+    assert all(events[f"job/{i}"]["details"]["list"] == 3 and events[f"job/{i}"]["actor"] == "alice" for i in ids)
+    refused = [e for e in audit(hub, "job.submit") if e["outcome"] != "ok" and "jobs" in e["details"]]
+    assert any(e["details"]["reason"].startswith("job 4 of 4: ") and e["details"]["jobs"] == 4 for e in refused)
+
+
 def test_gpu_jobs_queue_one_at_a_time_and_cpu_jobs_pass(hub, alice, workspace):
     path = put(workspace, "gpu.py", """
         import os, sys, time
@@ -259,13 +290,17 @@ def test_function_job_and_rerun(hub, alice):
             import os
             def count(prefix):
                 return prefix, len(os.listdir('/data/lung-ct-screening'))
+            swept = jobs.map_function(count, ['a', 'b'], job_kwargs={'cpu': 0.5})
             j = jobs.submit_function(count, 'n', job_kwargs={'cpu': 0.5})
+            print([s.result(timeout=120)[0] for s in swept], [s.id for s in swept])
             print(j.result(timeout=120), j.id)
             """), timeout=150)
     finally:
         k.close()
         alice.stop(PROJECT)
-    value, job_id = out.strip().rsplit(" ", 1)
+    swept, value = out.strip().split("\n")[-2:]
+    assert swept.startswith("['a', 'b'] [")   # one job each, in order
+    value, job_id = value.rsplit(" ", 1)
     assert value.startswith("('n', ") and not value.startswith("('n', 0)")
     r = alice.vre_api("POST", f"/jobs/{job_id}/rerun")
     assert r.status_code == 201 and r.json()["rerun_of"] == int(job_id)

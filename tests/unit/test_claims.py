@@ -377,6 +377,31 @@ def test_a_held_jobs_output_leaves_through_the_held_pools_reader(world):
     assert stored == [b"a,1\n", b"alpha\n"]
 
 
+def test_checking_and_updating_an_export_start_its_readers_before_their_transactions(world, monkeypatch):
+    """As submitting does: a check or a file's update asks the readers its files need (a held
+    file: the held pool's, whose pod may have to start) before its transaction, never inside it."""
+    settings, root, asked = world
+    out = root / "held" / "jobs" / "8"
+    out.mkdir(parents=True)
+    (out / "counts.csv").write_text("b,2\n")
+    r = ops.create(settings, who("ann"), "lung", "held", "", ["a.txt", "/held/jobs/8/counts.csv"])
+    held_file = next(f["id"] for f in ops.submit(settings, who("ann"), r["id"])["files"] if f["held"])
+    order = []
+    warm, tx = store.warm, ops._tx
+    monkeypatch.setattr(store, "warm", lambda mm, paths: (order.append(("warm", list(paths))), warm(mm, paths)))
+    monkeypatch.setattr(ops, "_tx", lambda s: (order.append(("tx",)), tx(s))[1])
+    ops.update_file(settings, who("ann"), r["id"], held_file)
+    assert order[:2] == [("warm", ["/held/jobs/8/counts.csv"]), ("tx",)]
+    (out / "more.csv").write_text("c,3\n")
+    order.clear()
+    ops.update_file(settings, who("ann"), r["id"], held_file, "/held/jobs/8/more.csv")
+    assert order[:2] == [("warm", ["/held/jobs/8/more.csv"]), ("tx",)]
+    r2 = ops.create(settings, who("ann"), "lung", "draft", "", ["a.txt"])
+    order.clear()
+    ops.check(settings, who("ann"), r2["id"])
+    assert order[:2] == [("warm", ["/home/jovyan/a.txt"]), ("tx",)]
+
+
 def test_the_job_service_reads_a_members_workspace_through_her_reader(world):
     """On claims a job's script is read at submission, and its log, progress and outputs
     afterwards, through the acting member's reader; a log that shrinks while read is no log yet,

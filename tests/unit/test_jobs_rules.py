@@ -174,6 +174,37 @@ def test_submissions_and_visibility(world):
     assert out.stat().st_uid == project_uid(world, 1) and oct(out.stat().st_mode)[-4:] == "2770"
 
 
+def test_a_list_is_queued_all_or_none_and_a_refused_lists_folders_go(world, monkeypatch):
+    fn = {"project": "lung", "kind": "function", "payload": base64.b64encode(b"pickle").decode()}
+    jobs_dir = world.projects_dir / "lung" / "workspace" / "jobs"
+    with pytest.raises(service.JobRejected, match="^job 2 of 3: a function job needs"):
+        with vdb.session_scope(world.vre_db_url) as db:
+            service.submit_many(db, world, "ann", [fn, {**fn, "payload": "***"}, fn])
+    with pytest.raises(PlanRefused, match="^job 1 of 1: "):
+        with vdb.session_scope(world.vre_db_url) as db:
+            service.submit_many(db, world, "cat", [fn])
+    made = []
+    make_outdir = service.make_outdir
+
+    def second_fails(settings, project, job_id, *args, **kw):
+        made.append(job_id)
+        if len(made) == 2:
+            raise service.JobRejected("cannot make the job's folder")
+        return make_outdir(settings, project, job_id, *args, **kw)
+    monkeypatch.setattr(service, "make_outdir", second_fails)
+    with pytest.raises(service.JobRejected, match="^job 2 of 3: cannot make"):
+        with vdb.session_scope(world.vre_db_url) as db:
+            service.submit_many(db, world, "ann", [fn, fn, fn])
+    assert jobs_dir.is_dir() and not (jobs_dir / str(made[0])).exists()   # the first one's folder went
+    monkeypatch.undo()
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert service.list_jobs(db, world, "ann") == []
+        jobs = service.submit_many(db, world, "ann", [fn, {**fn, "name": "second"}, fn])
+        ids = [j.id for j in jobs]
+        assert ids == sorted(ids) and jobs[1].name == "second"
+    assert all((jobs_dir / str(i) / "function.pkl").read_bytes() == b"pickle" for i in ids)
+
+
 def test_a_held_job_keeps_its_folder_log_and_outputs_from_members(world):
     h = sub(world, kind="script", target="project/train.py", lane="held")
     assert h["lane"] == "held" and h["outdir"] == f"/held/jobs/{h['id']}"

@@ -6,6 +6,7 @@
     job = jobs.submit_notebook("~/project/preprocess.ipynb", params={"series": "1.2.3"}, cpu=2)
     job.wait(); print(job.state, job.log())
     job = jobs.submit_function(sum, [1, 2, 3]);  job.result()   # -> 6
+    [j.result() for j in jobs.map_function(abs, [-1, 2, -3])]    # -> [1, 2, 3], one request
     client = jobs.dask_client(workers=2)                          # the project's own workers
 
 Jobs run in the project's restrictions (its datasets read-only, its workspace, no network) and
@@ -24,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 
 FINAL = ("succeeded", "failed", "cancelled", "timed_out")
+MAX_SUBMIT = 1000   # jobs in one request (the service's limit)
 WORKSPACE = "/home/jovyan/project"
 
 
@@ -40,8 +42,8 @@ def _hub() -> tuple[str, str]:
     return unquote(parts.netloc), parts.path.rstrip("/")
 
 
-def service_request(section: str, method: str, path: str, body: dict | None = None, *, token: str | None = None,
-                    timeout: float = 30) -> tuple[int, dict]:
+def service_request(section: str, method: str, path: str, body: dict | list | None = None, *,
+                    token: str | None = None, timeout: float = 30) -> tuple[int, dict]:
     """One call to the VRE service's API (``path`` below /services/vre/api/<section>) over its
     unix socket with the server's token; (status, JSON). The jobs client and the Lab's relays
     (jobs, airlock) all go through here."""
@@ -68,13 +70,13 @@ def service_request(section: str, method: str, path: str, body: dict | None = No
     return resp.status, payload
 
 
-def request(method: str, path: str, body: dict | None = None, *, token: str | None = None,
+def request(method: str, path: str, body: dict | list | None = None, *, token: str | None = None,
             timeout: float = 30) -> tuple[int, dict]:
     """One call to the queue's API (``path`` below /services/vre/api/jobs); (status, JSON)."""
     return service_request("jobs", method, path, body, token=token, timeout=timeout)
 
 
-def _call(method: str, path: str, body: dict | None = None) -> dict:
+def _call(method: str, path: str, body: dict | list | None = None) -> dict:
     status, payload = request(method, path, body)
     if status >= 400:
         raise JobError(payload.get("message") or f"the hub answered {status}")
@@ -150,12 +152,21 @@ def submit(kind: str, target: str = "", *, params=None, profile: str | None = No
            name: str = "", payload: bytes | None = None, project: str | None = None, held: bool = False) -> Job:
     """Queue a job. ``held``: it also reads the project's batch-only datasets, and its log and
     outputs stay on the hub (this session never sees them); they leave through the airlock."""
+    return Job(_call("POST", "", _body(kind, target, params=params, profile=profile, cpu=cpu, mem_mb=mem_mb,
+                                       gpus=gpus, max_runtime=max_runtime, name=name, payload=payload,
+                                       project=project, held=held)))
+
+
+def _body(kind: str, target: str = "", *, params=None, profile=None, cpu=None, mem_mb=None, gpus=None,
+          max_runtime=None, name: str = "", payload: bytes | None = None, project: str | None = None,
+          held: bool = False) -> dict:
+    """A submission as the API takes it (see ``submit``)."""
     body = {"project": project or _project(), "kind": kind, "target": target, "params": params,
             "profile": profile, "cpu": cpu, "mem_mb": mem_mb, "gpus": gpus, "max_runtime": max_runtime,
             "name": name, "lane": "held" if held else None}
     if payload is not None:
         body["payload"] = base64.b64encode(payload).decode()
-    return Job(_call("POST", "", {k: v for k, v in body.items() if v is not None}))
+    return {k: v for k, v in body.items() if v is not None}
 
 
 def _absolute(path) -> str:
@@ -180,6 +191,19 @@ def submit_function(func, *args, job_kwargs: dict | None = None, **kwargs) -> Jo
 
     payload = cloudpickle.dumps((func, args, kwargs))
     return submit("function", getattr(func, "__qualname__", "function"), payload=payload, **(job_kwargs or {}))
+
+
+def map_function(func, items, *, job_kwargs: dict | None = None) -> list[Job]:
+    """Run ``func(item)`` as a job for each of ``items`` (a parameter sweep), in that order.
+    They are submitted in lists of up to MAX_SUBMIT, each list queued all or none, not with a
+    request per job; resources as for ``submit_function``."""
+    import cloudpickle
+
+    name = getattr(func, "__qualname__", "function")
+    bodies = [_body("function", name, payload=cloudpickle.dumps((func, (item,), {})), **(job_kwargs or {}))
+              for item in items]
+    return [Job(data) for start in range(0, len(bodies), MAX_SUBMIT)
+            for data in _call("POST", "", bodies[start:start + MAX_SUBMIT])["jobs"]]
 
 
 def list_jobs(project: str | None = None) -> list[Job]:

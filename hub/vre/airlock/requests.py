@@ -290,17 +290,19 @@ def create(settings, who: Actor, project: str, title: str, justification: str = 
     return out
 
 
-def _warm(settings, who: Actor, request_id: int, paths=None) -> None:
-    """Before a transaction that asks claims readers about a request's files (``paths``, default
-    the request's own): start the readers they need (the author's own requests only; nothing is
-    decided here: the transaction checks everything again)."""
+def _warm(settings, who: Actor, request_id: int, paths=None, *, file_id=None) -> None:
+    """Before a transaction that asks claims readers about a request's files (``paths``; by
+    default the request's files not frozen yet, or its file ``file_id``): start the readers they
+    need (the author's own requests only; nothing is decided here: the transaction checks
+    everything again)."""
     if files_on_host(settings):
         return
     with vdb.session_scope(settings.vre_db_url) as db:
         req = vdb.get_by_id(db, AirlockRequest, request_id)
         if req is None or req.author.name != who.name:
             return
-        paths = [f.path for f in req.files if not f.sha256] if paths is None else paths
+        if paths is None:
+            paths = [f.path for f in req.files if (str(f.id) == str(file_id) if file_id is not None else not f.sha256)]
         try:
             mm = store.mount_map(db, settings, req.author.name, req.project.slug)
         except (PlanRefused, VREError):
@@ -457,6 +459,7 @@ def _prepare(db, settings, c: _Ctx, file_ids=None, paths: dict | None = None):
 
 def check(settings, who: Actor, request_id: int) -> dict:
     """Every rule violation of the request as it would be submitted now, per file (changes nothing)."""
+    _warm(settings, who, request_id)
     with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "check it")
@@ -550,6 +553,7 @@ def _held_path(named: str) -> bool:
 
 def update_file(settings, who: Actor, request_id: int, file_id: int, path: str | None = None) -> dict:
     """Freeze a file again (from its path, or a new one): a new version whose reviews start afresh."""
+    _warm(settings, who, request_id, [path] if path else None, file_id=file_id)
     with _tx(settings) as db:
         c = _ctx(db, who, request_id)
         R.require_author(c.req, c.caps, "update its files")

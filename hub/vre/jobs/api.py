@@ -8,7 +8,8 @@ queue at all; what it may see and do is decided per project membership, as for s
 
 - ``GET  api/jobs[?project=&state=&limit=]``  jobs of the caller's projects, newest first
   (at most ``limit``, default 200), with queue positions
-- ``POST api/jobs``              submit (JSON body; 201 with the job, 400 with what to fix)
+- ``POST api/jobs``              submit (JSON body; 201 with the job, 400 with what to fix); a JSON
+  list of up to 1,000 submits them all or none (201 with ``{"jobs": [...]}``)
 - ``GET  api/jobs/<id>``         one job, with progress and output files
 - ``GET  api/jobs/<id>/log?offset=N``  its log from byte N: ``{"text", "offset"}``
 - ``POST api/jobs/<id>/cancel``  cancel (queued: at once; running: its process group is killed)
@@ -26,7 +27,8 @@ from .. import db as vdb
 from ..db import JOB_STATES
 from ..claims.files import ReaderUnavailable, warm as warm_files
 from ..errors import NotFound, VREError
-from ..audit.events import emit
+from ..audit import Event
+from ..audit.events import emit, emit_many, role_of
 from ..plan import PlanRefused
 from ..api.base import ServiceAPIHandler, requires_scope
 from ..roles import JOBS_SCOPE
@@ -34,6 +36,8 @@ from ..settings import Settings, files_on_host
 from . import service
 
 MAX_LIST = 5000
+MAX_SUBMIT = 1000      # jobs in one submission (a list)
+SUMMARY = ("kind", "target", "profile", "cpu", "mem_mb", "gpus", "max_runtime")   # of a submission, audited
 MAX_OFFSET = 1 << 62   # beyond any log (a larger one overflows a file offset)
 
 
@@ -118,8 +122,10 @@ class JobListHandler(_JobsHandler):
             body = json.loads(self.request.body or b"{}")
         except ValueError:
             raise web.HTTPError(400, "the request body must be JSON") from None
-        summary = {k: body.get(k) for k in ("kind", "target", "profile", "cpu", "mem_mb", "gpus", "max_runtime")} \
-            if isinstance(body, dict) else {}
+        if isinstance(body, list):
+            await self.post_many(body)
+            return
+        summary = {k: body.get(k) for k in SUMMARY} if isinstance(body, dict) else {}
         project = body.get("project") if isinstance(body, dict) else None
         user = self.current_user.name
 
@@ -140,6 +146,38 @@ class JobListHandler(_JobsHandler):
                                 target=f"job/{job['id']}", details={**summary, "name": job["name"], "via": "api"})
         service.wake(self.vre)
         self.reply(job, 201)
+
+    async def post_many(self, bodies: list) -> None:
+        """A JSON list of submissions: queued all or none, in one transaction, with one audit
+        record each written together; 201 with ``{"jobs": [...]}`` in the list's order."""
+        user = self.current_user.name
+        if not 1 <= len(bodies) <= MAX_SUBMIT:
+            raise web.HTTPError(400, f"a list of 1 to {MAX_SUBMIT} jobs can be submitted at once, not "
+                                     f"{len(bodies)}; split it")
+        named = [b for b in bodies if isinstance(b, dict) and isinstance(b.get("project"), str)]
+        projects = {b["project"] for b in named}
+        reading = sorted({b["project"] for b in named if b.get("kind") in ("notebook", "script")})
+
+        def submit(db, user):
+            return [service.to_dict(self.vre, job) for job in service.submit_many(db, self.vre, user, bodies)]
+        try:
+            for project in reading if not files_on_host(self.vre) else ():
+                await self.run(self.workspace, project, then=warm)   # as for one job
+            jobs = await self.run(submit)
+        except web.HTTPError as e:
+            outcome = "denied" if e.status_code == 403 else "error"
+            await asyncio.to_thread(emit, self.vre, "job.submit", actor=user, outcome=outcome,
+                                    project=next(iter(projects)) if len(projects) == 1 else None,
+                                    details={"jobs": len(bodies), "reason": e.log_message, "via": "api"})
+            raise
+        role = await asyncio.to_thread(role_of, self.vre, user)
+        await asyncio.to_thread(emit_many, self.vre, [
+            Event(action="job.submit", actor=user, actor_role=role, source="hub", project=job["project"],
+                  target=f"job/{job['id']}", details={**{k: body.get(k) for k in SUMMARY}, "name": job["name"],
+                                                      "via": "api", "list": len(bodies)})
+            for body, job in zip(bodies, jobs)])
+        service.wake(self.vre)
+        self.reply({"jobs": jobs}, 201)
 
 
 class JobHandler(_JobsHandler):

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import NamedTuple
@@ -46,6 +48,8 @@ from ..settings import Settings, files_on_host, k8s_reads_allowed
 from . import inputs
 from .pools import KUBE_JOB_INPUTS_MAX, MAX_CLUSTER_WORKERS, as_kubernetes_job
 from .queue import Ask, fair_order
+
+log = logging.getLogger("vre.jobs")
 
 KINDS = ("notebook", "script", "function", "cluster")
 #: What a held job can be: its result is files, which stay held (a function's return value or a
@@ -180,8 +184,64 @@ def _number(body: dict, name: str, kind, default, lo, hi, unit: str = ""):
 
 def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     """Validate a submission and queue it. ``body`` is the API's JSON (see extensions/API.md)."""
+    job, keep = _checked(db, settings, user, body)
+    keep()
+    return job
+
+
+def submit_many(db: Session, settings: Settings, user: str, bodies: list) -> list[Job]:
+    """Validate a list of submissions and queue them, all or none (a parameter sweep is one
+    request and one transaction, not N). The first one refused raises, its message saying which
+    (``job 3 of 40: ...``); the caller's transaction then rolls back, and the folders this call
+    made for the ones before it are removed (their ids will be given again)."""
+    def which(number: int, e: VREError) -> VREError:
+        e.args = (f"job {number} of {len(bodies)}: {e}",)   # the same kind of error: the same answer
+        return e
+
+    checked = []
+    for number, body in enumerate(bodies, 1):
+        try:
+            checked.append(_checked(db, settings, user, body))
+        except VREError as e:
+            raise which(number, e)
+    kept: list[Job] = []
+    try:
+        for number, (job, keep) in enumerate(checked, 1):
+            try:
+                keep()
+            except VREError as e:
+                raise which(number, e)
+            kept.append(job)
+    except BaseException:
+        for job in kept:
+            drop_inputs(settings, job)
+        raise
+    return [job for job, _ in checked]
+
+
+def drop_inputs(settings: Settings, job: Job) -> None:
+    """Remove what a submission of ``job`` kept (its folder, or its stashed inputs) when the
+    submission is not committed after all: its id will be given again, and a fresh folder made."""
+    if not files_on_host(settings):
+        inputs.discard(settings, job.id)
+        return
+    base, rel = job_folder(settings, job.project.slug, job.id, job.lane)
+    parent, name = os.path.split(rel)
+    try:
+        fd = beneath.open_dir_beneath(base, parent)
+        try:
+            shutil.rmtree(name, dir_fd=fd)   # by descriptors: links below are removed, never followed
+        finally:
+            os.close(fd)
+    except OSError as e:
+        log.warning("the folder of job %s, not submitted after all, could not be removed: %s", job.id, e)
+
+
+def _checked(db: Session, settings: Settings, user: str, body: dict):
+    """(the job, added to ``db`` and flushed; a callable that writes what it carries: its folder
+    and the function's payload or the held job's code) or a refusal (JobRejected, PlanRefused)."""
     if not isinstance(body, dict):
-        raise JobRejected("the request body must be a JSON object")
+        raise JobRejected("a job must be a JSON object (the request's body: one, or a list of them)")
     kind = body.get("kind")
     if kind not in KINDS:
         raise JobRejected(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -280,14 +340,17 @@ def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     db.add(job)
     db.flush()
     held_code = code if lane == "held" else None
-    if files_on_host(settings):
-        make_outdir(settings, project, job.id, payload, lane, code=held_code, code_name=os.path.basename(target))
-    else:   # the worker makes the folder: the hub cannot reach the claim
-        kept = {"function.pkl": payload} if payload is not None else {}
-        if held_code is not None:
-            kept[f"{INPUT_DIR}/{os.path.basename(target)}"] = held_code
-        inputs.stash(settings, job.id, kept)
-    return job
+
+    def keep() -> None:
+        if files_on_host(settings):
+            make_outdir(settings, project, job.id, payload, lane, code=held_code,
+                        code_name=os.path.basename(target))
+        else:   # the worker makes the folder: the hub cannot reach the claim
+            kept = {"function.pkl": payload} if payload is not None else {}
+            if held_code is not None:
+                kept[f"{INPUT_DIR}/{os.path.basename(target)}"] = held_code
+            inputs.stash(settings, job.id, kept)
+    return job, keep
 
 
 def outdir_mode(lane: str) -> int:
