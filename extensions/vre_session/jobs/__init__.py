@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 FINAL = ("succeeded", "failed", "cancelled", "timed_out")
 MAX_SUBMIT = 1000   # jobs in one request (the service's limit)
+MAX_SUBMIT_BYTES = 64 * 2**20   # of one request's body (the service reads at most 100 MiB)
 WORKSPACE = "/home/jovyan/project"
 
 
@@ -195,15 +196,28 @@ def submit_function(func, *args, job_kwargs: dict | None = None, **kwargs) -> Jo
 
 def map_function(func, items, *, job_kwargs: dict | None = None) -> list[Job]:
     """Run ``func(item)`` as a job for each of ``items`` (a parameter sweep), in that order.
-    They are submitted in lists of up to MAX_SUBMIT, each list queued all or none, not with a
-    request per job; resources as for ``submit_function``."""
+    They are submitted in lists (up to MAX_SUBMIT jobs, MAX_SUBMIT_BYTES), each queued all or
+    none, not with a request per job; resources as for ``submit_function``."""
     import cloudpickle
 
     name = getattr(func, "__qualname__", "function")
     bodies = [_body("function", name, payload=cloudpickle.dumps((func, (item,), {})), **(job_kwargs or {}))
               for item in items]
-    return [Job(data) for start in range(0, len(bodies), MAX_SUBMIT)
-            for data in _call("POST", "", bodies[start:start + MAX_SUBMIT])["jobs"]]
+    return [Job(data) for part in _parts(bodies) for data in _call("POST", "", part)["jobs"]]
+
+
+def _parts(bodies: list[dict]):
+    """``bodies`` in lists the service takes: at most MAX_SUBMIT, and MAX_SUBMIT_BYTES of JSON."""
+    part, size = [], 0
+    for body in bodies:
+        n = len(json.dumps(body))
+        if part and (len(part) == MAX_SUBMIT or size + n > MAX_SUBMIT_BYTES):
+            yield part
+            part, size = [], 0
+        part.append(body)
+        size += n
+    if part:
+        yield part
 
 
 def list_jobs(project: str | None = None) -> list[Job]:

@@ -1,0 +1,32 @@
+"""The session's jobs client without a hub: how a sweep is cut into requests the service takes."""
+
+import base64
+
+import cloudpickle
+
+from vre_session import jobs
+
+
+def test_a_sweep_is_posted_in_lists_the_service_takes_in_order(monkeypatch):
+    monkeypatch.setenv("VRE_PROJECT", "lung")
+    posted = []
+
+    def call(method, path, body=None):
+        assert (method, path) == ("POST", "") and isinstance(body, list)
+        posted.append(body)
+        start = sum(len(b) for b in posted[:-1])
+        return {"jobs": [{"id": start + i + 1, "state": "queued"} for i in range(len(body))]}
+    monkeypatch.setattr(jobs, "_call", call)
+    swept = jobs.map_function(abs, range(-1200, 1300), job_kwargs={"cpu": 0.5})
+    assert [len(b) for b in posted] == [1000, 1000, 500]
+    assert [j.id for j in swept] == list(range(1, 2501))
+    first = posted[0][0]
+    assert (first["project"], first["kind"], first["target"], first["cpu"]) == ("lung", "function", "abs", 0.5)
+    func, args, kwargs = cloudpickle.loads(base64.b64decode(first["payload"]))
+    assert func(*args, **kwargs) == 1200 and "lane" not in first
+
+    # large payloads: a list also stays below the service's body limit
+    monkeypatch.setattr(jobs, "MAX_SUBMIT_BYTES", 3000)
+    posted.clear()
+    jobs.map_function(len, [b"x" * 1000] * 5)
+    assert [len(b) for b in posted] == [2, 2, 1]
