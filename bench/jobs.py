@@ -34,7 +34,6 @@ import argparse
 import base64
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -50,10 +49,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import Hub  # noqa: E402
-from machine import cpu_by_role, machine_cpu, spent  # noqa: E402
+from machine import cpu_by_role, machine_cpu, own_cpu, spent  # noqa: E402
+from vre.jobs.api import MAX_SUBMIT  # noqa: E402
 
 PROJECT = "lung-screening"
-MAX_SUBMIT = 1000   # jobs in one list (the API's limit)
 SUBMIT_AS = {"one": "a request each", "list": f"lists of up to {MAX_SUBMIT}"}
 
 
@@ -148,11 +147,6 @@ def read_timings(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def own_cpu() -> float:
-    use = resource.getrusage(resource.RUSAGE_SELF)
-    return use.ru_utime + use.ru_stime
 
 
 def run_runner_subprocess(spec_dir: str) -> float:

@@ -34,7 +34,6 @@ import argparse
 import collections
 import concurrent.futures
 import os
-import resource
 import secrets
 import statistics
 import subprocess
@@ -50,7 +49,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import Hub, processes  # noqa: E402
 from hubclient import HubClient, HubError, Kernel, NotReady  # noqa: E402
-from machine import machine_cpu  # noqa: E402
+from machine import machine_cpu, own_cpu  # noqa: E402
 
 SLUGS = {"lung-screening": "lung-ct-screening", "prostate-ai": "prostate-mri"}
 PHASES = ("login", "spawn", "lab", "kernel", "viewer", "stop")
@@ -240,12 +239,6 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.stop_event.wait(0.5):
             self.sample()
-
-
-def own_cpu() -> float:
-    """CPU seconds of this script (its simulated users) so far."""
-    use = resource.getrusage(resource.RUSAGE_SELF)
-    return use.ru_utime + use.ru_stime
 
 
 def pct(values: list[float], q: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import resource
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -15,6 +16,12 @@ def machine_cpu() -> tuple[float, float]:
     VM's steal are not this machine's work)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     return (sum(fields) - fields[3] - fields[4] - fields[7]) / TICKS, sum(fields) / TICKS
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (the benchmark's own clients) so far."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
 
 
 def role(argv: list[bytes]) -> str:
@@ -37,9 +44,9 @@ def cpu_by_role(needle: bytes, instance: str = "") -> dict[tuple[str, int], floa
         if not proc.name.isdigit():
             continue
         try:
-            group = next((line.split(":", 2)[2] for line in (proc / "cgroup").read_text().splitlines()
-                          if line.split(":")[1] == "pids"), "")
-            if instance and group.startswith(f"/{instance}/"):
+            groups = dict(line.split(":", 2)[1:] for line in (proc / "cgroup").read_text().splitlines())
+            group = groups.get("pids", groups.get(""))   # cgroup v1's pids hierarchy, or v2's one
+            if instance and group and group.startswith(f"/{instance}/"):
                 who = "sandbox " + re.sub(r"-\d+$", "", group.rsplit("/", 1)[1])
             else:
                 argv = (proc / "cmdline").read_bytes()
@@ -55,7 +62,9 @@ def cpu_by_role(needle: bytes, instance: str = "") -> dict[tuple[str, int], floa
 
 def spent(before: dict, after: dict) -> dict[str, float]:
     """CPU seconds per role between two ``cpu_by_role`` snapshots (a process that was not yet
-    running at the first counts from its start)."""
+    running at the first counts from its start). A counted process that ended between them is
+    in its parent's count, with its whole life's CPU if it started before the first: the
+    figures hold for long-lived processes (the hub's services, a pool's warm workers)."""
     out: dict[str, float] = collections.Counter()
     for key, secs in after.items():
         out[key[0]] += secs - before.get(key, 0.0)

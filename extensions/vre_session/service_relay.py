@@ -45,8 +45,10 @@ class ServiceRelayHandler(APIHandler):
                 body = json.loads(self.request.body or b"{}")
             except ValueError:
                 raise web.HTTPError(400, "the request body must be JSON") from None
-            if isinstance(body, dict) and self.adds_project(path):
-                body.setdefault("project", self.settings.get("vre_project"))
+            if self.adds_project(path):   # one submission, or each of a list
+                for item in body if isinstance(body, list) else [body]:
+                    if isinstance(item, dict):
+                        item.setdefault("project", self.settings.get("vre_project"))
         query = f"?{q}" if (q := self.query()) else ""
         try:
             status, payload = await asyncio.to_thread(service_request, self.section, method, path + query, body,

@@ -8,6 +8,7 @@ Jobs are small scripts and notebooks written into the project workspace.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import cloudpickle
 import pytest
 import requests
 
@@ -188,19 +190,19 @@ def test_bad_submissions_are_refused_with_reasons(hub, alice, workspace):
 
 def test_a_list_of_jobs_is_queued_all_or_none(hub, alice, workspace):
     """A sweep is one request: queued together in order, or (one refused) none of it, the answer
-    saying which."""
+    (and the audit record) saying which."""
     target = put(workspace, "listed.py", "import sys; print('listed', *sys.argv[1:])\n")
     sweep = [{"project": PROJECT, "kind": "script", "target": target, "params": {"args": [str(i)]}, "cpu": 0.5}
              for i in range(3)]
-    for body, words in (([], "a list of 1 to 1000 jobs"), ([sweep[0]] * 1001, "not 1001"),
-                        ([sweep[0], {**sweep[1], "max_runtime": "soon"}], "job 2 of 2: max_runtime must be"),
-                        ([sweep[0], "script"], "job 2 of 2: a job must be a JSON object"),
-                        ([sweep[0], {**sweep[1], "project": "prostate-ai"}], "job 2 of 2: ")):
-        r = alice.vre_api("POST", "/jobs", json=body)
-        assert r.status_code in (400, 403) and words in r.json()["message"], (words, r.status_code, r.text)
     last = submit(alice, kind="script", target=target)["id"]   # job ids are given in turn: the list's are next
-    r = alice.vre_api("POST", "/jobs", json=[*sweep, {**sweep[0], "target": "project/missing.py"}])
-    assert r.status_code == 400 and r.json()["message"].startswith("job 4 of 4: "), r.text
+    for body, status, words in (
+            ([], 400, "a list of 1 to 1000 jobs"), ([sweep[0]] * 1001, 400, "not 1001"),
+            ([sweep[0], {**sweep[1], "max_runtime": "soon"}], 400, "job 2 of 2: max_runtime must be"),
+            ([sweep[0], "script"], 400, "job 2 of 2: a job must be a JSON object"),
+            ([sweep[0], {**sweep[1], "project": "prostate-ai"}], 403, "job 2 of 2: "),
+            ([*sweep, {**sweep[0], "target": "project/missing.py"}], 400, "job 4 of 4: ")):
+        r = alice.vre_api("POST", "/jobs", json=body)
+        assert r.status_code == status and words in r.json()["message"], (words, r.status_code, r.text)
     listed = alice.vre_api("GET", f"/jobs?project={PROJECT}&limit=20").json()["jobs"]
     assert max(j["id"] for j in listed) == last and not (workspace / "jobs" / str(last + 1)).exists()
 
@@ -211,10 +213,18 @@ def test_a_list_of_jobs_is_queued_all_or_none(hub, alice, workspace):
     for i, job_id in enumerate(ids):
         assert wait(alice, job_id)["state"] == "succeeded"
         assert f"listed {i}" in log(alice, job_id)
+    # what the audit records of a job is what was queued (bounded): a huge name for a function is cut
+    payload = base64.b64encode(cloudpickle.dumps((abs, (-3,), {}))).decode()
+    r = alice.vre_api("POST", "/jobs", json=[{"project": PROJECT, "kind": "function", "payload": payload,
+                                              "target": "f" * 100_000}])
+    assert r.status_code == 201, r.text
+    ids.append(r.json()["jobs"][0]["id"])
     events = {e["target"]: e for e in audit(hub, "job.submit") if e["outcome"] == "ok"}
-    assert all(events[f"job/{i}"]["details"]["list"] == 3 and events[f"job/{i}"]["actor"] == "alice" for i in ids)
-    refused = [e for e in audit(hub, "job.submit") if e["outcome"] != "ok" and "jobs" in e["details"]]
-    assert any(e["details"]["reason"].startswith("job 4 of 4: ") and e["details"]["jobs"] == 4 for e in refused)
+    assert all(events[f"job/{i}"]["details"]["list"] == 3 and events[f"job/{i}"]["actor"] == "alice" for i in ids[:3])
+    assert events[f"job/{ids[3]}"]["details"]["target"] == "f" * 200
+    refusals = [e for e in audit(hub, "job.submit") if e["outcome"] != "ok" and "list" in e["details"]]
+    assert any(e["details"]["reason"].startswith("job 4 of 4: ") and e["details"]["list"] == 4 for e in refusals)
+    assert any(e["outcome"] == "denied" and e["project"] == "prostate-ai" for e in refusals)
 
 
 def test_gpu_jobs_queue_one_at_a_time_and_cpu_jobs_pass(hub, alice, workspace):
@@ -295,6 +305,11 @@ def test_function_job_and_rerun(hub, alice):
             print([s.result(timeout=120)[0] for s in swept], [s.id for s in swept])
             print(j.result(timeout=120), j.id)
             """), timeout=150)
+        # the Lab's relay: each job of a list defaults to the session's project
+        payload = base64.b64encode(cloudpickle.dumps((abs, (-1,), {}))).decode()
+        r = requests.post(f"{alice.server_url(PROJECT)}/vre/api/jobs", json=[{"kind": "function", "payload": payload}],
+                          headers={"Authorization": f"token {alice.token}"}, timeout=30)
+        assert r.status_code == 201 and r.json()["jobs"][0]["project"] == PROJECT, r.text
     finally:
         k.close()
         alice.stop(PROJECT)

@@ -3,20 +3,23 @@
 import base64
 
 import cloudpickle
+import pytest
 
 from vre_session import jobs
 
 
 def test_a_sweep_is_posted_in_lists_the_service_takes_in_order(monkeypatch):
     monkeypatch.setenv("VRE_PROJECT", "lung")
-    posted = []
+    posted, refuse = [], {"request": 0}
 
-    def call(method, path, body=None):
-        assert (method, path) == ("POST", "") and isinstance(body, list)
+    def request(method, path, body=None, *, timeout=30):
+        assert (method, path) == ("POST", "") and isinstance(body, list) and timeout >= 300
         posted.append(body)
+        if len(posted) == refuse["request"]:
+            return 400, {"message": f"job 2 of {len(body)}: kind must be one of ..."}
         start = sum(len(b) for b in posted[:-1])
-        return {"jobs": [{"id": start + i + 1, "state": "queued"} for i in range(len(body))]}
-    monkeypatch.setattr(jobs, "_call", call)
+        return 201, {"jobs": [{"id": start + i + 1, "state": "queued"} for i in range(len(body))]}
+    monkeypatch.setattr(jobs, "request", request)
     swept = jobs.map_function(abs, range(-1200, 1300), job_kwargs={"cpu": 0.5})
     assert [len(b) for b in posted] == [1000, 1000, 500]
     assert [j.id for j in swept] == list(range(1, 2501))
@@ -30,3 +33,12 @@ def test_a_sweep_is_posted_in_lists_the_service_takes_in_order(monkeypatch):
     posted.clear()
     jobs.map_function(len, [b"x" * 1000] * 5)
     assert [len(b) for b in posted] == [2, 2, 1]
+
+    # a refused part: the error says so, and hands over the jobs queued before it
+    monkeypatch.setattr(jobs, "MAX_SUBMIT", 3)
+    monkeypatch.setattr(jobs, "MAX_SUBMIT_BYTES", 1 << 20)
+    posted.clear()
+    refuse["request"] = 2
+    with pytest.raises(jobs.JobError, match="job 2 of 3: .*first 3 jobs were queued") as refused:
+        jobs.map_function(len, ["a"] * 10)
+    assert [j.id for j in refused.value.jobs] == [1, 2, 3]

@@ -177,12 +177,14 @@ def test_submissions_and_visibility(world):
 def test_a_list_is_queued_all_or_none_and_a_refused_lists_folders_go(world, monkeypatch):
     fn = {"project": "lung", "kind": "function", "payload": base64.b64encode(b"pickle").decode()}
     jobs_dir = world.projects_dir / "lung" / "workspace" / "jobs"
-    with pytest.raises(service.JobRejected, match="^job 2 of 3: a function job needs"):
+    with pytest.raises(service.ListRefused, match="^job 2 of 3: a function job needs") as refused:
         with vdb.session_scope(world.vre_db_url) as db:
             service.submit_many(db, world, "ann", [fn, {**fn, "payload": "***"}, fn])
-    with pytest.raises(PlanRefused, match="^job 1 of 1: "):
+    assert isinstance(refused.value.error, service.JobRejected) and refused.value.body["payload"] == "***"
+    with pytest.raises(service.ListRefused, match="^job 1 of 1: ") as refused:
         with vdb.session_scope(world.vre_db_url) as db:
             service.submit_many(db, world, "cat", [fn])
+    assert isinstance(refused.value.error, PlanRefused)   # answered as a non-member's job: 403
     made = []
     make_outdir = service.make_outdir
 
@@ -192,10 +194,12 @@ def test_a_list_is_queued_all_or_none_and_a_refused_lists_folders_go(world, monk
             raise service.JobRejected("cannot make the job's folder")
         return make_outdir(settings, project, job_id, *args, **kw)
     monkeypatch.setattr(service, "make_outdir", second_fails)
-    with pytest.raises(service.JobRejected, match="^job 2 of 3: cannot make"):
+    with pytest.raises(service.ListRefused, match="^job 2 of 3: cannot make"):
         with vdb.session_scope(world.vre_db_url) as db:
             service.submit_many(db, world, "ann", [fn, fn, fn])
-    assert jobs_dir.is_dir() and not (jobs_dir / str(made[0])).exists()   # the first one's folder went
+    # the first one's folder is set aside: not a job's folder any more
+    assert not (jobs_dir / str(made[0])).exists()
+    assert [p.read_bytes() for p in jobs_dir.glob(f".stale-{made[0]}-*/function.pkl")] == [b"pickle"]
     monkeypatch.undo()
     with vdb.session_scope(world.vre_db_url) as db:
         assert service.list_jobs(db, world, "ann") == []
@@ -203,6 +207,24 @@ def test_a_list_is_queued_all_or_none_and_a_refused_lists_folders_go(world, monk
         ids = [j.id for j in jobs]
         assert ids == sorted(ids) and jobs[1].name == "second"
     assert all((jobs_dir / str(i) / "function.pkl").read_bytes() == b"pickle" for i in ids)
+
+
+def test_a_held_sweep_reads_its_script_once_and_a_list_reads_a_bounded_amount(world, monkeypatch):
+    ws = world.projects_dir / "lung" / "workspace"
+    read = []
+    real = service.read_workspace_file
+    monkeypatch.setattr(service, "read_workspace_file", lambda folder, path: (read.append(path), real(folder, path))[1])
+    sweep = [{"project": "lung", "kind": "script", "target": "project/train.py", "lane": "held",
+              "params": {"args": [str(i)]}} for i in range(50)]
+    with vdb.session_scope(world.vre_db_url) as db:
+        jobs = service.submit_many(db, world, "ann", sweep)
+        assert [j.params["args"] for j in jobs] == [[str(i)] for i in range(50)]
+    assert read == ["project/train.py"]
+    monkeypatch.setattr(service, "MAX_LIST_READ", 30)
+    (ws / "more.py").write_text("print('more than the list may read')\n")
+    with pytest.raises(service.ListRefused, match="^job 3 of 3: the list's scripts and notebooks weigh more"):
+        with vdb.session_scope(world.vre_db_url) as db:
+            service.submit_many(db, world, "ann", [sweep[0], sweep[1], {**sweep[0], "target": "project/more.py"}])
 
 
 def test_a_held_job_keeps_its_folder_log_and_outputs_from_members(world):

@@ -27,11 +27,15 @@ from urllib.parse import unquote, urlsplit
 FINAL = ("succeeded", "failed", "cancelled", "timed_out")
 MAX_SUBMIT = 1000   # jobs in one request (the service's limit)
 MAX_SUBMIT_BYTES = 64 * 2**20   # of one request's body (the service reads at most 100 MiB)
+LIST_TIMEOUT = 300              # seconds a list's request may take (each of its jobs is checked)
 WORKSPACE = "/home/jovyan/project"
 
 
 class JobError(RuntimeError):
-    """The queue refused a request; the message says why (from the hub)."""
+    """The queue refused a request; the message says why (from the hub). From ``map_function``:
+    ``jobs``, those of the sweep queued before the refused part."""
+
+    jobs: list = []
 
 
 def _hub() -> tuple[str, str]:
@@ -197,13 +201,24 @@ def submit_function(func, *args, job_kwargs: dict | None = None, **kwargs) -> Jo
 def map_function(func, items, *, job_kwargs: dict | None = None) -> list[Job]:
     """Run ``func(item)`` as a job for each of ``items`` (a parameter sweep), in that order.
     They are submitted in lists (up to MAX_SUBMIT jobs, MAX_SUBMIT_BYTES), each queued all or
-    none, not with a request per job; resources as for ``submit_function``."""
+    none, not with a request per job; resources as for ``submit_function``. A refused list
+    raises JobError, whose ``jobs`` are those queued before it."""
     import cloudpickle
 
     name = getattr(func, "__qualname__", "function")
     bodies = [_body("function", name, payload=cloudpickle.dumps((func, (item,), {})), **(job_kwargs or {}))
               for item in items]
-    return [Job(data) for part in _parts(bodies) for data in _call("POST", "", part)["jobs"]]
+    queued: list[Job] = []
+    for part in _parts(bodies):
+        status, answer = request("POST", "", part, timeout=LIST_TIMEOUT)
+        if status >= 400:
+            error = JobError((answer.get("message") or f"the hub answered {status}") + (
+                f" (the sweep's first {len(queued)} jobs were queued: their ids are in this error's .jobs)"
+                if queued else ""))
+            error.jobs = queued
+            raise error
+        queued += [Job(data) for data in answer["jobs"]]
+    return queued
 
 
 def _parts(bodies: list[dict]):

@@ -301,8 +301,10 @@ def _warm(settings, who: Actor, request_id: int, paths=None, *, file_id=None) ->
         req = vdb.get_by_id(db, AirlockRequest, request_id)
         if req is None or req.author.name != who.name:
             return
-        if paths is None:
-            paths = [f.path for f in req.files if (str(f.id) == str(file_id) if file_id is not None else not f.sha256)]
+        if paths is None and file_id is not None:
+            paths = [f.path for f in req.files if f.id == int(file_id)]
+        elif paths is None:
+            paths = [f.path for f in req.files if not f.sha256]
         try:
             mm = store.mount_map(db, settings, req.author.name, req.project.slug)
         except (PlanRefused, VREError):

@@ -28,7 +28,7 @@ from ..db import JOB_STATES
 from ..claims.files import ReaderUnavailable, warm as warm_files
 from ..errors import NotFound, VREError
 from ..audit import Event
-from ..audit.events import emit, emit_many, role_of
+from ..audit.events import emit, emit_many
 from ..plan import PlanRefused
 from ..api.base import ServiceAPIHandler, requires_scope
 from ..roles import JOBS_SCOPE
@@ -42,6 +42,27 @@ MAX_OFFSET = 1 << 62   # beyond any log (a larger one overflows a file offset)
 
 
 requires_jobs_scope = requires_scope(JOBS_SCOPE)
+#: The answer to each kind of refusal (the first that matches); ReaderUnavailable: the project's
+#: claims could not be asked now, try again.
+STATUS = ((service.JobRejected, 400), (PlanRefused, 403), (NotFound, 404), (ReaderUnavailable, 503), (VREError, 400))
+
+
+def status_of(error: VREError) -> int:
+    return next(status for kind, status in STATUS if isinstance(error, kind))
+
+
+def submitted(job: dict, **extra) -> dict:
+    """A submission's audit details, from the job as queued (its values checked and bounded)."""
+    return {**{k: job[k] for k in SUMMARY}, "name": job["name"], "via": "api", **extra}
+
+
+def refused(body, reason: str, **extra) -> dict:
+    """A refused submission's audit details: what it asked, each value cut short (nothing of it
+    was checked), and why it was refused."""
+    asked = body if isinstance(body, dict) else {}
+    cut = {k: v if v is None or isinstance(v, (bool, int, float)) else str(v)[:200]
+           for k, v in asked.items() if k in SUMMARY}
+    return {**cut, "reason": reason[:2000], "via": "api", **extra}
 
 
 class _JobsHandler(ServiceAPIHandler):
@@ -62,16 +83,8 @@ class _JobsHandler(ServiceAPIHandler):
             return then(result) if then is not None else result
         try:
             return await asyncio.to_thread(call)
-        except service.JobRejected as e:
-            raise web.HTTPError(400, str(e)) from None
-        except PlanRefused as e:
-            raise web.HTTPError(403, str(e)) from None
-        except NotFound as e:
-            raise web.HTTPError(404, str(e)) from None
-        except ReaderUnavailable as e:   # the project's claims could not be asked now: try again
-            raise web.HTTPError(503, str(e)) from None
-        except VREError as e:
-            raise web.HTTPError(400, str(e)) from None
+        except VREError as e:   # a list's refusal is answered as its job's, its message saying which
+            raise web.HTTPError(status_of(e.error if isinstance(e, service.ListRefused) else e), str(e)) from None
 
     def workspace(self, db, user: str, project: str):
         """The project's workspace as ``user`` reads it, or None where she may not."""
@@ -125,7 +138,6 @@ class JobListHandler(_JobsHandler):
         if isinstance(body, list):
             await self.post_many(body)
             return
-        summary = {k: body.get(k) for k in SUMMARY} if isinstance(body, dict) else {}
         project = body.get("project") if isinstance(body, dict) else None
         user = self.current_user.name
 
@@ -137,47 +149,61 @@ class JobListHandler(_JobsHandler):
                 await self.run(self.workspace, project, then=warm)   # the submission then reads her script at once
             job = await self.run(submit)
         except web.HTTPError as e:
-            outcome = "denied" if e.status_code == 403 else "error"
-            await asyncio.to_thread(emit, self.vre, "job.submit", actor=user, outcome=outcome,
-                                    project=project if isinstance(project, str) else None,
-                                    details={**summary, "reason": e.log_message, "via": "api"})
+            await self.audit_refusal(e, body)
             raise
         await asyncio.to_thread(emit, self.vre, "job.submit", actor=user, project=job["project"],
-                                target=f"job/{job['id']}", details={**summary, "name": job["name"], "via": "api"})
+                                target=f"job/{job['id']}", details=submitted(job))
         service.wake(self.vre)
         self.reply(job, 201)
 
     async def post_many(self, bodies: list) -> None:
         """A JSON list of submissions: queued all or none, in one transaction, with one audit
-        record each written together; 201 with ``{"jobs": [...]}`` in the list's order."""
+        record each, made before the commit (one that cannot be made refuses the list) and
+        written together after it; 201 with ``{"jobs": [...]}`` in the list's order."""
         user = self.current_user.name
         if not 1 <= len(bodies) <= MAX_SUBMIT:
             raise web.HTTPError(400, f"a list of 1 to {MAX_SUBMIT} jobs can be submitted at once, not "
                                      f"{len(bodies)}; split it")
-        named = [b for b in bodies if isinstance(b, dict) and isinstance(b.get("project"), str)]
-        projects = {b["project"] for b in named}
-        reading = sorted({b["project"] for b in named if b.get("kind") in ("notebook", "script")})
+        reading = sorted({b["project"] for b in bodies if isinstance(b, dict) and isinstance(b.get("project"), str)
+                          and b.get("kind") in ("notebook", "script")})
+        failed = []
 
         def submit(db, user):
-            return [service.to_dict(self.vre, job) for job in service.submit_many(db, self.vre, user, bodies)]
+            try:
+                jobs = service.submit_many(db, self.vre, user, bodies)
+            except service.ListRefused as e:
+                failed.append(e.body)
+                raise
+            kept = [(j.project.slug, j.id, j.lane) for j in jobs]
+            try:
+                out = [service.to_dict(self.vre, j) for j in jobs]
+                role = jobs[0].account.role   # hers: every job of the list is
+                events = [Event(action="job.submit", actor=user, actor_role=role, source="hub", project=j["project"],
+                                target=f"job/{j['id']}", details=submitted(j, list=len(bodies))) for j in out]
+                db.commit()
+            except BaseException:
+                for k in kept:   # not queued after all: what was kept for them goes
+                    service.set_aside(self.vre, *k)
+                raise
+            return out, events
         try:
             for project in reading if not files_on_host(self.vre) else ():
                 await self.run(self.workspace, project, then=warm)   # as for one job
-            jobs = await self.run(submit)
+            jobs, events = await self.run(submit)
         except web.HTTPError as e:
-            outcome = "denied" if e.status_code == 403 else "error"
-            await asyncio.to_thread(emit, self.vre, "job.submit", actor=user, outcome=outcome,
-                                    project=next(iter(projects)) if len(projects) == 1 else None,
-                                    details={"jobs": len(bodies), "reason": e.log_message, "via": "api"})
+            await self.audit_refusal(e, failed[0] if failed else None, list=len(bodies))
             raise
-        role = await asyncio.to_thread(role_of, self.vre, user)
-        await asyncio.to_thread(emit_many, self.vre, [
-            Event(action="job.submit", actor=user, actor_role=role, source="hub", project=job["project"],
-                  target=f"job/{job['id']}", details={**{k: body.get(k) for k in SUMMARY}, "name": job["name"],
-                                                      "via": "api", "list": len(bodies)})
-            for body, job in zip(bodies, jobs)])
+        await asyncio.to_thread(emit_many, self.vre, events)
         service.wake(self.vre)
         self.reply({"jobs": jobs}, 201)
+
+    async def audit_refusal(self, e: web.HTTPError, body, **extra) -> None:
+        """Record a refused submission (``body``: the one refused, if known)."""
+        project = body.get("project") if isinstance(body, dict) else None
+        await asyncio.to_thread(emit, self.vre, "job.submit", actor=self.current_user.name,
+                                outcome="denied" if e.status_code == 403 else "error",
+                                project=project if isinstance(project, str) else None,
+                                details=refused(body, e.log_message or "", **extra))
 
 
 class JobHandler(_JobsHandler):

@@ -28,7 +28,6 @@ import base64
 import json
 import logging
 import os
-import shutil
 import socket
 from pathlib import Path
 from typing import NamedTuple
@@ -60,6 +59,7 @@ HELD_NOTE = ("held: its log and outputs stay on the hub; request their export th
              "(add {outdir} to an export request)")
 MAX_PAYLOAD = 16 * 1024 * 1024
 MAX_TARGET = 64 * 1024 * 1024   # a notebook or script read at submission (a held job's is copied)
+MAX_LIST_READ = 2 * MAX_TARGET  # the scripts and notebooks one list of submissions reads, together
 INPUT_DIR = "input"             # a held job's copy of its script or notebook, in its folder
 
 
@@ -185,61 +185,77 @@ def _number(body: dict, name: str, kind, default, lo, hi, unit: str = ""):
 def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     """Validate a submission and queue it. ``body`` is the API's JSON (see extensions/API.md)."""
     job, keep = _checked(db, settings, user, body)
+    db.add(job)
+    db.flush()
     keep()
     return job
 
 
+class ListRefused(VREError):
+    """How a list of submissions failed: ``error``, one of its jobs' refusal (its message then
+    says which: ``job 3 of 40: ...``), and ``body``, that job's submission."""
+
+    def __init__(self, error: VREError, number: int, count: int, body):
+        super().__init__(f"job {number} of {count}: {error}")
+        self.error, self.body = error, body
+
+
 def submit_many(db: Session, settings: Settings, user: str, bodies: list) -> list[Job]:
     """Validate a list of submissions and queue them, all or none (a parameter sweep is one
-    request and one transaction, not N). The first one refused raises, its message saying which
-    (``job 3 of 40: ...``); the caller's transaction then rolls back, and the folders this call
-    made for the ones before it are removed (their ids will be given again)."""
-    def which(number: int, e: VREError) -> VREError:
-        e.args = (f"job {number} of {len(bodies)}: {e}",)   # the same kind of error: the same answer
-        return e
-
+    request and one transaction, not N). Every job is checked before any is added, so no write
+    lock is held while files are read; a script or notebook named by several is read once, and
+    what a list reads of them is bounded (MAX_LIST_READ). The first refusal raises ListRefused,
+    and the folders made for the jobs before it are set aside (``set_aside``); the caller's
+    transaction then rolls back."""
+    reads: dict = {}
     checked = []
     for number, body in enumerate(bodies, 1):
         try:
-            checked.append(_checked(db, settings, user, body))
+            checked.append(_checked(db, settings, user, body, reads=reads))
         except VREError as e:
-            raise which(number, e)
+            raise ListRefused(e, number, len(bodies), body) from None
+    jobs = [job for job, _ in checked]
+    db.add_all(jobs)
+    db.flush()
     kept: list[Job] = []
     try:
         for number, (job, keep) in enumerate(checked, 1):
             try:
                 keep()
             except VREError as e:
-                raise which(number, e)
+                raise ListRefused(e, number, len(bodies), bodies[number - 1]) from None
             kept.append(job)
     except BaseException:
         for job in kept:
-            drop_inputs(settings, job)
+            set_aside(settings, job.project.slug, job.id, job.lane)
         raise
-    return [job for job, _ in checked]
+    return jobs
 
 
-def drop_inputs(settings: Settings, job: Job) -> None:
-    """Remove what a submission of ``job`` kept (its folder, or its stashed inputs) when the
-    submission is not committed after all: its id will be given again, and a fresh folder made."""
+def set_aside(settings: Settings, project: str, job_id: int, lane: str) -> None:
+    """Undo what a submission of a job kept when it is not committed after all: its folder is
+    renamed aside (``.stale-<id>-<random>``, as ``beneath.makedirs_beneath`` does with whatever
+    is in a fresh folder's way; a rename cannot block on what a member planted in it), its
+    stashed inputs are removed."""
     if not files_on_host(settings):
-        inputs.discard(settings, job.id)
+        inputs.discard(settings, job_id)
         return
-    base, rel = job_folder(settings, job.project.slug, job.id, job.lane)
+    base, rel = job_folder(settings, project, job_id, lane)
     parent, name = os.path.split(rel)
     try:
         fd = beneath.open_dir_beneath(base, parent)
         try:
-            shutil.rmtree(name, dir_fd=fd)   # by descriptors: links below are removed, never followed
+            os.rename(name, f".stale-{name}-{os.urandom(4).hex()}", src_dir_fd=fd, dst_dir_fd=fd)
         finally:
             os.close(fd)
     except OSError as e:
-        log.warning("the folder of job %s, not submitted after all, could not be removed: %s", job.id, e)
+        log.warning("the folder of job %s, not submitted after all, could not be set aside: %s", job_id, e)
 
 
-def _checked(db: Session, settings: Settings, user: str, body: dict):
-    """(the job, added to ``db`` and flushed; a callable that writes what it carries: its folder
-    and the function's payload or the held job's code) or a refusal (JobRejected, PlanRefused)."""
+def _checked(db: Session, settings: Settings, user: str, body: dict, *, reads: dict | None = None):
+    """(the job, not added to ``db``; a callable, for once it has its id, that writes what it
+    carries: its folder and the function's payload or the held job's code) or a refusal
+    (JobRejected, PlanRefused). ``reads``: the workspace files a list read so far, by path."""
     if not isinstance(body, dict):
         raise JobRejected("a job must be a JSON object (the request's body: one, or a list of them)")
     kind = body.get("kind")
@@ -286,7 +302,7 @@ def _checked(db: Session, settings: Settings, user: str, body: dict):
     if kind in ("notebook", "script"):
         if not isinstance(target, str) or not target:
             raise JobRejected(f"a {kind} job needs \"target\": the path of the {kind} in the workspace")
-        target, code = read_workspace_file(workspace_folder(db, settings, user, project.slug), target)
+        target, code = _read_target(db, settings, user, project.slug, target, reads)
         if kind == "notebook":
             if not target.endswith(".ipynb"):
                 raise JobRejected(f"{target!r} is not a notebook (.ipynb)")
@@ -337,8 +353,6 @@ def _checked(db: Session, settings: Settings, user: str, body: dict):
               worker="", devices="", usage={}, lane=lane)
     if kind == "cluster":  # the quota and the executor count all its workers
         job.cpu, job.mem_mb, job.gpus = cpu * params["workers"], mem * params["workers"], gpus * params["workers"]
-    db.add(job)
-    db.flush()
     held_code = code if lane == "held" else None
 
     def keep() -> None:
@@ -351,6 +365,20 @@ def _checked(db: Session, settings: Settings, user: str, body: dict):
                 kept[f"{INPUT_DIR}/{os.path.basename(target)}"] = held_code
             inputs.stash(settings, job.id, kept)
     return job, keep
+
+
+def _read_target(db: Session, settings: Settings, user: str, project: str, target: str,
+                 reads: dict | None) -> tuple[str, bytes]:
+    """``read_workspace_file`` of a submission's script or notebook; within a list (``reads``)
+    each path once, and no more than MAX_LIST_READ bytes of them all."""
+    if reads is None:
+        return read_workspace_file(workspace_folder(db, settings, user, project), target)
+    if (project, target) not in reads:
+        reads[project, target] = read_workspace_file(workspace_folder(db, settings, user, project), target)
+        if sum(len(code) for _, code in reads.values()) > MAX_LIST_READ:
+            raise JobRejected(f"the list's scripts and notebooks weigh more than {MAX_LIST_READ // 2**20} MiB "
+                              "together; submit it in shorter lists")
+    return reads[project, target]
 
 
 def outdir_mode(lane: str) -> int:
