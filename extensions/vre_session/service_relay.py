@@ -43,7 +43,7 @@ class ServiceRelayHandler(APIHandler):
         if method in ("POST", "PATCH"):
             try:
                 body = json.loads(self.request.body or b"{}")
-            except ValueError:
+            except (ValueError, RecursionError):   # not JSON, or nested beyond what the parser takes
                 raise web.HTTPError(400, "the request body must be JSON") from None
             if self.adds_project(path):   # one submission, or each of a list
                 for item in body if isinstance(body, list) else [body]:

@@ -203,6 +203,8 @@ def test_a_list_of_jobs_is_queued_all_or_none(hub, alice, workspace):
             ([*sweep, {**sweep[0], "target": "project/missing.py"}], 400, "job 4 of 4: ")):
         r = alice.vre_api("POST", "/jobs", json=body)
         assert r.status_code == status and words in r.json()["message"], (words, r.status_code, r.text)
+    r = alice.vre_api("POST", "/jobs", data="[" * 100_000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "must be JSON" in r.json()["message"], r.text   # too deep for the parser
     listed = alice.vre_api("GET", f"/jobs?project={PROJECT}&limit=20").json()["jobs"]
     assert max(j["id"] for j in listed) == last and not (workspace / "jobs" / str(last + 1)).exists()
 

@@ -97,7 +97,7 @@ class _AirlockHandler(ServiceAPIHandler):
     def body(self) -> dict:
         try:
             data = json.loads(self.request.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):   # not JSON, or nested beyond what the parser takes
             raise AirlockError(400, "the body must be JSON") from None
         if not isinstance(data, dict):
             raise AirlockError(400, "the body must be a JSON object")

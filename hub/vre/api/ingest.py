@@ -44,7 +44,7 @@ class IngestHandler(_PostWithCredential):
         try:
             body = json.loads(self.request.body or b"{}")
             stored = await asyncio.to_thread(store_events, settings, identity, body.get("events"))
-        except (IngestError, ValueError, AttributeError) as e:
+        except (IngestError, ValueError, AttributeError, RecursionError) as e:
             return self._fail(400, str(e))
         self.finish({"stored": stored})
 
@@ -96,7 +96,7 @@ class HostEventsHandler(_PostWithCredential):
             if claimed not in (None, node):
                 return self._fail(403, f"this observer's token is its pod's on node {node}, not {claimed!r}")
             events = host_events(body, node)
-        except (IngestError, ValueError) as e:
+        except (IngestError, ValueError, RecursionError) as e:
             return self._fail(400, str(e))
         stored = await asyncio.to_thread(emit_many, settings, events)
         self.finish({"stored": stored})

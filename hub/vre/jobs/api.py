@@ -133,8 +133,8 @@ class JobListHandler(_JobsHandler):
     async def post(self):
         try:
             body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the request body must be JSON") from None
+        except (ValueError, RecursionError):   # not JSON, or nested beyond what the parser takes
+            raise web.HTTPError(400, "the request body must be JSON (nested at most a few hundred deep)") from None
         if isinstance(body, list):
             await self.post_many(body)
             return
