@@ -80,7 +80,8 @@ def log(client, job_id: int) -> str:
 
 
 def audit(hub, action: str) -> list[dict]:
-    return json.loads(hub.vre("audit", "query", "--action", action, "--json", "--limit", "500").stdout)
+    return json.loads(hub.vre("audit", "query", "--action", action, "--json", "--limit", "500",
+                              "--newest-first").stdout)
 
 
 NOTEBOOK = {
@@ -205,6 +206,16 @@ def test_a_list_of_jobs_is_queued_all_or_none(hub, alice, workspace):
         assert r.status_code == status and words in r.json()["message"], (words, r.status_code, r.text)
     r = alice.vre_api("POST", "/jobs", data="[" * 100_000, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "must be JSON" in r.json()["message"], r.text   # too deep for the parser
+    # what a refusal's record keeps of a body is made storable: NaN, half a surrogate pair, a long name
+    for raw in ('{"project": "lung-screening", "kind": "script", "cpu": NaN, "target": "project/listed.py"}',
+                '{"project": "\\ud800", "kind": "x"}', '[{"project": "%s", "kind": "x"}]' % ("p" * 300)):
+        r = alice.vre_api("POST", "/jobs", data=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (raw, r.text)
+    recorded = [e for e in audit(hub, "job.submit") if e["outcome"] != "ok"][:3]   # newest first
+    assert [e["project"] for e in recorded] == [None, None, PROJECT]
+    assert recorded[0]["details"]["reason"].startswith("job 1 of 1: kind must be")
+    assert recorded[0]["details"]["list"] == 1
+    assert recorded[1]["details"]["reason"].startswith("kind must be") and recorded[2]["details"]["cpu"] == "nan"
     listed = alice.vre_api("GET", f"/jobs?project={PROJECT}&limit=20").json()["jobs"]
     assert max(j["id"] for j in listed) == last and not (workspace / "jobs" / str(last + 1)).exists()
 

@@ -39,6 +39,13 @@ def test_a_sweep_is_posted_in_lists_the_service_takes_in_order(monkeypatch):
     monkeypatch.setattr(jobs, "MAX_SUBMIT_BYTES", 1 << 20)
     posted.clear()
     refuse["request"] = 2
-    with pytest.raises(jobs.JobError, match="job 2 of 3: .*first 3 jobs were queued") as refused:
+    with pytest.raises(jobs.JobError, match="^items 4-6 of the sweep: job 2 of 3: .*first 3 jobs were queued") as e:
         jobs.map_function(len, ["a"] * 10)
-    assert [j.id for j in refused.value.jobs] == [1, 2, 3]
+    assert [j.id for j in e.value.jobs] == [1, 2, 3] and jobs.JobError("x").jobs == ()
+
+    def unreachable(*args, **kw):
+        raise ConnectionRefusedError(111, "Connection refused")
+    monkeypatch.setattr(jobs, "request", unreachable)
+    with pytest.raises(jobs.JobError, match="^items 1-3 of the sweep: no answer from the hub") as e:
+        jobs.map_function(len, ["a"] * 3)
+    assert e.value.jobs == ()

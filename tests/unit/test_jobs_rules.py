@@ -136,6 +136,8 @@ def sub(world, user="ann", **body):
     ({"kind": "script", "target": "project/nope.py"}, service.JobRejected, "does not exist"),
     ({"kind": "script", "target": "project/train.py", "cpu": 2}, service.JobRejected, "between 0.1 and 1"),
     ({"kind": "script", "target": "project/train.py", "mem_mb": True}, service.JobRejected, "must be a number"),
+    ({"kind": "script", "target": "project/train.py", "mem_mb": float("inf")}, service.JobRejected, "must be a number"),
+    ({"kind": "script", "target": "project/train.py", "cpu": float("nan")}, service.JobRejected, "between"),
     ({"kind": "script", "target": "project/train.py", "max_runtime": 10**9}, service.JobRejected, "max_runtime"),
     ({"kind": "notebook", "target": "project/nb.ipynb", "params": {"not valid": 1}}, service.JobRejected, "identifiers"),
     ({"kind": "notebook", "target": "project/nb.ipynb", "params": [1]}, service.JobRejected, "JSON object"),
@@ -220,11 +222,38 @@ def test_a_held_sweep_reads_its_script_once_and_a_list_reads_a_bounded_amount(wo
         jobs = service.submit_many(db, world, "ann", sweep)
         assert [j.params["args"] for j in jobs] == [[str(i)] for i in range(50)]
     assert read == ["project/train.py"]
-    monkeypatch.setattr(service, "MAX_LIST_READ", 30)
-    (ws / "more.py").write_text("print('more than the list may read')\n")
+    # the same file however spelt is read once; what a list reads and carries is bounded in total
+    read.clear()
+    spelt = [{**sweep[0], "target": t} for t in ("~/project/train.py", "/home/jovyan/project//train.py")]
+    with vdb.session_scope(world.vre_db_url) as db:
+        service.submit_many(db, world, "ann", [sweep[0], *spelt])
+    assert read == ["project/train.py"]
+    monkeypatch.setattr(service, "MAX_LIST_BYTES", 25)   # train.py and more.py: 9 bytes, most.py: 10
+    (ws / "more.py").write_text("print(2)\n")
+    (ws / "most.py").write_text("print(33)\n")
+    refused = [sweep[0], {**sweep[0], "target": "project/more.py"}, {**sweep[0], "target": "project/most.py"}]
     with pytest.raises(service.ListRefused, match="^job 3 of 3: the list's scripts and notebooks weigh more"):
         with vdb.session_scope(world.vre_db_url) as db:
-            service.submit_many(db, world, "ann", [sweep[0], sweep[1], {**sweep[0], "target": "project/more.py"}])
+            service.submit_many(db, world, "ann", refused)   # reads 9 + 9 + 10: over 25 at the 3rd
+    with pytest.raises(service.ListRefused, match="^job 3 of 5: the list's payloads and held jobs' copies"):
+        with vdb.session_scope(world.vre_db_url) as db:
+            service.submit_many(db, world, "ann", sweep[:5])   # reads 9 once, carries 9 each: over 25 at the 3rd
+
+
+def test_what_a_submission_carries_must_be_storable_text_and_bounded(world):
+    for body, words in (({"kind": "function", "payload": "cA==", "name": "a\ud800"}, "name must be text"),
+                        ({"kind": "function", "payload": "cA==", "target": "\udfff"}, "target must be text"),
+                        ({"kind": "notebook", "target": "project/nb.ipynb", "params": {"x": [[[[[]]]]] * 1}},
+                         None),
+                        ({"kind": "notebook", "target": "project/nb.ipynb",
+                          "params": {"x": json.loads("[" * 40 + "]" * 40)}}, "nested at most 32 deep"),
+                        ({"kind": "notebook", "target": "project/nb.ipynb", "params": {"x": "y" * 70_000}},
+                         "at most 64 KiB")):
+        if words is None:
+            assert sub(world, **body)["params"] == body["params"]
+        else:
+            with pytest.raises(service.JobRejected, match=words):
+                sub(world, **body)
 
 
 def test_a_held_job_keeps_its_folder_log_and_outputs_from_members(world):
@@ -496,3 +525,36 @@ def test_a_submission_on_claims_starts_her_reader_before_its_transaction(world):
     warm(service.Folder(SimpleNamespace(lstat=lstat), "/claims/workspace", ""))
     warm(None)   # not a member: nothing to start
     assert asked == ["/claims/workspace"]
+
+
+def test_a_submission_commits_its_jobs_with_their_audit_records_or_neither(world, monkeypatch):
+    """The API's ``queue``: jobs and their ``job.submit`` records in one transaction; if the
+    records cannot be written, no job is queued and what was written for them is set aside."""
+    from types import SimpleNamespace
+
+    from vre.audit import open_store
+    from vre.jobs import api
+
+    handler = SimpleNamespace(vre=world)
+    fn = {"project": "lung", "kind": "function", "payload": base64.b64encode(b"pickle").decode()}
+    jobs_dir = world.projects_dir / "lung" / "workspace" / "jobs"
+    store = open_store(world)
+    real = store.append_within
+
+    def broken(dbapi, events, commit):
+        raise OSError("the audit store is full")
+    monkeypatch.setattr(store, "append_within", broken)
+    with pytest.raises(OSError, match="full"):
+        with vdb.session_scope(world.vre_db_url, durable=True) as db:
+            jobs = service.submit_many(db, world, "ann", [fn, fn])
+            ids = [j.id for j in jobs]
+            api.JobListHandler.queue(handler, db, "ann", jobs, list=2)
+    assert not any((jobs_dir / str(i)).exists() for i in ids) and len(list(jobs_dir.glob(".stale-*"))) == 2
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert service.list_jobs(db, world, "ann") == []
+    monkeypatch.setattr(store, "append_within", real)
+    with vdb.session_scope(world.vre_db_url, durable=True) as db:
+        out = api.JobListHandler.queue(handler, db, "ann", service.submit_many(db, world, "ann", [fn, fn]), list=2)
+    records = {e["target"]: e for e in store.query(limit=10, action="job.submit")}
+    assert [records[f"job/{j['id']}"]["details"]["list"] for j in out] == [2, 2]
+    assert records[f"job/{out[0]['id']}"]["actor"] == "ann" and records[f"job/{out[0]['id']}"]["project"] == "lung"

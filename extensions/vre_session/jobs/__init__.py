@@ -35,7 +35,7 @@ class JobError(RuntimeError):
     """The queue refused a request; the message says why (from the hub). From ``map_function``:
     ``jobs``, those of the sweep queued before the refused part."""
 
-    jobs: list = []
+    jobs: tuple = ()
 
 
 def _hub() -> tuple[str, str]:
@@ -210,14 +210,20 @@ def map_function(func, items, *, job_kwargs: dict | None = None) -> list[Job]:
               for item in items]
     queued: list[Job] = []
     for part in _parts(bodies):
-        status, answer = request("POST", "", part, timeout=LIST_TIMEOUT)
-        if status >= 400:
-            error = JobError((answer.get("message") or f"the hub answered {status}") + (
-                f" (the sweep's first {len(queued)} jobs were queued: their ids are in this error's .jobs)"
-                if queued else ""))
-            error.jobs = queued
-            raise error
-        queued += [Job(data) for data in answer["jobs"]]
+        items = f"items {len(queued) + 1}-{len(queued) + len(part)} of the sweep"
+        try:
+            status, answer = request("POST", "", part, timeout=LIST_TIMEOUT)
+        except OSError as e:   # the hub may or may not have queued this part
+            why = f"no answer from the hub ({e}); look at the queue before submitting them again"
+        else:
+            if 200 <= status < 300:
+                queued += [Job(data) for data in answer["jobs"]]
+                continue
+            why = answer.get("message") or f"the hub answered {status}"
+        error = JobError(f"{items}: {why}" + (f" (its first {len(queued)} jobs were queued: this error's .jobs)"
+                                              if queued else ""))
+        error.jobs = tuple(queued)
+        raise error
     return queued
 
 

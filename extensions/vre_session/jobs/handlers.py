@@ -10,6 +10,7 @@ class JobsProxyHandler(ServiceRelayHandler):
     SUPPORTED_METHODS = ("GET", "POST")
     section = "jobs"
     service = "the hub's batch queue"
+    timeout = 300.0   # a list of jobs is checked whole in one request
 
 
 ROUTES = [(r"/vre/api/jobs(/\d+(?:/log|/cancel|/rerun)?)?/?", JobsProxyHandler)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 from tornado import web
 
@@ -27,8 +28,8 @@ from .. import db as vdb
 from ..db import JOB_STATES
 from ..claims.files import ReaderUnavailable, warm as warm_files
 from ..errors import NotFound, VREError
-from ..audit import Event
-from ..audit.events import emit, emit_many
+from ..audit import AuditError, Event, open_store
+from ..audit.events import emit
 from ..plan import PlanRefused
 from ..api.base import ServiceAPIHandler, requires_scope
 from ..roles import JOBS_SCOPE
@@ -57,12 +58,23 @@ def submitted(job: dict, **extra) -> dict:
 
 
 def refused(body, reason: str, **extra) -> dict:
-    """A refused submission's audit details: what it asked, each value cut short (nothing of it
-    was checked), and why it was refused."""
+    """A refused submission's audit details: what it asked, as text cut short and made valid
+    (nothing of it was checked: NaN, half a surrogate pair), and why it was refused."""
     asked = body if isinstance(body, dict) else {}
-    cut = {k: v if v is None or isinstance(v, (bool, int, float)) else str(v)[:200]
-           for k, v in asked.items() if k in SUMMARY}
-    return {**cut, "reason": reason[:2000], "via": "api", **extra}
+    kept = {k: v if v is None or isinstance(v, bool) or isinstance(v, (int, float)) and math.isfinite(v)
+            else _cut(str(v)) for k, v in asked.items() if k in SUMMARY}
+    return {**kept, "reason": _cut(reason, 2000), "via": "api", **extra}
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text[:limit].encode("utf-8", "replace").decode()
+
+
+def project_named(body) -> str | None:
+    """The project a refused submission names, if it could be one (else it is only in the details)."""
+    name = body.get("project") if isinstance(body, dict) else None
+    ok = isinstance(name, str) and 0 < len(name) <= 255 and name.isprintable() and _cut(name, 255) == name
+    return name if ok else None
 
 
 class _JobsHandler(ServiceAPIHandler):
@@ -70,15 +82,16 @@ class _JobsHandler(ServiceAPIHandler):
         super().initialize(vre_settings)
         self.vre = vre_settings
 
-    async def run(self, func, *args, then=None):
-        """Call ``func(db, user, *args)`` in a thread, in one transaction, and ``then`` on its
-        result once that transaction has ended: reads of a job's folder go there, since on claims
-        they may wait for a member's claims reader to start, and no database connection should
-        wait with them. Errors of both are mapped to answers."""
+    async def run(self, func, *args, then=None, durable: bool = False):
+        """Call ``func(db, user, *args)`` in a thread, in one transaction (``durable``: one that
+        carries audit records, ``vdb.engine_for``), and ``then`` on its result once that
+        transaction has ended: reads of a job's folder go there, since on claims they may wait
+        for a member's claims reader to start, and no database connection should wait with
+        them. Errors of both are mapped to answers."""
         user = self.current_user.name
 
         def call():
-            with vdb.session_scope(self.vre.vre_db_url) as db:
+            with vdb.session_scope(self.vre.vre_db_url, durable=durable) as db:
                 result = func(db, user, *args)
             return then(result) if then is not None else result
         try:
@@ -139,28 +152,22 @@ class JobListHandler(_JobsHandler):
             await self.post_many(body)
             return
         project = body.get("project") if isinstance(body, dict) else None
-        user = self.current_user.name
 
         def submit(db, user):
-            job = service.submit(db, self.vre, user, body)
-            return service.to_dict(self.vre, job)
+            return self.queue(db, user, [service.submit(db, self.vre, user, body)])[0]
         try:
             if not files_on_host(self.vre) and isinstance(project, str) and body.get("kind") in ("notebook", "script"):
                 await self.run(self.workspace, project, then=warm)   # the submission then reads her script at once
-            job = await self.run(submit)
+            job = await self.run(submit, durable=True)
         except web.HTTPError as e:
             await self.audit_refusal(e, body)
             raise
-        await asyncio.to_thread(emit, self.vre, "job.submit", actor=user, project=job["project"],
-                                target=f"job/{job['id']}", details=submitted(job))
         service.wake(self.vre)
         self.reply(job, 201)
 
     async def post_many(self, bodies: list) -> None:
-        """A JSON list of submissions: queued all or none, in one transaction, with one audit
-        record each, made before the commit (one that cannot be made refuses the list) and
-        written together after it; 201 with ``{"jobs": [...]}`` in the list's order."""
-        user = self.current_user.name
+        """A JSON list of submissions: queued all or none (``queue``); 201 with ``{"jobs": [...]}``
+        in the list's order."""
         if not 1 <= len(bodies) <= MAX_SUBMIT:
             raise web.HTTPError(400, f"a list of 1 to {MAX_SUBMIT} jobs can be submitted at once, not "
                                      f"{len(bodies)}; split it")
@@ -174,35 +181,41 @@ class JobListHandler(_JobsHandler):
             except service.ListRefused as e:
                 failed.append(e.body)
                 raise
-            kept = [(j.project.slug, j.id, j.lane) for j in jobs]
-            try:
-                out = [service.to_dict(self.vre, j) for j in jobs]
-                role = jobs[0].account.role   # hers: every job of the list is
-                events = [Event(action="job.submit", actor=user, actor_role=role, source="hub", project=j["project"],
-                                target=f"job/{j['id']}", details=submitted(j, list=len(bodies))) for j in out]
-                db.commit()
-            except BaseException:
-                for k in kept:   # not queued after all: what was kept for them goes
-                    service.set_aside(self.vre, *k)
-                raise
-            return out, events
+            return self.queue(db, user, jobs, list=len(bodies))
         try:
             for project in reading if not files_on_host(self.vre) else ():
                 await self.run(self.workspace, project, then=warm)   # as for one job
-            jobs, events = await self.run(submit)
+            jobs = await self.run(submit, durable=True)
         except web.HTTPError as e:
             await self.audit_refusal(e, failed[0] if failed else None, list=len(bodies))
             raise
-        await asyncio.to_thread(emit_many, self.vre, events)
         service.wake(self.vre)
         self.reply({"jobs": jobs}, 201)
 
+    def queue(self, db, user: str, jobs: list, **extra) -> list[dict]:
+        """Commit ``jobs`` (checked, added and flushed) with a ``job.submit`` record each, in the
+        same transaction (``AuditStore.append_within``): queued with their records or not at all.
+        What was written for them is set aside if they are not; the API's view of each is returned."""
+        kept = [(j.project.slug, j.id, j.lane) for j in jobs]
+        try:
+            out = [service.to_dict(self.vre, j) for j in jobs]
+            role = jobs[0].account.role   # hers: every job of a submission is
+            try:
+                events = [Event(action="job.submit", actor=user, actor_role=role, source="hub", project=j["project"],
+                                target=f"job/{j['id']}", details=submitted(j, **extra)) for j in out]
+            except AuditError as e:   # from checked values: not expected, but then nothing is queued
+                raise service.JobRejected(f"the submission cannot be recorded: {e}") from None
+            open_store(self.vre).append_within(db.connection().connection.dbapi_connection, events, db.commit)
+        except BaseException:
+            for k in kept:
+                service.set_aside(self.vre, *k)
+            raise
+        return out
+
     async def audit_refusal(self, e: web.HTTPError, body, **extra) -> None:
         """Record a refused submission (``body``: the one refused, if known)."""
-        project = body.get("project") if isinstance(body, dict) else None
         await asyncio.to_thread(emit, self.vre, "job.submit", actor=self.current_user.name,
-                                outcome="denied" if e.status_code == 403 else "error",
-                                project=project if isinstance(project, str) else None,
+                                outcome="denied" if e.status_code == 403 else "error", project=project_named(body),
                                 details=refused(body, e.log_message or "", **extra))
 
 

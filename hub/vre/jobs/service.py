@@ -59,7 +59,9 @@ HELD_NOTE = ("held: its log and outputs stay on the hub; request their export th
              "(add {outdir} to an export request)")
 MAX_PAYLOAD = 16 * 1024 * 1024
 MAX_TARGET = 64 * 1024 * 1024   # a notebook or script read at submission (a held job's is copied)
-MAX_LIST_READ = 2 * MAX_TARGET  # the scripts and notebooks one list of submissions reads, together
+MAX_LIST_BYTES = 2 * MAX_TARGET  # what one list of submissions reads (scripts, notebooks) and writes
+MAX_PARAMS = 64 * 1024          # a notebook's parameters, as JSON
+MAX_PARAMS_DEPTH = 32           # ... nested at most this deep
 INPUT_DIR = "input"             # a held job's copy of its script or notebook, in its folder
 
 
@@ -175,8 +177,8 @@ def _number(body: dict, name: str, kind, default, lo, hi, unit: str = ""):
         raise JobRejected(f"{name} must be a number")
     try:
         value = kind(value)
-    except (TypeError, ValueError):
-        raise JobRejected(f"{name} must be a number, not {value!r}") from None
+    except (TypeError, ValueError, OverflowError):   # OverflowError: int(Infinity)
+        raise JobRejected(f"{name} must be a number, not {str(value)[:40]!r}") from None
     if not lo <= value <= hi:
         raise JobRejected(f"{name} must be between {lo:g} and {hi:g}{unit}, not {value:g}")
     return value
@@ -184,7 +186,7 @@ def _number(body: dict, name: str, kind, default, lo, hi, unit: str = ""):
 
 def submit(db: Session, settings: Settings, user: str, body: dict) -> Job:
     """Validate a submission and queue it. ``body`` is the API's JSON (see extensions/API.md)."""
-    job, keep = _checked(db, settings, user, body)
+    job, keep, _ = _checked(db, settings, user, body)
     db.add(job)
     db.flush()
     keep()
@@ -204,16 +206,21 @@ def submit_many(db: Session, settings: Settings, user: str, bodies: list) -> lis
     """Validate a list of submissions and queue them, all or none (a parameter sweep is one
     request and one transaction, not N). Every job is checked before any is added, so no write
     lock is held while files are read; a script or notebook named by several is read once, and
-    what a list reads of them is bounded (MAX_LIST_READ). The first refusal raises ListRefused,
+    what a list reads of them and writes is bounded (MAX_LIST_BYTES). The first refusal raises ListRefused,
     and the folders made for the jobs before it are set aside (``set_aside``); the caller's
     transaction then rolls back."""
     reads: dict = {}
-    checked = []
+    checked, carried = [], 0
     for number, body in enumerate(bodies, 1):
         try:
-            checked.append(_checked(db, settings, user, body, reads=reads))
+            job, keep, size = _checked(db, settings, user, body, reads=reads)
+            carried += size
+            if carried > MAX_LIST_BYTES:   # payloads and held copies, written under the write lock
+                raise JobRejected(f"the list's payloads and held jobs' copies of their code weigh more than "
+                                  f"{MAX_LIST_BYTES // 2**20} MiB together; submit it in shorter lists")
         except VREError as e:
             raise ListRefused(e, number, len(bodies), body) from None
+        checked.append((job, keep))
     jobs = [job for job, _ in checked]
     db.add_all(jobs)
     db.flush()
@@ -295,7 +302,7 @@ def _checked(db: Session, settings: Settings, user: str, body: dict, *, reads: d
         raise JobRejected(f"the job asks for {cpu:g} CPU and {mem} MiB, more than project {project.slug!r}'s "
                           f"whole batch quota ({project.job_cpu:g} CPU, {project.job_mem_mb} MiB); ask for less")
     runtime = _number(body, "max_runtime", int, settings.jobs_default_runtime, 1, settings.jobs_max_runtime, " s")
-    name = str(body.get("name") or "")[:128]
+    name = _text(str(body.get("name") or "")[:128], "name")
     params = body.get("params")
     payload = code = None
     target = body.get("target") or ""
@@ -314,6 +321,9 @@ def _checked(db: Session, settings: Settings, user: str, body: dict, *, reads: d
             if not isinstance(params, dict) or not all(isinstance(k, str) and k.isidentifier() for k in params):
                 raise JobRejected("notebook parameters must be a JSON object of name: value, names being "
                                   "Python identifiers")
+            if _depth(params) > MAX_PARAMS_DEPTH or len(json.dumps(params)) > MAX_PARAMS:
+                raise JobRejected(f"notebook parameters must be at most {MAX_PARAMS // 1024} KiB of JSON, nested at "
+                                  f"most {MAX_PARAMS_DEPTH} deep: keep larger inputs in a workspace file")
         else:
             params = {} if params is None else params
             args = params.get("args", []) if isinstance(params, dict) else params
@@ -327,7 +337,7 @@ def _checked(db: Session, settings: Settings, user: str, body: dict, *, reads: d
             raise JobRejected("a function job needs \"payload\": base64 of cloudpickle (func, args, kwargs)") from None
         if not payload or len(payload) > MAX_PAYLOAD:
             raise JobRejected(f"the function payload must be 1 byte to {MAX_PAYLOAD // 2**20} MiB")
-        target = str(target or "function")[:200]
+        target = _text(str(target or "function")[:200], "target")
         params = {}
     else:  # cluster: interactive Dask workers held until cancelled or the run-time limit
         workers = _number(params if isinstance(params, dict) else {}, "workers", int, 1, 1, MAX_CLUSTER_WORKERS)
@@ -364,21 +374,39 @@ def _checked(db: Session, settings: Settings, user: str, body: dict, *, reads: d
             if held_code is not None:
                 kept[f"{INPUT_DIR}/{os.path.basename(target)}"] = held_code
             inputs.stash(settings, job.id, kept)
-    return job, keep
+    return job, keep, len(payload or b"") + len(held_code or b"")
+
+
+def _text(value: str, what: str) -> str:
+    """``value``, if it can be stored (a JSON string may hold half of a surrogate pair)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise JobRejected(f"{what} must be text (it holds an unpaired surrogate)") from None
+    return value
+
+
+def _depth(value, limit: int = MAX_PARAMS_DEPTH + 1) -> int:
+    """How deep ``value`` nests (counted no further than ``limit``)."""
+    if limit <= 0 or not isinstance(value, (dict, list)):
+        return 0
+    items = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(v, limit - 1) for v in items), default=0)
 
 
 def _read_target(db: Session, settings: Settings, user: str, project: str, target: str,
                  reads: dict | None) -> tuple[str, bytes]:
     """``read_workspace_file`` of a submission's script or notebook; within a list (``reads``)
-    each path once, and no more than MAX_LIST_READ bytes of them all."""
+    each path once, and no more than MAX_LIST_BYTES of them all."""
     if reads is None:
         return read_workspace_file(workspace_folder(db, settings, user, project), target)
-    if (project, target) not in reads:
-        reads[project, target] = read_workspace_file(workspace_folder(db, settings, user, project), target)
-        if sum(len(code) for _, code in reads.values()) > MAX_LIST_READ:
-            raise JobRejected(f"the list's scripts and notebooks weigh more than {MAX_LIST_READ // 2**20} MiB "
+    key = (project, workspace_relpath(target))   # however a session spells it
+    if key not in reads:
+        reads[key] = read_workspace_file(workspace_folder(db, settings, user, project), target)
+        if sum(len(code) for _, code in reads.values()) > MAX_LIST_BYTES:
+            raise JobRejected(f"the list's scripts and notebooks weigh more than {MAX_LIST_BYTES // 2**20} MiB "
                               "together; submit it in shorter lists")
-    return reads[project, target]
+    return reads[key]
 
 
 def outdir_mode(lane: str) -> int:
@@ -410,20 +438,28 @@ def make_outdir(settings: Settings, project: Project, job_id: int, payload: byte
         raise JobRejected(f"cannot make the job's folder in {where}: 'jobs' and its folders must be real folders, "
                           f"not links or files ({e.strerror}); rename what is in the way and submit again") from None
     try:
-        if payload is not None:
-            beneath.write_beneath(fd, "function.pkl", payload, uid=uid, gid=gid, mode=0o640)
-        if code is not None:
-            os.mkdir(INPUT_DIR, 0o700, dir_fd=fd)
-            sub = os.open(INPUT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            try:
-                os.fchown(sub, uid, gid)
-                beneath.write_beneath(sub, code_name, code, uid=uid, gid=gid, mode=0o400)
-                os.fchmod(sub, 0o500)
-            finally:
-                os.close(sub)
+        _write_inputs(fd, payload, code, code_name, uid, gid)
+    except OSError as e:   # the workspace is the members': full, over its quota
+        raise JobRejected(f"cannot write the job's inputs into its folder ({e.strerror}); make room in "
+                          "the workspace and submit again") from None
     finally:
         os.close(fd)
     return base / rel
+
+
+def _write_inputs(fd: int, payload: bytes | None, code: bytes | None, code_name: str, uid: int, gid: int) -> None:
+    """A function's payload, or a held job's copy of its code, into the job's folder ``fd``."""
+    if payload is not None:
+        beneath.write_beneath(fd, "function.pkl", payload, uid=uid, gid=gid, mode=0o640)
+    if code is not None:
+        os.mkdir(INPUT_DIR, 0o700, dir_fd=fd)
+        sub = os.open(INPUT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            os.fchown(sub, uid, gid)
+            beneath.write_beneath(sub, code_name, code, uid=uid, gid=gid, mode=0o400)
+            os.fchmod(sub, 0o500)
+        finally:
+            os.close(sub)
 
 
 def _visible_job(db: Session, settings: Settings, user: str, job_id: int) -> Job:
