@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import Hub, processes  # noqa: E402
 from hubclient import HubClient, HubError, Kernel, NotReady  # noqa: E402
-from machine import machine_cpu, own_cpu  # noqa: E402
+from machine import machine_cpu, own_cpu, process_use  # noqa: E402
 
 SLUGS = {"lung-screening": "lung-ct-screening", "prostate-ai": "prostate-mri"}
 PHASES = ("login", "spawn", "lab", "kernel", "viewer", "stop")
@@ -206,18 +206,12 @@ class Sampler(threading.Thread):
                 found["access layer"].append(pid)
         return found
 
-    @staticmethod
-    def _stat(pid: int) -> tuple[float, int]:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-
     def cpu(self) -> dict[str, float]:
         out: dict[str, float] = collections.Counter()
         for role, pids in self.processes().items():
             for pid in pids:
                 try:
-                    out[role] += self._stat(pid)[0]
+                    out[role] += process_use(pid)[0]
                 except OSError:
                     pass
         return out
@@ -227,7 +221,7 @@ class Sampler(threading.Thread):
             rss = 0
             for pid in pids:
                 try:
-                    rss += self._stat(pid)[1]
+                    rss += process_use(pid)[1]
                 except OSError:
                     pass
             self.peak_rss[role] = max(self.peak_rss[role], rss)

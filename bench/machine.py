@@ -9,6 +9,7 @@ import resource
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -22,6 +23,14 @@ def own_cpu() -> float:
     """CPU seconds of this process (the benchmark's own clients) so far."""
     use = resource.getrusage(resource.RUSAGE_SELF)
     return use.ru_utime + use.ru_stime
+
+
+def process_use(pid: int, *, children: bool = False) -> tuple[float, int]:
+    """(CPU seconds so far, resident bytes now) of process ``pid`` (``children``: with its
+    waited-for children's CPU); OSError once it has gone."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = sum(int(v) for v in fields[11:15 if children else 13])
+    return cpu / TICKS, int(fields[21]) * PAGE
 
 
 def role(argv: list[bytes]) -> str:
@@ -53,10 +62,9 @@ def cpu_by_role(needle: bytes, instance: str = "") -> dict[tuple[str, int], floa
                 if needle not in argv + (proc / "environ").read_bytes():
                     continue
                 who = role(argv.split(b"\0"))
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            out[(who, int(proc.name))] = process_use(int(proc.name), children=True)[0]
         except (OSError, IndexError):
             continue
-        out[(who, int(proc.name))] = sum(int(v) for v in fields[11:15]) / TICKS
     return out
 
 

@@ -80,7 +80,7 @@ def makedirs_beneath(base: str | os.PathLike, rel: str, *, uid: int, gid: int, m
                 os.mkdir(part, 0o700, dir_fd=fd)
             except FileExistsError:
                 if fresh and depth == len(parts) - 1:
-                    os.rename(part, f".stale-{part}-{os.urandom(4).hex()}", src_dir_fd=fd, dst_dir_fd=fd)
+                    rename_aside(fd, part)
                     os.mkdir(part, 0o700, dir_fd=fd)
             nfd = os.open(part, _DIR, dir_fd=fd)
             os.close(fd)
@@ -91,6 +91,13 @@ def makedirs_beneath(base: str | os.PathLike, rel: str, *, uid: int, gid: int, m
         os.close(fd)
         raise
     return fd
+
+
+def rename_aside(dir_fd: int, name: str) -> None:
+    """Rename the entry ``name`` of the folder ``dir_fd`` to ``.stale-<name>-<random>``: out of
+    the way without reading or deleting it (a rename cannot block on, or follow, whatever a member
+    planted in it)."""
+    os.rename(name, f".stale-{name}-{os.urandom(4).hex()}", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def write_beneath(dir_fd: int, name: str, data: bytes, *, uid: int, gid: int, mode: int) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import inspect
 
 from vre import db as vdb
 from vre.audit import ACTIONS, AuditError, AuditStore, Event, open_store
-from vre.audit.schema import canonical_json, canonical_record, record_head, record_tail
+from vre.audit.schema import canonical_json, canonical_record, record_head, record_tail, storable
 from vre.audit import store as store_module
 from vre.audit.store import audit_checkpoints, audit_events
 
@@ -48,7 +48,9 @@ def store(audit_url, tmp_path) -> AuditStore:
     (dict(id="has space"), "id 'has space' must be"),
     (dict(project=""), "project must not be empty (use None)"),
     (dict(dataset="a\nb"), "control characters"),
-    (dict(target="\ud800"), "invalid Unicode"),
+    (dict(target="\ud800"), "target contains invalid Unicode"),
+    (dict(project="lung\udc80"), "project contains invalid Unicode"),
+    (dict(client="\ud800"), "client contains invalid Unicode"),
     (dict(source="kernel"), "source 'kernel' must be one of hub, access-layer, host, session"),
     (dict(source=None), "source None must be one of"),
 ])
@@ -56,6 +58,12 @@ def test_bad_events_say_what_to_fix(kw, message):
     args = dict(action="auth.login", actor="alice", actor_role="researcher") | kw
     with pytest.raises(AuditError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Event(**args)
+
+
+def test_storable_says_whether_text_could_be_a_field():
+    assert storable("project", "lung-ct")
+    for bad in (None, "", "p" * 256, "a\nb", "lung\ud800", 5):
+        assert not storable("project", bad), bad
 
 
 def test_catalogue_has_the_documented_actions():

@@ -231,6 +231,20 @@ def _check_text(name: str, value, *, optional: bool, allow_empty: bool = False) 
         raise AuditError(f"{name} {value!r} contains control characters")
     if "\x00" in value:
         raise AuditError(f"{name} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AuditError(f"{name} contains invalid Unicode (a lone surrogate)") from None
+
+
+def storable(name: str, value) -> bool:
+    """Whether ``value`` could be an event's ``name`` field (project, dataset, session, client):
+    for recording a refused request's own words only where they are fit to be kept."""
+    try:
+        _check_text(name, value, optional=False)
+    except AuditError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -285,11 +299,6 @@ class Event:
             raise AuditError("details contain invalid Unicode (a lone surrogate)") from None
         if size > MAX_DETAILS_BYTES:
             raise AuditError(f"details are {size} bytes as JSON; at most {MAX_DETAILS_BYTES} are stored")
-        try:
-            self.target.encode("utf-8")
-            self.actor.encode("utf-8")
-        except UnicodeEncodeError:
-            raise AuditError("actor or target contains invalid Unicode (a lone surrogate)") from None
         # Cached derived values (not fields): what the store writes.
         object.__setattr__(self, "details_json", details_json)
         object.__setattr__(self, "time_text", format_time(self.time))

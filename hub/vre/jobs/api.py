@@ -29,6 +29,7 @@ from ..db import JOB_STATES
 from ..claims.files import ReaderUnavailable, warm as warm_files
 from ..errors import NotFound, VREError
 from ..audit import AuditError, Event, open_store
+from ..audit.schema import storable
 from ..audit.events import emit
 from ..plan import PlanRefused
 from ..api.base import ServiceAPIHandler, requires_scope
@@ -73,8 +74,7 @@ def _cut(text: str, limit: int = 200) -> str:
 def project_named(body) -> str | None:
     """The project a refused submission names, if it could be one (else it is only in the details)."""
     name = body.get("project") if isinstance(body, dict) else None
-    ok = isinstance(name, str) and 0 < len(name) <= 255 and name.isprintable() and _cut(name, 255) == name
-    return name if ok else None
+    return name if storable("project", name) else None
 
 
 class _JobsHandler(ServiceAPIHandler):
@@ -97,7 +97,8 @@ class _JobsHandler(ServiceAPIHandler):
         try:
             return await asyncio.to_thread(call)
         except VREError as e:   # a list's refusal is answered as its job's, its message saying which
-            raise web.HTTPError(status_of(e.error if isinstance(e, service.ListRefused) else e), str(e)) from None
+            cause = e.error if isinstance(e, service.ListRefused) else e
+            raise web.HTTPError(status_of(cause), str(e)) from e   # the cause: which body, for the record
 
     def workspace(self, db, user: str, project: str):
         """The project's workspace as ``user`` reads it, or None where she may not."""
@@ -144,53 +145,41 @@ class JobListHandler(_JobsHandler):
 
     @requires_jobs_scope
     async def post(self):
+        """One submission (201 with the job) or a JSON list of them, queued all or none (201 with
+        ``{"jobs": [...]}`` in the list's order)."""
         try:
             body = json.loads(self.request.body or b"{}")
         except (ValueError, RecursionError):   # not JSON, or nested beyond what the parser takes
             raise web.HTTPError(400, "the request body must be JSON (nested at most a few hundred deep)") from None
-        if isinstance(body, list):
-            await self.post_many(body)
+        if not isinstance(body, list):
+            self.reply((await self.submit([body], one=True))[0], 201)
             return
-        project = body.get("project") if isinstance(body, dict) else None
-
-        def submit(db, user):
-            return self.queue(db, user, [service.submit(db, self.vre, user, body)])[0]
-        try:
-            if not files_on_host(self.vre) and isinstance(project, str) and body.get("kind") in ("notebook", "script"):
-                await self.run(self.workspace, project, then=warm)   # the submission then reads her script at once
-            job = await self.run(submit, durable=True)
-        except web.HTTPError as e:
-            await self.audit_refusal(e, body)
-            raise
-        service.wake(self.vre)
-        self.reply(job, 201)
-
-    async def post_many(self, bodies: list) -> None:
-        """A JSON list of submissions: queued all or none (``queue``); 201 with ``{"jobs": [...]}``
-        in the list's order."""
-        if not 1 <= len(bodies) <= MAX_SUBMIT:
+        if not 1 <= len(body) <= MAX_SUBMIT:
             raise web.HTTPError(400, f"a list of 1 to {MAX_SUBMIT} jobs can be submitted at once, not "
-                                     f"{len(bodies)}; split it")
+                                     f"{len(body)}; split it")
+        self.reply({"jobs": await self.submit(body, one=False, list=len(body))}, 201)
+
+    async def submit(self, bodies: list, *, one: bool, **extra) -> list[dict]:
+        """Queue ``bodies`` (``one``: a single submission, refused in its own words), each with
+        its record; a refusal is audited as the refused job's (``ListRefused`` names it)."""
         reading = sorted({b["project"] for b in bodies if isinstance(b, dict) and isinstance(b.get("project"), str)
                           and b.get("kind") in ("notebook", "script")})
-        failed = []
 
         def submit(db, user):
-            try:
-                jobs = service.submit_many(db, self.vre, user, bodies)
-            except service.ListRefused as e:
-                failed.append(e.body)
-                raise
-            return self.queue(db, user, jobs, list=len(bodies))
+            jobs = ([service.submit(db, self.vre, user, bodies[0])] if one
+                    else service.submit_many(db, self.vre, user, bodies))
+            return self.queue(db, user, jobs, **extra)
         try:
             for project in reading if not files_on_host(self.vre) else ():
-                await self.run(self.workspace, project, then=warm)   # as for one job
+                # the submission then reads her script at once: its reader is started first
+                await self.run(self.workspace, project, then=warm)
             jobs = await self.run(submit, durable=True)
         except web.HTTPError as e:
-            await self.audit_refusal(e, failed[0] if failed else None, list=len(bodies))
+            body = bodies[0] if one else getattr(e.__cause__, "body", None)
+            await self.audit_refusal(e, body, **extra)
             raise
         service.wake(self.vre)
-        self.reply({"jobs": jobs}, 201)
+        return jobs
 
     def queue(self, db, user: str, jobs: list, **extra) -> list[dict]:
         """Commit ``jobs`` (checked, added and flushed) with a ``job.submit`` record each, in the

@@ -241,9 +241,7 @@ def submit_many(db: Session, settings: Settings, user: str, bodies: list) -> lis
 
 def set_aside(settings: Settings, project: str, job_id: int, lane: str) -> None:
     """Undo what a submission of a job kept when it is not committed after all: its folder is
-    renamed aside (``.stale-<id>-<random>``, as ``beneath.makedirs_beneath`` does with whatever
-    is in a fresh folder's way; a rename cannot block on what a member planted in it), its
-    stashed inputs are removed."""
+    renamed aside (``beneath.rename_aside``), its stashed inputs are removed."""
     if not files_on_host(settings):
         inputs.discard(settings, job_id)
         return
@@ -252,7 +250,7 @@ def set_aside(settings: Settings, project: str, job_id: int, lane: str) -> None:
     try:
         fd = beneath.open_dir_beneath(base, parent)
         try:
-            os.rename(name, f".stale-{name}-{os.urandom(4).hex()}", src_dir_fd=fd, dst_dir_fd=fd)
+            beneath.rename_aside(fd, name)
         finally:
             os.close(fd)
     except OSError as e:
