@@ -26,6 +26,7 @@ import pytest
 import requests
 
 from chart import CHART, HELM, Release, cluster_image, get  # tests/k8s, beside this file
+from testcluster import kueue
 from flood import check_pauses, flood_while_held  # tests/ is on sys.path (tests/conftest.py)
 from hubclient import HubClient
 from vre.backends.kubernetes import READER_PORT
@@ -532,7 +533,8 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
             kube.run("delete", "persistentvolume", f"{rwx}-{claim}", f"{rwx}-{claim}-p", f"{rwx}-{claim}-h",
                      "--wait=false")
             shutil.rmtree(path, ignore_errors=True)
-        kube.run("delete", "customresourcedefinition", LOCALQUEUE_CRD["metadata"]["name"], "--wait=false")
+        # Kueue stays (its API and controller, until the cluster goes down); the test's queue goes
+        kube.run("delete", "clusterqueue", KUEUE_CLUSTER_QUEUE, "--wait=false")
 
 
 CLAIMS_JOB = """
@@ -625,8 +627,6 @@ def _jobs_on_claims(kube, rel, alice, project: str, volumes: dict) -> None:
 
 
 KUEUE_QUEUE, KUEUE_CLUSTER_QUEUE = "vre-batch", "vre-cluster"
-#: Kueue's LocalQueue type, without Kueue (no registry here serves its image): the hub makes
-#: LocalQueues of it, and the test does what Kueue's controller would (it resumes the Jobs).
 def _read_only_claim(kube, volume: str, ns: str, claim: str, path: Path, storage_class: str) -> None:
     """A ReadOnlyMany claim in ``ns`` bound to a hostPath volume at ``path`` (the operator's part)."""
     kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
@@ -799,16 +799,22 @@ def _a_job_with_the_claim_dataset(kube, rel, alice, project: str, volumes: dict)
             "fetched": 403}, (lane, facts)
 
 
-LOCALQUEUE_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "localqueues.kueue.x-k8s.io"},
-    "spec": {"group": "kueue.x-k8s.io", "scope": "Namespaced",
-             "names": {"plural": "localqueues", "singular": "localqueue", "kind": "LocalQueue",
-                       "listKind": "LocalQueueList"},
-             "versions": [{"name": "v1beta1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                 "type": "object", "properties": {"spec": {
-                     "type": "object", "required": ["clusterQueue"],
-                     "properties": {"clusterQueue": {"type": "string"}}}}}}}]}}
+def kueue_objects(hold: bool) -> list[dict]:
+    """What the cluster's operator makes for Kueue (the chart's LocalQueues point at it): a
+    ClusterQueue of 1 CPU and 1 GiB for every namespace, whose lower-priority workloads a
+    higher-priority one preempts, and a priority for urgent work. ``hold``: it admits nothing
+    (``stopPolicy: Hold``) until opened."""
+    api = "kueue.x-k8s.io/v1beta2"
+    return [{"apiVersion": api, "kind": "ResourceFlavor", "metadata": {"name": "vre-test"}},
+            {"apiVersion": api, "kind": "WorkloadPriorityClass", "metadata": {"name": "vre-urgent"}, "value": 1000},
+            {"apiVersion": api, "kind": "ClusterQueue", "metadata": {"name": KUEUE_CLUSTER_QUEUE},
+             "spec": {"namespaceSelector": {}, "stopPolicy": "Hold" if hold else "None",
+                      "preemption": {"withinClusterQueue": "LowerPriority"},
+                      "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [
+                          {"name": "vre-test", "resources": [{"name": "cpu", "nominalQuota": "1"},
+                                                             {"name": "memory", "nominalQuota": "1Gi"}]}]}]}}]
+
+
 PREEMPTED_JOB = """
 import os, time
 out, job = os.environ["VRE_JOB_OUTPUT"], os.environ["VRE_JOB_ID"]
@@ -819,17 +825,18 @@ print("PREEMPTED JOB DONE; earlier runs moved aside:", len(earlier))
 
 
 def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args: list) -> None:
-    """``jobs.runner: jobs`` with a Kueue queue: each job that needs no Dask is a Kubernetes Job of
-    its own, created suspended and labelled with the queue. It holds its slot but no pod runs
-    until the queue admits it (this test does what Kueue does: it resumes the Job); then it runs
-    as a worker pod would, ends as its task reports, and its start is audited with its Job and
-    node. A cancel deletes a waiting Job; a held job's Job is in the held namespace, its folder
-    on the held claim; a function's payload reaches its pod in the Job's Secret. The hub makes
-    the LocalQueue in each namespace it creates Jobs in; a job preempted while it runs (its Job
-    suspended again) waits again and runs anew when resumed."""
+    """``jobs.runner: jobs`` with a Kueue queue, under the real Kueue controller: each job that
+    needs no Dask is a Kubernetes Job of its own, created suspended and labelled with the queue.
+    It holds its slot but no pod runs while the queue holds it; Kueue admits it (a Workload of
+    its own) and starts it; it runs as a worker pod would, ends as its task reports, and its
+    start is audited with its Job and node. A cancel deletes a waiting Job; a held job's Job is
+    in the held namespace, its folder on the held claim; a function's payload reaches its pod in
+    the Job's Secret. The hub makes the LocalQueue in each namespace it creates Jobs in. A job
+    that Kueue preempts for urgent work while it runs waits again and runs anew once the urgent
+    work is done."""
     project_ns, held_ns = f"{rel.instance}-{project}", f"{rel.instance}-0held-{project}"
-    kube.apply(LOCALQUEUE_CRD)
-    kube.wait("the LocalQueue API", lambda: kube.run("get", "localqueues", "-A").returncode == 0, project_ns, 60)
+    kueue()
+    kube.apply(*kueue_objects(hold=True))
     before = rel.hub_pod()["metadata"]["uid"]
     rel.helm("upgrade", rel.name, str(CHART), *args, "--set", "jobs.runner=jobs",
              "--set", f"jobs.kueueQueue={KUEUE_QUEUE}", "--set", f"jobs.kueueClusterQueue={KUEUE_CLUSTER_QUEUE}")
@@ -846,24 +853,36 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
         assert r.status_code == 201, r.text
         return r.json()["id"]
 
-    def admit(job_id: int, ns: str = project_ns) -> None:
-        """What Kueue does once its ClusterQueue admits the Job."""
-        kube("patch", "job", kube_job(job_id, ns)["metadata"]["name"], "-n", ns, "--type", "merge",
-             "-p", '{"spec": {"suspend": false}}')
+    def queue_holds(hold: bool) -> None:
+        kube("patch", "clusterqueue", KUEUE_CLUSTER_QUEUE, "--type", "merge",
+             "-p", json.dumps({"spec": {"stopPolicy": "Hold" if hold else "None"}}))
+
+    def admitted_by_kueue(job_id: int, ns: str = project_ns) -> dict:
+        """Kueue's Workload for the job's Kubernetes Job, once it admitted it."""
+        name = kube_job(job_id, ns)["metadata"]["name"]
+        for w in json.loads(kube("get", "workloads.kueue.x-k8s.io", "-n", ns, "-o", "json"))["items"]:
+            owners = [o["name"] for o in w["metadata"].get("ownerReferences", []) if o["kind"] == "Job"]
+            if owners == [name]:
+                assert w["spec"]["queueName"] == KUEUE_QUEUE, w
+                admitted = {c["type"]: c["status"] for c in w["status"].get("conditions", [])}.get("Admitted")
+                assert admitted == "True", w["status"]
+                return w
+        raise AssertionError(f"no Kueue Workload for the Job {ns}/{name}")
 
     job_id = submit()
     made = kube.wait("the job's Kubernetes Job", lambda: kube_job(job_id), project_ns, 120)
     assert made["metadata"]["name"] == f"vre-job-{job_id}-1" and made["spec"]["suspend"] is True, made
     assert made["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == KUEUE_QUEUE
     queue = kube.get("localqueue", KUEUE_QUEUE, project_ns)
-    assert queue["spec"] == {"clusterQueue": KUEUE_CLUSTER_QUEUE}, queue
+    assert queue["spec"]["clusterQueue"] == KUEUE_CLUSTER_QUEUE, queue
     waiting = kube.wait("the job to say it waits for the queue", lambda: (lambda j: j if "suspended until the "
                         "cluster's queue" in j["reason"] else None)(alice.vre_api("GET", f"/jobs/{job_id}").json()),
                         project_ns, 60)
     assert waiting["state"] == "running" and waiting["started_at"] is None and KUEUE_QUEUE in waiting["reason"]
-    time.sleep(3)   # suspended: no pod is made, however long it waits
+    time.sleep(3)   # held by the queue: no pod is made, however long it waits
     assert not kube("get", "pods", "-n", project_ns, "-l", f"vre.job={job_id}", "-o", "name").split()
-    admit(job_id)
+    assert kube_job(job_id)["spec"]["suspend"] is True
+    queue_holds(False)   # the operator opens the queue: Kueue admits the Job and starts it
     done = _job_end(kube, alice, job_id, project_ns, 240)
     log = alice.vre_api("GET", f"/jobs/{job_id}/log").json()["text"]
     assert done["state"] == "succeeded" and 'JOB DONE True ["log.txt", "result.txt"]' in log, (done, log)
@@ -878,18 +897,20 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
     kube.wait("the ended job's Kubernetes Job deleted", lambda: kube_job(job_id) is None, project_ns, 60)
 
     # cancelled while it waits in the queue: its Job is deleted, no pod ever ran
+    queue_holds(True)
     waiting_id = submit()
     kube.wait("the second Kubernetes Job", lambda: kube_job(waiting_id), project_ns, 120)
     r = alice.vre_api("POST", f"/jobs/{waiting_id}/cancel")
     assert r.status_code == 200, r.text
     assert _job_end(kube, alice, waiting_id, project_ns, 60)["state"] == "cancelled"
     kube.wait("the cancelled job's Kubernetes Job deleted", lambda: kube_job(waiting_id) is None, project_ns, 60)
+    queue_holds(False)
 
     # a function job: its payload travels in the Job's Secret
     k = alice.kernel(project)
     fn = submit(kind="function", payload=k.check(PICKLED_FUNCTION, timeout=60).strip())
     kube.wait("the function's Kubernetes Job", lambda: kube_job(fn), project_ns, 120)
-    admit(fn)
+    kube.wait("Kueue to admit the function's Job", lambda: admitted_by_kueue(fn), project_ns, 120)
     fdone = _job_end(kube, alice, fn, project_ns, 240)
     assert fdone["state"] == "succeeded", (fdone, alice.vre_api("GET", f"/jobs/{fn}/log").json())
     assert "42" in k.check(f"import pickle; print(pickle.load(open('/home/jovyan/project/jobs/{fn}/result.pkl', "
@@ -899,37 +920,44 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
     # a held job: its Job in the held namespace, its folder on the held claim, withheld from members
     hid = submit(lane="held")
     held = kube.wait("the held job's Kubernetes Job", lambda: kube_job(hid, held_ns), held_ns, 120)
-    assert held["spec"]["suspend"] is True and held["metadata"]["namespace"] == held_ns
-    assert kube.get("localqueue", KUEUE_QUEUE, held_ns)["spec"] == {"clusterQueue": KUEUE_CLUSTER_QUEUE}
-    admit(hid, held_ns)
+    assert held["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == KUEUE_QUEUE   # the queue is open: Kueue may
+    assert held["metadata"]["namespace"] == held_ns                                    # have resumed it already
+    assert kube.get("localqueue", KUEUE_QUEUE, held_ns)["spec"]["clusterQueue"] == KUEUE_CLUSTER_QUEUE
+    kube.wait("Kueue to admit the held job's Job", lambda: admitted_by_kueue(hid, held_ns), held_ns, 120)
     hdone = _job_end(kube, alice, hid, held_ns, 240)
     assert hdone["state"] == "succeeded" and hdone["outputs"] == [] and hdone["progress"] is None, hdone
     assert "JOB DONE True" in (volumes["held"] / "jobs" / str(hid) / "log.txt").read_text()
 
-    # preempted while it runs (Kueue suspends its Job: the pod ends), it waits again, then runs anew
+    # preempted while it runs: urgent work (a higher priority) needs its share of the queue, so
+    # Kueue suspends its Job (the pod ends); it waits again, and runs anew once the urgent work is done
     (volumes["workspace"] / "preempted_job.py").write_text(PREEMPTED_JOB)
     pid = submit(target="project/preempted_job.py")
-    def running():
-        made = kube_job(pid)
-        if made is not None and made["spec"]["suspend"]:
-            admit(pid)
-        return alice.vre_api("GET", f"/jobs/{pid}").json()["started_at"]
-    kube.wait("the job to run", running, project_ns, 120)
-    name = kube_job(pid)["metadata"]["name"]
-    kube("patch", "job", name, "-n", project_ns, "--type", "merge", "-p", '{"spec": {"suspend": true}}')
+    kube.wait("the job to run", lambda: alice.vre_api("GET", f"/jobs/{pid}").json()["started_at"], project_ns, 120)
+    urgent_ns = f"{rel.instance}-urgent"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": urgent_ns}},
+               {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+                "metadata": {"name": "urgent", "namespace": urgent_ns}, "spec": {"clusterQueue": KUEUE_CLUSTER_QUEUE}})
+    # 900 MiB of the queue's 1 GiB: not beside the running job's 256 MiB
+    urgent = kube.pod(urgent_ns, "urgent", ["sleep", "15"], container={
+        "resources": {"requests": {"cpu": "100m", "memory": "900Mi"}, "limits": {"memory": "900Mi"}}})
+    kube.apply({"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": "urgent", "namespace": urgent_ns,
+                             "labels": {"kueue.x-k8s.io/queue-name": "urgent", "kueue.x-k8s.io/priority-class": "vre-urgent"}},
+                "spec": {"suspend": True, "backoffLimit": 0, "template": {"spec": urgent["spec"]}}})
     again = kube.wait("the preempted job to wait again", lambda: (lambda j: j if j["started_at"] is None and
                       "suspended until" in j["reason"] else None)(alice.vre_api("GET", f"/jobs/{pid}").json()),
                       project_ns, 120)
     assert again["state"] == "running" and again["attempts"] == 1, again
-    kube.wait("its pod to end", lambda: not kube("get", "pods", "-n", project_ns, "-l", f"vre.job={pid}",
-                                                   "-o", "name").split(), project_ns, 120)
-    admit(pid)
-    pdone = _job_end(kube, alice, pid, project_ns, 240)
+    kube.wait("the urgent work to run", lambda: kube.get("job", "urgent", urgent_ns).get("status", {}).get("active")
+              or kube.get("job", "urgent", urgent_ns).get("status", {}).get("succeeded"), urgent_ns, 120)
+    pdone = _job_end(kube, alice, pid, project_ns, 300)
     plog = alice.vre_api("GET", f"/jobs/{pid}/log").json()["text"]
     assert pdone["state"] == "succeeded" and "PREEMPTED JOB DONE; earlier runs moved aside: 1" in plog, (pdone, plog)
+    assert kube.get("job", "urgent", urgent_ns)["status"].get("succeeded") == 1   # it ran first, to its end
     requeues = json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "job.requeue", "--user", "alice"))
     assert [e["details"]["reason"] for e in requeues if e["target"] == f"job/{pid}"] == [
         "preempted: the cluster's queue suspended its Kubernetes Job again"]
+    kube.run("delete", "namespace", urgent_ns, "--wait=false")
 
 
 PICKLED_FUNCTION = """

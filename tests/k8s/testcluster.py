@@ -77,6 +77,13 @@ def busybox() -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+def kueue() -> None:
+    """Add Kueue (its API and its controller, ``scripts/k8s-cluster kueue``) to the running cluster."""
+    proc = subprocess.run([str(CLUSTER), "kueue"], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise ClusterError(f"scripts/k8s-cluster kueue failed: {proc.stdout}{proc.stderr}"[-3000:])
+
+
 class Kube:
     """kubectl against the test cluster, plus the waits the tests need."""
 
