@@ -326,7 +326,8 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     reason: Mapped[str] = mapped_column(Text, default="")      # why it ended as it did, in words
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)              # starts (a Job's name counts them)
+    lost_starts: Mapped[int] = mapped_column(Integer, default=0)           # of them, lost (not the job's doing)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str] = mapped_column(String(128), default="")
     devices: Mapped[str] = mapped_column(String(64), default="")  # granted GPU indices, comma-separated

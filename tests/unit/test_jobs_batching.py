@@ -994,3 +994,61 @@ def test_a_job_waiting_in_the_clusters_queue_has_not_started_a_removed_member_fa
     kube_look(engine)
     assert states(settings) == {a: "failed", b: "running"} and set(kube.deleted) == {wa}
     assert reasons(settings)[a].startswith("not started: ") and "lung" in reasons(settings)[a]
+
+
+def test_a_job_made_again_for_its_datasets_keeps_its_one_retry_of_a_lost_start(world, tmp_path):
+    """A Job waiting in Kueue's queue is made again when the datasets its plan mounts change: a
+    start of its own (the next Job name), but not a lost one. So the job's one retry of a lost
+    start is still there: its next Job lost is re-queued, the one after that fails it."""
+    from vre.jobs.kubejobs import KubeJob
+    settings = world.replace(k8s_job_runner="jobs", k8s_kueue_queue="vre-batch")
+    (tmp_path / "ct").mkdir()
+    with vdb.session_scope(settings.vre_db_url) as db:
+        db.add(vdb.Dataset(slug="ct", title="CT", path=str(tmp_path / "ct"), catalog={}))
+    a = submit(settings, "ann")
+    engine = Engine(settings, executor=FakeExecutor(0))
+    kube = engine.kube = FakeKube()
+    kube_look(engine)
+    first = f"k8s-job/vre-job-{a}-1"
+    kube.listed[first] = KubeJob("vre-lung", f"vre-job-{a}-1", suspended=True)
+    kube_look(engine)
+    with vdb.session_scope(settings.vre_db_url) as db:
+        P.grant(db, "lung", "ct")
+    kube_look(engine)   # made again for the plan's new dataset, and started anew
+    assert first in kube.deleted and kube.made[-1] == f"k8s-job/vre-job-{a}-2", kube.made
+    kube.made.clear()
+    kube_look(engine)   # its Job is not listed (lost) once made
+    assert states(settings)[a] == "running" and kube.made == [f"k8s-job/vre-job-{a}-3"]
+    requeues = [r["details"]["reason"] for r in open_store(settings).query(action="job.requeue")]
+    assert requeues[0].startswith("waiting: its datasets changed") and "Job is gone (attempt 2); re-queued" in requeues[1]
+    kube.made.clear()
+    kube_look(engine)
+    assert states(settings)[a] == "failed" and "its Kubernetes Job is gone (attempt 3)" in reasons(settings)[a]
+    with vdb.session_scope(settings.vre_db_url) as db:
+        assert (db.get(vdb.Job, a).attempts, db.get(vdb.Job, a).lost_starts) == (3, 1)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0015_counts_the_lost_starts_the_old_rule_counted(backend, request, tmp_path):
+    """Jobs that were running or queued at the upgrade keep their retry as before: every start
+    before a running one's, every start of a queued one, was taken for lost."""
+    from sqlalchemy import text
+    url = f"sqlite:///{tmp_path / 'vre.sqlite'}" if backend == "sqlite" else request.getfixturevalue("postgres").new_database()
+    vdb.upgrade(url, "0014")
+    with vdb.session_scope(url) as db:   # accounts and projects are as at head
+        add_account(db, "ann", password="ann-password-1")
+        P.create_project(db, "old", "Old")
+    with vdb.engine_for(url).begin() as conn:
+        for state, attempts in (("running", 1), ("running", 2), ("queued", 1), ("queued", 0), ("failed", 2)):
+            conn.execute(text(
+                "INSERT INTO jobs (project_id, account_id, name, kind, target, params, profile, cpu, mem_mb, gpus, "
+                "max_runtime_s, state, reason, attempts, cancel_requested, worker, devices, usage, submitted_at) "
+                "SELECT p.id, a.id, 'j', 'script', 'project/x.py', '{}', 'small', 1, 512, 0, 60, :state, '', "
+                ":attempts, false, '', '', '{}', '2026-12-01 10:00:00+00:00' FROM projects p, accounts a"),
+                {"state": state, "attempts": attempts})
+    vdb.upgrade(url)
+    with vdb.session_scope(url) as db:
+        rows = db.execute(select(vdb.Job.state, vdb.Job.attempts, vdb.Job.lost_starts).order_by(vdb.Job.id)).all()
+    assert [tuple(r) for r in rows] == [("running", 1, 0), ("running", 2, 1), ("queued", 1, 1), ("queued", 0, 0),
+                                        ("failed", 2, 1)]
+

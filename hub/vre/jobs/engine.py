@@ -54,7 +54,7 @@ TICK = 1.0            # seconds between looks when nothing wakes the engine
 STARTING_POOL = "waiting: the scheduler of its pool is starting"
 FAST_TICK = 0.1       # while a job is starting
 RUNTIME_SLACK = 60    # the task enforces the limit; the engine steps in this much later
-MAX_ATTEMPTS = 2
+MAX_LOST_STARTS = 1   # a start lost (not the job's doing) is re-queued once
 STATUS_WAIT = 3.0     # seconds a look waits for the pools' reports (an agent answers in ms)
 SLOW_ANSWER = 1.0     # an agent slower than this is passed over for a while (its answer is used)
 SLOW_BACKOFF = (5, 10, 20, 30)   # seconds a pool that did not answer in time is passed over, in turn
@@ -1001,9 +1001,11 @@ class Engine:
         await self.executor.stop_pool(pool)
 
     def requeue_or_fail(self, db, job: Job, why: str, *, requeue: bool = True, **details) -> None:
-        """A running job lost what ran it (not its own doing): back to the queue until its last
-        attempt (unless cancelled), else failed, saying ``why``."""
-        if requeue and job.attempts < MAX_ATTEMPTS and not job.cancel_requested:
+        """A running job lost what ran it (not its own doing): back to the queue once (unless
+        cancelled), else failed, saying ``why``. Starts that were not lost (a Job made again for
+        a change of its plan) do not count."""
+        if requeue and job.lost_starts < MAX_LOST_STARTS and not job.cancel_requested:
+            job.lost_starts += 1
             job.state, job.worker, job.started_at = "queued", "", None
             job.reason = f"{why} (attempt {job.attempts}); re-queued"
             self.audit(job, "job.requeue", outcome="error", details={"reason": job.reason, **details})
