@@ -1052,3 +1052,38 @@ def test_migration_0015_counts_the_lost_starts_the_old_rule_counted(backend, req
     assert [tuple(r) for r in rows] == [("running", 1, 0), ("running", 2, 1), ("queued", 1, 1), ("queued", 0, 0),
                                         ("failed", 2, 1)]
 
+
+def test_a_wake_for_jobs_queued_in_a_full_project_does_not_make_the_engine_look(world):
+    """The hub's wake after a submission says where the jobs were queued: while the last look
+    found all of that project's slots taken, nothing can start there until a job ends (whose
+    wake says nothing of the kind), so the engine does not look again for it. Any other news does."""
+    engine = Engine(world, executor=FakeExecutor(0))
+
+    async def rings(*wakes) -> bool:
+        engine._listen_for_wakes()
+        try:
+            engine._wake.clear()
+            for queued_in in wakes:
+                service.wake(world, queued_in=queued_in)
+            await asyncio.sleep(0.05)
+            return engine._wake.is_set()
+        finally:
+            asyncio.get_running_loop().remove_reader(engine._wake_sock)
+            engine._wake_sock.close()
+
+    engine._full = {"lung"}
+    assert asyncio.run(rings(["lung"], ["lung", "lung"])) is False
+    assert asyncio.run(rings(["lung"], ["prostate"])) is True
+    assert asyncio.run(rings(["lung"], [])) is True          # a plain wake: news of any kind
+    engine._full = set()
+    assert asyncio.run(rings(["lung"])) is True
+
+
+def test_a_look_finds_which_projects_have_no_free_slot(world):
+    a, b = submit(world, "ann"), submit(world, "ben")
+    engine = Engine(world, executor=FakeExecutor(0))
+    look(engine)
+    assert states(world) == {a: "running", b: "running"} and engine._full == {"lung"}
+    engine.executor.end(a)
+    look(engine)
+    assert engine._full == set()

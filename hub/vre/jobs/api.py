@@ -178,7 +178,7 @@ class JobListHandler(_JobsHandler):
             body = bodies[0] if one else getattr(e.__cause__, "body", None)
             await self.audit_refusal(e, body, **extra)
             raise
-        service.wake(self.vre)
+        service.wake(self.vre, queued_in=[j["project"] for j in jobs])
         return jobs
 
     def queue(self, db, user: str, jobs: list, **extra) -> list[dict]:

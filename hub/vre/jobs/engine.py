@@ -183,6 +183,7 @@ class Engine:
         self.timed = Timings(os.environ.get("VRE_JOBS_TIMINGS"))
         self.plans = PlanCache()   # worker plans, dropped whenever membership & co. change
         self._wake = asyncio.Event()
+        self._full: set[str] = set()   # projects whose slots the last look found all taken
         self._starting = False
         self._stopping = False
         self._events: list[tuple[str, dict]] = []   # audit events waiting for their commit
@@ -219,12 +220,17 @@ class Engine:
         sock.setblocking(False)
 
         def readable():
+            news = False
             try:
-                while sock.recv(64):
-                    pass
+                while datagram := sock.recv(64):
+                    # jobs queued in a project whose slots the last look found all taken: nothing
+                    # to start until one of them ends, which rings too (a look costs ~10 ms)
+                    queued_in = datagram.removeprefix(service.QUEUED_IN) if datagram.startswith(service.QUEUED_IN) else None
+                    news = news or queued_in is None or queued_in.decode(errors="replace") not in self._full
             except BlockingIOError:
                 pass
-            self._wake.set()
+            if news:
+                self._wake.set()
 
         asyncio.get_running_loop().add_reader(sock, readable)
         self._wake_sock = sock
@@ -239,13 +245,13 @@ class Engine:
         self.adopt()
         log.info("job engine running (instance %s)", self.settings.instance)
         while not self._stopping:
+            self._wake.clear()   # news that comes while this look runs makes the next one start at once
             try:
                 with self.timed("tick"):
                     await self.tick()
             except Exception:
                 log.exception("job engine tick failed; trying again")
             self.timed.dump()
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), FAST_TICK if self._starting else TICK)
             except asyncio.TimeoutError:
@@ -271,6 +277,7 @@ class Engine:
     # -- one look at everything ----------------------------------------------------------
     async def tick(self) -> None:
         self._starting = False
+        self._full = set()
         with vdb.session_scope(self.settings.vre_db_url, durable=True) as db:
             with self.timed("db: active projects"):
                 active = db.scalars(select(Project).where(Project.id.in_(
@@ -376,6 +383,7 @@ class Engine:
             await self.commit(db)
 
         if sum(1 for j in running if j.state == "running") >= project.job_slots:
+            self._full.add(project.slug)
             await self.forget_ended()  # every slot is taken: nothing to admit, no
             return                     # need to read the queue
         with self.timed("db: load queued (5 columns)"):
@@ -414,6 +422,8 @@ class Engine:
                     for plan, job, worker in warm:
                         with self.timed("agent: POST /jobs (submit)"):
                             await self.executor.submit(plan.pool, worker.name, self.spec(plan, job, worker.name))
+            if sum(1 for j in (*running, *jobs.values()) if j.state == "running") >= project.job_slots:
+                self._full.add(project.slug)   # its last free slots were just taken
         await self.forget_ended()
 
     async def forget_ended(self) -> None:

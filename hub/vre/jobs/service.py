@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -642,11 +643,19 @@ def wake_socket(settings: Settings) -> Path:
     return settings.run_dir / "doorbell" / "wake.sock"   # beside run_dir/jobs/<project>: no slug can clash
 
 
-def wake(settings: Settings) -> None:
-    """Tell the engine there is news (best effort: it also looks by itself every second)."""
+def wake(settings: Settings, queued_in: Iterable[str] = ()) -> None:
+    """Tell the engine there is news (best effort: it also looks by itself every second).
+    ``queued_in``: the news is only jobs queued in these projects, which the engine need not look
+    at while their slots are all taken (a job's end rings the bell anyway)."""
+    news = [QUEUED_IN + slug.encode() for slug in sorted(set(queued_in))] or [b"!"]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(b"!", str(wake_socket(settings)))
+            for datagram in news:
+                s.sendto(datagram, str(wake_socket(settings)))
     except OSError:
         pass
+
+
+#: A wake that says only that jobs were queued in a project (``wake``): then its slug.
+QUEUED_IN = b"queued:"
 
