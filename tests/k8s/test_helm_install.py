@@ -533,8 +533,10 @@ def test_a_session_pod_serves_jupyterlab(kube, new_ns, hub_image, notebook_image
             kube.run("delete", "persistentvolume", f"{rwx}-{claim}", f"{rwx}-{claim}-p", f"{rwx}-{claim}-h",
                      "--wait=false")
             shutil.rmtree(path, ignore_errors=True)
-        # Kueue stays (its API and controller, until the cluster goes down); the test's queue goes
-        kube.run("delete", "clusterqueue", KUEUE_CLUSTER_QUEUE, "--wait=false")
+        # Kueue stays (its API and controller, until the cluster goes down); what the test made for it goes
+        kube.run("delete", "namespace", f"{rel.instance}-urgent", "--wait=false")
+        for obj in kueue_objects(hold=False):
+            kube.run("delete", obj["kind"].lower(), obj["metadata"]["name"], "--wait=false")
 
 
 CLAIMS_JOB = """
@@ -857,17 +859,19 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
         kube("patch", "clusterqueue", KUEUE_CLUSTER_QUEUE, "--type", "merge",
              "-p", json.dumps({"spec": {"stopPolicy": "Hold" if hold else "None"}}))
 
-    def admitted_by_kueue(job_id: int, ns: str = project_ns) -> dict:
-        """Kueue's Workload for the job's Kubernetes Job, once it admitted it."""
-        name = kube_job(job_id, ns)["metadata"]["name"]
+    def admitted_by_kueue(name: str, ns: str = project_ns) -> dict | None:
+        """Kueue's Workload for the Kubernetes Job ``name``, once Kueue admitted it (else None)."""
         for w in json.loads(kube("get", "workloads.kueue.x-k8s.io", "-n", ns, "-o", "json"))["items"]:
             owners = [o["name"] for o in w["metadata"].get("ownerReferences", []) if o["kind"] == "Job"]
-            if owners == [name]:
-                assert w["spec"]["queueName"] == KUEUE_QUEUE, w
-                admitted = {c["type"]: c["status"] for c in w["status"].get("conditions", [])}.get("Admitted")
-                assert admitted == "True", w["status"]
+            conditions = {c["type"]: c["status"] for c in w.get("status", {}).get("conditions", [])}
+            if owners == [name] and conditions.get("Admitted") == "True":
                 return w
-        raise AssertionError(f"no Kueue Workload for the Job {ns}/{name}")
+        return None
+
+    def waits_in_the_queue(job_id: int) -> dict:
+        return kube.wait("the job to say it waits for the queue", lambda: (lambda j: j if "suspended until the "
+                         "cluster's queue" in j["reason"] else None)(alice.vre_api("GET", f"/jobs/{job_id}").json()),
+                         project_ns, 60)
 
     job_id = submit()
     made = kube.wait("the job's Kubernetes Job", lambda: kube_job(job_id), project_ns, 120)
@@ -875,9 +879,7 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
     assert made["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == KUEUE_QUEUE
     queue = kube.get("localqueue", KUEUE_QUEUE, project_ns)
     assert queue["spec"]["clusterQueue"] == KUEUE_CLUSTER_QUEUE, queue
-    waiting = kube.wait("the job to say it waits for the queue", lambda: (lambda j: j if "suspended until the "
-                        "cluster's queue" in j["reason"] else None)(alice.vre_api("GET", f"/jobs/{job_id}").json()),
-                        project_ns, 60)
+    waiting = waits_in_the_queue(job_id)
     assert waiting["state"] == "running" and waiting["started_at"] is None and KUEUE_QUEUE in waiting["reason"]
     time.sleep(3)   # held by the queue: no pod is made, however long it waits
     assert not kube("get", "pods", "-n", project_ns, "-l", f"vre.job={job_id}", "-o", "name").split()
@@ -900,6 +902,9 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
     queue_holds(True)
     waiting_id = submit()
     kube.wait("the second Kubernetes Job", lambda: kube_job(waiting_id), project_ns, 120)
+    waits_in_the_queue(waiting_id)
+    assert kube_job(waiting_id)["spec"]["suspend"] is True
+    assert not kube("get", "pods", "-n", project_ns, "-l", f"vre.job={waiting_id}", "-o", "name").split()
     r = alice.vre_api("POST", f"/jobs/{waiting_id}/cancel")
     assert r.status_code == 200, r.text
     assert _job_end(kube, alice, waiting_id, project_ns, 60)["state"] == "cancelled"
@@ -909,8 +914,10 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
     # a function job: its payload travels in the Job's Secret
     k = alice.kernel(project)
     fn = submit(kind="function", payload=k.check(PICKLED_FUNCTION, timeout=60).strip())
-    kube.wait("the function's Kubernetes Job", lambda: kube_job(fn), project_ns, 120)
-    kube.wait("Kueue to admit the function's Job", lambda: admitted_by_kueue(fn), project_ns, 120)
+    made = kube.wait("the function's Kubernetes Job", lambda: kube_job(fn), project_ns, 120)
+    workload = kube.wait("Kueue to admit the function's Job", lambda: admitted_by_kueue(made["metadata"]["name"]),
+                         project_ns, 120)
+    assert workload["spec"]["queueName"] == KUEUE_QUEUE, workload
     fdone = _job_end(kube, alice, fn, project_ns, 240)
     assert fdone["state"] == "succeeded", (fdone, alice.vre_api("GET", f"/jobs/{fn}/log").json())
     assert "42" in k.check(f"import pickle; print(pickle.load(open('/home/jovyan/project/jobs/{fn}/result.pkl', "
@@ -923,7 +930,8 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
     assert held["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == KUEUE_QUEUE   # the queue is open: Kueue may
     assert held["metadata"]["namespace"] == held_ns                                    # have resumed it already
     assert kube.get("localqueue", KUEUE_QUEUE, held_ns)["spec"]["clusterQueue"] == KUEUE_CLUSTER_QUEUE
-    kube.wait("Kueue to admit the held job's Job", lambda: admitted_by_kueue(hid, held_ns), held_ns, 120)
+    kube.wait("Kueue to admit the held job's Job", lambda: admitted_by_kueue(held["metadata"]["name"], held_ns),
+              held_ns, 120)
     hdone = _job_end(kube, alice, hid, held_ns, 240)
     assert hdone["state"] == "succeeded" and hdone["outputs"] == [] and hdone["progress"] is None, hdone
     assert "JOB DONE True" in (volumes["held"] / "jobs" / str(hid) / "log.txt").read_text()
@@ -957,7 +965,6 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
     requeues = json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "job.requeue", "--user", "alice"))
     assert [e["details"]["reason"] for e in requeues if e["target"] == f"job/{pid}"] == [
         "preempted: the cluster's queue suspended its Kubernetes Job again"]
-    kube.run("delete", "namespace", urgent_ns, "--wait=false")
 
 
 PICKLED_FUNCTION = """

@@ -81,7 +81,8 @@ def kueue() -> None:
     """Add Kueue (its API and its controller, ``scripts/k8s-cluster kueue``) to the running cluster."""
     proc = subprocess.run([str(CLUSTER), "kueue"], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        raise ClusterError(f"scripts/k8s-cluster kueue failed: {proc.stdout}{proc.stderr}"[-3000:])
+        raise ClusterError(f"scripts/k8s-cluster kueue failed (exit {proc.returncode}). Output:\n"
+                           f"{(proc.stdout + proc.stderr)[-3000:]}\nLogs: /var/log/vre-k8s/kueue.log")
 
 
 class Kube:

@@ -1019,13 +1019,14 @@ def test_a_job_made_again_for_its_datasets_keeps_its_one_retry_of_a_lost_start(w
     kube.made.clear()
     kube_look(engine)   # its Job is not listed (lost) once made
     assert states(settings)[a] == "running" and kube.made == [f"k8s-job/vre-job-{a}-3"]
+    assert engine._no_free_slot == set()   # re-queued and started again in one look: one of its two slots
     requeues = [r["details"]["reason"] for r in open_store(settings).query(action="job.requeue")]
     assert requeues[0].startswith("waiting: its datasets changed") and "Job is gone (attempt 2); re-queued" in requeues[1]
     kube.made.clear()
     kube_look(engine)
     assert states(settings)[a] == "failed" and "its Kubernetes Job is gone (attempt 3)" in reasons(settings)[a]
     with vdb.session_scope(settings.vre_db_url) as db:
-        assert (db.get(vdb.Job, a).attempts, db.get(vdb.Job, a).lost_starts) == (3, 1)
+        assert (db.get(vdb.Job, a).attempts, db.get(vdb.Job, a).lost_starts) == (3, 2)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -1055,8 +1056,9 @@ def test_migration_0015_counts_the_lost_starts_the_old_rule_counted(backend, req
 
 def test_a_wake_for_jobs_queued_in_a_full_project_does_not_make_the_engine_look(world):
     """The hub's wake after a submission says where the jobs were queued: while the last look
-    found all of that project's slots taken, nothing can start there until a job ends (whose
-    wake says nothing of the kind), so the engine does not look again for it. Any other news does."""
+    found all of those projects' slots taken, nothing can start there until a job ends, so the
+    engine does not look again for it (the next timed look comes within a second). Any other
+    news makes it look."""
     engine = Engine(world, executor=FakeExecutor(0))
 
     async def rings(*wakes) -> bool:
@@ -1071,11 +1073,12 @@ def test_a_wake_for_jobs_queued_in_a_full_project_does_not_make_the_engine_look(
             asyncio.get_running_loop().remove_reader(engine._wake_sock)
             engine._wake_sock.close()
 
-    engine._full = {"lung"}
-    assert asyncio.run(rings(["lung"], ["lung", "lung"])) is False
-    assert asyncio.run(rings(["lung"], ["prostate"])) is True
+    engine._no_free_slot = {"lung", "prostate"}
+    assert asyncio.run(rings(["lung"], ["lung", "lung"], ["prostate", "lung"])) is False
+    assert asyncio.run(rings(["lung"], ["lung", "brain"])) is True
     assert asyncio.run(rings(["lung"], [])) is True          # a plain wake: news of any kind
-    engine._full = set()
+    assert asyncio.run(rings(["x" * 70])) is True            # too long to say: sent as plain news
+    engine._no_free_slot = set()
     assert asyncio.run(rings(["lung"])) is True
 
 
@@ -1083,7 +1086,7 @@ def test_a_look_finds_which_projects_have_no_free_slot(world):
     a, b = submit(world, "ann"), submit(world, "ben")
     engine = Engine(world, executor=FakeExecutor(0))
     look(engine)
-    assert states(world) == {a: "running", b: "running"} and engine._full == {"lung"}
+    assert states(world) == {a: "running", b: "running"} and engine._no_free_slot == {"lung"}
     engine.executor.end(a)
     look(engine)
-    assert engine._full == set()
+    assert engine._no_free_slot == set()

@@ -558,3 +558,15 @@ def test_a_submission_commits_its_jobs_with_their_audit_records_or_neither(world
     records = {e["target"]: e for e in store.query(limit=10, action="job.submit")}
     assert [records[f"job/{j['id']}"]["details"]["list"] for j in out] == [2, 2]
     assert records[f"job/{out[0]['id']}"]["actor"] == "ann" and records[f"job/{out[0]['id']}"]["project"] == "lung"
+
+
+def test_a_refused_submission_is_recorded_under_the_project_it_names_only_if_that_could_be_one():
+    """What a refused body calls its project is the researcher's own text: it becomes the audit
+    record's project only if it could be one (printable, storable, at most 255 characters);
+    otherwise it is kept, cut short, in the details alone."""
+    from vre.jobs.api import project_named, refused
+    assert project_named({"project": "lung-screening"}) == "lung-screening"
+    for bad in ("lung\u202escreening", "lung\u2028x", "lung\u200bx", "lung\x85", "p" * 256, "lung\ud800", "", 5, None):
+        assert project_named({"project": bad}) is None, repr(bad)
+        json.dumps(refused({"project": bad}, "no"), ensure_ascii=False).encode()   # storable as details
+    assert project_named(["lung"]) is None

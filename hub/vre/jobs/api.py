@@ -74,7 +74,8 @@ def _cut(text: str, limit: int = 200) -> str:
 def project_named(body) -> str | None:
     """The project a refused submission names, if it could be one (else it is only in the details)."""
     name = body.get("project") if isinstance(body, dict) else None
-    return name if storable("project", name) else None
+    # printable too: no bidi overrides, line separators or invisible spaces in a column people filter by
+    return name if storable("project", name) and name.isprintable() else None
 
 
 class _JobsHandler(ServiceAPIHandler):
@@ -165,7 +166,7 @@ class JobListHandler(_JobsHandler):
         reading = sorted({b["project"] for b in bodies if isinstance(b, dict) and isinstance(b.get("project"), str)
                           and b.get("kind") in ("notebook", "script")})
 
-        def submit(db, user):
+        def queue_all(db, user):
             jobs = ([service.submit(db, self.vre, user, bodies[0])] if one
                     else service.submit_many(db, self.vre, user, bodies))
             return self.queue(db, user, jobs, **extra)
@@ -173,9 +174,9 @@ class JobListHandler(_JobsHandler):
             for project in reading if not files_on_host(self.vre) else ():
                 # the submission then reads her script at once: its reader is started first
                 await self.run(self.workspace, project, then=warm)
-            jobs = await self.run(submit, durable=True)
-        except web.HTTPError as e:
-            body = bodies[0] if one else getattr(e.__cause__, "body", None)
+            jobs = await self.run(queue_all, durable=True)
+        except web.HTTPError as e:   # ``run`` raises it from the refusal, a list's naming its body
+            body = bodies[0] if one else e.__cause__.body if isinstance(e.__cause__, service.ListRefused) else None
             await self.audit_refusal(e, body, **extra)
             raise
         service.wake(self.vre, queued_in=[j["project"] for j in jobs])

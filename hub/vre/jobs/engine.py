@@ -183,7 +183,7 @@ class Engine:
         self.timed = Timings(os.environ.get("VRE_JOBS_TIMINGS"))
         self.plans = PlanCache()   # worker plans, dropped whenever membership & co. change
         self._wake = asyncio.Event()
-        self._full: set[str] = set()   # projects whose slots the last look found all taken
+        self._no_free_slot: set[str] = set()   # projects whose slots the last look found all taken
         self._starting = False
         self._stopping = False
         self._events: list[tuple[str, dict]] = []   # audit events waiting for their commit
@@ -222,11 +222,14 @@ class Engine:
         def readable():
             news = False
             try:
-                while datagram := sock.recv(64):
-                    # jobs queued in a project whose slots the last look found all taken: nothing
-                    # to start until one of them ends, which rings too (a look costs ~10 ms)
-                    queued_in = datagram.removeprefix(service.QUEUED_IN) if datagram.startswith(service.QUEUED_IN) else None
-                    news = news or queued_in is None or queued_in.decode(errors="replace") not in self._full
+                for _ in range(64):   # a flood of rings cannot hold the loop: the rest comes next call
+                    ring = sock.recv(service.MAX_RING)
+                    # jobs queued only in projects whose slots the last look found all taken:
+                    # nothing to start there until a job ends, which the next look finds (a look
+                    # costs ~15 ms; locally the end of a job rings too)
+                    queued_in = ring.removeprefix(service.QUEUED_IN).decode(errors="replace").split(",") \
+                        if ring.startswith(service.QUEUED_IN) else None
+                    news = news or queued_in is None or not self._no_free_slot.issuperset(queued_in)
             except BlockingIOError:
                 pass
             if news:
@@ -277,7 +280,7 @@ class Engine:
     # -- one look at everything ----------------------------------------------------------
     async def tick(self) -> None:
         self._starting = False
-        self._full = set()
+        self._no_free_slot = set()
         with vdb.session_scope(self.settings.vre_db_url, durable=True) as db:
             with self.timed("db: active projects"):
                 active = db.scalars(select(Project).where(Project.id.in_(
@@ -382,8 +385,7 @@ class Engine:
         if clusters:
             await self.commit(db)
 
-        if sum(1 for j in running if j.state == "running") >= project.job_slots:
-            self._full.add(project.slug)
+        if self.no_free_slot(project, running):
             await self.forget_ended()  # every slot is taken: nothing to admit, no
             return                     # need to read the queue
         with self.timed("db: load queued (5 columns)"):
@@ -422,9 +424,16 @@ class Engine:
                     for plan, job, worker in warm:
                         with self.timed("agent: POST /jobs (submit)"):
                             await self.executor.submit(plan.pool, worker.name, self.spec(plan, job, worker.name))
-            if sum(1 for j in (*running, *jobs.values()) if j.state == "running") >= project.job_slots:
-                self._full.add(project.slug)   # its last free slots were just taken
+            self.no_free_slot(project, [*running, *jobs.values()])   # its last free slots may just have been taken
         await self.forget_ended()
+
+    def no_free_slot(self, project: Project, jobs: list[Job]) -> bool:
+        """Whether ``jobs`` (each once, or a job re-queued and started again in the same look
+        twice) take all of ``project``'s slots; noted for the wakes of submissions there."""
+        if len({j.id for j in jobs if j.state == "running"}) < project.job_slots:
+            return False
+        self._no_free_slot.add(project.slug)
+        return True
 
     async def forget_ended(self) -> None:
         """Tell the agent to drop the jobs whose end is committed, in the background: it is
@@ -1014,8 +1023,8 @@ class Engine:
         """A running job lost what ran it (not its own doing): back to the queue once (unless
         cancelled), else failed, saying ``why``. Starts that were not lost (a Job made again for
         a change of its plan) do not count."""
-        if requeue and job.lost_starts < MAX_LOST_STARTS and not job.cancel_requested:
-            job.lost_starts += 1
+        job.lost_starts += 1
+        if requeue and job.lost_starts <= MAX_LOST_STARTS and not job.cancel_requested:
             job.state, job.worker, job.started_at = "queued", "", None
             job.reason = f"{why} (attempt {job.attempts}); re-queued"
             self.audit(job, "job.requeue", outcome="error", details={"reason": job.reason, **details})

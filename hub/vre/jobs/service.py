@@ -643,19 +643,22 @@ def wake_socket(settings: Settings) -> Path:
     return settings.run_dir / "doorbell" / "wake.sock"   # beside run_dir/jobs/<project>: no slug can clash
 
 
+#: A wake that says only that jobs were queued in some projects (``wake``): their slugs follow,
+#: comma-separated.
+QUEUED_IN = b"queued:"
+#: The longest ring the engine reads; a longer one would be cut, so it is sent as plain news.
+MAX_RING = 64
+
+
 def wake(settings: Settings, queued_in: Iterable[str] = ()) -> None:
-    """Tell the engine there is news (best effort: it also looks by itself every second).
-    ``queued_in``: the news is only jobs queued in these projects, which the engine need not look
-    at while their slots are all taken (a job's end rings the bell anyway)."""
-    news = [QUEUED_IN + slug.encode() for slug in sorted(set(queued_in))] or [b"!"]
+    """Tell the engine there is news (best effort, never waiting: it also looks by itself every
+    second). ``queued_in``: the news is only jobs queued in these projects, which the engine need
+    not look at while the last look found all their slots taken."""
+    ring = QUEUED_IN + ",".join(sorted(set(queued_in))).encode() if queued_in else b"!"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            for datagram in news:
-                s.sendto(datagram, str(wake_socket(settings)))
+            # a full queue (the engine busy, or rung by many) must not hold up the hub's loop
+            s.sendto(ring if len(ring) <= MAX_RING else b"!", socket.MSG_DONTWAIT, str(wake_socket(settings)))
     except OSError:
         pass
-
-
-#: A wake that says only that jobs were queued in a project (``wake``): then its slug.
-QUEUED_IN = b"queued:"
 
