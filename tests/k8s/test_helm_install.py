@@ -763,7 +763,7 @@ print("CLAIM JOB", json.dumps(facts))
 
 
 def _a_job_with_the_claim_dataset(kube, rel, alice, project: str, volumes: dict) -> None:
-    """Batch jobs (Kubernetes Jobs, queued) in the project that has the claim dataset, one in the
+    """Batch jobs (Kubernetes Jobs, admitted by Kueue) in the project that has the claim dataset, one in the
     open lane and one held: each pod's first container fetched the catalogue files from the hub's
     catalogue port with a ticket of its start (its role, its job; no operator-made ``catalog``
     claim); the job reads them and the dataset read-only, sees no ticket, and reaches the
@@ -784,12 +784,11 @@ def _a_job_with_the_claim_dataset(kube, rel, alice, project: str, volumes: dict)
         job_id = r.json()["id"]
         made = kube.wait(f"the {lane} job's Kubernetes Job", lambda: (json.loads(kube(
             "get", "jobs", "-n", ns, "-l", f"vre.job={job_id}", "-o", "json"))["items"] or [None])[0], ns, 120)
-        kube("patch", "job", made["metadata"]["name"], "-n", ns, "--type", "merge",
-             "-p", '{"spec": {"suspend": false}}')   # the queue admits it
         t0 = time.monotonic()
-        done = _job_end(kube, alice, job_id, ns, 240)
-        print(f"a {lane} Job with a claim dataset, admitted to its end (its catalogue fetched first): "
+        done = _job_end(kube, alice, job_id, ns, 240)   # Kueue's queue (open) admits it
+        print(f"a {lane} Job with a claim dataset, made to its end (its catalogue fetched first): "
               f"{time.monotonic() - t0:.1f} s")
+        assert admitted_by_kueue(kube, made["metadata"]["name"], ns), kube.diagnose(ns, "events")
         log = (volumes["held"] / "jobs" / str(job_id) / "log.txt").read_text() if lane == "held" else \
             alice.vre_api("GET", f"/jobs/{job_id}/log").json()["text"]
         assert done["state"] == "succeeded" and "CLAIM JOB" in log, (lane, done, log)
@@ -815,6 +814,15 @@ def kueue_objects(hold: bool) -> list[dict]:
                       "resourceGroups": [{"coveredResources": ["cpu", "memory"], "flavors": [
                           {"name": "vre-test", "resources": [{"name": "cpu", "nominalQuota": "1"},
                                                              {"name": "memory", "nominalQuota": "1Gi"}]}]}]}}]
+
+
+def admitted_by_kueue(kube, name: str, ns: str) -> str | None:
+    """What Kueue said when it admitted the Kubernetes Job ``name`` and started it (its ``Started``
+    event on the Job, which outlives the Job), else None."""
+    events = json.loads(kube("get", "events", "-n", ns, "-o", "json", "--field-selector",
+                             f"involvedObject.kind=Job,involvedObject.name={name},reason=Started"))["items"]
+    said = [e["message"] for e in events if e["message"] == f"Admitted by clusterQueue {KUEUE_CLUSTER_QUEUE}"]
+    return said[0] if said else None
 
 
 PREEMPTED_JOB = """
@@ -859,15 +867,6 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
         kube("patch", "clusterqueue", KUEUE_CLUSTER_QUEUE, "--type", "merge",
              "-p", json.dumps({"spec": {"stopPolicy": "Hold" if hold else "None"}}))
 
-    def admitted_by_kueue(name: str, ns: str = project_ns) -> dict | None:
-        """Kueue's Workload for the Kubernetes Job ``name``, once Kueue admitted it (else None)."""
-        for w in json.loads(kube("get", "workloads.kueue.x-k8s.io", "-n", ns, "-o", "json"))["items"]:
-            owners = [o["name"] for o in w["metadata"].get("ownerReferences", []) if o["kind"] == "Job"]
-            conditions = {c["type"]: c["status"] for c in w.get("status", {}).get("conditions", [])}
-            if owners == [name] and conditions.get("Admitted") == "True":
-                return w
-        return None
-
     def waits_in_the_queue(job_id: int) -> dict:
         return kube.wait("the job to say it waits for the queue", lambda: (lambda j: j if "suspended until the "
                          "cluster's queue" in j["reason"] else None)(alice.vre_api("GET", f"/jobs/{job_id}").json()),
@@ -884,8 +883,10 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
     time.sleep(3)   # held by the queue: no pod is made, however long it waits
     assert not kube("get", "pods", "-n", project_ns, "-l", f"vre.job={job_id}", "-o", "name").split()
     assert kube_job(job_id)["spec"]["suspend"] is True
+    assert admitted_by_kueue(kube, made["metadata"]["name"], project_ns) is None
     queue_holds(False)   # the operator opens the queue: Kueue admits the Job and starts it
     done = _job_end(kube, alice, job_id, project_ns, 240)
+    assert admitted_by_kueue(kube, made["metadata"]["name"], project_ns), kube.diagnose(project_ns, "events")
     log = alice.vre_api("GET", f"/jobs/{job_id}/log").json()["text"]
     assert done["state"] == "succeeded" and 'JOB DONE True ["log.txt", "result.txt"]' in log, (done, log)
     assert done["reason"] == "" and done["attempts"] == 1, done
@@ -915,10 +916,8 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
     k = alice.kernel(project)
     fn = submit(kind="function", payload=k.check(PICKLED_FUNCTION, timeout=60).strip())
     made = kube.wait("the function's Kubernetes Job", lambda: kube_job(fn), project_ns, 120)
-    workload = kube.wait("Kueue to admit the function's Job", lambda: admitted_by_kueue(made["metadata"]["name"]),
-                         project_ns, 120)
-    assert workload["spec"]["queueName"] == KUEUE_QUEUE, workload
     fdone = _job_end(kube, alice, fn, project_ns, 240)
+    assert admitted_by_kueue(kube, made["metadata"]["name"], project_ns), kube.diagnose(project_ns, "events")
     assert fdone["state"] == "succeeded", (fdone, alice.vre_api("GET", f"/jobs/{fn}/log").json())
     assert "42" in k.check(f"import pickle; print(pickle.load(open('/home/jovyan/project/jobs/{fn}/result.pkl', "
                            "'rb')))", timeout=60)
@@ -930,9 +929,8 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
     assert held["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == KUEUE_QUEUE   # the queue is open: Kueue may
     assert held["metadata"]["namespace"] == held_ns                                    # have resumed it already
     assert kube.get("localqueue", KUEUE_QUEUE, held_ns)["spec"]["clusterQueue"] == KUEUE_CLUSTER_QUEUE
-    kube.wait("Kueue to admit the held job's Job", lambda: admitted_by_kueue(held["metadata"]["name"], held_ns),
-              held_ns, 120)
     hdone = _job_end(kube, alice, hid, held_ns, 240)
+    assert admitted_by_kueue(kube, held["metadata"]["name"], held_ns), kube.diagnose(held_ns, "events")
     assert hdone["state"] == "succeeded" and hdone["outputs"] == [] and hdone["progress"] is None, hdone
     assert "JOB DONE True" in (volumes["held"] / "jobs" / str(hid) / "log.txt").read_text()
 

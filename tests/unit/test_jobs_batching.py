@@ -1040,18 +1040,20 @@ def test_migration_0015_counts_the_lost_starts_the_old_rule_counted(backend, req
         add_account(db, "ann", password="ann-password-1")
         P.create_project(db, "old", "Old")
     with vdb.engine_for(url).begin() as conn:
-        for state, attempts in (("running", 1), ("running", 2), ("queued", 1), ("queued", 0), ("failed", 2)):
+        remade = "waiting: its datasets changed while it waited in the cluster's queue; started again"
+        for state, attempts, reason in (("running", 1, ""), ("running", 2, ""), ("queued", 1, ""), ("queued", 0, ""),
+                                        ("failed", 2, ""), ("queued", 2, remade)):
             conn.execute(text(
                 "INSERT INTO jobs (project_id, account_id, name, kind, target, params, profile, cpu, mem_mb, gpus, "
                 "max_runtime_s, state, reason, attempts, cancel_requested, worker, devices, usage, submitted_at) "
-                "SELECT p.id, a.id, 'j', 'script', 'project/x.py', '{}', 'small', 1, 512, 0, 60, :state, '', "
+                "SELECT p.id, a.id, 'j', 'script', 'project/x.py', '{}', 'small', 1, 512, 0, 60, :state, :reason, "
                 ":attempts, false, '', '', '{}', '2026-12-01 10:00:00+00:00' FROM projects p, accounts a"),
-                {"state": state, "attempts": attempts})
+                {"state": state, "attempts": attempts, "reason": reason})
     vdb.upgrade(url)
     with vdb.session_scope(url) as db:
         rows = db.execute(select(vdb.Job.state, vdb.Job.attempts, vdb.Job.lost_starts).order_by(vdb.Job.id)).all()
     assert [tuple(r) for r in rows] == [("running", 1, 0), ("running", 2, 1), ("queued", 1, 1), ("queued", 0, 0),
-                                        ("failed", 2, 1)]
+                                        ("failed", 2, 1), ("queued", 2, 1)]
 
 
 def test_a_wake_for_jobs_queued_in_a_full_project_does_not_make_the_engine_look(world):
@@ -1090,3 +1092,27 @@ def test_a_look_finds_which_projects_have_no_free_slot(world):
     engine.executor.end(a)
     look(engine)
     assert engine._no_free_slot == set()
+
+
+def test_news_during_a_look_starts_the_next_look_at_once(world, monkeypatch):
+    """A ring while a look runs (a job ended meanwhile) is not forgotten when that look ends: the
+    next look starts at once, not at the timed look a second later."""
+    engine = Engine(world, executor=FakeExecutor(0))
+    looks = []
+
+    async def tick():
+        looks.append(time.monotonic())
+        if len(looks) == 1:
+            engine._wake.set()      # rung while this look runs
+        else:
+            engine._stopping = True
+
+    async def connect():
+        pass
+    monkeypatch.setattr(engine, "tick", tick)
+    monkeypatch.setattr(engine, "_take_over", lambda: None)
+    monkeypatch.setattr(engine, "adopt", lambda: None)
+    monkeypatch.setattr(engine.executor, "connect", connect, raising=False)
+    asyncio.run(engine.run())
+    engine._wake_sock.close()
+    assert len(looks) == 2 and looks[1] - looks[0] < 0.5, looks

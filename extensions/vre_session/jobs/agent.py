@@ -51,7 +51,7 @@ def wake_engine() -> None:
         return
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(b"!", path)
+            s.sendto(b"!", socket.MSG_DONTWAIT, path)   # a full queue: dropped, never waited for
     except OSError:
         pass
 

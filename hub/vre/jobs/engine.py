@@ -232,6 +232,9 @@ class Engine:
                     news = news or queued_in is None or not self._no_free_slot.issuperset(queued_in)
             except BlockingIOError:
                 pass
+            except OSError as e:   # not expected of a bound datagram socket: look, as a ring would make it
+                log.warning("reading the doorbell failed: %s", e)
+                news = True
             if news:
                 self._wake.set()
 

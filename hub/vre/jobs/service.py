@@ -654,8 +654,9 @@ def wake(settings: Settings, queued_in: Iterable[str] = ()) -> None:
     """Tell the engine there is news (best effort, never waiting: it also looks by itself every
     second). ``queued_in``: the news is only jobs queued in these projects, which the engine need
     not look at while the last look found all their slots taken."""
-    ring = QUEUED_IN + ",".join(sorted(set(queued_in))).encode() if queued_in else b"!"
     try:
+        projects = sorted(set(queued_in))
+        ring = QUEUED_IN + ",".join(projects).encode() if projects else b"!"
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             # a full queue (the engine busy, or rung by many) must not hold up the hub's loop
             s.sendto(ring if len(ring) <= MAX_RING else b"!", socket.MSG_DONTWAIT, str(wake_socket(settings)))
