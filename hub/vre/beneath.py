@@ -76,17 +76,30 @@ def makedirs_beneath(base: str | os.PathLike, rel: str, *, uid: int, gid: int, m
     try:
         parts = _parts(rel)
         for depth, part in enumerate(parts):
-            try:
-                os.mkdir(part, 0o700, dir_fd=fd)
-            except FileExistsError:
-                if fresh and depth == len(parts) - 1:
-                    rename_aside(fd, part)
-                    os.mkdir(part, 0o700, dir_fd=fd)
-            nfd = os.open(part, _DIR, dir_fd=fd)
+            nfd = mkdir_beneath(fd, part, uid=uid, gid=gid, mode=mode, fresh=fresh and depth == len(parts) - 1)
             os.close(fd)
             fd = nfd
-            os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def mkdir_beneath(dir_fd: int, name: str, *, uid: int, gid: int, mode: int, fresh: bool = False) -> int:
+    """The folder ``name`` of the folder ``dir_fd``, made if missing, owned by ``uid:gid`` with
+    ``mode`` (set through the opened folder); returns a descriptor of it. One that exists as
+    anything but a real folder fails (ENOTDIR, ELOOP). ``fresh``: new and empty; whatever was
+    there is renamed aside (``rename_aside``)."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+    except FileExistsError:
+        if fresh:
+            rename_aside(dir_fd, name)
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+    fd = os.open(name, _DIR, dir_fd=dir_fd)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
     except BaseException:
         os.close(fd)
         raise

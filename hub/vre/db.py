@@ -295,6 +295,19 @@ class GpuLease(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class ObservedAssignment(Base):
+    """What the observer on a batch worker pod's node last took note of (Kubernetes): the job
+    whose reads that pod's are from then on (``vre.jobs.observed``). The job engine hands a job
+    to a worker only once its observer has it, so no read of the job is counted as another's."""
+
+    __tablename__ = "observed_assignments"
+    pod_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node: Mapped[str] = mapped_column(String(253), primary_key=True)   # whose observer said it
+    job_id: Mapped[int] = mapped_column(Integer)
+    serial: Mapped[str] = mapped_column(String(32))   # of the hand-out (``podgate.AUDIT_JOB_SERIAL``)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out")
 JOB_FINAL = ("succeeded", "failed", "cancelled", "timed_out")
 

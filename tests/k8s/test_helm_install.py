@@ -867,10 +867,12 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
         kube("patch", "clusterqueue", KUEUE_CLUSTER_QUEUE, "--type", "merge",
              "-p", json.dumps({"spec": {"stopPolicy": "Hold" if hold else "None"}}))
 
-    def waits_in_the_queue(job_id: int) -> dict:
-        return kube.wait("the job to say it waits for the queue", lambda: (lambda j: j if "suspended until the "
-                         "cluster's queue" in j["reason"] else None)(alice.vre_api("GET", f"/jobs/{job_id}").json()),
-                         project_ns, 60)
+    def waits_in_the_queue(job_id: int, timeout: float = 60) -> dict:
+        """The job once it says that it waits for the cluster's queue (and has not started)."""
+        def waiting():
+            job = alice.vre_api("GET", f"/jobs/{job_id}").json()
+            return job if job["started_at"] is None and "suspended until the cluster's queue" in job["reason"] else None
+        return kube.wait("the job to say it waits for the queue", waiting, project_ns, timeout)
 
     job_id = submit()
     made = kube.wait("the job's Kubernetes Job", lambda: kube_job(job_id), project_ns, 120)
@@ -950,9 +952,7 @@ def _jobs_as_kubernetes_jobs(kube, rel, alice, project: str, volumes: dict, args
                 "metadata": {"name": "urgent", "namespace": urgent_ns,
                              "labels": {"kueue.x-k8s.io/queue-name": "urgent", "kueue.x-k8s.io/priority-class": "vre-urgent"}},
                 "spec": {"suspend": True, "backoffLimit": 0, "template": {"spec": urgent["spec"]}}})
-    again = kube.wait("the preempted job to wait again", lambda: (lambda j: j if j["started_at"] is None and
-                      "suspended until" in j["reason"] else None)(alice.vre_api("GET", f"/jobs/{pid}").json()),
-                      project_ns, 120)
+    again = waits_in_the_queue(pid, 120)
     assert again["state"] == "running" and again["attempts"] == 1, again
     kube.wait("the urgent work to run", lambda: kube.get("job", "urgent", urgent_ns).get("status", {}).get("active")
               or kube.get("job", "urgent", urgent_ns).get("status", {}).get("succeeded"), urgent_ns, 120)
@@ -1031,6 +1031,14 @@ for name, (host, port) in {"public": ($PUBLIC, 80), "hub_api": ($API, 8081)}.ite
         facts[name] = type(e).__name__
 json.dump(facts, open("result.json", "w"))
 print("JOB DONE", len(files))
+"""
+
+#: What the observer of node argv[2] last said of the pod with uid argv[1], from the hub's own database.
+NOTED = """
+import sys
+from vre.jobs import observed
+from vre.settings import load
+print(*observed.noted(load().vre_db_url, sys.argv[1], sys.argv[2]))
 """
 
 ASK_AGENT = """
@@ -1140,6 +1148,16 @@ def _batch_job_in_pods(kube, rel, url: str, creds: dict, image: str, outsider_ns
     reads = wait_until(job_reads, 30, "the job's dataset reads in the trail")
     assert {(r["actor"], r["source"], r["dataset"], r["details"]["node"]) for r in reads} == {
         ("alice", "host", "lung-ct-screening", worker["spec"]["nodeName"])}, reads[:3]
+    # the engine handed the job out only once the observer counted the worker's reads as the job's
+    # (its word in the hub's database): none of the worker's reads is the project's worker's,
+    # although the job opens its first file among its first statements
+    notes = kube.get("pod", worker["metadata"]["name"], project_ns)["metadata"]["annotations"]
+    said = rel.exec_hub("python3", "-c", NOTED, worker["metadata"]["uid"], worker["spec"]["nodeName"]).split()
+    assert said == [notes["vre.audit/job"], notes["vre.audit/job-serial"]], (said, notes)
+    assert int(said[0]) in (job_id, oom_id)   # the worker's last job
+    everything = json.loads(rel.exec_hub("vre", "audit", "query", "--json", "--action", "dataset.read",
+                                         "--limit", "1000"))
+    assert {r["details"].get("job") for r in everything if r["session"] == reads[0]["session"]} == {job_id}
     return job_id
 
 

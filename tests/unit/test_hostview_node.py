@@ -25,6 +25,7 @@ from fakehub import served
 from vre import db as vdb
 from vre.api.observers import NODE_NAME, ObserverRefused, ObserverTokens, ReviewUnavailable, node_of
 from vre.audit import open_store
+from vre.jobs import observed
 from vre.hostview.podgate import GATE_NAME, gate_script
 from vre.hostview.fanotify import Group
 from vre.hostview.node import GATE_DUTY, GATE_POLL, NodeObserver, find_inits, gate_pause, gate_state, parse_pod
@@ -215,12 +216,21 @@ def test_the_observer_marks_before_it_opens_and_records_what_the_pod_read(tmp_pa
         assert (marked.user, marked.project, marked.pid) == ("ann", "lung", proc.pid)
 
         worker = pod(target)
-        worker["metadata"]["annotations"].update({"vre.audit/job": "7", "vre.audit/job-user": "bob"})
+        worker["metadata"]["annotations"].update({"vre.audit/job": "7", "vre.audit/job-user": "bob",
+                                                  "vre.audit/job-serial": "41"})
         deadline = time.monotonic() + 5
         while not observer.watcher.drain() and time.monotonic() < deadline:
             time.sleep(0.02)            # the first read, attributed to ann
+        assert observer.to_note == {}   # no job yet: nothing to tell the hub
         observer.seen(worker)           # the engine annotated the pod: its next reads are job 7's, bob's
         assert observer.watcher.marks["ann-lung-7f3a"].job == 7
+        # ... which the observer tells the hub now, for this hand-out: the engine waits for that word
+        assert observer.to_note == {"u-1": (7, "41")}
+        asyncio.run(observer.send_notes())
+        assert observed.noted(settings.vre_db_url, "u-1", "node-1") == (7, "41")
+        assert (observer.to_note, observer.noted) == ({}, {"u-1": (7, "41")})
+        observer.seen(worker)           # the same hand-out seen again (a relist): said once
+        assert observer.to_note == {}
         flag.touch()
         assert proc.wait(10) == 0, proc.stderr.read()
         gone = pod(target)
@@ -245,6 +255,48 @@ def test_the_observer_marks_before_it_opens_and_records_what_the_pod_read(tmp_pa
     stored = open_store(settings).query(action="dataset.read", limit=10)
     assert {(e["actor"], e["source"], e["details"]["node"]) for e in stored} == {("ann", "host", "node-1"),
                                                                                 ("bob", "host", "node-1")}
+
+
+def test_the_observers_word_on_a_workers_job_is_kept_as_its_tokens_node_and_bad_words_are_refused(service,
+                                                                                                   monkeypatch):
+    """``host-assignments``: what an observer says it counts a worker pod's reads for is kept with
+    the node its token's pod runs on (the engine believes only the pod's own node's observer), at
+    most ``PER_NODE`` pods' words per node."""
+    settings, hub = service
+    url = f"{hub}/services/vre/api/audit/host-assignments"
+    said = {"pod_uid": "u-1", "job": 7, "serial": "41"}
+
+    def post(body, auth="vre-observer " + "o" * 43):
+        return requests.post(url, json=body, headers={"Authorization": auth}, timeout=10)
+
+    assert post({"assignments": [said]}, auth="vre-relay " + "o" * 43).status_code == 403
+    assert post({"assignments": [said]}, auth="vre-observer unbound").status_code == 403
+    r = post({"node": "node-1", "assignments": [said]}, auth="vre-observer other-node")
+    assert r.status_code == 403 and "on node node-2, not 'node-1'" in r.json()["message"], r.text
+    for bad, why in (({"assignments": "x"}, "send {"), ({"assignments": [{**said, "job": "7"}]}, "job must be"),
+                     ({"assignments": [{**said, "pod_uid": ""}]}, "pod_uid must be"),
+                     ({"assignments": [{**said, "serial": 41}]}, "serial must be"),
+                     ({"assignments": [said] * 501}, "at most 500")):
+        r = post(bad)
+        assert r.status_code == 400 and why in r.json()["message"], (bad, r.text)
+    r = requests.post(url, data=b"{not json", headers={"Authorization": "vre-observer " + "o" * 43}, timeout=10)
+    assert r.status_code == 400 and r.json()["message"].startswith("send JSON"), r.text
+    assert observed.noted(settings.vre_db_url, "u-1", "node-1") is None
+    assert post({"assignments": [said]}).json() == {"kept": 1}
+    assert observed.noted(settings.vre_db_url, "u-1", "node-1") == (7, "41")
+    assert post({"assignments": [{**said, "job": 8, "serial": "42"}]}).json() == {"kept": 1}
+    assert observed.noted(settings.vre_db_url, "u-1", "node-1") == (8, "42")   # its last word stands
+    # a compromised node's observer speaks only as its node: the pod's own node's word stands
+    assert post({"assignments": [{**said, "job": 9, "serial": "43"}]}, auth="vre-observer other-node").json() == \
+        {"kept": 1}
+    assert observed.noted(settings.vre_db_url, "u-1", "node-1") == (8, "42")
+    assert observed.noted(settings.vre_db_url, "u-1", "node-2") == (9, "43")
+    # a node's flood of words keeps only its newest PER_NODE pods'
+    monkeypatch.setattr(observed, "PER_NODE", 3)
+    for i in range(5):
+        post({"assignments": [{**said, "pod_uid": f"p-{i}"}]}, auth="vre-observer other-node")
+    assert [observed.noted(settings.vre_db_url, f"p-{i}", "node-2") for i in range(5)] == [None, None, *[(7, "41")] * 3]
+    assert observed.noted(settings.vre_db_url, "u-1", "node-1") == (8, "42")   # another node's are not touched
 
 
 def test_the_observers_route_takes_only_the_observers_token_and_read_records(service):

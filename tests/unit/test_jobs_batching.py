@@ -1094,18 +1094,14 @@ def test_a_look_finds_which_projects_have_no_free_slot(world):
     assert engine._no_free_slot == set()
 
 
-def test_news_during_a_look_starts_the_next_look_at_once(world, monkeypatch):
-    """A ring while a look runs (a job ended meanwhile) is not forgotten when that look ends: the
-    next look starts at once, not at the timed look a second later."""
-    engine = Engine(world, executor=FakeExecutor(0))
-    looks = []
+def run_looks(engine: Engine, monkeypatch, look) -> list[float]:
+    """Run the engine's loop (``Engine.run``) with ``look(n)`` in place of its n-th look, until
+    one sets ``_stopping``; returns when each look began."""
+    began = []
 
     async def tick():
-        looks.append(time.monotonic())
-        if len(looks) == 1:
-            engine._wake.set()      # rung while this look runs
-        else:
-            engine._stopping = True
+        began.append(time.monotonic())
+        look(len(began))
 
     async def connect():
         pass
@@ -1115,4 +1111,75 @@ def test_news_during_a_look_starts_the_next_look_at_once(world, monkeypatch):
     monkeypatch.setattr(engine.executor, "connect", connect, raising=False)
     asyncio.run(engine.run())
     engine._wake_sock.close()
+    return began
+
+
+def test_news_during_a_look_starts_the_next_look_at_once(world, monkeypatch):
+    """A ring while a look runs (a job ended meanwhile) is not forgotten when that look ends: the
+    next look starts at once, not at the timed look a second later."""
+    engine = Engine(world, executor=FakeExecutor(0))
+
+    def look(n):
+        if n == 1:
+            engine._wake.set()      # rung while this look runs
+        else:
+            engine._stopping = True
+    looks = run_looks(engine, monkeypatch, look)
     assert len(looks) == 2 and looks[1] - looks[0] < 0.5, looks
+
+
+def test_a_flood_of_rings_cannot_hold_the_engine_looking_back_to_back(world, monkeypatch):
+    """Anyone who can ring the doorbell can ring it without end (a project's scheduler sandbox
+    has it): after ``QUIET_LOOKS`` looks in a row that recorded nothing, the next waits
+    ``QUIET_GAP`` at least, rings or not (a job merely starting does not end the quiet); a look
+    that recorded something (a job started or ended) ends it."""
+    from vre.jobs import engine as engine_module
+    monkeypatch.setattr(engine_module, "QUIET_GAP", 0.2)
+    engine = Engine(world, executor=FakeExecutor(0))
+
+    def look(n):
+        engine._wake.set()                      # rung during every look
+        engine._starting = True                 # a job waits for its pod the whole time
+        if n == 5:
+            engine._recorded += 1               # this look recorded a job's end
+        engine._stopping = n == 9
+    looks = run_looks(engine, monkeypatch, look)
+    gaps = [b - a for a, b in zip(looks, looks[1:])]
+    assert [g >= 0.2 for g in gaps] == [False, False, True, True, False, False, False, True], gaps
+
+
+def test_a_job_whose_workers_observer_has_not_taken_note_waits_in_the_queue_and_its_worker_stays_free(world, tmp_path):
+    """``serve`` raising ``ObserverAway`` (the observer on a worker pod's node has not said that it
+    counts the pod's reads for the job): the job is not handed out and waits in the queue, the
+    start not counted, on a new worker (the full path) as on a warm one (a look's quick path)."""
+    from vre.jobs.pods import ObserverAway
+    (tmp_path / "ct").mkdir()
+    with vdb.session_scope(world.vre_db_url) as db:
+        db.add(vdb.Dataset(slug="ct", title="CT", path=str(tmp_path / "ct"), catalog={}))
+        db.flush()
+        P.grant(db, "lung", "ct")
+    job = submit(world, "ann")
+    fake, served = FakeExecutor(0), []
+    away = ["warm", "new"]
+
+    async def serve(worker, user, job_id):
+        served.append((worker, user, job_id))
+        if away:
+            raise ObserverAway(f"the observer of dataset reads on node n1 has not taken note ({away.pop()})")
+    fake.serve = serve
+    engine = Engine(world, executor=fake)
+
+    def job_row():
+        with vdb.session_scope(world.vre_db_url) as db:
+            row = db.get(vdb.Job, job)
+            return row.state, row.reason, row.attempts
+    for path in ("new", "warm"):
+        look(engine)
+        state, reason, attempts = job_row()
+        assert (state, attempts) == ("queued", 0) and reason.startswith("waiting: the observer of dataset reads"), \
+            (path, reason)
+        assert f"({path})" in reason and fake.submitted == []
+        assert [w.job for w in fake.workers.values()] == [None]   # its worker is free
+    look(engine)
+    assert job_row()[0::2] == ("running", 1) and fake.submitted == [job]
+    assert served == [("lung-worker-1", "ann", job)] * 3

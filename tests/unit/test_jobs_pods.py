@@ -5,8 +5,10 @@ run, and that a cluster that does not answer is never taken for an answer."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
+import time
 from types import SimpleNamespace as NS
 
 import pytest
@@ -29,7 +31,8 @@ def pod(session: str, pool: str, role: str = "worker", phase: str = "Running", i
     held = pool.endswith(".held")
     namespace = namespace or (f"vre-0held-{pool[:-5]}" if held else f"vre-{pool}")
     return NS(metadata=NS(name=name or object_name(batch_id(session)), namespace=namespace, labels=labels,
-                          deletion_timestamp="now" if deleting else None), spec=NS(node_name="node-3"),
+                          deletion_timestamp="now" if deleting else None, uid=f"uid-{session}"),
+              spec=NS(node_name="node-3"),
               status=NS(phase=phase, pod_ip=ip, container_statuses=[NS(state=state)],
                         conditions=[NS(type="PodScheduled", status="False", reason="Unschedulable",
                                        message="0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")]
@@ -432,3 +435,88 @@ def test_a_kubernetes_jobs_start_puts_its_projects_objects_then_its_job_and_give
     with pytest.raises(ExecutorError, match="record"):
         asyncio.run(made().start(plan, spec, **start))
     assert calls == []
+
+
+# --- a job's hand-out waits for the observer on its worker's node ---------------------------------
+def test_a_job_is_handed_out_only_once_the_observer_of_its_workers_node_counts_its_reads(tmp_path, monkeypatch):
+    """``serve`` annotates the worker's pod and returns only when the observer of the pod's node
+    said (through the VRE service, ``jobs.observed``) that it counts the pod's reads for this
+    hand-out: not at an earlier word about the same job, nor at another node's observer's."""
+    from vre import db as vdb
+    from vre.jobs import observed, pods
+    ex = fake_executor(tmp_path, k8s_read_observer=True)
+    url = ex.settings.vre_db_url
+    vdb.upgrade(url)
+    monkeypatch.setattr(pods, "NOTE_WAIT_S", 0.5)
+    patches, quick = [], []   # quick: an observer that speaks before the patch is answered
+
+    async def patch_namespaced_pod(name, ns, body):
+        notes = body["metadata"]["annotations"]
+        patches.append((ns, name, notes))
+        if quick:
+            observed.record(url, quick.pop(), [("uid-w1", int(notes["vre.audit/job"]), notes["vre.audit/job-serial"])])
+        return NS(metadata=NS(uid="uid-w1"), spec=NS(node_name="node-3"))
+    ex.core.patch_namespaced_pod = patch_namespaced_pod
+    observed.record(url, "node-3", [("uid-w1", 7, "1")])   # this job's earlier hand-out to the same pod
+
+    async def hand_out(job: int, *, says: str, after: float | None = 0.05) -> float:
+        """Serve ``job``; the observer of ``says`` speaks for the pod ``after`` seconds after the
+        patch (0: as it is made; None: never). Returns how long ``serve`` took."""
+        done = len(patches)
+
+        async def observer():
+            while len(patches) == done:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(after)
+            observed.record(url, says, [("uid-w1", job, patches[-1][2]["vre.audit/job-serial"])])
+        if after == 0:
+            quick.append(says)
+        told = asyncio.ensure_future(observer() if after else asyncio.sleep(0))
+        began = time.monotonic()
+        try:
+            await ex.serve("lung-worker-1", "bob", job)
+            return time.monotonic() - began
+        finally:
+            told.cancel() if after is None else await told
+
+    assert asyncio.run(hand_out(7, says="node-3", after=0.2)) >= 0.2   # the earlier word did not stand for it
+    ((ns, name, notes),) = patches
+    assert (ns, name) == ("vre-lung", object_name(batch_id("lung-worker-1")))
+    assert notes["vre.audit/job"] == "7" and notes["vre.audit/job-user"] == "bob" and notes["vre.audit/job-serial"]
+    # another node's observer cannot speak for the pod (nor overwrite what its own node's said):
+    # the job waits in the queue, saying why, after NOTE_WAIT_S
+    with pytest.raises(pods.ObserverAway, match="observer of dataset reads on node node-3 has not taken note"):
+        asyncio.run(hand_out(8, says="node-9"))
+    assert observed.noted(url, "uid-w1", "node-3") == (7, notes["vre.audit/job-serial"])
+    # that node's observer is away now: its hand-outs look once, without waiting, and a look in
+    # vain does not prolong that; a word there in time (a quick observer) ends it
+    began, until = time.monotonic(), ex._observer_away["node-3"]
+    with pytest.raises(pods.ObserverAway):
+        asyncio.run(hand_out(9, says="node-3", after=None))
+    assert time.monotonic() - began < 0.5 and ex._observer_away["node-3"] == until
+    assert asyncio.run(hand_out(10, says="node-3", after=0)) < 0.5
+    assert asyncio.run(hand_out(11, says="node-3", after=0.1)) >= 0.1   # waited for again
+    # no observer configured: nothing to tell, nothing to wait for
+    ex.settings = dataclasses.replace(ex.settings, k8s_read_observer=False)
+    asyncio.run(ex.serve("lung-worker-1", "bob", 12))
+    assert len(patches) == 5
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_observers_words_are_kept_per_pod_and_node_on_either_database(backend, request, tmp_path, monkeypatch):
+    """``jobs.observed`` on SQLite and PostgreSQL (the upsert is each dialect's own): the last word
+    per pod and node stands, words older than ``KEEP`` and beyond ``PER_NODE`` go."""
+    import datetime as dt
+
+    from vre import db as vdb
+    from vre.jobs import observed
+    url = f"sqlite:///{tmp_path / 'vre.sqlite'}" if backend == "sqlite" else request.getfixturevalue("postgres").new_database()
+    vdb.upgrade(url)
+    observed.record(url, "n1", [("a", 1, "s1"), ("b", 2, "s2")])
+    observed.record(url, "n1", [("a", 3, "s3")])
+    observed.record(url, "n2", [("a", 4, "s4")])
+    assert [observed.noted(url, "a", "n1"), observed.noted(url, "b", "n1"), observed.noted(url, "a", "n2"),
+            observed.noted(url, "b", "n2")] == [(3, "s3"), (2, "s2"), (4, "s4"), None]
+    monkeypatch.setattr(observed, "KEEP", dt.timedelta(0))   # every earlier word is old now
+    observed.record(url, "n2", [("c", 5, "s5")])
+    assert [observed.noted(url, u, n) for u, n in (("a", "n1"), ("a", "n2"), ("c", "n2"))] == [None, None, (5, "s5")]

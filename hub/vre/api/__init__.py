@@ -38,7 +38,7 @@ import sys
 
 from tornado.routing import AnyMatches, Matcher
 
-from ..hostview.podgate import HOST_EVENTS_ROUTE  # the per-node observers' records (vre.hostview.node)
+from ..hostview.podgate import HOST_ASSIGNMENTS_ROUTE, HOST_EVENTS_ROUTE  # the per-node observers' (vre.hostview.node)
 from ..roles import (ADMIN_SCOPE, AIRLOCK_REVIEW_SCOPE, AIRLOCK_SCOPE, AUDIT_READ_SCOPE, CATALOGUE_READ_SCOPE,
                      CATALOGUE_SCOPE, JOBS_SCOPE, SERVICE_NAME)
 
@@ -72,11 +72,12 @@ def routes(settings, *, sessions_only: bool = False) -> list[tuple]:
     from .airlock_pages import handlers as airlock_pages
     from .audit import handlers
     from .catalogue import handlers as catalogue_api
-    from .ingest import HostEventsHandler, IngestHandler
+    from .ingest import HostAssignmentsHandler, HostEventsHandler, IngestHandler
 
     result = [*job_handlers(settings), *catalogue_api(settings)]
     if sessions_only:   # the observers of dataset reads post on this listener only (Kubernetes: its TCP port)
-        return [(EVENTS_ROUTE, IngestHandler), (HOST_EVENTS_ROUTE, HostEventsHandler), *result,
+        return [(EVENTS_ROUTE, IngestHandler), (HOST_EVENTS_ROUTE, HostEventsHandler),
+                (HOST_ASSIGNMENTS_ROUTE, HostAssignmentsHandler), *result,
                 *airlock_handlers(settings, sessions_only=True)]
     result += airlock_handlers(settings) + airlock_pages(settings) + access_pages(settings) + admin_pages(settings)
     result += admin_projects(settings)

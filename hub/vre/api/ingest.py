@@ -12,6 +12,7 @@ from tornado import web
 from ..audit.events import emit_many
 from ..audit.relay import IngestError, check_token, store_events
 from ..audit.schema import AuditError, Event
+from ..jobs import observed
 from .observers import ObserverRefused, ReviewUnavailable
 
 log = logging.getLogger("vre.service")
@@ -71,32 +72,72 @@ def host_events(body, node: str) -> list[Event]:
     return out
 
 
-class HostEventsHandler(_PostWithCredential):
-    """POST /services/vre/api/audit/host-events with ``Authorization: vre-observer <token>``: the
-    per-node observers of a Kubernetes deployment (``vre.hostview.node``) store their records of
-    dataset reads, as the node the API server says their token's pod runs on
-    (``vre.api.observers``). Sessions reach this route; no token of theirs is an observer's."""
+class _Refused(Exception):
+    """A post refused: its HTTP status and what to fix."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class _ObserverPost(_PostWithCredential):
+    """A post of a per-node observer of a Kubernetes deployment (``vre.hostview.node``), as the
+    node the API server says its token's pod runs on (``vre.api.observers``). Sessions reach
+    these routes; no token of theirs is an observer's."""
 
     async def post(self):
-        settings = self.settings["vre_settings"]
+        try:
+            self.finish(await self.take(*await self._observer()))
+        except _Refused as e:
+            self._fail(e.status, str(e))
+
+    async def take(self, node: str, body) -> dict:
+        """Store what the observer of ``node`` posted; the answer (``_Refused``: bad input)."""
+        raise NotImplementedError
+
+    async def _observer(self) -> tuple[str, object]:
+        """(the observer's node, the post's JSON)."""
         scheme, _, token = (self.request.headers.get("Authorization") or "").partition(" ")
         tokens = self.settings.get("vre_observer_tokens")
         if scheme != "vre-observer" or not token.strip() or tokens is None:
-            return self._fail(403, "invalid observer token")
+            raise _Refused(403, "invalid observer token")
         try:
             node = await tokens.node(token.strip())
         except ReviewUnavailable as e:
-            return self._fail(503, str(e))
+            raise _Refused(503, str(e)) from None
         except ObserverRefused as e:
-            log.warning("refused records posted as an observer's: %s", e)
-            return self._fail(403, f"invalid observer token: {e}")
+            log.warning("refused a post as an observer's: %s", e)
+            raise _Refused(403, f"invalid observer token: {e}") from None
         try:
             body = json.loads(self.request.body or b"{}")
-            claimed = body.get("node") if isinstance(body, dict) else None
-            if claimed not in (None, node):
-                return self._fail(403, f"this observer's token is its pod's on node {node}, not {claimed!r}")
+        except (ValueError, RecursionError) as e:
+            raise _Refused(400, f"send JSON: {e}") from None
+        claimed = body.get("node") if isinstance(body, dict) else None
+        if claimed not in (None, node):
+            raise _Refused(403, f"this observer's token is its pod's on node {node}, not {claimed!r}")
+        return node, body
+
+
+class HostEventsHandler(_ObserverPost):
+    """POST /services/vre/api/audit/host-events: an observer's records of dataset reads, stored
+    with ``source = "host"`` and its node."""
+
+    async def take(self, node: str, body) -> dict:
+        try:
             events = host_events(body, node)
         except (IngestError, ValueError, RecursionError) as e:
-            return self._fail(400, str(e))
-        stored = await asyncio.to_thread(emit_many, settings, events)
-        self.finish({"stored": stored})
+            raise _Refused(400, str(e)) from None
+        return {"stored": await asyncio.to_thread(emit_many, self.settings["vre_settings"], events)}
+
+
+class HostAssignmentsHandler(_ObserverPost):
+    """POST /services/vre/api/audit/host-assignments: the jobs an observer now counts batch
+    worker pods' reads for (``vre.jobs.observed``: the job engine waits for them)."""
+
+    async def take(self, node: str, body) -> dict:
+        try:
+            assignments = observed.parse(body)
+        except observed.AssignmentsRefused as e:
+            raise _Refused(400, str(e)) from None
+        return {"kept": await asyncio.to_thread(observed.record, self.settings["vre_settings"].vre_db_url, node,
+                                                assignments)}

@@ -215,6 +215,16 @@ def canonical_record(event: "Event", seq: int, received_at: str) -> str:
                           event.source, event.target, event.time_text, SCHEMA_VERSION))
 
 
+def encodes(value: str) -> bool:
+    """Whether ``value`` can be stored as text: UTF-8 has no form for half of a surrogate pair,
+    which a JSON string (``"\\ud800"``) or a file name decoded with surrogateescape may hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_text(name: str, value, *, optional: bool, allow_empty: bool = False) -> None:
     if value is None:
         if optional:
@@ -231,10 +241,8 @@ def _check_text(name: str, value, *, optional: bool, allow_empty: bool = False) 
         raise AuditError(f"{name} {value!r} contains control characters")
     if "\x00" in value:
         raise AuditError(f"{name} contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise AuditError(f"{name} contains invalid Unicode (a lone surrogate)") from None
+    if not encodes(value):
+        raise AuditError(f"{name} contains invalid Unicode (a lone surrogate)")
 
 
 def storable(name: str, value) -> bool:

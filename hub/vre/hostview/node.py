@@ -13,7 +13,9 @@ creates instead of by requests on a socket:
   the gate is the container's only process, and no other pod can see it to signal it.
 - **Attribution** comes from the pod's metadata, which only the hub writes (pods get no service
   account token): the audit session, datasets (annotations), user and project (labels); a batch
-  worker's current job is an annotation the job engine patches (``vre.audit/job``).
+  worker's current job is an annotation the job engine patches (``vre.audit/job``). Once the
+  observer counts the worker's reads for that job it says so to the hub (``host-assignments``):
+  the engine hands the job to the worker only then (``vre.jobs.observed``).
 - **Records** go to the hub's VRE service (``POST <hub>/services/vre/api/audit/host-events``) with
   the token the kubelet projects into this pod for the audience ``vre-observer`` (read again for
   every post: the kubelet renews it); the hub asks the API server whose it is and stores the
@@ -40,8 +42,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .podgate import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_USER, AUDIT_SESSION, GATE_NAME, HOST_EVENTS_ROUTE,
-                      OBSERVED_LABEL)
+from .podgate import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_SERIAL, AUDIT_JOB_USER, AUDIT_SESSION, GATE_NAME,
+                      HOST_ASSIGNMENTS_ROUTE, HOST_EVENTS_ROUTE, MAX_ASSIGNMENTS_PER_POST, OBSERVED_LABEL)
 from .pause import CGROUP_ROOT
 from .registry import Marked, Registry, alive
 from .service import NICE, Recorder
@@ -63,6 +65,8 @@ WATCH_S = 300
 SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
 #: Records per post to the hub.
 CHUNK = 500
+#: Seconds between tries to tell the hub which jobs this observer counts reads for.
+ACK_RETRY_S = 1
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Run:
     role: str
     datasets: list[dict]
     job: int | None
+    serial: str                 # of the job's hand-out (``AUDIT_JOB_SERIAL``)
     container_id: str           # the runtime's id (containerd://<id> without the scheme)
     started: float | None       # when its container started (None: not running)
     ended: bool
@@ -109,7 +114,8 @@ def parse_pod(pod: dict, instance: str) -> Run | None:
     return Run(uid=meta.get("uid", ""), name=f"{meta.get('namespace')}/{meta.get('name')}",
                session=notes.get(AUDIT_SESSION) or meta.get("name", ""),
                user=user or f"{labels.get('vre.project', '?')} worker", project=labels.get("vre.project", ""),
-               role=role, datasets=datasets, job=job, container_id=container_id, started=started, ended=ended)
+               role=role, datasets=datasets, job=job, serial=str(notes.get(AUDIT_JOB_SERIAL) or ""),
+               container_id=container_id, started=started, ended=ended)
 
 
 def _timestamp(text) -> float | None:
@@ -186,11 +192,15 @@ class NodeObserver(Recorder):
         super().__init__(watcher or Watcher(Registry(state_dir), via=SCHEME, where={"node": node}, cgroups=cgroups))
         self.instance, self.node, self.token_file = instance, node, Path(token_file)
         self.url = f"{hub_url.rstrip('/')}/services/vre/{HOST_EVENTS_ROUTE}"
+        self.assignments_url = f"{hub_url.rstrip('/')}/services/vre/{HOST_ASSIGNMENTS_ROUTE}"
         self.runs: dict[str, Run] = {}      # pod uid -> what it is, for pods seen on this node
         self.opened: set[str] = set()       # pod uids whose gate this observer opened or found open
         self.retry: dict[str, float] = {}   # pod uid -> when to try marking again after a refusal
         self.find_inits = find_inits        # runs -> the host pids of their containers' first processes
         self.since = time.time()            # pods started before this are the ones it may have missed
+        self.noted: dict[str, tuple] = {}    # pod uid -> (job, serial) the hub was told its reads are for
+        self.to_note: dict[str, tuple] = {}  # pod uid -> (job, serial) to tell the hub of
+        self._notes_due = asyncio.Event()
 
     # -- pods -----------------------------------------------------------------------------------
     def seen(self, pod: dict, deleted: bool = False) -> None:
@@ -206,13 +216,26 @@ class NodeObserver(Recorder):
             return
         self.runs[run.uid] = run
         marked = self.watcher.marks.get(run.session)
-        if marked is not None and (marked.job, marked.user) != (run.job, run.user):
-            self.watcher.assign(run.session, run.user, run.job)
+        if marked is not None and marked.pod_uid in ("", run.uid) and (marked.job, marked.user) != (run.job, run.user):
+            self.watcher.assign(run.session, run.user, run.job)   # ("": marked by an older observer)
         self.open_gates([run])
+        self.note_job(run)
+
+    def note_job(self, run: Run) -> None:
+        """Tell the hub (soon, in ``_notes``) the job a worker's reads are counted for, once they are."""
+        marked = self.watcher.marks.get(run.session)
+        said = (run.job, run.serial)
+        if run.job is None or marked is None or marked.pod_uid not in ("", run.uid) or marked.job != run.job \
+                or self.noted.get(run.uid) == said:
+            return
+        self.to_note[run.uid] = said
+        self._notes_due.set()
 
     def forget(self, uid: str) -> Run | None:
         self.opened.discard(uid)
         self.retry.pop(uid, None)
+        self.noted.pop(uid, None)
+        self.to_note.pop(uid, None)
         return self.runs.pop(uid, None)
 
     def relisted(self, pods: list[dict]) -> None:
@@ -235,6 +258,8 @@ class NodeObserver(Recorder):
             if run.uid in self.opened or self.retry.get(run.uid, 0) > now:
                 continue
             marked = self.watcher.marks.get(run.session)
+            if marked is not None and marked.pod_uid not in ("", run.uid) and alive(marked):
+                continue   # a predecessor of the same name runs out its grace: this one is marked after it
             if marked is not None and alive(marked):
                 # marked again from the registry after a restart; one marked just before it
                 # may still wait for its signal
@@ -260,7 +285,7 @@ class NodeObserver(Recorder):
             # init): a container that started after this observer did was seen at its gate
             return
         m = Marked(session=run.session, user=run.user, project=run.project, pid=pid, pid_start=0, role=run.role,
-                   job=run.job, datasets=[dict(d) for d in run.datasets])
+                   job=run.job, datasets=[dict(d) for d in run.datasets], pod_uid=run.uid)
         try:
             self.watcher.mark(m)
         except MarkError as e:
@@ -271,6 +296,7 @@ class NodeObserver(Recorder):
             return
         self.retry.pop(run.uid, None)
         self.opened.add(run.uid)
+        self.note_job(run)
         if state == "waiting":
             self._signal(run, pid)
             return
@@ -347,9 +373,14 @@ class NodeObserver(Recorder):
 
     def _post(self, events: list) -> bool:
         """True when stored; False when the hub refused them as bad (400)."""
-        body = json.dumps({"node": self.node, "events": [e.to_dict() for e in events]}).encode()
+        return self._send(self.url, {"node": self.node, "events": [e.to_dict() for e in events]})
+
+    def _send(self, url: str, payload: dict) -> bool:
+        """POST ``payload`` with this pod's token: True when taken, False when the hub refused it
+        as bad (400); anything else raises."""
+        body = json.dumps(payload).encode()
         token = self.token_file.read_text().strip()   # OSError: kept, sent again
-        req = urllib.request.Request(self.url, data=body, method="POST", headers={
+        req = urllib.request.Request(url, data=body, method="POST", headers={
             "Authorization": f"{SCHEME} {token}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
@@ -358,7 +389,43 @@ class NodeObserver(Recorder):
         except urllib.error.HTTPError as e:
             if e.code == 400:
                 return False
-            raise RuntimeError(f"the hub refused the records: {e.code} {e.read()[:300]!r}") from None
+            raise RuntimeError(f"the hub refused the post: {e.code} {e.read()[:300]!r}") from None
+
+    async def _notes(self) -> None:
+        """Tell the hub which jobs this node's workers' reads are now counted for, as soon as they
+        are (the job engine waits for it to hand a worker its job); retried until taken."""
+        while True:
+            waits = [asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._notes_due.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if self._stop.is_set():
+                return
+            self._notes_due.clear()
+            try:
+                await self.send_notes()
+            except Exception as e:   # the hub restarts: the engine waits, so try again soon
+                log.warning("could not tell the hub which jobs this node's workers run (%s); trying again", e)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), ACK_RETRY_S)
+                except asyncio.TimeoutError:
+                    pass
+            if self.to_note:
+                self._notes_due.set()
+
+    async def send_notes(self) -> None:
+        """Post what ``to_note`` holds (at most a post's worth); raises when the hub did not answer."""
+        due = dict(list(self.to_note.items())[:MAX_ASSIGNMENTS_PER_POST])
+        if not due:
+            return
+        payload = {"node": self.node, "assignments": [{"pod_uid": u, "job": j, "serial": n}
+                                                      for u, (j, n) in due.items()]}
+        if not await asyncio.to_thread(self._send, self.assignments_url, payload):
+            log.error("the hub refused the jobs of this node's workers as bad; dropped: %s", payload)
+        for uid, said in due.items():
+            if self.to_note.get(uid) == said:   # not changed meanwhile
+                del self.to_note[uid]
+                self.noted[uid] = said
 
     # -- life -------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -369,7 +436,7 @@ class NodeObserver(Recorder):
         if back:
             log.warning("marked %d run(s) again after a restart: %s", len(back), ", ".join(back))
         log.info("vre observer on node %s (instance %s), records to %s", self.node, self.instance, self.url)
-        tasks = [asyncio.create_task(t) for t in (self._reads(), self._ticks(), self._gates())]
+        tasks = [asyncio.create_task(t) for t in (self._reads(), self._ticks(), self._gates(), self._notes())]
         pods = asyncio.create_task(self._pods())
         stop = asyncio.create_task(self._stop.wait())
         await asyncio.wait([stop, pods], return_when=asyncio.FIRST_COMPLETED)

@@ -17,8 +17,15 @@ AUDIT_SESSION = "vre.audit/session"
 AUDIT_DATASETS = "vre.audit/datasets"
 AUDIT_JOB = "vre.audit/job"
 AUDIT_JOB_USER = "vre.audit/job-user"
+#: New with each hand-out of a job to a worker: the observer's word that it counts the worker's
+#: reads for the job names it, so that no earlier word about the same job stands for this one.
+AUDIT_JOB_SERIAL = "vre.audit/job-serial"
 #: The VRE service's route (on its sessions' listener) the observers post their records to.
 HOST_EVENTS_ROUTE = r"api/audit/host-events"
+#: ... and the route they say there which job they now count a batch worker pod's reads for.
+HOST_ASSIGNMENTS_ROUTE = r"api/audit/host-assignments"
+#: Assignments one such post may carry.
+MAX_ASSIGNMENTS_PER_POST = 500
 
 
 def gate_script(seconds: int) -> str:

@@ -28,6 +28,7 @@ class Marked:
     job: int | None = None
     marked_at: float = field(default_factory=time.time)
     frozen: bool = False        # frozen by hostview until its reads are recorded (``pause``)
+    pod_uid: str = ""           # Kubernetes: the pod's (a successor of the same name is another pod)
 
 
 def process_start(pid: int) -> int:

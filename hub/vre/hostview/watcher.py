@@ -259,7 +259,7 @@ class Watcher:
         m = self.marks.get(session)
         if m is None:
             raise MarkError(f"{session} is not marked")
-        self.drain()
+        self.drain(ALL)   # every read before this one is the previous job's
         self._flush(session=session)  # the previous job's counts stay the previous job's
         m.user, m.job = user, job
         self._attribute(m)

@@ -53,6 +53,12 @@ TICK = 1.0            # seconds between looks when nothing wakes the engine
 #: A queued job's reason while its pool's scheduler starts (``Engine.scheduler_ready``).
 STARTING_POOL = "waiting: the scheduler of its pool is starting"
 FAST_TICK = 0.1       # while a job is starting
+#: After ``QUIET_LOOKS`` looks in a row that recorded nothing (no job started or ended), the next
+#: look waits ``QUIET_GAP`` seconds at least, rings or not: anyone who can ring the doorbell (a
+#: project's scheduler sandbox) can ring it without end, and must not keep the engine looking back
+#: to back. A look that records something ends the quiet (a batch of tiny jobs never waits).
+QUIET_LOOKS = 3
+QUIET_GAP = 0.01
 RUNTIME_SLACK = 60    # the task enforces the limit; the engine steps in this much later
 MAX_LOST_STARTS = 1   # a start lost (not the job's doing) is re-queued once
 STATUS_WAIT = 3.0     # seconds a look waits for the pools' reports (an agent answers in ms)
@@ -185,6 +191,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._no_free_slot: set[str] = set()   # projects whose slots the last look found all taken
         self._starting = False
+        self._recorded = 0   # audit records committed so far: a look that committed none moved nothing
         self._stopping = False
         self._events: list[tuple[str, dict]] = []   # audit events waiting for their commit
         self._cancelling: set[int] = set()
@@ -250,14 +257,19 @@ class Engine:
         await self.executor.connect()
         self.adopt()
         log.info("job engine running (instance %s)", self.settings.instance)
+        quiet = 0   # looks in a row that recorded nothing
         while not self._stopping:
             self._wake.clear()   # news that comes while this look runs makes the next one start at once
+            recorded = self._recorded
             try:
                 with self.timed("tick"):
                     await self.tick()
             except Exception:
                 log.exception("job engine tick failed; trying again")
             self.timed.dump()
+            quiet = 0 if self._recorded != recorded else quiet + 1
+            if quiet >= QUIET_LOOKS:
+                await asyncio.sleep(QUIET_GAP)
             try:
                 await asyncio.wait_for(self._wake.wait(), FAST_TICK if self._starting else TICK)
             except asyncio.TimeoutError:
@@ -334,6 +346,7 @@ class Engine:
             dbapi = db.connection().connection.dbapi_connection
             open_store(self.settings).append_within(dbapi, [Event(action=action, **kw) for action, kw in events],
                                                     db.commit)
+        self._recorded += len(events)
 
     async def tick_project(self, db, project: Project) -> None:
         """Follow the project's running jobs, then admit and start queued ones. What one look
@@ -495,6 +508,9 @@ class Engine:
             try:
                 with self.timed("start: hostview assign"):
                     await self.executor.serve(worker.name, user, job.id)
+            except Unavailable as e:   # as in ``start``: the job waits in the queue, its worker is free
+                self.wait_again(db, job, e)
+                return ()
             except (ExecutorError, OSError) as e:  # as in ``start``: the job fails, its worker is free
                 log.exception("could not start job %s", job.id)
                 self.release(db, job)
@@ -558,11 +574,9 @@ class Engine:
                 await self.executor.submit(plan.pool, worker.name, self.spec(plan, job, worker.name))
         except (ExecutorError, OSError) as e:
             if isinstance(e, Unavailable) and job.kind != "cluster":
-                # hostview or the container engine is restarting (as with the hub): nothing of the
-                # worker is left and it is not the job's fault, so it waits in the queue
-                log.warning("job %s waits in the queue: %s", job.id, e)
-                self.release(db, job)
-                job.state, job.reason, job.devices, job.attempts = "queued", f"waiting: {e}", "", job.attempts - 1
+                # hostview, the container engine or a node's observer is restarting (as with the
+                # hub): it is not the job's fault, so it waits in the queue (a new worker stays, idle)
+                self.wait_again(db, job, e)
                 return
             log.exception("could not start job %s", job.id)
             self.release(db, job)
@@ -591,8 +605,7 @@ class Engine:
             if self.kube.just_made(job.worker):   # its Job may exist: a look finds it, or takes it for lost
                 log.warning("job %s: no answer to its Job's creation (%s); the next looks find out", job.id, e)
                 return
-            log.warning("job %s waits in the queue: %s", job.id, e)
-            job.state, job.reason, job.worker, job.attempts = "queued", f"waiting: {e}", "", job.attempts - 1
+            self.wait_again(db, job, e)
         except (ExecutorError, OSError) as e:
             log.error("could not start job %s: %s", job.id, e)
             self.finish(db, job, "failed", f"could not start: {e}")
@@ -672,10 +685,10 @@ class Engine:
             mine = devices[i * per_gpu:(i + 1) * per_gpu]
             worker = await self.executor.start_worker(plan, job.cpu / n, job.mem_mb // n, mine, gpus=job.gpus // n)
             worker.job = job.id
+            names.append(worker.name)
+            job.worker = ",".join(names)   # each one the job holds: a failure below releases them all
             if plan.datasets:
                 await self.executor.serve(worker.name, job.account.name, job.id)
-            names.append(worker.name)
-        job.worker = ",".join(names)
         job.started_at = utcnow()
         self.audit(job, "job.start", details={"workers": names, "datasets": list(plan.datasets)})
 
@@ -1035,6 +1048,14 @@ class Engine:
             self.finish(db, job, "failed", f"{why} (attempt {job.attempts})")
 
     # -- ending --------------------------------------------------------------------------
+    def wait_again(self, db, job: Job, why: Exception) -> None:
+        """A start that something briefly away stopped (``Unavailable``) did not count: the job
+        waits in the queue again and its worker and GPUs are free."""
+        log.warning("job %s waits in the queue: %s", job.id, why)
+        self.release(db, job)
+        job.state, job.reason, job.attempts = "queued", f"waiting: {why}", job.attempts - 1
+        job.worker, job.devices, job.usage = "", "", {}
+
     def release(self, db, job: Job) -> None:
         for name in filter(None, job.worker.split(",")):
             worker = self.executor.workers.get(name)

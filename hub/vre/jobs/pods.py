@@ -31,8 +31,10 @@ What differs from the sandbox (``executor.LocalDaskExecutor``, whose logic this 
   rest of its pool's report, so it can only mislabel how the project's own jobs failed).
 - Dataset reads are recorded by the observer on the worker's node (``vre.hostview.node``): a
   worker with datasets starts behind its gate, as a session does, and ``serve`` annotates the pod
-  with the job it now runs. Without the observer, jobs with datasets run only where the
-  deployment accepted unobserved reads (``k8s_unobserved_reads``).
+  with the job it now runs, then waits until that observer says it counts the pod's reads for
+  that job (``jobs.observed``) before the job is handed out: no read of the job is another's.
+  Without the observer, jobs with datasets run only where the deployment accepted unobserved
+  reads (``k8s_unobserved_reads``).
 - GPUs are a count (``nvidia.com/gpu`` in the worker's limits, on ``k8s_gpu_node_selector``
   nodes, from the GPU image): the engine leases no device of its own machine, admits by the
   project's GPU quota, and the cluster picks the devices, as for sessions.
@@ -58,9 +60,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..backends import kubernetes as k8s
 from ..hostfiles import write_private
-from ..hostview.podgate import AUDIT_JOB, AUDIT_JOB_USER, GATE_EXIT, OBSERVED_LABEL
+from ..hostview.podgate import AUDIT_JOB, AUDIT_JOB_SERIAL, AUDIT_JOB_USER, GATE_EXIT, OBSERVED_LABEL
 from ..plan import AGENT_PORT, SessionPlan, island_name
 from ..settings import Settings
+from . import observed
 from .executor import (SCHEDULER_PORT, WAITING_PREFIX, AgentRefused, ExecutorError, LocalDaskExecutor,
                        SchedulerLost, Unavailable, _http)
 
@@ -73,6 +76,17 @@ KILL_WAIT_S = 60
 READ_EVERY_S = 0.5
 #: Seconds between the engine's complaints that the cluster's API does not answer at its start.
 CONNECT_WAIT_S = 60
+#: Seconds a job's hand-out waits for the observer on its worker's node to count the worker's
+#: reads as the job's (milliseconds when it is well) ...
+NOTE_WAIT_S = 5
+#: ... and how often it looks; after a wait in vain, the node's next hand-outs for this long do
+#: not wait (they look once): an observer that is away must not hold up every look.
+NOTE_POLL_S = 0.01
+NOTE_AWAY_S = 30
+
+
+class ObserverAway(Unavailable):
+    """The observer on a worker's node has not taken note of the worker's job: the job waits."""
 
 
 class ClusterUnavailable(Unavailable):
@@ -95,6 +109,7 @@ class Run:
     unplaced: str = ""      # why the cluster has not placed it yet (no node with the GPUs, ...)
     catalogue_failed: str = ""   # why its first container could not fetch its catalogue files
     seen: float = 0.0       # time.monotonic() when this was learnt
+    uid: str = ""
 
     @property
     def live(self) -> bool:
@@ -114,7 +129,7 @@ def _run(pod) -> tuple[str, Run]:
     run = Run(meta.namespace, meta.name, labels.get("vre.pool", ""), labels.get("vre.role", ""),
               phase=status.phase or "Pending", ip=status.pod_ip or "", deleting=bool(meta.deletion_timestamp),
               waiting=k8s.waiting_reason(pod), node=getattr(pod.spec, "node_name", None) or "",
-              seen=time.monotonic())
+              seen=time.monotonic(), uid=meta.uid or "")
     for c in status.container_statuses or ():
         if c.state and c.state.terminated:
             gated = labels.get(OBSERVED_LABEL) and c.state.terminated.exit_code == GATE_EXIT
@@ -162,6 +177,7 @@ class PodDaskExecutor(LocalDaskExecutor):
         self._last_error = "no look yet"
         self._client: ApiClient | None = None
         self._hub_ip = ""                     # the hub Service's cluster IP, once asked for
+        self._observer_away: dict[str, float] = {}   # node -> until when its hand-outs do not wait
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="vre-jobs-kubernetes", daemon=True).start()
 
@@ -419,15 +435,43 @@ class PodDaskExecutor(LocalDaskExecutor):
 
     async def serve(self, worker: str, user: str, job_id: int) -> None:
         """Tell the observer on the worker's node which job (and user) its reads are for from now
-        on: the pod's annotations, which it watches (nothing when no observer records reads)."""
+        on, through the pod's annotations, which it watches; return once it says that it counts
+        them so (``vre.jobs.observed``), else ObserverAway (the job waits in the queue). Nothing
+        when no observer records reads."""
         if not self.settings.k8s_read_observer:
             return
-        patch = {"metadata": {"annotations": {AUDIT_JOB: str(job_id), AUDIT_JOB_USER: user}}}
+        serial = str(time.time_ns())
+        patch = {"metadata": {"annotations": {AUDIT_JOB: str(job_id), AUDIT_JOB_USER: user, AUDIT_JOB_SERIAL: serial}}}
         try:
-            await self.acall(lambda api: api.patch_namespaced_pod(self.pod_name(worker), self.namespace(worker), patch))
-        except (ApiException, ClusterUnavailable) as e:
-            log.warning("could not tell the observer that %s runs job %s (%s): its reads are recorded as the "
-                        "project's worker's", worker, job_id, getattr(e, "reason", e))
+            pod = await self.acall(lambda api: api.patch_namespaced_pod(self.pod_name(worker), self.namespace(worker),
+                                                                         patch))
+        except (ApiException, k8s.KubernetesBackendError) as e:
+            if transient(e) or getattr(e, "status", None) == 404:   # gone meanwhile: the next look sees it
+                raise self._unavailable(e) from None
+            why = k8s.api_reason(e) if isinstance(e, ApiException) else str(e)
+            raise ExecutorError(f"could not tell the observer that {worker} runs job {job_id}: {why}") from None
+        await self._noted(worker, pod.metadata.uid, pod.spec.node_name or "", job_id, serial)
+
+    async def _noted(self, worker: str, uid: str, node: str, job_id: int, serial: str) -> None:
+        """Wait until the observer of ``node`` said that it counts the pod ``uid``'s reads for this
+        hand-out of ``job_id`` (a word of an earlier hand-out, or of another node's observer, is
+        not it): up to ``NOTE_WAIT_S``, or one look while that node's observer is away."""
+        now = time.monotonic()
+        away = self._observer_away.get(node, 0) > now
+        deadline = now if away else now + NOTE_WAIT_S
+        while True:
+            if await asyncio.to_thread(observed.noted, self.settings.vre_db_url, uid, node) == (job_id, serial):
+                self._observer_away.pop(node, None)
+                return
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(NOTE_POLL_S)
+        if not away:   # only a whole wait in vain makes the node's observer away (a look cannot end it)
+            log.error("the observer on node %s did not take note within %s s that worker %s runs job %s; that "
+                      "node's hand-outs wait in the queue for %s s", node, NOTE_WAIT_S, worker, job_id, NOTE_AWAY_S)
+            self._observer_away[node] = time.monotonic() + NOTE_AWAY_S
+        raise ObserverAway(f"the observer of dataset reads on node {node or '?'} has not taken note that worker "
+                           f"{worker} runs this job (an admin checks the chart's observer pods)")
 
     # -- launching ------------------------------------------------------------------------------
     def identity_files(self, plan: SessionPlan) -> dict[str, str]:

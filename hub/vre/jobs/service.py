@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from .. import beneath
 from ..accounts import get_account
+from ..audit.schema import encodes
 from ..claims.files import LOCAL, Files
 from ..db import JOB_FINAL, JOB_LANES, Job, Project, get_by_id, utcnow
 from ..errors import NotFound, VREError
@@ -378,10 +379,8 @@ def _checked(db: Session, settings: Settings, user: str, body: dict, *, reads: d
 
 def _text(value: str, what: str) -> str:
     """``value``, if it can be stored (a JSON string may hold half of a surrogate pair)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise JobRejected(f"{what} must be text (it holds an unpaired surrogate)") from None
+    if not encodes(value):
+        raise JobRejected(f"{what} must be text (it holds an unpaired surrogate)")
     return value
 
 
@@ -451,10 +450,8 @@ def _write_inputs(fd: int, payload: bytes | None, code: bytes | None, code_name:
     if payload is not None:
         beneath.write_beneath(fd, "function.pkl", payload, uid=uid, gid=gid, mode=0o640)
     if code is not None:
-        os.mkdir(INPUT_DIR, 0o700, dir_fd=fd)
-        sub = os.open(INPUT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        sub = beneath.mkdir_beneath(fd, INPUT_DIR, uid=uid, gid=gid, mode=0o700, fresh=True)
         try:
-            os.fchown(sub, uid, gid)
             beneath.write_beneath(sub, code_name, code, uid=uid, gid=gid, mode=0o400)
             os.fchmod(sub, 0o500)
         finally:
