@@ -533,3 +533,30 @@ def test_a_record_the_hub_refuses_does_not_hold_back_the_others(service, caplog,
 
 class SimpleWatcher:
     """No fanotify group: what ``store`` needs of an observer is its hub and token."""
+
+
+def test_a_workers_successor_of_the_same_name_is_neither_reassigned_nor_acknowledged_by_its_predecessors_marks(
+        tmp_path):
+    """Marks are kept by session, which for a batch worker is its pod's name; a successor pod of
+    that name (another uid) while its predecessor runs out its grace period: the predecessor's
+    marks are not re-assigned to the successor's job, nothing is said to the hub for it, and its
+    gate waits until those marks are gone (then it is marked as its own)."""
+    from types import SimpleNamespace
+
+    from vre.hostview.registry import process_start
+    old = Marked(session="ann-lung-7f3a", user="ann", project="lung", pid=os.getpid(),
+                 pid_start=process_start(os.getpid()), role="worker", job=6, pod_uid="u-0")
+    assigned = []
+    watcher = SimpleNamespace(marks={old.session: old}, assign=lambda *a: assigned.append(a))
+    observer = NodeObserver(instance="vre", node="node-1", hub_url="http://127.0.0.1:9", token_file=tmp_path / "t",
+                            state_dir=tmp_path / "reg", watcher=watcher)
+    observer.find_inits = lambda runs: pytest.fail("looked for the gate while the predecessor runs")
+    successor = pod(tmp_path)
+    successor["metadata"]["annotations"].update({"vre.audit/job": "7", "vre.audit/job-user": "bob",
+                                                 "vre.audit/job-serial": "44"})
+    observer.seen(successor)
+    assert assigned == [] and observer.to_note == {} and "u-1" not in observer.opened
+    old.pod_uid = "u-1"   # the same pod: its job is re-assigned, then said to the hub
+    watcher.assign = lambda session, user, job: (assigned.append(job), setattr(old, "job", job))
+    observer.seen(successor)
+    assert assigned == [7] and observer.to_note == {"u-1": (7, "44")}
