@@ -301,8 +301,8 @@ class ObservedAssignment(Base):
     to a worker only once its observer has it, so no read of the job is counted as another's."""
 
     __tablename__ = "observed_assignments"
-    pod_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     node: Mapped[str] = mapped_column(String(253), primary_key=True)   # whose observer said it
+    pod_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     job_id: Mapped[int] = mapped_column(Integer)
     serial: Mapped[str] = mapped_column(String(32))   # of the hand-out (``podgate.AUDIT_JOB_SERIAL``)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

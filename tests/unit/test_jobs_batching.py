@@ -110,6 +110,7 @@ class FakeExecutor:
         self.workers.pop(name, None)
 
     idle_worker = LocalDaskExecutor.idle_worker   # the real rule of which warm worker a job may take
+    may_serve = LocalDaskExecutor.may_serve
 
     def placement(self, name):
         return {}
@@ -149,7 +150,7 @@ class FakeExecutor:
     async def ensure_scheduler(self, plan):
         pass
 
-    async def start_worker(self, plan, cpu, mem_mb, devices, gpus=None):
+    async def start_worker(self, plan, cpu, mem_mb, devices, gpus=None, job=None):
         name = f"{plan.pool}-worker-{len(self.workers) + 1}"
         self.workers[name] = Worker(name, plan.pool, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets,
                                     gpus=len(devices) if gpus is None else gpus)

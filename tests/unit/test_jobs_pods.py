@@ -455,8 +455,9 @@ def test_a_job_is_handed_out_only_once_the_observer_of_its_workers_node_counts_i
         patches.append((ns, name, notes))
         if quick:
             observed.record(url, quick.pop(), [("uid-w1", int(notes["vre.audit/job"]), notes["vre.audit/job-serial"])])
-        return NS(metadata=NS(uid="uid-w1"), spec=NS(node_name="node-3"))
+        return NS(metadata=NS(uid="uid-w1"), spec=NS(node_name="node-3" if not placed else None))
     ex.core.patch_namespaced_pod = patch_namespaced_pod
+    placed = []   # [False]: the pod is not placed on a node yet
     observed.record(url, "node-3", [("uid-w1", 7, "1")])   # this job's earlier hand-out to the same pod
 
     async def hand_out(job: int, *, says: str, after: float | None = 0.05) -> float:
@@ -494,12 +495,25 @@ def test_a_job_is_handed_out_only_once_the_observer_of_its_workers_node_counts_i
     with pytest.raises(pods.ObserverAway):
         asyncio.run(hand_out(9, says="node-3", after=None))
     assert time.monotonic() - began < 0.5 and ex._observer_away["node-3"] == until
+    ex._runs["lung-worker-1"] = NS(node="node-3")
+    assert not ex.may_serve("lung-worker-1", ["ct"])   # a job with datasets takes a worker elsewhere meanwhile
+    assert ex.may_serve("lung-worker-1", [])
     assert asyncio.run(hand_out(10, says="node-3", after=0)) < 0.5
+    assert ex.may_serve("lung-worker-1", ["ct"])
     assert asyncio.run(hand_out(11, says="node-3", after=0.1)) >= 0.1   # waited for again
+    # a worker pod created for its job names it from the start (the observer marks it so before
+    # anything runs in it): nothing to patch, nothing to wait for
+    ex.started_for(NS(session_id="lung-worker-2", datasets=["ct"]), (12, "ann"))
+    asyncio.run(ex.serve("lung-worker-2", "ann", 12))
+    assert len(patches) == 5
+    # a pod not placed yet: its node's observer first sees it with the job; no wait
+    placed.append(False)
+    assert asyncio.run(hand_out(13, says="node-3", after=None)) < 0.1 and len(patches) == 6
+    placed.clear()
     # no observer configured: nothing to tell, nothing to wait for
     ex.settings = dataclasses.replace(ex.settings, k8s_read_observer=False)
-    asyncio.run(ex.serve("lung-worker-1", "bob", 12))
-    assert len(patches) == 5
+    asyncio.run(ex.serve("lung-worker-1", "bob", 14))
+    assert len(patches) == 6
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -517,6 +531,11 @@ def test_observers_words_are_kept_per_pod_and_node_on_either_database(backend, r
     observed.record(url, "n2", [("a", 4, "s4")])
     assert [observed.noted(url, "a", "n1"), observed.noted(url, "b", "n1"), observed.noted(url, "a", "n2"),
             observed.noted(url, "b", "n2")] == [(3, "s3"), (2, "s2"), (4, "s4"), None]
+    monkeypatch.setattr(observed, "PER_NODE", 2)   # a node's newest words only; the others' stay
+    for uid in ("c", "d"):
+        observed.record(url, "n2", [(uid, 5, "s5")])
+    assert [observed.noted(url, u, n) for u, n in (("a", "n2"), ("c", "n2"), ("d", "n2"), ("a", "n1"))] == [
+        None, (5, "s5"), (5, "s5"), (3, "s3")]
     monkeypatch.setattr(observed, "KEEP", dt.timedelta(0))   # every earlier word is old now
-    observed.record(url, "n2", [("c", 5, "s5")])
-    assert [observed.noted(url, u, n) for u, n in (("a", "n1"), ("a", "n2"), ("c", "n2"))] == [None, None, (5, "s5")]
+    observed.record(url, "n2", [("e", 6, "s6")])
+    assert [observed.noted(url, u, n) for u, n in (("a", "n1"), ("c", "n2"), ("e", "n2"))] == [None, None, (6, "s6")]

@@ -222,10 +222,11 @@ class NodeObserver(Recorder):
         self.note_job(run)
 
     def note_job(self, run: Run) -> None:
-        """Tell the hub (soon, in ``_notes``) the job a worker's reads are counted for, once they are."""
+        """Tell the hub (soon, in ``_notes``) the job a worker's reads are counted for, once they
+        are: for a hand-out the engine waits on (one with a serial; not a pod made for its job)."""
         marked = self.watcher.marks.get(run.session)
         said = (run.job, run.serial)
-        if run.job is None or marked is None or marked.pod_uid not in ("", run.uid) or marked.job != run.job \
+        if run.job is None or not run.serial or marked is None or marked.pod_uid not in ("", run.uid) or marked.job != run.job \
                 or self.noted.get(run.uid) == said:
             return
         self.to_note[run.uid] = said

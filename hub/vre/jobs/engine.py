@@ -562,7 +562,8 @@ class Engine:
             worker = None if job.gpus else self.executor.idle_worker(plan.pool, shape, plan.datasets)
             if worker is None:
                 with self.timed("start: start_worker"):
-                    worker = await self.executor.start_worker(plan, job.cpu, job.mem_mb, devices, gpus=job.gpus)
+                    worker = await self.executor.start_worker(plan, job.cpu, job.mem_mb, devices, gpus=job.gpus,
+                                                              job=(job.id, user))
             worker.job = job.id
             job.worker = worker.name
             job.usage = {"oom_before": self.executor.oom_kills(worker.name)}
@@ -683,7 +684,8 @@ class Engine:
         names = []
         for i in range(n):
             mine = devices[i * per_gpu:(i + 1) * per_gpu]
-            worker = await self.executor.start_worker(plan, job.cpu / n, job.mem_mb // n, mine, gpus=job.gpus // n)
+            worker = await self.executor.start_worker(plan, job.cpu / n, job.mem_mb // n, mine, gpus=job.gpus // n,
+                                                      job=(job.id, job.account.name))
             worker.job = job.id
             names.append(worker.name)
             job.worker = ",".join(names)   # each one the job holds: a failure below releases them all

@@ -205,14 +205,23 @@ class LocalDaskExecutor:
         stay idle until ``stop_idle``."""
         for w in self.workers.values():
             if w.pool == pool and w.job is None and w.shape == shape and w.datasets == datasets \
-                    and not w.gpus and self.alive(w.name):
+                    and not w.gpus and self.alive(w.name) and self.may_serve(w.name, datasets):
                 return w
         return None
 
+    def started_for(self, plan: SessionPlan, job: tuple[int, str]) -> None:
+        """The worker of ``plan`` is about to be launched for ``job`` (id, user)."""
+
+    def may_serve(self, name: str, datasets) -> bool:
+        """Whether the idle worker ``name`` may take a job with ``datasets`` now (``PodDaskExecutor``:
+        not while the observer of its node is away)."""
+        return True
+
     async def start_worker(self, plan: SessionPlan, cpu: float, mem_mb: int, devices: tuple[int, ...],
-                           gpus: int | None = None) -> Worker:
+                           gpus: int | None = None, job: tuple[int, str] | None = None) -> Worker:
         """A new worker of ``plan``'s pool with these resources: this machine's GPU ``devices``,
-        or (``gpu_counts``) a count of ``gpus`` the cluster places."""
+        or (``gpu_counts``) a count of ``gpus`` the cluster places. ``job``: (id, user) of the
+        job it is started for (``PodDaskExecutor`` names it in the pod from its creation)."""
         n = 1
         while f"{plan.pool}-worker-{n}" in self.workers or self.alive(f"{plan.pool}-worker-{n}"):
             n += 1
@@ -220,6 +229,8 @@ class LocalDaskExecutor:
                 raise ExecutorError(f"pool {plan.pool} has {MAX_WORKERS} workers already")
         name = f"{plan.pool}-worker-{n}"
         plan = plan.for_worker(name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices) if gpus is None else gpus)
+        if job is not None:
+            self.started_for(plan, job)
         await asyncio.to_thread(self.prepare, plan)
         scheduler = await asyncio.to_thread(self.scheduler_address, plan.pool)
         argv = [self.dask, "worker", scheduler, "--name", name, "--nthreads", "1",

@@ -66,7 +66,7 @@ def record(url: str, node: str, assignments: list[tuple[str, int, str]]) -> int:
         db.execute(delete(ObservedAssignment).where(ObservedAssignment.at < now - KEEP))
         for uid, job, serial in assignments:
             db.execute(upsert.values(pod_uid=uid, node=node, job_id=job, serial=serial, at=now).on_conflict_do_update(
-                index_elements=["pod_uid", "node"], set_={"job_id": job, "serial": serial, "at": now}))
+                index_elements=["node", "pod_uid"], set_={"job_id": job, "serial": serial, "at": now}))
         kept = select(ObservedAssignment.pod_uid).where(ObservedAssignment.node == node) \
             .order_by(ObservedAssignment.at.desc()).limit(PER_NODE)
         db.execute(delete(ObservedAssignment).where(ObservedAssignment.node == node,

@@ -30,9 +30,10 @@ What differs from the sandbox (``executor.LocalDaskExecutor``, whose logic this 
   reads in its own memory cgroup around the job (``task.oom_kills``: the project's side, like the
   rest of its pool's report, so it can only mislabel how the project's own jobs failed).
 - Dataset reads are recorded by the observer on the worker's node (``vre.hostview.node``): a
-  worker with datasets starts behind its gate, as a session does, and ``serve`` annotates the pod
-  with the job it now runs, then waits until that observer says it counts the pod's reads for
-  that job (``jobs.observed``) before the job is handed out: no read of the job is another's.
+  worker with datasets starts behind its gate, as a session does, its pod naming the job it is
+  started for; ``serve`` annotates a warm worker with its next job, then waits until that
+  observer says it counts the pod's reads for that job (``jobs.observed``) before the job is
+  handed out: a job's reads are not its predecessor's.
   Without the observer, jobs with datasets run only where the deployment accepted unobserved
   reads (``k8s_unobserved_reads``).
 - GPUs are a count (``nvidia.com/gpu`` in the worker's limits, on ``k8s_gpu_node_selector``
@@ -178,6 +179,9 @@ class PodDaskExecutor(LocalDaskExecutor):
         self._client: ApiClient | None = None
         self._hub_ip = ""                     # the hub Service's cluster IP, once asked for
         self._observer_away: dict[str, float] = {}   # node -> until when its hand-outs do not wait
+        # worker -> (job, user) its pod is created for, until that job is served (the next start
+        # of that name replaces it)
+        self._born_for: dict[str, tuple[int, str]] = {}
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="vre-jobs-kubernetes", daemon=True).start()
 
@@ -433,12 +437,25 @@ class PodDaskExecutor(LocalDaskExecutor):
     def unmark(self, name: str) -> None:
         """Nothing to tell: the observer on the pod's node sees the pod end."""
 
+    def may_serve(self, name: str, datasets) -> bool:
+        """Not a job with datasets while the observer of the worker's node is away: a new worker
+        (anywhere) serves it without waiting for a word (``serve``)."""
+        run = self._runs.get(name)
+        return not datasets or run is None or self._observer_away.get(run.node, 0) <= time.monotonic()
+
+    def started_for(self, plan: SessionPlan, job: tuple[int, str]) -> None:
+        """A worker's pod is created naming the job it is started for (``_launch``)."""
+        if plan.datasets and self.settings.k8s_read_observer:
+            self._born_for[plan.session_id] = job
+
     async def serve(self, worker: str, user: str, job_id: int) -> None:
         """Tell the observer on the worker's node which job (and user) its reads are for from now
         on, through the pod's annotations, which it watches; return once it says that it counts
-        them so (``vre.jobs.observed``), else ObserverAway (the job waits in the queue). Nothing
-        when no observer records reads."""
-        if not self.settings.k8s_read_observer:
+        them so (``vre.jobs.observed``), else ObserverAway (the job waits in the queue). No word
+        is needed where the observer cannot have marked the pod before the job's annotations: a
+        pod created with them (``start_worker``), or one not placed on a node yet. Nothing when
+        no observer records reads."""
+        if not self.settings.k8s_read_observer or self._born_for.pop(worker, None) == (job_id, user):
             return
         serial = str(time.time_ns())
         patch = {"metadata": {"annotations": {AUDIT_JOB: str(job_id), AUDIT_JOB_USER: user, AUDIT_JOB_SERIAL: serial}}}
@@ -446,11 +463,14 @@ class PodDaskExecutor(LocalDaskExecutor):
             pod = await self.acall(lambda api: api.patch_namespaced_pod(self.pod_name(worker), self.namespace(worker),
                                                                          patch))
         except (ApiException, k8s.KubernetesBackendError) as e:
-            if transient(e) or getattr(e, "status", None) == 404:   # gone meanwhile: the next look sees it
+            if getattr(e, "status", None) == 404:   # gone meanwhile: the next look sees it
+                raise ClusterUnavailable(f"the pod of {worker} is gone; the job waits") from None
+            if transient(e):
                 raise self._unavailable(e) from None
             why = k8s.api_reason(e) if isinstance(e, ApiException) else str(e)
             raise ExecutorError(f"could not tell the observer that {worker} runs job {job_id}: {why}") from None
-        await self._noted(worker, pod.metadata.uid, pod.spec.node_name or "", job_id, serial)
+        if pod.spec.node_name:   # unplaced: its node's observer first sees it with these annotations
+            await self._noted(worker, pod.metadata.uid, pod.spec.node_name, job_id, serial)
 
     async def _noted(self, worker: str, uid: str, node: str, job_id: int, serial: str) -> None:
         """Wait until the observer of ``node`` said that it counts the pod ``uid``'s reads for this
@@ -511,6 +531,9 @@ class PodDaskExecutor(LocalDaskExecutor):
             image = k8s.check_image(self.settings, gpu_image or self.settings.notebook_image)
             pod = k8s.batch_pod(self.settings, sized, image=image, env=env, command=argv,
                                 pull_policy=self.pull_policy, tmp_size=self.tmp_size, catalog_api=catalog_api)
+            if plan.session_id in self._born_for:   # the observer marks it for this job before it runs
+                job_id, user = self._born_for[plan.session_id]
+                pod["metadata"].setdefault("annotations", {}).update({AUDIT_JOB: str(job_id), AUDIT_JOB_USER: user})
             secret = k8s.run_secret(self.settings, sized, self.identity_files(plan), env)
             # the namespace and its policies with each scheduler; the quota with every run (an
             # admin may have changed the project's since the scheduler started)

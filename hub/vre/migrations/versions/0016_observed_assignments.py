@@ -20,8 +20,8 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "observed_assignments",
+        sa.Column("node", sa.String(253), primary_key=True),   # first: a node's words are read together
         sa.Column("pod_uid", sa.String(64), primary_key=True),
-        sa.Column("node", sa.String(253), primary_key=True),
         sa.Column("job_id", sa.Integer(), nullable=False),
         sa.Column("serial", sa.String(32), nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
