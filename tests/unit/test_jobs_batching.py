@@ -89,6 +89,7 @@ class FakeExecutor:
         self.dead: set[str] = set()            # workers that ended
         self.unplaced: dict[str, str] = {}     # worker -> why the cluster has not placed it
         self.dropped: list[tuple[str, int]] = []
+        self.started_for: list[tuple[int, str] | None] = []   # the job each new worker was started for
 
     def scheduler_alive(self, project):
         return True
@@ -151,6 +152,7 @@ class FakeExecutor:
         pass
 
     async def start_worker(self, plan, cpu, mem_mb, devices, gpus=None, job=None):
+        self.started_for.append(job)
         name = f"{plan.pool}-worker-{len(self.workers) + 1}"
         self.workers[name] = Worker(name, plan.pool, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets,
                                     gpus=len(devices) if gpus is None else gpus)
@@ -1184,3 +1186,4 @@ def test_a_job_whose_workers_observer_has_not_taken_note_waits_in_the_queue_and_
     look(engine)
     assert job_row()[0::2] == ("running", 1) and fake.submitted == [job]
     assert served == [("lung-worker-1", "ann", job)] * 3
+    assert fake.started_for == [(job, "ann")]   # the new worker was started naming the job

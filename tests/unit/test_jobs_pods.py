@@ -455,9 +455,10 @@ def test_a_job_is_handed_out_only_once_the_observer_of_its_workers_node_counts_i
         patches.append((ns, name, notes))
         if quick:
             observed.record(url, quick.pop(), [("uid-w1", int(notes["vre.audit/job"]), notes["vre.audit/job-serial"])])
-        return NS(metadata=NS(uid="uid-w1"), spec=NS(node_name="node-3" if not placed else None))
+        return NS(metadata=NS(uid="uid-w1"), spec=NS(node_name=None if placed == [False] else "node-3"),
+                  status=NS(phase="Pending" if placed == ["not started"] else "Running"))
     ex.core.patch_namespaced_pod = patch_namespaced_pod
-    placed = []   # [False]: the pod is not placed on a node yet
+    placed = []   # [False]: the pod is not placed on a node yet; ["not started"]: placed, not past its gate
     observed.record(url, "node-3", [("uid-w1", 7, "1")])   # this job's earlier hand-out to the same pod
 
     async def hand_out(job: int, *, says: str, after: float | None = 0.05) -> float:
@@ -509,11 +510,16 @@ def test_a_job_is_handed_out_only_once_the_observer_of_its_workers_node_counts_i
     # a pod not placed yet: its node's observer first sees it with the job; no wait
     placed.append(False)
     assert asyncio.run(hand_out(13, says="node-3", after=None)) < 0.1 and len(patches) == 6
+    # one placed but not started yet: the job waits for it, no word waited for, the node not away
+    placed[:] = ["not started"]
+    with pytest.raises(ClusterUnavailable, match="its worker lung-worker-1 has not started yet"):
+        asyncio.run(hand_out(14, says="node-3", after=None))
+    assert "node-3" not in ex._observer_away and len(patches) == 7
     placed.clear()
     # no observer configured: nothing to tell, nothing to wait for
     ex.settings = dataclasses.replace(ex.settings, k8s_read_observer=False)
-    asyncio.run(ex.serve("lung-worker-1", "bob", 14))
-    assert len(patches) == 6
+    asyncio.run(ex.serve("lung-worker-1", "bob", 15))
+    assert len(patches) == 7
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -209,8 +209,8 @@ class LocalDaskExecutor:
                 return w
         return None
 
-    def started_for(self, plan: SessionPlan, job: tuple[int, str]) -> None:
-        """The worker of ``plan`` is about to be launched for ``job`` (id, user)."""
+    def started_for(self, plan: SessionPlan, job: tuple[int, str] | None) -> None:
+        """The worker of ``plan`` is about to be launched for ``job`` (id, user), or for none."""
 
     def may_serve(self, name: str, datasets) -> bool:
         """Whether the idle worker ``name`` may take a job with ``datasets`` now (``PodDaskExecutor``:
@@ -229,8 +229,7 @@ class LocalDaskExecutor:
                 raise ExecutorError(f"pool {plan.pool} has {MAX_WORKERS} workers already")
         name = f"{plan.pool}-worker-{n}"
         plan = plan.for_worker(name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices) if gpus is None else gpus)
-        if job is not None:
-            self.started_for(plan, job)
+        self.started_for(plan, job)
         await asyncio.to_thread(self.prepare, plan)
         scheduler = await asyncio.to_thread(self.scheduler_address, plan.pool)
         argv = [self.dask, "worker", scheduler, "--name", name, "--nthreads", "1",

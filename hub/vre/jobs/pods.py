@@ -80,8 +80,8 @@ CONNECT_WAIT_S = 60
 #: Seconds a job's hand-out waits for the observer on its worker's node to count the worker's
 #: reads as the job's (milliseconds when it is well) ...
 NOTE_WAIT_S = 5
-#: ... and how often it looks; after a wait in vain, the node's next hand-outs for this long do
-#: not wait (they look once): an observer that is away must not hold up every look.
+#: ... and how often it looks; after a wait in vain, the node's idle workers take no job with
+#: datasets for this long (``may_serve``): an observer that is away must not hold up every look.
 NOTE_POLL_S = 0.01
 NOTE_AWAY_S = 30
 
@@ -178,7 +178,7 @@ class PodDaskExecutor(LocalDaskExecutor):
         self._last_error = "no look yet"
         self._client: ApiClient | None = None
         self._hub_ip = ""                     # the hub Service's cluster IP, once asked for
-        self._observer_away: dict[str, float] = {}   # node -> until when its hand-outs do not wait
+        self._observer_away: dict[str, float] = {}   # node -> until when its idle workers take no dataset job
         # worker -> (job, user) its pod is created for, until that job is served (the next start
         # of that name replaces it)
         self._born_for: dict[str, tuple[int, str]] = {}
@@ -443,9 +443,11 @@ class PodDaskExecutor(LocalDaskExecutor):
         run = self._runs.get(name)
         return not datasets or run is None or self._observer_away.get(run.node, 0) <= time.monotonic()
 
-    def started_for(self, plan: SessionPlan, job: tuple[int, str]) -> None:
-        """A worker's pod is created naming the job it is started for (``_launch``)."""
-        if plan.datasets and self.settings.k8s_read_observer:
+    def started_for(self, plan: SessionPlan, job: tuple[int, str] | None) -> None:
+        """A worker's pod behind the observer's gate is created naming the job it is started for
+        (``_launch``)."""
+        self._born_for.pop(plan.session_id, None)
+        if job is not None and k8s.reads_observed(self.settings, plan):
             self._born_for[plan.session_id] = job
 
     async def serve(self, worker: str, user: str, job_id: int) -> None:
@@ -469,13 +471,19 @@ class PodDaskExecutor(LocalDaskExecutor):
                 raise self._unavailable(e) from None
             why = k8s.api_reason(e) if isinstance(e, ApiException) else str(e)
             raise ExecutorError(f"could not tell the observer that {worker} runs job {job_id}: {why}") from None
-        if pod.spec.node_name:   # unplaced: its node's observer first sees it with these annotations
-            await self._noted(worker, pod.metadata.uid, pod.spec.node_name, job_id, serial)
+        if not pod.spec.node_name:   # unplaced: its node's observer first sees it with these annotations
+            return
+        if (pod.status.phase or "Pending") == "Pending":
+            # placed, its gate not opened yet: the observer may mark it from an earlier view of it,
+            # and says nothing until it runs (seconds): the job waits for it in the queue
+            raise ClusterUnavailable(f"its worker {worker} has not started yet; the job waits")
+        await self._noted(worker, pod.metadata.uid, pod.spec.node_name, job_id, serial)
 
     async def _noted(self, worker: str, uid: str, node: str, job_id: int, serial: str) -> None:
         """Wait until the observer of ``node`` said that it counts the pod ``uid``'s reads for this
         hand-out of ``job_id`` (a word of an earlier hand-out, or of another node's observer, is
-        not it): up to ``NOTE_WAIT_S``, or one look while that node's observer is away."""
+        not it): up to ``NOTE_WAIT_S``, or one look while that node's observer is away (its idle
+        workers are not offered then: a cluster job's may still be)."""
         now = time.monotonic()
         away = self._observer_away.get(node, 0) > now
         deadline = now if away else now + NOTE_WAIT_S
@@ -488,7 +496,8 @@ class PodDaskExecutor(LocalDaskExecutor):
             await asyncio.sleep(NOTE_POLL_S)
         if not away:   # only a whole wait in vain makes the node's observer away (a look cannot end it)
             log.error("the observer on node %s did not take note within %s s that worker %s runs job %s; that "
-                      "node's hand-outs wait in the queue for %s s", node, NOTE_WAIT_S, worker, job_id, NOTE_AWAY_S)
+                      "node's idle workers take no job with datasets for %s s", node, NOTE_WAIT_S, worker, job_id,
+                      NOTE_AWAY_S)
             self._observer_away[node] = time.monotonic() + NOTE_AWAY_S
         raise ObserverAway(f"the observer of dataset reads on node {node or '?'} has not taken note that worker "
                            f"{worker} runs this job (an admin checks the chart's observer pods)")
