@@ -1087,6 +1087,42 @@ def test_a_wake_for_jobs_queued_in_a_full_project_does_not_make_the_engine_look(
     assert asyncio.run(rings(["lung"])) is True
 
 
+def test_the_doorbell_is_read_a_batch_per_pause(world, monkeypatch):
+    """After each read of the doorbell the engine leaves it ``RING_PAUSE`` seconds: a flood of
+    rings costs one short read per pause (the kernel drops the rest), not a CPU; a ring in the
+    pause is read after it."""
+    from vre.jobs import engine as engine_module
+    monkeypatch.setattr(engine_module, "RING_PAUSE", 0.3)
+    engine = Engine(world, executor=FakeExecutor(0))
+
+    async def rings() -> tuple[int, bool]:
+        engine._listen_for_wakes()
+        sock = engine._wake_sock
+        try:
+            service.wake(world)
+            await asyncio.sleep(0.05)           # read at once: news
+            first = engine._wake.is_set()
+            engine._wake.clear()
+            for _ in range(3):
+                service.wake(world)
+            await asyncio.sleep(0.05)           # in the pause: not read
+            left = 0
+            try:
+                while True:
+                    sock.recv(64)
+                    left += 1
+            except BlockingIOError:
+                pass
+            service.wake(world)
+            await asyncio.sleep(0.4)            # after the pause: read
+            return left, first and engine._wake.is_set()
+        finally:
+            asyncio.get_running_loop().remove_reader(sock)
+            sock.close()
+
+    assert asyncio.run(rings()) == (3, True)
+
+
 def test_a_look_finds_which_projects_have_no_free_slot(world):
     a, b = submit(world, "ann"), submit(world, "ben")
     engine = Engine(world, executor=FakeExecutor(0))

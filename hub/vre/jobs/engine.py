@@ -59,6 +59,9 @@ FAST_TICK = 0.1       # while a job is starting
 #: to back. A look that records something ends the quiet (a batch of tiny jobs never waits).
 QUIET_LOOKS = 3
 QUIET_GAP = 0.01
+#: Seconds the doorbell is not read after each read of it (at most 64 rings): a flood of rings
+#: then costs the engine one short read per pause, not a CPU (the rest is dropped by the kernel).
+RING_PAUSE = 0.002
 RUNTIME_SLACK = 60    # the task enforces the limit; the engine steps in this much later
 MAX_LOST_STARTS = 1   # a start lost (not the job's doing) is re-queued once
 STATUS_WAIT = 3.0     # seconds a look waits for the pools' reports (an agent answers in ms)
@@ -226,10 +229,18 @@ class Engine:
         os.chmod(path, 0o666)
         sock.setblocking(False)
 
+        loop = asyncio.get_running_loop()
+
+        def arm():
+            if sock.fileno() >= 0:   # not closed meanwhile (the engine stopping)
+                loop.add_reader(sock, readable)
+
         def readable():
+            loop.remove_reader(sock)
+            loop.call_later(RING_PAUSE, arm)
             news = False
             try:
-                for _ in range(64):   # a flood of rings cannot hold the loop: the rest comes next call
+                for _ in range(64):   # a flood of rings cannot hold the loop: the rest after RING_PAUSE
                     ring = sock.recv(service.MAX_RING)
                     # jobs queued only in projects whose slots the last look found all taken:
                     # nothing to start there until a job ends, which the next look finds (a look
@@ -245,7 +256,7 @@ class Engine:
             if news:
                 self._wake.set()
 
-        asyncio.get_running_loop().add_reader(sock, readable)
+        arm()
         self._wake_sock = sock
 
     async def run(self) -> None:
