@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 # A child per round opens every file once: the kernel merges a process' repeated opens of a file
 # whose event is still queued, never another process'. Prints the opens and the longest stall.
@@ -14,6 +15,7 @@ FLOOD = """
 import json, os, time
 root = "/data/%(dataset)s"
 files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+print("@@going", flush=True)
 opens, stall, last = 0, 0.0, time.monotonic()
 end = last + %(seconds)f
 while time.monotonic() < end:
@@ -31,17 +33,37 @@ print("@@" + json.dumps({"opens": opens, "stall": stall}))
 
 def flood_while_held(kernel, dataset: str, observer_pid: int, *, seconds: float = 10) -> dict:
     """The kernel floods ``dataset`` for ``seconds`` while the observer is stopped from 1.5 s to
-    4.5 s; returns {opens, stall}."""
-    held = threading.Timer(1.5, os.kill, (observer_pid, signal.SIGSTOP))
-    going = threading.Timer(4.5, os.kill, (observer_pid, signal.SIGCONT))
-    held.start()
-    going.start()
+    4.5 s into it; returns {opens, stall}. The hold is timed from the flood's own word that it
+    began: a kernel slow to start on a loaded machine must not flood only after the observer is
+    let go (then nothing is behind, and nothing is frozen)."""
+    msg_id = kernel.execute(FLOOD % {"dataset": dataset, "seconds": seconds})
+    out, timers, deadline = "", [], time.monotonic() + 180
     try:
-        out = kernel.check(FLOOD % {"dataset": dataset, "seconds": seconds}, timeout=180)
+        while True:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the flood did not end in 180 s: {out[-300:]!r}")
+            msg = kernel.recv(timeout=max(0.1, deadline - time.monotonic()))
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["header"]["msg_type"]
+            if kind == "status" and msg["content"]["execution_state"] in ("restarting", "dead"):
+                raise AssertionError(f"the kernel died during the flood: {out[-300:]!r}")
+            if kind == "error":
+                raise AssertionError(f"the flood failed: {msg['content']['ename']}: {msg['content']['evalue']}")
+            if kind == "stream":
+                out += msg["content"]["text"]
+                if not timers and "@@going" in out:
+                    timers = [threading.Timer(1.5, os.kill, (observer_pid, signal.SIGSTOP)),
+                              threading.Timer(4.5, os.kill, (observer_pid, signal.SIGCONT))]
+                    for t in timers:
+                        t.start()
+            if kind == "status" and msg["content"]["execution_state"] == "idle":
+                break
     finally:
-        held.join()
-        going.join()
+        for t in timers:
+            t.join()
         os.kill(observer_pid, signal.SIGCONT)
+    assert timers, f"the flood never said it began: {out[-300:]!r}"
     return json.loads(out.rsplit("@@", 1)[1])
 
 
