@@ -285,13 +285,45 @@ def test_cancel_kills_the_job_process(hub, alice, workspace):
     assert done["state"] == "cancelled"
     # nothing of the job is left in any of the project's worker cgroups (only the Dask workers)
     time.sleep(1)
+    for needle in ("forever.py", "sleep 600", "jobs.runner"):
+        assert not _in_worker_cgroups(hub, needle)
+
+
+def _in_worker_cgroups(hub, needle: str) -> list[str]:
+    """Command lines with ``needle`` of the processes in the project's worker cgroups."""
+    found = []
     for cg in Path(f"/sys/fs/cgroup/pids/{hub.instance}").glob(f"{PROJECT}-worker-*"):
         for pid in (cg / "cgroup.procs").read_text().split():
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except FileNotFoundError:
                 continue
-            assert "forever.py" not in cmd and "sleep 600" not in cmd and "jobs.runner" not in cmd, cmd
+            if needle in cmd:
+                found.append(cmd)
+    return found
+
+
+def test_a_job_leaves_nothing_running_on_its_worker(hub, alice, workspace):
+    """The worker's next job may be another member's, and the host records the worker's reads
+    under the job it serves: a background child and a daemon in a session of its own end with
+    the job that started them, and its log says so."""
+    path = put(workspace, "leaves.py", """
+        import os, subprocess
+        subprocess.Popen('sleep 613 &', shell=True)
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execvp('sleep', ['sleep', '614'])
+            os._exit(0)
+        os.wait()
+        print('LEAVING', flush=True)
+        """)
+    j = submit(alice, kind="script", target=path)
+    done = wait(alice, j["id"])
+    text = log(alice, j["id"])
+    assert done["state"] == "succeeded", (done, text)
+    assert "LEAVING" in text and "the job left 2 process(es) running, ended:" in text, text
+    assert not _in_worker_cgroups(hub, "sleep 613") and not _in_worker_cgroups(hub, "sleep 614")
 
 
 def test_run_time_and_memory_limits_say_so(hub, alice, workspace):

@@ -84,3 +84,53 @@ def test_a_long_error_is_cut_to_what_the_kubelet_keeps(tmp_path, monkeypatch):
     assert task.main([str(spec)]) == 1
     data = log.read_bytes()
     assert len(data) <= task.REPORT_MAX and json.loads(data)["error"].startswith("RuntimeError: \u2603")
+
+
+LEAVES = """
+import os, subprocess, sys
+here = sys.argv[0].rsplit('/', 1)[0]
+subprocess.Popen(['sleep', '600'])                       # in the job's group
+if os.fork() == 0:                                       # a daemon: a session of its own, its parent gone
+    os.setsid()
+    if os.fork() == 0:
+        open(os.path.join(here, 'daemon.pid'), 'w').write(str(os.getpid()))
+        os.execvp('sleep', ['sleep', '601'])
+    os._exit(0)
+os.wait()
+while not os.path.exists(os.path.join(here, 'daemon.pid')):
+    pass
+print('leaving', flush=True)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_what_a_job_leaves_running_is_ended_with_it(tmp_path):
+    """A worker serves the next job at once, and the host records its reads under that job: a
+    job's background child and a daemon that left its session end with the job, and the log
+    says so. A process the worker started before the job is not the job's: it is left alone."""
+    spec = spec_file(tmp_path, LEAVES)
+    log = tmp_path / "termination-log"
+    code = ("import subprocess, sys; from vre_session.jobs import task; "
+            "older = subprocess.Popen(['sleep', '602']); "
+            f"task.TERMINATION_LOG = {str(log)!r}; code = task.main([{spec!r}]); "
+            "print('OLDER', older.poll(), older.pid, flush=True); older.kill(); sys.exit(code)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(log.read_text())["returncode"] == 0
+    assert "OLDER None" in out.stdout   # still running when the job's leftovers were ended
+    daemon = int((tmp_path / "daemon.pid").read_text())
+    try:
+        assert not _running(daemon), "the daemon the job left is still running"
+    finally:
+        if _running(daemon):
+            os.kill(daemon, signal.SIGKILL)
+    text = (tmp_path / "out" / "log.txt").read_text()
+    assert "leaving" in text and "the job left 2 process(es) running, ended:" in text, text
+    assert text.count(" sleep") >= 2

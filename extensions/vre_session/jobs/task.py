@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 
+from . import leftovers
+
 #: job id -> the job's process, on this worker
 _running: dict[int, subprocess.Popen] = {}
 _cancelled: set[int] = set()
@@ -42,6 +44,8 @@ def run_job(spec: dict) -> dict:
     with open(spec_file, "w") as f:
         json.dump({k: v for k, v in spec.items() if k != "inputs"}, f)   # the inputs are in the folder now
     started = time.time()
+    leftovers.adopt_orphans()
+    before_job = leftovers.present()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     ooms_before = oom_kills()
     with open(os.path.join(outdir, "log.txt"), "ab", buffering=0) as log:
@@ -64,6 +68,8 @@ def run_job(spec: dict) -> dict:
                 _running.pop(job_id, None)
                 cancelled = job_id in _cancelled
                 _cancelled.discard(job_id)
+                alone = not _running
+        _end_what_it_left(proc, before_job if alone else None, log)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         code = proc.returncode
         log.write(f"[vre] job {job_id} ended with code {code}\n".encode())
@@ -201,6 +207,23 @@ def _kill_group(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _end_what_it_left(proc: subprocess.Popen, before: set | None, log) -> None:
+    """Once the job's process ended: every process it started, a daemon in a session of its own
+    included (``leftovers``), or, with another job running here (``before`` None: the two jobs'
+    orphans cannot be told apart), the rest of its process group. What was ended is in the job's
+    log, and its usage in the job's."""
+    if before is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+    ended = leftovers.end_leftovers(before)
+    if ended:
+        shown = ", ".join(ended[:10]) + (f" and {len(ended) - 10} more" if len(ended) > 10 else "")
+        log.write(f"[vre] the job left {len(ended)} process(es) running, ended: {shown}\n".encode())
 
 
 def kill(job_id: int) -> bool:
