@@ -253,3 +253,25 @@ def test_a_flushed_host_rule_of_a_held_island_is_put_back(hub, alice):
     while subprocess.run(["iptables", "-w", "-C", *rule], capture_output=True).returncode:
         assert time.monotonic() < deadline, "the held island's host-side rule was not put back"
         time.sleep(0.5)
+
+
+def test_what_a_job_leaves_running_ends_with_it_in_the_worker_container(hub, alice):
+    """The worker container serves the pool's next job, perhaps another member's: a daemon the
+    job left in a session of its own ends with the job (the worker is its subreaper)."""
+    workspace = hub.state / "projects" / PROJECT / "workspace"
+    workspace.mkdir(parents=True, exist_ok=True)
+    (workspace / "leaves.py").write_text(
+        "import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        os.execvp('sleep', ['sleep', '615'])\n    os._exit(0)\nos.wait()\n")
+    job_id = submit(alice, kind="script", target="project/leaves.py")
+    j = wait(alice, job_id)
+    text = log(alice, job_id)
+    assert j["state"] == "succeeded" and "the job left 1 process(es) running, ended:" in text, (j, text)
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p) == b"sleep\x00615\x00"]
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:   # gone meanwhile
+        return b""
