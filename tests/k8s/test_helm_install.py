@@ -990,13 +990,19 @@ libc = ctypes.CDLL(None, use_errno=True)
 facts["userns"] = "made" if libc.unshare(0x10000000) == 0 else os.strerror(ctypes.get_errno())
 # the observers' route of the VRE service, which the session reaches: not without their token
 import urllib.error, urllib.request
-forged = {{"node": "n", "events": [{{"action": "dataset.read", "actor": "someone", "actor_role": "researcher"}}]}}
-req = urllib.request.Request(os.environ["VRE_AUDIT_URL"].rsplit("/", 1)[0] + "/host-events", data=json.dumps(forged).encode(),
-                             method="POST", headers={{"Authorization": "vre-observer " + "x" * 43}})
-try:
-    facts["forged"] = urllib.request.urlopen(req, timeout=10).status
-except urllib.error.HTTPError as e:
-    facts["forged"] = e.code
+# (the records of reads, and the word that a worker's reads count for a job from now on)
+forged = {{"host-events": {{"node": "n", "events": [{{"action": "dataset.read", "actor": "someone",
+                                                    "actor_role": "researcher"}}]}},
+          "host-assignments": {{"node": "n", "assignments": [{{"pod_uid": "u", "job": 1, "serial": "1"}}]}}}}
+facts["forged"] = {{}}
+for route, body in forged.items():
+    req = urllib.request.Request(os.environ["VRE_AUDIT_URL"].rsplit("/", 1)[0] + "/" + route,
+                                 data=json.dumps(body).encode(), method="POST",
+                                 headers={{"Authorization": "vre-observer " + "x" * 43}})
+    try:
+        facts["forged"][route] = urllib.request.urlopen(req, timeout=10).status
+    except urllib.error.HTTPError as e:
+        facts["forged"][route] = e.code
 s = socket.socket()
 s.settimeout(3)
 try:
@@ -1319,7 +1325,7 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
             assert facts["other"] is False and facts["write"] == "Read-only file system", facts
             assert facts["cap_eff"] == "0000000000000000" and facts["no_new_privs"] == "1", facts
             assert facts["uid"] >= 1000 and facts["public"] in ("TimeoutError", "ConnectionRefusedError"), facts
-            assert facts["userns"] == "Operation not permitted" and facts["forged"] == 403, facts
+            assert facts["userns"] == "Operation not permitted" and facts["forged"] == {"host-events": 403, "host-assignments": 403}, facts
 
             # the viewer through the access layer: a series' metadata and one slice's pixels
             auth = {"Authorization": f"token {c.token}"}

@@ -490,12 +490,8 @@ def test_a_job_is_handed_out_only_once_the_observer_of_its_workers_node_counts_i
     with pytest.raises(pods.ObserverAway, match="observer of dataset reads on node node-3 has not taken note"):
         asyncio.run(hand_out(8, says="node-9"))
     assert observed.noted(url, "uid-w1", "node-3") == (7, notes["vre.audit/job-serial"])
-    # that node's observer is away now: its hand-outs look once, without waiting, and a look in
-    # vain does not prolong that; a word there in time (a quick observer) ends it
-    began, until = time.monotonic(), ex._observer_away["node-3"]
-    with pytest.raises(pods.ObserverAway):
-        asyncio.run(hand_out(9, says="node-3", after=None))
-    assert time.monotonic() - began < 0.5 and ex._observer_away["node-3"] == until
+    # that node's observer is away now: its idle workers take no job with datasets meanwhile (so
+    # no hand-out waits for it); a word there in time (a quick observer) ends it
     ex._runs["lung-worker-1"] = NS(node="node-3")
     assert not ex.may_serve("lung-worker-1", ["ct"])   # a job with datasets takes a worker elsewhere meanwhile
     assert ex.may_serve("lung-worker-1", [])
@@ -506,20 +502,20 @@ def test_a_job_is_handed_out_only_once_the_observer_of_its_workers_node_counts_i
     # anything runs in it): nothing to patch, nothing to wait for
     ex.started_for(NS(session_id="lung-worker-2", datasets=["ct"]), (12, "ann"))
     asyncio.run(ex.serve("lung-worker-2", "ann", 12))
-    assert len(patches) == 5
+    assert len(patches) == 4
     # a pod not placed yet: its node's observer first sees it with the job; no wait
     placed.append(False)
-    assert asyncio.run(hand_out(13, says="node-3", after=None)) < 0.1 and len(patches) == 6
+    assert asyncio.run(hand_out(13, says="node-3", after=None)) < 0.1 and len(patches) == 5
     # one placed but not started yet: the job waits for it, no word waited for, the node not away
     placed[:] = ["not started"]
     with pytest.raises(ClusterUnavailable, match="its worker lung-worker-1 has not started yet"):
         asyncio.run(hand_out(14, says="node-3", after=None))
-    assert "node-3" not in ex._observer_away and len(patches) == 7
+    assert "node-3" not in ex._observer_away and len(patches) == 6
     placed.clear()
     # no observer configured: nothing to tell, nothing to wait for
     ex.settings = dataclasses.replace(ex.settings, k8s_read_observer=False)
     asyncio.run(ex.serve("lung-worker-1", "bob", 15))
-    assert len(patches) == 7
+    assert len(patches) == 6
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -480,13 +480,11 @@ class PodDaskExecutor(LocalDaskExecutor):
         await self._noted(worker, pod.metadata.uid, pod.spec.node_name, job_id, serial)
 
     async def _noted(self, worker: str, uid: str, node: str, job_id: int, serial: str) -> None:
-        """Wait until the observer of ``node`` said that it counts the pod ``uid``'s reads for this
-        hand-out of ``job_id`` (a word of an earlier hand-out, or of another node's observer, is
-        not it): up to ``NOTE_WAIT_S``, or one look while that node's observer is away (its idle
-        workers are not offered then: a cluster job's may still be)."""
-        now = time.monotonic()
-        away = self._observer_away.get(node, 0) > now
-        deadline = now if away else now + NOTE_WAIT_S
+        """Wait up to ``NOTE_WAIT_S`` until the observer of ``node`` said that it counts the pod
+        ``uid``'s reads for this hand-out of ``job_id`` (a word of an earlier hand-out, or of
+        another node's observer, is not it). In vain: that node's idle workers take no job with
+        datasets for ``NOTE_AWAY_S`` (``may_serve``, so no hand-out waits here meanwhile)."""
+        deadline = time.monotonic() + NOTE_WAIT_S
         while True:
             if await asyncio.to_thread(observed.noted, self.settings.vre_db_url, uid, node) == (job_id, serial):
                 self._observer_away.pop(node, None)
@@ -494,11 +492,10 @@ class PodDaskExecutor(LocalDaskExecutor):
             if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(NOTE_POLL_S)
-        if not away:   # only a whole wait in vain makes the node's observer away (a look cannot end it)
-            log.error("the observer on node %s did not take note within %s s that worker %s runs job %s; that "
-                      "node's idle workers take no job with datasets for %s s", node, NOTE_WAIT_S, worker, job_id,
-                      NOTE_AWAY_S)
-            self._observer_away[node] = time.monotonic() + NOTE_AWAY_S
+        log.error("the observer on node %s did not take note within %s s that worker %s runs job %s; that "
+                  "node's idle workers take no job with datasets for %s s", node, NOTE_WAIT_S, worker, job_id,
+                  NOTE_AWAY_S)
+        self._observer_away[node] = time.monotonic() + NOTE_AWAY_S
         raise ObserverAway(f"the observer of dataset reads on node {node or '?'} has not taken note that worker "
                            f"{worker} runs this job (an admin checks the chart's observer pods)")
 
