@@ -544,6 +544,7 @@ def test_a_workers_successor_of_the_same_name_is_neither_reassigned_nor_acknowle
     from types import SimpleNamespace
 
     from vre.hostview.registry import process_start
+    from vre.hostview.watcher import Behind
     old = Marked(session="ann-lung-7f3a", user="ann", project="lung", pid=os.getpid(),
                  pid_start=process_start(os.getpid()), role="worker", job=6, pod_uid="u-0")
     assigned = []
@@ -556,7 +557,14 @@ def test_a_workers_successor_of_the_same_name_is_neither_reassigned_nor_acknowle
                                                  "vre.audit/job-serial": "44"})
     observer.seen(successor)
     assert assigned == [] and observer.to_note == {} and "u-1" not in observer.opened
-    old.pod_uid = "u-1"   # the same pod: its job is re-assigned, then said to the hub
+    old.pod_uid = "u-1"   # the same pod, while a flood's backlog is not read: nothing said yet
+
+    def behind(session, user, job):
+        raise Behind("the queue of dataset reads was not read empty")
+    watcher.assign = behind
+    observer.seen(successor)
+    assert observer.to_note == {} and old.job == 6
+    # once it is read: its job is re-assigned, then said to the hub
     watcher.assign = lambda session, user, job: (assigned.append(job), setattr(old, "job", job))
     observer.seen(successor)
     assert assigned == [7] and observer.to_note == {"u-1": (7, "44")}

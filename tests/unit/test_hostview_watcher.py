@@ -327,3 +327,48 @@ def test_a_registry_written_by_a_newer_hostview_is_read_without_its_new_fields(t
                                                     "pid": 1, "pid_start": 0, "frozen": True, "later": 1}]}))
     (m,) = registry.load().values()
     assert (m.session, m.frozen) == ("ann-lung-1", True)
+
+
+@needs_root
+def test_a_workers_job_changes_only_once_every_earlier_read_is_counted_for_the_job_before(tmp_path, monkeypatch):
+    """A batch worker's next job is another member's perhaps: the watcher re-assigns its marks
+    only once the kernel's queue is read empty (every earlier open is the previous job's). A
+    backlog beyond what one assignment reads leaves the worker counting for its job, saying so
+    (``Behind``: the engine's hand-out waits)."""
+    from vre.hostview import watcher as watcher_module
+    from vre.hostview.watcher import Behind
+
+    data, target = tmp_path / "dataset", tmp_path / "inside" / "data" / "ct"
+    (data / "s1").mkdir(parents=True)
+    for i in range(6_000):   # distinct files (the kernel merges repeated opens of one): over two batches
+        (data / "s1" / f"{i}.dcm").write_bytes(b"")
+    target.mkdir(parents=True)
+    run = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                            f"mount --bind {data} {target} && mount -o remount,bind,ro {target} && exec sleep 60"])
+    watcher = Watcher(Registry(tmp_path / "reg"))
+    try:
+        deadline = time.monotonic() + 5
+        while not Path(f"/proc/{run.pid}/cmdline").read_bytes().startswith(b"sleep"):
+            assert time.monotonic() < deadline, "the run never mounted its dataset"
+            time.sleep(0.01)
+        watcher.mark(Marked(session="lung-worker-1", user="ann", project="lung", pid=run.pid, pid_start=0,
+                            role="worker", job=1, datasets=[{"slug": "ct", "target": str(target)}]))
+        watcher.drain()
+        inside = Path(f"/proc/{run.pid}/root{target}") / "s1"
+        for i in range(6_000):
+            os.close(os.open(inside / f"{i}.dcm", os.O_RDONLY))
+        monkeypatch.setattr(watcher_module, "ALL", 1)   # an assignment reads one batch: the rest is a backlog
+        with pytest.raises(Behind, match="keeps counting for job 1"):
+            watcher.assign("lung-worker-1", "bob", 2)
+        assert (watcher.marks["lung-worker-1"].user, watcher.marks["lung-worker-1"].job) == ("ann", 1)
+        monkeypatch.setattr(watcher_module, "ALL", 1000)
+        watcher.assign("lung-worker-1", "bob", 2)   # the rest is read first, then the job changes
+        assert (watcher.marks["lung-worker-1"].user, watcher.marks["lung-worker-1"].job) == ("bob", 2)
+        watcher._flush()
+        summaries = [e for e in watcher.outbox if e.action == "dataset.read_summary"]
+        assert sum(e.details["opens"] for e in summaries) == 6_000
+        assert {(e.actor, e.details["job"]) for e in summaries} == {("ann", 1)}
+    finally:
+        run.kill()
+        run.wait()
+        watcher.group.close()

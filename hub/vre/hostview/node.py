@@ -47,7 +47,7 @@ from .podgate import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_SERIAL, AUDIT_JOB_USE
 from .pause import CGROUP_ROOT
 from .registry import Marked, Registry, alive
 from .service import NICE, Recorder
-from .watcher import MarkError, Watcher
+from .watcher import Behind, MarkError, Watcher
 
 log = logging.getLogger("vre.hostview.node")
 
@@ -217,7 +217,10 @@ class NodeObserver(Recorder):
         self.runs[run.uid] = run
         marked = self.watcher.marks.get(run.session)
         if marked is not None and marked.pod_uid in ("", run.uid) and (marked.job, marked.user) != (run.job, run.user):
-            self.watcher.assign(run.session, run.user, run.job)   # ("": marked by an older observer)
+            try:   # ("": marked by an older observer)
+                self.watcher.assign(run.session, run.user, run.job)
+            except Behind as e:   # no word for the hub: the engine's hand-out waits (and tries again)
+                log.warning("%s: %s", run.session, e)
         self.open_gates([run])
         self.note_job(run)
 

@@ -21,7 +21,7 @@ from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from .client import socket_path
 from .registry import Marked, Registry
-from .watcher import MarkError, Watcher
+from .watcher import MarkError, NotMarked, Watcher
 
 log = logging.getLogger("vre.hostview")
 TICK = 1.0
@@ -112,8 +112,8 @@ class Service(Recorder):
             return {"ok": False, "error": f"unknown op {op!r}"}
         except (KeyError, TypeError, ValueError) as e:
             return {"ok": False, "error": f"bad request: {e!r}"}
-        except MarkError as e:
-            return {"ok": False, "error": str(e)}
+        except MarkError as e:   # "unmarked": a worker hostview does not know (the engine replaces it)
+            return {"ok": False, "error": str(e), "unmarked": isinstance(e, NotMarked)}
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

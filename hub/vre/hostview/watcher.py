@@ -46,6 +46,15 @@ class MarkError(RuntimeError):
     """A run's dataset mounts could not be marked; the message says why."""
 
 
+class NotMarked(MarkError):
+    """A worker to assign a job to is not marked (a new worker is marked as it starts)."""
+
+
+class Behind(MarkError):
+    """The kernel's queue could not be read empty before a worker's job changed: what it still
+    holds would be counted as the new job's, so the worker keeps its job for now."""
+
+
 def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc)
 
@@ -136,6 +145,7 @@ class Watcher:
         self.scanned_at = time.time()   # the last rescan for mounts below datasets
         self.unmarkable: set[tuple[str, int]] = set()   # (session, mount id) below datasets, said once
         self.empty_at = time.time()   # the kernel's queue was last read empty: every earlier open is here
+        self.emptied = 0              # how often it was read empty (a clock may step back)
         self.behind_s = BEHIND_S
         self.behind: Counter[str] = Counter()   # session -> opens read since the queue was empty or a freeze
         self.held_at = 0.0                       # when the last run was frozen
@@ -255,11 +265,16 @@ class Watcher:
                       role=m.role, job=m.job)
 
     def assign(self, session: str, user: str, job: int | None) -> None:
-        """A batch worker now serves ``job`` of ``user``: its next reads are theirs."""
+        """A batch worker now serves ``job`` of ``user``: its next reads are theirs. Only once
+        every read queued before is counted for its previous job (else ``Behind``)."""
         m = self.marks.get(session)
         if m is None:
-            raise MarkError(f"{session} is not marked")
+            raise NotMarked(f"{session} is not marked")
+        emptied = self.emptied
         self.drain(ALL)   # every read before this one is the previous job's
+        if self.emptied == emptied:
+            raise Behind(f"the queue of dataset reads was not read empty ({session} keeps counting for job "
+                         f"{m.job} until it is: a run opens files faster than they are recorded)")
         self._flush(session=session)  # the previous job's counts stay the previous job's
         m.user, m.job = user, job
         self._attribute(m)
@@ -390,6 +405,7 @@ class Watcher:
         """The queue was read empty: every open so far is counted; thaw what was frozen, and
         try again to freeze runs that could not be."""
         self.empty_at = now
+        self.emptied += 1
         self.behind.clear()
         self.unpausable.clear()
         self.queued_at_hold = 0

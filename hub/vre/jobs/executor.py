@@ -61,7 +61,7 @@ class Unavailable(ExecutorError):
 
 
 class RecorderUnavailable(Unavailable):
-    """vre-hostview cannot record a new worker's dataset reads now (it is restarting)."""
+    """vre-hostview cannot record a worker's dataset reads (as its job's) now: it is restarting, or behind."""
 
 
 class AgentRefused(ExecutorError):
@@ -291,9 +291,19 @@ class LocalDaskExecutor:
         hostview.unmark(self.settings, name)
 
     async def serve(self, worker: str, user: str, job_id: int) -> None:
-        """Tell hostview which job (and user) a worker's dataset reads are for from now on."""
-        if await asyncio.to_thread(hostview.assign, self.settings, worker, user, job_id) is None:
-            log.warning("hostview did not take note that %s runs job %s", worker, job_id)
+        """Tell hostview which job (and user) a worker's dataset reads are for from now on, and
+        return only once it took note: a job handed out before would have its first reads
+        recorded as the worker's previous job's, perhaps another member's. Else the job waits in
+        the queue (``RecorderUnavailable``), and a worker hostview does not know (it lost its
+        marks) is stopped: a new one is marked as it starts."""
+        answer = await asyncio.to_thread(hostview.assign, self.settings, worker, user, job_id)
+        if answer is not None and answer.get("ok"):
+            return
+        if answer is not None and answer.get("unmarked"):
+            log.error("hostview does not know worker %s: stopping it", worker)
+            await asyncio.to_thread(self.stop_worker, worker)
+        why = "does not answer" if answer is None else f"did not take note ({answer.get('error')})"
+        raise RecorderUnavailable(f"vre-hostview {why}: the reads of {worker} cannot be recorded as this job's yet")
 
     async def forget(self, pool: str, job_id: int) -> None:
         try:

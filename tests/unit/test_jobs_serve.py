@@ -1,0 +1,44 @@
+"""A warm worker's next job is handed out only once vre-hostview counts the worker's reads for
+it: else its first reads would be recorded as the previous job's, perhaps another member's."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from types import SimpleNamespace as NS
+
+import pytest
+
+from vre.jobs import executor
+from vre.jobs.executor import LocalDaskExecutor, RecorderUnavailable
+
+
+def serve(monkeypatch, answer) -> tuple[list, list]:
+    """``serve`` a job to a worker, hostview answering ``answer``; (what hostview was told, the
+    workers stopped). Raises what ``serve`` raises."""
+    told, stopped = [], []
+    monkeypatch.setattr(executor.hostview, "assign", lambda settings, *a: told.append(a) or answer)
+    ex = NS(settings=object(), stop_worker=stopped.append)
+    try:
+        asyncio.run(LocalDaskExecutor.serve(ex, "lung-worker-1", "bob", 7))
+    except RecorderUnavailable as e:
+        e.stopped = stopped
+        raise
+    return told, stopped
+
+
+def test_the_job_is_handed_out_once_hostview_took_note(monkeypatch):
+    assert serve(monkeypatch, {"ok": True}) == ([("lung-worker-1", "bob", 7)], [])
+
+
+@pytest.mark.parametrize("answer, why, stopped", [
+    # hostview restarting, or behind a flood: the worker keeps its marks (and its job)
+    (None, "vre-hostview does not answer", []),
+    ({"ok": False, "error": "the queue of dataset reads was not read empty"}, "did not take note (the queue", []),
+    # it lost its marks: the worker is stopped, a new one is marked as it starts
+    ({"ok": False, "error": "lung-worker-1 is not marked", "unmarked": True}, "is not marked", ["lung-worker-1"]),
+])
+def test_no_note_the_job_waits_in_the_queue(monkeypatch, answer, why, stopped):
+    with pytest.raises(RecorderUnavailable, match=rf"{re.escape(why)}.*lung-worker-1 cannot be recorded") as e:
+        serve(monkeypatch, answer)
+    assert e.value.stopped == stopped
