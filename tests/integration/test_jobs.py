@@ -448,3 +448,39 @@ def test_a_jobs_dataset_reads_are_recorded_from_the_host_as_its_submitters(hub, 
             break
         time.sleep(1)
     assert opens == n
+
+
+def test_a_job_with_data_waits_while_hostview_is_away_and_then_runs_as_its_submitters(hub, alice, workspace):
+    """A warm worker's next job is handed out only once hostview counts the worker's reads for
+    it: with hostview away the job waits in the queue saying why (it was handed out anyway,
+    its first reads recorded under the worker's previous job), and runs once it is back."""
+    from vre.hostview import client as hostview
+    from vre.settings import load
+
+    path = put(workspace, "reads_one.py", f"""\
+        import glob
+        open(sorted(glob.glob('/data/{SLUG}/**/*.dcm', recursive=True))[0], 'rb').read(1)
+        print('READ')
+        """)
+    first = wait(alice, submit(alice, kind="script", target=path)["id"])   # a warm worker with the data
+    assert first["state"] == "succeeded", log(alice, first["id"])
+    sock = hostview.socket_path(load(environ=hub.env))
+    hidden = sock.with_name("hidden.sock")
+    os.rename(sock, hidden)
+    try:
+        j = submit(alice, kind="script", target=path)
+        deadline = time.monotonic() + 60
+        while "vre-hostview" not in (now := job(alice, j["id"]))["reason"]:
+            assert time.monotonic() < deadline and now["state"] == "queued", now
+            time.sleep(0.3)
+        time.sleep(2)   # looks go on meanwhile: it stays queued
+        assert job(alice, j["id"])["state"] == "queued"
+    finally:
+        os.rename(hidden, sock)
+    done = wait(alice, j["id"])
+    assert done["state"] == "succeeded", log(alice, j["id"])
+    deadline = time.monotonic() + 30
+    while not (firsts := [e for e in audit(hub, "dataset.read") if e["details"].get("job") == j["id"]]):
+        assert time.monotonic() < deadline, "no dataset.read names the job"
+        time.sleep(0.5)
+    assert {e["actor"] for e in firsts} == {"alice"}
