@@ -43,11 +43,11 @@ def flood_while_held(kernel, dataset: str, observer_pid: int, *, seconds: float 
             if time.monotonic() > deadline:
                 raise AssertionError(f"the flood did not end in 180 s: {out[-300:]!r}")
             msg = kernel.recv(timeout=max(0.1, deadline - time.monotonic()))
+            kind = msg["header"]["msg_type"]
+            if kind == "status" and msg["content"]["execution_state"] in ("restarting", "dead"):   # the server's
+                raise AssertionError(f"the kernel died during the flood: {out[-300:]!r}")
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
-            kind = msg["header"]["msg_type"]
-            if kind == "status" and msg["content"]["execution_state"] in ("restarting", "dead"):
-                raise AssertionError(f"the kernel died during the flood: {out[-300:]!r}")
             if kind == "error":
                 raise AssertionError(f"the flood failed: {msg['content']['ename']}: {msg['content']['evalue']}")
             if kind == "stream":

@@ -118,6 +118,9 @@ class SessionPlan:
     #: The batch pool it belongs to (workers and schedulers): the project's slug for the shared
     #: workers, ``<slug>.held`` for held ones (no slug has a dot); names its processes and folders.
     pool: str = ""
+    #: The job (id, user) a batch worker is started for: its reads are recorded as that job's from
+    #: its first (hostview's mark, the pod's annotations), so its first hand-out needs no word.
+    job: tuple[int, str] | None = None
 
     @property
     def threads(self) -> int:
@@ -139,11 +142,13 @@ class SessionPlan:
         }
 
     # -- batch variants --------------------------------------------------------------------
-    def for_worker(self, name: str, *, cpu: float, mem_mb: int, gpus: int) -> "SessionPlan":
-        """A batch worker of this pool (from a ``worker`` or ``held`` plan) with one job's resources."""
+    def for_worker(self, name: str, *, cpu: float, mem_mb: int, gpus: int,
+                   job: tuple[int, str] | None = None) -> "SessionPlan":
+        """A batch worker of this pool (from a ``worker`` or ``held`` plan) with one job's
+        resources, started for ``job`` (id, user) or for none."""
         self._require_batch_base()
         run = self.run_dir / "workers" / name
-        return replace(self, session_id=name, cpu=cpu, mem_mb=mem_mb, gpus=gpus, run_dir=run,
+        return replace(self, session_id=name, cpu=cpu, mem_mb=mem_mb, gpus=gpus, run_dir=run, job=job,
                        mounts=_data_mounts(self) + runtime_mounts("worker", run, None),
                        env={**self.env, **thread_limits(cpu)},
                        labels={**self.labels, "vre.session": name})

@@ -9,6 +9,7 @@ import logging
 import math
 import random
 import time
+import types
 
 import pytest
 from sqlalchemy import select
@@ -410,6 +411,24 @@ def test_exit_codes_in_range_are_recorded(world, code, state, reason):
     look(engine)
     row = job_row(world, job)
     assert (row.state, row.exit_code) == (state, code) and reason in row.reason
+
+
+def test_a_worker_its_job_left_processes_on_that_would_not_end_takes_no_other_job(world):
+    """(They would read under its next job's name, perhaps another member's: the worker is stopped,
+    and the next job gets a new one.)"""
+    first = submit(world, "ann")
+    fake = FakeExecutor(1)
+    fake.stop_idle = types.MethodType(LocalDaskExecutor.stop_idle, fake)
+    fake.settings = world
+    engine = Engine(world, executor=fake)
+    look(engine)
+    assert fake.submitted == [first] and fake.started_for == []   # on the warm worker
+    fake.agent[first].update(state="done", result={"returncode": 0, "spent": True})
+    look(engine)
+    assert job_row(world, first).state == "succeeded" and "lung-worker-1" not in fake.workers
+    second = submit(world, "ben")
+    look(engine)
+    assert fake.submitted == [first, second] and fake.started_for == [(second, "ben")]
 
 
 def test_a_job_whose_worker_ends_before_it_runs_is_queued_again_once_then_fails(world):

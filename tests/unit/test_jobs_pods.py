@@ -15,7 +15,7 @@ import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from vre.backends.kubernetes import batch_id, object_name
-from vre.jobs.executor import ExecutorError, SchedulerLost
+from vre.jobs.executor import ExecutorError, SchedulerLost, Worker
 from vre.jobs.pods import ClusterUnavailable, PodDaskExecutor
 from vre.settings import Settings
 
@@ -500,9 +500,9 @@ def test_a_job_is_handed_out_only_once_the_observer_of_its_workers_node_counts_i
     assert asyncio.run(hand_out(11, says="node-3", after=0.1)) >= 0.1   # waited for again
     # a worker pod created for its job names it from the start (the observer marks it so before
     # anything runs in it): nothing to patch, nothing to wait for
-    ex.started_for(NS(session_id="lung-worker-2", datasets=["ct"]), (12, "ann"))
+    ex.workers["lung-worker-2"] = Worker("lung-worker-2", "lung", (), born_for=(12, "ann"))
     asyncio.run(ex.serve("lung-worker-2", "ann", 12))
-    assert len(patches) == 4
+    assert len(patches) == 4 and ex.workers["lung-worker-2"].born_for is None   # its next hand-out is told
     # a pod not placed yet: its node's observer first sees it with the job; no wait
     placed.append(False)
     assert asyncio.run(hand_out(13, says="node-3", after=None)) < 0.1 and len(patches) == 5

@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import re
+from functools import partial
 from types import SimpleNamespace as NS
 
 import pytest
 
 from vre.jobs import executor
-from vre.jobs.executor import LocalDaskExecutor, RecorderUnavailable
+from vre.jobs.executor import LocalDaskExecutor, RecorderUnavailable, Worker
 
 
-def serve(monkeypatch, answer) -> tuple[list, list]:
-    """``serve`` a job to a worker, hostview answering ``answer``; (what hostview was told, the
-    workers stopped). Raises what ``serve`` raises."""
+def serve(monkeypatch, answer, *, born_for=None) -> tuple[list, list]:
+    """``serve`` job 7 of bob to a worker (started for ``born_for``), hostview answering
+    ``answer``; (what hostview was told, the workers stopped). Raises what ``serve`` raises."""
     told, stopped = [], []
     monkeypatch.setattr(executor.hostview, "assign", lambda settings, *a: told.append(a) or answer)
-    ex = NS(settings=object(), stop_worker=stopped.append)
+    ex = NS(settings=object(), stop_worker=stopped.append,
+            workers={"lung-worker-1": Worker("lung-worker-1", "lung", (), born_for=born_for)})
+    ex.born_with = partial(LocalDaskExecutor.born_with, ex)
     try:
         asyncio.run(LocalDaskExecutor.serve(ex, "lung-worker-1", "bob", 7))
     except RecorderUnavailable as e:
@@ -29,6 +32,12 @@ def serve(monkeypatch, answer) -> tuple[list, list]:
 
 def test_the_job_is_handed_out_once_hostview_took_note(monkeypatch):
     assert serve(monkeypatch, {"ok": True}) == ([("lung-worker-1", "bob", 7)], [])
+
+
+def test_nothing_to_tell_for_the_job_a_worker_was_started_for(monkeypatch):
+    """It was marked for that job as it started; a worker started for another is told."""
+    assert serve(monkeypatch, None, born_for=(7, "bob")) == ([], [])
+    assert serve(monkeypatch, {"ok": True}, born_for=(6, "bob")) == ([("lung-worker-1", "bob", 7)], [])
 
 
 @pytest.mark.parametrize("answer, why, stopped", [

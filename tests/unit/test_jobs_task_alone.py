@@ -134,3 +134,25 @@ def test_what_a_job_leaves_running_is_ended_with_it(tmp_path):
     text = (tmp_path / "out" / "log.txt").read_text()
     assert "leaving" in text and "the job left 2 process(es) running, ended:" in text, text
     assert text.count(" sleep") >= 2
+
+
+def test_what_would_not_end_is_reported_without_holding_up_the_worker(tmp_path):
+    """A leftover that does not go within the grace (one stuck in the kernel; here a child the
+    caller reaps itself) is reported, and the sweep returns: the engine then stops the worker."""
+    code = """
+import json, subprocess, sys, time
+from vre_session.jobs import leftovers
+older = subprocess.Popen(['sleep', '30'])    # the worker's own, before its first job
+leftovers.adopt_orphans()
+mine = subprocess.Popen(['sleep', '30'])     # a job's, that the caller waits for itself
+began = time.monotonic()
+ended, stuck = leftovers.end_leftovers(0.3, unreaped=frozenset({mine.pid}))
+took = time.monotonic() - began
+print(json.dumps({"ended": ended, "stuck": stuck, "took": took, "older": older.poll(), "mine": mine.wait()}))
+older.kill()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["stuck"] == report["ended"] and len(report["ended"]) == 1 and "sleep" in report["ended"][0]
+    assert 0.3 <= report["took"] < 2 and report["older"] is None and report["mine"] == -signal.SIGKILL

@@ -6,7 +6,8 @@ behind (a shell's ``cmd &``, a daemon that forked twice into a session of its ow
 reading under the next job's name. Killing the job's process group catches the first kind; the
 second escapes any group, so the worker makes itself its children's subreaper
 (``PR_SET_CHILD_SUBREAPER``): whatever a job starts stays below the worker however it forks,
-and is found there once the job ended.
+and is found there once the job ended. What the worker had below it before its first job
+(normally nothing) is its own; everything else is some job's.
 
 This runs with the researcher's privileges, so it stops accidents, not a member bent on it: a
 job can reach its pool's other workers through the pool's scheduler anyway. That limit is in
@@ -18,20 +19,26 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
 
 PR_SET_CHILD_SUBREAPER = 36
-#: sweeps at most: a leftover forking as fast as it is killed is killed again, within reason
-ROUNDS = 20
-_adopting = False
+#: Seconds the processes a job left may take to end once killed (one in uninterruptible sleep on
+#: a hung mount may take longer: then the worker is spent, ``end_leftovers``).
+GRACE_S = 5.0
+#: (pid, start) of what was below this process before its first job: None until adopted
+_own: set[tuple[int, int]] | None = None
 
 
-def adopt_orphans() -> bool:
-    """Make this process the subreaper of its descendants (once); False where the kernel refused."""
-    global _adopting
-    if not _adopting:
+def adopt_orphans() -> None:
+    """Make this process the subreaper of its descendants, and note what is below it already
+    (once, before its first job)."""
+    global _own
+    if _own is None:
         libc = ctypes.CDLL(None, use_errno=True)
-        _adopting = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    return _adopting
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "the worker cannot adopt what its jobs leave (prctl)")
+        table = _table()
+        _own = {(pid, table[pid][1]) for pid in _below(os.getpid(), table)}
 
 
 def _table() -> dict[int, tuple[int, int, str, str]]:
@@ -63,34 +70,33 @@ def _below(root: int, table: dict[int, tuple[int, int, str, str]]) -> list[int]:
     return found
 
 
-def present() -> set[tuple[int, int]]:
-    """(pid, start) of every process below this one now: what is not a job's, taken as it starts
-    (the start tells a pid used again from the process that had it)."""
-    table = _table()
-    return {(pid, table[pid][1]) for pid in _below(os.getpid(), table)}
-
-
-def end_leftovers(before: set[tuple[int, int]]) -> list[str]:
-    """SIGKILL every process below this one that was not there ``before`` (``present``), and reap the ones
-    that became ours; only while no other job runs here (below this process, a job's orphan
-    cannot be told from another's). Returns ``"pid name"`` of each process ended."""
-    me, ended = os.getpid(), []
-    for _ in range(ROUNDS):
+def end_leftovers(grace: float = GRACE_S, *, unreaped: frozenset[int] = frozenset()) -> tuple[list[str], list[str]]:
+    """SIGKILL every process below this one that was not there before its first job, and reap
+    those that became ours, without ever blocking (a process stuck in the kernel, or a zombie
+    leader whose threads run on, must not hang the worker); only while no job runs here.
+    ``unreaped``: children the caller reaps itself (a ``Popen`` it still waits for). Returns (``"pid name"`` of each process killed, of each still there after ``grace``)."""
+    me, killed, signalled, deadline = os.getpid(), {}, set(), time.monotonic() + grace
+    while True:
         table = _table()
-        victims = [p for p in _below(me, table) if (p, table[p][1]) not in before]
-        alive = [p for p in victims if table[p][2] != "Z"]
-        for pid in alive:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                ended.append(f"{pid} {table[pid][3]}")
-            except ProcessLookupError:
-                pass
-        for pid in victims:
-            if table[pid][0] == me:
+        left = [p for p in _below(me, table) if (p, table[p][1]) not in (_own or set())]
+        for pid in left:
+            zombie = table[pid][2] == "Z"
+            if pid not in signalled or not zombie:   # once even a zombie: a leader's threads may run on
                 try:
-                    os.waitpid(pid, 0)   # ours now (orphaned, or killed here): never left a zombie
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                signalled.add(pid)
+                if not zombie:   # what was still running
+                    killed.setdefault(pid, f"{pid} {table[pid][3]}")
+        for pid in left:
+            if table[pid][0] == me and pid not in unreaped:   # ours now (orphaned, or killed here): reaped, never a zombie
+                try:
+                    os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
                     pass
-        if not alive:
-            break
-    return ended
+        if not left:
+            return list(killed.values()), []
+        if time.monotonic() > deadline:
+            return list(killed.values()), [f"{p} {table[p][3]}" for p in left]
+        time.sleep(0.01)

@@ -45,7 +45,6 @@ def run_job(spec: dict) -> dict:
         json.dump({k: v for k, v in spec.items() if k != "inputs"}, f)   # the inputs are in the folder now
     started = time.time()
     leftovers.adopt_orphans()
-    before_job = leftovers.present()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     ooms_before = oom_kills()
     with open(os.path.join(outdir, "log.txt"), "ab", buffering=0) as log:
@@ -69,13 +68,16 @@ def run_job(spec: dict) -> dict:
                 cancelled = job_id in _cancelled
                 _cancelled.discard(job_id)
                 alone = not _running
-        _end_what_it_left(proc, before_job if alone else None, log)
+        spent = _end_what_it_left(proc, alone, log)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         code = proc.returncode
         log.write(f"[vre] job {job_id} ended with code {code}\n".encode())
     ooms = oom_kills()
     return {
         "returncode": code, "timed_out": timed_out, "cancelled": cancelled,
+        # processes it left that would not end: the engine stops this worker (they would read
+        # under its next job's name)
+        "spent": spent,
         # seen from inside (a pod's worker: nothing outside reads its cgroup); None: unknown
         "oom_kills": ooms - ooms_before if ooms is not None and ooms_before is not None else None,
         "usage": {"wall_s": round(time.time() - started, 3),
@@ -209,21 +211,31 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def _end_what_it_left(proc: subprocess.Popen, before: set | None, log) -> None:
+def _end_what_it_left(proc: subprocess.Popen, alone: bool, log) -> bool:
     """Once the job's process ended: every process it started, a daemon in a session of its own
-    included (``leftovers``), or, with another job running here (``before`` None: the two jobs'
+    included (``leftovers``), or, with another job running here (not ``alone``: the two jobs'
     orphans cannot be told apart), the rest of its process group. What was ended is in the job's
-    log, and its usage in the job's."""
-    if before is None:
+    log, and its usage in the job's. True when some would not end (the worker is spent)."""
+    if not alone:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        return
-    ended = leftovers.end_leftovers(before)
+        return False
+    if proc.returncode is None:   # a limit's kill it outlived: it is ours to reap, not the sweep's
+        proc.kill()
+        try:
+            proc.wait(timeout=leftovers.GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
+    ended, stuck = leftovers.end_leftovers(unreaped=frozenset() if proc.returncode is not None else {proc.pid})
     if ended:
         shown = ", ".join(ended[:10]) + (f" and {len(ended) - 10} more" if len(ended) > 10 else "")
         log.write(f"[vre] the job left {len(ended)} process(es) running, ended: {shown}\n".encode())
+    if stuck:
+        log.write(f"[vre] {len(stuck)} of them would not end ({', '.join(stuck[:10])}): this worker takes no "
+                  "other job\n".encode())
+    return bool(stuck)
 
 
 def kill(job_id: int) -> bool:

@@ -46,5 +46,6 @@ async def mark_run(settings: Settings, plan: SessionPlan, pid: int, session: str
     ``session`` (what its records will say); HostviewError when that cannot be done."""
     datasets = dataset_mounts(plan)
     await wait_for_mounts(pid, [d["target"] for d in datasets])
-    return await hostview.mark(settings, session=session, user=plan.user, project=plan.project, pid=pid,
-                               datasets=datasets, role=plan.role)
+    job, user = plan.job or (None, plan.user)   # a worker started for a job reads as that job's from its first
+    return await hostview.mark(settings, session=session, user=user, project=plan.project, pid=pid,
+                               datasets=datasets, role=plan.role, job=job)

@@ -557,7 +557,8 @@ def batch_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[st
     """A batch pool's Dask scheduler or worker (``plan.for_scheduler``/``for_worker``): the
     session's rendering (identity, read-only root, volumes, limits, no token, the allow-list) with
     the Dask command, the scheduler's ports, and the pool's labels (``vre.pool``; no user: a warm
-    worker serves the project's members in turn). A worker's catalogue files under claims come
+    worker serves the project's members in turn); a worker started for a job (``plan.job``) names
+    it and its user in the observer's annotations. A worker's catalogue files under claims come
     from the catalogue listener at ``catalog_api`` (``catalogue_api_url``)."""
     pod = session_pod(settings, plan, image=image, env=env, command=command, pull_policy=pull_policy,
                       tmp_size=tmp_size, catalog_api=catalog_api)
@@ -571,6 +572,8 @@ def batch_pod(settings: Settings, plan: SessionPlan, *, image: str, env: dict[st
         container["readinessProbe"] = {"tcpSocket": {"port": AGENT_PORT}, "periodSeconds": 1, "failureThreshold": 3}
         # it mostly waits: it requests a little and may burst to its limits (a worker's are its job's)
         container["resources"]["requests"] = dict(SCHEDULER_REQUESTS)
+    if plan.job is not None and reads_observed(settings, plan):   # the observer marks it for its job before it runs
+        pod["metadata"]["annotations"].update({AUDIT_JOB: str(plan.job[0]), AUDIT_JOB_USER: plan.job[1]})
     meta_labels = pod["metadata"]["labels"]
     meta_labels.pop("vre.user", None)
     meta_labels["vre.pool"] = plan.pool

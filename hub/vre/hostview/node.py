@@ -200,6 +200,7 @@ class NodeObserver(Recorder):
         self.since = time.time()            # pods started before this are the ones it may have missed
         self.noted: dict[str, tuple] = {}    # pod uid -> (job, serial) the hub was told its reads are for
         self.to_note: dict[str, tuple] = {}  # pod uid -> (job, serial) to tell the hub of
+        self.behind: set[str] = set()        # pod uids whose new job waits for a backlog to be read
         self._notes_due = asyncio.Event()
 
     # -- pods -----------------------------------------------------------------------------------
@@ -215,13 +216,23 @@ class NodeObserver(Recorder):
             self.forget(run.uid)
             return
         self.runs[run.uid] = run
+        self.follow_job(run)
+        self.open_gates([run])
+
+    def follow_job(self, run: Run) -> None:
+        """Count a marked worker's reads for the job its pod names now, and then tell the hub.
+        Behind a flood's backlog, not yet: tried again with the gates (``_gates``) until then,
+        while the engine's hand-out waits."""
         marked = self.watcher.marks.get(run.session)
         if marked is not None and marked.pod_uid in ("", run.uid) and (marked.job, marked.user) != (run.job, run.user):
             try:   # ("": marked by an older observer)
                 self.watcher.assign(run.session, run.user, run.job)
-            except Behind as e:   # no word for the hub: the engine's hand-out waits (and tries again)
-                log.warning("%s: %s", run.session, e)
-        self.open_gates([run])
+            except Behind as e:
+                if run.uid not in self.behind:
+                    log.warning("%s: %s", run.session, e)
+                self.behind.add(run.uid)
+                return
+        self.behind.discard(run.uid)
         self.note_job(run)
 
     def note_job(self, run: Run) -> None:
@@ -236,6 +247,7 @@ class NodeObserver(Recorder):
         self._notes_due.set()
 
     def forget(self, uid: str) -> Run | None:
+        self.behind.discard(uid)
         self.opened.discard(uid)
         self.retry.pop(uid, None)
         self.noted.pop(uid, None)
@@ -319,13 +331,19 @@ class NodeObserver(Recorder):
 
     async def _gates(self) -> None:
         """Pods of this node whose gate the observer has not opened yet: their container may not
-        run yet, or its shell had not set its trap when last looked at."""
+        run yet, or its shell had not set its trap when last looked at; and workers whose new job
+        waits for a backlog (``follow_job``)."""
         while not self._stop.is_set():
             pending = [r for r in self.runs.values() if r.uid not in self.opened]
             began = time.monotonic()
             try:
                 if pending:
                     self.open_gates(pending)
+                for uid in list(self.behind):
+                    if uid in self.runs:
+                        self.follow_job(self.runs[uid])
+                    else:
+                        self.behind.discard(uid)
             except Exception:   # one pod's trouble must not stop the gates of the others
                 log.exception("opening gates failed; trying again")
             try:

@@ -999,6 +999,11 @@ class Engine:
         else:
             state, reason = "failed", f"exited with code {code}; see its log"
         job.usage = usage
+        if result.get("spent") is True:   # it left processes that would not end: they would read as the next job's
+            worker = self.executor.workers.get(job.worker)
+            if worker is not None:
+                log.warning("worker %s is spent: job %s left processes on it that would not end", worker.name, job.id)
+                worker.spent = True
         self.release(db, job)
         self.finish(db, job, state, reason)
 

@@ -88,6 +88,11 @@ class Worker:
     datasets: tuple | None = ()
     idle_since: float = field(default_factory=time.time)
     gpus: int = 0           # GPUs it holds (devices or, on Kubernetes, a count): stopped with its job
+    #: The job (id, user) it was started for and has not been handed yet: it reads as that job's
+    #: from its start (``SessionPlan.job``), so that hand-out needs no word from the recorder.
+    born_for: tuple[int, str] | None = None
+    #: A job left processes on it that would not end: it takes no other job and is stopped.
+    spent: bool = False
 
 
 #: The most the engine reads of one answer of an agent (which researchers can reach and replace):
@@ -205,12 +210,9 @@ class LocalDaskExecutor:
         stay idle until ``stop_idle``."""
         for w in self.workers.values():
             if w.pool == pool and w.job is None and w.shape == shape and w.datasets == datasets \
-                    and not w.gpus and self.alive(w.name) and self.may_serve(w.name, datasets):
+                    and not w.gpus and not w.spent and self.alive(w.name) and self.may_serve(w.name, datasets):
                 return w
         return None
-
-    def started_for(self, plan: SessionPlan, job: tuple[int, str] | None) -> None:
-        """The worker of ``plan`` is about to be launched for ``job`` (id, user), or for none."""
 
     def may_serve(self, name: str, datasets) -> bool:
         """Whether the idle worker ``name`` may take a job with ``datasets`` now (``PodDaskExecutor``:
@@ -228,15 +230,15 @@ class LocalDaskExecutor:
             if n > MAX_WORKERS:
                 raise ExecutorError(f"pool {plan.pool} has {MAX_WORKERS} workers already")
         name = f"{plan.pool}-worker-{n}"
-        plan = plan.for_worker(name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices) if gpus is None else gpus)
-        self.started_for(plan, job)
+        plan = plan.for_worker(name, cpu=cpu, mem_mb=mem_mb, gpus=len(devices) if gpus is None else gpus, job=job)
         await asyncio.to_thread(self.prepare, plan)
         scheduler = await asyncio.to_thread(self.scheduler_address, plan.pool)
         argv = [self.dask, "worker", scheduler, "--name", name, "--nthreads", "1",
                 "--no-nanny", "--memory-limit", "0", "--no-dashboard", "--local-directory", "/tmp",
                 "--resources", f"vre-{name}=1", "--death-timeout", "120"]
         await self._launch(plan, argv, devices, limits=dict(cpu=cpu, mem_mb=mem_mb + WORKER_OVERHEAD_MB, pids_max=4096))
-        worker = Worker(name, plan.pool, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets, gpus=plan.gpus)
+        worker = Worker(name, plan.pool, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets, gpus=plan.gpus,
+                        born_for=job)
         self.workers[name] = worker
         return worker
 
@@ -269,7 +271,7 @@ class LocalDaskExecutor:
         now = time.time()
         for w in list(self.workers.values()):
             gpu_or_unknown = not w.shape or bool(w.shape[2]) or w.gpus
-            if w.job is None and (gpu_or_unknown or now - w.idle_since > self.settings.jobs_worker_idle):
+            if w.job is None and (w.spent or gpu_or_unknown or now - w.idle_since > self.settings.jobs_worker_idle):
                 await asyncio.to_thread(self.stop_worker, w.name)
 
     async def stop_pool(self, pool: str) -> None:
@@ -290,12 +292,23 @@ class LocalDaskExecutor:
         """The run is gone: hostview stops recording its reads."""
         hostview.unmark(self.settings, name)
 
+    def born_with(self, worker: str, user: str, job_id: int) -> bool:
+        """Whether this is the hand-out ``worker`` was started for (once: its next is not)."""
+        w = self.workers.get(worker)
+        if w is None or w.born_for is None:
+            return False
+        born, w.born_for = w.born_for, None
+        return born == (job_id, user)
+
     async def serve(self, worker: str, user: str, job_id: int) -> None:
         """Tell hostview which job (and user) a worker's dataset reads are for from now on, and
         return only once it took note: a job handed out before would have its first reads
         recorded as the worker's previous job's, perhaps another member's. Else the job waits in
         the queue (``RecorderUnavailable``), and a worker hostview does not know (it lost its
-        marks) is stopped: a new one is marked as it starts."""
+        marks) is stopped: a new one is marked as it starts. Nothing to tell for the job a
+        worker was started for (marked for it)."""
+        if self.born_with(worker, user, job_id):
+            return
         answer = await asyncio.to_thread(hostview.assign, self.settings, worker, user, job_id)
         if answer is not None and answer.get("ok"):
             return

@@ -181,7 +181,6 @@ class PodDaskExecutor(LocalDaskExecutor):
         self._observer_away: dict[str, float] = {}   # node -> until when its idle workers take no dataset job
         # worker -> (job, user) its pod is created for, until that job is served (the next start
         # of that name replaces it)
-        self._born_for: dict[str, tuple[int, str]] = {}
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="vre-jobs-kubernetes", daemon=True).start()
 
@@ -443,13 +442,6 @@ class PodDaskExecutor(LocalDaskExecutor):
         run = self._runs.get(name)
         return not datasets or run is None or self._observer_away.get(run.node, 0) <= time.monotonic()
 
-    def started_for(self, plan: SessionPlan, job: tuple[int, str] | None) -> None:
-        """A worker's pod behind the observer's gate is created naming the job it is started for
-        (``_launch``)."""
-        self._born_for.pop(plan.session_id, None)
-        if job is not None and k8s.reads_observed(self.settings, plan):
-            self._born_for[plan.session_id] = job
-
     async def serve(self, worker: str, user: str, job_id: int) -> None:
         """Tell the observer on the worker's node which job (and user) its reads are for from now
         on, through the pod's annotations, which it watches; return once it says that it counts
@@ -457,7 +449,7 @@ class PodDaskExecutor(LocalDaskExecutor):
         is needed where the observer cannot have marked the pod before the job's annotations: a
         pod created with them (``start_worker``), or one not placed on a node yet. Nothing when
         no observer records reads."""
-        if not self.settings.k8s_read_observer or self._born_for.pop(worker, None) == (job_id, user):
+        if self.born_with(worker, user, job_id) or not self.settings.k8s_read_observer:
             return
         serial = str(time.time_ns())
         patch = {"metadata": {"annotations": {AUDIT_JOB: str(job_id), AUDIT_JOB_USER: user, AUDIT_JOB_SERIAL: serial}}}
@@ -537,9 +529,6 @@ class PodDaskExecutor(LocalDaskExecutor):
             image = k8s.check_image(self.settings, gpu_image or self.settings.notebook_image)
             pod = k8s.batch_pod(self.settings, sized, image=image, env=env, command=argv,
                                 pull_policy=self.pull_policy, tmp_size=self.tmp_size, catalog_api=catalog_api)
-            if plan.session_id in self._born_for:   # the observer marks it for this job before it runs
-                job_id, user = self._born_for[plan.session_id]
-                pod["metadata"].setdefault("annotations", {}).update({AUDIT_JOB: str(job_id), AUDIT_JOB_USER: user})
             secret = k8s.run_secret(self.settings, sized, self.identity_files(plan), env)
             # the namespace and its policies with each scheduler; the quota with every run (an
             # admin may have changed the project's since the scheduler started)
