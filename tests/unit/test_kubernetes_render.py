@@ -452,6 +452,22 @@ def test_batch_pods_render_from_the_pools_plan():
     assert not [m for m in mounts_by_path(pod) if m.startswith("/data")]   # a scheduler never has data
 
 
+def test_a_worker_started_for_a_job_names_it_to_the_observer_from_the_start():
+    """Its pod carries the job and its user in the observer's annotations, so the observer marks
+    it for that job before anything runs in it; a warm worker started for none names none."""
+    observed = SETTINGS.replace(k8s_read_observer=True)
+    render = lambda plan: batch_pod(observed, plan, image=IMAGE, env=plan.env, command=["dask", "worker"])  # noqa: E731
+    born = render(batch_plan().for_worker("lung-worker-1", cpu=1.0, mem_mb=512, gpus=0, job=(42, "ben")))
+    validate(born)
+    assert (born["metadata"]["annotations"]["vre.audit/job"], born["metadata"]["annotations"]["vre.audit/job-user"]) \
+        == ("42", "ben")
+    warm = render(batch_plan().for_worker("lung-worker-2", cpu=1.0, mem_mb=512, gpus=0))
+    assert "vre.audit/job" not in warm["metadata"]["annotations"]
+    assert "annotations" not in batch_pod(SETTINGS, batch_plan().for_worker("lung-worker-3", cpu=1.0, mem_mb=512, gpus=0,
+                                                                            job=(42, "ben")),
+                                          image=IMAGE, env={}, command=["dask", "worker"])["metadata"]   # no observer
+
+
 def test_a_gpu_worker_asks_the_cluster_for_a_count_on_the_gpu_nodes_and_its_scheduler_for_none():
     settings = SETTINGS.replace(k8s_gpu_node_selector={"nvidia.com/gpu.present": "true"})
     base = replace(batch_plan(), gpus=2)   # a GPU profile's pool
