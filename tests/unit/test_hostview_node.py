@@ -563,9 +563,12 @@ def test_a_workers_successor_of_the_same_name_is_neither_reassigned_nor_acknowle
         raise Behind("the queue of dataset reads was not read empty")
     watcher.assign = behind
     observer.seen(successor)
-    assert observer.to_note == {} and observer.behind == {"u-1"}
-    # once it is read (tried again with the gates, no new event): its job is re-assigned, then
-    # said to the hub
+    assert observer.to_note == {} and set(observer.behind) == {"u-1"}
+    # once it is read (tried again with the gates, no new event; not before its time): its job is
+    # re-assigned, then said to the hub
     watcher.assign = lambda session, user, job: (assigned.append(job), setattr(old, "job", job))
-    observer.follow_job(observer.runs["u-1"])
-    assert assigned == [7] and observer.to_note == {"u-1": (7, "44")} and observer.behind == set()
+    observer.retry_jobs()
+    assert assigned == [] and observer.to_note == {}
+    observer.behind["u-1"] = 0
+    observer.retry_jobs()
+    assert assigned == [7] and observer.to_note == {"u-1": (7, "44")} and observer.behind == {}

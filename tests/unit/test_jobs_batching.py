@@ -160,7 +160,7 @@ class FakeExecutor:
         return self.workers[name]
 
     def end(self, job_id: int, code: int = 0) -> None:
-        self.agent[job_id].update(state="done", result={"returncode": code, "usage": {"wall_s": 0.1}})
+        self.agent[job_id].update(state="done", result={"returncode": code, "usage": {"wall_s": 0.1}, "spent": False})
 
 
 @pytest.fixture
@@ -413,9 +413,15 @@ def test_exit_codes_in_range_are_recorded(world, code, state, reason):
     assert (row.state, row.exit_code) == (state, code) and reason in row.reason
 
 
-def test_a_worker_its_job_left_processes_on_that_would_not_end_takes_no_other_job(world):
-    """(They would read under its next job's name, perhaps another member's: the worker is stopped,
-    and the next job gets a new one.)"""
+@pytest.mark.parametrize("report, warm", [
+    ({"state": "done", "result": {"returncode": 0, "spent": False}}, True),   # the task ended all it left
+    ({"state": "done", "result": {"returncode": 0, "spent": True}}, False),   # some would not end
+    ({"state": "done", "result": {"returncode": None, "cancelled": True}}, False),   # the agent's word alone
+    ({"state": "error", "error": "task raised"}, False),                      # the task did not get that far
+])
+def test_a_worker_stays_warm_only_if_its_job_left_nothing_running_on_it(world, report, warm):
+    """(What it left would read under its next job's name, perhaps another member's: the worker is
+    stopped, and the next job gets a new one.)"""
     first = submit(world, "ann")
     fake = FakeExecutor(1)
     fake.stop_idle = types.MethodType(LocalDaskExecutor.stop_idle, fake)
@@ -423,12 +429,13 @@ def test_a_worker_its_job_left_processes_on_that_would_not_end_takes_no_other_jo
     engine = Engine(world, executor=fake)
     look(engine)
     assert fake.submitted == [first] and fake.started_for == []   # on the warm worker
-    fake.agent[first].update(state="done", result={"returncode": 0, "spent": True})
+    fake.agent[first].update(report)
     look(engine)
-    assert job_row(world, first).state == "succeeded" and "lung-worker-1" not in fake.workers
+    assert job_row(world, first).state in ("succeeded", "failed", "cancelled")
+    assert ("lung-worker-1" in fake.workers) is warm
     second = submit(world, "ben")
     look(engine)
-    assert fake.submitted == [first, second] and fake.started_for == [(second, "ben")]
+    assert fake.submitted == [first, second] and fake.started_for == ([] if warm else [(second, "ben")])
 
 
 def test_a_job_whose_worker_ends_before_it_runs_is_queued_again_once_then_fails(world):

@@ -6,8 +6,8 @@ behind (a shell's ``cmd &``, a daemon that forked twice into a session of its ow
 reading under the next job's name. Killing the job's process group catches the first kind; the
 second escapes any group, so the worker makes itself its children's subreaper
 (``PR_SET_CHILD_SUBREAPER``): whatever a job starts stays below the worker however it forks,
-and is found there once the job ended. What the worker had below it before its first job
-(normally nothing) is its own; everything else is some job's.
+and is found there once the job ended. A Dask worker started without a nanny has no process
+of its own below it: everything there is some job's (or a task's sent through the scheduler).
 
 This runs with the researcher's privileges, so it stops accidents, not a member bent on it: a
 job can reach its pool's other workers through the pool's scheduler anyway. That limit is in
@@ -25,20 +25,18 @@ PR_SET_CHILD_SUBREAPER = 36
 #: Seconds the processes a job left may take to end once killed (one in uninterruptible sleep on
 #: a hung mount may take longer: then the worker is spent, ``end_leftovers``).
 GRACE_S = 5.0
-#: (pid, start) of what was below this process before its first job: None until adopted
-_own: set[tuple[int, int]] | None = None
+_adopted = False
 
 
 def adopt_orphans() -> None:
-    """Make this process the subreaper of its descendants, and note what is below it already
-    (once, before its first job)."""
-    global _own
-    if _own is None:
+    """Make this process the subreaper of its descendants (once). Refused (a seccomp profile
+    without ``prctl``): OSError, and the job fails saying so rather than run unswept."""
+    global _adopted
+    if not _adopted:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "the worker cannot adopt what its jobs leave (prctl)")
-        table = _table()
-        _own = {(pid, table[pid][1]) for pid in _below(os.getpid(), table)}
+        _adopted = True
 
 
 def _table() -> dict[int, tuple[int, int, str, str]]:
@@ -71,14 +69,15 @@ def _below(root: int, table: dict[int, tuple[int, int, str, str]]) -> list[int]:
 
 
 def end_leftovers(grace: float = GRACE_S, *, unreaped: frozenset[int] = frozenset()) -> tuple[list[str], list[str]]:
-    """SIGKILL every process below this one that was not there before its first job, and reap
-    those that became ours, without ever blocking (a process stuck in the kernel, or a zombie
-    leader whose threads run on, must not hang the worker); only while no job runs here.
-    ``unreaped``: children the caller reaps itself (a ``Popen`` it still waits for). Returns (``"pid name"`` of each process killed, of each still there after ``grace``)."""
+    """SIGKILL every process below this one and reap those that became ours, never blocking on
+    one (a process stuck in the kernel, or a zombie leader whose threads run on, must not hang
+    the worker); only while no job runs here. ``unreaped``: children the caller reaps itself (a
+    ``Popen`` it still waits for; dead, they count as gone). Returns (``"pid name"`` of each
+    process killed while it ran, of each still there after ``grace``)."""
     me, killed, signalled, deadline = os.getpid(), {}, set(), time.monotonic() + grace
     while True:
         table = _table()
-        left = [p for p in _below(me, table) if (p, table[p][1]) not in (_own or set())]
+        left = [p for p in _below(me, table) if not (p in unreaped and table[p][2] == "Z")]
         for pid in left:
             zombie = table[pid][2] == "Z"
             if pid not in signalled or not zombie:   # once even a zombie: a leader's threads may run on
@@ -86,11 +85,13 @@ def end_leftovers(grace: float = GRACE_S, *, unreaped: frozenset[int] = frozense
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     continue
+                except PermissionError:   # not ours to kill (never so in a sandbox): it stays, and says so
+                    continue
                 signalled.add(pid)
                 if not zombie:   # what was still running
                     killed.setdefault(pid, f"{pid} {table[pid][3]}")
         for pid in left:
-            if table[pid][0] == me and pid not in unreaped:   # ours now (orphaned, or killed here): reaped, never a zombie
+            if table[pid][0] == me and pid not in unreaped:   # ours now (orphaned, or killed here): reaped
                 try:
                     os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:

@@ -60,18 +60,18 @@ def run_job(spec: dict) -> dict:
             proc.wait(timeout=spec["max_runtime_s"])
         except subprocess.TimeoutExpired:
             timed_out = True
-            log.write(f"[vre] run-time limit of {spec['max_runtime_s']} s reached: stopping the job\n".encode())
+            _note(log, f"[vre] run-time limit of {spec['max_runtime_s']} s reached: stopping the job")
             _kill_group(proc)
-        finally:
+        finally:   # whatever happened above: nothing the job started outlives it here
             with _lock:
                 _running.pop(job_id, None)
                 cancelled = job_id in _cancelled
                 _cancelled.discard(job_id)
                 alone = not _running
-        spent = _end_what_it_left(proc, alone, log)
+            spent = _end_what_it_left(proc, alone, log)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         code = proc.returncode
-        log.write(f"[vre] job {job_id} ended with code {code}\n".encode())
+        _note(log, f"[vre] job {job_id} ended with code {code}")
     ooms = oom_kills()
     return {
         "returncode": code, "timed_out": timed_out, "cancelled": cancelled,
@@ -229,13 +229,22 @@ def _end_what_it_left(proc: subprocess.Popen, alone: bool, log) -> bool:
         except subprocess.TimeoutExpired:
             pass
     ended, stuck = leftovers.end_leftovers(unreaped=frozenset() if proc.returncode is not None else {proc.pid})
+    proc.poll()   # the leader, if it died meanwhile
     if ended:
         shown = ", ".join(ended[:10]) + (f" and {len(ended) - 10} more" if len(ended) > 10 else "")
-        log.write(f"[vre] the job left {len(ended)} process(es) running, ended: {shown}\n".encode())
+        _note(log, f"[vre] the job left {len(ended)} process(es) running, ended: {shown}")
     if stuck:
-        log.write(f"[vre] {len(stuck)} of them would not end ({', '.join(stuck[:10])}): this worker takes no "
-                  "other job\n".encode())
+        _note(log, f"[vre] {len(stuck)} of them would not end ({', '.join(stuck[:10])}): this worker takes no other job")
     return bool(stuck)
+
+
+def _note(log, line: str) -> None:
+    """A line of the task's in the job's log, which the job can fill (its disk, its quota): a
+    line lost must not keep the task from ending what the job left, or from reporting."""
+    try:
+        log.write(line.encode() + b"\n")
+    except OSError:
+        pass
 
 
 def kill(job_id: int) -> bool:

@@ -67,6 +67,8 @@ SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
 CHUNK = 500
 #: Seconds between tries to tell the hub which jobs this observer counts reads for.
 ACK_RETRY_S = 1
+#: Seconds between tries to count a worker's reads for its new job while a backlog holds it back.
+BEHIND_RETRY_S = 1
 
 
 @dataclass
@@ -200,7 +202,7 @@ class NodeObserver(Recorder):
         self.since = time.time()            # pods started before this are the ones it may have missed
         self.noted: dict[str, tuple] = {}    # pod uid -> (job, serial) the hub was told its reads are for
         self.to_note: dict[str, tuple] = {}  # pod uid -> (job, serial) to tell the hub of
-        self.behind: set[str] = set()        # pod uids whose new job waits for a backlog to be read
+        self.behind: dict[str, float] = {}   # pod uid -> when to try again its new job, held back by a backlog
         self._notes_due = asyncio.Event()
 
     # -- pods -----------------------------------------------------------------------------------
@@ -230,9 +232,9 @@ class NodeObserver(Recorder):
             except Behind as e:
                 if run.uid not in self.behind:
                     log.warning("%s: %s", run.session, e)
-                self.behind.add(run.uid)
+                self.behind[run.uid] = time.monotonic() + BEHIND_RETRY_S
                 return
-        self.behind.discard(run.uid)
+        self.behind.pop(run.uid, None)
         self.note_job(run)
 
     def note_job(self, run: Run) -> None:
@@ -246,8 +248,25 @@ class NodeObserver(Recorder):
         self.to_note[run.uid] = said
         self._notes_due.set()
 
+    def retry_jobs(self) -> None:
+        """Try again the new jobs of workers that a backlog held back (``follow_job``), each at
+        most once per ``BEHIND_RETRY_S``: each try reads the backlog on."""
+        now = time.monotonic()
+        for uid, when in list(self.behind.items()):
+            if when > now:
+                continue
+            run = self.runs.get(uid)
+            if run is None:
+                self.behind.pop(uid, None)
+                continue
+            try:
+                self.follow_job(run)
+            except Exception:   # one pod's trouble must not stop the others'
+                log.exception("following the job of %s failed; trying again", run.session)
+                self.behind[uid] = now + BEHIND_RETRY_S
+
     def forget(self, uid: str) -> Run | None:
-        self.behind.discard(uid)
+        self.behind.pop(uid, None)
         self.opened.discard(uid)
         self.retry.pop(uid, None)
         self.noted.pop(uid, None)
@@ -339,13 +358,9 @@ class NodeObserver(Recorder):
             try:
                 if pending:
                     self.open_gates(pending)
-                for uid in list(self.behind):
-                    if uid in self.runs:
-                        self.follow_job(self.runs[uid])
-                    else:
-                        self.behind.discard(uid)
             except Exception:   # one pod's trouble must not stop the gates of the others
                 log.exception("opening gates failed; trying again")
+            self.retry_jobs()
             try:
                 await asyncio.wait_for(self._stop.wait(), gate_pause(time.monotonic() - began))
             except asyncio.TimeoutError:

@@ -810,6 +810,7 @@ class Engine:
             self._ended.append((pool_of(job), job.id))
             self._cancelling.discard(job.id)
         elif state.state == "error":
+            self.keep_warm_if_clean(job, None)
             self.release(db, job)
             if job.lane == "held":  # the text comes from the pool the job ran in: held like its log
                 log.warning("held job %s: its task failed: %r", job.id, state.error)
@@ -999,13 +1000,20 @@ class Engine:
         else:
             state, reason = "failed", f"exited with code {code}; see its log"
         job.usage = usage
-        if result.get("spent") is True:   # it left processes that would not end: they would read as the next job's
-            worker = self.executor.workers.get(job.worker)
-            if worker is not None:
-                log.warning("worker %s is spent: job %s left processes on it that would not end", worker.name, job.id)
-                worker.spent = True
+        self.keep_warm_if_clean(job, result)
         self.release(db, job)
         self.finish(db, job, state, reason)
+
+    def keep_warm_if_clean(self, job: Job, result) -> None:
+        """A worker stays warm for the project's next job (perhaps another member's, its reads
+        recorded under that job) only if the task said that the job left nothing running on it
+        (``spent`` false: ``vre_session.jobs.leftovers``). Else (processes that would not end, a
+        task that failed, a cancel the agent answered for a task it could not stop) it takes no
+        other job and is stopped (``stop_idle``)."""
+        worker = self.executor.workers.get(job.worker)
+        if worker is not None and not (isinstance(result, dict) and result.get("spent") is False):
+            log.warning("worker %s takes no other job: job %s may have left processes on it", worker.name, job.id)
+            worker.spent = True
 
     def worker_runs(self, name: str) -> bool:
         try:

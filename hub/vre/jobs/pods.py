@@ -179,8 +179,6 @@ class PodDaskExecutor(LocalDaskExecutor):
         self._client: ApiClient | None = None
         self._hub_ip = ""                     # the hub Service's cluster IP, once asked for
         self._observer_away: dict[str, float] = {}   # node -> until when its idle workers take no dataset job
-        # worker -> (job, user) its pod is created for, until that job is served (the next start
-        # of that name replaces it)
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="vre-jobs-kubernetes", daemon=True).start()
 
