@@ -34,22 +34,38 @@ def bounded_group() -> Group:
     return group
 
 
+@pytest.fixture
+def mounted_run():
+    """Starts a process in a mount namespace of its own with a read-only bind of ``data`` at
+    ``target`` (a session's dataset), returned once it has mounted; each is killed at the end."""
+    runs = []
+
+    def start(data: Path, target: Path) -> subprocess.Popen:
+        target.mkdir(parents=True)
+        run = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                                f"mount --bind {data} {target} && mount -o remount,bind,ro {target} && exec sleep 60"])
+        runs.append(run)
+        deadline = time.monotonic() + 5
+        while not Path(f"/proc/{run.pid}/cmdline").read_bytes().startswith(b"sleep"):
+            assert time.monotonic() < deadline, "the run never mounted its dataset"
+            time.sleep(0.01)
+        return run
+    yield start
+    for run in runs:
+        run.kill()
+        run.wait()
+
+
 @needs_root
-def test_opens_the_kernel_dropped_are_an_audit_gap_of_every_marked_run(tmp_path):
+def test_opens_the_kernel_dropped_are_an_audit_gap_of_every_marked_run(tmp_path, mounted_run):
     limit = int(Path("/proc/sys/fs/fanotify/max_queued_events").read_text())
     data, target = tmp_path / "dataset", tmp_path / "inside" / "data" / "ct"
     (data / "s1").mkdir(parents=True)
     for i in range(limit + 500):   # distinct files: the kernel merges repeated opens of one
         (data / "s1" / f"{i}.dcm").write_bytes(b"")
-    target.mkdir(parents=True)
-    run = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
-                            f"mount --bind {data} {target} && mount -o remount,bind,ro {target} && exec sleep 60"])
+    run = mounted_run(data, target)
     watcher = Watcher(Registry(tmp_path / "reg"), bounded_group(), via="vre-observer", where={"node": "node-1"})
     try:
-        deadline = time.monotonic() + 5
-        while not Path(f"/proc/{run.pid}/cmdline").read_bytes().startswith(b"sleep"):
-            assert time.monotonic() < deadline, "the run never mounted its dataset"
-            time.sleep(0.01)
         marked = Marked(session="ann-lung-1", user="ann", project="lung", pid=run.pid, pid_start=0,
                         datasets=[{"slug": "ct", "target": str(target)}])
         watcher.mark(marked)
@@ -75,28 +91,20 @@ def test_opens_the_kernel_dropped_are_an_audit_gap_of_every_marked_run(tmp_path)
         read(["1.dcm"])   # the watcher goes on: the next read is recorded, with no new gap
         assert watcher.drain() == 1 and not [e for e in watcher.outbox if e.action == "audit.gap"]
     finally:
-        run.kill()
-        run.wait()
         watcher.group.close()
 
 
 @needs_root
-def test_a_run_listing_a_dataset_folder_is_recorded_once_per_folder_and_counted(tmp_path):
+def test_a_run_listing_a_dataset_folder_is_recorded_once_per_folder_and_counted(tmp_path, mounted_run):
     """A listing (``ls``, ``os.scandir``, the Lab's file browser) opens the folder: the run's first
     of each folder is a ``dataset.list``, every one is counted in the minute's summary, reads are
     recorded as before, and hostview's own opens of a run's folders (marking) are not the run's."""
     data, target = tmp_path / "dataset", tmp_path / "inside" / "data" / "ct"
     (data / "p1" / "s1").mkdir(parents=True)
     (data / "p1" / "s1" / "1.dcm").write_bytes(b"")
-    target.mkdir(parents=True)
-    run = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
-                            f"mount --bind {data} {target} && mount -o remount,bind,ro {target} && exec sleep 60"])
+    run = mounted_run(data, target)
     watcher = Watcher(Registry(tmp_path / "reg"))
     try:
-        deadline = time.monotonic() + 5
-        while not Path(f"/proc/{run.pid}/cmdline").read_bytes().startswith(b"sleep"):
-            assert time.monotonic() < deadline, "the run never mounted its dataset"
-            time.sleep(0.01)
         watcher.mark(Marked(session="ann-lung-1", user="ann", project="lung", pid=run.pid, pid_start=0,
                             datasets=[{"slug": "ct", "target": str(target)}]))
 
@@ -120,8 +128,6 @@ def test_a_run_listing_a_dataset_folder_is_recorded_once_per_folder_and_counted(
         (summary,) = [e for e in watcher.outbox if e.action == "dataset.read_summary"]
         assert summary.details["opens"] == 1 and summary.details["listings"] == 3
     finally:
-        run.kill()
-        run.wait()
         watcher.group.close()
 
 
@@ -330,7 +336,8 @@ def test_a_registry_written_by_a_newer_hostview_is_read_without_its_new_fields(t
 
 
 @needs_root
-def test_a_workers_job_changes_only_once_every_earlier_read_is_counted_for_the_job_before(tmp_path, monkeypatch):
+def test_a_workers_job_changes_only_once_every_earlier_read_is_counted_for_the_job_before(tmp_path, monkeypatch,
+                                                                                        mounted_run):
     """A batch worker's next job is another member's perhaps: the watcher re-assigns its marks
     only once the kernel's queue is read empty (every earlier open is the previous job's). A
     backlog beyond what one assignment reads leaves the worker counting for its job, saying so
@@ -342,15 +349,9 @@ def test_a_workers_job_changes_only_once_every_earlier_read_is_counted_for_the_j
     (data / "s1").mkdir(parents=True)
     for i in range(6_000):   # distinct files (the kernel merges repeated opens of one): over two batches
         (data / "s1" / f"{i}.dcm").write_bytes(b"")
-    target.mkdir(parents=True)
-    run = subprocess.Popen(["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
-                            f"mount --bind {data} {target} && mount -o remount,bind,ro {target} && exec sleep 60"])
+    run = mounted_run(data, target)
     watcher = Watcher(Registry(tmp_path / "reg"))
     try:
-        deadline = time.monotonic() + 5
-        while not Path(f"/proc/{run.pid}/cmdline").read_bytes().startswith(b"sleep"):
-            assert time.monotonic() < deadline, "the run never mounted its dataset"
-            time.sleep(0.01)
         watcher.mark(Marked(session="lung-worker-1", user="ann", project="lung", pid=run.pid, pid_start=0,
                             role="worker", job=1, datasets=[{"slug": "ct", "target": str(target)}]))
         watcher.drain()
@@ -369,6 +370,4 @@ def test_a_workers_job_changes_only_once_every_earlier_read_is_counted_for_the_j
         assert sum(e.details["opens"] for e in summaries) == 6_000
         assert {(e.actor, e.details["job"]) for e in summaries} == {("ann", 1)}
     finally:
-        run.kill()
-        run.wait()
         watcher.group.close()
