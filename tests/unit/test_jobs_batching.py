@@ -22,7 +22,7 @@ from vre.audit import open_store
 from vre.audit import store as audit_store
 from vre.jobs import service
 from vre.jobs.engine import STARTING_POOL, Engine
-from vre.jobs.executor import ExecutorError, LocalDaskExecutor, Worker
+from vre.jobs.executor import ExecutorError, LocalDaskExecutor, SchedulerLost, Worker
 from vre.jobs.queue import Ask, Quota, admit, fair_order
 from vre.settings import Settings
 
@@ -436,6 +436,36 @@ def test_a_worker_stays_warm_only_if_its_job_left_nothing_running_on_it(world, r
     second = submit(world, "ben")
     look(engine)
     assert fake.submitted == [first, second] and fake.started_for == ([] if warm else [(second, "ben")])
+
+
+def test_a_worker_the_agent_may_have_handed_a_job_to_takes_no_other(world):
+    """A submit that went unanswered is not a no (a busy scheduler reads the post late): the job
+    fails to start, and its new worker, which may be running it, serves no later job."""
+    job = submit(world, "ann")
+    fake = FakeExecutor(0)
+
+    async def unanswered(pool, worker, spec):
+        raise TimeoutError("the agent did not answer in 10 s")
+    fake.submit = unanswered
+    engine = Engine(world, executor=fake)
+    look(engine)
+    assert job_row(world, job).state == "failed" and fake.workers["lung-worker-1"].spent
+    assert fake.idle_worker("lung", fake.workers["lung-worker-1"].shape, ()) is None
+
+
+def test_the_workers_of_a_lost_scheduler_take_no_other_job_even_if_stopping_them_fails(world):
+    job = submit(world, "ann")
+    fake = FakeExecutor(1)
+    engine = Engine(world, executor=fake)
+    look(engine)
+    assert fake.workers["lung-worker-1"].job == job
+
+    async def still_terminating(pool):
+        raise ExecutorError("the pod of lung-worker-1 is still terminating")
+    fake.stop_pool = still_terminating
+    fake.reports["lung"] = SchedulerLost("the agent refused the engine's token")
+    look(engine)
+    assert job_row(world, job).state == "queued" and fake.workers["lung-worker-1"].spent
 
 
 def test_a_job_whose_worker_ends_before_it_runs_is_queued_again_once_then_fails(world):

@@ -565,6 +565,7 @@ class Engine:
         job.state, job.reason = "running", ""
         await self.commit(db)
         self._starting = True
+        asked = False   # whether the agent may have the job (then its worker may be running it)
         try:
             if job.kind == "cluster":
                 await self.start_cluster(db, plan, job, devices)
@@ -582,9 +583,12 @@ class Engine:
                 with self.timed("start: hostview assign"):
                     await self.executor.serve(worker.name, user, job.id)
             await self.commit(db)
+            asked = True
             with self.timed("agent: POST /jobs (submit)"):
                 await self.executor.submit(plan.pool, worker.name, self.spec(plan, job, worker.name))
         except (ExecutorError, OSError) as e:
+            if asked:   # no answer is not a no (a busy scheduler reads the post late): the worker serves no other
+                self.keep_warm_if_clean(job, None)
             if isinstance(e, Unavailable) and job.kind != "cluster":
                 # hostview, the container engine or a node's observer is restarting (as with the
                 # hub): it is not the job's fault, so it waits in the queue (a new worker stays, idle)
@@ -1010,10 +1014,13 @@ class Engine:
         (``spent`` false: ``vre_session.jobs.leftovers``). Else (processes that would not end, a
         task that failed, a cancel the agent answered for a task it could not stop) it takes no
         other job and is stopped (``stop_idle``)."""
-        worker = self.executor.workers.get(job.worker)
-        if worker is not None and not (isinstance(result, dict) and result.get("spent") is False):
-            log.warning("worker %s takes no other job: job %s may have left processes on it", worker.name, job.id)
-            worker.spent = True
+        if isinstance(result, dict) and result.get("spent") is False:
+            return
+        for name in filter(None, job.worker.split(",")):   # a cluster job's are several
+            worker = self.executor.workers.get(name)
+            if worker is not None and not worker.spent:
+                log.warning("worker %s takes no other job: job %s may have left processes on it", name, job.id)
+                worker.spent = True
 
     def worker_runs(self, name: str) -> bool:
         try:
@@ -1055,6 +1062,7 @@ class Engine:
     async def scheduler_lost(self, db, pool: str, running: list[Job], why: str) -> None:
         log.warning("%s: %d running job(s) affected", why, len(running))
         for job in running:
+            self.keep_warm_if_clean(job, None)   # stopped below; should that fail, never handed out meanwhile
             self.release(db, job)
             self.requeue_or_fail(db, job, "its scheduler was lost while it ran",
                                  requeue=self.settings.jobs_on_scheduler_loss == "requeue")
