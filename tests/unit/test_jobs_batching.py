@@ -282,6 +282,29 @@ def test_a_failed_commit_after_the_audit_write_stores_neither(world, monkeypatch
     assert states(world)[job] == "succeeded" and audited(world, "job.finish") == [f"job/{job}"]
 
 
+def test_a_warm_worker_handed_a_job_whose_start_was_not_committed_is_free_again(world, monkeypatch):
+    """The look failed before the start was stored: the job is still queued, and its worker is
+    free for it (or any job) at the next look, not held by a start that never happened."""
+    from sqlalchemy.orm import Session
+
+    job = submit(world, "ann")
+    fake = FakeExecutor(1)
+    engine = Engine(world, executor=fake)
+    real, calls = Session.commit, []
+
+    def commit_fails_once(self):
+        if not calls:
+            calls.append(1)
+            raise Boom("crash at the commit")
+        return real(self)
+    monkeypatch.setattr(Session, "commit", commit_fails_once)
+    look(engine)
+    monkeypatch.setattr(Session, "commit", real)
+    assert calls and states(world)[job] == "queued" and fake.workers["lung-worker-1"].job is None
+    look(engine)
+    assert states(world)[job] == "running" and fake.submitted == [job] and fake.started_for == []
+
+
 # --- plans cached until what they are built from changes ---------------------------------------
 def test_plan_cache_keeps_plans_until_membership_profiles_or_accounts_change(world, monkeypatch):
     import datetime as dt
