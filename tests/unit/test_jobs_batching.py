@@ -257,6 +257,22 @@ def test_a_failed_audit_write_leaves_the_job_as_it_was_and_nothing_is_lost(world
     assert open_store(world).verify().ok
 
 
+def commit_fails_once(monkeypatch) -> list:
+    """The next database commit raises (a crash at the commit); later ones commit. Returns a
+    list that holds an entry once the failure happened."""
+    from sqlalchemy.orm import Session
+
+    real, failed = Session.commit, []
+
+    def commit(self):
+        if not failed:
+            failed.append(1)
+            raise Boom("crash at the commit")
+        return real(self)
+    monkeypatch.setattr(Session, "commit", commit)
+    return failed
+
+
 def test_a_failed_commit_after_the_audit_write_stores_neither(world, monkeypatch):
     job = submit(world, "ann")
     fake = FakeExecutor(1)
@@ -264,18 +280,8 @@ def test_a_failed_commit_after_the_audit_write_stores_neither(world, monkeypatch
     look(engine)
     look(engine)
     fake.end(job)
-    from sqlalchemy.orm import Session
-
-    real, calls = Session.commit, []
-
-    def commit_fails_once(self):
-        if not calls:
-            calls.append(1)
-            raise Boom("crash at the commit")
-        return real(self)
-    monkeypatch.setattr(Session, "commit", commit_fails_once)
+    commit_fails_once(monkeypatch)
     look(engine)  # contained in the pool's part of the look
-    monkeypatch.setattr(Session, "commit", real)
     assert states(world)[job] == "running" and audited(world, "job.finish") == []
     assert open_store(world).verify().ok
     look(engine)
@@ -285,21 +291,11 @@ def test_a_failed_commit_after_the_audit_write_stores_neither(world, monkeypatch
 def test_a_warm_worker_handed_a_job_whose_start_was_not_committed_is_free_again(world, monkeypatch):
     """The look failed before the start was stored: the job is still queued, and its worker is
     free for it (or any job) at the next look, not held by a start that never happened."""
-    from sqlalchemy.orm import Session
-
     job = submit(world, "ann")
     fake = FakeExecutor(1)
     engine = Engine(world, executor=fake)
-    real, calls = Session.commit, []
-
-    def commit_fails_once(self):
-        if not calls:
-            calls.append(1)
-            raise Boom("crash at the commit")
-        return real(self)
-    monkeypatch.setattr(Session, "commit", commit_fails_once)
+    calls = commit_fails_once(monkeypatch)
     look(engine)
-    monkeypatch.setattr(Session, "commit", real)
     assert calls and states(world)[job] == "queued" and fake.workers["lung-worker-1"].job is None
     look(engine)
     assert states(world)[job] == "running" and fake.submitted == [job] and fake.started_for == []
