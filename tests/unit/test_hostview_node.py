@@ -237,7 +237,7 @@ def test_the_observer_marks_before_it_opens_and_records_what_the_pod_read(tmp_pa
         gone["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 0}}
         observer.seen(gone)             # its marks stay until its process is gone ...
         assert "ann-lung-7f3a" in observer.watcher.marks
-        observer.watcher.tick()         # ... which the next tick sees: unmarked, its summaries now
+        asyncio.run(observer.tick())    # ... which the next tick sees: unmarked, its summaries now
         assert "ann-lung-7f3a" not in observer.watcher.marks
     finally:
         proc.kill()
@@ -548,7 +548,7 @@ def test_a_workers_successor_of_the_same_name_is_neither_reassigned_nor_acknowle
     old = Marked(session="ann-lung-7f3a", user="ann", project="lung", pid=os.getpid(),
                  pid_start=process_start(os.getpid()), role="worker", job=6, pod_uid="u-0")
     assigned = []
-    watcher = SimpleNamespace(marks={old.session: old}, assign=lambda *a: assigned.append(a))
+    watcher = SimpleNamespace(marks={old.session: old}, emptied=0, assign=lambda *a, **kw: assigned.append(a))
     observer = NodeObserver(instance="vre", node="node-1", hub_url="http://127.0.0.1:9", token_file=tmp_path / "t",
                             state_dir=tmp_path / "reg", watcher=watcher)
     observer.find_inits = lambda runs: pytest.fail("looked for the gate while the predecessor runs")
@@ -559,16 +559,16 @@ def test_a_workers_successor_of_the_same_name_is_neither_reassigned_nor_acknowle
     assert assigned == [] and observer.to_note == {} and "u-1" not in observer.opened
     old.pod_uid = "u-1"   # the same pod, while a flood's backlog is not read: nothing said yet
 
-    def behind(session, user, job):
+    def behind(session, user, job, since, reads):
         raise Behind("the queue of dataset reads was not read empty")
     watcher.assign = behind
     observer.seen(successor)
-    assert observer.to_note == {} and set(observer.behind) == {"u-1"}
-    # once it is read (tried again with the gates, no new event; not before its time): its job is
-    # re-assigned, then said to the hub
-    watcher.assign = lambda session, user, job: (assigned.append(job), setattr(old, "job", job))
+    assert observer.to_note == {} and observer.behind == {"u-1": ((7, "bob"), 0)}
+    # tried again with the gates (no new event), once the queue was read empty since the job was
+    # seen, not before: its job is re-assigned, counted from then, and said to the hub
+    watcher.assign = lambda session, user, job, since, reads: (assigned.append((job, since)), setattr(old, "job", job))
     observer.retry_jobs()
     assert assigned == [] and observer.to_note == {}
-    observer.behind["u-1"] = 0
+    watcher.emptied = 1
     observer.retry_jobs()
-    assert assigned == [7] and observer.to_note == {"u-1": (7, "44")} and observer.behind == {}
+    assert assigned == [(7, 0)] and observer.to_note == {"u-1": (7, "44")} and observer.behind == {}

@@ -336,13 +336,11 @@ def test_a_registry_written_by_a_newer_hostview_is_read_without_its_new_fields(t
 
 
 @needs_root
-def test_a_workers_job_changes_only_once_every_earlier_read_is_counted_for_the_job_before(tmp_path, monkeypatch,
-                                                                                        mounted_run):
+def test_a_workers_job_changes_only_once_every_earlier_read_is_counted_for_the_job_before(tmp_path, mounted_run):
     """A batch worker's next job is another member's perhaps: the watcher re-assigns its marks
     only once the kernel's queue is read empty (every earlier open is the previous job's). A
     backlog beyond what one assignment reads leaves the worker counting for its job, saying so
-    (``Behind``: the engine's hand-out waits)."""
-    from vre.hostview import watcher as watcher_module
+    (``Behind``: the engine's hand-out waits) until the queue was read empty after it was asked."""
     from vre.hostview.watcher import Behind
 
     data, target = tmp_path / "dataset", tmp_path / "inside" / "data" / "ct"
@@ -358,12 +356,15 @@ def test_a_workers_job_changes_only_once_every_earlier_read_is_counted_for_the_j
         inside = Path(f"/proc/{run.pid}/root{target}") / "s1"
         for i in range(6_000):
             os.close(os.open(inside / f"{i}.dcm", os.O_RDONLY))
-        monkeypatch.setattr(watcher_module, "ALL", 1)   # an assignment reads one batch: the rest is a backlog
-        with pytest.raises(Behind, match="keeps counting for job 1"):
-            watcher.assign("lung-worker-1", "bob", 2)
+        asked = watcher.emptied
+        with pytest.raises(Behind, match="keeps counting for job 1"):   # one batch read: the rest is a backlog
+            watcher.assign("lung-worker-1", "bob", 2, since=asked, reads=1)
         assert (watcher.marks["lung-worker-1"].user, watcher.marks["lung-worker-1"].job) == ("ann", 1)
-        monkeypatch.setattr(watcher_module, "ALL", 1000)
-        watcher.assign("lung-worker-1", "bob", 2)   # the rest is read first, then the job changes
+        with pytest.raises(Behind):
+            watcher.assign("lung-worker-1", "bob", 2, since=asked, reads=0)   # reads nothing itself
+        while watcher.emptied == asked:   # the service's reading loop reads the rest
+            watcher.drain()
+        watcher.assign("lung-worker-1", "bob", 2, since=asked, reads=0)   # then the job changes
         assert (watcher.marks["lung-worker-1"].user, watcher.marks["lung-worker-1"].job) == ("bob", 2)
         watcher._flush()
         summaries = [e for e in watcher.outbox if e.action == "dataset.read_summary"]

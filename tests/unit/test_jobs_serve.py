@@ -14,18 +14,19 @@ from vre.jobs import executor
 from vre.jobs.executor import LocalDaskExecutor, RecorderUnavailable, Worker
 
 
-def serve(monkeypatch, answer, *, born_for=None) -> tuple[list, list]:
+def serve(monkeypatch, answer, *, born_for=None, ex=None) -> tuple[list, list]:
     """``serve`` job 7 of bob to a worker (started for ``born_for``), hostview answering
     ``answer``; (what hostview was told, the workers stopped). Raises what ``serve`` raises."""
     told, stopped = [], []
     monkeypatch.setattr(executor.hostview, "assign", lambda settings, *a: told.append(a) or answer)
-    ex = NS(settings=object(), stop_worker=stopped.append,
-            workers={"lung-worker-1": Worker("lung-worker-1", "lung", (), born_for=born_for)})
+    ex = ex or NS(settings=object(), _recorder_back_at=0.0,
+                  workers={"lung-worker-1": Worker("lung-worker-1", "lung", (), born_for=born_for)})
+    ex.stop_worker = stopped.append
     ex.born_with = partial(LocalDaskExecutor.born_with, ex)
     try:
         asyncio.run(LocalDaskExecutor.serve(ex, "lung-worker-1", "bob", 7))
     except RecorderUnavailable as e:
-        e.stopped = stopped
+        e.stopped, e.told = stopped, told
         raise
     return told, stopped
 
@@ -51,3 +52,24 @@ def test_no_note_the_job_waits_in_the_queue(monkeypatch, answer, why, stopped):
     with pytest.raises(RecorderUnavailable, match=rf"{re.escape(why)}.*lung-worker-1 cannot be recorded") as e:
         serve(monkeypatch, answer)
     assert e.value.stopped == stopped
+
+
+def test_after_hostview_did_not_take_note_hand_outs_wait_without_asking_for_a_while(monkeypatch):
+    """Behind a flood's backlog hostview answers within a second or so, and the engine's look
+    waits for that answer: the hand-outs after it wait in the queue at once (not each look a
+    second per hand-out) until ``RECORDER_WAIT_S`` has passed; a worker it did not know does
+    not hold the others back."""
+    ex = NS(settings=object(), _recorder_back_at=0.0, workers={"lung-worker-1": Worker("lung-worker-1", "lung", ())})
+    behind = {"ok": False, "error": "the queue of dataset reads was not read empty"}
+    with pytest.raises(RecorderUnavailable):
+        serve(monkeypatch, behind, ex=ex)
+    assert ex._recorder_back_at > 0
+    with pytest.raises(RecorderUnavailable, match="a moment ago") as e:
+        serve(monkeypatch, {"ok": True}, ex=ex)   # not asked: it would have said yes
+    assert e.value.told == [] and e.value.stopped == []
+    ex._recorder_back_at -= executor.RECORDER_WAIT_S   # the time has passed: asked again
+    assert serve(monkeypatch, {"ok": True}, ex=ex) == ([("lung-worker-1", "bob", 7)], [])
+    ex._recorder_back_at = 0.0
+    with pytest.raises(RecorderUnavailable):
+        serve(monkeypatch, {"ok": False, "error": "lung-worker-1 is not marked", "unmarked": True}, ex=ex)
+    assert ex._recorder_back_at == 0.0

@@ -47,7 +47,7 @@ from .podgate import (AUDIT_DATASETS, AUDIT_JOB, AUDIT_JOB_SERIAL, AUDIT_JOB_USE
 from .pause import CGROUP_ROOT
 from .registry import Marked, Registry, alive
 from .service import NICE, Recorder
-from .watcher import Behind, MarkError, Watcher
+from .watcher import STEP, Behind, MarkError, Watcher
 
 log = logging.getLogger("vre.hostview.node")
 
@@ -67,8 +67,6 @@ SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
 CHUNK = 500
 #: Seconds between tries to tell the hub which jobs this observer counts reads for.
 ACK_RETRY_S = 1
-#: Seconds between tries to count a worker's reads for its new job while a backlog holds it back.
-BEHIND_RETRY_S = 1
 
 
 @dataclass
@@ -202,7 +200,9 @@ class NodeObserver(Recorder):
         self.since = time.time()            # pods started before this are the ones it may have missed
         self.noted: dict[str, tuple] = {}    # pod uid -> (job, serial) the hub was told its reads are for
         self.to_note: dict[str, tuple] = {}  # pod uid -> (job, serial) to tell the hub of
-        self.behind: dict[str, float] = {}   # pod uid -> when to try again its new job, held back by a backlog
+        # pod uid -> ((job, user), the queue's count of empty reads when that job was seen): a new
+        # job a backlog holds back, counted from the first empty read after that
+        self.behind: dict[str, tuple[tuple, int]] = {}
         self._notes_due = asyncio.Event()
 
     # -- pods -----------------------------------------------------------------------------------
@@ -222,17 +222,21 @@ class NodeObserver(Recorder):
         self.open_gates([run])
 
     def follow_job(self, run: Run) -> None:
-        """Count a marked worker's reads for the job its pod names now, and then tell the hub.
-        Behind a flood's backlog, not yet: tried again with the gates (``_gates``) until then,
-        while the engine's hand-out waits."""
+        """Count a marked worker's reads for the job its pod names now, and then tell the hub:
+        once the kernel's queue was read empty after the new job was seen (every earlier read is
+        the previous job's). Behind a flood's backlog, not yet: the reading loop reads it on and
+        the gates' loop tries again (``retry_jobs``), while the engine's hand-out waits."""
         marked = self.watcher.marks.get(run.session)
         if marked is not None and marked.pod_uid in ("", run.uid) and (marked.job, marked.user) != (run.job, run.user):
+            held = self.behind.get(run.uid)
+            new = held is None or held[0] != (run.job, run.user)
+            if new:
+                held = self.behind[run.uid] = ((run.job, run.user), self.watcher.emptied)
             try:   # ("": marked by an older observer)
-                self.watcher.assign(run.session, run.user, run.job)
+                self.watcher.assign(run.session, run.user, run.job, since=held[1], reads=STEP)
             except Behind as e:
-                if run.uid not in self.behind:
+                if new:
                     log.warning("%s: %s", run.session, e)
-                self.behind[run.uid] = time.monotonic() + BEHIND_RETRY_S
                 return
         self.behind.pop(run.uid, None)
         self.note_job(run)
@@ -249,21 +253,17 @@ class NodeObserver(Recorder):
         self._notes_due.set()
 
     def retry_jobs(self) -> None:
-        """Try again the new jobs of workers that a backlog held back (``follow_job``), each at
-        most once per ``BEHIND_RETRY_S``: each try reads the backlog on."""
-        now = time.monotonic()
-        for uid, when in list(self.behind.items()):
-            if when > now:
-                continue
+        """Try again the new jobs of workers that a backlog held back (``follow_job``), once the
+        queue was read empty since (until then a try would only read what the reading loop reads)."""
+        for uid, (_, since) in list(self.behind.items()):
             run = self.runs.get(uid)
             if run is None:
                 self.behind.pop(uid, None)
-                continue
-            try:
-                self.follow_job(run)
-            except Exception:   # one pod's trouble must not stop the others'
-                log.exception("following the job of %s failed; trying again", run.session)
-                self.behind[uid] = now + BEHIND_RETRY_S
+            elif self.watcher.emptied != since:
+                try:
+                    self.follow_job(run)
+                except Exception:   # one pod's trouble must not stop the others'
+                    log.exception("following the job of %s failed; trying again", run.session)
 
     def forget(self, uid: str) -> Run | None:
         self.behind.pop(uid, None)

@@ -3,7 +3,9 @@
 It holds the fanotify group (:mod:`.watcher`), answers the hub and the job engine on a root-only
 unix socket (protocol in :mod:`.client`), reads the kernel's queue every 50 ms at nice 10 (the
 sessions' own work comes first) and once a second writes the records of ended minutes to the
-audit store. It dies with its hub and is the only one of its instance (``vre.services``); a
+audit store. Reading a flood's backlog takes seconds: it is read in steps with the loop free
+between, so a request that waits for it (a worker's next job, a run's end) never keeps the
+others (another project's session being marked) waiting. It dies with its hub and is the only one of its instance (``vre.services``); a
 restarted one marks the live runs of its registry again and records the gap.
 """
 
@@ -21,13 +23,17 @@ from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from .client import socket_path
 from .registry import Marked, Registry
-from .watcher import MarkError, NotMarked, Watcher
+from .watcher import ALL, STEP, MarkError, NotMarked, Watcher
 
 log = logging.getLogger("vre.hostview")
 TICK = 1.0
 NICE = 10
 POLL = 0.05
 BUSY = 8 * 2000   # opens per drain that say more are waiting
+#: How long a worker's next job waits for the queue to be read empty before hostview says
+#: ``Behind`` (the engine tries again at its next look): well within the engine's request timeout,
+#: and far more than an empty queue takes (a few milliseconds).
+ASSIGN_PATIENCE = 1.0
 
 
 class Recorder:
@@ -56,6 +62,31 @@ class Recorder:
                 return
         w.registry.touch(until)
 
+    async def read_empty(self, since: int, *, patience: float | None = None, reads: int = ALL) -> bool:
+        """Whether the kernel's queue was read empty after ``since`` (a count of
+        ``Watcher.emptied``): reads on ``STEP`` batches at a time, the loop free between, for at
+        most ``patience`` seconds and ``reads`` batches."""
+        w = self.watcher
+        deadline = None if patience is None else time.monotonic() + patience
+        for _ in range(0, reads, STEP):
+            if w.emptied != since or (deadline is not None and time.monotonic() > deadline):
+                break
+            w.drain(STEP)
+            await asyncio.sleep(0)
+        return w.emptied != since
+
+    async def unmark(self, session: str) -> int:
+        """A run ended: its reads still queued are read first (their mount ids are forgotten
+        with it), then summarised; returns how many opens."""
+        await self.read_empty(self.watcher.emptied)
+        return self.watcher.unmark(session, reads=0)
+
+    async def tick(self) -> None:
+        """Once a second: the watcher's tick, and unmark the runs that ended unannounced."""
+        for session in self.watcher.tick():
+            log.info("%s ended without being unmarked", session)
+            await self.unmark(session)
+
     async def _reads(self) -> None:
         """Read the kernel's events every POLL seconds rather than on each one: a reader then
         pays no wake-up of hostview per open, and hostview reads full batches."""
@@ -73,7 +104,7 @@ class Recorder:
     async def _ticks(self) -> None:
         while not self._stop.is_set():
             try:
-                self.watcher.tick()
+                await self.tick()
                 await self.deliver()
             except Exception:
                 log.exception("hostview tick failed")
@@ -84,15 +115,15 @@ class Recorder:
 
 
 class Service(Recorder):
-    def __init__(self, settings: Settings):
-        super().__init__(Watcher(Registry(settings.state_dir / "hostview")))
+    def __init__(self, settings: Settings, watcher: Watcher | None = None):
+        super().__init__(watcher or Watcher(Registry(settings.state_dir / "hostview")))
         self.settings = settings
 
     def store(self, events: list) -> None:
         emit_many(self.settings, events)
 
     # -- requests ---------------------------------------------------------------------------
-    def answer(self, req: dict) -> dict:
+    async def answer(self, req: dict) -> dict:
         op = req.get("op")
         try:
             if op == "mark":
@@ -102,9 +133,9 @@ class Service(Recorder):
                            datasets=[{"slug": str(d["slug"]), "target": str(d["target"])} for d in req["datasets"]])
                 return {"ok": True, "mounts": self.watcher.mark(m)}
             if op == "unmark":
-                return {"ok": True, "opens": self.watcher.unmark(str(req["session"]))}
+                return {"ok": True, "opens": await self.unmark(str(req["session"]))}
             if op == "assign":
-                self.watcher.assign(str(req["session"]), str(req["user"]), req.get("job"))
+                await self.assign(str(req["session"]), str(req["user"]), req.get("job"))
                 return {"ok": True}
             if op == "status":
                 self.watcher.drain()
@@ -115,6 +146,15 @@ class Service(Recorder):
         except MarkError as e:   # "unmarked": a worker hostview does not know (the engine replaces it)
             return {"ok": False, "error": str(e), "unmarked": isinstance(e, NotMarked)}
 
+    async def assign(self, session: str, user: str, job) -> None:
+        """A worker's next job: once every read queued before is read (``Watcher.assign``),
+        waiting ``ASSIGN_PATIENCE`` at most for a backlog."""
+        if session not in self.watcher.marks:
+            raise NotMarked(f"{session} is not marked")
+        since = self.watcher.emptied
+        await self.read_empty(since, patience=ASSIGN_PATIENCE)
+        self.watcher.assign(session, user, job, since=since, reads=0)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
@@ -123,7 +163,7 @@ class Service(Recorder):
                 except ValueError:
                     reply = {"ok": False, "error": "not JSON"}
                 else:
-                    reply = self.answer(req) if isinstance(req, dict) else {"ok": False, "error": "not an object"}
+                    reply = await self.answer(req) if isinstance(req, dict) else {"ok": False, "error": "not an object"}
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

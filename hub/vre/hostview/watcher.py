@@ -34,6 +34,9 @@ log = logging.getLogger("vre.hostview")
 
 #: batches a drain reads when a run ends or hostview stops: everything queued (within reason)
 ALL = 1000
+#: batches (about 2,700 events each) read at a time before others are answered: a flood's backlog
+#: is read on between requests, never in one go that keeps every other run waiting
+STEP = 8
 #: the queue not read empty for this long: the observer is behind, and the run that opened the
 #: most since is frozen until it is (one more each period while it stays behind; ``pause``)
 BEHIND_S = 2.0
@@ -264,15 +267,20 @@ class Watcher:
         return Reader(session=m.session, user=m.user, project=m.project, dataset=d["slug"], target=d["target"],
                       role=m.role, job=m.job)
 
-    def assign(self, session: str, user: str, job: int | None) -> None:
+    def assign(self, session: str, user: str, job: int | None, *, since: int | None = None,
+               reads: int = ALL) -> None:
         """A batch worker now serves ``job`` of ``user``: its next reads are theirs. Only once
-        every read queued before is counted for its previous job (else ``Behind``)."""
+        the kernel's queue was read empty after the hand-out was asked (``since``: ``emptied``
+        then; now by default), when every read queued before it is counted for its previous job;
+        else ``Behind``. Reads up to ``reads`` batches towards that (the services read on in
+        their own loop meanwhile, ``Recorder.read_empty``, and pass 0)."""
         m = self.marks.get(session)
         if m is None:
             raise NotMarked(f"{session} is not marked")
-        emptied = self.emptied
-        self.drain(ALL)   # every read before this one is the previous job's
-        if self.emptied == emptied:
+        since = self.emptied if since is None else since
+        if reads and self.emptied == since:
+            self.drain(reads)   # every read before this one is the previous job's
+        if self.emptied == since:
             raise Behind(f"the queue of dataset reads was not read empty ({session} keeps counting for job "
                          f"{m.job} until it is: a run opens files faster than they are recorded)")
         self._flush(session=session)  # the previous job's counts stay the previous job's
@@ -280,10 +288,12 @@ class Watcher:
         self._attribute(m)
         self.registry.save(self.marks)
 
-    def unmark(self, session: str) -> int:
-        """The run ended: record what it read (its summaries now) and forget it. Its marks went
-        with its mounts. Returns the number of opens summarised."""
-        self.drain(ALL)
+    def unmark(self, session: str, reads: int = ALL) -> int:
+        """The run ended: record what it read (its summaries now, after reading up to ``reads``
+        batches of the queue) and forget it. Its marks went with its mounts. Returns the number
+        of opens summarised."""
+        if reads:
+            self.drain(reads)
         opens = self._flush(session=session)
         if self._forget(session):
             self.registry.save(self.marks)
@@ -336,7 +346,7 @@ class Watcher:
         return gap_event(m, since, now, via=self.via, **self.where, **details)
 
     # -- events -----------------------------------------------------------------------------
-    def drain(self, reads: int = 8) -> int:
+    def drain(self, reads: int = STEP) -> int:
         """Read what the kernel queued, at most ``reads`` batches of about 2,700 events (a
         reader that never pauses must not keep the service from answering); returns how many
         opens were attributed."""
@@ -477,16 +487,15 @@ class Watcher:
             self.outbox.append(self.gap(m, max(self.empty_at, m.marked_at), now, cause="queue overflow",
                                         what="dataset reads the kernel dropped"))
 
-    def tick(self, now: float | None = None) -> None:
-        """Once a second: summaries of ended minutes, marks of mounts new below datasets, and
-        forget runs that ended without an unmark (the hub was away)."""
+    def tick(self, now: float | None = None) -> list[str]:
+        """Once a second: summaries of ended minutes and marks of mounts new below datasets.
+        Returns the runs that ended without an unmark (the hub was away), for the caller to
+        unmark once their reads are read (``Recorder.ended``)."""
         now = now or time.time()
         self.drain()
         self._flush(now=now)
         self.rescan(now)
-        for session in [s for s, m in self.marks.items() if not alive(m)]:
-            log.info("%s ended without being unmarked", session)
-            self.unmark(session)
+        return [s for s, m in self.marks.items() if not alive(m)]
 
     def stop(self) -> None:
         """Summarise everything counted so far and thaw what is frozen; the registry keeps the

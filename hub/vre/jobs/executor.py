@@ -47,6 +47,10 @@ from .service import scheduler_file, wake_socket
 
 log = logging.getLogger("vre.jobs")
 MAX_WORKERS = 1000   # of one pool at once: far above any quota
+#: After vre-hostview did not take note of a warm hand-out (restarting, or behind a flood's backlog,
+#: which it answers within a second or so), hand-outs with datasets wait in the queue for this long
+#: without asking it: one look may wait for its answer, not every hand-out of every look.
+RECORDER_WAIT_S = 5.0
 #: How ``waiting_for`` reasons begin: the engine shows them with a waiting job and clears them.
 WAITING_PREFIX = "the cluster has no place"
 
@@ -152,6 +156,7 @@ class LocalDaskExecutor:
         self.settings = settings
         self.workers: dict[str, Worker] = {}
         self._procs: list[subprocess.Popen] = []
+        self._recorder_back_at = 0.0   # monotonic: until then hostview is not asked (``serve``)
 
     # -- paths and names -----------------------------------------------------------------
     def pool_dir(self, pool: str) -> Path:
@@ -306,15 +311,21 @@ class LocalDaskExecutor:
         recorded as the worker's previous job's, perhaps another member's. Else the job waits in
         the queue (``RecorderUnavailable``), and a worker hostview does not know (it lost its
         marks) is stopped: a new one is marked as it starts. Nothing to tell for the job a
-        worker was started for (marked for it)."""
+        worker was started for (marked for it). After hostview did not take note, it is not asked
+        again for ``RECORDER_WAIT_S``."""
         if self.born_with(worker, user, job_id):
             return
+        if time.monotonic() < self._recorder_back_at:
+            raise RecorderUnavailable(f"vre-hostview did not take note of a hand-out a moment ago (restarting, or "
+                                      f"reading a backlog): the reads of {worker} cannot be recorded as this job's yet")
         answer = await asyncio.to_thread(hostview.assign, self.settings, worker, user, job_id)
         if answer is not None and answer.get("ok"):
             return
         if answer is not None and answer.get("unmarked"):
             log.error("hostview does not know worker %s: stopping it", worker)
             await asyncio.to_thread(self.stop_worker, worker)
+        else:
+            self._recorder_back_at = time.monotonic() + RECORDER_WAIT_S
         why = "does not answer" if answer is None else f"did not take note ({answer.get('error')})"
         raise RecorderUnavailable(f"vre-hostview {why}: the reads of {worker} cannot be recorded as this job's yet")
 

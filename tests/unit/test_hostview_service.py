@@ -1,0 +1,104 @@
+"""The hostview service's requests while a flood's backlog is read.
+
+A batch worker's next job, or a run's end, waits until the kernel's queue was read empty (every
+earlier read is counted for whom it was). A flood leaves millions of events queued, read for
+seconds: meanwhile the service must answer the others (another project's session being marked at
+its launch gate, whose patience is a few seconds). Here the kernel's queue is a stand-in whose
+reads take as long as real batches, holding events of no marked mount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from types import SimpleNamespace
+
+from vre.hostview import service as service_module
+from vre.hostview.fanotify import FAN_NOFD, READ_BYTES
+from vre.hostview.registry import Marked, Registry, process_start
+from vre.hostview.service import Service
+from vre.hostview.watcher import Watcher
+
+
+class Backlog:
+    """A queue holding ``batches`` full reads, each taking ``read_s`` (as 2,700 events do)."""
+
+    def __init__(self, batches: int, read_s: float = 0.005):
+        self.batches, self.read_s, self.reads = batches, read_s, 0
+
+    def read(self) -> list[tuple[int, int, int]]:
+        time.sleep(self.read_s)
+        self.reads += 1
+        if not self.batches:
+            return []
+        self.batches -= 1
+        return [(0, FAN_NOFD, 0)] * 100
+
+    def queued(self) -> int:
+        return self.batches * READ_BYTES
+
+    def close(self) -> None:
+        pass
+
+
+def worker_service(tmp_path, backlog: Backlog) -> Service:
+    watcher = Watcher(Registry(tmp_path / "reg"), backlog)
+    watcher.marks["lung-worker-1"] = Marked(session="lung-worker-1", user="ann", project="lung", pid=os.getpid(),
+                                            pid_start=process_start(os.getpid()), role="worker", job=1)
+    return Service(SimpleNamespace(), watcher)
+
+
+def test_a_workers_next_job_waits_for_a_backlog_while_others_are_answered(tmp_path):
+    """The assignment returns once the backlog (half a second of reading) is read, and a status
+    asked meanwhile is answered before it: the backlog is read in steps, the loop free between."""
+    backlog = Backlog(100)
+    service = worker_service(tmp_path, backlog)
+
+    async def scenario():
+        assigning = asyncio.create_task(service.answer({"op": "assign", "session": "lung-worker-1", "user": "bob",
+                                                        "job": 2}))
+        await asyncio.sleep(0.05)
+        status = await service.answer({"op": "status"})
+        answered_while_reading = not assigning.done()
+        return status, answered_while_reading, await assigning
+
+    status, answered_while_reading, assigned = asyncio.run(scenario())
+    assert status["ok"] and status["marks"]["lung-worker-1"]["job"] == 1   # not yet the new job's
+    assert answered_while_reading, "the status waited for the whole backlog"
+    assert assigned == {"ok": True}
+    assert backlog.batches == 0 and service.watcher.emptied >= 1
+    m = service.watcher.marks["lung-worker-1"]
+    assert (m.user, m.job) == ("bob", 2)
+
+
+def test_a_backlog_beyond_the_patience_of_a_hand_out_leaves_the_worker_on_its_job(tmp_path, monkeypatch):
+    """Not read empty within ``ASSIGN_PATIENCE``: ``Behind`` (the engine tries again), the
+    worker still counts for its previous job, and the reading goes on."""
+    monkeypatch.setattr(service_module, "ASSIGN_PATIENCE", 0.1)
+    backlog = Backlog(10_000)
+    service = worker_service(tmp_path, backlog)
+    answer = asyncio.run(service.answer({"op": "assign", "session": "lung-worker-1", "user": "bob", "job": 2}))
+    assert answer["ok"] is False and not answer["unmarked"] and "not read empty" in answer["error"]
+    assert (service.watcher.marks["lung-worker-1"].user, service.watcher.marks["lung-worker-1"].job) == ("ann", 1)
+    assert 0 < backlog.reads < 10_000
+    gone = asyncio.run(service.answer({"op": "assign", "session": "lung-worker-9", "user": "bob", "job": 2}))
+    assert gone["ok"] is False and gone["unmarked"]   # a worker hostview does not know: replaced
+
+
+def test_a_runs_end_reads_its_backlog_first_while_others_are_answered(tmp_path):
+    """An unmark summarises the run once what was queued before is read (its mount ids are
+    forgotten with it); a status asked meanwhile is answered first."""
+    backlog = Backlog(100)
+    service = worker_service(tmp_path, backlog)
+
+    async def scenario():
+        ending = asyncio.create_task(service.answer({"op": "unmark", "session": "lung-worker-1"}))
+        await asyncio.sleep(0.05)
+        status = await service.answer({"op": "status"})
+        return status, not ending.done(), await ending
+
+    status, answered_while_reading, ended = asyncio.run(scenario())
+    assert status["ok"] and "lung-worker-1" in status["marks"] and answered_while_reading
+    assert ended == {"ok": True, "opens": 0} and backlog.batches == 0
+    assert service.watcher.marks == {}
