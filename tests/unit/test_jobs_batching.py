@@ -1298,3 +1298,39 @@ def test_a_job_whose_workers_observer_has_not_taken_note_waits_in_the_queue_and_
     assert job_row()[0::2] == ("running", 1) and fake.submitted == [job]
     assert served == [("lung-worker-1", "ann", job)] * 3
     assert fake.started_for == [(job, "ann")]   # the new worker was started naming the job
+def test_a_start_that_fails_unexpectedly_fails_its_job_and_the_warm_starts_before_it_run(world, caplog):
+    """A look's warm starts are stored and handed out before a job on the full path (a new
+    worker) commits its own start; that start failing in a way nobody foresaw fails its job
+    with the reason, never leaves it running without a worker (holding a slot for ever), nor
+    a warm start stored as running that its worker never got."""
+    warm_job, cold_job = submit(world, "ann"), submit(world, "ann", mem_mb=512)   # no warm worker of its shape
+    fake = FakeExecutor(1)
+
+    async def broken_start(*a, **kw):
+        raise RuntimeError("an unexpected failure while starting a worker")
+    fake.start_worker = broken_start
+    engine = Engine(world, executor=fake)
+    look(engine)
+    assert states(world) == {warm_job: "running", cold_job: "failed"} and fake.submitted == [warm_job]
+    assert fake.workers["lung-worker-1"].job == warm_job
+    with vdb.session_scope(world.vre_db_url) as db:
+        assert "an unexpected failure" in db.get(vdb.Job, cold_job).reason
+    assert "could not start job" in caplog.text   # with its traceback, for whoever mends it
+
+
+def test_a_job_whose_start_was_interrupted_before_a_worker_took_it_waits_again(world):
+    """The engine stopped (a crash, a restart of the hub) between storing a start and handing
+    the job to a worker: the job is running in the database with no worker, which no agent
+    knows. The next look puts it back in the queue, whose admission starts it again (counted
+    once)."""
+    job = submit(world, "ann")
+    with vdb.session_scope(world.vre_db_url) as db:
+        stored = db.get(vdb.Job, job)
+        stored.state, stored.attempts = "running", 1
+    fake = FakeExecutor(1)
+    engine = Engine(world, executor=fake)
+    look(engine)
+    with vdb.session_scope(world.vre_db_url) as db:
+        stored = db.get(vdb.Job, job)
+        assert (stored.state, stored.worker, stored.attempts) == ("running", "lung-worker-1", 1)
+    assert fake.submitted == [job]

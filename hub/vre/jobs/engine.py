@@ -427,32 +427,40 @@ class Engine:
         if chosen:
             with self.timed("db: load admitted jobs"):
                 jobs = {j.id: j for j in db.scalars(select(Job).where(Job.id.in_([a.id for a in chosen])))}
-            warm = []
-            for ask in chosen:
-                job = jobs[ask.id]
-                if job.state != "queued":  # cancelled meanwhile
-                    continue
-                if broken and pool_of(job) in broken:  # stays queued until its pool answers again
-                    continue
-                with self.timed("start: total"):
-                    started = await self.start_warm(db, project, job)
-                    if started is None:
-                        await self.start(db, project, job)
-                    elif started:
-                        warm.append(started)
-            if warm:
-                with self.timed("start: total"):
-                    try:
-                        await self.commit(db)   # every warm start of this look in one commit
-                    except BaseException:
-                        for _, job, worker in warm:  # not started: their workers are free again
-                            worker.job, worker.idle_since = None, time.time()
-                        raise
-                    for plan, job, worker in warm:
-                        with self.timed("agent: POST /jobs (submit)"):
-                            await self.executor.submit(plan.pool, worker.name, self.spec(plan, job, worker.name))
+            warm = []   # warm starts not committed yet: their workers are free again if the look fails
+            try:
+                for ask in chosen:
+                    job = jobs[ask.id]
+                    if job.state != "queued":  # cancelled meanwhile
+                        continue
+                    if broken and pool_of(job) in broken:  # stays queued until its pool answers again
+                        continue
+                    with self.timed("start: total"):
+                        started = await self.start_warm(db, project, job)
+                        if started is None:
+                            await self.hand_out(db, warm)   # ``start`` commits its own job alone
+                            await self.start(db, project, job)
+                        elif started:
+                            warm.append(started)
+                await self.hand_out(db, warm)
+            except BaseException:
+                for _, job, worker in warm:   # never stored as started: free for this job or another
+                    worker.job, worker.idle_since = None, time.time()
+                raise
             self.no_free_slot(project, [*running, *jobs.values()])   # its last free slots may just have been taken
         await self.forget_ended()
+
+    async def hand_out(self, db, warm: list) -> None:
+        """Commit the warm starts in ``warm`` (one commit for all of them), then hand each to
+        its pool's agent; ``warm`` is emptied once they are stored."""
+        if not warm:
+            return
+        with self.timed("start: total"):
+            await self.commit(db)
+            started, warm[:] = warm[:], []
+            for plan, job, worker in started:
+                with self.timed("agent: POST /jobs (submit)"):
+                    await self.executor.submit(plan.pool, worker.name, self.spec(plan, job, worker.name))
 
     def no_free_slot(self, project: Project, jobs: list[Job]) -> bool:
         """Whether ``jobs`` (each once, or a job re-queued and started again in the same look
@@ -586,7 +594,7 @@ class Engine:
             asked = True
             with self.timed("agent: POST /jobs (submit)"):
                 await self.executor.submit(plan.pool, worker.name, self.spec(plan, job, worker.name))
-        except (ExecutorError, OSError) as e:
+        except Exception as e:   # stored as running: whatever stopped it, the job must not stay so
             if asked:   # no answer is not a no (a busy scheduler reads the post late): the worker serves no other
                 self.keep_warm_if_clean(job, None)
             if isinstance(e, Unavailable) and job.kind != "cluster":
@@ -778,16 +786,19 @@ class Engine:
     async def follow(self, db, job: Job, jobs: dict) -> None:
         reported = jobs.get(str(job.id))
         if reported is None:
-            if job.worker:  # handed to a worker but the agent never heard of it: hand it again
-                await self.commit(db)
-                try:
-                    plan = self.plans.get(db, self.settings, job.account.name, job.project.slug, job.profile,
-                                          role=role_of(job))
-                except PlanRefused as e:  # e.g. its submitter left the project meanwhile
-                    self.release(db, job)
-                    self.finish(db, job, "failed", f"lost by its pool and not handed again: {e}")
-                    return
-                await self.executor.submit(plan.pool, job.worker, self.spec(plan, job, job.worker))
+            if not job.worker:   # stored as running, but its start stopped before a worker took it (a crash)
+                self.wait_again(db, job, "its start was interrupted before a worker took it")
+                return
+            # handed to a worker but the agent never heard of it: hand it again
+            await self.commit(db)
+            try:
+                plan = self.plans.get(db, self.settings, job.account.name, job.project.slug, job.profile,
+                                      role=role_of(job))
+            except PlanRefused as e:  # e.g. its submitter left the project meanwhile
+                self.release(db, job)
+                self.finish(db, job, "failed", f"lost by its pool and not handed again: {e}")
+                return
+            await self.executor.submit(plan.pool, job.worker, self.spec(plan, job, job.worker))
             return
         state = AgentReport(reported)
         if state.state == "pending" and job.kind != "cluster" and job.worker and not self.worker_runs(job.worker):
@@ -1082,7 +1093,7 @@ class Engine:
             self.finish(db, job, "failed", f"{why} (attempt {job.attempts})")
 
     # -- ending --------------------------------------------------------------------------
-    def wait_again(self, db, job: Job, why: Exception) -> None:
+    def wait_again(self, db, job: Job, why: Exception | str) -> None:
         """A start that something briefly away stopped (``Unavailable``) did not count: the job
         waits in the queue again and its worker and GPUs are free."""
         log.warning("job %s waits in the queue: %s", job.id, why)

@@ -95,7 +95,9 @@ class Worker:
     #: The job (id, user) it was started for and has not been handed yet: it reads as that job's
     #: from its start (``SessionPlan.job``), so that hand-out needs no word from the recorder.
     born_for: tuple[int, str] | None = None
-    #: A job left processes on it that would not end: it takes no other job and is stopped.
+    #: Its last job may have left something running on it (processes that would not end, a task
+    #: that failed, a submit or cancel without a clear answer, a lost scheduler): it takes no
+    #: other job and is stopped (``Engine.keep_warm_if_clean``).
     spent: bool = False
 
 
