@@ -49,9 +49,10 @@ def worker_service(tmp_path, backlog: Backlog) -> Service:
     return Service(SimpleNamespace(), watcher)
 
 
-def test_a_workers_next_job_waits_for_a_backlog_while_others_are_answered(tmp_path):
+def test_a_workers_next_job_waits_for_a_backlog_while_others_are_answered(tmp_path, monkeypatch):
     """The assignment returns once the backlog (half a second of reading) is read, and a status
     asked meanwhile is answered before it: the backlog is read in steps, the loop free between."""
+    monkeypatch.setattr(service_module, "ASSIGN_PATIENCE", 60)   # a loaded machine reads slower
     backlog = Backlog(100)
     service = worker_service(tmp_path, backlog)
 
@@ -102,3 +103,29 @@ def test_a_runs_end_reads_its_backlog_first_while_others_are_answered(tmp_path):
     assert status["ok"] and "lung-worker-1" in status["marks"] and answered_while_reading
     assert ended == {"ok": True, "opens": 0} and backlog.batches == 0
     assert service.watcher.marks == {}
+
+
+def test_a_new_run_of_a_name_being_unmarked_is_marked_after_its_predecessors_end(tmp_path):
+    """Batch workers' names come back: a new ``lung-worker-1`` marked while its predecessor's
+    unmark reads the backlog waits for it, so the predecessor's queued reads stay its own and
+    the pending unmark does not forget the newcomer. An assignment to a run being unmarked is
+    refused as to an unknown one."""
+    backlog = Backlog(100)
+    service = worker_service(tmp_path, backlog)
+    newcomer = {"op": "mark", "session": "lung-worker-1", "user": "bob", "project": "lung", "pid": os.getpid(),
+                "role": "worker", "job": 3, "datasets": []}
+
+    async def scenario():
+        ending = asyncio.create_task(service.answer({"op": "unmark", "session": "lung-worker-1"}))
+        await asyncio.sleep(0.05)
+        marking = asyncio.create_task(service.answer(newcomer))
+        assigned = await service.answer({"op": "assign", "session": "lung-worker-1", "user": "bob", "job": 4})
+        await asyncio.sleep(0.05)
+        waited = not marking.done()
+        return await ending, await marking, waited, assigned
+
+    ended, marked, waited, assigned = asyncio.run(scenario())
+    assert ended == {"ok": True, "opens": 0} and marked == {"ok": True, "mounts": {}} and waited
+    assert assigned["ok"] is False and assigned["unmarked"]
+    m = service.watcher.marks["lung-worker-1"]
+    assert (m.user, m.job) == ("bob", 3) and service.ending == {}

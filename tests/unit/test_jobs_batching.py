@@ -257,15 +257,16 @@ def test_a_failed_audit_write_leaves_the_job_as_it_was_and_nothing_is_lost(world
     assert open_store(world).verify().ok
 
 
-def commit_fails_once(monkeypatch) -> list:
-    """The next database commit raises (a crash at the commit); later ones commit. Returns a
-    list that holds an entry once the failure happened."""
+def commit_fails_once(monkeypatch, skip: int = 0) -> list:
+    """The next database commit but ``skip`` raises (a crash at the commit); others commit.
+    Returns a list that holds an entry once the failure happened."""
     from sqlalchemy.orm import Session
 
-    real, failed = Session.commit, []
+    real, failed, seen = Session.commit, [], []
 
     def commit(self):
-        if not failed:
+        seen.append(1)
+        if not failed and len(seen) > skip:
             failed.append(1)
             raise Boom("crash at the commit")
         return real(self)
@@ -1318,19 +1319,41 @@ def test_a_start_that_fails_unexpectedly_fails_its_job_and_the_warm_starts_befor
     assert "could not start job" in caplog.text   # with its traceback, for whoever mends it
 
 
-def test_a_job_whose_start_was_interrupted_before_a_worker_took_it_waits_again(world):
+def test_a_new_workers_job_whose_hand_out_was_not_committed_is_queued_again_and_its_worker_free(world,
+                                                                                               monkeypatch):
+    """A full start stores the job as running, starts a worker, then commits the hand-out: when
+    that commit fails, the look is rolled back and the worker, which never got the job, is free;
+    the next look queues the job again and hands it to that worker (the one started for it)."""
+    job = submit(world, "ann")
+    fake = FakeExecutor(0)
+    engine = Engine(world, executor=fake)
+    failed = commit_fails_once(monkeypatch, skip=1)   # the start's first commit passes, its second fails
+    look(engine)
+    assert failed and states(world)[job] == "running" and fake.submitted == []
+    assert fake.workers["lung-worker-1"].job is None
+    look(engine)
+    assert states(world)[job] == "running" and fake.submitted == [job] and fake.started_for == [(job, "ann")]
+    assert fake.workers["lung-worker-1"].job == job and audited(world, "job.requeue") == [f"job/{job}"]
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_a_job_whose_start_was_interrupted_before_a_worker_took_it_is_queued_again(world, cancelled):
     """The engine stopped (a crash, a restart of the hub) between storing a start and handing
     the job to a worker: the job is running in the database with no worker, which no agent
-    knows. The next look puts it back in the queue, whose admission starts it again (counted
-    once)."""
+    knows. The next look puts it back in the queue, saying so (a lost start: counted, and
+    bounded), and its admission starts it again; one cancelled meanwhile ends cancelled."""
     job = submit(world, "ann")
     with vdb.session_scope(world.vre_db_url) as db:
         stored = db.get(vdb.Job, job)
-        stored.state, stored.attempts = "running", 1
+        stored.state, stored.attempts, stored.cancel_requested = "running", 1, cancelled
     fake = FakeExecutor(1)
     engine = Engine(world, executor=fake)
     look(engine)
     with vdb.session_scope(world.vre_db_url) as db:
         stored = db.get(vdb.Job, job)
-        assert (stored.state, stored.worker, stored.attempts) == ("running", "lung-worker-1", 1)
-    assert fake.submitted == [job]
+        if cancelled:
+            assert (stored.state, stored.worker) == ("cancelled", "") and fake.submitted == []
+            assert audited(world, "job.cancel") == [f"job/{job}"]
+            return
+        assert (stored.state, stored.worker, stored.attempts, stored.lost_starts) == ("running", "lung-worker-1", 2, 1)
+    assert fake.submitted == [job] and audited(world, "job.requeue") == [f"job/{job}"]

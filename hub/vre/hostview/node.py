@@ -213,7 +213,7 @@ class NodeObserver(Recorder):
         if run is None:
             return
         if deleted or run.ended:
-            # its marks stay until its process is gone (``Watcher.tick``): a pod being deleted
+            # its marks stay until its process is gone (``Recorder.tick``): a pod being deleted
             # still runs for its grace period, and a worker's name comes back for its successor
             self.forget(run.uid)
             return
@@ -264,6 +264,8 @@ class NodeObserver(Recorder):
                     self.follow_job(run)
                 except Exception:   # one pod's trouble must not stop the others'
                     log.exception("following the job of %s failed; trying again", run.session)
+                    if uid in self.behind:   # again after the next empty read, not at every pass
+                        self.behind[uid] = (self.behind[uid][0], self.watcher.emptied)
 
     def forget(self, uid: str) -> Run | None:
         self.behind.pop(uid, None)
@@ -275,7 +277,7 @@ class NodeObserver(Recorder):
 
     def relisted(self, pods: list[dict]) -> None:
         """A full list: pods no longer there ended while the watch was away (their marks go with
-        their processes, in ``Watcher.tick``)."""
+        their processes, in ``Recorder.tick``)."""
         present = set()
         for pod in pods:
             present.add((pod.get("metadata") or {}).get("uid"))
@@ -293,8 +295,10 @@ class NodeObserver(Recorder):
             if run.uid in self.opened or self.retry.get(run.uid, 0) > now:
                 continue
             marked = self.watcher.marks.get(run.session)
-            if marked is not None and marked.pod_uid not in ("", run.uid) and alive(marked):
-                continue   # a predecessor of the same name runs out its grace: this one is marked after it
+            if run.session in self.ending or (marked is not None and marked.pod_uid not in ("", run.uid)):
+                # a predecessor of the same name runs out its grace, or has ended and its queued
+                # reads are read as its own (``Recorder.tick``): this one is marked after it
+                continue
             if marked is not None and alive(marked):
                 # marked again from the registry after a restart; one marked just before it
                 # may still wait for its signal

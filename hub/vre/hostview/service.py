@@ -5,7 +5,9 @@ unix socket (protocol in :mod:`.client`), reads the kernel's queue every 50 ms a
 sessions' own work comes first) and once a second writes the records of ended minutes to the
 audit store. Reading a flood's backlog takes seconds: it is read in steps with the loop free
 between, so a request that waits for it (a worker's next job, a run's end) never keeps the
-others (another project's session being marked) waiting. It dies with its hub and is the only one of its instance (``vre.services``); a
+others (another project's session being marked) waiting. Requests about one run name are
+still taken in order: a new run of a name is marked only once its predecessor's queued reads
+are counted as the predecessor's. It dies with its hub and is the only one of its instance (``vre.services``); a
 restarted one marks the live runs of its registry again and records the gap.
 """
 
@@ -34,6 +36,9 @@ BUSY = 8 * 2000   # opens per drain that say more are waiting
 #: ``Behind`` (the engine tries again at its next look): well within the engine's request timeout,
 #: and far more than an empty queue takes (a few milliseconds).
 ASSIGN_PATIENCE = 1.0
+#: How long a new run's mark reads the backlog of a predecessor of the same name still marked
+#: (whose end was not announced) before it takes the name: well within the launch's patience.
+MARK_PATIENCE = 2.0
 
 
 class Recorder:
@@ -43,6 +48,7 @@ class Recorder:
     def __init__(self, watcher: Watcher):
         self.watcher = watcher
         self._stop = asyncio.Event()
+        self.ending: dict[str, asyncio.Event] = {}   # runs whose unmark reads their backlog: set when done
 
     def store(self, events: list) -> None:
         raise NotImplementedError
@@ -76,10 +82,25 @@ class Recorder:
         return w.emptied != since
 
     async def unmark(self, session: str) -> int:
-        """A run ended: its reads still queued are read first (their mount ids are forgotten
-        with it), then summarised; returns how many opens."""
-        await self.read_empty(self.watcher.emptied)
-        return self.watcher.unmark(session, reads=0)
+        """A run ended: its reads still queued are read first, then summarised, and it is
+        forgotten (with its mount ids); returns how many opens. Meanwhile ``ending`` holds it:
+        a new run of that name is marked only after (``ended``)."""
+        await self.ended(session)   # one unmark of a name at a time
+        run = self.watcher.marks.get(session)
+        self.ending[session] = done = asyncio.Event()
+        try:
+            await self.read_empty(self.watcher.emptied)
+            if self.watcher.marks.get(session) is not run:   # marked again meanwhile: not this run's end
+                return 0
+            return self.watcher.unmark(session, reads=0)
+        finally:
+            del self.ending[session]
+            done.set()
+
+    async def ended(self, session: str) -> None:
+        """Return once no unmark of ``session`` is under way."""
+        while (done := self.ending.get(session)) is not None:
+            await done.wait()
 
     async def tick(self) -> None:
         """Once a second: the watcher's tick, and unmark the runs that ended unannounced."""
@@ -131,7 +152,7 @@ class Service(Recorder):
                            pid=int(req["pid"]), pid_start=0, role=str(req.get("role") or "session"),
                            job=req.get("job"),
                            datasets=[{"slug": str(d["slug"]), "target": str(d["target"])} for d in req["datasets"]])
-                return {"ok": True, "mounts": self.watcher.mark(m)}
+                return {"ok": True, "mounts": await self.mark(m)}
             if op == "unmark":
                 return {"ok": True, "opens": await self.unmark(str(req["session"]))}
             if op == "assign":
@@ -146,13 +167,25 @@ class Service(Recorder):
         except MarkError as e:   # "unmarked": a worker hostview does not know (the engine replaces it)
             return {"ok": False, "error": str(e), "unmarked": isinstance(e, NotMarked)}
 
+    async def mark(self, m: Marked) -> dict[str, int]:
+        """Mark a new run, after its predecessor of the same name (a batch worker's name comes
+        back): what the predecessor read and is still queued stays the predecessor's."""
+        await self.ended(m.session)
+        if m.session in self.watcher.marks:   # its end was not announced: its backlog first, within reason
+            await self.read_empty(self.watcher.emptied, patience=MARK_PATIENCE)
+            await self.ended(m.session)
+        return self.watcher.mark(m)
+
     async def assign(self, session: str, user: str, job) -> None:
         """A worker's next job: once every read queued before is read (``Watcher.assign``),
         waiting ``ASSIGN_PATIENCE`` at most for a backlog."""
-        if session not in self.watcher.marks:
+        run = self.watcher.marks.get(session)
+        if run is None or session in self.ending:
             raise NotMarked(f"{session} is not marked")
         since = self.watcher.emptied
         await self.read_empty(since, patience=ASSIGN_PATIENCE)
+        if self.watcher.marks.get(session) is not run:
+            raise NotMarked(f"{session} was unmarked or marked again meanwhile")
         self.watcher.assign(session, user, job, since=since, reads=0)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

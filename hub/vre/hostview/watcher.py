@@ -490,7 +490,7 @@ class Watcher:
     def tick(self, now: float | None = None) -> list[str]:
         """Once a second: summaries of ended minutes and marks of mounts new below datasets.
         Returns the runs that ended without an unmark (the hub was away), for the caller to
-        unmark once their reads are read (``Recorder.ended``)."""
+        unmark once their reads are read (``Recorder.tick``)."""
         now = now or time.time()
         self.drain()
         self._flush(now=now)

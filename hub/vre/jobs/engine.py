@@ -573,7 +573,6 @@ class Engine:
         job.state, job.reason = "running", ""
         await self.commit(db)
         self._starting = True
-        asked = False   # whether the agent may have the job (then its worker may be running it)
         try:
             if job.kind == "cluster":
                 await self.start_cluster(db, plan, job, devices)
@@ -590,21 +589,31 @@ class Engine:
             if plan.datasets:
                 with self.timed("start: hostview assign"):
                     await self.executor.serve(worker.name, user, job.id)
+        except Exception as e:   # stored as running: whatever stopped it, the job must not stay so
+            self.start_failed(db, job, e)
+            return
+        try:
             await self.commit(db)
-            asked = True
+        except BaseException:   # the look's failure: rolled back, the next look queues the job again
+            worker.job, worker.idle_since = None, time.time()   # never handed it
+            raise
+        try:
             with self.timed("agent: POST /jobs (submit)"):
                 await self.executor.submit(plan.pool, worker.name, self.spec(plan, job, worker.name))
-        except Exception as e:   # stored as running: whatever stopped it, the job must not stay so
-            if asked:   # no answer is not a no (a busy scheduler reads the post late): the worker serves no other
-                self.keep_warm_if_clean(job, None)
-            if isinstance(e, Unavailable) and job.kind != "cluster":
-                # hostview, the container engine or a node's observer is restarting (as with the
-                # hub): it is not the job's fault, so it waits in the queue (a new worker stays, idle)
-                self.wait_again(db, job, e)
-                return
-            log.exception("could not start job %s", job.id)
-            self.release(db, job)
-            self.finish(db, job, "failed", f"could not start: {e}")
+        except Exception as e:
+            self.keep_warm_if_clean(job, None)   # no answer is not a no (a busy scheduler reads the post
+            self.start_failed(db, job, e)        # late): the worker, which may run it, serves no other
+
+    def start_failed(self, db, job: Job, e: Exception) -> None:
+        """A start stored as running did not happen (called where ``e`` is handled)."""
+        if isinstance(e, Unavailable) and job.kind != "cluster":
+            # hostview, the container engine or a node's observer is restarting (as with the
+            # hub): it is not the job's fault, so it waits in the queue (a new worker stays, idle)
+            self.wait_again(db, job, e)
+            return
+        log.exception("could not start job %s", job.id)
+        self.release(db, job)
+        self.finish(db, job, "failed", f"could not start: {e}")
 
     def as_kube_job(self, job: Job) -> bool:
         """Whether ``job`` starts as a Kubernetes Job of its own (``k8s_job_runner``)."""
@@ -787,7 +796,11 @@ class Engine:
         reported = jobs.get(str(job.id))
         if reported is None:
             if not job.worker:   # stored as running, but its start stopped before a worker took it (a crash)
-                self.wait_again(db, job, "its start was interrupted before a worker took it")
+                self.release(db, job)
+                if job.cancel_requested:
+                    self.finish(db, job, "cancelled", "cancelled before a worker took it")
+                else:
+                    self.requeue_or_fail(db, job, "its start was interrupted before a worker took it")
                 return
             # handed to a worker but the agent never heard of it: hand it again
             await self.commit(db)
