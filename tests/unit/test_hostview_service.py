@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from types import SimpleNamespace
 
@@ -129,3 +130,39 @@ def test_a_new_run_of_a_name_being_unmarked_is_marked_after_its_predecessors_end
     assert assigned["ok"] is False and assigned["unmarked"]
     m = service.watcher.marks["lung-worker-1"]
     assert (m.user, m.job) == ("bob", 3) and service.ending == {}
+
+
+def test_a_runs_end_the_hub_did_not_announce_never_forgets_a_newcomer_of_its_name(tmp_path):
+    """The tick unmarks runs that ended unannounced, one after the other, each after reading the
+    backlog; a run of one of those names marked meanwhile (its predecessor ended by another way)
+    is not the one the tick ends, and stays marked."""
+    backlog = Backlog(100)
+    service = worker_service(tmp_path, backlog)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for name in ("lung-worker-1", "lung-worker-2"):
+        service.watcher.marks[name] = Marked(session=name, user="ann", project="lung", pid=gone.pid, pid_start=1,
+                                             role="worker", job=1)
+    newcomer = Marked(session="lung-worker-2", user="bob", project="lung", pid=os.getpid(),
+                      pid_start=process_start(os.getpid()), role="worker", job=3)
+
+    async def scenario():
+        ticking = asyncio.create_task(service.tick())
+        await asyncio.sleep(0.05)   # reading the backlog for lung-worker-1
+        service.watcher.marks["lung-worker-2"] = newcomer
+        await ticking
+
+    asyncio.run(scenario())
+    assert service.watcher.marks == {"lung-worker-2": newcomer}
+
+
+def test_a_new_run_whose_predecessor_takes_too_long_to_end_is_told_to_start_again(tmp_path, monkeypatch):
+    """A predecessor's backlog beyond ``MARK_PATIENCE``: the newcomer is not marked (its launch
+    is tried again: ``later``), and the predecessor keeps its marks until its reads are read."""
+    monkeypatch.setattr(service_module, "MARK_PATIENCE", 0.1)
+    service = worker_service(tmp_path, Backlog(10_000))
+    predecessor = service.watcher.marks["lung-worker-1"]
+    answer = asyncio.run(service.answer({"op": "mark", "session": "lung-worker-1", "user": "bob", "project": "lung",
+                                         "pid": os.getpid(), "role": "worker", "job": 3, "datasets": []}))
+    assert answer["ok"] is False and answer["later"] and "start it again" in answer["error"]
+    assert service.watcher.marks["lung-worker-1"] is predecessor and service.ending == {}

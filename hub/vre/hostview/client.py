@@ -1,6 +1,7 @@
 """Talking to ``vre-hostview``: one JSON object per line each way over its root-only unix socket.
 
-Requests (``op`` and its fields) and answers (``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``):
+Requests (``op`` and its fields) and answers (``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``,
+with ``later: true`` where trying again soon may succeed, ``unmarked: true`` for a run it does not know):
 
 - ``mark {session, user, project, pid, role, job?, datasets: [{slug, target}]}`` -> ``mounts: {slug: id}``
 - ``unmark {session}`` -> ``opens`` (summarised at the end)
@@ -73,8 +74,9 @@ async def mark(settings: Settings, *, session: str, user: str, project: str, pid
                     f"({e}); the run was not started. An admin checks the hub's log for vre-hostview") from None
             await asyncio.sleep(0.2)
     if not answer.get("ok"):
-        raise HostviewError(f"dataset reads cannot be recorded: vre-hostview refused to mark {session}: "
-                            f"{answer.get('error')}; the run was not started")
+        kind = HostviewUnavailable if answer.get("later") else HostviewError   # later: tried again
+        raise kind(f"dataset reads cannot be recorded: vre-hostview refused to mark {session}: "
+                   f"{answer.get('error')}; the run was not started")
     return answer["mounts"]
 
 

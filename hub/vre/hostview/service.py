@@ -25,7 +25,7 @@ from ..services import die_with_hub, take_over
 from ..settings import Settings, load
 from .client import socket_path
 from .registry import Marked, Registry
-from .watcher import ALL, STEP, MarkError, NotMarked, Watcher
+from .watcher import ALL, STEP, Behind, Busy, MarkError, NotMarked, Watcher
 
 log = logging.getLogger("vre.hostview")
 TICK = 1.0
@@ -36,9 +36,10 @@ BUSY = 8 * 2000   # opens per drain that say more are waiting
 #: ``Behind`` (the engine tries again at its next look): well within the engine's request timeout,
 #: and far more than an empty queue takes (a few milliseconds).
 ASSIGN_PATIENCE = 1.0
-#: How long a new run's mark reads the backlog of a predecessor of the same name still marked
-#: (whose end was not announced) before it takes the name: well within the launch's patience.
-MARK_PATIENCE = 2.0
+#: How long a new run's mark waits for the end of a predecessor of the same name (its queued
+#: reads read as its own) before it says ``Busy`` (the launch is tried again): within the
+#: client's 10 s for an answer.
+MARK_PATIENCE = 3.0
 
 
 class Recorder:
@@ -81,16 +82,21 @@ class Recorder:
             await asyncio.sleep(0)
         return w.emptied != since
 
-    async def unmark(self, session: str) -> int:
-        """A run ended: its reads still queued are read first, then summarised, and it is
-        forgotten (with its mount ids); returns how many opens. Meanwhile ``ending`` holds it:
-        a new run of that name is marked only after (``ended``)."""
+    async def unmark(self, session: str, run: Marked | None = None) -> int:
+        """A run ended (``run``, or the one marked as ``session`` now): its reads still queued
+        are read first, then summarised, and it is forgotten (with its mount ids); returns how
+        many opens. Meanwhile ``ending`` holds its name: a new run of that name is marked only
+        after (``ended``). A run that is no longer the one of that name is not forgotten."""
+        run = run or self.watcher.marks.get(session)
+        if run is None:
+            return 0
         await self.ended(session)   # one unmark of a name at a time
-        run = self.watcher.marks.get(session)
+        if self.watcher.marks.get(session) is not run:   # ended by the other, or marked again
+            return 0
         self.ending[session] = done = asyncio.Event()
         try:
             await self.read_empty(self.watcher.emptied)
-            if self.watcher.marks.get(session) is not run:   # marked again meanwhile: not this run's end
+            if self.watcher.marks.get(session) is not run:
                 return 0
             return self.watcher.unmark(session, reads=0)
         finally:
@@ -104,9 +110,9 @@ class Recorder:
 
     async def tick(self) -> None:
         """Once a second: the watcher's tick, and unmark the runs that ended unannounced."""
-        for session in self.watcher.tick():
-            log.info("%s ended without being unmarked", session)
-            await self.unmark(session)
+        for run in self.watcher.tick():
+            log.info("%s ended without being unmarked", run.session)
+            await self.unmark(run.session, run)
 
     async def _reads(self) -> None:
         """Read the kernel's events every POLL seconds rather than on each one: a reader then
@@ -165,16 +171,24 @@ class Service(Recorder):
         except (KeyError, TypeError, ValueError) as e:
             return {"ok": False, "error": f"bad request: {e!r}"}
         except MarkError as e:   # "unmarked": a worker hostview does not know (the engine replaces it)
-            return {"ok": False, "error": str(e), "unmarked": isinstance(e, NotMarked)}
+            return {"ok": False, "error": str(e), "unmarked": isinstance(e, NotMarked),
+                    "later": isinstance(e, (Behind, Busy))}
 
     async def mark(self, m: Marked) -> dict[str, int]:
-        """Mark a new run, after its predecessor of the same name (a batch worker's name comes
-        back): what the predecessor read and is still queued stays the predecessor's."""
-        await self.ended(m.session)
-        if m.session in self.watcher.marks:   # its end was not announced: its backlog first, within reason
-            await self.read_empty(self.watcher.emptied, patience=MARK_PATIENCE)
-            await self.ended(m.session)
+        """Mark a new run, after its predecessor of the same name has ended (a batch worker's
+        name comes back): what the predecessor read and is still queued stays the predecessor's.
+        ``Busy`` if that takes more than ``MARK_PATIENCE``."""
+        try:
+            await asyncio.wait_for(self._predecessor_ended(m.session), MARK_PATIENCE)
+        except asyncio.TimeoutError:
+            raise Busy(f"an earlier run named {m.session} is still being recorded (its reads are queued): "
+                       "start it again in a moment") from None
         return self.watcher.mark(m)
+
+    async def _predecessor_ended(self, session: str) -> None:
+        await self.ended(session)
+        while (run := self.watcher.marks.get(session)) is not None:   # its end was not announced
+            await self.unmark(session, run)
 
     async def assign(self, session: str, user: str, job) -> None:
         """A worker's next job: once every read queued before is read (``Watcher.assign``),

@@ -58,6 +58,11 @@ class Behind(MarkError):
     holds would be counted as the new job's, so the worker keeps its job for now."""
 
 
+class Busy(MarkError):
+    """An earlier run of the name is still being ended (its queued reads read as its own): the
+    new run is not marked yet; its launch is tried again."""
+
+
 def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc)
 
@@ -487,7 +492,7 @@ class Watcher:
             self.outbox.append(self.gap(m, max(self.empty_at, m.marked_at), now, cause="queue overflow",
                                         what="dataset reads the kernel dropped"))
 
-    def tick(self, now: float | None = None) -> list[str]:
+    def tick(self, now: float | None = None) -> list[Marked]:
         """Once a second: summaries of ended minutes and marks of mounts new below datasets.
         Returns the runs that ended without an unmark (the hub was away), for the caller to
         unmark once their reads are read (``Recorder.tick``)."""
@@ -495,7 +500,7 @@ class Watcher:
         self.drain()
         self._flush(now=now)
         self.rescan(now)
-        return [s for s, m in self.marks.items() if not alive(m)]
+        return [m for m in self.marks.values() if not alive(m)]
 
     def stop(self) -> None:
         """Summarise everything counted so far and thaw what is frozen; the registry keeps the
