@@ -1319,6 +1319,34 @@ def test_a_start_that_fails_unexpectedly_fails_its_job_and_the_warm_starts_befor
     assert "could not start job" in caplog.text   # with its traceback, for whoever mends it
 
 
+def test_a_warm_hand_out_that_fails_unexpectedly_leaves_its_worker_free(world, tmp_path):
+    """What a warm hand-out's word from the recorder raises beyond the foreseen (a bug, the
+    engine stopping) fails the look, which is rolled back: the job is queued and its worker,
+    which never got it, free for the next look."""
+    (tmp_path / "ct").mkdir()
+    with vdb.session_scope(world.vre_db_url) as db:
+        db.add(vdb.Dataset(slug="ct", title="CT", path=str(tmp_path / "ct"), catalog={}))
+        db.flush()
+        P.grant(db, "lung", "ct")
+    first = submit(world, "ann")
+    fake = FakeExecutor(0)
+    engine = Engine(world, executor=fake)
+    look(engine)   # a new worker for it, mounting the dataset
+    fake.end(first)
+    look(engine)   # its end: the worker waits, warm
+    job = submit(world, "ann")
+
+    async def broken_serve(worker, user, job_id):
+        raise RuntimeError("an unexpected failure while telling the recorder")
+    fake.serve = broken_serve
+    look(engine)
+    assert states(world)[job] == "queued" and fake.workers["lung-worker-1"].job is None
+    assert fake.submitted == [first]
+    del fake.serve   # the class's again
+    look(engine)
+    assert states(world)[job] == "running" and fake.submitted == [first, job]
+
+
 def test_a_new_workers_job_whose_hand_out_was_not_committed_is_queued_again_and_its_worker_free(world,
                                                                                                monkeypatch):
     """A full start stores the job as running, starts a worker, then commits the hand-out: when

@@ -535,6 +535,9 @@ class Engine:
                 self.release(db, job)
                 self.finish(db, job, "failed", f"could not start: {e}")
                 return ()
+            except BaseException:   # the look's failure (rolled back): never handed, the worker is free
+                worker.job, worker.idle_since = None, time.time()
+                raise
         self._starting = True
         return plan, job, worker
 
@@ -1099,7 +1102,7 @@ class Engine:
         a change of its plan) do not count."""
         job.lost_starts += 1
         if requeue and job.lost_starts <= MAX_LOST_STARTS and not job.cancel_requested:
-            job.state, job.worker, job.started_at = "queued", "", None
+            job.state, job.worker, job.started_at, job.devices, job.usage = "queued", "", None, "", {}
             job.reason = f"{why} (attempt {job.attempts}); re-queued"
             self.audit(job, "job.requeue", outcome="error", details={"reason": job.reason, **details})
         else:
