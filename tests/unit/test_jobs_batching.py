@@ -1263,16 +1263,21 @@ def test_a_flood_of_rings_cannot_hold_the_engine_looking_back_to_back(world, mon
     assert [g >= 0.2 for g in gaps] == [False, False, True, True, False, False, False, True], gaps
 
 
-def test_a_job_whose_workers_observer_has_not_taken_note_waits_in_the_queue_and_its_worker_stays_free(world, tmp_path):
-    """``serve`` raising ``ObserverAway`` (the observer on a worker pod's node has not said that it
-    counts the pod's reads for the job): the job is not handed out and waits in the queue, the
-    start not counted, on a new worker (the full path) as on a warm one (a look's quick path)."""
-    from vre.jobs.pods import ObserverAway
+def grant_dataset(world, tmp_path) -> None:
+    """The project is granted a dataset ``ct``: its workers mount it, their hand-outs ask the recorder."""
     (tmp_path / "ct").mkdir()
     with vdb.session_scope(world.vre_db_url) as db:
         db.add(vdb.Dataset(slug="ct", title="CT", path=str(tmp_path / "ct"), catalog={}))
         db.flush()
         P.grant(db, "lung", "ct")
+
+
+def test_a_job_whose_workers_observer_has_not_taken_note_waits_in_the_queue_and_its_worker_stays_free(world, tmp_path):
+    """``serve`` raising ``ObserverAway`` (the observer on a worker pod's node has not said that it
+    counts the pod's reads for the job): the job is not handed out and waits in the queue, the
+    start not counted, on a new worker (the full path) as on a warm one (a look's quick path)."""
+    from vre.jobs.pods import ObserverAway
+    grant_dataset(world, tmp_path)
     job = submit(world, "ann")
     fake, served = FakeExecutor(0), []
     away = ["warm", "new"]
@@ -1323,11 +1328,7 @@ def test_a_warm_hand_out_that_fails_unexpectedly_leaves_its_worker_free(world, t
     """What a warm hand-out's word from the recorder raises beyond the foreseen (a bug, the
     engine stopping) fails the look, which is rolled back: the job is queued and its worker,
     which never got it, free for the next look."""
-    (tmp_path / "ct").mkdir()
-    with vdb.session_scope(world.vre_db_url) as db:
-        db.add(vdb.Dataset(slug="ct", title="CT", path=str(tmp_path / "ct"), catalog={}))
-        db.flush()
-        P.grant(db, "lung", "ct")
+    grant_dataset(world, tmp_path)
     first = submit(world, "ann")
     fake = FakeExecutor(0)
     engine = Engine(world, executor=fake)
