@@ -31,7 +31,8 @@ class HostviewError(RuntimeError):
 
 
 class HostviewUnavailable(HostviewError):
-    """hostview did not answer (not running, restarting): worth trying again later."""
+    """hostview did not answer (not running, restarting), or said to try again soon (``later``:
+    an earlier run of the name is still being recorded): worth trying again later."""
 
 
 def socket_path(settings: Settings) -> Path:

@@ -208,7 +208,7 @@ class NodeObserver(Recorder):
     # -- pods -----------------------------------------------------------------------------------
     def seen(self, pod: dict, deleted: bool = False) -> None:
         """A pod as listed or watched: note it, open its gate when it waits, follow its job, and
-        unmark it when it ended."""
+        forget it when it ended (its marks go with its process: ``Recorder.tick``)."""
         run = parse_pod(pod, self.instance)
         if run is None:
             return

@@ -7,8 +7,9 @@ audit store. Reading a flood's backlog takes seconds: it is read in steps with t
 between, so a request that waits for it (a worker's next job, a run's end) never keeps the
 others (another project's session being marked) waiting. Requests about one run name are
 still taken in order: a new run of a name is marked only once its predecessor's queued reads
-are counted as the predecessor's. It dies with its hub and is the only one of its instance (``vre.services``); a
-restarted one marks the live runs of its registry again and records the gap.
+are counted as the predecessor's. It dies with its hub and is the only one of its instance
+(``vre.services``); a restarted one marks the live runs of its registry again and records the
+gap.
 """
 
 from __future__ import annotations

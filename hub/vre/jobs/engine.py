@@ -437,11 +437,12 @@ class Engine:
                         continue
                     with self.timed("start: total"):
                         started = await self.start_warm(db, project, job)
-                        if started is None:
-                            await self.hand_out(db, warm)   # ``start`` commits its own job alone
+                    if started is None:
+                        await self.hand_out(db, warm)   # ``start`` commits its own job alone
+                        with self.timed("start: total"):
                             await self.start(db, project, job)
-                        elif started:
-                            warm.append(started)
+                    elif started:
+                        warm.append(started)
                 await self.hand_out(db, warm)
             except BaseException:
                 for _, job, worker in warm:   # never stored as started: free for this job or another
@@ -799,11 +800,11 @@ class Engine:
         reported = jobs.get(str(job.id))
         if reported is None:
             if not job.worker:   # stored as running, but its start stopped before a worker took it (a crash)
-                self.release(db, job)
                 if job.cancel_requested:
+                    self.release(db, job)
                     self.finish(db, job, "cancelled", "cancelled before a worker took it")
-                else:
-                    self.requeue_or_fail(db, job, "its start was interrupted before a worker took it")
+                else:   # not the job's doing, nor a lost run: not counted (as a hub restart loses nothing)
+                    self.wait_again(db, job, "its start was interrupted before a worker took it")
                 return
             # handed to a worker but the agent never heard of it: hand it again
             await self.commit(db)
