@@ -520,6 +520,38 @@ def test_a_job_whose_worker_ends_before_it_runs_is_queued_again_once_then_fails(
     assert row.state == "failed" and "worker ended before the job started" in row.reason
 
 
+def test_a_cluster_whose_worker_hostview_cannot_mark_yet_waits_in_the_queue(world):
+    """hostview restarting, or behind a flood's backlog (``Busy``), while a cluster job starts its
+    workers: as for a batch job, not the job's fault. It waits in the queue, uncounted, the
+    workers started so far free again, and starts once hostview marks again."""
+    from vre.jobs.executor import RecorderUnavailable
+
+    with vdb.session_scope(world.vre_db_url) as db:
+        job = service.submit(db, world, "ann", {"project": "lung", "kind": "cluster", "params": {"workers": 2},
+                                                "cpu": 0.5, "mem_mb": 512}).id
+    fake = FakeExecutor(0)
+    start_worker, refused = fake.start_worker, []
+
+    async def second_refused(plan, *args, **kw):
+        if len(fake.workers) == 1 and not refused:
+            refused.append(True)
+            raise RecorderUnavailable("vre-hostview refused to mark it: an earlier run of its name is still "
+                                      "being recorded")
+        return await start_worker(plan, *args, **kw)
+    fake.start_worker = second_refused
+    engine = Engine(world, executor=fake)
+    look(engine)
+    row = job_row(world, job)
+    assert (row.state, row.attempts, row.worker) == ("queued", 0, ""), (row.state, row.reason)
+    assert row.reason.startswith("waiting: vre-hostview refused to mark it")
+    assert [w.job for w in fake.workers.values()] == [None]   # the first worker is free again
+    assert not audited(world, "job.fail")
+    look(engine)
+    row = job_row(world, job)
+    assert (row.state, row.attempts, len(row.worker.split(","))) == ("running", 1, 2), (row.state, row.reason)
+    assert audited(world, "job.start") == [f"job/{job}"]
+
+
 def test_where_the_cluster_places_gpus_a_job_holds_a_count_not_this_machines_devices(world):
     """Kubernetes (``gpu_counts``): a GPU job is admitted by the project's GPU quota although the
     engine's machine has none, its worker is started for a count of GPUs and no device is leased,

@@ -70,13 +70,13 @@ class Recorder:
                 return
         w.registry.touch(until)
 
-    async def read_empty(self, since: int, *, patience: float | None = None, reads: int = ALL) -> bool:
+    async def read_empty(self, since: int, *, patience: float | None = None) -> bool:
         """Whether the kernel's queue was read empty after ``since`` (a count of
         ``Watcher.emptied``): reads on ``STEP`` batches at a time, the loop free between, for at
-        most ``patience`` seconds and ``reads`` batches."""
+        most ``patience`` seconds and ``ALL`` batches (a drain's bound)."""
         w = self.watcher
         deadline = None if patience is None else time.monotonic() + patience
-        for _ in range(0, reads, STEP):
+        for _ in range(0, ALL, STEP):
             if w.emptied != since or (deadline is not None and time.monotonic() > deadline):
                 break
             w.drain(STEP)

@@ -446,7 +446,7 @@ class Engine:
                 await self.hand_out(db, warm)
             except BaseException:
                 for _, job, worker in warm:   # never stored as started: free for this job or another
-                    worker.job, worker.idle_since = None, time.time()
+                    worker.free()
                 raise
             self.no_free_slot(project, [*running, *jobs.values()])   # its last free slots may just have been taken
         await self.forget_ended()
@@ -537,7 +537,7 @@ class Engine:
                 self.finish(db, job, "failed", f"could not start: {e}")
                 return ()
             except BaseException:   # the look's failure (rolled back): never handed, the worker is free
-                worker.job, worker.idle_since = None, time.time()
+                worker.free()
                 raise
         self._starting = True
         return plan, job, worker
@@ -599,7 +599,7 @@ class Engine:
         try:
             await self.commit(db)
         except BaseException:   # the look's failure: rolled back, the next look queues the job again
-            worker.job, worker.idle_since = None, time.time()   # never handed it
+            worker.free()   # never handed it
             raise
         try:
             with self.timed("agent: POST /jobs (submit)"):
@@ -610,9 +610,10 @@ class Engine:
 
     def start_failed(self, db, job: Job, e: Exception) -> None:
         """A start stored as running did not happen (called where ``e`` is handled)."""
-        if isinstance(e, Unavailable) and job.kind != "cluster":
-            # hostview, the container engine or a node's observer is restarting (as with the
-            # hub): it is not the job's fault, so it waits in the queue (a new worker stays, idle)
+        if isinstance(e, Unavailable):
+            # hostview, the container engine or a node's observer is restarting or behind (as
+            # with the hub): it is not the job's fault, so it waits in the queue (a new worker
+            # stays, idle; a cluster's workers started so far are free again)
             self.wait_again(db, job, e)
             return
         log.exception("could not start job %s", job.id)
@@ -1122,7 +1123,7 @@ class Engine:
         for name in filter(None, job.worker.split(",")):
             worker = self.executor.workers.get(name)
             if worker is not None:
-                worker.job, worker.idle_since = None, time.time()
+                worker.free()
         if job.devices or job.gpus:
             gpus.release(db, f"job:{job.id}")
 

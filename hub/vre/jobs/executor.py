@@ -100,6 +100,10 @@ class Worker:
     #: other job and is stopped (``Engine.keep_warm_if_clean``).
     spent: bool = False
 
+    def free(self) -> None:
+        """Takes no job now: free for the next of its shape, idle (toward its stop) from now."""
+        self.job, self.idle_since = None, time.time()
+
 
 #: The most the engine reads of one answer of an agent (which researchers can reach and replace):
 #: a status of thousands of jobs is a few MiB; more would only fill the engine's memory.
