@@ -487,8 +487,14 @@ def test_a_job_is_handed_out_only_once_the_observer_of_its_workers_node_counts_i
     assert notes["vre.audit/job"] == "7" and notes["vre.audit/job-user"] == "bob" and notes["vre.audit/job-serial"]
     # another node's observer cannot speak for the pod (nor overwrite what its own node's said):
     # the job waits in the queue, saying why, after NOTE_WAIT_S
+    looks, noted = [], observed.noted
+    monkeypatch.setattr(observed, "noted", lambda *a: looks.append(a) or noted(*a))
     with pytest.raises(pods.ObserverAway, match="observer of dataset reads on node node-3 has not taken note"):
         asyncio.run(hand_out(8, says="node-9"))
+    # while it waits it looks less often the longer it waits: a dozen reads of the database in
+    # the 0.5 s, not one each 10 ms (50)
+    assert 5 <= len(looks) <= 15, len(looks)
+    monkeypatch.setattr(observed, "noted", noted)
     assert observed.noted(url, "uid-w1", "node-3") == (7, notes["vre.audit/job-serial"])
     # that node's observer is away now: its idle workers take no job with datasets meanwhile (so
     # no hand-out waits for it); a word there in time (a quick observer) ends it

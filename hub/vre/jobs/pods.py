@@ -80,9 +80,13 @@ CONNECT_WAIT_S = 60
 #: Seconds a job's hand-out waits for the observer on its worker's node to count the worker's
 #: reads as the job's (milliseconds when it is well) ...
 NOTE_WAIT_S = 5
-#: ... and how often it looks; after a wait in vain, the node's idle workers take no job with
-#: datasets for this long (``may_serve``): an observer that is away must not hold up every look.
+#: ... and how often it looks (the word is in the database, written by the VRE service's
+#: process): at first every 10 ms, less often the longer it waits, at least every 100 ms, so
+#: that an observer that is away costs the database a few dozen reads, not hundreds ...
 NOTE_POLL_S = 0.01
+NOTE_POLL_MAX_S = 0.1
+#: ... and after a wait in vain, the node's idle workers take no job with datasets for this long
+#: (``may_serve``): an observer that is away must not hold up every look.
 NOTE_AWAY_S = 30
 
 
@@ -474,14 +478,15 @@ class PodDaskExecutor(LocalDaskExecutor):
         ``uid``'s reads for this hand-out of ``job_id`` (a word of an earlier hand-out, or of
         another node's observer, is not it). In vain: that node's idle workers take no job with
         datasets for ``NOTE_AWAY_S`` (``may_serve``, so no hand-out waits here meanwhile)."""
-        deadline = time.monotonic() + NOTE_WAIT_S
+        deadline, pause = time.monotonic() + NOTE_WAIT_S, NOTE_POLL_S
         while True:
             if await asyncio.to_thread(observed.noted, self.settings.vre_db_url, uid, node) == (job_id, serial):
                 self._observer_away.pop(node, None)
                 return
             if time.monotonic() >= deadline:
                 break
-            await asyncio.sleep(NOTE_POLL_S)
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 1.5, NOTE_POLL_MAX_S)
         log.error("the observer on node %s did not take note within %s s that worker %s runs job %s; that "
                   "node's idle workers take no job with datasets for %s s", node, NOTE_WAIT_S, worker, job_id,
                   NOTE_AWAY_S)
