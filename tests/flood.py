@@ -31,11 +31,13 @@ print("@@" + json.dumps({"opens": opens, "stall": stall}))
 """
 
 
-def flood_while_held(kernel, dataset: str, observer_pid: int, *, seconds: float = 10) -> dict:
-    """The kernel floods ``dataset`` for ``seconds`` while the observer is stopped from 1.5 s to
-    4.5 s into it; returns {opens, stall}. The hold is timed from the flood's own word that it
-    began: a kernel slow to start on a loaded machine must not flood only after the observer is
-    let go (then nothing is behind, and nothing is frozen)."""
+def flood_while_held(kernel, dataset: str, observer_pid: int, *, seconds: float = 10,
+                     hold: tuple[float, float | None] = (1.5, 4.5)) -> dict:
+    """The kernel floods ``dataset`` for ``seconds`` while the observer is stopped from
+    ``hold[0]`` to ``hold[1]`` seconds into it (``None``: still stopped on return, the caller lets
+    it go); returns {opens, stall}. The hold is timed from the flood's own word that it began: a
+    kernel slow to start on a loaded machine must not flood only after the observer is let go
+    (then nothing is behind, and nothing is frozen)."""
     msg_id = kernel.execute(FLOOD % {"dataset": dataset, "seconds": seconds})
     out, timers, deadline = "", [], time.monotonic() + 180
     try:
@@ -53,15 +55,22 @@ def flood_while_held(kernel, dataset: str, observer_pid: int, *, seconds: float 
             if kind == "stream":
                 out += msg["content"]["text"]
                 if not timers and "@@going" in out:
-                    timers = [threading.Timer(1.5, os.kill, (observer_pid, signal.SIGSTOP)),
-                              threading.Timer(4.5, os.kill, (observer_pid, signal.SIGCONT))]
+                    timers = [threading.Timer(hold[0], os.kill, (observer_pid, signal.SIGSTOP))]
+                    if hold[1] is not None:
+                        timers.append(threading.Timer(hold[1], os.kill, (observer_pid, signal.SIGCONT)))
                     for t in timers:
                         t.start()
             if kind == "status" and msg["content"]["execution_state"] == "idle":
                 break
+    except BaseException:
+        for t in timers:
+            t.cancel()
+        os.kill(observer_pid, signal.SIGCONT)
+        raise
     finally:
         for t in timers:
             t.join()
+    if hold[1] is not None:
         os.kill(observer_pid, signal.SIGCONT)
     assert timers, f"the flood never said it began: {out[-300:]!r}"
     return json.loads(out.rsplit("@@", 1)[1])

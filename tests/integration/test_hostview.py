@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import threading
 import time
 
 import pytest
@@ -241,6 +242,60 @@ def test_a_session_opening_faster_than_it_is_recorded_is_frozen_and_nothing_is_l
                             sum(s["details"]["opens"] for s in r[1]) >= flood["opens"] and r) or reads_of(store, session)
     assert sum(s["details"]["opens"] for s in summaries) == flood["opens"]   # not one open dropped
     assert not store.query(action="audit.gap", session=session)
+
+
+def test_a_flood_in_one_project_does_not_fail_another_projects_start(hub, session):
+    """hostview answers every launch gate on one loop. A flood's backlog (hostview held 8 s: a
+    loaded machine) is read when the flooding session ends, in steps with the loop free between:
+    a session of another project that starts meanwhile is marked within its gate's patience (5 s),
+    and the flooder's every open is still in the trail. Read in one go, that start failed ("vre-
+    hostview does not answer")."""
+    c, k = session
+    other_project, other = "hostview-other", "hostview-ivo"
+    hub.account(other)
+    if hub.vre("project", "show", other_project, check=False).returncode != 0:
+        hub.vre("project", "create", other_project, "--title", "Another project, same dataset")
+        hub.vre("project", "grant", other_project, DATASET)
+        hub.vre("project", "add-member", other_project, other)
+        hub.vre("project", "set-profile", other_project, "small", "--cpu", "1", "--memory", "2G")
+    ivo = hub.client(other)
+    store = open_store(load(environ=hub.env))
+    flooder = audit_session(store, USER)
+    pid = hostview_pid(hub)
+    stopped: list[BaseException | None] = []
+
+    def stop_flooder():
+        try:
+            c.stop(PROJECT, timeout=120)
+            stopped.append(None)
+        except BaseException as e:
+            stopped.append(e)
+
+    flood = flood_while_held(k, DATASET, pid, seconds=14, hold=(1, None))
+    k.close()
+    stopper = threading.Thread(target=stop_flooder)
+    try:
+        stopper.start()   # its unmark waits behind the backlog
+        time.sleep(1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    started = time.monotonic()
+    try:
+        ivo.start(other_project)
+    except HubError as e:
+        pytest.fail(f"another project's start failed behind {flood['opens']} queued opens "
+                    f"after {time.monotonic() - started:.1f} s: {e}")
+    finally:
+        stopper.join(timeout=180)
+    print(f"the flood: {flood}; the other start took {time.monotonic() - started:.1f} s")
+    assert stopped == [None], stopped
+    assert hostview_pid(hub) == pid   # not restarted: it answered all along
+    ivo.stop(other_project)
+    _, summaries = wait_for(lambda: (r := reads_of(store, flooder)) and
+                            sum(s["details"]["opens"] for s in r[1]) >= flood["opens"] and r,
+                            timeout=60) or reads_of(store, flooder)
+    assert sum(s["details"]["opens"] for s in summaries) == flood["opens"]   # not one open dropped
+    assert not store.query(action="audit.gap", session=flooder)
 
 
 def _ts(text: str) -> float:
