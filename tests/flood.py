@@ -18,7 +18,7 @@ files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
 print("@@going", flush=True)
 opens, stall, last = 0, 0.0, time.monotonic()
 end = last + %(seconds)f
-while time.monotonic() < end:
+while time.monotonic() < end and opens < %(most)d:
     pid = os.fork()
     if pid == 0:
         for path in files:
@@ -31,14 +31,14 @@ print("@@" + json.dumps({"opens": opens, "stall": stall}))
 """
 
 
-def flood_while_held(kernel, dataset: str, observer_pid: int, *, seconds: float = 10,
+def flood_while_held(kernel, dataset: str, observer_pid: int, *, seconds: float = 10, most: int = 1 << 40,
                      hold: tuple[float, float | None] = (1.5, 4.5)) -> dict:
-    """The kernel floods ``dataset`` for ``seconds`` while the observer is stopped from
-    ``hold[0]`` to ``hold[1]`` seconds into it (``None``: still stopped on return, the caller lets
-    it go); returns {opens, stall}. The hold is timed from the flood's own word that it began: a
-    kernel slow to start on a loaded machine must not flood only after the observer is let go
-    (then nothing is behind, and nothing is frozen)."""
-    msg_id = kernel.execute(FLOOD % {"dataset": dataset, "seconds": seconds})
+    """The kernel floods ``dataset`` for ``seconds`` (or until ``most`` opens) while the observer
+    is stopped from ``hold[0]`` to ``hold[1]`` seconds into it (``None``: still stopped on return,
+    the caller lets it go); returns {opens, stall}. The hold is timed from the flood's own word
+    that it began: a kernel slow to start on a loaded machine must not flood only after the
+    observer is let go (then nothing is behind, and nothing is frozen)."""
+    msg_id = kernel.execute(FLOOD % {"dataset": dataset, "seconds": seconds, "most": most})
     out, timers, deadline = "", [], time.monotonic() + 180
     try:
         while True:
@@ -62,18 +62,19 @@ def flood_while_held(kernel, dataset: str, observer_pid: int, *, seconds: float 
                         t.start()
             if kind == "status" and msg["content"]["execution_state"] == "idle":
                 break
+        assert timers, f"the flood never said it began: {out[-300:]!r}"
+        result = json.loads(out.rsplit("@@", 1)[1])
     except BaseException:
-        for t in timers:
+        for t in timers:   # a stop not sent yet never will be; one under way ends before the SIGCONT
             t.cancel()
+            t.join()
         os.kill(observer_pid, signal.SIGCONT)
         raise
-    finally:
-        for t in timers:
-            t.join()
+    for t in timers:
+        t.join()
     if hold[1] is not None:
         os.kill(observer_pid, signal.SIGCONT)
-    assert timers, f"the flood never said it began: {out[-300:]!r}"
-    return json.loads(out.rsplit("@@", 1)[1])
+    return result
 
 
 def check_pauses(pauses: list[dict], flood: dict, user: str, via: str) -> None:

@@ -544,12 +544,48 @@ def test_a_cluster_whose_worker_hostview_cannot_mark_yet_waits_in_the_queue(worl
     row = job_row(world, job)
     assert (row.state, row.attempts, row.worker) == ("queued", 0, ""), (row.state, row.reason)
     assert row.reason.startswith("waiting: vre-hostview refused to mark it")
-    assert [w.job for w in fake.workers.values()] == [None]   # the first worker is free again
+    # the worker it started is free and stopped once idle (a cluster never takes a warm worker:
+    # kept, it would hold the pods' quota its next start needs)
+    ((first, worker),) = fake.workers.items()
+    assert worker.job is None and worker.spent
     assert not audited(world, "job.fail")
+    fake.workers.pop(first)   # what stop_idle does with it
     look(engine)
     row = job_row(world, job)
     assert (row.state, row.attempts, len(row.worker.split(","))) == ("running", 1, 2), (row.state, row.reason)
     assert audited(world, "job.start") == [f"job/{job}"]
+
+
+def test_a_cluster_stored_as_running_without_workers_waits_again_and_its_orphans_stop(world, monkeypatch):
+    """The look that started a cluster's workers failed after (rolled back): the job is stored as
+    running with no worker, and the workers it started are known to the engine alone. The next
+    look stops them and the job waits in the queue, uncounted, then starts (it failed before:
+    "its workers ended"); a cancel asked meanwhile ends it."""
+    with vdb.session_scope(world.vre_db_url) as db:
+        job = service.submit(db, world, "ann", {"project": "lung", "kind": "cluster", "params": {"workers": 2},
+                                                "cpu": 0.5, "mem_mb": 512}).id
+    fake = FakeExecutor(0)
+    stopped = []
+    fake.stop_worker = lambda name: stopped.append(name) or fake.workers.pop(name, None)
+    engine = Engine(world, executor=fake)
+    start_cluster = engine.start_cluster
+
+    async def then_the_look_fails(db, plan, j, devices):
+        await start_cluster(db, plan, j, devices)
+        failed.append(commit_fails_once(monkeypatch))   # the look's next commit fails
+    failed = []
+    monkeypatch.setattr(engine, "start_cluster", then_the_look_fails)
+    look(engine)
+    monkeypatch.undo()
+    assert failed and failed[0]   # the look failed at that commit
+    row = job_row(world, job)
+    assert (row.state, row.worker, row.attempts) == ("running", "", 1)   # its first commit stands
+    orphans = sorted(fake.workers)
+    assert len(orphans) == 2 and all(w.job == job for w in fake.workers.values())
+    look(engine)   # waits again, then starts in the same look
+    row = job_row(world, job)
+    assert stopped == orphans and (row.state, row.attempts) == ("running", 1), (row.state, row.reason)
+    assert all(fake.workers[n].job == job for n in row.worker.split(",")) and not audited(world, "job.fail")
 
 
 def test_where_the_cluster_places_gpus_a_job_holds_a_count_not_this_machines_devices(world):

@@ -49,3 +49,23 @@ def test_a_sweep_is_posted_in_lists_the_service_takes_in_order(monkeypatch):
     with pytest.raises(jobs.JobError, match="^items 1-3 of the sweep: no answer from the hub") as e:
         jobs.map_function(len, ["a"] * 3)
     assert e.value.jobs == ()
+
+
+def test_a_cluster_given_up_on_is_cancelled(monkeypatch):
+    """``dask_client`` waits for its workers; given up (its timeout here), it cancels the job,
+    whose workers would otherwise hold the project's quota with no client to use them."""
+    monkeypatch.setenv("VRE_PROJECT", "lung")
+    calls = []
+
+    def request(method, path, body=None, *, timeout=30):
+        calls.append((method, path))
+        if method == "POST" and path == "":
+            return 201, {"id": 9, "state": "queued"}
+        if path == "/9/cancel":
+            return 200, {"id": 9, "state": "cancelled", "reason": "cancelled"}
+        return 200, {"id": 9, "state": "queued", "reason": "waiting: vre-hostview is restarting"}
+    monkeypatch.setattr(jobs, "request", request)
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    with pytest.raises(TimeoutError, match=r"still queued after 0.01 s \(waiting: vre-hostview.*job 9 is cancelled"):
+        jobs.dask_client(2, timeout=0.01)
+    assert calls[-1] == ("POST", "/9/cancel") and calls.count(("POST", "/9/cancel")) == 1

@@ -252,24 +252,35 @@ DASHBOARD_PORT = 8787
 def dask_client(workers: int = 1, *, timeout: float = 120, **kw):
     """A Dask client on the project's own scheduler with ``workers`` interactive workers (within the
     project's batch quota; they count against it until ``client.vre_job.cancel()`` or their run-time
-    limit). The dashboard is at ``<this server>/proxy/8787/status``."""
+    limit). The dashboard is at ``<this server>/proxy/8787/status``. Given up (``timeout``, an
+    interrupt, a failed connection), the job is cancelled: workers nobody's client reaches would
+    hold the project's quota until their run-time limit."""
     from distributed import Client
 
     job = submit("cluster", params={"workers": workers}, **kw)
-    deadline = time.monotonic() + timeout
-    while job.refresh().data["state"] == "queued" or not job.data.get("started_at"):
-        if job.data["state"] in FINAL:
-            raise JobError(f"the workers did not start: {job.data['reason']}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the workers are still {job.data['state']} after {timeout} s (quota in use?)")
-        time.sleep(0.5)
-    # the sandbox's scheduler is on the island's loopback; a container's has its own address
-    address = job.data.get("scheduler") or "tcp://127.0.0.1:8786"
-    host = urlsplit(address).hostname or "127.0.0.1"
-    if host not in ("127.0.0.1", "localhost"):
-        _relay_dashboard(host)
-    client = Client(address, timeout=timeout)
-    client.wait_for_workers(workers, timeout=timeout)
+    try:
+        deadline = time.monotonic() + timeout
+        while job.refresh().data["state"] == "queued" or not job.data.get("started_at"):
+            if job.data["state"] in FINAL:
+                raise JobError(f"the workers did not start: {job.data['reason']}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the workers are still {job.data['state']} after {timeout} s "
+                                   f"({job.data.get('reason') or 'quota in use?'}); job {job.id} is cancelled")
+            time.sleep(0.5)
+        # the sandbox's scheduler is on the island's loopback; a container's has its own address
+        address = job.data.get("scheduler") or "tcp://127.0.0.1:8786"
+        host = urlsplit(address).hostname or "127.0.0.1"
+        if host not in ("127.0.0.1", "localhost"):
+            _relay_dashboard(host)
+        client = Client(address, timeout=timeout)
+        client.wait_for_workers(workers, timeout=timeout)
+    except BaseException:
+        if job.data["state"] not in FINAL:
+            try:
+                job.cancel()
+            except Exception:  # noqa: BLE001 - the first error is the one to tell
+                pass
+        raise
     client.vre_job = job
     return client
 

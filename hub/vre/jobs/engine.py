@@ -612,8 +612,12 @@ class Engine:
         """A start stored as running did not happen (called where ``e`` is handled)."""
         if isinstance(e, Unavailable):
             # hostview, the container engine or a node's observer is restarting or behind (as
-            # with the hub): it is not the job's fault, so it waits in the queue (a new worker
-            # stays, idle; a cluster's workers started so far are free again)
+            # with the hub): it is not the job's fault, so it waits in the queue. A new worker
+            # stays, idle, for the next job of its shape; a cluster never takes warm workers, so
+            # the ones it started so far are stopped (kept, they would hold the pods' quota that
+            # its next start needs)
+            if job.kind == "cluster":
+                self.retire(job)
             self.wait_again(db, job, e)
             return
         log.exception("could not start job %s", job.id)
@@ -1045,10 +1049,15 @@ class Engine:
         other job and is stopped (``stop_idle``)."""
         if isinstance(result, dict) and result.get("spent") is False:
             return
+        self.retire(job, f"job {job.id} may have left processes on it")
+
+    def retire(self, job: Job, why: str = "") -> None:
+        """``job``'s workers take no other job: ``stop_idle`` stops them once they are free."""
         for name in filter(None, job.worker.split(",")):   # a cluster job's are several
             worker = self.executor.workers.get(name)
             if worker is not None and not worker.spent:
-                log.warning("worker %s takes no other job: job %s may have left processes on it", name, job.id)
+                if why:
+                    log.warning("worker %s takes no other job: %s", name, why)
                 worker.spent = True
 
     def worker_runs(self, name: str) -> bool:
@@ -1074,6 +1083,15 @@ class Engine:
 
     async def follow_cluster(self, db, job: Job) -> None:
         names = [n for n in job.worker.split(",") if n]
+        if not names:   # stored as running, its start stopped before it stored a worker (a crash, a failed look)
+            for w in [w for w in self.executor.workers.values() if w.job == job.id]:
+                await asyncio.to_thread(self.executor.stop_worker, w.name)   # started in a look rolled back
+            if job.cancel_requested:
+                self.release(db, job)
+                self.finish(db, job, "cancelled", "cancelled before its workers started")
+            else:   # not the job's doing: waits again, uncounted (as in ``follow``)
+                self.wait_again(db, job, "its start was interrupted before its workers were stored")
+            return
         alive = [n for n in names if await asyncio.to_thread(self.executor.alive, n)]
         elapsed = (utcnow() - job.started_at).total_seconds() if job.started_at else 0
         if job.cancel_requested or elapsed > job.max_runtime_s or not alive:
