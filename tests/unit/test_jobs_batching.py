@@ -556,36 +556,50 @@ def test_a_cluster_whose_worker_hostview_cannot_mark_yet_waits_in_the_queue(worl
     assert audited(world, "job.start") == [f"job/{job}"]
 
 
-def test_a_cluster_stored_as_running_without_workers_waits_again_and_its_orphans_stop(world, monkeypatch):
+def test_a_cluster_stored_as_running_without_workers_waits_again_and_its_orphans_stop(world, monkeypatch, caplog):
     """The look that started a cluster's workers failed after (rolled back): the job is stored as
-    running with no worker, and the workers it started are known to the engine alone. The next
-    look stops them and the job waits in the queue, uncounted, then starts (it failed before:
-    "its workers ended"); a cancel asked meanwhile ends it."""
+    running with no worker, and the workers it started are known to the engine alone. A later
+    look stops them (no other job's worker) and the job waits in the queue, uncounted, then
+    starts (it failed before: "its workers ended"). While they cannot be stopped (the container
+    engine away), the job stays as it is and the project's looks go on."""
+    batch = submit(world, "ben")
+    fake = FakeExecutor(0)
+    stopped, refuse = [], [ExecutorError("the container engine does not answer")]
+
+    def stop_worker(name):
+        if refuse:
+            raise refuse.pop()
+        stopped.append(name)
+        fake.workers.pop(name, None)
+    fake.stop_worker = stop_worker
+    engine = Engine(world, executor=fake)
+    look(engine)
+    batch_worker = job_row(world, batch).worker
     with vdb.session_scope(world.vre_db_url) as db:
         job = service.submit(db, world, "ann", {"project": "lung", "kind": "cluster", "params": {"workers": 2},
                                                 "cpu": 0.5, "mem_mb": 512}).id
-    fake = FakeExecutor(0)
-    stopped = []
-    fake.stop_worker = lambda name: stopped.append(name) or fake.workers.pop(name, None)
-    engine = Engine(world, executor=fake)
-    start_cluster = engine.start_cluster
+    start_cluster, failed = engine.start_cluster, []
 
     async def then_the_look_fails(db, plan, j, devices):
         await start_cluster(db, plan, j, devices)
-        failed.append(commit_fails_once(monkeypatch))   # the look's next commit fails
-    failed = []
-    monkeypatch.setattr(engine, "start_cluster", then_the_look_fails)
-    look(engine)
-    monkeypatch.undo()
+        failed.append(commit_fails_once(m))   # the look's next commit fails
+    with monkeypatch.context() as m:
+        m.setattr(engine, "start_cluster", then_the_look_fails)
+        look(engine)
     assert failed and failed[0]   # the look failed at that commit
     row = job_row(world, job)
     assert (row.state, row.worker, row.attempts) == ("running", "", 1)   # its first commit stands
-    orphans = sorted(fake.workers)
-    assert len(orphans) == 2 and all(w.job == job for w in fake.workers.values())
-    look(engine)   # waits again, then starts in the same look
+    orphans = sorted(n for n, w in fake.workers.items() if w.job == job)
+    assert len(orphans) == 2
+    caplog.clear()
+    look(engine)   # they cannot be stopped now: the job stays, the look goes on
+    assert job_row(world, job).state == "running" and not stopped and sorted(fake.workers)[-2:] == orphans
+    assert "could not be stopped now" in caplog.text and "look at project lung failed" not in caplog.text
+    look(engine)   # stopped: the job waits again, then starts in the same look
     row = job_row(world, job)
     assert stopped == orphans and (row.state, row.attempts) == ("running", 1), (row.state, row.reason)
     assert all(fake.workers[n].job == job for n in row.worker.split(",")) and not audited(world, "job.fail")
+    assert fake.workers[batch_worker].job == batch and job_row(world, batch).state == "running"
 
 
 def test_where_the_cluster_places_gpus_a_job_holds_a_count_not_this_machines_devices(world):

@@ -66,6 +66,13 @@ def test_a_cluster_given_up_on_is_cancelled(monkeypatch):
         return 200, {"id": 9, "state": "queued", "reason": "waiting: vre-hostview is restarting"}
     monkeypatch.setattr(jobs, "request", request)
     monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
-    with pytest.raises(TimeoutError, match=r"still queued after 0.01 s \(waiting: vre-hostview.*job 9 is cancelled"):
+    with pytest.raises(TimeoutError, match=r"still queued after 0.01 s \(waiting: vre-hostview.*cancelling job 9"):
         jobs.dask_client(2, timeout=0.01)
     assert calls[-1] == ("POST", "/9/cancel") and calls.count(("POST", "/9/cancel")) == 1
+    # a cancel that fails is said, beside the first error
+    refused = {"/9/cancel": (400, {"message": "job 9 already ended"})}
+    monkeypatch.setattr(jobs, "request", lambda m, p, b=None, *, timeout=30: refused.get(p) or request(m, p, b))
+    with pytest.raises(TimeoutError) as e:
+        jobs.dask_client(2, timeout=0.01)
+    assert e.value.__notes__ == ["job 9 could not be cancelled (job 9 already ended): cancel it with "
+                                 "`vre-job cancel 9`"]

@@ -257,7 +257,7 @@ def dask_client(workers: int = 1, *, timeout: float = 120, **kw):
     hold the project's quota until their run-time limit."""
     from distributed import Client
 
-    job = submit("cluster", params={"workers": workers}, **kw)
+    job, client = submit("cluster", params={"workers": workers}, **kw), None
     try:
         deadline = time.monotonic() + timeout
         while job.refresh().data["state"] == "queued" or not job.data.get("started_at"):
@@ -265,7 +265,7 @@ def dask_client(workers: int = 1, *, timeout: float = 120, **kw):
                 raise JobError(f"the workers did not start: {job.data['reason']}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the workers are still {job.data['state']} after {timeout} s "
-                                   f"({job.data.get('reason') or 'quota in use?'}); job {job.id} is cancelled")
+                                   f"({job.data.get('reason') or 'quota in use?'}); cancelling job {job.id}")
             time.sleep(0.5)
         # the sandbox's scheduler is on the island's loopback; a container's has its own address
         address = job.data.get("scheduler") or "tcp://127.0.0.1:8786"
@@ -274,12 +274,14 @@ def dask_client(workers: int = 1, *, timeout: float = 120, **kw):
             _relay_dashboard(host)
         client = Client(address, timeout=timeout)
         client.wait_for_workers(workers, timeout=timeout)
-    except BaseException:
+    except BaseException as e:
+        if client is not None:
+            client.close()
         if job.data["state"] not in FINAL:
             try:
                 job.cancel()
-            except Exception:  # noqa: BLE001 - the first error is the one to tell
-                pass
+            except Exception as c:  # noqa: BLE001 - the first error is the one to tell
+                e.add_note(f"job {job.id} could not be cancelled ({c}): cancel it with `vre-job cancel {job.id}`")
         raise
     client.vre_job = job
     return client

@@ -1084,8 +1084,10 @@ class Engine:
     async def follow_cluster(self, db, job: Job) -> None:
         names = [n for n in job.worker.split(",") if n]
         if not names:   # stored as running, its start stopped before it stored a worker (a crash, a failed look)
-            for w in [w for w in self.executor.workers.values() if w.job == job.id]:
-                await asyncio.to_thread(self.executor.stop_worker, w.name)   # started in a look rolled back
+            await self.commit(db)   # no write held while the orphans stop
+            orphans = [w.name for w in self.executor.workers.values() if w.job == job.id]   # of a look rolled back
+            if not await self.stop_workers(job, orphans):
+                return
             if job.cancel_requested:
                 self.release(db, job)
                 self.finish(db, job, "cancelled", "cancelled before its workers started")
@@ -1096,8 +1098,8 @@ class Engine:
         elapsed = (utcnow() - job.started_at).total_seconds() if job.started_at else 0
         if job.cancel_requested or elapsed > job.max_runtime_s or not alive:
             await self.commit(db)
-            for name in names:
-                await asyncio.to_thread(self.executor.stop_worker, name)
+            if not await self.stop_workers(job, names):
+                return
             self.release(db, job)
             if job.cancel_requested:
                 self.finish(db, job, "cancelled", job.reason or "released")
@@ -1105,6 +1107,19 @@ class Engine:
                 self.finish(db, job, "timed_out", f"run-time limit of {job.max_runtime_s} s reached")
             else:
                 self.finish(db, job, "failed", "its workers ended")
+
+    async def stop_workers(self, job: Job, names: list[str]) -> bool:
+        """Stop a cluster job's workers; False if one cannot be stopped now (the container engine
+        or the cluster away): the job stays as it is and the next look tries again, while the
+        project's other jobs go on."""
+        for name in names:
+            try:
+                await asyncio.to_thread(self.executor.stop_worker, name)
+            except (ExecutorError, OSError) as e:
+                log.warning("job %s: its worker %s could not be stopped now (%s); tried again next look",
+                            job.id, name, e)
+                return False
+        return True
 
     async def scheduler_lost(self, db, pool: str, running: list[Job], why: str) -> None:
         log.warning("%s: %d running job(s) affected", why, len(running))
