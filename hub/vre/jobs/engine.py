@@ -805,11 +805,7 @@ class Engine:
         reported = jobs.get(str(job.id))
         if reported is None:
             if not job.worker:   # stored as running, but its start stopped before a worker took it (a crash)
-                if job.cancel_requested:
-                    self.release(db, job)
-                    self.finish(db, job, "cancelled", "cancelled before a worker took it")
-                else:   # not the job's doing, nor a lost run: not counted (as a hub restart loses nothing)
-                    self.wait_again(db, job, "its start was interrupted before a worker took it")
+                self.interrupted(db, job, "a worker took it")
                 return
             # handed to a worker but the agent never heard of it: hand it again
             await self.commit(db)
@@ -1086,13 +1082,8 @@ class Engine:
         if not names:   # stored as running, its start stopped before it stored a worker (a crash, a failed look)
             await self.commit(db)   # no write held while the orphans stop
             orphans = [w.name for w in self.executor.workers.values() if w.job == job.id]   # of a look rolled back
-            if not await self.stop_workers(job, orphans):
-                return
-            if job.cancel_requested:
-                self.release(db, job)
-                self.finish(db, job, "cancelled", "cancelled before its workers started")
-            else:   # not the job's doing: waits again, uncounted (as in ``follow``)
-                self.wait_again(db, job, "its start was interrupted before its workers were stored")
+            if await self.stop_workers(job, orphans):
+                self.interrupted(db, job, "its workers were stored")
             return
         alive = [n for n in names if await asyncio.to_thread(self.executor.alive, n)]
         elapsed = (utcnow() - job.started_at).total_seconds() if job.started_at else 0
@@ -1144,6 +1135,16 @@ class Engine:
             self.finish(db, job, "failed", f"{why} (attempt {job.attempts})")
 
     # -- ending --------------------------------------------------------------------------
+    def interrupted(self, db, job: Job, before: str) -> None:
+        """A job stored as running whose start stopped ``before`` it stored what runs it (a
+        crash, a look rolled back): not the job's doing, nor a lost run, so it waits in the queue
+        again, uncounted (a hub restart loses nothing), or ends if a cancel was asked."""
+        if job.cancel_requested:
+            self.release(db, job)
+            self.finish(db, job, "cancelled", f"cancelled before {before}")
+        else:
+            self.wait_again(db, job, f"its start was interrupted before {before}")
+
     def wait_again(self, db, job: Job, why: Exception | str) -> None:
         """A start that something briefly away stopped (``Unavailable``) did not count: the job
         waits in the queue again and its worker and GPUs are free."""
