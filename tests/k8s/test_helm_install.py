@@ -1319,7 +1319,11 @@ def test_demo_sessions_run_in_pods_with_their_data(kube, new_ns, hub_image, note
                 _restart_the_observer(kube, rel)
                 read_after_gap = k.check(READ_LAST.format(mine=mine), timeout=60).strip().splitlines()[-1]
             else:   # he opens files faster than the (held up) observer records them: frozen, nothing lost
-                flood = flood_while_held(k, mine, _observer_pid(rel))
+                # Held 12 s: a freeze needs more queued than one read of the observer's (8
+                # batches, about 21,800 events), and his dataset is small (a round of opens is
+                # mostly a fork): 4,000-4,500 opens a second here, so a 3 s hold queued some
+                # 13,500 and nothing was frozen (a CI run); 12 s queue twice the threshold
+                flood = flood_while_held(k, mine, _observer_pid(rel), seconds=16, hold=(1.5, 13.5))
             k.close()
             assert facts["datasets"] == [mine] and facts["files"] > 0 and facts["dicm"], facts
             assert facts["other"] is False and facts["write"] == "Read-only file system", facts
