@@ -2,6 +2,7 @@
 does not answer, and that it never takes a session's container for one of its runs."""
 
 import asyncio
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -71,3 +72,72 @@ def test_a_container_without_the_pool_label_is_not_removed(settings):
     engine.containers["t1.lung-worker-1"]["Config"]["Labels"]["vre.pool"] = "lung"
     ex.kill("lung-worker-1")
     assert engine.removed == ["c1"]
+
+
+class LostAnswers(Engine):
+    """An engine that starts a container and then does not answer in time (as when Podman is slow
+    under load): the start happened, the client saw a timeout. ``down`` makes it not answer at all."""
+
+    def __init__(self):
+        super().__init__({})
+        self.down = False
+
+    def __getattribute__(self, name):
+        if not name.startswith("__") and name not in ("down", "containers", "removed", "create") \
+                and object.__getattribute__(self, "down"):
+            raise requests.exceptions.ConnectionError("connection refused")
+        return object.__getattribute__(self, name)
+
+    def create(self, name: str) -> str:
+        self.containers[name] = {"Id": f"id-{name}", "Config": {"Labels": {"vre.pool": "lung"}},
+                                 "State": {"Running": False, "Pid": 0}}
+        return f"id-{name}"
+
+    def start(self, cid):
+        found = next(c for c in self.containers.values() if c["Id"] == cid)
+        found["State"] = {"Running": True, "Pid": os.getpid()}   # a live pid, its cgroups readable
+        raise requests.exceptions.ReadTimeout("read timed out (timeout=20)")
+
+
+def test_a_worker_started_by_an_engine_that_did_not_answer_is_stopped_once_it_answers(settings, tmp_path,
+                                                                                      monkeypatch, caplog):
+    """A launch whose answer was lost leaves a running container the executor never took as its
+    worker: the job waits in the queue, the next start takes another name, and the next looks stop
+    the leftover (once the engine answers) instead of leaving it to hold its resources and name
+    until the hub restarts."""
+    from vre.jobs import executor as executor_module
+    from vre.plan import SessionPlan
+
+    engine = LostAnswers()
+    ex = ContainerDaskExecutor(settings, client=engine)
+    monkeypatch.setattr(ex, "prepare", lambda plan: None)
+    monkeypatch.setattr(ex, "scheduler_address", lambda pool: "tcp://10.89.0.2:8786")
+    monkeypatch.setattr(ex, "_restore_rules", lambda: None)   # the islands' host rules: another test's
+    monkeypatch.setattr(ex, "_create", lambda plan, argv, devices, limits, gate_dir:
+                        engine.create(ex.container(plan.session_id)))
+    plan = SessionPlan(user="ann", project="lung", profile="small", role="worker", session_id="lung-worker",
+                       uid=300001, gid=300001, cpu=1, mem_mb=512, gpus=0, network="vre-lung", datasets=(),
+                       mounts=(), env={}, labels={"vre.user": "ann", "vre.project": "lung"},
+                       run_dir=tmp_path / "run" / "lung", pool="lung")
+
+    with pytest.raises(EngineUnavailable, match="does not answer"):
+        asyncio.run(ex.start_worker(plan, 1.0, 512, ()))
+    assert ex.workers == {} and ex.alive("lung-worker-1")   # it runs, and is no worker of the executor's
+
+    engine.start = lambda cid: engine.containers["t1.lung-worker-2"]["State"].update(Running=True, Pid=os.getpid())
+    assert asyncio.run(ex.start_worker(plan, 1.0, 512, ())).name == "lung-worker-2"   # the name is taken
+
+    engine.down = True   # the engine away again: the leftover waits, and is not tried at every look
+    caplog.set_level("INFO", "vre.jobs")
+    asyncio.run(ex.stop_idle())
+    assert "t1.lung-worker-1" in engine.containers and "is not stopped yet" in caplog.text
+    engine.down = False
+    asyncio.run(ex.stop_idle())
+    assert "t1.lung-worker-1" in engine.containers   # tried again only after UNSURE_RETRY_S
+    monkeypatch.setattr(executor_module, "UNSURE_RETRY_S", 0)
+    ex._unsure["lung-worker-1"] = 0.0
+    asyncio.run(ex.stop_idle())
+    assert engine.removed == ["id-t1.lung-worker-1"] and set(engine.containers) == {"t1.lung-worker-2"}
+    assert not ex.alive("lung-worker-1") and ex.alive("lung-worker-2") and "lung-worker-2" in ex.workers
+    asyncio.run(ex.stop_idle())
+    assert engine.removed == ["id-t1.lung-worker-1"]   # once stopped, never asked again

@@ -47,6 +47,8 @@ from .service import scheduler_file, wake_socket
 
 log = logging.getLogger("vre.jobs")
 MAX_WORKERS = 1000   # of one pool at once: far above any quota
+#: Seconds between tries to stop what a failed launch may have left, while the engine is away.
+UNSURE_RETRY_S = 10
 #: After vre-hostview did not take note of a warm hand-out (restarting, or behind a flood's backlog,
 #: which it answers within a second or so), hand-outs with datasets wait in the queue for this long
 #: without asking it: one look may wait for its answer, not every hand-out of every look.
@@ -163,6 +165,9 @@ class LocalDaskExecutor:
         self.workers: dict[str, Worker] = {}
         self._procs: list[subprocess.Popen] = []
         self._recorder_back_at = 0.0   # monotonic: until then hostview is not asked (``serve``)
+        #: Workers whose launch failed (name -> when to try next): the container engine or the
+        #: cluster may have made the run and then not answered. ``stop_idle`` stops them.
+        self._unsure: dict[str, float] = {}
 
     # -- paths and names -----------------------------------------------------------------
     def pool_dir(self, pool: str) -> Path:
@@ -247,15 +252,27 @@ class LocalDaskExecutor:
         argv = [self.dask, "worker", scheduler, "--name", name, "--nthreads", "1",
                 "--no-nanny", "--memory-limit", "0", "--no-dashboard", "--local-directory", "/tmp",
                 "--resources", f"vre-{name}=1", "--death-timeout", "120"]
-        await self._launch(plan, argv, devices, limits=dict(cpu=cpu, mem_mb=mem_mb + WORKER_OVERHEAD_MB, pids_max=4096))
+        try:
+            await self._launch(plan, argv, devices, limits=dict(cpu=cpu, mem_mb=mem_mb + WORKER_OVERHEAD_MB,
+                                                                 pids_max=4096))
+        except BaseException:
+            # a run made before the engine or cluster stopped answering would run untracked, its
+            # name and quota taken until the hub restarts: the next ``stop_idle`` stops it
+            self._unsure[name] = 0.0
+            raise
+        self._unsure.pop(name, None)   # this start replaced what a failed one of the name left
         worker = Worker(name, plan.pool, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets, gpus=plan.gpus,
                         born_for=job)
         self.workers[name] = worker
         return worker
 
-    def stop_worker(self, name: str) -> None:
+    def stop_worker(self, name: str, *, marked: bool = True) -> None:
+        """Stop a worker and drop its run directory; ``marked=False`` for what a failed launch
+        left, which hostview never marked or forgets by itself (it drops marks of dead runs), so
+        that an outage of hostview's does not hold the engine's looks."""
         self.kill(name)
-        self.unmark(name)
+        if marked:
+            self.unmark(name)
         worker = self.workers.pop(name, None)
         shutil.rmtree(self.pool_dir(worker.pool if worker else name.rsplit("-worker-", 1)[0])
                       / "workers" / name, ignore_errors=True)
@@ -284,6 +301,22 @@ class LocalDaskExecutor:
             gpu_or_unknown = not w.shape or bool(w.shape[2]) or w.gpus
             if w.job is None and (w.spent or gpu_or_unknown or now - w.idle_since > self.settings.jobs_worker_idle):
                 await asyncio.to_thread(self.stop_worker, w.name)
+        await self._stop_unsure()
+
+    async def _stop_unsure(self) -> None:
+        """Stop what failed launches may have left (a name a later start took is that start's)."""
+        for name, after in sorted(self._unsure.items()):
+            if name in self.workers:
+                del self._unsure[name]
+            elif time.monotonic() >= after:
+                try:
+                    await asyncio.to_thread(self.stop_worker, name, marked=False)
+                except (ExecutorError, OSError) as e:   # the engine or cluster still away: later
+                    self._unsure[name] = time.monotonic() + UNSURE_RETRY_S
+                    log.warning("what the failed start of %s may have left is not stopped yet: %s", name, e)
+                    continue
+                del self._unsure[name]
+                log.info("stopped what the failed start of %s may have left, if anything", name)
 
     async def stop_pool(self, pool: str) -> None:
         """Everything of a pool: its workers and its scheduler (scheduler loss, shutdown)."""
