@@ -73,3 +73,22 @@ def test_after_hostview_did_not_take_note_hand_outs_wait_without_asking_for_a_wh
     with pytest.raises(RecorderUnavailable):
         serve(monkeypatch, {"ok": False, "error": "lung-worker-1 is not marked", "unmarked": True}, ex=ex)
     assert ex._recorder_back_at == 0.0
+
+
+def test_hostview_is_asked_at_a_workers_stop_only_if_it_may_have_marked_it(monkeypatch, tmp_path):
+    """It marks only runs with datasets; an unmark waits up to 5 s for an answer, so a hostview
+    that hangs must not hold the engine's looks for each worker without data stopped meanwhile.
+    A worker of unknown datasets (adopted after a restart, or not known at all) is unmarked."""
+    from vre.settings import Settings
+    told, killed = [], []
+    monkeypatch.setattr(executor.hostview, "unmark", lambda settings, name: told.append(name))
+    ex = LocalDaskExecutor(Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run", instance="t1"))
+    monkeypatch.setattr(ex, "kill", killed.append)
+    ex.workers = {"lung-worker-1": Worker("lung-worker-1", "lung", (1.0, 512, ()), datasets=()),
+                  "lung-worker-2": Worker("lung-worker-2", "lung", (1.0, 512, ()), datasets=("ct",)),
+                  "lung-worker-3": Worker("lung-worker-3", "lung", (), datasets=None)}
+    for name in ("lung-worker-1", "lung-worker-2", "lung-worker-3", "lung-worker-4"):
+        ex.stop_worker(name)
+    ex.stop_worker("lung-worker-5", marked=False)   # what a failed launch left
+    assert killed == [f"lung-worker-{n}" for n in range(1, 6)] and ex.workers == {}
+    assert told == ["lung-worker-2", "lung-worker-3", "lung-worker-4"]

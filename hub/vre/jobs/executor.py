@@ -266,10 +266,15 @@ class LocalDaskExecutor:
         self.workers[name] = worker
         return worker
 
-    def stop_worker(self, name: str, *, marked: bool = True) -> None:
-        """Stop a worker and drop its run directory; ``marked=False`` for what a failed launch
-        left, which hostview never marked or forgets by itself (it drops marks of dead runs), so
-        that an outage of hostview's does not hold the engine's looks."""
+    def stop_worker(self, name: str, *, marked: bool | None = None) -> None:
+        """Stop a worker, tell hostview if it may have marked it, and drop its run directory.
+        hostview marks only runs with datasets (``marked``: by default, a worker with datasets or
+        of unknown ones), and forgets dead runs by itself: asking it only when needed keeps an
+        outage of hostview's (an unmark waits up to 5 s) from holding every project's looks for
+        each worker stopped meanwhile; what a failed launch left is stopped with ``False``."""
+        worker = self.workers.get(name)
+        if marked is None:
+            marked = worker is None or worker.datasets is None or bool(worker.datasets)
         self.kill(name)
         if marked:
             self.unmark(name)
