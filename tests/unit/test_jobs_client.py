@@ -76,3 +76,35 @@ def test_a_cluster_given_up_on_is_cancelled(monkeypatch):
         jobs.dask_client(2, timeout=0.01)
     assert e.value.__notes__ == ["job 9 could not be cancelled (job 9 already ended): cancel it with "
                                  "`vre-job cancel 9`"]
+
+
+def test_a_cluster_whose_workers_never_join_closes_its_client_and_is_cancelled(monkeypatch):
+    """The job started, yet its workers never reached the scheduler (a real one, on 127.0.0.1,
+    with none): ``dask_client`` gives up at its timeout, closes the client it had opened (no
+    connection left behind in the kernel) and cancels the job."""
+    from distributed import Client, LocalCluster
+
+    monkeypatch.setenv("VRE_PROJECT", "lung")
+    opened, calls = [], []
+
+    class Recorded(Client):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            opened.append(self)
+
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        def request(method, path, body=None, *, timeout=30):
+            calls.append((method, path))
+            if method == "POST" and path == "":
+                return 201, {"id": 9, "state": "queued"}
+            if path == "/9/cancel":
+                return 200, {"id": 9, "state": "cancelled", "reason": "cancelled"}
+            return 200, {"id": 9, "state": "running", "started_at": "2026-12-08T00:00:00Z",
+                         "scheduler": cluster.scheduler_address}
+        monkeypatch.setattr(jobs, "request", request)
+        monkeypatch.setattr("distributed.Client", Recorded)
+        with pytest.raises(TimeoutError):
+            jobs.dask_client(2, timeout=1)
+    assert len(opened) == 1 and opened[0].status == "closed"
+    assert calls[-1] == ("POST", "/9/cancel")
