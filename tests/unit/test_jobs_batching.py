@@ -445,7 +445,9 @@ def test_a_worker_stays_warm_only_if_its_job_left_nothing_running_on_it(world, r
     first = submit(world, "ann")
     fake = FakeExecutor(1)
     fake.stop_idle = types.MethodType(LocalDaskExecutor.stop_idle, fake)
-    fake._stop_unsure, fake._unsure = types.MethodType(LocalDaskExecutor._stop_unsure, fake), {}
+    fake.strays, fake._stop_strays = types.MethodType(LocalDaskExecutor.strays, fake), \
+        types.MethodType(LocalDaskExecutor._stop_strays, fake)
+    fake._strays, fake._strays_after = set(), 0.0
     fake.settings = world
     engine = Engine(world, executor=fake)
     look(engine)

@@ -547,3 +547,20 @@ def test_observers_words_are_kept_per_pod_and_node_on_either_database(backend, r
     monkeypatch.setattr(observed, "KEEP", dt.timedelta(0))   # every earlier word is old now
     observed.record(url, "n2", [("e", 6, "s6")])
     assert [observed.noted(url, u, n) for u, n in (("a", "n1"), ("c", "n2"), ("e", "n2"))] == [None, None, (6, "s6")]
+
+
+def test_a_listed_worker_pod_that_is_none_of_the_executors_workers_is_stopped(executor):
+    """A create whose call timed out may still make the pod, even after the failed launch's stop
+    found nothing to delete: listed and none of the executor's workers, it is deleted at the end of
+    the look, so it never holds its name and its share of the namespace's quota until a restart.
+    The pool's scheduler and the executor's own workers stay."""
+    core = executor.core
+    core.pods = {n: pod(n, "lung", "scheduler" if n.endswith("scheduler") else "worker")
+                 for n in ("lung-scheduler", "lung-worker-1", "lung-worker-2")}
+    executor.workers["lung-worker-1"] = Worker("lung-worker-1", "lung", (1.0, 512, ()), job=7)
+    assert asyncio.run(executor.refresh())
+    assert executor.strays() - executor.workers.keys() == {"lung-worker-2"}
+    asyncio.run(executor.stop_idle())
+    assert core.deleted == ["vre-lung/batch-lung-worker-2"]
+    assert set(core.pods) == {"lung-scheduler", "lung-worker-1"} and set(executor.workers) == {"lung-worker-1"}
+    assert asyncio.run(executor.refresh()) and executor.strays() - executor.workers.keys() == set()

@@ -69,6 +69,7 @@ class ContainerDaskExecutor(LocalDaskExecutor):
 
     listen_host = "0.0.0.0"   # its container's own addresses: the island and its loopback
     dask = "dask"             # the notebook image's
+    launch_may_leave_run = True   # the engine may make a container, then not answer in time
 
     def __init__(self, settings: Settings, client: docker.APIClient | None = None):
         super().__init__(settings)
@@ -166,19 +167,36 @@ class ContainerDaskExecutor(LocalDaskExecutor):
         return self._ooms.get(name, 0) + (1 if state.get("OOMKilled") else 0)
 
     async def stop_idle(self) -> None:
-        await super().stop_idle()
         if time.monotonic() - self._rules_checked > RULE_CHECK_S:
             self._rules_checked = time.monotonic()
-            await asyncio.to_thread(self._restore_rules)
+            found = await asyncio.to_thread(self._list_runs)
+            await asyncio.to_thread(self._restore_rules, found)
+            # a worker container that is not one of ours (made by a launch whose answer came
+            # after its timeout, perhaps after the failed launch's stop) is stopped with the strays
+            self._strays |= self._workers_in(found) - self.workers.keys()
+        await super().stop_idle()
 
-    def _restore_rules(self) -> None:
-        """Put back the host-side rule of every island a worker or scheduler of ours is on (the
-        hub's poll does so for sessions; a held pool's island has none)."""
+    def _list_runs(self) -> list[dict]:
         try:
-            found = self.client.containers(filters={"label": [f"vre.instance={self.settings.instance}", "vre.pool"]})
+            return self.client.containers(filters={"label": [f"vre.instance={self.settings.instance}", "vre.pool"]})
         except (APIError, OSError, docker.errors.DockerException) as e:
             log.warning("could not list the pools' containers: %s", e)
-            return
+            return []
+
+    def _workers_in(self, found: list[dict]) -> set[str]:
+        """The workers' run names among listed containers (``<instance>.<pool>-worker-<n>``)."""
+        prefix, names = self.container(""), set()
+        for c in found:
+            pool = (c.get("Labels") or {}).get("vre.pool", "")
+            for name in c.get("Names") or ():
+                run = name.lstrip("/").removeprefix(prefix)
+                if pool and name.lstrip("/").startswith(prefix) and run.startswith(f"{pool}-worker-"):
+                    names.add(run)
+        return names
+
+    def _restore_rules(self, found: list[dict]) -> None:
+        """Put back the host-side rule of every island a worker or scheduler of ours is on (the
+        hub's poll does so for sessions; a held pool's island has none)."""
         if not self.firewall:
             return
         for network in {n for c in found for n in ((c.get("NetworkSettings") or {}).get("Networks") or {})}:

@@ -47,8 +47,8 @@ from .service import scheduler_file, wake_socket
 
 log = logging.getLogger("vre.jobs")
 MAX_WORKERS = 1000   # of one pool at once: far above any quota
-#: Seconds between tries to stop what a failed launch may have left, while the engine is away.
-UNSURE_RETRY_S = 10
+#: Seconds between tries to stop workers that may run untracked, while the engine is away.
+STRAY_RETRY_S = 30
 #: After vre-hostview did not take note of a warm hand-out (restarting, or behind a flood's backlog,
 #: which it answers within a second or so), hand-outs with datasets wait in the queue for this long
 #: without asking it: one look may wait for its answer, not every hand-out of every look.
@@ -160,14 +160,18 @@ def _dechunk(data: bytes) -> bytes:
 class LocalDaskExecutor:
     """Runs jobs in sandboxed Dask schedulers and workers on this host."""
 
+    #: Whether a launch that failed may have left its run: a sandbox's launch kills what it
+    #: started when it fails (and keeps its log for the error to point at).
+    launch_may_leave_run = False
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self.workers: dict[str, Worker] = {}
         self._procs: list[subprocess.Popen] = []
         self._recorder_back_at = 0.0   # monotonic: until then hostview is not asked (``serve``)
-        #: Workers whose launch failed (name -> when to try next): the container engine or the
-        #: cluster may have made the run and then not answered. ``stop_idle`` stops them.
-        self._unsure: dict[str, float] = {}
+        #: Workers that may run untracked (``strays``): ``stop_idle`` stops them.
+        self._strays: set[str] = set()
+        self._strays_after = 0.0   # monotonic: a stop of one failed, none is tried before then
 
     # -- paths and names -----------------------------------------------------------------
     def pool_dir(self, pool: str) -> Path:
@@ -256,11 +260,10 @@ class LocalDaskExecutor:
             await self._launch(plan, argv, devices, limits=dict(cpu=cpu, mem_mb=mem_mb + WORKER_OVERHEAD_MB,
                                                                  pids_max=4096))
         except BaseException:
-            # a run made before the engine or cluster stopped answering would run untracked, its
-            # name and quota taken until the hub restarts: the next ``stop_idle`` stops it
-            self._unsure[name] = 0.0
+            if self.launch_may_leave_run:
+                self._strays.add(name)
             raise
-        self._unsure.pop(name, None)   # this start replaced what a failed one of the name left
+        self._strays.discard(name)   # this start replaced what a failed one of the name left
         worker = Worker(name, plan.pool, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets, gpus=plan.gpus,
                         born_for=job)
         self.workers[name] = worker
@@ -305,23 +308,35 @@ class LocalDaskExecutor:
         for w in list(self.workers.values()):
             gpu_or_unknown = not w.shape or bool(w.shape[2]) or w.gpus
             if w.job is None and (w.spent or gpu_or_unknown or now - w.idle_since > self.settings.jobs_worker_idle):
-                await asyncio.to_thread(self.stop_worker, w.name)
-        await self._stop_unsure()
-
-    async def _stop_unsure(self) -> None:
-        """Stop what failed launches may have left (a name a later start took is that start's)."""
-        for name, after in sorted(self._unsure.items()):
-            if name in self.workers:
-                del self._unsure[name]
-            elif time.monotonic() >= after:
                 try:
-                    await asyncio.to_thread(self.stop_worker, name, marked=False)
-                except (ExecutorError, OSError) as e:   # the engine or cluster still away: later
-                    self._unsure[name] = time.monotonic() + UNSURE_RETRY_S
-                    log.warning("what the failed start of %s may have left is not stopped yet: %s", name, e)
-                    continue
-                del self._unsure[name]
-                log.info("stopped what the failed start of %s may have left, if anything", name)
+                    await asyncio.to_thread(self.stop_worker, w.name)
+                except (ExecutorError, OSError) as e:   # tried again at the next look
+                    log.warning("could not stop idle worker %s: %s", w.name, e)
+        await self._stop_strays()
+
+    def strays(self) -> set[str]:
+        """Workers that may run without being this executor's: those whose launch failed, where
+        a launch can leave a run (the container engine or the cluster made it, then did not
+        answer in time). Such a run would hold its name and its share of the quota until a restart."""
+        return set(self._strays)
+
+    async def _stop_strays(self) -> None:
+        """Stop the ``strays`` (a name a later start took is that start's). After a stop that
+        fails (the engine or the cluster away) none is tried for ``STRAY_RETRY_S``: each try may
+        wait its full timeout, and every project's look waits with it."""
+        if time.monotonic() < self._strays_after:
+            return
+        for name in sorted(self.strays() - self.workers.keys()):
+            try:
+                await asyncio.to_thread(self.stop_worker, name, marked=False)
+            except (ExecutorError, OSError) as e:
+                self._strays.add(name)
+                self._strays_after = time.monotonic() + STRAY_RETRY_S
+                log.warning("worker %s, which may run untracked (its launch failed), is not stopped yet: %s", name, e)
+                return
+            self._strays.discard(name)
+            log.info("stopped worker %s, which may have run untracked (its launch failed), if it ran", name)
+        self._strays &= self.workers.keys()   # those a later start took
 
     async def stop_pool(self, pool: str) -> None:
         """Everything of a pool: its workers and its scheduler (scheduler loss, shutdown)."""

@@ -169,6 +169,7 @@ class PodDaskExecutor(LocalDaskExecutor):
     scheduler_start_s = 180   # a pod is scheduled, its volumes mounted, then Dask starts
     oom_reported_inside = True   # its memory cgroup is on its node: the worker reads its own
     gpu_counts = True            # nvidia.com/gpu in the pod's limits: the cluster picks the devices
+    launch_may_leave_run = True  # the API may make a pod, then not answer in time
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
@@ -302,6 +303,11 @@ class PodDaskExecutor(LocalDaskExecutor):
     def oom_kills(self, name: str) -> int:
         run = self._runs.get(name)
         return 1 if run and run.ended == "OOMKilled" else 0
+
+    def strays(self) -> set[str]:
+        """Also every listed worker pod that is none of this executor's workers: one a create
+        made after its call had timed out (perhaps after the failed launch's stop) included."""
+        return super().strays() | {n for n, r in self._runs.items() if r.role != "scheduler"}
 
     def _existing(self, pool: str) -> list[str]:
         pods = {n for n, r in self._runs.items() if r.pool == pool and r.role != "scheduler"}
