@@ -275,3 +275,29 @@ def _cmdline(proc: Path) -> bytes:
         return (proc / "cmdline").read_bytes()
     except OSError:   # gone meanwhile
         return b""
+
+
+def test_a_worker_container_the_engine_does_not_know_is_removed(hub, alice):
+    """A worker container that none of the engine's starts knows (as one a container engine made
+    after the engine's call had timed out would be) holds its name and resources until something
+    stops it: the engine's looks remove it. A container without the batch label stays."""
+    image = hub.env["VRE_NOTEBOOK_IMAGE"]
+    made = {}
+    for name, labels in ((f"{hub.instance}.{PROJECT}-worker-99", {"vre.instance": hub.instance, "vre.pool": PROJECT}),
+                         (f"{hub.instance}.{PROJECT}-worker-98", {"vre.instance": hub.instance})):
+        c = hub.docker.create_container(image, command=["sleep", "600"], name=name, labels=labels,
+                                        host_config=hub.docker.create_host_config(network_mode="none"))
+        hub.docker.start(c["Id"])
+        made[name] = c["Id"]
+    try:
+        deadline = time.monotonic() + 45   # the engine lists its containers every 10 s
+        while any(c["Id"] == made[f"{hub.instance}.{PROJECT}-worker-99"] for c in hub.docker.containers(all=True)):
+            assert time.monotonic() < deadline, "the stray worker container is still there"
+            time.sleep(0.5)
+        assert hub.docker.inspect_container(made[f"{hub.instance}.{PROJECT}-worker-98"])["State"]["Running"]
+    finally:
+        for cid in made.values():
+            try:
+                hub.docker.remove_container(cid, force=True)
+            except docker.errors.NotFound:
+                pass
