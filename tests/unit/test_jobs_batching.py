@@ -445,9 +445,7 @@ def test_a_worker_stays_warm_only_if_its_job_left_nothing_running_on_it(world, r
     first = submit(world, "ann")
     fake = FakeExecutor(1)
     fake.stop_idle = types.MethodType(LocalDaskExecutor.stop_idle, fake)
-    fake.strays, fake._stop_strays = types.MethodType(LocalDaskExecutor.strays, fake), \
-        types.MethodType(LocalDaskExecutor._stop_strays, fake)
-    fake._strays, fake._strays_after = set(), 0.0
+    fake.strays, fake._strays, fake._stop_after = types.MethodType(LocalDaskExecutor.strays, fake), set(), {}
     fake.settings = world
     engine = Engine(world, executor=fake)
     look(engine)

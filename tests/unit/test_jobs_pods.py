@@ -564,3 +564,30 @@ def test_a_listed_worker_pod_that_is_none_of_the_executors_workers_is_stopped(ex
     assert core.deleted == ["vre-lung/batch-lung-worker-2"]
     assert set(core.pods) == {"lung-scheduler", "lung-worker-1"} and set(executor.workers) == {"lung-worker-1"}
     assert asyncio.run(executor.refresh()) and executor.strays() - executor.workers.keys() == set()
+
+    # after a restart: the running job's worker is adopted and stays; a running job's ended pod
+    # holds no quota and keeps why it ended for the job's follow; a held pool's pods are workers too
+    core.pods.update({n: pod(n, pool, phase=phase, ended="Error" if phase == "Failed" else "")
+                      for n, pool, phase in (("lung-worker-3", "lung", "Failed"),
+                                             ("lung.held-worker-1", "lung.held", "Running"),
+                                             ("lung.held-worker-2", "lung.held", "Running"))})
+    executor.workers.clear()
+    assert asyncio.run(executor.refresh())
+    executor.adopt("lung", {"lung-worker-1": 7, "lung-worker-3": 9})   # 9's worker ended meanwhile
+    executor.adopt("lung.held", {"lung.held-worker-1": 8})
+    core.deleted.clear()
+    core.pods["lung.held-worker-9"] = pod("lung.held-worker-9", "lung.held")   # made after the restart's list
+    assert asyncio.run(executor.refresh())
+    asyncio.run(executor.stop_idle())
+    assert core.deleted == [f"vre-0held-lung/{object_name(batch_id('lung.held-worker-9'))}"]
+    assert set(core.pods) == {"lung-scheduler", "lung-worker-1", "lung-worker-3", "lung.held-worker-1"}
+
+    # a create whose call timed out: its name is a stray at once, before any list shows it
+    async def timed_out(plan, argv, devices, *, limits):
+        raise ClusterUnavailable("the cluster cannot take lung-worker-4 now (timeout); the job waits")
+    executor._launch = timed_out
+    executor.prepare = lambda plan: None
+    plan = NS(pool="lung", for_worker=lambda name, **kw: NS(pool="lung", session_id=name))
+    with pytest.raises(ClusterUnavailable):
+        asyncio.run(executor.start_worker(plan, 1.0, 512, ()))
+    assert "lung-worker-2" in executor.strays()

@@ -176,6 +176,11 @@ class ContainerDaskExecutor(LocalDaskExecutor):
             self._strays |= self._workers_in(found) - self.workers.keys()
         await super().stop_idle()
 
+    def _existing(self, pool: str) -> list[str]:
+        """Also the pool's running worker containers (adoption: one whose run directory is gone
+        still runs its job)."""
+        return sorted(self._workers_in(self._list_runs(), pool) | set(super()._existing(pool)))
+
     def _list_runs(self) -> list[dict]:
         try:
             return self.client.containers(filters={"label": [f"vre.instance={self.settings.instance}", "vre.pool"]})
@@ -183,14 +188,17 @@ class ContainerDaskExecutor(LocalDaskExecutor):
             log.warning("could not list the pools' containers: %s", e)
             return []
 
-    def _workers_in(self, found: list[dict]) -> set[str]:
-        """The workers' run names among listed containers (``<instance>.<pool>-worker-<n>``)."""
+    def _workers_in(self, found: list[dict], pool: str | None = None) -> set[str]:
+        """The workers' run names among listed containers (``<instance>.<pool>-worker-<n>``), of
+        one ``pool`` or of all."""
         prefix, names = self.container(""), set()
         for c in found:
-            pool = (c.get("Labels") or {}).get("vre.pool", "")
+            pool_of = (c.get("Labels") or {}).get("vre.pool", "")
+            if pool is not None and pool_of != pool:
+                continue
             for name in c.get("Names") or ():
                 run = name.lstrip("/").removeprefix(prefix)
-                if pool and name.lstrip("/").startswith(prefix) and run.startswith(f"{pool}-worker-"):
+                if pool_of and name.lstrip("/").startswith(prefix) and run.startswith(f"{pool_of}-worker-"):
                     names.add(run)
         return names
 

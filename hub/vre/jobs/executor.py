@@ -47,8 +47,8 @@ from .service import scheduler_file, wake_socket
 
 log = logging.getLogger("vre.jobs")
 MAX_WORKERS = 1000   # of one pool at once: far above any quota
-#: Seconds between tries to stop workers that may run untracked, while the engine is away.
-STRAY_RETRY_S = 30
+#: Seconds before a worker whose stop failed (the engine or the cluster away) is tried again.
+STOP_RETRY_S = 30
 #: After vre-hostview did not take note of a warm hand-out (restarting, or behind a flood's backlog,
 #: which it answers within a second or so), hand-outs with datasets wait in the queue for this long
 #: without asking it: one look may wait for its answer, not every hand-out of every look.
@@ -169,9 +169,9 @@ class LocalDaskExecutor:
         self.workers: dict[str, Worker] = {}
         self._procs: list[subprocess.Popen] = []
         self._recorder_back_at = 0.0   # monotonic: until then hostview is not asked (``serve``)
-        #: Workers that may run untracked (``strays``): ``stop_idle`` stops them.
+        #: Workers whose launch failed where that may leave a run (``strays``).
         self._strays: set[str] = set()
-        self._strays_after = 0.0   # monotonic: a stop of one failed, none is tried before then
+        self._stop_after: dict[str, float] = {}   # name -> monotonic: its stop failed, not tried before
 
     # -- paths and names -----------------------------------------------------------------
     def pool_dir(self, pool: str) -> Path:
@@ -264,6 +264,7 @@ class LocalDaskExecutor:
                 self._strays.add(name)
             raise
         self._strays.discard(name)   # this start replaced what a failed one of the name left
+        self._stop_after.pop(name, None)
         worker = Worker(name, plan.pool, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets, gpus=plan.gpus,
                         born_for=job)
         self.workers[name] = worker
@@ -304,39 +305,41 @@ class LocalDaskExecutor:
         return sorted(p.name for p in run.iterdir()) if run.is_dir() else []
 
     async def stop_idle(self) -> None:
+        """At the end of each look: stop the workers no longer wanted (idle past
+        ``jobs_worker_idle``, spent, holding GPUs or of unknown shape) and the ``strays`` (a name
+        a later start took is that start's). A stop that fails (the container engine or the
+        cluster away or slow) is tried again after ``STOP_RETRY_S``, and no other is tried in this
+        look: each may wait its full timeout, and every project's next look waits with it."""
         now = time.time()
-        for w in list(self.workers.values()):
-            gpu_or_unknown = not w.shape or bool(w.shape[2]) or w.gpus
-            if w.job is None and (w.spent or gpu_or_unknown or now - w.idle_since > self.settings.jobs_worker_idle):
-                try:
-                    await asyncio.to_thread(self.stop_worker, w.name)
-                except (ExecutorError, OSError) as e:   # tried again at the next look
-                    log.warning("could not stop idle worker %s: %s", w.name, e)
-        await self._stop_strays()
+        self._strays -= self.workers.keys()
+        wanted = [(w.name, True) for w in list(self.workers.values()) if w.job is None and (
+            w.spent or not w.shape or bool(w.shape[2]) or w.gpus or now - w.idle_since > self.settings.jobs_worker_idle)]
+        wanted += [(name, False) for name in sorted(self.strays() - self.workers.keys())]
+        names = {name for name, _ in wanted}
+        self._stop_after = {n: t for n, t in self._stop_after.items() if n in names}
+        for name, tracked in wanted:
+            if self._stop_after.get(name, 0.0) > time.monotonic():
+                continue
+            try:
+                # hostview never marked a stray (a failed launch's run, or one none of ours knows)
+                await asyncio.to_thread(self.stop_worker, name, **({} if tracked else {"marked": False}))
+            except Exception as e:   # noqa: BLE001 - whatever stops a stop, the looks go on
+                self._stop_after[name] = time.monotonic() + STOP_RETRY_S
+                log.warning("could not stop %s worker %s (tried again in %d s): %s",
+                            "idle" if tracked else "untracked", name, STOP_RETRY_S, e,
+                            exc_info=not isinstance(e, (ExecutorError, OSError)))
+                return
+            self._stop_after.pop(name, None)
+            if not tracked:
+                self._strays.discard(name)
+                log.info("stopped worker %s, which may have run untracked (a launch that failed, or none of "
+                         "this engine's), if it ran", name)
 
     def strays(self) -> set[str]:
         """Workers that may run without being this executor's: those whose launch failed, where
         a launch can leave a run (the container engine or the cluster made it, then did not
         answer in time). Such a run would hold its name and its share of the quota until a restart."""
         return set(self._strays)
-
-    async def _stop_strays(self) -> None:
-        """Stop the ``strays`` (a name a later start took is that start's). After a stop that
-        fails (the engine or the cluster away) none is tried for ``STRAY_RETRY_S``: each try may
-        wait its full timeout, and every project's look waits with it."""
-        if time.monotonic() < self._strays_after:
-            return
-        for name in sorted(self.strays() - self.workers.keys()):
-            try:
-                await asyncio.to_thread(self.stop_worker, name, marked=False)
-            except (ExecutorError, OSError) as e:
-                self._strays.add(name)
-                self._strays_after = time.monotonic() + STRAY_RETRY_S
-                log.warning("worker %s, which may run untracked (its launch failed), is not stopped yet: %s", name, e)
-                return
-            self._strays.discard(name)
-            log.info("stopped worker %s, which may have run untracked (its launch failed), if it ran", name)
-        self._strays &= self.workers.keys()   # those a later start took
 
     async def stop_pool(self, pool: str) -> None:
         """Everything of a pool: its workers and its scheduler (scheduler loss, shutdown)."""

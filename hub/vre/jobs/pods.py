@@ -305,9 +305,11 @@ class PodDaskExecutor(LocalDaskExecutor):
         return 1 if run and run.ended == "OOMKilled" else 0
 
     def strays(self) -> set[str]:
-        """Also every listed worker pod that is none of this executor's workers: one a create
-        made after its call had timed out (perhaps after the failed launch's stop) included."""
-        return super().strays() | {n for n, r in self._runs.items() if r.role != "scheduler"}
+        """Also every listed live worker pod that is none of this executor's workers: one a
+        create made after its call had timed out (perhaps after the failed launch's stop)
+        included. An ended pod holds no quota (its name is taken back by the next start of it),
+        and keeps why it ended for its job's follow."""
+        return super().strays() | {n for n, r in self._runs.items() if r.role != "scheduler" and r.live}
 
     def _existing(self, pool: str) -> list[str]:
         pods = {n for n, r in self._runs.items() if r.pool == pool and r.role != "scheduler"}
