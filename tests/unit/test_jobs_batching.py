@@ -445,7 +445,8 @@ def test_a_worker_stays_warm_only_if_its_job_left_nothing_running_on_it(world, r
     first = submit(world, "ann")
     fake = FakeExecutor(1)
     fake.stop_idle = types.MethodType(LocalDaskExecutor.stop_idle, fake)
-    fake.strays, fake._strays, fake._stop_after = types.MethodType(LocalDaskExecutor.strays, fake), set(), {}
+    fake.strays, fake._strays = types.MethodType(LocalDaskExecutor.strays, fake), set()
+    fake._stop_failed, fake._stops_after = {}, 0.0
     fake.settings = world
     engine = Engine(world, executor=fake)
     look(engine)

@@ -151,7 +151,7 @@ def test_a_worker_started_by_an_engine_that_did_not_answer_is_stopped_once_it_an
     engine.down = False
     asyncio.run(ex.stop_idle())
     assert "t1.lung-worker-1" in engine.made   # tried again only after STOP_RETRY_S
-    ex._stop_after["lung-worker-1"] = 0.0
+    ex._stops_after = 0.0   # as if STOP_RETRY_S had passed
     asyncio.run(ex.stop_idle())
     assert engine.removed == ["id-t1.lung-worker-1"] and set(engine.made) == {"t1.lung-worker-2"}
     assert not ex.alive("lung-worker-1") and ex.alive("lung-worker-2") and "lung-worker-2" in ex.workers

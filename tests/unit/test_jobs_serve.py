@@ -94,13 +94,14 @@ def test_hostview_is_asked_at_a_workers_stop_only_if_it_may_have_marked_it(monke
     assert told == ["lung-worker-2", "lung-worker-3", "lung-worker-4"]
 
 
-def test_a_stop_that_fails_ends_the_looks_stops_and_waits_before_it_is_tried_again(monkeypatch, tmp_path):
+def test_a_stop_that_fails_holds_the_stops_a_while_and_then_the_others_go_first(monkeypatch, tmp_path):
     """Each stop may wait its full timeout while the container engine or the cluster hangs, and
-    every project's next look waits with it: after one fails no other is tried in that look, and
-    that worker is tried again only after ``STOP_RETRY_S``; the others are stopped meanwhile."""
+    every project's next look waits with it: after one fails no stop is tried for
+    ``STOP_RETRY_S``; then those whose stop never failed go first, so a worker that cannot be
+    stopped holds no other back."""
     from vre.settings import Settings
     ex = LocalDaskExecutor(Settings(state_dir=tmp_path / "state", run_dir=tmp_path / "run", instance="t1"))
-    tried, hung = [], {"lung-worker-1"}
+    tried, hung = [], {"lung-worker-1", "lung-worker-2"}
 
     def kill(name):
         tried.append(name)
@@ -108,16 +109,23 @@ def test_a_stop_that_fails_ends_the_looks_stops_and_waits_before_it_is_tried_aga
             raise executor.ExecutorError(f"the container engine does not answer ({name})")
     monkeypatch.setattr(ex, "kill", kill)
     monkeypatch.setattr(executor.hostview, "unmark", lambda settings, name: None)
-    ex.workers = {f"lung-worker-{n}": Worker(f"lung-worker-{n}", "lung", (1.0, 512, ()), spent=True) for n in (1, 2)}
-    ex._strays = {"lung-worker-3"}   # a launch that failed
-    asyncio.run(ex.stop_idle())
-    assert tried == ["lung-worker-1"] and set(ex.workers) == {"lung-worker-1", "lung-worker-2"}
-    asyncio.run(ex.stop_idle())
-    assert tried == ["lung-worker-1", "lung-worker-2", "lung-worker-3"]
-    assert set(ex.workers) == {"lung-worker-1"} and ex.strays() == set()
-    asyncio.run(ex.stop_idle())
-    assert tried[-1] == "lung-worker-3" and len(tried) == 3   # not before STOP_RETRY_S
+    ex.workers = {f"lung-worker-{n}": Worker(f"lung-worker-{n}", "lung", (1.0, 512, ()), spent=True)
+                  for n in (1, 2, 3)}
+    ex._strays = {"lung-worker-4"}   # a launch that failed
+
+    def look(after_the_hold: bool = True):
+        if after_the_hold:
+            ex._stops_after = 0.0   # as if STOP_RETRY_S had passed
+        asyncio.run(ex.stop_idle())
+    look()
+    assert tried == ["lung-worker-1"]   # one failure, no other stop in that look
+    look(after_the_hold=False)
+    assert tried == ["lung-worker-1"]   # nor in the looks of the next STOP_RETRY_S
+    look()
+    assert tried == ["lung-worker-1", "lung-worker-2"]
+    look()   # those that never failed first: both go, then the one that failed first fails again
+    assert tried[2:] == ["lung-worker-3", "lung-worker-4", "lung-worker-1"]
+    assert set(ex.workers) == {"lung-worker-1", "lung-worker-2"} and ex.strays() == set()
     hung.clear()
-    ex._stop_after["lung-worker-1"] = 0.0   # as if STOP_RETRY_S had passed
-    asyncio.run(ex.stop_idle())
-    assert tried[-1] == "lung-worker-1" and ex.workers == {}
+    look()
+    assert tried[5:] == ["lung-worker-2", "lung-worker-1"] and ex.workers == {}

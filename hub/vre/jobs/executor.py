@@ -47,7 +47,7 @@ from .service import scheduler_file, wake_socket
 
 log = logging.getLogger("vre.jobs")
 MAX_WORKERS = 1000   # of one pool at once: far above any quota
-#: Seconds before a worker whose stop failed (the engine or the cluster away) is tried again.
+#: Seconds without stops after one failed (the engine or the cluster away, or a run that stays).
 STOP_RETRY_S = 30
 #: After vre-hostview did not take note of a warm hand-out (restarting, or behind a flood's backlog,
 #: which it answers within a second or so), hand-outs with datasets wait in the queue for this long
@@ -171,7 +171,8 @@ class LocalDaskExecutor:
         self._recorder_back_at = 0.0   # monotonic: until then hostview is not asked (``serve``)
         #: Workers whose launch failed where that may leave a run (``strays``).
         self._strays: set[str] = set()
-        self._stop_after: dict[str, float] = {}   # name -> monotonic: its stop failed, not tried before
+        self._stop_failed: dict[str, float] = {}   # name -> monotonic: when its last stop failed
+        self._stops_after = 0.0   # monotonic: a stop failed, none is tried before then
 
     # -- paths and names -----------------------------------------------------------------
     def pool_dir(self, pool: str) -> Path:
@@ -264,7 +265,7 @@ class LocalDaskExecutor:
                 self._strays.add(name)
             raise
         self._strays.discard(name)   # this start replaced what a failed one of the name left
-        self._stop_after.pop(name, None)
+        self._stop_failed.pop(name, None)
         worker = Worker(name, plan.pool, (cpu, mem_mb, tuple(devices)), datasets=plan.datasets, gpus=plan.gpus,
                         born_for=job)
         self.workers[name] = worker
@@ -298,7 +299,11 @@ class LocalDaskExecutor:
             if name in busy and alive is not False:
                 self.workers[name] = Worker(name, pool, (), job=busy[name], datasets=None)
             elif name not in busy and alive is not None:
-                self.stop_worker(name)
+                try:
+                    self.stop_worker(name)
+                except (ExecutorError, OSError) as e:   # the looks' stops try again
+                    log.warning("could not stop worker %s: %s", name, e)
+                    self._strays.add(name)
 
     def _existing(self, pool: str) -> list[str]:
         run = self.pool_dir(pool) / "workers"
@@ -308,28 +313,30 @@ class LocalDaskExecutor:
         """At the end of each look: stop the workers no longer wanted (idle past
         ``jobs_worker_idle``, spent, holding GPUs or of unknown shape) and the ``strays`` (a name
         a later start took is that start's). A stop that fails (the container engine or the
-        cluster away or slow) is tried again after ``STOP_RETRY_S``, and no other is tried in this
-        look: each may wait its full timeout, and every project's next look waits with it."""
+        cluster away or slow) ends the stops for ``STOP_RETRY_S``: each may wait its full timeout
+        (up to 80 s for a pod), and every project's next look waits with it; then the workers
+        whose stop never failed go first, so one that cannot be stopped holds no other back."""
+        if time.monotonic() < self._stops_after:
+            return
         now = time.time()
         self._strays -= self.workers.keys()
         wanted = [(w.name, True) for w in list(self.workers.values()) if w.job is None and (
             w.spent or not w.shape or bool(w.shape[2]) or w.gpus or now - w.idle_since > self.settings.jobs_worker_idle)]
         wanted += [(name, False) for name in sorted(self.strays() - self.workers.keys())]
         names = {name for name, _ in wanted}
-        self._stop_after = {n: t for n, t in self._stop_after.items() if n in names}
-        for name, tracked in wanted:
-            if self._stop_after.get(name, 0.0) > time.monotonic():
-                continue
+        self._stop_failed = {n: t for n, t in self._stop_failed.items() if n in names}
+        for name, tracked in sorted(wanted, key=lambda w: self._stop_failed.get(w[0], 0.0)):
             try:
                 # hostview never marked a stray (a failed launch's run, or one none of ours knows)
                 await asyncio.to_thread(self.stop_worker, name, **({} if tracked else {"marked": False}))
             except Exception as e:   # noqa: BLE001 - whatever stops a stop, the looks go on
-                self._stop_after[name] = time.monotonic() + STOP_RETRY_S
-                log.warning("could not stop %s worker %s (tried again in %d s): %s",
+                self._stop_failed[name] = time.monotonic()
+                self._stops_after = time.monotonic() + STOP_RETRY_S
+                log.warning("could not stop %s worker %s (stops wait %d s): %s",
                             "idle" if tracked else "untracked", name, STOP_RETRY_S, e,
                             exc_info=not isinstance(e, (ExecutorError, OSError)))
                 return
-            self._stop_after.pop(name, None)
+            self._stop_failed.pop(name, None)
             if not tracked:
                 self._strays.discard(name)
                 log.info("stopped worker %s, which may have run untracked (a launch that failed, or none of "
@@ -343,7 +350,7 @@ class LocalDaskExecutor:
 
     async def stop_pool(self, pool: str) -> None:
         """Everything of a pool: its workers and its scheduler (scheduler loss, shutdown)."""
-        for name in self._existing(pool):
+        for name in await asyncio.to_thread(self._existing, pool):   # Podman: its list
             await asyncio.to_thread(self.stop_worker, name)
         await asyncio.to_thread(self.kill, self.scheduler_name(pool))
         await asyncio.to_thread(self.pool_stopped, pool)
