@@ -51,19 +51,25 @@ def test_a_sweep_is_posted_in_lists_the_service_takes_in_order(monkeypatch):
     assert e.value.jobs == ()
 
 
-def test_a_cluster_given_up_on_is_cancelled(monkeypatch):
-    """``dask_client`` waits for its workers; given up (its timeout here), it cancels the job,
-    whose workers would otherwise hold the project's quota with no client to use them."""
-    monkeypatch.setenv("VRE_PROJECT", "lung")
-    calls = []
-
+def cluster_job_9(calls: list, job: dict):
+    """The jobs API of a hub for ``dask_client``: job 9 is queued, then reads as ``job``, and a
+    cancel cancels it; each request is noted in ``calls``."""
     def request(method, path, body=None, *, timeout=30):
         calls.append((method, path))
         if method == "POST" and path == "":
             return 201, {"id": 9, "state": "queued"}
         if path == "/9/cancel":
             return 200, {"id": 9, "state": "cancelled", "reason": "cancelled"}
-        return 200, {"id": 9, "state": "queued", "reason": "waiting: vre-hostview is restarting"}
+        return 200, {"id": 9, **job}
+    return request
+
+
+def test_a_cluster_given_up_on_is_cancelled(monkeypatch):
+    """``dask_client`` waits for its workers; given up (its timeout here), it cancels the job,
+    whose workers would otherwise hold the project's quota with no client to use them."""
+    monkeypatch.setenv("VRE_PROJECT", "lung")
+    calls = []
+    request = cluster_job_9(calls, {"state": "queued", "reason": "waiting: vre-hostview is restarting"})
     monkeypatch.setattr(jobs, "request", request)
     monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
     with pytest.raises(TimeoutError, match=r"still queued after 0.01 s \(waiting: vre-hostview.*cancelling job 9"):
@@ -94,15 +100,8 @@ def test_a_cluster_whose_workers_never_join_closes_its_client_and_is_cancelled(m
 
     with LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1",
                       dashboard_address=None) as cluster:
-        def request(method, path, body=None, *, timeout=30):
-            calls.append((method, path))
-            if method == "POST" and path == "":
-                return 201, {"id": 9, "state": "queued"}
-            if path == "/9/cancel":
-                return 200, {"id": 9, "state": "cancelled", "reason": "cancelled"}
-            return 200, {"id": 9, "state": "running", "started_at": "2026-12-08T00:00:00Z",
-                         "scheduler": cluster.scheduler_address}
-        monkeypatch.setattr(jobs, "request", request)
+        monkeypatch.setattr(jobs, "request", cluster_job_9(calls, {
+            "state": "running", "started_at": "2026-12-08T00:00:00Z", "scheduler": cluster.scheduler_address}))
         monkeypatch.setattr("distributed.Client", Recorded)
         with pytest.raises(TimeoutError):
             jobs.dask_client(2, timeout=1)

@@ -197,9 +197,8 @@ class ContainerDaskExecutor(LocalDaskExecutor):
             if pool is not None and pool_of != pool:
                 continue
             for name in c.get("Names") or ():
-                run = name.lstrip("/").removeprefix(prefix)
-                if pool_of and name.lstrip("/").startswith(prefix) and run.startswith(f"{pool_of}-worker-"):
-                    names.add(run)
+                if pool_of and name.lstrip("/").startswith(f"{prefix}{pool_of}-worker-"):
+                    names.add(name.lstrip("/").removeprefix(prefix))
         return names
 
     def _restore_rules(self, found: list[dict]) -> None:
